@@ -1,0 +1,319 @@
+//! The values of the command keys (PROTOCOL.md §3), parsed once the message is known
+//! to be a command. Commands are rare next to publishes, so plain owned types are fine
+//! here.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::body::{validate_queue_name, MAX_QUEUE_NAME_LEN};
+use crate::error::BodyError;
+
+/// The value of one `coremq_options` entry.
+#[derive(Debug, Clone)]
+pub enum OptionValue {
+    /// `"ack": bool` — whether publishes get `OK: Message sent`.
+    Ack(bool),
+    /// `"echo": bool` — whether the connection receives its own publishes.
+    Echo(bool),
+    /// `null` for any option: forget it (PROTOCOL.md §3).
+    Remove,
+    /// An option this server does not know, kept exactly as sent because the original
+    /// server kept every option and clients may read them back.
+    Other(Box<RawValue>),
+}
+
+impl PartialEq for OptionValue {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Ack(a), Self::Ack(b)) | (Self::Echo(a), Self::Echo(b)) => a == b,
+            (Self::Remove, Self::Remove) => true,
+            (Self::Other(a), Self::Other(b)) => a.get() == b.get(),
+            _ => false,
+        }
+    }
+}
+
+/// A `coremq_replicant` request: another server asking to attach as a replication
+/// link (PROTOCOL.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicantRequest {
+    /// The requesting server's name (`host:port`), checked against `cluster_nodes` and
+    /// `allowed_replicants`.
+    pub name: String,
+    /// A shared secret, for clusters that set one; the original protocol sent only the
+    /// name, so it is optional.
+    pub secret: Option<String>,
+}
+
+/// What `coremq_subscribe` and `coremq_unsubscribe` take.
+const NAMES: &str = "a queue name or a non-empty list of queue names";
+/// What `coremq_gethistory` takes.
+const HISTORY_NAMES: &str = "a list of queue names";
+/// What `coremq_options` takes.
+const OPTIONS: &str = "an object of option names and values, e.g. {\"ack\": false}";
+/// What `coremq_replicant` takes.
+const REPLICANT: &str =
+    "the requesting server's name, or an object {\"name\": \"host:port\", \"secret\": \"...\"}";
+/// What a known boolean option takes.
+const BOOL_OPTION: &str = "must be true, false or null";
+
+/// Parses a queue name or a list of them, validating every name. `allow_empty` says
+/// whether `[]` is acceptable (a history request for nothing is harmless; a
+/// subscription to nothing is a client bug worth reporting).
+pub(crate) fn queue_names(
+    command: &'static str,
+    value: &RawValue,
+    max_queue_len: usize,
+    allow_empty: bool,
+) -> Result<Vec<String>, BodyError> {
+    let expected = if allow_empty { HISTORY_NAMES } else { NAMES };
+    let bad = || BodyError::BadCommand { command, expected };
+    let names = serde_json::Deserializer::from_str(value.get())
+        .deserialize_any(NamesVisitor)
+        .map_err(|_| bad())?;
+    if names.is_empty() && !allow_empty {
+        return Err(bad());
+    }
+    for name in &names {
+        validate_queue_name(name.as_bytes(), max_queue_len).map_err(|_| {
+            BodyError::bad_name_in(command, name, max_queue_len.min(MAX_QUEUE_NAME_LEN))
+        })?;
+    }
+    Ok(names)
+}
+
+/// Accepts a string or an array of strings.
+struct NamesVisitor;
+
+impl<'de> Visitor<'de> for NamesVisitor {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(NAMES)
+    }
+
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Vec<String>, E> {
+        Ok(vec![name.to_owned()])
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut names = Vec::new();
+        while let Some(name) = seq.next_element::<String>()? {
+            names.push(name);
+        }
+        Ok(names)
+    }
+}
+
+/// Parses the `coremq_options` object, keeping the order given so that applying the
+/// entries in turn gives last-wins for repeated names.
+pub(crate) fn options(value: &RawValue) -> Result<Vec<(String, OptionValue)>, BodyError> {
+    let entries = serde_json::Deserializer::from_str(value.get())
+        .deserialize_map(OptionsVisitor)
+        .map_err(|_| BodyError::BadCommand {
+            command: "coremq_options",
+            expected: OPTIONS,
+        })?;
+    entries
+        .into_iter()
+        .map(|(name, raw)| {
+            // A raw value is exactly the value's text, without surrounding whitespace.
+            let known_bool = |make: fn(bool) -> OptionValue| match raw.get() {
+                "true" => Ok(make(true)),
+                "false" => Ok(make(false)),
+                "null" => Ok(OptionValue::Remove),
+                _ => Err(BodyError::BadOption {
+                    name: name.clone(),
+                    reason: BOOL_OPTION,
+                }),
+            };
+            let value = match name.as_str() {
+                "ack" => known_bool(OptionValue::Ack)?,
+                "echo" => known_bool(OptionValue::Echo)?,
+                _ if raw.get() == "null" => OptionValue::Remove,
+                _ => OptionValue::Other(raw),
+            };
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Collects an object's entries with their values left as raw JSON.
+struct OptionsVisitor;
+
+impl<'de> Visitor<'de> for OptionsVisitor {
+    type Value = Vec<(String, Box<RawValue>)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(OPTIONS)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+/// Parses `coremq_replicant`: a name string, or `{"name": ..., "secret": ...}`.
+pub(crate) fn replicant(value: &RawValue) -> Result<ReplicantRequest, BodyError> {
+    /// The object form; unknown fields are ignored so newer peers can add some.
+    #[derive(Deserialize)]
+    struct Object {
+        name: String,
+        #[serde(default)]
+        secret: Option<String>,
+    }
+    let request = match value.get().as_bytes().first() {
+        Some(b'"') => serde_json::from_str(value.get())
+            .ok()
+            .map(|name| ReplicantRequest { name, secret: None }),
+        Some(b'{') => serde_json::from_str::<Object>(value.get())
+            .ok()
+            .map(|o| ReplicantRequest {
+                name: o.name,
+                secret: o.secret,
+            }),
+        _ => None,
+    };
+    request
+        .filter(|r| !r.name.is_empty())
+        .ok_or(BodyError::BadCommand {
+            command: "coremq_replicant",
+            expected: REPLICANT,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).expect("valid JSON")
+    }
+
+    #[test]
+    fn names_one_or_many() {
+        let names = |json| queue_names("coremq_subscribe", &raw(json), 255, false);
+        assert_eq!(names(r#""a""#), Ok(vec!["a".to_owned()]));
+        assert_eq!(
+            names(r#"["a", "b"]"#),
+            Ok(vec!["a".to_owned(), "b".to_owned()])
+        );
+        let shape = Err(BodyError::BadCommand {
+            command: "coremq_subscribe",
+            expected: NAMES,
+        });
+        for bad in ["[]", "1", "null", "{}", r#"["a", 1]"#, r#"[["a"]]"#] {
+            assert_eq!(names(bad), shape, "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_name_in_list() {
+        let err = queue_names("coremq_subscribe", &raw(r#"["ok", "no good"]"#), 255, false)
+            .expect_err("space in name");
+        assert_eq!(
+            err.to_string(),
+            "coremq_subscribe: \"no good\" is not a valid queue name; queue names are 1 to 255 \
+             printable ASCII characters (no spaces)"
+        );
+        assert!(queue_names("coremq_gethistory", &raw(r#"["abcd"]"#), 3, true).is_err());
+    }
+
+    #[test]
+    fn long_bad_name_is_cut_in_the_reply() {
+        let name = "é".repeat(1000);
+        let err = queue_names("coremq_subscribe", &raw(&format!("\"{name}\"")), 255, false)
+            .expect_err("non-ASCII");
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    #[test]
+    fn history_accepts_empty_list() {
+        assert_eq!(
+            queue_names("coremq_gethistory", &raw("[]"), 255, true),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn options_known_unknown_and_removal() {
+        let opts = options(&raw(
+            r#"{"ack": false, "echo": true, "\u0061ck": null, "color": "red", "x": null}"#,
+        ))
+        .expect("valid");
+        assert_eq!(
+            opts,
+            vec![
+                ("ack".to_owned(), OptionValue::Ack(false)),
+                ("echo".to_owned(), OptionValue::Echo(true)),
+                ("ack".to_owned(), OptionValue::Remove),
+                ("color".to_owned(), OptionValue::Other(raw(r#""red""#))),
+                ("x".to_owned(), OptionValue::Remove),
+            ]
+        );
+    }
+
+    #[test]
+    fn options_errors() {
+        assert_eq!(
+            options(&raw(r#"{"ack": "yes"}"#)),
+            Err(BodyError::BadOption {
+                name: "ack".to_owned(),
+                reason: BOOL_OPTION
+            })
+        );
+        assert_eq!(
+            BodyError::BadOption {
+                name: "ack".to_owned(),
+                reason: BOOL_OPTION
+            }
+            .to_string(),
+            "option \"ack\" must be true, false or null"
+        );
+        assert!(matches!(
+            options(&raw(r#"{"echo": 1}"#)),
+            Err(BodyError::BadOption { .. })
+        ));
+        for bad in ["[]", "true", r#""ack""#] {
+            assert!(
+                matches!(options(&raw(bad)), Err(BodyError::BadCommand { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn replicant_forms() {
+        assert_eq!(
+            replicant(&raw(r#""mq2:6747""#)),
+            Ok(ReplicantRequest {
+                name: "mq2:6747".to_owned(),
+                secret: None
+            })
+        );
+        assert_eq!(
+            replicant(&raw(r#"{"name": "mq2:6747", "secret": "s3", "v": 2}"#)),
+            Ok(ReplicantRequest {
+                name: "mq2:6747".to_owned(),
+                secret: Some("s3".to_owned())
+            })
+        );
+        assert_eq!(
+            replicant(&raw(r#"{"name": "mq2:6747", "secret": null}"#)).map(|r| r.secret),
+            Ok(None)
+        );
+        for bad in ["1", r#""""#, r#"{"secret": "s"}"#, r#"{"name": 5}"#, "[]"] {
+            assert!(
+                matches!(replicant(&raw(bad)), Err(BodyError::BadCommand { .. })),
+                "{bad}"
+            );
+        }
+    }
+}

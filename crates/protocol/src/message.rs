@@ -1,0 +1,255 @@
+//! What a client's JSON object means (PROTOCOL.md §3).
+//!
+//! One validating pass over the object finds the command keys and the stamp members
+//! together, so a publish (the hot path) is parsed once and never turned into a DOM.
+
+use serde_json::value::RawValue;
+
+use crate::command::{self, OptionValue, ReplicantRequest};
+use crate::error::BodyError;
+use crate::publish::{Publish, STAMP_KEYS};
+use crate::scan::{scan_object, MemberSink};
+
+/// A client message, decided by the first command key present in this order:
+/// `coremq_subscribe`, `coremq_unsubscribe`, `coremq_options`, `coremq_gethistory`,
+/// `coremq_replicant`, `coremq_status`; an object with none of them is a publish.
+#[derive(Debug, Clone)]
+pub enum ClientMessage<'a> {
+    /// Subscribe to these queues (at least one, all valid names).
+    Subscribe(Vec<String>),
+    /// Unsubscribe from these queues (at least one, all valid names).
+    Unsubscribe(Vec<String>),
+    /// Set (or, for [`OptionValue::Remove`], clear) connection options, in the order
+    /// given.
+    Options(Vec<(String, OptionValue)>),
+    /// Send the history of these queues (possibly none; all valid names).
+    GetHistory(Vec<String>),
+    /// Another server asks to attach as a replication link.
+    Replicant(ReplicantRequest),
+    /// Send the status object. The key's value is ignored, as the original did.
+    Status,
+    /// Publish the object to the frame's queue.
+    Publish(Publish<'a>),
+}
+
+/// The command keys in the order that decides between them.
+const COMMANDS: [&str; 6] = [
+    "coremq_subscribe",
+    "coremq_unsubscribe",
+    "coremq_options",
+    "coremq_gethistory",
+    "coremq_replicant",
+    "coremq_status",
+];
+
+/// Parses a client's JSON text into a [`ClientMessage`].
+///
+/// The whole text is validated whatever it turns out to be: it must be UTF-8
+/// ([`BodyError::InvalidUtf8`]), valid JSON ([`BodyError::InvalidJson`]) without lone
+/// surrogate escapes ([`BodyError::LoneSurrogate`]), and an object
+/// ([`BodyError::NotAnObject`]). Queue names inside commands are checked against
+/// `max_queue_len` (capped at 255).
+pub fn parse_message(json: &[u8], max_queue_len: usize) -> Result<ClientMessage<'_>, BodyError> {
+    let mut sink = MessageSink::default();
+    let (text, layout) = scan_object(json, &mut sink)?;
+    let found = sink
+        .commands
+        .iter()
+        .enumerate()
+        .find_map(|(i, value)| value.map(|v| (i, v)));
+    let Some((index, value)) = found else {
+        return Ok(ClientMessage::Publish(Publish::new(text, layout)));
+    };
+    let name = COMMANDS[index];
+    Ok(match index {
+        0 => ClientMessage::Subscribe(command::queue_names(name, value, max_queue_len, false)?),
+        1 => ClientMessage::Unsubscribe(command::queue_names(name, value, max_queue_len, false)?),
+        2 => ClientMessage::Options(command::options(value)?),
+        3 => ClientMessage::GetHistory(command::queue_names(name, value, max_queue_len, true)?),
+        4 => ClientMessage::Replicant(command::replicant(value)?),
+        _ => ClientMessage::Status,
+    })
+}
+
+/// How a top-level key matters to message parsing.
+#[derive(Clone, Copy)]
+enum Key {
+    /// Index into [`COMMANDS`].
+    Command(usize),
+    /// One of [`STAMP_KEYS`]: cut out of a publish.
+    Stamp,
+    /// Any other key: kept.
+    Other,
+}
+
+/// Records the command keys' values and marks the stamp members for cutting.
+#[derive(Default)]
+struct MessageSink<'de> {
+    /// Value of each command key, by [`COMMANDS`] index; the last one if repeated,
+    /// matching the last-wins reading of duplicate keys elsewhere.
+    commands: [Option<&'de RawValue>; COMMANDS.len()],
+}
+
+impl<'de> MemberSink<'de> for MessageSink<'de> {
+    type Key = Key;
+
+    fn key(&mut self, key: &str) -> Key {
+        // Every key the server cares about shares this prefix; most keys stop here.
+        if !key.starts_with("coremq_") {
+            return Key::Other;
+        }
+        if let Some(i) = COMMANDS.iter().position(|c| *c == key) {
+            Key::Command(i)
+        } else if STAMP_KEYS.contains(&key) {
+            Key::Stamp
+        } else {
+            Key::Other
+        }
+    }
+
+    fn value(&mut self, key: Key, value: &'de RawValue) -> bool {
+        match key {
+            Key::Command(i) => {
+                self.commands[i] = Some(value);
+                false
+            }
+            Key::Stamp => true,
+            Key::Other => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ClientMessage<'_>, BodyError> {
+        parse_message(json.as_bytes(), 255)
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn each_command() {
+        assert!(matches!(
+            parse(r#"{"coremq_subscribe": "a"}"#),
+            Ok(ClientMessage::Subscribe(n)) if n == names(&["a"])
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_unsubscribe": ["a", "b"]}"#),
+            Ok(ClientMessage::Unsubscribe(n)) if n == names(&["a", "b"])
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_options": {"ack": false}}"#),
+            Ok(ClientMessage::Options(o)) if o == vec![("ack".to_owned(), OptionValue::Ack(false))]
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_gethistory": ["a"]}"#),
+            Ok(ClientMessage::GetHistory(n)) if n == names(&["a"])
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_gethistory": "a"}"#),
+            Ok(ClientMessage::GetHistory(n)) if n == names(&["a"])
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_replicant": "mq2:6747"}"#),
+            Ok(ClientMessage::Replicant(r)) if r.name == "mq2:6747"
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_status": null}"#),
+            Ok(ClientMessage::Status)
+        ));
+        assert!(matches!(
+            parse(r#"{"a": 1}"#),
+            Ok(ClientMessage::Publish(_))
+        ));
+    }
+
+    #[test]
+    fn priority_not_position_decides() {
+        assert!(matches!(
+            parse(r#"{"coremq_status": 1, "coremq_gethistory": [], "coremq_subscribe": "a"}"#),
+            Ok(ClientMessage::Subscribe(_))
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_status": 1, "coremq_replicant": "x"}"#),
+            Ok(ClientMessage::Replicant(_))
+        ));
+        // Present means present: a bad value of the winning key is an error, not a
+        // fall-through to the next key.
+        assert!(matches!(
+            parse(r#"{"coremq_subscribe": 5, "coremq_status": 1}"#),
+            Err(BodyError::BadCommand {
+                command: "coremq_subscribe",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn escaped_command_key_counts() {
+        assert!(matches!(
+            parse(r#"{"coremq\u005fstatus": 1}"#),
+            Ok(ClientMessage::Status)
+        ));
+    }
+
+    #[test]
+    fn nested_command_key_is_a_publish() {
+        assert!(matches!(
+            parse(r#"{"a": {"coremq_subscribe": "x"}, "b": "coremq_status"}"#),
+            Ok(ClientMessage::Publish(_))
+        ));
+    }
+
+    #[test]
+    fn empty_subscribe_list_is_an_error() {
+        assert_eq!(
+            parse(r#"{"coremq_subscribe": []}"#)
+                .map(|_| ())
+                .expect_err("empty")
+                .to_string(),
+            "coremq_subscribe takes a queue name or a non-empty list of queue names"
+        );
+    }
+
+    #[test]
+    fn invalid_history_name_is_an_error() {
+        assert!(matches!(
+            parse(r#"{"coremq_gethistory": ["ok", ""]}"#),
+            Err(BodyError::BadCommandQueueName { .. })
+        ));
+    }
+
+    #[test]
+    fn options_must_be_an_object() {
+        assert!(matches!(
+            parse(r#"{"coremq_options": ["ack"]}"#),
+            Err(BodyError::BadCommand {
+                command: "coremq_options",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn body_errors() {
+        assert_eq!(parse("[]").map(|_| ()), Err(BodyError::NotAnObject));
+        assert_eq!(parse("42").map(|_| ()), Err(BodyError::NotAnObject));
+        assert_eq!(
+            parse_message(b"{\"a\": \"\xc3\x28\"}", 255).map(|_| ()),
+            Err(BodyError::InvalidUtf8)
+        );
+        let Err(err) = parse("{\"a\": tru}") else {
+            panic!("invalid JSON accepted");
+        };
+        assert!(err.to_string().starts_with("invalid JSON: "), "{err}");
+        assert!(matches!(
+            parse(r#"{"a": "\ud800"}"#),
+            Err(BodyError::LoneSurrogate { .. })
+        ));
+        assert!(matches!(parse(""), Err(BodyError::InvalidJson(_))));
+    }
+}

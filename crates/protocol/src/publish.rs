@@ -1,0 +1,269 @@
+//! A publish, and rewriting a JSON object's top-level members without parsing it into
+//! a DOM.
+//!
+//! The server stamps every published object with who sent it, when and where
+//! (PROTOCOL.md §3). The rewrite copies the client's text in a few runs, leaving out
+//! the members to replace, and appends the new members at the end. Because the copy
+//! goes through [`escape_non_ascii`], the result is ASCII whatever the client sent.
+
+use serde_json::value::RawValue;
+
+use crate::error::BodyError;
+use crate::escape::{escape_non_ascii, write_json_string};
+use crate::scan::{is_ws, scan_object, MemberSink, ObjectLayout};
+
+/// Key of the publishing connection's id, added to every published message.
+pub const SENDER_KEY: &str = "coremq_sender";
+/// Key of the publish time (Unix seconds, a JSON float).
+pub const SENT_KEY: &str = "coremq_sent";
+/// Key of the accepting node (`"<node name>:<port>"`).
+pub const SERVER_KEY: &str = "coremq_server";
+/// The keys the server owns in a published message; a client's own values for them
+/// are dropped.
+pub const STAMP_KEYS: [&str; 3] = [SENDER_KEY, SENT_KEY, SERVER_KEY];
+
+/// A client's publish: its JSON text, borrowed, and where the members the server will
+/// overwrite are. Building one allocates nothing unless the client repeats the stamp
+/// keys more than three times.
+#[derive(Debug, Clone)]
+pub struct Publish<'a> {
+    /// The client's JSON object, already validated (UTF-8, JSON, object, no lone
+    /// surrogates), so writing it out cannot fail.
+    json: &'a str,
+    /// Where the object's braces and stamp members are.
+    layout: ObjectLayout,
+}
+
+impl<'a> Publish<'a> {
+    /// Wraps an object already scanned with the stamp keys marked for cutting.
+    pub(crate) fn new(json: &'a str, layout: ObjectLayout) -> Self {
+        Publish { json, layout }
+    }
+
+    /// The JSON text exactly as the client sent it.
+    pub fn json(&self) -> &'a [u8] {
+        self.json.as_bytes()
+    }
+
+    /// An upper bound on what [`write_stored`](Self::write_stored) appends when the
+    /// client's text is ASCII; to reserve once before writing. Non-ASCII text grows
+    /// when escaped, so this is a hint, not a limit.
+    pub fn stored_len_hint(&self, sender: &str, server: &str) -> usize {
+        // Fixed text of the three members, plus their values with room for escapes.
+        const FIXED: usize =
+            r#", "coremq_sender": "", "coremq_sent": , "coremq_server": ""}"#.len();
+        const SENT_MAX: usize = 32;
+        self.json.len() + FIXED + SENT_MAX + 2 * (sender.len() + server.len())
+    }
+
+    /// Writes the message as stored and delivered: the client's object without its
+    /// `coremq_sender`/`coremq_sent`/`coremq_server` members, followed by
+    /// `"coremq_sender": sender, "coremq_sent": sent, "coremq_server": server`. All
+    /// ASCII (non-ASCII written as `\uXXXX`). `sent` is Unix seconds, written with
+    /// microsecond precision (e.g. `1764302775.123456`). Appends to `out`.
+    pub fn write_stored(&self, sender: &str, sent: f64, server: &str, out: &mut Vec<u8>) {
+        out.reserve(self.stored_len_hint(sender, server));
+        let mut first = write_kept_members(self.json.as_bytes(), &self.layout, out);
+        write_key(SENDER_KEY, &mut first, out);
+        write_json_string(sender, out);
+        write_key(SENT_KEY, &mut first, out);
+        write_seconds(sent, out);
+        write_key(SERVER_KEY, &mut first, out);
+        write_json_string(server, out);
+        out.push(b'}');
+    }
+}
+
+/// Copies the JSON object `obj` into `out` as ASCII-only JSON, leaving out top-level
+/// members whose key (after unescaping) is in `strip`, then appending `extra` members
+/// at the end. The `extra` values must already be encoded ASCII JSON values; they are
+/// copied as they are.
+///
+/// `obj` is validated like a client message (UTF-8, valid JSON, an object, no lone
+/// surrogates); on error nothing is appended to `out`.
+pub fn rewrite_object(
+    obj: &[u8],
+    strip: &[&str],
+    extra: &[(&str, &[u8])],
+    out: &mut Vec<u8>,
+) -> Result<(), BodyError> {
+    let mut sink = StripKeys(strip);
+    let (_, layout) = scan_object(obj, &mut sink)?;
+    let mut first = write_kept_members(obj, &layout, out);
+    for (key, value) in extra {
+        write_key(key, &mut first, out);
+        out.extend_from_slice(value);
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Marks members whose key is in the list.
+struct StripKeys<'k>(&'k [&'k str]);
+
+impl<'de> MemberSink<'de> for StripKeys<'_> {
+    type Key = bool;
+
+    fn key(&mut self, key: &str) -> bool {
+        self.0.contains(&key)
+    }
+
+    fn value(&mut self, strip: bool, _value: &'de RawValue) -> bool {
+        strip
+    }
+}
+
+/// Writes `{` and every member not cut, keeping the client's own spacing. Returns
+/// whether the object is still empty (no member written), which decides whether the
+/// next member needs a comma.
+///
+/// Each cut runs from the end of the previous value to the end of the cut value, so
+/// the text between cuts starts with a comma, except the first run which follows `{`.
+/// When the first members are all cut, the first kept run starts with a comma that has
+/// nothing before it any more: that comma is skipped.
+fn write_kept_members(json: &[u8], layout: &ObjectLayout, out: &mut Vec<u8>) -> bool {
+    out.push(b'{');
+    let mut empty = true;
+    let mut from = layout.open + 1;
+    let runs = layout
+        .cuts
+        .iter()
+        .copied()
+        .chain(std::iter::once((layout.close, layout.close)));
+    for (cut_start, cut_end) in runs {
+        let mut run = json.get(from..cut_start).unwrap_or_default();
+        let trimmed = trim_ws_start(run);
+        if empty {
+            run = trimmed.strip_prefix(b",").unwrap_or(trimmed);
+        }
+        if trim_ws_start(run).is_empty() {
+            // Only whitespace: nothing between these two cuts.
+        } else {
+            escape_non_ascii(run, out);
+            empty = false;
+        }
+        from = cut_end;
+    }
+    empty
+}
+
+/// `run` without leading JSON whitespace.
+fn trim_ws_start(run: &[u8]) -> &[u8] {
+    let start = run.iter().position(|b| !is_ws(*b)).unwrap_or(run.len());
+    &run[start..]
+}
+
+/// Writes `, "key": ` (or `"key": ` for the first member) in the spacing the
+/// original Python server used.
+fn write_key(key: &str, first: &mut bool, out: &mut Vec<u8>) {
+    if !std::mem::take(first) {
+        out.extend_from_slice(b", ");
+    }
+    write_json_string(key, out);
+    out.extend_from_slice(b": ");
+}
+
+/// Writes Unix seconds as a JSON float with exactly six decimals. Formatting the whole
+/// microseconds as integers keeps the digits exact and avoids float formatting; a
+/// non-finite time (which JSON cannot express) is written as 0.
+pub(crate) fn write_seconds(secs: f64, out: &mut Vec<u8>) {
+    let secs = if secs.is_finite() { secs } else { 0.0 };
+    // `as` saturates, so absurd times stay well-formed.
+    let micros = (secs.abs() * 1e6).round() as u64;
+    if secs < 0.0 && micros != 0 {
+        out.push(b'-');
+    }
+    let mut buf = itoa::Buffer::new();
+    out.extend_from_slice(buf.format(micros / 1_000_000).as_bytes());
+    out.push(b'.');
+    let frac = buf.format(micros % 1_000_000 + 1_000_000);
+    // 1_000_000 + frac has seven digits; the first one is the padding '1'.
+    out.extend_from_slice(&frac.as_bytes()[1..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(json: &str, strip: &[&str], extra: &[(&str, &[u8])]) -> String {
+        let mut out = Vec::new();
+        rewrite_object(json.as_bytes(), strip, extra, &mut out).expect("valid object");
+        String::from_utf8(out).expect("ASCII")
+    }
+
+    fn seconds(secs: f64) -> String {
+        let mut out = Vec::new();
+        write_seconds(secs, &mut out);
+        String::from_utf8(out).expect("ASCII")
+    }
+
+    #[test]
+    fn strips_anywhere_and_mends_commas() {
+        let extra: &[(&str, &[u8])] = &[("k", b"1")];
+        assert_eq!(
+            rewrite(r#"{"s":1,"a":2}"#, &["s"], extra),
+            r#"{"a":2, "k": 1}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"a":2,"s":1}"#, &["s"], extra),
+            r#"{"a":2, "k": 1}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"a":2,"s":1,"b":3}"#, &["s"], extra),
+            r#"{"a":2,"b":3, "k": 1}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"s":1,"t":2,"a":3,"s":4}"#, &["s", "t"], extra),
+            r#"{"a":3, "k": 1}"#
+        );
+        assert_eq!(rewrite(r#"{"s":1}"#, &["s"], extra), r#"{"k": 1}"#);
+        assert_eq!(rewrite(r#"{}"#, &["s"], extra), r#"{"k": 1}"#);
+        assert_eq!(rewrite(r#"{"s":1}"#, &["s"], &[]), r#"{}"#);
+        assert_eq!(rewrite(r#"{"a":1}"#, &[], &[]), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn keeps_whitespace_and_escapes_non_ascii() {
+        assert_eq!(
+            rewrite(" {\n \"s\" : 1 ,\t\"a\" : \"ü\" \n} ", &["s"], &[]),
+            "{\t\"a\" : \"\\u00fc\" \n}"
+        );
+    }
+
+    #[test]
+    fn only_top_level_and_unescaped_keys_count() {
+        assert_eq!(
+            rewrite(r#"{"a":{"s":1},"b":["s",{"s":2}],"\u0073":3}"#, &["s"], &[]),
+            r#"{"a":{"s":1},"b":["s",{"s":2}]}"#
+        );
+        // A key that merely contains the text is not stripped.
+        assert_eq!(
+            rewrite(r#"{"ss":1,"s ":2}"#, &["s"], &[]),
+            r#"{"ss":1,"s ":2}"#
+        );
+    }
+
+    #[test]
+    fn errors_leave_out_untouched() {
+        let mut out = b"keep".to_vec();
+        assert_eq!(
+            rewrite_object(b"[1]", &[], &[], &mut out),
+            Err(BodyError::NotAnObject)
+        );
+        assert!(rewrite_object(b"{\"a\":", &[], &[], &mut out).is_err());
+        assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn seconds_have_microsecond_precision() {
+        assert_eq!(seconds(1_764_302_775.123_456), "1764302775.123456");
+        assert_eq!(seconds(1.5), "1.500000");
+        assert_eq!(seconds(0.000_000_4), "0.000000");
+        assert_eq!(seconds(0.999_999_6), "1.000000");
+        assert_eq!(seconds(-2.25), "-2.250000");
+        assert_eq!(seconds(f64::NAN), "0.000000");
+        assert_eq!(seconds(f64::INFINITY), "0.000000");
+        let big = seconds(1e300);
+        assert!(serde_json::from_str::<f64>(&big).is_ok(), "{big}");
+    }
+}
