@@ -1,0 +1,277 @@
+//! The `[CoreMQ]` section: the TCP broker, its limits and the cluster. The
+//! defaults here are the only copy; coremq.conf must agree with them (a test
+//! loads the file and compares).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use crate::document::{Section, SectionSpec};
+use crate::error::ConfigError;
+use crate::log::{LogLevel, LogTarget};
+use crate::pattern::{self, QueueHistoryRule};
+use crate::{size, value};
+
+/// Keys of `[CoreMQ]`, in coremq.conf order (also the order error messages list them in).
+pub(crate) const SPEC: SectionSpec = SectionSpec {
+    name: "CoreMQ",
+    env_prefix: "COREMQ",
+    keys: &[
+        "address",
+        "port",
+        "node_name",
+        "log_file",
+        "log_level",
+        "cluster_nodes",
+        "allowed_replicants",
+        "cluster_secret",
+        "shards",
+        "max_message_size",
+        "max_pending",
+        "max_connections",
+        "max_queue_name_length",
+        "history_length",
+        "queue_history",
+        "shutdown_timeout",
+    ],
+};
+
+/// Beyond this, per-shard fixed costs (channels, locked io memory) dominate.
+const MAX_SHARDS: usize = 1024;
+/// Below this a client could not even send a small JSON message.
+const MIN_MESSAGE_SIZE: usize = 64;
+/// Above this a single frame could starve a shard's memory.
+const MAX_MESSAGE_SIZE: usize = 1 << 30;
+/// Headroom `max_pending` must leave above one message for its frame header.
+pub(crate) const FRAME_OVERHEAD: usize = 1024;
+/// An outbound buffer larger than this per connection is certainly a typo.
+const MAX_PENDING: usize = 1 << 36;
+/// Upper bound on queue names that coremq.conf documents (1-255 bytes).
+const MAX_QUEUE_NAME_LENGTH: usize = 255;
+/// Used when the host name cannot be read or is not a valid node name.
+const FALLBACK_NODE_NAME: &str = "coremq";
+
+/// Settings of the broker proper: listener, identity, logging, cluster and limits.
+#[derive(Clone)]
+pub struct MqConfig {
+    /// Interface the client listener (and peer links) bind; `0.0.0.0` or `::`
+    /// for all.
+    pub address: IpAddr,
+    /// Client port; 0 lets the kernel choose, which is how tests avoid clashes.
+    pub port: u16,
+    /// This node's identity in welcome frames and in `coremq_server`
+    /// (`<node_name>:<port>`), so clients and peers can tell nodes apart.
+    /// Defaults to the host name.
+    pub node_name: String,
+    /// Where the broker logs.
+    pub log_file: LogTarget,
+    /// How much the broker logs.
+    pub log_level: LogLevel,
+    /// `host:port` of every node of the cluster, this one included, so every
+    /// node can be given the same list; empty for a standalone broker.
+    pub cluster_nodes: Vec<String>,
+    /// Further hosts (`host` or `host:port`) allowed to attach as replicants,
+    /// beyond the cluster nodes themselves.
+    pub allowed_replicants: Vec<String>,
+    /// Shared secret peers must present; `None` means peer links are not
+    /// authenticated. Redacted from `Debug` output so it never reaches a log.
+    pub cluster_secret: Option<String>,
+    /// Number of shards (executors), already resolved: a 0 in the file becomes
+    /// the number of online CPUs, so this is always 1..=1024.
+    pub shards: usize,
+    /// Largest frame body a client may send, in bytes; bounds per-frame memory.
+    pub max_message_size: usize,
+    /// Outbound bytes a connection may have queued before it is cut off as a
+    /// slow consumer; at least `max_message_size + 1024`.
+    pub max_pending: usize,
+    /// Connections accepted at once across all shards; protects file
+    /// descriptors and memory.
+    pub max_connections: usize,
+    /// Longest queue name accepted, 1..=255 bytes.
+    pub max_queue_name_length: usize,
+    /// Messages of history kept per queue unless a `queue_history` rule says otherwise.
+    pub history_length: usize,
+    /// Per-queue history lengths; the first rule whose pattern matches wins.
+    pub queue_history: Vec<QueueHistoryRule>,
+    /// How long a graceful stop waits for clients to take their last frames.
+    pub shutdown_timeout: Duration,
+}
+
+impl MqConfig {
+    /// History length for `queue`: the first matching `queue_history` rule,
+    /// else `history_length`.
+    pub fn history_length_for(&self, queue: &str) -> usize {
+        self.queue_history
+            .iter()
+            .find(|rule| rule.matches(queue))
+            .map_or(self.history_length, |rule| rule.length)
+    }
+
+    /// Reads `[CoreMQ]`: every key given and non-empty replaces its default.
+    pub(crate) fn from_section(s: &Section<'_>) -> Result<MqConfig, ConfigError> {
+        let mut c = MqConfig::default();
+        s.set(&mut c.address, "address", value::address)?;
+        s.set(&mut c.port, "port", value::port)?;
+        s.set(&mut c.node_name, "node_name", value::node_name)?;
+        s.set(&mut c.log_file, "log_file", LogTarget::parse)?;
+        s.set(&mut c.log_level, "log_level", LogLevel::parse)?;
+        s.set(&mut c.cluster_nodes, "cluster_nodes", |t| {
+            value::checked_list(t, value::host_port)
+        })?;
+        s.set(&mut c.allowed_replicants, "allowed_replicants", |t| {
+            value::checked_list(t, value::host_maybe_port)
+        })?;
+        c.cluster_secret = s.parse("cluster_secret", |t| Ok(t.to_owned()))?;
+        if let Some(n) = s.parse("shards", |t| {
+            value::count(t, 0, MAX_SHARDS, "a number of shards (0 = one per CPU)")
+        })? {
+            c.shards = resolve_shards(n);
+        }
+        s.set(&mut c.max_message_size, "max_message_size", |t| {
+            size::parse(t, MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE)
+        })?;
+        s.set(&mut c.max_pending, "max_pending", |t| {
+            size::parse(t, 1, MAX_PENDING)
+        })?;
+        s.set(&mut c.max_connections, "max_connections", |t| {
+            value::count(t, 1, u32::MAX as usize, "a number of connections")
+        })?;
+        s.set(&mut c.max_queue_name_length, "max_queue_name_length", |t| {
+            value::count(t, 1, MAX_QUEUE_NAME_LENGTH, "a length in bytes")
+        })?;
+        s.set(&mut c.history_length, "history_length", |t| {
+            value::count(t, 0, pattern::MAX_HISTORY, "a number of messages")
+        })?;
+        s.set(&mut c.queue_history, "queue_history", pattern::parse_rules)?;
+        s.set(&mut c.shutdown_timeout, "shutdown_timeout", value::seconds)?;
+
+        let min = c.max_message_size + FRAME_OVERHEAD;
+        if c.max_pending < min {
+            return Err(ConfigError::PendingTooSmall {
+                max_pending: s.describe("max_pending", c.max_pending)?,
+                max_message_size: s.describe("max_message_size", c.max_message_size)?,
+                min,
+            });
+        }
+        Ok(c)
+    }
+}
+
+impl Default for MqConfig {
+    /// The defaults documented in coremq.conf, with the host name and CPU count
+    /// of this machine filled in.
+    fn default() -> Self {
+        MqConfig {
+            address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 6747,
+            node_name: host_name(),
+            log_file: LogTarget::Stdout,
+            log_level: LogLevel::Info,
+            cluster_nodes: Vec::new(),
+            allowed_replicants: Vec::new(),
+            cluster_secret: None,
+            shards: resolve_shards(0),
+            max_message_size: 1 << 20,
+            max_pending: 16 << 20,
+            max_connections: 100_000,
+            max_queue_name_length: MAX_QUEUE_NAME_LENGTH,
+            history_length: 10,
+            queue_history: Vec::new(),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl fmt::Debug for MqConfig {
+    // Written out (not derived) to keep `cluster_secret` out of logs; the
+    // destructuring makes a new field a compile error here until it is listed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let MqConfig {
+            address,
+            port,
+            node_name,
+            log_file,
+            log_level,
+            cluster_nodes,
+            allowed_replicants,
+            cluster_secret,
+            shards,
+            max_message_size,
+            max_pending,
+            max_connections,
+            max_queue_name_length,
+            history_length,
+            queue_history,
+            shutdown_timeout,
+        } = self;
+        f.debug_struct("MqConfig")
+            .field("address", address)
+            .field("port", port)
+            .field("node_name", node_name)
+            .field("log_file", log_file)
+            .field("log_level", log_level)
+            .field("cluster_nodes", cluster_nodes)
+            .field("allowed_replicants", allowed_replicants)
+            .field(
+                "cluster_secret",
+                &cluster_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("shards", shards)
+            .field("max_message_size", max_message_size)
+            .field("max_pending", max_pending)
+            .field("max_connections", max_connections)
+            .field("max_queue_name_length", max_queue_name_length)
+            .field("history_length", history_length)
+            .field("queue_history", queue_history)
+            .field("shutdown_timeout", shutdown_timeout)
+            .finish()
+    }
+}
+
+/// `0` means one shard per online CPU (at least 1, at most [`MAX_SHARDS`]).
+fn resolve_shards(n: usize) -> usize {
+    if n != 0 {
+        return n;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, NonZeroUsize::get)
+        .min(MAX_SHARDS)
+}
+
+/// The kernel's host name, if it is a valid node name; else [`FALLBACK_NODE_NAME`].
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| value::is_node_name(name))
+        .unwrap_or_else(|| FALLBACK_NODE_NAME.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_zero_is_cpu_count() {
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        assert_eq!(resolve_shards(0), cpus.min(MAX_SHARDS));
+        assert_eq!(resolve_shards(3), 3);
+    }
+
+    #[test]
+    fn host_name_is_a_valid_node_name() {
+        assert!(value::is_node_name(&host_name()));
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let c = MqConfig {
+            cluster_secret: Some("hunter2".into()),
+            ..MqConfig::default()
+        };
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+}
