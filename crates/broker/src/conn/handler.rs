@@ -1,0 +1,190 @@
+//! What a connection's frames mean: one function per command, all answering
+//! through the connection's ordered replies.
+//!
+//! Errors inside a well-framed body get an `ERROR:` reply and the connection
+//! stays open; that mapping lives here and in the protocol crate's error texts.
+
+use super::state::{Conn, ReplyKind, SubState};
+use crate::msg::Request;
+use crate::shard::Shard;
+use crate::stats::Counters;
+use coremq_protocol::{self as proto, ClientMessage, OptionValue};
+use std::rc::Rc;
+
+/// Handles one frame body from `conn`.
+pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
+    let max_q = shard.cfg.max_queue_name_length;
+    let parsed = proto::split_body(body, max_q)
+        .and_then(|(queue, json)| Ok((queue, proto::parse_message(json, max_q)?)));
+    let (queue, msg) = match parsed {
+        Ok(x) => x,
+        Err(e) => {
+            Counters::add(&shard.counters.client_errors, 1);
+            tracing::debug!(cause = %e, "bad frame body");
+            conn.reply_error(&e);
+            return;
+        }
+    };
+    dispatch(shard, conn, queue, msg);
+}
+
+/// Carries out one parsed message (TCP and WebSocket share this).
+pub(crate) fn dispatch(shard: &Rc<Shard>, conn: &Rc<Conn>, queue: &str, msg: ClientMessage<'_>) {
+    match msg {
+        ClientMessage::Publish(p) => shard.publish(conn, queue, &p),
+        ClientMessage::Subscribe(names) => subscribe(shard, conn, names),
+        ClientMessage::Unsubscribe(names) => unsubscribe(shard, conn, names),
+        ClientMessage::Options(opts) => options(conn, opts),
+        ClientMessage::GetHistory(names) => history(shard, conn, names),
+        ClientMessage::Status => status(shard, conn),
+        ClientMessage::Replicant(req) => replicant(shard, conn, req),
+    }
+}
+
+/// Subscribes `conn` to `queue` on its owner; `seq` is the reply waiting for it.
+pub(crate) fn subscribe_one(
+    shard: &Shard,
+    conn: &Conn,
+    queue: Box<str>,
+    seq: Option<u32>,
+    own_id: bool,
+) {
+    conn.st
+        .borrow_mut()
+        .subs
+        .insert(queue.clone(), SubState::Pending);
+    let owner = shard.router.owner(&queue);
+    shard.request(
+        owner,
+        Request::Subscribe {
+            queue,
+            conn: conn.key,
+            seq,
+            own_id,
+        },
+    );
+}
+
+fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
+    let mut names = dedup(names);
+    names.retain(|q| !conn.st.borrow().subs.contains_key(&**q));
+    // The reply waits for every owner to register its part (G2).
+    let seq = conn.reserve(ReplyKind::Text(proto::OK_SUBSCRIBE), names.len() as u32);
+    for q in names {
+        subscribe_one(shard, conn, q, Some(seq), false);
+    }
+}
+
+fn unsubscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
+    for q in dedup(names) {
+        let was = conn.st.borrow_mut().subs.remove(&*q);
+        if let Some(state) = was {
+            shard.unsubscribe_local(&q, conn, state);
+            let owner = shard.router.owner(&q);
+            shard.request(owner, Request::Unsubscribe { queue: q });
+        }
+    }
+    conn.reply(ReplyKind::Text(proto::OK_UNSUBSCRIBE));
+}
+
+fn options(conn: &Conn, opts: Vec<(String, OptionValue)>) {
+    {
+        let mut st = conn.st.borrow_mut();
+        for (name, value) in opts {
+            match value {
+                OptionValue::Ack(on) => st.opts.no_ack = !on,
+                OptionValue::Echo(on) => st.opts.echo = on,
+                OptionValue::Remove => match name.as_str() {
+                    "ack" => st.opts.no_ack = false,
+                    "echo" => st.opts.echo = false,
+                    _ => {
+                        st.opts.other.remove(&name);
+                    }
+                },
+                OptionValue::Other(raw) => {
+                    st.opts.other.insert(name, raw);
+                }
+            }
+        }
+    }
+    conn.reply(ReplyKind::Text(proto::OK_OPTIONS));
+}
+
+fn history(shard: &Shard, conn: &Conn, names: Vec<String>) {
+    let names = dedup(names);
+    // Group the requested queues by owner so each owner gets one request.
+    let mut groups: Vec<(usize, Vec<(u16, Box<str>)>)> = Vec::new();
+    for (i, q) in names.iter().enumerate() {
+        let owner = shard.router.owner(q);
+        let item = (i as u16, q.clone());
+        match groups.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, v)) => v.push(item),
+            None => groups.push((owner, vec![item])),
+        }
+    }
+    let parts = vec![Vec::new(); names.len()];
+    let seq = conn.reserve(ReplyKind::History { names, parts }, groups.len() as u32);
+    for (owner, queues) in groups {
+        shard.request(
+            owner,
+            Request::History {
+                queues,
+                conn: conn.key,
+                seq,
+            },
+        );
+    }
+}
+
+fn status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    // The reply keeps its place in the reply order while every shard answers.
+    let seq = conn.reserve(ReplyKind::Status(Vec::new()), 1);
+    let (shard, conn) = (shard.clone(), conn.clone());
+    glommio::spawn_local(async move {
+        let stats = shard.gather_stats().await;
+        conn.complete(seq, |kind| *kind = ReplyKind::Status(stats));
+    })
+    .detach();
+}
+
+fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
+    let cfg = &shard.cfg;
+    let host = req
+        .name
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(&req.name);
+    let listed = cfg
+        .cluster_nodes
+        .iter()
+        .chain(cfg.allowed_replicants.iter())
+        .any(|n| *n == req.name || n.rsplit_once(':').map(|(h, _)| h).unwrap_or(n) == host);
+    let secret_ok = match &cfg.cluster_secret {
+        None => true,
+        Some(s) => req.secret.as_deref() == Some(s.as_str()),
+    };
+    if !(listed && secret_ok) {
+        tracing::warn!(name = %req.name, listed, secret_ok, "replicant refused");
+        let mut json = Vec::new();
+        proto::response_json(proto::ERR_NOT_REPLICANT, &mut json);
+        conn.reply(ReplyKind::Json(json));
+        return;
+    }
+    tracing::info!(name = %req.name, "replicant attached");
+    conn.st.borrow_mut().replicant = Some(req.name.clone());
+    if let Ok(mut r) = shard.node.shared.replicants.lock() {
+        r.push(req.name);
+    }
+    conn.reply(ReplyKind::Text(proto::OK_REPLICANT));
+}
+
+/// Removes duplicates, keeping the first occurrence's position.
+fn dedup(names: Vec<String>) -> Vec<Box<str>> {
+    let mut out: Vec<Box<str>> = Vec::with_capacity(names.len());
+    for n in names {
+        if !out.iter().any(|o| **o == *n) {
+            out.push(n.into_boxed_str());
+        }
+    }
+    out
+}

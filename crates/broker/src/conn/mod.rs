@@ -1,0 +1,9 @@
+//! Client connections on their home shard.
+//!
+//! - `state`: the connection's buffer, ordered replies, options, subscriptions;
+//! - `handler`: what each command does;
+//! - `task`: the socket loop that reads frames and writes the buffer.
+
+pub(crate) mod handler;
+pub(crate) mod state;
+pub(crate) mod task;

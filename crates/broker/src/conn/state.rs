@@ -1,0 +1,328 @@
+//! One connection's state on its home shard: the outbound buffer, the replies
+//! waiting for their turn, options and subscriptions.
+//!
+//! Replies leave in request order even when their parts come back from
+//! different owner shards at different times: each request that gets a reply
+//! reserves a sequence number, and a reply is written only when every earlier
+//! one has been. Deliveries of subscribed messages are not replies and go
+//! straight to the buffer.
+
+use crate::msg::{ConnKey, MsgFrame};
+use crate::stats::ShardStats;
+use coremq_protocol as proto;
+use std::collections::{HashMap, VecDeque};
+use std::task::Waker;
+
+/// Why a connection is closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// Unrecoverable framing error: one `ERROR:` went out.
+    Framing,
+    /// Exceeded `max_pending`.
+    SlowConsumer,
+    /// Graceful stop: `BYE` went out.
+    Shutdown,
+}
+
+/// State of one subscription of this connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SubState {
+    /// Subscribe sent to the owner, not yet confirmed.
+    Pending,
+    /// Confirmed; the connection is in the shard's local table.
+    Active,
+}
+
+/// The content of a reply once complete.
+pub(crate) enum ReplyKind {
+    /// The welcome frame (sent once the own-id subscription is registered).
+    Welcome,
+    /// `{"response": TEXT}`.
+    Text(&'static str),
+    /// `OK: Message sent`, the one reply on the publish hot path.
+    Sent,
+    /// A JSON object built in advance (errors, options).
+    Json(Vec<u8>),
+    /// A history reply being assembled from owner shards.
+    History {
+        /// Requested queue names, de-duplicated, in request order.
+        names: Vec<Box<str>>,
+        /// Messages per name, filled as owners answer.
+        parts: Vec<Vec<MsgFrame>>,
+    },
+    /// A status reply being assembled from every shard.
+    Status(Vec<ShardStats>),
+    /// A JSON object sent as it is, with no queue: WebSocket-only replies such
+    /// as `{"error": …}` (framed with an empty queue name, which no real queue
+    /// can have, so the WebSocket side knows not to add `"queue"`).
+    Raw(Vec<u8>),
+}
+
+/// A reply and how many answers it still waits for.
+struct Slot {
+    remaining: u32,
+    kind: ReplyKind,
+}
+
+/// Connection options (`coremq_options`).
+#[derive(Default)]
+pub(crate) struct Options {
+    /// `"ack": false` turns off `OK: Message sent`.
+    pub no_ack: bool,
+    /// `"echo": true` delivers the connection's own publishes back to it.
+    pub echo: bool,
+    /// Unknown options, kept as given (the original did).
+    pub other: HashMap<String, Box<serde_json::value::RawValue>>,
+}
+
+/// Everything mutable about a connection. Borrowed briefly, never across an `.await`.
+pub(crate) struct ConnState {
+    /// Bytes waiting to be written; `head` is how far writing got.
+    out: Vec<u8>,
+    head: usize,
+    /// Replies not yet written, front = sequence `base`.
+    replies: VecDeque<Slot>,
+    base: u32,
+    /// The connection task, woken when there is something to write.
+    pub waker: Option<Waker>,
+    /// Set once the connection is going away; nothing more is queued then.
+    pub closing: Option<Close>,
+    /// Options set by the client.
+    pub opts: Options,
+    /// Subscriptions of this connection (including its own id).
+    pub subs: HashMap<Box<str>, SubState, ahash::RandomState>,
+    /// Name given in `coremq_replicant`, once accepted.
+    pub replicant: Option<String>,
+}
+
+/// A connection's identity plus its state.
+pub(crate) struct Conn {
+    /// Slab handle on the home shard.
+    pub key: ConnKey,
+    /// The connection id (a UUID), also the queue it is subscribed to.
+    pub id: Box<str>,
+    /// The `OK: Message sent` frame for this connection, encoded once.
+    ok_sent: Box<[u8]>,
+    /// Outbound limit (`max_pending`).
+    max_pending: usize,
+    /// Node-wide facts for welcome and status replies.
+    node: std::rc::Rc<crate::node::NodeCtx>,
+    /// Mutable state.
+    pub st: std::cell::RefCell<ConnState>,
+}
+
+/// What happened when bytes were queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Queued {
+    /// Queued.
+    Ok,
+    /// Dropped: the connection is closing.
+    Closing,
+    /// This push made the connection a slow consumer.
+    BecameSlow,
+}
+
+impl Conn {
+    /// A new connection with an empty buffer.
+    pub(crate) fn new(
+        key: ConnKey,
+        id: String,
+        max_pending: usize,
+        node: std::rc::Rc<crate::node::NodeCtx>,
+    ) -> Conn {
+        let mut json = Vec::new();
+        proto::response_json(proto::OK_SENT, &mut json);
+        let mut ok_sent = Vec::new();
+        proto::encode_frame(&id, &json, &mut ok_sent);
+        Conn {
+            key,
+            id: id.into_boxed_str(),
+            ok_sent: ok_sent.into_boxed_slice(),
+            max_pending,
+            node,
+            st: std::cell::RefCell::new(ConnState {
+                out: Vec::new(),
+                head: 0,
+                replies: VecDeque::new(),
+                base: 0,
+                waker: None,
+                closing: None,
+                opts: Options::default(),
+                subs: HashMap::default(),
+                replicant: None,
+            }),
+        }
+    }
+
+    /// Reserves a reply slot that completes after `remaining` answers.
+    pub(crate) fn reserve(&self, kind: ReplyKind, remaining: u32) -> u32 {
+        let mut st = self.st.borrow_mut();
+        let seq = st.base.wrapping_add(st.replies.len() as u32);
+        st.replies.push_back(Slot { remaining, kind });
+        drop(st);
+        if remaining == 0 {
+            self.flush_replies();
+        }
+        seq
+    }
+
+    /// Queues a reply that is complete already (keeps request order).
+    pub(crate) fn reply(&self, kind: ReplyKind) {
+        self.reserve(kind, 0);
+    }
+
+    /// Queues `{"response": "ERROR: reason"}`.
+    pub(crate) fn reply_error(&self, reason: &dyn std::fmt::Display) {
+        let mut json = Vec::new();
+        proto::error_json(&reason.to_string(), &mut json);
+        self.reply(ReplyKind::Json(json));
+    }
+
+    /// One answer for reply `seq` arrived; `fill` merges its content.
+    pub(crate) fn complete(&self, seq: u32, fill: impl FnOnce(&mut ReplyKind)) {
+        let mut st = self.st.borrow_mut();
+        let idx = seq.wrapping_sub(st.base) as usize;
+        let Some(slot) = st.replies.get_mut(idx) else {
+            return;
+        };
+        fill(&mut slot.kind);
+        slot.remaining = slot.remaining.saturating_sub(1);
+        let front_done = idx == 0 && slot.remaining == 0;
+        drop(st);
+        if front_done {
+            self.flush_replies();
+        }
+    }
+
+    /// Writes every completed reply at the front into the buffer.
+    fn flush_replies(&self) {
+        let mut st = self.st.borrow_mut();
+        let mut became_slow = false;
+        while st.replies.front().is_some_and(|s| s.remaining == 0) {
+            let Some(slot) = st.replies.pop_front() else {
+                break;
+            };
+            st.base = st.base.wrapping_add(1);
+            if st.closing.is_some() {
+                continue;
+            }
+            match slot.kind {
+                ReplyKind::Sent => st.out.extend_from_slice(&self.ok_sent),
+                ReplyKind::Raw(json) => proto::encode_frame("", &json, &mut st.out),
+                kind => {
+                    let json = self.reply_json(kind);
+                    proto::encode_frame(&self.id, &json, &mut st.out);
+                }
+            }
+            if st.out.len() - st.head > self.max_pending {
+                became_slow = true;
+                break;
+            }
+        }
+        drop(st);
+        if became_slow {
+            self.make_slow();
+        }
+        self.wake();
+    }
+
+    fn reply_json(&self, kind: ReplyKind) -> Vec<u8> {
+        let mut json = Vec::new();
+        match kind {
+            ReplyKind::Welcome => json.extend_from_slice(&self.node.welcome),
+            ReplyKind::Text(t) => proto::response_json(t, &mut json),
+            ReplyKind::Sent => proto::response_json(proto::OK_SENT, &mut json),
+            ReplyKind::Json(j) => json = j,
+            ReplyKind::History { names, parts } => write_history(&names, &parts, &mut json),
+            ReplyKind::Status(parts) => json = self.node.status_json(&parts),
+            ReplyKind::Raw(j) => json = j,
+        }
+        json
+    }
+
+    /// Queues a delivered frame unless the connection is closing.
+    pub(crate) fn deliver(&self, frame: &[u8]) -> Queued {
+        let mut st = self.st.borrow_mut();
+        if st.closing.is_some() {
+            return Queued::Closing;
+        }
+        if st.out.len() - st.head + frame.len() > self.max_pending {
+            drop(st);
+            self.make_slow();
+            return Queued::BecameSlow;
+        }
+        let was_empty = st.out.len() == st.head;
+        st.out.extend_from_slice(frame);
+        drop(st);
+        if was_empty {
+            self.wake();
+        }
+        Queued::Ok
+    }
+
+    /// Marks the connection a slow consumer: drops what it has not been sent
+    /// yet beyond what the socket may already hold, queues the error and closes.
+    fn make_slow(&self) {
+        let mut json = Vec::new();
+        proto::error_json(
+            &format!(
+                "slow consumer: more than {} bytes waiting to be read (max_pending); disconnecting",
+                self.max_pending
+            ),
+            &mut json,
+        );
+        self.close_with(Close::SlowConsumer, &json);
+    }
+
+    /// Queues a last frame on the connection's own queue and closes after it.
+    pub(crate) fn close_with(&self, why: Close, json: &[u8]) {
+        let mut st = self.st.borrow_mut();
+        if st.closing.is_some() {
+            return;
+        }
+        st.closing = Some(why);
+        proto::encode_frame(&self.id, json, &mut st.out);
+        st.replies.clear();
+        drop(st);
+        self.wake();
+    }
+
+    /// Wakes the connection task.
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.st.borrow().waker.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    /// The bytes not yet written.
+    pub(crate) fn with_unwritten<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let st = self.st.borrow();
+        f(&st.out[st.head..])
+    }
+
+    /// `n` bytes were written to the socket.
+    pub(crate) fn written(&self, n: usize) {
+        let mut st = self.st.borrow_mut();
+        st.head += n;
+        if st.head == st.out.len() {
+            st.out.clear();
+            st.head = 0;
+            if st.out.capacity() > 1 << 20 {
+                st.out.shrink_to(64 << 10);
+            }
+        } else if st.head > (1 << 20) && st.head > st.out.len() / 2 {
+            let head = st.head;
+            st.out.drain(..head);
+            st.head = 0;
+        }
+    }
+}
+
+/// `{"history": {"q": [m, ...], ...}}`; queues without messages are left out.
+fn write_history(names: &[Box<str>], parts: &[Vec<MsgFrame>], out: &mut Vec<u8>) {
+    let mut w = proto::HistoryWriter::new(out);
+    for (name, msgs) in names.iter().zip(parts) {
+        w.push_queue(name, msgs.iter().map(MsgFrame::json));
+    }
+    w.finish();
+}

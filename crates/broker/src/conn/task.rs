@@ -1,0 +1,215 @@
+//! The socket loop of one connection.
+//!
+//! One task owns the socket and does both directions in a single `poll_fn`:
+//! write whatever is buffered, then read unless the shard is backed up, the
+//! connection is closing or the node is stopping. Deliveries from other tasks
+//! only append to the buffer and wake this task.
+
+use super::handler::{handle_body, subscribe_one};
+use super::state::{Close, Conn, ReplyKind};
+use crate::shard::Shard;
+use crate::stats::Counters;
+use coremq_protocol as proto;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// How long a closing connection may take to drain its last frames.
+const LINGER: Duration = Duration::from_secs(2);
+/// First size of a connection's read buffer; it grows up to one maximal frame.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes written per wake-up before letting other tasks run.
+const WRITE_BUDGET: usize = 4 << 20;
+
+/// What the poll loop woke up for.
+enum Event {
+    /// `n` new bytes are in the read buffer (0 = peer closed).
+    Read(usize),
+    /// The connection is done (closing and flushed, linger over, or I/O error).
+    Done(&'static str),
+}
+
+/// Bytes read but not yet parsed.
+struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    /// Space to read into, growing the buffer (up to `max`) when a frame is
+    /// longer than what fits.
+    fn spare(&mut self, max: usize) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < max {
+                let grown = (self.data.len() * 2).min(max);
+                self.data.resize(grown, 0);
+            }
+        }
+        &mut self.data[self.end..]
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
+    // The welcome waits for the own-id subscription, so that anyone who learns
+    // the id from this client can reach it at once.
+    let seq = conn.reserve(ReplyKind::Welcome, 1);
+    subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true);
+
+    // Header ('+', up to 20 digits, ' ') plus the largest body.
+    let max_frame = shard.cfg.max_message_size + 32;
+    let mut rbuf = ReadBuf {
+        data: vec![0; READ_CHUNK.min(max_frame)],
+        start: 0,
+        end: 0,
+    };
+    let mut linger: Option<glommio::timer::Timer> = None;
+    let why = loop {
+        let ev = poll_fn(|cx| {
+            poll_conn(
+                &shard,
+                &conn,
+                &mut stream,
+                &mut rbuf,
+                max_frame,
+                &mut linger,
+                cx,
+            )
+        })
+        .await;
+        match ev {
+            Event::Done(why) => break why,
+            Event::Read(0) => break "peer closed",
+            Event::Read(n) => {
+                Counters::add(&shard.counters.bytes_in, n as u64);
+                rbuf.end += n;
+                parse_frames(&shard, &conn, &mut rbuf);
+            }
+        }
+    };
+    tracing::debug!(why, "connection closed");
+    shard.close_conn(&conn);
+}
+
+/// Handles every complete frame in the buffer.
+fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
+    let max = shard.cfg.max_message_size;
+    loop {
+        // Nothing more is accepted once stopping: the drain promised the
+        // owners that no request follows.
+        if shard.stopping.is_set() || conn.st.borrow().closing.is_some() {
+            rbuf.start = rbuf.end;
+            return;
+        }
+        match proto::decode_frame(&rbuf.data[rbuf.start..rbuf.end], max) {
+            Ok(Some((frame, used))) => {
+                handle_body(shard, conn, frame.body);
+                rbuf.start += used;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                Counters::add(&shard.counters.client_errors, 1);
+                tracing::debug!(cause = %e, "framing error; closing");
+                let mut json = Vec::new();
+                proto::error_json(&e.to_string(), &mut json);
+                conn.close_with(Close::Framing, &json);
+                rbuf.start = rbuf.end;
+                return;
+            }
+        }
+    }
+}
+
+fn poll_conn(
+    shard: &Shard,
+    conn: &Conn,
+    stream: &mut TcpStream,
+    rbuf: &mut ReadBuf,
+    max_frame: usize,
+    linger: &mut Option<glommio::timer::Timer>,
+    cx: &mut Context<'_>,
+) -> Poll<Event> {
+    // Write side.
+    let mut budget = WRITE_BUDGET;
+    loop {
+        let res = conn.with_unwritten(|buf| {
+            if buf.is_empty() {
+                None
+            } else {
+                Some(Pin::new(&mut *stream).poll_write(cx, buf))
+            }
+        });
+        match res {
+            None => break,
+            Some(Poll::Ready(Ok(0))) => return Poll::Ready(Event::Done("write returned 0")),
+            Some(Poll::Ready(Ok(n))) => {
+                conn.written(n);
+                Counters::add(&shard.counters.bytes_out, n as u64);
+                budget = budget.saturating_sub(n);
+                if budget == 0 {
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+            }
+            Some(Poll::Ready(Err(_))) => return Poll::Ready(Event::Done("write error")),
+            Some(Poll::Pending) => break,
+        }
+    }
+    let flushed = conn.with_unwritten(|b| b.is_empty());
+
+    // Closing: leave once the last frame is out, or when the linger is over.
+    let closing = conn.st.borrow().closing;
+    if let Some(why) = closing {
+        if flushed {
+            return Poll::Ready(Event::Done(match why {
+                Close::Framing => "framing error",
+                Close::SlowConsumer => "slow consumer",
+                Close::Shutdown => "shutdown",
+            }));
+        }
+        let timer = linger.get_or_insert_with(|| glommio::timer::Timer::new(LINGER));
+        if Pin::new(timer).poll(cx).is_ready() {
+            return Poll::Ready(Event::Done("linger expired"));
+        }
+    }
+
+    // Read side.
+    let stopping = shard.stopping.is_set();
+    if closing.is_none() && !stopping && shard.mesh.poll_low(cx.waker()) {
+        // A frame that already fills the largest buffer means the length check
+        // failed to stop it; never read past one maximal frame.
+        let spare = rbuf.spare(max_frame);
+        if !spare.is_empty() {
+            if let Poll::Ready(r) = Pin::new(&mut *stream).poll_read(cx, spare) {
+                return Poll::Ready(match r {
+                    Ok(n) => Event::Read(n),
+                    Err(_) => Event::Done("read error"),
+                });
+            }
+        }
+    } else if stopping && closing.is_none() {
+        // Waiting for BYE; keep the peer's bytes unread.
+    }
+
+    let mut st = conn.st.borrow_mut();
+    match &st.waker {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => st.waker = Some(cx.waker().clone()),
+    }
+    Poll::Pending
+}
+
+use std::future::Future;

@@ -1,0 +1,125 @@
+//! What shards say to each other.
+//!
+//! Two kinds of traffic travel on two separate meshes so that the owner side can
+//! never deadlock the home side: *requests* go from a connection's home shard to
+//! a queue's owner shard, *responses* (deliveries and replies) come back. A shard
+//! processes responses without ever waiting, so the response mesh always drains,
+//! and request processing may pause until it has (see `mesh.rs`).
+
+use bytes::Bytes;
+
+/// A connection's handle on its home shard: slot index and generation, so that a
+/// reply for a connection that closed and whose slot was reused is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ConnKey {
+    /// Index into the home shard's connection slab.
+    pub slot: u32,
+    /// Bumped every time the slot is reused.
+    pub generation: u32,
+}
+
+/// An encoded `+LEN QUEUE JSON` frame, shared by the history and every delivery.
+///
+/// Encoding once and sharing the bytes is what keeps fan-out copy-free until the
+/// final write into each socket buffer.
+#[derive(Clone, Debug)]
+pub(crate) struct MsgFrame {
+    /// The whole frame as it goes on the wire.
+    pub bytes: Bytes,
+    /// Where QUEUE starts (just after `+LEN `).
+    pub queue_start: u16,
+    /// Where JSON starts (just after `QUEUE `).
+    pub json_start: u32,
+}
+
+impl MsgFrame {
+    /// Encodes a frame for `queue` carrying the stored message `json`.
+    pub(crate) fn new(queue: &str, json: &[u8]) -> MsgFrame {
+        let mut out = Vec::with_capacity(coremq_protocol::frame_len(queue, json));
+        coremq_protocol::encode_frame(queue, json, &mut out);
+        let queue_start = out.len() - json.len() - 1 - queue.len();
+        MsgFrame {
+            json_start: (out.len() - json.len()) as u32,
+            queue_start: queue_start as u16,
+            bytes: Bytes::from(out),
+        }
+    }
+
+    /// The queue name inside the frame.
+    pub(crate) fn queue(&self) -> &str {
+        let raw = &self.bytes[self.queue_start as usize..self.json_start as usize - 1];
+        // Queue names are validated printable ASCII before a frame is built.
+        std::str::from_utf8(raw).unwrap_or("")
+    }
+
+    /// The stored JSON object inside the frame.
+    pub(crate) fn json(&self) -> &[u8] {
+        &self.bytes[self.json_start as usize..]
+    }
+}
+
+/// Home shard → owner shard.
+#[derive(Debug)]
+pub(crate) enum Request {
+    /// Store and fan out a message. `ack` carries the reply sequence number when
+    /// the publisher wants `OK: Message sent` (sent only after the owner stored
+    /// it, which is what makes G3 hold across shards).
+    Publish {
+        frame: MsgFrame,
+        sender: ConnKey,
+        echo: bool,
+        ack: Option<u32>,
+    },
+    /// Add one subscription of a home-shard connection. `own_id` marks the
+    /// connection's own id queue, which is dropped with the connection.
+    Subscribe {
+        queue: Box<str>,
+        conn: ConnKey,
+        seq: Option<u32>,
+        own_id: bool,
+    },
+    /// Remove one subscription.
+    Unsubscribe { queue: Box<str> },
+    /// History of the queues at `indices` of the original request.
+    History {
+        queues: Vec<(u16, Box<str>)>,
+        conn: ConnKey,
+        seq: u32,
+    },
+    /// This shard's figures, for the gather identified by `token`.
+    Stats { token: u64 },
+    /// Shutdown: the sending shard stopped reading clients; nothing follows.
+    Drain,
+}
+
+/// Owner shard → home shard.
+#[derive(Debug)]
+pub(crate) enum Response {
+    /// A published message for the home shard's subscribers of its queue.
+    /// `skip` is the publisher when it lives on that shard and has echo off.
+    Deliver {
+        frame: MsgFrame,
+        skip: Option<ConnKey>,
+    },
+    /// `OK: Message sent` for the publish with this sequence number.
+    Ack { conn: ConnKey, seq: u32 },
+    /// The subscription is registered at the owner; deliveries follow from now.
+    Subscribed {
+        queue: Box<str>,
+        conn: ConnKey,
+        seq: Option<u32>,
+    },
+    /// Part of a history reply: (index in the request, stored messages oldest first).
+    History {
+        conn: ConnKey,
+        seq: u32,
+        part: Vec<(u16, Vec<MsgFrame>)>,
+    },
+    /// One shard's figures for the gather identified by `token`.
+    Stats {
+        token: u64,
+        stats: crate::stats::ShardStats,
+    },
+    /// Shutdown: the owner has processed every request from every shard.
+    Drained,
+}

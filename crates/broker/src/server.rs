@@ -1,0 +1,284 @@
+//! Starting and stopping a node: resolve the port, wire the meshes, spawn one
+//! glommio executor per shard, wait until all listen, and watch them.
+
+use crate::boot::{run_shard, Boot, CONTROL_SHARD};
+use crate::error::BrokerError;
+use crate::msg::{Request, Response};
+use crate::node::NodeShared;
+use crate::web::{Keepalive, WebSettings};
+use coremq_config::Config;
+use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Memory each executor registers for file I/O buffers. The broker does no
+/// file I/O on the data path; glommio's 10 MiB default would lock ~30 MiB per
+/// shard (three rings) and exceed the usual 8 MiB `ulimit -l` with one shard.
+/// 64 KiB lets 16 shards start as a non-root user under 8 MiB.
+pub const IO_MEMORY: usize = 64 << 10;
+
+/// How long start-up may take before it is declared failed.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running node.
+pub struct Running {
+    /// The client address all shards listen on.
+    addr: SocketAddr,
+    /// The WebSocket/HTTP address, when enabled.
+    ws_addr: Option<SocketAddr>,
+    /// Number of shards.
+    shards: usize,
+    /// Stops every shard.
+    stopper: Stopper,
+    /// Shard exits, reported by the watcher threads.
+    exits: mpsc::Receiver<(usize, Result<(), String>)>,
+}
+
+/// Asks every shard to stop gracefully. Cheap to clone; usable from any thread
+/// (signal handlers, tests).
+#[derive(Clone)]
+pub struct Stopper {
+    /// The starter's ends of the per-shard stop socket pairs.
+    ends: Arc<Vec<UnixStream>>,
+}
+
+impl Stopper {
+    /// Begins a graceful stop (idempotent).
+    pub fn stop(&self) {
+        for mut s in self.ends.iter() {
+            let _ = s.write(&[1]);
+        }
+    }
+}
+
+/// Starts a node and returns once every shard listens.
+pub fn start(config: Config) -> Result<Running, BrokerError> {
+    let mq = config.mq;
+    let shards = mq.shards.max(1);
+    let addr = resolve_addr(SocketAddr::new(mq.address, mq.port))?;
+    let ws = config.ws;
+    let ws_addr = if ws.enabled {
+        Some(resolve_addr(SocketAddr::new(ws.address, ws.port))?)
+    } else {
+        None
+    };
+    let web_settings = WebSettings {
+        allowed_origins: ws.allowed_origins.clone(),
+        keepalive: Keepalive {
+            ping_interval: ws.ping_interval,
+            idle_timeout: ws.idle_timeout,
+        },
+    };
+    let cpus = allowed_cpus();
+    let pin = shards <= cpus.len();
+    tracing::info!(
+        %addr,
+        shards,
+        pinned = pin,
+        cpus = cpus.len(),
+        node = %mq.node_name,
+        "starting CoreMQ {}",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let mut boots = wire(shards);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (exit_tx, exits) = mpsc::channel();
+    let shared = NodeShared::new();
+    let started = Instant::now();
+    let mut ends = Vec::with_capacity(shards);
+    for id in 0..shards {
+        let (ours, theirs) = UnixStream::pair()?;
+        ends.push(ours);
+        let wiring = boots.remove(0);
+        let boot = Boot {
+            id,
+            shards,
+            cfg: mq.clone(),
+            addr,
+            shared: shared.clone(),
+            started,
+            req_tx: wiring.req_tx,
+            resp_tx: wiring.resp_tx,
+            req_rx: wiring.req_rx,
+            resp_rx: wiring.resp_rx,
+            stop_fd: theirs,
+            ready: ready_tx.clone(),
+            web: (id == CONTROL_SHARD)
+                .then(|| ws_addr.map(|a| (a, web_settings.clone())))
+                .flatten(),
+        };
+        let placement = if pin {
+            Placement::Fixed(cpus[id])
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("coremq-shard-{id}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || run_shard(boot))
+            .map_err(|e| BrokerError::ShardStart {
+                shard: id,
+                cause: e.to_string(),
+            })?;
+        let tx = exit_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("coremq-watch-{id}"))
+            .spawn(move || {
+                let res = match handle.join() {
+                    Ok(r) => r,
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.send((id, res));
+            })?;
+    }
+    drop(ready_tx);
+    let running = Running {
+        addr,
+        ws_addr,
+        shards,
+        stopper: Stopper {
+            ends: Arc::new(ends),
+        },
+        exits,
+    };
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut ready = 0;
+    while ready < shards {
+        if let Ok((shard, res)) = running.exits.try_recv() {
+            running.stopper.stop();
+            let cause = res.err().unwrap_or_else(|| "exited during start-up".into());
+            return Err(BrokerError::ShardStart { shard, cause });
+        }
+        match ready_rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(_) => ready += 1,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => {
+                running.stopper.stop();
+                return Err(BrokerError::StartTimeout(START_TIMEOUT, ready, shards));
+            }
+        }
+    }
+    tracing::info!(%addr, shards, "CoreMQ ready");
+    Ok(running)
+}
+
+impl Running {
+    /// The client address (with the real port when 0 was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The WebSocket/HTTP address (with the real port), when enabled.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// Number of shards running.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// A handle that stops the node from any thread.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Waits until every shard has stopped. A shard that dies while the others
+    /// run stops the whole node and is reported as an error: a half-working
+    /// broker is worse than a restarted one.
+    pub fn wait(self) -> Result<(), BrokerError> {
+        let mut failure = None;
+        for _ in 0..self.shards {
+            let Ok((shard, res)) = self.exits.recv() else {
+                break;
+            };
+            if let Err(cause) = res {
+                tracing::error!(shard, %cause, "shard failed; stopping the node");
+                failure.get_or_insert(BrokerError::ShardDied { shard, cause });
+                self.stopper.stop();
+            } else if failure.is_none() {
+                // One shard finished: the others are finishing too (a stop).
+                self.stopper.stop();
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks that nobody listens on `addr` and resolves port 0 to a free port.
+///
+/// glommio binds with SO_REUSEPORT, so a second broker on the same port would
+/// bind successfully and take half the connections. A plain bind (without
+/// SO_REUSEPORT) fails on any address someone listens on, which is the check.
+fn resolve_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => probe
+            .local_addr()
+            .map_err(|cause| BrokerError::Listen { addr, cause }),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(BrokerError::PortInUse { addr }),
+        Err(cause) => Err(BrokerError::Listen { addr, cause }),
+    }
+}
+
+/// The CPUs this process may run on (honours taskset / systemd CPUAffinity).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    if !ok {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        return (0..n).collect();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// One shard's channel ends.
+struct Wiring {
+    req_tx: Vec<(usize, SharedSender<Vec<Request>>)>,
+    resp_tx: Vec<(usize, SharedSender<Vec<Response>>)>,
+    req_rx: Vec<(usize, SharedReceiver<Vec<Request>>)>,
+    resp_rx: Vec<(usize, SharedReceiver<Vec<Response>>)>,
+}
+
+/// A full mesh of bounded channels, both lanes, built by index so that shard
+/// numbers are ours (glommio's own mesh numbers peers in join order).
+fn wire(shards: usize) -> Vec<Wiring> {
+    let mut w: Vec<Wiring> = (0..shards)
+        .map(|_| Wiring {
+            req_tx: Vec::new(),
+            resp_tx: Vec::new(),
+            req_rx: Vec::new(),
+            resp_rx: Vec::new(),
+        })
+        .collect();
+    for from in 0..shards {
+        for to in 0..shards {
+            if from == to {
+                continue;
+            }
+            let (tx, rx) = shared_channel::new_bounded(crate::mesh::CHANNEL_BATCHES);
+            w[from].req_tx.push((to, tx));
+            w[to].req_rx.push((from, rx));
+            let (tx, rx) = shared_channel::new_bounded(crate::mesh::CHANNEL_BATCHES);
+            w[from].resp_tx.push((to, tx));
+            w[to].resp_rx.push((from, rx));
+        }
+    }
+    w
+}

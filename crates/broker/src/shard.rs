@@ -1,0 +1,526 @@
+//! One shard: its connections (home side), its queues (owner side) and the
+//! handlers for what other shards send it.
+//!
+//! Everything here is plain `Rc`/`RefCell` owned by the shard's thread. Handlers
+//! are synchronous: a request is processed to completion, producing responses
+//! into outboxes, so no borrow is ever held across an `.await`.
+
+use crate::conn::state::{Close, Conn, Queued, ReplyKind, SubState};
+use crate::event::{Event, WakerList};
+use crate::mesh::Mesh;
+use crate::msg::{ConnKey, MsgFrame, Request, Response};
+use crate::node::NodeCtx;
+use crate::queues::QueueTable;
+use crate::router::Router;
+use crate::stats::{Counters, ShardStats};
+use crate::subs::LocalSubs;
+use coremq_config::MqConfig;
+use coremq_protocol as proto;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// The shard's connections, addressed by [`ConnKey`].
+#[derive(Default)]
+struct Slab {
+    /// (generation, connection) per slot.
+    slots: Vec<(u32, Option<Rc<Conn>>)>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    /// Occupied slots.
+    len: usize,
+}
+
+/// One shard's state.
+pub(crate) struct Shard {
+    /// This shard's index, `0..shards`.
+    pub id: usize,
+    /// Number of shards in the node.
+    pub shards: usize,
+    /// The validated configuration.
+    pub cfg: Rc<MqConfig>,
+    /// Queue → owner shard.
+    pub router: Router,
+    /// Outboxes towards the other shards.
+    pub mesh: Mesh,
+    /// Counters for status.
+    pub counters: Counters,
+    /// Node-wide facts.
+    pub node: Rc<NodeCtx>,
+    /// Connections whose home is this shard.
+    conns: RefCell<Slab>,
+    /// Home side of subscriptions.
+    subs: RefCell<LocalSubs>,
+    /// Owner side of queues.
+    queues: RefCell<QueueTable>,
+    /// Set when a graceful stop begins: stop accepting and reading.
+    pub stopping: Event,
+    /// `Drain` requests received from other shards.
+    drains_in: Cell<usize>,
+    /// `Drained` responses received from other shards.
+    drained_in: Cell<usize>,
+    /// Set when every owner processed every request: time for `BYE`.
+    pub drained: Event,
+    /// Woken whenever a connection goes away (shutdown waits for zero).
+    pub conn_closed: WakerList,
+    /// Reused buffer for encoding stored messages.
+    scratch: RefCell<Vec<u8>>,
+    /// Status snapshots being collected from every shard.
+    gathers: crate::gather::Gathers,
+}
+
+impl Shard {
+    /// A shard with no connections and no queues.
+    pub(crate) fn new(id: usize, shards: usize, cfg: Rc<MqConfig>, node: Rc<NodeCtx>) -> Shard {
+        Shard {
+            id,
+            shards,
+            router: Router::new(shards),
+            mesh: Mesh::new(shards),
+            counters: Counters::default(),
+            cfg,
+            node,
+            conns: RefCell::default(),
+            subs: RefCell::default(),
+            queues: RefCell::default(),
+            stopping: Event::default(),
+            drains_in: Cell::new(0),
+            drained_in: Cell::new(0),
+            drained: Event::default(),
+            conn_closed: WakerList::default(),
+            scratch: RefCell::new(Vec::with_capacity(4096)),
+            gathers: crate::gather::Gathers::default(),
+        }
+    }
+
+    // ----- connections ---------------------------------------------------
+
+    /// Registers a new connection with a fresh id.
+    pub(crate) fn open_conn(&self) -> Rc<Conn> {
+        let mut slab = self.conns.borrow_mut();
+        let slot = match slab.free.pop() {
+            Some(s) => s,
+            None => {
+                slab.slots.push((0, None));
+                (slab.slots.len() - 1) as u32
+            }
+        };
+        let entry = &mut slab.slots[slot as usize];
+        entry.0 = entry.0.wrapping_add(1);
+        let key = ConnKey {
+            slot,
+            generation: entry.0,
+        };
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        let conn = Rc::new(Conn::new(key, id, self.cfg.max_pending, self.node.clone()));
+        entry.1 = Some(conn.clone());
+        slab.len += 1;
+        Counters::add(&self.counters.connections, 1);
+        conn
+    }
+
+    /// The connection for `key`, if it is still open.
+    pub(crate) fn conn(&self, key: ConnKey) -> Option<Rc<Conn>> {
+        let slab = self.conns.borrow();
+        match slab.slots.get(key.slot as usize) {
+            Some((generation, Some(c))) if *generation == key.generation => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every open connection.
+    pub(crate) fn all_conns(&self) -> Vec<Rc<Conn>> {
+        self.conns
+            .borrow()
+            .slots
+            .iter()
+            .filter_map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// Open connections.
+    pub(crate) fn conn_count(&self) -> usize {
+        self.conns.borrow().len
+    }
+
+    /// Forgets a closed connection and drops its subscriptions at their owners.
+    pub(crate) fn close_conn(&self, conn: &Conn) {
+        if conn.st.borrow().closing == Some(Close::SlowConsumer) {
+            // Counted here, the one place every slow consumer passes, whether
+            // deliveries or its own unread replies filled its buffer.
+            Counters::add(&self.counters.slow_consumers, 1);
+            tracing::warn!(shard = self.id, "slow consumer disconnected");
+        }
+        let subs = std::mem::take(&mut conn.st.borrow_mut().subs);
+        for (queue, state) in subs {
+            if state == SubState::Active {
+                self.subs.borrow_mut().remove(&queue, conn.key);
+            }
+            let owner = self.router.owner(&queue);
+            self.request(owner, Request::Unsubscribe { queue });
+        }
+        if let Some(name) = conn.st.borrow_mut().replicant.take() {
+            if let Ok(mut r) = self.node.shared.replicants.lock() {
+                if let Some(i) = r.iter().position(|x| *x == name) {
+                    r.swap_remove(i);
+                }
+            }
+        }
+        let mut slab = self.conns.borrow_mut();
+        if let Some(entry) = slab.slots.get_mut(conn.key.slot as usize) {
+            if entry.0 == conn.key.generation && entry.1.take().is_some() {
+                slab.free.push(conn.key.slot);
+                slab.len -= 1;
+                self.counters
+                    .connections
+                    .set(self.counters.connections.get() - 1);
+            }
+        }
+        drop(slab);
+        self.node.shared.closed();
+        self.conn_closed.wake_all();
+    }
+
+    /// Takes `conn` out of the local table for `queue` (the owner is told separately).
+    pub(crate) fn unsubscribe_local(&self, queue: &str, conn: &Conn, was: SubState) {
+        if was == SubState::Active {
+            self.subs.borrow_mut().remove(queue, conn.key);
+        }
+    }
+
+    /// WebSocket connections on this shard.
+    pub(crate) fn ws_connections(&self) -> u64 {
+        self.counters.ws_connections.get()
+    }
+
+    // ----- routing -------------------------------------------------------
+
+    /// Sends a request to the owner shard (handled in place when it is us).
+    pub(crate) fn request(&self, to: usize, req: Request) {
+        if to == self.id {
+            self.handle_request(self.id, req);
+        } else {
+            self.mesh.requests.push(to, req);
+        }
+    }
+
+    /// Sends a response to a home shard (handled in place when it is us).
+    fn respond(&self, to: usize, resp: Response) {
+        if to == self.id {
+            self.handle_response(resp);
+        } else {
+            self.mesh.responses.push(to, resp);
+        }
+    }
+
+    /// Encodes and routes a publish from one of this shard's connections.
+    pub(crate) fn publish(&self, conn: &Conn, queue: &str, msg: &proto::Publish<'_>) {
+        if is_reserved(queue) {
+            Counters::add(&self.counters.client_errors, 1);
+            conn.reply_error(&format!(
+                "queue {queue} is reserved for the broker; subscribe to it instead"
+            ));
+            return;
+        }
+        let (echo, ack) = {
+            let st = conn.st.borrow();
+            (st.opts.echo, !st.opts.no_ack)
+        };
+        let frame = {
+            let mut json = self.scratch.borrow_mut();
+            json.clear();
+            msg.write_stored(&conn.id, unix_now(), &self.node.server, &mut json);
+            MsgFrame::new(queue, &json)
+        };
+        Counters::add(&self.counters.messages_in, 1);
+        let ack = ack.then(|| conn.reserve(ReplyKind::Sent, 1));
+        self.route_publish(frame, conn.key, echo, ack);
+    }
+
+    /// Publishes a message the broker itself wrote (e.g. statistics); `json`
+    /// already carries its `coremq_*` fields.
+    pub(crate) fn publish_system(&self, queue: &str, json: &[u8]) {
+        self.route_publish(MsgFrame::new(queue, json), SYSTEM_SENDER, false, None);
+    }
+
+    fn route_publish(&self, frame: MsgFrame, sender: ConnKey, echo: bool, ack: Option<u32>) {
+        let owner = self.router.owner(frame.queue());
+        self.request(
+            owner,
+            Request::Publish {
+                frame,
+                sender,
+                echo,
+                ack,
+            },
+        );
+    }
+
+    // ----- owner side ----------------------------------------------------
+
+    /// Handles a request from home shard `from` (possibly ourselves).
+    pub(crate) fn handle_request(&self, from: usize, req: Request) {
+        if let Some(q) = req_queue(&req) {
+            let owner = self.router.owner(q);
+            if owner != self.id {
+                Counters::add(&self.counters.wrong_shard, 1);
+                tracing::error!(
+                    shard = self.id,
+                    owner,
+                    queue = q,
+                    "request reached a shard that does not own its queue; re-routing (bug)"
+                );
+                self.mesh.requests.push(owner, req);
+                return;
+            }
+        }
+        match req {
+            Request::Publish {
+                frame,
+                sender,
+                echo,
+                ack,
+            } => {
+                let cfg = &self.cfg;
+                let mut homes: [usize; 8] = [usize::MAX; 8];
+                let mut many: Vec<usize> = Vec::new();
+                let mut n = 0;
+                if let Some(q) = self
+                    .queues
+                    .borrow_mut()
+                    .publish(&frame, |name| cfg.history_length_for(name))
+                {
+                    for h in q.homes() {
+                        if n < homes.len() {
+                            homes[n] = h;
+                        } else {
+                            many.push(h);
+                        }
+                        n += 1;
+                    }
+                }
+                for &h in homes.iter().take(n.min(homes.len())).chain(many.iter()) {
+                    let skip = (h == from && !echo).then_some(sender);
+                    self.respond(
+                        h,
+                        Response::Deliver {
+                            frame: frame.clone(),
+                            skip,
+                        },
+                    );
+                }
+                if let Some(seq) = ack {
+                    self.respond(from, Response::Ack { conn: sender, seq });
+                }
+            }
+            Request::Subscribe {
+                queue,
+                conn,
+                seq,
+                own_id,
+            } => {
+                let cfg = &self.cfg;
+                self.queues
+                    .borrow_mut()
+                    .subscribe(&queue, from, own_id, |name| cfg.history_length_for(name));
+                self.respond(from, Response::Subscribed { queue, conn, seq });
+            }
+            Request::Unsubscribe { queue } => self.queues.borrow_mut().unsubscribe(&queue, from),
+            Request::History { queues, conn, seq } => {
+                let table = self.queues.borrow();
+                let part = queues
+                    .into_iter()
+                    .map(|(i, q)| (i, table.history(&q)))
+                    .collect();
+                drop(table);
+                self.respond(from, Response::History { conn, seq, part });
+            }
+            Request::Stats { token } => {
+                let stats = self.snapshot();
+                self.respond(from, Response::Stats { token, stats });
+            }
+            Request::Drain => {
+                self.drains_in.set(self.drains_in.get() + 1);
+                self.check_drain();
+            }
+        }
+    }
+
+    // ----- home side -----------------------------------------------------
+
+    /// Handles a response from an owner shard (possibly ourselves).
+    pub(crate) fn handle_response(&self, resp: Response) {
+        match resp {
+            Response::Deliver { frame, skip } => self.deliver_local(&frame, skip),
+            Response::Ack { conn, seq } => {
+                if let Some(c) = self.conn(conn) {
+                    c.complete(seq, |_| {});
+                }
+            }
+            Response::Subscribed { queue, conn, seq } => {
+                let Some(c) = self.conn(conn) else {
+                    return;
+                };
+                let activate = {
+                    let mut st = c.st.borrow_mut();
+                    match st.subs.get_mut(&*queue) {
+                        Some(s) if *s == SubState::Pending => {
+                            *s = SubState::Active;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if activate {
+                    self.subs.borrow_mut().add(&queue, conn);
+                }
+                if let Some(seq) = seq {
+                    c.complete(seq, |_| {});
+                }
+            }
+            Response::History { conn, seq, part } => {
+                if let Some(c) = self.conn(conn) {
+                    c.complete(seq, |kind| {
+                        if let ReplyKind::History { parts, .. } = kind {
+                            for (i, msgs) in part {
+                                if let Some(p) = parts.get_mut(i as usize) {
+                                    *p = msgs;
+                                }
+                            }
+                        }
+                    });
+                }
+            }
+            Response::Stats { token, stats } => self.gathers.arrived(token, stats),
+            Response::Drained => {
+                self.drained_in.set(self.drained_in.get() + 1);
+                self.check_drain();
+            }
+        }
+    }
+
+    /// Writes a delivered frame into every local subscriber's buffer.
+    fn deliver_local(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
+        let subs = self.subs.borrow();
+        let list = subs.get(frame.queue());
+        let mut delivered = 0;
+        for &key in list {
+            if Some(key) == skip {
+                continue;
+            }
+            let Some(conn) = self.conn(key) else {
+                continue;
+            };
+            if conn.deliver(&frame.bytes) == Queued::Ok {
+                delivered += 1;
+            }
+        }
+        drop(subs);
+        Counters::add(&self.counters.messages_out, delivered);
+    }
+
+    // ----- status --------------------------------------------------------
+
+    /// This shard's figures.
+    pub(crate) fn snapshot(&self) -> ShardStats {
+        let q = self.queues.borrow();
+        let c = &self.counters;
+        ShardStats {
+            shard: self.id,
+            connections: c.connections.get(),
+            ws_connections: c.ws_connections.get(),
+            queues: q.len() as u64,
+            subscriptions: q.subscriptions(),
+            history_messages: q.history_messages(),
+            messages_in: c.messages_in.get(),
+            messages_out: c.messages_out.get(),
+            bytes_in: c.bytes_in.get(),
+            bytes_out: c.bytes_out.get(),
+            slow_consumers: c.slow_consumers.get(),
+            refused_connections: c.refused_connections.get(),
+            wrong_shard: c.wrong_shard.get(),
+            client_errors: c.client_errors.get(),
+            channel_backlog: self.mesh.backlog() as u64,
+        }
+    }
+
+    /// Every shard's figures, ordered by shard (for status, metrics and the
+    /// statistics queue).
+    pub(crate) async fn gather_stats(&self) -> Vec<ShardStats> {
+        let token = self.gathers.start(self.shards);
+        for s in 0..self.shards {
+            self.request(s, Request::Stats { token });
+        }
+        self.gathers.wait(token).await
+    }
+
+    // ----- shutdown ------------------------------------------------------
+
+    /// Begins a graceful stop: no more accepts or reads; tell every owner that
+    /// nothing more comes from us.
+    pub(crate) fn begin_stop(&self) {
+        if self.stopping.is_set() {
+            return;
+        }
+        self.stopping.set();
+        for c in self.all_conns() {
+            c.wake();
+        }
+        for to in (0..self.shards).filter(|&s| s != self.id) {
+            self.mesh.requests.push(to, Request::Drain);
+        }
+        self.check_drain();
+    }
+
+    /// Advances the drain: as owner, once every shard (us included) stopped,
+    /// tell every home we are done; as home, once every owner said so, say BYE.
+    fn check_drain(&self) {
+        let others = self.shards - 1;
+        if self.stopping.is_set() && self.drains_in.get() == others {
+            // Only once: bump past `others`.
+            self.drains_in.set(others + 1);
+            for to in (0..self.shards).filter(|&s| s != self.id) {
+                self.mesh.responses.push(to, Response::Drained);
+            }
+        }
+        if self.stopping.is_set()
+            && self.drains_in.get() > others
+            && self.drained_in.get() == others
+            && !self.drained.is_set()
+        {
+            self.drained.set();
+        }
+    }
+}
+
+/// The queue a request is about, for the ownership check.
+fn req_queue(req: &Request) -> Option<&str> {
+    match req {
+        Request::Publish { frame, .. } => Some(frame.queue()),
+        Request::Subscribe { queue, .. } | Request::Unsubscribe { queue } => Some(queue),
+        Request::History { queues, .. } => queues.first().map(|(_, q)| &**q),
+        Request::Stats { .. } | Request::Drain => None,
+    }
+}
+
+/// Queues whose names start with this belong to the broker: clients may
+/// subscribe to them but not publish.
+pub(crate) const RESERVED_PREFIX: &str = "$coremq.";
+
+/// The sender of broker-written messages: no connection has this key.
+const SYSTEM_SENDER: ConnKey = ConnKey {
+    slot: u32::MAX,
+    generation: u32::MAX,
+};
+
+/// Whether clients may not publish to `queue`.
+pub(crate) fn is_reserved(queue: &str) -> bool {
+    queue.starts_with(RESERVED_PREFIX)
+}
+
+/// Unix time in seconds, as `coremq_sent` wants it.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

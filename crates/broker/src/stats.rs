@@ -1,0 +1,179 @@
+//! Per-shard counters and the status reply built from them.
+//!
+//! Counters are plain `Cell`s owned by one shard: nothing on the data path
+//! touches an atomic. A status request collects a [`ShardStats`] snapshot from
+//! every shard over the mesh.
+
+use std::cell::Cell;
+
+/// Live counters of one shard.
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Connections whose home is this shard.
+    pub connections: Cell<u64>,
+    /// Of those, WebSocket connections.
+    pub ws_connections: Cell<u64>,
+    /// Publishes accepted from this shard's connections.
+    pub messages_in: Cell<u64>,
+    /// Frames of published messages written into this shard's connection buffers.
+    pub messages_out: Cell<u64>,
+    /// Bytes read from this shard's sockets.
+    pub bytes_in: Cell<u64>,
+    /// Bytes written to this shard's sockets.
+    pub bytes_out: Cell<u64>,
+    /// Connections cut off for exceeding `max_pending`.
+    pub slow_consumers: Cell<u64>,
+    /// Connections refused because `max_connections` was reached.
+    pub refused_connections: Cell<u64>,
+    /// Requests that reached a shard that does not own their queue: a bug.
+    pub wrong_shard: Cell<u64>,
+    /// Client errors answered with `ERROR:` (framing and body).
+    pub client_errors: Cell<u64>,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    pub(crate) fn add(cell: &Cell<u64>, n: u64) {
+        cell.set(cell.get().wrapping_add(n));
+    }
+}
+
+/// A snapshot of one shard, sent to whoever builds a status reply.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ShardStats {
+    pub shard: usize,
+    pub connections: u64,
+    pub ws_connections: u64,
+    pub queues: u64,
+    pub subscriptions: u64,
+    pub history_messages: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub slow_consumers: u64,
+    pub refused_connections: u64,
+    pub wrong_shard: u64,
+    pub client_errors: u64,
+    pub channel_backlog: u64,
+}
+
+impl ShardStats {
+    /// Writes this snapshot as a JSON object.
+    pub(crate) fn write_json(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = write!(
+            out,
+            "{{\"shard\": {}, \"connections\": {}, \"ws_connections\": {}, \"queues\": {}, \"subscriptions\": {}, \
+             \"history_messages\": {}, \"messages_in\": {}, \"messages_out\": {}, \
+             \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}, \
+             \"refused_connections\": {}, \"wrong_shard\": {}, \"client_errors\": {}, \
+             \"channel_backlog\": {}}}",
+            self.shard,
+            self.connections,
+            self.ws_connections,
+            self.queues,
+            self.subscriptions,
+            self.history_messages,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.slow_consumers,
+            self.refused_connections,
+            self.wrong_shard,
+            self.client_errors,
+            self.channel_backlog,
+        );
+    }
+}
+
+/// Node-wide facts that go into a status reply next to the shard figures.
+pub(crate) struct NodeFacts<'a> {
+    /// This node's name (`master` in the original reply).
+    pub node: &'a str,
+    /// Names of attached replicants.
+    pub replicants: &'a [String],
+    /// Seconds since start.
+    pub uptime: f64,
+}
+
+/// Builds the `coremq_status` reply object from every shard's snapshot.
+pub(crate) fn status_json(facts: &NodeFacts<'_>, shards: &[ShardStats]) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(256 + shards.len() * 320);
+    let total = |f: fn(&ShardStats) -> u64| shards.iter().map(f).sum::<u64>();
+    s.push_str("{\"master\": ");
+    s.push_str(&json_string(facts.node));
+    s.push_str(", \"replicants\": [");
+    for (i, r) in facts.replicants.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&json_string(r));
+    }
+    let _ = write!(
+        s,
+        "], \"connections\": {}, \"version\": \"{}\", \"uptime\": {:.3}, \"node\": {{\
+         \"queues\": {}, \"subscriptions\": {}, \"messages_in\": {}, \"messages_out\": {}, \
+         \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}}}, \"shards\": [",
+        total(|x| x.connections),
+        env!("CARGO_PKG_VERSION"),
+        facts.uptime,
+        total(|x| x.queues),
+        total(|x| x.subscriptions),
+        total(|x| x.messages_in),
+        total(|x| x.messages_out),
+        total(|x| x.bytes_in),
+        total(|x| x.bytes_out),
+        total(|x| x.slow_consumers),
+    );
+    for (i, sh) in shards.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        sh.write_json(&mut s);
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+/// An ASCII-only JSON string literal.
+fn json_string(v: &str) -> String {
+    let mut out = Vec::with_capacity(v.len() + 2);
+    coremq_protocol::write_json_string(v, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_has_original_keys_and_sums() {
+        let a = ShardStats {
+            shard: 0,
+            connections: 2,
+            messages_in: 5,
+            ..Default::default()
+        };
+        let b = ShardStats {
+            shard: 1,
+            connections: 3,
+            messages_in: 7,
+            ..Default::default()
+        };
+        let facts = NodeFacts {
+            node: "n1",
+            replicants: &["n2:6747".to_string()],
+            uptime: 1.5,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&status_json(&facts, &[a, b])).unwrap();
+        assert_eq!(v["master"], "n1");
+        assert_eq!(v["replicants"][0], "n2:6747");
+        assert_eq!(v["connections"], 5);
+        assert_eq!(v["node"]["messages_in"], 12);
+        assert_eq!(v["shards"].as_array().unwrap().len(), 2);
+        assert_eq!(v["shards"][1]["shard"], 1);
+    }
+}

@@ -1,0 +1,148 @@
+//! The HTTP side of the WebSocket port: read one request head, parse it with
+//! `httparse`, and write simple `Connection: close` responses.
+//!
+//! The status endpoints are for people and scrapers, not for throughput, so one
+//! request per connection keeps this small and obviously bounded.
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::time::Duration;
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most headers parsed.
+const MAX_HEADERS: usize = 64;
+/// How long a client may take to send its request head.
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The parts of a request head the broker looks at.
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// `GET`, `HEAD`, ...
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Bytes read after the head (a WebSocket client may send a frame early).
+    pub rest: Vec<u8>,
+}
+
+impl Head {
+    /// The first header named `name` (lower-case).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a comma-separated header contains `token` (case-insensitive).
+    pub(crate) fn header_has(&self, name: &str, token: &str) -> bool {
+        self.header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+}
+
+/// Why a request head could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeadError {
+    /// The peer closed or the socket failed before a full head arrived.
+    #[error("connection closed before the request head was complete")]
+    Closed,
+    /// The head is larger than [`MAX_HEAD`].
+    #[error("request head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    /// Not HTTP/1.x.
+    #[error("malformed HTTP request: {0}")]
+    Malformed(String),
+}
+
+/// Reads and parses one request head.
+pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HeadError::Closed)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let path = req.path.unwrap_or("/");
+                let path = path.split('?').next().unwrap_or("/").to_string();
+                let head = Head {
+                    method: req.method.unwrap_or("").to_string(),
+                    path,
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).trim().to_string(),
+                            )
+                        })
+                        .collect(),
+                    rest: buf[len..].to_vec(),
+                };
+                return Ok(head);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge),
+            Err(e) => return Err(HeadError::Malformed(e.to_string())),
+        }
+    }
+}
+
+/// Writes a complete response and flushes it.
+pub(crate) async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in extra_headers {
+        out.push_str(k);
+        out.push_str(": ");
+        out.push_str(v);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(body);
+    }
+    stream.write_all(&bytes).await?;
+    stream.flush().await
+}
+
+/// A plain-text error response.
+pub(crate) async fn respond_text(
+    stream: &mut TcpStream,
+    status: &str,
+    text: &str,
+) -> std::io::Result<()> {
+    respond(
+        stream,
+        status,
+        "text/plain; charset=utf-8",
+        &[],
+        format!("{text}\n").as_bytes(),
+        false,
+    )
+    .await
+}

@@ -1,0 +1,262 @@
+//! The control shard's WebSocket and HTTP listener (`[CoreWS]`).
+//!
+//! One port serves both: a request that asks for a WebSocket upgrade on `/ws`
+//! becomes a broker connection (`ws`); any other request is plain HTTP —
+//! `/status` (JSON), `/metrics` (Prometheus text), `/` (the dashboard) or 404.
+
+mod http;
+mod metrics;
+mod ws;
+
+pub(crate) use ws::Keepalive;
+
+use crate::shard::Shard;
+use crate::stats::Counters;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::WebSocketStream;
+use futures_lite::future;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use http::{read_head, respond, respond_text, Head, HEAD_TIMEOUT};
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// The dashboard page, self-contained (no external scripts or fonts).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Settings of the listener, from `[CoreWS]`.
+#[derive(Clone)]
+pub(crate) struct WebSettings {
+    /// Origins allowed to open a WebSocket; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// Keepalive of WebSocket connections.
+    pub keepalive: Keepalive,
+}
+
+/// Accepts WebSocket and HTTP connections until the shard stops.
+pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc<WebSettings>) {
+    loop {
+        let next = future::or(async { Some(listener.accept().await) }, async {
+            shard.stopping.wait().await;
+            None
+        })
+        .await;
+        let stream = match next {
+            None => return,
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::warn!(cause = %e, "websocket accept failed");
+                sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!("http", shard = shard.id, peer = %peer);
+        spawn_local(handle(shard.clone(), stream, settings.clone()).instrument(span)).detach();
+    }
+}
+
+/// Reads one request and routes it.
+async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSettings>) {
+    let _ = stream.set_nodelay(true);
+    let head = future::or(async { Some(read_head(&mut stream).await) }, async {
+        sleep(HEAD_TIMEOUT).await;
+        None
+    })
+    .await;
+    let head = match head {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            tracing::debug!(cause = %e, "bad HTTP request");
+            let _ = respond_text(&mut stream, "400 Bad Request", &e.to_string()).await;
+            return;
+        }
+        None => {
+            let _ = respond_text(
+                &mut stream,
+                "408 Request Timeout",
+                "request head not received in time",
+            )
+            .await;
+            return;
+        }
+    };
+    let is_upgrade = head.header_has("upgrade", "websocket");
+    let result = match (head.method.as_str(), head.path.as_str()) {
+        (_, "/ws") if is_upgrade => return upgrade(shard, stream, head, &settings).await,
+        ("GET", "/ws") => {
+            respond_text(
+                &mut stream,
+                "426 Upgrade Required",
+                "this path speaks WebSocket",
+            )
+            .await
+        }
+        ("GET" | "HEAD", "/status") => {
+            let stats = shard.gather_stats().await;
+            let body = shard.node.status_json(&stats);
+            respond(
+                &mut stream,
+                "200 OK",
+                "application/json",
+                &[],
+                &body,
+                head.method == "HEAD",
+            )
+            .await
+        }
+        ("GET" | "HEAD", "/metrics") => {
+            let stats = shard.gather_stats().await;
+            let body = metrics::render(
+                &shard.node.name,
+                shard.node.started.elapsed().as_secs_f64(),
+                &stats,
+            );
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                &[],
+                body.as_bytes(),
+                head.method == "HEAD",
+            )
+            .await
+        }
+        ("GET" | "HEAD", "/") => {
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/html; charset=utf-8",
+                &[],
+                DASHBOARD.as_bytes(),
+                head.method == "HEAD",
+            )
+            .await
+        }
+        ("GET" | "HEAD", _) => {
+            respond_text(
+                &mut stream,
+                "404 Not Found",
+                "not found: try /, /status, /metrics or /ws",
+            )
+            .await
+        }
+        _ => {
+            respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain; charset=utf-8",
+                &[("Allow", "GET, HEAD")],
+                b"only GET and HEAD are served\n",
+                false,
+            )
+            .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(cause = %e, "HTTP response not sent");
+    }
+}
+
+/// Completes a WebSocket handshake and serves the connection as a broker client.
+async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: &WebSettings) {
+    let reject = |why: &'static str| why;
+    let check = (|| {
+        if head.method != "GET" {
+            return Err((
+                "405 Method Not Allowed",
+                reject("a WebSocket handshake must be a GET"),
+            ));
+        }
+        if !head.header_has("connection", "upgrade") {
+            return Err(("400 Bad Request", reject("missing \"Connection: Upgrade\"")));
+        }
+        if head.header("sec-websocket-version") != Some("13") {
+            return Err((
+                "426 Upgrade Required",
+                reject("only WebSocket version 13 is supported"),
+            ));
+        }
+        let key = head
+            .header("sec-websocket-key")
+            .ok_or(("400 Bad Request", reject("missing Sec-WebSocket-Key")))?;
+        if !settings.allowed_origins.is_empty() {
+            let origin = head.header("origin").unwrap_or("");
+            if !settings
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+            {
+                return Err((
+                    "403 Forbidden",
+                    reject("origin not allowed (see allowed_origins)"),
+                ));
+            }
+        }
+        Ok(key.to_string())
+    })();
+    let key = match check {
+        Ok(k) => k,
+        Err((status, why)) => {
+            tracing::debug!(why, "websocket handshake refused");
+            if status.starts_with("426") {
+                let _ = respond(
+                    &mut stream,
+                    status,
+                    "text/plain; charset=utf-8",
+                    &[("Sec-WebSocket-Version", "13")],
+                    format!("{why}\n").as_bytes(),
+                    false,
+                )
+                .await;
+            } else {
+                let _ = respond_text(&mut stream, status, why).await;
+            }
+            return;
+        }
+    };
+    if !shard.node.shared.try_open(shard.cfg.max_connections) {
+        Counters::add(&shard.counters.refused_connections, 1);
+        let _ = respond_text(
+            &mut stream,
+            "503 Service Unavailable",
+            "too many connections (max_connections)",
+        )
+        .await;
+        return;
+    }
+    let accept = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if futures_lite::io::AsyncWriteExt::write_all(&mut stream, response.as_bytes())
+        .await
+        .is_err()
+    {
+        shard.node.shared.closed();
+        return;
+    }
+    let max = shard.cfg.max_message_size;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws =
+        WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
+    let conn = shard.open_conn();
+    Counters::add(&shard.counters.ws_connections, 1);
+    let span = tracing::info_span!("ws", conn_id = %conn.id);
+    tracing::debug!(parent: &span, "websocket accepted");
+    ws::serve(shard.clone(), conn, ws, settings.keepalive)
+        .instrument(span)
+        .await;
+    shard
+        .counters
+        .ws_connections
+        .set(shard.counters.ws_connections.get() - 1);
+}
