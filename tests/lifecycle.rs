@@ -1,0 +1,489 @@
+//! Process lifecycle: graceful stop on SIGTERM/SIGINT (BYE to every client after
+//! everything acknowledged was delivered, exit 0), and start-up failures with clear
+//! messages and the documented exit codes (2 = config/usage, 1 = start-up failure).
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn graceful_stop(shards: usize, sig: i32, published: usize) {
+    let mut b = Broker::start_shards(shards);
+    let q = uniq("bye");
+    let mut subs = b.clients(6);
+    for s in subs.iter_mut() {
+        s.subscribe(&[&q]);
+    }
+    let mut idle = b.clients(3);
+    let mut p = b.client();
+    // Pipeline the publishes, wait for every OK, then stop the broker at once.
+    for n in 0..published {
+        p.send(&q, &json!({"n": n}));
+    }
+    for _ in 0..published {
+        p.expect_response(OK_SENT);
+    }
+    let st = b.stop_with(sig);
+
+    let check_bye = |c: &mut Client, what: &str| -> Vec<Frame> {
+        let (frames, clean) = c.read_until_eof(Duration::from_secs(30));
+        assert!(
+            clean,
+            "{what} {}: connection reset instead of closed after BYE",
+            c.id
+        );
+        let last = frames
+            .last()
+            .unwrap_or_else(|| panic!("{what} {}: no BYE before the close", c.id));
+        assert_eq!(
+            last.queue, c.id,
+            "{what}: BYE not on the connection id queue: {last}"
+        );
+        assert_eq!(
+            last.json,
+            json!({"response": "BYE"}),
+            "{what}: last frame is not BYE: {last}"
+        );
+        frames[..frames.len() - 1].to_vec()
+    };
+    for s in subs.iter_mut() {
+        let before = check_bye(s, "subscriber");
+        let ns: Vec<u64> = before
+            .iter()
+            .filter(|f| f.queue == q)
+            .map(|f| f.json["n"].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = (0..published as u64).collect();
+        assert_eq!(
+            ns, want,
+            "acknowledged messages not all delivered before BYE"
+        );
+    }
+    for c in idle.iter_mut() {
+        let before = check_bye(c, "idle client");
+        assert!(before.is_empty(), "idle client got {before:?}");
+    }
+    check_bye(&mut p, "publisher");
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit status after signal {sig}: {st}\n{}",
+        b.logs()
+    );
+}
+
+#[test]
+fn sigterm_sends_bye_1_shard() {
+    graceful_stop(1, libc::SIGTERM, 200);
+}
+
+#[test]
+fn sigterm_sends_bye_4_shards() {
+    graceful_stop(4, libc::SIGTERM, 200);
+}
+
+#[test]
+fn sigint_sends_bye() {
+    graceful_stop(2, libc::SIGINT, 10);
+}
+
+/// Config errors: exit 2, stderr names the key (and the bad value), no ready file.
+fn expect_config_error(opts: BrokerOpts, must_mention: &[&str]) {
+    let mut b = Broker::spawn(&opts);
+    let st = b.wait_exit(Duration::from_secs(20));
+    let err = b.stderr();
+    assert_eq!(
+        st.code(),
+        Some(2),
+        "exit status {st} (want 2)\n{}",
+        b.logs()
+    );
+    for m in must_mention {
+        assert!(
+            err.contains(m),
+            "stderr does not mention {m:?}:\n{}",
+            b.logs()
+        );
+    }
+    assert!(
+        !b.ready_path.exists(),
+        "ready file written despite a bad config"
+    );
+}
+
+#[test]
+fn bad_config_unknown_key() {
+    expect_config_error(
+        BrokerOpts::new(1).set("frobnication_level", "3"),
+        &["frobnication_level"],
+    );
+}
+
+#[test]
+fn bad_config_bad_port() {
+    let mut o = BrokerOpts::new(1);
+    o.raw_config = Some(
+        "[CoreMQ]\naddress = 127.0.0.1\nport = notaport\nshards = 1\nnode_name = test\n\n[CoreWS]\nenabled = false\n"
+            .into(),
+    );
+    expect_config_error(o, &["port", "notaport"]);
+}
+
+#[test]
+fn bad_config_bad_values() {
+    for (key, value) in [
+        ("max_message_size", "12Q"),
+        ("log_level", "LOUD"),
+        ("shards", "many"),
+        ("history_length", "-3"),
+    ] {
+        expect_config_error(BrokerOpts::new(1).set(key, value), &[key, value]);
+    }
+}
+
+#[test]
+fn bad_config_missing_file() {
+    let dir = unique_dir("missing");
+    let cfg = dir.join("does-not-exist.conf");
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--ready-file")
+        .arg(dir.join("ready.json"))
+        .output()
+        .expect("run coremq");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "missing config file: {:?} {err}",
+        out.status
+    );
+    assert!(
+        err.contains("does-not-exist.conf"),
+        "stderr does not name the file: {err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_usage_unknown_flag() {
+    let out = std::process::Command::new(BIN)
+        .arg("--no-such-flag")
+        .output()
+        .expect("run coremq");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unknown flag: {:?} {err}",
+        out.status
+    );
+    assert!(
+        !err.trim().is_empty(),
+        "no message on stderr for an unknown flag"
+    );
+}
+
+/// Start-up failure: exit 1 with "in use" on stderr, no ready file.
+fn expect_port_in_use(port: u16, shards: usize) {
+    let mut b = Broker::spawn(&BrokerOpts::new(shards).port(port));
+    let st = b.wait_exit(Duration::from_secs(20));
+    let err = b.stderr();
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "exit status {st} (want 1)\n{}",
+        b.logs()
+    );
+    assert!(
+        err.to_lowercase().contains("in use"),
+        "stderr does not say the port is in use:\n{}",
+        b.logs()
+    );
+    assert!(
+        !b.ready_path.exists(),
+        "ready file written although start-up failed"
+    );
+}
+
+#[test]
+fn port_in_use_by_another_program() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    expect_port_in_use(port, 1);
+    expect_port_in_use(port, 4);
+    drop(l);
+}
+
+#[test]
+fn second_broker_on_the_same_port_refuses() {
+    let mut a = Broker::start_shards(2);
+    let port = a.port();
+    expect_port_in_use(port, 1);
+    expect_port_in_use(port, 4);
+    // The first broker is unaffected and still gets every connection.
+    a.assert_alive();
+    let mut cs = a.clients(8);
+    let st = cs[0].status();
+    assert_eq!(st["connections"], json!(8), "{st}");
+}
+
+/// SIGTERM while a publisher is flooding: every message the publisher saw an OK for
+/// reaches the (reading) subscribers before their BYE, in order; exit 0.
+fn stop_during_flood(shards: usize) {
+    use std::io::Write;
+    let mut b = Broker::start_shards(shards);
+    let q = uniq("flood");
+    let mut subs = b.clients(4);
+    for s in subs.iter_mut() {
+        s.subscribe(&[&q]);
+    }
+    // The subscribers keep up: the publisher is never more than WINDOW messages ahead
+    // of the slowest one, so none of them is a slow consumer (which would rightly be
+    // cut off instead of getting BYE).
+    const WINDOW: u64 = 300;
+    let progress: Arc<Vec<AtomicU64>> =
+        Arc::new((0..subs.len()).map(|_| AtomicU64::new(0)).collect());
+    let stopped = Arc::new(AtomicBool::new(false));
+    let sub_threads: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            let progress = progress.clone();
+            std::thread::spawn(move || {
+                let mut frames = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match s.read_frame_until(deadline) {
+                        Ok(f) => {
+                            frames.push(f);
+                            progress[i].fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(ReadEnd::Timeout) => panic!("subscriber {i}: no close within 60 s"),
+                        Err(_) => break,
+                    }
+                }
+                (s, frames)
+            })
+        })
+        .collect();
+    let mut p = b.client();
+    // The publisher is still writing when the broker stops, so its end may be a reset
+    // that cuts its last OKs and BYE short; that case has its own test
+    // (sigterm_bye_reaches_a_client_that_is_still_sending). Here only the subscribers'
+    // side is checked.
+    p.allow_truncated_end = true;
+    let mut w = p.writer();
+    let qw = q.clone();
+    let writer = {
+        let progress = progress.clone();
+        let stopped = stopped.clone();
+        std::thread::spawn(move || {
+            let pad = "f".repeat(200);
+            for n in 0..200_000u64 {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while n
+                    >= progress
+                        .iter()
+                        .map(|c| c.load(Ordering::SeqCst))
+                        .min()
+                        .unwrap()
+                        + WINDOW
+                {
+                    if stopped.load(Ordering::SeqCst) || Instant::now() > deadline {
+                        return n;
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                // The broker goes away under us: stop at the first write error.
+                if w.write_all(&encode(&qw, &json!({"n": n, "pad": pad})))
+                    .is_err()
+                {
+                    return n;
+                }
+            }
+            200_000
+        })
+    };
+    // Let some traffic flow, then stop the broker in the middle of it.
+    let mut oks = 0u64;
+    while oks < 2000 {
+        let f = p.recv_reply();
+        assert_eq!(f.response(), Some(OK_SENT), "{f}");
+        oks += 1;
+    }
+    b.signal(libc::SIGTERM);
+    let signalled = Instant::now();
+    // Count every OK the publisher still gets before the connection ends (the end may
+    // be a reset, since the publisher is still writing).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.try_recv_reply(left) {
+            Ok(f) if f.response() == Some(OK_SENT) => oks += 1,
+            Ok(f) if f.response() == Some("BYE") => {}
+            Ok(f) => panic!("publisher got {f}"),
+            Err(ReadEnd::Timeout) => panic!("publisher connection not closed after SIGTERM"),
+            Err(_) => break,
+        }
+    }
+    let st = b.wait_exit(Duration::from_secs(30));
+    stopped.store(true, Ordering::SeqCst);
+    let sent = writer.join().unwrap();
+    for t in sub_threads {
+        let (s, frames) = t.join().unwrap();
+        let last = frames.last().expect("subscriber got nothing");
+        assert_eq!(
+            last.queue, s.id,
+            "last frame is not on the id queue: {last}"
+        );
+        assert_eq!(
+            last.json,
+            json!({"response": "BYE"}),
+            "last frame is not BYE: {last}"
+        );
+        let ns: Vec<u64> = frames[..frames.len() - 1]
+            .iter()
+            .map(|f| {
+                assert_eq!(f.queue, q, "{f}");
+                f.json["n"].as_u64().unwrap()
+            })
+            .collect();
+        assert!(
+            ns.iter().enumerate().all(|(i, n)| *n == i as u64),
+            "subscriber's messages are not a gap-free prefix"
+        );
+        assert!(
+            ns.len() as u64 >= oks,
+            "publisher got {oks} OKs but a subscriber only {} messages before BYE (G4 / flush on stop)",
+            ns.len()
+        );
+        eprintln!(
+            "sent {sent}, acknowledged {oks}, delivered {}, stop took {:?}",
+            ns.len(),
+            signalled.elapsed()
+        );
+    }
+    assert_eq!(st.code(), Some(0), "exit status {st}\n{}", b.logs());
+}
+
+#[test]
+fn sigterm_during_flood_1_shard() {
+    stop_during_flood(1);
+}
+
+#[test]
+fn sigterm_during_flood_4_shards() {
+    stop_during_flood(4);
+}
+
+/// A client that never reads cannot hold up a graceful stop beyond shutdown_timeout;
+/// the clients that do read still get BYE; exit 0.
+#[test]
+fn sigterm_with_a_client_that_never_reads() {
+    let mut b = Broker::start(BrokerOpts::new(4).set("shutdown_timeout", "2"));
+    let q = uniq("stuck");
+    let mut stuck = b.client();
+    stuck.subscribe(&[&q]);
+    let mut reader = b.client();
+    let mut p = b.client();
+    // ~12 MB to the stuck client: more than the kernel buffers hold, less than the
+    // default max_pending (16M), so the broker is still holding data for it.
+    let pad = "s".repeat(60_000);
+    for n in 0..200 {
+        p.send(&q, &json!({"n": n, "pad": pad}));
+        if n % 20 == 19 {
+            for _ in 0..20 {
+                p.expect_response(OK_SENT);
+            }
+        }
+    }
+    let st = p.status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+    b.signal(libc::SIGTERM);
+    for c in [&mut reader, &mut p] {
+        let (frames, _clean) = c.read_until_eof(Duration::from_secs(30));
+        let last = frames.last().expect("no BYE");
+        assert_eq!(last.json, json!({"response": "BYE"}), "{last}");
+    }
+    let st = b.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0), "exit status {st}\n{}", b.logs());
+    drop(stuck);
+}
+
+/// A client that is still sending when the broker stops must get its BYE too. A plain
+/// close() with unread input makes the kernel send a reset and throw away whatever
+/// the broker had queued for the client (its last OKs and the BYE); a graceful stop
+/// has to stop writing, then drain the input, before it closes.
+fn bye_to_sending_client(shards: usize) {
+    use std::io::Write;
+    let mut b = Broker::start(BrokerOpts::new(shards).set("max_pending", "64M"));
+    let mut p = b.client();
+    p.allow_truncated_end = true;
+    let written = Arc::new(AtomicU64::new(0));
+    let mut w = p.writer();
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            // Nobody subscribes: only the OKs come back, and the client does not read
+            // them until the stop, so the broker has output queued for it.
+            let chunk: Vec<u8> = (0..100)
+                .flat_map(|n| encode("nobody.listens", &json!({"n": n})))
+                .collect();
+            for _ in 0..3000 {
+                if w.write_all(&chunk).is_err() {
+                    return;
+                }
+                written.fetch_add(100, Ordering::SeqCst);
+            }
+            // Done: let a draining broker see the end of our input.
+            let _ = w.shutdown(std::net::Shutdown::Write);
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while written.load(Ordering::SeqCst) < 20_000 {
+        assert!(Instant::now() < deadline, "publisher could not write");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.signal(libc::SIGTERM);
+    let mut last = None;
+    let mut oks = 0u64;
+    let end = loop {
+        match p.read_frame(Duration::from_secs(60)) {
+            Ok(f) => {
+                if f.response() == Some(OK_SENT) {
+                    oks += 1;
+                }
+                last = Some(f);
+            }
+            Err(ReadEnd::Timeout) => panic!("connection not closed within 60 s of SIGTERM"),
+            Err(e) => break e,
+        }
+    };
+    let st = b.wait_exit(Duration::from_secs(30));
+    writer.join().unwrap();
+    let last = last.expect("no frame at all");
+    assert!(
+        p.pending().is_empty() && last.json == json!({"response": "BYE"}),
+        "client still sending at SIGTERM: connection ended ({end:?}) after {oks} OKs, \
+         last whole frame {last}, then {} bytes of a cut-off frame {:?} -- no BYE",
+        p.pending().len(),
+        preview(p.pending())
+    );
+    assert_eq!(st.code(), Some(0), "exit status {st}");
+}
+
+#[test]
+fn sigterm_bye_reaches_a_client_that_is_still_sending_1_shard() {
+    bye_to_sending_client(1);
+}
+
+#[test]
+fn sigterm_bye_reaches_a_client_that_is_still_sending_4_shards() {
+    bye_to_sending_client(4);
+}

@@ -1,0 +1,232 @@
+//! §3 publish/subscribe: many subscribers on different shards, field injection,
+//! no self-delivery, several queues, subscribe to a list, unsubscribe,
+//! point-to-point between connections on different shards, ASCII-only output.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+/// With several shards, check the kernel spread the connections over more than one
+/// shard, so the test really crossed shards.
+fn assert_spread(c: &mut Client, shards: usize) {
+    if shards < 2 {
+        return;
+    }
+    let st = c.status();
+    let used = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["connections"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert!(used >= 2, "all connections landed on one shard: {st}");
+}
+
+fn many_subscribers(shards: usize) {
+    let b = Broker::start_shards(shards);
+    let q = uniq("news");
+    let mut subs = b.clients(8);
+    for (i, s) in subs.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            s.subscribe_one(&q);
+        } else {
+            s.subscribe(&[&q]);
+        }
+    }
+    let mut p = b.client();
+    p.subscribe(&[&q]); // the sender is subscribed too, but must not get its own messages
+    assert_spread(&mut p, shards);
+
+    let mut sent = Vec::new();
+    for n in 0..20 {
+        let mut m =
+            json!({"seq": n, "text": format!("message {n}"), "nested": {"a": [1, 2, {"b": null}]}});
+        if n == 3 {
+            // Client-supplied values of the injected fields are overwritten.
+            m["coremq_sender"] = json!("forged");
+            m["coremq_sent"] = json!("yesterday");
+            m["coremq_server"] = json!("elsewhere:1");
+        }
+        p.publish(&q, &m);
+        sent.push(m);
+    }
+    let server = b.server_name();
+    for s in subs.iter_mut() {
+        let got = s.recv_msgs(sent.len(), Duration::from_secs(20));
+        for (f, m) in got.iter().zip(&sent) {
+            check_delivery(f, &q, m, &p.id, &server);
+        }
+    }
+    // Sentinel: another connection publishes after the sender's 20 OKs; by G1 it is
+    // ordered after them, so if the sender had been sent its own messages they would
+    // arrive first.
+    let mut other = b.client();
+    other.publish(&q, &json!({"sentinel": true}));
+    let f = p.recv_msg();
+    assert_eq!(
+        f.json["sentinel"],
+        json!(true),
+        "sender received its own message: {f}"
+    );
+    check_delivery(&f, &q, &json!({"sentinel": true}), &other.id, &server);
+    for s in subs.iter_mut() {
+        let f = s.recv_msg();
+        assert_eq!(f.json["sentinel"], json!(true), "{f}");
+        s.assert_no_msg(Duration::from_millis(50));
+    }
+    p.assert_no_msg(QUIET);
+}
+
+#[test]
+fn many_subscribers_1_shard() {
+    many_subscribers(1);
+}
+
+#[test]
+fn many_subscribers_4_shards() {
+    many_subscribers(4);
+}
+
+fn several_queues_and_unsubscribe(shards: usize) {
+    let b = Broker::start_shards(shards);
+    let (qa, qb, qc) = (uniq("a"), uniq("b"), uniq("c"));
+    let mut s = b.client();
+    s.subscribe(&[&qa, &qb, &qc]);
+    // A second subscriber of every queue that stays subscribed: proof that the
+    // publishes after the unsubscribe really happened.
+    let mut keep = b.client();
+    keep.subscribe(&[&qa, &qb, &qc]);
+    let mut p = b.client();
+    for q in [&qa, &qb, &qc] {
+        p.publish(q, &json!({"to": q}));
+    }
+    for c in [&mut s, &mut keep] {
+        let mut by_q: HashMap<String, serde_json::Value> = HashMap::new();
+        for f in c.recv_msgs(3, Duration::from_secs(10)) {
+            assert_eq!(f.json["to"], json!(f.queue), "{f}");
+            assert!(
+                by_q.insert(f.queue.clone(), f.json).is_none(),
+                "duplicate delivery"
+            );
+        }
+        assert_eq!(by_q.len(), 3);
+    }
+
+    // Unsubscribe one queue by name (string form) and one by list.
+    s.command(&json!({"coremq_unsubscribe": qa}));
+    s.expect_response(OK_UNSUB);
+    s.unsubscribe(&[&qb]);
+    for q in [&qa, &qb, &qc] {
+        p.publish(q, &json!({"to": q, "after": true}));
+    }
+    let got = keep.recv_msgs(3, Duration::from_secs(10));
+    assert_eq!(got.len(), 3);
+    let f = s.recv_msg();
+    assert_eq!(f.queue, qc, "delivered after unsubscribe: {f}");
+    s.assert_no_msg(QUIET);
+
+    // Re-subscribe works again.
+    s.subscribe_one(&qa);
+    p.publish(&qa, &json!({"again": true}));
+    let f = s.recv_msg();
+    assert_eq!(
+        (f.queue.as_str(), &f.json["again"]),
+        (qa.as_str(), &json!(true))
+    );
+}
+
+#[test]
+fn several_queues_and_unsubscribe_1_shard() {
+    several_queues_and_unsubscribe(1);
+}
+
+#[test]
+fn several_queues_and_unsubscribe_4_shards() {
+    several_queues_and_unsubscribe(4);
+}
+
+/// Server output is ASCII-only: non-ASCII text comes back as \uXXXX escapes (the frame
+/// reader rejects any non-ASCII byte) and decodes to the same string.
+#[test]
+fn non_ascii_is_escaped() {
+    let b = Broker::start_shards(2);
+    let q = uniq("utf8");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    let mut p = b.client();
+    let text = "caf\u{e9} \u{1F600} \u{4e2d}\u{6587} \"quoted\" back\\slash \u{7f}";
+    let m = json!({"text": text, "k\u{e9}y": 1});
+    p.publish(&q, &m);
+    let f = s.recv_msg();
+    check_delivery(&f, &q, &m, &p.id, &b.server_name());
+    let raw = String::from_utf8(f.raw.clone()).unwrap().to_lowercase();
+    assert!(raw.contains("\\u00e9"), "no \\u00e9 escape in {raw}");
+    assert!(
+        raw.contains("\\ud83d\\ude00"),
+        "emoji not escaped as a surrogate pair in {raw}"
+    );
+    // History is served with the same encoding.
+    let h = s.history(&[&q]);
+    assert_eq!(h[&q][0]["text"], json!(text));
+}
+
+fn point_to_point(shards: usize) {
+    let b = Broker::start_shards(shards);
+    let n = 8;
+    let mut cs = b.clients(n);
+    assert_spread(&mut cs[0], shards);
+    let ids: Vec<String> = cs.iter().map(|c| c.id.clone()).collect();
+    // Every client sends to the next one: pairs cross shards.
+    for i in 0..n {
+        let to = ids[(i + 1) % n].clone();
+        cs[i].publish(&to, &json!({"from": i, "hello": "p2p"}));
+    }
+    let server = b.server_name();
+    for i in 0..n {
+        let from = (i + n - 1) % n;
+        let f = cs[i].recv_msg();
+        check_delivery(
+            &f,
+            &ids[i],
+            &json!({"from": from, "hello": "p2p"}),
+            &ids[from],
+            &server,
+        );
+    }
+    // Nobody else got them.
+    for c in cs.iter_mut() {
+        c.assert_no_msg(Duration::from_millis(100));
+    }
+    // Many messages between a pair keep their order.
+    for k in 0..50 {
+        let to = ids[3].clone();
+        cs[6].send(&to, &json!({"k": k}));
+    }
+    for _ in 0..50 {
+        cs[6].expect_response(OK_SENT);
+    }
+    for (k, f) in cs[3]
+        .recv_msgs(50, Duration::from_secs(10))
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(f.json["k"], json!(k), "{f}");
+        assert_eq!(f.json["coremq_sender"], json!(ids[6]));
+    }
+    cs[3].assert_no_msg(QUIET);
+}
+
+#[test]
+fn point_to_point_1_shard() {
+    point_to_point(1);
+}
+
+#[test]
+fn point_to_point_4_shards() {
+    point_to_point(4);
+}
