@@ -181,7 +181,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     let mut bye = Vec::new();
     proto::response_json(proto::BYE, &mut bye);
     for c in shard.all_conns() {
-        c.close_with(Close::Shutdown, &bye);
+        c.finish_with(Close::Shutdown, bye.clone());
     }
     future::or(
         std::future::poll_fn(|cx| {

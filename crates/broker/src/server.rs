@@ -86,16 +86,14 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         env!("CARGO_PKG_VERSION")
     );
 
-    let mut boots = wire(shards);
     let (ready_tx, ready_rx) = mpsc::channel();
     let (exit_tx, exits) = mpsc::channel();
     let shared = NodeShared::new();
     let started = Instant::now();
     let mut ends = Vec::with_capacity(shards);
-    for id in 0..shards {
+    for (id, wiring) in wire(shards).into_iter().enumerate() {
         let (ours, theirs) = UnixStream::pair()?;
         ends.push(ours);
-        let wiring = boots.remove(0);
         let boot = Boot {
             id,
             shards,

@@ -5,7 +5,7 @@
 //! are synchronous: a request is processed to completion, producing responses
 //! into outboxes, so no borrow is ever held across an `.await`.
 
-use crate::conn::state::{Close, Conn, Queued, ReplyKind, SubState};
+use crate::conn::state::{Conn, Queued, ReplyKind, SubState};
 use crate::event::{Event, WakerList};
 use crate::mesh::Mesh;
 use crate::msg::{ConnKey, MsgFrame, Request, Response};
@@ -43,7 +43,7 @@ pub(crate) struct Shard {
     /// Outboxes towards the other shards.
     pub mesh: Mesh,
     /// Counters for status.
-    pub counters: Counters,
+    pub counters: Rc<Counters>,
     /// Node-wide facts.
     pub node: Rc<NodeCtx>,
     /// Connections whose home is this shard.
@@ -66,6 +66,9 @@ pub(crate) struct Shard {
     scratch: RefCell<Vec<u8>>,
     /// Status snapshots being collected from every shard.
     gathers: crate::gather::Gathers,
+    /// `coremq_sent` for publishes: read once per batch of frames from one
+    /// socket read (they arrived together) rather than once per message.
+    clock: Cell<f64>,
 }
 
 impl Shard {
@@ -76,7 +79,7 @@ impl Shard {
             shards,
             router: Router::new(shards),
             mesh: Mesh::new(shards),
-            counters: Counters::default(),
+            counters: Rc::default(),
             cfg,
             node,
             conns: RefCell::default(),
@@ -89,6 +92,7 @@ impl Shard {
             conn_closed: WakerList::default(),
             scratch: RefCell::new(Vec::with_capacity(4096)),
             gathers: crate::gather::Gathers::default(),
+            clock: Cell::new(unix_now()),
         }
     }
 
@@ -111,7 +115,13 @@ impl Shard {
             generation: entry.0,
         };
         let id = uuid::Uuid::new_v4().hyphenated().to_string();
-        let conn = Rc::new(Conn::new(key, id, self.cfg.max_pending, self.node.clone()));
+        let conn = Rc::new(Conn::new(
+            key,
+            id,
+            self.cfg.max_pending,
+            self.node.clone(),
+            self.counters.clone(),
+        ));
         entry.1 = Some(conn.clone());
         slab.len += 1;
         Counters::add(&self.counters.connections, 1);
@@ -144,12 +154,6 @@ impl Shard {
 
     /// Forgets a closed connection and drops its subscriptions at their owners.
     pub(crate) fn close_conn(&self, conn: &Conn) {
-        if conn.st.borrow().closing == Some(Close::SlowConsumer) {
-            // Counted here, the one place every slow consumer passes, whether
-            // deliveries or its own unread replies filled its buffer.
-            Counters::add(&self.counters.slow_consumers, 1);
-            tracing::warn!(shard = self.id, "slow consumer disconnected");
-        }
         let subs = std::mem::take(&mut conn.st.borrow_mut().subs);
         for (queue, state) in subs {
             if state == SubState::Active {
@@ -212,6 +216,11 @@ impl Shard {
         }
     }
 
+    /// Reads the clock for the publishes of the batch about to be handled.
+    pub(crate) fn refresh_clock(&self) {
+        self.clock.set(unix_now());
+    }
+
     /// Encodes and routes a publish from one of this shard's connections.
     pub(crate) fn publish(&self, conn: &Conn, queue: &str, msg: &proto::Publish<'_>) {
         if is_reserved(queue) {
@@ -228,7 +237,7 @@ impl Shard {
         let frame = {
             let mut json = self.scratch.borrow_mut();
             json.clear();
-            msg.write_stored(&conn.id, unix_now(), &self.node.server, &mut json);
+            msg.write_stamped(&conn.stamps, self.clock.get(), &mut json);
             MsgFrame::new(queue, &json)
         };
         Counters::add(&self.counters.messages_in, 1);

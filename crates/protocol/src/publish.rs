@@ -62,15 +62,52 @@ impl<'a> Publish<'a> {
     /// ASCII (non-ASCII written as `\uXXXX`). `sent` is Unix seconds, written with
     /// microsecond precision (e.g. `1764302775.123456`). Appends to `out`.
     pub fn write_stored(&self, sender: &str, sent: f64, server: &str, out: &mut Vec<u8>) {
-        out.reserve(self.stored_len_hint(sender, server));
-        let mut first = write_kept_members(self.json.as_bytes(), &self.layout, out);
-        write_key(SENDER_KEY, &mut first, out);
-        write_json_string(sender, out);
-        write_key(SENT_KEY, &mut first, out);
+        self.write_stamped(&Stamps::new(sender, server), sent, out);
+    }
+
+    /// [`write_stored`](Self::write_stored) with the sender and server already
+    /// encoded: a connection publishes many messages with the same two values, so
+    /// the broker encodes them once per connection instead of once per message.
+    pub fn write_stamped(&self, stamps: &Stamps, sent: f64, out: &mut Vec<u8>) {
+        out.reserve(self.json.len() + stamps.len() + 24);
+        let empty = write_kept_members(self.json.as_bytes(), &self.layout, out);
+        if !empty {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(&stamps.head);
         write_seconds(sent, out);
-        write_key(SERVER_KEY, &mut first, out);
-        write_json_string(server, out);
-        out.push(b'}');
+        out.extend_from_slice(&stamps.tail);
+    }
+}
+
+/// The encoded text around `coremq_sent` in a stored message, for one sender and
+/// server: `"coremq_sender": "<id>", "coremq_sent": ` and `, "coremq_server": "<srv>"}`.
+#[derive(Debug, Clone)]
+pub struct Stamps {
+    /// Everything before the time.
+    head: Vec<u8>,
+    /// Everything after the time, closing brace included.
+    tail: Vec<u8>,
+}
+
+impl Stamps {
+    /// Encodes the stamps of `sender` on `server` (ASCII-only JSON).
+    pub fn new(sender: &str, server: &str) -> Stamps {
+        let mut head = Vec::with_capacity(sender.len() + 40);
+        let mut first = true;
+        write_key(SENDER_KEY, &mut first, &mut head);
+        write_json_string(sender, &mut head);
+        write_key(SENT_KEY, &mut first, &mut head);
+        let mut tail = Vec::with_capacity(server.len() + 24);
+        write_key(SERVER_KEY, &mut first, &mut tail);
+        write_json_string(server, &mut tail);
+        tail.push(b'}');
+        Stamps { head, tail }
+    }
+
+    /// Encoded length without the time.
+    fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
     }
 }
 

@@ -113,7 +113,7 @@ fn options(conn: &Conn, opts: Vec<(String, OptionValue)>) {
 fn history(shard: &Shard, conn: &Conn, names: Vec<String>) {
     let names = dedup(names);
     // Group the requested queues by owner so each owner gets one request.
-    let mut groups: Vec<(usize, Vec<(u16, Box<str>)>)> = Vec::new();
+    let mut groups: Vec<(usize, HistoryPart)> = Vec::new();
     for (i, q) in names.iter().enumerate() {
         let owner = shard.router.owner(q);
         let item = (i as u16, q.clone());
@@ -177,6 +177,9 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
     }
     conn.reply(ReplyKind::Text(proto::OK_REPLICANT));
 }
+
+/// (index in the request, queue name) of the queues one owner is asked for.
+type HistoryPart = Vec<(u16, Box<str>)>;
 
 /// Removes duplicates, keeping the first occurrence's position.
 fn dedup(names: Vec<String>) -> Vec<Box<str>> {

@@ -56,6 +56,10 @@ pub(crate) enum ReplyKind {
     /// as `{"error": …}` (framed with an empty queue name, which no real queue
     /// can have, so the WebSocket side knows not to add `"queue"`).
     Raw(Vec<u8>),
+    /// The last frame (a framing error or BYE): once written, the connection
+    /// closes. It waits for every earlier reply, so a client that pipelined
+    /// requests before the end gets all their answers first.
+    Final(Close, Vec<u8>),
 }
 
 /// A reply and how many answers it still waits for.
@@ -85,7 +89,10 @@ pub(crate) struct ConnState {
     base: u32,
     /// The connection task, woken when there is something to write.
     pub waker: Option<Waker>,
-    /// Set once the connection is going away; nothing more is queued then.
+    /// Set when the connection stops taking input: its final frame waits in
+    /// the reply order.
+    pub ending: Option<Close>,
+    /// Set once the final frame is in the buffer; nothing more is queued then.
     pub closing: Option<Close>,
     /// Options set by the client.
     pub opts: Options,
@@ -103,10 +110,15 @@ pub(crate) struct Conn {
     pub id: Box<str>,
     /// The `OK: Message sent` frame for this connection, encoded once.
     ok_sent: Box<[u8]>,
+    /// `coremq_sender`/`coremq_server` as stamped on this connection's
+    /// publishes, encoded once.
+    pub stamps: proto::Stamps,
     /// Outbound limit (`max_pending`).
     max_pending: usize,
     /// Node-wide facts for welcome and status replies.
     node: std::rc::Rc<crate::node::NodeCtx>,
+    /// The home shard's counters (slow consumers are counted when cut off).
+    counters: std::rc::Rc<crate::stats::Counters>,
     /// Mutable state.
     pub st: std::cell::RefCell<ConnState>,
 }
@@ -129,6 +141,7 @@ impl Conn {
         id: String,
         max_pending: usize,
         node: std::rc::Rc<crate::node::NodeCtx>,
+        counters: std::rc::Rc<crate::stats::Counters>,
     ) -> Conn {
         let mut json = Vec::new();
         proto::response_json(proto::OK_SENT, &mut json);
@@ -136,16 +149,19 @@ impl Conn {
         proto::encode_frame(&id, &json, &mut ok_sent);
         Conn {
             key,
+            stamps: proto::Stamps::new(&id, &node.server),
             id: id.into_boxed_str(),
             ok_sent: ok_sent.into_boxed_slice(),
             max_pending,
             node,
+            counters,
             st: std::cell::RefCell::new(ConnState {
                 out: Vec::new(),
                 head: 0,
                 replies: VecDeque::new(),
                 base: 0,
                 waker: None,
+                ending: None,
                 closing: None,
                 opts: Options::default(),
                 subs: HashMap::default(),
@@ -164,6 +180,11 @@ impl Conn {
             self.flush_replies();
         }
         seq
+    }
+
+    /// Whether replies are still to come (answers from owner shards pending).
+    pub(crate) fn awaits_replies(&self) -> bool {
+        !self.st.borrow().replies.is_empty()
     }
 
     /// Queues a reply that is complete already (keeps request order).
@@ -209,6 +230,10 @@ impl Conn {
             match slot.kind {
                 ReplyKind::Sent => st.out.extend_from_slice(&self.ok_sent),
                 ReplyKind::Raw(json) => proto::encode_frame("", &json, &mut st.out),
+                ReplyKind::Final(why, json) => {
+                    proto::encode_frame(&self.id, &json, &mut st.out);
+                    st.closing = Some(why);
+                }
                 kind => {
                     let json = self.reply_json(kind);
                     proto::encode_frame(&self.id, &json, &mut st.out);
@@ -235,7 +260,7 @@ impl Conn {
             ReplyKind::Json(j) => json = j,
             ReplyKind::History { names, parts } => write_history(&names, &parts, &mut json),
             ReplyKind::Status(parts) => json = self.node.status_json(&parts),
-            ReplyKind::Raw(j) => json = j,
+            ReplyKind::Raw(j) | ReplyKind::Final(_, j) => json = j,
         }
         json
     }
@@ -263,6 +288,11 @@ impl Conn {
     /// Marks the connection a slow consumer: drops what it has not been sent
     /// yet beyond what the socket may already hold, queues the error and closes.
     fn make_slow(&self) {
+        if self.st.borrow().closing.is_some() {
+            return;
+        }
+        crate::stats::Counters::add(&self.counters.slow_consumers, 1);
+        tracing::warn!(conn_id = %self.id, max_pending = self.max_pending, "slow consumer disconnected");
         let mut json = Vec::new();
         proto::error_json(
             &format!(
@@ -271,19 +301,43 @@ impl Conn {
             ),
             &mut json,
         );
+        {
+            // Frames not yet started will never be read in time: drop them, so
+            // the error follows right after what the peer already has and the
+            // memory goes back at once. The frame being written is kept whole.
+            let mut st = self.st.borrow_mut();
+            let keep = frame_end_at(&st.out, st.head);
+            st.out.truncate(keep);
+        }
         self.close_with(Close::SlowConsumer, &json);
     }
 
-    /// Queues a last frame on the connection's own queue and closes after it.
+    /// Queues a last frame on the connection's own queue and closes after it,
+    /// dropping replies still waiting (a slow consumer gets nothing more).
     pub(crate) fn close_with(&self, why: Close, json: &[u8]) {
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
             return;
         }
+        st.ending = Some(why);
         st.closing = Some(why);
         proto::encode_frame(&self.id, json, &mut st.out);
         st.replies.clear();
         drop(st);
+        self.wake();
+    }
+
+    /// Stops taking input and closes after a last frame that follows every
+    /// reply still owed (framing errors, BYE).
+    pub(crate) fn finish_with(&self, why: Close, json: Vec<u8>) {
+        {
+            let mut st = self.st.borrow_mut();
+            if st.ending.is_some() {
+                return;
+            }
+            st.ending = Some(why);
+        }
+        self.reply(ReplyKind::Final(why, json));
         self.wake();
     }
 
@@ -311,10 +365,37 @@ impl Conn {
                 st.out.shrink_to(64 << 10);
             }
         } else if st.head > (1 << 20) && st.head > st.out.len() / 2 {
-            let head = st.head;
-            st.out.drain(..head);
-            st.head = 0;
+            // Drop only whole frames: out[0] must stay a frame start so that
+            // `frame_end_at` can find the frame being written.
+            let cut = frame_start_at(&st.out, st.head);
+            st.out.drain(..cut);
+            st.head -= cut;
         }
+    }
+}
+
+/// The start of the frame that contains byte `pos` (`out` starts with a frame).
+fn frame_start_at(out: &[u8], pos: usize) -> usize {
+    let mut at = 0;
+    while at < pos {
+        match proto::decode_frame(&out[at..], usize::MAX) {
+            Ok(Some((_, used))) if at + used <= pos => at += used,
+            _ => break,
+        }
+    }
+    at
+}
+
+/// The end of the frame that contains byte `pos`, or `pos` when a frame starts
+/// there (`out` starts with a frame and holds only whole frames).
+fn frame_end_at(out: &[u8], pos: usize) -> usize {
+    let start = frame_start_at(out, pos);
+    if start == pos {
+        return pos;
+    }
+    match proto::decode_frame(&out[start..], usize::MAX) {
+        Ok(Some((_, used))) => start + used,
+        _ => out.len(),
     }
 }
 

@@ -20,6 +20,10 @@ use std::time::Duration;
 
 /// How long a closing connection may take to drain its last frames.
 const LINGER: Duration = Duration::from_secs(2);
+/// The same for a slow consumer: what it still holds is small (the frame being
+/// written and the error), and a consumer that stalled for a while should still
+/// learn why it was cut off when it reads again.
+const SLOW_LINGER: Duration = Duration::from_secs(10);
 /// First size of a connection's read buffer; it grows up to one maximal frame.
 const READ_CHUNK: usize = 64 * 1024;
 /// Most bytes written per wake-up before letting other tasks run.
@@ -31,6 +35,17 @@ enum Event {
     Read(usize),
     /// The connection is done (closing and flushed, linger over, or I/O error).
     Done(&'static str),
+}
+
+/// How far a connection is in going away.
+#[derive(Default)]
+struct Ending {
+    /// The peer sent its end of the stream.
+    peer_eof: bool,
+    /// We sent ours (after the last frame was written).
+    half_closed: bool,
+    /// Deadline for getting the last frames out.
+    linger: Option<glommio::timer::Timer>,
 }
 
 /// Bytes read but not yet parsed.
@@ -76,7 +91,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
         start: 0,
         end: 0,
     };
-    let mut linger: Option<glommio::timer::Timer> = None;
+    let mut ending = Ending::default();
     let why = loop {
         let ev = poll_fn(|cx| {
             poll_conn(
@@ -85,18 +100,23 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
                 &mut stream,
                 &mut rbuf,
                 max_frame,
-                &mut linger,
+                &mut ending,
                 cx,
             )
         })
         .await;
         match ev {
             Event::Done(why) => break why,
-            Event::Read(0) => break "peer closed",
+            // The peer may still read (half-close): flush what it is owed first.
+            Event::Read(0) => ending.peer_eof = true,
             Event::Read(n) => {
                 Counters::add(&shard.counters.bytes_in, n as u64);
                 rbuf.end += n;
                 parse_frames(&shard, &conn, &mut rbuf);
+                // A client that always has more input would otherwise keep
+                // this task running forever: let the flushers, the other
+                // connections and the stop signal have their turn.
+                futures_lite::future::yield_now().await;
             }
         }
     };
@@ -107,10 +127,11 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
 /// Handles every complete frame in the buffer.
 fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
     let max = shard.cfg.max_message_size;
+    shard.refresh_clock();
     loop {
         // Nothing more is accepted once stopping: the drain promised the
         // owners that no request follows.
-        if shard.stopping.is_set() || conn.st.borrow().closing.is_some() {
+        if shard.stopping.is_set() || conn.st.borrow().ending.is_some() {
             rbuf.start = rbuf.end;
             return;
         }
@@ -125,7 +146,7 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
                 tracing::debug!(cause = %e, "framing error; closing");
                 let mut json = Vec::new();
                 proto::error_json(&e.to_string(), &mut json);
-                conn.close_with(Close::Framing, &json);
+                conn.finish_with(Close::Framing, json);
                 rbuf.start = rbuf.end;
                 return;
             }
@@ -139,7 +160,7 @@ fn poll_conn(
     stream: &mut TcpStream,
     rbuf: &mut ReadBuf,
     max_frame: usize,
-    linger: &mut Option<glommio::timer::Timer>,
+    io: &mut Ending,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
     // Write side.
@@ -170,27 +191,66 @@ fn poll_conn(
     }
     let flushed = conn.with_unwritten(|b| b.is_empty());
 
-    // Closing: leave once the last frame is out, or when the linger is over.
-    let closing = conn.st.borrow().closing;
-    if let Some(why) = closing {
+    let (ending, closing) = {
+        let st = conn.st.borrow();
+        (st.ending, st.closing)
+    };
+    let reason = match closing {
+        Some(Close::Framing) => "framing error",
+        Some(Close::SlowConsumer) => "slow consumer",
+        Some(Close::Shutdown) => "shutdown",
+        None => "peer closed",
+    };
+
+    // Ending (the peer sent its end, or we are closing): get what is buffered
+    // out, then go; a peer that does not take it gets the linger time.
+    // While stopping, a client that already sent its end still gets its BYE.
+    let owed_bye = shard.stopping.is_set() && ending.is_none();
+    if (io.peer_eof && !owed_bye) || closing.is_some() {
         if flushed {
-            return Poll::Ready(Event::Done(match why {
-                Close::Framing => "framing error",
-                Close::SlowConsumer => "slow consumer",
-                Close::Shutdown => "shutdown",
-            }));
+            if io.peer_eof && !conn.awaits_replies() {
+                return Poll::Ready(Event::Done(reason));
+            }
+            if !io.half_closed {
+                // Everything is out: send our end and wait for the peer's.
+                half_close(stream);
+                io.half_closed = true;
+            }
         }
-        let timer = linger.get_or_insert_with(|| glommio::timer::Timer::new(LINGER));
+        let linger = if closing == Some(Close::SlowConsumer) {
+            SLOW_LINGER
+        } else {
+            LINGER
+        };
+        let timer = io
+            .linger
+            .get_or_insert_with(|| glommio::timer::Timer::new(linger));
         if Pin::new(timer).poll(cx).is_ready() {
             return Poll::Ready(Event::Done("linger expired"));
         }
     }
 
-    // Read side.
-    let stopping = shard.stopping.is_set();
-    if closing.is_none() && !stopping && shard.mesh.poll_low(cx.waker()) {
-        // A frame that already fills the largest buffer means the length check
-        // failed to stop it; never read past one maximal frame.
+    if io.peer_eof {
+        // Nothing more to read.
+    } else if ending.is_some() || shard.stopping.is_set() {
+        // Input is read and thrown away: closing a socket with unread input
+        // makes the kernel send a reset, which destroys the frames still in
+        // flight to the peer (the final ERROR or BYE among them).
+        rbuf.start = 0;
+        rbuf.end = 0;
+        loop {
+            match Pin::new(&mut *stream).poll_read(cx, &mut rbuf.data) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    io.peer_eof = true;
+                    cx.waker().wake_by_ref();
+                    break;
+                }
+                Poll::Ready(Ok(n)) => Counters::add(&shard.counters.bytes_in, n as u64),
+                Poll::Pending => break,
+            }
+        }
+    } else if shard.mesh.poll_low(cx.waker()) {
+        // Read side: only while the shard's outboxes have room (backpressure).
         let spare = rbuf.spare(max_frame);
         if !spare.is_empty() {
             if let Poll::Ready(r) = Pin::new(&mut *stream).poll_read(cx, spare) {
@@ -200,8 +260,6 @@ fn poll_conn(
                 });
             }
         }
-    } else if stopping && closing.is_none() {
-        // Waiting for BYE; keep the peer's bytes unread.
     }
 
     let mut st = conn.st.borrow_mut();
@@ -213,3 +271,12 @@ fn poll_conn(
 }
 
 use std::future::Future;
+
+/// Shuts down the sending side; the peer reads the end of our data.
+fn half_close(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: shutdown(2) on a descriptor the stream owns and keeps open.
+    unsafe {
+        libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
+    }
+}

@@ -12,7 +12,9 @@ use crate::conn::handler::{dispatch, subscribe_one};
 use crate::conn::state::{Close, Conn, ReplyKind};
 use crate::shard::Shard;
 use crate::stats::Counters;
-use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use coremq_protocol::{self as proto, ClientMessage};
 use futures_util::{Sink, Stream};
@@ -77,13 +79,32 @@ pub(crate) async fn serve(
             Event::Done(why) => break why,
             Event::Incoming(msg) => {
                 s.last_seen = Instant::now();
+                shard.refresh_clock();
                 incoming(&shard, &conn, msg);
             }
         }
     };
+    if why == TOO_BIG {
+        // Tell the client why (close code 1009), best effort and bounded.
+        Counters::add(&shard.counters.client_errors, 1);
+        let frame = CloseFrame {
+            code: CloseCode::Size,
+            reason: "message larger than max_message_size".into(),
+        };
+        futures_lite::future::or(
+            async {
+                let _ = ws.close(Some(frame)).await;
+            },
+            glommio::timer::sleep(LINGER),
+        )
+        .await;
+    }
     tracing::debug!(why, "websocket closed");
     shard.close_conn(&conn);
 }
+
+/// Why a session ended when the client sent a message over `max_message_size`.
+const TOO_BIG: &str = "message too big";
 
 fn poll_session(
     shard: &Shard,
@@ -93,7 +114,8 @@ fn poll_session(
     cx: &mut Context<'_>,
 ) -> Poll<Event> {
     // Out: buffered frames become text messages while the sink takes them.
-    for _ in 0..SEND_BUDGET {
+    let mut sent = 0;
+    while sent < SEND_BUDGET {
         if s.pending.is_none() {
             s.pending = next_message(conn).map(|text| {
                 Counters::add(&shard.counters.bytes_out, text.len() as u64);
@@ -108,6 +130,7 @@ fn poll_session(
                 if Pin::new(&mut *ws).start_send(msg).is_err() {
                     return Poll::Ready(Event::Done("send failed"));
                 }
+                sent += 1;
             }
             Poll::Ready(Err(_)) => return Poll::Ready(Event::Done("send failed")),
             Poll::Pending => {
@@ -115,6 +138,11 @@ fn poll_session(
                 break;
             }
         }
+    }
+    if sent == SEND_BUDGET {
+        // Out of budget with frames possibly still buffered: nothing else would
+        // wake this task for them (deliveries wake only an empty buffer).
+        cx.waker().wake_by_ref();
     }
     if let Poll::Ready(Err(_)) = Pin::new(&mut *ws).poll_flush(cx) {
         return Poll::Ready(Event::Done("flush failed"));
@@ -124,14 +152,12 @@ fn poll_session(
     let closing = conn.st.borrow().closing;
     if closing.is_some() {
         let all_out = s.pending.is_none() && conn.with_unwritten(|b| b.is_empty());
-        if all_out {
-            if let Poll::Ready(_) = Pin::new(&mut *ws).poll_close(cx) {
-                return Poll::Ready(Event::Done(match closing {
-                    Some(Close::SlowConsumer) => "slow consumer",
-                    Some(Close::Shutdown) => "shutdown",
-                    _ => "closed",
-                }));
-            }
+        if all_out && Pin::new(&mut *ws).poll_close(cx).is_ready() {
+            return Poll::Ready(Event::Done(match closing {
+                Some(Close::SlowConsumer) => "slow consumer",
+                Some(Close::Shutdown) => "shutdown",
+                _ => "closed",
+            }));
         }
         let linger = s.linger.get_or_insert_with(|| Timer::new(LINGER));
         if Pin::new(linger).poll(cx).is_ready() {
@@ -159,6 +185,9 @@ fn poll_session(
             Poll::Ready(Some(Ok(msg))) => return Poll::Ready(Event::Incoming(msg)),
             Poll::Ready(Some(Err(e))) => {
                 tracing::debug!(cause = %e, "websocket error");
+                if let WsError::Capacity(_) = e {
+                    return Poll::Ready(Event::Done(TOO_BIG));
+                }
                 return Poll::Ready(Event::Done("websocket error"));
             }
             Poll::Ready(None) => return Poll::Ready(Event::Done("peer closed")),
@@ -196,6 +225,10 @@ fn next_message(conn: &Conn) -> Option<String> {
 
 /// Handles one message from the client.
 fn incoming(shard: &Rc<Shard>, conn: &Rc<Conn>, msg: Message) {
+    if conn.st.borrow().ending.is_some() || shard.stopping.is_set() {
+        // Going away: keep reading only for the closing handshake.
+        return;
+    }
     match msg {
         Message::Text(text) => {
             Counters::add(&shard.counters.bytes_in, text.len() as u64);
