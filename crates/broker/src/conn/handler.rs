@@ -14,8 +14,20 @@ use std::rc::Rc;
 /// Handles one frame body from `conn`.
 pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
     let max_q = shard.cfg.max_queue_name_length;
-    let parsed = proto::split_body(body, max_q)
-        .and_then(|(queue, json)| Ok((queue, proto::parse_message(json, max_q)?)));
+    // The frame's QUEUE of a command is ignored (clients send commands on
+    // their 36-byte connection id), so the configured limit applies to it only
+    // when the frame is a publish.
+    let parsed = proto::split_body(body, proto::MAX_QUEUE_NAME_LEN)
+        .and_then(|(queue, json)| Ok((queue, proto::parse_message(json, max_q)?)))
+        .and_then(|(queue, msg)| match msg {
+            ClientMessage::Publish(_) if queue.len() > max_q => {
+                Err(proto::BodyError::QueueNameTooLong {
+                    len: queue.len(),
+                    max: max_q,
+                })
+            }
+            _ => Ok((queue, msg)),
+        });
     let (queue, msg) = match parsed {
         Ok(x) => x,
         Err(e) => {
