@@ -58,11 +58,10 @@ pub(crate) const CONTROL_SHARD: usize = 0;
 /// Runs one shard to completion.
 pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     let id = boot.id;
-    let listener =
-        TcpListener::bind(boot.addr).map_err(|e| format!("cannot listen on {}: {e}", boot.addr))?;
+    let listener = listen(boot.addr).map_err(|e| format!("cannot listen on {}: {e}", boot.addr))?;
     let web = match boot.web {
         Some((addr, settings)) => {
-            let l = TcpListener::bind(addr)
+            let l = listen(addr)
                 .map_err(|e| format!("cannot listen for WebSocket/HTTP on {addr}: {e}"))?;
             Some((l, Rc::new(settings)))
         }
@@ -259,6 +258,25 @@ async fn refuse(mut stream: glommio::net::TcpStream, max: usize) {
         false
     })
     .await;
+}
+
+/// A listening socket with SO_REUSEPORT (every shard binds the same address
+/// and the kernel spreads accepts) and SO_REUSEADDR. glommio's own `bind` sets
+/// only the first; without the second, the connections a graceful stop closes
+/// sit in TIME_WAIT on our port and a restart is refused as "in use" for a
+/// minute.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::IntoRawFd;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a listening TCP socket we own; ownership moves
+    // to the glommio listener (into_raw_fd), which closes it.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Wraps our end of the stop socket pair for glommio.

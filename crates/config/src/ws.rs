@@ -43,8 +43,8 @@ pub struct WsConfig {
     /// `Origin` header values allowed to open a WebSocket, so other web sites
     /// cannot use a visitor's browser to talk to the broker; empty allows all.
     pub allowed_origins: Vec<String>,
-    /// A ping goes to a WebSocket client after this long without hearing from
-    /// it, so that dead peers behind NAT or proxies are noticed.
+    /// A ping goes to every WebSocket client this often, so that dead peers
+    /// behind NAT or proxies are noticed.
     pub ping_interval: Duration,
     /// A WebSocket client that sends nothing (not even a pong) for this long is
     /// closed; it must exceed `ping_interval` so a live client can answer.

@@ -24,8 +24,12 @@ const LINGER: Duration = Duration::from_secs(2);
 /// written and the error), and a consumer that stalled for a while should still
 /// learn why it was cut off when it reads again.
 const SLOW_LINGER: Duration = Duration::from_secs(10);
-/// First size of a connection's read buffer; it grows up to one maximal frame.
-const READ_CHUNK: usize = 64 * 1024;
+/// First size of a connection's read buffer: small, because most connections
+/// are idle subscribers and memory per connection matters at 100k of them.
+const READ_START: usize = 4 * 1024;
+/// Size a busy connection's read buffer grows to (a frame larger than this
+/// grows it further, up to one maximal frame).
+const READ_BUSY: usize = 64 * 1024;
 /// Most bytes written per wake-up before letting other tasks run.
 const WRITE_BUDGET: usize = 4 << 20;
 
@@ -53,15 +57,21 @@ struct ReadBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last read filled all the space it had: the peer is sending fast.
+    filled: bool,
 }
 
 impl ReadBuf {
     /// Space to read into, growing the buffer (up to `max`) when a frame is
-    /// longer than what fits.
+    /// longer than what fits or the peer keeps it full.
     fn spare(&mut self, max: usize) -> &mut [u8] {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+        }
+        if std::mem::take(&mut self.filled) && self.data.len() < READ_BUSY.min(max) {
+            let grown = (self.data.len() * 4).min(READ_BUSY).min(max);
+            self.data.resize(grown, 0);
         }
         if self.end == self.data.len() {
             if self.start > 0 {
@@ -87,9 +97,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
     // Header ('+', up to 20 digits, ' ') plus the largest body.
     let max_frame = shard.cfg.max_message_size + 32;
     let mut rbuf = ReadBuf {
-        data: vec![0; READ_CHUNK.min(max_frame)],
+        data: vec![0; READ_START.min(max_frame)],
         start: 0,
         end: 0,
+        filled: false,
     };
     let mut ending = Ending::default();
     let why = loop {
@@ -253,7 +264,9 @@ fn poll_conn(
         // Read side: only while the shard's outboxes have room (backpressure).
         let spare = rbuf.spare(max_frame);
         if !spare.is_empty() {
+            let room = spare.len();
             if let Poll::Ready(r) = Pin::new(&mut *stream).poll_read(cx, spare) {
+                rbuf.filled = matches!(r, Ok(n) if n == room);
                 return Poll::Ready(match r {
                     Ok(n) => Event::Read(n),
                     Err(_) => Event::Done("read error"),

@@ -20,6 +20,12 @@ const METRICS: &[Metric] = &[
         |s| s.connections,
     ),
     (
+        "coremq_ws_connections",
+        "gauge",
+        "Open WebSocket connections (all on the control shard).",
+        |s| s.ws_connections,
+    ),
+    (
         "coremq_queues",
         "gauge",
         "Queues owned by the shard.",

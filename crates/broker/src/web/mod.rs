@@ -89,7 +89,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSetting
     let is_upgrade = head.header_has("upgrade", "websocket");
     let result = match (head.method.as_str(), head.path.as_str()) {
         (_, "/ws") if is_upgrade => return upgrade(shard, stream, head, &settings).await,
-        ("GET", "/ws") => {
+        ("GET" | "HEAD", "/ws") => {
             respond_text(
                 &mut stream,
                 "426 Upgrade Required",

@@ -34,7 +34,8 @@ const SEND_BUDGET: usize = 256;
 /// Keepalive settings.
 #[derive(Clone, Copy)]
 pub(crate) struct Keepalive {
-    /// A ping is sent after this long without anything from the client.
+    /// A ping is sent every this often, so that dead peers behind NAT or
+    /// proxies are noticed.
     pub ping_interval: Duration,
     /// The connection is closed after this long without anything from the client.
     pub idle_timeout: Duration,
