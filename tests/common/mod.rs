@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod web;
+
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::fs;
@@ -92,6 +94,9 @@ pub struct BrokerOpts {
     /// Run a copy of the binary placed in the temp dir (for another user, who may
     /// not be able to reach target/).
     pub copy_binary: bool,
+    /// `Some` enables `[CoreWS]` on 127.0.0.1 with an ephemeral port; the pairs are
+    /// further `key = value` lines for that section.
+    pub ws: Option<Vec<(String, String)>>,
 }
 
 impl BrokerOpts {
@@ -106,7 +111,22 @@ impl BrokerOpts {
             raw_config: None,
             env: Vec::new(),
             copy_binary: false,
+            ws: None,
         }
+    }
+
+    /// Enable the WebSocket/HTTP listener (`[CoreWS]`) on an ephemeral port.
+    pub fn ws(mut self) -> Self {
+        self.ws.get_or_insert_with(Vec::new);
+        self
+    }
+
+    /// Enable `[CoreWS]` and add `key = value` to it.
+    pub fn ws_set(mut self, key: &str, value: &str) -> Self {
+        self.ws
+            .get_or_insert_with(Vec::new)
+            .push((key.into(), value.into()));
+        self
     }
 
     /// Add `key = value` to `[CoreMQ]`.
@@ -150,9 +170,29 @@ impl BrokerOpts {
             s.push_str(&format!("{k} = {v}\n"));
         }
         s.push_str("\n[CoreWS]\n");
-        s.push_str("enabled = false\n");
-        s.push_str("address = 127.0.0.1\n");
-        s.push_str("port = 0\n");
+        match &self.ws {
+            None => {
+                s.push_str("enabled = false\n");
+                s.push_str("address = 127.0.0.1\n");
+                s.push_str("port = 0\n");
+            }
+            Some(ws_extra) => {
+                let mut ws_pairs: Vec<(String, String)> = vec![
+                    ("enabled".into(), "true".into()),
+                    ("address".into(), "127.0.0.1".into()),
+                    ("port".into(), "0".into()),
+                ];
+                for (k, v) in ws_extra {
+                    match ws_pairs.iter_mut().find(|(pk, _)| pk == k) {
+                        Some(p) => p.1 = v.clone(),
+                        None => ws_pairs.push((k.clone(), v.clone())),
+                    }
+                }
+                for (k, v) in &ws_pairs {
+                    s.push_str(&format!("{k} = {v}\n"));
+                }
+            }
+        }
         s
     }
 }
@@ -258,6 +298,19 @@ impl Broker {
 
     pub fn port(&self) -> u16 {
         self.addr().port()
+    }
+
+    /// The WebSocket/HTTP address from the ready file (`BrokerOpts::ws` must be set).
+    pub fn ws_addr(&self) -> SocketAddr {
+        let v = self.ready.as_ref().expect("broker not ready");
+        let ws = v["ws"].as_str().unwrap_or_else(|| {
+            panic!("ready file has no \"ws\" address (was BrokerOpts::ws() set?): {v}")
+        });
+        let addr: SocketAddr = ws
+            .parse()
+            .unwrap_or_else(|e| panic!("ready file ws {ws:?} is not an address: {e}"));
+        assert_ne!(addr.port(), 0, "ready file has ws port 0: {v}");
+        addr
     }
 
     /// "test:PORT", the value of coremq_server.

@@ -1,0 +1,502 @@
+//! The dashboard (`GET /`) in real headless Chromium, driven through chromedriver's
+//! WebDriver HTTP API: the page connects back over `/ws`, its charts receive
+//! `$coremq.stats`, a queue subscribed in the page shows a message published by a
+//! TCP client, and a message published from the page reaches a TCP subscriber.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them). Without
+//! them the test fails when CI=true and is skipped (with a note) otherwise.
+//!
+//! The test saves a screenshot of the page with a few seconds of live traffic; set
+//! `COREMQ_DASHBOARD_PNG=docs/dashboard.png` to refresh the one in the docs.
+
+mod common;
+
+use common::web::*;
+use common::*;
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// W3C WebDriver's key for element references.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// Browser start-up and page actions are slower than broker replies.
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A chromedriver process and one browser session; both end on drop.
+struct Driver {
+    child: Child,
+    addr: SocketAddr,
+    session: Option<String>,
+    log: PathBuf,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        // A free port for chromedriver (it has no "port 0" mode that reports back).
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = unique_dir("chromedriver").join("chromedriver.log");
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"));
+        let mut d = Driver {
+            child,
+            addr,
+            session: None,
+            log,
+        };
+        let deadline = Instant::now() + DRIVER_TIMEOUT;
+        loop {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                let r = d.call("GET", "/status", None);
+                if r["value"]["ready"] == json!(true) {
+                    break;
+                }
+            }
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!("chromedriver exited with {st}\n{}", d.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver not ready within {DRIVER_TIMEOUT:?}\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let caps = json!({
+            "capabilities": {
+                "alwaysMatch": {
+                    "goog:chromeOptions": {
+                        "binary": CHROMIUM,
+                        "args": [
+                            "--headless",
+                            "--no-sandbox",
+                            "--disable-gpu",
+                            "--disable-dev-shm-usage",
+                            "--disable-background-networking",
+                            "--disable-component-update",
+                            "--disable-sync",
+                            "--no-first-run",
+                            "--window-size=1400,1300",
+                            "--force-device-scale-factor=1",
+                            "--hide-scrollbars",
+                        ]
+                    }
+                }
+            }
+        });
+        let r = d.call("POST", "/session", Some(&caps));
+        let id = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {r}\n{}", d.log_text()))
+            .to_string();
+        d.session = Some(id);
+        d
+    }
+
+    fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        format!("---- chromedriver log (tail) ----\n{}", tail.join("\n"))
+    }
+
+    /// One WebDriver command; a WebDriver error fails the test.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        let r = http_request_timeout(
+            self.addr,
+            method,
+            path,
+            &[("Content-Type", "application/json; charset=utf-8")],
+            bytes.as_deref(),
+            DRIVER_TIMEOUT,
+        );
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&r.body)
+            )
+        });
+        assert!(
+            r.status == 200,
+            "WebDriver {method} {path} failed with {}: {v}",
+            r.status
+        );
+        v
+    }
+
+    fn session_path(&self, rest: &str) -> String {
+        format!("/session/{}{rest}", self.session.as_ref().unwrap())
+    }
+
+    fn go(&self, url: &str) {
+        self.call(
+            "POST",
+            &self.session_path("/url"),
+            Some(&json!({ "url": url })),
+        );
+    }
+
+    fn element(&self, css: &str) -> String {
+        let r = self.call(
+            "POST",
+            &self.session_path("/element"),
+            Some(&json!({"using": "css selector", "value": css})),
+        );
+        r["value"][ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {r}"))
+            .to_string()
+    }
+
+    fn clear(&self, css: &str) {
+        let e = self.element(css);
+        self.call(
+            "POST",
+            &self.session_path(&format!("/element/{e}/clear")),
+            Some(&json!({})),
+        );
+    }
+
+    fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css);
+        self.call(
+            "POST",
+            &self.session_path(&format!("/element/{e}/value")),
+            Some(&json!({ "text": text })),
+        );
+    }
+
+    fn click(&self, css: &str) {
+        let e = self.element(css);
+        self.call(
+            "POST",
+            &self.session_path(&format!("/element/{e}/click")),
+            Some(&json!({})),
+        );
+    }
+
+    /// Runs `script` (a function body) in the page and returns its value.
+    fn js(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            &self.session_path("/execute/sync"),
+            Some(&json!({ "script": script, "args": [] })),
+        )["value"]
+            .clone()
+    }
+
+    fn text(&self, css: &str) -> String {
+        self.js(&format!(
+            "var e = document.querySelector({}); return e ? e.textContent : null;",
+            json!(css)
+        ))
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    /// Polls `script` until it returns true (bounded).
+    fn wait_for(&self, what: &str, script: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.js(script) == json!(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not true within {timeout:?} (status line: {:?})",
+                self.text("#status-line")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn screenshot_png(&self) -> Vec<u8> {
+        let r = self.call("GET", &self.session_path("/screenshot"), None);
+        let b64 = r["value"].as_str().expect("screenshot data");
+        data_encoding::BASE64
+            .decode(b64.as_bytes())
+            .expect("screenshot is base64")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_text());
+        }
+        if let Some(id) = self.session.take() {
+            // Best effort: quits the browser cleanly.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                http_request_timeout(
+                    self.addr,
+                    "DELETE",
+                    &format!("/session/{id}"),
+                    &[],
+                    None,
+                    Duration::from_secs(10),
+                )
+            }));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the browser is installed; without it the test fails on CI and is
+/// skipped elsewhere.
+fn browser_available() -> bool {
+    let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "{} not installed: install Debian's `chromium` and `chromium-driver` \
+         (apt-get install chromium chromium-driver; .ci/run does this)",
+        missing.join(" and ")
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED dashboard browser test: {msg}");
+    false
+}
+
+/// Publishes to a few queues at changing rates until stopped, so the charts
+/// have something to show.
+fn traffic(b: &Broker, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let addr = b.addr();
+    std::thread::spawn(move || {
+        let queues: Vec<String> = (0..6).map(|i| uniq(&format!("demo.orders{i}"))).collect();
+        let mut subs: Vec<Client> = (0..3).map(|_| Client::connect(addr)).collect();
+        for (i, s) in subs.iter_mut().enumerate() {
+            let qs: Vec<&str> = queues
+                .iter()
+                .skip(i)
+                .step_by(2)
+                .map(String::as_str)
+                .collect();
+            s.subscribe(&qs);
+        }
+        let mut pubs: Vec<Client> = (0..2).map(|_| Client::connect(addr)).collect();
+        for p in pubs.iter_mut() {
+            p.options(json!({"ack": false}));
+        }
+        let start = Instant::now();
+        let mut n = 0u64;
+        // Idle clients that come and stay, so the connections chart moves too.
+        let mut idle: Vec<Client> = Vec::new();
+        // Bounded: stops by itself after 90 s even if the test forgot to.
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(90) {
+            if idle.len() < 12 && start.elapsed() > Duration::from_secs(3) * idle.len() as u32 {
+                idle.push(Client::connect(addr));
+            }
+            let phase = (start.elapsed().as_millis() / 700) as u64;
+            let burst = 5 + (phase * 7) % 30;
+            for k in 0..burst {
+                let q = &queues[((n + k) % queues.len() as u64) as usize];
+                let p = &mut pubs[(k % 2) as usize];
+                p.send(
+                    q,
+                    &json!({"order": n + k, "item": "widget", "qty": (n + k) % 9 + 1}),
+                );
+            }
+            n += burst;
+            // Keep the subscribers' sockets drained.
+            for s in subs.iter_mut() {
+                while s.try_recv_msg(Duration::from_millis(1)).is_ok() {}
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+#[test]
+fn dashboard_in_headless_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let b = Broker::start(BrokerOpts::new(4).ws());
+    let d = Driver::start();
+    d.go(&format!("http://{}/", b.ws_addr()));
+
+    // Connected, and the charts receive statistics.
+    d.wait_for(
+        "the page connects and gets $coremq.stats",
+        "return window.coremqStatsReceived >= 1;",
+        Duration::from_secs(20),
+    );
+    assert!(
+        d.text("#status-line").starts_with("connected"),
+        "status line: {:?}",
+        d.text("#status-line")
+    );
+    assert_eq!(
+        d.js("return document.querySelectorAll('#shard-rows tr').length;"),
+        json!(4),
+        "one table row per shard"
+    );
+
+    // Subscribe in the page, publish over TCP, see it in #messages.
+    let q = uniq("dash.sub");
+    d.type_into("#sub-queue", &q);
+    d.click("#sub-button");
+    d.wait_for(
+        "the subscription is confirmed",
+        &format!(
+            "return document.getElementById('sub-result').textContent === {};",
+            json!(format!("Subscribed to {q}"))
+        ),
+        Duration::from_secs(20),
+    );
+    let mut tcp = b.client();
+    let marker = format!("hello from tcp {}", uniq("m"));
+    tcp.publish(&q, &json!({ "text": marker }));
+    d.wait_for(
+        "the TCP publish appears in #messages",
+        &format!(
+            "return document.getElementById('messages').textContent.indexOf({}) !== -1;",
+            json!(marker)
+        ),
+        Duration::from_secs(20),
+    );
+    tcp.publish(&q, &json!({ "text": "second", "n": 2 }));
+    d.wait_for(
+        "newest first",
+        "var li = document.querySelector('#messages li'); \
+         return !!li && li.textContent.indexOf('second') !== -1;",
+        Duration::from_secs(20),
+    );
+
+    // Publish from the page to a TCP subscriber.
+    let q2 = uniq("dash.pub");
+    let mut tsub = b.client();
+    tsub.subscribe(&[&q2]);
+    d.clear("#pub-queue");
+    d.type_into("#pub-queue", &q2);
+    d.clear("#pub-body");
+    d.type_into("#pub-body", "{\"from\": \"browser\", \"n\": 7}");
+    d.click("#pub-button");
+    let f = tsub.recv_msg();
+    assert_eq!(f.queue, q2);
+    assert_eq!(f.json["from"], json!("browser"), "{f}");
+    assert_eq!(f.json["n"], json!(7), "{f}");
+    assert!(f.json["coremq_sender"].is_string(), "{f}");
+    d.wait_for(
+        "the publish is confirmed in the page",
+        "return document.getElementById('pub-result').textContent.indexOf('Published') === 0;",
+        Duration::from_secs(20),
+    );
+
+    // Errors are shown: invalid JSON (caught in the page) and a broker refusal.
+    d.clear("#pub-body");
+    d.type_into("#pub-body", "{not json");
+    d.click("#pub-button");
+    assert!(
+        d.text("#pub-result").starts_with("Invalid JSON"),
+        "pub-result: {:?}",
+        d.text("#pub-result")
+    );
+    d.clear("#pub-queue");
+    d.type_into("#pub-queue", "$coremq.stats");
+    d.clear("#pub-body");
+    d.type_into("#pub-body", "{\"x\": 1}");
+    d.click("#pub-button");
+    d.wait_for(
+        "the broker's error is shown",
+        "var e = document.getElementById('pub-result'); \
+         return e.className.indexOf('err') !== -1 && e.textContent.indexOf('reserved') !== -1;",
+        Duration::from_secs(20),
+    );
+
+    // Live traffic for a few seconds: the stats count grows and the charts draw.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(&b, stop.clone());
+    let before = d.js("return window.coremqStatsReceived;").as_u64().unwrap();
+    d.wait_for(
+        "more statistics arrive",
+        &format!("return window.coremqStatsReceived >= {};", before + 6),
+        Duration::from_secs(30),
+    );
+    d.wait_for(
+        "the rates tile shows traffic",
+        "var t = document.getElementById('total-in').textContent; return t !== '–' && t !== '0';",
+        Duration::from_secs(20),
+    );
+    for id in ["chart-rates", "chart-conns"] {
+        let drawn = d.js(&format!(
+            "var c = document.getElementById('{id}'); var x = c.getContext('2d'); \
+             var px = x.getImageData(0, 0, c.width, c.height).data; var n = 0; \
+             for (var i = 3; i < px.length; i += 4) if (px[i] > 0) n++; return n;"
+        ));
+        assert!(
+            drawn.as_u64().unwrap_or(0) > 1000,
+            "#{id} looks blank ({drawn} painted pixels)"
+        );
+    }
+    // When refreshing the documented screenshot, let the charts fill up more.
+    if std::env::var_os("COREMQ_DASHBOARD_PNG").is_some() {
+        let target = before + 35;
+        d.wait_for(
+            "statistics for the screenshot",
+            &format!("return window.coremqStatsReceived >= {target};"),
+            Duration::from_secs(60),
+        );
+    }
+    // One more message in the list for the picture.
+    tcp.publish(
+        &q,
+        &json!({"text": "order shipped", "order": 1042, "carrier": "DHL"}),
+    );
+    d.wait_for(
+        "the last message is shown",
+        "return document.getElementById('messages').textContent.indexOf('order shipped') !== -1;",
+        Duration::from_secs(20),
+    );
+    d.clear("#pub-queue");
+    d.type_into("#pub-queue", &q);
+    d.clear("#pub-body");
+    d.type_into("#pub-body", "{\"text\": \"hello from the dashboard\"}");
+    d.click("#pub-button");
+    d.wait_for(
+        "the publish is confirmed in the page",
+        "return document.getElementById('pub-result').textContent.indexOf('Published') === 0;",
+        Duration::from_secs(20),
+    );
+
+    let png = d.screenshot_png();
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("traffic thread");
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "screenshot is not a PNG"
+    );
+    let path = std::env::var_os("COREMQ_DASHBOARD_PNG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| unique_dir("dashboard").join("dashboard.png"));
+    std::fs::write(&path, &png).expect("write the screenshot");
+    eprintln!(
+        "dashboard screenshot ({} bytes): {}",
+        png.len(),
+        path.display()
+    );
+}
