@@ -1,9 +1,17 @@
 //! `coremq`: the broker binary. Parses the command line, loads and validates
 //! the configuration, sets up logging, starts the node and maps signals to a
 //! graceful stop. Everything else lives in the `coremq-broker` crate.
+//!
+//! Beside this file: `logging` (the lossless, reopenable log writer),
+//! `notify` (readiness and stop notices to systemd) and `signals` (SIGTERM and
+//! SIGINT stop gracefully, SIGHUP reopens the log file).
+
+mod logging;
+mod notify;
+mod signals;
 
 use clap::Parser;
-use coremq_config::{Config, LogTarget};
+use coremq_config::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -48,7 +56,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // The guard flushes the log writer when main returns: keep it to the end.
-    let _log_guard = match init_logging(&config) {
+    let logging = match logging::init(&config) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("coremq: cannot open log: {e}");
@@ -58,11 +66,16 @@ fn main() -> ExitCode {
     for var in Config::unknown_env_overrides() {
         tracing::warn!(%var, "environment variable looks like a CoreMQ override but names no known key; ignored");
     }
-    run(config, args.ready_file)
+    run(config, args.ready_file, logging.reopener.clone())
 }
 
-fn run(config: Config, ready_file: Option<PathBuf>) -> ExitCode {
+fn run(
+    config: Config,
+    ready_file: Option<PathBuf>,
+    reopener: Option<logging::Reopener>,
+) -> ExitCode {
     let node = config.mq.node_name.clone();
+    let signals = signals::install();
     let running = match coremq_broker::start(config) {
         Ok(r) => r,
         Err(e) => {
@@ -86,32 +99,13 @@ fn run(config: Config, ready_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_RUNTIME);
         }
     }
-    let stopper = running.stopper();
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]);
-    match signals {
-        Ok(mut signals) => {
-            std::thread::spawn(move || {
-                let mut seen = 0;
-                for sig in signals.forever() {
-                    seen += 1;
-                    if seen == 1 {
-                        tracing::info!(signal = sig, "graceful stop requested");
-                        stopper.stop();
-                    } else {
-                        // A second signal: the operator does not want to wait.
-                        eprintln!("coremq: second signal, exiting now");
-                        std::process::exit(130);
-                    }
-                }
-            });
-        }
-        Err(e) => {
-            tracing::warn!(cause = %e, "cannot install signal handlers; SIGTERM will kill without BYE")
-        }
-    }
+    // Every shard listens (start returned) and the ready file is written.
+    notify::ready(&format!(
+        "listening on {} with {} shards",
+        running.local_addr(),
+        running.shards()
+    ));
+    signals::spawn(signals, running.stopper(), reopener);
     match running.wait() {
         Ok(()) => {
             tracing::info!("CoreMQ stopped");
@@ -131,38 +125,4 @@ fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
-}
-
-/// Sets up `tracing` for the configured target and level.
-///
-/// Log lines go through tracing-appender's non-blocking writer in *lossless*
-/// mode: the broker never logs per message, so the writer only fills up if the
-/// disk stalls, and then waiting is better than silently dropping lines (the
-/// writer's default). `RUST_LOG` overrides the configured level.
-fn init_logging(config: &Config) -> std::io::Result<tracing_appender::non_blocking::WorkerGuard> {
-    use tracing_subscriber::EnvFilter;
-    let level = config.mq.log_level.as_str();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let (writer, ansi): (Box<dyn std::io::Write + Send>, bool) = match &config.mq.log_file {
-        LogTarget::Stdout => (Box::new(std::io::stdout()), false),
-        LogTarget::Stderr => (Box::new(std::io::stderr()), false),
-        LogTarget::File(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
-            (Box::new(file), false)
-        }
-    };
-    let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .finish(writer);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(nb)
-        .with_ansi(ansi)
-        .with_thread_names(true)
-        .init();
-    Ok(guard)
 }

@@ -1,0 +1,594 @@
+//! The public handle: requests, replies and received messages.
+
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+use crate::handshake;
+use crate::message::Message;
+use crate::reader;
+use crate::state::{Pending, Reply, Shared, State};
+use crate::wire::{
+    check_queue_name, command_frame, publish_frame, GET_HISTORY, OPTIONS, STATUS, SUBSCRIBE,
+    UNSUBSCRIBE,
+};
+use coremq_protocol::{OK_OPTIONS, OK_SENT, OK_SUBSCRIBE, OK_UNSUBSCRIBE};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::fmt;
+use std::io::Write;
+use std::net::{Shutdown, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The option the client keeps for itself: it pairs replies with requests by
+/// their order, which only works if every publish is answered.
+const RESERVED_OPTION: &str = "ack";
+
+/// A connection to a CoreMQ server that stays connected.
+///
+/// All methods take `&self`: one thread may block in [`recv`](Self::recv)
+/// while others publish. Requests are answered in order, each within the
+/// configured request timeout.
+///
+/// # Reconnection
+///
+/// When the connection breaks (server restart, network failure, `BYE`), a
+/// background thread reconnects with exponential backoff, subscribes again to
+/// every queue subscribed through this client and sets the options again,
+/// before any new request is sent. What is *not* carried over, as in the
+/// protocol itself (docs/protocol.md):
+///
+/// - messages published to subscribed queues while the client was
+///   disconnected are **lost** for this client (the server keeps no
+///   per-client backlog); [`history`](Self::history) returns the last few
+///   messages of a queue if a gap matters;
+/// - the connection id changes (see [`id`](Self::id)): messages sent to the
+///   old id are lost;
+/// - requests in flight when the connection broke fail with
+///   [`ClientError::Disconnected`] (the server may or may not have acted on
+///   them; a publish is not retried, as that could deliver it twice);
+/// - a request made while disconnected waits for the reconnection, up to the
+///   request timeout. Nothing is queued across a disconnect.
+///
+/// Dropping the client closes it and stops the background thread.
+pub struct Client {
+    /// State shared with the reader thread.
+    shared: Arc<Shared>,
+    /// The reader thread, joined on close.
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Which reply a request must get to have succeeded.
+enum Expect {
+    /// `{"response": "<this text>"}`.
+    Response(&'static str),
+    /// An object with this key (history, status).
+    Key(&'static str),
+}
+
+impl Client {
+    /// Connects with the default [`ClientConfig`].
+    ///
+    /// ```no_run
+    /// let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// println!("connected as {:?}", client.id());
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn connect<A: ToSocketAddrs + fmt::Display>(addr: A) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ClientConfig::default())
+    }
+
+    /// Connects, reads the welcome and starts the background reader. The first
+    /// connection is not retried: an unreachable server is reported at once.
+    pub fn connect_with<A: ToSocketAddrs + fmt::Display>(
+        addr: A,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let addr_text = addr.to_string();
+        let addrs: Vec<_> = addr
+            .to_socket_addrs()
+            .map_err(|cause| ClientError::Resolve {
+                addr: addr_text.clone(),
+                cause,
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Resolve {
+                addr: addr_text,
+                cause: std::io::Error::other("no addresses"),
+            });
+        }
+        let shared = Arc::new(Shared {
+            state: Default::default(),
+            changed: Default::default(),
+            config,
+            addrs,
+            addr_text,
+        });
+        let mut conn = handshake::open(&shared, &[], &Map::new())?;
+        reader::install(&shared, &mut conn);
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("coremq-client".into())
+                .spawn(move || reader::run(shared, conn))
+                .map_err(|e| {
+                    ClientError::NotConnected(format!("cannot start the reader thread: {e}"))
+                })?
+        };
+        Ok(Client {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The current connection id (the queue other clients publish to to reach
+    /// this one), or `None` while reconnecting. It changes on every reconnect.
+    pub fn id(&self) -> Option<String> {
+        self.state().live.as_ref().map(|l| l.id.clone())
+    }
+
+    /// The server's node name, from the welcome frame.
+    pub fn server_name(&self) -> Option<String> {
+        self.state().live.as_ref().map(|l| l.node.clone())
+    }
+
+    /// Is there a connection right now (past its handshake)?
+    pub fn is_connected(&self) -> bool {
+        self.state().live.is_some()
+    }
+
+    /// How many times the client has reconnected.
+    pub fn reconnects(&self) -> u64 {
+        self.state().reconnects
+    }
+
+    /// The last problem seen: why the connection was lost, a failed
+    /// re-subscribe, or an `ERROR:` for a [`publish_nowait`](Self::publish_nowait).
+    pub fn last_error(&self) -> Option<String> {
+        self.state().last_error.clone()
+    }
+
+    /// Waits until the client is connected (subscriptions and options already
+    /// re-applied), for at most `timeout`.
+    pub fn wait_connected(&self, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        self.wait_live(deadline, timeout).map(|_| ())
+    }
+
+    /// Publishes `message` (anything that serializes to a JSON object) to
+    /// `queue` and waits for the server's `OK: Message sent`. Once it returns,
+    /// every history request sees the message and every subscriber that was
+    /// subscribed before receives it (guarantees G2, G3).
+    ///
+    /// Publishing to another connection's id reaches that connection alone.
+    ///
+    /// ```no_run
+    /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// client.publish("news", &serde_json::json!({"headline": "hello"}))?;
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn publish<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        message: &T,
+    ) -> Result<(), ClientError> {
+        let frame = publish_frame(queue, message)?;
+        self.request(move |_| frame.clone(), Expect::Response(OK_SENT))
+            .map(|_| ())
+    }
+
+    /// Publishes without waiting for the reply: returns once the frame is
+    /// written. The server's OK is discarded; an `ERROR:` becomes
+    /// [`last_error`](Self::last_error). A message written just before the
+    /// connection breaks may be lost.
+    pub fn publish_nowait<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        message: &T,
+    ) -> Result<(), ClientError> {
+        let frame = publish_frame(queue, message)?;
+        let deadline = Instant::now() + self.timeout();
+        self.send(&move |_| frame.clone(), false, deadline)
+            .map(|_| ())
+    }
+
+    /// Subscribes to `queues` and waits until the server has registered them
+    /// all. They are remembered and subscribed again after a reconnect.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// client.subscribe(["news", "weather"])?;
+    /// if let Some(msg) = client.recv_timeout(Duration::from_secs(5))? {
+    ///     println!("{}: {:?}", msg.queue, msg.body);
+    /// }
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn subscribe<I, S>(&self, queues: I) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names = names(queues)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        // Remembered before sending: if the connection breaks before the reply,
+        // the reconnect subscribes them anyway.
+        let added: Vec<String> = {
+            let mut st = self.state();
+            let new: Vec<String> = names
+                .iter()
+                .filter(|n| !st.subscriptions.contains(n))
+                .cloned()
+                .collect();
+            st.subscriptions.extend(new.iter().cloned());
+            new
+        };
+        let value = Value::from(names);
+        let result = self.request(
+            move |id| command_frame(id, SUBSCRIBE, value.clone()),
+            Expect::Response(OK_SUBSCRIBE),
+        );
+        if let Err(ClientError::Server(_)) = &result {
+            self.state().subscriptions.retain(|s| !added.contains(s));
+        }
+        result.map(|_| ())
+    }
+
+    /// Unsubscribes from `queues` (they are no longer re-subscribed).
+    pub fn unsubscribe<I, S>(&self, queues: I) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names = names(queues)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.state().subscriptions.retain(|s| !names.contains(s));
+        let value = Value::from(names);
+        self.request(
+            move |id| command_frame(id, UNSUBSCRIBE, value.clone()),
+            Expect::Response(OK_UNSUBSCRIBE),
+        )
+        .map(|_| ())
+    }
+
+    /// The queues this client is subscribed to (besides its own id).
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.state().subscriptions.clone()
+    }
+
+    /// Sets connection options (a `null` value removes one) and remembers them
+    /// for reconnects. `"echo": true` delivers this client's own publishes back
+    /// to it. `"ack"` is refused with [`ClientError::ReservedOption`]: the client
+    /// relies on every publish being answered, and
+    /// [`publish_nowait`](Self::publish_nowait) already skips the wait.
+    ///
+    /// ```no_run
+    /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// let mut options = serde_json::Map::new();
+    /// options.insert("echo".into(), true.into());
+    /// client.set_options(options)?;
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn set_options(&self, options: Map<String, Value>) -> Result<(), ClientError> {
+        if options.contains_key(RESERVED_OPTION) {
+            return Err(ClientError::ReservedOption(RESERVED_OPTION.into()));
+        }
+        let before = {
+            let mut st = self.state();
+            let before = st.options.clone();
+            for (k, v) in &options {
+                if v.is_null() {
+                    st.options.remove(k);
+                } else {
+                    st.options.insert(k.clone(), v.clone());
+                }
+            }
+            before
+        };
+        let value = Value::Object(options);
+        let result = self.request(
+            move |id| command_frame(id, OPTIONS, value.clone()),
+            Expect::Response(OK_OPTIONS),
+        );
+        if let Err(ClientError::Server(_)) = &result {
+            self.state().options = before;
+        }
+        result.map(|_| ())
+    }
+
+    /// Sets one option; see [`set_options`](Self::set_options).
+    pub fn set_option(&self, key: &str, value: impl Into<Value>) -> Result<(), ClientError> {
+        let mut options = Map::new();
+        options.insert(key.to_string(), value.into());
+        self.set_options(options)
+    }
+
+    /// The options in force (as set through this client).
+    pub fn options(&self) -> Map<String, Value> {
+        self.state().options.clone()
+    }
+
+    /// The recent messages of `queues`: grouped by queue in the order asked,
+    /// oldest first within each queue. Queues without history add nothing.
+    ///
+    /// ```no_run
+    /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// for msg in client.history(["news"])? {
+    ///     println!("{} {:?}", msg.queue, msg.body);
+    /// }
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn history<I, S>(&self, queues: I) -> Result<Vec<Message>, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names = names(queues)?;
+        let value = Value::from(names.clone());
+        let mut reply = self.request(
+            move |id| command_frame(id, GET_HISTORY, value.clone()),
+            Expect::Key("history"),
+        )?;
+        let Some(Value::Object(mut history)) = reply.remove("history") else {
+            return Err(ClientError::Protocol(
+                "history reply without a history object".into(),
+            ));
+        };
+        let mut out = Vec::new();
+        for name in names {
+            let Some(entries) = history.remove(&name) else {
+                continue;
+            };
+            let Value::Array(entries) = entries else {
+                return Err(ClientError::Protocol(format!(
+                    "history of {name:?} is not a list"
+                )));
+            };
+            for entry in entries {
+                let Value::Object(body) = entry else {
+                    return Err(ClientError::Protocol(format!(
+                        "history of {name:?} holds a non-object"
+                    )));
+                };
+                out.push(Message {
+                    queue: name.clone(),
+                    body,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The server's status object (docs/protocol.md §7).
+    pub fn status(&self) -> Result<Value, ClientError> {
+        self.request(
+            |id| command_frame(id, STATUS, Value::Bool(true)),
+            Expect::Key("master"),
+        )
+        .map(Value::Object)
+    }
+
+    /// The next received message, waiting as long as it takes (across
+    /// reconnects). Fails only when the client is closed, or disconnected with
+    /// reconnection turned off.
+    pub fn recv(&self) -> Result<Message, ClientError> {
+        loop {
+            if let Some(m) = self.recv_timeout(Duration::from_secs(3600))? {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// The next received message, or `None` if none arrives within `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Message>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state();
+        loop {
+            if let Some(m) = st.inbox.pop_front() {
+                drop(st);
+                // The reader may be waiting for room in the inbox.
+                self.shared.changed.notify_all();
+                return Ok(Some(m));
+            }
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            if st.stopped {
+                return Err(not_connected(&st));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            st = match self.shared.changed.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// A received message if one is waiting, without blocking.
+    pub fn try_recv(&self) -> Result<Option<Message>, ClientError> {
+        self.recv_timeout(Duration::ZERO)
+    }
+
+    /// Closes the connection and stops the background thread. Messages not yet
+    /// received are discarded. Also done on drop.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        {
+            let mut st = self.state();
+            st.closed = true;
+            if let Some(live) = &st.live {
+                let _ = live.socket.shutdown(Shutdown::Both);
+            }
+            if let Some(s) = &st.connecting {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.lock()
+    }
+
+    fn timeout(&self) -> Duration {
+        self.shared.config.request_timeout
+    }
+
+    /// Sends a request and waits for its reply, checking it is the expected one.
+    fn request(
+        &self,
+        build: impl Fn(&str) -> Vec<u8>,
+        expect: Expect,
+    ) -> Result<Map<String, Value>, ClientError> {
+        let deadline = Instant::now() + self.timeout();
+        let rx = self.send(&build, true, deadline)?;
+        let Some(rx) = rx else {
+            return Err(ClientError::Disconnected);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reply: Reply = match rx.recv_timeout(left) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => return Err(ClientError::Timeout(self.timeout())),
+            Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Disconnected),
+        };
+        let reply = reply?;
+        let response = reply.get("response").and_then(Value::as_str);
+        if let Some(r) = response.filter(|r| r.starts_with("ERROR")) {
+            return Err(ClientError::Server(r.to_string()));
+        }
+        let ok = match expect {
+            Expect::Response(text) => response == Some(text),
+            Expect::Key(key) => reply.contains_key(key),
+        };
+        if ok {
+            Ok(reply)
+        } else {
+            Err(ClientError::Protocol(format!(
+                "unexpected reply {}",
+                Value::Object(reply)
+            )))
+        }
+    }
+
+    /// Writes one request on the live connection (waiting for one until
+    /// `deadline`) and registers it for the next reply. Returns the reply's
+    /// receiver when `want_reply`.
+    fn send(
+        &self,
+        build: &dyn Fn(&str) -> Vec<u8>,
+        want_reply: bool,
+        deadline: Instant,
+    ) -> Result<Option<Receiver<Reply>>, ClientError> {
+        loop {
+            let (writer, generation, id) = self.wait_live(deadline, self.timeout())?;
+            let bytes = build(&id);
+            let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
+            let rx = {
+                let mut st = self.state();
+                let Some(live) = st.live.as_mut().filter(|l| l.generation == generation) else {
+                    // Reconnected between the two locks: build again for the new id.
+                    continue;
+                };
+                let (tx, rx) = if want_reply {
+                    let (tx, rx) = mpsc::sync_channel(1);
+                    (Some(tx), Some(rx))
+                } else {
+                    (None, None)
+                };
+                live.pending.push_back(Pending { reply: tx });
+                rx
+            };
+            if w.write_all(&bytes).is_err() {
+                // The reader notices the shutdown and reconnects; the pending
+                // entry fails with the connection.
+                let _ = w.shutdown(Shutdown::Both);
+                return Err(ClientError::Disconnected);
+            }
+            return Ok(rx);
+        }
+    }
+
+    /// Waits for a live connection; returns its writer, generation and id.
+    fn wait_live(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<(Arc<std::sync::Mutex<std::net::TcpStream>>, u64, String), ClientError> {
+        let mut st = self.state();
+        loop {
+            if st.closed {
+                return Err(ClientError::Closed);
+            }
+            if let Some(l) = &st.live {
+                return Ok((l.writer.clone(), l.generation, l.id.clone()));
+            }
+            if st.stopped {
+                return Err(not_connected(&st));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ClientError::NotConnected(format!(
+                    "no connection within {timeout:?}; last error: {}",
+                    st.last_error.as_deref().unwrap_or("none")
+                )));
+            }
+            st = match self.shared.changed.wait_timeout(st, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.shared.addr_text)
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+fn not_connected(st: &State) -> ClientError {
+    ClientError::NotConnected(
+        st.last_error
+            .clone()
+            .unwrap_or_else(|| "connection lost".into()),
+    )
+}
+
+/// Queue names from the caller, checked.
+fn names<I, S>(queues: I) -> Result<Vec<String>, ClientError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    queues
+        .into_iter()
+        .map(|q| {
+            let q = q.as_ref();
+            check_queue_name(q).map(|_| q.to_string())
+        })
+        .collect()
+}

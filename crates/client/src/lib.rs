@@ -1,0 +1,58 @@
+//! `coremq-client`: a blocking Rust client for CoreMQ with the original
+//! Python client's abilities — connect (welcome, connection id), publish
+//! (waiting for the OK or not), subscribe/unsubscribe, history, options,
+//! status, receive with a timeout — and its promise: the connection is kept
+//! open and re-established automatically, subscriptions and options included.
+//!
+//! Plain `std` threads and sockets, no async runtime: one background thread
+//! per client reads frames, pairs replies with requests and reconnects. The
+//! framing is `coremq-protocol`'s, the same code the server runs.
+//!
+//! The parts:
+//!
+//! - [`Client`] (`client`): the handle and every request.
+//! - [`ClientConfig`] (`config`): timeouts, reconnect backoff, buffer limits.
+//! - [`Message`] (`message`): a received message and its server stamps.
+//! - [`ClientError`] (`error`): what can fail, grouped the way callers react.
+//! - `handshake`: connect, welcome, and re-subscribe/re-apply after a reconnect.
+//! - `reader`: the background thread; `backoff`: pauses between reconnects.
+//! - `state`: what the caller's threads and the reader share; `wire`: frames.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use coremq_client::Client;
+//! use serde_json::json;
+//! use std::time::Duration;
+//!
+//! let client = Client::connect("127.0.0.1:6747")?;
+//! client.subscribe(["news"])?;
+//! client.set_option("echo", true)?; // also receive our own publishes
+//! client.publish("news", &json!({"headline": "hello"}))?;
+//! let msg = client.recv_timeout(Duration::from_secs(5))?.expect("our own message");
+//! assert_eq!(msg.body["headline"], "hello");
+//! assert_eq!(msg.sender(), client.id().as_deref());
+//! # Ok::<(), coremq_client::ClientError>(())
+//! ```
+//!
+//! Messages published while the client is disconnected are lost for it, as
+//! the protocol keeps no per-client backlog; see [`Client`] under
+//! "Reconnection" for exactly what a reconnect carries over.
+
+#![warn(missing_docs)]
+
+mod backoff;
+mod client;
+mod config;
+mod error;
+mod handshake;
+mod message;
+mod reader;
+mod state;
+mod wire;
+
+pub use client::Client;
+pub use config::ClientConfig;
+pub use error::ClientError;
+pub use message::Message;
+pub use wire::{check_message, check_queue_name};

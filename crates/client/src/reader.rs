@@ -1,0 +1,174 @@
+//! The background thread: reads frames, hands replies to the requests that
+//! wait for them and messages to the inbox, and when the connection is lost,
+//! reconnects with backoff (re-subscribing and re-applying options through
+//! the handshake).
+
+use crate::backoff::Backoff;
+use crate::handshake::{self, is_reply, Connection};
+use crate::message::Message;
+use crate::state::{Live, Shared};
+use crate::wire::ServerFrame;
+use coremq_protocol::BYE;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Makes `conn` the live connection: requests may use it from now on.
+/// Returns false if the client was closed meanwhile.
+pub(crate) fn install(shared: &Shared, conn: &mut Connection) -> bool {
+    let (Ok(writer), Ok(socket)) = (conn.stream.try_clone(), conn.stream.try_clone()) else {
+        return false;
+    };
+    // A write that cannot finish within the request timeout means a stuck
+    // connection; failing it makes the reader reconnect.
+    let _ = writer.set_write_timeout(Some(shared.config.request_timeout));
+    let mut st = shared.lock();
+    if st.closed {
+        return false;
+    }
+    st.generation += 1;
+    st.live = Some(Live {
+        id: conn.id.clone(),
+        node: conn.node.clone(),
+        writer: Arc::new(Mutex::new(writer)),
+        socket,
+        pending: Default::default(),
+        generation: st.generation,
+    });
+    st.inbox.extend(conn.early.drain(..));
+    if let Some(w) = conn.warning.take() {
+        st.last_error = Some(w);
+    }
+    drop(st);
+    shared.changed.notify_all();
+    true
+}
+
+/// The thread's body: serve `conn`, and after it breaks, reconnect until the
+/// client is closed (or for good, if reconnection is off).
+pub(crate) fn run(shared: Arc<Shared>, mut conn: Connection) {
+    let config = &shared.config;
+    let mut backoff = Backoff::new(config.reconnect_min, config.reconnect_max);
+    'serve: loop {
+        let why = serve(&shared, &mut conn);
+        {
+            let mut st = shared.lock();
+            st.drop_live(why);
+            if st.closed || !config.reconnect {
+                break 'serve;
+            }
+        }
+        shared.changed.notify_all();
+        loop {
+            if pause(&shared, backoff.next_delay()) {
+                break 'serve;
+            }
+            let (subs, options) = {
+                let st = shared.lock();
+                (st.subscriptions.clone(), st.options.clone())
+            };
+            match handshake::open(&shared, &subs, &options) {
+                Ok(mut next) => {
+                    if !install(&shared, &mut next) {
+                        break 'serve;
+                    }
+                    shared.lock().reconnects += 1;
+                    backoff.reset();
+                    conn = next;
+                    continue 'serve;
+                }
+                Err(e) => shared.lock().last_error = Some(e.to_string()),
+            }
+        }
+    }
+    let mut st = shared.lock();
+    st.stopped = true;
+    st.live = None;
+    drop(st);
+    shared.changed.notify_all();
+}
+
+/// Waits `delay` unless the client is closed first (returns true then).
+fn pause(shared: &Shared, delay: Duration) -> bool {
+    let deadline = std::time::Instant::now() + delay;
+    let mut st = shared.lock();
+    loop {
+        if st.closed {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        st = match shared.changed.wait_timeout(st, left) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        };
+    }
+}
+
+/// Reads until the connection ends; returns why it ended.
+fn serve(shared: &Shared, conn: &mut Connection) -> String {
+    let mut bye = false;
+    loop {
+        let frame = match conn.reader.read(&mut conn.stream) {
+            Ok(frame) => frame,
+            Err(end) if bye => return format!("server stopped (BYE); {}", end.describe()),
+            Err(end) => return format!("connection lost: {}", end.describe()),
+        };
+        if is_reply(&frame, &conn.id) {
+            if frame.response() == Some(BYE) {
+                bye = true;
+            } else {
+                reply(shared, frame);
+            }
+        } else if !deliver(shared, frame) {
+            return "client closed".into();
+        }
+    }
+}
+
+/// Hands a reply to the oldest waiting request.
+fn reply(shared: &Shared, frame: ServerFrame) {
+    let mut st = shared.lock();
+    let pending = st.live.as_mut().and_then(|l| l.pending.pop_front());
+    let error = frame
+        .response()
+        .filter(|r| r.starts_with("ERROR"))
+        .map(str::to_string);
+    match pending {
+        Some(p) => match p.reply {
+            // The caller may have timed out and gone; then the reply is dropped.
+            Some(tx) => drop(tx.try_send(Ok(frame.json))),
+            None => {
+                if let Some(e) = error {
+                    st.last_error = Some(e);
+                }
+            }
+        },
+        // Nothing asked: the server's own notice (a slow-consumer cut-off).
+        None => st.last_error = error.or(Some(format!("unexpected frame: {:?}", frame.json))),
+    }
+}
+
+/// Puts a message in the inbox, waiting while it is full. Returns false if
+/// the client was closed while waiting.
+fn deliver(shared: &Shared, frame: ServerFrame) -> bool {
+    let max = shared.config.max_buffered;
+    let mut st = shared.lock();
+    while st.inbox.len() >= max {
+        if st.closed {
+            return false;
+        }
+        st = match shared.changed.wait(st) {
+            Ok(g) => g,
+            Err(e) => e.into_inner(),
+        };
+    }
+    st.inbox.push_back(Message {
+        queue: frame.queue,
+        body: frame.json,
+    });
+    drop(st);
+    shared.changed.notify_all();
+    true
+}
