@@ -1,0 +1,226 @@
+//! One side of a ping-pong pair: it has an address the other side publishes to,
+//! sends one message at a time and waits for one.
+//!
+//! CoreMQ (TCP and WebSocket) uses its point-to-point connection ids; NATS a
+//! subject per side on the same connection; Redis a channel per side, on two
+//! connections because a subscribed Redis connection cannot publish.
+
+use super::handshake;
+use super::stream::{Fill, FrameStream};
+use super::{ws, ErrorLog, Target};
+use crate::error::BenchError;
+use crate::wire::{self, Frame, Proto};
+use std::io::Write;
+use std::net::TcpStream;
+use tungstenite::protocol::WebSocket;
+
+/// A ping-pong endpoint.
+pub trait Endpoint: Send {
+    /// Where the other side sends to reach this one.
+    fn address(&self) -> &str;
+    /// Publish one message to `to` and write it out now.
+    fn send(&mut self, to: &str, payload: &[u8]) -> Result<(), BenchError>;
+    /// Wait up to a read tick for one delivered message; `Ok(true)` when it came.
+    /// Acknowledgements of our own sends are consumed on the way.
+    fn recv(&mut self) -> Result<bool, BenchError>;
+    /// Error frames seen so far.
+    fn errors(&self) -> &ErrorLog;
+}
+
+/// Open an endpoint; `name` makes NATS subjects and Redis channels unique.
+pub fn open(t: &Target, name: &str) -> Result<Box<dyn Endpoint>, BenchError> {
+    match t.proto {
+        Proto::CoreMq => {
+            let o = handshake::open(t, 64 << 10)?;
+            let address = o.id.clone();
+            Ok(Box::new(StreamEndpoint::new(o.fs, address, None)?))
+        }
+        Proto::Nats => {
+            let o = handshake::open(t, 64 << 10)?;
+            let fs = handshake::subscribe(o, &[name.to_string()])?;
+            Ok(Box::new(StreamEndpoint::new(fs, name.to_string(), None)?))
+        }
+        Proto::Redis => {
+            let sub = handshake::open(t, 64 << 10)?;
+            let sub = handshake::subscribe(sub, &[name.to_string()])?;
+            let publ = handshake::open(t, 64 << 10)?;
+            Ok(Box::new(StreamEndpoint::new(
+                sub,
+                name.to_string(),
+                Some(publ.fs),
+            )?))
+        }
+        Proto::CoreMqWs => {
+            let (ws, id) = ws::open(t)?;
+            Ok(Box::new(WsEndpoint {
+                ws,
+                id,
+                errors: ErrorLog::default(),
+            }))
+        }
+    }
+}
+
+/// Byte-stream endpoint: deliveries arrive on `rx`; publishes go out on `tx`, which
+/// is the same socket unless the protocol needs a second connection (Redis), whose
+/// replies are then read from `acks`.
+struct StreamEndpoint {
+    rx: FrameStream,
+    tx: TcpStream,
+    acks: Option<FrameStream>,
+    /// Replies owed on `acks` (read after each delivery, off the timed path).
+    pending_acks: u64,
+    address: String,
+    out: Vec<u8>,
+    errors: ErrorLog,
+}
+
+impl StreamEndpoint {
+    fn new(
+        rx: FrameStream,
+        address: String,
+        acks: Option<FrameStream>,
+    ) -> Result<Self, BenchError> {
+        let tx = match &acks {
+            Some(a) => &a.stream,
+            None => &rx.stream,
+        }
+        .try_clone()
+        .map_err(|e| BenchError::io("clone socket", e))?;
+        Ok(StreamEndpoint {
+            rx,
+            tx,
+            acks,
+            pending_acks: 0,
+            address,
+            out: Vec::new(),
+            errors: ErrorLog::default(),
+        })
+    }
+
+    fn drain_acks(&mut self) -> Result<(), BenchError> {
+        let Some(a) = self.acks.as_mut() else {
+            return Ok(());
+        };
+        let mut idle = 0;
+        while self.pending_acks > 0 {
+            while let Some(f) = a.next_frame()? {
+                match f {
+                    Frame::Ack => self.pending_acks = self.pending_acks.saturating_sub(1),
+                    Frame::Error(e) => self.errors.push(e),
+                    _ => {}
+                }
+            }
+            if self.pending_acks == 0 {
+                break;
+            }
+            match a.fill()? {
+                Fill::Closed => {
+                    return Err(BenchError::Malformed("publisher connection closed".into()))
+                }
+                Fill::Idle => {
+                    idle += 1;
+                    if idle > 100 {
+                        return Err(BenchError::Timeout("publish replies".into()));
+                    }
+                }
+                Fill::Data(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Endpoint for StreamEndpoint {
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn send(&mut self, to: &str, payload: &[u8]) -> Result<(), BenchError> {
+        self.out.clear();
+        wire::encode_publish(self.rx.proto, &mut self.out, to, payload);
+        self.tx
+            .write_all(&self.out)
+            .map_err(|e| BenchError::io("ping-pong send", e))?;
+        if self.acks.is_some() {
+            self.pending_acks += 1;
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self) -> Result<bool, BenchError> {
+        let mut got = false;
+        loop {
+            let mut ping = false;
+            while let Some(f) = self.rx.next_frame()? {
+                match f {
+                    Frame::Msg(_) => got = true,
+                    Frame::Error(e) => self.errors.push(e),
+                    Frame::Ping => ping = true,
+                    _ => {}
+                }
+                if got {
+                    break;
+                }
+            }
+            if ping {
+                self.rx.send(b"PONG\r\n", "PONG")?;
+            }
+            if got {
+                self.drain_acks()?;
+                return Ok(true);
+            }
+            match self.rx.fill()? {
+                Fill::Data(_) => {}
+                Fill::Idle => return Ok(false),
+                Fill::Closed => {
+                    return Err(BenchError::Malformed(
+                        "the broker closed the ping-pong connection".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn errors(&self) -> &ErrorLog {
+        &self.errors
+    }
+}
+
+/// WebSocket endpoint (one socket; OKs are skipped).
+struct WsEndpoint {
+    ws: WebSocket<TcpStream>,
+    id: String,
+    errors: ErrorLog,
+}
+
+impl Endpoint for WsEndpoint {
+    fn address(&self) -> &str {
+        &self.id
+    }
+
+    fn send(&mut self, to: &str, payload: &[u8]) -> Result<(), BenchError> {
+        ws::send_now(&mut self.ws, to, payload)
+    }
+
+    fn recv(&mut self) -> Result<bool, BenchError> {
+        // One message or one idle tick per call; an OK of our own send returns
+        // false and the caller simply asks again.
+        let mut got = false;
+        let open = ws::pump_ws(&mut self.ws, &mut self.errors, &mut |f| {
+            if matches!(f, Frame::Msg(_)) {
+                got = true
+            }
+        })?;
+        if !open {
+            return Err(BenchError::Malformed(
+                "the broker closed the WebSocket".into(),
+            ));
+        }
+        Ok(got)
+    }
+
+    fn errors(&self) -> &ErrorLog {
+        &self.errors
+    }
+}

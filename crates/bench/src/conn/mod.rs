@@ -1,0 +1,150 @@
+//! Connections to a broker in the roles a workload needs — [`Subscriber`],
+//! [`Publisher`] with its [`AckReader`], ping-pong [`Endpoint`] — over every
+//! [`Proto`]. Set-up (welcome, options, subscribe, CONNECT…) is done here with
+//! bounded waits; after set-up each role touches only frame headers.
+
+mod endpoint;
+mod handshake;
+pub mod stream;
+mod tcp;
+mod ws;
+
+pub use crate::wire::Proto;
+pub use endpoint::Endpoint;
+
+use crate::error::BenchError;
+
+/// Where and how to reach the broker under test.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Protocol.
+    pub proto: Proto,
+    /// `host:port` (loopback).
+    pub addr: String,
+    /// CoreMQ only: `false` sends `{"coremq_options": {"ack": false}}` on every
+    /// publishing connection, so publishes get no `OK: Message sent`.
+    pub ack: bool,
+    /// WebSocket path.
+    pub ws_path: String,
+}
+
+impl Target {
+    /// A target with the protocol defaults (acks on, `/ws`).
+    pub fn new(proto: Proto, addr: impl Into<String>) -> Target {
+        Target {
+            proto,
+            addr: addr.into(),
+            ack: true,
+            ws_path: "/ws".into(),
+        }
+    }
+
+    /// The name reports use: the protocol, plus `-noack` for CoreMQ without acks.
+    pub fn label(&self) -> String {
+        match (self.proto, self.ack) {
+            (Proto::CoreMq, false) => "coremq-noack".into(),
+            (p, _) => p.name().into(),
+        }
+    }
+
+    /// Does a publish get a reply that the publisher must read?
+    pub fn publishes_are_acked(&self) -> bool {
+        match self.proto {
+            Proto::CoreMq => self.ack,
+            Proto::CoreMqWs | Proto::Redis => true,
+            Proto::Nats => false,
+        }
+    }
+}
+
+/// Errors a connection saw from the broker.
+#[derive(Clone, Debug, Default)]
+pub struct ErrorLog {
+    /// How many error frames.
+    pub count: u64,
+    /// The first one, for the report.
+    pub first: Option<String>,
+}
+
+impl ErrorLog {
+    /// Record an error frame.
+    pub fn push(&mut self, text: &[u8]) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(crate::error::preview(text));
+        }
+    }
+}
+
+/// The receiving side of a subscribed connection.
+pub trait Subscriber: Send {
+    /// Wait up to [`stream::READ_TICK`] for input and pass every delivered message
+    /// to `on_msg`. `Ok(false)` when the broker closed the connection.
+    fn pump(&mut self, on_msg: &mut dyn FnMut(&[u8])) -> Result<bool, BenchError>;
+    /// Error frames seen so far.
+    fn errors(&self) -> &ErrorLog;
+    /// Close with a reset rather than a FIN when dropped (see
+    /// [`stream::set_linger_zero`]); for runs that open thousands of connections.
+    fn reset_on_close(&self) {}
+}
+
+/// The sending side of a publishing connection: publishes are buffered and written
+/// in one call.
+pub trait Publisher: Send {
+    /// Append a publish to the buffer.
+    fn push(&mut self, queue: &str, payload: &[u8]);
+    /// Bytes buffered.
+    fn buffered(&self) -> usize;
+    /// Write the buffer.
+    fn flush(&mut self) -> Result<(), BenchError>;
+}
+
+/// Reads what the broker sends back on a publishing connection.
+pub trait AckReader: Send {
+    /// Wait up to [`stream::READ_TICK`]; add acknowledgements to `acks`.
+    /// `Ok(false)` when the broker closed the connection.
+    fn pump(&mut self, acks: &mut u64) -> Result<bool, BenchError>;
+    /// Error frames seen so far.
+    fn errors(&self) -> &ErrorLog;
+}
+
+/// A subscriber connection to `queues` (subscription confirmed before returning).
+/// `buffer` is the receive buffer size.
+pub fn open_subscriber(
+    t: &Target,
+    queues: &[String],
+    buffer: usize,
+) -> Result<Box<dyn Subscriber>, BenchError> {
+    match t.proto {
+        Proto::CoreMqWs => Ok(Box::new(ws::subscriber(t, queues)?)),
+        _ => {
+            let fs = handshake::open(t, buffer)?;
+            let fs = handshake::subscribe(fs, queues)?;
+            Ok(Box::new(tcp::TcpSubscriber::new(fs)))
+        }
+    }
+}
+
+/// The two halves of a publishing connection.
+pub type PublisherPair = (Box<dyn Publisher>, Box<dyn AckReader>);
+
+/// A publisher connection and the reader of its replies.
+pub fn open_publisher(t: &Target) -> Result<PublisherPair, BenchError> {
+    match t.proto {
+        Proto::CoreMqWs => {
+            let (p, r) = ws::publisher(t)?;
+            Ok((Box::new(p), Box::new(r)))
+        }
+        _ => {
+            let fs = handshake::open(t, 256 << 10)?;
+            let (p, r) = tcp::publisher(fs)?;
+            Ok((Box::new(p), Box::new(r)))
+        }
+    }
+}
+
+/// One side of a ping-pong pair; `name` makes its address unique where the
+/// protocol has no connection ids.
+pub fn open_endpoint(t: &Target, name: &str) -> Result<Box<dyn Endpoint>, BenchError> {
+    endpoint::open(t, name)
+}

@@ -1,0 +1,133 @@
+//! Subscriber, publisher and ack reader over the byte-stream protocols (CoreMQ TCP,
+//! NATS, Redis).
+
+use super::handshake::Opened;
+use super::stream::{Fill, FrameStream};
+use super::{AckReader, ErrorLog, Publisher, Subscriber};
+use crate::error::BenchError;
+use crate::wire::{self, Frame, Proto};
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Receives deliveries on a subscribed connection.
+pub struct TcpSubscriber {
+    fs: FrameStream,
+    errors: ErrorLog,
+}
+
+impl TcpSubscriber {
+    /// Wrap a subscribed stream.
+    pub fn new(fs: FrameStream) -> TcpSubscriber {
+        TcpSubscriber {
+            fs,
+            errors: ErrorLog::default(),
+        }
+    }
+}
+
+impl Subscriber for TcpSubscriber {
+    fn pump(&mut self, on_msg: &mut dyn FnMut(&[u8])) -> Result<bool, BenchError> {
+        let fill = self.fs.fill()?;
+        let mut ping = false;
+        while let Some(f) = self.fs.next_frame()? {
+            match f {
+                Frame::Msg(data) => on_msg(data),
+                Frame::Error(e) => self.errors.push(e),
+                Frame::Ping => ping = true,
+                Frame::Ack | Frame::Pong | Frame::Other(_) => {}
+            }
+        }
+        if ping {
+            self.fs.send(b"PONG\r\n", "PONG")?;
+        }
+        Ok(fill != Fill::Closed)
+    }
+
+    fn errors(&self) -> &ErrorLog {
+        &self.errors
+    }
+
+    fn reset_on_close(&self) {
+        super::stream::set_linger_zero(&self.fs.stream);
+    }
+}
+
+/// Buffers publishes and writes them in one call.
+pub struct TcpPublisher {
+    proto: Proto,
+    stream: TcpStream,
+    out: Vec<u8>,
+    /// Set by the ack reader when the server sent a PING (NATS); the PONG is written
+    /// here, between batches, because only this side writes to the socket.
+    pong_due: Arc<AtomicBool>,
+}
+
+impl Publisher for TcpPublisher {
+    fn push(&mut self, queue: &str, payload: &[u8]) {
+        wire::encode_publish(self.proto, &mut self.out, queue, payload);
+    }
+
+    fn buffered(&self) -> usize {
+        self.out.len()
+    }
+
+    fn flush(&mut self) -> Result<(), BenchError> {
+        if self.pong_due.swap(false, Ordering::Relaxed) {
+            self.out.extend_from_slice(b"PONG\r\n");
+        }
+        let r = self.stream.write_all(&self.out);
+        self.out.clear();
+        r.map_err(|e| BenchError::io("publish", e))
+    }
+}
+
+/// Reads replies on a publishing connection.
+pub struct TcpAckReader {
+    fs: FrameStream,
+    pong_due: Arc<AtomicBool>,
+    errors: ErrorLog,
+}
+
+impl AckReader for TcpAckReader {
+    fn pump(&mut self, acks: &mut u64) -> Result<bool, BenchError> {
+        let fill = self.fs.fill()?;
+        while let Some(f) = self.fs.next_frame()? {
+            match f {
+                Frame::Ack => *acks += 1,
+                Frame::Error(e) => self.errors.push(e),
+                Frame::Ping => self.pong_due.store(true, Ordering::Relaxed),
+                Frame::Msg(_) | Frame::Pong | Frame::Other(_) => {}
+            }
+        }
+        Ok(fill != Fill::Closed)
+    }
+
+    fn errors(&self) -> &ErrorLog {
+        &self.errors
+    }
+}
+
+/// Split an opened connection into its publishing and reply-reading halves.
+pub fn publisher(o: Opened) -> Result<(TcpPublisher, TcpAckReader), BenchError> {
+    let proto = o.fs.proto;
+    let stream =
+        o.fs.stream
+            .try_clone()
+            .map_err(|e| BenchError::io("clone socket", e))?;
+    let pong_due = Arc::new(AtomicBool::new(false));
+    Ok((
+        TcpPublisher {
+            proto,
+            stream,
+            out: Vec::with_capacity(128 << 10),
+            pong_due: pong_due.clone(),
+        },
+        TcpAckReader {
+            fs: o.fs,
+            pong_due,
+            errors: ErrorLog::default(),
+        },
+    ))
+}

@@ -1,0 +1,40 @@
+//! `coremq-bench`: a cheap, bounded load generator that drives CoreMQ (TCP and
+//! WebSocket), nats-server and redis-server with the same workloads, so that their
+//! numbers can be put side by side (`bench/compare` does that).
+//!
+//! It shares the machine with the broker it measures, so it is built to cost little:
+//! plain threads and blocking sockets, publishes encoded into big buffers and written
+//! in one call, pipelining with an end-to-end window, and receivers that find frame
+//! boundaries by their headers and read a 16-byte marker instead of parsing JSON.
+//!
+//! The parts:
+//!
+//! - [`wire`]: one codec per protocol (encode a publish, split incoming frames), plus
+//!   the WebSocket message classifier. No I/O.
+//! - [`payload`]: the 16-byte marker (sequence number and send time) every payload
+//!   starts with.
+//! - [`count`]: per-subscriber sequence tracking — deliveries, gaps, repeats.
+//! - [`latency`]: percentiles from an HdrHistogram.
+//! - [`procstat`]: the broker's CPU time and memory from `/proc/PID`.
+//! - [`conn`]: connecting and handshaking with a broker, and the publisher,
+//!   subscriber and ping-pong endpoint roles over each protocol.
+//! - [`workload`]: the runs — publish/subscribe throughput, ping-pong latency, idle
+//!   connections — each bounded in count and time.
+//! - [`report`]: the result of a run, as JSON and as text.
+//! - [`error`]: what can go wrong.
+
+#![warn(missing_docs)]
+
+pub mod conn;
+pub mod count;
+pub mod error;
+pub mod latency;
+pub mod payload;
+pub mod procstat;
+pub mod report;
+pub mod wire;
+pub mod workload;
+
+pub use conn::{Proto, Target};
+pub use error::BenchError;
+pub use report::Report;

@@ -1,0 +1,200 @@
+//! `coremq-bench`: run one workload against one broker and report.
+//!
+//! ```text
+//! coremq-bench --proto coremq --addr 127.0.0.1:6747 --workload fanout --broker-pid 1234 --json
+//! ```
+
+use clap::{Parser, ValueEnum};
+use coremq_bench::workload::idle::{self, IdleSpec};
+use coremq_bench::workload::pingpong::{self, PingPongSpec};
+use coremq_bench::workload::pubsub::{self, PubSubSpec};
+use coremq_bench::workload::Progress;
+use coremq_bench::{BenchError, Proto, Report, Target};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ProtoArg {
+    /// CoreMQ TCP
+    Coremq,
+    /// CoreMQ WebSocket (`--addr` is the [CoreWS] port)
+    CoremqWs,
+    /// nats-server
+    Nats,
+    /// redis-server (pub/sub)
+    Redis,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Workload {
+    /// 1 publisher → 1 subscriber
+    #[value(name = "1to1")]
+    OneToOne,
+    /// 1 publisher → `--fanout` subscribers of one queue
+    Fanout,
+    /// `--publishers` publishers, each to its own queue with one subscriber (default 4×4)
+    #[value(name = "4x4")]
+    Queues,
+    /// two clients bouncing one message; round-trip percentiles
+    Pingpong,
+    /// `--connections` idle subscribers; broker memory per connection
+    Idle,
+}
+
+/// Load generator for CoreMQ, nats-server and redis-server. Every run is bounded by
+/// --messages (or --round-trips, --connections) and by --max-seconds.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Protocol of the broker under test.
+    #[arg(long, value_enum)]
+    proto: ProtoArg,
+    /// Broker address (loopback), host:port.
+    #[arg(long, default_value = "127.0.0.1:6747")]
+    addr: String,
+    /// Workload.
+    #[arg(long, value_enum, default_value = "1to1")]
+    workload: Workload,
+    /// CoreMQ: publish with `{"coremq_options": {"ack": false}}` (no OK per publish).
+    #[arg(long)]
+    no_ack: bool,
+    /// Payload bytes per message (at least 16: the marker).
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// Messages per publisher.
+    #[arg(long, default_value_t = 500_000)]
+    messages: u64,
+    /// Subscribers of the one queue in the fanout workload.
+    #[arg(long, default_value_t = 10)]
+    fanout: usize,
+    /// Publishers (= queues) in the 4x4 workload.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Round trips measured in the pingpong workload.
+    #[arg(long, default_value_t = 20_000)]
+    round_trips: u64,
+    /// Connections in the idle workload.
+    #[arg(long, default_value_t = 10_000)]
+    connections: u64,
+    /// Publishing (or opening) stops after this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    max_seconds: f64,
+    /// Seconds to wait for stragglers after the last publish before counting the rest lost.
+    #[arg(long, default_value_t = 5.0)]
+    drain_seconds: f64,
+    /// End-to-end window per publisher, KiB of messages published but not yet received.
+    #[arg(long, default_value_t = 4096)]
+    window_kib: usize,
+    /// PID of the broker, for its CPU time (/proc/PID/stat) and peak RSS (/proc/PID/status).
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws")]
+    ws_path: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar (also off when stderr is not a terminal or CI is set).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+fn run(args: &Args) -> Result<Report, BenchError> {
+    let proto = match args.proto {
+        ProtoArg::Coremq => Proto::CoreMq,
+        ProtoArg::CoremqWs => Proto::CoreMqWs,
+        ProtoArg::Nats => Proto::Nats,
+        ProtoArg::Redis => Proto::Redis,
+    };
+    if args.no_ack && proto != Proto::CoreMq {
+        return Err(BenchError::Usage(
+            "--no-ack applies to --proto coremq only".into(),
+        ));
+    }
+    let mut target = Target::new(proto, args.addr.clone());
+    target.ack = !args.no_ack;
+    target.ws_path = args.ws_path.clone();
+    let progress = Progress::new(!args.quiet && !args.json);
+    let pubsub = |name: &str, publishers: usize, subs: usize| {
+        let mut s = PubSubSpec::new(name, publishers, subs);
+        s.payload = args.payload;
+        s.messages = args.messages;
+        s.max_time = secs(args.max_seconds);
+        s.drain = secs(args.drain_seconds);
+        s.window_bytes = args.window_kib << 10;
+        s
+    };
+    match args.workload {
+        Workload::OneToOne => {
+            pubsub::run(&target, &pubsub("1to1", 1, 1), args.broker_pid, &progress)
+        }
+        Workload::Fanout => pubsub::run(
+            &target,
+            &pubsub(&format!("fanout1x{}", args.fanout), 1, args.fanout),
+            args.broker_pid,
+            &progress,
+        ),
+        Workload::Queues => pubsub::run(
+            &target,
+            &pubsub(&format!("{0}x{0}", args.publishers), args.publishers, 1),
+            args.broker_pid,
+            &progress,
+        ),
+        Workload::Pingpong => pingpong::run(
+            &target,
+            &PingPongSpec {
+                payload: args.payload,
+                round_trips: args.round_trips,
+                max_time: secs(args.max_seconds),
+                ..PingPongSpec::default()
+            },
+            args.broker_pid,
+            &progress,
+        ),
+        Workload::Idle => idle::run(
+            &target,
+            &IdleSpec {
+                connections: args.connections,
+                max_time: secs(args.max_seconds),
+                ..IdleSpec::default()
+            },
+            args.broker_pid,
+            &progress,
+        ),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let report = match run(&args) {
+        Ok(r) => r,
+        Err(BenchError::Unavailable(why)) => {
+            let label = match args.proto {
+                ProtoArg::Coremq if args.no_ack => "coremq-noack",
+                ProtoArg::Coremq => "coremq",
+                ProtoArg::CoremqWs => "coremq-ws",
+                ProtoArg::Nats => "nats",
+                ProtoArg::Redis => "redis",
+            };
+            let workload = args
+                .workload
+                .to_possible_value()
+                .map(|v| v.get_name().to_string());
+            Report::skipped(label.into(), workload.unwrap_or_default(), why)
+        }
+        Err(e) => {
+            eprintln!("coremq-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    ExitCode::SUCCESS
+}

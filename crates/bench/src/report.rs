@@ -1,0 +1,242 @@
+//! The result of one run, as JSON (for scripts) and as text (for people).
+
+use crate::latency::Summary;
+use serde_json::{json, Value};
+
+/// The broker's resource use during a run (from `/proc`, when its PID was given).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BrokerUse {
+    /// CPU seconds (user + system) the broker spent during the run.
+    pub cpu_s: f64,
+    /// CPU seconds per million delivered messages.
+    pub cpu_s_per_million: f64,
+    /// Resident set size at the end, KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size of the broker's life so far (VmHWM), KiB.
+    pub hwm_kib: u64,
+}
+
+/// Figures of the idle-connections workload.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct IdleFigures {
+    /// Connections opened and subscribed.
+    pub connections: u64,
+    /// Broker RSS growth while they were opened, KiB.
+    pub rss_delta_kib: i64,
+    /// That growth per connection, bytes.
+    pub bytes_per_connection: f64,
+    /// Seconds it took to open and subscribe them all.
+    pub setup_s: f64,
+}
+
+/// One run's result.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Broker label (`coremq`, `coremq-noack`, `coremq-ws`, `nats`, `redis`).
+    pub target: String,
+    /// Workload name.
+    pub workload: String,
+    /// Payload bytes per message.
+    pub payload: usize,
+    /// Publishing connections.
+    pub publishers: usize,
+    /// Subscribing connections (all queues together).
+    pub subscribers: usize,
+    /// Messages published.
+    pub published: u64,
+    /// Publishes acknowledged by the broker (where it acknowledges).
+    pub acked: u64,
+    /// Deliveries that should have happened (published × subscribers of the queue).
+    pub expected: u64,
+    /// Deliveries counted.
+    pub delivered: u64,
+    /// Deliveries that never came (must be 0).
+    pub lost: u64,
+    /// Deliveries that came out of order or twice.
+    pub out_of_order: u64,
+    /// Error frames the broker sent.
+    pub errors: u64,
+    /// The first of them.
+    pub first_error: Option<String>,
+    /// Seconds from the first publish to the last delivery.
+    pub elapsed_s: f64,
+    /// Deliveries per second.
+    pub delivered_per_s: f64,
+    /// Publishes per second (until the last was written, and acknowledged if acked).
+    pub publish_per_s: f64,
+    /// Delivered payload megabytes (10^6) per second.
+    pub mb_per_s: f64,
+    /// Latency: publish-to-delivery (throughput runs) or round trip (ping-pong), µs.
+    pub latency_us: Option<Summary>,
+    /// What `latency_us` measures.
+    pub latency_kind: &'static str,
+    /// Broker resource use.
+    pub broker: Option<BrokerUse>,
+    /// Idle-connection figures.
+    pub idle: Option<IdleFigures>,
+    /// The run hit `--max-seconds` before sending everything.
+    pub stopped_by_time: bool,
+    /// Why the run was skipped (e.g. no WebSocket listener); nothing else is valid.
+    pub skipped: Option<String>,
+    /// Anything else worth knowing.
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// A report that says the run could not be done, and why.
+    pub fn skipped(target: String, workload: String, why: String) -> Report {
+        Report {
+            target,
+            workload,
+            skipped: Some(why),
+            ..Report::default()
+        }
+    }
+
+    /// Machine-readable form (`--json`).
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "target": self.target,
+            "workload": self.workload,
+            "skipped": self.skipped,
+        });
+        if self.skipped.is_some() {
+            return v;
+        }
+        let m = v.as_object_mut().expect("object");
+        let more = json!({
+            "payload": self.payload,
+            "publishers": self.publishers,
+            "subscribers": self.subscribers,
+            "published": self.published,
+            "acked": self.acked,
+            "expected": self.expected,
+            "delivered": self.delivered,
+            "lost": self.lost,
+            "out_of_order": self.out_of_order,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "elapsed_s": self.elapsed_s,
+            "delivered_per_s": self.delivered_per_s,
+            "publish_per_s": self.publish_per_s,
+            "mb_per_s": self.mb_per_s,
+            "latency_kind": self.latency_kind,
+            "latency_us": self.latency_us.map(|s| s.to_json(1.0)),
+            "broker": self.broker.map(|b| json!({
+                "cpu_s": b.cpu_s,
+                "cpu_s_per_million": b.cpu_s_per_million,
+                "rss_kib": b.rss_kib,
+                "hwm_kib": b.hwm_kib,
+            })),
+            "idle": self.idle.map(|i| json!({
+                "connections": i.connections,
+                "rss_delta_kib": i.rss_delta_kib,
+                "bytes_per_connection": i.bytes_per_connection,
+                "setup_s": i.setup_s,
+            })),
+            "stopped_by_time": self.stopped_by_time,
+            "notes": self.notes,
+        });
+        if let Value::Object(more) = more {
+            m.extend(more);
+        }
+        v
+    }
+
+    /// Human-readable form.
+    pub fn to_text(&self) -> String {
+        let mut s = format!("{} / {}", self.target, self.workload);
+        if let Some(why) = &self.skipped {
+            s.push_str(&format!(": SKIPPED — {why}\n"));
+            return s;
+        }
+        s.push_str(&format!(
+            " ({} B, {} pub, {} sub)\n",
+            self.payload, self.publishers, self.subscribers
+        ));
+        if let Some(i) = &self.idle {
+            s.push_str(&format!(
+                "  connections {}  broker RSS +{} KiB  = {:.0} B/connection  (set-up {:.1} s)\n",
+                i.connections, i.rss_delta_kib, i.bytes_per_connection, i.setup_s
+            ));
+        } else {
+            s.push_str(&format!(
+                "  delivered {} of {} in {:.3} s: {:.0} msg/s, {:.1} MB/s; published {} at {:.0} msg/s\n",
+                self.delivered,
+                self.expected,
+                self.elapsed_s,
+                self.delivered_per_s,
+                self.mb_per_s,
+                self.published,
+                self.publish_per_s
+            ));
+            s.push_str(&format!(
+                "  lost {}  out-of-order {}  errors {}{}\n",
+                self.lost,
+                self.out_of_order,
+                self.errors,
+                self.first_error
+                    .as_ref()
+                    .map(|e| format!(" (first: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(l) = &self.latency_us {
+            s.push_str(&format!(
+                "  {} µs: p50 {} p90 {} p99 {} p99.9 {} max {} (n={})\n",
+                self.latency_kind, l.p50, l.p90, l.p99, l.p999, l.max, l.count
+            ));
+        }
+        if let Some(b) = &self.broker {
+            s.push_str(&format!(
+                "  broker CPU {:.3} s = {:.3} s per million delivered; RSS {} KiB, peak {} KiB\n",
+                b.cpu_s, b.cpu_s_per_million, b.rss_kib, b.hwm_kib
+            ));
+        }
+        if self.stopped_by_time {
+            s.push_str("  stopped by --max-seconds before publishing everything\n");
+        }
+        for n in &self.notes {
+            s.push_str(&format!("  note: {n}\n"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_report_says_why() {
+        let r = Report::skipped("coremq-ws".into(), "1to1".into(), "no listener".into());
+        assert_eq!(r.to_json()["skipped"], "no listener");
+        assert!(r.to_text().contains("SKIPPED — no listener"));
+    }
+
+    #[test]
+    fn json_has_the_figures_scripts_read() {
+        let r = Report {
+            target: "nats".into(),
+            delivered: 10,
+            lost: 1,
+            latency_us: Some(Summary::default()),
+            broker: Some(BrokerUse::default()),
+            ..Report::default()
+        };
+        let j = r.to_json();
+        for key in [
+            "delivered_per_s",
+            "publish_per_s",
+            "mb_per_s",
+            "lost",
+            "latency_us",
+            "broker",
+        ] {
+            assert!(j.get(key).is_some(), "{key} missing");
+        }
+        assert_eq!(j["lost"], 1);
+        assert!(j["latency_us"]["p99"].is_number());
+        assert!(j["broker"]["cpu_s_per_million"].is_number());
+    }
+}

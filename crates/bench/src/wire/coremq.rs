@@ -1,0 +1,120 @@
+//! CoreMQ TCP framing: `'+' LEN ' ' QUEUE ' ' JSON`, LEN counting the body's bytes.
+
+use super::{classify_coremq_json, parse_decimal, push_decimal, Frame};
+use crate::error::{preview, BenchError};
+
+/// Most digits a length may have (the broker's own limit).
+const MAX_LEN_DIGITS: usize = 20;
+
+/// Append `+LEN QUEUE {"d":"PAYLOAD"}`. The payload must be JSON-string-safe ASCII
+/// (the harness's payloads are: a marker and filler).
+pub fn encode_publish(buf: &mut Vec<u8>, queue: &str, payload: &[u8]) {
+    let json_len = b"{\"d\":\"".len() + payload.len() + b"\"}".len();
+    encode_head(buf, queue, json_len);
+    buf.extend_from_slice(b"{\"d\":\"");
+    buf.extend_from_slice(payload);
+    buf.extend_from_slice(b"\"}");
+}
+
+/// Append a frame with an arbitrary JSON body (commands during set-up).
+pub fn encode_frame(buf: &mut Vec<u8>, queue: &str, json: &[u8]) {
+    encode_head(buf, queue, json.len());
+    buf.extend_from_slice(json);
+}
+
+fn encode_head(buf: &mut Vec<u8>, queue: &str, json_len: usize) {
+    buf.push(b'+');
+    push_decimal(buf, queue.len() + 1 + json_len);
+    buf.push(b' ');
+    buf.extend_from_slice(queue.as_bytes());
+    buf.push(b' ');
+}
+
+/// Split one frame into (queue, json) and the bytes it took; `Ok(None)` while
+/// incomplete.
+#[allow(clippy::type_complexity)]
+pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], &[u8], usize)>, BenchError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf[0] != b'+' {
+        return Err(BenchError::Malformed(format!(
+            "CoreMQ frame does not start with '+': {:?}",
+            preview(buf)
+        )));
+    }
+    let digits_end = match memchr::memchr(b' ', &buf[1..buf.len().min(MAX_LEN_DIGITS + 2)]) {
+        Some(i) => i + 1,
+        None if buf.len() > MAX_LEN_DIGITS + 1 => {
+            return Err(BenchError::Malformed(format!(
+                "CoreMQ frame length too long: {:?}",
+                preview(buf)
+            )))
+        }
+        None => return Ok(None),
+    };
+    let len = parse_decimal(&buf[1..digits_end])
+        .ok_or_else(|| BenchError::Malformed(format!("CoreMQ frame length: {:?}", preview(buf))))?;
+    let start = digits_end + 1;
+    let end = start + len;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    let body = &buf[start..end];
+    let sp = memchr::memchr(b' ', body).ok_or_else(|| {
+        BenchError::Malformed(format!("CoreMQ body without a queue: {:?}", preview(body)))
+    })?;
+    Ok(Some((&body[..sp], &body[sp + 1..], end)))
+}
+
+/// The next frame, classified.
+pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BenchError> {
+    Ok(split_frame(buf)?.map(|(_, json, n)| (classify_coremq_json(json), n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_frame_length_counts_body_bytes() {
+        let mut b = Vec::new();
+        encode_publish(&mut b, "q1", b"~0000000000000001");
+        let s = String::from_utf8(b.clone()).unwrap();
+        let (len, body) = s[1..].split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), body.len());
+        assert_eq!(body, "q1 {\"d\":\"~0000000000000001\"}");
+        let (q, json, n) = split_frame(&b).unwrap().unwrap();
+        assert_eq!((q, n), (&b"q1"[..], b.len()));
+        assert!(json.starts_with(b"{"));
+    }
+
+    #[test]
+    fn split_handles_partial_and_coalesced_frames() {
+        let mut b = Vec::new();
+        encode_frame(&mut b, "id", br#"{"response": "OK: Message sent"}"#);
+        encode_publish(&mut b, "q", b"~abc");
+        for cut in 0..b.len() {
+            if cut < 38 {
+                // Anything shorter than the first frame is incomplete, never an error.
+                let first_len = split_frame(&b).unwrap().unwrap().2;
+                if cut < first_len {
+                    assert_eq!(split_frame(&b[..cut]).unwrap(), None, "cut {cut}");
+                }
+            }
+        }
+        let (f, n) = next_frame(&b).unwrap().unwrap();
+        assert_eq!(f, Frame::Ack);
+        let (f, m) = next_frame(&b[n..]).unwrap().unwrap();
+        assert!(matches!(f, Frame::Msg(_)));
+        assert_eq!(n + m, b.len());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(split_frame(b"-12 x").is_err());
+        assert!(split_frame(b"+1x2 q {}").is_err());
+        assert!(split_frame(b"+123456789012345678901234").is_err());
+        assert!(split_frame(b"+5 abcde").is_err()); // no space between queue and JSON
+    }
+}

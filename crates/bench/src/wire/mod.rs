@@ -1,0 +1,175 @@
+//! The protocols, as codecs without I/O: encode a publish into a buffer, and split
+//! a received byte stream into [`Frame`]s by looking only at frame headers.
+//!
+//! Receivers never parse message JSON: a delivered message is recognised by the
+//! payload marker (`~`, see [`crate::payload`]) and everything else by a few fixed
+//! strings.
+
+pub mod coremq;
+pub mod nats;
+pub mod redis;
+pub mod ws;
+
+use crate::error::BenchError;
+
+/// The wire protocols the harness speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    /// CoreMQ TCP framing (`+LEN QUEUE JSON`).
+    CoreMq,
+    /// CoreMQ over WebSocket (JSON text frames on `/ws`).
+    CoreMqWs,
+    /// The NATS text protocol.
+    Nats,
+    /// Redis RESP2 pub/sub.
+    Redis,
+}
+
+impl Proto {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::CoreMq => "coremq",
+            Proto::CoreMqWs => "coremq-ws",
+            Proto::Nats => "nats",
+            Proto::Redis => "redis",
+        }
+    }
+
+    /// Parse a command-line name.
+    pub fn from_name(s: &str) -> Option<Proto> {
+        match s {
+            "coremq" => Some(Proto::CoreMq),
+            "coremq-ws" | "ws" => Some(Proto::CoreMqWs),
+            "nats" => Some(Proto::Nats),
+            "redis" => Some(Proto::Redis),
+            _ => None,
+        }
+    }
+}
+
+/// One unit of input from a broker, as much as a load generator needs to know.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A delivered message; the slice contains the payload (for CoreMQ the whole
+    /// JSON body, in which the marker is found).
+    Msg(&'a [u8]),
+    /// A publish acknowledgement (`OK: Message sent`, a Redis integer reply).
+    Ack,
+    /// An error reported by the broker.
+    Error(&'a [u8]),
+    /// A keep-alive the client must answer (NATS `PING`).
+    Ping,
+    /// The answer to our own keep-alive (NATS `PONG`, Redis `+PONG`).
+    Pong,
+    /// Anything else (welcome, subscribe confirmations, INFO…): the raw frame.
+    Other(&'a [u8]),
+}
+
+/// Split the next frame of `proto` off the front of `buf`: `Ok(None)` when the
+/// buffer holds only part of a frame (normal flow), else the frame and how many bytes
+/// it took. Not for [`Proto::CoreMqWs`], whose framing tungstenite does.
+pub fn next_frame(proto: Proto, buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BenchError> {
+    match proto {
+        Proto::CoreMq => coremq::next_frame(buf),
+        Proto::Nats => nats::next_frame(buf),
+        Proto::Redis => redis::next_frame(buf),
+        Proto::CoreMqWs => Err(BenchError::Usage(
+            "WebSocket frames are split by tungstenite".into(),
+        )),
+    }
+}
+
+/// Append one publish of `payload` to `queue` in `proto`'s encoding.
+pub fn encode_publish(proto: Proto, buf: &mut Vec<u8>, queue: &str, payload: &[u8]) {
+    match proto {
+        Proto::CoreMq => coremq::encode_publish(buf, queue, payload),
+        Proto::CoreMqWs => ws::encode_publish(buf, queue, payload),
+        Proto::Nats => nats::encode_publish(buf, queue, payload),
+        Proto::Redis => redis::encode_publish(buf, queue, payload),
+    }
+}
+
+/// Append the decimal digits of `n` (no allocation).
+pub(crate) fn push_decimal(buf: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// Parse ASCII decimal digits (no sign); `None` for anything else or overflow.
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    let mut n: usize = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + (d - b'0') as usize;
+    }
+    Some(n)
+}
+
+/// Classify a CoreMQ JSON reply or delivery (TCP body after the queue, or a
+/// WebSocket text frame) without parsing it.
+pub(crate) fn classify_coremq_json(json: &[u8]) -> Frame<'_> {
+    if memchr::memchr(b'~', json).is_some() {
+        Frame::Msg(json)
+    } else if memchr::memmem::find(json, b"OK: Message sent").is_some() {
+        Frame::Ack
+    } else if memchr::memmem::find(json, b"\"ERROR").is_some()
+        || memchr::memmem::find(json, b"\"error\"").is_some()
+    {
+        Frame::Error(json)
+    } else {
+        Frame::Other(json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_round_trip() {
+        for n in [0usize, 7, 10, 99, 12345, usize::MAX / 10] {
+            let mut b = Vec::new();
+            push_decimal(&mut b, n);
+            assert_eq!(b, n.to_string().as_bytes());
+            assert_eq!(parse_decimal(&b), Some(n));
+        }
+        assert_eq!(parse_decimal(b""), None);
+        assert_eq!(parse_decimal(b"1a"), None);
+        assert_eq!(parse_decimal(b"-1"), None);
+    }
+
+    #[test]
+    fn classify() {
+        assert_eq!(
+            classify_coremq_json(br#"{"response": "OK: Message sent"}"#),
+            Frame::Ack
+        );
+        assert!(matches!(
+            classify_coremq_json(br#"{"response": "ERROR: slow consumer"}"#),
+            Frame::Error(_)
+        ));
+        assert!(matches!(
+            classify_coremq_json(br#"{"d": "~0000001", "coremq_sender": "x"}"#),
+            Frame::Msg(_)
+        ));
+        assert!(matches!(
+            classify_coremq_json(br#"{"response": "OK: Subscribe successful"}"#),
+            Frame::Other(_)
+        ));
+    }
+}
