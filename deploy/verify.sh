@@ -16,7 +16,7 @@ command -v systemd-analyze >/dev/null || { echo "verify.sh: systemd-analyze not 
 export COREMQ_BIN=${COREMQ_BIN:-$repo/target/debug/coremq}
 export COREMQ_CLI_BIN=${COREMQ_CLI_BIN:-$repo/target/debug/coremq-cli}
 if [ ! -x "$COREMQ_BIN" ] || [ ! -x "$COREMQ_CLI_BIN" ]; then
-  (cd "$repo" && cargo build --quiet --bin coremq --bin coremq-cli)
+  (cd "$repo" && cargo build --quiet -p coremq -p coremq-cli)
 fi
 
 root=$(mktemp -d)
