@@ -102,6 +102,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     });
     let cfg = Rc::new(boot.cfg);
     let shard = Rc::new(Shard::new(id, boot.shards, cfg.clone(), node.clone()));
+    shard.set_me();
 
     for (to, t) in req_tx {
         let tx = t.await;
@@ -155,6 +156,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
 
     if id == CONTROL_SHARD {
         spawn_local(crate::sysstats::run(shard.clone())).detach();
+        crate::cluster::start(&shard, boot.addr.port());
     }
     if let Some((l, settings)) = web {
         spawn_local(crate::web::listen(shard.clone(), l, settings)).detach();

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 mod boot;
+mod cluster;
 mod conn;
 mod error;
 mod event;

@@ -18,6 +18,28 @@ pub(crate) struct ConnKey {
     pub generation: u32,
 }
 
+/// What identifies and orders a message everywhere in a cluster: when and
+/// where it was accepted. Every node sorts history by it, so histories
+/// converge to the same order, and a message seen twice (live and through a
+/// history exchange) is recognised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct MsgKey {
+    /// `coremq_sent` in whole microseconds (unique per node: see
+    /// `Shard::next_sent`).
+    pub sent_us: u64,
+    /// Fixed-seed hash of `coremq_server`.
+    pub origin: u64,
+}
+
+/// The `origin` of a key: a hash every node computes alike.
+pub(crate) fn origin_of(server: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = ahash::RandomState::with_seeds(0x6f72_6967, 0x696e_0001, 0x436f_7265, 0x4d51_0002)
+        .build_hasher();
+    h.write(server.as_bytes());
+    h.finish()
+}
+
 /// An encoded `+LEN QUEUE JSON` frame, shared by the history and every delivery.
 ///
 /// Encoding once and sharing the bytes is what keeps fan-out copy-free until the
@@ -30,11 +52,13 @@ pub(crate) struct MsgFrame {
     pub queue_start: u16,
     /// Where JSON starts (just after `QUEUE `).
     pub json_start: u32,
+    /// Identity and order of the message.
+    pub key: MsgKey,
 }
 
 impl MsgFrame {
     /// Encodes a frame for `queue` carrying the stored message `json`.
-    pub(crate) fn new(queue: &str, json: &[u8]) -> MsgFrame {
+    pub(crate) fn new(queue: &str, json: &[u8], key: MsgKey) -> MsgFrame {
         let mut out = Vec::with_capacity(coremq_protocol::frame_len(queue, json));
         coremq_protocol::encode_frame(queue, json, &mut out);
         let queue_start = out.len() - json.len() - 1 - queue.len();
@@ -42,7 +66,25 @@ impl MsgFrame {
             json_start: (out.len() - json.len()) as u32,
             queue_start: queue_start as u16,
             bytes: Bytes::from(out),
+            key,
         }
+    }
+
+    /// A message that another node accepted: its key comes from its own
+    /// `coremq_sent` and `coremq_server` fields. `None` if they are missing.
+    pub(crate) fn replicated(queue: &str, json: &[u8]) -> Option<MsgFrame> {
+        #[derive(serde::Deserialize)]
+        struct Stamp<'a> {
+            coremq_sent: f64,
+            #[serde(borrow)]
+            coremq_server: std::borrow::Cow<'a, str>,
+        }
+        let stamp: Stamp<'_> = serde_json::from_slice(json).ok()?;
+        let key = MsgKey {
+            sent_us: coremq_protocol::seconds_to_micros(stamp.coremq_sent),
+            origin: origin_of(&stamp.coremq_server),
+        };
+        Some(MsgFrame::new(queue, json, key))
     }
 
     /// The queue name inside the frame.
@@ -90,6 +132,19 @@ pub(crate) enum Request {
     },
     /// This shard's figures, for the gather identified by `token`.
     Stats { token: u64 },
+    /// A message another node accepted, from a cluster link: stored (once)
+    /// and, when `live`, delivered here; never replicated further.
+    Replicated { frame: MsgFrame, live: bool },
+    /// Every queue's history, for a cluster link that just came up.
+    Dump { token: u64 },
+    /// A client connection became a cluster link: the control shard takes
+    /// over the socket (a duplicated descriptor) and the bytes read past the
+    /// handshake.
+    AdoptLink {
+        fd: i32,
+        name: String,
+        rest: Vec<u8>,
+    },
     /// Shutdown: the sending shard stopped reading clients; nothing follows.
     Drain,
 }
@@ -121,6 +176,14 @@ pub(crate) enum Response {
     Stats {
         token: u64,
         stats: crate::stats::ShardStats,
+    },
+    /// A message accepted on this node, for the control shard to send to
+    /// every cluster link.
+    Replicate { frame: MsgFrame },
+    /// One shard's history for the dump identified by `token`.
+    Dump {
+        token: u64,
+        queues: Vec<(Box<str>, Vec<MsgFrame>)>,
     },
     /// Shutdown: the owner has processed every request from every shard.
     Drained,

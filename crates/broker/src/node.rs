@@ -4,8 +4,8 @@
 //! off the data path: touched per connection or per status request, never per
 //! message). `NodeCtx` is each shard's own read-mostly copy of the node facts.
 
-use crate::stats::{status_json, NodeFacts, ShardStats};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::stats::{status_json, NodeFacts, PeerSnapshot, ShardStats};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -15,6 +15,45 @@ pub(crate) struct NodeShared {
     pub connections: AtomicUsize,
     /// Names of attached replicants (for status).
     pub replicants: Mutex<Vec<String>>,
+    /// Cluster peers and replicants: (name, direction, figures), for status.
+    pub peers: Mutex<Vec<(String, &'static str, Arc<PeerCounters>)>>,
+}
+
+/// Figures of one cluster link, written by the control shard and read by
+/// whichever shard builds a status reply.
+#[derive(Default)]
+pub(crate) struct PeerCounters {
+    /// 0 down, 1 connecting, 2 up.
+    state: AtomicU8,
+    /// Messages written to the peer.
+    pub sent: AtomicU64,
+    /// Messages read from the peer (live and history exchange).
+    pub received: AtomicU64,
+    /// Messages queued for the peer, not yet written.
+    pub lag: AtomicU64,
+    /// Links lost and dialled again.
+    pub reconnects: AtomicU64,
+}
+
+impl PeerCounters {
+    /// Records the link state.
+    pub(crate) fn set_state(&self, state: &str) {
+        let v = match state {
+            "up" => 2,
+            "connecting" => 1,
+            _ => 0,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
+
+    /// The link state as status shows it.
+    pub(crate) fn state(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            2 => "up",
+            1 => "connecting",
+            _ => "down",
+        }
+    }
 }
 
 impl NodeShared {
@@ -23,7 +62,37 @@ impl NodeShared {
         Arc::new(NodeShared {
             connections: AtomicUsize::new(0),
             replicants: Mutex::new(Vec::new()),
+            peers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The figures of the link to `name`, registered on first use.
+    pub(crate) fn peer(&self, name: &str, direction: &'static str) -> Arc<PeerCounters> {
+        let Ok(mut peers) = self.peers.lock() else {
+            return Arc::default();
+        };
+        if let Some((_, _, c)) = peers.iter().find(|(n, _, _)| n == name) {
+            return c.clone();
+        }
+        let c = Arc::new(PeerCounters::default());
+        peers.push((name.to_string(), direction, c.clone()));
+        c
+    }
+
+    /// A link to `name` came up.
+    pub(crate) fn replicant_up(&self, name: &str) {
+        if let Ok(mut r) = self.replicants.lock() {
+            if !r.iter().any(|x| x == name) {
+                r.push(name.to_string());
+            }
+        }
+    }
+
+    /// The link to `name` went down.
+    pub(crate) fn replicant_down(&self, name: &str) {
+        if let Ok(mut r) = self.replicants.lock() {
+            r.retain(|x| x != name);
+        }
     }
 
     /// Takes a connection slot unless `max` are open.
@@ -64,11 +133,30 @@ impl NodeCtx {
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default();
+        let peers: Vec<PeerSnapshot> = self
+            .shared
+            .peers
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .map(|(name, direction, c)| PeerSnapshot {
+                        node: name.clone(),
+                        direction,
+                        state: c.state(),
+                        sent: c.sent.load(Ordering::Relaxed),
+                        received: c.received.load(Ordering::Relaxed),
+                        lag: c.lag.load(Ordering::Relaxed),
+                        reconnects: c.reconnects.load(Ordering::Relaxed),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         status_json(
             &NodeFacts {
                 node: &self.name,
                 replicants: &replicants,
                 uptime: self.started.elapsed().as_secs_f64(),
+                peers: &peers,
             },
             shards,
         )

@@ -44,13 +44,14 @@ pub(crate) struct QueueTable {
 }
 
 impl QueueTable {
-    /// Stores `frame` in its queue's history (when the queue keeps any) and
-    /// returns the queue state for fan-out, if the queue has state at all.
+    /// Stores `frame` in its queue's history (when the queue keeps any), in
+    /// key order, and returns the queue state for fan-out, if the queue has
+    /// state at all, with whether the message was new here.
     pub(crate) fn publish(
         &mut self,
         frame: &MsgFrame,
         cap_for: impl Fn(&str) -> usize,
-    ) -> Option<&QueueState> {
+    ) -> Option<(Stored, &QueueState)> {
         let name = frame.queue();
         if !self.queues.contains_key(name) {
             let cap = cap_for(name);
@@ -61,15 +62,10 @@ impl QueueTable {
             self.queues.insert(name.into(), QueueState::new(cap, false));
         }
         let q = self.queues.get_mut(name)?;
-        if q.cap > 0 {
-            if q.history.len() == q.cap {
-                q.history.pop_front();
-            } else {
-                self.history_messages += 1;
-            }
-            q.history.push_back(frame.clone());
-        }
-        Some(q)
+        let before = q.history.len();
+        let stored = insert_ordered(&mut q.history, q.cap, frame);
+        self.history_messages = self.history_messages + q.history.len() as u64 - before as u64;
+        Some((stored, q))
     }
 
     /// Counts one more subscription from `home`.
@@ -123,6 +119,18 @@ impl QueueTable {
             .unwrap_or_default()
     }
 
+    /// Every queue's history except connection-id queues (they die with their
+    /// connection), for a cluster link that just came up.
+    pub(crate) fn dump(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
+        self.queues
+            .iter()
+            .filter(|(name, q)| {
+                !q.own_id && !q.history.is_empty() && !crate::shard::is_reserved(name)
+            })
+            .map(|(name, q)| (name.clone(), q.history.iter().cloned().collect()))
+            .collect()
+    }
+
     /// Number of queues held.
     pub(crate) fn len(&self) -> usize {
         self.queues.len()
@@ -137,6 +145,41 @@ impl QueueTable {
     pub(crate) fn history_messages(&self) -> u64 {
         self.history_messages
     }
+}
+
+/// Whether a message was new to the queue.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(crate) enum Stored {
+    /// First time here (stored unless older than the whole window).
+    New,
+    /// Already in the history (it came twice: live and by a history exchange).
+    Duplicate,
+}
+
+/// Inserts `frame` in key order, keeping the newest `cap`. Local messages have
+/// increasing keys, so the search from the back stops at once; only messages
+/// from other nodes land further in.
+fn insert_ordered(h: &mut VecDeque<MsgFrame>, cap: usize, frame: &MsgFrame) -> Stored {
+    let mut i = h.len();
+    while i > 0 && h[i - 1].key > frame.key {
+        i -= 1;
+    }
+    if i > 0 && h[i - 1].key == frame.key {
+        return Stored::Duplicate;
+    }
+    if cap == 0 {
+        return Stored::New;
+    }
+    if h.len() == cap {
+        if i == 0 {
+            // Older than everything kept: new, but outside the window.
+            return Stored::New;
+        }
+        h.pop_front();
+        i -= 1;
+    }
+    h.insert(i, frame.clone());
+    Stored::New
 }
 
 impl QueueState {
@@ -155,7 +198,33 @@ mod tests {
     use super::*;
 
     fn frame(q: &str, n: u32) -> MsgFrame {
-        MsgFrame::new(q, format!("{{\"n\":{n}}}").as_bytes())
+        let key = crate::msg::MsgKey {
+            sent_us: 1000 + u64::from(n),
+            origin: 7,
+        };
+        MsgFrame::new(q, format!("{{\"n\":{n}}}").as_bytes(), key)
+    }
+
+    #[test]
+    fn history_is_ordered_by_key_without_duplicates() {
+        let mut t = QueueTable::default();
+        for n in [3, 1, 2, 5, 4, 2, 5] {
+            t.publish(&frame("q", n), |_| 4);
+        }
+        let got: Vec<_> = t
+            .history("q")
+            .iter()
+            .map(|f| f.key.sent_us - 1000)
+            .collect();
+        assert_eq!(got, [2, 3, 4, 5]);
+        assert_eq!(t.history_messages(), 4);
+        assert_eq!(
+            t.publish(&frame("q", 4), |_| 4).unwrap().0,
+            Stored::Duplicate
+        );
+        // Older than the whole window: new, not kept.
+        assert_eq!(t.publish(&frame("q", 0), |_| 4).unwrap().0, Stored::New);
+        assert_eq!(t.history("q").len(), 4);
     }
 
     #[test]
@@ -186,6 +255,7 @@ mod tests {
         assert_eq!(
             t.publish(&frame("id", 2), |_| 10)
                 .unwrap()
+                .1
                 .homes()
                 .collect::<Vec<_>>(),
             vec![2]

@@ -65,15 +65,30 @@ pub(crate) struct Shard {
     /// Reused buffer for encoding stored messages.
     scratch: RefCell<Vec<u8>>,
     /// Status snapshots being collected from every shard.
-    gathers: crate::gather::Gathers,
-    /// `coremq_sent` for publishes: read once per batch of frames from one
-    /// socket read (they arrived together) rather than once per message.
-    clock: Cell<f64>,
+    gathers: crate::gather::Gathers<ShardStats>,
+    /// The clock for `coremq_sent`, in microseconds: read once per batch of
+    /// frames from one socket read (they arrived together), not per message.
+    clock_us: Cell<u64>,
+    /// The last `coremq_sent` given out here (see [`Shard::next_sent`]).
+    last_sent_us: Cell<u64>,
+    /// Hash of this node's `coremq_server`, the origin of local message keys.
+    origin: u64,
+    /// Whether messages accepted here go to the control shard for cluster
+    /// links (a cluster or replicants are configured).
+    replicate: bool,
+    /// Histories being collected for a new cluster link (control shard).
+    dumps: crate::gather::Gathers<Vec<(Box<str>, Vec<MsgFrame>)>>,
+    /// Cluster links (control shard only, once started).
+    pub cluster: RefCell<Option<Rc<crate::cluster::Cluster>>>,
+    /// This shard's own `Rc`, for handlers that start tasks.
+    me: RefCell<std::rc::Weak<Shard>>,
 }
 
 impl Shard {
     /// A shard with no connections and no queues.
     pub(crate) fn new(id: usize, shards: usize, cfg: Rc<MqConfig>, node: Rc<NodeCtx>) -> Shard {
+        let origin = crate::msg::origin_of(&node.server);
+        let replicate = !cfg.cluster_nodes.is_empty() || !cfg.allowed_replicants.is_empty();
         Shard {
             id,
             shards,
@@ -92,8 +107,24 @@ impl Shard {
             conn_closed: WakerList::default(),
             scratch: RefCell::new(Vec::with_capacity(4096)),
             gathers: crate::gather::Gathers::default(),
-            clock: Cell::new(unix_now()),
+            clock_us: Cell::new(unix_now_us()),
+            last_sent_us: Cell::new(0),
+            origin,
+            replicate,
+            dumps: crate::gather::Gathers::default(),
+            cluster: RefCell::new(None),
+            me: RefCell::new(std::rc::Weak::new()),
         }
+    }
+
+    /// Remembers the shard's own `Rc` (called once at boot).
+    pub(crate) fn set_me(self: &Rc<Self>) {
+        *self.me.borrow_mut() = Rc::downgrade(self);
+    }
+
+    /// The shard's own `Rc`.
+    pub(crate) fn me(&self) -> Option<Rc<Shard>> {
+        self.me.borrow().upgrade()
     }
 
     // ----- connections ---------------------------------------------------
@@ -162,13 +193,6 @@ impl Shard {
             let owner = self.router.owner(&queue);
             self.request(owner, Request::Unsubscribe { queue });
         }
-        if let Some(name) = conn.st.borrow_mut().replicant.take() {
-            if let Ok(mut r) = self.node.shared.replicants.lock() {
-                if let Some(i) = r.iter().position(|x| *x == name) {
-                    r.swap_remove(i);
-                }
-            }
-        }
         let mut slab = self.conns.borrow_mut();
         if let Some(entry) = slab.slots.get_mut(conn.key.slot as usize) {
             if entry.0 == conn.key.generation && entry.1.take().is_some() {
@@ -218,7 +242,20 @@ impl Shard {
 
     /// Reads the clock for the publishes of the batch about to be handled.
     pub(crate) fn refresh_clock(&self) {
-        self.clock.set(unix_now());
+        self.clock_us.set(unix_now_us());
+    }
+
+    /// A `coremq_sent` (µs) no other message of this node has: strictly
+    /// increasing on this shard and congruent to the shard index modulo the
+    /// number of shards, so shards never collide. Together with
+    /// `coremq_server` it identifies a message across the cluster (the clock is
+    /// bent by less than `shards` µs per message, far below its precision).
+    pub(crate) fn next_sent(&self) -> u64 {
+        let n = self.shards as u64;
+        let mut t = self.clock_us.get().max(self.last_sent_us.get() + 1);
+        t += (self.id as u64 + n - t % n) % n;
+        self.last_sent_us.set(t);
+        t
     }
 
     /// Encodes and routes a publish from one of this shard's connections.
@@ -237,8 +274,13 @@ impl Shard {
         let frame = {
             let mut json = self.scratch.borrow_mut();
             json.clear();
-            msg.write_stamped(&conn.stamps, self.clock.get(), &mut json);
-            MsgFrame::new(queue, &json)
+            let sent_us = self.next_sent();
+            msg.write_stamped(&conn.stamps, sent_us, &mut json);
+            let key = crate::msg::MsgKey {
+                sent_us,
+                origin: self.origin,
+            };
+            MsgFrame::new(queue, &json, key)
         };
         Counters::add(&self.counters.messages_in, 1);
         let ack = ack.then(|| conn.reserve(ReplyKind::Sent, 1));
@@ -246,9 +288,14 @@ impl Shard {
     }
 
     /// Publishes a message the broker itself wrote (e.g. statistics); `json`
-    /// already carries its `coremq_*` fields.
-    pub(crate) fn publish_system(&self, queue: &str, json: &[u8]) {
-        self.route_publish(MsgFrame::new(queue, json), SYSTEM_SENDER, false, None);
+    /// carries its `coremq_*` fields, with `coremq_sent` = `sent_us` (from
+    /// [`Shard::next_sent`]).
+    pub(crate) fn publish_system(&self, queue: &str, json: &[u8], sent_us: u64) {
+        let key = crate::msg::MsgKey {
+            sent_us,
+            origin: self.origin,
+        };
+        self.route_publish(MsgFrame::new(queue, json, key), SYSTEM_SENDER, false, None);
     }
 
     fn route_publish(&self, frame: MsgFrame, sender: ConnKey, echo: bool, ack: Option<u32>) {
@@ -289,38 +336,29 @@ impl Shard {
                 echo,
                 ack,
             } => {
-                let cfg = &self.cfg;
-                let mut homes: [usize; 8] = [usize::MAX; 8];
-                let mut many: Vec<usize> = Vec::new();
-                let mut n = 0;
-                if let Some(q) = self
-                    .queues
-                    .borrow_mut()
-                    .publish(&frame, |name| cfg.history_length_for(name))
-                {
-                    for h in q.homes() {
-                        if n < homes.len() {
-                            homes[n] = h;
-                        } else {
-                            many.push(h);
-                        }
-                        n += 1;
-                    }
-                }
-                for &h in homes.iter().take(n.min(homes.len())).chain(many.iter()) {
-                    let skip = (h == from && !echo).then_some(sender);
-                    self.respond(
-                        h,
-                        Response::Deliver {
-                            frame: frame.clone(),
-                            skip,
-                        },
-                    );
+                self.store_and_deliver(&frame, Some((from, sender, echo)));
+                if self.replicate && !is_reserved(frame.queue()) {
+                    self.respond(crate::boot::CONTROL_SHARD, Response::Replicate { frame });
                 }
                 if let Some(seq) = ack {
                     self.respond(from, Response::Ack { conn: sender, seq });
                 }
             }
+            Request::Replicated { frame, live } => {
+                if live {
+                    self.store_and_deliver(&frame, None);
+                } else {
+                    let cfg = &self.cfg;
+                    self.queues
+                        .borrow_mut()
+                        .publish(&frame, |name| cfg.history_length_for(name));
+                }
+            }
+            Request::Dump { token } => {
+                let queues = self.queues.borrow().dump();
+                self.respond(from, Response::Dump { token, queues });
+            }
+            Request::AdoptLink { fd, name, rest } => crate::cluster::adopt(self, fd, name, rest),
             Request::Subscribe {
                 queue,
                 conn,
@@ -351,6 +389,43 @@ impl Shard {
                 self.drains_in.set(self.drains_in.get() + 1);
                 self.check_drain();
             }
+        }
+    }
+
+    /// Stores a message at its owner and delivers it to every home shard with
+    /// subscribers, unless it is a duplicate. `publisher` is (home shard,
+    /// connection, echo) for a local publish; replicated messages have none.
+    fn store_and_deliver(&self, frame: &MsgFrame, publisher: Option<(usize, ConnKey, bool)>) {
+        let cfg = &self.cfg;
+        let mut homes: [usize; 8] = [usize::MAX; 8];
+        let mut many: Vec<usize> = Vec::new();
+        let mut n = 0;
+        if let Some((crate::queues::Stored::New, q)) = self
+            .queues
+            .borrow_mut()
+            .publish(frame, |name| cfg.history_length_for(name))
+        {
+            for h in q.homes() {
+                if n < homes.len() {
+                    homes[n] = h;
+                } else {
+                    many.push(h);
+                }
+                n += 1;
+            }
+        }
+        for &h in homes.iter().take(n.min(homes.len())).chain(many.iter()) {
+            let skip = match publisher {
+                Some((from, sender, echo)) if h == from && !echo => Some(sender),
+                _ => None,
+            };
+            self.respond(
+                h,
+                Response::Deliver {
+                    frame: frame.clone(),
+                    skip,
+                },
+            );
         }
     }
 
@@ -400,6 +475,12 @@ impl Shard {
                 }
             }
             Response::Stats { token, stats } => self.gathers.arrived(token, stats),
+            Response::Dump { token, queues } => self.dumps.arrived(token, queues),
+            Response::Replicate { frame } => {
+                if let Some(c) = self.cluster.borrow().as_ref() {
+                    c.broadcast(&frame);
+                }
+            }
             Response::Drained => {
                 self.drained_in.set(self.drained_in.get() + 1);
                 self.check_drain();
@@ -459,7 +540,19 @@ impl Shard {
         for s in 0..self.shards {
             self.request(s, Request::Stats { token });
         }
-        self.gathers.wait(token).await
+        let mut parts = self.gathers.wait(token).await;
+        parts.sort_by_key(|p| p.shard);
+        parts
+    }
+
+    /// Every shard's history (all queues but connection ids), for a new
+    /// cluster link.
+    pub(crate) async fn dump_history(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
+        let token = self.dumps.start(self.shards);
+        for s in 0..self.shards {
+            self.request(s, Request::Dump { token });
+        }
+        self.dumps.wait(token).await.into_iter().flatten().collect()
     }
 
     // ----- shutdown ------------------------------------------------------
@@ -507,7 +600,11 @@ fn req_queue(req: &Request) -> Option<&str> {
         Request::Publish { frame, .. } => Some(frame.queue()),
         Request::Subscribe { queue, .. } | Request::Unsubscribe { queue } => Some(queue),
         Request::History { queues, .. } => queues.first().map(|(_, q)| &**q),
-        Request::Stats { .. } | Request::Drain => None,
+        Request::Replicated { frame, .. } => Some(frame.queue()),
+        Request::Stats { .. }
+        | Request::Dump { .. }
+        | Request::AdoptLink { .. }
+        | Request::Drain => None,
     }
 }
 
@@ -526,7 +623,16 @@ pub(crate) fn is_reserved(queue: &str) -> bool {
     queue.starts_with(RESERVED_PREFIX)
 }
 
-/// Unix time in seconds, as `coremq_sent` wants it.
+/// Unix time in whole microseconds.
+pub(crate) fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Unix time in seconds.
+#[allow(dead_code)]
 pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -96,6 +96,19 @@ pub(crate) struct NodeFacts<'a> {
     pub replicants: &'a [String],
     /// Seconds since start.
     pub uptime: f64,
+    /// Cluster links.
+    pub peers: &'a [PeerSnapshot],
+}
+
+/// One cluster link as status shows it.
+pub(crate) struct PeerSnapshot {
+    pub node: String,
+    pub direction: &'static str,
+    pub state: &'static str,
+    pub sent: u64,
+    pub received: u64,
+    pub lag: u64,
+    pub reconnects: u64,
 }
 
 /// Builds the `coremq_status` reply object from every shard's snapshot.
@@ -134,6 +147,23 @@ pub(crate) fn status_json(facts: &NodeFacts<'_>, shards: &[ShardStats]) -> Vec<u
         }
         sh.write_json(&mut s);
     }
+    s.push_str("], \"peers\": [");
+    for (i, p) in facts.peers.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(
+            s,
+            "{{\"node\": {}, \"direction\": \"{}\", \"state\": \"{}\", \"sent\": {}, \"received\": {}, \"lag\": {}, \"reconnects\": {}}}",
+            json_string(&p.node),
+            p.direction,
+            p.state,
+            p.sent,
+            p.received,
+            p.lag,
+            p.reconnects
+        );
+    }
     s.push_str("]}");
     s.into_bytes()
 }
@@ -167,6 +197,7 @@ mod tests {
             node: "n1",
             replicants: &["n2:6747".to_string()],
             uptime: 1.5,
+            peers: &[],
         };
         let v: serde_json::Value = serde_json::from_slice(&status_json(&facts, &[a, b])).unwrap();
         assert_eq!(v["master"], "n1");

@@ -5,7 +5,7 @@
 //! Runs on the control shard only. One gather per second across the mesh; the
 //! timer is coarse on purpose (PLATFORM-NOTES: fine timers keep executors awake).
 
-use crate::shard::{unix_now, Shard, RESERVED_PREFIX};
+use crate::shard::{Shard, RESERVED_PREFIX};
 use crate::stats::ShardStats;
 use std::fmt::Write;
 use std::rc::Rc;
@@ -42,8 +42,9 @@ pub(crate) async fn run(shard: Rc<Shard>) {
         let stats = shard.gather_stats().await;
         if let Some((then, before)) = &prev {
             let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
-            let json = stats_json(&shard, &stats, before, secs);
-            shard.publish_system(&queue, json.as_bytes());
+            let sent_us = shard.next_sent();
+            let json = stats_json(&shard, &stats, before, secs, sent_us);
+            shard.publish_system(&queue, json.as_bytes(), sent_us);
         }
         prev = Some((now, stats));
     }
@@ -51,7 +52,13 @@ pub(crate) async fn run(shard: Rc<Shard>) {
 
 /// The statistics message: per-shard figures and rates, node totals, and the
 /// usual `coremq_*` fields.
-fn stats_json(shard: &Shard, now: &[ShardStats], before: &[ShardStats], secs: f64) -> String {
+fn stats_json(
+    shard: &Shard,
+    now: &[ShardStats],
+    before: &[ShardStats],
+    secs: f64,
+    sent_us: u64,
+) -> String {
     let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
     let mut s = String::with_capacity(256 + now.len() * 300);
     let mut totals = [0f64; 4];
@@ -102,13 +109,14 @@ fn stats_json(shard: &Shard, now: &[ShardStats], before: &[ShardStats], secs: f6
         s,
         "], \"connections\": {conns}, \"messages_in_per_sec\": {:.1}, \"messages_out_per_sec\": {:.1}, \
          \"bytes_in_per_sec\": {:.1}, \"bytes_out_per_sec\": {:.1}, \"slow_consumers\": {}, \
-         \"coremq_sender\": \"$coremq\", \"coremq_sent\": {:.6}, \"coremq_server\": ",
+         \"coremq_sender\": \"$coremq\", \"coremq_sent\": {}.{:06}, \"coremq_server\": ",
         totals[0],
         totals[1],
         totals[2],
         totals[3],
         now.iter().map(|n| n.slow_consumers).sum::<u64>(),
-        unix_now(),
+        sent_us / 1_000_000,
+        sent_us % 1_000_000,
     );
     let mut server = Vec::new();
     coremq_protocol::write_json_string(&shard.node.server, &mut server);

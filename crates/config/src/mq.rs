@@ -26,6 +26,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "cluster_nodes",
         "allowed_replicants",
         "cluster_secret",
+        "cluster_self",
         "shards",
         "max_message_size",
         "max_pending",
@@ -77,6 +78,9 @@ pub struct MqConfig {
     /// Shared secret peers must present; `None` means peer links are not
     /// authenticated. Redacted from `Debug` output so it never reaches a log.
     pub cluster_secret: Option<String>,
+    /// The entry of `cluster_nodes` that is this node, when it is not
+    /// `address:port` (e.g. the node is reached through a proxy or NAT).
+    pub cluster_self: Option<String>,
     /// Number of shards (executors), already resolved: a 0 in the file becomes
     /// the number of online CPUs, so this is always 1..=1024.
     pub shards: usize,
@@ -123,6 +127,9 @@ impl MqConfig {
             value::checked_list(t, value::host_maybe_port)
         })?;
         c.cluster_secret = s.parse("cluster_secret", |t| Ok(t.to_owned()))?;
+        c.cluster_self = s.parse("cluster_self", |t| {
+            value::host_port(t).map(|()| t.to_owned())
+        })?;
         if let Some(n) = s.parse("shards", |t| {
             value::count(t, 0, MAX_SHARDS, "a number of shards (0 = one per CPU)")
         })? {
@@ -171,6 +178,7 @@ impl Default for MqConfig {
             cluster_nodes: Vec::new(),
             allowed_replicants: Vec::new(),
             cluster_secret: None,
+            cluster_self: None,
             shards: resolve_shards(0),
             max_message_size: 1 << 20,
             max_pending: 16 << 20,
@@ -196,6 +204,7 @@ impl fmt::Debug for MqConfig {
             cluster_nodes,
             allowed_replicants,
             cluster_secret,
+            cluster_self,
             shards,
             max_message_size,
             max_pending,
@@ -217,6 +226,7 @@ impl fmt::Debug for MqConfig {
                 "cluster_secret",
                 &cluster_secret.as_ref().map(|_| "<redacted>"),
             )
+            .field("cluster_self", cluster_self)
             .field("shards", shards)
             .field("max_message_size", max_message_size)
             .field("max_pending", max_pending)

@@ -62,20 +62,22 @@ impl<'a> Publish<'a> {
     /// ASCII (non-ASCII written as `\uXXXX`). `sent` is Unix seconds, written with
     /// microsecond precision (e.g. `1764302775.123456`). Appends to `out`.
     pub fn write_stored(&self, sender: &str, sent: f64, server: &str, out: &mut Vec<u8>) {
-        self.write_stamped(&Stamps::new(sender, server), sent, out);
+        self.write_stamped(&Stamps::new(sender, server), seconds_to_micros(sent), out);
     }
 
     /// [`write_stored`](Self::write_stored) with the sender and server already
     /// encoded: a connection publishes many messages with the same two values, so
     /// the broker encodes them once per connection instead of once per message.
-    pub fn write_stamped(&self, stamps: &Stamps, sent: f64, out: &mut Vec<u8>) {
+    /// `sent_micros` is the Unix time in whole microseconds (exact, where an
+    /// `f64` of seconds would round the last digit).
+    pub fn write_stamped(&self, stamps: &Stamps, sent_micros: u64, out: &mut Vec<u8>) {
         out.reserve(self.json.len() + stamps.len() + 24);
         let empty = write_kept_members(self.json.as_bytes(), &self.layout, out);
         if !empty {
             out.extend_from_slice(b", ");
         }
         out.extend_from_slice(&stamps.head);
-        write_seconds(sent, out);
+        write_micros(sent_micros, out);
         out.extend_from_slice(&stamps.tail);
     }
 }
@@ -200,16 +202,20 @@ fn write_key(key: &str, first: &mut bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b": ");
 }
 
-/// Writes Unix seconds as a JSON float with exactly six decimals. Formatting the whole
-/// microseconds as integers keeps the digits exact and avoids float formatting; a
-/// non-finite time (which JSON cannot express) is written as 0.
-pub(crate) fn write_seconds(secs: f64, out: &mut Vec<u8>) {
-    let secs = if secs.is_finite() { secs } else { 0.0 };
-    // `as` saturates, so absurd times stay well-formed.
-    let micros = (secs.abs() * 1e6).round() as u64;
-    if secs < 0.0 && micros != 0 {
-        out.push(b'-');
+/// Whole microseconds of a Unix time in seconds; a non-finite or negative time
+/// (which a stamp cannot be) becomes 0.
+pub fn seconds_to_micros(secs: f64) -> u64 {
+    if secs.is_finite() && secs > 0.0 {
+        // `as` saturates, so absurd times stay well-formed.
+        (secs * 1e6).round() as u64
+    } else {
+        0
     }
+}
+
+/// Writes Unix seconds as a JSON float with exactly six decimals, from whole
+/// microseconds: integer formatting keeps the digits exact.
+pub(crate) fn write_micros(micros: u64, out: &mut Vec<u8>) {
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(micros / 1_000_000).as_bytes());
     out.push(b'.');
@@ -230,7 +236,7 @@ mod tests {
 
     fn seconds(secs: f64) -> String {
         let mut out = Vec::new();
-        write_seconds(secs, &mut out);
+        write_micros(seconds_to_micros(secs), &mut out);
         String::from_utf8(out).expect("ASCII")
     }
 
@@ -297,7 +303,12 @@ mod tests {
         assert_eq!(seconds(1.5), "1.500000");
         assert_eq!(seconds(0.000_000_4), "0.000000");
         assert_eq!(seconds(0.999_999_6), "1.000000");
-        assert_eq!(seconds(-2.25), "-2.250000");
+        // A stamp is never before 1970: negative times become 0.
+        assert_eq!(seconds(-2.25), "0.000000");
+        // Whole microseconds are written exactly, all 16 digits.
+        let mut out = Vec::new();
+        write_micros(1_795_839_486_087_287, &mut out);
+        assert_eq!(out, b"1795839486.087287");
         assert_eq!(seconds(f64::NAN), "0.000000");
         assert_eq!(seconds(f64::INFINITY), "0.000000");
         let big = seconds(1e300);

@@ -65,7 +65,7 @@ fn publish_path_does_not_allocate() {
             break;
         };
         if let Ok(ClientMessage::Publish(p)) = parse_message(json, 255) {
-            p.write_stamped(&stamps, 1.7e9, &mut out);
+            p.write_stamped(&stamps, 1_700_000_000_000_000, &mut out);
             publishes += 1;
         }
         allocations.push(ALLOCATIONS.load(Ordering::Relaxed) - before);

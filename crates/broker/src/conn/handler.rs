@@ -182,11 +182,8 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
         conn.reply(ReplyKind::Json(json));
         return;
     }
-    tracing::info!(name = %req.name, "replicant attached");
-    conn.st.borrow_mut().replicant = Some(req.name.clone());
-    if let Ok(mut r) = shard.node.shared.replicants.lock() {
-        r.push(req.name);
-    }
+    tracing::info!(name = %req.name, "replicant accepted; handing the connection to the control shard");
+    conn.st.borrow_mut().handover = Some(req.name);
     conn.reply(ReplyKind::Text(proto::OK_REPLICANT));
 }
 

@@ -98,8 +98,9 @@ pub(crate) struct ConnState {
     pub opts: Options,
     /// Subscriptions of this connection (including its own id).
     pub subs: HashMap<Box<str>, SubState, ahash::RandomState>,
-    /// Name given in `coremq_replicant`, once accepted.
-    pub replicant: Option<String>,
+    /// Name given in an accepted `coremq_replicant`: once the OK is out, the
+    /// socket goes to the control shard as a cluster link.
+    pub handover: Option<String>,
 }
 
 /// A connection's identity plus its state.
@@ -165,7 +166,7 @@ impl Conn {
                 closing: None,
                 opts: Options::default(),
                 subs: HashMap::default(),
-                replicant: None,
+                handover: None,
             }),
         }
     }

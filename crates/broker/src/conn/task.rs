@@ -35,6 +35,8 @@ const WRITE_BUDGET: usize = 4 << 20;
 
 /// What the poll loop woke up for.
 enum Event {
+    /// The connection became a cluster link and its replies are out.
+    Handover,
     /// `n` new bytes are in the read buffer (0 = peer closed).
     Read(usize),
     /// The connection is done (closing and flushed, linger over, or I/O error).
@@ -117,6 +119,10 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
         })
         .await;
         match ev {
+            Event::Handover => {
+                hand_over(&shard, &conn, &stream, &rbuf);
+                break "became a cluster link";
+            }
             Event::Done(why) => break why,
             // The peer may still read (half-close): flush what it is owed first.
             Event::Read(0) => ending.peer_eof = true,
@@ -135,6 +141,27 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
     shard.close_conn(&conn);
 }
 
+/// Gives the socket (a duplicate of its descriptor) and the unparsed bytes to
+/// the control shard, which runs the cluster link; this task then ends and
+/// closes its own descriptor, which leaves the socket open.
+fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
+    use std::os::fd::AsRawFd;
+    let Some(name) = conn.st.borrow_mut().handover.take() else {
+        return;
+    };
+    // SAFETY: dup(2) of a descriptor the stream keeps open for this call.
+    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+    if fd < 0 {
+        tracing::warn!(%name, cause = %std::io::Error::last_os_error(), "cannot hand the link over");
+        return;
+    }
+    let rest = rbuf.data[rbuf.start..rbuf.end].to_vec();
+    shard.request(
+        crate::boot::CONTROL_SHARD,
+        crate::msg::Request::AdoptLink { fd, name, rest },
+    );
+}
+
 /// Handles every complete frame in the buffer.
 fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
     let max = shard.cfg.max_message_size;
@@ -142,7 +169,15 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
     loop {
         // Nothing more is accepted once stopping: the drain promised the
         // owners that no request follows.
-        if shard.stopping.is_set() || conn.st.borrow().ending.is_some() {
+        let stop = {
+            let st = conn.st.borrow();
+            st.ending.is_some() || st.handover.is_some()
+        };
+        if shard.stopping.is_set() || stop {
+            if conn.st.borrow().handover.is_some() {
+                // The rest belongs to the cluster link.
+                return;
+            }
             rbuf.start = rbuf.end;
             return;
         }
@@ -241,8 +276,12 @@ fn poll_conn(
         }
     }
 
-    if io.peer_eof {
-        // Nothing more to read.
+    let handover = conn.st.borrow().handover.is_some();
+    if handover && flushed && !conn.awaits_replies() && closing.is_none() {
+        return Poll::Ready(Event::Handover);
+    }
+    if io.peer_eof || handover {
+        // Nothing more to read (a link's bytes are for the control shard).
     } else if ending.is_some() || shard.stopping.is_set() {
         // Input is read and thrown away: closing a socket with unread input
         // makes the kernel send a reset, which destroys the frames still in
