@@ -125,16 +125,9 @@ pub(crate) struct NodeCtx {
 }
 
 impl NodeCtx {
-    /// The status reply from every shard's figures.
-    pub(crate) fn status_json(&self, shards: &[ShardStats]) -> Vec<u8> {
-        let replicants = self
-            .shared
-            .replicants
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
-        let peers: Vec<PeerSnapshot> = self
-            .shared
+    /// Every cluster link as status and metrics show it.
+    pub(crate) fn peer_snapshots(&self) -> Vec<PeerSnapshot> {
+        self.shared
             .peers
             .lock()
             .map(|p| {
@@ -150,7 +143,18 @@ impl NodeCtx {
                     })
                     .collect()
             })
+            .unwrap_or_default()
+    }
+
+    /// The status reply from every shard's figures.
+    pub(crate) fn status_json(&self, shards: &[ShardStats]) -> Vec<u8> {
+        let replicants = self
+            .shared
+            .replicants
+            .lock()
+            .map(|r| r.clone())
             .unwrap_or_default();
+        let peers = self.peer_snapshots();
         status_json(
             &NodeFacts {
                 node: &self.name,

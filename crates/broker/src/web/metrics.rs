@@ -1,7 +1,7 @@
 //! `/metrics`: the status figures in the Prometheus text exposition format
 //! (version 0.0.4), one series per shard with a `shard` label.
 
-use crate::stats::ShardStats;
+use crate::stats::{PeerSnapshot, ShardStats};
 use std::fmt::Write;
 
 /// (name, type, help, value of one shard)
@@ -99,8 +99,54 @@ const METRICS: &[Metric] = &[
     ),
 ];
 
+/// (name, type, help, value of one cluster link)
+type PeerMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PeerSnapshot) -> u64,
+);
+
+const PEER_METRICS: &[PeerMetric] = &[
+    (
+        "coremq_peer_up",
+        "gauge",
+        "Whether the cluster link to the peer is up.",
+        |p| u64::from(p.state == "up"),
+    ),
+    (
+        "coremq_peer_sent_total",
+        "counter",
+        "Messages sent to the peer.",
+        |p| p.sent,
+    ),
+    (
+        "coremq_peer_received_total",
+        "counter",
+        "Messages received from the peer.",
+        |p| p.received,
+    ),
+    (
+        "coremq_peer_lag_messages",
+        "gauge",
+        "Messages queued for the peer, not yet written (replication lag).",
+        |p| p.lag,
+    ),
+    (
+        "coremq_peer_reconnects_total",
+        "counter",
+        "Times the link to the peer was lost and dialled again.",
+        |p| p.reconnects,
+    ),
+];
+
 /// The exposition text for every shard, plus node-level facts.
-pub(crate) fn render(node: &str, uptime: f64, shards: &[ShardStats]) -> String {
+pub(crate) fn render(
+    node: &str,
+    uptime: f64,
+    shards: &[ShardStats],
+    peers: &[PeerSnapshot],
+) -> String {
     let mut out = String::with_capacity(4096 + shards.len() * 1024);
     let _ = writeln!(
         out,
@@ -124,6 +170,19 @@ pub(crate) fn render(node: &str, uptime: f64, shards: &[ShardStats]) -> String {
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for s in shards {
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, value(s));
+        }
+    }
+    for (name, kind, help, value) in PEER_METRICS {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for p in peers {
+            let _ = writeln!(
+                out,
+                "{name}{{peer=\"{}\",direction=\"{}\"}} {}",
+                escape(&p.node),
+                p.direction,
+                value(p)
+            );
         }
     }
     out
@@ -154,7 +213,20 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let text = render("n\"1", 2.0, &shards);
+        let peers = [PeerSnapshot {
+            node: "127.0.0.1:7001".into(),
+            direction: "dial",
+            state: "up",
+            sent: 5,
+            received: 6,
+            lag: 0,
+            reconnects: 1,
+        }];
+        let text = render("n\"1", 2.0, &shards, &peers);
+        assert!(text.contains("coremq_peer_up{peer=\"127.0.0.1:7001\",direction=\"dial\"} 1\n"));
+        assert!(text.contains(
+            "coremq_peer_received_total{peer=\"127.0.0.1:7001\",direction=\"dial\"} 6\n"
+        ));
         assert!(text.contains("coremq_messages_in_total{shard=\"0\"} 3\n"));
         assert!(text.contains("coremq_messages_in_total{shard=\"1\"} 4\n"));
         assert!(text.contains("# TYPE coremq_messages_in_total counter\n"));

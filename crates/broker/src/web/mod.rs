@@ -116,6 +116,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSetting
                 &shard.node.name,
                 shard.node.started.elapsed().as_secs_f64(),
                 &stats,
+                &shard.node.peer_snapshots(),
             );
             respond(
                 &mut stream,
