@@ -95,3 +95,28 @@ fn status_1_shard() {
 fn status_4_shards() {
     status(4);
 }
+
+/// A connection's id queue is owned by its home shard (the broker draws ids
+/// until one hashes there), so its own subscription and point-to-point
+/// messages to it stay on that shard: with only id queues in existence, every
+/// shard owns exactly as many queues and subscriptions as it has connections.
+#[test]
+fn connection_ids_are_owned_by_their_home_shard() {
+    let b = Broker::start(BrokerOpts::new(4));
+    let mut clients = b.clients(16);
+    let st = clients[0].status();
+    let shards = st["shards"].as_array().expect("shards");
+    let homes = shards
+        .iter()
+        .filter(|s| s["connections"].as_u64() > Some(0))
+        .count();
+    assert!(homes >= 2, "connections did not spread over shards: {st}");
+    for s in shards {
+        assert_eq!(s["queues"], s["connections"], "shard {}: {st}", s["shard"]);
+        assert_eq!(
+            s["subscriptions"], s["connections"],
+            "shard {}: {st}",
+            s["shard"]
+        );
+    }
+}

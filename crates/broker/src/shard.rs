@@ -145,7 +145,17 @@ impl Shard {
             slot,
             generation: entry.0,
         };
-        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        // A connection's id is the queue others reach it on. Picking an id
+        // whose owner is this shard (a random v4 UUID, drawn again until it
+        // hashes here: `shards` draws on average) keeps its own subscription
+        // local and takes point-to-point messages straight to its home shard,
+        // one hop fewer.
+        let id = loop {
+            let id = uuid::Uuid::new_v4().hyphenated().to_string();
+            if self.router.owner(&id) == self.id {
+                break id;
+            }
+        };
         let conn = Rc::new(Conn::new(
             key,
             id,
