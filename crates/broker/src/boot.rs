@@ -12,7 +12,7 @@ use coremq_protocol as proto;
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
-use glommio::net::{TcpListener, UnixStream};
+use glommio::net::{TcpListener, TcpStream, UnixStream};
 use glommio::timer::sleep;
 use glommio::{spawn_local, Task};
 use std::net::SocketAddr;
@@ -200,28 +200,38 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     Ok(())
 }
 
-/// Accepts connections until the shard stops.
-async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+/// The next connection on `listener` with its peer address, or `None` once
+/// the shard stops. Accept errors (out of descriptors and the like) are logged
+/// and retried after a pause instead of spinning.
+pub(crate) async fn accept_next(
+    shard: &Shard,
+    listener: &TcpListener,
+) -> Option<(TcpStream, String)> {
     loop {
         let next = future::or(async { Some(listener.accept().await) }, async {
             shard.stopping.wait().await;
             None
         })
         .await;
-        let stream = match next {
-            None => return,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                // Out of descriptors and the like: back off instead of spinning.
+        match next? {
+            Ok(stream) => {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                return Some((stream, peer));
+            }
+            Err(e) => {
                 tracing::warn!(shard = shard.id, cause = %e, "accept failed");
                 sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        }
+    }
+}
+
+/// Accepts connections until the shard stops.
+async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    while let Some((stream, peer)) = accept_next(shard, listener).await {
         if !shard.node.shared.try_open(shard.cfg.max_connections) {
             Counters::add(&shard.counters.refused_connections, 1);
             tracing::warn!(

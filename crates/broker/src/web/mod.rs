@@ -20,7 +20,6 @@ use glommio::spawn_local;
 use glommio::timer::sleep;
 use http::{read_head, respond, respond_text, Head, HEAD_TIMEOUT};
 use std::rc::Rc;
-use std::time::Duration;
 use tracing::Instrument;
 
 /// The dashboard page, self-contained (no external scripts or fonts).
@@ -37,25 +36,7 @@ pub(crate) struct WebSettings {
 
 /// Accepts WebSocket and HTTP connections until the shard stops.
 pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc<WebSettings>) {
-    loop {
-        let next = future::or(async { Some(listener.accept().await) }, async {
-            shard.stopping.wait().await;
-            None
-        })
-        .await;
-        let stream = match next {
-            None => return,
-            Some(Ok(s)) => s,
-            Some(Err(e)) => {
-                tracing::warn!(cause = %e, "websocket accept failed");
-                sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+    while let Some((stream, peer)) = crate::boot::accept_next(&shard, &listener).await {
         let span = tracing::info_span!("http", shard = shard.id, peer = %peer);
         spawn_local(handle(shard.clone(), stream, settings.clone()).instrument(span)).detach();
     }
