@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod web;
 
 use serde_json::{json, Map, Value};
@@ -145,6 +146,16 @@ impl BrokerOpts {
         self
     }
 
+    /// The node name the broker runs with: a `node_name` in `extra`, else [`NODE`].
+    pub fn node_name(&self) -> String {
+        self.extra
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "node_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| NODE.to_string())
+    }
+
     pub fn config_text(&self) -> String {
         if let Some(raw) = &self.raw_config {
             return raw.clone();
@@ -209,6 +220,8 @@ pub struct Broker {
     pub addr: Option<SocketAddr>,
     pub ready: Option<Value>,
     pub shards: usize,
+    /// The configured node name (welcome `server`, ready file `node`).
+    pub node: String,
     /// Exit status once observed.
     exit: Option<ExitStatus>,
 }
@@ -273,6 +286,7 @@ impl Broker {
             addr: None,
             ready: None,
             shards: opts.shards,
+            node: opts.node_name(),
             exit: None,
         }
     }
@@ -313,9 +327,9 @@ impl Broker {
         addr
     }
 
-    /// "test:PORT", the value of coremq_server.
+    /// "<node name>:PORT" ("test:PORT" by default), the value of coremq_server.
     pub fn server_name(&self) -> String {
-        format!("{NODE}:{}", self.port())
+        format!("{}:{}", self.node, self.port())
     }
 
     /// Wait for the ready file, validate it and fill in `addr`.
@@ -364,7 +378,7 @@ impl Broker {
             .unwrap_or_else(|e| panic!("ready file tcp {tcp:?} is not an address: {e}"));
         assert_eq!(addr.ip().to_string(), "127.0.0.1", "ready file: {v}");
         assert_ne!(addr.port(), 0, "ready file has port 0: {v}");
-        assert_eq!(v["node"], json!(NODE), "ready file node: {v}");
+        assert_eq!(v["node"], json!(self.node), "ready file node: {v}");
         assert_eq!(
             v["shards"].as_u64(),
             Some(self.shards as u64),
@@ -470,7 +484,7 @@ impl Broker {
 
     /// Connect a client and read its welcome.
     pub fn client(&self) -> Client {
-        Client::connect(self.addr())
+        Client::connect_to_node(self.addr(), &self.node)
     }
 
     /// Connect `n` clients.
@@ -674,6 +688,11 @@ pub struct Client {
 impl Client {
     /// Connect and read the welcome frame (checked against §2).
     pub fn connect(addr: SocketAddr) -> Client {
+        Client::connect_to_node(addr, NODE)
+    }
+
+    /// Connect and read the welcome frame of a broker named `node`.
+    pub fn connect_to_node(addr: SocketAddr, node: &str) -> Client {
         let mut c = Client::connect_raw(addr);
         let f = c
             .read_frame(REPLY_TIMEOUT)
@@ -681,7 +700,7 @@ impl Client {
         assert_uuid(&f.queue);
         assert_eq!(
             f.json,
-            json!({"response": WELCOME, "server": NODE}),
+            json!({"response": WELCOME, "server": node}),
             "welcome frame: {f}"
         );
         c.id = f.queue.clone();
@@ -1046,4 +1065,27 @@ pub fn shard_sum(status: &Value, key: &str) -> u64 {
                 .unwrap_or_else(|| panic!("shard entry has no numeric {key}: {s}"))
         })
         .sum()
+}
+
+/// A listener on a free port from 7000..=9999 if one is found quickly (else any
+/// free port). Those ports lie below the kernel's ephemeral range, so no
+/// client socket can be given one as its own port: a test that restarts a
+/// broker on the same port, while clients keep redialling it, cannot have a
+/// redial connect to itself (TCP self-connect) and take the port.
+pub fn low_port_listener() -> std::net::TcpListener {
+    let mut x = (std::process::id() as u64) << 32
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 7000 + (x % 3000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l;
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }

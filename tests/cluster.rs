@@ -1,0 +1,1820 @@
+//! Cluster replication end to end (PROTOCOL.md §6, §7; docs/protocol.md §6; issue 4):
+//! three real `coremq` processes on 127.0.0.1 with their own ports and configs.
+//!
+//! Layout: every node gets `cluster_nodes` with the same three entries (listed in an
+//! order that is not the sorted one, so the broker has to compare the entries itself),
+//! `node_name = n1|n2|n3` and `port = Pi`. The nodes are numbered so that their entries
+//! sort n1 < n2 < n3 as strings: n1 dials n2 and n3, n2 dials n3. For the partition
+//! test n2's entry is a test-controlled proxy (`cluster_self` tells n2), so exactly the
+//! n1–n2 link goes through it.
+//!
+//! Every wait is bounded by a deadline; no test asserts how long anything took.
+
+mod common;
+
+use common::proxy::Proxy;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long links may take to come up (backoff is at most 2 s per attempt).
+const LINKS_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long histories may take to converge after links are up.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a batch of deliveries may take.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+const SECRET: &str = "s3cret";
+const OK_REPLICANT: &str = "OK: Replication request successful";
+const ERR_REPLICANT: &str = "ERROR: Not allowed to be a replicant";
+
+// ---------------------------------------------------------------------------
+// Layout and start-up
+// ---------------------------------------------------------------------------
+
+/// A listener on a free port of 127.0.0.1 (kept open until the port is handed out).
+fn free_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+fn entry_of(l: &TcpListener) -> String {
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+fn port_of(entry: &str) -> u16 {
+    entry.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A listener on a free 4-digit port (see `common::low_port_listener`).
+/// Ephemeral ports have 5 digits, so "127.0.0.1:9xxx" sorts above them as a
+/// string but below them as a number: a broker that compared ports as numbers
+/// would pick the other dialler (visible in status `direction`).
+fn free_low_listener() -> TcpListener {
+    low_port_listener()
+}
+
+/// `n` listeners in the (string) order of their entries: the first on an ephemeral
+/// (5-digit) port, the others on 4-digit ports if available. So the entries sort
+/// differently as strings than as numbers, and the nodes that tests kill and restart
+/// (n2, n3) listen outside the ephemeral range: no connection made meanwhile can take
+/// their port (nor can a peer's redial connect to itself on it).
+fn sorted_listeners(n: usize) -> Vec<TcpListener> {
+    let mut ls: Vec<TcpListener> = vec![free_listener()];
+    ls.extend((1..n).map(|_| free_low_listener()));
+    ls.sort_by_key(entry_of);
+    ls
+}
+
+#[derive(Clone)]
+struct Spec {
+    /// 2 or 3 nodes.
+    nodes: usize,
+    shards: usize,
+    history_length: Option<usize>,
+    secret: Option<String>,
+    /// Put a proxy on n2's entry (the n1–n2 link goes through it).
+    proxy: bool,
+    /// Further per-node changes (node index, options).
+    tweak: Option<fn(usize, &mut BrokerOpts)>,
+}
+
+impl Spec {
+    fn new(shards: usize) -> Spec {
+        Spec {
+            nodes: 3,
+            shards,
+            history_length: None,
+            secret: None,
+            proxy: false,
+            tweak: None,
+        }
+    }
+}
+
+struct Node {
+    /// "n1", "n2", "n3".
+    name: String,
+    /// This node's entry in cluster_nodes (the proxy's address for a proxied node).
+    entry: String,
+    opts: BrokerOpts,
+    broker: Option<Broker>,
+}
+
+impl Node {
+    fn b(&self) -> &Broker {
+        self.broker
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+
+    fn b_mut(&mut self) -> &mut Broker {
+        self.broker
+            .as_mut()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+
+    fn client(&self) -> Client {
+        self.b().client()
+    }
+
+    /// coremq_server of messages published here: "<node name>:<port>".
+    fn server(&self) -> String {
+        format!("{}:{}", self.name, self.opts.port)
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    proxy: Option<Proxy>,
+}
+
+impl Cluster {
+    fn start(spec: Spec) -> Cluster {
+        assert!(spec.nodes == 3 || (spec.nodes == 2 && !spec.proxy));
+        let ls = sorted_listeners(spec.nodes);
+        let entries: Vec<String> = ls.iter().map(entry_of).collect();
+        // Real client ports; with a proxy, n2 listens elsewhere and its entry is the
+        // proxy (which keeps the middle listener).
+        let mut real_ports: Vec<u16> = entries.iter().map(|e| port_of(e)).collect();
+        let mut proxy_listener = None;
+        let mut ls = ls;
+        if spec.proxy {
+            let hidden = free_listener();
+            real_ports[1] = hidden.local_addr().unwrap().port();
+            drop(hidden);
+            proxy_listener = Some(ls.remove(1));
+        }
+        drop(ls);
+        // Not the sorted order: the broker must compare the entries itself.
+        let mut listed = entries.clone();
+        listed.rotate_right(1);
+        let list = listed.join(", ");
+        let mut nodes = Vec::new();
+        for i in 0..spec.nodes {
+            let name = format!("n{}", i + 1);
+            let mut o = BrokerOpts::new(spec.shards)
+                .port(real_ports[i])
+                .set("node_name", &name)
+                .set("cluster_nodes", &list);
+            if let Some(h) = spec.history_length {
+                o = o.set("history_length", &h.to_string());
+            }
+            if let Some(s) = &spec.secret {
+                o = o.set("cluster_secret", s);
+            }
+            if spec.proxy && i == 1 {
+                o = o.set("cluster_self", &entries[1]);
+            }
+            if let Some(t) = spec.tweak {
+                t(i, &mut o);
+            }
+            nodes.push(Node {
+                name,
+                entry: entries[i].clone(),
+                opts: o,
+                broker: None,
+            });
+        }
+        let proxy = proxy_listener.map(|l| {
+            let target: SocketAddr = format!("127.0.0.1:{}", real_ports[1]).parse().unwrap();
+            Proxy::start(l, target)
+        });
+        // Spawn all, then wait for all (they start in parallel).
+        for n in nodes.iter_mut() {
+            n.broker = Some(Broker::spawn(&n.opts));
+        }
+        for n in nodes.iter_mut() {
+            n.b_mut().wait_ready();
+            assert_eq!(n.b().port(), n.opts.port, "{} listens elsewhere", n.name);
+        }
+        Cluster { nodes, proxy }
+    }
+
+    fn entries(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.entry.clone()).collect()
+    }
+
+    fn assert_alive(&mut self) {
+        for n in self.nodes.iter_mut() {
+            if let Some(b) = n.broker.as_mut() {
+                b.assert_alive();
+            }
+        }
+    }
+
+    fn kill(&mut self, i: usize) {
+        let mut b = self.nodes[i].broker.take().expect("node running");
+        b.stop_with(libc::SIGKILL);
+        // Dropping the killed broker removes its temp dir; the restart gets a new one
+        // with the same config.
+        drop(b);
+    }
+
+    fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].broker.is_none(), "node still running");
+        let mut b = Broker::spawn(&self.nodes[i].opts);
+        b.wait_ready();
+        self.nodes[i].broker = Some(b);
+    }
+
+    /// One status client per running node (None for a stopped one).
+    fn status_clients(&self) -> Vec<Option<Client>> {
+        self.nodes
+            .iter()
+            .map(|n| n.broker.as_ref().map(|b| b.client()))
+            .collect()
+    }
+
+    /// Wait until on every running node every other cluster node's link is "up" and
+    /// named in `replicants`. Returns the last statuses.
+    fn wait_links_up(&mut self) -> Vec<Value> {
+        let entries = self.entries();
+        let mut cs = self.status_clients();
+        let deadline = Instant::now() + LINKS_TIMEOUT;
+        loop {
+            let sts: Vec<Value> = cs
+                .iter_mut()
+                .map(|c| c.as_mut().map(|c| c.status()).unwrap_or(Value::Null))
+                .collect();
+            let mut all_up = true;
+            for (i, st) in sts.iter().enumerate() {
+                if st.is_null() {
+                    continue;
+                }
+                for (j, e) in entries.iter().enumerate() {
+                    if i == j || self.nodes[j].broker.is_none() {
+                        continue;
+                    }
+                    let up = find_peer(st, e).map(|p| p["state"] == json!("up")) == Some(true)
+                        && replicants(st).contains(e);
+                    all_up &= up;
+                }
+            }
+            if all_up {
+                return sts;
+            }
+            self.assert_alive();
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster links not all up within {LINKS_TIMEOUT:?}; entries {entries:?}; statuses:\n{}",
+                    sts.iter()
+                        .map(|s| format!("master {} replicants {} peers {}", s["master"], s["replicants"], s["peers"]))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn replicants(st: &Value) -> BTreeSet<String> {
+    st["replicants"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status has no replicants list: {st}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("replicant is not a string: {st}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn peers(st: &Value) -> &Vec<Value> {
+    st["peers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status has no peers list: {st}"))
+}
+
+fn find_peer<'a>(st: &'a Value, entry: &str) -> Option<&'a Value> {
+    peers(st).iter().find(|p| p["node"] == json!(entry))
+}
+
+fn peer<'a>(st: &'a Value, entry: &str) -> &'a Value {
+    find_peer(st, entry)
+        .unwrap_or_else(|| panic!("status has no peer entry for {entry}: {}", st["peers"]))
+}
+
+fn num(p: &Value, key: &str) -> u64 {
+    p[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("peer entry has no non-negative integer {key:?}: {p}"))
+}
+
+/// Poll `c`'s status until `pred` holds for it; panics with the last status.
+fn wait_status(c: &mut Client, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + LINKS_TIMEOUT;
+    loop {
+        let st = c.status();
+        if pred(&st) {
+            return st;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "status never showed {what} within {LINKS_TIMEOUT:?}: master {} replicants {} peers {}",
+                st["master"], st["replicants"], st["peers"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------
+
+/// A message a test published (and got `OK: Message sent` for, unless noted).
+#[derive(Clone, Debug)]
+struct Published {
+    queue: String,
+    body: Value,
+    sender: String,
+    server: String,
+    seq: u64,
+}
+
+/// Identity of a delivered or stored message: (coremq_server, coremq_sender, seq).
+type Key = (String, String, u64);
+
+fn key_of(v: &Value) -> Key {
+    let s = |k: &str| {
+        v[k].as_str()
+            .unwrap_or_else(|| panic!("message has no string {k}: {v}"))
+            .to_string()
+    };
+    let seq = v["seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("message has no seq: {v}"));
+    (s("coremq_server"), s("coremq_sender"), seq)
+}
+
+fn body(tag: &str, seq: u64) -> Value {
+    body_padded(tag, seq, 64)
+}
+
+fn body_padded(tag: &str, seq: u64, pad: usize) -> Value {
+    json!({"tag": tag, "seq": seq, "pad": "x".repeat(pad), "u": "caf\u{e9}"})
+}
+
+/// Publish the messages `seqs` pipelined in batches of `batch`, the queue of message
+/// i chosen by `queue_of(i)`, waiting for every `OK: Message sent`.
+fn publish_pipelined(
+    c: &mut Client,
+    server: &str,
+    tag: &str,
+    seqs: std::ops::Range<u64>,
+    batch: u64,
+    queue_of: &dyn Fn(u64) -> String,
+) -> Vec<Published> {
+    publish_pipelined_padded(c, server, tag, seqs, batch, queue_of, 64)
+}
+
+fn publish_pipelined_padded(
+    c: &mut Client,
+    server: &str,
+    tag: &str,
+    seqs: std::ops::Range<u64>,
+    batch: u64,
+    queue_of: &dyn Fn(u64) -> String,
+    pad: usize,
+) -> Vec<Published> {
+    let n = seqs.end;
+    let mut out = Vec::with_capacity((seqs.end - seqs.start) as usize);
+    let mut i = seqs.start;
+    while i < n {
+        let end = (i + batch).min(n);
+        let mut frames = Vec::new();
+        for seq in i..end {
+            let q = queue_of(seq);
+            let b = body_padded(tag, seq, pad);
+            frames.extend_from_slice(&encode(&q, &b));
+            out.push(Published {
+                queue: q,
+                body: b,
+                sender: c.id.clone(),
+                server: server.to_string(),
+                seq,
+            });
+        }
+        c.send_raw(&frames);
+        for _ in i..end {
+            c.expect_response(OK_SENT);
+        }
+        i = end;
+    }
+    out
+}
+
+/// Check a subscriber's deliveries: every frame is one of `must` or `may` (fields
+/// intact), none twice, per (queue, origin server, sender) in publish order, and every
+/// `must` message that `wanted` selects is there.
+fn check_stream(
+    who: &str,
+    frames: &[Frame],
+    must: &[Published],
+    may: &[Published],
+    wanted: &dyn Fn(&Published) -> bool,
+) {
+    let mut known: HashMap<Key, (&Published, bool)> = HashMap::new();
+    for p in must {
+        known.insert((p.server.clone(), p.sender.clone(), p.seq), (p, true));
+    }
+    for p in may {
+        known.insert((p.server.clone(), p.sender.clone(), p.seq), (p, false));
+    }
+    let mut seen: HashSet<Key> = HashSet::new();
+    let mut last: HashMap<(String, String, String), u64> = HashMap::new();
+    for f in frames {
+        let k = key_of(&f.json);
+        let (p, _) = known
+            .get(&k)
+            .unwrap_or_else(|| panic!("{who}: delivery of a message nobody published: {f}"));
+        assert!(
+            wanted(p),
+            "{who}: delivery on a queue it did not ask for: {f}"
+        );
+        check_delivery(f, &p.queue, &p.body, &p.sender, &p.server);
+        assert!(
+            seen.insert(k.clone()),
+            "{who}: message delivered twice: {f}"
+        );
+        let order_key = (p.queue.clone(), p.server.clone(), p.sender.clone());
+        if let Some(prev) = last.get(&order_key) {
+            assert!(
+                p.seq > *prev,
+                "{who}: out of publish order on queue {} from {}: seq {} after {}",
+                p.queue,
+                p.server,
+                p.seq,
+                prev
+            );
+        }
+        last.insert(order_key, p.seq);
+    }
+    let missing: Vec<&Published> = must
+        .iter()
+        .filter(|p| wanted(p) && !seen.contains(&(p.server.clone(), p.sender.clone(), p.seq)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{who}: {} messages never delivered, e.g. {:?}",
+        missing.len(),
+        missing
+            .iter()
+            .take(5)
+            .map(|p| (&p.queue, &p.server, p.seq))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Receive deliveries until every `must` message `wanted` selects has arrived, then
+/// for `quiet` more (to catch duplicates and extras).
+fn collect(
+    who: &str,
+    c: &mut Client,
+    must: &[Published],
+    wanted: &dyn Fn(&Published) -> bool,
+    quiet: Duration,
+) -> Vec<Frame> {
+    let need: HashSet<Key> = must
+        .iter()
+        .filter(|p| wanted(p))
+        .map(|p| (p.server.clone(), p.sender.clone(), p.seq))
+        .collect();
+    let mut got: HashSet<Key> = HashSet::new();
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while got.len() < need.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.try_recv_msg(left) {
+            Ok(f) => {
+                let k = key_of(&f.json);
+                if need.contains(&k) {
+                    got.insert(k);
+                }
+                frames.push(f);
+            }
+            Err(e) => panic!(
+                "{who}: got {} of {} expected deliveries ({} frames), then {e:?}",
+                got.len(),
+                need.len(),
+                frames.len()
+            ),
+        }
+    }
+    loop {
+        match c.try_recv_msg(quiet) {
+            Ok(f) => frames.push(f),
+            Err(ReadEnd::Timeout) => break,
+            Err(e) => panic!("{who}: connection ended: {e:?}"),
+        }
+    }
+    frames
+}
+
+fn history_of(c: &mut Client, q: &str) -> Vec<Value> {
+    let h = c.history(&[q]);
+    match h.get(q) {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()
+            .unwrap_or_else(|| panic!("history of {q} is not a list: {v}"))
+            .clone(),
+    }
+}
+
+/// coremq_sent of a delivered frame, parsed exactly from the frame's text.
+fn raw_sent(f: &Frame) -> f64 {
+    let text = String::from_utf8_lossy(&f.raw);
+    let at = text
+        .find("\"coremq_sent\"")
+        .unwrap_or_else(|| panic!("no coremq_sent in {f}"));
+    let rest = text[at + "\"coremq_sent\"".len()..]
+        .trim_start()
+        .strip_prefix(':')
+        .unwrap_or_else(|| panic!("coremq_sent without a colon in {f}"))
+        .trim_start();
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c)))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("coremq_sent is not a number ({e}) in {f}"))
+}
+
+fn sent_of(v: &Value) -> f64 {
+    v["coremq_sent"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("message without a float coremq_sent: {v}"))
+}
+
+/// (coremq_sent, coremq_server) order.
+fn hist_cmp(a: &Value, b: &Value) -> std::cmp::Ordering {
+    sent_of(a).partial_cmp(&sent_of(b)).unwrap().then_with(|| {
+        a["coremq_server"]
+            .as_str()
+            .unwrap()
+            .cmp(b["coremq_server"].as_str().unwrap())
+    })
+}
+
+/// A history list: no duplicates, strictly in (coremq_sent, coremq_server) order, at
+/// most `max` long.
+fn check_history_shape(who: &str, h: &[Value], max: usize) {
+    assert!(
+        h.len() <= max,
+        "{who}: history has {} > {max} messages",
+        h.len()
+    );
+    let mut seen = HashSet::new();
+    for v in h {
+        assert!(
+            seen.insert(key_of(v)),
+            "{who}: history has a duplicate: {v}"
+        );
+    }
+    for w in h.windows(2) {
+        assert_eq!(
+            hist_cmp(&w[0], &w[1]),
+            std::cmp::Ordering::Less,
+            "{who}: history not in (coremq_sent, coremq_server) order: {} then {}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+fn hist_summary(h: &[Value]) -> String {
+    let ks: Vec<String> = h
+        .iter()
+        .map(|v| {
+            format!(
+                "{}/{}@{}",
+                v["coremq_server"].as_str().unwrap_or("?"),
+                v["seq"],
+                v["coremq_sent"]
+            )
+        })
+        .collect();
+    format!("{} msgs [{}]", h.len(), ks.join(", "))
+}
+
+/// Poll every running node's history of `q` until all are identical; returns it.
+fn wait_history_converged(clients: &mut [Client], q: &str, max: usize) -> Vec<Value> {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let hs: Vec<Vec<Value>> = clients.iter_mut().map(|c| history_of(c, q)).collect();
+        if hs.windows(2).all(|w| w[0] == w[1]) {
+            check_history_shape(&format!("history of {q}"), &hs[0], max);
+            return hs[0].clone();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "histories of {q} did not converge within {CONVERGE_TIMEOUT:?}:\n{}",
+                hs.iter()
+                    .enumerate()
+                    .map(|(i, h)| format!("node {i}: {}", hist_summary(h)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The last `max` of `all` in (coremq_sent, coremq_server) order, as keys.
+fn expected_window(all: &[Value], max: usize) -> Vec<Key> {
+    let mut v: Vec<&Value> = all.iter().collect();
+    v.sort_by(|a, b| hist_cmp(a, b));
+    let start = v.len().saturating_sub(max);
+    v[start..].iter().map(|m| key_of(m)).collect()
+}
+
+fn keys(h: &[Value]) -> Vec<Key> {
+    h.iter().map(key_of).collect()
+}
+
+/// Deliveries as stored messages (the frames' JSON objects).
+fn jsons(frames: &[Frame]) -> Vec<Value> {
+    frames.iter().map(|f| f.json.clone()).collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Publishes on every node reach subscribers on every node exactly once
+// ---------------------------------------------------------------------------
+
+#[test]
+fn publishes_on_every_node_reach_every_node_once_in_order() {
+    const N: u64 = 500;
+    const HIST: usize = 20;
+    let mut spec = Spec::new(2);
+    spec.history_length = Some(HIST);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q1 = uniq("cl.all.a");
+    let q2 = uniq("cl.all.b");
+    // On every node: one subscriber of both queues, one of q2 only.
+    let mut both: Vec<Client> = Vec::new();
+    let mut only2: Vec<Client> = Vec::new();
+    for n in &cl.nodes {
+        let mut a = n.client();
+        a.subscribe(&[&q1, &q2]);
+        both.push(a);
+        let mut b = n.client();
+        b.subscribe_one(&q2);
+        only2.push(b);
+    }
+    // One pipelined publisher per node, all at once; even seqs to q1, odd to q2.
+    let mut handles = Vec::new();
+    for n in &cl.nodes {
+        let mut c = n.client();
+        let server = n.server();
+        let tag = n.name.clone();
+        let (q1, q2) = (q1.clone(), q2.clone());
+        handles.push(std::thread::spawn(move || {
+            let qf = move |i: u64| if i % 2 == 0 { q1.clone() } else { q2.clone() };
+            let p = publish_pipelined(&mut c, &server, &tag, 0..N, 50, &qf);
+            // The publisher is not subscribed and never gets its own messages.
+            c.assert_no_msg(Duration::from_millis(10));
+            p
+        }));
+    }
+    let mut all: Vec<Published> = Vec::new();
+    for h in handles {
+        all.extend(h.join().expect("publisher thread"));
+    }
+    cl.assert_alive();
+    let quiet = Duration::from_millis(300);
+    let mut sent_by_node: Vec<HashMap<Key, Value>> = Vec::new();
+    let mut q1_msgs: Vec<Value> = Vec::new();
+    let mut q2_msgs: Vec<Value> = Vec::new();
+    for (i, n) in cl.nodes.iter().enumerate() {
+        let w_both = |_: &Published| true;
+        let f = collect(
+            &format!("{} sub(q1,q2)", n.name),
+            &mut both[i],
+            &all,
+            &w_both,
+            quiet,
+        );
+        check_stream(&format!("{} sub(q1,q2)", n.name), &f, &all, &[], &w_both);
+        let q2c = q2.clone();
+        let w_q2 = move |p: &Published| p.queue == q2c;
+        let g = collect(
+            &format!("{} sub(q2)", n.name),
+            &mut only2[i],
+            &all,
+            &w_q2,
+            quiet,
+        );
+        check_stream(&format!("{} sub(q2)", n.name), &g, &all, &[], &w_q2);
+        // coremq_sent is the origin's: the same value for a message on every node.
+        let mut m = HashMap::new();
+        for fr in f.iter().chain(g.iter()) {
+            let k = key_of(&fr.json);
+            if let Some(prev) = m.insert(k.clone(), fr.json["coremq_sent"].clone()) {
+                assert_eq!(
+                    prev, fr.json["coremq_sent"],
+                    "{}: one message delivered with two coremq_sent values: {fr}",
+                    n.name
+                );
+            }
+        }
+        sent_by_node.push(m);
+        if i == 0 {
+            for fr in &f {
+                if fr.queue == q1 {
+                    q1_msgs.push(fr.json.clone());
+                } else {
+                    q2_msgs.push(fr.json.clone());
+                }
+            }
+        }
+    }
+    for (i, m) in sent_by_node.iter().enumerate().skip(1) {
+        for (k, v) in m {
+            assert_eq!(
+                sent_by_node[0].get(k),
+                Some(v),
+                "coremq_sent of {k:?} differs between n1 and n{}",
+                i + 1
+            );
+        }
+    }
+    // History: identical on every node, the last HIST in (sent, server) order.
+    let mut hc: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    for (q, msgs) in [(&q1, &q1_msgs), (&q2, &q2_msgs)] {
+        let h = wait_history_converged(&mut hc, q, HIST);
+        assert_eq!(
+            keys(&h),
+            expected_window(msgs, HIST),
+            "history of {q} is not the last {HIST} messages in (coremq_sent, coremq_server) order"
+        );
+        for m in &h {
+            assert_eq!(
+                sent_by_node[0].get(&key_of(m)),
+                Some(&m["coremq_sent"]),
+                "history message differs from the delivered one: {m}"
+            );
+        }
+    }
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 2. Point-to-point across nodes
+// ---------------------------------------------------------------------------
+
+#[test]
+fn point_to_point_reaches_a_connection_on_another_node() {
+    let mut cl = Cluster::start(Spec::new(2));
+    cl.wait_links_up();
+    let mut a = cl.nodes[0].client();
+    let mut b = cl.nodes[2].client();
+    let mut c = cl.nodes[1].client();
+    let (sa, sb, sc) = (
+        cl.nodes[0].server(),
+        cl.nodes[2].server(),
+        cl.nodes[1].server(),
+    );
+    let a_id = a.id.clone();
+    let b_id = b.id.clone();
+    let to_b = |_: u64| b_id.clone();
+    let to_a = |_: u64| a_id.clone();
+    let mut must = Vec::new();
+    must.extend(publish_pipelined(&mut a, &sa, "a", 0..30, 10, &to_b));
+    must.extend(publish_pipelined(&mut b, &sb, "b", 0..30, 10, &to_a));
+    must.extend(publish_pipelined(&mut c, &sc, "c2b", 0..5, 5, &to_b));
+    must.extend(publish_pipelined(&mut c, &sc, "c2a", 5..10, 5, &to_a));
+    let quiet = Duration::from_millis(500);
+    let bq = b.id.clone();
+    let for_b = move |p: &Published| p.queue == bq;
+    let fb = collect("B on n3", &mut b, &must, &for_b, quiet);
+    check_stream("B on n3", &fb, &must, &[], &for_b);
+    assert_eq!(fb.len(), 35, "B: {} deliveries", fb.len());
+    let aq = a.id.clone();
+    let for_a = move |p: &Published| p.queue == aq;
+    let fa = collect("A on n1", &mut a, &must, &for_a, quiet);
+    check_stream("A on n1", &fa, &must, &[], &for_a);
+    assert_eq!(fa.len(), 35, "A: {} deliveries", fa.len());
+    // Nobody else gets them.
+    c.assert_no_msg(Duration::from_millis(200));
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 3. SIGKILL of a node under load; restart, rejoin, history converges
+// ---------------------------------------------------------------------------
+
+#[test]
+fn killed_node_loses_nothing_for_survivors_and_rejoins() {
+    const N: u64 = 400;
+    const HIST: usize = 50;
+    let mut spec = Spec::new(2);
+    spec.history_length = Some(HIST);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("cl.kill");
+    // Two subscribers on each survivor (n1, n3), one on n2 (dies with it).
+    let mut subs: Vec<(String, Client)> = Vec::new();
+    for i in [0usize, 0, 2, 2] {
+        let mut s = cl.nodes[i].client();
+        s.subscribe_one(&q);
+        subs.push((cl.nodes[i].name.clone(), s));
+    }
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    // Publishers on n1 and n3: acknowledged, batches of 10, N each. On n2: without
+    // acks until its connection fails.
+    let progress = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
+    let mut handles = Vec::new();
+    for i in [0usize, 2] {
+        let mut c = cl.nodes[i].client();
+        let server = cl.nodes[i].server();
+        let tag = cl.nodes[i].name.clone();
+        let q = q.clone();
+        let progress = progress.clone();
+        handles.push(std::thread::spawn(move || {
+            let qf = |_: u64| q.clone();
+            let mut out = Vec::new();
+            let mut seq = 0;
+            while seq < N {
+                out.extend(publish_pipelined(
+                    &mut c,
+                    &server,
+                    &tag,
+                    seq..seq + 10,
+                    10,
+                    &qf,
+                ));
+                seq += 10;
+                progress[i].store(seq as usize, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            out
+        }));
+    }
+    let n2_pub = {
+        let mut c = cl.nodes[1].client();
+        c.options(json!({"ack": false}));
+        let server = cl.nodes[1].server();
+        let q = q.clone();
+        let progress = progress.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = c.writer();
+            let mut out = Vec::new();
+            for seq in 0..20_000u64 {
+                let b = body("n2", seq);
+                let frame = encode(&q, &b);
+                out.push(Published {
+                    queue: q.clone(),
+                    body: b,
+                    sender: c.id.clone(),
+                    server: server.clone(),
+                    seq,
+                });
+                if w.write_all(&frame).is_err() {
+                    break;
+                }
+                progress[1].store(seq as usize + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            out
+        })
+    };
+    // SIGKILL n2 once every publisher is well under way.
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while progress[0].load(Ordering::SeqCst) < 100
+        || progress[2].load(Ordering::SeqCst) < 100
+        || progress[1].load(Ordering::SeqCst) < 50
+    {
+        assert!(Instant::now() < deadline, "publishers made no progress");
+        cl.assert_alive();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cl.kill(1);
+    drop(s2);
+    let e2 = cl.nodes[1].entry.clone();
+    let mut st1 = cl.nodes[0].client();
+    wait_status(&mut st1, "the link to the killed n2 not up on n1", |st| {
+        peer(st, &e2)["state"] != json!("up")
+    });
+    let mut must: Vec<Published> = Vec::new();
+    for h in handles {
+        must.extend(h.join().expect("survivor publisher thread"));
+    }
+    let may = n2_pub.join().expect("n2 publisher thread");
+    assert_eq!(must.len() as u64, 2 * N);
+    cl.assert_alive();
+    // Survivors' subscribers: every survivor message exactly once, per origin in
+    // order; n2's messages at most once each and in order.
+    let all = |_: &Published| true;
+    let mut survivor_seen: Vec<Value> = Vec::new();
+    for (k, (name, s)) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber {k} on {name}");
+        let f = collect(&who, s, &must, &all, Duration::from_millis(500));
+        check_stream(&who, &f, &must, &may, &all);
+        if k == 0 {
+            survivor_seen = jsons(&f);
+        }
+    }
+    // Restart n2 (same ports, same config); a subscriber there from the start must
+    // not get the history exchange delivered.
+    cl.restart(1);
+    let mut n2_sub = cl.nodes[1].client();
+    n2_sub.subscribe_one(&q);
+    cl.wait_links_up();
+    let st2 = st1.status();
+    assert!(
+        num(peer(&st2, &e2), "reconnects") >= 1,
+        "n1 lost its link to n2 and dialled again, but reconnects is 0: {}",
+        st2["peers"]
+    );
+    let mut hc: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let h = wait_history_converged(&mut hc, &q, HIST);
+    assert_eq!(
+        keys(&h),
+        expected_window(&survivor_seen, HIST),
+        "converged history of {q} is not the last {HIST} messages the survivors had"
+    );
+    // Live replication works again in every direction, and nobody gets anything twice.
+    let mut after: Vec<Published> = Vec::new();
+    for n in &cl.nodes {
+        let mut c = n.client();
+        let qf = |_: u64| q.clone();
+        after.extend(publish_pipelined(
+            &mut c,
+            &n.server(),
+            &format!("{}-after", n.name),
+            0..5,
+            5,
+            &qf,
+        ));
+    }
+    subs.push(("n2 (restarted)".to_string(), n2_sub));
+    for (k, (name, s)) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber {k} on {name}, after the rejoin");
+        let f = collect(&who, s, &after, &all, Duration::from_millis(300));
+        check_stream(&who, &f, &after, &[], &all);
+    }
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 4. Partition between n1 and n2 through the proxy
+// ---------------------------------------------------------------------------
+
+#[test]
+fn partition_keeps_both_sides_serving_and_histories_converge_after_heal() {
+    const HIST: usize = 40;
+    let mut spec = Spec::new(2);
+    spec.history_length = Some(HIST);
+    spec.proxy = true;
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let proxy_accepted = cl.proxy.as_ref().unwrap().accepted();
+    assert!(
+        proxy_accepted >= 1,
+        "the n1-n2 link does not go through the proxy (test layout broken)"
+    );
+    let (e1, e2, e3) = (
+        cl.nodes[0].entry.clone(),
+        cl.nodes[1].entry.clone(),
+        cl.nodes[2].entry.clone(),
+    );
+    let q = uniq("cl.part");
+    let mut subs: Vec<Client> = cl
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut s = n.client();
+            s.subscribe_one(&q);
+            s
+        })
+        .collect();
+    let mut pubs: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let servers: Vec<String> = cl.nodes.iter().map(|n| n.server()).collect();
+    let qf = |_: u64| q.clone();
+    let all = |_: &Published| true;
+    // Phase 1: connected.
+    let mut phase1 = Vec::new();
+    for (i, p) in pubs.iter_mut().enumerate() {
+        phase1.extend(publish_pipelined(
+            p,
+            &servers[i],
+            &format!("p1-n{}", i + 1),
+            0..10,
+            5,
+            &qf,
+        ));
+    }
+    let mut everything: Vec<Value> = Vec::new();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber on n{}, before the partition", i + 1);
+        let f = collect(&who, s, &phase1, &all, Duration::from_millis(200));
+        check_stream(&who, &f, &phase1, &[], &all);
+        if i == 2 {
+            everything.extend(jsons(&f));
+        }
+    }
+    // Partition n1 | n2 (n3 still sees both).
+    cl.proxy.as_ref().unwrap().partition();
+    let mut st: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    wait_status(&mut st[0], "n1's link to n2 not up", |s| {
+        peer(s, &e2)["state"] != json!("up") && !replicants(s).contains(&e2)
+    });
+    wait_status(&mut st[1], "n2's link to n1 not up", |s| {
+        peer(s, &e1)["state"] != json!("up") && !replicants(s).contains(&e1)
+    });
+    // Phase 2: everyone publishes concurrently (acknowledged: both sides serve).
+    let mut handles = Vec::new();
+    for (i, mut p) in pubs.drain(..).enumerate() {
+        let server = servers[i].clone();
+        let q = q.clone();
+        handles.push(std::thread::spawn(move || {
+            let qf = |_: u64| q.clone();
+            let mut out = Vec::new();
+            for k in 0..10u64 {
+                out.extend(publish_pipelined(
+                    &mut p,
+                    &server,
+                    &format!("p2-n{}", i + 1),
+                    k * 2..k * 2 + 2,
+                    2,
+                    &qf,
+                ));
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            (p, out)
+        }));
+    }
+    let mut phase2 = Vec::new();
+    for h in handles {
+        let (p, out) = h.join().expect("publisher thread");
+        pubs.push(p);
+        phase2.extend(out);
+    }
+    let from = |name: &'static str| {
+        let prefix = format!("{name}:");
+        move |p: &Published| p.server.starts_with(&prefix)
+    };
+    let (f1, f2, f3) = (from("n1"), from("n2"), from("n3"));
+    // During the partition: n1 sees n1 + n3, n2 sees n2 + n3, n3 sees everything.
+    // Nothing crosses the cut (links are one hop; n3 never forwards).
+    let seen_by: [&dyn Fn(&Published) -> bool; 3] = [
+        &|p: &Published| f1(p) || f3(p),
+        &|p: &Published| f2(p) || f3(p),
+        &all,
+    ];
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber on n{}, during the partition", i + 1);
+        let expect: Vec<Published> = phase2.iter().filter(|p| seen_by[i](p)).cloned().collect();
+        let f = collect(&who, s, &expect, &all, Duration::from_millis(300));
+        check_stream(&who, &f, &expect, &[], &all);
+        if i == 2 {
+            everything.extend(jsons(&f));
+        }
+    }
+    // Only the n1-n2 link is cut.
+    for (i, e) in [(2, &e1), (2, &e2), (0, &e3), (1, &e3)] {
+        let s = st[i].status();
+        assert_eq!(
+            peer(&s, e)["state"],
+            json!("up"),
+            "n{}'s link to {e} went down in a partition between n1 and n2: {}",
+            i + 1,
+            s["peers"]
+        );
+    }
+    // Heal: links come back, histories converge to the last HIST of everything.
+    cl.proxy.as_ref().unwrap().heal();
+    cl.wait_links_up();
+    assert!(cl.proxy.as_ref().unwrap().accepted() > proxy_accepted);
+    let h = wait_history_converged(&mut st, &q, HIST);
+    assert_eq!(
+        keys(&h),
+        expected_window(&everything, HIST),
+        "converged history of {q} is not the last {HIST} messages in (coremq_sent, coremq_server) order"
+    );
+    let by_key: HashMap<Key, &Value> = everything.iter().map(|v| (key_of(v), v)).collect();
+    for m in &h {
+        assert_eq!(
+            by_key.get(&key_of(m)).copied(),
+            Some(m),
+            "history message differs from the delivered one"
+        );
+    }
+    // Phase 3: live again everywhere; the history exchange delivered nothing live
+    // (the subscribers get exactly the new messages).
+    let mut phase3 = Vec::new();
+    for (i, p) in pubs.iter_mut().enumerate() {
+        phase3.extend(publish_pipelined(
+            p,
+            &servers[i],
+            &format!("p3-n{}", i + 1),
+            0..5,
+            5,
+            &qf,
+        ));
+    }
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber on n{}, after the heal", i + 1);
+        let f = collect(&who, s, &phase3, &all, Duration::from_millis(300));
+        check_stream(&who, &f, &phase3, &[], &all);
+    }
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 5. Refusals: names not allowed, wrong or missing cluster_secret
+// ---------------------------------------------------------------------------
+
+/// A fake peer: a plain TCP client that does the replicant handshake.
+fn replicant_handshake(b: &Broker, request: Value) -> (Client, Frame) {
+    let mut c = b.client();
+    c.command(&json!({ "coremq_replicant": request }));
+    let f = c.recv_reply();
+    (c, f)
+}
+
+fn expect_refused(b: &Broker, request: Value) {
+    let (_c, f) = replicant_handshake(b, request.clone());
+    assert_eq!(
+        f.json,
+        json!({"response": ERR_REPLICANT}),
+        "replicant request {request} was not refused: {f}"
+    );
+}
+
+fn expect_accepted(b: &Broker, request: Value) -> Client {
+    let (c, f) = replicant_handshake(b, request.clone());
+    assert_eq!(
+        f.json,
+        json!({"response": OK_REPLICANT}),
+        "replicant request {request} was not accepted: {f}"
+    );
+    c
+}
+
+/// Next frame on a replication link that is not broker-internal (`$coremq.*`, e.g.
+/// the history exchange).
+fn next_link_frame(c: &mut Client, timeout: Duration) -> Result<Frame, ReadEnd> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let f = c.read_frame_until(deadline)?;
+        if !f.queue.starts_with("$coremq.") {
+            return Ok(f);
+        }
+    }
+}
+
+#[test]
+fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
+    // One node whose cluster has a second entry that sorts lower (so this node only
+    // waits for it to dial), a secret, and one allowed replicant.
+    let l = free_listener();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let me = format!("127.0.0.1:{port}");
+    let other = "127.0.0.1:1".to_string();
+    let standby = "127.0.0.7:5000".to_string();
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .port(port)
+            .set("node_name", "n1")
+            .set("cluster_nodes", &format!("{me}, {other}"))
+            .set("cluster_secret", SECRET)
+            .set("allowed_replicants", &standby),
+    );
+    expect_refused(&b, json!({"name": "10.9.9.9:6747", "secret": SECRET}));
+    expect_refused(&b, json!({"name": "10.9.9.9:6747"}));
+    expect_refused(&b, json!("10.9.9.9:6747"));
+    expect_refused(&b, json!({"name": other, "secret": "wrong"}));
+    expect_refused(&b, json!({"name": other, "secret": ""}));
+    expect_refused(&b, json!({"name": other}));
+    expect_refused(&b, json!(other));
+    expect_refused(&b, json!({"name": standby, "secret": "S3CRET"}));
+    expect_refused(&b, json!(standby));
+    // The right secret: a cluster node and an allowed replicant are accepted.
+    let mut sb = expect_accepted(&b, json!({"name": standby, "secret": SECRET}));
+    let mut link = expect_accepted(&b, json!({"name": other, "secret": SECRET}));
+    let mut status = b.client();
+    let st = wait_status(&mut status, "the accepted link up", |s| {
+        replicants(s).contains(&other)
+            && find_peer(s, &other).map(|p| p["state"] == json!("up")) == Some(true)
+    });
+    assert_eq!(
+        peer(&st, &other)["direction"],
+        json!("accept"),
+        "{}",
+        st["peers"]
+    );
+    assert!(replicants(&st).contains(&standby), "{}", st["replicants"]);
+    // Messages accepted from clients go out on the links, with their fields.
+    let q = uniq("cl.link");
+    let mut p = b.client();
+    let mut sub = b.client();
+    sub.subscribe_one(&q);
+    let sent = json!({"hello": "link"});
+    p.publish(&q, &sent);
+    for (who, c) in [("peer link", &mut link), ("standby link", &mut sb)] {
+        let f = next_link_frame(c, REPLY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{who}: no replicated message: {e:?}"));
+        check_delivery(&f, &q, &sent, &p.id, &format!("n1:{port}"));
+    }
+    let _ = sub.recv_msg();
+    // A message arriving on a link is stored and delivered with its original fields,
+    // and nothing is answered on the link.
+    let t = now_secs() - 1.5;
+    let incoming = json!({"from": "peer", "coremq_sender": "fake-sender-id",
+                          "coremq_sent": t, "coremq_server": "nX:1"});
+    link.send(&q, &incoming);
+    let f = sub.recv_msg();
+    check_delivery(&f, &q, &incoming, "fake-sender-id", "nX:1");
+    // Compare the number as written (serde_json's default float parsing may be off
+    // by one ulp; std's parse is exact).
+    assert_eq!(raw_sent(&f), t, "coremq_sent changed: {f}");
+    match next_link_frame(&mut link, Duration::from_millis(500)) {
+        Err(ReadEnd::Timeout) => {}
+        Ok(f) => panic!("something was sent back on the replication link: {f}"),
+        Err(e) => panic!("the replication link ended: {e:?}"),
+    }
+    let h = history_of(&mut status, &q);
+    assert!(
+        h.iter().any(|m| m["from"] == json!("peer")),
+        "the replicated message is not in the history: {h:?}"
+    );
+    drop(b);
+
+    // Without a cluster_secret the original string form is enough for a listed name.
+    let l = free_listener();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let me = format!("127.0.0.1:{port}");
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .port(port)
+            .set("node_name", "n1")
+            .set("cluster_nodes", &format!("{me}, {other}")),
+    );
+    expect_refused(&b, json!("10.9.9.9:6747"));
+    expect_refused(&b, json!({"name": "10.9.9.9:6747"}));
+    let _l = expect_accepted(&b, json!(other));
+}
+
+fn wrong_secret_on_n2(i: usize, o: &mut BrokerOpts) {
+    if i == 1 {
+        *o = o.clone().set("cluster_secret", "not-the-secret");
+    }
+}
+
+#[test]
+fn a_node_with_a_wrong_cluster_secret_does_not_join() {
+    let mut spec = Spec::new(2);
+    spec.nodes = 2;
+    spec.secret = Some(SECRET.into());
+    spec.tweak = Some(wrong_secret_on_n2);
+    let mut cl = Cluster::start(spec);
+    let (e1, e2) = (cl.nodes[0].entry.clone(), cl.nodes[1].entry.clone());
+    let mut c1 = cl.nodes[0].client();
+    let mut c2 = cl.nodes[1].client();
+    // n1 dials n2 with the right secret, which n2 (configured otherwise) refuses; n2
+    // only accepts. For a few seconds of redialling, the link must never be up.
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        let (s1, s2) = (c1.status(), c2.status());
+        for (s, e) in [(&s1, &e2), (&s2, &e1)] {
+            assert!(
+                !replicants(s).contains(e)
+                    && find_peer(s, e).map(|p| p["state"] == json!("up")) != Some(true),
+                "a link with a wrong cluster_secret came up: replicants {} peers {}",
+                s["replicants"],
+                s["peers"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let q = uniq("cl.secret");
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    c1.publish(&q, &json!({"x": 1}));
+    s2.assert_no_msg(Duration::from_millis(500));
+    // With the right secret n2 joins.
+    cl.kill(1);
+    cl.nodes[1].opts = cl.nodes[1].opts.clone().set("cluster_secret", SECRET);
+    cl.restart(1);
+    cl.wait_links_up();
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    let sent = json!({"x": 2});
+    c1.publish(&q, &sent);
+    let f = s2.recv_msg();
+    check_delivery(&f, &q, &sent, &c1.id, &cl.nodes[0].server());
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 6. Status: peers, states, counters
+// ---------------------------------------------------------------------------
+
+#[test]
+fn status_shows_peers_and_their_counters_move() {
+    let mut cl = Cluster::start(Spec::new(2));
+    let sts = cl.wait_links_up();
+    let entries = cl.entries();
+    for (i, st) in sts.iter().enumerate() {
+        let me = &entries[i];
+        assert_eq!(st["master"], json!(cl.nodes[i].name), "{st}");
+        let others: BTreeSet<String> = entries.iter().filter(|e| *e != me).cloned().collect();
+        assert_eq!(replicants(st), others, "n{}: replicants", i + 1);
+        let listed: BTreeSet<String> = peers(st)
+            .iter()
+            .map(|p| {
+                p["node"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("peer node: {p}"))
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(listed, others, "n{}: peers {}", i + 1, st["peers"]);
+        for e in &others {
+            let p = peer(st, e);
+            let dir = if me.as_str() < e.as_str() {
+                "dial"
+            } else {
+                "accept"
+            };
+            assert_eq!(
+                p["direction"],
+                json!(dir),
+                "n{} ({me}) peer {e}: {p}",
+                i + 1
+            );
+            assert_eq!(p["state"], json!("up"), "{p}");
+            for k in ["sent", "received", "lag", "reconnects"] {
+                num(p, k);
+            }
+        }
+    }
+    // Traffic: n1 publishes 50, n2 30, n3 20.
+    let q = uniq("cl.status");
+    let mut subs: Vec<Client> = cl
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut s = n.client();
+            s.subscribe_one(&q);
+            s
+        })
+        .collect();
+    let counts = [50u64, 30, 20];
+    let mut all = Vec::new();
+    for (i, n) in cl.nodes.iter().enumerate() {
+        let mut c = n.client();
+        let qf = |_: u64| q.clone();
+        all.extend(publish_pipelined(
+            &mut c,
+            &n.server(),
+            &n.name,
+            0..counts[i],
+            10,
+            &qf,
+        ));
+    }
+    let any = |_: &Published| true;
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber on n{}", i + 1);
+        let f = collect(&who, s, &all, &any, Duration::from_millis(100));
+        check_stream(&who, &f, &all, &[], &any);
+    }
+    // Counters: i's sent to j covers i's publishes, received from j covers j's,
+    // nothing is left queued, and both ends of a link agree.
+    let mut cs: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let deadline = Instant::now() + LINKS_TIMEOUT;
+    loop {
+        let sts: Vec<Value> = cs.iter_mut().map(|c| c.status()).collect();
+        let mut problems = Vec::new();
+        for i in 0..3 {
+            for j in 0..3 {
+                if i == j {
+                    continue;
+                }
+                let p = peer(&sts[i], &entries[j]);
+                let back = peer(&sts[j], &entries[i]);
+                if num(p, "sent") < counts[i] {
+                    problems.push(format!("n{} sent to n{}: {p}", i + 1, j + 1));
+                }
+                if num(p, "received") < counts[j] {
+                    problems.push(format!("n{} received from n{}: {p}", i + 1, j + 1));
+                }
+                if num(p, "lag") != 0 {
+                    problems.push(format!("n{} lag to n{}: {p}", i + 1, j + 1));
+                }
+                if num(p, "sent") != num(back, "received") {
+                    problems.push(format!(
+                        "n{} sent {} to n{}, which received {}",
+                        i + 1,
+                        num(p, "sent"),
+                        j + 1,
+                        num(back, "received")
+                    ));
+                }
+                if p["state"] != json!("up") {
+                    problems.push(format!("n{} link to n{} not up: {p}", i + 1, j + 1));
+                }
+            }
+        }
+        if problems.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!("peer counters never settled:\n{}", problems.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // $coremq.* queues stay on their node: n1's stats samples are n1's only.
+    let mut stats = cl.nodes[0].client();
+    stats.subscribe_one("$coremq.stats");
+    for _ in 0..2 {
+        let f = stats.recv_msg();
+        assert_eq!(f.queue, "$coremq.stats", "{f}");
+        assert_eq!(
+            f.json["node"],
+            json!("n1"),
+            "another node's stats on n1: {f}"
+        );
+        assert_eq!(f.json["coremq_server"], json!(cl.nodes[0].server()), "{f}");
+    }
+    // A killed peer leaves "up" on both survivors (n3 is dialled by n1 and n2) ...
+    let before: Vec<u64> = (0..2)
+        .map(|i| num(peer(&cs[i].status(), &entries[2]), "reconnects"))
+        .collect();
+    cl.kill(2);
+    let e3 = entries[2].clone();
+    for c in cs.iter_mut().take(2) {
+        let st = wait_status(c, "the killed n3 not up", |s| {
+            peer(s, &e3)["state"] != json!("up") && !replicants(s).contains(&e3)
+        });
+        let state = peer(&st, &e3)["state"].clone();
+        assert!(
+            state == json!("connecting") || state == json!("down"),
+            "peer state {state} is not one of up/connecting/down"
+        );
+    }
+    // ... and once it is back, both have dialled it again.
+    cl.restart(2);
+    cl.wait_links_up();
+    for i in 0..2 {
+        let st = cs[i].status();
+        let p = peer(&st, &e3);
+        assert_eq!(p["direction"], json!("dial"), "{p}");
+        assert!(
+            num(p, "reconnects") > before[i],
+            "n{} lost its link to n3 and dialled again, but reconnects did not grow from {}: {p}",
+            i + 1,
+            before[i]
+        );
+    }
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 7. Three nodes as one unprivileged user under an 8 MiB locked-memory limit
+// ---------------------------------------------------------------------------
+
+const MEMLOCK: &str = "8388608";
+
+fn need(tool: &str) -> String {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p.to_string_lossy().into_owned();
+        }
+    }
+    panic!("`{tool}` not found: install util-linux to run this test");
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// prlimit 8 MiB memlock; as root also drop to uid/gid 65534 (root ignores the limit).
+fn memlocked_nobody(_: usize, o: &mut BrokerOpts) {
+    let prlimit = need("prlimit");
+    if is_root() {
+        o.copy_binary = true;
+        o.world_writable = true;
+        o.wrapper = vec![
+            prlimit,
+            format!("--memlock={MEMLOCK}:{MEMLOCK}"),
+            need("setpriv"),
+            "--reuid=65534".into(),
+            "--regid=65534".into(),
+            "--clear-groups".into(),
+            "--".into(),
+        ];
+    } else {
+        o.wrapper = vec![
+            prlimit,
+            format!("--memlock={MEMLOCK}:{MEMLOCK}"),
+            "--".into(),
+        ];
+    }
+}
+
+#[test]
+fn three_nodes_as_one_user_under_8mib_memlock_replicate() {
+    let mut spec = Spec::new(4);
+    spec.tweak = Some(memlocked_nobody);
+    let mut cl = Cluster::start(spec);
+    let uid = if is_root() {
+        "65534".to_string()
+    } else {
+        unsafe { libc::geteuid() }.to_string()
+    };
+    for n in &cl.nodes {
+        let pid = n.b().pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            uid_line.split_whitespace().nth(1) == Some(uid.as_str()),
+            "{} does not run as uid {uid}: {uid_line}",
+            n.name
+        );
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let memlock = limits
+            .lines()
+            .find(|l| l.starts_with("Max locked memory"))
+            .unwrap_or_else(|| panic!("no memlock line in /proc/PID/limits:\n{limits}"));
+        assert_eq!(
+            memlock.split_whitespace().filter(|w| *w == MEMLOCK).count(),
+            2,
+            "{} does not run under the 8 MiB memlock limit: {memlock}",
+            n.name
+        );
+    }
+    let sts = cl.wait_links_up();
+    for st in &sts {
+        assert_eq!(st["shards"].as_array().map(|a| a.len()), Some(4), "{st}");
+    }
+    let q = uniq("cl.memlock");
+    let mut subs: Vec<Client> = cl
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut s = n.client();
+            s.subscribe_one(&q);
+            s
+        })
+        .collect();
+    let mut all = Vec::new();
+    for n in &cl.nodes {
+        let mut c = n.client();
+        let qf = |_: u64| q.clone();
+        all.extend(publish_pipelined(
+            &mut c,
+            &n.server(),
+            &n.name,
+            0..3,
+            3,
+            &qf,
+        ));
+    }
+    let any = |_: &Published| true;
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber on n{}", i + 1);
+        let f = collect(&who, s, &all, &any, Duration::from_millis(200));
+        check_stream(&who, &f, &all, &[], &any);
+    }
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 8. A stalled peer (cut off without a close) does not slow local delivery
+// ---------------------------------------------------------------------------
+
+/// Read deliveries in a thread (so that a flood does not make the subscriber a slow
+/// consumer) until `target` of them arrived, then for `quiet` more.
+fn spawn_reader(
+    mut c: Client,
+    target: Arc<AtomicUsize>,
+    quiet: Duration,
+) -> std::thread::JoinHandle<(Client, Vec<Frame>)> {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + DELIVERY_TIMEOUT * 2;
+        let mut frames = Vec::new();
+        while frames.len() < target.load(Ordering::SeqCst) && Instant::now() < deadline {
+            match c.try_recv_msg(Duration::from_millis(100)) {
+                Ok(f) => frames.push(f),
+                Err(ReadEnd::Timeout) => {}
+                Err(e) => panic!("subscriber connection ended: {e:?}"),
+            }
+        }
+        loop {
+            match c.try_recv_msg(quiet) {
+                Ok(f) => frames.push(f),
+                Err(ReadEnd::Timeout) => break,
+                Err(e) => panic!("subscriber connection ended: {e:?}"),
+            }
+        }
+        (c, frames)
+    })
+}
+
+#[test]
+fn a_stalled_peer_does_not_slow_local_delivery() {
+    // Up to 48 MiB, under the 64 MiB per-link buffer.
+    const PAD: usize = 2000;
+    const MAX_MSGS: u64 = 24_000;
+    const BATCH: u64 = 200;
+    let mut spec = Spec::new(2);
+    spec.proxy = true;
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let e2 = cl.nodes[1].entry.clone();
+    let q = uniq("cl.stall");
+    let targets: Vec<Arc<AtomicUsize>> = (0..3)
+        .map(|_| Arc::new(AtomicUsize::new(usize::MAX)))
+        .collect();
+    let readers: Vec<_> = cl
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut s = n.client();
+            s.subscribe_one(&q);
+            spawn_reader(s, targets[i].clone(), Duration::from_millis(300))
+        })
+        .collect();
+    let mut st1 = cl.nodes[0].client();
+    let reconnects_before = num(peer(&st1.status(), &e2), "reconnects");
+    // Cut n1 <-> n2 off without closing anything; n1 keeps publishing.
+    cl.proxy.as_ref().unwrap().stall();
+    let mut p = cl.nodes[0].client();
+    let server = cl.nodes[0].server();
+    let qf = |_: u64| q.clone();
+    let mut all = Vec::new();
+    let mut lag_seen = false;
+    while (all.len() as u64) < MAX_MSGS {
+        let start = all.len() as u64;
+        all.extend(publish_pipelined_padded(
+            &mut p,
+            &server,
+            "stall",
+            start..start + BATCH,
+            BATCH,
+            &qf,
+            PAD,
+        ));
+        let st = st1.status();
+        let pe = peer(&st, &e2);
+        if num(pe, "lag") > 0 {
+            lag_seen = true;
+            // A little more after the link has clearly backed up.
+            all.extend(publish_pipelined_padded(
+                &mut p,
+                &server,
+                "stall",
+                start + BATCH..start + 3 * BATCH,
+                BATCH,
+                &qf,
+                PAD,
+            ));
+            break;
+        }
+    }
+    let n = all.len();
+    assert!(
+        lag_seen,
+        "n1's lag for the stalled n2 never rose above 0 after {n} messages ({} MiB): {}",
+        (n * PAD) >> 20,
+        st1.status()["peers"]
+    );
+    // Local and n3 subscribers got everything while n2 was stalled.
+    targets[0].store(n, Ordering::SeqCst);
+    targets[2].store(n, Ordering::SeqCst);
+    let mut readers = readers.into_iter().map(Some).collect::<Vec<_>>();
+    let any = |_: &Published| true;
+    let mut delivered = Vec::new();
+    for i in [0usize, 2] {
+        let (_c, f) = readers[i].take().unwrap().join().expect("reader thread");
+        let who = format!("subscriber on n{} while n2 is stalled", i + 1);
+        check_stream(&who, &f, &all, &[], &any);
+        delivered = jsons(&f);
+    }
+    // Resume: the backlog drains. If the link survived, n2's subscriber gets
+    // everything live; if it was dropped and rebuilt, whatever it got live is still
+    // exactly once and in order, and the history exchange repairs the rest.
+    cl.proxy.as_ref().unwrap().resume();
+    let st = wait_status(
+        &mut st1,
+        "n1's lag for n2 back to 0 with the link up",
+        |s| {
+            let pe = peer(s, &e2);
+            pe["state"] == json!("up") && num(pe, "lag") == 0
+        },
+    );
+    let link_kept = num(peer(&st, &e2), "reconnects") == reconnects_before;
+    eprintln!(
+        "stall: {n} messages published while stalled; link kept: {link_kept}; entries {:?}",
+        cl.entries()
+    );
+    targets[1].store(if link_kept { n } else { 0 }, Ordering::SeqCst);
+    let (_c, f) = readers[1].take().unwrap().join().expect("reader thread");
+    if link_kept {
+        check_stream("subscriber on n2 after the stall", &f, &all, &[], &any);
+    } else {
+        check_stream("subscriber on n2 after the stall", &f, &[], &all, &any);
+    }
+    cl.wait_links_up();
+    let mut hc: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let h = wait_history_converged(&mut hc, &q, 10);
+    assert_eq!(keys(&h), expected_window(&delivered, 10));
+    cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// 9. A half-open link (the other end vanished silently) is replaced by the redial
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_half_open_link_is_replaced_by_the_redialled_one() {
+    let mut spec = Spec::new(2);
+    spec.proxy = true;
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let (e1, e2) = (cl.nodes[0].entry.clone(), cl.nodes[1].entry.clone());
+    let q = uniq("cl.halfopen");
+    let mut subs: Vec<Client> = cl
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut s = n.client();
+            s.subscribe_one(&q);
+            s
+        })
+        .collect();
+    // n1 sees its link closed and redials (through the proxy); n2 still holds the
+    // old connection, open and silent, when the new one arrives with the same name.
+    let proxy = cl.proxy.as_ref().unwrap();
+    let accepted = proxy.accepted();
+    proxy.half_open();
+    let deadline = Instant::now() + LINKS_TIMEOUT;
+    while proxy.accepted() == accepted {
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not redial n2 after its link was closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sts = cl.wait_links_up();
+    for (i, e) in [(0usize, &e2), (1, &e1)] {
+        let n = peers(&sts[i])
+            .iter()
+            .filter(|p| p["node"] == json!(e))
+            .count();
+        assert_eq!(
+            n,
+            1,
+            "n{} lists {n} peer entries for {e}: {}",
+            i + 1,
+            sts[i]["peers"]
+        );
+    }
+    // Both directions work over the new link, exactly once.
+    let mut all = Vec::new();
+    for n in &cl.nodes {
+        let mut c = n.client();
+        let qf = |_: u64| q.clone();
+        all.extend(publish_pipelined(
+            &mut c,
+            &n.server(),
+            &n.name,
+            0..20,
+            5,
+            &qf,
+        ));
+    }
+    let any = |_: &Published| true;
+    let mut delivered = Vec::new();
+    for (i, s) in subs.iter_mut().enumerate() {
+        let who = format!("subscriber on n{} after the half-open link", i + 1);
+        let f = collect(&who, s, &all, &any, Duration::from_millis(300));
+        check_stream(&who, &f, &all, &[], &any);
+        delivered = jsons(&f);
+    }
+    let mut hc: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let h = wait_history_converged(&mut hc, &q, 10);
+    assert_eq!(keys(&h), expected_window(&delivered, 10));
+    cl.assert_alive();
+}
