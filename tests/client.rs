@@ -352,11 +352,10 @@ fn wait_stopped(pid: u32) {
     }
 }
 
-/// Starts a broker on `port`, which a previous broker used: it must start at
-/// once (the listeners set SO_REUSEADDR, so the previous broker's connections
-/// in TIME_WAIT do not block the port).
+/// Starts a broker on `port`, which a previous broker used (see
+/// `Broker::start_on_used_port`).
 fn start_on_port(port: u16) -> Broker {
-    let b = Broker::start(BrokerOpts::new(2).port(port));
+    let b = Broker::start_on_used_port(&BrokerOpts::new(2).port(port));
     assert_eq!(b.port(), port);
     b
 }

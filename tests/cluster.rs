@@ -216,8 +216,7 @@ impl Cluster {
 
     fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].broker.is_none(), "node still running");
-        let mut b = Broker::spawn(&self.nodes[i].opts);
-        b.wait_ready();
+        let b = Broker::start_on_used_port(&self.nodes[i].opts);
         self.nodes[i].broker = Some(b);
     }
 

@@ -298,6 +298,34 @@ impl Broker {
         b
     }
 
+    /// Starts a broker on the fixed port of `opts`, which a broker that was
+    /// just stopped or killed used. The listeners set SO_REUSEADDR, so that
+    /// broker's connections in TIME_WAIT do not block the port. The only wait
+    /// allowed is for the kernel to let go of the old process's listening
+    /// sockets: io_uring tears a dead process's ring down on a workqueue, after
+    /// the process is reaped, and until then the ring still holds the sockets
+    /// its polls referred to (seen under load as a moment of "in use"). That is
+    /// bounded to 5 s here; TIME_WAIT would take 60.
+    pub fn start_on_used_port(opts: &BrokerOpts) -> Broker {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut b = Broker::spawn(opts);
+            while !b.ready_path.exists() && b.is_alive() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if b.ready_path.exists() {
+                b.wait_ready();
+                return b;
+            }
+            assert!(
+                b.stderr().contains("already in use") && Instant::now() < deadline,
+                "broker failed to start on its old port\n{}",
+                b.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn start_shards(shards: usize) -> Broker {
         Broker::start(BrokerOpts::new(shards))
     }
