@@ -1817,3 +1817,44 @@ fn a_half_open_link_is_replaced_by_the_redialled_one() {
     assert_eq!(keys(&h), expected_window(&delivered, 10));
     cl.assert_alive();
 }
+
+fn small_link_buffer(_i: usize, o: &mut BrokerOpts) {
+    *o = o.clone().set("cluster_link_buffer", "256K");
+}
+
+/// A peer that takes nothing for longer than `cluster_link_buffer` allows loses
+/// its link (memory stays bounded); after it recovers, the link is rebuilt and
+/// the history exchange gives it what it missed.
+#[test]
+fn a_peer_past_cluster_link_buffer_loses_its_link_and_history_repairs_the_gap() {
+    const PAD: usize = 2000;
+    const COUNT: u64 = 4000; // ~8 MB: past the proxy's and the kernel's buffers.
+    let mut spec = Spec::new(2);
+    spec.proxy = true;
+    spec.tweak = Some(small_link_buffer);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let e2 = cl.nodes[1].entry.clone();
+    let q = uniq("cl.overflow");
+    let mut st1 = cl.nodes[0].client();
+    cl.proxy.as_ref().unwrap().stall();
+    let mut p = cl.nodes[0].client();
+    let server = cl.nodes[0].server();
+    let qf = |_: u64| q.clone();
+    let all = publish_pipelined_padded(&mut p, &server, "overflow", 0..COUNT, 200, &qf, PAD);
+    // n1 dropped the link instead of buffering 8 MB for the stalled n2.
+    wait_status(&mut st1, "n1 dropping the link to the stalled n2", |s| {
+        peer(s, &e2)["state"] != json!("up")
+    });
+    cl.proxy.as_ref().unwrap().resume();
+    cl.wait_links_up();
+    let mut hc: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let h = wait_history_converged(&mut hc, &q, 10);
+    let seqs: Vec<u64> = h.iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+    let want: Vec<u64> = all[all.len() - 10..].iter().map(|m| m.seq).collect();
+    assert_eq!(
+        seqs, want,
+        "the repaired history is not the last 10 published"
+    );
+    cl.assert_alive();
+}

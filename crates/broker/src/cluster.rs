@@ -15,8 +15,8 @@
 //!   frames; the receiver stores what it misses (without delivering it), and
 //!   since every node orders history by (coremq_sent, coremq_server) and drops
 //!   what it already has, histories converge.
-//! - A peer that cannot keep up (more than [`LINK_BUFFER`] queued) loses its
-//!   link; the history exchange on the next one repairs the gap.
+//! - A peer that cannot keep up (more than `cluster_link_buffer` bytes queued)
+//!   loses its link; the history exchange on the next one repairs the gap.
 
 use crate::msg::{MsgFrame, Request};
 use crate::node::PeerCounters;
@@ -40,8 +40,6 @@ use std::time::Duration;
 
 /// Queue name of history-exchange frames on a link.
 pub(crate) const SYNC_QUEUE: &str = "$coremq.sync";
-/// Bytes queued for one link before it is dropped as too slow.
-const LINK_BUFFER: usize = 64 << 20;
 /// First and longest wait between dial attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -69,6 +67,8 @@ struct Link {
     closed: Cell<bool>,
     /// Figures for status.
     counters: Arc<PeerCounters>,
+    /// `cluster_link_buffer`: bytes queued before the link is dropped.
+    limit: usize,
 }
 
 impl Link {
@@ -82,7 +82,7 @@ impl Link {
         let pending = out.len() - self.head.get();
         drop(out);
         self.counters.lag.fetch_add(1, Ordering::Relaxed);
-        if pending > LINK_BUFFER {
+        if pending > self.limit {
             tracing::warn!(
                 pending,
                 "cluster link cannot keep up; dropping it (history exchange repairs the gap)"
@@ -323,6 +323,7 @@ async fn run_link(
         waker: Cell::new(None),
         closed: Cell::new(false),
         counters: counters.clone(),
+        limit: shard.cfg.cluster_link_buffer,
     });
     counters.lag.store(0, Ordering::Relaxed);
     if let Some(old) = cluster

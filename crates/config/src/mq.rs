@@ -27,6 +27,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "allowed_replicants",
         "cluster_secret",
         "cluster_self",
+        "cluster_link_buffer",
         "shards",
         "max_message_size",
         "max_pending",
@@ -81,6 +82,10 @@ pub struct MqConfig {
     /// The entry of `cluster_nodes` that is this node, when it is not
     /// `address:port` (e.g. the node is reached through a proxy or NAT).
     pub cluster_self: Option<String>,
+    /// Bytes queued for one cluster link before it is dropped as too slow (and
+    /// rebuilt; the history exchange repairs the gap), so a stalled peer costs
+    /// bounded memory.
+    pub cluster_link_buffer: usize,
     /// Number of shards (executors), already resolved: a 0 in the file becomes
     /// the number of online CPUs, so this is always 1..=1024.
     pub shards: usize,
@@ -141,6 +146,9 @@ impl MqConfig {
         s.set(&mut c.max_pending, "max_pending", |t| {
             size::parse(t, 1, MAX_PENDING)
         })?;
+        s.set(&mut c.cluster_link_buffer, "cluster_link_buffer", |t| {
+            size::parse(t, 64 << 10, MAX_PENDING)
+        })?;
         s.set(&mut c.max_connections, "max_connections", |t| {
             value::count(t, 1, u32::MAX as usize, "a number of connections")
         })?;
@@ -179,6 +187,7 @@ impl Default for MqConfig {
             allowed_replicants: Vec::new(),
             cluster_secret: None,
             cluster_self: None,
+            cluster_link_buffer: 64 << 20,
             shards: resolve_shards(0),
             max_message_size: 1 << 20,
             max_pending: 16 << 20,
@@ -205,6 +214,7 @@ impl fmt::Debug for MqConfig {
             allowed_replicants,
             cluster_secret,
             cluster_self,
+            cluster_link_buffer,
             shards,
             max_message_size,
             max_pending,
@@ -227,6 +237,7 @@ impl fmt::Debug for MqConfig {
                 &cluster_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("cluster_self", cluster_self)
+            .field("cluster_link_buffer", cluster_link_buffer)
             .field("shards", shards)
             .field("max_message_size", max_message_size)
             .field("max_pending", max_pending)

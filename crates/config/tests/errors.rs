@@ -170,7 +170,7 @@ fn unknown_keys_and_sections_are_errors() {
     assert_eq!(
         err("[CoreMQ]\nprot = 7000\n"),
         "unknown key \"prot\" in section [CoreMQ] (known keys: address, port, node_name, \
-         log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, shards, \
+         log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, shards, \
          max_message_size, max_pending, max_connections, max_queue_name_length, \
          history_length, queue_history, shutdown_timeout)"
     );

@@ -31,6 +31,7 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.allowed_replicants, b.allowed_replicants);
     assert_eq!(a.cluster_secret, b.cluster_secret);
     assert_eq!(a.cluster_self, b.cluster_self);
+    assert_eq!(a.cluster_link_buffer, b.cluster_link_buffer);
     assert_eq!(a.shards, b.shards);
     assert_eq!(a.max_message_size, b.max_message_size);
     assert_eq!(a.max_pending, b.max_pending);
