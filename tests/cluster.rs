@@ -17,7 +17,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1491,44 +1490,9 @@ fn status_shows_peers_and_their_counters_move() {
 // 7. Three nodes as one unprivileged user under an 8 MiB locked-memory limit
 // ---------------------------------------------------------------------------
 
-const MEMLOCK: &str = "8388608";
-
-fn need(tool: &str) -> String {
-    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p.to_string_lossy().into_owned();
-        }
-    }
-    panic!("`{tool}` not found: install util-linux to run this test");
-}
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// prlimit 8 MiB memlock; as root also drop to uid/gid 65534 (root ignores the limit).
+/// 8 MiB memlock; as root also uid/gid 65534 (root ignores the limit).
 fn memlocked_nobody(_: usize, o: &mut BrokerOpts) {
-    let prlimit = need("prlimit");
-    if is_root() {
-        o.copy_binary = true;
-        o.world_writable = true;
-        o.wrapper = vec![
-            prlimit,
-            format!("--memlock={MEMLOCK}:{MEMLOCK}"),
-            need("setpriv"),
-            "--reuid=65534".into(),
-            "--regid=65534".into(),
-            "--clear-groups".into(),
-            "--".into(),
-        ];
-    } else {
-        o.wrapper = vec![
-            prlimit,
-            format!("--memlock={MEMLOCK}:{MEMLOCK}"),
-            "--".into(),
-        ];
-    }
+    *o = o.clone().memlocked_unprivileged();
 }
 
 #[test]
@@ -1556,7 +1520,10 @@ fn three_nodes_as_one_user_under_8mib_memlock_replicate() {
             .find(|l| l.starts_with("Max locked memory"))
             .unwrap_or_else(|| panic!("no memlock line in /proc/PID/limits:\n{limits}"));
         assert_eq!(
-            memlock.split_whitespace().filter(|w| *w == MEMLOCK).count(),
+            memlock
+                .split_whitespace()
+                .filter(|w| *w == MEMLOCK_LIMIT)
+                .count(),
             2,
             "{} does not run under the 8 MiB memlock limit: {memlock}",
             n.name

@@ -6,42 +6,11 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::path::Path;
-
-const LIMIT: &str = "8388608";
-
-fn need(tool: &str) -> String {
-    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p.to_string_lossy().into_owned();
-        }
-    }
-    panic!("`{tool}` not found: install util-linux to run this test");
-}
 
 #[test]
 fn sixteen_shards_under_8mib_memlock_as_non_root() {
-    let prlimit = need("prlimit");
-    let mut opts = BrokerOpts::new(16);
-    let is_root = unsafe { libc::geteuid() } == 0;
-    if is_root {
-        let setpriv = need("setpriv");
-        // nobody may not be able to reach target/: run a copy from the temp dir.
-        opts.copy_binary = true;
-        opts.wrapper = vec![
-            prlimit,
-            format!("--memlock={LIMIT}:{LIMIT}"),
-            setpriv,
-            "--reuid=65534".into(),
-            "--regid=65534".into(),
-            "--clear-groups".into(),
-            "--".into(),
-        ];
-        opts.world_writable = true;
-    } else {
-        opts.wrapper = vec![prlimit, format!("--memlock={LIMIT}:{LIMIT}"), "--".into()];
-    }
+    let is_root = is_root();
+    let opts = BrokerOpts::new(16).memlocked_unprivileged();
     // Broker::start checks that the ready file says 16 shards.
     let b = Broker::start(opts);
     if is_root {
@@ -58,7 +27,11 @@ fn sixteen_shards_under_8mib_memlock_as_non_root() {
         .find(|l| l.starts_with("Max locked memory"))
         .unwrap_or_else(|| panic!("no memlock line in /proc/PID/limits:\n{limits}"));
     assert!(
-        memlock.split_whitespace().filter(|w| *w == LIMIT).count() == 2,
+        memlock
+            .split_whitespace()
+            .filter(|w| *w == MEMLOCK_LIMIT)
+            .count()
+            == 2,
         "broker does not run under the 8 MiB memlock limit: {memlock}"
     );
     let mut c = b.client();

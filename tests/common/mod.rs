@@ -1117,3 +1117,48 @@ pub fn low_port_listener() -> std::net::TcpListener {
     }
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }
+
+/// The locked-memory limit of the unprivileged tests: 8 MiB, the common default.
+pub const MEMLOCK_LIMIT: &str = "8388608";
+
+/// Whether the tests run as root (CI does).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The path of a util-linux tool; a clear failure if it is missing.
+pub fn need_tool(tool: &str) -> String {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+        let p = std::path::Path::new(dir).join(tool);
+        if p.exists() {
+            return p.to_string_lossy().into_owned();
+        }
+    }
+    panic!("`{tool}` not found: install util-linux to run this test");
+}
+
+impl BrokerOpts {
+    /// Runs the broker under an 8 MiB locked-memory limit and, as root (which
+    /// ignores the limit), as uid/gid 65534 from a copy of the binary in a
+    /// world-writable temp dir (nobody may not reach target/).
+    pub fn memlocked_unprivileged(mut self) -> Self {
+        let limit = format!("--memlock={MEMLOCK_LIMIT}:{MEMLOCK_LIMIT}");
+        if is_root() {
+            self.copy_binary = true;
+            self.world_writable = true;
+            self.wrapper = vec![
+                need_tool("prlimit"),
+                limit,
+                need_tool("setpriv"),
+                "--reuid=65534".into(),
+                "--regid=65534".into(),
+                "--clear-groups".into(),
+                "--".into(),
+            ];
+        } else {
+            self.wrapper = vec![need_tool("prlimit"), limit, "--".into()];
+        }
+        self
+    }
+}
