@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 /// How long one CLI run may take before the test fails.
 const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The CLI binary, built next to the broker (`cargo nextest run --workspace`
-/// builds every workspace binary).
-fn cli_bin() -> PathBuf {
-    let path = PathBuf::from(BIN).with_file_name("coremq-cli");
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build -p coremq-cli` (or `cargo nextest run --workspace`)",
-        path.display()
-    );
-    path
-}
-
 /// A CLI invocation with its output captured in files (so a long-running
 /// `sub` can be watched while it runs).
 struct Cli {

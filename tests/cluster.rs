@@ -219,6 +219,18 @@ impl Cluster {
         self.nodes[i].broker = Some(b);
     }
 
+    /// One client per node, subscribed to `q`.
+    fn subscribe_all(&self, q: &str) -> Vec<Client> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mut s = n.client();
+                s.subscribe_one(q);
+                s
+            })
+            .collect()
+    }
+
     /// One status client per running node (None for a stopped one).
     fn status_clients(&self) -> Vec<Option<Client>> {
         self.nodes
@@ -991,15 +1003,7 @@ fn partition_keeps_both_sides_serving_and_histories_converge_after_heal() {
         cl.nodes[2].entry.clone(),
     );
     let q = uniq("cl.part");
-    let mut subs: Vec<Client> = cl
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut s = n.client();
-            s.subscribe_one(&q);
-            s
-        })
-        .collect();
+    let mut subs: Vec<Client> = cl.subscribe_all(&q);
     let mut pubs: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
     let servers: Vec<String> = cl.nodes.iter().map(|n| n.server()).collect();
     let qf = |_: u64| q.clone();
@@ -1366,15 +1370,7 @@ fn status_shows_peers_and_their_counters_move() {
     }
     // Traffic: n1 publishes 50, n2 30, n3 20.
     let q = uniq("cl.status");
-    let mut subs: Vec<Client> = cl
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut s = n.client();
-            s.subscribe_one(&q);
-            s
-        })
-        .collect();
+    let mut subs: Vec<Client> = cl.subscribe_all(&q);
     let counts = [50u64, 30, 20];
     let mut all = Vec::new();
     for (i, n) in cl.nodes.iter().enumerate() {
@@ -1534,15 +1530,7 @@ fn three_nodes_as_one_user_under_8mib_memlock_replicate() {
         assert_eq!(st["shards"].as_array().map(|a| a.len()), Some(4), "{st}");
     }
     let q = uniq("cl.memlock");
-    let mut subs: Vec<Client> = cl
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut s = n.client();
-            s.subscribe_one(&q);
-            s
-        })
-        .collect();
+    let mut subs: Vec<Client> = cl.subscribe_all(&q);
     let mut all = Vec::new();
     for n in &cl.nodes {
         let mut c = n.client();
@@ -1721,15 +1709,7 @@ fn a_half_open_link_is_replaced_by_the_redialled_one() {
     cl.wait_links_up();
     let (e1, e2) = (cl.nodes[0].entry.clone(), cl.nodes[1].entry.clone());
     let q = uniq("cl.halfopen");
-    let mut subs: Vec<Client> = cl
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut s = n.client();
-            s.subscribe_one(&q);
-            s
-        })
-        .collect();
+    let mut subs: Vec<Client> = cl.subscribe_all(&q);
     // n1 sees its link closed and redials (through the proxy); n2 still holds the
     // old connection, open and silent, when the new one arrives with the same name.
     let proxy = cl.proxy.as_ref().unwrap();

@@ -26,16 +26,6 @@ use std::time::{Duration, Instant};
 /// The repository root (install.sh lives in deploy/).
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
-fn cli_bin() -> PathBuf {
-    let path = PathBuf::from(BIN).with_file_name("coremq-cli");
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo build -p coremq-cli` (or `cargo nextest run --workspace`)",
-        path.display()
-    );
-    path
-}
-
 /// Runs install.sh into a fresh DESTDIR and returns it.
 fn stage() -> PathBuf {
     let destdir = unique_dir("destdir");

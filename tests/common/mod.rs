@@ -1162,3 +1162,15 @@ impl BrokerOpts {
         self
     }
 }
+
+/// The CLI binary, built next to the broker (`cargo nextest run --workspace`
+/// builds every workspace binary).
+pub fn cli_bin() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(BIN).with_file_name("coremq-cli");
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build -p coremq-cli` (or `cargo nextest run --workspace`)",
+        path.display()
+    );
+    path
+}
