@@ -487,3 +487,44 @@ fn sigterm_bye_reaches_a_client_that_is_still_sending_1_shard() {
 fn sigterm_bye_reaches_a_client_that_is_still_sending_4_shards() {
     bye_to_sending_client(4);
 }
+
+/// A client that sends its requests and then its end of the stream (a
+/// half-close) still gets every reply it is owed, even those that come back
+/// from other shards after the server read the end; then the server closes.
+fn half_close_gets_every_reply(shards: usize) {
+    let b = Broker::start(BrokerOpts::new(shards));
+    let mut c = b.client();
+    for n in 0..500 {
+        c.send(&format!("half.close.{}", n % 16), &json!({ "n": n }));
+    }
+    c.shutdown_write();
+    let (frames, clean) = c.read_until_eof(Duration::from_secs(30));
+    let oks = frames
+        .iter()
+        .filter(|f| f.response() == Some(OK_SENT))
+        .count();
+    assert_eq!(
+        oks,
+        500,
+        "replies after a half-close: {oks} OKs of 500; frames {:?}",
+        frames
+            .iter()
+            .take(3)
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        clean,
+        "the server reset the connection instead of closing it"
+    );
+}
+
+#[test]
+fn half_close_gets_every_reply_1_shard() {
+    half_close_gets_every_reply(1);
+}
+
+#[test]
+fn half_close_gets_every_reply_4_shards() {
+    half_close_gets_every_reply(4);
+}

@@ -257,8 +257,10 @@ fn poll_conn(
             if io.peer_eof && !conn.awaits_replies() {
                 return Poll::Ready(Event::Done(reason));
             }
-            if !io.half_closed {
-                // Everything is out: send our end and wait for the peer's.
+            if closing.is_some() && !io.half_closed {
+                // The final frame is out: send our end and wait for the
+                // peer's. (A peer that only sent its end is still owed the
+                // replies in flight: our side stays open for them.)
                 half_close(stream);
                 io.half_closed = true;
             }
