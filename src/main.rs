@@ -6,6 +6,14 @@
 //! `notify` (readiness and stop notices to systemd) and `signals` (SIGTERM and
 //! SIGINT stop gracefully, SIGHUP reopens the log file).
 
+/// Shards free on one thread what another allocated (a message frame is
+/// built by its queue's owner and dropped by the home shards that delivered
+/// it). glibc malloc takes the owning arena's lock for such frees (perf:
+/// `__lll_lock_wait_private` and futex calls on the publish path); mimalloc
+/// keeps per-thread heaps with lock-free remote frees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod logging;
 mod notify;
 mod signals;
