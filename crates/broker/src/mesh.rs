@@ -82,6 +82,22 @@ impl<T> Lane<T> {
         self.outboxes[to].push(item);
     }
 
+    /// Queues `item` for shard `to` unless `merge` folds it into the last
+    /// item waiting there (e.g. consecutive acknowledgements of one
+    /// connection travel as one range).
+    pub(crate) fn push_or_merge(&self, to: usize, item: T, merge: impl FnOnce(&mut T, &T) -> bool) {
+        let outbox = &self.outboxes[to];
+        {
+            let mut items = outbox.items.borrow_mut();
+            if let Some(last) = items.last_mut() {
+                if merge(last, &item) {
+                    return;
+                }
+            }
+        }
+        self.push(to, item);
+    }
+
     /// Items not yet handed to a channel.
     pub(crate) fn backlog(&self) -> usize {
         self.backlog.get()

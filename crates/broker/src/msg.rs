@@ -158,8 +158,9 @@ pub(crate) enum Response {
         frame: MsgFrame,
         skip: Option<ConnKey>,
     },
-    /// `OK: Message sent` for the publish with this sequence number.
-    Ack { conn: ConnKey, seq: u32 },
+    /// `OK: Message sent` for the `n` publishes with sequence numbers
+    /// `first..first + n` (a pipelining publisher's acks travel as one range).
+    Acks { conn: ConnKey, first: u32, n: u32 },
     /// The subscription is registered at the owner; deliveries follow from now.
     Subscribed {
         queue: Box<str>,

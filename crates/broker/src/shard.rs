@@ -235,7 +235,8 @@ impl Shard {
     /// Sends a request to the owner shard (handled in place when it is us).
     pub(crate) fn request(&self, to: usize, req: Request) {
         if to == self.id {
-            self.handle_request(self.id, req);
+            // Routed here by this shard's own router: no re-check needed.
+            self.process_request(self.id, req);
         } else {
             self.mesh.requests.push(to, req);
         }
@@ -248,6 +249,32 @@ impl Shard {
         } else {
             self.mesh.responses.push(to, resp);
         }
+    }
+
+    /// Acknowledges publish `seq` of connection `conn` on home shard `to`,
+    /// merged into the previous acknowledgement waiting for that shard when
+    /// it directly precedes this one.
+    fn ack(&self, to: usize, conn: ConnKey, seq: u32) {
+        let resp = Response::Acks {
+            conn,
+            first: seq,
+            n: 1,
+        };
+        if to == self.id {
+            self.handle_response(resp);
+            return;
+        }
+        self.mesh
+            .responses
+            .push_or_merge(to, resp, |last, _| match last {
+                Response::Acks { conn: c, first, n }
+                    if *c == conn && first.wrapping_add(*n) == seq =>
+                {
+                    *n += 1;
+                    true
+                }
+                _ => false,
+            });
     }
 
     /// Reads the clock for the publishes of the batch about to be handled.
@@ -323,7 +350,8 @@ impl Shard {
 
     // ----- owner side ----------------------------------------------------
 
-    /// Handles a request from home shard `from` (possibly ourselves).
+    /// Handles a request forwarded by home shard `from`, after checking that
+    /// this shard owns its queue.
     pub(crate) fn handle_request(&self, from: usize, req: Request) {
         if let Some(q) = req_queue(&req) {
             let owner = self.router.owner(q);
@@ -339,6 +367,11 @@ impl Shard {
                 return;
             }
         }
+        self.process_request(from, req);
+    }
+
+    /// Carries out a request for a queue this shard owns.
+    fn process_request(&self, from: usize, req: Request) {
         match req {
             Request::Publish {
                 frame,
@@ -351,7 +384,7 @@ impl Shard {
                     self.respond(crate::boot::CONTROL_SHARD, Response::Replicate { frame });
                 }
                 if let Some(seq) = ack {
-                    self.respond(from, Response::Ack { conn: sender, seq });
+                    self.ack(from, sender, seq);
                 }
             }
             Request::Replicated { frame, live } => {
@@ -445,9 +478,9 @@ impl Shard {
     pub(crate) fn handle_response(&self, resp: Response) {
         match resp {
             Response::Deliver { frame, skip } => self.deliver_local(&frame, skip),
-            Response::Ack { conn, seq } => {
+            Response::Acks { conn, first, n } => {
                 if let Some(c) = self.conn(conn) {
-                    c.complete(seq, |_| {});
+                    c.complete_run(first, n);
                 }
             }
             Response::Subscribed { queue, conn, seq } => {

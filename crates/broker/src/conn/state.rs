@@ -216,6 +216,25 @@ impl Conn {
         }
     }
 
+    /// One answer each for replies `first..first + n` (a range of
+    /// acknowledgements), flushing once.
+    pub(crate) fn complete_run(&self, first: u32, n: u32) {
+        let mut st = self.st.borrow_mut();
+        let start = first.wrapping_sub(st.base) as usize;
+        let mut front_done = false;
+        for idx in start..start.saturating_add(n as usize) {
+            let Some(slot) = st.replies.get_mut(idx) else {
+                break;
+            };
+            slot.remaining = slot.remaining.saturating_sub(1);
+            front_done |= idx == 0 && slot.remaining == 0;
+        }
+        drop(st);
+        if front_done {
+            self.flush_replies();
+        }
+    }
+
     /// Writes every completed reply at the front into the buffer.
     fn flush_replies(&self) {
         let mut st = self.st.borrow_mut();
