@@ -29,6 +29,7 @@ mod event;
 mod gather;
 mod mesh;
 mod msg;
+mod names;
 mod node;
 mod queues;
 mod router;

@@ -6,7 +6,8 @@
 //! processes responses without ever waiting, so the response mesh always drains,
 //! and request processing may pause until it has (see `mesh.rs`).
 
-use bytes::Bytes;
+use crate::router::queue_hash;
+use std::sync::Arc;
 
 /// A connection's handle on its home shard: slot index and generation, so that a
 /// reply for a connection that closed and whose slot was reused is dropped.
@@ -43,17 +44,21 @@ pub(crate) fn origin_of(server: &str) -> u64 {
 /// An encoded `+LEN QUEUE JSON` frame, shared by the history and every delivery.
 ///
 /// Encoding once and sharing the bytes is what keeps fan-out copy-free until the
-/// final write into each socket buffer.
+/// final write into each socket buffer. The bytes live in one `Arc` allocation
+/// (one malloc per message, clones are a reference count).
 #[derive(Clone, Debug)]
 pub(crate) struct MsgFrame {
     /// The whole frame as it goes on the wire.
-    pub bytes: Bytes,
+    pub bytes: Arc<[u8]>,
     /// Where QUEUE starts (just after `+LEN `).
     pub queue_start: u16,
     /// Where JSON starts (just after `QUEUE `).
     pub json_start: u32,
     /// Identity and order of the message.
     pub key: MsgKey,
+    /// [`queue_hash`] of the queue name, computed once where the frame is
+    /// built and used for routing and every table lookup after.
+    pub hash: u64,
 }
 
 impl MsgFrame {
@@ -65,11 +70,46 @@ impl MsgFrame {
         MsgFrame {
             json_start: (out.len() - json.len()) as u32,
             queue_start: queue_start as u16,
-            bytes: Bytes::from(out),
+            bytes: Arc::from(out),
             key,
+            hash: queue_hash(queue),
         }
     }
 
+    /// Builds a frame for `queue` whose JSON `write_json` appends to the
+    /// buffer, using `scratch` so that the frame is copied once, into its
+    /// shared allocation: the JSON is written after room for the longest
+    /// header, and the header is then put right in front of it.
+    pub(crate) fn build(
+        scratch: &mut Vec<u8>,
+        queue: &str,
+        key: MsgKey,
+        write_json: impl FnOnce(&mut Vec<u8>),
+    ) -> MsgFrame {
+        // '+', up to 20 digits, ' ', QUEUE, ' '.
+        let room = 1 + 20 + 1 + queue.len() + 1;
+        scratch.clear();
+        scratch.resize(room, 0);
+        write_json(scratch);
+        let json_len = scratch.len() - room;
+        let mut digits = itoa::Buffer::new();
+        let len = digits.format(queue.len() + 1 + json_len).as_bytes();
+        let queue_start = 1 + len.len() + 1;
+        let start = room - (queue_start + queue.len() + 1);
+        let head = &mut scratch[start..room];
+        head[0] = b'+';
+        head[1..=len.len()].copy_from_slice(len);
+        head[queue_start - 1] = b' ';
+        head[queue_start..queue_start + queue.len()].copy_from_slice(queue.as_bytes());
+        head[queue_start + queue.len()] = b' ';
+        MsgFrame {
+            bytes: Arc::from(&scratch[start..]),
+            queue_start: queue_start as u16,
+            json_start: (queue_start + queue.len() + 1) as u32,
+            key,
+            hash: queue_hash(queue),
+        }
+    }
     /// A message that another node accepted: its key comes from its own
     /// `coremq_sent` and `coremq_server` fields. `None` if they are missing.
     pub(crate) fn replicated(queue: &str, json: &[u8]) -> Option<MsgFrame> {
@@ -90,8 +130,8 @@ impl MsgFrame {
     /// The queue name inside the frame.
     pub(crate) fn queue(&self) -> &str {
         let raw = &self.bytes[self.queue_start as usize..self.json_start as usize - 1];
-        // SAFETY: `new` copied these bytes from a `&str` and `Bytes` is
-        // immutable, so they are still valid UTF-8. This runs several times per
+        // SAFETY: `new`/`build` copied these bytes from a `&str` and the
+        // shared bytes are immutable, so they are still valid UTF-8. This runs several times per
         // message (routing, ownership check, delivery), hence no re-validation.
         unsafe { std::str::from_utf8_unchecked(raw) }
     }
@@ -188,4 +228,35 @@ pub(crate) enum Response {
     },
     /// Shutdown: the owner has processed every request from every shard.
     Drained,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_encodes_like_new() {
+        let mut scratch = Vec::new();
+        let key = MsgKey {
+            sent_us: 5,
+            origin: 6,
+        };
+        for (queue, json) in [
+            ("q", &b"{}"[..]),
+            ("a.longer.queue", &[b'x'; 9990][..]),
+            ("", &b"{\"a\":1}"[..]),
+        ] {
+            let built =
+                MsgFrame::build(&mut scratch, queue, key, |out| out.extend_from_slice(json));
+            let new = MsgFrame::new(queue, json, key);
+            assert_eq!(built.bytes, new.bytes);
+            assert_eq!(built.queue(), queue);
+            assert_eq!(built.json(), json);
+            assert_eq!(built.hash, new.hash);
+            assert_eq!(
+                (built.queue_start, built.json_start),
+                (new.queue_start, new.json_start)
+            );
+        }
+    }
 }

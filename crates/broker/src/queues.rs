@@ -7,7 +7,9 @@
 //! many subscribers there are.
 
 use crate::msg::MsgFrame;
-use std::collections::{HashMap, VecDeque};
+use crate::names::NameMap;
+use crate::router::queue_hash;
+use std::collections::VecDeque;
 
 /// One queue's state on its owner shard.
 pub(crate) struct QueueState {
@@ -36,7 +38,7 @@ impl QueueState {
 #[derive(Default)]
 pub(crate) struct QueueTable {
     /// Queue name → state.
-    queues: HashMap<Box<str>, QueueState, ahash::RandomState>,
+    queues: NameMap<QueueState>,
     /// Sum of subscription counts, for status.
     subscriptions: u64,
     /// Messages held in all history rings, for status.
@@ -53,15 +55,12 @@ impl QueueTable {
         cap_for: impl Fn(&str) -> usize,
     ) -> Option<(Stored, &QueueState)> {
         let name = frame.queue();
-        if !self.queues.contains_key(name) {
+        let q = self.queues.get_or_try_insert_with(frame.hash, name, || {
+            // No subscribers (else it would exist) and no history to keep:
+            // nothing to create.
             let cap = cap_for(name);
-            if cap == 0 {
-                // No subscribers (else it would exist) and no history to keep.
-                return None;
-            }
-            self.queues.insert(name.into(), QueueState::new(cap, false));
-        }
-        let q = self.queues.get_mut(name)?;
+            (cap > 0).then(|| QueueState::new(cap, false))
+        })?;
         let before = q.history.len();
         let stored = insert_ordered(&mut q.history, q.cap, frame);
         self.history_messages = self.history_messages + q.history.len() as u64 - before as u64;
@@ -76,13 +75,11 @@ impl QueueTable {
         own_id: bool,
         cap_for: impl Fn(&str) -> usize,
     ) {
-        let q = match self.queues.get_mut(queue) {
-            Some(q) => q,
-            None => self
-                .queues
-                .entry(queue.into())
-                .or_insert_with(|| QueueState::new(cap_for(queue), own_id)),
-        };
+        let q = self
+            .queues
+            .get_or_insert_with(queue_hash(queue), queue, || {
+                QueueState::new(cap_for(queue), own_id)
+            });
         q.own_id |= own_id;
         match q.homes.iter_mut().find(|(s, _)| *s as usize == home) {
             Some((_, n)) => *n += 1,
@@ -94,7 +91,8 @@ impl QueueTable {
     /// Counts one subscription less from `home`; drops the queue when nothing
     /// is left worth keeping.
     pub(crate) fn unsubscribe(&mut self, queue: &str, home: usize) {
-        let Some(q) = self.queues.get_mut(queue) else {
+        let hash = queue_hash(queue);
+        let Some(q) = self.queues.get_mut(hash, queue) else {
             return;
         };
         if let Some(i) = q.homes.iter().position(|(s, _)| *s as usize == home) {
@@ -107,14 +105,14 @@ impl QueueTable {
         if q.is_idle() {
             let gone = q.history.len() as u64;
             self.history_messages -= gone;
-            self.queues.remove(queue);
+            self.queues.remove(hash, queue);
         }
     }
 
     /// The history of `queue`, oldest first (empty when it has none).
     pub(crate) fn history(&self, queue: &str) -> Vec<MsgFrame> {
         self.queues
-            .get(queue)
+            .get(queue_hash(queue), queue)
             .map(|q| q.history.iter().cloned().collect())
             .unwrap_or_default()
     }

@@ -15,13 +15,20 @@ const SEEDS: [u64; 4] = [
     0x436f_7265_4d51_0004,
 ];
 
+/// The fixed-seed hash of a queue name: routing and the per-shard queue
+/// tables use it, and a published frame carries it so that it is computed once.
+pub(crate) fn queue_hash(queue: &str) -> u64 {
+    let mut h =
+        ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
+    h.write(queue.as_bytes());
+    h.finish()
+}
+
 /// Maps queue names to their owner shard.
 #[derive(Clone)]
 pub(crate) struct Router {
     /// Number of shards; owners are `0..shards`.
     shards: usize,
-    /// ahash state built from [`SEEDS`] so every shard hashes alike.
-    state: ahash::RandomState,
 }
 
 impl Router {
@@ -29,7 +36,6 @@ impl Router {
     pub(crate) fn new(shards: usize) -> Router {
         Router {
             shards: shards.max(1),
-            state: ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]),
         }
     }
 
@@ -38,9 +44,12 @@ impl Router {
         if self.shards == 1 {
             return 0;
         }
-        let mut h = self.state.build_hasher();
-        h.write(queue.as_bytes());
-        (h.finish() % self.shards as u64) as usize
+        self.owner_of(queue_hash(queue))
+    }
+
+    /// The owner of the queue whose [`queue_hash`] is `hash`.
+    pub(crate) fn owner_of(&self, hash: u64) -> usize {
+        (hash % self.shards as u64) as usize
     }
 }
 
@@ -68,6 +77,15 @@ mod tests {
         }
         for c in counts {
             assert!(c > 800, "uneven spread: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn owner_of_hash_matches_owner() {
+        let r = Router::new(3);
+        for i in 0..300 {
+            let q = format!("q{i}");
+            assert_eq!(r.owner(&q), r.owner_of(queue_hash(&q)));
         }
     }
 

@@ -62,7 +62,7 @@ pub(crate) struct Shard {
     pub drained: Event,
     /// Woken whenever a connection goes away (shutdown waits for zero).
     pub conn_closed: WakerList,
-    /// Reused buffer for encoding stored messages.
+    /// Reused buffer for building message frames.
     scratch: RefCell<Vec<u8>>,
     /// Status snapshots being collected from every shard.
     gathers: crate::gather::Gathers<ShardStats>,
@@ -309,15 +309,14 @@ impl Shard {
             (st.opts.echo, !st.opts.no_ack)
         };
         let frame = {
-            let mut json = self.scratch.borrow_mut();
-            json.clear();
             let sent_us = self.next_sent();
-            msg.write_stamped(&conn.stamps, sent_us, &mut json);
             let key = crate::msg::MsgKey {
                 sent_us,
                 origin: self.origin,
             };
-            MsgFrame::new(queue, &json, key)
+            MsgFrame::build(&mut self.scratch.borrow_mut(), queue, key, |out| {
+                msg.write_stamped(&conn.stamps, sent_us, out)
+            })
         };
         Counters::add(&self.counters.messages_in, 1);
         let ack = ack.then(|| conn.reserve(ReplyKind::Sent, 1));
@@ -336,7 +335,7 @@ impl Shard {
     }
 
     fn route_publish(&self, frame: MsgFrame, sender: ConnKey, echo: bool, ack: Option<u32>) {
-        let owner = self.router.owner(frame.queue());
+        let owner = self.router.owner_of(frame.hash);
         self.request(
             owner,
             Request::Publish {
@@ -353,8 +352,8 @@ impl Shard {
     /// Handles a request forwarded by home shard `from`, after checking that
     /// this shard owns its queue.
     pub(crate) fn handle_request(&self, from: usize, req: Request) {
-        if let Some(q) = req_queue(&req) {
-            let owner = self.router.owner(q);
+        if let Some((q, hash)) = req_queue(&req) {
+            let owner = hash.map_or_else(|| self.router.owner(q), |h| self.router.owner_of(h));
             if owner != self.id {
                 Counters::add(&self.counters.wrong_shard, 1);
                 tracing::error!(
@@ -534,7 +533,7 @@ impl Shard {
     /// Writes a delivered frame into every local subscriber's buffer.
     fn deliver_local(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
         let subs = self.subs.borrow();
-        let list = subs.get(frame.queue());
+        let list = subs.get_hashed(frame.hash, frame.queue());
         let mut delivered = 0;
         for &key in list {
             if Some(key) == skip {
@@ -637,13 +636,15 @@ impl Shard {
     }
 }
 
-/// The queue a request is about, for the ownership check.
-fn req_queue(req: &Request) -> Option<&str> {
+/// The queue a request is about, for the ownership check, with its hash when
+/// the request carries it.
+fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
     match req {
-        Request::Publish { frame, .. } => Some(frame.queue()),
-        Request::Subscribe { queue, .. } | Request::Unsubscribe { queue } => Some(queue),
-        Request::History { queues, .. } => queues.first().map(|(_, q)| &**q),
-        Request::Replicated { frame, .. } => Some(frame.queue()),
+        Request::Publish { frame, .. } | Request::Replicated { frame, .. } => {
+            Some((frame.queue(), Some(frame.hash)))
+        }
+        Request::Subscribe { queue, .. } | Request::Unsubscribe { queue } => Some((queue, None)),
+        Request::History { queues, .. } => queues.first().map(|(_, q)| (&**q, None)),
         Request::Stats { .. }
         | Request::Dump { .. }
         | Request::AdoptLink { .. }

@@ -7,45 +7,49 @@
 //! processed after registering it (G2).
 
 use crate::msg::ConnKey;
-use std::collections::HashMap;
+use crate::names::NameMap;
+use crate::router::queue_hash;
 
 /// Queue name → subscribed connections of this shard.
 #[derive(Default)]
 pub(crate) struct LocalSubs {
     /// Subscribers per queue; a connection appears at most once per queue.
-    map: HashMap<Box<str>, Vec<ConnKey>, ahash::RandomState>,
+    map: NameMap<Vec<ConnKey>>,
 }
 
 impl LocalSubs {
     /// Adds `conn` to `queue`.
     pub(crate) fn add(&mut self, queue: &str, conn: ConnKey) {
-        match self.map.get_mut(queue) {
-            Some(v) => {
-                if !v.contains(&conn) {
-                    v.push(conn);
-                }
-            }
-            None => {
-                self.map.insert(queue.into(), vec![conn]);
-            }
+        let v = self
+            .map
+            .get_or_insert_with(queue_hash(queue), queue, Vec::new);
+        if !v.contains(&conn) {
+            v.push(conn);
         }
     }
 
     /// Removes `conn` from `queue`.
     pub(crate) fn remove(&mut self, queue: &str, conn: ConnKey) {
-        if let Some(v) = self.map.get_mut(queue) {
+        let hash = queue_hash(queue);
+        if let Some(v) = self.map.get_mut(hash, queue) {
             if let Some(i) = v.iter().position(|c| *c == conn) {
                 v.swap_remove(i);
             }
             if v.is_empty() {
-                self.map.remove(queue);
+                self.map.remove(hash, queue);
             }
         }
     }
 
+    /// Subscribers on this shard of `queue`, whose [`queue_hash`] is `hash`.
+    pub(crate) fn get_hashed(&self, hash: u64, queue: &str) -> &[ConnKey] {
+        self.map.get(hash, queue).map(Vec::as_slice).unwrap_or(&[])
+    }
+
     /// Subscribers of `queue` on this shard.
+    #[cfg(test)]
     pub(crate) fn get(&self, queue: &str) -> &[ConnKey] {
-        self.map.get(queue).map(Vec::as_slice).unwrap_or(&[])
+        self.get_hashed(queue_hash(queue), queue)
     }
 }
 
