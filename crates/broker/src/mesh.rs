@@ -28,6 +28,9 @@ pub(crate) const LOW_WATER: usize = 16 * 1024;
 /// (PLATFORM-NOTES: every refill wakes the other thread); batches are cheap.
 pub(crate) const CHANNEL_BATCHES: usize = 256;
 
+/// Most items a fresh outbox batch reserves room for.
+const MAX_BATCH_ROOM: usize = 4096;
+
 /// Items waiting for one destination shard.
 pub(crate) struct Outbox<T> {
     /// Pushed, not yet taken by the flusher.
@@ -136,7 +139,14 @@ impl<T> Lane<T> {
                 }
             })
             .await;
-            let batch = std::mem::take(&mut *outbox.items.borrow_mut());
+            // The next batch starts with room for one like this: growing a
+            // Vec of large items from empty copies it over and over
+            // (perf: memmove in the mesh push under load).
+            let batch = {
+                let mut items = outbox.items.borrow_mut();
+                let room = items.len().min(MAX_BATCH_ROOM);
+                std::mem::replace(&mut *items, Vec::with_capacity(room))
+            };
             let n = batch.len();
             if tx.send(batch).await.is_err() {
                 // The other shard is gone (shutdown or failure): nothing more
