@@ -63,9 +63,14 @@ pub(crate) enum ReplyKind {
 }
 
 /// A reply and how many answers it still waits for.
+///
+/// A pipelining publisher whose queue lives on another shard has thousands of
+/// acknowledgements in flight, one slot each: the common kind,
+/// `OK: Message sent`, is `None`, so a slot is 16 bytes and the rest are boxed.
 struct Slot {
     remaining: u32,
-    kind: ReplyKind,
+    /// `None` for [`ReplyKind::Sent`].
+    kind: Option<Box<ReplyKind>>,
 }
 
 /// Connection options (`coremq_options`).
@@ -175,6 +180,10 @@ impl Conn {
     pub(crate) fn reserve(&self, kind: ReplyKind, remaining: u32) -> u32 {
         let mut st = self.st.borrow_mut();
         let seq = st.base.wrapping_add(st.replies.len() as u32);
+        let kind = match kind {
+            ReplyKind::Sent => None,
+            kind => Some(Box::new(kind)),
+        };
         st.replies.push_back(Slot { remaining, kind });
         drop(st);
         if remaining == 0 {
@@ -207,7 +216,9 @@ impl Conn {
         let Some(slot) = st.replies.get_mut(idx) else {
             return;
         };
-        fill(&mut slot.kind);
+        if let Some(kind) = slot.kind.as_deref_mut() {
+            fill(kind);
+        }
         slot.remaining = slot.remaining.saturating_sub(1);
         let front_done = idx == 0 && slot.remaining == 0;
         drop(st);
@@ -247,14 +258,14 @@ impl Conn {
             if st.closing.is_some() {
                 continue;
             }
-            match slot.kind {
-                ReplyKind::Sent => st.out.extend_from_slice(&self.ok_sent),
-                ReplyKind::Raw(json) => proto::encode_frame("", &json, &mut st.out),
-                ReplyKind::Final(why, json) => {
+            match slot.kind.map(|b| *b) {
+                None | Some(ReplyKind::Sent) => st.out.extend_from_slice(&self.ok_sent),
+                Some(ReplyKind::Raw(json)) => proto::encode_frame("", &json, &mut st.out),
+                Some(ReplyKind::Final(why, json)) => {
                     proto::encode_frame(&self.id, &json, &mut st.out);
                     st.closing = Some(why);
                 }
-                kind => {
+                Some(kind) => {
                     let json = self.reply_json(kind);
                     proto::encode_frame(&self.id, &json, &mut st.out);
                 }
