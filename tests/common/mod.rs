@@ -1163,13 +1163,14 @@ impl BrokerOpts {
     }
 }
 
-/// The CLI binary, built next to the broker (`cargo nextest run --workspace`
-/// builds every workspace binary).
+/// The CLI binary, built next to the broker (`./test` builds every workspace binary
+/// first: cargo builds a package's binaries for tests only when that package has
+/// integration tests, and the CLI's tests live here).
 pub fn cli_bin() -> std::path::PathBuf {
     let path = std::path::PathBuf::from(BIN).with_file_name("coremq-cli");
     assert!(
         path.exists(),
-        "{} not built: run `cargo build -p coremq-cli` (or `cargo nextest run --workspace`)",
+        "{} not built: run `cargo build -p coremq-cli` (or `./test`, which builds it)",
         path.display()
     );
     path
