@@ -65,13 +65,13 @@ const BOOL_OPTION: &str = "must be true, false or null";
 /// subscription to nothing is a client bug worth reporting).
 pub(crate) fn queue_names(
     command: &'static str,
-    value: &RawValue,
+    value: &str,
     max_queue_len: usize,
     allow_empty: bool,
 ) -> Result<Vec<String>, BodyError> {
     let expected = if allow_empty { HISTORY_NAMES } else { NAMES };
     let bad = || BodyError::BadCommand { command, expected };
-    let names = serde_json::Deserializer::from_str(value.get())
+    let names = serde_json::Deserializer::from_str(value)
         .deserialize_any(NamesVisitor)
         .map_err(|_| bad())?;
     if names.is_empty() && !allow_empty {
@@ -110,8 +110,8 @@ impl<'de> Visitor<'de> for NamesVisitor {
 
 /// Parses the `coremq_options` object, keeping the order given so that applying the
 /// entries in turn gives last-wins for repeated names.
-pub(crate) fn options(value: &RawValue) -> Result<Vec<(String, OptionValue)>, BodyError> {
-    let entries = serde_json::Deserializer::from_str(value.get())
+pub(crate) fn options(value: &str) -> Result<Vec<(String, OptionValue)>, BodyError> {
+    let entries = serde_json::Deserializer::from_str(value)
         .deserialize_map(OptionsVisitor)
         .map_err(|_| BodyError::BadCommand {
             command: "coremq_options",
@@ -161,7 +161,7 @@ impl<'de> Visitor<'de> for OptionsVisitor {
 }
 
 /// Parses `coremq_replicant`: a name string, or `{"name": ..., "secret": ...}`.
-pub(crate) fn replicant(value: &RawValue) -> Result<ReplicantRequest, BodyError> {
+pub(crate) fn replicant(value: &str) -> Result<ReplicantRequest, BodyError> {
     /// The object form; unknown fields are ignored so newer peers can add some.
     #[derive(Deserialize)]
     struct Object {
@@ -169,11 +169,11 @@ pub(crate) fn replicant(value: &RawValue) -> Result<ReplicantRequest, BodyError>
         #[serde(default)]
         secret: Option<String>,
     }
-    let request = match value.get().as_bytes().first() {
-        Some(b'"') => serde_json::from_str(value.get())
+    let request = match value.as_bytes().first() {
+        Some(b'"') => serde_json::from_str(value)
             .ok()
             .map(|name| ReplicantRequest { name, secret: None }),
-        Some(b'{') => serde_json::from_str::<Object>(value.get())
+        Some(b'{') => serde_json::from_str::<Object>(value)
             .ok()
             .map(|o| ReplicantRequest {
                 name: o.name,
@@ -199,7 +199,7 @@ mod tests {
 
     #[test]
     fn names_one_or_many() {
-        let names = |json| queue_names("coremq_subscribe", &raw(json), 255, false);
+        let names = |json| queue_names("coremq_subscribe", json, 255, false);
         assert_eq!(names(r#""a""#), Ok(vec!["a".to_owned()]));
         assert_eq!(
             names(r#"["a", "b"]"#),
@@ -216,20 +216,20 @@ mod tests {
 
     #[test]
     fn invalid_name_in_list() {
-        let err = queue_names("coremq_subscribe", &raw(r#"["ok", "no good"]"#), 255, false)
+        let err = queue_names("coremq_subscribe", r#"["ok", "no good"]"#, 255, false)
             .expect_err("space in name");
         assert_eq!(
             err.to_string(),
             "coremq_subscribe: \"no good\" is not a valid queue name; queue names are 1 to 255 \
              printable ASCII characters (no spaces)"
         );
-        assert!(queue_names("coremq_gethistory", &raw(r#"["abcd"]"#), 3, true).is_err());
+        assert!(queue_names("coremq_gethistory", r#"["abcd"]"#, 3, true).is_err());
     }
 
     #[test]
     fn long_bad_name_is_cut_in_the_reply() {
         let name = "é".repeat(1000);
-        let err = queue_names("coremq_subscribe", &raw(&format!("\"{name}\"")), 255, false)
+        let err = queue_names("coremq_subscribe", &format!("\"{name}\""), 255, false)
             .expect_err("non-ASCII");
         assert!(err.to_string().len() < 300, "{err}");
     }
@@ -237,17 +237,16 @@ mod tests {
     #[test]
     fn history_accepts_empty_list() {
         assert_eq!(
-            queue_names("coremq_gethistory", &raw("[]"), 255, true),
+            queue_names("coremq_gethistory", "[]", 255, true),
             Ok(vec![])
         );
     }
 
     #[test]
     fn options_known_unknown_and_removal() {
-        let opts = options(&raw(
-            r#"{"ack": false, "echo": true, "\u0061ck": null, "color": "red", "x": null}"#,
-        ))
-        .expect("valid");
+        let opts =
+            options(r#"{"ack": false, "echo": true, "\u0061ck": null, "color": "red", "x": null}"#)
+                .expect("valid");
         assert_eq!(
             opts,
             vec![
@@ -263,7 +262,7 @@ mod tests {
     #[test]
     fn options_errors() {
         assert_eq!(
-            options(&raw(r#"{"ack": "yes"}"#)),
+            options(r#"{"ack": "yes"}"#),
             Err(BodyError::BadOption {
                 name: "ack".to_owned(),
                 reason: BOOL_OPTION
@@ -278,12 +277,12 @@ mod tests {
             "option \"ack\" must be true, false or null"
         );
         assert!(matches!(
-            options(&raw(r#"{"echo": 1}"#)),
+            options(r#"{"echo": 1}"#),
             Err(BodyError::BadOption { .. })
         ));
         for bad in ["[]", "true", r#""ack""#] {
             assert!(
-                matches!(options(&raw(bad)), Err(BodyError::BadCommand { .. })),
+                matches!(options(bad), Err(BodyError::BadCommand { .. })),
                 "{bad}"
             );
         }
@@ -292,26 +291,26 @@ mod tests {
     #[test]
     fn replicant_forms() {
         assert_eq!(
-            replicant(&raw(r#""mq2:6747""#)),
+            replicant(r#""mq2:6747""#),
             Ok(ReplicantRequest {
                 name: "mq2:6747".to_owned(),
                 secret: None
             })
         );
         assert_eq!(
-            replicant(&raw(r#"{"name": "mq2:6747", "secret": "s3", "v": 2}"#)),
+            replicant(r#"{"name": "mq2:6747", "secret": "s3", "v": 2}"#),
             Ok(ReplicantRequest {
                 name: "mq2:6747".to_owned(),
                 secret: Some("s3".to_owned())
             })
         );
         assert_eq!(
-            replicant(&raw(r#"{"name": "mq2:6747", "secret": null}"#)).map(|r| r.secret),
+            replicant(r#"{"name": "mq2:6747", "secret": null}"#).map(|r| r.secret),
             Ok(None)
         );
         for bad in ["1", r#""""#, r#"{"secret": "s"}"#, r#"{"name": 5}"#, "[]"] {
             assert!(
-                matches!(replicant(&raw(bad)), Err(BodyError::BadCommand { .. })),
+                matches!(replicant(bad), Err(BodyError::BadCommand { .. })),
                 "{bad}"
             );
         }

@@ -33,9 +33,12 @@
 //! - Duplicate keys are kept as sent, except the three stamp keys, every copy of
 //!   which is removed; readers that take the last duplicate see the same object as
 //!   before the rewrite.
-//! - Nesting depth is not limited: serde_json skips values iteratively, so depth
-//!   cannot overflow the stack here (consumers with recursion limits may still refuse
-//!   very deep messages).
+//! - Nesting depth is not limited: the scanner keeps its own stack of open containers
+//!   (a bit per level) instead of recursing, so depth cannot overflow the stack here
+//!   (consumers with recursion limits may still refuse very deep messages).
+//! - What counts as valid JSON is what serde_json accepts: the hand-written scanner
+//!   on the hot path (`validate.rs`) hands every text it refuses to a serde_json pass,
+//!   which decides again and words the error (`scan.rs`).
 
 #![warn(missing_docs)]
 
@@ -48,6 +51,9 @@ mod message;
 mod publish;
 mod reply;
 mod scan;
+#[doc(hidden)]
+pub mod scan_internals;
+mod validate;
 
 pub use body::{split_body, validate_queue_name, MAX_QUEUE_NAME_LEN};
 pub use command::{OptionValue, ReplicantRequest};

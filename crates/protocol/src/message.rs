@@ -3,12 +3,10 @@
 //! One validating pass over the object finds the command keys and the stamp members
 //! together, so a publish (the hot path) is parsed once and never turned into a DOM.
 
-use serde_json::value::RawValue;
-
 use crate::command::{self, OptionValue, ReplicantRequest};
 use crate::error::BodyError;
 use crate::publish::{Publish, STAMP_KEYS};
-use crate::scan::{scan_object, MemberSink};
+use crate::scan::{scan_object, MemberSink, ObjectLayout};
 
 /// A client message, decided by the first command key present in this order:
 /// `coremq_subscribe`, `coremq_unsubscribe`, `coremq_options`, `coremq_gethistory`,
@@ -51,7 +49,8 @@ const COMMANDS: [&str; 6] = [
 /// `max_queue_len` (capped at 255).
 pub fn parse_message(json: &[u8], max_queue_len: usize) -> Result<ClientMessage<'_>, BodyError> {
     let mut sink = MessageSink::default();
-    let (text, layout) = scan_object(json, &mut sink)?;
+    let mut layout = ObjectLayout::default();
+    let text = scan_object(json, &mut sink, &mut layout)?;
     let found = sink
         .commands
         .iter()
@@ -87,7 +86,7 @@ enum Key {
 struct MessageSink<'de> {
     /// Value of each command key, by [`COMMANDS`] index; the last one if repeated,
     /// matching the last-wins reading of duplicate keys elsewhere.
-    commands: [Option<&'de RawValue>; COMMANDS.len()],
+    commands: [Option<&'de str>; COMMANDS.len()],
 }
 
 impl<'de> MemberSink<'de> for MessageSink<'de> {
@@ -107,7 +106,11 @@ impl<'de> MemberSink<'de> for MessageSink<'de> {
         }
     }
 
-    fn value(&mut self, key: Key, value: &'de RawValue) -> bool {
+    fn reset(&mut self) {
+        *self = MessageSink::default();
+    }
+
+    fn value(&mut self, key: Key, value: &'de str) -> bool {
         match key {
             Key::Command(i) => {
                 self.commands[i] = Some(value);

@@ -6,8 +6,6 @@
 //! the members to replace, and appends the new members at the end. Because the copy
 //! goes through [`escape_non_ascii`], the result is ASCII whatever the client sent.
 
-use serde_json::value::RawValue;
-
 use crate::error::BodyError;
 use crate::escape::{escape_non_ascii, write_json_string};
 use crate::scan::{is_ws, scan_object, MemberSink, ObjectLayout};
@@ -127,7 +125,8 @@ pub fn rewrite_object(
     out: &mut Vec<u8>,
 ) -> Result<(), BodyError> {
     let mut sink = StripKeys(strip);
-    let (_, layout) = scan_object(obj, &mut sink)?;
+    let mut layout = ObjectLayout::default();
+    scan_object(obj, &mut sink, &mut layout)?;
     let mut first = write_kept_members(obj, &layout, out);
     for (key, value) in extra {
         write_key(key, &mut first, out);
@@ -147,9 +146,11 @@ impl<'de> MemberSink<'de> for StripKeys<'_> {
         self.0.contains(&key)
     }
 
-    fn value(&mut self, strip: bool, _value: &'de RawValue) -> bool {
+    fn value(&mut self, strip: bool, _value: &'de str) -> bool {
         strip
     }
+
+    fn reset(&mut self) {}
 }
 
 /// Writes `{` and every member not cut, keeping the client's own spacing. Returns

@@ -1,14 +1,18 @@
 //! One validating pass over a JSON object that reports its top-level members without
 //! building a DOM.
 //!
-//! serde_json does the validation (so "valid JSON" means what it means everywhere
-//! else in the project) and hands each member's value back as a `&RawValue` borrowed
-//! from the input. Since the value is a sub-slice of the input, its position is known,
-//! and so is where each member ends. Keys arrive unescaped, so `"coremq\u005fsender"`
-//! is recognised as `coremq_sender`. Nothing here allocates for a member. serde_json
-//! allocates its scratch buffer (once per message) only for keys written with escapes
-//! and for values nested two or more levels deep (its stack for skipping them); a
-//! hand-written scanner could avoid even that, at the price of owning a JSON validator.
+//! The pass is [`validate::scan_fast`](crate::validate), a hand-written scanner that
+//! checks UTF-8, the JSON grammar and surrogate escapes together and hands each
+//! member's value over as a sub-slice of the input. When it refuses a text, the text
+//! is scanned again by [`scan_object_slow`], the serde_json path it replaced, which
+//! decides and words the error: serde_json stays the definition of valid JSON and the
+//! source of every error message, and the fast path only has to agree with it on what
+//! is valid (`tests/scan_fast_vs_slow.rs`).
+//!
+//! Keys arrive unescaped, so `"coremq\u005fsender"` is recognised as `coremq_sender`.
+//! The fast path allocates only to unescape a key that has escapes and for nesting
+//! more than 64 levels deep; the slow path, which runs only for refused texts,
+//! allocates as serde_json does.
 
 use std::fmt;
 
@@ -17,6 +21,7 @@ use serde_json::value::RawValue;
 
 use crate::error::BodyError;
 use crate::escape::check_surrogates;
+use crate::validate::{scan_fast, Rejected};
 
 /// Decides, member by member, what the scan records.
 pub(crate) trait MemberSink<'de> {
@@ -25,8 +30,12 @@ pub(crate) trait MemberSink<'de> {
     type Key;
     /// Classifies one top-level key.
     fn key(&mut self, key: &str) -> Self::Key;
-    /// Sees the member's value; returns `true` if the member is to be cut out.
-    fn value(&mut self, key: Self::Key, value: &'de RawValue) -> bool;
+    /// Sees the member's value, as its exact text in the input (no whitespace around
+    /// it); returns `true` if the member is to be cut out.
+    fn value(&mut self, key: Self::Key, value: &'de str) -> bool;
+    /// Forgets every member seen so far. The fast scanner reports members as it goes,
+    /// so when it then refuses the text, the slow path starts the sink over.
+    fn reset(&mut self);
 }
 
 /// Byte range `start..end` of the JSON text.
@@ -48,7 +57,8 @@ impl SpanList {
     /// One each of `coremq_sender`, `coremq_sent` and `coremq_server`.
     const INLINE: usize = 3;
 
-    fn push(&mut self, span: Span) {
+    /// Adds the next span.
+    pub(crate) fn push(&mut self, span: Span) {
         match self.inline.get_mut(self.len) {
             Some(slot) => *slot = span,
             None => self.spill.push(span),
@@ -65,7 +75,7 @@ impl SpanList {
 }
 
 /// Where an object's parts are, for copying it with some members left out.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ObjectLayout {
     /// Index of the opening `{`.
     pub(crate) open: usize,
@@ -79,12 +89,45 @@ pub(crate) struct ObjectLayout {
 }
 
 /// Checks that `json` is UTF-8 and a valid JSON object, feeding every top-level member
-/// to `sink`. Errors distinguish invalid UTF-8, invalid JSON, a non-object, and lone
-/// surrogate escapes.
+/// to `sink` and filling in `layout` (which must start as the default). Errors
+/// distinguish invalid UTF-8, invalid JSON, a non-object, and lone surrogate escapes.
+///
+/// The layout is written in place rather than returned because it is large (over
+/// 100 bytes): moving it through nested `Result`s, with stalls on the partly
+/// overlapping copies, took almost half the time of parsing a short publish (45 ns
+/// against 25 ns for a 24-byte one).
 pub(crate) fn scan_object<'de, S: MemberSink<'de>>(
     json: &'de [u8],
     sink: &mut S,
-) -> Result<(&'de str, ObjectLayout), BodyError> {
+    layout: &mut ObjectLayout,
+) -> Result<&'de str, BodyError> {
+    match scan_fast(json, sink, layout) {
+        Ok(text) => Ok(text),
+        Err(Rejected) => {
+            sink.reset();
+            *layout = ObjectLayout::default();
+            let slow = scan_object_slow(json, sink, layout);
+            // Taking the slow path's word keeps the result right either way, but an
+            // accepted text here means the fast path wrongly refused it: a slow
+            // publish in release builds, a failed test in debug ones.
+            debug_assert!(
+                slow.is_err(),
+                "the fast scanner refused JSON that serde_json accepts: {:?}",
+                String::from_utf8_lossy(json)
+            );
+            slow
+        }
+    }
+}
+
+/// [`scan_object`] done with serde_json: `str::from_utf8`, a deserializer that skips
+/// each value as a `&RawValue`, then [`check_surrogates`]. Three passes, so it runs
+/// only when [`scan_fast`] has refused the text, to decide and to word the error.
+pub(crate) fn scan_object_slow<'de, S: MemberSink<'de>>(
+    json: &'de [u8],
+    sink: &mut S,
+    layout: &mut ObjectLayout,
+) -> Result<&'de str, BodyError> {
     let text = std::str::from_utf8(json).map_err(|_| BodyError::InvalidUtf8)?;
     let open = json.iter().position(|b| !is_ws(*b));
     if open.is_some_and(|i| json[i] != b'{') {
@@ -109,14 +152,14 @@ pub(crate) fn scan_object<'de, S: MemberSink<'de>>(
     // Both exist now: the parse succeeded, so the text is `ws { ... } ws`.
     let close = json.iter().rposition(|b| !is_ws(*b));
     match (open, close) {
-        (Some(open), Some(close)) => Ok((
-            text,
-            ObjectLayout {
+        (Some(open), Some(close)) => {
+            *layout = ObjectLayout {
                 open,
                 close,
                 cuts: visitor.cuts,
-            },
-        )),
+            };
+            Ok(text)
+        }
         _ => Err(BodyError::NotAnObject),
     }
 }
@@ -150,7 +193,7 @@ impl<'de, S: MemberSink<'de>> Visitor<'de> for &mut ObjectVisitor<'_, 'de, S> {
             let value: &'de RawValue = map.next_value()?;
             let end = value_end(self.input, value.get())
                 .ok_or_else(|| de::Error::custom("value not borrowed from the input"))?;
-            if self.sink.value(key, value) {
+            if self.sink.value(key, value.get()) {
                 self.cuts.push((self.prev_end, end));
             }
             self.prev_end = end;
@@ -204,14 +247,18 @@ mod tests {
             self.0.push(key.to_owned());
             key == "x"
         }
-        fn value(&mut self, cut: bool, _value: &'de RawValue) -> bool {
+        fn value(&mut self, cut: bool, _value: &'de str) -> bool {
             cut
+        }
+        fn reset(&mut self) {
+            self.0.clear();
         }
     }
 
     fn scan(json: &str) -> Result<(Vec<String>, ObjectLayout), BodyError> {
         let mut keys = Keys::default();
-        let (_, layout) = scan_object(json.as_bytes(), &mut keys)?;
+        let mut layout = ObjectLayout::default();
+        scan_object(json.as_bytes(), &mut keys, &mut layout)?;
         Ok((keys.0, layout))
     }
 
@@ -262,7 +309,12 @@ mod tests {
             );
         }
         assert_eq!(
-            scan_object(b"{\"a\": \"\xff\"}", &mut Keys::default()).map(|_| ()),
+            scan_object(
+                b"{\"a\": \"\xff\"}",
+                &mut Keys::default(),
+                &mut ObjectLayout::default()
+            )
+            .map(|_| ()),
             Err(BodyError::InvalidUtf8)
         );
         assert!(matches!(
@@ -281,8 +333,9 @@ mod tests {
 
     #[test]
     fn deep_nesting_does_not_overflow_the_stack() {
-        // serde_json skips values with an explicit stack, so depth costs no recursion:
-        // deep but valid JSON is accepted, and unbalanced deep JSON is an error.
+        // Both scanners skip values with an explicit stack, so depth costs no
+        // recursion: deep but valid JSON is accepted, and unbalanced deep JSON is an
+        // error.
         let deep = format!("{{\"a\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(scan(&deep).is_ok());
         let unbalanced = format!("{{\"a\": {}}}", "[".repeat(100_000));
