@@ -22,14 +22,6 @@ use std::time::{Duration, Instant};
 /// 64 KiB lets 16 shards start as a non-root user under 8 MiB.
 pub const IO_MEMORY: usize = 64 << 10;
 
-/// How long an idle shard keeps polling before it parks its thread. Parking
-/// and being woken costs a futex/eventfd round and a membarrier in glommio
-/// (perf: ping-pong time was mostly scheduler and IPI work); a short spin
-/// bridges the gaps between messages of a busy stream at the price of that
-/// much CPU after each burst. Timers are coarse (1 s), so an idle broker
-/// still sleeps.
-const SPIN_BEFORE_PARK: Duration = Duration::from_micros(200);
-
 /// How long start-up may take before it is declared failed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -127,7 +119,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("coremq-shard-{id}"))
             .io_memory(IO_MEMORY)
-            .spin_before_park(SPIN_BEFORE_PARK)
+            .spin_before_park(mq.idle_spin)
             .spawn(move || run_shard(boot))
             .map_err(|e| BrokerError::ShardStart {
                 shard: id,

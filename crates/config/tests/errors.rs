@@ -78,6 +78,10 @@ fn bad_values_name_section_key_value_and_what_is_allowed() {
         "1000001",
         "expected a number of messages 0-1000000",
     );
+    let us = "expected a number of microseconds 0-1000000";
+    bad_mq("idle_spin", "1000001", us);
+    bad_mq("idle_spin", "-1", us);
+    bad_mq("idle_spin", "200us", us);
     let secs = "expected a number of seconds 0-86400, such as 5 or 0.5";
     bad_mq("shutdown_timeout", "-1", secs);
     bad_mq("shutdown_timeout", "5s", secs);
@@ -170,7 +174,7 @@ fn unknown_keys_and_sections_are_errors() {
     assert_eq!(
         err("[CoreMQ]\nprot = 7000\n"),
         "unknown key \"prot\" in section [CoreMQ] (known keys: address, port, node_name, \
-         log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, shards, \
+         log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, shards, idle_spin, \
          max_message_size, max_pending, max_connections, max_queue_name_length, \
          history_length, queue_history, shutdown_timeout)"
     );
