@@ -230,3 +230,65 @@ fn point_to_point_1_shard() {
 fn point_to_point_4_shards() {
     point_to_point(4);
 }
+
+/// A subscriber that reads only after everything was sent gets a backlog of
+/// 20 MB, more than the kernel's socket buffers take, so the broker writes it
+/// in part-filled multi-chunk `sendmsg` calls: large messages (queued by reference to the shared frame) and
+/// small ones (copied into the connection's chunks), with its own replies in
+/// between, all whole and in order, written in multi-chunk `sendmsg` calls.
+fn backlog_of_mixed_sizes(shards: usize) {
+    let b = Broker::start(BrokerOpts::new(shards).set("max_pending", "64M"));
+    let q = uniq("backlog");
+    let mut sub = b.client();
+    sub.subscribe(&[&q]);
+    let mut p = b.client();
+    let mut sent = Vec::new();
+    for n in 0..1000u64 {
+        // 40 KB every other message, 100 B otherwise.
+        let len = if n % 2 == 0 { 40_000 } else { 100 };
+        let fill: String = (0..len)
+            .map(|i| (b'a' + ((n + i) % 26) as u8) as char)
+            .collect();
+        let m = json!({"seq": n, "fill": fill});
+        p.publish(&q, &m);
+        sent.push(m);
+        if n % 125 == 0 {
+            // A reply of the subscriber's own, queued behind the backlog so far.
+            sub.command(&json!({ "coremq_options": {"echo": false} }));
+        }
+    }
+    let mut got = Vec::new();
+    let mut replies = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < sent.len() {
+        let f = sub
+            .read_frame_until(deadline)
+            .unwrap_or_else(|e| panic!("got {} of {}, then {e:?}", got.len(), sent.len()));
+        if let Some(r) = f.response() {
+            assert_eq!(r, OK_OPTIONS, "unexpected reply {f}");
+            // Interleaved with the messages, not all at the front.
+            assert!(
+                replies == 0 || !got.is_empty(),
+                "reply {replies} before any message"
+            );
+            replies += 1;
+            continue;
+        }
+        got.push(f);
+    }
+    assert_eq!(replies, 8);
+    for (f, m) in got.iter().zip(&sent) {
+        assert_eq!(f.json["seq"], m["seq"]);
+        assert_eq!(f.json["fill"], m["fill"], "message {} damaged", m["seq"]);
+    }
+}
+
+#[test]
+fn backlog_of_mixed_sizes_1_shard() {
+    backlog_of_mixed_sizes(1);
+}
+
+#[test]
+fn backlog_of_mixed_sizes_4_shards() {
+    backlog_of_mixed_sizes(4);
+}

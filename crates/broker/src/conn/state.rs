@@ -7,10 +7,12 @@
 //! one has been. Deliveries of subscribed messages are not replies and go
 //! straight to the buffer.
 
+use super::outq::OutQueue;
 use crate::msg::{ConnKey, MsgFrame};
 use crate::stats::ShardStats;
 use coremq_protocol as proto;
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::task::Waker;
 
 /// Why a connection is closing.
@@ -86,9 +88,8 @@ pub(crate) struct Options {
 
 /// Everything mutable about a connection. Borrowed briefly, never across an `.await`.
 pub(crate) struct ConnState {
-    /// Bytes waiting to be written; `head` is how far writing got.
-    out: Vec<u8>,
-    head: usize,
+    /// Bytes waiting to be written.
+    out: OutQueue,
     /// Replies not yet written, front = sequence `base`.
     replies: VecDeque<Slot>,
     base: u32,
@@ -162,8 +163,7 @@ impl Conn {
             node,
             counters,
             st: std::cell::RefCell::new(ConnState {
-                out: Vec::new(),
-                head: 0,
+                out: OutQueue::default(),
                 replies: VecDeque::new(),
                 base: 0,
                 waker: None,
@@ -259,18 +259,22 @@ impl Conn {
                 continue;
             }
             match slot.kind.map(|b| *b) {
-                None | Some(ReplyKind::Sent) => st.out.extend_from_slice(&self.ok_sent),
-                Some(ReplyKind::Raw(json)) => proto::encode_frame("", &json, &mut st.out),
+                None | Some(ReplyKind::Sent) => st.out.push(&self.ok_sent),
+                Some(ReplyKind::Raw(json)) => {
+                    st.out.push_with(|out| proto::encode_frame("", &json, out))
+                }
                 Some(ReplyKind::Final(why, json)) => {
-                    proto::encode_frame(&self.id, &json, &mut st.out);
+                    st.out
+                        .push_with(|out| proto::encode_frame(&self.id, &json, out));
                     st.closing = Some(why);
                 }
                 Some(kind) => {
                     let json = self.reply_json(kind);
-                    proto::encode_frame(&self.id, &json, &mut st.out);
+                    st.out
+                        .push_with(|out| proto::encode_frame(&self.id, &json, out));
                 }
             }
-            if st.out.len() - st.head > self.max_pending {
+            if st.out.len() > self.max_pending {
                 became_slow = true;
                 break;
             }
@@ -297,18 +301,18 @@ impl Conn {
     }
 
     /// Queues a delivered frame unless the connection is closing.
-    pub(crate) fn deliver(&self, frame: &[u8]) -> Queued {
+    pub(crate) fn deliver(&self, frame: &Arc<[u8]>) -> Queued {
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
             return Queued::Closing;
         }
-        if st.out.len() - st.head + frame.len() > self.max_pending {
+        if st.out.len() + frame.len() > self.max_pending {
             drop(st);
             self.make_slow();
             return Queued::BecameSlow;
         }
-        let was_empty = st.out.len() == st.head;
-        st.out.extend_from_slice(frame);
+        let was_empty = st.out.is_empty();
+        st.out.push_shared(frame);
         drop(st);
         if was_empty {
             self.wake();
@@ -336,9 +340,7 @@ impl Conn {
             // Frames not yet started will never be read in time: drop them, so
             // the error follows right after what the peer already has and the
             // memory goes back at once. The frame being written is kept whole.
-            let mut st = self.st.borrow_mut();
-            let keep = frame_end_at(&st.out, st.head);
-            st.out.truncate(keep);
+            self.st.borrow_mut().out.cut_after_current_frame();
         }
         self.close_with(Close::SlowConsumer, &json);
     }
@@ -352,7 +354,8 @@ impl Conn {
         }
         st.ending = Some(why);
         st.closing = Some(why);
-        proto::encode_frame(&self.id, json, &mut st.out);
+        st.out
+            .push_with(|out| proto::encode_frame(&self.id, json, out));
         st.replies.clear();
         drop(st);
         self.wake();
@@ -379,54 +382,15 @@ impl Conn {
         }
     }
 
-    /// The bytes not yet written.
-    pub(crate) fn with_unwritten<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        let st = self.st.borrow();
-        f(&st.out[st.head..])
+    /// The bytes not yet written: `f` sees the queue (its front chunk, or all of
+    /// it as `writev` slices).
+    pub(crate) fn with_unwritten<R>(&self, f: impl FnOnce(&OutQueue) -> R) -> R {
+        f(&self.st.borrow().out)
     }
 
     /// `n` bytes were written to the socket.
     pub(crate) fn written(&self, n: usize) {
-        let mut st = self.st.borrow_mut();
-        st.head += n;
-        if st.head == st.out.len() {
-            st.out.clear();
-            st.head = 0;
-            if st.out.capacity() > 1 << 20 {
-                st.out.shrink_to(64 << 10);
-            }
-        } else if st.head > (1 << 20) && st.head > st.out.len() / 2 {
-            // Drop only whole frames: out[0] must stay a frame start so that
-            // `frame_end_at` can find the frame being written.
-            let cut = frame_start_at(&st.out, st.head);
-            st.out.drain(..cut);
-            st.head -= cut;
-        }
-    }
-}
-
-/// The start of the frame that contains byte `pos` (`out` starts with a frame).
-fn frame_start_at(out: &[u8], pos: usize) -> usize {
-    let mut at = 0;
-    while at < pos {
-        match proto::decode_frame(&out[at..], usize::MAX) {
-            Ok(Some((_, used))) if at + used <= pos => at += used,
-            _ => break,
-        }
-    }
-    at
-}
-
-/// The end of the frame that contains byte `pos`, or `pos` when a frame starts
-/// there (`out` starts with a frame and holds only whole frames).
-fn frame_end_at(out: &[u8], pos: usize) -> usize {
-    let start = frame_start_at(out, pos);
-    if start == pos {
-        return pos;
-    }
-    match proto::decode_frame(&out[start..], usize::MAX) {
-        Ok(Some((_, used))) => start + used,
-        _ => out.len(),
+        self.st.borrow_mut().out.advance(n);
     }
 }
 

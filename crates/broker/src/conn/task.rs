@@ -6,6 +6,7 @@
 //! only append to the buffer and wake this task.
 
 use super::handler::{handle_body, subscribe_one};
+use super::outq::OutQueue;
 use super::state::{Close, Conn, ReplyKind};
 use crate::shard::Shard;
 use crate::stats::Counters;
@@ -212,11 +213,13 @@ fn poll_conn(
     // Write side.
     let mut budget = WRITE_BUDGET;
     loop {
-        let res = conn.with_unwritten(|buf| {
-            if buf.is_empty() {
+        let res = conn.with_unwritten(|q| {
+            if q.is_empty() {
                 None
+            } else if q.has_more_chunks() {
+                Some(send_vectored(stream, q, cx))
             } else {
-                Some(Pin::new(&mut *stream).poll_write(cx, buf))
+                Some(Pin::new(&mut *stream).poll_write(cx, q.front()))
             }
         });
         match res {
@@ -235,7 +238,7 @@ fn poll_conn(
             Some(Poll::Pending) => break,
         }
     }
-    let flushed = conn.with_unwritten(|b| b.is_empty());
+    let flushed = conn.with_unwritten(|q| q.is_empty());
 
     let (ending, closing) = {
         let st = conn.st.borrow();
@@ -325,6 +328,48 @@ fn poll_conn(
 }
 
 use std::future::Future;
+
+/// Most chunks handed to one `sendmsg` (64 × 64 KiB = [`WRITE_BUDGET`]).
+const MAX_IOV: usize = 64;
+
+/// Writes as much of the queue as the socket takes with one `sendmsg`. When the
+/// socket is full, falls back to `poll_write` of the front chunk, which tries
+/// once more and otherwise registers the task for writability.
+fn send_vectored(
+    stream: &mut TcpStream,
+    q: &OutQueue,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    use std::os::fd::AsRawFd;
+    let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
+    let n = q.io_slices(&mut iov);
+    // SAFETY: an all-zero msghdr is valid (no address, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is ABI-compatible with iovec on Unix; sendmsg only reads them.
+    msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
+    msg.msg_iovlen = n as _;
+    // SAFETY: the descriptor is open for the stream's lifetime and the slices
+    // borrow the queue, which outlives the call.
+    let sent = unsafe {
+        libc::sendmsg(
+            stream.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent >= 0 {
+        return Poll::Ready(Ok(sent as usize));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.kind() {
+        std::io::ErrorKind::WouldBlock => Pin::new(&mut *stream).poll_write(cx, q.front()),
+        std::io::ErrorKind::Interrupted => {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        _ => Poll::Ready(Err(err)),
+    }
+}
 
 /// Shuts down the sending side; the peer reads the end of our data.
 fn half_close(stream: &TcpStream) {

@@ -152,7 +152,7 @@ fn poll_session(
     // Closing: once everything is out, the closing handshake; bounded by the linger.
     let closing = conn.st.borrow().closing;
     if closing.is_some() {
-        let all_out = s.pending.is_none() && conn.with_unwritten(|b| b.is_empty());
+        let all_out = s.pending.is_none() && conn.with_unwritten(|q| q.is_empty());
         if all_out && Pin::new(&mut *ws).poll_close(cx).is_ready() {
             return Poll::Ready(Event::Done(match closing {
                 Some(Close::SlowConsumer) => "slow consumer",
@@ -206,8 +206,8 @@ fn poll_session(
 
 /// Takes the next frame from the connection's buffer as WebSocket text.
 fn next_message(conn: &Conn) -> Option<String> {
-    let (text, used) = conn.with_unwritten(|buf| {
-        let (frame, used) = proto::decode_frame(buf, usize::MAX).ok()??;
+    let (text, used) = conn.with_unwritten(|q| {
+        let (frame, used) = proto::decode_frame(q.front(), usize::MAX).ok()??;
         let space = frame.body.iter().position(|&b| b == b' ')?;
         let (queue, json) = (&frame.body[..space], &frame.body[space + 1..]);
         let mut out = Vec::with_capacity(json.len() + queue.len() + 16);
