@@ -314,7 +314,8 @@ impl Shard {
                 sent_us,
                 origin: self.origin,
             };
-            MsgFrame::build(&mut self.scratch.borrow_mut(), queue, key, |out| {
+            let hint = msg.stamped_len_hint(&conn.stamps);
+            MsgFrame::build(&mut self.scratch.borrow_mut(), queue, key, hint, |out| {
                 msg.write_stamped(&conn.stamps, sent_us, out)
             })
         };

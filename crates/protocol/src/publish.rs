@@ -63,13 +63,21 @@ impl<'a> Publish<'a> {
         self.write_stamped(&Stamps::new(sender, server), seconds_to_micros(sent), out);
     }
 
+    /// What [`write_stamped`](Self::write_stamped) appends, at most, when the
+    /// client's text is ASCII (non-ASCII grows when escaped): a size to
+    /// allocate for it.
+    pub fn stamped_len_hint(&self, stamps: &Stamps) -> usize {
+        // ", " and the time (at most 20 digits, '.', 6 decimals).
+        self.json.len() + stamps.len() + 2 + 27
+    }
+
     /// [`write_stored`](Self::write_stored) with the sender and server already
     /// encoded: a connection publishes many messages with the same two values, so
     /// the broker encodes them once per connection instead of once per message.
     /// `sent_micros` is the Unix time in whole microseconds (exact, where an
     /// `f64` of seconds would round the last digit).
     pub fn write_stamped(&self, stamps: &Stamps, sent_micros: u64, out: &mut Vec<u8>) {
-        out.reserve(self.json.len() + stamps.len() + 24);
+        out.reserve(self.stamped_len_hint(stamps));
         let empty = write_kept_members(self.json.as_bytes(), &self.layout, out);
         if !empty {
             out.extend_from_slice(b", ");
@@ -296,6 +304,30 @@ mod tests {
         );
         assert!(rewrite_object(b"{\"a\":", &[], &[], &mut out).is_err());
         assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn stamped_len_hint_bounds_ascii_output() {
+        let stamps = Stamps::new("6f1c2b7e-8d2a-4c3b-9e55-0d7c1a2b3c4d", "mq1:6747");
+        for json in [
+            "{}",
+            r#"{"a":1}"#,
+            r#"{"coremq_sender":"x","coremq_sent":1,"coremq_server":"y","d":"z"}"#,
+            r#"{ "d" : "padding" , "e" : [1, 2, {"f": null}] }"#,
+        ] {
+            let Ok(crate::ClientMessage::Publish(p)) = crate::parse_message(json.as_bytes(), 255)
+            else {
+                panic!("{json} is a publish");
+            };
+            for micros in [0, 1_700_000_000_123_456, u64::MAX] {
+                let mut out = Vec::new();
+                p.write_stamped(&stamps, micros, &mut out);
+                assert!(
+                    out.len() <= p.stamped_len_hint(&stamps),
+                    "{json} at {micros}"
+                );
+            }
+        }
     }
 
     #[test]

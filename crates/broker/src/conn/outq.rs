@@ -17,12 +17,11 @@
 //! it one by one and a slow consumer's backlog can be cut after the frame being
 //! written.
 
+use crate::msg::FrameBytes;
+use coremq_protocol as proto;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::Arc;
-
-use coremq_protocol as proto;
 
 /// Size of a pooled chunk.
 pub(crate) const CHUNK: usize = 64 << 10;
@@ -64,7 +63,7 @@ enum Chunk {
     /// Whole frames copied in.
     Buf(Vec<u8>),
     /// One delivered frame, shared with the history and other subscribers.
-    Shared(Arc<[u8]>),
+    Shared(FrameBytes),
 }
 
 impl Chunk {
@@ -105,10 +104,10 @@ impl OutQueue {
     }
 
     /// Queues a delivered frame: by reference when it is large, else by copy.
-    pub(crate) fn push_shared(&mut self, frame: &Arc<[u8]>) {
+    pub(crate) fn push_shared(&mut self, frame: &FrameBytes) {
         if frame.len() >= SHARE_MIN {
             self.queued += frame.len();
-            self.chunks.push_back(Chunk::Shared(Arc::clone(frame)));
+            self.chunks.push_back(Chunk::Shared(frame.clone()));
         } else {
             self.push(frame);
         }
@@ -271,6 +270,11 @@ fn frame_end_at(buf: &[u8], pos: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn shared(bytes: Vec<u8>) -> FrameBytes {
+        FrameBytes::Small(Arc::from(bytes))
+    }
 
     fn frame(queue: &str, json: &str) -> Vec<u8> {
         let mut out = Vec::new();
@@ -296,7 +300,7 @@ mod tests {
     fn keeps_order_across_chunks_and_shared_frames() {
         let mut q = OutQueue::default();
         let mut expect = Vec::new();
-        let big: Arc<[u8]> = Arc::from(frame(
+        let big = shared(frame(
             "q",
             &format!("{{\"d\":\"{}\"}}", "x".repeat(SHARE_MIN)),
         ));
@@ -326,21 +330,28 @@ mod tests {
     #[test]
     fn large_frames_are_shared_small_ones_copied() {
         let mut q = OutQueue::default();
-        let big: Arc<[u8]> = Arc::from(vec![b'x'; SHARE_MIN]);
+        let count = |f: &FrameBytes| match f {
+            FrameBytes::Small(a) => Arc::strong_count(a),
+            FrameBytes::Large(a) => Arc::strong_count(a),
+        };
+        let big = FrameBytes::Large(Arc::new((vec![b'x'; SHARE_MIN + 3], 3)));
         q.push_shared(&big);
-        assert_eq!(Arc::strong_count(&big), 2, "queued by reference");
-        let small: Arc<[u8]> = Arc::from(vec![b'y'; SHARE_MIN - 1]);
+        assert_eq!(count(&big), 2, "queued by reference");
+        let small = shared(vec![b'y'; SHARE_MIN - 1]);
         q.push_shared(&small);
-        assert_eq!(Arc::strong_count(&small), 1, "copied");
+        assert_eq!(count(&small), 1, "copied");
         assert_eq!(q.len(), 2 * SHARE_MIN - 1);
-        drain(&mut q, usize::MAX);
-        assert_eq!(Arc::strong_count(&big), 1, "released once written");
+        assert_eq!(
+            drain(&mut q, usize::MAX),
+            [vec![b'x'; SHARE_MIN], vec![b'y'; SHARE_MIN - 1]].concat()
+        );
+        assert_eq!(count(&big), 1, "released once written");
     }
 
     #[test]
     fn io_slices_cover_the_unwritten_bytes() {
         let mut q = OutQueue::default();
-        let big: Arc<[u8]> = Arc::from(vec![b'b'; SHARE_MIN]);
+        let big = shared(vec![b'b'; SHARE_MIN]);
         q.push(b"abc");
         q.push_shared(&big);
         q.push(b"def");
@@ -362,7 +373,7 @@ mod tests {
         let mut q = OutQueue::default();
         q.push(&a);
         q.push(&b);
-        q.push_shared(&Arc::from(vec![b'x'; SHARE_MIN]));
+        q.push_shared(&shared(vec![b'x'; SHARE_MIN]));
         // Half of `a` is out: the rest of `a` stays, `b` and the shared frame go.
         q.advance(a.len() / 2);
         q.cut_after_current_frame();
@@ -378,7 +389,7 @@ mod tests {
         assert!(q.is_empty() && q.front().is_empty());
 
         // A shared frame being written is kept whole.
-        let big: Arc<[u8]> = Arc::from(vec![b'x'; SHARE_MIN]);
+        let big = shared(vec![b'x'; SHARE_MIN]);
         let mut q = OutQueue::default();
         q.push_shared(&big);
         q.push(&b);

@@ -8,11 +8,10 @@
 //! straight to the buffer.
 
 use super::outq::OutQueue;
-use crate::msg::{ConnKey, MsgFrame};
+use crate::msg::{ConnKey, FrameBytes, MsgFrame};
 use crate::stats::ShardStats;
 use coremq_protocol as proto;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::task::Waker;
 
 /// Why a connection is closing.
@@ -301,7 +300,7 @@ impl Conn {
     }
 
     /// Queues a delivered frame unless the connection is closing.
-    pub(crate) fn deliver(&self, frame: &Arc<[u8]>) -> Queued {
+    pub(crate) fn deliver(&self, frame: &FrameBytes) -> Queued {
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
             return Queued::Closing;
