@@ -43,7 +43,7 @@ pub(crate) fn origin_of(server: &str) -> u64 {
 
 /// Frames at least this long are built in their own buffer and shared as it
 /// is; shorter ones are copied once into a single `Arc` allocation.
-pub(crate) const LARGE_FRAME: usize = 8 << 10;
+pub(crate) const LARGE_FRAME: usize = 1 << 10;
 
 /// The bytes of a frame, shared by reference count.
 ///
