@@ -166,6 +166,7 @@ impl MsgFrame {
             hash: queue_hash(queue),
         }
     }
+
     /// A message that another node accepted: its key comes from its own
     /// `coremq_sent` and `coremq_server` fields. `None` if they are missing.
     pub(crate) fn replicated(queue: &str, json: &[u8]) -> Option<MsgFrame> {
@@ -187,8 +188,9 @@ impl MsgFrame {
     pub(crate) fn queue(&self) -> &str {
         let raw = &self.bytes[self.queue_start as usize..self.json_start as usize - 1];
         // SAFETY: `new`/`build` copied these bytes from a `&str` and the
-        // shared bytes are immutable, so they are still valid UTF-8. This runs several times per
-        // message (routing, ownership check, delivery), hence no re-validation.
+        // shared bytes are immutable, so they are still valid UTF-8. This runs
+        // several times per message (routing, ownership check, delivery), hence
+        // no re-validation.
         unsafe { std::str::from_utf8_unchecked(raw) }
     }
 
