@@ -233,9 +233,9 @@ fn point_to_point_4_shards() {
 
 /// A subscriber that reads only after everything was sent gets a backlog of
 /// 20 MB, more than the kernel's socket buffers take, so the broker writes it
-/// in part-filled multi-chunk `sendmsg` calls: large messages (queued by reference to the shared frame) and
-/// small ones (copied into the connection's chunks), with its own replies in
-/// between, all whole and in order, written in multi-chunk `sendmsg` calls.
+/// in part-filled multi-chunk `sendmsg` calls: large messages (queued by
+/// reference to the shared frame) and small ones (copied into the connection's
+/// chunks), with its own replies in between, all whole and in order.
 fn backlog_of_mixed_sizes(shards: usize) {
     let b = Broker::start(BrokerOpts::new(shards).set("max_pending", "64M"));
     let q = uniq("backlog");
@@ -291,4 +291,61 @@ fn backlog_of_mixed_sizes_1_shard() {
 #[test]
 fn backlog_of_mixed_sizes_4_shards() {
     backlog_of_mixed_sizes(4);
+}
+
+/// Frames of 1 KiB and more are built in a buffer of their own and, from 8 KiB,
+/// written to sockets from the shared frame instead of being copied: messages
+/// just below, at and above both sizes reach every subscriber (on whichever
+/// shard) whole and in order, and the history gives back the same messages.
+fn sizes_around_frame_thresholds(shards: usize) {
+    let b = Broker::start(BrokerOpts::new(shards).set("history_length", "20"));
+    let q = uniq("sizes");
+    let mut subs = b.clients(4);
+    for s in &mut subs {
+        s.subscribe(&[&q]);
+    }
+    let mut p = b.client();
+    let mut sent = Vec::new();
+    // The frame adds the queue, the stamps and the length header to the fill,
+    // so a range of fills around each threshold straddles it.
+    let fills = [0, 700, 900, 960, 1000, 1024, 1100, 4000]
+        .into_iter()
+        .chain([7900, 8050, 8100, 8150, 8192, 8300, 70_000]);
+    for (n, len) in fills.enumerate() {
+        let fill: String = (0..len)
+            .map(|i| (b'a' + ((n + i) % 26) as u8) as char)
+            .collect();
+        let m = json!({"seq": n, "fill": fill});
+        p.publish(&q, &m);
+        sent.push(m);
+    }
+    for s in &mut subs {
+        let got = s.recv_msgs(sent.len(), REPLY_TIMEOUT);
+        for (f, m) in got.iter().zip(&sent) {
+            assert_eq!(f.json["seq"], m["seq"], "client {}", s.id);
+            assert_eq!(f.json["fill"], m["fill"], "message {} damaged", m["seq"]);
+        }
+    }
+    let h = subs[0].history(&[&q]);
+    let kept = h[&q].as_array().expect("history of the queue");
+    assert_eq!(kept.len(), sent.len());
+    for (k, m) in kept.iter().zip(&sent) {
+        assert_eq!(k["seq"], m["seq"]);
+        assert_eq!(
+            k["fill"], m["fill"],
+            "history of message {} damaged",
+            m["seq"]
+        );
+    }
+    assert_spread(&mut p, shards);
+}
+
+#[test]
+fn sizes_around_frame_thresholds_1_shard() {
+    sizes_around_frame_thresholds(1);
+}
+
+#[test]
+fn sizes_around_frame_thresholds_4_shards() {
+    sizes_around_frame_thresholds(4);
 }
