@@ -231,6 +231,17 @@ fn point_to_point_4_shards() {
     point_to_point(4);
 }
 
+/// Publishes `{"seq": n, "fill": ...}` with `len` letters of fill that differ
+/// from message to message (a shifted or mixed-up frame shows), and returns it.
+fn publish_filled(p: &mut Client, q: &str, n: usize, len: usize) -> serde_json::Value {
+    let fill: String = (0..len)
+        .map(|i| (b'a' + ((n + i) % 26) as u8) as char)
+        .collect();
+    let m = json!({"seq": n, "fill": fill});
+    p.publish(q, &m);
+    m
+}
+
 /// A subscriber that reads only after everything was sent gets a backlog of
 /// 20 MB, more than the kernel's socket buffers take, so the broker writes it
 /// in part-filled multi-chunk `sendmsg` calls: large messages (queued by
@@ -246,12 +257,7 @@ fn backlog_of_mixed_sizes(shards: usize) {
     for n in 0..1000u64 {
         // 40 KB every other message, 100 B otherwise.
         let len = if n % 2 == 0 { 40_000 } else { 100 };
-        let fill: String = (0..len)
-            .map(|i| (b'a' + ((n + i) % 26) as u8) as char)
-            .collect();
-        let m = json!({"seq": n, "fill": fill});
-        p.publish(&q, &m);
-        sent.push(m);
+        sent.push(publish_filled(&mut p, &q, n as usize, len));
         if n % 125 == 0 {
             // A reply of the subscriber's own, queued behind the backlog so far.
             sub.command(&json!({ "coremq_options": {"echo": false} }));
@@ -312,12 +318,7 @@ fn sizes_around_frame_thresholds(shards: usize) {
         .into_iter()
         .chain([7900, 8050, 8100, 8150, 8192, 8300, 70_000]);
     for (n, len) in fills.enumerate() {
-        let fill: String = (0..len)
-            .map(|i| (b'a' + ((n + i) % 26) as u8) as char)
-            .collect();
-        let m = json!({"seq": n, "fill": fill});
-        p.publish(&q, &m);
-        sent.push(m);
+        sent.push(publish_filled(&mut p, &q, n, len));
     }
     for s in &mut subs {
         let got = s.recv_msgs(sent.len(), REPLY_TIMEOUT);
