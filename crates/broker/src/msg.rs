@@ -271,10 +271,12 @@ pub(crate) enum Response {
         seq: u32,
         part: Vec<(u16, Vec<MsgFrame>)>,
     },
-    /// One shard's figures for the gather identified by `token`.
+    /// One shard's figures for the gather identified by `token`. Boxed: held
+    /// inline (15 words) it made every response, deliveries included, that
+    /// large, and responses are moved into and out of the mesh batches.
     Stats {
         token: u64,
-        stats: crate::stats::ShardStats,
+        stats: Box<crate::stats::ShardStats>,
     },
     /// A message accepted on this node, for the control shard to send to
     /// every cluster link.
@@ -291,6 +293,22 @@ pub(crate) enum Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mesh_items_stay_small() {
+        // Batches of these are moved through the mesh by the million; a rare
+        // kind that grows them slows every delivery.
+        assert!(
+            std::mem::size_of::<Response>() <= 80,
+            "{}",
+            std::mem::size_of::<Response>()
+        );
+        assert!(
+            std::mem::size_of::<Request>() <= 80,
+            "{}",
+            std::mem::size_of::<Request>()
+        );
+    }
 
     #[test]
     fn build_encodes_like_new() {

@@ -425,7 +425,7 @@ impl Shard {
                 self.respond(from, Response::History { conn, seq, part });
             }
             Request::Stats { token } => {
-                let stats = self.snapshot();
+                let stats = Box::new(self.snapshot());
                 self.respond(from, Response::Stats { token, stats });
             }
             Request::Drain => {
@@ -517,7 +517,7 @@ impl Shard {
                     });
                 }
             }
-            Response::Stats { token, stats } => self.gathers.arrived(token, stats),
+            Response::Stats { token, stats } => self.gathers.arrived(token, *stats),
             Response::Dump { token, queues } => self.dumps.arrived(token, queues),
             Response::Replicate { frame } => {
                 if let Some(c) = self.cluster.borrow().as_ref() {
