@@ -14,27 +14,6 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (the same index in the
-/// v2 and v3 headers; `libmimalloc-sys` exports no constant for it in v3).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// How long freed memory stays mapped before mimalloc returns it to the OS
-/// (milliseconds). mimalloc's default is 1 s: under steady load the message
-/// frames freed on one shard and allocated on another kept cycling through
-/// purge and fresh page faults (4×4 at 2 M msg/s: 1.3–9.8 k faults per
-/// million messages, `clear_page_erms` under the publish path ~5 % of the
-/// broker in `perf`). 10 s (jemalloc's default decay) leaves a few dozen
-/// faults per run; memory freed after a burst still goes back to the OS.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-
-/// Allocator settings, unless the operator set them (`MIMALLOC_PURGE_DELAY`).
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets an integer option; mimalloc reads options atomically.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
-    }
-}
-
 mod logging;
 mod notify;
 mod signals;
@@ -68,7 +47,6 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let args = Args::parse();
     if args.print_config {
         print!("{}", coremq_config::DEFAULT_CONFIG);
@@ -155,23 +133,4 @@ fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> 
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Index 15 is mimalloc's purge delay (its default is 1 s), and
-    /// `tune_allocator` raises it to 10 s.
-    #[test]
-    fn allocator_keeps_freed_memory_for_ten_seconds() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            return; // the operator's value wins; nothing to check
-        }
-        // SAFETY: reads an integer option.
-        let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(get(), 1000, "index 15 is not mimalloc's purge_delay");
-        tune_allocator();
-        assert_eq!(get(), PURGE_DELAY_MS);
-    }
 }
