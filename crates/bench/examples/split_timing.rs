@@ -10,23 +10,22 @@ use coremq_bench::wire::{self, Frame, Proto};
 use std::time::Instant;
 
 const PAIRS: usize = 200_000;
+const ID: &str = "0b7c9e5a-3f1d-4c2b-9a8e-6d5f4e3c2b1a";
 
 fn main() {
     // An acknowledgement and a delivery of a 128-byte payload carrying the
-    // three fields the broker adds, PAIRS times.
+    // three fields the broker adds, PAIRS times, with the lengths of a real
+    // run: a connection id is a 36-character UUID, a bench queue
+    // `bench.<pid>x<time>.<n>`.
     let mut buf = Vec::new();
     let mut payload = Payload::new(128);
     for i in 0..PAIRS {
-        wire::coremq::encode_frame(
-            &mut buf,
-            "a1b2c3d4e5f6a7b8",
-            br#"{"queue": "a1b2c3d4e5f6a7b8", "response": "OK: Message sent"}"#,
-        );
+        wire::coremq::encode_frame(&mut buf, ID, br#"{"response": "OK: Message sent"}"#);
         let marker = std::str::from_utf8(payload.stamp(i as u64, 5)).expect("ASCII payload");
         let json = format!(
-            r#"{{"d":"{marker}","coremq_sender":"a1b2c3d4e5f6a7b8","coremq_sent":1732858000.123456,"coremq_server":"vm:6747"}}"#
+            r#"{{"d":"{marker}","coremq_sender":"{ID}","coremq_sent":1732858000.123456,"coremq_server":"vm:6747"}}"#
         );
-        wire::coremq::encode_frame(&mut buf, "bench.x.1", json.as_bytes());
+        wire::coremq::encode_frame(&mut buf, "bench.123456x1a2b3c4d5e6f.0", json.as_bytes());
     }
     for _ in 0..3 {
         let t = Instant::now();
