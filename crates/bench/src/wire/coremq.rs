@@ -43,11 +43,10 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], &[u8], usize)>, BenchErr
             preview(buf)
         )));
     }
-    // LEN and the queue are a few bytes each: plain loops, no `memchr` set-up
-    // per search (with the prebuilt searchers of `classify_coremq_json`:
-    // `examples/split_timing.rs`).
+    // LEN and the queue are a few dozen bytes at most: `find_space`, no
+    // `memchr` set-up per search (`examples/split_timing.rs`).
     let head = &buf[1..buf.len().min(MAX_LEN_DIGITS + 2)];
-    let digits_end = match head.iter().position(|&b| b == b' ') {
+    let digits_end = match find_space(head) {
         Some(i) => i + 1,
         None if buf.len() > MAX_LEN_DIGITS + 1 => {
             return Err(BenchError::Malformed(format!(
