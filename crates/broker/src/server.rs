@@ -120,6 +120,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             .name(&format!("coremq-shard-{id}"))
             .io_memory(IO_MEMORY)
             .spin_before_park(mq.idle_spin)
+            .preempt_timer(mq.io_poll_interval)
             .spawn(move || run_shard(boot))
             .map_err(|e| BrokerError::ShardStart {
                 shard: id,

@@ -82,6 +82,11 @@ fn bad_values_name_section_key_value_and_what_is_allowed() {
     bad_mq("idle_spin", "1000001", us);
     bad_mq("idle_spin", "-1", us);
     bad_mq("idle_spin", "200us", us);
+    let poll = "expected a number of microseconds 100-1000000";
+    bad_mq("io_poll_interval", "99", poll);
+    bad_mq("io_poll_interval", "0", poll);
+    bad_mq("io_poll_interval", "1000001", poll);
+    bad_mq("io_poll_interval", "10ms", poll);
     let secs = "expected a number of seconds 0-86400, such as 5 or 0.5";
     bad_mq("shutdown_timeout", "-1", secs);
     bad_mq("shutdown_timeout", "5s", secs);
@@ -175,7 +180,7 @@ fn unknown_keys_and_sections_are_errors() {
         err("[CoreMQ]\nprot = 7000\n"),
         "unknown key \"prot\" in section [CoreMQ] (known keys: address, port, node_name, \
          log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, shards, idle_spin, \
-         max_message_size, max_pending, max_connections, max_queue_name_length, \
+         io_poll_interval, max_message_size, max_pending, max_connections, max_queue_name_length, \
          history_length, queue_history, shutdown_timeout)"
     );
     assert_eq!(

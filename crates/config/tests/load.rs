@@ -34,6 +34,7 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.cluster_link_buffer, b.cluster_link_buffer);
     assert_eq!(a.shards, b.shards);
     assert_eq!(a.idle_spin, b.idle_spin);
+    assert_eq!(a.io_poll_interval, b.io_poll_interval);
     assert_eq!(a.max_message_size, b.max_message_size);
     assert_eq!(a.max_pending, b.max_pending);
     assert_eq!(a.max_connections, b.max_connections);
@@ -71,6 +72,7 @@ fn default_file_is_exactly_the_defaults() {
     assert_eq!(mq.cluster_secret, None);
     assert_eq!(mq.shards, cpus());
     assert_eq!(mq.idle_spin, Duration::ZERO);
+    assert_eq!(mq.io_poll_interval, Duration::from_millis(10));
     assert_eq!(mq.max_message_size, 1 << 20);
     assert_eq!(mq.max_pending, 16 << 20);
     assert_eq!(mq.max_connections, 100_000);
@@ -89,7 +91,7 @@ fn empty_text_and_empty_values_are_defaults() {
     let empty = parse("");
     let blank = parse(
         "[CoreMQ]\naddress =\nport =\nnode_name =\nlog_file =\nlog_level =\n\
-         cluster_nodes =\nallowed_replicants =\ncluster_secret =\nshards =\nidle_spin =\n\
+         cluster_nodes =\nallowed_replicants =\ncluster_secret =\nshards =\nidle_spin =\nio_poll_interval =\n\
          max_message_size =\nmax_pending =\nmax_connections =\nmax_queue_name_length =\n\
          history_length =\nqueue_history =\nshutdown_timeout =\n\
          [CoreWS]\nenabled =\naddress =\nport =\nlog_file =\nlog_level =\nallowed_origins =\n",
@@ -113,6 +115,7 @@ allowed_replicants = mq4, mq5:7000
 cluster_secret = s3cret
 shards = 3
 idle_spin = 150
+io_poll_interval = 2500
 max_message_size = 64K
 max_pending = 2MiB
 max_connections = 5
@@ -147,6 +150,7 @@ allowed_origins = https://a.example, https://b.example
     assert_eq!(mq.cluster_secret.as_deref(), Some("s3cret"));
     assert_eq!(mq.shards, 3);
     assert_eq!(mq.idle_spin, Duration::from_micros(150));
+    assert_eq!(mq.io_poll_interval, Duration::from_micros(2500));
     assert_eq!(mq.max_message_size, 64 << 10);
     assert_eq!(mq.max_pending, 2 << 20);
     assert_eq!(mq.max_connections, 5);
