@@ -81,6 +81,8 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         shards,
         pinned = pin,
         cpus = cpus.len(),
+        idle_spin_us = mq.idle_spin.as_micros() as u64,
+        io_poll_interval_us = mq.io_poll_interval.as_micros() as u64,
         node = %mq.node_name,
         "starting CoreMQ {}",
         env!("CARGO_PKG_VERSION")
