@@ -528,3 +528,21 @@ fn half_close_gets_every_reply_1_shard() {
 fn half_close_gets_every_reply_4_shards() {
     half_close_gets_every_reply(4);
 }
+
+/// Many brokers starting at once on two cores: every shard must join the
+/// mesh and the broker report ready. Shards used to fall asleep in the middle
+/// of joining under this much contention (3-4 of 30 four-shard brokers never
+/// started here) — see the join ticker in `boot.rs`.
+#[test]
+fn many_brokers_starting_at_once_all_become_ready() {
+    let mut brokers: Vec<Broker> = (0..24)
+        .map(|_| Broker::spawn(&BrokerOpts::new(4)))
+        .collect();
+    for b in &mut brokers {
+        b.wait_ready();
+    }
+    for b in &brokers {
+        let mut c = b.client();
+        assert_eq!(c.status()["shards"].as_array().map(Vec::len), Some(4));
+    }
+}

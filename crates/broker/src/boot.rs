@@ -15,6 +15,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use glommio::net::{TcpListener, TcpStream, UnixStream};
 use glommio::timer::sleep;
 use glommio::{spawn_local, Task};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
@@ -54,6 +55,9 @@ pub(crate) struct Boot {
 /// The shard that also runs the WebSocket/HTTP listener, the statistics
 /// publisher and (later) cluster links.
 pub(crate) const CONTROL_SHARD: usize = 0;
+/// How often a shard joining the mesh wakes up to look at its pending
+/// connects again (see `run_shard`).
+const JOIN_TICK: Duration = Duration::from_millis(5);
 
 /// Runs one shard to completion.
 pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
@@ -69,6 +73,21 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     };
 
     // Connect every channel end concurrently: each connect waits for its peer.
+    // glommio's connect re-checks its peer on every pass of the reactor and has
+    // no wake-up of its own; under heavy CPU contention (30 brokers of 4 shards
+    // starting at once on 2 cores) shards were found asleep in io_uring with
+    // a connect whose peer had long connected, so the broker stalled until
+    // something else woke them. While the mesh joins, a ticking timer wakes
+    // the executor so that such a connect is looked at again.
+    let joined = Rc::new(Cell::new(false));
+    let ticker = {
+        let joined = joined.clone();
+        spawn_local(async move {
+            while !joined.get() {
+                sleep(JOIN_TICK).await;
+            }
+        })
+    };
     let req_tx: Vec<(usize, Task<_>)> = boot
         .req_tx
         .into_iter()
@@ -142,6 +161,8 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         })
         .detach();
     }
+    joined.set(true);
+    ticker.await;
 
     // Stop signal: one byte (or EOF when the starter is gone) on the socket pair.
     let mut stop = unsafe_stream(boot.stop_fd);
