@@ -422,6 +422,17 @@ mod tests {
         }
     }
 
+    /// A buffer a peer kept full until it reached [`READ_BUSY`], all parsed.
+    fn grown() -> ReadBuf {
+        let mut b = fresh();
+        while b.data.len() < READ_BUSY {
+            let room = b.spare(MAX).len();
+            read(&mut b, &vec![b'x'; room]);
+            b.start = b.end;
+        }
+        b
+    }
+
     /// Read `bytes` into the buffer the way the connection task does.
     fn read(b: &mut ReadBuf, bytes: &[u8]) {
         let spare = b.spare(MAX);
@@ -444,12 +455,7 @@ mod tests {
 
     #[test]
     fn quiet_reads_shrink_it_back_once_it_is_empty() {
-        let mut b = fresh();
-        while b.data.len() < READ_BUSY {
-            let room = b.spare(MAX).len();
-            read(&mut b, &vec![b'x'; room]);
-            b.start = b.end;
-        }
+        let mut b = grown();
         // Small reads, but an unparsed partial frame stays: no shrink under it.
         let part: &[u8] = b"+12 q {\"a";
         for _ in 0..SHRINK_AFTER {
@@ -468,12 +474,7 @@ mod tests {
 
     #[test]
     fn a_large_read_between_small_ones_keeps_it() {
-        let mut b = fresh();
-        while b.data.len() < READ_BUSY {
-            let room = b.spare(MAX).len();
-            read(&mut b, &vec![b'x'; room]);
-            b.start = b.end;
-        }
+        let mut b = grown();
         for i in 0..3 * SHRINK_AFTER {
             let n = if i % (SHRINK_AFTER / 2) == 0 {
                 READ_BUSY / 4
