@@ -30,11 +30,19 @@ pub fn validate_queue_name(name: &[u8], max_queue_len: usize) -> Result<&str, Bo
             max,
         });
     }
-    if name.is_empty() || !name.iter().all(|b| (b'!'..=b'~').contains(b)) {
+    // Every publish passes here: one pass over the whole name without an
+    // early exit, which the compiler turns into vector compares (a bad name
+    // is rare and rejected as a whole anyway).
+    let printable = name
+        .iter()
+        .fold(true, |ok, &b| ok & (b.wrapping_sub(b'!') <= b'~' - b'!'));
+    if name.is_empty() || !printable {
         return Err(BodyError::BadQueueName);
     }
-    // Printable ASCII is always UTF-8, so this cannot fail; no unwrap on input paths.
-    std::str::from_utf8(name).map_err(|_| BodyError::BadQueueName)
+    // SAFETY: every byte is printable ASCII (checked just above), and ASCII
+    // is valid UTF-8; re-validating it was ~1 % of the broker's CPU per
+    // message in perf.
+    Ok(unsafe { std::str::from_utf8_unchecked(name) })
 }
 
 #[cfg(test)]
@@ -80,6 +88,26 @@ mod tests {
             );
         }
         assert_eq!(split_body(b"a\tb {}", 255), Err(BodyError::BadQueueName));
+    }
+
+    #[test]
+    fn every_byte_at_every_lane() {
+        // The check runs in vector lanes with a scalar tail: one bad byte
+        // anywhere, in the body or the tail of a long name, rejects it.
+        for len in [1usize, 15, 16, 17, 33, 64, 255] {
+            for pos in [0, len / 2, len - 1] {
+                for b in 0..=255u8 {
+                    let mut name = vec![b'q'; len];
+                    name[pos] = b;
+                    let good = (b'!'..=b'~').contains(&b);
+                    assert_eq!(
+                        validate_queue_name(&name, 255).is_ok(),
+                        good,
+                        "byte {b:#x} at {pos} of {len}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
