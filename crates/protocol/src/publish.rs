@@ -224,14 +224,52 @@ pub fn seconds_to_micros(secs: f64) -> u64 {
 
 /// Writes Unix seconds as a JSON float with exactly six decimals, from whole
 /// microseconds: integer formatting keeps the digits exact.
+///
+/// This runs once per published message, and in perf it was ~5 % of the
+/// broker's CPU on small messages (two integer formats and three appends).
+/// The seconds change once a second, so each thread keeps its last `SECS.`
+/// text; the six decimals are written from a two-digit table; the whole time
+/// goes into the output with one append.
 pub(crate) fn write_micros(micros: u64, out: &mut Vec<u8>) {
-    let mut buf = itoa::Buffer::new();
-    out.extend_from_slice(buf.format(micros / 1_000_000).as_bytes());
-    out.push(b'.');
-    let frac = buf.format(micros % 1_000_000 + 1_000_000);
-    // 1_000_000 + frac has seven digits; the first one is the padding '1'.
-    out.extend_from_slice(&frac.as_bytes()[1..]);
+    const SECS_MAX: usize = 21; // 20 digits of a u64 and the '.'.
+    thread_local! {
+        static LAST_SECS: std::cell::Cell<(u64, [u8; SECS_MAX], u8)> =
+            const { std::cell::Cell::new((u64::MAX, [0; SECS_MAX], 0)) };
+    }
+    let secs = micros / 1_000_000;
+    let frac = (micros % 1_000_000) as usize;
+    let mut text = [0u8; SECS_MAX + 6];
+    let (cached, prefix, len) = LAST_SECS.get();
+    let len = if cached == secs {
+        text[..SECS_MAX].copy_from_slice(&prefix);
+        usize::from(len)
+    } else {
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(secs).as_bytes();
+        text[..digits.len()].copy_from_slice(digits);
+        text[digits.len()] = b'.';
+        let mut prefix = [0u8; SECS_MAX];
+        prefix.copy_from_slice(&text[..SECS_MAX]);
+        let len = digits.len() + 1;
+        LAST_SECS.set((secs, prefix, len as u8));
+        len
+    };
+    for (i, pair) in [frac / 10_000, frac / 100 % 100, frac % 100]
+        .into_iter()
+        .enumerate()
+    {
+        text[len + 2 * i..len + 2 * i + 2].copy_from_slice(&DIGIT_PAIRS[2 * pair..2 * pair + 2]);
+    }
+    out.extend_from_slice(&text[..len + 6]);
 }
+
+/// "00" to "99", two bytes each.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 #[cfg(test)]
 mod tests {
@@ -327,6 +365,28 @@ mod tests {
                     "{json} at {micros}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn micros_match_plain_formatting_as_seconds_change() {
+        // The cached seconds must follow every change, forwards and back.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut times = vec![0, 1, 999_999, 1_000_000, u64::MAX, u64::MAX - 999_999];
+        for _ in 0..2000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            times.push(1_764_302_775_000_000 + state % 5_000_000);
+            times.push(state);
+        }
+        for micros in times {
+            let mut out = b"x".to_vec();
+            write_micros(micros, &mut out);
+            assert_eq!(
+                String::from_utf8(out).expect("ASCII"),
+                format!("x{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+            );
         }
     }
 
