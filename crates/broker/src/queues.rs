@@ -176,7 +176,13 @@ fn insert_ordered(h: &mut VecDeque<MsgFrame>, cap: usize, frame: &MsgFrame) -> S
         h.pop_front();
         i -= 1;
     }
-    h.insert(i, frame.clone());
+    if i == h.len() {
+        // The usual case (local messages come in key order): the general
+        // insert's shifting logic was 4 % of the broker's CPU on small messages.
+        h.push_back(frame.clone());
+    } else {
+        h.insert(i, frame.clone());
+    }
     Stored::New
 }
 
