@@ -462,13 +462,19 @@ impl Shard {
                 Some((from, sender, echo)) if h == from && !echo => Some(sender),
                 _ => None,
             };
-            self.respond(
-                h,
-                Response::Deliver {
-                    frame: frame.clone(),
-                    skip,
-                },
-            );
+            if h == self.id {
+                // What `respond` would do at once, minus a reference-count
+                // increment and decrement (atomics) per local delivery.
+                self.deliver_local(frame, skip);
+            } else {
+                self.respond(
+                    h,
+                    Response::Deliver {
+                        frame: frame.clone(),
+                        skip,
+                    },
+                );
+            }
         }
     }
 
