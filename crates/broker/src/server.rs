@@ -24,6 +24,8 @@ pub const IO_MEMORY: usize = 64 << 10;
 
 /// How long start-up may take before it is declared failed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// After this long without every shard ready, the start-up names the late ones.
+const SLOW_START: Duration = Duration::from_secs(5);
 
 /// A running node.
 pub struct Running {
@@ -150,16 +152,35 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         exits,
     };
 
-    let deadline = Instant::now() + START_TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + START_TIMEOUT;
     let mut ready = 0;
+    let mut is_ready = vec![false; shards];
+    let mut warned = false;
     while ready < shards {
+        if !warned && started.elapsed() >= SLOW_START {
+            // Say which shards are late while it is still worth looking
+            // (a stuck shard shows in `top -H` / gdb by its thread name).
+            warned = true;
+            let late: Vec<usize> = (0..shards).filter(|&i| !is_ready[i]).collect();
+            tracing::warn!(
+                ?late,
+                waited_s = SLOW_START.as_secs(),
+                "shards not ready yet"
+            );
+        }
         if let Ok((shard, res)) = running.exits.try_recv() {
             running.stopper.stop();
             let cause = res.err().unwrap_or_else(|| "exited during start-up".into());
             return Err(BrokerError::ShardStart { shard, cause });
         }
         match ready_rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(_) => ready += 1,
+            Ok(id) => {
+                if let Some(r) = is_ready.get_mut(id).filter(|r| !**r) {
+                    *r = true;
+                    ready += 1;
+                }
+            }
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
             Err(_) => {
                 running.stopper.stop();
