@@ -379,8 +379,10 @@ impl Shard {
                 echo,
                 ack,
             } => {
-                self.store_and_deliver(&frame, Some((from, sender, echo)));
-                if self.replicate && !is_reserved(frame.queue()) {
+                let replica =
+                    (self.replicate && !is_reserved(frame.queue())).then(|| frame.clone());
+                self.store_and_deliver(frame, Some((from, sender, echo)));
+                if let Some(frame) = replica {
                     self.respond(crate::boot::CONTROL_SHARD, Response::Replicate { frame });
                 }
                 if let Some(seq) = ack {
@@ -389,7 +391,7 @@ impl Shard {
             }
             Request::Replicated { frame, live } => {
                 if live {
-                    self.store_and_deliver(&frame, None);
+                    self.store_and_deliver(frame, None);
                 } else {
                     let cfg = &self.cfg;
                     self.queues
@@ -438,7 +440,7 @@ impl Shard {
     /// Stores a message at its owner and delivers it to every home shard with
     /// subscribers, unless it is a duplicate. `publisher` is (home shard,
     /// connection, echo) for a local publish; replicated messages have none.
-    fn store_and_deliver(&self, frame: &MsgFrame, publisher: Option<(usize, ConnKey, bool)>) {
+    fn store_and_deliver(&self, frame: MsgFrame, publisher: Option<(usize, ConnKey, bool)>) {
         let cfg = &self.cfg;
         let mut homes: [usize; 8] = [usize::MAX; 8];
         let mut many: Vec<usize> = Vec::new();
@@ -446,7 +448,7 @@ impl Shard {
         if let Some((crate::queues::Stored::New, q)) = self
             .queues
             .borrow_mut()
-            .publish(frame, |name| cfg.history_length_for(name))
+            .publish(&frame, |name| cfg.history_length_for(name))
         {
             for h in q.homes() {
                 if n < homes.len() {
@@ -457,21 +459,33 @@ impl Shard {
                 n += 1;
             }
         }
-        for &h in homes.iter().take(n.min(homes.len())).chain(many.iter()) {
-            let skip = match publisher {
-                Some((from, sender, echo)) if h == from && !echo => Some(sender),
-                _ => None,
-            };
-            if h == self.id {
-                // What `respond` would do at once, minus a reference-count
-                // increment and decrement (atomics) per local delivery.
-                self.deliver_local(frame, skip);
+        let homes = || homes.iter().take(n.min(homes.len())).chain(many.iter());
+        let skip = |h: usize| match publisher {
+            Some((from, sender, echo)) if h == from && !echo => Some(sender),
+            _ => None,
+        };
+        // This shard's own subscribers first, straight from the frame (what
+        // `respond` would do at once, minus a Response and its reference
+        // count). Homes are independent, so their order does not matter.
+        if homes().any(|&h| h == self.id) {
+            self.deliver_local(&frame, skip(self.id));
+        }
+        // The last other home gets the frame itself, the others a clone:
+        // one atomic increment and decrement fewer per message crossing.
+        let last = homes().filter(|&&h| h != self.id).count();
+        let mut frame = Some(frame);
+        for (i, &h) in homes().filter(|&&h| h != self.id).enumerate() {
+            let frame = if i + 1 == last {
+                frame.take()
             } else {
+                frame.clone()
+            };
+            if let Some(frame) = frame {
                 self.respond(
                     h,
                     Response::Deliver {
-                        frame: frame.clone(),
-                        skip,
+                        frame,
+                        skip: skip(h),
                     },
                 );
             }
