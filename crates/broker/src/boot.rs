@@ -19,6 +19,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,8 +49,55 @@ pub(crate) struct Boot {
     pub stop_fd: std::os::unix::net::UnixStream,
     /// Reports readiness to the starting thread.
     pub ready: mpsc::Sender<usize>,
+    /// How far each shard's start has come (see [`StartProgress`]), for the
+    /// starting thread's warning about late shards.
+    pub progress: Arc<StartProgress>,
     /// The WebSocket/HTTP listener, for the control shard only.
     pub web: Option<(SocketAddr, WebSettings)>,
+}
+
+/// How far each shard's start has come: a stage and, while joining the
+/// mesh, how many of its channel ends are connected. Written by the shards,
+/// read by the starting thread only to say where a late start is stuck.
+pub(crate) struct StartProgress {
+    /// Per shard: stage * 10_000 + channel ends connected.
+    shards: Vec<AtomicU32>,
+}
+
+impl StartProgress {
+    const STAGES: [&'static str; 4] = [
+        "executor starting",
+        "binding and joining the mesh",
+        "joined",
+        "ready",
+    ];
+
+    pub(crate) fn new(shards: usize) -> StartProgress {
+        StartProgress {
+            shards: (0..shards).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    fn set_stage(&self, id: usize, stage: u32) {
+        self.shards[id].store(stage * 10_000, Ordering::Relaxed);
+    }
+
+    fn end_connected(&self, id: usize) {
+        self.shards[id].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// "stage (k channel ends connected)" for shard `id`.
+    pub(crate) fn describe(&self, id: usize) -> String {
+        let v = self.shards[id].load(Ordering::Relaxed);
+        let stage = Self::STAGES
+            .get((v / 10_000) as usize)
+            .copied()
+            .unwrap_or("?");
+        format!(
+            "shard {id}: {stage} ({} channel ends connected)",
+            v % 10_000
+        )
+    }
 }
 
 /// The shard that also runs the WebSocket/HTTP listener, the statistics
@@ -62,6 +110,8 @@ const JOIN_TICK: Duration = Duration::from_millis(5);
 /// Runs one shard to completion.
 pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     let id = boot.id;
+    let progress = boot.progress.clone();
+    progress.set_stage(id, 1);
     let listener = listen(boot.addr).map_err(|e| format!("cannot listen on {}: {e}", boot.addr))?;
     let web = match boot.web {
         Some((addr, settings)) => {
@@ -125,16 +175,19 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
 
     for (to, t) in req_tx {
         let tx = t.await;
+        progress.end_connected(id);
         let s = shard.clone();
         spawn_local(async move { s.mesh.requests.flush_loop(to, tx).await }).detach();
     }
     for (to, t) in resp_tx {
         let tx = t.await;
+        progress.end_connected(id);
         let s = shard.clone();
         spawn_local(async move { s.mesh.responses.flush_loop(to, tx).await }).detach();
     }
     for (from, t) in req_rx {
         let rx = t.await;
+        progress.end_connected(id);
         let s = shard.clone();
         spawn_local(async move {
             while let Some(batch) = rx.recv().await {
@@ -150,6 +203,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     }
     for (_from, t) in resp_rx {
         let rx = t.await;
+        progress.end_connected(id);
         let s = shard.clone();
         spawn_local(async move {
             while let Some(batch) = rx.recv().await {
@@ -162,6 +216,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         .detach();
     }
     joined.set(true);
+    progress.set_stage(id, 2);
     ticker.await;
 
     // Stop signal: one byte (or EOF when the starter is gone) on the socket pair.
@@ -183,6 +238,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         spawn_local(crate::web::listen(shard.clone(), l, settings)).detach();
     }
 
+    progress.set_stage(id, 3);
     let _ = boot.ready.send(id);
     tracing::debug!(shard = id, addr = %boot.addr, "shard ready");
 
@@ -319,4 +375,31 @@ fn unsafe_stream(s: std::os::unix::net::UnixStream) -> UnixStream {
     // SAFETY: the descriptor comes from an owned UnixStream whose ownership is
     // transferred here (into_raw_fd), so nothing else closes it.
     unsafe { UnixStream::from_raw_fd(s.into_raw_fd()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StartProgress;
+
+    #[test]
+    fn start_progress_says_stage_and_connected_ends() {
+        let p = StartProgress::new(2);
+        assert_eq!(
+            p.describe(1),
+            "shard 1: executor starting (0 channel ends connected)"
+        );
+        p.set_stage(1, 1);
+        p.end_connected(1);
+        p.end_connected(1);
+        assert_eq!(
+            p.describe(1),
+            "shard 1: binding and joining the mesh (2 channel ends connected)"
+        );
+        p.set_stage(1, 3);
+        assert_eq!(p.describe(1), "shard 1: ready (0 channel ends connected)");
+        assert_eq!(
+            p.describe(0),
+            "shard 0: executor starting (0 channel ends connected)"
+        );
+    }
 }

@@ -94,6 +94,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     let (exit_tx, exits) = mpsc::channel();
     let shared = NodeShared::new();
     let started = Instant::now();
+    let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);
     for (id, wiring) in wire(shards).into_iter().enumerate() {
         let (ours, theirs) = UnixStream::pair()?;
@@ -111,6 +112,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             resp_rx: wiring.resp_rx,
             stop_fd: theirs,
             ready: ready_tx.clone(),
+            progress: progress.clone(),
             web: (id == CONTROL_SHARD)
                 .then(|| ws_addr.map(|a| (a, web_settings.clone())))
                 .flatten(),
@@ -152,19 +154,23 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         exits,
     };
 
-    let started = Instant::now();
-    let deadline = started + START_TIMEOUT;
+    let waiting = Instant::now();
+    let deadline = waiting + START_TIMEOUT;
     let mut ready = 0;
     let mut is_ready = vec![false; shards];
     let mut warned = false;
     while ready < shards {
-        if !warned && started.elapsed() >= SLOW_START {
+        if !warned && waiting.elapsed() >= SLOW_START {
             // Say which shards are late while it is still worth looking
             // (a stuck shard shows in `top -H` / gdb by its thread name).
             warned = true;
-            let late: Vec<usize> = (0..shards).filter(|&i| !is_ready[i]).collect();
+            let late: Vec<String> = (0..shards)
+                .filter(|&i| !is_ready[i])
+                .map(|i| progress.describe(i))
+                .collect();
             tracing::warn!(
                 ?late,
+                channel_ends_per_shard = 4 * (shards - 1),
                 waited_s = SLOW_START.as_secs(),
                 "shards not ready yet"
             );
