@@ -1486,6 +1486,16 @@ impl LocalExecutor {
                 let cur_time = Instant::now();
                 this.queues.borrow_mut().stats.total_runtime += cur_time - pre_time;
                 pre_time = cur_time;
+                // CoreMQ patch: `run_task_queues` also returns false when the
+                // preemption timer armed by `poll_io` above has already fired
+                // (the thread was descheduled for longer than the timer): it
+                // stops before running anything although tasks are ready.
+                // Parking then would sleep with runnable tasks and nothing to
+                // wake them (the timer's completion has no waker). Go round
+                // instead: `poll_io` consumes the completion and re-arms it.
+                if !run && !this.queues.borrow().active_executors.is_empty() {
+                    continue;
+                }
                 if !run {
                     if let Poll::Ready(t) = future.as_mut().poll(cx) {
                         // It may be that we just became ready now that the task queue
