@@ -123,12 +123,14 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     };
 
     // Connect every channel end concurrently: each connect waits for its peer.
-    // glommio's connect re-checks its peer on every pass of the reactor and has
-    // no wake-up of its own; under heavy CPU contention (30 brokers of 4 shards
-    // starting at once on 2 cores) shards were found asleep in io_uring with
-    // a connect whose peer had long connected, so the broker stalled until
-    // something else woke them. While the mesh joins, a ticking timer wakes
-    // the executor so that such a connect is looked at again.
+    // glommio's connect re-checks its peer on every pass of the reactor and
+    // has no wake-up of its own. Under heavy CPU contention (30 brokers of 4
+    // shards starting at once on 2 cores) shards were found asleep in
+    // io_uring in the middle of joining; the cause turned out to be an
+    // executor parking with runnable tasks (fixed in vendor/glommio, see
+    // COREMQ-PATCH.md). While the mesh joins, a ticking timer still wakes the
+    // executor, so that a connect is looked at again even if something else
+    // of that kind were missed.
     let joined = Rc::new(Cell::new(false));
     let ticker = {
         let joined = joined.clone();
