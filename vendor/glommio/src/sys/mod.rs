@@ -306,6 +306,11 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // CoreMQ patch: pairs with the fence after `prepare_to_sleep` in the
+        // reactor's park path (which used to be a process-wide membarrier):
+        // what the caller published before this call is seen by the
+        // reactor's last sweep, or `should_notify` is seen here.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
