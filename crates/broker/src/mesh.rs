@@ -270,7 +270,7 @@ mod tests {
             }
             let _ = done_tx.send(());
         });
-        // A backstop, not a speed limit: the ring needs well under a second.
+        // A backstop, not a speed limit: the ring needs a few seconds at most.
         if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
             panic!(
                 "the ring stalled after {} of {} hops ({} of {TOKENS} tokens done): \
