@@ -26,6 +26,8 @@ mod cluster;
 mod conn;
 mod error;
 mod event;
+#[cfg(test)]
+mod executor_guards;
 mod gather;
 mod mesh;
 mod msg;
