@@ -187,7 +187,12 @@ fn write_kept_members(json: &[u8], layout: &ObjectLayout, out: &mut Vec<u8>) -> 
         if trim_ws_start(run).is_empty() {
             // Only whitespace: nothing between these two cuts.
         } else {
-            escape_non_ascii(run, out);
+            if layout.ascii {
+                // The scanner saw no byte above 0x7f: nothing to escape.
+                out.extend_from_slice(run);
+            } else {
+                escape_non_ascii(run, out);
+            }
             empty = false;
         }
         from = cut_end;

@@ -86,6 +86,10 @@ pub(crate) struct ObjectLayout {
     /// the member with it; see [`crate::rewrite_object`] for how the copy mends a
     /// leading comma.
     pub(crate) cuts: SpanList,
+    /// Whether the whole text is ASCII, so that a copy of it needs no escaping. The
+    /// fast scanner knows it for free (every non-ASCII byte goes through its UTF-8
+    /// check); `false` is always safe.
+    pub(crate) ascii: bool,
 }
 
 /// Checks that `json` is UTF-8 and a valid JSON object, feeding every top-level member
@@ -157,6 +161,7 @@ pub(crate) fn scan_object_slow<'de, S: MemberSink<'de>>(
                 open,
                 close,
                 cuts: visitor.cuts,
+                ascii: json.is_ascii(),
             };
             Ok(text)
         }

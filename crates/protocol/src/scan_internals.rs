@@ -22,6 +22,8 @@ pub struct Scanned {
     pub close: usize,
     /// The cut spans, in order.
     pub cuts: Vec<(usize, usize)>,
+    /// Whether the scan reported the text as all ASCII.
+    pub ascii: bool,
     /// Every top-level member the sink saw: the key as classified (unescaped) and the
     /// byte span of the value in the input (`None` if the value was not a sub-slice of
     /// the input, which would be a bug).
@@ -81,6 +83,7 @@ impl Recorder {
             open: layout.open,
             close: layout.close,
             cuts: layout.cuts.iter().copied().collect(),
+            ascii: layout.ascii,
             members: self.members,
         }
     }

@@ -51,7 +51,11 @@ pub(crate) fn scan_fast<'de, S: MemberSink<'de>>(
     sink: &mut S,
     layout: &mut ObjectLayout,
 ) -> Scan<&'de str> {
-    let mut s = Scanner { json, pos: 0 };
+    let mut s = Scanner {
+        json,
+        pos: 0,
+        non_ascii: false,
+    };
     let mut nesting = Nesting::default();
     s.skip_ws();
     let open = s.pos;
@@ -104,6 +108,7 @@ pub(crate) fn scan_fast<'de, S: MemberSink<'de>>(
     }
     layout.open = open;
     layout.close = close;
+    layout.ascii = !s.non_ascii;
     // SAFETY: the text is whitespace, an object checked as above, and whitespace.
     Ok(unsafe { validated_str(json) })
 }
@@ -126,6 +131,9 @@ struct Scanner<'de> {
     json: &'de [u8],
     /// Index of the next byte to look at.
     pos: usize,
+    /// Whether a byte above 0x7f was seen (they are only legal in strings, where
+    /// [`Scanner::non_ascii_run`] takes them).
+    non_ascii: bool,
 }
 
 impl Scanner<'_> {
@@ -368,6 +376,7 @@ impl Scanner<'_> {
         }
         let run = self.json.get(self.pos..end).ok_or(Rejected)?;
         std::str::from_utf8(run).map_err(|_| Rejected)?;
+        self.non_ascii = true;
         self.pos = end;
         Ok(())
     }
