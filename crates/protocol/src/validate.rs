@@ -5,8 +5,9 @@
 //! with the standard tools it takes three passes (`str::from_utf8`, serde_json, then
 //! the surrogate check); this scanner does all three checks in one pass. It walks
 //! plain ASCII string bytes sixteen at a time (SSE2, with an eight-byte SWAR fallback
-//! and tail), keeps its nesting stack in a machine word for the first 64 levels, and
-//! allocates only for a key written with escapes or nesting beyond those 64 levels.
+//! and tail) and long strings 64 at a time where the CPU has AVX2, keeps its
+//! nesting stack in a machine word for the first 64 levels, and allocates only for a
+//! key written with escapes or nesting beyond those 64 levels.
 //!
 //! Non-ASCII bytes, legal only inside strings, are the one thing looked at twice: a
 //! run of string text that holds them is found first and then handed to
