@@ -386,8 +386,8 @@ impl Scanner<'_> {
 /// The index of the first byte from `pos` on that is `"`, `\\` or below 0x20, or
 /// above 0x7f too if `ASCII_ONLY`; `bytes.len()` if there is none. Runs of
 /// [`WIDE_MIN`] bytes or more after the first sixteen go 64 and 32 bytes at a time
-/// where the CPU has AVX2 (checked at run time); the rest sixteen bytes at a time where SSE2 is there (every
-/// x86-64), eight at a time, one by one.
+/// where the CPU has AVX2 (checked at run time); the rest sixteen bytes at a time
+/// where SSE2 is there (every x86-64), eight at a time, one by one.
 #[inline]
 fn skip_text<const ASCII_ONLY: bool>(bytes: &[u8], mut pos: usize) -> usize {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
