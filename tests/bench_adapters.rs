@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use coremq_bench::placement::{self, Placement};
 use coremq_bench::workload::idle::{self, IdleSpec};
 use coremq_bench::workload::pingpong::{self, PingPongSpec};
 use coremq_bench::workload::pubsub::{self, PubSubSpec};
@@ -105,6 +106,91 @@ fn coremq_tcp_without_acks() {
     t.ack = false;
     assert_eq!(t.label(), "coremq-noack");
     all_workloads(&t, b.pid());
+}
+
+/// Per shard, `key`'s value in a status reply.
+fn per_shard(status: &serde_json::Value, key: &str) -> Vec<u64> {
+    status["shards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("status has no shards array: {status}"))
+        .iter()
+        .map(|s| s[key].as_u64().unwrap_or_else(|| panic!("no {key}: {s}")))
+        .collect()
+}
+
+/// The shard where `key` grew most between two status replies.
+fn grew_most(before: &serde_json::Value, after: &serde_json::Value, key: &str) -> usize {
+    let (b, a) = (per_shard(before, key), per_shard(after, key));
+    (0..a.len())
+        .max_by_key(|&i| a[i].saturating_sub(b[i]))
+        .expect("shards")
+}
+
+#[test]
+fn coremq_1to1_runs_report_their_placement() {
+    let p = Progress::hidden();
+    let run = |b: &Broker| {
+        let t = Target::new(Proto::CoreMq, b.addr().to_string());
+        let r = placement::measured(&t, || {
+            pubsub::run(&t, &spec("1to1", 1, 1, 2_000, 128), Some(b.pid()), &p)
+        })
+        .unwrap_or_else(|e| panic!("1to1 with placement: {e}"));
+        check_clean(&r);
+        r
+    };
+    // One shard: nothing can cross.
+    let one = Broker::start_shards(1);
+    let r = run(&one);
+    let none = Placement {
+        publisher: 0,
+        subscriber: 0,
+        owner: 0,
+    };
+    assert_eq!(r.placement, Some(none), "{}", r.to_text());
+    assert_eq!(r.to_json()["placement"]["label"], "no hop");
+
+    // Four shards: each run's placement agrees with counters the harness does not
+    // read — the bytes the shards read and wrote, and the queues they own.
+    // Queues: once the run's connections are gone, so are their id queues, and
+    // the one queue left over is the run's, at its owner.
+    let four = Broker::start_shards(4);
+    let mut c = four.client();
+    for _ in 0..6 {
+        let before = c.status();
+        let r = run(&four);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let st = c.status();
+            if shard_sum(&st, "connections") == shard_sum(&before, "connections") {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run's connections never went: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            shard_sum(&after, "queues"),
+            shard_sum(&before, "queues") + 1,
+            "one new queue: {after}"
+        );
+        let pl = r
+            .placement
+            .unwrap_or_else(|| panic!("no placement: {}", r.to_text()));
+        let ctx = r.to_text();
+        assert_eq!(
+            pl.publisher,
+            grew_most(&before, &after, "bytes_in"),
+            "{ctx}"
+        );
+        assert_eq!(
+            pl.subscriber,
+            grew_most(&before, &after, "bytes_out"),
+            "{ctx}"
+        );
+        assert_eq!(pl.owner, grew_most(&before, &after, "queues"), "{ctx}");
+    }
 }
 
 #[test]

@@ -16,6 +16,8 @@
 //! - [`count`]: per-subscriber sequence tracking — deliveries, gaps, repeats.
 //! - [`latency`]: percentiles from an HdrHistogram.
 //! - [`procstat`]: the broker's CPU time and memory from `/proc/PID`.
+//! - [`placement`]: which shards a CoreMQ run's publisher, subscriber and queue
+//!   were on, from the broker's status counters.
 //! - [`conn`]: connecting and handshaking with a broker, and the publisher,
 //!   subscriber and ping-pong endpoint roles over each protocol.
 //! - [`workload`]: the runs — publish/subscribe throughput, ping-pong latency, idle
@@ -30,6 +32,7 @@ pub mod count;
 pub mod error;
 pub mod latency;
 pub mod payload;
+pub mod placement;
 pub mod procstat;
 pub mod report;
 pub mod wire;

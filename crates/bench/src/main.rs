@@ -5,6 +5,7 @@
 //! ```
 
 use clap::{Parser, ValueEnum};
+use coremq_bench::placement;
 use coremq_bench::workload::idle::{self, IdleSpec};
 use coremq_bench::workload::pingpong::{self, PingPongSpec};
 use coremq_bench::workload::pubsub::{self, PubSubSpec};
@@ -129,6 +130,10 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         s
     };
     match args.workload {
+        // CoreMQ: which shards the run drew, from the broker's counters.
+        Workload::OneToOne if proto == Proto::CoreMq => placement::measured(&target, || {
+            pubsub::run(&target, &pubsub("1to1", 1, 1), args.broker_pid, &progress)
+        }),
         Workload::OneToOne => {
             pubsub::run(&target, &pubsub("1to1", 1, 1), args.broker_pid, &progress)
         }

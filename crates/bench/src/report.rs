@@ -1,6 +1,7 @@
 //! The result of one run, as JSON (for scripts) and as text (for people).
 
 use crate::latency::Summary;
+use crate::placement::Placement;
 use serde_json::{json, Value};
 
 /// The broker's resource use during a run (from `/proc`, when its PID was given).
@@ -74,6 +75,8 @@ pub struct Report {
     pub broker: Option<BrokerUse>,
     /// Idle-connection figures.
     pub idle: Option<IdleFigures>,
+    /// CoreMQ 1→1 runs: the shards of the publisher, the subscriber and the queue.
+    pub placement: Option<Placement>,
     /// The run hit `--max-seconds` before sending everything.
     pub stopped_by_time: bool,
     /// Why the run was skipped (e.g. no WebSocket listener); nothing else is valid.
@@ -134,6 +137,12 @@ impl Report {
                 "bytes_per_connection": i.bytes_per_connection,
                 "setup_s": i.setup_s,
             })),
+            "placement": self.placement.map(|p| json!({
+                "publisher": p.publisher,
+                "subscriber": p.subscriber,
+                "owner": p.owner,
+                "label": p.label(),
+            })),
             "stopped_by_time": self.stopped_by_time,
             "notes": self.notes,
         });
@@ -193,6 +202,15 @@ impl Report {
                 b.cpu_s, b.cpu_s_per_million, b.rss_kib, b.hwm_kib
             ));
         }
+        if let Some(p) = &self.placement {
+            s.push_str(&format!(
+                "  placement: publisher on shard {}, subscriber on {}, queue owned by {} ({})\n",
+                p.publisher,
+                p.subscriber,
+                p.owner,
+                p.label()
+            ));
+        }
         if self.stopped_by_time {
             s.push_str("  stopped by --max-seconds before publishing everything\n");
         }
@@ -238,5 +256,27 @@ mod tests {
         assert_eq!(j["lost"], 1);
         assert!(j["latency_us"]["p99"].is_number());
         assert!(j["broker"]["cpu_s_per_million"].is_number());
+        assert!(j["placement"].is_null(), "no placement measured: null");
+    }
+
+    #[test]
+    fn placement_is_reported_with_its_label() {
+        let r = Report {
+            target: "coremq".into(),
+            placement: Some(Placement {
+                publisher: 1,
+                subscriber: 1,
+                owner: 0,
+            }),
+            ..Report::default()
+        };
+        let j = r.to_json();
+        assert_eq!(j["placement"]["publisher"], 1);
+        assert_eq!(j["placement"]["subscriber"], 1);
+        assert_eq!(j["placement"]["owner"], 0);
+        assert_eq!(j["placement"]["label"], "both hops");
+        assert!(r
+            .to_text()
+            .contains("publisher on shard 1, subscriber on 1, queue owned by 0 (both hops)"));
     }
 }

@@ -4,7 +4,7 @@
 //! bounded waits; after set-up each role touches only frame headers.
 
 mod endpoint;
-mod handshake;
+pub(crate) mod handshake;
 pub mod stream;
 mod tcp;
 mod ws;
