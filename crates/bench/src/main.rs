@@ -130,12 +130,14 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         s
     };
     match args.workload {
-        // CoreMQ: which shards the run drew, from the broker's counters.
-        Workload::OneToOne if proto == Proto::CoreMq => placement::measured(&target, || {
-            pubsub::run(&target, &pubsub("1to1", 1, 1), args.broker_pid, &progress)
-        }),
         Workload::OneToOne => {
-            pubsub::run(&target, &pubsub("1to1", 1, 1), args.broker_pid, &progress)
+            let run = || pubsub::run(&target, &pubsub("1to1", 1, 1), args.broker_pid, &progress);
+            if proto == Proto::CoreMq {
+                // Which shards the run drew, from the broker's counters.
+                placement::measured(&target, run)
+            } else {
+                run()
+            }
         }
         Workload::Fanout => pubsub::run(
             &target,
