@@ -114,7 +114,7 @@ pub fn measured(
 pub fn parse_shards(status: &Value) -> Result<Vec<ShardCounts>, BenchError> {
     let bad = |why: &str| BenchError::Handshake {
         context: format!("CoreMQ status ({why})"),
-        reply: status.to_string().chars().take(200).collect(),
+        reply: crate::error::preview(status.to_string().as_bytes()),
     };
     let shards = status["shards"]
         .as_array()
