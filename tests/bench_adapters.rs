@@ -65,6 +65,12 @@ fn all_workloads(t: &Target, pid: u32) {
         assert!(lat.p50 <= lat.p99 && lat.p99 <= lat.p999 && lat.p999 <= lat.max);
         let b = r.broker.expect("broker figures from /proc");
         assert!(b.cpu_s >= 0.0 && b.hwm_kib > 0 && b.rss_kib > 0, "{b:?}");
+        // The generator's own CPU (getrusage, µs resolution): never nothing
+        // for a run that moved thousands of messages or megabytes.
+        let g = r.generator.expect("generator figures");
+        assert!(g.cpu_s > 0.0, "{g:?}");
+        let per_m = g.cpu_s / (r.delivered as f64 / 1e6);
+        assert!((g.cpu_s_per_million - per_m).abs() < 1e-9, "{g:?}");
         assert!(r.delivered_per_s > 0.0 && r.publish_per_s > 0.0 && r.mb_per_s > 0.0);
     }
 
@@ -77,6 +83,7 @@ fn all_workloads(t: &Target, pid: u32) {
         .unwrap_or_else(|e| panic!("{} pingpong: {e}", t.label()));
     check_clean(&r);
     assert_eq!(r.latency_us.expect("rtt").count, 300);
+    assert!(r.generator.expect("generator figures").cpu_s > 0.0);
 
     let r = idle::run(
         t,

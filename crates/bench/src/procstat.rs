@@ -1,5 +1,5 @@
 //! The broker's resource use, read from `/proc/PID/stat` (CPU time) and
-//! `/proc/PID/status` (memory).
+//! `/proc/PID/status` (memory), and the load generator's own CPU time.
 
 use std::fs;
 
@@ -24,6 +24,20 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
         rss_kib: status_kib(&status, "VmRSS")?,
         hwm_kib: status_kib(&status, "VmHWM")?,
     })
+}
+
+/// CPU seconds (user + system) this process has used so far: all its threads,
+/// finished ones included (`getrusage(RUSAGE_SELF)`, microsecond resolution
+/// where `/proc/PID/stat` counts 10 ms ticks). `None` if the call fails.
+pub fn own_cpu_s() -> Option<f64> {
+    // SAFETY: `rusage` is plain old data; all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes only the struct it is given.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(ru.ru_utime) + secs(ru.ru_stime))
 }
 
 fn clock_ticks_per_second() -> f64 {
@@ -80,5 +94,47 @@ mod tests {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib);
         assert!(s.cpu_s >= 0.0);
+    }
+
+    /// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), seconds.
+    fn thread_cpu_s() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes only the struct it is given.
+        assert_eq!(
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) },
+            0
+        );
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    }
+
+    #[test]
+    fn own_cpu_counts_every_thread_including_finished_ones() {
+        let before = own_cpu_s().expect("getrusage");
+        // Two threads that burn CPU (a bounded amount of work) and report
+        // their own CPU time, then finish before the second reading.
+        let burn = || {
+            std::thread::spawn(|| {
+                let start = thread_cpu_s();
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                for i in 0..30_000_000u64 {
+                    x = (x ^ i).rotate_left(7).wrapping_mul(0x2545_f491_4f6c_dd1d);
+                }
+                std::hint::black_box(x);
+                thread_cpu_s() - start
+            })
+        };
+        let (a, b) = (burn(), burn());
+        let spent = a.join().expect("thread") + b.join().expect("thread");
+        let after = own_cpu_s().expect("getrusage");
+        assert!(spent > 0.0, "the threads used no CPU time?");
+        // The process total covers both threads' time (getrusage rounds to µs).
+        assert!(
+            after - before >= spent - 1e-4,
+            "process CPU grew by {:.6} s, its finished threads used {spent:.6} s",
+            after - before
+        );
     }
 }

@@ -17,6 +17,16 @@ pub struct BrokerUse {
     pub hwm_kib: u64,
 }
 
+/// The load generator's own CPU use during a run: it shares the machine with
+/// the broker, so what it spends is not available to the broker.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GeneratorUse {
+    /// CPU seconds (user + system, all threads) `coremq-bench` spent during the run.
+    pub cpu_s: f64,
+    /// CPU seconds per million delivered messages.
+    pub cpu_s_per_million: f64,
+}
+
 /// Figures of the idle-connections workload.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct IdleFigures {
@@ -73,6 +83,8 @@ pub struct Report {
     pub latency_kind: &'static str,
     /// Broker resource use.
     pub broker: Option<BrokerUse>,
+    /// The load generator's own CPU use.
+    pub generator: Option<GeneratorUse>,
     /// Idle-connection figures.
     pub idle: Option<IdleFigures>,
     /// CoreMQ 1→1 runs: the shards of the publisher, the subscriber and the queue.
@@ -130,6 +142,10 @@ impl Report {
                 "cpu_s_per_million": b.cpu_s_per_million,
                 "rss_kib": b.rss_kib,
                 "hwm_kib": b.hwm_kib,
+            })),
+            "generator": self.generator.map(|g| json!({
+                "cpu_s": g.cpu_s,
+                "cpu_s_per_million": g.cpu_s_per_million,
             })),
             "idle": self.idle.map(|i| json!({
                 "connections": i.connections,
@@ -202,6 +218,12 @@ impl Report {
                 b.cpu_s, b.cpu_s_per_million, b.rss_kib, b.hwm_kib
             ));
         }
+        if let Some(g) = &self.generator {
+            s.push_str(&format!(
+                "  load generator CPU {:.3} s = {:.3} s per million delivered\n",
+                g.cpu_s, g.cpu_s_per_million
+            ));
+        }
         if let Some(p) = &self.placement {
             s.push_str(&format!(
                 "  placement: publisher on shard {}, subscriber on {}, queue owned by {} ({})\n",
@@ -257,6 +279,25 @@ mod tests {
         assert!(j["latency_us"]["p99"].is_number());
         assert!(j["broker"]["cpu_s_per_million"].is_number());
         assert!(j["placement"].is_null(), "no placement measured: null");
+        assert!(j["generator"].is_null(), "no generator use measured: null");
+    }
+
+    #[test]
+    fn generator_use_is_reported() {
+        let r = Report {
+            target: "coremq".into(),
+            generator: Some(GeneratorUse {
+                cpu_s: 0.5,
+                cpu_s_per_million: 0.25,
+            }),
+            ..Report::default()
+        };
+        let j = r.to_json();
+        assert_eq!(j["generator"]["cpu_s"], 0.5);
+        assert_eq!(j["generator"]["cpu_s_per_million"], 0.25);
+        assert!(r
+            .to_text()
+            .contains("load generator CPU 0.500 s = 0.250 s per million delivered"));
     }
 
     #[test]

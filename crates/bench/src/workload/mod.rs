@@ -12,7 +12,7 @@ pub mod pingpong;
 pub mod pubsub;
 
 use crate::procstat::{self, ProcSample};
-use crate::report::BrokerUse;
+use crate::report::{BrokerUse, GeneratorUse};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -80,18 +80,21 @@ pub fn run_id() -> String {
     format!("{}x{:x}", std::process::id(), nanos & 0xffff_ffff_ffff)
 }
 
-/// Reads the broker's counters before and after a run.
+/// Reads the broker's counters, and this process's own CPU time, before and
+/// after a run.
 pub struct BrokerProbe {
     pid: Option<u32>,
     before: Option<ProcSample>,
+    own_before: Option<f64>,
 }
 
 impl BrokerProbe {
-    /// Take the "before" sample now (nothing without a PID).
+    /// Take the "before" samples now (none of the broker without a PID).
     pub fn start(pid: Option<u32>) -> BrokerProbe {
         BrokerProbe {
             pid,
             before: pid.and_then(procstat::sample),
+            own_before: procstat::own_cpu_s(),
         }
     }
 
@@ -102,14 +105,30 @@ impl BrokerProbe {
         let cpu_s = (after.cpu_s - before.cpu_s).max(0.0);
         Some(BrokerUse {
             cpu_s,
-            cpu_s_per_million: if delivered > 0 {
-                cpu_s / (delivered as f64 / 1e6)
-            } else {
-                0.0
-            },
+            cpu_s_per_million: per_million(cpu_s, delivered),
             rss_kib: after.rss_kib,
             hwm_kib: after.hwm_kib,
         })
+    }
+
+    /// This process's (the load generator's) CPU use since
+    /// [`BrokerProbe::start`], charged to `delivered`. Call it after the
+    /// run's threads are joined: their time is then all counted.
+    pub fn generator(&self, delivered: u64) -> Option<GeneratorUse> {
+        let cpu_s = (procstat::own_cpu_s()? - self.own_before?).max(0.0);
+        Some(GeneratorUse {
+            cpu_s,
+            cpu_s_per_million: per_million(cpu_s, delivered),
+        })
+    }
+}
+
+/// CPU seconds per million of `delivered` messages (0 when none were).
+fn per_million(cpu_s: f64, delivered: u64) -> f64 {
+    if delivered > 0 {
+        cpu_s / (delivered as f64 / 1e6)
+    } else {
+        0.0
     }
 }
 

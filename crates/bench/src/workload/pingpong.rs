@@ -176,5 +176,6 @@ pub fn run(
         ));
     }
     report.broker = probe.finish(report.delivered);
+    report.generator = probe.generator(report.delivered);
     Ok(report)
 }

@@ -338,6 +338,7 @@ pub fn run(
     }
     report.latency_us = Some(Summary::of(&hist));
     report.broker = probe.finish(report.delivered);
+    report.generator = probe.generator(report.delivered);
     Ok(report)
 }
 
