@@ -47,6 +47,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // First, before the shards allocate anything worth a huge page.
+    let thp = disable_transparent_huge_pages();
     let args = Args::parse();
     if args.print_config {
         print!("{}", coremq_config::DEFAULT_CONFIG);
@@ -71,6 +73,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = thp {
+        tracing::warn!(cause = %e, "could not turn transparent huge pages off for the broker; running with the system's setting");
+    }
     for var in Config::unknown_env_overrides() {
         tracing::warn!(%var, "environment variable looks like a CoreMQ override but names no known key; ignored");
     }
@@ -124,6 +129,29 @@ fn run(
             eprintln!("coremq: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
+    }
+}
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`;
+/// other processes keep the system's setting).
+///
+/// mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), so with THP
+/// in `madvise` or `always` mode every first touch of a 2 MiB region — a mesh
+/// batch growing, a shard's frames spilling into a fresh page while the other
+/// shard's frees are still in flight — faults in and zeroes 2 MiB at once.
+/// Under the bench's 4 MiB windows that was up to 18 % of a shard's samples
+/// (`clear_page_erms` under `do_huge_pmd_anonymous_page`) and up to twice the
+/// peak RSS, while a warm broker showed no gain from the larger pages to set
+/// against it (`bench/results/ANALYSIS.md` has the runs). Redis's
+/// documentation asks for THP off for the same stalls.
+fn disable_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE only sets a flag of this process's memory
+    // map; no pointers are passed.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -1,6 +1,10 @@
-//! 16 shards start as a non-root user under an 8 MiB locked-memory limit
-//! (PLATFORM-NOTES.md: glommio's default io_memory needs ~30 MiB locked per executor;
-//! root ignores the limit, so as root we drop privileges to `nobody` first).
+//! The broker's memory set-up as a process:
+//!
+//! - 16 shards start as a non-root user under an 8 MiB locked-memory limit
+//!   (PLATFORM-NOTES.md: glommio's default io_memory needs ~30 MiB locked per executor;
+//!   root ignores the limit, so as root we drop privileges to `nobody` first);
+//! - transparent huge pages are off for the broker: a burst of traffic
+//!   through every shard maps no huge page, whatever the system's THP mode.
 
 mod common;
 
@@ -47,4 +51,63 @@ fn sixteen_shards_under_8mib_memlock_as_non_root() {
     for s in subs.iter_mut() {
         assert_eq!(s.recv_msg().json["x"], json!(1));
     }
+}
+
+/// A `Key:   value` line of a /proc file, the value's first word.
+fn proc_field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next().map(str::to_owned)
+    })
+}
+
+/// The broker's `AnonHugePages`, KiB.
+fn huge_kib(b: &Broker) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", b.pid())).unwrap();
+    proc_field(&smaps, "AnonHugePages")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no AnonHugePages in smaps_rollup:\n{smaps}"))
+}
+
+#[test]
+fn broker_runs_without_transparent_huge_pages() {
+    let b = Broker::start_shards(2);
+    // What was mapped before main() turned THP off (the allocator's first
+    // arena may have taken a huge page or two); nothing may be added.
+    let at_start = huge_kib(&b);
+    // Traffic through both shards: enough frames, batches and out-queue
+    // chunks to touch several MiB of fresh heap.
+    let mut subs = b.clients(4);
+    let queues: Vec<String> = (0..8).map(|i| uniq(&format!("thp{i}"))).collect();
+    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    for s in subs.iter_mut() {
+        s.subscribe(&names);
+    }
+    let mut p = b.client();
+    let filler = "x".repeat(2000);
+    let per_queue = 400;
+    for n in 0..per_queue {
+        for q in &queues {
+            p.send(q, &json!({"n": n, "f": filler}));
+        }
+    }
+    for _ in 0..per_queue * queues.len() {
+        p.expect_response(OK_SENT);
+    }
+    for s in subs.iter_mut() {
+        let got = s.recv_msgs(per_queue * queues.len(), std::time::Duration::from_secs(30));
+        assert_eq!(got.len(), per_queue * queues.len());
+    }
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", b.pid())).unwrap();
+    assert_eq!(
+        proc_field(&status, "THP_enabled").as_deref(),
+        Some("0"),
+        "transparent huge pages are not disabled for the broker:\n{status}"
+    );
+    assert_eq!(
+        huge_kib(&b),
+        at_start,
+        "the broker mapped huge pages while it ran"
+    );
 }
