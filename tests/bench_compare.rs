@@ -119,7 +119,7 @@ fn results_file_says_where_the_time_goes_when_a_target_is_missed() {
     assert!(idle_cores[0].contains("0.90× (NOT met)"), "{idle_cores:?}");
     assert!(
         idle_cores[2].contains("at most 1.33 CPU-µs")
-            && idle_cores[2].contains("spent 0.20, within it"),
+            && idle_cores[2].contains("spent 0.20 (15% of it), so CPU alone does not explain"),
         "{idle_cores:?}"
     );
 
