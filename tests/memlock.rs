@@ -9,6 +9,7 @@
 mod common;
 
 use common::*;
+use coremq_bench::procstat::status_kib;
 use serde_json::json;
 
 #[test]
@@ -53,19 +54,10 @@ fn sixteen_shards_under_8mib_memlock_as_non_root() {
     }
 }
 
-/// A `Key:   value` line of a /proc file, the value's first word.
-fn proc_field(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(key)?.strip_prefix(':')?;
-        rest.split_whitespace().next().map(str::to_owned)
-    })
-}
-
 /// The broker's `AnonHugePages`, KiB.
 fn huge_kib(b: &Broker) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", b.pid())).unwrap();
-    proc_field(&smaps, "AnonHugePages")
-        .and_then(|v| v.parse().ok())
+    status_kib(&smaps, "AnonHugePages")
         .unwrap_or_else(|| panic!("no AnonHugePages in smaps_rollup:\n{smaps}"))
 }
 
@@ -101,8 +93,8 @@ fn broker_runs_without_transparent_huge_pages() {
 
     let status = std::fs::read_to_string(format!("/proc/{}/status", b.pid())).unwrap();
     assert_eq!(
-        proc_field(&status, "THP_enabled").as_deref(),
-        Some("0"),
+        status_kib(&status, "THP_enabled"),
+        Some(0),
         "transparent huge pages are not disabled for the broker:\n{status}"
     );
     assert_eq!(
