@@ -1,7 +1,8 @@
 //! `bench/compare`'s results file, rendered from a saved run (`--from-json`)
 //! with known figures: where a throughput target is missed, the file says what
 //! the machine's cores allow per message at 1.5× NATS's rate and what broker
-//! and load generator spent; where it is met, only what they spent.
+//! and load generator spent; where it is met, only what they spent. The
+//! summary (the README's copy) says in one sentence what was met and what not.
 
 mod common;
 
@@ -125,6 +126,23 @@ fn results_file_says_where_the_time_goes_when_a_target_is_missed() {
 
     // The details tables carry the generator's CPU per message too.
     assert!(md.contains("| gen CPU s/M |"), "{md}");
+
+    // The summary (which `--readme` copies into the README) adds it up in
+    // one sentence: what was met, what was not.
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Against the target**"))
+        .unwrap_or_else(|| panic!("no verdict in the summary:\n{md}"));
+    assert!(
+        md.find(verdict) < md.find("## Against the target"),
+        "the verdict belongs to the summary"
+    );
+    for want in [
+        "met — 1to1 1.67×, broker CPU per message 0.43×–1.00× of NATS's;",
+        "**not met** — 4x4 1.07×, 1to1-16KiB 0.90× (where the time goes",
+    ] {
+        assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
+    }
 }
 
 #[test]
