@@ -201,6 +201,68 @@ fn coremq_1to1_runs_report_their_placement() {
 }
 
 #[test]
+fn coremq_4x4_runs_report_how_they_spread_over_the_shards() {
+    // Three shards, four publishers, subscribers and queues: the spread must add
+    // up, and agree with counters the harness does not read — the queues each
+    // shard holds once the run's connections (and their id queues) are gone,
+    // and each shard's share of the bytes read (publishes dwarf the rest).
+    let b = Broker::start_shards(3);
+    let t = Target::new(Proto::CoreMq, b.addr().to_string());
+    let p = Progress::hidden();
+    let mut c = b.client();
+    for _ in 0..3 {
+        let before = c.status();
+        let r = placement::measured_spread(&t, (4, 4, 4), || {
+            pubsub::run(&t, &spec("4x4", 4, 1, 2_000, 128), Some(b.pid()), &p)
+        })
+        .unwrap_or_else(|e| panic!("4x4 with spread: {e}"));
+        check_clean(&r);
+        let ctx = r.to_text();
+        let sp = r
+            .spread
+            .clone()
+            .unwrap_or_else(|| panic!("no spread: {ctx}"));
+        for v in [&sp.publishers, &sp.subscribers, &sp.queues] {
+            assert_eq!(v.len(), 3, "{ctx}");
+            assert_eq!(v.iter().sum::<usize>(), 4, "{ctx}");
+        }
+        assert_eq!(r.to_json()["spread"]["label"], sp.label());
+        assert!(ctx.contains("spread over the shards: publishers "), "{ctx}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let st = c.status();
+            // The id queues go with their connections, at their owners.
+            if shard_sum(&st, "connections") == shard_sum(&before, "connections")
+                && shard_sum(&st, "queues") == shard_sum(&before, "queues") + 4
+            {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run's connections and id queues never went: {st}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let grown = |key: &str| -> Vec<u64> {
+            let (b, a) = (per_shard(&before, key), per_shard(&after, key));
+            a.iter()
+                .zip(&b)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect()
+        };
+        let queues: Vec<usize> = grown("queues").iter().map(|&n| n as usize).collect();
+        assert_eq!(sp.queues, queues, "{ctx}");
+        let bytes_in = grown("bytes_in");
+        let total: u64 = bytes_in.iter().sum();
+        let by_bytes: Vec<usize> = bytes_in
+            .iter()
+            .map(|&n| (4.0 * n as f64 / total as f64).round() as usize)
+            .collect();
+        assert_eq!(sp.publishers, by_bytes, "{ctx}");
+    }
+}
+
+#[test]
 fn coremq_websocket_or_a_clear_skip() {
     let b = Broker::start(BrokerOpts::new(2).ws());
     let ws = b

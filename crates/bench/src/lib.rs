@@ -17,7 +17,8 @@
 //! - [`latency`]: percentiles from an HdrHistogram.
 //! - [`procstat`]: the broker's CPU time and memory from `/proc/PID`.
 //! - [`placement`]: which shards a CoreMQ run's publisher, subscriber and queue
-//!   were on, from the broker's status counters.
+//!   were on (1→1), or how many of each every shard had (fan-out, 4×4), from
+//!   the broker's status counters.
 //! - [`conn`]: connecting and handshaking with a broker, and the publisher,
 //!   subscriber and ping-pong endpoint roles over each protocol.
 //! - [`workload`]: the runs — publish/subscribe throughput, ping-pong latency, idle

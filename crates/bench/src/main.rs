@@ -139,18 +139,25 @@ fn run(args: &Args) -> Result<Report, BenchError> {
                 run()
             }
         }
-        Workload::Fanout => pubsub::run(
-            &target,
-            &pubsub(&format!("fanout1x{}", args.fanout), 1, args.fanout),
-            args.broker_pid,
-            &progress,
-        ),
-        Workload::Queues => pubsub::run(
-            &target,
-            &pubsub(&format!("{0}x{0}", args.publishers), args.publishers, 1),
-            args.broker_pid,
-            &progress,
-        ),
+        Workload::Fanout | Workload::Queues => {
+            let spec = if matches!(args.workload, Workload::Fanout) {
+                pubsub(&format!("fanout1x{}", args.fanout), 1, args.fanout)
+            } else {
+                pubsub(&format!("{0}x{0}", args.publishers), args.publishers, 1)
+            };
+            let run = || pubsub::run(&target, &spec, args.broker_pid, &progress);
+            if proto == Proto::CoreMq {
+                // How many publishers, subscribers and queues each shard drew.
+                let counts = (
+                    spec.publishers,
+                    spec.publishers * spec.subscribers_per_queue,
+                    spec.publishers,
+                );
+                placement::measured_spread(&target, counts, run)
+            } else {
+                run()
+            }
+        }
         Workload::Pingpong => pingpong::run(
             &target,
             &PingPongSpec {

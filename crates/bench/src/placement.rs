@@ -9,6 +9,10 @@
 //! `messages_in` grew took the publishes, the one whose `messages_out` grew
 //! delivered them, and the one whose `history_messages` grew owns the queue (the
 //! harness names its queues anew in every run, so the owner's history grows).
+//!
+//! Runs with several publishers, subscribers or queues (fan-out, 4×4) draw too:
+//! their [`Spread`] says how many of each landed on every shard, from each
+//! shard's share of the same counters' growth.
 
 use crate::conn::handshake;
 use crate::conn::{Proto, Target};
@@ -84,12 +88,113 @@ pub fn placement(before: &[ShardCounts], after: &[ShardCounts]) -> Option<Placem
     })
 }
 
+/// How a run's publishers, subscribers and queues spread over the shards: how
+/// many of each every shard had, by shard index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spread {
+    /// Publishers whose publishes each shard parsed (their connections' shard).
+    pub publishers: Vec<usize>,
+    /// Subscribers each shard delivered to.
+    pub subscribers: Vec<usize>,
+    /// Queues each shard owns.
+    pub queues: Vec<usize>,
+}
+
+impl Spread {
+    /// `publishers 3+1, subscribers 2+2, queues 1+3` (shard 0 first).
+    pub fn label(&self) -> String {
+        let join = |v: &[usize]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join("+")
+        };
+        format!(
+            "publishers {}, subscribers {}, queues {}",
+            join(&self.publishers),
+            join(&self.subscribers),
+            join(&self.queues)
+        )
+    }
+}
+
+/// The spread the counters' growth between `before` and `after` shows for a run
+/// of `publishers` publishers and `subscribers` subscribers that each carried
+/// the same number of messages, on `queues` queues whose histories all grew
+/// alike: each shard's share of each counter's growth, times the count,
+/// rounded. `None` when the shard lists differ or a counter grew nowhere.
+pub fn spread(
+    before: &[ShardCounts],
+    after: &[ShardCounts],
+    publishers: usize,
+    subscribers: usize,
+    queues: usize,
+) -> Option<Spread> {
+    if before.len() != after.len() || after.is_empty() {
+        return None;
+    }
+    let grown = |field: fn(&ShardCounts) -> u64| -> Option<Vec<u64>> {
+        after
+            .iter()
+            .map(|a| {
+                let b = before.iter().find(|b| b.shard == a.shard)?;
+                Some(field(a).saturating_sub(field(b)))
+            })
+            .collect()
+    };
+    let share = |field: fn(&ShardCounts) -> u64, n: usize| -> Option<Vec<usize>> {
+        let g = grown(field)?;
+        let total: u64 = g.iter().sum();
+        (total > 0).then(|| {
+            g.iter()
+                .map(|&x| ((x as f64 / total as f64) * n as f64).round() as usize)
+                .collect()
+        })
+    };
+    // Listed by shard index, whatever order the status gave.
+    let mut order: Vec<usize> = (0..after.len()).collect();
+    order.sort_by_key(|&i| after[i].shard);
+    let by_shard = |v: Vec<usize>| order.iter().map(|&i| v[i]).collect();
+    Some(Spread {
+        publishers: by_shard(share(|c| c.messages_in, publishers)?),
+        subscribers: by_shard(share(|c| c.messages_out, subscribers)?),
+        queues: by_shard(share(|c| c.history_messages, queues)?),
+    })
+}
+
 /// Runs `run` between two readings of the broker's counters and puts the placement
 /// they show into its report. A reading that fails does not fail the run: the
 /// report says so in a note and has no placement.
 pub fn measured(
     t: &Target,
     run: impl FnOnce() -> Result<Report, BenchError>,
+) -> Result<Report, BenchError> {
+    around(t, run, |report, before, after| {
+        report.placement = placement(before, after);
+        report.placement.is_some()
+    })
+}
+
+/// Like [`measured`], for a run of several `publishers`, `subscribers` and
+/// `queues`: puts their [`Spread`] into the report.
+pub fn measured_spread(
+    t: &Target,
+    (publishers, subscribers, queues): (usize, usize, usize),
+    run: impl FnOnce() -> Result<Report, BenchError>,
+) -> Result<Report, BenchError> {
+    around(t, run, |report, before, after| {
+        report.spread = spread(before, after, publishers, subscribers, queues);
+        report.spread.is_some()
+    })
+}
+
+/// Reads the counters before and after `run` and hands both to `apply`, which
+/// says whether they showed anything; a failed reading or a `false` becomes a
+/// note.
+fn around(
+    t: &Target,
+    run: impl FnOnce() -> Result<Report, BenchError>,
+    apply: impl FnOnce(&mut Report, &[ShardCounts], &[ShardCounts]) -> bool,
 ) -> Result<Report, BenchError> {
     let before = shard_counts(t);
     let mut report = run()?;
@@ -98,8 +203,7 @@ pub fn measured(
     }
     match (before, shard_counts(t)) {
         (Ok(before), Ok(after)) => {
-            report.placement = placement(&before, &after);
-            if report.placement.is_none() {
+            if !apply(&mut report, &before, &after) {
                 report
                     .notes
                     .push("placement unknown: the shard counters did not show it".into());
@@ -224,6 +328,37 @@ mod tests {
         // A different shard list.
         assert_eq!(placement(&before, &counts(&[(9, 9, 9)])), None);
         assert_eq!(placement(&[], &[]), None);
+    }
+
+    #[test]
+    fn spread_counts_what_each_shard_had() {
+        // 4×4, 1000 messages per publisher and subscriber, 10 history each:
+        // three publishers on shard 0, subscribers two and two, one queue
+        // owned by shard 0; a status connection adds a stray count.
+        let before = counts(&[(100, 100, 50), (0, 0, 0)]);
+        let after = counts(&[(3100, 2101, 60), (1000, 2000, 30)]);
+        let sp = spread(&before, &after, 4, 4, 4).expect("spread");
+        assert_eq!(sp.publishers, [3, 1]);
+        assert_eq!(sp.subscribers, [2, 2]);
+        assert_eq!(sp.queues, [1, 3]);
+        assert_eq!(sp.label(), "publishers 3+1, subscribers 2+2, queues 1+3");
+        // Fan-out: one publisher, ten subscribers, one queue, three shards.
+        let before = counts(&[(0, 0, 0), (0, 0, 0), (0, 0, 0)]);
+        let after = counts(&[(0, 700, 0), (100, 300, 0), (0, 0, 10)]);
+        let sp = spread(&before, &after, 1, 10, 1).expect("spread");
+        assert_eq!(
+            sp.label(),
+            "publishers 0+1+0, subscribers 7+3+0, queues 0+0+1"
+        );
+        // Listed by shard index whatever order the status used.
+        let mut shuffled = counts(&[(0, 700, 0), (100, 300, 0), (0, 0, 10)]);
+        shuffled.reverse();
+        let mut before_rev = before.clone();
+        before_rev.reverse();
+        assert_eq!(spread(&before_rev, &shuffled, 1, 10, 1), Some(sp));
+        // Nothing grew, or other shards: no spread.
+        assert_eq!(spread(&before, &before, 1, 10, 1), None);
+        assert_eq!(spread(&before, &counts(&[(1, 1, 1)]), 1, 1, 1), None);
     }
 
     #[test]

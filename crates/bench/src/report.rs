@@ -1,7 +1,7 @@
 //! The result of one run, as JSON (for scripts) and as text (for people).
 
 use crate::latency::Summary;
-use crate::placement::Placement;
+use crate::placement::{Placement, Spread};
 use serde_json::{json, Value};
 
 /// The broker's resource use during a run (from `/proc`, when its PID was given).
@@ -89,6 +89,9 @@ pub struct Report {
     pub idle: Option<IdleFigures>,
     /// CoreMQ 1→1 runs: the shards of the publisher, the subscriber and the queue.
     pub placement: Option<Placement>,
+    /// CoreMQ fan-out and 4×4 runs: how many publishers, subscribers and queues
+    /// each shard had.
+    pub spread: Option<Spread>,
     /// The run hit `--max-seconds` before sending everything.
     pub stopped_by_time: bool,
     /// Why the run was skipped (e.g. no WebSocket listener); nothing else is valid.
@@ -157,6 +160,12 @@ impl Report {
                 "publisher": p.publisher,
                 "subscriber": p.subscriber,
                 "owner": p.owner,
+                "label": p.label(),
+            })),
+            "spread": self.spread.as_ref().map(|p| json!({
+                "publishers": p.publishers,
+                "subscribers": p.subscribers,
+                "queues": p.queues,
                 "label": p.label(),
             })),
             "stopped_by_time": self.stopped_by_time,
@@ -233,6 +242,9 @@ impl Report {
                 p.label()
             ));
         }
+        if let Some(p) = &self.spread {
+            s.push_str(&format!("  spread over the shards: {}\n", p.label()));
+        }
         if self.stopped_by_time {
             s.push_str("  stopped by --max-seconds before publishing everything\n");
         }
@@ -298,6 +310,31 @@ mod tests {
         assert!(r
             .to_text()
             .contains("load generator CPU 0.500 s = 0.250 s per million delivered"));
+    }
+
+    #[test]
+    fn spread_is_reported_with_its_label() {
+        let r = Report {
+            target: "coremq".into(),
+            spread: Some(Spread {
+                publishers: vec![3, 1],
+                subscribers: vec![2, 2],
+                queues: vec![0, 4],
+            }),
+            ..Report::default()
+        };
+        let j = r.to_json();
+        assert_eq!(j["spread"]["publishers"], json!([3, 1]));
+        assert_eq!(j["spread"]["subscribers"], json!([2, 2]));
+        assert_eq!(j["spread"]["queues"], json!([0, 4]));
+        assert_eq!(
+            j["spread"]["label"],
+            "publishers 3+1, subscribers 2+2, queues 0+4"
+        );
+        assert!(r
+            .to_text()
+            .contains("spread over the shards: publishers 3+1, subscribers 2+2, queues 0+4"));
+        assert!(Report::default().to_json()["spread"].is_null());
     }
 
     #[test]
