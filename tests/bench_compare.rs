@@ -87,6 +87,10 @@ fn results_file_says_where_the_time_goes_when_a_target_is_missed() {
         // Missed without the cores being the limit: 0.10 + 0.10 < 2 / 1.5 M.
         run("1to1-16KiB", "coremq", 0.9e6, 0.10, 0.10),
         run("1to1-16KiB", "nats", 1.0e6, 0.10, 0.10),
+        // Missed by a hair: 2.996 / 2.0 M = 1.498×, which two decimals would
+        // print as the target itself.
+        run("1to1-16B", "coremq", 2.996e6, 0.10, 0.10),
+        run("1to1-16B", "nats", 2.0e6, 0.20, 0.10),
     ];
     let saved = json!({
         "command": "bench/compare --reps 1",
@@ -132,6 +136,9 @@ fn results_file_says_where_the_time_goes_when_a_target_is_missed() {
         assert!(missed[2].contains(want), "{want:?} not in {:?}", missed[2]);
     }
 
+    let hair = target_lines(&md, "1to1-16B");
+    assert!(hair[0].contains("1.498× (NOT met)"), "{hair:?}");
+
     let idle_cores = target_lines(&md, "1to1-16KiB");
     assert!(idle_cores[0].contains("0.90× (NOT met)"), "{idle_cores:?}");
     assert!(
@@ -155,7 +162,7 @@ fn results_file_says_where_the_time_goes_when_a_target_is_missed() {
     );
     for want in [
         "met — 1to1 1.67×, broker CPU per message 0.43×–1.00× of NATS's;",
-        "**not met** — 4x4 1.07×, 1to1-16KiB 0.90× (where the time goes",
+        "**not met** — 4x4 1.07×, 1to1-16B 1.498×, 1to1-16KiB 0.90× (where the time goes",
     ] {
         assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
     }
