@@ -472,15 +472,10 @@ impl Shard {
         }
         // The last other home gets the frame itself, the others a clone:
         // one atomic increment and decrement fewer per message crossing.
-        let last = homes().filter(|&&h| h != self.id).count();
-        let mut frame = Some(frame);
-        for (i, &h) in homes().filter(|&&h| h != self.id).enumerate() {
-            let frame = if i + 1 == last {
-                frame.take()
-            } else {
-                frame.clone()
-            };
-            if let Some(frame) = frame {
+        let mut others = homes().copied().filter(|&h| h != self.id);
+        if let Some(mut h) = others.next() {
+            for next in others {
+                let frame = frame.clone();
                 self.respond(
                     h,
                     Response::Deliver {
@@ -488,7 +483,15 @@ impl Shard {
                         skip: skip(h),
                     },
                 );
+                h = next;
             }
+            self.respond(
+                h,
+                Response::Deliver {
+                    frame,
+                    skip: skip(h),
+                },
+            );
         }
     }
 
