@@ -119,6 +119,7 @@ impl FrameStream {
     }
 
     /// The next complete frame in the buffer, if any.
+    #[inline(always)]
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, BenchError> {
         match wire::next_frame(self.proto, &self.buf[self.start..self.end])? {
             Some((f, n)) => {

@@ -33,6 +33,7 @@ fn encode_head(buf: &mut Vec<u8>, queue: &str, json_len: usize) {
 /// Split one frame into (queue, json) and the bytes it took; `Ok(None)` while
 /// incomplete.
 #[allow(clippy::type_complexity)]
+#[inline(always)]
 pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], &[u8], usize)>, BenchError> {
     if buf.is_empty() {
         return Ok(None);
@@ -95,6 +96,7 @@ fn find_space(b: &[u8]) -> Option<usize> {
 }
 
 /// The next frame, classified.
+#[inline(always)]
 pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BenchError> {
     Ok(split_frame(buf)?.map(|(_, json, n)| (classify_coremq_json(json), n)))
 }

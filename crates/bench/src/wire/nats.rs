@@ -20,6 +20,7 @@ pub fn encode_publish(buf: &mut Vec<u8>, subject: &str, payload: &[u8]) {
 }
 
 /// The next frame; `Ok(None)` while incomplete.
+#[inline(always)]
 pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BenchError> {
     let Some(nl) = memchr::memchr(b'\n', buf) else {
         if buf.len() > MAX_LINE {

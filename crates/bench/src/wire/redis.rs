@@ -93,6 +93,7 @@ fn value(buf: &[u8], depth: usize) -> Result<Option<(Value<'_>, usize)>, BenchEr
 }
 
 /// The next frame; `Ok(None)` while incomplete.
+#[inline(always)]
 pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BenchError> {
     if buf.is_empty() {
         return Ok(None);
