@@ -2,17 +2,18 @@
 //! until told to stop, then drain and say BYE.
 
 use crate::conn::state::Close;
+use crate::consts::CONTROL_SHARD;
 use crate::msg::{Request, Response};
+use crate::net::{accept_loop, listen};
 use crate::node::{NodeCtx, NodeShared};
 use crate::shard::Shard;
-use crate::stats::Counters;
 use crate::web::WebSettings;
 use coremq_config::MqConfig;
 use coremq_protocol as proto;
 use futures_lite::future;
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncReadExt;
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
-use glommio::net::{TcpListener, TcpStream, UnixStream};
+use glommio::net::UnixStream;
 use glommio::timer::sleep;
 use glommio::{spawn_local, Task};
 use std::cell::Cell;
@@ -23,7 +24,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::Instrument;
 
 /// Everything a shard thread is handed at spawn (all `Send`).
 pub(crate) struct Boot {
@@ -100,9 +100,6 @@ impl StartProgress {
     }
 }
 
-/// The shard that also runs the WebSocket/HTTP listener, the statistics
-/// publisher and (later) cluster links.
-pub(crate) const CONTROL_SHARD: usize = 0;
 /// How often a shard joining the mesh wakes up to look at its pending
 /// connects again (see `run_shard`).
 const JOIN_TICK: Duration = Duration::from_millis(5);
@@ -123,14 +120,8 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     };
 
     // Connect every channel end concurrently: each connect waits for its peer.
-    // glommio's connect re-checks its peer on every pass of the reactor and
-    // has no wake-up of its own. Under heavy CPU contention (30 brokers of 4
-    // shards starting at once on 2 cores) shards were found asleep in
-    // io_uring in the middle of joining; the cause turned out to be an
-    // executor parking with runnable tasks (fixed in vendor/glommio, see
-    // COREMQ-PATCH.md). While the mesh joins, a ticking timer still wakes the
-    // executor, so that a connect is looked at again even if something else
-    // of that kind were missed.
+    // glommio's connect has no wake-up of its own, so a ticker wakes the
+    // executor while the mesh joins (why: bench/results/ANALYSIS.md).
     let joined = Rc::new(Cell::new(false));
     let ticker = {
         let joined = joined.clone();
@@ -173,19 +164,18 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     });
     let cfg = Rc::new(boot.cfg);
     let shard = Rc::new(Shard::new(id, boot.shards, cfg.clone(), node.clone()));
-    shard.set_me();
 
     for (to, t) in req_tx {
         let tx = t.await;
         progress.end_connected(id);
         let s = shard.clone();
-        spawn_local(async move { s.mesh.requests.flush_loop(to, tx).await }).detach();
+        spawn_local(async move { s.mesh().requests.flush_loop(to, tx).await }).detach();
     }
     for (to, t) in resp_tx {
         let tx = t.await;
         progress.end_connected(id);
         let s = shard.clone();
-        spawn_local(async move { s.mesh.responses.flush_loop(to, tx).await }).detach();
+        spawn_local(async move { s.mesh().responses.flush_loop(to, tx).await }).detach();
     }
     for (from, t) in req_rx {
         let rx = t.await;
@@ -197,7 +187,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
                     s.handle_request(from, req);
                 }
                 // Stop pulling requests while our responses cannot leave.
-                s.mesh.responses_low().await;
+                s.mesh().responses_low().await;
                 glommio::yield_if_needed().await;
             }
         })
@@ -227,7 +217,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     spawn_local(async move {
         let mut b = [0u8; 1];
         let _ = stop.read(&mut b).await;
-        tracing::info!(shard = s.id, "stopping");
+        tracing::info!(shard = s.id(), "stopping");
         s.begin_stop();
     })
     .detach();
@@ -250,7 +240,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     // Graceful stop: wait until every owner processed every request, so that
     // whatever was acknowledged is in the buffers, then BYE.
     let deadline = cfg.shutdown_timeout;
-    future::or(shard.drained.wait(), async {
+    future::or(shard.drained().wait(), async {
         sleep(deadline).await;
         tracing::warn!(
             shard = id,
@@ -268,7 +258,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
             if shard.conn_count() == 0 {
                 std::task::Poll::Ready(())
             } else {
-                shard.conn_closed.register(cx.waker());
+                shard.on_conn_closed(cx.waker());
                 std::task::Poll::Pending
             }
         }),
@@ -277,97 +267,6 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     .await;
     tracing::debug!(shard = id, "shard stopped");
     Ok(())
-}
-
-/// The next connection on `listener` with its peer address, or `None` once
-/// the shard stops. Accept errors (out of descriptors and the like) are logged
-/// and retried after a pause instead of spinning.
-pub(crate) async fn accept_next(
-    shard: &Shard,
-    listener: &TcpListener,
-) -> Option<(TcpStream, String)> {
-    loop {
-        let next = future::or(async { Some(listener.accept().await) }, async {
-            shard.stopping.wait().await;
-            None
-        })
-        .await;
-        match next? {
-            Ok(stream) => {
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                return Some((stream, peer));
-            }
-            Err(e) => {
-                tracing::warn!(shard = shard.id, cause = %e, "accept failed");
-                sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Accepts connections until the shard stops.
-async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
-    while let Some((stream, peer)) = accept_next(shard, listener).await {
-        if !shard.node.shared.try_open(shard.cfg.max_connections) {
-            Counters::add(&shard.counters.refused_connections, 1);
-            tracing::warn!(
-                shard = shard.id,
-                peer,
-                max = shard.cfg.max_connections,
-                "connection refused: max_connections reached"
-            );
-            spawn_local(refuse(stream, shard.cfg.max_connections)).detach();
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let conn = shard.open_conn();
-        let span = tracing::info_span!("conn", shard = shard.id, peer = %peer, conn_id = %conn.id);
-        tracing::debug!(parent: &span, "connection accepted");
-        spawn_local(crate::conn::task::serve(shard.clone(), conn, stream).instrument(span))
-            .detach();
-    }
-}
-
-/// Tells a client over `max_connections` why it is being closed.
-async fn refuse(mut stream: glommio::net::TcpStream, max: usize) {
-    let mut json = Vec::new();
-    proto::error_json(
-        &format!("too many connections (max_connections = {max}); try again later"),
-        &mut json,
-    );
-    let mut frame = Vec::new();
-    proto::encode_frame(
-        &uuid::Uuid::new_v4().hyphenated().to_string(),
-        &json,
-        &mut frame,
-    );
-    let _ = future::or(async { stream.write_all(&frame).await.is_ok() }, async {
-        sleep(Duration::from_secs(1)).await;
-        false
-    })
-    .await;
-}
-
-/// A listening socket with SO_REUSEPORT (every shard binds the same address
-/// and the kernel spreads accepts) and SO_REUSEADDR. glommio's own `bind` sets
-/// only the first; without the second, the connections a graceful stop closes
-/// sit in TIME_WAIT on our port and a restart is refused as "in use" for a
-/// minute.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::IntoRawFd;
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    // SAFETY: the descriptor is a listening TCP socket we own; ownership moves
-    // to the glommio listener (into_raw_fd), which closes it.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Wraps our end of the stop socket pair for glommio.

@@ -1,39 +1,62 @@
 //! The CoreMQ broker: a sharded, thread-per-core message broker on glommio.
 //!
-//! The parts, from the outside in:
+//! A connection lives on the shard that accepted it (its *home*). Publishes,
+//! subscriptions and history requests travel to the queue's *owner* shard;
+//! the owner stores the message once, encodes the frame once, and sends one
+//! delivery per home shard that has subscribers.
 //!
-//! - [`server`]: starts a node — resolves the port, wires the shard meshes,
-//!   spawns one executor per shard, waits until every shard listens;
-//! - `boot`: one shard's life — bind, join the mesh, accept, drain, BYE;
-//! - `conn`: client connections on their home shard (socket loop, commands,
-//!   ordered replies, outbound buffer with the slow-consumer limit);
-//! - `shard`: the shard's state and the handlers for requests (owner side)
-//!   and responses (home side);
-//! - `queues` / `subs`: owner-side history and per-home counts, home-side
-//!   subscriber lists;
-//! - `mesh` / `msg`: batched, bounded cross-shard channels and what travels
-//!   on them; `router`: which shard owns a queue;
-//! - `stats` / `node`: counters and the status reply.
+//! # Layers
 //!
-//! A connection lives on the shard that accepted it. Publishes, subscriptions
-//! and history requests travel to the queue's owner shard; the owner stores the
-//! message once, encodes the frame once, and sends one delivery per home shard
-//! that has subscribers.
+//! Every module is in one layer and imports only from its own layer or the
+//! ones below it (a test, `layering_holds`, reads the `use crate::` lines and
+//! checks this):
+//!
+//! 0. **Leaves** — `consts` (the control shard, reserved names), `clock`
+//!    (`coremq_sent`), `error` (start-up failures), `event` (set-once events,
+//!    waker lists), `gather` (one answer from every shard), `names` (tables
+//!    keyed by queue name), `router` (portable hashing, queue → owner),
+//!    `refusal` (every refusal a client reads, written in one place), `stats`
+//!    (counters and the status reply), `drain` (graceful-stop bookkeeping).
+//! 1. **What travels** — `msg` (frames, requests, responses), `node`
+//!    (node-wide facts), `mesh` (batched, bounded cross-shard channels).
+//! 2. **State** — `queues` (owner-side histories and per-home counts),
+//!    `subs` (home-side subscriber lists), `conn::outq`, `conn::readbuf`,
+//!    `conn::state` (a connection's buffer and ordered replies).
+//! 3. **The two roles** — `owner` (requests about the queues a shard owns)
+//!    and `home` (the connections a shard accepted and what owners send
+//!    back for them).
+//! 4. **The shard** — `shard`: owner, home, mesh, publishing, status
+//!    gathers, the stop.
+//! 5. **Protocols on a shard** — `conn::handler` and `conn::task` (TCP
+//!    clients), `net` (listeners, accept loop), `web` (WebSocket and HTTP),
+//!    `cluster` (replication links), `sysstats` (the statistics queue).
+//! 6. **Start-up** — `boot` (one shard's life: bind, join the mesh, accept,
+//!    drain, BYE) and [`server`] (a node: ports, meshes, one executor per
+//!    shard).
 #![warn(missing_docs)]
 
 mod boot;
+mod clock;
 mod cluster;
 mod conn;
+mod consts;
+mod drain;
 mod error;
 mod event;
 #[cfg(test)]
 mod executor_guards;
 mod gather;
+mod home;
+#[cfg(test)]
+mod layering;
 mod mesh;
 mod msg;
 mod names;
+mod net;
 mod node;
+mod owner;
 mod queues;
+mod refusal;
 mod router;
 pub mod server;
 mod shard;

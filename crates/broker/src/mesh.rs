@@ -123,6 +123,15 @@ impl<T> Lane<T> {
         false
     }
 
+    /// Everything waiting for `to`, as one batch. The next batch starts with
+    /// room for one like this: growing a Vec of large items from empty copies
+    /// it over and over (perf: memmove in the mesh push under load).
+    fn take_batch(&self, to: usize) -> Vec<T> {
+        let mut items = self.outboxes[to].items.borrow_mut();
+        let room = items.len().min(MAX_BATCH_ROOM);
+        std::mem::replace(&mut *items, Vec::with_capacity(room))
+    }
+
     /// Sends batches for destination `to` until the channel closes.
     pub(crate) async fn flush_loop(&self, to: usize, tx: ConnectedSender<Vec<T>>)
     where
@@ -139,14 +148,7 @@ impl<T> Lane<T> {
                 }
             })
             .await;
-            // The next batch starts with room for one like this: growing a
-            // Vec of large items from empty copies it over and over
-            // (perf: memmove in the mesh push under load).
-            let batch = {
-                let mut items = outbox.items.borrow_mut();
-                let room = items.len().min(MAX_BATCH_ROOM);
-                std::mem::replace(&mut *items, Vec::with_capacity(room))
-            };
+            let batch = self.take_batch(to);
             let n = batch.len();
             if tx.send(batch).await.is_err() {
                 // The other shard is gone (shutdown or failure): nothing more
@@ -196,5 +198,94 @@ impl Mesh {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    /// A waker that counts its wake-ups.
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn what_is_pushed_before_the_flusher_runs_leaves_as_one_batch() {
+        let lane: Lane<u32> = Lane::new(3);
+        let flusher = Arc::new(Count(AtomicUsize::new(0)));
+        lane.outboxes[2]
+            .flusher
+            .set(Some(Waker::from(flusher.clone())));
+        for i in 0..100 {
+            lane.push(2, i);
+        }
+        lane.push(1, 7);
+        assert_eq!(
+            flusher.0.load(Ordering::Relaxed),
+            1,
+            "woken once, on the first item"
+        );
+        assert_eq!(lane.backlog(), 101);
+        let batch = lane.take_batch(2);
+        assert_eq!(batch, (0..100).collect::<Vec<_>>(), "in push order");
+        assert!(
+            lane.outboxes[2].items.borrow().capacity() >= 100,
+            "room for the next"
+        );
+        assert!(lane.take_batch(2).is_empty());
+        assert_eq!(lane.take_batch(1), [7], "destinations are kept apart");
+        lane.sent(101);
+        assert_eq!(lane.backlog(), 0);
+    }
+
+    #[test]
+    fn push_or_merge_folds_into_the_last_waiting_item_only() {
+        let lane: Lane<(u32, u32)> = Lane::new(2);
+        let merge = |last: &mut (u32, u32), new: &(u32, u32)| {
+            if last.0 + last.1 == new.0 {
+                last.1 += new.1;
+                true
+            } else {
+                false
+            }
+        };
+        lane.push_or_merge(1, (0, 1), merge);
+        lane.push_or_merge(1, (1, 1), merge);
+        lane.push_or_merge(1, (2, 1), merge);
+        lane.push_or_merge(1, (9, 1), merge);
+        assert_eq!(lane.backlog(), 2, "a merged item is not a new one");
+        assert_eq!(lane.take_batch(1), [(0, 3), (9, 1)]);
+        // Once the flusher took the batch, nothing merges into it.
+        lane.push_or_merge(1, (10, 1), merge);
+        assert_eq!(lane.take_batch(1), [(10, 1)]);
+    }
+
+    #[test]
+    fn producers_pause_at_high_water_and_resume_below_low_water() {
+        let lane: Lane<()> = Lane::new(2);
+        let reader = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(reader.clone());
+        for _ in 0..HIGH_WATER - 1 {
+            lane.push(1, ());
+        }
+        assert!(lane.poll_low(&waker), "below the high-water mark");
+        lane.push(1, ());
+        assert!(!lane.poll_low(&waker), "at the high-water mark: pause");
+        lane.sent(HIGH_WATER - LOW_WATER);
+        assert_eq!(
+            reader.0.load(Ordering::Relaxed),
+            0,
+            "not yet below low water"
+        );
+        lane.sent(1);
+        assert_eq!(reader.0.load(Ordering::Relaxed), 1, "woken below low water");
+        assert!(lane.poll_low(&waker));
     }
 }

@@ -6,7 +6,8 @@
 //! processes responses without ever waiting, so the response mesh always drains,
 //! and request processing may pause until it has (see `mesh.rs`).
 
-use crate::router::queue_hash;
+use crate::router::{portable_hash, queue_hash};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// A connection's handle on its home shard: slot index and generation, so that a
@@ -19,6 +20,14 @@ pub(crate) struct ConnKey {
     pub generation: u32,
 }
 
+impl ConnKey {
+    /// The sender of broker-written messages: no connection has this key.
+    pub(crate) const SYSTEM: ConnKey = ConnKey {
+        slot: u32::MAX,
+        generation: u32::MAX,
+    };
+}
+
 /// What identifies and orders a message everywhere in a cluster: when and
 /// where it was accepted. Every node sorts history by it, so histories
 /// converge to the same order, and a message seen twice (live and through a
@@ -28,17 +37,17 @@ pub(crate) struct MsgKey {
     /// `coremq_sent` in whole microseconds (unique per node: see
     /// `Shard::next_sent`).
     pub sent_us: u64,
-    /// Fixed-seed hash of `coremq_server`.
+    /// [`origin_of`] `coremq_server`.
     pub origin: u64,
 }
 
-/// The `origin` of a key: a hash every node computes alike.
+/// Seed of [`origin_of`]: changing it changes every node's keys.
+const ORIGIN_SEED: u64 = 0x6f72_6967_696e_0001;
+
+/// The `origin` of a key: a hash every node computes alike, whatever its
+/// build or CPU (nodes compare keys they computed separately).
 pub(crate) fn origin_of(server: &str) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = ahash::RandomState::with_seeds(0x6f72_6967, 0x696e_0001, 0x436f_7265, 0x4d51_0002)
-        .build_hasher();
-    h.write(server.as_bytes());
-    h.finish()
+    portable_hash(server.as_bytes(), ORIGIN_SEED)
 }
 
 /// Frames at least this long are built in their own buffer and shared as it
@@ -85,19 +94,22 @@ impl std::ops::Deref for FrameBytes {
 /// Encoding once and sharing the bytes is what keeps fan-out copy-free: short
 /// frames are copied into each subscriber's buffer, large ones are written to
 /// the socket from here.
+///
+/// The fields are private: [`MsgFrame::queue`] trusts the offsets without
+/// re-validating, so only the constructors here may set them.
 #[derive(Clone, Debug)]
 pub(crate) struct MsgFrame {
     /// The whole frame as it goes on the wire.
-    pub bytes: FrameBytes,
+    bytes: FrameBytes,
     /// Where QUEUE starts (just after `+LEN `).
-    pub queue_start: u16,
+    queue_start: u16,
     /// Where JSON starts (just after `QUEUE `).
-    pub json_start: u32,
+    json_start: u32,
     /// Identity and order of the message.
-    pub key: MsgKey,
+    key: MsgKey,
     /// [`queue_hash`] of the queue name, computed once where the frame is
     /// built and used for routing and every table lookup after.
-    pub hash: u64,
+    hash: u64,
 }
 
 impl MsgFrame {
@@ -184,10 +196,26 @@ impl MsgFrame {
         Some(MsgFrame::new(queue, json, key))
     }
 
+    /// The whole frame as it goes on the wire.
+    pub(crate) fn bytes(&self) -> &FrameBytes {
+        &self.bytes
+    }
+
+    /// Identity and order of the message.
+    pub(crate) fn key(&self) -> MsgKey {
+        self.key
+    }
+
+    /// [`queue_hash`] of the queue name.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
     /// The queue name inside the frame.
     pub(crate) fn queue(&self) -> &str {
         let raw = &self.bytes[self.queue_start as usize..self.json_start as usize - 1];
-        // SAFETY: `new`/`build` copied these bytes from a `&str` and the
+        // SAFETY: `new`/`build` (the only constructors; the fields are
+        // private) copied these bytes from a `&str` at these offsets, and the
         // shared bytes are immutable, so they are still valid UTF-8. This runs
         // several times per message (routing, ownership check, delivery), hence
         // no re-validation.
@@ -239,12 +267,27 @@ pub(crate) enum Request {
     /// over the socket (a duplicated descriptor) and the bytes read past the
     /// handshake.
     AdoptLink {
-        fd: i32,
+        fd: OwnedFd,
         name: String,
         rest: Vec<u8>,
     },
     /// Shutdown: the sending shard stopped reading clients; nothing follows.
     Drain,
+}
+
+impl Response {
+    /// Folds the acknowledgement of publish `seq` of `conn` into `last` when
+    /// `last` acknowledges the publishes right before it: a pipelining
+    /// publisher's acks then travel as one range.
+    pub(crate) fn merge_ack(last: &mut Response, conn: ConnKey, seq: u32) -> bool {
+        match last {
+            Response::Acks { conn: c, first, n } if *c == conn && first.wrapping_add(*n) == seq => {
+                *n += 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Owner shard → home shard.
@@ -308,6 +351,47 @@ mod tests {
             "{}",
             std::mem::size_of::<Request>()
         );
+    }
+
+    #[test]
+    fn origins_are_pinned() {
+        // The reference XXH3 of "mq1:6747" with ORIGIN_SEED (Python's
+        // `xxhash.xxh3_64_intdigest`): every node, however built, agrees.
+        assert_eq!(origin_of("mq1:6747"), 0x62e5_56cd_7a27_240c);
+    }
+
+    #[test]
+    fn acks_merge_only_when_they_follow_on() {
+        let conn = ConnKey {
+            slot: 1,
+            generation: 1,
+        };
+        let other = ConnKey {
+            slot: 2,
+            generation: 1,
+        };
+        let mut last = Response::Acks {
+            conn,
+            first: u32::MAX,
+            n: 1,
+        };
+        assert!(Response::merge_ack(&mut last, conn, 0), "wraps around");
+        assert!(Response::merge_ack(&mut last, conn, 1));
+        assert!(!Response::merge_ack(&mut last, conn, 5), "a gap");
+        assert!(
+            !Response::merge_ack(&mut last, other, 2),
+            "another connection"
+        );
+        assert!(matches!(
+            last,
+            Response::Acks {
+                first: u32::MAX,
+                n: 3,
+                ..
+            }
+        ));
+        let mut drained = Response::Drained;
+        assert!(!Response::merge_ack(&mut drained, conn, 0));
     }
 
     #[test]

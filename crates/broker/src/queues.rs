@@ -55,7 +55,7 @@ impl QueueTable {
         cap_for: impl Fn(&str) -> usize,
     ) -> Option<(Stored, &QueueState)> {
         let name = frame.queue();
-        let q = self.queues.get_or_try_insert_with(frame.hash, name, || {
+        let q = self.queues.get_or_try_insert_with(frame.hash(), name, || {
             // No subscribers (else it would exist) and no history to keep:
             // nothing to create.
             let cap = cap_for(name);
@@ -123,7 +123,7 @@ impl QueueTable {
         self.queues
             .iter()
             .filter(|(name, q)| {
-                !q.own_id && !q.history.is_empty() && !crate::shard::is_reserved(name)
+                !q.own_id && !q.history.is_empty() && !crate::consts::is_reserved(name)
             })
             .map(|(name, q)| (name.clone(), q.history.iter().cloned().collect()))
             .collect()
@@ -159,10 +159,10 @@ pub(crate) enum Stored {
 /// from other nodes land further in.
 fn insert_ordered(h: &mut VecDeque<MsgFrame>, cap: usize, frame: &MsgFrame) -> Stored {
     let mut i = h.len();
-    while i > 0 && h[i - 1].key > frame.key {
+    while i > 0 && h[i - 1].key() > frame.key() {
         i -= 1;
     }
-    if i > 0 && h[i - 1].key == frame.key {
+    if i > 0 && h[i - 1].key() == frame.key() {
         return Stored::Duplicate;
     }
     if cap == 0 {
@@ -218,7 +218,7 @@ mod tests {
         let got: Vec<_> = t
             .history("q")
             .iter()
-            .map(|f| f.key.sent_us - 1000)
+            .map(|f| f.key().sent_us - 1000)
             .collect();
         assert_eq!(got, [2, 3, 4, 5]);
         assert_eq!(t.history_messages(), 4);

@@ -1,27 +1,24 @@
 //! Which shard owns a queue.
 //!
 //! Every shard must compute the same owner for the same name without talking to
-//! the others, so the hasher uses fixed seeds (a per-process random seed would
-//! differ between threads only if someone changed it, but a fixed one also keeps
-//! placement stable across restarts, which makes logs and benchmarks comparable).
+//! the others, and placement must not move between builds: data on disk and
+//! logs name shards, and nodes built for different CPUs must agree. So the
+//! hash is XXH3 with a fixed seed, a specified algorithm whose value is the
+//! same on every platform and build (`ahash`, by contrast, picks its algorithm
+//! from the CPU features a build targets; it stays for in-process tables).
 
-use std::hash::{BuildHasher, Hasher};
+/// Seed of [`queue_hash`]: changing it moves every queue to another shard.
+const QUEUE_SEED: u64 = 0x436f_7265_4d51_0001;
 
-/// Fixed seeds: changing them moves every queue to another shard.
-const SEEDS: [u64; 4] = [
-    0x436f_7265_4d51_0001,
-    0x436f_7265_4d51_0002,
-    0x436f_7265_4d51_0003,
-    0x436f_7265_4d51_0004,
-];
+/// XXH3-64 of `bytes` with `seed`: the same value on every build and CPU.
+pub(crate) fn portable_hash(bytes: &[u8], seed: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, seed)
+}
 
 /// The fixed-seed hash of a queue name: routing and the per-shard queue
 /// tables use it, and a published frame carries it so that it is computed once.
 pub(crate) fn queue_hash(queue: &str) -> u64 {
-    let mut h =
-        ahash::RandomState::with_seeds(SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3]).build_hasher();
-    h.write(queue.as_bytes());
-    h.finish()
+    portable_hash(queue.as_bytes(), QUEUE_SEED)
 }
 
 /// Maps queue names to their owner shard.
@@ -87,6 +84,26 @@ mod tests {
             let q = format!("q{i}");
             assert_eq!(r.owner(&q), r.owner_of(queue_hash(&q)));
         }
+    }
+
+    #[test]
+    fn the_hash_is_pinned() {
+        // The values of the reference XXH3 implementation (libxxhash, as
+        // Python's `xxhash.xxh3_64_intdigest` computes them): if one of these
+        // changes, queues move between shards and nodes disagree about origins.
+        assert_eq!(portable_hash(b"", 0), 0x2d06_8005_38d3_94c2);
+        let pinned: [(&str, u64); 3] = [
+            ("news", 0x51e8_cec9_6ca6_2833),
+            ("a.b.c", 0xa14d_7bea_cc48_ec3f),
+            ("$coremq.stats", 0x1ece_8cb9_4b7e_5005),
+        ];
+        for (q, h) in pinned {
+            assert_eq!(queue_hash(q), h, "queue_hash({q:?}) = {:#x}", queue_hash(q));
+        }
+        assert_eq!(
+            Router::new(4).owner("news"),
+            (queue_hash("news") % 4) as usize
+        );
     }
 
     #[test]

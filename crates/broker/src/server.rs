@@ -1,7 +1,8 @@
 //! Starting and stopping a node: resolve the port, wire the meshes, spawn one
 //! glommio executor per shard, wait until all listen, and watch them.
 
-use crate::boot::{run_shard, Boot, CONTROL_SHARD};
+use crate::boot::{run_shard, Boot};
+use crate::consts::CONTROL_SHARD;
 use crate::error::BrokerError;
 use crate::msg::{Request, Response};
 use crate::node::NodeShared;
@@ -261,8 +262,11 @@ fn resolve_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
 
 /// The CPUs this process may run on (honours taskset / systemd CPUAffinity).
 fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    // SAFETY: cpu_set_t is plain data (a bit array), for which all zeroes is
+    // a valid, empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live cpu_set_t and the size passed is its own, so the
+    // kernel writes only inside it.
     let ok =
         unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
             == 0;
@@ -273,6 +277,8 @@ fn allowed_cpus() -> Vec<usize> {
         return (0..n).collect();
     }
     (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET only reads bit `c` of `set`, and `c` is below
+        // CPU_SETSIZE, the set's size in bits.
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
         .collect()
 }

@@ -36,6 +36,25 @@ impl Counters {
     pub(crate) fn add(cell: &Cell<u64>, n: u64) {
         cell.set(cell.get().wrapping_add(n));
     }
+
+    /// Shard `shard`'s snapshot with these counters (the owner side and the
+    /// mesh fill in theirs).
+    pub(crate) fn snapshot(&self, shard: usize) -> ShardStats {
+        ShardStats {
+            shard,
+            connections: self.connections.get(),
+            ws_connections: self.ws_connections.get(),
+            messages_in: self.messages_in.get(),
+            messages_out: self.messages_out.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+            slow_consumers: self.slow_consumers.get(),
+            refused_connections: self.refused_connections.get(),
+            wrong_shard: self.wrong_shard.get(),
+            client_errors: self.client_errors.get(),
+            ..ShardStats::default()
+        }
+    }
 }
 
 /// A snapshot of one shard, sent to whoever builds a status reply.

@@ -5,7 +5,8 @@
 //! Runs on the control shard only. One gather per second across the mesh; the
 //! timer is coarse on purpose (PLATFORM-NOTES: fine timers keep executors awake).
 
-use crate::shard::{Shard, RESERVED_PREFIX};
+use crate::consts::RESERVED_PREFIX;
+use crate::shard::Shard;
 use crate::stats::ShardStats;
 use std::fmt::Write;
 use std::rc::Rc;
@@ -30,7 +31,7 @@ pub(crate) async fn run(shard: Rc<Shard>) {
                 false
             },
             async {
-                shard.stopping.wait().await;
+                shard.stopping().wait().await;
                 true
             },
         )
@@ -65,7 +66,7 @@ fn stats_json(
     let mut conns = 0;
     s.push_str("{\"node\": ");
     let mut name = Vec::new();
-    coremq_protocol::write_json_string(&shard.node.name, &mut name);
+    coremq_protocol::write_json_string(&shard.node().name, &mut name);
     s.push_str(&String::from_utf8_lossy(&name));
     let _ = write!(s, ", \"interval\": {secs:.3}, \"shards\": [");
     for (i, n) in now.iter().enumerate() {
@@ -119,7 +120,7 @@ fn stats_json(
         sent_us % 1_000_000,
     );
     let mut server = Vec::new();
-    coremq_protocol::write_json_string(&shard.node.server, &mut server);
+    coremq_protocol::write_json_string(&shard.node().server, &mut server);
     s.push_str(&String::from_utf8_lossy(&server));
     s.push('}');
     s

@@ -1,40 +1,35 @@
 //! What a connection's frames mean: one function per command, all answering
 //! through the connection's ordered replies.
 //!
-//! Errors inside a well-framed body get an `ERROR:` reply and the connection
-//! stays open; that mapping lives here and in the protocol crate's error texts.
+//! Errors inside a well-framed body are [`Refusal`]s: an `ERROR:` reply, and
+//! the connection stays open.
 
 use super::state::{Conn, ReplyKind, SubState};
 use crate::msg::Request;
+use crate::refusal::Refusal;
 use crate::shard::Shard;
-use crate::stats::Counters;
 use coremq_protocol::{self as proto, ClientMessage, OptionValue};
 use std::rc::Rc;
 
 /// Handles one frame body from `conn`.
 pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
-    let max_q = shard.cfg.max_queue_name_length;
+    let max_q = shard.cfg().max_queue_name_length;
     // The frame's QUEUE of a command is ignored (clients send commands on
     // their 36-byte connection id), so the configured limit applies to it only
-    // when the frame is a publish.
-    // Step by step, and a publish used where it lies: every move of the
-    // parsed message (120 bytes) read back 16 bytes at a time what had just
-    // been written in smaller pieces, a failed store-to-load forward per
-    // publish (perf annotate: the `Result` combinators this replaced, and the
-    // move out of `Ok`).
-    let fail = |e: &proto::BodyError| {
-        Counters::add(&shard.counters.client_errors, 1);
+    // when the frame is a publish. The parsed publish is used where it lies
+    // (moving it out of the `Result` cost a measurable copy per message).
+    let fail = |e: proto::BodyError| {
         tracing::debug!(cause = %e, "bad frame body");
-        conn.reply_error(e);
+        shard.refuse(conn, &Refusal::Body(e));
     };
     let (queue, json) = match proto::split_body(body, proto::MAX_QUEUE_NAME_LEN) {
         Ok(x) => x,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(e),
     };
     match proto::parse_message(json, max_q) {
         Ok(ClientMessage::Publish(ref p)) => {
             if queue.len() > max_q {
-                return fail(&proto::BodyError::QueueNameTooLong {
+                return fail(proto::BodyError::QueueNameTooLong {
                     len: queue.len(),
                     max: max_q,
                 });
@@ -42,7 +37,7 @@ pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
             shard.publish(conn, queue, p)
         }
         Ok(command) => dispatch(shard, conn, queue, command),
-        Err(ref e) => fail(e),
+        Err(e) => fail(e),
     }
 }
 
@@ -72,7 +67,7 @@ pub(crate) fn subscribe_one(
         .borrow_mut()
         .subs
         .insert(queue.clone(), SubState::Pending);
-    let owner = shard.router.owner(&queue);
+    let owner = shard.owner_of(&queue);
     shard.request(
         owner,
         Request::Subscribe {
@@ -99,7 +94,7 @@ fn unsubscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
         let was = conn.st.borrow_mut().subs.remove(&*q);
         if let Some(state) = was {
             shard.unsubscribe_local(&q, conn, state);
-            let owner = shard.router.owner(&q);
+            let owner = shard.owner_of(&q);
             shard.request(owner, Request::Unsubscribe { queue: q });
         }
     }
@@ -134,7 +129,7 @@ fn history(shard: &Shard, conn: &Conn, names: Vec<String>) {
     // Group the requested queues by owner so each owner gets one request.
     let mut groups: Vec<(usize, HistoryPart)> = Vec::new();
     for (i, q) in names.iter().enumerate() {
-        let owner = shard.router.owner(q);
+        let owner = shard.owner_of(q);
         let item = (i as u16, q.clone());
         match groups.iter_mut().find(|(o, _)| *o == owner) {
             Some((_, v)) => v.push(item),
@@ -167,7 +162,7 @@ fn status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
 }
 
 fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
-    let cfg = &shard.cfg;
+    let cfg = shard.cfg();
     let host = req
         .name
         .rsplit_once(':')
@@ -184,10 +179,7 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
     };
     if !(listed && secret_ok) {
         tracing::warn!(name = %req.name, listed, secret_ok, "replicant refused");
-        let mut json = Vec::new();
-        proto::response_json(proto::ERR_NOT_REPLICANT, &mut json);
-        conn.reply(ReplyKind::Json(json));
-        return;
+        return shard.refuse(conn, &Refusal::NotReplicant);
     }
     tracing::info!(name = %req.name, "replicant accepted; handing the connection to the control shard");
     conn.st.borrow_mut().handover = Some(req.name);

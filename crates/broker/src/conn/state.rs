@@ -9,6 +9,7 @@
 
 use super::outq::OutQueue;
 use crate::msg::{ConnKey, FrameBytes, MsgFrame};
+use crate::refusal::{Refusal, Transport, Wire};
 use crate::stats::ShardStats;
 use coremq_protocol as proto;
 use std::collections::{HashMap, VecDeque};
@@ -114,6 +115,8 @@ pub(crate) struct Conn {
     pub key: ConnKey,
     /// The connection id (a UUID), also the queue it is subscribed to.
     pub id: Box<str>,
+    /// TCP or WebSocket: how refusals read.
+    transport: Transport,
     /// The `OK: Message sent` frame for this connection, encoded once.
     ok_sent: Box<[u8]>,
     /// `coremq_sender`/`coremq_server` as stamped on this connection's
@@ -145,6 +148,7 @@ impl Conn {
     pub(crate) fn new(
         key: ConnKey,
         id: String,
+        transport: Transport,
         max_pending: usize,
         node: std::rc::Rc<crate::node::NodeCtx>,
         counters: std::rc::Rc<crate::stats::Counters>,
@@ -157,6 +161,7 @@ impl Conn {
             key,
             stamps: proto::Stamps::new(&id, &node.server),
             id: id.into_boxed_str(),
+            transport,
             ok_sent: ok_sent.into_boxed_slice(),
             max_pending,
             node,
@@ -201,11 +206,22 @@ impl Conn {
         self.reserve(kind, 0);
     }
 
-    /// Queues `{"response": "ERROR: reason"}`.
-    pub(crate) fn reply_error(&self, reason: &dyn std::fmt::Display) {
-        let mut json = Vec::new();
-        proto::error_json(&reason.to_string(), &mut json);
-        self.reply(ReplyKind::Json(json));
+    /// TCP or WebSocket.
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// Queues what this connection's transport says for `refusal`, in reply
+    /// order (a framing error also ends the connection after it).
+    pub(crate) fn refuse(&self, refusal: &Refusal) {
+        if let Refusal::Framing(_) = refusal {
+            return self.finish_with(Close::Framing, refusal.json(self.transport));
+        }
+        match refusal.reply(self.transport) {
+            Wire::Reply(json) => self.reply(ReplyKind::Json(json)),
+            Wire::Raw(json) => self.reply(ReplyKind::Raw(json)),
+            Wire::Close(..) => self.finish_with(Close::Framing, refusal.json(self.transport)),
+        }
     }
 
     /// One answer for reply `seq` arrived; `fill` merges its content.
@@ -327,14 +343,10 @@ impl Conn {
         }
         crate::stats::Counters::add(&self.counters.slow_consumers, 1);
         tracing::warn!(conn_id = %self.id, max_pending = self.max_pending, "slow consumer disconnected");
-        let mut json = Vec::new();
-        proto::error_json(
-            &format!(
-                "slow consumer: more than {} bytes waiting to be read (max_pending); disconnecting",
-                self.max_pending
-            ),
-            &mut json,
-        );
+        let json = Refusal::SlowConsumer {
+            max_pending: self.max_pending,
+        }
+        .json(self.transport);
         {
             // Frames not yet started will never be read in time: drop them, so
             // the error follows right after what the peer already has and the

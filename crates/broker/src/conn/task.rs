@@ -7,7 +7,10 @@
 
 use super::handler::{handle_body, subscribe_one};
 use super::outq::OutQueue;
+use super::readbuf::ReadBuf;
 use super::state::{Close, Conn, ReplyKind};
+use crate::consts::CONTROL_SHARD;
+use crate::refusal::Refusal;
 use crate::shard::Shard;
 use crate::stats::Counters;
 use coremq_protocol as proto;
@@ -25,20 +28,6 @@ const LINGER: Duration = Duration::from_secs(2);
 /// written and the error), and a consumer that stalled for a while should still
 /// learn why it was cut off when it reads again.
 const SLOW_LINGER: Duration = Duration::from_secs(10);
-/// First size of a connection's read buffer: small, because most connections
-/// are idle subscribers and memory per connection matters at 100k of them.
-const READ_START: usize = 4 * 1024;
-/// Size a busy connection's read buffer grows to (a frame larger than this
-/// grows it further, up to one maximal frame). Each read is one batch for the
-/// mesh, the acks and the subscribers' sockets, so its size sets how many
-/// wake-ups a message costs: 256 KiB against 64 KiB measured 1->1 2.54 ->
-/// 3.00 M msg/s and 4x4 2.81 -> 3.13 M (2 shards, medians of 5-6 alternating
-/// runs); 128 KiB and 512 KiB were in between.
-const READ_BUSY: usize = 256 * 1024;
-/// Reads in a row that each fill less than a sixteenth of a grown buffer
-/// before it goes back to [`READ_START`]: a connection that was busy once does
-/// not keep 256 KiB (or a whole maximal frame's buffer) for the rest of its life.
-const SHRINK_AFTER: u32 = 64;
 /// Most bytes written per wake-up before letting other tasks run.
 const WRITE_BUDGET: usize = 4 << 20;
 
@@ -63,58 +52,6 @@ struct Ending {
     linger: Option<glommio::timer::Timer>,
 }
 
-/// Bytes read but not yet parsed.
-struct ReadBuf {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// The last read filled all the space it had: the peer is sending fast.
-    filled: bool,
-    /// Small reads in a row since the buffer grew (see [`SHRINK_AFTER`]).
-    quiet: u32,
-}
-
-impl ReadBuf {
-    /// Space to read into, growing the buffer (up to `max`) when a frame is
-    /// longer than what fits or the peer keeps it full.
-    fn spare(&mut self, max: usize) -> &mut [u8] {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            let small = READ_START.min(max);
-            if self.quiet >= SHRINK_AFTER && self.data.len() > small {
-                self.data = vec![0; small];
-                self.quiet = 0;
-            }
-        }
-        if std::mem::take(&mut self.filled) && self.data.len() < READ_BUSY.min(max) {
-            let grown = (self.data.len() * 4).min(READ_BUSY).min(max);
-            self.data.resize(grown, 0);
-        }
-        if self.end == self.data.len() {
-            if self.start > 0 {
-                self.data.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else if self.data.len() < max {
-                let grown = (self.data.len() * 2).min(max);
-                self.data.resize(grown, 0);
-            }
-        }
-        &mut self.data[self.end..]
-    }
-
-    /// Account for `n` bytes just read into [`ReadBuf::spare`].
-    fn note_read(&mut self, n: usize) {
-        self.end += n;
-        if self.data.len() > READ_START && n < self.data.len() / 16 {
-            self.quiet = self.quiet.saturating_add(1);
-        } else {
-            self.quiet = 0;
-        }
-    }
-}
-
 /// Serves one accepted connection until it closes.
 pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
     // The welcome waits for the own-id subscription, so that anyone who learns
@@ -123,14 +60,8 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
     subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true);
 
     // Header ('+', up to 20 digits, ' ') plus the largest body.
-    let max_frame = shard.cfg.max_message_size + 32;
-    let mut rbuf = ReadBuf {
-        data: vec![0; READ_START.min(max_frame)],
-        start: 0,
-        end: 0,
-        filled: false,
-        quiet: 0,
-    };
+    let max_frame = shard.cfg().max_message_size + 32;
+    let mut rbuf = ReadBuf::new(max_frame);
     let mut ending = Ending::default();
     let why = loop {
         let ev = poll_fn(|cx| {
@@ -154,7 +85,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
             // The peer may still read (half-close): flush what it is owed first.
             Event::Read(0) => ending.peer_eof = true,
             Event::Read(n) => {
-                Counters::add(&shard.counters.bytes_in, n as u64);
+                Counters::add(&shard.counters().bytes_in, n as u64);
                 rbuf.note_read(n);
                 parse_frames(&shard, &conn, &mut rbuf);
                 // A client that always has more input would otherwise keep
@@ -172,26 +103,29 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
 /// the control shard, which runs the cluster link; this task then ends and
 /// closes its own descriptor, which leaves the socket open.
 fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
     let Some(name) = conn.st.borrow_mut().handover.take() else {
         return;
     };
-    // SAFETY: dup(2) of a descriptor the stream keeps open for this call.
-    let fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if fd < 0 {
-        tracing::warn!(%name, cause = %std::io::Error::last_os_error(), "cannot hand the link over");
-        return;
-    }
+    // SAFETY: the stream owns the descriptor and keeps it open for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let fd = match fd.as_fd().try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(%name, cause = %e, "cannot hand the link over");
+            return;
+        }
+    };
     let rest = rbuf.data[rbuf.start..rbuf.end].to_vec();
     shard.request(
-        crate::boot::CONTROL_SHARD,
+        CONTROL_SHARD,
         crate::msg::Request::AdoptLink { fd, name, rest },
     );
 }
 
 /// Handles every complete frame in the buffer.
 fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
-    let max = shard.cfg.max_message_size;
+    let max = shard.cfg().max_message_size;
     shard.refresh_clock();
     loop {
         // Nothing more is accepted once stopping: the drain promised the
@@ -200,7 +134,7 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
             let st = conn.st.borrow();
             st.ending.is_some() || st.handover.is_some()
         };
-        if shard.stopping.is_set() || stop {
+        if shard.stopping().is_set() || stop {
             if conn.st.borrow().handover.is_some() {
                 // The rest belongs to the cluster link.
                 return;
@@ -215,11 +149,8 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
             }
             Ok(None) => return,
             Err(e) => {
-                Counters::add(&shard.counters.client_errors, 1);
                 tracing::debug!(cause = %e, "framing error; closing");
-                let mut json = Vec::new();
-                proto::error_json(&e.to_string(), &mut json);
-                conn.finish_with(Close::Framing, json);
+                shard.refuse(conn, &Refusal::Framing(e));
                 rbuf.start = rbuf.end;
                 return;
             }
@@ -253,7 +184,7 @@ fn poll_conn(
             Some(Poll::Ready(Ok(0))) => return Poll::Ready(Event::Done("write returned 0")),
             Some(Poll::Ready(Ok(n))) => {
                 conn.written(n);
-                Counters::add(&shard.counters.bytes_out, n as u64);
+                Counters::add(&shard.counters().bytes_out, n as u64);
                 budget = budget.saturating_sub(n);
                 if budget == 0 {
                     cx.waker().wake_by_ref();
@@ -280,7 +211,7 @@ fn poll_conn(
     // Ending (the peer sent its end, or we are closing): get what is buffered
     // out, then go; a peer that does not take it gets the linger time.
     // While stopping, a client that already sent its end still gets its BYE.
-    let owed_bye = shard.stopping.is_set() && ending.is_none();
+    let owed_bye = shard.stopping().is_set() && ending.is_none();
     if (io.peer_eof && !owed_bye) || closing.is_some() {
         if flushed {
             if io.peer_eof && !conn.awaits_replies() {
@@ -313,7 +244,7 @@ fn poll_conn(
     }
     if io.peer_eof || handover {
         // Nothing more to read (a link's bytes are for the control shard).
-    } else if ending.is_some() || shard.stopping.is_set() {
+    } else if ending.is_some() || shard.stopping().is_set() {
         // Input is read and thrown away: closing a socket with unread input
         // makes the kernel send a reset, which destroys the frames still in
         // flight to the peer (the final ERROR or BYE among them).
@@ -326,11 +257,11 @@ fn poll_conn(
                     cx.waker().wake_by_ref();
                     break;
                 }
-                Poll::Ready(Ok(n)) => Counters::add(&shard.counters.bytes_in, n as u64),
+                Poll::Ready(Ok(n)) => Counters::add(&shard.counters().bytes_in, n as u64),
                 Poll::Pending => break,
             }
         }
-    } else if shard.mesh.poll_low(cx.waker()) {
+    } else if shard.mesh().poll_low(cx.waker()) {
         // Read side: only while the shard's outboxes have room (backpressure).
         let spare = rbuf.spare(max_frame);
         if !spare.is_empty() {
@@ -403,108 +334,5 @@ fn half_close(stream: &TcpStream) {
     // SAFETY: shutdown(2) on a descriptor the stream owns and keeps open.
     unsafe {
         libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MAX: usize = (1 << 20) + 32;
-
-    fn fresh() -> ReadBuf {
-        ReadBuf {
-            data: vec![0; READ_START],
-            start: 0,
-            end: 0,
-            filled: false,
-            quiet: 0,
-        }
-    }
-
-    /// A buffer a peer kept full until it reached [`READ_BUSY`], all parsed.
-    fn grown() -> ReadBuf {
-        let mut b = fresh();
-        while b.data.len() < READ_BUSY {
-            let room = b.spare(MAX).len();
-            read(&mut b, &vec![b'x'; room]);
-            b.start = b.end;
-        }
-        b
-    }
-
-    /// Read `bytes` into the buffer the way the connection task does.
-    fn read(b: &mut ReadBuf, bytes: &[u8]) {
-        let spare = b.spare(MAX);
-        let n = bytes.len().min(spare.len());
-        spare[..n].copy_from_slice(&bytes[..n]);
-        b.filled = n == spare.len();
-        b.note_read(n);
-    }
-
-    #[test]
-    fn a_peer_that_keeps_it_full_grows_it_to_read_busy_and_no_further() {
-        let mut b = fresh();
-        for _ in 0..10 {
-            let room = b.spare(MAX).len();
-            read(&mut b, &vec![b'x'; room]);
-            b.start = b.end; // all parsed
-        }
-        assert_eq!(b.data.len(), READ_BUSY);
-    }
-
-    #[test]
-    fn quiet_reads_shrink_it_back_once_it_is_empty() {
-        let mut b = grown();
-        // Small reads, but an unparsed partial frame stays: no shrink under it.
-        let part: &[u8] = b"+12 q {\"a";
-        for _ in 0..SHRINK_AFTER {
-            read(&mut b, part);
-        }
-        assert_eq!(b.data.len(), READ_BUSY);
-        let kept = b.data[b.start..b.end].to_vec();
-        assert_eq!(kept.len(), part.len() * SHRINK_AFTER as usize);
-        let _ = b.spare(MAX);
-        assert_eq!(b.data[b.start..b.end], kept[..], "unparsed bytes lost");
-        // Once everything is parsed, the next read gets a small buffer again.
-        b.start = b.end;
-        assert_eq!(b.spare(MAX).len(), READ_START);
-        assert_eq!((b.start, b.end, b.quiet), (0, 0, 0));
-    }
-
-    #[test]
-    fn a_large_read_between_small_ones_keeps_it() {
-        let mut b = grown();
-        for i in 0..3 * SHRINK_AFTER {
-            let n = if i % (SHRINK_AFTER / 2) == 0 {
-                READ_BUSY / 4
-            } else {
-                100
-            };
-            read(&mut b, &vec![b'x'; n]);
-            b.start = b.end;
-        }
-        assert_eq!(b.data.len(), READ_BUSY);
-    }
-
-    #[test]
-    fn a_maximal_frame_buffer_is_given_back_too() {
-        let mut b = fresh();
-        // A frame longer than any busy buffer: the buffer doubles up to MAX.
-        let frame = vec![b'x'; MAX];
-        let mut got = 0;
-        while got < frame.len() {
-            let room = b.spare(MAX).len();
-            let n = room.min(frame.len() - got);
-            read(&mut b, &frame[got..got + n]);
-            got += n;
-        }
-        assert_eq!(b.data.len(), MAX);
-        b.start = b.end;
-        for _ in 0..SHRINK_AFTER {
-            read(&mut b, b"x");
-            b.start = b.end;
-        }
-        assert_eq!(b.spare(MAX).len(), READ_START);
     }
 }

@@ -10,6 +10,7 @@ mod ws;
 
 pub(crate) use ws::Keepalive;
 
+use crate::refusal::Transport;
 use crate::shard::Shard;
 use crate::stats::Counters;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -36,8 +37,8 @@ pub(crate) struct WebSettings {
 
 /// Accepts WebSocket and HTTP connections until the shard stops.
 pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc<WebSettings>) {
-    while let Some((stream, peer)) = crate::boot::accept_next(&shard, &listener).await {
-        let span = tracing::info_span!("http", shard = shard.id, peer = %peer);
+    while let Some((stream, peer)) = crate::net::accept_next(&shard, &listener).await {
+        let span = tracing::info_span!("http", shard = shard.id(), peer = %peer);
         spawn_local(handle(shard.clone(), stream, settings.clone()).instrument(span)).detach();
     }
 }
@@ -80,7 +81,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSetting
         }
         ("GET" | "HEAD", "/status") => {
             let stats = shard.gather_stats().await;
-            let body = shard.node.status_json(&stats);
+            let body = shard.node().status_json(&stats);
             respond(
                 &mut stream,
                 "200 OK",
@@ -94,10 +95,10 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSetting
         ("GET" | "HEAD", "/metrics") => {
             let stats = shard.gather_stats().await;
             let body = metrics::render(
-                &shard.node.name,
-                shard.node.started.elapsed().as_secs_f64(),
+                &shard.node().name,
+                shard.node().started.elapsed().as_secs_f64(),
                 &stats,
-                &shard.node.peer_snapshots(),
+                &shard.node().peer_snapshots(),
             );
             respond(
                 &mut stream,
@@ -202,8 +203,8 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: 
             return;
         }
     };
-    if !shard.node.shared.try_open(shard.cfg.max_connections) {
-        Counters::add(&shard.counters.refused_connections, 1);
+    if !shard.node().shared.try_open(shard.cfg().max_connections) {
+        Counters::add(&shard.counters().refused_connections, 1);
         let _ = respond_text(
             &mut stream,
             "503 Service Unavailable",
@@ -221,24 +222,19 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: 
         .await
         .is_err()
     {
-        shard.node.shared.closed();
+        shard.node().shared.closed();
         return;
     }
-    let max = shard.cfg.max_message_size;
+    let max = shard.cfg().max_message_size;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let ws =
         WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
-    let conn = shard.open_conn();
-    Counters::add(&shard.counters.ws_connections, 1);
+    let conn = shard.open_conn(Transport::WebSocket);
     let span = tracing::info_span!("ws", conn_id = %conn.id);
     tracing::debug!(parent: &span, "websocket accepted");
     ws::serve(shard.clone(), conn, ws, settings.keepalive)
         .instrument(span)
         .await;
-    shard
-        .counters
-        .ws_connections
-        .set(shard.counters.ws_connections.get() - 1);
 }

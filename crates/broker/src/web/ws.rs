@@ -10,6 +10,7 @@
 
 use crate::conn::handler::{dispatch, subscribe_one};
 use crate::conn::state::{Close, Conn, ReplyKind};
+use crate::refusal::{Refusal, Transport, Wire};
 use crate::shard::Shard;
 use crate::stats::Counters;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -86,19 +87,20 @@ pub(crate) async fn serve(
         }
     };
     if why == TOO_BIG {
-        // Tell the client why (close code 1009), best effort and bounded.
-        Counters::add(&shard.counters.client_errors, 1);
-        let frame = CloseFrame {
-            code: CloseCode::Size,
-            reason: "message larger than max_message_size".into(),
-        };
-        futures_lite::future::or(
-            async {
-                let _ = ws.close(Some(frame)).await;
-            },
-            glommio::timer::sleep(LINGER),
-        )
-        .await;
+        // Tell the client why, best effort and bounded.
+        if let Wire::Close(code, reason) = shard.refused(&Refusal::TooBig, Transport::WebSocket) {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            futures_lite::future::or(
+                async {
+                    let _ = ws.close(Some(frame)).await;
+                },
+                glommio::timer::sleep(LINGER),
+            )
+            .await;
+        }
     }
     tracing::debug!(why, "websocket closed");
     shard.close_conn(&conn);
@@ -119,7 +121,7 @@ fn poll_session(
     while sent < SEND_BUDGET {
         if s.pending.is_none() {
             s.pending = next_message(conn).map(|text| {
-                Counters::add(&shard.counters.bytes_out, text.len() as u64);
+                Counters::add(&shard.counters().bytes_out, text.len() as u64);
                 Message::text(text)
             });
         }
@@ -181,7 +183,7 @@ fn poll_session(
 
     // In: the client's messages, unless the shard is backed up or stopping.
     // Even when closing, keep reading so the closing handshake completes.
-    if !shard.stopping.is_set() && shard.mesh.poll_low(cx.waker()) {
+    if !shard.stopping().is_set() && shard.mesh().poll_low(cx.waker()) {
         match Pin::new(&mut *ws).poll_next(cx) {
             Poll::Ready(Some(Ok(msg))) => return Poll::Ready(Event::Incoming(msg)),
             Poll::Ready(Some(Err(e))) => {
@@ -226,20 +228,16 @@ fn next_message(conn: &Conn) -> Option<String> {
 
 /// Handles one message from the client.
 fn incoming(shard: &Rc<Shard>, conn: &Rc<Conn>, msg: Message) {
-    if conn.st.borrow().ending.is_some() || shard.stopping.is_set() {
+    if conn.st.borrow().ending.is_some() || shard.stopping().is_set() {
         // Going away: keep reading only for the closing handshake.
         return;
     }
     match msg {
         Message::Text(text) => {
-            Counters::add(&shard.counters.bytes_in, text.len() as u64);
+            Counters::add(&shard.counters().bytes_in, text.len() as u64);
             text_message(shard, conn, text.as_str())
         }
-        Message::Binary(_) => ws_error(
-            shard,
-            conn,
-            "binary frames are not supported: send JSON objects as text frames",
-        ),
+        Message::Binary(_) => shard.refuse(conn, &Refusal::Binary),
         // Pings are answered by tungstenite on the next flush; pongs and
         // close frames only matter as signs of life / the handshake.
         Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
@@ -256,64 +254,38 @@ struct Envelope<'a> {
 }
 
 fn text_message(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
-    let max_q = shard.cfg.max_queue_name_length;
+    let max_q = shard.cfg().max_queue_name_length;
     let msg = match proto::parse_message(text.as_bytes(), max_q) {
         Ok(m) => m,
-        Err(e) => return ws_error(shard, conn, &e.to_string()),
+        Err(e) => return shard.refuse(conn, &Refusal::Body(e)),
     };
     match msg {
         ClientMessage::Publish(_) => {}
-        ClientMessage::Replicant(_) => {
-            return ws_error(shard, conn, "coremq_replicant is only available over TCP")
-        }
+        ClientMessage::Replicant(_) => return shard.refuse(conn, &Refusal::ReplicantOverWebSocket),
         command => return dispatch(shard, conn, &conn.id, command),
     }
     let env: Envelope<'_> = match serde_json::from_str(text) {
         Ok(e) => e,
-        Err(_) => {
-            return ws_error(
-                shard,
-                conn,
-                "\"queue\" must be a string naming the queue to publish to",
-            )
-        }
+        Err(_) => return shard.refuse(conn, &Refusal::QueueNotAString),
     };
     if env.corews_status.is_some() {
         return ws_status(shard, conn);
     }
     let Some(queue) = env.queue else {
-        return ws_error(
-            shard,
-            conn,
-            "unknown message: send coremq_subscribe, coremq_unsubscribe, coremq_gethistory, coremq_options, \
-             corews_status, or an object with \"queue\" to publish",
-        );
+        return shard.refuse(conn, &Refusal::UnknownMessage);
     };
     if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
-        return ws_error(shard, conn, &e.to_string());
+        return shard.refuse(conn, &Refusal::Body(e));
     }
     let mut fields = Vec::with_capacity(text.len());
     if let Err(e) = proto::rewrite_object(text.as_bytes(), &["queue"], &[], &mut fields) {
-        return ws_error(shard, conn, &e.to_string());
+        return shard.refuse(conn, &Refusal::Body(e));
     }
     match proto::parse_message(&fields, max_q) {
         Ok(ClientMessage::Publish(p)) => shard.publish(conn, &queue, &p),
-        Ok(_) => ws_error(
-            shard,
-            conn,
-            "a message to publish must not carry CoreMQ command keys",
-        ),
-        Err(e) => ws_error(shard, conn, &e.to_string()),
+        Ok(_) => shard.refuse(conn, &Refusal::CommandKeysInPublish),
+        Err(e) => shard.refuse(conn, &Refusal::Body(e)),
     }
-}
-
-/// `{"error": reason}`, in reply order; the connection stays open.
-fn ws_error(shard: &Shard, conn: &Conn, reason: &str) {
-    Counters::add(&shard.counters.client_errors, 1);
-    let mut json = b"{\"error\": ".to_vec();
-    proto::write_json_string(reason, &mut json);
-    json.push(b'}');
-    conn.reply(ReplyKind::Raw(json));
 }
 
 /// The original WebSocket server's status reply, plus the node status.
@@ -322,13 +294,13 @@ fn ws_status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     let (shard, conn) = (shard.clone(), conn.clone());
     glommio::spawn_local(async move {
         let stats = shard.gather_stats().await;
-        let status = shard.node.status_json(&stats);
+        let status = shard.node().status_json(&stats);
         let mut json = format!(
             "{{\"connections\": {}, \"mq_server\": ",
             shard.ws_connections()
         )
         .into_bytes();
-        proto::write_json_string(&shard.node.name, &mut json);
+        proto::write_json_string(&shard.node().name, &mut json);
         json.extend_from_slice(b", \"queue\": ");
         proto::write_json_string(&conn.id, &mut json);
         json.extend_from_slice(b", \"status\": ");

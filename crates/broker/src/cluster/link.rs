@@ -1,0 +1,270 @@
+//! One replication link: its outbound buffer, and the task that writes it and
+//! routes what the peer sends to the owner shards.
+
+use super::Cluster;
+use crate::consts::is_reserved;
+use crate::msg::{MsgFrame, Request};
+use crate::node::PeerCounters;
+use crate::shard::Shard;
+use coremq_protocol as proto;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use glommio::spawn_local;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+/// Queue name of history-exchange frames on a link.
+const SYNC_QUEUE: &str = "$coremq.sync";
+
+/// One replication link's outbound side.
+pub(super) struct Link {
+    /// Frames waiting to be written; `head` is how far writing got.
+    out: RefCell<Vec<u8>>,
+    head: Cell<usize>,
+    /// End offsets of the queued frames (for the lag in messages).
+    ends: RefCell<VecDeque<usize>>,
+    /// The link task, woken when there is something to write.
+    waker: Cell<Option<Waker>>,
+    /// Set to drop the link (too slow, replaced, stopping).
+    closed: Cell<bool>,
+    /// Figures for status.
+    counters: Arc<PeerCounters>,
+    /// `cluster_link_buffer`: bytes queued before the link is dropped.
+    limit: usize,
+}
+
+impl Link {
+    pub(super) fn push(&self, bytes: &[u8]) {
+        if self.closed.get() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        out.extend_from_slice(bytes);
+        self.ends.borrow_mut().push_back(out.len());
+        let pending = out.len() - self.head.get();
+        drop(out);
+        self.counters.lag.fetch_add(1, Ordering::Relaxed);
+        if pending > self.limit {
+            tracing::warn!(
+                pending,
+                "cluster link cannot keep up; dropping it (history exchange repairs the gap)"
+            );
+            self.closed.set(true);
+        }
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn written(&self, n: usize) {
+        let head = self.head.get() + n;
+        let mut ends = self.ends.borrow_mut();
+        let mut done = 0u64;
+        while ends.front().is_some_and(|&e| e <= head) {
+            ends.pop_front();
+            done += 1;
+        }
+        self.counters.lag.fetch_sub(done, Ordering::Relaxed);
+        self.counters.sent.fetch_add(done, Ordering::Relaxed);
+        let mut out = self.out.borrow_mut();
+        if head == out.len() {
+            out.clear();
+            ends.clear();
+            self.head.set(0);
+        } else {
+            self.head.set(head);
+        }
+    }
+}
+
+enum Event {
+    Read(usize),
+    Done(&'static str),
+}
+
+/// Runs one link until it fails, is replaced or the node stops.
+pub(super) async fn run_link(
+    shard: Rc<Shard>,
+    cluster: Rc<Cluster>,
+    mut stream: TcpStream,
+    name: String,
+    rest: Vec<u8>,
+    counters: Arc<PeerCounters>,
+) {
+    let link = Rc::new(Link {
+        out: RefCell::new(Vec::new()),
+        head: Cell::new(0),
+        ends: RefCell::new(VecDeque::new()),
+        waker: Cell::new(None),
+        closed: Cell::new(false),
+        counters: counters.clone(),
+        limit: shard.cfg().cluster_link_buffer,
+    });
+    counters.lag.store(0, Ordering::Relaxed);
+    if let Some(old) = cluster
+        .links
+        .borrow_mut()
+        .insert(name.clone(), link.clone())
+    {
+        // One link per peer: the newer one wins, deterministically on both sides.
+        old.closed.set(true);
+        if let Some(w) = old.waker.take() {
+            w.wake();
+        }
+    }
+    counters.set_state("up");
+    shard.node().shared.replicant_up(&name);
+    tracing::info!(peer = %name, "cluster link up");
+
+    // History exchange: everything we hold, for the peer to fill its gaps.
+    {
+        let (shard, link) = (shard.clone(), link.clone());
+        spawn_local(async move {
+            let dump = shard.dump_history().await;
+            let mut frame = Vec::new();
+            let mut json = Vec::new();
+            for (queue, msgs) in dump {
+                for m in msgs {
+                    json.clear();
+                    json.extend_from_slice(b"{\"queue\": ");
+                    proto::write_json_string(&queue, &mut json);
+                    json.extend_from_slice(b", \"message\": ");
+                    json.extend_from_slice(m.json());
+                    json.push(b'}');
+                    frame.clear();
+                    proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
+                    link.push(&frame);
+                }
+            }
+        })
+        .detach();
+    }
+
+    let max_frame = shard.cfg().max_message_size + (64 << 10);
+    let mut rbuf = rest;
+    // Bytes that came right behind the handshake.
+    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters) {
+        Ok(used) => used,
+        Err(_) => rbuf.len(),
+    };
+    let mut chunk = vec![0u8; 64 << 10];
+    let why = loop {
+        let ev = poll_fn(|cx| {
+            loop {
+                let res = {
+                    let out = link.out.borrow();
+                    let pending = &out[link.head.get()..];
+                    if pending.is_empty() {
+                        None
+                    } else {
+                        Some(Pin::new(&mut stream).poll_write(cx, pending))
+                    }
+                };
+                match res {
+                    None | Some(Poll::Pending) => break,
+                    Some(Poll::Ready(Ok(0))) | Some(Poll::Ready(Err(_))) => {
+                        return Poll::Ready(Event::Done("write failed"))
+                    }
+                    Some(Poll::Ready(Ok(n))) => link.written(n),
+                }
+            }
+            if link.closed.get() {
+                return Poll::Ready(Event::Done("closed"));
+            }
+            if shard.stopping().is_set() {
+                return Poll::Ready(Event::Done("stopping"));
+            }
+            if shard.mesh().poll_low(cx.waker()) {
+                if let Poll::Ready(r) = Pin::new(&mut stream).poll_read(cx, &mut chunk) {
+                    return Poll::Ready(match r {
+                        Ok(0) => Event::Done("peer closed"),
+                        Ok(n) => Event::Read(n),
+                        Err(_) => Event::Done("read failed"),
+                    });
+                }
+            }
+            link.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        match ev {
+            Event::Done(why) => break why,
+            Event::Read(n) => {
+                rbuf.extend_from_slice(&chunk[..n]);
+                match take_frames(&shard, &rbuf[start..], max_frame, &counters) {
+                    Ok(used) => start += used,
+                    Err(e) => break e,
+                }
+                if start == rbuf.len() {
+                    rbuf.clear();
+                    start = 0;
+                } else if start > (1 << 20) {
+                    rbuf.drain(..start);
+                    start = 0;
+                }
+                futures_lite::future::yield_now().await;
+            }
+        }
+    };
+    tracing::info!(peer = %name, why, "cluster link down");
+    let mut links = cluster.links.borrow_mut();
+    if links.get(&name).is_some_and(|l| Rc::ptr_eq(l, &link)) {
+        links.remove(&name);
+        counters.set_state("down");
+        shard.node().shared.replicant_down(&name);
+    }
+}
+
+/// Routes every complete frame in `buf` to its owner shard; returns the bytes
+/// used. An invalid frame ends the link.
+fn take_frames(
+    shard: &Shard,
+    buf: &[u8],
+    max_frame: usize,
+    counters: &PeerCounters,
+) -> Result<usize, &'static str> {
+    let mut used = 0;
+    loop {
+        let frame = match proto::decode_frame(&buf[used..], max_frame) {
+            Ok(Some((f, n))) => {
+                used += n;
+                f
+            }
+            Ok(None) => return Ok(used),
+            Err(_) => return Err("bad frame from peer"),
+        };
+        let Ok((queue, json)) = proto::split_body(frame.body, proto::MAX_QUEUE_NAME_LEN) else {
+            return Err("bad frame from peer");
+        };
+        counters.received.fetch_add(1, Ordering::Relaxed);
+        let (queue, json, live) = if queue == SYNC_QUEUE {
+            #[derive(serde::Deserialize)]
+            struct Sync<'a> {
+                queue: String,
+                #[serde(borrow)]
+                message: &'a serde_json::value::RawValue,
+            }
+            let Ok(sync) = serde_json::from_slice::<Sync<'_>>(json) else {
+                return Err("bad history frame from peer");
+            };
+            (sync.queue, sync.message.get().as_bytes().to_vec(), false)
+        } else {
+            (queue.to_string(), json.to_vec(), true)
+        };
+        if is_reserved(&queue) {
+            continue;
+        }
+        let Some(frame) = MsgFrame::replicated(&queue, &json) else {
+            tracing::warn!(%queue, "message from a peer without coremq_sent/coremq_server; dropped");
+            continue;
+        };
+        let owner = shard.owner_of(&queue);
+        shard.request(owner, Request::Replicated { frame, live });
+    }
+}

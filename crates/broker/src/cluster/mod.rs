@@ -1,0 +1,261 @@
+//! Master-master replication between nodes (PROTOCOL.md §6), run by the
+//! control shard.
+//!
+//! - Every other entry of `cluster_nodes` gets one link. Of two nodes, the one
+//!   whose entry sorts lower dials (with backoff, again after any failure); the
+//!   other accepts. Replicants from `allowed_replicants` only ever attach.
+//! - A link is a client connection that said `coremq_replicant` and was
+//!   accepted: the accepting shard hands the socket to the control shard.
+//!   Both directions then carry stored messages as plain `+LEN QUEUE JSON`
+//!   frames, with their original `coremq_*` fields.
+//! - Every message accepted on this node (from a client) is sent to every link
+//!   once; messages that came over a link are stored and delivered here and
+//!   never sent on (one hop: no loops, no duplicates).
+//! - A link that comes up first sends this node's whole history as `$coremq.sync`
+//!   frames; the receiver stores what it misses (without delivering it), and
+//!   since every node orders history by (coremq_sent, coremq_server) and drops
+//!   what it already has, histories converge.
+//! - A peer that cannot keep up (more than `cluster_link_buffer` bytes queued)
+//!   loses its link; the history exchange on the next one repairs the gap.
+
+mod link;
+
+use crate::msg::MsgFrame;
+use crate::node::PeerCounters;
+use crate::shard::{Links, Shard};
+use coremq_protocol as proto;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use link::{run_link, Link};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+/// First and longest wait between dial attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long connecting and the handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The control shard's cluster state.
+struct Cluster {
+    /// This node's entry in `cluster_nodes`.
+    self_entry: String,
+    /// Links that are up, by peer name.
+    links: RefCell<HashMap<String, Rc<Link>>>,
+}
+
+/// What the shard calls: the cluster plus the shard it runs on (weak: the
+/// shard holds this, and is kept alive by its executor, not by its links).
+struct Control {
+    cluster: Rc<Cluster>,
+    shard: Weak<Shard>,
+}
+
+impl Links for Control {
+    fn broadcast(&self, frame: &MsgFrame) {
+        for link in self.cluster.links.borrow().values() {
+            link.push(frame.bytes());
+        }
+    }
+
+    fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>) {
+        // SAFETY: the descriptor is owned (a duplicate made for us by the
+        // shard that accepted the connection); into_raw_fd hands its
+        // ownership to the stream, which closes it.
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        if shard.stopping().is_set() {
+            return;
+        }
+        let counters = shard.node().shared.peer(&name, "accept");
+        let cluster = self.cluster.clone();
+        spawn_local(run_link(shard, cluster, stream, name, rest, counters)).detach();
+    }
+}
+
+/// Starts the cluster on the control shard: finds this node in
+/// `cluster_nodes` and dials the peers it is to dial.
+pub(crate) fn start(shard: &Rc<Shard>, port: u16) {
+    let cfg = shard.cfg().clone();
+    let self_entry = match find_self(&cfg, port) {
+        Some(e) => e,
+        None if cfg.cluster_nodes.is_empty() => format!("{}:{port}", cfg.address),
+        None => {
+            tracing::error!(
+                nodes = ?cfg.cluster_nodes,
+                "this node is not in cluster_nodes (as address:port or cluster_self); not dialing any peer"
+            );
+            format!("{}:{port}", cfg.address)
+        }
+    };
+    let cluster = Rc::new(Cluster {
+        self_entry: self_entry.clone(),
+        links: RefCell::new(HashMap::new()),
+    });
+    shard.set_links(Rc::new(Control {
+        cluster: cluster.clone(),
+        shard: Rc::downgrade(shard),
+    }));
+    for peer in cfg.cluster_nodes.iter().filter(|p| **p != self_entry) {
+        let dial = self_entry.as_str() < peer.as_str();
+        let counters = shard
+            .node()
+            .shared
+            .peer(peer, if dial { "dial" } else { "accept" });
+        if dial {
+            spawn_local(dial_loop(
+                shard.clone(),
+                cluster.clone(),
+                peer.clone(),
+                counters,
+            ))
+            .detach();
+        }
+    }
+}
+
+/// This node's entry: `cluster_self`, else the entry equal to
+/// `address:port`, else (listening on all interfaces) a loopback or
+/// `node_name` entry with our port.
+fn find_self(cfg: &coremq_config::MqConfig, port: u16) -> Option<String> {
+    if let Some(s) = &cfg.cluster_self {
+        return Some(s.clone());
+    }
+    let exact = SocketAddr::new(cfg.address, port).to_string();
+    if let Some(e) = cfg.cluster_nodes.iter().find(|e| **e == exact) {
+        return Some(e.clone());
+    }
+    if cfg.address.is_unspecified() {
+        let candidates = [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("{}:{port}", cfg.node_name),
+        ];
+        return cfg
+            .cluster_nodes
+            .iter()
+            .find(|e| candidates.contains(e))
+            .cloned();
+    }
+    None
+}
+
+/// Dials `peer` again and again, running the link whenever the handshake succeeds.
+async fn dial_loop(
+    shard: Rc<Shard>,
+    cluster: Rc<Cluster>,
+    peer: String,
+    counters: Arc<PeerCounters>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    while !shard.stopping().is_set() {
+        counters.set_state("connecting");
+        let attempt = futures_lite::future::or(
+            async { Some(handshake(&shard, &cluster.self_entry, &peer).await) },
+            async {
+                sleep(HANDSHAKE_TIMEOUT).await;
+                None
+            },
+        )
+        .await;
+        match attempt {
+            Some(Ok((stream, rest))) => {
+                backoff = BACKOFF_MIN;
+                let link = run_link(
+                    shard.clone(),
+                    cluster.clone(),
+                    stream,
+                    peer.clone(),
+                    rest,
+                    counters.clone(),
+                );
+                link.await;
+                counters.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Err(e)) => tracing::debug!(%peer, cause = %e, "cluster dial failed"),
+            None => tracing::debug!(%peer, "cluster dial timed out"),
+        }
+        counters.set_state("connecting");
+        let stopped = futures_lite::future::or(
+            async {
+                sleep(backoff).await;
+                false
+            },
+            async {
+                shard.stopping().wait().await;
+                true
+            },
+        )
+        .await;
+        if stopped {
+            break;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    counters.set_state("down");
+}
+
+/// Connects to a peer's client port and asks to be its replicant. Returns
+/// the stream and any bytes read past the reply.
+async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(TcpStream, Vec<u8>), String> {
+    let addr = peer
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {peer}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{peer} resolves to no address"))?;
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::new();
+    let (id, _) = read_frame(&mut stream, &mut buf).await?;
+    let mut req = b"{\"coremq_replicant\": {\"name\": ".to_vec();
+    proto::write_json_string(me, &mut req);
+    if let Some(secret) = &shard.cfg().cluster_secret {
+        req.extend_from_slice(b", \"secret\": ");
+        proto::write_json_string(secret, &mut req);
+    }
+    req.extend_from_slice(b"}}");
+    let mut frame = Vec::new();
+    proto::encode_frame(&id, &req, &mut frame);
+    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    let (_, reply) = read_frame(&mut stream, &mut buf).await?;
+    let text = String::from_utf8_lossy(&reply);
+    if !text.contains(proto::OK_REPLICANT) {
+        return Err(format!("{peer} refused the link: {text}"));
+    }
+    Ok((stream, buf))
+}
+
+/// Reads one frame: (queue, json); `buf` keeps what was read past it.
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<(String, Vec<u8>), String> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match proto::decode_frame(buf, 1 << 20) {
+            Ok(Some((frame, used))) => {
+                let (q, j) = proto::split_body(frame.body, proto::MAX_QUEUE_NAME_LEN)
+                    .map_err(|e| e.to_string())?;
+                let out = (q.to_string(), j.to_vec());
+                buf.drain(..used);
+                return Ok(out);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the handshake".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

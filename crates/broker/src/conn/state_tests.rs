@@ -1,0 +1,244 @@
+//! The connection's pure logic: reply order, answers that arrive out of
+//! order, and the slow-consumer cut.
+
+use super::state::{Close, Conn, Queued, ReplyKind};
+use crate::msg::{ConnKey, MsgFrame, MsgKey};
+use crate::node::{NodeCtx, NodeShared};
+use crate::refusal::{Refusal, Transport};
+use crate::stats::Counters;
+use coremq_protocol as proto;
+use std::rc::Rc;
+
+const ID: &str = "00000000-0000-4000-8000-000000000001";
+
+fn conn(max_pending: usize, transport: Transport) -> (Conn, Rc<Counters>) {
+    let node = Rc::new(NodeCtx {
+        name: "n1".into(),
+        server: "n1:6747".into(),
+        welcome: b"{\"response\": \"OK: Welcome to CoreMQ server\", \"server\": \"n1\"}"
+            .to_vec()
+            .into_boxed_slice(),
+        started: std::time::Instant::now(),
+        shared: NodeShared::new(),
+    });
+    let counters = Rc::new(Counters::default());
+    let key = ConnKey {
+        slot: 0,
+        generation: 1,
+    };
+    let c = Conn::new(
+        key,
+        ID.into(),
+        transport,
+        max_pending,
+        node,
+        counters.clone(),
+    );
+    (c, counters)
+}
+
+/// Everything queued for the socket, as the client would read it, and
+/// consumed (as if written).
+fn take(c: &Conn) -> Vec<(String, String)> {
+    let mut bytes = Vec::new();
+    loop {
+        let front = c.with_unwritten(|q| q.front().to_vec());
+        if front.is_empty() {
+            break;
+        }
+        c.written(front.len());
+        bytes.extend_from_slice(&front);
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some((f, used)) = proto::decode_frame(&bytes[at..], usize::MAX).unwrap() {
+        // WebSocket-only replies have an empty queue name, which split_body
+        // (rightly, for clients) refuses.
+        let space = f.body.iter().position(|&b| b == b' ').unwrap();
+        let (q, j) = (&f.body[..space], &f.body[space + 1..]);
+        frames.push((
+            String::from_utf8(q.to_vec()).unwrap(),
+            String::from_utf8(j.to_vec()).unwrap(),
+        ));
+        at += used;
+    }
+    assert_eq!(at, bytes.len(), "a partial frame was queued");
+    frames
+}
+
+fn texts(frames: &[(String, String)]) -> Vec<String> {
+    frames.iter().map(|(_, j)| j.clone()).collect()
+}
+
+fn frame(queue: &str, json: &str) -> MsgFrame {
+    MsgFrame::new(queue, json.as_bytes(), MsgKey::default())
+}
+
+#[test]
+fn replies_leave_in_request_order_whatever_order_answers_come_in() {
+    let (c, _) = conn(1 << 20, Transport::Tcp);
+    // A subscribe waiting for two owners, an unsubscribe that is complete at
+    // once, a publish waiting for its owner.
+    let sub = c.reserve(ReplyKind::Text(proto::OK_SUBSCRIBE), 2);
+    c.reply(ReplyKind::Text(proto::OK_UNSUBSCRIBE));
+    let sent = c.reserve(ReplyKind::Sent, 1);
+    assert!(take(&c).is_empty(), "nothing may overtake the subscribe");
+    c.complete(sent, |_| {});
+    c.complete(sub, |_| {});
+    assert!(take(&c).is_empty(), "one owner of the subscribe still owes");
+    assert!(c.awaits_replies());
+    c.complete(sub, |_| {});
+    let out = take(&c);
+    assert!(
+        out.iter().all(|(q, _)| q == ID),
+        "replies go on the id queue"
+    );
+    assert_eq!(
+        texts(&out),
+        [
+            r#"{"response": "OK: Subscribe successful"}"#,
+            r#"{"response": "OK: Unsubscribe successful"}"#,
+            r#"{"response": "OK: Message sent"}"#,
+        ]
+    );
+    assert!(!c.awaits_replies());
+}
+
+#[test]
+fn a_range_of_acks_completes_each_publish_once() {
+    let (c, _) = conn(1 << 20, Transport::Tcp);
+    let first = c.reserve(ReplyKind::Sent, 1);
+    for _ in 0..4 {
+        c.reserve(ReplyKind::Sent, 1);
+    }
+    c.complete_run(first.wrapping_add(1), 4);
+    assert!(
+        take(&c).is_empty(),
+        "the first publish is not acknowledged yet"
+    );
+    c.complete_run(first, 1);
+    assert_eq!(take(&c).len(), 5);
+    // A stale or repeated answer changes nothing.
+    c.complete_run(first, 5);
+    c.complete(first, |_| {});
+    assert!(take(&c).is_empty());
+}
+
+#[test]
+fn history_parts_fill_their_own_places() {
+    let (c, _) = conn(1 << 20, Transport::Tcp);
+    let names: Vec<Box<str>> = vec!["a".into(), "b".into()];
+    let parts = vec![Vec::new(), Vec::new()];
+    let seq = c.reserve(ReplyKind::History { names, parts }, 2);
+    // The owner of "b" answers first.
+    for (i, json) in [(1usize, r#"{"x": 2}"#), (0, r#"{"x": 1}"#)] {
+        c.complete(seq, |kind| {
+            if let ReplyKind::History { parts, .. } = kind {
+                parts[i] = vec![frame("q", json)];
+            }
+        });
+    }
+    assert_eq!(
+        texts(&take(&c)),
+        [r#"{"history": {"a": [{"x": 1}], "b": [{"x": 2}]}}"#]
+    );
+}
+
+#[test]
+fn deliveries_do_not_wait_for_replies() {
+    let (c, _) = conn(1 << 20, Transport::Tcp);
+    let _pending = c.reserve(ReplyKind::Sent, 1);
+    let f = frame("news", r#"{"a": 1}"#);
+    assert_eq!(c.deliver(f.bytes()), Queued::Ok);
+    assert_eq!(take(&c), [("news".to_string(), r#"{"a": 1}"#.to_string())]);
+}
+
+#[test]
+fn a_consumer_over_max_pending_is_cut_off_with_the_error_last() {
+    let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "x".repeat(100)));
+    let n = f.bytes().len();
+    let (c, counters) = conn(3 * n, Transport::Tcp);
+    for _ in 0..3 {
+        assert_eq!(c.deliver(f.bytes()), Queued::Ok);
+    }
+    assert_eq!(
+        counters.slow_consumers.get(),
+        0,
+        "at the limit is not over it"
+    );
+    assert_eq!(c.deliver(f.bytes()), Queued::BecameSlow);
+    assert_eq!(counters.slow_consumers.get(), 1);
+    assert_eq!(
+        c.deliver(f.bytes()),
+        Queued::Closing,
+        "nothing after the cut"
+    );
+    assert_eq!(c.st.borrow().closing, Some(Close::SlowConsumer));
+    let out = take(&c);
+    // Frames not yet started are dropped (none was being written here), so
+    // the error follows what the client already has.
+    let last = out.last().unwrap();
+    assert_eq!(last.0, ID);
+    assert_eq!(
+        last.1,
+        format!(
+            r#"{{"response": "ERROR: slow consumer: more than {} bytes waiting to be read (max_pending); disconnecting"}}"#,
+            3 * n
+        )
+    );
+    assert!(out.len() <= 4, "{} frames", out.len());
+    assert_eq!(counters.slow_consumers.get(), 1, "counted once");
+}
+
+#[test]
+fn a_slow_consumer_keeps_the_frame_being_written_whole() {
+    let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "y".repeat(200)));
+    let n = f.bytes().len();
+    let (c, _) = conn(2 * n, Transport::Tcp);
+    c.deliver(f.bytes());
+    c.deliver(f.bytes());
+    c.written(10); // the socket took part of the first frame
+    assert_eq!(c.deliver(f.bytes()), Queued::BecameSlow);
+    let rest = c.with_unwritten(|q| q.front().to_vec());
+    // The rest of the first frame, then the error; the second frame is gone.
+    assert_eq!(&rest[..n - 10], &f.bytes()[10..]);
+    let (err, used) = proto::decode_frame(&rest[n - 10..], usize::MAX)
+        .unwrap()
+        .unwrap();
+    assert!(std::str::from_utf8(err.body)
+        .unwrap()
+        .contains("slow consumer"));
+    assert_eq!(n - 10 + used, rest.len());
+}
+
+#[test]
+fn refusals_read_as_their_transport_says() {
+    let (tcp, _) = conn(1 << 20, Transport::Tcp);
+    tcp.refuse(&Refusal::Body(proto::BodyError::NotAnObject));
+    assert_eq!(
+        texts(&take(&tcp)),
+        [r#"{"response": "ERROR: message must be a JSON object"}"#]
+    );
+    let (ws, _) = conn(1 << 20, Transport::WebSocket);
+    ws.refuse(&Refusal::Body(proto::BodyError::NotAnObject));
+    let out = take(&ws);
+    assert_eq!(out[0].0, "", "WebSocket-only replies carry no queue");
+    assert_eq!(out[0].1, r#"{"error": "message must be a JSON object"}"#);
+}
+
+#[test]
+fn a_framing_error_closes_after_every_earlier_reply() {
+    let (c, _) = conn(1 << 20, Transport::Tcp);
+    let sent = c.reserve(ReplyKind::Sent, 1);
+    let framing = proto::decode_frame(b"x", 10).unwrap_err();
+    c.refuse(&Refusal::Framing(framing));
+    assert_eq!(c.st.borrow().ending, Some(Close::Framing));
+    assert!(take(&c).is_empty(), "the error waits for the OK before it");
+    c.complete(sent, |_| {});
+    let out = texts(&take(&c));
+    assert_eq!(out.len(), 2);
+    assert!(out[1].starts_with(r#"{"response": "ERROR: frame must start with '+'"#));
+    assert_eq!(c.st.borrow().closing, Some(Close::Framing));
+    // Nothing is queued after the final frame.
+    assert_eq!(c.deliver(frame("q", "{}").bytes()), Queued::Closing);
+}

@@ -1,0 +1,110 @@
+//! Listening sockets and the accept loop of the client port.
+
+use crate::refusal::{Refusal, Transport};
+use crate::shard::Shard;
+use crate::stats::Counters;
+use coremq_protocol as proto;
+use futures_lite::future;
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use std::net::SocketAddr;
+use std::os::fd::FromRawFd;
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// The next connection on `listener` with its peer address, or `None` once
+/// the shard stops. Accept errors (out of descriptors and the like) are logged
+/// and retried after a pause instead of spinning.
+pub(crate) async fn accept_next(
+    shard: &Shard,
+    listener: &TcpListener,
+) -> Option<(TcpStream, String)> {
+    loop {
+        let next = future::or(async { Some(listener.accept().await) }, async {
+            shard.stopping().wait().await;
+            None
+        })
+        .await;
+        match next? {
+            Ok(stream) => {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                return Some((stream, peer));
+            }
+            Err(e) => {
+                tracing::warn!(shard = shard.id(), cause = %e, "accept failed");
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts connections until the shard stops.
+pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    while let Some((stream, peer)) = accept_next(shard, listener).await {
+        if !shard.node().shared.try_open(shard.cfg().max_connections) {
+            Counters::add(&shard.counters().refused_connections, 1);
+            tracing::warn!(
+                shard = shard.id(),
+                peer,
+                max = shard.cfg().max_connections,
+                "connection refused: max_connections reached"
+            );
+            let refusal = Refusal::TooManyConnections {
+                max: shard.cfg().max_connections,
+            };
+            spawn_local(refuse(stream, shard.refused(&refusal, Transport::Tcp))).detach();
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let conn = shard.open_conn(Transport::Tcp);
+        let span =
+            tracing::info_span!("conn", shard = shard.id(), peer = %peer, conn_id = %conn.id);
+        tracing::debug!(parent: &span, "connection accepted");
+        spawn_local(crate::conn::task::serve(shard.clone(), conn, stream).instrument(span))
+            .detach();
+    }
+}
+
+/// Tells a client over `max_connections` why it is being closed (`wire`),
+/// on a queue that is no connection's id.
+async fn refuse(mut stream: TcpStream, wire: crate::refusal::Wire) {
+    let crate::refusal::Wire::Reply(json) = wire else {
+        return;
+    };
+    let mut frame = Vec::new();
+    proto::encode_frame(
+        &uuid::Uuid::new_v4().hyphenated().to_string(),
+        &json,
+        &mut frame,
+    );
+    let _ = future::or(async { stream.write_all(&frame).await.is_ok() }, async {
+        sleep(Duration::from_secs(1)).await;
+        false
+    })
+    .await;
+}
+
+/// A listening socket with SO_REUSEPORT (every shard binds the same address
+/// and the kernel spreads accepts) and SO_REUSEADDR. glommio's own `bind` sets
+/// only the first; without the second, the connections a graceful stop closes
+/// sit in TIME_WAIT on our port and a restart is refused as "in use" for a
+/// minute.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::IntoRawFd;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a listening TCP socket we own; ownership moves
+    // to the glommio listener (into_raw_fd), which closes it.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+}

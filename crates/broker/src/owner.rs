@@ -1,0 +1,211 @@
+//! The owner side of a shard: the queues hashed to it, and what it does with
+//! the requests home shards send about them.
+//!
+//! An owner stores a message once, in key order, and hands it to every home
+//! shard that has subscribers (one delivery per home, never per subscriber).
+//! Everything it says goes out through an [`Outbox`], so that the shard
+//! decides how responses travel (in place for itself, over the mesh for the
+//! others) and tests can watch what an owner says.
+
+use crate::consts::{is_reserved, CONTROL_SHARD};
+use crate::msg::{ConnKey, MsgFrame, Response};
+use crate::queues::{QueueTable, Stored};
+use crate::stats::ShardStats;
+use coremq_config::MqConfig;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// Where an owner's answers go.
+pub(crate) trait Outbox {
+    /// Sends `resp` to home shard `to`.
+    fn respond(&self, to: usize, resp: Response);
+    /// Acknowledges publish `seq` of connection `conn` on home shard `to`.
+    fn ack(&self, to: usize, conn: ConnKey, seq: u32);
+    /// Hands `frame` to this shard's own subscribers (its home side),
+    /// leaving out `skip`.
+    fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>);
+}
+
+/// A publish as the owner receives it.
+pub(crate) struct Publisher {
+    /// The home shard of the publishing connection.
+    pub home: usize,
+    /// The publishing connection.
+    pub conn: ConnKey,
+    /// Whether it wants its own message back.
+    pub echo: bool,
+}
+
+/// The queues one shard owns.
+pub(crate) struct Owner {
+    /// This shard's index.
+    id: usize,
+    /// History windows per queue.
+    cfg: Rc<MqConfig>,
+    /// Whether messages accepted here go to the control shard for cluster
+    /// links (a cluster or replicants are configured).
+    replicate: bool,
+    /// History and per-home subscription counts.
+    queues: RefCell<QueueTable>,
+}
+
+impl Owner {
+    /// The owner side of shard `id`, with no queues.
+    pub(crate) fn new(id: usize, cfg: Rc<MqConfig>) -> Owner {
+        let replicate = !cfg.cluster_nodes.is_empty() || !cfg.allowed_replicants.is_empty();
+        Owner {
+            id,
+            cfg,
+            replicate,
+            queues: RefCell::default(),
+        }
+    }
+
+    /// A message published by a client of this node: stored, delivered,
+    /// offered to the cluster links, then acknowledged (`ack`) — in that
+    /// order, so that the OK means "stored" (G3).
+    pub(crate) fn publish(
+        &self,
+        out: &impl Outbox,
+        frame: MsgFrame,
+        from: Publisher,
+        ack: Option<u32>,
+    ) {
+        let replica = (self.replicate && !is_reserved(frame.queue())).then(|| frame.clone());
+        let (home, conn) = (from.home, from.conn);
+        self.store_and_deliver(out, frame, Some(from));
+        if let Some(frame) = replica {
+            out.respond(CONTROL_SHARD, Response::Replicate { frame });
+        }
+        if let Some(seq) = ack {
+            out.ack(home, conn, seq);
+        }
+    }
+
+    /// A message another node accepted: stored (once) and, when `live`,
+    /// delivered; never replicated further.
+    pub(crate) fn replicated(&self, out: &impl Outbox, frame: MsgFrame, live: bool) {
+        if live {
+            self.store_and_deliver(out, frame, None);
+        } else {
+            let cfg = &self.cfg;
+            self.queues
+                .borrow_mut()
+                .publish(&frame, |name| cfg.history_length_for(name));
+        }
+    }
+
+    /// Counts one more subscriber of `queue` on home shard `from` and tells
+    /// that home: deliveries it receives after the answer include every
+    /// message stored after this (G2: answer and deliveries share one FIFO).
+    pub(crate) fn subscribe(
+        &self,
+        out: &impl Outbox,
+        from: usize,
+        queue: Box<str>,
+        conn: ConnKey,
+        seq: Option<u32>,
+        own_id: bool,
+    ) {
+        let cfg = &self.cfg;
+        self.queues
+            .borrow_mut()
+            .subscribe(&queue, from, own_id, |name| cfg.history_length_for(name));
+        out.respond(from, Response::Subscribed { queue, conn, seq });
+    }
+
+    /// One subscriber fewer of `queue` on home shard `from`.
+    pub(crate) fn unsubscribe(&self, from: usize, queue: &str) {
+        self.queues.borrow_mut().unsubscribe(queue, from);
+    }
+
+    /// The history of each queue at its index in the original request.
+    pub(crate) fn history(
+        &self,
+        out: &impl Outbox,
+        from: usize,
+        queues: Vec<(u16, Box<str>)>,
+        conn: ConnKey,
+        seq: u32,
+    ) {
+        let table = self.queues.borrow();
+        let part = queues
+            .into_iter()
+            .map(|(i, q)| (i, table.history(&q)))
+            .collect();
+        drop(table);
+        out.respond(from, Response::History { conn, seq, part });
+    }
+
+    /// Every queue's history but connection ids (for a new cluster link).
+    pub(crate) fn dump(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
+        self.queues.borrow().dump()
+    }
+
+    /// Puts the owner side's figures into `stats`.
+    pub(crate) fn fill_stats(&self, stats: &mut ShardStats) {
+        let q = self.queues.borrow();
+        stats.queues = q.len() as u64;
+        stats.subscriptions = q.subscriptions();
+        stats.history_messages = q.history_messages();
+    }
+
+    /// Stores a message and delivers it to every home shard with subscribers,
+    /// unless it is a duplicate. Replicated messages have no `publisher`.
+    fn store_and_deliver(&self, out: &impl Outbox, frame: MsgFrame, publisher: Option<Publisher>) {
+        let cfg = &self.cfg;
+        let mut homes: [usize; 8] = [usize::MAX; 8];
+        let mut many: Vec<usize> = Vec::new();
+        let mut n = 0;
+        if let Some((Stored::New, q)) = self
+            .queues
+            .borrow_mut()
+            .publish(&frame, |name| cfg.history_length_for(name))
+        {
+            for h in q.homes() {
+                if n < homes.len() {
+                    homes[n] = h;
+                } else {
+                    many.push(h);
+                }
+                n += 1;
+            }
+        }
+        let homes = || homes.iter().take(n.min(homes.len())).chain(many.iter());
+        let skip = |h: usize| match &publisher {
+            Some(p) if h == p.home && !p.echo => Some(p.conn),
+            _ => None,
+        };
+        // This shard's own subscribers first, straight from the frame. Homes
+        // are independent, so their order does not matter.
+        if homes().any(|&h| h == self.id) {
+            out.deliver_here(&frame, skip(self.id));
+        }
+        // The last other home gets the frame itself, the others a clone.
+        let mut others = homes().copied().filter(|&h| h != self.id);
+        if let Some(mut h) = others.next() {
+            for next in others {
+                let frame = frame.clone();
+                out.respond(
+                    h,
+                    Response::Deliver {
+                        frame,
+                        skip: skip(h),
+                    },
+                );
+                h = next;
+            }
+            out.respond(
+                h,
+                Response::Deliver {
+                    frame,
+                    skip: skip(h),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod tests;

@@ -1,0 +1,274 @@
+//! The owner side on its own: what it stores and what it tells each home,
+//! watched through a recording [`Outbox`].
+
+use super::*;
+use crate::msg::MsgKey;
+use std::cell::RefCell;
+
+/// Records what the owner says.
+#[derive(Default)]
+struct Recorder {
+    said: RefCell<Vec<Said>>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Said {
+    /// Deliver to home `to` (this shard's own home: `deliver_here`).
+    Deliver {
+        to: usize,
+        json: String,
+        skip: Option<ConnKey>,
+    },
+    Ack {
+        to: usize,
+        conn: ConnKey,
+        seq: u32,
+    },
+    Subscribed {
+        to: usize,
+        queue: String,
+    },
+    History {
+        to: usize,
+        part: Vec<(u16, Vec<String>)>,
+    },
+    Replicate {
+        to: usize,
+        queue: String,
+    },
+}
+
+impl Outbox for Recorder {
+    fn respond(&self, to: usize, resp: Response) {
+        let said = match resp {
+            Response::Deliver { frame, skip } => Said::Deliver {
+                to,
+                json: json(&frame),
+                skip,
+            },
+            Response::Subscribed { queue, .. } => Said::Subscribed {
+                to,
+                queue: queue.into(),
+            },
+            Response::History { part, .. } => Said::History {
+                to,
+                part: part
+                    .into_iter()
+                    .map(|(i, msgs)| (i, msgs.iter().map(json).collect()))
+                    .collect(),
+            },
+            Response::Replicate { frame } => Said::Replicate {
+                to,
+                queue: frame.queue().into(),
+            },
+            other => panic!("an owner does not say {other:?}"),
+        };
+        self.said.borrow_mut().push(said);
+    }
+
+    fn ack(&self, to: usize, conn: ConnKey, seq: u32) {
+        self.said.borrow_mut().push(Said::Ack { to, conn, seq });
+    }
+
+    fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
+        self.said.borrow_mut().push(Said::Deliver {
+            to: ME,
+            json: json(frame),
+            skip,
+        });
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<Said> {
+        std::mem::take(&mut *self.said.borrow_mut())
+    }
+}
+
+/// The owner's shard.
+const ME: usize = 1;
+
+fn json(f: &MsgFrame) -> String {
+    String::from_utf8(f.json().to_vec()).unwrap()
+}
+
+fn owner(cfg: MqConfig) -> Owner {
+    Owner::new(ME, Rc::new(cfg))
+}
+
+fn conn(slot: u32) -> ConnKey {
+    ConnKey {
+        slot,
+        generation: 1,
+    }
+}
+
+fn msg(queue: &str, n: u64) -> MsgFrame {
+    let key = MsgKey {
+        sent_us: 1000 + n,
+        origin: 7,
+    };
+    MsgFrame::new(queue, format!(r#"{{"n": {n}}}"#).as_bytes(), key)
+}
+
+fn from(home: usize, slot: u32, echo: bool) -> Publisher {
+    Publisher {
+        home,
+        conn: conn(slot),
+        echo,
+    }
+}
+
+#[test]
+fn one_delivery_per_home_then_the_ack() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    // Two subscribers on home 0, one on home 2, one here.
+    for home in [0, 0, 2, ME] {
+        o.subscribe(&out, home, "news".into(), conn(9), None, false);
+    }
+    assert_eq!(out.take().len(), 4, "each subscription is answered");
+    o.publish(&out, msg("news", 1), from(0, 5, false), Some(42));
+    let said = out.take();
+    assert_eq!(said.len(), 4, "{said:?}");
+    let delivers: Vec<usize> = said
+        .iter()
+        .filter_map(|s| match s {
+            Said::Deliver { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    let mut sorted = delivers.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [0, ME, 2],
+        "one delivery per home, not per subscriber"
+    );
+    assert_eq!(
+        said.last(),
+        Some(&Said::Ack {
+            to: 0,
+            conn: conn(5),
+            seq: 42
+        }),
+        "the OK comes after the message is stored and delivered (G3)"
+    );
+    // The publisher's own home leaves the publisher out (echo off) ...
+    assert!(said.contains(&Said::Deliver {
+        to: 0,
+        json: r#"{"n": 1}"#.into(),
+        skip: Some(conn(5)),
+    }));
+    // ... the others skip nobody.
+    assert!(said.contains(&Said::Deliver {
+        to: 2,
+        json: r#"{"n": 1}"#.into(),
+        skip: None,
+    }));
+}
+
+#[test]
+fn echo_on_skips_nobody_and_no_ack_says_nothing_more() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.subscribe(&out, 0, "q".into(), conn(1), Some(3), false);
+    out.take();
+    o.publish(&out, msg("q", 1), from(0, 1, true), None);
+    assert_eq!(
+        out.take(),
+        [Said::Deliver {
+            to: 0,
+            json: r#"{"n": 1}"#.into(),
+            skip: None
+        }]
+    );
+}
+
+#[test]
+fn history_keeps_the_window_in_key_order_and_answers_by_index() {
+    let o = owner(MqConfig::default()); // history_length = 10
+    let out = Recorder::default();
+    for n in (1..=12).rev() {
+        o.publish(&out, msg("h", n), from(0, 1, false), None);
+    }
+    out.take();
+    o.history(
+        &out,
+        3,
+        vec![(1, "h".into()), (0, "none".into())],
+        conn(1),
+        7,
+    );
+    let expected: Vec<String> = (3..=12).map(|n| format!(r#"{{"n": {n}}}"#)).collect();
+    assert_eq!(
+        out.take(),
+        [Said::History {
+            to: 3,
+            part: vec![(1, expected), (0, vec![])]
+        }]
+    );
+}
+
+#[test]
+fn a_message_seen_twice_is_stored_and_delivered_once() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.subscribe(&out, 0, "q".into(), conn(1), None, false);
+    out.take();
+    o.replicated(&out, msg("q", 1), true);
+    o.replicated(&out, msg("q", 1), true);
+    o.replicated(&out, msg("q", 1), false);
+    assert_eq!(out.take().len(), 1, "the duplicate is dropped");
+    let mut stats = ShardStats::default();
+    o.fill_stats(&mut stats);
+    assert_eq!(stats.history_messages, 1);
+    // A history-exchange message (not live) is stored, never delivered.
+    o.replicated(&out, msg("q", 2), false);
+    assert!(out.take().is_empty());
+    o.fill_stats(&mut stats);
+    assert_eq!(stats.history_messages, 2);
+}
+
+#[test]
+fn unsubscribed_homes_get_nothing() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.subscribe(&out, 0, "q".into(), conn(1), None, false);
+    o.unsubscribe(0, "q");
+    out.take();
+    o.publish(&out, msg("q", 1), from(2, 1, false), Some(1));
+    assert_eq!(
+        out.take(),
+        [Said::Ack {
+            to: 2,
+            conn: conn(1),
+            seq: 1
+        }]
+    );
+    let mut stats = ShardStats::default();
+    o.fill_stats(&mut stats);
+    assert_eq!((stats.queues, stats.subscriptions), (1, 0));
+}
+
+#[test]
+fn in_a_cluster_local_publishes_go_to_the_links_and_replicas_do_not() {
+    let cfg = MqConfig {
+        cluster_nodes: vec!["a:1".into(), "b:2".into()],
+        ..MqConfig::default()
+    };
+    let o = owner(cfg);
+    let out = Recorder::default();
+    o.publish(&out, msg("q", 1), from(0, 1, false), None);
+    assert_eq!(
+        out.take(),
+        [Said::Replicate {
+            to: CONTROL_SHARD,
+            queue: "q".into()
+        }]
+    );
+    o.publish(&out, msg("$coremq.stats", 2), from(0, 1, false), None);
+    assert!(out.take().is_empty(), "broker queues stay on their node");
+    o.replicated(&out, msg("q", 3), true);
+    assert!(out.take().is_empty(), "one hop: never sent on");
+}

@@ -1,0 +1,340 @@
+//! Every refusal a client can read, and the one place that writes it.
+//!
+//! Handlers say *what* was refused with a [`Refusal`]; [`Refusal::reply`]
+//! decides, in one exhaustive `match`, the exact JSON a TCP client and a
+//! WebSocket client read for it (PROTOCOL.md §3: `{"response": "ERROR: …"}`;
+//! §5: a WebSocket message the gateway cannot take gets `{"error": …}`). A new
+//! refusal (access control, limits) is a new variant here, and the compiler
+//! points at every place that must say how it looks.
+
+use coremq_protocol::{self as proto, BodyError, FramingError};
+
+/// The transport a client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// `+LEN QUEUE JSON` frames over TCP (§1).
+    Tcp,
+    /// JSON text messages over WebSocket (§5).
+    WebSocket,
+}
+
+/// Something the broker will not do for a client, with what the client is told.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// A frame that cannot be resynchronised: the connection closes after it.
+    Framing(FramingError),
+    /// A well-framed body or message that is wrong; the connection stays open.
+    Body(BodyError),
+    /// A publish to a `$coremq.` queue.
+    ReservedQueue(Box<str>),
+    /// A `coremq_replicant` from a host not in `cluster_nodes` or
+    /// `allowed_replicants`, or with the wrong secret.
+    NotReplicant,
+    /// A subscriber over `max_pending`: disconnected after this.
+    SlowConsumer {
+        /// The configured limit, in bytes.
+        max_pending: usize,
+    },
+    /// A connection over `max_connections`: closed after this.
+    TooManyConnections {
+        /// The configured limit.
+        max: usize,
+    },
+    /// A WebSocket message over `max_message_size` (over TCP the same is a
+    /// [`FramingError`]): the connection closes with code 1009.
+    TooBig,
+    /// A binary WebSocket message.
+    Binary,
+    /// `coremq_replicant` over WebSocket.
+    ReplicantOverWebSocket,
+    /// A WebSocket publish whose `"queue"` is not a string.
+    QueueNotAString,
+    /// A WebSocket message that is no command and names no queue.
+    UnknownMessage,
+    /// A WebSocket publish that also carries command keys.
+    CommandKeysInPublish,
+}
+
+/// How a refusal reaches the connection's reply order.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// A reply object on the connection's id queue (WebSocket adds `"queue"`).
+    Reply(Vec<u8>),
+    /// A WebSocket-only object sent as it is.
+    Raw(Vec<u8>),
+    /// A WebSocket close frame with this code and reason.
+    Close(u16, &'static str),
+}
+
+impl Refusal {
+    /// What the client is told, for `transport`.
+    pub(crate) fn reply(&self, transport: Transport) -> Wire {
+        use Transport::{Tcp, WebSocket};
+        match (self, transport) {
+            (Refusal::TooBig, WebSocket) => Wire::Close(1009, TOO_BIG),
+            // The gateway's own refusals of a message it cannot take (§5).
+            (Refusal::Body(e), WebSocket) => ws_error(&e.to_string()),
+            (
+                Refusal::Binary
+                | Refusal::ReplicantOverWebSocket
+                | Refusal::QueueNotAString
+                | Refusal::UnknownMessage
+                | Refusal::CommandKeysInPublish,
+                _,
+            ) => ws_error(&self.reason()),
+            // Broker refusals: the same `ERROR:` reply on both transports.
+            (Refusal::Body(_) | Refusal::TooBig, Tcp)
+            | (
+                Refusal::Framing(_)
+                | Refusal::ReservedQueue(_)
+                | Refusal::NotReplicant
+                | Refusal::SlowConsumer { .. }
+                | Refusal::TooManyConnections { .. },
+                _,
+            ) => {
+                let mut json = Vec::new();
+                proto::error_json(&self.reason(), &mut json);
+                Wire::Reply(json)
+            }
+        }
+    }
+
+    /// The reply JSON whatever its kind (for frames written outside the
+    /// reply order: closing errors).
+    pub(crate) fn json(&self, transport: Transport) -> Vec<u8> {
+        match self.reply(transport) {
+            Wire::Reply(j) | Wire::Raw(j) => j,
+            Wire::Close(_, reason) => {
+                let mut json = Vec::new();
+                proto::error_json(reason, &mut json);
+                json
+            }
+        }
+    }
+
+    /// Whether status counts it under `client_errors` (slow consumers and
+    /// refused connections have counters of their own; a refused replicant is
+    /// a peer's configuration, not a client's mistake).
+    pub(crate) fn is_client_error(&self) -> bool {
+        match self {
+            Refusal::Framing(_)
+            | Refusal::Body(_)
+            | Refusal::ReservedQueue(_)
+            | Refusal::TooBig
+            | Refusal::Binary
+            | Refusal::ReplicantOverWebSocket
+            | Refusal::QueueNotAString
+            | Refusal::UnknownMessage
+            | Refusal::CommandKeysInPublish => true,
+            Refusal::NotReplicant
+            | Refusal::SlowConsumer { .. }
+            | Refusal::TooManyConnections { .. } => false,
+        }
+    }
+
+    /// The reason as a person reads it.
+    fn reason(&self) -> String {
+        match self {
+            Refusal::Framing(e) => e.to_string(),
+            Refusal::Body(e) => e.to_string(),
+            Refusal::ReservedQueue(q) => {
+                format!("queue {q} is reserved for the broker; subscribe to it instead")
+            }
+            Refusal::NotReplicant => "Not allowed to be a replicant".into(),
+            Refusal::SlowConsumer { max_pending } => format!(
+                "slow consumer: more than {max_pending} bytes waiting to be read (max_pending); disconnecting"
+            ),
+            Refusal::TooManyConnections { max } => {
+                format!("too many connections (max_connections = {max}); try again later")
+            }
+            Refusal::TooBig => TOO_BIG.into(),
+            Refusal::Binary => {
+                "binary frames are not supported: send JSON objects as text frames".into()
+            }
+            Refusal::ReplicantOverWebSocket => "coremq_replicant is only available over TCP".into(),
+            Refusal::QueueNotAString => {
+                "\"queue\" must be a string naming the queue to publish to".into()
+            }
+            Refusal::UnknownMessage => "unknown message: send coremq_subscribe, coremq_unsubscribe, \
+                 coremq_gethistory, coremq_options, corews_status, or an object with \"queue\" to publish"
+                .into(),
+            Refusal::CommandKeysInPublish => {
+                "a message to publish must not carry CoreMQ command keys".into()
+            }
+        }
+    }
+}
+
+impl From<BodyError> for Refusal {
+    fn from(e: BodyError) -> Refusal {
+        Refusal::Body(e)
+    }
+}
+
+impl From<FramingError> for Refusal {
+    fn from(e: FramingError) -> Refusal {
+        Refusal::Framing(e)
+    }
+}
+
+/// The reason of [`Refusal::TooBig`].
+const TOO_BIG: &str = "message larger than max_message_size";
+
+/// `{"error": reason}`.
+fn ws_error(reason: &str) -> Wire {
+    let mut json = b"{\"error\": ".to_vec();
+    proto::write_json_string(reason, &mut json);
+    json.push(b'}');
+    Wire::Raw(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a client reads for `r`: a TCP client the frame on its id queue, a
+    /// WebSocket client the text message (replies get `"queue"` added, as the
+    /// gateway does for everything on the connection's id queue).
+    fn read_by_client(r: &Refusal, t: Transport) -> String {
+        const ID: &str = "id-1";
+        let out = match (r.reply(t), t) {
+            (Wire::Reply(json), Transport::Tcp) => {
+                let mut frame = Vec::new();
+                proto::encode_frame(ID, &json, &mut frame);
+                frame
+            }
+            (Wire::Reply(json), Transport::WebSocket) => {
+                let mut q = Vec::new();
+                proto::write_json_string(ID, &mut q);
+                let mut out = Vec::new();
+                proto::rewrite_object(&json, &["queue"], &[("queue", &q)], &mut out).unwrap();
+                out
+            }
+            (Wire::Raw(json), _) => json,
+            (Wire::Close(code, reason), _) => format!("close {code} {reason}").into_bytes(),
+        };
+        String::from_utf8(out).unwrap()
+    }
+
+    /// One example of every variant: the `match` has no wildcard, so a new
+    /// variant does not compile until it has its row in the table below.
+    fn example(r: &Refusal) -> usize {
+        match r {
+            Refusal::Framing(_) => 0,
+            Refusal::Body(_) => 1,
+            Refusal::ReservedQueue(_) => 2,
+            Refusal::NotReplicant => 3,
+            Refusal::SlowConsumer { .. } => 4,
+            Refusal::TooManyConnections { .. } => 5,
+            Refusal::Binary => 6,
+            Refusal::ReplicantOverWebSocket => 7,
+            Refusal::QueueNotAString => 8,
+            Refusal::UnknownMessage => 9,
+            Refusal::CommandKeysInPublish => 10,
+            Refusal::TooBig => 11,
+        }
+    }
+
+    #[test]
+    fn every_refusal_reads_exactly_so_on_tcp_and_websocket() {
+        let framing = coremq_protocol::decode_frame(b"x", 100).unwrap_err();
+        let table: Vec<(Refusal, &str, &str, bool)> = vec![
+            (
+                Refusal::Framing(framing),
+                r#"+90 id-1 {"response": "ERROR: frame must start with '+': expected '+' LEN ' ' QUEUE ' ' JSON"}"#,
+                r#"{"response": "ERROR: frame must start with '+': expected '+' LEN ' ' QUEUE ' ' JSON", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::Body(BodyError::NotAnObject),
+                r#"+57 id-1 {"response": "ERROR: message must be a JSON object"}"#,
+                r#"{"error": "message must be a JSON object"}"#,
+                true,
+            ),
+            (
+                Refusal::ReservedQueue("$coremq.stats".into()),
+                r#"+99 id-1 {"response": "ERROR: queue $coremq.stats is reserved for the broker; subscribe to it instead"}"#,
+                r#"{"response": "ERROR: queue $coremq.stats is reserved for the broker; subscribe to it instead", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::NotReplicant,
+                r#"+57 id-1 {"response": "ERROR: Not allowed to be a replicant"}"#,
+                r#"{"response": "ERROR: Not allowed to be a replicant", "queue": "id-1"}"#,
+                false,
+            ),
+            (
+                Refusal::SlowConsumer { max_pending: 100 },
+                r#"+110 id-1 {"response": "ERROR: slow consumer: more than 100 bytes waiting to be read (max_pending); disconnecting"}"#,
+                r#"{"response": "ERROR: slow consumer: more than 100 bytes waiting to be read (max_pending); disconnecting", "queue": "id-1"}"#,
+                false,
+            ),
+            (
+                Refusal::TooManyConnections { max: 3 },
+                r#"+87 id-1 {"response": "ERROR: too many connections (max_connections = 3); try again later"}"#,
+                r#"{"response": "ERROR: too many connections (max_connections = 3); try again later", "queue": "id-1"}"#,
+                false,
+            ),
+            (
+                Refusal::TooBig,
+                r#"+64 id-1 {"response": "ERROR: message larger than max_message_size"}"#,
+                "close 1009 message larger than max_message_size",
+                true,
+            ),
+            (
+                Refusal::Binary,
+                r#"{"error": "binary frames are not supported: send JSON objects as text frames"}"#,
+                r#"{"error": "binary frames are not supported: send JSON objects as text frames"}"#,
+                true,
+            ),
+            (
+                Refusal::ReplicantOverWebSocket,
+                r#"{"error": "coremq_replicant is only available over TCP"}"#,
+                r#"{"error": "coremq_replicant is only available over TCP"}"#,
+                true,
+            ),
+            (
+                Refusal::QueueNotAString,
+                r#"{"error": "\"queue\" must be a string naming the queue to publish to"}"#,
+                r#"{"error": "\"queue\" must be a string naming the queue to publish to"}"#,
+                true,
+            ),
+            (
+                Refusal::UnknownMessage,
+                r#"{"error": "unknown message: send coremq_subscribe, coremq_unsubscribe, coremq_gethistory, coremq_options, corews_status, or an object with \"queue\" to publish"}"#,
+                r#"{"error": "unknown message: send coremq_subscribe, coremq_unsubscribe, coremq_gethistory, coremq_options, corews_status, or an object with \"queue\" to publish"}"#,
+                true,
+            ),
+            (
+                Refusal::CommandKeysInPublish,
+                r#"{"error": "a message to publish must not carry CoreMQ command keys"}"#,
+                r#"{"error": "a message to publish must not carry CoreMQ command keys"}"#,
+                true,
+            ),
+        ];
+        let mut covered: Vec<usize> = table.iter().map(|(r, ..)| example(r)).collect();
+        covered.sort_unstable();
+        covered.dedup();
+        assert_eq!(
+            covered,
+            (0..=11).collect::<Vec<_>>(),
+            "a variant lacks its row"
+        );
+        for (r, tcp, ws, counted) in &table {
+            assert_eq!(read_by_client(r, Transport::Tcp), *tcp, "{r:?} over TCP");
+            assert_eq!(
+                read_by_client(r, Transport::WebSocket),
+                *ws,
+                "{r:?} over WebSocket"
+            );
+            assert_eq!(r.is_client_error(), *counted, "{r:?} counted");
+        }
+    }
+
+    #[test]
+    fn not_replicant_is_the_protocol_crate_text() {
+        let mut expected = Vec::new();
+        proto::response_json(proto::ERR_NOT_REPLICANT, &mut expected);
+        assert_eq!(Refusal::NotReplicant.json(Transport::Tcp), expected);
+    }
+}

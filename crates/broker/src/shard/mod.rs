@@ -1,0 +1,409 @@
+//! One shard: its owner side ([`Owner`]), its home side ([`Home`]), the mesh
+//! between them and the other shards, and the few things that span both
+//! (publishing, status gathers, the graceful stop).
+//!
+//! Everything here is plain `Rc`/`RefCell` owned by the shard's thread. Handlers
+//! are synchronous: a request is processed to completion, producing responses
+//! into outboxes, so no borrow is ever held across an `.await`.
+
+mod routing;
+
+use crate::clock::Clock;
+use crate::conn::state::{Conn, ReplyKind, SubState};
+use crate::consts::is_reserved;
+use crate::drain::Drain;
+use crate::event::Event;
+use crate::gather::Gathers;
+use crate::home::Home;
+use crate::mesh::Mesh;
+use crate::msg::{ConnKey, MsgFrame, MsgKey, Request, Response};
+use crate::node::NodeCtx;
+use crate::owner::{Outbox, Owner, Publisher};
+use crate::refusal::{Refusal, Transport, Wire};
+use crate::router::Router;
+use crate::stats::{Counters, ShardStats};
+use coremq_config::MqConfig;
+use coremq_protocol as proto;
+use std::cell::RefCell;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::task::Waker;
+
+/// What the control shard's cluster links do for the shard. The cluster
+/// registers itself here ([`Shard::set_links`]); the shard knows only this.
+pub(crate) trait Links {
+    /// Sends a message accepted on this node to every link.
+    fn broadcast(&self, frame: &MsgFrame);
+    /// Runs a client connection that became a link (`Request::AdoptLink`).
+    fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>);
+}
+
+/// One shard's state.
+pub(crate) struct Shard {
+    /// This shard's index, `0..shards`.
+    id: usize,
+    /// Number of shards in the node.
+    shards: usize,
+    /// The validated configuration.
+    cfg: Rc<MqConfig>,
+    /// Node-wide facts.
+    node: Rc<NodeCtx>,
+    /// Counters for status.
+    counters: Rc<Counters>,
+    /// Queue → owner shard.
+    router: Router,
+    /// Outboxes towards the other shards.
+    mesh: Mesh,
+    /// The queues this shard owns.
+    owner: Owner,
+    /// The connections this shard accepted.
+    home: Home,
+    /// The graceful stop's progress.
+    drain: Drain,
+    /// The clock for `coremq_sent`.
+    clock: Clock,
+    /// [`crate::msg::origin_of`] this node's `coremq_server`: the origin of
+    /// local message keys.
+    origin: u64,
+    /// Reused buffer for building message frames.
+    scratch: RefCell<Vec<u8>>,
+    /// Status snapshots being collected from every shard.
+    gathers: Gathers<ShardStats>,
+    /// Histories being collected for a new cluster link.
+    dumps: Gathers<Vec<(Box<str>, Vec<MsgFrame>)>>,
+    /// Cluster links (control shard only, once started).
+    links: RefCell<Option<Rc<dyn Links>>>,
+}
+
+impl Shard {
+    /// A shard with no connections and no queues.
+    pub(crate) fn new(id: usize, shards: usize, cfg: Rc<MqConfig>, node: Rc<NodeCtx>) -> Shard {
+        let counters = Rc::<Counters>::default();
+        Shard {
+            id,
+            shards,
+            router: Router::new(shards),
+            mesh: Mesh::new(shards),
+            owner: Owner::new(id, cfg.clone()),
+            home: Home::new(id, shards, cfg.max_pending, node.clone(), counters.clone()),
+            drain: Drain::new(shards),
+            clock: Clock::new(id, shards),
+            origin: crate::msg::origin_of(&node.server),
+            scratch: RefCell::new(Vec::with_capacity(4096)),
+            gathers: Gathers::default(),
+            dumps: Gathers::default(),
+            links: RefCell::new(None),
+            counters,
+            cfg,
+            node,
+        }
+    }
+
+    /// This shard's index.
+    pub(crate) fn id(&self) -> usize {
+        self.id
+    }
+
+    /// The validated configuration.
+    pub(crate) fn cfg(&self) -> &Rc<MqConfig> {
+        &self.cfg
+    }
+
+    /// Node-wide facts.
+    pub(crate) fn node(&self) -> &Rc<NodeCtx> {
+        &self.node
+    }
+
+    /// This shard's counters.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The outboxes towards the other shards.
+    pub(crate) fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// Set when a graceful stop begins: stop accepting and reading.
+    pub(crate) fn stopping(&self) -> &Event {
+        self.drain.stopping()
+    }
+
+    /// Set when every owner processed every request: time for `BYE`.
+    pub(crate) fn drained(&self) -> &Event {
+        self.drain.drained()
+    }
+
+    /// The shard that owns `queue`.
+    pub(crate) fn owner_of(&self, queue: &str) -> usize {
+        self.router.owner(queue)
+    }
+
+    /// Registers the cluster links (control shard).
+    pub(crate) fn set_links(&self, links: Rc<dyn Links>) {
+        *self.links.borrow_mut() = Some(links);
+    }
+
+    // ----- connections ---------------------------------------------------
+
+    /// Registers a new connection with a fresh id.
+    pub(crate) fn open_conn(&self, transport: Transport) -> Rc<Conn> {
+        self.home.open(transport)
+    }
+
+    /// Every open connection.
+    pub(crate) fn all_conns(&self) -> Vec<Rc<Conn>> {
+        self.home.all()
+    }
+
+    /// Open connections.
+    pub(crate) fn conn_count(&self) -> usize {
+        self.home.count()
+    }
+
+    /// Registers the current task to be woken when a connection closes.
+    pub(crate) fn on_conn_closed(&self, waker: &Waker) {
+        self.home.on_close(waker);
+    }
+
+    /// Forgets a closed connection and drops its subscriptions at their owners.
+    pub(crate) fn close_conn(&self, conn: &Conn) {
+        for queue in self.home.close(conn) {
+            let owner = self.router.owner(&queue);
+            self.request(owner, Request::Unsubscribe { queue });
+        }
+    }
+
+    /// Takes `conn` out of the local table for `queue` (the owner is told separately).
+    pub(crate) fn unsubscribe_local(&self, queue: &str, conn: &Conn, was: SubState) {
+        self.home.unsubscribe(queue, conn, was);
+    }
+
+    /// WebSocket connections on this shard.
+    pub(crate) fn ws_connections(&self) -> u64 {
+        self.counters.ws_connections.get()
+    }
+
+    /// Tells `conn` it was refused, counted in status where it counts.
+    pub(crate) fn refuse(&self, conn: &Conn, refusal: &Refusal) {
+        self.count_refusal(refusal);
+        conn.refuse(refusal);
+    }
+
+    /// What a client of `transport` reads for `refusal`, counted, for
+    /// refusals written outside a connection's reply order.
+    pub(crate) fn refused(&self, refusal: &Refusal, transport: Transport) -> Wire {
+        self.count_refusal(refusal);
+        refusal.reply(transport)
+    }
+
+    fn count_refusal(&self, refusal: &Refusal) {
+        if refusal.is_client_error() {
+            Counters::add(&self.counters.client_errors, 1);
+        }
+    }
+
+    // ----- routing -------------------------------------------------------
+
+    /// Sends a request to the owner shard (handled in place when it is us).
+    pub(crate) fn request(&self, to: usize, req: Request) {
+        if to == self.id {
+            // Routed here by this shard's own router: no re-check needed.
+            self.process_request(self.id, req);
+        } else {
+            self.mesh.requests.push(to, req);
+        }
+    }
+
+    /// Reads the clock for the publishes of the batch about to be handled.
+    pub(crate) fn refresh_clock(&self) {
+        self.clock.refresh();
+    }
+
+    /// A `coremq_sent` (µs) no other message of this node has.
+    pub(crate) fn next_sent(&self) -> u64 {
+        self.clock.next_sent()
+    }
+
+    /// Encodes and routes a publish from one of this shard's connections.
+    pub(crate) fn publish(&self, conn: &Conn, queue: &str, msg: &proto::Publish<'_>) {
+        if is_reserved(queue) {
+            return self.refuse(conn, &Refusal::ReservedQueue(queue.into()));
+        }
+        let (echo, ack) = {
+            let st = conn.st.borrow();
+            (st.opts.echo, !st.opts.no_ack)
+        };
+        let frame = {
+            let sent_us = self.clock.next_sent();
+            let key = MsgKey {
+                sent_us,
+                origin: self.origin,
+            };
+            let hint = msg.stamped_len_hint(&conn.stamps);
+            MsgFrame::build(&mut self.scratch.borrow_mut(), queue, key, hint, |out| {
+                msg.write_stamped(&conn.stamps, sent_us, out)
+            })
+        };
+        Counters::add(&self.counters.messages_in, 1);
+        let ack = ack.then(|| conn.reserve(ReplyKind::Sent, 1));
+        self.route_publish(frame, conn.key, echo, ack);
+    }
+
+    /// Publishes a message the broker itself wrote (e.g. statistics); `json`
+    /// carries its `coremq_*` fields, with `coremq_sent` = `sent_us` (from
+    /// [`Shard::next_sent`]).
+    pub(crate) fn publish_system(&self, queue: &str, json: &[u8], sent_us: u64) {
+        let key = MsgKey {
+            sent_us,
+            origin: self.origin,
+        };
+        self.route_publish(
+            MsgFrame::new(queue, json, key),
+            ConnKey::SYSTEM,
+            false,
+            None,
+        );
+    }
+
+    fn route_publish(&self, frame: MsgFrame, sender: ConnKey, echo: bool, ack: Option<u32>) {
+        let owner = self.router.owner_of(frame.hash());
+        self.request(
+            owner,
+            Request::Publish {
+                frame,
+                sender,
+                echo,
+                ack,
+            },
+        );
+    }
+
+    // ----- what other shards send ----------------------------------------
+
+    /// Carries out a request whose queue (if any) this shard owns.
+    pub(super) fn process_request(&self, from: usize, req: Request) {
+        match req {
+            Request::Publish {
+                frame,
+                sender,
+                echo,
+                ack,
+            } => {
+                let publisher = Publisher {
+                    home: from,
+                    conn: sender,
+                    echo,
+                };
+                self.owner.publish(self, frame, publisher, ack)
+            }
+            Request::Replicated { frame, live } => self.owner.replicated(self, frame, live),
+            Request::Subscribe {
+                queue,
+                conn,
+                seq,
+                own_id,
+            } => self.owner.subscribe(self, from, queue, conn, seq, own_id),
+            Request::Unsubscribe { queue } => self.owner.unsubscribe(from, &queue),
+            Request::History { queues, conn, seq } => {
+                self.owner.history(self, from, queues, conn, seq)
+            }
+            Request::Dump { token } => {
+                let queues = self.owner.dump();
+                self.respond(from, Response::Dump { token, queues });
+            }
+            Request::Stats { token } => {
+                let stats = Box::new(self.snapshot());
+                self.respond(from, Response::Stats { token, stats });
+            }
+            Request::AdoptLink { fd, name, rest } => match self.links.borrow().as_ref() {
+                Some(links) => links.adopt(fd, name, rest),
+                None => tracing::warn!(%name, "a cluster link arrived on a shard without links"),
+            },
+            Request::Drain => {
+                self.drain.drain_arrived();
+                self.advance_drain();
+            }
+        }
+    }
+
+    /// Handles a response from an owner shard (possibly ourselves).
+    pub(crate) fn handle_response(&self, resp: Response) {
+        match resp {
+            Response::Deliver { frame, skip } => self.home.deliver(&frame, skip),
+            Response::Acks { conn, first, n } => self.home.acks(conn, first, n),
+            Response::Subscribed { queue, conn, seq } => self.home.subscribed(&queue, conn, seq),
+            Response::History { conn, seq, part } => self.home.history(conn, seq, part),
+            Response::Stats { token, stats } => self.gathers.arrived(token, *stats),
+            Response::Dump { token, queues } => self.dumps.arrived(token, queues),
+            Response::Replicate { frame } => {
+                if let Some(links) = self.links.borrow().as_ref() {
+                    links.broadcast(&frame);
+                }
+            }
+            Response::Drained => {
+                self.drain.drained_arrived();
+                self.advance_drain();
+            }
+        }
+    }
+
+    // ----- status --------------------------------------------------------
+
+    /// This shard's figures.
+    pub(crate) fn snapshot(&self) -> ShardStats {
+        let mut stats = self.counters.snapshot(self.id);
+        self.owner.fill_stats(&mut stats);
+        stats.channel_backlog = self.mesh.backlog() as u64;
+        stats
+    }
+
+    /// Every shard's figures, ordered by shard (for status, metrics and the
+    /// statistics queue).
+    pub(crate) async fn gather_stats(&self) -> Vec<ShardStats> {
+        let token = self.gathers.start(self.shards);
+        for s in 0..self.shards {
+            self.request(s, Request::Stats { token });
+        }
+        let mut parts = self.gathers.wait(token).await;
+        parts.sort_by_key(|p| p.shard);
+        parts
+    }
+
+    /// Every shard's history (all queues but connection ids), for a new
+    /// cluster link.
+    pub(crate) async fn dump_history(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
+        let token = self.dumps.start(self.shards);
+        for s in 0..self.shards {
+            self.request(s, Request::Dump { token });
+        }
+        self.dumps.wait(token).await.into_iter().flatten().collect()
+    }
+
+    // ----- shutdown ------------------------------------------------------
+
+    /// Begins a graceful stop: no more accepts or reads; tell every owner that
+    /// nothing more comes from us.
+    pub(crate) fn begin_stop(&self) {
+        if !self.drain.begin() {
+            return;
+        }
+        for c in self.home.all() {
+            c.wake();
+        }
+        for to in (0..self.shards).filter(|&s| s != self.id) {
+            self.mesh.requests.push(to, Request::Drain);
+        }
+        self.advance_drain();
+    }
+
+    /// As owner, once every shard (us included) stopped, tell every home we
+    /// are done (see `drain.rs`).
+    fn advance_drain(&self) {
+        if self.drain.advance() {
+            for to in (0..self.shards).filter(|&s| s != self.id) {
+                self.mesh.responses.push(to, Response::Drained);
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! How requests and responses find their shard: the ownership re-check of
+//! what arrives, and the owner side's way out ([`Outbox`]).
+
+use super::Shard;
+use crate::msg::{ConnKey, MsgFrame, Request, Response};
+use crate::owner::Outbox;
+use crate::stats::Counters;
+
+impl Shard {
+    /// Handles a request forwarded by home shard `from`, after checking that
+    /// this shard owns its queue.
+    pub(crate) fn handle_request(&self, from: usize, req: Request) {
+        if let Some((q, hash)) = req_queue(&req) {
+            let owner = hash.map_or_else(|| self.router.owner(q), |h| self.router.owner_of(h));
+            if owner != self.id {
+                Counters::add(&self.counters.wrong_shard, 1);
+                tracing::error!(
+                    shard = self.id,
+                    owner,
+                    queue = q,
+                    "request reached a shard that does not own its queue; re-routing (bug)"
+                );
+                self.mesh.requests.push(owner, req);
+                return;
+            }
+        }
+        self.process_request(from, req);
+    }
+}
+
+/// How the owner side's answers leave: in place for this shard's own home
+/// side, over the response mesh for the others.
+impl Outbox for Shard {
+    fn respond(&self, to: usize, resp: Response) {
+        if to == self.id {
+            self.handle_response(resp);
+        } else {
+            self.mesh.responses.push(to, resp);
+        }
+    }
+
+    fn ack(&self, to: usize, conn: ConnKey, seq: u32) {
+        if to == self.id {
+            self.home.acks(conn, seq, 1);
+            return;
+        }
+        let resp = Response::Acks {
+            conn,
+            first: seq,
+            n: 1,
+        };
+        self.mesh
+            .responses
+            .push_or_merge(to, resp, |last, _| Response::merge_ack(last, conn, seq));
+    }
+
+    fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
+        self.home.deliver(frame, skip);
+    }
+}
+
+/// The queue a request is about, for the ownership check, with its hash when
+/// the request carries it.
+fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
+    match req {
+        Request::Publish { frame, .. } | Request::Replicated { frame, .. } => {
+            Some((frame.queue(), Some(frame.hash())))
+        }
+        Request::Subscribe { queue, .. } | Request::Unsubscribe { queue } => Some((queue, None)),
+        Request::History { queues, .. } => queues.first().map(|(_, q)| (&**q, None)),
+        Request::Stats { .. }
+        | Request::Dump { .. }
+        | Request::AdoptLink { .. }
+        | Request::Drain => None,
+    }
+}
