@@ -127,15 +127,10 @@ fn framing_errors(shards: usize) {
     b.assert_alive();
 }
 
-#[test]
-fn framing_errors_close_1_shard() {
-    framing_errors(1);
-}
-
-#[test]
-fn framing_errors_close_4_shards() {
-    framing_errors(4);
-}
+per_shard_count!(framing_errors:
+    framing_errors_close_1_shard = 1,
+    framing_errors_close_4_shards = 4,
+);
 
 fn body_cases() -> Vec<(&'static str, Vec<u8>)> {
     let long_queue = "a".repeat(256);
@@ -234,15 +229,10 @@ fn body_errors(shards: usize) {
     b.assert_alive();
 }
 
-#[test]
-fn body_errors_keep_connection_1_shard() {
-    body_errors(1);
-}
-
-#[test]
-fn body_errors_keep_connection_4_shards() {
-    body_errors(4);
-}
+per_shard_count!(body_errors:
+    body_errors_keep_connection_1_shard = 1,
+    body_errors_keep_connection_4_shards = 4,
+);
 
 /// A framing error after a long pipelined burst: the client reads its replies only
 /// after it has written everything (so the broker has output queued for it) and
@@ -290,12 +280,7 @@ fn framing_error_after_burst(shards: usize) {
     assert!(r.starts_with("ERROR: "), "{}", errors[0]);
 }
 
-#[test]
-fn framing_error_after_burst_1_shard() {
-    framing_error_after_burst(1);
-}
-
-#[test]
-fn framing_error_after_burst_4_shards() {
-    framing_error_after_burst(4);
-}
+per_shard_count!(framing_error_after_burst:
+    framing_error_after_burst_1_shard = 1,
+    framing_error_after_burst_4_shards = 4,
+);

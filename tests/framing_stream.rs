@@ -123,12 +123,4 @@ fn split_stream(shards: usize) {
     }
 }
 
-#[test]
-fn split_stream_1_shard() {
-    split_stream(1);
-}
-
-#[test]
-fn split_stream_4_shards() {
-    split_stream(4);
-}
+per_shard_count!(split_stream: split_stream_1_shard = 1, split_stream_4_shards = 4);

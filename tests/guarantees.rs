@@ -116,15 +116,7 @@ fn g1(shards: usize) {
     }
 }
 
-#[test]
-fn g1_one_order_1_shard() {
-    g1(1);
-}
-
-#[test]
-fn g1_one_order_4_shards() {
-    g1(4);
-}
+per_shard_count!(g1: g1_one_order_1_shard = 1, g1_one_order_4_shards = 4);
 
 const ROUNDS: usize = 200;
 
@@ -155,15 +147,7 @@ fn g2(shards: usize) {
     }
 }
 
-#[test]
-fn g2_subscribe_then_publish_1_shard() {
-    g2(1);
-}
-
-#[test]
-fn g2_subscribe_then_publish_4_shards() {
-    g2(4);
-}
+per_shard_count!(g2: g2_subscribe_then_publish_1_shard = 1, g2_subscribe_then_publish_4_shards = 4);
 
 fn g3(shards: usize) {
     let b = Broker::start_shards(shards);
@@ -191,12 +175,4 @@ fn g3(shards: usize) {
     }
 }
 
-#[test]
-fn g3_read_your_writes_1_shard() {
-    g3(1);
-}
-
-#[test]
-fn g3_read_your_writes_4_shards() {
-    g3(4);
-}
+per_shard_count!(g3: g3_read_your_writes_1_shard = 1, g3_read_your_writes_4_shards = 4);

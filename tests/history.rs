@@ -102,15 +102,7 @@ fn history(shards: usize) {
     check_entries(&h, &pat, 3..6, &p.id, &server);
 }
 
-#[test]
-fn history_1_shard() {
-    history(1);
-}
-
-#[test]
-fn history_4_shards() {
-    history(4);
-}
+per_shard_count!(history: history_1_shard = 1, history_4_shards = 4);
 
 #[test]
 fn history_default_length_is_10() {

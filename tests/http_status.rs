@@ -105,15 +105,10 @@ fn status_over_http(shards: usize) {
     assert_eq!(http_get(b.ws_addr(), "/status?pretty=1").status, 200);
 }
 
-#[test]
-fn status_over_http_one_shard() {
-    status_over_http(1);
-}
-
-#[test]
-fn status_over_http_four_shards() {
-    status_over_http(4);
-}
+per_shard_count!(status_over_http:
+    status_over_http_one_shard = 1,
+    status_over_http_four_shards = 4,
+);
 
 /// Fetches `/metrics`, checks the exposition format strictly and returns the
 /// parsed scrape.
@@ -281,15 +276,10 @@ fn metrics_move_with_traffic(shards: usize) {
     assert!(sum(&s2, "coremq_client_errors_total") > sum(&s1, "coremq_client_errors_total"));
 }
 
-#[test]
-fn metrics_parse_and_move_one_shard() {
-    metrics_move_with_traffic(1);
-}
-
-#[test]
-fn metrics_parse_and_move_four_shards() {
-    metrics_move_with_traffic(4);
-}
+per_shard_count!(metrics_move_with_traffic:
+    metrics_parse_and_move_one_shard = 1,
+    metrics_parse_and_move_four_shards = 4,
+);
 
 #[test]
 fn dashboard_page_is_served_and_self_contained() {

@@ -76,15 +76,10 @@ fn graceful_stop(shards: usize, sig: i32, published: usize) {
     );
 }
 
-#[test]
-fn sigterm_sends_bye_1_shard() {
-    graceful_stop(1, libc::SIGTERM, 200);
-}
-
-#[test]
-fn sigterm_sends_bye_4_shards() {
-    graceful_stop(4, libc::SIGTERM, 200);
-}
+per_shard_count!(graceful_stop(libc::SIGTERM, 200):
+    sigterm_sends_bye_1_shard = 1,
+    sigterm_sends_bye_4_shards = 4,
+);
 
 #[test]
 fn sigint_sends_bye() {
@@ -372,15 +367,10 @@ fn stop_during_flood(shards: usize) {
     assert_eq!(st.code(), Some(0), "exit status {st}\n{}", b.logs());
 }
 
-#[test]
-fn sigterm_during_flood_1_shard() {
-    stop_during_flood(1);
-}
-
-#[test]
-fn sigterm_during_flood_4_shards() {
-    stop_during_flood(4);
-}
+per_shard_count!(stop_during_flood:
+    sigterm_during_flood_1_shard = 1,
+    sigterm_during_flood_4_shards = 4,
+);
 
 /// A client that never reads cannot hold up a graceful stop beyond shutdown_timeout;
 /// the clients that do read still get BYE; exit 0.
@@ -478,15 +468,10 @@ fn bye_to_sending_client(shards: usize) {
     assert_eq!(st.code(), Some(0), "exit status {st}");
 }
 
-#[test]
-fn sigterm_bye_reaches_a_client_that_is_still_sending_1_shard() {
-    bye_to_sending_client(1);
-}
-
-#[test]
-fn sigterm_bye_reaches_a_client_that_is_still_sending_4_shards() {
-    bye_to_sending_client(4);
-}
+per_shard_count!(bye_to_sending_client:
+    sigterm_bye_reaches_a_client_that_is_still_sending_1_shard = 1,
+    sigterm_bye_reaches_a_client_that_is_still_sending_4_shards = 4,
+);
 
 /// A client that sends its requests and then its end of the stream (a
 /// half-close) still gets every reply it is owed, even those that come back
@@ -519,15 +504,10 @@ fn half_close_gets_every_reply(shards: usize) {
     );
 }
 
-#[test]
-fn half_close_gets_every_reply_1_shard() {
-    half_close_gets_every_reply(1);
-}
-
-#[test]
-fn half_close_gets_every_reply_4_shards() {
-    half_close_gets_every_reply(4);
-}
+per_shard_count!(half_close_gets_every_reply:
+    half_close_gets_every_reply_1_shard = 1,
+    half_close_gets_every_reply_4_shards = 4,
+);
 
 /// Many brokers starting at once on two cores: every shard must join the
 /// mesh and the broker report ready. Shards used to fall asleep in the middle

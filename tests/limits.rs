@@ -40,15 +40,7 @@ fn max_connections(shards: usize) {
     assert!(admitted, "a freed connection slot was never reused");
 }
 
-#[test]
-fn max_connections_1_shard() {
-    max_connections(1);
-}
-
-#[test]
-fn max_connections_4_shards() {
-    max_connections(4);
-}
+per_shard_count!(max_connections: max_connections_1_shard = 1, max_connections_4_shards = 4);
 
 #[test]
 fn max_queue_name_length() {

@@ -42,15 +42,7 @@ fn ack_false(shards: usize) {
     p.publish(&q, &json!({"n": 6}));
 }
 
-#[test]
-fn ack_false_1_shard() {
-    ack_false(1);
-}
-
-#[test]
-fn ack_false_4_shards() {
-    ack_false(4);
-}
+per_shard_count!(ack_false: ack_false_1_shard = 1, ack_false_4_shards = 4);
 
 fn echo(shards: usize) {
     let b = Broker::start_shards(shards);
@@ -81,15 +73,7 @@ fn echo(shards: usize) {
     assert_eq!(f.json["n"], json!(2), "{f}");
 }
 
-#[test]
-fn echo_1_shard() {
-    echo(1);
-}
-
-#[test]
-fn echo_4_shards() {
-    echo(4);
-}
+per_shard_count!(echo: echo_1_shard = 1, echo_4_shards = 4);
 
 #[test]
 fn unknown_options_accepted() {

@@ -128,15 +128,7 @@ fn many_subscribers(shards: usize) {
     p.assert_no_msg(QUIET);
 }
 
-#[test]
-fn many_subscribers_1_shard() {
-    many_subscribers(1);
-}
-
-#[test]
-fn many_subscribers_4_shards() {
-    many_subscribers(4);
-}
+per_shard_count!(many_subscribers: many_subscribers_1_shard = 1, many_subscribers_4_shards = 4);
 
 fn several_queues_and_unsubscribe(shards: usize) {
     let b = Broker::start_shards(shards);
@@ -186,15 +178,10 @@ fn several_queues_and_unsubscribe(shards: usize) {
     );
 }
 
-#[test]
-fn several_queues_and_unsubscribe_1_shard() {
-    several_queues_and_unsubscribe(1);
-}
-
-#[test]
-fn several_queues_and_unsubscribe_4_shards() {
-    several_queues_and_unsubscribe(4);
-}
+per_shard_count!(several_queues_and_unsubscribe:
+    several_queues_and_unsubscribe_1_shard = 1,
+    several_queues_and_unsubscribe_4_shards = 4,
+);
 
 /// Server output is ASCII-only: non-ASCII text comes back as \uXXXX escapes (the frame
 /// reader rejects any non-ASCII byte) and decodes to the same string.
@@ -267,15 +254,7 @@ fn point_to_point(shards: usize) {
     cs[3].assert_no_msg(QUIET);
 }
 
-#[test]
-fn point_to_point_1_shard() {
-    point_to_point(1);
-}
-
-#[test]
-fn point_to_point_4_shards() {
-    point_to_point(4);
-}
+per_shard_count!(point_to_point: point_to_point_1_shard = 1, point_to_point_4_shards = 4);
 
 /// Publishes `{"seq": n, "fill": ...}` with `len` letters of fill that differ
 /// from message to message (a shifted or mixed-up frame shows), and returns it.
@@ -335,15 +314,10 @@ fn backlog_of_mixed_sizes(shards: usize) {
     }
 }
 
-#[test]
-fn backlog_of_mixed_sizes_1_shard() {
-    backlog_of_mixed_sizes(1);
-}
-
-#[test]
-fn backlog_of_mixed_sizes_4_shards() {
-    backlog_of_mixed_sizes(4);
-}
+per_shard_count!(backlog_of_mixed_sizes:
+    backlog_of_mixed_sizes_1_shard = 1,
+    backlog_of_mixed_sizes_4_shards = 4,
+);
 
 /// Frames of 1 KiB and more are built in a buffer of their own and, from 8 KiB,
 /// written to sockets from the shared frame instead of being copied: messages
@@ -387,12 +361,7 @@ fn sizes_around_frame_thresholds(shards: usize) {
     assert_spread(&mut p, shards);
 }
 
-#[test]
-fn sizes_around_frame_thresholds_1_shard() {
-    sizes_around_frame_thresholds(1);
-}
-
-#[test]
-fn sizes_around_frame_thresholds_4_shards() {
-    sizes_around_frame_thresholds(4);
-}
+per_shard_count!(sizes_around_frame_thresholds:
+    sizes_around_frame_thresholds_1_shard = 1,
+    sizes_around_frame_thresholds_4_shards = 4,
+);

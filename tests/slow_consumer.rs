@@ -176,12 +176,5 @@ fn slow_consumer(shards: usize, total_bytes: usize) {
     b.assert_alive();
 }
 
-#[test]
-fn slow_consumer_cut_off_1_shard() {
-    slow_consumer(1, 30 << 20);
-}
-
-#[test]
-fn slow_consumer_cut_off_4_shards() {
-    slow_consumer(4, 50 << 20);
-}
+per_shard_count!(slow_consumer(30 << 20): slow_consumer_cut_off_1_shard = 1);
+per_shard_count!(slow_consumer(50 << 20): slow_consumer_cut_off_4_shards = 4);

@@ -86,15 +86,7 @@ fn status(shards: usize) {
     check_shape(&last, shards);
 }
 
-#[test]
-fn status_1_shard() {
-    status(1);
-}
-
-#[test]
-fn status_4_shards() {
-    status(4);
-}
+per_shard_count!(status: status_1_shard = 1, status_4_shards = 4);
 
 /// A connection's id queue is owned by its home shard (the broker draws ids
 /// until one hashes there), so its own subscription and point-to-point

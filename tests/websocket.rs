@@ -99,15 +99,10 @@ fn every_message_kind(shards: usize) {
     other.assert_no_msg(Duration::from_millis(200));
 }
 
-#[test]
-fn every_message_kind_one_shard() {
-    every_message_kind(1);
-}
-
-#[test]
-fn every_message_kind_four_shards() {
-    every_message_kind(4);
-}
+per_shard_count!(every_message_kind:
+    every_message_kind_one_shard = 1,
+    every_message_kind_four_shards = 4,
+);
 
 #[test]
 fn bad_input_gets_an_error_and_the_connection_stays_open() {
@@ -293,15 +288,7 @@ fn interop(shards: usize) {
     tcp_sub.assert_no_msg(Duration::from_millis(100));
 }
 
-#[test]
-fn interop_one_shard() {
-    interop(1);
-}
-
-#[test]
-fn interop_four_shards() {
-    interop(4);
-}
+per_shard_count!(interop: interop_one_shard = 1, interop_four_shards = 4);
 
 #[test]
 fn order_is_kept_for_many_ws_publishes() {

@@ -21,15 +21,7 @@ fn welcome(shards: usize) {
     }
 }
 
-#[test]
-fn welcome_1_shard() {
-    welcome(1);
-}
-
-#[test]
-fn welcome_4_shards() {
-    welcome(4);
-}
+per_shard_count!(welcome: welcome_1_shard = 1, welcome_4_shards = 4);
 
 /// Reads one frame like the original Python client: exactly 10 bytes, parse
 /// "+LEN QUEUE..." from them, then the remaining LEN + header_len - 10 bytes, counting
@@ -111,12 +103,7 @@ fn python_style_reading(shards: usize) {
     assert_eq!(h["history"][&q][0]["text"], msg["text"]);
 }
 
-#[test]
-fn python_style_reading_1_shard() {
-    python_style_reading(1);
-}
-
-#[test]
-fn python_style_reading_4_shards() {
-    python_style_reading(4);
-}
+per_shard_count!(python_style_reading:
+    python_style_reading_1_shard = 1,
+    python_style_reading_4_shards = 4,
+);

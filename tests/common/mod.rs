@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod proxy;
 pub mod web;
 
@@ -1175,3 +1176,37 @@ pub fn cli_bin() -> std::path::PathBuf {
     );
     path
 }
+
+/// One `#[test]` per shard count for a scenario `body(shards, extra...)`:
+///
+/// ```ignore
+/// per_shard_count!(many_subscribers: many_subscribers_1_shard = 1, many_subscribers_4_shards = 4);
+/// per_shard_count!(graceful_stop(libc::SIGTERM, 200):
+///     sigterm_sends_bye_1_shard = 1,
+///     sigterm_sends_bye_4_shards = 4,
+/// );
+/// ```
+///
+/// expands to `#[test] fn many_subscribers_1_shard() { many_subscribers(1) }` and so
+/// on; the extra arguments in parentheses, if any, follow the shard count. The test
+/// names are spelled out (`macro_rules!` cannot build identifiers) so that they stay
+/// greppable and nextest filters on them keep matching.
+#[allow(unused_macros)]
+macro_rules! per_shard_count {
+    ($body:ident $(($($extra:expr),* $(,)?))?: $($name:ident = $shards:literal),+ $(,)?) => {
+        per_shard_count!(@tests $body ($($($extra),*)?) $($name $shards)+);
+    };
+    (@tests $body:ident $extra:tt $($name:ident $shards:literal)+) => {
+        $(
+            #[test]
+            fn $name() {
+                per_shard_count!(@call $body $shards $extra);
+            }
+        )+
+    };
+    (@call $body:ident $shards:literal ($($extra:expr),*)) => {
+        $body($shards $(, $extra)*)
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_shard_count;
