@@ -27,6 +27,16 @@ pub(crate) enum Refusal {
     Body(BodyError),
     /// A publish to a `$coremq.` queue.
     ReservedQueue(Box<str>),
+    /// A list command naming more than `max_list_length` queues.
+    TooManyQueues {
+        /// The configured limit.
+        max: usize,
+    },
+    /// A subscribe that would take the connection past `max_subscriptions`.
+    TooManySubscriptions {
+        /// The configured limit.
+        max: usize,
+    },
     /// A `coremq_replicant` from a host not in `cluster_nodes` or
     /// `allowed_replicants`, or with the wrong secret.
     NotReplicant,
@@ -87,6 +97,8 @@ impl Refusal {
             | (
                 Refusal::Framing(_)
                 | Refusal::ReservedQueue(_)
+                | Refusal::TooManyQueues { .. }
+                | Refusal::TooManySubscriptions { .. }
                 | Refusal::NotReplicant
                 | Refusal::SlowConsumer { .. }
                 | Refusal::TooManyConnections { .. },
@@ -120,6 +132,8 @@ impl Refusal {
             Refusal::Framing(_)
             | Refusal::Body(_)
             | Refusal::ReservedQueue(_)
+            | Refusal::TooManyQueues { .. }
+            | Refusal::TooManySubscriptions { .. }
             | Refusal::TooBig
             | Refusal::Binary
             | Refusal::ReplicantOverWebSocket
@@ -139,6 +153,10 @@ impl Refusal {
             Refusal::Body(e) => e.to_string(),
             Refusal::ReservedQueue(q) => {
                 format!("queue {q} is reserved for the broker; subscribe to it instead")
+            }
+            Refusal::TooManyQueues { max } => format!("Too many queues in one request (max {max})"),
+            Refusal::TooManySubscriptions { max } => {
+                format!("Too many subscriptions (max_subscriptions = {max})")
             }
             Refusal::NotReplicant => "Not allowed to be a replicant".into(),
             Refusal::SlowConsumer { max_pending } => format!(
@@ -232,6 +250,8 @@ mod tests {
             Refusal::UnknownMessage => 9,
             Refusal::CommandKeysInPublish => 10,
             Refusal::TooBig => 11,
+            Refusal::TooManyQueues { .. } => 12,
+            Refusal::TooManySubscriptions { .. } => 13,
         }
     }
 
@@ -255,6 +275,18 @@ mod tests {
                 Refusal::ReservedQueue("$coremq.stats".into()),
                 r#"+99 id-1 {"response": "ERROR: queue $coremq.stats is reserved for the broker; subscribe to it instead"}"#,
                 r#"{"response": "ERROR: queue $coremq.stats is reserved for the broker; subscribe to it instead", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::TooManyQueues { max: 1000 },
+                r#"+69 id-1 {"response": "ERROR: Too many queues in one request (max 1000)"}"#,
+                r#"{"response": "ERROR: Too many queues in one request (max 1000)", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::TooManySubscriptions { max: 2 },
+                r#"+74 id-1 {"response": "ERROR: Too many subscriptions (max_subscriptions = 2)"}"#,
+                r#"{"response": "ERROR: Too many subscriptions (max_subscriptions = 2)", "queue": "id-1"}"#,
                 true,
             ),
             (
@@ -317,7 +349,7 @@ mod tests {
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=11).collect::<Vec<_>>(),
+            (0..=13).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

@@ -35,6 +35,8 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "max_pending",
         "max_connections",
         "max_queue_name_length",
+        "max_list_length",
+        "max_subscriptions",
         "history_length",
         "queue_history",
         "shutdown_timeout",
@@ -61,6 +63,11 @@ pub(crate) const FRAME_OVERHEAD: usize = 1024;
 const MAX_PENDING: usize = 1 << 36;
 /// Upper bound on queue names that coremq.conf documents (1-255 bytes).
 const MAX_QUEUE_NAME_LENGTH: usize = 255;
+/// Upper bound of `max_list_length`: a history reply numbers its queues
+/// with 16 bits, and this many names are far beyond any real list.
+const MAX_LIST_LENGTH: usize = 65_535;
+/// Upper bound of `max_subscriptions`.
+const MAX_SUBSCRIPTIONS: usize = 100_000_000;
 /// Used when the host name cannot be read or is not a valid node name.
 const FALLBACK_NODE_NAME: &str = "coremq";
 
@@ -123,6 +130,13 @@ pub struct MqConfig {
     pub max_connections: usize,
     /// Longest queue name accepted, 1..=255 bytes.
     pub max_queue_name_length: usize,
+    /// Most queue names one list command (`coremq_subscribe`,
+    /// `coremq_unsubscribe`, `coremq_gethistory`) may carry, so that no
+    /// single request holds a shard for long.
+    pub max_list_length: usize,
+    /// Most subscriptions one connection may hold (its own id not counted),
+    /// so that no client can grow the subscriber tables without bound.
+    pub max_subscriptions: usize,
     /// Messages of history kept per queue unless a `queue_history` rule says otherwise.
     pub history_length: usize,
     /// Per-queue history lengths; the first rule whose pattern matches wins.
@@ -192,6 +206,12 @@ impl MqConfig {
         s.set(&mut c.max_queue_name_length, "max_queue_name_length", |t| {
             value::count(t, 1, MAX_QUEUE_NAME_LENGTH, "a length in bytes")
         })?;
+        s.set(&mut c.max_list_length, "max_list_length", |t| {
+            value::count(t, 1, MAX_LIST_LENGTH, "a number of queue names")
+        })?;
+        s.set(&mut c.max_subscriptions, "max_subscriptions", |t| {
+            value::count(t, 1, MAX_SUBSCRIPTIONS, "a number of subscriptions")
+        })?;
         s.set(&mut c.history_length, "history_length", |t| {
             value::count(t, 0, pattern::MAX_HISTORY, "a number of messages")
         })?;
@@ -232,6 +252,8 @@ impl Default for MqConfig {
             max_pending: 16 << 20,
             max_connections: 100_000,
             max_queue_name_length: MAX_QUEUE_NAME_LENGTH,
+            max_list_length: 1000,
+            max_subscriptions: 10_000,
             history_length: 10,
             queue_history: Vec::new(),
             shutdown_timeout: Duration::from_secs(5),
@@ -261,6 +283,8 @@ impl fmt::Debug for MqConfig {
             max_pending,
             max_connections,
             max_queue_name_length,
+            max_list_length,
+            max_subscriptions,
             history_length,
             queue_history,
             shutdown_timeout,
@@ -286,6 +310,8 @@ impl fmt::Debug for MqConfig {
             .field("max_pending", max_pending)
             .field("max_connections", max_connections)
             .field("max_queue_name_length", max_queue_name_length)
+            .field("max_list_length", max_list_length)
+            .field("max_subscriptions", max_subscriptions)
             .field("history_length", history_length)
             .field("queue_history", queue_history)
             .field("shutdown_timeout", shutdown_timeout)

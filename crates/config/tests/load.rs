@@ -39,6 +39,8 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.max_pending, b.max_pending);
     assert_eq!(a.max_connections, b.max_connections);
     assert_eq!(a.max_queue_name_length, b.max_queue_name_length);
+    assert_eq!(a.max_list_length, b.max_list_length);
+    assert_eq!(a.max_subscriptions, b.max_subscriptions);
     assert_eq!(a.history_length, b.history_length);
     assert_eq!(a.queue_history, b.queue_history);
     assert_eq!(a.shutdown_timeout, b.shutdown_timeout);

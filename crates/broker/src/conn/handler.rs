@@ -79,9 +79,30 @@ pub(crate) fn subscribe_one(
     );
 }
 
+/// Refuses a list of more than `max_list_length` names (before any work
+/// that grows with it).
+fn list_too_long(shard: &Shard, conn: &Conn, names: &[String]) -> bool {
+    let max = shard.cfg().max_list_length;
+    if names.len() <= max {
+        return false;
+    }
+    shard.refuse(conn, &Refusal::TooManyQueues { max });
+    true
+}
+
 fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
+    if list_too_long(shard, conn, &names) {
+        return;
+    }
     let mut names = dedup(names);
     names.retain(|q| !conn.st.borrow().subs.contains_key(&**q));
+    // The connection's own id is a subscription too, but not the client's.
+    let held = conn.st.borrow().subs.len().saturating_sub(1);
+    let max = shard.cfg().max_subscriptions;
+    if held + names.len() > max {
+        // Refused whole: nothing of it takes effect.
+        return shard.refuse(conn, &Refusal::TooManySubscriptions { max });
+    }
     // The reply waits for every owner to register its part (G2).
     let seq = conn.reserve(ReplyKind::Text(proto::OK_SUBSCRIBE), names.len() as u32);
     for q in names {
@@ -90,6 +111,9 @@ fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
 }
 
 fn unsubscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
+    if list_too_long(shard, conn, &names) {
+        return;
+    }
     for q in dedup(names) {
         let was = conn.st.borrow_mut().subs.remove(&*q);
         if let Some(state) = was {
@@ -125,6 +149,9 @@ fn options(conn: &Conn, opts: Vec<(String, OptionValue)>) {
 }
 
 fn history(shard: &Shard, conn: &Conn, names: Vec<String>) {
+    if list_too_long(shard, conn, &names) {
+        return;
+    }
     let names = dedup(names);
     // Group the requested queues by owner so each owner gets one request.
     let mut groups: Vec<(usize, HistoryPart)> = Vec::new();
@@ -189,13 +216,27 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
 /// (index in the request, queue name) of the queues one owner is asked for.
 type HistoryPart = Vec<(u16, Box<str>)>;
 
-/// Removes duplicates, keeping the first occurrence's position.
+/// Removes duplicates, keeping the first occurrence's position; linear in
+/// the number of names (a client controls the list).
 fn dedup(names: Vec<String>) -> Vec<Box<str>> {
-    let mut out: Vec<Box<str>> = Vec::with_capacity(names.len());
-    for n in names {
-        if !out.iter().any(|o| **o == *n) {
-            out.push(n.into_boxed_str());
-        }
+    let mut seen: ahash::HashSet<&str> = ahash::HashSet::default();
+    seen.reserve(names.len());
+    let keep: Vec<bool> = names.iter().map(|n| seen.insert(n.as_str())).collect();
+    drop(seen);
+    names
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(n, keep)| keep.then(|| n.into_boxed_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dedup_keeps_first_occurrences_in_order() {
+        let names = ["b", "a", "b", "c", "a"].map(String::from).to_vec();
+        let out = super::dedup(names);
+        assert_eq!(out, ["b", "a", "c"].map(Box::<str>::from).to_vec());
+        assert!(super::dedup(Vec::new()).is_empty());
     }
-    out
 }
