@@ -199,3 +199,79 @@ fn a_long_list_does_not_stall_the_shard() {
         "the shard was held for {during:?}"
     );
 }
+
+/// Publishes to ever new queues keep the broker's memory bounded by
+/// `history_memory`: the queues published to least recently lose their
+/// history first (counted), the recent ones keep theirs, and a queue with no
+/// subscribers and no history costs nothing.
+#[test]
+fn history_memory_bounds_what_distinct_queues_cost() {
+    const BUDGET_MIB: u64 = 64;
+    const MESSAGES: usize = 200_000; // ~250 MiB of history without the bound
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("history_memory", &format!("{BUDGET_MIB}M"))
+            .set("history_length", "10"),
+    );
+    let mut c = b.client();
+    let rss_start_mib = b.rss_kib() / 1024;
+    c.options(json!({"ack": false}));
+    let pad = "x".repeat(900);
+    let prefix = uniq("hm");
+    let mut w = c.writer();
+    let mut buf = Vec::with_capacity(1 << 20);
+    for i in 0..MESSAGES {
+        buf.extend_from_slice(&encode(
+            &format!("{prefix}.{i}"),
+            &json!({ "i": i, "pad": pad }),
+        ));
+        if buf.len() >= 1 << 20 || i == MESSAGES - 1 {
+            std::io::Write::write_all(&mut w, &buf).expect("publish");
+            buf.clear();
+        }
+    }
+    // Replies keep request order: once status answers, every publish is in.
+    let status = c.status();
+    let shards = status["shards"].as_array().unwrap();
+    let sum = |k: &str| shards.iter().map(|s| s[k].as_u64().unwrap()).sum::<u64>();
+    let (held, bytes, evicted) = (
+        sum("history_messages"),
+        sum("history_bytes"),
+        sum("history_evictions"),
+    );
+    let rss_mib = b.rss_kib() / 1024;
+    println!(
+        "{MESSAGES} publishes to distinct queues: {held} messages ({} MiB) kept, \
+         {evicted} evicted, {} queues, broker RSS {rss_start_mib} -> {rss_mib} MiB",
+        bytes >> 20,
+        sum("queues"),
+    );
+    assert!(bytes <= BUDGET_MIB << 20, "{bytes} bytes of history kept");
+    // The statistics queue keeps a history too (one message a second).
+    let stats = held + evicted - MESSAGES as u64;
+    assert!(
+        stats <= 60,
+        "every message kept or counted: {held} + {evicted}"
+    );
+    assert!(evicted > 0);
+    // Queues whose history went, with no subscribers, are forgotten: what is
+    // left is the queues with history and the client's own id.
+    assert!(sum("queues") <= held + 1, "{} queues", sum("queues"));
+    // The overhead over the budget: the process itself (~10-20 MiB), the
+    // allocator's free pages and the tables' spare room.
+    const OVERHEAD_MIB: u64 = 64;
+    assert!(
+        rss_mib < BUDGET_MIB + OVERHEAD_MIB,
+        "RSS {rss_mib} MiB with history_memory = {BUDGET_MIB}M"
+    );
+    // The most recent queues still have their history.
+    for i in MESSAGES - 5..MESSAGES {
+        let q = format!("{prefix}.{i}");
+        let h = c.history(&[&q]);
+        assert_eq!(h[&q][0]["i"], json!(i), "{q}");
+    }
+    c.options(json!({"ack": true}));
+    // The oldest do not.
+    let first = format!("{prefix}.0");
+    assert!(c.history(&[&first]).is_empty());
+}

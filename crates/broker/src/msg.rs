@@ -78,6 +78,18 @@ impl FrameBytes {
     }
 }
 
+impl FrameBytes {
+    /// Bytes of memory the frame holds: its allocation(s), not only its length.
+    pub(crate) fn allocated(&self) -> usize {
+        // An Arc's two counts come before the value.
+        const ARC: usize = 16;
+        match self {
+            FrameBytes::Small(b) => ARC + b.len(),
+            FrameBytes::Large(l) => ARC + std::mem::size_of::<(Vec<u8>, usize)>() + l.0.capacity(),
+        }
+    }
+}
+
 impl std::ops::Deref for FrameBytes {
     type Target = [u8];
 

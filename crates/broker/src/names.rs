@@ -80,6 +80,11 @@ impl<V> NameMap<V> {
         }
     }
 
+    /// Every (hash, name, value).
+    pub(crate) fn iter_hashed(&self) -> impl Iterator<Item = (u64, &Box<str>, &V)> {
+        self.table.iter().map(|(h, n, v)| (*h, n, v))
+    }
+
     /// Every (name, value).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Box<str>, &V)> {
         self.table.iter().map(|(_, n, v)| (n, v))

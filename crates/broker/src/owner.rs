@@ -50,14 +50,15 @@ pub(crate) struct Owner {
 }
 
 impl Owner {
-    /// The owner side of shard `id`, with no queues.
-    pub(crate) fn new(id: usize, cfg: Rc<MqConfig>) -> Owner {
+    /// The owner side of shard `id` of `shards`, with no queues.
+    pub(crate) fn new(id: usize, shards: usize, cfg: Rc<MqConfig>) -> Owner {
         let replicate = !cfg.cluster_nodes.is_empty() || !cfg.allowed_replicants.is_empty();
+        let budget = cfg.history_memory / shards.max(1);
         Owner {
             id,
             cfg,
             replicate,
-            queues: RefCell::default(),
+            queues: RefCell::new(QueueTable::with_budget(budget)),
         }
     }
 
@@ -148,6 +149,8 @@ impl Owner {
         stats.queues = q.len() as u64;
         stats.subscriptions = q.subscriptions();
         stats.history_messages = q.history_messages();
+        stats.history_bytes = q.history_bytes();
+        stats.history_evictions = q.evictions();
     }
 
     /// Stores a message and delivers it to every home shard with subscribers,

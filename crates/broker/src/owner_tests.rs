@@ -93,7 +93,7 @@ fn json(f: &MsgFrame) -> String {
 }
 
 fn owner(cfg: MqConfig) -> Owner {
-    Owner::new(ME, Rc::new(cfg))
+    Owner::new(ME, 3, Rc::new(cfg))
 }
 
 fn conn(slot: u32) -> ConnKey {

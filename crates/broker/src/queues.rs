@@ -21,6 +21,11 @@ pub(crate) struct QueueState {
     homes: Vec<(u16, u32)>,
     /// The queue is a connection's own id: dropped when that connection goes.
     own_id: bool,
+    /// [`held_bytes`] of the frames in `history`.
+    frame_bytes: usize,
+    /// When a message was last stored here, in the table's publish count:
+    /// the least recently published-to queues lose their history first.
+    last_stored: u64,
 }
 
 impl QueueState {
@@ -35,7 +40,6 @@ impl QueueState {
 }
 
 /// All queues owned by one shard.
-#[derive(Default)]
 pub(crate) struct QueueTable {
     /// Queue name → state.
     queues: NameMap<QueueState>,
@@ -43,9 +47,51 @@ pub(crate) struct QueueTable {
     subscriptions: u64,
     /// Messages held in all history rings, for status.
     history_messages: u64,
+    /// What all histories cost ([`QueueState::cost`] summed).
+    history_bytes: usize,
+    /// This shard's part of `history_memory`.
+    budget: usize,
+    /// Messages stored so far: the clock of `last_stored`.
+    stored: u64,
+    /// Messages dropped from history to stay within the budget.
+    evictions: u64,
 }
 
+impl Default for QueueTable {
+    fn default() -> Self {
+        QueueTable::with_budget(usize::MAX)
+    }
+}
+
+/// What one stored message's frame costs (its slot in the ring is counted
+/// with the ring).
+pub(crate) fn held_bytes(frame: &MsgFrame) -> usize {
+    frame.bytes().allocated()
+}
+
+/// Slots a ring grows by at most when a message is added, for rings of up to
+/// this many messages (a longer ring can overshoot the budget by its growth,
+/// until the next publish evicts).
+const RING_GROWTH: usize = 16;
+
+/// What a queue's entry costs while it has history: its table slot (at the
+/// table's worst load, half its slots are empty) and its name's allocation.
+const QUEUE_ENTRY: usize = 2 * std::mem::size_of::<(u64, Box<str>, QueueState)>() + 16;
+
 impl QueueTable {
+    /// An empty table whose histories may hold `budget` bytes in all.
+    pub(crate) fn with_budget(budget: usize) -> QueueTable {
+        QueueTable {
+            queues: NameMap::default(),
+            subscriptions: 0,
+            history_messages: 0,
+            history_bytes: 0,
+            budget,
+            stored: 0,
+            evictions: 0,
+        }
+    }
+
     /// Stores `frame` in its queue's history (when the queue keeps any), in
     /// key order, and returns the queue state for fan-out, if the queue has
     /// state at all, with whether the message was new here.
@@ -55,16 +101,62 @@ impl QueueTable {
         cap_for: impl Fn(&str) -> usize,
     ) -> Option<(Stored, &QueueState)> {
         let name = frame.queue();
+        // What storing this can add at most (a new queue's entry, its ring
+        // growing), so that the budget holds after it, not only before.
+        let most = held_bytes(frame)
+            + QUEUE_ENTRY
+            + name.len()
+            + RING_GROWTH * std::mem::size_of::<MsgFrame>();
+        if self.history_bytes.saturating_add(most) > self.budget {
+            self.evict();
+        }
         let q = self.queues.get_or_try_insert_with(frame.hash(), name, || {
             // No subscribers (else it would exist) and no history to keep:
             // nothing to create.
             let cap = cap_for(name);
             (cap > 0).then(|| QueueState::new(cap, false))
         })?;
-        let before = q.history.len();
-        let stored = insert_ordered(&mut q.history, q.cap, frame);
+        let (before, cost_before) = (q.history.len(), q.cost(name.len()));
+        let stored = q.insert_ordered(frame);
+        if stored == Stored::New {
+            self.stored += 1;
+            q.last_stored = self.stored;
+        }
         self.history_messages = self.history_messages + q.history.len() as u64 - before as u64;
+        self.history_bytes = self.history_bytes + q.cost(name.len()) - cost_before;
         Some((stored, q))
+    }
+
+    /// Drops whole histories, least recently published-to queues first,
+    /// until a tenth of the budget is free again (so that a full table does
+    /// not scan itself on every publish: each pass frees room for many).
+    /// Queues left with no history and no subscribers are forgotten.
+    fn evict(&mut self) {
+        let target = self.budget - self.budget / 10;
+        let mut order: Vec<(u64, u64, Box<str>)> = self
+            .queues
+            .iter_hashed()
+            .filter(|(_, _, q)| !q.history.is_empty())
+            .map(|(hash, name, q)| (q.last_stored, hash, name.clone()))
+            .collect();
+        order.sort_unstable_by_key(|&(stamp, ..)| stamp);
+        for (_, hash, name) in order {
+            if self.history_bytes <= target {
+                break;
+            }
+            let Some(q) = self.queues.get_mut(hash, &name) else {
+                continue;
+            };
+            let n = q.history.len() as u64;
+            self.history_messages -= n;
+            self.history_bytes -= q.cost(name.len());
+            self.evictions += n;
+            q.history = VecDeque::new();
+            q.frame_bytes = 0;
+            if q.is_idle() {
+                self.queues.remove(hash, &name);
+            }
+        }
     }
 
     /// Counts one more subscription from `home`.
@@ -105,6 +197,7 @@ impl QueueTable {
         if q.is_idle() {
             let gone = q.history.len() as u64;
             self.history_messages -= gone;
+            self.history_bytes -= q.cost(queue.len());
             self.queues.remove(hash, queue);
         }
     }
@@ -143,6 +236,16 @@ impl QueueTable {
     pub(crate) fn history_messages(&self) -> u64 {
         self.history_messages
     }
+
+    /// Bytes held in history rings.
+    pub(crate) fn history_bytes(&self) -> u64 {
+        self.history_bytes as u64
+    }
+
+    /// Messages dropped from history to stay within `history_memory`.
+    pub(crate) fn evictions(&self) -> u64 {
+        self.evictions
+    }
 }
 
 /// Whether a message was new to the queue.
@@ -154,46 +257,67 @@ pub(crate) enum Stored {
     Duplicate,
 }
 
-/// Inserts `frame` in key order, keeping the newest `cap`. Local messages have
-/// increasing keys, so the search from the back stops at once; only messages
-/// from other nodes land further in.
-fn insert_ordered(h: &mut VecDeque<MsgFrame>, cap: usize, frame: &MsgFrame) -> Stored {
-    let mut i = h.len();
-    while i > 0 && h[i - 1].key() > frame.key() {
-        i -= 1;
-    }
-    if i > 0 && h[i - 1].key() == frame.key() {
-        return Stored::Duplicate;
-    }
-    if cap == 0 {
-        return Stored::New;
-    }
-    if h.len() == cap {
-        if i == 0 {
-            // Older than everything kept: new, but outside the window.
-            return Stored::New;
-        }
-        h.pop_front();
-        i -= 1;
-    }
-    if i == h.len() {
-        // The usual case (local messages come in key order): the general
-        // insert's shifting logic was 4 % of the broker's CPU on small messages.
-        h.push_back(frame.clone());
-    } else {
-        h.insert(i, frame.clone());
-    }
-    Stored::New
-}
-
 impl QueueState {
     fn new(cap: usize, own_id: bool) -> Self {
         QueueState {
-            history: VecDeque::with_capacity(cap.min(16)),
+            // Grown on demand: a ring reserved up front is memory that
+            // `history_memory` would not see (16 slots were 768 bytes per
+            // queue, most of them empty for a queue that got one message).
+            history: VecDeque::new(),
             cap,
             homes: Vec::new(),
             own_id,
+            frame_bytes: 0,
+            last_stored: 0,
         }
+    }
+
+    /// The memory this queue's history holds (nothing when it has none):
+    /// the frames, the ring's slots and the queue's entry.
+    fn cost(&self, name_len: usize) -> usize {
+        if self.history.is_empty() {
+            return 0;
+        }
+        self.frame_bytes
+            + self.history.capacity() * std::mem::size_of::<MsgFrame>()
+            + QUEUE_ENTRY
+            + name_len
+    }
+
+    /// Inserts `frame` in key order, keeping the newest `cap`. Local messages have
+    /// increasing keys, so the search from the back stops at once; only messages
+    /// from other nodes land further in.
+    fn insert_ordered(&mut self, frame: &MsgFrame) -> Stored {
+        let (h, cap) = (&mut self.history, self.cap);
+        let mut i = h.len();
+        while i > 0 && h[i - 1].key() > frame.key() {
+            i -= 1;
+        }
+        if i > 0 && h[i - 1].key() == frame.key() {
+            return Stored::Duplicate;
+        }
+        if cap == 0 {
+            return Stored::New;
+        }
+        if h.len() == cap {
+            if i == 0 {
+                // Older than everything kept: new, but outside the window.
+                return Stored::New;
+            }
+            if let Some(old) = h.pop_front() {
+                self.frame_bytes -= held_bytes(&old);
+            }
+            i -= 1;
+        }
+        self.frame_bytes += held_bytes(frame);
+        if i == h.len() {
+            // The usual case (local messages come in key order): the general
+            // insert's shifting logic was 4 % of the broker's CPU on small messages.
+            h.push_back(frame.clone());
+        } else {
+            h.insert(i, frame.clone());
+        }
+        Stored::New
     }
 }
 
@@ -268,6 +392,63 @@ mod tests {
         assert_eq!(t.len(), 0);
         assert_eq!(t.history_messages(), 0);
         assert_eq!(t.subscriptions(), 0);
+    }
+
+    #[test]
+    fn history_memory_evicts_the_least_recently_published_to_first() {
+        // Names of one length and two-digit numbers: every queue with one
+        // message costs `one`.
+        let one = {
+            let mut t = QueueTable::default();
+            t.publish(&frame("q00", 10), |_| 10);
+            t.history_bytes() as usize
+        };
+        let mut t = QueueTable::with_budget(11 * one);
+        t.subscribe("kep", 0, false, |_| 10);
+        for n in 0..8 {
+            t.publish(&frame(&format!("q0{n}"), 10 + n), |_| 10);
+        }
+        t.publish(&frame("kep", 18), |_| 10);
+        // "q00" is published to again: now "q01" is the oldest.
+        t.publish(&frame("q00", 19), |_| 10);
+        assert_eq!(t.history_messages(), 10);
+        assert_eq!(t.evictions(), 0);
+        // Two more queues do not fit: the oldest go until a tenth is free.
+        t.publish(&frame("new", 20), |_| 10);
+        t.publish(&frame("neu", 21), |_| 10);
+        assert!(t.evictions() >= 1);
+        assert!(
+            t.history("q01").is_empty(),
+            "the least recently published-to"
+        );
+        assert_eq!(t.history("q00").len(), 2, "published to recently: kept");
+        assert_eq!(t.history("neu").len(), 1);
+        assert!(t.history_bytes() as usize <= 11 * one);
+        for n in 22..60 {
+            t.publish(&frame(&format!("x{n}"), n), |_| 10);
+            assert!(t.history_bytes() as usize <= 11 * one);
+        }
+        assert!(t.history("kep").is_empty());
+        assert_eq!(t.subscriptions(), 1, "a subscription outlives its history");
+        // Evicted queues without subscribers are forgotten.
+        assert_eq!(t.len() as u64, t.history_messages() + 1);
+        assert_eq!(t.history_messages() + t.evictions(), 50);
+        assert!(t.history("x59").len() == 1, "the newest is kept");
+    }
+
+    #[test]
+    fn bytes_follow_the_window() {
+        let mut t = QueueTable::default();
+        for n in 0..30 {
+            t.publish(&frame("q", n), |_| 3);
+        }
+        let q = t.queues.get(queue_hash("q"), "q").unwrap();
+        let frames: usize = t.history("q").iter().map(held_bytes).sum();
+        assert_eq!(q.frame_bytes, frames);
+        assert_eq!(t.history_bytes() as usize, q.cost(1));
+        t.subscribe("q", 0, false, |_| 3);
+        t.unsubscribe("q", 0);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub(crate) struct ShardStats {
     pub queues: u64,
     pub subscriptions: u64,
     pub history_messages: u64,
+    pub history_bytes: u64,
+    pub history_evictions: u64,
     pub messages_in: u64,
     pub messages_out: u64,
     pub bytes_in: u64,
@@ -84,7 +86,8 @@ impl ShardStats {
         let _ = write!(
             out,
             "{{\"shard\": {}, \"connections\": {}, \"ws_connections\": {}, \"queues\": {}, \"subscriptions\": {}, \
-             \"history_messages\": {}, \"messages_in\": {}, \"messages_out\": {}, \
+             \"history_messages\": {}, \"history_bytes\": {}, \"history_evictions\": {}, \
+             \"messages_in\": {}, \"messages_out\": {}, \
              \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}, \
              \"refused_connections\": {}, \"wrong_shard\": {}, \"client_errors\": {}, \
              \"channel_backlog\": {}}}",
@@ -94,6 +97,8 @@ impl ShardStats {
             self.queues,
             self.subscriptions,
             self.history_messages,
+            self.history_bytes,
+            self.history_evictions,
             self.messages_in,
             self.messages_out,
             self.bytes_in,

@@ -39,6 +39,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "max_subscriptions",
         "history_length",
         "queue_history",
+        "history_memory",
         "shutdown_timeout",
     ],
 };
@@ -66,6 +67,9 @@ const MAX_QUEUE_NAME_LENGTH: usize = 255;
 /// Upper bound of `max_list_length`: a history reply numbers its queues
 /// with 16 bits, and this many names are far beyond any real list.
 const MAX_LIST_LENGTH: usize = 65_535;
+/// Least `history_memory` accepted: below it a shard could not hold even a
+/// few large messages.
+const MIN_HISTORY_MEMORY: usize = 1 << 20;
 /// Upper bound of `max_subscriptions`.
 const MAX_SUBSCRIPTIONS: usize = 100_000_000;
 /// Used when the host name cannot be read or is not a valid node name.
@@ -141,6 +145,10 @@ pub struct MqConfig {
     pub history_length: usize,
     /// Per-queue history lengths; the first rule whose pattern matches wins.
     pub queue_history: Vec<QueueHistoryRule>,
+    /// Bytes of stored history the node may hold (split evenly between its
+    /// shards); past it, the least recently published-to queues lose their
+    /// history first, so no stream of publishes can exhaust memory.
+    pub history_memory: usize,
     /// How long a graceful stop waits for clients to take their last frames.
     pub shutdown_timeout: Duration,
 }
@@ -216,6 +224,9 @@ impl MqConfig {
             value::count(t, 0, pattern::MAX_HISTORY, "a number of messages")
         })?;
         s.set(&mut c.queue_history, "queue_history", pattern::parse_rules)?;
+        s.set(&mut c.history_memory, "history_memory", |t| {
+            size::parse(t, MIN_HISTORY_MEMORY, MAX_PENDING)
+        })?;
         s.set(&mut c.shutdown_timeout, "shutdown_timeout", value::seconds)?;
 
         let min = c.max_message_size + FRAME_OVERHEAD;
@@ -256,6 +267,7 @@ impl Default for MqConfig {
             max_subscriptions: 10_000,
             history_length: 10,
             queue_history: Vec::new(),
+            history_memory: 1 << 30,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -287,6 +299,7 @@ impl fmt::Debug for MqConfig {
             max_subscriptions,
             history_length,
             queue_history,
+            history_memory,
             shutdown_timeout,
         } = self;
         f.debug_struct("MqConfig")
@@ -314,6 +327,7 @@ impl fmt::Debug for MqConfig {
             .field("max_subscriptions", max_subscriptions)
             .field("history_length", history_length)
             .field("queue_history", queue_history)
+            .field("history_memory", history_memory)
             .field("shutdown_timeout", shutdown_timeout)
             .finish()
     }

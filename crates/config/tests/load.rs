@@ -43,6 +43,7 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.max_subscriptions, b.max_subscriptions);
     assert_eq!(a.history_length, b.history_length);
     assert_eq!(a.queue_history, b.queue_history);
+    assert_eq!(a.history_memory, b.history_memory);
     assert_eq!(a.shutdown_timeout, b.shutdown_timeout);
 }
 

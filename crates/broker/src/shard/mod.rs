@@ -84,7 +84,7 @@ impl Shard {
             shards,
             router: Router::new(shards),
             mesh: Mesh::new(shards),
-            owner: Owner::new(id, cfg.clone()),
+            owner: Owner::new(id, shards, cfg.clone()),
             home: Home::new(id, shards, cfg.max_pending, node.clone(), counters.clone()),
             drain: Drain::new(shards),
             clock: Clock::new(id, shards),

@@ -44,6 +44,18 @@ const METRICS: &[Metric] = &[
         |s| s.history_messages,
     ),
     (
+        "coremq_history_bytes",
+        "gauge",
+        "Bytes held in the history of queues owned by the shard (history_memory bounds the node's sum).",
+        |s| s.history_bytes,
+    ),
+    (
+        "coremq_history_evictions_total",
+        "counter",
+        "Messages dropped from history to stay within history_memory.",
+        |s| s.history_evictions,
+    ),
+    (
         "coremq_channel_backlog",
         "gauge",
         "Items waiting to be sent to other shards.",
