@@ -197,3 +197,149 @@ fn runs_saved_without_the_generator_figure_still_render() {
         "{missed:?}"
     );
 }
+
+/// The rows of the summary table in `md` whose label starts with `label`,
+/// split into cells.
+fn summary_row<'a>(md: &'a str, label: &str) -> Vec<&'a str> {
+    let line = md
+        .lines()
+        .find(|l| l.starts_with(&format!("| {label} |")))
+        .unwrap_or_else(|| panic!("no summary row {label:?}:\n{md}"));
+    line.trim_matches('|').split(" | ").map(str::trim).collect()
+}
+
+#[test]
+fn baseline_ratios_flag_rows_more_than_3_percent_worse() {
+    let runs = vec![
+        // Throughput: 2.9 / 3.0 = 0.967, more than 3 % fewer msg/s: flagged.
+        run("1to1", "coremq", 2.9e6, 0.30, 0.20),
+        run("1to1", "coremq-base", 3.0e6, 0.30, 0.20),
+        // 2.95 / 3.0 = 0.983: within 3 %.
+        run("1to1", "coremq-noack", 2.95e6, 0.30, 0.20),
+        run("1to1", "coremq-base-noack", 3.0e6, 0.30, 0.20),
+        // Latency, lower is better: 210 / 200 µs p99 = 1.05, flagged; the
+        // noack pair is faster than its baseline, which is no flag.
+        json!({"workload_name": "pingpong", "target": "coremq", "rep": 0,
+               "latency_us": {"p50": 100.0, "p99": 210.0, "p999": 300.0}}),
+        json!({"workload_name": "pingpong", "target": "coremq-base", "rep": 0,
+               "latency_us": {"p50": 100.0, "p99": 200.0, "p999": 300.0}}),
+        json!({"workload_name": "pingpong", "target": "coremq-noack", "rep": 0,
+               "latency_us": {"p50": 90.0, "p99": 150.0, "p999": 250.0}}),
+        json!({"workload_name": "pingpong", "target": "coremq-base-noack", "rep": 0,
+               "latency_us": {"p50": 100.0, "p99": 200.0, "p999": 300.0}}),
+    ];
+    let saved = json!({
+        "command": "bench/compare --no-peers --baseline /tmp/coremq-old --workloads 1to1,pingpong",
+        "machine": {"nproc": "2"},
+        "names": ["coremq", "coremq-noack", "coremq-base", "coremq-base-noack"],
+        "ncpu": 2,
+        "runs": runs,
+        "shards": {"1": [], "2": []},
+        "no_peers": true,
+        "workloads": ["1to1", "pingpong"],
+    });
+    let md = render(&saved);
+
+    assert_eq!(
+        summary_row(&md, "workload"),
+        [
+            "workload",
+            "coremq",
+            "coremq-noack",
+            "coremq-base",
+            "coremq-base-noack",
+            "new/base",
+            "noack new/base"
+        ],
+        "--no-peers: no NATS/Redis ratio columns"
+    );
+    // Three decimals where two would print the threshold itself.
+    assert_eq!(summary_row(&md, "1to1 msg/s")[5..], ["**0.967×**", "0.98×"]);
+    assert_eq!(
+        summary_row(&md, "pingpong p99 µs")[5..],
+        ["**1.05×**", "0.75×"]
+    );
+    assert_eq!(summary_row(&md, "pingpong p50 µs")[5..], ["1.00×", "0.90×"]);
+    // Only the workloads run: no rows, sections or shards line for the others.
+    for absent in [
+        "| 4x4 msg/s",
+        "### fanout1x10",
+        "shards=1",
+        "## Against the target",
+    ] {
+        assert!(!md.contains(absent), "{absent:?} in:\n{md}");
+    }
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Against the baseline**"))
+        .unwrap_or_else(|| panic!("no baseline verdict in the summary:\n{md}"));
+    assert!(
+        verdict.contains("**worse** — 1to1 0.967×, pingpong p99 1.05×; the other 8 within 3%"),
+        "{verdict}"
+    );
+}
+
+/// A real quick run with the same coremq binary as its own baseline (only the
+/// ping-pong workload, to stay short): both run, and the summary has the
+/// new/base columns with figures in them.
+#[test]
+fn quick_run_against_a_baseline_binary() {
+    let bin_dir = Path::new(BIN).parent().expect("binary directory");
+    assert!(
+        bin_dir.join("coremq-bench").exists(),
+        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
+        bin_dir.join("coremq-bench").display()
+    );
+    let out_dir = unique_dir("compare-live");
+    let out = Command::new("python3")
+        .arg(Path::new(REPO).join("bench/compare"))
+        .args([
+            "--quick",
+            "--no-peers",
+            "--no-install",
+            "--workloads",
+            "pingpong",
+        ])
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .arg("--baseline")
+        .arg(BIN)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run bench/compare (python3)");
+    assert!(
+        out.status.success(),
+        "bench/compare failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md_path = fs::read_dir(&out_dir)
+        .expect("results directory")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().ends_with("-quick-vs-base.md"))
+        .unwrap_or_else(|| panic!("no <date>-quick-vs-base.md in {}", out_dir.display()));
+    let md = fs::read_to_string(md_path).expect("results file");
+    assert_eq!(
+        summary_row(&md, "workload")[1..],
+        [
+            "coremq",
+            "coremq-noack",
+            "coremq-base",
+            "coremq-base-noack",
+            "new/base",
+            "noack new/base"
+        ]
+    );
+    for row in ["pingpong p50 µs", "pingpong p99 µs"] {
+        let cells = summary_row(&md, row);
+        for c in &cells[1..] {
+            assert!(*c != "–", "no figure in {row}: {cells:?}\n{md}");
+        }
+        assert!(cells[5].trim_matches('*').ends_with('×'), "{cells:?}");
+    }
+    assert!(md.contains("**Against the baseline**"), "{md}");
+    assert!(md.contains("Lost messages over all runs: 0 "), "{md}");
+    fs::remove_dir_all(&out_dir).ok();
+}
