@@ -275,3 +275,45 @@ fn history_memory_bounds_what_distinct_queues_cost() {
     let first = format!("{prefix}.0");
     assert!(c.history(&[&first]).is_empty());
 }
+
+/// JSON nested deeper than `max_json_depth` is refused over TCP and
+/// WebSocket before it is stored or delivered; at the limit it goes through.
+#[test]
+fn max_json_depth_refuses_deeper_messages() {
+    let b = Broker::start(BrokerOpts::new(2).set("max_json_depth", "5").ws());
+    let nested = |levels: usize| {
+        // `{"v": nested(n)}` is n levels deep (the object itself is level 1).
+        let mut v = json!(1);
+        for _ in 1..levels {
+            v = json!([v]);
+        }
+        v
+    };
+    let mut p = b.client();
+    let mut s = b.client();
+    let q = uniq("depth");
+    s.subscribe(&[&q]);
+    p.publish(&q, &json!({ "v": nested(5) }));
+    assert_eq!(s.recv_msg().json["v"], nested(5), "5 levels: at the limit");
+    p.send(&q, &json!({ "v": nested(6) }));
+    assert_eq!(
+        p.expect_error(),
+        "ERROR: JSON nested 6 levels deep; max_json_depth is 5"
+    );
+    // Commands are messages too.
+    p.command(&json!({ "coremq_subscribe": [q.clone()], "x": nested(6) }));
+    p.expect_error();
+    // Very deep JSON costs no stack and gets the same answer.
+    let deep = format!("{{\"v\": {}{}}}", "[".repeat(500_000), "]".repeat(500_000));
+    p.send_raw(&encode_body(format!("{q} {deep}").as_bytes()));
+    assert!(p.expect_error().contains("max_json_depth is 5"));
+    s.assert_no_msg(Duration::from_millis(200));
+    assert!(s.history(&[&q])[&q].as_array().unwrap().len() == 1);
+
+    let mut w = common::web::WsClient::connect(b.ws_addr());
+    w.send_json(&json!({ "queue": q, "v": nested(6) }));
+    assert!(w.expect_error().contains("max_json_depth"));
+    w.send_json(&json!({ "queue": q, "v": nested(5) }));
+    w.expect_response(OK_SENT);
+    assert_eq!(s.recv_msg().json["v"], nested(5));
+}

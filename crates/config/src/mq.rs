@@ -37,6 +37,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "max_queue_name_length",
         "max_list_length",
         "max_subscriptions",
+        "max_json_depth",
         "history_length",
         "queue_history",
         "history_memory",
@@ -67,6 +68,9 @@ const MAX_QUEUE_NAME_LENGTH: usize = 255;
 /// Upper bound of `max_list_length`: a history reply numbers its queues
 /// with 16 bits, and this many names are far beyond any real list.
 const MAX_LIST_LENGTH: usize = 65_535;
+/// Upper bound of `max_json_depth` (the scanners use no stack for depth, so
+/// this only keeps the number sane).
+const MAX_JSON_DEPTH: usize = 1_000_000;
 /// Least `history_memory` accepted: below it a shard could not hold even a
 /// few large messages.
 const MIN_HISTORY_MEMORY: usize = 1 << 20;
@@ -141,6 +145,10 @@ pub struct MqConfig {
     /// Most subscriptions one connection may hold (its own id not counted),
     /// so that no client can grow the subscriber tables without bound.
     pub max_subscriptions: usize,
+    /// Deepest nesting of a client's JSON (the object itself is level 1):
+    /// deeper messages are refused before they are stored, since many
+    /// subscribers' parsers fail on them.
+    pub max_json_depth: usize,
     /// Messages of history kept per queue unless a `queue_history` rule says otherwise.
     pub history_length: usize,
     /// Per-queue history lengths; the first rule whose pattern matches wins.
@@ -220,6 +228,9 @@ impl MqConfig {
         s.set(&mut c.max_subscriptions, "max_subscriptions", |t| {
             value::count(t, 1, MAX_SUBSCRIPTIONS, "a number of subscriptions")
         })?;
+        s.set(&mut c.max_json_depth, "max_json_depth", |t| {
+            value::count(t, 1, MAX_JSON_DEPTH, "a number of nesting levels")
+        })?;
         s.set(&mut c.history_length, "history_length", |t| {
             value::count(t, 0, pattern::MAX_HISTORY, "a number of messages")
         })?;
@@ -265,6 +276,7 @@ impl Default for MqConfig {
             max_queue_name_length: MAX_QUEUE_NAME_LENGTH,
             max_list_length: 1000,
             max_subscriptions: 10_000,
+            max_json_depth: 64,
             history_length: 10,
             queue_history: Vec::new(),
             history_memory: 1 << 30,
@@ -297,6 +309,7 @@ impl fmt::Debug for MqConfig {
             max_queue_name_length,
             max_list_length,
             max_subscriptions,
+            max_json_depth,
             history_length,
             queue_history,
             history_memory,
@@ -325,6 +338,7 @@ impl fmt::Debug for MqConfig {
             .field("max_queue_name_length", max_queue_name_length)
             .field("max_list_length", max_list_length)
             .field("max_subscriptions", max_subscriptions)
+            .field("max_json_depth", max_json_depth)
             .field("history_length", history_length)
             .field("queue_history", queue_history)
             .field("history_memory", history_memory)

@@ -41,6 +41,7 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.max_queue_name_length, b.max_queue_name_length);
     assert_eq!(a.max_list_length, b.max_list_length);
     assert_eq!(a.max_subscriptions, b.max_subscriptions);
+    assert_eq!(a.max_json_depth, b.max_json_depth);
     assert_eq!(a.history_length, b.history_length);
     assert_eq!(a.queue_history, b.queue_history);
     assert_eq!(a.history_memory, b.history_memory);

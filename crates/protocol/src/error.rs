@@ -87,6 +87,16 @@ pub enum BodyError {
         /// Byte offset of its backslash in the JSON text.
         at: usize,
     },
+    /// Containers nest deeper than the configured `max_json_depth` (many
+    /// subscribers' parsers fail on deep JSON, so it is refused before it is
+    /// stored or delivered).
+    #[error("JSON nested {depth} levels deep; max_json_depth is {max}")]
+    TooDeep {
+        /// How deep the message nests (the object itself is level 1).
+        depth: usize,
+        /// The configured limit.
+        max: usize,
+    },
     /// The JSON is valid but is not an object.
     #[error("message must be a JSON object")]
     NotAnObject,

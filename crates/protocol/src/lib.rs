@@ -60,7 +60,7 @@ pub use command::{OptionValue, ReplicantRequest};
 pub use error::{BodyError, FramingError};
 pub use escape::{escape_non_ascii, write_json_string};
 pub use frame::{decode_frame, encode_frame, frame_len, Frame, MAX_LEN_DIGITS};
-pub use message::{parse_message, ClientMessage};
+pub use message::{parse_message, parse_message_limited, ClientMessage};
 pub use publish::{
     rewrite_object, seconds_to_micros, Publish, Stamps, SENDER_KEY, SENT_KEY, SERVER_KEY,
     STAMP_KEYS,

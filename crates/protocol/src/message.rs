@@ -48,9 +48,26 @@ const COMMANDS: [&str; 6] = [
 /// ([`BodyError::NotAnObject`]). Queue names inside commands are checked against
 /// `max_queue_len` (capped at 255).
 pub fn parse_message(json: &[u8], max_queue_len: usize) -> Result<ClientMessage<'_>, BodyError> {
+    parse_message_limited(json, max_queue_len, usize::MAX)
+}
+
+/// [`parse_message`], also refusing JSON whose containers nest deeper than
+/// `max_depth` levels (the object itself is level 1) with
+/// [`BodyError::TooDeep`].
+pub fn parse_message_limited(
+    json: &[u8],
+    max_queue_len: usize,
+    max_depth: usize,
+) -> Result<ClientMessage<'_>, BodyError> {
     let mut sink = MessageSink::default();
     let mut layout = ObjectLayout::default();
     let text = scan_object(json, &mut sink, &mut layout)?;
+    if layout.depth > max_depth {
+        return Err(BodyError::TooDeep {
+            depth: layout.depth,
+            max: max_depth,
+        });
+    }
     let found = sink
         .commands
         .iter()

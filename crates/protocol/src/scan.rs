@@ -90,6 +90,9 @@ pub(crate) struct ObjectLayout {
     /// fast scanner knows it for free (every non-ASCII byte goes through its UTF-8
     /// check); `false` is always safe.
     pub(crate) ascii: bool,
+    /// How deep containers nest: 1 for an object with none inside it, 2 when
+    /// a member is an array or object, and so on.
+    pub(crate) depth: usize,
 }
 
 /// Checks that `json` is UTF-8 and a valid JSON object, feeding every top-level member
@@ -162,11 +165,40 @@ pub(crate) fn scan_object_slow<'de, S: MemberSink<'de>>(
                 close,
                 cuts: visitor.cuts,
                 ascii: json.is_ascii(),
+                depth: nesting_depth(json),
             };
             Ok(text)
         }
         _ => Err(BodyError::NotAnObject),
     }
+}
+
+/// How deep the containers of valid JSON `json` nest (see
+/// [`ObjectLayout::depth`]): one pass that skips strings. The fast scanner
+/// counts this as it goes; this is for the slow path.
+pub(crate) fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// JSON's four whitespace bytes.
@@ -334,6 +366,31 @@ mod tests {
             panic!("expected InvalidJson");
         };
         assert_eq!(msg, "expected value at line 1 column 7");
+    }
+
+    #[test]
+    fn both_scanners_measure_the_same_depth() {
+        for json in [
+            "{}",
+            r#"{"a": 1}"#,
+            r#"{"a": []}"#,
+            r#"{"a": {"b": [1, [2, {"c": {}}]]}, "d": [[]]}"#,
+            r#"{"s": "[[[{{{", "t": "\\\"[", "u": [["]"]]}"#,
+            r#"{"k\"[": {"x": "\\"}, "y": [{"z": "}}}"}]}"#,
+        ] {
+            let mut fast = ObjectLayout::default();
+            let mut slow = ObjectLayout::default();
+            assert!(
+                crate::validate::scan_fast(json.as_bytes(), &mut Keys::default(), &mut fast)
+                    .is_ok(),
+                "{json}"
+            );
+            scan_object_slow(json.as_bytes(), &mut Keys::default(), &mut slow).unwrap();
+            assert_eq!(fast.depth, slow.depth, "{json}");
+            assert_eq!(fast.depth, nesting_depth(json.as_bytes()), "{json}");
+        }
+        let deep = format!("{{\"a\": {}{}}}", "[".repeat(99), "]".repeat(99));
+        assert_eq!(nesting_depth(deep.as_bytes()), 100);
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub(crate) fn scan_fast<'de, S: MemberSink<'de>>(
     layout.open = open;
     layout.close = close;
     layout.ascii = !s.non_ascii;
+    layout.depth = nesting.deepest + 1;
     // SAFETY: the text is whitespace, an object checked as above, and whitespace.
     Ok(unsafe { validated_str(json) })
 }
@@ -183,6 +184,7 @@ impl Scanner<'_> {
                     self.skip_ws();
                     if self.peek() == Some(b']') {
                         self.pos += 1;
+                        nesting.empty();
                     } else {
                         nesting.push(Container::Array);
                         continue;
@@ -193,6 +195,7 @@ impl Scanner<'_> {
                     self.skip_ws();
                     if self.peek() == Some(b'}') {
                         self.pos += 1;
+                        nesting.empty();
                     } else {
                         nesting.push(Container::Object);
                         self.nested_key()?;
@@ -649,6 +652,8 @@ enum Container {
 struct Nesting {
     /// How many containers are open.
     depth: usize,
+    /// The most that were open at once.
+    deepest: usize,
     /// Levels 0..64.
     inline: u64,
     /// Levels from 64 on, 64 per word.
@@ -671,6 +676,13 @@ impl Nesting {
         };
         *word = (*word & !(1 << shift)) | (u64::from(bit) << shift);
         self.depth += 1;
+        self.deepest = self.deepest.max(self.depth);
+    }
+
+    /// An empty container was opened and closed inside the current one: it
+    /// counts for the depth, nothing else.
+    fn empty(&mut self) {
+        self.deepest = self.deepest.max(self.depth + 1);
     }
 
     /// Closes the innermost container.

@@ -26,7 +26,7 @@ pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
         Ok(x) => x,
         Err(e) => return fail(e),
     };
-    match proto::parse_message(json, max_q) {
+    match proto::parse_message_limited(json, max_q, shard.cfg().max_json_depth) {
         Ok(ClientMessage::Publish(ref p)) => {
             if queue.len() > max_q {
                 return fail(proto::BodyError::QueueNameTooLong {

@@ -255,7 +255,8 @@ struct Envelope<'a> {
 
 fn text_message(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
     let max_q = shard.cfg().max_queue_name_length;
-    let msg = match proto::parse_message(text.as_bytes(), max_q) {
+    let msg = match proto::parse_message_limited(text.as_bytes(), max_q, shard.cfg().max_json_depth)
+    {
         Ok(m) => m,
         Err(e) => return shard.refuse(conn, &Refusal::Body(e)),
     };
