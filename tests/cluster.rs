@@ -51,7 +51,13 @@ fn publishes_on_every_node_reach_every_node_once_in_order() {
         let tag = n.name.clone();
         let (q1, q2) = (q1.clone(), q2.clone());
         handles.push(std::thread::spawn(move || {
-            let qf = move |i: u64| if i % 2 == 0 { q1.clone() } else { q2.clone() };
+            let qf = move |i: u64| {
+                if i.is_multiple_of(2) {
+                    q1.clone()
+                } else {
+                    q2.clone()
+                }
+            };
             let p = publish_pipelined(&mut c, &server, &tag, 0..N, 50, &qf);
             // The publisher is not subscribed and never gets its own messages.
             c.assert_no_msg(Duration::from_millis(10));

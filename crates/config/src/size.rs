@@ -38,7 +38,7 @@ fn describe(min: usize, max: usize) -> String {
 /// `1073741824` as `1G`, `64` as `64`: the exact value in the largest unit that divides it.
 pub(crate) fn human(n: usize) -> String {
     for (shift, unit) in [(30, "G"), (20, "M"), (10, "K")] {
-        if n != 0 && n % (1 << shift) == 0 {
+        if n != 0 && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }

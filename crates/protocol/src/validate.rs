@@ -1098,7 +1098,7 @@ mod tests {
     /// `depth` containers, arrays and objects alternating in a pattern that changes at
     /// every level, so a stack that mixed up two levels would close the wrong one.
     fn nested(depth: usize) -> (String, String) {
-        let object = |level: usize| (level * 7 / 3) % 2 == 0;
+        let object = |level: usize| (level * 7 / 3).is_multiple_of(2);
         let mut open = String::new();
         let mut close = String::new();
         for level in 0..depth {

@@ -19,7 +19,7 @@ use serde_json::{Map, Number, Value};
 /// Which members the scans cut: the stamp keys, and enough others that cut spans
 /// appear at every position.
 fn cut(key: &str) -> bool {
-    key.starts_with("coremq_") || key.len() % 3 == 0
+    key.starts_with("coremq_") || key.len().is_multiple_of(3)
 }
 
 /// The property, for one input.
@@ -245,7 +245,7 @@ fn print_string(s: &str, choices: &mut Choices, out: &mut String) {
             0 | 1 => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
-                    if choices.next() % 2 == 0 {
+                    if choices.next().is_multiple_of(2) {
                         out.push_str(&format!("\\u{unit:04x}"));
                     } else {
                         out.push_str(&format!("\\u{unit:04X}"));

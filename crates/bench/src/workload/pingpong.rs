@@ -115,7 +115,7 @@ pub fn run(
             latency::record(&mut hist, rtt_ns);
         }
         done += 1;
-        if done % 1024 == 0 {
+        if done.is_multiple_of(1024) {
             progress.set(done);
         }
     }

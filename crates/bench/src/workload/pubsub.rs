@@ -366,7 +366,7 @@ fn publish_loop(
     while sent < spec.messages {
         // The clock is read once per 32 messages: cheap, and exact enough for
         // latencies measured in tens of microseconds and up.
-        if sent % 32 == 0 {
+        if sent.is_multiple_of(32) {
             now_us = sh.now_us();
             if now_us > stop_us || sh.abort.load(Ordering::Relaxed) {
                 stopped_by_time = true;
