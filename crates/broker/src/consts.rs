@@ -14,9 +14,38 @@ pub(crate) fn is_reserved(queue: &str) -> bool {
     queue.starts_with(RESERVED_PREFIX)
 }
 
+/// Whether `queue` has the shape of a connection id (a lower-case hyphenated
+/// UUID, as every node gives them out). Such queues are private to their
+/// connection (PROTOCOL.md §2): knowing an id lets a client send to it, not
+/// read it. Checked by shape, so it holds for ids of every node of a cluster
+/// without asking anyone.
+pub(crate) fn is_conn_id(queue: &str) -> bool {
+    let b = queue.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_ids_are_recognised_by_shape() {
+        let id = uuid::Uuid::new_v4().hyphenated().to_string();
+        assert!(is_conn_id(&id));
+        assert!(is_conn_id("00000000-0000-4000-8000-000000000001"));
+        assert!(
+            !is_conn_id(&id.to_uppercase()),
+            "another queue: names are case-sensitive"
+        );
+        assert!(!is_conn_id(&id[1..]));
+        assert!(!is_conn_id(&format!("{id}x")));
+        assert!(!is_conn_id("00000000x0000-4000-8000-000000000001"));
+        assert!(!is_conn_id("news"));
+    }
 
     #[test]
     fn reserved_names_are_the_prefixed_ones() {

@@ -27,6 +27,14 @@ pub(crate) enum Refusal {
     Body(BodyError),
     /// A publish to a `$coremq.` queue.
     ReservedQueue(Box<str>),
+    /// The connection may not do `action` on `queue` (§2, §8): the whole
+    /// request is refused.
+    PermissionDenied {
+        /// `subscribe`, `history`, ...
+        action: &'static str,
+        /// The queue it was refused for.
+        queue: Box<str>,
+    },
     /// A list command naming more than `max_list_length` queues.
     TooManyQueues {
         /// The configured limit.
@@ -99,6 +107,7 @@ impl Refusal {
                 | Refusal::ReservedQueue(_)
                 | Refusal::TooManyQueues { .. }
                 | Refusal::TooManySubscriptions { .. }
+                | Refusal::PermissionDenied { .. }
                 | Refusal::NotReplicant
                 | Refusal::SlowConsumer { .. }
                 | Refusal::TooManyConnections { .. },
@@ -134,6 +143,7 @@ impl Refusal {
             | Refusal::ReservedQueue(_)
             | Refusal::TooManyQueues { .. }
             | Refusal::TooManySubscriptions { .. }
+            | Refusal::PermissionDenied { .. }
             | Refusal::TooBig
             | Refusal::Binary
             | Refusal::ReplicantOverWebSocket
@@ -153,6 +163,9 @@ impl Refusal {
             Refusal::Body(e) => e.to_string(),
             Refusal::ReservedQueue(q) => {
                 format!("queue {q} is reserved for the broker; subscribe to it instead")
+            }
+            Refusal::PermissionDenied { action, queue } => {
+                format!("Permission denied: {action} {queue}")
             }
             Refusal::TooManyQueues { max } => format!("Too many queues in one request (max {max})"),
             Refusal::TooManySubscriptions { max } => {
@@ -252,6 +265,7 @@ mod tests {
             Refusal::TooBig => 11,
             Refusal::TooManyQueues { .. } => 12,
             Refusal::TooManySubscriptions { .. } => 13,
+            Refusal::PermissionDenied { .. } => 14,
         }
     }
 
@@ -275,6 +289,15 @@ mod tests {
                 Refusal::ReservedQueue("$coremq.stats".into()),
                 r#"+99 id-1 {"response": "ERROR: queue $coremq.stats is reserved for the broker; subscribe to it instead"}"#,
                 r#"{"response": "ERROR: queue $coremq.stats is reserved for the broker; subscribe to it instead", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::PermissionDenied {
+                    action: "subscribe",
+                    queue: "00000000-0000-4000-8000-000000000001".into(),
+                },
+                r#"+93 id-1 {"response": "ERROR: Permission denied: subscribe 00000000-0000-4000-8000-000000000001"}"#,
+                r#"{"response": "ERROR: Permission denied: subscribe 00000000-0000-4000-8000-000000000001", "queue": "id-1"}"#,
                 true,
             ),
             (
@@ -349,7 +372,7 @@ mod tests {
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=13).collect::<Vec<_>>(),
+            (0..=14).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

@@ -5,6 +5,7 @@
 //! the connection stays open.
 
 use super::state::{Conn, ReplyKind, SubState};
+use crate::consts::is_conn_id;
 use crate::msg::Request;
 use crate::refusal::Refusal;
 use crate::shard::Shard;
@@ -90,8 +91,19 @@ fn list_too_long(shard: &Shard, conn: &Conn, names: &[String]) -> bool {
     true
 }
 
+/// Refuses a request naming another connection's id queue (private, §2).
+fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[String]) -> bool {
+    let Some(queue) = names.iter().find(|q| is_conn_id(q) && **q != *conn.id) else {
+        return false;
+    };
+    tracing::debug!(action, queue, "refused: another connection's id queue");
+    let queue = queue.as_str().into();
+    shard.refuse(conn, &Refusal::PermissionDenied { action, queue });
+    true
+}
+
 fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
-    if list_too_long(shard, conn, &names) {
+    if list_too_long(shard, conn, &names) || names_private(shard, conn, "subscribe", &names) {
         return;
     }
     let mut names = dedup(names);
@@ -149,7 +161,7 @@ fn options(conn: &Conn, opts: Vec<(String, OptionValue)>) {
 }
 
 fn history(shard: &Shard, conn: &Conn, names: Vec<String>) {
-    if list_too_long(shard, conn, &names) {
+    if list_too_long(shard, conn, &names) || names_private(shard, conn, "history", &names) {
         return;
     }
     let names = dedup(names);

@@ -103,13 +103,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
 /// the control shard, which runs the cluster link; this task then ends and
 /// closes its own descriptor, which leaves the socket open.
 fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
-    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+    use std::os::fd::{AsRawFd, BorrowedFd};
     let Some(name) = conn.st.borrow_mut().handover.take() else {
         return;
     };
     // SAFETY: the stream owns the descriptor and keeps it open for this call.
     let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    let fd = match fd.as_fd().try_clone_to_owned() {
+    let fd = match fd.try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
             tracing::warn!(%name, cause = %e, "cannot hand the link over");
