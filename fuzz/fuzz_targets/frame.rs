@@ -19,7 +19,7 @@
 #![no_main]
 
 use coremq_protocol::{
-    decode_frame, encode_frame, parse_message, split_body, FramingError, MAX_LEN_DIGITS,
+    decode_frame, encode_frame, frame_len, parse_message, split_body, FramingError, MAX_LEN_DIGITS,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -207,6 +207,7 @@ fn check_body(body: &[u8]) {
     };
     let mut out = Vec::new();
     encode_frame(queue, json, &mut out);
+    assert_eq!(out.len(), frame_len(queue, json), "frame_len");
     let (frame, used) = decode_frame(&out, MAX)
         .expect("an encoded frame decodes")
         .expect("and is complete");

@@ -13,9 +13,10 @@
 //! - the crate's own `scan_object` (fast, then slow) gives exactly the slow answer,
 //!   error included.
 //!
-//! Then `parse_message` never panics and fails exactly when the scan does, and a
-//! publish rewritten with the server's stamps is ASCII JSON that parses again, with
+//! Then `parse_message` never panics, fails with the scan's own error where the scan
+//! fails and otherwise only for a command's bad value, and a publish rewritten with the server's stamps is ASCII JSON that parses again, with
 //! the stamp keys once each and every other member as it was (last duplicate wins).
+//! `rewrite_object` succeeds exactly when the scan does and writes ASCII JSON.
 //!
 //! The targets are built with debug assertions (`fuzz/run` passes `-a`), so the
 //! crate's own checks (`validated_str`'s UTF-8 check, the fast/slow assertion in
@@ -24,7 +25,9 @@
 #![no_main]
 
 use coremq_protocol::scan_internals::{combined, fast, slow};
-use coremq_protocol::{parse_message, BodyError, ClientMessage, Publish, STAMP_KEYS};
+use coremq_protocol::{
+    parse_message, rewrite_object, BodyError, ClientMessage, Publish, SENT_KEY, STAMP_KEYS,
+};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
@@ -68,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
             shown()
         ),
     }
+    check_rewrite(data, slow.is_ok());
     if let Ok(ClientMessage::Publish(publish)) = &parsed {
         assert_eq!(publish.json(), data);
         check_stored(data, publish);
@@ -121,6 +125,40 @@ fn check_stored(data: &[u8], publish: &Publish<'_>) {
         shown()
     );
     assert_eq!(count_stamps(&out), [1, 1, 1], "stamps in {:?}", shown());
+}
+
+/// `rewrite_object`, the same scan with other keys: it succeeds exactly when the scan
+/// does, appends nothing otherwise, and writes an ASCII object that parses again.
+fn check_rewrite(data: &[u8], valid: bool) {
+    let mut out = b"prefix".to_vec();
+    let result = rewrite_object(
+        data,
+        &["a", SENT_KEY],
+        &[("a", b"[1, \"\\u00e9\"]")],
+        &mut out,
+    );
+    assert_eq!(
+        result.is_ok(),
+        valid,
+        "rewrite_object on {:?}",
+        String::from_utf8_lossy(data)
+    );
+    let Some(written) = out.strip_prefix(b"prefix") else {
+        panic!("rewrite_object changed what was in the buffer");
+    };
+    if !valid {
+        assert!(written.is_empty(), "rewrite_object appended after an error");
+        return;
+    }
+    assert!(written.is_ascii());
+    let keys = serde_json::from_slice::<Keys>(written);
+    if serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok() {
+        // serde_json can read the input (within its recursion limit), so the output
+        // too: the kept members and one "a".
+        let keys = keys.expect("rewritten object parses").0;
+        assert_eq!(keys.iter().filter(|k| *k == "a").count(), 1);
+        assert!(!keys.iter().any(|k| k == SENT_KEY));
+    }
 }
 
 /// How often each stamp key is a top-level key of `json` (a `Map` would hide
