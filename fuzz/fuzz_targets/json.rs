@@ -13,6 +13,9 @@
 //! - the crate's own `scan_object` (fast, then slow) gives exactly the slow answer,
 //!   error included.
 //!
+//! The slow path's error says what is wrong (`InvalidUtf8` exactly for non-UTF-8 text,
+//! `NotAnObject` only for valid JSON of another type).
+//!
 //! Then `parse_message` never panics, fails with the scan's own error where the scan
 //! fails and otherwise only for a command's bad value, and a publish rewritten with the server's stamps is ASCII JSON that parses again, with
 //! the stamp keys once each and every other member as it was (last duplicate wins).
@@ -24,11 +27,12 @@
 
 #![no_main]
 
-use coremq_protocol::scan_internals::{combined, fast, slow};
+use coremq_protocol::scan_internals::{combined, fast, slow, Scanned};
 use coremq_protocol::{
     parse_message, rewrite_object, BodyError, ClientMessage, Publish, SENT_KEY, STAMP_KEYS,
 };
 use libfuzzer_sys::fuzz_target;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Which members the scans cut: the stamp keys, and enough others that cut spans
@@ -50,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
         (None, Ok(_)) => panic!("fast refused valid {:?}", shown()),
     }
     assert_eq!(combined(data, cut), slow, "scan_object on {:?}", shown());
+    check_error_kind(data, &slow);
 
     let parsed = parse_message(data, 255);
     match (&parsed, &slow) {
@@ -125,6 +130,23 @@ fn check_stored(data: &[u8], publish: &Publish<'_>) {
         shown()
     );
     assert_eq!(count_stamps(&out), [1, 1, 1], "stamps in {:?}", shown());
+}
+
+/// The error names what is wrong: `InvalidUtf8` exactly for text that is not UTF-8,
+/// `NotAnObject` only for valid JSON of another type (at any depth: serde_json skips
+/// a value without recursing).
+fn check_error_kind(data: &[u8], slow: &Result<Scanned, BodyError>) {
+    let utf8 = std::str::from_utf8(data).is_ok();
+    assert_eq!(
+        matches!(slow, Err(BodyError::InvalidUtf8)),
+        !utf8,
+        "{:?}",
+        String::from_utf8_lossy(data)
+    );
+    if let Err(BodyError::NotAnObject) = slow {
+        let value = serde_json::from_slice::<&RawValue>(data).expect("valid JSON");
+        assert!(!value.get().starts_with('{'), "an object: {}", value.get());
+    }
 }
 
 /// `rewrite_object`, the same scan with other keys: it succeeds exactly when the scan
