@@ -24,6 +24,8 @@ pub struct Scanned {
     pub cuts: Vec<(usize, usize)>,
     /// Whether the scan reported the text as all ASCII.
     pub ascii: bool,
+    /// How deep the scan found containers to nest (the object is level 1).
+    pub depth: usize,
     /// Every top-level member the sink saw: the key as classified (unescaped) and the
     /// byte span of the value in the input (`None` if the value was not a sub-slice of
     /// the input, which would be a bug).
@@ -84,6 +86,7 @@ impl Recorder {
             close: layout.close,
             cuts: layout.cuts.iter().copied().collect(),
             ascii: layout.ascii,
+            depth: layout.depth,
             members: self.members,
         }
     }
