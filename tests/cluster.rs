@@ -550,6 +550,46 @@ fn next_link_frame(c: &mut Client, timeout: Duration) -> Result<Frame, ReadEnd> 
     }
 }
 
+/// HMAC-SHA256 of the handshake fields, as `link_auth.rs` defines the
+/// proofs (computed here independently, as a peer would).
+fn link_proof(secret: &str, label: &str, name: &str, first: &str, second: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    for part in [label, name, first, second] {
+        m.update(part.as_bytes());
+        m.update(b"\n");
+    }
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A fake peer's challenge-response with `secret`: returns the client and the
+/// final reply, after checking the acceptor's own proof.
+fn challenge_response(b: &Broker, name: &str, secret: &str) -> (Client, Frame, String) {
+    let nd = "00112233445566778899aabbccddeeff";
+    let (mut c, f) = replicant_handshake(b, json!({"name": name, "nonce": nd}));
+    assert_eq!(f.json["response"], json!("CHALLENGE"), "{f}");
+    let na = f.json["nonce"].as_str().unwrap().to_string();
+    assert_eq!(
+        f.json["proof"],
+        json!(link_proof(SECRET, "coremq accept", name, nd, &na)),
+        "the acceptor proves the secret too"
+    );
+    let proof = link_proof(secret, "coremq dial", name, &na, nd);
+    c.command(&json!({ "coremq_replicant": {"name": name, "proof": proof} }));
+    let f = c.recv_reply();
+    (c, f, proof)
+}
+
+fn expect_challenge_accepted(b: &Broker, name: &str) -> Client {
+    let (c, f, _) = challenge_response(b, name, SECRET);
+    assert_eq!(f.json, json!({"response": OK_REPLICANT}), "{f}");
+    c
+}
+
 #[test]
 fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
     // One node whose cluster has a second entry that sorts lower (so this node only
@@ -577,9 +617,26 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
     expect_refused(&b, json!(other));
     expect_refused(&b, json!({"name": standby, "secret": "S3CRET"}));
     expect_refused(&b, json!(standby));
+    // The secret in clear is never accepted (it must not cross the wire) ...
+    expect_refused(&b, json!({"name": other, "secret": SECRET}));
+    // ... nor a proof without a challenge, a wrong one, or a replayed one.
+    expect_refused(&b, json!({"name": other, "proof": "00".repeat(32)}));
+    let (_c, f, _) = challenge_response(&b, &other, "wrong");
+    assert_eq!(f.json, json!({"response": ERR_REPLICANT}), "{f}");
+    let (_c, f, captured) = challenge_response(&b, &standby, SECRET);
+    assert_eq!(f.json, json!({"response": OK_REPLICANT}), "{f}");
+    let (mut c, f) = replicant_handshake(&b, json!({"name": standby, "nonce": "ab"}));
+    assert_eq!(f.json["response"], json!("CHALLENGE"));
+    c.command(&json!({ "coremq_replicant": {"name": standby, "proof": captured} }));
+    assert_eq!(
+        c.recv_reply().json,
+        json!({"response": ERR_REPLICANT}),
+        "a replay"
+    );
+    drop((c, _c));
     // The right secret: a cluster node and an allowed replicant are accepted.
-    let mut sb = expect_accepted(&b, json!({"name": standby, "secret": SECRET}));
-    let mut link = expect_accepted(&b, json!({"name": other, "secret": SECRET}));
+    let mut sb = expect_challenge_accepted(&b, &standby);
+    let mut link = expect_challenge_accepted(&b, &other);
     let mut status = b.client();
     let st = wait_status(&mut status, "the accepted link up", |s| {
         replicants(s).contains(&other)
@@ -648,6 +705,29 @@ fn wrong_secret_on_n2(i: usize, o: &mut BrokerOpts) {
     if i == 1 {
         *o = o.clone().set("cluster_secret", "not-the-secret");
     }
+}
+
+#[test]
+fn the_cluster_secret_never_crosses_the_wire() {
+    let mut spec = Spec::new(1);
+    spec.secret = Some(SECRET.into());
+    spec.proxy = true;
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    // The n1-n2 link came up through the proxy, which kept every byte.
+    let q = uniq("cl.capture");
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    cl.nodes[0].client().publish(&q, &json!({"x": 1}));
+    assert_eq!(s2.recv_msg().json["x"], json!(1));
+    let bytes = cl.proxy.as_ref().expect("a proxy").captured();
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(b"CHALLENGE") && has(b"coremq_replicant"),
+        "the handshake went elsewhere"
+    );
+    assert!(!has(SECRET.as_bytes()), "the secret crossed the wire");
+    cl.assert_alive();
 }
 
 #[test]

@@ -28,7 +28,13 @@ struct Inner {
     accepted: AtomicU64,
     refused: AtomicU64,
     bytes: AtomicU64,
+    /// The first [`CAPTURE_MAX`] bytes that crossed, both directions, as a
+    /// packet capture would see them.
+    capture: Mutex<Vec<u8>>,
 }
+
+/// How much of the traffic the proxy keeps for [`Proxy::captured`].
+const CAPTURE_MAX: usize = 1 << 20;
 
 struct State {
     partitioned: bool,
@@ -68,6 +74,7 @@ impl Proxy {
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            capture: Mutex::new(Vec::new()),
         });
         let i2 = inner.clone();
         let acceptor = std::thread::Builder::new()
@@ -136,6 +143,11 @@ impl Proxy {
     /// Bytes forwarded (both directions).
     pub fn bytes(&self) -> u64 {
         self.inner.bytes.load(Ordering::SeqCst)
+    }
+
+    /// The first MiB of bytes that crossed the proxy (both directions).
+    pub fn captured(&self) -> Vec<u8> {
+        self.inner.capture.lock().unwrap().clone()
     }
 
     /// Connections currently forwarded.
@@ -240,6 +252,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, inner: Arc<Inner>) {
                     break;
                 }
                 inner.bytes.fetch_add(n as u64, Ordering::SeqCst);
+                let mut cap = inner.capture.lock().unwrap();
+                let room = CAPTURE_MAX.saturating_sub(cap.len()).min(n);
+                cap.extend_from_slice(&buf[..room]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,

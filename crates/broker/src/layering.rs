@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("refusal", 0),
     ("stats", 0),
     ("drain", 0),
+    ("link_auth", 0),
     ("msg", 1),
     ("node", 1),
     ("mesh", 1),

@@ -16,7 +16,8 @@
 //!    waker lists), `gather` (one answer from every shard), `names` (tables
 //!    keyed by queue name), `router` (portable hashing, queue → owner),
 //!    `refusal` (every refusal a client reads, written in one place), `stats`
-//!    (counters and the status reply), `drain` (graceful-stop bookkeeping).
+//!    (counters and the status reply), `drain` (graceful-stop bookkeeping),
+//!    `link_auth` (the cluster secret's challenge-response).
 //! 1. **What travels** — `msg` (frames, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels).
 //! 2. **State** — `queues` (owner-side histories and per-home counts),
@@ -49,6 +50,7 @@ mod gather;
 mod home;
 #[cfg(test)]
 mod layering;
+mod link_auth;
 mod mesh;
 mod msg;
 mod names;

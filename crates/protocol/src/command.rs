@@ -43,9 +43,14 @@ pub struct ReplicantRequest {
     /// The requesting server's name (`host:port`), checked against `cluster_nodes` and
     /// `allowed_replicants`.
     pub name: String,
-    /// A shared secret, for clusters that set one; the original protocol sent only the
-    /// name, so it is optional.
+    /// A secret sent in clear by an older peer: never accepted where a
+    /// `cluster_secret` is set (the secret must not cross the wire), ignored
+    /// where none is.
     pub secret: Option<String>,
+    /// The dialer's nonce, which opens the challenge-response (§8).
+    pub nonce: Option<String>,
+    /// The dialer's answer to the acceptor's challenge.
+    pub proof: Option<String>,
 }
 
 /// What `coremq_subscribe` and `coremq_unsubscribe` take.
@@ -56,7 +61,7 @@ const HISTORY_NAMES: &str = "a list of queue names";
 const OPTIONS: &str = "an object of option names and values, e.g. {\"ack\": false}";
 /// What `coremq_replicant` takes.
 const REPLICANT: &str =
-    "the requesting server's name, or an object {\"name\": \"host:port\", \"secret\": \"...\"}";
+    "the requesting server's name, or an object {\"name\": \"host:port\", \"nonce\" or \"proof\": \"...\"}";
 /// What a known boolean option takes.
 const BOOL_OPTION: &str = "must be true, false or null";
 
@@ -168,16 +173,27 @@ pub(crate) fn replicant(value: &str) -> Result<ReplicantRequest, BodyError> {
         name: String,
         #[serde(default)]
         secret: Option<String>,
+        #[serde(default)]
+        nonce: Option<String>,
+        #[serde(default)]
+        proof: Option<String>,
     }
     let request = match value.as_bytes().first() {
         Some(b'"') => serde_json::from_str(value)
             .ok()
-            .map(|name| ReplicantRequest { name, secret: None }),
+            .map(|name| ReplicantRequest {
+                name,
+                secret: None,
+                nonce: None,
+                proof: None,
+            }),
         Some(b'{') => serde_json::from_str::<Object>(value)
             .ok()
             .map(|o| ReplicantRequest {
                 name: o.name,
                 secret: o.secret,
+                nonce: o.nonce,
+                proof: o.proof,
             }),
         _ => None,
     };
@@ -289,19 +305,31 @@ mod tests {
     }
 
     #[test]
+    fn replicant_challenge_fields() {
+        let r = replicant(r#"{"name": "a:1", "nonce": "n1"}"#).unwrap();
+        assert_eq!((r.nonce.as_deref(), r.proof), (Some("n1"), None));
+        let r = replicant(r#"{"name": "a:1", "proof": "p"}"#).unwrap();
+        assert_eq!((r.nonce, r.proof.as_deref()), (None, Some("p")));
+    }
+
+    #[test]
     fn replicant_forms() {
         assert_eq!(
             replicant(r#""mq2:6747""#),
             Ok(ReplicantRequest {
                 name: "mq2:6747".to_owned(),
-                secret: None
+                secret: None,
+                nonce: None,
+                proof: None,
             })
         );
         assert_eq!(
             replicant(r#"{"name": "mq2:6747", "secret": "s3", "v": 2}"#),
             Ok(ReplicantRequest {
                 name: "mq2:6747".to_owned(),
-                secret: Some("s3".to_owned())
+                secret: Some("s3".to_owned()),
+                nonce: None,
+                proof: None,
             })
         );
         assert_eq!(

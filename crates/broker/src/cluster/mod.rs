@@ -20,6 +20,7 @@
 
 mod link;
 
+use crate::link_auth;
 use crate::msg::MsgFrame;
 use crate::node::PeerCounters;
 use crate::shard::{Links, Shard};
@@ -216,22 +217,82 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(TcpStream, Ve
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     let (id, _) = read_frame(&mut stream, &mut buf).await?;
-    let mut req = b"{\"coremq_replicant\": {\"name\": ".to_vec();
-    proto::write_json_string(me, &mut req);
-    if let Some(secret) = &shard.cfg().cluster_secret {
-        req.extend_from_slice(b", \"secret\": ");
-        proto::write_json_string(secret, &mut req);
-    }
-    req.extend_from_slice(b"}}");
-    let mut frame = Vec::new();
-    proto::encode_frame(&id, &req, &mut frame);
-    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-    let (_, reply) = read_frame(&mut stream, &mut buf).await?;
+    // With a cluster_secret, the challenge-response of link_auth.rs: the
+    // secret itself is never sent.
+    let secret = shard.cfg().cluster_secret.as_deref();
+    let dial_nonce = secret.map(|_| link_auth::nonce());
+    let reply = replicant_request(
+        &mut stream,
+        &mut buf,
+        &id,
+        me,
+        "nonce",
+        dial_nonce.as_deref(),
+    )
+    .await?;
+    let reply = match (secret, dial_nonce) {
+        (Some(secret), Some(dial_nonce)) => {
+            #[derive(serde::Deserialize)]
+            struct Challenge {
+                response: String,
+                nonce: String,
+                proof: String,
+            }
+            let challenge = serde_json::from_slice::<Challenge>(&reply)
+                .ok()
+                .filter(|c| c.response == link_auth::CHALLENGE)
+                .ok_or_else(|| {
+                    format!(
+                        "{peer} refused the link: {}",
+                        String::from_utf8_lossy(&reply)
+                    )
+                })?;
+            if !link_auth::accept_proof_ok(
+                secret,
+                me,
+                &dial_nonce,
+                &challenge.nonce,
+                &challenge.proof,
+            ) {
+                return Err(format!(
+                    "{peer} could not prove cluster_secret; not linking"
+                ));
+            }
+            let proof = link_auth::dial_proof(secret, me, &challenge.nonce, &dial_nonce);
+            replicant_request(&mut stream, &mut buf, &id, me, "proof", Some(&proof)).await?
+        }
+        _ => reply,
+    };
     let text = String::from_utf8_lossy(&reply);
     if !text.contains(proto::OK_REPLICANT) {
         return Err(format!("{peer} refused the link: {text}"));
     }
     Ok((stream, buf))
+}
+
+/// Sends `{"coremq_replicant": {"name": me, key: value}}` (just the name
+/// without a value) on queue `id` and returns the reply's JSON.
+async fn replicant_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    id: &str,
+    me: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Result<Vec<u8>, String> {
+    let mut req = b"{\"coremq_replicant\": {\"name\": ".to_vec();
+    proto::write_json_string(me, &mut req);
+    if let Some(value) = value {
+        req.extend_from_slice(b", ");
+        proto::write_json_string(key, &mut req);
+        req.extend_from_slice(b": ");
+        proto::write_json_string(value, &mut req);
+    }
+    req.extend_from_slice(b"}}");
+    let mut frame = Vec::new();
+    proto::encode_frame(id, &req, &mut frame);
+    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+    Ok(read_frame(stream, buf).await?.1)
 }
 
 /// Reads one frame: (queue, json); `buf` keeps what was read past it.

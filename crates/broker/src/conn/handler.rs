@@ -6,6 +6,7 @@
 
 use super::state::{Conn, ReplyKind, SubState};
 use crate::consts::is_conn_id;
+use crate::link_auth;
 use crate::msg::Request;
 use crate::refusal::Refusal;
 use crate::shard::Shard;
@@ -212,13 +213,55 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
         .iter()
         .chain(cfg.allowed_replicants.iter())
         .any(|n| *n == req.name || n.rsplit_once(':').map(|(h, _)| h).unwrap_or(n) == host);
-    let secret_ok = match &cfg.cluster_secret {
-        None => true,
-        Some(s) => req.secret.as_deref() == Some(s.as_str()),
+    // Whatever was pending is answered by this request or dropped.
+    let pending = conn.st.borrow_mut().challenge.take();
+    let refuse = |why: &str| {
+        // The name is a claim, never a secret; proofs and nonces are not logged.
+        tracing::warn!(name = %req.name, why, "replicant refused");
+        shard.refuse(conn, &Refusal::NotReplicant);
     };
-    if !(listed && secret_ok) {
-        tracing::warn!(name = %req.name, listed, secret_ok, "replicant refused");
-        return shard.refuse(conn, &Refusal::NotReplicant);
+    if !listed {
+        return refuse("not in cluster_nodes or allowed_replicants");
+    }
+    if let Some(secret) = &cfg.cluster_secret {
+        if let Some(proof) = &req.proof {
+            let ok = pending.is_some_and(|p| {
+                p.name == req.name
+                    && link_auth::dial_proof_ok(
+                        secret,
+                        &p.name,
+                        &p.accept_nonce,
+                        &p.dial_nonce,
+                        proof,
+                    )
+            });
+            if !ok {
+                return refuse("wrong proof of cluster_secret");
+            }
+        } else {
+            let Some(dial_nonce) = req
+                .nonce
+                .filter(|n| !n.is_empty() && n.len() <= link_auth::MAX_NONCE)
+            else {
+                return refuse("no challenge-response (cluster_secret is set)");
+            };
+            let accept_nonce = link_auth::nonce();
+            let proof = link_auth::accept_proof(secret, &req.name, &dial_nonce, &accept_nonce);
+            let mut json = Vec::new();
+            proto::response_json(link_auth::CHALLENGE, &mut json);
+            json.pop();
+            json.extend_from_slice(b", \"nonce\": ");
+            proto::write_json_string(&accept_nonce, &mut json);
+            json.extend_from_slice(b", \"proof\": ");
+            proto::write_json_string(&proof, &mut json);
+            json.push(b'}');
+            conn.st.borrow_mut().challenge = Some(Box::new(link_auth::Pending {
+                name: req.name,
+                dial_nonce,
+                accept_nonce,
+            }));
+            return conn.reply(ReplyKind::Json(json));
+        }
     }
     tracing::info!(name = %req.name, "replicant accepted; handing the connection to the control shard");
     conn.st.borrow_mut().handover = Some(req.name);

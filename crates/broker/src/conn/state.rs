@@ -107,6 +107,9 @@ pub(crate) struct ConnState {
     /// Name given in an accepted `coremq_replicant`: once the OK is out, the
     /// socket goes to the control shard as a cluster link.
     pub handover: Option<String>,
+    /// A cluster-secret challenge sent to a would-be replicant, waiting for
+    /// its proof.
+    pub challenge: Option<Box<crate::link_auth::Pending>>,
 }
 
 /// A connection's identity plus its state.
@@ -176,6 +179,7 @@ impl Conn {
                 opts: Options::default(),
                 subs: HashMap::default(),
                 handover: None,
+                challenge: None,
             }),
         }
     }
