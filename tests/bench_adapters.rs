@@ -3,6 +3,10 @@
 //! nats-server and redis-server when they are installed — `.ci/run` installs them),
 //! and must count every message: none lost, none out of order, no error frames.
 //! No timing is asserted.
+//!
+//! Unwindowed runs (`coremq-bench --unwindowed`) too, small enough that a
+//! healthy broker holds every message (losses are counted in
+//! `crates/bench/tests/unwindowed.rs`, against a stand-in broker).
 
 mod common;
 
@@ -23,6 +27,7 @@ fn check_clean(r: &Report) {
     assert_eq!(r.lost, 0, "lost messages: {ctx}");
     assert_eq!(r.out_of_order, 0, "out of order: {ctx}");
     assert_eq!(r.errors, 0, "error frames: {ctx}");
+    assert_eq!(r.disconnected, 0, "subscribers cut off: {ctx}");
     assert_eq!(r.delivered, r.expected, "delivered != expected: {ctx}");
     assert!(!r.stopped_by_time, "hit the time bound: {ctx}");
 }
@@ -98,6 +103,50 @@ fn all_workloads(t: &Target, pid: u32) {
     .unwrap_or_else(|e| panic!("{} idle: {e}", t.label()));
     assert_eq!(r.lost, 0, "{}", r.to_text());
     assert_eq!(r.idle.expect("idle figures").connections, 200);
+
+    unwindowed(t, pid);
+}
+
+/// Unwindowed runs: publishers write with no end-to-end window. Every queue's
+/// traffic here is under 3 MB, far below what any of the brokers lets a
+/// subscriber owe before cutting it off (CoreMQ's `max_pending` is 16 MiB by
+/// default), so a healthy broker must deliver everything.
+fn unwindowed(t: &Target, pid: u32) {
+    let p = Progress::hidden();
+    for mut s in [
+        spec("1to1", 1, 1, 20_000, 128),
+        spec("1to1-1KiB", 1, 1, 2_500, 1024),
+        spec("fanout", 1, 3, 1_500, 1024),
+        spec("2x2", 2, 1, 5_000, 128),
+    ] {
+        s.window_bytes = 0;
+        assert!(s.unwindowed());
+        let r = pubsub::run(t, &s, Some(pid), &p)
+            .unwrap_or_else(|e| panic!("{} {} unwindowed: {e}", t.label(), s.name));
+        let ctx = r.to_text();
+        check_clean(&r);
+        assert!(r.unwindowed, "{ctx}");
+        assert!(ctx.contains(", unwindowed)"), "{ctx}");
+        assert!(!ctx.contains("LOST"), "{ctx}");
+        assert_eq!(r.published, s.messages * s.publishers as u64, "{ctx}");
+        assert_eq!(
+            r.expected,
+            r.published * s.subscribers_per_queue as u64,
+            "{ctx}"
+        );
+        if t.publishes_are_acked() {
+            assert_eq!(r.acked, r.published, "every publish acknowledged: {ctx}");
+        } else {
+            assert_eq!(r.acked, 0, "no acks expected: {ctx}");
+        }
+        let j = r.to_json();
+        assert_eq!(j["unwindowed"], true);
+        assert_eq!(j["published"], r.published);
+        assert_eq!(j["delivered"], r.expected);
+        assert_eq!(j["lost"], 0);
+        assert_eq!(j["disconnected"], 0);
+        assert!(r.delivered_per_s > 0.0 && r.publish_per_s > 0.0, "{ctx}");
+    }
 }
 
 #[test]

@@ -343,3 +343,173 @@ fn quick_run_against_a_baseline_binary() {
     assert!(md.contains("Lost messages over all runs: 0 "), "{md}");
     fs::remove_dir_all(&out_dir).ok();
 }
+
+/// One saved repetition of an unwindowed workload.
+fn unwin_run(workload: &str, target: &str, rep: u64, lost: u64, disconnected: u64) -> Value {
+    json!({
+        "workload_name": workload,
+        "workload": "1to1",
+        "target": target,
+        "rep": rep,
+        "unwindowed": true,
+        "published": 600000,
+        "expected": 600000,
+        "delivered": 600000 - lost,
+        "delivered_per_s": 1.0e6,
+        "publish_per_s": 1.2e6,
+        "mb_per_s": 1000.0,
+        "lost": lost,
+        "disconnected": disconnected,
+        "errors": disconnected,
+        "first_error": if disconnected > 0 { json!("{\"response\": \"ERROR: slow consumer\"}") } else { Value::Null },
+        "latency_us": {"p50": 100.0, "p99": 200.0, "p999": 300.0},
+        "broker": {"cpu_s_per_million": 0.3, "hwm_kib": 1000},
+        "generator": {"cpu_s_per_million": 0.2},
+    })
+}
+
+/// A saved `--unwindowed-only` run in which `coremq` lost `lost[rep]` messages
+/// of its 1 KiB runs (a disconnect each time), and nobody anything else.
+fn unwindowed_saved(lost: [u64; 3]) -> Value {
+    let names = ["coremq", "coremq-noack", "nats", "redis"];
+    let mut runs = Vec::new();
+    for rep in 0..3 {
+        for w in ["1to1-unwin", "1to1-1KiB-unwin", "1to1-16KiB-unwin"] {
+            for n in names {
+                let l = if n == "coremq" && w == "1to1-1KiB-unwin" {
+                    lost[rep as usize]
+                } else {
+                    0
+                };
+                runs.push(unwin_run(w, n, rep, l, (l > 0) as u64));
+            }
+        }
+    }
+    json!({
+        "command": "bench/compare --unwindowed-only --reps 3",
+        "machine": {"nproc": "2"},
+        "names": names,
+        "ncpu": 2,
+        "reps": 3,
+        "runs": runs,
+        "shards": {"1": [], "2": []},
+        "workloads": ["1to1-unwin", "1to1-1KiB-unwin", "1to1-16KiB-unwin"],
+    })
+}
+
+#[test]
+fn unwindowed_losses_are_shown_per_repetition_and_called_out() {
+    let md = render(&unwindowed_saved([0, 250_000, 0]));
+    assert_eq!(
+        summary_row(&md, "unwindowed"),
+        ["unwindowed", "coremq", "coremq-noack", "nats", "redis"]
+    );
+    assert_eq!(
+        summary_row(&md, "1→1 1 KiB msg/s")[1..],
+        ["1.00 M", "1.00 M", "1.00 M", "1.00 M"]
+    );
+    assert_eq!(
+        summary_row(&md, "1→1 1 KiB lost")[1..],
+        ["**0, 250,000, 0**", "0", "0", "0"]
+    );
+    assert_eq!(
+        summary_row(&md, "1→1 1 KiB disconnects")[1..],
+        ["**1**", "0", "0", "0"]
+    );
+    assert_eq!(
+        summary_row(&md, "1→1 128 B lost")[1..],
+        ["0", "0", "0", "0"]
+    );
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Unwindowed:"))
+        .unwrap_or_else(|| panic!("no unwindowed verdict:\n{md}"));
+    for want in [
+        "**Unwindowed: CoreMQ LOST MESSAGES** — coremq lost 250,000 of 5,400,000 deliveries, 1 subscriber(s) disconnected, in 1to1-1KiB-unwin 1 of 3 repetitions",
+        "nats 0 lost, 0 disconnects in 9 runs",
+        "redis 0 lost, 0 disconnects in 9 runs",
+    ] {
+        assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
+    }
+    assert!(!verdict.contains("coremq-noack lost"), "{verdict}");
+    // Only the unwindowed tables: no windowed summary, target or sweep.
+    for absent in [
+        "| workload |",
+        "## Against the target",
+        "Payload sweep",
+        "end-to-end window of 4 MiB",
+    ] {
+        assert!(!md.contains(absent), "{absent:?} in:\n{md}");
+    }
+    assert!(md.contains("### 1to1-1KiB-unwin (unwindowed)"), "{md}");
+    assert!(
+        md.contains("- coremq, repetition 2: {\"response\": \"ERROR: slow consumer\"}"),
+        "{md}"
+    );
+
+    let md = render(&unwindowed_saved([0, 0, 0]));
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Unwindowed:"))
+        .unwrap_or_else(|| panic!("no unwindowed verdict:\n{md}"));
+    assert!(
+        verdict.starts_with(
+            "**Unwindowed: CoreMQ lost nothing** — 0 messages lost and 0 subscribers disconnected \
+             in all 18 runs of coremq, coremq-noack; nats 0 lost"
+        ),
+        "{verdict}"
+    );
+}
+
+/// A real quick `--unwindowed-only` run (CoreMQ only): the unwindowed table and
+/// its verdict, whatever the broker lost (its fix is another issue's).
+#[test]
+fn quick_unwindowed_only_run() {
+    let bin_dir = Path::new(BIN).parent().expect("binary directory");
+    assert!(
+        bin_dir.join("coremq-bench").exists(),
+        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
+        bin_dir.join("coremq-bench").display()
+    );
+    let out_dir = unique_dir("compare-unwin");
+    let out = Command::new("python3")
+        .arg(Path::new(REPO).join("bench/compare"))
+        .args(["--quick", "--no-peers", "--no-install", "--unwindowed-only"])
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run bench/compare (python3)");
+    assert!(
+        out.status.success(),
+        "bench/compare failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md_path = fs::read_dir(&out_dir)
+        .expect("results directory")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().ends_with("-quick-unwindowed.md"))
+        .unwrap_or_else(|| panic!("no <date>-quick-unwindowed.md in {}", out_dir.display()));
+    let md = fs::read_to_string(md_path).expect("results file");
+    assert_eq!(
+        summary_row(&md, "unwindowed")[1..],
+        ["coremq", "coremq-noack"]
+    );
+    for label in ["1→1 128 B", "1→1 1 KiB", "1→1 16 KiB"] {
+        let cells = summary_row(&md, &format!("{label} msg/s"));
+        for c in &cells[1..] {
+            assert!(*c != "–", "no figure in {label}: {cells:?}\n{md}");
+        }
+        summary_row(&md, &format!("{label} lost"));
+        summary_row(&md, &format!("{label} disconnects"));
+    }
+    assert!(
+        md.lines().any(|l| l.starts_with("**Unwindowed: CoreMQ ")),
+        "{md}"
+    );
+    assert!(!md.contains("| workload |"), "{md}");
+    fs::remove_dir_all(&out_dir).ok();
+}

@@ -2,7 +2,13 @@
 //!
 //! ```text
 //! coremq-bench --proto coremq --addr 127.0.0.1:6747 --workload fanout --broker-pid 1234 --json
+//! coremq-bench --proto coremq --addr 127.0.0.1:6747 --payload 1024 --messages 600000 --unwindowed
 //! ```
+//!
+//! Throughput runs keep an end-to-end window by default (`--window-kib`, 4 MiB
+//! per publisher); `--unwindowed` (= `--window-kib 0`) has the publishers write
+//! as fast as TCP takes the bytes, and the report then counts what the broker
+//! lost and which subscribers it cut off.
 
 use clap::{Parser, ValueEnum};
 use coremq_bench::placement;
@@ -80,12 +86,23 @@ struct Args {
     /// Publishing (or opening) stops after this many seconds.
     #[arg(long, default_value_t = 30.0)]
     max_seconds: f64,
-    /// Seconds to wait for stragglers after the last publish before counting the rest lost.
+    /// Seconds to wait for stragglers after the last publish before counting the rest lost
+    /// (--unwindowed: seconds without any delivery, after the last publish).
     #[arg(long, default_value_t = 5.0)]
     drain_seconds: f64,
-    /// End-to-end window per publisher, KiB of messages published but not yet received.
+    /// End-to-end window per publisher, KiB of messages published but not yet received
+    /// (0: none, as --unwindowed).
     #[arg(long, default_value_t = 4096)]
     window_kib: usize,
+    /// Throughput workloads: no end-to-end window. Publishers write as fast as their
+    /// sockets take the bytes (their replies, CoreMQ's OKs and Redis's integers, are read
+    /// by a thread of their own); subscribers read as fast as they can. The run ends when
+    /// every subscriber has every message, after --drain-seconds without a delivery once
+    /// publishing is done, or at --max-seconds + --drain-seconds. The report counts lost
+    /// messages and disconnected subscribers (EOF or a slow-consumer error); its msg/s
+    /// counts delivered messages only. Same as --window-kib 0.
+    #[arg(long, conflicts_with = "window_kib")]
+    unwindowed: bool,
     /// PID of the broker, for its CPU time (/proc/PID/stat) and peak RSS (/proc/PID/status).
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -126,7 +143,11 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         s.messages = args.messages;
         s.max_time = secs(args.max_seconds);
         s.drain = secs(args.drain_seconds);
-        s.window_bytes = args.window_kib << 10;
+        s.window_bytes = if args.unwindowed {
+            0
+        } else {
+            args.window_kib << 10
+        };
         s
     };
     match args.workload {

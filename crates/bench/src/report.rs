@@ -63,6 +63,13 @@ pub struct Report {
     pub delivered: u64,
     /// Deliveries that never came (must be 0).
     pub lost: u64,
+    /// Subscriber connections the broker cut off: closed (EOF, reset) or told
+    /// they were slow consumers (must be 0).
+    pub disconnected: u64,
+    /// Throughput runs: publishers kept no end-to-end window (`--unwindowed`).
+    pub unwindowed: bool,
+    /// Throughput runs with a window: its size per publisher, KiB.
+    pub window_kib: usize,
     /// Deliveries that came out of order or twice.
     pub out_of_order: u64,
     /// Error frames the broker sent.
@@ -131,6 +138,9 @@ impl Report {
             "expected": self.expected,
             "delivered": self.delivered,
             "lost": self.lost,
+            "disconnected": self.disconnected,
+            "unwindowed": self.unwindowed,
+            "window_kib": self.window_kib,
             "out_of_order": self.out_of_order,
             "errors": self.errors,
             "first_error": self.first_error,
@@ -185,8 +195,11 @@ impl Report {
             return s;
         }
         s.push_str(&format!(
-            " ({} B, {} pub, {} sub)\n",
-            self.payload, self.publishers, self.subscribers
+            " ({} B, {} pub, {} sub{})\n",
+            self.payload,
+            self.publishers,
+            self.subscribers,
+            if self.unwindowed { ", unwindowed" } else { "" }
         ));
         if let Some(i) = &self.idle {
             s.push_str(&format!(
@@ -204,6 +217,19 @@ impl Report {
                 self.published,
                 self.publish_per_s
             ));
+            if self.lost > 0 || self.disconnected > 0 {
+                // Loud, so that a short run is not read as a fast one.
+                let pct = if self.expected > 0 {
+                    100.0 * self.lost as f64 / self.expected as f64
+                } else {
+                    0.0
+                };
+                s.push_str(&format!(
+                    "  LOST {} of {} deliveries ({pct:.1} %); {} subscriber(s) disconnected by the \
+                     broker; msg/s above counts delivered messages only\n",
+                    self.lost, self.expected, self.disconnected
+                ));
+            }
             s.push_str(&format!(
                 "  lost {}  out-of-order {}  errors {}{}\n",
                 self.lost,
@@ -292,6 +318,43 @@ mod tests {
         assert!(j["broker"]["cpu_s_per_million"].is_number());
         assert!(j["placement"].is_null(), "no placement measured: null");
         assert!(j["generator"].is_null(), "no generator use measured: null");
+    }
+
+    #[test]
+    fn losses_are_loud_in_text_and_counted_in_json() {
+        let r = Report {
+            target: "coremq".into(),
+            workload: "1to1".into(),
+            publishers: 1,
+            subscribers: 1,
+            unwindowed: true,
+            published: 1000,
+            expected: 1000,
+            delivered: 750,
+            lost: 250,
+            disconnected: 1,
+            ..Report::default()
+        };
+        let t = r.to_text();
+        assert!(t.contains("1 sub, unwindowed)"), "{t}");
+        assert!(
+            t.contains("LOST 250 of 1000 deliveries (25.0 %); 1 subscriber(s) disconnected"),
+            "{t}"
+        );
+        let j = r.to_json();
+        assert_eq!(j["lost"], 250);
+        assert_eq!(j["disconnected"], 1);
+        assert_eq!(j["unwindowed"], true);
+        // Nothing lost: no alarm.
+        let ok = Report {
+            expected: 10,
+            delivered: 10,
+            window_kib: 4096,
+            ..Report::default()
+        };
+        assert!(!ok.to_text().contains("LOST"));
+        assert_eq!(ok.to_json()["window_kib"], 4096);
+        assert_eq!(ok.to_json()["unwindowed"], false);
     }
 
     #[test]

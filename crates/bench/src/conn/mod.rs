@@ -13,6 +13,8 @@ pub use crate::wire::Proto;
 pub use endpoint::Endpoint;
 
 use crate::error::BenchError;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Where and how to reach the broker under test.
 #[derive(Clone, Debug)]
@@ -64,6 +66,10 @@ pub struct ErrorLog {
     pub count: u64,
     /// The first one, for the report.
     pub first: Option<String>,
+    /// One of them said the connection is a slow consumer (CoreMQ's
+    /// `ERROR: slow consumer: …`, NATS's `-ERR 'Slow Consumer'`): the broker is
+    /// cutting it off.
+    pub slow_consumer: bool,
 }
 
 impl ErrorLog {
@@ -73,8 +79,16 @@ impl ErrorLog {
         if self.first.is_none() {
             self.first = Some(crate::error::preview(text));
         }
+        if !self.slow_consumer {
+            self.slow_consumer = text
+                .windows(SLOW_CONSUMER.len())
+                .any(|w| w.eq_ignore_ascii_case(SLOW_CONSUMER));
+        }
     }
 }
+
+/// What brokers' error frames say when they cut a reader off.
+const SLOW_CONSUMER: &[u8] = b"slow consumer";
 
 /// The receiving side of a subscribed connection.
 pub trait Subscriber: Send {
@@ -95,8 +109,17 @@ pub trait Publisher: Send {
     fn push(&mut self, queue: &str, payload: &[u8]);
     /// Bytes buffered.
     fn buffered(&self) -> usize;
-    /// Write the buffer.
+    /// Write the buffer (blocking until the socket took all of it).
     fn flush(&mut self) -> Result<(), BenchError>;
+    /// From now on, a [`Publisher::flush`] that the socket takes no bytes of
+    /// checks `stop` every [`stream::READ_TICK`] and gives up with
+    /// [`BenchError::Timeout`] once it is set, so that a broker that stops
+    /// reading cannot hold a run past its time bound. Without it (the default
+    /// for implementations that do not override this) a flush blocks as long
+    /// as the broker does not read.
+    fn stop_on(&mut self, _stop: Arc<AtomicBool>) -> Result<(), BenchError> {
+        Ok(())
+    }
 }
 
 /// Reads what the broker sends back on a publishing connection.
@@ -147,4 +170,23 @@ pub fn open_publisher(t: &Target) -> Result<PublisherPair, BenchError> {
 /// protocol has no connection ids.
 pub fn open_endpoint(t: &Target, name: &str) -> Result<Box<dyn Endpoint>, BenchError> {
     endpoint::open(t, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorLog;
+
+    #[test]
+    fn slow_consumer_errors_are_recognised() {
+        let mut e = ErrorLog::default();
+        e.push(br#"{"response": "ERROR: Too many subscriptions"}"#);
+        assert!(!e.slow_consumer);
+        e.push(br#"{"response": "ERROR: slow consumer: more than 100 bytes waiting to be read (max_pending); disconnecting"}"#);
+        assert!(e.slow_consumer);
+        assert_eq!(e.count, 2);
+        assert!(e.first.as_deref().unwrap().contains("Too many"));
+        let mut nats = ErrorLog::default();
+        nats.push(b"'Slow Consumer'");
+        assert!(nats.slow_consumer);
+    }
 }

@@ -4,6 +4,7 @@ use crate::error::{preview, BenchError};
 use crate::wire::{self, Frame, Proto};
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long one blocking read may wait, so that loops can check their deadlines.
@@ -45,6 +46,50 @@ pub fn set_linger_zero(s: &TcpStream) {
             std::mem::size_of::<libc::linger>() as libc::socklen_t,
         );
     }
+}
+
+/// Write all of `bytes` to `s`. With `stop`, the socket must have a write
+/// timeout (`set_write_timeout`): each time a write takes nothing within it,
+/// `stop` is checked, and once set the write gives up with
+/// [`BenchError::Timeout`]. Without `stop`, this is `write_all`.
+pub fn write_all_until(
+    s: &mut TcpStream,
+    bytes: &[u8],
+    stop: Option<&AtomicBool>,
+    what: &str,
+) -> Result<(), BenchError> {
+    let Some(stop) = stop else {
+        return s
+            .write_all(bytes)
+            .map_err(|e| BenchError::io(what.to_string(), e));
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        match s.write(&bytes[at..]) {
+            Ok(0) => {
+                return Err(BenchError::io(
+                    what.to_string(),
+                    io::Error::from(io::ErrorKind::WriteZero),
+                ))
+            }
+            Ok(n) => at += n,
+            Err(e) if is_timeout(&e) => {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(stopped_writing(what));
+                }
+            }
+            Err(e) => return Err(BenchError::io(what.to_string(), e)),
+        }
+    }
+    Ok(())
+}
+
+/// The error of a write given up on at the run's time bound.
+pub(crate) fn stopped_writing(what: &str) -> BenchError {
+    BenchError::Timeout(format!(
+        "{what}: the broker took no more bytes before the run's time bound \
+         (--max-seconds + --drain-seconds)"
+    ))
 }
 
 /// Is this a read timeout rather than a failure?

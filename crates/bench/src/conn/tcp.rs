@@ -2,11 +2,10 @@
 //! NATS, Redis).
 
 use super::handshake::Opened;
-use super::stream::{Fill, FrameStream};
+use super::stream::{write_all_until, Fill, FrameStream, READ_TICK};
 use super::{AckReader, ErrorLog, Publisher, Subscriber};
 use crate::error::BenchError;
 use crate::wire::{self, Frame, Proto};
-use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -62,6 +61,8 @@ pub struct TcpPublisher {
     /// Set by the ack reader when the server sent a PING (NATS); the PONG is written
     /// here, between batches, because only this side writes to the socket.
     pong_due: Arc<AtomicBool>,
+    /// See [`Publisher::stop_on`].
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Publisher for TcpPublisher {
@@ -77,9 +78,17 @@ impl Publisher for TcpPublisher {
         if self.pong_due.swap(false, Ordering::Relaxed) {
             self.out.extend_from_slice(b"PONG\r\n");
         }
-        let r = self.stream.write_all(&self.out);
+        let r = write_all_until(&mut self.stream, &self.out, self.stop.as_deref(), "publish");
         self.out.clear();
-        r.map_err(|e| BenchError::io("publish", e))
+        r
+    }
+
+    fn stop_on(&mut self, stop: Arc<AtomicBool>) -> Result<(), BenchError> {
+        self.stream
+            .set_write_timeout(Some(READ_TICK))
+            .map_err(|e| BenchError::io("set write timeout", e))?;
+        self.stop = Some(stop);
+        Ok(())
     }
 }
 
@@ -123,6 +132,7 @@ pub fn publisher(o: Opened) -> Result<(TcpPublisher, TcpAckReader), BenchError> 
             stream,
             out: Vec::with_capacity(128 << 10),
             pong_due: pong_due.clone(),
+            stop: None,
         },
         TcpAckReader {
             fs: o.fs,

@@ -2,11 +2,13 @@
 //! wrapped twice when one thread writes and another reads: each wrapper only ever
 //! does its own direction, so their states never conflict.
 
-use super::stream::{connect, is_timeout, READ_TICK, SETUP_TIMEOUT};
+use super::stream::{connect, is_timeout, stopped_writing, READ_TICK, SETUP_TIMEOUT};
 use super::{AckReader, ErrorLog, Publisher, Subscriber, Target};
 use crate::error::BenchError;
 use crate::wire::{self, Frame};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::Message;
@@ -35,6 +37,14 @@ fn read(ws: &mut Ws) -> Result<Got, BenchError> {
         Ok(_) => Ok(Got::Nothing),
         Err(tungstenite::Error::Io(e)) if is_timeout(&e) => Ok(Got::Nothing),
         Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+            Ok(Got::Closed)
+        }
+        // Cut off without a closing handshake (a broker dropping a slow
+        // consumer): closed, as a reset is for the TCP streams.
+        Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Ok(Got::Closed),
+        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
             Ok(Got::Closed)
         }
         Err(e) => Err(ws_err("WebSocket read", e)),
@@ -190,6 +200,8 @@ pub struct WsPublisher {
     ws: Ws,
     scratch: Vec<u8>,
     buffered: usize,
+    /// See [`Publisher::stop_on`].
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Publisher for WsPublisher {
@@ -208,7 +220,31 @@ impl Publisher for WsPublisher {
 
     fn flush(&mut self) -> Result<(), BenchError> {
         self.buffered = 0;
-        self.ws.flush().map_err(|e| ws_err("WebSocket publish", e))
+        loop {
+            // tungstenite keeps what the socket did not take (a write timeout,
+            // see stop_on) and writes it on the next flush.
+            match self.ws.flush() {
+                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {
+                    if self
+                        .stop
+                        .as_ref()
+                        .is_some_and(|s| s.load(Ordering::Relaxed))
+                    {
+                        return Err(stopped_writing("WebSocket publish"));
+                    }
+                }
+                r => return r.map_err(|e| ws_err("WebSocket publish", e)),
+            }
+        }
+    }
+
+    fn stop_on(&mut self, stop: Arc<AtomicBool>) -> Result<(), BenchError> {
+        self.ws
+            .get_ref()
+            .set_write_timeout(Some(READ_TICK))
+            .map_err(|e| BenchError::io("set write timeout", e))?;
+        self.stop = Some(stop);
+        Ok(())
     }
 }
 
@@ -245,6 +281,7 @@ pub fn publisher(t: &Target) -> Result<(WsPublisher, WsAckReader), BenchError> {
             ws,
             scratch: Vec::new(),
             buffered: 0,
+            stop: None,
         },
         WsAckReader {
             ws: reader,

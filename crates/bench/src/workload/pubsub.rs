@@ -7,6 +7,18 @@
 //! the broker acknowledges, acknowledged). Every broker gets the same window, so no
 //! broker can be flooded into dropping or disconnecting a subscriber and none is
 //! held back more than the others.
+//!
+//! Unwindowed (`window_bytes` 0, `coremq-bench --unwindowed`), publishers write
+//! as fast as their sockets take the bytes, like a plain load generator: one
+//! thread per connection, blocking writes, no look at the subscribers. Replies
+//! to publishes (CoreMQ's `OK: Message sent`, Redis's integers) are still read
+//! as they come, by each publisher's reply-reading thread, so that they never
+//! stall it. A broker that lets its subscribers fall behind then has to buffer,
+//! push back on the publisher, or cut the subscriber off: the report counts the
+//! messages lost and the subscribers disconnected (EOF, or a slow-consumer
+//! error frame), and its throughput counts delivered messages only. The run
+//! ends when every subscriber has every message, or when no delivery came for
+//! `drain` after the last publish, or at `max_time + drain`.
 
 use super::{run_id, BrokerProbe, Progress};
 use crate::conn::{self, Target};
@@ -40,9 +52,12 @@ pub struct PubSubSpec {
     pub messages: u64,
     /// Publishing stops after this long even if not all messages are sent.
     pub max_time: Duration,
-    /// How long to wait for stragglers after the last publish.
+    /// How long to wait for stragglers after the last publish; unwindowed, how
+    /// long deliveries may pause, after the last publish, before the rest count
+    /// as lost.
     pub drain: Duration,
-    /// End-to-end window per publisher, bytes (see the module doc).
+    /// End-to-end window per publisher, bytes (see the module doc); 0: none
+    /// (unwindowed).
     pub window_bytes: usize,
     /// Publishes are written in batches of about this many bytes.
     pub batch_bytes: usize,
@@ -62,6 +77,11 @@ impl PubSubSpec {
             window_bytes: 4 << 20,
             batch_bytes: 64 << 10,
         }
+    }
+
+    /// Unwindowed: no end-to-end window (see the module doc).
+    pub fn unwindowed(&self) -> bool {
+        self.window_bytes == 0
     }
 
     fn window_messages(&self) -> u64 {
@@ -84,6 +104,9 @@ struct Shared {
     deadline_us: AtomicU64,
     /// Set on a fatal error to stop all threads.
     abort: AtomicBool,
+    /// Set once the run is over (its time bound, or every reader done): a
+    /// publisher whose socket takes no bytes then gives up (`Publisher::stop_on`).
+    stop: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -147,9 +170,12 @@ pub fn run(
             )?);
         }
     }
+    let stop = Arc::new(AtomicBool::new(false));
     let mut pubs = Vec::with_capacity(spec.publishers);
     for _ in 0..spec.publishers {
-        pubs.push(conn::open_publisher(t)?);
+        let (mut publ, acks) = conn::open_publisher(t)?;
+        publ.stop_on(stop.clone())?;
+        pubs.push((publ, acks));
     }
     let acked_mode = t.publishes_are_acked();
 
@@ -164,6 +190,7 @@ pub fn run(
             .collect(),
         deadline_us: AtomicU64::new((spec.max_time + spec.drain).as_micros() as u64),
         abort: AtomicBool::new(false),
+        stop,
     });
 
     let mut sub_threads = Vec::new();
@@ -248,6 +275,11 @@ pub fn run(
     let expected_hint = spec.messages * subs_total as u64;
     progress.start(&format!("{} {}", t.label(), spec.name), expected_hint);
     let mut drain_set = false;
+    // Unwindowed: the last time the deliveries counted grew (or the publishers
+    // finished), and whether a pause of `drain` ended the run.
+    let mut last_got = 0;
+    let mut last_change = Instant::now();
+    let mut quiet_cut = false;
     loop {
         thread::sleep(Duration::from_millis(50));
         let got: u64 = shared
@@ -256,10 +288,27 @@ pub fn run(
             .map(|a| a.load(Ordering::Relaxed))
             .sum();
         progress.set(got);
+        if got != last_got {
+            last_got = got;
+            last_change = Instant::now();
+        }
         if !drain_set && pub_threads.iter().all(|h| h.is_finished()) {
-            let d = shared.now_us() + spec.drain.as_micros() as u64;
-            shared.deadline_us.fetch_min(d, Ordering::Relaxed);
+            if spec.unwindowed() {
+                last_change = Instant::now();
+            } else {
+                let d = shared.now_us() + spec.drain.as_micros() as u64;
+                shared.deadline_us.fetch_min(d, Ordering::Relaxed);
+            }
             drain_set = true;
+        }
+        if spec.unwindowed() && drain_set && !quiet_cut && last_change.elapsed() >= spec.drain {
+            shared
+                .deadline_us
+                .fetch_min(shared.now_us(), Ordering::Relaxed);
+            quiet_cut = true;
+        }
+        if shared.expired() {
+            shared.stop.store(true, Ordering::Relaxed);
         }
         if sub_threads.iter().all(|h| h.is_finished())
             && ack_threads.iter().all(|h| h.is_finished())
@@ -267,6 +316,8 @@ pub fn run(
             break;
         }
     }
+    // Nothing reads any more: a publisher still blocked on its socket gives up.
+    shared.stop.store(true, Ordering::Relaxed);
     progress.finish();
 
     let mut report = Report {
@@ -276,6 +327,8 @@ pub fn run(
         publishers: spec.publishers,
         subscribers: subs_total,
         latency_kind: "publish-to-delivery",
+        unwindowed: spec.unwindowed(),
+        window_kib: spec.window_bytes >> 10,
         ..Report::default()
     };
     let mut published = Vec::new();
@@ -296,12 +349,18 @@ pub fn run(
     let mut hist = latency::histogram();
     let mut last_delivery = shared.epoch;
     let mut closed = 0;
+    // Subscribers short of messages that no disconnect explains.
+    let mut short_open = 0;
     for (j, h) in sub_threads.into_iter().enumerate() {
         let r = join(h)?;
         let p = j / spec.subscribers_per_queue.max(1);
         report.expected += published[p];
         report.delivered += r.tracker.received;
-        report.lost += r.tracker.lost(published[p]);
+        let lost = r.tracker.lost(published[p]);
+        report.lost += lost;
+        let cut_off = r.closed || r.errors.slow_consumer;
+        report.disconnected += cut_off as u64;
+        short_open += (lost > 0 && !cut_off) as usize;
         report.out_of_order += r.tracker.out_of_order;
         report.errors += r.errors.count;
         report.first_error = report.first_error.take().or(r.errors.first);
@@ -314,6 +373,12 @@ pub fn run(
     if closed > 0 {
         report.notes.push(format!(
             "{closed} subscriber connection(s) were closed by the broker"
+        ));
+    }
+    if spec.unwindowed() && short_open > 0 && !quiet_cut {
+        report.notes.push(format!(
+            "{short_open} subscriber(s) still short of messages when the time bound \
+             (--max-seconds + --drain-seconds) ended the run: some of the lost may be late"
         ));
     }
     if acked_mode && report.acked < report.published {
@@ -347,7 +412,8 @@ fn join<T>(h: thread::JoinHandle<Result<T, BenchError>>) -> Result<T, BenchError
         .map_err(|_| BenchError::Malformed("a benchmark thread panicked".into()))?
 }
 
-/// One publisher: stamp, batch, write, respect the window, then wait for acks.
+/// One publisher: stamp, batch, write, respect the window (unless unwindowed),
+/// then wait for acks.
 fn publish_loop(
     sh: &Shared,
     spec: &PubSubSpec,
@@ -378,7 +444,9 @@ fn publish_loop(
         if publ.buffered() >= spec.batch_bytes {
             publ.flush()?;
             sh.published[i].store(sent, Ordering::Release);
-            wait_for_window(sh, i, my_subs, acked_mode, sent, window, stop_us);
+            if !spec.unwindowed() {
+                wait_for_window(sh, i, my_subs, acked_mode, sent, window, stop_us);
+            }
         }
     }
     if publ.buffered() > 0 {
