@@ -20,7 +20,9 @@ fn slow_consumer(shards: usize, total_bytes: usize) {
     let b = Broker::start(
         BrokerOpts::new(shards)
             .set("max_pending", "256K")
-            .set("max_message_size", "64K"),
+            .set("max_message_size", "64K")
+            // G4 itself: cut off at once (the default, block, is tests/flow_control.rs).
+            .set("slow_consumer_policy", "*:disconnect"),
     );
     let count = total_bytes / PAYLOAD;
     let q = uniq("firehose");

@@ -337,6 +337,8 @@ fn a_slow_ws_consumer_is_cut_off_while_others_keep_receiving() {
         BrokerOpts::new(2)
             .set("max_pending", "128K")
             .set("max_message_size", "64K")
+            // Cut off at once; block (the default) is tests/flow_control.rs.
+            .set("slow_consumer_policy", "*:disconnect")
             .ws(),
     );
     let q = uniq("ws.firehose");

@@ -14,6 +14,7 @@ use crate::refusal::Transport;
 use crate::router::Router;
 use crate::stats::Counters;
 use crate::subs::LocalSubs;
+use coremq_config::MqConfig;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -34,8 +35,8 @@ pub(crate) struct Home {
     id: usize,
     /// Which shard owns a queue (for picking connection ids).
     router: Router,
-    /// Outbound limit of every connection (`max_pending`).
-    max_pending: usize,
+    /// Limits and policies.
+    cfg: Rc<MqConfig>,
     /// Node-wide facts for welcome and status replies.
     node: Rc<NodeCtx>,
     /// The shard's counters.
@@ -53,14 +54,14 @@ impl Home {
     pub(crate) fn new(
         id: usize,
         shards: usize,
-        max_pending: usize,
+        cfg: Rc<MqConfig>,
         node: Rc<NodeCtx>,
         counters: Rc<Counters>,
     ) -> Home {
         Home {
             id,
             router: Router::new(shards),
-            max_pending,
+            cfg,
             node,
             counters,
             conns: RefCell::default(),
@@ -98,7 +99,7 @@ impl Home {
             key,
             id,
             transport,
-            self.max_pending,
+            self.cfg.max_pending,
             self.node.clone(),
             self.counters.clone(),
         ));
@@ -177,7 +178,8 @@ impl Home {
     /// Writes a delivered frame into every local subscriber's buffer.
     pub(crate) fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
         let subs = self.subs.borrow();
-        let list = subs.get_hashed(frame.hash(), frame.queue());
+        let queue = frame.queue();
+        let (policy, list) = subs.get_hashed(frame.hash(), queue);
         let mut delivered = 0;
         for &key in list {
             if Some(key) == skip {
@@ -186,7 +188,7 @@ impl Home {
             let Some(conn) = self.conn(key) else {
                 continue;
             };
-            if conn.deliver(frame.bytes()) == Queued::Ok {
+            if conn.deliver(frame.bytes(), policy, queue) == Queued::Ok {
                 delivered += 1;
             }
         }
@@ -194,10 +196,14 @@ impl Home {
         Counters::add(&self.counters.messages_out, delivered);
     }
 
-    /// `OK: Message sent` for publishes `first..first + n` of `conn`.
-    pub(crate) fn acks(&self, conn: ConnKey, first: u32, n: u32) {
+    /// Publishes of `conn` confirmed: `bytes` leave its window, and replies
+    /// `first..first + n` are `OK: Message sent`.
+    pub(crate) fn acks(&self, conn: ConnKey, first: u32, n: u32, bytes: u32) {
         if let Some(c) = self.conn(conn) {
-            c.complete_run(first, n);
+            if n > 0 {
+                c.complete_run(first, n);
+            }
+            c.confirmed(bytes);
         }
     }
 
@@ -218,7 +224,10 @@ impl Home {
             }
         };
         if activate {
-            self.subs.borrow_mut().add(queue, conn);
+            let cfg = &self.cfg;
+            self.subs
+                .borrow_mut()
+                .add(queue, conn, || cfg.policy_for(queue));
         }
         if let Some(seq) = seq {
             c.complete(seq, |_| {});

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("queues", 2),
     ("subs", 2),
     ("conn::outq", 2),
+    ("conn::flow", 2),
     ("conn::readbuf", 2),
     ("conn::state", 2),
     ("owner", 3),

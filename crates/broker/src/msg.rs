@@ -283,22 +283,48 @@ pub(crate) enum Request {
         name: String,
         rest: Vec<u8>,
     },
+    /// A subscriber on the sending shard is over `max_pending` (`on`) or has
+    /// caught up (`!on`): while any is, the owner holds the confirmations of
+    /// publishes to `queue`, which stops its publishers' reads (G5).
+    Pressure { queue: Box<str>, on: bool },
     /// Shutdown: the sending shard stopped reading clients; nothing follows.
     Drain,
 }
 
 impl Response {
-    /// Folds the acknowledgement of publish `seq` of `conn` into `last` when
-    /// `last` acknowledges the publishes right before it: a pipelining
-    /// publisher's acks then travel as one range.
-    pub(crate) fn merge_ack(last: &mut Response, conn: ConnKey, seq: u32) -> bool {
-        match last {
-            Response::Acks { conn: c, first, n } if *c == conn && first.wrapping_add(*n) == seq => {
-                *n += 1;
-                true
-            }
-            _ => false,
+    /// Folds the confirmation of a publish of `conn` (`bytes` long; `seq`, its
+    /// reply, when it wants `OK: Message sent`) into `last` when `last`
+    /// confirms that connection's publishes right before it: a pipelining
+    /// publisher's confirmations then travel as one range.
+    pub(crate) fn merge_ack(
+        last: &mut Response,
+        conn: ConnKey,
+        seq: Option<u32>,
+        bytes: u32,
+    ) -> bool {
+        let Response::Acks {
+            conn: c,
+            first,
+            n,
+            bytes: b,
+        } = last
+        else {
+            return false;
+        };
+        if *c != conn {
+            return false;
         }
+        match seq {
+            None => {}
+            Some(seq) if *n == 0 => {
+                *first = seq;
+                *n = 1;
+            }
+            Some(seq) if first.wrapping_add(*n) == seq => *n += 1,
+            Some(_) => return false,
+        }
+        *b = b.saturating_add(bytes);
+        true
     }
 }
 
@@ -311,9 +337,17 @@ pub(crate) enum Response {
         frame: MsgFrame,
         skip: Option<ConnKey>,
     },
-    /// `OK: Message sent` for the `n` publishes with sequence numbers
-    /// `first..first + n` (a pipelining publisher's acks travel as one range).
-    Acks { conn: ConnKey, first: u32, n: u32 },
+    /// Publishes of `conn` are stored and delivered: `bytes` of them leave
+    /// its in-flight window, and the `n` with replies `first..first + n` get
+    /// `OK: Message sent` (a pipelining publisher's confirmations travel as
+    /// one range; `n` is 0 for a connection with acks off). An owner holds
+    /// these back while a subscriber of the queue is stalled (G5).
+    Acks {
+        conn: ConnKey,
+        first: u32,
+        n: u32,
+        bytes: u32,
+    },
     /// The subscription is registered at the owner; deliveries follow from now.
     Subscribed {
         queue: Box<str>,
@@ -386,24 +420,52 @@ mod tests {
             conn,
             first: u32::MAX,
             n: 1,
+            bytes: 10,
         };
-        assert!(Response::merge_ack(&mut last, conn, 0), "wraps around");
-        assert!(Response::merge_ack(&mut last, conn, 1));
-        assert!(!Response::merge_ack(&mut last, conn, 5), "a gap");
         assert!(
-            !Response::merge_ack(&mut last, other, 2),
+            Response::merge_ack(&mut last, conn, Some(0), 10),
+            "wraps around"
+        );
+        assert!(Response::merge_ack(&mut last, conn, Some(1), 10));
+        assert!(!Response::merge_ack(&mut last, conn, Some(5), 10), "a gap");
+        assert!(
+            !Response::merge_ack(&mut last, other, Some(2), 10),
             "another connection"
+        );
+        assert!(
+            Response::merge_ack(&mut last, conn, None, 7),
+            "no reply: bytes only"
         );
         assert!(matches!(
             last,
             Response::Acks {
                 first: u32::MAX,
                 n: 3,
+                bytes: 37,
+                ..
+            }
+        ));
+        let mut confirms = Response::Acks {
+            conn,
+            first: 0,
+            n: 0,
+            bytes: 5,
+        };
+        assert!(
+            Response::merge_ack(&mut confirms, conn, Some(9), 5),
+            "acks on again"
+        );
+        assert!(matches!(
+            confirms,
+            Response::Acks {
+                first: 9,
+                n: 1,
+                bytes: 10,
                 ..
             }
         ));
         let mut drained = Response::Drained;
-        assert!(!Response::merge_ack(&mut drained, conn, 0));
+        assert!(!Response::merge_ack(&mut drained, conn, Some(0), 1));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use crate::consts::{is_reserved, CONTROL_SHARD};
 use crate::msg::{ConnKey, MsgFrame, Response};
-use crate::queues::{QueueTable, Stored};
+use crate::queues::{Held, QueueTable, Stored};
 use crate::stats::ShardStats;
 use coremq_config::MqConfig;
 use std::cell::RefCell;
@@ -19,8 +19,9 @@ use std::rc::Rc;
 pub(crate) trait Outbox {
     /// Sends `resp` to home shard `to`.
     fn respond(&self, to: usize, resp: Response);
-    /// Acknowledges publish `seq` of connection `conn` on home shard `to`.
-    fn ack(&self, to: usize, conn: ConnKey, seq: u32);
+    /// Confirms a publish of `bytes` by connection `conn` on home shard `to`
+    /// (with `OK: Message sent` for reply `seq` when it wants one).
+    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32);
     /// Hands `frame` to this shard's own subscribers (its home side),
     /// leaving out `skip`.
     fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>);
@@ -63,8 +64,10 @@ impl Owner {
     }
 
     /// A message published by a client of this node: stored, delivered,
-    /// offered to the cluster links, then acknowledged (`ack`) — in that
-    /// order, so that the OK means "stored" (G3).
+    /// offered to the cluster links, then confirmed (with `OK: Message sent`
+    /// for reply `ack`) — in that order, so that the OK means "stored" (G3).
+    /// While a subscriber of the queue is stalled the confirmation is held,
+    /// which stops the publisher's reads once its window is full (G5).
     pub(crate) fn publish(
         &self,
         out: &impl Outbox,
@@ -73,13 +76,28 @@ impl Owner {
         ack: Option<u32>,
     ) {
         let replica = (self.replicate && !is_reserved(frame.queue())).then(|| frame.clone());
-        let (home, conn) = (from.home, from.conn);
-        self.store_and_deliver(out, frame, Some(from));
+        let confirm = (from.conn != ConnKey::SYSTEM).then(|| Held {
+            home: from.home,
+            conn: from.conn,
+            seq: ack,
+            bytes: frame.bytes().len() as u32,
+        });
+        let confirm = self.store_and_deliver(out, frame, Some(from), confirm);
         if let Some(frame) = replica {
             out.respond(CONTROL_SHARD, Response::Replicate { frame });
         }
-        if let Some(seq) = ack {
-            out.ack(home, conn, seq);
+        if let Some(c) = confirm {
+            out.ack(c.home, c.conn, c.seq, c.bytes);
+        }
+    }
+
+    /// A subscriber of `queue` on home shard `_from` went over `max_pending`
+    /// under `block` (`on`) or caught up: once none is over, the held
+    /// confirmations go out, in order.
+    pub(crate) fn pressure(&self, out: &impl Outbox, queue: &str, on: bool) {
+        let released = self.queues.borrow_mut().pressure(queue, on);
+        for c in released {
+            out.ack(c.home, c.conn, c.seq, c.bytes);
         }
     }
 
@@ -87,7 +105,7 @@ impl Owner {
     /// delivered; never replicated further.
     pub(crate) fn replicated(&self, out: &impl Outbox, frame: MsgFrame, live: bool) {
         if live {
-            self.store_and_deliver(out, frame, None);
+            self.store_and_deliver(out, frame, None, None);
         } else {
             let cfg = &self.cfg;
             self.queues
@@ -155,16 +173,29 @@ impl Owner {
 
     /// Stores a message and delivers it to every home shard with subscribers,
     /// unless it is a duplicate. Replicated messages have no `publisher`.
-    fn store_and_deliver(&self, out: &impl Outbox, frame: MsgFrame, publisher: Option<Publisher>) {
+    /// Returns `confirm` unless the queue is stalled, in which case it is
+    /// held until the queue is not.
+    fn store_and_deliver(
+        &self,
+        out: &impl Outbox,
+        frame: MsgFrame,
+        publisher: Option<Publisher>,
+        confirm: Option<Held>,
+    ) -> Option<Held> {
         let cfg = &self.cfg;
         let mut homes: [usize; 8] = [usize::MAX; 8];
         let mut many: Vec<usize> = Vec::new();
         let mut n = 0;
-        if let Some((Stored::New, q)) = self
+        let mut stalled = false;
+        if let Some((stored, q)) = self
             .queues
             .borrow_mut()
             .publish(&frame, |name| cfg.history_length_for(name))
         {
+            stalled = q.is_stalled();
+            if stored == Stored::Duplicate {
+                return confirm;
+            }
             for h in q.homes() {
                 if n < homes.len() {
                     homes[n] = h;
@@ -174,6 +205,14 @@ impl Owner {
                 n += 1;
             }
         }
+        let confirm = match confirm {
+            Some(c) if stalled => {
+                let mut queues = self.queues.borrow_mut();
+                queues.hold(frame.hash(), frame.queue(), c);
+                None
+            }
+            confirm => confirm,
+        };
         let homes = || homes.iter().take(n.min(homes.len())).chain(many.iter());
         let skip = |h: usize| match &publisher {
             Some(p) if h == p.home && !p.echo => Some(p.conn),
@@ -206,6 +245,7 @@ impl Owner {
                 },
             );
         }
+        confirm
     }
 }
 

@@ -22,7 +22,7 @@ enum Said {
     Ack {
         to: usize,
         conn: ConnKey,
-        seq: u32,
+        seq: Option<u32>,
     },
     Subscribed {
         to: usize,
@@ -66,7 +66,8 @@ impl Outbox for Recorder {
         self.said.borrow_mut().push(said);
     }
 
-    fn ack(&self, to: usize, conn: ConnKey, seq: u32) {
+    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32) {
+        assert!(bytes > 0, "a confirmation frees the publish's bytes");
         self.said.borrow_mut().push(Said::Ack { to, conn, seq });
     }
 
@@ -150,7 +151,7 @@ fn one_delivery_per_home_then_the_ack() {
         Some(&Said::Ack {
             to: 0,
             conn: conn(5),
-            seq: 42
+            seq: Some(42)
         }),
         "the OK comes after the message is stored and delivered (G3)"
     );
@@ -169,7 +170,7 @@ fn one_delivery_per_home_then_the_ack() {
 }
 
 #[test]
-fn echo_on_skips_nobody_and_no_ack_says_nothing_more() {
+fn echo_on_skips_nobody_and_acks_off_is_still_confirmed() {
     let o = owner(MqConfig::default());
     let out = Recorder::default();
     o.subscribe(&out, 0, "q".into(), conn(1), Some(3), false);
@@ -177,11 +178,67 @@ fn echo_on_skips_nobody_and_no_ack_says_nothing_more() {
     o.publish(&out, msg("q", 1), from(0, 1, true), None);
     assert_eq!(
         out.take(),
-        [Said::Deliver {
+        [
+            Said::Deliver {
+                to: 0,
+                json: r#"{"n": 1}"#.into(),
+                skip: None
+            },
+            Said::Ack {
+                to: 0,
+                conn: conn(1),
+                seq: None
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_stalled_queue_holds_its_confirmations_and_only_its_own() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.subscribe(&out, 2, "slow".into(), conn(1), None, false);
+    o.subscribe(&out, 2, "fast".into(), conn(1), None, false);
+    out.take();
+    o.pressure(&out, "slow", true);
+    o.publish(&out, msg("slow", 1), from(0, 5, false), Some(1));
+    o.publish(&out, msg("fast", 2), from(0, 5, false), Some(2));
+    o.publish(&out, msg("slow", 3), from(0, 6, false), None);
+    let said = out.take();
+    assert_eq!(
+        said.len(),
+        4,
+        "three deliveries, one confirmation: {said:?}"
+    );
+    assert_eq!(
+        said[2],
+        Said::Ack {
             to: 0,
-            json: r#"{"n": 1}"#.into(),
-            skip: None
-        }]
+            conn: conn(5),
+            seq: Some(2)
+        },
+        "the other queue is not held up"
+    );
+    assert!(
+        matches!(said[0], Said::Deliver { to: 2, .. }),
+        "messages are still delivered"
+    );
+    o.pressure(&out, "slow", false);
+    assert_eq!(
+        out.take(),
+        [
+            Said::Ack {
+                to: 0,
+                conn: conn(5),
+                seq: Some(1)
+            },
+            Said::Ack {
+                to: 0,
+                conn: conn(6),
+                seq: None
+            }
+        ],
+        "released in order once the subscriber caught up"
     );
 }
 
@@ -243,7 +300,7 @@ fn unsubscribed_homes_get_nothing() {
         [Said::Ack {
             to: 2,
             conn: conn(1),
-            seq: 1
+            seq: Some(1)
         }]
     );
     let mut stats = ShardStats::default();
@@ -261,14 +318,18 @@ fn in_a_cluster_local_publishes_go_to_the_links_and_replicas_do_not() {
     let out = Recorder::default();
     o.publish(&out, msg("q", 1), from(0, 1, false), None);
     assert_eq!(
-        out.take(),
-        [Said::Replicate {
+        out.take()[0],
+        Said::Replicate {
             to: CONTROL_SHARD,
             queue: "q".into()
-        }]
+        }
     );
     o.publish(&out, msg("$coremq.stats", 2), from(0, 1, false), None);
-    assert!(out.take().is_empty(), "broker queues stay on their node");
+    assert_eq!(
+        out.take().len(),
+        1,
+        "broker queues stay on their node: a confirmation only"
+    );
     o.replicated(&out, msg("q", 3), true);
     assert!(out.take().is_empty(), "one hop: never sent on");
 }

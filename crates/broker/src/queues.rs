@@ -6,7 +6,7 @@
 //! publish costs the owner one delivery per home shard with subscribers, however
 //! many subscribers there are.
 
-use crate::msg::MsgFrame;
+use crate::msg::{ConnKey, MsgFrame};
 use crate::names::NameMap;
 use crate::router::queue_hash;
 use std::collections::VecDeque;
@@ -26,11 +26,37 @@ pub(crate) struct QueueState {
     /// When a message was last stored here, in the table's publish count:
     /// the least recently published-to queues lose their history first.
     last_stored: u64,
+    /// Subscribers of this queue now over `max_pending` under `block`, as
+    /// their home shards reported them (G5).
+    stalled: u32,
+    /// Confirmations held back while `stalled` is non-zero, in order.
+    held: Vec<Held>,
+}
+
+/// A publish's confirmation an owner holds back (see [`QueueState::held`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The publisher's home shard.
+    pub home: usize,
+    /// The publisher.
+    pub conn: ConnKey,
+    /// Its reply, when it wants `OK: Message sent`.
+    pub seq: Option<u32>,
+    /// The publish's size in its in-flight window.
+    pub bytes: u32,
 }
 
 impl QueueState {
     fn is_idle(&self) -> bool {
-        self.homes.is_empty() && (self.own_id || self.history.is_empty())
+        self.homes.is_empty()
+            && (self.own_id || self.history.is_empty())
+            && self.stalled == 0
+            && self.held.is_empty()
+    }
+
+    /// Whether a subscriber's backlog holds up this queue's publishers.
+    pub(crate) fn is_stalled(&self) -> bool {
+        self.stalled > 0
     }
 
     /// Home shards with at least one subscriber.
@@ -222,6 +248,37 @@ impl QueueTable {
             .collect()
     }
 
+    /// Holds back a confirmation of a publish to `queue` (which is stalled).
+    pub(crate) fn hold(&mut self, hash: u64, queue: &str, held: Held) {
+        if let Some(q) = self.queues.get_mut(hash, queue) {
+            q.held.push(held);
+        }
+    }
+
+    /// A subscriber of `queue` went over (`on`) or came back under
+    /// `max_pending`; returns the confirmations to send once none is over.
+    pub(crate) fn pressure(&mut self, queue: &str, on: bool) -> Vec<Held> {
+        let hash = queue_hash(queue);
+        let Some(q) = self.queues.get_mut(hash, queue) else {
+            return Vec::new();
+        };
+        if on {
+            q.stalled += 1;
+            return Vec::new();
+        }
+        q.stalled = q.stalled.saturating_sub(1);
+        if q.stalled > 0 {
+            return Vec::new();
+        }
+        let released = std::mem::take(&mut q.held);
+        if q.is_idle() {
+            self.history_bytes -= q.cost(queue.len());
+            self.history_messages -= q.history.len() as u64;
+            self.queues.remove(hash, queue);
+        }
+        released
+    }
+
     /// Number of queues held.
     pub(crate) fn len(&self) -> usize {
         self.queues.len()
@@ -269,6 +326,8 @@ impl QueueState {
             own_id,
             frame_bytes: 0,
             last_stored: 0,
+            stalled: 0,
+            held: Vec::new(),
         }
     }
 
@@ -434,6 +493,39 @@ mod tests {
         assert_eq!(t.len() as u64, t.history_messages() + 1);
         assert_eq!(t.history_messages() + t.evictions(), 50);
         assert!(t.history("x59").len() == 1, "the newest is kept");
+    }
+
+    #[test]
+    fn confirmations_wait_while_a_subscriber_is_over() {
+        let mut t = QueueTable::default();
+        t.subscribe("q", 0, false, |_| 10);
+        let conn = ConnKey {
+            slot: 1,
+            generation: 1,
+        };
+        let held = |seq| Held {
+            home: 1,
+            conn,
+            seq: Some(seq),
+            bytes: 10,
+        };
+        assert!(t.pressure("nothing", true).is_empty());
+        assert!(t.pressure("q", true).is_empty());
+        assert!(t.pressure("q", true).is_empty(), "two subscribers over");
+        let f = frame("q", 1);
+        assert!(t.publish(&f, |_| 10).unwrap().1.is_stalled());
+        t.hold(f.hash(), "q", held(7));
+        t.hold(f.hash(), "q", held(8));
+        assert!(t.pressure("q", false).is_empty(), "one is still over");
+        assert_eq!(t.pressure("q", false), [held(7), held(8)], "in order");
+        assert!(!t.publish(&frame("q", 2), |_| 10).unwrap().1.is_stalled());
+        // A queue that only existed for its pressure goes once it ends.
+        t.subscribe("p", 0, false, |_| 0);
+        assert!(t.pressure("p", true).is_empty());
+        t.unsubscribe("p", 0);
+        assert_eq!(t.len(), 2, "kept while stalled");
+        t.pressure("p", false);
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -21,8 +21,15 @@ pub(crate) struct Counters {
     pub bytes_in: Cell<u64>,
     /// Bytes written to this shard's sockets.
     pub bytes_out: Cell<u64>,
-    /// Connections cut off for exceeding `max_pending`.
+    /// Connections cut off as slow consumers.
     pub slow_consumers: Cell<u64>,
+    /// Times a subscriber went over `max_pending` under `block` and held up
+    /// its queues' publishers.
+    pub stalls: Cell<u64>,
+    /// Microseconds those stalls lasted, in all.
+    pub stall_us: Cell<u64>,
+    /// Messages skipped for subscribers over `max_pending` under `drop`.
+    pub drops: Cell<u64>,
     /// Connections refused because `max_connections` was reached.
     pub refused_connections: Cell<u64>,
     /// Requests that reached a shard that does not own their queue: a bug.
@@ -49,6 +56,9 @@ impl Counters {
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             slow_consumers: self.slow_consumers.get(),
+            stalls: self.stalls.get(),
+            stall_us: self.stall_us.get(),
+            drops: self.drops.get(),
             refused_connections: self.refused_connections.get(),
             wrong_shard: self.wrong_shard.get(),
             client_errors: self.client_errors.get(),
@@ -73,6 +83,9 @@ pub(crate) struct ShardStats {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub slow_consumers: u64,
+    pub stalls: u64,
+    pub stall_us: u64,
+    pub drops: u64,
     pub refused_connections: u64,
     pub wrong_shard: u64,
     pub client_errors: u64,
@@ -89,6 +102,7 @@ impl ShardStats {
              \"history_messages\": {}, \"history_bytes\": {}, \"history_evictions\": {}, \
              \"messages_in\": {}, \"messages_out\": {}, \
              \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}, \
+             \"stalls\": {}, \"stall_seconds\": {:.3}, \"drops\": {}, \
              \"refused_connections\": {}, \"wrong_shard\": {}, \"client_errors\": {}, \
              \"channel_backlog\": {}}}",
             self.shard,
@@ -104,6 +118,9 @@ impl ShardStats {
             self.bytes_in,
             self.bytes_out,
             self.slow_consumers,
+            self.stalls,
+            self.stall_us as f64 / 1e6,
+            self.drops,
             self.refused_connections,
             self.wrong_shard,
             self.client_errors,

@@ -41,7 +41,7 @@ use std::path::Path;
 pub use error::{ConfigError, Origin};
 pub use log::{LogLevel, LogTarget};
 pub use mq::MqConfig;
-pub use pattern::QueueHistoryRule;
+pub use pattern::{PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 pub use ws::WsConfig;
 
 use document::{Document, EnvLookup, SectionSpec};

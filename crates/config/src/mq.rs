@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::document::{Section, SectionSpec};
 use crate::error::ConfigError;
 use crate::log::{LogLevel, LogTarget};
-use crate::pattern::{self, QueueHistoryRule};
+use crate::pattern::{self, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 use crate::{size, value};
 
 /// Keys of `[CoreMQ]`, in coremq.conf order (also the order error messages list them in).
@@ -33,6 +33,8 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "io_poll_interval",
         "max_message_size",
         "max_pending",
+        "slow_consumer_policy",
+        "max_stall",
         "max_connections",
         "max_queue_name_length",
         "max_list_length",
@@ -133,6 +135,12 @@ pub struct MqConfig {
     /// Outbound bytes a connection may have queued before it is cut off as a
     /// slow consumer; at least `max_message_size + 1024`.
     pub max_pending: usize,
+    /// What happens to a subscriber over `max_pending`, per queue pattern;
+    /// the first rule that matches wins, and a queue no rule matches blocks.
+    pub slow_consumer_policy: Vec<PolicyRule>,
+    /// Longest a subscriber over `max_pending` may hold up the publishers of
+    /// a `block` queue before it is disconnected.
+    pub max_stall: Duration,
     /// Connections accepted at once across all shards; protects file
     /// descriptors and memory.
     pub max_connections: usize,
@@ -162,6 +170,15 @@ pub struct MqConfig {
 }
 
 impl MqConfig {
+    /// The slow-consumer policy of `queue`: the first matching rule's, else
+    /// `block`.
+    pub fn policy_for(&self, queue: &str) -> SlowConsumerPolicy {
+        self.slow_consumer_policy
+            .iter()
+            .find(|rule| rule.matches(queue))
+            .map_or(SlowConsumerPolicy::Block, |rule| rule.policy)
+    }
+
     /// History length for `queue`: the first matching `queue_history` rule,
     /// else `history_length`.
     pub fn history_length_for(&self, queue: &str) -> usize {
@@ -213,6 +230,12 @@ impl MqConfig {
         s.set(&mut c.max_pending, "max_pending", |t| {
             size::parse(t, 1, MAX_PENDING)
         })?;
+        s.set(
+            &mut c.slow_consumer_policy,
+            "slow_consumer_policy",
+            pattern::parse_policy_rules,
+        )?;
+        s.set(&mut c.max_stall, "max_stall", value::seconds)?;
         s.set(&mut c.cluster_link_buffer, "cluster_link_buffer", |t| {
             size::parse(t, 64 << 10, MAX_PENDING)
         })?;
@@ -272,6 +295,11 @@ impl Default for MqConfig {
             io_poll_interval: Duration::from_millis(10),
             max_message_size: 1 << 20,
             max_pending: 16 << 20,
+            slow_consumer_policy: vec![PolicyRule {
+                pattern: "*".into(),
+                policy: SlowConsumerPolicy::Block,
+            }],
+            max_stall: Duration::from_secs(5),
             max_connections: 100_000,
             max_queue_name_length: MAX_QUEUE_NAME_LENGTH,
             max_list_length: 1000,
@@ -305,6 +333,8 @@ impl fmt::Debug for MqConfig {
             io_poll_interval,
             max_message_size,
             max_pending,
+            slow_consumer_policy,
+            max_stall,
             max_connections,
             max_queue_name_length,
             max_list_length,
@@ -334,6 +364,8 @@ impl fmt::Debug for MqConfig {
             .field("io_poll_interval", io_poll_interval)
             .field("max_message_size", max_message_size)
             .field("max_pending", max_pending)
+            .field("slow_consumer_policy", slow_consumer_policy)
+            .field("max_stall", max_stall)
             .field("max_connections", max_connections)
             .field("max_queue_name_length", max_queue_name_length)
             .field("max_list_length", max_list_length)

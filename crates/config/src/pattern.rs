@@ -15,6 +15,66 @@ pub struct QueueHistoryRule {
     pub length: usize,
 }
 
+/// What happens to a subscriber that has more than `max_pending` bytes
+/// waiting (PROTOCOL.md G5, §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Stop reading the queue's publishers until it catches up, for at most
+    /// `max_stall`; then disconnect it.
+    Block,
+    /// Disconnect it at once; publishers never wait.
+    Disconnect,
+    /// Skip messages while it is over, then tell it how many it missed.
+    Drop,
+}
+
+/// One `PATTERN:POLICY` entry of `slow_consumer_policy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// Glob over the queue name, as in `queue_history`.
+    pub pattern: String,
+    /// The policy of matching queues.
+    pub policy: SlowConsumerPolicy,
+}
+
+impl PolicyRule {
+    /// Whether `queue` matches this rule's pattern.
+    pub fn matches(&self, queue: &str) -> bool {
+        glob(self.pattern.as_bytes(), queue.as_bytes())
+    }
+}
+
+/// Parses `slow_consumer_policy`: comma-separated `PATTERN:POLICY`.
+pub(crate) fn parse_policy_rules(text: &str) -> Result<Vec<PolicyRule>, String> {
+    value::list(text)
+        .map(|entry| {
+            let bad = |why: &str| {
+                format!(
+                    "entry \"{entry}\" {why} (expected comma-separated PATTERN:POLICY with \
+                     POLICY block, disconnect or drop, e.g. *:block, metrics.*:drop)"
+                )
+            };
+            let (pattern, policy) = entry
+                .rsplit_once(':')
+                .ok_or_else(|| bad("has no ':POLICY'"))?;
+            let pattern = pattern.trim();
+            if pattern.is_empty() || pattern.bytes().any(|b| b.is_ascii_whitespace()) {
+                return Err(bad("has an empty pattern or one with spaces"));
+            }
+            let policy = match policy.trim() {
+                "block" => SlowConsumerPolicy::Block,
+                "disconnect" => SlowConsumerPolicy::Disconnect,
+                "drop" => SlowConsumerPolicy::Drop,
+                _ => return Err(bad("has an unknown policy")),
+            };
+            Ok(PolicyRule {
+                pattern: pattern.to_owned(),
+                policy,
+            })
+        })
+        .collect()
+}
+
 /// Same ceiling as `history_length`: a ring buffer per queue must stay bounded.
 pub(crate) const MAX_HISTORY: usize = 1_000_000;
 
@@ -102,6 +162,19 @@ pub(crate) fn parse_rules(text: &str) -> Result<Vec<QueueHistoryRule>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_rules_parse_and_refuse() {
+        let r = parse_policy_rules("metrics.*:drop, audit: disconnect ,*:block").unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].policy, SlowConsumerPolicy::Drop);
+        assert_eq!(r[1].pattern, "audit");
+        assert_eq!(r[1].policy, SlowConsumerPolicy::Disconnect);
+        assert!(r[0].matches("metrics.cpu") && !r[0].matches("metric"));
+        for bad in ["x", "*:fast", ":block", "a b:drop"] {
+            assert!(parse_policy_rules(bad).is_err(), "{bad}");
+        }
+    }
 
     fn m(pattern: &str, queue: &str) -> bool {
         QueueHistoryRule {

@@ -37,6 +37,8 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.io_poll_interval, b.io_poll_interval);
     assert_eq!(a.max_message_size, b.max_message_size);
     assert_eq!(a.max_pending, b.max_pending);
+    assert_eq!(a.slow_consumer_policy, b.slow_consumer_policy);
+    assert_eq!(a.max_stall, b.max_stall);
     assert_eq!(a.max_connections, b.max_connections);
     assert_eq!(a.max_queue_name_length, b.max_queue_name_length);
     assert_eq!(a.max_list_length, b.max_list_length);

@@ -1,11 +1,13 @@
 //! Client connections on their home shard.
 //!
+//! - `flow`: in-flight publishes, stalls and drops (flow control);
 //! - `outq`: the bytes waiting to be written, in pooled chunks and shared frames;
 //! - `readbuf`: the read buffer, sized to how busy the connection is;
 //! - `state`: the connection's buffer, ordered replies, options, subscriptions;
 //! - `handler`: what each command does;
 //! - `task`: the socket loop that reads frames and writes the buffer.
 
+pub(crate) mod flow;
 pub(crate) mod handler;
 pub(crate) mod outq;
 pub(crate) mod readbuf;

@@ -7,10 +7,12 @@
 //! one has been. Deliveries of subscribed messages are not replies and go
 //! straight to the buffer.
 
+use super::flow::Flow;
 use super::outq::OutQueue;
 use crate::msg::{ConnKey, FrameBytes, MsgFrame};
 use crate::refusal::{Refusal, Transport, Wire};
 use crate::stats::ShardStats;
+use coremq_config::SlowConsumerPolicy;
 use coremq_protocol as proto;
 use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
@@ -63,6 +65,14 @@ pub(crate) enum ReplyKind {
     /// requests before the end gets all their answers first.
     Final(Close, Vec<u8>),
 }
+
+/// A connection is cut off past this many times `max_pending` queued, even
+/// under `block`.
+const HARD_CAP_FACTOR: usize = 4;
+/// A publisher's window of unconfirmed bytes is `max_pending` / this: small
+/// enough that a few publishers of a stalled queue stay within the hard cap,
+/// large enough for many read batches in flight.
+const WINDOW_DIVISOR: usize = 8;
 
 /// A reply and how many answers it still waits for.
 ///
@@ -125,8 +135,14 @@ pub(crate) struct Conn {
     /// `coremq_sender`/`coremq_server` as stamped on this connection's
     /// publishes, encoded once.
     pub stamps: proto::Stamps,
-    /// Outbound limit (`max_pending`).
+    /// Outbound bytes over which the connection counts as slow (`max_pending`).
     max_pending: usize,
+    /// Outbound bytes over which it is cut off whatever its queues' policy:
+    /// a stalled subscriber's backlog grows past `max_pending` by what its
+    /// publishers still had in flight, and no further.
+    hard_cap: usize,
+    /// Publishes in flight, stalls, drops (flow control).
+    pub flow: Flow,
     /// Node-wide facts for welcome and status replies.
     node: std::rc::Rc<crate::node::NodeCtx>,
     /// The home shard's counters (slow consumers are counted when cut off).
@@ -140,6 +156,8 @@ pub(crate) struct Conn {
 pub(crate) enum Queued {
     /// Queued.
     Ok,
+    /// Skipped under `drop`: the connection is over `max_pending`.
+    Dropped,
     /// Dropped: the connection is closing.
     Closing,
     /// This push made the connection a slow consumer.
@@ -167,6 +185,8 @@ impl Conn {
             transport,
             ok_sent: ok_sent.into_boxed_slice(),
             max_pending,
+            hard_cap: max_pending.saturating_mul(HARD_CAP_FACTOR),
+            flow: Flow::new((max_pending / WINDOW_DIVISOR).max(1)),
             node,
             counters,
             st: std::cell::RefCell::new(ConnState {
@@ -293,7 +313,9 @@ impl Conn {
                         .push_with(|out| proto::encode_frame(&self.id, &json, out));
                 }
             }
-            if st.out.len() > self.max_pending {
+            // Reads stop at max_pending (may_read), so only a client that
+            // pipelined requests and reads none of the replies gets here.
+            if st.out.len() > self.hard_cap {
                 became_slow = true;
                 break;
             }
@@ -319,24 +341,84 @@ impl Conn {
         json
     }
 
-    /// Queues a delivered frame unless the connection is closing.
-    pub(crate) fn deliver(&self, frame: &FrameBytes) -> Queued {
+    /// Queues a delivered frame of `queue` unless the connection is closing,
+    /// as `policy` says when it is over `max_pending` (G5, §9).
+    pub(crate) fn deliver(
+        &self,
+        frame: &FrameBytes,
+        policy: SlowConsumerPolicy,
+        queue: &str,
+    ) -> Queued {
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
             return Queued::Closing;
         }
-        if st.out.len() + frame.len() > self.max_pending {
-            drop(st);
-            self.make_slow();
-            return Queued::BecameSlow;
+        let size = st.out.len() + frame.len();
+        let mut stalled = false;
+        if size > self.max_pending {
+            match policy {
+                SlowConsumerPolicy::Block if size <= self.hard_cap => {
+                    stalled = self.flow.stall();
+                    if stalled {
+                        crate::stats::Counters::add(&self.counters.stalls, 1);
+                    }
+                }
+                SlowConsumerPolicy::Drop => {
+                    drop(st);
+                    self.flow.dropped(queue);
+                    crate::stats::Counters::add(&self.counters.drops, 1);
+                    return Queued::Dropped;
+                }
+                SlowConsumerPolicy::Block | SlowConsumerPolicy::Disconnect => {
+                    drop(st);
+                    self.make_slow();
+                    return Queued::BecameSlow;
+                }
+            }
         }
         let was_empty = st.out.is_empty();
+        if let Some(n) = self.flow.take_drops(queue) {
+            // What it missed, right before the next message of that queue.
+            let mut json = Vec::new();
+            proto::response_json(&format!("WARN: Dropped {n} messages"), &mut json);
+            json.pop();
+            json.extend_from_slice(b", \"queue\": ");
+            proto::write_json_string(queue, &mut json);
+            json.push(b'}');
+            // WebSocket sends objects on an empty queue as they are (its
+            // "queue" is the dropping one's, not the connection's id).
+            let on = match self.transport {
+                Transport::Tcp => &*self.id,
+                Transport::WebSocket => "",
+            };
+            st.out.push_with(|out| proto::encode_frame(on, &json, out));
+        }
         st.out.push_shared(frame);
         drop(st);
-        if was_empty {
+        if was_empty || stalled {
+            // A stall is news for the task too: it tells the owners.
             self.wake();
         }
         Queued::Ok
+    }
+
+    /// Whether the connection's input may be read: its publishes in flight
+    /// are under their window and its own backlog is under `max_pending`
+    /// (a client that does not read its replies is not read either).
+    pub(crate) fn may_read(&self) -> bool {
+        self.flow.window_open() && self.st.borrow().out.len() <= self.max_pending
+    }
+
+    /// Owners confirmed `bytes` of this connection's publishes.
+    pub(crate) fn confirmed(&self, bytes: u32) {
+        if self.flow.confirmed(bytes as usize) {
+            self.wake();
+        }
+    }
+
+    /// Cuts off a subscriber that stayed stalled for `max_stall`.
+    pub(crate) fn stall_expired(&self) {
+        self.make_slow();
     }
 
     /// Marks the connection a slow consumer: drops what it has not been sent
@@ -345,6 +427,7 @@ impl Conn {
         if self.st.borrow().closing.is_some() {
             return;
         }
+        self.end_stall();
         crate::stats::Counters::add(&self.counters.slow_consumers, 1);
         tracing::warn!(conn_id = %self.id, max_pending = self.max_pending, "slow consumer disconnected");
         let json = Refusal::SlowConsumer {
@@ -363,6 +446,7 @@ impl Conn {
     /// Queues a last frame on the connection's own queue and closes after it,
     /// dropping replies still waiting (a slow consumer gets nothing more).
     pub(crate) fn close_with(&self, why: Close, json: &[u8]) {
+        self.end_stall();
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
             return;
@@ -403,9 +487,23 @@ impl Conn {
         f(&self.st.borrow().out)
     }
 
-    /// `n` bytes were written to the socket.
+    /// `n` bytes were written to the socket. A stalled subscriber that is
+    /// down to half of `max_pending` has caught up.
     pub(crate) fn written(&self, n: usize) {
-        self.st.borrow_mut().out.advance(n);
+        let mut st = self.st.borrow_mut();
+        st.out.advance(n);
+        let caught_up = st.out.len() <= self.max_pending / 2;
+        drop(st);
+        if caught_up && self.flow.stalled_since().is_some() {
+            self.end_stall();
+        }
+    }
+
+    /// Ends a stall episode (counted in status).
+    fn end_stall(&self) {
+        if let Some(d) = self.flow.unstall() {
+            crate::stats::Counters::add(&self.counters.stall_us, d.as_micros() as u64);
+        }
     }
 }
 

@@ -6,7 +6,10 @@ use crate::msg::{ConnKey, MsgFrame, MsgKey};
 use crate::node::{NodeCtx, NodeShared};
 use crate::refusal::{Refusal, Transport};
 use crate::stats::Counters;
+use coremq_config::SlowConsumerPolicy;
 use coremq_protocol as proto;
+
+const DISCONNECT: SlowConsumerPolicy = SlowConsumerPolicy::Disconnect;
 use std::rc::Rc;
 
 const ID: &str = "00000000-0000-4000-8000-000000000001";
@@ -149,27 +152,27 @@ fn deliveries_do_not_wait_for_replies() {
     let (c, _) = conn(1 << 20, Transport::Tcp);
     let _pending = c.reserve(ReplyKind::Sent, 1);
     let f = frame("news", r#"{"a": 1}"#);
-    assert_eq!(c.deliver(f.bytes()), Queued::Ok);
+    assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::Ok);
     assert_eq!(take(&c), [("news".to_string(), r#"{"a": 1}"#.to_string())]);
 }
 
 #[test]
-fn a_consumer_over_max_pending_is_cut_off_with_the_error_last() {
+fn under_disconnect_a_consumer_over_max_pending_is_cut_off_with_the_error_last() {
     let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "x".repeat(100)));
     let n = f.bytes().len();
     let (c, counters) = conn(3 * n, Transport::Tcp);
     for _ in 0..3 {
-        assert_eq!(c.deliver(f.bytes()), Queued::Ok);
+        assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::Ok);
     }
     assert_eq!(
         counters.slow_consumers.get(),
         0,
         "at the limit is not over it"
     );
-    assert_eq!(c.deliver(f.bytes()), Queued::BecameSlow);
+    assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::BecameSlow);
     assert_eq!(counters.slow_consumers.get(), 1);
     assert_eq!(
-        c.deliver(f.bytes()),
+        c.deliver(f.bytes(), DISCONNECT, "news"),
         Queued::Closing,
         "nothing after the cut"
     );
@@ -195,10 +198,10 @@ fn a_slow_consumer_keeps_the_frame_being_written_whole() {
     let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "y".repeat(200)));
     let n = f.bytes().len();
     let (c, _) = conn(2 * n, Transport::Tcp);
-    c.deliver(f.bytes());
-    c.deliver(f.bytes());
+    c.deliver(f.bytes(), DISCONNECT, "news");
+    c.deliver(f.bytes(), DISCONNECT, "news");
     c.written(10); // the socket took part of the first frame
-    assert_eq!(c.deliver(f.bytes()), Queued::BecameSlow);
+    assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::BecameSlow);
     let rest = c.with_unwritten(|q| q.front().to_vec());
     // The rest of the first frame, then the error; the second frame is gone.
     assert_eq!(&rest[..n - 10], &f.bytes()[10..]);
@@ -240,5 +243,76 @@ fn a_framing_error_closes_after_every_earlier_reply() {
     assert!(out[1].starts_with(r#"{"response": "ERROR: frame must start with '+'"#));
     assert_eq!(c.st.borrow().closing, Some(Close::Framing));
     // Nothing is queued after the final frame.
-    assert_eq!(c.deliver(frame("q", "{}").bytes()), Queued::Closing);
+    assert_eq!(
+        c.deliver(frame("q", "{}").bytes(), DISCONNECT, "q"),
+        Queued::Closing
+    );
+}
+
+#[test]
+fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
+    let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "z".repeat(100)));
+    let n = f.bytes().len();
+    let (c, counters) = conn(4 * n, Transport::Tcp);
+    let block = SlowConsumerPolicy::Block;
+    for _ in 0..4 {
+        assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok);
+    }
+    assert!(c.flow.stalled_since().is_none());
+    // Over max_pending: kept (nothing lost), and stalled.
+    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok);
+    assert!(c.flow.stalled_since().is_some());
+    assert_eq!(counters.stalls.get(), 1);
+    assert!(!c.may_read(), "its own backlog is over max_pending");
+    assert_eq!(c.flow.flip(), Some(true), "the owners are to be told");
+    // Reading it down to half of max_pending ends the stall.
+    c.written(3 * n);
+    assert!(c.flow.stalled_since().is_none());
+    assert_eq!(c.flow.flip(), Some(false));
+    assert_eq!(take(&c).len(), 2);
+    assert_eq!(counters.slow_consumers.get(), 0, "nobody was cut off");
+    // Past the hard cap (4 x max_pending) it is cut off even under block.
+    for _ in 0..16 {
+        assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok);
+    }
+    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::BecameSlow);
+    assert_eq!(counters.slow_consumers.get(), 1);
+    assert!(c.flow.stalled_since().is_none(), "the stall ends with it");
+}
+
+#[test]
+fn under_drop_missed_messages_are_counted_and_told_before_the_next() {
+    let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "d".repeat(100)));
+    let n = f.bytes().len();
+    let (c, counters) = conn(2 * n, Transport::Tcp);
+    let drop_ = SlowConsumerPolicy::Drop;
+    assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Ok);
+    assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Ok);
+    for _ in 0..3 {
+        assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Dropped);
+    }
+    assert_eq!(counters.drops.get(), 3);
+    assert_eq!(take(&c).len(), 2);
+    assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Ok);
+    let out = take(&c);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].0, ID);
+    assert_eq!(
+        out[0].1,
+        r#"{"response": "WARN: Dropped 3 messages", "queue": "news"}"#
+    );
+    assert_eq!(out[1].0, "news");
+    assert_eq!(counters.slow_consumers.get(), 0);
+}
+
+#[test]
+fn a_publisher_is_read_only_while_its_window_is_open() {
+    let (c, _) = conn(8 << 10, Transport::Tcp); // window: 1 KiB
+    assert!(c.may_read());
+    c.flow.published(600);
+    assert!(c.may_read());
+    c.flow.published(600);
+    assert!(!c.may_read(), "1200 bytes in flight");
+    c.confirmed(600);
+    assert!(c.may_read());
 }

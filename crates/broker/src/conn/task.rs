@@ -50,6 +50,8 @@ struct Ending {
     half_closed: bool,
     /// Deadline for getting the last frames out.
     linger: Option<glommio::timer::Timer>,
+    /// Deadline of a stall (`max_stall`), while the connection is stalled.
+    stall: Option<glommio::timer::Timer>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -196,6 +198,7 @@ fn poll_conn(
         }
     }
     let flushed = conn.with_unwritten(|q| q.is_empty());
+    poll_stall(shard, conn, &mut io.stall, cx);
 
     let (ending, closing) = {
         let st = conn.st.borrow();
@@ -261,8 +264,10 @@ fn poll_conn(
                 Poll::Pending => break,
             }
         }
-    } else if shard.mesh().poll_low(cx.waker()) {
-        // Read side: only while the shard's outboxes have room (backpressure).
+    } else if conn.may_read() && shard.mesh().poll_low(cx.waker()) {
+        // Read side: only while this connection's publishes in flight are
+        // under their window, its own backlog under max_pending, and the
+        // shard's outboxes have room (backpressure; see conn/flow.rs).
         let spare = rbuf.spare(max_frame);
         if !spare.is_empty() {
             let room = spare.len();
@@ -285,6 +290,31 @@ fn poll_conn(
 }
 
 use std::future::Future;
+
+/// A stalled subscriber's deadline: past `max_stall` it is cut off (G5).
+/// Tells the owners whenever the connection became stalled or caught up.
+pub(crate) fn poll_stall(
+    shard: &Shard,
+    conn: &Conn,
+    timer: &mut Option<glommio::timer::Timer>,
+    cx: &mut Context<'_>,
+) {
+    match conn.flow.stalled_since() {
+        None => *timer = None,
+        Some(since) => {
+            let max = shard.cfg().max_stall;
+            let t = timer.get_or_insert_with(|| {
+                glommio::timer::Timer::new(max.saturating_sub(since.elapsed()))
+            });
+            if Pin::new(t).poll(cx).is_ready() {
+                *timer = None;
+                tracing::warn!(stalled = ?since.elapsed(), "a subscriber stayed over max_pending for max_stall");
+                conn.stall_expired();
+            }
+        }
+    }
+    shard.sync_pressure(conn);
+}
 
 /// Most chunks handed to one `sendmsg` (64 × 64 KiB = [`WRITE_BUDGET`]).
 const MAX_IOV: usize = 64;

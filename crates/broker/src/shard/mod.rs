@@ -22,7 +22,7 @@ use crate::owner::{Outbox, Owner, Publisher};
 use crate::refusal::{Refusal, Transport, Wire};
 use crate::router::Router;
 use crate::stats::{Counters, ShardStats};
-use coremq_config::MqConfig;
+use coremq_config::{MqConfig, SlowConsumerPolicy};
 use coremq_protocol as proto;
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -85,7 +85,7 @@ impl Shard {
             router: Router::new(shards),
             mesh: Mesh::new(shards),
             owner: Owner::new(id, shards, cfg.clone()),
-            home: Home::new(id, shards, cfg.max_pending, node.clone(), counters.clone()),
+            home: Home::new(id, shards, cfg.clone(), node.clone(), counters.clone()),
             drain: Drain::new(shards),
             clock: Clock::new(id, shards),
             origin: crate::msg::origin_of(&node.server),
@@ -168,15 +168,52 @@ impl Shard {
 
     /// Forgets a closed connection and drops its subscriptions at their owners.
     pub(crate) fn close_conn(&self, conn: &Conn) {
+        for queue in conn.flow.take_pressured() {
+            let owner = self.router.owner(&queue);
+            self.request(owner, Request::Pressure { queue, on: false });
+        }
         for queue in self.home.close(conn) {
             let owner = self.router.owner(&queue);
             self.request(owner, Request::Unsubscribe { queue });
         }
     }
 
-    /// Takes `conn` out of the local table for `queue` (the owner is told separately).
+    /// Takes `conn` out of the local table for `queue` (the owner is told
+    /// separately), and out of the queue's stall if it was holding it up.
     pub(crate) fn unsubscribe_local(&self, queue: &str, conn: &Conn, was: SubState) {
         self.home.unsubscribe(queue, conn, was);
+        if conn.flow.unpress(queue) {
+            let owner = self.router.owner(queue);
+            let queue = queue.into();
+            self.request(owner, Request::Pressure { queue, on: false });
+        }
+    }
+
+    /// Tells the owners of `conn`'s `block` queues that it has become
+    /// stalled, or no longer is (called by its task whenever it runs).
+    pub(crate) fn sync_pressure(&self, conn: &Conn) {
+        let Some(on) = conn.flow.flip() else {
+            return;
+        };
+        let queues = if on {
+            let st = conn.st.borrow();
+            let block = |q: &str| self.cfg.policy_for(q) == SlowConsumerPolicy::Block;
+            let queues: Vec<Box<str>> = st
+                .subs
+                .iter()
+                .filter(|(q, s)| **s == SubState::Active && block(q))
+                .map(|(q, _)| q.clone())
+                .collect();
+            drop(st);
+            conn.flow.set_pressured(queues.clone());
+            queues
+        } else {
+            conn.flow.take_pressured()
+        };
+        for queue in queues {
+            let owner = self.router.owner(&queue);
+            self.request(owner, Request::Pressure { queue, on });
+        }
     }
 
     /// WebSocket connections on this shard.
@@ -246,6 +283,7 @@ impl Shard {
             })
         };
         Counters::add(&self.counters.messages_in, 1);
+        conn.flow.published(frame.bytes().len());
         let ack = ack.then(|| conn.reserve(ReplyKind::Sent, 1));
         self.route_publish(frame, conn.key, echo, ack);
     }
@@ -305,6 +343,7 @@ impl Shard {
                 own_id,
             } => self.owner.subscribe(self, from, queue, conn, seq, own_id),
             Request::Unsubscribe { queue } => self.owner.unsubscribe(from, &queue),
+            Request::Pressure { queue, on } => self.owner.pressure(self, &queue, on),
             Request::History { queues, conn, seq } => {
                 self.owner.history(self, from, queues, conn, seq)
             }
@@ -331,7 +370,12 @@ impl Shard {
     pub(crate) fn handle_response(&self, resp: Response) {
         match resp {
             Response::Deliver { frame, skip } => self.home.deliver(&frame, skip),
-            Response::Acks { conn, first, n } => self.home.acks(conn, first, n),
+            Response::Acks {
+                conn,
+                first,
+                n,
+                bytes,
+            } => self.home.acks(conn, first, n, bytes),
             Response::Subscribed { queue, conn, seq } => self.home.subscribed(&queue, conn, seq),
             Response::History { conn, seq, part } => self.home.history(conn, seq, part),
             Response::Stats { token, stats } => self.gathers.arrived(token, *stats),

@@ -39,19 +39,21 @@ impl Outbox for Shard {
         }
     }
 
-    fn ack(&self, to: usize, conn: ConnKey, seq: u32) {
+    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32) {
+        let (first, n) = seq.map_or((0, 0), |seq| (seq, 1));
         if to == self.id {
-            self.home.acks(conn, seq, 1);
+            self.home.acks(conn, first, n, bytes);
             return;
         }
         let resp = Response::Acks {
             conn,
-            first: seq,
-            n: 1,
+            first,
+            n,
+            bytes,
         };
-        self.mesh
-            .responses
-            .push_or_merge(to, resp, |last, _| Response::merge_ack(last, conn, seq));
+        self.mesh.responses.push_or_merge(to, resp, |last, _| {
+            Response::merge_ack(last, conn, seq, bytes)
+        });
     }
 
     fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
@@ -66,7 +68,9 @@ fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
         Request::Publish { frame, .. } | Request::Replicated { frame, .. } => {
             Some((frame.queue(), Some(frame.hash())))
         }
-        Request::Subscribe { queue, .. } | Request::Unsubscribe { queue } => Some((queue, None)),
+        Request::Subscribe { queue, .. }
+        | Request::Unsubscribe { queue }
+        | Request::Pressure { queue, .. } => Some((queue, None)),
         Request::History { queues, .. } => queues.first().map(|(_, q)| (&**q, None)),
         Request::Stats { .. }
         | Request::Dump { .. }

@@ -88,8 +88,26 @@ const METRICS: &[Metric] = &[
     (
         "coremq_slow_consumers_total",
         "counter",
-        "Connections cut off for exceeding max_pending.",
+        "Connections cut off as slow consumers (disconnect policy, max_stall, or the hard cap).",
         |s| s.slow_consumers,
+    ),
+    (
+        "coremq_stalls_total",
+        "counter",
+        "Times a subscriber over max_pending held up its block queues' publishers.",
+        |s| s.stalls,
+    ),
+    (
+        "coremq_stall_microseconds_total",
+        "counter",
+        "Microseconds those stalls lasted.",
+        |s| s.stall_us,
+    ),
+    (
+        "coremq_drops_total",
+        "counter",
+        "Messages skipped for subscribers over max_pending under the drop policy.",
+        |s| s.drops,
     ),
     (
         "coremq_refused_connections_total",

@@ -57,6 +57,8 @@ struct Session {
     tick: Timer,
     /// Deadline for a closing connection.
     linger: Option<Timer>,
+    /// Deadline of a stall (`max_stall`), while the connection is stalled.
+    stall: Option<Timer>,
     keepalive: Keepalive,
 }
 
@@ -74,6 +76,7 @@ pub(crate) async fn serve(
         last_seen: Instant::now(),
         tick: Timer::new(keepalive.ping_interval),
         linger: None,
+        stall: None,
         keepalive,
     };
     let why = loop {
@@ -150,6 +153,7 @@ fn poll_session(
     if let Poll::Ready(Err(_)) = Pin::new(&mut *ws).poll_flush(cx) {
         return Poll::Ready(Event::Done("flush failed"));
     }
+    crate::conn::task::poll_stall(shard, conn, &mut s.stall, cx);
 
     // Closing: once everything is out, the closing handshake; bounded by the linger.
     let closing = conn.st.borrow().closing;
@@ -183,7 +187,7 @@ fn poll_session(
 
     // In: the client's messages, unless the shard is backed up or stopping.
     // Even when closing, keep reading so the closing handshake completes.
-    if !shard.stopping().is_set() && shard.mesh().poll_low(cx.waker()) {
+    if !shard.stopping().is_set() && conn.may_read() && shard.mesh().poll_low(cx.waker()) {
         match Pin::new(&mut *ws).poll_next(cx) {
             Poll::Ready(Some(Ok(msg))) => return Poll::Ready(Event::Incoming(msg)),
             Poll::Ready(Some(Err(e))) => {

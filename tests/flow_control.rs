@@ -1,0 +1,279 @@
+//! G5 and §9: a subscriber that is merely slower than a pipelining publisher
+//! slows the publisher instead of losing messages (`block`, the default); one
+//! that stops reading is cut off after `max_stall` and the publisher resumes;
+//! `disconnect` cuts it off at once; `drop` skips and says how many. Other
+//! queues are not slowed. Publishers here pipeline as fast as TCP lets them,
+//! with no window of their own.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Publishes `count` messages of about `pad` bytes to `queue` as fast as the
+/// socket takes them (acks off), from a thread; returns when all are written.
+fn firehose(b: &Broker, queue: &str, count: u64, pad: usize) -> std::thread::JoinHandle<Client> {
+    let mut p = b.client();
+    p.options(json!({"ack": false}));
+    let queue = queue.to_string();
+    std::thread::spawn(move || {
+        let mut w = p.writer();
+        let body = "p".repeat(pad);
+        let mut buf = Vec::with_capacity(1 << 20);
+        for seq in 0..count {
+            buf.extend_from_slice(&encode(&queue, &json!({"seq": seq, "pad": body})));
+            if buf.len() >= 256 << 10 || seq + 1 == count {
+                w.write_all(&buf)
+                    .expect("the broker stopped taking publishes");
+                buf.clear();
+            }
+        }
+        p
+    })
+}
+
+/// Receives `count` messages in order, sleeping `pause` after each of the
+/// first `slow_for` of them: a reader much slower than the publisher for a
+/// while.
+fn receive_all(c: &mut Client, count: u64, slow_for: u64, pause: Duration) {
+    for seq in 0..count {
+        let f = c
+            .try_recv_msg(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("got {seq} of {count}, then {e:?}"));
+        assert_eq!(f.json["seq"], json!(seq), "out of order or lost");
+        if seq < slow_for {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+fn shard_sum(st: &Value, key: &str) -> u64 {
+    st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[key].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// A subscriber reading far slower than the publisher for a while: under
+/// `block` nothing is lost and nobody is disconnected; the publisher waited.
+fn a_slower_subscriber_loses_nothing(shards: usize) {
+    let b = Broker::start(
+        BrokerOpts::new(shards)
+            .set("max_pending", "256K")
+            .set("max_message_size", "64K"),
+    );
+    let q = uniq("g5.slow");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    // 8 MiB, many times max_pending and the sockets' buffers.
+    let count = 8_000;
+    let publisher = firehose(&b, &q, count, 1000);
+    // The first 1,500 messages at ~1 ms each: about a tenth of the rate.
+    receive_all(&mut s, count, 1_500, Duration::from_millis(1));
+    let _ = publisher.join().expect("publisher");
+    let st = b.client().status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+    assert!(
+        shard_sum(&st, "stalls") >= 1,
+        "the publisher was never held: {st}"
+    );
+    println!(
+        "{count} messages, {} stall(s), {:.2} s stalled",
+        shard_sum(&st, "stalls"),
+        st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stall_seconds"].as_f64().unwrap_or(0.0))
+            .sum::<f64>()
+    );
+}
+
+per_shard_count!(a_slower_subscriber_loses_nothing:
+    a_slower_subscriber_loses_nothing_1_shard = 1,
+    a_slower_subscriber_loses_nothing_2_shards = 2,
+    a_slower_subscriber_loses_nothing_4_shards = 4);
+
+/// A subscriber that never reads holds the publisher up for `max_stall`,
+/// then is cut off (told why), and the publisher goes on; another subscriber
+/// of the queue gets everything.
+fn a_subscriber_that_never_reads_is_cut_off_after_max_stall(shards: usize) {
+    let b = Broker::start(
+        BrokerOpts::new(shards)
+            .set("max_pending", "128K")
+            .set("max_message_size", "64K")
+            .set("max_stall", "1"),
+    );
+    let q = uniq("g5.stuck");
+    let mut stuck = b.client();
+    stuck.subscribe(&[&q]);
+    let mut healthy = b.client();
+    healthy.subscribe(&[&q]);
+    let count = 12_000;
+    let t = Instant::now();
+    let publisher = firehose(&b, &q, count, 1000);
+    receive_all(&mut healthy, count, 0, Duration::ZERO);
+    let took = t.elapsed();
+    let _ = publisher.join().expect("publisher");
+    // The stuck one finds the reason once it reads.
+    let (frames, _) = stuck.read_until_eof(Duration::from_secs(20));
+    let last = frames.last().expect("an ERROR frame");
+    assert!(
+        last.response().is_some_and(|r| r.contains("slow consumer")),
+        "{last}"
+    );
+    let st = b.client().status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 1, "{st}");
+    println!("max_stall 1 s: the healthy subscriber had all {count} after {took:?}");
+    // Generous bound, not a timing assertion: far beyond max_stall + 1 s.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+per_shard_count!(a_subscriber_that_never_reads_is_cut_off_after_max_stall:
+    a_subscriber_that_never_reads_is_cut_off_after_max_stall_1_shard = 1,
+    a_subscriber_that_never_reads_is_cut_off_after_max_stall_4_shards = 4);
+
+/// Under `disconnect` the publisher never waits: the stuck subscriber is cut
+/// off as soon as it is over max_pending, with no stall.
+#[test]
+fn disconnect_never_holds_the_publisher() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "128K")
+            .set("max_message_size", "64K")
+            .set("slow_consumer_policy", "*:disconnect")
+            .set("max_stall", "60"),
+    );
+    let q = uniq("g5.disc");
+    let mut stuck = b.client();
+    stuck.subscribe(&[&q]);
+    // (No second subscriber: under disconnect any reader slower than this
+    // publisher is cut off too, which is the policy's point.)
+    let count = 8_000;
+    let t = Instant::now();
+    let publisher = firehose(&b, &q, count, 1000);
+    let _ = publisher.join().expect("publisher");
+    // With max_stall = 60 s, finishing at all shows nobody waited for it.
+    println!("the publisher wrote {count} messages in {:?}", t.elapsed());
+    let (frames, _) = stuck.read_until_eof(Duration::from_secs(20));
+    assert!(frames
+        .last()
+        .and_then(|f| f.response())
+        .is_some_and(|r| r.contains("slow consumer")));
+    let st = b.client().status();
+    assert_eq!(shard_sum(&st, "stalls"), 0, "{st}");
+    assert_eq!(shard_sum(&st, "slow_consumers"), 1, "{st}");
+}
+
+/// Under `drop` a subscriber over max_pending stays connected, skips
+/// messages, and is told how many before the next one of that queue: what
+/// it received plus what it was told it missed is everything.
+#[test]
+fn drop_skips_and_tells_how_many() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "128K")
+            .set("max_message_size", "64K")
+            .set("slow_consumer_policy", "g5.drop.*:drop, *:block"),
+    );
+    let q = uniq("g5.drop");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    let count = 8_000u64;
+    let publisher = firehose(&b, &q, count, 1000);
+    // Not reading while the publisher runs: most of it must be dropped.
+    let mut p = publisher.join().expect("publisher");
+    let (mut got, mut missed) = (0u64, 0u64);
+    let take = |f: Frame, got: &mut u64, missed: &mut u64| {
+        if f.queue == q {
+            *got += 1;
+            return f.json["seq"].as_u64();
+        }
+        let text = f
+            .response()
+            .unwrap_or_else(|| panic!("unexpected frame {f}"));
+        let n: u64 = text
+            .strip_prefix("WARN: Dropped ")
+            .and_then(|t| t.strip_suffix(" messages"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected frame {f}"));
+        assert_eq!(f.json["queue"], json!(q), "{f}");
+        *missed += n;
+        None
+    };
+    // Take what was queued, until the broker has nothing more for it ...
+    while let Ok(f) = s.read_frame(Duration::from_secs(1)) {
+        take(f, &mut got, &mut missed);
+    }
+    // ... then one more message, which comes after the count of the missed.
+    p.options(json!({"ack": true}));
+    p.publish(&q, &json!({"seq": count}));
+    loop {
+        let f = s
+            .read_frame(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("after {got} messages and {missed} missed: {e:?}"));
+        if take(f, &mut got, &mut missed) == Some(count) {
+            break;
+        }
+    }
+    assert!(missed > 0, "nothing was dropped");
+    assert_eq!(
+        got + missed,
+        count + 1,
+        "received {got}, told of {missed} missed"
+    );
+    let st = b.client().status();
+    assert_eq!(shard_sum(&st, "drops"), missed, "{st}");
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+}
+
+/// While one queue's subscriber stalls its publisher, a publisher of another
+/// queue (and its subscriber) carry on at full speed.
+#[test]
+fn a_stalled_queue_does_not_slow_the_others() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "128K")
+            .set("max_message_size", "64K")
+            .set("max_stall", "30"),
+    );
+    let (slow_q, other_q) = (uniq("g5.a"), uniq("g5.b"));
+    let mut stuck = b.client();
+    stuck.subscribe(&[&slow_q]);
+    let blocked = firehose(&b, &slow_q, 20_000, 1000);
+    // Give the stall time to set in.
+    let mut probe = b.client();
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = probe.status();
+        if shard_sum(&st, "stalls") >= 1 {
+            break;
+        }
+        assert!(Instant::now() < end, "no stall: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut s = b.client();
+    s.subscribe(&[&other_q]);
+    let mut p = b.client();
+    let t = Instant::now();
+    for seq in 0..500u64 {
+        p.publish(&other_q, &json!({"seq": seq}));
+    }
+    receive_all(&mut s, 500, 0, Duration::ZERO);
+    let took = t.elapsed();
+    println!("500 acknowledged publishes on another queue during the stall: {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        !blocked.is_finished(),
+        "the stalled queue's publisher went through"
+    );
+    // Unstick it: the held publisher finishes.
+    drop(stuck);
+    let _ = blocked.join().expect("publisher");
+    let mut b = b;
+    b.assert_alive();
+}
