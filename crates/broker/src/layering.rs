@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("stats", 0),
     ("drain", 0),
     ("link_auth", 0),
+    ("frame", 1),
     ("msg", 1),
     ("node", 1),
     ("mesh", 1),
@@ -26,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("conn::flow", 2),
     ("conn::readbuf", 2),
     ("conn::state", 2),
+    ("conn::reply", 2),
     ("owner", 3),
     ("home", 3),
     ("shard", 4),
@@ -42,6 +44,7 @@ const LAYERS: &[(&str, u8)] = &[
     // Tests only.
     ("conn::state_tests", 7),
     ("owner_tests", 7),
+    ("queues_tests", 7),
     ("executor_guards", 7),
     ("layering", 7),
 ];
@@ -59,7 +62,7 @@ fn module_of(rel: &Path) -> String {
         .collect();
     match parts.as_slice() {
         [one] => one.clone(),
-        [dir, file] if dir == "conn" && file != "mod" => format!("conn::{file}"),
+        [dir, file, ..] if dir == "conn" && file != "mod" => format!("conn::{file}"),
         [dir, ..] => dir.clone(),
         [] => String::new(),
     }
@@ -157,5 +160,9 @@ fn the_checker_sees_an_upward_import() {
         ["conn::outq"]
     );
     assert_eq!(module_of(Path::new("conn/task.rs")), "conn::task");
+    assert_eq!(
+        module_of(Path::new("conn/state/delivery.rs")),
+        "conn::state"
+    );
     assert_eq!(module_of(Path::new("web/ws.rs")), "web");
 }

@@ -18,7 +18,8 @@
 //!    `refusal` (every refusal a client reads, written in one place), `stats`
 //!    (counters and the status reply), `drain` (graceful-stop bookkeeping),
 //!    `link_auth` (the cluster secret's challenge-response).
-//! 1. **What travels** — `msg` (frames, requests, responses), `node`
+//! 1. **What travels** — `frame` (a stored message's key and encoded frame),
+//!    `msg` (connection keys, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels).
 //! 2. **State** — `queues` (owner-side histories and per-home counts),
 //!    `subs` (home-side subscriber lists), `conn::outq`, `conn::readbuf`,
@@ -46,6 +47,7 @@ mod error;
 mod event;
 #[cfg(test)]
 mod executor_guards;
+mod frame;
 mod gather;
 mod home;
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub(crate) struct Flow {
     pressured: RefCell<Vec<Box<str>>>,
     /// Messages skipped per `drop` queue while over `max_pending`.
     drops: RefCell<HashMap<Box<str>, u64>>,
+    /// Whether `drops` has any: checked on every delivery, so a plain flag
+    /// rather than a borrow of the map.
+    has_drops: Cell<bool>,
 }
 
 impl Flow {
@@ -39,6 +42,7 @@ impl Flow {
             pressing: Cell::new(false),
             pressured: RefCell::new(Vec::new()),
             drops: RefCell::new(HashMap::new()),
+            has_drops: Cell::new(false),
         }
     }
 
@@ -117,15 +121,18 @@ impl Flow {
     /// A message of `drop` queue `queue` was skipped.
     pub(crate) fn dropped(&self, queue: &str) {
         *self.drops.borrow_mut().entry(queue.into()).or_insert(0) += 1;
+        self.has_drops.set(true);
     }
 
     /// How many messages of `queue` were skipped since it was last told.
     pub(crate) fn take_drops(&self, queue: &str) -> Option<u64> {
-        let mut d = self.drops.borrow_mut();
-        if d.is_empty() {
+        if !self.has_drops.get() {
             return None;
         }
-        d.remove(queue)
+        let mut d = self.drops.borrow_mut();
+        let n = d.remove(queue);
+        self.has_drops.set(!d.is_empty());
+        n
     }
 }
 

@@ -3,6 +3,7 @@
 //! - `flow`: in-flight publishes, stalls and drops (flow control);
 //! - `outq`: the bytes waiting to be written, in pooled chunks and shared frames;
 //! - `readbuf`: the read buffer, sized to how busy the connection is;
+//! - `reply`: what a reply can be (ordered, assembled from owners' answers);
 //! - `state`: the connection's buffer, ordered replies, options, subscriptions;
 //! - `handler`: what each command does;
 //! - `task`: the socket loop that reads frames and writes the buffer.
@@ -11,6 +12,7 @@ pub(crate) mod flow;
 pub(crate) mod handler;
 pub(crate) mod outq;
 pub(crate) mod readbuf;
+pub(crate) mod reply;
 pub(crate) mod state;
 #[cfg(test)]
 mod state_tests;

@@ -6,10 +6,11 @@
 //! are synchronous: a request is processed to completion, producing responses
 //! into outboxes, so no borrow is ever held across an `.await`.
 
+mod flow;
 mod routing;
 
 use crate::clock::Clock;
-use crate::conn::state::{Conn, ReplyKind, SubState};
+use crate::conn::state::{Conn, ReplyKind};
 use crate::consts::is_reserved;
 use crate::drain::Drain;
 use crate::event::Event;
@@ -22,7 +23,7 @@ use crate::owner::{Outbox, Owner, Publisher};
 use crate::refusal::{Refusal, Transport, Wire};
 use crate::router::Router;
 use crate::stats::{Counters, ShardStats};
-use coremq_config::{MqConfig, SlowConsumerPolicy};
+use coremq_config::MqConfig;
 use coremq_protocol as proto;
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -164,56 +165,6 @@ impl Shard {
     /// Registers the current task to be woken when a connection closes.
     pub(crate) fn on_conn_closed(&self, waker: &Waker) {
         self.home.on_close(waker);
-    }
-
-    /// Forgets a closed connection and drops its subscriptions at their owners.
-    pub(crate) fn close_conn(&self, conn: &Conn) {
-        for queue in conn.flow.take_pressured() {
-            let owner = self.router.owner(&queue);
-            self.request(owner, Request::Pressure { queue, on: false });
-        }
-        for queue in self.home.close(conn) {
-            let owner = self.router.owner(&queue);
-            self.request(owner, Request::Unsubscribe { queue });
-        }
-    }
-
-    /// Takes `conn` out of the local table for `queue` (the owner is told
-    /// separately), and out of the queue's stall if it was holding it up.
-    pub(crate) fn unsubscribe_local(&self, queue: &str, conn: &Conn, was: SubState) {
-        self.home.unsubscribe(queue, conn, was);
-        if conn.flow.unpress(queue) {
-            let owner = self.router.owner(queue);
-            let queue = queue.into();
-            self.request(owner, Request::Pressure { queue, on: false });
-        }
-    }
-
-    /// Tells the owners of `conn`'s `block` queues that it has become
-    /// stalled, or no longer is (called by its task whenever it runs).
-    pub(crate) fn sync_pressure(&self, conn: &Conn) {
-        let Some(on) = conn.flow.flip() else {
-            return;
-        };
-        let queues = if on {
-            let st = conn.st.borrow();
-            let block = |q: &str| self.cfg.policy_for(q) == SlowConsumerPolicy::Block;
-            let queues: Vec<Box<str>> = st
-                .subs
-                .iter()
-                .filter(|(q, s)| **s == SubState::Active && block(q))
-                .map(|(q, _)| q.clone())
-                .collect();
-            drop(st);
-            conn.flow.set_pressured(queues.clone());
-            queues
-        } else {
-            conn.flow.take_pressured()
-        };
-        for queue in queues {
-            let owner = self.router.owner(&queue);
-            self.request(owner, Request::Pressure { queue, on });
-        }
     }
 
     /// WebSocket connections on this shard.

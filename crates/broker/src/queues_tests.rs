@@ -1,0 +1,178 @@
+//! The owner-side queue table: history order and windows, the history
+//! memory budget, stalled queues' held confirmations.
+
+use super::*;
+
+fn frame(q: &str, n: u32) -> MsgFrame {
+    let key = crate::msg::MsgKey {
+        sent_us: 1000 + u64::from(n),
+        origin: 7,
+    };
+    MsgFrame::new(q, format!("{{\"n\":{n}}}").as_bytes(), key)
+}
+
+#[test]
+fn history_is_ordered_by_key_without_duplicates() {
+    let mut t = QueueTable::default();
+    for n in [3, 1, 2, 5, 4, 2, 5] {
+        t.publish(&frame("q", n), |_| 4);
+    }
+    let got: Vec<_> = t
+        .history("q")
+        .iter()
+        .map(|f| f.key().sent_us - 1000)
+        .collect();
+    assert_eq!(got, [2, 3, 4, 5]);
+    assert_eq!(t.history_messages(), 4);
+    assert_eq!(
+        t.publish(&frame("q", 4), |_| 4).unwrap().0,
+        Stored::Duplicate
+    );
+    // Older than the whole window: new, not kept.
+    assert_eq!(t.publish(&frame("q", 0), |_| 4).unwrap().0, Stored::New);
+    assert_eq!(t.history("q").len(), 4);
+}
+
+#[test]
+fn history_window_keeps_newest() {
+    let mut t = QueueTable::default();
+    for n in 0..15 {
+        t.publish(&frame("q", n), |_| 10);
+    }
+    let h = t.history("q");
+    assert_eq!(h.len(), 10);
+    assert_eq!(h[0].json(), b"{\"n\":5}");
+    assert_eq!(h[9].json(), b"{\"n\":14}");
+    assert_eq!(t.history_messages(), 10);
+}
+
+#[test]
+fn zero_history_queue_without_subscribers_keeps_nothing() {
+    let mut t = QueueTable::default();
+    assert!(t.publish(&frame("q", 1), |_| 0).is_none());
+    assert_eq!(t.len(), 0);
+}
+
+#[test]
+fn own_id_queue_dropped_with_last_subscriber() {
+    let mut t = QueueTable::default();
+    t.subscribe("id", 2, true, |_| 10);
+    t.publish(&frame("id", 1), |_| 10);
+    assert_eq!(
+        t.publish(&frame("id", 2), |_| 10)
+            .unwrap()
+            .1
+            .homes()
+            .collect::<Vec<_>>(),
+        vec![2]
+    );
+    t.unsubscribe("id", 2);
+    assert_eq!(t.len(), 0);
+    assert_eq!(t.history_messages(), 0);
+    assert_eq!(t.subscriptions(), 0);
+}
+
+#[test]
+fn history_memory_evicts_the_least_recently_published_to_first() {
+    // Names of one length and two-digit numbers: every queue with one
+    // message costs `one`.
+    let one = {
+        let mut t = QueueTable::default();
+        t.publish(&frame("q00", 10), |_| 10);
+        t.history_bytes() as usize
+    };
+    let mut t = QueueTable::with_budget(11 * one);
+    t.subscribe("kep", 0, false, |_| 10);
+    for n in 0..8 {
+        t.publish(&frame(&format!("q0{n}"), 10 + n), |_| 10);
+    }
+    t.publish(&frame("kep", 18), |_| 10);
+    // "q00" is published to again: now "q01" is the oldest.
+    t.publish(&frame("q00", 19), |_| 10);
+    assert_eq!(t.history_messages(), 10);
+    assert_eq!(t.evictions(), 0);
+    // Two more queues do not fit: the oldest go until a tenth is free.
+    t.publish(&frame("new", 20), |_| 10);
+    t.publish(&frame("neu", 21), |_| 10);
+    assert!(t.evictions() >= 1);
+    assert!(
+        t.history("q01").is_empty(),
+        "the least recently published-to"
+    );
+    assert_eq!(t.history("q00").len(), 2, "published to recently: kept");
+    assert_eq!(t.history("neu").len(), 1);
+    assert!(t.history_bytes() as usize <= 11 * one);
+    for n in 22..60 {
+        t.publish(&frame(&format!("x{n}"), n), |_| 10);
+        assert!(t.history_bytes() as usize <= 11 * one);
+    }
+    assert!(t.history("kep").is_empty());
+    assert_eq!(t.subscriptions(), 1, "a subscription outlives its history");
+    // Evicted queues without subscribers are forgotten.
+    assert_eq!(t.len() as u64, t.history_messages() + 1);
+    assert_eq!(t.history_messages() + t.evictions(), 50);
+    assert!(t.history("x59").len() == 1, "the newest is kept");
+}
+
+#[test]
+fn confirmations_wait_while_a_subscriber_is_over() {
+    let mut t = QueueTable::default();
+    t.subscribe("q", 0, false, |_| 10);
+    let conn = ConnKey {
+        slot: 1,
+        generation: 1,
+    };
+    let held = |seq| Held {
+        home: 1,
+        conn,
+        seq: Some(seq),
+        bytes: 10,
+    };
+    assert!(t.pressure("nothing", true).is_empty());
+    assert!(t.pressure("q", true).is_empty());
+    assert!(t.pressure("q", true).is_empty(), "two subscribers over");
+    let f = frame("q", 1);
+    assert!(t.publish(&f, |_| 10).unwrap().1.is_stalled());
+    t.hold(f.hash(), "q", held(7));
+    t.hold(f.hash(), "q", held(8));
+    assert!(t.pressure("q", false).is_empty(), "one is still over");
+    assert_eq!(t.pressure("q", false), [held(7), held(8)], "in order");
+    assert!(!t.publish(&frame("q", 2), |_| 10).unwrap().1.is_stalled());
+    // A queue that only existed for its pressure goes once it ends.
+    t.subscribe("p", 0, false, |_| 0);
+    assert!(t.pressure("p", true).is_empty());
+    t.unsubscribe("p", 0);
+    assert_eq!(t.len(), 2, "kept while stalled");
+    t.pressure("p", false);
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn bytes_follow_the_window() {
+    let mut t = QueueTable::default();
+    for n in 0..30 {
+        t.publish(&frame("q", n), |_| 3);
+    }
+    let q = t.queues.get(queue_hash("q"), "q").unwrap();
+    let frames: usize = t.history("q").iter().map(held_bytes).sum();
+    assert_eq!(q.frame_bytes, frames);
+    assert_eq!(t.history_bytes() as usize, q.cost(1));
+    t.subscribe("q", 0, false, |_| 3);
+    t.unsubscribe("q", 0);
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn plain_queue_keeps_history_after_last_subscriber() {
+    let mut t = QueueTable::default();
+    t.subscribe("q", 0, false, |_| 10);
+    t.subscribe("q", 1, false, |_| 10);
+    t.subscribe("q", 1, false, |_| 10);
+    t.publish(&frame("q", 1), |_| 10);
+    t.unsubscribe("q", 1);
+    assert_eq!(t.subscriptions(), 2);
+    t.unsubscribe("q", 1);
+    t.unsubscribe("q", 0);
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.history("q").len(), 1);
+}
