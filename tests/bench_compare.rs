@@ -290,37 +290,21 @@ fn quick_run_against_a_baseline_binary() {
         "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
         bin_dir.join("coremq-bench").display()
     );
-    let out_dir = unique_dir("compare-live");
-    let out = Command::new("python3")
-        .arg(Path::new(REPO).join("bench/compare"))
-        .args([
+    let md = run_compare(
+        "compare-live",
+        &[
             "--quick",
             "--no-peers",
             "--no-install",
             "--workloads",
             "pingpong",
-        ])
-        .arg("--bin-dir")
-        .arg(bin_dir)
-        .arg("--baseline")
-        .arg(BIN)
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .expect("run bench/compare (python3)");
-    assert!(
-        out.status.success(),
-        "bench/compare failed: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+            "--bin-dir",
+            &bin_dir.to_string_lossy(),
+            "--baseline",
+            BIN,
+        ],
+        "-quick-vs-base.md",
     );
-    let md_path = fs::read_dir(&out_dir)
-        .expect("results directory")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.to_string_lossy().ends_with("-quick-vs-base.md"))
-        .unwrap_or_else(|| panic!("no <date>-quick-vs-base.md in {}", out_dir.display()));
-    let md = fs::read_to_string(md_path).expect("results file");
     assert_eq!(
         summary_row(&md, "workload")[1..],
         [
@@ -341,7 +325,6 @@ fn quick_run_against_a_baseline_binary() {
     }
     assert!(md.contains("**Against the baseline**"), "{md}");
     assert!(md.contains("Lost messages over all runs: 0 "), "{md}");
-    fs::remove_dir_all(&out_dir).ok();
 }
 
 /// One saved repetition of an unwindowed workload.
@@ -471,29 +454,18 @@ fn quick_unwindowed_only_run() {
         "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
         bin_dir.join("coremq-bench").display()
     );
-    let out_dir = unique_dir("compare-unwin");
-    let out = Command::new("python3")
-        .arg(Path::new(REPO).join("bench/compare"))
-        .args(["--quick", "--no-peers", "--no-install", "--unwindowed-only"])
-        .arg("--bin-dir")
-        .arg(bin_dir)
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .expect("run bench/compare (python3)");
-    assert!(
-        out.status.success(),
-        "bench/compare failed: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let md = run_compare(
+        "compare-unwin",
+        &[
+            "--quick",
+            "--no-peers",
+            "--no-install",
+            "--unwindowed-only",
+            "--bin-dir",
+            &bin_dir.to_string_lossy(),
+        ],
+        "-quick-unwindowed.md",
     );
-    let md_path = fs::read_dir(&out_dir)
-        .expect("results directory")
-        .map(|e| e.expect("entry").path())
-        .find(|p| p.to_string_lossy().ends_with("-quick-unwindowed.md"))
-        .unwrap_or_else(|| panic!("no <date>-quick-unwindowed.md in {}", out_dir.display()));
-    let md = fs::read_to_string(md_path).expect("results file");
     assert_eq!(
         summary_row(&md, "unwindowed")[1..],
         ["coremq", "coremq-noack"]
@@ -511,5 +483,33 @@ fn quick_unwindowed_only_run() {
         "{md}"
     );
     assert!(!md.contains("| workload |"), "{md}");
+}
+
+/// Runs bench/compare with `args` (and `--out`, a fresh directory tagged
+/// `tag`), checks that it succeeded, and returns the results file whose name
+/// ends with `suffix`.
+fn run_compare(tag: &str, args: &[&str], suffix: &str) -> String {
+    let out_dir = unique_dir(tag);
+    let out = Command::new("python3")
+        .arg(Path::new(REPO).join("bench/compare"))
+        .args(args)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .expect("run bench/compare (python3)");
+    assert!(
+        out.status.success(),
+        "bench/compare failed: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md_path = fs::read_dir(&out_dir)
+        .expect("results directory")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no <date>{suffix} in {}", out_dir.display()));
+    let md = fs::read_to_string(md_path).expect("results file");
     fs::remove_dir_all(&out_dir).ok();
+    md
 }
