@@ -277,3 +277,54 @@ fn a_stalled_queue_does_not_slow_the_others() {
     let mut b = b;
     b.assert_alive();
 }
+
+/// G5 across a cluster: a subscriber on another node than the publisher,
+/// far slower than it for a while, loses nothing — the node it is on tells
+/// the publisher's node, which holds that queue's publishers — and another
+/// queue keeps replicating at full speed meanwhile.
+#[test]
+fn a_slower_subscriber_on_another_node_loses_nothing() {
+    use common::cluster::{Cluster, Spec};
+    let mut cl = Cluster::start(Spec {
+        nodes: 2,
+        tweak: Some(|_, o| {
+            *o = o
+                .clone()
+                .set("max_pending", "256K")
+                .set("max_message_size", "64K");
+        }),
+        ..Spec::new(2)
+    });
+    cl.wait_links_up();
+    let (slow_q, other_q) = (uniq("g5.far"), uniq("g5.far.other"));
+    let mut s = cl.nodes[1].client();
+    s.subscribe(&[&slow_q]);
+    let mut fast = cl.nodes[1].client();
+    fast.subscribe(&[&other_q]);
+    // Subscriptions are local; give the links a moment to be idle.
+    std::thread::sleep(Duration::from_millis(100));
+    let count = 8_000;
+    let publisher = firehose(cl.nodes[0].b(), &slow_q, count, 1000);
+    // Meanwhile another queue, published on the same node, received on the
+    // same node as the slow subscriber.
+    let mut p2 = cl.nodes[0].client();
+    let other = std::thread::spawn(move || {
+        let t = Instant::now();
+        for seq in 0..300u64 {
+            p2.publish(&other_q, &json!({"seq": seq}));
+        }
+        receive_all(&mut fast, 300, 0, Duration::ZERO);
+        t.elapsed()
+    });
+    receive_all(&mut s, count, 1_500, Duration::from_millis(1));
+    let _ = publisher.join().expect("publisher");
+    let took = other.join().expect("the other queue");
+    println!("the other queue's 300 acknowledged messages took {took:?} during the stall");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let (st0, st1) = (cl.nodes[0].client().status(), cl.nodes[1].client().status());
+    for st in [&st0, &st1] {
+        assert_eq!(shard_sum(st, "slow_consumers"), 0, "{st}");
+    }
+    assert!(shard_sum(&st1, "stalls") >= 1, "never stalled: {st1}");
+    cl.assert_alive();
+}

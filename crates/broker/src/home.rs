@@ -175,12 +175,14 @@ impl Home {
         }
     }
 
-    /// Writes a delivered frame into every local subscriber's buffer.
-    pub(crate) fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
+    /// Writes a delivered frame into every local subscriber's buffer; returns
+    /// the subscribers it made stalled (G5), whose owners are to hear it.
+    pub(crate) fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) -> Vec<Rc<Conn>> {
         let subs = self.subs.borrow();
         let queue = frame.queue();
         let (policy, list) = subs.get_hashed(frame.hash(), queue);
         let mut delivered = 0;
+        let mut stalled = Vec::new();
         for &key in list {
             if Some(key) == skip {
                 continue;
@@ -188,12 +190,18 @@ impl Home {
             let Some(conn) = self.conn(key) else {
                 continue;
             };
-            if conn.deliver(frame.bytes(), policy, queue) == Queued::Ok {
-                delivered += 1;
+            match conn.deliver(frame.bytes(), policy, queue) {
+                Queued::Ok => delivered += 1,
+                Queued::Stalled => {
+                    delivered += 1;
+                    stalled.push(conn);
+                }
+                Queued::Dropped | Queued::Closing | Queued::BecameSlow => {}
             }
         }
         drop(subs);
         Counters::add(&self.counters.messages_out, delivered);
+        stalled
     }
 
     /// Publishes of `conn` confirmed: `bytes` leave its window, and replies

@@ -73,7 +73,13 @@ pub(crate) enum Request {
     /// A subscriber on the sending shard is over `max_pending` (`on`) or has
     /// caught up (`!on`): while any is, the owner holds the confirmations of
     /// publishes to `queue`, which stops its publishers' reads (G5).
-    Pressure { queue: Box<str>, on: bool },
+    /// `remote`: the subscriber is on the node at the other end of a cluster
+    /// link (from the control shard).
+    Pressure {
+        queue: Box<str>,
+        on: bool,
+        remote: bool,
+    },
     /// Shutdown: the sending shard stopped reading clients; nothing follows.
     Drain,
 }
@@ -162,6 +168,9 @@ pub(crate) enum Response {
         token: u64,
         queues: Vec<(Box<str>, Vec<MsgFrame>)>,
     },
+    /// This node's subscribers of `queue` began (`on`) or ended being
+    /// stalled, for the control shard to tell every cluster link.
+    LinkPressure { queue: Box<str>, on: bool },
     /// Shutdown: the owner has processed every request from every shard.
     Drained,
 }

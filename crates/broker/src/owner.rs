@@ -91,11 +91,22 @@ impl Owner {
         }
     }
 
-    /// A subscriber of `queue` on home shard `_from` went over `max_pending`
+    /// A subscriber of `queue` went over `max_pending`
     /// under `block` (`on`) or caught up: once none is over, the held
     /// confirmations go out, in order.
-    pub(crate) fn pressure(&self, out: &impl Outbox, queue: &str, on: bool) {
-        let released = self.queues.borrow_mut().pressure(queue, on);
+    /// `remote`: the subscriber is on the node at the other end of a
+    /// cluster link. When this node's own count starts or ends, the other
+    /// nodes hear it, so that their publishers of the queue wait too.
+    pub(crate) fn pressure(&self, out: &impl Outbox, queue: &str, on: bool, remote: bool) {
+        let cfg = &self.cfg;
+        let (released, local) = self
+            .queues
+            .borrow_mut()
+            .pressure(queue, on, remote, |name| cfg.history_length_for(name));
+        if let Some(on) = local.filter(|_| self.replicate && !is_reserved(queue)) {
+            let queue = queue.into();
+            out.respond(CONTROL_SHARD, Response::LinkPressure { queue, on });
+        }
         for c in released {
             out.ack(c.home, c.conn, c.seq, c.bytes);
         }

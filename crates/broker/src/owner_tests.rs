@@ -36,6 +36,10 @@ enum Said {
         to: usize,
         queue: String,
     },
+    LinkPressure {
+        queue: String,
+        on: bool,
+    },
 }
 
 impl Outbox for Recorder {
@@ -60,6 +64,10 @@ impl Outbox for Recorder {
             Response::Replicate { frame } => Said::Replicate {
                 to,
                 queue: frame.queue().into(),
+            },
+            Response::LinkPressure { queue, on } => Said::LinkPressure {
+                queue: queue.into(),
+                on,
             },
             other => panic!("an owner does not say {other:?}"),
         };
@@ -200,7 +208,7 @@ fn a_stalled_queue_holds_its_confirmations_and_only_its_own() {
     o.subscribe(&out, 2, "slow".into(), conn(1), None, false);
     o.subscribe(&out, 2, "fast".into(), conn(1), None, false);
     out.take();
-    o.pressure(&out, "slow", true);
+    o.pressure(&out, "slow", true, false);
     o.publish(&out, msg("slow", 1), from(0, 5, false), Some(1));
     o.publish(&out, msg("fast", 2), from(0, 5, false), Some(2));
     o.publish(&out, msg("slow", 3), from(0, 6, false), None);
@@ -223,7 +231,7 @@ fn a_stalled_queue_holds_its_confirmations_and_only_its_own() {
         matches!(said[0], Said::Deliver { to: 2, .. }),
         "messages are still delivered"
     );
-    o.pressure(&out, "slow", false);
+    o.pressure(&out, "slow", false, false);
     assert_eq!(
         out.take(),
         [
@@ -332,4 +340,36 @@ fn in_a_cluster_local_publishes_go_to_the_links_and_replicas_do_not() {
     );
     o.replicated(&out, msg("q", 3), true);
     assert!(out.take().is_empty(), "one hop: never sent on");
+}
+
+#[test]
+fn in_a_cluster_a_local_stall_is_told_to_the_links_and_a_remote_one_is_not() {
+    let cfg = MqConfig {
+        cluster_nodes: vec!["a:1".into(), "b:2".into()],
+        ..MqConfig::default()
+    };
+    let o = owner(cfg);
+    let out = Recorder::default();
+    o.pressure(&out, "q", true, false);
+    o.pressure(&out, "q", true, false);
+    assert_eq!(
+        out.take(),
+        [Said::LinkPressure {
+            queue: "q".into(),
+            on: true
+        }],
+        "once, when the first subscriber here stalls"
+    );
+    o.pressure(&out, "q", true, true);
+    o.pressure(&out, "q", false, true);
+    assert!(out.take().is_empty(), "a remote stall is not echoed back");
+    o.pressure(&out, "q", false, false);
+    o.pressure(&out, "q", false, false);
+    assert_eq!(
+        out.take(),
+        [Said::LinkPressure {
+            queue: "q".into(),
+            on: false
+        }]
+    );
 }

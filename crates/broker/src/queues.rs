@@ -27,9 +27,11 @@ pub(crate) struct QueueState {
     /// the least recently published-to queues lose their history first.
     last_stored: u64,
     /// Subscribers of this queue now over `max_pending` under `block`, as
-    /// their home shards reported them (G5).
+    /// their home shards on this node reported them (G5).
     stalled: u32,
-    /// Confirmations held back while `stalled` is non-zero, in order.
+    /// Cluster links whose node has such a subscriber of this queue.
+    stalled_remote: u32,
+    /// Confirmations held back while either count is non-zero, in order.
     held: Vec<Held>,
 }
 
@@ -51,12 +53,13 @@ impl QueueState {
         self.homes.is_empty()
             && (self.own_id || self.history.is_empty())
             && self.stalled == 0
+            && self.stalled_remote == 0
             && self.held.is_empty()
     }
 
     /// Whether a subscriber's backlog holds up this queue's publishers.
     pub(crate) fn is_stalled(&self) -> bool {
-        self.stalled > 0
+        self.stalled > 0 || self.stalled_remote > 0
     }
 
     /// Home shards with at least one subscriber.
@@ -256,19 +259,47 @@ impl QueueTable {
     }
 
     /// A subscriber of `queue` went over (`on`) or came back under
-    /// `max_pending`; returns the confirmations to send once none is over.
-    pub(crate) fn pressure(&mut self, queue: &str, on: bool) -> Vec<Held> {
+    /// `max_pending` — on this node, or (`remote`) on the node at the other
+    /// end of a cluster link. Returns the confirmations to send once none is
+    /// over, and whether this node's own count went from 0 to 1 (`Some(true)`)
+    /// or back (`Some(false)`), which the other nodes are to hear.
+    pub(crate) fn pressure(
+        &mut self,
+        queue: &str,
+        on: bool,
+        remote: bool,
+        cap_for: impl Fn(&str) -> usize,
+    ) -> (Vec<Held>, Option<bool>) {
         let hash = queue_hash(queue);
-        let Some(q) = self.queues.get_mut(hash, queue) else {
-            return Vec::new();
+        let q = if on {
+            // A remote stall may concern a queue this node holds no state
+            // for yet: its publishers must be held all the same.
+            self.queues
+                .get_or_insert_with(hash, queue, || QueueState::new(cap_for(queue), false))
+        } else {
+            match self.queues.get_mut(hash, queue) {
+                Some(q) => q,
+                None => return (Vec::new(), None),
+            }
         };
-        if on {
-            q.stalled += 1;
-            return Vec::new();
-        }
-        q.stalled = q.stalled.saturating_sub(1);
-        if q.stalled > 0 {
-            return Vec::new();
+        let count = if remote {
+            &mut q.stalled_remote
+        } else {
+            &mut q.stalled
+        };
+        let before = *count;
+        *count = if on {
+            before + 1
+        } else {
+            before.saturating_sub(1)
+        };
+        let local = match (remote, before, *count) {
+            (false, 0, 1) => Some(true),
+            (false, 1, 0) => Some(false),
+            _ => None,
+        };
+        if q.is_stalled() {
+            return (Vec::new(), local);
         }
         let released = std::mem::take(&mut q.held);
         if q.is_idle() {
@@ -276,7 +307,7 @@ impl QueueTable {
             self.history_messages -= q.history.len() as u64;
             self.queues.remove(hash, queue);
         }
-        released
+        (released, local)
     }
 
     /// Number of queues held.
@@ -327,6 +358,7 @@ impl QueueState {
             frame_bytes: 0,
             last_stored: 0,
             stalled: 0,
+            stalled_remote: 0,
             held: Vec::new(),
         }
     }

@@ -128,22 +128,42 @@ fn confirmations_wait_while_a_subscriber_is_over() {
         seq: Some(seq),
         bytes: 10,
     };
-    assert!(t.pressure("nothing", true).is_empty());
-    assert!(t.pressure("q", true).is_empty());
-    assert!(t.pressure("q", true).is_empty(), "two subscribers over");
+    assert!(t.pressure("nothing", false, false, |_| 10).0.is_empty());
+    assert_eq!(t.pressure("q", true, false, |_| 10), (vec![], Some(true)));
+    assert_eq!(
+        t.pressure("q", true, false, |_| 10),
+        (vec![], None),
+        "two subscribers over"
+    );
     let f = frame("q", 1);
     assert!(t.publish(&f, |_| 10).unwrap().1.is_stalled());
     t.hold(f.hash(), "q", held(7));
     t.hold(f.hash(), "q", held(8));
-    assert!(t.pressure("q", false).is_empty(), "one is still over");
-    assert_eq!(t.pressure("q", false), [held(7), held(8)], "in order");
+    assert_eq!(
+        t.pressure("q", false, false, |_| 10),
+        (vec![], None),
+        "one is still over"
+    );
+    // Another node's subscriber holds it too, without telling the other nodes.
+    assert_eq!(t.pressure("q", true, true, |_| 10), (vec![], None));
+    assert_eq!(t.pressure("q", false, false, |_| 10), (vec![], Some(false)));
+    assert_eq!(
+        t.pressure("q", false, true, |_| 10),
+        (vec![held(7), held(8)], None),
+        "in order, once no node has one over"
+    );
     assert!(!t.publish(&frame("q", 2), |_| 10).unwrap().1.is_stalled());
     // A queue that only existed for its pressure goes once it ends.
     t.subscribe("p", 0, false, |_| 0);
-    assert!(t.pressure("p", true).is_empty());
+    assert!(t.pressure("p", true, false, |_| 0).0.is_empty());
     t.unsubscribe("p", 0);
     assert_eq!(t.len(), 2, "kept while stalled");
-    t.pressure("p", false);
+    t.pressure("p", false, false, |_| 0);
+    assert_eq!(t.len(), 1);
+    // A remote stall of a queue unknown here creates it, to hold its publishers.
+    t.pressure("r", true, true, |_| 0);
+    assert_eq!(t.len(), 2);
+    t.pressure("r", false, true, |_| 0);
     assert_eq!(t.len(), 1);
 }
 

@@ -11,7 +11,7 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::spawn_local;
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -21,6 +21,24 @@ use std::task::{Poll, Waker};
 
 /// Queue name of history-exchange frames on a link.
 const SYNC_QUEUE: &str = "$coremq.sync";
+/// Queue name of flow-control frames on a link: `{"queue": q, "on": bool}`,
+/// the sending node's subscribers of `q` are (or are no longer) stalled, so
+/// the receiving node holds (or releases) its publishers of `q` (G5).
+const PRESSURE_QUEUE: &str = "$coremq.pressure";
+
+/// A flow-control frame for a link.
+pub(super) fn pressure_frame(queue: &str, on: bool) -> Vec<u8> {
+    let mut json = b"{\"queue\": ".to_vec();
+    proto::write_json_string(queue, &mut json);
+    json.extend_from_slice(if on {
+        b", \"on\": true}"
+    } else {
+        b", \"on\": false}"
+    });
+    let mut frame = Vec::new();
+    proto::encode_frame(PRESSURE_QUEUE, &json, &mut frame);
+    frame
+}
 
 /// One replication link's outbound side.
 pub(super) struct Link {
@@ -122,6 +140,13 @@ pub(super) async fn run_link(
     shard.node().shared.replicant_up(&name);
     tracing::info!(peer = %name, "cluster link up");
 
+    // The queues whose publishers the peer is to hold (G5).
+    for queue in cluster.stalled.borrow().iter() {
+        link.push(&pressure_frame(queue, true));
+    }
+    // Queues the peer asked us to hold, released when the link ends.
+    let held = RefCell::new(HashSet::new());
+
     // History exchange: everything we hold, for the peer to fill its gaps.
     {
         let (shard, link) = (shard.clone(), link.clone());
@@ -149,7 +174,7 @@ pub(super) async fn run_link(
     let max_frame = shard.cfg().max_message_size + (64 << 10);
     let mut rbuf = rest;
     // Bytes that came right behind the handshake.
-    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters) {
+    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters, &held) {
         Ok(used) => used,
         Err(_) => rbuf.len(),
     };
@@ -197,7 +222,7 @@ pub(super) async fn run_link(
             Event::Done(why) => break why,
             Event::Read(n) => {
                 rbuf.extend_from_slice(&chunk[..n]);
-                match take_frames(&shard, &rbuf[start..], max_frame, &counters) {
+                match take_frames(&shard, &rbuf[start..], max_frame, &counters, &held) {
                     Ok(used) => start += used,
                     Err(e) => break e,
                 }
@@ -213,6 +238,11 @@ pub(super) async fn run_link(
         }
     };
     tracing::info!(peer = %name, why, "cluster link down");
+    for queue in held.into_inner() {
+        let owner = shard.owner_of(&queue);
+        let (on, remote) = (false, true);
+        shard.request(owner, Request::Pressure { queue, on, remote });
+    }
     let mut links = cluster.links.borrow_mut();
     if links.get(&name).is_some_and(|l| Rc::ptr_eq(l, &link)) {
         links.remove(&name);
@@ -228,6 +258,7 @@ fn take_frames(
     buf: &[u8],
     max_frame: usize,
     counters: &PeerCounters,
+    held: &RefCell<HashSet<Box<str>>>,
 ) -> Result<usize, &'static str> {
     let mut used = 0;
     loop {
@@ -242,6 +273,29 @@ fn take_frames(
         let Ok((queue, json)) = proto::split_body(frame.body, proto::MAX_QUEUE_NAME_LEN) else {
             return Err("bad frame from peer");
         };
+        if queue == PRESSURE_QUEUE {
+            #[derive(serde::Deserialize)]
+            struct Pressure {
+                queue: String,
+                on: bool,
+            }
+            let Ok(p) = serde_json::from_slice::<Pressure>(json) else {
+                return Err("bad flow-control frame from peer");
+            };
+            let queue: Box<str> = p.queue.into();
+            // Once per queue and link, whatever the peer repeats.
+            let changed = if p.on {
+                held.borrow_mut().insert(queue.clone())
+            } else {
+                held.borrow_mut().remove(&queue)
+            };
+            if changed {
+                let owner = shard.owner_of(&queue);
+                let (on, remote) = (p.on, true);
+                shard.request(owner, Request::Pressure { queue, on, remote });
+            }
+            continue;
+        }
         counters.received.fetch_add(1, Ordering::Relaxed);
         let (queue, json, live) = if queue == SYNC_QUEUE {
             #[derive(serde::Deserialize)]

@@ -50,6 +50,9 @@ struct Cluster {
     self_entry: String,
     /// Links that are up, by peer name.
     links: RefCell<HashMap<String, Rc<Link>>>,
+    /// Queues with a stalled subscriber on this node (G5): every link hears
+    /// of them, a new one as soon as it is up.
+    stalled: RefCell<std::collections::HashSet<Box<str>>>,
 }
 
 /// What the shard calls: the cluster plus the shard it runs on (weak: the
@@ -63,6 +66,20 @@ impl Links for Control {
     fn broadcast(&self, frame: &MsgFrame) {
         for link in self.cluster.links.borrow().values() {
             link.push(frame.bytes());
+        }
+    }
+
+    fn pressure(&self, queue: &str, on: bool) {
+        let changed = if on {
+            self.cluster.stalled.borrow_mut().insert(queue.into())
+        } else {
+            self.cluster.stalled.borrow_mut().remove(queue)
+        };
+        if changed {
+            let frame = link::pressure_frame(queue, on);
+            for link in self.cluster.links.borrow().values() {
+                link.push(&frame);
+            }
         }
     }
 
@@ -101,6 +118,7 @@ pub(crate) fn start(shard: &Rc<Shard>, port: u16) {
     let cluster = Rc::new(Cluster {
         self_entry: self_entry.clone(),
         links: RefCell::new(HashMap::new()),
+        stalled: RefCell::default(),
     });
     shard.set_links(Rc::new(Control {
         cluster: cluster.clone(),

@@ -260,7 +260,7 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     }
     assert!(c.flow.stalled_since().is_none());
     // Over max_pending: kept (nothing lost), and stalled.
-    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok);
+    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Stalled);
     assert!(c.flow.stalled_since().is_some());
     assert_eq!(counters.stalls.get(), 1);
     assert!(!c.may_read(), "its own backlog is over max_pending");
@@ -271,9 +271,11 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     assert_eq!(c.flow.flip(), Some(false));
     assert_eq!(take(&c).len(), 2);
     assert_eq!(counters.slow_consumers.get(), 0, "nobody was cut off");
-    // Past the hard cap (4 x max_pending) it is cut off even under block.
-    for _ in 0..16 {
-        assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok);
+    // Past the hard cap (4 x max_pending + 4 MiB) it is cut off even under block.
+    let fits = (16 * n + (4 << 20)) / n;
+    for i in 1..=fits {
+        let expect = if i == 5 { Queued::Stalled } else { Queued::Ok };
+        assert_eq!(c.deliver(f.bytes(), block, "news"), expect, "frame {i}");
     }
     assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::BecameSlow);
     assert_eq!(counters.slow_consumers.get(), 1);

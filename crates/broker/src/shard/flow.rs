@@ -11,7 +11,14 @@ impl Shard {
     pub(crate) fn close_conn(&self, conn: &Conn) {
         for queue in conn.flow.take_pressured() {
             let owner = self.router.owner(&queue);
-            self.request(owner, Request::Pressure { queue, on: false });
+            self.request(
+                owner,
+                Request::Pressure {
+                    queue,
+                    on: false,
+                    remote: false,
+                },
+            );
         }
         for queue in self.home.close(conn) {
             let owner = self.router.owner(&queue);
@@ -26,7 +33,14 @@ impl Shard {
         if conn.flow.unpress(queue) {
             let owner = self.router.owner(queue);
             let queue = queue.into();
-            self.request(owner, Request::Pressure { queue, on: false });
+            self.request(
+                owner,
+                Request::Pressure {
+                    queue,
+                    on: false,
+                    remote: false,
+                },
+            );
         }
     }
 
@@ -53,7 +67,14 @@ impl Shard {
         };
         for queue in queues {
             let owner = self.router.owner(&queue);
-            self.request(owner, Request::Pressure { queue, on });
+            self.request(
+                owner,
+                Request::Pressure {
+                    queue,
+                    on,
+                    remote: false,
+                },
+            );
         }
     }
 }

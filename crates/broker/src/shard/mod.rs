@@ -37,6 +37,9 @@ pub(crate) trait Links {
     fn broadcast(&self, frame: &MsgFrame);
     /// Runs a client connection that became a link (`Request::AdoptLink`).
     fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>);
+    /// Tells every link that this node's subscribers of `queue` are (or are
+    /// no longer) stalled.
+    fn pressure(&self, queue: &str, on: bool);
 }
 
 /// One shard's state.
@@ -294,7 +297,9 @@ impl Shard {
                 own_id,
             } => self.owner.subscribe(self, from, queue, conn, seq, own_id),
             Request::Unsubscribe { queue } => self.owner.unsubscribe(from, &queue),
-            Request::Pressure { queue, on } => self.owner.pressure(self, &queue, on),
+            Request::Pressure { queue, on, remote } => {
+                self.owner.pressure(self, &queue, on, remote)
+            }
             Request::History { queues, conn, seq } => {
                 self.owner.history(self, from, queues, conn, seq)
             }
@@ -320,7 +325,7 @@ impl Shard {
     /// Handles a response from an owner shard (possibly ourselves).
     pub(crate) fn handle_response(&self, resp: Response) {
         match resp {
-            Response::Deliver { frame, skip } => self.home.deliver(&frame, skip),
+            Response::Deliver { frame, skip } => self.deliver(&frame, skip),
             Response::Acks {
                 conn,
                 first,
@@ -336,10 +341,24 @@ impl Shard {
                     links.broadcast(&frame);
                 }
             }
+            Response::LinkPressure { queue, on } => {
+                if let Some(links) = self.links.borrow().as_ref() {
+                    links.pressure(&queue, on);
+                }
+            }
             Response::Drained => {
                 self.drain.drained_arrived();
                 self.advance_drain();
             }
+        }
+    }
+
+    /// Hands a message to this shard's subscribers of its queue; those it
+    /// made stalled have their owners told at once, before their publishers
+    /// can send much more.
+    fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
+        for conn in self.home.deliver(frame, skip) {
+            self.sync_pressure(&conn);
         }
     }
 

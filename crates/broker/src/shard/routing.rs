@@ -57,7 +57,7 @@ impl Outbox for Shard {
     }
 
     fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
-        self.home.deliver(frame, skip);
+        self.deliver(frame, skip);
     }
 }
 

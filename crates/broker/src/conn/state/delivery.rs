@@ -63,10 +63,14 @@ impl Conn {
         st.out.push_shared(frame);
         drop(st);
         if was_empty || stalled {
-            // A stall is news for the task too: it tells the owners.
+            // A stall is news for the task too: it arms the max_stall timer.
             self.wake();
         }
-        Queued::Ok
+        if stalled {
+            Queued::Stalled
+        } else {
+            Queued::Ok
+        }
     }
 
     /// Whether the connection's input may be read: its publishes in flight

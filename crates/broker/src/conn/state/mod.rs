@@ -39,9 +39,13 @@ pub(crate) enum SubState {
     Active,
 }
 
-/// A connection is cut off past this many times `max_pending` queued, even
-/// under `block`.
+/// A connection is cut off past this many times `max_pending` queued (plus
+/// [`HARD_CAP_EXTRA`]), even under `block`: what a stalled subscriber can be
+/// sent after it went over is what its publishers had in flight and read in
+/// before its owners heard of the stall.
 const HARD_CAP_FACTOR: usize = 4;
+/// See [`HARD_CAP_FACTOR`]: a few socket reads' worth, for small `max_pending`.
+const HARD_CAP_EXTRA: usize = 4 << 20;
 /// A publisher's window of unconfirmed bytes is `max_pending` / this: small
 /// enough that a few publishers of a stalled queue stay within the hard cap,
 /// large enough for many read batches in flight.
@@ -129,6 +133,9 @@ pub(crate) struct Conn {
 pub(crate) enum Queued {
     /// Queued.
     Ok,
+    /// Queued, and it made the connection stalled (over `max_pending` on a
+    /// `block` queue): its queues' owners are to hear it now.
+    Stalled,
     /// Skipped under `drop`: the connection is over `max_pending`.
     Dropped,
     /// Dropped: the connection is closing.
@@ -158,7 +165,9 @@ impl Conn {
             transport,
             ok_sent: ok_sent.into_boxed_slice(),
             max_pending,
-            hard_cap: max_pending.saturating_mul(HARD_CAP_FACTOR),
+            hard_cap: max_pending
+                .saturating_mul(HARD_CAP_FACTOR)
+                .saturating_add(HARD_CAP_EXTRA),
             flow: Flow::new((max_pending / WINDOW_DIVISOR).max(1)),
             node,
             counters,
