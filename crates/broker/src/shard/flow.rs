@@ -45,7 +45,8 @@ impl Shard {
     }
 
     /// Tells the owners of `conn`'s `block` queues that it has become
-    /// stalled, or no longer is (called by its task whenever it runs).
+    /// stalled, or no longer is: called in the pass whose delivery stalled
+    /// it, and by its task whenever that runs (catching up, max_stall).
     pub(crate) fn sync_pressure(&self, conn: &Conn) {
         let Some(on) = conn.flow.flip() else {
             return;
