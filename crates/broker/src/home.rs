@@ -47,6 +47,9 @@ pub(crate) struct Home {
     subs: RefCell<LocalSubs>,
     /// Woken whenever a connection goes away (shutdown waits for zero).
     closed: WakerList,
+    /// Connections a delivery just made stalled (G5), for the shard to tell
+    /// their owners; rare, so a delivery only pushes here.
+    stalled: RefCell<Vec<Rc<Conn>>>,
 }
 
 impl Home {
@@ -67,6 +70,7 @@ impl Home {
             conns: RefCell::default(),
             subs: RefCell::default(),
             closed: WakerList::default(),
+            stalled: RefCell::default(),
         }
     }
 
@@ -175,14 +179,13 @@ impl Home {
         }
     }
 
-    /// Writes a delivered frame into every local subscriber's buffer; returns
-    /// the subscribers it made stalled (G5), whose owners are to hear it.
-    pub(crate) fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) -> Vec<Rc<Conn>> {
+    /// Writes a delivered frame into every local subscriber's buffer; those
+    /// it made stalled (G5) wait in [`Home::take_stalled`].
+    pub(crate) fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
         let subs = self.subs.borrow();
         let queue = frame.queue();
         let (policy, list) = subs.get_hashed(frame.hash(), queue);
         let mut delivered = 0;
-        let mut stalled = Vec::new();
         for &key in list {
             if Some(key) == skip {
                 continue;
@@ -194,14 +197,19 @@ impl Home {
                 Queued::Ok => delivered += 1,
                 Queued::Stalled => {
                     delivered += 1;
-                    stalled.push(conn);
+                    self.stalled.borrow_mut().push(conn);
                 }
                 Queued::Dropped | Queued::Closing | Queued::BecameSlow => {}
             }
         }
         drop(subs);
         Counters::add(&self.counters.messages_out, delivered);
-        stalled
+    }
+
+    /// The connections deliveries made stalled since the last call.
+    pub(crate) fn take_stalled(&self) -> Option<Vec<Rc<Conn>>> {
+        let mut s = self.stalled.borrow_mut();
+        (!s.is_empty()).then(|| std::mem::take(&mut *s))
     }
 
     /// Publishes of `conn` confirmed: `bytes` leave its window, and replies

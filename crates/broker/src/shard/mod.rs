@@ -357,8 +357,11 @@ impl Shard {
     /// made stalled have their owners told at once, before their publishers
     /// can send much more.
     fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
-        for conn in self.home.deliver(frame, skip) {
-            self.sync_pressure(&conn);
+        self.home.deliver(frame, skip);
+        if let Some(stalled) = self.home.take_stalled() {
+            for conn in stalled {
+                self.sync_pressure(&conn);
+            }
         }
     }
 
