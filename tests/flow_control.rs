@@ -61,6 +61,24 @@ fn shard_sum(st: &Value, key: &str) -> u64 {
 /// A subscriber reading far slower than the publisher for a while: under
 /// `block` nothing is lost and nobody is disconnected; the publisher waited.
 fn a_slower_subscriber_loses_nothing(shards: usize) {
+    slower_subscriber(shards, 1000, 8_000, 1_500);
+}
+
+/// The same with 128-byte messages.
+#[test]
+fn a_slower_subscriber_loses_nothing_128_bytes() {
+    slower_subscriber(2, 100, 30_000, 6_000);
+}
+
+/// The same with 16 KiB messages.
+#[test]
+fn a_slower_subscriber_loses_nothing_16_kib() {
+    slower_subscriber(2, 16_000, 1_500, 600);
+}
+
+/// `count` messages of about `pad` bytes, the first `slow_for` of them read
+/// at about one a millisecond.
+fn slower_subscriber(shards: usize, pad: usize, count: u64, slow_for: u64) {
     let b = Broker::start(
         BrokerOpts::new(shards)
             .set("max_pending", "256K")
@@ -69,11 +87,10 @@ fn a_slower_subscriber_loses_nothing(shards: usize) {
     let q = uniq("g5.slow");
     let mut s = b.client();
     s.subscribe(&[&q]);
-    // 8 MiB, many times max_pending and the sockets' buffers.
-    let count = 8_000;
-    let publisher = firehose(&b, &q, count, 1000);
-    // The first 1,500 messages at ~1 ms each: about a tenth of the rate.
-    receive_all(&mut s, count, 1_500, Duration::from_millis(1));
+    // Many times max_pending and the sockets' buffers; the slow part alone
+    // is far over max_pending.
+    let publisher = firehose(&b, &q, count, pad);
+    receive_all(&mut s, count, slow_for, Duration::from_millis(1));
     let _ = publisher.join().expect("publisher");
     let st = b.client().status();
     assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
@@ -82,7 +99,7 @@ fn a_slower_subscriber_loses_nothing(shards: usize) {
         "the publisher was never held: {st}"
     );
     println!(
-        "{count} messages, {} stall(s), {:.2} s stalled",
+        "{count} messages of {pad} B, {} stall(s), {:.2} s stalled",
         shard_sum(&st, "stalls"),
         st["shards"]
             .as_array()
