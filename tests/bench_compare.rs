@@ -284,12 +284,7 @@ fn baseline_ratios_flag_rows_more_than_3_percent_worse() {
 /// new/base columns with figures in them.
 #[test]
 fn quick_run_against_a_baseline_binary() {
-    let bin_dir = Path::new(BIN).parent().expect("binary directory");
-    assert!(
-        bin_dir.join("coremq-bench").exists(),
-        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
-        bin_dir.join("coremq-bench").display()
-    );
+    let bin_dir = built_bin_dir();
     let md = run_compare(
         "compare-live",
         &[
@@ -445,15 +440,11 @@ fn unwindowed_losses_are_shown_per_repetition_and_called_out() {
 }
 
 /// A real quick `--unwindowed-only` run (CoreMQ only): the unwindowed table and
-/// its verdict, whatever the broker lost (its fix is another issue's).
+/// its verdict (what the broker lost is bench/compare's and flow_control's
+/// business; this checks the harness).
 #[test]
 fn quick_unwindowed_only_run() {
-    let bin_dir = Path::new(BIN).parent().expect("binary directory");
-    assert!(
-        bin_dir.join("coremq-bench").exists(),
-        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
-        bin_dir.join("coremq-bench").display()
-    );
+    let bin_dir = built_bin_dir();
     let md = run_compare(
         "compare-unwin",
         &[
@@ -512,4 +503,16 @@ fn run_compare(tag: &str, args: &[&str], suffix: &str) -> String {
     let md = fs::read_to_string(md_path).expect("results file");
     fs::remove_dir_all(&out_dir).ok();
     md
+}
+
+/// Where the debug `coremq` and `coremq-bench` are, checking that the load
+/// generator was built too.
+fn built_bin_dir() -> &'static Path {
+    let bin_dir = Path::new(BIN).parent().expect("binary directory");
+    assert!(
+        bin_dir.join("coremq-bench").exists(),
+        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
+        bin_dir.join("coremq-bench").display()
+    );
+    bin_dir
 }

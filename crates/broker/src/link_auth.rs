@@ -68,11 +68,10 @@ pub(crate) fn accept_proof_ok(
     accept_nonce: &str,
     proof: &str,
 ) -> bool {
-    unhex(proof).is_some_and(|p| {
-        mac(secret, "coremq accept", name, dial_nonce, accept_nonce)
-            .verify_slice(&p)
-            .is_ok()
-    })
+    verify(
+        mac(secret, "coremq accept", name, dial_nonce, accept_nonce),
+        proof,
+    )
 }
 
 /// Whether `proof` is the dialer's proof, compared in constant time.
@@ -83,11 +82,15 @@ pub(crate) fn dial_proof_ok(
     dial_nonce: &str,
     proof: &str,
 ) -> bool {
-    unhex(proof).is_some_and(|p| {
-        mac(secret, "coremq dial", name, accept_nonce, dial_nonce)
-            .verify_slice(&p)
-            .is_ok()
-    })
+    verify(
+        mac(secret, "coremq dial", name, accept_nonce, dial_nonce),
+        proof,
+    )
+}
+
+/// Whether hex `proof` is `expected`'s tag (constant-time compare).
+fn verify(expected: Hmac<Sha256>, proof: &str) -> bool {
+    unhex(proof).is_some_and(|p| expected.verify_slice(&p).is_ok())
 }
 
 fn mac(secret: &str, label: &str, name: &str, first: &str, second: &str) -> Hmac<Sha256> {

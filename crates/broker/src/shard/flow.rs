@@ -10,15 +10,7 @@ impl Shard {
     /// Forgets a closed connection and drops its subscriptions at their owners.
     pub(crate) fn close_conn(&self, conn: &Conn) {
         for queue in conn.flow.take_pressured() {
-            let owner = self.router.owner(&queue);
-            self.request(
-                owner,
-                Request::Pressure {
-                    queue,
-                    on: false,
-                    remote: false,
-                },
-            );
+            self.tell_owner(queue, false);
         }
         for queue in self.home.close(conn) {
             let owner = self.router.owner(&queue);
@@ -31,16 +23,7 @@ impl Shard {
     pub(crate) fn unsubscribe_local(&self, queue: &str, conn: &Conn, was: SubState) {
         self.home.unsubscribe(queue, conn, was);
         if conn.flow.unpress(queue) {
-            let owner = self.router.owner(queue);
-            let queue = queue.into();
-            self.request(
-                owner,
-                Request::Pressure {
-                    queue,
-                    on: false,
-                    remote: false,
-                },
-            );
+            self.tell_owner(queue.into(), false);
         }
     }
 
@@ -67,15 +50,15 @@ impl Shard {
             conn.flow.take_pressured()
         };
         for queue in queues {
-            let owner = self.router.owner(&queue);
-            self.request(
-                owner,
-                Request::Pressure {
-                    queue,
-                    on,
-                    remote: false,
-                },
-            );
+            self.tell_owner(queue, on);
         }
+    }
+
+    /// Tells `queue`'s owner that a subscriber here is (or no longer is)
+    /// stalled.
+    fn tell_owner(&self, queue: Box<str>, on: bool) {
+        let owner = self.router.owner(&queue);
+        let remote = false;
+        self.request(owner, Request::Pressure { queue, on, remote });
     }
 }
