@@ -19,6 +19,7 @@ pub(crate) fn path() -> &'static Path {
 /// Test-only keys made once with openssl (tests/keys/README.md).
 pub(crate) const RSA_PRIVATE: &str = include_str!("../tests/keys/rsa_private.pem");
 pub(crate) const RSA_PUBLIC: &str = include_str!("../tests/keys/rsa_public.pem");
+pub(crate) const RSA1024_PUBLIC: &str = include_str!("../tests/keys/rsa1024_public.pem");
 pub(crate) const EC_PRIVATE: &str = include_str!("../tests/keys/ec_private.pem");
 pub(crate) const EC_PUBLIC: &str = include_str!("../tests/keys/ec_public.pem");
 pub(crate) const EC384_PUBLIC: &str = include_str!("../tests/keys/ec384_public.pem");

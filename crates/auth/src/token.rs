@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use jsonwebtoken::crypto::CryptoProvider;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind, Validation};
 use serde::Deserialize;
 
 use crate::error::{AuthError, LoadError};
@@ -24,6 +25,10 @@ use crate::users::valid_user_name;
 
 /// Shortest HS256 secret accepted: 256 bits, the size of the MAC itself.
 const MIN_SECRET: usize = 32;
+
+/// Shortest RSA modulus accepted (2048 bits): shorter keys are factorable
+/// by a determined attacker and no longer allowed for signatures.
+const MIN_RSA_BYTES: usize = 256;
 
 /// The key tokens are verified with, and so the one algorithm accepted.
 #[derive(Clone)]
@@ -82,13 +87,18 @@ impl JwtKey {
         let problem = if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
             "holds a private key; give the public one \
              (openssl pkey -in PRIVATE.pem -pubout)"
-        } else {
-            if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-                return Ok(JwtKey {
-                    alg: Algorithm::RS256,
-                    key,
-                });
+        } else if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            match rsa_modulus_len(&key) {
+                Some(len) if len >= MIN_RSA_BYTES => {
+                    return Ok(JwtKey {
+                        alg: Algorithm::RS256,
+                        key,
+                    })
+                }
+                Some(_) => "holds an RSA key shorter than 2048 bits; RS256 needs 2048 or more",
+                None => "holds an RSA key that does not parse",
             }
+        } else {
             match DecodingKey::from_ec_pem(pem) {
                 Ok(key) if verifier_accepts(Algorithm::ES256, &key) => {
                     return Ok(JwtKey {
@@ -126,6 +136,18 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, LoadError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// The RSA modulus's length in bytes, parsed by the backend the way each
+/// token's verification parses it, so a broken key fails at load rather than
+/// on every token; `None` if it does not parse.
+fn rsa_modulus_len(key: &DecodingKey) -> Option<usize> {
+    let DecodingKeyKind::SecretOrDer(der) = key.kind() else {
+        return None;
+    };
+    let backend = CryptoProvider::try_get_default()?;
+    let (n, _e) = (backend.key_utils.rsa_pub_components_from_public_key)(der).ok()?;
+    Some(n.len())
 }
 
 /// Whether `alg`'s verifier can be built from `key`: the EC verifier parses

@@ -261,6 +261,17 @@ fn public_key_kinds() {
     assert_eq!(bad(ED25519_PUBLIC), not_a_key);
     assert_eq!(bad("hunter2"), not_a_key);
     assert_eq!(bad(""), not_a_key);
+    assert_eq!(
+        bad(RSA1024_PUBLIC),
+        "jwt_public_key_file /k.pem: holds an RSA key shorter than 2048 bits; \
+         RS256 needs 2048 or more"
+    );
+    // PKCS#1 framing around DER that is not an RSA key: SEQUENCE { INTEGER 1 }.
+    let not_rsa = "-----BEGIN RSA PUBLIC KEY-----\nMAMCAQE=\n-----END RSA PUBLIC KEY-----\n";
+    assert_eq!(
+        bad(not_rsa),
+        "jwt_public_key_file /k.pem: holds an RSA key that does not parse"
+    );
     let private = "jwt_public_key_file /k.pem: holds a private key; give the public one \
                    (openssl pkey -in PRIVATE.pem -pubout)";
     assert_eq!(bad(RSA_PRIVATE), private);
