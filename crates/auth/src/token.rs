@@ -58,6 +58,7 @@ impl JwtKey {
     /// HS256 with `secret` less trailing whitespace (the newline an editor
     /// or `echo` leaves is not part of the secret); `label` names it in errors.
     pub fn hs256(secret: &[u8], label: &Path) -> Result<JwtKey, LoadError> {
+        backend("jwt_secret_file", label)?;
         let end = secret
             .iter()
             .rposition(|b| !b.is_ascii_whitespace())
@@ -84,11 +85,12 @@ impl JwtKey {
     /// RS256 for an RSA public key, ES256 for an EC P-256 one, in PEM;
     /// `label` names it in errors.
     pub fn from_public_key_pem(pem: &[u8], label: &Path) -> Result<JwtKey, LoadError> {
+        let backend = backend("jwt_public_key_file", label)?;
         let problem = if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
             "holds a private key; give the public one \
              (openssl pkey -in PRIVATE.pem -pubout)"
         } else if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            match rsa_modulus_len(&key) {
+            match rsa_modulus_len(backend, &key) {
                 Some(len) if len >= MIN_RSA_BYTES => {
                     return Ok(JwtKey {
                         alg: Algorithm::RS256,
@@ -138,14 +140,27 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, LoadError> {
     })
 }
 
+/// jsonwebtoken's crypto backend. It has one only when exactly one of its
+/// `rust_crypto` and `aws_lc_rs` features is on (the workspace picks
+/// `rust_crypto`); without one every verification would panic, so a key is
+/// refused at load instead.
+fn backend(what: &'static str, label: &Path) -> Result<&'static CryptoProvider, LoadError> {
+    CryptoProvider::try_get_default().ok_or_else(|| LoadError::File {
+        what,
+        path: label.to_owned(),
+        problem: "this build has no JWT crypto backend (jsonwebtoken needs exactly one of \
+                  its rust_crypto and aws_lc_rs features)"
+            .to_owned(),
+    })
+}
+
 /// The RSA modulus's length in bytes, parsed by the backend the way each
 /// token's verification parses it, so a broken key fails at load rather than
 /// on every token; `None` if it does not parse.
-fn rsa_modulus_len(key: &DecodingKey) -> Option<usize> {
+fn rsa_modulus_len(backend: &CryptoProvider, key: &DecodingKey) -> Option<usize> {
     let DecodingKeyKind::SecretOrDer(der) = key.kind() else {
         return None;
     };
-    let backend = CryptoProvider::try_get_default()?;
     let (n, _e) = (backend.key_utils.rsa_pub_components_from_public_key)(der).ok()?;
     Some(n.len())
 }
