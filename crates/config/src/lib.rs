@@ -21,7 +21,8 @@
 //!   two together.
 //! - `value`, `size`, `log` and `pattern` parse individual values into
 //!   ports, sizes like `16M`, [`LogTarget`]/[`LogLevel`] and
-//!   [`QueueHistoryRule`] globs.
+//!   [`QueueHistoryRule`] globs; [`glob_match`] is the queue-name matcher
+//!   that the users file's permissions (coremq-auth) share.
 //! - [`ConfigError`] (`error`) words every failure for the operator: file or
 //!   variable, section, key, value, and what would have been accepted.
 
@@ -41,7 +42,7 @@ use std::path::Path;
 pub use error::{ConfigError, Origin};
 pub use log::{LogLevel, LogTarget};
 pub use mq::MqConfig;
-pub use pattern::{PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
+pub use pattern::{glob_match, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 pub use ws::WsConfig;
 
 use document::{Document, EnvLookup, SectionSpec};

@@ -40,7 +40,7 @@ pub struct PolicyRule {
 impl PolicyRule {
     /// Whether `queue` matches this rule's pattern.
     pub fn matches(&self, queue: &str) -> bool {
-        glob(self.pattern.as_bytes(), queue.as_bytes())
+        glob_match(&self.pattern, queue)
     }
 }
 
@@ -81,16 +81,23 @@ pub(crate) const MAX_HISTORY: usize = 1_000_000;
 impl QueueHistoryRule {
     /// Whether `queue` matches this rule's pattern (the whole name, not a prefix).
     pub fn matches(&self, queue: &str) -> bool {
-        glob(self.pattern.as_bytes(), queue.as_bytes())
+        glob_match(&self.pattern, queue)
     }
 }
 
-/// Iterative glob with single-star backtracking: on a mismatch, the most
-/// recent `*` takes one more character and matching resumes after it. That is
-/// enough because an earlier `*` never needs to give back what a later one can
-/// take. Works on UTF-8 bytes; `?` and the backtracking step move by whole
+/// Whether all of `text` matches glob `pattern`: `*` matches any run of
+/// characters (also none), `?` exactly one character, everything else itself.
+/// The one matcher for queue names (`queue_history`, `slow_consumer_policy`,
+/// the users file's permissions), so they all read a pattern the same way.
+/// Allocation-free; the access-control check runs it on every publish.
+///
+/// Iterative, with single-star backtracking: on a mismatch, the most recent
+/// `*` takes one more character and matching resumes after it. That is enough
+/// because an earlier `*` never needs to give back what a later one can take.
+/// Works on UTF-8 bytes; `?` and the backtracking step move by whole
 /// characters so `?` means one character, not one byte.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
     let (mut p, mut t) = (0, 0);
     // (pattern index just after the last `*`, text index where its match ends)
     let mut star: Option<(usize, usize)> = None;
