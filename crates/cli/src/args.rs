@@ -2,14 +2,23 @@
 
 use crate::exit::Failure;
 use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Talk to a CoreMQ server: publish, subscribe, read history and status.
+/// Talk to a CoreMQ server: publish, subscribe, read history and status;
+/// make password hashes and tokens for its access control.
+///
+/// On a server with a users file, give --user (the password is asked for
+/// without echo when it is not given and standard input is a terminal) or
+/// --token; every command then authenticates before anything else. Prefer
+/// $COREMQ_PASSWORD or the prompt to --password, which other users of the
+/// machine can see in the process list.
 ///
 /// Exit codes: 0 success; 1 the server refused the request (its ERROR reply is
 /// printed); 2 bad command line or input; 3 cannot connect, or the connection
 /// was lost; 4 timed out waiting for the server (or, for `sub --count`, for
-/// the messages).
+/// the messages). A refused password or token is exit 1.
 #[derive(Parser, Debug)]
 #[command(name = "coremq-cli", version, about, long_about)]
 pub struct Args {
@@ -28,6 +37,29 @@ pub struct Args {
     /// interrupted or --count is reached).
     #[arg(short, long, global = true, value_name = "SECS", value_parser = parse_secs)]
     pub timeout: Option<f64>,
+    /// Authenticate as USER (for `token`: the user the token is for).
+    #[arg(short, long, global = true, env = "COREMQ_USER", value_name = "USER")]
+    pub user: Option<String>,
+    /// USER's password; asked for without echo if missing and standard input
+    /// is a terminal.
+    #[arg(
+        long,
+        global = true,
+        env = "COREMQ_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<String>,
+    /// Authenticate with this token (a JWT, e.g. from `coremq-cli token`)
+    /// instead of --user and --password.
+    #[arg(
+        long,
+        global = true,
+        env = "COREMQ_TOKEN",
+        hide_env_values = true,
+        value_name = "JWT"
+    )]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,7 +88,9 @@ pub enum Command {
     /// With --count N, ending by timeout before N messages is exit 4; without
     /// --count, the timeout is the normal end (exit 0). The connection is
     /// re-established if it breaks; messages published meanwhile are missed
-    /// (a notice goes to stderr).
+    /// (a notice goes to stderr). A queue the server unsubscribes us from
+    /// because the user lost the right to it is reported on stderr too; when
+    /// no queue is left, exit 1.
     Sub {
         /// Queues to subscribe to.
         #[arg(required = true, num_args = 1..)]
@@ -87,6 +121,37 @@ pub enum Command {
         #[arg(long)]
         text: bool,
     },
+    /// Print an Argon2id hash of a password for a `password =` line of the
+    /// server's users file.
+    ///
+    /// The password is typed twice without echo, or, when standard input is
+    /// not a terminal, read as one line from it. The server is not contacted.
+    Passwd {
+        /// Read the password as one line from standard input even if it is a
+        /// terminal.
+        #[arg(long)]
+        stdin: bool,
+    },
+    /// Print an HS256 token (JWT) for --user, signed with the server's
+    /// `jwt_secret_file`, for --token or $COREMQ_TOKEN.
+    ///
+    /// --user must be given on the command line here ($COREMQ_USER is not
+    /// taken, so a token is never made for the wrong user by accident). The
+    /// server is not contacted.
+    Token {
+        /// The server's jwt_secret_file: at least 32 bytes (trailing
+        /// whitespace is not counted).
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// How long the token is valid: SECS, or a number with s, m, h or d.
+        #[arg(long, value_name = "TTL", default_value = "1h", value_parser = crate::token::parse_ttl)]
+        ttl: u64,
+        /// Rights that replace the user's lists for connections with this
+        /// token: a JSON object with any of "publish", "subscribe",
+        /// "history" (lists of queue patterns) and "monitor" (true/false).
+        #[arg(long, value_name = "JSON", value_parser = crate::claims::parse_claims)]
+        claims: Option<Map<String, Value>>,
+    },
 }
 
 impl Args {
@@ -103,7 +168,7 @@ impl Command {
             Command::Pub { queue, .. } => vec![queue],
             Command::Send { id, .. } => vec![id],
             Command::Sub { queues, .. } | Command::History { queues } => queues.iter().collect(),
-            Command::Status => vec![],
+            Command::Status | Command::Passwd { .. } | Command::Token { .. } => vec![],
         };
         for name in names {
             coremq_client::check_queue_name(name).map_err(Failure::from)?;

@@ -41,7 +41,11 @@ impl Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
-            ClientError::Server(_) => SERVER_ERROR,
+            // The server said no to the credentials: as for any refusal, its
+            // reply is what the user needs to see.
+            ClientError::Server(_)
+            | ClientError::AuthenticationFailed(_)
+            | ClientError::TokenExpired => SERVER_ERROR,
             ClientError::Timeout(_) => TIMEOUT,
             ClientError::BadQueueName { .. }
             | ClientError::NotAnObject(_)

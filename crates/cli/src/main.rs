@@ -1,34 +1,51 @@
 //! `coremq-cli`: CoreMQ from the shell — publish, subscribe, history, status
-//! and point-to-point messages, with exit codes a script can rely on.
+//! and point-to-point messages, with exit codes a script can rely on — and
+//! the two tools of access control: password hashes for the users file and
+//! signed tokens.
 //!
 //! The parts: `args` (the command line), `exit` (exit codes and the one place
-//! errors become stderr messages), `body` (turning MESSAGE into a JSON object)
-//! and one file per command: `publish` (`pub` and `send`), `sub`, `history`,
-//! `status`. All of them speak through `coremq-client`.
+//! errors become stderr messages), `body` (turning MESSAGE into a JSON object),
+//! `login` (credentials for the client, prompting for a password) and one
+//! file per command: `publish` (`pub` and `send`), `sub`, `history`,
+//! `status`, which speak through `coremq-client`; `passwd` and `token` (with
+//! `claims`), which work offline.
 
 mod args;
 mod body;
+mod claims;
 mod exit;
 mod history;
+mod login;
+mod passwd;
 mod publish;
 mod status;
 mod sub;
+mod token;
 
 use args::{Args, Command};
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use coremq_client::{Client, ClientConfig};
-use exit::Failure;
+use exit::{Failure, USAGE};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(&args, user_typed(&matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }
 }
 
-fn run(args: &Args) -> Result<(), Failure> {
+/// Was --user typed, rather than taken from $COREMQ_USER? (A global option is
+/// recorded with the subcommand when it follows it.)
+fn user_typed(matches: &ArgMatches) -> bool {
+    let typed = |m: &ArgMatches| m.value_source("user") == Some(ValueSource::CommandLine);
+    typed(matches) || matches.subcommand().is_some_and(|(_, sub)| typed(sub))
+}
+
+fn run(args: &Args, user_typed: bool) -> Result<(), Failure> {
     // Everything that can be checked without the server is checked first, so a
     // bad argument is a usage error (2) even when the server is down.
     args.command.validate()?;
@@ -38,13 +55,27 @@ fn run(args: &Args) -> Result<(), Failure> {
         }
         _ => None,
     };
-    let client = connect(args)?;
     match &args.command {
-        Command::Pub { queue, .. } => publish::run(&client, queue, message),
-        Command::Send { id, .. } => publish::run(&client, id, message),
-        Command::Sub { queues, count } => sub::run(&client, queues, *count, args.timeout()),
-        Command::History { queues } => history::run(&client, queues),
-        Command::Status => status::run(&client),
+        Command::Pub { queue, .. } => publish::run(&connect(args)?, queue, message),
+        Command::Send { id, .. } => publish::run(&connect(args)?, id, message),
+        Command::Sub { queues, count } => sub::run(&connect(args)?, queues, *count, args.timeout()),
+        Command::History { queues } => history::run(&connect(args)?, queues),
+        Command::Status => status::run(&connect(args)?),
+        Command::Passwd { stdin } => passwd::run(*stdin),
+        Command::Token {
+            secret_file,
+            ttl,
+            claims,
+        } => {
+            let user = args
+                .user
+                .as_deref()
+                .filter(|u| user_typed && !u.is_empty())
+                .ok_or_else(|| {
+                    Failure::new(USAGE, "token needs --user NAME on the command line")
+                })?;
+            token::run(user, secret_file, *ttl, claims.as_ref())
+        }
     }
 }
 
@@ -53,5 +84,6 @@ fn connect(args: &Args) -> Result<Client, Failure> {
     if let Some(t) = args.timeout() {
         config = config.request_timeout(t).connect_timeout(t);
     }
+    let config = login::configure(args, config)?;
     Client::connect_with(args.server.as_str(), config).map_err(Failure::from)
 }

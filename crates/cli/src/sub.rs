@@ -1,7 +1,7 @@
 //! `sub`: subscribe and print messages as JSON lines until interrupted, a
 //! count or a timeout.
 
-use crate::exit::{Failure, TIMEOUT};
+use crate::exit::{Failure, SERVER_ERROR, TIMEOUT};
 use coremq_client::{Client, Message};
 use serde_json::Value;
 use std::io::{self, Write};
@@ -32,6 +32,7 @@ pub fn run(
     let mut got = 0u64;
     let mut reconnects = client.reconnects();
     let mut was_connected = true;
+    let mut revoked = 0;
     while count.is_none_or(|n| got < n) {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -64,6 +65,21 @@ pub fn run(
             if !connected {
                 let why = client.last_error().unwrap_or_default();
                 eprintln!("coremq-cli: {why}; reconnecting");
+            }
+        }
+        let lost = client.revoked();
+        if lost.len() != revoked {
+            revoked = lost.len();
+            eprintln!(
+                "coremq-cli: unsubscribed by the server (permission revoked): {}",
+                lost.join(" ")
+            );
+            // Nothing more can arrive: waiting on would look like a quiet queue.
+            if client.subscriptions().is_empty() {
+                return Err(Failure::new(
+                    SERVER_ERROR,
+                    "permission revoked for every queue subscribed",
+                ));
             }
         }
         let now = client.reconnects();

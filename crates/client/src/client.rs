@@ -1,5 +1,6 @@
 //! The public handle: requests, replies and received messages.
 
+use crate::auth::{Credentials, OK_AUTH};
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::handshake;
@@ -51,6 +52,23 @@ const RESERVED_OPTION: &str = "ack";
 /// - a request made while disconnected waits for the reconnection, up to the
 ///   request timeout. Nothing is queued across a disconnect.
 ///
+/// # Authentication
+///
+/// With [`ClientConfig::credentials`] or [`ClientConfig::token`], every
+/// connection authenticates right after the welcome, before the re-subscribe.
+/// If the server refuses the credentials, [`connect_with`](Self::connect_with)
+/// fails with [`ClientError::AuthenticationFailed`]; on a reconnect the
+/// client stops reconnecting instead (the same credentials would be refused
+/// at every attempt) and every later call fails with that error. A token that
+/// runs out ends the connection the same way, with
+/// [`ClientError::TokenExpired`]: replace it in time with
+/// [`reauthenticate_with_token`](Self::reauthenticate_with_token).
+///
+/// When the server takes a subscription away (its users file was reloaded),
+/// the queue is no longer re-subscribed and shows up in
+/// [`revoked`](Self::revoked); so does one whose re-subscribe after a
+/// reconnect is refused for lack of permission.
+///
 /// Dropping the client closes it and stops the background thread.
 pub struct Client {
     /// State shared with the reader thread.
@@ -99,14 +117,18 @@ impl Client {
                 cause: std::io::Error::other("no addresses"),
             });
         }
+        let credentials = config.credentials.clone();
         let shared = Arc::new(Shared {
-            state: Default::default(),
+            state: std::sync::Mutex::new(State {
+                credentials: credentials.clone(),
+                ..State::default()
+            }),
             changed: Default::default(),
             config,
             addrs,
             addr_text,
         });
-        let mut conn = handshake::open(&shared, &[], &Map::new())?;
+        let mut conn = handshake::open(&shared, credentials.as_ref(), &[], &Map::new())?;
         reader::install(&shared, &mut conn);
         let thread = {
             let shared = shared.clone();
@@ -132,6 +154,13 @@ impl Client {
     /// The server's node name, from the welcome frame.
     pub fn server_name(&self) -> Option<String> {
         self.state().live.as_ref().map(|l| l.node.clone())
+    }
+
+    /// The user the server authenticated the current connection as (from
+    /// its `OK: Authenticated`); `None` without credentials or while
+    /// reconnecting.
+    pub fn user(&self) -> Option<String> {
+        self.state().live.as_ref().and_then(|l| l.user.clone())
     }
 
     /// Is there a connection right now (past its handshake)?
@@ -257,6 +286,13 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Queues the server has unsubscribed this client from because the user
+    /// lost the right to them, oldest first. They were removed from
+    /// [`subscriptions`](Self::subscriptions) and are not re-subscribed.
+    pub fn revoked(&self) -> Vec<String> {
+        self.state().revoked.clone()
+    }
+
     /// The queues this client is subscribed to (besides its own id).
     pub fn subscriptions(&self) -> Vec<String> {
         self.state().subscriptions.clone()
@@ -365,6 +401,38 @@ impl Client {
         Ok(out)
     }
 
+    /// Replaces the connection's token with `token` (for the same user)
+    /// before the old one expires, and uses it for every reconnection from
+    /// now on. Works for a client that authenticated with a password too.
+    ///
+    /// If the server refuses the token this fails with
+    /// [`ClientError::AuthenticationFailed`]; the server then closes the
+    /// connection and the client reconnects with the credentials it had.
+    ///
+    /// ```no_run
+    /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// # let fresh_token = String::new();
+    /// client.reauthenticate_with_token(fresh_token)?;
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn reauthenticate_with_token(&self, token: impl Into<String>) -> Result<(), ClientError> {
+        let credentials = Credentials::Token(token.into());
+        let sent = credentials.clone();
+        match self.request(move |id| sent.frame(id), Expect::Response(OK_AUTH)) {
+            Ok(reply) => {
+                let user = reply.get("user").and_then(Value::as_str).map(String::from);
+                let mut st = self.state();
+                st.credentials = Some(credentials);
+                if let Some(live) = st.live.as_mut() {
+                    live.user = user.or(live.user.take());
+                }
+                Ok(())
+            }
+            Err(ClientError::Server(reply)) => Err(ClientError::AuthenticationFailed(reply)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The server's status object (docs/protocol.md §7).
     pub fn status(&self) -> Result<Value, ClientError> {
         self.request(
@@ -464,7 +532,11 @@ impl Client {
         let reply: Reply = match rx.recv_timeout(left) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => return Err(ClientError::Timeout(self.timeout())),
-            Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Disconnected),
+            Err(RecvTimeoutError::Disconnected) => {
+                // Say why, when the server ended the connection for good.
+                let fatal = self.state().fatal.as_ref().map(|f| f.to_error());
+                return Err(fatal.unwrap_or(ClientError::Disconnected));
+            }
         };
         let reply = reply?;
         let response = reply.get("response").and_then(Value::as_str);
@@ -563,14 +635,19 @@ impl Drop for Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No credentials here: they must never reach a log.
         f.debug_struct("Client")
             .field("server", &self.shared.addr_text)
             .field("id", &self.id())
+            .field("user", &self.user())
             .finish()
     }
 }
 
 fn not_connected(st: &State) -> ClientError {
+    if let Some(fatal) = &st.fatal {
+        return fatal.to_error();
+    }
     ClientError::NotConnected(
         st.last_error
             .clone()

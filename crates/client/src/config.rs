@@ -1,6 +1,7 @@
 //! Tunables of a [`Client`](crate::Client), with defaults that suit an
 //! interactive tool as well as a long-running service.
 
+use crate::auth::Credentials;
 use std::time::Duration;
 
 /// How a client connects, waits and reconnects. Build it from
@@ -15,6 +16,8 @@ use std::time::Duration;
 ///     .reconnect_delays(Duration::from_millis(50), Duration::from_secs(1));
 /// assert_eq!(config.request_timeout_value(), Duration::from_secs(2));
 /// ```
+///
+/// `Debug` shows the user name but never a password or token.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Bound on one TCP connect plus the welcome frame, so an address that
@@ -37,6 +40,9 @@ pub struct ClientConfig {
     /// which eventually cuts the client off as a slow consumer (and the client
     /// reconnects) instead of either side growing without bound.
     pub(crate) max_buffered: usize,
+    /// Sent in `coremq_auth` after every welcome, when the server has access
+    /// control; `None` connects anonymously.
+    pub(crate) credentials: Option<Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -49,6 +55,7 @@ impl Default for ClientConfig {
             reconnect_max: Duration::from_secs(5),
             max_frame: 64 << 20,
             max_buffered: 100_000,
+            credentials: None,
         }
     }
 }
@@ -95,6 +102,31 @@ impl ClientConfig {
     /// Received messages buffered before reading stops (default 100 000).
     pub fn max_buffered(mut self, messages: usize) -> Self {
         self.max_buffered = messages.max(1);
+        self
+    }
+
+    /// Authenticates as `user` with `password` on every connection, right
+    /// after the welcome and before anything else is sent (docs/protocol.md
+    /// §8). Replaces a [`token`](Self::token).
+    ///
+    /// ```
+    /// let config = coremq_client::ClientConfig::default().credentials("alice", "s3cret");
+    /// assert!(!format!("{config:?}").contains("s3cret"));
+    /// ```
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::Password {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    /// Authenticates with a JWT on every connection (its `sub` names the
+    /// user). Replaces [`credentials`](Self::credentials). A token that is about
+    /// to expire is replaced with
+    /// [`Client::reauthenticate_with_token`](crate::Client::reauthenticate_with_token).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.credentials = Some(Credentials::Token(token.into()));
         self
     }
 }

@@ -4,7 +4,9 @@
 //! the CLI's exit codes follow: [`ClientError::Server`] is the server saying no
 //! (fix the request); the connection variants mean "try again later" (the client
 //! reconnects on its own); [`ClientError::Timeout`] means the server did not
-//! answer in time; the rest are mistakes in the call itself.
+//! answer in time; [`ClientError::AuthenticationFailed`] and
+//! [`ClientError::TokenExpired`] need other credentials; the rest are mistakes
+//! in the call itself.
 
 use std::io;
 use std::time::Duration;
@@ -52,6 +54,18 @@ pub enum ClientError {
     /// [`Client::close`](crate::Client::close) was called, or the client was dropped.
     #[error("the client is closed")]
     Closed,
+    /// The server did not accept the credentials (its reply, `ERROR: ...`
+    /// included, or why the reply was not `OK: Authenticated`). Retrying with
+    /// the same credentials cannot help, so a client that meets this on a
+    /// reconnect stops reconnecting; every later call fails with it.
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
+    /// The client's token ran out and the server closed the connection. The
+    /// client does not reconnect with the expired token; refresh tokens
+    /// before they expire with
+    /// [`Client::reauthenticate_with_token`](crate::Client::reauthenticate_with_token).
+    #[error("the authentication token expired; the server closed the connection")]
+    TokenExpired,
     /// The server sent something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -1,16 +1,19 @@
 //! Opening a connection: TCP connect, the welcome frame (connection id and
-//! node name), then — after a reconnect — subscribing again and setting the
-//! options again, before any caller request may use the connection.
+//! node name), authentication when the client has credentials, then — after
+//! a reconnect — subscribing again and setting the options again, before any
+//! caller request may use the connection.
 //!
 //! Doing this before the connection is handed to callers keeps the reply
 //! order simple: the handshake's own requests are answered before any
-//! caller's request is written.
+//! caller's request is written. Authentication comes first because on a
+//! server with access control nothing else is allowed before it.
 
+use crate::auth::{notice, Credentials, Notice, OK_AUTH, PERMISSION_DENIED};
 use crate::error::ClientError;
 use crate::message::Message;
 use crate::state::Shared;
 use crate::wire::{command_frame, FrameReader, ReadEnd, ServerFrame, OPTIONS, SUBSCRIBE};
-use coremq_protocol::{OK_OPTIONS, OK_SUBSCRIBE, SENDER_KEY, WELCOME};
+use coremq_protocol::{OK_OPTIONS, OK_SENT, OK_SUBSCRIBE, SENDER_KEY, WELCOME};
 use serde_json::{Map, Value};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,8 +25,12 @@ pub(crate) struct Connection {
     pub reader: FrameReader,
     pub id: String,
     pub node: String,
+    /// The user named by the server's `OK: Authenticated`.
+    pub user: Option<String>,
     /// Messages that arrived during the handshake (after the re-subscribe).
     pub early: Vec<Message>,
+    /// Subscriptions the server revoked during the handshake.
+    pub revoked: Vec<String>,
     /// A re-subscribe or re-apply the server refused; the connection is
     /// still usable, so this is reported rather than fatal.
     pub warning: Option<String>,
@@ -35,9 +42,11 @@ pub(crate) fn is_reply(frame: &ServerFrame, id: &str) -> bool {
 }
 
 /// Connects to the first address that answers and runs the handshake,
-/// re-subscribing `subscriptions` and re-setting `options`.
+/// authenticating with `credentials`, re-subscribing `subscriptions` and
+/// re-setting `options`.
 pub(crate) fn open(
     shared: &Shared,
+    credentials: Option<&Credentials>,
     subscriptions: &[String],
     options: &Map<String, Value>,
 ) -> Result<Connection, ClientError> {
@@ -49,7 +58,7 @@ pub(crate) fn open(
                 if let Ok(clone) = stream.try_clone() {
                     shared.lock().connecting = Some(clone);
                 }
-                let result = handshake(shared, stream, subscriptions, options);
+                let result = handshake(shared, stream, credentials, subscriptions, options);
                 shared.lock().connecting = None;
                 return result;
             }
@@ -84,6 +93,7 @@ fn connect_one(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 fn handshake(
     shared: &Shared,
     mut stream: TcpStream,
+    credentials: Option<&Credentials>,
     subscriptions: &[String],
     options: &Map<String, Value>,
 ) -> Result<Connection, ClientError> {
@@ -138,27 +148,86 @@ fn handshake(
         reader,
         id,
         node,
+        user: None,
         early: Vec::new(),
+        revoked: Vec::new(),
         warning: None,
     };
     let _ = conn.stream.set_read_timeout(Some(config.request_timeout));
+    if let Some(credentials) = credentials {
+        let frame = credentials.frame(&conn.id);
+        let reply = exchange(&mut conn, &frame).map_err(broken)?;
+        match reply.response().unwrap_or_default() {
+            OK_AUTH => {
+                conn.user = reply
+                    .json
+                    .get("user")
+                    .and_then(Value::as_str)
+                    .map(Into::into);
+            }
+            // A server without access control takes the request for a publish.
+            OK_SENT => return Err(ClientError::AuthenticationFailed(
+                "the server does not support authentication (coremq_auth was taken for a publish)"
+                    .into(),
+            )),
+            "" => {
+                return Err(ClientError::AuthenticationFailed(format!(
+                    "unexpected reply {}",
+                    Value::Object(reply.json)
+                )))
+            }
+            other => return Err(ClientError::AuthenticationFailed(other.to_string())),
+        }
+    }
     if !subscriptions.is_empty() {
-        let value = Value::from(subscriptions.to_vec());
-        reapply(&mut conn, SUBSCRIBE, value, OK_SUBSCRIBE).map_err(broken)?;
+        resubscribe(&mut conn, subscriptions).map_err(broken)?;
     }
     if !options.is_empty() {
         let value = Value::Object(options.clone());
-        reapply(&mut conn, OPTIONS, value, OK_OPTIONS).map_err(broken)?;
+        let response = reapply(&mut conn, OPTIONS, value).map_err(broken)?;
+        if response != OK_OPTIONS {
+            conn.warning = Some(format!("{OPTIONS} after reconnect: {response}"));
+        }
     }
     let _ = conn.stream.set_read_timeout(None);
     Ok(conn)
 }
 
-/// Sends one command and waits for its reply, keeping messages that arrive
-/// meanwhile. A refusal is kept as a warning: the rest of the session works.
-fn reapply(conn: &mut Connection, key: &str, value: Value, ok: &str) -> Result<(), ReadEnd> {
+/// Subscribes again to `queues`. A refusal is kept as a warning: the rest of
+/// the session works. The server refuses a list whole when one queue of it is
+/// no longer allowed (the user's rights changed while we were away); then each
+/// queue is tried alone, so that a lost right costs only its own queue, which
+/// is dropped as if the server had revoked it.
+fn resubscribe(conn: &mut Connection, queues: &[String]) -> Result<(), ReadEnd> {
+    let response = reapply(conn, SUBSCRIBE, Value::from(queues.to_vec()))?;
+    if response == OK_SUBSCRIBE {
+        return Ok(());
+    }
+    if !response.starts_with(PERMISSION_DENIED) {
+        conn.warning = Some(format!("{SUBSCRIBE} after reconnect: {response}"));
+        return Ok(());
+    }
+    if let [queue] = queues {
+        conn.revoked.push(queue.clone());
+        return Ok(());
+    }
+    for queue in queues {
+        resubscribe(conn, std::slice::from_ref(queue))?;
+    }
+    Ok(())
+}
+
+/// Sends one command and returns the `response` of its reply.
+fn reapply(conn: &mut Connection, key: &str, value: Value) -> Result<String, ReadEnd> {
     let frame = command_frame(&conn.id, key, value);
-    conn.stream.write_all(&frame).map_err(ReadEnd::Io)?;
+    let reply = exchange(conn, &frame)?;
+    Ok(reply.response().unwrap_or_default().to_string())
+}
+
+/// Writes a request and reads until its reply, keeping messages and
+/// revocation notices that arrive meanwhile for when the connection goes live.
+fn exchange(conn: &mut Connection, request: &[u8]) -> Result<ServerFrame, ReadEnd> {
+    conn.stream.write_all(request).map_err(ReadEnd::Io)?;
     loop {
         let frame = conn.reader.read(&mut conn.stream)?;
         if !is_reply(&frame, &conn.id) {
@@ -168,10 +237,12 @@ fn reapply(conn: &mut Connection, key: &str, value: Value, ok: &str) -> Result<(
             });
             continue;
         }
-        let response = frame.response().unwrap_or_default();
-        if response != ok {
-            conn.warning = Some(format!("{key} after reconnect: {response}"));
+        // An expired token is left to be read as the reply: the server closes
+        // the connection right after, so the handshake fails either way.
+        if let Some(Notice::Revoked(queues)) = notice(&frame.json) {
+            conn.revoked.extend(queues);
+            continue;
         }
-        return Ok(());
+        return Ok(frame);
     }
 }

@@ -3,6 +3,8 @@
 //! (waiting for the OK or not), subscribe/unsubscribe, history, options,
 //! status, receive with a timeout — and its promise: the connection is kept
 //! open and re-established automatically, subscriptions and options included.
+//! Against a server with access control it authenticates with a password or a
+//! token on every connection, before anything else.
 //!
 //! Plain `std` threads and sockets, no async runtime: one background thread
 //! per client reads frames, pairs replies with requests and reconnects. The
@@ -11,10 +13,14 @@
 //! The parts:
 //!
 //! - [`Client`] (`client`): the handle and every request.
-//! - [`ClientConfig`] (`config`): timeouts, reconnect backoff, buffer limits.
+//! - [`ClientConfig`] (`config`): timeouts, reconnect backoff, buffer limits,
+//!   credentials.
 //! - [`Message`] (`message`): a received message and its server stamps.
 //! - [`ClientError`] (`error`): what can fail, grouped the way callers react.
-//! - `handshake`: connect, welcome, and re-subscribe/re-apply after a reconnect.
+//! - `handshake`: connect, welcome, authenticate, and re-subscribe/re-apply
+//!   after a reconnect.
+//! - `auth`: credentials (never shown by `Debug`), the `coremq_auth` request,
+//!   and the notices of access control (revoked subscriptions, expired token).
 //! - `reader`: the background thread; `backoff`: pauses between reconnects.
 //! - `state`: what the caller's threads and the reader share; `wire`: frames.
 //!
@@ -41,6 +47,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod backoff;
 mod client;
 mod config;

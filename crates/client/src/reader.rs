@@ -1,12 +1,19 @@
 //! The background thread: reads frames, hands replies to the requests that
 //! wait for them and messages to the inbox, and when the connection is lost,
-//! reconnects with backoff (re-subscribing and re-applying options through
-//! the handshake).
+//! reconnects with backoff (authenticating, re-subscribing and re-applying
+//! options through the handshake).
+//!
+//! Credentials that the server refuses on a reconnect, and a token that ran
+//! out, end the reconnecting for good: the same credentials would be refused
+//! again at every attempt, and a client that keeps trying a bad password
+//! looks to the server like someone guessing it.
 
+use crate::auth::{notice, Notice};
 use crate::backoff::Backoff;
+use crate::error::ClientError;
 use crate::handshake::{self, is_reply, Connection};
 use crate::message::Message;
-use crate::state::{Live, Shared};
+use crate::state::{Fatal, Live, Shared};
 use crate::wire::ServerFrame;
 use coremq_protocol::BYE;
 use std::sync::{Arc, Mutex};
@@ -29,6 +36,7 @@ pub(crate) fn install(shared: &Shared, conn: &mut Connection) -> bool {
     st.live = Some(Live {
         id: conn.id.clone(),
         node: conn.node.clone(),
+        user: conn.user.clone(),
         writer: Arc::new(Mutex::new(writer)),
         socket,
         pending: Default::default(),
@@ -38,6 +46,7 @@ pub(crate) fn install(shared: &Shared, conn: &mut Connection) -> bool {
     if let Some(w) = conn.warning.take() {
         st.last_error = Some(w);
     }
+    st.revoke(std::mem::take(&mut conn.revoked));
     drop(st);
     shared.changed.notify_all();
     true
@@ -53,7 +62,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut conn: Connection) {
         {
             let mut st = shared.lock();
             st.drop_live(why);
-            if st.closed || !config.reconnect {
+            if st.closed || !config.reconnect || st.fatal.is_some() {
                 break 'serve;
             }
         }
@@ -62,11 +71,16 @@ pub(crate) fn run(shared: Arc<Shared>, mut conn: Connection) {
             if pause(&shared, backoff.next_delay()) {
                 break 'serve;
             }
-            let (subs, options) = {
+            let (credentials, subs, options) = {
                 let st = shared.lock();
-                (st.subscriptions.clone(), st.options.clone())
+                let st = &*st;
+                (
+                    st.credentials.clone(),
+                    st.subscriptions.clone(),
+                    st.options.clone(),
+                )
             };
-            match handshake::open(&shared, &subs, &options) {
+            match handshake::open(&shared, credentials.as_ref(), &subs, &options) {
                 Ok(mut next) => {
                     if !install(&shared, &mut next) {
                         break 'serve;
@@ -75,6 +89,12 @@ pub(crate) fn run(shared: Arc<Shared>, mut conn: Connection) {
                     backoff.reset();
                     conn = next;
                     continue 'serve;
+                }
+                Err(ClientError::AuthenticationFailed(reply)) => {
+                    let mut st = shared.lock();
+                    st.last_error = Some(format!("authentication failed: {reply}"));
+                    st.fatal = Some(Fatal::Auth(reply));
+                    break 'serve;
                 }
                 Err(e) => shared.lock().last_error = Some(e.to_string()),
             }
@@ -116,10 +136,16 @@ fn serve(shared: &Shared, conn: &mut Connection) -> String {
             Err(end) => return format!("connection lost: {}", end.describe()),
         };
         if is_reply(&frame, &conn.id) {
-            if frame.response() == Some(BYE) {
-                bye = true;
-            } else {
-                reply(shared, frame);
+            match notice(&frame.json) {
+                Some(Notice::Revoked(queues)) => {
+                    shared.lock().revoke(queues);
+                    shared.changed.notify_all();
+                }
+                // The server closes the connection next; the end of `serve`
+                // then finds `fatal` and does not reconnect.
+                Some(Notice::TokenExpired) => shared.lock().fatal = Some(Fatal::TokenExpired),
+                None if frame.response() == Some(BYE) => bye = true,
+                None => reply(shared, frame),
             }
         } else if !deliver(shared, frame) {
             return "client closed".into();

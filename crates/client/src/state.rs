@@ -7,6 +7,7 @@
 //! socket writer has a mutex of its own so that a slow write never holds up
 //! the reader (lock order: writer, then state).
 
+use crate::auth::Credentials;
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::message::Message;
@@ -57,6 +58,34 @@ pub(crate) struct State {
     pub last_error: Option<String>,
     /// The socket of a reconnection in progress, so `close` can interrupt it.
     pub connecting: Option<TcpStream>,
+    /// What the next (re)connection authenticates with: the config's, until
+    /// a token refresh replaces it.
+    pub credentials: Option<Credentials>,
+    /// Queues the server unsubscribed us from because the user lost the right
+    /// (oldest first); they are no longer re-subscribed.
+    pub revoked: Vec<String>,
+    /// Why reconnecting stopped for good although it is on: the credentials
+    /// no longer work, and retrying them would only hammer the server.
+    pub fatal: Option<Fatal>,
+}
+
+/// An end that other credentials, not time, would cure.
+#[derive(Debug, Clone)]
+pub(crate) enum Fatal {
+    /// The server refused the credentials on a reconnect (its reply).
+    Auth(String),
+    /// The server closed the connection because the token ran out.
+    TokenExpired,
+}
+
+impl Fatal {
+    /// The error every later call fails with.
+    pub fn to_error(&self) -> ClientError {
+        match self {
+            Fatal::Auth(reply) => ClientError::AuthenticationFailed(reply.clone()),
+            Fatal::TokenExpired => ClientError::TokenExpired,
+        }
+    }
 }
 
 /// A connection that is open and past its handshake.
@@ -65,6 +94,8 @@ pub(crate) struct Live {
     pub id: String,
     /// The server's node name from the welcome frame.
     pub node: String,
+    /// The user the server authenticated this connection as, if any.
+    pub user: Option<String>,
     /// Write side; its own lock (see the module docs).
     pub writer: Arc<Mutex<TcpStream>>,
     /// A handle to shut the socket down from any thread without the writer lock.
@@ -100,5 +131,19 @@ impl State {
             let _ = live.socket.shutdown(Shutdown::Both);
         }
         self.last_error = Some(why);
+    }
+
+    /// Forgets `queues` as subscriptions (the server dropped them) and keeps
+    /// them for [`Client::revoked`](crate::Client::revoked).
+    pub fn revoke(&mut self, queues: Vec<String>) {
+        if queues.is_empty() {
+            return;
+        }
+        self.subscriptions.retain(|s| !queues.contains(s));
+        self.last_error = Some(format!(
+            "unsubscribed by the server, permission revoked: {}",
+            queues.join(" ")
+        ));
+        self.revoked.extend(queues);
     }
 }

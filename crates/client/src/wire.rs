@@ -1,6 +1,7 @@
 //! Frames on a blocking socket: requests out, server frames in. The framing
 //! itself is `coremq-protocol`'s; this file only adds the socket and JSON.
 
+use crate::auth::AUTH;
 use crate::error::ClientError;
 use coremq_protocol::{
     decode_frame, encode_frame, escape_non_ascii, parse_message, split_body, validate_queue_name,
@@ -64,6 +65,9 @@ pub fn check_message<T: Serialize + ?Sized>(message: &T) -> Result<(), ClientErr
 fn message_json<T: Serialize + ?Sized>(message: &T) -> Result<Vec<u8>, ClientError> {
     let json = serde_json::to_vec(message)?;
     match parse_message(&json, MAX_QUEUE_NAME_LEN) {
+        Ok(ClientMessage::Publish(_)) if has_auth_key(&json) => {
+            Err(ClientError::CommandKey(AUTH.to_string()))
+        }
         Ok(ClientMessage::Publish(_)) => Ok(json),
         Ok(cmd) => Err(ClientError::CommandKey(command_key(&cmd).to_string())),
         Err(coremq_protocol::BodyError::NotAnObject) => {
@@ -71,6 +75,17 @@ fn message_json<T: Serialize + ?Sized>(message: &T) -> Result<Vec<u8>, ClientErr
         }
         Err(e) => Err(ClientError::Protocol(e.to_string())),
     }
+}
+
+/// Does the object have a top-level `coremq_auth`? A server with access
+/// control would take it as an authentication, not a publish (and one without
+/// would store what may be a password in a queue's history). The text is
+/// searched first so ordinary publishes are not parsed twice.
+fn has_auth_key(json: &[u8]) -> bool {
+    let quoted = format!("\"{AUTH}\"");
+    json.windows(quoted.len()).any(|w| w == quoted.as_bytes())
+        && serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(json)
+            .is_ok_and(|obj| obj.contains_key(AUTH))
 }
 
 /// `+LEN QUEUE JSON` with the JSON made ASCII-only: servers that count
@@ -226,6 +241,13 @@ mod tests {
             publish_frame("q", &json!([1])),
             Err(ClientError::NotAnObject("an array"))
         ));
+        assert!(matches!(
+            publish_frame("q", &json!({"coremq_auth": {"password": "x"}})),
+            Err(ClientError::CommandKey(k)) if k == AUTH
+        ));
+        // Only the top-level key counts, as on the server.
+        assert!(publish_frame("q", &json!({"a": {"coremq_auth": 1}})).is_ok());
+        assert!(publish_frame("q", &json!({"a": "\"coremq_auth\""})).is_ok());
         assert!(matches!(
             publish_frame("a b", &json!({})),
             Err(ClientError::BadQueueName { .. })
