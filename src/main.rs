@@ -4,7 +4,8 @@
 //!
 //! Beside this file: `logging` (the lossless, reopenable log writer),
 //! `notify` (readiness and stop notices to systemd) and `signals` (SIGTERM and
-//! SIGINT stop gracefully, SIGHUP reopens the log file).
+//! SIGINT stop gracefully, SIGHUP reopens the log file and reloads the
+//! users file).
 
 /// Shards free on one thread what another allocated (a message frame is
 /// built by its queue's owner and dropped by the home shards that delivered
@@ -94,7 +95,12 @@ fn run(
         Err(e) => {
             tracing::error!(cause = %e, "CoreMQ failed to start");
             eprintln!("coremq: {e}");
-            return ExitCode::from(EXIT_RUNTIME);
+            // A bad users file or token key is the configuration's fault.
+            let code = match e {
+                coremq_broker::BrokerError::Access(_) => EXIT_CONFIG,
+                _ => EXIT_RUNTIME,
+            };
+            return ExitCode::from(code);
         }
     };
     if let Some(path) = ready_file {
@@ -118,7 +124,7 @@ fn run(
         running.local_addr(),
         running.shards()
     ));
-    signals::spawn(signals, running.stopper(), reopener);
+    signals::spawn(signals, running.stopper(), running.reloader(), reopener);
     match running.wait() {
         Ok(()) => {
             tracing::info!("CoreMQ stopped");

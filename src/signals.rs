@@ -1,5 +1,5 @@
 //! Signals: SIGTERM/SIGINT stop the broker gracefully (a second one exits at
-//! once), SIGHUP reopens the log file.
+//! once), SIGHUP reopens the log file and reloads the access rules.
 //!
 //! The handlers are installed before the shards start, so a signal that
 //! arrives during start-up waits in signal-hook's queue instead of killing
@@ -7,7 +7,7 @@
 
 use crate::logging::Reopener;
 use crate::notify;
-use coremq_broker::Stopper;
+use coremq_broker::{Reloader, Stopper};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -27,7 +27,12 @@ pub fn install() -> Option<Signals> {
 }
 
 /// Serves the signals on a thread of their own.
-pub fn spawn(signals: Option<Signals>, stopper: Stopper, reopener: Option<Reopener>) {
+pub fn spawn(
+    signals: Option<Signals>,
+    stopper: Stopper,
+    reloader: Reloader,
+    reopener: Option<Reopener>,
+) {
     let Some(mut signals) = signals else {
         return;
     };
@@ -36,6 +41,7 @@ pub fn spawn(signals: Option<Signals>, stopper: Stopper, reopener: Option<Reopen
         for sig in signals.forever() {
             if sig == SIGHUP {
                 reopen(reopener.as_ref());
+                reload(&reloader);
                 continue;
             }
             stops += 1;
@@ -50,6 +56,18 @@ pub fn spawn(signals: Option<Signals>, stopper: Stopper, reopener: Option<Reopen
             }
         }
     });
+}
+
+/// Reloads the users file and token keys; a bad one leaves the rules in
+/// force (the error names file, section and key, never a secret).
+fn reload(reloader: &Reloader) {
+    match reloader.reload() {
+        Ok(true) => tracing::info!("SIGHUP: access rules reloaded"),
+        Ok(false) => {}
+        Err(cause) => {
+            tracing::error!(%cause, "SIGHUP: access rules not reloaded; the rules in force stay");
+        }
+    }
 }
 
 fn reopen(reopener: Option<&Reopener>) {

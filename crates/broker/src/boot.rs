@@ -163,7 +163,17 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         shared: boot.shared,
     });
     let cfg = Rc::new(boot.cfg);
-    let shard = Rc::new(Shard::new(id, boot.shards, cfg.clone(), node.clone()));
+    let rules = node
+        .shared
+        .authority()
+        .map(|a| Rc::new(crate::access::Rules::new(a)));
+    let shard = Rc::new(Shard::new(
+        id,
+        boot.shards,
+        cfg.clone(),
+        node.clone(),
+        rules,
+    ));
 
     for (to, t) in req_tx {
         let tx = t.await;
@@ -211,12 +221,21 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     progress.set_stage(id, 2);
     ticker.await;
 
-    // Stop signal: one byte (or EOF when the starter is gone) on the socket pair.
+    // Control socket: a reload byte puts the node's new access rules in
+    // force; anything else (or EOF when the starter is gone) stops.
     let mut stop = unsafe_stream(boot.stop_fd);
     let s = shard.clone();
+    let shared = node.shared.clone();
     spawn_local(async move {
         let mut b = [0u8; 1];
-        let _ = stop.read(&mut b).await;
+        while let Ok(1) = stop.read(&mut b).await {
+            if b[0] != crate::reload::RELOAD_BYTE {
+                break;
+            }
+            if let Some(authority) = shared.authority() {
+                s.reload_access(authority);
+            }
+        }
         tracing::info!(shard = s.id(), "stopping");
         s.begin_stop();
     })

@@ -39,6 +39,10 @@ pub enum BrokerError {
         /// What is known about why.
         cause: String,
     },
+    /// The users file or a token key is missing or wrong (the message names
+    /// the file, section and key; never a secret).
+    #[error("access control: {0}")]
+    Access(String),
     /// Creating an operating-system resource (thread, socket pair) failed.
     #[error("cannot start: {0}")]
     Os(#[from] std::io::Error),

@@ -75,7 +75,11 @@ impl Home {
     }
 
     /// Registers a new connection with a fresh id.
-    pub(crate) fn open(&self, transport: Transport) -> Rc<Conn> {
+    pub(crate) fn open(
+        &self,
+        transport: Transport,
+        access: Option<crate::access::Access>,
+    ) -> Rc<Conn> {
         let mut slab = self.conns.borrow_mut();
         let slot = match slab.free.pop() {
             Some(s) => s,
@@ -106,6 +110,7 @@ impl Home {
             self.cfg.max_pending,
             self.node.clone(),
             self.counters.clone(),
+            access,
         ));
         entry.1 = Some(conn.clone());
         slab.len += 1;

@@ -21,7 +21,8 @@
 //! 1. **What travels** — `frame` (a stored message's key and encoded frame),
 //!    `msg` (connection keys, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels).
-//! 2. **State** — `queues` (owner-side histories and per-home counts),
+//! 2. **State** — `access` (a connection's user and rights, checked where
+//!    requests are parsed), `queues` (owner-side histories and per-home counts),
 //!    `subs` (home-side subscriber lists), `conn::outq`, `conn::readbuf`,
 //!    `conn::state` (a connection's buffer and ordered replies).
 //! 3. **The two roles** — `owner` (requests about the queues a shard owns)
@@ -33,10 +34,11 @@
 //!    clients), `net` (listeners, accept loop), `web` (WebSocket and HTTP),
 //!    `cluster` (replication links), `sysstats` (the statistics queue).
 //! 6. **Start-up** — `boot` (one shard's life: bind, join the mesh, accept,
-//!    drain, BYE) and [`server`] (a node: ports, meshes, one executor per
-//!    shard).
+//!    drain, BYE), `reload` (the access rules at start and on SIGHUP) and
+//!    [`server`] (a node: ports, meshes, one executor per shard).
 #![warn(missing_docs)]
 
+mod access;
 mod boot;
 mod clock;
 mod cluster;
@@ -61,6 +63,7 @@ mod node;
 mod owner;
 mod queues;
 mod refusal;
+mod reload;
 mod router;
 pub mod server;
 mod shard;
@@ -70,4 +73,5 @@ mod sysstats;
 mod web;
 
 pub use error::BrokerError;
+pub use reload::Reloader;
 pub use server::{start, Running, Stopper, IO_MEMORY};

@@ -17,6 +17,9 @@ pub(crate) struct NodeShared {
     pub replicants: Mutex<Vec<String>>,
     /// Cluster peers and replicants: (name, direction, figures), for status.
     pub peers: Mutex<Vec<(String, &'static str, Arc<PeerCounters>)>>,
+    /// The access rules in force (`None`: no `users_file`). A reload puts
+    /// the new ones here and then tells every shard to take them.
+    pub authority: Mutex<Option<Arc<coremq_auth::Authority>>>,
 }
 
 /// Figures of one cluster link, written by the control shard and read by
@@ -58,12 +61,18 @@ impl PeerCounters {
 
 impl NodeShared {
     /// Fresh counters.
-    pub(crate) fn new() -> Arc<NodeShared> {
+    pub(crate) fn new(authority: Option<Arc<coremq_auth::Authority>>) -> Arc<NodeShared> {
         Arc::new(NodeShared {
             connections: AtomicUsize::new(0),
             replicants: Mutex::new(Vec::new()),
             peers: Mutex::new(Vec::new()),
+            authority: Mutex::new(authority),
         })
+    }
+
+    /// The access rules in force.
+    pub(crate) fn authority(&self) -> Option<Arc<coremq_auth::Authority>> {
+        self.authority.lock().ok().and_then(|a| a.clone())
     }
 
     /// The figures of the link to `name`, registered on first use.

@@ -32,7 +32,7 @@ pub(crate) enum Refusal {
     PermissionDenied {
         /// `subscribe`, `history`, ...
         action: &'static str,
-        /// The queue it was refused for.
+        /// The queue it was refused for (empty for `status`).
         queue: Box<str>,
     },
     /// A list command naming more than `max_list_length` queues.
@@ -71,6 +71,18 @@ pub(crate) enum Refusal {
     UnknownMessage,
     /// A WebSocket publish that also carries command keys.
     CommandKeysInPublish,
+    /// A request `[anonymous]` does not allow, from a connection that has
+    /// not authenticated (§8).
+    AuthRequired,
+    /// A `coremq_auth` that failed, for whatever reason (the client is never
+    /// told which): the connection closes after it.
+    AuthFailed,
+    /// The connection's token expired: it closes after this.
+    TokenExpired,
+    /// No authentication within `auth_timeout`: the connection closes after this.
+    AuthTimeout,
+    /// A `coremq_auth` to a server without `users_file`.
+    AuthNotEnabled,
 }
 
 /// How a refusal reaches the connection's reply order.
@@ -110,7 +122,12 @@ impl Refusal {
                 | Refusal::PermissionDenied { .. }
                 | Refusal::NotReplicant
                 | Refusal::SlowConsumer { .. }
-                | Refusal::TooManyConnections { .. },
+                | Refusal::TooManyConnections { .. }
+                | Refusal::AuthRequired
+                | Refusal::AuthFailed
+                | Refusal::TokenExpired
+                | Refusal::AuthTimeout
+                | Refusal::AuthNotEnabled,
                 _,
             ) => {
                 let mut json = Vec::new();
@@ -118,6 +135,18 @@ impl Refusal {
                 Wire::Reply(json)
             }
         }
+    }
+
+    /// Whether the connection closes after this refusal (its frame is the
+    /// last one the client reads).
+    pub(crate) fn ends_connection(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Framing(_)
+                | Refusal::AuthFailed
+                | Refusal::TokenExpired
+                | Refusal::AuthTimeout
+        )
     }
 
     /// The reply JSON whatever its kind (for frames written outside the
@@ -149,7 +178,13 @@ impl Refusal {
             | Refusal::ReplicantOverWebSocket
             | Refusal::QueueNotAString
             | Refusal::UnknownMessage
-            | Refusal::CommandKeysInPublish => true,
+            | Refusal::CommandKeysInPublish
+            | Refusal::AuthNotEnabled => true,
+            // Counted as refused logins instead.
+            Refusal::AuthRequired
+            | Refusal::AuthFailed
+            | Refusal::TokenExpired
+            | Refusal::AuthTimeout => false,
             Refusal::NotReplicant
             | Refusal::SlowConsumer { .. }
             | Refusal::TooManyConnections { .. } => false,
@@ -164,8 +199,20 @@ impl Refusal {
             Refusal::ReservedQueue(q) => {
                 format!("queue {q} is reserved for the broker; subscribe to it instead")
             }
+            Refusal::PermissionDenied { action, queue } if queue.is_empty() => {
+                format!("Permission denied: {action}")
+            }
             Refusal::PermissionDenied { action, queue } => {
                 format!("Permission denied: {action} {queue}")
+            }
+            Refusal::AuthRequired => "Authentication required".into(),
+            Refusal::AuthFailed => "Authentication failed".into(),
+            Refusal::TokenExpired => "Token expired".into(),
+            Refusal::AuthTimeout => {
+                "Authentication required: none within auth_timeout; closing".into()
+            }
+            Refusal::AuthNotEnabled => {
+                "Authentication is not enabled on this server (no users_file)".into()
             }
             Refusal::TooManyQueues { max } => format!("Too many queues in one request (max {max})"),
             Refusal::TooManySubscriptions { max } => {
@@ -266,6 +313,11 @@ mod tests {
             Refusal::TooManyQueues { .. } => 12,
             Refusal::TooManySubscriptions { .. } => 13,
             Refusal::PermissionDenied { .. } => 14,
+            Refusal::AuthRequired => 15,
+            Refusal::AuthFailed => 16,
+            Refusal::TokenExpired => 17,
+            Refusal::AuthTimeout => 18,
+            Refusal::AuthNotEnabled => 19,
         }
     }
 
@@ -366,13 +418,52 @@ mod tests {
                 r#"{"error": "a message to publish must not carry CoreMQ command keys"}"#,
                 true,
             ),
+            (
+                Refusal::PermissionDenied {
+                    action: "status",
+                    queue: "".into(),
+                },
+                r#"+53 id-1 {"response": "ERROR: Permission denied: status"}"#,
+                r#"{"response": "ERROR: Permission denied: status", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::AuthRequired,
+                r#"+51 id-1 {"response": "ERROR: Authentication required"}"#,
+                r#"{"response": "ERROR: Authentication required", "queue": "id-1"}"#,
+                false,
+            ),
+            (
+                Refusal::AuthFailed,
+                r#"+49 id-1 {"response": "ERROR: Authentication failed"}"#,
+                r#"{"response": "ERROR: Authentication failed", "queue": "id-1"}"#,
+                false,
+            ),
+            (
+                Refusal::TokenExpired,
+                r#"+41 id-1 {"response": "ERROR: Token expired"}"#,
+                r#"{"response": "ERROR: Token expired", "queue": "id-1"}"#,
+                false,
+            ),
+            (
+                Refusal::AuthTimeout,
+                r#"+86 id-1 {"response": "ERROR: Authentication required: none within auth_timeout; closing"}"#,
+                r#"{"response": "ERROR: Authentication required: none within auth_timeout; closing", "queue": "id-1"}"#,
+                false,
+            ),
+            (
+                Refusal::AuthNotEnabled,
+                r#"+88 id-1 {"response": "ERROR: Authentication is not enabled on this server (no users_file)"}"#,
+                r#"{"response": "ERROR: Authentication is not enabled on this server (no users_file)", "queue": "id-1"}"#,
+                true,
+            ),
         ];
         let mut covered: Vec<usize> = table.iter().map(|(r, ..)| example(r)).collect();
         covered.sort_unstable();
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=14).collect::<Vec<_>>(),
+            (0..=19).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

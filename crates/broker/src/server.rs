@@ -6,6 +6,7 @@ use crate::consts::CONTROL_SHARD;
 use crate::error::BrokerError;
 use crate::msg::{Request, Response};
 use crate::node::NodeShared;
+use crate::reload::Reloader;
 use crate::web::{Keepalive, WebSettings};
 use coremq_config::Config;
 use glommio::channels::shared_channel::{self, SharedReceiver, SharedSender};
@@ -38,6 +39,8 @@ pub struct Running {
     shards: usize,
     /// Stops every shard.
     stopper: Stopper,
+    /// Reloads the access rules (SIGHUP).
+    reloader: Reloader,
     /// Shard exits, reported by the watcher threads.
     exits: mpsc::Receiver<(usize, Result<(), String>)>,
 }
@@ -93,7 +96,8 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
 
     let (ready_tx, ready_rx) = mpsc::channel();
     let (exit_tx, exits) = mpsc::channel();
-    let shared = NodeShared::new();
+    let authority = crate::reload::load(&mq)?;
+    let shared = NodeShared::new(authority);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);
@@ -145,13 +149,13 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             })?;
     }
     drop(ready_tx);
+    let ends = Arc::new(ends);
     let running = Running {
         addr,
         ws_addr,
         shards,
-        stopper: Stopper {
-            ends: Arc::new(ends),
-        },
+        reloader: Reloader::new(&mq, shared, ends.clone()),
+        stopper: Stopper { ends },
         exits,
     };
 
@@ -218,6 +222,11 @@ impl Running {
     /// A handle that stops the node from any thread.
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
+    }
+
+    /// A handle that reloads the access rules from any thread.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Waits until every shard has stopped. A shard that dies while the others

@@ -65,27 +65,18 @@ pub fn check_message<T: Serialize + ?Sized>(message: &T) -> Result<(), ClientErr
 fn message_json<T: Serialize + ?Sized>(message: &T) -> Result<Vec<u8>, ClientError> {
     let json = serde_json::to_vec(message)?;
     match parse_message(&json, MAX_QUEUE_NAME_LEN) {
-        Ok(ClientMessage::Publish(_)) if has_auth_key(&json) => {
-            Err(ClientError::CommandKey(AUTH.to_string()))
-        }
         Ok(ClientMessage::Publish(_)) => Ok(json),
         Ok(cmd) => Err(ClientError::CommandKey(command_key(&cmd).to_string())),
+        // A command key with a value the server would refuse is still a
+        // command, not a publish (`{"coremq_auth": …}` may hold a password).
+        Err(coremq_protocol::BodyError::BadCommand { command, .. }) => {
+            Err(ClientError::CommandKey(command.to_string()))
+        }
         Err(coremq_protocol::BodyError::NotAnObject) => {
             Err(ClientError::NotAnObject(kind_of(&json)))
         }
         Err(e) => Err(ClientError::Protocol(e.to_string())),
     }
-}
-
-/// Does the object have a top-level `coremq_auth`? A server with access
-/// control would take it as an authentication, not a publish (and one without
-/// would store what may be a password in a queue's history). The text is
-/// searched first so ordinary publishes are not parsed twice.
-fn has_auth_key(json: &[u8]) -> bool {
-    let quoted = format!("\"{AUTH}\"");
-    json.windows(quoted.len()).any(|w| w == quoted.as_bytes())
-        && serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(json)
-            .is_ok_and(|obj| obj.contains_key(AUTH))
 }
 
 /// `+LEN QUEUE JSON` with the JSON made ASCII-only: servers that count
@@ -106,6 +97,7 @@ fn command_key(cmd: &ClientMessage<'_>) -> &'static str {
         ClientMessage::GetHistory(_) => GET_HISTORY,
         ClientMessage::Replicant(_) => "coremq_replicant",
         ClientMessage::Status => STATUS,
+        ClientMessage::Auth(_) => AUTH,
         ClientMessage::Publish(_) => "",
     }
 }

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::document::{Section, SectionSpec};
@@ -28,6 +29,10 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "cluster_secret",
         "cluster_self",
         "cluster_link_buffer",
+        "users_file",
+        "jwt_secret_file",
+        "jwt_public_key_file",
+        "auth_timeout",
         "shards",
         "idle_spin",
         "io_poll_interval",
@@ -113,6 +118,18 @@ pub struct MqConfig {
     /// rebuilt; the history exchange repairs the gap), so a stalled peer costs
     /// bounded memory.
     pub cluster_link_buffer: usize,
+    /// The users file (PROTOCOL.md §8): with it every connection acts as a
+    /// user and is checked; without it every client may do everything but
+    /// read another connection's id queue.
+    pub users_file: Option<PathBuf>,
+    /// Secret (at least 32 bytes) that signs HS256 tokens accepted in place
+    /// of a password. Its contents never reach a log.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA or EC P-256) that verifies RS256/ES256 tokens.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// How long a connection may stay unauthenticated when `[anonymous]`
+    /// grants it nothing, so idle sockets cannot pile up unchecked.
+    pub auth_timeout: Duration,
     /// Number of shards (executors), already resolved: a 0 in the file becomes
     /// the number of online CPUs, so this is always 1..=1024.
     pub shards: usize,
@@ -203,6 +220,10 @@ impl MqConfig {
             value::checked_list(t, value::host_maybe_port)
         })?;
         c.cluster_secret = s.parse("cluster_secret", |t| Ok(t.to_owned()))?;
+        c.users_file = s.parse("users_file", |t| Ok(PathBuf::from(t)))?;
+        c.jwt_secret_file = s.parse("jwt_secret_file", |t| Ok(PathBuf::from(t)))?;
+        c.jwt_public_key_file = s.parse("jwt_public_key_file", |t| Ok(PathBuf::from(t)))?;
+        s.set(&mut c.auth_timeout, "auth_timeout", value::seconds)?;
         c.cluster_self = s.parse("cluster_self", |t| {
             value::host_port(t).map(|()| t.to_owned())
         })?;
@@ -290,6 +311,10 @@ impl Default for MqConfig {
             cluster_secret: None,
             cluster_self: None,
             cluster_link_buffer: 64 << 20,
+            users_file: None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            auth_timeout: Duration::from_secs(5),
             shards: resolve_shards(0),
             idle_spin: Duration::ZERO,
             io_poll_interval: Duration::from_millis(10),
@@ -328,6 +353,10 @@ impl fmt::Debug for MqConfig {
             cluster_secret,
             cluster_self,
             cluster_link_buffer,
+            users_file,
+            jwt_secret_file,
+            jwt_public_key_file,
+            auth_timeout,
             shards,
             idle_spin,
             io_poll_interval,
@@ -359,6 +388,10 @@ impl fmt::Debug for MqConfig {
             )
             .field("cluster_self", cluster_self)
             .field("cluster_link_buffer", cluster_link_buffer)
+            .field("users_file", users_file)
+            .field("jwt_secret_file", jwt_secret_file)
+            .field("jwt_public_key_file", jwt_public_key_file)
+            .field("auth_timeout", auth_timeout)
             .field("shards", shards)
             .field("idle_spin", idle_spin)
             .field("io_poll_interval", io_poll_interval)

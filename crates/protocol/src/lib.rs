@@ -15,7 +15,8 @@
 //! - [`body`](split_body): `QUEUE ' ' JSON` and the queue-name rule.
 //! - [`message`](parse_message): what the JSON object means ([`ClientMessage`]); one
 //!   validating pass finds command keys and the members a publish must lose.
-//! - `command`: the values of the command keys ([`OptionValue`], [`ReplicantRequest`]).
+//! - `command`: the values of the command keys ([`OptionValue`], [`ReplicantRequest`]);
+//!   `auth`: `coremq_auth`'s ([`AuthRequest`], whose [`Secret`]s never print).
 //! - [`publish`](Publish): writing a publish as stored and delivered, with
 //!   `coremq_sender`/`coremq_sent`/`coremq_server` replaced; [`rewrite_object`] is the
 //!   same operation for any keys.
@@ -42,6 +43,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod body;
 mod command;
 mod error;
@@ -55,6 +57,7 @@ mod scan;
 pub mod scan_internals;
 mod validate;
 
+pub use auth::{AuthRequest, Secret};
 pub use body::{split_body, validate_queue_name, MAX_QUEUE_NAME_LEN};
 pub use command::{OptionValue, ReplicantRequest};
 pub use error::{BodyError, FramingError};

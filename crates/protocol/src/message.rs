@@ -3,6 +3,7 @@
 //! One validating pass over the object finds the command keys and the stamp members
 //! together, so a publish (the hot path) is parsed once and never turned into a DOM.
 
+use crate::auth::{self, AuthRequest};
 use crate::command::{self, OptionValue, ReplicantRequest};
 use crate::error::BodyError;
 use crate::publish::{Publish, STAMP_KEYS};
@@ -10,7 +11,8 @@ use crate::scan::{scan_object, MemberSink, ObjectLayout};
 
 /// A client message, decided by the first command key present in this order:
 /// `coremq_subscribe`, `coremq_unsubscribe`, `coremq_options`, `coremq_gethistory`,
-/// `coremq_replicant`, `coremq_status`; an object with none of them is a publish.
+/// `coremq_replicant`, `coremq_status`, `coremq_auth`; an object with none of them
+/// is a publish.
 #[derive(Debug, Clone)]
 pub enum ClientMessage<'a> {
     /// Subscribe to these queues (at least one, all valid names).
@@ -26,18 +28,21 @@ pub enum ClientMessage<'a> {
     Replicant(ReplicantRequest),
     /// Send the status object. The key's value is ignored, as the original did.
     Status,
+    /// Authenticate the connection (§8).
+    Auth(AuthRequest),
     /// Publish the object to the frame's queue.
     Publish(Publish<'a>),
 }
 
 /// The command keys in the order that decides between them.
-const COMMANDS: [&str; 6] = [
+const COMMANDS: [&str; 7] = [
     "coremq_subscribe",
     "coremq_unsubscribe",
     "coremq_options",
     "coremq_gethistory",
     "coremq_replicant",
     "coremq_status",
+    "coremq_auth",
 ];
 
 /// Parses a client's JSON text into a [`ClientMessage`].
@@ -83,7 +88,8 @@ pub fn parse_message_limited(
         2 => ClientMessage::Options(command::options(value)?),
         3 => ClientMessage::GetHistory(command::queue_names(name, value, max_queue_len, true)?),
         4 => ClientMessage::Replicant(command::replicant(value)?),
-        _ => ClientMessage::Status,
+        5 => ClientMessage::Status,
+        _ => ClientMessage::Auth(auth::auth(value)?),
     })
 }
 
@@ -180,6 +186,10 @@ mod tests {
         assert!(matches!(
             parse(r#"{"coremq_status": null}"#),
             Ok(ClientMessage::Status)
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_auth": {"token": "t"}}"#),
+            Ok(ClientMessage::Auth(AuthRequest::Token { .. }))
         ));
         assert!(matches!(
             parse(r#"{"a": 1}"#),

@@ -10,6 +10,7 @@ use crate::link_auth;
 use crate::msg::Request;
 use crate::refusal::Refusal;
 use crate::shard::Shard;
+use coremq_auth::Action;
 use coremq_protocol::{self as proto, ClientMessage, OptionValue};
 use std::rc::Rc;
 
@@ -54,6 +55,7 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, conn: &Rc<Conn>, queue: &str, msg: Cli
         ClientMessage::GetHistory(names) => history(shard, conn, names),
         ClientMessage::Status => status(shard, conn),
         ClientMessage::Replicant(req) => replicant(shard, conn, req),
+        ClientMessage::Auth(req) => super::auth::authenticate(shard, conn, req),
     }
 }
 
@@ -92,6 +94,21 @@ fn list_too_long(shard: &Shard, conn: &Conn, names: &[String]) -> bool {
     true
 }
 
+/// Refuses a request the connection's user may not make for every one of
+/// `names` (§8; nothing when access control is off).
+fn not_allowed(shard: &Shard, conn: &Conn, action: Action, names: &[String]) -> bool {
+    let Some(access) = &conn.access else {
+        return false;
+    };
+    match access.check_all(action, &conn.id, names.iter().map(String::as_str)) {
+        Ok(()) => false,
+        Err(refusal) => {
+            shard.refuse(conn, &refusal);
+            true
+        }
+    }
+}
+
 /// Refuses a request naming another connection's id queue (private, §2).
 fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[String]) -> bool {
     let Some(queue) = names.iter().find(|q| is_conn_id(q) && **q != *conn.id) else {
@@ -104,7 +121,10 @@ fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[Stri
 }
 
 fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
-    if list_too_long(shard, conn, &names) || names_private(shard, conn, "subscribe", &names) {
+    if list_too_long(shard, conn, &names)
+        || names_private(shard, conn, "subscribe", &names)
+        || not_allowed(shard, conn, Action::Subscribe, &names)
+    {
         return;
     }
     let mut names = dedup(names);
@@ -128,12 +148,7 @@ fn unsubscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
         return;
     }
     for q in dedup(names) {
-        let was = conn.st.borrow_mut().subs.remove(&*q);
-        if let Some(state) = was {
-            shard.unsubscribe_local(&q, conn, state);
-            let owner = shard.owner_of(&q);
-            shard.request(owner, Request::Unsubscribe { queue: q });
-        }
+        shard.drop_subscription(conn, q);
     }
     conn.reply(ReplyKind::Text(proto::OK_UNSUBSCRIBE));
 }
@@ -162,7 +177,10 @@ fn options(conn: &Conn, opts: Vec<(String, OptionValue)>) {
 }
 
 fn history(shard: &Shard, conn: &Conn, names: Vec<String>) {
-    if list_too_long(shard, conn, &names) || names_private(shard, conn, "history", &names) {
+    if list_too_long(shard, conn, &names)
+        || names_private(shard, conn, "history", &names)
+        || not_allowed(shard, conn, Action::History, &names)
+    {
         return;
     }
     let names = dedup(names);
@@ -190,7 +208,22 @@ fn history(shard: &Shard, conn: &Conn, names: Vec<String>) {
     }
 }
 
+/// Refuses `coremq_status` (and `corews_status`) to a user without
+/// `monitor` (§8).
+pub(crate) fn may_monitor(shard: &Shard, conn: &Conn) -> bool {
+    match conn.access.as_ref().map(|a| a.check_monitor()) {
+        Some(Err(refusal)) => {
+            shard.refuse(conn, &refusal);
+            false
+        }
+        _ => true,
+    }
+}
+
 fn status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    if !may_monitor(shard, conn) {
+        return;
+    }
     // The reply keeps its place in the reply order while every shard answers.
     let seq = conn.reserve(ReplyKind::Status(Vec::new()), 1);
     let (shard, conn) = (shard.clone(), conn.clone());

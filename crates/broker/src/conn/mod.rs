@@ -6,8 +6,11 @@
 //! - `reply`: what a reply can be (ordered, assembled from owners' answers);
 //! - `state`: the connection's buffer, ordered replies, options, subscriptions;
 //! - `handler`: what each command does;
+//! - `auth`: `coremq_auth`, the Argon2 check off the shard, token expiry and
+//!   `auth_timeout`;
 //! - `task`: the socket loop that reads frames and writes the buffer.
 
+pub(crate) mod auth;
 pub(crate) mod flow;
 pub(crate) mod handler;
 pub(crate) mod outq;

@@ -37,6 +37,8 @@ enum Event {
     Handover,
     /// `n` new bytes are in the read buffer (0 = peer closed).
     Read(usize),
+    /// A password check ended: the frames read behind it are parsed now.
+    Resume,
     /// The connection is done (closing and flushed, linger over, or I/O error).
     Done(&'static str),
 }
@@ -52,6 +54,8 @@ struct Ending {
     linger: Option<glommio::timer::Timer>,
     /// Deadline of a stall (`max_stall`), while the connection is stalled.
     stall: Option<glommio::timer::Timer>,
+    /// Parsing stopped for a password check, with frames maybe left unparsed.
+    held: bool,
 }
 
 /// Serves one accepted connection until it closes.
@@ -60,6 +64,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
     // the id from this client can reach it at once.
     let seq = conn.reserve(ReplyKind::Welcome, 1);
     subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true);
+    super::auth::on_open(&shard, &conn);
 
     // Header ('+', up to 20 digits, ' ') plus the largest body.
     let max_frame = shard.cfg().max_message_size + 32;
@@ -86,10 +91,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
             Event::Done(why) => break why,
             // The peer may still read (half-close): flush what it is owed first.
             Event::Read(0) => ending.peer_eof = true,
+            Event::Resume => {
+                ending.held = parse_frames(&shard, &conn, &mut rbuf);
+            }
             Event::Read(n) => {
                 Counters::add(&shard.counters().bytes_in, n as u64);
                 rbuf.note_read(n);
-                parse_frames(&shard, &conn, &mut rbuf);
+                ending.held = parse_frames(&shard, &conn, &mut rbuf);
                 // A client that always has more input would otherwise keep
                 // this task running forever: let the flushers, the other
                 // connections and the stop signal have their turn.
@@ -125,11 +133,15 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
     );
 }
 
-/// Handles every complete frame in the buffer.
-fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
+/// Handles every complete frame in the buffer; true if it stopped early for a
+/// password check (the rest waits for [`Event::Resume`]).
+fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool {
     let max = shard.cfg().max_message_size;
     shard.refresh_clock();
     loop {
+        if conn.access.as_ref().is_some_and(|a| a.verifying()) {
+            return true;
+        }
         // Nothing more is accepted once stopping: the drain promised the
         // owners that no request follows.
         let stop = {
@@ -139,22 +151,22 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) {
         if shard.stopping().is_set() || stop {
             if conn.st.borrow().handover.is_some() {
                 // The rest belongs to the cluster link.
-                return;
+                return false;
             }
             rbuf.start = rbuf.end;
-            return;
+            return false;
         }
         match proto::decode_frame(&rbuf.data[rbuf.start..rbuf.end], max) {
             Ok(Some((frame, used))) => {
                 handle_body(shard, conn, frame.body);
                 rbuf.start += used;
             }
-            Ok(None) => return,
+            Ok(None) => return false,
             Err(e) => {
                 tracing::debug!(cause = %e, "framing error; closing");
                 shard.refuse(conn, &Refusal::Framing(e));
                 rbuf.start = rbuf.end;
-                return;
+                return false;
             }
         }
     }
@@ -208,6 +220,7 @@ fn poll_conn(
         Some(Close::Framing) => "framing error",
         Some(Close::SlowConsumer) => "slow consumer",
         Some(Close::Shutdown) => "shutdown",
+        Some(Close::Refused) => "refused",
         None => "peer closed",
     };
 
@@ -264,6 +277,9 @@ fn poll_conn(
                 Poll::Pending => break,
             }
         }
+    } else if io.held && !conn.access.as_ref().is_some_and(|a| a.verifying()) {
+        io.held = false;
+        return Poll::Ready(Event::Resume);
     } else if conn.may_read() && shard.mesh().poll_low(cx.waker()) {
         // Read side: only while this connection's publishes in flight are
         // under their window, its own backlog under max_pending, and the

@@ -27,6 +27,17 @@ impl Shard {
         }
     }
 
+    /// Ends `conn`'s subscription to `queue`, if it has one: here and at the
+    /// owner.
+    pub(crate) fn drop_subscription(&self, conn: &Conn, queue: Box<str>) {
+        let was = conn.st.borrow_mut().subs.remove(&*queue);
+        if let Some(state) = was {
+            self.unsubscribe_local(&queue, conn, state);
+            let owner = self.owner_of(&queue);
+            self.request(owner, Request::Unsubscribe { queue });
+        }
+    }
+
     /// Tells the owners of `conn`'s `block` queues that it has become
     /// stalled, or no longer is: called in the pass whose delivery stalled
     /// it, and by its task whenever that runs (catching up, max_stall).

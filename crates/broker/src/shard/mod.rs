@@ -6,12 +6,14 @@
 //! are synchronous: a request is processed to completion, producing responses
 //! into outboxes, so no borrow is ever held across an `.await`.
 
+mod access;
 mod flow;
 mod routing;
 
+use crate::access::{Access, Rules};
 use crate::clock::Clock;
 use crate::conn::state::{Conn, ReplyKind};
-use crate::consts::is_reserved;
+use crate::consts::{is_conn_id, is_reserved};
 use crate::drain::Drain;
 use crate::event::Event;
 use crate::gather::Gathers;
@@ -77,11 +79,19 @@ pub(crate) struct Shard {
     dumps: Gathers<Vec<(Box<str>, Vec<MsgFrame>)>>,
     /// Cluster links (control shard only, once started).
     links: RefCell<Option<Rc<dyn Links>>>,
+    /// Access rules (`None` without `users_file`).
+    rules: Option<Rc<Rules>>,
 }
 
 impl Shard {
     /// A shard with no connections and no queues.
-    pub(crate) fn new(id: usize, shards: usize, cfg: Rc<MqConfig>, node: Rc<NodeCtx>) -> Shard {
+    pub(crate) fn new(
+        id: usize,
+        shards: usize,
+        cfg: Rc<MqConfig>,
+        node: Rc<NodeCtx>,
+        rules: Option<Rc<Rules>>,
+    ) -> Shard {
         let counters = Rc::<Counters>::default();
         Shard {
             id,
@@ -97,6 +107,7 @@ impl Shard {
             gathers: Gathers::default(),
             dumps: Gathers::default(),
             links: RefCell::new(None),
+            rules,
             counters,
             cfg,
             node,
@@ -152,7 +163,13 @@ impl Shard {
 
     /// Registers a new connection with a fresh id.
     pub(crate) fn open_conn(&self, transport: Transport) -> Rc<Conn> {
-        self.home.open(transport)
+        let access = self.rules.clone().map(Access::new);
+        self.home.open(transport, access)
+    }
+
+    /// The access rules, when `users_file` is set.
+    pub(crate) fn rules(&self) -> Option<&Rc<Rules>> {
+        self.rules.as_ref()
     }
 
     /// Every open connection.
@@ -220,6 +237,11 @@ impl Shard {
     pub(crate) fn publish(&self, conn: &Conn, queue: &str, msg: &proto::Publish<'_>) {
         if is_reserved(queue) {
             return self.refuse(conn, &Refusal::ReservedQueue(queue.into()));
+        }
+        if let Some(access) = &conn.access {
+            if let Err(refusal) = access.check_publish(queue, is_conn_id(queue)) {
+                return self.refuse(conn, &refusal);
+            }
         }
         let (echo, ack) = {
             let st = conn.st.borrow();

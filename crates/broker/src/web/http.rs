@@ -15,13 +15,15 @@ const MAX_HEADERS: usize = 64;
 /// How long a client may take to send its request head.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The parts of a request head the broker looks at.
-#[derive(Debug)]
+/// The parts of a request head the broker looks at. Not `Debug`: its
+/// query and headers may carry credentials.
 pub(crate) struct Head {
     /// `GET`, `HEAD`, ...
     pub method: String,
     /// Path without the query string.
     pub path: String,
+    /// The query string (after `?`), which may carry a token: never logged.
+    pub query: String,
     /// Headers, names lower-cased.
     pub headers: Vec<(String, String)>,
     /// Bytes read after the head (a WebSocket client may send a frame early).
@@ -75,11 +77,12 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError>
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(len)) => {
-                let path = req.path.unwrap_or("/");
-                let path = path.split('?').next().unwrap_or("/").to_string();
+                let target = req.path.unwrap_or("/");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 let head = Head {
                     method: req.method.unwrap_or("").to_string(),
-                    path,
+                    path: path.to_string(),
+                    query: query.to_string(),
                     headers: req
                         .headers
                         .iter()

@@ -4,6 +4,7 @@
 //! becomes a broker connection (`ws`); any other request is plain HTTP —
 //! `/status` (JSON), `/metrics` (Prometheus text), `/` (the dashboard) or 404.
 
+mod auth;
 mod http;
 mod metrics;
 mod ws;
@@ -69,6 +70,14 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSetting
         }
     };
     let is_upgrade = head.header_has("upgrade", "websocket");
+    let monitored = matches!(head.path.as_str(), "/" | "/status" | "/metrics")
+        && matches!(head.method.as_str(), "GET" | "HEAD");
+    if monitored {
+        if let Err(denied) = auth::may_monitor(&shard, &head).await {
+            let _ = refuse_http(&mut stream, denied).await;
+            return;
+        }
+    }
     let result = match (head.method.as_str(), head.path.as_str()) {
         (_, "/ws") if is_upgrade => return upgrade(shard, stream, head, &settings).await,
         ("GET" | "HEAD", "/ws") => {
@@ -146,6 +155,33 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSetting
     }
 }
 
+/// The 401 (the browser asks for a user and password) or 403 of a request
+/// without the `monitor` right.
+async fn refuse_http(stream: &mut TcpStream, denied: auth::Denied) -> std::io::Result<()> {
+    match denied {
+        auth::Denied::Unauthorized => respond(
+            stream,
+            "401 Unauthorized",
+            "text/plain; charset=utf-8",
+            &[(
+                "WWW-Authenticate",
+                "Basic realm=\"CoreMQ\", charset=\"UTF-8\"",
+            )],
+            b"authentication required: a user with monitor = true (HTTP Basic or Bearer token)\n",
+            false,
+        )
+        .await,
+        auth::Denied::Forbidden => {
+            respond_text(
+                stream,
+                "403 Forbidden",
+                "this user may not monitor (monitor = true)",
+            )
+            .await
+        }
+    }
+}
+
 /// Completes a WebSocket handshake and serves the connection as a broker client.
 async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: &WebSettings) {
     let reject = |why: &'static str| why;
@@ -203,6 +239,20 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: 
             return;
         }
     };
+    // Credentials on the handshake (a header, or `?token=` since browsers
+    // cannot set headers on a WebSocket): wrong ones are refused before the
+    // upgrade; none leaves the connection anonymous until a coremq_auth.
+    let who = match shard.rules().map(|r| r.authority()) {
+        None => None,
+        Some(authority) => match auth::identify(&authority, &head).await {
+            Ok(who) => who,
+            Err(cause) => {
+                tracing::warn!(%cause, "websocket handshake: authentication failed");
+                let _ = refuse_http(&mut stream, auth::Denied::Unauthorized).await;
+                return;
+            }
+        },
+    };
     if !shard.node().shared.try_open(shard.cfg().max_connections) {
         Counters::add(&shard.counters().refused_connections, 1);
         let _ = respond_text(
@@ -232,6 +282,9 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: 
     let ws =
         WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
     let conn = shard.open_conn(Transport::WebSocket);
+    if let Some(who) = who {
+        crate::conn::auth::adopt(&conn, who);
+    }
     let span = tracing::info_span!("ws", conn_id = %conn.id);
     tracing::debug!(parent: &span, "websocket accepted");
     ws::serve(shard.clone(), conn, ws, settings.keepalive)

@@ -71,6 +71,7 @@ pub(crate) async fn serve(
 ) {
     let seq = conn.reserve(ReplyKind::Welcome, 1);
     subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true);
+    crate::conn::auth::on_open(&shard, &conn);
     let mut s = Session {
         pending: None,
         last_seen: Instant::now(),
@@ -163,6 +164,7 @@ fn poll_session(
             return Poll::Ready(Event::Done(match closing {
                 Some(Close::SlowConsumer) => "slow consumer",
                 Some(Close::Shutdown) => "shutdown",
+                Some(Close::Refused) => "refused",
                 _ => "closed",
             }));
         }
@@ -295,6 +297,9 @@ fn text_message(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
 
 /// The original WebSocket server's status reply, plus the node status.
 fn ws_status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    if !crate::conn::handler::may_monitor(shard, conn) {
+        return;
+    }
     let seq = conn.reserve(ReplyKind::Raw(Vec::new()), 1);
     let (shard, conn) = (shard.clone(), conn.clone());
     glommio::spawn_local(async move {

@@ -77,7 +77,9 @@ impl Conn {
     /// are under their window and its own backlog is under `max_pending`
     /// (a client that does not read its replies is not read either).
     pub(crate) fn may_read(&self) -> bool {
-        self.flow.window_open() && self.st.borrow().out.len() <= self.max_pending
+        self.flow.window_open()
+            && self.st.borrow().out.len() <= self.max_pending
+            && !self.access.as_ref().is_some_and(|a| a.verifying())
     }
 
     /// Owners confirmed `bytes` of this connection's publishes.

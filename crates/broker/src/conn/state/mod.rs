@@ -28,6 +28,9 @@ pub(crate) enum Close {
     SlowConsumer,
     /// Graceful stop: `BYE` went out.
     Shutdown,
+    /// Refused for good (authentication failed, token expired, none in
+    /// time): one `ERROR:` went out.
+    Refused,
 }
 
 /// State of one subscription of this connection.
@@ -124,6 +127,9 @@ pub(crate) struct Conn {
     node: std::rc::Rc<crate::node::NodeCtx>,
     /// The home shard's counters (slow consumers are counted when cut off).
     counters: std::rc::Rc<crate::stats::Counters>,
+    /// Who the connection acts as and what it may do; `None` without
+    /// `users_file` (everything but other connections' ids is allowed).
+    pub access: Option<crate::access::Access>,
     /// Mutable state.
     pub st: std::cell::RefCell<ConnState>,
 }
@@ -153,6 +159,7 @@ impl Conn {
         max_pending: usize,
         node: std::rc::Rc<crate::node::NodeCtx>,
         counters: std::rc::Rc<crate::stats::Counters>,
+        access: Option<crate::access::Access>,
     ) -> Conn {
         let mut json = Vec::new();
         proto::response_json(proto::OK_SENT, &mut json);
@@ -171,6 +178,7 @@ impl Conn {
             flow: Flow::new((max_pending / WINDOW_DIVISOR).max(1)),
             node,
             counters,
+            access,
             st: std::cell::RefCell::new(ConnState {
                 out: OutQueue::default(),
                 replies: VecDeque::new(),
@@ -218,10 +226,15 @@ impl Conn {
     }
 
     /// Queues what this connection's transport says for `refusal`, in reply
-    /// order (a framing error also ends the connection after it).
+    /// order (a framing error, a failed authentication and the like also
+    /// end the connection after it).
     pub(crate) fn refuse(&self, refusal: &Refusal) {
-        if let Refusal::Framing(_) = refusal {
-            return self.finish_with(Close::Framing, refusal.json(self.transport));
+        if refusal.ends_connection() {
+            let why = match refusal {
+                Refusal::Framing(_) => Close::Framing,
+                _ => Close::Refused,
+            };
+            return self.finish_with(why, refusal.json(self.transport));
         }
         match refusal.reply(self.transport) {
             Wire::Reply(json) => self.reply(ReplyKind::Json(json)),

@@ -1,0 +1,159 @@
+//! `coremq_auth` and the two clocks of access control (PROTOCOL.md §8).
+//!
+//! A password is checked with Argon2id, which takes tens of milliseconds by
+//! design: that runs on the shard's blocking pool, never on the shard, so the
+//! shard's other connections do not wait for it; a pair checked before is
+//! answered from the authority's cache at once. Meanwhile nothing more of
+//! this connection is read, so the requests it pipelined behind its
+//! `coremq_auth` are judged with the rights the answer gives. Tokens are
+//! checked in place (a signature check costs microseconds).
+//!
+//! The clocks: a connection that can do nothing without authenticating is
+//! closed after `auth_timeout` unless it authenticates, and one that
+//! authenticated with a token is closed when the token expires, unless a new
+//! `coremq_auth` for the same user moved the expiry.
+
+use super::state::{Conn, ReplyKind};
+use crate::refusal::Refusal;
+use crate::shard::Shard;
+use coremq_auth::{AuthError, Identity};
+use coremq_protocol::{self as proto, AuthRequest};
+use glommio::timer::sleep;
+use std::rc::{Rc, Weak};
+use std::time::SystemTime;
+
+/// What a client reads when it authenticated.
+const OK_AUTHENTICATED: &str = "OK: Authenticated";
+
+/// Starts the clocks for a new connection: without anonymous rights it has
+/// `auth_timeout` to authenticate.
+pub(crate) fn on_open(shard: &Shard, conn: &Rc<Conn>) {
+    let Some(access) = &conn.access else {
+        return;
+    };
+    if !access.anonymous_grants_nothing() {
+        return;
+    }
+    let timeout = shard.cfg().auth_timeout;
+    let weak = Rc::downgrade(conn);
+    glommio::spawn_local(async move {
+        sleep(timeout).await;
+        let Some(conn) = weak.upgrade() else {
+            return;
+        };
+        let authenticated = conn.access.as_ref().is_some_and(|a| a.is_authenticated());
+        if !authenticated && conn.st.borrow().ending.is_none() {
+            tracing::info!(conn_id = %conn.id, "closed: no authentication within auth_timeout");
+            conn.refuse(&Refusal::AuthTimeout);
+        }
+    })
+    .detach();
+}
+
+/// Handles a `coremq_auth` request.
+pub(crate) fn authenticate(shard: &Rc<Shard>, conn: &Rc<Conn>, req: AuthRequest) {
+    let Some(access) = &conn.access else {
+        return shard.refuse(conn, &Refusal::AuthNotEnabled);
+    };
+    let authority = access.rules().authority();
+    match req {
+        AuthRequest::Token { user, token } => match authority.verify_token(token.expose()) {
+            Ok(who) if user.as_deref().is_some_and(|named| named != &*who.user) => {
+                tracing::warn!(conn_id = %conn.id, named = ?user, "authentication failed: the token is another user's");
+                shard.refuse(conn, &Refusal::AuthFailed);
+            }
+            result => conclude(shard, conn, result),
+        },
+        AuthRequest::Password { user, password } => {
+            if let Some(who) = authority.password_cached(&user, password.expose()) {
+                return conclude(shard, conn, Ok(who));
+            }
+            access.set_verifying(true);
+            let (shard, conn) = (shard.clone(), conn.clone());
+            glommio::spawn_local(async move {
+                let check = move || authority.verify_password(&user, password.expose());
+                let result = glommio::executor().spawn_blocking(check).await;
+                if let Some(access) = &conn.access {
+                    access.set_verifying(false);
+                }
+                conclude(&shard, &conn, result);
+                // Reading and parsing resume.
+                conn.wake();
+            })
+            .detach();
+        }
+    }
+}
+
+/// Applies the outcome of a check: the user's rights and the OK, or the
+/// failure and the end of the connection.
+fn conclude(shard: &Rc<Shard>, conn: &Rc<Conn>, result: Result<Identity, AuthError>) {
+    let Some(access) = &conn.access else {
+        return;
+    };
+    let who = match result {
+        Ok(who) => who,
+        Err(cause) => {
+            // The cause is for the operator; the client only learns that it
+            // failed. Neither ever sees the password or token.
+            tracing::warn!(conn_id = %conn.id, %cause, "authentication failed");
+            return shard.refuse(conn, &Refusal::AuthFailed);
+        }
+    };
+    let user = who.user.clone();
+    let token = who.expires.is_some();
+    if access.become_user(who).is_err() {
+        tracing::warn!(conn_id = %conn.id, user = %user, was = ?access.user(), "authentication failed: a connection cannot change user");
+        return shard.refuse(conn, &Refusal::AuthFailed);
+    }
+    tracing::debug!(conn_id = %conn.id, user = %user, token, "authenticated");
+    let mut json = Vec::new();
+    proto::response_json(OK_AUTHENTICATED, &mut json);
+    json.pop();
+    json.extend_from_slice(b", \"user\": ");
+    proto::write_json_string(&user, &mut json);
+    json.push(b'}');
+    conn.reply(ReplyKind::Json(json));
+    if token && access.start_expiry_watch() {
+        watch_expiry(Rc::downgrade(conn));
+    }
+}
+
+/// Makes a new connection act as `who`, proven before it opened (a
+/// WebSocket handshake's credentials).
+pub(crate) fn adopt(conn: &Rc<Conn>, who: Identity) {
+    let Some(access) = &conn.access else {
+        return;
+    };
+    let token = who.expires.is_some();
+    if access.become_user(who).is_ok() && token && access.start_expiry_watch() {
+        watch_expiry(Rc::downgrade(conn));
+    }
+}
+
+/// Closes the connection when its token runs out; a refreshed token moves
+/// the deadline, a password login (same user) ends the watch.
+fn watch_expiry(weak: Weak<Conn>) {
+    glommio::spawn_local(async move {
+        loop {
+            let Some(conn) = weak.upgrade() else {
+                return;
+            };
+            let Some(expires) = conn.access.as_ref().and_then(|a| a.token_expiry()) else {
+                return;
+            };
+            match expires.duration_since(SystemTime::now()) {
+                Ok(left) if !left.is_zero() => {
+                    drop(conn);
+                    sleep(left).await;
+                }
+                _ => {
+                    tracing::info!(conn_id = %conn.id, "closed: token expired");
+                    conn.refuse(&Refusal::TokenExpired);
+                    return;
+                }
+            }
+        }
+    })
+    .detach();
+}

@@ -1,0 +1,108 @@
+//! Loading the access rules at start and again on SIGHUP (PROTOCOL.md §8).
+//!
+//! A reload reads the files on the caller's thread (the signal thread: the
+//! Argon2 hashes are parsed, not verified, so it is quick), and only a
+//! complete, valid set replaces the rules in force; then every shard is told
+//! to take them and to withdraw the subscriptions they no longer allow. A
+//! bad file at reload is logged and changes nothing.
+
+use crate::error::BrokerError;
+use crate::node::NodeShared;
+use coremq_auth::Authority;
+use coremq_config::MqConfig;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The byte on a shard's control socket that means "take the new rules"
+/// (any other byte, or its end, means stop).
+pub(crate) const RELOAD_BYTE: u8 = 2;
+
+/// The files the rules come from.
+#[derive(Clone)]
+struct Files {
+    users: PathBuf,
+    jwt_secret: Option<PathBuf>,
+    jwt_public_key: Option<PathBuf>,
+}
+
+impl Files {
+    /// The configured files; `None` when access control is off.
+    fn of(mq: &MqConfig) -> Result<Option<Files>, BrokerError> {
+        let Some(users) = mq.users_file.clone() else {
+            if mq.jwt_secret_file.is_some() || mq.jwt_public_key_file.is_some() {
+                return Err(BrokerError::Access(
+                    "jwt_secret_file and jwt_public_key_file need users_file (tokens name \
+                     users of the users file)"
+                        .into(),
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(Files {
+            users,
+            jwt_secret: mq.jwt_secret_file.clone(),
+            jwt_public_key: mq.jwt_public_key_file.clone(),
+        }))
+    }
+
+    fn load(&self) -> Result<Authority, String> {
+        Authority::load(
+            &self.users,
+            self.jwt_secret.as_deref(),
+            self.jwt_public_key.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Loads the rules at start; a bad file stops the start with its error.
+pub(crate) fn load(mq: &MqConfig) -> Result<Option<Arc<Authority>>, BrokerError> {
+    let Some(files) = Files::of(mq)? else {
+        return Ok(None);
+    };
+    let authority = files.load().map_err(BrokerError::Access)?;
+    tracing::info!(users_file = %files.users.display(), "access control on");
+    Ok(Some(Arc::new(authority)))
+}
+
+/// Reloads the access rules from any thread (the SIGHUP handler).
+#[derive(Clone)]
+pub struct Reloader {
+    files: Option<Files>,
+    shared: Arc<NodeShared>,
+    /// The starter's ends of the shards' control sockets.
+    ends: Arc<Vec<UnixStream>>,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        mq: &MqConfig,
+        shared: Arc<NodeShared>,
+        ends: Arc<Vec<UnixStream>>,
+    ) -> Reloader {
+        Reloader {
+            files: Files::of(mq).ok().flatten(),
+            shared,
+            ends,
+        }
+    }
+
+    /// Re-reads the users file and token keys. `Ok(false)`: access control
+    /// is off, nothing to do. On error the rules in force stay.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(files) = &self.files else {
+            return Ok(false);
+        };
+        let authority = files.load()?;
+        match self.shared.authority.lock() {
+            Ok(mut slot) => *slot = Some(Arc::new(authority)),
+            Err(_) => return Err("the rules lock is poisoned".into()),
+        }
+        for mut end in self.ends.iter() {
+            let _ = end.write(&[RELOAD_BYTE]);
+        }
+        Ok(true)
+    }
+}
