@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod cluster;
 pub mod proxy;
 pub mod web;

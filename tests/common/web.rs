@@ -230,14 +230,36 @@ pub fn ws_handshake_on(
     addr: SocketAddr,
     origin: Option<&str>,
 ) -> Result<WebSocket<TcpStream>, (u16, String)> {
+    let origin: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+    ws_handshake_with(stream, addr, "/ws", &origin)
+}
+
+/// The HTTP status of a WebSocket handshake to `path` with `headers`
+/// (101 when it succeeded).
+pub fn ws_handshake_status(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    match ws_handshake_with(stream, addr, path, headers) {
+        Ok(_) => 101,
+        Err((status, _)) => status,
+    }
+}
+
+/// The WebSocket handshake to `path` (query included) with extra headers.
+pub fn ws_handshake_with(
+    stream: TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<WebSocket<TcpStream>, (u16, String)> {
     stream.set_nodelay(true).unwrap();
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-    let mut req = format!("ws://{addr}/ws")
+    let mut req = format!("ws://{addr}{path}")
         .into_client_request()
         .expect("request");
-    if let Some(o) = origin {
+    for (name, value) in headers {
+        let name: tungstenite::http::HeaderName = name.parse().expect("header name");
         req.headers_mut()
-            .insert("Origin", o.parse().expect("origin header value"));
+            .insert(name, value.parse().expect("header value"));
     }
     match tungstenite::client::client(req, stream) {
         Ok((ws, resp)) => {
@@ -278,10 +300,23 @@ impl WsClient {
         Self::connect_on(stream, addr, origin)
     }
 
+    /// Connect to `path` (e.g. `/ws?token=…`) with extra handshake headers.
+    pub fn connect_path(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> WsClient {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let ws = ws_handshake_with(stream, addr, path, headers)
+            .unwrap_or_else(|(st, body)| panic!("WebSocket refused with {st}: {body}"));
+        Self::welcomed(ws, addr)
+    }
+
     /// Handshake and welcome on an already connected stream.
     pub fn connect_on(stream: TcpStream, addr: SocketAddr, origin: Option<&str>) -> WsClient {
         let ws = ws_handshake_on(stream, addr, origin)
             .unwrap_or_else(|(st, body)| panic!("WebSocket refused with {st}: {body}"));
+        Self::welcomed(ws, addr)
+    }
+
+    /// Reads the welcome on a fresh WebSocket.
+    fn welcomed(ws: WebSocket<TcpStream>, addr: SocketAddr) -> WsClient {
         let mut c = WsClient {
             ws,
             id: String::new(),

@@ -1,0 +1,259 @@
+//! PROTOCOL.md §8, logging in: every way a login can fail fails the same
+//! way (`ERROR: Authentication failed`, then the connection closes), tokens
+//! expire and can be refreshed, a silent connection is closed after
+//! `auth_timeout`, and many Argon2 logins do not hold up a shard's other
+//! clients.
+
+mod common;
+
+use common::auth::{assert_auth_fails_and_closes, auth_reply, hash, login, token, token_with};
+use common::auth::{Fixture, SECRET};
+use common::*;
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+fn users() -> String {
+    format!(
+        "[user:alice]\npassword = {}\npublish = *\nsubscribe = *\n\n[user:bob]\npassword = {}\npublish = *\n",
+        hash("alice-pw"),
+        hash("bob-pw")
+    )
+}
+
+/// The test keys of the auth crate.
+fn key(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/auth/tests/keys")
+        .join(name)
+}
+
+fn b64url(json: &serde_json::Value) -> String {
+    data_encoding::BASE64URL_NOPAD.encode(json.to_string().as_bytes())
+}
+
+#[test]
+fn every_wrong_login_fails_and_closes() {
+    let f = Fixture::new(&users());
+    let b = Broker::start(f.opts(2));
+    let exp = common::auth::unix_now() + 60;
+    let alg_none = format!(
+        "{}.{}.",
+        b64url(&json!({"alg": "none", "typ": "JWT"})),
+        b64url(&json!({"sub": "alice", "exp": exp}))
+    );
+    let cases = [
+        (
+            "wrong password",
+            json!({"user": "alice", "password": "nope"}),
+        ),
+        (
+            "unknown user",
+            json!({"user": "mallory", "password": "alice-pw"}),
+        ),
+        (
+            "bad signature",
+            json!({"token": token_with("another-secret-of-enough-length-000000", "alice", 60, None)}),
+        ),
+        ("alg none", json!({ "token": alg_none })),
+        ("expired token", json!({"token": token("alice", -5)})),
+        (
+            "token for another user",
+            json!({"user": "bob", "token": token("alice", 60)}),
+        ),
+        ("not a token", json!({"token": "abc.def.ghi"})),
+    ];
+    for (what, auth) in cases {
+        let mut c = b.client();
+        eprintln!("case: {what}");
+        assert_auth_fails_and_closes(&mut c, auth);
+    }
+    // A connection cannot change user: the second login fails and closes.
+    let mut c = b.client();
+    login(&mut c, "alice", "alice-pw");
+    assert_auth_fails_and_closes(&mut c, json!({"user": "bob", "password": "bob-pw"}));
+    // The right ones work (and the broker is unharmed).
+    let mut c = b.client();
+    login(&mut c, "alice", "alice-pw");
+    let r = auth_reply(&mut b.client(), json!({"token": token("bob", 60)}));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "bob"}));
+}
+
+#[test]
+fn rs256_keys_refuse_hs256_signed_with_the_public_key() {
+    let f = Fixture::new(&users());
+    let opts = BrokerOpts::new(1)
+        .set("users_file", &f.users.display().to_string())
+        .set(
+            "jwt_public_key_file",
+            &key("rsa_public.pem").display().to_string(),
+        );
+    let b = Broker::start(opts);
+    let claims = json!({"sub": "alice", "exp": common::auth::unix_now() + 60});
+    let private = std::fs::read(key("rsa_private.pem")).expect("test key");
+    let good = jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &EncodingKey::from_rsa_pem(&private).expect("rsa key"),
+    )
+    .expect("sign");
+    let r = auth_reply(&mut b.client(), json!({ "token": good }));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "alice"}));
+    // The classic confusion: HS256 with the public key as the HMAC secret.
+    let public = std::fs::read(key("rsa_public.pem")).expect("test key");
+    let forged = jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&public).expect("secret"),
+    )
+    .expect("sign");
+    assert_auth_fails_and_closes(&mut b.client(), json!({ "token": forged }));
+    let _ = SECRET;
+}
+
+#[test]
+fn es256_tokens_are_accepted() {
+    let f = Fixture::new(&users());
+    let opts = BrokerOpts::new(1)
+        .set("users_file", &f.users.display().to_string())
+        .set(
+            "jwt_public_key_file",
+            &key("ec_public.pem").display().to_string(),
+        );
+    let b = Broker::start(opts);
+    let claims = json!({"sub": "bob", "exp": common::auth::unix_now() + 60});
+    let private = std::fs::read(key("ec_private.pem")).expect("test key");
+    let t = jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &EncodingKey::from_ec_pem(&private).expect("ec key"),
+    )
+    .expect("sign");
+    let r = auth_reply(&mut b.client(), json!({ "token": t }));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "bob"}));
+}
+
+#[test]
+fn an_expiring_token_closes_unless_refreshed() {
+    let f = Fixture::new(&users());
+    let b = Broker::start(f.opts(2));
+    let q = uniq("q");
+
+    // Expires in 2 s: then the error and the close.
+    let mut short = b.client();
+    let r = auth_reply(&mut short, json!({"token": token("alice", 2)}));
+    assert_eq!(r["response"], json!("OK: Authenticated"));
+    let (frames, eof) = short.read_until_eof(Duration::from_secs(10));
+    assert!(eof, "closed after the token expired");
+    let last = frames.last().expect("an error before the close");
+    assert_eq!(last.json, json!({"response": "ERROR: Token expired"}));
+
+    // Refreshed before it runs out: still served after the first expiry.
+    let mut kept = b.client();
+    auth_reply(&mut kept, json!({"token": token("alice", 2)}));
+    let r = auth_reply(&mut kept, json!({"token": token("alice", 60)}));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "alice"}));
+    std::thread::sleep(Duration::from_secs(3));
+    kept.publish(&q, &json!({"n": 1}));
+}
+
+#[test]
+fn a_silent_connection_is_closed_after_auth_timeout() {
+    let f = Fixture::new(&users());
+    let b = Broker::start(f.opts(2).set("auth_timeout", "1"));
+    let mut silent = b.client();
+    let mut authed = b.client();
+    login(&mut authed, "alice", "alice-pw");
+    let (frames, eof) = silent.read_until_eof(Duration::from_secs(10));
+    assert!(eof);
+    assert_eq!(
+        frames.last().map(|f| f.json.clone()),
+        Some(
+            json!({"response": "ERROR: Authentication required: none within auth_timeout; closing"})
+        )
+    );
+    // The authenticated one is still served well after the timeout.
+    std::thread::sleep(Duration::from_millis(500));
+    let q = uniq("q");
+    authed.publish(&q, &json!({"n": 1}));
+}
+
+/// Round trips of `pinger` on `q` while `LOGINS` connections log in as
+/// carol with `password`; returns (time the logins took, sorted round trips).
+fn round_trips_during_logins(
+    b: &Broker,
+    pinger: &mut Client,
+    q: &str,
+    password: &'static str,
+) -> (Duration, Vec<Duration>) {
+    const LOGINS: usize = 1000;
+    let addr = b.addr();
+    let loginer = std::thread::spawn(move || {
+        let started = Instant::now();
+        for _ in 0..LOGINS {
+            let mut c = Client::connect(addr);
+            let r = auth_reply(&mut c, json!({"user": "carol", "password": password}));
+            let expected = if password == "carol-pw" {
+                "OK: Authenticated"
+            } else {
+                "ERROR: Authentication failed"
+            };
+            assert_eq!(r["response"], json!(expected));
+        }
+        started.elapsed()
+    });
+    let mut rtts = Vec::new();
+    while !loginer.is_finished() {
+        let t = Instant::now();
+        pinger.publish(q, &json!({"ping": rtts.len()}));
+        assert_eq!(pinger.recv_msg().json["ping"], json!(rtts.len()));
+        rtts.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = loginer.join().expect("logins");
+    rtts.sort();
+    assert!(!rtts.is_empty());
+    (took, rtts)
+}
+
+/// 1,000 logins that each run Argon2id (wrong passwords are never cached)
+/// beside 1,000 answered from the cache, while another client of the same
+/// shard does round trips: every login and round trip must complete; the
+/// figures are printed side by side (no wall-clock assertions).
+#[test]
+fn argon2_logins_do_not_stall_other_clients() {
+    // A fifth of the default cost (`coremq-cli passwd` makes m=19456, t=2),
+    // so the thousand runs take seconds, not half a minute; what matters is
+    // where they run, not how long each takes.
+    let params = argon2::Params::new(4096, 2, 1, None).unwrap();
+    let salt = argon2::password_hash::SaltString::encode_b64(b"coremq-stall-test").unwrap();
+    let hashed = argon2::password_hash::PasswordHasher::hash_password(
+        &argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params),
+        b"carol-pw",
+        &salt,
+    )
+    .unwrap()
+    .to_string();
+    let f = Fixture::new(&format!(
+        "[user:carol]\npassword = {hashed}\npublish = *\nsubscribe = *\n"
+    ));
+    let b = Broker::start(f.opts(1));
+    let q = uniq("rtt");
+    let mut pinger = b.client();
+    login(&mut pinger, "carol", "carol-pw");
+    pinger.options(json!({"echo": true}));
+    pinger.subscribe(&[&q]);
+    for (what, password) in [("cached", "carol-pw"), ("Argon2id", "wrong")] {
+        let (took, rtts) = round_trips_during_logins(&b, &mut pinger, &q, password);
+        let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize];
+        println!(
+            "1000 {what} logins in {took:?}; another client's round trips meanwhile ({}): \
+             p50 {:?}, p99 {:?}, max {:?}",
+            rtts.len(),
+            pct(0.5),
+            pct(0.99),
+            rtts.last().unwrap()
+        );
+    }
+}
