@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs CoreMQ for systemd: binaries, default configuration, units,
-# logrotate entry and documentation, and (on a real install) the `coremq`
-# system user. Build first: `cargo build --release`.
+# Installs CoreMQ for systemd: binaries, default configuration, an example
+# users file, units, logrotate entry and documentation, and (on a real
+# install) the `coremq` system user. Build first: `cargo build --release`.
 #
 #   sudo deploy/install.sh                  # install into /usr/local and /etc
 #   DESTDIR=/tmp/stage deploy/install.sh    # stage the files only (packaging, tests)
@@ -15,8 +15,11 @@
 #   COREMQ_CLI_BIN  CLI binary to install (default target/release/coremq-cli)
 #
 # An existing /etc/coremq/coremq.conf is never overwritten: the new default
-# goes next to it as coremq.conf.new. Re-running the script is the upgrade
-# (then `systemctl restart coremq`).
+# goes next to it as coremq.conf.new. The users file (access control,
+# docs/security.md) is the operator's: only the example,
+# /etc/coremq/users.example, is (re)installed; /etc/coremq/users is never
+# written. Re-running the script is the upgrade (then `systemctl restart
+# coremq`).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +49,8 @@ rotdir=$DESTDIR/etc/logrotate.d
 install -d -m 0755 "$bindir" "$docdir" "$confdir" "$unitdir" "$rotdir"
 install -m 0755 "$bin" "$bindir/coremq"
 install -m 0755 "$cli" "$bindir/coremq-cli"
-install -m 0644 "$repo/docs/operations.md" "$repo/docs/protocol.md" "$docdir/"
+install -m 0644 "$repo/docs/operations.md" "$repo/docs/protocol.md" \
+  "$repo/docs/security.md" "$docdir/"
 
 # The default configuration, from the binary being installed (so it matches
 # its version), logging to the service's log directory instead of stdout.
@@ -63,6 +67,11 @@ if [ -e "$target" ]; then
 fi
 # The file may hold cluster_secret: readable by root and the service group only.
 install -m 0640 "$conf" "$target"
+# The example users file: its hashes are of published example passwords, so
+# it is installed under a name the broker is never pointed at by default.
+# Same mode as the real one should have: a users file holds password hashes.
+users_example=$confdir/users.example
+install -m 0640 "$here/users.example" "$users_example"
 
 # Units and logrotate, with paths following PREFIX.
 for f in coremq.service coremq@.service; do
@@ -81,7 +90,7 @@ if ! getent passwd "$user" >/dev/null; then
     --shell /usr/sbin/nologin --comment "CoreMQ broker" "$user"
   echo "install.sh: created system user $user"
 fi
-chgrp "$user" "$target"
+chgrp "$user" "$target" "$users_example"
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
 fi
@@ -90,4 +99,6 @@ install.sh: installed CoreMQ into $PREFIX, configuration in /etc/coremq.
 Next: review /etc/coremq/coremq.conf, then
   systemctl enable --now coremq
   coremq-cli status
+Access control is off until users_file is set: see /etc/coremq/users.example
+and $PREFIX/share/doc/coremq/security.md.
 MSG

@@ -1,7 +1,9 @@
 //! The installed layout and the operator-facing behaviour of the binary:
 //!
 //! - `deploy/install.sh` into a temporary DESTDIR puts binary, CLI, config,
-//!   units and logrotate entry in place; the installed binary, run the way the
+//!   example users file, units and logrotate entry in place, and a second run
+//!   (the upgrade) keeps the operator's config and users file; the installed
+//!   binary, run the way the
 //!   unit's ExecStart runs it (with the installed config; environment
 //!   overrides only move it to a loopback ephemeral port and a temp log),
 //!   signals READY=1 on a fake `$NOTIFY_SOCKET` only once the port accepts,
@@ -29,9 +31,15 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Runs install.sh into a fresh DESTDIR and returns it.
 fn stage() -> PathBuf {
     let destdir = unique_dir("destdir");
+    install_into(&destdir);
+    destdir
+}
+
+/// Runs install.sh with DESTDIR `destdir` (again, for an upgrade).
+fn install_into(destdir: &Path) {
     let out = Command::new("bash")
         .arg(Path::new(REPO).join("deploy/install.sh"))
-        .env("DESTDIR", &destdir)
+        .env("DESTDIR", destdir)
         .env_remove("PREFIX")
         .env("COREMQ_BIN", BIN)
         .env("COREMQ_CLI_BIN", cli_bin())
@@ -44,7 +52,23 @@ fn stage() -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    destdir
+}
+
+/// The mode bits of `path` in octal, as `ls` and `chmod` write them.
+fn mode(path: &Path) -> String {
+    let meta = fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    format!("{:o}", meta.permissions().mode() & 0o777)
+}
+
+/// The values of the `password =` lines of a users file.
+fn password_lines(users: &str) -> Vec<&str> {
+    users
+        .lines()
+        .filter_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            (key.trim() == "password").then(|| value.trim())
+        })
+        .collect()
 }
 
 /// The value of `key=` in a unit file (the last one, as systemd reads it).
@@ -102,10 +126,30 @@ fn installed_layout_notifies_systemd_and_says_bye() {
     assert!(at("/etc/logrotate.d/coremq").exists());
     let conf_path = at("/etc/coremq/coremq.conf");
     let conf = fs::read_to_string(&conf_path).expect("installed config");
+    assert_eq!(mode(&conf_path), "640");
+    // The example users file holds password hashes: not world-readable, like
+    // the real one should be. Its passwords are hashes (a plain-text one would
+    // stop a broker pointed at it), and it is the repo's file as it stands.
+    let users_path = at("/etc/coremq/users.example");
+    let users = fs::read_to_string(&users_path).expect("installed users.example");
+    assert_eq!(mode(&users_path), "640");
     assert_eq!(
-        fs::metadata(&conf_path).unwrap().permissions().mode() & 0o777,
-        0o640
+        users,
+        fs::read_to_string(Path::new(REPO).join("deploy/users.example")).unwrap()
     );
+    let hashes = password_lines(&users);
+    assert!(!hashes.is_empty(), "users.example has no password line");
+    for hash in hashes {
+        assert!(
+            hash.starts_with("$argon2id$v=19$") && hash.split('$').count() == 6,
+            "not an Argon2id PHC string: {hash}"
+        );
+    }
+    assert!(
+        !at("/etc/coremq/users").exists(),
+        "install.sh made a users file"
+    );
+    assert!(at("/usr/local/share/doc/coremq/security.md").exists());
     assert!(
         conf.contains("\nlog_file = /var/log/coremq/coremq.log\n"),
         "{conf}"
@@ -196,6 +240,35 @@ fn installed_layout_notifies_systemd_and_says_bye() {
         "{logged}"
     );
     let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_dir_all(&destdir);
+}
+
+#[test]
+fn reinstall_keeps_the_operators_config_and_users_file() {
+    let destdir = stage();
+    let at = |p: &str| destdir.join(p.trim_start_matches('/'));
+    let (conf, users, example) = (
+        at("/etc/coremq/coremq.conf"),
+        at("/etc/coremq/users"),
+        at("/etc/coremq/users.example"),
+    );
+    let edited_conf = "[CoreMQ]\nusers_file = /etc/coremq/users\n";
+    let own_users = "[user:ops]\nmonitor = true\n";
+    fs::write(&conf, edited_conf).unwrap();
+    fs::write(&users, own_users).unwrap();
+    fs::write(&example, "stale\n").unwrap();
+
+    install_into(&destdir);
+    assert_eq!(fs::read_to_string(&conf).unwrap(), edited_conf);
+    assert_eq!(fs::read_to_string(&users).unwrap(), own_users);
+    // The new defaults arrive beside them, as private as the originals.
+    let new_conf = at("/etc/coremq/coremq.conf.new");
+    assert_eq!(mode(&new_conf), "640");
+    assert_eq!(
+        fs::read_to_string(&example).unwrap(),
+        fs::read_to_string(Path::new(REPO).join("deploy/users.example")).unwrap()
+    );
+    assert_eq!(mode(&example), "640");
     let _ = fs::remove_dir_all(&destdir);
 }
 
