@@ -127,10 +127,19 @@ fn permissions_over_tcp(shards: usize) {
     assert_eq!(bob.recv_msg().json["p2p"], json!(2));
     alice.assert_no_msg(QUIET);
 
+    // [anonymous] may not message connections unless it says direct = true.
+    anon.send(&alice_id, &json!({"p2p": 3}));
+    assert_eq!(anon.expect_error(), AUTH_REQUIRED);
+    alice.assert_no_msg(QUIET);
+
     // monitor: alice may read status, bob may not.
     assert!(alice.status()["connections"].as_u64().is_some());
     bob.command(&json!({ "coremq_status": 1 }));
     assert_eq!(bob.expect_error(), "ERROR: Permission denied: status");
+    // The broker's statistics queue goes with monitor, not with `*`.
+    alice.subscribe(&["$coremq.stats"]);
+    root.command(&json!({ "coremq_subscribe": ["$coremq.stats"] }));
+    assert_eq!(root.expect_error(), denied("subscribe", "$coremq.stats"));
 
     // Every refused client is still connected and served.
     for c in [&mut anon, &mut alice, &mut bob] {
@@ -246,6 +255,22 @@ fn token_claims_replace_the_lists() {
     assert_eq!(c.expect_error(), denied("subscribe", "orders.x"));
     // monitor stays the file's when the claim does not say.
     assert!(c.status()["connections"].as_u64().is_some());
+
+    // A refresh with narrower claims withdraws what they no longer allow.
+    let wide = json!({"subscribe": ["claimed.*", "other.*"]});
+    let t = common::auth::token_with(common::auth::SECRET, "alice", 60, Some(wide));
+    let mut c = b.client();
+    auth_reply(&mut c, json!({ "token": t }));
+    c.subscribe(&["claimed.a", "other.b"]);
+    let narrow = json!({"subscribe": ["claimed.*"]});
+    let t = common::auth::token_with(common::auth::SECRET, "alice", 60, Some(narrow));
+    let r = auth_reply(&mut c, json!({ "token": t }));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "alice"}));
+    let notice = c.recv_reply().json;
+    assert_eq!(
+        notice,
+        json!({"response": "Unsubscribed: permission revoked", "queues": ["other.b"]})
+    );
 }
 
 /// Without a users file, coremq_auth says so and the connection stays open.

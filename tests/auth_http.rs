@@ -63,6 +63,16 @@ fn status_metrics_and_dashboard_need_a_monitor_user() {
             assert_eq!(no.status, 401, "{path} with {wrong}");
         }
     }
+    // A token on the URL counts only on /ws (browsers cannot set headers
+    // there); status pages take headers, and URLs end up in proxies' logs.
+    let on_url = http_request(
+        addr,
+        "GET",
+        &format!("/status?token={}", token("watcher", 60)),
+        &[],
+        None,
+    );
+    assert_eq!(on_url.status, 401);
     // The status body is the real one.
     let watcher = basic("watcher", "watch-pw");
     let s = http_request(addr, "GET", "/status", &[("Authorization", &watcher)], None).json();

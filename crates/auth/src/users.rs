@@ -98,10 +98,16 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<UsersFile, LoadError> {
                 ));
             }
             file.close(open.take());
+            // Users may message connection ids unless told otherwise;
+            // connections that never logged in may not unless allowed
+            // (PROTOCOL.md §8 says default true for users; an [anonymous]
+            // that only opens `subscribe = public.*` must not let strangers
+            // message every connection).
+            let direct = name != Name::Anonymous;
             open = Some(Open {
                 name,
                 section: Section {
-                    direct: true,
+                    direct,
                     ..Section::default()
                 },
                 seen: HashMap::new(),

@@ -9,6 +9,7 @@
 //! message. A node without `users_file` has no `Rules` and its connections no
 //! `Access`: nothing here runs.
 
+use crate::consts::is_reserved;
 use crate::refusal::Refusal;
 use coremq_auth::{Action, Authority, Identity, Perms};
 use std::cell::{Cell, Ref, RefCell};
@@ -153,7 +154,7 @@ impl Access {
         let perms = self.perms();
         let refused = queues
             .into_iter()
-            .find(|q| *q != own && !perms.allows(action, q));
+            .find(|q| *q != own && !may(&perms, action, q));
         drop(perms);
         match refused {
             None => Ok(()),
@@ -180,7 +181,7 @@ impl Access {
         let perms = self.perms();
         subscribed
             .into_iter()
-            .filter(|q| *q != own && !perms.allows(Action::Subscribe, q))
+            .filter(|q| *q != own && !may(&perms, Action::Subscribe, q))
             .map(Box::from)
             .collect()
     }
@@ -235,6 +236,18 @@ impl Access {
     /// True the first time: the caller starts the expiry watch.
     pub(crate) fn start_expiry_watch(&self) -> bool {
         !self.watching_expiry.replace(true)
+    }
+}
+
+/// Whether `perms` allow `action` on `queue`. The broker's own queues
+/// (`$coremq.stats`) carry its figures: they go with `monitor` — which the
+/// dashboard needs them for — and not with the queue patterns (`subscribe =
+/// *` is every client queue, not the broker's statistics).
+fn may(perms: &Perms, action: Action, queue: &str) -> bool {
+    if is_reserved(queue) {
+        perms.monitor()
+    } else {
+        perms.allows(action, queue)
     }
 }
 

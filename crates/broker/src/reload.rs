@@ -40,6 +40,18 @@ impl Files {
             }
             return Ok(None);
         };
+        if mq.cluster_secret.is_none()
+            && !(mq.cluster_nodes.is_empty() && mq.allowed_replicants.is_empty())
+        {
+            // A replicant is trusted with every message and its publishes
+            // are not re-checked: without the secret, any client could
+            // claim a listed name and step around the users file.
+            return Err(BrokerError::Access(
+                "users_file with cluster_nodes or allowed_replicants needs cluster_secret: \
+                 without it any client can claim to be a peer and bypass access control"
+                    .into(),
+            ));
+        }
         Ok(Some(Files {
             users,
             jwt_secret: mq.jwt_secret_file.clone(),

@@ -32,7 +32,10 @@ fn anonymous_rights() {
     assert!(anon.allows(Subscribe, "public.news") && anon.allows(History, "public.x"));
     assert!(!anon.allows(Publish, "public.news"));
     assert!(!anon.allows(Subscribe, "private"));
-    assert!(anon.direct() && !anon.monitor(), "section defaults");
+    assert!(
+        !anon.direct() && !anon.monitor(),
+        "[anonymous] defaults: no direct, no monitor"
+    );
     let none = authority("[user:alice]\n").anonymous();
     assert!(none.grants_nothing());
     assert_eq!(*none, Perms::nothing());

@@ -30,7 +30,10 @@ fn every_key_parses() {
     assert_eq!(anon.subscribe, ["public.*"]);
     assert_eq!(anon.history, ["public.*"]);
     assert!(anon.publish.is_empty() && anon.password.is_none());
-    assert!(anon.direct && !anon.monitor);
+    assert!(
+        !anon.direct && !anon.monitor,
+        "[anonymous] defaults to direct = false"
+    );
 
     let names: Vec<_> = file.users.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["alice", "Bob.x@y-z_1", "carol"]);

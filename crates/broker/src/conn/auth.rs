@@ -114,6 +114,8 @@ fn conclude(shard: &Rc<Shard>, conn: &Rc<Conn>, result: Result<Identity, AuthErr
     proto::write_json_string(&user, &mut json);
     json.push(b'}');
     conn.reply(ReplyKind::Json(json));
+    // A refreshed token may carry narrower claims than the one it replaces.
+    shard.revoke(conn);
     if token && access.start_expiry_watch() {
         watch_expiry(Rc::downgrade(conn));
     }

@@ -25,8 +25,9 @@ impl Shard {
     }
 
     /// Withdraws the subscriptions of `conn` that its rights no longer
-    /// allow and tells it which; returns how many.
-    fn revoke(&self, conn: &Conn) -> usize {
+    /// allow (after a reload, or a token refreshed with narrower claims)
+    /// and tells it which; returns how many.
+    pub(crate) fn revoke(&self, conn: &Conn) -> usize {
         let Some(access) = &conn.access else {
             return 0;
         };

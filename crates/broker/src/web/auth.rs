@@ -51,7 +51,7 @@ pub(crate) async fn identify(
     authority: &Arc<Authority>,
     head: &Head,
 ) -> Result<Option<Identity>, Failure> {
-    let Some(credentials) = credentials(head)? else {
+    let Some(credentials) = credentials(head, head.path == "/ws")? else {
         return Ok(None);
     };
     match credentials {
@@ -97,8 +97,9 @@ pub(crate) async fn may_monitor(shard: &Shard, head: &Head) -> Result<(), Denied
     }
 }
 
-/// Reads the `Authorization` header, else `?token=`.
-fn credentials(head: &Head) -> Result<Option<Credentials>, Failure> {
+/// Reads the `Authorization` header, else (on `/ws`, where browsers cannot
+/// set headers) `?token=`.
+fn credentials(head: &Head, query: bool) -> Result<Option<Credentials>, Failure> {
     if let Some(value) = head.header("authorization") {
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
         let rest = rest.trim();
@@ -118,6 +119,9 @@ fn credentials(head: &Head) -> Result<Option<Credentials>, Failure> {
             }));
         }
         return Err(Failure::BadHeader);
+    }
+    if !query {
+        return Ok(None);
     }
     Ok(query_param(&head.query, "token").map(Credentials::Token))
 }
