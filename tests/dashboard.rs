@@ -500,3 +500,46 @@ fn dashboard_in_headless_chromium() {
         path.display()
     );
 }
+
+/// With a users file the page needs a `monitor` user: the browser asks
+/// (here: credentials in the URL, as a user typing them at the prompt) and
+/// the page's WebSocket acts as that user, so its charts get
+/// `$coremq.stats`, which only `monitor` may read.
+#[test]
+fn dashboard_with_access_control() {
+    if !browser_available() {
+        return;
+    }
+    let f = common::auth::Fixture::new(&format!(
+        "[user:ops]\npassword = {}\nmonitor = true\nsubscribe = dash.*\n",
+        common::auth::hash("ops-pw")
+    ));
+    let b = Broker::start(f.opts(2));
+    let page = format!("http://{}/", b.ws_addr());
+    let d = Driver::start();
+    d.go(&format!("http://ops:ops-pw@{}/", b.ws_addr()));
+    d.wait_for(
+        "the page's WebSocket acts as ops and gets $coremq.stats",
+        "return window.coremqStatsReceived >= 1;",
+        Duration::from_secs(20),
+    );
+    // As ops, not anonymous: a queue outside ops's rights is "Permission
+    // denied" (anonymous would read "Authentication required").
+    d.type_into("#sub-queue", "other.x");
+    d.click("#sub-button");
+    d.wait_for(
+        "the page's refusal names the permission",
+        "return document.getElementById('sub-result').textContent.indexOf('Permission denied: subscribe other.x') !== -1;",
+        Duration::from_secs(20),
+    );
+    d.clear("#sub-queue");
+    d.type_into("#sub-queue", "dash.x");
+    d.click("#sub-button");
+    d.wait_for(
+        "a queue ops may read is subscribed",
+        "return document.getElementById('sub-result').textContent === 'Subscribed to dash.x';",
+        Duration::from_secs(20),
+    );
+    // Without credentials the page itself is refused.
+    assert_eq!(http_get(b.ws_addr(), "/").status, 401, "{page}");
+}
