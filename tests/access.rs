@@ -145,6 +145,10 @@ fn permissions_over_tcp(shards: usize) {
     for c in [&mut anon, &mut alice, &mut bob] {
         c.options(json!({"x": 1}));
     }
+    // Status counts the twelve refusals above and the three logins.
+    let s = alice.status();
+    assert_eq!(shard_sum(&s, "permission_denied"), 12, "{s}");
+    assert_eq!(shard_sum(&s, "logins"), 3, "{s}");
 }
 
 per_shard_count!(permissions_over_tcp:

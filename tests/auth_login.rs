@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 fn users() -> String {
     format!(
-        "[user:alice]\npassword = {}\npublish = *\nsubscribe = *\n\n[user:bob]\npassword = {}\npublish = *\n",
+        "[user:alice]\npassword = {}\npublish = *\nsubscribe = *\nmonitor = true\n\n[user:bob]\npassword = {}\npublish = *\n",
         hash("alice-pw"),
         hash("bob-pw")
     )
@@ -78,6 +78,10 @@ fn every_wrong_login_fails_and_closes() {
     login(&mut c, "alice", "alice-pw");
     let r = auth_reply(&mut b.client(), json!({"token": token("bob", 60)}));
     assert_eq!(r, json!({"response": "OK: Authenticated", "user": "bob"}));
+    // Status counts them: every failure above, and the three logins.
+    let s = c.status();
+    assert_eq!(shard_sum(&s, "auth_failures"), 8, "{s}");
+    assert_eq!(shard_sum(&s, "logins"), 3, "{s}");
 }
 
 #[test]

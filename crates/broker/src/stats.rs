@@ -36,6 +36,14 @@ pub(crate) struct Counters {
     pub wrong_shard: Cell<u64>,
     /// Client errors answered with `ERROR:` (framing and body).
     pub client_errors: Cell<u64>,
+    /// Successful `coremq_auth`s and authenticated WebSocket handshakes.
+    pub logins: Cell<u64>,
+    /// Failed logins (TCP, WebSocket, HTTP) and connections closed by
+    /// `auth_timeout`: a rising count is someone guessing.
+    pub auth_failures: Cell<u64>,
+    /// Requests refused by the users file's rules (and, before a login, by
+    /// `[anonymous]`'s).
+    pub permission_denied: Cell<u64>,
 }
 
 impl Counters {
@@ -62,6 +70,9 @@ impl Counters {
             refused_connections: self.refused_connections.get(),
             wrong_shard: self.wrong_shard.get(),
             client_errors: self.client_errors.get(),
+            logins: self.logins.get(),
+            auth_failures: self.auth_failures.get(),
+            permission_denied: self.permission_denied.get(),
             ..ShardStats::default()
         }
     }
@@ -89,6 +100,9 @@ pub(crate) struct ShardStats {
     pub refused_connections: u64,
     pub wrong_shard: u64,
     pub client_errors: u64,
+    pub logins: u64,
+    pub auth_failures: u64,
+    pub permission_denied: u64,
     pub channel_backlog: u64,
 }
 
@@ -104,6 +118,7 @@ impl ShardStats {
              \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}, \
              \"stalls\": {}, \"stall_seconds\": {:.3}, \"drops\": {}, \
              \"refused_connections\": {}, \"wrong_shard\": {}, \"client_errors\": {}, \
+             \"logins\": {}, \"auth_failures\": {}, \"permission_denied\": {}, \
              \"channel_backlog\": {}}}",
             self.shard,
             self.connections,
@@ -124,6 +139,9 @@ impl ShardStats {
             self.refused_connections,
             self.wrong_shard,
             self.client_errors,
+            self.logins,
+            self.auth_failures,
+            self.permission_denied,
             self.channel_backlog,
         );
     }

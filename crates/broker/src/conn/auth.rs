@@ -16,6 +16,7 @@
 use super::state::{Conn, ReplyKind};
 use crate::refusal::Refusal;
 use crate::shard::Shard;
+use crate::stats::Counters;
 use coremq_auth::{AuthError, Identity};
 use coremq_protocol::{self as proto, AuthRequest};
 use glommio::timer::sleep;
@@ -27,7 +28,7 @@ const OK_AUTHENTICATED: &str = "OK: Authenticated";
 
 /// Starts the clocks for a new connection: without anonymous rights it has
 /// `auth_timeout` to authenticate.
-pub(crate) fn on_open(shard: &Shard, conn: &Rc<Conn>) {
+pub(crate) fn on_open(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     let Some(access) = &conn.access else {
         return;
     };
@@ -36,6 +37,7 @@ pub(crate) fn on_open(shard: &Shard, conn: &Rc<Conn>) {
     }
     let timeout = shard.cfg().auth_timeout;
     let weak = Rc::downgrade(conn);
+    let shard = shard.clone();
     glommio::spawn_local(async move {
         sleep(timeout).await;
         let Some(conn) = weak.upgrade() else {
@@ -44,7 +46,7 @@ pub(crate) fn on_open(shard: &Shard, conn: &Rc<Conn>) {
         let authenticated = conn.access.as_ref().is_some_and(|a| a.is_authenticated());
         if !authenticated && conn.st.borrow().ending.is_none() {
             tracing::info!(conn_id = %conn.id, "closed: no authentication within auth_timeout");
-            conn.refuse(&Refusal::AuthTimeout);
+            shard.refuse(&conn, &Refusal::AuthTimeout);
         }
     })
     .detach();
@@ -107,6 +109,7 @@ fn conclude(shard: &Rc<Shard>, conn: &Rc<Conn>, result: Result<Identity, AuthErr
         return shard.refuse(conn, &Refusal::AuthFailed);
     }
     tracing::debug!(conn_id = %conn.id, user = %user, token, "authenticated");
+    Counters::add(&shard.counters().logins, 1);
     let mut json = Vec::new();
     proto::response_json(OK_AUTHENTICATED, &mut json);
     json.pop();
@@ -123,10 +126,11 @@ fn conclude(shard: &Rc<Shard>, conn: &Rc<Conn>, result: Result<Identity, AuthErr
 
 /// Makes a new connection act as `who`, proven before it opened (a
 /// WebSocket handshake's credentials).
-pub(crate) fn adopt(conn: &Rc<Conn>, who: Identity) {
+pub(crate) fn adopt(shard: &Shard, conn: &Rc<Conn>, who: Identity) {
     let Some(access) = &conn.access else {
         return;
     };
+    Counters::add(&shard.counters().logins, 1);
     let token = who.expires.is_some();
     if access.become_user(who).is_ok() && token && access.start_expiry_watch() {
         watch_expiry(Rc::downgrade(conn));

@@ -209,6 +209,15 @@ impl Shard {
         if refusal.is_client_error() {
             Counters::add(&self.counters.client_errors, 1);
         }
+        match refusal {
+            Refusal::PermissionDenied { .. } | Refusal::AuthRequired => {
+                Counters::add(&self.counters.permission_denied, 1)
+            }
+            Refusal::AuthFailed | Refusal::AuthTimeout => {
+                Counters::add(&self.counters.auth_failures, 1)
+            }
+            _ => {}
+        }
     }
 
     // ----- routing -------------------------------------------------------

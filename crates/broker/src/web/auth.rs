@@ -85,6 +85,7 @@ pub(crate) async fn may_monitor(shard: &Shard, head: &Head) -> Result<(), Denied
         Ok(None) => authority.anonymous(),
         Err(cause) => {
             tracing::warn!(%cause, path = %head.path, "HTTP authentication failed");
+            crate::stats::Counters::add(&shard.counters().auth_failures, 1);
             return Err(Denied::Unauthorized);
         }
     };

@@ -122,6 +122,24 @@ const METRICS: &[Metric] = &[
         |s| s.client_errors,
     ),
     (
+        "coremq_logins_total",
+        "counter",
+        "Successful logins (coremq_auth, authenticated WebSocket handshakes).",
+        |s| s.logins,
+    ),
+    (
+        "coremq_auth_failures_total",
+        "counter",
+        "Failed logins and connections closed by auth_timeout.",
+        |s| s.auth_failures,
+    ),
+    (
+        "coremq_permission_denied_total",
+        "counter",
+        "Requests refused by the access rules.",
+        |s| s.permission_denied,
+    ),
+    (
         "coremq_wrong_shard_total",
         "counter",
         "Requests that reached a shard not owning their queue (a bug).",

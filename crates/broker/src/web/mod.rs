@@ -248,6 +248,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: 
             Ok(who) => who,
             Err(cause) => {
                 tracing::warn!(%cause, "websocket handshake: authentication failed");
+                Counters::add(&shard.counters().auth_failures, 1);
                 let _ = refuse_http(&mut stream, auth::Denied::Unauthorized).await;
                 return;
             }
@@ -283,7 +284,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: 
         WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
     let conn = shard.open_conn(Transport::WebSocket);
     if let Some(who) = who {
-        crate::conn::auth::adopt(&conn, who);
+        crate::conn::auth::adopt(&shard, &conn, who);
     }
     let span = tracing::info_span!("ws", conn_id = %conn.id);
     tracing::debug!(parent: &span, "websocket accepted");
