@@ -196,6 +196,10 @@ fn permissions_over_websocket(shards: usize) {
     assert!(r["connections"].as_u64().is_some(), "monitor may: {r}");
     root.publish(&orders, &json!({"n": 7}));
     assert_eq!(w.recv_msg_on(&orders)["n"], json!(7));
+    // direct allowed (alice) over WebSocket too.
+    w.send_json(&json!({"queue": root.id.clone(), "p2p": 1}));
+    assert_eq!(ws_response(&mut w), "OK: Message sent");
+    assert_eq!(root.recv_msg().json["p2p"], json!(1));
 
     // ?token= on the URL: bob, who may neither monitor nor send direct.
     let bob_token = token("bob", 60);

@@ -197,6 +197,8 @@ fn installed_layout_notifies_systemd_and_says_bye() {
         ("COREWS_ENABLED", "false"),
         ("COREWS_ADDRESS", "127.0.0.1"),
         ("COREWS_PORT", "0"),
+        // The installed example users file, as an operator would point at it.
+        ("COREMQ_USERS_FILE", users_path.to_str().unwrap()),
     ] {
         opts.env.push((k.into(), v.into()));
     }
@@ -220,6 +222,10 @@ fn installed_layout_notifies_systemd_and_says_bye() {
     conn.read_exact(&mut welcome).expect("welcome frame");
     assert_eq!(welcome[0], b'+');
     drop(conn);
+    // The example users file loads and its example passwords log in.
+    let mut ops = b.client();
+    common::auth::login(&mut ops, "ops", "example-ops-password");
+    assert!(ops.status()["connections"].as_u64().is_some());
 
     let mut c = b.client();
     b.signal(libc::SIGTERM);
