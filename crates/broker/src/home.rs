@@ -8,7 +8,7 @@
 
 use crate::conn::state::{Conn, Queued, ReplyKind, SubState};
 use crate::event::WakerList;
-use crate::msg::{ConnKey, MsgFrame};
+use crate::msg::{ConnKey, MsgFrame, Resumed};
 use crate::node::NodeCtx;
 use crate::refusal::Transport;
 use crate::router::Router;
@@ -179,7 +179,7 @@ impl Home {
 
     /// Takes `conn` out of the local table for `queue` (the owner is told separately).
     pub(crate) fn unsubscribe(&self, queue: &str, conn: &Conn, was: SubState) {
-        if was == SubState::Active {
+        if was != SubState::Pending {
             self.subs.borrow_mut().remove(queue, conn.key);
         }
     }
@@ -230,19 +230,33 @@ impl Home {
 
     /// The owner registered `conn`'s subscription to `queue`: deliveries
     /// from now on are for it too; `seq` is the reply waiting for it.
-    pub(crate) fn subscribed(&self, queue: &str, conn: ConnKey, seq: Option<u32>) {
+    pub(crate) fn subscribed(
+        &self,
+        queue: &str,
+        conn: ConnKey,
+        seq: Option<u32>,
+        resumed: Option<Box<Resumed>>,
+    ) {
         let Some(c) = self.conn(conn) else {
             return;
         };
         let activate = {
             let mut st = c.st.borrow_mut();
-            match st.subs.get_mut(queue) {
+            let activate = match st.subs.get_mut(queue) {
                 Some(s) if *s == SubState::Pending => {
-                    *s = SubState::Active;
+                    // A resuming subscriber's live messages wait behind the
+                    // reply and the replayed ones (conn::state::delivery).
+                    *s = if resumed.is_some() {
+                        SubState::Resuming
+                    } else {
+                        SubState::Active
+                    };
                     true
                 }
                 _ => false,
-            }
+            };
+            st.resuming |= activate && resumed.is_some();
+            activate
         };
         if activate {
             let cfg = &self.cfg;
@@ -251,7 +265,12 @@ impl Home {
                 .add(queue, conn, || cfg.policy_for(queue));
         }
         if let Some(seq) = seq {
-            c.complete(seq, |_| {});
+            c.complete(seq, |kind| {
+                if let (ReplyKind::Resumed { recovered, replay }, Some(r)) = (kind, resumed) {
+                    recovered.push((queue.into(), r.complete));
+                    replay.extend(r.frames);
+                }
+            });
         }
     }
 

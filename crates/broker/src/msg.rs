@@ -41,12 +41,7 @@ pub(crate) enum Request {
     },
     /// Add one subscription of a home-shard connection. `own_id` marks the
     /// connection's own id queue, which is dropped with the connection.
-    Subscribe {
-        queue: Box<str>,
-        conn: ConnKey,
-        seq: Option<u32>,
-        own_id: bool,
-    },
+    Subscribe(Subscription),
     /// Remove one subscription.
     Unsubscribe { queue: Box<str> },
     /// History of the queues at `indices` of the original request.
@@ -121,6 +116,29 @@ impl Response {
     }
 }
 
+/// A subscription to register at a queue's owner.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub queue: Box<str>,
+    pub conn: ConnKey,
+    /// The reply waiting for it.
+    pub seq: Option<u32>,
+    /// The connection's own id queue (dropped with the connection).
+    pub own_id: bool,
+    /// Resume after this position (§10): the owner sends what it retains
+    /// after it in the same step that registers the subscriber.
+    pub since: Option<MsgKey>,
+}
+
+/// The owner's answer to a resuming subscriber (§10).
+#[derive(Debug)]
+pub(crate) struct Resumed {
+    /// Nothing after the position was lost on this node.
+    pub complete: bool,
+    /// The retained messages after the position, oldest first.
+    pub frames: Vec<MsgFrame>,
+}
+
 /// Owner shard → home shard.
 #[derive(Debug)]
 pub(crate) enum Response {
@@ -146,6 +164,9 @@ pub(crate) enum Response {
         queue: Box<str>,
         conn: ConnKey,
         seq: Option<u32>,
+        /// For a resume: what was retained after the position (boxed: rare,
+        /// and responses are moved through the mesh by value).
+        resumed: Option<Box<Resumed>>,
     },
     /// Part of a history reply: (index in the request, stored messages oldest first).
     History {

@@ -8,7 +8,7 @@
 //! others) and tests can watch what an owner says.
 
 use crate::consts::{is_reserved, CONTROL_SHARD};
-use crate::msg::{ConnKey, MsgFrame, Response};
+use crate::msg::{ConnKey, MsgFrame, MsgKey, Response, Resumed, Subscription};
 use crate::queues::{Held, QueueTable, Stored};
 use crate::stats::ShardStats;
 use coremq_config::MqConfig;
@@ -132,16 +132,40 @@ impl Owner {
         &self,
         out: &impl Outbox,
         from: usize,
-        queue: Box<str>,
-        conn: ConnKey,
-        seq: Option<u32>,
-        own_id: bool,
+        sub: Subscription,
     ) {
+        let Subscription {
+            queue,
+            conn,
+            seq,
+            own_id,
+            since,
+        } = sub;
         let cfg = &self.cfg;
-        self.queues
-            .borrow_mut()
-            .subscribe(&queue, from, own_id, |name| cfg.history_length_for(name));
-        out.respond(from, Response::Subscribed { queue, conn, seq });
+        let mut table = self.queues.borrow_mut();
+        // Read before registering: a queue this node did not know is an
+        // unknown position, even though the subscription creates it now.
+        let resumed = since.map(|since| {
+            let (complete, frames) = table.resume(&queue, since);
+            Box::new(Resumed { complete, frames })
+        });
+        let now = MsgKey {
+            sent_us: crate::clock::unix_now_us(),
+            origin: 0,
+        };
+        table.subscribe(&queue, from, own_id, now, |name| {
+            cfg.history_length_for(name)
+        });
+        drop(table);
+        out.respond(
+            from,
+            Response::Subscribed {
+                queue,
+                conn,
+                seq,
+                resumed,
+            },
+        );
     }
 
     /// One subscriber fewer of `queue` on home shard `from`.

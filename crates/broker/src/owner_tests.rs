@@ -2,6 +2,17 @@
 //! watched through a recording [`Outbox`].
 
 use super::*;
+
+/// A client subscription (not an own id, no resume).
+fn sub(queue: Box<str>, conn: ConnKey, seq: Option<u32>) -> Subscription {
+    Subscription {
+        queue,
+        conn,
+        seq,
+        own_id: false,
+        since: None,
+    }
+}
 use crate::msg::MsgKey;
 use std::cell::RefCell;
 
@@ -134,7 +145,7 @@ fn one_delivery_per_home_then_the_ack() {
     let out = Recorder::default();
     // Two subscribers on home 0, one on home 2, one here.
     for home in [0, 0, 2, ME] {
-        o.subscribe(&out, home, "news".into(), conn(9), None, false);
+        o.subscribe(&out, home, sub("news".into(), conn(9), None));
     }
     assert_eq!(out.take().len(), 4, "each subscription is answered");
     o.publish(&out, msg("news", 1), from(0, 5, false), Some(42));
@@ -181,7 +192,7 @@ fn one_delivery_per_home_then_the_ack() {
 fn echo_on_skips_nobody_and_acks_off_is_still_confirmed() {
     let o = owner(MqConfig::default());
     let out = Recorder::default();
-    o.subscribe(&out, 0, "q".into(), conn(1), Some(3), false);
+    o.subscribe(&out, 0, sub("q".into(), conn(1), Some(3)));
     out.take();
     o.publish(&out, msg("q", 1), from(0, 1, true), None);
     assert_eq!(
@@ -205,8 +216,8 @@ fn echo_on_skips_nobody_and_acks_off_is_still_confirmed() {
 fn a_stalled_queue_holds_its_confirmations_and_only_its_own() {
     let o = owner(MqConfig::default());
     let out = Recorder::default();
-    o.subscribe(&out, 2, "slow".into(), conn(1), None, false);
-    o.subscribe(&out, 2, "fast".into(), conn(1), None, false);
+    o.subscribe(&out, 2, sub("slow".into(), conn(1), None));
+    o.subscribe(&out, 2, sub("fast".into(), conn(1), None));
     out.take();
     o.pressure(&out, "slow", true, false);
     o.publish(&out, msg("slow", 1), from(0, 5, false), Some(1));
@@ -279,7 +290,7 @@ fn history_keeps_the_window_in_key_order_and_answers_by_index() {
 fn a_message_seen_twice_is_stored_and_delivered_once() {
     let o = owner(MqConfig::default());
     let out = Recorder::default();
-    o.subscribe(&out, 0, "q".into(), conn(1), None, false);
+    o.subscribe(&out, 0, sub("q".into(), conn(1), None));
     out.take();
     o.replicated(&out, msg("q", 1), true);
     o.replicated(&out, msg("q", 1), true);
@@ -299,7 +310,7 @@ fn a_message_seen_twice_is_stored_and_delivered_once() {
 fn unsubscribed_homes_get_nothing() {
     let o = owner(MqConfig::default());
     let out = Recorder::default();
-    o.subscribe(&out, 0, "q".into(), conn(1), None, false);
+    o.subscribe(&out, 0, sub("q".into(), conn(1), None));
     o.unsubscribe(0, "q");
     out.take();
     o.publish(&out, msg("q", 1), from(2, 1, false), Some(1));

@@ -6,7 +6,7 @@
 //! publish costs the owner one delivery per home shard with subscribers, however
 //! many subscribers there are.
 
-use crate::msg::{ConnKey, MsgFrame};
+use crate::msg::{ConnKey, MsgFrame, MsgKey};
 use crate::names::NameMap;
 use crate::router::queue_hash;
 use std::collections::VecDeque;
@@ -33,6 +33,13 @@ pub(crate) struct QueueState {
     stalled_remote: u32,
     /// Confirmations held back while either count is non-zero, in order.
     held: Vec<Held>,
+    /// Where this node's knowledge of the queue starts: the first message
+    /// stored, or when a subscriber created it. A resume from before it
+    /// cannot be promised complete (the node may have restarted).
+    born: MsgKey,
+    /// The newest message that left the history (window, memory): a resume
+    /// from before it has missed messages (§10).
+    dropped: Option<MsgKey>,
 }
 
 /// A publish's confirmation an owner holds back (see [`QueueState::held`]).
@@ -143,7 +150,7 @@ impl QueueTable {
             // No subscribers (else it would exist) and no history to keep:
             // nothing to create.
             let cap = cap_for(name);
-            (cap > 0).then(|| QueueState::new(cap, false))
+            (cap > 0).then(|| QueueState::new(cap, false, frame.key()))
         })?;
         let (before, cost_before) = (q.history.len(), q.cost(name.len()));
         let stored = q.insert_ordered(frame);
@@ -180,6 +187,7 @@ impl QueueTable {
             self.history_messages -= n;
             self.history_bytes -= q.cost(name.len());
             self.evictions += n;
+            q.note_dropped(q.history.back().map(MsgFrame::key));
             q.history = VecDeque::new();
             q.frame_bytes = 0;
             if q.is_idle() {
@@ -194,12 +202,13 @@ impl QueueTable {
         queue: &str,
         home: usize,
         own_id: bool,
+        now: MsgKey,
         cap_for: impl Fn(&str) -> usize,
     ) {
         let q = self
             .queues
             .get_or_insert_with(queue_hash(queue), queue, || {
-                QueueState::new(cap_for(queue), own_id)
+                QueueState::new(cap_for(queue), own_id, now)
             });
         q.own_id |= own_id;
         match q.homes.iter_mut().find(|(s, _)| *s as usize == home) {
@@ -229,6 +238,18 @@ impl QueueTable {
             self.history_bytes -= q.cost(queue.len());
             self.queues.remove(hash, queue);
         }
+    }
+
+    /// For a subscriber resuming after `since` (§10): whether nothing after
+    /// it has been lost here, and the retained messages after it, oldest
+    /// first. A queue this node does not know cannot promise anything.
+    pub(crate) fn resume(&self, queue: &str, since: MsgKey) -> (bool, Vec<MsgFrame>) {
+        let Some(q) = self.queues.get(queue_hash(queue), queue) else {
+            return (false, Vec::new());
+        };
+        let complete = since >= q.born && q.dropped.is_none_or(|d| since >= d);
+        let after = q.history.partition_point(|f| f.key() <= since);
+        (complete, q.history.range(after..).cloned().collect())
     }
 
     /// The history of `queue`, oldest first (empty when it has none).
@@ -274,8 +295,14 @@ impl QueueTable {
         let q = if on {
             // A remote stall may concern a queue this node holds no state
             // for yet: its publishers must be held all the same.
-            self.queues
-                .get_or_insert_with(hash, queue, || QueueState::new(cap_for(queue), false))
+            self.queues.get_or_insert_with(hash, queue, || {
+                // Known from now on, as far as a resume can tell.
+                let now = MsgKey {
+                    sent_us: crate::clock::unix_now_us(),
+                    origin: 0,
+                };
+                QueueState::new(cap_for(queue), false, now)
+            })
         } else {
             match self.queues.get_mut(hash, queue) {
                 Some(q) => q,
@@ -346,7 +373,7 @@ pub(crate) enum Stored {
 }
 
 impl QueueState {
-    fn new(cap: usize, own_id: bool) -> Self {
+    fn new(cap: usize, own_id: bool, born: MsgKey) -> Self {
         QueueState {
             // Grown on demand: a ring reserved up front is memory that
             // `history_memory` would not see (16 slots were 768 bytes per
@@ -360,6 +387,15 @@ impl QueueState {
             stalled: 0,
             stalled_remote: 0,
             held: Vec::new(),
+            born,
+            dropped: None,
+        }
+    }
+
+    /// Remembers that messages up to `key` left the history.
+    fn note_dropped(&mut self, key: Option<MsgKey>) {
+        if let Some(key) = key {
+            self.dropped = Some(self.dropped.map_or(key, |d| d.max(key)));
         }
     }
 
@@ -387,16 +423,17 @@ impl QueueState {
         if i > 0 && h[i - 1].key() == frame.key() {
             return Stored::Duplicate;
         }
-        if cap == 0 {
+        if cap == 0 || (h.len() == cap && i == 0) {
+            // Kept nowhere (no history, or older than everything kept): new,
+            // but a subscriber resuming from before it has missed it.
+            self.note_dropped(Some(frame.key()));
             return Stored::New;
         }
         if h.len() == cap {
-            if i == 0 {
-                // Older than everything kept: new, but outside the window.
-                return Stored::New;
-            }
             if let Some(old) = h.pop_front() {
                 self.frame_bytes -= held_bytes(&old);
+                let key = old.key();
+                self.dropped = Some(self.dropped.map_or(key, |d| d.max(key)));
             }
             i -= 1;
         }

@@ -56,7 +56,7 @@ fn zero_history_queue_without_subscribers_keeps_nothing() {
 #[test]
 fn own_id_queue_dropped_with_last_subscriber() {
     let mut t = QueueTable::default();
-    t.subscribe("id", 2, true, |_| 10);
+    t.subscribe("id", 2, true, MsgKey::default(), |_| 10);
     t.publish(&frame("id", 1), |_| 10);
     assert_eq!(
         t.publish(&frame("id", 2), |_| 10)
@@ -82,7 +82,7 @@ fn history_memory_evicts_the_least_recently_published_to_first() {
         t.history_bytes() as usize
     };
     let mut t = QueueTable::with_budget(11 * one);
-    t.subscribe("kep", 0, false, |_| 10);
+    t.subscribe("kep", 0, false, MsgKey::default(), |_| 10);
     for n in 0..8 {
         t.publish(&frame(&format!("q0{n}"), 10 + n), |_| 10);
     }
@@ -117,7 +117,7 @@ fn history_memory_evicts_the_least_recently_published_to_first() {
 #[test]
 fn confirmations_wait_while_a_subscriber_is_over() {
     let mut t = QueueTable::default();
-    t.subscribe("q", 0, false, |_| 10);
+    t.subscribe("q", 0, false, MsgKey::default(), |_| 10);
     let conn = ConnKey {
         slot: 1,
         generation: 1,
@@ -154,7 +154,7 @@ fn confirmations_wait_while_a_subscriber_is_over() {
     );
     assert!(!t.publish(&frame("q", 2), |_| 10).unwrap().1.is_stalled());
     // A queue that only existed for its pressure goes once it ends.
-    t.subscribe("p", 0, false, |_| 0);
+    t.subscribe("p", 0, false, MsgKey::default(), |_| 0);
     assert!(t.pressure("p", true, false, |_| 0).0.is_empty());
     t.unsubscribe("p", 0);
     assert_eq!(t.len(), 2, "kept while stalled");
@@ -177,7 +177,7 @@ fn bytes_follow_the_window() {
     let frames: usize = t.history("q").iter().map(held_bytes).sum();
     assert_eq!(q.frame_bytes, frames);
     assert_eq!(t.history_bytes() as usize, q.cost(1));
-    t.subscribe("q", 0, false, |_| 3);
+    t.subscribe("q", 0, false, MsgKey::default(), |_| 3);
     t.unsubscribe("q", 0);
     assert_eq!(t.len(), 1);
 }
@@ -185,9 +185,9 @@ fn bytes_follow_the_window() {
 #[test]
 fn plain_queue_keeps_history_after_last_subscriber() {
     let mut t = QueueTable::default();
-    t.subscribe("q", 0, false, |_| 10);
-    t.subscribe("q", 1, false, |_| 10);
-    t.subscribe("q", 1, false, |_| 10);
+    t.subscribe("q", 0, false, MsgKey::default(), |_| 10);
+    t.subscribe("q", 1, false, MsgKey::default(), |_| 10);
+    t.subscribe("q", 1, false, MsgKey::default(), |_| 10);
     t.publish(&frame("q", 1), |_| 10);
     t.unsubscribe("q", 1);
     assert_eq!(t.subscriptions(), 2);
@@ -195,4 +195,59 @@ fn plain_queue_keeps_history_after_last_subscriber() {
     t.unsubscribe("q", 0);
     assert_eq!(t.len(), 1);
     assert_eq!(t.history("q").len(), 1);
+}
+
+/// The key of `frame(_, n)`.
+fn key(n: u32) -> MsgKey {
+    MsgKey {
+        sent_us: 1000 + u64::from(n),
+        origin: 7,
+    }
+}
+
+#[test]
+fn resume_sends_what_follows_and_says_whether_anything_was_lost() {
+    let mut t = QueueTable::default();
+    // Unknown queue: nothing promised.
+    let (complete, after) = t.resume("q", key(0));
+    assert!(!complete && after.is_empty());
+    for n in 1..=15 {
+        t.publish(&frame("q", n), |_| 10);
+    }
+    // 1..=5 left the window of 10: positions from 5 on lost nothing.
+    let ns = |v: Vec<MsgFrame>| -> Vec<u64> { v.iter().map(|f| f.key().sent_us - 1000).collect() };
+    let (complete, after) = t.resume("q", key(5));
+    assert!(complete);
+    assert_eq!(ns(after), (6..=15).collect::<Vec<_>>());
+    let (complete, after) = t.resume("q", key(12));
+    assert!(complete);
+    assert_eq!(ns(after), [13, 14, 15]);
+    let (complete, after) = t.resume("q", key(15));
+    assert!(complete && after.is_empty());
+    // Before the window: lost messages, the retained ones still sent.
+    let (complete, after) = t.resume("q", key(4));
+    assert!(!complete);
+    assert_eq!(after.len(), 10);
+    // Before this node knew the queue (born at message 1).
+    assert!(!t.resume("q", key(0)).0);
+    // A message older than the window counts as lost too.
+    t.publish(&frame("q", 5), |_| 10);
+    assert!(t.resume("q", key(5)).0);
+}
+
+#[test]
+fn resume_after_memory_eviction_is_incomplete() {
+    let mut t = QueueTable::with_budget(4096);
+    t.subscribe("q", 0, false, MsgKey::default(), |_| 100);
+    for n in 1..=40 {
+        t.publish(&frame("q", n), |_| 100);
+    }
+    assert!(t.evictions() > 0, "the budget evicted");
+    assert!(!t.resume("q", key(1)).0);
+    // A subscriber-created queue with nothing lost: complete from its birth.
+    let mut t = QueueTable::default();
+    t.subscribe("fresh", 0, false, key(0), |_| 10);
+    let (complete, after) = t.resume("fresh", key(0));
+    assert!(complete && after.is_empty());
+    assert!(!t.resume("fresh", MsgKey::default()).0);
 }

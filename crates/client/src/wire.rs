@@ -91,7 +91,7 @@ fn frame(queue: &str, json: &[u8]) -> Vec<u8> {
 
 fn command_key(cmd: &ClientMessage<'_>) -> &'static str {
     match cmd {
-        ClientMessage::Subscribe(_) => SUBSCRIBE,
+        ClientMessage::Subscribe(_) | ClientMessage::Resume(..) => SUBSCRIBE,
         ClientMessage::Unsubscribe(_) => UNSUBSCRIBE,
         ClientMessage::Options(_) => OPTIONS,
         ClientMessage::GetHistory(_) => GET_HISTORY,

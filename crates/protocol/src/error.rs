@@ -108,6 +108,14 @@ pub enum BodyError {
         /// What the value must be, phrased to follow "takes".
         expected: &'static str,
     },
+    /// A `coremq_since` entry that cannot be resumed from.
+    #[error("coremq_since: {queue:?} {reason}")]
+    BadSince {
+        /// The queue the entry names.
+        queue: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A queue name inside a command's value is not valid.
     #[error(
         "{command}: {name:?} is not a valid queue name; queue names are 1 to {max} \

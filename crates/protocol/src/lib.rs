@@ -55,6 +55,7 @@ mod reply;
 mod scan;
 #[doc(hidden)]
 pub mod scan_internals;
+mod since;
 mod validate;
 
 pub use auth::{AuthRequest, Secret};
@@ -72,3 +73,4 @@ pub use reply::{
     error_json, response_json, welcome_json, HistoryWriter, BYE, ERR_NOT_REPLICANT, OK_OPTIONS,
     OK_REPLICANT, OK_SENT, OK_SUBSCRIBE, OK_UNSUBSCRIBE, WELCOME,
 };
+pub use since::Position;

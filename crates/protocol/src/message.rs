@@ -8,6 +8,7 @@ use crate::command::{self, OptionValue, ReplicantRequest};
 use crate::error::BodyError;
 use crate::publish::{Publish, STAMP_KEYS};
 use crate::scan::{scan_object, MemberSink, ObjectLayout};
+use crate::since::{self, Position};
 
 /// A client message, decided by the first command key present in this order:
 /// `coremq_subscribe`, `coremq_unsubscribe`, `coremq_options`, `coremq_gethistory`,
@@ -17,6 +18,9 @@ use crate::scan::{scan_object, MemberSink, ObjectLayout};
 pub enum ClientMessage<'a> {
     /// Subscribe to these queues (at least one, all valid names).
     Subscribe(Vec<String>),
+    /// Subscribe to these queues, resuming after the given positions
+    /// (`coremq_since`, §10; queues without one subscribe as usual).
+    Resume(Vec<String>, Vec<(String, Position)>),
     /// Unsubscribe from these queues (at least one, all valid names).
     Unsubscribe(Vec<String>),
     /// Set (or, for [`OptionValue::Remove`], clear) connection options, in the order
@@ -83,7 +87,16 @@ pub fn parse_message_limited(
     };
     let name = COMMANDS[index];
     Ok(match index {
-        0 => ClientMessage::Subscribe(command::queue_names(name, value, max_queue_len, false)?),
+        0 => {
+            let names = command::queue_names(name, value, max_queue_len, false)?;
+            match sink.since {
+                Some(s) => {
+                    let since = since::since(s, &names, max_queue_len)?;
+                    ClientMessage::Resume(names, since)
+                }
+                None => ClientMessage::Subscribe(names),
+            }
+        }
         1 => ClientMessage::Unsubscribe(command::queue_names(name, value, max_queue_len, false)?),
         2 => ClientMessage::Options(command::options(value)?),
         3 => ClientMessage::GetHistory(command::queue_names(name, value, max_queue_len, true)?),
@@ -100,6 +113,8 @@ enum Key {
     Command(usize),
     /// One of [`STAMP_KEYS`]: cut out of a publish.
     Stamp,
+    /// `coremq_since`, which qualifies `coremq_subscribe` (kept in a publish).
+    Since,
     /// Any other key: kept.
     Other,
 }
@@ -110,6 +125,8 @@ struct MessageSink<'de> {
     /// Value of each command key, by [`COMMANDS`] index; the last one if repeated,
     /// matching the last-wins reading of duplicate keys elsewhere.
     commands: [Option<&'de str>; COMMANDS.len()],
+    /// The value of `coremq_since`, if present.
+    since: Option<&'de str>,
 }
 
 impl<'de> MemberSink<'de> for MessageSink<'de> {
@@ -124,6 +141,8 @@ impl<'de> MemberSink<'de> for MessageSink<'de> {
             Key::Command(i)
         } else if STAMP_KEYS.contains(&key) {
             Key::Stamp
+        } else if key == "coremq_since" {
+            Key::Since
         } else {
             Key::Other
         }
@@ -140,6 +159,10 @@ impl<'de> MemberSink<'de> for MessageSink<'de> {
                 false
             }
             Key::Stamp => true,
+            Key::Since => {
+                self.since = Some(value);
+                false
+            }
             Key::Other => false,
         }
     }
@@ -186,6 +209,16 @@ mod tests {
         assert!(matches!(
             parse(r#"{"coremq_status": null}"#),
             Ok(ClientMessage::Status)
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_subscribe": ["a", "b"], "coremq_since": {"a": {"sent": 2.5, "server": "n:1"}}}"#),
+            Ok(ClientMessage::Resume(n, s)) if n == names(&["a", "b"])
+                && s == vec![("a".to_owned(), Position { sent_us: 2_500_000, server: "n:1".into() })]
+        ));
+        // coremq_since only qualifies a subscribe; in a publish it is data.
+        assert!(matches!(
+            parse(r#"{"coremq_since": {"a": 1}, "x": 1}"#),
+            Ok(ClientMessage::Publish(_))
         ));
         assert!(matches!(
             parse(r#"{"coremq_auth": {"token": "t"}}"#),

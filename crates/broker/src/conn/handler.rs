@@ -7,11 +7,11 @@
 use super::state::{Conn, ReplyKind, SubState};
 use crate::consts::is_conn_id;
 use crate::link_auth;
-use crate::msg::Request;
+use crate::msg::{MsgKey, Request, Subscription};
 use crate::refusal::Refusal;
 use crate::shard::Shard;
 use coremq_auth::Action;
-use coremq_protocol::{self as proto, ClientMessage, OptionValue};
+use coremq_protocol::{self as proto, ClientMessage, OptionValue, Position};
 use std::rc::Rc;
 
 /// Handles one frame body from `conn`.
@@ -49,7 +49,8 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, conn: &Rc<Conn>, queue: &str, msg: Cli
     match msg {
         // By reference: moving the publish out of `msg` copied it once more.
         ClientMessage::Publish(ref p) => shard.publish(conn, queue, p),
-        ClientMessage::Subscribe(names) => subscribe(shard, conn, names),
+        ClientMessage::Subscribe(names) => subscribe(shard, conn, names, Vec::new()),
+        ClientMessage::Resume(names, since) => subscribe(shard, conn, names, since),
         ClientMessage::Unsubscribe(names) => unsubscribe(shard, conn, names),
         ClientMessage::Options(opts) => options(conn, opts),
         ClientMessage::GetHistory(names) => history(shard, conn, names),
@@ -66,6 +67,7 @@ pub(crate) fn subscribe_one(
     queue: Box<str>,
     seq: Option<u32>,
     own_id: bool,
+    since: Option<MsgKey>,
 ) {
     conn.st
         .borrow_mut()
@@ -74,12 +76,13 @@ pub(crate) fn subscribe_one(
     let owner = shard.owner_of(&queue);
     shard.request(
         owner,
-        Request::Subscribe {
+        Request::Subscribe(Subscription {
             queue,
             conn: conn.key,
             seq,
             own_id,
-        },
+            since,
+        }),
     );
 }
 
@@ -120,7 +123,7 @@ fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[Stri
     true
 }
 
-fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
+fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String, Position)>) {
     if list_too_long(shard, conn, &names)
         || names_private(shard, conn, "subscribe", &names)
         || not_allowed(shard, conn, Action::Subscribe, &names)
@@ -136,10 +139,23 @@ fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>) {
         // Refused whole: nothing of it takes effect.
         return shard.refuse(conn, &Refusal::TooManySubscriptions { max });
     }
-    // The reply waits for every owner to register its part (G2).
-    let seq = conn.reserve(ReplyKind::Text(proto::OK_SUBSCRIBE), names.len() as u32);
+    // The reply waits for every owner to register its part (G2); a resume's
+    // also carries what each owner retained after the position (§10).
+    let kind = if since.is_empty() {
+        ReplyKind::Text(proto::OK_SUBSCRIBE)
+    } else {
+        ReplyKind::Resumed {
+            recovered: Vec::new(),
+            replay: Vec::new(),
+        }
+    };
+    let seq = conn.reserve(kind, names.len() as u32);
     for q in names {
-        subscribe_one(shard, conn, q, Some(seq), false);
+        let key = since.iter().find(|(s, _)| **s == *q).map(|(_, p)| MsgKey {
+            sent_us: p.sent_us,
+            origin: crate::msg::origin_of(&p.server),
+        });
+        subscribe_one(shard, conn, q, Some(seq), false, key);
     }
 }
 

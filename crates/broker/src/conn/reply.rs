@@ -22,6 +22,13 @@ pub(crate) enum ReplyKind {
         /// Messages per name, filled as owners answer.
         parts: Vec<Vec<MsgFrame>>,
     },
+    /// A subscribe with `coremq_since` (§10), assembled as owners answer.
+    Resumed {
+        /// Whether each resumed queue lost nothing after its position.
+        recovered: Vec<(Box<str>, bool)>,
+        /// The retained messages after the positions.
+        replay: Vec<MsgFrame>,
+    },
     /// A status reply being assembled from every shard.
     Status(Vec<ShardStats>),
     /// A JSON object sent as it is, with no queue: WebSocket-only replies such

@@ -63,7 +63,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
     // The welcome waits for the own-id subscription, so that anyone who learns
     // the id from this client can reach it at once.
     let seq = conn.reserve(ReplyKind::Welcome, 1);
-    subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true);
+    subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true, None);
     super::auth::on_open(&shard, &conn);
 
     // Header ('+', up to 20 digits, ' ') plus the largest body.

@@ -321,12 +321,7 @@ impl Shard {
                 self.owner.publish(self, frame, publisher, ack)
             }
             Request::Replicated { frame, live } => self.owner.replicated(self, frame, live),
-            Request::Subscribe {
-                queue,
-                conn,
-                seq,
-                own_id,
-            } => self.owner.subscribe(self, from, queue, conn, seq, own_id),
+            Request::Subscribe(sub) => self.owner.subscribe(self, from, sub),
             Request::Unsubscribe { queue } => self.owner.unsubscribe(from, &queue),
             Request::Pressure { queue, on, remote } => {
                 self.owner.pressure(self, &queue, on, remote)
@@ -363,7 +358,12 @@ impl Shard {
                 n,
                 bytes,
             } => self.home.acks(conn, first, n, bytes),
-            Response::Subscribed { queue, conn, seq } => self.home.subscribed(&queue, conn, seq),
+            Response::Subscribed {
+                queue,
+                conn,
+                seq,
+                resumed,
+            } => self.home.subscribed(&queue, conn, seq, resumed),
             Response::History { conn, seq, part } => self.home.history(conn, seq, part),
             Response::Stats { token, stats } => self.gathers.arrived(token, *stats),
             Response::Dump { token, queues } => self.dumps.arrived(token, queues),

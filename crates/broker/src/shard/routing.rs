@@ -2,7 +2,7 @@
 //! what arrives, and the owner side's way out ([`Outbox`]).
 
 use super::Shard;
-use crate::msg::{ConnKey, MsgFrame, Request, Response};
+use crate::msg::{ConnKey, MsgFrame, Request, Response, Subscription};
 use crate::owner::Outbox;
 use crate::stats::Counters;
 
@@ -68,7 +68,7 @@ fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
         Request::Publish { frame, .. } | Request::Replicated { frame, .. } => {
             Some((frame.queue(), Some(frame.hash())))
         }
-        Request::Subscribe { queue, .. }
+        Request::Subscribe(Subscription { queue, .. })
         | Request::Unsubscribe { queue }
         | Request::Pressure { queue, .. } => Some((queue, None)),
         Request::History { queues, .. } => queues.first().map(|(_, q)| (&**q, None)),

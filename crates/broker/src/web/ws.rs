@@ -70,7 +70,7 @@ pub(crate) async fn serve(
     keepalive: Keepalive,
 ) {
     let seq = conn.reserve(ReplyKind::Welcome, 1);
-    subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true);
+    subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true, None);
     crate::conn::auth::on_open(&shard, &conn);
     let mut s = Session {
         pending: None,

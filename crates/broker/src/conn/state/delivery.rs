@@ -20,6 +20,11 @@ impl Conn {
         if st.closing.is_some() {
             return Queued::Closing;
         }
+        if st.resuming && st.subs.get(queue) == Some(&super::SubState::Resuming) {
+            // After the resume's reply and replayed messages (§10).
+            st.held.push((queue.into(), frame.clone()));
+            return Queued::Ok;
+        }
         let size = st.out.len() + frame.len();
         let mut stalled = false;
         if size > self.max_pending {

@@ -19,6 +19,24 @@ use coremq_protocol as proto;
 use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 
+/// The mark on a replayed message.
+const REPLAY: &str = "coremq_replay";
+
+/// `{"response": "OK: Subscribe successful", "recovered": {"q": true, …}}`.
+fn write_resumed_reply(recovered: &[(Box<str>, bool)], out: &mut Vec<u8>) {
+    proto::response_json(proto::OK_SUBSCRIBE, out);
+    out.pop();
+    out.extend_from_slice(b", \"recovered\": {");
+    for (i, (q, ok)) in recovered.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        proto::write_json_string(q, out);
+        out.extend_from_slice(if *ok { b": true" } else { b": false" });
+    }
+    out.extend_from_slice(b"}}");
+}
+
 /// Why a connection is closing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Close {
@@ -40,6 +58,10 @@ pub(crate) enum SubState {
     Pending,
     /// Confirmed; the connection is in the shard's local table.
     Active,
+    /// Confirmed with a resume (§10): in the local table, but its live
+    /// messages wait in [`ConnState::held`] until the reply and the replayed
+    /// messages are out.
+    Resuming,
 }
 
 /// A connection is cut off past this many times `max_pending` queued (plus
@@ -100,6 +122,12 @@ pub(crate) struct ConnState {
     /// A cluster-secret challenge sent to a would-be replicant, waiting for
     /// its proof.
     pub challenge: Option<Box<crate::link_auth::Pending>>,
+    /// Some subscription is [`SubState::Resuming`] (checked per delivery,
+    /// so that connections that never resume pay one load).
+    pub resuming: bool,
+    /// Live messages of resuming subscriptions, in arrival order: written
+    /// right after the resume's reply and replayed messages.
+    pub held: Vec<(Box<str>, crate::msg::FrameBytes)>,
 }
 
 /// A connection's identity plus its state.
@@ -190,6 +218,8 @@ impl Conn {
                 subs: HashMap::default(),
                 handover: None,
                 challenge: None,
+                resuming: false,
+                held: Vec::new(),
             }),
         }
     }
@@ -297,6 +327,9 @@ impl Conn {
                 Some(ReplyKind::Raw(json)) => {
                     st.out.push_with(|out| proto::encode_frame("", &json, out))
                 }
+                Some(ReplyKind::Resumed { recovered, replay }) => {
+                    self.write_resumed(&mut st, &recovered, &replay)
+                }
                 Some(ReplyKind::Final(why, json)) => {
                     st.out
                         .push_with(|out| proto::encode_frame(&self.id, &json, out));
@@ -332,8 +365,49 @@ impl Conn {
             ReplyKind::History { names, parts } => write_history(&names, &parts, &mut json),
             ReplyKind::Status(parts) => json = self.node.status_json(&parts),
             ReplyKind::Raw(j) | ReplyKind::Final(_, j) => json = j,
+            ReplyKind::Resumed { recovered, .. } => write_resumed_reply(&recovered, &mut json),
         }
         json
+    }
+
+    /// A resume's reply (§10): the OK with `recovered`, every replayed
+    /// message marked `coremq_replay`, then the live messages that arrived
+    /// meanwhile; those subscriptions are ordinary ones from here on.
+    fn write_resumed(
+        &self,
+        st: &mut ConnState,
+        recovered: &[(Box<str>, bool)],
+        replay: &[crate::msg::MsgFrame],
+    ) {
+        let mut json = Vec::new();
+        write_resumed_reply(recovered, &mut json);
+        st.out
+            .push_with(|out| proto::encode_frame(&self.id, &json, out));
+        for f in replay {
+            let mut marked = Vec::with_capacity(f.json().len() + 24);
+            if proto::rewrite_object(f.json(), &[REPLAY], &[(REPLAY, b"true")], &mut marked).is_ok()
+            {
+                st.out
+                    .push_with(|out| proto::encode_frame(f.queue(), &marked, out));
+            }
+        }
+        let mine = |q: &str| recovered.iter().any(|(r, _)| **r == *q);
+        let held = std::mem::take(&mut st.held);
+        for (q, frame) in held {
+            if mine(&q) {
+                st.out.push_shared(&frame);
+            } else {
+                st.held.push((q, frame));
+            }
+        }
+        for (q, _) in recovered {
+            if let Some(s) = st.subs.get_mut(q) {
+                if *s == SubState::Resuming {
+                    *s = SubState::Active;
+                }
+            }
+        }
+        st.resuming = st.subs.values().any(|s| *s == SubState::Resuming);
     }
 
     /// Queues a last frame on the connection's own queue and closes after it,

@@ -1,0 +1,120 @@
+//! `coremq_since` beside `coremq_subscribe` (PROTOCOL.md §10): the position a
+//! client has every message up to, per queue, so that a subscribe resumes
+//! after it.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use crate::body::validate_queue_name;
+use crate::error::BodyError;
+use crate::publish::seconds_to_micros;
+
+/// What `coremq_since` takes.
+const SINCE: &str =
+    "an object of queue names and positions, e.g. {\"news\": {\"sent\": 1796182109.38108, \"server\": \"mq1:6747\"}}";
+
+/// A message's position: its `coremq_sent` and `coremq_server`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// `coremq_sent` in whole microseconds.
+    pub sent_us: u64,
+    /// `coremq_server`.
+    pub server: String,
+}
+
+/// Parses `coremq_since`; every queue it names must be one being
+/// subscribed to (`names`), so that a typo is reported, not ignored.
+pub(crate) fn since(
+    value: &str,
+    names: &[String],
+    max_queue_len: usize,
+) -> Result<Vec<(String, Position)>, BodyError> {
+    /// One position as the client writes it (unknown fields refused: a
+    /// misspelt `sever` must not read as "no server").
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        sent: f64,
+        server: String,
+    }
+    let bad = || BodyError::BadCommand {
+        command: "coremq_since",
+        expected: SINCE,
+    };
+    let map: BTreeMap<String, Raw> = serde_json::from_str(value).map_err(|_| bad())?;
+    let mut out = Vec::with_capacity(map.len());
+    for (queue, raw) in map {
+        validate_queue_name(queue.as_bytes(), max_queue_len)
+            .map_err(|_| BodyError::bad_name_in("coremq_since", &queue, max_queue_len))?;
+        let reason = if !names.contains(&queue) {
+            Some("is not in coremq_subscribe")
+        } else if !raw.sent.is_finite() || raw.sent <= 0.0 || raw.server.is_empty() {
+            Some("needs a positive \"sent\" and a non-empty \"server\" (a message's coremq_sent and coremq_server)")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(BodyError::BadSince { queue, reason });
+        }
+        let position = Position {
+            sent_us: seconds_to_micros(raw.sent),
+            server: raw.server,
+        };
+        out.push((queue, position));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn positions_per_queue() {
+        let got = since(
+            r#"{"news": {"sent": 1796182109.381080, "server": "mq1:6747"}}"#,
+            &names(&["news", "sport"]),
+            255,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![(
+                "news".to_owned(),
+                Position {
+                    sent_us: 1_796_182_109_381_080,
+                    server: "mq1:6747".to_owned()
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let n = names(&["news"]);
+        for bad in [
+            "[]",
+            r#"{"news": 1}"#,
+            r#"{"news": {"sent": 1.0}}"#,
+            r#"{"news": {"sent": "1", "server": "a"}}"#,
+            r#"{"news": {"sent": 1.0, "server": "a", "x": 1}}"#,
+        ] {
+            assert!(
+                matches!(since(bad, &n, 255), Err(BodyError::BadCommand { .. })),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            since(r#"{"other": {"sent": 1.0, "server": "a"}}"#, &n, 255)
+                .unwrap_err()
+                .to_string(),
+            "coremq_since: \"other\" is not in coremq_subscribe"
+        );
+        assert!(since(r#"{"news": {"sent": -1.0, "server": "a"}}"#, &n, 255).is_err());
+        assert!(since(r#"{"news": {"sent": 1.0, "server": ""}}"#, &n, 255).is_err());
+    }
+}

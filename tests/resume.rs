@@ -1,0 +1,296 @@
+//! PROTOCOL.md §10, resume: a subscriber that was away says where it got
+//! to (`coremq_since`) and gets the reply with `recovered` first, then every
+//! retained message after that position (`coremq_replay`), then live ones —
+//! none twice, none missing, while publishers keep going; and `recovered:
+//! false` when the position is older than what is retained, or unknown.
+
+mod common;
+
+use common::cluster::{Cluster, Spec};
+use common::web::WsClient;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A delivered message's position.
+fn position(f: &Value) -> Value {
+    json!({"sent": f["coremq_sent"], "server": f["coremq_server"]})
+}
+
+/// Publishes `{"p": id, "n": 0, 1, 2, …}` to `q` until `stop`, counting in
+/// `sent`; paces itself on `gate` (publishes only while `sent < gate`).
+fn publisher(
+    addr: SocketAddr,
+    id: u64,
+    q: String,
+    sent: Arc<AtomicU64>,
+    gate: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut c = Client::connect(addr);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let n = sent.load(Ordering::SeqCst);
+            if n >= gate.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            c.publish(&q, &json!({"p": id, "n": n}));
+            sent.store(n + 1, Ordering::SeqCst);
+        }
+    })
+}
+
+/// Reads frames in arrival order on `c` until every publisher's counter
+/// reached its target; checks that each publisher's messages come in order
+/// with none missing or twice after `from`, and that replayed ones come
+/// before live ones. Returns (replayed, live).
+fn read_in_order(
+    c: &mut Client,
+    q: &str,
+    from: &HashMap<u64, u64>,
+    until: &HashMap<u64, u64>,
+) -> (usize, usize) {
+    let mut next = from.clone();
+    let (mut replayed, mut live) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next.iter().any(|(p, n)| *n < until[p]) {
+        let f = c
+            .read_frame_until(deadline)
+            .unwrap_or_else(|e| panic!("stopped at {next:?} of {until:?}: {e:?}"));
+        assert_eq!(f.queue, q, "only {q} was subscribed: {f}");
+        let p = f.json["p"].as_u64().unwrap();
+        let n = f.json["n"].as_u64().unwrap();
+        assert_eq!(
+            n, next[&p],
+            "publisher {p}: expected n={}, got {f}",
+            next[&p]
+        );
+        *next.get_mut(&p).unwrap() += 1;
+        if f.json.get("coremq_replay") == Some(&json!(true)) {
+            assert_eq!(live, 0, "a replayed message after a live one: {f}");
+            replayed += 1;
+        } else {
+            live += 1;
+        }
+    }
+    (replayed, live)
+}
+
+/// Sends the resume and checks that the reply comes first.
+fn resume(c: &mut Client, q: &str, since: Value) -> Value {
+    c.command(&json!({"coremq_subscribe": [q], "coremq_since": {q: since}}));
+    let f = c
+        .read_frame_until(Instant::now() + REPLY_TIMEOUT)
+        .expect("the reply");
+    assert_eq!(f.queue, c.id, "the reply comes before any message: {f}");
+    f.json
+}
+
+/// A subscriber leaves, 1,000 messages of two publishers go by, it comes
+/// back with its position while the publishers keep going, and gets
+/// exactly the missed ones, in order, then the live ones.
+fn away_for_a_thousand_messages(shards: usize) {
+    let b = Broker::start(BrokerOpts::new(shards).set("history_length", "5000"));
+    let q = uniq("resume");
+    let stop = Arc::new(AtomicBool::new(false));
+    let pubs: Vec<_> = (0..2u64)
+        .map(|p| {
+            let sent = Arc::new(AtomicU64::new(0));
+            let gate = Arc::new(AtomicU64::new(0));
+            let h = publisher(
+                b.addr(),
+                p,
+                q.clone(),
+                sent.clone(),
+                gate.clone(),
+                stop.clone(),
+            );
+            (sent, gate, h)
+        })
+        .collect();
+    let wait_sent = |target: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (sent, gate, _) in &pubs {
+            gate.store(target, Ordering::SeqCst);
+            while sent.load(Ordering::SeqCst) < target {
+                assert!(Instant::now() < deadline, "publishers stuck");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    };
+
+    // Connected: the first 100 of each.
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    wait_sent(100);
+    let got = s.recv_msgs(200, Duration::from_secs(20));
+    let last = position(&got.last().unwrap().json);
+    let from: HashMap<u64, u64> = (0..2).map(|p| (p, 100)).collect();
+    drop(s);
+
+    // Away: 500 more from each (1,000 in all).
+    wait_sent(600);
+
+    // Back, while they keep publishing: the resume races live publishes.
+    for (_, gate, _) in &pubs {
+        gate.store(900, Ordering::SeqCst);
+    }
+    let mut s = b.client();
+    // A status request right before the resume, in the same write: its reply
+    // gathers every shard, so the resume's reply waits behind it while live
+    // messages arrive — they must still come after the reply and the replay.
+    let mut both = encode(&s.id, &json!({"coremq_status": 1}));
+    both.extend(encode(
+        &s.id,
+        &json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): last}}),
+    ));
+    s.send_raw(&both);
+    let status = s
+        .read_frame_until(Instant::now() + REPLY_TIMEOUT)
+        .expect("status");
+    assert!(
+        status.json.get("shards").is_some(),
+        "the status reply first: {status}"
+    );
+    let reply = s
+        .read_frame_until(Instant::now() + REPLY_TIMEOUT)
+        .expect("the reply")
+        .json;
+    assert_eq!(
+        reply,
+        json!({"response": "OK: Subscribe successful", "recovered": {q.clone(): true}})
+    );
+    let until: HashMap<u64, u64> = (0..2).map(|p| (p, 900)).collect();
+    let (replayed, live) = read_in_order(&mut s, &q, &from, &until);
+    assert!(
+        replayed >= 1000,
+        "at least the 1,000 missed were replayed ({replayed})"
+    );
+    assert_eq!(replayed + live, 1600);
+    stop.store(true, Ordering::SeqCst);
+    for (_, _, h) in pubs {
+        h.join().unwrap();
+    }
+    s.assert_no_msg(Duration::from_millis(200));
+}
+
+per_shard_count!(away_for_a_thousand_messages:
+    away_for_a_thousand_messages_1_shard = 1,
+    away_for_a_thousand_messages_4_shards = 4);
+
+#[test]
+fn a_position_older_than_retention_or_unknown_is_not_recovered() {
+    let b = Broker::start(BrokerOpts::new(2).set("history_length", "10"));
+    let q = uniq("short");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    let mut p = b.client();
+    p.publish(&q, &json!({"n": 0}));
+    let first = position(&s.recv_msg().json);
+    drop(s);
+    for n in 1..=50 {
+        p.publish(&q, &json!({ "n": n }));
+    }
+    let mut s = b.client();
+    let reply = resume(&mut s, &q, first.clone());
+    assert_eq!(reply["recovered"], json!({q.clone(): false}));
+    let got = s.recv_msgs(10, Duration::from_secs(10));
+    let ns: Vec<u64> = got.iter().map(|f| f.json["n"].as_u64().unwrap()).collect();
+    assert_eq!(
+        ns,
+        (41..=50).collect::<Vec<_>>(),
+        "what is retained is still sent"
+    );
+    assert!(got.iter().all(|f| f.json["coremq_replay"] == json!(true)));
+    p.publish(&q, &json!({"n": 51}));
+    let live = s.recv_msg();
+    assert_eq!(live.json["n"], json!(51));
+    assert!(live.json.get("coremq_replay").is_none(), "{live}");
+
+    // A queue this node never saw (e.g. it restarted): unknown, not recovered.
+    let never = uniq("never");
+    let mut c = b.client();
+    let reply = resume(&mut c, &never, first);
+    assert_eq!(reply["recovered"], json!({never.clone(): false}));
+    c.assert_no_msg(Duration::from_millis(200));
+
+    // Bad positions are refused with a reason, and nothing is subscribed.
+    c.command(
+        &json!({"coremq_subscribe": ["a"], "coremq_since": {"b": {"sent": 1.0, "server": "x"}}}),
+    );
+    assert_eq!(
+        c.expect_error(),
+        "ERROR: coremq_since: \"b\" is not in coremq_subscribe"
+    );
+    c.command(&json!({"coremq_subscribe": ["a"], "coremq_since": {"a": "yesterday"}}));
+    assert!(c.expect_error().starts_with("ERROR: coremq_since takes"));
+}
+
+#[test]
+fn resume_over_websocket() {
+    let b = Broker::start(BrokerOpts::new(2).ws());
+    let q = uniq("wsr");
+    let mut p = b.client();
+    let mut w = WsClient::connect(b.ws_addr());
+    w.send_json(&json!({ "coremq_subscribe": [q.clone()] }));
+    assert_eq!(
+        w.recv_reply()["response"],
+        json!("OK: Subscribe successful")
+    );
+    p.publish(&q, &json!({"n": 1}));
+    let last = position(&w.recv_msg_on(&q));
+    drop(w);
+    for n in 2..=5 {
+        p.publish(&q, &json!({ "n": n }));
+    }
+    let mut w = WsClient::connect(b.ws_addr());
+    w.send_json(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): last}}));
+    let r = w.recv_reply();
+    assert_eq!(r["recovered"], json!({q.clone(): true}), "{r}");
+    for n in 2..=5 {
+        let m = w.recv_msg_on(&q);
+        assert_eq!(
+            (m["n"].as_u64(), &m["coremq_replay"]),
+            (Some(n), &json!(true))
+        );
+    }
+}
+
+/// Resume on another node than the one the subscriber left.
+#[test]
+fn resume_on_another_node() {
+    let mut cl = Cluster::start(Spec {
+        history_length: Some(1000),
+        ..Spec::new(2)
+    });
+    cl.wait_links_up();
+    let q = uniq("moved");
+    let mut s = cl.nodes[0].client();
+    s.subscribe(&[&q]);
+    let mut p = cl.nodes[1].client();
+    for n in 0..10 {
+        p.publish(&q, &json!({"p": 0, "n": n}));
+    }
+    let got = s.recv_msgs(10, Duration::from_secs(10));
+    let last = position(&got.last().unwrap().json);
+    drop(s);
+    for n in 10..310 {
+        p.publish(&q, &json!({"p": 0, "n": n}));
+    }
+    // Give replication a moment to reach node 3 (a message still in flight
+    // would arrive live, after the replayed ones, and still in order).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut s = cl.nodes[2].client();
+    let reply = resume(&mut s, &q, last);
+    assert_eq!(reply["recovered"], json!({q.clone(): true}), "{reply}");
+    let from = HashMap::from([(0, 10)]);
+    let until = HashMap::from([(0, 310)]);
+    read_in_order(&mut s, &q, &from, &until);
+    cl.assert_alive();
+}
