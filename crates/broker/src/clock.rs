@@ -45,8 +45,15 @@ impl Clock {
     /// cluster (the clock is bent by less than `shards` µs per message, far
     /// below its precision).
     pub(crate) fn next_sent(&self) -> u64 {
+        self.next_above(0)
+    }
+
+    /// [`Clock::next_sent`], also later than `floor`: a position for a
+    /// message that must come after one already delivered (see
+    /// `Owner::publish`).
+    pub(crate) fn next_above(&self, floor: u64) -> u64 {
         let n = self.shards;
-        let mut t = self.now_us.get().max(self.last_us.get() + 1);
+        let mut t = self.now_us.get().max(self.last_us.get() + 1).max(floor + 1);
         t += (self.id + n - t % n) % n;
         self.last_us.set(t);
         t

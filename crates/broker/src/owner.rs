@@ -25,6 +25,9 @@ pub(crate) trait Outbox {
     /// Hands `frame` to this shard's own subscribers (its home side),
     /// leaving out `skip`.
     fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>);
+    /// `frame` with a new `coremq_sent`, later than `after` and unique on
+    /// this node (from this shard's clock).
+    fn restamp(&self, frame: &MsgFrame, after: MsgKey) -> MsgFrame;
 }
 
 /// A publish as the owner receives it.
@@ -75,17 +78,16 @@ impl Owner {
         from: Publisher,
         ack: Option<u32>,
     ) {
-        let replica = (self.replicate && !is_reserved(frame.queue())).then(|| frame.clone());
+        let replicate = self.replicate && !is_reserved(frame.queue());
         let confirm = (from.conn != ConnKey::SYSTEM).then(|| Held {
             home: from.home,
             conn: from.conn,
+            // The size the publisher's window counted, whatever a restamp
+            // makes of the frame.
             seq: ack,
             bytes: frame.bytes().len() as u32,
         });
-        let confirm = self.store_and_deliver(out, frame, Some(from), confirm);
-        if let Some(frame) = replica {
-            out.respond(CONTROL_SHARD, Response::Replicate { frame });
-        }
+        let confirm = self.store_and_deliver(out, frame, Some(from), confirm, replicate);
         if let Some(c) = confirm {
             out.ack(c.home, c.conn, c.seq, c.bytes);
         }
@@ -116,24 +118,19 @@ impl Owner {
     /// delivered; never replicated further.
     pub(crate) fn replicated(&self, out: &impl Outbox, frame: MsgFrame, live: bool) {
         if live {
-            self.store_and_deliver(out, frame, None, None);
+            self.store_and_deliver(out, frame, None, None, false);
         } else {
             let cfg = &self.cfg;
             self.queues
                 .borrow_mut()
-                .publish(&frame, |name| cfg.history_length_for(name));
+                .publish(&frame, false, |name| cfg.history_length_for(name));
         }
     }
 
     /// Counts one more subscriber of `queue` on home shard `from` and tells
     /// that home: deliveries it receives after the answer include every
     /// message stored after this (G2: answer and deliveries share one FIFO).
-    pub(crate) fn subscribe(
-        &self,
-        out: &impl Outbox,
-        from: usize,
-        sub: Subscription,
-    ) {
+    pub(crate) fn subscribe(&self, out: &impl Outbox, from: usize, sub: Subscription) {
         let Subscription {
             queue,
             conn,
@@ -207,26 +204,46 @@ impl Owner {
     }
 
     /// Stores a message and delivers it to every home shard with subscribers,
-    /// unless it is a duplicate. Replicated messages have no `publisher`.
-    /// Returns `confirm` unless the queue is stalled, in which case it is
-    /// held until the queue is not.
+    /// unless it is a duplicate; a message of this node (`publisher`) is
+    /// also sent to the cluster links when `replicate`. Replicated messages
+    /// have no `publisher`. Returns `confirm` unless the queue is stalled, in
+    /// which case it is held until the queue is not.
+    ///
+    /// A message of this node whose position is before one the queue
+    /// already has (its publisher's shard stamped it a moment earlier than
+    /// another shard stamped that one, and it arrived later) is stamped
+    /// anew first: within a node, a queue's messages are delivered in
+    /// position order, so a client resuming from the last one it got misses
+    /// nothing (§10). Only this rare case pays for the rewrite.
     fn store_and_deliver(
         &self,
         out: &impl Outbox,
-        frame: MsgFrame,
+        mut frame: MsgFrame,
         publisher: Option<Publisher>,
         confirm: Option<Held>,
+        replicate: bool,
     ) -> Option<Held> {
         let cfg = &self.cfg;
         let mut homes: [usize; 8] = [usize::MAX; 8];
         let mut many: Vec<usize> = Vec::new();
         let mut n = 0;
         let mut stalled = false;
-        if let Some((stored, q)) = self
-            .queues
-            .borrow_mut()
-            .publish(&frame, |name| cfg.history_length_for(name))
-        {
+        let in_order = publisher.is_some();
+        let mut table = self.queues.borrow_mut();
+        let mut result = table.publish(&frame, in_order, |name| cfg.history_length_for(name));
+        if let Some((Stored::Behind(newest), _)) = result {
+            frame = out.restamp(&frame, newest);
+            result = table.publish(&frame, in_order, |name| cfg.history_length_for(name));
+        }
+        if replicate {
+            out.respond(
+                CONTROL_SHARD,
+                Response::Replicate {
+                    frame: frame.clone(),
+                },
+            );
+        }
+        if let Some((stored, q)) = result {
             stalled = q.is_stalled();
             if stored == Stored::Duplicate {
                 return confirm;
@@ -242,12 +259,12 @@ impl Owner {
         }
         let confirm = match confirm {
             Some(c) if stalled => {
-                let mut queues = self.queues.borrow_mut();
-                queues.hold(frame.hash(), frame.queue(), c);
+                table.hold(frame.hash(), frame.queue(), c);
                 None
             }
             confirm => confirm,
         };
+        drop(table);
         let homes = || homes.iter().take(n.min(homes.len())).chain(many.iter());
         let skip = |h: usize| match &publisher {
             Some(p) if h == p.home && !p.echo => Some(p.conn),

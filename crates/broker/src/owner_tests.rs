@@ -97,6 +97,19 @@ impl Outbox for Recorder {
             skip,
         });
     }
+
+    fn restamp(&self, frame: &MsgFrame, after: MsgKey) -> MsgFrame {
+        let key = MsgKey {
+            sent_us: after.sent_us + 1,
+            origin: frame.key().origin,
+        };
+        let json = format!(
+            r#"{{"restamped": {}, "was": {}}}"#,
+            key.sent_us,
+            json(frame)
+        );
+        MsgFrame::new(frame.queue(), json.as_bytes(), key)
+    }
 }
 
 impl Recorder {
@@ -265,8 +278,10 @@ fn a_stalled_queue_holds_its_confirmations_and_only_its_own() {
 fn history_keeps_the_window_in_key_order_and_answers_by_index() {
     let o = owner(MqConfig::default()); // history_length = 10
     let out = Recorder::default();
+    // Another node's messages, arriving newest first, keep their positions
+    // (this node's own are stamped in order: see the test below).
     for n in (1..=12).rev() {
-        o.publish(&out, msg("h", n), from(0, 1, false), None);
+        o.replicated(&out, msg("h", n), false);
     }
     out.take();
     o.history(
@@ -383,4 +398,42 @@ fn in_a_cluster_a_local_stall_is_told_to_the_links_and_a_remote_one_is_not() {
             on: false
         }]
     );
+}
+
+/// Publishers on different shards stamp their messages independently, so
+/// one can arrive after a message with a later position: it is stamped anew
+/// after it, so that a queue's messages are delivered in position order and
+/// a client resuming from the last position it got misses nothing (§10).
+/// Messages from other nodes keep their positions.
+#[test]
+fn a_late_local_message_is_stamped_after_the_newest() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.subscribe(&out, 0, sub("q".into(), conn(9), None));
+    out.take();
+    o.publish(&out, msg("q", 5), from(2, 1, false), None);
+    o.publish(&out, msg("q", 3), from(2, 2, false), None);
+    let delivered: Vec<String> = out
+        .take()
+        .into_iter()
+        .filter_map(|s| match s {
+            Said::Deliver { json, .. } => Some(json),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        [r#"{"n": 5}"#, r#"{"restamped": 1006, "was": {"n": 3}}"#]
+    );
+    // A replicated message older than the newest keeps its position: it is
+    // another node's, and every node must agree on it.
+    o.replicated(&out, msg("q", 4), true);
+    let h: Vec<u64> = o
+        .queues
+        .borrow()
+        .history("q")
+        .iter()
+        .map(|f| f.key().sent_us)
+        .collect();
+    assert_eq!(h, [1004, 1005, 1006]);
 }

@@ -40,6 +40,10 @@ pub(crate) struct QueueState {
     /// The newest message that left the history (window, memory): a resume
     /// from before it has missed messages (§10).
     dropped: Option<MsgKey>,
+    /// The newest position stored or delivered here: a message of this node
+    /// must not be delivered after one with a later position, or a client
+    /// resuming from the last position it got would miss it (§10).
+    newest: MsgKey,
 }
 
 /// A publish's confirmation an owner holds back (see [`QueueState::held`]).
@@ -130,10 +134,13 @@ impl QueueTable {
 
     /// Stores `frame` in its queue's history (when the queue keeps any), in
     /// key order, and returns the queue state for fan-out, if the queue has
-    /// state at all, with whether the message was new here.
+    /// state at all, with whether the message was new here. With `in_order`
+    /// (a message of this node) a frame older than what the queue already
+    /// has is not stored but reported [`Stored::Behind`], to be stamped anew.
     pub(crate) fn publish(
         &mut self,
         frame: &MsgFrame,
+        in_order: bool,
         cap_for: impl Fn(&str) -> usize,
     ) -> Option<(Stored, &QueueState)> {
         let name = frame.queue();
@@ -152,11 +159,15 @@ impl QueueTable {
             let cap = cap_for(name);
             (cap > 0).then(|| QueueState::new(cap, false, frame.key()))
         })?;
+        if in_order && frame.key() < q.newest {
+            return Some((Stored::Behind(q.newest), q));
+        }
         let (before, cost_before) = (q.history.len(), q.cost(name.len()));
         let stored = q.insert_ordered(frame);
         if stored == Stored::New {
             self.stored += 1;
             q.last_stored = self.stored;
+            q.newest = q.newest.max(frame.key());
         }
         self.history_messages = self.history_messages + q.history.len() as u64 - before as u64;
         self.history_bytes = self.history_bytes + q.cost(name.len()) - cost_before;
@@ -370,6 +381,10 @@ pub(crate) enum Stored {
     New,
     /// Already in the history (it came twice: live and by a history exchange).
     Duplicate,
+    /// Not stored: a message of this node with a position before the
+    /// queue's newest (publishers on different shards stamp independently);
+    /// it must be stamped after this one.
+    Behind(MsgKey),
 }
 
 impl QueueState {
@@ -389,6 +404,7 @@ impl QueueState {
             held: Vec::new(),
             born,
             dropped: None,
+            newest: MsgKey::default(),
         }
     }
 

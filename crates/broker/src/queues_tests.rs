@@ -15,7 +15,7 @@ fn frame(q: &str, n: u32) -> MsgFrame {
 fn history_is_ordered_by_key_without_duplicates() {
     let mut t = QueueTable::default();
     for n in [3, 1, 2, 5, 4, 2, 5] {
-        t.publish(&frame("q", n), |_| 4);
+        t.publish(&frame("q", n), false, |_| 4);
     }
     let got: Vec<_> = t
         .history("q")
@@ -25,11 +25,14 @@ fn history_is_ordered_by_key_without_duplicates() {
     assert_eq!(got, [2, 3, 4, 5]);
     assert_eq!(t.history_messages(), 4);
     assert_eq!(
-        t.publish(&frame("q", 4), |_| 4).unwrap().0,
+        t.publish(&frame("q", 4), false, |_| 4).unwrap().0,
         Stored::Duplicate
     );
     // Older than the whole window: new, not kept.
-    assert_eq!(t.publish(&frame("q", 0), |_| 4).unwrap().0, Stored::New);
+    assert_eq!(
+        t.publish(&frame("q", 0), false, |_| 4).unwrap().0,
+        Stored::New
+    );
     assert_eq!(t.history("q").len(), 4);
 }
 
@@ -37,7 +40,7 @@ fn history_is_ordered_by_key_without_duplicates() {
 fn history_window_keeps_newest() {
     let mut t = QueueTable::default();
     for n in 0..15 {
-        t.publish(&frame("q", n), |_| 10);
+        t.publish(&frame("q", n), false, |_| 10);
     }
     let h = t.history("q");
     assert_eq!(h.len(), 10);
@@ -49,7 +52,7 @@ fn history_window_keeps_newest() {
 #[test]
 fn zero_history_queue_without_subscribers_keeps_nothing() {
     let mut t = QueueTable::default();
-    assert!(t.publish(&frame("q", 1), |_| 0).is_none());
+    assert!(t.publish(&frame("q", 1), false, |_| 0).is_none());
     assert_eq!(t.len(), 0);
 }
 
@@ -57,9 +60,9 @@ fn zero_history_queue_without_subscribers_keeps_nothing() {
 fn own_id_queue_dropped_with_last_subscriber() {
     let mut t = QueueTable::default();
     t.subscribe("id", 2, true, MsgKey::default(), |_| 10);
-    t.publish(&frame("id", 1), |_| 10);
+    t.publish(&frame("id", 1), false, |_| 10);
     assert_eq!(
-        t.publish(&frame("id", 2), |_| 10)
+        t.publish(&frame("id", 2), false, |_| 10)
             .unwrap()
             .1
             .homes()
@@ -78,22 +81,22 @@ fn history_memory_evicts_the_least_recently_published_to_first() {
     // message costs `one`.
     let one = {
         let mut t = QueueTable::default();
-        t.publish(&frame("q00", 10), |_| 10);
+        t.publish(&frame("q00", 10), false, |_| 10);
         t.history_bytes() as usize
     };
     let mut t = QueueTable::with_budget(11 * one);
     t.subscribe("kep", 0, false, MsgKey::default(), |_| 10);
     for n in 0..8 {
-        t.publish(&frame(&format!("q0{n}"), 10 + n), |_| 10);
+        t.publish(&frame(&format!("q0{n}"), 10 + n), false, |_| 10);
     }
-    t.publish(&frame("kep", 18), |_| 10);
+    t.publish(&frame("kep", 18), false, |_| 10);
     // "q00" is published to again: now "q01" is the oldest.
-    t.publish(&frame("q00", 19), |_| 10);
+    t.publish(&frame("q00", 19), false, |_| 10);
     assert_eq!(t.history_messages(), 10);
     assert_eq!(t.evictions(), 0);
     // Two more queues do not fit: the oldest go until a tenth is free.
-    t.publish(&frame("new", 20), |_| 10);
-    t.publish(&frame("neu", 21), |_| 10);
+    t.publish(&frame("new", 20), false, |_| 10);
+    t.publish(&frame("neu", 21), false, |_| 10);
     assert!(t.evictions() >= 1);
     assert!(
         t.history("q01").is_empty(),
@@ -103,7 +106,7 @@ fn history_memory_evicts_the_least_recently_published_to_first() {
     assert_eq!(t.history("neu").len(), 1);
     assert!(t.history_bytes() as usize <= 11 * one);
     for n in 22..60 {
-        t.publish(&frame(&format!("x{n}"), n), |_| 10);
+        t.publish(&frame(&format!("x{n}"), n), false, |_| 10);
         assert!(t.history_bytes() as usize <= 11 * one);
     }
     assert!(t.history("kep").is_empty());
@@ -136,7 +139,7 @@ fn confirmations_wait_while_a_subscriber_is_over() {
         "two subscribers over"
     );
     let f = frame("q", 1);
-    assert!(t.publish(&f, |_| 10).unwrap().1.is_stalled());
+    assert!(t.publish(&f, false, |_| 10).unwrap().1.is_stalled());
     t.hold(f.hash(), "q", held(7));
     t.hold(f.hash(), "q", held(8));
     assert_eq!(
@@ -152,7 +155,11 @@ fn confirmations_wait_while_a_subscriber_is_over() {
         (vec![held(7), held(8)], None),
         "in order, once no node has one over"
     );
-    assert!(!t.publish(&frame("q", 2), |_| 10).unwrap().1.is_stalled());
+    assert!(!t
+        .publish(&frame("q", 2), false, |_| 10)
+        .unwrap()
+        .1
+        .is_stalled());
     // A queue that only existed for its pressure goes once it ends.
     t.subscribe("p", 0, false, MsgKey::default(), |_| 0);
     assert!(t.pressure("p", true, false, |_| 0).0.is_empty());
@@ -171,7 +178,7 @@ fn confirmations_wait_while_a_subscriber_is_over() {
 fn bytes_follow_the_window() {
     let mut t = QueueTable::default();
     for n in 0..30 {
-        t.publish(&frame("q", n), |_| 3);
+        t.publish(&frame("q", n), false, |_| 3);
     }
     let q = t.queues.get(queue_hash("q"), "q").unwrap();
     let frames: usize = t.history("q").iter().map(held_bytes).sum();
@@ -188,7 +195,7 @@ fn plain_queue_keeps_history_after_last_subscriber() {
     t.subscribe("q", 0, false, MsgKey::default(), |_| 10);
     t.subscribe("q", 1, false, MsgKey::default(), |_| 10);
     t.subscribe("q", 1, false, MsgKey::default(), |_| 10);
-    t.publish(&frame("q", 1), |_| 10);
+    t.publish(&frame("q", 1), false, |_| 10);
     t.unsubscribe("q", 1);
     assert_eq!(t.subscriptions(), 2);
     t.unsubscribe("q", 1);
@@ -212,7 +219,7 @@ fn resume_sends_what_follows_and_says_whether_anything_was_lost() {
     let (complete, after) = t.resume("q", key(0));
     assert!(!complete && after.is_empty());
     for n in 1..=15 {
-        t.publish(&frame("q", n), |_| 10);
+        t.publish(&frame("q", n), false, |_| 10);
     }
     // 1..=5 left the window of 10: positions from 5 on lost nothing.
     let ns = |v: Vec<MsgFrame>| -> Vec<u64> { v.iter().map(|f| f.key().sent_us - 1000).collect() };
@@ -231,7 +238,7 @@ fn resume_sends_what_follows_and_says_whether_anything_was_lost() {
     // Before this node knew the queue (born at message 1).
     assert!(!t.resume("q", key(0)).0);
     // A message older than the window counts as lost too.
-    t.publish(&frame("q", 5), |_| 10);
+    t.publish(&frame("q", 5), false, |_| 10);
     assert!(t.resume("q", key(5)).0);
 }
 
@@ -240,7 +247,7 @@ fn resume_after_memory_eviction_is_incomplete() {
     let mut t = QueueTable::with_budget(4096);
     t.subscribe("q", 0, false, MsgKey::default(), |_| 100);
     for n in 1..=40 {
-        t.publish(&frame("q", n), |_| 100);
+        t.publish(&frame("q", n), false, |_| 100);
     }
     assert!(t.evictions() > 0, "the budget evicted");
     assert!(!t.resume("q", key(1)).0);

@@ -216,6 +216,12 @@ fn write_key(key: &str, first: &mut bool, out: &mut Vec<u8>) {
     out.extend_from_slice(b": ");
 }
 
+/// Writes `coremq_sent` as the server does: Unix seconds as a JSON float
+/// with exactly six decimals, from whole microseconds.
+pub fn write_sent(micros: u64, out: &mut Vec<u8>) {
+    write_micros(micros, out);
+}
+
 /// Whole microseconds of a Unix time in seconds; a non-finite or negative time
 /// (which a stamp cannot be) becomes 0.
 pub fn seconds_to_micros(secs: f64) -> u64 {

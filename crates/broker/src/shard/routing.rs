@@ -2,9 +2,10 @@
 //! what arrives, and the owner side's way out ([`Outbox`]).
 
 use super::Shard;
-use crate::msg::{ConnKey, MsgFrame, Request, Response, Subscription};
+use crate::msg::{ConnKey, MsgFrame, MsgKey, Request, Response, Subscription};
 use crate::owner::Outbox;
 use crate::stats::Counters;
+use coremq_protocol as proto;
 
 impl Shard {
     /// Handles a request forwarded by home shard `from`, after checking that
@@ -58,6 +59,27 @@ impl Outbox for Shard {
 
     fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
         self.deliver(frame, skip);
+    }
+
+    fn restamp(&self, frame: &MsgFrame, after: MsgKey) -> MsgFrame {
+        let sent_us = self.clock.next_above(after.sent_us);
+        let mut sent = Vec::with_capacity(20);
+        proto::write_sent(sent_us, &mut sent);
+        let mut json = Vec::with_capacity(frame.json().len() + 8);
+        let key = MsgKey {
+            sent_us,
+            origin: frame.key().origin,
+        };
+        match proto::rewrite_object(
+            frame.json(),
+            &[proto::SENT_KEY],
+            &[(proto::SENT_KEY, &sent)],
+            &mut json,
+        ) {
+            Ok(()) => MsgFrame::new(frame.queue(), &json, key),
+            // A frame this node wrote is always an object; keep it as it is.
+            Err(_) => frame.clone(),
+        }
     }
 }
 
