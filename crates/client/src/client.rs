@@ -392,10 +392,7 @@ impl Client {
                         "history of {name:?} holds a non-object"
                     )));
                 };
-                out.push(Message {
-                    queue: name.clone(),
-                    body,
-                });
+                out.push(Message::from_history(name.clone(), body));
             }
         }
         Ok(out)

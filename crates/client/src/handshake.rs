@@ -231,10 +231,7 @@ fn exchange(conn: &mut Connection, request: &[u8]) -> Result<ServerFrame, ReadEn
     loop {
         let frame = conn.reader.read(&mut conn.stream)?;
         if !is_reply(&frame, &conn.id) {
-            conn.early.push(Message {
-                queue: frame.queue,
-                body: frame.json,
-            });
+            conn.early.push(Message::from(frame));
             continue;
         }
         // An expired token is left to be read as the reply: the server closes

@@ -16,6 +16,8 @@
 //! - [`ClientConfig`] (`config`): timeouts, reconnect backoff, buffer limits,
 //!   credentials.
 //! - [`Message`] (`message`): a received message and its server stamps.
+//! - [`Position`] (`position`): a message's place in its queue, to resume
+//!   after (docs/protocol.md §10).
 //! - [`ClientError`] (`error`): what can fail, grouped the way callers react.
 //! - `handshake`: connect, welcome, authenticate, and re-subscribe/re-apply
 //!   after a reconnect.
@@ -54,6 +56,7 @@ mod config;
 mod error;
 mod handshake;
 mod message;
+mod position;
 mod reader;
 mod state;
 mod wire;
@@ -62,4 +65,5 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use message::Message;
+pub use position::Position;
 pub use wire::{check_message, check_queue_name};

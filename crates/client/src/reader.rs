@@ -190,10 +190,7 @@ fn deliver(shared: &Shared, frame: ServerFrame) -> bool {
             Err(e) => e.into_inner(),
         };
     }
-    st.inbox.push_back(Message {
-        queue: frame.queue,
-        body: frame.json,
-    });
+    st.inbox.push_back(Message::from(frame));
     drop(st);
     shared.changed.notify_all();
     true
