@@ -40,6 +40,14 @@ impl Message {
         Message::new(queue, body, position)
     }
 
+    /// A delivery parsed from its JSON text, as the reader makes them.
+    #[cfg(test)]
+    pub(crate) fn delivered(queue: String, json: &[u8]) -> Option<Self> {
+        let body: Map<String, Value> = serde_json::from_slice(json).ok()?;
+        let position = Position::of_delivery(json, &body);
+        Some(Message::new(queue, body, position))
+    }
+
     /// The publishing connection's id (`coremq_sender`): publish to it to
     /// answer the sender point-to-point.
     pub fn sender(&self) -> Option<&str> {
@@ -57,14 +65,15 @@ impl Message {
     }
 
     /// Where it stands in its queue (`coremq_sent` and `coremq_server`),
-    /// to resume after.
+    /// to store and resume after with
+    /// [`Client::subscribe_since`](crate::Client::subscribe_since).
     pub fn position(&self) -> Option<&Position> {
         self.position.as_ref()
     }
 
     /// Did the server send it again because a subscribe asked for the
     /// messages after a position (`"coremq_replay": true`)? A replay is
-    /// a message this client had not received.
+    /// a message this client had not received; the client drops any it had.
     pub fn is_replay(&self) -> bool {
         self.body.get(REPLAY) == Some(&Value::Bool(true))
     }

@@ -22,7 +22,8 @@ use std::str::FromStr;
 ///
 /// Its text form, `SENT@SERVER` (e.g. `1796182109.38108@mq1:6747`), is what
 /// [`Display`](fmt::Display) writes and [`FromStr`] reads, for applications
-/// that store positions to resume from them.
+/// that store positions to resume from them with
+/// [`Client::subscribe_since`](crate::Client::subscribe_since).
 ///
 /// ```
 /// use coremq_client::Position;
