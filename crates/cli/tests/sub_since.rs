@@ -37,6 +37,7 @@ fn a_bad_since_is_a_usage_error_before_connecting() {
         "@mq1:6747",
         "yesterday@mq1:6747",
         "-1@mq1:6747",
+        "0@mq1:6747",
         "1,2@mq1:6747",
         "1e999@mq1:6747",
     ] {

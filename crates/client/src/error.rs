@@ -78,7 +78,7 @@ pub enum ClientError {
         /// The protocol's rule that it breaks.
         cause: coremq_protocol::BodyError,
     },
-    /// A position (docs/protocol.md §10) that is not a non-negative time and
+    /// A position (docs/protocol.md §10) that is not a positive time and
     /// a server name; checked before anything is sent, since the time goes
     /// into the request as JSON text.
     #[error("invalid position {text:?}: {reason}")]

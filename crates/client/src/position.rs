@@ -52,7 +52,7 @@ pub struct Position {
 const SEPARATOR: char = '@';
 
 impl Position {
-    /// A position from the time's text (a non-negative JSON number, as in
+    /// A position from the time's text (a positive JSON number, as in
     /// `coremq_sent`) and the server's name. The text is sent back to the
     /// server unchanged.
     pub fn new(sent: &str, server: &str) -> Result<Position, ClientError> {
@@ -65,9 +65,11 @@ impl Position {
                 "the time must be a number of seconds like 1796182109.38108",
             ));
         }
+        // The server refuses a time that no message can have, and with it
+        // the whole subscribe; better said here, before anything is sent.
         let seconds = match sent.parse::<f64>() {
-            Ok(s) if s.is_finite() => s,
-            _ => return Err(bad("the time is out of range")),
+            Ok(s) if s.is_finite() && s > 0.0 => s,
+            _ => return Err(bad("the time must be positive and in range")),
         };
         if server.is_empty() {
             return Err(bad("the server name is empty"));
@@ -125,7 +127,7 @@ impl Position {
     }
 }
 
-/// A non-negative JSON number (RFC 8259 §6 without the minus sign): what
+/// A JSON number without a minus sign (RFC 8259 §6): what
 /// goes into `coremq_since` unquoted must not be able to be anything else.
 fn is_json_number(s: &str) -> bool {
     let b = s.as_bytes();
@@ -225,7 +227,7 @@ mod tests {
         for s in [
             "1796182109.381080@mq1:6747",
             "1796182109.38108@mq1:6747",
-            "0@a",
+            "0.5@a",
             "1796182109@a@b",
             "1.5e9@n",
             "1E+9@n",
@@ -253,6 +255,9 @@ mod tests {
             "NaN@mq1",
             "inf@mq1",
             "1e400@mq1",
+            "0@mq1",
+            "0.0@mq1",
+            "0e5@mq1",
             " 1@mq1",
             "1 @mq1",
             "1,\"x\":2@mq1",
