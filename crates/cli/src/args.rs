@@ -2,6 +2,7 @@
 
 use crate::exit::Failure;
 use clap::{Parser, Subcommand};
+use coremq_client::Position;
 use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -86,11 +87,17 @@ pub enum Command {
     /// until interrupted (Ctrl-C: exit 0), --count messages, or --timeout.
     ///
     /// With --count N, ending by timeout before N messages is exit 4; without
-    /// --count, the timeout is the normal end (exit 0). The connection is
-    /// re-established if it breaks; messages published meanwhile are missed
-    /// (a notice goes to stderr). A queue the server unsubscribes us from
-    /// because the user lost the right to it is reported on stderr too; when
-    /// no queue is left, exit 1.
+    /// --count, the timeout is the normal end (exit 0). Each message carries
+    /// its position: "coremq_sent" and "coremq_server", to give --since as
+    /// SENT@SERVER later.
+    ///
+    /// The connection is re-established if it breaks, and each queue resumes
+    /// after its last message: what was published meanwhile and the server
+    /// still retains arrives with "coremq_replay": true. Where the server
+    /// cannot resume a queue, stderr says "recovered QUEUE: false" (messages
+    /// were missed). A queue the server unsubscribes us from because the user
+    /// lost the right to it is reported on stderr too; when no queue is left,
+    /// exit 1.
     Sub {
         /// Queues to subscribe to.
         #[arg(required = true, num_args = 1..)]
@@ -98,6 +105,13 @@ pub enum Command {
         /// Exit after N messages.
         #[arg(short = 'n', long, value_name = "N")]
         count: Option<u64>,
+        /// Start after this position in every queue given: first the
+        /// retained messages published after it, then live ones. POSITION is
+        /// SENT@SERVER, e.g. 1796182109.38108@mq1:6747 (a message's
+        /// "coremq_sent" and "coremq_server"). Stderr says per queue
+        /// "recovered QUEUE: true", or false when messages were missed.
+        #[arg(long, value_name = "POSITION", value_parser = parse_position)]
+        since: Option<Position>,
     },
     /// Print the recent messages of QUEUE... as JSON lines (as `sub` prints
     /// them), queue by queue, oldest first.
@@ -175,6 +189,10 @@ impl Command {
         }
         Ok(())
     }
+}
+
+fn parse_position(s: &str) -> Result<Position, String> {
+    s.parse::<Position>().map_err(|e| e.to_string())
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {

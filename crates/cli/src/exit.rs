@@ -48,6 +48,7 @@ impl From<ClientError> for Failure {
             | ClientError::TokenExpired => SERVER_ERROR,
             ClientError::Timeout(_) => TIMEOUT,
             ClientError::BadQueueName { .. }
+            | ClientError::BadPosition { .. }
             | ClientError::NotAnObject(_)
             | ClientError::CommandKey(_)
             | ClientError::ReservedOption(_)

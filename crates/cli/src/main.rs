@@ -58,7 +58,17 @@ fn run(args: &Args, user_typed: bool) -> Result<(), Failure> {
     match &args.command {
         Command::Pub { queue, .. } => publish::run(&connect(args)?, queue, message),
         Command::Send { id, .. } => publish::run(&connect(args)?, id, message),
-        Command::Sub { queues, count } => sub::run(&connect(args)?, queues, *count, args.timeout()),
+        Command::Sub {
+            queues,
+            count,
+            since,
+        } => sub::run(
+            &connect(args)?,
+            queues,
+            since.as_ref(),
+            *count,
+            args.timeout(),
+        ),
         Command::History { queues } => history::run(&connect(args)?, queues),
         Command::Status => status::run(&connect(args)?),
         Command::Passwd { stdin } => passwd::run(*stdin),

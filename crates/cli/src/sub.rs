@@ -1,8 +1,10 @@
-//! `sub`: subscribe and print messages as JSON lines until interrupted, a
-//! count or a timeout.
+//! `sub`: subscribe (optionally after a position) and print messages as JSON
+//! lines until interrupted, a count or a timeout; what happens to the
+//! subscriptions — reconnects, resumes that missed messages, revoked
+//! rights — goes to stderr.
 
 use crate::exit::{Failure, SERVER_ERROR, TIMEOUT};
-use coremq_client::{Client, Message};
+use coremq_client::{Client, Gap, Message, Position};
 use serde_json::Value;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,10 +14,12 @@ use std::time::{Duration, Instant};
 /// How often the loop looks at Ctrl-C and reconnects while no message comes.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Subscribes to `queues` and prints what arrives.
+/// Subscribes to `queues` (each after `since`, if given) and prints what
+/// arrives.
 pub fn run(
     client: &Client,
     queues: &[String],
+    since: Option<&Position>,
     count: Option<u64>,
     timeout: Option<Duration>,
 ) -> Result<(), Failure> {
@@ -24,15 +28,23 @@ pub fn run(
         // Without the handler Ctrl-C still ends the process, only not with 0.
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
-    client.subscribe(queues)?;
+    match since {
+        None => client.subscribe(queues)?,
+        Some(pos) => {
+            let positions = queues.iter().map(|q| (q, pos.clone()));
+            let recovered = client.subscribe_since(queues, positions)?;
+            for queue in queues {
+                let ok = recovered.get(queue).copied().unwrap_or(false);
+                eprintln!("coremq-cli: recovered {queue}: {ok}");
+            }
+        }
+    }
     // On stderr, so stdout stays pure JSON lines; scripts and tests can wait for it.
     eprintln!("coremq-cli: subscribed to {}", queues.join(" "));
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut out = Lines::stdout();
     let mut got = 0u64;
-    let mut reconnects = client.reconnects();
-    let mut was_connected = true;
-    let mut revoked = 0;
+    let mut watch = Watch::new(client);
     while count.is_none_or(|n| got < n) {
         if stop.load(Ordering::Relaxed) {
             return Ok(());
@@ -53,28 +65,72 @@ pub fn run(
             }
             None => TICK,
         };
-        if let Some(msg) = client.recv_timeout(wait)? {
+        let msg = client.recv_timeout(wait)?;
+        // Before the message: a gap is recorded before any message behind
+        // it arrives, so a reader of both streams sees the gap first.
+        watch.report(client)?;
+        if let Some(msg) = msg {
             got += 1;
             if !out.print(&msg) {
                 return Ok(());
             }
         }
+    }
+    Ok(())
+}
+
+/// What of the client's state has been told on stderr already.
+struct Watch {
+    was_connected: bool,
+    reconnects: u64,
+    revoked: usize,
+    gaps: usize,
+}
+
+impl Watch {
+    /// Starts after what the subscribe itself reported.
+    fn new(client: &Client) -> Self {
+        Watch {
+            was_connected: true,
+            reconnects: client.reconnects(),
+            revoked: client.revoked().len(),
+            gaps: client.gaps().len(),
+        }
+    }
+
+    /// Tells what changed since the last call. Fails when the server has
+    /// taken every queue away: nothing more can arrive, and waiting on would
+    /// look like a quiet queue.
+    fn report(&mut self, client: &Client) -> Result<(), Failure> {
         let connected = client.is_connected();
-        if connected != was_connected {
-            was_connected = connected;
+        if connected != self.was_connected {
+            self.was_connected = connected;
             if !connected {
                 let why = client.last_error().unwrap_or_default();
                 eprintln!("coremq-cli: {why}; reconnecting");
             }
         }
+        let now = client.reconnects();
+        let gaps = client.gaps();
+        if now != self.reconnects {
+            self.reconnects = now;
+            if gaps.len() == self.gaps {
+                eprintln!("coremq-cli: reconnected; every queue resumed where it left off");
+            } else {
+                eprintln!("coremq-cli: reconnected and subscribed again");
+            }
+        }
+        for gap in gaps.iter().skip(self.gaps) {
+            tell_gap(gap);
+        }
+        self.gaps = gaps.len();
         let lost = client.revoked();
-        if lost.len() != revoked {
-            revoked = lost.len();
+        if lost.len() != self.revoked {
+            self.revoked = lost.len();
             eprintln!(
                 "coremq-cli: unsubscribed by the server (permission revoked): {}",
                 lost.join(" ")
             );
-            // Nothing more can arrive: waiting on would look like a quiet queue.
             if client.subscriptions().is_empty() {
                 return Err(Failure::new(
                     SERVER_ERROR,
@@ -82,15 +138,23 @@ pub fn run(
                 ));
             }
         }
-        let now = client.reconnects();
-        if now != reconnects {
-            reconnects = now;
-            eprintln!(
-                "coremq-cli: reconnected and subscribed again; messages published while disconnected were missed"
-            );
-        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// One line per queue whose messages may have been missed.
+fn tell_gap(gap: &Gap) {
+    match &gap.since {
+        Some(pos) => eprintln!(
+            "coremq-cli: recovered {}: false (messages published after {pos} were missed)",
+            gap.queue
+        ),
+        None => eprintln!(
+            "coremq-cli: recovered {}: false (nothing to resume after yet; \
+             messages published while disconnected may have been missed)",
+            gap.queue
+        ),
+    }
 }
 
 /// JSON lines on stdout, flushed line by line so a pipe sees each message at

@@ -5,15 +5,17 @@ use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::handshake;
 use crate::message::Message;
+use crate::position::Position;
 use crate::reader;
+use crate::resume::{self, subscribe_frame, Gap};
 use crate::state::{Pending, Reply, Shared, State};
 use crate::wire::{
-    check_queue_name, command_frame, publish_frame, GET_HISTORY, OPTIONS, STATUS, SUBSCRIBE,
-    UNSUBSCRIBE,
+    check_queue_name, command_frame, publish_frame, GET_HISTORY, OPTIONS, STATUS, UNSUBSCRIBE,
 };
 use coremq_protocol::{OK_OPTIONS, OK_SENT, OK_SUBSCRIBE, OK_UNSUBSCRIBE};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
 use std::net::{Shutdown, ToSocketAddrs};
@@ -37,13 +39,23 @@ const RESERVED_OPTION: &str = "ack";
 /// When the connection breaks (server restart, network failure, `BYE`), a
 /// background thread reconnects with exponential backoff, subscribes again to
 /// every queue subscribed through this client and sets the options again,
-/// before any new request is sent. What is *not* carried over, as in the
-/// protocol itself (docs/protocol.md):
+/// before any new request is sent.
 ///
-/// - messages published to subscribed queues while the client was
-///   disconnected are **lost** for this client (the server keeps no
-///   per-client backlog); [`history`](Self::history) returns the last few
-///   messages of a queue if a gap matters;
+/// Each queue is resumed after the last of its messages that the client
+/// queued for [`recv`](Self::recv) (docs/protocol.md §10): the server sends
+/// the messages published meanwhile that it still retains, marked
+/// [`is_replay`](Message::is_replay), then the live ones. The client drops any
+/// replay of a message it already delivered, so none arrives twice. Where
+/// the server cannot vouch that nothing was missed — the position is older
+/// than what it retains, it does not know it (a restarted node), it does not
+/// support resuming, or the queue had no position yet because none of its
+/// messages had arrived — a [`Gap`] is recorded in [`gaps`](Self::gaps)
+/// before any message that follows it is queued. So after a reconnect the
+/// application receives every message, or learns from a gap that some may
+/// be lost.
+///
+/// What is *not* carried over:
+///
 /// - the connection id changes (see [`id`](Self::id)): messages sent to the
 ///   old id are lost;
 /// - requests in flight when the connection broke fail with
@@ -68,6 +80,13 @@ const RESERVED_OPTION: &str = "ack";
 /// the queue is no longer re-subscribed and shows up in
 /// [`revoked`](Self::revoked); so does one whose re-subscribe after a
 /// reconnect is refused for lack of permission.
+///
+/// # Positions
+///
+/// [`position`](Self::position) is the position of the last message of a
+/// queue that the application received. An application that must not miss
+/// messages across its own restarts stores it (after handling the message)
+/// and passes it to [`subscribe_since`](Self::subscribe_since) next time.
 ///
 /// Dropping the client closes it and stops the background thread.
 pub struct Client {
@@ -219,7 +238,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let frame = publish_frame(queue, message)?;
         let deadline = Instant::now() + self.timeout();
-        self.send(&move |_| frame.clone(), false, deadline)
+        self.send(&move |_| frame.clone(), false, &[], deadline)
             .map(|_| ())
     }
 
@@ -240,13 +259,72 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let names = names(queues)?;
+        self.subscribe_resuming(names(queues)?, Vec::new())
+            .map(|_| ())
+    }
+
+    /// Subscribes to `queues` and to the queues of `positions`, asking the
+    /// server to send first the messages it retains that were published after
+    /// each given position (docs/protocol.md §10): for an application that
+    /// stored [`position`](Self::position) or [`Message::position`] and
+    /// resumes after a restart. Queues without a position subscribe as
+    /// [`subscribe`](Self::subscribe) does.
+    ///
+    /// Returns, per queue given a position, whether the server resumed from
+    /// it. `false` means messages were missed: the position is older than
+    /// what the server retains, or unknown to it, or the server does not
+    /// support resuming; what it retains is still sent. Each `false` is also
+    /// recorded in [`gaps`](Self::gaps). The resent messages arrive through
+    /// [`recv`](Self::recv) with [`is_replay`](Message::is_replay) set.
+    ///
+    /// ```no_run
+    /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// let stored: coremq_client::Position = "1796182109.38108@mq1:6747".parse()?;
+    /// let recovered = client.subscribe_since(["sport"], [("news", stored)])?;
+    /// if !recovered["news"] {
+    ///     eprintln!("some news was missed");
+    /// }
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn subscribe_since<I, S, P, Q>(
+        &self,
+        queues: I,
+        positions: P,
+    ) -> Result<BTreeMap<String, bool>, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+        P: IntoIterator<Item = (Q, Position)>,
+        Q: AsRef<str>,
+    {
+        let mut names = names(queues)?;
+        let mut since: Vec<(String, Position)> = Vec::new();
+        for (queue, pos) in positions {
+            let queue = queue.as_ref();
+            check_queue_name(queue)?;
+            if !names.iter().any(|n| n == queue) {
+                names.push(queue.to_string());
+            }
+            // The last position given for a queue wins, as in a JSON object.
+            since.retain(|(q, _)| q != queue);
+            since.push((queue.to_string(), pos));
+        }
+        self.subscribe_resuming(names, since)
+    }
+
+    /// Subscribes to `names`, resuming the queues of `since` after their
+    /// positions; returns the `recovered` answer for those.
+    fn subscribe_resuming(
+        &self,
+        names: Vec<String>,
+        since: Vec<(String, Position)>,
+    ) -> Result<BTreeMap<String, bool>, ClientError> {
         if names.is_empty() {
-            return Ok(());
+            return Ok(BTreeMap::new());
         }
         // Remembered before sending: if the connection breaks before the reply,
-        // the reconnect subscribes them anyway.
-        let added: Vec<String> = {
+        // the reconnect subscribes them anyway, from the positions given.
+        let (added, replaced) = {
             let mut st = self.state();
             let new: Vec<String> = names
                 .iter()
@@ -254,17 +332,31 @@ impl Client {
                 .cloned()
                 .collect();
             st.subscriptions.extend(new.iter().cloned());
-            new
+            let replaced: Vec<_> = since
+                .iter()
+                .map(|(q, p)| (q.clone(), st.positions.start_at(q, p)))
+                .collect();
+            (new, replaced)
         };
-        let value = Value::from(names);
-        let result = self.request(
-            move |id| command_frame(id, SUBSCRIBE, value.clone()),
+        let asked = since.clone();
+        let result = self.request_resuming(
+            move |id| subscribe_frame(id, &names, &since),
             Expect::Response(OK_SUBSCRIBE),
+            &asked,
         );
-        if let Err(ClientError::Server(_)) = &result {
-            self.state().subscriptions.retain(|s| !added.contains(s));
+        match result {
+            Ok(reply) => Ok(resume::recovered(&reply, &asked)),
+            Err(e) => {
+                if let ClientError::Server(_) = &e {
+                    let mut st = self.state();
+                    st.subscriptions.retain(|s| !added.contains(s));
+                    for (queue, before) in replaced {
+                        st.positions.restore(&queue, before);
+                    }
+                }
+                Err(e)
+            }
         }
-        result.map(|_| ())
     }
 
     /// Unsubscribes from `queues` (they are no longer re-subscribed).
@@ -277,7 +369,11 @@ impl Client {
         if names.is_empty() {
             return Ok(());
         }
-        self.state().subscriptions.retain(|s| !names.contains(s));
+        {
+            let mut st = self.state();
+            st.subscriptions.retain(|s| !names.contains(s));
+            st.positions.forget(&names);
+        }
         let value = Value::from(names);
         self.request(
             move |id| command_frame(id, UNSUBSCRIBE, value.clone()),
@@ -291,6 +387,27 @@ impl Client {
     /// [`subscriptions`](Self::subscriptions) and are not re-subscribed.
     pub fn revoked(&self) -> Vec<String> {
         self.state().revoked.clone()
+    }
+
+    /// Subscriptions (re-)established without the server vouching that no
+    /// message was missed, oldest first: after a reconnect, each queue that
+    /// the server did not resume (`recovered: false`, or no answer) or that
+    /// had no position to resume from; and each `false` of
+    /// [`subscribe_since`](Self::subscribe_since). A gap is recorded before
+    /// any message that follows it is queued for [`recv`](Self::recv), so an
+    /// application that looks here after each message it receives sees the
+    /// gap no later than the first message after it.
+    pub fn gaps(&self) -> Vec<Gap> {
+        self.state().gaps.clone()
+    }
+
+    /// The position of the last message of `queue` the application received
+    /// (through [`recv`](Self::recv) and its siblings), or the position
+    /// given to [`subscribe_since`](Self::subscribe_since) until one arrives;
+    /// `None` for a queue not subscribed or without either. Store it to
+    /// resume there after a restart.
+    pub fn position(&self, queue: &str) -> Option<Position> {
+        self.state().positions.position(queue)
     }
 
     /// The queues this client is subscribed to (besides its own id).
@@ -392,10 +509,7 @@ impl Client {
                         "history of {name:?} holds a non-object"
                     )));
                 };
-                out.push(Message {
-                    queue: name.clone(),
-                    body,
-                });
+                out.push(Message::from_history(name.clone(), body));
             }
         }
         Ok(out)
@@ -459,6 +573,7 @@ impl Client {
         let mut st = self.state();
         loop {
             if let Some(m) = st.inbox.pop_front() {
+                st.positions.received(&m);
                 drop(st);
                 // The reader may be waiting for room in the inbox.
                 self.shared.changed.notify_all();
@@ -523,8 +638,19 @@ impl Client {
         build: impl Fn(&str) -> Vec<u8>,
         expect: Expect,
     ) -> Result<Map<String, Value>, ClientError> {
+        self.request_resuming(build, expect, &[])
+    }
+
+    /// [`request`](Self::request) for a subscribe that resumes the queues of
+    /// `since` (empty for any other request).
+    fn request_resuming(
+        &self,
+        build: impl Fn(&str) -> Vec<u8>,
+        expect: Expect,
+        since: &[(String, Position)],
+    ) -> Result<Map<String, Value>, ClientError> {
         let deadline = Instant::now() + self.timeout();
-        let rx = self.send(&build, true, deadline)?;
+        let rx = self.send(&build, true, since, deadline)?;
         let Some(rx) = rx else {
             return Err(ClientError::Disconnected);
         };
@@ -558,12 +684,14 @@ impl Client {
     }
 
     /// Writes one request on the live connection (waiting for one until
-    /// `deadline`) and registers it for the next reply. Returns the reply's
-    /// receiver when `want_reply`.
+    /// `deadline`) and registers it for the next reply, with the positions
+    /// of a resuming subscribe. Returns the reply's receiver when
+    /// `want_reply`.
     fn send(
         &self,
         build: &dyn Fn(&str) -> Vec<u8>,
         want_reply: bool,
+        since: &[(String, Position)],
         deadline: Instant,
     ) -> Result<Option<Receiver<Reply>>, ClientError> {
         loop {
@@ -582,7 +710,10 @@ impl Client {
                 } else {
                     (None, None)
                 };
-                live.pending.push_back(Pending { reply: tx });
+                live.pending.push_back(Pending {
+                    reply: tx,
+                    since: since.to_vec(),
+                });
                 rx
             };
             if w.write_all(&bytes).is_err() {

@@ -78,6 +78,16 @@ pub enum ClientError {
         /// The protocol's rule that it breaks.
         cause: coremq_protocol::BodyError,
     },
+    /// A position (docs/protocol.md §10) that is not a positive time and
+    /// a server name; checked before anything is sent, since the time goes
+    /// into the request as JSON text.
+    #[error("invalid position {text:?}: {reason}")]
+    BadPosition {
+        /// The position as given (`SENT@SERVER`).
+        text: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// A message must serialize to a JSON object.
     #[error("a message must be a JSON object, not {0}")]
     NotAnObject(&'static str),

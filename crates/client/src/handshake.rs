@@ -1,7 +1,8 @@
 //! Opening a connection: TCP connect, the welcome frame (connection id and
 //! node name), authentication when the client has credentials, then — after
-//! a reconnect — subscribing again and setting the options again, before any
-//! caller request may use the connection.
+//! a reconnect — subscribing again (resuming after the last position of each
+//! queue that has one) and setting the options again, before any caller
+//! request may use the connection.
 //!
 //! Doing this before the connection is handed to callers keeps the reply
 //! order simple: the handshake's own requests are answered before any
@@ -11,6 +12,8 @@
 use crate::auth::{notice, Credentials, Notice, OK_AUTH, PERMISSION_DENIED};
 use crate::error::ClientError;
 use crate::message::Message;
+use crate::position::Position;
+use crate::resume::{self, subscribe_frame, Gap};
 use crate::state::Shared;
 use crate::wire::{command_frame, FrameReader, ReadEnd, ServerFrame, OPTIONS, SUBSCRIBE};
 use coremq_protocol::{OK_OPTIONS, OK_SENT, OK_SUBSCRIBE, SENDER_KEY, WELCOME};
@@ -31,6 +34,8 @@ pub(crate) struct Connection {
     pub early: Vec<Message>,
     /// Subscriptions the server revoked during the handshake.
     pub revoked: Vec<String>,
+    /// Re-subscribed queues whose messages published meanwhile may be lost.
+    pub gaps: Vec<Gap>,
     /// A re-subscribe or re-apply the server refused; the connection is
     /// still usable, so this is reported rather than fatal.
     pub warning: Option<String>,
@@ -41,13 +46,16 @@ pub(crate) fn is_reply(frame: &ServerFrame, id: &str) -> bool {
     frame.queue == id && !frame.json.contains_key(SENDER_KEY)
 }
 
+/// A queue to subscribe again, and the position to resume after, if any.
+pub(crate) type Resume = (String, Option<Position>);
+
 /// Connects to the first address that answers and runs the handshake,
 /// authenticating with `credentials`, re-subscribing `subscriptions` and
 /// re-setting `options`.
 pub(crate) fn open(
     shared: &Shared,
     credentials: Option<&Credentials>,
-    subscriptions: &[String],
+    subscriptions: &[Resume],
     options: &Map<String, Value>,
 ) -> Result<Connection, ClientError> {
     let config = &shared.config;
@@ -94,7 +102,7 @@ fn handshake(
     shared: &Shared,
     mut stream: TcpStream,
     credentials: Option<&Credentials>,
-    subscriptions: &[String],
+    subscriptions: &[Resume],
     options: &Map<String, Value>,
 ) -> Result<Connection, ClientError> {
     let config = &shared.config;
@@ -151,6 +159,7 @@ fn handshake(
         user: None,
         early: Vec::new(),
         revoked: Vec::new(),
+        gaps: Vec::new(),
         warning: None,
     };
     let _ = conn.stream.set_read_timeout(Some(config.request_timeout));
@@ -193,21 +202,50 @@ fn handshake(
     Ok(conn)
 }
 
-/// Subscribes again to `queues`. A refusal is kept as a warning: the rest of
-/// the session works. The server refuses a list whole when one queue of it is
-/// no longer allowed (the user's rights changed while we were away); then each
-/// queue is tried alone, so that a lost right costs only its own queue, which
-/// is dropped as if the server had revoked it.
-fn resubscribe(conn: &mut Connection, queues: &[String]) -> Result<(), ReadEnd> {
-    let response = reapply(conn, SUBSCRIBE, Value::from(queues.to_vec()))?;
+/// Subscribes again to `queues`, resuming each after its position. A refusal
+/// is kept as a warning: the rest of the session works. The server refuses a
+/// list whole when one queue of it is no longer allowed (the user's rights
+/// changed while we were away); then each queue is tried alone, so that a
+/// lost right costs only its own queue, which is dropped as if the server
+/// had revoked it.
+///
+/// Every queue re-subscribed without the server saying `recovered: true`
+/// is a gap, including one that had no position to resume from: messages
+/// published while the client was away may be lost for it, and the
+/// application is told so rather than left to assume otherwise.
+fn resubscribe(conn: &mut Connection, queues: &[Resume]) -> Result<(), ReadEnd> {
+    let names: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
+    let since: Vec<(String, Position)> = queues
+        .iter()
+        .filter_map(|(q, p)| Some((q.clone(), p.clone()?)))
+        .collect();
+    let reply = exchange(conn, &subscribe_frame(&conn.id, &names, &since))?;
+    let response = reply.response().unwrap_or_default();
     if response == OK_SUBSCRIBE {
+        if !since.is_empty() && !resume::answers_since(&reply.json) {
+            conn.warning = Some(format!(
+                "the server did not answer {} (it may not support resuming): \
+                 messages published while disconnected may be lost",
+                resume::SINCE
+            ));
+        }
+        conn.gaps.extend(
+            queues
+                .iter()
+                .filter(|(_, p)| p.is_none())
+                .map(|(q, _)| Gap {
+                    queue: q.clone(),
+                    since: None,
+                }),
+        );
+        conn.gaps.extend(resume::gaps(&reply.json, &since));
         return Ok(());
     }
     if !response.starts_with(PERMISSION_DENIED) {
         conn.warning = Some(format!("{SUBSCRIBE} after reconnect: {response}"));
         return Ok(());
     }
-    if let [queue] = queues {
+    if let [(queue, _)] = queues {
         conn.revoked.push(queue.clone());
         return Ok(());
     }
@@ -231,10 +269,7 @@ fn exchange(conn: &mut Connection, request: &[u8]) -> Result<ServerFrame, ReadEn
     loop {
         let frame = conn.reader.read(&mut conn.stream)?;
         if !is_reply(&frame, &conn.id) {
-            conn.early.push(Message {
-                queue: frame.queue,
-                body: frame.json,
-            });
+            conn.early.push(Message::from(frame));
             continue;
         }
         // An expired token is left to be read as the reply: the server closes

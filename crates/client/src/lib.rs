@@ -16,6 +16,11 @@
 //! - [`ClientConfig`] (`config`): timeouts, reconnect backoff, buffer limits,
 //!   credentials.
 //! - [`Message`] (`message`): a received message and its server stamps.
+//! - [`Position`] (`position`): a message's place in its queue, to resume
+//!   after (docs/protocol.md §10).
+//! - `resume`: resuming subscriptions after a reconnect — the positions
+//!   kept per queue, the `coremq_since` request, the `recovered` reply and
+//!   its [`Gap`]s, and dropping replays already delivered.
 //! - [`ClientError`] (`error`): what can fail, grouped the way callers react.
 //! - `handshake`: connect, welcome, authenticate, and re-subscribe/re-apply
 //!   after a reconnect.
@@ -41,9 +46,11 @@
 //! # Ok::<(), coremq_client::ClientError>(())
 //! ```
 //!
-//! Messages published while the client is disconnected are lost for it, as
-//! the protocol keeps no per-client backlog; see [`Client`] under
-//! "Reconnection" for exactly what a reconnect carries over.
+//! After a reconnect, each subscription resumes after the last message the
+//! client had queued on it, so messages published meanwhile still arrive
+//! while the server retains them; where it cannot vouch for that, the client
+//! records a [`Gap`]. See [`Client`] under "Reconnection" for exactly what a
+//! reconnect carries over.
 
 #![warn(missing_docs)]
 
@@ -54,7 +61,9 @@ mod config;
 mod error;
 mod handshake;
 mod message;
+mod position;
 mod reader;
+mod resume;
 mod state;
 mod wire;
 
@@ -62,4 +71,6 @@ pub use client::Client;
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use message::Message;
+pub use position::Position;
+pub use resume::Gap;
 pub use wire::{check_message, check_queue_name};

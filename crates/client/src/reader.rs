@@ -1,6 +1,7 @@
 //! The background thread: reads frames, hands replies to the requests that
-//! wait for them and messages to the inbox, and when the connection is lost,
-//! reconnects with backoff (authenticating, re-subscribing and re-applying
+//! wait for them and messages to the inbox (dropping replays of messages
+//! already there or received), and when the connection is lost, reconnects
+//! with backoff (authenticating, resuming subscriptions and re-applying
 //! options through the handshake).
 //!
 //! Credentials that the server refuses on a reconnect, and a token that ran
@@ -13,9 +14,10 @@ use crate::backoff::Backoff;
 use crate::error::ClientError;
 use crate::handshake::{self, is_reply, Connection};
 use crate::message::Message;
+use crate::resume;
 use crate::state::{Fatal, Live, Shared};
 use crate::wire::ServerFrame;
-use coremq_protocol::BYE;
+use coremq_protocol::{BYE, OK_SUBSCRIBE};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,11 +44,16 @@ pub(crate) fn install(shared: &Shared, conn: &mut Connection) -> bool {
         pending: Default::default(),
         generation: st.generation,
     });
-    st.inbox.extend(conn.early.drain(..));
     if let Some(w) = conn.warning.take() {
         st.last_error = Some(w);
     }
     st.revoke(std::mem::take(&mut conn.revoked));
+    // Before the messages: an application that looks at the gaps after each
+    // message it receives learns of a gap before any message that follows it.
+    st.gaps.append(&mut conn.gaps);
+    for msg in conn.early.drain(..) {
+        st.enqueue(msg);
+    }
     drop(st);
     shared.changed.notify_all();
     true
@@ -74,11 +81,12 @@ pub(crate) fn run(shared: Arc<Shared>, mut conn: Connection) {
             let (credentials, subs, options) = {
                 let st = shared.lock();
                 let st = &*st;
-                (
-                    st.credentials.clone(),
-                    st.subscriptions.clone(),
-                    st.options.clone(),
-                )
+                let subs: Vec<handshake::Resume> = st
+                    .subscriptions
+                    .iter()
+                    .map(|q| (q.clone(), st.positions.resume_point(q)))
+                    .collect();
+                (st.credentials.clone(), subs, st.options.clone())
             };
             match handshake::open(&shared, credentials.as_ref(), &subs, &options) {
                 Ok(mut next) => {
@@ -162,22 +170,31 @@ fn reply(shared: &Shared, frame: ServerFrame) {
         .filter(|r| r.starts_with("ERROR"))
         .map(str::to_string);
     match pending {
-        Some(p) => match p.reply {
-            // The caller may have timed out and gone; then the reply is dropped.
-            Some(tx) => drop(tx.try_send(Ok(frame.json))),
-            None => {
-                if let Some(e) = error {
-                    st.last_error = Some(e);
+        Some(p) => {
+            // Recorded here, not by the caller: the replayed messages right
+            // behind this reply must not reach the inbox before their gap.
+            if !p.since.is_empty() && frame.response() == Some(OK_SUBSCRIBE) {
+                let gaps = resume::gaps(&frame.json, &p.since);
+                st.gaps.extend(gaps);
+            }
+            match p.reply {
+                // The caller may have timed out and gone; then the reply is dropped.
+                Some(tx) => drop(tx.try_send(Ok(frame.json))),
+                None => {
+                    if let Some(e) = error {
+                        st.last_error = Some(e);
+                    }
                 }
             }
-        },
+        }
         // Nothing asked: the server's own notice (a slow-consumer cut-off).
         None => st.last_error = error.or(Some(format!("unexpected frame: {:?}", frame.json))),
     }
 }
 
-/// Puts a message in the inbox, waiting while it is full. Returns false if
-/// the client was closed while waiting.
+/// Puts a message in the inbox (unless it is a replay already delivered),
+/// waiting while it is full. Returns false if the client was closed while
+/// waiting.
 fn deliver(shared: &Shared, frame: ServerFrame) -> bool {
     let max = shared.config.max_buffered;
     let mut st = shared.lock();
@@ -190,10 +207,7 @@ fn deliver(shared: &Shared, frame: ServerFrame) -> bool {
             Err(e) => e.into_inner(),
         };
     }
-    st.inbox.push_back(Message {
-        queue: frame.queue,
-        body: frame.json,
-    });
+    st.enqueue(Message::from(frame));
     drop(st);
     shared.changed.notify_all();
     true

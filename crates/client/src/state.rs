@@ -1,6 +1,7 @@
 //! What the caller's threads and the background reader share: the live
 //! connection (if any), the requests waiting for replies, the received
-//! messages, and what must be re-applied after a reconnect.
+//! messages, and what must be re-applied after a reconnect (subscriptions
+//! with the positions to resume them from, options, credentials).
 //!
 //! One mutex guards it all and one condition variable announces every change;
 //! a client has few threads and this keeps the invariants in one place. The
@@ -11,6 +12,8 @@ use crate::auth::Credentials;
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::message::Message;
+use crate::position::Position;
+use crate::resume::{Gap, Positions};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -64,6 +67,12 @@ pub(crate) struct State {
     /// Queues the server unsubscribed us from because the user lost the right
     /// (oldest first); they are no longer re-subscribed.
     pub revoked: Vec<String>,
+    /// How far each subscribed queue has got: where a reconnect resumes it,
+    /// which deliveries are replays, what the application received.
+    pub positions: Positions,
+    /// Subscriptions (re-)established without the server vouching that
+    /// nothing was missed, oldest first.
+    pub gaps: Vec<Gap>,
     /// Why reconnecting stopped for good although it is on: the credentials
     /// no longer work, and retrying them would only hammer the server.
     pub fatal: Option<Fatal>,
@@ -113,6 +122,10 @@ pub(crate) struct Pending {
     /// Where the reply goes; `None` for fire-and-forget publishes, whose OK is
     /// dropped and whose `ERROR:` is kept as `last_error`.
     pub reply: Option<SyncSender<Reply>>,
+    /// For a subscribe with positions: the queues and positions asked, so
+    /// that the reader records the gaps its reply reveals before it reads
+    /// (and queues) the replayed messages that follow the reply.
+    pub since: Vec<(String, Position)>,
 }
 
 impl Shared {
@@ -124,6 +137,14 @@ impl Shared {
 }
 
 impl State {
+    /// Puts a delivered message in the inbox unless it is a replay of one
+    /// already delivered.
+    pub fn enqueue(&mut self, msg: Message) {
+        if self.positions.admit(&msg, &self.subscriptions) {
+            self.inbox.push_back(msg);
+        }
+    }
+
     /// Drops the live connection: its pending requests fail with
     /// [`ClientError::Disconnected`] (their senders are dropped).
     pub fn drop_live(&mut self, why: String) {
@@ -140,6 +161,7 @@ impl State {
             return;
         }
         self.subscriptions.retain(|s| !queues.contains(s));
+        self.positions.forget(&queues);
         self.last_error = Some(format!(
             "unsubscribed by the server, permission revoked: {}",
             queues.join(" ")

@@ -3,6 +3,7 @@
 
 use crate::auth::AUTH;
 use crate::error::ClientError;
+use crate::position::Position;
 use coremq_protocol::{
     decode_frame, encode_frame, escape_non_ascii, parse_message, split_body, validate_queue_name,
     ClientMessage, MAX_QUEUE_NAME_LEN,
@@ -81,7 +82,7 @@ fn message_json<T: Serialize + ?Sized>(message: &T) -> Result<Vec<u8>, ClientErr
 
 /// `+LEN QUEUE JSON` with the JSON made ASCII-only: servers that count
 /// characters (the original Python one) then read the same length as ours.
-fn frame(queue: &str, json: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(queue: &str, json: &[u8]) -> Vec<u8> {
     let mut ascii = Vec::with_capacity(json.len());
     escape_non_ascii(json, &mut ascii);
     let mut out = Vec::new();
@@ -117,6 +118,9 @@ fn kind_of(json: &[u8]) -> &'static str {
 pub(crate) struct ServerFrame {
     pub queue: String,
     pub json: Map<String, Value>,
+    /// A delivery's stamps, read while its text is at hand (see
+    /// [`Position`] for why the text matters).
+    pub position: Option<Position>,
 }
 
 impl ServerFrame {
@@ -198,13 +202,15 @@ impl FrameReader {
             Ok(None) => return Ok(None),
             Err(e) => return Err(ReadEnd::Protocol(e.to_string())),
         };
-        let (queue, json) = split_body(frame.body, MAX_QUEUE_NAME_LEN)
+        let (queue, json_text) = split_body(frame.body, MAX_QUEUE_NAME_LEN)
             .map_err(|e| ReadEnd::Protocol(format!("bad frame from server: {e}")))?;
-        let json: Map<String, Value> = serde_json::from_slice(json)
+        let json: Map<String, Value> = serde_json::from_slice(json_text)
             .map_err(|e| ReadEnd::Protocol(format!("server frame is not a JSON object: {e}")))?;
+        let position = Position::of_delivery(json_text, &json);
         let out = ServerFrame {
             queue: queue.to_string(),
             json,
+            position,
         };
         self.buf.drain(..used);
         Ok(Some(out))

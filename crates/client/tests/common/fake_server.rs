@@ -1,6 +1,7 @@
 //! A scripted stand-in for a CoreMQ server on a real localhost socket, for
 //! what the real broker cannot be made to do on cue (refuse a password,
-//! revoke a subscription, expire a token) or does not do yet. It speaks the
+//! revoke a subscription, expire a token, replay a message twice) or does
+//! not do yet. It speaks the
 //! TCP framing `+LEN QUEUE JSON` (docs/protocol.md §1), sends the welcome,
 //! records every frame each connection sends, and answers as a script says.
 //!
@@ -28,16 +29,31 @@ pub struct Received {
     pub queue: String,
     /// The frame's JSON.
     pub json: Value,
+    /// The frame's JSON text exactly as sent, for what a `Value` would
+    /// rewrite (a number's digits).
+    pub raw: String,
 }
 
 impl Received {
     /// The command key of the frame (`coremq_auth`, `coremq_subscribe`, …),
-    /// or `"publish"`.
+    /// or `"publish"`: the first of the protocol's command keys present, in
+    /// the order the server looks for them (other `coremq_` keys, such as
+    /// `coremq_since`, only qualify a command).
     pub fn kind(&self) -> &str {
-        self.json
-            .as_object()
-            .and_then(|o| o.keys().find(|k| k.starts_with("coremq_")))
-            .map_or("publish", String::as_str)
+        const COMMANDS: [&str; 7] = [
+            "coremq_subscribe",
+            "coremq_unsubscribe",
+            "coremq_options",
+            "coremq_gethistory",
+            "coremq_replicant",
+            "coremq_status",
+            "coremq_auth",
+        ];
+        let obj = self.json.as_object();
+        COMMANDS
+            .into_iter()
+            .find(|k| obj.is_some_and(|o| o.contains_key(*k)))
+            .unwrap_or("publish")
     }
 }
 
@@ -46,6 +62,9 @@ impl Received {
 pub enum Step {
     /// Sends this JSON on the connection's id queue.
     Send(Value),
+    /// Sends a message on `queue`, its JSON text as given (so a test
+    /// chooses the exact digits of `coremq_sent`).
+    Deliver { queue: String, json: String },
     /// Closes the connection.
     Close,
 }
@@ -76,6 +95,17 @@ pub fn ok_reply(frame: &Received) -> Value {
         "coremq_gethistory" => json!({"history": {}}),
         "coremq_status" => json!({"master": true, "server": "fake"}),
         _ => json!({"response": "OK: Message sent"}),
+    }
+}
+
+/// A delivery on `queue` stamped `sent` (JSON number text) by `server`,
+/// with `extra` members (`"k": v, ` text) first.
+pub fn delivery(queue: &str, extra: &str, sent: &str, server: &str) -> Step {
+    Step::Deliver {
+        queue: queue.to_string(),
+        json: format!(
+            r#"{{{extra}"coremq_sender": "fake-publisher", "coremq_sent": {sent}, "coremq_server": "{server}"}}"#
+        ),
     }
 }
 
@@ -157,7 +187,10 @@ fn serve(mut stream: TcpStream, conn: usize, tx: Sender<Received>, script: Arc<S
     }
     let mut buf = Vec::new();
     loop {
-        let Some((queue, json)) = read_frame(&mut stream, &mut buf) else {
+        let Some((queue, raw)) = read_frame(&mut stream, &mut buf) else {
+            return;
+        };
+        let Ok(json) = serde_json::from_str(&raw) else {
             return;
         };
         let received = Received {
@@ -165,6 +198,7 @@ fn serve(mut stream: TcpStream, conn: usize, tx: Sender<Received>, script: Arc<S
             id: id.clone(),
             queue,
             json,
+            raw,
         };
         let steps = script(&received);
         let _ = tx.send(received);
@@ -172,6 +206,11 @@ fn serve(mut stream: TcpStream, conn: usize, tx: Sender<Received>, script: Arc<S
             match step {
                 Step::Send(v) => {
                     if stream.write_all(&frame(&id, &v)).is_err() {
+                        return;
+                    }
+                }
+                Step::Deliver { queue, json } => {
+                    if stream.write_all(&raw_frame(&queue, &json)).is_err() {
                         return;
                     }
                 }
@@ -186,13 +225,18 @@ fn serve(mut stream: TcpStream, conn: usize, tx: Sender<Received>, script: Arc<S
 
 /// `+LEN QUEUE JSON`.
 pub fn frame(queue: &str, json: &Value) -> Vec<u8> {
+    raw_frame(queue, &json.to_string())
+}
+
+/// `+LEN QUEUE JSON` with the JSON text as given.
+pub fn raw_frame(queue: &str, json: &str) -> Vec<u8> {
     let body = format!("{queue} {json}");
     format!("+{} {body}", body.len()).into_bytes()
 }
 
-/// Reads one frame, keeping what follows it in `buf`; `None` at the end of
-/// the stream or on anything malformed.
-fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Value)> {
+/// Reads one frame (its queue and JSON text), keeping what follows it in
+/// `buf`; `None` at the end of the stream or on anything malformed.
+fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
     loop {
         if let Some(space) = buf.iter().position(|&b| b == b' ') {
             let len: usize = std::str::from_utf8(buf.get(1..space)?).ok()?.parse().ok()?;
@@ -200,7 +244,7 @@ fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Valu
                 let body: Vec<u8> = buf.drain(..space + 1 + len).skip(space + 1).collect();
                 let split = body.iter().position(|&b| b == b' ')?;
                 let queue = String::from_utf8(body[..split].to_vec()).ok()?;
-                let json = serde_json::from_slice(&body[split + 1..]).ok()?;
+                let json = String::from_utf8(body[split + 1..].to_vec()).ok()?;
                 return Some((queue, json));
             }
         }
