@@ -310,12 +310,83 @@ fn restart_on_the_same_port(stop: Stop) {
     let m = next_not_lost(&c);
     assert_eq!(unstamped(&m), json!({"after": 2}));
     assert_eq!(m.sender(), Some(new_id.as_str()));
-    // Nothing else arrives; in particular nothing is replayed after the
-    // restart (the protocol keeps no per-client backlog).
+    // Nothing else arrives: the restarted node retains nothing from before,
+    // and says so — the application sees an explicit gap for the queue,
+    // after the last position it had (§10).
     assert_eq!(
         c.recv_timeout(Duration::from_millis(200)).expect("recv"),
         None
     );
+    let gaps = c.gaps();
+    assert!(
+        gaps.iter().any(|g| g.queue == q && g.since.is_some()),
+        "no recovered:false event for {q}: {gaps:?}"
+    );
+}
+
+/// The connection is cut (not the broker) while two publishers keep going:
+/// the client reconnects, resumes after the last message it had, and the
+/// application gets every message exactly once, in order, with no gap.
+#[test]
+fn a_cut_connection_resumes_without_loss_or_duplicates() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let b = Broker::start(BrokerOpts::new(3).set("history_length", "100000"));
+    let proxy = common::proxy::Proxy::start(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        b.addr(),
+    );
+    let config = ClientConfig::default()
+        .request_timeout(REPLY_TIMEOUT)
+        .reconnect_delays(Duration::from_millis(20), Duration::from_millis(100));
+    let c = Client::connect_with(proxy.entry(), config).expect("connect");
+    let q = uniq("lib.resume");
+    c.subscribe([&q]).expect("subscribe");
+    const PER: u64 = 3000;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pubs: Vec<_> = (0..2u64)
+        .map(|p| {
+            let (addr, q, stop) = (b.addr(), q.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut raw = common::Client::connect(addr);
+                for n in 0..PER {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    raw.publish(&q, &json!({"p": p, "n": n}));
+                    if n % 100 == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut next_n = [0u64; 2];
+    let mut cut = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next_n.iter().any(|&n| n < PER) {
+        assert!(Instant::now() < deadline, "stuck at {next_n:?}");
+        if !cut && next_n[0] >= 500 {
+            // Cut it mid-stream, and keep it cut for a while.
+            proxy.partition();
+            std::thread::sleep(Duration::from_millis(300));
+            proxy.heal();
+            cut = true;
+        }
+        let Some(m) = c.recv_timeout(Duration::from_secs(10)).expect("recv") else {
+            continue;
+        };
+        let p = m.body["p"].as_u64().unwrap() as usize;
+        let n = m.body["n"].as_u64().unwrap();
+        assert_eq!(n, next_n[p], "publisher {p}: a gap or a duplicate");
+        next_n[p] += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in pubs {
+        t.join().unwrap();
+    }
+    assert!(cut && c.reconnects() >= 1, "the connection was cut");
+    assert!(c.gaps().is_empty(), "nothing was lost: {:?}", c.gaps());
 }
 
 /// The next message, skipping those sent just before the crash: the stopped
