@@ -335,3 +335,36 @@ fn deliveries_follow_positions(shards: usize) {
 per_shard_count!(deliveries_follow_positions:
     deliveries_follow_positions_1_shard = 1,
     deliveries_follow_positions_4_shards = 4);
+
+/// `history_ttl`: a queue keeps many messages, but none longer than its
+/// ttl; a resume from before an expired one is not recovered.
+#[test]
+fn history_ttl_limits_what_a_resume_can_recover() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("queue_history", "ttl.*:10000")
+            .set("history_ttl", "ttl.*:1"),
+    );
+    let q = uniq("ttl.");
+    let keep = uniq("kept");
+    let mut p = b.client();
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    p.publish(&q, &json!({"n": 0}));
+    let first = position(&s.recv_msg().json);
+    for n in 1..=3 {
+        p.publish(&q, &json!({ "n": n }));
+        p.publish(&keep, &json!({ "n": n }));
+    }
+    assert_eq!(p.history(&[&q])[&q].as_array().unwrap().len(), 4);
+    // Past the ttl: the history of ttl.* is empty, other queues keep theirs.
+    std::thread::sleep(Duration::from_millis(1500));
+    let h = p.history(&[&q, &keep]);
+    assert!(h.get(&q).is_none(), "expired: {h:?}");
+    assert_eq!(h[&keep].as_array().unwrap().len(), 3);
+    drop(s);
+    let mut s = b.client();
+    let reply = resume(&mut s, &q, first);
+    assert_eq!(reply["recovered"], json!({q.clone(): false}));
+    s.assert_no_msg(Duration::from_millis(200));
+}

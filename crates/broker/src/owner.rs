@@ -58,11 +58,12 @@ impl Owner {
     pub(crate) fn new(id: usize, shards: usize, cfg: Rc<MqConfig>) -> Owner {
         let replicate = !cfg.cluster_nodes.is_empty() || !cfg.allowed_replicants.is_empty();
         let budget = cfg.history_memory / shards.max(1);
+        let table = QueueTable::with_budget(budget).with_ttl(cfg.history_ttl.clone());
         Owner {
             id,
             cfg,
             replicate,
-            queues: RefCell::new(QueueTable::with_budget(budget)),
+            queues: RefCell::new(table),
         }
     }
 

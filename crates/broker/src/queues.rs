@@ -40,6 +40,8 @@ pub(crate) struct QueueState {
     /// The newest message that left the history (window, memory): a resume
     /// from before it has missed messages (§10).
     dropped: Option<MsgKey>,
+    /// How long a message stays in the history, in µs (0: no limit).
+    ttl_us: u64,
     /// The newest position stored or delivered here: a message of this node
     /// must not be delivered after one with a later position, or a client
     /// resuming from the last position it got would miss it (§10).
@@ -95,6 +97,8 @@ pub(crate) struct QueueTable {
     stored: u64,
     /// Messages dropped from history to stay within the budget.
     evictions: u64,
+    /// `history_ttl`: how long each queue keeps its messages.
+    ttl: Vec<coremq_config::HistoryTtlRule>,
 }
 
 impl Default for QueueTable {
@@ -107,6 +111,14 @@ impl Default for QueueTable {
 /// with the ring).
 pub(crate) fn held_bytes(frame: &MsgFrame) -> usize {
     frame.bytes().allocated()
+}
+
+/// A new queue's `history_ttl` in µs (0: none), from the rules.
+fn ttl_us_for(rules: &[coremq_config::HistoryTtlRule], queue: &str) -> u64 {
+    rules
+        .iter()
+        .find(|rule| rule.matches(queue))
+        .map_or(0, |rule| rule.ttl.as_micros() as u64)
 }
 
 /// Slots a ring grows by at most when a message is added, for rings of up to
@@ -129,7 +141,29 @@ impl QueueTable {
             budget,
             stored: 0,
             evictions: 0,
+            ttl: Vec::new(),
         }
+    }
+
+    /// The same table, with messages leaving each queue's history after its
+    /// `history_ttl`.
+    pub(crate) fn with_ttl(mut self, ttl: Vec<coremq_config::HistoryTtlRule>) -> QueueTable {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Drops the messages of `q` that outlived its `history_ttl` (on each
+    /// publish to it; reads skip them in the meantime).
+    fn expire(q: &mut QueueState, name_len: usize, now_us: u64) -> (u64, usize, usize) {
+        let (before, cost_before) = (q.history.len(), q.cost(name_len));
+        while q.front_expired(now_us) {
+            if let Some(old) = q.history.pop_front() {
+                q.frame_bytes -= held_bytes(&old);
+                q.note_dropped(Some(old.key()));
+            }
+        }
+        let gone = (before - q.history.len()) as u64;
+        (gone, cost_before, q.cost(name_len))
     }
 
     /// Stores `frame` in its queue's history (when the queue keeps any), in
@@ -153,12 +187,19 @@ impl QueueTable {
         if self.history_bytes.saturating_add(most) > self.budget {
             self.evict();
         }
+        let rules = &self.ttl;
         let q = self.queues.get_or_try_insert_with(frame.hash(), name, || {
             // No subscribers (else it would exist) and no history to keep:
             // nothing to create.
             let cap = cap_for(name);
-            (cap > 0).then(|| QueueState::new(cap, false, frame.key()))
+            (cap > 0).then(|| QueueState::new(cap, false, frame.key(), ttl_us_for(rules, name)))
         })?;
+        if q.ttl_us > 0 {
+            let (gone, cost_before, cost_after) =
+                Self::expire(q, name.len(), crate::clock::unix_now_us());
+            self.history_messages -= gone;
+            self.history_bytes -= cost_before - cost_after;
+        }
         if in_order && frame.key() < q.newest {
             return Some((Stored::Behind(q.newest), q));
         }
@@ -216,10 +257,11 @@ impl QueueTable {
         now: MsgKey,
         cap_for: impl Fn(&str) -> usize,
     ) {
+        let rules = &self.ttl;
         let q = self
             .queues
             .get_or_insert_with(queue_hash(queue), queue, || {
-                QueueState::new(cap_for(queue), own_id, now)
+                QueueState::new(cap_for(queue), own_id, now, ttl_us_for(rules, queue))
             });
         q.own_id |= own_id;
         match q.homes.iter_mut().find(|(s, _)| *s as usize == home) {
@@ -258,16 +300,21 @@ impl QueueTable {
         let Some(q) = self.queues.get(queue_hash(queue), queue) else {
             return (false, Vec::new());
         };
-        let complete = since >= q.born && q.dropped.is_none_or(|d| since >= d);
-        let after = q.history.partition_point(|f| f.key() <= since);
+        // Messages past their history_ttl count as gone, kept or not yet.
+        let alive = q.first_alive(crate::clock::unix_now_us());
+        let expired = alive.checked_sub(1).map(|i| q.history[i].key());
+        let dropped = q.dropped.max(expired);
+        let complete = since >= q.born && dropped.is_none_or(|d| since >= d);
+        let after = q.history.partition_point(|f| f.key() <= since).max(alive);
         (complete, q.history.range(after..).cloned().collect())
     }
 
     /// The history of `queue`, oldest first (empty when it has none).
     pub(crate) fn history(&self, queue: &str) -> Vec<MsgFrame> {
+        let now = crate::clock::unix_now_us();
         self.queues
             .get(queue_hash(queue), queue)
-            .map(|q| q.history.iter().cloned().collect())
+            .map(|q| q.history.range(q.first_alive(now)..).cloned().collect())
             .unwrap_or_default()
     }
 
@@ -279,7 +326,10 @@ impl QueueTable {
             .filter(|(name, q)| {
                 !q.own_id && !q.history.is_empty() && !crate::consts::is_reserved(name)
             })
-            .map(|(name, q)| (name.clone(), q.history.iter().cloned().collect()))
+            .map(|(name, q)| {
+                let alive = q.first_alive(crate::clock::unix_now_us());
+                (name.clone(), q.history.range(alive..).cloned().collect())
+            })
             .collect()
     }
 
@@ -306,13 +356,14 @@ impl QueueTable {
         let q = if on {
             // A remote stall may concern a queue this node holds no state
             // for yet: its publishers must be held all the same.
+            let rules = &self.ttl;
             self.queues.get_or_insert_with(hash, queue, || {
                 // Known from now on, as far as a resume can tell.
                 let now = MsgKey {
                     sent_us: crate::clock::unix_now_us(),
                     origin: 0,
                 };
-                QueueState::new(cap_for(queue), false, now)
+                QueueState::new(cap_for(queue), false, now, ttl_us_for(rules, queue))
             })
         } else {
             match self.queues.get_mut(hash, queue) {
@@ -388,7 +439,7 @@ pub(crate) enum Stored {
 }
 
 impl QueueState {
-    fn new(cap: usize, own_id: bool, born: MsgKey) -> Self {
+    fn new(cap: usize, own_id: bool, born: MsgKey, ttl_us: u64) -> Self {
         QueueState {
             // Grown on demand: a ring reserved up front is memory that
             // `history_memory` would not see (16 slots were 768 bytes per
@@ -405,7 +456,27 @@ impl QueueState {
             born,
             dropped: None,
             newest: MsgKey::default(),
+            ttl_us,
         }
+    }
+
+    /// Whether the oldest retained message has outlived the queue's
+    /// `history_ttl` at `now_us`.
+    fn front_expired(&self, now_us: u64) -> bool {
+        self.ttl_us > 0
+            && self
+                .history
+                .front()
+                .is_some_and(|f| f.key().sent_us.saturating_add(self.ttl_us) < now_us)
+    }
+
+    /// The first retained message that has not outlived `history_ttl`.
+    fn first_alive(&self, now_us: u64) -> usize {
+        if self.ttl_us == 0 {
+            return 0;
+        }
+        let cutoff = now_us.saturating_sub(self.ttl_us);
+        self.history.partition_point(|f| f.key().sent_us < cutoff)
     }
 
     /// Remembers that messages up to `key` left the history.

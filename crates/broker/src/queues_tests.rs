@@ -258,3 +258,46 @@ fn resume_after_memory_eviction_is_incomplete() {
     assert!(complete && after.is_empty());
     assert!(!t.resume("fresh", MsgKey::default()).0);
 }
+
+#[test]
+fn history_ttl_drops_old_messages_and_resume_says_so() {
+    let rule = coremq_config::HistoryTtlRule {
+        pattern: "t.*".into(),
+        ttl: std::time::Duration::from_secs(60),
+    };
+    let mut t = QueueTable::default().with_ttl(vec![rule]);
+    let now = crate::clock::unix_now_us();
+    let at = |q: &str, sent_us: u64| {
+        let key = MsgKey { sent_us, origin: 7 };
+        MsgFrame::new(q, format!("{{\"at\":{sent_us}}}").as_bytes(), key)
+    };
+    let old = now - 120_000_000;
+    for q in ["t.a", "other"] {
+        t.publish(&at(q, old), false, |_| 10);
+        t.publish(&at(q, now), false, |_| 10);
+    }
+    // t.a keeps a minute; `other` has no ttl.
+    assert_eq!(t.history("t.a").len(), 1);
+    assert_eq!(t.history("other").len(), 2);
+    assert_eq!(
+        t.history_messages(),
+        3,
+        "the expired one left on the next publish"
+    );
+    // A position before the expired message: it was lost.
+    let before = MsgKey {
+        sent_us: old - 1,
+        origin: 7,
+    };
+    let (complete, after) = t.resume("t.a", before);
+    assert!(!complete, "an expired message after the position was lost");
+    assert_eq!(after.len(), 1);
+    // At the expired message itself: the client has it, nothing was lost.
+    let at_old = MsgKey {
+        sent_us: old,
+        origin: 7,
+    };
+    assert!(t.resume("t.a", at_old).0);
+    // Without a ttl nothing left `other` after its first message.
+    assert!(t.resume("other", at_old).0);
+}

@@ -42,7 +42,7 @@ use std::path::Path;
 pub use error::{ConfigError, Origin};
 pub use log::{LogLevel, LogTarget};
 pub use mq::MqConfig;
-pub use pattern::{glob_match, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
+pub use pattern::{glob_match, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 pub use ws::WsConfig;
 
 use document::{Document, EnvLookup, SectionSpec};

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::document::{Section, SectionSpec};
 use crate::error::ConfigError;
 use crate::log::{LogLevel, LogTarget};
-use crate::pattern::{self, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
+use crate::pattern::{self, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 use crate::{size, value};
 
 /// Keys of `[CoreMQ]`, in coremq.conf order (also the order error messages list them in).
@@ -47,6 +47,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "max_json_depth",
         "history_length",
         "queue_history",
+        "history_ttl",
         "history_memory",
         "shutdown_timeout",
     ],
@@ -178,6 +179,10 @@ pub struct MqConfig {
     pub history_length: usize,
     /// Per-queue history lengths; the first rule whose pattern matches wins.
     pub queue_history: Vec<QueueHistoryRule>,
+    /// How long messages stay in a queue's history, per pattern (first match
+    /// wins; none or 0: as long as the length allows), so that a queue can
+    /// keep many messages for recovery without keeping old ones forever.
+    pub history_ttl: Vec<HistoryTtlRule>,
     /// Bytes of stored history the node may hold (split evenly between its
     /// shards); past it, the least recently published-to queues lose their
     /// history first, so no stream of publishes can exhaust memory.
@@ -194,6 +199,16 @@ impl MqConfig {
             .iter()
             .find(|rule| rule.matches(queue))
             .map_or(SlowConsumerPolicy::Block, |rule| rule.policy)
+    }
+
+    /// How long `queue` keeps a message of history: the first matching
+    /// `history_ttl` rule; `None` for no limit.
+    pub fn history_ttl_for(&self, queue: &str) -> Option<Duration> {
+        self.history_ttl
+            .iter()
+            .find(|rule| rule.matches(queue))
+            .map(|rule| rule.ttl)
+            .filter(|ttl| !ttl.is_zero())
     }
 
     /// History length for `queue`: the first matching `queue_history` rule,
@@ -279,6 +294,7 @@ impl MqConfig {
             value::count(t, 0, pattern::MAX_HISTORY, "a number of messages")
         })?;
         s.set(&mut c.queue_history, "queue_history", pattern::parse_rules)?;
+        s.set(&mut c.history_ttl, "history_ttl", pattern::parse_ttl_rules)?;
         s.set(&mut c.history_memory, "history_memory", |t| {
             size::parse(t, MIN_HISTORY_MEMORY, MAX_PENDING)
         })?;
@@ -332,6 +348,7 @@ impl Default for MqConfig {
             max_json_depth: 64,
             history_length: 10,
             queue_history: Vec::new(),
+            history_ttl: Vec::new(),
             history_memory: 1 << 30,
             shutdown_timeout: Duration::from_secs(5),
         }
@@ -371,6 +388,7 @@ impl fmt::Debug for MqConfig {
             max_json_depth,
             history_length,
             queue_history,
+            history_ttl,
             history_memory,
             shutdown_timeout,
         } = self;
@@ -406,6 +424,7 @@ impl fmt::Debug for MqConfig {
             .field("max_json_depth", max_json_depth)
             .field("history_length", history_length)
             .field("queue_history", queue_history)
+            .field("history_ttl", history_ttl)
             .field("history_memory", history_memory)
             .field("shutdown_timeout", shutdown_timeout)
             .finish()

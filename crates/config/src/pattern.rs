@@ -139,6 +139,52 @@ fn char_len(lead: u8) -> usize {
     }
 }
 
+/// One entry of `history_ttl`: matching queues keep a message of history at
+/// most `ttl` (zero: as long as `history_length` allows).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryTtlRule {
+    /// Glob over the queue name, as in [`QueueHistoryRule`].
+    pub pattern: String,
+    /// How long a message stays in the history.
+    pub ttl: std::time::Duration,
+}
+
+impl HistoryTtlRule {
+    /// Whether `queue` matches this rule's pattern.
+    pub fn matches(&self, queue: &str) -> bool {
+        glob_match(&self.pattern, queue)
+    }
+}
+
+/// Longest `history_ttl` accepted: a week (history is memory).
+const MAX_TTL_SECS: usize = 7 * 24 * 3600;
+
+/// Parses `history_ttl`: `SECONDS` for every queue, or comma-separated
+/// `PATTERN:SECONDS` (first match wins), in order.
+pub(crate) fn parse_ttl_rules(text: &str) -> Result<Vec<HistoryTtlRule>, String> {
+    value::list(text)
+        .map(|entry| {
+            let bad = |why: &str| {
+                format!(
+                    "entry \"{entry}\" {why} (expected SECONDS, or comma-separated \
+                     PATTERN:SECONDS with SECONDS 0-{MAX_TTL_SECS}, e.g. chat.*:300, audit:0)"
+                )
+            };
+            let (pattern, secs) = entry.rsplit_once(':').unwrap_or(("*", entry));
+            let pattern = pattern.trim();
+            if pattern.is_empty() || pattern.bytes().any(|b| b.is_ascii_whitespace()) {
+                return Err(bad("has an empty pattern or one with spaces"));
+            }
+            let secs = value::count(secs.trim(), 0, MAX_TTL_SECS, "")
+                .map_err(|_| bad("has a bad number of seconds"))?;
+            Ok(HistoryTtlRule {
+                pattern: pattern.to_owned(),
+                ttl: std::time::Duration::from_secs(secs as u64),
+            })
+        })
+        .collect()
+}
+
 /// Parses `queue_history`: comma-separated `PATTERN:LENGTH`, in order.
 pub(crate) fn parse_rules(text: &str) -> Result<Vec<QueueHistoryRule>, String> {
     value::list(text)
@@ -164,6 +210,30 @@ pub(crate) fn parse_rules(text: &str) -> Result<Vec<QueueHistoryRule>, String> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ttl_rules_parse_and_refuse() {
+        let rules = parse_ttl_rules("300").unwrap();
+        assert_eq!(
+            rules,
+            [HistoryTtlRule {
+                pattern: "*".into(),
+                ttl: Duration::from_secs(300)
+            }]
+        );
+        let rules = parse_ttl_rules("chat.*:60, audit:0").unwrap();
+        assert!(rules[0].matches("chat.x") && !rules[0].matches("audit"));
+        assert_eq!(rules[1].ttl, Duration::ZERO);
+        for bad in ["x", "chat.*:", ":5", "a b:5", "chat:-1", "chat:999999999"] {
+            assert!(parse_ttl_rules(bad).is_err(), "{bad}");
+        }
+    }
 }
 
 #[cfg(test)]

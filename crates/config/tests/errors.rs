@@ -182,7 +182,7 @@ fn unknown_keys_and_sections_are_errors() {
          log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, users_file, \
          jwt_secret_file, jwt_public_key_file, auth_timeout, shards, idle_spin, \
          io_poll_interval, max_message_size, max_pending, slow_consumer_policy, max_stall, max_connections, max_queue_name_length, \
-         max_list_length, max_subscriptions, max_json_depth, history_length, queue_history, history_memory, shutdown_timeout)"
+         max_list_length, max_subscriptions, max_json_depth, history_length, queue_history, history_ttl, history_memory, shutdown_timeout)"
     );
     assert_eq!(
         err("[CoreWS]\norigins = x\n"),
