@@ -368,3 +368,66 @@ fn history_ttl_limits_what_a_resume_can_recover() {
     assert_eq!(reply["recovered"], json!({q.clone(): false}));
     s.assert_no_msg(Duration::from_millis(200));
 }
+
+/// In a cluster another node's message can arrive after a later one of this
+/// node: with a position per server (`coremq_since` lists one per
+/// `coremq_server`) the resume still sends it.
+#[test]
+fn a_late_message_from_another_node_is_resumed_with_per_server_positions() {
+    let mut spec = Spec {
+        history_length: Some(100),
+        ..Spec::new(1)
+    };
+    spec.proxy = true; // the n1–n2 link goes through it
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("late");
+    // n1 dials n2 through the proxy: n1's messages reach n2 over it.
+    let mut s = cl.nodes[1].client();
+    s.subscribe(&[&q]);
+    let (mut on1, mut on2) = (cl.nodes[1].client(), cl.nodes[0].client());
+    on2.publish(&q, &json!({"m": "b0"}));
+    let b0 = s.recv_msg().json;
+    on1.publish(&q, &json!({"m": "a0"}));
+    s.recv_msg();
+    // n1's next message is held on the link while n2 goes on.
+    cl.proxy.as_ref().unwrap().stall();
+    on2.publish(&q, &json!({"m": "b1"}));
+    std::thread::sleep(Duration::from_millis(50));
+    on1.publish(&q, &json!({"m": "a1"}));
+    let a1 = s.recv_msg().json;
+    assert_eq!(a1["m"], json!("a1"));
+    drop(s);
+    cl.proxy.as_ref().unwrap().resume();
+    // b1 reaches n2 now, stamped before a1.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = on1.history(&[&q]);
+        if h[&q]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["m"] == json!("b1"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b1 never reached n2");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // One position (the last message got): b1 is before it, skipped.
+    let mut c = cl.nodes[1].client();
+    let reply = resume(&mut c, &q, position(&a1));
+    assert_eq!(reply["recovered"], json!({q.clone(): true}));
+    c.assert_no_msg(Duration::from_millis(200));
+    // A position per server: b1 comes, and nothing the client had.
+    let mut c = cl.nodes[1].client();
+    let reply = resume(&mut c, &q, json!([position(&a1), position(&b0)]));
+    assert_eq!(reply["recovered"], json!({q.clone(): true}));
+    let m = c.recv_msg();
+    assert_eq!(
+        (&m.json["m"], &m.json["coremq_replay"]),
+        (&json!("b1"), &json!(true))
+    );
+    c.assert_no_msg(Duration::from_millis(200));
+    cl.assert_alive();
+}

@@ -248,6 +248,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, inner: Arc<Inner>) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                // A read that was already waiting when stall() came must not
+                // slip its bytes through either.
+                while inner.stalled.load(Ordering::SeqCst) && !inner.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }

@@ -125,9 +125,35 @@ pub(crate) struct Subscription {
     pub seq: Option<u32>,
     /// The connection's own id queue (dropped with the connection).
     pub own_id: bool,
-    /// Resume after this position (§10): the owner sends what it retains
-    /// after it in the same step that registers the subscriber.
-    pub since: Option<MsgKey>,
+    /// Resume after these positions (§10): the owner sends what it retains
+    /// after them in the same step that registers the subscriber.
+    pub since: Option<Box<Since>>,
+}
+
+/// Where a resuming subscriber got to: per origin server, the last position
+/// it has; messages of other servers count from the earliest of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Since {
+    /// The earliest listed position.
+    pub floor: MsgKey,
+    /// (origin, position) per listed server.
+    pub servers: Vec<MsgKey>,
+}
+
+impl Since {
+    /// Positions as keys (one per server, at least one).
+    pub(crate) fn new(servers: Vec<MsgKey>) -> Since {
+        let floor = servers.iter().copied().min().unwrap_or_default();
+        Since { floor, servers }
+    }
+
+    /// Whether a message at `key` comes after where the subscriber got to.
+    pub(crate) fn is_after(&self, key: MsgKey) -> bool {
+        match self.servers.iter().find(|s| s.origin == key.origin) {
+            Some(s) => key > *s,
+            None => key > self.floor,
+        }
+    }
 }
 
 /// The owner's answer to a resuming subscriber (§10).

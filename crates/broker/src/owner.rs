@@ -144,7 +144,7 @@ impl Owner {
         // Read before registering: a queue this node did not know is an
         // unknown position, even though the subscription creates it now.
         let resumed = since.map(|since| {
-            let (complete, frames) = table.resume(&queue, since);
+            let (complete, frames) = table.resume(&queue, &since);
             Box::new(Resumed { complete, frames })
         });
         let now = MsgKey {

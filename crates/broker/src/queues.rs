@@ -6,7 +6,7 @@
 //! publish costs the owner one delivery per home shard with subscribers, however
 //! many subscribers there are.
 
-use crate::msg::{ConnKey, MsgFrame, MsgKey};
+use crate::msg::{ConnKey, MsgFrame, MsgKey, Since};
 use crate::names::NameMap;
 use crate::router::queue_hash;
 use std::collections::VecDeque;
@@ -296,7 +296,7 @@ impl QueueTable {
     /// For a subscriber resuming after `since` (§10): whether nothing after
     /// it has been lost here, and the retained messages after it, oldest
     /// first. A queue this node does not know cannot promise anything.
-    pub(crate) fn resume(&self, queue: &str, since: MsgKey) -> (bool, Vec<MsgFrame>) {
+    pub(crate) fn resume(&self, queue: &str, since: &Since) -> (bool, Vec<MsgFrame>) {
         let Some(q) = self.queues.get(queue_hash(queue), queue) else {
             return (false, Vec::new());
         };
@@ -304,9 +304,16 @@ impl QueueTable {
         let alive = q.first_alive(crate::clock::unix_now_us());
         let expired = alive.checked_sub(1).map(|i| q.history[i].key());
         let dropped = q.dropped.max(expired);
-        let complete = since >= q.born && dropped.is_none_or(|d| since >= d);
-        let after = q.history.partition_point(|f| f.key() <= since).max(alive);
-        (complete, q.history.range(after..).cloned().collect())
+        let floor = since.floor;
+        let complete = floor >= q.born && dropped.is_none_or(|d| floor >= d);
+        let from = q.history.partition_point(|f| f.key() <= floor).max(alive);
+        let after = q
+            .history
+            .range(from..)
+            .filter(|f| since.is_after(f.key()))
+            .cloned()
+            .collect();
+        (complete, after)
     }
 
     /// The history of `queue`, oldest first (empty when it has none).

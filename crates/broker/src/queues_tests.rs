@@ -204,6 +204,11 @@ fn plain_queue_keeps_history_after_last_subscriber() {
     assert_eq!(t.history("q").len(), 1);
 }
 
+/// Resuming after one position.
+fn one(key: MsgKey) -> Since {
+    Since::new(vec![key])
+}
+
 /// The key of `frame(_, n)`.
 fn key(n: u32) -> MsgKey {
     MsgKey {
@@ -216,30 +221,30 @@ fn key(n: u32) -> MsgKey {
 fn resume_sends_what_follows_and_says_whether_anything_was_lost() {
     let mut t = QueueTable::default();
     // Unknown queue: nothing promised.
-    let (complete, after) = t.resume("q", key(0));
+    let (complete, after) = t.resume("q", &one(key(0)));
     assert!(!complete && after.is_empty());
     for n in 1..=15 {
         t.publish(&frame("q", n), false, |_| 10);
     }
     // 1..=5 left the window of 10: positions from 5 on lost nothing.
     let ns = |v: Vec<MsgFrame>| -> Vec<u64> { v.iter().map(|f| f.key().sent_us - 1000).collect() };
-    let (complete, after) = t.resume("q", key(5));
+    let (complete, after) = t.resume("q", &one(key(5)));
     assert!(complete);
     assert_eq!(ns(after), (6..=15).collect::<Vec<_>>());
-    let (complete, after) = t.resume("q", key(12));
+    let (complete, after) = t.resume("q", &one(key(12)));
     assert!(complete);
     assert_eq!(ns(after), [13, 14, 15]);
-    let (complete, after) = t.resume("q", key(15));
+    let (complete, after) = t.resume("q", &one(key(15)));
     assert!(complete && after.is_empty());
     // Before the window: lost messages, the retained ones still sent.
-    let (complete, after) = t.resume("q", key(4));
+    let (complete, after) = t.resume("q", &one(key(4)));
     assert!(!complete);
     assert_eq!(after.len(), 10);
     // Before this node knew the queue (born at message 1).
-    assert!(!t.resume("q", key(0)).0);
+    assert!(!t.resume("q", &one(key(0))).0);
     // A message older than the window counts as lost too.
     t.publish(&frame("q", 5), false, |_| 10);
-    assert!(t.resume("q", key(5)).0);
+    assert!(t.resume("q", &one(key(5))).0);
 }
 
 #[test]
@@ -250,13 +255,13 @@ fn resume_after_memory_eviction_is_incomplete() {
         t.publish(&frame("q", n), false, |_| 100);
     }
     assert!(t.evictions() > 0, "the budget evicted");
-    assert!(!t.resume("q", key(1)).0);
+    assert!(!t.resume("q", &one(key(1))).0);
     // A subscriber-created queue with nothing lost: complete from its birth.
     let mut t = QueueTable::default();
     t.subscribe("fresh", 0, false, key(0), |_| 10);
-    let (complete, after) = t.resume("fresh", key(0));
+    let (complete, after) = t.resume("fresh", &one(key(0)));
     assert!(complete && after.is_empty());
-    assert!(!t.resume("fresh", MsgKey::default()).0);
+    assert!(!t.resume("fresh", &one(MsgKey::default())).0);
 }
 
 #[test]
@@ -289,7 +294,7 @@ fn history_ttl_drops_old_messages_and_resume_says_so() {
         sent_us: old - 1,
         origin: 7,
     };
-    let (complete, after) = t.resume("t.a", before);
+    let (complete, after) = t.resume("t.a", &one(before));
     assert!(!complete, "an expired message after the position was lost");
     assert_eq!(after.len(), 1);
     // At the expired message itself: the client has it, nothing was lost.
@@ -297,7 +302,56 @@ fn history_ttl_drops_old_messages_and_resume_says_so() {
         sent_us: old,
         origin: 7,
     };
-    assert!(t.resume("t.a", at_old).0);
+    assert!(t.resume("t.a", &one(at_old)).0);
     // Without a ttl nothing left `other` after its first message.
-    assert!(t.resume("other", at_old).0);
+    assert!(t.resume("other", &one(at_old)).0);
+}
+
+/// In a cluster, another node's message stamped before the last one a
+/// client got can arrive after it: with a position per server the resume
+/// still sends it, and only what the client has not seen.
+#[test]
+fn resume_with_a_position_per_server() {
+    let mut t = QueueTable::default();
+    let from = |origin: u64, n: u32| {
+        let key = MsgKey {
+            sent_us: 1000 + u64::from(n),
+            origin,
+        };
+        MsgFrame::new("q", format!("{{\"o\":{origin},\"n\":{n}}}").as_bytes(), key)
+    };
+    // Server 1's messages 1..=5, server 2's 2 and 4 (arriving late).
+    for n in 1..=5 {
+        t.publish(&from(1, n), false, |_| 100);
+    }
+    t.publish(&from(2, 2), false, |_| 100);
+    t.publish(&from(2, 4), false, |_| 100);
+    // The client got server 1 up to 5, and server 2 up to 2.
+    let since = Since::new(vec![
+        MsgKey {
+            sent_us: 1005,
+            origin: 1,
+        },
+        MsgKey {
+            sent_us: 1002,
+            origin: 2,
+        },
+    ]);
+    let (complete, after) = t.resume("q", &since);
+    assert!(complete);
+    let got: Vec<(u64, u64)> = after
+        .iter()
+        .map(|f| (f.key().origin, f.key().sent_us - 1000))
+        .collect();
+    assert_eq!(got, [(2, 4)], "only server 2's message the client lacks");
+    // With only server 1's position, the late one is skipped: the gap the
+    // list form closes.
+    let (_, after) = t.resume(
+        "q",
+        &one(MsgKey {
+            sent_us: 1005,
+            origin: 1,
+        }),
+    );
+    assert!(after.is_empty());
 }

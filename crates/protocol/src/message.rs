@@ -20,7 +20,7 @@ pub enum ClientMessage<'a> {
     Subscribe(Vec<String>),
     /// Subscribe to these queues, resuming after the given positions
     /// (`coremq_since`, §10; queues without one subscribe as usual).
-    Resume(Vec<String>, Vec<(String, Position)>),
+    Resume(Vec<String>, Vec<(String, Vec<Position>)>),
     /// Unsubscribe from these queues (at least one, all valid names).
     Unsubscribe(Vec<String>),
     /// Set (or, for [`OptionValue::Remove`], clear) connection options, in the order
@@ -213,7 +213,7 @@ mod tests {
         assert!(matches!(
             parse(r#"{"coremq_subscribe": ["a", "b"], "coremq_since": {"a": {"sent": 2.5, "server": "n:1"}}}"#),
             Ok(ClientMessage::Resume(n, s)) if n == names(&["a", "b"])
-                && s == vec![("a".to_owned(), Position { sent_us: 2_500_000, server: "n:1".into() })]
+                && s == vec![("a".to_owned(), vec![Position { sent_us: 2_500_000, server: "n:1".into() }])]
         ));
         // coremq_since only qualifies a subscribe; in a publish it is data.
         assert!(matches!(

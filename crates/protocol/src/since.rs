@@ -11,7 +11,10 @@ use crate::publish::seconds_to_micros;
 
 /// What `coremq_since` takes.
 const SINCE: &str =
-    "an object of queue names and positions, e.g. {\"news\": {\"sent\": 1796182109.38108, \"server\": \"mq1:6747\"}}";
+    "an object of queue names and positions (or lists of positions, one per server), e.g. {\"news\": {\"sent\": 1796182109.38108, \"server\": \"mq1:6747\"}}";
+
+/// Most positions one queue's entry may list (one per origin server).
+const MAX_POSITIONS: usize = 64;
 
 /// A message's position: its `coremq_sent` and `coremq_server`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +26,15 @@ pub struct Position {
 }
 
 /// Parses `coremq_since`; every queue it names must be one being
-/// subscribed to (`names`), so that a typo is reported, not ignored.
+/// subscribed to (`names`), so that a typo is reported, not ignored. A
+/// queue's entry is one position, or a list of positions one per origin
+/// server (in a cluster, another node's message stamped before the last one
+/// a client got can arrive after it: per-server positions still find it).
 pub(crate) fn since(
     value: &str,
     names: &[String],
     max_queue_len: usize,
-) -> Result<Vec<(String, Position)>, BodyError> {
+) -> Result<Vec<(String, Vec<Position>)>, BodyError> {
     /// One position as the client writes it (unknown fields refused: a
     /// misspelt `sever` must not read as "no server").
     #[derive(Deserialize)]
@@ -37,18 +43,34 @@ pub(crate) fn since(
         sent: f64,
         server: String,
     }
+    /// One position, or several.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entry {
+        One(Raw),
+        Many(Vec<Raw>),
+    }
     let bad = || BodyError::BadCommand {
         command: "coremq_since",
         expected: SINCE,
     };
-    let map: BTreeMap<String, Raw> = serde_json::from_str(value).map_err(|_| bad())?;
+    let map: BTreeMap<String, Entry> = serde_json::from_str(value).map_err(|_| bad())?;
     let mut out = Vec::with_capacity(map.len());
-    for (queue, raw) in map {
+    for (queue, entry) in map {
         validate_queue_name(queue.as_bytes(), max_queue_len)
             .map_err(|_| BodyError::bad_name_in("coremq_since", &queue, max_queue_len))?;
+        let raws = match entry {
+            Entry::One(raw) => vec![raw],
+            Entry::Many(raws) => raws,
+        };
         let reason = if !names.contains(&queue) {
             Some("is not in coremq_subscribe")
-        } else if !raw.sent.is_finite() || raw.sent <= 0.0 || raw.server.is_empty() {
+        } else if raws.is_empty() || raws.len() > MAX_POSITIONS {
+            Some("lists no position, or more than 64")
+        } else if raws
+            .iter()
+            .any(|r| !r.sent.is_finite() || r.sent <= 0.0 || r.server.is_empty())
+        {
             Some("needs a positive \"sent\" and a non-empty \"server\" (a message's coremq_sent and coremq_server)")
         } else {
             None
@@ -56,11 +78,14 @@ pub(crate) fn since(
         if let Some(reason) = reason {
             return Err(BodyError::BadSince { queue, reason });
         }
-        let position = Position {
-            sent_us: seconds_to_micros(raw.sent),
-            server: raw.server,
-        };
-        out.push((queue, position));
+        let positions = raws
+            .into_iter()
+            .map(|r| Position {
+                sent_us: seconds_to_micros(r.sent),
+                server: r.server,
+            })
+            .collect();
+        out.push((queue, positions));
     }
     Ok(out)
 }
@@ -85,12 +110,21 @@ mod tests {
             got,
             vec![(
                 "news".to_owned(),
-                Position {
+                vec![Position {
                     sent_us: 1_796_182_109_381_080,
                     server: "mq1:6747".to_owned()
-                }
+                }]
             )]
         );
+        let got = since(
+            r#"{"news": [{"sent": 2.0, "server": "a:1"}, {"sent": 1.5, "server": "b:1"}]}"#,
+            &names(&["news"]),
+            255,
+        )
+        .unwrap();
+        assert_eq!(got[0].1.len(), 2);
+        assert_eq!(got[0].1[1].sent_us, 1_500_000);
+        assert!(since(r#"{"news": []}"#, &names(&["news"]), 255).is_err());
     }
 
     #[test]

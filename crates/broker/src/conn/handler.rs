@@ -7,7 +7,7 @@
 use super::state::{Conn, ReplyKind, SubState};
 use crate::consts::is_conn_id;
 use crate::link_auth;
-use crate::msg::{MsgKey, Request, Subscription};
+use crate::msg::{MsgKey, Request, Since, Subscription};
 use crate::refusal::Refusal;
 use crate::shard::Shard;
 use coremq_auth::Action;
@@ -67,7 +67,7 @@ pub(crate) fn subscribe_one(
     queue: Box<str>,
     seq: Option<u32>,
     own_id: bool,
-    since: Option<MsgKey>,
+    since: Option<Box<Since>>,
 ) {
     conn.st
         .borrow_mut()
@@ -123,7 +123,7 @@ fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[Stri
     true
 }
 
-fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String, Position)>) {
+fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String, Vec<Position>)>) {
     if list_too_long(shard, conn, &names)
         || names_private(shard, conn, "subscribe", &names)
         || not_allowed(shard, conn, Action::Subscribe, &names)
@@ -151,11 +151,17 @@ fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String,
     };
     let seq = conn.reserve(kind, names.len() as u32);
     for q in names {
-        let key = since.iter().find(|(s, _)| **s == *q).map(|(_, p)| MsgKey {
-            sent_us: p.sent_us,
-            origin: crate::msg::origin_of(&p.server),
+        let resume = since.iter().find(|(s, _)| **s == *q).map(|(_, ps)| {
+            let keys = ps
+                .iter()
+                .map(|p| MsgKey {
+                    sent_us: p.sent_us,
+                    origin: crate::msg::origin_of(&p.server),
+                })
+                .collect();
+            Box::new(Since::new(keys))
         });
-        subscribe_one(shard, conn, q, Some(seq), false, key);
+        subscribe_one(shard, conn, q, Some(seq), false, resume);
     }
 }
 
