@@ -207,7 +207,8 @@ fn handshake(
 /// list whole when one queue of it is no longer allowed (the user's rights
 /// changed while we were away); then each queue is tried alone, so that a
 /// lost right costs only its own queue, which is dropped as if the server
-/// had revoked it.
+/// had revoked it. A server that refuses the list form of `coremq_since`
+/// (it predates it) is asked again with each queue's earliest position.
 ///
 /// Every queue re-subscribed without the server saying `recovered: true`
 /// is a gap, including one that had no position to resume from: messages
@@ -241,6 +242,17 @@ fn resubscribe(conn: &mut Connection, queues: &[Resume]) -> Result<(), ReadEnd> 
         );
         conn.gaps.extend(resume::gaps(&reply.json, &since));
         return Ok(());
+    }
+    if resume::refuses_lists(response) && since.iter().any(|(_, p)| p.len() > 1) {
+        // A server from before the list form refuses it, and with it the
+        // whole subscribe. Resuming each queue after its earliest position
+        // instead leaves nothing out either (the replays of messages already
+        // delivered are dropped); it only costs more of them.
+        let earliest: Vec<Resume> = queues
+            .iter()
+            .map(|(q, p)| (q.clone(), p.iter().take(1).cloned().collect()))
+            .collect();
+        return resubscribe(conn, &earliest);
     }
     if !response.starts_with(PERMISSION_DENIED) {
         conn.warning = Some(format!("{SUBSCRIBE} after reconnect: {response}"));

@@ -277,6 +277,12 @@ pub(crate) fn recovered(reply: &Map<String, Value>, since: &[Since]) -> BTreeMap
         .collect()
 }
 
+/// Is `response` the refusal of a server that takes only the single object
+/// per queue in `coremq_since` (one from before the list form)?
+pub(crate) fn refuses_lists(response: &str) -> bool {
+    response.starts_with("ERROR") && response.contains(&format!("{SINCE} takes"))
+}
+
 /// Does the reply answer `coremq_since` at all?
 pub(crate) fn answers_since(reply: &Map<String, Value>) -> bool {
     reply.get(RECOVERED).is_some_and(Value::is_object)

@@ -225,6 +225,47 @@ fn messages_from_two_servers_resume_with_one_position_per_server() {
 }
 
 #[test]
+fn a_server_that_refuses_lists_is_asked_again_with_the_earliest_position() {
+    let server = FakeServer::start(|f| {
+        let first = vec![
+            delivery("news", "", "20.000002", "a"),
+            delivery("news", "", "20.000001", "b"),
+        ];
+        let mut steps = script(f, 0, first);
+        if f.conn == 1 && f.kind() == "coremq_subscribe" {
+            // What a server from before the list form answers.
+            let since = &f.json["coremq_since"]["news"];
+            steps = if since.is_array() {
+                vec![Step::Send(json!({"response":
+                    "ERROR: coremq_since takes an object of queue names and positions, \
+                     e.g. {\"news\": {\"sent\": 1796182109.38108, \"server\": \"mq1:6747\"}}"}))]
+            } else {
+                vec![
+                    resumed(json!({"news": true})),
+                    delivery("news", r#""coremq_replay": true, "#, "20.000002", "a"),
+                    delivery("news", r#""coremq_replay": true, "#, "20.000003", "b"),
+                ]
+            };
+        }
+        steps
+    });
+    let client = Client::connect_with(server.addr(), config()).expect("connect");
+    client.subscribe(["news"]).expect("subscribe");
+    next(&client);
+    next(&client);
+    reconnect(&client);
+    assert!(subscribe_on(&server, 1).json["coremq_since"]["news"].is_array());
+    assert_eq!(
+        subscribe_on(&server, 1).raw,
+        r#"{"coremq_subscribe":["news"],"coremq_since":{"news":{"sent":20.000001,"server":"b"}}}"#
+    );
+    // Resumed: a's replay is dropped, b's new message arrives.
+    assert_eq!(at(&next(&client)), "20.000003@b");
+    assert!(client.gaps().is_empty());
+    assert_eq!(client.subscriptions(), ["news"]);
+}
+
+#[test]
 fn recovered_false_is_a_gap_seen_before_the_replay_after_it() {
     let server = FakeServer::start(|f| {
         let mut steps = script(f, 0, vec![delivery("news", "", "100.000001", "mq1")]);
