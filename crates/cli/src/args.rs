@@ -110,8 +110,13 @@ pub enum Command {
         /// SENT@SERVER, e.g. 1796182109.38108@mq1:6747 (a message's
         /// "coremq_sent" and "coremq_server"). Stderr says per queue
         /// "recovered QUEUE: true", or false when messages were missed.
+        ///
+        /// Repeat it with the last position seen from each server of a
+        /// cluster, so that another node's message stamped earlier but
+        /// still on its way is not skipped (needs a server that takes a
+        /// list of positions; one --since works with every server).
         #[arg(long, value_name = "POSITION", value_parser = parse_position)]
-        since: Option<Position>,
+        since: Vec<Position>,
     },
     /// Print the recent messages of QUEUE... as JSON lines (as `sub` prints
     /// them), queue by queue, oldest first.

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 /// How often the loop looks at Ctrl-C and reconnects while no message comes.
 const TICK: Duration = Duration::from_millis(100);
 
-/// Subscribes to `queues` (each after `since`, if given) and prints what
-/// arrives.
+/// Subscribes to `queues` (each after the positions of `since`, one per
+/// server, if any) and prints what arrives.
 pub fn run(
     client: &Client,
     queues: &[String],
-    since: Option<&Position>,
+    since: &[Position],
     count: Option<u64>,
     timeout: Option<Duration>,
 ) -> Result<(), Failure> {
@@ -29,10 +29,10 @@ pub fn run(
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
     match since {
-        None => client.subscribe(queues)?,
-        Some(pos) => {
-            let positions = queues.iter().map(|q| (q, pos.clone()));
-            let recovered = client.subscribe_since(queues, positions)?;
+        [] => client.subscribe(queues)?,
+        since => {
+            let positions = queues.iter().map(|q| (q, since.to_vec()));
+            let recovered = client.subscribe_since_per_server(queues, positions)?;
             for queue in queues {
                 let ok = recovered.get(queue).copied().unwrap_or(false);
                 eprintln!("coremq-cli: recovered {queue}: {ok}");

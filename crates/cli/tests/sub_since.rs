@@ -155,3 +155,56 @@ fn a_reconnect_resumes_and_says_what_was_not_recovered() {
         .collect();
     assert_eq!(sent, [1.5, 2.5]);
 }
+
+#[test]
+fn since_repeated_sends_one_position_per_server_for_every_queue() {
+    let server = FakeServer::start(|f| {
+        if f.kind() != "coremq_subscribe" {
+            return vec![Step::Send(ok_reply(f))];
+        }
+        vec![
+            Step::Send(json!({
+                "response": "OK: Subscribe successful",
+                "recovered": {"news": true, "sport": true},
+            })),
+            delivery(
+                "news",
+                r#""coremq_replay": true, "#,
+                "1796182109.3",
+                "mq2:6747",
+            ),
+        ]
+    });
+    let out = cli(
+        &[
+            "-s",
+            &server.addr(),
+            "--timeout",
+            "5",
+            "sub",
+            "--since",
+            "1796182109.381080@mq1:6747",
+            "--since",
+            "1796182109.2@mq2:6747",
+            "-n",
+            "1",
+            "news",
+            "sport",
+        ],
+        b"",
+        &[],
+    );
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("recovered news: true"), "{stderr}");
+    let list = concat!(
+        r#"[{"sent":1796182109.2,"server":"mq2:6747"},"#,
+        r#"{"sent":1796182109.381080,"server":"mq1:6747"}]"#
+    );
+    assert_eq!(
+        subscribes(&server, 1)[0].raw,
+        format!(
+            r#"{{"coremq_subscribe":["news","sport"],"coremq_since":{{"news":{list},"sport":{list}}}}}"#
+        )
+    );
+}

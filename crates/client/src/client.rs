@@ -7,7 +7,7 @@ use crate::handshake;
 use crate::message::Message;
 use crate::position::Position;
 use crate::reader;
-use crate::resume::{self, subscribe_frame, Gap};
+use crate::resume::{self, subscribe_frame, Gap, Since};
 use crate::state::{Pending, Reply, Shared, State};
 use crate::wire::{
     check_queue_name, command_frame, publish_frame, GET_HISTORY, OPTIONS, STATUS, UNSUBSCRIBE,
@@ -41,9 +41,12 @@ const RESERVED_OPTION: &str = "ack";
 /// every queue subscribed through this client and sets the options again,
 /// before any new request is sent.
 ///
-/// Each queue is resumed after the last of its messages that the client
-/// queued for [`recv`](Self::recv) (docs/protocol.md §10): the server sends
-/// the messages published meanwhile that it still retains, marked
+/// Each queue is resumed after the newest of its messages that the client
+/// queued for [`recv`](Self::recv) from each server (docs/protocol.md §10;
+/// the newest [`MAX_SINCE_SERVERS`](crate::MAX_SINCE_SERVERS) servers, and
+/// the single position form when the queue's messages came from one server
+/// only): the server sends the messages published meanwhile that it still
+/// retains, marked
 /// [`is_replay`](Message::is_replay), then the live ones. The client drops any
 /// replay of a message it already delivered, so none arrives twice. Where
 /// the server cannot vouch that nothing was missed — the position is older
@@ -87,6 +90,9 @@ const RESERVED_OPTION: &str = "ack";
 /// queue that the application received. An application that must not miss
 /// messages across its own restarts stores it (after handling the message)
 /// and passes it to [`subscribe_since`](Self::subscribe_since) next time.
+/// In a cluster, [`positions`](Self::positions) (one per server) and
+/// [`subscribe_since_per_server`](Self::subscribe_since_per_server) do the
+/// same without missing another node's message that was still on its way.
 ///
 /// Dropping the client closes it and stops the background thread.
 pub struct Client {
@@ -297,17 +303,60 @@ impl Client {
         P: IntoIterator<Item = (Q, Position)>,
         Q: AsRef<str>,
     {
+        let positions = positions.into_iter().map(|(q, p)| (q, [p]));
+        self.subscribe_since_per_server(queues, positions)
+    }
+
+    /// [`subscribe_since`](Self::subscribe_since) with several positions per
+    /// queue, one per server the queue's messages came from — what
+    /// [`positions`](Self::positions) returns. The server replays a message
+    /// of a listed server when it is after that server's position, and one
+    /// of any other server when it is after the earliest position given;
+    /// `recovered` says whether nothing after the earliest was dropped.
+    ///
+    /// In a cluster this is what resumes without a hole: a message another
+    /// node stamped before the last one received, but that had not arrived
+    /// yet, is after its own server's position, so it is still replayed.
+    ///
+    /// A server given twice for a queue counts with its earliest position. At
+    /// most [`MAX_SINCE_SERVERS`](crate::MAX_SINCE_SERVERS) positions per
+    /// queue are sent, the newest. A queue with a single position is sent as
+    /// `subscribe_since` sends it, so that servers which only know that form
+    /// understand it; one with more needs a server that accepts a list.
+    ///
+    /// ```no_run
+    /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
+    /// # let stored = |q: &str| client.positions(q);
+    /// let news = stored("news"); // e.g. [1796182109.2@mq2:6747, 1796182109.38108@mq1:6747]
+    /// let recovered = client.subscribe_since_per_server(["sport"], [("news", news)])?;
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn subscribe_since_per_server<I, S, P, Q, L>(
+        &self,
+        queues: I,
+        positions: P,
+    ) -> Result<BTreeMap<String, bool>, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+        P: IntoIterator<Item = (Q, L)>,
+        Q: AsRef<str>,
+        L: IntoIterator<Item = Position>,
+    {
         let mut names = names(queues)?;
-        let mut since: Vec<(String, Position)> = Vec::new();
-        for (queue, pos) in positions {
+        let mut since: Vec<Since> = Vec::new();
+        for (queue, list) in positions {
             let queue = queue.as_ref();
             check_queue_name(queue)?;
             if !names.iter().any(|n| n == queue) {
                 names.push(queue.to_string());
             }
-            // The last position given for a queue wins, as in a JSON object.
+            // The last positions given for a queue win, as in a JSON object.
             since.retain(|(q, _)| q != queue);
-            since.push((queue.to_string(), pos));
+            let list = resume::per_server(list);
+            if !list.is_empty() {
+                since.push((queue.to_string(), list));
+            }
         }
         self.subscribe_resuming(names, since)
     }
@@ -317,7 +366,7 @@ impl Client {
     fn subscribe_resuming(
         &self,
         names: Vec<String>,
-        since: Vec<(String, Position)>,
+        since: Vec<Since>,
     ) -> Result<BTreeMap<String, bool>, ClientError> {
         if names.is_empty() {
             return Ok(BTreeMap::new());
@@ -408,6 +457,19 @@ impl Client {
     /// resume there after a restart.
     pub fn position(&self, queue: &str) -> Option<Position> {
         self.state().positions.position(queue)
+    }
+
+    /// Per server, the newest position of `queue` the application received
+    /// (or those given to [`subscribe_since_per_server`](Self::subscribe_since_per_server)
+    /// until newer ones arrive), earliest first; at most
+    /// [`MAX_SINCE_SERVERS`](crate::MAX_SINCE_SERVERS), the newest. Empty for
+    /// a queue not subscribed or without any. Stored and passed to
+    /// `subscribe_since_per_server` after a restart, it resumes without the
+    /// cross-node hole that a single [`position`](Self::position) leaves in a
+    /// cluster: another node's message stamped before the last one received
+    /// but still on its way.
+    pub fn positions(&self, queue: &str) -> Vec<Position> {
+        self.state().positions.positions(queue)
     }
 
     /// The queues this client is subscribed to (besides its own id).
@@ -647,7 +709,7 @@ impl Client {
         &self,
         build: impl Fn(&str) -> Vec<u8>,
         expect: Expect,
-        since: &[(String, Position)],
+        since: &[Since],
     ) -> Result<Map<String, Value>, ClientError> {
         let deadline = Instant::now() + self.timeout();
         let rx = self.send(&build, true, since, deadline)?;
@@ -691,7 +753,7 @@ impl Client {
         &self,
         build: &dyn Fn(&str) -> Vec<u8>,
         want_reply: bool,
-        since: &[(String, Position)],
+        since: &[Since],
         deadline: Instant,
     ) -> Result<Option<Receiver<Reply>>, ClientError> {
         loop {

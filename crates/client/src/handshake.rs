@@ -1,8 +1,8 @@
 //! Opening a connection: TCP connect, the welcome frame (connection id and
 //! node name), authentication when the client has credentials, then — after
-//! a reconnect — subscribing again (resuming after the last position of each
-//! queue that has one) and setting the options again, before any caller
-//! request may use the connection.
+//! a reconnect — subscribing again (resuming each queue after its newest
+//! position per server, where it has any) and setting the options again,
+//! before any caller request may use the connection.
 //!
 //! Doing this before the connection is handed to callers keeps the reply
 //! order simple: the handshake's own requests are answered before any
@@ -12,8 +12,7 @@
 use crate::auth::{notice, Credentials, Notice, OK_AUTH, PERMISSION_DENIED};
 use crate::error::ClientError;
 use crate::message::Message;
-use crate::position::Position;
-use crate::resume::{self, subscribe_frame, Gap};
+use crate::resume::{self, subscribe_frame, Gap, Since};
 use crate::state::Shared;
 use crate::wire::{command_frame, FrameReader, ReadEnd, ServerFrame, OPTIONS, SUBSCRIBE};
 use coremq_protocol::{OK_OPTIONS, OK_SENT, OK_SUBSCRIBE, SENDER_KEY, WELCOME};
@@ -46,8 +45,9 @@ pub(crate) fn is_reply(frame: &ServerFrame, id: &str) -> bool {
     frame.queue == id && !frame.json.contains_key(SENDER_KEY)
 }
 
-/// A queue to subscribe again, and the position to resume after, if any.
-pub(crate) type Resume = (String, Option<Position>);
+/// A queue to subscribe again, and the positions to resume after (one per
+/// server, earliest first; none when no message of it has arrived).
+pub(crate) type Resume = Since;
 
 /// Connects to the first address that answers and runs the handshake,
 /// authenticating with `credentials`, re-subscribing `subscriptions` and
@@ -202,12 +202,13 @@ fn handshake(
     Ok(conn)
 }
 
-/// Subscribes again to `queues`, resuming each after its position. A refusal
+/// Subscribes again to `queues`, resuming each after its positions. A refusal
 /// is kept as a warning: the rest of the session works. The server refuses a
 /// list whole when one queue of it is no longer allowed (the user's rights
 /// changed while we were away); then each queue is tried alone, so that a
 /// lost right costs only its own queue, which is dropped as if the server
-/// had revoked it.
+/// had revoked it. A server that refuses the list form of `coremq_since`
+/// (it predates it) is asked again with each queue's earliest position.
 ///
 /// Every queue re-subscribed without the server saying `recovered: true`
 /// is a gap, including one that had no position to resume from: messages
@@ -215,9 +216,10 @@ fn handshake(
 /// application is told so rather than left to assume otherwise.
 fn resubscribe(conn: &mut Connection, queues: &[Resume]) -> Result<(), ReadEnd> {
     let names: Vec<String> = queues.iter().map(|(q, _)| q.clone()).collect();
-    let since: Vec<(String, Position)> = queues
+    let since: Vec<Since> = queues
         .iter()
-        .filter_map(|(q, p)| Some((q.clone(), p.clone()?)))
+        .filter(|(_, p)| !p.is_empty())
+        .cloned()
         .collect();
     let reply = exchange(conn, &subscribe_frame(&conn.id, &names, &since))?;
     let response = reply.response().unwrap_or_default();
@@ -232,7 +234,7 @@ fn resubscribe(conn: &mut Connection, queues: &[Resume]) -> Result<(), ReadEnd> 
         conn.gaps.extend(
             queues
                 .iter()
-                .filter(|(_, p)| p.is_none())
+                .filter(|(_, p)| p.is_empty())
                 .map(|(q, _)| Gap {
                     queue: q.clone(),
                     since: None,
@@ -240,6 +242,17 @@ fn resubscribe(conn: &mut Connection, queues: &[Resume]) -> Result<(), ReadEnd> 
         );
         conn.gaps.extend(resume::gaps(&reply.json, &since));
         return Ok(());
+    }
+    if resume::refuses_lists(response) && since.iter().any(|(_, p)| p.len() > 1) {
+        // A server from before the list form refuses it, and with it the
+        // whole subscribe. Resuming each queue after its earliest position
+        // instead leaves nothing out either (the replays of messages already
+        // delivered are dropped); it only costs more of them.
+        let earliest: Vec<Resume> = queues
+            .iter()
+            .map(|(q, p)| (q.clone(), p.iter().take(1).cloned().collect()))
+            .collect();
+        return resubscribe(conn, &earliest);
     }
     if !response.starts_with(PERMISSION_DENIED) {
         conn.warning = Some(format!("{SUBSCRIBE} after reconnect: {response}"));

@@ -46,8 +46,8 @@
 //! # Ok::<(), coremq_client::ClientError>(())
 //! ```
 //!
-//! After a reconnect, each subscription resumes after the last message the
-//! client had queued on it, so messages published meanwhile still arrive
+//! After a reconnect, each subscription resumes after the newest message the
+//! client had queued on it from each server, so messages published meanwhile still arrive
 //! while the server retains them; where it cannot vouch for that, the client
 //! records a [`Gap`]. See [`Client`] under "Reconnection" for exactly what a
 //! reconnect carries over.
@@ -72,5 +72,5 @@ pub use config::ClientConfig;
 pub use error::ClientError;
 pub use message::Message;
 pub use position::Position;
-pub use resume::Gap;
+pub use resume::{Gap, MAX_SINCE_SERVERS};
 pub use wire::{check_message, check_queue_name};

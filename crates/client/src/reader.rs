@@ -84,7 +84,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut conn: Connection) {
                 let subs: Vec<handshake::Resume> = st
                     .subscriptions
                     .iter()
-                    .map(|q| (q.clone(), st.positions.resume_point(q)))
+                    .map(|q| (q.clone(), st.positions.resume_points(q)))
                     .collect();
                 (st.credentials.clone(), subs, st.options.clone())
             };

@@ -18,6 +18,13 @@
 //! message stamped a little earlier elsewhere (or by a node whose clock is
 //! behind) routinely follows a later-stamped local one. Each server's own
 //! messages do arrive in their order.
+//!
+//! For the same reason a reconnect resumes each queue after the newest
+//! position *per server* (a list in `coremq_since`): resuming after the last
+//! message alone would skip another node's message stamped before it that
+//! had not arrived yet. When only one server was seen the entry stays the
+//! single object, which every §10 server understands; the list is sent only
+//! where it says more than the object would.
 
 use crate::message::Message;
 use crate::position::Position;
@@ -31,6 +38,25 @@ pub(crate) const SINCE: &str = "coremq_since";
 /// position asked.
 const RECOVERED: &str = "recovered";
 
+/// At most this many positions (servers) per queue go into `coremq_since`:
+/// the newest ones.
+///
+/// The list would otherwise grow with every server name ever seen on the
+/// queue (nodes replaced, renamed, moved to another port), never shrinking,
+/// and multiply the size of a subscribe of many queues towards the server's
+/// `max_message_size` (1 MiB by default). A cluster has a handful of nodes,
+/// so 16 holds every live one. Leaving a server out is safe for duplicates
+/// (the server replays its messages after the earliest listed position, and
+/// the per-server check below, which keeps every server, drops those already
+/// delivered); what it costs is the cross-node gap the list closes, and only
+/// for servers last heard from before all 16 listed ones: nodes long quiet or
+/// gone.
+pub const MAX_SINCE_SERVERS: usize = 16;
+
+/// One queue to resume and where: its newest positions, one per server,
+/// earliest first, never empty.
+pub(crate) type Since = (String, Vec<Position>);
+
 /// A subscription that was (re-)established without the server vouching that
 /// nothing was missed: messages of `queue` published while the client was
 /// not subscribed may be lost. See [`Client::gaps`](crate::Client::gaps).
@@ -38,8 +64,10 @@ const RECOVERED: &str = "recovered";
 pub struct Gap {
     /// The queue.
     pub queue: String,
-    /// The position the client asked to resume after. `None` when it had
-    /// none (no message of the queue had arrived yet), so it subscribed
+    /// The position the client asked to resume after — when it asked with
+    /// one position per server, the earliest of them, the one the server
+    /// judges `recovered` by: messages after it may be lost. `None` when it
+    /// had none (no message of the queue had arrived yet), so it subscribed
     /// without one and cannot tell what it missed.
     pub since: Option<Position>,
 }
@@ -53,14 +81,42 @@ pub(crate) struct Positions {
 /// One queue's progress.
 #[derive(Debug, Clone)]
 pub(crate) struct Track {
-    /// The last message put in the inbox (or the position given to
-    /// `subscribe_since`): where a reconnect resumes.
-    queued: Position,
-    /// The newest time put in the inbox per server, to recognise replays.
-    newest: HashMap<String, f64>,
-    /// The last message the application received, or the position given to
-    /// `subscribe_since` until then.
-    received: Option<Position>,
+    /// The newest position put in the inbox per server (or given to
+    /// `subscribe_since`): to recognise replays, and where a reconnect
+    /// resumes.
+    newest: HashMap<String, Position>,
+    /// The newest position the application received per server, or those
+    /// given to `subscribe_since` until then.
+    received: HashMap<String, Position>,
+    /// The last message the application received, or the earliest position
+    /// given to `subscribe_since` until then.
+    last_received: Option<Position>,
+}
+
+/// The newest [`MAX_SINCE_SERVERS`] of `positions`, earliest first.
+fn capped<'a>(positions: impl IntoIterator<Item = &'a Position>) -> Vec<Position> {
+    let mut list: Vec<Position> = positions.into_iter().cloned().collect();
+    list.sort();
+    let excess = list.len().saturating_sub(MAX_SINCE_SERVERS);
+    list.drain(..excess);
+    list
+}
+
+/// One position per server from `positions` (the earliest, when a server is
+/// given twice: resuming after it also covers the later one).
+pub(crate) fn per_server(positions: impl IntoIterator<Item = Position>) -> Vec<Position> {
+    let mut by_server: HashMap<String, Position> = HashMap::new();
+    for pos in positions {
+        match by_server.get(pos.server()) {
+            Some(seen) if seen <= &pos => {}
+            _ => {
+                by_server.insert(pos.server().to_string(), pos);
+            }
+        }
+    }
+    let mut list: Vec<Position> = by_server.into_values().collect();
+    list.sort();
+    list
 }
 
 impl Positions {
@@ -74,20 +130,18 @@ impl Positions {
         };
         match self.queues.get_mut(&msg.queue) {
             Some(track) => {
-                match track.newest.get_mut(pos.server()) {
-                    Some(seen) if pos.sent() <= *seen => return false,
-                    Some(seen) => *seen = pos.sent(),
-                    None => {
-                        track.newest.insert(pos.server().to_string(), pos.sent());
+                if let Some(seen) = track.newest.get(pos.server()) {
+                    if pos.sent() <= seen.sent() {
+                        return false;
                     }
                 }
-                track.queued = pos.clone();
+                track.newest.insert(pos.server().to_string(), pos.clone());
             }
             None if subscribed.contains(&msg.queue) => {
                 let track = Track {
-                    newest: HashMap::from([(pos.server().to_string(), pos.sent())]),
-                    queued: pos.clone(),
-                    received: None,
+                    newest: HashMap::from([(pos.server().to_string(), pos.clone())]),
+                    received: HashMap::new(),
+                    last_received: None,
                 };
                 self.queues.insert(msg.queue.clone(), track);
             }
@@ -99,27 +153,51 @@ impl Positions {
     /// Records that the application received `msg`.
     pub fn received(&mut self, msg: &Message) {
         if let (Some(track), Some(pos)) = (self.queues.get_mut(&msg.queue), msg.position()) {
-            track.received = Some(pos.clone());
+            track.last_received = Some(pos.clone());
+            match track.received.get(pos.server()) {
+                Some(seen) if seen.sent() >= pos.sent() => {}
+                _ => {
+                    track.received.insert(pos.server().to_string(), pos.clone());
+                }
+            }
         }
     }
 
     /// The last position the application received on `queue`.
     pub fn position(&self, queue: &str) -> Option<Position> {
-        self.queues.get(queue).and_then(|t| t.received.clone())
+        self.queues.get(queue).and_then(|t| t.last_received.clone())
     }
 
-    /// Where a reconnect resumes `queue`.
-    pub fn resume_point(&self, queue: &str) -> Option<Position> {
-        self.queues.get(queue).map(|t| t.queued.clone())
+    /// The newest position the application received on `queue` per server
+    /// (at most [`MAX_SINCE_SERVERS`], earliest first).
+    pub fn positions(&self, queue: &str) -> Vec<Position> {
+        self.queues
+            .get(queue)
+            .map(|t| capped(t.received.values()))
+            .unwrap_or_default()
     }
 
-    /// Starts `queue` over at `pos` (the application asked to resume there),
-    /// returning what it replaces, for [`restore`](Self::restore).
-    pub fn start_at(&mut self, queue: &str, pos: &Position) -> Option<Track> {
+    /// Where a reconnect resumes `queue`: the newest position queued per
+    /// server (at most [`MAX_SINCE_SERVERS`], earliest first); empty when none.
+    pub fn resume_points(&self, queue: &str) -> Vec<Position> {
+        self.queues
+            .get(queue)
+            .map(|t| capped(t.newest.values()))
+            .unwrap_or_default()
+    }
+
+    /// Starts `queue` over at `positions` (one per server, earliest first:
+    /// the application asked to resume there), returning what it replaces,
+    /// for [`restore`](Self::restore).
+    pub fn start_at(&mut self, queue: &str, positions: &[Position]) -> Option<Track> {
+        let map: HashMap<String, Position> = positions
+            .iter()
+            .map(|p| (p.server().to_string(), p.clone()))
+            .collect();
         let track = Track {
-            newest: HashMap::from([(pos.server().to_string(), pos.sent())]),
-            queued: pos.clone(),
-            received: Some(pos.clone()),
+            newest: map.clone(),
+            received: map,
+            last_received: positions.first().cloned(),
         };
         self.queues.insert(queue.to_string(), track)
     }
@@ -142,32 +220,42 @@ impl Positions {
 }
 
 /// `{"coremq_subscribe": [queues], "coremq_since": {queue: {"sent": …,
-/// "server": …}}}` to the connection `id`; without positions, the plain
-/// subscribe every server knows.
-pub(crate) fn subscribe_frame(
-    id: &str,
-    queues: &[String],
-    since: &[(String, Position)],
-) -> Vec<u8> {
-    if since.is_empty() {
+/// "server": …}}}` to the connection `id`, with a list of such objects for a
+/// queue given more than one position (capped at [`MAX_SINCE_SERVERS`], the
+/// newest); without positions, the plain subscribe every server knows.
+pub(crate) fn subscribe_frame(id: &str, queues: &[String], since: &[Since]) -> Vec<u8> {
+    if since.iter().all(|(_, list)| list.is_empty()) {
         return crate::wire::command_frame(id, SUBSCRIBE, Value::from(queues.to_vec()));
     }
     // Written by hand because the time goes in as the server's own text,
     // which a `Value` would turn into an `f64` and print anew. That text is a
     // JSON number, checked when the `Position` was made.
     let string = |s: &str| Value::from(s).to_string();
-    let mut json = format!("{{{}:{}", string(SUBSCRIBE), Value::from(queues.to_vec()));
-    json.push_str(&format!(",{}:{{", string(SINCE)));
-    for (i, (queue, pos)) in since.iter().enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
-        json.push_str(&format!(
-            "{}:{{\"sent\":{},\"server\":{}}}",
-            string(queue),
+    let object = |pos: &Position| {
+        format!(
+            "{{\"sent\":{},\"server\":{}}}",
             pos.sent_text(),
             string(pos.server())
-        ));
+        )
+    };
+    let mut json = format!("{{{}:{}", string(SUBSCRIBE), Value::from(queues.to_vec()));
+    json.push_str(&format!(",{}:{{", string(SINCE)));
+    let mut first = true;
+    for (queue, list) in since {
+        let entry = match capped(list).as_slice() {
+            [] => continue,
+            // The object form: what a server that predates the list reads.
+            [one] => object(one),
+            many => format!(
+                "[{}]",
+                many.iter().map(object).collect::<Vec<_>>().join(",")
+            ),
+        };
+        if !first {
+            json.push(',');
+        }
+        first = false;
+        json.push_str(&format!("{}:{entry}", string(queue)));
     }
     json.push_str("}}");
     frame(id, json.as_bytes())
@@ -177,18 +265,22 @@ pub(crate) fn subscribe_frame(
 /// resumed from it. A queue the reply does not mention counts as not
 /// recovered: a server without §10 ignores `coremq_since` and answers a
 /// plain subscribe, and then every message published meanwhile is lost.
-pub(crate) fn recovered(
-    reply: &Map<String, Value>,
-    since: &[(String, Position)],
-) -> BTreeMap<String, bool> {
+pub(crate) fn recovered(reply: &Map<String, Value>, since: &[Since]) -> BTreeMap<String, bool> {
     let map = reply.get(RECOVERED).and_then(Value::as_object);
     since
         .iter()
+        .filter(|(_, list)| !list.is_empty())
         .map(|(queue, _)| {
             let ok = map.and_then(|m| m.get(queue)) == Some(&Value::Bool(true));
             (queue.clone(), ok)
         })
         .collect()
+}
+
+/// Is `response` the refusal of a server that takes only the single object
+/// per queue in `coremq_since` (one from before the list form)?
+pub(crate) fn refuses_lists(response: &str) -> bool {
+    response.starts_with("ERROR") && response.contains(&format!("{SINCE} takes"))
 }
 
 /// Does the reply answer `coremq_since` at all?
@@ -197,15 +289,15 @@ pub(crate) fn answers_since(reply: &Map<String, Value>) -> bool {
 }
 
 /// The gaps a subscribe reply reveals: every queue asked with a position that
-/// was not recovered.
-pub(crate) fn gaps(reply: &Map<String, Value>, since: &[(String, Position)]) -> Vec<Gap> {
+/// was not recovered, with the earliest position sent for it.
+pub(crate) fn gaps(reply: &Map<String, Value>, since: &[Since]) -> Vec<Gap> {
     let recovered = recovered(reply, since);
     since
         .iter()
-        .filter(|(queue, _)| recovered.get(queue) != Some(&true))
-        .map(|(queue, pos)| Gap {
+        .filter(|(queue, _)| recovered.get(queue) == Some(&false))
+        .map(|(queue, list)| Gap {
             queue: queue.clone(),
-            since: Some(pos.clone()),
+            since: capped(list).into_iter().next(),
         })
         .collect()
 }
@@ -237,9 +329,14 @@ mod tests {
         assert!(!p.admit(&delivery("q", "10.000002", "a"), &subs));
         assert!(!p.admit(&delivery("q", "10.000003", "a"), &subs));
         assert!(!p.admit(&delivery("q", "9", "a"), &subs));
-        // The resume point is the last admitted, in arrival order.
-        assert_eq!(p.resume_point("q"), Some(pos("10.000003@a")));
+        // Resumed after the newest of each server, earliest first, with b's
+        // although it arrived before a's newest.
+        assert_eq!(
+            p.resume_points("q"),
+            [pos("10.000001@b"), pos("10.000003@a")]
+        );
         assert_eq!(p.position("q"), None, "nothing received yet");
+        assert!(p.positions("q").is_empty());
     }
 
     #[test]
@@ -248,7 +345,7 @@ mod tests {
         let own = delivery("my-id", "5", "a");
         assert!(p.admit(&own, &[]));
         assert!(p.admit(&own, &[]));
-        assert_eq!(p.resume_point("my-id"), None);
+        assert!(p.resume_points("my-id").is_empty());
         let subs = ["q".to_string()];
         let bare = Message::delivered("q".into(), b"{}").expect("object");
         assert!(p.admit(&bare, &subs));
@@ -264,32 +361,39 @@ mod tests {
         assert!(p.admit(&delivery("q", "8", "a"), &subs));
         p.received(&m);
         assert_eq!(p.position("q"), Some(pos("7@a")));
-        assert_eq!(p.resume_point("q"), Some(pos("8@a")));
+        assert_eq!(p.positions("q"), [pos("7@a")]);
+        assert_eq!(p.resume_points("q"), [pos("8@a")]);
+        // Another server's earlier message received last: position() is the
+        // last received, positions() the newest per server.
+        let b = delivery("q", "6.5", "b");
+        assert!(p.admit(&b, &subs));
+        p.received(&b);
+        assert_eq!(p.position("q"), Some(pos("6.5@b")));
+        assert_eq!(p.positions("q"), [pos("6.5@b"), pos("7@a")]);
 
         // Rewinding: what was seen before may come again.
-        let before = p.start_at("q", &pos("6@a"));
-        assert_eq!(p.position("q"), Some(pos("6@a")));
+        let before = p.start_at("q", &[pos("5@b"), pos("6@a")]);
+        assert_eq!(p.position("q"), Some(pos("5@b")), "the earliest given");
+        assert_eq!(p.positions("q"), [pos("5@b"), pos("6@a")]);
+        assert_eq!(p.resume_points("q"), [pos("5@b"), pos("6@a")]);
         assert!(p.admit(&delivery("q", "7", "a"), &subs));
+        assert!(p.admit(&delivery("q", "6.5", "b"), &subs));
         p.restore("q", before);
-        assert_eq!(p.resume_point("q"), Some(pos("8@a")));
+        assert_eq!(p.resume_points("q"), [pos("6.5@b"), pos("8@a")]);
         assert!(!p.admit(&delivery("q", "8", "a"), &subs));
 
         p.forget(&subs);
         assert_eq!(p.position("q"), None);
-        assert_eq!(p.resume_point("q"), None);
+        assert!(p.positions("q").is_empty());
+        assert!(p.resume_points("q").is_empty());
     }
 
     #[test]
     fn since_frame_keeps_the_time_text() {
-        let since = [("news".to_string(), pos("1796182109.381080@mq1:6747"))];
+        let since = [("news".to_string(), vec![pos("1796182109.381080@mq1:6747")])];
         let f = subscribe_frame("id", &["news".into(), "sport".into()], &since);
-        let (frame, _) = coremq_protocol::decode_frame(&f, 1 << 20)
-            .expect("frame")
-            .expect("complete");
-        let (queue, json) = coremq_protocol::split_body(frame.body, 255).expect("body");
-        assert_eq!(queue, "id");
         assert_eq!(
-            std::str::from_utf8(json).expect("utf-8"),
+            body_text(&f),
             r#"{"coremq_subscribe":["news","sport"],"coremq_since":{"news":{"sent":1796182109.381080,"server":"mq1:6747"}}}"#
         );
         // Without positions, the plain subscribe.
@@ -299,12 +403,80 @@ mod tests {
         );
     }
 
+    /// The JSON text of a frame to connection "id".
+    fn body_text(f: &[u8]) -> String {
+        let (frame, _) = coremq_protocol::decode_frame(f, 1 << 20)
+            .expect("frame")
+            .expect("complete");
+        let (queue, json) = coremq_protocol::split_body(frame.body, 255).expect("body");
+        assert_eq!(queue, "id");
+        String::from_utf8(json.to_vec()).expect("utf-8")
+    }
+
+    #[test]
+    fn since_frame_lists_several_servers_and_keeps_the_newest() {
+        let since = [
+            (
+                "news".to_string(),
+                vec![
+                    pos("1796182109.2@mq2:6747"),
+                    pos("1796182109.381080@mq1:6747"),
+                ],
+            ),
+            ("sport".to_string(), vec![pos("7.50@mq2:6747")]),
+        ];
+        let f = subscribe_frame("id", &["news".into(), "sport".into()], &since);
+        assert_eq!(
+            body_text(&f),
+            concat!(
+                r#"{"coremq_subscribe":["news","sport"],"coremq_since":{"#,
+                r#""news":[{"sent":1796182109.2,"server":"mq2:6747"},"#,
+                r#"{"sent":1796182109.381080,"server":"mq1:6747"}],"#,
+                r#""sport":{"sent":7.50,"server":"mq2:6747"}}}"#
+            )
+        );
+
+        // Past the cap, the oldest servers are left out.
+        let many: Vec<Position> = (1..=MAX_SINCE_SERVERS + 3)
+            .map(|i| pos(&format!("{i}@s{i}")))
+            .collect();
+        let f = subscribe_frame("id", &["q".into()], &[("q".into(), many)]);
+        let sent: serde_json::Value = serde_json::from_str(&body_text(&f)).expect("json");
+        let list = sent["coremq_since"]["q"].as_array().expect("a list");
+        assert_eq!(list.len(), MAX_SINCE_SERVERS);
+        assert_eq!(list[0], json!({"sent": 4, "server": "s4"}));
+        assert_eq!(
+            list[MAX_SINCE_SERVERS - 1],
+            json!({"sent": MAX_SINCE_SERVERS + 3, "server": format!("s{}", MAX_SINCE_SERVERS + 3)})
+        );
+    }
+
+    #[test]
+    fn per_server_keeps_each_servers_earliest() {
+        let got = per_server([pos("3@a"), pos("2@b"), pos("1@a"), pos("4@b")]);
+        assert_eq!(got, [pos("1@a"), pos("2@b")]);
+        assert!(per_server([]).is_empty());
+    }
+
+    #[test]
+    fn a_gap_names_the_earliest_position_sent() {
+        let since = [("q".to_string(), vec![pos("1@a"), pos("2@b")])];
+        let reply = json!({"response": "OK: Subscribe successful", "recovered": {"q": false}});
+        assert_eq!(
+            gaps(reply.as_object().expect("object"), &since),
+            [Gap {
+                queue: "q".into(),
+                since: Some(pos("1@a"))
+            }]
+        );
+    }
+
     #[test]
     fn recovered_is_false_unless_the_reply_says_true() {
         let since = [
-            ("a".to_string(), pos("1@x")),
-            ("b".to_string(), pos("2@x")),
-            ("c".to_string(), pos("3@x")),
+            ("a".to_string(), vec![pos("1@x")]),
+            ("b".to_string(), vec![pos("2@x")]),
+            ("c".to_string(), vec![pos("3@x")]),
         ];
         let reply = json!({"response": "OK: Subscribe successful",
                            "recovered": {"a": true, "b": false, "c": "yes"}});

@@ -12,8 +12,7 @@ use crate::auth::Credentials;
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::message::Message;
-use crate::position::Position;
-use crate::resume::{Gap, Positions};
+use crate::resume::{Gap, Positions, Since};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -125,7 +124,7 @@ pub(crate) struct Pending {
     /// For a subscribe with positions: the queues and positions asked, so
     /// that the reader records the gaps its reply reveals before it reads
     /// (and queues) the replayed messages that follow the reply.
-    pub since: Vec<(String, Position)>,
+    pub since: Vec<Since>,
 }
 
 impl Shared {

@@ -1,6 +1,7 @@
 //! Resuming subscriptions (docs/protocol.md §10) against a scripted fake
 //! server: a reconnect subscribes with `coremq_since` carrying each queue's
-//! last position exactly as the server wrote it; a queue the server cannot
+//! newest position per server (a single object when there is one server, a
+//! list otherwise) exactly as the server wrote it; a queue the server cannot
 //! resume becomes a gap the application sees; replays of messages already
 //! delivered are dropped, and nothing else is.
 
@@ -86,6 +87,7 @@ fn subscribe_on(server: &FakeServer, conn: usize) -> Received {
 
 #[test]
 fn a_reconnect_resumes_each_queue_after_its_last_message() {
+    // Each queue's messages come from one server: the single object form.
     let server = FakeServer::start(|f| {
         let first = vec![
             delivery("news", "", "1796182109.381070", "mq1:6747"),
@@ -150,6 +152,117 @@ fn a_reconnect_resumes_each_queue_after_its_last_message() {
             since: None
         }]
     );
+}
+
+#[test]
+fn messages_from_two_servers_resume_with_one_position_per_server() {
+    // news: mq1's message, then mq2's stamped earlier (it crossed a slow
+    // link). sport: mq2 only, which stays the single object.
+    let server = FakeServer::start(|f| {
+        let first = vec![
+            delivery("news", "", "1796182109.381070", "mq1:6747"),
+            delivery("news", "", "1796182109.381080", "mq1:6747"),
+            delivery("news", "", "1796182109.200000", "mq2:6747"),
+            delivery("sport", "", "1796182110.50", "mq2:6747"),
+        ];
+        let mut steps = script(f, 0, first);
+        if f.conn == 1 && f.kind() == "coremq_subscribe" {
+            // mq2's next message, stamped before mq1's last but after mq2's
+            // own: a resume after one position (mq1's) would not replay it.
+            let replay = r#""coremq_replay": true, "#;
+            steps = vec![
+                resumed(json!({"news": true, "sport": true})),
+                delivery("news", replay, "1796182109.381080", "mq1:6747"),
+                delivery("news", replay, "1796182109.300000", "mq2:6747"),
+            ];
+        }
+        steps
+    });
+    let client = Client::connect_with(server.addr(), config()).expect("connect");
+    client.subscribe(["news", "sport"]).expect("subscribe");
+    for _ in 0..4 {
+        next(&client);
+    }
+    assert_eq!(
+        client.positions("news"),
+        [
+            pos("1796182109.200000@mq2:6747"),
+            pos("1796182109.381080@mq1:6747")
+        ]
+    );
+    assert_eq!(
+        client.position("news"),
+        Some(pos("1796182109.200000@mq2:6747")),
+        "the last received"
+    );
+
+    reconnect(&client);
+    let again = subscribe_on(&server, 1);
+    // Earliest first, each time with the server's own digits.
+    assert!(
+        again.raw.ends_with(concat!(
+            r#""coremq_since":{"news":["#,
+            r#"{"sent":1796182109.200000,"server":"mq2:6747"},"#,
+            r#"{"sent":1796182109.381080,"server":"mq1:6747"}],"#,
+            r#""sport":{"sent":1796182110.50,"server":"mq2:6747"}}}"#
+        )),
+        "{}",
+        again.raw
+    );
+    // mq1's replay was delivered already; mq2's later one was not.
+    let replay = next(&client);
+    assert_eq!(
+        (at(&replay), replay.is_replay()),
+        ("1796182109.300000@mq2:6747".into(), true)
+    );
+    assert_eq!(
+        client
+            .recv_timeout(Duration::from_millis(100))
+            .expect("recv"),
+        None
+    );
+    assert!(client.gaps().is_empty());
+}
+
+#[test]
+fn a_server_that_refuses_lists_is_asked_again_with_the_earliest_position() {
+    let server = FakeServer::start(|f| {
+        let first = vec![
+            delivery("news", "", "20.000002", "a"),
+            delivery("news", "", "20.000001", "b"),
+        ];
+        let mut steps = script(f, 0, first);
+        if f.conn == 1 && f.kind() == "coremq_subscribe" {
+            // What a server from before the list form answers.
+            let since = &f.json["coremq_since"]["news"];
+            steps = if since.is_array() {
+                vec![Step::Send(json!({"response":
+                    "ERROR: coremq_since takes an object of queue names and positions, \
+                     e.g. {\"news\": {\"sent\": 1796182109.38108, \"server\": \"mq1:6747\"}}"}))]
+            } else {
+                vec![
+                    resumed(json!({"news": true})),
+                    delivery("news", r#""coremq_replay": true, "#, "20.000002", "a"),
+                    delivery("news", r#""coremq_replay": true, "#, "20.000003", "b"),
+                ]
+            };
+        }
+        steps
+    });
+    let client = Client::connect_with(server.addr(), config()).expect("connect");
+    client.subscribe(["news"]).expect("subscribe");
+    next(&client);
+    next(&client);
+    reconnect(&client);
+    assert!(subscribe_on(&server, 1).json["coremq_since"]["news"].is_array());
+    assert_eq!(
+        subscribe_on(&server, 1).raw,
+        r#"{"coremq_subscribe":["news"],"coremq_since":{"news":{"sent":20.000001,"server":"b"}}}"#
+    );
+    // Resumed: a's replay is dropped, b's new message arrives.
+    assert_eq!(at(&next(&client)), "20.000003@b");
+    assert!(client.gaps().is_empty());
+    assert_eq!(client.subscriptions(), ["news"]);
 }
 
 #[test]
@@ -236,10 +349,13 @@ fn replays_already_delivered_are_dropped_and_nothing_else_is() {
     assert_eq!(at(&next(&client)), "10.000001@b");
 
     reconnect(&client);
-    // Resumed after the last message in the order it arrived.
+    // Resumed after the newest message of each server.
     assert_eq!(
         subscribe_on(&server, 1).json["coremq_since"],
-        json!({"news": {"sent": 10.000001, "server": "b"}})
+        json!({"news": [
+            {"sent": 10.000001, "server": "b"},
+            {"sent": 10.000002, "server": "a"},
+        ]})
     );
     let replay = next(&client);
     assert_eq!(
@@ -334,6 +450,59 @@ fn subscribe_since_sends_the_positions_and_resumes_from_them() {
         "{}",
         again.raw
     );
+}
+
+#[test]
+fn subscribe_since_per_server_sends_a_list_and_a_single_position_as_an_object() {
+    let server = FakeServer::start(|f| {
+        if f.kind() == "coremq_subscribe" && f.json.get("coremq_since").is_some() {
+            return vec![resumed(json!({"news": false, "sport": true}))];
+        }
+        script(f, usize::MAX, vec![])
+    });
+    let client = Client::connect_with(server.addr(), config()).expect("connect");
+    let news = vec![
+        pos("1796182109.381080@mq1:6747"),
+        pos("1796182109.2@mq2:6747"),
+        // The same server again: its earliest position counts.
+        pos("1796182109.5@mq2:6747"),
+    ];
+    let recovered = client
+        .subscribe_since_per_server(
+            Vec::<&str>::new(),
+            [("news", news), ("sport", vec![pos("7.50@mq1:6747")])],
+        )
+        .expect("subscribe");
+    assert_eq!(
+        recovered.into_iter().collect::<Vec<_>>(),
+        [("news".into(), false), ("sport".into(), true)]
+    );
+    let since = concat!(
+        r#""coremq_since":{"news":["#,
+        r#"{"sent":1796182109.2,"server":"mq2:6747"},"#,
+        r#"{"sent":1796182109.381080,"server":"mq1:6747"}],"#,
+        r#""sport":{"sent":7.50,"server":"mq1:6747"}}}"#
+    );
+    let sent = subscribe_on(&server, 0);
+    assert!(sent.raw.ends_with(since), "{}", sent.raw);
+    // A gap names the earliest position, the one recovered is judged by.
+    assert_eq!(
+        client.gaps(),
+        [Gap {
+            queue: "news".into(),
+            since: Some(pos("1796182109.2@mq2:6747"))
+        }]
+    );
+    assert_eq!(
+        client.positions("news"),
+        [
+            pos("1796182109.2@mq2:6747"),
+            pos("1796182109.381080@mq1:6747")
+        ]
+    );
+    reconnect(&client);
+    let again = subscribe_on(&server, 1);
+    assert!(again.raw.ends_with(since), "{}", again.raw);
 }
 
 #[test]
