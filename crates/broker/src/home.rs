@@ -268,7 +268,10 @@ impl Home {
             c.complete(seq, |kind| {
                 if let (ReplyKind::Resumed { recovered, replay }, Some(r)) = (kind, resumed) {
                     recovered.push((queue.into(), r.complete));
-                    replay.extend(r.frames);
+                    // Unsubscribed meanwhile: nothing to replay.
+                    if activate {
+                        replay.extend(r.frames);
+                    }
                 }
             });
         }

@@ -37,9 +37,11 @@ pub(crate) struct QueueState {
     /// stored, or when a subscriber created it. A resume from before it
     /// cannot be promised complete (the node may have restarted).
     born: MsgKey,
-    /// The newest message that left the history (window, memory): a resume
-    /// from before it has missed messages (§10).
-    dropped: Option<MsgKey>,
+    /// Per origin server, the newest message that left the history (window,
+    /// memory): a resume from before it has missed messages (§10). Per
+    /// server, so that a resume listing a server that went quiet long ago is
+    /// judged by what that server sent, not by the others' messages.
+    dropped: Vec<MsgKey>,
     /// How long a message stays in the history, in µs (0: no limit).
     ttl_us: u64,
     /// The newest position stored or delivered here: a message of this node
@@ -113,6 +115,14 @@ pub(crate) fn held_bytes(frame: &MsgFrame) -> usize {
     frame.bytes().allocated()
 }
 
+/// Remembers that `key` left a queue's history: per origin, the newest.
+fn note_dropped(dropped: &mut Vec<MsgKey>, key: MsgKey) {
+    match dropped.iter_mut().find(|d| d.origin == key.origin) {
+        Some(d) => *d = (*d).max(key),
+        None => dropped.push(key),
+    }
+}
+
 /// A new queue's `history_ttl` in µs (0: none), from the rules.
 fn ttl_us_for(rules: &[coremq_config::HistoryTtlRule], queue: &str) -> u64 {
     rules
@@ -159,7 +169,7 @@ impl QueueTable {
         while q.front_expired(now_us) {
             if let Some(old) = q.history.pop_front() {
                 q.frame_bytes -= held_bytes(&old);
-                q.note_dropped(Some(old.key()));
+                note_dropped(&mut q.dropped, old.key());
             }
         }
         let gone = (before - q.history.len()) as u64;
@@ -239,8 +249,9 @@ impl QueueTable {
             self.history_messages -= n;
             self.history_bytes -= q.cost(name.len());
             self.evictions += n;
-            q.note_dropped(q.history.back().map(MsgFrame::key));
-            q.history = VecDeque::new();
+            for f in std::mem::take(&mut q.history) {
+                note_dropped(&mut q.dropped, f.key());
+            }
             q.frame_bytes = 0;
             if q.is_idle() {
                 self.queues.remove(hash, &name);
@@ -302,10 +313,14 @@ impl QueueTable {
         };
         // Messages past their history_ttl count as gone, kept or not yet.
         let alive = q.first_alive(crate::clock::unix_now_us());
-        let expired = alive.checked_sub(1).map(|i| q.history[i].key());
-        let dropped = q.dropped.max(expired);
         let floor = since.floor;
-        let complete = floor >= q.born && dropped.is_none_or(|d| floor >= d);
+        let lost = q
+            .dropped
+            .iter()
+            .copied()
+            .chain(q.history.range(..alive).map(MsgFrame::key))
+            .any(|key| since.is_after(key));
+        let complete = floor >= q.born && !lost;
         let from = q.history.partition_point(|f| f.key() <= floor).max(alive);
         let after = q
             .history
@@ -461,7 +476,7 @@ impl QueueState {
             stalled_remote: 0,
             held: Vec::new(),
             born,
-            dropped: None,
+            dropped: Vec::new(),
             newest: MsgKey::default(),
             ttl_us,
         }
@@ -484,13 +499,6 @@ impl QueueState {
         }
         let cutoff = now_us.saturating_sub(self.ttl_us);
         self.history.partition_point(|f| f.key().sent_us < cutoff)
-    }
-
-    /// Remembers that messages up to `key` left the history.
-    fn note_dropped(&mut self, key: Option<MsgKey>) {
-        if let Some(key) = key {
-            self.dropped = Some(self.dropped.map_or(key, |d| d.max(key)));
-        }
     }
 
     /// The memory this queue's history holds (nothing when it has none):
@@ -520,14 +528,13 @@ impl QueueState {
         if cap == 0 || (h.len() == cap && i == 0) {
             // Kept nowhere (no history, or older than everything kept): new,
             // but a subscriber resuming from before it has missed it.
-            self.note_dropped(Some(frame.key()));
+            note_dropped(&mut self.dropped, frame.key());
             return Stored::New;
         }
         if h.len() == cap {
             if let Some(old) = h.pop_front() {
                 self.frame_bytes -= held_bytes(&old);
-                let key = old.key();
-                self.dropped = Some(self.dropped.map_or(key, |d| d.max(key)));
+                note_dropped(&mut self.dropped, old.key());
             }
             i -= 1;
         }

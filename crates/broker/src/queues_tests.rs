@@ -355,3 +355,27 @@ fn resume_with_a_position_per_server() {
     );
     assert!(after.is_empty());
 }
+
+/// A listed server that went quiet long ago does not make a resume look
+/// incomplete: what left the history is judged per server.
+#[test]
+fn recovered_is_judged_per_server() {
+    let mut t = QueueTable::default();
+    let key = |origin: u64, n: u64| MsgKey {
+        sent_us: 1000 + n,
+        origin,
+    };
+    let frame = |k: MsgKey| MsgFrame::new("q", b"{}", k);
+    t.publish(&frame(key(2, 1)), false, |_| 3);
+    for n in 2..=10 {
+        t.publish(&frame(key(1, n)), false, |_| 3);
+    }
+    // Server 2's only message and server 1's 2..=7 left the window of 3.
+    let both = Since::new(vec![key(1, 10), key(2, 1)]);
+    let (complete, after) = t.resume("q", &both);
+    assert!(complete, "the client has everything of both servers");
+    assert!(after.is_empty());
+    // Behind on server 1 past the window: incomplete.
+    let behind = Since::new(vec![key(1, 5), key(2, 1)]);
+    assert!(!t.resume("q", &behind).0);
+}

@@ -392,12 +392,14 @@ impl Conn {
             }
         }
         let mine = |q: &str| recovered.iter().any(|(r, _)| **r == *q);
+        // Held for a queue unsubscribed meanwhile: dropped.
+        let subscribed = |st: &ConnState, q: &str| st.subs.contains_key(q);
         let held = std::mem::take(&mut st.held);
         for (q, frame) in held {
-            if mine(&q) {
-                st.out.push_shared(&frame);
-            } else {
+            if !mine(&q) {
                 st.held.push((q, frame));
+            } else if subscribed(st, &q) {
+                st.out.push_shared(&frame);
             }
         }
         for (q, _) in recovered {
