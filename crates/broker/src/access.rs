@@ -9,7 +9,7 @@
 //! message. A node without `users_file` has no `Rules` and its connections no
 //! `Access`: nothing here runs.
 
-use crate::consts::is_reserved;
+use crate::consts::{is_conn_id, is_reserved};
 use crate::refusal::Refusal;
 use coremq_auth::{Action, Authority, Identity, Perms};
 use std::cell::{Cell, Ref, RefCell};
@@ -57,8 +57,9 @@ pub(crate) struct Access {
     perms: RefCell<Arc<Perms>>,
     /// The [`Rules`] generation `perms` was derived under.
     generation: Cell<u64>,
-    /// The queue last published to and whether that was allowed.
-    last_publish: RefCell<Option<(Box<str>, bool)>>,
+    /// The queue last published to, whether that was allowed, and whether
+    /// it is a connection id (`direct`).
+    last_publish: RefCell<Option<(Box<str>, bool, bool)>>,
     /// A password is being checked off the shard: nothing more of this
     /// connection is read until the answer, so its next requests are judged
     /// with the rights the answer gives.
@@ -117,22 +118,23 @@ impl Access {
         }
     }
 
-    /// Whether the connection may publish to `queue` (`direct`: a
-    /// connection id).
-    pub(crate) fn check_publish(&self, queue: &str, direct: bool) -> Result<(), Refusal> {
+    /// Whether the connection may publish to `queue` (a connection id needs
+    /// `direct`). A publisher pipelining to one queue pays one comparison.
+    pub(crate) fn check_publish(&self, queue: &str) -> Result<(), Refusal> {
         let perms = self.perms();
         let cached = match &*self.last_publish.borrow() {
-            Some((q, ok)) if **q == *queue => Some(*ok),
+            Some((q, ok, direct)) if **q == *queue => Some((*ok, *direct)),
             _ => None,
         };
-        let ok = cached.unwrap_or_else(|| {
+        let (ok, direct) = cached.unwrap_or_else(|| {
+            let direct = is_conn_id(queue);
             let ok = if direct {
                 perms.direct()
             } else {
                 perms.allows(Action::Publish, queue)
             };
-            *self.last_publish.borrow_mut() = Some((queue.into(), ok));
-            ok
+            *self.last_publish.borrow_mut() = Some((queue.into(), ok, direct));
+            (ok, direct)
         });
         drop(perms);
         if ok {

@@ -13,7 +13,7 @@ mod routing;
 use crate::access::{Access, Rules};
 use crate::clock::Clock;
 use crate::conn::state::{Conn, ReplyKind};
-use crate::consts::{is_conn_id, is_reserved};
+use crate::consts::is_reserved;
 use crate::drain::Drain;
 use crate::event::Event;
 use crate::gather::Gathers;
@@ -248,7 +248,7 @@ impl Shard {
             return self.refuse(conn, &Refusal::ReservedQueue(queue.into()));
         }
         if let Some(access) = &conn.access {
-            if let Err(refusal) = access.check_publish(queue, is_conn_id(queue)) {
+            if let Err(refusal) = access.check_publish(queue) {
                 return self.refuse(conn, &refusal);
             }
         }
