@@ -387,6 +387,31 @@ fn dashboard_in_headless_chromium() {
         Duration::from_secs(20),
     );
 
+    // A blip: the page's WebSocket drops while messages are published; it
+    // reconnects, resumes after the last one it had, and shows each once.
+    let before = d.js("return window.coremqMessagesReceived;").as_u64().unwrap();
+    d.js("window.coremqDropConnection(); return true;");
+    for n in 0..3 {
+        tcp.publish(&q, &json!({ "text": format!("while away {n}") }));
+    }
+    d.wait_for(
+        "the messages published while away appear after the reconnect",
+        &format!("return window.coremqMessagesReceived >= {};", before + 3),
+        Duration::from_secs(20),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.js("return window.coremqMessagesReceived;"),
+        json!(before + 3),
+        "each exactly once"
+    );
+    assert_eq!(d.js("return window.coremqGaps.length;"), json!(0));
+    assert!(
+        d.text("#messages").contains("while away 2"),
+        "{}",
+        d.text("#messages")
+    );
+
     // Publish from the page to a TCP subscriber.
     let q2 = uniq("dash.pub");
     let mut tsub = b.client();
