@@ -389,7 +389,10 @@ fn dashboard_in_headless_chromium() {
 
     // A blip: the page's WebSocket drops while messages are published; it
     // reconnects, resumes after the last one it had, and shows each once.
-    let before = d.js("return window.coremqMessagesReceived;").as_u64().unwrap();
+    let before = d
+        .js("return window.coremqMessagesReceived;")
+        .as_u64()
+        .unwrap();
     d.js("window.coremqDropConnection(); return true;");
     for n in 0..3 {
         tcp.publish(&q, &json!({ "text": format!("while away {n}") }));

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("mesh", 1),
     ("access", 2),
     ("queues", 2),
+    ("queues::state", 2),
     ("subs", 2),
     ("conn::outq", 2),
     ("conn::flow", 2),

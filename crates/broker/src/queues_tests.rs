@@ -2,6 +2,7 @@
 //! memory budget, stalled queues' held confirmations.
 
 use super::*;
+use crate::msg::ConnKey;
 
 fn frame(q: &str, n: u32) -> MsgFrame {
     let key = crate::msg::MsgKey {
