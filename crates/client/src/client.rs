@@ -8,7 +8,7 @@ use crate::message::Message;
 use crate::position::Position;
 use crate::reader;
 use crate::resume::{self, subscribe_frame, Gap, Since};
-use crate::state::{Pending, Reply, Shared, State};
+use crate::state::{Pending, Reply, Server, Shared, State};
 use crate::wire::{
     check_queue_name, command_frame, publish_frame, GET_HISTORY, OPTIONS, STATUS, UNSUBSCRIBE,
 };
@@ -39,7 +39,10 @@ const RESERVED_OPTION: &str = "ack";
 /// When the connection breaks (server restart, network failure, `BYE`), a
 /// background thread reconnects with exponential backoff, subscribes again to
 /// every queue subscribed through this client and sets the options again,
-/// before any new request is sent.
+/// before any new request is sent. A client given several servers (the nodes
+/// of a cluster, [`connect_any`](Self::connect_any)) fails over: each round
+/// tries the server it was on, then the others in turn, and the backoff
+/// pause comes between rounds.
 ///
 /// Each queue is resumed after the newest of its messages that the client
 /// queued for [`recv`](Self::recv) from each server (docs/protocol.md §10;
@@ -128,18 +131,58 @@ impl Client {
         addr: A,
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
-        let addr_text = addr.to_string();
-        let addrs: Vec<_> = addr
-            .to_socket_addrs()
-            .map_err(|cause| ClientError::Resolve {
-                addr: addr_text.clone(),
-                cause,
-            })?
-            .collect();
-        if addrs.is_empty() {
+        Client::connect_any([addr], config)
+    }
+
+    /// Connects to the first of several servers (the nodes of a cluster) that
+    /// answers, trying them in the order given, and fails over between them:
+    /// after a lost connection, each reconnection round tries the server the
+    /// client was on first, then the others in turn, with the configured
+    /// backoff between rounds (see "Reconnection" above).
+    /// [`server_addr`](Self::server_addr) tells which one it is on.
+    ///
+    /// Every address is resolved now, once; one that does not resolve fails
+    /// the call with [`ClientError::Resolve`], as does an empty list. When no
+    /// server answers, the error is the last one's. A round can take up to
+    /// one [`connect_timeout`](ClientConfig::connect_timeout) per server.
+    ///
+    /// ```no_run
+    /// use coremq_client::{Client, ClientConfig};
+    ///
+    /// let nodes = ["mq1:6747", "mq2:6747", "mq3:6747"];
+    /// let client = Client::connect_any(nodes, ClientConfig::default())?;
+    /// println!("on {:?}", client.server_addr());
+    /// # Ok::<(), coremq_client::ClientError>(())
+    /// ```
+    pub fn connect_any<I, A>(addrs: I, config: ClientConfig) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = A>,
+        A: ToSocketAddrs + fmt::Display,
+    {
+        let servers = addrs
+            .into_iter()
+            .map(|addr| {
+                let text = addr.to_string();
+                match addr.to_socket_addrs() {
+                    Ok(resolved) => {
+                        let addrs: Vec<_> = resolved.collect();
+                        if addrs.is_empty() {
+                            Err(ClientError::Resolve {
+                                addr: text,
+                                cause: std::io::Error::other("no addresses"),
+                            })
+                        } else {
+                            Ok(Server { text, addrs })
+                        }
+                    }
+                    Err(cause) => Err(ClientError::Resolve { addr: text, cause }),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
             return Err(ClientError::Resolve {
-                addr: addr_text,
-                cause: std::io::Error::other("no addresses"),
+                addr: "[]".into(),
+                cause: std::io::Error::other("no server address given"),
             });
         }
         let credentials = config.credentials.clone();
@@ -150,10 +193,9 @@ impl Client {
             }),
             changed: Default::default(),
             config,
-            addrs,
-            addr_text,
+            servers,
         });
-        let mut conn = handshake::open(&shared, credentials.as_ref(), &[], &Map::new())?;
+        let mut conn = handshake::open(&shared, 0, credentials.as_ref(), &[], &Map::new())?;
         reader::install(&shared, &mut conn);
         let thread = {
             let shared = shared.clone();
@@ -179,6 +221,14 @@ impl Client {
     /// The server's node name, from the welcome frame.
     pub fn server_name(&self) -> Option<String> {
         self.state().live.as_ref().map(|l| l.node.clone())
+    }
+
+    /// The address of the server the client is connected to, as given to
+    /// [`connect_any`](Self::connect_any) (or `connect`), or `None` while
+    /// reconnecting. It changes when the client fails over to another server.
+    pub fn server_addr(&self) -> Option<String> {
+        let server = self.state().live.as_ref().map(|l| l.server)?;
+        Some(self.shared.servers[server].text.clone())
     }
 
     /// The user the server authenticated the current connection as (from
@@ -830,7 +880,16 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // No credentials here: they must never reach a log.
         f.debug_struct("Client")
-            .field("server", &self.shared.addr_text)
+            .field("server", &self.server_addr())
+            .field(
+                "servers",
+                &self
+                    .shared
+                    .servers
+                    .iter()
+                    .map(|s| &s.text)
+                    .collect::<Vec<_>>(),
+            )
             .field("id", &self.id())
             .field("user", &self.user())
             .finish()

@@ -17,18 +17,39 @@ use std::time::Duration;
 /// assert_eq!(config.request_timeout_value(), Duration::from_secs(2));
 /// ```
 ///
+/// The servers are not part of the config: one address goes to
+/// [`Client::connect_with`](crate::Client::connect_with), the nodes of a
+/// cluster to [`Client::connect_any`](crate::Client::connect_any). With
+/// several, the client connects to the first that answers and, when the
+/// connection is lost, reconnects in rounds — the server it was on, then
+/// the others in turn — pausing by the reconnect delays between rounds, not
+/// between the servers of one round:
+///
+/// ```no_run
+/// use coremq_client::{Client, ClientConfig};
+/// use std::time::Duration;
+///
+/// let config = ClientConfig::default()
+///     .connect_timeout(Duration::from_secs(1)) // per server tried
+///     .reconnect_delays(Duration::from_millis(100), Duration::from_secs(5));
+/// let client = Client::connect_any(["mq1:6747", "mq2:6747"], config)?;
+/// # Ok::<(), coremq_client::ClientError>(())
+/// ```
+///
 /// `Debug` shows the user name but never a password or token.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// Bound on one TCP connect plus the welcome frame, so an address that
-    /// drops packets fails instead of hanging the caller.
+    /// drops packets fails instead of hanging the caller (or holding up the
+    /// next server of a failover round).
     pub(crate) connect_timeout: Duration,
     /// Bound on waiting for a reply, and for a connection when a request is
     /// made while the client is reconnecting.
     pub(crate) request_timeout: Duration,
     /// Whether a lost connection is re-established in the background.
     pub(crate) reconnect: bool,
-    /// First pause between reconnection attempts; doubled after each failure.
+    /// First pause between reconnection rounds (each tries every server
+    /// once); doubled after each failed round.
     pub(crate) reconnect_min: Duration,
     /// Ceiling for the doubling, so a long outage is still noticed promptly.
     pub(crate) reconnect_max: Duration,
@@ -61,7 +82,8 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
-    /// Bound on connecting and reading the welcome (default 5 s).
+    /// Bound on connecting and reading the welcome (default 5 s), per
+    /// server tried.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -85,7 +107,8 @@ impl ClientConfig {
     }
 
     /// First and longest pause between reconnection attempts (default 100 ms
-    /// and 5 s). Each pause is jittered by up to half, so that many clients of a
+    /// and 5 s); with several servers, between rounds that try each of them.
+    /// Each pause is jittered by up to half, so that many clients of a
     /// restarted broker do not reconnect in lockstep.
     pub fn reconnect_delays(mut self, min: Duration, max: Duration) -> Self {
         self.reconnect_min = min;

@@ -1,8 +1,10 @@
-//! Opening a connection: TCP connect, the welcome frame (connection id and
-//! node name), authentication when the client has credentials, then — after
-//! a reconnect — subscribing again (resuming each queue after its newest
-//! position per server, where it has any) and setting the options again,
-//! before any caller request may use the connection.
+//! Opening a connection: TCP connect to the first of the client's servers
+//! that answers (round-robin from the one it was on), the welcome frame
+//! (connection id and node name), authentication when the client has
+//! credentials, then — after a reconnect — subscribing again (resuming each
+//! queue after its newest position per server, where it has any) and
+//! setting the options again, before any caller request may use the
+//! connection.
 //!
 //! Doing this before the connection is handed to callers keeps the reply
 //! order simple: the handshake's own requests are answered before any
@@ -27,6 +29,8 @@ pub(crate) struct Connection {
     pub reader: FrameReader,
     pub id: String,
     pub node: String,
+    /// Which of the client's servers it is connected to.
+    pub server: usize,
     /// The user named by the server's `OK: Authenticated`.
     pub user: Option<String>,
     /// Messages that arrived during the handshake (after the re-subscribe).
@@ -49,24 +53,60 @@ pub(crate) fn is_reply(frame: &ServerFrame, id: &str) -> bool {
 /// server, earliest first; none when no message of it has arrived).
 pub(crate) type Resume = Since;
 
-/// Connects to the first address that answers and runs the handshake,
-/// authenticating with `credentials`, re-subscribing `subscriptions` and
-/// re-setting `options`.
+/// Connects to the first server that answers, trying them in turn from
+/// `first` (round-robin), and runs the handshake there: authenticating with
+/// `credentials`, re-subscribing `subscriptions` and re-setting `options`.
+///
+/// A server that does not complete the handshake (refused, no welcome,
+/// connection lost meanwhile) passes the turn to the next one; refused
+/// credentials end the round, as every node of a cluster has the same users
+/// file (docs/protocol.md §8) and would refuse them too. When every server
+/// fails, the last one's error is returned.
 pub(crate) fn open(
     shared: &Shared,
+    first: usize,
+    credentials: Option<&Credentials>,
+    subscriptions: &[Resume],
+    options: &Map<String, Value>,
+) -> Result<Connection, ClientError> {
+    let n = shared.servers.len();
+    let mut last = None;
+    for turn in 0..n {
+        // `close` interrupts the attempt in progress; the others are not made.
+        if turn > 0 && shared.lock().closed {
+            return Err(ClientError::Closed);
+        }
+        let server = (first + turn) % n;
+        match open_server(shared, server, credentials, subscriptions, options) {
+            Ok(conn) => return Ok(conn),
+            Err(e @ ClientError::AuthenticationFailed(_)) => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| ClientError::Connect {
+        addr: String::new(),
+        cause: io::Error::other("no server address to try"),
+    }))
+}
+
+/// Connects to the first socket address of server `server` that accepts
+/// and runs the handshake there.
+fn open_server(
+    shared: &Shared,
+    server: usize,
     credentials: Option<&Credentials>,
     subscriptions: &[Resume],
     options: &Map<String, Value>,
 ) -> Result<Connection, ClientError> {
     let config = &shared.config;
     let mut last = None;
-    for addr in &shared.addrs {
+    for addr in &shared.servers[server].addrs {
         match connect_one(addr, config.connect_timeout) {
             Ok(stream) => {
                 if let Ok(clone) = stream.try_clone() {
                     shared.lock().connecting = Some(clone);
                 }
-                let result = handshake(shared, stream, credentials, subscriptions, options);
+                let result = handshake(shared, server, stream, credentials, subscriptions, options);
                 shared.lock().connecting = None;
                 return result;
             }
@@ -76,7 +116,7 @@ pub(crate) fn open(
     let (addr, cause) = match last {
         Some((addr, cause)) => (addr.to_string(), cause),
         None => (
-            shared.addr_text.clone(),
+            shared.servers[server].text.clone(),
             io::Error::other("no address to try"),
         ),
     };
@@ -100,6 +140,7 @@ fn connect_one(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 
 fn handshake(
     shared: &Shared,
+    server: usize,
     mut stream: TcpStream,
     credentials: Option<&Credentials>,
     subscriptions: &[Resume],
@@ -109,7 +150,7 @@ fn handshake(
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
-        .unwrap_or_else(|_| shared.addr_text.clone());
+        .unwrap_or_else(|_| shared.servers[server].text.clone());
     let broken = |end: ReadEnd| -> ClientError {
         let kind = if end.is_timeout() {
             io::ErrorKind::TimedOut
@@ -156,6 +197,7 @@ fn handshake(
         reader,
         id,
         node,
+        server,
         user: None,
         early: Vec::new(),
         revoked: Vec::new(),

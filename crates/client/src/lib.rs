@@ -3,6 +3,8 @@
 //! (waiting for the OK or not), subscribe/unsubscribe, history, options,
 //! status, receive with a timeout — and its promise: the connection is kept
 //! open and re-established automatically, subscriptions and options included.
+//! Given the nodes of a cluster ([`Client::connect_any`]), it fails over to
+//! another node when the one it is on goes away.
 //! Against a server with access control it authenticates with a password or a
 //! token on every connection, before anything else.
 //!
@@ -22,11 +24,12 @@
 //!   kept per queue, the `coremq_since` request, the `recovered` reply and
 //!   its [`Gap`]s, and dropping replays already delivered.
 //! - [`ClientError`] (`error`): what can fail, grouped the way callers react.
-//! - `handshake`: connect, welcome, authenticate, and re-subscribe/re-apply
-//!   after a reconnect.
+//! - `handshake`: connect (the first server that answers), welcome,
+//!   authenticate, and re-subscribe/re-apply after a reconnect.
 //! - `auth`: credentials (never shown by `Debug`), the `coremq_auth` request,
 //!   and the notices of access control (revoked subscriptions, expired token).
-//! - `reader`: the background thread; `backoff`: pauses between reconnects.
+//! - `reader`: the background thread; `backoff`: pauses between reconnect
+//!   rounds (each tries every server, the current one first).
 //! - `state`: what the caller's threads and the reader share; `wire`: frames.
 //!
 //! # Example

@@ -1,8 +1,10 @@
 //! The background thread: reads frames, hands replies to the requests that
 //! wait for them and messages to the inbox (dropping replays of messages
 //! already there or received), and when the connection is lost, reconnects
-//! with backoff (authenticating, resuming subscriptions and re-applying
-//! options through the handshake).
+//! with backoff between rounds over the servers — the one it was on first,
+//! as a short outage of it is the common case, then the others in turn
+//! (authenticating, resuming subscriptions and re-applying options through
+//! the handshake).
 //!
 //! Credentials that the server refuses on a reconnect, and a token that ran
 //! out, end the reconnecting for good: the same credentials would be refused
@@ -38,6 +40,7 @@ pub(crate) fn install(shared: &Shared, conn: &mut Connection) -> bool {
     st.live = Some(Live {
         id: conn.id.clone(),
         node: conn.node.clone(),
+        server: conn.server,
         user: conn.user.clone(),
         writer: Arc::new(Mutex::new(writer)),
         socket,
@@ -88,7 +91,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut conn: Connection) {
                     .collect();
                 (st.credentials.clone(), subs, st.options.clone())
             };
-            match handshake::open(&shared, credentials.as_ref(), &subs, &options) {
+            match handshake::open(&shared, conn.server, credentials.as_ref(), &subs, &options) {
                 Ok(mut next) => {
                     if !install(&shared, &mut next) {
                         break 'serve;

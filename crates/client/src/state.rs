@@ -30,10 +30,18 @@ pub(crate) struct Shared {
     pub changed: Condvar,
     /// Fixed at connect.
     pub config: ClientConfig,
-    /// The server's addresses, resolved once at connect and tried in order.
+    /// The servers (cluster nodes) the client may connect to, in the
+    /// caller's order; never empty.
+    pub servers: Vec<Server>,
+}
+
+/// One server address as the caller gave it.
+pub(crate) struct Server {
+    /// As the caller wrote it: for messages and
+    /// [`Client::server_addr`](crate::Client::server_addr).
+    pub text: String,
+    /// Its socket addresses, resolved once at connect and tried in order.
     pub addrs: Vec<SocketAddr>,
-    /// The address as the caller wrote it, for messages.
-    pub addr_text: String,
 }
 
 /// The mutable part of [`Shared`].
@@ -102,6 +110,8 @@ pub(crate) struct Live {
     pub id: String,
     /// The server's node name from the welcome frame.
     pub node: String,
+    /// Which of [`Shared::servers`] it is connected to.
+    pub server: usize,
     /// The user the server authenticated this connection as, if any.
     pub user: Option<String>,
     /// Write side; its own lock (see the module docs).

@@ -13,9 +13,10 @@
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// One frame a client sent.
@@ -72,11 +73,16 @@ pub enum Step {
 /// Decides the answer to a frame.
 pub type Script = dyn Fn(&Received) -> Vec<Step> + Send + Sync;
 
-/// The server; it runs until the test process ends.
+/// The server; it runs until the test process ends, or until
+/// [`stop_listening`](FakeServer::stop_listening) for new connections.
 pub struct FakeServer {
     addr: SocketAddr,
     frames: Mutex<Receiver<Received>>,
     accepted: Arc<AtomicUsize>,
+    /// Tells the accept loop to close the listener.
+    stop: Arc<AtomicBool>,
+    /// The accept loop, joined once it has closed the listener.
+    acceptor: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The usual successful reply to a frame, as the broker gives it; a token
@@ -120,26 +126,59 @@ pub fn auth_failed() -> Vec<Step> {
 impl FakeServer {
     /// Listens on an ephemeral localhost port and answers with `script`.
     pub fn start(script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static) -> FakeServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        FakeServer::start_at("127.0.0.1:0", script)
+    }
+
+    /// Listens on `addr` (a port that another server left, say) and answers
+    /// with `script`.
+    pub fn start_at(
+        addr: &str,
+        script: impl Fn(&Received) -> Vec<Step> + Send + Sync + 'static,
+    ) -> FakeServer {
+        let listener = TcpListener::bind(addr).expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = mpsc::channel();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
         let script: Arc<Script> = Arc::new(script);
-        {
-            let accepted = accepted.clone();
+        let acceptor = {
+            let (accepted, stop) = (accepted.clone(), stop.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        // Dropping the listener: connecting is refused from now on.
+                        return;
+                    }
                     let Ok(stream) = stream else { continue };
                     let conn = accepted.fetch_add(1, Ordering::SeqCst);
                     let (tx, script) = (tx.clone(), script.clone());
                     std::thread::spawn(move || serve(stream, conn, tx, script));
                 }
-            });
-        }
+            })
+        };
         FakeServer {
             addr,
             frames: Mutex::new(rx),
             accepted,
+            stop,
+            acceptor: Mutex::new(Some(acceptor)),
+        }
+    }
+
+    /// Closes the listener, so that connecting is refused (a node that went
+    /// down); the connections already accepted carry on. Returns once the
+    /// listener is closed.
+    pub fn stop_listening(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which sees the flag and closes the listener.
+        let _ = TcpStream::connect(self.addr);
+        let acceptor = self
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(acceptor) = acceptor {
+            let _ = acceptor.join();
         }
     }
 
