@@ -418,24 +418,24 @@ fn acl_table_compares_on_and_off_by_paired_repetitions() {
     assert_eq!(summary_row(&md, "1to1 msg/s")[5..], ["**0.96×**", "1.00×"]);
 
     // workload | msg/s off | msg/s on | on/off | paired | quiet | paired, quiet
-    // | CPU off | CPU on | CPU on/off | lost off | lost on
+    // | 90% CI | CPU off | CPU on | CPU on/off | lost off | lost on
     let row = |label: &str| summary_row(&md, label).join(" | ");
     assert_eq!(
         row("1to1"),
         "1to1 | 2.50 M | 2.40 M | 0.96× | 0.98× (0.96–1.05) | 3/3 | 0.98× (0.96–1.05) \
-         | 0.50 | 0.52 | 1.04× | 0 | 0"
+         | 0.96–1.05 | 0.50 | 0.52 | 1.04× | 0 | 0"
     );
     assert_eq!(
         row("4x4"),
         "4x4 | 2.00 M | 1.92 M | 0.96× | **0.96× (0.95–0.97)** | 2/3 | 0.96× (0.95–0.97) \
-         | 0.40 | 0.44 | 1.10× | 0 | 0"
+         | 0.95–0.97 | 0.40 | 0.44 | 1.10× | 0 | 0"
     );
     assert_eq!(
         row("1to1 (noack)"),
         "1to1 (noack) | 4.00 M | 4.00 M | 1.00× | 1.00× (1.00–1.00) | 0/3 | – \
-         | 0.30 | 0.30 | 1.00× | 0 | 0"
+         | 1.00–1.00 | 0.30 | 0.30 | 1.00× | 0 | 0"
     );
-    assert_eq!(summary_row(&md, "1to1-unwin")[11], "7");
+    assert_eq!(summary_row(&md, "1to1-unwin")[12], "7");
     assert_eq!(summary_row(&md, "pingpong")[4], "1.00× (1.00–1.00)");
     assert!(
         !md.contains("| idle |"),
@@ -454,7 +454,7 @@ fn acl_table_compares_on_and_off_by_paired_repetitions() {
         .find(|l| l.starts_with("**Access control, this run:**"))
         .unwrap_or_else(|| panic!("no access-control verdict:\n{md}"));
     for want in [
-        "**more than 3% slower** — 4x4 0.96× (all 3 pairs, 2 quiet; on/off of medians 0.96×); \
+        "**more than 3% slower** — 4x4 0.96× (all 3 pairs, 2 quiet, 90% CI 0.95–0.97; on/off of medians 0.96×); \
          the other 4 within 3% or faster",
         "Judged by their quiet pairs: 1 of 5 rows (the others, with fewer than 3 quiet pairs, by all",
     ] {
