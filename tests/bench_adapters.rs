@@ -4,19 +4,24 @@
 //! and must count every message: none lost, none out of order, no error frames.
 //! No timing is asserted.
 //!
+//! Against a broker with access control (a users file), every adapter logs in
+//! (`coremq_auth`) and the same workloads must count every message; without
+//! a login, or with a wrong one, a run fails with an error that says so.
+//!
 //! Unwindowed runs (`coremq-bench --unwindowed`) too, small enough that a
 //! healthy broker holds every message (losses are counted in
 //! `crates/bench/tests/unwindowed.rs`, against a stand-in broker).
 
 mod common;
 
+use common::auth;
 use common::*;
 use coremq_bench::placement::{self, Placement};
 use coremq_bench::workload::idle::{self, IdleSpec};
 use coremq_bench::workload::pingpong::{self, PingPongSpec};
 use coremq_bench::workload::pubsub::{self, PubSubSpec};
 use coremq_bench::workload::Progress;
-use coremq_bench::{Proto, Report, Target};
+use coremq_bench::{BenchError, Credentials, Proto, Report, Target};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -440,4 +445,256 @@ fn redis_server() {
         &Target::new(Proto::Redis, format!("127.0.0.1:{}", peer.port)),
         peer.child.id(),
     );
+}
+
+// ---------------------------------------------------------------------------
+// Access control (PROTOCOL.md §8): a broker with a users file, and the
+// harness logging every connection in.
+// ---------------------------------------------------------------------------
+
+/// The password of the users file below (never a real one).
+const BENCH_PASSWORD: &str = "bench-password-not-a-secret";
+
+/// A users file whose `bench` user may publish, subscribe and read history
+/// on `bench.*` — every queue the workloads name (ping-pong sends to
+/// connection ids, which `direct`'s default allows) — and, with `monitor`,
+/// read the status the placement figures come from.
+fn bench_users(monitor: bool) -> String {
+    format!(
+        "[user:bench]\npassword = {}\npublish = bench.*\nsubscribe = bench.*\nhistory = bench.*\n{}",
+        auth::hash(BENCH_PASSWORD),
+        if monitor { "monitor = true\n" } else { "" }
+    )
+}
+
+fn bench_login(t: &mut Target) {
+    t.auth = Some(Credentials::Password {
+        user: "bench".into(),
+        password: BENCH_PASSWORD.into(),
+    });
+}
+
+/// Every workload, small, over TCP with and without acks, over WebSocket,
+/// and with a token: every connection logs in, and every message arrives.
+#[test]
+fn coremq_with_access_control_logs_in_and_counts_every_message() {
+    let fx = auth::Fixture::new(&bench_users(false));
+    let b = Broker::start(fx.opts(2));
+    let ws = b.ws_addr().to_string();
+    let mut targets = Vec::new();
+    let mut tcp = Target::new(Proto::CoreMq, b.addr().to_string());
+    bench_login(&mut tcp);
+    targets.push(tcp.clone());
+    let mut noack = tcp.clone();
+    noack.ack = false;
+    targets.push(noack);
+    let mut wst = Target::new(Proto::CoreMqWs, ws);
+    bench_login(&mut wst);
+    targets.push(wst);
+    for t in &targets {
+        all_workloads(t, b.pid());
+    }
+    // A token for the same user: the section's lists apply.
+    let mut tok = Target::new(Proto::CoreMq, b.addr().to_string());
+    tok.auth = Some(Credentials::Token(auth::token("bench", 600)));
+    let r = pubsub::run(
+        &tok,
+        &spec("1to1", 1, 1, 2_000, 128),
+        Some(b.pid()),
+        &Progress::hidden(),
+    )
+    .unwrap_or_else(|e| panic!("1to1 with a token: {e}"));
+    check_clean(&r);
+    assert!(!b.logs().contains("authentication failed"), "{}", b.logs());
+}
+
+/// Without credentials, or with a wrong password, a run fails at set-up with
+/// an error that says so — the broker's reply, the user, never the password.
+#[test]
+fn coremq_with_access_control_refuses_a_run_without_a_login() {
+    let fx = auth::Fixture::new(&bench_users(false));
+    let b = Broker::start(fx.opts(2));
+    let p = Progress::hidden();
+    for proto in [Proto::CoreMq, Proto::CoreMqWs] {
+        let addr = match proto {
+            Proto::CoreMqWs => b.ws_addr().to_string(),
+            _ => b.addr().to_string(),
+        };
+        let anonymous = Target::new(proto, addr.clone());
+        match pubsub::run(&anonymous, &spec("1to1", 1, 1, 100, 128), None, &p) {
+            Err(BenchError::Auth(why)) => {
+                for want in [
+                    "requires authentication",
+                    "Authentication required",
+                    "--coremq-user",
+                    addr.as_str(),
+                ] {
+                    assert!(why.contains(want), "{want:?} not in {why:?}");
+                }
+            }
+            other => panic!("{proto:?} without credentials: expected an Auth error, got {other:?}"),
+        }
+
+        let wrong_password = "wrong-password-4711";
+        let mut wrong = Target::new(proto, addr.clone());
+        wrong.auth = Some(Credentials::Password {
+            user: "bench".into(),
+            password: wrong_password.into(),
+        });
+        // Debug output (for panics and logs) never shows a password either.
+        assert!(!format!("{wrong:?}").contains(wrong_password));
+        match pubsub::run(&wrong, &spec("1to1", 1, 1, 100, 128), None, &p) {
+            Err(e @ BenchError::Auth(_)) => {
+                let why = e.to_string();
+                for want in [
+                    "refused the login as user bench",
+                    "ERROR: Authentication failed",
+                ] {
+                    assert!(why.contains(want), "{want:?} not in {why:?}");
+                }
+                assert!(!why.contains(wrong_password), "{why}");
+            }
+            other => {
+                panic!("{proto:?} with a wrong password: expected an Auth error, got {other:?}")
+            }
+        }
+    }
+    // The other workloads fail the same way, not with a timeout or a note.
+    let anonymous = Target::new(Proto::CoreMq, b.addr().to_string());
+    let pp = PingPongSpec {
+        round_trips: 10,
+        warmup: 1,
+        ..PingPongSpec::default()
+    };
+    let idle_spec = IdleSpec {
+        connections: 5,
+        queues: 1,
+        max_time: Duration::from_secs(20),
+    };
+    let mut wrong = anonymous.clone();
+    wrong.auth = Some(Credentials::Token("not.a.token".into()));
+    for (what, r) in [
+        (
+            "idle",
+            idle::run(&anonymous, &idle_spec, None, &p).map(|_| ()),
+        ),
+        (
+            "idle with a bad token",
+            idle::run(&wrong, &idle_spec, None, &p).map(|_| ()),
+        ),
+        (
+            "pingpong with a bad token",
+            pingpong::run(&wrong, &pp, None, &p).map(|_| ()),
+        ),
+    ] {
+        match r {
+            Err(BenchError::Auth(why)) => assert!(
+                why.to_lowercase().contains("authentication"),
+                "{what}: {why}"
+            ),
+            other => panic!("{what}: expected an Auth error, got {other:?}"),
+        }
+    }
+}
+
+/// Placement needs `coremq_status`, which a users file opens only to a
+/// `monitor` user: with one, 1→1 runs report their placement as without
+/// access control; without, the run still counts and notes why not.
+#[test]
+fn coremq_with_access_control_placement_needs_monitor() {
+    let p = Progress::hidden();
+    for monitor in [true, false] {
+        let fx = auth::Fixture::new(&bench_users(monitor));
+        let b = Broker::start(fx.opts(2));
+        let mut t = Target::new(Proto::CoreMq, b.addr().to_string());
+        bench_login(&mut t);
+        let r = placement::measured(&t, || {
+            pubsub::run(&t, &spec("1to1", 1, 1, 2_000, 128), Some(b.pid()), &p)
+        })
+        .unwrap_or_else(|e| panic!("1to1 with placement: {e}"));
+        check_clean(&r);
+        if monitor {
+            assert!(r.placement.is_some(), "{}", r.to_text());
+        } else {
+            assert!(r.placement.is_none(), "{}", r.to_text());
+            assert!(
+                r.notes
+                    .iter()
+                    .any(|n| n.contains("placement unknown")
+                        && n.contains("Permission denied: status")),
+                "{:?}",
+                r.notes
+            );
+        }
+    }
+}
+
+/// The binary: `--coremq-user` with the password from the environment (not
+/// the command line), and a clear failure without it.
+#[test]
+fn coremq_bench_binary_logs_in() {
+    let bench = std::path::Path::new(BIN)
+        .parent()
+        .expect("binary directory")
+        .join("coremq-bench");
+    assert!(
+        bench.exists(),
+        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
+        bench.display()
+    );
+    let fx = auth::Fixture::new(&bench_users(true));
+    let b = Broker::start(fx.opts(2));
+    let args = |extra: &[&str]| {
+        let mut c = Command::new(&bench);
+        c.args([
+            "--proto",
+            "coremq",
+            "--json",
+            "--quiet",
+            "--workload",
+            "4x4",
+        ])
+        .args(["--publishers", "2", "--messages", "2000"])
+        .args([
+            "--addr",
+            &b.addr().to_string(),
+            "--broker-pid",
+            &b.pid().to_string(),
+        ])
+        .args(extra)
+        .env_remove("COREMQ_BENCH_PASSWORD")
+        .env_remove("COREMQ_BENCH_TOKEN");
+        c
+    };
+    let out = args(&["--coremq-user", "bench"])
+        .env("COREMQ_BENCH_PASSWORD", BENCH_PASSWORD)
+        .output()
+        .expect("run coremq-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(j["lost"], 0, "{j}");
+    assert_eq!(j["delivered"], 4000, "{j}");
+    assert!(
+        j["spread"]["label"].is_string(),
+        "a monitor user reads the spread: {j}"
+    );
+
+    let out = args(&[]).output().expect("run coremq-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("requires authentication") && err.contains("--coremq-user"),
+        "{err}"
+    );
+
+    let out = args(&["--coremq-user", "bench"])
+        .output()
+        .expect("run coremq-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs --coremq-password"), "{err}");
 }

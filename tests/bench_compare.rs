@@ -322,6 +322,227 @@ fn quick_run_against_a_baseline_binary() {
     assert!(md.contains("Lost messages over all runs: 0 "), "{md}");
 }
 
+/// `run` at repetition `rep` with `lost` lost messages.
+fn run_rep(
+    workload: &str,
+    target: &str,
+    rep: u64,
+    msgs_per_s: f64,
+    broker: f64,
+    lost: u64,
+) -> Value {
+    let mut r = run(workload, target, msgs_per_s, broker, 0.2);
+    r["rep"] = json!(rep);
+    r["lost"] = json!(lost);
+    r
+}
+
+/// A saved `--acl --no-peers` run with known figures, three repetitions.
+fn acl_saved() -> Value {
+    let mut runs = Vec::new();
+    // 1to1, (off, on) per repetition: the medians say 2.4 / 2.5 M = 0.96, more
+    // than 3 % slower; the paired ratios (0.98, 1.05, 0.96) say 0.98: within.
+    // Paired wins. Every pair quiet: judged by its quiet pairs.
+    let one_to_one = [(3.0e6, 2.94e6), (2.0e6, 2.1e6), (2.5e6, 2.4e6)];
+    // 4x4: paired 0.95, 0.96, 0.97 → 0.96: flagged. Another process used half
+    // a core during the second repetition: two quiet pairs are too few, so
+    // the row is judged by all three.
+    let four_by_four = [(2.0e6, 1.9e6), (2.0e6, 1.92e6), (2.0e6, 1.94e6)];
+    for rep in 0..3u64 {
+        let i = rep as usize;
+        let (off, on) = one_to_one[i];
+        for (target, v, cpu) in [("coremq", off, 0.50), ("coremq-acl", on, 0.52)] {
+            let mut r = run_rep("1to1", target, rep, v, cpu, 0);
+            r["others_cpu"] = json!(0.02);
+            runs.push(r);
+        }
+        let (off, on) = four_by_four[i];
+        for (target, v, cpu) in [("coremq", off, 0.40), ("coremq-acl", on, 0.44)] {
+            let mut r = run_rep("4x4", target, rep, v, cpu, 0);
+            r["others_cpu"] = json!(if rep == 1 && target == "coremq-acl" {
+                0.5
+            } else {
+                0.0
+            });
+            runs.push(r);
+        }
+        // noack 1to1: the same on and off (saved without others_cpu).
+        runs.push(run_rep("1to1", "coremq-noack", rep, 4.0e6, 0.30, 0));
+        runs.push(run_rep("1to1", "coremq-acl-noack", rep, 4.0e6, 0.30, 0));
+        // Unwindowed: the acl broker lost 7 messages in one repetition.
+        let lost = if rep == 1 { 7 } else { 0 };
+        runs.push(unwin_run("1to1-unwin", "coremq", rep, 0, 0));
+        runs.push(unwin_run("1to1-unwin", "coremq-acl", rep, lost, 0));
+        for (target, p50, p99) in [("coremq", 80.0, 200.0), ("coremq-acl", 84.0, 210.0)] {
+            runs.push(json!({
+                "workload_name": "pingpong", "target": target, "rep": rep,
+                "delivered_per_s": 20000.0, "lost": 0,
+                "broker": {"cpu_s_per_million": 40.0},
+                "latency_us": {"p50": p50, "p99": p99, "p999": 300.0},
+            }));
+        }
+        for (target, bpc, setup_s) in [("coremq", 3000.0, 1.0), ("coremq-acl", 3300.0, 2.0)] {
+            runs.push(json!({
+                "workload_name": "idle", "target": target, "rep": rep, "lost": 0,
+                "idle": {"connections": 10000, "bytes_per_connection": bpc, "setup_s": setup_s},
+            }));
+        }
+    }
+    json!({
+        "command": "bench/compare --acl --no-peers --reps 3 --workloads 1to1,4x4,pingpong,idle,1to1-unwin",
+        "machine": {"nproc": "2"},
+        "names": ["coremq", "coremq-noack", "coremq-acl", "coremq-acl-noack"],
+        "ncpu": 2,
+        "reps": 3,
+        "runs": runs,
+        "shards": {"1": [], "2": []},
+        "no_peers": true,
+        "workloads": ["1to1", "4x4", "pingpong", "idle", "1to1-unwin"],
+        "acl": true,
+    })
+}
+
+#[test]
+fn acl_table_compares_on_and_off_by_paired_repetitions() {
+    let md = render(&acl_saved());
+    assert!(
+        md.starts_with("# CoreMQ, access control on vs off"),
+        "{}",
+        md.lines().next().unwrap_or_default()
+    );
+    // The summary's ratio columns: acl against off, flagged like a baseline.
+    assert_eq!(
+        summary_row(&md, "workload")[5..],
+        ["acl/off", "noack acl/off"]
+    );
+    assert_eq!(summary_row(&md, "1to1 msg/s")[5..], ["**0.96×**", "1.00×"]);
+
+    // workload | msg/s off | msg/s on | on/off | paired | quiet | paired, quiet
+    // | 90% CI | CPU off | CPU on | CPU on/off | lost off | lost on
+    let row = |label: &str| summary_row(&md, label).join(" | ");
+    assert_eq!(
+        row("1to1"),
+        "1to1 | 2.50 M | 2.40 M | 0.96× | 0.98× (0.96–1.05) | 3/3 | 0.98× (0.96–1.05) \
+         | 0.96–1.05 | 0.50 | 0.52 | 1.04× | 0 | 0"
+    );
+    assert_eq!(
+        row("4x4"),
+        "4x4 | 2.00 M | 1.92 M | 0.96× | **0.96× (0.95–0.97)** | 2/3 | 0.96× (0.95–0.97) \
+         | 0.95–0.97 | 0.40 | 0.44 | 1.10× | 0 | 0"
+    );
+    assert_eq!(
+        row("1to1 (noack)"),
+        "1to1 (noack) | 4.00 M | 4.00 M | 1.00× | 1.00× (1.00–1.00) | 0/3 | – \
+         | 1.00–1.00 | 0.30 | 0.30 | 1.00× | 0 | 0"
+    );
+    assert_eq!(summary_row(&md, "1to1-unwin")[12], "7");
+    assert_eq!(summary_row(&md, "pingpong")[4], "1.00× (1.00–1.00)");
+    assert!(
+        !md.contains("| idle |"),
+        "idle has no msg/s: it gets its own line\n{md}"
+    );
+    for want in [
+        "- ping-pong round trip (coremq-acl vs coremq): p50 84.0 µs on, 80.0 off (1.05×); \
+         p99 210 µs on, 200 off (1.05×).",
+        "- idle (coremq-acl vs coremq): broker bytes/connection 3300 on, 3000 off (first \
+         repetition); connections opened per second 5000 on (each logs in), 10 k off (medians).",
+    ] {
+        assert!(md.contains(want), "{want:?} not in:\n{md}");
+    }
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Access control, this run:**"))
+        .unwrap_or_else(|| panic!("no access-control verdict:\n{md}"));
+    for want in [
+        "**more than 3% slower** — 4x4 0.96× (all 3 pairs, 2 quiet, 90% CI 0.95–0.97; on/off of medians 0.96×); \
+         the other 4 within 3% or faster",
+        "Judged by their quiet pairs: 1 of 5 rows (the others, with fewer than 3 quiet pairs, by all",
+    ] {
+        assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
+    }
+    assert!(
+        verdict.ends_with("Lost messages: 0 off, 7 on (must be 0)."),
+        "{verdict}"
+    );
+}
+
+/// A real quick `--acl` run (CoreMQ only, ping-pong and a short 1→1): the acl
+/// broker starts with a users file hashed by coremq-cli, every connection of
+/// its runs logs in, and the summary compares the two.
+#[test]
+fn quick_acl_run() {
+    let bin_dir = built_bin_dir();
+    assert!(
+        bin_dir.join("coremq-cli").exists(),
+        "coremq-cli not built: run `cargo build -p coremq-cli` (or `./test`, which builds it)"
+    );
+    let (md, saved) = run_compare_saved(
+        "compare-acl",
+        &[
+            "--quick",
+            "--no-peers",
+            "--no-install",
+            "--acl",
+            "--workloads",
+            "pingpong,idle",
+            "--bin-dir",
+            &bin_dir.to_string_lossy(),
+        ],
+        "-quick-acl.md",
+    );
+    assert_eq!(
+        summary_row(&md, "workload")[1..],
+        [
+            "coremq",
+            "coremq-noack",
+            "coremq-acl",
+            "coremq-acl-noack",
+            "acl/off",
+            "noack acl/off"
+        ]
+    );
+    let row = summary_row(&md, "pingpong");
+    for c in &row[1..5] {
+        assert!(*c != "–", "no figure in the acl table: {row:?}\n{md}");
+    }
+    assert!(
+        md.contains("- idle (coremq-acl vs coremq): broker bytes/connection"),
+        "{md}"
+    );
+    assert!(md.contains("Lost messages: 0 off, 0 on"), "{md}");
+    // Paired: every acl run right before or after its partner, the order
+    // alternating from one workload (or repetition) to the next.
+    let runs = saved["runs"].as_array().expect("runs");
+    let seq = |w: &str, t: &str| {
+        runs.iter()
+            .find(|r| r["workload_name"] == w && r["target"] == t)
+            .and_then(|r| r["seq"].as_i64())
+            .unwrap_or_else(|| panic!("no {w} {t} run: {saved}"))
+    };
+    let mut first = Vec::new();
+    for (w, on, off) in [
+        ("pingpong", "coremq-acl", "coremq"),
+        ("pingpong", "coremq-acl-noack", "coremq-noack"),
+        ("idle", "coremq-acl", "coremq"),
+    ] {
+        let (a, b) = (seq(w, on), seq(w, off));
+        assert_eq!((a - b).abs(), 1, "{w}: {on} at {a}, {off} at {b}");
+        first.push(a < b);
+    }
+    assert_eq!(first, [false, false, true], "who goes first alternates");
+    // Every run records the load other processes put on the machine.
+    for r in runs {
+        assert!(r["others_cpu"].as_f64().is_some_and(|o| o >= 0.0), "{r}");
+    }
+    // The details tables: no failed run.
+    for line in md.lines().filter(|l| l.starts_with("| coremq")) {
+        assert!(
+            !line.ends_with(" | 1 |") && !line.ends_with(" | 2 |"),
+            "{line}\n{md}"
+        );
+    }
+}
+
 /// One saved repetition of an unwindowed workload.
 fn unwin_run(workload: &str, target: &str, rep: u64, lost: u64, disconnected: u64) -> Value {
     json!({
@@ -480,6 +701,11 @@ fn quick_unwindowed_only_run() {
 /// `tag`), checks that it succeeded, and returns the results file whose name
 /// ends with `suffix`.
 fn run_compare(tag: &str, args: &[&str], suffix: &str) -> String {
+    run_compare_saved(tag, args, suffix).0
+}
+
+/// [`run_compare`], and the saved run (the `.json` beside the results file).
+fn run_compare_saved(tag: &str, args: &[&str], suffix: &str) -> (String, Value) {
     let out_dir = unique_dir(tag);
     let out = Command::new("python3")
         .arg(Path::new(REPO).join("bench/compare"))
@@ -500,9 +726,11 @@ fn run_compare(tag: &str, args: &[&str], suffix: &str) -> String {
         .map(|e| e.expect("entry").path())
         .find(|p| p.to_string_lossy().ends_with(suffix))
         .unwrap_or_else(|| panic!("no <date>{suffix} in {}", out_dir.display()));
-    let md = fs::read_to_string(md_path).expect("results file");
+    let md = fs::read_to_string(&md_path).expect("results file");
+    let saved = fs::read(md_path.with_extension("json")).expect("saved run");
+    let saved = serde_json::from_slice(&saved).expect("saved run is JSON");
     fs::remove_dir_all(&out_dir).ok();
-    md
+    (md, saved)
 }
 
 /// Where the debug `coremq` and `coremq-bench` are, checking that the load

@@ -34,6 +34,11 @@ pub enum BenchError {
     /// A bad option combination.
     #[error("{0}")]
     Usage(String),
+    /// CoreMQ refused the run's login (`coremq_auth`), or requires one the
+    /// run did not have. The message names the user and the broker's reply,
+    /// never a password or token.
+    #[error("{0}")]
+    Auth(String),
 }
 
 impl BenchError {

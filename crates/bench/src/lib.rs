@@ -39,6 +39,6 @@ pub mod report;
 pub mod wire;
 pub mod workload;
 
-pub use conn::{Proto, Target};
+pub use conn::{Credentials, Proto, Target};
 pub use error::BenchError;
 pub use report::Report;

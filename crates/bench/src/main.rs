@@ -3,7 +3,16 @@
 //! ```text
 //! coremq-bench --proto coremq --addr 127.0.0.1:6747 --workload fanout --broker-pid 1234 --json
 //! coremq-bench --proto coremq --addr 127.0.0.1:6747 --payload 1024 --messages 600000 --unwindowed
+//! COREMQ_BENCH_PASSWORD=… coremq-bench --proto coremq --coremq-user bench --workload 4x4
 //! ```
+//!
+//! Against a CoreMQ with access control (`users_file`), every connection logs in
+//! with `--coremq-user` and `--coremq-password` (or `$COREMQ_BENCH_PASSWORD`), or
+//! `--coremq-token` (or `$COREMQ_BENCH_TOKEN`), before anything else. Every queue
+//! the workloads name starts with `bench.` (ping-pong uses connection ids), so a
+//! user with `publish`, `subscribe` and `history = bench.*` can run them all; the
+//! placement readings (`coremq_status`) need `monitor = true` too, and without it
+//! the report notes that the placement is unknown.
 //!
 //! Throughput runs keep an end-to-end window by default (`--window-kib`, 4 MiB
 //! per publisher); `--unwindowed` (= `--window-kib 0`) has the publishers write
@@ -11,6 +20,7 @@
 //! lost and which subscribers it cut off.
 
 use clap::{Parser, ValueEnum};
+use coremq_bench::conn::Credentials;
 use coremq_bench::placement;
 use coremq_bench::workload::idle::{self, IdleSpec};
 use coremq_bench::workload::pingpong::{self, PingPongSpec};
@@ -109,6 +119,28 @@ struct Args {
     /// WebSocket path.
     #[arg(long, default_value = "/ws")]
     ws_path: String,
+    /// CoreMQ (TCP and WebSocket): log every connection in as USER
+    /// (`coremq_auth`) before anything else; needs --coremq-password.
+    #[arg(long, value_name = "USER", conflicts_with = "coremq_token")]
+    coremq_user: Option<String>,
+    /// The password of --coremq-user. Prefer the environment variable: a
+    /// command-line argument is visible to every user of the machine.
+    #[arg(
+        long,
+        env = "COREMQ_BENCH_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    coremq_password: Option<String>,
+    /// CoreMQ (TCP and WebSocket): log every connection in with this token (a
+    /// JWT, e.g. from `coremq-cli token`) instead of a user and password.
+    #[arg(
+        long,
+        env = "COREMQ_BENCH_TOKEN",
+        hide_env_values = true,
+        value_name = "JWT"
+    )]
+    coremq_token: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -119,6 +151,27 @@ struct Args {
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+/// The credentials the options give, if any.
+fn credentials(args: &Args) -> Result<Option<Credentials>, BenchError> {
+    match (&args.coremq_user, &args.coremq_password, &args.coremq_token) {
+        (Some(_), _, Some(_)) => Err(BenchError::Usage(
+            "--coremq-user and --coremq-token (or $COREMQ_BENCH_TOKEN): give one of them".into(),
+        )),
+        (Some(user), Some(password), None) => Ok(Some(Credentials::Password {
+            user: user.clone(),
+            password: password.clone(),
+        })),
+        (Some(_), None, None) => Err(BenchError::Usage(
+            "--coremq-user needs --coremq-password (or $COREMQ_BENCH_PASSWORD)".into(),
+        )),
+        (None, Some(_), None) => Err(BenchError::Usage(
+            "--coremq-password (or $COREMQ_BENCH_PASSWORD) needs --coremq-user".into(),
+        )),
+        (None, _, Some(token)) => Ok(Some(Credentials::Token(token.clone()))),
+        (None, None, None) => Ok(None),
+    }
 }
 
 fn run(args: &Args) -> Result<Report, BenchError> {
@@ -133,9 +186,17 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             "--no-ack applies to --proto coremq only".into(),
         ));
     }
+    let auth = credentials(args)?;
+    if auth.is_some() && !matches!(proto, Proto::CoreMq | Proto::CoreMqWs) {
+        return Err(BenchError::Usage(
+            "--coremq-user, --coremq-password and --coremq-token apply to --proto coremq and coremq-ws only"
+                .into(),
+        ));
+    }
     let mut target = Target::new(proto, args.addr.clone());
     target.ack = !args.no_ack;
     target.ws_path = args.ws_path.clone();
+    target.auth = auth;
     let progress = Progress::new(!args.quiet && !args.json);
     let pubsub = |name: &str, publishers: usize, subs: usize| {
         let mut s = PubSubSpec::new(name, publishers, subs);

@@ -238,9 +238,11 @@ pub fn parse_shards(status: &Value) -> Result<Vec<ShardCounts>, BenchError> {
 }
 
 /// Asks a CoreMQ broker (TCP) for its per-shard counters, on a connection of its
-/// own. Bounded like every set-up step.
+/// own, logged in with `t`'s credentials (a broker with `users_file` answers
+/// status only to a user with `monitor`). Bounded like every set-up step.
 pub fn shard_counts(t: &Target) -> Result<Vec<ShardCounts>, BenchError> {
-    let target = Target::new(Proto::CoreMq, t.addr.clone());
+    let mut target = Target::new(Proto::CoreMq, t.addr.clone());
+    target.auth = t.auth.clone();
     let mut o = handshake::open(&target, 64 << 10)?;
     let mut req = Vec::new();
     wire::coremq::encode_frame(&mut req, &o.id, br#"{"coremq_status": true}"#);

@@ -1,8 +1,9 @@
-//! Connection set-up per protocol: the greeting, CoreMQ options, subscriptions.
-//! Every wait is bounded by [`SETUP_TIMEOUT`](super::stream::SETUP_TIMEOUT).
+//! Connection set-up per protocol: the greeting, the CoreMQ login, CoreMQ
+//! options, subscriptions. Every wait is bounded by
+//! [`SETUP_TIMEOUT`](super::stream::SETUP_TIMEOUT).
 
 use super::stream::{connect, FrameStream};
-use super::Target;
+use super::{Credentials, Target};
 use crate::error::BenchError;
 use crate::wire::{self, Frame, Proto};
 
@@ -14,8 +15,8 @@ pub struct Opened {
     pub id: String,
 }
 
-/// Connect and greet: CoreMQ welcome (+ `ack:false` if asked), NATS INFO/CONNECT,
-/// Redis PING.
+/// Connect and greet: CoreMQ welcome (+ `coremq_auth` with the target's
+/// credentials, + `ack:false` if asked), NATS INFO/CONNECT, Redis PING.
 pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
     let stream = connect(&t.addr)?;
     let mut fs = FrameStream::new(t.proto, stream, buffer);
@@ -30,6 +31,17 @@ pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
                 });
             }
             id = queue;
+            if let Some(c) = &t.auth {
+                // Before anything else: the options and subscriptions that
+                // follow are judged with the rights the login gives.
+                let mut b = Vec::new();
+                wire::coremq::encode_frame(&mut b, &id, c.request_json().as_bytes());
+                fs.send(&b, "coremq_auth")?;
+                fs.expect("CoreMQ coremq_auth", |f| {
+                    matches!(f, Frame::Other(j) if memchr::memmem::find(j, OK_AUTHENTICATED).is_some())
+                })
+                .map_err(|e| login_refused(t, c, e))?;
+            }
             if !t.ack {
                 let mut b = Vec::new();
                 wire::coremq::encode_frame(&mut b, &id, br#"{"coremq_options": {"ack": false}}"#);
@@ -61,6 +73,47 @@ pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
         }
     }
     Ok(Opened { fs, id })
+}
+
+/// The broker's answer to a successful `coremq_auth`.
+pub(crate) const OK_AUTHENTICATED: &[u8] = b"OK: Authenticated";
+
+/// What the broker says to a request that needs a login the connection has
+/// not made (PROTOCOL.md §8).
+const AUTH_REQUIRED: &str = "Authentication required";
+
+/// The error for a `coremq_auth` that did not get its OK: the broker's reply
+/// (`ERROR: Authentication failed`, then a close) and who tried, never the
+/// password or token.
+pub(crate) fn login_refused(t: &Target, c: &Credentials, e: BenchError) -> BenchError {
+    let reply = match e {
+        BenchError::Handshake { reply, .. } => reply,
+        BenchError::Timeout(what) => format!("no reply ({what})"),
+        other => other.to_string(),
+    };
+    BenchError::Auth(format!(
+        "CoreMQ at {} refused the login as {}: the broker replied {reply}",
+        t.addr,
+        c.describe()
+    ))
+}
+
+/// A set-up step refused with `ERROR: Authentication required` on a target
+/// without credentials: say that the broker wants a login, and how to give
+/// one. Other errors pass through.
+pub(crate) fn explain_auth_required(t: &Target, e: BenchError) -> BenchError {
+    match e {
+        BenchError::Handshake { context, reply }
+            if t.auth.is_none() && reply.contains(AUTH_REQUIRED) =>
+        {
+            BenchError::Auth(format!(
+                "CoreMQ at {} requires authentication ({context}: the broker replied {reply}); \
+                 pass --coremq-user and --coremq-password, or --coremq-token",
+                t.addr
+            ))
+        }
+        e => e,
+    }
 }
 
 /// Subscribe to `queues` and wait until the broker confirmed (NATS: a PING/PONG

@@ -13,8 +13,60 @@ pub use crate::wire::Proto;
 pub use endpoint::Endpoint;
 
 use crate::error::BenchError;
+use std::fmt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// How a CoreMQ connection logs in (PROTOCOL.md §8, `coremq_auth`), right
+/// after the welcome and before any other request. Its `Debug` and every
+/// error message name the user, never the password or the token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A user and their password (checked by the broker with Argon2id; a
+    /// success is cached by the broker, so only its first login is slow).
+    Password {
+        /// The user name.
+        user: String,
+        /// The password, in clear (sent only in the `coremq_auth` request).
+        password: String,
+    },
+    /// A JWT (`coremq-cli token`).
+    Token(String),
+}
+
+impl Credentials {
+    /// The `coremq_auth` request's JSON, the same over TCP and WebSocket.
+    pub fn request_json(&self) -> String {
+        let auth = match self {
+            Credentials::Password { user, password } => {
+                serde_json::json!({ "user": user, "password": password })
+            }
+            Credentials::Token(token) => serde_json::json!({ "token": token }),
+        };
+        serde_json::json!({ "coremq_auth": auth }).to_string()
+    }
+
+    /// Who logs in, for messages: `user NAME` or `a token` (never the secret).
+    pub fn describe(&self) -> String {
+        match self {
+            Credentials::Password { user, .. } => format!("user {user}"),
+            Credentials::Token(_) => "a token".into(),
+        }
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Password { user, .. } => f
+                .debug_struct("Password")
+                .field("user", user)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Token(_) => f.debug_tuple("Token").field(&"<redacted>").finish(),
+        }
+    }
+}
 
 /// Where and how to reach the broker under test.
 #[derive(Clone, Debug)]
@@ -28,6 +80,9 @@ pub struct Target {
     pub ack: bool,
     /// WebSocket path.
     pub ws_path: String,
+    /// CoreMQ (TCP and WebSocket) only: log every connection in with these
+    /// (a broker with `users_file`); `None` connects anonymously.
+    pub auth: Option<Credentials>,
 }
 
 impl Target {
@@ -38,6 +93,7 @@ impl Target {
             addr: addr.into(),
             ack: true,
             ws_path: "/ws".into(),
+            auth: None,
         }
     }
 
@@ -138,14 +194,17 @@ pub fn open_subscriber(
     queues: &[String],
     buffer: usize,
 ) -> Result<Box<dyn Subscriber>, BenchError> {
-    match t.proto {
-        Proto::CoreMqWs => Ok(Box::new(ws::subscriber(t, queues)?)),
-        _ => {
-            let fs = handshake::open(t, buffer)?;
-            let fs = handshake::subscribe(fs, queues)?;
-            Ok(Box::new(tcp::TcpSubscriber::new(fs)))
+    let open = || -> Result<Box<dyn Subscriber>, BenchError> {
+        match t.proto {
+            Proto::CoreMqWs => Ok(Box::new(ws::subscriber(t, queues)?)),
+            _ => {
+                let fs = handshake::open(t, buffer)?;
+                let fs = handshake::subscribe(fs, queues)?;
+                Ok(Box::new(tcp::TcpSubscriber::new(fs)))
+            }
         }
-    }
+    };
+    open().map_err(|e| handshake::explain_auth_required(t, e))
 }
 
 /// The two halves of a publishing connection.
@@ -153,28 +212,52 @@ pub type PublisherPair = (Box<dyn Publisher>, Box<dyn AckReader>);
 
 /// A publisher connection and the reader of its replies.
 pub fn open_publisher(t: &Target) -> Result<PublisherPair, BenchError> {
-    match t.proto {
-        Proto::CoreMqWs => {
-            let (p, r) = ws::publisher(t)?;
-            Ok((Box::new(p), Box::new(r)))
+    let open = || -> Result<PublisherPair, BenchError> {
+        match t.proto {
+            Proto::CoreMqWs => {
+                let (p, r) = ws::publisher(t)?;
+                Ok((Box::new(p), Box::new(r)))
+            }
+            _ => {
+                let fs = handshake::open(t, 256 << 10)?;
+                let (p, r) = tcp::publisher(fs)?;
+                Ok((Box::new(p), Box::new(r)))
+            }
         }
-        _ => {
-            let fs = handshake::open(t, 256 << 10)?;
-            let (p, r) = tcp::publisher(fs)?;
-            Ok((Box::new(p), Box::new(r)))
-        }
-    }
+    };
+    open().map_err(|e| handshake::explain_auth_required(t, e))
 }
 
 /// One side of a ping-pong pair; `name` makes its address unique where the
 /// protocol has no connection ids.
 pub fn open_endpoint(t: &Target, name: &str) -> Result<Box<dyn Endpoint>, BenchError> {
-    endpoint::open(t, name)
+    endpoint::open(t, name).map_err(|e| handshake::explain_auth_required(t, e))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::ErrorLog;
+    use super::{Credentials, ErrorLog};
+
+    #[test]
+    fn credentials_make_the_login_request_and_never_show_the_secret() {
+        let pw = Credentials::Password {
+            user: "bench".into(),
+            password: "p\"w\\1".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&pw.request_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"coremq_auth": {"user": "bench", "password": "p\"w\\1"}})
+        );
+        let tok = Credentials::Token("eyJ.x.y".into());
+        let v: serde_json::Value = serde_json::from_str(&tok.request_json()).unwrap();
+        assert_eq!(v, serde_json::json!({"coremq_auth": {"token": "eyJ.x.y"}}));
+        assert_eq!(pw.describe(), "user bench");
+        assert_eq!(tok.describe(), "a token");
+        let shown = format!("{pw:?} {tok:?}");
+        assert!(shown.contains("bench"), "{shown}");
+        assert!(!shown.contains("p\"w") && !shown.contains("eyJ"), "{shown}");
+    }
 
     #[test]
     fn slow_consumer_errors_are_recognised() {

@@ -2,6 +2,7 @@
 //! wrapped twice when one thread writes and another reads: each wrapper only ever
 //! does its own direction, so their states never conflict.
 
+use super::handshake;
 use super::stream::{connect, is_timeout, stopped_writing, READ_TICK, SETUP_TIMEOUT};
 use super::{AckReader, ErrorLog, Publisher, Subscriber, Target};
 use crate::error::BenchError;
@@ -88,6 +89,17 @@ pub fn open(t: &Target) -> Result<(Ws, String), BenchError> {
     ws.get_ref()
         .set_read_timeout(Some(READ_TICK))
         .map_err(|e| BenchError::io("set read timeout", e))?;
+    if let Some(c) = &t.auth {
+        // The same `coremq_auth` as over TCP, as a frame after the welcome
+        // (a token could go on the URL as `?token=`; one path for both).
+        request(
+            &mut ws,
+            c.request_json(),
+            handshake::OK_AUTHENTICATED,
+            "WebSocket coremq_auth",
+        )
+        .map_err(|e| handshake::login_refused(t, c, e))?;
+    }
     Ok((ws, id))
 }
 

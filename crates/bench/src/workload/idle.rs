@@ -53,7 +53,7 @@ pub fn run(
     }
     let rid = run_id();
     let queues: Vec<String> = (0..spec.queues.max(1))
-        .map(|i| format!("idle.{rid}.{i}"))
+        .map(|i| format!("bench.idle.{rid}.{i}"))
         .collect();
     let before = broker_pid.and_then(procstat::sample);
     let probe = BrokerProbe::start(broker_pid);
@@ -111,6 +111,10 @@ pub fn run(
         c.reset_on_close();
     }
     drop(conns);
+    if let Some(e @ BenchError::Auth(_)) = failure {
+        // Not a limit of the broker: the run had no (or the wrong) login.
+        return Err(e);
+    }
     if let Some(e) = failure {
         report
             .notes

@@ -48,8 +48,8 @@ pub fn run(
     progress: &Progress,
 ) -> Result<Report, BenchError> {
     let rid = run_id();
-    let mut a = conn::open_endpoint(t, &format!("pp.{rid}.a"))?;
-    let mut b = conn::open_endpoint(t, &format!("pp.{rid}.b"))?;
+    let mut a = conn::open_endpoint(t, &format!("bench.pp.{rid}.a"))?;
+    let mut b = conn::open_endpoint(t, &format!("bench.pp.{rid}.b"))?;
     let a_addr = a.address().to_string();
     let b_addr = b.address().to_string();
     let stop = Arc::new(AtomicBool::new(false));
