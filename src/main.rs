@@ -42,7 +42,8 @@ struct Args {
     /// Print the default configuration file and exit.
     #[arg(long)]
     print_config: bool,
-    /// Validate the configuration, print the effective settings and exit.
+    /// Validate the configuration (and the users file and token keys it
+    /// names), print the effective settings and exit.
     #[arg(long)]
     check_config: bool,
 }
@@ -63,6 +64,11 @@ fn main() -> ExitCode {
         }
     };
     if args.check_config {
+        // The users file and token keys too: a start would refuse them.
+        if let Err(e) = coremq_broker::check_access(&config.mq) {
+            eprintln!("coremq: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }

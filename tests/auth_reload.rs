@@ -101,7 +101,7 @@ fn a_bad_users_file_at_start_names_file_section_and_key() {
     );
 
     let missing = BrokerOpts::new(1).set("users_file", "/nonexistent/coremq-users");
-    let (status, _out, err) = run_expect_exit(&missing);
+    let (status, err, _out) = run_expect_exit(&missing);
     assert_ne!(status.code(), Some(0));
     assert!(err.contains("/nonexistent/coremq-users"), "{err}");
 
@@ -109,12 +109,12 @@ fn a_bad_users_file_at_start_names_file_section_and_key() {
     // trusted with everything, and without the secret anyone could claim
     // to be one.
     let unguarded = f.opts(1).set("cluster_nodes", "127.0.0.1:1, 127.0.0.1:2");
-    let (status, _out, err) = run_expect_exit(&unguarded);
+    let (status, err, _out) = run_expect_exit(&unguarded);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("needs cluster_secret"), "{err}");
 
     let tokens_alone = BrokerOpts::new(1).set("jwt_secret_file", "/tmp/whatever");
-    let (status, _out, err) = run_expect_exit(&tokens_alone);
+    let (status, err, _out) = run_expect_exit(&tokens_alone);
     assert_ne!(status.code(), Some(0));
     assert!(err.contains("users_file"), "{err}");
 }

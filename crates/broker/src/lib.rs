@@ -73,5 +73,5 @@ mod sysstats;
 mod web;
 
 pub use error::BrokerError;
-pub use reload::Reloader;
+pub use reload::{check as check_access, Reloader};
 pub use server::{start, Running, Stopper, IO_MEMORY};

@@ -79,6 +79,13 @@ pub(crate) fn load(mq: &MqConfig) -> Result<Option<Arc<Authority>>, BrokerError>
     Ok(Some(Arc::new(authority)))
 }
 
+/// Checks the users file and token keys the configuration names, as a
+/// start would (`coremq --check-config`): an error names file, line,
+/// section and key, never a secret.
+pub fn check(mq: &MqConfig) -> Result<(), BrokerError> {
+    load(mq).map(|_| ())
+}
+
 /// Reloads the access rules from any thread (the SIGHUP handler).
 #[derive(Clone)]
 pub struct Reloader {
