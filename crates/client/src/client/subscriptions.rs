@@ -46,7 +46,7 @@ impl Client {
     /// what the server retains, or unknown to it, or the server does not
     /// support resuming; what it retains is still sent. Each `false` is also
     /// recorded in [`gaps`](Self::gaps). The resent messages arrive through
-    /// [`recv`](Self::recv) with [`is_replay`](Message::is_replay) set.
+    /// [`recv`](Self::recv) with [`is_replay`](crate::Message::is_replay) set.
     ///
     /// ```no_run
     /// # let client = coremq_client::Client::connect("127.0.0.1:6747")?;
