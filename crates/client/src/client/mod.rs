@@ -55,7 +55,7 @@ const RESERVED_OPTION: &str = "ack";
 /// the server cannot vouch that nothing was missed — the position is older
 /// than what it retains, it does not know it (a restarted node), it does not
 /// support resuming, or the queue had no position yet because none of its
-/// messages had arrived — a [`Gap`] is recorded in [`gaps`](Self::gaps)
+/// messages had arrived — a [`Gap`](crate::Gap) is recorded in [`gaps`](Self::gaps)
 /// before any message that follows it is queued. So after a reconnect the
 /// application receives every message, or learns from a gap that some may
 /// be lost.
