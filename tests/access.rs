@@ -294,3 +294,39 @@ fn auth_without_a_users_file_is_an_error_not_a_close() {
     let q = uniq("q");
     c.publish(&q, &json!({"n": 1}));
 }
+
+/// A resume replays retained messages, so it is a history read too: a user
+/// who may subscribe but not read history may subscribe, not resume (§8,
+/// §10) — over TCP and WebSocket.
+#[test]
+fn resuming_needs_the_history_right() {
+    let f = Fixture::new(&users());
+    let b = Broker::start(f.opts(2));
+    let mut root = b.client();
+    login(&mut root, "root", "root-pw");
+    root.publish("chat.bob", &json!({"secret": 1}));
+    let since = json!({"chat.bob": {"sent": 1.0, "server": "elsewhere:1"}});
+
+    let mut bob = b.client();
+    login(&mut bob, "bob", "bob-pw");
+    bob.command(&json!({"coremq_subscribe": ["chat.bob"], "coremq_since": since.clone()}));
+    assert_eq!(bob.expect_error(), denied("history", "chat.bob"));
+    bob.assert_no_msg(QUIET);
+    // Refused whole: not subscribed either. A plain subscribe is allowed.
+    root.publish("chat.bob", &json!({"n": 2}));
+    bob.assert_no_msg(QUIET);
+    bob.subscribe(&["chat.bob"]);
+
+    let mut wb =
+        WsClient::connect_path(b.ws_addr(), &format!("/ws?token={}", token("bob", 60)), &[]);
+    wb.send_json(&json!({"coremq_subscribe": ["chat.bob"], "coremq_since": since.clone()}));
+    assert_eq!(ws_response(&mut wb), denied("history", "chat.bob"));
+
+    // A user with the history right resumes and gets the retained messages.
+    let mut other = b.client();
+    login(&mut other, "root", "root-pw");
+    other.command(&json!({"coremq_subscribe": ["chat.bob"], "coremq_since": since}));
+    let r = other.recv_reply();
+    assert_eq!(r.json["recovered"], json!({"chat.bob": false}), "{r}");
+    assert_eq!(other.recv_msg().json["secret"], json!(1));
+}

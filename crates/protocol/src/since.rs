@@ -3,7 +3,7 @@
 //! after it.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::body::validate_queue_name;
 use crate::error::BodyError;
@@ -25,8 +25,9 @@ pub struct Position {
     pub server: String,
 }
 
-/// Parses `coremq_since`; every queue it names must be one being
-/// subscribed to (`names`), so that a typo is reported, not ignored. A
+/// Parses `coremq_since`, in queue-name order; every queue it names must be
+/// one being subscribed to (`names`), so that a typo is reported, not
+/// ignored. A
 /// queue's entry is one position, or a list of positions one per origin
 /// server (in a cluster, another node's message stamped before the last one
 /// a client got can arrive after it: per-server positions still find it).
@@ -55,6 +56,9 @@ pub(crate) fn since(
         expected: SINCE,
     };
     let map: BTreeMap<String, Entry> = serde_json::from_str(value).map_err(|_| bad())?;
+    // A set, not a scan of `names` per entry: both lists are the client's,
+    // and their product must not be what a request costs.
+    let subscribing: HashSet<&str> = names.iter().map(String::as_str).collect();
     let mut out = Vec::with_capacity(map.len());
     for (queue, entry) in map {
         validate_queue_name(queue.as_bytes(), max_queue_len)
@@ -63,7 +67,7 @@ pub(crate) fn since(
             Entry::One(raw) => vec![raw],
             Entry::Many(raws) => raws,
         };
-        let reason = if !names.contains(&queue) {
+        let reason = if !subscribing.contains(queue.as_str()) {
             Some("is not in coremq_subscribe")
         } else if raws.is_empty() || raws.len() > MAX_POSITIONS {
             Some("lists no position, or more than 64")
@@ -124,6 +128,16 @@ mod tests {
         .unwrap();
         assert_eq!(got[0].1.len(), 2);
         assert_eq!(got[0].1[1].sent_us, 1_500_000);
+        // In queue-name order, whatever the client's order (the broker
+        // looks entries up by binary search).
+        let got = since(
+            r#"{"b": {"sent": 1.0, "server": "s"}, "a": {"sent": 1.0, "server": "s"}}"#,
+            &names(&["b", "a"]),
+            255,
+        )
+        .unwrap();
+        let order: Vec<&str> = got.iter().map(|(q, _)| q.as_str()).collect();
+        assert_eq!(order, ["a", "b"]);
         assert!(since(r#"{"news": []}"#, &names(&["news"]), 255).is_err());
     }
 

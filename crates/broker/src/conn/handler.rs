@@ -124,9 +124,13 @@ fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[Stri
 }
 
 fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String, Vec<Position>)>) {
+    // A resume replays retained messages: for those queues it is a history
+    // read too, and needs that right as well (§8).
+    let resumed: Vec<String> = since.iter().map(|(q, _)| q.clone()).collect();
     if list_too_long(shard, conn, &names)
         || names_private(shard, conn, "subscribe", &names)
         || not_allowed(shard, conn, Action::Subscribe, &names)
+        || not_allowed(shard, conn, Action::History, &resumed)
     {
         return;
     }
@@ -151,7 +155,10 @@ fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String,
     };
     let seq = conn.reserve(kind, names.len() as u32);
     for q in names {
-        let resume = since.iter().find(|(s, _)| **s == *q).map(|(_, ps)| {
+        // `since` is in queue-name order (binary search: no cost that grows
+        // with the product of the two lists).
+        let found = since.binary_search_by(|(s, _)| s.as_str().cmp(&q));
+        let resume = found.ok().map(|i| &since[i].1).map(|ps| {
             let keys = ps
                 .iter()
                 .map(|p| MsgKey {
