@@ -436,4 +436,15 @@ fn a_late_local_message_is_stamped_after_the_newest() {
         .map(|f| f.key().sent_us)
         .collect();
     assert_eq!(h, [1004, 1005, 1006]);
+    // Another node's clock running ahead does not make this node rewrite
+    // its own messages: they are ordered against it per server (§10).
+    o.replicated(&out, msg("q", 9_000), true);
+    out.take();
+    o.publish(&out, msg("q", 7), from(2, 3, false), None);
+    assert!(
+        out.take()
+            .iter()
+            .any(|s| matches!(s, Said::Deliver { json, .. } if json == r#"{"n": 7}"#)),
+        "stamped as it came"
+    );
 }

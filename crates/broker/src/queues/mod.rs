@@ -118,7 +118,12 @@ impl QueueTable {
         if stored == Stored::New {
             self.stored += 1;
             q.last_stored = self.stored;
-            q.newest = q.newest.max(frame.key());
+            if in_order {
+                // This node's own messages only: another node's clock may run
+                // ahead, and ordering against it is the per-server
+                // positions' job (§10), not a rewrite of every local message.
+                q.newest = q.newest.max(frame.key());
+            }
         }
         self.history_messages = self.history_messages + q.history.len() as u64 - before as u64;
         self.history_bytes = self.history_bytes + q.cost(name.len()) - cost_before;

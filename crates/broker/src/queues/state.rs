@@ -38,9 +38,10 @@ pub(crate) struct QueueState {
     pub(super) dropped: Vec<MsgKey>,
     /// How long a message stays in the history, in µs (0: no limit).
     pub(super) ttl_us: u64,
-    /// The newest position stored or delivered here: a message of this node
-    /// must not be delivered after one with a later position, or a client
-    /// resuming from the last position it got would miss it (§10).
+    /// The newest position of this node's own messages stored or delivered
+    /// here: a message of this node must not be delivered after a later one
+    /// of this node, or a client resuming from the last position it got
+    /// would miss it (§10).
     pub(super) newest: MsgKey,
 }
 
