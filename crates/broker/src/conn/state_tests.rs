@@ -1,7 +1,7 @@
 //! The connection's pure logic: reply order, answers that arrive out of
 //! order, and the slow-consumer cut.
 
-use super::state::{Close, Conn, Queued, ReplyKind};
+use super::state::{Close, Conn, Queued, ReplyKind, SubState};
 use crate::msg::{ConnKey, MsgFrame, MsgKey};
 use crate::node::{NodeCtx, NodeShared};
 use crate::refusal::{Refusal, Transport};
@@ -318,4 +318,26 @@ fn a_publisher_is_read_only_while_its_window_is_open() {
     assert!(!c.may_read(), "1200 bytes in flight");
     c.confirmed(600);
     assert!(c.may_read());
+}
+
+/// Live messages held behind a resume's reply count toward the hard cap: a
+/// resume stuck behind a slow earlier reply cannot hold unbounded memory.
+#[test]
+fn messages_held_for_a_resume_count_toward_the_hard_cap() {
+    let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "h".repeat(1000)));
+    let n = f.bytes().len();
+    let (c, counters) = conn(4 * n, Transport::Tcp);
+    {
+        let mut st = c.st.borrow_mut();
+        st.subs.insert("news".into(), SubState::Resuming);
+        st.resuming = true;
+    }
+    let block = SlowConsumerPolicy::Block;
+    let fits = (16 * n + (4 << 20)) / n;
+    for i in 1..=fits {
+        assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok, "frame {i}");
+    }
+    assert!(take(&c).is_empty(), "held, not written");
+    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::BecameSlow);
+    assert_eq!(counters.slow_consumers.get(), 1);
 }

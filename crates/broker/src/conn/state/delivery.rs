@@ -21,7 +21,14 @@ impl Conn {
             return Queued::Closing;
         }
         if st.resuming && st.subs.get(queue) == Some(&super::SubState::Resuming) {
-            // After the resume's reply and replayed messages (§10).
+            // After the resume's reply and replayed messages (§10); held
+            // bytes count toward the hard cap like queued ones.
+            st.held_bytes += frame.len();
+            if st.out.len() + st.held_bytes > self.hard_cap {
+                drop(st);
+                self.make_slow();
+                return Queued::BecameSlow;
+            }
             st.held.push((queue.into(), frame.clone()));
             return Queued::Ok;
         }

@@ -128,6 +128,8 @@ pub(crate) struct ConnState {
     /// Live messages of resuming subscriptions, in arrival order: written
     /// right after the resume's reply and replayed messages.
     pub held: Vec<(Box<str>, crate::msg::FrameBytes)>,
+    /// Bytes in `held`.
+    pub held_bytes: usize,
 }
 
 /// A connection's identity plus its state.
@@ -220,6 +222,7 @@ impl Conn {
                 challenge: None,
                 resuming: false,
                 held: Vec::new(),
+                held_bytes: 0,
             }),
         }
     }
@@ -395,8 +398,10 @@ impl Conn {
         // Held for a queue unsubscribed meanwhile: dropped.
         let subscribed = |st: &ConnState, q: &str| st.subs.contains_key(q);
         let held = std::mem::take(&mut st.held);
+        st.held_bytes = 0;
         for (q, frame) in held {
             if !mine(&q) {
+                st.held_bytes += frame.len();
                 st.held.push((q, frame));
             } else if subscribed(st, &q) {
                 st.out.push_shared(&frame);
