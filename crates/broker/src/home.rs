@@ -198,7 +198,7 @@ impl Home {
             let Some(conn) = self.conn(key) else {
                 continue;
             };
-            match conn.deliver(frame.bytes(), policy, queue) {
+            match conn.deliver(frame, policy, queue) {
                 Queued::Ok => delivered += 1,
                 Queued::Stalled => {
                     delivered += 1;

@@ -64,6 +64,8 @@ pub(crate) enum Request {
         fd: OwnedFd,
         name: String,
         rest: Vec<u8>,
+        /// The peer reads `coremq_seq` on link frames.
+        seq: bool,
     },
     /// A subscriber on the sending shard is over `max_pending` (`on`) or has
     /// caught up (`!on`): while any is, the owner holds the confirmations of

@@ -114,7 +114,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
 /// closes its own descriptor, which leaves the socket open.
 fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
     use std::os::fd::{AsRawFd, BorrowedFd};
-    let Some(name) = conn.st.borrow_mut().handover.take() else {
+    let Some((name, seq)) = conn.st.borrow_mut().handover.take() else {
         return;
     };
     // SAFETY: the stream owns the descriptor and keeps it open for this call.
@@ -129,7 +129,12 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
     let rest = rbuf.data[rbuf.start..rbuf.end].to_vec();
     shard.request(
         CONTROL_SHARD,
-        crate::msg::Request::AdoptLink { fd, name, rest },
+        crate::msg::Request::AdoptLink {
+            fd,
+            name,
+            rest,
+            seq,
+        },
     );
 }
 

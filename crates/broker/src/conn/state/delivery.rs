@@ -2,7 +2,7 @@
 //! to take them: the slow-consumer policies (G4, G5, §9).
 
 use super::{Close, Conn, Queued, Transport};
-use crate::msg::FrameBytes;
+use crate::msg::{FrameBytes, MsgFrame};
 use crate::refusal::Refusal;
 use coremq_config::SlowConsumerPolicy;
 use coremq_protocol as proto;
@@ -12,14 +12,18 @@ impl Conn {
     /// as `policy` says when it is over `max_pending` (G5, §9).
     pub(crate) fn deliver(
         &self,
-        frame: &FrameBytes,
+        msg: &MsgFrame,
         policy: SlowConsumerPolicy,
         queue: &str,
     ) -> Queued {
+        let frame = msg.bytes();
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
             return Queued::Closing;
         }
+        // `"seq": true` (§10): the frame with its coremq_seq, a copy only
+        // such connections pay for.
+        let with_seq = st.opts.seq && msg.seq() != 0;
         if st.resuming && st.subs.get(queue) == Some(&super::SubState::Resuming) {
             // After the resume's reply and replayed messages (§10); held
             // bytes count toward the hard cap like queued ones.
@@ -29,7 +33,14 @@ impl Conn {
                 self.make_slow();
                 return Queued::BecameSlow;
             }
-            st.held.push((queue.into(), frame.clone()));
+            let frame = if with_seq {
+                let mut out = Vec::with_capacity(frame.len() + 32);
+                msg.write_with_seq(&mut out);
+                FrameBytes::owned(out)
+            } else {
+                frame.clone()
+            };
+            st.held.push((queue.into(), frame));
             return Queued::Ok;
         }
         let size = st.out.len() + frame.len();
@@ -72,7 +83,11 @@ impl Conn {
             };
             st.out.push_with(|out| proto::encode_frame(on, &json, out));
         }
-        st.out.push_shared(frame);
+        if with_seq {
+            st.out.push_with(|out| msg.write_with_seq(out));
+        } else {
+            st.out.push_shared(frame);
+        }
         drop(st);
         if was_empty || stalled {
             // A stall is news for the task too: it arms the max_stall timer.
