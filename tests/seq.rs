@@ -156,15 +156,51 @@ fn gaps_match_what_drop_says_it_dropped() {
     for n in 0..count {
         p.send(&q, &json!({"n": n, "pad": pad}));
     }
-    // One acknowledged publish last: every earlier one is in by its OK.
+    let mut t = Tally::default();
+    // What was queued for it, until the broker has nothing more ...
+    while let Ok(f) = s.read_frame(Duration::from_secs(1)) {
+        t.take(&q, f);
+    }
+    // ... then one more, which cannot be dropped now: the missed count of
+    // the ones before it comes first (an acknowledged publish: every
+    // earlier one is in by its OK).
     p.options(json!({"ack": true}));
     p.publish(&q, &json!({"n": count, "last": true}));
-    let (mut last_seq, mut gaps, mut warned, mut got) = (0u64, 0u64, 0u64, 0u64);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let f = s
             .read_frame_until(deadline)
-            .unwrap_or_else(|e| panic!("after {got} messages: {e:?}"));
+            .unwrap_or_else(|e| panic!("after {} messages: {e:?}", t.got));
+        if t.take(&q, f) {
+            break;
+        }
+    }
+    assert_eq!(t.last_seq, count + 1, "the last message's number");
+    assert!(
+        t.warned > 0,
+        "nothing was dropped (the test did not overflow the subscriber)"
+    );
+    assert_eq!(
+        t.gaps, t.warned,
+        "gaps in coremq_seq vs WARN counts ({} received)",
+        t.got
+    );
+    assert_eq!(t.got + t.gaps, count + 1);
+}
+
+/// What a subscriber under `drop` read: messages, numbers skipped, and what
+/// the WARNs said was dropped.
+#[derive(Default)]
+struct Tally {
+    last_seq: u64,
+    gaps: u64,
+    warned: u64,
+    got: u64,
+}
+
+impl Tally {
+    /// Counts one frame; true for the last message.
+    fn take(&mut self, q: &str, f: Frame) -> bool {
         if f.queue != q {
             let n: u64 = f
                 .response()
@@ -172,33 +208,20 @@ fn gaps_match_what_drop_says_it_dropped() {
                 .and_then(|t| t.strip_suffix(" messages"))
                 .and_then(|n| n.parse().ok())
                 .unwrap_or_else(|| panic!("unexpected frame {f}"));
-            warned += n;
-            continue;
+            self.warned += n;
+            return false;
         }
-        got += 1;
+        self.got += 1;
         let seq = f.json["coremq_seq"].as_u64().expect("numbered");
-        assert!(seq > last_seq, "numbers only grow: {seq} after {last_seq}");
-        gaps += seq - last_seq - 1;
-        last_seq = seq;
-        if f.json["last"] == json!(true) {
-            break;
-        }
+        assert!(
+            seq > self.last_seq,
+            "numbers only grow: {seq} after {}",
+            self.last_seq
+        );
+        self.gaps += seq - self.last_seq - 1;
+        self.last_seq = seq;
+        f.json["last"] == json!(true)
     }
-    assert_eq!(
-        last_seq,
-        count + 1,
-        "the last message is number {}",
-        count + 1
-    );
-    assert!(
-        warned > 0,
-        "nothing was dropped (the test did not overflow the subscriber)"
-    );
-    assert_eq!(
-        gaps, warned,
-        "gaps in coremq_seq vs WARN counts ({got} received)"
-    );
-    assert_eq!(got + gaps, count + 1);
 }
 
 /// Numbers are given by the node that accepted the message and travel with
