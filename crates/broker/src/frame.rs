@@ -1,15 +1,18 @@
 //! A stored message: its identity and order ([`MsgKey`]) and its encoded
 //! frame, shared by the history and every delivery ([`MsgFrame`]).
 
-use crate::router::{portable_hash, queue_hash};
+pub(crate) use crate::origin::origin_of;
+use crate::origin::{cmp_origins, stored_origin};
+use crate::router::queue_hash;
 use coremq_protocol::SEQ_KEY;
 use std::sync::Arc;
 
 /// What identifies and orders a message everywhere in a cluster: when and
-/// where it was accepted. Every node sorts history by it, so histories
-/// converge to the same order, and a message seen twice (live and through a
-/// history exchange) is recognised.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// where it was accepted. Every node sorts history by it — by `coremq_sent`,
+/// then by `coremq_server` name ([`cmp_origins`]) — so histories converge to
+/// the same order, and a message seen twice (live and through a history
+/// exchange) is recognised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct MsgKey {
     /// `coremq_sent` in whole microseconds (unique per node: see
     /// `Shard::next_sent`).
@@ -18,13 +21,19 @@ pub(crate) struct MsgKey {
     pub origin: u64,
 }
 
-/// Seed of [`origin_of`]: changing it changes every node's keys.
-const ORIGIN_SEED: u64 = 0x6f72_6967_696e_0001;
+impl Ord for MsgKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Names are looked at only on a tie of microseconds between servers.
+        self.sent_us
+            .cmp(&other.sent_us)
+            .then_with(|| cmp_origins(self.origin, other.origin))
+    }
+}
 
-/// The `origin` of a key: a hash every node computes alike, whatever its
-/// build or CPU (nodes compare keys they computed separately).
-pub(crate) fn origin_of(server: &str) -> u64 {
-    portable_hash(server.as_bytes(), ORIGIN_SEED)
+impl PartialOrd for MsgKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Frames at least this long are built in their own buffer and shared as it
@@ -197,7 +206,7 @@ impl MsgFrame {
         let stamp: Stamp<'_> = serde_json::from_slice(json).ok()?;
         let key = MsgKey {
             sent_us: coremq_protocol::seconds_to_micros(stamp.coremq_sent),
-            origin: origin_of(&stamp.coremq_server),
+            origin: stored_origin(&stamp.coremq_server),
         };
         let mut frame = if stamp.coremq_seq == 0 {
             MsgFrame::new(queue, json, key)
@@ -358,13 +367,6 @@ fn strip_seq_suffix(json: &[u8], seq: u64) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins_are_pinned() {
-        // The reference XXH3 of "mq1:6747" with ORIGIN_SEED (Python's
-        // `xxhash.xxh3_64_intdigest`): every node, however built, agrees.
-        assert_eq!(origin_of("mq1:6747"), 0x62e5_56cd_7a27_240c);
-    }
 
     #[test]
     fn build_encodes_like_new() {

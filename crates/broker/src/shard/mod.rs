@@ -103,7 +103,7 @@ impl Shard {
             home: Home::new(id, shards, cfg.clone(), node.clone(), counters.clone()),
             drain: Drain::new(shards),
             clock: Clock::new(id, shards),
-            origin: crate::msg::origin_of(&node.server),
+            origin: crate::origin::stored_origin(&node.server),
             scratch: RefCell::new(Vec::with_capacity(4096)),
             gathers: Gathers::default(),
             dumps: Gathers::default(),
