@@ -9,21 +9,29 @@ use coremq_protocol as proto;
 
 impl Conn {
     /// Queues a delivered frame of `queue` unless the connection is closing,
-    /// as `policy` says when it is over `max_pending` (G5, §9).
+    /// as `policy` says when it is over `max_pending` (G5, §9). `numbered`
+    /// is the frame with its `coremq_seq` (§10) for connections that asked
+    /// for it: encoded by the first of them, shared by the others.
     pub(crate) fn deliver(
         &self,
         msg: &MsgFrame,
+        numbered: &mut Option<FrameBytes>,
         policy: SlowConsumerPolicy,
         queue: &str,
     ) -> Queued {
-        let frame = msg.bytes();
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
             return Queued::Closing;
         }
-        // `"seq": true` (§10): the frame with its coremq_seq, a copy only
-        // such connections pay for.
-        let with_seq = st.opts.seq && msg.seq() != 0;
+        let frame = if st.opts.seq && msg.seq() != 0 {
+            &*numbered.get_or_insert_with(|| {
+                let mut out = Vec::with_capacity(msg.bytes().len() + 40);
+                msg.write_with_seq(&mut out);
+                FrameBytes::owned(out)
+            })
+        } else {
+            msg.bytes()
+        };
         if st.resuming && st.subs.get(queue) == Some(&super::SubState::Resuming) {
             // After the resume's reply and replayed messages (§10); held
             // bytes count toward the hard cap like queued ones.
@@ -33,14 +41,7 @@ impl Conn {
                 self.make_slow();
                 return Queued::BecameSlow;
             }
-            let frame = if with_seq {
-                let mut out = Vec::with_capacity(frame.len() + 32);
-                msg.write_with_seq(&mut out);
-                FrameBytes::owned(out)
-            } else {
-                frame.clone()
-            };
-            st.held.push((queue.into(), frame));
+            st.held.push((queue.into(), frame.clone()));
             return Queued::Ok;
         }
         let size = st.out.len() + frame.len();
@@ -83,11 +84,7 @@ impl Conn {
             };
             st.out.push_with(|out| proto::encode_frame(on, &json, out));
         }
-        if with_seq {
-            st.out.push_with(|out| msg.write_with_seq(out));
-        } else {
-            st.out.push_shared(frame);
-        }
+        st.out.push_shared(frame);
         drop(st);
         if was_empty || stalled {
             // A stall is news for the task too: it arms the max_stall timer.
