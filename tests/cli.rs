@@ -389,7 +389,9 @@ fn sub_seq_reports_gaps() {
     // Stopped, it reads nothing: the broker drops what does not fit.
     let pid = sub.child.id() as i32;
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let count = 6_000u64;
+    // 20 MB: more than the kernel's socket buffers on loopback take
+    // (several MB each way), so the broker's buffer does fill.
+    let count = 20_000u64;
     let pad = "x".repeat(1000);
     p.options(json!({"ack": false}));
     for n in 1..count {
