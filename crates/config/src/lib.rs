@@ -34,6 +34,7 @@ mod log;
 mod mq;
 mod pattern;
 mod size;
+mod store;
 mod value;
 mod ws;
 
@@ -43,6 +44,7 @@ pub use error::{ConfigError, Origin};
 pub use log::{LogLevel, LogTarget};
 pub use mq::MqConfig;
 pub use pattern::{glob_match, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
+pub use store::{Fsync, StoreConfig};
 pub use ws::WsConfig;
 
 use document::{Document, EnvLookup, SectionSpec};

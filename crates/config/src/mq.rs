@@ -12,6 +12,7 @@ use crate::document::{Section, SectionSpec};
 use crate::error::ConfigError;
 use crate::log::{LogLevel, LogTarget};
 use crate::pattern::{self, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
+use crate::store::StoreConfig;
 use crate::{size, value};
 
 /// Keys of `[CoreMQ]`, in coremq.conf order (also the order error messages list them in).
@@ -49,6 +50,10 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "queue_history",
         "history_ttl",
         "history_memory",
+        "data_dir",
+        "persist",
+        "fsync",
+        "history_disk",
         "shutdown_timeout",
     ],
 };
@@ -187,6 +192,9 @@ pub struct MqConfig {
     /// shards); past it, the least recently published-to queues lose their
     /// history first, so no stream of publishes can exhaust memory.
     pub history_memory: usize,
+    /// Durable history (PROTOCOL.md §12): `data_dir`, `persist`, `fsync`,
+    /// `history_disk`.
+    pub store: StoreConfig,
     /// How long a graceful stop waits for clients to take their last frames.
     pub shutdown_timeout: Duration,
 }
@@ -298,6 +306,7 @@ impl MqConfig {
         s.set(&mut c.history_memory, "history_memory", |t| {
             size::parse(t, MIN_HISTORY_MEMORY, MAX_PENDING)
         })?;
+        c.store = StoreConfig::from_section(s)?;
         s.set(&mut c.shutdown_timeout, "shutdown_timeout", value::seconds)?;
 
         let min = c.max_message_size + FRAME_OVERHEAD;
@@ -350,6 +359,7 @@ impl Default for MqConfig {
             queue_history: Vec::new(),
             history_ttl: Vec::new(),
             history_memory: 1 << 30,
+            store: StoreConfig::defaults(),
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -390,6 +400,7 @@ impl fmt::Debug for MqConfig {
             queue_history,
             history_ttl,
             history_memory,
+            store,
             shutdown_timeout,
         } = self;
         f.debug_struct("MqConfig")
@@ -426,6 +437,7 @@ impl fmt::Debug for MqConfig {
             .field("queue_history", queue_history)
             .field("history_ttl", history_ttl)
             .field("history_memory", history_memory)
+            .field("store", store)
             .field("shutdown_timeout", shutdown_timeout)
             .finish()
     }

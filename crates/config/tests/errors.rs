@@ -182,7 +182,7 @@ fn unknown_keys_and_sections_are_errors() {
          log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, users_file, \
          jwt_secret_file, jwt_public_key_file, auth_timeout, shards, idle_spin, \
          io_poll_interval, max_message_size, max_pending, slow_consumer_policy, max_stall, max_connections, max_queue_name_length, \
-         max_list_length, max_subscriptions, max_json_depth, history_length, queue_history, history_ttl, history_memory, shutdown_timeout)"
+         max_list_length, max_subscriptions, max_json_depth, history_length, queue_history, history_ttl, history_memory, data_dir, persist, fsync, history_disk, shutdown_timeout)"
     );
     assert_eq!(
         err("[CoreWS]\norigins = x\n"),
@@ -323,4 +323,25 @@ fn websocket_timeouts_are_checked() {
     assert!(err("[CoreWS]\nping_interval = 0\n").contains("greater than 0"));
     assert!(err("[CoreWS]\nping_interval = 30\nidle_timeout = 30\n")
         .contains("idle_timeout (30s) must be longer than ping_interval (30s)"));
+}
+
+#[test]
+fn durable_history_keys_say_what_they_take() {
+    bad_mq(
+        "fsync",
+        "sometimes",
+        "expected \"always\" or an interval in milliseconds 1-60000",
+    );
+    bad_mq(
+        "fsync",
+        "0",
+        "expected \"always\" or an interval in milliseconds 1-60000",
+    );
+    let msg = err("[CoreMQ]\nhistory_disk = 10K\n");
+    assert!(
+        msg.starts_with("[CoreMQ] history_disk = \"10K\": "),
+        "{msg}"
+    );
+    let msg = err("[CoreMQ]\npersist = a b\n");
+    assert!(msg.contains("queue patterns"), "{msg}");
 }

@@ -413,3 +413,28 @@ fn backslashes_stay_as_written() {
     assert_eq!(c.mq.cluster_secret.as_deref(), Some("abc\\"));
     assert_eq!(c.mq.port, 5);
 }
+
+#[test]
+fn durable_history_keys() {
+    use coremq_config::Fsync;
+    let c = coremq_config::Config::from_ini_str(
+        "[CoreMQ]\ndata_dir = /var/lib/coremq\npersist = orders.*, audit\nfsync = always\nhistory_disk = 2G\n",
+        |_| None,
+    )
+    .unwrap();
+    let s = &c.mq.store;
+    assert_eq!(
+        s.data_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/coremq"))
+    );
+    assert_eq!(s.fsync, Fsync::Always);
+    assert_eq!(s.history_disk, 2 << 30);
+    assert!(s.persists("orders.eu") && s.persists("audit") && !s.persists("chat"));
+    let d = coremq_config::Config::from_ini_str("[CoreMQ]\nfsync = 250\n", |_| None).unwrap();
+    assert_eq!(
+        d.mq.store.fsync,
+        Fsync::Every(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(d.mq.store.data_dir, None, "off by default");
+    assert!(d.mq.store.persists("anything"), "every queue by default");
+}
