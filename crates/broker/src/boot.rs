@@ -54,6 +54,8 @@ pub(crate) struct Boot {
     pub progress: Arc<StartProgress>,
     /// The WebSocket/HTTP listener, for the control shard only.
     pub web: Option<(SocketAddr, WebSettings)>,
+    /// The history generation directory (`data_dir` set and prepared).
+    pub store_gen: Option<std::path::PathBuf>,
 }
 
 /// How far each shard's start has come: a stage and, while joining the
@@ -105,6 +107,9 @@ impl StartProgress {
 const JOIN_TICK: Duration = Duration::from_millis(5);
 
 /// Runs one shard to completion.
+/// Room in a history record beyond the message (queue name, stamps).
+const MAX_RECORD_EXTRA: usize = 64 << 10;
+
 pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     let id = boot.id;
     let progress = boot.progress.clone();
@@ -163,6 +168,17 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         shared: boot.shared,
     });
     let cfg = Rc::new(boot.cfg);
+    // Durable history: read back before serving (blocking reads are fine
+    // here; no connection is accepted yet).
+    let store = match &boot.store_gen {
+        Some(gen) => {
+            let max_body = cfg.max_message_size + MAX_RECORD_EXTRA;
+            let (store, frames) =
+                crate::store::Store::open(gen, id, boot.shards, &cfg.store, max_body)?;
+            Some((Rc::new(store), frames))
+        }
+        None => None,
+    };
     let rules = node
         .shared
         .authority()
@@ -173,7 +189,13 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         cfg.clone(),
         node.clone(),
         rules,
+        store.as_ref().map(|(s, _)| s.clone()),
     ));
+    let writer = store.map(|(store, frames)| {
+        shard.restore(frames);
+        let source: Rc<dyn crate::store::Source> = shard.clone();
+        spawn_local(store.run(source))
+    });
 
     for (to, t) in req_tx {
         let tx = t.await;
@@ -259,13 +281,22 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     // Graceful stop: wait until every owner processed every request, so that
     // whatever was acknowledged is in the buffers, then BYE.
     let deadline = cfg.shutdown_timeout;
-    future::or(shard.drained().wait(), async {
-        sleep(deadline).await;
-        tracing::warn!(
-            shard = id,
-            "drain did not complete within shutdown_timeout; closing anyway"
-        );
-    })
+    future::or(
+        async {
+            shard.drained().wait().await;
+            // And every confirmation that waited for its batch is out.
+            if let Some(store) = shard.store() {
+                store.idle().await;
+            }
+        },
+        async {
+            sleep(deadline).await;
+            tracing::warn!(
+                shard = id,
+                "drain did not complete within shutdown_timeout; closing anyway"
+            );
+        },
+    )
     .await;
     let mut bye = Vec::new();
     proto::response_json(proto::BYE, &mut bye);
@@ -284,6 +315,11 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         sleep(deadline),
     )
     .await;
+    if let (Some(store), Some(writer)) = (shard.store(), writer) {
+        // What is written is flushed before the process ends.
+        store.close();
+        future::or(writer, sleep(deadline)).await;
+    }
     tracing::debug!(shard = id, "shard stopped");
     Ok(())
 }

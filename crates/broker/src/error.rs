@@ -43,6 +43,10 @@ pub enum BrokerError {
     /// the file, section and key; never a secret).
     #[error("access control: {0}")]
     Access(String),
+    /// `data_dir` cannot be used (locked by another process, unreadable,
+    /// not a CoreMQ data directory).
+    #[error("durable history: {0}")]
+    Storage(String),
     /// Creating an operating-system resource (thread, socket pair) failed.
     #[error("cannot start: {0}")]
     Os(#[from] std::io::Error),

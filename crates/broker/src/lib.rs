@@ -24,7 +24,8 @@
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels).
 //! 2. **State** — `access` (a connection's user and rights, checked where
 //!    requests are parsed), `queues` (owner-side histories and per-home counts),
-//!    `subs` (home-side subscriber lists), `conn::outq`, `conn::readbuf`,
+//!    `subs` (home-side subscriber lists), `store` (durable history: a
+//!    shard's segment files, group commit, recovery), `conn::outq`, `conn::readbuf`,
 //!    `conn::state` (a connection's buffer and ordered replies).
 //! 3. **The two roles** — `owner` (requests about the queues a shard owns)
 //!    and `home` (the connections a shard accepted and what owners send
@@ -70,6 +71,7 @@ mod router;
 pub mod server;
 mod shard;
 mod stats;
+mod store;
 mod subs;
 mod sysstats;
 mod web;

@@ -51,6 +51,9 @@ pub(crate) struct Owner {
     replicate: bool,
     /// History and per-home subscription counts.
     queues: RefCell<QueueTable>,
+    /// Durable history (`data_dir`), if on: stored messages of persisted
+    /// queues are appended to it.
+    store: Option<Rc<crate::store::Store>>,
 }
 
 impl Owner {
@@ -64,6 +67,55 @@ impl Owner {
             cfg,
             replicate,
             queues: RefCell::new(table),
+            store: None,
+        }
+    }
+
+    /// Writes this owner's stored messages to `store` from now on.
+    pub(crate) fn with_store(mut self, store: Option<Rc<crate::store::Store>>) -> Owner {
+        self.store = store;
+        self
+    }
+
+    /// Takes back messages read from disk at start: stored in key order
+    /// (not delivered, not written again). `own` is this node's origin:
+    /// its queues' `coremq_seq` count and newest position carry on from
+    /// them.
+    pub(crate) fn restore(&self, frames: Vec<MsgFrame>, own: u64) -> usize {
+        let cfg = &self.cfg;
+        let mut table = self.queues.borrow_mut();
+        let mut kept = 0;
+        for mut frame in frames {
+            if table.restore(&mut frame, own, |name| cfg.history_length_for(name)) {
+                kept += 1;
+            }
+        }
+        kept
+    }
+
+    /// The retained history of the queues `persists` names (a snapshot).
+    pub(crate) fn retained(&self, persists: impl Fn(&str) -> bool) -> Vec<MsgFrame> {
+        self.queues
+            .borrow()
+            .dump()
+            .into_iter()
+            .filter(|(name, _)| persists(name))
+            .flat_map(|(_, frames)| frames)
+            .collect()
+    }
+
+    /// Bytes of history held, about.
+    pub(crate) fn retained_bytes(&self) -> u64 {
+        self.queues.borrow().history_bytes()
+    }
+
+    /// Appends a newly stored message to the durable history when its
+    /// queue keeps history and is persisted.
+    fn persist(&self, frame: &MsgFrame, keeps: bool) {
+        if let Some(store) = &self.store {
+            if keeps && !is_reserved(frame.queue()) && store.persists(frame.queue()) {
+                store.append(frame);
+            }
         }
     }
 
@@ -122,9 +174,13 @@ impl Owner {
             self.store_and_deliver(out, frame, None, None, false);
         } else {
             let cfg = &self.cfg;
-            self.queues
-                .borrow_mut()
-                .publish(&mut frame, false, |name| cfg.history_length_for(name));
+            let mut table = self.queues.borrow_mut();
+            let stored = table.publish(&mut frame, false, |name| cfg.history_length_for(name));
+            if let Some((Stored::New, q)) = stored {
+                let keeps = q.keeps_history();
+                drop(table);
+                self.persist(&frame, keeps);
+            }
         }
     }
 
@@ -244,11 +300,13 @@ impl Owner {
                 },
             );
         }
+        let mut keeps = false;
         if let Some((stored, q)) = result {
             stalled = q.is_stalled();
             if stored == Stored::Duplicate {
                 return confirm;
             }
+            keeps = q.keeps_history();
             for h in q.homes() {
                 if n < homes.len() {
                     homes[n] = h;
@@ -266,6 +324,8 @@ impl Owner {
             confirm => confirm,
         };
         drop(table);
+        // Before the confirmation, which waits for the batch holding it.
+        self.persist(&frame, keeps);
         let homes = || homes.iter().take(n.min(homes.len())).chain(many.iter());
         let skip = |h: usize| match &publisher {
             Some(p) if h == p.home && !p.echo => Some(p.conn),

@@ -43,6 +43,8 @@ pub struct Running {
     reloader: Reloader,
     /// Shard exits, reported by the watcher threads.
     exits: mpsc::Receiver<(usize, Result<(), String>)>,
+    /// The `data_dir` lock, held while the node runs.
+    _data_lock: Option<std::fs::File>,
 }
 
 /// Asks every shard to stop gracefully. Cheap to clone; usable from any thread
@@ -97,6 +99,17 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (exit_tx, exits) = mpsc::channel();
     let authority = crate::reload::load(&mq)?;
+    // Durable history: the data directory locked for this process and its
+    // files laid out for this shard count (moved if it changed).
+    let (store_gen, data_lock) = match &mq.store.data_dir {
+        Some(dir) => {
+            let max_body = mq.max_message_size + (64 << 10);
+            let (gen, lock) =
+                crate::store::disk::prepare(dir, shards, max_body).map_err(BrokerError::Storage)?;
+            (Some(gen), Some(lock))
+        }
+        None => (None, None),
+    };
     let shared = NodeShared::new(authority);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
@@ -121,6 +134,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             web: (id == CONTROL_SHARD)
                 .then(|| ws_addr.map(|a| (a, web_settings.clone())))
                 .flatten(),
+            store_gen: store_gen.clone(),
         };
         let placement = if pin {
             Placement::Fixed(cpus[id])
@@ -157,6 +171,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         reloader: Reloader::new(&mq, shared, ends.clone()),
         stopper: Stopper { ends },
         exits,
+        _data_lock: data_lock,
     };
 
     let waiting = Instant::now();

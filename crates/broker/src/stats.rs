@@ -104,6 +104,26 @@ pub(crate) struct ShardStats {
     pub auth_failures: u64,
     pub permission_denied: u64,
     pub channel_backlog: u64,
+    /// Durable history (all 0 without `data_dir`).
+    pub disk: DiskStats,
+}
+
+/// One shard's durable-history figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DiskStats {
+    /// Bytes of its segment files.
+    pub bytes: u64,
+    /// Batches written (each one write, one fdatasync with `always`).
+    pub batches: u64,
+    pub fsyncs: u64,
+    pub fsync_us_total: u64,
+    pub fsync_us_max: u64,
+    /// Messages no longer on disk because of `history_disk`.
+    pub evictions: u64,
+    /// Rewrites of the retained history into a fresh segment.
+    pub snapshots: u64,
+    /// Failed writes or flushes.
+    pub errors: u64,
 }
 
 impl ShardStats {
@@ -119,7 +139,9 @@ impl ShardStats {
              \"stalls\": {}, \"stall_seconds\": {:.3}, \"drops\": {}, \
              \"refused_connections\": {}, \"wrong_shard\": {}, \"client_errors\": {}, \
              \"logins\": {}, \"auth_failures\": {}, \"permission_denied\": {}, \
-             \"channel_backlog\": {}}}",
+             \"channel_backlog\": {}, \"disk_bytes\": {}, \"disk_batches\": {}, \
+             \"disk_fsyncs\": {}, \"disk_fsync_seconds\": {:.6}, \"disk_fsync_max_seconds\": {:.6}, \
+             \"disk_evictions\": {}, \"disk_snapshots\": {}, \"disk_errors\": {}}}",
             self.shard,
             self.connections,
             self.ws_connections,
@@ -143,6 +165,14 @@ impl ShardStats {
             self.auth_failures,
             self.permission_denied,
             self.channel_backlog,
+            self.disk.bytes,
+            self.disk.batches,
+            self.disk.fsyncs,
+            self.disk.fsync_us_total as f64 / 1e6,
+            self.disk.fsync_us_max as f64 / 1e6,
+            self.disk.evictions,
+            self.disk.snapshots,
+            self.disk.errors,
         );
     }
 }

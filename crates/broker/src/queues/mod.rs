@@ -136,6 +136,30 @@ impl QueueTable {
         Some((stored, q))
     }
 
+    /// A message read back from disk: stored like another node's (in key
+    /// order, once); a message of this node (`own`) also moves the queue's
+    /// `coremq_seq` count and newest position on, so that numbering and
+    /// delivery order carry on after a restart. Whether it was kept.
+    pub(crate) fn restore(
+        &mut self,
+        frame: &mut MsgFrame,
+        own: u64,
+        cap_for: impl Fn(&str) -> usize,
+    ) -> bool {
+        let key = frame.key();
+        let seq = frame.seq();
+        let Some((stored, _)) = self.publish(frame, false, cap_for) else {
+            return false;
+        };
+        if key.origin == own {
+            if let Some(q) = self.queues.get_mut(frame.hash(), frame.queue()) {
+                q.seq = q.seq.max(seq);
+                q.newest = q.newest.max(key);
+            }
+        }
+        stored == Stored::New
+    }
+
     /// Drops whole histories, least recently published-to queues first,
     /// until a tenth of the budget is free again (so that a full table does
     /// not scan itself on every publish: each pass frees room for many).

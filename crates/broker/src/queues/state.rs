@@ -71,6 +71,12 @@ impl QueueState {
             && self.held.is_empty()
     }
 
+    /// Whether this queue keeps a history worth writing to disk (not a
+    /// connection's own id, a window above 0).
+    pub(crate) fn keeps_history(&self) -> bool {
+        self.cap > 0 && !self.own_id
+    }
+
     /// Whether a subscriber's backlog holds up this queue's publishers.
     pub(crate) fn is_stalled(&self) -> bool {
         self.stalled > 0 || self.stalled_remote > 0

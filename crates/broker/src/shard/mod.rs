@@ -8,6 +8,7 @@
 
 mod access;
 mod flow;
+mod persist;
 mod routing;
 
 use crate::access::{Access, Rules};
@@ -82,6 +83,8 @@ pub(crate) struct Shard {
     links: RefCell<Option<Rc<dyn Links>>>,
     /// Access rules (`None` without `users_file`).
     rules: Option<Rc<Rules>>,
+    /// Durable history of the queues this shard owns (`data_dir`).
+    store: Option<Rc<crate::store::Store>>,
 }
 
 impl Shard {
@@ -92,6 +95,7 @@ impl Shard {
         cfg: Rc<MqConfig>,
         node: Rc<NodeCtx>,
         rules: Option<Rc<Rules>>,
+        store: Option<Rc<crate::store::Store>>,
     ) -> Shard {
         let counters = Rc::<Counters>::default();
         Shard {
@@ -99,7 +103,7 @@ impl Shard {
             shards,
             router: Router::new(shards),
             mesh: Mesh::new(shards),
-            owner: Owner::new(id, shards, cfg.clone()),
+            owner: Owner::new(id, shards, cfg.clone()).with_store(store.clone()),
             home: Home::new(id, shards, cfg.clone(), node.clone(), counters.clone()),
             drain: Drain::new(shards),
             clock: Clock::new(id, shards),
@@ -109,6 +113,7 @@ impl Shard {
             dumps: Gathers::default(),
             links: RefCell::new(None),
             rules,
+            store,
             counters,
             cfg,
             node,
@@ -409,6 +414,9 @@ impl Shard {
         let mut stats = self.counters.snapshot(self.id);
         self.owner.fill_stats(&mut stats);
         stats.channel_backlog = self.mesh.backlog() as u64;
+        if let Some(store) = &self.store {
+            stats.disk = store.figures();
+        }
         stats
     }
 
@@ -456,7 +464,8 @@ impl Shard {
     fn advance_drain(&self) {
         if self.drain.advance() {
             for to in (0..self.shards).filter(|&s| s != self.id) {
-                self.mesh.responses.push(to, Response::Drained);
+                // Behind the confirmations still waiting for their batch.
+                self.send_or_defer(crate::store::Deferred::Drained { to });
             }
         }
     }

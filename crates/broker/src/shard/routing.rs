@@ -5,6 +5,7 @@ use super::Shard;
 use crate::msg::{ConnKey, MsgFrame, MsgKey, Request, Response, Subscription};
 use crate::owner::Outbox;
 use crate::stats::Counters;
+use crate::store::Deferred;
 use coremq_protocol as proto;
 
 impl Shard {
@@ -29,18 +30,33 @@ impl Shard {
     }
 }
 
-/// How the owner side's answers leave: in place for this shard's own home
-/// side, over the response mesh for the others.
-impl Outbox for Shard {
-    fn respond(&self, to: usize, resp: Response) {
-        if to == self.id {
-            self.handle_response(resp);
-        } else {
-            self.mesh.responses.push(to, resp);
+impl Shard {
+    /// Sends `d` now, or — with durable history — once the batch holding
+    /// the messages stored before it is written (G3: an OK means stored).
+    pub(crate) fn send_or_defer(&self, d: Deferred) {
+        let d = match &self.store {
+            Some(store) => store.defer(d),
+            None => Some(d),
+        };
+        if let Some(d) = d {
+            self.send_deferred(d);
         }
     }
 
-    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32) {
+    /// Sends an owner's confirmation or drain notice.
+    pub(crate) fn send_deferred(&self, d: Deferred) {
+        match d {
+            Deferred::Ack {
+                to,
+                conn,
+                seq,
+                bytes,
+            } => self.ack_now(to, conn, seq, bytes),
+            Deferred::Drained { to } => self.mesh.responses.push(to, Response::Drained),
+        }
+    }
+
+    fn ack_now(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32) {
         let (first, n) = seq.map_or((0, 0), |seq| (seq, 1));
         if to == self.id {
             self.home.acks(conn, first, n, bytes);
@@ -54,6 +70,27 @@ impl Outbox for Shard {
         };
         self.mesh.responses.push_or_merge(to, resp, |last, _| {
             Response::merge_ack(last, conn, seq, bytes)
+        });
+    }
+}
+
+/// How the owner side's answers leave: in place for this shard's own home
+/// side, over the response mesh for the others.
+impl Outbox for Shard {
+    fn respond(&self, to: usize, resp: Response) {
+        if to == self.id {
+            self.handle_response(resp);
+        } else {
+            self.mesh.responses.push(to, resp);
+        }
+    }
+
+    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32) {
+        self.send_or_defer(Deferred::Ack {
+            to,
+            conn,
+            seq,
+            bytes,
         });
     }
 

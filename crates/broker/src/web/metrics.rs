@@ -140,6 +140,48 @@ const METRICS: &[Metric] = &[
         |s| s.permission_denied,
     ),
     (
+        "coremq_disk_bytes",
+        "gauge",
+        "Bytes of the shard's durable-history segment files (history_disk bounds the node's sum).",
+        |s| s.disk.bytes,
+    ),
+    (
+        "coremq_disk_batches_total",
+        "counter",
+        "Batches of history written (one write each; one fdatasync each with fsync = always).",
+        |s| s.disk.batches,
+    ),
+    (
+        "coremq_disk_fsyncs_total",
+        "counter",
+        "fdatasync calls on history segments.",
+        |s| s.disk.fsyncs,
+    ),
+    (
+        "coremq_disk_fsync_microseconds_total",
+        "counter",
+        "Microseconds spent in those fdatasync calls.",
+        |s| s.disk.fsync_us_total,
+    ),
+    (
+        "coremq_disk_fsync_max_microseconds",
+        "gauge",
+        "Longest fdatasync of a history segment since start, in microseconds.",
+        |s| s.disk.fsync_us_max,
+    ),
+    (
+        "coremq_disk_evictions_total",
+        "counter",
+        "Messages no longer on disk to stay within history_disk.",
+        |s| s.disk.evictions,
+    ),
+    (
+        "coremq_disk_errors_total",
+        "counter",
+        "Failed writes or flushes of durable history.",
+        |s| s.disk.errors,
+    ),
+    (
         "coremq_wrong_shard_total",
         "counter",
         "Requests that reached a shard not owning their queue (a bug).",

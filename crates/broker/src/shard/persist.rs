@@ -1,0 +1,38 @@
+//! The shard's side of durable history: what the writer asks of it, and
+//! taking back what was on disk at start.
+
+use super::Shard;
+use crate::msg::MsgFrame;
+use crate::store::{Deferred, Source, Store};
+use std::rc::Rc;
+
+impl Source for Shard {
+    fn release(&self, d: Deferred) {
+        self.send_deferred(d);
+    }
+
+    fn retained(&self) -> Vec<MsgFrame> {
+        match &self.store {
+            Some(store) => self.owner.retained(|q| store.persists(q)),
+            None => Vec::new(),
+        }
+    }
+
+    fn retained_bytes(&self) -> u64 {
+        self.owner.retained_bytes()
+    }
+}
+
+impl Shard {
+    /// The durable history of this shard's queues, if `data_dir` is set.
+    pub(crate) fn store(&self) -> Option<&Rc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Stores the messages read from disk at start (before serving).
+    pub(crate) fn restore(&self, frames: Vec<MsgFrame>) {
+        let read = frames.len();
+        let kept = self.owner.restore(frames, self.origin);
+        tracing::info!(shard = self.id, read, kept, "history read back from disk");
+    }
+}

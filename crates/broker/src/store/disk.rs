@@ -1,0 +1,293 @@
+//! The files of durable history, read and arranged with plain blocking I/O:
+//! before the shards serve (start-up, recovery, a change of shard count),
+//! nothing waits on them.
+//!
+//! ```text
+//! data_dir/LOCK                      flock'ed by the running node
+//! data_dir/CURRENT                   "gen-000001": the generation in use
+//! data_dir/gen-000001/meta           "shards = 4"
+//! data_dir/gen-000001/shard-0003/000000000012.seg   a shard's segments
+//! ```
+//!
+//! A change of `shards` writes a new generation with every record moved to
+//! its new owner shard, then switches `CURRENT` (a rename, atomic): a crash
+//! during the move leaves the old generation in use.
+
+use super::record;
+use crate::msg::MsgFrame;
+use std::fs;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Why durable history cannot start.
+pub(crate) type DiskError = String;
+
+/// The directory of shard `id`'s segments in generation `gen`.
+pub(crate) fn shard_dir(gen: &Path, id: usize) -> PathBuf {
+    gen.join(format!("shard-{id:04}"))
+}
+
+/// A segment's file name.
+pub(crate) fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:012}.seg"))
+}
+
+/// Segment numbers in `dir`, ascending.
+pub(crate) fn segments(dir: &Path) -> Result<Vec<u64>, DiskError> {
+    let mut found = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(format!("cannot read {}: {e}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            found.push(n);
+        }
+    }
+    found.sort_unstable();
+    Ok(found)
+}
+
+/// Fsyncs a directory, so that files created or removed in it stay so.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
+}
+
+/// The data directory, locked for this process, with the generation for
+/// `shards` shards in place. The lock is held as long as the returned file.
+pub(crate) fn prepare(
+    data_dir: &Path,
+    shards: usize,
+    max_body: usize,
+) -> Result<(PathBuf, fs::File), DiskError> {
+    fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("LOCK"))
+        .map_err(|e| format!("cannot open {}/LOCK: {e}", data_dir.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "data_dir {} is in use by another coremq process (its LOCK is held)",
+            data_dir.display()
+        ));
+    }
+    let current = data_dir.join("CURRENT");
+    let gen_name = match fs::read_to_string(&current) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = "gen-000001".to_owned();
+            new_generation(data_dir, &name, shards)?;
+            switch_current(data_dir, &name)?;
+            name
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", current.display())),
+    };
+    if !gen_name.starts_with("gen-") || gen_name.contains('/') {
+        return Err(format!(
+            "{} names {gen_name:?}, not a generation of this data_dir",
+            current.display()
+        ));
+    }
+    let gen = data_dir.join(&gen_name);
+    let written_with = read_meta(&gen)?;
+    let gen_name = if written_with == shards {
+        gen_name
+    } else {
+        let next = next_generation(&gen_name)?;
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            from = written_with,
+            to = shards,
+            "history was written with another shard count; moving it to its new owner shards"
+        );
+        migrate(data_dir, &gen, written_with, &next, shards, max_body)?;
+        switch_current(data_dir, &next)?;
+        next
+    };
+    remove_other_generations(data_dir, &gen_name);
+    Ok((data_dir.join(gen_name), lock))
+}
+
+fn read_meta(gen: &Path) -> Result<usize, DiskError> {
+    let path = gen.join("meta");
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("shards = "))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("{} has no \"shards = N\" line", path.display()))
+}
+
+fn new_generation(data_dir: &Path, name: &str, shards: usize) -> Result<PathBuf, DiskError> {
+    let gen = data_dir.join(name);
+    if gen.exists() {
+        // A move that did not finish: start it again.
+        fs::remove_dir_all(&gen).map_err(|e| format!("cannot remove {}: {e}", gen.display()))?;
+    }
+    for id in 0..shards {
+        let dir = shard_dir(&gen, id);
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    write_synced(&gen.join("meta"), format!("shards = {shards}\n").as_bytes())?;
+    sync_dir(&gen)?;
+    Ok(gen)
+}
+
+fn next_generation(name: &str) -> Result<String, DiskError> {
+    let n: u64 = name
+        .trim_start_matches("gen-")
+        .parse()
+        .map_err(|_| format!("bad generation name {name:?}"))?;
+    Ok(format!("gen-{:06}", n + 1))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), DiskError> {
+    let mut f =
+        fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Points `CURRENT` at generation `name`, atomically.
+fn switch_current(data_dir: &Path, name: &str) -> Result<(), DiskError> {
+    let tmp = data_dir.join("CURRENT.tmp");
+    write_synced(&tmp, format!("{name}\n").as_bytes())?;
+    fs::rename(&tmp, data_dir.join("CURRENT"))
+        .map_err(|e| format!("cannot switch {}/CURRENT: {e}", data_dir.display()))?;
+    sync_dir(data_dir)
+}
+
+fn remove_other_generations(data_dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("gen-") && name != keep {
+            if let Err(e) = fs::remove_dir_all(entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), cause = %e, "cannot remove an old history generation");
+            }
+        }
+    }
+}
+
+/// Writes every message of generation `from` (written with `old` shards)
+/// into a new generation `to` for `shards` shards, each to its new owner.
+fn migrate(
+    data_dir: &Path,
+    from: &Path,
+    old: usize,
+    to: &str,
+    shards: usize,
+    max_body: usize,
+) -> Result<(), DiskError> {
+    let gen = new_generation(data_dir, to, shards)?;
+    let router = crate::router::Router::new(shards);
+    let mut outs: Vec<Vec<u8>> = vec![Vec::new(); shards];
+    let mut moved = 0u64;
+    for id in 0..old {
+        let dir = shard_dir(from, id);
+        for n in segments(&dir)? {
+            let mut frames = Vec::new();
+            read_segment(&segment_path(&dir, n), max_body, &mut frames)?;
+            for f in frames {
+                record::encode(&f, &mut outs[router.owner(f.queue())]);
+                moved += 1;
+            }
+        }
+    }
+    for (id, bytes) in outs.iter().enumerate() {
+        let dir = shard_dir(&gen, id);
+        write_synced(&segment_path(&dir, 1), bytes)?;
+        sync_dir(&dir)?;
+    }
+    tracing::info!(
+        messages = moved,
+        shards,
+        "history moved to the new shard count"
+    );
+    Ok(())
+}
+
+/// Reads one segment's messages into `frames`; damage is skipped and logged.
+/// Returns where its last good record ends and the scan's figures.
+pub(crate) fn read_segment(
+    path: &Path,
+    max_body: usize,
+    frames: &mut Vec<MsgFrame>,
+) -> Result<record::Scan, DiskError> {
+    let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let scan = record::scan(&bytes, max_body, frames);
+    if scan.skipped > 0 {
+        tracing::warn!(
+            file = %path.display(),
+            bytes = scan.skipped,
+            stretches = scan.damaged,
+            kept = scan.frames,
+            "history segment damaged or torn; kept every record that checks out, dropped the rest"
+        );
+    }
+    Ok(scan)
+}
+
+/// What a shard found in its segments at start.
+pub(crate) struct Recovered {
+    /// Every message read, in file order.
+    pub frames: Vec<MsgFrame>,
+    /// (segment number, bytes on disk) of the segments kept.
+    pub segments: Vec<(u64, u64)>,
+}
+
+/// Reads shard `id`'s segments; the last one's torn tail (a crash
+/// mid-write) is cut off so that the file ends with a whole record.
+pub(crate) fn recover(gen: &Path, id: usize, max_body: usize) -> Result<Recovered, DiskError> {
+    let dir = shard_dir(gen, id);
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let numbers = segments(&dir)?;
+    let mut frames = Vec::new();
+    let mut kept = Vec::new();
+    for (i, &n) in numbers.iter().enumerate() {
+        let path = segment_path(&dir, n);
+        let scan = read_segment(&path, max_body, &mut frames)?;
+        let mut size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if i + 1 == numbers.len() && scan.valid_end < size {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(scan.valid_end).and_then(|()| f.sync_all()));
+            match f {
+                Ok(()) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        cut = size - scan.valid_end,
+                        "cut the torn end of the last history segment"
+                    );
+                    size = scan.valid_end;
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), cause = %e, "cannot cut a torn segment end")
+                }
+            }
+        }
+        kept.push((n, size));
+    }
+    Ok(Recovered {
+        frames,
+        segments: kept,
+    })
+}

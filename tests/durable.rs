@@ -1,0 +1,387 @@
+//! PROTOCOL.md §12, durable history: with `data_dir` a node that stops, is
+//! killed or restarts with another shard count serves the same history and
+//! positions; damaged files keep what checks out; disk use stays within
+//! `history_disk`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options for a node keeping its history in `dir` on `port`.
+fn durable(shards: usize, dir: &Path, port: u16) -> BrokerOpts {
+    BrokerOpts::new(shards)
+        .port(port)
+        .set("data_dir", dir.to_str().unwrap())
+}
+
+/// Starts, and returns the node with the port it got (for a restart).
+fn start(opts: BrokerOpts) -> (Broker, u16) {
+    let b = Broker::start(opts);
+    let port = b.port();
+    (b, port)
+}
+
+/// Histories of `queues`, 1000 names per request.
+fn histories(c: &mut Client, queues: &[String]) -> Map<String, Value> {
+    let mut all = Map::new();
+    for chunk in queues.chunks(1000) {
+        let names: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        all.extend(c.history(&names));
+    }
+    all
+}
+
+/// Publishes `per` messages to each queue, pipelined, then one acknowledged
+/// round trip (every earlier publish is stored by then).
+fn publish_all(c: &mut Client, queues: &[String], per: usize, pad: usize) {
+    c.options(json!({"ack": false}));
+    let filler = "x".repeat(pad);
+    let mut out = Vec::new();
+    for n in 0..per {
+        for q in queues {
+            out.extend(encode(q, &json!({"n": n, "q": q, "f": filler})));
+            if out.len() > 1 << 20 {
+                c.send_raw(&out);
+                out.clear();
+            }
+        }
+    }
+    c.send_raw(&out);
+    c.options(json!({"ack": true}));
+}
+
+fn disk_sum(st: &Value, key: &str) -> u64 {
+    st["shards"]
+        .as_array()
+        .map(|a| a.iter().map(|s| s[key].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0)
+}
+
+fn stop_and_restart_keep_every_history(shards: usize) {
+    let dir = unique_dir("durable");
+    let queues: Vec<String> = (0..10_000).map(|i| format!("dur.{i}")).collect();
+    let (mut b, port) = start(durable(shards, &dir, 0).set("history_length", "5"));
+    let mut c = b.client();
+    publish_all(&mut c, &queues, 3, 0);
+    // Some queues get more than their window: only the last 5 are kept.
+    publish_all(&mut c, &queues[..50], 7, 100);
+    let before = histories(&mut c, &queues);
+    assert_eq!(before.len(), 10_000);
+    let st = c.status();
+    assert!(disk_sum(&st, "disk_bytes") > 0, "{st}");
+    drop(c);
+    let status = b.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status}");
+    let (b, _) = start(durable(shards, &dir, port).set("history_length", "5"));
+    let mut c = b.client();
+    let after = histories(&mut c, &queues);
+    assert_eq!(after.len(), before.len());
+    for (q, h) in &before {
+        assert_eq!(after.get(q), Some(h), "{q} differs after the restart");
+    }
+    assert!(
+        b.logs().contains("history read back from disk"),
+        "{}",
+        b.logs()
+    );
+}
+
+per_shard_count!(stop_and_restart_keep_every_history:
+    stop_and_restart_keep_every_history_1_shard = 1,
+    stop_and_restart_keep_every_history_3_shards = 3,
+);
+
+/// SIGKILL while a publisher pipelines: every message it got an OK for is
+/// in the history after the restart.
+fn killed_under_load_keeps_every_acknowledged(fsync: &str) {
+    let dir = unique_dir("durable-kill");
+    let opts = |port| {
+        durable(2, &dir, port)
+            .set("fsync", fsync)
+            .set("history_length", "100000")
+    };
+    let (mut b, port) = start(opts(0));
+    let q = uniq("dur.kill");
+    let acked = Arc::new(AtomicU64::new(0));
+    let publisher = {
+        let (addr, q, acked) = (b.addr(), q.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let mut c = Client::connect(addr);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut n = 0u64;
+            // Batches of 50 pipelined publishes, then their 50 OKs.
+            while Instant::now() < deadline {
+                let mut out = Vec::new();
+                for k in 0..50 {
+                    out.extend(encode(&q, &json!({"n": n + k})));
+                }
+                c.send_raw(&out);
+                for _ in 0..50 {
+                    match c.try_recv_reply(Duration::from_secs(10)) {
+                        Ok(f) if f.response() == Some(OK_SENT) => {
+                            n += 1;
+                            acked.store(n, Ordering::SeqCst);
+                        }
+                        _ => return,
+                    }
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.load(Ordering::SeqCst) < 3000 {
+        assert!(Instant::now() < deadline, "publisher stuck");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    b.stop_with(libc::SIGKILL);
+    publisher.join().unwrap();
+    let acked = acked.load(Ordering::SeqCst);
+    let (b, _) = start(opts(port));
+    let mut c = b.client();
+    let h = c.history(&[&q]);
+    let ns: Vec<u64> = h[&q]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["n"].as_u64().unwrap())
+        .collect();
+    assert!(
+        ns.len() as u64 >= acked,
+        "{} of {acked} acknowledged",
+        ns.len()
+    );
+    assert_eq!(
+        ns[..acked as usize],
+        (0..acked).collect::<Vec<_>>(),
+        "every acknowledged message, in order"
+    );
+}
+
+#[test]
+fn killed_under_load_keeps_every_acknowledged_fsync_always() {
+    killed_under_load_keeps_every_acknowledged("always");
+}
+
+#[test]
+fn killed_under_load_keeps_every_acknowledged_fsync_interval() {
+    killed_under_load_keeps_every_acknowledged("50");
+}
+
+/// The only segment file of a one-shard node.
+fn only_segment(dir: &Path) -> PathBuf {
+    let gen = std::fs::read_to_string(dir.join("CURRENT")).unwrap();
+    let shard = dir.join(gen.trim()).join("shard-0000");
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(&shard)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    segs.pop().unwrap()
+}
+
+/// Damage in the middle of a segment and a torn end: start-up keeps every
+/// record that checks out, says what it dropped, and serves.
+#[test]
+fn damaged_and_torn_segments_keep_what_checks_out() {
+    let dir = unique_dir("durable-damage");
+    let opts = |port| durable(1, &dir, port).set("history_length", "1000");
+    let (mut b, port) = start(opts(0));
+    let q = uniq("dur.dmg");
+    let mut c = b.client();
+    for n in 0..100 {
+        c.publish(&q, &json!({"n": n, "pad": "y".repeat(50)}));
+    }
+    drop(c);
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let seg = only_segment(&dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let len = bytes.len();
+    bytes[len / 2] ^= 0x5a;
+    bytes.truncate(len - 10);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (b, _) = start(opts(port));
+    let mut c = b.client();
+    let ns: Vec<u64> = c.history(&[&q])[&q]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns.len(),
+        98,
+        "one damaged and one torn record dropped: {ns:?}"
+    );
+    assert_eq!(ns.last(), Some(&98), "the torn one was the last");
+    assert!(!ns.contains(&99));
+    let logs = b.logs();
+    assert!(logs.contains("damaged or torn"), "{logs}");
+    assert!(logs.contains("cut the torn end"), "{logs}");
+    // And it goes on: new messages are kept across the next restart too.
+    c.publish(&q, &json!({"n": 100}));
+    drop(c);
+    let mut b = b;
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let (b, _) = start(opts(port));
+    let h = b.client().history(&[&q]);
+    assert_eq!(h[&q].as_array().unwrap().len(), 99);
+}
+
+/// A position from before a restart is honoured after it (§10).
+#[test]
+fn a_resume_from_before_a_restart_recovers() {
+    let dir = unique_dir("durable-resume");
+    let opts = |port| durable(2, &dir, port).set("history_length", "100");
+    let (mut b, port) = start(opts(0));
+    let q = uniq("dur.res");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    let mut p = b.client();
+    for n in 0..10 {
+        p.publish(&q, &json!({"n": n}));
+    }
+    let got = s.recv_msgs(10, Duration::from_secs(10));
+    let at = &got[4].json;
+    let since = json!({&q: {"sent": at["coremq_sent"], "server": at["coremq_server"]}});
+    drop((s, p));
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let (b, _) = start(opts(port));
+    let mut s = b.client();
+    s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
+    let reply = s.recv_reply();
+    assert_eq!(reply.json["recovered"][&q], json!(true), "{reply}");
+    let replayed: Vec<u64> = s
+        .recv_msgs(5, Duration::from_secs(10))
+        .iter()
+        .map(|f| f.json["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(replayed, [5, 6, 7, 8, 9]);
+}
+
+/// Bytes of the files under `dir`.
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// Publishing three times `history_disk` keeps the files within it; the
+/// newest history is what stays on disk.
+#[test]
+fn disk_use_stays_within_history_disk() {
+    const DISK: u64 = 2 << 20;
+    let dir = unique_dir("durable-disk");
+    let opts = |port| {
+        durable(2, &dir, port)
+            .set("history_disk", "2M")
+            .set("history_length", "100000")
+    };
+    let (mut b, port) = start(opts(0));
+    let queues: Vec<String> = (0..8).map(|i| format!("dur.disk.{i}")).collect();
+    let mut c = b.client();
+    let mut most = 0;
+    for _round in 0..12 {
+        // 500 KiB a round: 6 MiB in all.
+        publish_all(&mut c, &queues, 64, 1000);
+        most = most.max(du(&dir));
+    }
+    assert!(most <= DISK, "{most} bytes on disk, history_disk {DISK}");
+    let st = c.status();
+    assert!(disk_sum(&st, "disk_evictions") > 0, "{st}");
+    assert!(disk_sum(&st, "disk_snapshots") > 0, "{st}");
+    let newest: Vec<Value> = queues
+        .iter()
+        .map(|q| {
+            c.history(&[q])[q]
+                .as_array()
+                .unwrap()
+                .last()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    drop(c);
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let (b, _) = start(opts(port));
+    let mut c = b.client();
+    for (q, last) in queues.iter().zip(&newest) {
+        let h = c.history(&[q]);
+        assert_eq!(h[q].as_array().unwrap().last(), Some(last), "{q}");
+    }
+}
+
+/// Another shard count than the data was written with: the history moves
+/// to its new owner shards at start, all of it.
+#[test]
+fn a_new_shard_count_serves_all_of_it() {
+    let dir = unique_dir("durable-reshard");
+    let queues: Vec<String> = (0..500).map(|i| format!("dur.rs.{i}")).collect();
+    let (mut b, port) = start(durable(2, &dir, 0));
+    let mut c = b.client();
+    publish_all(&mut c, &queues, 4, 10);
+    let before = histories(&mut c, &queues);
+    drop(c);
+    assert!(b.stop_with(libc::SIGTERM).success());
+    for shards in [3, 1] {
+        let (mut b, _) = start(durable(shards, &dir, port));
+        let mut c = b.client();
+        let after = histories(&mut c, &queues);
+        assert_eq!(after, before, "with {shards} shards");
+        assert!(b.logs().contains("another shard count"), "{}", b.logs());
+        drop(c);
+        assert!(b.stop_with(libc::SIGTERM).success());
+    }
+}
+
+/// Two nodes on one data_dir would corrupt it: the second is refused.
+#[test]
+fn a_data_dir_in_use_is_refused() {
+    let dir = unique_dir("durable-lock");
+    let (_b, _) = start(durable(1, &dir, 0));
+    let (status, stderr, _) = run_expect_exit(&durable(1, &dir, 0));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("in use by another coremq process"),
+        "{stderr}"
+    );
+}
+
+/// 16 shards with data_dir still start under an 8 MiB locked-memory limit
+/// as a non-root user: history files are buffered files, they take no
+/// io_memory.
+#[test]
+fn durable_sixteen_shards_under_8mib_memlock() {
+    let dir = unique_dir("durable-memlock");
+    set_mode(&dir, 0o777);
+    let b = Broker::start(
+        BrokerOpts::new(16)
+            .memlocked_unprivileged()
+            .set("data_dir", dir.to_str().unwrap()),
+    );
+    let mut c = b.client();
+    let q = uniq("dur.mem");
+    c.publish(&q, &json!({"x": 1}));
+    let st = c.status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut st = st;
+    while disk_sum(&st, "disk_bytes") == 0 {
+        assert!(Instant::now() < deadline, "nothing written: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+        st = c.status();
+    }
+}
