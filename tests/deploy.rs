@@ -110,6 +110,8 @@ fn installed_layout_notifies_systemd_and_says_bye() {
         (&unit, "User", "coremq"),
         (&unit, "Restart", "on-failure"),
         (&unit, "LogsDirectory", "coremq"),
+        (&unit, "StateDirectory", "coremq"),
+        (&template, "StateDirectory", "coremq/%i"),
         (&unit, "LimitMEMLOCK", "64M"),
         (&template, "Type", "notify"),
     ] {
