@@ -269,7 +269,8 @@ fn du(dir: &Path) -> u64 {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let m = e.metadata().unwrap();
+            // A file the broker removed meanwhile counts for nothing.
+            let Ok(m) = e.metadata() else { continue };
             if m.is_dir() {
                 stack.push(e.path());
             } else {

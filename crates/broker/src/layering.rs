@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("store", 2),
     ("store::disk", 2),
     ("store::record", 2),
+    ("store::writer", 2),
     ("subs", 2),
     ("conn::outq", 2),
     ("conn::flow", 2),

@@ -36,6 +36,26 @@ pub(crate) fn encode(frame: &MsgFrame, out: &mut Vec<u8>) -> usize {
     HEADER + body
 }
 
+/// The end of the records of `buf` from `at` that fit in `limit` bytes
+/// (at least one record; `buf` holds whole records, as [`encode`] wrote).
+pub(crate) fn piece_end(buf: &[u8], at: usize, limit: usize) -> usize {
+    let mut end = at;
+    while end + HEADER <= buf.len() {
+        let len = u32::from_le_bytes([buf[end], buf[end + 1], buf[end + 2], buf[end + 3]]);
+        let next = end + HEADER + len as usize;
+        if next - at > limit && end > at {
+            break;
+        }
+        end = next.min(buf.len());
+    }
+    if end == at {
+        // Not a whole record header left: take the rest as it is.
+        buf.len()
+    } else {
+        end.min(buf.len())
+    }
+}
+
 /// What reading a segment found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Scan {
@@ -180,6 +200,31 @@ mod tests {
         assert_eq!(s.damaged, 2);
         assert_eq!(s.skipped, (ends[5] - ends[4] + 10) as u64);
         assert_eq!(s.valid_end, ends[18] as u64);
+    }
+
+    #[test]
+    fn pieces_end_on_record_boundaries() {
+        let mut buf = Vec::new();
+        let mut ends = vec![0];
+        for n in 0..10 {
+            encode(&msg("q", n), &mut buf);
+            ends.push(buf.len());
+        }
+        let one = ends[1];
+        // Three records' worth: three records.
+        assert_eq!(piece_end(&buf, 0, 3 * one), ends[3]);
+        // Less than one: still one.
+        assert_eq!(piece_end(&buf, ends[2], 10), ends[3]);
+        // The rest, when it fits.
+        assert_eq!(piece_end(&buf, ends[7], 1 << 20), buf.len());
+        let mut at = 0;
+        let mut pieces = 0;
+        while at < buf.len() {
+            at = piece_end(&buf, at, 4 * one);
+            assert!(ends.contains(&at));
+            pieces += 1;
+        }
+        assert_eq!(pieces, 3);
     }
 
     #[test]
