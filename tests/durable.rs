@@ -252,15 +252,24 @@ fn a_resume_from_before_a_restart_recovers() {
     assert!(b.stop_with(libc::SIGTERM).success());
     let (b, _) = start(opts(port));
     let mut s = b.client();
+    s.options(json!({"seq": true}));
     s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
     let reply = s.recv_reply();
     assert_eq!(reply.json["recovered"][&q], json!(true), "{reply}");
-    let replayed: Vec<u64> = s
+    let replayed: Vec<(u64, u64)> = s
         .recv_msgs(5, Duration::from_secs(10))
         .iter()
-        .map(|f| f.json["n"].as_u64().unwrap())
+        .map(|f| {
+            (
+                f.json["n"].as_u64().unwrap(),
+                f.json["coremq_seq"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(replayed, [5, 6, 7, 8, 9]);
+    assert_eq!(replayed, [(5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]);
+    // The queue's count carries on from what was on disk (§10).
+    b.client().publish(&q, &json!({"n": 10}));
+    assert_eq!(s.recv_msg().json["coremq_seq"], json!(11));
 }
 
 /// Bytes of the files under `dir`.
