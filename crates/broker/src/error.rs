@@ -43,6 +43,10 @@ pub enum BrokerError {
     /// the file, section and key; never a secret).
     #[error("access control: {0}")]
     Access(String),
+    /// The TLS certificate, key or CA file is missing or wrong (the message
+    /// names the key and the file, never a key's contents).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Creating an operating-system resource (thread, socket pair) failed.
     #[error("cannot start: {0}")]
     Os(#[from] std::io::Error),

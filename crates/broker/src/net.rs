@@ -1,5 +1,7 @@
-//! Listening sockets and the accept loop of the client port.
+//! Listening sockets and the accept loops of the client ports (plain and
+//! TLS).
 
+use crate::conn::io::{Io, TlsIo};
 use crate::refusal::{Refusal, Transport};
 use crate::shard::Shard;
 use crate::stats::Counters;
@@ -12,6 +14,7 @@ use glommio::timer::sleep;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -66,9 +69,102 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
         let span =
             tracing::info_span!("conn", shard = shard.id(), peer = %peer, conn_id = %conn.id);
         tracing::debug!(parent: &span, "connection accepted");
-        spawn_local(crate::conn::task::serve(shard.clone(), conn, stream).instrument(span))
-            .detach();
+        spawn_local(
+            crate::conn::task::serve(shard.clone(), conn, Io::Plain(stream)).instrument(span),
+        )
+        .detach();
     }
+}
+
+/// Accepts TLS connections until the shard stops. Each handshake runs in
+/// the connection's own task, bounded by `tls_handshake_timeout`, so a slow
+/// or stalled one holds nobody else up; it holds a connection slot meanwhile
+/// (`max_connections` bounds handshakes too).
+pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    while let Some((stream, peer)) = accept_next(shard, listener).await {
+        if !shard.node().shared.try_open(shard.cfg().max_connections) {
+            Counters::add(&shard.counters().refused_connections, 1);
+            tracing::warn!(
+                shard = shard.id(),
+                peer,
+                max = shard.cfg().max_connections,
+                "TLS connection refused: max_connections reached"
+            );
+            continue;
+        }
+        let Some(config) = shard.node().shared.tls() else {
+            shard.node().shared.closed();
+            continue;
+        };
+        let span = tracing::info_span!("tls", shard = shard.id(), peer = %peer);
+        spawn_local(tls_conn(shard.clone(), stream, config).instrument(span)).detach();
+    }
+}
+
+/// One TLS connection: the handshake, then the same protocol as plain TCP.
+async fn tls_conn(shard: Rc<Shard>, stream: TcpStream, config: Arc<rustls::ServerConfig>) {
+    let _ = stream.set_nodelay(true);
+    let timeout = shard.cfg().tls.handshake_timeout;
+    let session = match rustls::ServerConnection::new(config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(cause = %e, "TLS session not created; closing");
+            shard.node().shared.closed();
+            return;
+        }
+    };
+    let done = future::or(
+        async { Some(TlsIo::accept(stream, session).await) },
+        async {
+            sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    let tls = match done {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            Counters::add(&shard.counters().refused_connections, 1);
+            tracing::warn!(cause = %e, "TLS handshake failed; closing");
+            shard.node().shared.closed();
+            return;
+        }
+        None => {
+            Counters::add(&shard.counters().refused_connections, 1);
+            tracing::warn!(
+                timeout_s = timeout.as_secs_f64(),
+                "TLS handshake not done within tls_handshake_timeout; closing"
+            );
+            shard.node().shared.closed();
+            return;
+        }
+    };
+    let conn = shard.open_conn(Transport::Tcp);
+    let leaf = tls.session().peer_certificates().and_then(|c| c.first());
+    let user = leaf.map(crate::tls::cert_user);
+    let span = tracing::info_span!("conn", conn_id = %conn.id);
+    match user {
+        Some(Ok(user)) if shard.rules().is_some() => {
+            tracing::info!(parent: &span, user, "TLS client certificate: acting as its CN");
+            let who = coremq_auth::Identity {
+                user: user.into(),
+                claims: None,
+                expires: None,
+            };
+            crate::conn::auth::adopt(&shard, &conn, who);
+        }
+        Some(Ok(user)) => {
+            tracing::debug!(parent: &span, user, "TLS client certificate (no users_file: not used)")
+        }
+        Some(Err(why)) => {
+            tracing::warn!(parent: &span, why, "TLS client certificate names no user; anonymous")
+        }
+        None => {}
+    }
+    tracing::debug!(parent: &span, "TLS connection accepted");
+    crate::conn::task::serve(shard, conn, Io::Tls(Box::new(tls)))
+        .instrument(span)
+        .await;
 }
 
 /// Tells a client over `max_connections` why it is being closed (`wire`),

@@ -5,11 +5,16 @@
 //! complete, valid set replaces the rules in force; then every shard is told
 //! to take them and to withdraw the subscriptions they no longer allow. A
 //! bad file at reload is logged and changes nothing.
+//!
+//! The TLS certificate and key are reloaded the same way: a new server
+//! configuration replaces the node's, and each shard's next TLS accept
+//! takes it; connections already open keep the session they have.
 
 use crate::error::BrokerError;
 use crate::node::NodeShared;
+use crate::tls::Resumption;
 use coremq_auth::Authority;
-use coremq_config::MqConfig;
+use coremq_config::{MqConfig, TlsConfig};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -86,10 +91,36 @@ pub fn check(mq: &MqConfig) -> Result<(), BrokerError> {
     load(mq).map(|_| ())
 }
 
+/// The TLS configuration the files describe, when anything uses TLS.
+pub(crate) fn load_tls(
+    mq: &MqConfig,
+    ws_tls: bool,
+    resumption: &Resumption,
+) -> Result<Option<Arc<rustls::ServerConfig>>, BrokerError> {
+    if !mq.tls.needs_certificate(ws_tls) {
+        return Ok(None);
+    }
+    let config = crate::tls::server_config(&mq.tls, resumption).map_err(BrokerError::Tls)?;
+    tracing::info!(
+        tls_port = mq.tls.port,
+        client_auth = %mq.tls.client_auth,
+        "TLS certificate loaded"
+    );
+    Ok(Some(config))
+}
+
+/// Checks the TLS files as a start would (`coremq --check-config`).
+pub fn check_tls(mq: &MqConfig, ws_tls: bool) -> Result<(), BrokerError> {
+    let resumption = Resumption::new().map_err(BrokerError::Tls)?;
+    load_tls(mq, ws_tls, &resumption).map(|_| ())
+}
+
 /// Reloads the access rules from any thread (the SIGHUP handler).
 #[derive(Clone)]
 pub struct Reloader {
     files: Option<Files>,
+    /// The TLS settings and ticket keys, when a TLS listener runs.
+    tls: Option<(TlsConfig, Resumption)>,
     shared: Arc<NodeShared>,
     /// The starter's ends of the shards' control sockets.
     ends: Arc<Vec<UnixStream>>,
@@ -100,8 +131,11 @@ impl Reloader {
         mq: &MqConfig,
         shared: Arc<NodeShared>,
         ends: Arc<Vec<UnixStream>>,
+        resumption: Resumption,
     ) -> Reloader {
+        let tls = shared.tls().map(|_| (mq.tls.clone(), resumption));
         Reloader {
+            tls,
             files: Files::of(mq).ok().flatten(),
             shared,
             ends,
@@ -121,6 +155,21 @@ impl Reloader {
         }
         for mut end in self.ends.iter() {
             let _ = end.write(&[RELOAD_BYTE]);
+        }
+        Ok(true)
+    }
+
+    /// Re-reads the TLS certificate, key and CA file. `Ok(false)`: no TLS.
+    /// On error the configuration in force stays; connections already open
+    /// are not touched either way.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        let Some((tls, resumption)) = &self.tls else {
+            return Ok(false);
+        };
+        let config = crate::tls::server_config(tls, resumption)?;
+        match self.shared.tls.lock() {
+            Ok(mut slot) => *slot = Some(config),
+            Err(_) => return Err("the TLS lock is poisoned".into()),
         }
         Ok(true)
     }
