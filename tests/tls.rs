@@ -382,3 +382,31 @@ fn port_zero_beside_tls_port_turns_plain_tcp_off() {
     let c = t::connect(tls, &t::client_config(&pki.ca, None), "localhost").unwrap();
     assert_eq!(c.welcome["response"], WELCOME);
 }
+
+#[test]
+fn session_resumption_is_on_across_shards() {
+    let (b, pki, _) = tls_broker(2, &[]);
+    let config = t::client_config(&pki.ca, None);
+    let first = t::connect(b.tls_addr(), &config, "localhost").unwrap();
+    assert_eq!(
+        first.tls.as_ref().unwrap().handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // The welcome brought the ticket; the next connections resume with it,
+    // whichever shard the kernel gives them to (tickets, not a cache).
+    let mut resumed = 0;
+    for _ in 0..4 {
+        let mut c = t::connect(b.tls_addr(), &config, "localhost").unwrap();
+        if c.tls.as_ref().unwrap().handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            resumed += 1;
+        }
+        c.publish(&uniq("resumed"), &json!({"ok": true}));
+    }
+    assert_eq!(resumed, 4, "every reconnect with a ticket resumes");
+    // Without the ticket (a fresh client), a full handshake.
+    let other = t::connect(b.tls_addr(), &t::client_config(&pki.ca, None), "localhost").unwrap();
+    assert_eq!(
+        other.tls.as_ref().unwrap().handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+}
