@@ -14,7 +14,6 @@ use glommio::timer::sleep;
 use std::net::SocketAddr;
 use std::os::fd::FromRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -92,25 +91,23 @@ pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             );
             continue;
         }
-        let Some(config) = shard.node().shared.tls() else {
-            shard.node().shared.closed();
-            continue;
-        };
         let span = tracing::info_span!("tls", shard = shard.id(), peer = %peer);
-        spawn_local(tls_conn(shard.clone(), stream, config).instrument(span)).detach();
+        spawn_local(tls_conn(shard.clone(), stream).instrument(span)).detach();
     }
 }
 
-/// One TLS connection: the handshake, then the same protocol as plain TCP.
-async fn tls_conn(shard: Rc<Shard>, stream: TcpStream, config: Arc<rustls::ServerConfig>) {
+/// The server side of a TLS handshake on `stream`, with the configuration in
+/// force, bounded by `tls_handshake_timeout`; `None` (logged, counted as a
+/// refused connection) when it fails or takes too long.
+pub(crate) async fn tls_handshake(shard: &Shard, stream: TcpStream) -> Option<TlsIo> {
     let _ = stream.set_nodelay(true);
+    let config = shard.node().shared.tls()?;
     let timeout = shard.cfg().tls.handshake_timeout;
     let session = match rustls::ServerConnection::new(config) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(cause = %e, "TLS session not created; closing");
-            shard.node().shared.closed();
-            return;
+            return None;
         }
     };
     let done = future::or(
@@ -121,23 +118,23 @@ async fn tls_conn(shard: Rc<Shard>, stream: TcpStream, config: Arc<rustls::Serve
         },
     )
     .await;
-    let tls = match done {
-        Some(Ok(tls)) => tls,
-        Some(Err(e)) => {
-            Counters::add(&shard.counters().refused_connections, 1);
-            tracing::warn!(cause = %e, "TLS handshake failed; closing");
-            shard.node().shared.closed();
-            return;
-        }
-        None => {
-            Counters::add(&shard.counters().refused_connections, 1);
-            tracing::warn!(
-                timeout_s = timeout.as_secs_f64(),
-                "TLS handshake not done within tls_handshake_timeout; closing"
-            );
-            shard.node().shared.closed();
-            return;
-        }
+    match done {
+        Some(Ok(tls)) => return Some(tls),
+        Some(Err(e)) => tracing::warn!(cause = %e, "TLS handshake failed; closing"),
+        None => tracing::warn!(
+            timeout_s = timeout.as_secs_f64(),
+            "TLS handshake not done within tls_handshake_timeout; closing"
+        ),
+    }
+    Counters::add(&shard.counters().refused_connections, 1);
+    None
+}
+
+/// One TLS connection: the handshake, then the same protocol as plain TCP.
+async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
+    let Some(tls) = tls_handshake(&shard, stream).await else {
+        shard.node().shared.closed();
+        return;
     };
     let conn = shard.open_conn(Transport::Tcp);
     let leaf = tls.session().peer_certificates().and_then(|c| c.first());

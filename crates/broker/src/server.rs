@@ -99,6 +99,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             ping_interval: ws.ping_interval,
             idle_timeout: ws.idle_timeout,
         },
+        tls: ws.tls,
     };
     let cpus = allowed_cpus();
     let pin = shards <= cpus.len();

@@ -36,6 +36,8 @@ pub(crate) struct TlsIo {
     tls: ServerConnection,
     /// Our end of the stream is to be sent once the close_notify is out.
     shut_after_flush: bool,
+    /// The close_notify was queued (`poll_close`).
+    closing: bool,
 }
 
 impl Io {
@@ -73,7 +75,11 @@ impl Io {
                 send_vectored(s, cx, &iov[..n])
             }
             Io::Plain(s) => Pin::new(s).poll_write(cx, q.front()),
-            Io::Tls(t) => t.poll_write(cx, q),
+            Io::Tls(t) => {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let n = q.io_slices(&mut iov);
+                t.poll_write(cx, &iov[..n])
+            }
         }
     }
 
@@ -114,6 +120,7 @@ impl TlsIo {
             tcp,
             tls,
             shut_after_flush: false,
+            closing: false,
         };
         std::future::poll_fn(|cx| t.poll_handshake(cx)).await?;
         Ok(t)
@@ -193,16 +200,14 @@ impl TlsIo {
         }
     }
 
-    fn poll_write(&mut self, cx: &mut Context<'_>, q: &OutQueue) -> Poll<io::Result<usize>> {
+    fn poll_write(&mut self, cx: &mut Context<'_>, iov: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         // Ciphertext already queued goes first: rustls holds at most its
         // buffer limit (64 KiB) of it, so the queue waits while it is full.
         match self.poll_flush(cx) {
             Poll::Ready(Ok(())) => {}
             other => return other.map(|r| r.map(|()| 0)),
         }
-        let mut iov = [IoSlice::new(&[]); MAX_IOV];
-        let n = q.io_slices(&mut iov);
-        let taken = self.tls.writer().write_vectored(&iov[..n])?;
+        let taken = self.tls.writer().write_vectored(iov)?;
         // Send it now; if the socket is full, the next call continues.
         if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
             return Poll::Ready(Err(e));
@@ -327,5 +332,51 @@ fn shutdown_write(fd: RawFd) {
     // SAFETY: shutdown(2) on a descriptor its stream owns and keeps open.
     unsafe {
         libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
+/// For the HTTP/WebSocket listener (async-tungstenite): the same socket as a
+/// byte stream.
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Io::poll_read(self.get_mut(), cx, buf)
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(t) => t.poll_write(cx, &[IoSlice::new(buf)]),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(t) => t.poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_close(cx),
+            Io::Tls(t) => {
+                if !t.closing {
+                    t.closing = true;
+                    t.tls.send_close_notify();
+                    t.shut_after_flush = true;
+                }
+                t.poll_flush(cx)
+            }
+        }
     }
 }
