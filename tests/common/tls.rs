@@ -66,11 +66,16 @@ impl Pki {
         let names: Vec<String> = leaf.names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, leaf.cn);
-        params.extended_key_usages = vec![if leaf.client {
-            ExtendedKeyUsagePurpose::ClientAuth
+        // A server certificate serves cluster_tls links too, where each
+        // node is also the client of its peers.
+        params.extended_key_usages = if leaf.client {
+            vec![ExtendedKeyUsagePurpose::ClientAuth]
         } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        };
         if leaf.expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);

@@ -256,7 +256,12 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
 
     if id == CONTROL_SHARD {
         spawn_local(crate::sysstats::run(shard.clone())).detach();
-        crate::cluster::start(&shard, boot.addr.port());
+        // With cluster_tls the peers' entries name their TLS ports.
+        let port = match boot.tls_addr {
+            Some(a) if cfg.tls.cluster => a.port(),
+            _ => boot.addr.port(),
+        };
+        crate::cluster::start(&shard, port);
     }
     if let Some((l, settings)) = web {
         spawn_local(crate::web::listen(shard.clone(), l, settings)).detach();

@@ -138,7 +138,12 @@ async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
     };
     let conn = shard.open_conn(Transport::Tcp);
     let leaf = tls.session().peer_certificates().and_then(|c| c.first());
-    let user = leaf.map(crate::tls::cert_user);
+    if let Some(leaf) = leaf.filter(|_| shard.cfg().tls.cluster) {
+        // For a would-be cluster peer (handler.rs checks its claimed name).
+        conn.st.borrow_mut().tls_names = Some(crate::tls::cert_names(leaf).into());
+    }
+    let mutual = shard.cfg().tls.client_auth != coremq_config::ClientAuth::None;
+    let user = leaf.filter(|_| mutual).map(crate::tls::cert_user);
     let span = tracing::info_span!("conn", conn_id = %conn.id);
     match user {
         Some(Ok(user)) if shard.rules().is_some() => {

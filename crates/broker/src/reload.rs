@@ -96,17 +96,30 @@ pub(crate) fn load_tls(
     mq: &MqConfig,
     ws_tls: bool,
     resumption: &Resumption,
-) -> Result<Option<Arc<rustls::ServerConfig>>, BrokerError> {
+) -> Result<Option<TlsConfigs>, BrokerError> {
     if !mq.tls.needs_certificate(ws_tls) {
         return Ok(None);
     }
-    let config = crate::tls::server_config(&mq.tls, resumption).map_err(BrokerError::Tls)?;
+    let config = configs(&mq.tls, resumption).map_err(BrokerError::Tls)?;
     tracing::info!(
         tls_port = mq.tls.port,
         client_auth = %mq.tls.client_auth,
         "TLS certificate loaded"
     );
     Ok(Some(config))
+}
+
+/// The server configuration, and the client one of `cluster_tls` links.
+pub(crate) type TlsConfigs = (Arc<rustls::ServerConfig>, Option<Arc<rustls::ClientConfig>>);
+
+fn configs(tls: &TlsConfig, resumption: &Resumption) -> Result<TlsConfigs, String> {
+    let server = crate::tls::server_config(tls, resumption)?;
+    let client = if tls.cluster {
+        Some(crate::tls::cluster_client_config(tls)?)
+    } else {
+        None
+    };
+    Ok((server, client))
 }
 
 /// Checks the TLS files as a start would (`coremq --check-config`).
@@ -166,10 +179,13 @@ impl Reloader {
         let Some((tls, resumption)) = &self.tls else {
             return Ok(false);
         };
-        let config = crate::tls::server_config(tls, resumption)?;
-        match self.shared.tls.lock() {
-            Ok(mut slot) => *slot = Some(config),
-            Err(_) => return Err("the TLS lock is poisoned".into()),
+        let (server, client) = configs(tls, resumption)?;
+        match (self.shared.tls.lock(), self.shared.cluster_client.lock()) {
+            (Ok(mut s), Ok(mut c)) => {
+                *s = Some(server);
+                *c = client;
+            }
+            _ => return Err("the TLS lock is poisoned".into()),
         }
         Ok(true)
     }

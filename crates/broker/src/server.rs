@@ -118,7 +118,11 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (exit_tx, exits) = mpsc::channel();
     let authority = crate::reload::load(&mq)?;
-    let shared = NodeShared::new(authority, tls);
+    let (tls, cluster_client) = match tls {
+        Some((server, client)) => (Some(server), client),
+        None => (None, None),
+    };
+    let shared = NodeShared::new(authority, tls, cluster_client);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);

@@ -101,7 +101,14 @@ pub(crate) fn server_config(
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
-    let builder = match (&tls.client_ca_file, tls.client_auth) {
+    // cluster_tls: peers show their certificate on the client port, so it
+    // is asked for (and verified when shown) even without mutual TLS for
+    // clients; only tls_client_auth makes a CN a user (net.rs).
+    let auth = match tls.client_auth {
+        ClientAuth::None if tls.cluster => ClientAuth::Optional,
+        auth => auth,
+    };
+    let builder = match (&tls.client_ca_file, auth) {
         (Some(ca), auth) if auth != ClientAuth::None => {
             let verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider);
@@ -171,4 +178,52 @@ pub(crate) fn cert_user(leaf: &CertificateDer<'_>) -> Result<String, &'static st
     } else {
         Err("the CN is not a valid user name")
     }
+}
+
+/// The client side of `cluster_tls` links: peers verified against
+/// `tls_client_ca_file` (their name: the host of their `cluster_nodes`
+/// entry), our certificate shown to them.
+pub(crate) fn cluster_client_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    let (Some(cert_file), Some(key_file), Some(ca)) =
+        (&tls.cert_file, &tls.key_file, &tls.client_ca_file)
+    else {
+        return Err("cluster_tls needs tls_cert_file, tls_key_file and tls_client_ca_file".into());
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(certs(cert_file, "tls_cert_file")?, key(key_file)?)
+        .map_err(|e| format!("cluster_tls: tls_cert_file / tls_key_file: {e}"))?;
+    Ok(Arc::new(config))
+}
+
+/// The names a verified certificate holds: its subject's CNs, DNS names and
+/// IP addresses, for matching against a `cluster_nodes` host.
+pub(crate) fn cert_names(leaf: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(d) => names.push(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => {
+                    let ip = match ip.len() {
+                        4 => <[u8; 4]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*ip).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    names
 }

@@ -13,7 +13,7 @@
 use super::outq::OutQueue;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use rustls::ServerConnection;
+use rustls::{ClientConnection, Connection, ServerConnection};
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
@@ -30,10 +30,11 @@ pub(crate) enum Io {
     Tls(Box<TlsIo>),
 }
 
-/// A TLS connection driven by its task.
+/// A TLS connection driven by its task (the server side of a client's
+/// connection, or either side of a cluster link).
 pub(crate) struct TlsIo {
     tcp: TcpStream,
-    tls: ServerConnection,
+    tls: Connection,
     /// Our end of the stream is to be sent once the close_notify is out.
     shut_after_flush: bool,
     /// The close_notify was queued (`poll_close`).
@@ -41,12 +42,11 @@ pub(crate) struct TlsIo {
 }
 
 impl Io {
-    /// The descriptor, for the cluster hand-over (plain TCP only: a TLS
-    /// session's state lives in this process and cannot move with it).
-    pub(crate) fn plain_fd(&self) -> Option<RawFd> {
+    /// The socket's descriptor.
+    pub(crate) fn raw_fd(&self) -> RawFd {
         match self {
-            Io::Plain(s) => Some(s.as_raw_fd()),
-            Io::Tls(_) => None,
+            Io::Plain(s) => s.as_raw_fd(),
+            Io::Tls(t) => t.tcp.as_raw_fd(),
         }
     }
 
@@ -116,18 +116,36 @@ impl Io {
 impl TlsIo {
     /// Runs the server side of a handshake on `tcp` to its end.
     pub(crate) async fn accept(tcp: TcpStream, tls: ServerConnection) -> io::Result<TlsIo> {
-        let mut t = TlsIo {
-            tcp,
-            tls,
-            shut_after_flush: false,
-            closing: false,
-        };
+        let mut t = TlsIo::from_parts(tcp, Connection::Server(tls));
         std::future::poll_fn(|cx| t.poll_handshake(cx)).await?;
         Ok(t)
     }
 
+    /// Runs the client side of a handshake on `tcp` (a dialled cluster link).
+    pub(crate) async fn connect(tcp: TcpStream, tls: ClientConnection) -> io::Result<TlsIo> {
+        let mut t = TlsIo::from_parts(tcp, Connection::Client(tls));
+        std::future::poll_fn(|cx| t.poll_handshake(cx)).await?;
+        Ok(t)
+    }
+
+    /// A session that was running elsewhere (a link handed to the control
+    /// shard) on its socket.
+    pub(crate) fn from_parts(tcp: TcpStream, tls: Connection) -> TlsIo {
+        TlsIo {
+            tcp,
+            tls,
+            shut_after_flush: false,
+            closing: false,
+        }
+    }
+
+    /// The socket and the session, to move them to another shard.
+    pub(crate) fn into_parts(self) -> (TcpStream, Connection) {
+        (self.tcp, self.tls)
+    }
+
     /// The session, for what the handshake established (peer certificate).
-    pub(crate) fn session(&self) -> &ServerConnection {
+    pub(crate) fn session(&self) -> &Connection {
         &self.tls
     }
 

@@ -83,7 +83,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Io) {
         .await;
         match ev {
             Event::Handover => {
-                hand_over(&shard, &conn, &stream, &rbuf);
+                hand_over(&shard, &conn, stream, &rbuf);
                 break "became a cluster link";
             }
             Event::Done(why) => break why,
@@ -107,19 +107,16 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Io) {
     shard.close_conn(&conn);
 }
 
-/// Gives the socket (a duplicate of its descriptor) and the unparsed bytes to
-/// the control shard, which runs the cluster link; this task then ends and
+/// Gives the socket (a duplicate of its descriptor), its TLS session if any
+/// (rustls' state is plain memory, `Send`) and the unparsed bytes to the
+/// control shard, which runs the cluster link; this task then ends and
 /// closes its own descriptor, which leaves the socket open.
-fn hand_over(shard: &Shard, conn: &Conn, stream: &Io, rbuf: &ReadBuf) {
+fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
     use std::os::fd::BorrowedFd;
     let Some(name) = conn.st.borrow_mut().handover.take() else {
         return;
     };
-    let Some(raw) = stream.plain_fd() else {
-        // A TLS session cannot move to another shard with its descriptor.
-        tracing::warn!(%name, "cluster links are not accepted on the TLS port; closing");
-        return;
-    };
+    let raw = stream.raw_fd();
     // SAFETY: the stream owns the descriptor and keeps it open for this call.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
     let fd = match fd.try_clone_to_owned() {
@@ -130,9 +127,18 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: &Io, rbuf: &ReadBuf) {
         }
     };
     let rest = rbuf.data[rbuf.start..rbuf.end].to_vec();
+    let tls = match stream {
+        Io::Plain(_) => None,
+        Io::Tls(t) => Some(Box::new(t.into_parts().1)),
+    };
     shard.request(
         CONTROL_SHARD,
-        crate::msg::Request::AdoptLink { fd, name, rest },
+        crate::msg::Request::AdoptLink {
+            fd,
+            name,
+            rest,
+            tls,
+        },
     );
 }
 

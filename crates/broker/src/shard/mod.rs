@@ -38,7 +38,7 @@ pub(crate) trait Links {
     /// Sends a message accepted on this node to every link.
     fn broadcast(&self, frame: &MsgFrame);
     /// Runs a client connection that became a link (`Request::AdoptLink`).
-    fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>);
+    fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>, tls: Option<Box<rustls::Connection>>);
     /// Tells every link that this node's subscribers of `queue` are (or are
     /// no longer) stalled.
     fn pressure(&self, queue: &str, on: bool);
@@ -337,8 +337,13 @@ impl Shard {
                 let stats = Box::new(self.snapshot());
                 self.respond(from, Response::Stats { token, stats });
             }
-            Request::AdoptLink { fd, name, rest } => match self.links.borrow().as_ref() {
-                Some(links) => links.adopt(fd, name, rest),
+            Request::AdoptLink {
+                fd,
+                name,
+                rest,
+                tls,
+            } => match self.links.borrow().as_ref() {
+                Some(links) => links.adopt(fd, name, rest, tls),
                 None => tracing::warn!(%name, "a cluster link arrived on a shard without links"),
             },
             Request::Drain => {

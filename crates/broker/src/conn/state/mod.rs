@@ -119,6 +119,9 @@ pub(crate) struct ConnState {
     /// Name given in an accepted `coremq_replicant`: once the OK is out, the
     /// socket goes to the control shard as a cluster link.
     pub handover: Option<String>,
+    /// Names of the verified TLS client certificate (CN, DNS and IP
+    /// names), for `cluster_tls`'s check of a would-be peer.
+    pub tls_names: Option<Box<[String]>>,
     /// A cluster-secret challenge sent to a would-be replicant, waiting for
     /// its proof.
     pub challenge: Option<Box<crate::link_auth::Pending>>,
@@ -219,6 +222,7 @@ impl Conn {
                 opts: Options::default(),
                 subs: HashMap::default(),
                 handover: None,
+                tls_names: None,
                 challenge: None,
                 resuming: false,
                 held: Vec::new(),
