@@ -122,3 +122,48 @@ fn three_nodes_replicate_over_tls_and_a_foreign_ca_is_refused() {
     p.publish(&q, &json!({"from": "after"}));
     assert_eq!(subs[0].recv_msg().json["from"], "after");
 }
+
+#[test]
+fn a_peer_whose_certificate_does_not_name_its_entry_is_refused() {
+    let mut pki = Pki::new("CoreMQ cluster CA");
+    // B's entry sorts first, so B dials A; both certificates come from the
+    // same CA, but B's names only "localhost", not the 127.0.0.1 of its entry.
+    let (pa, pb) = loop {
+        let (a, b) = (free_port(), free_port());
+        if format!("127.0.0.1:{b}") < format!("127.0.0.1:{a}") {
+            break (a, b);
+        }
+    };
+    let list = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
+    let good = pki.server();
+    let misnamed = pki.leaf(common::tls::Leaf {
+        cn: "localhost",
+        names: &["localhost"],
+        client: false,
+        expired: false,
+    });
+    let a = node("na", pa, &list, &good, &pki.ca);
+    let _b = node("nb", pb, &list, &misnamed, &pki.ca);
+    wait_log(&a, "cluster_tls: the certificate does not name this host");
+    let st = a.client().status();
+    assert!(
+        common::cluster::replicants(&st).is_empty(),
+        "no link with a misnamed peer: {st}"
+    );
+    // The same pair with a correctly named certificate links (the refusal
+    // above is for the name, not for anything else).
+    let (pc, pd) = loop {
+        let (c, d) = (free_port(), free_port());
+        if format!("127.0.0.1:{d}") < format!("127.0.0.1:{c}") {
+            break (c, d);
+        }
+    };
+    let list = format!("127.0.0.1:{pc},127.0.0.1:{pd}");
+    let c = node("nc", pc, &list, &good, &pki.ca);
+    let named = pki.server();
+    let _d = node("nd", pd, &list, &named, &pki.ca);
+    let mut cl = c.client();
+    wait_status(&mut cl, "the link up", |st| {
+        common::cluster::replicants(st).len() == 1
+    });
+}

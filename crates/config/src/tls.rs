@@ -134,6 +134,13 @@ impl TlsConfig {
                 "{user} needs tls_cert_file and tls_key_file (PEM certificate chain and private key)"
             )));
         }
+        if self.cluster && !self.enabled() {
+            return Err(ConfigError::Tls(
+                "cluster_tls = true needs tls_port: peers link to each other's TLS port \
+                 (cluster_nodes lists the TLS ports)"
+                    .into(),
+            ));
+        }
         if self.enabled() && self.port == plain_port {
             return Err(ConfigError::Tls(format!(
                 "tls_port = {} is the same as port: give TLS its own port (port = 0 turns plain TCP off)",

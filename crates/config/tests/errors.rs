@@ -353,6 +353,13 @@ fn tls_settings_that_do_not_fit_together_are_refused() {
         err(&format!("[CoreMQ]\n{files}cluster_tls = true\n")),
         "[CoreMQ] cluster_tls = true needs tls_client_ca_file: peers are verified against it"
     );
+    assert_eq!(
+        err(&format!(
+            "[CoreMQ]\n{files}tls_client_ca_file = ca.pem\ncluster_tls = true\n"
+        )),
+        "cluster_tls = true needs tls_port: peers link to each other's TLS port \
+         (cluster_nodes lists the TLS ports)"
+    );
     bad_mq(
         "tls_client_auth",
         "maybe",
