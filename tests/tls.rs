@@ -410,3 +410,26 @@ fn session_resumption_is_on_across_shards() {
         Some(rustls::HandshakeKind::Full)
     );
 }
+
+#[test]
+fn over_max_connections_a_tls_client_gets_the_same_error_frame() {
+    let (b, pki, _) = tls_broker(2, &[("max_connections", "2")]);
+    let mut a = b.tls_client(&pki.ca);
+    let mut plain = b.client();
+    // The third, over TLS: the handshake completes, then one ERROR frame
+    // (the one plain TCP gets) and the end.
+    let mut c = t::handshake(b.tls_addr(), &t::client_config(&pki.ca, None), "localhost")
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    let (frames, _) = c.read_until_eof(Duration::from_secs(10));
+    assert_eq!(frames.len(), 1, "over the limit: {frames:?}");
+    assert_eq!(
+        frames[0].response(),
+        Some("ERROR: too many connections (max_connections = 2); try again later")
+    );
+    wait_log(&b, "TLS connection refused: max_connections reached");
+    // The admitted ones go on.
+    let q = uniq("mc");
+    a.subscribe(&[&q]);
+    plain.publish(&q, &json!({"x": 1}));
+    assert_eq!(a.recv_msg().json["x"], json!(1));
+}

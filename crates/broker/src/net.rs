@@ -60,7 +60,11 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             let refusal = Refusal::TooManyConnections {
                 max: shard.cfg().max_connections,
             };
-            spawn_local(refuse(stream, shard.refused(&refusal, Transport::Tcp))).detach();
+            spawn_local(refuse(
+                Io::Plain(stream),
+                shard.refused(&refusal, Transport::Tcp),
+            ))
+            .detach();
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -89,6 +93,19 @@ pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
                 max = shard.cfg().max_connections,
                 "TLS connection refused: max_connections reached"
             );
+            // The same ERROR frame as on the plain port, inside TLS (the
+            // handshake is bounded by tls_handshake_timeout as any other).
+            let refusal = Refusal::TooManyConnections {
+                max: shard.cfg().max_connections,
+            };
+            let wire = shard.refused(&refusal, Transport::Tcp);
+            let s = shard.clone();
+            spawn_local(async move {
+                if let Some(tls) = tls_handshake(&s, stream).await {
+                    refuse(Io::Tls(Box::new(tls)), wire).await;
+                }
+            })
+            .detach();
             continue;
         }
         let span = tracing::info_span!("tls", shard = shard.id(), peer = %peer);
@@ -171,7 +188,7 @@ async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
 
 /// Tells a client over `max_connections` why it is being closed (`wire`),
 /// on a queue that is no connection's id.
-async fn refuse(mut stream: TcpStream, wire: crate::refusal::Wire) {
+async fn refuse(mut stream: impl futures_lite::io::AsyncWrite + Unpin, wire: crate::refusal::Wire) {
     let crate::refusal::Wire::Reply(json) = wire else {
         return;
     };
@@ -181,10 +198,16 @@ async fn refuse(mut stream: TcpStream, wire: crate::refusal::Wire) {
         &json,
         &mut frame,
     );
-    let _ = future::or(async { stream.write_all(&frame).await.is_ok() }, async {
-        sleep(Duration::from_secs(1)).await;
-        false
-    })
+    let _ = future::or(
+        async {
+            // close: a TLS stream's close_notify (plain TCP: our end).
+            stream.write_all(&frame).await.is_ok() && stream.close().await.is_ok()
+        },
+        async {
+            sleep(Duration::from_secs(1)).await;
+            false
+        },
+    )
     .await;
 }
 
