@@ -169,6 +169,49 @@ fn coremq_tcp_without_acks() {
     all_workloads(&t, b.pid());
 }
 
+/// `--coremq-seq` (`Target::seq`): every delivery carries `coremq_seq`, with
+/// acks and without (one options request with both); without it none does.
+/// The numbered deliveries are counted by the subscribers, so the flag cannot
+/// silently do nothing.
+#[test]
+fn coremq_seq_numbers_every_delivery_only_when_asked() {
+    let b = Broker::start_shards(2);
+    let p = Progress::hidden();
+    for (seq, ack, label) in [
+        (false, true, "coremq"),
+        (true, true, "coremq-seq"),
+        (true, false, "coremq-seq-noack"),
+    ] {
+        let mut t = Target::new(Proto::CoreMq, b.addr().to_string());
+        t.seq = seq;
+        t.ack = ack;
+        assert_eq!(t.label(), label);
+        for mut s in [
+            spec("1to1", 1, 1, 3_000, 128),
+            spec("fanout", 1, 3, 1_000, 128),
+            spec("2x2", 2, 1, 1_000, 16),
+            spec("1to1-unwin", 1, 1, 3_000, 1024),
+        ] {
+            if s.name.ends_with("-unwin") {
+                s.window_bytes = 0;
+            }
+            let r = pubsub::run(&t, &s, Some(b.pid()), &p)
+                .unwrap_or_else(|e| panic!("{label} {}: {e}", s.name));
+            check_clean(&r);
+            let ctx = r.to_text();
+            assert_eq!(r.target, label, "{ctx}");
+            assert_eq!(r.numbered, if seq { r.delivered } else { 0 }, "{ctx}");
+            assert_eq!(r.to_json()["numbered"], r.numbered, "{ctx}");
+            assert!(r.notes.is_empty(), "{ctx}");
+            if ack {
+                assert_eq!(r.acked, r.published, "{ctx}");
+            } else {
+                assert_eq!(r.acked, 0, "{ctx}");
+            }
+        }
+    }
+}
+
 /// Per shard, `key`'s value in a status reply.
 fn per_shard(status: &serde_json::Value, key: &str) -> Vec<u64> {
     status["shards"]
@@ -697,4 +740,60 @@ fn coremq_bench_binary_logs_in() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs --coremq-password"), "{err}");
+}
+
+/// The binary's `--coremq-seq`: numbered deliveries, counted in the JSON
+/// report, with and without `--no-ack`; other protocols refuse it.
+#[test]
+fn coremq_bench_binary_numbers_deliveries_with_coremq_seq() {
+    let bench = std::path::Path::new(BIN)
+        .parent()
+        .expect("binary directory")
+        .join("coremq-bench");
+    assert!(
+        bench.exists(),
+        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
+        bench.display()
+    );
+    let b = Broker::start_shards(2);
+    let run = |extra: &[&str]| {
+        Command::new(&bench)
+            .args(["--json", "--quiet", "--workload", "fanout", "--fanout", "2"])
+            .args(["--messages", "2000", "--addr", &b.addr().to_string()])
+            .args(extra)
+            .output()
+            .expect("run coremq-bench")
+    };
+    for (extra, target, numbered) in [
+        (&["--proto", "coremq"][..], "coremq", 0),
+        (
+            &["--proto", "coremq", "--coremq-seq"][..],
+            "coremq-seq",
+            4000,
+        ),
+        (
+            &["--proto", "coremq", "--coremq-seq", "--no-ack"][..],
+            "coremq-seq-noack",
+            4000,
+        ),
+    ] {
+        let out = run(extra);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(j["target"], target, "{j}");
+        assert_eq!(j["lost"], 0, "{j}");
+        assert_eq!(j["delivered"], 4000, "{j}");
+        assert_eq!(j["numbered"], numbered, "{j}");
+    }
+    let out = run(&["--proto", "redis", "--coremq-seq"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--coremq-seq applies to --proto coremq only"),
+        "{err}"
+    );
 }

@@ -466,6 +466,149 @@ fn acl_table_compares_on_and_off_by_paired_repetitions() {
     );
 }
 
+/// A saved `--seq --no-peers` run with known figures, three repetitions:
+/// `coremq-seq` is `coremq` with numbered deliveries, on the same broker.
+fn seq_saved() -> Value {
+    let mut runs = Vec::new();
+    // 1to1, (off, on): paired 0.99, 0.98, 1.00 → 0.99: within 3 %.
+    let one_to_one = [(3.0e6, 2.97e6), (2.0e6, 1.96e6), (2.5e6, 2.5e6)];
+    // fanout: paired 0.95, 0.96, 0.97 → 0.96: flagged (every pair quiet).
+    let fanout = [(1.0e6, 0.95e6), (1.0e6, 0.96e6), (1.0e6, 0.97e6)];
+    let numbered = |r: &mut Value, on: bool| {
+        r["delivered"] = json!(1000);
+        r["numbered"] = json!(if on { 1000 } else { 0 });
+        r["others_cpu"] = json!(0.01);
+    };
+    for rep in 0..3u64 {
+        let i = rep as usize;
+        for (w, pairs, cpu_off, cpu_on) in [
+            ("1to1", one_to_one, 0.50, 0.55),
+            ("fanout1x10", fanout, 0.40, 0.48),
+        ] {
+            let (off, on) = pairs[i];
+            for (target, v, cpu, is_on) in [
+                ("coremq", off, cpu_off, false),
+                ("coremq-seq", on, cpu_on, true),
+            ] {
+                let mut r = run_rep(w, target, rep, v, cpu, 0);
+                numbered(&mut r, is_on);
+                runs.push(r);
+            }
+        }
+        for (target, is_on) in [("coremq-noack", false), ("coremq-seq-noack", true)] {
+            let mut r = run_rep("1to1", target, rep, 4.0e6, 0.30, 0);
+            numbered(&mut r, is_on);
+            runs.push(r);
+        }
+        for (target, is_on) in [("coremq", false), ("coremq-seq", true)] {
+            let mut r = unwin_run("1to1-unwin", target, rep, 0, 0);
+            numbered(&mut r, is_on);
+            runs.push(r);
+        }
+        for (target, p50, p99) in [("coremq", 80.0, 200.0), ("coremq-seq", 82.0, 204.0)] {
+            runs.push(json!({
+                "workload_name": "pingpong", "target": target, "rep": rep,
+                "delivered_per_s": 20000.0, "lost": 0,
+                "broker": {"cpu_s_per_million": 40.0},
+                "latency_us": {"p50": p50, "p99": p99, "p999": 300.0},
+            }));
+        }
+        // Idle runs against coremq only: -seq targets do not run it.
+        runs.push(json!({
+            "workload_name": "idle", "target": "coremq", "rep": rep, "lost": 0,
+            "idle": {"connections": 10000, "bytes_per_connection": 3000.0, "setup_s": 1.0},
+        }));
+    }
+    json!({
+        "command": "bench/compare --seq --no-peers --reps 3 --workloads 1to1,fanout1x10,pingpong,idle,1to1-unwin",
+        "machine": {"nproc": "2"},
+        "names": ["coremq", "coremq-noack", "coremq-seq", "coremq-seq-noack"],
+        "ncpu": 2,
+        "reps": 3,
+        "runs": runs,
+        "shards": {"1": [], "2": []},
+        "no_peers": true,
+        "workloads": ["1to1", "fanout1x10", "pingpong", "idle", "1to1-unwin"],
+        "seq": true,
+    })
+}
+
+#[test]
+fn seq_table_compares_numbered_deliveries_on_and_off_by_paired_repetitions() {
+    let saved = seq_saved();
+    let md = render(&saved);
+    assert!(
+        md.starts_with("# CoreMQ, numbered deliveries (coremq_seq) on vs off"),
+        "{}",
+        md.lines().next().unwrap_or_default()
+    );
+    assert!(md.contains("**Numbered deliveries** (`--seq`)"), "{md}");
+    // The summary's ratio columns: seq against off, flagged like a baseline.
+    assert_eq!(
+        summary_row(&md, "workload")[5..],
+        ["seq/off", "noack seq/off"]
+    );
+    assert_eq!(summary_row(&md, "1to1 msg/s")[5..], ["1.00×", "1.00×"]);
+
+    // workload | msg/s off | msg/s on | on/off | paired | quiet | paired, quiet
+    // | 90% CI | CPU off | CPU on | CPU on/off | lost off | lost on
+    let row = |label: &str| summary_row(&md, label).join(" | ");
+    assert_eq!(
+        row("1to1"),
+        "1to1 | 2.50 M | 2.50 M | 1.00× | 0.99× (0.98–1.00) | 3/3 | 0.99× (0.98–1.00) \
+         | 0.98–1.00 | 0.50 | 0.55 | 1.10× | 0 | 0"
+    );
+    assert_eq!(
+        row("fanout1x10"),
+        "fanout1x10 | 1.00 M | 960 k | 0.96× | 0.96× (0.95–0.97) | 3/3 | **0.96× (0.95–0.97)** \
+         | 0.95–0.97 | 0.40 | 0.48 | 1.20× | 0 | 0"
+    );
+    assert_eq!(
+        row("1to1 (noack)"),
+        "1to1 (noack) | 4.00 M | 4.00 M | 1.00× | 1.00× (1.00–1.00) | 3/3 | 1.00× (1.00–1.00) \
+         | 1.00–1.00 | 0.30 | 0.30 | 1.00× | 0 | 0"
+    );
+    assert!(
+        md.contains(
+            "- ping-pong round trip (coremq-seq vs coremq): p50 82.0 µs on, 80.0 off (1.02×); \
+             p99 204 µs on, 200 off (1.02×)."
+        ),
+        "{md}"
+    );
+    assert!(
+        !md.contains("- idle (coremq-seq"),
+        "-seq targets run no idle\n{md}"
+    );
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Numbered deliveries, this run:**"))
+        .unwrap_or_else(|| panic!("no numbered-deliveries verdict:\n{md}"));
+    for want in [
+        "**more than 3% slower** — fanout1x10 0.96× (3 quiet pairs",
+        "Lost messages: 0 off, 0 on (must be 0).",
+        "Numbered deliveries (`coremq_seq`, throughput runs): 12,000 of 12,000 on, 0 off (every one on, none off).",
+    ] {
+        assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
+    }
+    assert!(
+        !md.contains("Access control"),
+        "no access-control table in a --seq run\n{md}"
+    );
+
+    // A run whose on side was not numbered (the option did nothing) is called out.
+    let mut broken = saved;
+    for r in broken["runs"].as_array_mut().expect("runs") {
+        if r["target"] == "coremq-seq" && r["workload_name"] == "1to1" && r["rep"] == 1 {
+            r["numbered"] = json!(0);
+        }
+    }
+    let md = render(&broken);
+    assert!(
+        md.contains("11,000 of 12,000 on, 0 off — **NOT every one on and none off**."),
+        "{md}"
+    );
+}
+
 /// A real quick `--acl` run (CoreMQ only, ping-pong and a short 1→1): the acl
 /// broker starts with a users file hashed by coremq-cli, every connection of
 /// its runs logs in, and the summary compares the two.
@@ -541,6 +684,66 @@ fn quick_acl_run() {
             "{line}\n{md}"
         );
     }
+}
+
+/// A real quick `--seq` run (CoreMQ only, ping-pong and a short 1→1): the
+/// -seq targets run on the same broker with `--coremq-seq`, paired with their
+/// partners, every delivery of theirs numbered and none of the others'.
+#[test]
+fn quick_seq_run() {
+    let bin_dir = built_bin_dir();
+    let (md, saved) = run_compare_saved(
+        "compare-seq",
+        &[
+            "--quick",
+            "--no-peers",
+            "--no-install",
+            "--seq",
+            "--workloads",
+            "pingpong,1to1-16B",
+            "--bin-dir",
+            &bin_dir.to_string_lossy(),
+        ],
+        "-quick-seq.md",
+    );
+    assert_eq!(
+        summary_row(&md, "workload")[1..],
+        [
+            "coremq",
+            "coremq-noack",
+            "coremq-seq",
+            "coremq-seq-noack",
+            "seq/off",
+            "noack seq/off"
+        ]
+    );
+    let runs = saved["runs"].as_array().expect("runs");
+    let run = |w: &str, t: &str| {
+        runs.iter()
+            .find(|r| r["workload_name"] == w && r["target"] == t)
+            .unwrap_or_else(|| panic!("no {w} {t} run: {saved}"))
+    };
+    for (on, off) in [
+        ("coremq-seq", "coremq"),
+        ("coremq-seq-noack", "coremq-noack"),
+    ] {
+        let (a, b) = (run("1to1-16B", on), run("1to1-16B", off));
+        assert_eq!(a["target"], on, "{a}");
+        assert!(a["delivered"].as_u64().is_some_and(|d| d > 0), "{a}");
+        assert_eq!(a["numbered"], a["delivered"], "{a}");
+        assert_eq!(b["numbered"], 0, "{b}");
+        for w in ["pingpong", "1to1-16B"] {
+            let (x, y) = (run(w, on)["seq"].as_i64(), run(w, off)["seq"].as_i64());
+            let (x, y) = (x.expect("seq"), y.expect("seq"));
+            assert_eq!((x - y).abs(), 1, "{w}: {on} at {x}, {off} at {y}");
+        }
+    }
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Numbered deliveries, this run:**"))
+        .unwrap_or_else(|| panic!("no verdict:\n{md}"));
+    assert!(verdict.contains("Lost messages: 0 off, 0 on"), "{verdict}");
+    assert!(verdict.contains("(every one on, none off)."), "{verdict}");
 }
 
 /// One saved repetition of an unwindowed workload.

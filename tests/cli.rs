@@ -363,3 +363,81 @@ fn unreachable_server_is_exit_3() {
         "{err}"
     );
 }
+
+/// `sub --seq`: messages carry `coremq_seq`, and where the numbers skip
+/// (here: the `drop` policy while the CLI was stopped) stderr says how many
+/// were missed — together with what it printed, every message is accounted for.
+#[test]
+fn sub_seq_reports_gaps() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "64K")
+            .set("max_message_size", "16K")
+            .set("slow_consumer_policy", "cli.seq.*:drop, *:block"),
+    );
+    let server = b.addr().to_string();
+    let q = uniq("cli.seq");
+    let mut sub = Cli::spawn(Some(&server), &["sub", "--seq", &q], None);
+    sub.wait_stderr("subscribed to");
+    let mut p = b.client();
+    p.publish(&q, &json!({"n": 0}));
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !sub.stdout().contains("coremq_seq") {
+        assert!(Instant::now() < deadline, "no message: {}", sub.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Stopped, it reads nothing: the broker drops what does not fit.
+    let pid = sub.child.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let count = 6_000u64;
+    let pad = "x".repeat(1000);
+    p.options(json!({"ack": false}));
+    for n in 1..count {
+        p.send(&q, &json!({"n": n, "pad": pad}));
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // It catches up with what the broker kept for it ...
+    let mut seen = (String::new(), Instant::now());
+    while seen.1.elapsed() < Duration::from_secs(1) {
+        assert!(Instant::now() < deadline, "{}", sub.stderr());
+        let now = sub.stdout();
+        if now != seen.0 {
+            seen = (now, Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ... and then one more, which nothing crowds out: the gap before it shows.
+    p.options(json!({"ack": true}));
+    p.publish(&q, &json!({"n": count, "last": true}));
+    while !sub.stdout().contains("\"last\":true") {
+        assert!(
+            Instant::now() < deadline,
+            "the last message did not arrive: {}",
+            sub.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let printed = lines(&sub.stdout());
+    let seqs: Vec<u64> = printed
+        .iter()
+        .map(|l| l["message"]["coremq_seq"].as_u64().expect("numbered"))
+        .collect();
+    assert_eq!(seqs.last(), Some(&(count + 1)));
+    let err = sub.stderr();
+    let missed: u64 = err
+        .lines()
+        .filter_map(|l| l.split_once(&format!("gap in {q} from ")))
+        .map(|(_, rest)| {
+            let n = rest.split(": ").nth(1).and_then(|r| r.split(' ').next());
+            n.and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("unreadable gap line: {rest}"))
+        })
+        .sum();
+    assert!(missed > 0, "nothing was dropped; stderr:\n{err}");
+    assert_eq!(
+        printed.len() as u64 + missed,
+        count + 1,
+        "printed {} + missed {missed}; stderr:\n{err}",
+        printed.len()
+    );
+}

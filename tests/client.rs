@@ -326,7 +326,9 @@ fn restart_on_the_same_port(stop: Stop) {
 
 /// The connection is cut (not the broker) while two publishers keep going:
 /// the client reconnects, resumes after the last message it had, and the
-/// application gets every message exactly once, in order, with no gap.
+/// application gets every message exactly once, in order, with no gap —
+/// and, with `"seq": true`, numbered without a break through the replay
+/// (the option is set again before the resume).
 #[test]
 fn a_cut_connection_resumes_without_loss_or_duplicates() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -341,6 +343,7 @@ fn a_cut_connection_resumes_without_loss_or_duplicates() {
         .reconnect_delays(Duration::from_millis(20), Duration::from_millis(100));
     let c = Client::connect_with(proxy.entry(), config).expect("connect");
     let q = uniq("lib.resume");
+    c.set_option("seq", true).expect("seq");
     c.subscribe([&q]).expect("subscribe");
     const PER: u64 = 3000;
     let stop = Arc::new(AtomicBool::new(false));
@@ -362,6 +365,7 @@ fn a_cut_connection_resumes_without_loss_or_duplicates() {
         })
         .collect();
     let mut next_n = [0u64; 2];
+    let mut numbered = 0u64;
     let mut cut = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     while next_n.iter().any(|&n| n < PER) {
@@ -380,6 +384,14 @@ fn a_cut_connection_resumes_without_loss_or_duplicates() {
         let n = m.body["n"].as_u64().unwrap();
         assert_eq!(n, next_n[p], "publisher {p}: a gap or a duplicate");
         next_n[p] += 1;
+        numbered += 1;
+        assert_eq!(
+            m.seq(),
+            Some(numbered),
+            "replay {}: {:?}",
+            m.is_replay(),
+            m.body
+        );
     }
     stop.store(true, Ordering::SeqCst);
     for t in pubs {

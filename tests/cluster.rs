@@ -566,7 +566,7 @@ fn expect_accepted(b: &Broker, request: Value) -> Client {
     let (c, f) = replicant_handshake(b, request.clone());
     assert_eq!(
         f.json,
-        json!({"response": OK_REPLICANT}),
+        json!({"response": OK_REPLICANT, "seq": true}),
         "replicant request {request} was not accepted: {f}"
     );
     c
@@ -620,7 +620,11 @@ fn challenge_response(b: &Broker, name: &str, secret: &str) -> (Client, Frame, S
 
 fn expect_challenge_accepted(b: &Broker, name: &str) -> Client {
     let (c, f, _) = challenge_response(b, name, SECRET);
-    assert_eq!(f.json, json!({"response": OK_REPLICANT}), "{f}");
+    assert_eq!(
+        f.json,
+        json!({"response": OK_REPLICANT, "seq": true}),
+        "{f}"
+    );
     c
 }
 
@@ -658,7 +662,11 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
     let (_c, f, _) = challenge_response(&b, &other, "wrong");
     assert_eq!(f.json, json!({"response": ERR_REPLICANT}), "{f}");
     let (_c, f, captured) = challenge_response(&b, &standby, SECRET);
-    assert_eq!(f.json, json!({"response": OK_REPLICANT}), "{f}");
+    assert_eq!(
+        f.json,
+        json!({"response": OK_REPLICANT, "seq": true}),
+        "{f}"
+    );
     let (mut c, f) = replicant_handshake(&b, json!({"name": standby, "nonce": "ab"}));
     assert_eq!(f.json["response"], json!("CHALLENGE"));
     c.command(&json!({ "coremq_replicant": {"name": standby, "proof": captured} }));

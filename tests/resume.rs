@@ -336,6 +336,57 @@ per_shard_count!(deliveries_follow_positions:
     deliveries_follow_positions_1_shard = 1,
     deliveries_follow_positions_4_shards = 4);
 
+/// Messages of two servers stamped in the same microsecond are ordered by
+/// server name, as (`coremq_sent`, `coremq_server`) sorts — on every node
+/// alike, whatever order they arrive in (PROTOCOL.md §6, §10).
+#[test]
+fn equal_times_order_by_server_name() {
+    let b = Broker::start(
+        BrokerOpts::new(3)
+            .set("history_length", "100")
+            .set("allowed_replicants", "127.0.0.7:5000"),
+    );
+    let mut link = b.client();
+    link.command(&json!({"coremq_replicant": {"name": "127.0.0.7:5000"}}));
+    let ok = link.recv_reply();
+    assert_eq!(ok.response(), Some("OK: Replication request successful"));
+    let q = uniq("ties");
+    // Pairs sent in reverse name order, each pair sharing one time; with an
+    // order by anything but the name (a hash) some pair would come out
+    // reversed.
+    let base = now_secs().floor();
+    let mut want = Vec::new();
+    for i in 0..16 {
+        let sent = base + f64::from(i) / 1000.0;
+        for server in [format!("srv-b-{i}:1"), format!("srv-a-{i}:1")] {
+            let m = json!({"i": i, "coremq_sender": "x", "coremq_sent": sent,
+                "coremq_server": server});
+            link.send_raw(&encode(&q, &m));
+        }
+        want.push(format!("srv-a-{i}:1"));
+        want.push(format!("srv-b-{i}:1"));
+    }
+    let mut c = b.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got: Vec<String> = loop {
+        let h = c.history(&[&q]);
+        let got: Vec<String> = h
+            .get(&q)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["coremq_server"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if got.len() == want.len() || Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(got, want);
+}
+
 /// `history_ttl`: a queue keeps many messages, but none longer than its
 /// ttl; a resume from before an expired one is not recovered.
 #[test]

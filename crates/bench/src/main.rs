@@ -3,6 +3,7 @@
 //! ```text
 //! coremq-bench --proto coremq --addr 127.0.0.1:6747 --workload fanout --broker-pid 1234 --json
 //! coremq-bench --proto coremq --addr 127.0.0.1:6747 --payload 1024 --messages 600000 --unwindowed
+//! coremq-bench --proto coremq --coremq-seq --no-ack --workload 4x4
 //! COREMQ_BENCH_PASSWORD=… coremq-bench --proto coremq --coremq-user bench --workload 4x4
 //! ```
 //!
@@ -75,6 +76,11 @@ struct Args {
     /// CoreMQ: publish with `{"coremq_options": {"ack": false}}` (no OK per publish).
     #[arg(long)]
     no_ack: bool,
+    /// CoreMQ TCP: every connection sends `{"coremq_options": {"seq": true}}`, so
+    /// every delivery carries `"coremq_seq": N` (with --no-ack, one options
+    /// request with both). The report counts the numbered deliveries.
+    #[arg(long)]
+    coremq_seq: bool,
     /// Payload bytes per message (at least 16: the marker).
     #[arg(long, default_value_t = 128)]
     payload: usize,
@@ -186,6 +192,11 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             "--no-ack applies to --proto coremq only".into(),
         ));
     }
+    if args.coremq_seq && proto != Proto::CoreMq {
+        return Err(BenchError::Usage(
+            "--coremq-seq applies to --proto coremq only".into(),
+        ));
+    }
     let auth = credentials(args)?;
     if auth.is_some() && !matches!(proto, Proto::CoreMq | Proto::CoreMqWs) {
         return Err(BenchError::Usage(
@@ -195,6 +206,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     }
     let mut target = Target::new(proto, args.addr.clone());
     target.ack = !args.no_ack;
+    target.seq = args.coremq_seq;
     target.ws_path = args.ws_path.clone();
     target.auth = auth;
     let progress = Progress::new(!args.quiet && !args.json);
@@ -270,6 +282,8 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(BenchError::Unavailable(why)) => {
             let label = match args.proto {
+                ProtoArg::Coremq if args.coremq_seq && args.no_ack => "coremq-seq-noack",
+                ProtoArg::Coremq if args.coremq_seq => "coremq-seq",
                 ProtoArg::Coremq if args.no_ack => "coremq-noack",
                 ProtoArg::Coremq => "coremq",
                 ProtoArg::CoremqWs => "coremq-ws",

@@ -72,6 +72,9 @@ pub struct Report {
     pub window_kib: usize,
     /// Deliveries that came out of order or twice.
     pub out_of_order: u64,
+    /// Deliveries that carried `coremq_seq` (CoreMQ with `--coremq-seq`: all of
+    /// them; otherwise none).
+    pub numbered: u64,
     /// Error frames the broker sent.
     pub errors: u64,
     /// The first of them.
@@ -142,6 +145,7 @@ impl Report {
             "unwindowed": self.unwindowed,
             "window_kib": self.window_kib,
             "out_of_order": self.out_of_order,
+            "numbered": self.numbered,
             "errors": self.errors,
             "first_error": self.first_error,
             "elapsed_s": self.elapsed_s,
@@ -240,6 +244,12 @@ impl Report {
                     .map(|e| format!(" (first: {e})"))
                     .unwrap_or_default()
             ));
+            if self.numbered > 0 {
+                s.push_str(&format!(
+                    "  numbered (coremq_seq) {} of {} deliveries\n",
+                    self.numbered, self.delivered
+                ));
+            }
         }
         if let Some(l) = &self.latency_us {
             s.push_str(&format!(

@@ -1,14 +1,18 @@
 //! A stored message: its identity and order ([`MsgKey`]) and its encoded
 //! frame, shared by the history and every delivery ([`MsgFrame`]).
 
-use crate::router::{portable_hash, queue_hash};
+pub(crate) use crate::origin::origin_of;
+use crate::origin::{cmp_origins, stored_origin};
+use crate::router::queue_hash;
+use coremq_protocol::SEQ_KEY;
 use std::sync::Arc;
 
 /// What identifies and orders a message everywhere in a cluster: when and
-/// where it was accepted. Every node sorts history by it, so histories
-/// converge to the same order, and a message seen twice (live and through a
-/// history exchange) is recognised.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// where it was accepted. Every node sorts history by it — by `coremq_sent`,
+/// then by `coremq_server` name ([`cmp_origins`]) — so histories converge to
+/// the same order, and a message seen twice (live and through a history
+/// exchange) is recognised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct MsgKey {
     /// `coremq_sent` in whole microseconds (unique per node: see
     /// `Shard::next_sent`).
@@ -17,13 +21,19 @@ pub(crate) struct MsgKey {
     pub origin: u64,
 }
 
-/// Seed of [`origin_of`]: changing it changes every node's keys.
-const ORIGIN_SEED: u64 = 0x6f72_6967_696e_0001;
+impl Ord for MsgKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Names are looked at only on a tie of microseconds between servers.
+        self.sent_us
+            .cmp(&other.sent_us)
+            .then_with(|| cmp_origins(self.origin, other.origin))
+    }
+}
 
-/// The `origin` of a key: a hash every node computes alike, whatever its
-/// build or CPU (nodes compare keys they computed separately).
-pub(crate) fn origin_of(server: &str) -> u64 {
-    portable_hash(server.as_bytes(), ORIGIN_SEED)
+impl PartialOrd for MsgKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// Frames at least this long are built in their own buffer and shared as it
@@ -55,6 +65,11 @@ impl FrameBytes {
 }
 
 impl FrameBytes {
+    /// A frame encoded into `buf`, shared from now on.
+    pub(crate) fn owned(buf: Vec<u8>) -> FrameBytes {
+        FrameBytes::from_vec(buf, 0)
+    }
+
     /// Bytes of memory the frame holds: its allocation(s), not only its length.
     pub(crate) fn allocated(&self) -> usize {
         // An Arc's two counts come before the value.
@@ -98,6 +113,11 @@ pub(crate) struct MsgFrame {
     /// [`queue_hash`] of the queue name, computed once where the frame is
     /// built and used for routing and every table lookup after.
     hash: u64,
+    /// `coremq_seq` (§10): +1 per message of this queue from its origin
+    /// server, given by the origin's owner shard; 0 where none was given.
+    /// Not in `bytes`: only connections that ask for it get it, written in
+    /// as they are sent ([`MsgFrame::write_with_seq`]).
+    seq: u64,
 }
 
 impl MsgFrame {
@@ -112,6 +132,7 @@ impl MsgFrame {
             bytes: FrameBytes::from_vec(out, 0),
             key,
             hash: queue_hash(queue),
+            seq: 0,
         }
     }
 
@@ -164,24 +185,98 @@ impl MsgFrame {
             json_start: (queue_start + queue.len() + 1) as u32,
             key,
             hash: queue_hash(queue),
+            seq: 0,
         }
     }
 
     /// A message that another node accepted: its key comes from its own
     /// `coremq_sent` and `coremq_server` fields. `None` if they are missing.
+    /// A `coremq_seq` member (links carry it, [`MsgFrame::write_with_seq`])
+    /// becomes the frame's seq and is taken out of the stored text, so that
+    /// connections that did not ask for it do not get it.
     pub(crate) fn replicated(queue: &str, json: &[u8]) -> Option<MsgFrame> {
         #[derive(serde::Deserialize)]
         struct Stamp<'a> {
             coremq_sent: f64,
             #[serde(borrow)]
             coremq_server: std::borrow::Cow<'a, str>,
+            #[serde(default)]
+            coremq_seq: u64,
         }
         let stamp: Stamp<'_> = serde_json::from_slice(json).ok()?;
         let key = MsgKey {
             sent_us: coremq_protocol::seconds_to_micros(stamp.coremq_sent),
-            origin: origin_of(&stamp.coremq_server),
+            origin: stored_origin(&stamp.coremq_server),
         };
-        Some(MsgFrame::new(queue, json, key))
+        let mut frame = if stamp.coremq_seq == 0 {
+            MsgFrame::new(queue, json, key)
+        } else if let Some(stored) = strip_seq_suffix(json, stamp.coremq_seq) {
+            MsgFrame::new(queue, &stored, key)
+        } else {
+            // Not where a CoreMQ link puts it: cut it out wherever it is.
+            let mut stored = Vec::with_capacity(json.len());
+            coremq_protocol::rewrite_object(json, &[SEQ_KEY], &[], &mut stored).ok()?;
+            MsgFrame::new(queue, &stored, key)
+        };
+        frame.seq = stamp.coremq_seq;
+        Some(frame)
+    }
+
+    /// Gives the frame its `coremq_seq` (the owner shard of its origin does).
+    pub(crate) fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// `coremq_seq`, 0 if none was given.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Appends the frame with `"coremq_seq": N` as the JSON's last member
+    /// (the frame as it is when it has no seq): what a connection with
+    /// `"seq": true` and a cluster link are sent. A copy, paid only by them.
+    pub(crate) fn write_with_seq(&self, out: &mut Vec<u8>) {
+        let Some((body, member)) = self.seq_parts() else {
+            return out.extend_from_slice(&self.bytes);
+        };
+        let queue = self.queue();
+        let json_len = body.len() + member.len();
+        let mut head = itoa::Buffer::new();
+        let len = head.format(queue.len() + 1 + json_len).as_bytes();
+        out.reserve(2 + len.len() + queue.len() + 1 + json_len);
+        out.push(b'+');
+        out.extend_from_slice(len);
+        out.push(b' ');
+        out.extend_from_slice(queue.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(body);
+        out.extend_from_slice(&member);
+    }
+
+    /// Appends the JSON alone with `"coremq_seq": N` last (for history replies).
+    pub(crate) fn write_json_with_seq(&self, out: &mut Vec<u8>) {
+        let Some((body, member)) = self.seq_parts() else {
+            return out.extend_from_slice(self.json());
+        };
+        out.extend_from_slice(body);
+        out.extend_from_slice(&member);
+    }
+
+    /// The JSON up to its closing brace and the member to put there; `None`
+    /// without a seq.
+    fn seq_parts(&self) -> Option<(&[u8], SeqMember)> {
+        if self.seq == 0 {
+            return None;
+        }
+        let json = self.json();
+        let close = json.iter().rposition(|&b| b == b'}')?;
+        let body = &json[..close];
+        let first = body
+            .iter()
+            .rev()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'{');
+        Some((body, SeqMember::new(self.seq, first)))
     }
 
     /// The whole frame as it goes on the wire.
@@ -216,16 +311,62 @@ impl MsgFrame {
     }
 }
 
+/// `, "coremq_seq": N}` (or without the comma), held inline.
+struct SeqMember {
+    len: u8,
+    bytes: [u8; 40],
+}
+
+impl SeqMember {
+    fn new(seq: u64, first: bool) -> SeqMember {
+        let mut m = SeqMember {
+            len: 0,
+            bytes: [0; 40],
+        };
+        let mut digits = itoa::Buffer::new();
+        let sep: &[u8] = if first { b"" } else { b", " };
+        // At most 2 + 14 + 20 + 1 bytes.
+        for piece in [
+            sep,
+            b"\"",
+            SEQ_KEY.as_bytes(),
+            b"\": ",
+            digits.format(seq).as_bytes(),
+            b"}",
+        ] {
+            let at = m.len as usize;
+            m.bytes[at..at + piece.len()].copy_from_slice(piece);
+            m.len += piece.len() as u8;
+        }
+        m
+    }
+}
+
+impl std::ops::Deref for SeqMember {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// `json` without the `, "coremq_seq": N` that [`MsgFrame::write_with_seq`]
+/// put last; `None` if it does not end that way.
+fn strip_seq_suffix(json: &[u8], seq: u64) -> Option<Vec<u8>> {
+    let mut digits = itoa::Buffer::new();
+    let n = digits.format(seq).as_bytes();
+    let rest = json.strip_suffix(b"}")?.strip_suffix(n)?;
+    let rest = rest.strip_suffix(b"\"coremq_seq\": ")?;
+    let rest = rest.strip_suffix(b", ")?;
+    let mut stored = Vec::with_capacity(rest.len() + 1);
+    stored.extend_from_slice(rest);
+    stored.push(b'}');
+    Some(stored)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins_are_pinned() {
-        // The reference XXH3 of "mq1:6747" with ORIGIN_SEED (Python's
-        // `xxhash.xxh3_64_intdigest`): every node, however built, agrees.
-        assert_eq!(origin_of("mq1:6747"), 0x62e5_56cd_7a27_240c);
-    }
 
     #[test]
     fn build_encodes_like_new() {
@@ -271,5 +412,46 @@ mod tests {
                 (new.queue_start, new.json_start)
             );
         }
+    }
+
+    #[test]
+    fn seq_is_written_last_and_read_back_out() {
+        let key = MsgKey {
+            sent_us: 1_700_000_000_000_001,
+            origin: origin_of("mq1:6747"),
+        };
+        let json = br#"{"a": 1, "coremq_sent": 1700000000.000001, "coremq_server": "mq1:6747"}"#;
+        let mut f = MsgFrame::new("news", json, key);
+        let mut out = Vec::new();
+        f.write_with_seq(&mut out);
+        assert_eq!(out, &**f.bytes(), "no seq: the frame as it is");
+        f.set_seq(42);
+        out.clear();
+        f.write_with_seq(&mut out);
+        let expect = br#"{"a": 1, "coremq_sent": 1700000000.000001, "coremq_server": "mq1:6747", "coremq_seq": 42}"#;
+        let mut framed = Vec::new();
+        coremq_protocol::encode_frame("news", expect, &mut framed);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&framed)
+        );
+        let mut only = Vec::new();
+        f.write_json_with_seq(&mut only);
+        assert_eq!(only, expect);
+        // A peer's frame with it: stored without it, the seq kept.
+        let back = MsgFrame::replicated("news", expect).unwrap();
+        assert_eq!((back.json(), back.seq(), back.key()), (&json[..], 42, key));
+        // Elsewhere in the object (not a CoreMQ link's doing): cut out all the same.
+        let odd = br#"{"coremq_seq": 7, "a": 1, "coremq_sent": 1700000000.000001, "coremq_server": "mq1:6747"}"#;
+        let back = MsgFrame::replicated("news", odd).unwrap();
+        assert_eq!(back.seq(), 7);
+        let value = |j: &[u8]| serde_json::from_slice::<serde_json::Value>(j).unwrap();
+        assert_eq!(value(back.json()), value(json));
+        // An empty object gets no comma.
+        let mut e = MsgFrame::new("q", b"{ }", key);
+        e.set_seq(1);
+        let mut only = Vec::new();
+        e.write_json_with_seq(&mut only);
+        assert_eq!(only, br#"{ "coremq_seq": 1}"#);
     }
 }

@@ -191,6 +191,8 @@ impl Home {
         let queue = frame.queue();
         let (policy, list) = subs.get_hashed(frame.hash(), queue);
         let mut delivered = 0;
+        // With its coremq_seq, once, if a subscriber here asked for it.
+        let mut numbered = None;
         for &key in list {
             if Some(key) == skip {
                 continue;
@@ -198,7 +200,7 @@ impl Home {
             let Some(conn) = self.conn(key) else {
                 continue;
             };
-            match conn.deliver(frame.bytes(), policy, queue) {
+            match conn.deliver(frame, &mut numbered, policy, queue) {
                 Queued::Ok => delivered += 1,
                 Queued::Stalled => {
                     delivered += 1;

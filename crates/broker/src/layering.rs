@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("gather", 0),
     ("names", 0),
     ("router", 0),
+    ("origin", 0),
     ("refusal", 0),
     ("stats", 0),
     ("drain", 0),

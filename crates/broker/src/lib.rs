@@ -15,6 +15,7 @@
 //!    (`coremq_sent`), `error` (start-up failures), `event` (set-once events,
 //!    waker lists), `gather` (one answer from every shard), `names` (tables
 //!    keyed by queue name), `router` (portable hashing, queue → owner),
+//!    `origin` (a message's server as a hash, ordered by name),
 //!    `refusal` (every refusal a client reads, written in one place), `stats`
 //!    (counters and the status reply), `drain` (graceful-stop bookkeeping),
 //!    `link_auth` (the cluster secret's challenge-response), `tls` (the
@@ -63,6 +64,7 @@ mod msg;
 mod names;
 mod net;
 mod node;
+mod origin;
 mod owner;
 mod queues;
 mod refusal;

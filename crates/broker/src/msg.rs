@@ -64,6 +64,8 @@ pub(crate) enum Request {
         fd: OwnedFd,
         name: String,
         rest: Vec<u8>,
+        /// The peer reads `coremq_seq` on link frames.
+        seq: bool,
         /// The link's TLS session (`cluster_tls`), moved with the socket.
         tls: Option<Box<rustls::Connection>>,
     },

@@ -117,14 +117,14 @@ impl Owner {
 
     /// A message another node accepted: stored (once) and, when `live`,
     /// delivered; never replicated further.
-    pub(crate) fn replicated(&self, out: &impl Outbox, frame: MsgFrame, live: bool) {
+    pub(crate) fn replicated(&self, out: &impl Outbox, mut frame: MsgFrame, live: bool) {
         if live {
             self.store_and_deliver(out, frame, None, None, false);
         } else {
             let cfg = &self.cfg;
             self.queues
                 .borrow_mut()
-                .publish(&frame, false, |name| cfg.history_length_for(name));
+                .publish(&mut frame, false, |name| cfg.history_length_for(name));
         }
     }
 
@@ -231,10 +231,10 @@ impl Owner {
         let mut stalled = false;
         let in_order = publisher.is_some();
         let mut table = self.queues.borrow_mut();
-        let mut result = table.publish(&frame, in_order, |name| cfg.history_length_for(name));
+        let mut result = table.publish(&mut frame, in_order, |name| cfg.history_length_for(name));
         if let Some((Stored::Behind(newest), _)) = result {
             frame = out.restamp(&frame, newest);
-            result = table.publish(&frame, in_order, |name| cfg.history_length_for(name));
+            result = table.publish(&mut frame, in_order, |name| cfg.history_length_for(name));
         }
         if replicate {
             out.respond(

@@ -16,7 +16,7 @@ fn frame(q: &str, n: u32) -> MsgFrame {
 fn history_is_ordered_by_key_without_duplicates() {
     let mut t = QueueTable::default();
     for n in [3, 1, 2, 5, 4, 2, 5] {
-        t.publish(&frame("q", n), false, |_| 4);
+        t.publish(&mut frame("q", n), false, |_| 4);
     }
     let got: Vec<_> = t
         .history("q")
@@ -26,12 +26,12 @@ fn history_is_ordered_by_key_without_duplicates() {
     assert_eq!(got, [2, 3, 4, 5]);
     assert_eq!(t.history_messages(), 4);
     assert_eq!(
-        t.publish(&frame("q", 4), false, |_| 4).unwrap().0,
+        t.publish(&mut frame("q", 4), false, |_| 4).unwrap().0,
         Stored::Duplicate
     );
     // Older than the whole window: new, not kept.
     assert_eq!(
-        t.publish(&frame("q", 0), false, |_| 4).unwrap().0,
+        t.publish(&mut frame("q", 0), false, |_| 4).unwrap().0,
         Stored::New
     );
     assert_eq!(t.history("q").len(), 4);
@@ -41,7 +41,7 @@ fn history_is_ordered_by_key_without_duplicates() {
 fn history_window_keeps_newest() {
     let mut t = QueueTable::default();
     for n in 0..15 {
-        t.publish(&frame("q", n), false, |_| 10);
+        t.publish(&mut frame("q", n), false, |_| 10);
     }
     let h = t.history("q");
     assert_eq!(h.len(), 10);
@@ -53,7 +53,7 @@ fn history_window_keeps_newest() {
 #[test]
 fn zero_history_queue_without_subscribers_keeps_nothing() {
     let mut t = QueueTable::default();
-    assert!(t.publish(&frame("q", 1), false, |_| 0).is_none());
+    assert!(t.publish(&mut frame("q", 1), false, |_| 0).is_none());
     assert_eq!(t.len(), 0);
 }
 
@@ -61,9 +61,9 @@ fn zero_history_queue_without_subscribers_keeps_nothing() {
 fn own_id_queue_dropped_with_last_subscriber() {
     let mut t = QueueTable::default();
     t.subscribe("id", 2, true, MsgKey::default(), |_| 10);
-    t.publish(&frame("id", 1), false, |_| 10);
+    t.publish(&mut frame("id", 1), false, |_| 10);
     assert_eq!(
-        t.publish(&frame("id", 2), false, |_| 10)
+        t.publish(&mut frame("id", 2), false, |_| 10)
             .unwrap()
             .1
             .homes()
@@ -82,22 +82,22 @@ fn history_memory_evicts_the_least_recently_published_to_first() {
     // message costs `one`.
     let one = {
         let mut t = QueueTable::default();
-        t.publish(&frame("q00", 10), false, |_| 10);
+        t.publish(&mut frame("q00", 10), false, |_| 10);
         t.history_bytes() as usize
     };
     let mut t = QueueTable::with_budget(11 * one);
     t.subscribe("kep", 0, false, MsgKey::default(), |_| 10);
     for n in 0..8 {
-        t.publish(&frame(&format!("q0{n}"), 10 + n), false, |_| 10);
+        t.publish(&mut frame(&format!("q0{n}"), 10 + n), false, |_| 10);
     }
-    t.publish(&frame("kep", 18), false, |_| 10);
+    t.publish(&mut frame("kep", 18), false, |_| 10);
     // "q00" is published to again: now "q01" is the oldest.
-    t.publish(&frame("q00", 19), false, |_| 10);
+    t.publish(&mut frame("q00", 19), false, |_| 10);
     assert_eq!(t.history_messages(), 10);
     assert_eq!(t.evictions(), 0);
     // Two more queues do not fit: the oldest go until a tenth is free.
-    t.publish(&frame("new", 20), false, |_| 10);
-    t.publish(&frame("neu", 21), false, |_| 10);
+    t.publish(&mut frame("new", 20), false, |_| 10);
+    t.publish(&mut frame("neu", 21), false, |_| 10);
     assert!(t.evictions() >= 1);
     assert!(
         t.history("q01").is_empty(),
@@ -107,7 +107,7 @@ fn history_memory_evicts_the_least_recently_published_to_first() {
     assert_eq!(t.history("neu").len(), 1);
     assert!(t.history_bytes() as usize <= 11 * one);
     for n in 22..60 {
-        t.publish(&frame(&format!("x{n}"), n), false, |_| 10);
+        t.publish(&mut frame(&format!("x{n}"), n), false, |_| 10);
         assert!(t.history_bytes() as usize <= 11 * one);
     }
     assert!(t.history("kep").is_empty());
@@ -139,8 +139,8 @@ fn confirmations_wait_while_a_subscriber_is_over() {
         (vec![], None),
         "two subscribers over"
     );
-    let f = frame("q", 1);
-    assert!(t.publish(&f, false, |_| 10).unwrap().1.is_stalled());
+    let mut f = frame("q", 1);
+    assert!(t.publish(&mut f, false, |_| 10).unwrap().1.is_stalled());
     t.hold(f.hash(), "q", held(7));
     t.hold(f.hash(), "q", held(8));
     assert_eq!(
@@ -157,7 +157,7 @@ fn confirmations_wait_while_a_subscriber_is_over() {
         "in order, once no node has one over"
     );
     assert!(!t
-        .publish(&frame("q", 2), false, |_| 10)
+        .publish(&mut frame("q", 2), false, |_| 10)
         .unwrap()
         .1
         .is_stalled());
@@ -179,7 +179,7 @@ fn confirmations_wait_while_a_subscriber_is_over() {
 fn bytes_follow_the_window() {
     let mut t = QueueTable::default();
     for n in 0..30 {
-        t.publish(&frame("q", n), false, |_| 3);
+        t.publish(&mut frame("q", n), false, |_| 3);
     }
     let q = t.queues.get(queue_hash("q"), "q").unwrap();
     let frames: usize = t.history("q").iter().map(held_bytes).sum();
@@ -196,7 +196,7 @@ fn plain_queue_keeps_history_after_last_subscriber() {
     t.subscribe("q", 0, false, MsgKey::default(), |_| 10);
     t.subscribe("q", 1, false, MsgKey::default(), |_| 10);
     t.subscribe("q", 1, false, MsgKey::default(), |_| 10);
-    t.publish(&frame("q", 1), false, |_| 10);
+    t.publish(&mut frame("q", 1), false, |_| 10);
     t.unsubscribe("q", 1);
     assert_eq!(t.subscriptions(), 2);
     t.unsubscribe("q", 1);
@@ -225,7 +225,7 @@ fn resume_sends_what_follows_and_says_whether_anything_was_lost() {
     let (complete, after) = t.resume("q", &one(key(0)));
     assert!(!complete && after.is_empty());
     for n in 1..=15 {
-        t.publish(&frame("q", n), false, |_| 10);
+        t.publish(&mut frame("q", n), false, |_| 10);
     }
     // 1..=5 left the window of 10: positions from 5 on lost nothing.
     let ns = |v: Vec<MsgFrame>| -> Vec<u64> { v.iter().map(|f| f.key().sent_us - 1000).collect() };
@@ -244,7 +244,7 @@ fn resume_sends_what_follows_and_says_whether_anything_was_lost() {
     // Before this node knew the queue (born at message 1).
     assert!(!t.resume("q", &one(key(0))).0);
     // A message older than the window counts as lost too.
-    t.publish(&frame("q", 5), false, |_| 10);
+    t.publish(&mut frame("q", 5), false, |_| 10);
     assert!(t.resume("q", &one(key(5))).0);
 }
 
@@ -253,7 +253,7 @@ fn resume_after_memory_eviction_is_incomplete() {
     let mut t = QueueTable::with_budget(4096);
     t.subscribe("q", 0, false, MsgKey::default(), |_| 100);
     for n in 1..=40 {
-        t.publish(&frame("q", n), false, |_| 100);
+        t.publish(&mut frame("q", n), false, |_| 100);
     }
     assert!(t.evictions() > 0, "the budget evicted");
     assert!(!t.resume("q", &one(key(1))).0);
@@ -279,8 +279,8 @@ fn history_ttl_drops_old_messages_and_resume_says_so() {
     };
     let old = now - 120_000_000;
     for q in ["t.a", "other"] {
-        t.publish(&at(q, old), false, |_| 10);
-        t.publish(&at(q, now), false, |_| 10);
+        t.publish(&mut at(q, old), false, |_| 10);
+        t.publish(&mut at(q, now), false, |_| 10);
     }
     // t.a keeps a minute; `other` has no ttl.
     assert_eq!(t.history("t.a").len(), 1);
@@ -323,10 +323,10 @@ fn resume_with_a_position_per_server() {
     };
     // Server 1's messages 1..=5, server 2's 2 and 4 (arriving late).
     for n in 1..=5 {
-        t.publish(&from(1, n), false, |_| 100);
+        t.publish(&mut from(1, n), false, |_| 100);
     }
-    t.publish(&from(2, 2), false, |_| 100);
-    t.publish(&from(2, 4), false, |_| 100);
+    t.publish(&mut from(2, 2), false, |_| 100);
+    t.publish(&mut from(2, 4), false, |_| 100);
     // The client got server 1 up to 5, and server 2 up to 2.
     let since = Since::new(vec![
         MsgKey {
@@ -367,9 +367,9 @@ fn recovered_is_judged_per_server() {
         origin,
     };
     let frame = |k: MsgKey| MsgFrame::new("q", b"{}", k);
-    t.publish(&frame(key(2, 1)), false, |_| 3);
+    t.publish(&mut frame(key(2, 1)), false, |_| 3);
     for n in 2..=10 {
-        t.publish(&frame(key(1, n)), false, |_| 3);
+        t.publish(&mut frame(key(1, n)), false, |_| 3);
     }
     // Server 2's only message and server 1's 2..=7 left the window of 3.
     let both = Since::new(vec![key(1, 10), key(2, 1)]);
@@ -379,4 +379,30 @@ fn recovered_is_judged_per_server() {
     // Behind on server 1 past the window: incomplete.
     let behind = Since::new(vec![key(1, 5), key(2, 1)]);
     assert!(!t.resume("q", &behind).0);
+}
+
+#[test]
+fn this_nodes_messages_are_numbered_per_queue_and_others_keep_theirs() {
+    let mut t = QueueTable::default();
+    for n in 1..=3 {
+        for q in ["a", "b"] {
+            let mut f = frame(q, n);
+            t.publish(&mut f, true, |_| 10);
+            assert_eq!(f.seq(), u64::from(n), "{q}: +1 per message of the queue");
+        }
+    }
+    // Another node's message (not in order) keeps the seq it came with and
+    // does not move this node's count.
+    let mut other = frame("a", 10);
+    other.set_seq(77);
+    t.publish(&mut other, false, |_| 10);
+    let mut next = frame("a", 11);
+    t.publish(&mut next, true, |_| 10);
+    assert_eq!(next.seq(), 4);
+    let stored: Vec<u64> = t.history("a").iter().map(MsgFrame::seq).collect();
+    assert_eq!(stored, [1, 2, 3, 77, 4], "the history keeps each one's seq");
+    // A queue this node keeps nothing of has no count to give.
+    let mut none = frame("z", 1);
+    assert!(t.publish(&mut none, true, |_| 0).is_none());
+    assert_eq!(none.seq(), 0);
 }

@@ -135,6 +135,12 @@ pub enum Command {
         /// list of positions; one --since works with every server).
         #[arg(long, value_name = "POSITION", value_parser = parse_position)]
         since: Vec<Position>,
+        /// Ask for "coremq_seq" on every message (its number among its
+        /// queue's messages from its server) and say on stderr when
+        /// numbers were skipped ("gap in QUEUE from SERVER: N missed") or
+        /// started again (the server restarted or forgot the queue).
+        #[arg(long)]
+        seq: bool,
     },
     /// Print the recent messages of QUEUE... as JSON lines (as `sub` prints
     /// them), queue by queue, oldest first.

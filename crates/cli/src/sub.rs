@@ -6,6 +6,7 @@
 use crate::exit::{Failure, SERVER_ERROR, TIMEOUT};
 use coremq_client::{Client, Gap, Message, Position};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,14 +16,21 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 
 /// Subscribes to `queues` (each after the positions of `since`, one per
-/// server, if any) and prints what arrives.
+/// server, if any) and prints what arrives; with `seq`, says where the
+/// messages' numbers skip.
 pub fn run(
     client: &Client,
     queues: &[String],
     since: &[Position],
+    seq: bool,
     count: Option<u64>,
     timeout: Option<Duration>,
 ) -> Result<(), Failure> {
+    if seq {
+        // Kept by the client and set again after every reconnect.
+        client.set_option("seq", true)?;
+    }
+    let mut numbers = Numbers::default();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // Without the handler Ctrl-C still ends the process, only not with 0.
@@ -70,6 +78,9 @@ pub fn run(
         // it arrives, so a reader of both streams sees the gap first.
         watch.report(client)?;
         if let Some(msg) = msg {
+            if let Some(news) = numbers.check(&msg) {
+                eprintln!("coremq-cli: {news}");
+            }
             got += 1;
             if !out.print(&msg) {
                 return Ok(());
@@ -142,6 +153,40 @@ impl Watch {
     }
 }
 
+/// The last `coremq_seq` seen per queue and server (`--seq`).
+#[derive(Default)]
+struct Numbers {
+    last: HashMap<(String, String), u64>,
+}
+
+impl Numbers {
+    /// What `msg`'s number says about the ones before it, if anything
+    /// other than "none missed".
+    fn check(&mut self, msg: &Message) -> Option<String> {
+        self.next(&msg.queue, msg.server()?, msg.seq()?)
+    }
+
+    /// Number `n` of `q` from `server` arrived.
+    fn next(&mut self, q: &str, server: &str, n: u64) -> Option<String> {
+        let prev = self.last.insert((q.to_owned(), server.to_owned()), n)?;
+        if n == prev + 1 {
+            None
+        } else if n > prev + 1 {
+            let missed = n - prev - 1;
+            Some(format!(
+                "gap in {q} from {server}: {missed} missed (coremq_seq {} to {})",
+                prev + 1,
+                n - 1
+            ))
+        } else {
+            Some(format!(
+                "{q} from {server} counts again from {n} (after {prev}: \
+                 the server restarted or forgot the queue)"
+            ))
+        }
+    }
+}
+
 /// One line per queue whose messages may have been missed.
 fn tell_gap(gap: &Gap) {
     match &gap.since {
@@ -180,5 +225,28 @@ impl Lines {
         writeln!(self.out, "{{\"queue\":{queue},\"message\":{body}}}")
             .and_then(|_| self.out.flush())
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Numbers;
+
+    #[test]
+    fn numbers_tell_gaps_and_new_counts_per_queue_and_server() {
+        let mut n = Numbers::default();
+        assert_eq!(n.next("q", "a:1", 1), None, "the first says nothing");
+        assert_eq!(n.next("q", "a:1", 2), None);
+        assert_eq!(n.next("q", "b:1", 9), None, "another server counts apart");
+        assert_eq!(n.next("r", "a:1", 5), None, "another queue too");
+        assert_eq!(
+            n.next("q", "a:1", 5).as_deref(),
+            Some("gap in q from a:1: 2 missed (coremq_seq 3 to 4)")
+        );
+        assert_eq!(n.next("q", "b:1", 10), None);
+        assert_eq!(
+            n.next("q", "a:1", 1).as_deref(),
+            Some("q from a:1 counts again from 1 (after 5: the server restarted or forgot the queue)")
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! Opening a connection: TCP connect to the first of the client's servers
 //! that answers (round-robin from the one it was on), the welcome frame
 //! (connection id and node name), authentication when the client has
-//! credentials, then — after a reconnect — subscribing again (resuming each
-//! queue after its newest position per server, where it has any) and
-//! setting the options again, before any caller request may use the
+//! credentials, then — after a reconnect — setting the options again and
+//! subscribing again (resuming each queue after its newest position per
+//! server, where it has any), before any caller request may use the
 //! connection.
 //!
 //! Doing this before the connection is handed to callers keeps the reply
@@ -247,15 +247,17 @@ fn handshake(
             other => return Err(ClientError::AuthenticationFailed(other.to_string())),
         }
     }
-    if !subscriptions.is_empty() {
-        resubscribe(&mut conn, subscriptions).map_err(broken)?;
-    }
+    // Options first: they shape what the resumed subscriptions send at once
+    // (`"seq": true` numbers the replayed messages too).
     if !options.is_empty() {
         let value = Value::Object(options.clone());
         let response = reapply(&mut conn, OPTIONS, value).map_err(broken)?;
         if response != OK_OPTIONS {
             conn.warning = Some(format!("{OPTIONS} after reconnect: {response}"));
         }
+    }
+    if !subscriptions.is_empty() {
+        resubscribe(&mut conn, subscriptions).map_err(broken)?;
     }
     let _ = conn.stream.set_read_timeout(None);
     Ok(conn)

@@ -2,12 +2,12 @@
 
 use crate::position::Position;
 use crate::wire::ServerFrame;
-use coremq_protocol::{SENDER_KEY, SENT_KEY, SERVER_KEY};
+use coremq_protocol::{REPLAY_KEY, SENDER_KEY, SENT_KEY, SEQ_KEY, SERVER_KEY};
 use serde_json::{Map, Value};
 
 /// Added by the server to each message it sends again because a subscribe
 /// asked for the messages after a position (docs/protocol.md §10).
-const REPLAY: &str = "coremq_replay";
+const REPLAY: &str = REPLAY_KEY;
 
 /// A published message received on a subscribed queue (or, point-to-point, on
 /// the client's own connection id), or one entry of a history reply.
@@ -69,6 +69,14 @@ impl Message {
     /// [`Client::subscribe_since`](crate::Client::subscribe_since).
     pub fn position(&self) -> Option<&Position> {
         self.position.as_ref()
+    }
+
+    /// Its number among the messages of its queue accepted by its server
+    /// (`coremq_seq`: 1, 2, 3, … so that a gap shows), present when the
+    /// connection set the option `"seq": true`
+    /// ([`Client::set_option`](crate::Client::set_option)).
+    pub fn seq(&self) -> Option<u64> {
+        self.body.get(SEQ_KEY).and_then(Value::as_u64)
     }
 
     /// Did the server send it again because a subscribe asked for the

@@ -92,13 +92,13 @@ fn authenticates_first_on_connect_and_after_a_reconnect() {
             ),
             (
                 1,
-                "coremq_subscribe".into(),
-                json!({"coremq_subscribe": ["news", "weather"]})
+                "coremq_options".into(),
+                json!({"coremq_options": {"echo": true}})
             ),
             (
                 1,
-                "coremq_options".into(),
-                json!({"coremq_options": {"echo": true}})
+                "coremq_subscribe".into(),
+                json!({"coremq_subscribe": ["news", "weather"]})
             ),
         ]
     );

@@ -18,6 +18,8 @@ pub enum OptionValue {
     Ack(bool),
     /// `"echo": bool` — whether the connection receives its own publishes.
     Echo(bool),
+    /// `"seq": bool` — whether deliveries carry `coremq_seq` (PROTOCOL.md §10).
+    Seq(bool),
     /// `null` for any option: forget it (PROTOCOL.md §3).
     Remove,
     /// An option this server does not know, kept exactly as sent because the original
@@ -28,7 +30,9 @@ pub enum OptionValue {
 impl PartialEq for OptionValue {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Self::Ack(a), Self::Ack(b)) | (Self::Echo(a), Self::Echo(b)) => a == b,
+            (Self::Ack(a), Self::Ack(b))
+            | (Self::Echo(a), Self::Echo(b))
+            | (Self::Seq(a), Self::Seq(b)) => a == b,
             (Self::Remove, Self::Remove) => true,
             (Self::Other(a), Self::Other(b)) => a.get() == b.get(),
             _ => false,
@@ -51,6 +55,9 @@ pub struct ReplicantRequest {
     pub nonce: Option<String>,
     /// The dialer's answer to the acceptor's challenge.
     pub proof: Option<String>,
+    /// The dialer reads `coremq_seq` on the link's frames (PROTOCOL.md §10)
+    /// and takes it out of what it stores: send it.
+    pub seq: bool,
 }
 
 /// What `coremq_subscribe` and `coremq_unsubscribe` take.
@@ -138,6 +145,7 @@ pub(crate) fn options(value: &str) -> Result<Vec<(String, OptionValue)>, BodyErr
             let value = match name.as_str() {
                 "ack" => known_bool(OptionValue::Ack)?,
                 "echo" => known_bool(OptionValue::Echo)?,
+                "seq" => known_bool(OptionValue::Seq)?,
                 _ if raw.get() == "null" => OptionValue::Remove,
                 _ => OptionValue::Other(raw),
             };
@@ -177,6 +185,8 @@ pub(crate) fn replicant(value: &str) -> Result<ReplicantRequest, BodyError> {
         nonce: Option<String>,
         #[serde(default)]
         proof: Option<String>,
+        #[serde(default)]
+        seq: bool,
     }
     let request = match value.as_bytes().first() {
         Some(b'"') => serde_json::from_str(value)
@@ -186,6 +196,7 @@ pub(crate) fn replicant(value: &str) -> Result<ReplicantRequest, BodyError> {
                 secret: None,
                 nonce: None,
                 proof: None,
+                seq: false,
             }),
         Some(b'{') => serde_json::from_str::<Object>(value)
             .ok()
@@ -194,6 +205,7 @@ pub(crate) fn replicant(value: &str) -> Result<ReplicantRequest, BodyError> {
                 secret: o.secret,
                 nonce: o.nonce,
                 proof: o.proof,
+                seq: o.seq,
             }),
         _ => None,
     };
@@ -321,6 +333,7 @@ mod tests {
                 secret: None,
                 nonce: None,
                 proof: None,
+                seq: false,
             })
         );
         assert_eq!(
@@ -330,11 +343,16 @@ mod tests {
                 secret: Some("s3".to_owned()),
                 nonce: None,
                 proof: None,
+                seq: false,
             })
         );
         assert_eq!(
             replicant(r#"{"name": "mq2:6747", "secret": null}"#).map(|r| r.secret),
             Ok(None)
+        );
+        assert_eq!(
+            replicant(r#"{"name": "mq2:6747", "seq": true}"#).map(|r| r.seq),
+            Ok(true)
         );
         for bad in ["1", r#""""#, r#"{"secret": "s"}"#, r#"{"name": 5}"#, "[]"] {
             assert!(

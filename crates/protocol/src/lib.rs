@@ -66,8 +66,8 @@ pub use escape::{escape_non_ascii, write_json_string};
 pub use frame::{decode_frame, encode_frame, frame_len, Frame, MAX_LEN_DIGITS};
 pub use message::{parse_message, parse_message_limited, ClientMessage};
 pub use publish::{
-    rewrite_object, seconds_to_micros, write_sent, Publish, Stamps, SENDER_KEY, SENT_KEY,
-    SERVER_KEY, STAMP_KEYS,
+    rewrite_object, seconds_to_micros, write_sent, Publish, Stamps, REPLAY_KEY, SENDER_KEY,
+    SENT_KEY, SEQ_KEY, SERVER_KEY, STAMP_KEYS,
 };
 pub use reply::{
     error_json, response_json, welcome_json, HistoryWriter, BYE, ERR_NOT_REPLICANT, OK_OPTIONS,

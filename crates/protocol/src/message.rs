@@ -195,6 +195,14 @@ mod tests {
             Ok(ClientMessage::Options(o)) if o == vec![("ack".to_owned(), OptionValue::Ack(false))]
         ));
         assert!(matches!(
+            parse(r#"{"coremq_options": {"seq": true}}"#),
+            Ok(ClientMessage::Options(o)) if o == vec![("seq".to_owned(), OptionValue::Seq(true))]
+        ));
+        assert!(matches!(
+            parse(r#"{"coremq_options": {"seq": "yes"}}"#),
+            Err(BodyError::BadOption { .. })
+        ));
+        assert!(matches!(
             parse(r#"{"coremq_gethistory": ["a"]}"#),
             Ok(ClientMessage::GetHistory(n)) if n == names(&["a"])
         ));

@@ -16,9 +16,15 @@ pub const SENDER_KEY: &str = "coremq_sender";
 pub const SENT_KEY: &str = "coremq_sent";
 /// Key of the accepting node (`"<node name>:<port>"`).
 pub const SERVER_KEY: &str = "coremq_server";
+/// Key of a message's number per queue and origin server, for connections that
+/// ask for it (PROTOCOL.md §10).
+pub const SEQ_KEY: &str = "coremq_seq";
+/// Key marking a message sent again by a resume (PROTOCOL.md §10).
+pub const REPLAY_KEY: &str = "coremq_replay";
 /// The keys the server owns in a published message; a client's own values for them
-/// are dropped.
-pub const STAMP_KEYS: [&str; 3] = [SENDER_KEY, SENT_KEY, SERVER_KEY];
+/// are dropped (a client cannot pass its message off as another's, another
+/// time's, or a replay).
+pub const STAMP_KEYS: [&str; 5] = [SENDER_KEY, SENT_KEY, SERVER_KEY, SEQ_KEY, REPLAY_KEY];
 
 /// A client's publish: its JSON text, borrowed, and where the members the server will
 /// overwrite are. Building one allocates nothing unless the client repeats the stamp
@@ -55,7 +61,7 @@ impl<'a> Publish<'a> {
     }
 
     /// Writes the message as stored and delivered: the client's object without its
-    /// `coremq_sender`/`coremq_sent`/`coremq_server` members, followed by
+    /// [`STAMP_KEYS`] members, followed by
     /// `"coremq_sender": sender, "coremq_sent": sent, "coremq_server": server`. All
     /// ASCII (non-ASCII written as `\uXXXX`). `sent` is Unix seconds, written with
     /// microsecond precision (e.g. `1764302775.123456`). Appends to `out`.

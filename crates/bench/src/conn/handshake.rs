@@ -16,7 +16,8 @@ pub struct Opened {
 }
 
 /// Connect and greet: CoreMQ welcome (+ `coremq_auth` with the target's
-/// credentials, + `ack:false` if asked), NATS INFO/CONNECT, Redis PING.
+/// credentials, + one `coremq_options` with `ack:false` and/or `seq:true` if
+/// asked), NATS INFO/CONNECT, Redis PING.
 pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
     let stream = connect(&t.addr)?;
     let mut fs = FrameStream::new(t.proto, stream, buffer);
@@ -42,9 +43,9 @@ pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
                 })
                 .map_err(|e| login_refused(t, c, e))?;
             }
-            if !t.ack {
+            if let Some(json) = options_request(t) {
                 let mut b = Vec::new();
-                wire::coremq::encode_frame(&mut b, &id, br#"{"coremq_options": {"ack": false}}"#);
+                wire::coremq::encode_frame(&mut b, &id, json.as_bytes());
                 fs.send(&b, "coremq_options")?;
                 fs.expect("CoreMQ options", |f| {
                     matches!(f, Frame::Other(j) if memchr::memmem::find(j, b"OK: Options set").is_some())
@@ -73,6 +74,20 @@ pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
         }
     }
     Ok(Opened { fs, id })
+}
+
+/// The one `coremq_options` request a CoreMQ TCP connection of `t` sends
+/// after the welcome (and the login), if it needs any: `"ack": false`
+/// (`--no-ack`) and `"seq": true` (`--coremq-seq`) together.
+pub(crate) fn options_request(t: &Target) -> Option<String> {
+    let mut opts = Vec::new();
+    if !t.ack {
+        opts.push(r#""ack": false"#);
+    }
+    if t.seq {
+        opts.push(r#""seq": true"#);
+    }
+    (!opts.is_empty()).then(|| format!(r#"{{"coremq_options": {{{}}}}}"#, opts.join(", ")))
 }
 
 /// The broker's answer to a successful `coremq_auth`.
@@ -156,4 +171,34 @@ pub fn subscribe(o: Opened, queues: &[String]) -> Result<FrameStream, BenchError
         Proto::CoreMqWs => unreachable!("WebSocket is not a FrameStream protocol"),
     }
     Ok(fs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::options_request;
+    use crate::conn::Target;
+    use crate::wire::Proto;
+
+    #[test]
+    fn one_options_request_carries_ack_and_seq() {
+        let mut t = Target::new(Proto::CoreMq, "127.0.0.1:1");
+        assert_eq!(options_request(&t), None);
+        t.ack = false;
+        assert_eq!(
+            options_request(&t).as_deref(),
+            Some(r#"{"coremq_options": {"ack": false}}"#)
+        );
+        t.seq = true;
+        assert_eq!(
+            options_request(&t).as_deref(),
+            Some(r#"{"coremq_options": {"ack": false, "seq": true}}"#)
+        );
+        assert_eq!(t.label(), "coremq-seq-noack");
+        t.ack = true;
+        assert_eq!(
+            options_request(&t).as_deref(),
+            Some(r#"{"coremq_options": {"seq": true}}"#)
+        );
+        assert_eq!(t.label(), "coremq-seq");
+    }
 }

@@ -78,6 +78,11 @@ pub struct Target {
     /// CoreMQ only: `false` sends `{"coremq_options": {"ack": false}}` on every
     /// publishing connection, so publishes get no `OK: Message sent`.
     pub ack: bool,
+    /// CoreMQ TCP only: `true` sends `{"coremq_options": {"seq": true}}` on
+    /// every connection, so every delivery carries `"coremq_seq": N` as its
+    /// last member (PROTOCOL.md §10) and the broker writes a copy of each
+    /// frame for it instead of the shared bytes.
+    pub seq: bool,
     /// WebSocket path.
     pub ws_path: String,
     /// CoreMQ (TCP and WebSocket) only: log every connection in with these
@@ -92,16 +97,20 @@ impl Target {
             proto,
             addr: addr.into(),
             ack: true,
+            seq: false,
             ws_path: "/ws".into(),
             auth: None,
         }
     }
 
-    /// The name reports use: the protocol, plus `-noack` for CoreMQ without acks.
+    /// The name reports use: the protocol, plus `-seq` for CoreMQ with
+    /// numbered deliveries and `-noack` for CoreMQ without acks.
     pub fn label(&self) -> String {
-        match (self.proto, self.ack) {
-            (Proto::CoreMq, false) => "coremq-noack".into(),
-            (p, _) => p.name().into(),
+        match (self.proto, self.seq, self.ack) {
+            (Proto::CoreMq, false, false) => "coremq-noack".into(),
+            (Proto::CoreMq, true, true) => "coremq-seq".into(),
+            (Proto::CoreMq, true, false) => "coremq-seq-noack".into(),
+            (p, _, _) => p.name().into(),
         }
     }
 

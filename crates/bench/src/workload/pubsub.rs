@@ -27,6 +27,7 @@ use crate::error::BenchError;
 use crate::latency::{self, Summary};
 use crate::payload::{read_marker, Payload, MAX_SEQ};
 use crate::report::Report;
+use crate::wire::coremq::has_seq;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,6 +123,8 @@ impl Shared {
 /// What a subscriber thread hands back.
 struct SubResult {
     tracker: SeqTracker,
+    /// Deliveries that carried `coremq_seq`.
+    numbered: u64,
     hist: Histogram<u64>,
     last: Option<Instant>,
     errors: conn::ErrorLog,
@@ -199,6 +202,7 @@ pub fn run(
         let p = j / spec.subscribers_per_queue.max(1);
         sub_threads.push(thread::spawn(move || -> Result<SubResult, BenchError> {
             let mut tracker = SeqTracker::new();
+            let mut numbered = 0u64;
             let mut hist = latency::histogram();
             let mut last = None;
             let mut closed = false;
@@ -207,6 +211,7 @@ pub fn run(
                 let before = tracker.received;
                 let open = sub.pump(&mut |data| {
                     let now = *now_us.get_or_insert_with(|| sh.now_us());
+                    numbered += has_seq(data) as u64;
                     let m = read_marker(data);
                     tracker.record(m.map(|(seq, _)| seq));
                     if let Some((_, sent)) = m {
@@ -224,6 +229,7 @@ pub fn run(
             }
             Ok(SubResult {
                 tracker,
+                numbered,
                 hist,
                 last,
                 errors: sub.errors().clone(),
@@ -356,6 +362,7 @@ pub fn run(
         let p = j / spec.subscribers_per_queue.max(1);
         report.expected += published[p];
         report.delivered += r.tracker.received;
+        report.numbered += r.numbered;
         let lost = r.tracker.lost(published[p]);
         report.lost += lost;
         let cut_off = r.closed || r.errors.slow_consumer;
@@ -379,6 +386,14 @@ pub fn run(
         report.notes.push(format!(
             "{short_open} subscriber(s) still short of messages when the time bound \
              (--max-seconds + --drain-seconds) ended the run: some of the lost may be late"
+        ));
+    }
+    if t.seq && report.numbered < report.delivered {
+        // `--coremq-seq` must cost what it measures: every delivery numbered.
+        report.notes.push(format!(
+            "{} of {} deliveries carried no coremq_seq although the connections asked for it",
+            report.delivered - report.numbered,
+            report.delivered
         ));
     }
     if acked_mode && report.acked < report.published {

@@ -55,15 +55,34 @@ pub(super) struct Link {
     counters: Arc<PeerCounters>,
     /// `cluster_link_buffer`: bytes queued before the link is dropped.
     limit: usize,
+    /// The peer reads `coremq_seq` on the link's frames (it said so in the
+    /// handshake) and takes it out of what it stores (§10). A peer that did
+    /// not (an older node, another replicant) gets the frames as stored.
+    seq: bool,
 }
 
 impl Link {
+    /// Queues a message accepted on this node, with its `coremq_seq` when
+    /// the peer reads it.
+    pub(super) fn push_message(&self, frame: &MsgFrame) {
+        if self.seq {
+            self.push_with(|out| frame.write_with_seq(out));
+        } else {
+            self.push(frame.bytes());
+        }
+    }
+
     pub(super) fn push(&self, bytes: &[u8]) {
+        self.push_with(|out| out.extend_from_slice(bytes));
+    }
+
+    /// Queues one frame that `write` appends.
+    pub(super) fn push_with(&self, write: impl FnOnce(&mut Vec<u8>)) {
         if self.closed.get() {
             return;
         }
         let mut out = self.out.borrow_mut();
-        out.extend_from_slice(bytes);
+        write(&mut out);
         self.ends.borrow_mut().push_back(out.len());
         let pending = out.len() - self.head.get();
         drop(out);
@@ -113,6 +132,7 @@ pub(super) async fn run_link(
     mut stream: Io,
     name: String,
     rest: Vec<u8>,
+    seq: bool,
     counters: Arc<PeerCounters>,
 ) {
     let link = Rc::new(Link {
@@ -123,6 +143,7 @@ pub(super) async fn run_link(
         closed: Cell::new(false),
         counters: counters.clone(),
         limit: shard.cfg().cluster_link_buffer,
+        seq,
     });
     counters.lag.store(0, Ordering::Relaxed);
     if let Some(old) = cluster
@@ -160,7 +181,12 @@ pub(super) async fn run_link(
                     json.extend_from_slice(b"{\"queue\": ");
                     proto::write_json_string(&queue, &mut json);
                     json.extend_from_slice(b", \"message\": ");
-                    json.extend_from_slice(m.json());
+                    // With its coremq_seq: it survives the exchange (§10).
+                    if link.seq {
+                        m.write_json_with_seq(&mut json);
+                    } else {
+                        json.extend_from_slice(m.json());
+                    }
                     json.push(b'}');
                     frame.clear();
                     proto::encode_frame(SYNC_QUEUE, &json, &mut frame);

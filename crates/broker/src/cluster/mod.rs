@@ -7,7 +7,8 @@
 //! - A link is a client connection that said `coremq_replicant` and was
 //!   accepted: the accepting shard hands the socket to the control shard.
 //!   Both directions then carry stored messages as plain `+LEN QUEUE JSON`
-//!   frames, with their original `coremq_*` fields.
+//!   frames, with their original `coremq_*` fields and `coremq_seq` (§10)
+//!   as the last member.
 //! - Every message accepted on this node (from a client) is sent to every link
 //!   once; messages that came over a link are stored and delivered here and
 //!   never sent on (one hop: no loops, no duplicates).
@@ -66,7 +67,7 @@ struct Control {
 impl Links for Control {
     fn broadcast(&self, frame: &MsgFrame) {
         for link in self.cluster.links.borrow().values() {
-            link.push(frame.bytes());
+            link.push_message(frame);
         }
     }
 
@@ -89,6 +90,7 @@ impl Links for Control {
         fd: OwnedFd,
         name: String,
         rest: Vec<u8>,
+        seq: bool,
         tls: Option<Box<rustls::Connection>>,
     ) {
         // SAFETY: the descriptor is owned (a duplicate made for us by the
@@ -107,7 +109,7 @@ impl Links for Control {
         }
         let counters = shard.node().shared.peer(&name, "accept");
         let cluster = self.cluster.clone();
-        spawn_local(run_link(shard, cluster, stream, name, rest, counters)).detach();
+        spawn_local(run_link(shard, cluster, stream, name, rest, seq, counters)).detach();
     }
 }
 
@@ -198,7 +200,7 @@ async fn dial_loop(
         )
         .await;
         match attempt {
-            Some(Ok((stream, rest))) => {
+            Some(Ok((stream, rest, seq))) => {
                 backoff = BACKOFF_MIN;
                 let link = run_link(
                     shard.clone(),
@@ -206,6 +208,7 @@ async fn dial_loop(
                     stream,
                     peer.clone(),
                     rest,
+                    seq,
                     counters.clone(),
                 );
                 link.await;
@@ -235,8 +238,9 @@ async fn dial_loop(
 }
 
 /// Connects to a peer's client port and asks to be its replicant. Returns
-/// the stream and any bytes read past the reply.
-async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>), String> {
+/// the stream, any bytes read past the reply, and whether the peer reads
+/// `coremq_seq` on link frames (its OK says `"seq": true`).
+async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, bool), String> {
     let addr = peer
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {peer}: {e}"))?
@@ -317,11 +321,18 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>),
     if !text.contains(proto::OK_REPLICANT) {
         return Err(format!("{peer} refused the link: {text}"));
     }
-    Ok((stream, buf))
+    #[derive(serde::Deserialize)]
+    struct Accepted {
+        #[serde(default)]
+        seq: bool,
+    }
+    let seq = serde_json::from_slice::<Accepted>(&reply).is_ok_and(|a| a.seq);
+    Ok((stream, buf, seq))
 }
 
-/// Sends `{"coremq_replicant": {"name": me, key: value}}` (just the name
-/// without a value) on queue `id` and returns the reply's JSON.
+/// Sends `{"coremq_replicant": {"name": me, key: value, "seq": true}}` (no
+/// `key` without a value) on queue `id` and returns the reply's JSON.
+/// `"seq": true`: this node reads `coremq_seq` on the link's frames (§10).
 async fn replicant_request(
     stream: &mut Io,
     buf: &mut Vec<u8>,
@@ -338,7 +349,7 @@ async fn replicant_request(
         req.extend_from_slice(b": ");
         proto::write_json_string(value, &mut req);
     }
-    req.extend_from_slice(b"}}");
+    req.extend_from_slice(b", \"seq\": true}}");
     let mut frame = Vec::new();
     proto::encode_frame(id, &req, &mut frame);
     stream.write_all(&frame).await.map_err(|e| e.to_string())?;

@@ -189,9 +189,11 @@ fn options(conn: &Conn, opts: Vec<(String, OptionValue)>) {
             match value {
                 OptionValue::Ack(on) => st.opts.no_ack = !on,
                 OptionValue::Echo(on) => st.opts.echo = on,
+                OptionValue::Seq(on) => st.opts.seq = on,
                 OptionValue::Remove => match name.as_str() {
                     "ack" => st.opts.no_ack = false,
                     "echo" => st.opts.echo = false,
+                    "seq" => st.opts.seq = false,
                     _ => {
                         st.opts.other.remove(&name);
                     }
@@ -340,8 +342,14 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
         }
     }
     tracing::info!(name = %req.name, "replicant accepted; handing the connection to the control shard");
-    conn.st.borrow_mut().handover = Some(req.name);
-    conn.reply(ReplyKind::Text(proto::OK_REPLICANT));
+    conn.st.borrow_mut().handover = Some((req.name, req.seq));
+    // `"seq": true`: this node reads coremq_seq on the link's frames (§10),
+    // so the dialer may send it; a dialer that asked for it gets it too.
+    let mut json = Vec::new();
+    proto::response_json(proto::OK_REPLICANT, &mut json);
+    json.pop();
+    json.extend_from_slice(b", \"seq\": true}");
+    conn.reply(ReplyKind::Json(json));
 }
 
 /// (index in the request, queue name) of the queues one owner is asked for.

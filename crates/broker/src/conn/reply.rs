@@ -42,10 +42,29 @@ pub(crate) enum ReplyKind {
 }
 
 /// `{"history": {"q": [m, ...], ...}}`; queues without messages are left out.
-pub(super) fn write_history(names: &[Box<str>], parts: &[Vec<MsgFrame>], out: &mut Vec<u8>) {
+/// `seq`: each message with its `coremq_seq` (§10), for a connection that
+/// asked for it.
+pub(super) fn write_history(
+    names: &[Box<str>],
+    parts: &[Vec<MsgFrame>],
+    seq: bool,
+    out: &mut Vec<u8>,
+) {
     let mut w = proto::HistoryWriter::new(out);
     for (name, msgs) in names.iter().zip(parts) {
-        w.push_queue(name, msgs.iter().map(MsgFrame::json));
+        if seq {
+            let with: Vec<Vec<u8>> = msgs.iter().map(json_with_seq).collect();
+            w.push_queue(name, with.iter().map(Vec::as_slice));
+        } else {
+            w.push_queue(name, msgs.iter().map(MsgFrame::json));
+        }
     }
     w.finish();
+}
+
+/// A stored message's JSON with its `coremq_seq` last (as it is without one).
+fn json_with_seq(m: &MsgFrame) -> Vec<u8> {
+    let mut json = Vec::with_capacity(m.json().len() + 40);
+    m.write_json_with_seq(&mut json);
+    json
 }

@@ -153,8 +153,45 @@ fn deliveries_do_not_wait_for_replies() {
     let (c, _) = conn(1 << 20, Transport::Tcp);
     let _pending = c.reserve(ReplyKind::Sent, 1);
     let f = frame("news", r#"{"a": 1}"#);
-    assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::Ok);
+    assert_eq!(c.deliver(&f, &mut None, DISCONNECT, "news"), Queued::Ok);
     assert_eq!(take(&c), [("news".to_string(), r#"{"a": 1}"#.to_string())]);
+}
+
+/// `"seq": true` connections get the numbered frame, encoded once (by the
+/// first of them) for all; the others get the stored frame as it is.
+#[test]
+fn numbered_deliveries_share_one_encoding() {
+    let (a, _) = conn(1 << 20, Transport::Tcp);
+    let (b, _) = conn(1 << 20, Transport::Tcp);
+    let (plain, _) = conn(1 << 20, Transport::Tcp);
+    a.st.borrow_mut().opts.seq = true;
+    b.st.borrow_mut().opts.seq = true;
+    let mut f = frame("news", r#"{"a": 1}"#);
+    f.set_seq(9);
+    let mut numbered = None;
+    assert_eq!(
+        plain.deliver(&f, &mut numbered, DISCONNECT, "news"),
+        Queued::Ok
+    );
+    assert!(numbered.is_none(), "nobody asked yet");
+    assert_eq!(a.deliver(&f, &mut numbered, DISCONNECT, "news"), Queued::Ok);
+    let encoded = numbered.clone().expect("encoded for the first that asked");
+    assert_eq!(b.deliver(&f, &mut numbered, DISCONNECT, "news"), Queued::Ok);
+    assert_eq!(
+        numbered.map(|n| n.as_ptr()),
+        Some(encoded.as_ptr()),
+        "not again"
+    );
+    let want = [(
+        "news".to_string(),
+        r#"{"a": 1, "coremq_seq": 9}"#.to_string(),
+    )];
+    assert_eq!(take(&a), want);
+    assert_eq!(take(&b), want);
+    assert_eq!(
+        take(&plain),
+        [("news".to_string(), r#"{"a": 1}"#.to_string())]
+    );
 }
 
 #[test]
@@ -163,17 +200,20 @@ fn under_disconnect_a_consumer_over_max_pending_is_cut_off_with_the_error_last()
     let n = f.bytes().len();
     let (c, counters) = conn(3 * n, Transport::Tcp);
     for _ in 0..3 {
-        assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::Ok);
+        assert_eq!(c.deliver(&f, &mut None, DISCONNECT, "news"), Queued::Ok);
     }
     assert_eq!(
         counters.slow_consumers.get(),
         0,
         "at the limit is not over it"
     );
-    assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::BecameSlow);
+    assert_eq!(
+        c.deliver(&f, &mut None, DISCONNECT, "news"),
+        Queued::BecameSlow
+    );
     assert_eq!(counters.slow_consumers.get(), 1);
     assert_eq!(
-        c.deliver(f.bytes(), DISCONNECT, "news"),
+        c.deliver(&f, &mut None, DISCONNECT, "news"),
         Queued::Closing,
         "nothing after the cut"
     );
@@ -199,10 +239,13 @@ fn a_slow_consumer_keeps_the_frame_being_written_whole() {
     let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "y".repeat(200)));
     let n = f.bytes().len();
     let (c, _) = conn(2 * n, Transport::Tcp);
-    c.deliver(f.bytes(), DISCONNECT, "news");
-    c.deliver(f.bytes(), DISCONNECT, "news");
+    c.deliver(&f, &mut None, DISCONNECT, "news");
+    c.deliver(&f, &mut None, DISCONNECT, "news");
     c.written(10); // the socket took part of the first frame
-    assert_eq!(c.deliver(f.bytes(), DISCONNECT, "news"), Queued::BecameSlow);
+    assert_eq!(
+        c.deliver(&f, &mut None, DISCONNECT, "news"),
+        Queued::BecameSlow
+    );
     let rest = c.with_unwritten(|q| q.front().to_vec());
     // The rest of the first frame, then the error; the second frame is gone.
     assert_eq!(&rest[..n - 10], &f.bytes()[10..]);
@@ -245,7 +288,7 @@ fn a_framing_error_closes_after_every_earlier_reply() {
     assert_eq!(c.st.borrow().closing, Some(Close::Framing));
     // Nothing is queued after the final frame.
     assert_eq!(
-        c.deliver(frame("q", "{}").bytes(), DISCONNECT, "q"),
+        c.deliver(&frame("q", "{}"), &mut None, DISCONNECT, "q"),
         Queued::Closing
     );
 }
@@ -257,11 +300,11 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     let (c, counters) = conn(4 * n, Transport::Tcp);
     let block = SlowConsumerPolicy::Block;
     for _ in 0..4 {
-        assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok);
+        assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::Ok);
     }
     assert!(c.flow.stalled_since().is_none());
     // Over max_pending: kept (nothing lost), and stalled.
-    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Stalled);
+    assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::Stalled);
     assert!(c.flow.stalled_since().is_some());
     assert_eq!(counters.stalls.get(), 1);
     assert!(!c.may_read(), "its own backlog is over max_pending");
@@ -276,9 +319,9 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     let fits = (16 * n + (4 << 20)) / n;
     for i in 1..=fits {
         let expect = if i == 5 { Queued::Stalled } else { Queued::Ok };
-        assert_eq!(c.deliver(f.bytes(), block, "news"), expect, "frame {i}");
+        assert_eq!(c.deliver(&f, &mut None, block, "news"), expect, "frame {i}");
     }
-    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::BecameSlow);
+    assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::BecameSlow);
     assert_eq!(counters.slow_consumers.get(), 1);
     assert!(c.flow.stalled_since().is_none(), "the stall ends with it");
 }
@@ -289,14 +332,14 @@ fn under_drop_missed_messages_are_counted_and_told_before_the_next() {
     let n = f.bytes().len();
     let (c, counters) = conn(2 * n, Transport::Tcp);
     let drop_ = SlowConsumerPolicy::Drop;
-    assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Ok);
-    assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Ok);
+    assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Ok);
+    assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Ok);
     for _ in 0..3 {
-        assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Dropped);
+        assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Dropped);
     }
     assert_eq!(counters.drops.get(), 3);
     assert_eq!(take(&c).len(), 2);
-    assert_eq!(c.deliver(f.bytes(), drop_, "news"), Queued::Ok);
+    assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Ok);
     let out = take(&c);
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].0, ID);
@@ -335,9 +378,13 @@ fn messages_held_for_a_resume_count_toward_the_hard_cap() {
     let block = SlowConsumerPolicy::Block;
     let fits = (16 * n + (4 << 20)) / n;
     for i in 1..=fits {
-        assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::Ok, "frame {i}");
+        assert_eq!(
+            c.deliver(&f, &mut None, block, "news"),
+            Queued::Ok,
+            "frame {i}"
+        );
     }
     assert!(take(&c).is_empty(), "held, not written");
-    assert_eq!(c.deliver(f.bytes(), block, "news"), Queued::BecameSlow);
+    assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::BecameSlow);
     assert_eq!(counters.slow_consumers.get(), 1);
 }

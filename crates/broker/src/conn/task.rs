@@ -113,7 +113,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Io) {
 /// closes its own descriptor, which leaves the socket open.
 fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
     use std::os::fd::BorrowedFd;
-    let Some(name) = conn.st.borrow_mut().handover.take() else {
+    let Some((name, seq)) = conn.st.borrow_mut().handover.take() else {
         return;
     };
     let raw = stream.raw_fd();
@@ -137,6 +137,7 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
             fd,
             name,
             rest,
+            seq,
             tls,
         },
     );

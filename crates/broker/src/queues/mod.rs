@@ -83,11 +83,12 @@ impl QueueTable {
     /// has is not stored but reported [`Stored::Behind`], to be stamped anew.
     pub(crate) fn publish(
         &mut self,
-        frame: &MsgFrame,
+        frame: &mut MsgFrame,
         in_order: bool,
         cap_for: impl Fn(&str) -> usize,
     ) -> Option<(Stored, &QueueState)> {
         let name = frame.queue();
+        let name_len = name.len();
         // What storing this can add at most (a new queue's entry, its ring
         // growing), so that the budget holds after it, not only before.
         let most = held_bytes(frame)
@@ -113,7 +114,12 @@ impl QueueTable {
         if in_order && frame.key() < q.newest {
             return Some((Stored::Behind(q.newest), q));
         }
-        let (before, cost_before) = (q.history.len(), q.cost(name.len()));
+        if in_order {
+            // This node's message: it takes the queue's next seq (§10).
+            q.seq += 1;
+            frame.set_seq(q.seq);
+        }
+        let (before, cost_before) = (q.history.len(), q.cost(name_len));
         let stored = q.insert_ordered(frame);
         if stored == Stored::New {
             self.stored += 1;
@@ -126,7 +132,7 @@ impl QueueTable {
             }
         }
         self.history_messages = self.history_messages + q.history.len() as u64 - before as u64;
-        self.history_bytes = self.history_bytes + q.cost(name.len()) - cost_before;
+        self.history_bytes = self.history_bytes + q.cost(name_len) - cost_before;
         Some((stored, q))
     }
 

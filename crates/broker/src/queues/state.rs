@@ -43,6 +43,10 @@ pub(crate) struct QueueState {
     /// of this node, or a client resuming from the last position it got
     /// would miss it (§10).
     pub(super) newest: MsgKey,
+    /// The last `coremq_seq` given to a message of this node here (§10).
+    /// Kept as long as the queue is: a queue forgotten (no subscribers, no
+    /// history) starts again at 1, as after a restart.
+    pub(super) seq: u64,
 }
 
 /// A publish's confirmation an owner holds back (see [`QueueState::held`]).
@@ -140,6 +144,7 @@ impl QueueState {
             born,
             dropped: Vec::new(),
             newest: MsgKey::default(),
+            seq: 0,
             ttl_us,
         }
     }

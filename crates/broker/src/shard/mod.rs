@@ -38,7 +38,16 @@ pub(crate) trait Links {
     /// Sends a message accepted on this node to every link.
     fn broadcast(&self, frame: &MsgFrame);
     /// Runs a client connection that became a link (`Request::AdoptLink`).
-    fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>, tls: Option<Box<rustls::Connection>>);
+    /// `seq`: the peer reads `coremq_seq` on link frames (§10); `tls`: the
+    /// link's TLS session, moved with the socket.
+    fn adopt(
+        &self,
+        fd: OwnedFd,
+        name: String,
+        rest: Vec<u8>,
+        seq: bool,
+        tls: Option<Box<rustls::Connection>>,
+    );
     /// Tells every link that this node's subscribers of `queue` are (or are
     /// no longer) stalled.
     fn pressure(&self, queue: &str, on: bool);
@@ -102,7 +111,7 @@ impl Shard {
             home: Home::new(id, shards, cfg.clone(), node.clone(), counters.clone()),
             drain: Drain::new(shards),
             clock: Clock::new(id, shards),
-            origin: crate::msg::origin_of(&node.server),
+            origin: crate::origin::stored_origin(&node.server),
             scratch: RefCell::new(Vec::with_capacity(4096)),
             gathers: Gathers::default(),
             dumps: Gathers::default(),
@@ -341,9 +350,10 @@ impl Shard {
                 fd,
                 name,
                 rest,
+                seq,
                 tls,
             } => match self.links.borrow().as_ref() {
-                Some(links) => links.adopt(fd, name, rest, tls),
+                Some(links) => links.adopt(fd, name, rest, seq, tls),
                 None => tracing::warn!(%name, "a cluster link arrived on a shard without links"),
             },
             Request::Drain => {

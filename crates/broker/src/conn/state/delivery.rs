@@ -2,17 +2,20 @@
 //! to take them: the slow-consumer policies (G4, G5, §9).
 
 use super::{Close, Conn, Queued, Transport};
-use crate::msg::FrameBytes;
+use crate::msg::{FrameBytes, MsgFrame};
 use crate::refusal::Refusal;
 use coremq_config::SlowConsumerPolicy;
 use coremq_protocol as proto;
 
 impl Conn {
     /// Queues a delivered frame of `queue` unless the connection is closing,
-    /// as `policy` says when it is over `max_pending` (G5, §9).
+    /// as `policy` says when it is over `max_pending` (G5, §9). `numbered`
+    /// is the frame with its `coremq_seq` (§10) for connections that asked
+    /// for it: encoded by the first of them, shared by the others.
     pub(crate) fn deliver(
         &self,
-        frame: &FrameBytes,
+        msg: &MsgFrame,
+        numbered: &mut Option<FrameBytes>,
         policy: SlowConsumerPolicy,
         queue: &str,
     ) -> Queued {
@@ -20,6 +23,15 @@ impl Conn {
         if st.closing.is_some() {
             return Queued::Closing;
         }
+        let frame = if st.opts.seq && msg.seq() != 0 {
+            &*numbered.get_or_insert_with(|| {
+                let mut out = Vec::with_capacity(msg.bytes().len() + 40);
+                msg.write_with_seq(&mut out);
+                FrameBytes::owned(out)
+            })
+        } else {
+            msg.bytes()
+        };
         if st.resuming && st.subs.get(queue) == Some(&super::SubState::Resuming) {
             // After the resume's reply and replayed messages (§10); held
             // bytes count toward the hard cap like queued ones.

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 
 /// The mark on a replayed message.
-const REPLAY: &str = "coremq_replay";
+const REPLAY: &str = proto::REPLAY_KEY;
 
 /// `{"response": "OK: Subscribe successful", "recovered": {"q": true, …}}`.
 fn write_resumed_reply(recovered: &[(Box<str>, bool)], out: &mut Vec<u8>) {
@@ -94,6 +94,8 @@ pub(crate) struct Options {
     pub no_ack: bool,
     /// `"echo": true` delivers the connection's own publishes back to it.
     pub echo: bool,
+    /// `"seq": true` adds `coremq_seq` to every message it is sent (§10).
+    pub seq: bool,
     /// Unknown options, kept as given (the original did).
     pub other: HashMap<String, Box<serde_json::value::RawValue>>,
 }
@@ -118,7 +120,8 @@ pub(crate) struct ConnState {
     pub subs: HashMap<Box<str>, SubState, ahash::RandomState>,
     /// Name given in an accepted `coremq_replicant`: once the OK is out, the
     /// socket goes to the control shard as a cluster link.
-    pub handover: Option<String>,
+    /// With it: whether the peer reads `coremq_seq` on link frames.
+    pub handover: Option<(String, bool)>,
     /// Names of the verified TLS client certificate (CN, DNS and IP
     /// names), for `cluster_tls`'s check of a would-be peer.
     pub tls_names: Option<Box<[String]>>,
@@ -343,7 +346,7 @@ impl Conn {
                     st.closing = Some(why);
                 }
                 Some(kind) => {
-                    let json = self.reply_json(kind);
+                    let json = self.reply_json(kind, st.opts.seq);
                     st.out
                         .push_with(|out| proto::encode_frame(&self.id, &json, out));
                 }
@@ -362,14 +365,15 @@ impl Conn {
         self.wake();
     }
 
-    fn reply_json(&self, kind: ReplyKind) -> Vec<u8> {
+    /// A reply's JSON; `seq`: history messages carry their `coremq_seq`.
+    fn reply_json(&self, kind: ReplyKind, seq: bool) -> Vec<u8> {
         let mut json = Vec::new();
         match kind {
             ReplyKind::Welcome => json.extend_from_slice(&self.node.welcome),
             ReplyKind::Text(t) => proto::response_json(t, &mut json),
             ReplyKind::Sent => proto::response_json(proto::OK_SENT, &mut json),
             ReplyKind::Json(j) => json = j,
-            ReplyKind::History { names, parts } => write_history(&names, &parts, &mut json),
+            ReplyKind::History { names, parts } => write_history(&names, &parts, seq, &mut json),
             ReplyKind::Status(parts) => json = self.node.status_json(&parts),
             ReplyKind::Raw(j) | ReplyKind::Final(_, j) => json = j,
             ReplyKind::Resumed { recovered, .. } => write_resumed_reply(&recovered, &mut json),
@@ -390,10 +394,16 @@ impl Conn {
         write_resumed_reply(recovered, &mut json);
         st.out
             .push_with(|out| proto::encode_frame(&self.id, &json, out));
+        let mut digits = itoa::Buffer::new();
         for f in replay {
-            let mut marked = Vec::with_capacity(f.json().len() + 24);
-            if proto::rewrite_object(f.json(), &[REPLAY], &[(REPLAY, b"true")], &mut marked).is_ok()
-            {
+            let mut marked = Vec::with_capacity(f.json().len() + 48);
+            let seq = digits.format(f.seq()).as_bytes();
+            let extra: &[(&str, &[u8])] = if st.opts.seq && f.seq() != 0 {
+                &[(proto::SEQ_KEY, seq), (REPLAY, b"true")]
+            } else {
+                &[(REPLAY, b"true")]
+            };
+            if proto::rewrite_object(f.json(), &[REPLAY], extra, &mut marked).is_ok() {
                 st.out
                     .push_with(|out| proto::encode_frame(f.queue(), &marked, out));
             }
