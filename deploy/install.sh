@@ -14,6 +14,8 @@
 #   COREMQ_BIN      broker binary to install (default target/release/coremq)
 #   COREMQ_CLI_BIN  CLI binary to install (default target/release/coremq-cli)
 #
+# /etc/coremq/tls/ is created (0750 root:coremq) for the TLS certificate
+# and key; they are the operator's, never written here.
 # An existing /etc/coremq/coremq.conf is never overwritten: the new default
 # goes next to it as coremq.conf.new. The users file (access control,
 # docs/security.md) is the operator's: only the example,
@@ -72,6 +74,11 @@ install -m 0640 "$conf" "$target"
 # Same mode as the real one should have: a users file holds password hashes.
 users_example=$confdir/users.example
 install -m 0640 "$here/users.example" "$users_example"
+# Where the TLS certificate, key and client CA go (tls_cert_file,
+# tls_key_file, tls_client_ca_file; docs/security.md#tls): readable by the
+# service group only, since the key is in it. Never filled in here.
+tlsdir=$confdir/tls
+install -d -m 0750 "$tlsdir"
 
 # Units and logrotate, with paths following PREFIX.
 for f in coremq.service coremq@.service; do
@@ -90,7 +97,7 @@ if ! getent passwd "$user" >/dev/null; then
     --shell /usr/sbin/nologin --comment "CoreMQ broker" "$user"
   echo "install.sh: created system user $user"
 fi
-chgrp "$user" "$target" "$users_example"
+chgrp "$user" "$target" "$users_example" "$tlsdir"
 if [ -d /run/systemd/system ]; then
   systemctl daemon-reload
 fi

@@ -36,7 +36,7 @@ struct Args {
     /// Configuration file (default: ./coremq.conf if it exists, else built-in defaults).
     #[arg(short, long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Write {"pid", "tcp", "node", "shards"} as JSON to this file once every shard listens.
+    /// Write {"pid", "tcp", "tls", "node", "shards", "ws"} as JSON to this file once every shard listens.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
     /// Print the default configuration file and exit.
@@ -66,6 +66,11 @@ fn main() -> ExitCode {
     if args.check_config {
         // The users file and token keys too: a start would refuse them.
         if let Err(e) = coremq_broker::check_access(&config.mq) {
+            eprintln!("coremq: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        // And the TLS files, loaded as a start loads them.
+        if let Err(e) = coremq_broker::check_tls(&config.mq, config.ws.enabled && config.ws.tls) {
             eprintln!("coremq: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -103,7 +108,9 @@ fn run(
             eprintln!("coremq: {e}");
             // A bad users file or token key is the configuration's fault.
             let code = match e {
-                coremq_broker::BrokerError::Access(_) => EXIT_CONFIG,
+                coremq_broker::BrokerError::Access(_) | coremq_broker::BrokerError::Tls(_) => {
+                    EXIT_CONFIG
+                }
                 _ => EXIT_RUNTIME,
             };
             return ExitCode::from(code);
@@ -112,7 +119,8 @@ fn run(
     if let Some(path) = ready_file {
         let body = serde_json::json!({
             "pid": std::process::id(),
-            "tcp": running.local_addr().to_string(),
+            "tcp": running.plain_addr().map(|a| a.to_string()),
+            "tls": running.tls_addr().map(|a| a.to_string()),
             "node": node,
             "shards": running.shards(),
             "ws": running.ws_addr().map(|a| a.to_string()),

@@ -58,14 +58,22 @@ pub fn spawn(
     });
 }
 
-/// Reloads the users file and token keys; a bad one leaves the rules in
-/// force (the error names file, section and key, never a secret).
+/// Reloads the users file and token keys, and the TLS certificate and key;
+/// a bad file leaves what is in force (the error names file, section and
+/// key, never a secret).
 fn reload(reloader: &Reloader) {
     match reloader.reload() {
         Ok(true) => tracing::info!("SIGHUP: access rules reloaded"),
         Ok(false) => {}
         Err(cause) => {
             tracing::error!(%cause, "SIGHUP: access rules not reloaded; the rules in force stay");
+        }
+    }
+    match reloader.reload_tls() {
+        Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Ok(false) => {}
+        Err(cause) => {
+            tracing::error!(%cause, "SIGHUP: TLS certificate not reloaded; the one in force stays");
         }
     }
 }

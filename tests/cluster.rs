@@ -24,10 +24,21 @@ const ERR_REPLICANT: &str = "ERROR: Not allowed to be a replicant";
 
 #[test]
 fn publishes_on_every_node_reach_every_node_once_in_order() {
+    publishes_everywhere(false);
+}
+
+/// The same over `cluster_tls` links.
+#[test]
+fn publishes_on_every_node_reach_every_node_once_in_order_over_tls() {
+    publishes_everywhere(true);
+}
+
+fn publishes_everywhere(tls: bool) {
     const N: u64 = 500;
     const HIST: usize = 20;
     let mut spec = Spec::new(2);
     spec.history_length = Some(HIST);
+    spec.tls = tls;
     let mut cl = Cluster::start(spec);
     cl.wait_links_up();
     let q1 = uniq("cl.all.a");
@@ -193,10 +204,22 @@ fn point_to_point_reaches_a_connection_on_another_node() {
 
 #[test]
 fn killed_node_loses_nothing_for_survivors_and_rejoins() {
+    killed_node_rejoins(false);
+}
+
+/// The same over `cluster_tls` links (the restarted node's links are new
+/// TLS sessions).
+#[test]
+fn killed_node_loses_nothing_for_survivors_and_rejoins_over_tls() {
+    killed_node_rejoins(true);
+}
+
+fn killed_node_rejoins(tls: bool) {
     const N: u64 = 400;
     const HIST: usize = 50;
     let mut spec = Spec::new(2);
     spec.history_length = Some(HIST);
+    spec.tls = tls;
     let mut cl = Cluster::start(spec);
     cl.wait_links_up();
     let q = uniq("cl.kill");
@@ -356,10 +379,21 @@ fn killed_node_loses_nothing_for_survivors_and_rejoins() {
 
 #[test]
 fn partition_keeps_both_sides_serving_and_histories_converge_after_heal() {
+    partition_heals(false);
+}
+
+/// The same over `cluster_tls` links (the proxy passes TLS bytes through).
+#[test]
+fn partition_keeps_both_sides_serving_and_histories_converge_after_heal_over_tls() {
+    partition_heals(true);
+}
+
+fn partition_heals(tls: bool) {
     const HIST: usize = 40;
     let mut spec = Spec::new(2);
     spec.history_length = Some(HIST);
     spec.proxy = true;
+    spec.tls = tls;
     let mut cl = Cluster::start(spec);
     cl.wait_links_up();
     let proxy_accepted = cl.proxy.as_ref().unwrap().accepted();

@@ -38,6 +38,11 @@ struct Driver {
 
 impl Driver {
     fn start() -> Driver {
+        Driver::start_with(&[])
+    }
+
+    /// Starts chromedriver and a browser session with `extra` Chromium flags.
+    fn start_with(extra: &[&str]) -> Driver {
         // A free port for chromedriver (it has no "port 0" mode that reports back).
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -77,24 +82,26 @@ impl Driver {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        let mut args = vec![
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1400,1300",
+            "--force-device-scale-factor=1",
+            "--hide-scrollbars",
+        ];
+        args.extend_from_slice(extra);
         let caps = json!({
             "capabilities": {
                 "alwaysMatch": {
                     "goog:chromeOptions": {
                         "binary": CHROMIUM,
-                        "args": [
-                            "--headless",
-                            "--no-sandbox",
-                            "--disable-gpu",
-                            "--disable-dev-shm-usage",
-                            "--disable-background-networking",
-                            "--disable-component-update",
-                            "--disable-sync",
-                            "--no-first-run",
-                            "--window-size=1400,1300",
-                            "--force-device-scale-factor=1",
-                            "--hide-scrollbars",
-                        ]
+                        "args": args
                     }
                 }
             }
@@ -570,4 +577,50 @@ fn dashboard_with_access_control() {
     );
     // Without credentials the page itself is refused.
     assert_eq!(http_get(b.ws_addr(), "/").status, 401, "{page}");
+}
+
+/// `[CoreWS] tls = true`: the dashboard over https:// talks to the broker
+/// over wss:// (the page picks the scheme from its own). The test CA is not
+/// in the browser's store, so certificate errors are ignored explicitly
+/// (`--ignore-certificate-errors`); the certificate checks themselves are
+/// tests/tls_web.rs's.
+#[test]
+fn dashboard_over_https_and_wss_in_headless_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let mut pki = common::tls::Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let b = Broker::start(BrokerOpts::new(2).tls(&pair).ws_set("tls", "true"));
+    let d = Driver::start_with(&["--ignore-certificate-errors"]);
+    d.go(&format!("https://localhost:{}/", b.ws_addr().port()));
+    d.wait_for(
+        "the page connects over wss:// and gets $coremq.stats",
+        "return window.coremqStatsReceived >= 1;",
+        Duration::from_secs(20),
+    );
+    assert_eq!(d.js("return location.protocol;"), json!("https:"));
+    // A TCP publish reaches the page's subscription.
+    let q = uniq("dash.tls");
+    d.type_into("#sub-queue", &q);
+    d.click("#sub-button");
+    d.wait_for(
+        "the subscription is confirmed",
+        &format!(
+            "return document.getElementById('sub-result').textContent === {};",
+            json!(format!("Subscribed to {q}"))
+        ),
+        Duration::from_secs(20),
+    );
+    let mut tcp = b.client();
+    let marker = format!("over wss {}", uniq("m"));
+    tcp.publish(&q, &json!({ "text": marker }));
+    d.wait_for(
+        "the TCP publish appears in #messages",
+        &format!(
+            "return document.getElementById('messages').textContent.indexOf({}) !== -1;",
+            json!(marker)
+        ),
+        Duration::from_secs(20),
+    );
 }

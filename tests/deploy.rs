@@ -139,6 +139,11 @@ fn installed_layout_notifies_systemd_and_says_bye() {
         users,
         fs::read_to_string(Path::new(REPO).join("deploy/users.example")).unwrap()
     );
+    // The TLS directory: for the key, so not world-readable, and empty.
+    let tls_dir = at("/etc/coremq/tls");
+    assert!(tls_dir.is_dir(), "no /etc/coremq/tls");
+    assert_eq!(mode(&tls_dir), "750");
+    assert_eq!(fs::read_dir(&tls_dir).unwrap().count(), 0);
     let hashes = password_lines(&users);
     assert!(!hashes.is_empty(), "users.example has no password line");
     for hash in hashes {

@@ -8,7 +8,9 @@
 //! `node_name = n1|n2|n3` and `port = Pi`. The nodes are numbered so that their entries
 //! sort n1 < n2 < n3 as strings: n1 dials n2 and n3, n2 dials n3. With `Spec::proxy`
 //! n2's entry is a test-controlled proxy (`cluster_self` tells n2), so exactly the
-//! n1–n2 link goes through it.
+//! n1–n2 link goes through it. With `Spec::tls` the entries are the nodes'
+//! `tls_port`s and the links run over TLS (`cluster_tls`); clients still use
+//! each node's plain port.
 //!
 //! Every wait is bounded by a deadline.
 
@@ -76,6 +78,10 @@ pub struct Spec {
     pub proxy: bool,
     /// Further per-node changes (node index, options).
     pub tweak: Option<fn(usize, &mut BrokerOpts)>,
+    /// `cluster_tls`: the entries are the nodes' TLS ports (certificates of
+    /// one test CA); each node's plain port, for the test's clients, is
+    /// elsewhere.
+    pub tls: bool,
 }
 
 impl Spec {
@@ -87,6 +93,7 @@ impl Spec {
             secret: None,
             proxy: false,
             tweak: None,
+            tls: false,
         }
     }
 }
@@ -149,6 +156,7 @@ impl Cluster {
         let mut listed = entries.clone();
         listed.rotate_right(1);
         let list = listed.join(", ");
+        let mut pki = spec.tls.then(|| super::tls::Pki::new("CoreMQ cluster CA"));
         let mut nodes = Vec::new();
         for i in 0..spec.nodes {
             let name = format!("n{}", i + 1);
@@ -156,6 +164,16 @@ impl Cluster {
                 .port(real_ports[i])
                 .set("node_name", &name)
                 .set("cluster_nodes", &list);
+            if let Some(pki) = &mut pki {
+                let pair = pki.server();
+                o = o
+                    .port(super::tls::free_port())
+                    .set("tls_port", &real_ports[i].to_string())
+                    .set("tls_cert_file", pair.cert.to_str().unwrap())
+                    .set("tls_key_file", pair.key.to_str().unwrap())
+                    .set("tls_client_ca_file", pki.ca.to_str().unwrap())
+                    .set("cluster_tls", "true");
+            }
             if let Some(h) = spec.history_length {
                 o = o.set("history_length", &h.to_string());
             }

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod proxy;
+pub mod tls;
 pub mod web;
 
 use serde_json::{json, Map, Value};
@@ -713,6 +714,8 @@ pub struct Client {
     /// in `pending()`) instead of failing the test.
     pub allow_truncated_end: bool,
     eof: bool,
+    /// The TLS session, for a client of the TLS port (`tls::connect`).
+    pub tls: Option<Box<rustls::ClientConnection>>,
 }
 
 impl Client {
@@ -752,6 +755,7 @@ impl Client {
             max_frame: 64 << 20,
             allow_truncated_end: false,
             eof: false,
+            tls: None,
         }
     }
 
@@ -774,7 +778,16 @@ impl Client {
             .unwrap();
         let mut tmp = [0u8; 64 * 1024];
         loop {
-            match self.stream.read(&mut tmp) {
+            let read = match &mut self.tls {
+                None => self.stream.read(&mut tmp),
+                Some(tls) => match rustls::Stream::new(&mut **tls, &mut self.stream).read(&mut tmp)
+                {
+                    // The server closed TCP without a close_notify: an end.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+                    r => r,
+                },
+            };
+            match read {
                 Ok(0) => {
                     self.eof = true;
                     return Err(ReadEnd::Eof);
@@ -943,9 +956,20 @@ impl Client {
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream
-            .write_all(bytes)
+        self.try_send_raw(bytes)
             .unwrap_or_else(|e| panic!("client {}: write failed: {e}", self.id));
+    }
+
+    /// Writes `bytes` (encrypted on a TLS client), flushed to the socket.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            None => self.stream.write_all(bytes),
+            Some(tls) => {
+                let mut s = rustls::Stream::new(&mut **tls, &mut self.stream);
+                s.write_all(bytes)?;
+                s.flush()
+            }
+        }
     }
 
     pub fn send(&mut self, queue: &str, v: &Value) {

@@ -4,7 +4,7 @@
 use crate::conn::state::Close;
 use crate::consts::CONTROL_SHARD;
 use crate::msg::{Request, Response};
-use crate::net::{accept_loop, listen};
+use crate::net::{accept_loop, listen, tls_accept_loop};
 use crate::node::{NodeCtx, NodeShared};
 use crate::shard::Shard;
 use crate::web::WebSettings;
@@ -33,8 +33,13 @@ pub(crate) struct Boot {
     pub shards: usize,
     /// Validated configuration.
     pub cfg: MqConfig,
-    /// The client address every shard binds (port already resolved).
+    /// The client address (port already resolved): the plain one, or the
+    /// TLS one when plain TCP is off; its port names the node.
     pub addr: SocketAddr,
+    /// Whether `addr` is a plain TCP listener every shard binds.
+    pub plain: bool,
+    /// The TLS client address every shard binds, when `tls_port` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// Node-wide counters.
     pub shared: Arc<NodeShared>,
     /// When the node started.
@@ -107,14 +112,19 @@ impl StartProgress {
 const JOIN_TICK: Duration = Duration::from_millis(5);
 
 /// Runs one shard to completion.
-/// Room in a history record beyond the message (queue name, stamps).
-const MAX_RECORD_EXTRA: usize = 64 << 10;
-
 pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     let id = boot.id;
     let progress = boot.progress.clone();
     progress.set_stage(id, 1);
-    let listener = listen(boot.addr).map_err(|e| format!("cannot listen on {}: {e}", boot.addr))?;
+    let listener = if boot.plain {
+        Some(listen(boot.addr).map_err(|e| format!("cannot listen on {}: {e}", boot.addr))?)
+    } else {
+        None
+    };
+    let tls_listener = match boot.tls_addr {
+        Some(a) => Some(listen(a).map_err(|e| format!("cannot listen for TLS on {a}: {e}"))?),
+        None => None,
+    };
     let web = match boot.web {
         Some((addr, settings)) => {
             let l = listen(addr)
@@ -172,7 +182,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     // here; no connection is accepted yet).
     let store = match &boot.store_gen {
         Some(gen) => {
-            let max_body = cfg.max_message_size + MAX_RECORD_EXTRA;
+            let max_body = crate::store::max_record_body(cfg.max_message_size);
             let (store, frames) =
                 crate::store::Store::open(gen, id, boot.shards, &cfg.store, max_body)?;
             Some((Rc::new(store), frames))
@@ -265,7 +275,12 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
 
     if id == CONTROL_SHARD {
         spawn_local(crate::sysstats::run(shard.clone())).detach();
-        crate::cluster::start(&shard, boot.addr.port());
+        // With cluster_tls the peers' entries name their TLS ports.
+        let port = match boot.tls_addr {
+            Some(a) if cfg.tls.cluster => a.port(),
+            _ => boot.addr.port(),
+        };
+        crate::cluster::start(&shard, port);
     }
     if let Some((l, settings)) = web {
         spawn_local(crate::web::listen(shard.clone(), l, settings)).detach();
@@ -275,8 +290,21 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     let _ = boot.ready.send(id);
     tracing::debug!(shard = id, addr = %boot.addr, "shard ready");
 
-    accept_loop(&shard, &listener).await;
+    future::zip(
+        async {
+            if let Some(l) = &listener {
+                accept_loop(&shard, l).await;
+            }
+        },
+        async {
+            if let Some(l) = &tls_listener {
+                tls_accept_loop(&shard, l).await;
+            }
+        },
+    )
+    .await;
     drop(listener);
+    drop(tls_listener);
 
     // Graceful stop: wait until every owner processed every request, so that
     // whatever was acknowledged is in the buffers, then BYE.

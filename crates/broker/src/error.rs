@@ -47,6 +47,10 @@ pub enum BrokerError {
     /// not a CoreMQ data directory).
     #[error("durable history: {0}")]
     Storage(String),
+    /// The TLS certificate, key or CA file is missing or wrong (the message
+    /// names the key and the file, never a key's contents).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Creating an operating-system resource (thread, socket pair) failed.
     #[error("cannot start: {0}")]
     Os(#[from] std::io::Error),

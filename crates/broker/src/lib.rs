@@ -18,14 +18,17 @@
 //!    `origin` (a message's server as a hash, ordered by name),
 //!    `refusal` (every refusal a client reads, written in one place), `stats`
 //!    (counters and the status reply), `drain` (graceful-stop bookkeeping),
-//!    `link_auth` (the cluster secret's challenge-response).
+//!    `link_auth` (the cluster secret's challenge-response), `tls` (the
+//!    certificate, key and CA files as a rustls configuration; a client
+//!    certificate's user).
 //! 1. **What travels** — `frame` (a stored message's key and encoded frame),
 //!    `msg` (connection keys, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels).
 //! 2. **State** — `access` (a connection's user and rights, checked where
 //!    requests are parsed), `queues` (owner-side histories and per-home counts),
 //!    `subs` (home-side subscriber lists), `store` (durable history: a
-//!    shard's segment files, group commit, recovery), `conn::outq`, `conn::readbuf`,
+//!    shard's segment files, group commit, recovery), `conn::outq`,
+//!    `conn::readbuf`, `conn::io` (the socket: plain TCP or TLS),
 //!    `conn::state` (a connection's buffer and ordered replies).
 //! 3. **The two roles** — `owner` (requests about the queues a shard owns)
 //!    and `home` (the connections a shard accepted and what owners send
@@ -74,8 +77,9 @@ mod stats;
 mod store;
 mod subs;
 mod sysstats;
+mod tls;
 mod web;
 
 pub use error::BrokerError;
-pub use reload::{check as check_access, Reloader};
+pub use reload::{check as check_access, check_tls, Reloader};
 pub use server::{start, Running, Stopper, IO_MEMORY};

@@ -66,6 +66,8 @@ pub(crate) enum Request {
         rest: Vec<u8>,
         /// The peer reads `coremq_seq` on link frames.
         seq: bool,
+        /// The link's TLS session (`cluster_tls`), moved with the socket.
+        tls: Option<Box<rustls::Connection>>,
     },
     /// A subscriber on the sending shard is over `max_pending` (`on`) or has
     /// caught up (`!on`): while any is, the owner holds the confirmations of

@@ -1,5 +1,7 @@
-//! Listening sockets and the accept loop of the client port.
+//! Listening sockets and the accept loops of the client ports (plain and
+//! TLS).
 
+use crate::conn::io::{Io, TlsIo};
 use crate::refusal::{Refusal, Transport};
 use crate::shard::Shard;
 use crate::stats::Counters;
@@ -58,7 +60,11 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             let refusal = Refusal::TooManyConnections {
                 max: shard.cfg().max_connections,
             };
-            spawn_local(refuse(stream, shard.refused(&refusal, Transport::Tcp))).detach();
+            spawn_local(refuse(
+                Io::Plain(stream),
+                shard.refused(&refusal, Transport::Tcp),
+            ))
+            .detach();
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -66,14 +72,123 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
         let span =
             tracing::info_span!("conn", shard = shard.id(), peer = %peer, conn_id = %conn.id);
         tracing::debug!(parent: &span, "connection accepted");
-        spawn_local(crate::conn::task::serve(shard.clone(), conn, stream).instrument(span))
-            .detach();
+        spawn_local(
+            crate::conn::task::serve(shard.clone(), conn, Io::Plain(stream)).instrument(span),
+        )
+        .detach();
     }
+}
+
+/// Accepts TLS connections until the shard stops. Each handshake runs in
+/// the connection's own task, bounded by `tls_handshake_timeout`, so a slow
+/// or stalled one holds nobody else up; it holds a connection slot meanwhile
+/// (`max_connections` bounds handshakes too).
+pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    while let Some((stream, peer)) = accept_next(shard, listener).await {
+        if !shard.node().shared.try_open(shard.cfg().max_connections) {
+            Counters::add(&shard.counters().refused_connections, 1);
+            tracing::warn!(
+                shard = shard.id(),
+                peer,
+                max = shard.cfg().max_connections,
+                "TLS connection refused: max_connections reached"
+            );
+            // The same ERROR frame as on the plain port, inside TLS (the
+            // handshake is bounded by tls_handshake_timeout as any other).
+            let refusal = Refusal::TooManyConnections {
+                max: shard.cfg().max_connections,
+            };
+            let wire = shard.refused(&refusal, Transport::Tcp);
+            let s = shard.clone();
+            spawn_local(async move {
+                if let Some(tls) = tls_handshake(&s, stream).await {
+                    refuse(Io::Tls(Box::new(tls)), wire).await;
+                }
+            })
+            .detach();
+            continue;
+        }
+        let span = tracing::info_span!("tls", shard = shard.id(), peer = %peer);
+        spawn_local(tls_conn(shard.clone(), stream).instrument(span)).detach();
+    }
+}
+
+/// The server side of a TLS handshake on `stream`, with the configuration in
+/// force, bounded by `tls_handshake_timeout`; `None` (logged, counted as a
+/// refused connection) when it fails or takes too long.
+pub(crate) async fn tls_handshake(shard: &Shard, stream: TcpStream) -> Option<TlsIo> {
+    let _ = stream.set_nodelay(true);
+    let config = shard.node().shared.tls()?;
+    let timeout = shard.cfg().tls.handshake_timeout;
+    let session = match rustls::ServerConnection::new(config) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(cause = %e, "TLS session not created; closing");
+            return None;
+        }
+    };
+    let done = future::or(
+        async { Some(TlsIo::accept(stream, session).await) },
+        async {
+            sleep(timeout).await;
+            None
+        },
+    )
+    .await;
+    match done {
+        Some(Ok(tls)) => return Some(tls),
+        Some(Err(e)) => tracing::warn!(cause = %e, "TLS handshake failed; closing"),
+        None => tracing::warn!(
+            timeout_s = timeout.as_secs_f64(),
+            "TLS handshake not done within tls_handshake_timeout; closing"
+        ),
+    }
+    Counters::add(&shard.counters().refused_connections, 1);
+    None
+}
+
+/// One TLS connection: the handshake, then the same protocol as plain TCP.
+async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
+    let Some(tls) = tls_handshake(&shard, stream).await else {
+        shard.node().shared.closed();
+        return;
+    };
+    let conn = shard.open_conn(Transport::Tcp);
+    let leaf = tls.session().peer_certificates().and_then(|c| c.first());
+    if let Some(leaf) = leaf.filter(|_| shard.cfg().tls.cluster) {
+        // For a would-be cluster peer (handler.rs checks its claimed name).
+        conn.st.borrow_mut().tls_names = Some(crate::tls::cert_names(leaf).into());
+    }
+    let mutual = shard.cfg().tls.client_auth != coremq_config::ClientAuth::None;
+    let user = leaf.filter(|_| mutual).map(crate::tls::cert_user);
+    let span = tracing::info_span!("conn", conn_id = %conn.id);
+    match user {
+        Some(Ok(user)) if shard.rules().is_some() => {
+            tracing::info!(parent: &span, user, "TLS client certificate: acting as its CN");
+            let who = coremq_auth::Identity {
+                user: user.into(),
+                claims: None,
+                expires: None,
+            };
+            crate::conn::auth::adopt(&shard, &conn, who);
+        }
+        Some(Ok(user)) => {
+            tracing::debug!(parent: &span, user, "TLS client certificate (no users_file: not used)")
+        }
+        Some(Err(why)) => {
+            tracing::warn!(parent: &span, why, "TLS client certificate names no user; anonymous")
+        }
+        None => {}
+    }
+    tracing::debug!(parent: &span, "TLS connection accepted");
+    crate::conn::task::serve(shard, conn, Io::Tls(Box::new(tls)))
+        .instrument(span)
+        .await;
 }
 
 /// Tells a client over `max_connections` why it is being closed (`wire`),
 /// on a queue that is no connection's id.
-async fn refuse(mut stream: TcpStream, wire: crate::refusal::Wire) {
+async fn refuse(mut stream: impl futures_lite::io::AsyncWrite + Unpin, wire: crate::refusal::Wire) {
     let crate::refusal::Wire::Reply(json) = wire else {
         return;
     };
@@ -83,10 +198,16 @@ async fn refuse(mut stream: TcpStream, wire: crate::refusal::Wire) {
         &json,
         &mut frame,
     );
-    let _ = future::or(async { stream.write_all(&frame).await.is_ok() }, async {
-        sleep(Duration::from_secs(1)).await;
-        false
-    })
+    let _ = future::or(
+        async {
+            // close: a TLS stream's close_notify (plain TCP: our end).
+            stream.write_all(&frame).await.is_ok() && stream.close().await.is_ok()
+        },
+        async {
+            sleep(Duration::from_secs(1)).await;
+            false
+        },
+    )
     .await;
 }
 

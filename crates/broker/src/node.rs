@@ -20,6 +20,12 @@ pub(crate) struct NodeShared {
     /// The access rules in force (`None`: no `users_file`). A reload puts
     /// the new ones here and then tells every shard to take them.
     pub authority: Mutex<Option<Arc<coremq_auth::Authority>>>,
+    /// The TLS server configuration in force (`None`: no TLS). Read once
+    /// per accepted TLS connection; a SIGHUP puts a reloaded one here.
+    pub tls: Mutex<Option<Arc<rustls::ServerConfig>>>,
+    /// The client side of `cluster_tls` links (`None`: plain links),
+    /// reloaded with `tls`.
+    pub cluster_client: Mutex<Option<Arc<rustls::ClientConfig>>>,
 }
 
 /// Figures of one cluster link, written by the control shard and read by
@@ -61,13 +67,29 @@ impl PeerCounters {
 
 impl NodeShared {
     /// Fresh counters.
-    pub(crate) fn new(authority: Option<Arc<coremq_auth::Authority>>) -> Arc<NodeShared> {
+    pub(crate) fn new(
+        authority: Option<Arc<coremq_auth::Authority>>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        cluster_client: Option<Arc<rustls::ClientConfig>>,
+    ) -> Arc<NodeShared> {
         Arc::new(NodeShared {
             connections: AtomicUsize::new(0),
             replicants: Mutex::new(Vec::new()),
             peers: Mutex::new(Vec::new()),
             authority: Mutex::new(authority),
+            tls: Mutex::new(tls),
+            cluster_client: Mutex::new(cluster_client),
         })
+    }
+
+    /// The client configuration of `cluster_tls` links in force.
+    pub(crate) fn cluster_client(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.cluster_client.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// The TLS configuration in force.
+    pub(crate) fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.lock().ok().and_then(|t| t.clone())
     }
 
     /// The access rules in force.

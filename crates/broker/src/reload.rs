@@ -5,11 +5,16 @@
 //! complete, valid set replaces the rules in force; then every shard is told
 //! to take them and to withdraw the subscriptions they no longer allow. A
 //! bad file at reload is logged and changes nothing.
+//!
+//! The TLS certificate and key are reloaded the same way: a new server
+//! configuration replaces the node's, and each shard's next TLS accept
+//! takes it; connections already open keep the session they have.
 
 use crate::error::BrokerError;
 use crate::node::NodeShared;
+use crate::tls::Resumption;
 use coremq_auth::Authority;
-use coremq_config::MqConfig;
+use coremq_config::{MqConfig, TlsConfig};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -86,10 +91,49 @@ pub fn check(mq: &MqConfig) -> Result<(), BrokerError> {
     load(mq).map(|_| ())
 }
 
+/// The TLS configuration the files describe, when anything uses TLS.
+pub(crate) fn load_tls(
+    mq: &MqConfig,
+    ws_tls: bool,
+    resumption: &Resumption,
+) -> Result<Option<TlsConfigs>, BrokerError> {
+    if !mq.tls.needs_certificate(ws_tls) {
+        return Ok(None);
+    }
+    let config = configs(&mq.tls, resumption).map_err(BrokerError::Tls)?;
+    tracing::info!(
+        tls_port = mq.tls.port,
+        client_auth = %mq.tls.client_auth,
+        "TLS certificate loaded"
+    );
+    Ok(Some(config))
+}
+
+/// The server configuration, and the client one of `cluster_tls` links.
+pub(crate) type TlsConfigs = (Arc<rustls::ServerConfig>, Option<Arc<rustls::ClientConfig>>);
+
+fn configs(tls: &TlsConfig, resumption: &Resumption) -> Result<TlsConfigs, String> {
+    let server = crate::tls::server_config(tls, resumption)?;
+    let client = if tls.cluster {
+        Some(crate::tls::cluster_client_config(tls)?)
+    } else {
+        None
+    };
+    Ok((server, client))
+}
+
+/// Checks the TLS files as a start would (`coremq --check-config`).
+pub fn check_tls(mq: &MqConfig, ws_tls: bool) -> Result<(), BrokerError> {
+    let resumption = Resumption::new().map_err(BrokerError::Tls)?;
+    load_tls(mq, ws_tls, &resumption).map(|_| ())
+}
+
 /// Reloads the access rules from any thread (the SIGHUP handler).
 #[derive(Clone)]
 pub struct Reloader {
     files: Option<Files>,
+    /// The TLS settings and ticket keys, when a TLS listener runs.
+    tls: Option<(TlsConfig, Resumption)>,
     shared: Arc<NodeShared>,
     /// The starter's ends of the shards' control sockets.
     ends: Arc<Vec<UnixStream>>,
@@ -100,8 +144,11 @@ impl Reloader {
         mq: &MqConfig,
         shared: Arc<NodeShared>,
         ends: Arc<Vec<UnixStream>>,
+        resumption: Resumption,
     ) -> Reloader {
+        let tls = shared.tls().map(|_| (mq.tls.clone(), resumption));
         Reloader {
+            tls,
             files: Files::of(mq).ok().flatten(),
             shared,
             ends,
@@ -121,6 +168,24 @@ impl Reloader {
         }
         for mut end in self.ends.iter() {
             let _ = end.write(&[RELOAD_BYTE]);
+        }
+        Ok(true)
+    }
+
+    /// Re-reads the TLS certificate, key and CA file. `Ok(false)`: no TLS.
+    /// On error the configuration in force stays; connections already open
+    /// are not touched either way.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        let Some((tls, resumption)) = &self.tls else {
+            return Ok(false);
+        };
+        let (server, client) = configs(tls, resumption)?;
+        match (self.shared.tls.lock(), self.shared.cluster_client.lock()) {
+            (Ok(mut s), Ok(mut c)) => {
+                *s = Some(server);
+                *c = client;
+            }
+            _ => return Err("the TLS lock is poisoned".into()),
         }
         Ok(true)
     }

@@ -31,8 +31,13 @@ const SLOW_START: Duration = Duration::from_secs(5);
 
 /// A running node.
 pub struct Running {
-    /// The client address all shards listen on.
+    /// The client address all shards listen on (the TLS one when plain TCP
+    /// is off).
     addr: SocketAddr,
+    /// Whether `addr` is the plain TCP listener.
+    plain: bool,
+    /// The TLS client address, when `tls_port` is set.
+    tls_addr: Option<SocketAddr>,
     /// The WebSocket/HTTP address, when enabled.
     ws_addr: Option<SocketAddr>,
     /// Number of shards.
@@ -68,8 +73,23 @@ impl Stopper {
 pub fn start(config: Config) -> Result<Running, BrokerError> {
     let mq = config.mq;
     let shards = mq.shards.max(1);
-    let addr = resolve_addr(SocketAddr::new(mq.address, mq.port))?;
+    let plain = mq.plain_enabled();
+    let plain_addr = if plain {
+        Some(resolve_addr(SocketAddr::new(mq.address, mq.port))?)
+    } else {
+        None
+    };
+    let tls_addr = if mq.tls.enabled() {
+        Some(resolve_addr(SocketAddr::new(mq.address, mq.tls.port))?)
+    } else {
+        None
+    };
+    let Some(addr) = plain_addr.or(tls_addr) else {
+        unreachable!("plain TCP is off only when tls_port is set");
+    };
     let ws = config.ws;
+    let resumption = crate::tls::Resumption::new().map_err(BrokerError::Tls)?;
+    let tls = crate::reload::load_tls(&mq, ws.enabled && ws.tls, &resumption)?;
     let ws_addr = if ws.enabled {
         Some(resolve_addr(SocketAddr::new(ws.address, ws.port))?)
     } else {
@@ -81,6 +101,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             ping_interval: ws.ping_interval,
             idle_timeout: ws.idle_timeout,
         },
+        tls: ws.tls,
     };
     let cpus = allowed_cpus();
     let pin = shards <= cpus.len();
@@ -103,14 +124,18 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     // files laid out for this shard count (moved if it changed).
     let (store_gen, data_lock) = match &mq.store.data_dir {
         Some(dir) => {
-            let max_body = mq.max_message_size + (64 << 10);
+            let max_body = crate::store::max_record_body(mq.max_message_size);
             let (gen, lock) =
                 crate::store::disk::prepare(dir, shards, max_body).map_err(BrokerError::Storage)?;
             (Some(gen), Some(lock))
         }
         None => (None, None),
     };
-    let shared = NodeShared::new(authority);
+    let (tls, cluster_client) = match tls {
+        Some((server, client)) => (Some(server), client),
+        None => (None, None),
+    };
+    let shared = NodeShared::new(authority, tls, cluster_client);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);
@@ -122,6 +147,8 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             shards,
             cfg: mq.clone(),
             addr,
+            plain,
+            tls_addr,
             shared: shared.clone(),
             started,
             req_tx: wiring.req_tx,
@@ -166,9 +193,11 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     let ends = Arc::new(ends);
     let running = Running {
         addr,
+        plain,
+        tls_addr,
         ws_addr,
         shards,
-        reloader: Reloader::new(&mq, shared, ends.clone()),
+        reloader: Reloader::new(&mq, shared, ends.clone(), resumption),
         stopper: Stopper { ends },
         exits,
         _data_lock: data_lock,
@@ -214,14 +243,30 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             }
         }
     }
-    tracing::info!(%addr, shards, "CoreMQ ready");
+    tracing::info!(
+        tcp = ?plain_addr,
+        tls = ?tls_addr,
+        shards,
+        "CoreMQ ready"
+    );
     Ok(running)
 }
 
 impl Running {
-    /// The client address (with the real port when 0 was configured).
+    /// The client address (with the real port when 0 was configured); the
+    /// TLS one when plain TCP is off.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The plain TCP client address, unless `port = 0` turned it off.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.then_some(self.addr)
+    }
+
+    /// The TLS client address, when `tls_port` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The WebSocket/HTTP address (with the real port), when enabled.

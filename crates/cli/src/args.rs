@@ -61,6 +61,24 @@ pub struct Args {
         value_name = "JWT"
     )]
     pub token: Option<String>,
+    /// Connect with TLS (the server's tls_port), trusting the web's CAs
+    /// unless --ca is given.
+    #[arg(long, global = true, env = "COREMQ_TLS")]
+    pub tls: bool,
+    /// With --tls: trust the CA certificates of this PEM file (a private CA).
+    #[arg(long, global = true, env = "COREMQ_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// With --tls: show this certificate (PEM) for mutual TLS; the server
+    /// takes its CN as the user. Needs --key.
+    #[arg(long, global = true, env = "COREMQ_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// With --tls: the private key (PEM) of --cert.
+    #[arg(long, global = true, env = "COREMQ_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must hold (default:
+    /// the host of --server).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub server_name: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

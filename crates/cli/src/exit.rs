@@ -52,7 +52,8 @@ impl From<ClientError> for Failure {
             | ClientError::NotAnObject(_)
             | ClientError::CommandKey(_)
             | ClientError::ReservedOption(_)
-            | ClientError::Serialize(_) => USAGE,
+            | ClientError::Serialize(_)
+            | ClientError::Tls(_) => USAGE,
             ClientError::Resolve { .. }
             | ClientError::Connect { .. }
             | ClientError::Refused(_)

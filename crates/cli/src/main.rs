@@ -25,7 +25,7 @@ mod token;
 use args::{Args, Command};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
-use coremq_client::{Client, ClientConfig};
+use coremq_client::{Client, ClientConfig, Tls};
 use exit::{Failure, USAGE};
 use std::process::ExitCode;
 
@@ -90,5 +90,33 @@ fn connect(args: &Args) -> Result<Client, Failure> {
         config = config.request_timeout(t).connect_timeout(t);
     }
     let config = login::configure(args, config)?;
+    let config = tls(args, config)?;
     Client::connect_with(args.server.as_str(), config).map_err(Failure::from)
+}
+
+/// `config` with TLS as --tls, --ca, --cert, --key and --server-name say.
+fn tls(args: &Args, config: ClientConfig) -> Result<ClientConfig, Failure> {
+    let extra = args.ca.is_some() || args.cert.is_some() || args.key.is_some();
+    if !args.tls {
+        if extra || args.server_name.is_some() {
+            return Err(Failure::new(
+                USAGE,
+                "--ca, --cert, --key and --server-name need --tls",
+            ));
+        }
+        return Ok(config);
+    }
+    let mut tls = match &args.ca {
+        Some(ca) => Tls::with_ca_file(ca).map_err(Failure::from)?,
+        None => Tls::webpki_roots(),
+    };
+    match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => tls = tls.client_cert(cert, key).map_err(Failure::from)?,
+        (None, None) => {}
+        _ => return Err(Failure::new(USAGE, "--cert and --key go together")),
+    }
+    if let Some(name) = &args.server_name {
+        tls = tls.server_name(name);
+    }
+    Ok(config.tls(tls))
 }

@@ -64,6 +64,8 @@ pub struct ClientConfig {
     /// Sent in `coremq_auth` after every welcome, when the server has access
     /// control; `None` connects anonymously.
     pub(crate) credentials: Option<Credentials>,
+    /// TLS to the broker's `tls_port`; `None` is plain TCP.
+    pub(crate) tls: Option<crate::Tls>,
 }
 
 impl Default for ClientConfig {
@@ -77,6 +79,7 @@ impl Default for ClientConfig {
             max_frame: 64 << 20,
             max_buffered: 100_000,
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -141,6 +144,14 @@ impl ClientConfig {
             user: user.into(),
             password: password.into(),
         });
+        self
+    }
+
+    /// Connects with TLS (the broker's `tls_port`), trusting and showing
+    /// what `tls` says. Mutual TLS with a client certificate makes the
+    /// connection act as the certificate's CN, without credentials.
+    pub fn tls(mut self, tls: crate::Tls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -100,6 +100,10 @@ pub enum ClientError {
         "option {0:?} is managed by the client: use publish_nowait to publish without waiting"
     )]
     ReservedOption(String),
+    /// The TLS settings cannot be used (a CA, certificate or key file that
+    /// is missing or not PEM); never shows a key's contents.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A message could not be serialized to JSON.
     #[error("cannot serialize the message: {0}")]
     Serialize(#[from] serde_json::Error),

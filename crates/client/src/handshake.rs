@@ -16,6 +16,7 @@ use crate::error::ClientError;
 use crate::message::Message;
 use crate::resume::{self, subscribe_frame, Gap, Since};
 use crate::state::Shared;
+use crate::tls::Stream;
 use crate::wire::{command_frame, FrameReader, ReadEnd, ServerFrame, OPTIONS, SUBSCRIBE};
 use coremq_protocol::{OK_OPTIONS, OK_SENT, OK_SUBSCRIBE, SENDER_KEY, WELCOME};
 use serde_json::{Map, Value};
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 /// An open connection past its handshake, not yet handed to callers.
 pub(crate) struct Connection {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub reader: FrameReader,
     pub id: String,
     pub node: String,
@@ -106,7 +107,22 @@ fn open_server(
                 if let Ok(clone) = stream.try_clone() {
                     shared.lock().connecting = Some(clone);
                 }
-                let result = handshake(shared, server, stream, credentials, subscriptions, options);
+                let stream = match &config.tls {
+                    None => Ok(Stream::Plain(stream)),
+                    Some(tls) => {
+                        let host = crate::tls::host_of(&shared.servers[server].text);
+                        tls.connect(stream, host, config.connect_timeout)
+                    }
+                };
+                let result = match stream {
+                    Ok(stream) => {
+                        handshake(shared, server, stream, credentials, subscriptions, options)
+                    }
+                    Err(cause) => Err(ClientError::Connect {
+                        addr: addr.to_string(),
+                        cause: io::Error::new(cause.kind(), format!("TLS handshake: {cause}")),
+                    }),
+                };
                 shared.lock().connecting = None;
                 return result;
             }
@@ -141,13 +157,14 @@ fn connect_one(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 fn handshake(
     shared: &Shared,
     server: usize,
-    mut stream: TcpStream,
+    mut stream: Stream,
     credentials: Option<&Credentials>,
     subscriptions: &[Resume],
     options: &Map<String, Value>,
 ) -> Result<Connection, ClientError> {
     let config = &shared.config;
     let peer = stream
+        .socket()
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| shared.servers[server].text.clone());

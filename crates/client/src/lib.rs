@@ -31,6 +31,8 @@
 //! - `reader`: the background thread; `backoff`: pauses between reconnect
 //!   rounds (each tries every server, the current one first).
 //! - `state`: what the caller's threads and the reader share; `wire`: frames.
+//! - [`Tls`] (`tls`): TLS to the broker's `tls_port` (rustls; a given CA or
+//!   the web's), a client certificate for mutual TLS.
 //!
 //! # Example
 //!
@@ -68,6 +70,7 @@ mod position;
 mod reader;
 mod resume;
 mod state;
+mod tls;
 mod wire;
 
 pub use client::Client;
@@ -76,4 +79,5 @@ pub use error::ClientError;
 pub use message::Message;
 pub use position::Position;
 pub use resume::{Gap, MAX_SINCE_SERVERS};
+pub use tls::Tls;
 pub use wire::{check_message, check_queue_name};

@@ -26,7 +26,7 @@ use std::time::Duration;
 /// Makes `conn` the live connection: requests may use it from now on.
 /// Returns false if the client was closed meanwhile.
 pub(crate) fn install(shared: &Shared, conn: &mut Connection) -> bool {
-    let (Ok(writer), Ok(socket)) = (conn.stream.try_clone(), conn.stream.try_clone()) else {
+    let (Ok(writer), Ok(socket)) = (conn.stream.writer(), conn.stream.socket().try_clone()) else {
         return false;
     };
     // A write that cannot finish within the request timeout means a stuck

@@ -115,7 +115,7 @@ pub(crate) struct Live {
     /// The user the server authenticated this connection as, if any.
     pub user: Option<String>,
     /// Write side; its own lock (see the module docs).
-    pub writer: Arc<Mutex<TcpStream>>,
+    pub writer: Arc<Mutex<crate::tls::Writer>>,
     /// A handle to shut the socket down from any thread without the writer lock.
     pub socket: TcpStream,
     /// Requests written and not yet answered, oldest first: the server answers

@@ -11,7 +11,6 @@ use coremq_protocol::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::io::{self, Read};
-use std::net::TcpStream;
 
 /// Command keys (PROTOCOL.md §3).
 pub(crate) const SUBSCRIBE: &str = "coremq_subscribe";
@@ -172,7 +171,7 @@ impl FrameReader {
     }
 
     /// Reads until one whole frame is buffered and returns it.
-    pub fn read(&mut self, stream: &mut TcpStream) -> Result<ServerFrame, ReadEnd> {
+    pub fn read(&mut self, stream: &mut impl Read) -> Result<ServerFrame, ReadEnd> {
         loop {
             if let Some(frame) = self.take()? {
                 return Ok(frame);

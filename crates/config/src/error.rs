@@ -174,6 +174,11 @@ pub enum ConfigError {
         idle_timeout: std::time::Duration,
     },
 
+    /// TLS settings that do not fit together (a TLS port without a
+    /// certificate, mutual TLS without a CA file, ...).
+    #[error("{0}")]
+    Tls(String),
+
     /// An override variable that is set but not valid UTF-8, so it cannot be a
     /// setting; ignoring it would hide the operator's intent.
     #[error("environment variable {var} is not valid UTF-8")]

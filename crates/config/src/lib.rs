@@ -23,6 +23,8 @@
 //!   ports, sizes like `16M`, [`LogTarget`]/[`LogLevel`] and
 //!   [`QueueHistoryRule`] globs; [`glob_match`] is the queue-name matcher
 //!   that the users file's permissions (coremq-auth) share.
+//! - [`TlsConfig`] (`tls`): the TLS keys of `[CoreMQ]` (PROTOCOL.md §11),
+//!   checked for shape here and for their files by the broker.
 //! - [`ConfigError`] (`error`) words every failure for the operator: file or
 //!   variable, section, key, value, and what would have been accepted.
 
@@ -35,6 +37,7 @@ mod mq;
 mod pattern;
 mod size;
 mod store;
+mod tls;
 mod value;
 mod ws;
 
@@ -45,6 +48,7 @@ pub use log::{LogLevel, LogTarget};
 pub use mq::MqConfig;
 pub use pattern::{glob_match, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 pub use store::{Fsync, StoreConfig};
+pub use tls::{ClientAuth, TlsConfig};
 pub use ws::WsConfig;
 
 use document::{Document, EnvLookup, SectionSpec};
@@ -114,10 +118,13 @@ impl Config {
     /// The shared path of both entry points; `file` only labels errors.
     fn parse(text: &str, file: Option<&Path>, env: &EnvLookup<'_>) -> Result<Config, ConfigError> {
         let doc = Document::parse(text, file, &SECTIONS)?;
-        Ok(Config {
+        let config = Config {
             mq: MqConfig::from_section(&doc.section(&SECTIONS[0], env))?,
             ws: WsConfig::from_section(&doc.section(&SECTIONS[1], env))?,
-        })
+        };
+        let ws_tls = config.ws.enabled && config.ws.tls;
+        config.mq.tls.check(config.mq.port, ws_tls)?;
+        Ok(config)
     }
 }
 

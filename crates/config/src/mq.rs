@@ -13,6 +13,7 @@ use crate::error::ConfigError;
 use crate::log::{LogLevel, LogTarget};
 use crate::pattern::{self, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 use crate::store::StoreConfig;
+use crate::tls::TlsConfig;
 use crate::{size, value};
 
 /// Keys of `[CoreMQ]`, in coremq.conf order (also the order error messages list them in).
@@ -34,6 +35,13 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "jwt_secret_file",
         "jwt_public_key_file",
         "auth_timeout",
+        "tls_port",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "tls_client_auth",
+        "tls_handshake_timeout",
+        "cluster_tls",
         "shards",
         "idle_spin",
         "io_poll_interval",
@@ -136,6 +144,8 @@ pub struct MqConfig {
     /// How long a connection may stay unauthenticated when `[anonymous]`
     /// grants it nothing, so idle sockets cannot pile up unchecked.
     pub auth_timeout: Duration,
+    /// TLS for clients, the WebSocket port and peer links (PROTOCOL.md §11).
+    pub tls: TlsConfig,
     /// Number of shards (executors), already resolved: a 0 in the file becomes
     /// the number of online CPUs, so this is always 1..=1024.
     pub shards: usize,
@@ -200,6 +210,14 @@ pub struct MqConfig {
 }
 
 impl MqConfig {
+    /// Whether the plain TCP listener runs: `port = 0` turns it off when
+    /// `tls_port` is set (PROTOCOL.md §11); without TLS a 0 keeps meaning
+    /// "any free port" (what tests use), since a broker with no client
+    /// listener at all would be useless.
+    pub fn plain_enabled(&self) -> bool {
+        self.port != 0 || !self.tls.enabled()
+    }
+
     /// The slow-consumer policy of `queue`: the first matching rule's, else
     /// `block`.
     pub fn policy_for(&self, queue: &str) -> SlowConsumerPolicy {
@@ -247,6 +265,7 @@ impl MqConfig {
         c.jwt_secret_file = s.parse("jwt_secret_file", |t| Ok(PathBuf::from(t)))?;
         c.jwt_public_key_file = s.parse("jwt_public_key_file", |t| Ok(PathBuf::from(t)))?;
         s.set(&mut c.auth_timeout, "auth_timeout", value::seconds)?;
+        c.tls = TlsConfig::from_section(s)?;
         c.cluster_self = s.parse("cluster_self", |t| {
             value::host_port(t).map(|()| t.to_owned())
         })?;
@@ -340,6 +359,7 @@ impl Default for MqConfig {
             jwt_secret_file: None,
             jwt_public_key_file: None,
             auth_timeout: Duration::from_secs(5),
+            tls: TlsConfig::defaults(),
             shards: resolve_shards(0),
             idle_spin: Duration::ZERO,
             io_poll_interval: Duration::from_millis(10),
@@ -384,6 +404,7 @@ impl fmt::Debug for MqConfig {
             jwt_secret_file,
             jwt_public_key_file,
             auth_timeout,
+            tls,
             shards,
             idle_spin,
             io_poll_interval,
@@ -421,6 +442,7 @@ impl fmt::Debug for MqConfig {
             .field("jwt_secret_file", jwt_secret_file)
             .field("jwt_public_key_file", jwt_public_key_file)
             .field("auth_timeout", auth_timeout)
+            .field("tls", tls)
             .field("shards", shards)
             .field("idle_spin", idle_spin)
             .field("io_poll_interval", io_poll_interval)

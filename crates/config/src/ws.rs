@@ -23,6 +23,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "allowed_origins",
         "ping_interval",
         "idle_timeout",
+        "tls",
     ],
 };
 
@@ -49,6 +50,8 @@ pub struct WsConfig {
     /// A WebSocket client that sends nothing (not even a pong) for this long is
     /// closed; it must exceed `ping_interval` so a live client can answer.
     pub idle_timeout: Duration,
+    /// Serve `https://` and `wss://` with `[CoreMQ]`'s certificate and key.
+    pub tls: bool,
 }
 
 impl WsConfig {
@@ -65,6 +68,7 @@ impl WsConfig {
         })?;
         s.set(&mut c.ping_interval, "ping_interval", positive_seconds)?;
         s.set(&mut c.idle_timeout, "idle_timeout", positive_seconds)?;
+        s.set(&mut c.tls, "tls", value::boolean)?;
         if c.idle_timeout <= c.ping_interval {
             return Err(ConfigError::WsTimeouts {
                 ping_interval: c.ping_interval,
@@ -87,6 +91,7 @@ impl Default for WsConfig {
             allowed_origins: Vec::new(),
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
+            tls: false,
         }
     }
 }

@@ -180,14 +180,15 @@ fn unknown_keys_and_sections_are_errors() {
         err("[CoreMQ]\nprot = 7000\n"),
         "unknown key \"prot\" in section [CoreMQ] (known keys: address, port, node_name, \
          log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, users_file, \
-         jwt_secret_file, jwt_public_key_file, auth_timeout, shards, idle_spin, \
+         jwt_secret_file, jwt_public_key_file, auth_timeout, tls_port, tls_cert_file, tls_key_file, \
+         tls_client_ca_file, tls_client_auth, tls_handshake_timeout, cluster_tls, shards, idle_spin, \
          io_poll_interval, max_message_size, max_pending, slow_consumer_policy, max_stall, max_connections, max_queue_name_length, \
          max_list_length, max_subscriptions, max_json_depth, history_length, queue_history, history_ttl, history_memory, data_dir, persist, fsync, history_disk, shutdown_timeout)"
     );
     assert_eq!(
         err("[CoreWS]\norigins = x\n"),
         "unknown key \"origins\" in section [CoreWS] (known keys: enabled, address, port, \
-         log_file, log_level, allowed_origins, ping_interval, idle_timeout)"
+         log_file, log_level, allowed_origins, ping_interval, idle_timeout, tls)"
     );
     assert_eq!(
         err("[CoreMQ]\n[CoreWebSocket]\nport = 1\n"),
@@ -344,4 +345,60 @@ fn durable_history_keys_say_what_they_take() {
     );
     let msg = err("[CoreMQ]\npersist = a b\n");
     assert!(msg.contains("queue patterns"), "{msg}");
+}
+
+#[test]
+fn tls_settings_that_do_not_fit_together_are_refused() {
+    let files = "tls_cert_file = c.pem\ntls_key_file = k.pem\n";
+    assert_eq!(
+        err("[CoreMQ]\ntls_port = 6748\n"),
+        "tls_port = 6748 needs tls_cert_file and tls_key_file (PEM certificate chain and private key)"
+    );
+    assert_eq!(
+        err("[CoreMQ]\ntls_port = 6748\ntls_cert_file = c.pem\n"),
+        "tls_port = 6748 needs tls_cert_file and tls_key_file (PEM certificate chain and private key)"
+    );
+    assert_eq!(
+        err("[CoreWS]\ntls = true\n"),
+        "[CoreWS] tls = true needs tls_cert_file and tls_key_file (PEM certificate chain and private key)"
+    );
+    assert_eq!(
+        err(&format!("[CoreMQ]\nport = 7000\ntls_port = 7000\n{files}")),
+        "tls_port = 7000 is the same as port: give TLS its own port (port = 0 turns plain TCP off)"
+    );
+    assert_eq!(
+        err(&format!("[CoreMQ]\ntls_port = 7001\n{files}tls_client_auth = required\n")),
+        "[CoreMQ] tls_client_auth = \"required\" needs tls_client_ca_file: client certificates are verified against it"
+    );
+    assert_eq!(
+        err(&format!("[CoreMQ]\n{files}cluster_tls = true\n")),
+        "[CoreMQ] cluster_tls = true needs tls_client_ca_file: peers are verified against it"
+    );
+    assert_eq!(
+        err(&format!(
+            "[CoreMQ]\n{files}tls_client_ca_file = ca.pem\ncluster_tls = true\n"
+        )),
+        "cluster_tls = true needs tls_port: peers link to each other's TLS port \
+         (cluster_nodes lists the TLS ports)"
+    );
+    bad_mq(
+        "tls_client_auth",
+        "maybe",
+        "expected none, optional or required",
+    );
+    bad_mq(
+        "tls_handshake_timeout",
+        "0",
+        "expected a number of seconds greater than 0",
+    );
+    bad_mq(
+        "tls_port",
+        "70000",
+        "expected a port number 0-65535 (0 picks a free port)",
+    );
+    // And the same settings, complete, are accepted.
+    let ok = format!(
+        "[CoreMQ]\ntls_port = 7001\n{files}tls_client_ca_file = ca.pem\ntls_client_auth = optional\n"
+    );
+    assert!(Config::from_ini_str(&ok, |_| None).is_ok());
 }

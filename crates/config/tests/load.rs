@@ -48,6 +48,7 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.queue_history, b.queue_history);
     assert_eq!(a.history_memory, b.history_memory);
     assert_eq!(a.shutdown_timeout, b.shutdown_timeout);
+    assert_eq!(a.tls, b.tls);
 }
 
 fn assert_ws_eq(a: &WsConfig, b: &WsConfig) {
@@ -59,6 +60,7 @@ fn assert_ws_eq(a: &WsConfig, b: &WsConfig) {
     assert_eq!(a.allowed_origins, b.allowed_origins);
     assert_eq!(a.ping_interval, b.ping_interval);
     assert_eq!(a.idle_timeout, b.idle_timeout);
+    assert_eq!(a.tls, b.tls);
 }
 
 #[test]
@@ -90,6 +92,12 @@ fn default_file_is_exactly_the_defaults() {
     assert!(ws.enabled);
     assert_eq!(ws.port, 9000);
     assert!(ws.allowed_origins.is_empty());
+    assert!(!ws.tls);
+    assert_eq!(mq.tls.port, 0);
+    assert!(mq.plain_enabled());
+    assert_eq!(mq.tls.client_auth, coremq_config::ClientAuth::None);
+    assert_eq!(mq.tls.handshake_timeout, Duration::from_secs(5));
+    assert!(!mq.tls.cluster && mq.tls.cert_file.is_none());
 }
 
 #[test]
@@ -437,4 +445,30 @@ fn durable_history_keys() {
     );
     assert_eq!(d.mq.store.data_dir, None, "off by default");
     assert!(d.mq.store.persists("anything"), "every queue by default");
+}
+
+#[test]
+fn tls_keys_are_read_and_port_zero_turns_plain_tcp_off_only_beside_tls() {
+    let c = parse(
+        "[CoreMQ]\nport = 0\ntls_port = 6748\ntls_cert_file = /etc/coremq/cert.pem\n\
+         tls_key_file = /etc/coremq/key.pem\ntls_client_ca_file = /etc/coremq/ca.pem\n\
+         tls_client_auth = Required\ntls_handshake_timeout = 0.5\n",
+    );
+    let tls = &c.mq.tls;
+    assert_eq!(tls.port, 6748);
+    assert!(tls.enabled());
+    assert!(
+        !c.mq.plain_enabled(),
+        "port = 0 beside tls_port turns plain TCP off"
+    );
+    assert_eq!(tls.client_auth, coremq_config::ClientAuth::Required);
+    assert_eq!(tls.handshake_timeout, Duration::from_millis(500));
+    assert_eq!(
+        tls.key_file.as_deref(),
+        Some(std::path::Path::new("/etc/coremq/key.pem"))
+    );
+    // Without TLS, port = 0 keeps meaning "any free port".
+    let plain = parse("[CoreMQ]\nport = 0\n");
+    assert!(plain.mq.plain_enabled());
+    assert!(!plain.mq.tls.enabled());
 }

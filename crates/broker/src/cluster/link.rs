@@ -2,13 +2,13 @@
 //! routes what the peer sends to the owner shards.
 
 use super::Cluster;
+use crate::conn::io::Io;
 use crate::consts::is_reserved;
 use crate::msg::{MsgFrame, Request};
 use crate::node::PeerCounters;
 use crate::shard::Shard;
 use coremq_protocol as proto;
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use glommio::spawn_local;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
@@ -129,7 +129,7 @@ enum Event {
 pub(super) async fn run_link(
     shard: Rc<Shard>,
     cluster: Rc<Cluster>,
-    mut stream: TcpStream,
+    mut stream: Io,
     name: String,
     rest: Vec<u8>,
     seq: bool,
@@ -212,6 +212,8 @@ pub(super) async fn run_link(
                     let out = link.out.borrow();
                     let pending = &out[link.head.get()..];
                     if pending.is_empty() {
+                        // What TLS still holds of the last writes.
+                        let _ = Pin::new(&mut stream).poll_flush(cx);
                         None
                     } else {
                         Some(Pin::new(&mut stream).poll_write(cx, pending))

@@ -21,6 +21,7 @@
 
 mod link;
 
+use crate::conn::io::{Io, TlsIo};
 use crate::link_auth;
 use crate::msg::MsgFrame;
 use crate::node::PeerCounters;
@@ -84,11 +85,22 @@ impl Links for Control {
         }
     }
 
-    fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>, seq: bool) {
+    fn adopt(
+        &self,
+        fd: OwnedFd,
+        name: String,
+        rest: Vec<u8>,
+        seq: bool,
+        tls: Option<Box<rustls::Connection>>,
+    ) {
         // SAFETY: the descriptor is owned (a duplicate made for us by the
         // shard that accepted the connection); into_raw_fd hands its
         // ownership to the stream, which closes it.
-        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let tcp = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let stream = match tls {
+            Some(session) => Io::Tls(Box::new(TlsIo::from_parts(tcp, *session))),
+            None => Io::Plain(tcp),
+        };
         let Some(shard) = self.shard.upgrade() else {
             return;
         };
@@ -228,18 +240,35 @@ async fn dial_loop(
 /// Connects to a peer's client port and asks to be its replicant. Returns
 /// the stream, any bytes read past the reply, and whether the peer reads
 /// `coremq_seq` on link frames (its OK says `"seq": true`).
-async fn handshake(
-    shard: &Shard,
-    me: &str,
-    peer: &str,
-) -> Result<(TcpStream, Vec<u8>, bool), String> {
+async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, bool), String> {
     let addr = peer
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {peer}: {e}"))?
         .next()
         .ok_or_else(|| format!("{peer} resolves to no address"))?;
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = if shard.cfg().tls.cluster {
+        // cluster_tls: the peer's certificate must come from
+        // tls_client_ca_file and hold the host of its cluster_nodes entry;
+        // ours goes the other way.
+        let config = shard
+            .node()
+            .shared
+            .cluster_client()
+            .ok_or("cluster_tls without a TLS configuration")?;
+        let host = peer.rsplit_once(':').map_or(peer, |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| format!("{host:?} is not a TLS server name"))?;
+        let session = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        let tls = TlsIo::connect(tcp, session)
+            .await
+            .map_err(|e| format!("TLS handshake with {peer}: {e}"))?;
+        Io::Tls(Box::new(tls))
+    } else {
+        Io::Plain(tcp)
+    };
     let mut buf = Vec::new();
     let (id, _) = read_frame(&mut stream, &mut buf).await?;
     // With a cluster_secret, the challenge-response of link_auth.rs: the
@@ -305,7 +334,7 @@ async fn handshake(
 /// `key` without a value) on queue `id` and returns the reply's JSON.
 /// `"seq": true`: this node reads `coremq_seq` on the link's frames (§10).
 async fn replicant_request(
-    stream: &mut TcpStream,
+    stream: &mut Io,
     buf: &mut Vec<u8>,
     id: &str,
     me: &str,
@@ -328,10 +357,7 @@ async fn replicant_request(
 }
 
 /// Reads one frame: (queue, json); `buf` keeps what was read past it.
-async fn read_frame(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> Result<(String, Vec<u8>), String> {
+async fn read_frame(stream: &mut Io, buf: &mut Vec<u8>) -> Result<(String, Vec<u8>), String> {
     let mut chunk = [0u8; 4096];
     loop {
         match proto::decode_frame(buf, 1 << 20) {

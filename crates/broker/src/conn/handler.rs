@@ -287,6 +287,20 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
     if !listed {
         return refuse("not in cluster_nodes or allowed_replicants");
     }
+    if cfg.tls.cluster {
+        // cluster_tls: only over TLS, with a certificate from
+        // tls_client_ca_file (verified in the handshake) that names the
+        // host the peer claims to be.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let names = conn.st.borrow().tls_names.clone();
+        match names {
+            None => return refuse("cluster_tls: not over TLS with a verified certificate"),
+            Some(names) if !names.iter().any(|n| n.eq_ignore_ascii_case(bare)) => {
+                return refuse("cluster_tls: the certificate does not name this host")
+            }
+            Some(_) => {}
+        }
+    }
     if let Some(secret) = &cfg.cluster_secret {
         if let Some(proof) = &req.proof {
             let ok = pending.is_some_and(|p| {

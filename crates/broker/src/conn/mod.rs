@@ -8,11 +8,13 @@
 //! - `handler`: what each command does;
 //! - `auth`: `coremq_auth`, the Argon2 check off the shard, token expiry and
 //!   `auth_timeout`;
+//! - `io`: the socket, plain TCP or TLS (rustls driven by the task);
 //! - `task`: the socket loop that reads frames and writes the buffer.
 
 pub(crate) mod auth;
 pub(crate) mod flow;
 pub(crate) mod handler;
+pub(crate) mod io;
 pub(crate) mod outq;
 pub(crate) mod readbuf;
 pub(crate) mod reply;

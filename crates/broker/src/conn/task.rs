@@ -6,7 +6,7 @@
 //! only append to the buffer and wake this task.
 
 use super::handler::{handle_body, subscribe_one};
-use super::outq::OutQueue;
+use super::io::Io;
 use super::readbuf::ReadBuf;
 use super::state::{Close, Conn, ReplyKind};
 use crate::consts::CONTROL_SHARD;
@@ -14,8 +14,6 @@ use crate::refusal::Refusal;
 use crate::shard::Shard;
 use crate::stats::Counters;
 use coremq_protocol as proto;
-use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -58,8 +56,8 @@ struct Ending {
     held: bool,
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStream) {
+/// Serves one accepted connection (plain or TLS) until it closes.
+pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Io) {
     // The welcome waits for the own-id subscription, so that anyone who learns
     // the id from this client can reach it at once.
     let seq = conn.reserve(ReplyKind::Welcome, 1);
@@ -85,7 +83,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
         .await;
         match ev {
             Event::Handover => {
-                hand_over(&shard, &conn, &stream, &rbuf);
+                hand_over(&shard, &conn, stream, &rbuf);
                 break "became a cluster link";
             }
             Event::Done(why) => break why,
@@ -109,16 +107,18 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: TcpStrea
     shard.close_conn(&conn);
 }
 
-/// Gives the socket (a duplicate of its descriptor) and the unparsed bytes to
-/// the control shard, which runs the cluster link; this task then ends and
+/// Gives the socket (a duplicate of its descriptor), its TLS session if any
+/// (rustls' state is plain memory, `Send`) and the unparsed bytes to the
+/// control shard, which runs the cluster link; this task then ends and
 /// closes its own descriptor, which leaves the socket open.
-fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
+fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
+    use std::os::fd::BorrowedFd;
     let Some((name, seq)) = conn.st.borrow_mut().handover.take() else {
         return;
     };
+    let raw = stream.raw_fd();
     // SAFETY: the stream owns the descriptor and keeps it open for this call.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
     let fd = match fd.try_clone_to_owned() {
         Ok(fd) => fd,
         Err(e) => {
@@ -127,6 +127,10 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
         }
     };
     let rest = rbuf.data[rbuf.start..rbuf.end].to_vec();
+    let tls = match stream {
+        Io::Plain(_) => None,
+        Io::Tls(t) => Some(Box::new(t.into_parts().1)),
+    };
     shard.request(
         CONTROL_SHARD,
         crate::msg::Request::AdoptLink {
@@ -134,6 +138,7 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: &TcpStream, rbuf: &ReadBuf) {
             name,
             rest,
             seq,
+            tls,
         },
     );
 }
@@ -180,7 +185,7 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool 
 fn poll_conn(
     shard: &Shard,
     conn: &Conn,
-    stream: &mut TcpStream,
+    stream: &mut Io,
     rbuf: &mut ReadBuf,
     max_frame: usize,
     io: &mut Ending,
@@ -188,16 +193,12 @@ fn poll_conn(
 ) -> Poll<Event> {
     // Write side.
     let mut budget = WRITE_BUDGET;
+    // TLS's own records (the handshake's tail, tickets, the close_notify).
+    if let Poll::Ready(Err(_)) = stream.poll_flush(cx) {
+        return Poll::Ready(Event::Done("write error"));
+    }
     loop {
-        let res = conn.with_unwritten(|q| {
-            if q.is_empty() {
-                None
-            } else if q.has_more_chunks() {
-                Some(send_vectored(stream, q, cx))
-            } else {
-                Some(Pin::new(&mut *stream).poll_write(cx, q.front()))
-            }
-        });
+        let res = conn.with_unwritten(|q| (!q.is_empty()).then(|| stream.poll_write(cx, q)));
         match res {
             None => break,
             Some(Poll::Ready(Ok(0))) => return Poll::Ready(Event::Done("write returned 0")),
@@ -214,7 +215,7 @@ fn poll_conn(
             Some(Poll::Pending) => break,
         }
     }
-    let flushed = conn.with_unwritten(|q| q.is_empty());
+    let flushed = conn.with_unwritten(|q| q.is_empty()) && stream.is_flushed();
     poll_stall(shard, conn, &mut io.stall, cx);
 
     let (ending, closing) = {
@@ -242,8 +243,11 @@ fn poll_conn(
                 // The final frame is out: send our end and wait for the
                 // peer's. (A peer that only sent its end is still owed the
                 // replies in flight: our side stays open for them.)
-                half_close(stream);
+                stream.half_close();
                 io.half_closed = true;
+                if let Poll::Ready(Err(_)) = stream.poll_flush(cx) {
+                    return Poll::Ready(Event::Done("write error"));
+                }
             }
         }
         let linger = if closing == Some(Close::SlowConsumer) {
@@ -272,7 +276,7 @@ fn poll_conn(
         rbuf.start = 0;
         rbuf.end = 0;
         loop {
-            match Pin::new(&mut *stream).poll_read(cx, &mut rbuf.data) {
+            match stream.poll_read(cx, &mut rbuf.data) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     io.peer_eof = true;
                     cx.waker().wake_by_ref();
@@ -292,7 +296,7 @@ fn poll_conn(
         let spare = rbuf.spare(max_frame);
         if !spare.is_empty() {
             let room = spare.len();
-            if let Poll::Ready(r) = Pin::new(&mut *stream).poll_read(cx, spare) {
+            if let Poll::Ready(r) = stream.poll_read(cx, spare) {
                 rbuf.filled = matches!(r, Ok(n) if n == room);
                 return Poll::Ready(match r {
                     Ok(n) => Event::Read(n),
@@ -335,55 +339,4 @@ pub(crate) fn poll_stall(
         }
     }
     shard.sync_pressure(conn);
-}
-
-/// Most chunks handed to one `sendmsg` (64 × 64 KiB = [`WRITE_BUDGET`]).
-const MAX_IOV: usize = 64;
-
-/// Writes as much of the queue as the socket takes with one `sendmsg`. When the
-/// socket is full, falls back to `poll_write` of the front chunk, which tries
-/// once more and otherwise registers the task for writability.
-fn send_vectored(
-    stream: &mut TcpStream,
-    q: &OutQueue,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    use std::os::fd::AsRawFd;
-    let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
-    let n = q.io_slices(&mut iov);
-    // SAFETY: an all-zero msghdr is valid (no address, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is ABI-compatible with iovec on Unix; sendmsg only reads them.
-    msg.msg_iov = iov.as_mut_ptr().cast::<libc::iovec>();
-    msg.msg_iovlen = n as _;
-    // SAFETY: the descriptor is open for the stream's lifetime and the slices
-    // borrow the queue, which outlives the call.
-    let sent = unsafe {
-        libc::sendmsg(
-            stream.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if sent >= 0 {
-        return Poll::Ready(Ok(sent as usize));
-    }
-    let err = std::io::Error::last_os_error();
-    match err.kind() {
-        std::io::ErrorKind::WouldBlock => Pin::new(&mut *stream).poll_write(cx, q.front()),
-        std::io::ErrorKind::Interrupted => {
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-        _ => Poll::Ready(Err(err)),
-    }
-}
-
-/// Shuts down the sending side; the peer reads the end of our data.
-fn half_close(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: shutdown(2) on a descriptor the stream owns and keeps open.
-    unsafe {
-        libc::shutdown(stream.as_raw_fd(), libc::SHUT_WR);
-    }
 }

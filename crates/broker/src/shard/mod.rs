@@ -39,8 +39,16 @@ pub(crate) trait Links {
     /// Sends a message accepted on this node to every link.
     fn broadcast(&self, frame: &MsgFrame);
     /// Runs a client connection that became a link (`Request::AdoptLink`).
-    /// `seq`: the peer reads `coremq_seq` on link frames (§10).
-    fn adopt(&self, fd: OwnedFd, name: String, rest: Vec<u8>, seq: bool);
+    /// `seq`: the peer reads `coremq_seq` on link frames (§10); `tls`: the
+    /// link's TLS session, moved with the socket.
+    fn adopt(
+        &self,
+        fd: OwnedFd,
+        name: String,
+        rest: Vec<u8>,
+        seq: bool,
+        tls: Option<Box<rustls::Connection>>,
+    );
     /// Tells every link that this node's subscribers of `queue` are (or are
     /// no longer) stalled.
     fn pressure(&self, queue: &str, on: bool);
@@ -348,8 +356,9 @@ impl Shard {
                 name,
                 rest,
                 seq,
+                tls,
             } => match self.links.borrow().as_ref() {
-                Some(links) => links.adopt(fd, name, rest, seq),
+                Some(links) => links.adopt(fd, name, rest, seq, tls),
                 None => tracing::warn!(%name, "a cluster link arrived on a shard without links"),
             },
             Request::Drain => {

@@ -40,6 +40,17 @@ const SEG_MAX: u64 = 64 << 20;
 /// A snapshot is written in pieces of this size.
 const SNAPSHOT_PIECE: usize = 1 << 20;
 
+/// The largest record body a shard can have written for a message of at
+/// most `max_message_size` bytes: stored text escapes non-ASCII (up to 6
+/// bytes for one), plus stamps and the queue name. Reading treats longer
+/// lengths as damage.
+pub(crate) fn max_record_body(max_message_size: usize) -> usize {
+    max_message_size
+        .saturating_mul(6)
+        .saturating_add(64 << 10)
+        .min(u32::MAX as usize)
+}
+
 /// An answer of the owner side that waits for the batch of the messages
 /// before it (G3 with durable history).
 #[derive(Debug)]

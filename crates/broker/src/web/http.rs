@@ -4,8 +4,8 @@
 //! The status endpoints are for people and scrapers, not for throughput, so one
 //! request per connection keeps this small and obviously bounded.
 
+use crate::conn::io::Io;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use std::time::Duration;
 
 /// Largest request head accepted.
@@ -61,7 +61,7 @@ pub(crate) enum HeadError {
 }
 
 /// Reads and parses one request head.
-pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError> {
+pub(crate) async fn read_head(stream: &mut Io) -> Result<Head, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
@@ -106,7 +106,7 @@ pub(crate) async fn read_head(stream: &mut TcpStream) -> Result<Head, HeadError>
 
 /// Writes a complete response and flushes it.
 pub(crate) async fn respond(
-    stream: &mut TcpStream,
+    stream: &mut Io,
     status: &str,
     content_type: &str,
     extra_headers: &[(&str, &str)],
@@ -134,11 +134,7 @@ pub(crate) async fn respond(
 }
 
 /// A plain-text error response.
-pub(crate) async fn respond_text(
-    stream: &mut TcpStream,
-    status: &str,
-    text: &str,
-) -> std::io::Result<()> {
+pub(crate) async fn respond_text(stream: &mut Io, status: &str, text: &str) -> std::io::Result<()> {
     respond(
         stream,
         status,

@@ -11,13 +11,14 @@ mod ws;
 
 pub(crate) use ws::Keepalive;
 
+use crate::conn::io::Io;
 use crate::refusal::Transport;
 use crate::shard::Shard;
 use crate::stats::Counters;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::future;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 use glommio::spawn_local;
 use glommio::timer::sleep;
 use http::{read_head, respond, respond_text, Head, HEAD_TIMEOUT};
@@ -34,19 +35,36 @@ pub(crate) struct WebSettings {
     pub allowed_origins: Vec<String>,
     /// Keepalive of WebSocket connections.
     pub keepalive: Keepalive,
+    /// Serve https:// and wss:// (the node's TLS certificate).
+    pub tls: bool,
 }
 
 /// Accepts WebSocket and HTTP connections until the shard stops.
 pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc<WebSettings>) {
     while let Some((stream, peer)) = crate::net::accept_next(&shard, &listener).await {
         let span = tracing::info_span!("http", shard = shard.id(), peer = %peer);
-        spawn_local(handle(shard.clone(), stream, settings.clone()).instrument(span)).detach();
+        let (shard, settings) = (shard.clone(), settings.clone());
+        spawn_local(
+            async move {
+                let _ = stream.set_nodelay(true);
+                let stream = if settings.tls {
+                    match crate::net::tls_handshake(&shard, stream).await {
+                        Some(tls) => Io::Tls(Box::new(tls)),
+                        None => return,
+                    }
+                } else {
+                    Io::Plain(stream)
+                };
+                handle(shard, stream, settings).await
+            }
+            .instrument(span),
+        )
+        .detach();
     }
 }
 
 /// Reads one request and routes it.
-async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSettings>) {
-    let _ = stream.set_nodelay(true);
+async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
     let head = future::or(async { Some(read_head(&mut stream).await) }, async {
         sleep(HEAD_TIMEOUT).await;
         None
@@ -157,7 +175,7 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream, settings: Rc<WebSetting
 
 /// The 401 (the browser asks for a user and password) or 403 of a request
 /// without the `monitor` right.
-async fn refuse_http(stream: &mut TcpStream, denied: auth::Denied) -> std::io::Result<()> {
+async fn refuse_http(stream: &mut Io, denied: auth::Denied) -> std::io::Result<()> {
     match denied {
         auth::Denied::Unauthorized => respond(
             stream,
@@ -183,7 +201,7 @@ async fn refuse_http(stream: &mut TcpStream, denied: auth::Denied) -> std::io::R
 }
 
 /// Completes a WebSocket handshake and serves the connection as a broker client.
-async fn upgrade(shard: Rc<Shard>, mut stream: TcpStream, head: Head, settings: &WebSettings) {
+async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSettings) {
     let reject = |why: &'static str| why;
     let check = (|| {
         if head.method != "GET" {

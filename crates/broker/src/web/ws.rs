@@ -9,6 +9,7 @@
 //! they are.
 
 use crate::conn::handler::{dispatch, subscribe_one};
+use crate::conn::io::Io;
 use crate::conn::state::{Close, Conn, ReplyKind};
 use crate::refusal::{Refusal, Transport, Wire};
 use crate::shard::Shard;
@@ -19,7 +20,6 @@ use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
 use coremq_protocol::{self as proto, ClientMessage};
 use futures_util::{Sink, Stream};
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -66,7 +66,7 @@ struct Session {
 pub(crate) async fn serve(
     shard: Rc<Shard>,
     conn: Rc<Conn>,
-    mut ws: WebSocketStream<TcpStream>,
+    mut ws: WebSocketStream<Io>,
     keepalive: Keepalive,
 ) {
     let seq = conn.reserve(ReplyKind::Welcome, 1);
@@ -116,7 +116,7 @@ const TOO_BIG: &str = "message too big";
 fn poll_session(
     shard: &Shard,
     conn: &Conn,
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut WebSocketStream<Io>,
     s: &mut Session,
     cx: &mut Context<'_>,
 ) -> Poll<Event> {

@@ -146,7 +146,7 @@ impl Client {
     /// println!("on {:?}", client.server_addr());
     /// # Ok::<(), coremq_client::ClientError>(())
     /// ```
-    pub fn connect_any<I, A>(addrs: I, config: ClientConfig) -> Result<Client, ClientError>
+    pub fn connect_any<I, A>(addrs: I, mut config: ClientConfig) -> Result<Client, ClientError>
     where
         I: IntoIterator<Item = A>,
         A: ToSocketAddrs + fmt::Display,
@@ -176,6 +176,9 @@ impl Client {
                 addr: "[]".into(),
                 cause: std::io::Error::other("no server address given"),
             });
+        }
+        if let Some(tls) = &mut config.tls {
+            tls.prepare()?;
         }
         let credentials = config.credentials.clone();
         let shared = Arc::new(Shared {

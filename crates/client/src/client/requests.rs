@@ -130,7 +130,7 @@ impl Client {
         &self,
         deadline: Instant,
         timeout: Duration,
-    ) -> Result<(Arc<std::sync::Mutex<std::net::TcpStream>>, u64, String), ClientError> {
+    ) -> Result<(Arc<std::sync::Mutex<crate::tls::Writer>>, u64, String), ClientError> {
         let mut st = self.state();
         loop {
             if st.closed {

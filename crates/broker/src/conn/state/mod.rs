@@ -122,6 +122,9 @@ pub(crate) struct ConnState {
     /// socket goes to the control shard as a cluster link.
     /// With it: whether the peer reads `coremq_seq` on link frames.
     pub handover: Option<(String, bool)>,
+    /// Names of the verified TLS client certificate (CN, DNS and IP
+    /// names), for `cluster_tls`'s check of a would-be peer.
+    pub tls_names: Option<Box<[String]>>,
     /// A cluster-secret challenge sent to a would-be replicant, waiting for
     /// its proof.
     pub challenge: Option<Box<crate::link_auth::Pending>>,
@@ -222,6 +225,7 @@ impl Conn {
                 opts: Options::default(),
                 subs: HashMap::default(),
                 handover: None,
+                tls_names: None,
                 challenge: None,
                 resuming: false,
                 held: Vec::new(),

@@ -1,0 +1,169 @@
+//! `cluster_tls = true` (PROTOCOL.md §11): peer links over TLS, each side
+//! verifying the other against `tls_client_ca_file` and the certificate's
+//! names against the `cluster_nodes` entry; three nodes replicate as over
+//! plain TCP, and a node with a certificate from another CA is refused
+//! (and so is a plain-TCP replicant).
+
+mod common;
+
+use common::cluster::{find_peer, wait_status};
+use common::tls::{free_port, Pair, Pki};
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Starts node `name` on TLS port `tls_port` of `entries`, with `pair` and
+/// trusting `ca`.
+fn node(name: &str, tls_port: u16, entries: &str, pair: &Pair, ca: &std::path::Path) -> Broker {
+    Broker::start(
+        BrokerOpts::new(1)
+            .port(free_port())
+            .set("node_name", name)
+            .set("tls_port", &tls_port.to_string())
+            .set("tls_cert_file", pair.cert.to_str().unwrap())
+            .set("tls_key_file", pair.key.to_str().unwrap())
+            .set("tls_client_ca_file", ca.to_str().unwrap())
+            .set("cluster_tls", "true")
+            .set("cluster_nodes", entries),
+    )
+}
+
+fn links_up(st: &serde_json::Value, entries: &[String], me: usize) -> bool {
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .all(|(_, e)| find_peer(st, e).is_some_and(|p| p["state"] == "up"))
+}
+
+fn wait_log(b: &Broker, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b.stdout().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line {needle:?}\n{}",
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_nodes_replicate_over_tls_and_a_foreign_ca_is_refused() {
+    let mut pki = Pki::new("CoreMQ cluster CA");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let entries: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let list = entries.join(",");
+    let nodes: Vec<Broker> = (0..3)
+        .map(|i| {
+            let pair = pki.server();
+            node(&format!("n{}", i + 1), ports[i], &list, &pair, &pki.ca)
+        })
+        .collect();
+    for (i, b) in nodes.iter().enumerate() {
+        let mut c = b.client();
+        wait_status(&mut c, "every link up", |st| links_up(st, &entries, i));
+    }
+    // A message published on each node reaches subscribers on the others.
+    let q = uniq("tls.cluster");
+    let mut subs: Vec<Client> = nodes.iter().map(|b| b.client()).collect();
+    for s in &mut subs {
+        s.subscribe(&[&q]);
+    }
+    for (i, b) in nodes.iter().enumerate() {
+        let mut p = b.client();
+        let m = json!({"from": i});
+        p.publish(&q, &m);
+        for s in &mut subs {
+            let f = s.recv_msg();
+            assert_eq!(f.json["from"], i, "{f}");
+        }
+    }
+    // History too, on a node that did not see the publishes locally.
+    let h = subs[2].history(&[&q]);
+    assert_eq!(h[&q].as_array().map(Vec::len), Some(3), "{h:?}");
+
+    // A fourth node whose certificate comes from another CA: listed in its
+    // own cluster_nodes with the others, it is refused by them.
+    let mut other = Pki::new("Another CA");
+    let stranger = other.server();
+    // Its entry must sort below the others', so that it is the one that
+    // dials them (of two nodes the lower entry dials).
+    let p4 = (0..200)
+        .map(|_| free_port())
+        .find(|p| entries.iter().all(|e| format!("127.0.0.1:{p}") < *e))
+        .expect("a port whose entry sorts first");
+    let entries4 = format!("{list},127.0.0.1:{p4}");
+    let _b4 = node("n4", p4, &entries4, &stranger, &other.ca);
+    // Each side refuses the other's certificate: the handshake fails on the
+    // nodes it dials, and no link comes up.
+    for b in &nodes {
+        wait_log(b, "TLS handshake failed; closing");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for b in &nodes {
+        let st = b.client().status();
+        assert!(
+            crate::common::cluster::replicants(&st).len() == 2,
+            "only the two real peers: {st}"
+        );
+    }
+    // And a plain-TCP client claiming to be a peer is refused.
+    let mut fake = nodes[1].client();
+    fake.command(&json!({"coremq_replicant": {"name": entries[0]}}));
+    let e = fake.expect_error();
+    assert!(e.contains("ERROR"), "{e}");
+    wait_log(
+        &nodes[1],
+        "cluster_tls: not over TLS with a verified certificate",
+    );
+    // The cluster still replicates.
+    let mut p = nodes[1].client();
+    p.publish(&q, &json!({"from": "after"}));
+    assert_eq!(subs[0].recv_msg().json["from"], "after");
+}
+
+#[test]
+fn a_peer_whose_certificate_does_not_name_its_entry_is_refused() {
+    let mut pki = Pki::new("CoreMQ cluster CA");
+    // B's entry sorts first, so B dials A; both certificates come from the
+    // same CA, but B's names only "localhost", not the 127.0.0.1 of its entry.
+    let (pa, pb) = loop {
+        let (a, b) = (free_port(), free_port());
+        if format!("127.0.0.1:{b}") < format!("127.0.0.1:{a}") {
+            break (a, b);
+        }
+    };
+    let list = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
+    let good = pki.server();
+    let misnamed = pki.leaf(common::tls::Leaf {
+        cn: "localhost",
+        names: &["localhost"],
+        client: false,
+        expired: false,
+    });
+    let a = node("na", pa, &list, &good, &pki.ca);
+    let _b = node("nb", pb, &list, &misnamed, &pki.ca);
+    wait_log(&a, "cluster_tls: the certificate does not name this host");
+    let st = a.client().status();
+    assert!(
+        common::cluster::replicants(&st).is_empty(),
+        "no link with a misnamed peer: {st}"
+    );
+    // The same pair with a correctly named certificate links (the refusal
+    // above is for the name, not for anything else).
+    let (pc, pd) = loop {
+        let (c, d) = (free_port(), free_port());
+        if format!("127.0.0.1:{d}") < format!("127.0.0.1:{c}") {
+            break (c, d);
+        }
+    };
+    let list = format!("127.0.0.1:{pc},127.0.0.1:{pd}");
+    let c = node("nc", pc, &list, &good, &pki.ca);
+    let named = pki.server();
+    let _d = node("nd", pd, &list, &named, &pki.ca);
+    let mut cl = c.client();
+    wait_status(&mut cl, "the link up", |st| {
+        common::cluster::replicants(st).len() == 1
+    });
+}

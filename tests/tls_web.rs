@@ -1,0 +1,133 @@
+//! `[CoreWS] tls = true` (PROTOCOL.md §11): https:// for the status page and
+//! metrics, wss:// for WebSocket clients, interoperating with plain TCP
+//! clients; plain HTTP and a wrong CA on that port are refused. (The
+//! dashboard in a browser over https/wss is tests/dashboard.rs's.)
+
+mod common;
+
+use common::tls::{self as t, Pki};
+use common::*;
+use rustls::pki_types::ServerName;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn tls_stream(b: &Broker, config: &Arc<rustls::ClientConfig>) -> Tls {
+    let sock = TcpStream::connect(b.ws_addr()).unwrap();
+    sock.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+fn https_get(
+    b: &Broker,
+    config: &Arc<rustls::ClientConfig>,
+    path: &str,
+) -> std::io::Result<String> {
+    let mut s = tls_stream(b, config);
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => {}
+        // The server closes after the response, without waiting for ours.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn wait_log(b: &Broker, needle: &str) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !b.stdout().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line {needle:?}\n{}",
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_json(ws: &mut tungstenite::WebSocket<Tls>) -> Value {
+    loop {
+        match ws.read().expect("wss read") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn https_status_and_wss_interoperate_with_plain_tcp() {
+    let mut pki = Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let b = Broker::start(BrokerOpts::new(2).tls(&pair).ws_set("tls", "true"));
+    let config = t::client_config(&pki.ca, None);
+
+    let status = https_get(&b, &config, "/status").unwrap();
+    assert!(status.starts_with("HTTP/1.1 200 OK"), "{status}");
+    let body = status.split("\r\n\r\n").nth(1).unwrap();
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["master"], NODE);
+    let metrics = https_get(&b, &config, "/metrics").unwrap();
+    assert!(metrics.contains("coremq_connections"), "{metrics}");
+
+    // wss:// with the same certificate.
+    let (mut ws, resp) = tungstenite::client::client(
+        format!("wss://localhost:{}/ws", b.ws_addr().port()),
+        tls_stream(&b, &config),
+    )
+    .unwrap_or_else(|e| panic!("wss handshake: {e}\n{}", b.logs()));
+    assert_eq!(resp.status(), 101);
+    let welcome = read_json(&mut ws);
+    assert_eq!(welcome["response"], WELCOME);
+    let id = welcome["queue"].as_str().unwrap().to_string();
+    let q = uniq("wss");
+    ws.send(Message::text(
+        json!({"queue": id, "coremq_subscribe": [q]}).to_string(),
+    ))
+    .unwrap();
+    assert_eq!(read_json(&mut ws)["response"], OK_SUB);
+    let mut plain = b.client();
+    plain.publish(&q, &json!({"to": "wss"}));
+    let m = read_json(&mut ws);
+    assert_eq!(m["to"], "wss");
+    assert_eq!(m["queue"], q.as_str());
+    plain.subscribe(&[&q]);
+    ws.send(Message::text(
+        json!({"queue": q, "from": "wss"}).to_string(),
+    ))
+    .unwrap();
+    assert_eq!(read_json(&mut ws)["response"], OK_SENT);
+    let f = plain.recv_msg();
+    assert_eq!(f.json["from"], "wss");
+    assert_eq!(f.json["coremq_sender"], id.as_str());
+
+    // Plain HTTP on the https:// port: dropped, logged.
+    let mut raw = TcpStream::connect(b.ws_addr()).unwrap();
+    raw.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    raw.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = raw.read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("HTTP/1.1"),
+        "no HTTP in clear"
+    );
+    wait_log(&b, "TLS handshake failed; closing");
+
+    // A client that does not trust the CA refuses the page.
+    let other = Pki::new("Another CA");
+    let err = https_get(&b, &t::client_config(&other.ca, None), "/status");
+    assert!(err.is_err(), "{err:?}");
+    // The wss client is still there.
+    plain.publish(&q, &json!({"after": "refusals"}));
+    assert_eq!(read_json(&mut ws)["after"], "refusals");
+}
