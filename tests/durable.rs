@@ -395,3 +395,46 @@ fn durable_sixteen_shards_under_8mib_memlock() {
         st = c.status();
     }
 }
+
+/// Each node of a cluster writes what it stores, its peers' messages too: a
+/// node that comes back alone, its peers down, serves the whole history.
+#[test]
+fn a_cluster_node_back_alone_serves_every_nodes_messages() {
+    use common::cluster::{wait_history_converged, Cluster, Spec};
+    let mut spec = Spec::new(2);
+    spec.history_length = Some(100);
+    spec.tweak = Some(|i, o| {
+        let dir =
+            std::env::temp_dir().join(format!("coremq-durable-cluster-{}-{i}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        *o = o.clone().set("data_dir", dir.to_str().unwrap());
+    });
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("dur.cl");
+    for (i, n) in [(0usize, 20u64), (2, 10)] {
+        let mut p = cl.nodes[i].client();
+        for k in 0..n {
+            p.publish(&q, &common::cluster::body(&format!("n{i}"), k));
+        }
+    }
+    let mut clients: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let before = wait_history_converged(&mut clients, &q, 100);
+    assert_eq!(before.len(), 30);
+    drop(clients);
+    for i in 0..3 {
+        cl.kill(i);
+    }
+    cl.restart(1);
+    let h = cl.nodes[1].client().history(&[&q]);
+    assert_eq!(
+        h[&q].as_array().unwrap(),
+        &before,
+        "n2 alone, from its own disk"
+    );
+    for i in 0..3 {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("coremq-durable-cluster-{}-{i}", std::process::id())),
+        );
+    }
+}
