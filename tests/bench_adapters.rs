@@ -501,7 +501,11 @@ fn nats_jetstream() {
         assert_eq!(r.published, s.messages * s.publishers as u64, "{ctx}");
         assert_eq!(r.acked, r.published, "every publish acknowledged: {ctx}");
         assert!(r.acked_per_s > 0.0, "{ctx}");
-        assert_eq!(r.stored, Some(r.published), "the stream holds them all: {ctx}");
+        assert_eq!(
+            r.stored,
+            Some(r.published),
+            "the stream holds them all: {ctx}"
+        );
         assert!(r.notes.is_empty(), "{ctx}");
     }
     // Deleted after the run: asking for it is an error now.

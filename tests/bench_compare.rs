@@ -955,8 +955,22 @@ fn durable_saved() -> Value {
     let mut runs = Vec::new();
     // Acknowledged msg/s per repetition: (coremq-disk, coremq-disk-always, nats-js).
     let figures = [
-        ("1to1", [(1.0e6, 0.5e6, 0.2e6), (1.2e6, 0.45e6, 0.21e6), (1.3e6, 0.55e6, 0.19e6)]),
-        ("4x4", [(1.0e6, 0.38e6, 0.2e6), (0.9e6, 0.4e6, 0.2e6), (1.1e6, 0.37e6, 0.2e6)]),
+        (
+            "1to1",
+            [
+                (1.0e6, 0.5e6, 0.2e6),
+                (1.2e6, 0.45e6, 0.21e6),
+                (1.3e6, 0.55e6, 0.19e6),
+            ],
+        ),
+        (
+            "4x4",
+            [
+                (1.0e6, 0.38e6, 0.2e6),
+                (0.9e6, 0.4e6, 0.2e6),
+                (1.1e6, 0.37e6, 0.2e6),
+            ],
+        ),
     ];
     for (w, reps) in figures {
         for (rep, (disk, always, js)) in reps.into_iter().enumerate() {
@@ -1046,8 +1060,14 @@ fn durable_table_holds_coremq_against_jetstream_per_durability_level() {
     ] {
         assert!(md.contains(want), "{want:?} not in:\n{md}");
     }
-    assert!(!md.contains("## Against the target"), "no core-NATS target section\n{md}");
-    assert!(!md.contains("pingpong"), "no ping-pong in a durable run\n{md}");
+    assert!(
+        !md.contains("## Against the target"),
+        "no core-NATS target section\n{md}"
+    );
+    assert!(
+        !md.contains("pingpong"),
+        "no ping-pong in a durable run\n{md}"
+    );
 
     // A CoreMQ loss and an unacknowledged JetStream publish are called out.
     let mut lossy = saved;
@@ -1081,7 +1101,10 @@ fn durable_refuses_other_comparisons() {
     for (args, want) in [
         (&["--durable", "--acl"][..], "one comparison at a time"),
         (&["--durable", "--seq"][..], "one comparison at a time"),
-        (&["--durable", "--workloads", "pingpong"][..], "--durable runs 1to1"),
+        (
+            &["--durable", "--workloads", "pingpong"][..],
+            "--durable runs 1to1",
+        ),
     ] {
         let out = Command::new("python3")
             .arg(Path::new(REPO).join("bench/compare"))
