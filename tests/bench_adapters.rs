@@ -462,6 +462,65 @@ fn nats_server() {
     );
 }
 
+/// JetStream (`coremq-bench --jetstream`) against a real nats-server with
+/// file storage: every publish is acknowledged by the stream (a PubAck on the
+/// publisher's inbox, counted as CoreMQ's OK is), the stream holds every
+/// acknowledged message when the run ends, core-NATS subscribers still get
+/// every message, and the stream is gone afterwards.
+#[test]
+fn nats_jetstream() {
+    let dir = unique_dir("nats-js");
+    let Some(peer) = start_peer("nats-server", |port| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.to_string_lossy().into_owned(),
+        ]
+    }) else {
+        return;
+    };
+    let mut t = Target::new(Proto::Nats, format!("127.0.0.1:{}", peer.port));
+    t.jetstream = true;
+    assert_eq!(t.label(), "nats-js");
+    assert!(t.publishes_are_acked());
+    let p = Progress::hidden();
+    for s in [
+        spec("1to1", 1, 1, 5_000, 128),
+        spec("fanout", 1, 4, 2_000, 128),
+        spec("2x2", 2, 1, 3_000, 1024),
+    ] {
+        let r = pubsub::run(&t, &s, Some(peer.child.id()), &p)
+            .unwrap_or_else(|e| panic!("nats-js {}: {e}", s.name));
+        check_clean(&r);
+        let ctx = r.to_text();
+        assert_eq!(r.target, "nats-js", "{ctx}");
+        assert_eq!(r.published, s.messages * s.publishers as u64, "{ctx}");
+        assert_eq!(r.acked, r.published, "every publish acknowledged: {ctx}");
+        assert!(r.acked_per_s > 0.0, "{ctx}");
+        assert_eq!(
+            r.stored,
+            Some(r.published),
+            "the stream holds them all: {ctx}"
+        );
+        assert!(r.notes.is_empty(), "{ctx}");
+    }
+    // Deleted after the run: asking for it is an error now.
+    let gone = coremq_bench::conn::jetstream::stream_messages(&t);
+    assert!(
+        matches!(&gone, Err(BenchError::Handshake { reply, .. }) if reply.contains("not found")),
+        "{gone:?}"
+    );
+    // Plain NATS publishes are not acknowledged, and get no stream.
+    let plain = Target::new(Proto::Nats, t.addr.clone());
+    let r = pubsub::run(&plain, &spec("1to1", 1, 1, 1_000, 128), None, &p).expect("plain nats");
+    check_clean(&r);
+    assert_eq!((r.acked, r.stored), (0, None), "{}", r.to_text());
+}
+
 #[test]
 fn redis_server() {
     let dir = unique_dir("redis");

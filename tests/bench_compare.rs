@@ -947,3 +947,220 @@ fn built_bin_dir() -> &'static Path {
     );
     bin_dir
 }
+
+/// A saved `--durable` run with known figures, three repetitions: CoreMQ with
+/// data_dir at fsync 100 and always, nats-server JetStream (no fsync-always
+/// variant: nats-server 2.9 has none).
+fn durable_saved() -> Value {
+    let mut runs = Vec::new();
+    // Acknowledged msg/s per repetition: (coremq-disk, coremq-disk-always, nats-js).
+    let figures = [
+        (
+            "1to1",
+            [
+                (1.0e6, 0.5e6, 0.2e6),
+                (1.2e6, 0.45e6, 0.21e6),
+                (1.3e6, 0.55e6, 0.19e6),
+            ],
+        ),
+        (
+            "4x4",
+            [
+                (1.0e6, 0.38e6, 0.2e6),
+                (0.9e6, 0.4e6, 0.2e6),
+                (1.1e6, 0.37e6, 0.2e6),
+            ],
+        ),
+    ];
+    for (w, reps) in figures {
+        for (rep, (disk, always, js)) in reps.into_iter().enumerate() {
+            for (target, v, cpu) in [
+                ("coremq-disk", disk, 1.0),
+                ("coremq-disk-always", always, 1.5),
+                ("nats-js", js, 4.5),
+            ] {
+                let mut r = run_rep(w, target, rep as u64, v, cpu, 0);
+                r["acked_per_s"] = json!(v);
+                r["published"] = json!(500_000);
+                r["acked"] = json!(500_000);
+                if target == "nats-js" {
+                    r["stored"] = json!(500_000);
+                } else {
+                    let fsyncs = if target == "coremq-disk" { 1 } else { 10 };
+                    r["disk"] = json!({"disk_bytes": 1000, "disk_batches": 10, "disk_fsyncs": fsyncs,
+                                       "disk_fsync_seconds": 0.002 * fsyncs as f64, "disk_errors": 0,
+                                       "disk_bytes_after": 1000});
+                }
+                runs.push(r);
+            }
+        }
+    }
+    json!({
+        "command": "bench/compare --durable --reps 3 --workloads 1to1,4x4",
+        "machine": {"nproc": "2"},
+        "names": ["coremq-disk", "coremq-disk-always", "nats-js"],
+        "ncpu": 2,
+        "reps": 3,
+        "notes": ["**No JetStream with fsync always**: (saved note)"],
+        "runs": runs,
+        "shards": {},
+        "workloads": ["1to1", "4x4"],
+        "durable": true,
+    })
+}
+
+#[test]
+fn durable_table_holds_coremq_against_jetstream_per_durability_level() {
+    let saved = durable_saved();
+    let md = render(&saved);
+    assert!(
+        md.starts_with("# CoreMQ durable history vs nats-server JetStream"),
+        "{}",
+        md.lines().next().unwrap_or_default()
+    );
+    assert_eq!(
+        summary_row(&md, "workload")[4..6],
+        [
+            "interval: coremq-disk/nats-js",
+            "always: coremq-disk-always/nats-js"
+        ]
+    );
+    // workload | acked msg/s × 3 | ratios × 2 | lost × 3 | CPU-µs/msg × 3;
+    // a ratio under the 2× target in bold.
+    assert_eq!(
+        summary_row(&md, "1to1").join(" | "),
+        "1to1 | 1.20 M (1.00 M–1.30 M) | 500 k (450 k–550 k) | 200 k (190 k–210 k) | 6.00× | 2.50× \
+         | 0 | 0 | 0 | 1.00 | 1.50 | 4.50"
+    );
+    assert_eq!(
+        summary_row(&md, "4x4")[4..6],
+        ["5.00×", "**1.90×**"],
+        "{md}"
+    );
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Against the target**"))
+        .unwrap_or_else(|| panic!("no verdict:\n{md}"));
+    for want in [
+        "≥ 2× JetStream's at the same durability",
+        "*interval* (coremq-disk against nats-js): met — 1to1 6.00×, 4x4 5.00×",
+        "*always* (coremq-disk-always against nats-js, whose durability is weaker: no fsync before its \
+         acks): met — 1to1 2.50×; **not met** — 4x4 1.90×",
+    ] {
+        assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
+    }
+    for want in [
+        "**Lost messages** (must be 0 for CoreMQ): coremq-disk 0, coremq-disk-always 0, nats-js 0; \
+         publishes never acknowledged: coremq-disk 0, coremq-disk-always 0, nats-js 0.",
+        "- coremq-disk-always disk, per run (medians): 10.0 batches written (50 k messages per batch), \
+         10.0 fsyncs (mean 2.00 ms), write errors 0",
+        "- nats-js: the stream held every acknowledged message in 3 of 3 runs",
+        "| broker | acked msg/s | delivered msg/s |",
+        "**No JetStream with fsync always**",
+    ] {
+        assert!(md.contains(want), "{want:?} not in:\n{md}");
+    }
+    assert!(
+        !md.contains("## Against the target"),
+        "no core-NATS target section\n{md}"
+    );
+    assert!(
+        !md.contains("pingpong"),
+        "no ping-pong in a durable run\n{md}"
+    );
+
+    // A CoreMQ loss and an unacknowledged JetStream publish are called out.
+    let mut lossy = saved;
+    for r in lossy["runs"].as_array_mut().expect("runs") {
+        if r["workload_name"] == "4x4" && r["rep"] == 2 {
+            if r["target"] == "coremq-disk-always" {
+                r["lost"] = json!(5);
+            }
+            if r["target"] == "nats-js" {
+                r["acked"] = json!(499_990);
+                r["stored"] = json!(499_980);
+            }
+        }
+    }
+    let md = render(&lossy);
+    assert_eq!(summary_row(&md, "4x4")[7], "**0, 0, 5**", "{md}");
+    for want in [
+        "**Lost messages: CoreMQ LOST MESSAGES** (must be 0 for CoreMQ): coremq-disk 0, \
+         coremq-disk-always 5, nats-js 0; publishes never acknowledged: coremq-disk 0, \
+         coremq-disk-always 0, nats-js 10.",
+        "- nats-js: the stream held every acknowledged message in 2 of 3 runs (**1 held fewer**)",
+    ] {
+        assert!(md.contains(want), "{want:?} not in:\n{md}");
+    }
+}
+
+/// `--durable` is its own comparison: not with --acl, --seq or --baseline,
+/// and only on the throughput workloads.
+#[test]
+fn durable_refuses_other_comparisons() {
+    for (args, want) in [
+        (&["--durable", "--acl"][..], "one comparison at a time"),
+        (&["--durable", "--seq"][..], "one comparison at a time"),
+        (
+            &["--durable", "--workloads", "pingpong"][..],
+            "--durable runs 1to1",
+        ),
+    ] {
+        let out = Command::new("python3")
+            .arg(Path::new(REPO).join("bench/compare"))
+            .args(args)
+            .output()
+            .expect("run bench/compare (python3)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// A real quick `--durable` run of 1→1: CoreMQ with data_dir at both fsync
+/// settings and, where nats-server is installed, JetStream; nothing lost,
+/// every publish acknowledged, CoreMQ's disk counters read around each run.
+#[test]
+fn quick_durable_run() {
+    let bin_dir = built_bin_dir();
+    let (md, saved) = run_compare_saved(
+        "compare-durable",
+        &[
+            "--quick",
+            "--no-install",
+            "--durable",
+            "--workloads",
+            "1to1",
+            "--bin-dir",
+            &bin_dir.to_string_lossy(),
+        ],
+        "-quick-durable.md",
+    );
+    assert_eq!(saved["durable"], true);
+    let names: Vec<&str> = saved["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(names[..2], ["coremq-disk", "coremq-disk-always"]);
+    for r in saved["runs"].as_array().expect("runs") {
+        let t = r["target"].as_str().unwrap_or_default();
+        assert!(r["error"].is_null(), "{t}: {r}");
+        assert_eq!(r["lost"], 0, "{t}: {r}");
+        assert_eq!(r["acked"], r["published"], "{t}: {r}");
+        if t.starts_with("coremq") {
+            assert!(
+                r["disk"]["disk_batches"].as_u64().unwrap_or(0) > 0,
+                "{t} wrote nothing to disk: {r}"
+            );
+            assert_eq!(r["disk"]["disk_errors"], 0, "{t}: {r}");
+        } else {
+            assert_eq!(r["stored"], r["acked"], "{t}: {r}");
+        }
+    }
+    if names.contains(&"nats-js") {
+        assert!(md.contains("interval: coremq-disk/nats-js"), "{md}");
+    }
+    assert!(md.contains("coremq-disk-always disk, per run"), "{md}");
+}

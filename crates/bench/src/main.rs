@@ -4,6 +4,7 @@
 //! coremq-bench --proto coremq --addr 127.0.0.1:6747 --workload fanout --broker-pid 1234 --json
 //! coremq-bench --proto coremq --addr 127.0.0.1:6747 --payload 1024 --messages 600000 --unwindowed
 //! coremq-bench --proto coremq --coremq-seq --no-ack --workload 4x4
+//! coremq-bench --proto nats --jetstream --addr 127.0.0.1:4222 --workload 4x4
 //! COREMQ_BENCH_PASSWORD=… coremq-bench --proto coremq --coremq-user bench --workload 4x4
 //! ```
 //!
@@ -81,6 +82,15 @@ struct Args {
     /// request with both). The report counts the numbered deliveries.
     #[arg(long)]
     coremq_seq: bool,
+    /// NATS: JetStream. Throughput runs (re)create a file-storage stream
+    /// `COREMQ_BENCH` on the run's subjects (`$JS.API.STREAM.CREATE`) and every
+    /// publish carries a reply subject, so that each is acknowledged by the
+    /// stream (a PubAck, counted as CoreMQ's `OK: Message sent` is and held to
+    /// the same window); subscribers stay core-NATS subscriptions. The report
+    /// says how many messages the stream held; the stream is deleted after the
+    /// run. The server must run with JetStream (`nats-server -js -sd DIR`).
+    #[arg(long)]
+    jetstream: bool,
     /// Payload bytes per message (at least 16: the marker).
     #[arg(long, default_value_t = 128)]
     payload: usize,
@@ -197,6 +207,16 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             "--coremq-seq applies to --proto coremq only".into(),
         ));
     }
+    if args.jetstream && proto != Proto::Nats {
+        return Err(BenchError::Usage(
+            "--jetstream applies to --proto nats only".into(),
+        ));
+    }
+    if args.jetstream && matches!(args.workload, Workload::Pingpong | Workload::Idle) {
+        return Err(BenchError::Usage(
+            "--jetstream applies to the throughput workloads (1to1, fanout, 4x4) only".into(),
+        ));
+    }
     let auth = credentials(args)?;
     if auth.is_some() && !matches!(proto, Proto::CoreMq | Proto::CoreMqWs) {
         return Err(BenchError::Usage(
@@ -209,6 +229,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     target.seq = args.coremq_seq;
     target.ws_path = args.ws_path.clone();
     target.auth = auth;
+    target.jetstream = args.jetstream;
     let progress = Progress::new(!args.quiet && !args.json);
     let pubsub = |name: &str, publishers: usize, subs: usize| {
         let mut s = PubSubSpec::new(name, publishers, subs);
@@ -287,6 +308,7 @@ fn main() -> ExitCode {
                 ProtoArg::Coremq if args.no_ack => "coremq-noack",
                 ProtoArg::Coremq => "coremq",
                 ProtoArg::CoremqWs => "coremq-ws",
+                ProtoArg::Nats if args.jetstream => "nats-js",
                 ProtoArg::Nats => "nats",
                 ProtoArg::Redis => "redis",
             };

@@ -57,6 +57,12 @@ pub struct Report {
     pub published: u64,
     /// Publishes acknowledged by the broker (where it acknowledges).
     pub acked: u64,
+    /// Acknowledged publishes per second, until the last acknowledgement
+    /// (0 where publishes are not acknowledged).
+    pub acked_per_s: f64,
+    /// NATS JetStream (`--jetstream`): messages the run's stream held at the
+    /// end (`None` for other targets).
+    pub stored: Option<u64>,
     /// Deliveries that should have happened (published × subscribers of the queue).
     pub expected: u64,
     /// Deliveries counted.
@@ -138,6 +144,8 @@ impl Report {
             "subscribers": self.subscribers,
             "published": self.published,
             "acked": self.acked,
+            "acked_per_s": self.acked_per_s,
+            "stored": self.stored,
             "expected": self.expected,
             "delivered": self.delivered,
             "lost": self.lost,
@@ -249,6 +257,15 @@ impl Report {
                     "  numbered (coremq_seq) {} of {} deliveries\n",
                     self.numbered, self.delivered
                 ));
+            }
+            if self.acked > 0 {
+                s.push_str(&format!(
+                    "  acknowledged {} of {} publishes: {:.0} msg/s\n",
+                    self.acked, self.published, self.acked_per_s
+                ));
+            }
+            if let Some(n) = self.stored {
+                s.push_str(&format!("  JetStream stream held {n} messages\n"));
             }
         }
         if let Some(l) = &self.latency_us {

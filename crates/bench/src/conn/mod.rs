@@ -5,6 +5,7 @@
 
 mod endpoint;
 pub(crate) mod handshake;
+pub mod jetstream;
 pub mod stream;
 mod tcp;
 mod ws;
@@ -88,6 +89,12 @@ pub struct Target {
     /// CoreMQ (TCP and WebSocket) only: log every connection in with these
     /// (a broker with `users_file`); `None` connects anonymously.
     pub auth: Option<Credentials>,
+    /// NATS only: JetStream. Throughput runs first (re)create a file-storage
+    /// stream on the run's subjects ([`jetstream::create_stream`]), and every
+    /// publish carries a reply subject, so that each gets the stream's
+    /// acknowledgement (a `PubAck`), counted as CoreMQ's `OK: Message sent`
+    /// is. Subscribers stay plain core-NATS subscriptions.
+    pub jetstream: bool,
 }
 
 impl Target {
@@ -100,16 +107,19 @@ impl Target {
             seq: false,
             ws_path: "/ws".into(),
             auth: None,
+            jetstream: false,
         }
     }
 
     /// The name reports use: the protocol, plus `-seq` for CoreMQ with
-    /// numbered deliveries and `-noack` for CoreMQ without acks.
+    /// numbered deliveries and `-noack` for CoreMQ without acks; `nats-js`
+    /// for NATS with JetStream.
     pub fn label(&self) -> String {
         match (self.proto, self.seq, self.ack) {
             (Proto::CoreMq, false, false) => "coremq-noack".into(),
             (Proto::CoreMq, true, true) => "coremq-seq".into(),
             (Proto::CoreMq, true, false) => "coremq-seq-noack".into(),
+            (Proto::Nats, _, _) if self.jetstream => "nats-js".into(),
             (p, _, _) => p.name().into(),
         }
     }
@@ -119,7 +129,7 @@ impl Target {
         match self.proto {
             Proto::CoreMq => self.ack,
             Proto::CoreMqWs | Proto::Redis => true,
-            Proto::Nats => false,
+            Proto::Nats => self.jetstream,
         }
     }
 }
@@ -226,6 +236,18 @@ pub fn open_publisher(t: &Target) -> Result<PublisherPair, BenchError> {
             Proto::CoreMqWs => {
                 let (p, r) = ws::publisher(t)?;
                 Ok((Box::new(p), Box::new(r)))
+            }
+            Proto::Nats if t.jetstream => {
+                // Acknowledgements come back as messages on an inbox of this
+                // connection's own, subscribed before the first publish.
+                let inbox = jetstream::inbox();
+                let fs = handshake::open(t, 256 << 10)?;
+                let fs = handshake::subscribe(fs, std::slice::from_ref(&inbox))?;
+                let (p, r) = tcp::publisher(handshake::Opened {
+                    fs,
+                    id: String::new(),
+                })?;
+                Ok((Box::new(p.with_reply(inbox)), Box::new(r.counting_msgs())))
             }
             _ => {
                 let fs = handshake::open(t, 256 << 10)?;

@@ -63,11 +63,25 @@ pub struct TcpPublisher {
     pong_due: Arc<AtomicBool>,
     /// See [`Publisher::stop_on`].
     stop: Option<Arc<AtomicBool>>,
+    /// NATS with JetStream: the reply subject of every publish (the
+    /// connection's inbox, where the `PubAck`s come back).
+    reply: Option<String>,
+}
+
+impl TcpPublisher {
+    /// Publish with `reply` as every message's reply subject (NATS JetStream).
+    pub fn with_reply(mut self, reply: String) -> TcpPublisher {
+        self.reply = Some(reply);
+        self
+    }
 }
 
 impl Publisher for TcpPublisher {
     fn push(&mut self, queue: &str, payload: &[u8]) {
-        wire::encode_publish(self.proto, &mut self.out, queue, payload);
+        match &self.reply {
+            Some(reply) => wire::nats::encode_publish_reply(&mut self.out, queue, reply, payload),
+            None => wire::encode_publish(self.proto, &mut self.out, queue, payload),
+        }
     }
 
     fn buffered(&self) -> usize {
@@ -97,6 +111,17 @@ pub struct TcpAckReader {
     fs: FrameStream,
     pong_due: Arc<AtomicBool>,
     errors: ErrorLog,
+    /// NATS JetStream: a message (on the inbox) is an acknowledgement, or an
+    /// error when it says so ([`wire::nats::is_js_error`]).
+    msg_acks: bool,
+}
+
+impl TcpAckReader {
+    /// Count messages as acknowledgements (NATS JetStream `PubAck`s).
+    pub fn counting_msgs(mut self) -> TcpAckReader {
+        self.msg_acks = true;
+        self
+    }
 }
 
 impl AckReader for TcpAckReader {
@@ -105,6 +130,13 @@ impl AckReader for TcpAckReader {
         while let Some(f) = self.fs.next_frame()? {
             match f {
                 Frame::Ack => *acks += 1,
+                Frame::Msg(reply) if self.msg_acks => {
+                    if wire::nats::is_js_error(reply) {
+                        self.errors.push(reply);
+                    } else {
+                        *acks += 1;
+                    }
+                }
                 Frame::Error(e) => self.errors.push(e),
                 Frame::Ping => self.pong_due.store(true, Ordering::Relaxed),
                 Frame::Msg(_) | Frame::Pong | Frame::Other(_) => {}
@@ -133,11 +165,13 @@ pub fn publisher(o: Opened) -> Result<(TcpPublisher, TcpAckReader), BenchError> 
             out: Vec::with_capacity(128 << 10),
             pong_due: pong_due.clone(),
             stop: None,
+            reply: None,
         },
         TcpAckReader {
             fs: o.fs,
             pong_due,
             errors: ErrorLog::default(),
+            msg_acks: false,
         },
     ))
 }

@@ -161,6 +161,12 @@ pub fn run(
         .map(|i| format!("bench.{rid}.{i}"))
         .collect();
     let subs_total = spec.publishers * spec.subscribers_per_queue;
+    let jetstream = t.proto == crate::wire::Proto::Nats && t.jetstream;
+    if jetstream {
+        // A file-storage stream on this run's subjects, before anything is
+        // published: every publish is then stored and acknowledged.
+        conn::jetstream::create_stream(t, &[format!("bench.{rid}.>")])?;
+    }
 
     // Connections first; publishing starts only when every subscription is confirmed.
     let mut subs = Vec::with_capacity(subs_total);
@@ -415,10 +421,26 @@ pub fn run(
     }
     if pub_elapsed > 0.0 {
         report.publish_per_s = report.published as f64 / pub_elapsed;
+        if acked_mode {
+            report.acked_per_s = report.acked as f64 / pub_elapsed;
+        }
     }
     report.latency_us = Some(Summary::of(&hist));
     report.broker = probe.finish(report.delivered);
     report.generator = probe.generator(report.delivered);
+    if jetstream {
+        // What the stream holds, then away with it (outside the measured
+        // window): the next run starts on an empty store.
+        let stored = conn::jetstream::stream_messages(t)?;
+        report.stored = Some(stored);
+        if stored < report.acked {
+            report.notes.push(format!(
+                "the JetStream stream holds {stored} messages, fewer than the {} acknowledged",
+                report.acked
+            ));
+        }
+        conn::jetstream::delete_stream(t)?;
+    }
     Ok(report)
 }
 
