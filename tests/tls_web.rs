@@ -110,6 +110,35 @@ fn https_status_and_wss_interoperate_with_plain_tcp() {
     assert_eq!(f.json["from"], "wss");
     assert_eq!(f.json["coremq_sender"], id.as_str());
 
+    // A second wss:// client is served by the other shard: its socket and
+    // TLS session moved there after the upgrade, and it carries on.
+    let (mut ws2, _) = tungstenite::client::client(
+        format!("wss://localhost:{}/ws", b.ws_addr().port()),
+        tls_stream(&b, &config),
+    )
+    .unwrap_or_else(|e| panic!("wss handshake: {e}\n{}", b.logs()));
+    let id2 = read_json(&mut ws2)["queue"].as_str().unwrap().to_string();
+    ws2.send(Message::text(
+        json!({"queue": id2, "coremq_subscribe": [q]}).to_string(),
+    ))
+    .unwrap();
+    assert_eq!(read_json(&mut ws2)["response"], OK_SUB);
+    let st = plain.status();
+    let per: Vec<u64> = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ws_connections"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per, [1, 1], "one wss connection on each shard: {st}");
+    plain.publish(&q, &json!({"to": "both"}));
+    assert_eq!(read_json(&mut ws)["to"], "both");
+    assert_eq!(read_json(&mut ws2)["to"], "both");
+    ws2.send(Message::text(json!({"queue": id, "p2p": 1}).to_string()))
+        .unwrap();
+    assert_eq!(read_json(&mut ws2)["response"], OK_SENT);
+    assert_eq!(read_json(&mut ws)["p2p"], 1);
+
     // Plain HTTP on the https:// port: dropped, logged.
     let mut raw = TcpStream::connect(b.ws_addr()).unwrap();
     raw.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();

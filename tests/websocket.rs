@@ -726,3 +726,94 @@ fn stats_queue_reaches_tcp_and_ws_subscribers() {
     }
     assert!(seen_in, "stats never showed the published messages");
 }
+
+/// WebSocket connections are served by every shard, not only the
+/// listener's: status shows them on each, and pub/sub, point-to-point,
+/// history and order hold across them and TCP clients (issue 28).
+#[test]
+fn websocket_connections_spread_over_every_shard() {
+    const SHARDS: usize = 3;
+    let b = ws_broker(SHARDS);
+    let q = uniq("ws.spread");
+    let mut ws: Vec<WsClient> = (0..3 * SHARDS)
+        .map(|_| WsClient::connect(b.ws_addr()))
+        .collect();
+    for w in ws.iter_mut() {
+        w.subscribe(&[&q]);
+    }
+    let mut tcp = b.client();
+    tcp.subscribe_one(&q);
+    let st = tcp.status();
+    let per: Vec<u64> = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ws_connections"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        per,
+        vec![3; SHARDS],
+        "WebSocket connections per shard: {st}"
+    );
+    // Every WebSocket client publishes; everyone else gets every message,
+    // each publisher's in order.
+    const N: u64 = 20;
+    for (i, w) in ws.iter_mut().enumerate() {
+        for n in 0..N {
+            w.send_json(&json!({"queue": q, "p": i, "n": n}));
+        }
+    }
+    let total = (ws.len() as u64) * N;
+    let check = |got: Vec<Value>, me: Option<usize>| {
+        let mut next = [0u64; 3 * SHARDS];
+        for m in got {
+            let p = m["p"].as_u64().unwrap() as usize;
+            assert_ne!(Some(p), me, "no echo");
+            assert_eq!(
+                m["n"].as_u64().unwrap(),
+                next[p],
+                "publisher {p} out of order"
+            );
+            next[p] += 1;
+        }
+    };
+    let tcp_got: Vec<Value> = tcp
+        .recv_msgs(total as usize, Duration::from_secs(30))
+        .into_iter()
+        .map(|f| f.json)
+        .collect();
+    check(tcp_got, None);
+    for (i, w) in ws.iter_mut().enumerate() {
+        let got: Vec<Value> = (0..total - N).map(|_| w.recv_msg()).collect();
+        check(got, Some(i));
+    }
+    // Point-to-point between WebSocket clients on different shards, and
+    // from TCP to each of them.
+    let (first, rest) = ws.split_at_mut(1);
+    for w in rest.iter_mut() {
+        first[0].send_json(&json!({"queue": w.id.clone(), "hello": "ws"}));
+        assert_eq!(w.recv_msg_on(&w.id.clone())["hello"], json!("ws"));
+        tcp.publish(&w.id.clone(), &json!({"hello": "tcp"}));
+        assert_eq!(w.recv_msg_on(&w.id.clone())["hello"], json!("tcp"));
+    }
+    // History from any of them.
+    let h = tcp.history(&[&q]);
+    assert_eq!(h[&q].as_array().unwrap().len(), 10);
+    // Closing them frees their slots on every shard.
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = tcp.status();
+        let left: u64 = st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["ws_connections"].as_u64().unwrap())
+            .sum();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still open: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -282,6 +282,8 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         };
         crate::cluster::start(&shard, port);
     }
+    // Every shard serves WebSocket connections the listener hands it.
+    crate::web::host(&shard);
     if let Some((l, settings)) = web {
         spawn_local(crate::web::listen(shard.clone(), l, settings)).detach();
     }

@@ -69,6 +69,9 @@ pub(crate) enum Request {
         /// The link's TLS session (`cluster_tls`), moved with the socket.
         tls: Option<Box<rustls::Connection>>,
     },
+    /// An upgraded WebSocket connection the control shard's listener hands
+    /// to this shard, which serves it from here on (boxed: rare and large).
+    AdoptWs(Box<AdoptWs>),
     /// A subscriber on the sending shard is over `max_pending` (`on`) or has
     /// caught up (`!on`): while any is, the owner holds the confirmations of
     /// publishes to `queue`, which stops its publishers' reads (G5).
@@ -118,6 +121,23 @@ impl Response {
         *b = b.saturating_add(bytes);
         true
     }
+}
+
+/// A WebSocket connection moving to the shard that will serve it, right
+/// after its `101 Switching Protocols` went out.
+#[derive(Debug)]
+pub(crate) struct AdoptWs {
+    /// A duplicate of the socket's descriptor.
+    pub fd: OwnedFd,
+    /// Bytes read past the HTTP request head (the first WebSocket frames).
+    pub rest: Vec<u8>,
+    /// The TLS session (`wss://`), moved with the socket.
+    pub tls: Option<Box<rustls::Connection>>,
+    /// Who the handshake's credentials named, if any.
+    pub who: Option<coremq_auth::Identity>,
+    /// Ping every this often; close after this long without a word.
+    pub ping_interval: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
 }
 
 /// A subscription to register at a queue's owner.

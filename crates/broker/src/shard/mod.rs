@@ -54,6 +54,13 @@ pub(crate) trait Links {
     fn pressure(&self, queue: &str, on: bool);
 }
 
+/// What the WebSocket side (a layer above) registers on every shard, so
+/// that a shard can serve a WebSocket connection another shard accepted.
+pub(crate) trait WsHost {
+    /// Serves the connection of `Request::AdoptWs` on this shard.
+    fn adopt(&self, ws: Box<crate::msg::AdoptWs>);
+}
+
 /// One shard's state.
 pub(crate) struct Shard {
     /// This shard's index, `0..shards`.
@@ -93,6 +100,10 @@ pub(crate) struct Shard {
     rules: Option<Rc<Rules>>,
     /// Durable history of the queues this shard owns (`data_dir`).
     store: Option<Rc<crate::store::Store>>,
+    /// Serves WebSocket connections handed over by the listener's shard.
+    ws_host: RefCell<Option<Rc<dyn WsHost>>>,
+    /// Where the listener's shard sends the next WebSocket connection.
+    next_ws: std::cell::Cell<usize>,
 }
 
 impl Shard {
@@ -122,6 +133,8 @@ impl Shard {
             links: RefCell::new(None),
             rules,
             store,
+            ws_host: RefCell::new(None),
+            next_ws: std::cell::Cell::new(id),
             counters,
             cfg,
             node,
@@ -199,11 +212,6 @@ impl Shard {
     /// Registers the current task to be woken when a connection closes.
     pub(crate) fn on_conn_closed(&self, waker: &Waker) {
         self.home.on_close(waker);
-    }
-
-    /// WebSocket connections on this shard.
-    pub(crate) fn ws_connections(&self) -> u64 {
-        self.counters.ws_connections.get()
     }
 
     /// Tells `conn` it was refused, counted in status where it counts.
@@ -361,11 +369,31 @@ impl Shard {
                 Some(links) => links.adopt(fd, name, rest, seq, tls),
                 None => tracing::warn!(%name, "a cluster link arrived on a shard without links"),
             },
+            Request::AdoptWs(ws) => match self.ws_host.borrow().as_ref() {
+                Some(host) => host.adopt(ws),
+                None => {
+                    tracing::warn!("a WebSocket connection arrived on a shard without a host");
+                    self.node.shared.closed();
+                }
+            },
             Request::Drain => {
                 self.drain.drain_arrived();
                 self.advance_drain();
             }
         }
+    }
+
+    /// Registers what serves WebSocket connections handed to this shard.
+    pub(crate) fn set_ws_host(&self, host: Rc<dyn WsHost>) {
+        *self.ws_host.borrow_mut() = Some(host);
+    }
+
+    /// The shard to serve the next WebSocket connection: each in turn, so
+    /// browsers spread over every core like TCP clients do.
+    pub(crate) fn next_ws_shard(&self) -> usize {
+        let next = self.next_ws.get();
+        self.next_ws.set((next + 1) % self.shards);
+        next % self.shards
     }
 
     /// Handles a response from an owner shard (possibly ourselves).

@@ -134,6 +134,7 @@ fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
         Request::Stats { .. }
         | Request::Dump { .. }
         | Request::AdoptLink { .. }
+        | Request::AdoptWs(_)
         | Request::Drain => None,
     }
 }

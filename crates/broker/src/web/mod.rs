@@ -3,6 +3,9 @@
 //! One port serves both: a request that asks for a WebSocket upgrade on `/ws`
 //! becomes a broker connection (`ws`); any other request is plain HTTP —
 //! `/status` (JSON), `/metrics` (Prometheus text), `/` (the dashboard) or 404.
+//! The listener stays on the control shard; each upgraded connection is
+//! served by the shards in turn (the socket, its TLS session and the bytes
+//! read past the request head move there), so browsers use every core.
 
 mod auth;
 mod http;
@@ -11,18 +14,20 @@ mod ws;
 
 pub(crate) use ws::Keepalive;
 
-use crate::conn::io::Io;
+use crate::conn::io::{Io, TlsIo};
+use crate::msg::{AdoptWs, Request};
 use crate::refusal::Transport;
-use crate::shard::Shard;
+use crate::shard::{Shard, WsHost};
 use crate::stats::Counters;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::WebSocketStream;
 use futures_lite::future;
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
 use glommio::timer::sleep;
 use http::{read_head, respond, respond_text, Head, HEAD_TIMEOUT};
-use std::rc::Rc;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::{Rc, Weak};
 use tracing::Instrument;
 
 /// The dashboard page, self-contained (no external scripts or fonts).
@@ -287,26 +292,128 @@ async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSet
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
     );
-    if futures_lite::io::AsyncWriteExt::write_all(&mut stream, response.as_bytes())
-        .await
-        .is_err()
-    {
+    let sent = async {
+        use futures_lite::io::AsyncWriteExt;
+        stream.write_all(response.as_bytes()).await?;
+        // A TLS session holds its records until flushed; it may move next.
+        stream.flush().await
+    };
+    if sent.await.is_err() {
         shard.node().shared.closed();
         return;
     }
+    // Served by every shard in turn: the socket, its TLS session and what
+    // was read past the head move there (the listener stays here).
+    let to = shard.next_ws_shard();
+    if to != shard.id() {
+        return hand_over(&shard, to, stream, head.rest, who, settings.keepalive);
+    }
+    serve_upgraded(shard, stream, head.rest, who, settings.keepalive).await;
+}
+
+/// Serves an upgraded connection on this shard.
+async fn serve_upgraded(
+    shard: Rc<Shard>,
+    stream: Io,
+    rest: Vec<u8>,
+    who: Option<coremq_auth::Identity>,
+    keepalive: Keepalive,
+) {
     let max = shard.cfg().max_message_size;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let ws =
-        WebSocketStream::from_partially_read(stream, head.rest, Role::Server, Some(config)).await;
+    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
     let conn = shard.open_conn(Transport::WebSocket);
     if let Some(who) = who {
         crate::conn::auth::adopt(&shard, &conn, who);
     }
-    let span = tracing::info_span!("ws", conn_id = %conn.id);
+    let span = tracing::info_span!("ws", shard = shard.id(), conn_id = %conn.id);
     tracing::debug!(parent: &span, "websocket accepted");
-    ws::serve(shard.clone(), conn, ws, settings.keepalive)
+    ws::serve(shard.clone(), conn, ws, keepalive)
         .instrument(span)
         .await;
+}
+
+/// Gives an upgraded connection to shard `to` (a duplicate of its
+/// descriptor: dropping ours leaves the socket open).
+fn hand_over(
+    shard: &Shard,
+    to: usize,
+    stream: Io,
+    rest: Vec<u8>,
+    who: Option<coremq_auth::Identity>,
+    keepalive: Keepalive,
+) {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: the stream owns the descriptor and keeps it open for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.raw_fd()) };
+    let fd = match fd.try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot hand a WebSocket connection over; closing it");
+            shard.node().shared.closed();
+            return;
+        }
+    };
+    let tls = match stream {
+        Io::Plain(_) => None,
+        Io::Tls(t) => Some(Box::new(t.into_parts().1)),
+    };
+    shard.request(
+        to,
+        Request::AdoptWs(Box::new(AdoptWs {
+            fd,
+            rest,
+            tls,
+            who,
+            ping_interval: keepalive.ping_interval,
+            idle_timeout: keepalive.idle_timeout,
+        })),
+    );
+}
+
+/// Serves the WebSocket connections other shards hand to this one.
+struct Host {
+    shard: Weak<Shard>,
+}
+
+impl WsHost for Host {
+    fn adopt(&self, ws: Box<AdoptWs>) {
+        let AdoptWs {
+            fd,
+            rest,
+            tls,
+            who,
+            ping_interval,
+            idle_timeout,
+        } = *ws;
+        // SAFETY: the descriptor is owned (a duplicate made for us by the
+        // listener's shard); into_raw_fd hands it to the stream, which closes it.
+        let tcp = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        let stream = match tls {
+            Some(session) => Io::Tls(Box::new(TlsIo::from_parts(tcp, *session))),
+            None => Io::Plain(tcp),
+        };
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        if shard.stopping().is_set() {
+            // Not served: dropping the stream closes it.
+            shard.node().shared.closed();
+            return;
+        }
+        let keepalive = Keepalive {
+            ping_interval,
+            idle_timeout,
+        };
+        spawn_local(serve_upgraded(shard, stream, rest, who, keepalive)).detach();
+    }
+}
+
+/// Lets `shard` serve WebSocket connections the listener hands to it.
+pub(crate) fn host(shard: &Rc<Shard>) {
+    shard.set_ws_host(Rc::new(Host {
+        shard: Rc::downgrade(shard),
+    }));
 }

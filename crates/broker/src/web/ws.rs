@@ -305,11 +305,9 @@ fn ws_status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     glommio::spawn_local(async move {
         let stats = shard.gather_stats().await;
         let status = shard.node().status_json(&stats);
-        let mut json = format!(
-            "{{\"connections\": {}, \"mq_server\": ",
-            shard.ws_connections()
-        )
-        .into_bytes();
+        // The node's WebSocket connections, on whichever shard each is.
+        let ws: u64 = stats.iter().map(|s| s.ws_connections).sum();
+        let mut json = format!("{{\"connections\": {ws}, \"mq_server\": ").into_bytes();
         proto::write_json_string(&shard.node().name, &mut json);
         json.extend_from_slice(b", \"queue\": ");
         proto::write_json_string(&conn.id, &mut json);
