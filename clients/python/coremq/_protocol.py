@@ -170,10 +170,13 @@ class Position:
         if not isinstance(message, dict):
             return None
         sent, server = message.get(SENT), message.get(SERVER)
-        if isinstance(sent, (int, float)) and not isinstance(sent, bool) and sent > 0 \
-                and isinstance(server, str) and server:
-            return Position(float(sent), server)
-        return None
+        if isinstance(sent, bool) or not isinstance(server, str) or not server:
+            return None
+        try:  # a custom decoder may give a str or a Decimal
+            t = float(sent)
+        except (TypeError, ValueError):
+            return None
+        return Position(t, server) if t > 0 else None
 
 
 @dataclass(frozen=True)
