@@ -33,6 +33,7 @@ from ._protocol import (
     Gap,
     Position,
     Positions,
+    ProtocolError,
     auth_command,
     command_json,
     encode_frame,
@@ -270,7 +271,15 @@ class Client:
         while True:
             f = self._frames.next()
             if f is not None:
-                return f[0], self.decoder(f[1].decode("utf-8"))
+                try:
+                    return f[0], self.decoder(f[1].decode("utf-8"))
+                except Exception as e:  # a decoder's own error type, or bad UTF-8
+                    # Skipped, not fatal: the framing is intact, and dropping
+                    # the connection would only replay the same frame.
+                    err = ProtocolError("cannot decode a frame of %r: %s" % (f[0], e))
+                    log.warning("coremq: %s", err)
+                    self.errors.append(err)
+                    continue
             data = await self._reader.read(65536)
             if not data:
                 raise ConnectionLost("the broker closed the connection")
@@ -348,7 +357,9 @@ class Client:
             try:
                 await self._read_loop()
                 why = "the broker is shutting down (BYE)"
-            except (OSError, CoreMQError) as e:
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # OSError, ProtocolError, anything: never die silently
                 why = str(e) or type(e).__name__
             self._drop(ConnectionLost("connection lost: " + why))
             if self._closed:

@@ -21,6 +21,7 @@ from ._protocol import (
     Gap,
     AuthenticationFailed,
     Positions,
+    ProtocolError,
     auth_command,
     command_json,
     encode_frame,
@@ -222,7 +223,12 @@ class MessageQueue:
             f = self._reader.next()
             if f is not None:
                 q, js = f
-                return q, self.decoder(js.decode("utf-8"))
+                try:
+                    return q, self.decoder(js.decode("utf-8"))
+                except Exception as e:  # a decoder's own error type, or bad UTF-8
+                    # The frame is consumed and the framing intact: the
+                    # connection stays, the next call reads on.
+                    raise ProtocolError("cannot decode a frame of %r: %s" % (q, e)) from e
             left = deadline - time.monotonic()
             if left <= 0:
                 raise socket.timeout("timed out")

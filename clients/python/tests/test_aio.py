@@ -109,3 +109,25 @@ def test_encoder_decoder_and_ack_off(broker):
             assert msg["x"] == "1.5"  # the decoder's float handling
             assert seen == [{"x": 1.5}]
     run(main())
+
+
+def test_a_frame_the_decoder_refuses_is_skipped_and_recorded(broker):
+    import json
+
+    def picky(s):
+        d = json.loads(s)
+        if isinstance(d, dict) and d.get("bad"):
+            raise ValueError("refused by the decoder")
+        return d
+
+    async def main():
+        async with coremq.connect("127.0.0.1", broker.port, decoder=picky) as c, \
+                coremq.connect("127.0.0.1", broker.port) as p:
+            sub = await c.subscribe("picky")
+            first_id = c.connection_id
+            await p.publish("picky", {"bad": True})
+            await p.publish("picky", {"good": 1})
+            assert (await sub.get(timeout=T))["good"] == 1
+            assert len(c.errors) == 1 and "refused by the decoder" in str(c.errors[0])
+            assert c.connection_id == first_id
+    run(main())

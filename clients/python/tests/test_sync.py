@@ -173,3 +173,26 @@ def test_connect_refused_raises_oserror():
     m = MessageQueue("127.0.0.1", free_port(), timeout=2)
     with pytest.raises(OSError):
         m.connect()
+
+
+def test_a_frame_the_decoder_refuses_raises_and_the_connection_stays(broker):
+    def picky(s):
+        d = json.loads(s)
+        if isinstance(d, dict) and d.get("bad"):
+            raise ValueError("refused by the decoder")
+        return d
+
+    sub = MessageQueue("127.0.0.1", broker.port, decoder=picky)
+    pub = MessageQueue("127.0.0.1", broker.port)
+    sub.subscribe("picky")
+    first_id = sub.connection_id
+    pub.send_message("picky", {"bad": True})
+    pub.send_message("picky", {"good": 1})
+    with pytest.raises(coremq.ProtocolError) as e:
+        for _ in range(10):
+            sub.get_message(timeout=1)
+    assert "refused by the decoder" in str(e.value)
+    assert wait_message(sub)[1]["good"] == 1
+    assert sub.connection_id == first_id
+    sub.close()
+    pub.close()
