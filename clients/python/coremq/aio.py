@@ -452,6 +452,10 @@ class Client:
         reply = await self._request({"coremq_gethistory": list(queues)})
         return reply.get("history", {})
 
+    async def status(self) -> Dict[str, Any]:
+        """The broker's status object (``coremq_status``, docs/protocol.md §7)."""
+        return await self._request({"coremq_status": True})
+
     async def set_options(self, **options: Any) -> Dict[str, Any]:
         """Set connection options (``ack``, ``echo``, ``seq``; ``None``
         removes one); set again after a reconnect."""

@@ -396,6 +396,10 @@ class MessageQueue:
                 self.options.pop(key, None)
         return self._call({"coremq_options": options})
 
+    def status(self) -> Dict[str, Any]:
+        """The broker's status object (``coremq_status``, docs/protocol.md §7)."""
+        return self._call({"coremq_status": True})[1]
+
     def listen(self, seconds: int = 30) -> None:
         """Print what arrives for about ``seconds`` seconds (as the original)."""
         for _ in range(seconds):
