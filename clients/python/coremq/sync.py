@@ -214,6 +214,8 @@ class MessageQueue:
 
     def _send(self, queue: str, body: Any) -> None:
         assert self.socket is not None
+        # Reads leave the socket with what was left of their deadline.
+        self.socket.settimeout(self.timeout)
         self.socket.sendall(encode_frame(queue, body))
 
     def _read_frame(self, deadline: float) -> Tuple[str, Any]:
@@ -241,6 +243,45 @@ class MessageQueue:
                 self.close()
                 raise ConnectionLost("the broker closed the connection")
             self._reader.feed(data)
+
+    def _take_waiting(self) -> None:
+        """Read what already waits on the socket, without blocking: so that a
+        connection the broker closed while we were idle (a restart: ``BYE``,
+        then end of stream) is noticed, and replaced, before a publish is
+        written into it and lost."""
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.settimeout(0)
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    self.close()
+                    return
+                self._reader.feed(data)
+        except (BlockingIOError, _ssl.SSLWantReadError, socket.timeout):
+            pass
+        except OSError:
+            self.close()
+            return
+        while True:
+            try:
+                f = self._reader.next()
+            except CoreMQError:
+                self.close()
+                return
+            if f is None:
+                return
+            q, js = f
+            try:
+                m = self.decoder(js.decode("utf-8"))
+            except Exception:
+                continue  # reported by get_message's path only; skipped here
+            if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
+                self.close()
+                return
+            self._deliver(q, m)
 
     def _deliver(self, queue: str, message: Any) -> None:
         if self._positions.admit(queue, message, self.subscriptions):
@@ -292,6 +333,7 @@ class MessageQueue:
         dropped before the acknowledgement (the message may or may not have
         been delivered; the client has reconnected if it could)."""
         body = self.encoder(wrap_message(message))
+        self._take_waiting()
         self._ensure()
         try:
             self._send(queue, body)

@@ -196,3 +196,20 @@ def test_a_frame_the_decoder_refuses_raises_and_the_connection_stays(broker):
     assert sub.connection_id == first_id
     sub.close()
     pub.close()
+
+
+def test_large_messages_both_ways(broker):
+    """~900 KB frames (under the 1 MiB default limit): written whole after a
+    short get_message timeout, read back whole."""
+    sub = MessageQueue("127.0.0.1", broker.port)
+    pub = MessageQueue("127.0.0.1", broker.port)
+    sub.subscribe("big")
+    pub.get_message(timeout=0.01)  # leaves the socket with a tiny timeout
+    big = "x" * 900_000
+    for i in range(3):
+        assert pub.send_message("big", {"i": i, "blob": big})[1]["response"] == "OK: Message sent"
+    for i in range(3):
+        _, msg = wait_message(sub)
+        assert msg["i"] == i and msg["blob"] == big
+    sub.close()
+    pub.close()
