@@ -117,6 +117,7 @@ class Subscription:
             self._inbox.put_nowait(_END)
             raise StopAsyncIteration
         if isinstance(item, BaseException):
+            self._inbox.put_nowait(item)  # sticky: every later call raises it too
             raise item
         return item
 

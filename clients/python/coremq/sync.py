@@ -400,6 +400,7 @@ class MessageQueue:
     def subscribe(self, *queues: Any) -> Frame:
         """Subscribe to ``queues``; returns ``(connection_id, reply)``."""
         names = _names(queues)
+        self._ensure()  # first: a first connect would subscribe them itself
         for q in names:
             if q not in self.subscriptions:
                 self.subscriptions.append(q)
@@ -409,6 +410,7 @@ class MessageQueue:
         """Subscribe to ``queue`` resuming after a stored position (the
         ``coremq_sent`` and ``coremq_server`` of the last message you have).
         The reply's ``recovered`` says whether nothing was lost."""
+        self._ensure()  # first: a first connect would subscribe it without the position
         if queue not in self.subscriptions:
             self.subscriptions.append(queue)
         return self._call({"coremq_subscribe": [queue],

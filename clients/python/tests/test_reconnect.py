@@ -84,6 +84,8 @@ def test_asyncio_gives_up_and_ends_iteration_with_the_error(make_broker):
             with pytest.raises(coremq.ConnectionLost):
                 async for _ in sub:
                     pass
+            with pytest.raises(coremq.ConnectionLost):  # and again, not a hang
+                await sub.get(timeout=5)
             with pytest.raises(coremq.ConnectionLost):
                 await c.publish("gone", {"n": 1})
     asyncio.run(asyncio.wait_for(main(), 60))

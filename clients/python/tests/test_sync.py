@@ -213,3 +213,21 @@ def test_large_messages_both_ways(broker):
         assert msg["i"] == i and msg["blob"] == big
     sub.close()
     pub.close()
+
+
+def test_subscribe_since_a_stored_position_replays_what_followed(broker):
+    pub = MessageQueue("127.0.0.1", broker.port)
+    for i in range(5):
+        pub.send_message("since.q", {"i": i})
+    _, reply = pub.get_history("since.q")
+    second = reply["history"]["since.q"][1]
+    sub = MessageQueue("127.0.0.1", broker.port)
+    _, r = sub.subscribe_since("since.q", second["coremq_sent"], second["coremq_server"])
+    assert r == {"response": "OK: Subscribe successful", "recovered": {"since.q": True}}
+    got = [wait_message(sub)[1] for _ in range(3)]
+    assert [m["i"] for m in got] == [2, 3, 4]
+    assert all(m["coremq_replay"] is True for m in got)
+    pub.send_message("since.q", {"i": 5})
+    assert wait_message(sub)[1]["i"] == 5
+    sub.close()
+    pub.close()
