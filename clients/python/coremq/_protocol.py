@@ -280,11 +280,16 @@ class Backoff:
         self.next = self.min
 
 
+TokenSource = Union[str, Callable[[], str]]
+
+
 def auth_command(user: Optional[str], password: Optional[str],
-                 token: Optional[str]) -> Optional[Dict[str, Any]]:
-    """The ``coremq_auth`` command for the given credentials, if any."""
+                 token: Optional[TokenSource]) -> Optional[Dict[str, Any]]:
+    """The ``coremq_auth`` command for the given credentials, if any. A
+    callable ``token`` is called for each connection (fresh tokens for
+    reconnects after the old one expired)."""
     if token is not None:
-        return {"coremq_auth": {"token": token}}
+        return {"coremq_auth": {"token": token() if callable(token) else token}}
     if user is not None:
         return {"coremq_auth": {"user": user, "password": password or ""}}
     return None

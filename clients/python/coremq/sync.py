@@ -21,6 +21,7 @@ from ._protocol import (
     Gap,
     AuthenticationFailed,
     Positions,
+    TokenSource,
     ProtocolError,
     auth_command,
     command_json,
@@ -63,6 +64,9 @@ class MessageQueue:
 
     * ``user``/``password`` or ``token``: ``coremq_auth`` is the first request
       on every connection; a refusal raises :class:`AuthenticationFailed`.
+      ``token`` may be a callable returning a fresh token, called for each
+      connection (a token that expired closes the connection; the reconnect
+      then logs in with a new one).
     * ``ssl_context``: TLS (the broker's ``tls_port``); ``server_hostname``
       defaults to ``server``.
     * reconnect with backoff (``reconnect``, ``reconnect_timeout``): a lost
@@ -85,7 +89,7 @@ class MessageQueue:
         *,
         user: Optional[str] = None,
         password: Optional[str] = None,
-        token: Optional[str] = None,
+        token: Optional[TokenSource] = None,
         ssl_context: Optional[_ssl.SSLContext] = None,
         server_hostname: Optional[str] = None,
         encoder: Encoder = json.dumps,

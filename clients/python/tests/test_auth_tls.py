@@ -70,6 +70,33 @@ def test_sync_token_login_and_reconnect_logs_in_again(auth_broker):
     pub.close()
 
 
+def test_token_provider_gives_each_connection_a_fresh_token(auth_broker):
+    """A token that expires closes the connection (ERROR: Token expired); a
+    callable token is asked again for the reconnect, which then works."""
+    made = []
+
+    def provider():
+        made.append(hs256_token("bob", ttl=2 if not made else 300))
+        return made[-1]
+
+    async def main():
+        async with coremq.connect("127.0.0.1", auth_broker.port, token=provider,
+                                  backoff=(0.05, 0.2)) as c:
+            sub = await c.subscribe("shared")
+            first = c.connection_id
+            for _ in range(100):  # the first token expires within ~2 s
+                if c.connection_id != first:
+                    break
+                await asyncio.sleep(0.1)
+            assert c.connection_id != first and len(made) == 2
+            assert [type(e) for e in c.errors] == [coremq.TokenExpired]
+            async with coremq.connect("127.0.0.1", auth_broker.port, user="alice",
+                                      password=PASSWORD) as a:
+                await a.publish("shared", {"after": "refresh"})
+            assert (await sub.get(timeout=10))["after"] == "refresh"
+    asyncio.run(asyncio.wait_for(main(), 60))
+
+
 def test_sync_bad_token_fails(auth_broker):
     bad = hs256_token("bob", secret="another-secret-0123456789-0123456789")
     with pytest.raises(coremq.AuthenticationFailed):
