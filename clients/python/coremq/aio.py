@@ -80,10 +80,14 @@ class Subscription:
     to the connection's id). Await it, ``async with`` it or iterate it: the
     subscribe is sent on first use. Survives reconnects."""
 
-    def __init__(self, client: "Client", queues: List[str], direct: bool = False) -> None:
+    def __init__(self, client: "Client", queues: List[str], direct: bool = False,
+                 since: Optional[Dict[str, Position]] = None) -> None:
         self._client = client
         self.queues = queues
         self.direct = direct
+        self.since = dict(since or {})
+        #: The broker's reply to the subscribe (with ``recovered`` for a resume).
+        self.reply: Optional[Dict[str, Any]] = None
         self._inbox: "asyncio.Queue[Any]" = asyncio.Queue()
         self._started = False
         self._closed = False
@@ -436,13 +440,23 @@ class Client:
         """Point-to-point: publish to another connection's id."""
         return await self.publish(connection_id, message)
 
-    def subscribe(self, *queues: str) -> Subscription:
+    def subscribe(self, *queues: str,
+                  since: Optional[Dict[str, Position]] = None) -> Subscription:
         """A :class:`Subscription` to ``queues``: ``await`` it, use it with
-        ``async with`` or ``async for`` (the subscribe is sent on first use)."""
+        ``async with`` or ``async for`` (the subscribe is sent on first use).
+
+        ``since`` maps queues to the :class:`Position` of the last message you
+        have (e.g. stored ``msg.position``): the broker replays what followed
+        (``msg.replay``) before the live messages; ``sub.reply["recovered"]``
+        says whether it could vouch that nothing is missing, and a queue it
+        could not is a :class:`Gap` (``gaps``, ``on_gap``). A queue this
+        client already subscribes to is not resumed again."""
         names = [q for x in queues for q in (x if isinstance(x, (list, tuple)) else [x])]
         if not names:
             raise ValueError("Must pass at least one queue name")
-        return Subscription(self, names)
+        if since and not set(since) <= set(names):
+            raise ValueError("since names queues not subscribed: %s" % sorted(set(since) - set(names)))
+        return Subscription(self, names, since=since)
 
     def direct(self) -> Subscription:
         """Messages sent to this connection's id (point-to-point)."""
@@ -475,8 +489,16 @@ class Client:
         for q in sub.queues:
             self._subs.setdefault(q, []).append(sub)
         if new:
+            cmd: Dict[str, Any] = {"coremq_subscribe": new}
+            resume = {q: [sub.since[q]] for q in new if q in sub.since}
+            if resume:
+                cmd["coremq_since"] = {q: p[0].to_json() for q, p in resume.items()}
             try:
-                await self._request({"coremq_subscribe": new})
+                sub.reply = await self._request(cmd)
+                for gap in gaps_of(sub.reply, resume):
+                    self.gaps.append(gap)
+                    if self.on_gap is not None:
+                        self.on_gap(gap)
             except BaseException:
                 await self._remove(sub, send=False)
                 raise

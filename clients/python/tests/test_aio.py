@@ -131,3 +131,30 @@ def test_a_frame_the_decoder_refuses_is_skipped_and_recorded(broker):
             assert len(c.errors) == 1 and "refused by the decoder" in str(c.errors[0])
             assert c.connection_id == first_id
     run(main())
+
+
+def test_subscribe_since_a_stored_position(broker):
+    async def main():
+        async with coremq.connect("127.0.0.1", broker.port) as c:
+            for i in range(5):
+                await c.publish("asince", {"i": i})
+            second = (await c.history("asince"))["asince"][1]
+            pos = coremq.Position(second["coremq_sent"], second["coremq_server"])
+            async with coremq.connect("127.0.0.1", broker.port) as s:
+                sub = await s.subscribe("asince", since={"asince": pos})
+                assert sub.reply["recovered"] == {"asince": True}
+                got = [await sub.get(timeout=T) for _ in range(3)]
+                assert [m["i"] for m in got] == [2, 3, 4] and all(m.replay for m in got)
+                assert got[-1].position.server == pos.server
+                await c.publish("asince", {"i": 5})
+                live = await sub.get(timeout=T)
+                assert live["i"] == 5 and not live.replay
+                assert s.gaps == []
+                # A position from before anything the broker holds: a gap.
+                old = coremq.Position(1.0, pos.server)
+                sub2 = await s.subscribe("asince.other", since={"asince.other": old})
+                assert sub2.reply["recovered"] == {"asince.other": False}
+                assert s.gaps == [coremq.Gap("asince.other", old)]
+            with pytest.raises(ValueError):
+                c.subscribe("a", since={"b": pos})
+    run(main())
