@@ -9,6 +9,7 @@ reconnect backoff. Nothing here does I/O.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -315,3 +316,14 @@ def is_notice(message: Any) -> bool:
     shutdown, and ``Unsubscribed: permission revoked`` after a reload."""
     r = message.get("response") if isinstance(message, dict) else None
     return r == "BYE" or (isinstance(r, str) and r.startswith("Unsubscribed"))
+
+
+def report_gap(gaps: List[Gap], on_gap: Optional[Callable[[Gap], None]], gap: Gap) -> None:
+    """Record ``gap`` and call the application's ``on_gap``; an exception in
+    the callback is logged, not allowed to break the reconnect."""
+    gaps.append(gap)
+    if on_gap is not None:
+        try:
+            on_gap(gap)
+        except Exception:
+            logging.getLogger("coremq").exception("coremq: on_gap callback failed")

@@ -41,6 +41,7 @@ from ._protocol import (
     gaps_of,
     is_reply,
     reply_error,
+    report_gap,
     subscribe_command,
     wrap_message,
 )
@@ -262,9 +263,7 @@ class Client:
                 reply = await self._inline(cmd)
                 if resume:
                     for gap in gaps_of(reply, since):
-                        self.gaps.append(gap)
-                        if self.on_gap is not None:
-                            self.on_gap(gap)
+                        report_gap(self.gaps, self.on_gap, gap)
         except BaseException:
             writer.close()
             self._writer = None
@@ -496,9 +495,7 @@ class Client:
             try:
                 sub.reply = await self._request(cmd)
                 for gap in gaps_of(sub.reply, resume):
-                    self.gaps.append(gap)
-                    if self.on_gap is not None:
-                        self.on_gap(gap)
+                    report_gap(self.gaps, self.on_gap, gap)
             except BaseException:
                 await self._remove(sub, send=False)
                 raise

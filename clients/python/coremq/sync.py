@@ -20,6 +20,7 @@ from ._protocol import (
     FrameReader,
     Gap,
     AuthenticationFailed,
+    Position,
     Positions,
     TokenSource,
     ProtocolError,
@@ -29,6 +30,7 @@ from ._protocol import (
     gaps_of,
     is_reply,
     reply_error,
+    report_gap,
     subscribe_command,
     wrap_message,
 )
@@ -171,9 +173,7 @@ class MessageQueue:
                 reply = self._request(cmd)
                 if resume:
                     for gap in gaps_of(reply, since):
-                        self.gaps.append(gap)
-                        if self.on_gap is not None:
-                            self.on_gap(gap)
+                        report_gap(self.gaps, self.on_gap, gap)
         except BaseException:
             self.close()
             raise
@@ -413,12 +413,17 @@ class MessageQueue:
     def subscribe_since(self, queue: str, sent: float, server: str) -> Frame:
         """Subscribe to ``queue`` resuming after a stored position (the
         ``coremq_sent`` and ``coremq_server`` of the last message you have).
-        The reply's ``recovered`` says whether nothing was lost."""
+        The reply's ``recovered`` says whether nothing was lost; when not,
+        a :class:`Gap` goes to :attr:`gaps` and ``on_gap``."""
         self._ensure()  # first: a first connect would subscribe it without the position
         if queue not in self.subscriptions:
             self.subscriptions.append(queue)
-        return self._call({"coremq_subscribe": [queue],
-                           "coremq_since": {queue: {"sent": sent, "server": server}}})
+        pos = Position(float(sent), server)
+        q, reply = self._call({"coremq_subscribe": [queue],
+                               "coremq_since": {queue: pos.to_json()}})
+        for gap in gaps_of(reply, {queue: [pos]}):
+            report_gap(self.gaps, self.on_gap, gap)
+        return q, reply
 
     def unsubscribe(self, *queues: Any) -> Frame:
         """Unsubscribe from ``queues``; returns ``(connection_id, reply)``."""

@@ -229,5 +229,9 @@ def test_subscribe_since_a_stored_position_replays_what_followed(broker):
     assert all(m["coremq_replay"] is True for m in got)
     pub.send_message("since.q", {"i": 5})
     assert wait_message(sub)[1]["i"] == 5
+    assert sub.gaps == []
+    _, r = sub.subscribe_since("since.never", 1.0, second["coremq_server"])
+    assert r["recovered"] == {"since.never": False}
+    assert sub.gaps == [coremq.Gap("since.never", coremq.Position(1.0, second["coremq_server"]))]
     sub.close()
     pub.close()
