@@ -1,0 +1,24 @@
+"""CoreMQ client: the original synchronous :class:`MessageQueue` and an
+asyncio client (:func:`connect`). Standard library only."""
+
+from ._protocol import (
+    AuthenticationFailed,
+    AuthenticationRequired,
+    ConnectionLost,
+    CoreMQError,
+    Gap,
+    PermissionDenied,
+    Position,
+    ProtocolError,
+    TokenExpired,
+)
+from .aio import Client, Message, Subscription, connect
+from .sync import MessageQueue
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MessageQueue", "Client", "Message", "Subscription", "connect",
+    "CoreMQError", "PermissionDenied", "AuthenticationFailed", "AuthenticationRequired",
+    "TokenExpired", "ProtocolError", "ConnectionLost", "Gap", "Position",
+]

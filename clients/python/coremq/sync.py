@@ -1,0 +1,461 @@
+"""The synchronous client: the original CoreMQ ``MessageQueue``, kept
+recognisable, with reconnect and resume, credentials, TLS and pluggable JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl as _ssl
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+
+from ._protocol import (
+    Backoff,
+    ConnectionLost,
+    CoreMQError,
+    Decoder,
+    Encoder,
+    FrameReader,
+    Gap,
+    AuthenticationFailed,
+    Position,
+    Positions,
+    TokenSource,
+    ProtocolError,
+    auth_command,
+    command_json,
+    encode_frame,
+    gaps_of,
+    is_reply,
+    reply_error,
+    report_gap,
+    subscribe_command,
+    wrap_message,
+)
+
+Frame = Tuple[Optional[str], Optional[Any]]
+
+
+def _names(queues: Iterable[Any]) -> List[str]:
+    """``subscribe('a', 'b')`` and ``subscribe(['a', 'b'])`` alike."""
+    out: List[str] = []
+    for q in queues:
+        if isinstance(q, (list, tuple)):
+            out.extend(q)
+        else:
+            out.append(q)
+    if not out:
+        raise ValueError("Must pass at least one queue name")
+    return out
+
+
+class MessageQueue:
+    """A blocking CoreMQ connection, with the original client's methods.
+
+    >>> m = MessageQueue('127.0.0.1')
+    >>> m.connect()
+    >>> m.welcome_message['response']
+    'OK: Welcome to CoreMQ server'
+    >>> m.subscribe('test')
+    >>> m.send_message(queue='test', message=dict(a=1))
+    >>> m.get_message()            # (queue, message) or (None, None)
+
+    Beyond the original:
+
+    * ``user``/``password`` or ``token``: ``coremq_auth`` is the first request
+      on every connection; a refusal raises :class:`AuthenticationFailed`.
+      ``token`` may be a callable returning a fresh token, called for each
+      connection (a token that expired closes the connection; the reconnect
+      then logs in with a new one).
+    * ``ssl_context``: TLS (the broker's ``tls_port``); ``server_hostname``
+      defaults to ``server``.
+    * reconnect with backoff (``reconnect``, ``reconnect_timeout``): a lost
+      connection is made again, options are set again and subscriptions are
+      resumed after the last message received per queue and server
+      (``coremq_since``). A resume the broker does not vouch for
+      (``recovered: false``, or a queue with no message yet) is recorded in
+      :attr:`gaps` and passed to ``on_gap``. Replays of messages already
+      received are dropped. Point-to-point messages sent to the old
+      connection id while away are lost (the id changes).
+    * ``encoder``/``decoder`` for messages (default: the ``json`` module).
+    * ``ERROR:`` replies raise typed exceptions (:class:`CoreMQError` and its
+      subclasses) instead of being returned.
+    """
+
+    def __init__(
+        self,
+        server: str = "127.0.0.1",
+        port: int = 6747,
+        *,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        token: Optional[TokenSource] = None,
+        ssl_context: Optional[_ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+        encoder: Encoder = json.dumps,
+        decoder: Decoder = json.loads,
+        reconnect: bool = True,
+        reconnect_timeout: float = 30.0,
+        backoff: Tuple[float, float] = (0.1, 2.0),
+        timeout: float = 30.0,
+        on_gap: Optional[Callable[[Gap], None]] = None,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.socket: Optional[socket.socket] = None
+        self.connection_id: Optional[str] = None
+        self.welcome_message: Optional[Dict[str, Any]] = None
+        self.subscriptions: List[str] = []
+        self.options: Dict[str, Any] = {}
+        #: The user the broker logged this connection in as, if any.
+        self.user: Optional[str] = None
+        #: Every resume the broker did not vouch for, oldest first.
+        self.gaps: List[Gap] = []
+        self.encoder = encoder
+        self.decoder = decoder
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        self.timeout = timeout
+        self.on_gap = on_gap
+        self._user = user
+        self._password = password
+        self._token = token
+        self._ssl = ssl_context
+        self._hostname = server_hostname or server
+        self._backoff = Backoff(*backoff)
+        self._reader = FrameReader()
+        self._inbox: Deque[Tuple[str, Any]] = deque()
+        self._positions = Positions()
+        self._connected_before = False
+
+    def __repr__(self) -> str:  # never the credentials
+        return "MessageQueue(%r, %r, connection_id=%r)" % (self.server, self.port, self.connection_id)
+
+    def __enter__(self) -> "MessageQueue":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- connection ---------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect (once; no-op when connected), log in, set the options and
+        (re)subscribe. Raises ``OSError`` (``ConnectionLost`` included) when
+        the broker cannot be reached."""
+        if self.socket:
+            return
+        sock = socket.create_connection((self.server, self.port), timeout=self.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock = self._ssl.wrap_socket(sock, server_hostname=self._hostname)
+        except BaseException:
+            sock.close()
+            raise
+        self.socket = sock
+        self._reader = FrameReader()
+        try:
+            q, welcome = self._read_frame(time.monotonic() + self.timeout)
+            self.connection_id, self.welcome_message = q, welcome
+            auth = auth_command(self._user, self._password, self._token)
+            if auth is not None:
+                reply = self._request(auth)
+                self.user = reply.get("user")
+            if self.options:
+                self._request({"coremq_options": dict(self.options)})
+            if self.subscriptions:
+                resume = self._connected_before
+                cmd, since = subscribe_command(self.subscriptions, self._positions, resume)
+                reply = self._request(cmd)
+                if resume:
+                    for gap in gaps_of(reply, since):
+                        report_gap(self.gaps, self.on_gap, gap)
+        except BaseException:
+            self.close()
+            raise
+        self._connected_before = True
+        self._backoff.reset()
+
+    def close(self) -> None:
+        """Close the connection. Subscriptions and options are kept: the next
+        call connects again and restores them."""
+        if self.socket:
+            try:
+                self.socket.close()
+            finally:
+                self.socket = None
+
+    def _reconnect(self) -> None:
+        """Connect again with backoff, for at most ``reconnect_timeout`` s."""
+        self.close()
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            try:
+                self.connect()
+                return
+            except AuthenticationFailed:
+                raise
+            except OSError as e:
+                delay = self._backoff.delay()
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionLost("cannot reconnect to %s:%s: %s"
+                                         % (self.server, self.port, type(e).__name__)) from None
+                time.sleep(delay)
+
+    def _ensure(self) -> None:
+        if self.socket:
+            return
+        if self._connected_before and self.reconnect:
+            self._reconnect()
+        else:
+            self.connect()
+
+    # -- frames -------------------------------------------------------------
+
+    def _send(self, queue: str, body: Any) -> None:
+        assert self.socket is not None
+        # Reads leave the socket with what was left of their deadline.
+        self.socket.settimeout(self.timeout)
+        self.socket.sendall(encode_frame(queue, body))
+
+    def _read_frame(self, deadline: float) -> Tuple[str, Any]:
+        """The next frame; ``socket.timeout`` at the deadline; ConnectionLost
+        when the broker closed the connection."""
+        while True:
+            f = self._reader.next()
+            if f is not None:
+                q, js = f
+                try:
+                    return q, self.decoder(js.decode("utf-8"))
+                except Exception as e:  # a decoder's own error type, or bad UTF-8
+                    # The frame is consumed and the framing intact: the
+                    # connection stays, the next call reads on.
+                    raise ProtocolError("cannot decode a frame of %r: %s" % (q, e)) from e
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out")
+            sock = self.socket
+            if sock is None:
+                raise ConnectionLost("not connected")
+            sock.settimeout(left)
+            data = sock.recv(65536)
+            if not data:
+                self.close()
+                raise ConnectionLost("the broker closed the connection")
+            self._reader.feed(data)
+
+    def _take_waiting(self) -> None:
+        """Read what already waits on the socket, without blocking: so that a
+        connection the broker closed while we were idle (a restart: ``BYE``,
+        then end of stream) is noticed, and replaced, before a publish is
+        written into it and lost."""
+        sock = self.socket
+        if sock is None:
+            return
+        try:
+            sock.settimeout(0)
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    self.close()
+                    return
+                self._reader.feed(data)
+        except (BlockingIOError, _ssl.SSLWantReadError, socket.timeout):
+            pass
+        except OSError:
+            self.close()
+            return
+        while True:
+            try:
+                f = self._reader.next()
+            except CoreMQError:
+                self.close()
+                return
+            if f is None:
+                return
+            q, js = f
+            try:
+                m = self.decoder(js.decode("utf-8"))
+            except Exception:
+                continue  # reported by get_message's path only; skipped here
+            if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
+                self.close()
+                return
+            self._deliver(q, m)
+
+    def _deliver(self, queue: str, message: Any) -> None:
+        if self._positions.admit(queue, message, self.subscriptions):
+            self._inbox.append((queue, message))
+
+    def _request(self, command: Dict[str, Any]) -> Dict[str, Any]:
+        """Send a command to the connection's id and return its reply;
+        deliveries read meanwhile wait in the inbox. ERROR replies raise."""
+        self._send(self.connection_id or "-", command_json(command))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                q, m = self._read_frame(deadline)
+            except socket.timeout:
+                self.close()
+                raise ConnectionLost("no reply within %s s" % self.timeout) from None
+            if is_reply(self.connection_id, q, m):
+                err = reply_error(m)
+                if err is not None:
+                    raise err
+                return m
+            if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
+                self.close()
+                raise ConnectionLost("the broker is shutting down (BYE)")
+            self._deliver(q, m)
+
+    def _call(self, command: Dict[str, Any]) -> Frame:
+        """A command, made again once after a reconnect if the connection
+        drops (commands are idempotent)."""
+        self._ensure()
+        try:
+            return self.connection_id, self._request(command)
+        except OSError:
+            if not self.reconnect:
+                raise
+            self._reconnect()
+            return self.connection_id, self._request(command)
+
+    # -- the original API ---------------------------------------------------
+
+    def send_message(self, queue: str, message: Any) -> Frame:
+        """Publish ``message`` (a dict, or a string sent as
+        ``{"coremq_string": ...}``) to ``queue`` and return the broker's
+        acknowledgement as ``(connection_id, {"response": "OK: Message sent"})``,
+        or ``(None, None)`` when the ``ack`` option is off.
+
+        Raises :class:`PermissionDenied` (and other :class:`CoreMQError`) for
+        an ``ERROR:`` reply, and :class:`ConnectionLost` when the connection
+        dropped before the acknowledgement (the message may or may not have
+        been delivered; the client has reconnected if it could)."""
+        body = self.encoder(wrap_message(message))
+        self._take_waiting()
+        self._ensure()
+        try:
+            self._send(queue, body)
+        except OSError:
+            if not self.reconnect:
+                raise
+            self._reconnect()
+            self._send(queue, body)
+        if self.options.get("ack") is False:
+            return None, None
+        deadline = time.monotonic() + self.timeout
+        try:
+            while True:
+                q, m = self._read_frame(deadline)
+                if is_reply(self.connection_id, q, m):
+                    err = reply_error(m)
+                    if err is not None:
+                        raise err
+                    return q, m
+                if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
+                    self.close()
+                    raise ConnectionLost("the broker is shutting down (BYE)")
+                self._deliver(q, m)
+        except (OSError, socket.timeout) as e:
+            self.close()
+            if self.reconnect:
+                try:
+                    self._reconnect()
+                except OSError:
+                    pass
+            if isinstance(e, ConnectionLost):
+                raise
+            raise ConnectionLost("connection lost before the acknowledgement: %s"
+                                 % type(e).__name__) from None
+
+    def get_message(self, timeout: float = 1) -> Frame:
+        """The next message as ``(queue, message)``, or ``(None, None)`` when
+        none arrives within ``timeout`` seconds. Broker notices on the
+        connection id (``BYE``, errors such as a slow-consumer cut) are
+        returned too; after ``BYE`` the connection is closed and the next call
+        reconnects."""
+        if self._inbox:
+            return self._inbox.popleft()
+        self._ensure()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                q, m = self._read_frame(deadline)
+            except socket.timeout:
+                return None, None
+            except OSError:
+                if not self.reconnect:
+                    raise
+                self._reconnect()
+                if self._inbox:
+                    return self._inbox.popleft()
+                continue
+            if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
+                self.close()
+                return q, m
+            if self._positions.admit(q, m, self.subscriptions):
+                return q, m
+
+    def subscribe(self, *queues: Any) -> Frame:
+        """Subscribe to ``queues``; returns ``(connection_id, reply)``."""
+        names = _names(queues)
+        self._ensure()  # first: a first connect would subscribe them itself
+        for q in names:
+            if q not in self.subscriptions:
+                self.subscriptions.append(q)
+        return self._call({"coremq_subscribe": names})
+
+    def subscribe_since(self, queue: str, sent: float, server: str) -> Frame:
+        """Subscribe to ``queue`` resuming after a stored position (the
+        ``coremq_sent`` and ``coremq_server`` of the last message you have).
+        The reply's ``recovered`` says whether nothing was lost; when not,
+        a :class:`Gap` goes to :attr:`gaps` and ``on_gap``."""
+        self._ensure()  # first: a first connect would subscribe it without the position
+        if queue not in self.subscriptions:
+            self.subscriptions.append(queue)
+        pos = Position(float(sent), server)
+        q, reply = self._call({"coremq_subscribe": [queue],
+                               "coremq_since": {queue: pos.to_json()}})
+        for gap in gaps_of(reply, {queue: [pos]}):
+            report_gap(self.gaps, self.on_gap, gap)
+        return q, reply
+
+    def unsubscribe(self, *queues: Any) -> Frame:
+        """Unsubscribe from ``queues``; returns ``(connection_id, reply)``."""
+        names = _names(queues)
+        for q in names:
+            if q in self.subscriptions:
+                self.subscriptions.remove(q)
+        self._positions.forget(names)
+        return self._call({"coremq_unsubscribe": names})
+
+    def get_history(self, *queues: Any) -> Frame:
+        """``(connection_id, {"history": {queue: [message, ...]}})`` for
+        ``queues`` (default: the subscriptions), oldest first."""
+        names = _names(queues or tuple(self.subscriptions))
+        return self._call({"coremq_gethistory": names})
+
+    def set_options(self, **options: Any) -> Frame:
+        """Set connection options (``ack``, ``echo``, ``seq``; ``None``
+        removes one); they are set again after a reconnect."""
+        self.options.update(options)
+        for key, val in options.items():
+            if val is None:
+                self.options.pop(key, None)
+        return self._call({"coremq_options": options})
+
+    def status(self) -> Dict[str, Any]:
+        """The broker's status object (``coremq_status``, docs/protocol.md §7)."""
+        return self._call({"coremq_status": True})[1]
+
+    def listen(self, seconds: int = 30) -> None:
+        """Print what arrives for about ``seconds`` seconds (as the original)."""
+        for _ in range(seconds):
+            q, m = self.get_message()
+            if q:
+                print(q, m)
