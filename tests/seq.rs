@@ -374,6 +374,11 @@ fn links_carry_numbers_only_to_peers_that_read_them() {
     let mut plain_link = attach(gateway, false);
     let mut reading_link = attach(standby, true);
     let mut p = b.client();
+    // A link gets messages once the control shard has taken it over.
+    wait_status(&mut p, "both replicant links up", |st| {
+        let r = replicants(st);
+        r.contains(standby) && r.contains(gateway)
+    });
     p.publish(&q, &json!({"n": 1}));
     let f = next_message(&mut reading_link);
     assert_eq!(f.json["coremq_seq"], json!(1), "{f}");
