@@ -326,11 +326,6 @@ fn order_is_kept_for_many_ws_publishes() {
 // Slow consumer
 // ---------------------------------------------------------------------------
 
-/// Sum of `messages_out` over the shards.
-fn messages_out(c: &mut Client) -> u64 {
-    shard_sum(&c.status(), "messages_out")
-}
-
 #[test]
 fn a_slow_ws_consumer_is_cut_off_while_others_keep_receiving() {
     let b = Broker::start(
@@ -352,26 +347,20 @@ fn a_slow_ws_consumer_is_cut_off_while_others_keep_receiving() {
     let mut publisher = b.client();
     let mut watcher = b.client();
 
-    // Each publish is queued to three connections until `slow` is cut off, then to
-    // two: `messages_out` tells the moment without waiting for the close. Loopback
+    // Publish until `slow` is cut off: status counts the cut at once
+    // (`slow_consumers`), before the close. (WebSocket connections live on
+    // different shards, so `messages_out` at one moment may not yet include
+    // the delivery to `slow`'s shard: not a signal of the cut.) Loopback
     // socket buffers hold a few MB; 1000 x 30 KB is far more.
     let payload = "s".repeat(30_000);
     let mut seq = 0u64;
-    let mut out = messages_out(&mut watcher);
     let mut cut = false;
     while seq < 1000 && !cut {
         publisher.publish(&q, &json!({"seq": seq, "p": payload}));
         assert_eq!(healthy_ws.recv_msg()["seq"], json!(seq));
         assert_eq!(healthy_tcp.recv_msg().json["seq"], json!(seq));
         seq += 1;
-        let now = messages_out(&mut watcher);
-        assert!(
-            now - out == 3 || now - out == 2,
-            "messages_out moved by {} for one publish",
-            now - out
-        );
-        cut = now - out == 2;
-        out = now;
+        cut = shard_sum(&watcher.status(), "slow_consumers") >= 1;
     }
     assert!(cut, "the slow WebSocket consumer was never cut off");
 
