@@ -46,25 +46,32 @@ pub(crate) async fn accept_next(
     }
 }
 
+/// Takes a `max_connections` slot for a new connection, or — when none is
+/// left — counts and logs the refusal and returns what to tell the client.
+fn over_max_connections(
+    shard: &Shard,
+    peer: &str,
+    what: &'static str,
+) -> Option<crate::refusal::Wire> {
+    let max = shard.cfg().max_connections;
+    if shard.node().shared.try_open(max) {
+        return None;
+    }
+    Counters::add(&shard.counters().refused_connections, 1);
+    tracing::warn!(
+        shard = shard.id(),
+        peer,
+        max,
+        "{what} refused: max_connections reached"
+    );
+    Some(shard.refused(&Refusal::TooManyConnections { max }, Transport::Tcp))
+}
+
 /// Accepts connections until the shard stops.
 pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
     while let Some((stream, peer)) = accept_next(shard, listener).await {
-        if !shard.node().shared.try_open(shard.cfg().max_connections) {
-            Counters::add(&shard.counters().refused_connections, 1);
-            tracing::warn!(
-                shard = shard.id(),
-                peer,
-                max = shard.cfg().max_connections,
-                "connection refused: max_connections reached"
-            );
-            let refusal = Refusal::TooManyConnections {
-                max: shard.cfg().max_connections,
-            };
-            spawn_local(refuse(
-                Io::Plain(stream),
-                shard.refused(&refusal, Transport::Tcp),
-            ))
-            .detach();
+        if let Some(wire) = over_max_connections(shard, &peer, "connection") {
+            spawn_local(refuse(Io::Plain(stream), wire)).detach();
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -85,20 +92,9 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
 /// (`max_connections` bounds handshakes too).
 pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
     while let Some((stream, peer)) = accept_next(shard, listener).await {
-        if !shard.node().shared.try_open(shard.cfg().max_connections) {
-            Counters::add(&shard.counters().refused_connections, 1);
-            tracing::warn!(
-                shard = shard.id(),
-                peer,
-                max = shard.cfg().max_connections,
-                "TLS connection refused: max_connections reached"
-            );
+        if let Some(wire) = over_max_connections(shard, &peer, "TLS connection") {
             // The same ERROR frame as on the plain port, inside TLS (the
             // handshake is bounded by tls_handshake_timeout as any other).
-            let refusal = Refusal::TooManyConnections {
-                max: shard.cfg().max_connections,
-            };
-            let wire = shard.refused(&refusal, Transport::Tcp);
             let s = shard.clone();
             spawn_local(async move {
                 if let Some(tls) = tls_handshake(&s, stream).await {
