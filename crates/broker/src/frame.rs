@@ -65,11 +65,6 @@ impl FrameBytes {
 }
 
 impl FrameBytes {
-    /// A frame encoded into `buf`, shared from now on.
-    pub(crate) fn owned(buf: Vec<u8>) -> FrameBytes {
-        FrameBytes::from_vec(buf, 0)
-    }
-
     /// Bytes of memory the frame holds: its allocation(s), not only its length.
     pub(crate) fn allocated(&self) -> usize {
         // An Arc's two counts come before the value.
@@ -251,6 +246,28 @@ impl MsgFrame {
         out.push(b' ');
         out.extend_from_slice(body);
         out.extend_from_slice(&member);
+    }
+
+    /// The frame with its `coremq_seq` as shared bytes (see
+    /// [`MsgFrame::write_with_seq`]): a short one is encoded in a per-thread
+    /// buffer and copied once into its shared allocation, a large one keeps
+    /// the buffer it was encoded into — one allocation either way.
+    pub(crate) fn numbered_bytes(&self) -> FrameBytes {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let len = self.bytes.len() + 40;
+        if len >= LARGE_FRAME {
+            let mut out = Vec::with_capacity(len);
+            self.write_with_seq(&mut out);
+            return FrameBytes::from_vec(out, 0);
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            self.write_with_seq(&mut s);
+            FrameBytes::Small(Arc::from(&s[..]))
+        })
     }
 
     /// Appends the JSON alone with `"coremq_seq": N` last (for history replies).
@@ -453,5 +470,21 @@ mod tests {
         let mut only = Vec::new();
         e.write_json_with_seq(&mut only);
         assert_eq!(only, br#"{ "coremq_seq": 1}"#);
+    }
+
+    #[test]
+    fn numbered_bytes_are_the_numbered_frame_short_or_long() {
+        let key = MsgKey {
+            sent_us: 1,
+            origin: 2,
+        };
+        for pad in [0, LARGE_FRAME - 60, LARGE_FRAME, 20_000] {
+            let json = format!(r#"{{"p": "{}"}}"#, "x".repeat(pad));
+            let mut f = MsgFrame::new("q", json.as_bytes(), key);
+            f.set_seq(7);
+            let mut want = Vec::new();
+            f.write_with_seq(&mut want);
+            assert_eq!(&*f.numbered_bytes(), &want[..], "pad {pad}");
+        }
     }
 }

@@ -24,11 +24,7 @@ impl Conn {
             return Queued::Closing;
         }
         let frame = if st.opts.seq && msg.seq() != 0 {
-            &*numbered.get_or_insert_with(|| {
-                let mut out = Vec::with_capacity(msg.bytes().len() + 40);
-                msg.write_with_seq(&mut out);
-                FrameBytes::owned(out)
-            })
+            &*numbered.get_or_insert_with(|| msg.numbered_bytes())
         } else {
             msg.bytes()
         };
