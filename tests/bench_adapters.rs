@@ -900,10 +900,21 @@ mod kv_workload {
     #[test]
     fn memcached_server() {
         let Some(peer) = start_peer("memcached", |port| {
-            ["-u", "nobody", "-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-t", "2"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
+            [
+                "-u",
+                "nobody",
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-t",
+                "2",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
         }) else {
             return;
         };

@@ -90,7 +90,10 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         unreachable!("plain TCP is off only when tls_port is set");
     };
     let memcached_addr = if mq.kv.memcached_port != 0 {
-        Some(resolve_addr(SocketAddr::new(mq.address, mq.kv.memcached_port))?)
+        Some(resolve_addr(SocketAddr::new(
+            mq.address,
+            mq.kv.memcached_port,
+        ))?)
     } else {
         None
     };

@@ -501,7 +501,10 @@ fn write_answer(then: Then, answer: KvAnswer, out: &mut Vec<u8>) {
             }
         }
         (_, answer) => {
-            tracing::warn!(?answer, "memcached: an answer that does not fit its command");
+            tracing::warn!(
+                ?answer,
+                "memcached: an answer that does not fit its command"
+            );
             push_line(out, "SERVER_ERROR internal error");
         }
     }
@@ -542,15 +545,11 @@ async fn stats(shard: &Shard, out: &mut Vec<u8>) {
         ("get_misses", misses.to_string()),
         ("curr_items", sum(|s| s.kv_keys).to_string()),
     ];
-    for (name, value) in lines
-        .iter()
-        .map(|(n, v)| (*n, v.clone()))
-        .chain([
-            ("bytes", sum(|s| s.kv_bytes).to_string()),
-            ("evictions", sum(|s| s.kv_evictions).to_string()),
-            ("expired_unfetched", sum(|s| s.kv_expirations).to_string()),
-        ])
-    {
+    for (name, value) in lines.iter().map(|(n, v)| (*n, v.clone())).chain([
+        ("bytes", sum(|s| s.kv_bytes).to_string()),
+        ("evictions", sum(|s| s.kv_evictions).to_string()),
+        ("expired_unfetched", sum(|s| s.kv_expirations).to_string()),
+    ]) {
         push_line(out, &format!("STAT {name} {value}"));
     }
     out.extend_from_slice(b"END\r\n");
