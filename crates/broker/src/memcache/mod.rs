@@ -21,10 +21,10 @@ mod parse;
 use crate::access::Access;
 use crate::conn::readbuf::ReadBuf;
 use crate::kvop::{now_ms, Expiry, KvAnswer, KvOp, KvValue, SetCond};
-use crate::refusal::{Refusal, Transport};
-use crate::shard::kv::KvPending;
-use crate::shard::Shard;
+use crate::refusal::Transport;
+use crate::shard::{KvPending, Shard};
 use crate::stats::Counters;
+use coremq_auth::Action;
 use futures_lite::future;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -265,7 +265,12 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
     let allowed = |write: bool, keys: &[&str], noreply: bool| -> Result<(), Pending> {
         let Some(a) = access else { return Ok(()) };
         for k in keys {
-            if let Err(refusal) = a.check_kv(write, k) {
+            let action = if write {
+                Action::KvWrite
+            } else {
+                Action::KvRead
+            };
+            if let Err(refusal) = a.check_kv(action, [*k]) {
                 let _ = shard.refused(&refusal, Transport::Tcp);
                 let action = if write { "kv_write" } else { "kv_read" };
                 return Err(if noreply {
@@ -522,8 +527,8 @@ async fn stats(shard: &Shard, out: &mut Vec<u8>) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let hits = sum(|s| s.kv_hits);
-    let misses = sum(|s| s.kv_misses);
+    let hits = sum(|s| s.kv.hits);
+    let misses = sum(|s| s.kv.misses);
     let lines: [(&str, String); 13] = [
         ("pid", std::process::id().to_string()),
         ("uptime", node.started.elapsed().as_secs().to_string()),
@@ -543,12 +548,12 @@ async fn stats(shard: &Shard, out: &mut Vec<u8>) {
         ("cmd_get", (hits + misses).to_string()),
         ("get_hits", hits.to_string()),
         ("get_misses", misses.to_string()),
-        ("curr_items", sum(|s| s.kv_keys).to_string()),
+        ("curr_items", sum(|s| s.kv.keys).to_string()),
     ];
     for (name, value) in lines.iter().map(|(n, v)| (*n, v.clone())).chain([
-        ("bytes", sum(|s| s.kv_bytes).to_string()),
-        ("evictions", sum(|s| s.kv_evictions).to_string()),
-        ("expired_unfetched", sum(|s| s.kv_expirations).to_string()),
+        ("bytes", sum(|s| s.kv.bytes).to_string()),
+        ("evictions", sum(|s| s.kv.evictions).to_string()),
+        ("expired_unfetched", sum(|s| s.kv.expirations).to_string()),
     ]) {
         push_line(out, &format!("STAT {name} {value}"));
     }
