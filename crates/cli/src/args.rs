@@ -218,8 +218,9 @@ pub enum KvCommand {
     /// `-` reads VALUE from standard input. Exit 1 ("not stored") when
     /// --if does not hold.
     Set {
-        /// The key.
-        key: String,
+        /// The key (named kv_key: --key is the TLS option).
+        #[arg(value_name = "KEY")]
+        kv_key: String,
         /// A JSON value, or `-` for standard input.
         #[arg(allow_hyphen_values = true)]
         value: String,
@@ -241,7 +242,8 @@ pub enum KvCommand {
     /// key counts from 0); print the new value.
     Incr {
         /// The key.
-        key: String,
+        #[arg(value_name = "KEY")]
+        kv_key: String,
         /// The amount.
         #[arg(default_value_t = 1, allow_hyphen_values = true)]
         by: i64,
@@ -262,7 +264,7 @@ impl KvCommand {
     pub fn keys(&self) -> Vec<&String> {
         match self {
             KvCommand::Get { keys } | KvCommand::Delete { keys } => keys.iter().collect(),
-            KvCommand::Set { key, .. } | KvCommand::Incr { key, .. } => vec![key],
+            KvCommand::Set { kv_key, .. } | KvCommand::Incr { kv_key, .. } => vec![kv_key],
         }
     }
 }

@@ -56,7 +56,10 @@ pub fn run(client: &Client, cmd: &KvCommand, value: Option<Value>) -> Result<(),
             println!("{}", Value::Object(values));
         }
         KvCommand::Set {
-            key, ttl, only_if, ..
+            kv_key: key,
+            ttl,
+            only_if,
+            ..
         } => {
             let opts = KvSet {
                 ttl: ttl.map(Duration::from_secs_f64),
@@ -78,7 +81,7 @@ pub fn run(client: &Client, cmd: &KvCommand, value: Option<Value>) -> Result<(),
             }
         }
         KvCommand::Delete { keys } => println!("{}", client.kv_delete(keys)?),
-        KvCommand::Incr { key, by } => println!("{}", client.kv_incr(key, *by)?),
+        KvCommand::Incr { kv_key: key, by } => println!("{}", client.kv_incr(key, *by)?),
     }
     Ok(())
 }
