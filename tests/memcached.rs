@@ -652,3 +652,25 @@ fn libmemcached_tools_drive_the_port() {
         }
     });
 }
+
+#[test]
+fn gets_in_a_row_are_answered_per_command_and_see_earlier_sets() {
+    each_shard_count(|shards| {
+        let (_b, addr) = broker(shards, &[]);
+        let mut c = Mc::connect(addr);
+        c.call("set a 1 0 2\r\na1\r\n", "STORED\r\n");
+        // One pipeline: gets in a row (read together), a set between them,
+        // then gets again: each get sees what was set before it.
+        c.send(b"get a\r\nget zz a zz\r\nget zz\r\nset a 2 0 2\r\na2\r\nget a\r\nget a a\r\n");
+        c.expect(
+            b"VALUE a 1 2\r\na1\r\nEND\r\nVALUE a 1 2\r\na1\r\nEND\r\nEND\r\nSTORED\r\n\
+              VALUE a 2 2\r\na2\r\nEND\r\nVALUE a 2 2\r\na2\r\nVALUE a 2 2\r\na2\r\nEND\r\n",
+        );
+        // gets between gets carries its cas unique only where asked.
+        c.send(b"get a\r\ngets a\r\nget a\r\n");
+        c.expect(b"VALUE a 2 2\r\na2\r\nEND\r\nVALUE a 2 2 ");
+        let rest = c.line();
+        assert!(rest.parse::<u64>().is_ok(), "cas unique {rest:?}");
+        c.expect(b"a2\r\nEND\r\nVALUE a 2 2\r\na2\r\nEND\r\n");
+    });
+}

@@ -130,8 +130,9 @@ enum Pending {
 
 /// How a store answer is written.
 enum Then {
-    /// `get`/`gets` of these keys.
-    Get(Vec<Box<str>>, bool),
+    /// Gets in a row: all their keys, and per command how many are its
+    /// and whether it is `gets`.
+    Get(Vec<Box<str>>, Vec<(usize, bool)>),
     /// The other commands; `true`: noreply.
     Store(bool),
     Delete(bool),
@@ -218,7 +219,9 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
     }
 }
 
-/// Parses and starts up to [`MAX_BATCH`] commands from the buffer.
+/// Parses and starts up to [`MAX_BATCH`] commands from the buffer. Gets
+/// that follow each other are started as one read of all their keys (one
+/// request per owner shard instead of one per key), answered per command.
 fn start_batch(
     shard: &Rc<Shard>,
     access: Option<&Access>,
@@ -227,41 +230,114 @@ fn start_batch(
     max_value: usize,
 ) -> (Vec<Pending>, End) {
     let mut batch = Vec::new();
+    let mut gets = GetRun::default();
     let now = now_ms();
-    while batch.len() < MAX_BATCH {
+    let mut commands = 0;
+    let end = loop {
+        if commands == MAX_BATCH {
+            break End::No;
+        }
         let parsed = match parse::parse(&rbuf.data[rbuf.start..rbuf.end], max_value) {
-            Parse::Incomplete => break,
+            Parse::Incomplete => break End::No,
             Parse::Step(p) => p,
         };
+        commands += 1;
         let (used, want) = (parsed.used, parsed.skip);
-        let pending = match parsed.what {
+        let started = match parsed.what {
             What::Fatal(r) => {
                 rbuf.start = rbuf.end;
-                return (batch, End::Fatal(r));
+                break End::Fatal(r);
             }
             What::Refused(r) => {
                 if r.is_some() {
                     Counters::add(&shard.counters().client_errors, 1);
                 }
-                Pending::Now(r)
+                Started::Now(Pending::Now(r))
             }
             What::Cmd(Cmd::Quit) => {
                 rbuf.start = rbuf.end;
-                return (batch, End::Quit);
+                break End::Quit;
             }
-            What::Cmd(cmd) => start(shard, access, cmd, now),
+            What::Cmd(cmd) => {
+                if !matches!(cmd, Cmd::Get { .. }) {
+                    // The gets before it are started first: they must not
+                    // see what this command changes.
+                    gets.flush(shard, &mut batch);
+                }
+                start(shard, access, cmd, now)
+            }
         };
-        batch.push(pending);
+        match started {
+            Started::Get(keys, cas) => gets.add(keys, cas),
+            Started::Now(p) => {
+                gets.flush(shard, &mut batch);
+                batch.push(p);
+            }
+        }
         rbuf.start += used;
         let take = want.min(rbuf.end - rbuf.start);
         rbuf.start += take;
         *skip = want - take;
+    };
+    gets.flush(shard, &mut batch);
+    (batch, end)
+}
+
+/// Gets in a row, read together.
+#[derive(Default)]
+struct GetRun {
+    /// Every key, in order.
+    keys: Vec<Box<str>>,
+    /// Per command: how many of the keys are its, and whether it is `gets`.
+    parts: Vec<(usize, bool)>,
+}
+
+impl GetRun {
+    fn add(&mut self, keys: Vec<Box<str>>, cas: bool) {
+        self.parts.push((keys.len(), cas));
+        self.keys.extend(keys);
     }
-    (batch, End::No)
+
+    /// Starts the read of every key so far (if any).
+    fn flush(&mut self, shard: &Shard, batch: &mut Vec<Pending>) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let run = std::mem::take(self);
+        let op = KvOp::Get {
+            keys: run.keys.clone(),
+        };
+        batch.push(Pending::Kv(
+            shard.kv_start(op),
+            Then::Get(run.keys, run.parts),
+        ));
+    }
+}
+
+/// What starting a command gave.
+enum Started {
+    /// Something to answer in its turn.
+    Now(Pending),
+    /// An allowed get of these keys (`true`: gets), to be read with the
+    /// gets next to it.
+    Get(Vec<Box<str>>, bool),
 }
 
 /// Starts one command.
-fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> Pending {
+fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> Started {
+    Started::Now(match start_one(shard, access, cmd, now) {
+        Ok(p) => p,
+        Err(get) => return get,
+    })
+}
+
+/// Starts one command; a get that may go ahead is handed back.
+fn start_one(
+    shard: &Rc<Shard>,
+    access: Option<&Access>,
+    cmd: Cmd<'_>,
+    now: u64,
+) -> Result<Pending, Started> {
     let allowed = |write: bool, keys: &[&str], noreply: bool| -> Result<(), Pending> {
         let Some(a) = access else { return Ok(()) };
         for k in keys {
@@ -283,13 +359,13 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
         Ok(())
     };
     let kv = |op: KvOp, then: Then| Pending::Kv(shard.kv_start(op), then);
-    match cmd {
+    Ok(match cmd {
         Cmd::Get { keys, cas } => {
             if let Err(p) = allowed(false, &keys, false) {
-                return p;
+                return Ok(p);
             }
             let keys: Vec<Box<str>> = keys.into_iter().map(Box::from).collect();
-            kv(KvOp::Get { keys: keys.clone() }, Then::Get(keys, cas))
+            return Err(Started::Get(keys, cas));
         }
         Cmd::Store {
             mode,
@@ -300,7 +376,7 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
             noreply,
         } => {
             if let Err(p) = allowed(true, &[key], noreply) {
-                return p;
+                return Ok(p);
             }
             let cond = match mode {
                 Mode::Set => SetCond::Always,
@@ -333,7 +409,7 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
         }
         Cmd::Delete { key, noreply } => {
             if let Err(p) = allowed(true, &[key], noreply) {
-                return p;
+                return Ok(p);
             }
             kv(
                 KvOp::Delete {
@@ -349,7 +425,7 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
             noreply,
         } => {
             if let Err(p) = allowed(true, &[key], noreply) {
-                return p;
+                return Ok(p);
             }
             kv(
                 KvOp::McIncr {
@@ -366,7 +442,7 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
             noreply,
         } => {
             if let Err(p) = allowed(true, &[key], noreply) {
-                return p;
+                return Ok(p);
             }
             kv(
                 KvOp::Touch {
@@ -379,18 +455,18 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
         Cmd::FlushAll { delay, noreply } => {
             let quiet = |r: &'static str| Pending::Now((!noreply).then_some(r));
             if !shard.cfg().kv.allow_flush {
-                return quiet("CLIENT_ERROR flush_all not allowed");
+                return Ok(quiet("CLIENT_ERROR flush_all not allowed"));
             }
             let Some(delay) = delay else {
-                return quiet(reply::BAD_EXPTIME);
+                return Ok(quiet(reply::BAD_EXPTIME));
             };
             // Flushing empties every key: it needs the right to write any.
             if let Err(p) = allowed(true, &["*"], noreply) {
-                return p;
+                return Ok(p);
             }
             let secs = delay_secs(delay, now);
             if secs == 0 {
-                return kv(KvOp::Flush, Then::Quiet((!noreply).then_some("OK")));
+                return Ok(kv(KvOp::Flush, Then::Quiet((!noreply).then_some("OK"))));
             }
             flush_later(shard, secs);
             quiet("OK")
@@ -399,7 +475,7 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
         Cmd::Verbosity { noreply } => Pending::Now((!noreply).then_some("OK")),
         Cmd::Stats => Pending::Stats,
         Cmd::Quit => Pending::Now(None),
-    }
+    })
 }
 
 /// Seconds until a `flush_all <delay>`: memcached reads a delay over 30
@@ -462,25 +538,28 @@ fn write_answer(then: Then, answer: KvAnswer, out: &mut Vec<u8>) {
         }
     };
     match (then, answer) {
-        (Then::Get(keys, cas), KvAnswer::Values(values)) => {
-            for (key, v) in keys.iter().zip(values) {
-                let Some((value, unique)) = v else { continue };
-                let bytes = value.mc_bytes();
-                out.extend_from_slice(b"VALUE ");
-                out.extend_from_slice(key.as_bytes());
-                out.push(b' ');
-                push_num(out, u64::from(value.flags));
-                out.push(b' ');
-                push_num(out, bytes.len() as u64);
-                if cas {
+        (Then::Get(keys, parts), KvAnswer::Values(values)) => {
+            let mut found = keys.iter().zip(values);
+            for (n, cas) in parts {
+                for (key, v) in found.by_ref().take(n) {
+                    let Some((value, unique)) = v else { continue };
+                    let bytes = value.mc_bytes();
+                    out.extend_from_slice(b"VALUE ");
+                    out.extend_from_slice(key.as_bytes());
                     out.push(b' ');
-                    push_num(out, unique);
+                    push_num(out, u64::from(value.flags));
+                    out.push(b' ');
+                    push_num(out, bytes.len() as u64);
+                    if cas {
+                        out.push(b' ');
+                        push_num(out, unique);
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(&bytes);
+                    out.extend_from_slice(b"\r\n");
                 }
-                out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(&bytes);
-                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(b"END\r\n");
             }
-            out.extend_from_slice(b"END\r\n");
         }
         (Then::Store(n), KvAnswer::Stored(true)) => quiet(n, out, "STORED"),
         (Then::Store(n), KvAnswer::Stored(false)) => quiet(n, out, "NOT_STORED"),
