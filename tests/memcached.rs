@@ -674,3 +674,23 @@ fn gets_in_a_row_are_answered_per_command_and_see_earlier_sets() {
         c.expect(b"a2\r\nEND\r\nVALUE a 2 2\r\na2\r\nEND\r\n");
     });
 }
+
+#[test]
+fn a_graceful_stop_closes_memcached_connections() {
+    let (mut b, addr) = broker(2, &[("shutdown_timeout", "20")]);
+    let mut idle = Mc::connect(addr);
+    let mut busy = Mc::connect(addr);
+    busy.call("set k 0 0 1\r\n1\r\n", "STORED\r\n");
+    idle.call("version\r\n", "");
+    let _ = idle.line();
+    let status = b.stop_with(libc::SIGTERM);
+    assert!(status.success(), "exit status {status}\n{}", b.logs());
+    // The stop ended their reads itself, not the timeout.
+    assert!(
+        !b.stdout().contains("still open at shutdown_timeout"),
+        "{}",
+        b.logs()
+    );
+    idle.expect_closed();
+    busy.expect_closed();
+}

@@ -111,7 +111,15 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
         unsafe { libc::shutdown(fd, libc::SHUT_RD) };
     }
     let deadline = std::time::Instant::now() + shard.cfg().shutdown_timeout;
-    while !live.fds.borrow().is_empty() && std::time::Instant::now() < deadline {
+    while !live.fds.borrow().is_empty() {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                shard = shard.id(),
+                open = live.fds.borrow().len(),
+                "memcached connections still open at shutdown_timeout; closing anyway"
+            );
+            break;
+        }
         sleep(Duration::from_millis(10)).await;
     }
 }
