@@ -26,7 +26,9 @@ import time
 # The workload: coremq-bench arguments, and the ops of the measured mix in a
 # full and a --quick run.
 KV_ARGS = ["--workload", "kv", "--kv-keys", "100000", "--kv-value", "1024", "--kv-depth", "32",
-           "--kv-connections", "4", "--kv-get-percent", "90"]
+           "--kv-get-percent", "90"]
+# Connections of the generator (bench/compare --kv-connections changes it).
+KV_CONNECTIONS = 4
 KV_OPS = (1_000_000, 100_000)
 # The issue's targets: CoreMQ at least memcached's ops/s, and 1.5× redis-server's.
 TARGETS = {"memcached": 1.0, "redis": 1.5}
@@ -88,7 +90,8 @@ def start_servers(c, tmp, shards, ncpu):
 def run_one(c, target, ops, max_seconds):
     name, proto, addr, pid = target
     cmd = [c.BENCH, "--json", "--quiet", "--proto", proto, "--addr", addr, "--label", name,
-           "--broker-pid", str(pid), "--max-seconds", str(max_seconds), "--kv-ops", str(ops)] + KV_ARGS
+           "--broker-pid", str(pid), "--max-seconds", str(max_seconds), "--kv-ops", str(ops),
+           "--kv-connections", str(KV_CONNECTIONS)] + KV_ARGS
     before = c.others_sample()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 300)
     others = c.others_since(before)
@@ -111,7 +114,23 @@ def fmt_range(xs, f="{:,.0f}"):
     return f"{f.format(statistics.median(xs))} ({f.format(min(xs))}–{f.format(max(xs))})"
 
 
+def rerender(path):
+    """Writes the .md of a saved .json again (after a change to the table)."""
+    with open(path) as f:
+        d = json.load(f)
+    global KV_CONNECTIONS
+    KV_CONNECTIONS = d.get("connections", 4)
+    names = list(d["results"])
+    md = render(d["command"], d["results"], names, d["reps"], d["ops"], d["shards"], d["ncpu"], d["notes"],
+                d.get("elapsed_s", 0))
+    md = md.replace(f"({d['reps']} repetitions, 0.0 min)", f"({d['reps']} repetitions)")
+    with open(path[:-len(".json")] + ".md", "w") as f:
+        f.write(md)
+
+
 def main(args, c):
+    global KV_CONNECTIONS
+    KV_CONNECTIONS = args.kv_connections
     reps = 1 if args.quick else max(1, args.reps)
     ops = KV_OPS[1] if args.quick else KV_OPS[0]
     command = "bench/compare " + " ".join(sys.argv[1:])
@@ -145,18 +164,27 @@ def main(args, c):
     c.stop_all()
     elapsed = time.time() - t0
     versions = {"coremq": c.output([c.COREMQ, "--version"])}
-    stamp = datetime.date.today().isoformat() + ("-quick" if args.quick else "") + "-kv"
+    conns = "" if KV_CONNECTIONS == 4 else f"-c{KV_CONNECTIONS}"
+    stamp = datetime.date.today().isoformat() + ("-quick" if args.quick else "") + conns + "-kv"
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, stamp)
     with open(base + ".json", "w") as f:
-        json.dump({"command": command, "reps": reps, "ops": ops, "workload": KV_ARGS, "shards": shards,
-                   "ncpu": ncpu, "notes": notes, "versions": versions, "results": results}, f, indent=1)
+        json.dump({"command": command, "reps": reps, "ops": ops, "workload": KV_ARGS,
+                   "connections": KV_CONNECTIONS, "shards": shards,
+                   "ncpu": ncpu, "notes": notes, "versions": versions, "elapsed_s": elapsed,
+                   "results": results}, f, indent=1)
     md = render(command, results, names, reps, ops, shards, ncpu, notes, elapsed)
     with open(base + ".md", "w") as f:
         f.write(md)
     print(md)
     c.log(f"wrote {base}.md and {base}.json")
     return 0
+
+
+def gen_us(r):
+    """The generator's CPU µs per operation of a run."""
+    g, n = r.get("generator_cpu_s"), r.get("ops")
+    return g * 1e6 / n if g is not None and n else None
 
 
 def ok_runs(runs):
@@ -180,15 +208,16 @@ def render(command, results, names, reps, ops, shards, ncpu, notes, elapsed):
              f"Command: `{command}` ({reps} repetitions, {elapsed / 60:.1f} min). Machine: {ncpu} cores, "
              "shared with other builds and tests (see the disturbance column).",
              "",
-             "Workload (`coremq-bench " + " ".join(KV_ARGS) + f" --kv-ops {ops:,}`): a preload stores "
+             "Workload (`coremq-bench " + " ".join(KV_ARGS) + f" --kv-connections {KV_CONNECTIONS} "
+             f"--kv-ops {ops:,}`): a preload stores "
              "all 100,000 keys (1 KiB values, not measured), then 90 % gets / 10 % sets on keys drawn "
-             "uniformly at random, pipelined 32 deep on 4 connections (each batch written in one call, "
+             f"uniformly at random, pipelined 32 deep on {KV_CONNECTIONS} connections (each batch written in one call, "
              "its replies read before the next). Every value starts with its key, so a wrong value is "
              "seen; after the preload every get should hit.",
              "",
-             "| server | ops/s median (min–max) | server CPU µs/op | batch p50 / p99 µs | misses | errors | "
-             "wrong values | others' CPU (cores) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| server | ops/s median (min–max) | server CPU µs/op | generator CPU µs/op | batch p50 / p99 µs | "
+             "misses | errors | wrong values | others' CPU (cores) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         runs = ok_runs(results[n])
         failed = len(results[n]) - len(runs)
@@ -197,7 +226,8 @@ def render(command, results, names, reps, ops, shards, ncpu, notes, elapsed):
         lines.append(
             f"| {n} | {fmt_range([r['ops_per_s'] for r in runs])}"
             + (f" ({failed} failed)" if failed else "")
-            + f" | {fmt_range([r.get('server_cpu_us_per_op') for r in runs], '{:.2f}')} | {lat} | "
+            + f" | {fmt_range([r.get('server_cpu_us_per_op') for r in runs], '{:.2f}')} | "
+            f"{fmt_range([gen_us(r) for r in runs], '{:.2f}')} | {lat} | "
             f"{sum(r['misses'] for r in runs)} | {sum(r['errors'] + r['preload_errors'] for r in runs)} | "
             f"{sum(r['wrong_values'] for r in runs)} | "
             f"{fmt_range([r.get('others_cores') for r in runs], '{:.2f}')} |")
