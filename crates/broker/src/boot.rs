@@ -284,6 +284,20 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     }
     // Every shard serves WebSocket connections the listener hands it.
     crate::web::host(&shard);
+    // The key-value store's expiry sweep (PROTOCOL.md §13): keys nobody
+    // reads again are freed too, a bounded number of slots per tick.
+    {
+        let s = shard.clone();
+        spawn_local(async move {
+            while !s.stopping().is_set() {
+                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                if !s.kv_is_empty() {
+                    s.kv_sweep();
+                }
+            }
+        })
+        .detach();
+    }
     if let Some((l, settings)) = web {
         spawn_local(crate::web::listen(shard.clone(), l, settings)).detach();
     }
