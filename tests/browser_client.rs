@@ -414,6 +414,31 @@ fn the_module_is_served_with_its_headers() {
     assert_eq!(r.status, 200);
 }
 
+/// The module refuses to publish an object the broker would read as a
+/// command: its list must name every command key of the protocol crate
+/// (which grows: the key-value commands came after the module).
+#[test]
+fn the_module_knows_every_command_key() {
+    let b = Broker::start(BrokerOpts::new(1).ws());
+    let module = http_get(b.ws_addr(), "/coremq.js").text();
+    let start = module.find("const COMMAND_KEYS = [").expect("COMMAND_KEYS");
+    let list = &module[start..start + module[start..].find("];").unwrap()];
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/protocol/src/message.rs"),
+    )
+    .expect("crates/protocol/src/message.rs");
+    let at = src.find("const COMMANDS:").expect("COMMANDS in message.rs");
+    let commands = &src[at..at + src[at..].find("];").unwrap()];
+    let keys: Vec<&str> = commands.split('"').skip(1).step_by(2).collect();
+    assert!(keys.len() >= 7, "{commands}");
+    for key in keys.iter().chain(&["corews_status"]) {
+        assert!(
+            list.contains(&format!("\"{key}\"")),
+            "/coremq.js's COMMAND_KEYS lacks {key}: {list}"
+        );
+    }
+}
+
 /// tests/browser_client/unit.js in Chromium: the client against a scripted
 /// fake WebSocket (handshake order, reply pairing, resume bookkeeping,
 /// backoff, typed errors, input checks).

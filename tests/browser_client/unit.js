@@ -141,6 +141,7 @@ async (m) => {
       ["a \"queue\" member", "q", { queue: "other" }],
       ["a command key", "q", { coremq_subscribe: "x" }],
       ["corews_status", "q", { corews_status: 1 }],
+      ["a key-value command key", "q", { coremq_incr: { key: "k", by: 1 } }],
       ["an array", "q", [1, 2]],
       ["null", "q", null],
       ["a bad queue name", "a b", { x: 1 }],

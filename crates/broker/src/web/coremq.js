@@ -95,8 +95,11 @@
 // nothing twice.
 
 const MAX_SINCE_SERVERS = 16;
+// Keys that make the broker read an object as a command, not a publish
+// (crates/protocol's COMMANDS, and the WebSocket's corews_status).
 const COMMAND_KEYS = ["coremq_subscribe", "coremq_unsubscribe", "coremq_options",
-  "coremq_gethistory", "coremq_replicant", "coremq_status", "coremq_auth", "corews_status"];
+  "coremq_gethistory", "coremq_replicant", "coremq_status", "coremq_auth",
+  "coremq_set", "coremq_get", "coremq_delete", "coremq_incr", "corews_status"];
 
 // ---- errors ---------------------------------------------------------------
 
