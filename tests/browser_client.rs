@@ -371,7 +371,8 @@ fn the_module_is_served_with_its_headers() {
     assert_eq!(other.status, 200);
     assert_eq!(other.header("access-control-allow-origin"), None);
 
-    // Access control: as the dashboard, a `monitor` user.
+    // Access control: the module is public (code only), the dashboard is
+    // for `monitor` users.
     let f = common::auth::Fixture::new(&format!(
         "[user:ops]\npassword = {}\nmonitor = true\n[user:app]\npassword = {}\n",
         common::auth::hash("ops-pw"),
@@ -384,7 +385,8 @@ fn the_module_is_served_with_its_headers() {
             data_encoding::BASE64.encode(format!("{user}:{pw}").as_bytes())
         )
     };
-    assert_eq!(http_get(b.ws_addr(), "/coremq.js").status, 401);
+    assert_eq!(http_get(b.ws_addr(), "/coremq.js").status, 200);
+    assert_eq!(http_get(b.ws_addr(), "/").status, 401);
     let as_app = basic("app", "app-pw");
     let r = http_request(
         b.ws_addr(),
@@ -393,6 +395,8 @@ fn the_module_is_served_with_its_headers() {
         &[("Authorization", &as_app)],
         None,
     );
+    assert_eq!(r.status, 200);
+    let r = http_request(b.ws_addr(), "GET", "/", &[("Authorization", &as_app)], None);
     assert_eq!(r.status, 403);
     let as_ops = basic("ops", "ops-pw");
     let r = http_request(

@@ -96,6 +96,16 @@ fn dashboard_in_headless_chromium() {
         "one table row per shard"
     );
 
+    // The key-value store's figures: a key set over TCP is counted.
+    let mut kv = b.client();
+    kv.command(&json!({"coremq_set": {"key": "dash.key", "value": [1, 2, 3]}}));
+    assert_eq!(kv.recv_reply().json, json!({"response": "OK: Stored"}));
+    d.wait_for(
+        "the Keys tile counts the key",
+        "return document.getElementById('total-keys').textContent === '1';",
+        Duration::from_secs(20),
+    );
+
     // Subscribe in the page, publish over TCP, see it in #messages.
     let q = uniq("dash.sub");
     d.type_into("#sub-queue", &q);

@@ -125,11 +125,11 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
         }
     };
     let is_upgrade = head.header_has("upgrade", "websocket");
-    // The module is the dashboard's code: the dashboard's rule applies.
-    let monitored = matches!(
-        head.path.as_str(),
-        "/" | "/status" | "/metrics" | "/coremq.js"
-    ) && matches!(head.method.as_str(), "GET" | "HEAD");
+    // `/coremq.js` is public: it is code, it holds no data and no secret,
+    // and the WebSocket it opens checks every right itself; pages of other
+    // origins import it without credentials (module loads carry none).
+    let monitored = matches!(head.path.as_str(), "/" | "/status" | "/metrics")
+        && matches!(head.method.as_str(), "GET" | "HEAD");
     if monitored {
         if let Err(denied) = auth::may_monitor(&shard, &head).await {
             let _ = refuse_http(&mut stream, denied).await;
