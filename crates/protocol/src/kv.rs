@@ -83,6 +83,10 @@ pub(crate) fn set(value: &str) -> Result<KvSet, BodyError> {
         command: "coremq_set",
         expected: SET,
     };
+    // Objects only (serde would read a struct from an array too).
+    if !value.starts_with('{') {
+        return Err(bad());
+    }
     let raw: Raw = serde_json::from_str(value).map_err(|_| bad())?;
     if !valid_key(raw.key.as_bytes()) {
         return Err(bad_key("coremq_set", &raw.key));
@@ -146,10 +150,14 @@ pub(crate) fn incr(value: &str) -> Result<KvIncr, BodyError> {
     fn one() -> i64 {
         1
     }
-    let raw: Raw = serde_json::from_str(value).map_err(|_| BodyError::BadCommand {
+    let bad = || BodyError::BadCommand {
         command: "coremq_incr",
         expected: INCR,
-    })?;
+    };
+    if !value.starts_with('{') {
+        return Err(bad());
+    }
+    let raw: Raw = serde_json::from_str(value).map_err(|_| bad())?;
     if !valid_key(raw.key.as_bytes()) {
         return Err(bad_key("coremq_incr", &raw.key));
     }
@@ -228,6 +236,7 @@ mod tests {
         assert_eq!(incr(r#"{"key": "n", "by": -3}"#).unwrap().by, -3);
         assert!(incr(r#"{"key": "n", "by": 1.5}"#).is_err());
         assert!(incr(r#"{"key": "n", "by": 9223372036854775808}"#).is_err());
+        assert!(incr(r#"["n", 1]"#).is_err());
     }
 
     #[test]
