@@ -694,3 +694,33 @@ fn a_graceful_stop_closes_memcached_connections() {
     idle.expect_closed();
     busy.expect_closed();
 }
+
+#[test]
+fn a_client_that_does_not_read_is_not_buffered_for() {
+    let (b, addr) = broker(1, &[]);
+    let mut c = Mc::connect(addr);
+    let value = "v".repeat(100 << 10);
+    c.call(
+        &format!("set big 0 0 {}\r\n{value}\r\n", value.len()),
+        "STORED\r\n",
+    );
+    let before = b.rss_kib();
+    // 3000 gets owe 300 MiB of replies; the client reads none for now.
+    let gets = "get big\r\n".repeat(3000);
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(gets.as_bytes()));
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = b.rss_kib().saturating_sub(before);
+    // One batch of replies and the socket buffers, not the 300 MiB owed.
+    assert!(
+        grown < 32 << 10,
+        "RSS grew by {grown} KiB for a client that does not read"
+    );
+    // Everything owed still arrives, in order.
+    let reply = format!("VALUE big 0 {}\r\n{value}\r\nEND\r\n", value.len());
+    for _ in 0..3000 {
+        c.expect(reply.as_bytes());
+    }
+    writer.join().unwrap().unwrap();
+    c.call("version\r\n", "VERSION ");
+}

@@ -9,8 +9,10 @@
 //! place; the others go to their owners together), then awaits the answers
 //! in order and writes every reply with one write. It reads nothing more
 //! until those replies are out, so a client that does not read its replies
-//! stops being read (its memory is one batch of replies), and the read
-//! buffer is bounded by the longest command (a line plus `kv_max_value`).
+//! stops being read (what it is owed is written as it is made, past
+//! [`OUT_HIGH`] bytes, large values straight from the store's bytes), and
+//! the read buffer is bounded by the longest command (a line plus
+//! `kv_max_value`).
 //!
 //! The text protocol has no login: with access control on (`users_file`),
 //! a memcached connection has the `[anonymous]` section's `kv_read` and
@@ -43,6 +45,9 @@ const MAX_BATCH: usize = 256;
 /// Reply bytes past which they are written before the next command of a
 /// batch is answered (a pipeline of large gets).
 const OUT_HIGH: usize = 256 << 10;
+/// A value this large is written from the store's bytes instead of being
+/// copied into the reply buffer.
+const BIG_VALUE: usize = 64 << 10;
 /// A reply buffer grown past this is given back once written.
 const OUT_KEEP: usize = 64 << 10;
 /// How long a client that does not read gets for its last replies once the
@@ -179,7 +184,9 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
             let (batch, end) = start_batch(shard, access, &mut rbuf, &mut skip, max_value);
             let progressed = !batch.is_empty();
             for p in batch {
-                finish(shard, p, &mut out).await;
+                if !finish(shard, p, &mut out, &mut stream).await {
+                    return "write error";
+                }
                 if out.len() >= OUT_HIGH && !write_out(shard, &mut stream, &mut out).await {
                     return "write error";
                 }
@@ -518,18 +525,67 @@ fn flush_later(shard: &Rc<Shard>, secs: u64) {
     .detach();
 }
 
-/// Awaits one command's answer and appends its reply.
-async fn finish(shard: &Shard, p: Pending, out: &mut Vec<u8>) {
+/// Awaits one command's answer and appends its reply; false if the
+/// connection is gone. The values of a read go out as they are written, so
+/// a batch of large gets never sits in memory whole: past [`OUT_HIGH`] what
+/// is buffered is written, and a large value is written from the store's own
+/// bytes, not copied.
+async fn finish(shard: &Shard, p: Pending, out: &mut Vec<u8>, stream: &mut TcpStream) -> bool {
     match p {
         Pending::Now(None) => {}
         Pending::Now(Some(r)) => push_line(out, r),
         Pending::Text(t) => push_line(out, &t),
         Pending::Stats => stats(shard, out).await,
+        Pending::Kv(p, Then::Get(keys, parts)) => {
+            let answer = shard.kv_finish(p).await;
+            let KvAnswer::Values(values) = answer else {
+                write_answer(Then::Get(keys, parts), answer, out);
+                return true;
+            };
+            let mut found = keys.iter().zip(values);
+            for (n, cas) in parts {
+                for (key, v) in found.by_ref().take(n) {
+                    let Some((value, unique)) = v else { continue };
+                    let bytes = value.mc_bytes();
+                    value_header(out, key, value.flags, bytes.len(), cas.then_some(unique));
+                    if bytes.len() >= BIG_VALUE {
+                        if !write_out(shard, stream, out).await
+                            || !write_bytes(shard, stream, &bytes).await
+                        {
+                            return false;
+                        }
+                    } else {
+                        out.extend_from_slice(&bytes);
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    if out.len() >= OUT_HIGH && !write_out(shard, stream, out).await {
+                        return false;
+                    }
+                }
+                out.extend_from_slice(b"END\r\n");
+            }
+        }
         Pending::Kv(p, then) => {
             let answer = shard.kv_finish(p).await;
             write_answer(then, answer, out);
         }
     }
+    true
+}
+
+/// `VALUE <key> <flags> <bytes> [<cas>]\r\n`.
+fn value_header(out: &mut Vec<u8>, key: &str, flags: u32, len: usize, cas: Option<u64>) {
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(key.as_bytes());
+    out.push(b' ');
+    push_num(out, u64::from(flags));
+    out.push(b' ');
+    push_num(out, len as u64);
+    if let Some(unique) = cas {
+        out.push(b' ');
+        push_num(out, unique);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `line` and its `\r\n`.
@@ -552,17 +608,7 @@ fn write_answer(then: Then, answer: KvAnswer, out: &mut Vec<u8>) {
                 for (key, v) in found.by_ref().take(n) {
                     let Some((value, unique)) = v else { continue };
                     let bytes = value.mc_bytes();
-                    out.extend_from_slice(b"VALUE ");
-                    out.extend_from_slice(key.as_bytes());
-                    out.push(b' ');
-                    push_num(out, u64::from(value.flags));
-                    out.push(b' ');
-                    push_num(out, bytes.len() as u64);
-                    if cas {
-                        out.push(b' ');
-                        push_num(out, unique);
-                    }
-                    out.extend_from_slice(b"\r\n");
+                    value_header(out, key, value.flags, bytes.len(), cas.then_some(unique));
                     out.extend_from_slice(&bytes);
                     out.extend_from_slice(b"\r\n");
                 }
@@ -645,6 +691,22 @@ async fn stats(shard: &Shard, out: &mut Vec<u8>) {
         push_line(out, &format!("STAT {name} {value}"));
     }
     out.extend_from_slice(b"END\r\n");
+}
+
+/// Writes `bytes` as they are (a large value); false if the connection is
+/// gone. Bounded by [`LINGER`] once the node stops, as [`write_out`].
+async fn write_bytes(shard: &Shard, stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    let done = future::or(
+        async { Some(stream.write_all(bytes).await.is_ok()) },
+        async {
+            shard.stopping().wait().await;
+            sleep(LINGER).await;
+            None
+        },
+    )
+    .await;
+    Counters::add(&shard.counters().bytes_out, bytes.len() as u64);
+    done == Some(true)
 }
 
 /// Writes what `out` holds (then empties it); false if the connection is
