@@ -49,6 +49,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("conn::auth", 5),
     ("net", 5),
     ("web", 5),
+    ("memcache", 5),
     ("cluster", 5),
     ("sysstats", 5),
     ("boot", 6),

@@ -40,7 +40,9 @@
 //!    gathers, the stop.
 //! 5. **Protocols on a shard** — `conn::handler` and `conn::task` (TCP
 //!    clients), `net` (listeners, accept loop), `web` (WebSocket and HTTP),
-//!    `cluster` (replication links), `sysstats` (the statistics queue).
+//!    `memcache` (memcached's text protocol on `memcached_port`, over the
+//!    key-value store), `cluster` (replication links), `sysstats` (the
+//!    statistics queue).
 //! 6. **Start-up** — `boot` (one shard's life: bind, join the mesh, accept,
 //!    drain, BYE), `reload` (the access rules at start and on SIGHUP) and
 //!    [`server`] (a node: ports, meshes, one executor per shard).
@@ -65,6 +67,7 @@ mod kvop;
 #[cfg(test)]
 mod layering;
 mod link_auth;
+mod memcache;
 mod mesh;
 mod msg;
 mod names;
