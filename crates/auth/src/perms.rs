@@ -99,6 +99,16 @@ impl Perms {
         allow.matches(queue) && !self.deny.matches(queue)
     }
 
+    /// Whether the key-value `action` is allowed on every key there is (a
+    /// pattern of stars only): what emptying the whole store takes.
+    pub fn allows_every_key(&self, action: Action) -> bool {
+        match action {
+            Action::KvRead => self.kv_read.all,
+            Action::KvWrite => self.kv_write.all,
+            _ => false,
+        }
+    }
+
     /// Whether the connection may publish to connection ids (PROTOCOL.md §2).
     pub fn direct(&self) -> bool {
         self.direct
@@ -276,6 +286,19 @@ mod tests {
         assert!(!p.allows(Action::KvRead, "other"));
         // ... and key rights give no queue rights.
         assert!(!p.allows(Action::Subscribe, "cache.x"));
+        assert!(!p.allows_every_key(Action::KvRead));
+        let any = Perms {
+            kv_write: Patterns::new(vec!["?".into(), "**".into()]),
+            ..Perms::nothing()
+        };
+        assert!(any.allows_every_key(Action::KvWrite));
+        let one_char = Perms {
+            kv_write: Patterns::new(vec!["?".into()]),
+            ..Perms::nothing()
+        };
+        assert!(
+            one_char.allows(Action::KvWrite, "*") && !one_char.allows_every_key(Action::KvWrite)
+        );
         assert_eq!(Action::KvRead.to_string(), "kv_read");
         assert_eq!(Action::KvWrite.to_string(), "kv_write");
     }

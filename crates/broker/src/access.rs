@@ -183,6 +183,16 @@ impl Access {
         }
     }
 
+    /// Whether the connection may do the key-value `action` on every key
+    /// there is (memcached's `flush_all`).
+    pub(crate) fn check_kv_every(&self, action: Action) -> Result<(), Refusal> {
+        if self.perms().allows_every_key(action) {
+            Ok(())
+        } else {
+            Err(self.refusal(action_name(action), "*"))
+        }
+    }
+
     /// Whether the connection may read status (`monitor`).
     pub(crate) fn check_monitor(&self) -> Result<(), Refusal> {
         if self.perms().monitor() {

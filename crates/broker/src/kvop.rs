@@ -66,7 +66,6 @@ impl KvValue {
 
     /// What memcached's `get` returns: raw bytes as they are, a JSON string
     /// without its quotes and escapes, any other JSON value as its text.
-    #[allow(dead_code)] // the memcached front end's (memcached_port)
     pub(crate) fn mc_bytes(&self) -> Cow<'_, [u8]> {
         match self.kind {
             ValueKind::Text => Cow::Borrowed(&self.data),
@@ -132,7 +131,6 @@ pub(crate) enum Expiry {
 }
 
 /// memcached's bound between relative and absolute `exptime`: 30 days.
-#[allow(dead_code)] // the memcached front end's (memcached_port)
 const MC_RELATIVE_MAX_S: i64 = 30 * 86_400;
 
 impl Expiry {
@@ -144,7 +142,6 @@ impl Expiry {
 
     /// memcached's `exptime`: 0 never, up to 30 days seconds from now,
     /// beyond that a Unix time in seconds, negative already expired.
-    #[allow(dead_code)] // the memcached front end's (memcached_port)
     pub(crate) fn from_memcached(exptime: i64, now_ms: u64) -> Expiry {
         match exptime {
             0 => Expiry::Never,
@@ -175,7 +172,6 @@ pub(crate) enum SetCond {
 
 /// One operation on the store.
 #[derive(Clone, Debug)]
-#[allow(dead_code)] // McIncr and Touch: the memcached front end's
 pub(crate) enum KvOp {
     /// Read these keys.
     Get { keys: Vec<Box<str>> },

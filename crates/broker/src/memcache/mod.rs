@@ -475,9 +475,11 @@ fn start_one(
             let Some(delay) = delay else {
                 return Ok(quiet(reply::BAD_EXPTIME));
             };
-            // Flushing empties every key: it needs the right to write any.
-            if let Err(p) = allowed(true, &["*"], noreply) {
-                return Ok(p);
+            // Flushing empties every key: it needs the right to write any
+            // (a pattern of stars only, not one that happens to match "*").
+            if let Some(refusal) = access.and_then(|a| a.check_kv_every(Action::KvWrite).err()) {
+                let _ = shard.refused(&refusal, Transport::Tcp);
+                return Ok(quiet("CLIENT_ERROR permission denied: kv_write *"));
             }
             let secs = delay_secs(delay, now);
             if secs == 0 {
