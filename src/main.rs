@@ -36,7 +36,7 @@ struct Args {
     /// Configuration file (default: ./coremq.conf if it exists, else built-in defaults).
     #[arg(short, long, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Write {"pid", "tcp", "tls", "node", "shards", "ws"} as JSON to this file once every shard listens.
+    /// Write {"pid", "tcp", "tls", "node", "shards", "ws", "memcached"} as JSON to this file once every shard listens.
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
     /// Print the default configuration file and exit.
@@ -124,6 +124,7 @@ fn run(
             "node": node,
             "shards": running.shards(),
             "ws": running.ws_addr().map(|a| a.to_string()),
+            "memcached": running.memcached_addr().map(|a| a.to_string()),
         });
         if let Err(e) = write_atomically(&path, body.to_string().as_bytes()) {
             eprintln!("coremq: cannot write ready file {}: {e}", path.display());

@@ -1153,6 +1153,14 @@ fn coremq_bench_binary_over_tls() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(want), "{extra:?}: {want:?} not in {err}");
     }
+    // The kv workload has no TLS: refused, not silently run in clear.
+    let out = Command::new(&bench)
+        .args(["--proto", "redis", "--workload", "kv", "--tls", "--ca", &ca])
+        .output()
+        .expect("run coremq-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("do not apply to --workload kv"), "{err}");
     let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1172,4 +1180,141 @@ fn coremq_bench_binary_over_tls() {
             .is_some_and(|s| s.contains("WebSocket")),
         "{j}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The key-value workload (issue 27): one generator over memcached's text
+// protocol (CoreMQ's memcached_port, memcached) and RESP (redis-server).
+// ---------------------------------------------------------------------------
+
+mod kv_workload {
+    use super::*;
+    use coremq_bench::wire::kv::KvProto;
+    use coremq_bench::workload::kv::{self, KvReport, KvSpec};
+
+    fn small(proto: KvProto, addr: String) -> KvSpec {
+        KvSpec {
+            proto,
+            addr,
+            label: proto.name().into(),
+            connections: 3,
+            depth: 16,
+            keys: 2_000,
+            value: 1024,
+            get_percent: 90,
+            ops: 20_000,
+            max_time: Duration::from_secs(60),
+        }
+    }
+
+    /// Every operation done, every get a hit with the key's own value.
+    fn check_clean(r: &KvReport) {
+        let t = &r.mix;
+        assert_eq!(r.preload_errors, 0, "{}", r.to_text());
+        assert_eq!(t.gets + t.sets, 20_000, "{}", r.to_text());
+        assert!(t.gets > t.sets, "{}", r.to_text());
+        assert_eq!(
+            (t.hits, t.misses, t.errors, t.wrong_values),
+            (t.gets, 0, 0, 0),
+            "{}",
+            r.to_text()
+        );
+        assert!(r.ops_per_s > 0.0);
+    }
+
+    #[test]
+    fn memcached_server() {
+        let Some(peer) = start_peer("memcached", |port| {
+            [
+                "-u",
+                "nobody",
+                "-l",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "0",
+                "-t",
+                "2",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        }) else {
+            return;
+        };
+        let spec = small(KvProto::Memcached, format!("127.0.0.1:{}", peer.port));
+        let r = kv::run(&spec, Some(peer.child.id())).expect("kv run");
+        check_clean(&r);
+        assert!(r.server_cpu_s.is_some());
+    }
+
+    #[test]
+    fn redis_server() {
+        let dir = unique_dir("redis-kv");
+        let Some(peer) = start_peer("redis-server", |port| {
+            [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                dir.to_str().unwrap(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        }) else {
+            return;
+        };
+        let spec = small(KvProto::Resp, format!("127.0.0.1:{}", peer.port));
+        check_clean(&kv::run(&spec, Some(peer.child.id())).expect("kv run"));
+    }
+
+    /// A broker with `memcached_port` on a free port, and that address.
+    fn coremq(shards: usize, extra: &[(&str, &str)]) -> (Broker, String) {
+        let mut opts =
+            BrokerOpts::new(shards).set("memcached_port", &common::tls::free_port().to_string());
+        for (k, v) in extra {
+            opts = opts.set(k, v);
+        }
+        let b = Broker::start(opts);
+        let addr = b.ready.as_ref().unwrap()["memcached"]
+            .as_str()
+            .expect("memcached address in the ready file")
+            .to_string();
+        (b, addr)
+    }
+
+    #[test]
+    fn coremq_memcached_port() {
+        for shards in [1, 3] {
+            let (b, addr) = coremq(shards, &[]);
+            let r = kv::run(&small(KvProto::Memcached, addr), Some(b.pid())).expect("kv run");
+            check_clean(&r);
+            assert!(r.server_us_per_op().is_some_and(|us| us > 0.0));
+        }
+    }
+
+    #[test]
+    fn refused_sets_and_misses_are_counted_not_hidden() {
+        // Values over kv_max_value: every set is refused, every get misses.
+        let (b, addr) = coremq(2, &[("kv_max_value", "512")]);
+        let r = kv::run(&small(KvProto::Memcached, addr), Some(b.pid())).expect("kv run");
+        let t = &r.mix;
+        assert_eq!(r.preload_errors, 2_000, "{}", r.to_text());
+        assert_eq!((t.hits, t.misses), (0, t.gets), "{}", r.to_text());
+        assert_eq!(t.errors, t.sets, "{}", r.to_text());
+        assert!(
+            t.first_error
+                .as_deref()
+                .is_some_and(|e| e.contains("object too large")),
+            "{}",
+            r.to_text()
+        );
+    }
 }

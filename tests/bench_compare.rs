@@ -1394,6 +1394,7 @@ fn transport_modes_refuse_other_comparisons() {
         ),
         (&["--tls", "--websocket"][..], "one comparison at a time"),
         (&["--websocket", "--ws"][..], "one comparison at a time"),
+        (&["--tls", "--kv"][..], "one comparison at a time"),
         (
             &["--tls", "--workloads", "1to1-16B"][..],
             "--tls runs 1to1, fanout1x10, 4x4, pingpong, idle",
@@ -1482,4 +1483,61 @@ fn quick_tls_run() {
 fn quick_websocket_run() {
     let (md, _) = quick_transport_run("--websocket", "ws", "-quick-websocket.md");
     assert!(md.contains("WS/TCP CoreMQ"), "{md}");
+}
+
+/// A real quick `--kv` run (issue 27): CoreMQ's memcached port and, where
+/// installed (.ci/run installs them), memcached and redis-server, each with
+/// every get a hit, and the ratios against the issue's targets.
+#[test]
+fn quick_kv_run() {
+    let bin_dir = built_bin_dir();
+    let (md, saved) = run_compare_saved(
+        "compare-kv",
+        &[
+            "--kv",
+            "--quick",
+            "--no-install",
+            "--bin-dir",
+            &bin_dir.to_string_lossy(),
+        ],
+        "-quick-kv.md",
+    );
+    let installed = |tool: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let mut servers = vec!["coremq"];
+    if installed("memcached") {
+        servers.push("memcached");
+    }
+    if installed("redis-server") {
+        servers.push("redis");
+    }
+    for s in &servers {
+        let runs = saved["results"][s].as_array().expect("runs of each server");
+        assert_eq!(runs.len(), 1, "{s}: {runs:?}");
+        let r = &runs[0];
+        assert!(r.get("error").is_none(), "{s} failed: {r}");
+        assert_eq!(r["ops"], 100_000, "{s}: {r}");
+        assert_eq!(
+            (
+                &r["misses"],
+                &r["errors"],
+                &r["wrong_values"],
+                &r["preload_errors"]
+            ),
+            (&json!(0), &json!(0), &json!(0), &json!(0)),
+            "{s}: {r}"
+        );
+        let row = summary_row(&md, s);
+        assert_eq!(row[0], *s, "{md}");
+    }
+    for (peer, target) in [("memcached", "≥ 1"), ("redis", "≥ 1.5")] {
+        if servers.contains(&peer) {
+            let line = format!("CoreMQ/{peer}: ops/s ratio of medians");
+            assert!(md.contains(&line) && md.contains(target), "{md}");
+        }
+    }
 }

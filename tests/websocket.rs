@@ -621,6 +621,12 @@ const SHARD_FIELDS: &[&str] = &[
     "bytes_out_per_sec",
     "slow_consumers",
     "channel_backlog",
+    "kv_keys",
+    "kv_bytes",
+    "kv_hits_per_sec",
+    "kv_misses_per_sec",
+    "kv_evictions",
+    "kv_expirations",
 ];
 
 const NODE_FIELDS: &[&str] = &[
@@ -633,6 +639,8 @@ const NODE_FIELDS: &[&str] = &[
     "bytes_in_per_sec",
     "bytes_out_per_sec",
     "slow_consumers",
+    "kv_keys",
+    "kv_bytes",
     "coremq_sender",
     "coremq_sent",
     "coremq_server",

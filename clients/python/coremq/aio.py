@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import (Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple)
 
+from . import _kv
 from ._protocol import (
     AuthenticationFailed,
     Backoff,
@@ -470,6 +471,30 @@ class Client:
     async def status(self) -> Dict[str, Any]:
         """The broker's status object (``coremq_status``, docs/protocol.md §7)."""
         return await self._request({"coremq_status": True})
+
+    async def kv_get(self, *keys: str) -> Dict[str, Any]:
+        """``{key: value}`` of ``keys`` that hold a value (a value set over
+        memcached's protocol is a string)."""
+        return _kv.values(await self._request(_kv.get_command(keys)))
+
+    async def kv_set(self, key: str, value: Any, ttl: Optional[float] = None,
+                     only_if: Optional[str] = None) -> bool:
+        """Set ``key`` to ``value`` (any JSON value), expiring after ``ttl``
+        seconds; ``only_if`` ``"absent"`` or ``"present"`` makes it
+        conditional. Returns whether it was stored."""
+        return _kv.stored(await self._request(_kv.set_command(key, value, ttl, only_if)))
+
+    async def kv_delete(self, *keys: str) -> int:
+        """Delete ``keys``; returns how many held a value."""
+        return _kv.deleted(await self._request(_kv.delete_command(keys)))
+
+    async def kv_incr(self, key: str, by: int = 1) -> int:
+        """Add ``by`` to the integer at ``key`` (missing: from 0) and return
+        the new value. Not made again after a reconnect: the first may have
+        been counted."""
+        command = _kv.incr_command(key, by)
+        await self._wait_ready()
+        return _kv.number(await self._send(self.connection_id or "-", command_json(command)))
 
     async def set_options(self, **options: Any) -> Dict[str, Any]:
         """Set connection options (``ack``, ``echo``, ``seq``; ``None``

@@ -11,6 +11,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
+from . import _kv
 from ._protocol import (
     Backoff,
     ConnectionLost,
@@ -452,6 +453,32 @@ class MessageQueue:
     def status(self) -> Dict[str, Any]:
         """The broker's status object (``coremq_status``, docs/protocol.md §7)."""
         return self._call({"coremq_status": True})[1]
+
+    # -- the key-value store (docs/protocol.md §13) --------------------------
+
+    def kv_get(self, *keys: Any) -> Dict[str, Any]:
+        """``{key: value}`` of ``keys`` that hold a value (a value set over
+        memcached's protocol is a string)."""
+        return _kv.values(self._call(_kv.get_command(keys))[1])
+
+    def kv_set(self, key: str, value: Any, ttl: Optional[float] = None,
+               only_if: Optional[str] = None) -> bool:
+        """Set ``key`` to ``value`` (any JSON value), expiring after ``ttl``
+        seconds; ``only_if`` ``"absent"`` or ``"present"`` makes it
+        conditional. Returns whether it was stored."""
+        return _kv.stored(self._call(_kv.set_command(key, value, ttl, only_if))[1])
+
+    def kv_delete(self, *keys: Any) -> int:
+        """Delete ``keys``; returns how many held a value."""
+        return _kv.deleted(self._call(_kv.delete_command(keys))[1])
+
+    def kv_incr(self, key: str, by: int = 1) -> int:
+        """Add ``by`` to the integer at ``key`` (missing: from 0) and return
+        the new value. Not made again after a reconnect: the first may have
+        been counted."""
+        command = _kv.incr_command(key, by)
+        self._ensure()
+        return _kv.number(self._request(command))
 
     def listen(self, seconds: int = 30) -> None:
         """Print what arrives for about ``seconds`` seconds (as the original)."""

@@ -154,6 +154,8 @@ impl Authority {
         replace(&mut perms.publish, &claims.publish);
         replace(&mut perms.subscribe, &claims.subscribe);
         replace(&mut perms.history, &claims.history);
+        replace(&mut perms.kv_read, &claims.kv_read);
+        replace(&mut perms.kv_write, &claims.kv_write);
         if let Some(monitor) = claims.monitor {
             perms.monitor = monitor;
         }
@@ -241,6 +243,8 @@ fn perms_of(section: &Section, user: Option<&str>) -> Perms {
         publish: list(&section.publish),
         subscribe: list(&section.subscribe),
         history: list(&section.history),
+        kv_read: list(&section.kv_read),
+        kv_write: list(&section.kv_write),
         deny: list(&section.deny),
         direct: section.direct,
         monitor: section.monitor,

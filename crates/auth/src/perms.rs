@@ -15,6 +15,11 @@ pub enum Action {
     Subscribe,
     /// Read a queue's stored messages (`history`).
     History,
+    /// Read a key of the key-value store (`kv_read`): `coremq_get`, and
+    /// subscribing to the key's `$kv.<key>` watch queue.
+    KvRead,
+    /// Change a key (`kv_write`): `coremq_set`, `coremq_delete`, `coremq_incr`.
+    KvWrite,
 }
 
 impl fmt::Display for Action {
@@ -25,6 +30,8 @@ impl fmt::Display for Action {
             Action::Publish => "publish",
             Action::Subscribe => "subscribe",
             Action::History => "history",
+            Action::KvRead => "kv_read",
+            Action::KvWrite => "kv_write",
         })
     }
 }
@@ -66,6 +73,10 @@ pub struct Perms {
     pub(crate) publish: Patterns,
     pub(crate) subscribe: Patterns,
     pub(crate) history: Patterns,
+    /// Key patterns of the key-value store (a namespace of its own: `deny`
+    /// lists queues and does not apply to keys).
+    pub(crate) kv_read: Patterns,
+    pub(crate) kv_write: Patterns,
     /// Wins over every allow list: the way to carve a secret queue out of a
     /// broad `*`, which a token's claim cannot undo.
     pub(crate) deny: Patterns,
@@ -74,15 +85,28 @@ pub struct Perms {
 }
 
 impl Perms {
-    /// Whether `action` on `queue` is allowed: some allow pattern of that
-    /// action matches and no `deny` pattern does.
+    /// Whether `action` on `queue` (a key, for the key-value actions) is
+    /// allowed: some allow pattern of that action matches and, for queues,
+    /// no `deny` pattern does.
     pub fn allows(&self, action: Action, queue: &str) -> bool {
         let allow = match action {
             Action::Publish => &self.publish,
             Action::Subscribe => &self.subscribe,
             Action::History => &self.history,
+            Action::KvRead => return self.kv_read.matches(queue),
+            Action::KvWrite => return self.kv_write.matches(queue),
         };
         allow.matches(queue) && !self.deny.matches(queue)
+    }
+
+    /// Whether the key-value `action` is allowed on every key there is (a
+    /// pattern of stars only): what emptying the whole store takes.
+    pub fn allows_every_key(&self, action: Action) -> bool {
+        match action {
+            Action::KvRead => self.kv_read.all,
+            Action::KvWrite => self.kv_write.all,
+            _ => false,
+        }
     }
 
     /// Whether the connection may publish to connection ids (PROTOCOL.md §2).
@@ -102,7 +126,8 @@ impl Perms {
     pub fn grants_nothing(&self) -> bool {
         let no_queue = self.deny.all
             || (self.publish.is_empty() && self.subscribe.is_empty() && self.history.is_empty());
-        no_queue && !self.direct && !self.monitor
+        let no_key = self.kv_read.is_empty() && self.kv_write.is_empty();
+        no_queue && no_key && !self.direct && !self.monitor
     }
 
     /// No rights: what a connection has before it authenticates when the
@@ -112,6 +137,8 @@ impl Perms {
             publish: Patterns::default(),
             subscribe: Patterns::default(),
             history: Patterns::default(),
+            kv_read: Patterns::default(),
+            kv_write: Patterns::default(),
             deny: Patterns::default(),
             direct: false,
             monitor: false,
@@ -126,6 +153,8 @@ impl Perms {
             publish: all(),
             subscribe: all(),
             history: all(),
+            kv_read: all(),
+            kv_write: all(),
             deny: Patterns::default(),
             direct: true,
             monitor: true,
@@ -213,8 +242,15 @@ mod tests {
         assert!(!n.allows(Action::History, "x"));
         let e = Perms::everything();
         assert!(!e.grants_nothing() && e.direct() && e.monitor());
-        for a in [Action::Publish, Action::Subscribe, Action::History] {
+        for a in [
+            Action::Publish,
+            Action::Subscribe,
+            Action::History,
+            Action::KvRead,
+            Action::KvWrite,
+        ] {
             assert!(e.allows(a, "any.queue"));
+            assert!(!n.allows(a, "any.queue"));
         }
         assert!(!perms(&["x"], &[]).grants_nothing());
         assert!(!Perms {
@@ -227,6 +263,44 @@ mod tests {
             ..Perms::nothing()
         }
         .grants_nothing());
+        // Key rights are rights too (a memcached-only anonymous user).
+        assert!(!Perms {
+            kv_read: Patterns::new(vec!["cache.*".into()]),
+            ..Perms::nothing()
+        }
+        .grants_nothing());
+    }
+
+    #[test]
+    fn key_rights_are_their_own_namespace() {
+        let p = Perms {
+            kv_read: Patterns::new(vec!["cache.*".into()]),
+            kv_write: Patterns::new(vec!["cache.mine".into()]),
+            deny: Patterns::new(vec!["cache.*".into()]),
+            ..Perms::nothing()
+        };
+        // `deny` lists queues: it does not take keys away.
+        assert!(p.allows(Action::KvRead, "cache.x"));
+        assert!(!p.allows(Action::KvWrite, "cache.x"));
+        assert!(p.allows(Action::KvWrite, "cache.mine"));
+        assert!(!p.allows(Action::KvRead, "other"));
+        // ... and key rights give no queue rights.
+        assert!(!p.allows(Action::Subscribe, "cache.x"));
+        assert!(!p.allows_every_key(Action::KvRead));
+        let any = Perms {
+            kv_write: Patterns::new(vec!["?".into(), "**".into()]),
+            ..Perms::nothing()
+        };
+        assert!(any.allows_every_key(Action::KvWrite));
+        let one_char = Perms {
+            kv_write: Patterns::new(vec!["?".into()]),
+            ..Perms::nothing()
+        };
+        assert!(
+            one_char.allows(Action::KvWrite, "*") && !one_char.allows_every_key(Action::KvWrite)
+        );
+        assert_eq!(Action::KvRead.to_string(), "kv_read");
+        assert_eq!(Action::KvWrite.to_string(), "kv_write");
     }
 
     #[test]

@@ -184,6 +184,10 @@ pub struct Claims {
     pub subscribe: Option<Vec<String>>,
     /// Replaces `history`.
     pub history: Option<Vec<String>>,
+    /// Replaces `kv_read`.
+    pub kv_read: Option<Vec<String>>,
+    /// Replaces `kv_write`.
+    pub kv_write: Option<Vec<String>>,
     /// Replaces `monitor`.
     pub monitor: Option<bool>,
 }
@@ -196,6 +200,8 @@ struct RawClaims {
     publish: Option<Vec<String>>,
     subscribe: Option<Vec<String>>,
     history: Option<Vec<String>>,
+    kv_read: Option<Vec<String>>,
+    kv_write: Option<Vec<String>>,
     monitor: Option<bool>,
 }
 
@@ -282,6 +288,8 @@ fn claims(claim: serde_json::Value, user: &str) -> Option<Claims> {
         publish: list(raw.publish)?,
         subscribe: list(raw.subscribe)?,
         history: list(raw.history)?,
+        kv_read: list(raw.kv_read)?,
+        kv_write: list(raw.kv_write)?,
         monitor: raw.monitor,
     })
 }

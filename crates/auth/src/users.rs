@@ -24,6 +24,8 @@ pub(crate) struct Section {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
     pub history: Vec<String>,
+    pub kv_read: Vec<String>,
+    pub kv_write: Vec<String>,
     pub deny: Vec<String>,
     pub direct: bool,
     pub monitor: bool,
@@ -62,8 +64,10 @@ struct Open {
     seen: HashMap<String, usize>,
 }
 
-const USER_KEYS: &str = "password, publish, subscribe, history, deny, direct or monitor";
-const ANONYMOUS_KEYS: &str = "publish, subscribe, history, deny, direct or monitor";
+const USER_KEYS: &str =
+    "password, publish, subscribe, history, kv_read, kv_write, deny, direct or monitor";
+const ANONYMOUS_KEYS: &str =
+    "publish, subscribe, history, kv_read, kv_write, deny, direct or monitor";
 const NOT_ARGON2ID: &str = "not an Argon2id hash ($argon2id$...); make one with coremq-cli passwd";
 
 /// Parses the text of a users file; `path` only labels errors.
@@ -232,6 +236,8 @@ fn set(section: &mut Section, name: &Name, key: &str, value: &str) -> Result<(),
         "publish" => list(value, anonymous).map(|l| section.publish = l),
         "subscribe" => list(value, anonymous).map(|l| section.subscribe = l),
         "history" => list(value, anonymous).map(|l| section.history = l),
+        "kv_read" => list(value, anonymous).map(|l| section.kv_read = l),
+        "kv_write" => list(value, anonymous).map(|l| section.kv_write = l),
         "deny" => list(value, anonymous).map(|l| section.deny = l),
         "direct" => boolean(value).map(|b| section.direct = b),
         "monitor" => boolean(value).map(|b| section.monitor = b),

@@ -9,6 +9,8 @@
 //! coremq-bench --proto coremq --tls --ca ca.pem --addr 127.0.0.1:6748 --workload fanout
 //! coremq-bench --proto nats --tls --ca ca.pem --server-name localhost --addr 127.0.0.1:4222
 //! coremq-bench --proto nats-ws --addr 127.0.0.1:8080 --workload pingpong
+//! coremq-bench --proto memcached --addr 127.0.0.1:11211 --workload kv --label coremq-mc
+//! coremq-bench --proto redis --addr 127.0.0.1:6379 --workload kv
 //! ```
 //!
 //! Over TLS (`--tls --ca FILE`), CoreMQ is reached on its `tls_port` (TLS from
@@ -17,6 +19,11 @@
 //! CA file and `--server-name` (default: the host of `--addr`). Both brokers'
 //! connections use the same client code (`conn::link`), so the ratios between
 //! them over TLS compare brokers, not TLS clients.
+//!
+//! The `kv` workload (issue 27) preloads `--kv-keys` keys, then runs a mix of
+//! gets and sets pipelined `--kv-depth` deep on `--kv-connections`
+//! connections, over memcached's text protocol (memcached, CoreMQ's
+//! `memcached_port`) or RESP (redis-server).
 //!
 //! Against a CoreMQ with access control (`users_file`), every connection logs in
 //! with `--coremq-user` and `--coremq-password` (or `$COREMQ_BENCH_PASSWORD`), or
@@ -34,7 +41,9 @@
 use clap::{Parser, ValueEnum};
 use coremq_bench::conn::Credentials;
 use coremq_bench::placement;
+use coremq_bench::wire::kv::KvProto;
 use coremq_bench::workload::idle::{self, IdleSpec};
+use coremq_bench::workload::kv;
 use coremq_bench::workload::pingpong::{self, PingPongSpec};
 use coremq_bench::workload::pubsub::{self, PubSubSpec};
 use coremq_bench::workload::Progress;
@@ -52,8 +61,10 @@ enum ProtoArg {
     Nats,
     /// nats-server over WebSocket (`--addr` is its `websocket` port, with `no_tls: true`)
     NatsWs,
-    /// redis-server (pub/sub)
+    /// redis-server (pub/sub; GET/SET in the kv workload)
     Redis,
+    /// memcached's text protocol (memcached, CoreMQ's memcached_port): kv workload only
+    Memcached,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -70,6 +81,8 @@ enum Workload {
     Pingpong,
     /// `--connections` idle subscribers; broker memory per connection
     Idle,
+    /// key-value mix (gets and sets, pipelined); --proto memcached or redis
+    Kv,
 }
 
 /// Load generator for CoreMQ, nats-server and redis-server. Every run is bounded by
@@ -179,6 +192,27 @@ struct Args {
         value_name = "JWT"
     )]
     coremq_token: Option<String>,
+    /// kv: distinct keys (all stored before the measured mix).
+    #[arg(long, default_value_t = 100_000)]
+    kv_keys: u64,
+    /// kv: bytes per value.
+    #[arg(long, default_value_t = 1024)]
+    kv_value: usize,
+    /// kv: requests in flight per connection.
+    #[arg(long, default_value_t = 32)]
+    kv_depth: usize,
+    /// kv: connections (one thread each).
+    #[arg(long, default_value_t = 4)]
+    kv_connections: usize,
+    /// kv: operations in the measured mix, all connections together.
+    #[arg(long, default_value_t = 2_000_000)]
+    kv_ops: u64,
+    /// kv: percent of gets in the mix (the rest are sets).
+    #[arg(long, default_value_t = 90)]
+    kv_get_percent: u32,
+    /// kv: the name the report gives the server (default: the protocol's).
+    #[arg(long)]
+    label: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -239,6 +273,36 @@ fn tls_client(args: &Args, proto: Proto) -> Result<Option<TlsClient>, BenchError
     Ok(Some(c))
 }
 
+/// The kv workload (its own report).
+fn run_kv(args: &Args) -> Result<kv::KvReport, BenchError> {
+    if args.tls || args.ca.is_some() || args.server_name.is_some() {
+        return Err(BenchError::Usage(
+            "--tls, --ca and --server-name do not apply to --workload kv".into(),
+        ));
+    }
+    let proto = match args.proto {
+        ProtoArg::Memcached => KvProto::Memcached,
+        ProtoArg::Redis => KvProto::Resp,
+        _ => return Err(BenchError::Usage(
+            "--workload kv needs --proto memcached (CoreMQ's memcached_port, memcached) or redis"
+                .into(),
+        )),
+    };
+    let spec = kv::KvSpec {
+        proto,
+        addr: args.addr.clone(),
+        label: args.label.clone().unwrap_or_else(|| proto.name().into()),
+        connections: args.kv_connections,
+        depth: args.kv_depth,
+        keys: args.kv_keys,
+        value: args.kv_value,
+        get_percent: args.kv_get_percent,
+        ops: args.kv_ops,
+        max_time: secs(args.max_seconds),
+    };
+    kv::run(&spec, args.broker_pid)
+}
+
 fn run(args: &Args) -> Result<Report, BenchError> {
     let proto = match args.proto {
         ProtoArg::Coremq => Proto::CoreMq,
@@ -246,6 +310,11 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         ProtoArg::Nats => Proto::Nats,
         ProtoArg::NatsWs => Proto::NatsWs,
         ProtoArg::Redis => Proto::Redis,
+        ProtoArg::Memcached => {
+            return Err(BenchError::Usage(
+                "--proto memcached applies to --workload kv only".into(),
+            ))
+        }
     };
     if args.no_ack && proto != Proto::CoreMq {
         return Err(BenchError::Usage(
@@ -336,6 +405,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             args.broker_pid,
             &progress,
         ),
+        Workload::Kv => unreachable!("main runs the kv workload"),
         Workload::Idle => idle::run(
             &target,
             &IdleSpec {
@@ -356,6 +426,22 @@ fn run(args: &Args) -> Result<Report, BenchError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if matches!(args.workload, Workload::Kv) {
+        return match run_kv(&args) {
+            Ok(r) if args.json => {
+                println!("{}", r.to_json());
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                print!("{}", r.to_text());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("coremq-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let report = match run(&args) {
         Ok(r) => r,
         Err(BenchError::Unavailable(why)) => {
@@ -369,6 +455,7 @@ fn main() -> ExitCode {
                 ProtoArg::Nats => "nats",
                 ProtoArg::NatsWs => "nats-ws",
                 ProtoArg::Redis => "redis",
+                ProtoArg::Memcached => "memcached",
             };
             let label = if args.tls {
                 format!("{label}-tls")

@@ -9,7 +9,7 @@
 //! message. A node without `users_file` has no `Rules` and its connections no
 //! `Access`: nothing here runs.
 
-use crate::consts::{is_conn_id, is_reserved};
+use crate::consts::{is_conn_id, is_reserved, KV_WATCH_PREFIX};
 use crate::refusal::Refusal;
 use coremq_auth::{Action, Authority, Identity, Perms};
 use std::cell::{Cell, Ref, RefCell};
@@ -167,6 +167,32 @@ impl Access {
         }
     }
 
+    /// Whether the connection may do the key-value `action` (`KvRead` or
+    /// `KvWrite`) on every one of `keys` (§13).
+    pub(crate) fn check_kv<'k>(
+        &self,
+        action: Action,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), Refusal> {
+        let perms = self.perms();
+        let refused = keys.into_iter().find(|k| !perms.allows(action, k));
+        drop(perms);
+        match refused {
+            None => Ok(()),
+            Some(k) => Err(self.refusal(action_name(action), k)),
+        }
+    }
+
+    /// Whether the connection may do the key-value `action` on every key
+    /// there is (memcached's `flush_all`).
+    pub(crate) fn check_kv_every(&self, action: Action) -> Result<(), Refusal> {
+        if self.perms().allows_every_key(action) {
+            Ok(())
+        } else {
+            Err(self.refusal(action_name(action), "*"))
+        }
+    }
+
     /// Whether the connection may read status (`monitor`).
     pub(crate) fn check_monitor(&self) -> Result<(), Refusal> {
         if self.perms().monitor() {
@@ -249,7 +275,10 @@ impl Access {
 /// dashboard needs them for — and not with the queue patterns (`subscribe =
 /// *` is every client queue, not the broker's statistics).
 fn may(perms: &Perms, action: Action, queue: &str) -> bool {
-    if is_reserved(queue) {
+    if let Some(key) = queue.strip_prefix(KV_WATCH_PREFIX) {
+        // A key's watch queue is read with the right to read the key.
+        matches!(action, Action::Subscribe | Action::History) && perms.allows(Action::KvRead, key)
+    } else if is_reserved(queue) {
         perms.monitor()
     } else {
         perms.allows(action, queue)
@@ -262,5 +291,7 @@ fn action_name(action: Action) -> &'static str {
         Action::Publish => "publish",
         Action::Subscribe => "subscribe",
         Action::History => "history",
+        Action::KvRead => "kv_read",
+        Action::KvWrite => "kv_write",
     }
 }

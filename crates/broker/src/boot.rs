@@ -40,6 +40,9 @@ pub(crate) struct Boot {
     pub plain: bool,
     /// The TLS client address every shard binds, when `tls_port` is set.
     pub tls_addr: Option<SocketAddr>,
+    /// The memcached text-protocol address every shard binds, when
+    /// `memcached_port` is set.
+    pub memcached_addr: Option<SocketAddr>,
     /// Node-wide counters.
     pub shared: Arc<NodeShared>,
     /// When the node started.
@@ -123,6 +126,10 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     };
     let tls_listener = match boot.tls_addr {
         Some(a) => Some(listen(a).map_err(|e| format!("cannot listen for TLS on {a}: {e}"))?),
+        None => None,
+    };
+    let mc_listener = match boot.memcached_addr {
+        Some(a) => Some(listen(a).map_err(|e| format!("cannot listen for memcached on {a}: {e}"))?),
         None => None,
     };
     let web = match boot.web {
@@ -284,6 +291,20 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     }
     // Every shard serves WebSocket connections the listener hands it.
     crate::web::host(&shard);
+    // The key-value store's expiry sweep (PROTOCOL.md §13): keys nobody
+    // reads again are freed too, a bounded number of slots per tick.
+    {
+        let s = shard.clone();
+        spawn_local(async move {
+            while !s.stopping().is_set() {
+                glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+                if !s.kv_is_empty() {
+                    s.kv_sweep();
+                }
+            }
+        })
+        .detach();
+    }
     if let Some((l, settings)) = web {
         spawn_local(crate::web::listen(shard.clone(), l, settings)).detach();
     }
@@ -293,20 +314,28 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     tracing::debug!(shard = id, addr = %boot.addr, "shard ready");
 
     future::zip(
+        future::zip(
+            async {
+                if let Some(l) = &listener {
+                    accept_loop(&shard, l).await;
+                }
+            },
+            async {
+                if let Some(l) = &tls_listener {
+                    tls_accept_loop(&shard, l).await;
+                }
+            },
+        ),
         async {
-            if let Some(l) = &listener {
-                accept_loop(&shard, l).await;
-            }
-        },
-        async {
-            if let Some(l) = &tls_listener {
-                tls_accept_loop(&shard, l).await;
+            if let Some(l) = &mc_listener {
+                crate::memcache::accept_loop(&shard, l).await;
             }
         },
     )
     .await;
     drop(listener);
     drop(tls_listener);
+    drop(mc_listener);
 
     // Graceful stop: wait until every owner processed every request, so that
     // whatever was acknowledged is in the buffers, then BYE.

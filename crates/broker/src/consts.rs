@@ -9,9 +9,16 @@ pub(crate) const CONTROL_SHARD: usize = 0;
 /// subscribe to them but not publish.
 pub(crate) const RESERVED_PREFIX: &str = "$coremq.";
 
-/// Whether clients may not publish to `queue`.
+/// Watch queues of the key-value store (`kv_watch`, PROTOCOL.md §13): a
+/// change of key `k` is published to `$kv.<k>` by the broker. Reserved like
+/// `$coremq.` queues, but reading one takes `kv_read` on the key instead of
+/// `monitor`.
+pub(crate) const KV_WATCH_PREFIX: &str = "$kv.";
+
+/// Whether clients may not publish to `queue` (its messages are the
+/// broker's own: never replicated nor written to disk).
 pub(crate) fn is_reserved(queue: &str) -> bool {
-    queue.starts_with(RESERVED_PREFIX)
+    queue.starts_with(RESERVED_PREFIX) || queue.starts_with(KV_WATCH_PREFIX)
 }
 
 /// Whether `queue` has the shape of a connection id (a lower-case hyphenated

@@ -23,10 +23,13 @@
 //!    certificate's user).
 //! 1. **What travels** — `frame` (a stored message's key and encoded frame),
 //!    `msg` (connection keys, requests, responses), `node`
-//!    (node-wide facts), `mesh` (batched, bounded cross-shard channels).
+//!    (node-wide facts), `mesh` (batched, bounded cross-shard channels),
+//!    `kvop` (the key-value store's operations, answers and replicated
+//!    changes).
 //! 2. **State** — `access` (a connection's user and rights, checked where
 //!    requests are parsed), `queues` (owner-side histories and per-home counts),
-//!    `subs` (home-side subscriber lists), `store` (durable history: a
+//!    `subs` (home-side subscriber lists), `kv` (one shard's keys: values,
+//!    expiry, least-recently-used order), `store` (durable history: a
 //!    shard's segment files, group commit, recovery), `conn::outq`,
 //!    `conn::readbuf`, `conn::io` (the socket: plain TCP or TLS),
 //!    `conn::state` (a connection's buffer and ordered replies).
@@ -37,7 +40,9 @@
 //!    gathers, the stop.
 //! 5. **Protocols on a shard** — `conn::handler` and `conn::task` (TCP
 //!    clients), `net` (listeners, accept loop), `web` (WebSocket and HTTP),
-//!    `cluster` (replication links), `sysstats` (the statistics queue).
+//!    `memcache` (memcached's text protocol on `memcached_port`, over the
+//!    key-value store), `cluster` (replication links), `sysstats` (the
+//!    statistics queue).
 //! 6. **Start-up** — `boot` (one shard's life: bind, join the mesh, accept,
 //!    drain, BYE), `reload` (the access rules at start and on SIGHUP) and
 //!    [`server`] (a node: ports, meshes, one executor per shard).
@@ -57,9 +62,12 @@ mod executor_guards;
 mod frame;
 mod gather;
 mod home;
+mod kv;
+mod kvop;
 #[cfg(test)]
 mod layering;
 mod link_auth;
+mod memcache;
 mod mesh;
 mod msg;
 mod names;

@@ -7,6 +7,7 @@
 //! and request processing may pause until it has (see `mesh.rs`).
 
 pub(crate) use crate::frame::{origin_of, FrameBytes, MsgFrame, MsgKey};
+use crate::kvop::{KvAnswer, KvChange, KvOp};
 use std::os::fd::OwnedFd;
 
 /// A connection's handle on its home shard: slot index and generation, so that a
@@ -82,8 +83,26 @@ pub(crate) enum Request {
         on: bool,
         remote: bool,
     },
+    /// A key-value operation on keys this shard owns (boxed: most requests
+    /// are publishes, which must stay small); the answer goes back as
+    /// `Response::Kv` with the same token and part.
+    Kv(Box<KvRequest>),
+    /// A key-value change made on another node, from a cluster link.
+    KvReplicated(Box<KvChange>),
+    /// A page of this shard's keys for a cluster link that just came up.
+    KvPage { token: u64, cursor: usize },
     /// Shutdown: the sending shard stopped reading clients; nothing follows.
     Drain,
+}
+
+/// A key-value operation and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct KvRequest {
+    /// The waiting operation on the home shard.
+    pub token: u64,
+    /// Which of the operation's parts (one per owner) this is.
+    pub part: u16,
+    pub op: KvOp,
 }
 
 impl Response {
@@ -242,6 +261,21 @@ pub(crate) enum Response {
     /// This node's subscribers of `queue` began (`on`) or ended being
     /// stalled, for the control shard to tell every cluster link.
     LinkPressure { queue: Box<str>, on: bool },
+    /// The answer to `Request::Kv`.
+    Kv {
+        token: u64,
+        part: u16,
+        answer: KvAnswer,
+    },
+    /// A page of keys for a cluster link: the changes that make them, and
+    /// the cursor of the rest (`None`: no more).
+    KvPage {
+        token: u64,
+        page: Box<(Vec<KvChange>, Option<usize>)>,
+    },
+    /// A key-value change made on this node, for the control shard to send
+    /// to every cluster link.
+    KvReplicate(Box<KvChange>),
     /// Shutdown: the owner has processed every request from every shard.
     Drained,
 }

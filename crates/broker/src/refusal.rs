@@ -83,6 +83,17 @@ pub(crate) enum Refusal {
     AuthTimeout,
     /// A `coremq_auth` to a server without `users_file`.
     AuthNotEnabled,
+    /// `coremq_incr` on a key whose value is not an integer (§13).
+    KvNotANumber(Box<str>),
+    /// `coremq_incr` past a 64-bit integer.
+    KvOverflow(Box<str>),
+    /// A `coremq_set` value over `kv_max_value`.
+    KvValueTooLarge {
+        /// Bytes of the value.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
 }
 
 /// How a refusal reaches the connection's reply order.
@@ -127,7 +138,10 @@ impl Refusal {
                 | Refusal::AuthFailed
                 | Refusal::TokenExpired
                 | Refusal::AuthTimeout
-                | Refusal::AuthNotEnabled,
+                | Refusal::AuthNotEnabled
+                | Refusal::KvNotANumber(_)
+                | Refusal::KvOverflow(_)
+                | Refusal::KvValueTooLarge { .. },
                 _,
             ) => {
                 let mut json = Vec::new();
@@ -179,7 +193,10 @@ impl Refusal {
             | Refusal::QueueNotAString
             | Refusal::UnknownMessage
             | Refusal::CommandKeysInPublish
-            | Refusal::AuthNotEnabled => true,
+            | Refusal::AuthNotEnabled
+            | Refusal::KvNotANumber(_)
+            | Refusal::KvOverflow(_)
+            | Refusal::KvValueTooLarge { .. } => true,
             // Counted as refused logins instead.
             Refusal::AuthRequired
             | Refusal::AuthFailed
@@ -238,6 +255,15 @@ impl Refusal {
                 .into(),
             Refusal::CommandKeysInPublish => {
                 "a message to publish must not carry CoreMQ command keys".into()
+            }
+            Refusal::KvNotANumber(key) => {
+                format!("coremq_incr: the value of {key} is not an integer")
+            }
+            Refusal::KvOverflow(key) => {
+                format!("coremq_incr: {key} would overflow a 64-bit integer")
+            }
+            Refusal::KvValueTooLarge { len, max } => {
+                format!("coremq_set: a value of {len} bytes is larger than kv_max_value ({max})")
             }
         }
     }
@@ -318,6 +344,9 @@ mod tests {
             Refusal::TokenExpired => 17,
             Refusal::AuthTimeout => 18,
             Refusal::AuthNotEnabled => 19,
+            Refusal::KvNotANumber(_) => 20,
+            Refusal::KvOverflow(_) => 21,
+            Refusal::KvValueTooLarge { .. } => 22,
         }
     }
 
@@ -457,13 +486,34 @@ mod tests {
                 r#"{"response": "ERROR: Authentication is not enabled on this server (no users_file)", "queue": "id-1"}"#,
                 true,
             ),
+            (
+                Refusal::KvNotANumber("n".into()),
+                r#"+73 id-1 {"response": "ERROR: coremq_incr: the value of n is not an integer"}"#,
+                r#"{"response": "ERROR: coremq_incr: the value of n is not an integer", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::KvOverflow("n".into()),
+                r#"+74 id-1 {"response": "ERROR: coremq_incr: n would overflow a 64-bit integer"}"#,
+                r#"{"response": "ERROR: coremq_incr: n would overflow a 64-bit integer", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::KvValueTooLarge {
+                    len: 2000,
+                    max: 1024,
+                },
+                r#"+96 id-1 {"response": "ERROR: coremq_set: a value of 2000 bytes is larger than kv_max_value (1024)"}"#,
+                r#"{"response": "ERROR: coremq_set: a value of 2000 bytes is larger than kv_max_value (1024)", "queue": "id-1"}"#,
+                true,
+            ),
         ];
         let mut covered: Vec<usize> = table.iter().map(|(r, ..)| example(r)).collect();
         covered.sort_unstable();
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=19).collect::<Vec<_>>(),
+            (0..=22).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

@@ -40,6 +40,8 @@ pub struct Running {
     tls_addr: Option<SocketAddr>,
     /// The WebSocket/HTTP address, when enabled.
     ws_addr: Option<SocketAddr>,
+    /// The memcached text-protocol address, when `memcached_port` is set.
+    memcached_addr: Option<SocketAddr>,
     /// Number of shards.
     shards: usize,
     /// Stops every shard.
@@ -86,6 +88,14 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     };
     let Some(addr) = plain_addr.or(tls_addr) else {
         unreachable!("plain TCP is off only when tls_port is set");
+    };
+    let memcached_addr = if mq.kv.memcached_port != 0 {
+        Some(resolve_addr(SocketAddr::new(
+            mq.address,
+            mq.kv.memcached_port,
+        ))?)
+    } else {
+        None
     };
     let ws = config.ws;
     let resumption = crate::tls::Resumption::new().map_err(BrokerError::Tls)?;
@@ -149,6 +159,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
             addr,
             plain,
             tls_addr,
+            memcached_addr,
             shared: shared.clone(),
             started,
             req_tx: wiring.req_tx,
@@ -196,6 +207,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         plain,
         tls_addr,
         ws_addr,
+        memcached_addr,
         shards,
         reloader: Reloader::new(&mq, shared, ends.clone(), resumption),
         stopper: Stopper { ends },
@@ -246,6 +258,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     tracing::info!(
         tcp = ?plain_addr,
         tls = ?tls_addr,
+        memcached = ?memcached_addr,
         shards,
         "CoreMQ ready"
     );
@@ -272,6 +285,11 @@ impl Running {
     /// The WebSocket/HTTP address (with the real port), when enabled.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
         self.ws_addr
+    }
+
+    /// The memcached text-protocol address, when `memcached_port` is set.
+    pub fn memcached_addr(&self) -> Option<SocketAddr> {
+        self.memcached_addr
     }
 
     /// Number of shards running.

@@ -106,6 +106,23 @@ pub(crate) struct ShardStats {
     pub channel_backlog: u64,
     /// Durable history (all 0 without `data_dir`).
     pub disk: DiskStats,
+    /// The key-value store's part on this shard.
+    pub kv: KvStats,
+}
+
+/// One shard's key-value store figures (PROTOCOL.md §13).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KvStats {
+    /// Keys holding a value (tombstones not counted).
+    pub keys: u64,
+    /// Bytes counted against `kv_memory` (tombstones included).
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Keys dropped to stay within `kv_memory` (least recently used first).
+    pub evictions: u64,
+    /// Values dropped because their ttl passed.
+    pub expirations: u64,
 }
 
 /// One shard's durable-history figures.
@@ -141,7 +158,9 @@ impl ShardStats {
              \"logins\": {}, \"auth_failures\": {}, \"permission_denied\": {}, \
              \"channel_backlog\": {}, \"disk_bytes\": {}, \"disk_batches\": {}, \
              \"disk_fsyncs\": {}, \"disk_fsync_seconds\": {:.6}, \"disk_fsync_max_seconds\": {:.6}, \
-             \"disk_evictions\": {}, \"disk_snapshots\": {}, \"disk_errors\": {}}}",
+             \"disk_evictions\": {}, \"disk_snapshots\": {}, \"disk_errors\": {}, \
+             \"kv_keys\": {}, \"kv_bytes\": {}, \"kv_hits\": {}, \"kv_misses\": {}, \
+             \"kv_evictions\": {}, \"kv_expirations\": {}}}",
             self.shard,
             self.connections,
             self.ws_connections,
@@ -173,6 +192,12 @@ impl ShardStats {
             self.disk.evictions,
             self.disk.snapshots,
             self.disk.errors,
+            self.kv.keys,
+            self.kv.bytes,
+            self.kv.hits,
+            self.kv.misses,
+            self.kv.evictions,
+            self.kv.expirations,
         );
     }
 }
@@ -218,7 +243,8 @@ pub(crate) fn status_json(facts: &NodeFacts<'_>, shards: &[ShardStats]) -> Vec<u
         s,
         "], \"connections\": {}, \"version\": \"{}\", \"uptime\": {:.3}, \"node\": {{\
          \"queues\": {}, \"subscriptions\": {}, \"messages_in\": {}, \"messages_out\": {}, \
-         \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}}}, \"shards\": [",
+         \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}, \"kv_keys\": {}, \
+         \"kv_bytes\": {}}}, \"shards\": [",
         total(|x| x.connections),
         env!("CARGO_PKG_VERSION"),
         facts.uptime,
@@ -229,6 +255,8 @@ pub(crate) fn status_json(facts: &NodeFacts<'_>, shards: &[ShardStats]) -> Vec<u
         total(|x| x.bytes_in),
         total(|x| x.bytes_out),
         total(|x| x.slow_consumers),
+        total(|x| x.kv.keys),
+        total(|x| x.kv.bytes),
     );
     for (i, sh) in shards.iter().enumerate() {
         if i > 0 {

@@ -93,7 +93,9 @@ fn stats_json(
             "{{\"shard\": {}, \"connections\": {}, \"subscriptions\": {}, \"queues\": {}, \
              \"messages_in_per_sec\": {:.1}, \"messages_out_per_sec\": {:.1}, \
              \"bytes_in_per_sec\": {:.1}, \"bytes_out_per_sec\": {:.1}, \
-             \"slow_consumers\": {}, \"channel_backlog\": {}}}",
+             \"slow_consumers\": {}, \"channel_backlog\": {}, \"kv_keys\": {}, \"kv_bytes\": {}, \
+             \"kv_hits_per_sec\": {:.1}, \"kv_misses_per_sec\": {:.1}, \"kv_evictions\": {}, \
+             \"kv_expirations\": {}}}",
             n.shard,
             n.connections,
             n.subscriptions,
@@ -103,19 +105,27 @@ fn stats_json(
             r[2],
             r[3],
             n.slow_consumers,
-            n.channel_backlog
+            n.channel_backlog,
+            n.kv.keys,
+            n.kv.bytes,
+            rate(n.kv.hits, b.kv.hits),
+            rate(n.kv.misses, b.kv.misses),
+            n.kv.evictions,
+            n.kv.expirations,
         );
     }
     let _ = write!(
         s,
         "], \"connections\": {conns}, \"messages_in_per_sec\": {:.1}, \"messages_out_per_sec\": {:.1}, \
          \"bytes_in_per_sec\": {:.1}, \"bytes_out_per_sec\": {:.1}, \"slow_consumers\": {}, \
-         \"coremq_sender\": \"$coremq\", \"coremq_sent\": {}.{:06}, \"coremq_server\": ",
+         \"kv_keys\": {}, \"kv_bytes\": {}, \"coremq_sender\": \"$coremq\", \"coremq_sent\": {}.{:06}, \"coremq_server\": ",
         totals[0],
         totals[1],
         totals[2],
         totals[3],
         now.iter().map(|n| n.slow_consumers).sum::<u64>(),
+        now.iter().map(|n| n.kv.keys).sum::<u64>(),
+        now.iter().map(|n| n.kv.bytes).sum::<u64>(),
         sent_us / 1_000_000,
         sent_us % 1_000_000,
     );

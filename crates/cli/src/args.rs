@@ -164,6 +164,12 @@ pub enum Command {
         #[arg(long)]
         text: bool,
     },
+    /// The key-value store: get, set, delete and incr keys (keys are 1-250
+    /// bytes of printable ASCII; values any JSON value).
+    Kv {
+        #[command(subcommand)]
+        cmd: KvCommand,
+    },
     /// Print an Argon2id hash of a password for a `password =` line of the
     /// server's users file.
     ///
@@ -197,6 +203,72 @@ pub enum Command {
     },
 }
 
+/// The `kv` commands.
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Print the values of KEY... as one JSON object; keys that hold no
+    /// value are left out (a value set over memcached's protocol is a
+    /// JSON string).
+    Get {
+        /// Keys to read.
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
+    },
+    /// Set KEY to VALUE, a JSON value (text is a JSON string: '"hello"');
+    /// `-` reads VALUE from standard input. Exit 1 ("not stored") when
+    /// --if does not hold.
+    Set {
+        /// The key (named kv_key: --key is the TLS option).
+        #[arg(value_name = "KEY")]
+        kv_key: String,
+        /// A JSON value, or `-` for standard input.
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        /// The value expires after SECS seconds.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        ttl: Option<f64>,
+        /// Store only if the key holds no value (absent) or holds one
+        /// (present).
+        #[arg(long = "if", value_enum, value_name = "CONDITION")]
+        only_if: Option<KvCondition>,
+    },
+    /// Delete KEY...; print how many held a value.
+    Delete {
+        /// Keys to delete.
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
+    },
+    /// Add BY (default 1, may be negative) to the integer at KEY (a missing
+    /// key counts from 0); print the new value.
+    Incr {
+        /// The key.
+        #[arg(value_name = "KEY")]
+        kv_key: String,
+        /// The amount.
+        #[arg(default_value_t = 1, allow_hyphen_values = true)]
+        by: i64,
+    },
+}
+
+/// The condition of `kv set --if`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KvCondition {
+    /// Only if the key holds no value.
+    Absent,
+    /// Only if the key holds a value.
+    Present,
+}
+
+impl KvCommand {
+    /// The keys it names.
+    pub fn keys(&self) -> Vec<&String> {
+        match self {
+            KvCommand::Get { keys } | KvCommand::Delete { keys } => keys.iter().collect(),
+            KvCommand::Set { kv_key, .. } | KvCommand::Incr { kv_key, .. } => vec![kv_key],
+        }
+    }
+}
+
 impl Args {
     /// The --timeout as a duration.
     pub fn timeout(&self) -> Option<Duration> {
@@ -212,6 +284,12 @@ impl Command {
             Command::Send { id, .. } => vec![id],
             Command::Sub { queues, .. } | Command::History { queues } => queues.iter().collect(),
             Command::Status | Command::Passwd { .. } | Command::Token { .. } => vec![],
+            Command::Kv { cmd } => {
+                for key in cmd.keys() {
+                    crate::kv::check_key(key)?;
+                }
+                vec![]
+            }
         };
         for name in names {
             coremq_client::check_queue_name(name).map_err(Failure::from)?;

@@ -7,7 +7,8 @@
 //! errors become stderr messages), `body` (turning MESSAGE into a JSON object),
 //! `login` (credentials for the client, prompting for a password) and one
 //! file per command: `publish` (`pub` and `send`), `sub`, `history`,
-//! `status`, which speak through `coremq-client`; `passwd` and `token` (with
+//! `status` and `kv` (the key-value store), which speak through
+//! `coremq-client`; `passwd` and `token` (with
 //! `claims`), which work offline.
 
 mod args;
@@ -15,6 +16,7 @@ mod body;
 mod claims;
 mod exit;
 mod history;
+mod kv;
 mod login;
 mod passwd;
 mod publish;
@@ -55,6 +57,12 @@ fn run(args: &Args, user_typed: bool) -> Result<(), Failure> {
         }
         _ => None,
     };
+    let kv_value = match &args.command {
+        Command::Kv {
+            cmd: args::KvCommand::Set { value, .. },
+        } => Some(kv::parse_value(value)?),
+        _ => None,
+    };
     match &args.command {
         Command::Pub { queue, .. } => publish::run(&connect(args)?, queue, message),
         Command::Send { id, .. } => publish::run(&connect(args)?, id, message),
@@ -66,6 +74,7 @@ fn run(args: &Args, user_typed: bool) -> Result<(), Failure> {
         } => sub::run(&connect(args)?, queues, since, *seq, *count, args.timeout()),
         Command::History { queues } => history::run(&connect(args)?, queues),
         Command::Status => status::run(&connect(args)?),
+        Command::Kv { cmd } => kv::run(&connect(args)?, cmd, kv_value),
         Command::Passwd { stdin } => passwd::run(*stdin),
         Command::Token {
             secret_file,

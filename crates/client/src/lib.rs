@@ -73,6 +73,7 @@ mod state;
 mod tls;
 mod wire;
 
+pub use client::kv::{KvIf, KvSet};
 pub use client::Client;
 pub use config::ClientConfig;
 pub use error::ClientError;

@@ -98,6 +98,10 @@ fn command_key(cmd: &ClientMessage<'_>) -> &'static str {
         ClientMessage::Replicant(_) => "coremq_replicant",
         ClientMessage::Status => STATUS,
         ClientMessage::Auth(_) => AUTH,
+        ClientMessage::KvSet(_) => "coremq_set",
+        ClientMessage::KvGet(_) => "coremq_get",
+        ClientMessage::KvDelete(_) => "coremq_delete",
+        ClientMessage::KvIncr(_) => "coremq_incr",
         ClientMessage::Publish(_) => "",
     }
 }

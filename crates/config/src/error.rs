@@ -179,6 +179,11 @@ pub enum ConfigError {
     #[error("{0}")]
     Tls(String),
 
+    /// Key-value store settings that do not fit together (a memcached port
+    /// that another listener has).
+    #[error("{0}")]
+    Kv(String),
+
     /// An override variable that is set but not valid UTF-8, so it cannot be a
     /// setting; ignoring it would hide the operator's intent.
     #[error("environment variable {var} is not valid UTF-8")]

@@ -32,6 +32,7 @@
 
 mod document;
 mod error;
+mod kv;
 mod log;
 mod mq;
 mod pattern;
@@ -44,6 +45,7 @@ mod ws;
 use std::path::Path;
 
 pub use error::{ConfigError, Origin};
+pub use kv::KvConfig;
 pub use log::{LogLevel, LogTarget};
 pub use mq::MqConfig;
 pub use pattern::{glob_match, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
@@ -124,6 +126,12 @@ impl Config {
         };
         let ws_tls = config.ws.enabled && config.ws.tls;
         config.mq.tls.check(config.mq.port, ws_tls)?;
+        let mut taken = vec![("port", config.mq.port), ("tls_port", config.mq.tls.port)];
+        if config.ws.enabled {
+            taken.push(("[CoreWS] port", config.ws.port));
+        }
+        taken.retain(|(_, p)| *p != 0);
+        config.mq.kv.check(&taken)?;
         Ok(config)
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::document::{Section, SectionSpec};
 use crate::error::ConfigError;
+use crate::kv::KvConfig;
 use crate::log::{LogLevel, LogTarget};
 use crate::pattern::{self, HistoryTtlRule, PolicyRule, QueueHistoryRule, SlowConsumerPolicy};
 use crate::store::StoreConfig;
@@ -62,6 +63,11 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "persist",
         "fsync",
         "history_disk",
+        "kv_memory",
+        "kv_watch",
+        "memcached_port",
+        "kv_allow_flush",
+        "kv_max_value",
         "shutdown_timeout",
     ],
 };
@@ -205,6 +211,8 @@ pub struct MqConfig {
     /// Durable history (PROTOCOL.md §12): `data_dir`, `persist`, `fsync`,
     /// `history_disk`.
     pub store: StoreConfig,
+    /// The key-value store (PROTOCOL.md §13).
+    pub kv: KvConfig,
     /// How long a graceful stop waits for clients to take their last frames.
     pub shutdown_timeout: Duration,
 }
@@ -326,6 +334,7 @@ impl MqConfig {
             size::parse(t, MIN_HISTORY_MEMORY, MAX_PENDING)
         })?;
         c.store = StoreConfig::from_section(s)?;
+        c.kv = KvConfig::from_section(s)?;
         s.set(&mut c.shutdown_timeout, "shutdown_timeout", value::seconds)?;
 
         let min = c.max_message_size + FRAME_OVERHEAD;
@@ -380,6 +389,7 @@ impl Default for MqConfig {
             history_ttl: Vec::new(),
             history_memory: 1 << 30,
             store: StoreConfig::defaults(),
+            kv: KvConfig::defaults(),
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -422,6 +432,7 @@ impl fmt::Debug for MqConfig {
             history_ttl,
             history_memory,
             store,
+            kv,
             shutdown_timeout,
         } = self;
         f.debug_struct("MqConfig")
@@ -460,6 +471,7 @@ impl fmt::Debug for MqConfig {
             .field("history_ttl", history_ttl)
             .field("history_memory", history_memory)
             .field("store", store)
+            .field("kv", kv)
             .field("shutdown_timeout", shutdown_timeout)
             .finish()
     }

@@ -49,6 +49,8 @@ fn assert_mq_eq(a: &MqConfig, b: &MqConfig) {
     assert_eq!(a.history_memory, b.history_memory);
     assert_eq!(a.shutdown_timeout, b.shutdown_timeout);
     assert_eq!(a.tls, b.tls);
+    assert_eq!(a.store, b.store);
+    assert_eq!(a.kv, b.kv);
 }
 
 fn assert_ws_eq(a: &WsConfig, b: &WsConfig) {
@@ -471,4 +473,33 @@ fn tls_keys_are_read_and_port_zero_turns_plain_tcp_off_only_beside_tls() {
     let plain = parse("[CoreMQ]\nport = 0\n");
     assert!(plain.mq.plain_enabled());
     assert!(!plain.mq.tls.enabled());
+}
+
+#[test]
+fn key_value_store_keys() {
+    let c = parse("");
+    assert_eq!(c.mq.kv.memory, 64 << 20);
+    assert_eq!(c.mq.kv.max_value, 1 << 20);
+    assert!(!c.mq.kv.watch && !c.mq.kv.allow_flush);
+    assert_eq!(c.mq.kv.memcached_port, 0);
+    let c = parse(
+        "[CoreMQ]\nkv_memory = 2G\nkv_watch = true\nmemcached_port = 11211\n\
+         kv_allow_flush = yes\nkv_max_value = 64K\n",
+    );
+    assert_eq!(c.mq.kv.memory, 2 << 30);
+    assert!(c.mq.kv.watch && c.mq.kv.allow_flush);
+    assert_eq!(c.mq.kv.memcached_port, 11211);
+    assert_eq!(c.mq.kv.max_value, 64 << 10);
+    let err = |text: &str| Config::from_ini_str(text, no_env).unwrap_err().to_string();
+    assert!(err("[CoreMQ]\nkv_memory = 10\n").contains("kv_memory"));
+    assert_eq!(
+        err("[CoreMQ]\nport = 7000\nmemcached_port = 7000\n"),
+        "memcached_port = 7000 is the same as port: give memcached its own port"
+    );
+    assert_eq!(
+        err("[CoreWS]\nport = 9100\n[CoreMQ]\nmemcached_port = 9100\n"),
+        "memcached_port = 9100 is the same as [CoreWS] port: give memcached its own port"
+    );
+    // The WebSocket port counts only when that listener is on.
+    parse("[CoreWS]\nenabled = false\nport = 9100\n[CoreMQ]\nmemcached_port = 9100\n");
 }

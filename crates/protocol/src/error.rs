@@ -129,6 +129,19 @@ pub enum BodyError {
         /// The configured limit on name length.
         max: usize,
     },
+    /// A key of a key-value command is not valid (§13).
+    #[error(
+        "{command}: {key:?} is not a valid key; keys are 1 to {max} printable ASCII \
+         characters (no spaces)"
+    )]
+    BadKey {
+        /// The command.
+        command: &'static str,
+        /// The offending key, cut to a readable length.
+        key: String,
+        /// The longest key.
+        max: usize,
+    },
     /// A known option of `coremq_options` has a value of the wrong type.
     #[error("option {name:?} {reason}")]
     BadOption {

@@ -49,6 +49,7 @@ mod command;
 mod error;
 mod escape;
 mod frame;
+mod kv;
 mod message;
 mod publish;
 mod reply;
@@ -64,6 +65,7 @@ pub use command::{OptionValue, ReplicantRequest};
 pub use error::{BodyError, FramingError};
 pub use escape::{escape_non_ascii, write_json_string};
 pub use frame::{decode_frame, encode_frame, frame_len, Frame, MAX_LEN_DIGITS};
+pub use kv::{valid_key, KvCond, KvIncr, KvSet, MAX_KEY_LEN};
 pub use message::{parse_message, parse_message_limited, ClientMessage};
 pub use publish::{
     rewrite_object, seconds_to_micros, write_sent, Publish, Stamps, REPLAY_KEY, SENDER_KEY,

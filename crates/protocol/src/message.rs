@@ -6,6 +6,7 @@
 use crate::auth::{self, AuthRequest};
 use crate::command::{self, OptionValue, ReplicantRequest};
 use crate::error::BodyError;
+use crate::kv::{self, KvIncr, KvSet};
 use crate::publish::{Publish, STAMP_KEYS};
 use crate::scan::{scan_object, MemberSink, ObjectLayout};
 use crate::since::{self, Position};
@@ -34,12 +35,20 @@ pub enum ClientMessage<'a> {
     Status,
     /// Authenticate the connection (§8).
     Auth(AuthRequest),
+    /// Store a value under a key (§13).
+    KvSet(KvSet),
+    /// Read these keys (§13).
+    KvGet(Vec<String>),
+    /// Delete these keys (§13).
+    KvDelete(Vec<String>),
+    /// Add to a key's integer (§13).
+    KvIncr(KvIncr),
     /// Publish the object to the frame's queue.
     Publish(Publish<'a>),
 }
 
 /// The command keys in the order that decides between them.
-const COMMANDS: [&str; 7] = [
+const COMMANDS: [&str; 11] = [
     "coremq_subscribe",
     "coremq_unsubscribe",
     "coremq_options",
@@ -47,6 +56,10 @@ const COMMANDS: [&str; 7] = [
     "coremq_replicant",
     "coremq_status",
     "coremq_auth",
+    "coremq_set",
+    "coremq_get",
+    "coremq_delete",
+    "coremq_incr",
 ];
 
 /// Parses a client's JSON text into a [`ClientMessage`].
@@ -102,7 +115,11 @@ pub fn parse_message_limited(
         3 => ClientMessage::GetHistory(command::queue_names(name, value, max_queue_len, true)?),
         4 => ClientMessage::Replicant(command::replicant(value)?),
         5 => ClientMessage::Status,
-        _ => ClientMessage::Auth(auth::auth(value)?),
+        6 => ClientMessage::Auth(auth::auth(value)?),
+        7 => ClientMessage::KvSet(kv::set(value)?),
+        8 => ClientMessage::KvGet(kv::keys(name, value)?),
+        9 => ClientMessage::KvDelete(kv::keys(name, value)?),
+        _ => ClientMessage::KvIncr(kv::incr(value)?),
     })
 }
 

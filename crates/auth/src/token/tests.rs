@@ -179,7 +179,8 @@ fn coremq_claim() {
     let key = hs_key();
     let exp = now() + 60;
     let token = hs256(&json!({"sub": "alice", "exp": exp, "coremq": {
-        "publish": ["chat.%u", "orders.*"], "history": [], "monitor": true
+        "publish": ["chat.%u", "orders.*"], "history": [], "monitor": true,
+        "kv_write": ["cache.%u.*"]
     }}));
     let v = verify(&key, &token).unwrap();
     assert_eq!(
@@ -188,6 +189,8 @@ fn coremq_claim() {
             publish: Some(vec!["chat.alice".into(), "orders.*".into()]),
             subscribe: None,
             history: Some(vec![]),
+            kv_read: None,
+            kv_write: Some(vec!["cache.alice.*".into()]),
             monitor: Some(true),
         }
     );

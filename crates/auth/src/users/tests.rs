@@ -109,17 +109,18 @@ fn line_and_key_errors() {
         (
             "[user:a]\npasword = x",
             "2, [user:a] pasword: unknown key (expected password, publish, subscribe, \
-             history, deny, direct or monitor)",
+             history, kv_read, kv_write, deny, direct or monitor)",
         ),
         (
             "[anonymous]\nadmin = true",
             "2, [anonymous] admin: unknown key (expected publish, subscribe, history, \
-             deny, direct or monitor)",
+             kv_read, kv_write, deny, direct or monitor)",
         ),
         (
             "[anonymous]\npassword = x",
             "2, [anonymous] password: [anonymous] has no password (anonymous connections do \
-             not log in); expected publish, subscribe, history, deny, direct or monitor",
+             not log in); expected publish, subscribe, history, kv_read, kv_write, deny, \
+             direct or monitor",
         ),
         (
             "[user:a]\npublish = x\n# c\nPublish = y",

@@ -6,6 +6,7 @@
 //! strings.
 
 pub mod coremq;
+pub mod kv;
 pub mod nats;
 pub mod redis;
 pub mod ws;

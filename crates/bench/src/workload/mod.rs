@@ -6,8 +6,11 @@
 //!   1→1, 1→10 fan-out, 4×4, the payload sweep.
 //! - [`pingpong`]: two clients bouncing one message; round-trip percentiles.
 //! - [`idle`]: many subscribed, silent connections; broker memory per connection.
+//! - [`kv`]: a key-value mix (gets and sets, pipelined) over memcached's text
+//!   protocol or RESP.
 
 pub mod idle;
+pub mod kv;
 pub mod pingpong;
 pub mod pubsub;
 

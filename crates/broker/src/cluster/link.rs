@@ -26,6 +26,19 @@ const SYNC_QUEUE: &str = "$coremq.sync";
 /// the receiving node holds (or releases) its publishers of `q` (G5).
 const PRESSURE_QUEUE: &str = "$coremq.pressure";
 
+/// Queue name of key-value frames on a link (a change as
+/// [`crate::kvop::KvChange::write_link_json`] writes it).
+const KV_QUEUE: &str = "$coremq.kv";
+
+/// A key-value change as a link frame.
+pub(super) fn kv_frame(change: &crate::kvop::KvChange, server: &str) -> Vec<u8> {
+    let mut json = Vec::with_capacity(96 + change.key.len());
+    change.write_link_json(server, &mut json);
+    let mut frame = Vec::with_capacity(json.len() + 24);
+    proto::encode_frame(KV_QUEUE, &json, &mut frame);
+    frame
+}
+
 /// A flow-control frame for a link.
 pub(super) fn pressure_frame(queue: &str, on: bool) -> Vec<u8> {
     let mut json = b"{\"queue\": ".to_vec();
@@ -97,6 +110,11 @@ impl Link {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+    }
+
+    /// Bytes queued and not yet written.
+    fn pending(&self) -> usize {
+        self.out.borrow().len() - self.head.get()
     }
 
     fn written(&self, n: usize) {
@@ -191,6 +209,36 @@ pub(super) async fn run_link(
                     frame.clear();
                     proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
                     link.push(&frame);
+                }
+            }
+        })
+        .detach();
+    }
+
+    // The key-value exchange: every key this node holds, a page at a time,
+    // each page once the link has written most of the last (a million keys
+    // must not fill the link's buffer and cut it).
+    {
+        let (shard, link) = (shard.clone(), link.clone());
+        spawn_local(async move {
+            let server = shard.node().server.clone();
+            for s in 0..shard.shards() {
+                let mut cursor = 0;
+                loop {
+                    let (page, next) = shard.kv_page_of(s, cursor).await;
+                    for change in &page {
+                        link.push(&kv_frame(change, &server));
+                    }
+                    while link.pending() > link.limit / 4 {
+                        if link.closed.get() {
+                            return;
+                        }
+                        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+                    }
+                    match next {
+                        Some(n) if !link.closed.get() => cursor = n,
+                        _ => break,
+                    }
                 }
             }
         })
@@ -325,6 +373,14 @@ fn take_frames(
             continue;
         }
         counters.received.fetch_add(1, Ordering::Relaxed);
+        if queue == KV_QUEUE {
+            let Some(change) = crate::kvop::KvChange::from_link_json(json) else {
+                return Err("bad key-value frame from peer");
+            };
+            let owner = shard.owner_of(&change.key);
+            shard.request(owner, Request::KvReplicated(Box::new(change)));
+            continue;
+        }
         let (queue, json, live) = if queue == SYNC_QUEUE {
             #[derive(serde::Deserialize)]
             struct Sync<'a> {

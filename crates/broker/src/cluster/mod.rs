@@ -16,6 +16,11 @@
 //!   frames; the receiver stores what it misses (without delivering it), and
 //!   since every node orders history by (coremq_sent, coremq_server) and drops
 //!   what it already has, histories converge.
+//! - Key-value changes (§13) travel as `$coremq.kv` frames, sent once and
+//!   applied by the receiver when newer than what it holds (last writer wins
+//!   by position); a link that comes up first sends every key this node
+//!   holds, deletes included, paced by the link's buffer, so that nodes that
+//!   were apart converge.
 //! - A peer that cannot keep up (more than `cluster_link_buffer` bytes queued)
 //!   loses its link; the history exchange on the next one repairs the gap.
 
@@ -68,6 +73,20 @@ impl Links for Control {
     fn broadcast(&self, frame: &MsgFrame) {
         for link in self.cluster.links.borrow().values() {
             link.push_message(frame);
+        }
+    }
+
+    fn broadcast_kv(&self, change: &crate::kvop::KvChange) {
+        let links = self.cluster.links.borrow();
+        if links.is_empty() {
+            return;
+        }
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        let frame = link::kv_frame(change, &shard.node().server);
+        for link in links.values() {
+            link.push(&frame);
         }
     }
 

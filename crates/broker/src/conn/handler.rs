@@ -57,6 +57,10 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, conn: &Rc<Conn>, queue: &str, msg: Cli
         ClientMessage::Status => status(shard, conn),
         ClientMessage::Replicant(req) => replicant(shard, conn, req),
         ClientMessage::Auth(req) => super::auth::authenticate(shard, conn, req),
+        ClientMessage::KvSet(set) => super::kv::set(shard, conn, set),
+        ClientMessage::KvGet(keys) => super::kv::get(shard, conn, keys),
+        ClientMessage::KvDelete(keys) => super::kv::delete(shard, conn, keys),
+        ClientMessage::KvIncr(incr) => super::kv::incr(shard, conn, incr),
     }
 }
 
@@ -88,7 +92,7 @@ pub(crate) fn subscribe_one(
 
 /// Refuses a list of more than `max_list_length` names (before any work
 /// that grows with it).
-fn list_too_long(shard: &Shard, conn: &Conn, names: &[String]) -> bool {
+pub(super) fn list_too_long(shard: &Shard, conn: &Conn, names: &[String]) -> bool {
     let max = shard.cfg().max_list_length;
     if names.len() <= max {
         return false;
@@ -357,7 +361,7 @@ type HistoryPart = Vec<(u16, Box<str>)>;
 
 /// Removes duplicates, keeping the first occurrence's position; linear in
 /// the number of names (a client controls the list).
-fn dedup(names: Vec<String>) -> Vec<Box<str>> {
+pub(super) fn dedup(names: Vec<String>) -> Vec<Box<str>> {
     let mut seen: ahash::HashSet<&str> = ahash::HashSet::default();
     seen.reserve(names.len());
     let keep: Vec<bool> = names.iter().map(|n| seen.insert(n.as_str())).collect();

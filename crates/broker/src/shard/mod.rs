@@ -8,8 +8,11 @@
 
 mod access;
 mod flow;
+mod kv;
 mod persist;
 mod routing;
+
+pub(crate) use kv::KvPending;
 
 use crate::access::{Access, Rules};
 use crate::clock::Clock;
@@ -52,6 +55,8 @@ pub(crate) trait Links {
     /// Tells every link that this node's subscribers of `queue` are (or are
     /// no longer) stalled.
     fn pressure(&self, queue: &str, on: bool);
+    /// Sends a key-value change made on this node to every link.
+    fn broadcast_kv(&self, change: &crate::kvop::KvChange);
 }
 
 /// What the WebSocket side (a layer above) registers on every shard, so
@@ -104,6 +109,15 @@ pub(crate) struct Shard {
     ws_host: RefCell<Option<Rc<dyn WsHost>>>,
     /// Where the listener's shard sends the next WebSocket connection.
     next_ws: std::cell::Cell<usize>,
+    /// The keys this shard owns (PROTOCOL.md §13).
+    kv: RefCell<crate::kv::KvTable>,
+    /// Key-value operations waiting for their owners' answers.
+    kv_waits: Gathers<(u16, crate::kvop::KvAnswer)>,
+    /// Pages of keys being read for a new cluster link.
+    kv_pages: Gathers<(Vec<crate::kvop::KvChange>, Option<usize>)>,
+    /// Key-value changes go to the cluster links (a cluster or replicants
+    /// are configured).
+    kv_replicates: bool,
 }
 
 impl Shard {
@@ -117,7 +131,13 @@ impl Shard {
         store: Option<Rc<crate::store::Store>>,
     ) -> Shard {
         let counters = Rc::<Counters>::default();
+        let kv_replicates = !cfg.cluster_nodes.is_empty() || !cfg.allowed_replicants.is_empty();
+        let kv_limit = cfg.kv.memory / shards.max(1) as u64;
         Shard {
+            kv: RefCell::new(crate::kv::KvTable::new(kv_limit, kv_replicates)),
+            kv_waits: Gathers::default(),
+            kv_pages: Gathers::default(),
+            kv_replicates,
             id,
             shards,
             router: Router::new(shards),
@@ -144,6 +164,11 @@ impl Shard {
     /// This shard's index.
     pub(crate) fn id(&self) -> usize {
         self.id
+    }
+
+    /// Number of shards in the node.
+    pub(crate) fn shards(&self) -> usize {
+        self.shards
     }
 
     /// The validated configuration.
@@ -376,6 +401,9 @@ impl Shard {
                     self.node.shared.closed();
                 }
             },
+            Request::Kv(req) => self.kv_request(from, *req),
+            Request::KvReplicated(change) => self.kv_replicated(*change),
+            Request::KvPage { token, cursor } => self.kv_page(from, token, cursor),
             Request::Drain => {
                 self.drain.drain_arrived();
                 self.advance_drain();
@@ -425,6 +453,17 @@ impl Shard {
                     links.pressure(&queue, on);
                 }
             }
+            Response::Kv {
+                token,
+                part,
+                answer,
+            } => self.kv_waits.arrived(token, (part, answer)),
+            Response::KvPage { token, page } => self.kv_pages.arrived(token, *page),
+            Response::KvReplicate(change) => {
+                if let Some(links) = self.links.borrow().as_ref() {
+                    links.broadcast_kv(&change);
+                }
+            }
             Response::Drained => {
                 self.drain.drained_arrived();
                 self.advance_drain();
@@ -454,6 +493,7 @@ impl Shard {
         if let Some(store) = &self.store {
             stats.disk = store.figures();
         }
+        stats.kv = self.kv.borrow().figures();
         stats
     }
 

@@ -131,7 +131,11 @@ fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
         | Request::Unsubscribe { queue }
         | Request::Pressure { queue, .. } => Some((queue, None)),
         Request::History { queues, .. } => queues.first().map(|(_, q)| (&**q, None)),
-        Request::Stats { .. }
+        // Keys hash like queue names; a request's keys share one owner.
+        Request::Kv(req) => req.op.keys().first().map(|k| (&**k, None)),
+        Request::KvReplicated(change) => Some((&change.key, None)),
+        Request::KvPage { .. }
+        | Request::Stats { .. }
         | Request::Dump { .. }
         | Request::AdoptLink { .. }
         | Request::AdoptWs(_)

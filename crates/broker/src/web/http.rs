@@ -104,7 +104,7 @@ pub(crate) async fn read_head(stream: &mut Io) -> Result<Head, HeadError> {
     }
 }
 
-/// Writes a complete response and flushes it.
+/// Writes a complete response (`Cache-Control: no-store`) and flushes it.
 pub(crate) async fn respond(
     stream: &mut Io,
     status: &str,
@@ -113,9 +113,33 @@ pub(crate) async fn respond(
     body: &[u8],
     head_only: bool,
 ) -> std::io::Result<()> {
+    respond_cached(
+        stream,
+        status,
+        content_type,
+        "no-store",
+        extra_headers,
+        body,
+        head_only,
+    )
+    .await
+}
+
+/// [`respond`] with the given `Cache-Control`. `head_only` sends the
+/// headers alone (for `HEAD` and `304 Not Modified`), with the length of
+/// `body` as `Content-Length`.
+pub(crate) async fn respond_cached(
+    stream: &mut Io,
+    status: &str,
+    content_type: &str,
+    cache_control: &str,
+    extra_headers: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> std::io::Result<()> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n",
+         Cache-Control: {cache_control}\r\nConnection: close\r\n",
         body.len()
     );
     for (k, v) in extra_headers {

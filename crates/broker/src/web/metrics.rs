@@ -182,6 +182,42 @@ const METRICS: &[Metric] = &[
         |s| s.disk.errors,
     ),
     (
+        "coremq_kv_keys",
+        "gauge",
+        "Keys holding a value in the key-value store, on the shard that owns them.",
+        |s| s.kv.keys,
+    ),
+    (
+        "coremq_kv_bytes",
+        "gauge",
+        "Bytes of keys and values held (kv_memory bounds the node's sum).",
+        |s| s.kv.bytes,
+    ),
+    (
+        "coremq_kv_hits_total",
+        "counter",
+        "Key reads that found a value.",
+        |s| s.kv.hits,
+    ),
+    (
+        "coremq_kv_misses_total",
+        "counter",
+        "Key reads that found none.",
+        |s| s.kv.misses,
+    ),
+    (
+        "coremq_kv_evictions_total",
+        "counter",
+        "Keys dropped to stay within kv_memory (least recently used first).",
+        |s| s.kv.evictions,
+    ),
+    (
+        "coremq_kv_expirations_total",
+        "counter",
+        "Values dropped because their ttl passed.",
+        |s| s.kv.expirations,
+    ),
+    (
         "coremq_wrong_shard_total",
         "counter",
         "Requests that reached a shard not owning their queue (a bug).",

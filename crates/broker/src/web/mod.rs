@@ -2,7 +2,8 @@
 //!
 //! One port serves both: a request that asks for a WebSocket upgrade on `/ws`
 //! becomes a broker connection (`ws`); any other request is plain HTTP —
-//! `/status` (JSON), `/metrics` (Prometheus text), `/` (the dashboard) or 404.
+//! `/status` (JSON), `/metrics` (Prometheus text), `/` (the dashboard),
+//! `/coremq.js` (the browser client, an ES module the dashboard imports) or 404.
 //! The listener stays on the control shard; each upgraded connection is
 //! served by the shards in turn (the socket, its TLS session and the bytes
 //! read past the request head move there), so browsers use every core.
@@ -25,13 +26,33 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
 use glommio::timer::sleep;
-use http::{read_head, respond, respond_text, Head, HEAD_TIMEOUT};
+use http::{read_head, respond, respond_cached, respond_text, Head, HEAD_TIMEOUT};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::{Rc, Weak};
 use tracing::Instrument;
 
-/// The dashboard page, self-contained (no external scripts or fonts).
+/// The dashboard page, self-contained (no external scripts or fonts but
+/// [`MODULE`], from the same origin).
 const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The browser client, `/coremq.js`: an ES module without dependencies.
+const MODULE: &str = include_str!("coremq.js");
+
+/// The module's entity tag, a hash of its text: browsers revalidate it on
+/// every use and get `304` until a broker with a changed module answers.
+const MODULE_ETAG: u64 = fnv1a(MODULE.as_bytes());
+
+/// 64-bit FNV-1a (at compile time; not for anything adversarial).
+const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
 
 /// Settings of the listener, from `[CoreWS]`.
 #[derive(Clone)]
@@ -42,6 +63,17 @@ pub(crate) struct WebSettings {
     pub keepalive: Keepalive,
     /// Serve https:// and wss:// (the node's TLS certificate).
     pub tls: bool,
+}
+
+impl WebSettings {
+    /// Whether a page from `origin` may open a WebSocket (and load the module).
+    fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins.is_empty()
+            || self
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+    }
 }
 
 /// Accepts WebSocket and HTTP connections until the shard stops.
@@ -93,6 +125,9 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
         }
     };
     let is_upgrade = head.header_has("upgrade", "websocket");
+    // `/coremq.js` is public: it is code, it holds no data and no secret,
+    // and the WebSocket it opens checks every right itself; pages of other
+    // origins import it without credentials (module loads carry none).
     let monitored = matches!(head.path.as_str(), "/" | "/status" | "/metrics")
         && matches!(head.method.as_str(), "GET" | "HEAD");
     if monitored {
@@ -153,11 +188,12 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
             )
             .await
         }
+        ("GET" | "HEAD", "/coremq.js") => serve_module(&mut stream, &head, &settings).await,
         ("GET" | "HEAD", _) => {
             respond_text(
                 &mut stream,
                 "404 Not Found",
-                "not found: try /, /status, /metrics or /ws",
+                "not found: try /, /status, /metrics, /coremq.js or /ws",
             )
             .await
         }
@@ -176,6 +212,45 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
     if let Err(e) = result {
         tracing::debug!(cause = %e, "HTTP response not sent");
     }
+}
+
+/// `/coremq.js`: `no-cache` with an `ETag` (revalidated on every use,
+/// `304` while unchanged), and loadable as a module by pages of the origins
+/// that may open a WebSocket (`allowed_origins`; any when it is empty) —
+/// a module from another origin needs CORS.
+async fn serve_module(stream: &mut Io, head: &Head, settings: &WebSettings) -> std::io::Result<()> {
+    let etag = format!("\"{MODULE_ETAG:016x}\"");
+    let mut headers: Vec<(&str, &str)> =
+        vec![("ETag", &etag), ("X-Content-Type-Options", "nosniff")];
+    if settings.allowed_origins.is_empty() {
+        headers.push(("Access-Control-Allow-Origin", "*"));
+    } else {
+        headers.push(("Vary", "Origin"));
+        if let Some(origin) = head.header("origin").filter(|o| settings.allows_origin(o)) {
+            headers.push(("Access-Control-Allow-Origin", origin));
+        }
+    }
+    let unchanged = head.header("if-none-match").is_some_and(|tags| {
+        tags.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag
+        })
+    });
+    let (status, head_only) = if unchanged {
+        ("304 Not Modified", true)
+    } else {
+        ("200 OK", head.method == "HEAD")
+    };
+    respond_cached(
+        stream,
+        status,
+        "text/javascript; charset=utf-8",
+        "no-cache",
+        &headers,
+        MODULE.as_bytes(),
+        head_only,
+    )
+    .await
 }
 
 /// The 401 (the browser asks for a user and password) or 403 of a request
@@ -227,18 +302,11 @@ async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSet
         let key = head
             .header("sec-websocket-key")
             .ok_or(("400 Bad Request", reject("missing Sec-WebSocket-Key")))?;
-        if !settings.allowed_origins.is_empty() {
-            let origin = head.header("origin").unwrap_or("");
-            if !settings
-                .allowed_origins
-                .iter()
-                .any(|o| o.eq_ignore_ascii_case(origin))
-            {
-                return Err((
-                    "403 Forbidden",
-                    reject("origin not allowed (see allowed_origins)"),
-                ));
-            }
+        if !settings.allows_origin(head.header("origin").unwrap_or("")) {
+            return Err((
+                "403 Forbidden",
+                reject("origin not allowed (see allowed_origins)"),
+            ));
         }
         Ok(key.to_string())
     })();

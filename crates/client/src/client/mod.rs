@@ -1,7 +1,8 @@
 //! The public handle: requests, replies and received messages
 //! (`subscriptions`: subscribing, resuming and what is known about it;
-//! `requests`: one request and its reply).
+//! `requests`: one request and its reply; `kv`: the key-value store).
 
+pub(crate) mod kv;
 mod requests;
 mod subscriptions;
 

@@ -1,0 +1,569 @@
+//! One shard's part of the key-value store (PROTOCOL.md §13): the keys it
+//! owns, their values, expiry and recency.
+//!
+//! Entries live in a slab; a hash table maps a key to its slot, and the
+//! slots form a doubly linked list from most to least recently used, so a
+//! read, a write and an eviction are O(1) and a key costs no allocation
+//! beyond its name and its value. Expiry needs no timer per key: a read
+//! finds an expired value gone (lazily), and [`KvTable::sweep`] visits a
+//! bounded number of slots per call so that keys nobody reads again are
+//! freed too. In a cluster a delete leaves a *tombstone* (the key and the
+//! position of the delete) for [`TOMBSTONE_MS`], so that an older value
+//! arriving late from another node does not come back to life.
+
+use crate::frame::MsgKey;
+use crate::kvop::{KvAnswer, KvChange, KvOp, KvValue, SetCond, ValueKind};
+
+#[cfg(test)]
+mod tests;
+
+/// Bytes counted per key beyond its name and value: the slot, its index
+/// entry and the allocation headers (measured: see the kv_memory test).
+pub(crate) const ENTRY_OVERHEAD: u64 = 128;
+/// How long a tombstone is kept (an hour): a partition longer than this may
+/// let an older value of a deleted key return when it heals.
+pub(crate) const TOMBSTONE_MS: u64 = 3_600_000;
+/// No slot.
+const NIL: u32 = u32::MAX;
+
+/// What a shard's store counts (for status and metrics).
+pub(crate) use crate::stats::KvStats as KvFigures;
+
+struct Entry {
+    key: Box<str>,
+    hash: u64,
+    /// `None`: a tombstone.
+    value: Option<KvValue>,
+    /// Unix ms; 0 never. For a tombstone: when it is dropped.
+    expires_ms: u64,
+    /// The position of the change that made this state.
+    pos: MsgKey,
+    /// Towards the most recently used.
+    prev: u32,
+    /// Towards the least recently used.
+    next: u32,
+}
+
+impl Entry {
+    fn cost(&self) -> u64 {
+        ENTRY_OVERHEAD + self.key.len() as u64 + self.value.as_ref().map_or(0, |v| v.len() as u64)
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && self.expires_ms <= now_ms
+    }
+
+    /// Its value, if it holds one that has not expired.
+    fn live(&self, now_ms: u64) -> Option<&KvValue> {
+        self.value.as_ref().filter(|_| !self.expired(now_ms))
+    }
+}
+
+/// The keys one shard owns.
+pub(crate) struct KvTable {
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    index: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
+    /// Most and least recently used.
+    head: u32,
+    tail: u32,
+    /// Bytes held, and at most.
+    bytes: u64,
+    limit: u64,
+    /// Deletes leave tombstones (the node replicates).
+    tombstones: bool,
+    /// Where the next sweep starts.
+    cursor: usize,
+    figures: KvFigures,
+}
+
+impl KvTable {
+    /// An empty table that holds `limit` bytes at most; `tombstones`: in a
+    /// cluster, deletes are remembered for [`TOMBSTONE_MS`].
+    pub(crate) fn new(limit: u64, tombstones: bool) -> KvTable {
+        KvTable {
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: ahash::RandomState::new(),
+            head: NIL,
+            tail: NIL,
+            bytes: 0,
+            limit,
+            tombstones,
+            cursor: 0,
+            figures: KvFigures::default(),
+        }
+    }
+
+    /// What the table counts now.
+    pub(crate) fn figures(&self) -> KvFigures {
+        KvFigures {
+            bytes: self.bytes,
+            ..self.figures
+        }
+    }
+
+    fn entry(&self, slot: u32) -> &Entry {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("linked slot holds an entry")
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("linked slot holds an entry")
+    }
+
+    fn find(&self, key: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        let slots = &self.slots;
+        self.index
+            .find(hash, |&s| {
+                slots[s as usize].as_ref().is_some_and(|e| *e.key == *key)
+            })
+            .copied()
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next) = {
+            let e = self.entry(slot);
+            (e.prev, e.next)
+        };
+        match prev {
+            NIL => self.head = next,
+            p => self.entry_mut(p).next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.entry_mut(n).prev = prev,
+        }
+    }
+
+    fn push_front(&mut self, slot: u32) {
+        let head = self.head;
+        {
+            let e = self.entry_mut(slot);
+            e.prev = NIL;
+            e.next = head;
+        }
+        match head {
+            NIL => self.tail = slot,
+            h => self.entry_mut(h).prev = slot,
+        }
+        self.head = slot;
+    }
+
+    /// Marks `slot` most recently used.
+    fn touch(&mut self, slot: u32) {
+        if self.head != slot {
+            self.unlink(slot);
+            self.push_front(slot);
+        }
+    }
+
+    /// Removes the entry at `slot` entirely.
+    fn remove(&mut self, slot: u32) -> Entry {
+        self.unlink(slot);
+        let e = self.slots[slot as usize]
+            .take()
+            .expect("removing a used slot");
+        if let Ok(found) = self.index.find_entry(e.hash, |&s| s == slot) {
+            found.remove();
+        }
+        self.free.push(slot);
+        self.bytes -= e.cost();
+        if e.value.is_some() {
+            self.figures.keys -= 1;
+        }
+        e
+    }
+
+    /// Inserts a new entry (the key is not in the table) as most recently
+    /// used.
+    fn insert(&mut self, key: Box<str>, value: Option<KvValue>, expires_ms: u64, pos: MsgKey) {
+        let hash = self.hasher.hash_one(&*key);
+        let e = Entry {
+            key,
+            hash,
+            value,
+            expires_ms,
+            pos,
+            prev: NIL,
+            next: NIL,
+        };
+        self.bytes += e.cost();
+        if e.value.is_some() {
+            self.figures.keys += 1;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(e);
+                s
+            }
+            None => {
+                self.slots.push(Some(e));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index.insert_unique(hash, slot, |&s| {
+            hasher.hash_one(&*slots[s as usize].as_ref().expect("indexed slot").key)
+        });
+        self.push_front(slot);
+    }
+
+    /// Replaces the state of the key at `slot`.
+    fn replace(&mut self, slot: u32, value: Option<KvValue>, expires_ms: u64, pos: MsgKey) {
+        let (old_cost, had, has, new_cost) = {
+            let e = self.entry_mut(slot);
+            let (old_cost, had) = (e.cost(), e.value.is_some());
+            e.value = value;
+            e.expires_ms = expires_ms;
+            e.pos = pos;
+            (old_cost, had, e.value.is_some(), e.cost())
+        };
+        self.bytes = self.bytes - old_cost + new_cost;
+        match (had, has) {
+            (false, true) => self.figures.keys += 1,
+            (true, false) => self.figures.keys -= 1,
+            _ => {}
+        }
+        self.touch(slot);
+    }
+
+    /// Evicts least recently used entries while over the limit.
+    fn evict(&mut self) {
+        while self.bytes > self.limit && self.tail != NIL {
+            let e = self.remove(self.tail);
+            if e.value.is_some() {
+                self.figures.evictions += 1;
+            }
+        }
+    }
+
+    /// Drops the entry at `slot` if its value (or tombstone) expired;
+    /// whether it did.
+    fn expire(&mut self, slot: u32, now_ms: u64) -> bool {
+        if !self.entry(slot).expired(now_ms) {
+            return false;
+        }
+        let e = self.remove(slot);
+        if e.value.is_some() {
+            self.figures.expirations += 1;
+        }
+        true
+    }
+
+    /// The live value of `key` and its cas, counted as a hit or a miss and
+    /// made most recently used.
+    pub(crate) fn get(&mut self, key: &str, now_ms: u64) -> Option<(KvValue, u64)> {
+        let found = self.find(key).filter(|&s| !self.expire(s, now_ms));
+        match found.and_then(|s| self.entry(s).value.as_ref().map(|_| s)) {
+            Some(slot) => {
+                self.touch(slot);
+                self.figures.hits += 1;
+                let e = self.entry(slot);
+                e.value.clone().map(|v| (v, e.pos.sent_us))
+            }
+            None => {
+                self.figures.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Carries out a single-key operation or a list operation on keys this
+    /// table owns. `pos(after)` gives a position later than `after` (and
+    /// than any this node gave before) for each change, which is appended to
+    /// `changes` for replication and watchers.
+    pub(crate) fn apply(
+        &mut self,
+        op: KvOp,
+        now_ms: u64,
+        mut pos: impl FnMut(MsgKey) -> MsgKey,
+        changes: &mut Vec<KvChange>,
+    ) -> KvAnswer {
+        match op {
+            KvOp::Get { keys } => {
+                KvAnswer::Values(keys.iter().map(|k| self.get(k, now_ms)).collect())
+            }
+            KvOp::Set {
+                key,
+                value,
+                expiry,
+                cond,
+            } => {
+                let slot = self.find(&key).filter(|&s| !self.expire(s, now_ms));
+                let live = slot.is_some_and(|s| self.entry(s).live(now_ms).is_some());
+                let ok = match cond {
+                    SetCond::Always => true,
+                    SetCond::Absent => !live,
+                    SetCond::Present => live,
+                };
+                if !ok {
+                    return KvAnswer::Stored(false);
+                }
+                let after = slot.map_or_else(MsgKey::default, |s| self.entry(s).pos);
+                let change = KvChange {
+                    key,
+                    value: Some(value),
+                    expires_ms: expiry.as_ms(),
+                    pos: pos(after),
+                };
+                self.store(slot, change.clone(), now_ms);
+                changes.push(change);
+                KvAnswer::Stored(true)
+            }
+            KvOp::Delete { keys } => {
+                let mut n = 0;
+                for key in keys {
+                    let Some(slot) = self.find(&key).filter(|&s| !self.expire(s, now_ms)) else {
+                        continue;
+                    };
+                    if self.entry(slot).value.is_none() {
+                        continue;
+                    }
+                    n += 1;
+                    let change = KvChange {
+                        key,
+                        value: None,
+                        expires_ms: 0,
+                        pos: pos(self.entry(slot).pos),
+                    };
+                    self.store(Some(slot), change.clone(), now_ms);
+                    changes.push(change);
+                }
+                KvAnswer::Deleted(n)
+            }
+            KvOp::Incr { key, by } => {
+                let slot = self.find(&key).filter(|&s| !self.expire(s, now_ms));
+                let current = slot.and_then(|s| self.entry(s).live(now_ms).cloned());
+                let (old, mut base) = match current {
+                    None => (0, KvValue::json(b"0")),
+                    Some(v) => match v.as_integer() {
+                        Some(n) => (n, v),
+                        None => return KvAnswer::NotANumber,
+                    },
+                };
+                let new = old + by as i128;
+                let Ok(new64) = i64::try_from(new) else {
+                    return KvAnswer::Overflow;
+                };
+                if base.kind == ValueKind::Text && new64 < 0 {
+                    // memcached's counters are unsigned: below zero it is a
+                    // JSON number from now on.
+                    base = KvValue::json(b"0");
+                }
+                self.set_number(slot, key, &base, new, now_ms, &mut pos, changes);
+                KvAnswer::Number(new64)
+            }
+            KvOp::McIncr { key, by, decr } => {
+                let slot = self.find(&key).filter(|&s| !self.expire(s, now_ms));
+                let Some(current) = slot.and_then(|s| self.entry(s).live(now_ms).cloned()) else {
+                    return KvAnswer::NotFound;
+                };
+                let Some(old) = current.as_integer().and_then(|n| u64::try_from(n).ok()) else {
+                    return KvAnswer::NotANumber;
+                };
+                let new = if decr {
+                    old.saturating_sub(by)
+                } else {
+                    old.wrapping_add(by)
+                };
+                self.set_number(slot, key, &current, new as i128, now_ms, &mut pos, changes);
+                KvAnswer::McNumber(new)
+            }
+            KvOp::Touch { key, expiry } => {
+                let slot = self.find(&key).filter(|&s| !self.expire(s, now_ms));
+                let Some(slot) = slot.filter(|&s| self.entry(s).live(now_ms).is_some()) else {
+                    return KvAnswer::NotFound;
+                };
+                let e = self.entry(slot);
+                let change = KvChange {
+                    key,
+                    value: e.value.clone(),
+                    expires_ms: expiry.as_ms(),
+                    pos: pos(e.pos),
+                };
+                self.store(Some(slot), change.clone(), now_ms);
+                changes.push(change);
+                KvAnswer::Touched
+            }
+            KvOp::Flush => {
+                self.flush();
+                KvAnswer::Flushed
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn set_number(
+        &mut self,
+        slot: Option<u32>,
+        key: Box<str>,
+        base: &KvValue,
+        n: i128,
+        now_ms: u64,
+        pos: &mut impl FnMut(MsgKey) -> MsgKey,
+        changes: &mut Vec<KvChange>,
+    ) {
+        let (after, expires_ms) = slot.map_or((MsgKey::default(), 0), |s| {
+            let e = self.entry(s);
+            (
+                e.pos,
+                if e.live(now_ms).is_some() {
+                    e.expires_ms
+                } else {
+                    0
+                },
+            )
+        });
+        let change = KvChange {
+            key,
+            value: Some(base.with_integer(n)),
+            expires_ms,
+            pos: pos(after),
+        };
+        self.store(slot, change.clone(), now_ms);
+        changes.push(change);
+    }
+
+    /// Puts `change` in place (at `slot` if the key has one); a delete
+    /// without tombstones removes the key.
+    fn store(&mut self, slot: Option<u32>, change: KvChange, now_ms: u64) {
+        let KvChange {
+            key,
+            value,
+            expires_ms,
+            pos,
+        } = change;
+        let expires_ms = match &value {
+            None if !self.tombstones => {
+                if let Some(s) = slot {
+                    self.remove(s);
+                }
+                return;
+            }
+            None => now_ms + TOMBSTONE_MS,
+            Some(_) => expires_ms,
+        };
+        match slot {
+            Some(s) => self.replace(s, value, expires_ms, pos),
+            None => self.insert(key, value, expires_ms, pos),
+        }
+        self.evict();
+    }
+
+    /// Applies a change made on another node when it is newer than what
+    /// this table holds (last writer wins by position); whether it did.
+    pub(crate) fn apply_replicated(&mut self, change: KvChange, now_ms: u64) -> bool {
+        if change.value.is_some() && change.expires_ms != 0 && change.expires_ms <= now_ms {
+            // Expired on its way: as good as absent (but still newer than
+            // what we hold, which it replaces).
+            if let Some(slot) = self.find(&change.key) {
+                if self.entry(slot).pos < change.pos {
+                    self.remove(slot);
+                    return true;
+                }
+            }
+            return false;
+        }
+        let slot = self.find(&change.key);
+        if let Some(s) = slot {
+            if self.entry(s).pos >= change.pos {
+                return false;
+            }
+        } else if change.value.is_none() && !self.tombstones {
+            return false;
+        }
+        self.store(slot, change, now_ms);
+        true
+    }
+
+    /// Up to `max` entries (tombstones included) from slot `cursor` on, as
+    /// changes, and the cursor of the rest (`None`: done). For the
+    /// exchange with a cluster peer whose link just came up.
+    pub(crate) fn page(
+        &self,
+        cursor: usize,
+        max: usize,
+        now_ms: u64,
+    ) -> (Vec<KvChange>, Option<usize>) {
+        let mut out = Vec::new();
+        let mut i = cursor;
+        while i < self.slots.len() && out.len() < max {
+            if let Some(e) = &self.slots[i] {
+                if !e.expired(now_ms) {
+                    out.push(KvChange {
+                        key: e.key.clone(),
+                        value: e.value.clone(),
+                        // A tombstone's expiry is this node's own matter.
+                        expires_ms: if e.value.is_some() { e.expires_ms } else { 0 },
+                        pos: e.pos,
+                    });
+                }
+            }
+            i += 1;
+        }
+        (out, (i < self.slots.len()).then_some(i))
+    }
+
+    /// Visits up to `budget` slots from where the last sweep stopped and
+    /// drops what expired; returns how many it dropped.
+    pub(crate) fn sweep(&mut self, now_ms: u64, budget: usize) -> usize {
+        let mut dropped = 0;
+        for _ in 0..budget.min(self.slots.len()) {
+            if self.cursor >= self.slots.len() {
+                self.cursor = 0;
+            }
+            let slot = self.cursor as u32;
+            self.cursor += 1;
+            if self.slots[slot as usize].is_some() && self.expire(slot, now_ms) {
+                dropped += 1;
+            }
+        }
+        if self.free.len() > 4096 && self.free.len() * 2 > self.slots.len() {
+            self.compact();
+        }
+        dropped
+    }
+
+    /// Empties the table (memcached's `flush_all`).
+    pub(crate) fn flush(&mut self) {
+        let stats = self.figures;
+        *self = KvTable::new(self.limit, self.tombstones);
+        self.figures = KvFigures {
+            keys: 0,
+            bytes: 0,
+            ..stats
+        };
+    }
+
+    /// Gives back the memory of a slab that shrank to less than half full
+    /// (after a flood of keys that expired or were evicted).
+    fn compact(&mut self) {
+        let mut entries = Vec::with_capacity(self.slots.len() - self.free.len());
+        // From least to most recently used, so re-inserting keeps the order.
+        let mut s = self.tail;
+        while s != NIL {
+            let e = self.slots[s as usize].take().expect("linked slot");
+            s = e.prev;
+            entries.push(e);
+        }
+        let figures = self.figures;
+        let cursor = 0;
+        *self = KvTable::new(self.limit, self.tombstones);
+        for e in entries {
+            self.insert(e.key, e.value, e.expires_ms, e.pos);
+        }
+        self.figures = KvFigures {
+            keys: self.figures.keys,
+            bytes: 0,
+            ..figures
+        };
+        self.cursor = cursor;
+    }
+}

@@ -1,0 +1,375 @@
+use super::*;
+use crate::kvop::Expiry;
+
+const NOW: u64 = 1_800_000_000_000;
+
+/// A clock of positions: each change gets the next microsecond above
+/// `after` and above every earlier one.
+struct Positions(u64);
+
+impl Positions {
+    fn next(&mut self, after: MsgKey) -> MsgKey {
+        self.0 = self.0.max(after.sent_us) + 1;
+        MsgKey {
+            sent_us: self.0,
+            origin: 1,
+        }
+    }
+}
+
+fn table(limit: u64) -> (KvTable, Positions) {
+    (KvTable::new(limit, false), Positions(100))
+}
+
+fn run(t: &mut KvTable, p: &mut Positions, op: KvOp, now: u64) -> (KvAnswer, Vec<KvChange>) {
+    let mut changes = Vec::new();
+    let a = t.apply(op, now, |after| p.next(after), &mut changes);
+    (a, changes)
+}
+
+fn set(key: &str, json: &str) -> KvOp {
+    set_if(key, json, SetCond::Always, Expiry::Never)
+}
+
+fn set_if(key: &str, json: &str, cond: SetCond, expiry: Expiry) -> KvOp {
+    KvOp::Set {
+        key: key.into(),
+        value: KvValue::json(json.as_bytes()),
+        expiry,
+        cond,
+    }
+}
+
+fn get(t: &mut KvTable, key: &str, now: u64) -> Option<String> {
+    t.get(key, now)
+        .map(|(v, _)| String::from_utf8(v.data.to_vec()).unwrap())
+}
+
+#[test]
+fn set_get_delete_and_conditions() {
+    let (mut t, mut p) = table(1 << 20);
+    assert_eq!(get(&mut t, "a", NOW), None);
+    let (a, ch) = run(&mut t, &mut p, set("a", "[1]"), NOW);
+    assert_eq!(a, KvAnswer::Stored(true));
+    assert_eq!(ch.len(), 1);
+    assert_eq!(get(&mut t, "a", NOW).as_deref(), Some("[1]"));
+    let absent = set_if("a", "2", SetCond::Absent, Expiry::Never);
+    assert_eq!(
+        run(&mut t, &mut p, absent, NOW),
+        (KvAnswer::Stored(false), vec![])
+    );
+    let present = set_if("b", "2", SetCond::Present, Expiry::Never);
+    assert_eq!(run(&mut t, &mut p, present, NOW).0, KvAnswer::Stored(false));
+    let present = set_if("a", "3", SetCond::Present, Expiry::Never);
+    assert_eq!(run(&mut t, &mut p, present, NOW).0, KvAnswer::Stored(true));
+    assert_eq!(get(&mut t, "a", NOW).as_deref(), Some("3"));
+    let del = KvOp::Delete {
+        keys: vec!["a".into(), "zz".into(), "a".into()],
+    };
+    let (a, ch) = run(&mut t, &mut p, del, NOW);
+    assert_eq!(a, KvAnswer::Deleted(1));
+    assert_eq!(ch.len(), 1);
+    assert!(ch[0].value.is_none());
+    assert_eq!(get(&mut t, "a", NOW), None);
+    let absent = set_if("a", "4", SetCond::Absent, Expiry::Never);
+    assert_eq!(run(&mut t, &mut p, absent, NOW).0, KvAnswer::Stored(true));
+    let f = t.figures();
+    assert_eq!(f.keys, 1);
+    assert_eq!((f.hits, f.misses), (2, 2));
+}
+
+#[test]
+fn positions_only_grow_per_key() {
+    let (mut t, mut p) = table(1 << 20);
+    let (_, c1) = run(&mut t, &mut p, set("k", "1"), NOW);
+    let (_, c2) = run(
+        &mut t,
+        &mut p,
+        KvOp::Incr {
+            key: "k".into(),
+            by: 1,
+        },
+        NOW,
+    );
+    assert!(c2[0].pos > c1[0].pos);
+    // A replicated change from the future, then a local one: still later.
+    let far = MsgKey {
+        sent_us: 10_000_000,
+        origin: 2,
+    };
+    assert!(t.apply_replicated(
+        KvChange {
+            key: "k".into(),
+            value: Some(KvValue::json(b"5")),
+            expires_ms: 0,
+            pos: far,
+        },
+        NOW
+    ));
+    let (_, c3) = run(
+        &mut t,
+        &mut p,
+        KvOp::Incr {
+            key: "k".into(),
+            by: 1,
+        },
+        NOW,
+    );
+    assert!(c3[0].pos > far);
+    assert_eq!(get(&mut t, "k", NOW).as_deref(), Some("6"));
+}
+
+#[test]
+fn ttl_expires_lazily_and_by_sweep() {
+    let (mut t, mut p) = table(1 << 20);
+    run(
+        &mut t,
+        &mut p,
+        set_if("s", "1", SetCond::Always, Expiry::AtMs(NOW + 1000)),
+        NOW,
+    );
+    run(
+        &mut t,
+        &mut p,
+        set_if("u", "1", SetCond::Always, Expiry::AtMs(NOW + 1000)),
+        NOW,
+    );
+    run(&mut t, &mut p, set("forever", "1"), NOW);
+    assert_eq!(get(&mut t, "s", NOW + 999).as_deref(), Some("1"));
+    assert_eq!(
+        get(&mut t, "s", NOW + 1000),
+        None,
+        "read after expiry: gone"
+    );
+    assert_eq!(t.figures().expirations, 1);
+    // "u" is never read again: the sweep frees it.
+    assert_eq!(t.figures().keys, 2);
+    assert_eq!(t.sweep(NOW + 5000, 100), 1);
+    assert_eq!(t.figures().keys, 1);
+    assert_eq!(t.figures().expirations, 2);
+    // An expired key counts as absent for conditions and incr.
+    run(
+        &mut t,
+        &mut p,
+        set_if("c", "7", SetCond::Always, Expiry::AtMs(NOW + 1)),
+        NOW,
+    );
+    let absent = set_if("c", "8", SetCond::Absent, Expiry::Never);
+    assert_eq!(
+        run(&mut t, &mut p, absent, NOW + 2).0,
+        KvAnswer::Stored(true)
+    );
+    run(
+        &mut t,
+        &mut p,
+        set_if("n", "7", SetCond::Always, Expiry::AtMs(NOW + 1)),
+        NOW,
+    );
+    let incr = KvOp::Incr {
+        key: "n".into(),
+        by: 2,
+    };
+    assert_eq!(run(&mut t, &mut p, incr, NOW + 2).0, KvAnswer::Number(2));
+    // Touch gives a new expiry; on a missing key it is NotFound.
+    let touch = KvOp::Touch {
+        key: "forever".into(),
+        expiry: Expiry::AtMs(NOW + 10),
+    };
+    assert_eq!(run(&mut t, &mut p, touch, NOW).0, KvAnswer::Touched);
+    assert_eq!(get(&mut t, "forever", NOW + 10), None);
+    let touch = KvOp::Touch {
+        key: "nope".into(),
+        expiry: Expiry::Never,
+    };
+    assert_eq!(run(&mut t, &mut p, touch, NOW).0, KvAnswer::NotFound);
+}
+
+#[test]
+fn lru_keeps_what_is_read_within_the_limit() {
+    let value = "x".repeat(100);
+    let per_key = ENTRY_OVERHEAD + 6 + 102;
+    let (mut t, mut p) = table(per_key * 10);
+    for i in 0..10 {
+        run(
+            &mut t,
+            &mut p,
+            set(&format!("key{i:03}"), &format!("\"{value}\"")),
+            NOW,
+        );
+    }
+    assert_eq!(t.figures().keys, 10);
+    // Read the oldest; then ten more keys come in.
+    assert!(get(&mut t, "key000", NOW).is_some());
+    for i in 10..19 {
+        run(
+            &mut t,
+            &mut p,
+            set(&format!("key{i:03}"), &format!("\"{value}\"")),
+            NOW,
+        );
+        assert!(t.figures().bytes <= per_key * 10);
+    }
+    assert!(get(&mut t, "key000", NOW).is_some(), "recently read: kept");
+    assert!(
+        get(&mut t, "key001", NOW).is_none(),
+        "least recently used: evicted"
+    );
+    assert_eq!(t.figures().evictions, 9);
+    assert_eq!(t.figures().keys, 10);
+}
+
+#[test]
+fn counters_coremq_and_memcached() {
+    let (mut t, mut p) = table(1 << 20);
+    let incr = |k: &str, by| KvOp::Incr { key: k.into(), by };
+    assert_eq!(
+        run(&mut t, &mut p, incr("n", 5), NOW).0,
+        KvAnswer::Number(5)
+    );
+    assert_eq!(
+        run(&mut t, &mut p, incr("n", -7), NOW).0,
+        KvAnswer::Number(-2)
+    );
+    run(&mut t, &mut p, set("big", &i64::MAX.to_string()), NOW);
+    assert_eq!(
+        run(&mut t, &mut p, incr("big", 1), NOW).0,
+        KvAnswer::Overflow
+    );
+    run(&mut t, &mut p, set("s", "\"5\""), NOW);
+    assert_eq!(
+        run(&mut t, &mut p, incr("s", 1), NOW).0,
+        KvAnswer::NotANumber
+    );
+    assert_eq!(get(&mut t, "s", NOW).as_deref(), Some("\"5\""), "unchanged");
+
+    let mc = |k: &str, by, decr| KvOp::McIncr {
+        key: k.into(),
+        by,
+        decr,
+    };
+    assert_eq!(
+        run(&mut t, &mut p, mc("none", 1, false), NOW).0,
+        KvAnswer::NotFound
+    );
+    let text = KvOp::Set {
+        key: "c".into(),
+        value: KvValue::text(b"10", 42),
+        expiry: Expiry::Never,
+        cond: SetCond::Always,
+    };
+    run(&mut t, &mut p, text, NOW);
+    assert_eq!(
+        run(&mut t, &mut p, mc("c", 15, true), NOW).0,
+        KvAnswer::McNumber(0)
+    );
+    assert_eq!(
+        run(&mut t, &mut p, mc("c", u64::MAX, false), NOW).0,
+        KvAnswer::McNumber(u64::MAX)
+    );
+    assert_eq!(
+        run(&mut t, &mut p, mc("c", 2, false), NOW).0,
+        KvAnswer::McNumber(1)
+    );
+    let (v, _) = t.get("c", NOW).unwrap();
+    assert_eq!(
+        (&*v.data, v.kind, v.flags),
+        (&b"1"[..], ValueKind::Text, 42)
+    );
+    // A JSON integer works for memcached too, a negative one does not.
+    assert_eq!(
+        run(&mut t, &mut p, mc("n", 1, false), NOW).0,
+        KvAnswer::NotANumber
+    );
+}
+
+#[test]
+fn last_writer_wins_with_tombstones() {
+    let mut t = KvTable::new(1 << 20, true);
+    let at = |us| MsgKey {
+        sent_us: us,
+        origin: 9,
+    };
+    let change = |us, v: Option<&str>| KvChange {
+        key: "k".into(),
+        value: v.map(|v| KvValue::json(v.as_bytes())),
+        expires_ms: 0,
+        pos: at(us),
+    };
+    assert!(t.apply_replicated(change(10, Some("1")), NOW));
+    assert!(
+        !t.apply_replicated(change(5, Some("0")), NOW),
+        "older: ignored"
+    );
+    assert!(
+        !t.apply_replicated(change(10, Some("1")), NOW),
+        "seen: ignored"
+    );
+    assert!(t.apply_replicated(change(20, None), NOW), "a newer delete");
+    assert_eq!(get(&mut t, "k", NOW), None);
+    assert!(
+        !t.apply_replicated(change(15, Some("late")), NOW),
+        "the tombstone keeps an older set out"
+    );
+    assert!(t.apply_replicated(change(30, Some("2")), NOW));
+    assert_eq!(get(&mut t, "k", NOW).as_deref(), Some("2"));
+    // The exchange's pages carry tombstones too.
+    let mut p = Positions(100);
+    run(&mut t, &mut p, set("x", "1"), NOW);
+    run(
+        &mut t,
+        &mut p,
+        KvOp::Delete {
+            keys: vec!["x".into()],
+        },
+        NOW,
+    );
+    let (page, rest) = t.page(0, 10, NOW);
+    assert_eq!(rest, None);
+    assert_eq!(page.len(), 2);
+    assert!(page.iter().any(|c| &*c.key == "x" && c.value.is_none()));
+    let (first, rest) = t.page(0, 1, NOW);
+    assert_eq!(first.len(), 1);
+    let (second, rest) = t.page(rest.unwrap(), 1, NOW);
+    assert_eq!(second.len(), 1);
+    assert_eq!(rest, None);
+    assert_ne!(first[0].key, second[0].key);
+}
+
+#[test]
+fn a_flood_is_bounded_and_compacts() {
+    let limit = 1 << 20;
+    let (mut t, mut p) = table(limit);
+    for i in 0..100_000 {
+        let expiry = Expiry::AtMs(NOW + 10);
+        run(
+            &mut t,
+            &mut p,
+            set_if(&format!("k{i}"), "12345", SetCond::Always, expiry),
+            NOW,
+        );
+        assert!(t.figures().bytes <= limit);
+    }
+    let kept = t.figures().keys;
+    assert!(kept > 1000 && kept < 10_000, "{kept}");
+    let mut dropped = 0;
+    for _ in 0..1000 {
+        dropped += t.sweep(NOW + 20, 1000);
+    }
+    assert_eq!(dropped as u64, kept);
+    assert_eq!(t.figures().keys, 0);
+    assert_eq!(t.figures().bytes, 0);
+    assert!(t.slots.len() < 4096, "compacted: {}", t.slots.len());
+    run(&mut t, &mut p, set("after", "1"), NOW + 20);
+    assert_eq!(get(&mut t, "after", NOW + 20).as_deref(), Some("1"));
+}
+
+#[test]
+fn flush_keeps_counters() {
+    let (mut t, mut p) = table(1 << 20);
+    run(&mut t, &mut p, set("a", "1"), NOW);
+    get(&mut t, "a", NOW);
+    assert_eq!(run(&mut t, &mut p, KvOp::Flush, NOW).0, KvAnswer::Flushed);
+    assert_eq!(get(&mut t, "a", NOW), None);
+    let f = t.figures();
+    assert_eq!((f.keys, f.bytes, f.hits, f.misses), (0, 0, 1, 1));
+}

@@ -1,0 +1,746 @@
+//! memcached's text protocol on `memcached_port` (PROTOCOL.md §13), over
+//! the key-value store, so that memcached clients and tools work unchanged
+//! and see the keys CoreMQ clients set (and the other way round).
+//!
+//! Every shard listens on the port (SO_REUSEPORT, as the client port) and
+//! serves the connections it accepts. A connection's task reads, parses
+//! every complete command in the buffer ([`parse`]), starts them all at once
+//! with [`Shard::kv_start`] (the ones whose keys this shard owns are done in
+//! place; the others go to their owners together), then awaits the answers
+//! in order and writes every reply with one write. It reads nothing more
+//! until those replies are out, so a client that does not read its replies
+//! stops being read (what it is owed is written as it is made, past
+//! [`OUT_HIGH`] bytes, large values straight from the store's bytes), and
+//! the read buffer is bounded by the longest command (a line plus
+//! `kv_max_value`).
+//!
+//! The text protocol has no login: with access control on (`users_file`),
+//! a memcached connection has the `[anonymous]` section's `kv_read` and
+//! `kv_write` rights. `memcached_port` belongs on a trusted interface.
+
+mod parse;
+
+use crate::access::Access;
+use crate::conn::readbuf::ReadBuf;
+use crate::kvop::{now_ms, Expiry, KvAnswer, KvOp, KvValue, SetCond};
+use crate::refusal::Transport;
+use crate::shard::{KvPending, Shard};
+use crate::stats::Counters;
+use coremq_auth::Action;
+use futures_lite::future;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::spawn_local;
+use glommio::timer::sleep;
+use parse::{reply, Cmd, Mode, Parse, What};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Most commands started before their replies are written: bounds what
+/// one batch holds (each answer may carry a value).
+const MAX_BATCH: usize = 256;
+/// Reply bytes past which they are written before the next command of a
+/// batch is answered (a pipeline of large gets).
+const OUT_HIGH: usize = 256 << 10;
+/// A value this large is written from the store's bytes instead of being
+/// copied into the reply buffer.
+const BIG_VALUE: usize = 64 << 10;
+/// A reply buffer grown past this is given back once written.
+const OUT_KEEP: usize = 64 << 10;
+/// How long a client that does not read gets for its last replies once the
+/// node stops.
+const LINGER: Duration = Duration::from_secs(2);
+/// What memcached answers `version` with: its own version line, which
+/// clients parse, then what this really is.
+const VERSION: &str = concat!("VERSION 1.6.0 CoreMQ ", env!("CARGO_PKG_VERSION"));
+
+/// This shard's memcached connections, so that a stop can end their reads.
+#[derive(Default)]
+struct Live {
+    next: Cell<u64>,
+    fds: RefCell<HashMap<u64, RawFd>>,
+}
+
+/// Accepts memcached connections until the shard stops, then ends every
+/// one's reading (their replies in progress still go out) and waits for
+/// them, bounded by `shutdown_timeout`.
+pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+    let live = Rc::new(Live::default());
+    while let Some((mut stream, peer)) = crate::net::accept_next(shard, listener).await {
+        let max = shard.cfg().max_connections;
+        if !shard.node().shared.try_open(max) {
+            Counters::add(&shard.counters().refused_connections, 1);
+            tracing::warn!(
+                shard = shard.id(),
+                peer,
+                max,
+                "memcached connection refused: max_connections reached"
+            );
+            // memcached's own words when it is out of connections.
+            spawn_local(async move {
+                let _ = future::or(
+                    async {
+                        let _ = stream
+                            .write_all(b"SERVER_ERROR too many open connections\r\n")
+                            .await;
+                    },
+                    sleep(Duration::from_secs(1)),
+                )
+                .await;
+            })
+            .detach();
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = live.next.get();
+        live.next.set(id + 1);
+        live.fds.borrow_mut().insert(id, stream.as_raw_fd());
+        let access = shard.rules().map(|r| Access::new(r.clone()));
+        let (s, l) = (shard.clone(), live.clone());
+        spawn_local(async move {
+            let why = serve(&s, stream, access.as_ref()).await;
+            tracing::debug!(shard = s.id(), peer, why, "memcached connection closed");
+            l.fds.borrow_mut().remove(&id);
+            s.node().shared.closed();
+        })
+        .detach();
+    }
+    // Stopping: a read in progress ends as at the peer's end of stream.
+    for &fd in live.fds.borrow().values() {
+        // SAFETY: the descriptor belongs to a live connection's stream (it
+        // is removed from the table before the stream is dropped); shutdown
+        // changes no memory of ours.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+    let deadline = std::time::Instant::now() + shard.cfg().shutdown_timeout;
+    while !live.fds.borrow().is_empty() {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                shard = shard.id(),
+                open = live.fds.borrow().len(),
+                "memcached connections still open at shutdown_timeout; closing anyway"
+            );
+            break;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A command started, waiting to be answered in order.
+enum Pending {
+    /// A reply known at once (`None`: nothing to send).
+    Now(Option<&'static str>),
+    /// A reply written out.
+    Text(String),
+    /// A store operation in progress, and how its answer reads.
+    Kv(KvPending, Then),
+    /// `stats`: every shard's figures.
+    Stats,
+}
+
+/// How a store answer is written.
+enum Then {
+    /// Gets in a row: all their keys, and per command how many are its
+    /// and whether it is `gets`.
+    Get(Vec<Box<str>>, Vec<(usize, bool)>),
+    /// The other commands; `true`: noreply.
+    Store(bool),
+    Delete(bool),
+    Arith(bool),
+    Touch(bool),
+    /// A `set` too large to store dropped the old value; the reply is
+    /// already decided.
+    Quiet(Option<&'static str>),
+}
+
+/// What ends a connection.
+enum End {
+    /// Keep going.
+    No,
+    /// `quit`, after the replies before it.
+    Quit,
+    /// Input that cannot be framed: this reply, then close.
+    Fatal(&'static str),
+}
+
+/// Serves one connection until it closes; returns why.
+async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>) -> &'static str {
+    let max_value = shard.cfg().kv.max_value;
+    let max_buf = (parse::MAX_LINE + 2 + max_value + 2).max(parse::MAX_GET_LINE + 2);
+    let mut rbuf = ReadBuf::new(max_buf);
+    let mut skip = 0usize;
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        // Everything complete in the buffer, a batch at a time.
+        loop {
+            if shard.stopping().is_set() {
+                // The drain promised the owners that nothing more comes.
+                rbuf.start = rbuf.end;
+                break;
+            }
+            let (batch, end) = start_batch(shard, access, &mut rbuf, &mut skip, max_value);
+            let progressed = !batch.is_empty();
+            for p in batch {
+                if !finish(shard, p, &mut out, &mut stream).await {
+                    return "write error";
+                }
+                if out.len() >= OUT_HIGH && !write_out(shard, &mut stream, &mut out).await {
+                    return "write error";
+                }
+            }
+            match end {
+                End::No => {}
+                End::Quit => {
+                    let _ = write_out(shard, &mut stream, &mut out).await;
+                    return "quit";
+                }
+                End::Fatal(r) => {
+                    push_line(&mut out, r);
+                    let _ = write_out(shard, &mut stream, &mut out).await;
+                    return "unframeable input";
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if !write_out(shard, &mut stream, &mut out).await {
+            return "write error";
+        }
+        if out.capacity() > OUT_KEEP {
+            out = Vec::new();
+        }
+        // Read more.
+        let spare = rbuf.spare(max_buf);
+        let room = spare.len();
+        if room == 0 {
+            // Cannot happen: a command fits the buffer or is refused first.
+            return "read buffer full";
+        }
+        let n = match stream.read(spare).await {
+            Ok(0) => return "peer closed",
+            Ok(n) => n,
+            Err(_) => return "read error",
+        };
+        rbuf.filled = n == room;
+        rbuf.note_read(n);
+        Counters::add(&shard.counters().bytes_in, n as u64);
+        let take = skip.min(rbuf.end - rbuf.start);
+        rbuf.start += take;
+        skip -= take;
+    }
+}
+
+/// Parses and starts up to [`MAX_BATCH`] commands from the buffer. Gets
+/// that follow each other are started as one read of all their keys (one
+/// request per owner shard instead of one per key), answered per command.
+fn start_batch(
+    shard: &Rc<Shard>,
+    access: Option<&Access>,
+    rbuf: &mut ReadBuf,
+    skip: &mut usize,
+    max_value: usize,
+) -> (Vec<Pending>, End) {
+    let mut batch = Vec::new();
+    let mut gets = GetRun::default();
+    let now = now_ms();
+    let mut commands = 0;
+    let end = loop {
+        if commands == MAX_BATCH {
+            break End::No;
+        }
+        let parsed = match parse::parse(&rbuf.data[rbuf.start..rbuf.end], max_value) {
+            Parse::Incomplete => break End::No,
+            Parse::Step(p) => p,
+        };
+        commands += 1;
+        let (used, want) = (parsed.used, parsed.skip);
+        let started = match parsed.what {
+            What::Fatal(r) => {
+                rbuf.start = rbuf.end;
+                break End::Fatal(r);
+            }
+            What::Refused(r) => {
+                if r.is_some() {
+                    Counters::add(&shard.counters().client_errors, 1);
+                }
+                Started::Now(Pending::Now(r))
+            }
+            What::Cmd(Cmd::Quit) => {
+                rbuf.start = rbuf.end;
+                break End::Quit;
+            }
+            What::Cmd(cmd) => {
+                if !matches!(cmd, Cmd::Get { .. }) {
+                    // The gets before it are started first: they must not
+                    // see what this command changes.
+                    gets.flush(shard, &mut batch);
+                }
+                start(shard, access, cmd, now)
+            }
+        };
+        match started {
+            Started::Get(keys, cas) => gets.add(keys, cas),
+            Started::Now(p) => {
+                gets.flush(shard, &mut batch);
+                batch.push(p);
+            }
+        }
+        rbuf.start += used;
+        let take = want.min(rbuf.end - rbuf.start);
+        rbuf.start += take;
+        *skip = want - take;
+    };
+    gets.flush(shard, &mut batch);
+    (batch, end)
+}
+
+/// Gets in a row, read together.
+#[derive(Default)]
+struct GetRun {
+    /// Every key, in order.
+    keys: Vec<Box<str>>,
+    /// Per command: how many of the keys are its, and whether it is `gets`.
+    parts: Vec<(usize, bool)>,
+}
+
+impl GetRun {
+    fn add(&mut self, keys: Vec<Box<str>>, cas: bool) {
+        self.parts.push((keys.len(), cas));
+        self.keys.extend(keys);
+    }
+
+    /// Starts the read of every key so far (if any).
+    fn flush(&mut self, shard: &Shard, batch: &mut Vec<Pending>) {
+        if self.parts.is_empty() {
+            return;
+        }
+        let run = std::mem::take(self);
+        let op = KvOp::Get {
+            keys: run.keys.clone(),
+        };
+        batch.push(Pending::Kv(
+            shard.kv_start(op),
+            Then::Get(run.keys, run.parts),
+        ));
+    }
+}
+
+/// What starting a command gave.
+enum Started {
+    /// Something to answer in its turn.
+    Now(Pending),
+    /// An allowed get of these keys (`true`: gets), to be read with the
+    /// gets next to it.
+    Get(Vec<Box<str>>, bool),
+}
+
+/// Starts one command.
+fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> Started {
+    Started::Now(match start_one(shard, access, cmd, now) {
+        Ok(p) => p,
+        Err(get) => return get,
+    })
+}
+
+/// Starts one command; a get that may go ahead is handed back.
+fn start_one(
+    shard: &Rc<Shard>,
+    access: Option<&Access>,
+    cmd: Cmd<'_>,
+    now: u64,
+) -> Result<Pending, Started> {
+    let allowed = |write: bool, keys: &[&str], noreply: bool| -> Result<(), Pending> {
+        let Some(a) = access else { return Ok(()) };
+        for k in keys {
+            let action = if write {
+                Action::KvWrite
+            } else {
+                Action::KvRead
+            };
+            if let Err(refusal) = a.check_kv(action, [*k]) {
+                let _ = shard.refused(&refusal, Transport::Tcp);
+                let action = if write { "kv_write" } else { "kv_read" };
+                return Err(if noreply {
+                    Pending::Now(None)
+                } else {
+                    Pending::Text(format!("CLIENT_ERROR permission denied: {action} {k}"))
+                });
+            }
+        }
+        Ok(())
+    };
+    let kv = |op: KvOp, then: Then| Pending::Kv(shard.kv_start(op), then);
+    Ok(match cmd {
+        Cmd::Get { keys, cas } => {
+            if let Err(p) = allowed(false, &keys, false) {
+                return Ok(p);
+            }
+            let keys: Vec<Box<str>> = keys.into_iter().map(Box::from).collect();
+            return Err(Started::Get(keys, cas));
+        }
+        Cmd::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            data,
+            noreply,
+        } => {
+            if let Err(p) = allowed(true, &[key], noreply) {
+                return Ok(p);
+            }
+            let cond = match mode {
+                Mode::Set => SetCond::Always,
+                Mode::Add => SetCond::Absent,
+                Mode::Replace => SetCond::Present,
+            };
+            kv(
+                KvOp::Set {
+                    key: key.into(),
+                    value: KvValue::text(data, flags),
+                    expiry: Expiry::from_memcached(exptime, now),
+                    cond,
+                },
+                Then::Store(noreply),
+            )
+        }
+        Cmd::TooLarge { key, set, noreply } => {
+            let r = (!noreply).then_some(reply::TOO_LARGE);
+            // As memcached: a failed set leaves no stale value behind.
+            if set && allowed(true, &[key], true).is_ok() {
+                kv(
+                    KvOp::Delete {
+                        keys: vec![key.into()],
+                    },
+                    Then::Quiet(r),
+                )
+            } else {
+                Pending::Now(r)
+            }
+        }
+        Cmd::Delete { key, noreply } => {
+            if let Err(p) = allowed(true, &[key], noreply) {
+                return Ok(p);
+            }
+            kv(
+                KvOp::Delete {
+                    keys: vec![key.into()],
+                },
+                Then::Delete(noreply),
+            )
+        }
+        Cmd::Arith {
+            key,
+            delta,
+            decr,
+            noreply,
+        } => {
+            if let Err(p) = allowed(true, &[key], noreply) {
+                return Ok(p);
+            }
+            kv(
+                KvOp::McIncr {
+                    key: key.into(),
+                    by: delta,
+                    decr,
+                },
+                Then::Arith(noreply),
+            )
+        }
+        Cmd::Touch {
+            key,
+            exptime,
+            noreply,
+        } => {
+            if let Err(p) = allowed(true, &[key], noreply) {
+                return Ok(p);
+            }
+            kv(
+                KvOp::Touch {
+                    key: key.into(),
+                    expiry: Expiry::from_memcached(exptime, now),
+                },
+                Then::Touch(noreply),
+            )
+        }
+        Cmd::FlushAll { delay, noreply } => {
+            let quiet = |r: &'static str| Pending::Now((!noreply).then_some(r));
+            if !shard.cfg().kv.allow_flush {
+                return Ok(quiet("CLIENT_ERROR flush_all not allowed"));
+            }
+            let Some(delay) = delay else {
+                return Ok(quiet(reply::BAD_EXPTIME));
+            };
+            // Flushing empties every key: it needs the right to write any
+            // (a pattern of stars only, not one that happens to match "*").
+            if let Some(refusal) = access.and_then(|a| a.check_kv_every(Action::KvWrite).err()) {
+                let _ = shard.refused(&refusal, Transport::Tcp);
+                return Ok(quiet("CLIENT_ERROR permission denied: kv_write *"));
+            }
+            let secs = delay_secs(delay, now);
+            if secs == 0 {
+                return Ok(kv(KvOp::Flush, Then::Quiet((!noreply).then_some("OK"))));
+            }
+            flush_later(shard, secs);
+            quiet("OK")
+        }
+        Cmd::Version => Pending::Now(Some(VERSION)),
+        Cmd::Verbosity { noreply } => Pending::Now((!noreply).then_some("OK")),
+        Cmd::Stats => Pending::Stats,
+        Cmd::Quit => Pending::Now(None),
+    })
+}
+
+/// Seconds until a `flush_all <delay>`: memcached reads a delay over 30
+/// days as a Unix time.
+fn delay_secs(delay: i64, now_ms: u64) -> u64 {
+    const RELATIVE_MAX: i64 = 30 * 86_400;
+    if delay <= 0 {
+        0
+    } else if delay <= RELATIVE_MAX {
+        delay as u64
+    } else {
+        (delay as u64).saturating_sub(now_ms / 1000)
+    }
+}
+
+/// A `flush_all` with a delay: done then, unless the node is stopping.
+fn flush_later(shard: &Rc<Shard>, secs: u64) {
+    let me = shard.clone();
+    spawn_local(async move {
+        future::or(
+            async {
+                sleep(Duration::from_secs(secs)).await;
+                if !me.stopping().is_set() {
+                    let p = me.kv_start(KvOp::Flush);
+                    me.kv_finish(p).await;
+                }
+            },
+            me.stopping().wait(),
+        )
+        .await;
+    })
+    .detach();
+}
+
+/// Awaits one command's answer and appends its reply; false if the
+/// connection is gone. The values of a read go out as they are written, so
+/// a batch of large gets never sits in memory whole: past [`OUT_HIGH`] what
+/// is buffered is written, and a large value is written from the store's own
+/// bytes, not copied.
+async fn finish(shard: &Shard, p: Pending, out: &mut Vec<u8>, stream: &mut TcpStream) -> bool {
+    match p {
+        Pending::Now(None) => {}
+        Pending::Now(Some(r)) => push_line(out, r),
+        Pending::Text(t) => push_line(out, &t),
+        Pending::Stats => stats(shard, out).await,
+        Pending::Kv(p, Then::Get(keys, parts)) => {
+            let answer = shard.kv_finish(p).await;
+            let KvAnswer::Values(values) = answer else {
+                write_answer(Then::Get(keys, parts), answer, out);
+                return true;
+            };
+            let mut found = keys.iter().zip(values);
+            for (n, cas) in parts {
+                for (key, v) in found.by_ref().take(n) {
+                    let Some((value, unique)) = v else { continue };
+                    let bytes = value.mc_bytes();
+                    value_header(out, key, value.flags, bytes.len(), cas.then_some(unique));
+                    if bytes.len() >= BIG_VALUE {
+                        if !write_out(shard, stream, out).await
+                            || !write_bytes(shard, stream, &bytes).await
+                        {
+                            return false;
+                        }
+                    } else {
+                        out.extend_from_slice(&bytes);
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    if out.len() >= OUT_HIGH && !write_out(shard, stream, out).await {
+                        return false;
+                    }
+                }
+                out.extend_from_slice(b"END\r\n");
+            }
+        }
+        Pending::Kv(p, then) => {
+            let answer = shard.kv_finish(p).await;
+            write_answer(then, answer, out);
+        }
+    }
+    true
+}
+
+/// `VALUE <key> <flags> <bytes> [<cas>]\r\n`.
+fn value_header(out: &mut Vec<u8>, key: &str, flags: u32, len: usize, cas: Option<u64>) {
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(key.as_bytes());
+    out.push(b' ');
+    push_num(out, u64::from(flags));
+    out.push(b' ');
+    push_num(out, len as u64);
+    if let Some(unique) = cas {
+        out.push(b' ');
+        push_num(out, unique);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `line` and its `\r\n`.
+fn push_line(out: &mut Vec<u8>, line: &str) {
+    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reply to a store answer.
+fn write_answer(then: Then, answer: KvAnswer, out: &mut Vec<u8>) {
+    let quiet = |noreply: bool, out: &mut Vec<u8>, r: &str| {
+        if !noreply {
+            push_line(out, r);
+        }
+    };
+    match (then, answer) {
+        (Then::Get(keys, parts), KvAnswer::Values(values)) => {
+            let mut found = keys.iter().zip(values);
+            for (n, cas) in parts {
+                for (key, v) in found.by_ref().take(n) {
+                    let Some((value, unique)) = v else { continue };
+                    let bytes = value.mc_bytes();
+                    value_header(out, key, value.flags, bytes.len(), cas.then_some(unique));
+                    out.extend_from_slice(&bytes);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"END\r\n");
+            }
+        }
+        (Then::Store(n), KvAnswer::Stored(true)) => quiet(n, out, "STORED"),
+        (Then::Store(n), KvAnswer::Stored(false)) => quiet(n, out, "NOT_STORED"),
+        (Then::Delete(n), KvAnswer::Deleted(d)) => {
+            quiet(n, out, if d > 0 { "DELETED" } else { "NOT_FOUND" })
+        }
+        (Then::Arith(n), KvAnswer::McNumber(v)) => {
+            if !n {
+                push_num(out, v);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        (Then::Arith(n), KvAnswer::NotANumber) => quiet(
+            n,
+            out,
+            "CLIENT_ERROR cannot increment or decrement non-numeric value",
+        ),
+        (Then::Arith(n) | Then::Touch(n), KvAnswer::NotFound) => quiet(n, out, "NOT_FOUND"),
+        (Then::Touch(n), KvAnswer::Touched) => quiet(n, out, "TOUCHED"),
+        (Then::Quiet(r), _) => {
+            if let Some(r) = r {
+                push_line(out, r);
+            }
+        }
+        (_, answer) => {
+            tracing::warn!(
+                ?answer,
+                "memcached: an answer that does not fit its command"
+            );
+            push_line(out, "SERVER_ERROR internal error");
+        }
+    }
+}
+
+fn push_num(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// `stats`: the node's figures under memcached's names.
+async fn stats(shard: &Shard, out: &mut Vec<u8>) {
+    let parts = shard.gather_stats().await;
+    let sum = |f: fn(&crate::stats::ShardStats) -> u64| parts.iter().map(f).sum::<u64>();
+    let node = shard.node();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let hits = sum(|s| s.kv.hits);
+    let misses = sum(|s| s.kv.misses);
+    let lines: [(&str, String); 13] = [
+        ("pid", std::process::id().to_string()),
+        ("uptime", node.started.elapsed().as_secs().to_string()),
+        ("time", now.to_string()),
+        ("version", VERSION["VERSION ".len()..].to_string()),
+        ("pointer_size", (usize::BITS).to_string()),
+        (
+            "curr_connections",
+            node.shared
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .to_string(),
+        ),
+        ("max_connections", shard.cfg().max_connections.to_string()),
+        ("threads", parts.len().to_string()),
+        ("limit_maxbytes", shard.cfg().kv.memory.to_string()),
+        ("cmd_get", (hits + misses).to_string()),
+        ("get_hits", hits.to_string()),
+        ("get_misses", misses.to_string()),
+        ("curr_items", sum(|s| s.kv.keys).to_string()),
+    ];
+    for (name, value) in lines.iter().map(|(n, v)| (*n, v.clone())).chain([
+        ("bytes", sum(|s| s.kv.bytes).to_string()),
+        ("evictions", sum(|s| s.kv.evictions).to_string()),
+        ("expired_unfetched", sum(|s| s.kv.expirations).to_string()),
+    ]) {
+        push_line(out, &format!("STAT {name} {value}"));
+    }
+    out.extend_from_slice(b"END\r\n");
+}
+
+/// Writes `bytes` as they are (a large value); false if the connection is
+/// gone. Bounded by [`LINGER`] once the node stops, as [`write_out`].
+async fn write_bytes(shard: &Shard, stream: &mut TcpStream, bytes: &[u8]) -> bool {
+    let done = future::or(
+        async { Some(stream.write_all(bytes).await.is_ok()) },
+        async {
+            shard.stopping().wait().await;
+            sleep(LINGER).await;
+            None
+        },
+    )
+    .await;
+    Counters::add(&shard.counters().bytes_out, bytes.len() as u64);
+    done == Some(true)
+}
+
+/// Writes what `out` holds (then empties it); false if the connection is
+/// gone. Once the node stops, a client that does not take its replies gets
+/// [`LINGER`].
+async fn write_out(shard: &Shard, stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let done = future::or(async { Some(stream.write_all(out).await.is_ok()) }, async {
+        shard.stopping().wait().await;
+        sleep(LINGER).await;
+        None
+    })
+    .await;
+    Counters::add(&shard.counters().bytes_out, out.len() as u64);
+    out.clear();
+    done == Some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delay_secs;
+
+    #[test]
+    fn a_flush_delay_over_30_days_is_a_unix_time() {
+        let now_ms = 1_800_000_000_000;
+        assert_eq!(delay_secs(0, now_ms), 0);
+        assert_eq!(delay_secs(-5, now_ms), 0);
+        assert_eq!(delay_secs(60, now_ms), 60);
+        assert_eq!(delay_secs(30 * 86_400, now_ms), 30 * 86_400);
+        assert_eq!(delay_secs(1_800_000_100, now_ms), 100);
+        assert_eq!(delay_secs(1_700_000_000, now_ms), 0);
+    }
+}

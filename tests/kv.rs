@@ -1,0 +1,593 @@
+//! The key-value store (PROTOCOL.md §13) against real `coremq` processes:
+//! the four commands' exact replies over TCP and WebSocket, keys spread over
+//! several shards, TTL, `kv_memory` under a flood with LRU, watch events,
+//! access control both ways, and a 3-node cluster that converges after a
+//! partition heals.
+
+mod common;
+
+use common::auth::{login, token_with, Fixture};
+use common::cluster::{wait_status, Cluster, Spec};
+use common::web::WsClient;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn cmd(c: &mut Client, v: Value) -> Value {
+    c.command(&v);
+    c.recv_reply().json
+}
+
+fn set(c: &mut Client, key: &str, value: Value) -> Value {
+    cmd(c, json!({"coremq_set": {"key": key, "value": value}}))
+}
+
+fn get(c: &mut Client, keys: &[&str]) -> Value {
+    cmd(c, json!({ "coremq_get": keys }))
+}
+
+fn stored() -> Value {
+    json!({"response": "OK: Stored"})
+}
+
+fn commands_reply_exactly(shards: usize) {
+    let b = Broker::start(BrokerOpts::new(shards));
+    let mut c = b.client();
+    let k = uniq("kv.exact");
+    assert_eq!(
+        get(&mut c, &[&k]),
+        json!({"values": {}}),
+        "missing: left out"
+    );
+    assert_eq!(set(&mut c, &k, json!({"a": [1, "x"]})), stored());
+    assert_eq!(
+        get(&mut c, &[&k]),
+        json!({"values": {k.clone(): {"a": [1, "x"]}}})
+    );
+    // Conditional sets.
+    let absent = json!({"coremq_set": {"key": k, "value": 2, "if": "absent"}});
+    assert_eq!(cmd(&mut c, absent), json!({"response": "OK: Not stored"}));
+    let other = uniq("kv.other");
+    let present = json!({"coremq_set": {"key": other, "value": 2, "if": "present"}});
+    assert_eq!(cmd(&mut c, present), json!({"response": "OK: Not stored"}));
+    let present = json!({"coremq_set": {"key": k, "value": 3, "if": "present"}});
+    assert_eq!(cmd(&mut c, present), stored());
+    let absent = json!({"coremq_set": {"key": other, "value": null, "if": "absent"}});
+    assert_eq!(cmd(&mut c, absent), stored());
+    // A value that is JSON null is a value.
+    assert_eq!(
+        get(&mut c, &[&k, &other, "nope"]),
+        json!({"values": {k.clone(): 3, other.clone(): null}})
+    );
+    // Counters.
+    let n = uniq("kv.n");
+    let incr = |by: i64| json!({"coremq_incr": {"key": n, "by": by}});
+    assert_eq!(cmd(&mut c, incr(5)), json!({"value": 5}), "from 0");
+    assert_eq!(cmd(&mut c, incr(-7)), json!({"value": -2}));
+    assert_eq!(
+        cmd(&mut c, json!({"coremq_incr": {"key": n}})),
+        json!({"value": -1}),
+        "by defaults to 1"
+    );
+    // `other` holds null: not an integer.
+    let r = cmd(&mut c, json!({"coremq_incr": {"key": other}}));
+    let text = r["response"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("ERROR: ") && text.contains("not an integer"),
+        "{r}"
+    );
+    assert_eq!(set(&mut c, &n, json!(i64::MAX)), stored());
+    let r = cmd(&mut c, json!({"coremq_incr": {"key": n}}));
+    assert!(r["response"].as_str().unwrap().contains("overflow"), "{r}");
+    // Delete: the count of keys that held a value.
+    assert_eq!(
+        cmd(&mut c, json!({"coremq_delete": [k, "never-set", other, k]})),
+        json!({"response": "OK: Deleted", "deleted": 2})
+    );
+    assert_eq!(get(&mut c, &[&k, &other]), json!({"values": {}}));
+    // Bad input: clear errors, the connection stays.
+    for bad in [
+        json!({"coremq_set": {"key": "a b", "value": 1}}),
+        json!({"coremq_set": {"key": "x".repeat(251), "value": 1}}),
+        json!({"coremq_set": {"value": 1}}),
+        json!({"coremq_set": {"key": "k", "value": 1, "ttl": -1}}),
+        json!({"coremq_get": 5}),
+        json!({"coremq_delete": [""]}),
+        json!({"coremq_incr": {"key": "k", "by": 0.5}}),
+    ] {
+        let r = cmd(&mut c, bad.clone());
+        let text = r["response"].as_str().unwrap_or_default();
+        assert!(text.starts_with("ERROR: coremq_"), "{bad} → {r}");
+    }
+    // Non-ASCII values come back the same (ASCII-escaped on the wire, which
+    // the frame parser of the harness insists on).
+    assert_eq!(set(&mut c, &k, json!("żółw 🐢")), stored());
+    assert_eq!(
+        get(&mut c, &[&k]),
+        json!({"values": {k.clone(): "żółw 🐢"}})
+    );
+    // Still serving.
+    c.publish("after", &json!({"ok": 1}));
+}
+
+#[test]
+fn commands_reply_exactly_on_one_shard() {
+    commands_reply_exactly(1);
+}
+
+#[test]
+fn commands_reply_exactly_on_four_shards() {
+    commands_reply_exactly(4);
+}
+
+#[test]
+fn a_read_across_shards_is_one_reply_in_request_order() {
+    let b = Broker::start(BrokerOpts::new(4));
+    let mut w = b.client();
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("{}-{i}", uniq("kv.multi")))
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        if i % 3 != 0 {
+            assert_eq!(set(&mut w, k, json!(i)), stored());
+        }
+    }
+    // Keys of every shard: the status shows them spread.
+    let st = w.status();
+    let per_shard: Vec<u64> = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kv_keys"].as_u64().unwrap())
+        .collect();
+    assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
+    assert_eq!(per_shard.iter().sum::<u64>(), 133);
+    // Another connection (another home shard, probably) reads them all.
+    let mut r = b.client();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    r.command(&json!({ "coremq_get": refs }));
+    let reply = r.recv_reply();
+    let values = reply.json["values"].as_object().expect("values");
+    assert_eq!(values.len(), 133);
+    // In request order on the wire, too.
+    let order: Vec<&String> = values.keys().collect();
+    let expected: Vec<&String> = keys
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, k)| k)
+        .collect();
+    let text = String::from_utf8_lossy(&reply.raw).into_owned();
+    let positions: Vec<usize> = expected
+        .iter()
+        .map(|k| text.find(&format!("\"{k}\"")).expect("key in reply"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "request order");
+    assert_eq!(order.len(), expected.len());
+    for (i, k) in keys.iter().enumerate() {
+        if i % 3 != 0 {
+            assert_eq!(values[k], json!(i));
+        }
+    }
+    // Pipelined commands keep their order with publishes between them.
+    let q = uniq("kv.q");
+    let mut batch = Vec::new();
+    for i in 0..50 {
+        let id = r.id.clone();
+        batch.extend(encode(
+            &id,
+            &json!({"coremq_incr": {"key": "kv.pipe", "by": 1}}),
+        ));
+        batch.extend(encode(&q, &json!({ "n": i })));
+    }
+    r.send_raw(&batch);
+    for i in 0..50 {
+        assert_eq!(r.recv_reply().json, json!({ "value": i + 1 }));
+        r.expect_response(OK_SENT);
+    }
+}
+
+#[test]
+fn websocket_and_tcp_clients_share_the_store() {
+    let b = Broker::start(BrokerOpts::new(2).ws());
+    let mut ws = WsClient::connect(b.ws_addr());
+    let k = uniq("kv.ws");
+    ws.send_json(&json!({"coremq_set": {"key": k, "value": {"from": "ws"}}}));
+    let r = ws.recv_reply();
+    assert_eq!(r["response"], "OK: Stored", "{r}");
+    let mut c = b.client();
+    assert_eq!(
+        get(&mut c, &[&k]),
+        json!({"values": {k.clone(): {"from": "ws"}}})
+    );
+    assert_eq!(set(&mut c, &k, json!([1, 2])), stored());
+    ws.send_json(&json!({ "coremq_get": [k] }));
+    let r = ws.recv_reply();
+    assert_eq!(r["values"], json!({k.clone(): [1, 2]}), "{r}");
+    ws.send_json(&json!({"coremq_incr": {"key": k}}));
+    let r = ws.recv_reply();
+    assert!(
+        r["response"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("ERROR: "),
+        "{r}"
+    );
+    ws.send_json(&json!({ "coremq_delete": k }));
+    let r = ws.recv_reply();
+    assert_eq!(
+        (&r["response"], &r["deleted"]),
+        (&json!("OK: Deleted"), &json!(1))
+    );
+    // The figures per shard in /metrics: two reads found the key, the
+    // store is empty again.
+    let metrics = common::web::http_get(b.ws_addr(), "/metrics").text();
+    let sum = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("coremq_kv_hits_total"), 2.0, "{metrics}");
+    assert_eq!(sum("coremq_kv_keys"), 0.0);
+    assert_eq!(sum("coremq_kv_bytes"), 0.0);
+    assert!(metrics.contains("# TYPE coremq_kv_evictions_total counter"));
+}
+
+#[test]
+fn values_expire_after_their_ttl() {
+    let b = Broker::start(BrokerOpts::new(2));
+    let mut c = b.client();
+    let (short, long) = (uniq("kv.short"), uniq("kv.long"));
+    let r = cmd(
+        &mut c,
+        json!({"coremq_set": {"key": short, "value": 1, "ttl": 0.3}}),
+    );
+    assert_eq!(r, stored());
+    let r = cmd(
+        &mut c,
+        json!({"coremq_set": {"key": long, "value": 2, "ttl": 600}}),
+    );
+    assert_eq!(r, stored());
+    assert_eq!(
+        get(&mut c, &[&short]),
+        json!({"values": {short.clone(): 1}})
+    );
+    // Bounded poll: gone within a few seconds (0.3 s ttl).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if get(&mut c, &[&short]) == json!({"values": {}}) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still there after its ttl");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&mut c, &[&long]), json!({"values": {long.clone(): 2}}));
+    // An expired key is absent for a conditional set.
+    let r = cmd(
+        &mut c,
+        json!({"coremq_set": {"key": short, "value": 3, "if": "absent"}}),
+    );
+    assert_eq!(r, stored());
+    // A key never read again is swept: status counts the expiration.
+    let unread = uniq("kv.unread");
+    let r = cmd(
+        &mut c,
+        json!({"coremq_set": {"key": unread, "value": 1, "ttl": 0.2}}),
+    );
+    assert_eq!(r, stored());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c.status();
+        if shard_sum(&st, "kv_expirations") >= 2 && shard_sum(&st, "kv_keys") == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not swept: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sets `n` keys pipelined on a raw socket (the replies are checked as
+/// bytes: every one is the same frame), reading the `hot` keys after each
+/// window so that they stay recently used.
+fn flood(c: &mut Client, prefix: &str, n: usize, value: &str, hot: &[String]) {
+    use std::io::{Read, Write};
+    const WINDOW: usize = 2_000;
+    let id = c.id.clone();
+    let ok_body = format!("{id} {{\"response\": \"OK: Stored\"}}");
+    let ok = format!("+{} {ok_body}", ok_body.len()).into_bytes();
+    let mut sock = c.writer();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let get_hot = encode(&id, &json!({ "coremq_get": hot }));
+    let mut sent = 0;
+    let mut buf = Vec::new();
+    while sent < n {
+        let end = (sent + WINDOW).min(n);
+        let mut batch = Vec::with_capacity((end - sent) * 200);
+        for i in sent..end {
+            let body = format!(
+                "{id} {{\"coremq_set\": {{\"key\": \"{prefix}{i}\", \"value\": \"{value}\"}}}}"
+            );
+            batch.extend_from_slice(format!("+{} ", body.len()).as_bytes());
+            batch.extend_from_slice(body.as_bytes());
+        }
+        batch.extend_from_slice(&get_hot);
+        sock.write_all(&batch).unwrap();
+        let want = ok.len() * (end - sent);
+        buf.resize(want, 0);
+        sock.read_exact(&mut buf).expect("the sets' replies");
+        assert!(
+            buf.chunks(ok.len()).all(|r| r == ok),
+            "a set was not stored: {}",
+            preview(&buf)
+        );
+        let hot_values = c.recv_reply().json;
+        assert_eq!(
+            hot_values["values"].as_object().map(|m| m.len()),
+            Some(hot.len()),
+            "a hot key was evicted after {end} keys"
+        );
+        sent = end;
+    }
+}
+
+#[test]
+fn kv_memory_bounds_rss_under_a_million_keys_and_lru_keeps_read_keys() {
+    let limit: u64 = 32 << 20;
+    let b = Broker::start(BrokerOpts::new(2).set("kv_memory", "32M"));
+    let mut c = b.client();
+    let hot: Vec<String> = (0..100).map(|i| format!("hot.{i}")).collect();
+    for h in &hot {
+        assert_eq!(set(&mut c, h, json!("keep me")), stored());
+    }
+    let before = b.rss_kib();
+    flood(&mut c, "flood.", 1_000_000, &"v".repeat(100), &hot);
+    let st = c.status();
+    let bytes = shard_sum(&st, "kv_bytes");
+    let keys = shard_sum(&st, "kv_keys");
+    let evictions = shard_sum(&st, "kv_evictions");
+    assert!(bytes <= limit, "kv_bytes {bytes} over kv_memory {limit}");
+    assert!(keys < 1_000_000 && keys > 100_000, "{keys} keys kept");
+    assert!(
+        evictions >= 1_000_000 - keys,
+        "{evictions} evictions, {keys} kept"
+    );
+    let grown = b.rss_kib().saturating_sub(before) * 1024;
+    // The store's own accounting is kv_bytes; what the process holds
+    // beyond it (allocator slack, the slab's and index's growth) stays
+    // within the same order.
+    assert!(
+        grown < 2 * limit + (16 << 20),
+        "RSS grew by {} MiB for a {} MiB store",
+        grown >> 20,
+        limit >> 20
+    );
+    // The newest keys are there, the oldest were evicted.
+    let got = get(&mut c, &["flood.999999", "flood.0"]);
+    assert_eq!(got["values"].as_object().unwrap().len(), 1, "{got}");
+    assert!(got["values"].get("flood.999999").is_some());
+}
+
+#[test]
+fn watch_events_arrive_in_the_keys_order() {
+    let b = Broker::start(BrokerOpts::new(4).set("kv_watch", "true"));
+    let k = uniq("kv.watched");
+    let watch = format!("$kv.{k}");
+    let mut sub = b.client();
+    sub.subscribe(&[&watch]);
+    let mut w = b.client();
+    let id = w.id.clone();
+    let mut batch = Vec::new();
+    for _ in 0..200 {
+        batch.extend(encode(&id, &json!({"coremq_incr": {"key": k}})));
+    }
+    w.send_raw(&batch);
+    for i in 0..200 {
+        assert_eq!(w.recv_reply().json, json!({ "value": i + 1 }));
+    }
+    assert_eq!(cmd(&mut w, json!({ "coremq_delete": [k] }))["deleted"], 1);
+    let msgs = sub.recv_msgs(201, Duration::from_secs(30));
+    for (i, m) in msgs.iter().take(200).enumerate() {
+        assert_eq!(m.queue, watch);
+        assert_eq!(m.json["key"], json!(k));
+        assert_eq!(m.json["value"], json!(i + 1), "in order: {m}");
+        assert_eq!(m.json["coremq_sender"], "$coremq");
+        assert!(m.json["coremq_sent"].is_number());
+    }
+    assert_eq!(msgs[200].json["deleted"], json!(true), "{}", msgs[200]);
+    // Clients may not publish to a watch queue.
+    w.send(&watch, &json!({"key": k, "value": "forged"}));
+    let e = w.expect_error();
+    assert!(e.contains("reserved"), "{e}");
+    sub.assert_no_msg(Duration::from_millis(200));
+}
+
+#[test]
+fn key_rights_refuse_and_allow_both_ways() {
+    let users = format!(
+        "[user:alice]\npassword = {}\nsubscribe = *\nkv_read = cache.*, shared.*\n\
+         kv_write = cache.%u.*\n\n[user:bob]\npassword = {}\npublish = *\n\n\
+         [user:ops]\npassword = {}\nmonitor = true\n",
+        auth::hash("alice-pw"),
+        auth::hash("bob-pw"),
+        auth::hash("ops-pw")
+    );
+    let fx = Fixture::new(&users);
+    let b = Broker::start(fx.opts(2).set("kv_watch", "true"));
+    let mut alice = b.client();
+    login(&mut alice, "alice", "alice-pw");
+    let mut bob = b.client();
+    login(&mut bob, "bob", "bob-pw");
+    // Allowed: her own keys.
+    assert_eq!(set(&mut alice, "cache.alice.1", json!(1)), stored());
+    assert_eq!(
+        cmd(&mut alice, json!({"coremq_incr": {"key": "cache.alice.1"}})),
+        json!({"value": 2})
+    );
+    assert_eq!(
+        get(&mut alice, &["cache.alice.1", "shared.x"]),
+        json!({"values": {"cache.alice.1": 2}})
+    );
+    // Refused: writing outside kv_write, reading outside kv_read; the whole
+    // request is refused and nothing of it happens.
+    let denied = |r: &Value, action: &str, key: &str| {
+        assert_eq!(
+            r["response"],
+            json!(format!("ERROR: Permission denied: {action} {key}")),
+            "{r}"
+        )
+    };
+    denied(
+        &set(&mut alice, "cache.bob.1", json!(1)),
+        "kv_write",
+        "cache.bob.1",
+    );
+    denied(
+        &get(&mut alice, &["cache.alice.1", "secret"]),
+        "kv_read",
+        "secret",
+    );
+    denied(
+        &cmd(
+            &mut alice,
+            json!({"coremq_delete": ["cache.alice.1", "shared.x"]}),
+        ),
+        "kv_write",
+        "shared.x",
+    );
+    assert_eq!(
+        get(&mut alice, &["cache.alice.1"])["values"]["cache.alice.1"],
+        2
+    );
+    // Bob has queue rights only: every key command is refused.
+    denied(
+        &get(&mut bob, &["cache.alice.1"]),
+        "kv_read",
+        "cache.alice.1",
+    );
+    denied(
+        &cmd(&mut bob, json!({"coremq_incr": {"key": "cache.alice.1"}})),
+        "kv_write",
+        "cache.alice.1",
+    );
+    // A watch queue is read with kv_read on the key, not with subscribe.
+    alice.subscribe(&["$kv.cache.alice.1"]);
+    alice.command(&json!({"coremq_subscribe": ["$kv.secret"]}));
+    denied(&alice.recv_reply().json, "subscribe", "$kv.secret");
+    // A token's claim replaces the lists for that connection.
+    let token = token_with(
+        auth::SECRET,
+        "bob",
+        60,
+        Some(json!({"kv_read": ["cache.*"], "kv_write": []})),
+    );
+    let mut bob2 = b.client();
+    let r = cmd(&mut bob2, json!({"coremq_auth": {"token": token}}));
+    assert_eq!(r["response"], "OK: Authenticated", "{r}");
+    assert_eq!(
+        get(&mut bob2, &["cache.alice.1"]),
+        json!({"values": {"cache.alice.1": 2}})
+    );
+    denied(&set(&mut bob2, "cache.x", json!(1)), "kv_write", "cache.x");
+    // Unauthenticated, without [anonymous]: authentication required.
+    let mut anon = b.client();
+    let r = get(&mut anon, &["cache.alice.1"]);
+    assert_eq!(r["response"], "ERROR: Authentication required", "{r}");
+    let mut ops = b.client();
+    login(&mut ops, "ops", "ops-pw");
+    let st = ops.status();
+    assert!(shard_sum(&st, "permission_denied") >= 7, "{st}");
+}
+
+#[test]
+fn a_cluster_replicates_and_converges_after_a_partition() {
+    let mut spec = Spec::new(2);
+    spec.proxy = true;
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let mut c: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    // Connected: a set on one node is read on the others.
+    let k = uniq("kv.cl");
+    assert_eq!(set(&mut c[0], &k, json!("from n1")), stored());
+    wait_value(&mut c[1], &k, &json!("from n1"));
+    wait_value(&mut c[2], &k, &json!("from n1"));
+    // Partition n1 | n2; both write the same keys (n2 later), n1 deletes one.
+    let doomed = uniq("kv.doomed");
+    assert_eq!(set(&mut c[1], &doomed, json!(1)), stored());
+    wait_value(&mut c[0], &doomed, &json!(1));
+    cl.proxy.as_ref().unwrap().partition();
+    wait_status(&mut c[0], "the n1-n2 link down", |st| {
+        !cluster_link_up(st, &cl_entry(&cl, 1))
+    });
+    let keys: Vec<String> = (0..50).map(|i| format!("{k}.{i}")).collect();
+    for key in &keys {
+        assert_eq!(set(&mut c[0], key, json!("n1")), stored());
+    }
+    for key in keys.iter().step_by(2) {
+        assert_eq!(set(&mut c[1], key, json!("n2")), stored());
+    }
+    assert_eq!(
+        cmd(&mut c[0], json!({ "coremq_delete": [doomed] }))["deleted"],
+        1
+    );
+    // n2 still has what n1 deleted; n1 has its own values.
+    wait_value(&mut c[1], &doomed, &json!(1));
+    assert_eq!(get(&mut c[0], &[&keys[0]])["values"][&keys[0]], "n1");
+    cl.proxy.as_ref().unwrap().heal();
+    // Every node converges on the newest write of each key.
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let mut expected = serde_json::Map::new();
+    for (i, key) in keys.iter().enumerate() {
+        expected.insert(key.clone(), json!(if i % 2 == 0 { "n2" } else { "n1" }));
+    }
+    let expected = json!({ "values": expected });
+    for (i, client) in c.iter_mut().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = get(client, &refs);
+            let gone = get(client, &[&doomed]) == json!({"values": {}});
+            if got == expected && gone {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "n{} did not converge: {got} (doomed gone: {gone})",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    cl.assert_alive();
+}
+
+fn cl_entry(cl: &Cluster, i: usize) -> String {
+    cl.nodes[i].entry.clone()
+}
+
+fn cluster_link_up(st: &Value, entry: &str) -> bool {
+    cluster::find_peer(st, entry).is_some_and(|p| p["state"] == "up")
+}
+
+fn wait_value(c: &mut Client, key: &str, want: &Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = get(c, &[key]);
+        if got["values"].get(key) == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} never became {want}: {got}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let (status, stderr, _) = run_expect_exit(&BrokerOpts::new(1).set("kv_memory", "lots"));
+    assert!(!status.success());
+    assert!(stderr.contains("kv_memory"), "{stderr}");
+}

@@ -1,0 +1,726 @@
+//! memcached's text protocol on `memcached_port` (PROTOCOL.md §13), against
+//! real brokers with 1 and 3 shards: the exact replies over raw sockets,
+//! TTLs, conditions, noreply, limits, pipelining, access control, the same
+//! keys seen by CoreMQ clients, and real memcached clients (pymemcache and
+//! libmemcached's tools, Debian packages that .ci/run installs).
+
+mod common;
+
+use common::{tls::free_port, Broker, BrokerOpts, Client, REPLY_TIMEOUT};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A broker with `memcached_port` on a free port and `extra` settings.
+fn broker(shards: usize, extra: &[(&str, &str)]) -> (Broker, SocketAddr) {
+    broker_with(BrokerOpts::new(shards), extra)
+}
+
+fn broker_with(mut opts: BrokerOpts, extra: &[(&str, &str)]) -> (Broker, SocketAddr) {
+    let port = free_port();
+    opts = opts.set("memcached_port", &port.to_string());
+    for (k, v) in extra {
+        opts = opts.set(k, v);
+    }
+    let b = Broker::start(opts);
+    let ready = b.ready.as_ref().expect("ready");
+    let addr: SocketAddr = ready["memcached"]
+        .as_str()
+        .unwrap_or_else(|| panic!("ready file names no memcached address: {ready}"))
+        .parse()
+        .expect("memcached address");
+    assert_eq!(addr.port(), port);
+    (b, addr)
+}
+
+/// A raw memcached connection.
+struct Mc {
+    s: TcpStream,
+}
+
+impl Mc {
+    fn connect(addr: SocketAddr) -> Mc {
+        let s = TcpStream::connect(addr).expect("connect to memcached_port");
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        Mc { s }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("write");
+    }
+
+    /// Reads exactly `want`'s length and compares.
+    fn expect(&mut self, want: &[u8]) {
+        let mut got = vec![0; want.len()];
+        if let Err(e) = self.s.read_exact(&mut got) {
+            panic!(
+                "reading {:?}: {e}",
+                String::from_utf8_lossy(want).into_owned()
+            );
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(want),
+            "reply"
+        );
+    }
+
+    /// Sends `req` and expects exactly `reply`.
+    fn call(&mut self, req: &str, reply: &str) {
+        self.send(req.as_bytes());
+        self.expect(reply.as_bytes());
+    }
+
+    /// One line, without its "\r\n".
+    fn line(&mut self) -> String {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            self.s.read_exact(&mut b).expect("read a line");
+            line.push(b[0]);
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).expect("ASCII line")
+    }
+
+    /// `get key`: the flags and value, or `None`.
+    fn get(&mut self, key: &str) -> Option<(u32, Vec<u8>)> {
+        self.send(format!("get {key}\r\n").as_bytes());
+        let head = self.line();
+        if head == "END" {
+            return None;
+        }
+        let w: Vec<&str> = head.split(' ').collect();
+        assert_eq!((w.len(), w[0], w[1]), (4, "VALUE", key), "{head}");
+        let mut data = vec![0; w[3].parse::<usize>().unwrap() + 2];
+        self.s.read_exact(&mut data).unwrap();
+        assert!(data.ends_with(b"\r\n"));
+        data.truncate(data.len() - 2);
+        assert_eq!(self.line(), "END");
+        Some((w[2].parse().unwrap(), data))
+    }
+
+    /// The peer closes (after any bytes already read).
+    fn expect_closed(&mut self) {
+        let mut b = [0u8; 64];
+        match self.s.read(&mut b) {
+            Ok(0) => {}
+            Ok(n) => panic!("more bytes instead of a close: {:?}", &b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("no close: {e}"),
+        }
+    }
+}
+
+fn each_shard_count(f: impl Fn(usize)) {
+    for shards in [1, 3] {
+        f(shards);
+    }
+}
+
+#[test]
+fn storage_retrieval_and_deletion_reply_exactly_as_memcached() {
+    each_shard_count(|shards| {
+        let (_b, addr) = broker(shards, &[]);
+        let mut c = Mc::connect(addr);
+        c.call("get nothing\r\n", "END\r\n");
+        c.call("set a 42 0 5\r\nhello\r\n", "STORED\r\n");
+        c.call("get a\r\n", "VALUE a 42 5\r\nhello\r\nEND\r\n");
+        // Multi-key, across shards, in request order, missing ones left out.
+        c.call("set b 0 0 0\r\n\r\n", "STORED\r\n");
+        c.call(
+            "get b missing a\r\n",
+            "VALUE b 0 0\r\n\r\nVALUE a 42 5\r\nhello\r\nEND\r\n",
+        );
+        // gets adds a cas unique.
+        c.send(b"gets a\r\n");
+        let head = c.line();
+        let w: Vec<&str> = head.split(' ').collect();
+        assert_eq!(&w[..4], ["VALUE", "a", "42", "5"], "{head}");
+        assert!(w[4].parse::<u64>().is_ok(), "{head}");
+        c.expect(b"hello\r\nEND\r\n");
+        // add only when absent, replace only when present.
+        c.call("add a 0 0 1\r\nx\r\n", "NOT_STORED\r\n");
+        c.call("add c 7 0 1\r\nx\r\n", "STORED\r\n");
+        c.call("replace nope 0 0 1\r\nx\r\n", "NOT_STORED\r\n");
+        c.call("replace c 8 0 2\r\nyz\r\n", "STORED\r\n");
+        assert_eq!(c.get("c"), Some((8, b"yz".to_vec())));
+        // Binary-safe values: "\r\n" and bytes that are not UTF-8.
+        c.send(b"set bin 0 0 4\r\n\r\n\xff\x00\r\n");
+        c.expect(b"STORED\r\n");
+        assert_eq!(c.get("bin"), Some((0, b"\r\n\xff\x00".to_vec())));
+        c.call("delete a\r\n", "DELETED\r\n");
+        c.call("delete a\r\n", "NOT_FOUND\r\n");
+        c.call("delete c 0\r\n", "DELETED\r\n");
+        c.call(
+            "delete c 5\r\n",
+            "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        );
+        c.call("get a\r\n", "END\r\n");
+    });
+}
+
+#[test]
+fn incr_decr_touch_version_verbosity_and_errors() {
+    each_shard_count(|shards| {
+        let (_b, addr) = broker(shards, &[]);
+        let mut c = Mc::connect(addr);
+        c.call("incr n 1\r\n", "NOT_FOUND\r\n");
+        c.call("set n 0 0 2\r\n10\r\n", "STORED\r\n");
+        c.call("incr n 5\r\n", "15\r\n");
+        c.call("decr n 20\r\n", "0\r\n");
+        c.call(
+            "incr n 18446744073709551615\r\n",
+            "18446744073709551615\r\n",
+        );
+        // Wraps at 64 bits, as memcached does.
+        c.call("incr n 2\r\n", "1\r\n");
+        c.call("set s 0 0 3\r\nabc\r\n", "STORED\r\n");
+        c.call(
+            "incr s 1\r\n",
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        );
+        c.call(
+            "incr n x\r\n",
+            "CLIENT_ERROR invalid numeric delta argument\r\n",
+        );
+        c.call("touch n 100\r\n", "TOUCHED\r\n");
+        c.call("touch gone 100\r\n", "NOT_FOUND\r\n");
+        c.call(
+            "touch n soon\r\n",
+            "CLIENT_ERROR invalid exptime argument\r\n",
+        );
+        c.send(b"version\r\n");
+        let v = c.line();
+        assert!(v.starts_with("VERSION 1."), "{v}");
+        c.call("verbosity 1\r\n", "OK\r\n");
+        c.call("bogus\r\n", "ERROR\r\n");
+        c.call("GET n\r\n", "ERROR\r\n");
+        c.call("get\r\n", "ERROR\r\n");
+        let long = "k".repeat(251);
+        c.call(
+            &format!("get {long}\r\n"),
+            "CLIENT_ERROR bad command line format\r\n",
+        );
+        c.call(
+            "set k\x01 0 0 1\r\nx\r\n",
+            "CLIENT_ERROR bad command line format\r\n",
+        );
+        c.call("set k 0 0 3\r\nabcd\r\n", "CLIENT_ERROR bad data chunk\r\n");
+        // The "\n" left of that chunk is an empty line; then all is well.
+        c.call("get n\r\n", "ERROR\r\nVALUE n 0 1\r\n1\r\nEND\r\n");
+        // Commands the store does not offer are unknown; their data is skipped.
+        c.call("cas n 0 0 1 1\r\n9\r\n", "ERROR\r\n");
+        c.call("append n 0 0 1\r\n9\r\n", "ERROR\r\n");
+        c.call("get n\r\n", "VALUE n 0 1\r\n1\r\nEND\r\n");
+        c.call("quit\r\n", "");
+        c.expect_closed();
+    });
+}
+
+#[test]
+fn ttls_expire_and_touch_changes_them() {
+    let (_b, addr) = broker(2, &[]);
+    let mut c = Mc::connect(addr);
+    // A negative exptime is already expired.
+    c.call("set gone 0 -1 1\r\nx\r\n", "STORED\r\n");
+    c.call("get gone\r\n", "END\r\n");
+    // An absolute time in the past too.
+    c.call("set old 0 1000000000 1\r\nx\r\n", "STORED\r\n");
+    c.call("get old\r\n", "END\r\n");
+    c.call("set short 0 1 1\r\nx\r\n", "STORED\r\n");
+    c.call("set kept 0 1 1\r\ny\r\n", "STORED\r\n");
+    c.call("touch kept 0\r\n", "TOUCHED\r\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get("short").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a 1 s TTL did not expire in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `kept`'s TTL was as short, and it is still there.
+    assert_eq!(c.get("kept"), Some((0, b"y".to_vec())));
+    c.call("touch short 10\r\n", "NOT_FOUND\r\n");
+}
+
+#[test]
+fn noreply_commands_send_nothing() {
+    let (_b, addr) = broker(3, &[]);
+    let mut c = Mc::connect(addr);
+    c.send(
+        b"set a 0 0 1 noreply\r\n1\r\nadd a 0 0 1 noreply\r\n2\r\nadd b 0 0 1 noreply\r\n3\r\n\
+          replace a 5 0 1 noreply\r\n4\r\nincr a 10 noreply\r\ndecr b 1 noreply\r\n\
+          touch a 100 noreply\r\ndelete zz noreply\r\nset x 0 0 1 noreply\r\n1\r\n\
+          delete x noreply\r\nincr a bad noreply\r\nverbosity 1 noreply\r\n\
+          flush_all noreply\r\nflush_all bad noreply\r\n",
+    );
+    c.call(
+        "get a b x\r\n",
+        "VALUE a 5 2\r\n14\r\nVALUE b 0 1\r\n2\r\nEND\r\n",
+    );
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    each_shard_count(|shards| {
+        let (_b, addr) = broker(shards, &[]);
+        let mut c = Mc::connect(addr);
+        let mut req = String::new();
+        let mut want = String::new();
+        for i in 0..500 {
+            req += &format!("set k{i} {i} 0 {}\r\nv{i}\r\n", format!("v{i}").len());
+            want += "STORED\r\n";
+        }
+        for i in (0..500).rev() {
+            req += &format!("get k{i}\r\n");
+            want += &format!(
+                "VALUE k{i} {i} {}\r\nv{i}\r\nEND\r\n",
+                format!("v{i}").len()
+            );
+            req += &format!("incr k{i} 1\r\n");
+            want += "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
+        }
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        req += &format!("get {}\r\n", keys.join(" "));
+        for i in 0..200 {
+            want += &format!("VALUE k{i} {i} {}\r\nv{i}\r\n", format!("v{i}").len());
+        }
+        want += "END\r\n";
+        // One write, and again split into small pieces.
+        c.call(&req, &want);
+        for chunk in req.as_bytes().chunks(7) {
+            c.send(chunk);
+        }
+        c.expect(want.as_bytes());
+    });
+}
+
+#[test]
+fn limits_too_large_values_and_long_lines() {
+    let (_b, addr) = broker(2, &[("kv_max_value", "1k")]);
+    let mut c = Mc::connect(addr);
+    c.call("set big 0 0 4\r\nsmal\r\n", "STORED\r\n");
+    let value = "v".repeat(1025);
+    c.call(
+        &format!("set big 0 0 1025\r\n{value}\r\n"),
+        "SERVER_ERROR object too large for cache\r\n",
+    );
+    // memcached drops the old value of a failed set; add keeps it.
+    c.call("get big\r\n", "END\r\n");
+    c.call("set big 0 0 4\r\nsmal\r\n", "STORED\r\n");
+    c.call(
+        &format!("add big 0 0 1025\r\n{value}\r\n"),
+        "SERVER_ERROR object too large for cache\r\n",
+    );
+    assert_eq!(c.get("big"), Some((0, b"smal".to_vec())));
+    // Exactly the limit is stored.
+    let max = "m".repeat(1024);
+    c.call(&format!("set max 0 0 1024\r\n{max}\r\n"), "STORED\r\n");
+    assert_eq!(c.get("max").map(|v| v.1.len()), Some(1024));
+    // A line over 2048 bytes without its end: an error, then the close.
+    let mut d = Mc::connect(addr);
+    d.send("x".repeat(3000).as_bytes());
+    d.expect(b"CLIENT_ERROR line too long\r\n");
+    d.expect_closed();
+    // A storage line whose length cannot be read cannot be framed.
+    let mut e = Mc::connect(addr);
+    e.call(
+        "set k 0 0 nine\r\n",
+        "CLIENT_ERROR bad command line format\r\n",
+    );
+    e.expect_closed();
+    // The first connection was not disturbed.
+    assert_eq!(c.get("max").map(|v| v.1.len()), Some(1024));
+}
+
+#[test]
+fn flush_all_is_refused_unless_allowed() {
+    let (_b, addr) = broker(2, &[]);
+    let mut c = Mc::connect(addr);
+    c.call("set a 0 0 1\r\n1\r\n", "STORED\r\n");
+    c.call("flush_all\r\n", "CLIENT_ERROR flush_all not allowed\r\n");
+    c.call("flush_all 0\r\n", "CLIENT_ERROR flush_all not allowed\r\n");
+    assert!(c.get("a").is_some());
+
+    let (_b, addr) = broker(3, &[("kv_allow_flush", "true")]);
+    let mut c = Mc::connect(addr);
+    for i in 0..30 {
+        c.call(&format!("set k{i} 0 0 1\r\n1\r\n"), "STORED\r\n");
+    }
+    c.call("flush_all\r\n", "OK\r\n");
+    for i in 0..30 {
+        assert_eq!(c.get(&format!("k{i}")), None, "k{i} after flush_all");
+    }
+    c.call(
+        "flush_all soon\r\n",
+        "CLIENT_ERROR invalid exptime argument\r\n",
+    );
+    // A delayed flush answers at once and empties the store later.
+    c.call("set later 0 0 1\r\n1\r\n", "STORED\r\n");
+    c.call("flush_all 1\r\n", "OK\r\n");
+    assert!(c.get("later").is_some(), "flushed before its delay");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.get("later").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "flush_all 1 did not flush in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn memcached_connections_count_in_max_connections() {
+    let (b, addr) = broker(1, &[("max_connections", "2")]);
+    let mut c1 = Mc::connect(addr);
+    let _coremq = b.client();
+    c1.send(b"version\r\n");
+    assert!(c1.line().starts_with("VERSION "));
+    let mut c3 = Mc::connect(addr);
+    c3.expect(b"SERVER_ERROR too many open connections\r\n");
+    c3.expect_closed();
+    drop(c1);
+    // The slot comes back.
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let mut c = Mc::connect(addr);
+        c.send(b"get x\r\n");
+        let mut first = [0u8; 3];
+        if c.s.read_exact(&mut first).is_ok() && &first == b"END" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ----- the same store as CoreMQ clients ---------------------------------
+
+/// The reply to a key-value command on a CoreMQ connection.
+fn kv(c: &mut Client, cmd: Value) -> Value {
+    c.command(&cmd);
+    c.recv_reply().json
+}
+
+#[test]
+fn keys_set_over_memcached_are_seen_by_coremq_clients_and_back() {
+    each_shard_count(|shards| {
+        let (b, addr) = broker(shards, &[]);
+        let mut m = Mc::connect(addr);
+        let mut c = b.client();
+        m.call("set from.mc 3 0 5\r\nhello\r\n", "STORED\r\n");
+        m.call("set n.mc 0 0 2\r\n41\r\n", "STORED\r\n");
+        let got = kv(
+            &mut c,
+            json!({"coremq_get": ["from.mc", "n.mc", "nowhere"]}),
+        );
+        assert_eq!(got, json!({"values": {"from.mc": "hello", "n.mc": "41"}}));
+        // A JSON string reads as its text, other JSON as itself.
+        let r = kv(
+            &mut c,
+            json!({"coremq_set": {"key": "from.coremq", "value": "plain text"}}),
+        );
+        assert_eq!(r, json!({"response": "OK: Stored"}));
+        kv(
+            &mut c,
+            json!({"coremq_set": {"key": "obj", "value": {"a": [1, 2]}}}),
+        );
+        kv(&mut c, json!({"coremq_incr": {"key": "count", "by": 7}}));
+        assert_eq!(m.get("from.coremq"), Some((0, b"plain text".to_vec())));
+        assert_eq!(m.get("obj"), Some((0, br#"{"a":[1,2]}"#.to_vec())));
+        assert_eq!(m.get("count"), Some((0, b"7".to_vec())));
+        // memcached's incr on a CoreMQ number, and the other way.
+        m.call("incr count 3\r\n", "10\r\n");
+        let r = kv(&mut c, json!({"coremq_incr": {"key": "count", "by": 5}}));
+        assert_eq!(r, json!({"value": 15}));
+        // Deletes both ways.
+        m.call("delete from.coremq\r\n", "DELETED\r\n");
+        let r = kv(&mut c, json!({"coremq_delete": ["from.mc", "from.coremq"]}));
+        assert_eq!(r, json!({"response": "OK: Deleted", "deleted": 1}));
+        m.call("get from.mc from.coremq\r\n", "END\r\n");
+    });
+}
+
+#[test]
+fn anonymous_rights_apply_to_memcached_connections() {
+    let users = format!(
+        "[anonymous]\nkv_read = pub.*\nkv_write = pub.w.*\n\n[user:admin]\npassword = {}\nkv_read = *\nkv_write = *\n",
+        common::auth::hash("secret")
+    );
+    let f = common::auth::Fixture::new(&users);
+    let (b, addr) = broker_with(f.opts(2), &[("kv_allow_flush", "true")]);
+    let mut m = Mc::connect(addr);
+    // Allowed both ways.
+    m.call("set pub.w.a 0 0 1\r\n1\r\n", "STORED\r\n");
+    m.call("get pub.w.a\r\n", "VALUE pub.w.a 0 1\r\n1\r\nEND\r\n");
+    // Refused both ways; nothing of a refused request takes effect.
+    m.call(
+        "set pub.r 0 0 1\r\n1\r\n",
+        "CLIENT_ERROR permission denied: kv_write pub.r\r\n",
+    );
+    m.call(
+        "get pub.w.a secret\r\n",
+        "CLIENT_ERROR permission denied: kv_read secret\r\n",
+    );
+    m.call(
+        "delete secret\r\n",
+        "CLIENT_ERROR permission denied: kv_write secret\r\n",
+    );
+    m.call(
+        "flush_all\r\n",
+        "CLIENT_ERROR permission denied: kv_write *\r\n",
+    );
+    m.call("set pub.r 0 0 1 noreply\r\n1\r\n", "");
+    // The admin's key is untouched, and the refused set did not happen.
+    let mut admin = b.client();
+    common::auth::login(&mut admin, "admin", "secret");
+    kv(
+        &mut admin,
+        json!({"coremq_set": {"key": "secret", "value": 1}}),
+    );
+    let got = kv(
+        &mut admin,
+        json!({"coremq_get": ["secret", "pub.r", "pub.w.a"]}),
+    );
+    assert_eq!(got, json!({"values": {"secret": 1, "pub.w.a": "1"}}));
+    // The connection stayed usable.
+    m.call("get pub.w.a\r\n", "VALUE pub.w.a 0 1\r\n1\r\nEND\r\n");
+}
+
+// ----- real memcached clients --------------------------------------------
+
+/// The path of `tool`, or `None` (and a note) when it is not installed;
+/// in CI (`CI` set), where .ci/run installs it, a missing tool fails.
+fn tool(path: &str) -> Option<&str> {
+    if std::path::Path::new(path).exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{path} is missing: .ci/run installs it"
+    );
+    eprintln!("note: {path} not installed; skipping (apt-get install the package .ci/run names)");
+    None
+}
+
+#[test]
+fn pymemcache_drives_the_port() {
+    // Debian's python3 (the package installs there), not another one on PATH.
+    let Some(python) = tool("/usr/bin/python3") else {
+        return;
+    };
+    let probe = Command::new(python)
+        .args(["-c", "import pymemcache"])
+        .status()
+        .expect("run python3");
+    if !probe.success() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pymemcache is missing: .ci/run installs python3-pymemcache"
+        );
+        eprintln!("note: pymemcache not installed; skipping");
+        return;
+    }
+    each_shard_count(|shards| {
+        let (_b, addr) = broker(shards, &[]);
+        let script = r#"
+import sys
+from pymemcache.client.base import Client
+from pymemcache.exceptions import MemcacheServerError, MemcacheUnknownCommandError
+host, port = sys.argv[1], int(sys.argv[2])
+c = Client((host, port), connect_timeout=5, timeout=10)
+assert c.set("a", b"1") is True
+assert c.get("a") == b"1"
+keys = {f"k{i}": f"v{i}".encode() for i in range(300)}
+assert c.set_many(keys) == []
+got = c.get_many(list(keys) + ["missing"])
+assert got == keys, got
+assert c.add("a", b"x", noreply=False) is False
+assert c.add("new", b"x", noreply=False) is True
+assert c.replace("nope", b"x", noreply=False) is False
+assert c.replace("new", b"y", noreply=False) is True
+assert c.get("new") == b"y"
+assert c.incr("a", 41) == 42
+assert c.decr("a", 50) == 0
+assert c.incr("missing", 1) is None
+assert c.touch("a", 100, noreply=False) is True
+assert c.touch("missing", 100, noreply=False) is False
+assert c.delete("a", noreply=False) is True
+assert c.delete("a", noreply=False) is False
+assert c.get("a") is None
+c.set("q", b"quiet", noreply=True)
+assert c.get("q") == b"quiet"
+v, cas = c.gets("q")
+assert v == b"quiet" and int(cas) >= 0
+assert c.version().startswith(b"1.")
+stats = c.stats()
+assert stats[b"curr_items"] >= 300, stats
+try:
+    c.flush_all(noreply=False)
+    raise SystemExit("flush_all was not refused")
+except Exception as e:
+    assert "flush_all not allowed" in str(e), repr(e)
+try:
+    c.set("big", b"v" * (2 << 20), noreply=False)
+    raise SystemExit("a 2 MiB value was stored")
+except MemcacheServerError as e:
+    assert "object too large for cache" in str(e), repr(e)
+assert c.get("new") == b"y"
+c.close()
+print("pymemcache ok")
+"#;
+        let out = Command::new(python)
+            .args(["-c", script, "127.0.0.1", &addr.port().to_string()])
+            .output()
+            .expect("run pymemcache");
+        assert!(
+            out.status.success(),
+            "pymemcache script failed ({shards} shards):\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("pymemcache ok"));
+    });
+}
+
+#[test]
+fn libmemcached_tools_drive_the_port() {
+    let (Some(memccp), Some(memccat), Some(memcstat), Some(memcslap)) = (
+        tool("/usr/bin/memccp"),
+        tool("/usr/bin/memccat"),
+        tool("/usr/bin/memcstat"),
+        tool("/usr/bin/memcslap"),
+    ) else {
+        return;
+    };
+    each_shard_count(|shards| {
+        let (_b, addr) = broker(shards, &[]);
+        let servers = format!("--servers=127.0.0.1:{}", addr.port());
+        let dir = common::unique_dir("memccp");
+        let file = dir.join("payload.txt");
+        let content = b"line one\nline two\r\n\x00binary\xff".repeat(50);
+        std::fs::write(&file, &content).unwrap();
+        let run = |cmd: &mut Command| {
+            let out = cmd.output().expect("run a libmemcached tool");
+            assert!(
+                out.status.success(),
+                "{cmd:?} failed ({shards} shards):\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        run(Command::new(memccp).arg(&servers).arg(&file));
+        let got = run(Command::new(memccat).arg(&servers).arg("payload.txt"));
+        // memccat ends what it prints with a newline of its own.
+        assert!(
+            got.strip_suffix(b"\n") == Some(&content[..]),
+            "memccat printed {} bytes, not the {} stored",
+            got.len(),
+            content.len()
+        );
+        // And a raw client reads what the tool stored.
+        let mut m = Mc::connect(addr);
+        assert_eq!(m.get("payload.txt").map(|v| v.1), Some(content.clone()));
+        let stats = String::from_utf8(run(Command::new(memcstat).arg(&servers))).unwrap();
+        assert!(stats.contains("curr_items"), "{stats}");
+        // memcslap's load: it stores its keys, then reads them back and
+        // says how many it got ("Time to get N keys by T threads").
+        for test in ["get", "mget"] {
+            let out = run(Command::new(memcslap).arg(&servers).args([
+                "--verbose",
+                "--concurrency=4",
+                "--execute-number=500",
+                &format!("--test={test}"),
+            ]));
+            let out = String::from_utf8_lossy(&out).into_owned();
+            let got = out
+                .lines()
+                .find_map(|l| {
+                    let w: Vec<&str> = l.split_whitespace().collect();
+                    (w.len() > 4 && w[0] == "Time" && w[2] == test).then(|| w[3].to_string())
+                })
+                .unwrap_or_else(|| panic!("no count in memcslap's output:\n{out}"));
+            assert_eq!(
+                got, "2000",
+                "memcslap --test={test} retrieved {got} of 2000:\n{out}"
+            );
+        }
+    });
+}
+
+#[test]
+fn gets_in_a_row_are_answered_per_command_and_see_earlier_sets() {
+    each_shard_count(|shards| {
+        let (_b, addr) = broker(shards, &[]);
+        let mut c = Mc::connect(addr);
+        c.call("set a 1 0 2\r\na1\r\n", "STORED\r\n");
+        // One pipeline: gets in a row (read together), a set between them,
+        // then gets again: each get sees what was set before it.
+        c.send(b"get a\r\nget zz a zz\r\nget zz\r\nset a 2 0 2\r\na2\r\nget a\r\nget a a\r\n");
+        c.expect(
+            b"VALUE a 1 2\r\na1\r\nEND\r\nVALUE a 1 2\r\na1\r\nEND\r\nEND\r\nSTORED\r\n\
+              VALUE a 2 2\r\na2\r\nEND\r\nVALUE a 2 2\r\na2\r\nVALUE a 2 2\r\na2\r\nEND\r\n",
+        );
+        // gets between gets carries its cas unique only where asked.
+        c.send(b"get a\r\ngets a\r\nget a\r\n");
+        c.expect(b"VALUE a 2 2\r\na2\r\nEND\r\nVALUE a 2 2 ");
+        let rest = c.line();
+        assert!(rest.parse::<u64>().is_ok(), "cas unique {rest:?}");
+        c.expect(b"a2\r\nEND\r\nVALUE a 2 2\r\na2\r\nEND\r\n");
+    });
+}
+
+#[test]
+fn a_graceful_stop_closes_memcached_connections() {
+    let (mut b, addr) = broker(2, &[("shutdown_timeout", "20")]);
+    let mut idle = Mc::connect(addr);
+    let mut busy = Mc::connect(addr);
+    busy.call("set k 0 0 1\r\n1\r\n", "STORED\r\n");
+    idle.call("version\r\n", "");
+    let _ = idle.line();
+    let status = b.stop_with(libc::SIGTERM);
+    assert!(status.success(), "exit status {status}\n{}", b.logs());
+    // The stop ended their reads itself, not the timeout.
+    assert!(
+        !b.stdout().contains("still open at shutdown_timeout"),
+        "{}",
+        b.logs()
+    );
+    idle.expect_closed();
+    busy.expect_closed();
+}
+
+#[test]
+fn a_client_that_does_not_read_is_not_buffered_for() {
+    let (b, addr) = broker(1, &[]);
+    let mut c = Mc::connect(addr);
+    let value = "v".repeat(100 << 10);
+    c.call(
+        &format!("set big 0 0 {}\r\n{value}\r\n", value.len()),
+        "STORED\r\n",
+    );
+    let before = b.rss_kib();
+    // 3000 gets owe 300 MiB of replies; the client reads none for now.
+    let gets = "get big\r\n".repeat(3000);
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(gets.as_bytes()));
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = b.rss_kib().saturating_sub(before);
+    // One batch of replies and the socket buffers, not the 300 MiB owed.
+    assert!(
+        grown < 32 << 10,
+        "RSS grew by {grown} KiB for a client that does not read"
+    );
+    // Everything owed still arrives, in order.
+    let reply = format!("VALUE big 0 {}\r\n{value}\r\nEND\r\n", value.len());
+    for _ in 0..3000 {
+        c.expect(reply.as_bytes());
+    }
+    writer.join().unwrap().unwrap();
+    c.call("version\r\n", "VERSION ");
+}
