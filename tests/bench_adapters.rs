@@ -11,17 +11,23 @@
 //! Unwindowed runs (`coremq-bench --unwindowed`) too, small enough that a
 //! healthy broker holds every message (losses are counted in
 //! `crates/bench/tests/unwindowed.rs`, against a stand-in broker).
+//!
+//! Over TLS (certificates made in each test with rcgen) against CoreMQ's
+//! `tls_port` and a nats-server with a `tls` block, and NATS over WebSocket
+//! against a nats-server with a `websocket` block: the same workloads, the
+//! same counts.
 
 mod common;
 
 use common::auth;
+use common::tls;
 use common::*;
 use coremq_bench::placement::{self, Placement};
 use coremq_bench::workload::idle::{self, IdleSpec};
 use coremq_bench::workload::pingpong::{self, PingPongSpec};
 use coremq_bench::workload::pubsub::{self, PubSubSpec};
 use coremq_bench::workload::Progress;
-use coremq_bench::{BenchError, Credentials, Proto, Report, Target};
+use coremq_bench::{BenchError, Credentials, Proto, Report, Target, TlsClient};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -854,6 +860,325 @@ fn coremq_bench_binary_numbers_deliveries_with_coremq_seq() {
     assert!(
         err.contains("--coremq-seq applies to --proto coremq only"),
         "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// TLS (issue 23) and NATS over WebSocket (issue 28): the peers side by side.
+// ---------------------------------------------------------------------------
+
+/// A target that connects over TLS, trusting the CA certificate file `ca`.
+fn tls_target(proto: Proto, addr: String, ca: &std::path::Path) -> Target {
+    let mut t = Target::new(proto, addr);
+    t.tls = Some(TlsClient::from_ca_file(ca).expect("CA file"));
+    t
+}
+
+/// The TLS version and suite the target's first connection negotiated.
+fn negotiated(t: &Target) -> String {
+    t.tls
+        .as_ref()
+        .and_then(|c| c.negotiated())
+        .expect("a handshake was made")
+        .to_string()
+}
+
+/// Every workload over CoreMQ's TLS port, with the placement readings (over
+/// TLS too); a certificate from another CA, TLS to the plain port and plain
+/// text to the TLS port each fail the run with an error, never a hang.
+#[test]
+fn coremq_tls() {
+    let mut pki = tls::Pki::new("bench CA");
+    let pair = pki.server();
+    let b = Broker::start(BrokerOpts::new(2).tls(&pair));
+    let addr = b.tls_addr().to_string();
+    let t = tls_target(Proto::CoreMq, addr.clone(), &pki.ca);
+    assert_eq!(t.label(), "coremq-tls");
+    all_workloads(&t, b.pid());
+    // The suite every TLS target is measured on (coremq-bench offers it
+    // first; nats-server picks it on its own).
+    assert_eq!(negotiated(&t), "TLSv1_3 TLS13_AES_128_GCM_SHA256");
+
+    let p = Progress::hidden();
+    let r = placement::measured(&t, || {
+        pubsub::run(&t, &spec("1to1", 1, 1, 2_000, 128), Some(b.pid()), &p)
+    })
+    .unwrap_or_else(|e| panic!("1to1 over TLS with placement: {e}"));
+    check_clean(&r);
+    assert!(r.placement.is_some(), "{}", r.to_text());
+
+    let other = tls::Pki::new("another CA");
+    let one = spec("1to1", 1, 1, 10, 128);
+    match pubsub::run(
+        &tls_target(Proto::CoreMq, addr.clone(), &other.ca),
+        &one,
+        None,
+        &p,
+    ) {
+        Err(BenchError::Handshake { context, reply }) => {
+            assert!(
+                context.contains(&format!("TLS handshake with {addr}")),
+                "{context}"
+            );
+            assert!(reply.contains("UnknownIssuer"), "{reply}");
+        }
+        other => panic!("a certificate from another CA: expected a handshake error, got {other:?}"),
+    }
+    let tls_to_plain = tls_target(Proto::CoreMq, b.addr().to_string(), &pki.ca);
+    match pubsub::run(&tls_to_plain, &one, None, &p) {
+        Err(BenchError::Handshake { context, .. }) => {
+            assert!(context.contains("TLS handshake"), "{context}")
+        }
+        other => panic!("TLS to the plain port: expected a handshake error, got {other:?}"),
+    }
+    let plain_to_tls = Target::new(Proto::CoreMq, addr);
+    assert!(
+        pubsub::run(&plain_to_tls, &one, None, &p).is_err(),
+        "plain text to the TLS port must fail"
+    );
+}
+
+/// A nats-server with `conf` (a function of its client port) as its
+/// configuration file.
+fn nats_with(tag: &str, conf: impl Fn(u16) -> String) -> Option<Peer> {
+    let dir = unique_dir(tag);
+    let path = dir.join("nats.conf");
+    start_peer("nats-server", |port| {
+        std::fs::write(&path, conf(port)).expect("write nats.conf");
+        vec!["-c".into(), path.to_string_lossy().into_owned()]
+    })
+}
+
+/// Every workload against a nats-server with a `tls` block: its INFO line
+/// in clear, then the client's TLS handshake. Without `--tls` the run fails
+/// with an error that says the server requires TLS; with `--tls` against a
+/// server without TLS, it is skipped as unavailable.
+#[test]
+fn nats_server_over_tls() {
+    let mut pki = tls::Pki::new("bench CA");
+    let pair = pki.server();
+    let Some(peer) = nats_with("nats-tls", |port| {
+        format!(
+            "listen: \"127.0.0.1:{port}\"\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 5\n}}\n",
+            pair.cert.display(),
+            pair.key.display()
+        )
+    }) else {
+        return;
+    };
+    let addr = format!("127.0.0.1:{}", peer.port);
+    let t = tls_target(Proto::Nats, addr.clone(), &pki.ca);
+    assert_eq!(t.label(), "nats-tls");
+    all_workloads(&t, peer.child.id());
+    assert_eq!(negotiated(&t), "TLSv1_3 TLS13_AES_128_GCM_SHA256");
+
+    let p = Progress::hidden();
+    let one = spec("1to1", 1, 1, 10, 128);
+    match pubsub::run(&Target::new(Proto::Nats, addr), &one, None, &p) {
+        Err(BenchError::Usage(why)) => {
+            assert!(
+                why.contains("requires TLS") && why.contains("--tls"),
+                "{why}"
+            )
+        }
+        other => panic!("plain NATS to a TLS server: expected a usage error, got {other:?}"),
+    }
+    let Some(plain) = start_peer("nats-server", |port| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ]
+    }) else {
+        return;
+    };
+    let to_plain = tls_target(Proto::Nats, format!("127.0.0.1:{}", plain.port), &pki.ca);
+    match pubsub::run(&to_plain, &one, None, &p) {
+        Err(BenchError::Unavailable(why)) => assert!(why.contains("does not offer TLS"), "{why}"),
+        other => panic!("TLS to a plain nats-server: expected Unavailable, got {other:?}"),
+    }
+}
+
+/// Wait (bounded) until something listens on `port`.
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every workload against nats-server's WebSocket listener: the NATS
+/// protocol inside binary messages. A port without a WebSocket listener is
+/// reported unavailable.
+#[test]
+fn nats_server_over_websocket() {
+    let ws_port = free_port();
+    let Some(peer) = nats_with("nats-ws", |port| {
+        format!(
+            "listen: \"127.0.0.1:{port}\"\nwebsocket {{\n  host: \"127.0.0.1\"\n  port: {ws_port}\n  no_tls: true\n}}\n"
+        )
+    }) else {
+        return;
+    };
+    wait_listening(ws_port);
+    let t = Target::new(Proto::NatsWs, format!("127.0.0.1:{ws_port}"));
+    assert_eq!(t.label(), "nats-ws");
+    assert!(!t.publishes_are_acked());
+    all_workloads(&t, peer.child.id());
+
+    let not_ws = Target::new(Proto::NatsWs, format!("127.0.0.1:{}", peer.port));
+    match pubsub::run(
+        &not_ws,
+        &spec("1to1", 1, 1, 10, 128),
+        None,
+        &Progress::hidden(),
+    ) {
+        Err(BenchError::Unavailable(why)) => {
+            assert!(why.contains("no nats-server WebSocket listener"), "{why}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// The binary over TLS: `--tls --ca` (and `--server-name`), the report's
+/// target name and negotiated TLS, and clear errors for options that do not
+/// fit; `--proto nats-ws` without a listener is a skipped run.
+#[test]
+fn coremq_bench_binary_over_tls() {
+    let bench = std::path::Path::new(BIN)
+        .parent()
+        .expect("binary directory")
+        .join("coremq-bench");
+    assert!(
+        bench.exists(),
+        "{} not built: run `cargo build -p coremq-bench` (or `./test`, which builds it)",
+        bench.display()
+    );
+    let mut pki = tls::Pki::new("bench CA");
+    let pair = pki.server();
+    let b = Broker::start(BrokerOpts::new(2).tls(&pair));
+    let addr = b.tls_addr().to_string();
+    let ca = pki.ca.to_string_lossy().into_owned();
+    let run = |extra: &[&str]| {
+        Command::new(&bench)
+            .args([
+                "--json",
+                "--quiet",
+                "--workload",
+                "4x4",
+                "--publishers",
+                "2",
+            ])
+            .args(["--messages", "2000"])
+            .args(extra)
+            .output()
+            .expect("run coremq-bench")
+    };
+    for extra in [
+        &["--proto", "coremq", "--tls", "--ca", &ca, "--addr", &addr][..],
+        &[
+            "--proto",
+            "coremq",
+            "--tls",
+            "--ca",
+            &ca,
+            "--server-name",
+            "localhost",
+            "--addr",
+            &addr,
+        ][..],
+    ] {
+        let out = run(extra);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(j["target"], "coremq-tls", "{j}");
+        assert_eq!(j["lost"], 0, "{j}");
+        assert_eq!(j["delivered"], 4000, "{j}");
+        assert!(
+            j["notes"].as_array().is_some_and(|n| n
+                .iter()
+                .any(|n| n.as_str().is_some_and(|s| s.starts_with("TLS: TLSv1_3")))),
+            "{j}"
+        );
+    }
+    let missing = pki.dir.join("no-such-ca.pem");
+    for (extra, want) in [
+        (
+            &["--proto", "coremq", "--tls", "--addr", &addr][..],
+            "--tls needs --ca FILE",
+        ),
+        (
+            &["--proto", "redis", "--tls", "--ca", &ca][..],
+            "--tls applies to --proto coremq and nats only",
+        ),
+        (
+            &["--proto", "coremq", "--ca", &ca, "--addr", &addr][..],
+            "--ca and --server-name apply with --tls only",
+        ),
+        (
+            &[
+                "--proto",
+                "coremq",
+                "--tls",
+                "--ca",
+                &missing.to_string_lossy(),
+                "--addr",
+                &addr,
+            ][..],
+            "no-such-ca.pem",
+        ),
+        (
+            &[
+                "--proto",
+                "coremq",
+                "--tls",
+                "--ca",
+                &ca,
+                "--server-name",
+                "elsewhere.example",
+                "--addr",
+                &addr,
+            ][..],
+            "not valid for name",
+        ),
+    ] {
+        let out = run(extra);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{extra:?}: {want:?} not in {err}");
+    }
+    // The kv workload has no TLS: refused, not silently run in clear.
+    let out = Command::new(&bench)
+        .args(["--proto", "redis", "--workload", "kv", "--tls", "--ca", &ca])
+        .output()
+        .expect("run coremq-bench");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("do not apply to --workload kv"), "{err}");
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = run(&["--proto", "nats-ws", "--addr", &closed]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(j["target"], "nats-ws", "{j}");
+    assert!(
+        j["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("WebSocket")),
+        "{j}"
     );
 }
 

@@ -1165,6 +1165,326 @@ fn quick_durable_run() {
     assert!(md.contains("coremq-disk-always disk, per run"), "{md}");
 }
 
+// ---------------------------------------------------------------------------
+// --tls and --websocket: CoreMQ and nats-server over another transport beside
+// plain TCP.
+// ---------------------------------------------------------------------------
+
+/// A saved `--tls` or `--websocket` run: `figures` are (workload, target,
+/// repetition, msg/s, broker CPU-µs per message); ping-pong p99 and idle
+/// bytes per connection per target come from `p99` and `bpc`.
+fn transport_saved(
+    kind: &str,
+    names: [&str; 4],
+    figures: &[(&str, &str, u64, f64, f64)],
+    p99: [f64; 4],
+    bpc: [f64; 4],
+) -> Value {
+    let mut runs: Vec<Value> = figures
+        .iter()
+        .map(|&(w, t, rep, v, cpu)| run_rep(w, t, rep, v, cpu, 0))
+        .collect();
+    for (i, t) in names.iter().enumerate() {
+        let mut pp = run_rep("pingpong", t, 0, 40_000.0, 10.0, 0);
+        pp["latency_us"] = json!({"p50": 100.0, "p99": p99[i], "p999": 900.0});
+        let mut idle = run_rep("idle", t, 0, 0.0, 0.0, 0);
+        idle["idle"] = json!({"connections": 10000, "bytes_per_connection": bpc[i]});
+        if t.ends_with("-tls") {
+            pp["notes"] = json!(["TLS: TLSv1_3 TLS13_AES_256_GCM_SHA384"]);
+        }
+        runs.push(pp);
+        runs.push(idle);
+    }
+    let mut workloads: Vec<&str> = Vec::new();
+    for (w, ..) in figures {
+        if !workloads.contains(w) {
+            workloads.push(w);
+        }
+    }
+    workloads.extend(["pingpong", "idle"]);
+    json!({
+        "command": format!("bench/compare --{kind} --reps 3"),
+        "machine": {"nproc": "2"},
+        "names": names,
+        "ncpu": 2,
+        "reps": 3,
+        "notes": [],
+        "runs": runs,
+        "shards": {},
+        "workloads": workloads,
+        "transport": if kind == "tls" { "tls" } else { "ws" },
+    })
+}
+
+#[test]
+fn tls_table_puts_coremq_over_nats_over_tls_beside_over_tcp() {
+    let names = ["coremq", "coremq-tls", "nats", "nats-tls"];
+    let mut figures = Vec::new();
+    // 1to1 per repetition (coremq, coremq-tls, nats, nats-tls): medians
+    // 3.0 / 2.0 / 2.0 / 1.0 M, so CoreMQ/NATS is 1.5× over TCP and 2.0× over
+    // TLS (per repetition 2.00, 1.83, 2.00): met.
+    for (rep, v) in [
+        [3.0e6, 2.0e6, 2.0e6, 1.0e6],
+        [3.3e6, 2.2e6, 2.2e6, 1.2e6],
+        [2.7e6, 1.8e6, 1.8e6, 0.9e6],
+    ]
+    .iter()
+    .enumerate()
+    {
+        for (i, t) in names.iter().enumerate() {
+            figures.push(("1to1", *t, rep as u64, v[i], [0.3, 0.6, 0.5, 0.9][i]));
+        }
+    }
+    // 4x4: 2.0× over TCP, 1.25× over TLS: not met.
+    for (t, v) in names.iter().zip([2.0e6, 1.0e6, 1.0e6, 0.8e6]) {
+        figures.push(("4x4", *t, 0, v, 0.5));
+    }
+    let saved = transport_saved(
+        "tls",
+        names,
+        &figures,
+        [100.0, 150.0, 200.0, 250.0],
+        [7000.0, 19000.0, 5000.0, 9000.0],
+    );
+    let md = render(&saved);
+    assert!(
+        md.starts_with("# CoreMQ and nats-server over TLS beside plain TCP"),
+        "{}",
+        md.lines().next().unwrap_or_default()
+    );
+    assert_eq!(
+        summary_row(&md, "workload")[1..],
+        [
+            "coremq",
+            "coremq-tls",
+            "nats",
+            "nats-tls",
+            "TLS/TCP CoreMQ",
+            "TLS/TCP NATS",
+            "CoreMQ/NATS TCP",
+            "CoreMQ/NATS TLS"
+        ]
+    );
+    assert_eq!(
+        summary_row(&md, "1to1 msg/s").join(" | "),
+        "1to1 msg/s | 3.00 M (2.70 M–3.30 M) | 2.00 M (1.80 M–2.20 M) | 2.00 M (1.80 M–2.20 M) \
+         | 1.00 M (900 k–1.20 M) | 0.67× (0.67–0.67) | 0.50× (0.50–0.55) | 1.50× (1.50–1.50) \
+         | 2.00× (1.83–2.00)"
+    );
+    assert_eq!(summary_row(&md, "4x4 msg/s")[7..], ["2.00×", "1.25×"]);
+    assert_eq!(summary_row(&md, "pingpong p99 µs")[7..], ["0.50×", "0.60×"]);
+    assert_eq!(
+        summary_row(&md, "idle: broker bytes/connection")[1..5],
+        ["7000", "19 k", "5000", "9000"]
+    );
+    // CPU per delivered message: broker and generator, and TLS/TCP.
+    assert_eq!(
+        summary_row(&md, "1to1")[1..7],
+        [
+            "0.30",
+            "0.60",
+            "0.50",
+            "0.90",
+            "2.00× (2.00–2.00)",
+            "1.80× (1.80–1.80)"
+        ]
+    );
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Against the target**"))
+        .unwrap_or_else(|| panic!("no verdict:\n{md}"));
+    for want in [
+        "CoreMQ/NATS over TLS at least as good as over plain TCP",
+        "met — 1to1 2.00× over TLS, 1.50× over TCP; ping-pong p50 1.00× over TLS, 1.00× over TCP",
+        "**not met** — 4x4 1.25× over TLS, 2.00× over TCP; ping-pong p99 0.60× over TLS, 0.50× \
+         over TCP; idle bytes/connection 2.11× over TLS, 1.40× over TCP",
+    ] {
+        assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
+    }
+    for want in [
+        "Negotiated: coremq-tls TLSv1_3 TLS13_AES_256_GCM_SHA384; nats-tls TLSv1_3 \
+         TLS13_AES_256_GCM_SHA384.",
+        "**Lost messages** (must be 0 for CoreMQ): coremq 0, coremq-tls 0, nats 0, nats-tls 0.",
+    ] {
+        assert!(md.contains(want), "{want:?} not in:\n{md}");
+    }
+    assert!(!md.contains("## Against the target"), "{md}");
+}
+
+#[test]
+fn websocket_table_holds_coremq_to_issue_28s_targets() {
+    let names = ["coremq", "coremq-ws", "nats", "nats-ws"];
+    // (msg/s, broker CPU-µs per message) per target.
+    let per = [
+        // WS/TCP 0.40 (missed), CPU 2.50× (missed), CoreMQ-WS/NATS-WS 2.00× (met).
+        (
+            "fanout1x10",
+            [(5.0e6, 0.2), (2.0e6, 0.5), (3.0e6, 0.3), (1.0e6, 1.0)],
+        ),
+        // 0.60 (met), CPU 1.60× (met), 1.20× (missed).
+        (
+            "4x4",
+            [(2.0e6, 0.5), (1.2e6, 0.8), (1.5e6, 0.6), (1.0e6, 1.0)],
+        ),
+        // 0.50 (met), CPU 2.00× (met), 1.50× (met).
+        (
+            "1to1",
+            [(3.0e6, 0.25), (1.5e6, 0.5), (2.0e6, 0.4), (1.0e6, 1.0)],
+        ),
+    ];
+    let mut figures = Vec::new();
+    for (w, f) in per {
+        for (t, (v, cpu)) in names.iter().zip(f) {
+            figures.push((w, *t, 0, v, cpu));
+        }
+    }
+    let saved = transport_saved(
+        "websocket",
+        names,
+        &figures,
+        [100.0, 300.0, 200.0, 250.0],
+        [7000.0, 12000.0, 5000.0, 8000.0],
+    );
+    let md = render(&saved);
+    assert!(
+        md.starts_with("# CoreMQ and nats-server over WebSocket beside plain TCP"),
+        "{md}"
+    );
+    assert_eq!(
+        summary_row(&md, "workload")[5..],
+        [
+            "WS/TCP CoreMQ",
+            "WS/TCP NATS",
+            "CoreMQ/NATS TCP",
+            "CoreMQ/NATS WS"
+        ]
+    );
+    assert_eq!(
+        summary_row(&md, "fanout1x10 msg/s")[5..],
+        ["0.40×", "0.33×", "1.67×", "2.00×"]
+    );
+    assert_eq!(
+        summary_row(&md, "idle: broker bytes/connection")[1..5],
+        ["7000", "12 k", "5000", "8000"]
+    );
+    let verdict = md
+        .lines()
+        .find(|l| l.starts_with("**Against the target** (issue 28"))
+        .unwrap_or_else(|| panic!("no verdict:\n{md}"));
+    for want in [
+        "met — fanout1x10 CoreMQ-WS/NATS-WS 2.00×, 4x4 WS/TCP 0.60×, 4x4 CPU WS/TCP 1.60×, \
+         1to1 WS/TCP 0.50×, 1to1 CPU WS/TCP 2.00×, 1to1 CoreMQ-WS/NATS-WS 1.50×",
+        "**not met** — fanout1x10 WS/TCP 0.40×, fanout1x10 CPU WS/TCP 2.50×, 4x4 \
+         CoreMQ-WS/NATS-WS 1.20×, ping-pong p99 CoreMQ-WS/NATS-WS 1.20×",
+    ] {
+        assert!(verdict.contains(want), "{want:?} not in {verdict:?}");
+    }
+    assert!(!md.contains("Negotiated:"), "{md}");
+}
+
+/// `--tls` and `--websocket` are comparisons of their own, on their
+/// workloads only.
+#[test]
+fn transport_modes_refuse_other_comparisons() {
+    for (args, want) in [
+        (&["--tls", "--acl"][..], "one comparison at a time"),
+        (
+            &["--websocket", "--durable"][..],
+            "one comparison at a time",
+        ),
+        (&["--tls", "--websocket"][..], "one comparison at a time"),
+        (&["--websocket", "--ws"][..], "one comparison at a time"),
+        (&["--tls", "--kv"][..], "one comparison at a time"),
+        (
+            &["--tls", "--workloads", "1to1-16B"][..],
+            "--tls runs 1to1, fanout1x10, 4x4, pingpong, idle",
+        ),
+    ] {
+        let out = Command::new("python3")
+            .arg(Path::new(REPO).join("bench/compare"))
+            .args(args)
+            .output()
+            .expect("run bench/compare (python3)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// Runs a quick `--tls` or `--websocket` comparison of 1→1 and ping-pong
+/// with the debug binaries and checks what every run and the file say: the
+/// four targets (two where nats-server is missing), nothing lost or failed.
+fn quick_transport_run(flag: &str, v: &str, suffix: &str) -> (String, Value) {
+    let bin_dir = built_bin_dir();
+    let (md, saved) = run_compare_saved(
+        &format!("compare{flag}"),
+        &[
+            "--quick",
+            "--no-install",
+            flag,
+            "--workloads",
+            "1to1,pingpong",
+            "--bin-dir",
+            &bin_dir.to_string_lossy(),
+        ],
+        suffix,
+    );
+    assert_eq!(saved["transport"], v);
+    let names: Vec<&str> = saved["names"]
+        .as_array()
+        .expect("names")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let variant = format!("coremq-{v}");
+    if names.contains(&"nats") {
+        assert_eq!(
+            names,
+            ["coremq", variant.as_str(), "nats", &format!("nats-{v}")]
+        );
+        assert!(
+            md.contains(&format!("| CoreMQ/NATS {}", v.to_uppercase())),
+            "{md}"
+        );
+    } else {
+        assert_eq!(names, ["coremq", variant.as_str()]);
+    }
+    let runs = saved["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2 * names.len(), "{saved}");
+    for r in runs {
+        let t = r["target"].as_str().unwrap_or_default();
+        assert!(r["error"].is_null() && r["skipped"].is_null(), "{t}: {r}");
+        assert_eq!(r["lost"], 0, "{t}: {r}");
+        assert!(r["delivered"].as_u64().is_some_and(|d| d > 0), "{t}: {r}");
+    }
+    assert!(
+        md.contains("**Lost messages** (must be 0 for CoreMQ): coremq 0,"),
+        "{md}"
+    );
+    (md, saved)
+}
+
+#[test]
+fn quick_tls_run() {
+    let (md, saved) = quick_transport_run("--tls", "tls", "-quick-tls.md");
+    // Every TLS run says what it negotiated; the file sums it up.
+    for r in saved["runs"].as_array().expect("runs") {
+        let t = r["target"].as_str().unwrap_or_default();
+        let tls_note = r["notes"].as_array().is_some_and(|n| {
+            n.iter()
+                .any(|n| n.as_str().is_some_and(|s| s.starts_with("TLS: TLSv1_3")))
+        });
+        assert_eq!(tls_note, t.ends_with("-tls"), "{t}: {r}");
+    }
+    assert!(md.contains("Negotiated: coremq-tls TLSv1_3"), "{md}");
+}
+
+#[test]
+fn quick_websocket_run() {
+    let (md, _) = quick_transport_run("--websocket", "ws", "-quick-websocket.md");
+    assert!(md.contains("WS/TCP CoreMQ"), "{md}");
+}
+
 /// A real quick `--kv` run (issue 27): CoreMQ's memcached port and, where
 /// installed (.ci/run installs them), memcached and redis-server, each with
 /// every get a hit, and the ratios against the issue's targets.

@@ -1,6 +1,7 @@
-//! `coremq-bench`: a cheap, bounded load generator that drives CoreMQ (TCP and
-//! WebSocket), nats-server and redis-server with the same workloads, so that their
-//! numbers can be put side by side (`bench/compare` does that).
+//! `coremq-bench`: a cheap, bounded load generator that drives CoreMQ (TCP, TLS
+//! and WebSocket), nats-server (TCP, TLS and WebSocket) and redis-server with the
+//! same workloads, so that their numbers can be put side by side (`bench/compare`
+//! does that).
 //!
 //! It shares the machine with the broker it measures, so it is built to cost little:
 //! plain threads and blocking sockets, publishes encoded into big buffers and written
@@ -39,6 +40,6 @@ pub mod report;
 pub mod wire;
 pub mod workload;
 
-pub use conn::{Credentials, Proto, Target};
+pub use conn::{Credentials, Proto, Target, TlsClient};
 pub use error::BenchError;
 pub use report::Report;

@@ -6,9 +6,19 @@
 //! coremq-bench --proto coremq --coremq-seq --no-ack --workload 4x4
 //! coremq-bench --proto nats --jetstream --addr 127.0.0.1:4222 --workload 4x4
 //! COREMQ_BENCH_PASSWORD=… coremq-bench --proto coremq --coremq-user bench --workload 4x4
+//! coremq-bench --proto coremq --tls --ca ca.pem --addr 127.0.0.1:6748 --workload fanout
+//! coremq-bench --proto nats --tls --ca ca.pem --server-name localhost --addr 127.0.0.1:4222
+//! coremq-bench --proto nats-ws --addr 127.0.0.1:8080 --workload pingpong
 //! coremq-bench --proto memcached --addr 127.0.0.1:11211 --workload kv --label coremq-mc
 //! coremq-bench --proto redis --addr 127.0.0.1:6379 --workload kv
 //! ```
+//!
+//! Over TLS (`--tls --ca FILE`), CoreMQ is reached on its `tls_port` (TLS from
+//! the first byte) and nats-server on a port with a `tls` block (its INFO line
+//! in clear, then the client upgrades); the certificate is checked against the
+//! CA file and `--server-name` (default: the host of `--addr`). Both brokers'
+//! connections use the same client code (`conn::link`), so the ratios between
+//! them over TLS compare brokers, not TLS clients.
 //!
 //! The `kv` workload (issue 27) preloads `--kv-keys` keys, then runs a mix of
 //! gets and sets pipelined `--kv-depth` deep on `--kv-connections`
@@ -37,7 +47,7 @@ use coremq_bench::workload::kv;
 use coremq_bench::workload::pingpong::{self, PingPongSpec};
 use coremq_bench::workload::pubsub::{self, PubSubSpec};
 use coremq_bench::workload::Progress;
-use coremq_bench::{BenchError, Proto, Report, Target};
+use coremq_bench::{BenchError, Proto, Report, Target, TlsClient};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -49,6 +59,8 @@ enum ProtoArg {
     CoremqWs,
     /// nats-server
     Nats,
+    /// nats-server over WebSocket (`--addr` is its `websocket` port, with `no_tls: true`)
+    NatsWs,
     /// redis-server (pub/sub; GET/SET in the kv workload)
     Redis,
     /// memcached's text protocol (memcached, CoreMQ's memcached_port): kv workload only
@@ -148,6 +160,16 @@ struct Args {
     /// WebSocket path.
     #[arg(long, default_value = "/ws")]
     ws_path: String,
+    /// Connect over TLS (--proto coremq: its tls_port; --proto nats: a
+    /// nats-server with a tls block). Needs --ca.
+    #[arg(long)]
+    tls: bool,
+    /// PEM file of the CA certificate(s) the broker's certificate must chain to (with --tls).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must carry (with --tls; default: the host of --addr).
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
     /// CoreMQ (TCP and WebSocket): log every connection in as USER
     /// (`coremq_auth`) before anything else; needs --coremq-password.
     #[arg(long, value_name = "USER", conflicts_with = "coremq_token")]
@@ -224,8 +246,40 @@ fn credentials(args: &Args) -> Result<Option<Credentials>, BenchError> {
     }
 }
 
+/// The TLS client the options ask for, if any.
+fn tls_client(args: &Args, proto: Proto) -> Result<Option<TlsClient>, BenchError> {
+    if !args.tls {
+        if args.ca.is_some() || args.server_name.is_some() {
+            return Err(BenchError::Usage(
+                "--ca and --server-name apply with --tls only".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if !matches!(proto, Proto::CoreMq | Proto::Nats) {
+        return Err(BenchError::Usage(
+            "--tls applies to --proto coremq and nats only".into(),
+        ));
+    }
+    let Some(ca) = &args.ca else {
+        return Err(BenchError::Usage(
+            "--tls needs --ca FILE (the CA certificate the broker's certificate chains to)".into(),
+        ));
+    };
+    let mut c = TlsClient::from_ca_file(ca)?;
+    c.server_name = args.server_name.clone();
+    // Checked now, so that a bad name is a usage error and not a failed run.
+    c.name_for(&args.addr)?;
+    Ok(Some(c))
+}
+
 /// The kv workload (its own report).
 fn run_kv(args: &Args) -> Result<kv::KvReport, BenchError> {
+    if args.tls || args.ca.is_some() || args.server_name.is_some() {
+        return Err(BenchError::Usage(
+            "--tls, --ca and --server-name do not apply to --workload kv".into(),
+        ));
+    }
     let proto = match args.proto {
         ProtoArg::Memcached => KvProto::Memcached,
         ProtoArg::Redis => KvProto::Resp,
@@ -254,6 +308,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         ProtoArg::Coremq => Proto::CoreMq,
         ProtoArg::CoremqWs => Proto::CoreMqWs,
         ProtoArg::Nats => Proto::Nats,
+        ProtoArg::NatsWs => Proto::NatsWs,
         ProtoArg::Redis => Proto::Redis,
         ProtoArg::Memcached => {
             return Err(BenchError::Usage(
@@ -281,6 +336,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             "--jetstream applies to the throughput workloads (1to1, fanout, 4x4) only".into(),
         ));
     }
+    let tls = tls_client(args, proto)?;
     let auth = credentials(args)?;
     if auth.is_some() && !matches!(proto, Proto::CoreMq | Proto::CoreMqWs) {
         return Err(BenchError::Usage(
@@ -294,6 +350,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
     target.ws_path = args.ws_path.clone();
     target.auth = auth;
     target.jetstream = args.jetstream;
+    target.tls = tls;
     let progress = Progress::new(!args.quiet && !args.json);
     let pubsub = |name: &str, publishers: usize, subs: usize| {
         let mut s = PubSubSpec::new(name, publishers, subs);
@@ -308,7 +365,7 @@ fn run(args: &Args) -> Result<Report, BenchError> {
         };
         s
     };
-    match args.workload {
+    let mut report = match args.workload {
         Workload::OneToOne => {
             let run = || pubsub::run(&target, &pubsub("1to1", 1, 1), args.broker_pid, &progress);
             if proto == Proto::CoreMq {
@@ -359,7 +416,12 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             args.broker_pid,
             &progress,
         ),
+    }?;
+    if let Some(negotiated) = target.tls.as_ref().and_then(|t| t.negotiated()) {
+        // What the brokers were held to: their TLS version and cipher suite.
+        report.notes.push(format!("TLS: {negotiated}"));
     }
+    Ok(report)
 }
 
 fn main() -> ExitCode {
@@ -391,14 +453,20 @@ fn main() -> ExitCode {
                 ProtoArg::CoremqWs => "coremq-ws",
                 ProtoArg::Nats if args.jetstream => "nats-js",
                 ProtoArg::Nats => "nats",
+                ProtoArg::NatsWs => "nats-ws",
                 ProtoArg::Redis => "redis",
                 ProtoArg::Memcached => "memcached",
+            };
+            let label = if args.tls {
+                format!("{label}-tls")
+            } else {
+                label.to_string()
             };
             let workload = args
                 .workload
                 .to_possible_value()
                 .map(|v| v.get_name().to_string());
-            Report::skipped(label.into(), workload.unwrap_or_default(), why)
+            Report::skipped(label, workload.unwrap_or_default(), why)
         }
         Err(e) => {
             eprintln!("coremq-bench: {e}");

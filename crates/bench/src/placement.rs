@@ -237,12 +237,13 @@ pub fn parse_shards(status: &Value) -> Result<Vec<ShardCounts>, BenchError> {
         .collect()
 }
 
-/// Asks a CoreMQ broker (TCP) for its per-shard counters, on a connection of its
+/// Asks a CoreMQ broker (TCP, or TLS like `t`) for its per-shard counters, on a connection of its
 /// own, logged in with `t`'s credentials (a broker with `users_file` answers
 /// status only to a user with `monitor`). Bounded like every set-up step.
 pub fn shard_counts(t: &Target) -> Result<Vec<ShardCounts>, BenchError> {
     let mut target = Target::new(Proto::CoreMq, t.addr.clone());
     target.auth = t.auth.clone();
+    target.tls = t.tls.clone();
     let mut o = handshake::open(&target, 64 << 10)?;
     let mut req = Vec::new();
     wire::coremq::encode_frame(&mut req, &o.id, br#"{"coremq_status": true}"#);

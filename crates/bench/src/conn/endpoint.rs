@@ -6,11 +6,11 @@
 //! connections because a subscribed Redis connection cannot publish.
 
 use super::handshake;
+use super::link::Link;
 use super::stream::{Fill, FrameStream};
 use super::{ws, ErrorLog, Target};
 use crate::error::BenchError;
 use crate::wire::{self, Frame, Proto};
-use std::io::Write;
 use std::net::TcpStream;
 use tungstenite::protocol::WebSocket;
 
@@ -35,7 +35,7 @@ pub fn open(t: &Target, name: &str) -> Result<Box<dyn Endpoint>, BenchError> {
             let address = o.id.clone();
             Ok(Box::new(StreamEndpoint::new(o.fs, address, None)?))
         }
-        Proto::Nats => {
+        Proto::Nats | Proto::NatsWs => {
             let o = handshake::open(t, 64 << 10)?;
             let fs = handshake::subscribe(o, &[name.to_string()])?;
             Ok(Box::new(StreamEndpoint::new(fs, name.to_string(), None)?))
@@ -66,7 +66,7 @@ pub fn open(t: &Target, name: &str) -> Result<Box<dyn Endpoint>, BenchError> {
 /// replies are then read from `acks`.
 struct StreamEndpoint {
     rx: FrameStream,
-    tx: TcpStream,
+    tx: Link,
     acks: Option<FrameStream>,
     /// Replies owed on `acks` (read after each delivery, off the timed path).
     pending_acks: u64,
@@ -82,11 +82,10 @@ impl StreamEndpoint {
         acks: Option<FrameStream>,
     ) -> Result<Self, BenchError> {
         let tx = match &acks {
-            Some(a) => &a.stream,
-            None => &rx.stream,
+            Some(a) => &a.link,
+            None => &rx.link,
         }
-        .try_clone()
-        .map_err(|e| BenchError::io("clone socket", e))?;
+        .split()?;
         Ok(StreamEndpoint {
             rx,
             tx,
@@ -139,9 +138,7 @@ impl Endpoint for StreamEndpoint {
     fn send(&mut self, to: &str, payload: &[u8]) -> Result<(), BenchError> {
         self.out.clear();
         wire::encode_publish(self.rx.proto, &mut self.out, to, payload);
-        self.tx
-            .write_all(&self.out)
-            .map_err(|e| BenchError::io("ping-pong send", e))?;
+        self.tx.write_all(&self.out, None, "ping-pong send")?;
         if self.acks.is_some() {
             self.pending_acks += 1;
         }

@@ -2,7 +2,8 @@
 //! options, subscriptions. Every wait is bounded by
 //! [`SETUP_TIMEOUT`](super::stream::SETUP_TIMEOUT).
 
-use super::stream::{connect, FrameStream};
+use super::link::{Link, WsLink};
+use super::stream::{connect, FrameStream, READ_TICK, SETUP_TIMEOUT};
 use super::{Credentials, Target};
 use crate::error::BenchError;
 use crate::wire::{self, Frame, Proto};
@@ -17,10 +18,11 @@ pub struct Opened {
 
 /// Connect and greet: CoreMQ welcome (+ `coremq_auth` with the target's
 /// credentials, + one `coremq_options` with `ack:false` and/or `seq:true` if
-/// asked), NATS INFO/CONNECT, Redis PING.
+/// asked), NATS INFO/CONNECT (over TLS with `t.tls`: upgraded after the INFO
+/// line, as nats-server expects), Redis PING.
 pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
-    let stream = connect(&t.addr)?;
-    let mut fs = FrameStream::new(t.proto, stream, buffer);
+    let link = connect_link(t)?;
+    let mut fs = FrameStream::new(t.proto, link, buffer);
     let mut id = String::new();
     match t.proto {
         Proto::CoreMq => {
@@ -52,15 +54,44 @@ pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
                 })?;
             }
         }
-        Proto::Nats => {
-            fs.expect(
-                "NATS INFO",
-                |f| matches!(f, Frame::Other(l) if l.starts_with(b"INFO")),
-            )?;
-            fs.send(
-                b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"coremq-bench\",\"lang\":\"rust\",\"version\":\"0.1.0\"}\r\nPING\r\n",
-                "NATS CONNECT",
-            )?;
+        Proto::Nats | Proto::NatsWs => {
+            let mut tls_required = false;
+            fs.expect("NATS INFO", |f| match f {
+                Frame::Other(l) if l.starts_with(b"INFO") => {
+                    tls_required = info_requires_tls(l);
+                    true
+                }
+                _ => false,
+            })?;
+            match (&t.tls, tls_required) {
+                (Some(tls), true) => {
+                    // The INFO line is the only thing nats-server sends in
+                    // clear; the client's TLS handshake follows it.
+                    let sock = fs.into_link().into_socket()?;
+                    fs = FrameStream::new(t.proto, tls.handshake(sock, &t.addr)?, buffer);
+                }
+                (Some(_), false) => {
+                    return Err(BenchError::Unavailable(format!(
+                        "nats-server at {} does not offer TLS (its INFO has no tls_required); \
+                         start it with a tls {{ cert_file, key_file }} block",
+                        t.addr
+                    )))
+                }
+                (None, true) => {
+                    return Err(BenchError::Usage(format!(
+                        "nats-server at {} requires TLS (its INFO says tls_required); \
+                         pass --tls --ca FILE",
+                        t.addr
+                    )))
+                }
+                (None, false) => {}
+            }
+            let connect: &[u8] = if t.tls.is_some() {
+                b"CONNECT {\"verbose\":false,\"pedantic\":false,\"tls_required\":true,\"name\":\"coremq-bench\",\"lang\":\"rust\",\"version\":\"0.1.0\"}\r\nPING\r\n"
+            } else {
+                b"CONNECT {\"verbose\":false,\"pedantic\":false,\"name\":\"coremq-bench\",\"lang\":\"rust\",\"version\":\"0.1.0\"}\r\nPING\r\n"
+            };
+            fs.send(connect, "NATS CONNECT")?;
             fs.expect("NATS CONNECT", |f| matches!(f, Frame::Pong))?;
         }
         Proto::Redis => {
@@ -74,6 +105,56 @@ pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
         }
     }
     Ok(Opened { fs, id })
+}
+
+/// The connection a stream protocol's [`open`] starts from: TCP; for CoreMQ
+/// with `t.tls`, TLS from the first byte (its `tls_port`); for NATS over
+/// WebSocket, the HTTP upgrade done. A refused connection or a failed
+/// upgrade to a WebSocket is [`BenchError::Unavailable`].
+fn connect_link(t: &Target) -> Result<Link, BenchError> {
+    match t.proto {
+        Proto::NatsWs => {
+            let url = format!("ws://{}{}", t.addr, t.ws_path);
+            let unavailable = |why: String| {
+                BenchError::Unavailable(format!(
+                    "no nats-server WebSocket listener at {url} ({why}); \
+                     does its configuration have a websocket {{ port, no_tls: true }} block?"
+                ))
+            };
+            let sock = connect(&t.addr).map_err(|e| unavailable(e.to_string()))?;
+            sock.set_read_timeout(Some(SETUP_TIMEOUT))
+                .map_err(|e| BenchError::io("set read timeout", e))?;
+            let (ws, _resp) = tungstenite::client::client(url.as_str(), sock)
+                .map_err(|e| unavailable(e.to_string()))?;
+            ws.get_ref()
+                .set_read_timeout(Some(READ_TICK))
+                .map_err(|e| BenchError::io("set read timeout", e))?;
+            Ok(Link::Ws(Box::new(WsLink::new(ws))))
+        }
+        Proto::CoreMq => {
+            let sock = connect(&t.addr)?;
+            match &t.tls {
+                Some(tls) => tls.handshake(sock, &t.addr),
+                None => Ok(Link::Tcp(sock)),
+            }
+        }
+        Proto::Nats | Proto::Redis => Ok(Link::Tcp(connect(&t.addr)?)),
+        Proto::CoreMqWs => Err(BenchError::Usage(
+            "WebSocket connections are opened by conn::ws".into(),
+        )),
+    }
+}
+
+/// Does a NATS `INFO {…}` line ask for TLS (`"tls_required": true`)?
+pub(crate) fn info_requires_tls(info: &[u8]) -> bool {
+    let json = info
+        .strip_prefix(b"INFO")
+        .unwrap_or(info)
+        .trim_ascii_start();
+    serde_json::from_slice::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| v["tls_required"].as_bool())
+        .unwrap_or(false)
 }
 
 /// The one `coremq_options` request a CoreMQ TCP connection of `t` sends
@@ -149,7 +230,7 @@ pub fn subscribe(o: Opened, queues: &[String]) -> Result<FrameStream, BenchError
                 matches!(f, Frame::Other(j) if memchr::memmem::find(j, b"OK: Subscribe successful").is_some())
             })?;
         }
-        Proto::Nats => {
+        Proto::Nats | Proto::NatsWs => {
             for (i, q) in queues.iter().enumerate() {
                 b.extend_from_slice(format!("SUB {q} {}\r\n", i + 1).as_bytes());
             }
@@ -175,9 +256,44 @@ pub fn subscribe(o: Opened, queues: &[String]) -> Result<FrameStream, BenchError
 
 #[cfg(test)]
 mod tests {
-    use super::options_request;
-    use crate::conn::Target;
+    use super::{info_requires_tls, options_request};
+    use crate::conn::{Target, TlsClient};
     use crate::wire::Proto;
+
+    #[test]
+    fn nats_info_says_whether_tls_is_required() {
+        assert!(info_requires_tls(
+            br#"INFO {"server_id":"X","tls_required":true,"max_payload":1048576} "#
+        ));
+        assert!(!info_requires_tls(
+            br#"INFO {"server_id":"X","max_payload":1048576} "#
+        ));
+        assert!(!info_requires_tls(br#"INFO {"tls_required":false}"#));
+        assert!(!info_requires_tls(b"INFO not json"));
+    }
+
+    #[test]
+    fn tls_targets_are_named_and_check_the_host_or_the_given_name() {
+        let mut t = Target::new(Proto::Nats, "127.0.0.1:4222");
+        let mut c = TlsClient::trusting(rustls::RootCertStore::empty());
+        t.tls = Some(c.clone());
+        assert_eq!(t.label(), "nats-tls");
+        t.proto = Proto::CoreMq;
+        t.ack = false;
+        assert_eq!(t.label(), "coremq-noack-tls");
+        let ip = c.name_for("127.0.0.1:6748").unwrap();
+        assert_eq!(ip.to_str(), "127.0.0.1");
+        assert_eq!(c.name_for("[::1]:6748").unwrap().to_str(), "::1");
+        assert_eq!(
+            c.name_for("mq.example:6748").unwrap().to_str(),
+            "mq.example"
+        );
+        c.server_name = Some("localhost".into());
+        assert_eq!(c.name_for("127.0.0.1:6748").unwrap().to_str(), "localhost");
+        c.server_name = Some("not a name!".into());
+        assert!(c.name_for("127.0.0.1:1").is_err());
+        assert!(c.negotiated().is_none());
+    }
 
     #[test]
     fn one_options_request_carries_ack_and_seq() {

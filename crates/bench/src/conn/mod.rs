@@ -1,17 +1,20 @@
 //! Connections to a broker in the roles a workload needs — [`Subscriber`],
 //! [`Publisher`] with its [`AckReader`], ping-pong [`Endpoint`] — over every
-//! [`Proto`]. Set-up (welcome, options, subscribe, CONNECT…) is done here with
-//! bounded waits; after set-up each role touches only frame headers.
+//! [`Proto`], on plain TCP or TLS ([`Target::tls`]; the byte streams are
+//! [`link::Link`]s). Set-up (welcome, options, subscribe, CONNECT…) is done
+//! here with bounded waits; after set-up each role touches only frame headers.
 
 mod endpoint;
 pub(crate) mod handshake;
 pub mod jetstream;
+pub mod link;
 pub mod stream;
 mod tcp;
 mod ws;
 
 pub use crate::wire::Proto;
 pub use endpoint::Endpoint;
+pub use link::TlsClient;
 
 use crate::error::BenchError;
 use std::fmt;
@@ -89,6 +92,11 @@ pub struct Target {
     /// CoreMQ (TCP and WebSocket) only: log every connection in with these
     /// (a broker with `users_file`); `None` connects anonymously.
     pub auth: Option<Credentials>,
+    /// CoreMQ TCP and NATS only: connect over TLS with this client
+    /// configuration. CoreMQ's `tls_port` speaks TLS from the first byte;
+    /// nats-server (with a `tls` block) sends its INFO line in clear and the
+    /// client upgrades the connection then.
+    pub tls: Option<TlsClient>,
     /// NATS only: JetStream. Throughput runs first (re)create a file-storage
     /// stream on the run's subjects ([`jetstream::create_stream`]), and every
     /// publish carries a reply subject, so that each gets the stream's
@@ -108,19 +116,25 @@ impl Target {
             ws_path: "/ws".into(),
             auth: None,
             jetstream: false,
+            tls: None,
         }
     }
 
     /// The name reports use: the protocol, plus `-seq` for CoreMQ with
     /// numbered deliveries and `-noack` for CoreMQ without acks; `nats-js`
-    /// for NATS with JetStream.
+    /// for NATS with JetStream; `-tls` at the end over TLS.
     pub fn label(&self) -> String {
-        match (self.proto, self.seq, self.ack) {
+        let base: String = match (self.proto, self.seq, self.ack) {
             (Proto::CoreMq, false, false) => "coremq-noack".into(),
             (Proto::CoreMq, true, true) => "coremq-seq".into(),
             (Proto::CoreMq, true, false) => "coremq-seq-noack".into(),
             (Proto::Nats, _, _) if self.jetstream => "nats-js".into(),
             (p, _, _) => p.name().into(),
+        };
+        if self.tls.is_some() {
+            base + "-tls"
+        } else {
+            base
         }
     }
 
@@ -130,6 +144,7 @@ impl Target {
             Proto::CoreMq => self.ack,
             Proto::CoreMqWs | Proto::Redis => true,
             Proto::Nats => self.jetstream,
+            Proto::NatsWs => false,
         }
     }
 }

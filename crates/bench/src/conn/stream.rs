@@ -1,10 +1,11 @@
-//! A TCP stream with a receive buffer that is cut into frames by a protocol codec.
+//! A connection's byte stream ([`Link`]: TCP, TLS or WebSocket) with a
+//! receive buffer that is cut into frames by a protocol codec.
 
+use super::link::Link;
 use crate::error::{preview, BenchError};
 use crate::wire::{self, Frame, Proto};
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long one blocking read may wait, so that loops can check their deadlines.
@@ -48,42 +49,6 @@ pub fn set_linger_zero(s: &TcpStream) {
     }
 }
 
-/// Write all of `bytes` to `s`. With `stop`, the socket must have a write
-/// timeout (`set_write_timeout`): each time a write takes nothing within it,
-/// `stop` is checked, and once set the write gives up with
-/// [`BenchError::Timeout`]. Without `stop`, this is `write_all`.
-pub fn write_all_until(
-    s: &mut TcpStream,
-    bytes: &[u8],
-    stop: Option<&AtomicBool>,
-    what: &str,
-) -> Result<(), BenchError> {
-    let Some(stop) = stop else {
-        return s
-            .write_all(bytes)
-            .map_err(|e| BenchError::io(what.to_string(), e));
-    };
-    let mut at = 0;
-    while at < bytes.len() {
-        match s.write(&bytes[at..]) {
-            Ok(0) => {
-                return Err(BenchError::io(
-                    what.to_string(),
-                    io::Error::from(io::ErrorKind::WriteZero),
-                ))
-            }
-            Ok(n) => at += n,
-            Err(e) if is_timeout(&e) => {
-                if stop.load(Ordering::Relaxed) {
-                    return Err(stopped_writing(what));
-                }
-            }
-            Err(e) => return Err(BenchError::io(what.to_string(), e)),
-        }
-    }
-    Ok(())
-}
-
 /// The error of a write given up on at the run's time bound.
 pub(crate) fn stopped_writing(what: &str) -> BenchError {
     BenchError::Timeout(format!(
@@ -104,8 +69,8 @@ pub fn is_timeout(e: &io::Error) -> bool {
 pub struct FrameStream {
     /// Codec used to cut frames.
     pub proto: Proto,
-    /// The socket (also used to answer keep-alives).
-    pub stream: TcpStream,
+    /// The byte stream (also used to answer keep-alives).
+    pub link: Link,
     /// Received bytes; `buf[start..end]` is not consumed yet.
     buf: Vec<u8>,
     start: usize,
@@ -124,12 +89,12 @@ pub enum Fill {
 }
 
 impl FrameStream {
-    /// Wrap a connected socket; `capacity` is the initial buffer (it grows when a
+    /// Wrap a connected stream; `capacity` is the initial buffer (it grows when a
     /// frame does not fit).
-    pub fn new(proto: Proto, stream: TcpStream, capacity: usize) -> FrameStream {
+    pub fn new(proto: Proto, link: Link, capacity: usize) -> FrameStream {
         FrameStream {
             proto,
-            stream,
+            link,
             buf: vec![0; capacity.max(256)],
             start: 0,
             end: 0,
@@ -151,7 +116,7 @@ impl FrameStream {
                 self.buf.resize(n, 0);
             }
         }
-        match self.stream.read(&mut self.buf[self.end..]) {
+        match self.link.read(&mut self.buf[self.end..]) {
             Ok(0) => Ok(Fill::Closed),
             Ok(n) => {
                 self.end += n;
@@ -189,9 +154,13 @@ impl FrameStream {
 
     /// Write all of `bytes`.
     pub fn send(&mut self, bytes: &[u8], what: &str) -> Result<(), BenchError> {
-        self.stream
-            .write_all(bytes)
-            .map_err(|e| BenchError::io(format!("send {what}"), e))
+        self.link.write_all(bytes, None, &format!("send {what}"))
+    }
+
+    /// The stream, for a new start on it (NATS: the same socket, upgraded to
+    /// TLS after the INFO line); what was buffered and not consumed is dropped.
+    pub fn into_link(self) -> Link {
+        self.link
     }
 
     /// Read frames until `want` accepts one, answering PINGs; an error frame or

@@ -1,12 +1,12 @@
 //! Subscriber, publisher and ack reader over the byte-stream protocols (CoreMQ TCP,
-//! NATS, Redis).
+//! NATS, Redis), on any [`Link`]: TCP, TLS, or NATS over WebSocket.
 
 use super::handshake::Opened;
-use super::stream::{write_all_until, Fill, FrameStream, READ_TICK};
+use super::link::Link;
+use super::stream::{Fill, FrameStream, READ_TICK};
 use super::{AckReader, ErrorLog, Publisher, Subscriber};
 use crate::error::BenchError;
 use crate::wire::{self, Frame, Proto};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -49,14 +49,14 @@ impl Subscriber for TcpSubscriber {
     }
 
     fn reset_on_close(&self) {
-        super::stream::set_linger_zero(&self.fs.stream);
+        super::stream::set_linger_zero(self.fs.link.socket());
     }
 }
 
 /// Buffers publishes and writes them in one call.
 pub struct TcpPublisher {
     proto: Proto,
-    stream: TcpStream,
+    link: Link,
     out: Vec<u8>,
     /// Set by the ack reader when the server sent a PING (NATS); the PONG is written
     /// here, between batches, because only this side writes to the socket.
@@ -92,13 +92,16 @@ impl Publisher for TcpPublisher {
         if self.pong_due.swap(false, Ordering::Relaxed) {
             self.out.extend_from_slice(b"PONG\r\n");
         }
-        let r = write_all_until(&mut self.stream, &self.out, self.stop.as_deref(), "publish");
+        let r = self
+            .link
+            .write_all(&self.out, self.stop.as_deref(), "publish");
         self.out.clear();
         r
     }
 
     fn stop_on(&mut self, stop: Arc<AtomicBool>) -> Result<(), BenchError> {
-        self.stream
+        self.link
+            .socket()
             .set_write_timeout(Some(READ_TICK))
             .map_err(|e| BenchError::io("set write timeout", e))?;
         self.stop = Some(stop);
@@ -153,15 +156,12 @@ impl AckReader for TcpAckReader {
 /// Split an opened connection into its publishing and reply-reading halves.
 pub fn publisher(o: Opened) -> Result<(TcpPublisher, TcpAckReader), BenchError> {
     let proto = o.fs.proto;
-    let stream =
-        o.fs.stream
-            .try_clone()
-            .map_err(|e| BenchError::io("clone socket", e))?;
+    let link = o.fs.link.split()?;
     let pong_due = Arc::new(AtomicBool::new(false));
     Ok((
         TcpPublisher {
             proto,
-            stream,
+            link,
             out: Vec::with_capacity(128 << 10),
             pong_due: pong_due.clone(),
             stop: None,

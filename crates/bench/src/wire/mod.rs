@@ -22,6 +22,9 @@ pub enum Proto {
     CoreMqWs,
     /// The NATS text protocol.
     Nats,
+    /// The NATS text protocol inside WebSocket binary messages (nats-server's
+    /// `websocket` listener).
+    NatsWs,
     /// Redis RESP2 pub/sub.
     Redis,
 }
@@ -33,6 +36,7 @@ impl Proto {
             Proto::CoreMq => "coremq",
             Proto::CoreMqWs => "coremq-ws",
             Proto::Nats => "nats",
+            Proto::NatsWs => "nats-ws",
             Proto::Redis => "redis",
         }
     }
@@ -43,6 +47,7 @@ impl Proto {
             "coremq" => Some(Proto::CoreMq),
             "coremq-ws" | "ws" => Some(Proto::CoreMqWs),
             "nats" => Some(Proto::Nats),
+            "nats-ws" => Some(Proto::NatsWs),
             "redis" => Some(Proto::Redis),
             _ => None,
         }
@@ -69,7 +74,8 @@ pub enum Frame<'a> {
 
 /// Split the next frame of `proto` off the front of `buf`: `Ok(None)` when the
 /// buffer holds only part of a frame (normal flow), else the frame and how many bytes
-/// it took. Not for [`Proto::CoreMqWs`], whose framing tungstenite does.
+/// it took. Not for [`Proto::CoreMqWs`], whose framing tungstenite does (NATS
+/// over WebSocket is a byte stream inside the messages: the NATS codec).
 ///
 /// Inlined down to the pump loops, with each protocol's `next_frame` (and
 /// CoreMQ's `split_frame`): returned through three calls, the `Result` (large,
@@ -82,7 +88,7 @@ pub enum Frame<'a> {
 pub fn next_frame(proto: Proto, buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, BenchError> {
     match proto {
         Proto::CoreMq => coremq::next_frame(buf),
-        Proto::Nats => nats::next_frame(buf),
+        Proto::Nats | Proto::NatsWs => nats::next_frame(buf),
         Proto::Redis => redis::next_frame(buf),
         Proto::CoreMqWs => Err(BenchError::Usage(
             "WebSocket frames are split by tungstenite".into(),
@@ -95,7 +101,7 @@ pub fn encode_publish(proto: Proto, buf: &mut Vec<u8>, queue: &str, payload: &[u
     match proto {
         Proto::CoreMq => coremq::encode_publish(buf, queue, payload),
         Proto::CoreMqWs => ws::encode_publish(buf, queue, payload),
-        Proto::Nats => nats::encode_publish(buf, queue, payload),
+        Proto::Nats | Proto::NatsWs => nats::encode_publish(buf, queue, payload),
         Proto::Redis => redis::encode_publish(buf, queue, payload),
     }
 }
