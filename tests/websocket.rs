@@ -814,3 +814,30 @@ fn websocket_connections_spread_over_every_shard() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An idle WebSocket connection holds a small read buffer, not
+/// tungstenite's eagerly allocated (and, at the first read, zero-filled)
+/// 128 KiB default: it cost 138 KB per connection.
+#[test]
+fn idle_websocket_connections_hold_little_memory() {
+    let b = ws_broker(2);
+    let open = |n: usize| -> Vec<WsClient> {
+        (0..n)
+            .map(|_| {
+                let mut c = WsClient::connect(b.ws_addr());
+                // One frame in and one out: the connection's buffers are in use.
+                c.subscribe(&["idle.memory"]);
+                c
+            })
+            .collect()
+    };
+    let warm = open(20);
+    let before = b.rss_kib();
+    let idle = open(300);
+    let per_conn = (b.rss_kib().saturating_sub(before)) * 1024 / idle.len() as u64;
+    assert!(
+        per_conn < 64 << 10,
+        "{per_conn} bytes of broker memory per idle WebSocket connection"
+    );
+    drop((warm, idle));
+}

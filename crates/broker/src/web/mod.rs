@@ -35,6 +35,9 @@ use tracing::Instrument;
 /// [`MODULE`], from the same origin).
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// Bytes read from a WebSocket at a time (the buffer a connection holds).
+const WS_READ_BUFFER: usize = 16 << 10;
+
 /// The browser client, `/coremq.js`: an ES module without dependencies.
 const MODULE: &str = include_str!("coremq.js");
 
@@ -388,7 +391,12 @@ async fn serve_upgraded(
     keepalive: Keepalive,
 ) {
     let max = shard.cfg().max_message_size;
+    // tungstenite allocates its read buffer eagerly and zero-fills it on the
+    // first read: its 128 KiB default made an idle WebSocket connection cost
+    // 138 KB (bench/results/2026-12-02-websocket.md). 16 KiB still takes
+    // over a hundred small messages per read, and grows for a large one.
     let config = WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
