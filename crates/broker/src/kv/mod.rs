@@ -278,13 +278,14 @@ impl KvTable {
     /// Carries out a single-key operation or a list operation on keys this
     /// table owns. `pos(after)` gives a position later than `after` (and
     /// than any this node gave before) for each change, which is appended to
-    /// `changes` for replication and watchers.
+    /// `changes` for replication and watchers (`None`: nobody needs them,
+    /// and nothing is copied for them).
     pub(crate) fn apply(
         &mut self,
         op: KvOp,
         now_ms: u64,
         mut pos: impl FnMut(MsgKey) -> MsgKey,
-        changes: &mut Vec<KvChange>,
+        mut changes: Option<&mut Vec<KvChange>>,
     ) -> KvAnswer {
         match op {
             KvOp::Get { keys } => {
@@ -313,8 +314,7 @@ impl KvTable {
                     expires_ms: expiry.as_ms(),
                     pos: pos(after),
                 };
-                self.store(slot, change.clone(), now_ms);
-                changes.push(change);
+                self.commit(slot, change, now_ms, changes);
                 KvAnswer::Stored(true)
             }
             KvOp::Delete { keys } => {
@@ -333,8 +333,7 @@ impl KvTable {
                         expires_ms: 0,
                         pos: pos(self.entry(slot).pos),
                     };
-                    self.store(Some(slot), change.clone(), now_ms);
-                    changes.push(change);
+                    self.commit(Some(slot), change, now_ms, changes.as_deref_mut());
                 }
                 KvAnswer::Deleted(n)
             }
@@ -388,8 +387,7 @@ impl KvTable {
                     expires_ms: expiry.as_ms(),
                     pos: pos(e.pos),
                 };
-                self.store(Some(slot), change.clone(), now_ms);
-                changes.push(change);
+                self.commit(Some(slot), change, now_ms, changes);
                 KvAnswer::Touched
             }
             KvOp::Flush => {
@@ -408,7 +406,7 @@ impl KvTable {
         n: i128,
         now_ms: u64,
         pos: &mut impl FnMut(MsgKey) -> MsgKey,
-        changes: &mut Vec<KvChange>,
+        changes: Option<&mut Vec<KvChange>>,
     ) {
         let (after, expires_ms) = slot.map_or((MsgKey::default(), 0), |s| {
             let e = self.entry(s);
@@ -427,8 +425,24 @@ impl KvTable {
             expires_ms,
             pos: pos(after),
         };
-        self.store(slot, change.clone(), now_ms);
-        changes.push(change);
+        self.commit(slot, change, now_ms, changes);
+    }
+
+    /// Stores `change` and hands a copy to `changes` when someone needs it.
+    fn commit(
+        &mut self,
+        slot: Option<u32>,
+        change: KvChange,
+        now_ms: u64,
+        changes: Option<&mut Vec<KvChange>>,
+    ) {
+        match changes {
+            Some(changes) => {
+                self.store(slot, change.clone(), now_ms);
+                changes.push(change);
+            }
+            None => self.store(slot, change, now_ms),
+        }
     }
 
     /// Puts `change` in place (at `slot` if the key has one); a delete

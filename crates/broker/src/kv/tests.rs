@@ -23,7 +23,7 @@ fn table(limit: u64) -> (KvTable, Positions) {
 
 fn run(t: &mut KvTable, p: &mut Positions, op: KvOp, now: u64) -> (KvAnswer, Vec<KvChange>) {
     let mut changes = Vec::new();
-    let a = t.apply(op, now, |after| p.next(after), &mut changes);
+    let a = t.apply(op, now, |after| p.next(after), Some(&mut changes));
     (a, changes)
 }
 

@@ -157,6 +157,8 @@ impl Shard {
         self.clock.refresh();
         let now = now_ms();
         let mut changes = Vec::new();
+        // Changes are copied out only for the links and watchers.
+        let record = (self.kv_replicates || self.cfg.kv.watch).then_some(&mut changes);
         let answer = {
             let origin = self.origin;
             let clock = &self.clock;
@@ -167,7 +169,7 @@ impl Shard {
                     sent_us: clock.next_above(after.sent_us),
                     origin,
                 },
-                &mut changes,
+                record,
             )
         };
         for change in changes {
