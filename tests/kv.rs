@@ -31,7 +31,7 @@ fn stored() -> Value {
 }
 
 fn commands_reply_exactly(shards: usize) {
-    let b = Broker::start(BrokerOpts::new(shards));
+    let b = Broker::start(BrokerOpts::new(shards).set("kv_max_value", "1K"));
     let mut c = b.client();
     let k = uniq("kv.exact");
     assert_eq!(
@@ -106,6 +106,15 @@ fn commands_reply_exactly(shards: usize) {
         get(&mut c, &[&k]),
         json!({"values": {k.clone(): "żółw 🐢"}})
     );
+    // A value over kv_max_value is refused and nothing is stored.
+    let big = uniq("kv.big");
+    let r = set(&mut c, &big, json!("x".repeat(2000)));
+    assert_eq!(
+        r["response"],
+        "ERROR: coremq_set: a value of 2002 bytes is larger than kv_max_value (1024)",
+        "{r}"
+    );
+    assert_eq!(get(&mut c, &[&big]), json!({"values": {}}));
     // Still serving.
     c.publish("after", &json!({"ok": 1}));
 }
@@ -476,6 +485,16 @@ fn key_rights_refuse_and_allow_both_ways() {
     alice.subscribe(&["$kv.cache.alice.1"]);
     alice.command(&json!({"coremq_subscribe": ["$kv.secret"]}));
     denied(&alice.recv_reply().json, "subscribe", "$kv.secret");
+    // Its history and a resume too (history's twin paths).
+    alice.command(&json!({"coremq_gethistory": ["$kv.secret"]}));
+    denied(&alice.recv_reply().json, "history", "$kv.secret");
+    let h = alice.history(&["$kv.cache.alice.1"]);
+    assert!(h.contains_key("$kv.cache.alice.1"), "{h:?}");
+    alice.command(&json!({
+        "coremq_subscribe": ["$kv.secret.2"],
+        "coremq_since": {"$kv.secret.2": {"sent": 1.0, "server": "x"}}
+    }));
+    denied(&alice.recv_reply().json, "subscribe", "$kv.secret.2");
     // A token's claim replaces the lists for that connection.
     let token = token_with(
         auth::SECRET,
