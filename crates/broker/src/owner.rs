@@ -59,7 +59,7 @@ pub(crate) struct Owner {
 impl Owner {
     /// The owner side of shard `id` of `shards`, with no queues.
     pub(crate) fn new(id: usize, shards: usize, cfg: Rc<MqConfig>) -> Owner {
-        let replicate = !cfg.cluster_nodes.is_empty() || !cfg.allowed_replicants.is_empty();
+        let replicate = cfg.replicates();
         let budget = cfg.history_memory / shards.max(1);
         let table = QueueTable::with_budget(budget).with_ttl(cfg.history_ttl.clone());
         Owner {

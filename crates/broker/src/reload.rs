@@ -45,9 +45,7 @@ impl Files {
             }
             return Ok(None);
         };
-        if mq.cluster_secret.is_none()
-            && !(mq.cluster_nodes.is_empty() && mq.allowed_replicants.is_empty())
-        {
+        if mq.cluster_secret.is_none() && mq.replicates() {
             // A replicant is trusted with every message and its publishes
             // are not re-checked: without the secret, any client could
             // claim a listed name and step around the users file.

@@ -245,6 +245,12 @@ impl MqConfig {
             .filter(|ttl| !ttl.is_zero())
     }
 
+    /// Whether the node replicates: it has cluster peers or accepts
+    /// replicants (what it accepts then goes to the links).
+    pub fn replicates(&self) -> bool {
+        !self.cluster_nodes.is_empty() || !self.allowed_replicants.is_empty()
+    }
+
     /// History length for `queue`: the first matching `queue_history` rule,
     /// else `history_length`.
     pub fn history_length_for(&self, queue: &str) -> usize {

@@ -131,7 +131,7 @@ impl Shard {
         store: Option<Rc<crate::store::Store>>,
     ) -> Shard {
         let counters = Rc::<Counters>::default();
-        let kv_replicates = !cfg.cluster_nodes.is_empty() || !cfg.allowed_replicants.is_empty();
+        let kv_replicates = cfg.replicates();
         let kv_limit = cfg.kv.memory / shards.max(1) as u64;
         Shard {
             kv: RefCell::new(crate::kv::KvTable::new(kv_limit, kv_replicates)),
