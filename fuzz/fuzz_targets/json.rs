@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
                 e,
                 BodyError::BadCommand { .. }
                     | BodyError::BadCommandQueueName { .. }
+                    | BodyError::BadKey { .. }
                     | BodyError::BadOption { .. }
             ),
             "parse_message: {e:?} on {:?}",
