@@ -20,6 +20,12 @@ const PAGE: usize = 512;
 const SWEEP_SLOTS: usize = 1000;
 const SWEEP_ROUNDS: usize = 10;
 
+/// The values read in place, and per part the indices its answer fills.
+pub(crate) struct GetLocal {
+    values: Vec<Option<(KvValue, u64)>>,
+    index: Vec<Vec<usize>>,
+}
+
 /// An operation started with [`Shard::kv_start`].
 pub(crate) enum KvPending {
     /// Done in place.
@@ -37,7 +43,8 @@ pub(crate) enum Layout {
     Get(Vec<Vec<usize>>, usize),
     /// A read of which this shard's keys are done ([`Shard::kv_get_start`]):
     /// the values so far, and per part the indices its answer fills.
-    GetLocal(Vec<Option<(KvValue, u64)>>, Vec<Vec<usize>>),
+    /// (Boxed: it would double the size of every pending operation.)
+    GetLocal(Box<GetLocal>),
     /// A delete split by owner: the counts add up.
     Delete,
     /// Every shard flushed.
@@ -138,7 +145,7 @@ impl Shard {
         }
         KvPending::Waiting {
             token,
-            layout: Layout::GetLocal(values, index),
+            layout: Layout::GetLocal(Box::new(GetLocal { values, index })),
         }
     }
 
@@ -162,7 +169,7 @@ impl Shard {
                     .sum(),
             ),
             Layout::Get(index, n) => Self::merge_gets(vec![None; n], &index, parts),
-            Layout::GetLocal(values, index) => Self::merge_gets(values, &index, parts),
+            Layout::GetLocal(got) => Self::merge_gets(got.values, &got.index, parts),
         }
     }
 
