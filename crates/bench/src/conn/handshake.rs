@@ -124,12 +124,10 @@ fn connect_link(t: &Target) -> Result<Link, BenchError> {
             let sock = connect(&t.addr).map_err(|e| unavailable(e.to_string()))?;
             sock.set_read_timeout(Some(SETUP_TIMEOUT))
                 .map_err(|e| BenchError::io("set read timeout", e))?;
-            let (ws, _resp) = tungstenite::client::client(url.as_str(), sock)
-                .map_err(|e| unavailable(e.to_string()))?;
-            ws.get_ref()
-                .set_read_timeout(Some(READ_TICK))
+            super::wsio::upgrade(&sock, &url).map_err(|e| unavailable(e.to_string()))?;
+            sock.set_read_timeout(Some(READ_TICK))
                 .map_err(|e| BenchError::io("set read timeout", e))?;
-            Ok(Link::Ws(Box::new(WsLink::new(ws))))
+            Ok(Link::Ws(Box::new(WsLink::new(sock))))
         }
         Proto::CoreMq => {
             let sock = connect(&t.addr)?;

@@ -11,6 +11,7 @@ pub mod link;
 pub mod stream;
 mod tcp;
 mod ws;
+pub mod wsio;
 
 pub use crate::wire::Proto;
 pub use endpoint::Endpoint;
