@@ -421,9 +421,15 @@ impl WsLink {
     /// Wrap a socket on which the HTTP upgrade is done
     /// ([`wsio::upgrade`]), with a receive buffer of 256 KiB.
     pub fn new(sock: TcpStream) -> WsLink {
+        WsLink::with_buffer(sock, 256 << 10)
+    }
+
+    /// The same with a receive buffer of `buffer` bytes (it grows for a
+    /// frame that does not fit).
+    pub fn with_buffer(sock: TcpStream, buffer: usize) -> WsLink {
         WsLink {
             sock,
-            rx: Reader::new(256 << 10),
+            rx: Reader::new(buffer),
             pending: None,
             closed: false,
             masker: Masker::new(),
@@ -438,8 +444,7 @@ impl WsLink {
         self.control.split.store(true, Ordering::Relaxed);
         WsLink {
             control: self.control.clone(),
-            rx: Reader::new(256),
-            ..WsLink::new(sock)
+            ..WsLink::with_buffer(sock, 256)
         }
     }
 

@@ -231,7 +231,7 @@ pub fn open_subscriber(
 ) -> Result<Box<dyn Subscriber>, BenchError> {
     let open = || -> Result<Box<dyn Subscriber>, BenchError> {
         match t.proto {
-            Proto::CoreMqWs => Ok(Box::new(ws::subscriber(t, queues)?)),
+            Proto::CoreMqWs => Ok(Box::new(ws::subscriber(t, queues, buffer)?)),
             _ => {
                 let fs = handshake::open(t, buffer)?;
                 let fs = handshake::subscribe(fs, queues)?;

@@ -19,9 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The receive buffer of every CoreMQ WebSocket connection: a read call
-/// takes up to this much, hundreds of deliveries at the usual sizes.
-const RECV_BUFFER: usize = 256 << 10;
+/// The receive buffer of a publisher's reply reader: a read call takes up
+/// to this much, thousands of acknowledgements.
+const ACK_BUFFER: usize = 256 << 10;
+/// The receive buffer of a ping-pong connection (as over TCP).
+const PINGPONG_BUFFER: usize = 64 << 10;
 
 /// How far [`WsConn::drain`] goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -203,9 +205,11 @@ impl WsConn {
 }
 
 /// Open, complete the HTTP upgrade and read the welcome; returns the
-/// connection and its id. A refused connection or a failed upgrade is
+/// connection and its id. `buffer` is the receive buffer's size (it grows
+/// for a frame that does not fit: idle runs of thousands of connections
+/// give a small one). A refused connection or a failed upgrade is
 /// [`BenchError::Unavailable`]: the broker runs without a WebSocket listener.
-pub fn open(t: &Target) -> Result<(WsConn, String), BenchError> {
+pub fn open(t: &Target, buffer: usize) -> Result<(WsConn, String), BenchError> {
     let unavailable = |why: String| {
         BenchError::Unavailable(format!(
             "no CoreMQ WebSocket listener at ws://{}{} ({why}); is [CoreWS] enabled?",
@@ -221,7 +225,7 @@ pub fn open(t: &Target) -> Result<(WsConn, String), BenchError> {
         .map_err(|e| BenchError::io("set read timeout", e))?;
     let mut c = WsConn {
         sock,
-        rx: Reader::new(RECV_BUFFER),
+        rx: Reader::new(buffer),
         masker: Masker::new(),
         replies: Vec::new(),
         out: Vec::new(),
@@ -289,9 +293,14 @@ impl Subscriber for WsSubscriber {
     }
 }
 
-/// Open a subscribed WebSocket connection.
-pub fn subscriber(t: &Target, queues: &[String]) -> Result<WsSubscriber, BenchError> {
-    let (mut c, _) = open(t)?;
+/// Open a subscribed WebSocket connection with a receive buffer of `buffer`
+/// bytes.
+pub fn subscriber(
+    t: &Target,
+    queues: &[String],
+    buffer: usize,
+) -> Result<WsSubscriber, BenchError> {
+    let (mut c, _) = open(t, buffer)?;
     subscribe(&mut c, queues)?;
     Ok(WsSubscriber {
         c,
@@ -364,7 +373,7 @@ impl AckReader for WsAckReader {
 
 /// Open a publishing WebSocket connection and the reader of its OKs.
 pub fn publisher(t: &Target) -> Result<(WsPublisher, WsAckReader), BenchError> {
-    let (c, _) = open(t)?;
+    let (c, _) = open(t, ACK_BUFFER)?;
     let sock = c
         .sock
         .try_clone()
@@ -395,7 +404,7 @@ pub struct WsPingPong {
 impl WsPingPong {
     /// Open one (its address is the returned connection id).
     pub fn open(t: &Target) -> Result<(WsPingPong, String), BenchError> {
-        let (c, id) = open(t)?;
+        let (c, id) = open(t, PINGPONG_BUFFER)?;
         Ok((
             WsPingPong {
                 c,
