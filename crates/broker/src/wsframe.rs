@@ -220,8 +220,7 @@ pub(crate) fn write_text(queue: &str, json: &[u8], out: &mut Vec<u8>) {
 fn quote<'a>(queue: &str, buf: &'a mut [u8; 64]) -> Option<&'a [u8]> {
     let b = queue.as_bytes();
     if b.len() + 2 > buf.len()
-        || b
-            .iter()
+        || b.iter()
             .any(|&c| c < 0x20 || c == b'"' || c == b'\\' || c >= 0x7f)
     {
         return None;

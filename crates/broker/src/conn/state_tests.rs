@@ -170,7 +170,10 @@ fn deliveries_do_not_wait_for_replies() {
     let (c, _) = conn(1 << 20, Transport::Tcp);
     let _pending = c.reserve(ReplyKind::Sent, 1);
     let f = frame("news", r#"{"a": 1}"#);
-    assert_eq!(c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"), Queued::Ok);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"),
+        Queued::Ok
+    );
     assert_eq!(take(&c), [("news".to_string(), r#"{"a": 1}"#.to_string())]);
 }
 
@@ -186,7 +189,10 @@ fn numbered_deliveries_share_one_encoding() {
     let mut f = frame("news", r#"{"a": 1}"#);
     f.set_seq(9);
     let mut forms = Forms::default();
-    assert_eq!(plain.deliver(&f, &mut forms, DISCONNECT, "news"), Queued::Ok);
+    assert_eq!(
+        plain.deliver(&f, &mut forms, DISCONNECT, "news"),
+        Queued::Ok
+    );
     assert!(forms.numbered().is_none(), "nobody asked yet");
     assert_eq!(a.deliver(&f, &mut forms, DISCONNECT, "news"), Queued::Ok);
     let encoded = forms
@@ -217,7 +223,10 @@ fn under_disconnect_a_consumer_over_max_pending_is_cut_off_with_the_error_last()
     let n = f.bytes().len();
     let (c, counters) = conn(3 * n, Transport::Tcp);
     for _ in 0..3 {
-        assert_eq!(c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"), Queued::Ok);
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"),
+            Queued::Ok
+        );
     }
     assert_eq!(
         counters.slow_consumers.get(),
@@ -287,8 +296,7 @@ fn refusals_read_as_their_transport_says() {
     ws.refuse(&Refusal::Body(proto::BodyError::NotAnObject));
     let out = take(&ws);
     assert_eq!(
-        out[0].1,
-        r#"{"error": "message must be a JSON object"}"#,
+        out[0].1, r#"{"error": "message must be a JSON object"}"#,
         "WebSocket-only replies go as they are, without a queue"
     );
 }
@@ -320,11 +328,17 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     let (c, counters) = conn(4 * n, Transport::Tcp);
     let block = SlowConsumerPolicy::Block;
     for _ in 0..4 {
-        assert_eq!(c.deliver(&f, &mut Forms::default(), block, "news"), Queued::Ok);
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), block, "news"),
+            Queued::Ok
+        );
     }
     assert!(c.flow.stalled_since().is_none());
     // Over max_pending: kept (nothing lost), and stalled.
-    assert_eq!(c.deliver(&f, &mut Forms::default(), block, "news"), Queued::Stalled);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), block, "news"),
+        Queued::Stalled
+    );
     assert!(c.flow.stalled_since().is_some());
     assert_eq!(counters.stalls.get(), 1);
     assert!(!c.may_read(), "its own backlog is over max_pending");
@@ -339,9 +353,16 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     let fits = (16 * n + (4 << 20)) / n;
     for i in 1..=fits {
         let expect = if i == 5 { Queued::Stalled } else { Queued::Ok };
-        assert_eq!(c.deliver(&f, &mut Forms::default(), block, "news"), expect, "frame {i}");
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), block, "news"),
+            expect,
+            "frame {i}"
+        );
     }
-    assert_eq!(c.deliver(&f, &mut Forms::default(), block, "news"), Queued::BecameSlow);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), block, "news"),
+        Queued::BecameSlow
+    );
     assert_eq!(counters.slow_consumers.get(), 1);
     assert!(c.flow.stalled_since().is_none(), "the stall ends with it");
 }
@@ -352,14 +373,26 @@ fn under_drop_missed_messages_are_counted_and_told_before_the_next() {
     let n = f.bytes().len();
     let (c, counters) = conn(2 * n, Transport::Tcp);
     let drop_ = SlowConsumerPolicy::Drop;
-    assert_eq!(c.deliver(&f, &mut Forms::default(), drop_, "news"), Queued::Ok);
-    assert_eq!(c.deliver(&f, &mut Forms::default(), drop_, "news"), Queued::Ok);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), drop_, "news"),
+        Queued::Ok
+    );
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), drop_, "news"),
+        Queued::Ok
+    );
     for _ in 0..3 {
-        assert_eq!(c.deliver(&f, &mut Forms::default(), drop_, "news"), Queued::Dropped);
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), drop_, "news"),
+            Queued::Dropped
+        );
     }
     assert_eq!(counters.drops.get(), 3);
     assert_eq!(take(&c).len(), 2);
-    assert_eq!(c.deliver(&f, &mut Forms::default(), drop_, "news"), Queued::Ok);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), drop_, "news"),
+        Queued::Ok
+    );
     let out = take(&c);
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].0, ID);
@@ -405,7 +438,10 @@ fn messages_held_for_a_resume_count_toward_the_hard_cap() {
         );
     }
     assert!(take(&c).is_empty(), "held, not written");
-    assert_eq!(c.deliver(&f, &mut Forms::default(), block, "news"), Queued::BecameSlow);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), block, "news"),
+        Queued::BecameSlow
+    );
     assert_eq!(counters.slow_consumers.get(), 1);
 }
 

@@ -91,6 +91,13 @@ pub(crate) trait Wire {
     fn peer_done(&self) -> bool {
         false
     }
+
+    /// Input read after the connection stopped taking any, thrown away;
+    /// true once it holds the peer's goodbye (a WebSocket close frame), so
+    /// the connection need not wait for the end of the stream.
+    fn drained(&mut self, _bytes: &[u8]) -> bool {
+        false
+    }
 }
 
 /// TCP's `+LEN QUEUE JSON` frames (§1).
@@ -366,7 +373,14 @@ fn poll_conn<W: Wire>(
                     cx.waker().wake_by_ref();
                     break;
                 }
-                Poll::Ready(Ok(n)) => Counters::add(&shard.counters().bytes_in, n as u64),
+                Poll::Ready(Ok(n)) => {
+                    Counters::add(&shard.counters().bytes_in, n as u64);
+                    if wire.drained(&rbuf.data[..n]) {
+                        io.peer_eof = true;
+                        cx.waker().wake_by_ref();
+                        break;
+                    }
+                }
                 Poll::Pending => break,
             }
         }

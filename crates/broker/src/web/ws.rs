@@ -78,6 +78,12 @@ pub(crate) struct WsWire {
     close_queued: bool,
     /// The client started the closing handshake.
     peer_closed: bool,
+    /// Input thrown away (once the connection stopped taking any) is
+    /// still followed frame by frame for the client's close frame: payload
+    /// bytes left to skip, and a header read in part.
+    skip: u64,
+    head: [u8; frame::MAX_CLIENT_HEADER],
+    head_len: usize,
 }
 
 /// A reassembly buffer larger than this is not kept for the next message.
@@ -94,7 +100,45 @@ impl WsWire {
             close: None,
             close_queued: false,
             peer_closed: false,
+            skip: 0,
+            head: [0; frame::MAX_CLIENT_HEADER],
+            head_len: 0,
         }
+    }
+
+    /// Follows thrown-away input frame by frame; true at a close frame.
+    fn follow(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(bytes.len() as u64)) as usize;
+                self.skip -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let had = self.head_len;
+            let take = (self.head.len() - had).min(bytes.len());
+            self.head[had..had + take].copy_from_slice(&bytes[..take]);
+            match frame::parse_header(&self.head[..had + take]) {
+                Ok(Some(h)) => {
+                    if h.opcode == frame::OP_CLOSE {
+                        return true;
+                    }
+                    bytes = &bytes[h.len - had..];
+                    self.skip = h.payload;
+                    self.head_len = 0;
+                }
+                Ok(None) => {
+                    self.head_len = had + take;
+                    bytes = &bytes[take..];
+                }
+                // Not frames any more: wait for the end of the stream.
+                Err(_) => {
+                    self.skip = u64::MAX;
+                    return false;
+                }
+            }
+        }
+        false
     }
 
     /// Ends the connection with a close frame of `code` (a frame that broke
@@ -151,8 +195,12 @@ impl Wire for WsWire {
             if conn.access.as_ref().is_some_and(|a| a.verifying()) {
                 return true;
             }
-            // Going away: nothing more is taken (what is read is dropped).
+            // Going away: nothing more is taken (what is read is dropped,
+            // followed only for the client's close frame).
             if shard.stopping().is_set() || conn.st.borrow().ending.is_some() {
+                if !self.peer_closed && self.follow(&rbuf.data[rbuf.start..rbuf.end]) {
+                    self.peer_closed = true;
+                }
                 rbuf.start = rbuf.end;
                 return false;
             }
@@ -186,9 +234,11 @@ impl Wire for WsWire {
             frame::unmask(payload, h.mask, 0);
             let payload = &*payload;
             match (h.opcode, self.fragmented.as_mut()) {
-                (frame::OP_TEXT | frame::OP_BINARY, Some(_)) => {
-                    self.fail(conn, frame::CLOSE_PROTOCOL, "a new message inside a fragmented one")
-                }
+                (frame::OP_TEXT | frame::OP_BINARY, Some(_)) => self.fail(
+                    conn,
+                    frame::CLOSE_PROTOCOL,
+                    "a new message inside a fragmented one",
+                ),
                 (frame::OP_TEXT | frame::OP_BINARY, None) if h.fin => {
                     self.message(shard, conn, h.opcode, payload)
                 }
@@ -201,9 +251,11 @@ impl Wire for WsWire {
                         len: payload.len(),
                     });
                 }
-                (frame::OP_CONTINUATION, None) => {
-                    self.fail(conn, frame::CLOSE_PROTOCOL, "a continuation frame without a message")
-                }
+                (frame::OP_CONTINUATION, None) => self.fail(
+                    conn,
+                    frame::CLOSE_PROTOCOL,
+                    "a continuation frame without a message",
+                ),
                 (frame::OP_CONTINUATION, Some(f)) => {
                     f.len += payload.len();
                     let opcode = f.opcode;
@@ -267,6 +319,10 @@ impl Wire for WsWire {
 
     fn peer_done(&self) -> bool {
         self.peer_closed
+    }
+
+    fn drained(&mut self, bytes: &[u8]) -> bool {
+        self.peer_closed || self.follow(bytes)
     }
 }
 

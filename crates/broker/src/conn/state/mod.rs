@@ -343,21 +343,17 @@ impl Conn {
             }
             match slot.kind.map(|b| *b) {
                 None | Some(ReplyKind::Sent) => st.out.push(&self.ok_sent),
-                Some(ReplyKind::Raw(json)) => {
-                    st.out.push_with(|out| self.encode("", &json, out))
-                }
+                Some(ReplyKind::Raw(json)) => st.out.push_with(|out| self.encode("", &json, out)),
                 Some(ReplyKind::Resumed { recovered, replay }) => {
                     self.write_resumed(&mut st, &recovered, &replay)
                 }
                 Some(ReplyKind::Final(why, json)) => {
-                    st.out
-                        .push_with(|out| self.encode(&self.id, &json, out));
+                    st.out.push_with(|out| self.encode(&self.id, &json, out));
                     st.closing = Some(why);
                 }
                 Some(kind) => {
                     let json = self.reply_json(kind, st.opts.seq);
-                    st.out
-                        .push_with(|out| self.encode(&self.id, &json, out));
+                    st.out.push_with(|out| self.encode(&self.id, &json, out));
                 }
             }
             // Reads stop at max_pending (may_read), so only a client that
@@ -401,8 +397,7 @@ impl Conn {
     ) {
         let mut json = Vec::new();
         write_resumed_reply(recovered, &mut json);
-        st.out
-            .push_with(|out| self.encode(&self.id, &json, out));
+        st.out.push_with(|out| self.encode(&self.id, &json, out));
         let mut digits = itoa::Buffer::new();
         for f in replay {
             let mut marked = Vec::with_capacity(f.json().len() + 48);
@@ -413,8 +408,7 @@ impl Conn {
                 &[(REPLAY, b"true")]
             };
             if proto::rewrite_object(f.json(), &[REPLAY], extra, &mut marked).is_ok() {
-                st.out
-                    .push_with(|out| self.encode(f.queue(), &marked, out));
+                st.out.push_with(|out| self.encode(f.queue(), &marked, out));
             }
         }
         let mine = |q: &str| recovered.iter().any(|(r, _)| **r == *q);
@@ -450,8 +444,7 @@ impl Conn {
         }
         st.ending = Some(why);
         st.closing = Some(why);
-        st.out
-            .push_with(|out| self.encode(&self.id, json, out));
+        st.out.push_with(|out| self.encode(&self.id, json, out));
         st.replies.clear();
         drop(st);
         self.wake();
