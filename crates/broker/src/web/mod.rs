@@ -353,7 +353,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSet
         .await;
         return;
     }
-    let accept = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
