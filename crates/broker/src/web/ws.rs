@@ -326,48 +326,66 @@ impl Wire for WsWire {
     }
 }
 
-/// The fields of a WebSocket message that are not CoreMQ commands.
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    queue: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    corews_status: Option<serde::de::IgnoredAny>,
+/// What a WebSocket text message asks for.
+#[derive(Debug)]
+enum Text<'a> {
+    /// A CoreMQ command (or `coremq_replicant`, which is refused).
+    Command(ClientMessage<'a>),
+    /// `corews_status`: the original server's status reply.
+    Status,
+    /// A publish of the object without its `"queue"` to that queue.
+    Publish(std::borrow::Cow<'a, str>, proto::Publish<'a>),
+    /// Refused, the connection staying open.
+    Refused(Refusal),
+}
+
+/// Reads a WebSocket text message in one pass (PROTOCOL.md §5): a command, a
+/// status request, or a publish to its `"queue"` (cut out of what is stored).
+/// The rules are those of the serde envelope this replaces: a `"queue"` that
+/// is neither a string nor null, or a repeated `"queue"` or
+/// `"corews_status"`, is [`Refusal::QueueNotAString`]; a null one is none.
+fn classify(text: &str, max_q: usize, max_depth: usize) -> Text<'_> {
+    let (msg, ws) = match proto::parse_ws_message(text.as_bytes(), max_q, max_depth) {
+        Ok(m) => m,
+        Err(e) => return Text::Refused(Refusal::Body(e)),
+    };
+    let publish = match msg {
+        ClientMessage::Publish(p) => p,
+        command => return Text::Command(command),
+    };
+    if ws.queues > 1 || ws.statuses > 1 {
+        return Text::Refused(Refusal::QueueNotAString);
+    }
+    let queue: Option<std::borrow::Cow<'_, str>> = match ws.queue {
+        None | Some("null") => None,
+        Some(v) if v.starts_with('"') => match serde_json::from_str(v) {
+            Ok(q) => Some(q),
+            Err(_) => return Text::Refused(Refusal::QueueNotAString),
+        },
+        Some(_) => return Text::Refused(Refusal::QueueNotAString),
+    };
+    if ws.status.is_some_and(|v| v != "null") {
+        return Text::Status;
+    }
+    let Some(queue) = queue else {
+        return Text::Refused(Refusal::UnknownMessage);
+    };
+    if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
+        return Text::Refused(Refusal::Body(e));
+    }
+    Text::Publish(queue, publish)
 }
 
 fn text_message(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
-    let max_q = shard.cfg().max_queue_name_length;
-    let msg = match proto::parse_message_limited(text.as_bytes(), max_q, shard.cfg().max_json_depth)
-    {
-        Ok(m) => m,
-        Err(e) => return shard.refuse(conn, &Refusal::Body(e)),
-    };
-    match msg {
-        ClientMessage::Publish(_) => {}
-        ClientMessage::Replicant(_) => return shard.refuse(conn, &Refusal::ReplicantOverWebSocket),
-        command => return dispatch(shard, conn, &conn.id, command),
-    }
-    let env: Envelope<'_> = match serde_json::from_str(text) {
-        Ok(e) => e,
-        Err(_) => return shard.refuse(conn, &Refusal::QueueNotAString),
-    };
-    if env.corews_status.is_some() {
-        return ws_status(shard, conn);
-    }
-    let Some(queue) = env.queue else {
-        return shard.refuse(conn, &Refusal::UnknownMessage);
-    };
-    if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
-        return shard.refuse(conn, &Refusal::Body(e));
-    }
-    let mut fields = Vec::with_capacity(text.len());
-    if let Err(e) = proto::rewrite_object(text.as_bytes(), &["queue"], &[], &mut fields) {
-        return shard.refuse(conn, &Refusal::Body(e));
-    }
-    match proto::parse_message(&fields, max_q) {
-        Ok(ClientMessage::Publish(p)) => shard.publish(conn, &queue, &p),
-        Ok(_) => shard.refuse(conn, &Refusal::CommandKeysInPublish),
-        Err(e) => shard.refuse(conn, &Refusal::Body(e)),
+    let cfg = shard.cfg();
+    match classify(text, cfg.max_queue_name_length, cfg.max_json_depth) {
+        Text::Publish(queue, p) => shard.publish(conn, &queue, &p),
+        Text::Command(ClientMessage::Replicant(_)) => {
+            shard.refuse(conn, &Refusal::ReplicantOverWebSocket)
+        }
+        Text::Command(command) => dispatch(shard, conn, &conn.id, command),
+        Text::Status => ws_status(shard, conn),
+        Text::Refused(r) => shard.refuse(conn, &r),
     }
 }
 
@@ -393,4 +411,136 @@ fn ws_status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
         conn.complete(seq, |kind| *kind = ReplyKind::Raw(json));
     })
     .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The fields of a WebSocket message that are not CoreMQ commands (the
+    /// serde envelope the old reader used).
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow, default)]
+        queue: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        corews_status: Option<serde::de::IgnoredAny>,
+    }
+
+    /// What the old reader made of a text message: four passes (parse,
+    /// envelope, rewrite without "queue", parse again), as a comparable
+    /// string: the refusal, the command, or the queue and stored JSON.
+    fn old(text: &str) -> String {
+        let (max_q, depth) = (255, 64);
+        let msg = match proto::parse_message_limited(text.as_bytes(), max_q, depth) {
+            Ok(m) => m,
+            Err(e) => return format!("{:?}", Refusal::Body(e)),
+        };
+        match msg {
+            ClientMessage::Publish(_) => {}
+            command => return format!("{command:?}"),
+        }
+        let env: Envelope<'_> = match serde_json::from_str(text) {
+            Ok(e) => e,
+            Err(_) => return format!("{:?}", Refusal::QueueNotAString),
+        };
+        if env.corews_status.is_some() {
+            return "status".into();
+        }
+        let Some(queue) = env.queue else {
+            return format!("{:?}", Refusal::UnknownMessage);
+        };
+        if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
+            return format!("{:?}", Refusal::Body(e));
+        }
+        let mut fields = Vec::new();
+        proto::rewrite_object(text.as_bytes(), &["queue"], &[], &mut fields).unwrap();
+        match proto::parse_message(&fields, max_q) {
+            Ok(ClientMessage::Publish(p)) => stored(&queue, &p),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn stored(queue: &str, p: &proto::Publish<'_>) -> String {
+        let mut out = Vec::new();
+        p.write_stamped(
+            &proto::Stamps::new("id", "n1:6747"),
+            1_700_000_000_000_001,
+            &mut out,
+        );
+        format!("publish {queue} {}", String::from_utf8(out).unwrap())
+    }
+
+    fn new(text: &str) -> String {
+        match classify(text, 255, 64) {
+            Text::Publish(q, p) => stored(&q, &p),
+            Text::Command(c) => format!("{c:?}"),
+            Text::Status => "status".into(),
+            Text::Refused(r) => format!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn one_pass_reads_every_message_as_the_four_passes_did() {
+        for text in [
+            r#"{"queue": "q", "a": 1}"#,
+            r#"{"a": 1, "queue": "q"}"#,
+            r#"{ "a" : 1 , "queue" : "q" , "b" : [1, {"queue": 2}] }"#,
+            r#"{"queue":"q"}"#,
+            r#"{"queue": "q", "coremq_sent": 5, "x": "\u00e9 é"}"#,
+            r#"{"queue": "caf\u00e9", "a": 1}"#,
+            r#"{"queue": "a\"b"}"#,
+            r#"{"queue": null, "a": 1}"#,
+            r#"{"queue": 5}"#,
+            r#"{"queue": ["q"]}"#,
+            r#"{"queue": "q", "queue": "r"}"#,
+            r#"{"queue": "q", "corews_status": 1}"#,
+            r#"{"corews_status": null, "queue": "q"}"#,
+            r#"{"corews_status": 1, "corews_status": 2}"#,
+            r#"{"corews_status": {}}"#,
+            r#"{"a": 1}"#,
+            r#"{}"#,
+            r#"{"queue": ""}"#,
+            r#"{"queue": "$coremq.x"}"#,
+            r#"{"queue": "has space"}"#,
+            r#"{"coremq_subscribe": ["q"], "queue": "x"}"#,
+            r#"{"coremq_replicant": "n2"}"#,
+            r#"{"coremq_gethistory": "q"}"#,
+            r#"[1]"#,
+            r#"{"a": "#,
+            "{\"queue\": \"q\", \"deep\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+        ] {
+            assert_eq!(new(text), old(text), "{text}");
+        }
+    }
+
+    proptest! {
+        /// Objects built from the members that matter, in any order and
+        /// spacing, read the same either way.
+        #[test]
+        fn one_pass_matches_on_generated_objects(
+            members in proptest::collection::vec(prop_oneof![
+                Just(r#""queue": "q""#), Just(r#""queue":"long.queue.name""#),
+                Just(r#""queue": null"#), Just(r#""queue": 1"#),
+                Just(r#""corews_status": true"#), Just(r#""corews_status": null"#),
+                Just(r#""a": {"queue": "inner"}"#), Just(r#""coremq_sent": 1.5"#),
+                Just(r#""coremq_server": "x""#), Just(r#""t": "\u00e9\n""#),
+                Just(r#""u": "ü""#), Just(r#""n": [1, 2]"#),
+            ], 0..6),
+            spaces in proptest::collection::vec(prop_oneof![Just(""), Just(" "), Just("\n ")], 8),
+        ) {
+            let mut text = String::from("{");
+            for (i, m) in members.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(spaces[i % spaces.len()]);
+                text.push_str(m);
+            }
+            text.push_str(spaces[7]);
+            text.push('}');
+            prop_assert_eq!(new(&text), old(&text), "{}", text);
+        }
+    }
 }
