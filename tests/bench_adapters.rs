@@ -391,6 +391,72 @@ fn coremq_websocket_or_a_clear_skip() {
     all_workloads(&Target::new(Proto::CoreMqWs, ws), b.pid());
 }
 
+/// The broker's keepalive pings reach the WebSocket adapter's own frame
+/// reader (`wire::wsframe`), which must answer them: with pings every 0.1 s
+/// and clients cut off after 0.5 s without a frame, a subscriber that sends
+/// nothing but pongs for 3 s is still served, and then gets its message —
+/// while a bare upgraded socket that never answers is cut off (so the
+/// setting does bite).
+#[test]
+fn coremq_websocket_adapter_answers_the_brokers_pings() {
+    use coremq_bench::conn;
+    use coremq_bench::payload::Payload;
+    let b = Broker::start(
+        BrokerOpts::new(1)
+            .ws_set("ping_interval", "0.1")
+            .ws_set("idle_timeout", "0.5"),
+    );
+    let t = Target::new(Proto::CoreMqWs, b.ws_addr().to_string());
+    let queue = "keepalive".to_string();
+    let mut sub = conn::open_subscriber(&t, std::slice::from_ref(&queue), 64 << 10).unwrap();
+
+    let silent = std::net::TcpStream::connect(b.ws_addr()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn::wsio::upgrade(&silent, &format!("ws://{}/ws", b.ws_addr())).unwrap();
+
+    let idle_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < idle_until {
+        let open = sub
+            .pump(&mut |m| panic!("nothing was published: {m:?}"))
+            .unwrap();
+        assert!(
+            open,
+            "the broker closed a subscriber that answers its pings"
+        );
+    }
+    // The silent socket was closed by the broker: it reads to the end.
+    let mut rest = Vec::new();
+    let mut s = &silent;
+    match std::io::Read::read_to_end(&mut s, &mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the broker did not close the silent socket: {e}"),
+    }
+
+    let (mut publ, mut acks) = conn::open_publisher(&t).unwrap();
+    publ.push(&queue, Payload::new(16).stamp(0, 0));
+    publ.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut got, mut acked) = (Vec::new(), 0u64);
+    while (got.is_empty() || acked == 0) && Instant::now() < deadline {
+        assert!(sub.pump(&mut |m| got.push(m.to_vec())).unwrap());
+        if acked == 0 {
+            acks.pump(&mut acked).unwrap();
+        }
+    }
+    assert_eq!(got.len(), 1, "one delivery");
+    assert_eq!(
+        coremq_bench::payload::read_marker(&got[0]),
+        Some((0, 0)),
+        "{:?}",
+        String::from_utf8_lossy(&got[0])
+    );
+    assert_eq!(acked, 1);
+    assert_eq!(sub.errors().count, 0, "{:?}", sub.errors().first);
+}
+
 /// A peer broker started for one test and killed (by PID) when dropped.
 struct Peer {
     child: Child,

@@ -433,3 +433,113 @@ fn over_max_connections_a_tls_client_gets_the_same_error_frame() {
     plain.publish(&q, &json!({"x": 1}));
     assert_eq!(a.recv_msg().json["x"], json!(1));
 }
+
+/// Publishes `n` frames numbered from `from` as one buffer (sizes vary so
+/// that frames straddle TLS records), returning the bodies in order.
+fn numbered_frames(q: &str, from: usize, n: usize) -> (Vec<u8>, Vec<serde_json::Value>) {
+    let mut bytes = Vec::new();
+    let mut sent = Vec::new();
+    for i in from..from + n {
+        let v = json!({"n": i, "pad": "y".repeat(i * 7 % 301)});
+        bytes.extend_from_slice(&encode(q, &v));
+        sent.push(v);
+    }
+    (bytes, sent)
+}
+
+/// Every delivery of `sent`, in order, at `c`.
+fn expect_in_order(c: &mut Client, q: &str, sent: &[serde_json::Value], sender: &str, b: &Broker) {
+    let got = c.recv_msgs(sent.len(), Duration::from_secs(30));
+    for (f, v) in got.iter().zip(sent) {
+        check_delivery(f, q, v, sender, &b.server_name());
+    }
+}
+
+#[test]
+fn many_pipelined_frames_in_one_tls_write_and_a_key_update_between_arrive_in_order() {
+    // The broker reads a TLS connection until its socket is drained or its
+    // read buffer full, across many records in one read: two thousand
+    // publishes (about 350 KB, in 16 KiB records that split frames) written
+    // at once must each be handled once, in order, and acknowledged.
+    let (b, pki, _) = tls_broker(2, &[]);
+    let q = uniq("pipelined");
+    let mut plain_sub = b.client();
+    let mut tls_sub = b.tls_client(&pki.ca);
+    plain_sub.subscribe(&[&q]);
+    tls_sub.subscribe(&[&q]);
+    let mut publ = b.tls_client(&pki.ca);
+    let sender = publ.id.clone();
+    let (first, mut sent) = numbered_frames(&q, 0, 2000);
+    publ.send_raw(&first);
+    // The client renews its keys and asks the broker to renew its own
+    // (TLS 1.3 KeyUpdate, update_requested) in the middle of the stream:
+    // the rest is read with the new keys and the acknowledgements come back
+    // under the broker's new ones.
+    publ.tls
+        .as_mut()
+        .unwrap()
+        .refresh_traffic_keys()
+        .expect("a TLS 1.3 session can renew its keys");
+    let (second, more) = numbered_frames(&q, 2000, 500);
+    publ.send_raw(&second);
+    sent.extend(more);
+    for _ in 0..sent.len() {
+        publ.expect_response(OK_SENT);
+    }
+    expect_in_order(&mut plain_sub, &q, &sent, &sender, &b);
+    expect_in_order(&mut tls_sub, &q, &sent, &sender, &b);
+    // And the broker's side after its key update: a delivery to the publisher.
+    publ.subscribe(&[&q]);
+    plain_sub.publish(&q, &json!({"after": "key update"}));
+    let f = publ.recv_msg();
+    assert_eq!(f.json["after"], "key update", "{f}");
+}
+
+#[test]
+fn a_corrupt_record_after_good_ones_in_one_read_handles_the_good_frames_then_drops() {
+    // Frames whose records arrived intact are the peer's, even when a bad
+    // record follows in the same read: they are handled (as plain TCP
+    // handles the frames before a framing error), then the connection is
+    // dropped with an alert, and the broker goes on.
+    let (b, pki, _) = tls_broker(2, &[]);
+    let q = uniq("corrupt");
+    let mut sub = b.client();
+    sub.subscribe(&[&q]);
+    let mut c = b.tls_client(&pki.ca);
+    let sender = c.id.clone();
+    let (good, sent) = numbered_frames(&q, 0, 3);
+    let tls = c.tls.as_mut().unwrap();
+    let mut wire = Vec::new();
+    tls.writer().write_all(&good).unwrap();
+    tls.write_tls(&mut wire).unwrap();
+    let mut bad = Vec::new();
+    tls.writer()
+        .write_all(&encode(&q, &json!({"never": "delivered"})))
+        .unwrap();
+    tls.write_tls(&mut bad).unwrap();
+    // Flip a bit of the ciphertext (past the 5-byte record header): the
+    // record no longer authenticates.
+    bad[10] ^= 0x40;
+    wire.extend_from_slice(&bad);
+    c.stream.write_all(&wire).unwrap();
+    expect_in_order(&mut sub, &q, &sent, &sender, &b);
+    // The session is dead at the bad record: its alert, and at most the
+    // acknowledgements of frames that came in an earlier read, then the end.
+    c.allow_truncated_end = true;
+    loop {
+        match c.read_frame(REPLY_TIMEOUT) {
+            Ok(f) if f.response() == Some(OK_SENT) => {}
+            Ok(f) => panic!("expected the connection dropped, got {f}"),
+            Err(ReadEnd::Eof) | Err(ReadEnd::Io(_)) => break,
+            Err(ReadEnd::Timeout) => panic!("a corrupt record must end the connection"),
+        }
+    }
+    // Nothing of the corrupt record was delivered: the next delivery is the
+    // next publish.
+    let mut plain = b.client();
+    plain.publish(&q, &json!({"next": true}));
+    let f = sub.recv_msg();
+    assert_eq!(f.json["next"], json!(true), "{f}");
+    let mut other = b.tls_client(&pki.ca);
+    others_unaffected(&b, &mut plain, &mut other);
+}

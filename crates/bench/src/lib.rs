@@ -11,7 +11,8 @@
 //! The parts:
 //!
 //! - [`wire`]: one codec per protocol (encode a publish, split incoming frames), plus
-//!   the WebSocket message classifier. No I/O.
+//!   the WebSocket message classifier and the WebSocket framing both WebSocket
+//!   adapters use (tungstenite only does their HTTP upgrade). No I/O.
 //! - [`payload`]: the 16-byte marker (sequence number and send time) every payload
 //!   starts with.
 //! - [`count`]: per-subscriber sequence tracking — deliveries, gaps, repeats.

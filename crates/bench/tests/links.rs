@@ -243,10 +243,11 @@ fn tls_refuses_an_untrusted_or_misnamed_certificate() {
 }
 
 /// A byte stream inside WebSocket binary messages: the server's messages (of
-/// 1 B to 200 KiB) come out as one stream whatever the read size, and what
-/// the client's writing handle sends arrives as masked binary messages (a
-/// tungstenite server refuses unmasked client frames) while the reading
-/// handle reads.
+/// 1 B to 200 KiB, one of them fragmented, with pings between) come out as
+/// one stream whatever the read size, and what the client's writing handle
+/// sends arrives as masked binary messages (a tungstenite server refuses
+/// unmasked client frames) while the reading handle reads; the pings the
+/// reading handle saw are answered by the writing handle, in order.
 #[test]
 fn websocket_link_carries_a_byte_stream_both_ways() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -255,9 +256,27 @@ fn websocket_link_carries_a_byte_stream_both_ways() {
     const UP: usize = 2 << 20;
     let server = thread::spawn(move || {
         let (sock, _) = listener.accept().unwrap();
+        use tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tungstenite::protocol::frame::Frame;
         let mut ws = tungstenite::accept(sock).unwrap();
         let data: Vec<u8> = (0..DOWN).map(pattern).collect();
-        let mut at = 0;
+        // A ping, then the first 100 kB as one message in three fragments
+        // with a ping between them; the client owes two pongs.
+        ws.write(tungstenite::Message::Ping(b"p1".to_vec().into()))
+            .unwrap();
+        for (i, (from, to)) in [(0, 10), (10, 60_000), (60_000, 100_000)]
+            .into_iter()
+            .enumerate()
+        {
+            let op = if i == 0 { Data::Binary } else { Data::Continue };
+            let frame = Frame::message(data[from..to].to_vec(), OpCode::Data(op), i == 2);
+            ws.write(tungstenite::Message::Frame(frame)).unwrap();
+            if i == 0 {
+                ws.write(tungstenite::Message::Ping(b"p2".to_vec().into()))
+                    .unwrap();
+            }
+        }
+        let mut at = 100_000;
         for size in [1usize, 5, 4096, 200_000, 65_536, 3].iter().cycle() {
             if at == DOWN {
                 break;
@@ -270,15 +289,18 @@ fn websocket_link_carries_a_byte_stream_both_ways() {
         ws.flush().unwrap();
         let mut up = Vec::new();
         let mut messages = 0;
-        while up.len() < UP {
+        let mut pongs = Vec::new();
+        while up.len() < UP || pongs.len() < 2 {
             match ws.read().unwrap() {
                 tungstenite::Message::Binary(b) => {
                     up.extend_from_slice(&b);
                     messages += 1;
                 }
+                tungstenite::Message::Pong(p) => pongs.push(p.to_vec()),
                 other => panic!("unexpected {other:?}"),
             }
         }
+        assert_eq!(pongs, [b"p1".to_vec(), b"p2".to_vec()], "each ping echoed");
         assert!(
             up.iter().enumerate().all(|(i, b)| *b == pattern(i)),
             "the upstream bytes differ"
@@ -290,11 +312,10 @@ fn websocket_link_carries_a_byte_stream_both_ways() {
     let sock = dial(&addr);
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let (ws, _) = tungstenite::client::client(format!("ws://{addr}/"), sock).unwrap();
-    ws.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(100)))
+    coremq_bench::conn::wsio::upgrade(&sock, &format!("ws://{addr}/")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let mut reader = Link::Ws(Box::new(WsLink::new(ws)));
+    let mut reader = Link::Ws(Box::new(WsLink::new(sock)));
     assert_eq!(reader.kind(), "WebSocket");
     let mut writer = reader.split().unwrap();
     let w = thread::spawn(move || {
@@ -303,7 +324,10 @@ fn websocket_link_carries_a_byte_stream_both_ways() {
         writer
     });
     read_pattern(&mut reader, DOWN, 777);
-    let _writer = w.join().unwrap();
+    let mut writer = w.join().unwrap();
+    // Pongs go out with the writing handle's next write (the writer may have
+    // written everything before the reader saw the pings): an empty one.
+    writer.write_all(b"", None, "pongs").unwrap();
     let messages = server.join().unwrap();
     assert!(messages > 30, "one binary message per write: {messages}");
     // The server's close reads as the end of the stream.

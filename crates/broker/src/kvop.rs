@@ -343,6 +343,37 @@ impl KvChange {
     }
 }
 
+/// Keys packed into one string, for a run of reads that keeps its keys
+/// for the reply: one buffer instead of an allocation per key.
+#[derive(Default, Debug)]
+pub(crate) struct KeyList {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl KeyList {
+    /// Appends a key.
+    pub(crate) fn push(&mut self, key: &str) {
+        self.text.push_str(key);
+        self.ends.push(self.text.len() as u32);
+    }
+
+    /// How many keys.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The keys in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let k = &self.text[start..end as usize];
+            start = end as usize;
+            k
+        })
+    }
+}
+
 /// The wall clock in Unix milliseconds.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -439,5 +470,20 @@ mod tests {
         ] {
             assert_eq!(KvChange::from_link_json(bad), None);
         }
+    }
+
+    #[test]
+    fn a_key_list_gives_its_keys_back_in_order() {
+        let mut keys = KeyList::default();
+        assert_eq!(keys.iter().count(), 0);
+        for k in ["a", "bench.kv.00000001", "a", "x".repeat(250).as_str()] {
+            keys.push(k);
+        }
+        assert_eq!(keys.len(), 4);
+        let got: Vec<&str> = keys.iter().collect();
+        assert_eq!(
+            got,
+            ["a", "bench.kv.00000001", "a", "x".repeat(250).as_str()]
+        );
     }
 }

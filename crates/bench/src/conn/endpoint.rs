@@ -11,8 +11,6 @@ use super::stream::{Fill, FrameStream};
 use super::{ws, ErrorLog, Target};
 use crate::error::BenchError;
 use crate::wire::{self, Frame, Proto};
-use std::net::TcpStream;
-use tungstenite::protocol::WebSocket;
 
 /// A ping-pong endpoint.
 pub trait Endpoint: Send {
@@ -51,12 +49,8 @@ pub fn open(t: &Target, name: &str) -> Result<Box<dyn Endpoint>, BenchError> {
             )?))
         }
         Proto::CoreMqWs => {
-            let (ws, id) = ws::open(t)?;
-            Ok(Box::new(WsEndpoint {
-                ws,
-                id,
-                errors: ErrorLog::default(),
-            }))
+            let (ws, id) = ws::WsPingPong::open(t)?;
+            Ok(Box::new(WsEndpoint { ws, id }))
         }
     }
 }
@@ -186,9 +180,8 @@ impl Endpoint for StreamEndpoint {
 
 /// WebSocket endpoint (one socket; OKs are skipped).
 struct WsEndpoint {
-    ws: WebSocket<TcpStream>,
+    ws: ws::WsPingPong,
     id: String,
-    errors: ErrorLog,
 }
 
 impl Endpoint for WsEndpoint {
@@ -197,27 +190,14 @@ impl Endpoint for WsEndpoint {
     }
 
     fn send(&mut self, to: &str, payload: &[u8]) -> Result<(), BenchError> {
-        ws::send_now(&mut self.ws, to, payload)
+        self.ws.send(to, payload)
     }
 
     fn recv(&mut self) -> Result<bool, BenchError> {
-        // One message or one idle tick per call; an OK of our own send returns
-        // false and the caller simply asks again.
-        let mut got = false;
-        let open = ws::pump_ws(&mut self.ws, &mut self.errors, &mut |f| {
-            if matches!(f, Frame::Msg(_)) {
-                got = true
-            }
-        })?;
-        if !open {
-            return Err(BenchError::Malformed(
-                "the broker closed the WebSocket".into(),
-            ));
-        }
-        Ok(got)
+        self.ws.recv()
     }
 
     fn errors(&self) -> &ErrorLog {
-        &self.errors
+        self.ws.errors()
     }
 }

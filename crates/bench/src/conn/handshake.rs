@@ -21,7 +21,7 @@ pub struct Opened {
 /// asked), NATS INFO/CONNECT (over TLS with `t.tls`: upgraded after the INFO
 /// line, as nats-server expects), Redis PING.
 pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
-    let link = connect_link(t)?;
+    let link = connect_link(t, buffer)?;
     let mut fs = FrameStream::new(t.proto, link, buffer);
     let mut id = String::new();
     match t.proto {
@@ -110,8 +110,9 @@ pub fn open(t: &Target, buffer: usize) -> Result<Opened, BenchError> {
 /// The connection a stream protocol's [`open`] starts from: TCP; for CoreMQ
 /// with `t.tls`, TLS from the first byte (its `tls_port`); for NATS over
 /// WebSocket, the HTTP upgrade done. A refused connection or a failed
-/// upgrade to a WebSocket is [`BenchError::Unavailable`].
-fn connect_link(t: &Target) -> Result<Link, BenchError> {
+/// upgrade to a WebSocket is [`BenchError::Unavailable`]. `buffer` sizes a
+/// WebSocket's receive buffer.
+fn connect_link(t: &Target, buffer: usize) -> Result<Link, BenchError> {
     match t.proto {
         Proto::NatsWs => {
             let url = format!("ws://{}{}", t.addr, t.ws_path);
@@ -124,12 +125,10 @@ fn connect_link(t: &Target) -> Result<Link, BenchError> {
             let sock = connect(&t.addr).map_err(|e| unavailable(e.to_string()))?;
             sock.set_read_timeout(Some(SETUP_TIMEOUT))
                 .map_err(|e| BenchError::io("set read timeout", e))?;
-            let (ws, _resp) = tungstenite::client::client(url.as_str(), sock)
-                .map_err(|e| unavailable(e.to_string()))?;
-            ws.get_ref()
-                .set_read_timeout(Some(READ_TICK))
+            super::wsio::upgrade(&sock, &url).map_err(|e| unavailable(e.to_string()))?;
+            sock.set_read_timeout(Some(READ_TICK))
                 .map_err(|e| BenchError::io("set read timeout", e))?;
-            Ok(Link::Ws(Box::new(WsLink::new(ws))))
+            Ok(Link::Ws(Box::new(WsLink::with_buffer(sock, buffer))))
         }
         Proto::CoreMq => {
             let sock = connect(&t.addr)?;

@@ -21,24 +21,28 @@
 //!   and a mostly uncontended lock per read or write call. Only the writing
 //!   handle writes to the socket (the reader never flushes rustls' outgoing
 //!   records), so records go out in the order they were made.
-//! - WebSocket: tungstenite on both handles, each doing only its own direction
-//!   (as `conn::ws` does for CoreMQ's WebSocket): the reader unwraps binary
-//!   messages into the byte stream, the writer sends each batch it is given as
-//!   one masked binary message.
+//! - WebSocket: after tungstenite's HTTP upgrade, the framing of
+//!   [`crate::wire::wsframe`] on the bare socket, the same code as CoreMQ's
+//!   WebSocket adapter (`conn::ws`) uses, so the two brokers are measured with
+//!   the same client: the reader cuts the server's frames out of one large
+//!   buffer and copies the binary messages' bytes into the byte stream; the
+//!   writer sends each batch it is given as one masked binary message. Pongs
+//!   owed by a reader whose socket has a writing handle are written by that
+//!   handle ([`super::wsio`]).
 //!
 //! The same design serves every broker, so ratios over TLS compare brokers,
 //! not client implementations.
 
 use super::stream::{is_timeout, stopped_writing, SETUP_TIMEOUT};
+use super::wsio::{self, Control, Filled};
 use crate::error::BenchError;
+use crate::wire::wsframe::{self, Event, Loc, Masker, Reader};
 use rustls::pki_types::ServerName;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
-use tungstenite::protocol::{Role, WebSocket};
-use tungstenite::Message;
 
 /// One handle on a connection's byte stream (see the module doc).
 pub enum Link {
@@ -66,28 +70,20 @@ pub struct TlsLink {
 
 /// A handle on a WebSocket carrying a byte stream.
 pub struct WsLink {
-    ws: WebSocket<TcpStream>,
-    /// A received message not yet wholly copied out: `pending[at..]`.
-    pending: tungstenite::Bytes,
-    at: usize,
+    sock: TcpStream,
+    rx: Reader,
+    /// A received message not yet wholly copied out: its bytes from the
+    /// offset on.
+    pending: Option<(Loc, usize)>,
+    closed: bool,
+    masker: Masker,
+    /// Frames to write: a batch, or replies to control frames.
+    out: Vec<u8>,
+    control: Arc<Control>,
 }
 
 fn tls_io(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
-}
-
-fn ws_io(e: tungstenite::Error) -> io::Error {
-    match e {
-        tungstenite::Error::Io(e) => e,
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            io::Error::from(io::ErrorKind::ConnectionReset)
-        }
-        // Cut off without a closing handshake: closed, as a reset is.
-        tungstenite::Error::Protocol(
-            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-        ) => io::Error::from(io::ErrorKind::ConnectionReset),
-        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
-    }
 }
 
 impl Link {
@@ -96,7 +92,7 @@ impl Link {
         match self {
             Link::Tcp(s) => s,
             Link::Tls(t) => &t.sock,
-            Link::Ws(w) => w.ws.get_ref(),
+            Link::Ws(w) => &w.sock,
         }
     }
 
@@ -158,17 +154,13 @@ impl Link {
         Ok(match self {
             Link::Tcp(_) => Link::Tcp(sock),
             Link::Tls(t) => Link::Tls(TlsLink::new(sock, t.session.clone())),
-            Link::Ws(_) => Link::Ws(Box::new(WsLink::new(WebSocket::from_raw_socket(
-                sock,
-                Role::Client,
-                None,
-            )))),
+            Link::Ws(w) => Link::Ws(Box::new(w.writing_handle(sock))),
         })
     }
 }
 
 /// Write all of `bytes` to `s` (see [`Link::write_all`]).
-fn write_socket(
+pub(crate) fn write_socket(
     s: &mut TcpStream,
     bytes: &[u8],
     stop: Option<&AtomicBool>,
@@ -426,41 +418,73 @@ impl TlsLink {
 }
 
 impl WsLink {
-    /// Wrap an upgraded WebSocket.
-    pub fn new(ws: WebSocket<TcpStream>) -> WsLink {
+    /// Wrap a socket on which the HTTP upgrade is done
+    /// ([`wsio::upgrade`]), with a receive buffer of 256 KiB.
+    pub fn new(sock: TcpStream) -> WsLink {
+        WsLink::with_buffer(sock, 256 << 10)
+    }
+
+    /// The same with a receive buffer of `buffer` bytes (it grows for a
+    /// frame that does not fit).
+    pub fn with_buffer(sock: TcpStream, buffer: usize) -> WsLink {
         WsLink {
-            ws,
-            pending: tungstenite::Bytes::new(),
-            at: 0,
+            sock,
+            rx: Reader::new(buffer),
+            pending: None,
+            closed: false,
+            masker: Masker::new(),
+            out: Vec::new(),
+            control: Arc::default(),
+        }
+    }
+
+    /// The writing handle of a split (see [`Link::split`]): from now on
+    /// this handle's pongs are written by that one.
+    fn writing_handle(&self, sock: TcpStream) -> WsLink {
+        self.control.split.store(true, Ordering::Relaxed);
+        WsLink {
+            control: self.control.clone(),
+            ..WsLink::with_buffer(sock, 256)
         }
     }
 
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if self.at < self.pending.len() {
-                let n = buf.len().min(self.pending.len() - self.at);
-                buf[..n].copy_from_slice(&self.pending[self.at..self.at + n]);
-                self.at += n;
+            if let Some((at, off)) = self.pending {
+                let data = &self.rx.bytes(at)[off..];
+                let n = buf.len().min(data.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                self.pending = (n < data.len()).then_some((at, off + n));
                 return Ok(n);
             }
-            match self.ws.read() {
-                Ok(Message::Binary(b)) => {
-                    self.pending = b;
-                    self.at = 0;
-                }
-                Ok(Message::Text(t)) => {
-                    self.pending = t.into();
-                    self.at = 0;
-                }
-                Ok(Message::Close(_)) => return Ok(0),
-                Ok(_) => {}
-                Err(e) => {
-                    let e = ws_io(e);
-                    if e.kind() == io::ErrorKind::ConnectionReset {
-                        return Ok(0);
+            if self.closed {
+                return Ok(0);
+            }
+            let ev = self
+                .rx
+                .next_event()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            match ev {
+                Some(Event::Message { at, .. }) => {
+                    if !self.rx.bytes(at).is_empty() {
+                        self.pending = Some((at, 0));
                     }
-                    return Err(e);
                 }
+                Some(Event::Pong) => {}
+                Some(ev) => {
+                    self.out.clear();
+                    self.closed = wsio::reply(&self.rx, ev, &mut self.masker, &mut self.out);
+                    let r = self.control.send_or_queue(&mut self.sock, &self.out);
+                    // A failed reply to a close is the end it announced.
+                    if !self.closed {
+                        r.map_err(|e| io::Error::other(e.to_string()))?;
+                    }
+                }
+                None => match wsio::fill(&mut self.sock, &mut self.rx)? {
+                    Filled::Data => {}
+                    Filled::Idle => return Err(io::Error::from(io::ErrorKind::WouldBlock)),
+                    Filled::Closed => self.closed = true,
+                },
             }
         }
     }
@@ -471,27 +495,14 @@ impl WsLink {
         stop: Option<&AtomicBool>,
         what: &str,
     ) -> Result<(), BenchError> {
-        let failed =
-            |e: tungstenite::Error| BenchError::io(format!("{what} (WebSocket)"), ws_io(e));
-        let mut r = self
-            .ws
-            .write(Message::binary(tungstenite::Bytes::copy_from_slice(bytes)));
-        loop {
-            match r {
-                // tungstenite keeps what the socket did not take (a write
-                // timeout) and writes it on the next flush.
-                Err(tungstenite::Error::Io(e)) if is_timeout(&e) => {
-                    if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                        return Err(stopped_writing(what));
-                    }
-                }
-                Err(e) => return Err(failed(e)),
-                Ok(()) => {}
-            }
-            r = match self.ws.flush() {
-                Ok(()) => return Ok(()),
-                e => e,
-            };
-        }
+        self.out.clear();
+        self.control.take_into(&mut self.out);
+        wsframe::push_frame(
+            &mut self.out,
+            wsframe::OP_BINARY,
+            bytes,
+            self.masker.next_key(),
+        );
+        write_socket(&mut self.sock, &self.out, stop, what)
     }
 }

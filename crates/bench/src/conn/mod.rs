@@ -11,6 +11,7 @@ pub mod link;
 pub mod stream;
 mod tcp;
 mod ws;
+pub mod wsio;
 
 pub use crate::wire::Proto;
 pub use endpoint::Endpoint;
@@ -230,7 +231,7 @@ pub fn open_subscriber(
 ) -> Result<Box<dyn Subscriber>, BenchError> {
     let open = || -> Result<Box<dyn Subscriber>, BenchError> {
         match t.proto {
-            Proto::CoreMqWs => Ok(Box::new(ws::subscriber(t, queues)?)),
+            Proto::CoreMqWs => Ok(Box::new(ws::subscriber(t, queues, buffer)?)),
             _ => {
                 let fs = handshake::open(t, buffer)?;
                 let fs = handshake::subscribe(fs, queues)?;

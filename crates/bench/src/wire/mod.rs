@@ -10,6 +10,7 @@ pub mod kv;
 pub mod nats;
 pub mod redis;
 pub mod ws;
+pub mod wsframe;
 
 use crate::error::BenchError;
 
@@ -74,8 +75,9 @@ pub enum Frame<'a> {
 
 /// Split the next frame of `proto` off the front of `buf`: `Ok(None)` when the
 /// buffer holds only part of a frame (normal flow), else the frame and how many bytes
-/// it took. Not for [`Proto::CoreMqWs`], whose framing tungstenite does (NATS
-/// over WebSocket is a byte stream inside the messages: the NATS codec).
+/// it took. Not for [`Proto::CoreMqWs`], whose messages are WebSocket
+/// messages ([`wsframe::Reader`]; NATS over WebSocket is a byte stream inside
+/// the messages: the NATS codec).
 ///
 /// Inlined down to the pump loops, with each protocol's `next_frame` (and
 /// CoreMQ's `split_frame`): returned through three calls, the `Result` (large,
@@ -91,7 +93,7 @@ pub fn next_frame(proto: Proto, buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>
         Proto::Nats | Proto::NatsWs => nats::next_frame(buf),
         Proto::Redis => redis::next_frame(buf),
         Proto::CoreMqWs => Err(BenchError::Usage(
-            "WebSocket frames are split by tungstenite".into(),
+            "CoreMQ WebSocket messages are cut by wire::wsframe".into(),
         )),
     }
 }

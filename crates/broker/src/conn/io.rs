@@ -39,6 +39,8 @@ pub(crate) struct TlsIo {
     shut_after_flush: bool,
     /// The close_notify was queued (`poll_close`).
     closing: bool,
+    /// A read error that came after plaintext the last read returned.
+    read_err: Option<io::Error>,
 }
 
 impl Io {
@@ -136,6 +138,7 @@ impl TlsIo {
             tls,
             shut_after_flush: false,
             closing: false,
+            read_err: None,
         }
     }
 
@@ -195,27 +198,67 @@ impl TlsIo {
         Poll::Ready(Ok(n))
     }
 
+    /// Reads plaintext into `buf`, as much as the socket has ready and `buf`
+    /// takes. One `read_tls` takes at most 4 KiB of ciphertext (rustls' read
+    /// size), and a read that returned its plaintext alone seldom filled the
+    /// connection's read buffer, which grows only when a read fills it
+    /// (conn/readbuf.rs): a busy TLS publisher was parsed a few KiB per
+    /// wake-up where a plain one is parsed up to 256 KiB per wake-up — more
+    /// wake-ups, smaller batches for the mesh and the subscribers, smaller
+    /// records and more `sendmsg`s downstream (bench/results/ANALYSIS.md,
+    /// "TLS read batches", 2026-12-02).
     fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.read_err.take() {
+            return Poll::Ready(Err(e));
+        }
+        let mut n = 0;
         loop {
-            match self.tls.reader().read(buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+            match self.tls.reader().read(&mut buf[n..]) {
+                Ok(0) if n < buf.len() => return Poll::Ready(Ok(n)),
+                Ok(k) => {
+                    n += k;
+                    if n == buf.len() {
+                        return Poll::Ready(Ok(n));
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The peer closed TCP without a close_notify: the end all the
                 // same (a frame cut short stays incomplete and is dropped).
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
-                Err(e) => return Poll::Ready(Err(e)),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(n)),
+                Err(e) => return self.ready_or_later(n, e),
             }
             match self.poll_read_tls(cx) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                // TCP's end: what was read comes first, the end with the next call.
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(n)),
                 Poll::Ready(Ok(_)) => {
                     // A key update or the like may want an answer.
                     if self.tls.wants_write() {
                         let _ = self.poll_flush(cx);
                     }
                 }
-                other => return other,
+                Poll::Ready(Err(e)) => {
+                    // The records before the bad one authenticated: their
+                    // plaintext is the peer's and comes first.
+                    if let Ok(k) = self.tls.reader().read(&mut buf[n..]) {
+                        n += k;
+                    }
+                    return self.ready_or_later(n, e);
+                }
+                // Nothing more ready: the plaintext read so far, if any.
+                Poll::Pending if n > 0 => return Poll::Ready(Ok(n)),
+                Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// An error after `n` bytes of plaintext: those bytes now, the error with
+    /// the next read (the frames before a bad record are the peer's).
+    fn ready_or_later(&mut self, n: usize, e: io::Error) -> Poll<io::Result<usize>> {
+        if n == 0 {
+            return Poll::Ready(Err(e));
+        }
+        self.read_err = Some(e);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, iov: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {

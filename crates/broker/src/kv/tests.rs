@@ -373,3 +373,73 @@ fn flush_keeps_counters() {
     let f = t.figures();
     assert_eq!((f.keys, f.bytes, f.hits, f.misses), (0, 0, 1, 1));
 }
+
+#[test]
+fn a_read_buys_one_more_round_not_a_permanent_place() {
+    // Room for 4 keys of this size.
+    let per_key = ENTRY_OVERHEAD + 4 + 1;
+    let (mut t, mut p) = table(per_key * 4);
+    for k in ["k000", "k001", "k002", "k003"] {
+        run(&mut t, &mut p, set(k, "1"), NOW);
+    }
+    assert!(get(&mut t, "k000", NOW).is_some());
+    // k000 reaches the tail first, is read: it goes round again, and k001
+    // (never read) is evicted in its place.
+    run(&mut t, &mut p, set("k004", "1"), NOW);
+    assert!(get(&mut t, "k001", NOW).is_none(), "unread tail evicted");
+    // Not read again, k000 is now behind k002 and k003 only: three more
+    // keys push it out.
+    for k in ["k005", "k006", "k007"] {
+        run(&mut t, &mut p, set(k, "1"), NOW);
+    }
+    assert_eq!(
+        get(&mut t, "k000", NOW),
+        None,
+        "its second chance was used up"
+    );
+    assert_eq!(t.figures().keys, 4);
+    assert_eq!(t.figures().evictions, 4);
+}
+
+#[test]
+fn when_every_entry_was_read_eviction_still_ends() {
+    let per_key = ENTRY_OVERHEAD + 4 + 1;
+    let (mut t, mut p) = table(per_key * 3);
+    for k in ["k000", "k001", "k002"] {
+        run(&mut t, &mut p, set(k, "1"), NOW);
+        assert!(get(&mut t, k, NOW).is_some());
+    }
+    run(&mut t, &mut p, set("k003", "1"), NOW);
+    assert_eq!(t.figures().keys, 3);
+    assert!(t.figures().bytes <= per_key * 3);
+    assert_eq!(get(&mut t, "k003", NOW).as_deref(), Some("1"));
+}
+
+#[test]
+fn long_keys_live_outside_the_slot_and_behave_the_same() {
+    let (mut t, mut p) = table(1 << 20);
+    let short = "s".repeat(INLINE_KEY);
+    let long = "l".repeat(INLINE_KEY + 1);
+    let longest = "m".repeat(250);
+    for k in [&short, &long, &longest] {
+        run(&mut t, &mut p, set(k, "\"v\""), NOW);
+        assert_eq!(get(&mut t, k, NOW).as_deref(), Some("\"v\""), "{}", k.len());
+        let bytes = t.figures().bytes;
+        assert!(bytes >= ENTRY_OVERHEAD + k.len() as u64);
+    }
+    // A key that is a prefix of an inline one is another key.
+    assert_eq!(get(&mut t, &short[..INLINE_KEY - 1], NOW), None);
+    let (page, _) = t.page(0, 10, NOW);
+    let mut names: Vec<_> = page.iter().map(|c| c.key.to_string()).collect();
+    names.sort();
+    assert_eq!(names, [long.clone(), longest.clone(), short.clone()]);
+    let del = KvOp::Delete {
+        keys: vec![
+            short.as_str().into(),
+            long.as_str().into(),
+            longest.as_str().into(),
+        ],
+    };
+    assert_eq!(run(&mut t, &mut p, del, NOW).0, KvAnswer::Deleted(3));
+    assert_eq!(t.figures().bytes, 0);
+}

@@ -22,7 +22,7 @@ mod parse;
 
 use crate::access::Access;
 use crate::conn::readbuf::ReadBuf;
-use crate::kvop::{now_ms, Expiry, KvAnswer, KvOp, KvValue, SetCond};
+use crate::kvop::{now_ms, Expiry, KeyList, KvAnswer, KvOp, KvValue, SetCond};
 use crate::refusal::Transport;
 use crate::shard::{KvPending, Shard};
 use crate::stats::Counters;
@@ -145,7 +145,7 @@ enum Pending {
 enum Then {
     /// Gets in a row: all their keys, and per command how many are its
     /// and whether it is `gets`.
-    Get(Vec<Box<str>>, Vec<(usize, bool)>),
+    Get(KeyList, Vec<(usize, bool)>),
     /// The other commands; `true`: noreply.
     Store(bool),
     Delete(bool),
@@ -283,7 +283,7 @@ fn start_batch(
             }
         };
         match started {
-            Started::Get(keys, cas) => gets.add(keys, cas),
+            Started::Get(keys, cas) => gets.add(&keys, cas),
             Started::Now(p) => {
                 gets.flush(shard, &mut batch);
                 batch.push(p);
@@ -302,15 +302,17 @@ fn start_batch(
 #[derive(Default)]
 struct GetRun {
     /// Every key, in order.
-    keys: Vec<Box<str>>,
+    keys: KeyList,
     /// Per command: how many of the keys are its, and whether it is `gets`.
     parts: Vec<(usize, bool)>,
 }
 
 impl GetRun {
-    fn add(&mut self, keys: Vec<Box<str>>, cas: bool) {
+    fn add(&mut self, keys: &[&str], cas: bool) {
         self.parts.push((keys.len(), cas));
-        self.keys.extend(keys);
+        for k in keys {
+            self.keys.push(k);
+        }
     }
 
     /// Starts the read of every key so far (if any).
@@ -319,27 +321,24 @@ impl GetRun {
             return;
         }
         let run = std::mem::take(self);
-        let op = KvOp::Get {
-            keys: run.keys.clone(),
-        };
         batch.push(Pending::Kv(
-            shard.kv_start(op),
+            shard.kv_get_start(&run.keys),
             Then::Get(run.keys, run.parts),
         ));
     }
 }
 
 /// What starting a command gave.
-enum Started {
+enum Started<'a> {
     /// Something to answer in its turn.
     Now(Pending),
     /// An allowed get of these keys (`true`: gets), to be read with the
     /// gets next to it.
-    Get(Vec<Box<str>>, bool),
+    Get(Vec<&'a str>, bool),
 }
 
 /// Starts one command.
-fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> Started {
+fn start<'a>(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'a>, now: u64) -> Started<'a> {
     Started::Now(match start_one(shard, access, cmd, now) {
         Ok(p) => p,
         Err(get) => return get,
@@ -347,12 +346,12 @@ fn start(shard: &Rc<Shard>, access: Option<&Access>, cmd: Cmd<'_>, now: u64) -> 
 }
 
 /// Starts one command; a get that may go ahead is handed back.
-fn start_one(
+fn start_one<'a>(
     shard: &Rc<Shard>,
     access: Option<&Access>,
-    cmd: Cmd<'_>,
+    cmd: Cmd<'a>,
     now: u64,
-) -> Result<Pending, Started> {
+) -> Result<Pending, Started<'a>> {
     let allowed = |write: bool, keys: &[&str], noreply: bool| -> Result<(), Pending> {
         let Some(a) = access else { return Ok(()) };
         for k in keys {
@@ -379,7 +378,6 @@ fn start_one(
             if let Err(p) = allowed(false, &keys, false) {
                 return Ok(p);
             }
-            let keys: Vec<Box<str>> = keys.into_iter().map(Box::from).collect();
             return Err(Started::Get(keys, cas));
         }
         Cmd::Store {

@@ -8,7 +8,7 @@
 
 use super::Shard;
 use crate::consts::{CONTROL_SHARD, KV_WATCH_PREFIX};
-use crate::kvop::{now_ms, KvAnswer, KvChange, KvOp};
+use crate::kvop::{now_ms, KeyList, KvAnswer, KvChange, KvOp, KvValue};
 use crate::msg::{KvRequest, MsgKey, Request, Response};
 use crate::owner::Outbox;
 use coremq_protocol as proto;
@@ -19,6 +19,12 @@ const PAGE: usize = 512;
 /// round follows only while a quarter of what it visited had expired).
 const SWEEP_SLOTS: usize = 1000;
 const SWEEP_ROUNDS: usize = 10;
+
+/// The values read in place, and per part the indices its answer fills.
+pub(crate) struct GetLocal {
+    values: Vec<Option<(KvValue, u64)>>,
+    index: Vec<Vec<usize>>,
+}
 
 /// An operation started with [`Shard::kv_start`].
 pub(crate) enum KvPending {
@@ -35,6 +41,10 @@ pub(crate) enum Layout {
     /// A read split by owner: per part, the indices of its keys in the
     /// request, and the number of keys.
     Get(Vec<Vec<usize>>, usize),
+    /// A read of which this shard's keys are done ([`Shard::kv_get_start`]):
+    /// the values so far, and per part the indices its answer fills.
+    /// (Boxed: it would double the size of every pending operation.)
+    GetLocal(Box<GetLocal>),
     /// A delete split by owner: the counts add up.
     Delete,
     /// Every shard flushed.
@@ -98,6 +108,47 @@ impl Shard {
         KvPending::Waiting { token, layout }
     }
 
+    /// Starts a read of `keys` (validated, access checked) without taking
+    /// them: the keys this shard owns are read at once, in place, and only
+    /// the others are copied, into one request per owner. (A pipelined
+    /// memcached client's run of gets, which keeps its keys for the reply.)
+    pub(crate) fn kv_get_start(&self, keys: &KeyList) -> KvPending {
+        let mut values = vec![None; keys.len()];
+        // Per other owner: the indices of its keys, and the keys.
+        let mut groups: Vec<(usize, Vec<usize>, Vec<Box<str>>)> = Vec::new();
+        {
+            let now = now_ms();
+            let mut table = self.kv.borrow_mut();
+            for (i, k) in keys.iter().enumerate() {
+                let owner = self.router.owner(k);
+                if owner == self.id {
+                    values[i] = table.get(k, now);
+                    continue;
+                }
+                match groups.iter_mut().find(|(o, ..)| *o == owner) {
+                    Some((_, idx, ks)) => {
+                        idx.push(i);
+                        ks.push(k.into());
+                    }
+                    None => groups.push((owner, vec![i], vec![k.into()])),
+                }
+            }
+        }
+        if groups.is_empty() {
+            return KvPending::Ready(KvAnswer::Values(values));
+        }
+        let token = self.kv_waits.start(groups.len());
+        let mut index = Vec::with_capacity(groups.len());
+        for (part, (owner, idx, keys)) in groups.into_iter().enumerate() {
+            self.kv_send(owner, token, part as u16, KvOp::Get { keys });
+            index.push(idx);
+        }
+        KvPending::Waiting {
+            token,
+            layout: Layout::GetLocal(Box::new(GetLocal { values, index })),
+        }
+    }
+
     /// Waits for the answer of an operation [`Shard::kv_start`] began.
     pub(crate) async fn kv_finish(&self, pending: KvPending) -> KvAnswer {
         let (token, layout) = match pending {
@@ -117,20 +168,26 @@ impl Shard {
                     })
                     .sum(),
             ),
-            Layout::Get(index, n) => {
-                let mut values = vec![None; n];
-                for (part, answer) in parts {
-                    let (Some(idx), KvAnswer::Values(vals)) = (index.get(part as usize), answer)
-                    else {
-                        continue;
-                    };
-                    for (&i, v) in idx.iter().zip(vals) {
-                        values[i] = v;
-                    }
-                }
-                KvAnswer::Values(values)
+            Layout::Get(index, n) => Self::merge_gets(vec![None; n], &index, parts),
+            Layout::GetLocal(got) => Self::merge_gets(got.values, &got.index, parts),
+        }
+    }
+
+    /// The values of a read split by owner, in request order.
+    fn merge_gets(
+        mut values: Vec<Option<(KvValue, u64)>>,
+        index: &[Vec<usize>],
+        parts: Vec<(u16, KvAnswer)>,
+    ) -> KvAnswer {
+        for (part, answer) in parts {
+            let (Some(idx), KvAnswer::Values(vals)) = (index.get(part as usize), answer) else {
+                continue;
+            };
+            for (&i, v) in idx.iter().zip(vals) {
+                values[i] = v;
             }
         }
+        KvAnswer::Values(values)
     }
 
     fn kv_send(&self, owner: usize, token: u64, part: u16, op: KvOp) {
