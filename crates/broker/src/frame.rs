@@ -270,6 +270,36 @@ impl MsgFrame {
         })
     }
 
+    /// The frame as a WebSocket client is sent it (PROTOCOL.md §5): a text
+    /// frame of the JSON with `"queue"` added, and its `coremq_seq` first
+    /// when `numbered`. Encoded once per fan-out ([`Forms`]) and shared by
+    /// every WebSocket subscriber like the TCP frame: one allocation.
+    pub(crate) fn ws_bytes(&self, numbered: bool) -> FrameBytes {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut with_seq = Vec::new();
+        let json = if numbered && self.seq != 0 {
+            self.write_json_with_seq(&mut with_seq);
+            &with_seq[..]
+        } else {
+            self.json()
+        };
+        // The header, the JSON and `, "queue": "QUEUE"`, about.
+        let len = crate::wsframe::MAX_HEADER + json.len() + self.queue().len() + 16;
+        if len >= LARGE_FRAME {
+            let mut out = Vec::with_capacity(len);
+            crate::wsframe::write_text(self.queue(), json, &mut out);
+            return FrameBytes::from_vec(out, 0);
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            crate::wsframe::write_text(self.queue(), json, &mut s);
+            FrameBytes::Small(Arc::from(&s[..]))
+        })
+    }
+
     /// Appends the JSON alone with `"coremq_seq": N` last (for history replies).
     pub(crate) fn write_json_with_seq(&self, out: &mut Vec<u8>) {
         let Some((body, member)) = self.seq_parts() else {
@@ -325,6 +355,36 @@ impl MsgFrame {
     /// The stored JSON object inside the frame.
     pub(crate) fn json(&self) -> &[u8] {
         &self.bytes[self.json_start as usize..]
+    }
+}
+
+/// The forms of one delivered message its subscribers are sent, each
+/// encoded by the first subscriber that needs it and shared by the others:
+/// the TCP frame as stored, with its `coremq_seq` (§10), and the WebSocket
+/// text frame of either.
+#[derive(Default)]
+pub(crate) struct Forms {
+    numbered: Option<FrameBytes>,
+    ws: Option<FrameBytes>,
+    ws_numbered: Option<FrameBytes>,
+}
+
+impl Forms {
+    /// The form of `msg` for a WebSocket (`ws`) or TCP subscriber that asked
+    /// for `coremq_seq` or not.
+    pub(crate) fn pick<'a>(&'a mut self, msg: &'a MsgFrame, ws: bool, seq: bool) -> &'a FrameBytes {
+        match (ws, seq && msg.seq() != 0) {
+            (false, false) => msg.bytes(),
+            (false, true) => self.numbered.get_or_insert_with(|| msg.numbered_bytes()),
+            (true, false) => self.ws.get_or_insert_with(|| msg.ws_bytes(false)),
+            (true, true) => self.ws_numbered.get_or_insert_with(|| msg.ws_bytes(true)),
+        }
+    }
+
+    /// The numbered TCP form, if one was encoded.
+    #[cfg(test)]
+    pub(crate) fn numbered(&self) -> Option<&FrameBytes> {
+        self.numbered.as_ref()
     }
 }
 

@@ -191,8 +191,9 @@ impl Home {
         let queue = frame.queue();
         let (policy, list) = subs.get_hashed(frame.hash(), queue);
         let mut delivered = 0;
-        // With its coremq_seq, once, if a subscriber here asked for it.
-        let mut numbered = None;
+        // With its coremq_seq, for WebSocket: each once, if a subscriber
+        // here needs it.
+        let mut forms = crate::frame::Forms::default();
         for &key in list {
             if Some(key) == skip {
                 continue;
@@ -200,7 +201,7 @@ impl Home {
             let Some(conn) = self.conn(key) else {
                 continue;
             };
-            match conn.deliver(frame, &mut numbered, policy, queue) {
+            match conn.deliver(frame, &mut forms, policy, queue) {
                 Queued::Ok => delivered += 1,
                 Queued::Stalled => {
                     delivered += 1;

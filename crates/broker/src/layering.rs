@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("drain", 0),
     ("link_auth", 0),
     ("tls", 0),
+    ("wsframe", 0),
     ("frame", 1),
     ("msg", 1),
     ("node", 1),

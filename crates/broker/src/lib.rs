@@ -20,7 +20,8 @@
 //!    (counters and the status reply), `drain` (graceful-stop bookkeeping),
 //!    `link_auth` (the cluster secret's challenge-response), `tls` (the
 //!    certificate, key and CA files as a rustls configuration; a client
-//!    certificate's user).
+//!    certificate's user), `wsframe` (WebSocket frames parsed in place and
+//!    encoded into a connection's buffer).
 //! 1. **What travels** — `frame` (a stored message's key and encoded frame),
 //!    `msg` (connection keys, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels),
@@ -87,6 +88,7 @@ mod subs;
 mod sysstats;
 mod tls;
 mod web;
+mod wsframe;
 
 pub use error::BrokerError;
 pub use reload::{check as check_access, check_tls, Reloader};

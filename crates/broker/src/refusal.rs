@@ -69,8 +69,6 @@ pub(crate) enum Refusal {
     QueueNotAString,
     /// A WebSocket message that is no command and names no queue.
     UnknownMessage,
-    /// A WebSocket publish that also carries command keys.
-    CommandKeysInPublish,
     /// A request `[anonymous]` does not allow, from a connection that has
     /// not authenticated (§8).
     AuthRequired,
@@ -119,8 +117,7 @@ impl Refusal {
                 Refusal::Binary
                 | Refusal::ReplicantOverWebSocket
                 | Refusal::QueueNotAString
-                | Refusal::UnknownMessage
-                | Refusal::CommandKeysInPublish,
+                | Refusal::UnknownMessage,
                 _,
             ) => ws_error(&self.reason()),
             // Broker refusals: the same `ERROR:` reply on both transports.
@@ -192,7 +189,6 @@ impl Refusal {
             | Refusal::ReplicantOverWebSocket
             | Refusal::QueueNotAString
             | Refusal::UnknownMessage
-            | Refusal::CommandKeysInPublish
             | Refusal::AuthNotEnabled
             | Refusal::KvNotANumber(_)
             | Refusal::KvOverflow(_)
@@ -253,9 +249,6 @@ impl Refusal {
             Refusal::UnknownMessage => "unknown message: send coremq_subscribe, coremq_unsubscribe, \
                  coremq_gethistory, coremq_options, corews_status, or an object with \"queue\" to publish"
                 .into(),
-            Refusal::CommandKeysInPublish => {
-                "a message to publish must not carry CoreMQ command keys".into()
-            }
             Refusal::KvNotANumber(key) => {
                 format!("coremq_incr: the value of {key} is not an integer")
             }
@@ -334,19 +327,18 @@ mod tests {
             Refusal::ReplicantOverWebSocket => 7,
             Refusal::QueueNotAString => 8,
             Refusal::UnknownMessage => 9,
-            Refusal::CommandKeysInPublish => 10,
-            Refusal::TooBig => 11,
-            Refusal::TooManyQueues { .. } => 12,
-            Refusal::TooManySubscriptions { .. } => 13,
-            Refusal::PermissionDenied { .. } => 14,
-            Refusal::AuthRequired => 15,
-            Refusal::AuthFailed => 16,
-            Refusal::TokenExpired => 17,
-            Refusal::AuthTimeout => 18,
-            Refusal::AuthNotEnabled => 19,
-            Refusal::KvNotANumber(_) => 20,
-            Refusal::KvOverflow(_) => 21,
-            Refusal::KvValueTooLarge { .. } => 22,
+            Refusal::TooBig => 10,
+            Refusal::TooManyQueues { .. } => 11,
+            Refusal::TooManySubscriptions { .. } => 12,
+            Refusal::PermissionDenied { .. } => 13,
+            Refusal::AuthRequired => 14,
+            Refusal::AuthFailed => 15,
+            Refusal::TokenExpired => 16,
+            Refusal::AuthTimeout => 17,
+            Refusal::AuthNotEnabled => 18,
+            Refusal::KvNotANumber(_) => 19,
+            Refusal::KvOverflow(_) => 20,
+            Refusal::KvValueTooLarge { .. } => 21,
         }
     }
 
@@ -442,12 +434,6 @@ mod tests {
                 true,
             ),
             (
-                Refusal::CommandKeysInPublish,
-                r#"{"error": "a message to publish must not carry CoreMQ command keys"}"#,
-                r#"{"error": "a message to publish must not carry CoreMQ command keys"}"#,
-                true,
-            ),
-            (
                 Refusal::PermissionDenied {
                     action: "status",
                     queue: "".into(),
@@ -513,7 +499,7 @@ mod tests {
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=22).collect::<Vec<_>>(),
+            (0..=21).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

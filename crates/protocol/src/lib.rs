@@ -66,7 +66,9 @@ pub use error::{BodyError, FramingError};
 pub use escape::{escape_non_ascii, write_json_string};
 pub use frame::{decode_frame, encode_frame, frame_len, Frame, MAX_LEN_DIGITS};
 pub use kv::{valid_key, KvCond, KvIncr, KvSet, MAX_KEY_LEN};
-pub use message::{parse_message, parse_message_limited, ClientMessage};
+pub use message::{
+    parse_message, parse_message_limited, parse_ws_message, ClientMessage, WsMembers,
+};
 pub use publish::{
     rewrite_object, seconds_to_micros, write_sent, Publish, Stamps, REPLAY_KEY, SENDER_KEY,
     SENT_KEY, SEQ_KEY, SERVER_KEY, STAMP_KEYS,

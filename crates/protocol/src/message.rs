@@ -81,9 +81,54 @@ pub fn parse_message_limited(
     max_queue_len: usize,
     max_depth: usize,
 ) -> Result<ClientMessage<'_>, BodyError> {
-    let mut sink = MessageSink::default();
+    parse(json, max_queue_len, max_depth, &mut MessageSink::default())
+}
+
+/// The members of a WebSocket message (PROTOCOL.md §5) that are not CoreMQ's:
+/// `"queue"` and `"corews_status"`, each as its last value's exact JSON text
+/// and how many times it appeared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WsMembers<'a> {
+    /// The value of `"queue"` (a publish's queue), if present.
+    pub queue: Option<&'a str>,
+    /// How many `"queue"` members there were.
+    pub queues: u32,
+    /// The value of `"corews_status"` (the original status request), if present.
+    pub status: Option<&'a str>,
+    /// How many `"corews_status"` members there were.
+    pub statuses: u32,
+}
+
+/// [`parse_message_limited`] for a WebSocket text message, in the same single
+/// pass: also finds its [`WsMembers`], and a publish comes back with its
+/// `"queue"` member cut out like the stamp members (what the client publishes
+/// is the object without it).
+pub fn parse_ws_message(
+    json: &[u8],
+    max_queue_len: usize,
+    max_depth: usize,
+) -> Result<(ClientMessage<'_>, WsMembers<'_>), BodyError> {
+    let mut sink = MessageSink {
+        ws: true,
+        ..MessageSink::default()
+    };
+    let msg = parse(json, max_queue_len, max_depth, &mut sink)?;
+    Ok((msg, sink.ws_members))
+}
+
+fn parse<'a>(
+    json: &'a [u8],
+    max_queue_len: usize,
+    max_depth: usize,
+    sink: &mut MessageSink<'a>,
+) -> Result<ClientMessage<'a>, BodyError> {
     let mut layout = ObjectLayout::default();
-    let text = scan_object(json, &mut sink, &mut layout)?;
+    let text = scan_object(json, sink, &mut layout)?;
+    if let Some(queue) = sink.ws_members.queue {
+        // Cut first, the queue leaves the rest as a pass of its own did.
+        let end = queue.as_ptr() as usize - json.as_ptr() as usize + queue.len();
+        layout.trim_first = layout.cuts.iter().next() == Some(&(layout.open + 1, end));
+    }
     if layout.depth > max_depth {
         return Err(BodyError::TooDeep {
             depth: layout.depth,
@@ -132,6 +177,10 @@ enum Key {
     Stamp,
     /// `coremq_since`, which qualifies `coremq_subscribe` (kept in a publish).
     Since,
+    /// A WebSocket message's `"queue"`: cut out of a publish.
+    WsQueue,
+    /// A WebSocket message's `"corews_status"`.
+    WsStatus,
     /// Any other key: kept.
     Other,
 }
@@ -144,12 +193,23 @@ struct MessageSink<'de> {
     commands: [Option<&'de str>; COMMANDS.len()],
     /// The value of `coremq_since`, if present.
     since: Option<&'de str>,
+    /// A WebSocket message: its own members are looked for too.
+    ws: bool,
+    /// What they were.
+    ws_members: WsMembers<'de>,
 }
 
 impl<'de> MemberSink<'de> for MessageSink<'de> {
     type Key = Key;
 
     fn key(&mut self, key: &str) -> Key {
+        if self.ws {
+            match key {
+                "queue" => return Key::WsQueue,
+                "corews_status" => return Key::WsStatus,
+                _ => {}
+            }
+        }
         // Every key the server cares about shares this prefix; most keys stop here.
         if !key.starts_with("coremq_") {
             return Key::Other;
@@ -166,7 +226,10 @@ impl<'de> MemberSink<'de> for MessageSink<'de> {
     }
 
     fn reset(&mut self) {
-        *self = MessageSink::default();
+        *self = MessageSink {
+            ws: self.ws,
+            ..MessageSink::default()
+        };
     }
 
     fn value(&mut self, key: Key, value: &'de str) -> bool {
@@ -178,6 +241,16 @@ impl<'de> MemberSink<'de> for MessageSink<'de> {
             Key::Stamp => true,
             Key::Since => {
                 self.since = Some(value);
+                false
+            }
+            Key::WsQueue => {
+                self.ws_members.queue = Some(value);
+                self.ws_members.queues += 1;
+                true
+            }
+            Key::WsStatus => {
+                self.ws_members.status = Some(value);
+                self.ws_members.statuses += 1;
                 false
             }
             Key::Other => false,

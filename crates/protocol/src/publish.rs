@@ -184,11 +184,14 @@ fn write_kept_members(json: &[u8], layout: &ObjectLayout, out: &mut Vec<u8>) -> 
         .iter()
         .copied()
         .chain(std::iter::once((layout.close, layout.close)));
-    for (cut_start, cut_end) in runs {
+    for (i, (cut_start, cut_end)) in runs.enumerate() {
         let mut run = json.get(from..cut_start).unwrap_or_default();
         let trimmed = trim_ws_start(run);
         if empty {
             run = trimmed.strip_prefix(b",").unwrap_or(trimmed);
+            if i == 1 && layout.trim_first {
+                run = trim_ws_start(run);
+            }
         }
         if trim_ws_start(run).is_empty() {
             // Only whitespace: nothing between these two cuts.

@@ -93,6 +93,11 @@ pub(crate) struct ObjectLayout {
     /// How deep containers nest: 1 for an object with none inside it, 2 when
     /// a member is an array or object, and so on.
     pub(crate) depth: usize,
+    /// The first cut was the object's first member and the text right after
+    /// it is copied without its leading whitespace too: a WebSocket publish
+    /// whose `"queue"` came first reads as it did when the queue was cut in a
+    /// pass of its own, before the stamps (see [`crate::parse_ws_message`]).
+    pub(crate) trim_first: bool,
 }
 
 /// Checks that `json` is UTF-8 and a valid JSON object, feeding every top-level member
@@ -166,6 +171,7 @@ pub(crate) fn scan_object_slow<'de, S: MemberSink<'de>>(
                 cuts: visitor.cuts,
                 ascii: json.is_ascii(),
                 depth: nesting_depth(json),
+                trim_first: false,
             };
             Ok(text)
         }

@@ -9,7 +9,8 @@
 //! - `auth`: `coremq_auth`, the Argon2 check off the shard, token expiry and
 //!   `auth_timeout`;
 //! - `io`: the socket, plain TCP or TLS (rustls driven by the task);
-//! - `task`: the socket loop that reads frames and writes the buffer.
+//! - `task`: the socket loop that reads frames and writes the buffer, for TCP
+//!   and (with `web::ws`'s framing) WebSocket connections alike.
 
 pub(crate) mod auth;
 pub(crate) mod flow;

@@ -13,9 +13,10 @@
 //! more is queued by reference to its shared allocation and written from there.
 //!
 //! Every chunk holds whole frames only (a frame never spans two chunks), so the
-//! front chunk starts at a frame boundary: the WebSocket writer takes frames from
-//! it one by one and a slow consumer's backlog can be cut after the frame being
-//! written.
+//! front chunk starts at a frame boundary and a slow consumer's backlog can be
+//! cut after the frame being written. The frames are a TCP connection's
+//! `+LEN QUEUE JSON` or a WebSocket connection's own frames ([`crate::wsframe`]),
+//! written by the same socket loop.
 
 use crate::msg::FrameBytes;
 use coremq_protocol as proto;
@@ -83,9 +84,21 @@ pub(crate) struct OutQueue {
     head: usize,
     /// Bytes not yet written, over all chunks.
     queued: usize,
+    /// The frames are WebSocket frames, not TCP ones.
+    ws: bool,
 }
 
 impl OutQueue {
+    /// An empty queue of TCP frames, or of WebSocket frames when `ws`.
+    pub(crate) fn new(ws: bool) -> OutQueue {
+        OutQueue {
+            chunks: VecDeque::new(),
+            head: 0,
+            queued: 0,
+            ws,
+        }
+    }
+
     /// Bytes not yet written.
     pub(crate) fn len(&self) -> usize {
         self.queued
@@ -227,6 +240,7 @@ impl OutQueue {
             // Started: kept whole. Not started: dropped like any other.
             Chunk::Shared(f) if self.head > 0 => f.len(),
             Chunk::Shared(_) => 0,
+            Chunk::Buf(b) if self.ws => crate::wsframe::frame_end_at(b, self.head),
             Chunk::Buf(b) => frame_end_at(b, self.head),
         };
         if let Chunk::Buf(b) = front {

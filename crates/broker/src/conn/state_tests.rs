@@ -2,6 +2,7 @@
 //! order, and the slow-consumer cut.
 
 use super::state::{Close, Conn, Queued, ReplyKind, SubState};
+use crate::frame::Forms;
 use crate::msg::{ConnKey, MsgFrame, MsgKey};
 use crate::node::{NodeCtx, NodeShared};
 use crate::refusal::{Refusal, Transport};
@@ -55,6 +56,22 @@ fn take(c: &Conn) -> Vec<(String, String)> {
     }
     let mut frames = Vec::new();
     let mut at = 0;
+    if c.transport() == Transport::WebSocket {
+        // Text frames of the objects as the client reads them.
+        while at < bytes.len() {
+            let end = crate::wsframe::frame_end_at(&bytes[at..], 1);
+            let hdr = match bytes[at + 1] & 0x7f {
+                126 => 4,
+                127 => 10,
+                _ => 2,
+            };
+            assert_eq!(bytes[at], 0x81, "a text frame");
+            let text = &bytes[at + hdr..at + end];
+            frames.push((String::new(), String::from_utf8(text.to_vec()).unwrap()));
+            at += end;
+        }
+        return frames;
+    }
     while let Some((f, used)) = proto::decode_frame(&bytes[at..], usize::MAX).unwrap() {
         // WebSocket-only replies have an empty queue name, which split_body
         // (rightly, for clients) refuses.
@@ -153,7 +170,10 @@ fn deliveries_do_not_wait_for_replies() {
     let (c, _) = conn(1 << 20, Transport::Tcp);
     let _pending = c.reserve(ReplyKind::Sent, 1);
     let f = frame("news", r#"{"a": 1}"#);
-    assert_eq!(c.deliver(&f, &mut None, DISCONNECT, "news"), Queued::Ok);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"),
+        Queued::Ok
+    );
     assert_eq!(take(&c), [("news".to_string(), r#"{"a": 1}"#.to_string())]);
 }
 
@@ -168,17 +188,20 @@ fn numbered_deliveries_share_one_encoding() {
     b.st.borrow_mut().opts.seq = true;
     let mut f = frame("news", r#"{"a": 1}"#);
     f.set_seq(9);
-    let mut numbered = None;
+    let mut forms = Forms::default();
     assert_eq!(
-        plain.deliver(&f, &mut numbered, DISCONNECT, "news"),
+        plain.deliver(&f, &mut forms, DISCONNECT, "news"),
         Queued::Ok
     );
-    assert!(numbered.is_none(), "nobody asked yet");
-    assert_eq!(a.deliver(&f, &mut numbered, DISCONNECT, "news"), Queued::Ok);
-    let encoded = numbered.clone().expect("encoded for the first that asked");
-    assert_eq!(b.deliver(&f, &mut numbered, DISCONNECT, "news"), Queued::Ok);
+    assert!(forms.numbered().is_none(), "nobody asked yet");
+    assert_eq!(a.deliver(&f, &mut forms, DISCONNECT, "news"), Queued::Ok);
+    let encoded = forms
+        .numbered()
+        .cloned()
+        .expect("encoded for the first that asked");
+    assert_eq!(b.deliver(&f, &mut forms, DISCONNECT, "news"), Queued::Ok);
     assert_eq!(
-        numbered.map(|n| n.as_ptr()),
+        forms.numbered().map(|n| n.as_ptr()),
         Some(encoded.as_ptr()),
         "not again"
     );
@@ -200,7 +223,10 @@ fn under_disconnect_a_consumer_over_max_pending_is_cut_off_with_the_error_last()
     let n = f.bytes().len();
     let (c, counters) = conn(3 * n, Transport::Tcp);
     for _ in 0..3 {
-        assert_eq!(c.deliver(&f, &mut None, DISCONNECT, "news"), Queued::Ok);
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"),
+            Queued::Ok
+        );
     }
     assert_eq!(
         counters.slow_consumers.get(),
@@ -208,12 +234,12 @@ fn under_disconnect_a_consumer_over_max_pending_is_cut_off_with_the_error_last()
         "at the limit is not over it"
     );
     assert_eq!(
-        c.deliver(&f, &mut None, DISCONNECT, "news"),
+        c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"),
         Queued::BecameSlow
     );
     assert_eq!(counters.slow_consumers.get(), 1);
     assert_eq!(
-        c.deliver(&f, &mut None, DISCONNECT, "news"),
+        c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"),
         Queued::Closing,
         "nothing after the cut"
     );
@@ -239,11 +265,11 @@ fn a_slow_consumer_keeps_the_frame_being_written_whole() {
     let f = frame("news", &format!(r#"{{"pad": "{}"}}"#, "y".repeat(200)));
     let n = f.bytes().len();
     let (c, _) = conn(2 * n, Transport::Tcp);
-    c.deliver(&f, &mut None, DISCONNECT, "news");
-    c.deliver(&f, &mut None, DISCONNECT, "news");
+    c.deliver(&f, &mut Forms::default(), DISCONNECT, "news");
+    c.deliver(&f, &mut Forms::default(), DISCONNECT, "news");
     c.written(10); // the socket took part of the first frame
     assert_eq!(
-        c.deliver(&f, &mut None, DISCONNECT, "news"),
+        c.deliver(&f, &mut Forms::default(), DISCONNECT, "news"),
         Queued::BecameSlow
     );
     let rest = c.with_unwritten(|q| q.front().to_vec());
@@ -269,8 +295,10 @@ fn refusals_read_as_their_transport_says() {
     let (ws, _) = conn(1 << 20, Transport::WebSocket);
     ws.refuse(&Refusal::Body(proto::BodyError::NotAnObject));
     let out = take(&ws);
-    assert_eq!(out[0].0, "", "WebSocket-only replies carry no queue");
-    assert_eq!(out[0].1, r#"{"error": "message must be a JSON object"}"#);
+    assert_eq!(
+        out[0].1, r#"{"error": "message must be a JSON object"}"#,
+        "WebSocket-only replies go as they are, without a queue"
+    );
 }
 
 #[test]
@@ -288,7 +316,7 @@ fn a_framing_error_closes_after_every_earlier_reply() {
     assert_eq!(c.st.borrow().closing, Some(Close::Framing));
     // Nothing is queued after the final frame.
     assert_eq!(
-        c.deliver(&frame("q", "{}"), &mut None, DISCONNECT, "q"),
+        c.deliver(&frame("q", "{}"), &mut Forms::default(), DISCONNECT, "q"),
         Queued::Closing
     );
 }
@@ -300,11 +328,17 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     let (c, counters) = conn(4 * n, Transport::Tcp);
     let block = SlowConsumerPolicy::Block;
     for _ in 0..4 {
-        assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::Ok);
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), block, "news"),
+            Queued::Ok
+        );
     }
     assert!(c.flow.stalled_since().is_none());
     // Over max_pending: kept (nothing lost), and stalled.
-    assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::Stalled);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), block, "news"),
+        Queued::Stalled
+    );
     assert!(c.flow.stalled_since().is_some());
     assert_eq!(counters.stalls.get(), 1);
     assert!(!c.may_read(), "its own backlog is over max_pending");
@@ -319,9 +353,16 @@ fn under_block_a_consumer_over_max_pending_stalls_until_it_catches_up() {
     let fits = (16 * n + (4 << 20)) / n;
     for i in 1..=fits {
         let expect = if i == 5 { Queued::Stalled } else { Queued::Ok };
-        assert_eq!(c.deliver(&f, &mut None, block, "news"), expect, "frame {i}");
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), block, "news"),
+            expect,
+            "frame {i}"
+        );
     }
-    assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::BecameSlow);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), block, "news"),
+        Queued::BecameSlow
+    );
     assert_eq!(counters.slow_consumers.get(), 1);
     assert!(c.flow.stalled_since().is_none(), "the stall ends with it");
 }
@@ -332,14 +373,26 @@ fn under_drop_missed_messages_are_counted_and_told_before_the_next() {
     let n = f.bytes().len();
     let (c, counters) = conn(2 * n, Transport::Tcp);
     let drop_ = SlowConsumerPolicy::Drop;
-    assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Ok);
-    assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Ok);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), drop_, "news"),
+        Queued::Ok
+    );
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), drop_, "news"),
+        Queued::Ok
+    );
     for _ in 0..3 {
-        assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Dropped);
+        assert_eq!(
+            c.deliver(&f, &mut Forms::default(), drop_, "news"),
+            Queued::Dropped
+        );
     }
     assert_eq!(counters.drops.get(), 3);
     assert_eq!(take(&c).len(), 2);
-    assert_eq!(c.deliver(&f, &mut None, drop_, "news"), Queued::Ok);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), drop_, "news"),
+        Queued::Ok
+    );
     let out = take(&c);
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].0, ID);
@@ -379,12 +432,43 @@ fn messages_held_for_a_resume_count_toward_the_hard_cap() {
     let fits = (16 * n + (4 << 20)) / n;
     for i in 1..=fits {
         assert_eq!(
-            c.deliver(&f, &mut None, block, "news"),
+            c.deliver(&f, &mut Forms::default(), block, "news"),
             Queued::Ok,
             "frame {i}"
         );
     }
     assert!(take(&c).is_empty(), "held, not written");
-    assert_eq!(c.deliver(&f, &mut None, block, "news"), Queued::BecameSlow);
+    assert_eq!(
+        c.deliver(&f, &mut Forms::default(), block, "news"),
+        Queued::BecameSlow
+    );
     assert_eq!(counters.slow_consumers.get(), 1);
+}
+
+/// A fan-out to TCP and WebSocket subscribers: each framing's form is
+/// encoded once and shared; the WebSocket one is the stored JSON with its
+/// `"queue"` last (and `coremq_seq` before it for those that asked).
+#[test]
+fn websocket_deliveries_share_one_encoding() {
+    let (tcp, _) = conn(1 << 20, Transport::Tcp);
+    let (w1, _) = conn(1 << 20, Transport::WebSocket);
+    let (w2, _) = conn(1 << 20, Transport::WebSocket);
+    let (ws_seq, _) = conn(1 << 20, Transport::WebSocket);
+    ws_seq.st.borrow_mut().opts.seq = true;
+    let mut f = frame("news", r#"{"a": "\u00e9"}"#);
+    f.set_seq(3);
+    let mut forms = Forms::default();
+    for c in [&tcp, &w1, &w2, &ws_seq] {
+        assert_eq!(c.deliver(&f, &mut forms, DISCONNECT, "news"), Queued::Ok);
+    }
+    let first = forms.pick(&f, true, false).as_ptr();
+    assert_eq!(forms.pick(&f, true, false).as_ptr(), first, "encoded once");
+    assert_eq!(take(&tcp), [("news".into(), r#"{"a": "\u00e9"}"#.into())]);
+    let plain = r#"{"a": "\u00e9", "queue": "news"}"#;
+    assert_eq!(texts(&take(&w1)), [plain]);
+    assert_eq!(texts(&take(&w2)), [plain]);
+    assert_eq!(
+        texts(&take(&ws_seq)),
+        [r#"{"a": "\u00e9", "coremq_seq": 3, "queue": "news"}"#]
+    );
 }

@@ -1,9 +1,15 @@
-//! The socket loop of one connection.
+//! The socket loop of one connection, TCP or WebSocket.
 //!
 //! One task owns the socket and does both directions in a single `poll_fn`:
 //! write whatever is buffered, then read unless the shard is backed up, the
 //! connection is closing or the node is stopping. Deliveries from other tasks
 //! only append to the buffer and wake this task.
+//!
+//! What differs between the two is the framing, a [`Wire`]: how frames are
+//! parsed out of the read buffer, the timers of the framing (WebSocket's
+//! keepalive) and its goodbye (a close frame). The buffer holds frames
+//! already in the connection's framing, so writing is the same `writev` of
+//! many frames at once for both.
 
 use super::handler::{handle_body, subscribe_one};
 use super::io::Io;
@@ -56,24 +62,97 @@ struct Ending {
     held: bool,
 }
 
-/// Serves one accepted connection (plain or TLS) until it closes.
-pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Io) {
+/// A connection's framing, for the socket loop ([`serve_with`]).
+pub(crate) trait Wire {
+    /// Bytes of the longest frame the read buffer must hold whole.
+    fn max_frame(&self, max_message_size: usize) -> usize;
+
+    /// Handles every complete frame in the buffer (and drops what is read
+    /// once the connection or the node stops taking input); true if it
+    /// stopped early for a password check (the rest waits for a resume).
+    fn parse(&mut self, shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool;
+
+    /// Bytes arrived from the peer.
+    fn note_input(&mut self) {}
+
+    /// The framing's timers; `Some(why)` ends the connection.
+    fn poll_timers(&mut self, _conn: &Conn, _cx: &mut Context<'_>) -> Option<&'static str> {
+        None
+    }
+
+    /// The connection is closing and all it was queued is written: queues
+    /// the framing's goodbye, once; true if it queued something.
+    fn closing(&mut self, _conn: &Conn) -> bool {
+        false
+    }
+
+    /// The peer ended the conversation within the framing (a WebSocket
+    /// close it started): the connection ends once the reply is written.
+    fn peer_done(&self) -> bool {
+        false
+    }
+
+    /// Input read after the connection stopped taking any, thrown away;
+    /// true once it holds the peer's goodbye (a WebSocket close frame), so
+    /// the connection need not wait for the end of the stream.
+    fn drained(&mut self, _bytes: &[u8]) -> bool {
+        false
+    }
+}
+
+/// TCP's `+LEN QUEUE JSON` frames (§1).
+pub(crate) struct Tcp;
+
+impl Wire for Tcp {
+    fn max_frame(&self, max_message_size: usize) -> usize {
+        // Header ('+', up to 20 digits, ' ') plus the largest body.
+        max_message_size + 32
+    }
+
+    fn parse(&mut self, shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool {
+        parse_frames(shard, conn, rbuf)
+    }
+}
+
+/// Serves one accepted TCP connection (plain or TLS) until it closes.
+pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, stream: Io) {
+    serve_with(shard, conn, stream, Tcp, &[]).await
+}
+
+/// Serves one connection of framing `wire` until it closes; `rest`: bytes
+/// the peer sent already (read past a WebSocket upgrade's request).
+pub(crate) async fn serve_with<W: Wire>(
+    shard: Rc<Shard>,
+    conn: Rc<Conn>,
+    mut stream: Io,
+    mut wire: W,
+    rest: &[u8],
+) {
     // The welcome waits for the own-id subscription, so that anyone who learns
     // the id from this client can reach it at once.
     let seq = conn.reserve(ReplyKind::Welcome, 1);
     subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true, None);
     super::auth::on_open(&shard, &conn);
 
-    // Header ('+', up to 20 digits, ' ') plus the largest body.
-    let max_frame = shard.cfg().max_message_size + 32;
+    let max_frame = wire.max_frame(shard.cfg().max_message_size);
     let mut rbuf = ReadBuf::new(max_frame);
     let mut ending = Ending::default();
+    if !rest.is_empty() {
+        if rbuf.data.len() < rest.len() {
+            rbuf.data.resize(rest.len(), 0);
+        }
+        rbuf.data[..rest.len()].copy_from_slice(rest);
+        rbuf.end = rest.len();
+        Counters::add(&shard.counters().bytes_in, rest.len() as u64);
+        ending.held = wire.parse(&shard, &conn, &mut rbuf);
+    }
     let why = loop {
         let ev = poll_fn(|cx| {
             poll_conn(
                 &shard,
                 &conn,
                 &mut stream,
+                &mut wire,
                 &mut rbuf,
                 max_frame,
                 &mut ending,
@@ -90,12 +169,13 @@ pub(crate) async fn serve(shard: Rc<Shard>, conn: Rc<Conn>, mut stream: Io) {
             // The peer may still read (half-close): flush what it is owed first.
             Event::Read(0) => ending.peer_eof = true,
             Event::Resume => {
-                ending.held = parse_frames(&shard, &conn, &mut rbuf);
+                ending.held = wire.parse(&shard, &conn, &mut rbuf);
             }
             Event::Read(n) => {
                 Counters::add(&shard.counters().bytes_in, n as u64);
                 rbuf.note_read(n);
-                ending.held = parse_frames(&shard, &conn, &mut rbuf);
+                wire.note_input();
+                ending.held = wire.parse(&shard, &conn, &mut rbuf);
                 // A client that always has more input would otherwise keep
                 // this task running forever: let the flushers, the other
                 // connections and the stop signal have their turn.
@@ -182,10 +262,12 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool 
     }
 }
 
-fn poll_conn(
+#[allow(clippy::too_many_arguments)]
+fn poll_conn<W: Wire>(
     shard: &Shard,
     conn: &Conn,
     stream: &mut Io,
+    wire: &mut W,
     rbuf: &mut ReadBuf,
     max_frame: usize,
     io: &mut Ending,
@@ -217,6 +299,9 @@ fn poll_conn(
     }
     let flushed = conn.with_unwritten(|q| q.is_empty()) && stream.is_flushed();
     poll_stall(shard, conn, &mut io.stall, cx);
+    if let Some(why) = wire.poll_timers(conn, cx) {
+        return Poll::Ready(Event::Done(why));
+    }
 
     let (ending, closing) = {
         let st = conn.st.borrow();
@@ -227,6 +312,7 @@ fn poll_conn(
         Some(Close::SlowConsumer) => "slow consumer",
         Some(Close::Shutdown) => "shutdown",
         Some(Close::Refused) => "refused",
+        Some(Close::Handshake) => "closing handshake",
         None => "peer closed",
     };
 
@@ -236,10 +322,15 @@ fn poll_conn(
     let owed_bye = shard.stopping().is_set() && ending.is_none();
     if (io.peer_eof && !owed_bye) || closing.is_some() {
         if flushed {
-            if io.peer_eof && !conn.awaits_replies() {
+            if closing.is_some() && wire.closing(conn) {
+                // The framing's goodbye was queued after the final frame:
+                // written on the next turn.
+                cx.waker().wake_by_ref();
+            } else if (io.peer_eof && !conn.awaits_replies())
+                || (closing.is_some() && wire.peer_done())
+            {
                 return Poll::Ready(Event::Done(reason));
-            }
-            if closing.is_some() && !io.half_closed {
+            } else if closing.is_some() && !io.half_closed {
                 // The final frame is out: send our end and wait for the
                 // peer's. (A peer that only sent its end is still owed the
                 // replies in flight: our side stays open for them.)
@@ -282,7 +373,14 @@ fn poll_conn(
                     cx.waker().wake_by_ref();
                     break;
                 }
-                Poll::Ready(Ok(n)) => Counters::add(&shard.counters().bytes_in, n as u64),
+                Poll::Ready(Ok(n)) => {
+                    Counters::add(&shard.counters().bytes_in, n as u64);
+                    if wire.drained(&rbuf.data[..n]) {
+                        io.peer_eof = true;
+                        cx.waker().wake_by_ref();
+                        break;
+                    }
+                }
                 Poll::Pending => break,
             }
         }

@@ -20,8 +20,6 @@ use crate::msg::{AdoptWs, Request};
 use crate::refusal::Transport;
 use crate::shard::{Shard, WsHost};
 use crate::stats::Counters;
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::WebSocketStream;
 use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
@@ -34,9 +32,6 @@ use tracing::Instrument;
 /// The dashboard page, self-contained (no external scripts or fonts but
 /// [`MODULE`], from the same origin).
 const DASHBOARD: &str = include_str!("dashboard.html");
-
-/// Bytes read from a WebSocket at a time (the buffer a connection holds).
-const WS_READ_BUFFER: usize = 16 << 10;
 
 /// The browser client, `/coremq.js`: an ES module without dependencies.
 const MODULE: &str = include_str!("coremq.js");
@@ -358,7 +353,7 @@ async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSet
         .await;
         return;
     }
-    let accept = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n\r\n"
@@ -390,23 +385,17 @@ async fn serve_upgraded(
     who: Option<coremq_auth::Identity>,
     keepalive: Keepalive,
 ) {
-    let max = shard.cfg().max_message_size;
-    // tungstenite allocates its read buffer eagerly and zero-fills it on the
-    // first read: its 128 KiB default made an idle WebSocket connection cost
-    // 138 KB (bench/results/2026-12-02-websocket.md). 16 KiB still takes
-    // over a hundred small messages per read, and grows for a large one.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config)).await;
+    // The socket loop of TCP connections serves it, with WebSocket framing
+    // (ws.rs): the read buffer starts small and grows only while busy, so an
+    // idle connection holds 4 KiB, not tungstenite's eager 128 KiB
+    // (bench/results/2026-12-02-websocket.md).
     let conn = shard.open_conn(Transport::WebSocket);
     if let Some(who) = who {
         crate::conn::auth::adopt(&shard, &conn, who);
     }
     let span = tracing::info_span!("ws", shard = shard.id(), conn_id = %conn.id);
     tracing::debug!(parent: &span, "websocket accepted");
-    ws::serve(shard.clone(), conn, ws, keepalive)
+    ws::serve(shard.clone(), conn, stream, rest, keepalive)
         .instrument(span)
         .await;
 }

@@ -1,36 +1,34 @@
 //! A WebSocket client as a full broker connection (PROTOCOL.md §5).
 //!
-//! The connection is an ordinary [`Conn`] on the control shard: same ordered
-//! replies, same outbound buffer and `max_pending` limit, same handlers. Only
-//! the edges differ: text frames with JSON objects come in, and every frame the
-//! connection's buffer holds goes out as a text message with `"queue"` added
-//! (deliveries get their queue, replies the connection id) — except
-//! WebSocket-only replies, which are framed with an empty queue and go out as
-//! they are.
+//! After the upgrade the connection is an ordinary [`Conn`] on whichever
+//! shard the listener handed it to, served by the same socket loop as a TCP
+//! client ([`crate::conn::task`]): same ordered replies, same outbound buffer,
+//! `max_pending` and flow control, same handlers. Only the framing differs
+//! ([`WsWire`]): text frames with JSON objects are parsed in place from the
+//! read buffer, and the buffer holds WebSocket text frames — deliveries with
+//! their `"queue"` added (encoded once per fan-out, [`crate::frame::Forms`]),
+//! replies with the connection id as their queue, WebSocket-only replies as
+//! they are — written many at a time.
+//!
+//! tungstenite does the HTTP upgrade only (`web/mod.rs`): as a stream it read
+//! into a buffer of its own, made one owned message per frame in and out and
+//! flushed every one, which cost 6–10 µs per message (bench/results/ANALYSIS.md).
 
-use crate::conn::handler::{dispatch, subscribe_one};
+use crate::conn::handler::dispatch;
 use crate::conn::io::Io;
+use crate::conn::readbuf::ReadBuf;
 use crate::conn::state::{Close, Conn, ReplyKind};
-use crate::refusal::{Refusal, Transport, Wire};
+use crate::conn::task::Wire;
+use crate::refusal::{Refusal, Transport, Wire as Said};
 use crate::shard::Shard;
-use crate::stats::Counters;
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::WebSocketStream;
+use crate::wsframe::{self as frame, Bad};
 use coremq_protocol::{self as proto, ClientMessage};
-use futures_util::{Sink, Stream};
 use glommio::timer::Timer;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::{Duration, Instant};
-
-/// How long a closing WebSocket may take to get its last frames out.
-const LINGER: Duration = Duration::from_secs(2);
-/// Messages sent per wake-up before other tasks get a turn.
-const SEND_BUDGET: usize = 256;
 
 /// Keepalive settings.
 #[derive(Clone, Copy)]
@@ -42,256 +40,352 @@ pub(crate) struct Keepalive {
     pub idle_timeout: Duration,
 }
 
-enum Event {
-    Incoming(Message),
-    Done(&'static str),
-}
-
-/// Per-session loop state.
-struct Session {
-    /// A message taken from the buffer that the sink was not ready for.
-    pending: Option<Message>,
-    /// When the client last sent anything (pongs included).
-    last_seen: Instant,
-    /// Next keepalive check.
-    tick: Timer,
-    /// Deadline for a closing connection.
-    linger: Option<Timer>,
-    /// Deadline of a stall (`max_stall`), while the connection is stalled.
-    stall: Option<Timer>,
-    keepalive: Keepalive,
-}
-
-/// Serves one upgraded WebSocket connection until it closes.
+/// Serves one upgraded WebSocket connection until it closes; `rest`: what
+/// the client sent past its upgrade request.
 pub(crate) async fn serve(
     shard: Rc<Shard>,
     conn: Rc<Conn>,
-    mut ws: WebSocketStream<Io>,
+    stream: Io,
+    rest: Vec<u8>,
     keepalive: Keepalive,
 ) {
-    let seq = conn.reserve(ReplyKind::Welcome, 1);
-    subscribe_one(&shard, &conn, conn.id.clone(), Some(seq), true, None);
-    crate::conn::auth::on_open(&shard, &conn);
-    let mut s = Session {
-        pending: None,
-        last_seen: Instant::now(),
-        tick: Timer::new(keepalive.ping_interval),
-        linger: None,
-        stall: None,
-        keepalive,
-    };
-    let why = loop {
-        match poll_fn(|cx| poll_session(&shard, &conn, &mut ws, &mut s, cx)).await {
-            Event::Done(why) => break why,
-            Event::Incoming(msg) => {
-                s.last_seen = Instant::now();
-                shard.refresh_clock();
-                incoming(&shard, &conn, msg);
-            }
-        }
-    };
-    if why == TOO_BIG {
-        // Tell the client why, best effort and bounded.
-        if let Wire::Close(code, reason) = shard.refused(&Refusal::TooBig, Transport::WebSocket) {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            futures_lite::future::or(
-                async {
-                    let _ = ws.close(Some(frame)).await;
-                },
-                glommio::timer::sleep(LINGER),
-            )
-            .await;
-        }
-    }
-    tracing::debug!(why, "websocket closed");
-    shard.close_conn(&conn);
+    let wire = WsWire::new(keepalive);
+    crate::conn::task::serve_with(shard, conn, stream, wire, &rest).await
 }
 
-/// Why a session ended when the client sent a message over `max_message_size`.
-const TOO_BIG: &str = "message too big";
+/// A fragmented message past its first frame.
+struct Fragmented {
+    /// Text (kept) or binary (only counted).
+    opcode: u8,
+    /// Payload bytes so far.
+    len: usize,
+}
 
-fn poll_session(
-    shard: &Shard,
-    conn: &Conn,
-    ws: &mut WebSocketStream<Io>,
-    s: &mut Session,
-    cx: &mut Context<'_>,
-) -> Poll<Event> {
-    // Out: buffered frames become text messages while the sink takes them.
-    let mut sent = 0;
-    while sent < SEND_BUDGET {
-        if s.pending.is_none() {
-            s.pending = next_message(conn).map(|text| {
-                Counters::add(&shard.counters().bytes_out, text.len() as u64);
-                Message::text(text)
-            });
+/// WebSocket framing (RFC 6455) for the socket loop.
+pub(crate) struct WsWire {
+    keepalive: Keepalive,
+    /// When the client last sent anything.
+    last_seen: Instant,
+    /// Next keepalive check.
+    tick: Timer,
+    /// A fragmented message being reassembled.
+    fragmented: Option<Fragmented>,
+    /// Its text so far (empty but for fragmented text messages).
+    text: Vec<u8>,
+    /// The close frame to end with: a code and reason, or empty.
+    close: Option<(u16, &'static str)>,
+    /// The close frame is queued.
+    close_queued: bool,
+    /// The client started the closing handshake.
+    peer_closed: bool,
+    /// Input thrown away (once the connection stopped taking any) is
+    /// still followed frame by frame for the client's close frame: payload
+    /// bytes left to skip, and a header read in part.
+    skip: u64,
+    head: [u8; frame::MAX_CLIENT_HEADER],
+    head_len: usize,
+}
+
+/// A reassembly buffer larger than this is not kept for the next message.
+const TEXT_KEEP: usize = 64 << 10;
+
+impl WsWire {
+    fn new(keepalive: Keepalive) -> WsWire {
+        WsWire {
+            keepalive,
+            last_seen: Instant::now(),
+            tick: Timer::new(keepalive.ping_interval),
+            fragmented: None,
+            text: Vec::new(),
+            close: None,
+            close_queued: false,
+            peer_closed: false,
+            skip: 0,
+            head: [0; frame::MAX_CLIENT_HEADER],
+            head_len: 0,
         }
-        let Some(msg) = s.pending.take() else {
-            break;
+    }
+
+    /// Follows thrown-away input frame by frame; true at a close frame.
+    fn follow(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(bytes.len() as u64)) as usize;
+                self.skip -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let had = self.head_len;
+            let take = (self.head.len() - had).min(bytes.len());
+            self.head[had..had + take].copy_from_slice(&bytes[..take]);
+            match frame::parse_header(&self.head[..had + take]) {
+                Ok(Some(h)) => {
+                    if h.opcode == frame::OP_CLOSE {
+                        return true;
+                    }
+                    bytes = &bytes[h.len - had..];
+                    self.skip = h.payload;
+                    self.head_len = 0;
+                }
+                Ok(None) => {
+                    self.head_len = had + take;
+                    bytes = &bytes[take..];
+                }
+                // Not frames any more: wait for the end of the stream.
+                Err(_) => {
+                    self.skip = u64::MAX;
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Ends the connection with a close frame of `code` (a frame that broke
+    /// the protocol; nothing else is read).
+    fn fail(&mut self, conn: &Conn, code: u16, why: &'static str) {
+        tracing::debug!(code, why, "websocket protocol error; closing");
+        self.close = Some((code, why));
+        conn.close_quietly(Close::Handshake);
+    }
+
+    /// A complete message.
+    fn message(&mut self, shard: &Rc<Shard>, conn: &Rc<Conn>, opcode: u8, payload: &[u8]) {
+        if opcode == frame::OP_BINARY {
+            return shard.refuse(conn, &Refusal::Binary);
+        }
+        match std::str::from_utf8(payload) {
+            Ok(text) => text_message(shard, conn, text),
+            Err(_) => self.fail(conn, frame::CLOSE_INVALID_DATA, "text is not UTF-8"),
+        }
+    }
+
+    /// A close frame from the client: answered with its code (RFC 6455
+    /// §5.5.1), and the connection ends once the answer is out.
+    fn peer_close(&mut self, conn: &Conn, payload: &[u8]) {
+        self.close = match payload {
+            [] => None,
+            [a, b, reason @ ..] => {
+                let code = u16::from_be_bytes([*a, *b]);
+                let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+                if !valid {
+                    Some((frame::CLOSE_PROTOCOL, "invalid close code"))
+                } else if std::str::from_utf8(reason).is_err() {
+                    Some((frame::CLOSE_INVALID_DATA, "close reason is not UTF-8"))
+                } else {
+                    Some((code, ""))
+                }
+            }
+            [_] => Some((frame::CLOSE_PROTOCOL, "close frame of one byte")),
         };
-        match Pin::new(&mut *ws).poll_ready(cx) {
-            Poll::Ready(Ok(())) => {
-                if Pin::new(&mut *ws).start_send(msg).is_err() {
-                    return Poll::Ready(Event::Done("send failed"));
+        self.peer_closed = true;
+        conn.close_quietly(Close::Handshake);
+    }
+}
+
+impl Wire for WsWire {
+    fn max_frame(&self, max_message_size: usize) -> usize {
+        max_message_size + frame::MAX_CLIENT_HEADER
+    }
+
+    fn parse(&mut self, shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool {
+        let max = shard.cfg().max_message_size;
+        shard.refresh_clock();
+        loop {
+            if conn.access.as_ref().is_some_and(|a| a.verifying()) {
+                return true;
+            }
+            // Going away: nothing more is taken (what is read is dropped,
+            // followed only for the client's close frame).
+            if shard.stopping().is_set() || conn.st.borrow().ending.is_some() {
+                if !self.peer_closed && self.follow(&rbuf.data[rbuf.start..rbuf.end]) {
+                    self.peer_closed = true;
                 }
-                sent += 1;
+                rbuf.start = rbuf.end;
+                return false;
             }
-            Poll::Ready(Err(_)) => return Poll::Ready(Event::Done("send failed")),
-            Poll::Pending => {
-                s.pending = Some(msg);
-                break;
-            }
-        }
-    }
-    if sent == SEND_BUDGET {
-        // Out of budget with frames possibly still buffered: nothing else would
-        // wake this task for them (deliveries wake only an empty buffer).
-        cx.waker().wake_by_ref();
-    }
-    if let Poll::Ready(Err(_)) = Pin::new(&mut *ws).poll_flush(cx) {
-        return Poll::Ready(Event::Done("flush failed"));
-    }
-    crate::conn::task::poll_stall(shard, conn, &mut s.stall, cx);
-
-    // Closing: once everything is out, the closing handshake; bounded by the linger.
-    let closing = conn.st.borrow().closing;
-    if closing.is_some() {
-        let all_out = s.pending.is_none() && conn.with_unwritten(|q| q.is_empty());
-        if all_out && Pin::new(&mut *ws).poll_close(cx).is_ready() {
-            return Poll::Ready(Event::Done(match closing {
-                Some(Close::SlowConsumer) => "slow consumer",
-                Some(Close::Shutdown) => "shutdown",
-                Some(Close::Refused) => "refused",
-                _ => "closed",
-            }));
-        }
-        let linger = s.linger.get_or_insert_with(|| Timer::new(LINGER));
-        if Pin::new(linger).poll(cx).is_ready() {
-            return Poll::Ready(Event::Done("linger expired"));
-        }
-    }
-
-    // Keepalive.
-    if Pin::new(&mut s.tick).poll(cx).is_ready() {
-        if s.last_seen.elapsed() >= s.keepalive.idle_timeout {
-            return Poll::Ready(Event::Done("idle timeout"));
-        }
-        if s.pending.is_none() {
-            s.pending = Some(Message::Ping(Vec::new().into()));
-        }
-        s.tick = Timer::new(s.keepalive.ping_interval);
-        let _ = Pin::new(&mut s.tick).poll(cx);
-        cx.waker().wake_by_ref();
-    }
-
-    // In: the client's messages, unless the shard is backed up or stopping.
-    // Even when closing, keep reading so the closing handshake completes.
-    if !shard.stopping().is_set() && conn.may_read() && shard.mesh().poll_low(cx.waker()) {
-        match Pin::new(&mut *ws).poll_next(cx) {
-            Poll::Ready(Some(Ok(msg))) => return Poll::Ready(Event::Incoming(msg)),
-            Poll::Ready(Some(Err(e))) => {
-                tracing::debug!(cause = %e, "websocket error");
-                if let WsError::Capacity(_) = e {
-                    return Poll::Ready(Event::Done(TOO_BIG));
+            let buf = &mut rbuf.data[rbuf.start..rbuf.end];
+            let h = match frame::parse_header(buf) {
+                Ok(Some(h)) => h,
+                Ok(None) => return false,
+                Err(Bad::Protocol(why)) => {
+                    self.fail(conn, frame::CLOSE_PROTOCOL, why);
+                    continue;
                 }
-                return Poll::Ready(Event::Done("websocket error"));
+            };
+            let so_far = self.fragmented.as_ref().map_or(0, |f| f.len) as u64;
+            if h.opcode & 0x8 == 0 && h.payload.saturating_add(so_far) > max as u64 {
+                // Refused from its header: the rest is never buffered.
+                tracing::debug!(len = h.payload, "websocket message over max_message_size");
+                if let Said::Close(code, reason) =
+                    shard.refused(&Refusal::TooBig, Transport::WebSocket)
+                {
+                    self.close = Some((code, reason));
+                }
+                conn.close_quietly(Close::Handshake);
+                continue;
             }
-            Poll::Ready(None) => return Poll::Ready(Event::Done("peer closed")),
-            Poll::Pending => {}
+            let end = h.len + h.payload as usize;
+            if buf.len() < end {
+                // The buffer grows to the longest frame (max_frame).
+                return false;
+            }
+            let payload = &mut buf[h.len..end];
+            frame::unmask(payload, h.mask, 0);
+            let payload = &*payload;
+            match (h.opcode, self.fragmented.as_mut()) {
+                (frame::OP_TEXT | frame::OP_BINARY, Some(_)) => self.fail(
+                    conn,
+                    frame::CLOSE_PROTOCOL,
+                    "a new message inside a fragmented one",
+                ),
+                (frame::OP_TEXT | frame::OP_BINARY, None) if h.fin => {
+                    self.message(shard, conn, h.opcode, payload)
+                }
+                (frame::OP_TEXT | frame::OP_BINARY, None) => {
+                    if h.opcode == frame::OP_TEXT {
+                        self.text.extend_from_slice(payload);
+                    }
+                    self.fragmented = Some(Fragmented {
+                        opcode: h.opcode,
+                        len: payload.len(),
+                    });
+                }
+                (frame::OP_CONTINUATION, None) => self.fail(
+                    conn,
+                    frame::CLOSE_PROTOCOL,
+                    "a continuation frame without a message",
+                ),
+                (frame::OP_CONTINUATION, Some(f)) => {
+                    f.len += payload.len();
+                    let opcode = f.opcode;
+                    if opcode == frame::OP_TEXT {
+                        self.text.extend_from_slice(payload);
+                    }
+                    if h.fin {
+                        self.fragmented = None;
+                        let text = std::mem::take(&mut self.text);
+                        self.message(shard, conn, opcode, &text);
+                        if text.capacity() <= TEXT_KEEP {
+                            self.text = text;
+                            self.text.clear();
+                        }
+                    }
+                }
+                (frame::OP_PING, _) => {
+                    let mut pong = Vec::with_capacity(2 + payload.len());
+                    frame::write_frame(frame::OP_PONG, payload, &mut pong);
+                    conn.push_raw(&pong);
+                }
+                (frame::OP_CLOSE, _) => self.peer_close(conn, payload),
+                // Pongs only show the client is there (note_input).
+                _ => {}
+            }
+            rbuf.start += end;
         }
     }
 
-    let mut st = conn.st.borrow_mut();
-    match &st.waker {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => st.waker = Some(cx.waker().clone()),
+    fn note_input(&mut self) {
+        self.last_seen = Instant::now();
     }
-    Poll::Pending
-}
 
-/// Takes the next frame from the connection's buffer as WebSocket text.
-fn next_message(conn: &Conn) -> Option<String> {
-    let (text, used) = conn.with_unwritten(|q| {
-        let (frame, used) = proto::decode_frame(q.front(), usize::MAX).ok()??;
-        let space = frame.body.iter().position(|&b| b == b' ')?;
-        let (queue, json) = (&frame.body[..space], &frame.body[space + 1..]);
-        let mut out = Vec::with_capacity(json.len() + queue.len() + 16);
-        if queue.is_empty() {
-            out.extend_from_slice(json);
-        } else {
-            let mut q = Vec::with_capacity(queue.len() + 2);
-            proto::write_json_string(std::str::from_utf8(queue).ok()?, &mut q);
-            proto::rewrite_object(json, &["queue"], &[("queue", &q)], &mut out).ok()?;
+    fn poll_timers(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Option<&'static str> {
+        if Pin::new(&mut self.tick).poll(cx).is_ready() {
+            if self.last_seen.elapsed() >= self.keepalive.idle_timeout {
+                return Some("idle timeout");
+            }
+            if conn.st.borrow().closing.is_none() {
+                conn.push_raw(&[0x80 | frame::OP_PING, 0]);
+            }
+            self.tick = Timer::new(self.keepalive.ping_interval);
+            let _ = Pin::new(&mut self.tick).poll(cx);
+            cx.waker().wake_by_ref();
         }
-        Some((String::from_utf8(out).ok()?, used))
-    })?;
-    conn.written(used);
-    Some(text)
-}
-
-/// Handles one message from the client.
-fn incoming(shard: &Rc<Shard>, conn: &Rc<Conn>, msg: Message) {
-    if conn.st.borrow().ending.is_some() || shard.stopping().is_set() {
-        // Going away: keep reading only for the closing handshake.
-        return;
+        None
     }
-    match msg {
-        Message::Text(text) => {
-            Counters::add(&shard.counters().bytes_in, text.len() as u64);
-            text_message(shard, conn, text.as_str())
+
+    fn closing(&mut self, conn: &Conn) -> bool {
+        if std::mem::replace(&mut self.close_queued, true) {
+            return false;
         }
-        Message::Binary(_) => shard.refuse(conn, &Refusal::Binary),
-        // Pings are answered by tungstenite on the next flush; pongs and
-        // close frames only matter as signs of life / the handshake.
-        Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+        let mut bytes = Vec::with_capacity(2 + 125);
+        match self.close {
+            Some((code, reason)) => frame::write_close(Some(code), reason, &mut bytes),
+            None => frame::write_close(None, "", &mut bytes),
+        }
+        conn.push_raw(&bytes);
+        true
+    }
+
+    fn peer_done(&self) -> bool {
+        self.peer_closed
+    }
+
+    fn drained(&mut self, bytes: &[u8]) -> bool {
+        self.peer_closed || self.follow(bytes)
     }
 }
 
-/// The fields of a WebSocket message that are not CoreMQ commands.
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    queue: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    corews_status: Option<serde::de::IgnoredAny>,
+/// What a WebSocket text message asks for.
+#[derive(Debug)]
+enum Text<'a> {
+    /// A CoreMQ command (or `coremq_replicant`, which is refused).
+    Command(ClientMessage<'a>),
+    /// `corews_status`: the original server's status reply.
+    Status,
+    /// A publish of the object without its `"queue"` to that queue.
+    Publish(std::borrow::Cow<'a, str>, proto::Publish<'a>),
+    /// Refused, the connection staying open.
+    Refused(Refusal),
+}
+
+/// Reads a WebSocket text message in one pass (PROTOCOL.md §5): a command, a
+/// status request, or a publish to its `"queue"` (cut out of what is stored).
+/// The rules are those of the serde envelope this replaces: a `"queue"` that
+/// is neither a string nor null, or a repeated `"queue"` or
+/// `"corews_status"`, is [`Refusal::QueueNotAString`]; a null one is none.
+fn classify(text: &str, max_q: usize, max_depth: usize) -> Text<'_> {
+    let (msg, ws) = match proto::parse_ws_message(text.as_bytes(), max_q, max_depth) {
+        Ok(m) => m,
+        Err(e) => return Text::Refused(Refusal::Body(e)),
+    };
+    let publish = match msg {
+        ClientMessage::Publish(p) => p,
+        command => return Text::Command(command),
+    };
+    if ws.queues > 1 || ws.statuses > 1 {
+        return Text::Refused(Refusal::QueueNotAString);
+    }
+    let queue: Option<std::borrow::Cow<'_, str>> = match ws.queue {
+        None | Some("null") => None,
+        Some(v) if v.starts_with('"') => match serde_json::from_str(v) {
+            Ok(q) => Some(q),
+            Err(_) => return Text::Refused(Refusal::QueueNotAString),
+        },
+        Some(_) => return Text::Refused(Refusal::QueueNotAString),
+    };
+    if ws.status.is_some_and(|v| v != "null") {
+        return Text::Status;
+    }
+    let Some(queue) = queue else {
+        return Text::Refused(Refusal::UnknownMessage);
+    };
+    if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
+        return Text::Refused(Refusal::Body(e));
+    }
+    Text::Publish(queue, publish)
 }
 
 fn text_message(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
-    let max_q = shard.cfg().max_queue_name_length;
-    let msg = match proto::parse_message_limited(text.as_bytes(), max_q, shard.cfg().max_json_depth)
-    {
-        Ok(m) => m,
-        Err(e) => return shard.refuse(conn, &Refusal::Body(e)),
-    };
-    match msg {
-        ClientMessage::Publish(_) => {}
-        ClientMessage::Replicant(_) => return shard.refuse(conn, &Refusal::ReplicantOverWebSocket),
-        command => return dispatch(shard, conn, &conn.id, command),
-    }
-    let env: Envelope<'_> = match serde_json::from_str(text) {
-        Ok(e) => e,
-        Err(_) => return shard.refuse(conn, &Refusal::QueueNotAString),
-    };
-    if env.corews_status.is_some() {
-        return ws_status(shard, conn);
-    }
-    let Some(queue) = env.queue else {
-        return shard.refuse(conn, &Refusal::UnknownMessage);
-    };
-    if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
-        return shard.refuse(conn, &Refusal::Body(e));
-    }
-    let mut fields = Vec::with_capacity(text.len());
-    if let Err(e) = proto::rewrite_object(text.as_bytes(), &["queue"], &[], &mut fields) {
-        return shard.refuse(conn, &Refusal::Body(e));
-    }
-    match proto::parse_message(&fields, max_q) {
-        Ok(ClientMessage::Publish(p)) => shard.publish(conn, &queue, &p),
-        Ok(_) => shard.refuse(conn, &Refusal::CommandKeysInPublish),
-        Err(e) => shard.refuse(conn, &Refusal::Body(e)),
+    let cfg = shard.cfg();
+    match classify(text, cfg.max_queue_name_length, cfg.max_json_depth) {
+        Text::Publish(queue, p) => shard.publish(conn, &queue, &p),
+        Text::Command(ClientMessage::Replicant(_)) => {
+            shard.refuse(conn, &Refusal::ReplicantOverWebSocket)
+        }
+        Text::Command(command) => dispatch(shard, conn, &conn.id, command),
+        Text::Status => ws_status(shard, conn),
+        Text::Refused(r) => shard.refuse(conn, &r),
     }
 }
 
@@ -317,4 +411,136 @@ fn ws_status(shard: &Rc<Shard>, conn: &Rc<Conn>) {
         conn.complete(seq, |kind| *kind = ReplyKind::Raw(json));
     })
     .detach();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The fields of a WebSocket message that are not CoreMQ commands (the
+    /// serde envelope the old reader used).
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow, default)]
+        queue: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        corews_status: Option<serde::de::IgnoredAny>,
+    }
+
+    /// What the old reader made of a text message: four passes (parse,
+    /// envelope, rewrite without "queue", parse again), as a comparable
+    /// string: the refusal, the command, or the queue and stored JSON.
+    fn old(text: &str) -> String {
+        let (max_q, depth) = (255, 64);
+        let msg = match proto::parse_message_limited(text.as_bytes(), max_q, depth) {
+            Ok(m) => m,
+            Err(e) => return format!("{:?}", Refusal::Body(e)),
+        };
+        match msg {
+            ClientMessage::Publish(_) => {}
+            command => return format!("{command:?}"),
+        }
+        let env: Envelope<'_> = match serde_json::from_str(text) {
+            Ok(e) => e,
+            Err(_) => return format!("{:?}", Refusal::QueueNotAString),
+        };
+        if env.corews_status.is_some() {
+            return "status".into();
+        }
+        let Some(queue) = env.queue else {
+            return format!("{:?}", Refusal::UnknownMessage);
+        };
+        if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
+            return format!("{:?}", Refusal::Body(e));
+        }
+        let mut fields = Vec::new();
+        proto::rewrite_object(text.as_bytes(), &["queue"], &[], &mut fields).unwrap();
+        match proto::parse_message(&fields, max_q) {
+            Ok(ClientMessage::Publish(p)) => stored(&queue, &p),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn stored(queue: &str, p: &proto::Publish<'_>) -> String {
+        let mut out = Vec::new();
+        p.write_stamped(
+            &proto::Stamps::new("id", "n1:6747"),
+            1_700_000_000_000_001,
+            &mut out,
+        );
+        format!("publish {queue} {}", String::from_utf8(out).unwrap())
+    }
+
+    fn new(text: &str) -> String {
+        match classify(text, 255, 64) {
+            Text::Publish(q, p) => stored(&q, &p),
+            Text::Command(c) => format!("{c:?}"),
+            Text::Status => "status".into(),
+            Text::Refused(r) => format!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn one_pass_reads_every_message_as_the_four_passes_did() {
+        for text in [
+            r#"{"queue": "q", "a": 1}"#,
+            r#"{"a": 1, "queue": "q"}"#,
+            r#"{ "a" : 1 , "queue" : "q" , "b" : [1, {"queue": 2}] }"#,
+            r#"{"queue":"q"}"#,
+            r#"{"queue": "q", "coremq_sent": 5, "x": "\u00e9 é"}"#,
+            r#"{"queue": "caf\u00e9", "a": 1}"#,
+            r#"{"queue": "a\"b"}"#,
+            r#"{"queue": null, "a": 1}"#,
+            r#"{"queue": 5}"#,
+            r#"{"queue": ["q"]}"#,
+            r#"{"queue": "q", "queue": "r"}"#,
+            r#"{"queue": "q", "corews_status": 1}"#,
+            r#"{"corews_status": null, "queue": "q"}"#,
+            r#"{"corews_status": 1, "corews_status": 2}"#,
+            r#"{"corews_status": {}}"#,
+            r#"{"a": 1}"#,
+            r#"{}"#,
+            r#"{"queue": ""}"#,
+            r#"{"queue": "$coremq.x"}"#,
+            r#"{"queue": "has space"}"#,
+            r#"{"coremq_subscribe": ["q"], "queue": "x"}"#,
+            r#"{"coremq_replicant": "n2"}"#,
+            r#"{"coremq_gethistory": "q"}"#,
+            r#"[1]"#,
+            r#"{"a": "#,
+            "{\"queue\": \"q\", \"deep\": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}",
+        ] {
+            assert_eq!(new(text), old(text), "{text}");
+        }
+    }
+
+    proptest! {
+        /// Objects built from the members that matter, in any order and
+        /// spacing, read the same either way.
+        #[test]
+        fn one_pass_matches_on_generated_objects(
+            members in proptest::collection::vec(prop_oneof![
+                Just(r#""queue": "q""#), Just(r#""queue":"long.queue.name""#),
+                Just(r#""queue": null"#), Just(r#""queue": 1"#),
+                Just(r#""corews_status": true"#), Just(r#""corews_status": null"#),
+                Just(r#""a": {"queue": "inner"}"#), Just(r#""coremq_sent": 1.5"#),
+                Just(r#""coremq_server": "x""#), Just(r#""t": "\u00e9\n""#),
+                Just(r#""u": "ü""#), Just(r#""n": [1, 2]"#),
+            ], 0..6),
+            spaces in proptest::collection::vec(prop_oneof![Just(""), Just(" "), Just("\n ")], 8),
+        ) {
+            let mut text = String::from("{");
+            for (i, m) in members.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(spaces[i % spaces.len()]);
+                text.push_str(m);
+            }
+            text.push_str(spaces[7]);
+            text.push('}');
+            prop_assert_eq!(new(&text), old(&text), "{}", text);
+        }
+    }
 }

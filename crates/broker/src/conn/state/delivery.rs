@@ -2,20 +2,22 @@
 //! to take them: the slow-consumer policies (G4, G5, §9).
 
 use super::{Close, Conn, Queued, Transport};
-use crate::msg::{FrameBytes, MsgFrame};
+use crate::frame::Forms;
+use crate::msg::MsgFrame;
 use crate::refusal::Refusal;
 use coremq_config::SlowConsumerPolicy;
 use coremq_protocol as proto;
 
 impl Conn {
     /// Queues a delivered frame of `queue` unless the connection is closing,
-    /// as `policy` says when it is over `max_pending` (G5, §9). `numbered`
-    /// is the frame with its `coremq_seq` (§10) for connections that asked
-    /// for it: encoded by the first of them, shared by the others.
+    /// as `policy` says when it is over `max_pending` (G5, §9). `forms`
+    /// holds the frame's other forms (with its `coremq_seq` (§10), for
+    /// WebSocket): encoded by the first connection that needs one, shared
+    /// by the others.
     pub(crate) fn deliver(
         &self,
         msg: &MsgFrame,
-        numbered: &mut Option<FrameBytes>,
+        forms: &mut Forms,
         policy: SlowConsumerPolicy,
         queue: &str,
     ) -> Queued {
@@ -23,11 +25,7 @@ impl Conn {
         if st.closing.is_some() {
             return Queued::Closing;
         }
-        let frame = if st.opts.seq && msg.seq() != 0 {
-            &*numbered.get_or_insert_with(|| msg.numbered_bytes())
-        } else {
-            msg.bytes()
-        };
+        let frame = forms.pick(msg, self.transport == Transport::WebSocket, st.opts.seq);
         if st.resuming && st.subs.get(queue) == Some(&super::SubState::Resuming) {
             // After the resume's reply and replayed messages (§10); held
             // bytes count toward the hard cap like queued ones.
@@ -78,7 +76,7 @@ impl Conn {
                 Transport::Tcp => &*self.id,
                 Transport::WebSocket => "",
             };
-            st.out.push_with(|out| proto::encode_frame(on, &json, out));
+            st.out.push_with(|out| self.encode(on, &json, out));
         }
         st.out.push_shared(frame);
         drop(st);

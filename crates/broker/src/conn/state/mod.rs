@@ -49,6 +49,9 @@ pub(crate) enum Close {
     /// Refused for good (authentication failed, token expired, none in
     /// time): one `ERROR:` went out.
     Refused,
+    /// A WebSocket close handshake the client started, or a frame it broke
+    /// the protocol with: a close frame goes out, no JSON.
+    Handshake,
 }
 
 /// State of one subscription of this connection.
@@ -144,7 +147,7 @@ pub(crate) struct Conn {
     pub key: ConnKey,
     /// The connection id (a UUID), also the queue it is subscribed to.
     pub id: Box<str>,
-    /// TCP or WebSocket: how refusals read.
+    /// TCP or WebSocket: how refusals read and frames are encoded.
     transport: Transport,
     /// The `OK: Message sent` frame for this connection, encoded once.
     ok_sent: Box<[u8]>,
@@ -200,7 +203,7 @@ impl Conn {
         let mut json = Vec::new();
         proto::response_json(proto::OK_SENT, &mut json);
         let mut ok_sent = Vec::new();
-        proto::encode_frame(&id, &json, &mut ok_sent);
+        encode(transport, &id, &json, &mut ok_sent);
         Conn {
             key,
             stamps: proto::Stamps::new(&id, &node.server),
@@ -216,7 +219,7 @@ impl Conn {
             counters,
             access,
             st: std::cell::RefCell::new(ConnState {
-                out: OutQueue::default(),
+                out: OutQueue::new(transport == Transport::WebSocket),
                 replies: VecDeque::new(),
                 base: 0,
                 waker: None,
@@ -263,6 +266,12 @@ impl Conn {
     /// TCP or WebSocket.
     pub(crate) fn transport(&self) -> Transport {
         self.transport
+    }
+
+    /// Appends the frame that carries `json` on `queue` in this connection's
+    /// framing (an empty queue: a WebSocket-only object, sent as it is).
+    pub(crate) fn encode(&self, queue: &str, json: &[u8], out: &mut Vec<u8>) {
+        encode(self.transport, queue, json, out)
     }
 
     /// Queues what this connection's transport says for `refusal`, in reply
@@ -334,21 +343,17 @@ impl Conn {
             }
             match slot.kind.map(|b| *b) {
                 None | Some(ReplyKind::Sent) => st.out.push(&self.ok_sent),
-                Some(ReplyKind::Raw(json)) => {
-                    st.out.push_with(|out| proto::encode_frame("", &json, out))
-                }
+                Some(ReplyKind::Raw(json)) => st.out.push_with(|out| self.encode("", &json, out)),
                 Some(ReplyKind::Resumed { recovered, replay }) => {
                     self.write_resumed(&mut st, &recovered, &replay)
                 }
                 Some(ReplyKind::Final(why, json)) => {
-                    st.out
-                        .push_with(|out| proto::encode_frame(&self.id, &json, out));
+                    st.out.push_with(|out| self.encode(&self.id, &json, out));
                     st.closing = Some(why);
                 }
                 Some(kind) => {
                     let json = self.reply_json(kind, st.opts.seq);
-                    st.out
-                        .push_with(|out| proto::encode_frame(&self.id, &json, out));
+                    st.out.push_with(|out| self.encode(&self.id, &json, out));
                 }
             }
             // Reads stop at max_pending (may_read), so only a client that
@@ -392,8 +397,7 @@ impl Conn {
     ) {
         let mut json = Vec::new();
         write_resumed_reply(recovered, &mut json);
-        st.out
-            .push_with(|out| proto::encode_frame(&self.id, &json, out));
+        st.out.push_with(|out| self.encode(&self.id, &json, out));
         let mut digits = itoa::Buffer::new();
         for f in replay {
             let mut marked = Vec::with_capacity(f.json().len() + 48);
@@ -404,8 +408,7 @@ impl Conn {
                 &[(REPLAY, b"true")]
             };
             if proto::rewrite_object(f.json(), &[REPLAY], extra, &mut marked).is_ok() {
-                st.out
-                    .push_with(|out| proto::encode_frame(f.queue(), &marked, out));
+                st.out.push_with(|out| self.encode(f.queue(), &marked, out));
             }
         }
         let mine = |q: &str| recovered.iter().any(|(r, _)| **r == *q);
@@ -441,11 +444,38 @@ impl Conn {
         }
         st.ending = Some(why);
         st.closing = Some(why);
-        st.out
-            .push_with(|out| proto::encode_frame(&self.id, json, out));
+        st.out.push_with(|out| self.encode(&self.id, json, out));
         st.replies.clear();
         drop(st);
         self.wake();
+    }
+
+    /// Closes at once without a last JSON frame, dropping replies still
+    /// waiting: the WebSocket close handshake (its close frame is the
+    /// socket loop's to send) and frames that break the protocol.
+    pub(crate) fn close_quietly(&self, why: Close) {
+        self.end_stall();
+        let mut st = self.st.borrow_mut();
+        if st.closing.is_some() {
+            return;
+        }
+        st.ending = Some(why);
+        st.closing = Some(why);
+        st.replies.clear();
+        drop(st);
+        self.wake();
+    }
+
+    /// Queues frames of the connection's own framing (WebSocket control
+    /// frames) right after what is queued.
+    pub(crate) fn push_raw(&self, frames: &[u8]) {
+        let mut st = self.st.borrow_mut();
+        let was_empty = st.out.is_empty();
+        st.out.push(frames);
+        drop(st);
+        if was_empty {
+            self.wake();
+        }
     }
 
     /// Stops taking input and closes after a last frame that follows every
@@ -473,5 +503,15 @@ impl Conn {
     /// it as `writev` slices).
     pub(crate) fn with_unwritten<R>(&self, f: impl FnOnce(&OutQueue) -> R) -> R {
         f(&self.st.borrow().out)
+    }
+}
+
+/// A frame of `transport`'s framing carrying `json` on `queue`: TCP's
+/// `+LEN QUEUE JSON`, or a WebSocket text frame of the object with
+/// `"queue"` added (as it is with an empty queue).
+fn encode(transport: Transport, queue: &str, json: &[u8], out: &mut Vec<u8>) {
+    match transport {
+        Transport::Tcp => proto::encode_frame(queue, json, out),
+        Transport::WebSocket => crate::wsframe::write_text(queue, json, out),
     }
 }
