@@ -396,7 +396,7 @@ fn shutdown_write(fd: RawFd) {
     }
 }
 
-/// For the HTTP/WebSocket listener (async-tungstenite): the same socket as a
+/// For the HTTP listener (requests, responses, the upgrade): the same socket as a
 /// byte stream.
 impl AsyncRead for Io {
     fn poll_read(
