@@ -20,6 +20,8 @@
 //! fails and otherwise only for a command's bad value, and a publish rewritten with the server's stamps is ASCII JSON that parses again, with
 //! the stamp keys once each and every other member as it was (last duplicate wins).
 //! `rewrite_object` succeeds exactly when the scan does and writes ASCII JSON.
+//! `parse_ws_message` (the WebSocket reader) takes and refuses exactly what
+//! `parse_message_limited` does, with the same error, and its `"queue"` is JSON.
 //!
 //! The targets are built with debug assertions (`fuzz/run` passes `-a`), so the
 //! crate's own checks (`validated_str`'s UTF-8 check, the fast/slow assertion in
@@ -29,7 +31,8 @@
 
 use coremq_protocol::scan_internals::{combined, fast, slow, Scanned};
 use coremq_protocol::{
-    parse_message, rewrite_object, BodyError, ClientMessage, Publish, SENT_KEY, STAMP_KEYS,
+    parse_message, parse_message_limited, parse_ws_message, rewrite_object, BodyError,
+    ClientMessage, Publish, SENT_KEY, STAMP_KEYS,
 };
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
@@ -78,6 +81,31 @@ fuzz_target!(|data: &[u8]| {
         ),
     }
     check_rewrite(data, slow.is_ok());
+    // The WebSocket reader (one pass that also finds "queue" and
+    // "corews_status") takes and refuses exactly what the TCP reader does,
+    // with the same error.
+    let depth = 64;
+    let tcp = parse_message_limited(data, 255, depth);
+    let ws = parse_ws_message(data, 255, depth);
+    match (&tcp, &ws) {
+        (Ok(_), Ok((_, members))) => {
+            if let Some(q) = members.queue {
+                assert!(members.queues >= 1, "{:?}", shown());
+                assert!(
+                    serde_json::from_str::<Value>(q).is_ok(),
+                    "queue value {q:?} is not JSON in {:?}",
+                    shown()
+                );
+            }
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "TCP and WebSocket errors on {:?}", shown()),
+        _ => panic!(
+            "TCP reader {:?}, WebSocket reader {:?} on {:?}",
+            tcp.as_ref().map(|_| ()),
+            ws.as_ref().map(|_| ()),
+            shown()
+        ),
+    }
     if let Ok(ClientMessage::Publish(publish)) = &parsed {
         assert_eq!(publish.json(), data);
         check_stored(data, publish);
