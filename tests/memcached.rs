@@ -18,13 +18,16 @@ fn broker(shards: usize, extra: &[(&str, &str)]) -> (Broker, SocketAddr) {
     broker_with(BrokerOpts::new(shards), extra)
 }
 
-fn broker_with(mut opts: BrokerOpts, extra: &[(&str, &str)]) -> (Broker, SocketAddr) {
-    let port = free_port();
-    opts = opts.set("memcached_port", &port.to_string());
-    for (k, v) in extra {
-        opts = opts.set(k, v);
-    }
-    let b = Broker::start(opts);
+fn broker_with(opts: BrokerOpts, extra: &[(&str, &str)]) -> (Broker, SocketAddr) {
+    let mut port = 0;
+    let b = Broker::start_picking(|| {
+        port = free_port();
+        let mut o = opts.clone().set("memcached_port", &port.to_string());
+        for (k, v) in extra {
+            o = o.set(k, v);
+        }
+        o
+    });
     let ready = b.ready.as_ref().expect("ready");
     let addr: SocketAddr = ready["memcached"]
         .as_str()

@@ -13,9 +13,9 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Starts node `name` on TLS port `tls_port` of `entries`, with `pair` and
-/// trusting `ca`.
+/// trusting `ca` (its client port picked afresh if another test took it).
 fn node(name: &str, tls_port: u16, entries: &str, pair: &Pair, ca: &std::path::Path) -> Broker {
-    Broker::start(
+    Broker::start_picking(|| {
         BrokerOpts::new(1)
             .port(free_port())
             .set("node_name", name)
@@ -24,8 +24,8 @@ fn node(name: &str, tls_port: u16, entries: &str, pair: &Pair, ca: &std::path::P
             .set("tls_key_file", pair.key.to_str().unwrap())
             .set("tls_client_ca_file", ca.to_str().unwrap())
             .set("cluster_tls", "true")
-            .set("cluster_nodes", entries),
-    )
+            .set("cluster_nodes", entries)
+    })
 }
 
 fn links_up(st: &serde_json::Value, entries: &[String], me: usize) -> bool {

@@ -330,6 +330,33 @@ impl Broker {
         }
     }
 
+    /// Starts a broker on ports picked free a moment before (cluster nodes
+    /// must know each other's ports before any of them starts; a memcached
+    /// port is checked against the ready file). Tests run in parallel, and
+    /// another one may bind such a port in between: that start fails with
+    /// "already in use", and `opts` is asked again (a fresh port where the
+    /// test can still choose one), at most 5 times.
+    pub fn start_picking(mut opts: impl FnMut() -> BrokerOpts) -> Broker {
+        let mut attempt = 0;
+        loop {
+            let mut b = Broker::spawn(&opts());
+            while !b.ready_path.exists() && b.is_alive() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if b.ready_path.exists() {
+                b.wait_ready();
+                return b;
+            }
+            attempt += 1;
+            assert!(
+                b.stderr().contains("already in use") && attempt < 5,
+                "broker failed to start\n{}",
+                b.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn start_shards(shards: usize) -> Broker {
         Broker::start(BrokerOpts::new(shards))
     }
