@@ -437,23 +437,19 @@ impl Conn {
     /// Queues a last frame on the connection's own queue and closes after it,
     /// dropping replies still waiting (a slow consumer gets nothing more).
     pub(crate) fn close_with(&self, why: Close, json: &[u8]) {
-        self.end_stall();
-        let mut st = self.st.borrow_mut();
-        if st.closing.is_some() {
-            return;
-        }
-        st.ending = Some(why);
-        st.closing = Some(why);
-        st.out.push_with(|out| self.encode(&self.id, json, out));
-        st.replies.clear();
-        drop(st);
-        self.wake();
+        self.close(why, Some(json));
     }
 
     /// Closes at once without a last JSON frame, dropping replies still
     /// waiting: the WebSocket close handshake (its close frame is the
     /// socket loop's to send) and frames that break the protocol.
     pub(crate) fn close_quietly(&self, why: Close) {
+        self.close(why, None);
+    }
+
+    /// Closes (once), with `last` as the final frame on the own queue if
+    /// given, dropping replies still waiting.
+    fn close(&self, why: Close, last: Option<&[u8]>) {
         self.end_stall();
         let mut st = self.st.borrow_mut();
         if st.closing.is_some() {
@@ -461,6 +457,9 @@ impl Conn {
         }
         st.ending = Some(why);
         st.closing = Some(why);
+        if let Some(json) = last {
+            st.out.push_with(|out| self.encode(&self.id, json, out));
+        }
         st.replies.clear();
         drop(st);
         self.wake();
