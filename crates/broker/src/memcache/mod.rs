@@ -594,7 +594,8 @@ fn push_line(out: &mut Vec<u8>, line: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The reply to a store answer.
+/// The reply to an answer other than a read's values (which [`finish`]
+/// writes, streaming large values).
 fn write_answer(then: Then, answer: KvAnswer, out: &mut Vec<u8>) {
     let quiet = |noreply: bool, out: &mut Vec<u8>, r: &str| {
         if !noreply {
@@ -602,19 +603,6 @@ fn write_answer(then: Then, answer: KvAnswer, out: &mut Vec<u8>) {
         }
     };
     match (then, answer) {
-        (Then::Get(keys, parts), KvAnswer::Values(values)) => {
-            let mut found = keys.iter().zip(values);
-            for (n, cas) in parts {
-                for (key, v) in found.by_ref().take(n) {
-                    let Some((value, unique)) = v else { continue };
-                    let bytes = value.mc_bytes();
-                    value_header(out, key, value.flags, bytes.len(), cas.then_some(unique));
-                    out.extend_from_slice(&bytes);
-                    out.extend_from_slice(b"\r\n");
-                }
-                out.extend_from_slice(b"END\r\n");
-            }
-        }
         (Then::Store(n), KvAnswer::Stored(true)) => quiet(n, out, "STORED"),
         (Then::Store(n), KvAnswer::Stored(false)) => quiet(n, out, "NOT_STORED"),
         (Then::Delete(n), KvAnswer::Deleted(d)) => {
