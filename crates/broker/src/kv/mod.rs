@@ -37,6 +37,8 @@ pub(crate) const TOMBSTONE_MS: u64 = 3_600_000;
 const NIL: u32 = u32::MAX;
 /// Keys whose lookups [`KvTable::get_many`] has in flight at once.
 const LOOKUP_GROUP: usize = 16;
+/// Bytes of a value [`KvTable::get_many`] asks for ahead of the copy.
+const PREFETCH_VALUE: usize = 2048;
 
 /// Asks the CPU to bring the cache line at `p` in; nothing else.
 #[inline(always)]
@@ -422,8 +424,12 @@ impl KvTable {
                     .then(|| self.entry(*slot).value.as_ref())
                     .flatten()
                 {
-                    // The reference counts sit just before the bytes.
-                    prefetch(v.data.as_ptr().wrapping_sub(16));
+                    // The reference counts sit just before the bytes; the
+                    // bytes are copied into the reply soon after.
+                    let start = v.data.as_ptr().wrapping_sub(16);
+                    for line in (0..v.data.len().min(PREFETCH_VALUE) + 16).step_by(64) {
+                        prefetch(start.wrapping_add(line));
+                    }
                 }
             }
             for &(tag, _, slot) in &group {
