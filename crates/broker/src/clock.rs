@@ -32,6 +32,12 @@ impl Clock {
         self.now_us.set(unix_now_us());
     }
 
+    /// The last reading, in Unix milliseconds (what key-value expiry is
+    /// measured in), without reading the clock again.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now_us.get() / 1000
+    }
+
     /// Sets the reading directly (tests).
     #[cfg(test)]
     fn set_now(&self, us: u64) {

@@ -351,7 +351,7 @@ fn start_batch(
                 if !matches!(cmd, Cmd::Get { .. }) {
                     // The gets before it are started first: they must not
                     // see what this command changes.
-                    gets.flush(shard, &mut batch);
+                    gets.flush(shard, now, &mut batch);
                 }
                 start(shard, access, cmd, now)
             }
@@ -359,7 +359,7 @@ fn start_batch(
         match started {
             Started::Get(keys, cas) => gets.add(&keys, cas),
             Started::Now(p) => {
-                gets.flush(shard, &mut batch);
+                gets.flush(shard, now, &mut batch);
                 batch.push(p);
             }
         }
@@ -368,7 +368,7 @@ fn start_batch(
         rbuf.start += take;
         *skip = want - take;
     };
-    gets.flush(shard, &mut batch);
+    gets.flush(shard, now, &mut batch);
     (batch, end)
 }
 
@@ -390,13 +390,13 @@ impl GetRun {
     }
 
     /// Starts the read of every key so far (if any).
-    fn flush(&mut self, shard: &Shard, batch: &mut Vec<Pending>) {
+    fn flush(&mut self, shard: &Shard, now: u64, batch: &mut Vec<Pending>) {
         if self.parts.is_empty() {
             return;
         }
         let run = std::mem::take(self);
         batch.push(Pending::Kv(
-            shard.kv_get_start(&run.keys),
+            shard.kv_get_start(&run.keys, now),
             Then::Get(run.keys, run.parts),
         ));
     }

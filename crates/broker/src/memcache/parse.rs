@@ -457,10 +457,15 @@ pub(crate) fn key(token: &[u8]) -> Option<&str> {
 
 /// Decimal digits only, fitting in a u64.
 fn unsigned(token: &[u8]) -> Option<u64> {
-    if token.is_empty() || !token.iter().all(u8::is_ascii_digit) {
+    if token.is_empty() {
         return None;
     }
-    std::str::from_utf8(token).ok()?.parse().ok()
+    token.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// An optional `-` and decimal digits, fitting in an i32 (memcached's

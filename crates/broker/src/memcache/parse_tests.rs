@@ -577,3 +577,23 @@ mod props {
         }
     }
 }
+
+#[test]
+fn unsigned_takes_digits_that_fit_a_u64_only() {
+    for (t, want) in [
+        (&b"0"[..], Some(0)),
+        (b"007", Some(7)),
+        (b"1024", Some(1024)),
+        (b"18446744073709551615", Some(u64::MAX)),
+        (b"18446744073709551616", None),
+        (b"99999999999999999999", None),
+        (b"", None),
+        (b"-1", None),
+        (b"+1", None),
+        (b"1 ", None),
+        (b"1a", None),
+        (b"\xd9\xa3", None),
+    ] {
+        assert_eq!(unsigned(t), want, "{:?}", String::from_utf8_lossy(t));
+    }
+}

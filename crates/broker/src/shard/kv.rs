@@ -112,7 +112,7 @@ impl Shard {
     /// them: the keys this shard owns are read at once, in place, and only
     /// the others are copied, into one request per owner. (A pipelined
     /// memcached client's run of gets, which keeps its keys for the reply.)
-    pub(crate) fn kv_get_start(&self, keys: &KeyList) -> KvPending {
+    pub(crate) fn kv_get_start(&self, keys: &KeyList, now_ms: u64) -> KvPending {
         let mut values = vec![None; keys.len()];
         // Per other owner: the indices of its keys, and the keys.
         let mut groups: Vec<(usize, Vec<usize>, Vec<Box<str>>)> = Vec::new();
@@ -134,7 +134,7 @@ impl Shard {
         }
         self.kv
             .borrow_mut()
-            .get_many(local, now_ms(), |i, v| values[i] = v);
+            .get_many(local, now_ms, |i, v| values[i] = v);
         if groups.is_empty() {
             return KvPending::Ready(KvAnswer::Values(values));
         }
@@ -213,7 +213,7 @@ impl Shard {
     /// and reaches watchers.
     fn kv_apply(&self, op: KvOp) -> KvAnswer {
         self.clock.refresh();
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut changes = Vec::new();
         // Changes are copied out only for the links and watchers.
         let record = (self.kv_replicates || self.cfg.kv.watch).then_some(&mut changes);
