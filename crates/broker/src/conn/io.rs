@@ -349,7 +349,7 @@ impl Write for WriteAdapter<'_, '_> {
 /// Writes as much of `iov` as the socket takes with one `sendmsg`. When the
 /// socket is full, falls back to `poll_write` of the first buffer, which
 /// tries once more and otherwise registers the task for writability.
-fn send_vectored(
+pub(crate) fn send_vectored(
     stream: &mut TcpStream,
     cx: &mut Context<'_>,
     iov: &[IoSlice<'_>],
