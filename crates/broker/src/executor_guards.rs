@@ -235,3 +235,58 @@ fn a_sleeping_executor_wakes_for_its_next_timer_whatever_it_armed_before() {
         "a timer due before the one kept armed did not wake the executor"
     );
 }
+
+/// Guards the receiving side of a shared channel, which now tells the
+/// sending executor only when the channel was full before it took a value
+/// (vendor/glommio/COREMQ-PATCH.md): a sender waiting for room must still be
+/// woken. The sender fills a channel of 4 as fast as it can; the receiver
+/// naps on a timer every few values, so that the sender finds it full and
+/// its executor parks, again and again. A missed wake-up leaves both asleep
+/// (the receiver waits for values the sender never gets to send). Never
+/// notifying made it stall on the first full channel.
+#[test]
+fn a_sender_waiting_for_room_is_woken_when_the_receiver_takes_a_value() {
+    const VALUES: u32 = 20_000;
+    let (tx, rx) = shared_channel::new_bounded::<u32>(4);
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    let sender = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("filler")
+        .io_memory(crate::IO_MEMORY)
+        .spawn(move || async move {
+            let tx = tx.connect().await;
+            for v in 0..VALUES {
+                tx.send(v).await.unwrap();
+            }
+        })
+        .expect("executor starts under the locked-memory limit");
+    let receiver = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("napper")
+        .io_memory(crate::IO_MEMORY)
+        .spawn(move || async move {
+            let rx = rx.connect().await;
+            for v in 0..VALUES {
+                assert_eq!(rx.recv().await, Some(v), "values arrive in order");
+                count.fetch_add(1, Ordering::Relaxed);
+                if v % 8 == 7 {
+                    glommio::timer::sleep(Duration::from_micros(50)).await;
+                }
+            }
+        })
+        .expect("executor starts under the locked-memory limit");
+    let r = received.clone();
+    finishes_within(
+        Duration::from_secs(60),
+        move || {
+            receiver.join().unwrap();
+            sender.join().unwrap();
+        },
+        move || {
+            format!(
+                "stalled after {} of {VALUES} values: the sender slept through the room made for it",
+                r.load(Ordering::Relaxed)
+            )
+        },
+    );
+    assert_eq!(received.load(Ordering::Relaxed), VALUES as usize);
+}
