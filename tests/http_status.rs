@@ -70,6 +70,7 @@ fn status_over_http(shards: usize) {
         for k in [
             "connections",
             "ws_connections",
+            "memcached_connections",
             "queues",
             "subscriptions",
             "history_messages",
@@ -211,6 +212,7 @@ fn metrics_move_with_traffic(shards: usize) {
     for name in [
         "coremq_connections",
         "coremq_ws_connections",
+        "coremq_memcached_connections",
         "coremq_queues",
         "coremq_subscriptions",
         "coremq_history_messages",

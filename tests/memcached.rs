@@ -727,3 +727,97 @@ fn a_client_that_does_not_read_is_not_buffered_for() {
     writer.join().unwrap().unwrap();
     c.call("version\r\n", "VERSION ");
 }
+
+/// Each shard's `memcached_connections` in status.
+fn mc_per_shard(b: &Broker) -> Vec<u64> {
+    let st = b.client().status();
+    st["shards"]
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| {
+            s["memcached_connections"]
+                .as_u64()
+                .expect("memcached_connections")
+        })
+        .collect()
+}
+
+/// Waits until status shows `want` per shard.
+fn wait_mc_per_shard(b: &Broker, want: &[u64]) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let got = mc_per_shard(b);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "memcached_connections {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn memcached_connections_go_to_the_least_busy_shard() {
+    for shards in [2usize, 3] {
+        let (b, addr) = broker_with(BrokerOpts::new(shards).ws(), &[]);
+        // The kernel alone spreads 12 connections 4/4/4 (or 6/6) about 1
+        // time in 15 (1 in 4.5 for two shards); each accept goes to the shard
+        // serving the fewest, so they always end up even.
+        let mut conns: Vec<Mc> = Vec::new();
+        for i in 0..12 {
+            let mut m = Mc::connect(addr);
+            m.call(&format!("set k{i} 0 0 1\r\n{}\r\n", i % 10), "STORED\r\n");
+            conns.push(m);
+        }
+        let even = 12 / shards as u64;
+        wait_mc_per_shard(&b, &vec![even; shards]);
+        // Every connection, wherever it is served, sees every other's keys.
+        for (i, m) in conns.iter_mut().enumerate() {
+            let j = (i + 5) % 12;
+            assert_eq!(
+                m.get(&format!("k{j}")),
+                Some((0, vec![b'0' + (j % 10) as u8]))
+            );
+        }
+        // Closing the first shard's connections empties it; the next ones
+        // fill it again before any other shard gets one.
+        let per = mc_per_shard(&b);
+        assert_eq!(per.iter().sum::<u64>(), 12);
+        let drop_n = (even as usize).min(conns.len());
+        conns.drain(..drop_n);
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        while mc_per_shard(&b).iter().sum::<u64>() != 12 - drop_n as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "closes not counted: {:?}",
+                mc_per_shard(&b)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let low = *mc_per_shard(&b).iter().min().unwrap();
+        let mut more = Vec::new();
+        for _ in 0..drop_n {
+            let mut m = Mc::connect(addr);
+            m.call("version\r\n", "VERSION ");
+            let _ = m.line();
+            more.push(m);
+        }
+        let after = mc_per_shard(&b);
+        assert!(
+            after.iter().all(|&n| n >= low && n <= even + 1),
+            "{after:?}"
+        );
+        assert_eq!(after.iter().sum::<u64>(), 12);
+        // The Prometheus gauge says the same.
+        let metrics = common::web::http_get(b.ws_addr(), "/metrics").text();
+        let gauge: u64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("coremq_memcached_connections{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(gauge, 12, "{metrics}");
+    }
+}

@@ -289,8 +289,10 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         };
         crate::cluster::start(&shard, port);
     }
-    // Every shard serves WebSocket connections the listener hands it.
+    // Every shard serves WebSocket connections the listener hands it, and
+    // memcached connections any shard accepts.
     crate::web::host(&shard);
+    let mc_host = mc_listener.as_ref().map(|_| crate::memcache::host(&shard));
     // The key-value store's expiry sweep (PROTOCOL.md §13): keys nobody
     // reads again are freed too, a bounded number of slots per tick.
     {
@@ -327,8 +329,8 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
             },
         ),
         async {
-            if let Some(l) = &mc_listener {
-                crate::memcache::accept_loop(&shard, l).await;
+            if let (Some(l), Some(host)) = (&mc_listener, &mc_host) {
+                crate::memcache::accept_loop(&shard, host, l).await;
             }
         },
     )

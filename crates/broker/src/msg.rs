@@ -73,6 +73,9 @@ pub(crate) enum Request {
     /// An upgraded WebSocket connection the control shard's listener hands
     /// to this shard, which serves it from here on (boxed: rare and large).
     AdoptWs(Box<AdoptWs>),
+    /// A memcached connection the accepting shard hands to this one, the
+    /// least busy (a duplicate of its descriptor; nothing read from it yet).
+    AdoptMemcached(OwnedFd),
     /// A subscriber on the sending shard is over `max_pending` (`on`) or has
     /// caught up (`!on`): while any is, the owner holds the confirmations of
     /// publishes to `queue`, which stops its publishers' reads (G5).

@@ -26,6 +26,9 @@ pub(crate) struct NodeShared {
     /// The client side of `cluster_tls` links (`None`: plain links),
     /// reloaded with `tls`.
     pub cluster_client: Mutex<Option<Arc<rustls::ClientConfig>>>,
+    /// Per shard, the memcached connections it serves (and those on their
+    /// way to it), so that each accept can go to the least busy shard.
+    memcached: Box<[AtomicUsize]>,
 }
 
 /// Figures of one cluster link, written by the control shard and read by
@@ -68,6 +71,7 @@ impl PeerCounters {
 impl NodeShared {
     /// Fresh counters.
     pub(crate) fn new(
+        shards: usize,
         authority: Option<Arc<coremq_auth::Authority>>,
         tls: Option<Arc<rustls::ServerConfig>>,
         cluster_client: Option<Arc<rustls::ClientConfig>>,
@@ -79,7 +83,41 @@ impl NodeShared {
             authority: Mutex::new(authority),
             tls: Mutex::new(tls),
             cluster_client: Mutex::new(cluster_client),
+            memcached: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
         })
+    }
+
+    /// The shard to serve a memcached connection shard `accepted` took:
+    /// the one serving the fewest, `accepted` itself on a tie (no hand-over
+    /// then). Counted for it at once, so that accepts on other shards at the
+    /// same moment see it. (The kernel spreads accepts over the shards by a
+    /// hash of the addresses: four connections on two shards land three to
+    /// one or four to none more often than two and two, and the busy shard
+    /// then sets the pace.)
+    pub(crate) fn memcached_pick(&self, accepted: usize) -> usize {
+        let load = |s: usize| self.memcached[s].load(Ordering::Relaxed);
+        let mut best = accepted.min(self.memcached.len() - 1);
+        for s in 0..self.memcached.len() {
+            if load(s) < load(best) {
+                best = s;
+            }
+        }
+        self.memcached[best].fetch_add(1, Ordering::Relaxed);
+        best
+    }
+
+    /// A memcached connection of shard `shard` ended (or was never served).
+    pub(crate) fn memcached_closed(&self, shard: usize) {
+        if let Some(n) = self.memcached.get(shard) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The memcached connections shard `shard` serves.
+    pub(crate) fn memcached_connections(&self, shard: usize) -> u64 {
+        self.memcached
+            .get(shard)
+            .map_or(0, |n| n.load(Ordering::Relaxed) as u64)
     }
 
     /// The client configuration of `cluster_tls` links in force.

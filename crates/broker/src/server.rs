@@ -145,7 +145,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         Some((server, client)) => (Some(server), client),
         None => (None, None),
     };
-    let shared = NodeShared::new(authority, tls, cluster_client);
+    let shared = NodeShared::new(shards, authority, tls, cluster_client);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);

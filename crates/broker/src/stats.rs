@@ -84,6 +84,8 @@ pub(crate) struct ShardStats {
     pub shard: usize,
     pub connections: u64,
     pub ws_connections: u64,
+    /// memcached connections the shard serves (not in `connections`).
+    pub memcached_connections: u64,
     pub queues: u64,
     pub subscriptions: u64,
     pub history_messages: u64,
@@ -149,7 +151,8 @@ impl ShardStats {
         use std::fmt::Write;
         let _ = write!(
             out,
-            "{{\"shard\": {}, \"connections\": {}, \"ws_connections\": {}, \"queues\": {}, \"subscriptions\": {}, \
+            "{{\"shard\": {}, \"connections\": {}, \"ws_connections\": {}, \"memcached_connections\": {}, \
+             \"queues\": {}, \"subscriptions\": {}, \
              \"history_messages\": {}, \"history_bytes\": {}, \"history_evictions\": {}, \
              \"messages_in\": {}, \"messages_out\": {}, \
              \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}, \
@@ -164,6 +167,7 @@ impl ShardStats {
             self.shard,
             self.connections,
             self.ws_connections,
+            self.memcached_connections,
             self.queues,
             self.subscriptions,
             self.history_messages,

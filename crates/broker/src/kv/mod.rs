@@ -35,6 +35,24 @@ pub(crate) const ENTRY_OVERHEAD: u64 = 128;
 pub(crate) const TOMBSTONE_MS: u64 = 3_600_000;
 /// No slot.
 const NIL: u32 = u32::MAX;
+/// Keys whose lookups [`KvTable::get_many`] has in flight at once.
+const LOOKUP_GROUP: usize = 16;
+/// Bytes of a value [`KvTable::get_many`] asks for ahead of the copy.
+const PREFETCH_VALUE: usize = 2048;
+
+/// Asks the CPU to bring the cache line at `p` in; nothing else.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing into the program and
+    // cannot fault, whatever the address (a stale or dangling one included).
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 /// What a shard's store counts (for status and metrics).
 pub(crate) use crate::stats::KvStats as KvFigures;
@@ -354,20 +372,95 @@ impl KvTable {
 
     /// The live value of `key` and its cas, counted as a hit or a miss and
     /// made most recently used.
+    #[cfg(test)]
     pub(crate) fn get(&mut self, key: &str, now_ms: u64) -> Option<(KvValue, u64)> {
-        let found = self.find(key).filter(|&s| !self.expire(s, now_ms));
-        match found.and_then(|s| self.entry(s).value.as_ref().map(|_| s)) {
+        let slot = self.find(key);
+        self.hit(slot, now_ms).map(|s| self.value_at(s))
+    }
+
+    /// Reads several keys, each exactly as [`KvTable::get`] would, handing
+    /// `put` each key's tag and answer in order. The lookups are done a
+    /// group at a time in passes, so that the cache misses of a group's
+    /// lookups overlap instead of following one another: every key's index
+    /// probe first (asking for its slot), then every slot (asking for its
+    /// value's header), then the values. On a table larger than the caches a
+    /// get is mostly these misses (perf: the lookup was a third of the
+    /// store's time with one key at a time).
+    pub(crate) fn get_many<'k, T: Copy>(
+        &mut self,
+        keys: impl IntoIterator<Item = (T, &'k str)>,
+        now_ms: u64,
+        mut put: impl FnMut(T, Option<(KvValue, u64)>),
+    ) {
+        let mut keys = keys.into_iter().peekable();
+        let mut group: Vec<(T, &str, u32)> = Vec::with_capacity(LOOKUP_GROUP);
+        while keys.peek().is_some() {
+            group.clear();
+            // The index: the first slot whose tag matches (hashbrown's 7
+            // bits); its key is compared in the next pass, once loaded.
+            for (tag, key) in keys.by_ref().take(LOOKUP_GROUP) {
+                let hash = self.hasher.hash_one(key.as_bytes());
+                let candidate = self.index.find(hash, |_| true).copied().unwrap_or(NIL);
+                if candidate != NIL {
+                    prefetch(self.slots.as_ptr().wrapping_add(candidate as usize));
+                }
+                group.push((tag, key, candidate));
+            }
+            // The slots: the candidate if it holds the key (else a full
+            // lookup: another key matched the tag first), live or not.
+            for (_, key, slot) in group.iter_mut() {
+                let found = match *slot {
+                    NIL => None,
+                    s if self.slots[s as usize]
+                        .as_ref()
+                        .is_some_and(|e| e.key.bytes() == key.as_bytes()) =>
+                    {
+                        Some(s)
+                    }
+                    _ => self.find(key),
+                };
+                *slot = self.hit(found, now_ms).unwrap_or(NIL);
+                if let Some(v) = (*slot != NIL)
+                    .then(|| self.entry(*slot).value.as_ref())
+                    .flatten()
+                {
+                    // The reference counts sit just before the bytes; the
+                    // bytes are copied into the reply soon after.
+                    let start = v.data.as_ptr().wrapping_sub(16);
+                    for line in (0..v.data.len().min(PREFETCH_VALUE) + 16).step_by(64) {
+                        prefetch(start.wrapping_add(line));
+                    }
+                }
+            }
+            for &(tag, _, slot) in &group {
+                put(tag, (slot != NIL).then(|| self.value_at(slot)));
+            }
+        }
+    }
+
+    /// `slot` (found for a read) if it holds a live value, counted as a hit
+    /// and marked as read; else counted as a miss (an expired entry is
+    /// dropped on the way).
+    fn hit(&mut self, slot: Option<u32>, now_ms: u64) -> Option<u32> {
+        let found = slot.filter(|&s| !self.expire(s, now_ms));
+        match found.filter(|&s| self.entry(s).value.is_some()) {
             Some(slot) => {
                 self.mark(slot);
                 self.figures.hits += 1;
-                let e = self.entry(slot);
-                e.value.clone().map(|v| (v, e.pos.sent_us))
+                Some(slot)
             }
             None => {
                 self.figures.misses += 1;
                 None
             }
         }
+    }
+
+    /// The value at `slot` (one [`KvTable::hit`] returned) and its cas.
+    fn value_at(&self, slot: u32) -> (KvValue, u64) {
+        let e = self.entry(slot);
+        let v = e.value.clone().expect("a hit holds a value");
+        (v, e.pos.sent_us)
     }
 
     /// Carries out a single-key operation or a list operation on keys this
@@ -384,7 +477,10 @@ impl KvTable {
     ) -> KvAnswer {
         match op {
             KvOp::Get { keys } => {
-                KvAnswer::Values(keys.iter().map(|k| self.get(k, now_ms)).collect())
+                let mut values = vec![None; keys.len()];
+                let each = keys.iter().enumerate().map(|(i, k)| (i, &**k));
+                self.get_many(each, now_ms, |i, v| values[i] = v);
+                KvAnswer::Values(values)
             }
             KvOp::Set {
                 key,

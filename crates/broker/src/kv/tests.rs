@@ -443,3 +443,80 @@ fn long_keys_live_outside_the_slot_and_behave_the_same() {
     assert_eq!(run(&mut t, &mut p, del, NOW).0, KvAnswer::Deleted(3));
     assert_eq!(t.figures().bytes, 0);
 }
+
+/// Two tables given the same changes: one read a key at a time, the other
+/// with `get_many`, must answer alike and count alike — hits, misses,
+/// expired keys dropped on the way, tombstones, repeated keys, short and
+/// long names, and (with thousands of absent keys on 7-bit tags) lookups
+/// whose first tag match is another key.
+#[test]
+fn get_many_answers_as_get_does() {
+    let fill = |t: &mut KvTable| {
+        let mut p = Positions(100);
+        for i in 0..3000 {
+            let key = if i % 3 == 0 {
+                format!("a-long-key-name-past-the-inline-limit-{i}")
+            } else {
+                format!("k{i}")
+            };
+            let expiry = if i % 7 == 0 {
+                Expiry::AtMs(NOW + 10)
+            } else {
+                Expiry::Never
+            };
+            let v = format!("[{i}]");
+            run(t, &mut p, set_if(&key, &v, SetCond::Always, expiry), NOW);
+        }
+        for i in (0..3000).step_by(11) {
+            let del = KvOp::Delete {
+                keys: vec![format!("k{i}").into()],
+            };
+            run(t, &mut p, del, NOW);
+        }
+    };
+    let mut one = KvTable::new(1 << 30, true);
+    let mut many = KvTable::new(1 << 30, true);
+    fill(&mut one);
+    fill(&mut many);
+    let mut keys: Vec<String> = Vec::new();
+    for i in 0..3000 {
+        keys.push(format!("k{i}"));
+        keys.push(format!("a-long-key-name-past-the-inline-limit-{i}"));
+        keys.push(format!("absent{i}"));
+        if i % 5 == 0 {
+            keys.push(format!("k{i}"));
+        }
+    }
+    let now = NOW + 20;
+    let want: Vec<_> = keys.iter().map(|k| one.get(k, now)).collect();
+    let mut got = vec![None; keys.len()];
+    let each = keys.iter().enumerate().map(|(i, k)| (i, k.as_str()));
+    many.get_many(each, now, |i, v| got[i] = v);
+    let text = |v: &Option<(KvValue, u64)>| v.as_ref().map(|(v, cas)| (v.data.to_vec(), *cas));
+    let hits = want.iter().filter(|v| v.is_some()).count();
+    assert!(hits > 2000 && hits < keys.len() - 3000, "{hits} hits");
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(text(&got[i]), text(&want[i]), "key {k}");
+    }
+    let (a, b) = (one.figures(), many.figures());
+    assert_eq!(
+        (a.hits, a.misses, a.expirations, a.keys, a.bytes),
+        (b.hits, b.misses, b.expirations, b.keys, b.bytes)
+    );
+    assert!(a.expirations > 0);
+    // What was read is marked alike: the same keys survive an eviction.
+    for t in [&mut one, &mut many] {
+        t.limit = t.bytes + 200 * (ENTRY_OVERHEAD + 1100);
+        let mut p = Positions(1_000_000);
+        for i in 0..1500 {
+            run(t, &mut p, set(&format!("new{i}"), &"1".repeat(1024)), now);
+        }
+    }
+    for k in &keys {
+        assert_eq!(
+            one.get(k, now).map(|v| v.1),
+            many.get(k, now).map(|v| v.1),
+            "after eviction: {k}"
+        );
+    }
+}

@@ -2,8 +2,11 @@
 //! the key-value store, so that memcached clients and tools work unchanged
 //! and see the keys CoreMQ clients set (and the other way round).
 //!
-//! Every shard listens on the port (SO_REUSEPORT, as the client port) and
-//! serves the connections it accepts. A connection's task reads, parses
+//! Every shard listens on the port (SO_REUSEPORT, as the client port); a
+//! connection is served by the shard that serves the fewest (the accepting
+//! one on a tie, else it hands the socket over right after the accept,
+//! before reading anything), so that a client's few pooled connections do
+//! not crowd one shard. A connection's task reads, parses
 //! every complete command in the buffer ([`parse`]), starts them all at once
 //! with [`Shard::kv_start`] (the ones whose keys this shard owns are done in
 //! place; the others go to their owners together), then awaits the answers
@@ -23,8 +26,9 @@ mod parse;
 use crate::access::Access;
 use crate::conn::readbuf::ReadBuf;
 use crate::kvop::{now_ms, Expiry, KeyList, KvAnswer, KvOp, KvValue, SetCond};
+use crate::msg::Request;
 use crate::refusal::Transport;
-use crate::shard::{KvPending, Shard};
+use crate::shard::{KvPending, McHost, Shard};
 use crate::stats::Counters;
 use coremq_auth::Action;
 use futures_lite::future;
@@ -35,8 +39,8 @@ use glommio::timer::sleep;
 use parse::{reply, Cmd, Mode, Parse, What};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 /// Most commands started before their replies are written: bounds what
@@ -64,11 +68,88 @@ struct Live {
     fds: RefCell<HashMap<u64, RawFd>>,
 }
 
+/// Serves the memcached connections of this shard: those it accepts and
+/// those other shards hand to it.
+pub(crate) struct Host {
+    shard: Weak<Shard>,
+    live: Rc<Live>,
+}
+
+impl McHost for Host {
+    fn adopt(&self, fd: OwnedFd) {
+        let Some(shard) = self.shard.upgrade() else {
+            return;
+        };
+        // SAFETY: the descriptor is owned (a duplicate made for us by the
+        // accepting shard); into_raw_fd hands it to the stream, which closes it.
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        if shard.stopping().is_set() {
+            // Not served: dropping the stream closes it.
+            shard.node().shared.memcached_closed(shard.id());
+            shard.node().shared.closed();
+            return;
+        }
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        spawn_serve(&shard, &self.live, stream, peer);
+    }
+}
+
+/// Lets `shard` serve memcached connections (its own and those handed to
+/// it); called at boot on every shard that binds `memcached_port`, before
+/// any shard accepts.
+pub(crate) fn host(shard: &Rc<Shard>) -> Rc<Host> {
+    let host = Rc::new(Host {
+        shard: Rc::downgrade(shard),
+        live: Rc::new(Live::default()),
+    });
+    shard.set_mc_host(host.clone());
+    host
+}
+
+/// Serves `stream` on `shard` until it closes, registered in `live` so that
+/// a stop ends its reading.
+fn spawn_serve(shard: &Rc<Shard>, live: &Rc<Live>, stream: TcpStream, peer: String) {
+    let _ = stream.set_nodelay(true);
+    let id = live.next.get();
+    live.next.set(id + 1);
+    live.fds.borrow_mut().insert(id, stream.as_raw_fd());
+    let access = shard.rules().map(|r| Access::new(r.clone()));
+    let (s, l) = (shard.clone(), live.clone());
+    spawn_local(async move {
+        let why = serve(&s, stream, access.as_ref()).await;
+        tracing::debug!(shard = s.id(), peer, why, "memcached connection closed");
+        l.fds.borrow_mut().remove(&id);
+        s.node().shared.memcached_closed(s.id());
+        s.node().shared.closed();
+    })
+    .detach();
+}
+
+/// Gives a connection this shard accepted to shard `to` (a duplicate of its
+/// descriptor: dropping ours leaves the socket open).
+fn hand_over(shard: &Shard, to: usize, stream: TcpStream) {
+    // SAFETY: the stream owns the descriptor and keeps it open for this call.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let fd = match fd.try_clone_to_owned() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot hand a memcached connection over; closing it");
+            shard.node().shared.memcached_closed(to);
+            shard.node().shared.closed();
+            return;
+        }
+    };
+    drop(stream);
+    shard.request(to, Request::AdoptMemcached(fd));
+}
+
 /// Accepts memcached connections until the shard stops, then ends every
 /// one's reading (their replies in progress still go out) and waits for
 /// them, bounded by `shutdown_timeout`.
-pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
-    let live = Rc::new(Live::default());
+pub(crate) async fn accept_loop(shard: &Rc<Shard>, host: &Host, listener: &TcpListener) {
+    let live = &host.live;
     while let Some((mut stream, peer)) = crate::net::accept_next(shard, listener).await {
         let max = shard.cfg().max_connections;
         if !shard.node().shared.try_open(max) {
@@ -94,19 +175,12 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             .detach();
             continue;
         }
-        let _ = stream.set_nodelay(true);
-        let id = live.next.get();
-        live.next.set(id + 1);
-        live.fds.borrow_mut().insert(id, stream.as_raw_fd());
-        let access = shard.rules().map(|r| Access::new(r.clone()));
-        let (s, l) = (shard.clone(), live.clone());
-        spawn_local(async move {
-            let why = serve(&s, stream, access.as_ref()).await;
-            tracing::debug!(shard = s.id(), peer, why, "memcached connection closed");
-            l.fds.borrow_mut().remove(&id);
-            s.node().shared.closed();
-        })
-        .detach();
+        let to = shard.node().shared.memcached_pick(shard.id());
+        if to == shard.id() {
+            spawn_serve(shard, live, stream, peer.to_string());
+        } else {
+            hand_over(shard, to, stream);
+        }
     }
     // Stopping: a read in progress ends as at the peer's end of stream.
     for &fd in live.fds.borrow().values() {

@@ -116,24 +116,25 @@ impl Shard {
         let mut values = vec![None; keys.len()];
         // Per other owner: the indices of its keys, and the keys.
         let mut groups: Vec<(usize, Vec<usize>, Vec<Box<str>>)> = Vec::new();
-        {
-            let now = now_ms();
-            let mut table = self.kv.borrow_mut();
-            for (i, k) in keys.iter().enumerate() {
-                let owner = self.router.owner(k);
-                if owner == self.id {
-                    values[i] = table.get(k, now);
-                    continue;
+        // This shard's keys, read together (their lookups overlap).
+        let mut local = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let owner = self.router.owner(k);
+            if owner == self.id {
+                local.push((i, k));
+                continue;
+            }
+            match groups.iter_mut().find(|(o, ..)| *o == owner) {
+                Some((_, idx, ks)) => {
+                    idx.push(i);
+                    ks.push(k.into());
                 }
-                match groups.iter_mut().find(|(o, ..)| *o == owner) {
-                    Some((_, idx, ks)) => {
-                        idx.push(i);
-                        ks.push(k.into());
-                    }
-                    None => groups.push((owner, vec![i], vec![k.into()])),
-                }
+                None => groups.push((owner, vec![i], vec![k.into()])),
             }
         }
+        self.kv
+            .borrow_mut()
+            .get_many(local, now_ms(), |i, v| values[i] = v);
         if groups.is_empty() {
             return KvPending::Ready(KvAnswer::Values(values));
         }

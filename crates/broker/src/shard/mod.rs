@@ -66,6 +66,14 @@ pub(crate) trait WsHost {
     fn adopt(&self, ws: Box<crate::msg::AdoptWs>);
 }
 
+/// What the memcached side (a layer above) registers on every shard that
+/// listens on `memcached_port`, so that a shard can serve a memcached
+/// connection another shard accepted.
+pub(crate) trait McHost {
+    /// Serves the connection of `Request::AdoptMemcached` on this shard.
+    fn adopt(&self, fd: std::os::fd::OwnedFd);
+}
+
 /// One shard's state.
 pub(crate) struct Shard {
     /// This shard's index, `0..shards`.
@@ -109,6 +117,8 @@ pub(crate) struct Shard {
     ws_host: RefCell<Option<Rc<dyn WsHost>>>,
     /// Where the listener's shard sends the next WebSocket connection.
     next_ws: std::cell::Cell<usize>,
+    /// Serves memcached connections other shards accepted.
+    mc_host: RefCell<Option<Rc<dyn McHost>>>,
     /// The keys this shard owns (PROTOCOL.md §13).
     kv: RefCell<crate::kv::KvTable>,
     /// Key-value operations waiting for their owners' answers.
@@ -155,6 +165,7 @@ impl Shard {
             store,
             ws_host: RefCell::new(None),
             next_ws: std::cell::Cell::new(id),
+            mc_host: RefCell::new(None),
             counters,
             cfg,
             node,
@@ -401,6 +412,16 @@ impl Shard {
                     self.node.shared.closed();
                 }
             },
+            Request::AdoptMemcached(fd) => match self.mc_host.borrow().as_ref() {
+                Some(host) => host.adopt(fd),
+                None => {
+                    // Cannot happen (every shard binds the port before any
+                    // accepts); dropping the descriptor closes the socket.
+                    tracing::warn!("a memcached connection arrived on a shard without a host");
+                    self.node.shared.memcached_closed(self.id);
+                    self.node.shared.closed();
+                }
+            },
             Request::Kv(req) => self.kv_request(from, *req),
             Request::KvReplicated(change) => self.kv_replicated(*change),
             Request::KvPage { token, cursor } => self.kv_page(from, token, cursor),
@@ -414,6 +435,11 @@ impl Shard {
     /// Registers what serves WebSocket connections handed to this shard.
     pub(crate) fn set_ws_host(&self, host: Rc<dyn WsHost>) {
         *self.ws_host.borrow_mut() = Some(host);
+    }
+
+    /// Registers what serves memcached connections handed to this shard.
+    pub(crate) fn set_mc_host(&self, host: Rc<dyn McHost>) {
+        *self.mc_host.borrow_mut() = Some(host);
     }
 
     /// The shard to serve the next WebSocket connection: each in turn, so
@@ -494,6 +520,7 @@ impl Shard {
             stats.disk = store.figures();
         }
         stats.kv = self.kv.borrow().figures();
+        stats.memcached_connections = self.node.shared.memcached_connections(self.id);
         stats
     }
 

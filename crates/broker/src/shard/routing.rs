@@ -139,6 +139,7 @@ fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
         | Request::Dump { .. }
         | Request::AdoptLink { .. }
         | Request::AdoptWs(_)
+        | Request::AdoptMemcached(_)
         | Request::Drain => None,
     }
 }

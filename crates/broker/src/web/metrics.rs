@@ -22,8 +22,14 @@ const METRICS: &[Metric] = &[
     (
         "coremq_ws_connections",
         "gauge",
-        "Open WebSocket connections (all on the control shard).",
+        "Open WebSocket connections whose home is the shard.",
         |s| s.ws_connections,
+    ),
+    (
+        "coremq_memcached_connections",
+        "gauge",
+        "Open memcached_port connections the shard serves.",
+        |s| s.memcached_connections,
     ),
     (
         "coremq_queues",
