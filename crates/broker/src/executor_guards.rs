@@ -151,3 +151,142 @@ fn executors_passing_tokens_never_miss_a_wake_up() {
     );
     assert_eq!(hops.load(Ordering::Relaxed), TOKENS * (HOPS + 1));
 }
+
+/// Guards the timer an executor arms when it goes to sleep, which is now
+/// kept armed across wake-ups instead of cancelled by the next busy pass
+/// (vendor/glommio/COREMQ-PATCH.md): a kept timer must still fire, and a
+/// later sleep must still wake for a timer due earlier than the one kept.
+/// The executor parks three times with a timer pending while another
+/// executor sends it messages; each race below is between a timer and a
+/// message sent long after it is due, so the message wins only if the
+/// executor slept through the timer. Keeping an armed timer whatever the
+/// next deadline (`keep` true whenever it is pending) made the first race go
+/// to the message: a later timer armed for an earlier park was kept.
+#[test]
+fn a_sleeping_executor_wakes_for_its_next_timer_whatever_it_armed_before() {
+    use futures_lite::future;
+    use glommio::timer::{sleep, Timer};
+    let (tx, rx) = shared_channel::new_bounded::<u32>(4);
+    let start = Instant::now();
+    // Sends message n at `AT[n - 1]` after the start.
+    const AT: [Duration; 3] = [
+        Duration::from_millis(100),
+        Duration::from_millis(1500),
+        Duration::from_millis(4000),
+    ];
+    let poker = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("poker")
+        .io_memory(crate::IO_MEMORY)
+        .spawn(move || async move {
+            let tx = tx.connect().await;
+            for (n, at) in AT.iter().enumerate() {
+                sleep(at.saturating_sub(start.elapsed())).await;
+                if tx.send(n as u32 + 1).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("executor starts under the locked-memory limit");
+    let sleeper = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("sleeper")
+        .io_memory(crate::IO_MEMORY)
+        .spawn(move || async move {
+            let rx = rx.connect().await;
+            // A far timer, pending throughout (a shard always has one).
+            glommio::spawn_local(sleep(Duration::from_secs(60))).detach();
+            let near = Timer::new(Duration::from_millis(300));
+            // Parks with `near` as the next timer: armed for this sleep,
+            // woken by message 1.
+            assert_eq!(rx.recv().await, Some(1));
+            // Parks again with the same next timer: the armed one is kept
+            // and must fire (message 2 comes 1.2 s after it is due).
+            let first = future::or(async { rx.recv().await.map(|_| "message") }, async {
+                near.await;
+                Some("timer")
+            })
+            .await;
+            if first != Some("timer") {
+                // Message 2 went to the race.
+                return (first, None);
+            }
+            // Parks with only the far timer pending: armed; woken by message 2.
+            assert_eq!(rx.recv().await, Some(2));
+            // A nearer timer than the one armed: the sleep must wake for it
+            // (message 3 comes seconds later).
+            let second = future::or(async { rx.recv().await.map(|_| "message") }, async {
+                sleep(Duration::from_millis(20)).await;
+                Some("timer")
+            })
+            .await;
+            (first, second)
+        })
+        .expect("executor starts under the locked-memory limit");
+    let (first, second) = sleeper.join().unwrap();
+    drop(poker.join());
+    assert_eq!(
+        first,
+        Some("timer"),
+        "the executor slept through its next timer: the kept timer did not fire, \
+         or one armed for an earlier park that fires later was kept"
+    );
+    assert_eq!(
+        second,
+        Some("timer"),
+        "a timer due before the one kept armed did not wake the executor"
+    );
+}
+
+/// Guards the receiving side of a shared channel, which now tells the
+/// sending executor only when the channel was full before it took a value
+/// (vendor/glommio/COREMQ-PATCH.md): a sender waiting for room must still be
+/// woken. The sender fills a channel of 4 as fast as it can; the receiver
+/// naps on a timer every few values, so that the sender finds it full and
+/// its executor parks, again and again. A missed wake-up leaves both asleep
+/// (the receiver waits for values the sender never gets to send). Never
+/// notifying made it stall on the first full channel.
+#[test]
+fn a_sender_waiting_for_room_is_woken_when_the_receiver_takes_a_value() {
+    const VALUES: u32 = 20_000;
+    let (tx, rx) = shared_channel::new_bounded::<u32>(4);
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    let sender = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("filler")
+        .io_memory(crate::IO_MEMORY)
+        .spawn(move || async move {
+            let tx = tx.connect().await;
+            for v in 0..VALUES {
+                tx.send(v).await.unwrap();
+            }
+        })
+        .expect("executor starts under the locked-memory limit");
+    let receiver = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("napper")
+        .io_memory(crate::IO_MEMORY)
+        .spawn(move || async move {
+            let rx = rx.connect().await;
+            for v in 0..VALUES {
+                assert_eq!(rx.recv().await, Some(v), "values arrive in order");
+                count.fetch_add(1, Ordering::Relaxed);
+                if v % 8 == 7 {
+                    glommio::timer::sleep(Duration::from_micros(50)).await;
+                }
+            }
+        })
+        .expect("executor starts under the locked-memory limit");
+    let r = received.clone();
+    finishes_within(
+        Duration::from_secs(60),
+        move || {
+            receiver.join().unwrap();
+            sender.join().unwrap();
+        },
+        move || {
+            format!(
+                "stalled after {} of {VALUES} values: the sender slept through the room made for it",
+                r.load(Ordering::Relaxed)
+            )
+        },
+    );
+    assert_eq!(received.load(Ordering::Relaxed), VALUES as usize);
+}

@@ -140,6 +140,13 @@ impl Timers {
             .map(|(when, _)| when.saturating_duration_since(now));
         (next, woke)
     }
+
+    /// CoreMQ patch: when the next timer fires (an instant, where
+    /// `process_timers` gives the time until then), so that a sleep can tell
+    /// whether the timer it armed for an earlier sleep is still the right one.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(when, _)| *when)
+    }
 }
 
 /// The reactor.
@@ -867,7 +874,8 @@ impl Reactor {
     /// Processes new events, blocking until the first event or the timeout.
     pub(crate) fn react(&self, timeout: impl Fn() -> Option<Duration>) -> io::Result<bool> {
         // Process ready timers.
-        let (next_timer, woke) = self.process_external_events();
+        let (_, woke) = self.process_external_events();
+        let next_timer = self.timers.borrow().next_deadline();
 
         // Block on I/O events.
         match self

@@ -420,7 +420,14 @@ impl<T: Send + Sized> ConnectedReceiver<T> {
                 }
             }
             res => {
-                self.notifier.notify(false);
+                // CoreMQ patch: the producer's executor is told only when the
+                // producer may be waiting for room. Upstream notified it after
+                // every value taken, which woke a sleeping producer shard
+                // (an eventfd write here and a park and wake there) after
+                // every batch it sent, with nothing for it to do.
+                if self.state.buffer.was_full_before_pop() {
+                    self.notifier.notify(false);
+                }
                 Poll::Ready(res)
             }
         }

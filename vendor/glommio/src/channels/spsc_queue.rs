@@ -399,6 +399,21 @@ impl<T> Consumer<T> {
     pub fn try_pop(&self) -> Option<T> {
         (*self.buffer).try_pop()
     }
+
+    /// CoreMQ patch: whether the queue was full before the last `try_pop`
+    /// took a value, so that the producer may be waiting for room (a
+    /// producer waits only while `free_space()` is 0, and it is the only one
+    /// that pushes). The fence pairs with the one a producer's executor
+    /// passes before its last sweep of the channels on the way to sleep
+    /// (`prepare_to_sleep`): either this load sees the push that filled the
+    /// queue, or that sweep sees this pop's room and wakes the producer.
+    pub fn was_full_before_pop(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let b = &*self.buffer;
+        let tail = b.pcache.tail.load(Ordering::Acquire);
+        let head = b.ccache.head.load(Ordering::Relaxed);
+        tail.saturating_sub(head) + 1 >= b.capacity
+    }
 }
 
 #[cfg(test)]

@@ -1225,6 +1225,10 @@ pub(crate) struct Reactor {
     // CoreMQ patch: when the timer in `latency_preemption_timeout_src` fires.
     latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    // CoreMQ patch: the timer armed for the next user timer when the
+    // executor went to sleep, and when it fires; kept armed across wake-ups
+    // (see `wait`).
+    sleep_timer: Cell<Option<(Source, Instant)>>,
 
     link_fd: RawFd,
 
@@ -1357,6 +1361,7 @@ impl Reactor {
             latency_preemption_timeout_src: Cell::new(None),
             latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            sleep_timer: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1800,7 +1805,7 @@ impl Reactor {
     pub(crate) fn wait<Preempt, F>(
         &self,
         preempt_timer: Preempt,
-        user_timer: Option<Duration>,
+        user_timer: Option<Instant>,
         mut woke: usize,
         process_remote_channels: F,
     ) -> io::Result<bool>
@@ -1895,15 +1900,6 @@ impl Reactor {
             && lat_ring.can_sleep();
 
         if should_sleep {
-            // We are about to go to sleep. It's ok to sleep, but if there
-            // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                self.latency_preemption_deadline
-                    .set(Some(Instant::now() + dur));
-                assert!(flush_rings!(lat_ring)? > 0);
-            }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
@@ -1921,6 +1917,42 @@ impl Reactor {
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
+                    // We are about to go to sleep. It's ok to sleep, but if
+                    // there is a timer set, we need to make sure we wake up
+                    // to handle it.
+                    //
+                    // CoreMQ patch: the timer is armed here, once the sweep
+                    // above found nothing (upstream armed it before the
+                    // sweep, and a sweep that found work left it to be
+                    // cancelled on the next pass), in a slot of its own
+                    // that a wake-up does not cancel: a timer armed for an
+                    // earlier sleep that is still pending and fires no
+                    // later than the next timer is due is kept (usually the
+                    // very same timer). Upstream stored it
+                    // as the latency preemption timer, which the next busy
+                    // pass cancelled to arm the preemption timer, so every
+                    // park and wake cost a TIMEOUT, an ASYNC_CANCEL and
+                    // their system calls for a timer whose deadline had
+                    // not changed (a shard always has some timer pending).
+                    // A kept timer that fires early wakes the executor once,
+                    // which finds nothing due and sleeps again.
+                    if let Some(deadline) = user_timer {
+                        let dur = deadline.saturating_duration_since(Instant::now());
+                        let armed = self.sleep_timer.take();
+                        let keep = matches!(&armed, Some((src, d)) if src.result().is_none() && *d <= deadline);
+                        if keep {
+                            self.sleep_timer.set(armed);
+                        } else {
+                            drop(armed);
+                            self.sleep_timer.set(Some((
+                                lat_ring.prepare_latency_preemption_timer(dur),
+                                deadline,
+                            )));
+                            // (The old one, if any, fires later than this
+                            // one; its cancellation goes with the next pass.)
+                            assert!(flush_rings!(lat_ring)? > 0);
+                        }
+                    }
                     self.link_rings_and_sleep(&mut main_ring)
                         .expect("some error");
                     // May have new cancellations related to the link ring fd.
