@@ -9,6 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+/// An unbound executor named `name`, with the io memory a shard gets (so
+/// that it starts under the locked-memory limit).
+fn executor(name: &str) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .name(name)
+        .io_memory(crate::IO_MEMORY)
+}
+
 /// Runs `f` to its end, or panics with `stalled()` if it has not ended in
 /// `limit` (a backstop for a hang, not a speed limit).
 fn finishes_within(
@@ -42,9 +50,7 @@ fn a_busy_executor_is_told_to_yield_again_and_again() {
     finishes_within(
         GIVE_UP + Duration::from_secs(30),
         move || {
-            LocalExecutorBuilder::new(Placement::Unbound)
-                .name("preempt")
-                .io_memory(crate::IO_MEMORY)
+            executor("preempt")
                 .preempt_timer(Duration::from_millis(1))
                 .spawn(move || async move {
                     let start = Instant::now();
@@ -104,9 +110,7 @@ fn executors_passing_tokens_never_miss_a_wake_up() {
         let rx = receivers[i].take().unwrap();
         let tx = senders[(i + 1) % EXECUTORS].take().unwrap();
         let (finished, hops) = (finished.clone(), hops.clone());
-        let h = LocalExecutorBuilder::new(Placement::Unbound)
-            .name(&format!("ring-{i}"))
-            .io_memory(crate::IO_MEMORY)
+        let h = executor(&format!("ring-{i}"))
             .spawn(move || async move {
                 // Each end waits for its peer to connect: both at once,
                 // or the ring waits on itself.
@@ -174,9 +178,7 @@ fn a_sleeping_executor_wakes_for_its_next_timer_whatever_it_armed_before() {
         Duration::from_millis(1500),
         Duration::from_millis(4000),
     ];
-    let poker = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("poker")
-        .io_memory(crate::IO_MEMORY)
+    let poker = executor("poker")
         .spawn(move || async move {
             let tx = tx.connect().await;
             for (n, at) in AT.iter().enumerate() {
@@ -187,9 +189,7 @@ fn a_sleeping_executor_wakes_for_its_next_timer_whatever_it_armed_before() {
             }
         })
         .expect("executor starts under the locked-memory limit");
-    let sleeper = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("sleeper")
-        .io_memory(crate::IO_MEMORY)
+    let sleeper = executor("sleeper")
         .spawn(move || async move {
             let rx = rx.connect().await;
             // A far timer, pending throughout (a shard always has one).
@@ -250,9 +250,7 @@ fn a_sender_waiting_for_room_is_woken_when_the_receiver_takes_a_value() {
     let (tx, rx) = shared_channel::new_bounded::<u32>(4);
     let received = Arc::new(AtomicUsize::new(0));
     let count = received.clone();
-    let sender = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("filler")
-        .io_memory(crate::IO_MEMORY)
+    let sender = executor("filler")
         .spawn(move || async move {
             let tx = tx.connect().await;
             for v in 0..VALUES {
@@ -260,9 +258,7 @@ fn a_sender_waiting_for_room_is_woken_when_the_receiver_takes_a_value() {
             }
         })
         .expect("executor starts under the locked-memory limit");
-    let receiver = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("napper")
-        .io_memory(crate::IO_MEMORY)
+    let receiver = executor("napper")
         .spawn(move || async move {
             let rx = rx.connect().await;
             for v in 0..VALUES {
