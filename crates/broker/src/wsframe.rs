@@ -201,7 +201,9 @@ pub(crate) fn write_text(queue: &str, json: &[u8], out: &mut Vec<u8>) {
                 &long
             }
         };
-        if proto::rewrite_object(json, &["queue"], &[("queue", value)], out).is_err() {
+        if !proto::append_member_fast(json, "queue", value, out)
+            && proto::rewrite_object(json, &["queue"], &[("queue", value)], out).is_err()
+        {
             out.truncate(start + MAX_HEADER);
             out.extend_from_slice(json);
         }

@@ -70,8 +70,8 @@ pub use message::{
     parse_message, parse_message_limited, parse_ws_message, ClientMessage, WsMembers,
 };
 pub use publish::{
-    rewrite_object, seconds_to_micros, write_sent, Publish, Stamps, REPLAY_KEY, SENDER_KEY,
-    SENT_KEY, SEQ_KEY, SERVER_KEY, STAMP_KEYS,
+    append_member_fast, rewrite_object, seconds_to_micros, write_sent, Publish, Stamps, REPLAY_KEY,
+    SENDER_KEY, SENT_KEY, SEQ_KEY, SERVER_KEY, STAMP_KEYS,
 };
 pub use reply::{
     error_json, response_json, welcome_json, HistoryWriter, BYE, ERR_NOT_REPLICANT, OK_OPTIONS,

@@ -150,6 +150,45 @@ pub fn rewrite_object(
     Ok(())
 }
 
+/// What [`rewrite_object`] makes of `obj` with `strip = [key]` and `extra = [(key,
+/// value)]`, found from its bytes alone when they show it holds no member named
+/// `key`: then the copy is `obj` up to its closing brace, `, "key": value` and the
+/// brace. Returns `false`, appending nothing, when the bytes cannot rule a `key`
+/// member out (or are not in the form the broker stores: ASCII, `{` first and no
+/// space after it, `}` last) — the caller then rewrites.
+///
+/// `obj` must already be a valid JSON object (the broker's own stored JSON): this
+/// does not validate it. `key` must be ASCII with nothing to escape. A member named
+/// `key` has `key` among the bytes or spells a letter of it with a `\u` escape, so
+/// text with neither cannot hold one. Most messages pass with an ASCII check, two
+/// `memchr` scans and a copy, about half the rewrite's time on a 260-byte stored
+/// message (`cargo run --release -p coremq-protocol --example ws_form`): a
+/// WebSocket delivery's form is built this way once per fan-out.
+pub fn append_member_fast(obj: &[u8], key: &str, value: &[u8], out: &mut Vec<u8>) -> bool {
+    let [b'{', second, .., b'}'] = obj else {
+        return false;
+    };
+    if is_ws(*second) || !obj.is_ascii() || contains(obj, key.as_bytes()) || contains(obj, b"\\u") {
+        return false;
+    }
+    let body = &obj[..obj.len() - 1];
+    out.reserve(body.len() + key.len() + value.len() + 7);
+    out.extend_from_slice(body);
+    // Not empty: `{}` is too short for the pattern above.
+    let mut first = false;
+    write_key(key, &mut first, out);
+    out.extend_from_slice(value);
+    out.push(b'}');
+    true
+}
+
+/// Whether `needle` (not empty) occurs in `hay`: `memchr` of its first byte and a
+/// comparison there. For the short needles above this beats building a
+/// `memmem::Finder` per call, which cost more than the rest of the check.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    memchr::memchr_iter(needle[0], hay).any(|at| hay[at..].starts_with(needle))
+}
+
 /// Marks members whose key is in the list.
 struct StripKeys<'k>(&'k [&'k str]);
 
@@ -350,6 +389,66 @@ mod tests {
         assert_eq!(
             rewrite(r#"{"ss":1,"s ":2}"#, &["s"], &[]),
             r#"{"ss":1,"s ":2}"#
+        );
+    }
+
+    /// The fast append agrees byte for byte with the rewrite whenever it takes an
+    /// object, and declines every object the bytes alone cannot clear.
+    #[test]
+    fn append_member_fast_agrees_with_rewrite_or_declines() {
+        let value: &[u8] = br#""q.1""#;
+        let takes = [
+            r#"{"a":1}"#,
+            r#"{"a": 1 }"#,
+            r#"{"message": "hi", "coremq_sender": "x", "coremq_sent": 1.5, "coremq_server": "s"}"#,
+            r#"{"a":{"b":[1,{"c":null}]},"d":"\\\"\n"}"#,
+            r#"{"que":1,"ueue":2}"#,
+        ];
+        for json in takes {
+            let mut fast = b"before".to_vec();
+            assert!(
+                append_member_fast(json.as_bytes(), "queue", value, &mut fast),
+                "{json}"
+            );
+            let slow = rewrite(json, &["queue"], &[("queue", value)]);
+            assert_eq!(
+                String::from_utf8(fast).unwrap(),
+                format!("before{slow}"),
+                "{json}"
+            );
+        }
+        let declines = [
+            r#"{"queue":"old","a":1}"#,
+            r#"{"a":{"queue":1}}"#,
+            r#"{"a":"a queue of things"}"#,
+            r#"{"\u0071ueue":"old"}"#,
+            r#"{"q\u0075eue":"old"}"#,
+            r#"{"a":"\u00fc"}"#,
+            "{\"a\":\"ü\"}",
+            r#"{ "a":1}"#,
+            "{\n\"a\":1}",
+            r#"{"a":1} "#,
+            r#" {"a":1}"#,
+            "{}",
+            "",
+        ];
+        for json in declines {
+            let mut out = b"keep".to_vec();
+            assert!(
+                !append_member_fast(json.as_bytes(), "queue", value, &mut out),
+                "{json}"
+            );
+            assert_eq!(out, b"keep", "{json}");
+        }
+        // Whatever it declines, the rewrite (the caller's fallback) answers
+        // for; the escaped keys are the ones the rewrite must replace.
+        assert_eq!(
+            rewrite(
+                r#"{"\u0071ueue":"old","a":1}"#,
+                &["queue"],
+                &[("queue", value)]
+            ),
+            r#"{"a":1, "queue": "q.1"}"#
         );
     }
 
