@@ -331,6 +331,21 @@ fn protocol_errors_close_with_their_code() {
             1007,
         ),
         (
+            "invalid UTF-8 in a publish",
+            frame(true, TEXT, b"{\"queue\": \"q\", \"a\": \"\xc3(\"}"),
+            1007,
+        ),
+        (
+            "invalid UTF-8 outside a string",
+            frame(true, TEXT, b"{\"queue\": \"q\", \"a\": 1\xff}"),
+            1007,
+        ),
+        (
+            "invalid UTF-8 after what is not JSON",
+            frame(true, TEXT, b"{\"a\": tru \xff\"}"),
+            1007,
+        ),
+        (
             "invalid UTF-8 across fragments",
             [
                 frame(false, TEXT, b"{\"a\": \"\xc3"),

@@ -154,10 +154,16 @@ impl WsWire {
         if opcode == frame::OP_BINARY {
             return shard.refuse(conn, &Refusal::Binary);
         }
-        match std::str::from_utf8(payload) {
-            Ok(text) => text_message(shard, conn, text),
-            Err(_) => self.fail(conn, frame::CLOSE_INVALID_DATA, "text is not UTF-8"),
+        let cfg = shard.cfg();
+        let text = classify(payload, cfg.max_queue_name_length, cfg.max_json_depth);
+        // A message the scanner took is UTF-8 (it validates every byte, G1), so
+        // only a refused one is checked again: text that is not UTF-8 fails the
+        // connection (RFC 6455 §8.1) whatever else is wrong with it.
+        if matches!(text, Text::Refused(_)) && std::str::from_utf8(payload).is_err() {
+            return self.fail(conn, frame::CLOSE_INVALID_DATA, "text is not UTF-8");
         }
+        debug_assert!(std::str::from_utf8(payload).is_ok());
+        text_message(shard, conn, text)
     }
 
     /// A close frame from the client: answered with its code (RFC 6455
@@ -344,8 +350,8 @@ enum Text<'a> {
 /// The rules are those of the serde envelope this replaces: a `"queue"` that
 /// is neither a string nor null, or a repeated `"queue"` or
 /// `"corews_status"`, is [`Refusal::QueueNotAString`]; a null one is none.
-fn classify(text: &str, max_q: usize, max_depth: usize) -> Text<'_> {
-    let (msg, ws) = match proto::parse_ws_message(text.as_bytes(), max_q, max_depth) {
+fn classify(text: &[u8], max_q: usize, max_depth: usize) -> Text<'_> {
+    let (msg, ws) = match proto::parse_ws_message(text, max_q, max_depth) {
         Ok(m) => m,
         Err(e) => return Text::Refused(Refusal::Body(e)),
     };
@@ -358,6 +364,9 @@ fn classify(text: &str, max_q: usize, max_depth: usize) -> Text<'_> {
     }
     let queue: Option<std::borrow::Cow<'_, str>> = match ws.queue {
         None | Some("null") => None,
+        // The scanner validated the string: without escapes, its text is
+        // what lies between the quotes.
+        Some(v) if v.starts_with('"') && !v.contains('\\') => Some(v[1..v.len() - 1].into()),
         Some(v) if v.starts_with('"') => match serde_json::from_str(v) {
             Ok(q) => Some(q),
             Err(_) => return Text::Refused(Refusal::QueueNotAString),
@@ -376,9 +385,8 @@ fn classify(text: &str, max_q: usize, max_depth: usize) -> Text<'_> {
     Text::Publish(queue, publish)
 }
 
-fn text_message(shard: &Rc<Shard>, conn: &Rc<Conn>, text: &str) {
-    let cfg = shard.cfg();
-    match classify(text, cfg.max_queue_name_length, cfg.max_json_depth) {
+fn text_message(shard: &Rc<Shard>, conn: &Rc<Conn>, text: Text<'_>) {
+    match text {
         Text::Publish(queue, p) => shard.publish(conn, &queue, &p),
         Text::Command(ClientMessage::Replicant(_)) => {
             shard.refuse(conn, &Refusal::ReplicantOverWebSocket)
@@ -473,7 +481,7 @@ mod tests {
     }
 
     fn new(text: &str) -> String {
-        match classify(text, 255, 64) {
+        match classify(text.as_bytes(), 255, 64) {
             Text::Publish(q, p) => stored(&q, &p),
             Text::Command(c) => format!("{c:?}"),
             Text::Status => "status".into(),
