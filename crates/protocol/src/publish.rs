@@ -174,9 +174,8 @@ pub fn append_member_fast(obj: &[u8], key: &str, value: &[u8], out: &mut Vec<u8>
     let body = &obj[..obj.len() - 1];
     out.reserve(body.len() + key.len() + value.len() + 7);
     out.extend_from_slice(body);
-    // Not empty: `{}` is too short for the pattern above.
-    let mut first = false;
-    write_key(key, &mut first, out);
+    // Never the first member: `{}` is too short for the pattern above.
+    write_key(key, &mut false, out);
     out.extend_from_slice(value);
     out.push(b'}');
     true
