@@ -266,7 +266,7 @@ fn metrics_move_with_traffic(shards: usize) {
     assert!(d("coremq_bytes_in_total") > 0.0);
     assert!(d("coremq_bytes_out_total") > 0.0);
     assert_eq!(sum(&s1, "coremq_connections"), 4.0);
-    // Two WebSocket clients, served by two shards in turn.
+    // Two WebSocket clients, served by the two least busy shards.
     let ws = per_shard(&s1, "coremq_ws_connections", shards);
     assert_eq!(ws.iter().sum::<f64>(), 2.0, "{ws:?}");
     assert!(

@@ -815,6 +815,84 @@ fn websocket_connections_spread_over_every_shard() {
     }
 }
 
+/// WebSocket connections per shard, from status.
+fn ws_per_shard(tcp: &mut Client) -> Vec<u64> {
+    let st = tcp.status();
+    st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ws_connections"].as_u64().unwrap())
+        .collect()
+}
+
+/// Waits (bounded) until status shows `want` WebSocket connections per shard.
+fn wait_ws_per_shard(tcp: &mut Client, want: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let per = ws_per_shard(tcp);
+        if per == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "per shard {per:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each upgrade goes to the shard serving the fewest WebSocket connections,
+/// the listener's own (shard 0, which also runs the cluster links) last on a
+/// tie: the first browser is served on another shard, and connections that
+/// close leave no shard behind (in turn would pile the next ones up).
+#[test]
+fn websocket_connections_go_to_the_least_busy_shard() {
+    let b = ws_broker(2);
+    let mut tcp = b.client();
+    // Which shard took each connection, from the status counter it moved.
+    let open = |tcp: &mut Client| -> (WsClient, usize) {
+        let before = ws_per_shard(tcp);
+        let w = WsClient::connect(b.ws_addr());
+        let after = ws_per_shard(tcp);
+        let moved: Vec<usize> = (0..2).filter(|&s| after[s] == before[s] + 1).collect();
+        assert_eq!(moved.len(), 1, "{before:?} -> {after:?}");
+        (w, moved[0])
+    };
+    let first = open(&mut tcp);
+    assert_eq!(
+        first.1, 1,
+        "the first WebSocket is served by the other shard"
+    );
+    let mut ws = vec![first];
+    for _ in 0..3 {
+        ws.push(open(&mut tcp));
+    }
+    assert_eq!(ws_per_shard(&mut tcp), vec![2, 2]);
+    // Shard 1's two close: the next two go there, not one to each.
+    let (gone, kept): (Vec<_>, Vec<_>) = ws.into_iter().partition(|(_, s)| *s == 1);
+    assert_eq!(gone.len(), 2);
+    drop(gone);
+    wait_ws_per_shard(&mut tcp, &[2, 0]);
+    let again: Vec<_> = (0..2).map(|_| open(&mut tcp)).collect();
+    assert!(
+        again.iter().all(|(_, s)| *s == 1),
+        "went to {:?}",
+        again.iter().map(|w| w.1).collect::<Vec<_>>()
+    );
+    assert_eq!(ws_per_shard(&mut tcp), vec![2, 2]);
+    // Every one of them is served: a message from TCP reaches each.
+    let q = uniq("ws.balance");
+    let mut all: Vec<WsClient> = kept.into_iter().chain(again).map(|(w, _)| w).collect();
+    for w in all.iter_mut() {
+        w.subscribe(&[&q]);
+    }
+    tcp.publish(&q, &json!({"n": 1}));
+    for w in all.iter_mut() {
+        assert_eq!(w.recv_msg()["n"], json!(1));
+    }
+}
+
 /// An idle WebSocket connection holds a small read buffer, not
 /// tungstenite's eagerly allocated (and, at the first read, zero-filled)
 /// 128 KiB default: it cost 138 KB per connection.

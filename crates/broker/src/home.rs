@@ -168,6 +168,7 @@ impl Home {
                 c.connections.set(c.connections.get() - 1);
                 if conn.transport() == Transport::WebSocket {
                     c.ws_connections.set(c.ws_connections.get() - 1);
+                    self.node.shared.websocket_closed(self.id);
                 }
             }
         }

@@ -29,6 +29,33 @@ pub(crate) struct NodeShared {
     /// Per shard, the memcached connections it serves (and those on their
     /// way to it), so that each accept can go to the least busy shard.
     memcached: Box<[AtomicUsize]>,
+    /// Per shard, the WebSocket connections it serves (and those on their
+    /// way to it): the listener's shard gives each upgrade to the least busy.
+    websocket: Box<[AtomicUsize]>,
+}
+
+/// Shard `best` of `counts` serves one more connection: the one serving
+/// the fewest, the first in `order` on a tie. Counted at once, so that a
+/// choice made on another shard at the same moment sees it.
+fn fewest(counts: &[AtomicUsize], order: impl Iterator<Item = usize>) -> usize {
+    let load = |s: usize| counts[s].load(Ordering::Relaxed);
+    let mut best = None;
+    for s in order {
+        if best.is_none_or(|b| load(s) < load(b)) {
+            best = Some(s);
+        }
+    }
+    let best = best.unwrap_or(0);
+    counts[best].fetch_add(1, Ordering::Relaxed);
+    best
+}
+
+/// One connection of shard `shard` in `counts` ended (or was never served).
+fn ended(counts: &[AtomicUsize], shard: usize) {
+    if let Some(n) = counts.get(shard) {
+        // Never below zero, whatever a caller got wrong.
+        let _ = n.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
 }
 
 /// Figures of one cluster link, written by the control shard and read by
@@ -84,6 +111,7 @@ impl NodeShared {
             tls: Mutex::new(tls),
             cluster_client: Mutex::new(cluster_client),
             memcached: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            websocket: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
         })
     }
 
@@ -95,22 +123,31 @@ impl NodeShared {
     /// one or four to none more often than two and two, and the busy shard
     /// then sets the pace.)
     pub(crate) fn memcached_pick(&self, accepted: usize) -> usize {
-        let load = |s: usize| self.memcached[s].load(Ordering::Relaxed);
-        let mut best = accepted.min(self.memcached.len() - 1);
-        for s in 0..self.memcached.len() {
-            if load(s) < load(best) {
-                best = s;
-            }
-        }
-        self.memcached[best].fetch_add(1, Ordering::Relaxed);
-        best
+        let n = self.memcached.len();
+        let accepted = accepted.min(n - 1);
+        fewest(&self.memcached, std::iter::once(accepted).chain(0..n))
     }
 
     /// A memcached connection of shard `shard` ended (or was never served).
     pub(crate) fn memcached_closed(&self, shard: usize) {
-        if let Some(n) = self.memcached.get(shard) {
-            n.fetch_sub(1, Ordering::Relaxed);
-        }
+        ended(&self.memcached, shard);
+    }
+
+    /// The shard to serve a WebSocket connection the listener on shard
+    /// `listener` upgraded: the one serving the fewest; on a tie the first
+    /// after the listener's, the listener's own last (it also runs the
+    /// cluster links and the HTTP listener). So connections that close do
+    /// not leave one shard serving the rest, and the first browser of a
+    /// node with several shards is already served by another shard.
+    pub(crate) fn websocket_pick(&self, listener: usize) -> usize {
+        let n = self.websocket.len();
+        let listener = listener.min(n - 1);
+        fewest(&self.websocket, (1..=n).map(|i| (listener + i) % n))
+    }
+
+    /// A WebSocket connection of shard `shard` ended (or was never served).
+    pub(crate) fn websocket_closed(&self, shard: usize) {
+        ended(&self.websocket, shard);
     }
 
     /// The memcached connections shard `shard` serves.

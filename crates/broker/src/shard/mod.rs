@@ -115,8 +115,6 @@ pub(crate) struct Shard {
     store: Option<Rc<crate::store::Store>>,
     /// Serves WebSocket connections handed over by the listener's shard.
     ws_host: RefCell<Option<Rc<dyn WsHost>>>,
-    /// Where the listener's shard sends the next WebSocket connection.
-    next_ws: std::cell::Cell<usize>,
     /// Serves memcached connections other shards accepted.
     mc_host: RefCell<Option<Rc<dyn McHost>>>,
     /// The keys this shard owns (PROTOCOL.md §13).
@@ -164,7 +162,6 @@ impl Shard {
             rules,
             store,
             ws_host: RefCell::new(None),
-            next_ws: std::cell::Cell::new(id),
             mc_host: RefCell::new(None),
             counters,
             cfg,
@@ -409,6 +406,7 @@ impl Shard {
                 Some(host) => host.adopt(ws),
                 None => {
                     tracing::warn!("a WebSocket connection arrived on a shard without a host");
+                    self.node.shared.websocket_closed(self.id);
                     self.node.shared.closed();
                 }
             },
@@ -440,14 +438,6 @@ impl Shard {
     /// Registers what serves memcached connections handed to this shard.
     pub(crate) fn set_mc_host(&self, host: Rc<dyn McHost>) {
         *self.mc_host.borrow_mut() = Some(host);
-    }
-
-    /// The shard to serve the next WebSocket connection: each in turn, so
-    /// browsers spread over every core like TCP clients do.
-    pub(crate) fn next_ws_shard(&self) -> usize {
-        let next = self.next_ws.get();
-        self.next_ws.set((next + 1) % self.shards);
-        next % self.shards
     }
 
     /// Handles a response from an owner shard (possibly ourselves).

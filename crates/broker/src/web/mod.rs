@@ -368,9 +368,9 @@ async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSet
         shard.node().shared.closed();
         return;
     }
-    // Served by every shard in turn: the socket, its TLS session and what
-    // was read past the head move there (the listener stays here).
-    let to = shard.next_ws_shard();
+    // Served by the shard serving the fewest: the socket, its TLS session
+    // and what was read past the head move there (the listener stays here).
+    let to = shard.node().shared.websocket_pick(shard.id());
     if to != shard.id() {
         return hand_over(&shard, to, stream, head.rest, who, settings.keepalive);
     }
@@ -417,6 +417,7 @@ fn hand_over(
         Ok(fd) => fd,
         Err(e) => {
             tracing::warn!(cause = %e, "cannot hand a WebSocket connection over; closing it");
+            shard.node().shared.websocket_closed(to);
             shard.node().shared.closed();
             return;
         }
@@ -465,6 +466,7 @@ impl WsHost for Host {
         };
         if shard.stopping().is_set() {
             // Not served: dropping the stream closes it.
+            shard.node().shared.websocket_closed(shard.id());
             shard.node().shared.closed();
             return;
         }
