@@ -3,7 +3,8 @@
 //! that stops reading is cut off after `max_stall` and the publisher resumes;
 //! `disconnect` cuts it off at once; `drop` skips and says how many. Other
 //! queues are not slowed. Publishers here pipeline as fast as TCP lets them,
-//! with no window of their own.
+//! with no window of their own; the three policies are also tested with
+//! WebSocket subscribers (at the end).
 
 mod common;
 
@@ -374,4 +375,166 @@ fn a_slower_subscriber_on_another_node_loses_nothing() {
     }
     assert!(shard_sum(&st1, "stalls") >= 1, "never stalled: {st1}");
     cl.assert_alive();
+}
+
+// ---------------------------------------------------------------------------
+// The same policies with WebSocket subscribers (each served by a shard other
+// than the listener's: the first of a node goes to shard 1, see
+// tests/websocket.rs), fed by a pipelining TCP publisher.
+// ---------------------------------------------------------------------------
+
+/// A WebSocket broker with `policy`, 2 shards, the limits of the tests above.
+fn ws_flow_broker(policy: &str, max_stall: &str) -> Broker {
+    Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "128K")
+            .set("max_message_size", "64K")
+            .set("slow_consumer_policy", policy)
+            .set("max_stall", max_stall)
+            .ws(),
+    )
+}
+
+/// Waits (bounded) until the shards' `key` counters sum to at least `n`.
+fn wait_for_sum(watcher: &mut Client, key: &str, n: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = watcher.status();
+        if shard_sum(&st, key) >= n {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{key} never reached {n}: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `block` over WebSocket: a subscriber that has not read while the
+/// publisher wrote far more than max_pending holds the publisher, then
+/// gets every message in order; nobody is cut off.
+#[test]
+fn a_websocket_subscriber_that_reads_late_loses_nothing() {
+    use common::web::WsClient;
+    let b = ws_flow_broker("*:block", "60");
+    let q = uniq("g5.ws.late");
+    let mut s = WsClient::connect(b.ws_addr());
+    s.subscribe(&[&q]);
+    // 12 MB: far over max_pending plus what the sockets' buffers hold.
+    let count = 12_000;
+    let publisher = firehose(&b, &q, count, 1000);
+    let mut watcher = b.client();
+    wait_for_sum(&mut watcher, "stalls", 1);
+    for seq in 0..count {
+        let m = s
+            .try_recv_msg(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("got {seq} of {count}, then {e:?}"));
+        assert_eq!(m["queue"], json!(q));
+        assert_eq!(m["seq"], json!(seq), "out of order or lost");
+    }
+    let _ = publisher.join().expect("publisher");
+    let st = watcher.status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+}
+
+/// `block` over WebSocket: one that never reads is cut off after
+/// `max_stall` (told why, then closed), and the publisher goes on; a TCP
+/// subscriber of the queue gets everything.
+#[test]
+fn a_websocket_subscriber_that_never_reads_is_cut_off_after_max_stall() {
+    use common::web::{WsClient, WsEnd};
+    let b = ws_flow_broker("*:block", "1");
+    let q = uniq("g5.ws.stuck");
+    let mut stuck = WsClient::connect(b.ws_addr());
+    stuck.subscribe(&[&q]);
+    let mut healthy = b.client();
+    healthy.subscribe(&[&q]);
+    let count = 12_000;
+    let publisher = firehose(&b, &q, count, 1000);
+    receive_all(&mut healthy, count, 0, Duration::ZERO);
+    let _ = publisher.join().expect("publisher");
+    let st = wait_for_sum(&mut b.client(), "slow_consumers", 1);
+    assert!(shard_sum(&st, "stalls") >= 1, "never stalled: {st}");
+    let (msgs, end) = stuck.read_until_end(Duration::from_secs(30));
+    let last = msgs.last().expect("the stuck subscriber got nothing");
+    assert!(
+        last["queue"] == json!(stuck.id)
+            && last["response"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("ERROR: slow consumer")),
+        "the last of {} messages: {last}",
+        msgs.len()
+    );
+    let delivered = &msgs[..msgs.len() - 1];
+    assert!(
+        (delivered.len() as u64) < count,
+        "the stuck one got everything"
+    );
+    for (i, m) in delivered.iter().enumerate() {
+        assert_eq!(m["seq"], json!(i), "what it got is a prefix");
+    }
+    assert!(matches!(end, WsEnd::Closed(_)), "{end:?}");
+}
+
+/// `drop` over WebSocket: a subscriber over max_pending stays connected,
+/// skips, and is told how many before the next message of the queue; what
+/// it got plus what it was told it missed is everything.
+#[test]
+fn drop_skips_and_tells_how_many_over_websocket() {
+    use common::web::{WsClient, WsEnd};
+    let b = ws_flow_broker("g5.wsdrop.*:drop, *:block", "60");
+    let q = uniq("g5.wsdrop");
+    let mut s = WsClient::connect(b.ws_addr());
+    s.subscribe(&[&q]);
+    let count = 8_000u64;
+    // Not reading while the publisher runs: most of it must be dropped.
+    let mut p = firehose(&b, &q, count, 1000).join().expect("publisher");
+    let (mut got, mut missed, mut next) = (0u64, 0u64, 0u64);
+    let mut take = |v: Value| -> Option<u64> {
+        assert_eq!(v["queue"], json!(q), "{v}");
+        if let Some(r) = v["response"].as_str() {
+            let n: u64 = r
+                .strip_prefix("WARN: Dropped ")
+                .and_then(|t| t.strip_suffix(" messages"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected response {v}"));
+            missed += n;
+            next += n;
+            return None;
+        }
+        let seq = v["seq"].as_u64().unwrap_or_else(|| panic!("{v}"));
+        // In order, and each gap announced before it.
+        assert_eq!(seq, next, "{v}");
+        got += 1;
+        next += 1;
+        Some(seq)
+    };
+    // Take what was queued, until the broker has nothing more for it ...
+    loop {
+        match s.read_json(Duration::from_secs(1)) {
+            Ok(v) => {
+                take(v);
+            }
+            Err(WsEnd::Timeout) => break,
+            Err(e) => panic!("the connection ended: {e:?}"),
+        }
+    }
+    // ... then one more message, which comes after the count of the missed.
+    p.options(json!({"ack": true}));
+    p.publish(&q, &json!({"seq": count}));
+    loop {
+        let v = s
+            .read_json(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("no last message: {e:?}"));
+        if take(v) == Some(count) {
+            break;
+        }
+    }
+    assert!(missed > 0, "nothing was dropped");
+    assert_eq!(
+        got + missed,
+        count + 1,
+        "received {got}, told of {missed} missed"
+    );
+    let st = b.client().status();
+    assert_eq!(shard_sum(&st, "drops"), missed, "{st}");
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
 }
