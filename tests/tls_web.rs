@@ -160,3 +160,87 @@ fn https_status_and_wss_interoperate_with_plain_tcp() {
     plain.publish(&q, &json!({"after": "refusals"}));
     assert_eq!(read_json(&mut ws)["after"], "refusals");
 }
+
+/// Mutual TLS on the https/wss port (PROTOCOL.md §11 with §8): a verified
+/// client certificate's CN is the user of a request or a WebSocket that
+/// shows no credentials of its own — a monitor's certificate opens the
+/// status page, another user's is refused it (403), none is asked for
+/// credentials (401); a wss client acts as its CN without a coremq_auth,
+/// with that user's rights and no one else's.
+#[test]
+fn a_client_certificate_is_its_cn_over_https_and_wss() {
+    use common::auth::Fixture;
+    let mut pki = Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let f = Fixture::new(
+        "[user:watcher]\nmonitor = true\n\n\
+         [user:alice]\npublish = alice.*\nsubscribe = alice.*\n",
+    );
+    let b = Broker::start(
+        f.opts(2)
+            .tls(&pair)
+            .ws_set("tls", "true")
+            .set("tls_client_ca_file", pki.ca.to_str().unwrap())
+            .set("tls_client_auth", "optional"),
+    );
+    let (watcher, alice) = (pki.client("watcher"), pki.client("alice"));
+    let as_watcher = t::client_config(&pki.ca, Some(&watcher));
+    let as_alice = t::client_config(&pki.ca, Some(&alice));
+    let anonymous = t::client_config(&pki.ca, None);
+
+    let page = https_get(&b, &as_watcher, "/status").unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+    let page = https_get(&b, &as_alice, "/status").unwrap();
+    assert!(page.starts_with("HTTP/1.1 403"), "{page}");
+    let page = https_get(&b, &anonymous, "/metrics").unwrap();
+    assert!(page.starts_with("HTTP/1.1 401"), "{page}");
+    wait_log(
+        &b,
+        "TLS client certificate: acting as its CN user=\"watcher\"",
+    );
+
+    let open = |config: &Arc<rustls::ClientConfig>| {
+        let (mut ws, _) = tungstenite::client::client(
+            format!("wss://localhost:{}/ws", b.ws_addr().port()),
+            tls_stream(&b, config),
+        )
+        .unwrap_or_else(|e| panic!("wss handshake: {e}\n{}", b.logs()));
+        let id = read_json(&mut ws)["queue"].as_str().unwrap().to_string();
+        (ws, id)
+    };
+    let send = |ws: &mut tungstenite::WebSocket<Tls>, v: Value| {
+        ws.send(Message::text(v.to_string())).unwrap();
+        read_json(ws)
+    };
+    // alice's certificate: her queues yes, others no, no login needed.
+    let (mut a, a_id) = open(&as_alice);
+    let r = send(
+        &mut a,
+        json!({"queue": a_id, "coremq_subscribe": ["alice.news"]}),
+    );
+    assert_eq!(r["response"], OK_SUB, "{r}");
+    let r = send(&mut a, json!({"queue": "bob.news", "n": 1}));
+    assert_eq!(
+        r["response"], "ERROR: Permission denied: publish bob.news",
+        "{r}"
+    );
+    // ... and a delivery between two of her connections (no echo to a).
+    let (mut a2, a2_id) = open(&as_alice);
+    let r = send(
+        &mut a2,
+        json!({"queue": a2_id, "coremq_subscribe": ["alice.news"]}),
+    );
+    assert_eq!(r["response"], OK_SUB, "{r}");
+    let r = send(&mut a, json!({"queue": "alice.news", "n": 2}));
+    assert_eq!(r["response"], OK_SENT, "{r}");
+    let m = read_json(&mut a2);
+    assert_eq!(
+        (&m["n"], &m["coremq_sender"]),
+        (&json!(2), &json!(a_id)),
+        "{m}"
+    );
+    // Without a certificate: anonymous, and [anonymous] has no rights.
+    let (mut anon, _) = open(&anonymous);
+    let r = send(&mut anon, json!({"queue": "alice.news", "n": 3}));
+    assert_eq!(r["response"], "ERROR: Authentication required", "{r}");
+}

@@ -143,6 +143,35 @@ pub(crate) async fn tls_handshake(shard: &Shard, stream: TcpStream) -> Option<Tl
     None
 }
 
+/// The user a TLS client's verified certificate names (its CN), under
+/// mutual TLS with a users file in force: what the client port and the
+/// https/wss port take as the connection's user when it shows no other
+/// credentials. Logged either way (the CN only: a user name, no secret).
+pub(crate) fn cert_identity(shard: &Shard, tls: &TlsIo) -> Option<coremq_auth::Identity> {
+    if shard.cfg().tls.client_auth == coremq_config::ClientAuth::None {
+        return None;
+    }
+    let leaf = tls.session().peer_certificates()?.first()?;
+    match crate::tls::cert_user(leaf) {
+        Ok(user) if shard.rules().is_some() => {
+            tracing::info!(user, "TLS client certificate: acting as its CN");
+            Some(coremq_auth::Identity {
+                user: user.into(),
+                claims: None,
+                expires: None,
+            })
+        }
+        Ok(user) => {
+            tracing::debug!(user, "TLS client certificate (no users_file: not used)");
+            None
+        }
+        Err(why) => {
+            tracing::warn!(why, "TLS client certificate names no user; anonymous");
+            None
+        }
+    }
+}
+
 /// One TLS connection: the handshake, then the same protocol as plain TCP.
 async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
     let Some(tls) = tls_handshake(&shard, stream).await else {
@@ -155,26 +184,9 @@ async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
         // For a would-be cluster peer (handler.rs checks its claimed name).
         conn.st.borrow_mut().tls_names = Some(crate::tls::cert_names(leaf).into());
     }
-    let mutual = shard.cfg().tls.client_auth != coremq_config::ClientAuth::None;
-    let user = leaf.filter(|_| mutual).map(crate::tls::cert_user);
     let span = tracing::info_span!("conn", conn_id = %conn.id);
-    match user {
-        Some(Ok(user)) if shard.rules().is_some() => {
-            tracing::info!(parent: &span, user, "TLS client certificate: acting as its CN");
-            let who = coremq_auth::Identity {
-                user: user.into(),
-                claims: None,
-                expires: None,
-            };
-            crate::conn::auth::adopt(&shard, &conn, who);
-        }
-        Some(Ok(user)) => {
-            tracing::debug!(parent: &span, user, "TLS client certificate (no users_file: not used)")
-        }
-        Some(Err(why)) => {
-            tracing::warn!(parent: &span, why, "TLS client certificate names no user; anonymous")
-        }
-        None => {}
+    if let Some(who) = span.in_scope(|| cert_identity(&shard, &tls)) {
+        crate::conn::auth::adopt(&shard, &conn, who);
     }
     tracing::debug!(parent: &span, "TLS connection accepted");
     crate::conn::task::serve(shard, conn, Io::Tls(Box::new(tls)))

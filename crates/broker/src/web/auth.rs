@@ -74,15 +74,23 @@ pub(crate) async fn identify(
 }
 
 /// Lets a request for status, metrics or the dashboard in if it comes from
-/// a user with `monitor` (or `[anonymous]` has it).
-pub(crate) async fn may_monitor(shard: &Shard, head: &Head) -> Result<(), Denied> {
+/// a user with `monitor` (or `[anonymous]` has it): the user of its
+/// credentials, else of its TLS client certificate (`cert`), else anonymous.
+pub(crate) async fn may_monitor(
+    shard: &Shard,
+    head: &Head,
+    cert: Option<&Identity>,
+) -> Result<(), Denied> {
     let Some(rules) = shard.rules() else {
         return Ok(());
     };
     let authority = rules.authority();
     let perms = match identify(&authority, head).await {
         Ok(Some(who)) => authority.perms(&who),
-        Ok(None) => authority.anonymous(),
+        Ok(None) => match cert {
+            Some(who) => authority.perms(who),
+            None => authority.anonymous(),
+        },
         Err(cause) => {
             tracing::warn!(%cause, path = %head.path, "HTTP authentication failed");
             crate::stats::Counters::add(&shard.counters().auth_failures, 1);
@@ -91,7 +99,7 @@ pub(crate) async fn may_monitor(shard: &Shard, head: &Head) -> Result<(), Denied
     };
     if perms.monitor() {
         Ok(())
-    } else if head.header("authorization").is_none() {
+    } else if head.header("authorization").is_none() && cert.is_none() {
         Err(Denied::Unauthorized)
     } else {
         Err(Denied::Forbidden)

@@ -128,14 +128,22 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
     // origins import it without credentials (module loads carry none).
     let monitored = matches!(head.path.as_str(), "/" | "/status" | "/metrics")
         && matches!(head.method.as_str(), "GET" | "HEAD");
+    // Over https/wss under mutual TLS, a verified client certificate's CN
+    // is the user of a request that carries no credentials of its own.
+    let cert = match &stream {
+        Io::Tls(tls) if monitored || (is_upgrade && head.path == "/ws") => {
+            crate::net::cert_identity(&shard, tls)
+        }
+        _ => None,
+    };
     if monitored {
-        if let Err(denied) = auth::may_monitor(&shard, &head).await {
+        if let Err(denied) = auth::may_monitor(&shard, &head, cert.as_ref()).await {
             let _ = refuse_http(&mut stream, denied).await;
             return;
         }
     }
     let result = match (head.method.as_str(), head.path.as_str()) {
-        (_, "/ws") if is_upgrade => return upgrade(shard, stream, head, &settings).await,
+        (_, "/ws") if is_upgrade => return upgrade(shard, stream, head, cert, &settings).await,
         ("GET" | "HEAD", "/ws") => {
             respond_text(
                 &mut stream,
@@ -279,7 +287,13 @@ async fn refuse_http(stream: &mut Io, denied: auth::Denied) -> std::io::Result<(
 }
 
 /// Completes a WebSocket handshake and serves the connection as a broker client.
-async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSettings) {
+async fn upgrade(
+    shard: Rc<Shard>,
+    mut stream: Io,
+    head: Head,
+    cert: Option<coremq_auth::Identity>,
+    settings: &WebSettings,
+) {
     let reject = |why: &'static str| why;
     let check = (|| {
         if head.method != "GET" {
@@ -330,11 +344,12 @@ async fn upgrade(shard: Rc<Shard>, mut stream: Io, head: Head, settings: &WebSet
     };
     // Credentials on the handshake (a header, or `?token=` since browsers
     // cannot set headers on a WebSocket): wrong ones are refused before the
-    // upgrade; none leaves the connection anonymous until a coremq_auth.
+    // upgrade; none leaves the connection anonymous until a coremq_auth
+    // (or, under mutual TLS, acting as its certificate's CN).
     let who = match shard.rules().map(|r| r.authority()) {
         None => None,
         Some(authority) => match auth::identify(&authority, &head).await {
-            Ok(who) => who,
+            Ok(who) => who.or(cert),
             Err(cause) => {
                 tracing::warn!(%cause, "websocket handshake: authentication failed");
                 Counters::add(&shard.counters().auth_failures, 1);
