@@ -22,14 +22,25 @@ pub(crate) enum ValueKind {
     Text,
 }
 
-/// A stored value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A stored value. Its `Debug` shows its size, never its bytes: a value
+/// may be a secret, and answers and changes are logged with `?`.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct KvValue {
     /// The bytes, as `kind` says.
     pub data: Arc<[u8]>,
     pub kind: ValueKind,
     /// memcached's client flags (0 for values set by CoreMQ clients).
     pub flags: u32,
+}
+
+impl std::fmt::Debug for KvValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvValue")
+            .field("bytes", &self.data.len())
+            .field("kind", &self.kind)
+            .field("flags", &self.flags)
+            .finish()
+    }
 }
 
 impl KvValue {
@@ -384,6 +395,18 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_debugs_as_its_size_not_its_bytes() {
+        let answer = KvAnswer::Values(vec![Some((KvValue::text(b"hunter2-password", 7), 1))]);
+        let shown = format!("{answer:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("104, 117"), "{shown}");
+        assert!(
+            shown.contains("bytes: 16") && shown.contains("flags: 7"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn values_as_json_and_as_memcached_bytes() {
