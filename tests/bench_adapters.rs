@@ -470,15 +470,6 @@ impl Drop for Peer {
     }
 }
 
-fn installed(bin: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {bin}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -488,8 +479,7 @@ fn free_port() -> u16 {
 }
 
 fn start_peer(bin: &str, args: impl Fn(u16) -> Vec<String>) -> Option<Peer> {
-    if !installed(bin) {
-        eprintln!("SKIP: {bin} is not installed (.ci/run installs it with apt-get)");
+    if !peer_installed(bin) {
         return None;
     }
     // A free port can be taken between probing and binding: try a few.

@@ -1437,6 +1437,11 @@ fn quick_transport_run(flag: &str, v: &str, suffix: &str) -> (String, Value) {
         .filter_map(Value::as_str)
         .collect();
     let variant = format!("coremq-{v}");
+    assert_eq!(
+        names.contains(&"nats"),
+        peer_installed("nats-server"),
+        "nats-server in the run exactly when it is installed: {names:?}"
+    );
     if names.contains(&"nats") {
         assert_eq!(
             names,
@@ -1502,12 +1507,7 @@ fn quick_kv_run() {
         ],
         "-quick-kv.md",
     );
-    let installed = |tool: &str| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
+    let installed = peer_installed;
     // The default shards = cores row and the 1-shard row, each judged on
     // its own against the peers.
     let mut servers = vec!["coremq", "coremq-1shard"];

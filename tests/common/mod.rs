@@ -1181,6 +1181,26 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Whether a peer program the tests compare with (nats-server,
+/// redis-server, memcached) is on the PATH. Missing, a test may skip it on
+/// a developer's machine, but not under `CI=true`: .ci/run installs them, so
+/// a missing one there is a broken install step, not a reason to pass.
+pub fn peer_installed(bin: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{bin} is not installed, and under CI=true nothing is skipped (.ci/run installs it)"
+        );
+        eprintln!("SKIP: {bin} is not installed (.ci/run installs it with apt-get)");
+    }
+    found
+}
+
 /// The path of a util-linux tool; a clear failure if it is missing.
 pub fn need_tool(tool: &str) -> String {
     for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
