@@ -30,61 +30,71 @@ fn stored() -> Value {
     json!({"response": "OK: Stored"})
 }
 
-fn commands_reply_exactly(shards: usize) {
-    let b = Broker::start(BrokerOpts::new(shards).set("kv_max_value", "1K"));
-    let mut c = b.client();
+/// One command's reply (its JSON), over whichever transport.
+type Cmd<'a> = &'a mut dyn FnMut(Value) -> Value;
+
+fn kv_set(cmd: Cmd, key: &str, value: Value) -> Value {
+    cmd(json!({"coremq_set": {"key": key, "value": value}}))
+}
+
+fn kv_get(cmd: Cmd, keys: &[&str]) -> Value {
+    cmd(json!({ "coremq_get": keys }))
+}
+
+/// The four commands' exact replies (a broker with `kv_max_value = 1K`).
+fn commands_reply_exactly(cmd: Cmd) {
     let k = uniq("kv.exact");
     assert_eq!(
-        get(&mut c, &[&k]),
+        kv_get(cmd, &[&k]),
         json!({"values": {}}),
         "missing: left out"
     );
-    assert_eq!(set(&mut c, &k, json!({"a": [1, "x"]})), stored());
+    assert_eq!(kv_set(cmd, &k, json!({"a": [1, "x"]})), stored());
     assert_eq!(
-        get(&mut c, &[&k]),
+        kv_get(cmd, &[&k]),
         json!({"values": {k.clone(): {"a": [1, "x"]}}})
     );
     // Conditional sets.
     let absent = json!({"coremq_set": {"key": k, "value": 2, "if": "absent"}});
-    assert_eq!(cmd(&mut c, absent), json!({"response": "OK: Not stored"}));
+    assert_eq!(cmd(absent), json!({"response": "OK: Not stored"}));
     let other = uniq("kv.other");
     let present = json!({"coremq_set": {"key": other, "value": 2, "if": "present"}});
-    assert_eq!(cmd(&mut c, present), json!({"response": "OK: Not stored"}));
+    assert_eq!(cmd(present), json!({"response": "OK: Not stored"}));
     let present = json!({"coremq_set": {"key": k, "value": 3, "if": "present"}});
-    assert_eq!(cmd(&mut c, present), stored());
+    assert_eq!(cmd(present), stored());
     let absent = json!({"coremq_set": {"key": other, "value": null, "if": "absent"}});
-    assert_eq!(cmd(&mut c, absent), stored());
+    assert_eq!(cmd(absent), stored());
     // A value that is JSON null is a value.
     assert_eq!(
-        get(&mut c, &[&k, &other, "nope"]),
+        kv_get(cmd, &[&k, &other, "nope"]),
         json!({"values": {k.clone(): 3, other.clone(): null}})
     );
     // Counters.
     let n = uniq("kv.n");
     let incr = |by: i64| json!({"coremq_incr": {"key": n, "by": by}});
-    assert_eq!(cmd(&mut c, incr(5)), json!({"value": 5}), "from 0");
-    assert_eq!(cmd(&mut c, incr(-7)), json!({"value": -2}));
+    assert_eq!(cmd(incr(5)), json!({"value": 5}), "from 0");
+    assert_eq!(cmd(incr(-7)), json!({"value": -2}));
     assert_eq!(
-        cmd(&mut c, json!({"coremq_incr": {"key": n}})),
+        cmd(json!({"coremq_incr": {"key": n}})),
         json!({"value": -1}),
         "by defaults to 1"
     );
     // `other` holds null: not an integer.
-    let r = cmd(&mut c, json!({"coremq_incr": {"key": other}}));
+    let r = cmd(json!({"coremq_incr": {"key": other}}));
     let text = r["response"].as_str().unwrap_or_default();
     assert!(
         text.starts_with("ERROR: ") && text.contains("not an integer"),
         "{r}"
     );
-    assert_eq!(set(&mut c, &n, json!(i64::MAX)), stored());
-    let r = cmd(&mut c, json!({"coremq_incr": {"key": n}}));
+    assert_eq!(kv_set(cmd, &n, json!(i64::MAX)), stored());
+    let r = cmd(json!({"coremq_incr": {"key": n}}));
     assert!(r["response"].as_str().unwrap().contains("overflow"), "{r}");
     // Delete: the count of keys that held a value.
     assert_eq!(
-        cmd(&mut c, json!({"coremq_delete": [k, "never-set", other, k]})),
+        cmd(json!({"coremq_delete": [k, "never-set", other, k]})),
         json!({"response": "OK: Deleted", "deleted": 2})
     );
-    assert_eq!(get(&mut c, &[&k, &other]), json!({"values": {}}));
+    assert_eq!(kv_get(cmd, &[&k, &other]), json!({"values": {}}));
     // Bad input: clear errors, the connection stays.
     for bad in [
         json!({"coremq_set": {"key": "a b", "value": 1}}),
@@ -95,38 +105,83 @@ fn commands_reply_exactly(shards: usize) {
         json!({"coremq_delete": [""]}),
         json!({"coremq_incr": {"key": "k", "by": 0.5}}),
     ] {
-        let r = cmd(&mut c, bad.clone());
+        let r = cmd(bad.clone());
         let text = r["response"].as_str().unwrap_or_default();
         assert!(text.starts_with("ERROR: coremq_"), "{bad} → {r}");
     }
     // Non-ASCII values come back the same (ASCII-escaped on the wire, which
     // the frame parser of the harness insists on).
-    assert_eq!(set(&mut c, &k, json!("żółw 🐢")), stored());
+    assert_eq!(kv_set(cmd, &k, json!("żółw 🐢")), stored());
     assert_eq!(
-        get(&mut c, &[&k]),
+        kv_get(cmd, &[&k]),
         json!({"values": {k.clone(): "żółw 🐢"}})
     );
     // A value over kv_max_value is refused and nothing is stored.
     let big = uniq("kv.big");
-    let r = set(&mut c, &big, json!("x".repeat(2000)));
+    let r = kv_set(cmd, &big, json!("x".repeat(2000)));
     assert_eq!(
         r["response"],
         "ERROR: coremq_set: a value of 2002 bytes is larger than kv_max_value (1024)",
         "{r}"
     );
-    assert_eq!(get(&mut c, &[&big]), json!({"values": {}}));
+    assert_eq!(kv_get(cmd, &[&big]), json!({"values": {}}));
+    // A TTL: there, then gone (lazily, on this read).
+    let brief = uniq("kv.brief");
+    let ttl = json!({"coremq_set": {"key": brief, "value": 1, "ttl": 0.3}});
+    assert_eq!(cmd(ttl), stored());
+    assert_eq!(
+        kv_get(cmd, &[&brief]),
+        json!({"values": {brief.clone(): 1}})
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kv_get(cmd, &[&brief]) != json!({"values": {}}) {
+        assert!(Instant::now() < deadline, "{brief} never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Still serving.
-    c.publish("after", &json!({"ok": 1}));
+    assert_eq!(kv_set(cmd, &big, json!("small")), stored());
+    assert_eq!(
+        kv_get(cmd, &[&big]),
+        json!({"values": {big.clone(): "small"}})
+    );
+}
+
+fn over_tcp(shards: usize) {
+    let b = Broker::start(BrokerOpts::new(shards).set("kv_max_value", "1K"));
+    let mut c = b.client();
+    commands_reply_exactly(&mut |v| cmd(&mut c, v));
 }
 
 #[test]
 fn commands_reply_exactly_on_one_shard() {
-    commands_reply_exactly(1);
+    over_tcp(1);
 }
 
 #[test]
 fn commands_reply_exactly_on_four_shards() {
-    commands_reply_exactly(4);
+    over_tcp(4);
+}
+
+/// The same replies over WebSocket (plus the connection's id as `queue`),
+/// from a connection served by a shard other than the listener's. A
+/// malformed command gets WebSocket's `{"error": reason}` (PROTOCOL.md §5)
+/// where TCP gets `{"response": "ERROR: reason"}`, with the same reason.
+#[test]
+fn commands_reply_exactly_over_websocket() {
+    let b = Broker::start(BrokerOpts::new(4).set("kv_max_value", "1K").ws());
+    let mut ws = WsClient::connect(b.ws_addr());
+    let id = json!(ws.id);
+    commands_reply_exactly(&mut |v| {
+        ws.send_json(&v);
+        let mut r = ws.recv_reply();
+        if let Some(reason) = r["error"].as_str() {
+            assert_eq!(r.as_object().map(|o| o.len()), Some(1), "{r}");
+            return json!({ "response": format!("ERROR: {reason}") });
+        }
+        let on = r.as_object_mut().and_then(|o| o.remove("queue"));
+        assert_eq!(on.as_ref(), Some(&id), "{v} → {r}");
+        r
+    });
 }
 
 #[test]
