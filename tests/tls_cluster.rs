@@ -177,3 +177,49 @@ fn a_peer_whose_certificate_does_not_name_its_entry_is_refused() {
         common::cluster::replicants(st).len() == 1
     });
 }
+
+/// The dialling side's check: the node it dials must show a certificate
+/// that names the host of its `cluster_nodes` entry (verified as a TLS
+/// server name), else no link — though both come from the same CA.
+#[test]
+fn a_dialled_peer_whose_certificate_does_not_name_its_entry_is_refused() {
+    let mut pki = Pki::new("CoreMQ cluster CA");
+    // B's entry sorts first, so B dials A; A's certificate names only
+    // "localhost", not the 127.0.0.1 of its entry.
+    let (pa, pb) = loop {
+        let (a, b) = (free_port(), free_port());
+        if format!("127.0.0.1:{b}") < format!("127.0.0.1:{a}") {
+            break (a, b);
+        }
+    };
+    let list = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
+    let misnamed = pki.leaf(common::tls::Leaf {
+        cn: "localhost",
+        names: &["localhost"],
+        client: false,
+        expired: false,
+    });
+    let good = pki.server();
+    let a = node("na", pa, &list, &misnamed, &pki.ca);
+    let b = node("nb", pb, &list, &good, &pki.ca);
+    wait_log(
+        &b,
+        &format!("TLS handshake with 127.0.0.1:{pa}: invalid peer certificate"),
+    );
+    let out = b.stdout();
+    let line = out
+        .lines()
+        .find(|l| l.contains("TLS handshake with"))
+        .unwrap();
+    assert!(
+        line.contains("NotValidForName") || line.contains("not valid for name"),
+        "{line}"
+    );
+    for n in [&a, &b] {
+        let st = n.client().status();
+        assert!(
+            common::cluster::replicants(&st).is_empty(),
+            "no link with a misnamed peer: {st}"
+        );
+    }
+}

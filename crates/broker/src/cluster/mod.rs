@@ -208,6 +208,10 @@ async fn dial_loop(
     counters: Arc<PeerCounters>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    // Why the last dial failed: a new reason is a WARN (an operator must see
+    // that a certificate or a secret is wrong), the same again only DEBUG
+    // (a peer that is down is dialled every few seconds).
+    let mut last_failure: Option<String> = None;
     while !shard.stopping().is_set() {
         counters.set_state("connecting");
         let attempt = futures_lite::future::or(
@@ -221,6 +225,7 @@ async fn dial_loop(
         match attempt {
             Some(Ok((stream, rest, seq))) => {
                 backoff = BACKOFF_MIN;
+                last_failure = None;
                 let link = run_link(
                     shard.clone(),
                     cluster.clone(),
@@ -233,8 +238,18 @@ async fn dial_loop(
                 link.await;
                 counters.reconnects.fetch_add(1, Ordering::Relaxed);
             }
-            Some(Err(e)) => tracing::debug!(%peer, cause = %e, "cluster dial failed"),
-            None => tracing::debug!(%peer, "cluster dial timed out"),
+            failed => {
+                let cause = match failed {
+                    Some(Err(e)) => e,
+                    _ => format!("no handshake within {HANDSHAKE_TIMEOUT:?}"),
+                };
+                if last_failure.as_deref() == Some(cause.as_str()) {
+                    tracing::debug!(%peer, %cause, "cluster dial failed again");
+                } else {
+                    tracing::warn!(%peer, %cause, "cluster dial failed; retrying");
+                    last_failure = Some(cause);
+                }
+            }
         }
         counters.set_state("connecting");
         let stopped = futures_lite::future::or(
