@@ -109,9 +109,48 @@ fn coremq_cli_tls_pub_sub_history_and_mutual_tls() {
     );
     let mtls = ["--tls", "--ca", &ca, "--cert", &cert, "--key", &key];
 
+    // `sub` over TLS, as alice by her certificate: it says when the
+    // subscription is confirmed, then prints what `pub` sends.
+    let mut sub = Command::new(cli_bin())
+        .env_remove("COREMQ_SERVER")
+        .args(["--server", &server, "--timeout", "30"])
+        .args(mtls)
+        .args(["sub", "alice.cli", "--count", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run coremq-cli sub");
+    let stderr = sub.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("subscribed to")) {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => said.push(line),
+            Err(e) => panic!("sub never subscribed ({e}); it said {said:?}"),
+        }
+    }
+
     let mut args: Vec<&str> = mtls.to_vec();
     args.extend(["pub", "alice.cli", r#"{"hello": "tls"}"#]);
     ok(&cli(&server, &args));
+    let out = sub.wait_with_output().expect("sub's output");
+    assert_eq!(out.status.code(), Some(0), "sub: {out:?}");
+    let line: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(
+        (&line["queue"], &line["message"]["hello"]),
+        (&json!("alice.cli"), &json!("tls")),
+        "{line}"
+    );
     let mut args: Vec<&str> = mtls.to_vec();
     args.extend(["history", "alice.cli"]);
     let out = ok(&cli(&server, &args));
