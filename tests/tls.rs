@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 fn tls_broker(shards: usize, extra: &[(&str, &str)]) -> (Broker, Pki, t::Pair) {
     let mut pki = Pki::new("CoreMQ test CA");
     let pair = pki.server();
-    let mut opts = BrokerOpts::new(shards).tls(&pair);
+    let mut opts = BrokerOpts::new(shards).tls(&pair).ws();
     for (k, v) in extra {
         opts = opts.set(k, v);
     }
@@ -102,9 +102,33 @@ fn interop(shards: usize) {
     let f = plain.recv_msg();
     assert_eq!(f.json["direct"], "to plain");
 
+    // A WebSocket client with them: gets what a TLS client publishes, its
+    // own publishes reach the TLS subscriber, and point-to-point both ways.
+    let mut ws = common::web::WsClient::connect(b.ws_addr());
+    ws.subscribe(&[&q]);
+    let m3 = json!({"from": "tls", "to": "ws"});
+    tls_pub.publish(&q, &m3);
+    common::web::check_ws_delivery(&ws.recv_msg(), &q, &m3, &tls_pub.id, &b.server_name());
+    check_delivery(&tls_sub.recv_msg(), &q, &m3, &tls_pub.id, &b.server_name());
+    let m4 = json!({"from": "ws"});
+    ws.publish(&q, &m4);
+    check_delivery(&tls_sub.recv_msg(), &q, &m4, &ws.id, &b.server_name());
+    for _ in 0..2 {
+        // plain saw m3 and m4 too.
+        plain.recv_msg();
+    }
+    tls_sub.publish(&ws.id.clone(), &json!({"direct": "to ws"}));
+    assert_eq!(ws.recv_msg_on(&ws.id.clone())["direct"], "to ws");
+    ws.send_json(&json!({"queue": tls_sub.id, "direct": "to tls"}));
+    let f = tls_sub.recv_msg();
+    assert_eq!(
+        (f.queue.as_str(), &f.json["direct"]),
+        (tls_sub.id.as_str(), &json!("to tls"))
+    );
+
     // Status counts TLS connections with the others.
     let st = tls_pub.status();
-    assert_eq!(shard_sum(&st, "connections"), 3, "{st}");
+    assert_eq!(shard_sum(&st, "connections"), 4, "{st}");
     assert_key_not_logged(&b, &pair);
 }
 
