@@ -253,3 +253,50 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
         assert!(!logs.contains(line), "key material in the log");
     }
 }
+
+/// SIGHUP reloads `tls_client_ca_file` with the certificate: after a switch
+/// to a new client CA, certificates of the old one are refused in the
+/// handshake and the new one's are taken (their CN the user), while a
+/// connection made with the old one carries on.
+#[test]
+fn sighup_reloads_the_client_ca() {
+    let (b, mut pki, _f) = mtls_broker("required");
+    let alice_old = pki.client("alice");
+    let mut before = t::connect(
+        b.tls_addr(),
+        &t::client_config(&pki.ca, Some(&alice_old)),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    // The server's own certificate is unchanged: clients go on verifying it
+    // against the first CA (a copy: its file is overwritten next).
+    let server_ca = pki.dir.join("server-ca.pem");
+    std::fs::copy(&pki.ca, &server_ca).unwrap();
+    // The client CA file now holds another CA.
+    let mut next = Pki::new("Next client CA");
+    let alice_new = next.client("alice");
+    std::fs::copy(&next.ca, &pki.ca).unwrap();
+    b.signal(libc::SIGHUP);
+    wait_log(&b, "SIGHUP: TLS certificate reloaded");
+    let refused = t::connect(
+        b.tls_addr(),
+        &t::client_config(&server_ca, Some(&alice_old)),
+        "localhost",
+    );
+    assert!(
+        refused.is_err(),
+        "a certificate of the old client CA got in"
+    );
+    wait_log(&b, "invalid peer certificate: UnknownIssuer");
+    let mut after = t::connect(
+        b.tls_addr(),
+        &t::client_config(&server_ca, Some(&alice_new)),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    acts_as_alice(&mut after);
+    // The connection from before is still alice, and still served.
+    before.subscribe(&["alice.after"]);
+    after.publish("alice.after", &json!({"n": 1}));
+    assert_eq!(before.recv_msg().json["n"], 1);
+}
