@@ -779,10 +779,36 @@ fn websocket_connections_spread_over_every_shard() {
         .into_iter()
         .map(|f| f.json)
         .collect();
-    check(tcp_got, None);
+    check(tcp_got.clone(), None);
+    // G1: one order per queue, whichever shard serves the subscriber — each
+    // WebSocket client's is the TCP subscriber's without its own messages.
+    let key = |m: &Value| (m["p"].as_u64().unwrap(), m["n"].as_u64().unwrap());
     for (i, w) in ws.iter_mut().enumerate() {
         let got: Vec<Value> = (0..total - N).map(|_| w.recv_msg()).collect();
+        let want: Vec<(u64, u64)> = tcp_got
+            .iter()
+            .map(key)
+            .filter(|&(p, _)| p != i as u64)
+            .collect();
+        assert_eq!(
+            got.iter().map(key).collect::<Vec<_>>(),
+            want,
+            "client {i}'s order"
+        );
         check(got, Some(i));
+    }
+    // G3: every publish had its OK; a history read after them, from a
+    // WebSocket client on another shard, holds the queue's last ten.
+    for w in ws.iter_mut() {
+        for _ in 0..N {
+            assert_eq!(w.recv_reply()["response"], json!(OK_SENT));
+        }
+    }
+    let last_ten: Vec<(u64, u64)> = tcp_got[tcp_got.len() - 10..].iter().map(key).collect();
+    for w in ws.iter_mut() {
+        let h = w.history(&[&q]);
+        let got: Vec<(u64, u64)> = h[&q].as_array().unwrap().iter().map(key).collect();
+        assert_eq!(got, last_ten, "history read by {}", w.id);
     }
     // Point-to-point between WebSocket clients on different shards, and
     // from TCP to each of them.
@@ -793,9 +819,6 @@ fn websocket_connections_spread_over_every_shard() {
         tcp.publish(&w.id.clone(), &json!({"hello": "tcp"}));
         assert_eq!(w.recv_msg_on(&w.id.clone())["hello"], json!("tcp"));
     }
-    // History from any of them.
-    let h = tcp.history(&[&q]);
-    assert_eq!(h[&q].as_array().unwrap().len(), 10);
     // Closing them frees their slots on every shard.
     drop(ws);
     let deadline = Instant::now() + Duration::from_secs(10);
