@@ -24,8 +24,11 @@
 use crate::frame::MsgKey;
 use crate::kvop::{KvAnswer, KvChange, KvOp, KvValue, SetCond, ValueKind};
 
+mod index;
 #[cfg(test)]
 mod tests;
+
+use index::Index;
 
 /// Bytes counted per key beyond its name and value: the slot, its index
 /// entry and the allocation headers (measured: see the kv_memory test).
@@ -134,7 +137,7 @@ impl Entry {
 pub(crate) struct KvTable {
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
-    index: hashbrown::HashTable<u32>,
+    index: Index,
     hasher: ahash::RandomState,
     /// Most and least recently used.
     head: u32,
@@ -156,7 +159,7 @@ impl KvTable {
         KvTable {
             slots: Vec::new(),
             free: Vec::new(),
-            index: hashbrown::HashTable::new(),
+            index: Index::new(),
             hasher: ahash::RandomState::new(),
             head: NIL,
             tail: NIL,
@@ -189,15 +192,15 @@ impl KvTable {
     }
 
     fn find(&self, key: &str) -> Option<u32> {
-        let hash = self.hasher.hash_one(key.as_bytes());
-        let slots = &self.slots;
-        self.index
-            .find(hash, |&s| {
-                slots[s as usize]
-                    .as_ref()
-                    .is_some_and(|e| e.key.bytes() == key.as_bytes())
-            })
-            .copied()
+        self.find_hashed(key, self.hasher.hash_one(key.as_bytes()))
+    }
+
+    fn find_hashed(&self, key: &str, hash: u64) -> Option<u32> {
+        self.index.candidates(hash).find(|&s| {
+            self.slots[s as usize]
+                .as_ref()
+                .is_some_and(|e| e.key.bytes() == key.as_bytes())
+        })
     }
 
     fn unlink(&mut self, slot: u32) {
@@ -265,9 +268,7 @@ impl KvTable {
         let e = self.slots[slot as usize]
             .take()
             .expect("removing a used slot");
-        if let Ok(found) = self.index.find_entry(e.hash, |&s| s == slot) {
-            found.remove();
-        }
+        self.index.remove(e.hash, slot);
         self.free.push(slot);
         self.bytes -= e.cost();
         if e.value.is_some() {
@@ -304,10 +305,7 @@ impl KvTable {
                 (self.slots.len() - 1) as u32
             }
         };
-        let slots = &self.slots;
-        self.index.insert_unique(hash, slot, |&s| {
-            slots[s as usize].as_ref().expect("indexed slot").hash
-        });
+        self.index.insert(hash, slot);
         self.push_front(slot);
         slot
     }
@@ -393,22 +391,26 @@ impl KvTable {
         mut put: impl FnMut(T, Option<(KvValue, u64)>),
     ) {
         let mut keys = keys.into_iter().peekable();
-        let mut group: Vec<(T, &str, u32)> = Vec::with_capacity(LOOKUP_GROUP);
+        let mut group: Vec<(T, &str, u64, u32)> = Vec::with_capacity(LOOKUP_GROUP);
         while keys.peek().is_some() {
             group.clear();
-            // The index: the first slot whose tag matches (hashbrown's 7
-            // bits); its key is compared in the next pass, once loaded.
+            // The hashes, each asking for its key's first index bucket.
             for (tag, key) in keys.by_ref().take(LOOKUP_GROUP) {
                 let hash = self.hasher.hash_one(key.as_bytes());
-                let candidate = self.index.find(hash, |_| true).copied().unwrap_or(NIL);
-                if candidate != NIL {
-                    prefetch(self.slots.as_ptr().wrapping_add(candidate as usize));
+                self.index.prefetch(hash);
+                group.push((tag, key, hash, NIL));
+            }
+            // The index: the first slot whose tag matches (32 bits of the
+            // hash); its key is compared in the next pass, once loaded.
+            for (_, _, hash, slot) in group.iter_mut() {
+                *slot = self.index.candidates(*hash).next().unwrap_or(NIL);
+                if *slot != NIL {
+                    prefetch(self.slots.as_ptr().wrapping_add(*slot as usize));
                 }
-                group.push((tag, key, candidate));
             }
             // The slots: the candidate if it holds the key (else a full
             // lookup: another key matched the tag first), live or not.
-            for (_, key, slot) in group.iter_mut() {
+            for (_, key, hash, slot) in group.iter_mut() {
                 let found = match *slot {
                     NIL => None,
                     s if self.slots[s as usize]
@@ -417,7 +419,7 @@ impl KvTable {
                     {
                         Some(s)
                     }
-                    _ => self.find(key),
+                    _ => self.find_hashed(key, *hash),
                 };
                 *slot = self.hit(found, now_ms).unwrap_or(NIL);
                 if let Some(v) = (*slot != NIL)
@@ -432,7 +434,7 @@ impl KvTable {
                     }
                 }
             }
-            for &(tag, _, slot) in &group {
+            for &(tag, _, _, slot) in &group {
                 put(tag, (slot != NIL).then(|| self.value_at(slot)));
             }
         }
