@@ -8,8 +8,8 @@
 //! misses overlap; a tag compare rules out all but about one key in four
 //! billion before the slot is read. (hashbrown's table, used before, keeps a
 //! control byte and the bucket in two places — two misses per lookup, the
-//! first of which could not be asked for ahead: a third of a memcached
-//! get's lookup time on a table larger than the caches.) Deletion shifts
+//! first of which could not be asked for ahead: a quarter of the batched
+//! lookup's profile on a table larger than the caches.) Deletion shifts
 //! the following entries back, so there are no tombstones and a probe
 //! stops at the first empty bucket.
 
