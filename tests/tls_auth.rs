@@ -300,3 +300,41 @@ fn sighup_reloads_the_client_ca() {
     after.publish("alice.after", &json!({"n": 1}));
     assert_eq!(before.recv_msg().json["n"], 1);
 }
+
+/// `tls_client_auth = none` with `cluster_tls`: the TLS port asks every
+/// client for a certificate (peers show theirs there), yet a client's CN
+/// is never its user — it stays anonymous, as with no certificate at all.
+/// (The same certificate under `optional` acts as alice: above.)
+#[test]
+fn none_never_makes_a_cn_a_user_even_when_cluster_tls_asks_for_one() {
+    let mut pki = Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let f = Fixture::new(USERS);
+    let tls_port = t::free_port();
+    let b = Broker::start(
+        f.opts(1)
+            .port(t::free_port())
+            .set("tls_port", &tls_port.to_string())
+            .set("tls_cert_file", pair.cert.to_str().unwrap())
+            .set("tls_key_file", pair.key.to_str().unwrap())
+            .set("tls_client_ca_file", pki.ca.to_str().unwrap())
+            .set("tls_client_auth", "none")
+            .set("cluster_tls", "true")
+            .set("cluster_nodes", &format!("127.0.0.1:{tls_port}"))
+            .set("cluster_secret", "a-cluster-secret-for-this-test"),
+    );
+    let alice = pki.client("alice");
+    let mut c = t::connect(
+        b.tls_addr(),
+        &t::client_config(&pki.ca, Some(&alice)),
+        "localhost",
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    c.send("alice.news", &json!({"n": 1}));
+    assert_eq!(c.expect_error(), "ERROR: Authentication required");
+    assert!(
+        !b.stdout().contains("acting as its CN"),
+        "a CN became a user under none:\n{}",
+        b.logs()
+    );
+}
