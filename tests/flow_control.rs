@@ -217,6 +217,21 @@ fn disconnect_never_holds_the_publisher() {
     assert_eq!(shard_sum(&st, "slow_consumers"), 1, "{st}");
 }
 
+/// Under `drop`: something was dropped, what a subscriber got plus what it
+/// was told it missed is all `sent`, status counts the drops, and nobody
+/// was cut off.
+fn drops_add_up(b: &Broker, got: u64, missed: u64, sent: u64) {
+    assert!(missed > 0, "nothing was dropped");
+    assert_eq!(
+        got + missed,
+        sent,
+        "received {got}, told of {missed} missed"
+    );
+    let st = b.client().status();
+    assert_eq!(shard_sum(&st, "drops"), missed, "{st}");
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+}
+
 /// Under `drop` a subscriber over max_pending stays connected, skips
 /// messages, and is told how many before the next one of that queue: what
 /// it received plus what it was told it missed is everything.
@@ -268,15 +283,7 @@ fn drop_skips_and_tells_how_many() {
             break;
         }
     }
-    assert!(missed > 0, "nothing was dropped");
-    assert_eq!(
-        got + missed,
-        count + 1,
-        "received {got}, told of {missed} missed"
-    );
-    let st = b.client().status();
-    assert_eq!(shard_sum(&st, "drops"), missed, "{st}");
-    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+    drops_add_up(&b, got, missed, count + 1);
 }
 
 /// While one queue's subscriber stalls its publisher, a publisher of another
@@ -528,13 +535,5 @@ fn drop_skips_and_tells_how_many_over_websocket() {
             break;
         }
     }
-    assert!(missed > 0, "nothing was dropped");
-    assert_eq!(
-        got + missed,
-        count + 1,
-        "received {got}, told of {missed} missed"
-    );
-    let st = b.client().status();
-    assert_eq!(shard_sum(&st, "drops"), missed, "{st}");
-    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+    drops_add_up(&b, got, missed, count + 1);
 }

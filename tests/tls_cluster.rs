@@ -48,6 +48,28 @@ fn wait_log(b: &Broker, needle: &str) {
     }
 }
 
+/// Two free TLS ports, the second's `127.0.0.1:` entry sorting before the
+/// first's: of two nodes the lower entry dials, so the second dials the first.
+fn dialled_and_dialler() -> (u16, u16) {
+    loop {
+        let (a, b) = (free_port(), free_port());
+        if format!("127.0.0.1:{b}") < format!("127.0.0.1:{a}") {
+            return (a, b);
+        }
+    }
+}
+
+/// A server certificate of `pki` that names "localhost" only, not the
+/// 127.0.0.1 of the tests' cluster_nodes entries.
+fn localhost_only(pki: &mut Pki) -> Pair {
+    pki.leaf(common::tls::Leaf {
+        cn: "localhost",
+        names: &["localhost"],
+        client: false,
+        expired: false,
+    })
+}
+
 #[test]
 fn three_nodes_replicate_over_tls_and_a_foreign_ca_is_refused() {
     let mut pki = Pki::new("CoreMQ cluster CA");
@@ -138,20 +160,10 @@ fn a_peer_whose_certificate_does_not_name_its_entry_is_refused() {
     let mut pki = Pki::new("CoreMQ cluster CA");
     // B's entry sorts first, so B dials A; both certificates come from the
     // same CA, but B's names only "localhost", not the 127.0.0.1 of its entry.
-    let (pa, pb) = loop {
-        let (a, b) = (free_port(), free_port());
-        if format!("127.0.0.1:{b}") < format!("127.0.0.1:{a}") {
-            break (a, b);
-        }
-    };
+    let (pa, pb) = dialled_and_dialler();
     let list = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
     let good = pki.server();
-    let misnamed = pki.leaf(common::tls::Leaf {
-        cn: "localhost",
-        names: &["localhost"],
-        client: false,
-        expired: false,
-    });
+    let misnamed = localhost_only(&mut pki);
     let a = node("na", pa, &list, &good, &pki.ca);
     let _b = node("nb", pb, &list, &misnamed, &pki.ca);
     wait_log(&a, "cluster_tls: the certificate does not name this host");
@@ -162,12 +174,7 @@ fn a_peer_whose_certificate_does_not_name_its_entry_is_refused() {
     );
     // The same pair with a correctly named certificate links (the refusal
     // above is for the name, not for anything else).
-    let (pc, pd) = loop {
-        let (c, d) = (free_port(), free_port());
-        if format!("127.0.0.1:{d}") < format!("127.0.0.1:{c}") {
-            break (c, d);
-        }
-    };
+    let (pc, pd) = dialled_and_dialler();
     let list = format!("127.0.0.1:{pc},127.0.0.1:{pd}");
     let c = node("nc", pc, &list, &good, &pki.ca);
     let named = pki.server();
@@ -186,19 +193,9 @@ fn a_dialled_peer_whose_certificate_does_not_name_its_entry_is_refused() {
     let mut pki = Pki::new("CoreMQ cluster CA");
     // B's entry sorts first, so B dials A; A's certificate names only
     // "localhost", not the 127.0.0.1 of its entry.
-    let (pa, pb) = loop {
-        let (a, b) = (free_port(), free_port());
-        if format!("127.0.0.1:{b}") < format!("127.0.0.1:{a}") {
-            break (a, b);
-        }
-    };
+    let (pa, pb) = dialled_and_dialler();
     let list = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
-    let misnamed = pki.leaf(common::tls::Leaf {
-        cn: "localhost",
-        names: &["localhost"],
-        client: false,
-        expired: false,
-    });
+    let misnamed = localhost_only(&mut pki);
     let good = pki.server();
     let a = node("na", pa, &list, &misnamed, &pki.ca);
     let b = node("nb", pb, &list, &good, &pki.ca);
