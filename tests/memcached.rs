@@ -892,3 +892,61 @@ fn replies_mix_copied_and_shared_values_exactly() {
         m.call("version\r\n", "VERSION ");
     });
 }
+
+/// In a cluster, what the memcached port stores replicates with its bytes,
+/// its flags and its TTL: a value set on one node is read the same on the
+/// others (and by a CoreMQ client as a JSON string), and an exptime expires
+/// it on every node. (The unit tests cover the change's encoding; this is
+/// the link.)
+#[test]
+fn memcached_values_replicate_with_flags_and_expire_everywhere() {
+    use common::cluster::{Cluster, Spec};
+    let mut spec = Spec::new(2);
+    spec.tweak = Some(|_, o| *o = o.clone().set("memcached_port", &free_port().to_string()));
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let mut mc: Vec<Mc> = cl
+        .nodes
+        .iter()
+        .map(|n| {
+            let ready = n.b().ready.as_ref().expect("ready");
+            Mc::connect(ready["memcached"].as_str().unwrap().parse().unwrap())
+        })
+        .collect();
+    mc[0].call("set repl.flags 42 0 5\r\nhello\r\n", "STORED\r\n");
+    mc[0].call("set repl.brief 7 3 3\r\nbye\r\n", "STORED\r\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, m) in mc.iter_mut().enumerate() {
+        while m.get("repl.flags") != Some((42, b"hello".to_vec())) {
+            assert!(Instant::now() < deadline, "n{} never got repl.flags", i + 1);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Still there (3 s): read at once after the first one arrived.
+        assert_eq!(
+            m.get("repl.brief"),
+            Some((7, b"bye".to_vec())),
+            "n{}",
+            i + 1
+        );
+    }
+    let mut c = cl.nodes[2].client();
+    c.command(&json!({"coremq_get": ["repl.flags"]}));
+    assert_eq!(
+        c.recv_reply().json,
+        json!({"values": {"repl.flags": "hello"}})
+    );
+    // The exptime: gone everywhere, the other key kept.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, m) in mc.iter_mut().enumerate() {
+        while m.get("repl.brief").is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "repl.brief never expired on n{}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(m.get("repl.flags"), Some((42, b"hello".to_vec())));
+    }
+    cl.assert_alive();
+}
