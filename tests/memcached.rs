@@ -440,6 +440,12 @@ fn keys_set_over_memcached_are_seen_by_coremq_clients_and_back() {
         m.call("incr count 3\r\n", "10\r\n");
         let r = kv(&mut c, json!({"coremq_incr": {"key": "count", "by": 5}}));
         assert_eq!(r, json!({"value": 15}));
+        // A CoreMQ client's string of digits reads as a number over
+        // memcached, and incr counts from it (it stays a string).
+        kv(&mut c, json!({"coremq_set": {"key": "str", "value": "41"}}));
+        m.call("incr str 1\r\n", "42\r\n");
+        let r = kv(&mut c, json!({"coremq_get": ["str"]}));
+        assert_eq!(r, json!({"values": {"str": "42"}}));
         // Deletes both ways.
         m.call("delete from.coremq\r\n", "DELETED\r\n");
         let r = kv(&mut c, json!({"coremq_delete": ["from.mc", "from.coremq"]}));

@@ -115,6 +115,23 @@ impl KvValue {
         digits.parse().ok()
     }
 
+    /// The value as memcached's `incr`/`decr` read it, and what the new
+    /// number is stored as: a non-negative integer as it is, or a JSON
+    /// string of digits (a CoreMQ client's `"5"`, which reads `5` over
+    /// memcached) as memcached text, so that it stays a string for CoreMQ
+    /// clients.
+    pub(crate) fn mc_counter(&self) -> Option<(KvValue, u64)> {
+        if let Some(n) = self.as_integer() {
+            return u64::try_from(n).ok().map(|n| (self.clone(), n));
+        }
+        if self.kind != ValueKind::Json || !self.data.starts_with(b"\"") {
+            return None;
+        }
+        let text = KvValue::text(&self.mc_bytes(), 0);
+        let n = u64::try_from(text.as_integer()?).ok()?;
+        Some((text, n))
+    }
+
     /// A number in the same kind as `self` (for incr and decr).
     pub(crate) fn with_integer(&self, n: i128) -> KvValue {
         let text = n.to_string();

@@ -557,7 +557,7 @@ impl KvTable {
                 let Some(current) = slot.and_then(|s| self.entry(s).live(now_ms).cloned()) else {
                     return KvAnswer::NotFound;
                 };
-                let Some(old) = current.as_integer().and_then(|n| u64::try_from(n).ok()) else {
+                let Some((base, old)) = current.mc_counter() else {
                     return KvAnswer::NotANumber;
                 };
                 let new = if decr {
@@ -565,7 +565,7 @@ impl KvTable {
                 } else {
                     old.wrapping_add(by)
                 };
-                self.set_number(slot, key, &current, new as i128, now_ms, &mut pos, changes);
+                self.set_number(slot, key, &base, new as i128, now_ms, &mut pos, changes);
                 KvAnswer::McNumber(new)
             }
             KvOp::Touch { key, expiry } => {

@@ -280,6 +280,22 @@ fn counters_coremq_and_memcached() {
         run(&mut t, &mut p, mc("n", 1, false), NOW).0,
         KvAnswer::NotANumber
     );
+    // A CoreMQ client's string of digits reads as a number over memcached,
+    // so memcached's incr counts from it, and it stays a string; a string
+    // that is not digits does not.
+    assert_eq!(
+        run(&mut t, &mut p, mc("s", 2, false), NOW).0,
+        KvAnswer::McNumber(7)
+    );
+    let (v, _) = t.get("s", NOW).unwrap();
+    let mut json = Vec::new();
+    v.write_json(&mut json);
+    assert_eq!(json, b"\"7\"");
+    run(&mut t, &mut p, set("w", "\"5 apples\""), NOW);
+    assert_eq!(
+        run(&mut t, &mut p, mc("w", 1, false), NOW).0,
+        KvAnswer::NotANumber
+    );
 }
 
 #[test]

@@ -249,7 +249,9 @@ pub(crate) fn parse(buf: &[u8], max_value: usize) -> Parse<'_> {
             storage(buf, used, args, max_value, Some(mode), noreply)
         }
         // Real memcached commands the store does not offer: refused as
-        // unknown, their data blocks skipped.
+        // unknown (silently with `noreply`, which clients such as pymemcache
+        // send by default on these: a reply would shift every later one),
+        // their data blocks skipped.
         b"append" | b"prepend" => storage(buf, used, args, max_value, None, noreply),
         b"cas" => {
             // cas <key> <flags> <exptime> <bytes> <unique> [noreply]
@@ -260,7 +262,7 @@ pub(crate) fn parse(buf: &[u8], max_value: usize) -> Parse<'_> {
                 Some(n) => Parse::Step(Parsed {
                     used,
                     skip: n + 2,
-                    what: What::Refused(Some(reply::ERROR)),
+                    what: What::Refused((!noreply).then_some(reply::ERROR)),
                 }),
                 None => fatal(reply::ERROR),
             }
@@ -349,7 +351,9 @@ pub(crate) fn parse(buf: &[u8], max_value: usize) -> Parse<'_> {
             step(What::Cmd(Cmd::Verbosity { noreply }))
         }
         b"stats" if args.is_empty() => step(What::Cmd(Cmd::Stats)),
-        _ => refused(reply::ERROR),
+        // An unknown command ending in `noreply` gets no reply either, as in
+        // memcached 1.6.
+        _ => answer(reply::ERROR),
     }
 }
 
@@ -379,7 +383,7 @@ fn storage<'a>(
         })
     };
     let Some(mode) = mode else {
-        return skip(Some(reply::ERROR));
+        return skip((!noreply).then_some(reply::ERROR));
     };
     let quiet = |r| skip((!noreply).then_some(r));
     let Some(key) = key(args[0]) else {

@@ -275,7 +275,7 @@ fn a_storage_line_without_a_readable_length_closes() {
 fn storage_commands_the_store_lacks_are_unknown_and_skipped() {
     for input in [
         &b"append k 0 0 2\r\nab\r\nversion\r\n"[..],
-        b"prepend k 0 0 2 noreply\r\nab\r\nversion\r\n",
+        b"prepend k 0 0 2\r\nab\r\nversion\r\n",
         b"cas k 0 0 2 77\r\nab\r\nversion\r\n",
         b"ms k 2 T0\r\nab\r\nversion\r\n",
     ] {
@@ -596,4 +596,32 @@ fn unsigned_takes_digits_that_fit_a_u64_only() {
     ] {
         assert_eq!(unsigned(t), want, "{:?}", String::from_utf8_lossy(t));
     }
+}
+
+/// `noreply` on a command the store does not offer silences its ERROR, as
+/// in memcached (pymemcache sends append/prepend with noreply by default: a
+/// reply would be read as the answer to the next command).
+#[test]
+fn noreply_silences_the_error_of_commands_the_store_lacks() {
+    for input in [
+        &b"append k 0 0 2 noreply\r\nab\r\nversion\r\n"[..],
+        b"prepend k 0 0 2 noreply\r\nab\r\nversion\r\n",
+        b"cas k 0 0 2 77 noreply\r\nab\r\nversion\r\n",
+        b"frobnicate k noreply\r\nversion\r\n",
+    ] {
+        assert_eq!(
+            run(input),
+            [
+                format!("{:?}", What::Refused(None)),
+                format!("{:?}", What::Cmd(Cmd::Version)),
+            ],
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    // Without it, the ERROR is there.
+    assert_eq!(
+        run(b"frobnicate k\r\nversion\r\n")[0],
+        format!("{:?}", What::Refused(Some(reply::ERROR)))
+    );
 }
