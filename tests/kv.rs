@@ -665,3 +665,43 @@ fn bad_config_is_a_clear_error() {
     assert!(!status.success());
     assert!(stderr.contains("kv_memory"), "{stderr}");
 }
+
+/// A value no shard could hold is refused, not stored and then evicted
+/// with every other key of its shard: with `kv_memory = 1M` over 4 shards
+/// (256 KiB each), the default 1 MiB `kv_max_value` is lowered to the share
+/// (said at start), and a 300 kB value gets the too-large error while the
+/// keys already there stay.
+#[test]
+fn a_value_larger_than_a_shards_share_is_refused_and_evicts_nothing() {
+    let b = Broker::start(BrokerOpts::new(4).set("kv_memory", "1M"));
+    let mut c = b.client();
+    let keys: Vec<String> = (0..40)
+        .map(|i| format!("{}-{i}", uniq("kv.share")))
+        .collect();
+    for k in &keys {
+        assert_eq!(set(&mut c, k, json!("kept")), stored());
+    }
+    let big = uniq("kv.toobig");
+    let r = set(&mut c, &big, json!("x".repeat(300_000)));
+    let text = r["response"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("ERROR: coremq_set: a value of 300002 bytes is larger than kv_max_value"),
+        "{r}"
+    );
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_eq!(
+        get(&mut c, &refs)["values"].as_object().map(|v| v.len()),
+        Some(keys.len()),
+        "every key kept"
+    );
+    assert_eq!(get(&mut c, &[&big]), json!({"values": {}}));
+    assert_eq!(shard_sum(&c.status(), "kv_evictions"), 0);
+    assert!(
+        b.stdout()
+            .contains("kv_max_value is more than one shard's share of kv_memory holds"),
+        "{}",
+        b.logs()
+    );
+    // A value that fits the share is stored.
+    assert_eq!(set(&mut c, &big, json!("x".repeat(200_000))), stored());
+}

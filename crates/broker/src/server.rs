@@ -73,8 +73,9 @@ impl Stopper {
 
 /// Starts a node and returns once every shard listens.
 pub fn start(config: Config) -> Result<Running, BrokerError> {
-    let mq = config.mq;
+    let mut mq = config.mq;
     let shards = mq.shards.max(1);
+    mq.kv.max_value = kv_max_value(mq.kv.memory, shards, mq.kv.max_value);
     let plain = mq.plain_enabled();
     let plain_addr = if plain {
         Some(resolve_addr(SocketAddr::new(mq.address, mq.port))?)
@@ -337,6 +338,29 @@ impl Running {
 /// glommio binds with SO_REUSEPORT, so a second broker on the same port would
 /// bind successfully and take half the connections. A plain bind (without
 /// SO_REUSEPORT) fails on any address someone listens on, which is the check.
+/// The largest value the store takes: `kv_max_value`, or less when one
+/// value of that size (with its key and bookkeeping) would not fit in a
+/// shard's share of `kv_memory` — such a value would be answered `STORED` and
+/// then evicted at once, with every other key of its shard (said at start).
+pub(crate) fn kv_max_value(memory: u64, shards: usize, max_value: usize) -> usize {
+    let share = memory / shards.max(1) as u64;
+    let room =
+        share.saturating_sub(crate::kv::ENTRY_OVERHEAD + coremq_protocol::MAX_KEY_LEN as u64);
+    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    if max_value > room {
+        tracing::warn!(
+            kv_max_value = max_value,
+            kv_memory = memory,
+            shards,
+            limit = room,
+            "kv_max_value is more than one shard's share of kv_memory holds; \
+             values are limited to the share (raise kv_memory to keep kv_max_value)"
+        );
+        return room;
+    }
+    max_value
+}
+
 fn resolve_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
     match std::net::TcpListener::bind(addr) {
         Ok(probe) => probe
@@ -403,4 +427,16 @@ fn wire(shards: usize) -> Vec<Wiring> {
         }
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kv_max_value_is_kept_to_what_a_shard_can_hold() {
+        // 64 MiB over 64 shards: 1 MiB each, less a key and its bookkeeping.
+        let room = (1 << 20) - 128 - 250;
+        assert_eq!(super::kv_max_value(64 << 20, 64, 1 << 20), room);
+        assert_eq!(super::kv_max_value(64 << 20, 2, 1 << 20), 1 << 20);
+        assert_eq!(super::kv_max_value(64 << 20, 64, 1000), 1000);
+    }
 }

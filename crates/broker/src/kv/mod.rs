@@ -647,6 +647,17 @@ impl KvTable {
             expires_ms,
             pos,
         } = change;
+        // A value this shard cannot hold at all (replicated from a node with
+        // a larger share; local sets are refused before): the key goes,
+        // instead of being stored and evicted with every other key here.
+        let cost = |v: &KvValue| ENTRY_OVERHEAD + key.len() as u64 + v.len() as u64;
+        if value.as_ref().is_some_and(|v| cost(v) > self.limit) {
+            if let Some(s) = slot {
+                self.remove(s);
+            }
+            self.figures.evictions += 1;
+            return;
+        }
         let expires_ms = match &value {
             None if !self.tombstones => {
                 if let Some(s) = slot {

@@ -536,3 +536,34 @@ fn get_many_answers_as_get_does() {
         );
     }
 }
+
+/// A replicated value larger than this shard's whole share is not stored
+/// (and the key's older value goes): storing it would evict every other key
+/// and then itself.
+#[test]
+fn a_value_larger_than_the_share_evicts_nothing_else() {
+    let mut t = KvTable::new(4096, true);
+    let mut p = Positions(100);
+    for i in 0..10 {
+        run(&mut t, &mut p, set(&format!("k{i}"), "1"), NOW);
+    }
+    run(&mut t, &mut p, set("big", "\"old\""), NOW);
+    let huge = KvChange {
+        key: "big".into(),
+        value: Some(KvValue::text(&[b'x'; 5000], 0)),
+        expires_ms: 0,
+        pos: MsgKey {
+            sent_us: u64::MAX / 2,
+            origin: 1,
+        },
+    };
+    t.apply_replicated(huge, NOW);
+    assert!(
+        t.get("big", NOW).is_none(),
+        "the huge value or the old one kept"
+    );
+    for i in 0..10 {
+        assert!(t.get(&format!("k{i}"), NOW).is_some(), "k{i} evicted");
+    }
+    assert_eq!(t.figures().evictions, 1);
+}
