@@ -956,3 +956,30 @@ fn memcached_values_replicate_with_flags_and_expire_everywhere() {
     }
     cl.assert_alive();
 }
+
+/// A multi-key get with thousands of keys on one line — what pymemcache's
+/// `get_many` and libmemcached's `mget` send — is answered whole: the line
+/// may be as long as a storage command with the largest value (here ~330 kB,
+/// 5,000 keys of 64 bytes; memcached itself has no limit).
+#[test]
+fn a_get_of_thousands_of_keys_on_one_line_is_answered() {
+    let (_b, addr) = broker(2, &[]);
+    let mut m = Mc::connect(addr);
+    let keys: Vec<String> = (0..5000).map(|i| format!("many.{i:059}")).collect();
+    for k in keys.iter().step_by(1000) {
+        m.call(&format!("set {k} 3 0 2\r\nok\r\n"), "STORED\r\n");
+    }
+    let line = format!("get {}\r\n", keys.join(" "));
+    assert!(line.len() > 300_000, "{}", line.len());
+    m.send(line.as_bytes());
+    for k in keys.iter().step_by(1000) {
+        assert_eq!(m.line(), format!("VALUE {k} 3 2"));
+        assert_eq!(m.line(), "ok");
+    }
+    assert_eq!(m.line(), "END");
+    // And the connection goes on.
+    m.call(
+        "version\r\n",
+        &format!("VERSION 1.6.0 CoreMQ {}\r\n", env!("CARGO_PKG_VERSION")),
+    );
+}

@@ -332,7 +332,7 @@ impl Out {
 /// Serves one connection until it closes; returns why.
 async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>) -> &'static str {
     let max_value = shard.cfg().kv.max_value;
-    let max_buf = (parse::MAX_LINE + 2 + max_value + 2).max(parse::MAX_GET_LINE + 2);
+    let max_buf = (parse::MAX_LINE + 2 + max_value + 2).max(parse::get_line_limit(max_value) + 2);
     let mut rbuf = ReadBuf::new(max_buf);
     let mut skip = 0usize;
     let mut out = Out::default();

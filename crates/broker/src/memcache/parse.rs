@@ -17,11 +17,18 @@
 /// Longest command line (without `\r\n`) outside `get`/`gets`: memcached's
 /// own limit for a line it has not seen the end of.
 pub(crate) const MAX_LINE: usize = 2048;
-/// Longest `get`/`gets` line: memcached lets multi-key gets exceed
-/// [`MAX_LINE`] (clients send every key of a `get_multi` on one line); this
-/// bounds the read buffer they need (~260 keys of 250 bytes, thousands of
-/// short ones).
+/// Least limit of a `get`/`gets` line: memcached lets multi-key gets exceed
+/// [`MAX_LINE`] (clients send every key of a `get_multi` on one line, with
+/// no limit in memcached itself). The limit is [`get_line_limit`]: at least
+/// this, and as long as a storage command with the largest value, which the
+/// read buffer must hold anyway — with the default 1 MiB values, some 4,000
+/// keys of 250 bytes or 16,000 of 64 on one line.
 pub(crate) const MAX_GET_LINE: usize = 64 * 1024;
+
+/// Longest `get`/`gets` line when values may be `max_value` bytes long.
+pub(crate) fn get_line_limit(max_value: usize) -> usize {
+    MAX_GET_LINE.max(MAX_LINE + 2 + max_value)
+}
 /// Longest key, as memcached (`KEY_MAX_LENGTH`) and PROTOCOL.md §13.
 pub(crate) const MAX_KEY: usize = 250;
 
@@ -181,7 +188,7 @@ pub(crate) enum Parse<'a> {
 /// data block stored (`kv_max_value`).
 pub(crate) fn parse(buf: &[u8], max_value: usize) -> Parse<'_> {
     let limit = if is_get_line(buf) {
-        MAX_GET_LINE
+        get_line_limit(max_value)
     } else {
         MAX_LINE
     };

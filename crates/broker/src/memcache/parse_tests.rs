@@ -449,6 +449,29 @@ fn a_line_over_the_limit_closes_whether_or_not_its_end_arrived() {
         huge.extend(b" key");
     }
     assert_eq!(fatal(&huge), reply::LINE_TOO_LONG);
+    // With larger values allowed, a get line may be as long as a storage
+    // command with the largest value (the read buffer holds that anyway).
+    let max_value = 1 << 20;
+    assert_eq!(get_line_limit(max_value), MAX_LINE + 2 + max_value);
+    huge.extend(b"\r\n");
+    match parse(&huge, max_value) {
+        Parse::Step(Parsed {
+            what: What::Cmd(Cmd::Get { keys, .. }),
+            ..
+        }) => assert!(keys.len() >= MAX_GET_LINE / 4, "{}", keys.len()),
+        other => panic!("{other:?}"),
+    }
+    let mut over = b"get".to_vec();
+    while over.len() < get_line_limit(max_value) + 2 {
+        over.extend(b" key");
+    }
+    assert!(matches!(
+        parse(&over, max_value),
+        Parse::Step(Parsed {
+            what: What::Fatal(reply::LINE_TOO_LONG),
+            ..
+        })
+    ));
 }
 
 /// A pipeline of every command, good and bad, mixed.
