@@ -215,10 +215,29 @@ fn incr_decr_touch_version_verbosity_and_errors() {
         c.call("set k 0 0 3\r\nabcd\r\n", "CLIENT_ERROR bad data chunk\r\n");
         // The "\n" left of that chunk is an empty line; then all is well.
         c.call("get n\r\n", "ERROR\r\nVALUE n 0 1\r\n1\r\nEND\r\n");
+        // cas: the unique gets shows; a stale one is EXISTS, a missing key
+        // NOT_FOUND, a unique that is not a number a format error (its
+        // data skipped).
+        c.send(b"gets n\r\n");
+        let head = c.line();
+        let unique: u64 = head.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(c.line(), "1");
+        assert_eq!(c.line(), "END");
+        c.call(&format!("cas n 0 0 1 {unique}\r\n2\r\n"), "STORED\r\n");
+        c.call(&format!("cas n 0 0 1 {unique}\r\n3\r\n"), "EXISTS\r\n");
+        c.call(
+            &format!("cas gone 0 0 1 {unique}\r\n3\r\n"),
+            "NOT_FOUND\r\n",
+        );
+        c.call(
+            "cas n 0 0 1 x\r\n3\r\n",
+            "CLIENT_ERROR bad command line format\r\n",
+        );
+        c.call(&format!("cas n 0 0 1 {unique} noreply\r\n4\r\n"), "");
+        c.call("get n\r\n", "VALUE n 0 1\r\n2\r\nEND\r\n");
         // Commands the store does not offer are unknown; their data is skipped.
-        c.call("cas n 0 0 1 1\r\n9\r\n", "ERROR\r\n");
         c.call("append n 0 0 1\r\n9\r\n", "ERROR\r\n");
-        c.call("get n\r\n", "VALUE n 0 1\r\n1\r\nEND\r\n");
+        c.call("get n\r\n", "VALUE n 0 1\r\n2\r\nEND\r\n");
         c.call("quit\r\n", "");
         c.expect_closed();
     });
@@ -565,6 +584,17 @@ c.set("q", b"quiet", noreply=True)
 assert c.get("q") == b"quiet"
 v, cas = c.gets("q")
 assert v == b"quiet" and int(cas) >= 0
+# cas: stored with the unique gets gave, EXISTS once it changed, NOT_FOUND without a value.
+assert c.cas("q", b"swapped", cas, noreply=False) is True
+assert c.get("q") == b"swapped"
+assert c.cas("q", b"stale", cas, noreply=False) is False
+assert c.get("q") == b"swapped"
+assert c.cas("never", b"x", cas, noreply=False) is None
+# append/prepend with pymemcache's default noreply: unknown and silent, so
+# the next reply is the next command's.
+c.append("q", b"more")
+c.prepend("q", b"more")
+assert c.get("q") == b"swapped"
 assert c.version().startswith(b"1.")
 stats = c.stats()
 assert stats[b"curr_items"] >= 300, stats

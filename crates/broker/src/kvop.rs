@@ -196,6 +196,10 @@ pub(crate) enum SetCond {
     Absent,
     /// Only when it holds one (`"if": "present"`, memcached `replace`).
     Present,
+    /// Only when it holds the value whose cas unique (its position's
+    /// `sent_us`, which `gets` shows) is this (memcached `cas`): else
+    /// `Stored(false)` if it holds another, `NotFound` if none.
+    Cas(u64),
 }
 
 /// One operation on the store.

@@ -496,6 +496,10 @@ impl KvTable {
                     SetCond::Always => true,
                     SetCond::Absent => !live,
                     SetCond::Present => live,
+                    SetCond::Cas(_) if !live => return KvAnswer::NotFound,
+                    SetCond::Cas(unique) => {
+                        slot.is_some_and(|s| self.entry(s).pos.sent_us == unique)
+                    }
                 };
                 if !ok {
                     return KvAnswer::Stored(false);

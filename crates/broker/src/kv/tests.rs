@@ -567,3 +567,33 @@ fn a_value_larger_than_the_share_evicts_nothing_else() {
     }
     assert_eq!(t.figures().evictions, 1);
 }
+
+/// memcached's cas: stored while the key still holds the value whose
+/// position `gets` showed, refused (Stored(false): EXISTS) once it changed,
+/// NotFound when the key holds no value.
+#[test]
+fn cas_stores_only_over_the_value_it_saw() {
+    let (mut t, mut p) = table(1 << 20);
+    let cas = |key: &str, v: &str, unique| KvOp::Set {
+        key: key.into(),
+        value: KvValue::text(v.as_bytes(), 0),
+        expiry: Expiry::Never,
+        cond: SetCond::Cas(unique),
+    };
+    run(&mut t, &mut p, set("k", "1"), NOW);
+    let (_, unique) = t.get("k", NOW).unwrap();
+    assert_eq!(
+        run(&mut t, &mut p, cas("k", "2", unique), NOW).0,
+        KvAnswer::Stored(true)
+    );
+    assert_eq!(
+        run(&mut t, &mut p, cas("k", "3", unique), NOW).0,
+        KvAnswer::Stored(false)
+    );
+    assert_eq!(get(&mut t, "k", NOW).as_deref(), Some("2"));
+    assert_eq!(
+        run(&mut t, &mut p, cas("none", "3", unique), NOW).0,
+        KvAnswer::NotFound
+    );
+    assert!(t.get("none", NOW).is_none());
+}

@@ -231,6 +231,7 @@ enum Then {
     Get(KeyList, Vec<(usize, bool)>),
     /// The other commands; `true`: noreply.
     Store(bool),
+    Cas(bool),
     Delete(bool),
     Arith(bool),
     Touch(bool),
@@ -558,6 +559,11 @@ fn start_one<'a>(
                 Mode::Set => SetCond::Always,
                 Mode::Add => SetCond::Absent,
                 Mode::Replace => SetCond::Present,
+                Mode::Cas(unique) => SetCond::Cas(unique),
+            };
+            let then = match mode {
+                Mode::Cas(_) => Then::Cas(noreply),
+                _ => Then::Store(noreply),
             };
             kv(
                 KvOp::Set {
@@ -566,7 +572,7 @@ fn start_one<'a>(
                     expiry: Expiry::from_memcached(exptime, now),
                     cond,
                 },
-                Then::Store(noreply),
+                then,
             )
         }
         Cmd::TooLarge { key, set, noreply } => {
@@ -766,6 +772,9 @@ fn write_answer(then: Then, answer: KvAnswer, out: &mut Vec<u8>) {
     match (then, answer) {
         (Then::Store(n), KvAnswer::Stored(true)) => quiet(n, out, "STORED"),
         (Then::Store(n), KvAnswer::Stored(false)) => quiet(n, out, "NOT_STORED"),
+        (Then::Cas(n), KvAnswer::Stored(true)) => quiet(n, out, "STORED"),
+        (Then::Cas(n), KvAnswer::Stored(false)) => quiet(n, out, "EXISTS"),
+        (Then::Cas(n), KvAnswer::NotFound) => quiet(n, out, "NOT_FOUND"),
         (Then::Delete(n), KvAnswer::Deleted(d)) => {
             quiet(n, out, if d > 0 { "DELETED" } else { "NOT_FOUND" })
         }

@@ -62,6 +62,9 @@ pub(crate) enum Mode {
     Add,
     /// `replace`: store only if the key holds a value.
     Replace,
+    /// `cas`: store only if the key's value is still the one `gets` gave
+    /// this unique for.
+    Cas(u64),
 }
 
 /// A well-formed command.
@@ -255,25 +258,36 @@ pub(crate) fn parse(buf: &[u8], max_value: usize) -> Parse<'_> {
             };
             storage(buf, used, args, max_value, Some(mode), noreply)
         }
-        // Real memcached commands the store does not offer: refused as
-        // unknown (silently with `noreply`, which clients such as pymemcache
-        // send by default on these: a reply would shift every later one),
-        // their data blocks skipped.
-        b"append" | b"prepend" => storage(buf, used, args, max_value, None, noreply),
         b"cas" => {
             // cas <key> <flags> <exptime> <bytes> <unique> [noreply]
             if !(5..=6).contains(&args.len()) {
                 return fatal(reply::ERROR);
             }
-            match length(args[3]) {
-                Some(n) => Parse::Step(Parsed {
+            let Some(bytes) = length(args[3]) else {
+                return fatal(reply::BAD_FORMAT);
+            };
+            let Some(unique) = unsigned(args[4]) else {
+                return Parse::Step(Parsed {
                     used,
-                    skip: n + 2,
-                    what: What::Refused((!noreply).then_some(reply::ERROR)),
-                }),
-                None => fatal(reply::ERROR),
-            }
+                    skip: bytes + 2,
+                    what: What::Refused((!noreply).then_some(reply::BAD_FORMAT)),
+                });
+            };
+            let rest: Vec<&[u8]> = args[..4].iter().chain(args.get(5)).copied().collect();
+            storage(
+                buf,
+                used,
+                &rest,
+                max_value,
+                Some(Mode::Cas(unique)),
+                noreply,
+            )
         }
+        // Real memcached commands the store does not offer: refused as
+        // unknown (silently with `noreply`, which clients such as pymemcache
+        // send by default on these: a reply would shift every later one),
+        // their data blocks skipped.
+        b"append" | b"prepend" => storage(buf, used, args, max_value, None, noreply),
         // A meta set (`ms <key> <datalen> <flags>*`) carries a data block too.
         b"ms" => match args.get(1).and_then(|t| length(t)) {
             Some(n) => Parse::Step(Parsed {

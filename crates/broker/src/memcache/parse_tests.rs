@@ -276,7 +276,6 @@ fn storage_commands_the_store_lacks_are_unknown_and_skipped() {
     for input in [
         &b"append k 0 0 2\r\nab\r\nversion\r\n"[..],
         b"prepend k 0 0 2\r\nab\r\nversion\r\n",
-        b"cas k 0 0 2 77\r\nab\r\nversion\r\n",
         b"ms k 2 T0\r\nab\r\nversion\r\n",
     ] {
         assert_eq!(
@@ -629,7 +628,6 @@ fn noreply_silences_the_error_of_commands_the_store_lacks() {
     for input in [
         &b"append k 0 0 2 noreply\r\nab\r\nversion\r\n"[..],
         b"prepend k 0 0 2 noreply\r\nab\r\nversion\r\n",
-        b"cas k 0 0 2 77 noreply\r\nab\r\nversion\r\n",
         b"frobnicate k noreply\r\nversion\r\n",
     ] {
         assert_eq!(
@@ -647,4 +645,42 @@ fn noreply_silences_the_error_of_commands_the_store_lacks() {
         run(b"frobnicate k\r\nversion\r\n")[0],
         format!("{:?}", What::Refused(Some(reply::ERROR)))
     );
+}
+
+#[test]
+fn cas_is_a_store_with_the_unique_and_a_bad_unique_is_a_format_error() {
+    assert_eq!(
+        cmd(b"cas k 5 0 2 77\r\nab\r\n"),
+        Cmd::Store {
+            mode: Mode::Cas(77),
+            key: "k",
+            flags: 5,
+            exptime: 0,
+            data: b"ab",
+            noreply: false
+        }
+    );
+    assert!(matches!(
+        cmd(b"cas k 0 0 2 77 noreply\r\nab\r\n"),
+        Cmd::Store {
+            mode: Mode::Cas(77),
+            noreply: true,
+            ..
+        }
+    ));
+    for (input, reply) in [
+        (
+            &b"cas k 0 0 2 x\r\nab\r\nversion\r\n"[..],
+            Some(reply::BAD_FORMAT),
+        ),
+        (b"cas k 0 0 2 -1 noreply\r\nab\r\nversion\r\n", None),
+    ] {
+        assert_eq!(
+            run(input),
+            [
+                format!("{:?}", What::Refused(reply)),
+                format!("{:?}", What::Cmd(Cmd::Version)),
+            ]
+        );
+    }
 }
