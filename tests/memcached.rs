@@ -1013,3 +1013,22 @@ fn a_get_of_thousands_of_keys_on_one_line_is_answered() {
         &format!("VERSION 1.6.0 CoreMQ {}\r\n", env!("CARGO_PKG_VERSION")),
     );
 }
+
+/// A client speaking memcached's binary protocol is told, and closed, at
+/// once — it does not hang waiting for a reply to a request the text
+/// protocol never finishes reading.
+#[test]
+fn a_binary_protocol_client_is_refused_and_closed_at_once() {
+    let (_b, addr) = broker(1, &[]);
+    let mut m = Mc::connect(addr);
+    // GET "k" in the binary protocol: a 24-byte header, then the key.
+    let mut get = vec![0x80, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    get.extend([0; 8]);
+    get.push(b'k');
+    m.send(&get);
+    m.expect(b"CLIENT_ERROR the binary protocol is not supported\r\n");
+    m.expect_closed();
+    // Text clients are unaffected.
+    let mut t = Mc::connect(addr);
+    t.call("set k 0 0 1\r\nv\r\n", "STORED\r\n");
+}

@@ -51,7 +51,13 @@ pub(crate) mod reply {
     pub const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
     /// A line longer than the limit (the connection closes after it).
     pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
+    /// A request of memcached's binary protocol (the connection closes
+    /// after it, so that the client fails at once instead of waiting).
+    pub const BINARY: &str = "CLIENT_ERROR the binary protocol is not supported";
 }
+
+/// The first byte of every request of memcached's binary protocol.
+const BINARY_MAGIC: u8 = 0x80;
 
 /// Which storage command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +196,11 @@ pub(crate) enum Parse<'a> {
 /// Parses the command at the front of `buf`; `max_value` is the largest
 /// data block stored (`kv_max_value`).
 pub(crate) fn parse(buf: &[u8], max_value: usize) -> Parse<'_> {
+    // A binary request holds no line end to wait for: without this the
+    // client would wait for a reply until its own timeout.
+    if buf.first() == Some(&BINARY_MAGIC) {
+        return fatal(reply::BINARY);
+    }
     let limit = if is_get_line(buf) {
         get_line_limit(max_value)
     } else {

@@ -684,3 +684,15 @@ fn cas_is_a_store_with_the_unique_and_a_bad_unique_is_a_format_error() {
         );
     }
 }
+
+/// A binary-protocol request (magic byte 0x80, here a GET of "k") is refused
+/// at once, and the connection closes, instead of waiting for a line end
+/// that never comes.
+#[test]
+fn a_binary_request_is_refused_at_once() {
+    let mut get = vec![0x80, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    get.extend([0; 8]);
+    get.push(b'k');
+    assert_eq!(fatal(&get), reply::BINARY);
+    assert_eq!(fatal(&get[..1]), reply::BINARY);
+}
