@@ -146,15 +146,25 @@ pub(crate) async fn tls_handshake(shard: &Shard, stream: TcpStream) -> Option<Tl
 /// The user a TLS client's verified certificate names (its CN), under
 /// mutual TLS with a users file in force: what the client port and the
 /// https/wss port take as the connection's user when it shows no other
-/// credentials. Logged either way (the CN only: a user name, no secret).
-pub(crate) fn cert_identity(shard: &Shard, tls: &TlsIo) -> Option<coremq_auth::Identity> {
+/// credentials. Logged either way (the CN only: a user name, no secret):
+/// at INFO for a connection, at DEBUG for a single HTTP request (`request`),
+/// which a monitoring system repeats every few seconds.
+pub(crate) fn cert_identity(
+    shard: &Shard,
+    tls: &TlsIo,
+    request: bool,
+) -> Option<coremq_auth::Identity> {
     if shard.cfg().tls.client_auth == coremq_config::ClientAuth::None {
         return None;
     }
     let leaf = tls.session().peer_certificates()?.first()?;
     match crate::tls::cert_user(leaf) {
         Ok(user) if shard.rules().is_some() => {
-            tracing::info!(user, "TLS client certificate: acting as its CN");
+            if request {
+                tracing::debug!(user, "TLS client certificate: acting as its CN");
+            } else {
+                tracing::info!(user, "TLS client certificate: acting as its CN");
+            }
             Some(coremq_auth::Identity {
                 user: user.into(),
                 claims: None,
@@ -185,7 +195,7 @@ async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
         conn.st.borrow_mut().tls_names = Some(crate::tls::cert_names(leaf).into());
     }
     let span = tracing::info_span!("conn", conn_id = %conn.id);
-    if let Some(who) = span.in_scope(|| cert_identity(&shard, &tls)) {
+    if let Some(who) = span.in_scope(|| cert_identity(&shard, &tls, false)) {
         crate::conn::auth::adopt(&shard, &conn, who);
     }
     tracing::debug!(parent: &span, "TLS connection accepted");

@@ -132,7 +132,7 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
     // is the user of a request that carries no credentials of its own.
     let cert = match &stream {
         Io::Tls(tls) if monitored || (is_upgrade && head.path == "/ws") => {
-            crate::net::cert_identity(&shard, tls)
+            crate::net::cert_identity(&shard, tls, !is_upgrade)
         }
         _ => None,
     };
