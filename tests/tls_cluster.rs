@@ -220,3 +220,49 @@ fn a_dialled_peer_whose_certificate_does_not_name_its_entry_is_refused() {
         );
     }
 }
+
+/// SIGHUP reloads the cluster links' TLS too: after both nodes' certificates
+/// and CA file are rotated to a new CA and reloaded, the dialling node's next
+/// handshake (the peer restarted on the new files) verifies the peer against
+/// the new CA and shows its new certificate — without the reload it would
+/// refuse the peer's certificate as from an unknown issuer.
+#[test]
+fn sighup_rotates_the_cluster_links_certificates_and_ca() {
+    let mut old = Pki::new("Old cluster CA");
+    let (pa, pb) = dialled_and_dialler();
+    let entries = vec![format!("127.0.0.1:{pb}"), format!("127.0.0.1:{pa}")];
+    let list = entries.join(",");
+    // Each node's own CA file, so that rotating one file rotates one node.
+    let (a_pair, b_pair) = (old.server(), old.server());
+    let (a_ca, b_ca) = (old.dir.join("a-ca.pem"), old.dir.join("b-ca.pem"));
+    std::fs::copy(&old.ca, &a_ca).unwrap();
+    std::fs::copy(&old.ca, &b_ca).unwrap();
+    let a = node("na", pa, &list, &a_pair, &a_ca);
+    let b = node("nb", pb, &list, &b_pair, &b_ca);
+    wait_status(&mut b.client(), "the link up", |st| {
+        links_up(st, &entries, 0)
+    });
+    // Rotate: new certificates from a new CA, the new CA in both CA files.
+    let mut new = Pki::new("New cluster CA");
+    for (pair, ca) in [(&a_pair, &a_ca), (&b_pair, &b_ca)] {
+        let fresh = new.server();
+        std::fs::copy(&fresh.cert, &pair.cert).unwrap();
+        std::fs::copy(&fresh.key, &pair.key).unwrap();
+        std::fs::copy(&new.ca, ca).unwrap();
+    }
+    b.signal(libc::SIGHUP);
+    wait_log(&b, "SIGHUP: TLS certificate reloaded");
+    // The dialled node restarts on the new files; the dialler (b, whose
+    // entry sorts first) must now trust them, which only its reload gives.
+    drop(a);
+    let a = node("na", pa, &list, &a_pair, &a_ca);
+    wait_status(&mut b.client(), "the link up again", |st| {
+        links_up(st, &entries, 0)
+    });
+    let q = uniq("tls.rotated");
+    let mut sub = a.client();
+    sub.subscribe(&[&q]);
+    std::thread::sleep(Duration::from_millis(100));
+    b.client().publish(&q, &json!({"after": "rotation"}));
+    assert_eq!(sub.recv_msg().json["after"], "rotation");
+}
