@@ -219,6 +219,16 @@ fn a_dialled_peer_whose_certificate_does_not_name_its_entry_is_refused() {
             "no link with a misnamed peer: {st}"
         );
     }
+    // The dialler keeps retrying (backoff from 100 ms); the same cause is
+    // not logged at WARN again.
+    let retries_logged = |b: &Broker| {
+        b.stdout()
+            .lines()
+            .filter(|l| l.contains("cluster dial failed; retrying"))
+            .count()
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(retries_logged(&b), 1, "{}", b.logs());
 }
 
 /// SIGHUP reloads the cluster links' TLS too: after both nodes' certificates
