@@ -391,6 +391,20 @@ fn coremq_websocket_or_a_clear_skip() {
     all_workloads(&Target::new(Proto::CoreMqWs, ws), b.pid());
 }
 
+/// `--no-ack` over WebSocket (NATS's terms: no reply per publish): the
+/// publishers send `{"coremq_options": {"ack": false}}` after the welcome, so
+/// no OK comes back (all_workloads asserts none was read) and every message
+/// still arrives, on a broker whose WebSocket connections are on both shards.
+#[test]
+fn coremq_websocket_without_acks() {
+    let b = Broker::start(BrokerOpts::new(2).ws());
+    let mut t = Target::new(Proto::CoreMqWs, b.ws_addr().to_string());
+    t.ack = false;
+    assert_eq!(t.label(), "coremq-ws-noack");
+    assert!(!t.publishes_are_acked());
+    all_workloads(&t, b.pid());
+}
+
 /// The broker's keepalive pings reach the WebSocket adapter's own frame
 /// reader (`wire::wsframe`), which must answer them: with pings every 0.1 s
 /// and clients cut off after 0.5 s without a frame, a subscriber that sends

@@ -99,7 +99,8 @@ struct Args {
     /// Workload.
     #[arg(long, value_enum, default_value = "1to1")]
     workload: Workload,
-    /// CoreMQ: publish with `{"coremq_options": {"ack": false}}` (no OK per publish).
+    /// CoreMQ (TCP or WebSocket): publish with `{"coremq_options": {"ack": false}}`
+    /// (no OK per publish, as NATS publishes get none).
     #[arg(long)]
     no_ack: bool,
     /// CoreMQ TCP: every connection sends `{"coremq_options": {"seq": true}}`, so
@@ -316,9 +317,9 @@ fn run(args: &Args) -> Result<Report, BenchError> {
             ))
         }
     };
-    if args.no_ack && proto != Proto::CoreMq {
+    if args.no_ack && !matches!(proto, Proto::CoreMq | Proto::CoreMqWs) {
         return Err(BenchError::Usage(
-            "--no-ack applies to --proto coremq only".into(),
+            "--no-ack applies to --proto coremq and coremq-ws only".into(),
         ));
     }
     if args.coremq_seq && proto != Proto::CoreMq {
@@ -450,6 +451,7 @@ fn main() -> ExitCode {
                 ProtoArg::Coremq if args.coremq_seq => "coremq-seq",
                 ProtoArg::Coremq if args.no_ack => "coremq-noack",
                 ProtoArg::Coremq => "coremq",
+                ProtoArg::CoremqWs if args.no_ack => "coremq-ws-noack",
                 ProtoArg::CoremqWs => "coremq-ws",
                 ProtoArg::Nats if args.jetstream => "nats-js",
                 ProtoArg::Nats => "nats",

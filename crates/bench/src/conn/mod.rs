@@ -122,13 +122,14 @@ impl Target {
     }
 
     /// The name reports use: the protocol, plus `-seq` for CoreMQ with
-    /// numbered deliveries and `-noack` for CoreMQ without acks; `nats-js`
+    /// numbered deliveries and `-noack` for CoreMQ (TCP or WebSocket) without acks; `nats-js`
     /// for NATS with JetStream; `-tls` at the end over TLS.
     pub fn label(&self) -> String {
         let base: String = match (self.proto, self.seq, self.ack) {
             (Proto::CoreMq, false, false) => "coremq-noack".into(),
             (Proto::CoreMq, true, true) => "coremq-seq".into(),
             (Proto::CoreMq, true, false) => "coremq-seq-noack".into(),
+            (Proto::CoreMqWs, _, false) => "coremq-ws-noack".into(),
             (Proto::Nats, _, _) if self.jetstream => "nats-js".into(),
             (p, _, _) => p.name().into(),
         };
@@ -142,8 +143,8 @@ impl Target {
     /// Does a publish get a reply that the publisher must read?
     pub fn publishes_are_acked(&self) -> bool {
         match self.proto {
-            Proto::CoreMq => self.ack,
-            Proto::CoreMqWs | Proto::Redis => true,
+            Proto::CoreMq | Proto::CoreMqWs => self.ack,
+            Proto::Redis => true,
             Proto::Nats => self.jetstream,
             Proto::NatsWs => false,
         }

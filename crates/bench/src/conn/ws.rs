@@ -253,6 +253,14 @@ pub fn open(t: &Target, buffer: usize) -> Result<(WsConn, String), BenchError> {
         )
         .map_err(|e| handshake::login_refused(t, cred, e))?;
     }
+    // `--no-ack`: the same one options request as over TCP.
+    if let Some(json) = handshake::options_request(t) {
+        c.request(
+            json.as_bytes(),
+            b"OK: Options set",
+            "WebSocket coremq_options",
+        )?;
+    }
     Ok((c, id))
 }
 
