@@ -74,6 +74,19 @@ fn main() -> ExitCode {
             eprintln!("coremq: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
+        // What a start would lower, shown as it would run (and said, as at start).
+        let mut config = config;
+        if let Some(limit) = coremq_broker::kv_max_value_limit(&config.mq) {
+            eprintln!(
+                "coremq: warning: kv_max_value ({}) is more than one shard's share of kv_memory \
+                 ({} bytes over {} shards) holds; a start limits values to {limit} bytes \
+                 (raise kv_memory to keep kv_max_value)",
+                config.mq.kv.max_value,
+                config.mq.kv.memory,
+                config.mq.shards.max(1)
+            );
+            config.mq.kv.max_value = limit;
+        }
         println!("{config:#?}");
         return ExitCode::SUCCESS;
     }

@@ -705,3 +705,38 @@ fn a_value_larger_than_a_shards_share_is_refused_and_evicts_nothing() {
     // A value that fits the share is stored.
     assert_eq!(set(&mut c, &big, json!("x".repeat(200_000))), stored());
 }
+
+/// `--check-config` says what a start would lower `kv_max_value` to, and
+/// shows the lowered value; with room for the configured value it says
+/// nothing and shows it as configured.
+#[test]
+fn check_config_shows_kv_max_value_as_a_start_would_limit_it() {
+    let check = |opts: &BrokerOpts| {
+        let b = Broker::spawn(opts);
+        let out = std::process::Command::new(common::BIN)
+            .arg("--config")
+            .arg(&b.config_path)
+            .arg("--check-config")
+            .output()
+            .expect("coremq --check-config");
+        drop(b);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (shown, said) = check(&BrokerOpts::new(4).set("kv_memory", "1M"));
+    let limit = said
+        .split("a start limits values to ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .unwrap_or_else(|| panic!("no limit said: {said}"));
+    let limit: u64 = limit.parse().expect("a number of bytes");
+    assert!(limit < 1 << 18 && limit > 200_000, "{said}");
+    assert!(said.contains("kv_max_value (1048576)"), "{said}");
+    assert!(shown.contains(&format!("max_value: {limit},")), "{shown}");
+    let (shown, said) = check(&BrokerOpts::new(2).set("kv_memory", "64M"));
+    assert!(!said.contains("kv_max_value"), "{said}");
+    assert!(shown.contains("max_value: 1048576,"), "{shown}");
+}

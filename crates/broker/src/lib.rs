@@ -92,4 +92,4 @@ mod wsframe;
 
 pub use error::BrokerError;
 pub use reload::{check as check_access, check_tls, Reloader};
-pub use server::{start, Running, Stopper, IO_MEMORY};
+pub use server::{kv_max_value_limit, start, Running, Stopper, IO_MEMORY};

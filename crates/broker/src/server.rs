@@ -333,20 +333,28 @@ impl Running {
     }
 }
 
-/// Checks that nobody listens on `addr` and resolves port 0 to a free port.
-///
-/// glommio binds with SO_REUSEPORT, so a second broker on the same port would
-/// bind successfully and take half the connections. A plain bind (without
-/// SO_REUSEPORT) fails on any address someone listens on, which is the check.
+/// The largest value one shard's share of `kv_memory` holds, with its key
+/// and bookkeeping.
+fn kv_value_room(memory: u64, shards: usize) -> usize {
+    let share = memory / shards.max(1) as u64;
+    let room =
+        share.saturating_sub(crate::kv::ENTRY_OVERHEAD + coremq_protocol::MAX_KEY_LEN as u64);
+    usize::try_from(room).unwrap_or(usize::MAX).max(1)
+}
+
+/// What a start would lower `kv_max_value` to (see [`kv_max_value`]), if it
+/// would: for `coremq --check-config`, which says so without starting.
+pub fn kv_max_value_limit(mq: &coremq_config::MqConfig) -> Option<usize> {
+    let room = kv_value_room(mq.kv.memory, mq.shards.max(1));
+    (mq.kv.max_value > room).then_some(room)
+}
+
 /// The largest value the store takes: `kv_max_value`, or less when one
 /// value of that size (with its key and bookkeeping) would not fit in a
 /// shard's share of `kv_memory` — such a value would be answered `STORED` and
 /// then evicted at once, with every other key of its shard (said at start).
 pub(crate) fn kv_max_value(memory: u64, shards: usize, max_value: usize) -> usize {
-    let share = memory / shards.max(1) as u64;
-    let room =
-        share.saturating_sub(crate::kv::ENTRY_OVERHEAD + coremq_protocol::MAX_KEY_LEN as u64);
-    let room = usize::try_from(room).unwrap_or(usize::MAX).max(1);
+    let room = kv_value_room(memory, shards);
     if max_value > room {
         tracing::warn!(
             kv_max_value = max_value,
@@ -361,6 +369,11 @@ pub(crate) fn kv_max_value(memory: u64, shards: usize, max_value: usize) -> usiz
     max_value
 }
 
+/// Checks that nobody listens on `addr` and resolves port 0 to a free port.
+///
+/// glommio binds with SO_REUSEPORT, so a second broker on the same port would
+/// bind successfully and take half the connections. A plain bind (without
+/// SO_REUSEPORT) fails on any address someone listens on, which is the check.
 fn resolve_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
     match std::net::TcpListener::bind(addr) {
         Ok(probe) => probe
@@ -438,5 +451,11 @@ mod tests {
         assert_eq!(super::kv_max_value(64 << 20, 64, 1 << 20), room);
         assert_eq!(super::kv_max_value(64 << 20, 2, 1 << 20), 1 << 20);
         assert_eq!(super::kv_max_value(64 << 20, 64, 1000), 1000);
+        let mut mq = coremq_config::MqConfig::default();
+        mq.kv.memory = 64 << 20;
+        mq.shards = 64;
+        assert_eq!(super::kv_max_value_limit(&mq), Some(room));
+        mq.shards = 2;
+        assert_eq!(super::kv_max_value_limit(&mq), None);
     }
 }
