@@ -585,11 +585,18 @@ fn next_link_frame(c: &mut Client, timeout: Duration) -> Result<Frame, ReadEnd> 
 }
 
 /// HMAC-SHA256 of the handshake fields, as `link_auth.rs` defines the
-/// proofs (computed here independently, as a peer would).
-fn link_proof(secret: &str, label: &str, name: &str, first: &str, second: &str) -> String {
+/// proofs (computed here independently, as a peer would): the label, the
+/// dialer's entry, the acceptor's entry, then the two nonces.
+fn link_proof(
+    secret: &str,
+    label: &str,
+    (dialer, acceptor): (&str, &str),
+    first: &str,
+    second: &str,
+) -> String {
     use hmac::{Hmac, Mac};
     let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    for part in [label, name, first, second] {
+    for part in [label, dialer, acceptor, first, second] {
         m.update(part.as_bytes());
         m.update(b"\n");
     }
@@ -600,26 +607,39 @@ fn link_proof(secret: &str, label: &str, name: &str, first: &str, second: &str) 
         .collect()
 }
 
-/// A fake peer's challenge-response with `secret`: returns the client and the
-/// final reply, after checking the acceptor's own proof.
-fn challenge_response(b: &Broker, name: &str, secret: &str) -> (Client, Frame, String) {
+/// A fake peer's challenge-response with `secret`, dialing the node whose
+/// entry is `acceptor`: returns the client and the final reply, after
+/// checking the acceptor's name and its own proof.
+fn challenge_response(
+    b: &Broker,
+    acceptor: &str,
+    name: &str,
+    secret: &str,
+) -> (Client, Frame, String) {
     let nd = "00112233445566778899aabbccddeeff";
     let (mut c, f) = replicant_handshake(b, json!({"name": name, "nonce": nd}));
     assert_eq!(f.json["response"], json!("CHALLENGE"), "{f}");
+    assert_eq!(f.json["name"], json!(acceptor), "the acceptor names itself");
     let na = f.json["nonce"].as_str().unwrap().to_string();
     assert_eq!(
         f.json["proof"],
-        json!(link_proof(SECRET, "coremq accept", name, nd, &na)),
+        json!(link_proof(
+            SECRET,
+            "coremq accept",
+            (name, acceptor),
+            nd,
+            &na
+        )),
         "the acceptor proves the secret too"
     );
-    let proof = link_proof(secret, "coremq dial", name, &na, nd);
+    let proof = link_proof(secret, "coremq dial", (name, acceptor), &na, nd);
     c.command(&json!({ "coremq_replicant": {"name": name, "proof": proof} }));
     let f = c.recv_reply();
     (c, f, proof)
 }
 
-fn expect_challenge_accepted(b: &Broker, name: &str) -> Client {
-    let (c, f, _) = challenge_response(b, name, SECRET);
+fn expect_challenge_accepted(b: &Broker, acceptor: &str, name: &str) -> Client {
+    let (c, f, _) = challenge_response(b, acceptor, name, SECRET);
     assert_eq!(
         f.json,
         json!({"response": OK_REPLICANT, "seq": true}),
@@ -659,9 +679,9 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
     expect_refused(&b, json!({"name": other, "secret": SECRET}));
     // ... nor a proof without a challenge, a wrong one, or a replayed one.
     expect_refused(&b, json!({"name": other, "proof": "00".repeat(32)}));
-    let (_c, f, _) = challenge_response(&b, &other, "wrong");
+    let (_c, f, _) = challenge_response(&b, &me, &other, "wrong");
     assert_eq!(f.json, json!({"response": ERR_REPLICANT}), "{f}");
-    let (_c, f, captured) = challenge_response(&b, &standby, SECRET);
+    let (_c, f, captured) = challenge_response(&b, &me, &standby, SECRET);
     assert_eq!(
         f.json,
         json!({"response": OK_REPLICANT, "seq": true}),
@@ -676,9 +696,25 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
         "a replay"
     );
     drop((c, _c));
+    // A proof made for a link to another node (relayed from there) is refused,
+    // and so is a claim of this node's own entry.
+    let nd = "ffeeddccbbaa99887766554433221100";
+    let (mut c, f) = replicant_handshake(&b, json!({"name": other, "nonce": nd}));
+    assert_eq!(f.json["response"], json!("CHALLENGE"), "{f}");
+    let na = f.json["nonce"].as_str().unwrap().to_string();
+    let elsewhere = link_proof(SECRET, "coremq dial", (&other, "127.0.0.9:6747"), &na, nd);
+    c.command(&json!({ "coremq_replicant": {"name": other, "proof": elsewhere} }));
+    assert_eq!(
+        c.recv_reply().json,
+        json!({"response": ERR_REPLICANT}),
+        "a proof for another acceptor"
+    );
+    expect_refused(&b, json!({"name": me, "nonce": nd}));
+    expect_refused(&b, json!(me));
+    drop(c);
     // The right secret: a cluster node and an allowed replicant are accepted.
-    let mut sb = expect_challenge_accepted(&b, &standby);
-    let mut link = expect_challenge_accepted(&b, &other);
+    let mut sb = expect_challenge_accepted(&b, &me, &standby);
+    let mut link = expect_challenge_accepted(&b, &me, &other);
     let mut status = b.client();
     let st = wait_status(&mut status, "the accepted link up", |s| {
         replicants(s).contains(&other)
@@ -741,6 +777,96 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
     expect_refused(&b, json!("10.9.9.9:6747"));
     expect_refused(&b, json!({"name": "10.9.9.9:6747"}));
     let _l = expect_accepted(&b, json!(other));
+}
+
+/// n3 is gone and its address now leads to n2 (a re-pointed name, a relay
+/// on the old host). n1 and n2 still dial n3's entry and reach n2, which
+/// answers the challenge with a proof that names n2: neither may take that
+/// link for n3 (n2 would be linked to itself, and to n1 a second time
+/// without n1 knowing). With proofs that named only the dialer, both did.
+#[test]
+fn a_node_reached_under_another_nodes_entry_is_not_linked_as_that_node() {
+    let mut spec = Spec::new(1);
+    spec.secret = Some(SECRET.into());
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let (e1, e2, e3) = (
+        cl.nodes[0].entry.clone(),
+        cl.nodes[1].entry.clone(),
+        cl.nodes[2].entry.clone(),
+    );
+    cl.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let l = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port_of(&e3))) {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot listen on n3's port again: {e}"),
+        }
+    };
+    let relay = common::proxy::Proxy::start(l, cl.nodes[1].b().addr());
+    let mut c1 = cl.nodes[0].client();
+    let mut c2 = cl.nodes[1].client();
+    // Both n1 and n2 dial n3 (their entries sort below it); watch until both
+    // have been through the relay twice (backoff ≤ 2 s), then a little more.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut settled = None;
+    loop {
+        let (s1, s2) = (c1.status(), c2.status());
+        for (who, s) in [("n1", &s1), ("n2", &s2)] {
+            assert!(
+                !replicants(s).contains(&e3)
+                    && find_peer(s, &e3).map(|p| p["state"] == json!("up")) != Some(true),
+                "{who} linked to n2 as n3: replicants {} peers {}",
+                s["replicants"],
+                s["peers"]
+            );
+        }
+        assert!(
+            replicants(&s1).contains(&e2),
+            "n1-n2 link lost: {}",
+            s1["peers"]
+        );
+        assert!(
+            replicants(&s2).contains(&e1),
+            "n2-n1 link lost: {}",
+            s2["peers"]
+        );
+        if settled.is_none() && relay.accepted() >= 4 {
+            settled = Some(Instant::now() + Duration::from_millis(500));
+        }
+        if settled.is_some_and(|t| Instant::now() > t) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1 and n2 did not dial n3's entry: {} connections through it",
+            relay.accepted()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (l1, l2) = (cl.nodes[0].b().logs(), cl.nodes[1].b().logs());
+    assert!(
+        l1.lines()
+            .any(|l| l.contains(&e3) && l.contains("answered as") && l.contains(&e2)),
+        "n1 does not say who answered: {l1}"
+    );
+    assert!(
+        l2.contains("claims this node's own entry"),
+        "n2 does not say why it refused itself: {l2}"
+    );
+    assert!(!l1.contains(SECRET) && !l2.contains(SECRET));
+    // The real link still carries messages, once.
+    let q = uniq("cl.relay");
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    c1.publish(&q, &json!({"x": 1}));
+    assert_eq!(s2.recv_msg().json["x"], json!(1));
+    s2.assert_no_msg(Duration::from_millis(300));
+    cl.assert_alive();
 }
 
 fn wrong_secret_on_n2(i: usize, o: &mut BrokerOpts) {

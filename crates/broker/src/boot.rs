@@ -282,12 +282,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
 
     if id == CONTROL_SHARD {
         spawn_local(crate::sysstats::run(shard.clone())).detach();
-        // With cluster_tls the peers' entries name their TLS ports.
-        let port = match boot.tls_addr {
-            Some(a) if cfg.tls.cluster => a.port(),
-            _ => boot.addr.port(),
-        };
-        crate::cluster::start(&shard, port);
+        crate::cluster::start(&shard);
     }
     // Every shard serves WebSocket connections the listener hands it, and
     // memcached connections any shard accepts.

@@ -32,6 +32,10 @@ pub(crate) struct NodeShared {
     /// Per shard, the WebSocket connections it serves (and those on their
     /// way to it): the listener's shard gives each upgrade to the least busy.
     websocket: Box<[AtomicUsize]>,
+    /// This node's `cluster_nodes` entry (`crate::cluster::self_entry`):
+    /// the name it dials under, and the acceptor's name in the handshake's
+    /// proofs, on whichever shard a peer's connection lands.
+    pub self_entry: String,
 }
 
 /// Shard `best` of `counts` serves one more connection: the one serving
@@ -102,6 +106,7 @@ impl NodeShared {
         authority: Option<Arc<coremq_auth::Authority>>,
         tls: Option<Arc<rustls::ServerConfig>>,
         cluster_client: Option<Arc<rustls::ClientConfig>>,
+        self_entry: String,
     ) -> Arc<NodeShared> {
         Arc::new(NodeShared {
             connections: AtomicUsize::new(0),
@@ -112,6 +117,7 @@ impl NodeShared {
             cluster_client: Mutex::new(cluster_client),
             memcached: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
             websocket: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            self_entry,
         })
     }
 

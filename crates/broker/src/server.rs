@@ -146,7 +146,13 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         Some((server, client)) => (Some(server), client),
         None => (None, None),
     };
-    let shared = NodeShared::new(shards, authority, tls, cluster_client);
+    // With cluster_tls the peers' entries name their TLS ports.
+    let cluster_port = match tls_addr {
+        Some(a) if mq.tls.cluster => a.port(),
+        _ => addr.port(),
+    };
+    let self_entry = crate::cluster::self_entry(&mq, cluster_port);
+    let shared = NodeShared::new(shards, authority, tls, cluster_client, self_entry);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);

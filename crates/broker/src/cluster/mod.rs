@@ -132,21 +132,18 @@ impl Links for Control {
     }
 }
 
-/// Starts the cluster on the control shard: finds this node in
-/// `cluster_nodes` and dials the peers it is to dial.
-pub(crate) fn start(shard: &Rc<Shard>, port: u16) {
+/// Starts the cluster on the control shard: dials the peers it is to dial
+/// from this node's entry in `cluster_nodes` (found at start,
+/// [`self_entry`]).
+pub(crate) fn start(shard: &Rc<Shard>) {
     let cfg = shard.cfg().clone();
-    let self_entry = match find_self(&cfg, port) {
-        Some(e) => e,
-        None if cfg.cluster_nodes.is_empty() => format!("{}:{port}", cfg.address),
-        None => {
-            tracing::error!(
-                nodes = ?cfg.cluster_nodes,
-                "this node is not in cluster_nodes (as address:port or cluster_self); not dialing any peer"
-            );
-            format!("{}:{port}", cfg.address)
-        }
-    };
+    let self_entry = shard.node().shared.self_entry.clone();
+    if !cfg.cluster_nodes.is_empty() && !cfg.cluster_nodes.contains(&self_entry) {
+        tracing::error!(
+            nodes = ?cfg.cluster_nodes,
+            "this node is not in cluster_nodes (as address:port or cluster_self); not dialing any peer"
+        );
+    }
     let cluster = Rc::new(Cluster {
         self_entry: self_entry.clone(),
         links: RefCell::new(HashMap::new()),
@@ -156,7 +153,14 @@ pub(crate) fn start(shard: &Rc<Shard>, port: u16) {
         cluster: cluster.clone(),
         shard: Rc::downgrade(shard),
     }));
-    for peer in cfg.cluster_nodes.iter().filter(|p| **p != self_entry) {
+    // A node without an entry dials nobody (docs/cluster.md): its peers do
+    // not know it under the name it would give.
+    let listed = cfg.cluster_nodes.contains(&self_entry);
+    for peer in cfg
+        .cluster_nodes
+        .iter()
+        .filter(|p| listed && **p != self_entry)
+    {
         let dial = self_entry.as_str() < peer.as_str();
         let counters = shard
             .node()
@@ -172,6 +176,13 @@ pub(crate) fn start(shard: &Rc<Shard>, port: u16) {
             .detach();
         }
     }
+}
+
+/// This node's entry in `cluster_nodes` ([`find_self`]), or, where it has
+/// none, `address:port` (then it dials nobody, and a peer that dials it under
+/// another name fails the handshake's proof).
+pub(crate) fn self_entry(cfg: &coremq_config::MqConfig, port: u16) -> String {
+    find_self(cfg, port).unwrap_or_else(|| format!("{}:{port}", cfg.address))
 }
 
 /// This node's entry: `cluster_self`, else the entry equal to
@@ -323,6 +334,9 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
             #[derive(serde::Deserialize)]
             struct Challenge {
                 response: String,
+                /// The acceptor's own entry (absent from older nodes).
+                #[serde(default)]
+                name: Option<String>,
                 nonce: String,
                 proof: String,
             }
@@ -335,18 +349,30 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
                         String::from_utf8_lossy(&reply)
                     )
                 })?;
+            // The acceptor must be the node we dialed: its proof names the
+            // entry it has for itself, which must be this one.
+            let ends = link_auth::Ends {
+                dialer: me,
+                acceptor: peer,
+            };
+            if let Some(name) = challenge.name.as_deref().filter(|n| *n != peer) {
+                return Err(format!(
+                    "{peer} answered as {name:?}; not linking (cluster_nodes must name \
+                     every node the same way on every node)"
+                ));
+            }
             if !link_auth::accept_proof_ok(
                 secret,
-                me,
+                ends,
                 &dial_nonce,
                 &challenge.nonce,
                 &challenge.proof,
             ) {
                 return Err(format!(
-                    "{peer} could not prove cluster_secret; not linking"
+                    "{peer} could not prove cluster_secret as {peer}; not linking"
                 ));
             }
-            let proof = link_auth::dial_proof(secret, me, &challenge.nonce, &dial_nonce);
+            let proof = link_auth::dial_proof(secret, ends, &challenge.nonce, &dial_nonce);
             replicant_request(&mut stream, &mut buf, &id, me, "proof", Some(&proof)).await?
         }
         _ => reply,

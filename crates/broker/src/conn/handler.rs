@@ -291,6 +291,12 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
     if !listed {
         return refuse("not in cluster_nodes or allowed_replicants");
     }
+    // A node never dials itself: a claim of our own entry is someone
+    // wanting us to answer our own challenge.
+    let me = shard.node().shared.self_entry.as_str();
+    if req.name == me {
+        return refuse("claims this node's own entry");
+    }
     if cfg.tls.cluster {
         // cluster_tls: only over TLS, with a certificate from
         // tls_client_ca_file (verified in the handshake) that names the
@@ -311,7 +317,10 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
                 p.name == req.name
                     && link_auth::dial_proof_ok(
                         secret,
-                        &p.name,
+                        link_auth::Ends {
+                            dialer: &p.name,
+                            acceptor: me,
+                        },
                         &p.accept_nonce,
                         &p.dial_nonce,
                         proof,
@@ -328,10 +337,16 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
                 return refuse("no challenge-response (cluster_secret is set)");
             };
             let accept_nonce = link_auth::nonce();
-            let proof = link_auth::accept_proof(secret, &req.name, &dial_nonce, &accept_nonce);
+            let ends = link_auth::Ends {
+                dialer: &req.name,
+                acceptor: me,
+            };
+            let proof = link_auth::accept_proof(secret, ends, &dial_nonce, &accept_nonce);
             let mut json = Vec::new();
             proto::response_json(link_auth::CHALLENGE, &mut json);
             json.pop();
+            json.extend_from_slice(b", \"name\": ");
+            proto::write_json_string(me, &mut json);
             json.extend_from_slice(b", \"nonce\": ");
             proto::write_json_string(&accept_nonce, &mut json);
             json.extend_from_slice(b", \"proof\": ");
