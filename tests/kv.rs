@@ -125,6 +125,22 @@ fn commands_reply_exactly(cmd: Cmd) {
         "{r}"
     );
     assert_eq!(kv_get(cmd, &[&big]), json!({"values": {}}));
+    // The limit is on the stored form, where each non-ASCII character is a
+    // `\uXXXX`: 902 bytes of text that would be stored as 1802 are refused
+    // (they were answered OK: Stored and dropped), 452 that make 902 are not.
+    let wide = uniq("kv.wide");
+    let r = kv_set(cmd, &wide, json!("€".repeat(300)));
+    assert_eq!(
+        r["response"],
+        "ERROR: coremq_set: a value of 1802 bytes is larger than kv_max_value (1024)",
+        "{r}"
+    );
+    assert_eq!(kv_get(cmd, &[&wide]), json!({"values": {}}));
+    assert_eq!(kv_set(cmd, &wide, json!("€".repeat(150))), stored());
+    assert_eq!(
+        kv_get(cmd, &[&wide]),
+        json!({"values": {wide.clone(): "€".repeat(150)}})
+    );
     // A TTL: there, then gone (lazily, on this read).
     let brief = uniq("kv.brief");
     let ttl = json!({"coremq_set": {"key": brief, "value": 1, "ttl": 0.3}});

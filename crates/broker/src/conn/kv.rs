@@ -44,17 +44,23 @@ pub(super) fn set(shard: &Rc<Shard>, conn: &Rc<Conn>, set: KvSet) {
     }
     let text = set.value.get().as_bytes();
     let max = shard.cfg().kv.max_value;
+    let too_large = |len| Refusal::KvValueTooLarge { len, max };
+    // The escaped form is never shorter: a text already over is refused
+    // before it is copied.
     if text.len() > max {
-        let refusal = Refusal::KvValueTooLarge {
-            len: text.len(),
-            max,
-        };
-        return shard.refuse(conn, &refusal);
+        return shard.refuse(conn, &too_large(text.len()));
     }
     // Stored ASCII-only, as every frame CoreMQ sends (original clients
     // count characters where the header counts bytes).
     let mut ascii = Vec::with_capacity(text.len());
     proto::escape_non_ascii(text, &mut ascii);
+    // kv_max_value bounds the stored form (`\uXXXX` for each non-ASCII
+    // character makes it up to 3× the text): checked on the text alone, a
+    // value could pass, be answered OK: Stored and be dropped at once by a
+    // store that cannot hold it, with the rest of its shard.
+    if ascii.len() > max {
+        return shard.refuse(conn, &too_large(ascii.len()));
+    }
     let op = KvOp::Set {
         key: set.key.into(),
         value: KvValue::json(&ascii),
