@@ -476,7 +476,7 @@ fn keys_set_over_memcached_are_seen_by_coremq_clients_and_back() {
 #[test]
 fn anonymous_rights_apply_to_memcached_connections() {
     let users = format!(
-        "[anonymous]\nkv_read = pub.*\nkv_write = pub.w.*\n\n[user:admin]\npassword = {}\nkv_read = *\nkv_write = *\n",
+        "[anonymous]\nkv_read = pub.*\nkv_write = pub.w.*, blind.*\n\n[user:admin]\npassword = {}\nkv_read = *\nkv_write = *\n",
         common::auth::hash("secret")
     );
     let f = common::auth::Fixture::new(&users);
@@ -503,6 +503,21 @@ fn anonymous_rights_apply_to_memcached_connections() {
         "CLIENT_ERROR permission denied: kv_write *\r\n",
     );
     m.call("set pub.r 0 0 1 noreply\r\n1\r\n", "");
+    // Writing without reading: incr/decr answer the new value, which takes
+    // kv_read too (`incr k 0` would read any number); with noreply they
+    // read nothing and go ahead.
+    m.call("set blind.n 0 0 4\r\n1234\r\n", "STORED\r\n");
+    m.call(
+        "incr blind.n 0\r\n",
+        "CLIENT_ERROR permission denied: kv_read blind.n\r\n",
+    );
+    m.call(
+        "decr blind.n 1\r\n",
+        "CLIENT_ERROR permission denied: kv_read blind.n\r\n",
+    );
+    m.call("incr blind.n 1 noreply\r\n", "");
+    // Status takes monitor, which [anonymous] does not have here.
+    m.call("stats\r\n", "CLIENT_ERROR permission denied: monitor\r\n");
     // The admin's key is untouched, and the refused set did not happen.
     let mut admin = b.client();
     common::auth::login(&mut admin, "admin", "secret");
@@ -512,11 +527,25 @@ fn anonymous_rights_apply_to_memcached_connections() {
     );
     let got = kv(
         &mut admin,
-        json!({"coremq_get": ["secret", "pub.r", "pub.w.a"]}),
+        json!({"coremq_get": ["secret", "pub.r", "pub.w.a", "blind.n"]}),
     );
-    assert_eq!(got, json!({"values": {"secret": 1, "pub.w.a": "1"}}));
+    assert_eq!(
+        got,
+        json!({"values": {"secret": 1, "pub.w.a": "1", "blind.n": "1235"}})
+    );
     // The connection stayed usable.
     m.call("get pub.w.a\r\n", "VALUE pub.w.a 0 1\r\n1\r\nEND\r\n");
+    drop(b);
+    // With monitor (and kv_read), stats and incr are answered.
+    let f = common::auth::Fixture::new("[anonymous]\nmonitor = true\nkv_read = *\nkv_write = *\n");
+    let (_b, addr) = broker_with(f.opts(1), &[]);
+    let mut m = Mc::connect(addr);
+    m.call("set n 0 0 1\r\n7\r\n", "STORED\r\n");
+    m.call("incr n 0\r\n", "7\r\n");
+    m.send(b"stats\r\n");
+    let first = m.line();
+    assert!(first.starts_with("STAT pid "), "{first}");
+    while m.line() != "END" {}
 }
 
 // ----- real memcached clients --------------------------------------------

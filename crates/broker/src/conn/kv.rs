@@ -100,7 +100,11 @@ pub(super) fn delete(shard: &Rc<Shard>, conn: &Rc<Conn>, keys: Vec<String>) {
 }
 
 pub(super) fn incr(shard: &Rc<Shard>, conn: &Rc<Conn>, incr: KvIncr) {
-    if not_allowed(shard, conn, Action::KvWrite, [incr.key.as_str()]) {
+    // The reply is the key's new value: reading it takes kv_read as well
+    // (with kv_write alone, `"by": 0` would read any number).
+    if not_allowed(shard, conn, Action::KvWrite, [incr.key.as_str()])
+        || not_allowed(shard, conn, Action::KvRead, [incr.key.as_str()])
+    {
         return;
     }
     let key: Box<str> = incr.key.into();

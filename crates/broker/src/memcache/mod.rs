@@ -606,8 +606,16 @@ fn start_one<'a>(
             decr,
             noreply,
         } => {
+            // The reply is the new value: reading it takes kv_read as
+            // well (with kv_write alone, `incr k 0` would read any number);
+            // with noreply nothing is read.
             if let Err(p) = allowed(true, &[key], noreply) {
                 return Ok(p);
+            }
+            if !noreply {
+                if let Err(p) = allowed(false, &[key], noreply) {
+                    return Ok(p);
+                }
             }
             kv(
                 KvOp::McIncr {
@@ -657,7 +665,14 @@ fn start_one<'a>(
         }
         Cmd::Version => Pending::Now(Some(VERSION)),
         Cmd::Verbosity { noreply } => Pending::Now((!noreply).then_some("OK")),
-        Cmd::Stats => Pending::Stats,
+        // Status needs `monitor`, as coremq_status and /status do.
+        Cmd::Stats => match access.map(Access::check_monitor) {
+            Some(Err(refusal)) => {
+                let _ = shard.refused(&refusal, Transport::Tcp);
+                Pending::Text("CLIENT_ERROR permission denied: monitor".into())
+            }
+            _ => Pending::Stats,
+        },
         Cmd::Quit => Pending::Now(None),
     })
 }
