@@ -869,6 +869,29 @@ fn a_node_reached_under_another_nodes_entry_is_not_linked_as_that_node() {
     cl.assert_alive();
 }
 
+/// A cluster_secret line the broker cannot read is a clear error that never
+/// shows the secret (stderr goes to the journal).
+#[test]
+fn a_bad_cluster_secret_line_is_an_error_that_does_not_show_the_secret() {
+    let pw = "Tr0ub4dor&3-not-for-logs";
+    for (line, says) in [
+        (format!("cluster_secret = {pw} ;x"), "comments must be"),
+        (format!("cluster_secret = {pw} #3"), "comments must be"),
+        (format!("cluster_secret = \"{pw}"), "no closing"),
+        (format!("cluster_secret {pw}"), "expected \"key = value\""),
+    ] {
+        let mut opts = BrokerOpts::new(1);
+        opts.raw_config = Some(format!("[CoreMQ]\naddress = 127.0.0.1\nport = 0\n{line}\n"));
+        let (status, err, out) = run_expect_exit(&opts);
+        assert_eq!(status.code(), Some(2), "{line}: {out}{err}");
+        assert!(err.contains(says), "{line}: {err}");
+        assert!(
+            !out.contains("Tr0ub4dor") && !err.contains("Tr0ub4dor"),
+            "{line}: {out}{err}"
+        );
+    }
+}
+
 fn wrong_secret_on_n2(i: usize, o: &mut BrokerOpts) {
     if i == 1 {
         *o = o.clone().set("cluster_secret", "not-the-secret");

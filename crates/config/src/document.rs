@@ -32,6 +32,39 @@ pub(crate) struct SectionSpec {
     pub env_prefix: &'static str,
     /// Canonical (lower-case) key names; matched case-insensitively.
     pub keys: &'static [&'static str],
+    /// Of `keys`, those whose values no error message may show (secrets).
+    pub secret: &'static [&'static str],
+}
+
+/// What an error message shows of the value of `key` in `spec`.
+fn shown(spec: &SectionSpec, key: &str, value: String) -> String {
+    if spec.secret.contains(&key) {
+        REDACTED.to_owned()
+    } else {
+        value
+    }
+}
+
+/// What error messages show in place of a secret.
+const REDACTED: &str = "<redacted>";
+
+/// `line` as an error message may quote it: a line that starts with a
+/// secret key's name (even with its `=` missing or its quote unclosed) shows
+/// that name only.
+fn shown_line<'l>(line: &'l str, specs: &[SectionSpec]) -> std::borrow::Cow<'l, str> {
+    for name in specs.iter().flat_map(|s| s.secret) {
+        let starts = line
+            .get(..name.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(name));
+        let ends = line[name.len().min(line.len())..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        if starts && ends {
+            return format!("{} {REDACTED}", &line[..name.len()]).into();
+        }
+    }
+    line.into()
 }
 
 /// Looks an override variable up; `Err` when it is set but unusable.
@@ -97,7 +130,7 @@ impl<'s> Document<'s> {
                         section: spec.name,
                         key: name,
                     },
-                    value: value.clone(),
+                    value: shown(spec, name, value.clone()),
                 });
             }
             values[section][key] = Some(value.clone());
@@ -170,7 +203,10 @@ fn prepare(
         let line = line.trim();
         let syntax = |complaint: &str| ConfigError::Syntax {
             file: file_buf(),
-            message: format!("line {number}: \"{line}\": {complaint}"),
+            message: format!(
+                "line {number}: \"{}\": {complaint}",
+                shown_line(line, specs)
+            ),
         };
         if line.is_empty() || line.starts_with([';', '#']) {
             continue;
@@ -372,7 +408,7 @@ impl Section<'_> {
                 Ok(value) => Ok(Some(value)),
                 Err(reason) => Err(ConfigError::Invalid {
                     origin: raw.origin,
-                    value: raw.text,
+                    value: shown(self.spec, key, raw.text),
                     reason,
                 }),
             },
@@ -415,14 +451,70 @@ mod tests {
         SectionSpec {
             name: "CoreMQ",
             env_prefix: "COREMQ",
-            keys: &["port", "shards"],
+            keys: &["port", "shards", "secret"],
+            secret: &["secret"],
         },
         SectionSpec {
             name: "CoreWS",
             env_prefix: "COREWS",
             keys: &["port"],
+            secret: &[],
         },
     ];
+
+    #[test]
+    fn errors_never_show_a_secret_value() {
+        let pw = "Tr0ub4dor&3";
+        let env = |_: &str| Ok(None);
+        for (text, says) in [
+            // An inline comment (or a secret that looks like one).
+            (format!("[CoreMQ]\nsecret = {pw} ;x\n"), "comments must be"),
+            (format!("[CoreMQ]\nSECRET = {pw} #3\n"), "comments must be"),
+            // An unclosed quote, a missing '=', a carriage return.
+            (format!("[CoreMQ]\nsecret = \"{pw}\n"), "no closing"),
+            (
+                format!("[CoreMQ]\nsecret {pw}\n"),
+                "expected \"key = value\"",
+            ),
+            (
+                format!("[CoreMQ]\n  Secret\t{pw}\n"),
+                "expected \"key = value\"",
+            ),
+            (
+                format!("[CoreMQ]\nsecret = {pw}\rport = 1\n"),
+                "carriage return",
+            ),
+        ] {
+            let err = Document::parse(&text, None, &SPECS)
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} parsed"))
+                .to_string();
+            assert!(err.contains(says), "{text:?}: {err}");
+            assert!(!err.contains("Tr0ub4dor"), "{text:?}: {err}");
+            assert!(err.contains("<redacted>"), "{text:?}: {err}");
+        }
+        // A value that does not parse, named but not shown.
+        let doc = Document::parse(&format!("[CoreMQ]\nsecret = {pw}\n"), None, &SPECS).unwrap();
+        let err = doc
+            .section(&SPECS[0], &env)
+            .parse("secret", |_| Err::<(), _>("too short".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secret") && err.contains("too short"), "{err}");
+        assert!(!err.contains(pw), "{err}");
+        // Other keys' values are still shown, and a key that only begins
+        // like the secret's name is not taken for it.
+        let err = Document::parse("[CoreMQ]\nport = 1 ; x\n", None, &SPECS)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("1 ; x"), "{err}");
+        let err = Document::parse("[CoreMQ]\nsecretive 3\n", None, &SPECS)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("secretive 3"), "{err}");
+    }
 
     #[test]
     fn config_gets_each_section_once_with_canonical_names() {

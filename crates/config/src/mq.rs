@@ -70,6 +70,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "kv_max_value",
         "shutdown_timeout",
     ],
+    secret: &["cluster_secret"],
 };
 
 /// Beyond this, per-shard fixed costs (channels, locked io memory) dominate.

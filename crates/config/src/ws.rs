@@ -25,6 +25,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "idle_timeout",
         "tls",
     ],
+    secret: &[],
 };
 
 /// Settings of the WebSocket listener.
