@@ -262,12 +262,19 @@ fn sighup_reloads_the_certificate_and_keeps_open_connections() {
 fn sighup_reloads_the_client_ca() {
     let (b, mut pki, _f) = mtls_broker("required");
     let alice_old = pki.client("alice");
-    let mut before = t::connect(
-        b.tls_addr(),
-        &t::client_config(&pki.ca, Some(&alice_old)),
-        "localhost",
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    // One client configuration throughout: it keeps the session tickets the
+    // broker sends, and resumes with them.
+    let resuming = t::client_config(&pki.ca, Some(&alice_old));
+    let mut before = t::connect(b.tls_addr(), &resuming, "localhost")
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    let mut again = t::connect(b.tls_addr(), &resuming, "localhost")
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    assert_eq!(
+        again.tls.as_ref().unwrap().handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "a reconnect resumes its session"
+    );
+    acts_as_alice(&mut again);
     // The server's own certificate is unchanged: clients go on verifying it
     // against the first CA (a copy: its file is overwritten next).
     let server_ca = pki.dir.join("server-ca.pem");
@@ -288,6 +295,14 @@ fn sighup_reloads_the_client_ca() {
         "a certificate of the old client CA got in"
     );
     wait_log(&b, "invalid peer certificate: UnknownIssuer");
+    // Nor does a ticket from before the reload let it resume: the reload
+    // took new ticket keys, so the client falls back to a full handshake,
+    // which the old CA's certificate fails.
+    let resumed = t::connect(b.tls_addr(), &resuming, "localhost");
+    assert!(
+        resumed.is_err(),
+        "a session of the old client CA's certificate resumed after the reload"
+    );
     let mut after = t::connect(
         b.tls_addr(),
         &t::client_config(&server_ca, Some(&alice_new)),
@@ -299,6 +314,46 @@ fn sighup_reloads_the_client_ca() {
     before.subscribe(&["alice.after"]);
     after.publish("alice.after", &json!({"n": 1}));
     assert_eq!(before.recv_msg().json["n"], 1);
+}
+
+/// A session ticket carries the client certificate its session was made
+/// with. A resumption while that certificate is valid is taken; one after
+/// it ended is refused, as a full handshake with it would be.
+#[test]
+fn a_session_ticket_does_not_outlive_its_client_certificate() {
+    let (b, mut pki, _f) = mtls_broker("required");
+    let valid_for = Duration::from_secs(4);
+    let end = time::OffsetDateTime::now_utc() + valid_for;
+    let brief = pki.client_until("alice", end);
+    let started = Instant::now();
+    let config = t::client_config(&pki.ca, Some(&brief));
+    let mut first = t::connect(b.tls_addr(), &config, "localhost")
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    acts_as_alice(&mut first);
+    let mut second = t::connect(b.tls_addr(), &config, "localhost")
+        .unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    assert!(
+        started.elapsed() < valid_for,
+        "too slow to test inside the validity"
+    );
+    assert_eq!(
+        second.tls.as_ref().unwrap().handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    acts_as_alice(&mut second);
+    // Past the certificate's end (and a second for the clocks' rounding).
+    std::thread::sleep((valid_for + Duration::from_secs(1)).saturating_sub(started.elapsed()));
+    let late = t::connect(b.tls_addr(), &config, "localhost");
+    assert!(
+        late.is_err(),
+        "a session resumed past its certificate's end"
+    );
+    wait_log(&b, "TLS session resumed from a ticket refused");
+    assert!(b.logs().contains("its client certificate is not valid now"));
+    // The connections made in time go on.
+    first.subscribe(&["alice.late"]);
+    second.publish("alice.late", &json!({"n": 3}));
+    assert_eq!(first.recv_msg().json["n"], 3);
 }
 
 /// `tls_client_auth = none` with `cluster_tls`: the TLS port asks every

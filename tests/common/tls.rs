@@ -63,6 +63,21 @@ impl Pki {
 
     /// A leaf certificate signed by this CA, written to two new files.
     pub fn leaf(&mut self, leaf: Leaf<'_>) -> Pair {
+        self.leaf_until(leaf, None)
+    }
+
+    /// A client certificate with CN `cn` that ends at `not_after`.
+    pub fn client_until(&mut self, cn: &str, not_after: time::OffsetDateTime) -> Pair {
+        let leaf = Leaf {
+            cn,
+            names: &[],
+            client: true,
+            expired: false,
+        };
+        self.leaf_until(leaf, Some(not_after))
+    }
+
+    fn leaf_until(&mut self, leaf: Leaf<'_>, not_after: Option<time::OffsetDateTime>) -> Pair {
         let names: Vec<String> = leaf.names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.distinguished_name.push(DnType::CommonName, leaf.cn);
@@ -79,6 +94,10 @@ impl Pki {
         if leaf.expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        if let Some(end) = not_after {
+            params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+            params.not_after = end;
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();

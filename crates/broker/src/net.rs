@@ -132,7 +132,10 @@ pub(crate) async fn tls_handshake(shard: &Shard, stream: TcpStream) -> Option<Tl
     )
     .await;
     match done {
-        Some(Ok(tls)) => return Some(tls),
+        Some(Ok(tls)) => match crate::tls::stale_resumption(tls.session()) {
+            None => return Some(tls),
+            Some(why) => tracing::warn!(why, "TLS session resumed from a ticket refused; closing"),
+        },
         Some(Err(e)) => tracing::warn!(cause = %e, "TLS handshake failed; closing"),
         None => tracing::warn!(
             timeout_s = timeout.as_secs_f64(),

@@ -130,8 +130,8 @@ pub fn check_tls(mq: &MqConfig, ws_tls: bool) -> Result<(), BrokerError> {
 #[derive(Clone)]
 pub struct Reloader {
     files: Option<Files>,
-    /// The TLS settings and ticket keys, when a TLS listener runs.
-    tls: Option<(TlsConfig, Resumption)>,
+    /// The TLS settings, when a TLS listener runs.
+    tls: Option<TlsConfig>,
     shared: Arc<NodeShared>,
     /// The starter's ends of the shards' control sockets.
     ends: Arc<Vec<UnixStream>>,
@@ -142,9 +142,8 @@ impl Reloader {
         mq: &MqConfig,
         shared: Arc<NodeShared>,
         ends: Arc<Vec<UnixStream>>,
-        resumption: Resumption,
     ) -> Reloader {
-        let tls = shared.tls().map(|_| (mq.tls.clone(), resumption));
+        let tls = shared.tls().map(|_| mq.tls.clone());
         Reloader {
             tls,
             files: Files::of(mq).ok().flatten(),
@@ -172,12 +171,16 @@ impl Reloader {
 
     /// Re-reads the TLS certificate, key and CA file. `Ok(false)`: no TLS.
     /// On error the configuration in force stays; connections already open
-    /// are not touched either way.
+    /// are not touched either way. A configuration taken gets new ticket
+    /// keys: a session ticket carries the client certificate its session
+    /// was made with, and one from before would resume past a client CA
+    /// that the reload took away (each client does one full handshake).
     pub fn reload_tls(&self) -> Result<bool, String> {
-        let Some((tls, resumption)) = &self.tls else {
+        let Some(tls) = &self.tls else {
             return Ok(false);
         };
-        let (server, client) = configs(tls, resumption)?;
+        let resumption = Resumption::new()?;
+        let (server, client) = configs(tls, &resumption)?;
         match (self.shared.tls.lock(), self.shared.cluster_client.lock()) {
             (Ok(mut s), Ok(mut c)) => {
                 *s = Some(server);

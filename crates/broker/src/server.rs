@@ -216,7 +216,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         ws_addr,
         memcached_addr,
         shards,
-        reloader: Reloader::new(&mq, shared, ends.clone(), resumption),
+        reloader: Reloader::new(&mq, shared, ends.clone()),
         stopper: Stopper { ends },
         exits,
         _data_lock: data_lock,

@@ -158,6 +158,25 @@ fn warn_if_expired(path: &Path, leaf: &CertificateDer<'_>) {
     }
 }
 
+/// Why a session resumed from a ticket may not go on: the client
+/// certificate it was established with (and which it keeps) is past its end
+/// now. A full handshake checks that; a resumption does not. `None`: a full
+/// handshake, no client certificate, or one still valid.
+pub(crate) fn stale_resumption(session: &rustls::Connection) -> Option<String> {
+    if session.handshake_kind() != Some(rustls::HandshakeKind::Resumed) {
+        return None;
+    }
+    let leaf = session.peer_certificates()?.first()?;
+    match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, cert)) if cert.validity().is_valid() => None,
+        Ok((_, cert)) => Some(format!(
+            "its client certificate is not valid now (not after {})",
+            cert.validity().not_after
+        )),
+        Err(_) => Some("its client certificate is unreadable".into()),
+    }
+}
+
 /// The user a verified client certificate names: its subject's first CN,
 /// when that is a valid user name (1-64 of `A-Z a-z 0-9 . _ @ -`).
 pub(crate) fn cert_user(leaf: &CertificateDer<'_>) -> Result<String, &'static str> {
