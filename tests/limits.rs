@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::web;
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -316,4 +317,61 @@ fn max_json_depth_refuses_deeper_messages() {
     w.send_json(&json!({ "queue": q, "v": nested(5) }));
     w.expect_response(OK_SENT);
     assert_eq!(s.recv_msg().json["v"], nested(5));
+}
+
+/// The HTTP/WebSocket port holds a `max_connections` slot from the accept,
+/// not only from the upgrade: a socket that sends nothing (or is still in
+/// its TLS handshake) counts, and one over the limit gets `503`. Freed slots
+/// serve again.
+#[test]
+fn the_http_port_holds_a_slot_from_the_accept() {
+    let b = Broker::start(BrokerOpts::new(2).set("max_connections", "3").ws());
+    let web = b.ws_addr();
+    // Below the limit: served.
+    assert_eq!(web::http_get(web, "/status").status, 200);
+    let mut ws = web::ws_handshake(web, None).expect("an upgrade below the limit");
+    // Two silent sockets fill the other slots...
+    let silent: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(web).unwrap())
+        .collect();
+    // ...so a client on the TCP port is refused (bounded wait: the accepts
+    // are noticed asynchronously) ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = Client::connect_raw(b.addr());
+        let (frames, _) = c.read_until_eof(Duration::from_secs(10));
+        if frames
+            .first()
+            .and_then(|f| f.response())
+            .is_some_and(|r| r.starts_with("ERROR: "))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "silent HTTP sockets hold no slot: {frames:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... and so are a request and an upgrade on the HTTP port.
+    let r = web::http_get(web, "/status");
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(web::ws_handshake_status(web, "/ws", &[]), 503);
+    // The WebSocket admitted before is unaffected.
+    ws.send(tungstenite::Message::text(
+        json!({"coremq_subscribe": ["lim.http"]}).to_string(),
+    ))
+    .unwrap();
+    // (The welcome first, then the reply.)
+    let replies: Vec<String> = (0..2)
+        .map(|_| ws.read().expect("a frame").to_text().unwrap().to_string())
+        .collect();
+    assert!(replies[1].contains("Subscribe successful"), "{replies:?}");
+    // Closing the silent sockets gives their slots back.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while web::http_get(web, "/status").status != 200 {
+        assert!(Instant::now() < deadline, "the slots were never given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

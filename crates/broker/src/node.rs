@@ -220,6 +220,37 @@ impl NodeShared {
     pub(crate) fn closed(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
+
+    /// Takes a connection slot unless `max` are open, as a guard that gives
+    /// it back when dropped (unless kept).
+    pub(crate) fn slot(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        self.try_open(max).then(|| Slot {
+            shared: Some(self.clone()),
+        })
+    }
+}
+
+/// A `max_connections` slot held while a connection is not yet a client
+/// connection (an HTTP request, a TLS handshake): given back on drop,
+/// unless [`Slot::keep`] passes it to the connection, which gives it back
+/// when it ends.
+pub(crate) struct Slot {
+    shared: Option<Arc<NodeShared>>,
+}
+
+impl Slot {
+    /// The connection keeps the slot from here on.
+    pub(crate) fn keep(mut self) {
+        self.shared = None;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.closed();
+        }
+    }
 }
 
 /// One shard's view of the node.

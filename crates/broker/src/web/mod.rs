@@ -17,6 +17,7 @@ pub(crate) use ws::Keepalive;
 
 use crate::conn::io::{Io, TlsIo};
 use crate::msg::{AdoptWs, Request};
+use crate::node::Slot;
 use crate::refusal::Transport;
 use crate::shard::{Shard, WsHost};
 use crate::stats::Counters;
@@ -74,15 +75,25 @@ impl WebSettings {
     }
 }
 
-/// Accepts WebSocket and HTTP connections until the shard stops.
+/// Accepts WebSocket and HTTP connections until the shard stops. Each
+/// holds a `max_connections` slot from its accept: through its TLS
+/// handshake and its request (each bounded by its timeout), and on as the
+/// WebSocket connection it may become. One over the limit is answered
+/// `503` (after its handshake, over https) and closed.
 pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc<WebSettings>) {
     while let Some((stream, peer)) = crate::net::accept_next(&shard, &listener).await {
         let span = tracing::info_span!("http", shard = shard.id(), peer = %peer);
+        let max = shard.cfg().max_connections;
+        let slot = shard.node().shared.slot(max);
+        if slot.is_none() {
+            Counters::add(&shard.counters().refused_connections, 1);
+            tracing::warn!(parent: &span, max, "HTTP connection refused: max_connections reached");
+        }
         let (shard, settings) = (shard.clone(), settings.clone());
         spawn_local(
             async move {
                 let _ = stream.set_nodelay(true);
-                let stream = if settings.tls {
+                let mut stream = if settings.tls {
                     match crate::net::tls_handshake(&shard, stream).await {
                         Some(tls) => Io::Tls(Box::new(tls)),
                         None => return,
@@ -90,7 +101,17 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
                 } else {
                     Io::Plain(stream)
                 };
-                handle(shard, stream, settings).await
+                match slot {
+                    Some(slot) => handle(shard, stream, settings, slot).await,
+                    None => {
+                        let _ = respond_text(
+                            &mut stream,
+                            "503 Service Unavailable",
+                            "too many connections (max_connections)",
+                        )
+                        .await;
+                    }
+                }
             }
             .instrument(span),
         )
@@ -98,8 +119,9 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
     }
 }
 
-/// Reads one request and routes it.
-async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
+/// Reads one request and routes it; `slot` is the connection's, given
+/// back when it ends (kept by a WebSocket upgrade).
+async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>, slot: Slot) {
     let head = future::or(async { Some(read_head(&mut stream).await) }, async {
         sleep(HEAD_TIMEOUT).await;
         None
@@ -143,7 +165,9 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>) {
         }
     }
     let result = match (head.method.as_str(), head.path.as_str()) {
-        (_, "/ws") if is_upgrade => return upgrade(shard, stream, head, cert, &settings).await,
+        (_, "/ws") if is_upgrade => {
+            return upgrade(shard, stream, head, cert, &settings, slot).await
+        }
         ("GET" | "HEAD", "/ws") => {
             respond_text(
                 &mut stream,
@@ -293,6 +317,7 @@ async fn upgrade(
     head: Head,
     cert: Option<coremq_auth::Identity>,
     settings: &WebSettings,
+    slot: Slot,
 ) {
     let reject = |why: &'static str| why;
     let check = (|| {
@@ -358,16 +383,6 @@ async fn upgrade(
             }
         },
     };
-    if !shard.node().shared.try_open(shard.cfg().max_connections) {
-        Counters::add(&shard.counters().refused_connections, 1);
-        let _ = respond_text(
-            &mut stream,
-            "503 Service Unavailable",
-            "too many connections (max_connections)",
-        )
-        .await;
-        return;
-    }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -380,9 +395,11 @@ async fn upgrade(
         stream.flush().await
     };
     if sent.await.is_err() {
-        shard.node().shared.closed();
         return;
     }
+    // The WebSocket connection holds the slot now, and gives it back as
+    // every connection does.
+    slot.keep();
     // Served by the shard serving the fewest: the socket, its TLS session
     // and what was read past the head move there (the listener stays here).
     let to = shard.node().shared.websocket_pick(shard.id());
