@@ -509,3 +509,110 @@ fn a_fan_out_gives_websocket_subscribers_the_tcp_json_with_its_queue() {
         }
     }
 }
+
+/// A WebSocket publisher held back by a slow subscriber (G5) is not idle:
+/// the broker has stopped reading it, so its pongs wait in the socket. It
+/// outlasts the subscriber's `max_stall` (the subscriber is the one cut
+/// off), however short `idle_timeout` is, and is served on after.
+#[test]
+fn a_publisher_held_back_by_flow_control_is_not_closed_as_idle() {
+    use std::sync::{mpsc, Arc, Mutex};
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_message_size", "64K")
+            .set("max_pending", "128K")
+            .set("max_stall", "5")
+            .ws()
+            .ws_set("ping_interval", "1")
+            .ws_set("idle_timeout", "2"),
+    );
+    let q = uniq("ws.held");
+    // A subscriber that never reads.
+    let mut slow = b.client();
+    slow.subscribe(&[&q]);
+    let p = Raw::connect(b.ws_addr());
+    let writer = Arc::new(Mutex::new(p.s.try_clone().unwrap()));
+    let started = Instant::now();
+    // The publisher's reader: answers pings, passes text on, notes the end.
+    let (tx, rx) = mpsc::channel::<Result<Value, String>>();
+    let w = writer.clone();
+    let reader = std::thread::spawn(move || {
+        let (mut s, mut buf) = (p.s, p.buf);
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut tmp = vec![0u8; 64 << 10];
+        while Instant::now() < deadline {
+            while let Some((got, used)) = parse(&buf) {
+                buf.drain(..used);
+                match got.opcode {
+                    PING => {
+                        let _ = w
+                            .lock()
+                            .unwrap()
+                            .write_all(&frame(true, PONG, &got.payload));
+                    }
+                    TEXT => {
+                        let _ = tx.send(Ok(got.json()));
+                    }
+                    CLOSE => {
+                        let _ = tx.send(Err(format!("closed {:?}", got.close_code())));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            match s.read(&mut tmp) {
+                Ok(0) => {
+                    let _ = tx.send(Err("the connection ended".into()));
+                    return;
+                }
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(format!("read: {e}")));
+                    return;
+                }
+            }
+        }
+    });
+    // 2,000 messages of 4 KB without acks: far more than max_pending and
+    // the sockets' buffers, so the publisher is held until the subscriber
+    // is cut off after max_stall (5 s, past idle_timeout twice).
+    let body = "x".repeat(4000);
+    for i in 0..2000 {
+        let f = text(&json!({"queue": q, "i": i, "p": body}));
+        if let Err(e) = writer.lock().unwrap().write_all(&f) {
+            panic!(
+                "publish {i} failed after {:?}: {e}\n{}",
+                started.elapsed(),
+                b.logs()
+            );
+        }
+    }
+    // Served on: a command is answered.
+    let cmd = text(&json!({"coremq_subscribe": [uniq("ws.after")]}));
+    writer.lock().unwrap().write_all(&cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(v)) if v["response"] == json!(OK_SUB) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(end)) => panic!("the publisher's connection: {end}\n{}", b.logs()),
+            Err(_) => panic!("no reply to the publisher\n{}", b.logs()),
+        }
+    }
+    let logs = b.logs();
+    assert!(!logs.contains("idle timeout"), "{logs}");
+    assert!(
+        logs.contains("slow consumer"),
+        "the subscriber was not the one cut off: {logs}"
+    );
+    drop(writer);
+    drop(reader);
+}

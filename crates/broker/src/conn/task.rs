@@ -75,6 +75,10 @@ pub(crate) trait Wire {
     /// Bytes arrived from the peer.
     fn note_input(&mut self) {}
 
+    /// Whether the loop reads the socket now (false while backpressure or
+    /// a full buffer holds it back): keepalive must not call that idle.
+    fn reading(&mut self, _on: bool) {}
+
     /// The framing's timers; `Some(why)` ends the connection.
     fn poll_timers(&mut self, _conn: &Conn, _cx: &mut Context<'_>) -> Option<&'static str> {
         None
@@ -392,6 +396,7 @@ fn poll_conn<W: Wire>(
         // under their window, its own backlog under max_pending, and the
         // shard's outboxes have room (backpressure; see conn/flow.rs).
         let spare = rbuf.spare(max_frame);
+        wire.reading(!spare.is_empty());
         if !spare.is_empty() {
             let room = spare.len();
             if let Poll::Ready(r) = stream.poll_read(cx, spare) {
@@ -402,6 +407,8 @@ fn poll_conn<W: Wire>(
                 });
             }
         }
+    } else {
+        wire.reading(false);
     }
 
     let mut st = conn.st.borrow_mut();

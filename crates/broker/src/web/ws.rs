@@ -64,8 +64,12 @@ struct Fragmented {
 /// WebSocket framing (RFC 6455) for the socket loop.
 pub(crate) struct WsWire {
     keepalive: Keepalive,
-    /// When the client last sent anything.
+    /// When the client last sent anything (or, while the broker did not
+    /// read it, the last check: the client cannot be idle then).
     last_seen: Instant,
+    /// Whether the socket loop reads this connection (it stops for
+    /// backpressure: a pong the client sends meanwhile waits in the socket).
+    reading: bool,
     /// Next keepalive check.
     tick: Timer,
     /// A fragmented message being reassembled.
@@ -94,6 +98,7 @@ impl WsWire {
         WsWire {
             keepalive,
             last_seen: Instant::now(),
+            reading: true,
             tick: Timer::new(keepalive.ping_interval),
             fragmented: None,
             text: Vec::new(),
@@ -295,7 +300,16 @@ impl Wire for WsWire {
         self.last_seen = Instant::now();
     }
 
+    fn reading(&mut self, on: bool) {
+        self.reading = on;
+    }
+
     fn poll_timers(&mut self, conn: &Conn, cx: &mut Context<'_>) -> Option<&'static str> {
+        if !self.reading {
+            // Held back by flow control (G5), not idle: its pongs wait
+            // unread. It gets a whole idle_timeout once reading resumes.
+            self.last_seen = Instant::now();
+        }
         if Pin::new(&mut self.tick).poll(cx).is_ready() {
             if self.last_seen.elapsed() >= self.keepalive.idle_timeout {
                 return Some("idle timeout");
