@@ -393,6 +393,15 @@ fn flush_all_is_refused_unless_allowed() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A later flush_all replaces one still pending, as in memcached: after
+    // `flush_all 1` and then `flush_all 0` (on another connection, maybe
+    // another shard), a key set after them outlives the first one's second.
+    let mut other = Mc::connect(addr);
+    c.call("flush_all 1\r\n", "OK\r\n");
+    other.call("flush_all 0\r\n", "OK\r\n");
+    c.call("set keep 0 0 1\r\n1\r\n", "STORED\r\n");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(c.get("keep").is_some(), "a replaced flush_all still ran");
 }
 
 #[test]

@@ -32,6 +32,9 @@ pub(crate) struct NodeShared {
     /// Per shard, the WebSocket connections it serves (and those on their
     /// way to it): the listener's shard gives each upgrade to the least busy.
     websocket: Box<[AtomicUsize]>,
+    /// memcached `flush_all`s taken, on any shard: a delayed one flushes
+    /// only if no other came after it (a later one replaces it).
+    pub flushes: AtomicU64,
     /// This node's `cluster_nodes` entry (`crate::cluster::self_entry`):
     /// the name it dials under, and the acceptor's name in the handshake's
     /// proofs, on whichever shard a peer's connection lands.
@@ -117,6 +120,7 @@ impl NodeShared {
             cluster_client: Mutex::new(cluster_client),
             memcached: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
             websocket: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            flushes: AtomicU64::new(0),
             self_entry,
         })
     }

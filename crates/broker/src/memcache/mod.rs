@@ -46,6 +46,7 @@ use std::future::poll_fn;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -656,11 +657,16 @@ fn start_one<'a>(
                 let _ = shard.refused(&refusal, Transport::Tcp);
                 return Ok(quiet("CLIENT_ERROR permission denied: kv_write *"));
             }
+            // As memcached: this flush_all replaces one still pending.
+            let taken = shard.node().shared.flushes.fetch_add(1, Ordering::AcqRel) + 1;
+            if let Some(pending) = DELAYED_FLUSH.with(|d| d.borrow_mut().take()) {
+                pending.cancel();
+            }
             let secs = delay_secs(delay, now);
             if secs == 0 {
                 return Ok(kv(KvOp::Flush, Then::Quiet((!noreply).then_some("OK"))));
             }
-            flush_later(shard, secs);
+            flush_later(shard, secs, taken);
             quiet("OK")
         }
         Cmd::Version => Pending::Now(Some(VERSION)),
@@ -690,14 +696,24 @@ fn delay_secs(delay: i64, now_ms: u64) -> u64 {
     }
 }
 
-/// A `flush_all` with a delay: done then, unless the node is stopping.
-fn flush_later(shard: &Rc<Shard>, secs: u64) {
+thread_local! {
+    /// This shard's pending delayed `flush_all` (one at most: a later
+    /// flush_all cancels it here, and by [`NodeShared::flushes`] on the
+    /// other shards).
+    static DELAYED_FLUSH: std::cell::RefCell<Option<glommio::task::JoinHandle<()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A `flush_all` with a delay: done then, unless the node is stopping or
+/// another `flush_all` (the `taken`-th was this one) came after it.
+fn flush_later(shard: &Rc<Shard>, secs: u64, taken: u64) {
     let me = shard.clone();
-    spawn_local(async move {
+    let handle = spawn_local(async move {
         future::or(
             async {
                 sleep(Duration::from_secs(secs)).await;
-                if !me.stopping().is_set() {
+                let latest = me.node().shared.flushes.load(Ordering::Acquire) == taken;
+                if latest && !me.stopping().is_set() {
                     let p = me.kv_start(KvOp::Flush);
                     me.kv_finish(p).await;
                 }
@@ -707,6 +723,7 @@ fn flush_later(shard: &Rc<Shard>, secs: u64) {
         .await;
     })
     .detach();
+    DELAYED_FLUSH.with(|d| *d.borrow_mut() = Some(handle));
 }
 
 /// Awaits one command's answer and appends its reply; false if the
