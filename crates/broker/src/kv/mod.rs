@@ -149,6 +149,9 @@ pub(crate) struct KvTable {
     tombstones: bool,
     /// Where the next sweep starts.
     cursor: usize,
+    /// Bumped whenever the slots move (a compaction or a flush), so that a
+    /// paged scan ([`KvTable::page`]) started before knows to start over.
+    epoch: u32,
     figures: KvFigures,
 }
 
@@ -167,6 +170,7 @@ impl KvTable {
             limit,
             tombstones,
             cursor: 0,
+            epoch: 1,
             figures: KvFigures::default(),
         }
     }
@@ -707,17 +711,27 @@ impl KvTable {
         true
     }
 
-    /// Up to `max` entries (tombstones included) from slot `cursor` on, as
-    /// changes, and the cursor of the rest (`None`: done). For the
-    /// exchange with a cluster peer whose link just came up.
+    /// Up to `max` entries (tombstones included) from `cursor` on (0: the
+    /// start), as changes, and the cursor of the rest (`None`: done). For
+    /// the exchange with a cluster peer whose link just came up. A cursor
+    /// is a slot and the table's epoch: if the slots moved since it was
+    /// handed out (a compaction between two pages), the scan starts over,
+    /// where it would otherwise miss the keys moved below it (sending one
+    /// twice is harmless: the newer position wins, an equal one is a no-op).
     pub(crate) fn page(
         &self,
         cursor: usize,
         max: usize,
         now_ms: u64,
     ) -> (Vec<KvChange>, Option<usize>) {
+        const _: () = assert!(usize::BITS >= 64, "a page cursor holds an epoch and a slot");
+        let (epoch, slot) = (cursor >> 32, cursor & 0xffff_ffff);
+        let mut i = if cursor == 0 || epoch != self.epoch as usize {
+            0
+        } else {
+            slot
+        };
         let mut out = Vec::new();
-        let mut i = cursor;
         while i < self.slots.len() && out.len() < max {
             if let Some(e) = &self.slots[i] {
                 if !e.expired(now_ms) {
@@ -732,7 +746,8 @@ impl KvTable {
             }
             i += 1;
         }
-        (out, (i < self.slots.len()).then_some(i))
+        let next = ((self.epoch as usize) << 32) | i;
+        (out, (i < self.slots.len()).then_some(next))
     }
 
     /// Visits up to `budget` slots from where the last sweep stopped and
@@ -758,7 +773,9 @@ impl KvTable {
     /// Empties the table (memcached's `flush_all`).
     pub(crate) fn flush(&mut self) {
         let stats = self.figures;
+        let epoch = self.epoch.wrapping_add(1).max(1);
         *self = KvTable::new(self.limit, self.tombstones);
+        self.epoch = epoch;
         self.figures = KvFigures {
             keys: 0,
             bytes: 0,
@@ -779,7 +796,9 @@ impl KvTable {
         }
         let figures = self.figures;
         let cursor = 0;
+        let epoch = self.epoch.wrapping_add(1).max(1);
         *self = KvTable::new(self.limit, self.tombstones);
+        self.epoch = epoch;
         for e in entries {
             let slot = self.insert(e.key, e.value, e.expires_ms, e.pos);
             self.entry_mut(slot).referenced = e.referenced;

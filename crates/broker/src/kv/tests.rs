@@ -379,6 +379,49 @@ fn a_flood_is_bounded_and_compacts() {
     assert_eq!(get(&mut t, "after", NOW + 20).as_deref(), Some("1"));
 }
 
+/// A paged scan for a cluster peer goes on while the sweep compacts the
+/// slab under it: the keys that moved below its cursor are still sent.
+#[test]
+fn a_paged_scan_survives_a_compaction_between_pages() {
+    let (mut t, mut p) = table(1 << 30);
+    // Keys that will expire take the low slots, the keys that stay the high.
+    for i in 0..10_000 {
+        let expiry = Expiry::AtMs(NOW + 10);
+        run(
+            &mut t,
+            &mut p,
+            set_if(&format!("gone{i}"), "1", SetCond::Always, expiry),
+            NOW,
+        );
+    }
+    for i in 0..2_000 {
+        run(&mut t, &mut p, set(&format!("kept{i}"), "1"), NOW);
+    }
+    let (first, cursor) = t.page(0, 5_000, NOW);
+    assert_eq!(first.len(), 5_000);
+    let mut cursor = cursor.expect("more to come");
+    // Every expiring key goes; the slab compacts on the way (the keys left
+    // move to the first slots, most of the kept ones below the cursor).
+    let later = NOW + 20;
+    let epoch = t.epoch;
+    while t.figures().keys > 2_000 {
+        t.sweep(later, 1_000);
+    }
+    assert_ne!(t.epoch, epoch, "not compacted: {} slots", t.slots.len());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let (page, next) = t.page(cursor, 500, later);
+        seen.extend(page.into_iter().map(|c| c.key.to_string()));
+        match next {
+            Some(n) => cursor = n,
+            None => break,
+        }
+    }
+    for i in 0..2_000 {
+        assert!(seen.contains(&format!("kept{i}")), "kept{i} was never sent");
+    }
+}
+
 #[test]
 fn flush_keeps_counters() {
     let (mut t, mut p) = table(1 << 20);
