@@ -235,9 +235,22 @@ fn incr_decr_touch_version_verbosity_and_errors() {
         );
         c.call(&format!("cas n 0 0 1 {unique} noreply\r\n4\r\n"), "");
         c.call("get n\r\n", "VALUE n 0 1\r\n2\r\nEND\r\n");
+        // A touch changes the expiry, not the value: the unique from before
+        // it still matches (as in memcached), and the next set's does not.
+        c.send(b"gets n\r\n");
+        let unique: u64 = c.line().rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!((c.line(), c.line()), ("2".into(), "END".into()));
+        c.call("touch n 1000\r\n", "TOUCHED\r\n");
+        c.send(b"gets n\r\n");
+        let touched: u64 = c.line().rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!((c.line(), c.line()), ("2".into(), "END".into()));
+        assert_eq!(touched, unique, "touch changed the cas unique");
+        c.call(&format!("cas n 0 0 1 {unique}\r\n5\r\n"), "STORED\r\n");
+        c.call(&format!("cas n 0 0 1 {unique}\r\n6\r\n"), "EXISTS\r\n");
+        c.call("get n\r\n", "VALUE n 0 1\r\n5\r\nEND\r\n");
         // Commands the store does not offer are unknown; their data is skipped.
         c.call("append n 0 0 1\r\n9\r\n", "ERROR\r\n");
-        c.call("get n\r\n", "VALUE n 0 1\r\n2\r\nEND\r\n");
+        c.call("get n\r\n", "VALUE n 0 1\r\n5\r\nEND\r\n");
         c.call("quit\r\n", "");
         c.expect_closed();
     });

@@ -110,6 +110,10 @@ struct Entry {
     expires_ms: u64,
     /// The position of the change that made this state.
     pos: MsgKey,
+    /// memcached's cas unique: `pos.sent_us` of the change that set this
+    /// value. A touch moves `pos` (it replicates, last writer wins) but
+    /// keeps this: the value did not change.
+    cas: u64,
     /// Towards the most recently used.
     prev: u32,
     /// Towards the least recently used.
@@ -291,6 +295,7 @@ impl KvTable {
             referenced: false,
             value,
             expires_ms,
+            cas: pos.sent_us,
             pos,
             prev: NIL,
             next: NIL,
@@ -322,6 +327,7 @@ impl KvTable {
             e.value = value;
             e.expires_ms = expires_ms;
             e.pos = pos;
+            e.cas = pos.sent_us;
             (old_cost, had, e.value.is_some(), e.cost())
         };
         self.bytes = self.bytes - old_cost + new_cost;
@@ -466,7 +472,7 @@ impl KvTable {
     fn value_at(&self, slot: u32) -> (KvValue, u64) {
         let e = self.entry(slot);
         let v = e.value.clone().expect("a hit holds a value");
-        (v, e.pos.sent_us)
+        (v, e.cas)
     }
 
     /// Carries out a single-key operation or a list operation on keys this
@@ -501,9 +507,7 @@ impl KvTable {
                     SetCond::Absent => !live,
                     SetCond::Present => live,
                     SetCond::Cas(_) if !live => return KvAnswer::NotFound,
-                    SetCond::Cas(unique) => {
-                        slot.is_some_and(|s| self.entry(s).pos.sent_us == unique)
-                    }
+                    SetCond::Cas(unique) => slot.is_some_and(|s| self.entry(s).cas == unique),
                 };
                 if !ok {
                     return KvAnswer::Stored(false);
@@ -582,6 +586,7 @@ impl KvTable {
                     return KvAnswer::NotFound;
                 };
                 let e = self.entry(slot);
+                let cas = e.cas;
                 let change = KvChange {
                     key,
                     value: e.value.clone(),
@@ -589,6 +594,10 @@ impl KvTable {
                     pos: pos(e.pos),
                 };
                 self.commit(Some(slot), change, now_ms, changes);
+                // As memcached: a touch changes the expiry, not the cas.
+                if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::as_mut) {
+                    e.cas = cas;
+                }
                 KvAnswer::Touched
             }
             KvOp::Flush => {
@@ -801,7 +810,9 @@ impl KvTable {
         self.epoch = epoch;
         for e in entries {
             let slot = self.insert(e.key, e.value, e.expires_ms, e.pos);
-            self.entry_mut(slot).referenced = e.referenced;
+            let moved = self.entry_mut(slot);
+            moved.referenced = e.referenced;
+            moved.cas = e.cas;
         }
         self.figures = KvFigures {
             keys: self.figures.keys,
