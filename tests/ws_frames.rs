@@ -616,3 +616,47 @@ fn a_publisher_held_back_by_flow_control_is_not_closed_as_idle() {
     drop(writer);
     drop(reader);
 }
+
+/// A close that begins outside the frame parser (here `auth_timeout`) while
+/// a client frame has arrived in part: the framing follows on from that
+/// frame's end, so the client's close frame, sent after the rest of it, is
+/// recognised and the connection ends at once (it used to wait out the
+/// linger, reading the rest as garbage).
+#[test]
+fn a_close_frame_after_a_partial_frame_ends_a_timed_out_connection() {
+    let f = common::auth::Fixture::new(&format!(
+        "[user:alice]\npassword = {}\npublish = *\n",
+        common::auth::hash("pw")
+    ));
+    let b = Broker::start(f.opts(2).ws().set("auth_timeout", "1").log_level("debug"));
+    let mut c = Raw::connect(b.ws_addr());
+    let whole = text(&json!({"queue": "q", "pad": "y".repeat(200)}));
+    let (head, rest) = whole.split_at(40);
+    c.send(head);
+    // The timeout's error, then the server's close frame.
+    let err = c.json();
+    assert!(
+        err["response"]
+            .as_str()
+            .unwrap_or("")
+            .contains("auth_timeout"),
+        "{err}"
+    );
+    let close = c.next().expect("a close frame");
+    assert_eq!(close.opcode, CLOSE, "{close:?}");
+    // The rest of the frame, then the client's close.
+    c.send(rest);
+    c.send(&frame(true, CLOSE, &1000u16.to_be_bytes()));
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while c.fill(deadline) {}
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    let logs = loop {
+        let logs = b.logs();
+        if logs.contains("connection closed") {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "no close logged: {logs}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!logs.contains("linger expired"), "{logs}");
+}

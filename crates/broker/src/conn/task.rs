@@ -367,10 +367,17 @@ fn poll_conn<W: Wire>(
     } else if ending.is_some() || shard.stopping().is_set() {
         // Input is read and thrown away: closing a socket with unread input
         // makes the kernel send a reset, which destroys the frames still in
-        // flight to the peer (the final ERROR or BYE among them).
+        // flight to the peer (the final ERROR or BYE among them). What the
+        // last parse left (a frame in part, when the close began outside
+        // it: a timeout, a slow consumer, a stop) is followed first, so
+        // that the framing reads on from a frame boundary.
+        if rbuf.start < rbuf.end && wire.drained(&rbuf.data[rbuf.start..rbuf.end]) {
+            io.peer_eof = true;
+            cx.waker().wake_by_ref();
+        }
         rbuf.start = 0;
         rbuf.end = 0;
-        loop {
+        while !io.peer_eof {
             match stream.poll_read(cx, &mut rbuf.data) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                     io.peer_eof = true;
