@@ -53,12 +53,14 @@ const REDACTED: &str = "<redacted>";
 /// that name only.
 fn shown_line<'l>(line: &'l str, specs: &[SectionSpec]) -> std::borrow::Cow<'l, str> {
     for name in specs.iter().flat_map(|s| s.secret) {
+        // (`get`, not indexing: the line may hold a multi-byte character
+        // where the name would end.)
         let starts = line
             .get(..name.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(name));
-        let ends = line[name.len().min(line.len())..]
-            .chars()
-            .next()
+        let ends = line
+            .get(name.len()..)
+            .and_then(|rest| rest.chars().next())
             .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
         if starts && ends {
             return format!("{} {REDACTED}", &line[..name.len()]).into();
@@ -509,6 +511,12 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("1 ; x"), "{err}");
+        // A multi-byte character where the name would end is no panic.
+        let err = Document::parse("[CoreMQ]\nsecre€t 3\n", None, &SPECS)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("secre€t 3"), "{err}");
         let err = Document::parse("[CoreMQ]\nsecretive 3\n", None, &SPECS)
             .err()
             .unwrap()

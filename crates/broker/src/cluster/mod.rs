@@ -356,6 +356,8 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
                 acceptor: peer,
             };
             if let Some(name) = challenge.name.as_deref().filter(|n| *n != peer) {
+                // (Whatever answered chose the name: shown escaped and cut.)
+                let name: String = name.chars().take(100).collect();
                 return Err(format!(
                     "{peer} answered as {name:?}; not linking (cluster_nodes must name \
                      every node the same way on every node)"
