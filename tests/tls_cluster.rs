@@ -276,3 +276,41 @@ fn sighup_rotates_the_cluster_links_certificates_and_ca() {
     b.client().publish(&q, &json!({"after": "rotation"}));
     assert_eq!(sub.recv_msg().json["after"], "rotation");
 }
+
+/// The client CA signs users' certificates too. A user's certificate does
+/// not pass for a peer, whether its CN (a user name) or a subject
+/// alternative name is the host of a `cluster_nodes` entry: a peer shows a
+/// server certificate that names the host in a SAN, as the dialing side
+/// checks it. A node's own kind of certificate is taken.
+#[test]
+fn a_users_certificate_does_not_pass_for_a_peer() {
+    let mut pki = Pki::new("CoreMQ cluster CA");
+    let (pa, ghost) = (free_port(), free_port());
+    let ghost = format!("127.0.0.1:{ghost}");
+    let good = pki.server();
+    // A user named like the host (CN only, client use only).
+    let by_cn = pki.client("127.0.0.1");
+    // A client-only certificate with the host as a SAN.
+    let by_san = pki.leaf(common::tls::Leaf {
+        cn: "svc",
+        names: &["127.0.0.1"],
+        client: true,
+        expired: false,
+    });
+    // A node's kind: a server certificate naming the host in a SAN.
+    let peer = pki.server();
+    let a = node("na", pa, &format!("127.0.0.1:{pa},{ghost}"), &good, &pki.ca);
+    let claim = |pair: &Pair| {
+        let config = common::tls::client_config(&pki.ca, Some(pair));
+        let mut c = common::tls::connect(a.tls_addr(), &config, "localhost")
+            .unwrap_or_else(|e| panic!("{e}\n{}", a.logs()));
+        c.command(&json!({"coremq_replicant": {"name": ghost}}));
+        c.recv_reply().response().unwrap_or("").to_string()
+    };
+    for (what, pair) in [("CN", &by_cn), ("client-only SAN", &by_san)] {
+        let r = claim(pair);
+        assert!(r.starts_with("ERROR"), "{what}: {r}");
+    }
+    wait_log(&a, "cluster_tls: the certificate does not name this host");
+    assert_eq!(claim(&peer), "OK: Replication request successful");
+}

@@ -217,17 +217,27 @@ pub(crate) fn cluster_client_config(tls: &TlsConfig) -> Result<Arc<rustls::Clien
     Ok(Arc::new(config))
 }
 
-/// The names a verified certificate holds: its subject's CNs, DNS names and
-/// IP addresses, for matching against a `cluster_nodes` host.
+/// The host names a verified certificate may act as a cluster node for, for
+/// matching against a `cluster_nodes` host: the DNS names and IP addresses
+/// of its subject alternative names, as the dialing side (rustls) checks
+/// them, and none unless it is a server certificate (extended key usage
+/// serverAuth, or none given: a node's certificate also serves the peers
+/// that dial it). Not its CN: the client CA signs users' certificates too,
+/// whose CN is a user name, and a user named like a node's host must not
+/// pass for that node; nor does a client-only certificate.
 pub(crate) fn cert_names(leaf: &CertificateDer<'_>) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
-        .collect();
+    let serves = match cert.extended_key_usage() {
+        Ok(None) => true,
+        Ok(Some(eku)) => eku.value.server_auth || eku.value.any,
+        Err(_) => false,
+    };
+    let mut names = Vec::new();
+    if !serves {
+        return names;
+    }
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
             match name {

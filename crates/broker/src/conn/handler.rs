@@ -306,7 +306,10 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
         match names {
             None => return refuse("cluster_tls: not over TLS with a verified certificate"),
             Some(names) if !names.iter().any(|n| n.eq_ignore_ascii_case(bare)) => {
-                return refuse("cluster_tls: the certificate does not name this host")
+                return refuse(
+                    "cluster_tls: the certificate does not name this host \
+                     (a DNS or IP subject alternative name of a server certificate)",
+                )
             }
             Some(_) => {}
         }
