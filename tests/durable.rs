@@ -438,3 +438,54 @@ fn a_cluster_node_back_alone_serves_every_nodes_messages() {
         );
     }
 }
+
+/// With `fsync = always` an OK means the message is on the device (§12). A
+/// disk that fills up answers the publishes it cannot take with an error,
+/// never with OK — and keeps answering, and serving, as before. (The node
+/// runs in a mount namespace of its own over a 256 KiB tmpfs.)
+#[test]
+fn a_full_disk_fails_publishes_instead_of_acknowledging_them() {
+    let dir = unique_dir("durable-full");
+    let mut opts = durable(1, &dir, 0)
+        .set("fsync", "always")
+        .set("history_length", "1000");
+    opts.wrapper = vec![
+        need_tool("unshare"),
+        "-Urm".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount -t tmpfs -o size=256k tmpfs '{}' && exec \"$@\"",
+            dir.display()
+        ),
+        "sh".into(),
+    ];
+    let (b, _) = start(opts);
+    let q = uniq("dur.full");
+    let mut p = b.client();
+    let body = "x".repeat(2000);
+    let (mut ok, mut refused) = (0, 0);
+    for n in 0..400 {
+        p.send(&q, &json!({"n": n, "f": body}));
+        let reply = p.recv_reply();
+        match reply.response() {
+            Some(OK_SENT) => {
+                assert_eq!(refused, 0, "an OK after the disk was full: {reply}");
+                ok += 1;
+            }
+            Some(coremq_protocol::ERR_NOT_STORED) => refused += 1,
+            _ => panic!("{reply}"),
+        }
+    }
+    assert!(ok > 0, "nothing was stored");
+    assert!(refused > 0, "a 256 KiB disk took 800 KB");
+    let st = b.client().status();
+    assert!(disk_sum(&st, "disk_errors") > 0, "{st}");
+    assert!(b.logs().contains("cannot write history to disk"));
+    // Still serving: a subscriber gets what is published now.
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    p.options(json!({"ack": false}));
+    p.send(&q, &json!({"after": true}));
+    assert_eq!(s.recv_msg().json["after"], json!(true));
+}

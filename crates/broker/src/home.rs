@@ -223,6 +223,17 @@ impl Home {
 
     /// Publishes of `conn` confirmed: `bytes` leave its window, and replies
     /// `first..first + n` are `OK: Message sent`.
+    /// A publish of `conn` that could not be stored (§12): its reply says
+    /// so instead of `OK: Message sent`; its bytes leave the window anyway.
+    pub(crate) fn not_stored(&self, conn: ConnKey, seq: Option<u32>, bytes: u32) {
+        if let Some(c) = self.conn(conn) {
+            if let Some(seq) = seq {
+                c.complete_as(seq, ReplyKind::Text(coremq_protocol::ERR_NOT_STORED));
+            }
+            c.confirmed(bytes);
+        }
+    }
+
     pub(crate) fn acks(&self, conn: ConnKey, first: u32, n: u32, bytes: u32) {
         if let Some(c) = self.conn(conn) {
             if n > 0 {

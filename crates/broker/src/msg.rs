@@ -231,6 +231,13 @@ pub(crate) enum Response {
         n: u32,
         bytes: u32,
     },
+    /// A publish whose message the owner could not write to `data_dir`
+    /// (§12): `seq`'s reply is an error instead of `OK: Message sent`.
+    NotStored {
+        conn: ConnKey,
+        seq: Option<u32>,
+        bytes: u32,
+    },
     /// The subscription is registered at the owner; deliveries follow from now.
     Subscribed {
         queue: Box<str>,

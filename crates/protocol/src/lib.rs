@@ -74,7 +74,7 @@ pub use publish::{
     SENDER_KEY, SENT_KEY, SEQ_KEY, SERVER_KEY, STAMP_KEYS,
 };
 pub use reply::{
-    error_json, response_json, welcome_json, HistoryWriter, BYE, ERR_NOT_REPLICANT, OK_OPTIONS,
-    OK_REPLICANT, OK_SENT, OK_SUBSCRIBE, OK_UNSUBSCRIBE, WELCOME,
+    error_json, response_json, welcome_json, HistoryWriter, BYE, ERR_NOT_REPLICANT, ERR_NOT_STORED,
+    OK_OPTIONS, OK_REPLICANT, OK_SENT, OK_SUBSCRIBE, OK_UNSUBSCRIBE, WELCOME,
 };
 pub use since::Position;

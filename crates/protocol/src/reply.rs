@@ -13,6 +13,10 @@ pub const OK_UNSUBSCRIBE: &str = "OK: Unsubscribe successful";
 pub const OK_OPTIONS: &str = "OK: Options set";
 /// Reply to a publish (unless the connection set `"ack": false`).
 pub const OK_SENT: &str = "OK: Message sent";
+/// Reply to a publish whose message could not be written to `data_dir`
+/// (PROTOCOL.md §12): not acknowledged, since a restart may lose it.
+pub const ERR_NOT_STORED: &str =
+    "ERROR: Message not stored: the history could not be written to disk";
 /// Reply to an accepted `coremq_replicant`.
 pub const OK_REPLICANT: &str = "OK: Replication request successful";
 /// Sent to every connection before a graceful stop; the original client closes on it.

@@ -450,6 +450,7 @@ impl Shard {
                 n,
                 bytes,
             } => self.home.acks(conn, first, n, bytes),
+            Response::NotStored { conn, seq, bytes } => self.home.not_stored(conn, seq, bytes),
             Response::Subscribed {
                 queue,
                 conn,

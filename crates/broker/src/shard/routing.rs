@@ -51,7 +51,22 @@ impl Shard {
                 conn,
                 seq,
                 bytes,
+                stored: true,
             } => self.ack_now(to, conn, seq, bytes),
+            Deferred::Ack {
+                to,
+                conn,
+                seq,
+                bytes,
+                stored: false,
+            } => {
+                if to == self.id {
+                    self.home.not_stored(conn, seq, bytes);
+                } else {
+                    let resp = Response::NotStored { conn, seq, bytes };
+                    self.mesh.responses.push(to, resp);
+                }
+            }
             Deferred::Drained { to } => self.mesh.responses.push(to, Response::Drained),
         }
     }
@@ -91,6 +106,7 @@ impl Outbox for Shard {
             conn,
             seq,
             bytes,
+            stored: true,
         });
     }
 

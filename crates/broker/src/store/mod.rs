@@ -61,6 +61,9 @@ pub(crate) enum Deferred {
         conn: ConnKey,
         seq: Option<u32>,
         bytes: u32,
+        /// False when the batch could not be written (or, with `fsync =
+        /// always`, synced): the publisher is told, not acknowledged.
+        stored: bool,
     },
     /// Shutdown: this owner has processed every request of shard `to`.
     Drained { to: usize },

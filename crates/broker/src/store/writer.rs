@@ -59,21 +59,23 @@ impl Store {
             (buf, batch)
         };
         let len = buf.len() as u64;
-        match self.write_pieces(source, buf).await {
+        // Whether the batch is where its acknowledgement says (§12): written,
+        // and with `fsync = always` synced.
+        let stored = match self.write_pieces(source, buf).await {
             Ok(()) => {
                 self.stats.batches.set(self.stats.batches.get() + 1);
-                if self.fsync == Fsync::Always {
-                    self.sync_active().await;
-                }
+                self.fsync != Fsync::Always || self.sync_active().await
             }
             Err(e) => {
                 // The messages are in memory and delivered; the node keeps
-                // serving. Loud, and counted: an operator must see it.
+                // serving. Loud, and counted: an operator must see it. Their
+                // publishers get an error instead of OK (below).
                 self.stats.errors.set(self.stats.errors.get() + 1);
                 tracing::error!(dir = %self.dir.display(), bytes = len, cause = %e,
                     "cannot write history to disk; these messages will not survive a restart");
+                false
             }
-        }
+        };
         let ready: Vec<Deferred> = {
             let mut st = self.st.borrow_mut();
             st.in_flight = false;
@@ -86,7 +88,10 @@ impl Store {
             }
             ready
         };
-        for d in ready {
+        for mut d in ready {
+            if let Deferred::Ack { stored: s, .. } = &mut d {
+                *s = stored;
+            }
             source.release(d);
         }
         self.wake_idle();
@@ -177,28 +182,35 @@ impl Store {
     }
 
     /// `fdatasync` of the active segment if written since the last one.
-    async fn sync_active(&self) {
+    /// Syncs the active segment if it has unsynced writes; false if that
+    /// failed (then what was written may not be on the device).
+    async fn sync_active(&self) -> bool {
         let file = {
             let mut st = self.st.borrow_mut();
             if !st.dirty {
-                return;
+                return true;
             }
             st.dirty = false;
             match st.active.as_ref() {
                 Some((_, f, _)) => f.clone(),
-                None => return,
+                None => return true,
             }
         };
         let t = Instant::now();
-        if let Err(e) = file.fdatasync().await {
-            self.stats.errors.set(self.stats.errors.get() + 1);
-            tracing::error!(dir = %self.dir.display(), cause = %e, "fdatasync of history failed");
-        }
+        let ok = match file.fdatasync().await {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.errors.set(self.stats.errors.get() + 1);
+                tracing::error!(dir = %self.dir.display(), cause = %e, "fdatasync of history failed");
+                false
+            }
+        };
         let us = t.elapsed().as_micros() as u64;
         let s = &self.stats;
         s.fsyncs.set(s.fsyncs.get() + 1);
         s.fsync_us_total.set(s.fsync_us_total.get() + us);
         s.fsync_us_max.set(s.fsync_us_max.get().max(us));
+        ok
     }
 
     /// Whether writing `incoming` more bytes would take the files near the

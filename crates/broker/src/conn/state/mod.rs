@@ -310,6 +310,19 @@ impl Conn {
         }
     }
 
+    /// The answer to reply `seq`, replacing what was reserved (a publish
+    /// that was not stored answers an error, not `OK: Message sent`).
+    pub(crate) fn complete_as(&self, seq: u32, kind: ReplyKind) {
+        {
+            let mut st = self.st.borrow_mut();
+            let idx = seq.wrapping_sub(st.base) as usize;
+            if let Some(slot) = st.replies.get_mut(idx) {
+                slot.kind = Some(Box::new(kind));
+            }
+        }
+        self.complete(seq, |_| {});
+    }
+
     /// One answer each for replies `first..first + n` (a range of
     /// acknowledgements), flushing once.
     pub(crate) fn complete_run(&self, first: u32, n: u32) {
