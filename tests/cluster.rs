@@ -1446,3 +1446,35 @@ fn a_peer_past_cluster_link_buffer_loses_its_link_and_history_repairs_the_gap() 
     );
     cl.assert_alive();
 }
+
+fn small_messages(_i: usize, o: &mut BrokerOpts) {
+    *o = o.clone().set("max_message_size", "64K");
+}
+
+/// A message is stored (and crosses a link) with each non-ASCII character
+/// escaped, up to 3× the bytes the client sent. One just under
+/// `max_message_size` made of characters outside the BMP reaches the other
+/// node, and so does what follows it; the link stays up.
+#[test]
+fn a_message_that_grows_when_stored_crosses_the_link() {
+    let mut spec = Spec::new(1);
+    spec.nodes = 2;
+    spec.tweak = Some(small_messages);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("cl.wide");
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    let mut p = cl.nodes[0].client();
+    // 15,000 × 4 bytes of UTF-8, 12 bytes each once escaped: ~60 KB sent,
+    // ~180 KB stored and on the link.
+    let wide = "\u{1D11E}".repeat(15_000);
+    p.publish(&q, &json!({"t": wide}));
+    p.publish(&q, &json!({"after": 1}));
+    let got = s2.recv_msgs(2, DELIVERY_TIMEOUT);
+    assert_eq!(got[0].json["t"].as_str().map(str::len), Some(wide.len()));
+    assert_eq!(got[1].json["after"], json!(1));
+    let logs = cl.nodes[1].b().logs();
+    assert!(!logs.contains("bad frame from peer"), "{logs}");
+    cl.assert_alive();
+}

@@ -245,7 +245,15 @@ pub(super) async fn run_link(
         .detach();
     }
 
-    let max_frame = shard.cfg().max_message_size + (64 << 10);
+    // A link carries stored messages, whose text escapes each non-ASCII
+    // character (up to 6 bytes for one of the client's), and key-value
+    // changes up to kv_max_value: a frame limit of max_message_size would
+    // take a legal message for a bad frame, drop the link, and meet the
+    // same message again after every redial (the history exchange).
+    let cfg = shard.cfg();
+    let max_frame = crate::store::max_record_body(cfg.max_message_size)
+        .max(cfg.kv.max_value + coremq_protocol::MAX_KEY_LEN)
+        + (64 << 10);
     let mut rbuf = rest;
     // Bytes that came right behind the handshake.
     let mut start = match take_frames(&shard, &rbuf, max_frame, &counters, &held) {
