@@ -180,3 +180,37 @@ fn slow_consumer(shards: usize, total_bytes: usize) {
 
 per_shard_count!(slow_consumer(30 << 20): slow_consumer_cut_off_1_shard = 1);
 per_shard_count!(slow_consumer(50 << 20): slow_consumer_cut_off_4_shards = 4);
+
+/// A message is stored with each non-ASCII character escaped, so one the
+/// client sent just under `max_message_size` can be ~3× that on the way
+/// out — more than the smallest `max_pending` the config allows. A
+/// subscriber that keeps up (nothing waiting) still gets it, under
+/// `disconnect` too; one with a backlog over `max_pending` is still cut off.
+#[test]
+fn a_message_larger_than_max_pending_once_stored_reaches_a_subscriber_that_keeps_up() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_message_size", "64K")
+            .set("max_pending", "66560")
+            .set("slow_consumer_policy", "*:disconnect"),
+    );
+    let q = uniq("sc.wide");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    let mut p = b.client();
+    // 16,000 × 4 bytes of UTF-8 (~64 KB sent), 12 bytes each once escaped.
+    let wide = "\u{1D11E}".repeat(16_000);
+    p.publish(&q, &json!({"t": wide}));
+    let got = s.recv_msg();
+    assert_eq!(got.json["t"].as_str().map(str::len), Some(wide.len()));
+    p.publish(&q, &json!({"after": 1}));
+    assert_eq!(s.recv_msg().json["after"], json!(1));
+    let st = b.client().status();
+    let slow: u64 = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sh| sh["slow_consumers"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(slow, 0, "{st}");
+}

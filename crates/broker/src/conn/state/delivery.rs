@@ -40,7 +40,11 @@ impl Conn {
         }
         let size = st.out.len() + frame.len();
         let mut stalled = false;
-        if size > self.max_pending {
+        // Nothing waiting: one message is taken whatever its size. A stored
+        // message escapes non-ASCII text and can be ~3× max_message_size,
+        // which max_pending (≥ max_message_size + 1 KiB) need not hold; a
+        // subscriber that keeps up must still get it.
+        if size > self.max_pending && !st.out.is_empty() {
             match policy {
                 SlowConsumerPolicy::Block if size <= self.hard_cap => {
                     stalled = self.flow.stall();
