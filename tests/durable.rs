@@ -489,3 +489,44 @@ fn a_full_disk_fails_publishes_instead_of_acknowledging_them() {
     p.send(&q, &json!({"after": true}));
     assert_eq!(s.recv_msg().json["after"], json!(true));
 }
+
+/// A compaction writes the retained history as a snapshot, newest first.
+/// After a restart a resume from a retained position is still complete
+/// (`"recovered": true`), as it was before.
+#[test]
+fn a_resume_after_a_compaction_and_a_restart_recovers() {
+    let dir = unique_dir("durable-snap");
+    let opts = |port| {
+        durable(1, &dir, port)
+            .set("history_length", "10")
+            .set("history_disk", "1M")
+    };
+    let (mut b, port) = start(opts(0));
+    let q = uniq("dur.snap");
+    let mut p = b.client();
+    let pad = "x".repeat(1000);
+    let mut n = 0;
+    while disk_sum(&p.status(), "disk_snapshots") == 0 {
+        assert!(n < 2000, "no snapshot after {n} publishes");
+        p.publish(&q, &json!({"n": n, "pad": pad}));
+        n += 1;
+    }
+    let h = p.history(&[&q]);
+    let kept = h[&q].as_array().unwrap().clone();
+    let at = &kept[2];
+    let since = json!({&q: {"sent": at["coremq_sent"], "server": at["coremq_server"]}});
+    let want: Vec<Value> = kept[3..].iter().map(|m| m["n"].clone()).collect();
+    drop(p);
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let (b, _) = start(opts(port));
+    let mut s = b.client();
+    s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
+    let reply = s.recv_reply();
+    assert_eq!(reply.json["recovered"][&q], json!(true), "{reply}");
+    let got: Vec<Value> = s
+        .recv_msgs(want.len(), Duration::from_secs(10))
+        .iter()
+        .map(|f| f.json["n"].clone())
+        .collect();
+    assert_eq!(got, want);
+}

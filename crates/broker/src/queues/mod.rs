@@ -151,8 +151,13 @@ impl QueueTable {
         let Some((stored, _)) = self.publish(frame, false, cap_for) else {
             return false;
         };
-        if key.origin == own {
-            if let Some(q) = self.queues.get_mut(frame.hash(), frame.queue()) {
+        if let Some(q) = self.queues.get_mut(frame.hash(), frame.queue()) {
+            // Records come in file order, which a snapshot writes newest
+            // first: the queue's knowledge starts at the oldest of them, not
+            // at the first read (else a resume from a retained position got
+            // "recovered": false after a restart).
+            q.born = q.born.min(key);
+            if key.origin == own {
                 q.seq = q.seq.max(seq);
                 q.newest = q.newest.max(key);
             }
