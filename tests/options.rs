@@ -85,4 +85,19 @@ fn unknown_options_accepted() {
     // The connection still works normally.
     let q = uniq("opt");
     c.publish(&q, &json!({"x": 1}));
+    // Unknown names are not kept: 100 requests of 1,000 new ones each (~1 MB
+    // per request) leave the broker's memory where it was, not 100 MB up.
+    let before = b.rss_kib();
+    for r in 0..100 {
+        let names: serde_json::Map<String, serde_json::Value> = (0..1000)
+            .map(|i| (format!("opt-{r}-{i}-{}", "n".repeat(900)), json!(1)))
+            .collect();
+        c.options(serde_json::Value::Object(names));
+    }
+    let grown = b.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 40 << 10,
+        "RSS grew {grown} KiB for options nobody reads"
+    );
+    c.publish(&q, &json!({"x": 2}));
 }

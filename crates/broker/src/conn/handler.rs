@@ -198,13 +198,12 @@ fn options(conn: &Conn, opts: Vec<(String, OptionValue)>) {
                     "ack" => st.opts.no_ack = false,
                     "echo" => st.opts.echo = false,
                     "seq" => st.opts.seq = false,
-                    _ => {
-                        st.opts.other.remove(&name);
-                    }
+                    _ => {}
                 },
-                OptionValue::Other(raw) => {
-                    st.opts.other.insert(name, raw);
-                }
+                // Accepted, as the original did, but not kept: nothing
+                // reads them, and kept they grew without bound (a client
+                // could send any number of new names).
+                OptionValue::Other(_) => {}
             }
         }
     }

@@ -99,8 +99,6 @@ pub(crate) struct Options {
     pub echo: bool,
     /// `"seq": true` adds `coremq_seq` to every message it is sent (§10).
     pub seq: bool,
-    /// Unknown options, kept as given (the original did).
-    pub other: HashMap<String, Box<serde_json::value::RawValue>>,
 }
 
 /// Everything mutable about a connection. Borrowed briefly, never across an `.await`.
