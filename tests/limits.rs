@@ -155,6 +155,14 @@ fn max_subscriptions(shards: usize) {
     let id = c.id.clone();
     p.publish(&id, &json!({"direct": true}));
     assert_eq!(c.recv_msg().json["direct"], json!(true));
+    // Nor does leaving the own id make room for a fourth queue, and taking
+    // it back is never refused.
+    c.unsubscribe(&[&id]);
+    c.command(&json!({ "coremq_subscribe": &q[4] }));
+    c.expect_error();
+    c.subscribe(&[&id]);
+    p.publish(&id, &json!({"direct": 2}));
+    assert_eq!(c.recv_msg().json["direct"], json!(2));
 }
 
 per_shard_count!(max_subscriptions: max_subscriptions_1_shard = 1, max_subscriptions_4_shards = 4);

@@ -140,10 +140,16 @@ fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String,
     }
     let mut names = dedup(names);
     names.retain(|q| !conn.st.borrow().subs.contains_key(&**q));
-    // The connection's own id is a subscription too, but not the client's.
-    let held = conn.st.borrow().subs.len().saturating_sub(1);
+    // The connection's own id is a subscription too, but not the client's
+    // (whether it holds it now or takes it back after an unsubscribe).
+    let own = |q: &str| q == &*conn.id;
+    let held = {
+        let st = conn.st.borrow();
+        st.subs.len() - usize::from(st.subs.contains_key(&*conn.id))
+    };
+    let adding = names.iter().filter(|q| !own(q)).count();
     let max = shard.cfg().max_subscriptions;
-    if held + names.len() > max {
+    if held + adding > max {
         // Refused whole: nothing of it takes effect.
         return shard.refuse(conn, &Refusal::TooManySubscriptions { max });
     }
