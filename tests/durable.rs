@@ -530,3 +530,27 @@ fn a_resume_after_a_compaction_and_a_restart_recovers() {
         .collect();
     assert_eq!(got, want);
 }
+
+/// A shard that cannot open its history stops the start with that reason
+/// (here a directory where a segment file should be), not as a time-out.
+#[test]
+fn a_history_that_cannot_be_opened_is_a_clear_error() {
+    let dir = unique_dir("durable-starterr");
+    let (mut b, port) = start(durable(1, &dir, 0));
+    b.client().publish(&uniq("dur.err"), &json!({"n": 1}));
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let shard_dir = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("gen-"))
+        .expect("a generation")
+        .join("shard-0000");
+    std::fs::create_dir(shard_dir.join("000000000007.seg")).unwrap();
+    let (status, err, out) = run_expect_exit(&durable(1, &dir, port));
+    assert!(!status.success(), "{out}{err}");
+    assert!(
+        err.contains("000000000007.seg"),
+        "the cause is not named: {err}"
+    );
+    assert!(!err.contains("did not start within"), "{err}");
+}

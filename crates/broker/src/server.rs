@@ -256,7 +256,20 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-            Err(_) => {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Every shard that had not reported ready has ended (its
+                // ready sender is gone): say why, from its exit, rather
+                // than call it a time-out.
+                running.stopper.stop();
+                return Err(match running.exits.recv_timeout(Duration::from_secs(5)) {
+                    Ok((shard, res)) => BrokerError::ShardStart {
+                        shard,
+                        cause: res.err().unwrap_or_else(|| "exited during start-up".into()),
+                    },
+                    Err(_) => BrokerError::StartTimeout(START_TIMEOUT, ready, shards),
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
                 running.stopper.stop();
                 return Err(BrokerError::StartTimeout(START_TIMEOUT, ready, shards));
             }
