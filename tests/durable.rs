@@ -554,3 +554,50 @@ fn a_history_that_cannot_be_opened_is_a_clear_error() {
     );
     assert!(!err.contains("did not start within"), "{err}");
 }
+
+/// Damaged bookkeeping never makes a start delete history: without
+/// `CURRENT`, or with a `meta` that does not match the shard directories,
+/// the node refuses to start and says why; with the file put right it
+/// serves everything again.
+#[test]
+fn damaged_bookkeeping_refuses_to_start_and_keeps_the_history() {
+    let dir = unique_dir("durable-meta");
+    let (mut b, port) = start(durable(2, &dir, 0));
+    let q = uniq("dur.meta");
+    let mut p = b.client();
+    for n in 0..5 {
+        p.publish(&q, &json!({"n": n}));
+    }
+    drop(p);
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let current = dir.join("CURRENT");
+    let gen_name = std::fs::read_to_string(&current)
+        .unwrap()
+        .trim()
+        .to_string();
+    let meta = dir.join(&gen_name).join("meta");
+    let meta_text = std::fs::read_to_string(&meta).unwrap();
+    // CURRENT gone.
+    std::fs::remove_file(&current).unwrap();
+    let (status, err, _) = run_expect_exit(&durable(2, &dir, port));
+    assert!(!status.success());
+    assert!(err.contains("holds history"), "{err}");
+    std::fs::write(&current, format!("{gen_name}\n")).unwrap();
+    // A meta that says 0 shards, then one that says 3 (2 directories).
+    for bad in ["shards = 0\n", "shards = 3\n"] {
+        std::fs::write(&meta, bad).unwrap();
+        let (status, err, _) = run_expect_exit(&durable(2, &dir, port));
+        assert!(!status.success(), "{bad}");
+        assert!(err.contains("shard directories"), "{bad}: {err}");
+    }
+    std::fs::write(&meta, &meta_text).unwrap();
+    let (b, _) = start(durable(2, &dir, port));
+    let h = b.client().history(&[&q]);
+    let ns: Vec<Value> = h[&q]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["n"].clone())
+        .collect();
+    assert_eq!(ns, (0..5).map(|n| json!(n)).collect::<Vec<_>>());
+}

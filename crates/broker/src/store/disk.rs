@@ -89,6 +89,16 @@ pub(crate) fn prepare(
     let gen_name = match fs::read_to_string(&current) {
         Ok(text) => text.trim().to_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A first start has no history. One whose CURRENT went missing
+            // does: starting afresh would delete it.
+            if let Some(found) = generation_with_history(data_dir) {
+                return Err(format!(
+                    "{} is missing, but {} holds history: not starting, so as not to \
+                     lose it (write the name of the generation to use into CURRENT)",
+                    current.display(),
+                    found.display()
+                ));
+            }
             let name = "gen-000001".to_owned();
             new_generation(data_dir, &name, shards)?;
             switch_current(data_dir, &name)?;
@@ -122,14 +132,58 @@ pub(crate) fn prepare(
     Ok((data_dir.join(gen_name), lock))
 }
 
+/// The shard count generation `gen` was written with, checked against its
+/// shard directories: a damaged `meta` would otherwise make a start move
+/// (and then delete) history it does not see.
 fn read_meta(gen: &Path) -> Result<usize, DiskError> {
     let path = gen.join("meta");
     let text =
         fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    text.lines()
+    let n: usize = text
+        .lines()
         .find_map(|l| l.strip_prefix("shards = "))
         .and_then(|n| n.trim().parse().ok())
-        .ok_or_else(|| format!("{} has no \"shards = N\" line", path.display()))
+        .ok_or_else(|| format!("{} has no \"shards = N\" line", path.display()))?;
+    let dirs = fs::read_dir(gen)
+        .map_err(|e| format!("cannot read {}: {e}", gen.display()))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shard-"))
+        .count();
+    if n == 0 || dirs != n {
+        return Err(format!(
+            "{} says shards = {n}, but {} holds {dirs} shard directories: not starting, \
+             so as not to lose history",
+            path.display(),
+            gen.display()
+        ));
+    }
+    Ok(n)
+}
+
+/// A `gen-*` directory of `data_dir` that holds segment files, if any.
+fn generation_with_history(data_dir: &Path) -> Option<PathBuf> {
+    let has_segments = |gen: &Path| {
+        fs::read_dir(gen)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|shard| {
+                fs::read_dir(shard.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().ends_with(".seg"))
+            })
+    };
+    fs::read_dir(data_dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+        })
+        .find(|p| has_segments(p))
 }
 
 fn new_generation(data_dir: &Path, name: &str, shards: usize) -> Result<PathBuf, DiskError> {
