@@ -383,3 +383,41 @@ fn the_http_port_holds_a_slot_from_the_accept() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// One history reply bigger than the out-queue hard cap (4 × max_pending +
+/// 4 MiB) to a client that reads: it gets the whole reply, not a
+/// slow-consumer cut-off. (The cap is for clients that pipeline requests and
+/// read none of the replies.)
+#[test]
+fn a_history_reply_larger_than_the_hard_cap_reaches_a_reading_client() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_message_size", "512K")
+            .set("max_pending", "1M"),
+    );
+    let qs: Vec<String> = (0..10).map(|i| uniq(&format!("big.h{i}"))).collect();
+    let mut p = b.client();
+    p.options(json!({"ack": false}));
+    let pad = "x".repeat(100_000);
+    for q in &qs {
+        for n in 0..10 {
+            p.send(q, &json!({"n": n, "pad": pad}));
+        }
+    }
+    p.options(json!({"ack": true}));
+    // ~10 MB of history in one reply, over the 8 MiB hard cap.
+    let mut c = b.client();
+    let names: Vec<&str> = qs.iter().map(String::as_str).collect();
+    let h = c.history(&names);
+    for q in &qs {
+        assert_eq!(h[q].as_array().map(Vec::len), Some(10), "{q}");
+    }
+    let st = c.status();
+    let slow: u64 = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["slow_consumers"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(slow, 0, "{st}");
+}

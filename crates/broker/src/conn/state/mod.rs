@@ -352,6 +352,7 @@ impl Conn {
             if st.closing.is_some() {
                 continue;
             }
+            let before = st.out.len();
             match slot.kind.map(|b| *b) {
                 None | Some(ReplyKind::Sent) => st.out.push(&self.ok_sent),
                 Some(ReplyKind::Raw(json)) => st.out.push_with(|out| self.encode("", &json, out)),
@@ -368,8 +369,11 @@ impl Conn {
                 }
             }
             // Reads stop at max_pending (may_read), so only a client that
-            // pipelined requests and reads none of the replies gets here.
-            if st.out.len() > self.hard_cap {
+            // pipelined requests and reads none of the replies gets here —
+            // with a backlog already over max_pending. One large reply (a
+            // history of many big messages) to a client that keeps up is
+            // no reason: its size is bounded by the history it reads.
+            if st.out.len() > self.hard_cap && before > self.max_pending {
                 became_slow = true;
                 break;
             }
