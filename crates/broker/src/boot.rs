@@ -188,12 +188,12 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     // Durable history: read back before serving (blocking reads are fine
     // here; no connection is accepted yet).
     let store = match &boot.store_gen {
-        Some(gen) => {
-            let max_body = crate::store::max_record_body(cfg.max_message_size);
-            let (store, frames) =
-                crate::store::Store::open(gen, id, boot.shards, &cfg.store, max_body)?;
-            Some((Rc::new(store), frames))
-        }
+        Some(gen) => Some(Rc::new(crate::store::Store::open(
+            gen,
+            id,
+            boot.shards,
+            &cfg.store,
+        )?)),
         None => None,
     };
     let rules = node
@@ -206,13 +206,22 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         cfg.clone(),
         node.clone(),
         rules,
-        store.as_ref().map(|(s, _)| s.clone()),
+        store.clone(),
     ));
-    let writer = store.map(|(store, frames)| {
-        shard.restore(frames);
-        let source: Rc<dyn crate::store::Source> = shard.clone();
-        spawn_local(store.run(source))
-    });
+    let writer = match store {
+        Some(store) => {
+            let max_body = crate::store::max_record_body(cfg.max_message_size);
+            let (mut read, mut kept) = (0, 0);
+            store.read_back(max_body, &mut |frames| {
+                read += frames.len();
+                kept += shard.restore(frames);
+            })?;
+            tracing::info!(shard = id, read, kept, "history read back from disk");
+            let source: Rc<dyn crate::store::Source> = shard.clone();
+            Some(spawn_local(store.run(source)))
+        }
+        None => None,
+    };
 
     for (to, t) in req_tx {
         let tx = t.await;

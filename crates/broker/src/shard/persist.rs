@@ -29,10 +29,9 @@ impl Shard {
         self.store.as_ref()
     }
 
-    /// Stores the messages read from disk at start (before serving).
-    pub(crate) fn restore(&self, frames: Vec<MsgFrame>) {
-        let read = frames.len();
-        let kept = self.owner.restore(frames, self.origin);
-        tracing::info!(shard = self.id, read, kept, "history read back from disk");
+    /// Stores messages read from disk at start (before serving); how many
+    /// were kept.
+    pub(crate) fn restore(&self, frames: Vec<MsgFrame>) -> usize {
+        self.owner.restore(frames, self.origin)
     }
 }

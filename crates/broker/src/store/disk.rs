@@ -299,49 +299,101 @@ pub(crate) fn read_segment(
     Ok(scan)
 }
 
-/// What a shard found in its segments at start.
-pub(crate) struct Recovered {
-    /// Every message read, in file order.
-    pub frames: Vec<MsgFrame>,
-    /// (segment number, bytes on disk) of the segments kept.
-    pub segments: Vec<(u64, u64)>,
-}
-
-/// Reads shard `id`'s segments; the last one's torn tail (a crash
-/// mid-write) is cut off so that the file ends with a whole record.
-pub(crate) fn recover(gen: &Path, id: usize, max_body: usize) -> Result<Recovered, DiskError> {
+/// Shard `id`'s segments in generation `gen`: (number, bytes on disk),
+/// oldest first.
+pub(crate) fn list(gen: &Path, id: usize) -> Result<Vec<(u64, u64)>, DiskError> {
     let dir = shard_dir(gen, id);
     fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let numbers = segments(&dir)?;
+    segments(&dir)?
+        .into_iter()
+        .map(|n| {
+            let path = segment_path(&dir, n);
+            fs::metadata(&path)
+                .map(|m| (n, m.len()))
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// Reads segment `n` of `dir` and hands its messages to `each`; the last
+/// segment's torn tail (a crash mid-write) is cut off so that the file ends
+/// with a whole record. Returns the bytes the segment keeps.
+pub(crate) fn read_back(
+    dir: &Path,
+    n: u64,
+    last: bool,
+    max_body: usize,
+    each: &mut dyn FnMut(Vec<MsgFrame>),
+) -> Result<u64, DiskError> {
+    let path = segment_path(dir, n);
     let mut frames = Vec::new();
-    let mut kept = Vec::new();
-    for (i, &n) in numbers.iter().enumerate() {
-        let path = segment_path(&dir, n);
-        let scan = read_segment(&path, max_body, &mut frames)?;
-        let mut size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if i + 1 == numbers.len() && scan.valid_end < size {
-            let f = fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(scan.valid_end).and_then(|()| f.sync_all()));
-            match f {
-                Ok(()) => {
-                    tracing::warn!(
-                        file = %path.display(),
-                        cut = size - scan.valid_end,
-                        "cut the torn end of the last history segment"
-                    );
-                    size = scan.valid_end;
-                }
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), cause = %e, "cannot cut a torn segment end")
-                }
+    let scan = read_segment(&path, max_body, &mut frames)?;
+    each(frames);
+    let mut size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if last && scan.valid_end < size {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(scan.valid_end).and_then(|()| f.sync_all()));
+        match f {
+            Ok(()) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    cut = size - scan.valid_end,
+                    "cut the torn end of the last history segment"
+                );
+                size = scan.valid_end;
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), cause = %e, "cannot cut a torn segment end")
             }
         }
-        kept.push((n, size));
     }
-    Ok(Recovered {
-        frames,
-        segments: kept,
-    })
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u64) -> MsgFrame {
+        let json = format!(
+            r#"{{"n": {n}, "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
+        );
+        MsgFrame::replicated("q", json.as_bytes()).unwrap()
+    }
+
+    /// A start reads its history back a segment at a time (the shard trims
+    /// each batch to its windows before the next is read), in file order,
+    /// and cuts the last segment's torn tail.
+    #[test]
+    fn history_is_read_back_a_segment_at_a_time() {
+        let gen = std::env::temp_dir().join(format!("coremq-readback-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&gen);
+        let dir = shard_dir(&gen, 0);
+        fs::create_dir_all(&dir).unwrap();
+        for seg in 0..3u64 {
+            let mut buf = Vec::new();
+            for i in 0..4 {
+                record::encode(&msg(seg * 4 + i), &mut buf);
+            }
+            if seg == 2 {
+                buf.extend_from_slice(&[7, 0, 0]); // a torn record
+            }
+            fs::write(segment_path(&dir, seg + 1), &buf).unwrap();
+        }
+        let segments = list(&gen, 0).unwrap();
+        assert_eq!(segments.len(), 3);
+        let mut batches = Vec::new();
+        let mut each = |frames: Vec<MsgFrame>| batches.push(frames.len());
+        let mut sizes = Vec::new();
+        for (i, &(n, size)) in segments.iter().enumerate() {
+            let kept = read_back(&dir, n, i == 2, 1 << 20, &mut each).unwrap();
+            sizes.push((size, kept));
+        }
+        assert_eq!(batches, [4, 4, 4]);
+        assert_eq!(sizes[0].0, sizes[0].1);
+        assert_eq!(sizes[2].0, sizes[2].1 + 3, "the torn tail is cut");
+        let _ = fs::remove_dir_all(&gen);
+    }
 }

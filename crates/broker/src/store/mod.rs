@@ -131,19 +131,18 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// Opens shard `id`'s history in generation `gen` (blocking reads: the
-    /// shard does not serve yet) and returns it with the messages found.
+    /// Opens shard `id`'s history in generation `gen`; its messages are
+    /// read back with [`Store::read_back`].
     pub(crate) fn open(
         gen: &Path,
         id: usize,
         shards: usize,
         cfg: &StoreConfig,
-        max_body: usize,
-    ) -> Result<(Store, Vec<MsgFrame>), disk::DiskError> {
-        let found = disk::recover(gen, id, max_body)?;
+    ) -> Result<Store, disk::DiskError> {
+        let segments = disk::list(gen, id)?;
         let budget = cfg.history_disk / shards.max(1) as u64;
-        let on_disk: u64 = found.segments.iter().map(|s| s.1).sum();
-        let next_segment = found.segments.last().map_or(1, |s| s.0 + 1);
+        let on_disk: u64 = segments.iter().map(|s| s.1).sum();
+        let next_segment = segments.last().map_or(1, |s| s.0 + 1);
         let store = Store {
             dir: disk::shard_dir(gen, id),
             fsync: cfg.fsync,
@@ -153,7 +152,7 @@ impl Store {
             persist: cfg.persist.clone(),
             st: RefCell::new(State {
                 open_batch: 1,
-                closed: found.segments,
+                closed: segments,
                 next_segment,
                 ..State::default()
             }),
@@ -162,7 +161,28 @@ impl Store {
             stats: StoreStats::default(),
         };
         store.stats.disk_bytes.set(on_disk);
-        Ok((store, found.frames))
+        Ok(store)
+    }
+
+    /// Reads the history back (blocking reads: the shard does not serve
+    /// yet), a segment at a time into `each`, so that the shard trims it to
+    /// its windows as it goes: a start never holds all of data_dir in memory
+    /// (it did, up to `history_disk` of records, dead ones included). The
+    /// last segment's torn tail is cut off.
+    pub(crate) fn read_back(
+        &self,
+        max_body: usize,
+        each: &mut dyn FnMut(Vec<MsgFrame>),
+    ) -> Result<(), disk::DiskError> {
+        let segments = self.st.borrow().closed.clone();
+        for (i, &(n, _)) in segments.iter().enumerate() {
+            let last = i + 1 == segments.len();
+            let kept = disk::read_back(&self.dir, n, last, max_body, each)?;
+            self.st.borrow_mut().closed[i].1 = kept;
+        }
+        let on_disk = self.st.borrow().closed.iter().map(|s| s.1).sum();
+        self.stats.disk_bytes.set(on_disk);
+        Ok(())
     }
 
     /// Figures for status.
