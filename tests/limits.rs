@@ -413,11 +413,5 @@ fn a_history_reply_larger_than_the_hard_cap_reaches_a_reading_client() {
         assert_eq!(h[q].as_array().map(Vec::len), Some(10), "{q}");
     }
     let st = c.status();
-    let slow: u64 = st["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["slow_consumers"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(slow, 0, "{st}");
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
 }

@@ -206,11 +206,5 @@ fn a_message_larger_than_max_pending_once_stored_reaches_a_subscriber_that_keeps
     p.publish(&q, &json!({"after": 1}));
     assert_eq!(s.recv_msg().json["after"], json!(1));
     let st = b.client().status();
-    let slow: u64 = st["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|sh| sh["slow_consumers"].as_u64().unwrap_or(0))
-        .sum();
-    assert_eq!(slow, 0, "{st}");
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
 }
