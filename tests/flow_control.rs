@@ -107,6 +107,67 @@ fn a_slower_subscriber_loses_nothing_16_kib() {
     assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
 }
 
+/// Forty publishers pipelining into one queue whose subscriber does not read
+/// for a while: they all wait for it (G5). Each publisher's window of
+/// unconfirmed bytes is its share of what the node's pipelining publishers
+/// may have in flight, so together they stay under the subscriber's hard
+/// cap, and it is not cut off long before `max_stall` (with forty windows of
+/// `max_pending / 8` each it was, about a second into the stall). Then it
+/// reads everything, each publisher's messages in order.
+#[test]
+fn many_pipelining_publishers_wait_for_a_subscriber_that_reads_late() {
+    const PUBLISHERS: usize = 40;
+    const EACH: u64 = 150;
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "1M")
+            .set("max_message_size", "64K")
+            .set("max_stall", "120"),
+    );
+    let q = uniq("g5.fanin");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    // 60 MB in all, 7× the hard cap (4 × max_pending + 4 MiB).
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|_| firehose(&b, &q, EACH, 10_000))
+        .collect();
+    let mut watcher = b.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shard_sum(&watcher.status(), "stalls") == 0 {
+        assert!(Instant::now() < deadline, "the publishers were never held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time for every publisher to send what its window lets it.
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        let st = watcher.status();
+        assert_eq!(
+            shard_sum(&st, "slow_consumers"),
+            0,
+            "cut off long before max_stall: {st}"
+        );
+    }
+    let mut next: std::collections::HashMap<String, u64> = Default::default();
+    for got in 0..PUBLISHERS as u64 * EACH {
+        let f = s
+            .try_recv_msg(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("got {got}, then {e:?}"));
+        let sender = f.json["coremq_sender"]
+            .as_str()
+            .expect("sender")
+            .to_string();
+        let want = next.entry(sender).or_insert(0);
+        assert_eq!(f.json["seq"], json!(*want), "out of order or lost");
+        *want += 1;
+    }
+    assert_eq!(next.len(), PUBLISHERS);
+    for p in publishers {
+        let _ = p.join().expect("publisher");
+    }
+    let st = watcher.status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+}
+
 /// `count` messages of about `pad` bytes, the first `slow_for` of them read
 /// at about one a millisecond.
 fn slower_subscriber(shards: usize, pad: usize, count: u64, slow_for: u64) {

@@ -13,6 +13,9 @@ use std::time::Instant;
 pub(crate) struct NodeShared {
     /// Open client connections on all shards, for `max_connections`.
     pub connections: AtomicUsize,
+    /// Bytes of the node's in-flight budget that publishers have taken, on
+    /// all shards (G5; see `conn/flow.rs`).
+    pub credit: Arc<AtomicUsize>,
     /// Names of attached replicants (for status).
     pub replicants: Mutex<Vec<String>>,
     /// Cluster peers and replicants: (name, direction, figures), for status.
@@ -113,6 +116,7 @@ impl NodeShared {
     ) -> Arc<NodeShared> {
         Arc::new(NodeShared {
             connections: AtomicUsize::new(0),
+            credit: Arc::default(),
             replicants: Mutex::new(Vec::new()),
             peers: Mutex::new(Vec::new()),
             authority: Mutex::new(authority),

@@ -402,7 +402,10 @@ fn poll_conn<W: Wire>(
         // Read side: only while this connection's publishes in flight are
         // under their window, its own backlog under max_pending, and the
         // shard's outboxes have room (backpressure; see conn/flow.rs).
+        let busy = rbuf.filled;
         let spare = rbuf.spare(max_frame);
+        let limit = spare.len().min(conn.flow.read_limit(busy));
+        let spare = &mut spare[..limit];
         wire.reading(!spare.is_empty());
         if !spare.is_empty() {
             let room = spare.len();

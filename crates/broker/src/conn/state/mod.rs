@@ -74,9 +74,11 @@ pub(crate) enum SubState {
 const HARD_CAP_FACTOR: usize = 4;
 /// See [`HARD_CAP_FACTOR`]: a few socket reads' worth, for small `max_pending`.
 const HARD_CAP_EXTRA: usize = 4 << 20;
-/// A publisher's window of unconfirmed bytes is `max_pending` / this: small
-/// enough that a few publishers of a stalled queue stay within the hard cap,
-/// large enough for many read batches in flight.
+/// A publisher's window of unconfirmed bytes is at most `max_pending` / this:
+/// large enough for many read batches in flight. While many publishers
+/// pipeline it shrinks to their share of `max_pending` (`conn/flow.rs`),
+/// so that all of a stalled queue's publishers together stay within the hard
+/// cap: each sends at most its window, one read and one frame past it.
 const WINDOW_DIVISOR: usize = 8;
 
 /// A reply and how many answers it still waits for.
@@ -212,7 +214,11 @@ impl Conn {
             hard_cap: max_pending
                 .saturating_mul(HARD_CAP_FACTOR)
                 .saturating_add(HARD_CAP_EXTRA),
-            flow: Flow::new((max_pending / WINDOW_DIVISOR).max(1)),
+            flow: Flow::new(
+                max_pending / WINDOW_DIVISOR,
+                max_pending,
+                node.shared.credit.clone(),
+            ),
             node,
             counters,
             access,
