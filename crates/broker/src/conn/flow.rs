@@ -55,6 +55,9 @@ pub(crate) struct Flow {
     /// A read was held back by the window: the next confirmation wakes the
     /// connection.
     waiting: Cell<bool>,
+    /// The last read took [`MIN_READ`] bytes or more: a publisher in bulk,
+    /// whose next read is given room for a whole read.
+    busy: Cell<bool>,
     /// Set while over `max_pending` with a `block` queue's message.
     stalled_since: Cell<Option<Instant>>,
     /// Whether the owners were told it is stalled.
@@ -89,6 +92,7 @@ impl Flow {
             pool,
             credit: Cell::new(0),
             waiting: Cell::new(false),
+            busy: Cell::new(false),
             stalled_since: Cell::new(None),
             pressing: Cell::new(false),
             pressured: RefCell::new(Vec::new()),
@@ -162,11 +166,16 @@ impl Flow {
         open
     }
 
+    /// A read took `n` bytes.
+    pub(crate) fn read_done(&self, n: usize) {
+        self.busy.set(n >= MIN_READ);
+    }
+
     /// The most bytes the next read is to take: what the window has room
-    /// for, and at least [`MIN_READ`]. `busy`: the last read filled its
-    /// room (the peer has more), so credit is taken for a whole read.
-    pub(crate) fn read_limit(&self, busy: bool) -> usize {
-        if busy {
+    /// for, and at least [`MIN_READ`]. After a read of [`MIN_READ`] or more
+    /// (a publisher in bulk), credit is taken for a whole read first.
+    pub(crate) fn read_limit(&self) -> usize {
+        if self.busy.get() {
             self.take_credit();
         }
         self.window()
@@ -305,14 +314,15 @@ mod tests {
         let f = |_| Flow::new(max, budget, pool.clone());
         let (a, b, c) = (f(0), f(1), f(2));
         // One that publishes and waits for each answer stays in its floor.
-        assert_eq!(a.read_limit(false), FLOOR);
+        assert_eq!(a.read_limit(), FLOOR);
         a.published(1000);
         assert!(a.window_open());
         assert!(!a.confirmed(1000));
         assert_eq!(pool.load(Ordering::Relaxed), 0, "never took credit");
         // Busy ones take room for a whole read, up to max_window each.
         a.published(FLOOR);
-        assert_eq!(a.read_limit(true), READ_AHEAD);
+        a.read_done(FLOOR);
+        assert_eq!(a.read_limit(), READ_AHEAD);
         a.published(300 << 10);
         assert!(a.window_open());
         assert_eq!(a.window(), max);
@@ -338,13 +348,16 @@ mod tests {
     #[test]
     fn a_read_takes_what_the_window_has_room_for() {
         let f = Flow::new(1 << 20, usize::MAX, Arc::default());
-        assert_eq!(f.read_limit(false), FLOOR, "not busy: its floor");
+        assert_eq!(f.read_limit(), FLOOR, "not busy: its floor");
+        f.read_done(FLOOR - 1);
+        assert_eq!(f.read_limit(), FLOOR, "still not busy");
         f.published(FLOOR);
-        assert_eq!(f.read_limit(true), READ_AHEAD);
+        f.read_done(FLOOR);
+        assert_eq!(f.read_limit(), READ_AHEAD);
         f.published(READ_AHEAD);
         f.published((1 << 20) - READ_AHEAD - FLOOR - 100_000);
-        assert_eq!(f.read_limit(true), 100_000);
+        assert_eq!(f.read_limit(), 100_000);
         f.published(99_000);
-        assert_eq!(f.read_limit(true), MIN_READ, "never under MIN_READ");
+        assert_eq!(f.read_limit(), MIN_READ, "never under MIN_READ");
     }
 }

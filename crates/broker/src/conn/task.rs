@@ -402,15 +402,15 @@ fn poll_conn<W: Wire>(
         // Read side: only while this connection's publishes in flight are
         // under their window, its own backlog under max_pending, and the
         // shard's outboxes have room (backpressure; see conn/flow.rs).
-        let busy = rbuf.filled;
         let spare = rbuf.spare(max_frame);
-        let limit = spare.len().min(conn.flow.read_limit(busy));
+        let limit = spare.len().min(conn.flow.read_limit());
         let spare = &mut spare[..limit];
         wire.reading(!spare.is_empty());
         if !spare.is_empty() {
             let room = spare.len();
             if let Poll::Ready(r) = stream.poll_read(cx, spare) {
                 rbuf.filled = matches!(r, Ok(n) if n == room);
+                conn.flow.read_done(*r.as_ref().unwrap_or(&0));
                 return Poll::Ready(match r {
                     Ok(n) => Event::Read(n),
                     Err(_) => Event::Done("read error"),

@@ -75,10 +75,10 @@ const HARD_CAP_FACTOR: usize = 4;
 /// See [`HARD_CAP_FACTOR`]: a few socket reads' worth, for small `max_pending`.
 const HARD_CAP_EXTRA: usize = 4 << 20;
 /// A publisher's window of unconfirmed bytes is at most `max_pending` / this:
-/// large enough for many read batches in flight. While many publishers
-/// pipeline it shrinks to their share of `max_pending` (`conn/flow.rs`),
-/// so that all of a stalled queue's publishers together stay within the hard
-/// cap: each sends at most its window, one read and one frame past it.
+/// large enough for many read batches in flight. Past 16 KiB it is credit
+/// taken from a budget of `max_pending` that the node's publishers share
+/// (`conn/flow.rs`), so that all of a stalled queue's publishers together
+/// stay within the hard cap, however many there are.
 const WINDOW_DIVISOR: usize = 8;
 
 /// A reply and how many answers it still waits for.
