@@ -108,12 +108,12 @@ fn a_slower_subscriber_loses_nothing_16_kib() {
 }
 
 /// Forty publishers pipelining into one queue whose subscriber does not read
-/// for a while: they all wait for it (G5). Each publisher's window of
-/// unconfirmed bytes is its share of what the node's pipelining publishers
-/// may have in flight, so together they stay under the subscriber's hard
-/// cap, and it is not cut off long before `max_stall` (with forty windows of
-/// `max_pending / 8` each it was, about a second into the stall). Then it
-/// reads everything, each publisher's messages in order.
+/// for a while: they all wait for it (G5). Past 16 KiB each, the publishers'
+/// unconfirmed bytes come from one budget of `max_pending` for the node, so
+/// together they stay under the subscriber's hard cap, and it is not cut off
+/// long before `max_stall` (with forty windows of `max_pending / 8` each it
+/// was, about a second into the stall). Then it reads everything, each
+/// publisher's messages in order.
 #[test]
 fn many_pipelining_publishers_wait_for_a_subscriber_that_reads_late() {
     const PUBLISHERS: usize = 40;
