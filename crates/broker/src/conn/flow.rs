@@ -31,10 +31,10 @@ use std::time::Instant;
 
 /// What every connection may have in flight without taking from the
 /// node's pool.
-pub(crate) const FLOOR: usize = 16 << 10;
+const FLOOR: usize = 16 << 10;
 /// The least a read takes while the window is nearly full, so that a large
 /// frame is not read a few bytes at a time.
-pub(crate) const MIN_READ: usize = 16 << 10;
+const MIN_READ: usize = 16 << 10;
 /// Room a busy publisher's read asks the pool for past what it has in flight
 /// (the read buffer's size when busy, `conn/readbuf.rs`).
 const READ_AHEAD: usize = 256 << 10;
@@ -102,7 +102,7 @@ impl Flow {
     }
 
     /// The most bytes it may have in flight now.
-    pub(crate) fn window(&self) -> usize {
+    fn window(&self) -> usize {
         FLOOR.min(self.max_window) + self.credit.get()
     }
 
