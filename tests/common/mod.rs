@@ -1154,7 +1154,13 @@ pub fn shard_sum(status: &Value, key: &str) -> u64 {
 /// client socket can be given one as its own port: a test that restarts a
 /// broker on the same port, while clients keep redialling it, cannot have a
 /// redial connect to itself (TCP self-connect) and take the port.
+///
+/// A port is handed out once per test process: a test that picks a node's
+/// port numbers before it starts the nodes (a cluster's `cluster_nodes`)
+/// must not be given one of them again for another node's port.
 pub fn low_port_listener() -> std::net::TcpListener {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let mut x = (std::process::id() as u64) << 32
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1165,7 +1171,11 @@ pub fn low_port_listener() -> std::net::TcpListener {
         x ^= x >> 7;
         x ^= x << 17;
         let port = 7000 + (x % 3000) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            handed.push(port);
             return l;
         }
     }
