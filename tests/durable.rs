@@ -20,8 +20,18 @@ fn durable(shards: usize, dir: &Path, port: u16) -> BrokerOpts {
 }
 
 /// Starts, and returns the node with the port it got (for a restart).
+/// A first start (port 0) takes a port below the ephemeral range, so that no
+/// other test's client socket can be given it while the node is down; a
+/// restart waits for the old process's listeners to let go of its port.
 fn start(opts: BrokerOpts) -> (Broker, u16) {
-    let b = Broker::start(opts);
+    let b = if opts.port == 0 {
+        Broker::start_picking(|| {
+            let port = low_port_listener().local_addr().unwrap().port();
+            opts.clone().port(port)
+        })
+    } else {
+        Broker::start_on_used_port(&opts)
+    };
     let port = b.port();
     (b, port)
 }
@@ -536,7 +546,7 @@ fn a_resume_after_a_compaction_and_a_restart_recovers() {
 #[test]
 fn a_history_that_cannot_be_opened_is_a_clear_error() {
     let dir = unique_dir("durable-starterr");
-    let (mut b, port) = start(durable(1, &dir, 0));
+    let (mut b, _) = start(durable(1, &dir, 0));
     b.client().publish(&uniq("dur.err"), &json!({"n": 1}));
     assert!(b.stop_with(libc::SIGTERM).success());
     let shard_dir = std::fs::read_dir(&dir)
@@ -546,7 +556,7 @@ fn a_history_that_cannot_be_opened_is_a_clear_error() {
         .expect("a generation")
         .join("shard-0000");
     std::fs::create_dir(shard_dir.join("000000000007.seg")).unwrap();
-    let (status, err, out) = run_expect_exit(&durable(1, &dir, port));
+    let (status, err, out) = run_expect_exit(&durable(1, &dir, 0));
     assert!(!status.success(), "{out}{err}");
     assert!(
         err.contains("000000000007.seg"),
@@ -579,14 +589,14 @@ fn damaged_bookkeeping_refuses_to_start_and_keeps_the_history() {
     let meta_text = std::fs::read_to_string(&meta).unwrap();
     // CURRENT gone.
     std::fs::remove_file(&current).unwrap();
-    let (status, err, _) = run_expect_exit(&durable(2, &dir, port));
+    let (status, err, _) = run_expect_exit(&durable(2, &dir, 0));
     assert!(!status.success());
     assert!(err.contains("holds history"), "{err}");
     std::fs::write(&current, format!("{gen_name}\n")).unwrap();
     // A meta that says 0 shards, then one that says 3 (2 directories).
     for bad in ["shards = 0\n", "shards = 3\n"] {
         std::fs::write(&meta, bad).unwrap();
-        let (status, err, _) = run_expect_exit(&durable(2, &dir, port));
+        let (status, err, _) = run_expect_exit(&durable(2, &dir, 0));
         assert!(!status.success(), "{bad}");
         assert!(err.contains("shard directories"), "{bad}: {err}");
     }
