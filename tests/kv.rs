@@ -143,7 +143,8 @@ fn commands_reply_exactly(cmd: Cmd) {
     );
     // A TTL: there, then gone (lazily, on this read).
     let brief = uniq("kv.brief");
-    let ttl = json!({"coremq_set": {"key": brief, "value": 1, "ttl": 0.3}});
+    // (2 s: long enough to be read back on a starved CI machine.)
+    let ttl = json!({"coremq_set": {"key": brief, "value": 1, "ttl": 2}});
     assert_eq!(cmd(ttl), stored());
     assert_eq!(
         kv_get(cmd, &[&brief]),
@@ -322,7 +323,7 @@ fn values_expire_after_their_ttl() {
     let (short, long) = (uniq("kv.short"), uniq("kv.long"));
     let r = cmd(
         &mut c,
-        json!({"coremq_set": {"key": short, "value": 1, "ttl": 0.3}}),
+        json!({"coremq_set": {"key": short, "value": 1, "ttl": 2}}),
     );
     assert_eq!(r, stored());
     let r = cmd(
@@ -334,7 +335,8 @@ fn values_expire_after_their_ttl() {
         get(&mut c, &[&short]),
         json!({"values": {short.clone(): 1}})
     );
-    // Bounded poll: gone within a few seconds (0.3 s ttl).
+    // Bounded poll: gone within a few seconds (2 s ttl: long enough to be
+    // read back above on a starved CI machine).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if get(&mut c, &[&short]) == json!({"values": {}}) {

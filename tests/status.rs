@@ -103,12 +103,24 @@ fn connection_ids_are_owned_by_their_home_shard() {
         .filter(|s| s["connections"].as_u64() > Some(0))
         .count();
     assert!(homes >= 2, "connections did not spread over shards: {st}");
+    // Each connection's id queue is a queue of its home shard. Besides them
+    // one shard may hold `$coremq.stats`, which the broker publishes to
+    // once a second from about a second after its start.
+    let mut extra = 0;
     for s in shards {
-        assert_eq!(s["queues"], s["connections"], "shard {}: {st}", s["shard"]);
+        let (queues, conns) = (s["queues"].as_u64(), s["connections"].as_u64());
+        let (queues, conns) = (queues.expect("queues"), conns.expect("connections"));
+        assert!(
+            queues == conns || queues == conns + 1,
+            "shard {}: {st}",
+            s["shard"]
+        );
+        extra += queues - conns;
         assert_eq!(
             s["subscriptions"], s["connections"],
             "shard {}: {st}",
             s["shard"]
         );
     }
+    assert!(extra <= 1, "more queues than connections: {st}");
 }
