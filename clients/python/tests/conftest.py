@@ -125,10 +125,30 @@ class Broker:
         self.stop(signal.SIGKILL)
 
     def restart(self) -> None:
-        """Stop (SIGTERM) and start again on the same port(s)."""
+        """Stop (SIGTERM) and start again on the same port(s).
+
+        The old process's listening sockets can outlive it for a moment (its
+        io_uring ring is torn down after it is reaped): a start that fails
+        with "already in use" is tried again, for at most 5 s."""
         self.stop()
         self._write_config()  # now with the bound port instead of 0
-        self.start()
+        deadline = time.monotonic() + 5
+        while True:
+            mark = len(self.logs_all())
+            try:
+                self.start()
+                return
+            except pytest.fail.Exception:
+                if ("already in use" not in self.logs_all()[mark:]
+                        or time.monotonic() > deadline):
+                    raise
+            time.sleep(0.05)
+
+    def logs_all(self) -> str:
+        try:
+            return (self.dir / "broker.log").read_text(errors="replace")
+        except OSError:
+            return ""
 
     def cleanup(self) -> None:
         self.kill()
