@@ -136,7 +136,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Starts the nodes on ports picked free a moment before. Tests run in
+    /// parallel, and another one may bind such a port in between: then the
+    /// whole cluster is started again on fresh ports, at most 5 times.
     pub fn start(spec: Spec) -> Cluster {
+        let mut attempt = 0;
+        loop {
+            match Cluster::try_start(spec.clone()) {
+                Ok(c) => return c,
+                Err(logs) => {
+                    attempt += 1;
+                    assert!(attempt < 5, "a node failed to start\n{logs}");
+                }
+            }
+        }
+    }
+
+    /// One attempt: `Err` (with the logs) when a node found a port taken.
+    fn try_start(spec: Spec) -> Result<Cluster, String> {
         assert!(spec.nodes == 3 || (spec.nodes == 2 && !spec.proxy));
         let ls = sorted_listeners(spec.nodes);
         let entries: Vec<String> = ls.iter().map(entry_of).collect();
@@ -202,10 +219,18 @@ impl Cluster {
             n.broker = Some(Broker::spawn(&n.opts));
         }
         for n in nodes.iter_mut() {
-            n.b_mut().wait_ready();
+            let b = n.b_mut();
+            while !b.ready_path.exists() && b.is_alive() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if !b.ready_path.exists() && b.stderr().contains("already in use") {
+                // Dropping the nodes (and the proxy) stops them.
+                return Err(b.logs());
+            }
+            b.wait_ready();
             assert_eq!(n.b().port(), n.opts.port, "{} listens elsewhere", n.name);
         }
-        Cluster { nodes, proxy }
+        Ok(Cluster { nodes, proxy })
     }
 
     pub fn entries(&self) -> Vec<String> {

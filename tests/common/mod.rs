@@ -335,9 +335,12 @@ impl Broker {
     /// port is checked against the ready file). Tests run in parallel, and
     /// another one may bind such a port in between: that start fails with
     /// "already in use", and `opts` is asked again (a fresh port where the
-    /// test can still choose one), at most 5 times.
+    /// test can still choose one), 5 times or for 5 s, whichever is longer
+    /// (a fixed port that a stopped node used may be held a moment after
+    /// it; see `start_on_used_port`).
     pub fn start_picking(mut opts: impl FnMut() -> BrokerOpts) -> Broker {
         let mut attempt = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let mut b = Broker::spawn(&opts());
             while !b.ready_path.exists() && b.is_alive() {
@@ -349,7 +352,7 @@ impl Broker {
             }
             attempt += 1;
             assert!(
-                b.stderr().contains("already in use") && attempt < 5,
+                b.stderr().contains("already in use") && (attempt < 5 || Instant::now() < deadline),
                 "broker failed to start\n{}",
                 b.logs()
             );
