@@ -25,10 +25,7 @@ fn durable(shards: usize, dir: &Path, port: u16) -> BrokerOpts {
 /// restart waits for the old process's listeners to let go of its port.
 fn start(opts: BrokerOpts) -> (Broker, u16) {
     let b = if opts.port == 0 {
-        Broker::start_picking(|| {
-            let port = low_port_listener().local_addr().unwrap().port();
-            opts.clone().port(port)
-        })
+        Broker::start_picking(|| opts.clone().port(common::tls::free_port()))
     } else {
         Broker::start_on_used_port(&opts)
     };

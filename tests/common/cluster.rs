@@ -219,15 +219,17 @@ impl Cluster {
             n.broker = Some(Broker::spawn(&n.opts));
         }
         for n in nodes.iter_mut() {
+            let name = n.name.clone();
             let b = n.b_mut();
-            while !b.ready_path.exists() && b.is_alive() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if !b.ready_path.exists() && b.stderr().contains("already in use") {
+            if !b.came_up() {
+                assert!(
+                    b.stderr().contains("already in use"),
+                    "{name} failed to start\n{}",
+                    b.logs()
+                );
                 // Dropping the nodes (and the proxy) stops them.
                 return Err(b.logs());
             }
-            b.wait_ready();
             assert_eq!(n.b().port(), n.opts.port, "{} listens elsewhere", n.name);
         }
         Ok(Cluster { nodes, proxy })

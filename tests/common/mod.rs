@@ -302,6 +302,19 @@ impl Broker {
         b
     }
 
+    /// Waits until a just spawned broker is ready (`true`, `addr` filled
+    /// in) or has exited (`false`; its stderr says why).
+    pub fn came_up(&mut self) -> bool {
+        while !self.ready_path.exists() && self.is_alive() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.ready_path.exists() {
+            return false;
+        }
+        self.wait_ready();
+        true
+    }
+
     /// Starts a broker on the fixed port of `opts`, which a broker that was
     /// just stopped or killed used. The listeners set SO_REUSEADDR, so that
     /// broker's connections in TIME_WAIT do not block the port. The only wait
@@ -314,11 +327,7 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let mut b = Broker::spawn(opts);
-            while !b.ready_path.exists() && b.is_alive() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if b.ready_path.exists() {
-                b.wait_ready();
+            if b.came_up() {
                 return b;
             }
             assert!(
@@ -343,11 +352,7 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let mut b = Broker::spawn(&opts());
-            while !b.ready_path.exists() && b.is_alive() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if b.ready_path.exists() {
-                b.wait_ready();
+            if b.came_up() {
                 return b;
             }
             attempt += 1;
