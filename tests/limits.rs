@@ -355,9 +355,9 @@ fn the_http_port_holds_a_slot_from_the_accept() {
         // holds has nothing to read.
         for s in &mut silent {
             s.set_nonblocking(true).unwrap();
-            let mut b = [0u8; 64];
+            let mut buf = [0u8; 64];
             let refused =
-                !matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+                !matches!(s.peek(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
             if refused {
                 *s = std::net::TcpStream::connect(web).unwrap();
             }
@@ -369,15 +369,18 @@ fn the_http_port_holds_a_slot_from_the_accept() {
         let first = c.read_frame(REPLY_TIMEOUT).expect("a first frame");
         let tcp_refused = first.response().is_some_and(|r| r.starts_with("ERROR: "));
         drop(c);
+        let mut http = None;
         if tcp_refused {
-            let r = web::http_get(web, "/status");
-            if r.status == 503 && web::ws_handshake_status(web, "/ws", &[]) == 503 {
+            let r = web::http_get(web, "/status").status;
+            let upgrade = web::ws_handshake_status(web, "/ws", &[]);
+            if r == 503 && upgrade == 503 {
                 break;
             }
+            http = Some((r, upgrade));
         }
         assert!(
             Instant::now() < deadline,
-            "silent HTTP sockets hold no slot: {first}"
+            "silent HTTP sockets hold no slot: TCP {first}, HTTP (request, upgrade) {http:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -108,8 +108,8 @@ fn connection_ids_are_owned_by_their_home_shard() {
     // once a second from about a second after its start.
     let mut extra = 0;
     for s in shards {
-        let (queues, conns) = (s["queues"].as_u64(), s["connections"].as_u64());
-        let (queues, conns) = (queues.expect("queues"), conns.expect("connections"));
+        let queues = s["queues"].as_u64().expect("queues");
+        let conns = s["connections"].as_u64().expect("connections");
         assert!(
             queues == conns || queues == conns + 1,
             "shard {}: {st}",

@@ -106,10 +106,7 @@ class Broker:
         return int(self.ready["tls"].rsplit(":", 1)[1])
 
     def logs(self) -> str:
-        try:
-            return (self.dir / "broker.log").read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
+        return self.logs_all()[-4000:]
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
