@@ -784,6 +784,97 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
 /// answers the challenge with a proof that names n2: neither may take that
 /// link for n3 (n2 would be linked to itself, and to n1 a second time
 /// without n1 knowing). With proofs that named only the dialer, both did.
+/// Neither a would-be replicant's name nor what answers on a peer's address
+/// can write a line of this node's log of its own (the operator watches the
+/// `replicant refused` and `cluster dial failed` lines).
+#[test]
+fn what_a_peer_says_cannot_forge_a_log_line() {
+    // A fake peer on the entry this node dials: 127.0.0.2 sorts above
+    // 127.0.0.1, and the lower entry dials.
+    let fake = std::net::TcpListener::bind(("127.0.0.2", 0)).expect("listen on 127.0.0.2");
+    let fake_entry = format!("127.0.0.2:{}", fake.local_addr().unwrap().port());
+    let l = free_listener();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let me = format!("127.0.0.1:{port}");
+    let mut b = Broker::start(
+        BrokerOpts::new(2)
+            .port(port)
+            .set("cluster_nodes", &format!("{me}, {fake_entry}")),
+    );
+    let forged = "2099-01-01T00:00:00.000000Z  INFO FORGED authenticated user=admin";
+    // 1. A name with a line break (or any control, space or non-ASCII) is a
+    // malformed request: refused with the parse error, connection kept.
+    // The first one's host part is a listed host, and a name was once
+    // matched by its host alone.
+    for name in [
+        format!("127.0.0.1:\n{forged}"),
+        format!("10.9.9.9:1\r\n{forged}"),
+        format!("127.0.0.1:1\u{1b}[2K\r{forged}"),
+    ] {
+        let (mut c, f) = replicant_handshake(&b, json!({ "name": name }));
+        let said = f.json["response"].as_str().unwrap_or_default().to_string();
+        assert!(
+            said.starts_with("ERROR: coremq_replicant takes"),
+            "{name:?}: {f}"
+        );
+        c.publish(&uniq("cl.still-open"), &json!({"x": 1}));
+    }
+    // The same without the line break is an ordinary refusal, logged.
+    expect_refused(&b, json!({"name": "10.9.9.9:6747"}));
+    // 2. Whatever answers on the peer's address refuses with a reply that
+    // holds line breaks.
+    fake.set_nonblocking(false).unwrap();
+    let (mut peer, _) = fake.accept().expect("the node dials its peer");
+    peer.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let welcome = br#"w {"response": "OK: Welcome to CoreMQ server", "server": "fake"}"#;
+    let mut out = format!("+{} ", welcome.len()).into_bytes();
+    out.extend_from_slice(welcome);
+    std::io::Write::write_all(&mut peer, &out).unwrap();
+    let mut got = [0u8; 4096];
+    let n = std::io::Read::read(&mut peer, &mut got).expect("the node's request");
+    assert!(
+        String::from_utf8_lossy(&got[..n]).contains("coremq_replicant"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..n])
+    );
+    let refusal = format!("w {{\"response\": \"no\"}}\n{forged}\n{}", "x".repeat(5000));
+    let mut out = format!("+{} ", refusal.len()).into_bytes();
+    out.extend_from_slice(refusal.as_bytes());
+    std::io::Write::write_all(&mut peer, &out).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged = loop {
+        let log = b.stdout();
+        if log.contains("cluster dial failed") && log.contains("replicant refused") {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dial failure or refusal logged: {}",
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for line in logged.lines() {
+        assert!(
+            !line.starts_with("2099")
+                && (!line.contains("FORGED") || line.contains("cluster dial failed")),
+            "a forged log line: {line:?}\n{logged}"
+        );
+    }
+    let dial = logged
+        .lines()
+        .find(|l| l.contains("cluster dial failed"))
+        .unwrap();
+    assert!(
+        dial.contains(r#"\n2099-01-01"#) && dial.len() < 1000,
+        "the peer's reply is shown escaped and cut: {dial:?}"
+    );
+    drop(peer);
+    b.assert_alive();
+}
+
 #[test]
 fn a_node_reached_under_another_nodes_entry_is_not_linked_as_that_node() {
     let mut spec = Spec::new(1);

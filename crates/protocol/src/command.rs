@@ -67,8 +67,12 @@ const HISTORY_NAMES: &str = "a list of queue names";
 /// What `coremq_options` takes.
 const OPTIONS: &str = "an object of option names and values, e.g. {\"ack\": false}";
 /// What `coremq_replicant` takes.
-const REPLICANT: &str =
-    "the requesting server's name, or an object {\"name\": \"host:port\", \"nonce\" or \"proof\": \"...\"}";
+const REPLICANT: &str = "the requesting server's name (printable ASCII, no spaces), or an object \
+     {\"name\": \"host:port\", \"nonce\" or \"proof\": \"...\"}";
+/// Longest `coremq_replicant` name (a `host:port` entry of `cluster_nodes`).
+const MAX_REPLICANT_NAME: usize = 255;
+/// Longest nonce or proof of the link handshake (the broker takes 64 at most).
+const MAX_REPLICANT_TOKEN: usize = 128;
 /// What a known boolean option takes.
 const BOOL_OPTION: &str = "must be true, false or null";
 
@@ -209,8 +213,23 @@ pub(crate) fn replicant(value: &str) -> Result<ReplicantRequest, BodyError> {
             }),
         _ => None,
     };
+    // The name, nonce and proof are the peer's own words and the name is
+    // logged: printable ASCII without spaces or controls only, so no line
+    // of the log can be forged through them and no field of the link's
+    // proofs (joined with newlines) can hold the separator.
+    let field_ok = |s: &str, max: usize| {
+        (1..=max).contains(&s.len()) && s.bytes().all(|b| (b'!'..=b'~').contains(&b))
+    };
     request
-        .filter(|r| !r.name.is_empty())
+        .filter(|r| {
+            field_ok(&r.name, MAX_REPLICANT_NAME)
+                && r.nonce
+                    .as_deref()
+                    .is_none_or(|n| field_ok(n, MAX_REPLICANT_TOKEN))
+                && r.proof
+                    .as_deref()
+                    .is_none_or(|p| field_ok(p, MAX_REPLICANT_TOKEN))
+        })
         .ok_or(BodyError::BadCommand {
             command: "coremq_replicant",
             expected: REPLICANT,
@@ -354,7 +373,25 @@ mod tests {
             replicant(r#"{"name": "mq2:6747", "seq": true}"#).map(|r| r.seq),
             Ok(true)
         );
-        for bad in ["1", r#""""#, r#"{"secret": "s"}"#, r#"{"name": 5}"#, "[]"] {
+        let long = format!("\"{}:1\"", "h".repeat(254));
+        for bad in [
+            "1",
+            r#""""#,
+            r#"{"secret": "s"}"#,
+            r#"{"name": 5}"#,
+            "[]",
+            // What a peer names itself with is logged: no line breaks,
+            // controls, spaces or non-ASCII in it.
+            r#""mq2:1\n2099-01-01T00:00:00Z INFO forged""#,
+            r#""mq2:1\r""#,
+            r#""mq2:1\u001b[2J""#,
+            r#""mq2 :1""#,
+            r#""mq\u00e9:1""#,
+            &long,
+            r#"{"name": "a:1", "nonce": "a\nb"}"#,
+            r#"{"name": "a:1", "nonce": ""}"#,
+            r#"{"name": "a:1", "proof": "p q"}"#,
+        ] {
             assert!(
                 matches!(replicant(bad), Err(BodyError::BadCommand { .. })),
                 "{bad}"

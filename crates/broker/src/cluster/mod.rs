@@ -343,12 +343,7 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
             let challenge = serde_json::from_slice::<Challenge>(&reply)
                 .ok()
                 .filter(|c| c.response == link_auth::CHALLENGE)
-                .ok_or_else(|| {
-                    format!(
-                        "{peer} refused the link: {}",
-                        String::from_utf8_lossy(&reply)
-                    )
-                })?;
+                .ok_or_else(|| format!("{peer} refused the link: {}", shown(&reply)))?;
             // The acceptor must be the node we dialed: its proof names the
             // entry it has for itself, which must be this one.
             let ends = link_auth::Ends {
@@ -379,9 +374,8 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
         }
         _ => reply,
     };
-    let text = String::from_utf8_lossy(&reply);
-    if !text.contains(proto::OK_REPLICANT) {
-        return Err(format!("{peer} refused the link: {text}"));
+    if !String::from_utf8_lossy(&reply).contains(proto::OK_REPLICANT) {
+        return Err(format!("{peer} refused the link: {}", shown(&reply)));
     }
     #[derive(serde::Deserialize)]
     struct Accepted {
@@ -390,6 +384,21 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
     }
     let seq = serde_json::from_slice::<Accepted>(&reply).is_ok_and(|a| a.seq);
     Ok((stream, buf, seq))
+}
+
+/// Longest part of a peer's reply that a log line shows.
+const SHOWN_REPLY: usize = 200;
+
+/// A reply from whatever answered on a peer's address, for a log line:
+/// quoted with its line breaks and controls escaped, so it cannot forge a
+/// line of its own, and cut to [`SHOWN_REPLY`] characters.
+fn shown(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply);
+    let mut cut: String = text.chars().take(SHOWN_REPLY).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    format!("{cut:?}")
 }
 
 /// Sends `{"coremq_replicant": {"name": me, key: value, "seq": true}}` (no

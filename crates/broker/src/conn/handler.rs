@@ -290,7 +290,9 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
     let pending = conn.st.borrow_mut().challenge.take();
     let refuse = |why: &str| {
         // The name is a claim, never a secret; proofs and nonces are not logged.
-        tracing::warn!(name = %req.name, why, "replicant refused");
+        // (It is printable ASCII — the parser refuses anything else — and
+        // shown quoted besides.)
+        tracing::warn!(name = ?req.name, why, "replicant refused");
         shard.refuse(conn, &Refusal::NotReplicant);
     };
     if !listed {
@@ -368,7 +370,7 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
             return conn.reply(ReplyKind::Json(json));
         }
     }
-    tracing::info!(name = %req.name, "replicant accepted; handing the connection to the control shard");
+    tracing::info!(name = ?req.name, "replicant accepted; handing the connection to the control shard");
     conn.st.borrow_mut().handover = Some((req.name, req.seq));
     // `"seq": true`: this node reads coremq_seq on the link's frames (§10),
     // so the dialer may send it; a dialer that asked for it gets it too.
