@@ -234,8 +234,17 @@ fn permissions_over_websocket(shards: usize) {
             .as_deref()
             .map(|h| vec![("Authorization", h)])
             .unwrap_or_default();
-        let status = common::web::ws_handshake_status(b.ws_addr(), &path, &headers);
-        assert_eq!(status, 401, "{path} {header:?}");
+        let stream = std::net::TcpStream::connect(b.ws_addr()).unwrap();
+        let refused = common::web::ws_handshake_with(stream, b.ws_addr(), &path, &headers)
+            .map(|_| ())
+            .expect_err("wrong credentials open a WebSocket");
+        assert_eq!(refused.0, 401, "{path} {header:?}");
+        // It says what was wrong, not what /status would need.
+        assert!(
+            refused.1.starts_with("authentication failed") && !refused.1.contains("monitor"),
+            "{path} {header:?}: {:?}",
+            refused.1
+        );
     }
 }
 

@@ -66,6 +66,10 @@ pub(crate) fn auth(value: &str) -> Result<AuthRequest, BodyError> {
         command: "coremq_auth",
         expected: AUTH,
     };
+    // Objects only (serde would read the struct from an array too).
+    if !value.starts_with('{') {
+        return Err(bad());
+    }
     let o: Object = serde_json::from_str(value).map_err(|_| bad())?;
     match (o.user, o.password, o.token) {
         (user, None, Some(token)) if !token.0.is_empty() => Ok(AuthRequest::Token { user, token }),
@@ -114,6 +118,8 @@ mod tests {
             r#"{"user": "a", "password": "pw", "token": "t"}"#,
             r#"{"user": "a", "pasword": "pw"}"#,
             r#"{"user": 1, "password": "pw"}"#,
+            r#"["alice", "pw"]"#,
+            r#"["alice", "pw", null]"#,
         ] {
             assert!(
                 matches!(

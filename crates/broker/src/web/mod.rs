@@ -287,16 +287,9 @@ async fn serve_module(stream: &mut Io, head: &Head, settings: &WebSettings) -> s
 /// without the `monitor` right.
 async fn refuse_http(stream: &mut Io, denied: auth::Denied) -> std::io::Result<()> {
     match denied {
-        auth::Denied::Unauthorized => respond(
+        auth::Denied::Unauthorized => refuse_401(
             stream,
-            "401 Unauthorized",
-            "text/plain; charset=utf-8",
-            &[(
-                "WWW-Authenticate",
-                "Basic realm=\"CoreMQ\", charset=\"UTF-8\"",
-            )],
             b"authentication required: a user with monitor = true (HTTP Basic or Bearer token)\n",
-            false,
         )
         .await,
         auth::Denied::Forbidden => {
@@ -308,6 +301,22 @@ async fn refuse_http(stream: &mut Io, denied: auth::Denied) -> std::io::Result<(
             .await
         }
     }
+}
+
+/// A 401 with a Basic challenge and `body`.
+async fn refuse_401(stream: &mut Io, body: &[u8]) -> std::io::Result<()> {
+    respond(
+        stream,
+        "401 Unauthorized",
+        "text/plain; charset=utf-8",
+        &[(
+            "WWW-Authenticate",
+            "Basic realm=\"CoreMQ\", charset=\"UTF-8\"",
+        )],
+        body,
+        false,
+    )
+    .await
 }
 
 /// Completes a WebSocket handshake and serves the connection as a broker client.
@@ -378,7 +387,14 @@ async fn upgrade(
             Err(cause) => {
                 tracing::warn!(%cause, "websocket handshake: authentication failed");
                 Counters::add(&shard.counters().auth_failures, 1);
-                let _ = refuse_http(&mut stream, auth::Denied::Unauthorized).await;
+                // (A WebSocket needs no monitor right: the body says what
+                // was wrong, not what /status would need.)
+                let _ = refuse_401(
+                    &mut stream,
+                    b"authentication failed: wrong user, password or token (HTTP Basic, \
+                      Bearer token or ?token=)\n",
+                )
+                .await;
                 return;
             }
         },
