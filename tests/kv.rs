@@ -750,6 +750,38 @@ fn a_value_larger_than_a_shards_share_is_refused_and_evicts_nothing() {
     assert_eq!(set(&mut c, &big, json!("x".repeat(200_000))), stored());
 }
 
+/// A read whose reply would be larger than one reply may be (`max_pending`)
+/// is refused whole with an error that says so, on one shard's keys and
+/// across shards; a read that fits is answered, and the connection goes on.
+#[test]
+fn a_read_larger_than_max_pending_is_refused_and_one_that_fits_answered() {
+    let b = Broker::start(BrokerOpts::new(2).set("max_pending", "2M"));
+    let mut c = b.client();
+    let keys: Vec<String> = (0..3)
+        .map(|i| format!("{}-{i}", uniq("kv.bigread")))
+        .collect();
+    let value = "v".repeat(900_000);
+    for k in &keys {
+        assert_eq!(set(&mut c, k, json!(value)), stored());
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert_eq!(
+        get(&mut c, &refs),
+        json!({"response": "ERROR: coremq_get: the reply would be larger than max_pending (2097152 bytes); ask for fewer keys"})
+    );
+    let two = get(&mut c, &refs[..2]);
+    assert_eq!(
+        two["values"].as_object().map(|v| v.len()),
+        Some(2),
+        "{}",
+        two.to_string().len()
+    );
+    assert_eq!(two["values"][refs[1]], json!(value));
+    let st = c.status();
+    assert!(shard_sum(&st, "client_errors") >= 1, "{st}");
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+}
+
 /// `--check-config` says what a start would lower `kv_max_value` to, and
 /// shows the lowered value; with room for the configured value it says
 /// nothing and shows it as configured.

@@ -403,16 +403,16 @@ fn the_http_port_holds_a_slot_from_the_accept() {
     }
 }
 
-/// One history reply bigger than the out-queue hard cap (4 × max_pending +
-/// 4 MiB) to a client that reads: it gets the whole reply, not a
-/// slow-consumer cut-off. (The cap is for clients that pipeline requests and
-/// read none of the replies.)
+/// One reply may be as large as `max_pending`: a history up to it reaches a
+/// reading client whole, a larger one is refused with an error that names
+/// the limit (and the connection goes on). Nothing lets one request make the
+/// broker hold more for a connection than that.
 #[test]
-fn a_history_reply_larger_than_the_hard_cap_reaches_a_reading_client() {
+fn a_history_reply_is_sent_whole_up_to_max_pending_and_refused_past_it() {
     let b = Broker::start(
         BrokerOpts::new(2)
             .set("max_message_size", "512K")
-            .set("max_pending", "1M"),
+            .set("max_pending", "2M"),
     );
     let qs: Vec<String> = (0..10).map(|i| uniq(&format!("big.h{i}"))).collect();
     let mut p = b.client();
@@ -424,12 +424,75 @@ fn a_history_reply_larger_than_the_hard_cap_reaches_a_reading_client() {
         }
     }
     p.options(json!({"ack": true}));
-    // ~10 MB of history in one reply, over the 8 MiB hard cap.
     let mut c = b.client();
+    // ~1 MB: whole.
+    let h = c.history(&[&qs[0]]);
+    assert_eq!(h[&qs[0]].as_array().map(Vec::len), Some(10));
+    // ~10 MB: refused, and said why.
     let names: Vec<&str> = qs.iter().map(String::as_str).collect();
-    let h = c.history(&names);
-    for q in &qs {
+    c.command(&json!({ "coremq_gethistory": names }));
+    assert_eq!(
+        c.recv_reply().json,
+        json!({"response": "ERROR: coremq_gethistory: the reply would be larger than max_pending (2097152 bytes); ask for fewer queues"})
+    );
+    // The connection goes on, and fewer queues are served.
+    let h = c.history(&names[..2]);
+    for q in &qs[..2] {
         assert_eq!(h[q].as_array().map(Vec::len), Some(10), "{q}");
+    }
+    let st = c.status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+    assert!(shard_sum(&st, "client_errors") >= 1, "{st}");
+}
+
+/// A client that pipelines many small requests for large replies and reads
+/// late: what it sent waits unparsed once its backlog is over max_pending
+/// (or 16 such replies are on their way), so the broker holds about
+/// max_pending for it, and when it reads, every reply comes, in order. (The
+/// broker used to answer every request of a read at once: up to the hard
+/// cap, 4 × max_pending + 4 MiB, held per connection, and a client whose
+/// replies passed it was cut off as a slow consumer, having only asked.)
+#[test]
+fn pipelined_history_requests_that_are_not_read_hold_no_more_than_max_pending() {
+    const REQUESTS: usize = 1200;
+    let b = Broker::start(BrokerOpts::new(2).set("max_pending", "2M"));
+    let q = uniq("hist.amp");
+    let mut p = b.client();
+    let pad = "x".repeat(16_000);
+    for n in 0..10 {
+        p.publish(&q, &json!({"n": n, "pad": pad}));
+    }
+    let one = p.history(&[&q]);
+    assert_eq!(one[&q].as_array().map(Vec::len), Some(10));
+    let rss_before = b.rss_kib() / 1024;
+    // ~160 KB per reply: ~190 MB if every request were answered at once.
+    let mut c = b.client();
+    let mut burst = Vec::new();
+    for _ in 0..REQUESTS {
+        burst.extend_from_slice(&encode(
+            &c.id,
+            &json!({ "coremq_gethistory": [q.as_str()] }),
+        ));
+    }
+    std::io::Write::write_all(&mut c.writer(), &burst).unwrap();
+    // Watch the broker for a while without reading.
+    let mut peak = rss_before;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        peak = peak.max(b.rss_kib() / 1024);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Another client is served meanwhile.
+    assert_eq!(b.client().history(&[&q])[&q], one[&q]);
+    println!("RSS {rss_before} MiB -> peak {peak} MiB with {REQUESTS} history requests unread");
+    assert!(
+        peak < rss_before + 16,
+        "RSS {rss_before} -> {peak} MiB: replies piled up past max_pending"
+    );
+    // Every reply, in order, once the client reads.
+    for i in 0..REQUESTS {
+        let f = c.recv_reply();
+        assert_eq!(f.json["history"], json!(one), "reply {i}");
     }
     let st = c.status();
     assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");

@@ -92,6 +92,16 @@ pub(crate) enum Refusal {
         /// The configured limit.
         max: usize,
     },
+    /// A history or key-value read whose reply would be larger than one
+    /// reply may be (`max_pending`): nothing of it is sent.
+    ReplyTooLarge {
+        /// `coremq_gethistory` or `coremq_get`.
+        command: &'static str,
+        /// What to ask for fewer of: `queues` or `keys`.
+        fewer: &'static str,
+        /// The limit, in bytes.
+        max: usize,
+    },
 }
 
 /// How a refusal reaches the connection's reply order.
@@ -138,7 +148,8 @@ impl Refusal {
                 | Refusal::AuthNotEnabled
                 | Refusal::KvNotANumber(_)
                 | Refusal::KvOverflow(_)
-                | Refusal::KvValueTooLarge { .. },
+                | Refusal::KvValueTooLarge { .. }
+                | Refusal::ReplyTooLarge { .. },
                 _,
             ) => {
                 let mut json = Vec::new();
@@ -192,7 +203,8 @@ impl Refusal {
             | Refusal::AuthNotEnabled
             | Refusal::KvNotANumber(_)
             | Refusal::KvOverflow(_)
-            | Refusal::KvValueTooLarge { .. } => true,
+            | Refusal::KvValueTooLarge { .. }
+            | Refusal::ReplyTooLarge { .. } => true,
             // Counted as refused logins instead.
             Refusal::AuthRequired
             | Refusal::AuthFailed
@@ -258,6 +270,13 @@ impl Refusal {
             Refusal::KvValueTooLarge { len, max } => {
                 format!("coremq_set: a value of {len} bytes is larger than kv_max_value ({max})")
             }
+            Refusal::ReplyTooLarge {
+                command,
+                fewer,
+                max,
+            } => format!(
+                "{command}: the reply would be larger than max_pending ({max} bytes); ask for fewer {fewer}"
+            ),
         }
     }
 }
@@ -339,6 +358,7 @@ mod tests {
             Refusal::KvNotANumber(_) => 19,
             Refusal::KvOverflow(_) => 20,
             Refusal::KvValueTooLarge { .. } => 21,
+            Refusal::ReplyTooLarge { .. } => 22,
         }
     }
 
@@ -493,13 +513,23 @@ mod tests {
                 r#"{"response": "ERROR: coremq_set: a value of 2000 bytes is larger than kv_max_value (1024)", "queue": "id-1"}"#,
                 true,
             ),
+            (
+                Refusal::ReplyTooLarge {
+                    command: "coremq_get",
+                    fewer: "keys",
+                    max: 1000,
+                },
+                r#"+115 id-1 {"response": "ERROR: coremq_get: the reply would be larger than max_pending (1000 bytes); ask for fewer keys"}"#,
+                r#"{"response": "ERROR: coremq_get: the reply would be larger than max_pending (1000 bytes); ask for fewer keys", "queue": "id-1"}"#,
+                true,
+            ),
         ];
         let mut covered: Vec<usize> = table.iter().map(|(r, ..)| example(r)).collect();
         covered.sort_unstable();
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=21).collect::<Vec<_>>(),
+            (0..=22).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

@@ -175,6 +175,14 @@ fn reply(
                 proto::write_json_string(k, &mut json);
                 json.extend_from_slice(b": ");
                 v.write_json(&mut json);
+                if json.len() > conn.max_reply() {
+                    // Built no further than one value past the limit.
+                    return refused(Refusal::ReplyTooLarge {
+                        command: "coremq_get",
+                        fewer: "keys",
+                        max: conn.max_reply(),
+                    });
+                }
             }
             json.extend_from_slice(b"}}");
         }

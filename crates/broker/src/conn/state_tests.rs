@@ -472,3 +472,122 @@ fn websocket_deliveries_share_one_encoding() {
         [r#"{"a": "\u00e9", "coremq_seq": 3, "queue": "news"}"#]
     );
 }
+
+#[test]
+fn a_backlog_of_large_replies_holds_parsing_until_it_is_written() {
+    let (c, _) = conn(1 << 20, Transport::Tcp);
+    // Acknowledgements and subscribe answers are small: never a hold.
+    for _ in 0..100 {
+        c.reserve(ReplyKind::Sent, 1);
+        c.reserve(ReplyKind::Text(proto::OK_SUBSCRIBE), 1);
+    }
+    assert!(!c.backlogged());
+    // Histories in flight: up to 16 of them.
+    let history = || ReplyKind::History {
+        names: vec!["q".into()],
+        parts: vec![Vec::new()],
+    };
+    let (c, _) = conn(1 << 20, Transport::Tcp);
+    let first = c.reserve(history(), 1);
+    for _ in 1..15 {
+        c.reserve(history(), 1);
+        assert!(!c.backlogged());
+    }
+    c.reserve(ReplyKind::Json(Vec::new()), 1);
+    assert!(c.backlogged(), "16 large replies are waiting");
+    // Written: parsing goes on.
+    for seq in first..first + 16 {
+        c.complete(seq, |kind| {
+            if let ReplyKind::History { parts, .. } = kind {
+                parts[0] = vec![frame("q", r#"{"x": 1}"#)];
+            }
+        });
+    }
+    assert!(!c.backlogged());
+    assert_eq!(take(&c).len(), 16);
+    // And the written backlog over max_pending holds it too (reads stop there).
+    let (c, _) = conn(1000, Transport::Tcp);
+    c.reply(ReplyKind::Json(
+        format!(r#"{{"x": "{}"}}"#, "y".repeat(1000)).into_bytes(),
+    ));
+    assert!(c.backlogged());
+    take(&c);
+    assert!(!c.backlogged());
+}
+
+#[test]
+fn a_history_larger_than_max_pending_is_refused_whole() {
+    let big = format!(r#"{{"x": "{}"}}"#, "y".repeat(300));
+    for (n, refused) in [(3usize, false), (4, true)] {
+        let (c, counters) = conn(1200, Transport::Tcp);
+        let seq = c.reserve(
+            ReplyKind::History {
+                names: vec!["q".into()],
+                parts: vec![Vec::new()],
+            },
+            1,
+        );
+        c.complete(seq, |kind| {
+            if let ReplyKind::History { parts, .. } = kind {
+                parts[0] = vec![frame("q", &big); n];
+            }
+        });
+        let got = texts(&take(&c));
+        assert_eq!(got.len(), 1);
+        let errors = counters.client_errors.get();
+        if refused {
+            assert_eq!(
+                got[0],
+                r#"{"response": "ERROR: coremq_gethistory: the reply would be larger than max_pending (1200 bytes); ask for fewer queues"}"#
+            );
+            assert_eq!(errors, 1);
+        } else {
+            assert!(got[0].starts_with(r#"{"history": {"q": ["#), "{}", got[0]);
+            assert_eq!(errors, 0);
+        }
+    }
+}
+
+#[test]
+fn a_resume_replays_the_newest_that_fit_and_says_what_was_missed() {
+    let (c, _) = conn(1000, Transport::Tcp);
+    let seq = c.reserve(
+        ReplyKind::Resumed {
+            recovered: Vec::new(),
+            replay: Vec::new(),
+        },
+        1,
+    );
+    // "a": 4 messages of ~250 bytes (with the replay's extra), "b": 1.
+    let msg = |q: &str, n: usize| frame(q, &format!(r#"{{"n": {n}, "p": "{}"}}"#, "z".repeat(170)));
+    c.complete(seq, |kind| {
+        if let ReplyKind::Resumed { recovered, replay } = kind {
+            *recovered = vec![("a".into(), true), ("b".into(), true)];
+            *replay = vec![
+                msg("a", 1),
+                msg("a", 2),
+                msg("a", 3),
+                msg("a", 4),
+                msg("b", 1),
+            ];
+        }
+    });
+    let got = take(&c);
+    assert_eq!(
+        got[0].1,
+        r#"{"response": "OK: Subscribe successful", "recovered": {"a": false, "b": true}}"#
+    );
+    let replayed: Vec<(String, u64)> = got[1..]
+        .iter()
+        .map(|(q, j)| {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            assert_eq!(v["coremq_replay"], serde_json::json!(true));
+            (q.clone(), v["n"].as_u64().unwrap())
+        })
+        .collect();
+    // In order, the newest of "a" that fit beside "b".
+    assert_eq!(
+        replayed,
+        [("a".into(), 3), ("a".into(), 4), ("b".into(), 1)]
+    );
+}

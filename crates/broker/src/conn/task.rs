@@ -41,7 +41,8 @@ enum Event {
     Handover,
     /// `n` new bytes are in the read buffer (0 = peer closed).
     Read(usize),
-    /// A password check ended: the frames read behind it are parsed now.
+    /// A password check ended, or the connection's backlog of replies
+    /// came down ([`Conn::backlogged`]): the frames read behind are parsed now.
     Resume,
     /// The connection is done (closing and flushed, linger over, or I/O error).
     Done(&'static str),
@@ -58,7 +59,8 @@ struct Ending {
     linger: Option<glommio::timer::Timer>,
     /// Deadline of a stall (`max_stall`), while the connection is stalled.
     stall: Option<glommio::timer::Timer>,
-    /// Parsing stopped for a password check, with frames maybe left unparsed.
+    /// Parsing stopped for a password check or a backlog of replies, with
+    /// frames maybe left unparsed.
     held: bool,
 }
 
@@ -69,7 +71,8 @@ pub(crate) trait Wire {
 
     /// Handles every complete frame in the buffer (and drops what is read
     /// once the connection or the node stops taking input); true if it
-    /// stopped early for a password check (the rest waits for a resume).
+    /// stopped early for a password check or a backlog of replies
+    /// ([`held`]; the rest waits for a resume).
     fn parse(&mut self, shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool;
 
     /// Bytes arrived from the peer.
@@ -227,13 +230,20 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
     );
 }
 
-/// Handles every complete frame in the buffer; true if it stopped early for a
-/// password check (the rest waits for [`Event::Resume`]).
+/// Whether a connection's parsing waits (its frames stay in the buffer): for
+/// a password check, or for its backlog of replies to come down, so that a
+/// read of many small requests cannot each make a large reply at once.
+pub(crate) fn held(conn: &Conn) -> bool {
+    conn.access.as_ref().is_some_and(|a| a.verifying()) || conn.backlogged()
+}
+
+/// Handles every complete frame in the buffer; true if it stopped early
+/// ([`held`]; the rest waits for [`Event::Resume`]).
 fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool {
     let max = shard.cfg().max_message_size;
     shard.refresh_clock();
     loop {
-        if conn.access.as_ref().is_some_and(|a| a.verifying()) {
+        if held(conn) {
             return true;
         }
         // Nothing more is accepted once stopping: the drain promised the
@@ -395,7 +405,7 @@ fn poll_conn<W: Wire>(
                 Poll::Pending => break,
             }
         }
-    } else if io.held && !conn.access.as_ref().is_some_and(|a| a.verifying()) {
+    } else if io.held && !held(conn) {
         io.held = false;
         return Poll::Ready(Event::Resume);
     } else if conn.may_read() && shard.mesh().poll_low(cx.waker()) {

@@ -203,7 +203,7 @@ impl Wire for WsWire {
         let max = shard.cfg().max_message_size;
         shard.refresh_clock();
         loop {
-            if conn.access.as_ref().is_some_and(|a| a.verifying()) {
+            if crate::conn::task::held(conn) {
                 return true;
             }
             // Going away: nothing more is taken (what is read is dropped,

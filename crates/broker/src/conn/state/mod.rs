@@ -21,6 +21,16 @@ use std::task::Waker;
 
 /// The mark on a replayed message.
 const REPLAY: &str = proto::REPLAY_KEY;
+/// What a replayed message adds to its stored JSON at most: the mark, a
+/// `coremq_seq`, the frame's header and queue name (counted apart).
+const REPLAY_EXTRA: usize = 64;
+
+/// Bytes of a history reply's messages (what [`write_history`] writes, but
+/// for the queue names and punctuation).
+fn history_bytes(parts: &[Vec<crate::msg::MsgFrame>], seq: bool) -> usize {
+    let per = if seq { 40 } else { 2 };
+    parts.iter().flatten().map(|m| m.json().len() + per).sum()
+}
 
 /// `{"response": "OK: Subscribe successful", "recovered": {"q": true, …}}`.
 fn write_resumed_reply(recovered: &[(Box<str>, bool)], out: &mut Vec<u8>) {
@@ -88,8 +98,33 @@ const WINDOW_DIVISOR: usize = 8;
 /// `OK: Message sent`, is `None`, so a slot is 16 bytes and the rest are boxed.
 struct Slot {
     remaining: u32,
+    /// Counted in [`ConnState::bulky`] until written.
+    bulky: bool,
     /// `None` for [`ReplyKind::Sent`].
     kind: Option<Box<ReplyKind>>,
+}
+
+/// Replies that can be large (histories, key-value reads, resumes, status)
+/// a connection may have waiting to be written before the rest of what it
+/// sent waits unparsed: with the backlog check (`max_pending`), what one
+/// read of small requests can make the broker hold is bounded. Pipelined
+/// requests of these kinds still overlap this many deep.
+const MAX_BULKY: u32 = 16;
+
+impl ReplyKind {
+    /// Whether a reply of this kind can be large (see [`MAX_BULKY`]).
+    fn is_bulky(&self) -> bool {
+        match self {
+            ReplyKind::History { .. }
+            | ReplyKind::Resumed { .. }
+            | ReplyKind::Status(_)
+            | ReplyKind::Json(_)
+            | ReplyKind::Raw(_) => true,
+            ReplyKind::Welcome | ReplyKind::Text(_) | ReplyKind::Sent | ReplyKind::Final(..) => {
+                false
+            }
+        }
+    }
 }
 
 /// Connection options (`coremq_options`).
@@ -139,6 +174,8 @@ pub(crate) struct ConnState {
     pub held: Vec<(Box<str>, crate::msg::FrameBytes)>,
     /// Bytes in `held`.
     pub held_bytes: usize,
+    /// Replies in `replies` that can be large ([`MAX_BULKY`]).
+    bulky: u32,
 }
 
 /// A connection's identity plus its state.
@@ -237,6 +274,7 @@ impl Conn {
                 resuming: false,
                 held: Vec::new(),
                 held_bytes: 0,
+                bulky: 0,
             }),
         }
     }
@@ -245,16 +283,37 @@ impl Conn {
     pub(crate) fn reserve(&self, kind: ReplyKind, remaining: u32) -> u32 {
         let mut st = self.st.borrow_mut();
         let seq = st.base.wrapping_add(st.replies.len() as u32);
+        let bulky = kind.is_bulky();
+        st.bulky += u32::from(bulky);
         let kind = match kind {
             ReplyKind::Sent => None,
             kind => Some(Box::new(kind)),
         };
-        st.replies.push_back(Slot { remaining, kind });
+        st.replies.push_back(Slot {
+            remaining,
+            bulky,
+            kind,
+        });
         drop(st);
         if remaining == 0 {
             self.flush_replies();
         }
         seq
+    }
+
+    /// Whether what the connection sent must wait unparsed: its backlog is
+    /// over `max_pending`, or [`MAX_BULKY`] replies that can be large are
+    /// still to be written. (Reads stop at the first already; this stops a
+    /// read's worth of small requests from each making a large reply.)
+    pub(crate) fn backlogged(&self) -> bool {
+        let st = self.st.borrow();
+        st.out.len() > self.max_pending || st.bulky >= MAX_BULKY
+    }
+
+    /// The most bytes one reply may take (`max_pending`): a larger history
+    /// or key-value read is refused, and a resume replays no more.
+    pub(crate) fn max_reply(&self) -> usize {
+        self.max_pending
     }
 
     /// Whether replies are still to come (answers from owner shards pending).
@@ -355,6 +414,7 @@ impl Conn {
                 break;
             };
             st.base = st.base.wrapping_add(1);
+            st.bulky -= u32::from(slot.bulky);
             if st.closing.is_some() {
                 continue;
             }
@@ -362,8 +422,19 @@ impl Conn {
             match slot.kind.map(|b| *b) {
                 None | Some(ReplyKind::Sent) => st.out.push(&self.ok_sent),
                 Some(ReplyKind::Raw(json)) => st.out.push_with(|out| self.encode("", &json, out)),
-                Some(ReplyKind::Resumed { recovered, replay }) => {
-                    self.write_resumed(&mut st, &recovered, &replay)
+                Some(ReplyKind::Resumed {
+                    mut recovered,
+                    replay,
+                }) => {
+                    let keep = self.replay_within(&mut recovered, &replay);
+                    self.write_resumed(&mut st, &recovered, &replay, &keep)
+                }
+                Some(ReplyKind::History { names, parts })
+                    if history_bytes(&parts, st.opts.seq) > self.max_reply() =>
+                {
+                    drop((names, parts));
+                    let json = self.too_large("coremq_gethistory", "queues");
+                    st.out.push_with(|out| self.encode(&self.id, &json, out));
                 }
                 Some(ReplyKind::Final(why, json)) => {
                     st.out.push_with(|out| self.encode(&self.id, &json, out));
@@ -407,6 +478,51 @@ impl Conn {
         json
     }
 
+    /// The refusal of a reply over [`Conn::max_reply`], counted as a client
+    /// error like every refusal.
+    fn too_large(&self, command: &'static str, fewer: &'static str) -> Vec<u8> {
+        let refusal = Refusal::ReplyTooLarge {
+            command,
+            fewer,
+            max: self.max_reply(),
+        };
+        crate::stats::Counters::add(&self.counters.client_errors, 1);
+        refusal.json(self.transport)
+    }
+
+    /// Which replayed messages a resume sends: all of them, unless they
+    /// come to more than one reply may take ([`Conn::max_reply`]); then the
+    /// newest of each queue that fit, and the queues that lost older ones
+    /// to the limit are answered `false` (messages were missed, §10).
+    fn replay_within(
+        &self,
+        recovered: &mut [(Box<str>, bool)],
+        replay: &[crate::msg::MsgFrame],
+    ) -> Vec<bool> {
+        let cost = |f: &crate::msg::MsgFrame| f.json().len() + REPLAY_EXTRA;
+        let mut keep = vec![true; replay.len()];
+        if replay.iter().map(cost).sum::<usize>() <= self.max_reply() {
+            return keep;
+        }
+        let mut used = 0usize;
+        let mut cut: std::collections::HashSet<&str, ahash::RandomState> = Default::default();
+        // Newest first: a queue keeps an unbroken run of its newest messages.
+        for (i, f) in replay.iter().enumerate().rev() {
+            if cut.contains(f.queue()) || used + cost(f) > self.max_reply() {
+                cut.insert(f.queue());
+                keep[i] = false;
+            } else {
+                used += cost(f);
+            }
+        }
+        for (q, ok) in recovered.iter_mut() {
+            if cut.contains(&**q) {
+                *ok = false;
+            }
+        }
+        keep
+    }
+
     /// A resume's reply (§10): the OK with `recovered`, every replayed
     /// message marked `coremq_replay`, then the live messages that arrived
     /// meanwhile; those subscriptions are ordinary ones from here on.
@@ -415,12 +531,13 @@ impl Conn {
         st: &mut ConnState,
         recovered: &[(Box<str>, bool)],
         replay: &[crate::msg::MsgFrame],
+        keep: &[bool],
     ) {
         let mut json = Vec::new();
         write_resumed_reply(recovered, &mut json);
         st.out.push_with(|out| self.encode(&self.id, &json, out));
         let mut digits = itoa::Buffer::new();
-        for f in replay {
+        for (f, _) in replay.iter().zip(keep).filter(|(_, k)| **k) {
             let mut marked = Vec::with_capacity(f.json().len() + 48);
             let seq = digits.format(f.seq()).as_bytes();
             let extra: &[(&str, &[u8])] = if st.opts.seq && f.seq() != 0 {
@@ -482,6 +599,7 @@ impl Conn {
             st.out.push_with(|out| self.encode(&self.id, json, out));
         }
         st.replies.clear();
+        st.bulky = 0;
         drop(st);
         self.wake();
     }
