@@ -442,6 +442,55 @@ fn memcached_connections_count_in_max_connections() {
     }
 }
 
+/// A client that asks for large values and takes none of its replies for
+/// `max_stall` is disconnected: the values being answered stay pinned
+/// (shared with the store) until written, and outlive their keys' next
+/// writes. One that reads late, within `max_stall`, gets every value.
+#[test]
+fn a_client_that_takes_nothing_for_max_stall_is_disconnected() {
+    let (b, addr) = broker(2, &[("max_stall", "1")]);
+    let value = "v".repeat(500_000);
+    let mut m = Mc::connect(addr);
+    let keys: Vec<String> = (0..20).map(|i| format!("pinned.{i}")).collect();
+    for k in &keys {
+        m.call(
+            &format!("set {k} 0 0 {}\r\n{value}\r\n", value.len()),
+            "STORED\r\n",
+        );
+    }
+    let get_all = format!("get {}\r\n", keys.join(" "));
+    let connections = |c: &mut Client| common::shard_sum(&c.status(), "memcached_connections");
+    let mut status = b.client();
+    // Reads late, but within max_stall: every value.
+    let mut late = Mc::connect(addr);
+    late.send(get_all.as_bytes());
+    std::thread::sleep(Duration::from_millis(300));
+    for k in &keys {
+        let head = late.line();
+        assert_eq!(head, format!("VALUE {k} 0 {}", value.len()));
+        let mut data = vec![0; value.len() + 2];
+        late.s.read_exact(&mut data).unwrap();
+    }
+    assert_eq!(late.line(), "END");
+    // Never reads: let go once max_stall passes with nothing taken.
+    let stuck = Mc::connect(addr);
+    (&stuck.s).write_all(get_all.as_bytes()).unwrap();
+    (&stuck.s).write_all(get_all.as_bytes()).unwrap();
+    assert_eq!(connections(&mut status), 3, "the three clients are served");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while connections(&mut status) > 2 {
+        assert!(
+            Instant::now() < deadline,
+            "a client that read nothing is still served: {}",
+            status.status()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The others go on.
+    assert_eq!(m.get(&keys[0]).map(|(_, v)| v.len()), Some(value.len()));
+    drop((late, stuck));
+}
+
 // ----- the same store as CoreMQ clients ---------------------------------
 
 /// The reply to a key-value command on a CoreMQ connection.

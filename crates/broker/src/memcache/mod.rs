@@ -14,9 +14,9 @@
 //! [`GATHER_VALUE`] bytes or more go out from the store's own bytes, not
 //! copied). It reads nothing more until those replies are out, so a client
 //! that does not read its replies stops being read (what it is owed is
-//! written as it is made, past [`OUT_HIGH`] bytes, values included), and
-//! the read buffer is bounded by the longest command (a line plus
-//! `kv_max_value`).
+//! written as it is made, past [`OUT_HIGH`] bytes, values included; one
+//! that takes nothing for `max_stall` is disconnected), and the read buffer
+//! is bounded by the longest command (a line plus `kv_max_value`).
 //!
 //! The text protocol has no login: with access control on (`users_file`),
 //! a memcached connection has the `[anonymous]` section's `kv_read` and
@@ -122,6 +122,10 @@ pub(crate) fn host(shard: &Rc<Shard>) -> Rc<Host> {
 /// a stop ends its reading.
 fn spawn_serve(shard: &Rc<Shard>, live: &Rc<Live>, stream: TcpStream, peer: String) {
     let _ = stream.set_nodelay(true);
+    // A client that takes none of its replies for max_stall is let go: the
+    // values of the batch being answered are held (shared with the store)
+    // until they are written, and would outlive their keys' next writes.
+    let _ = stream.set_write_timeout(Some(shard.cfg().max_stall));
     let id = live.next.get();
     live.next.set(id + 1);
     live.fds.borrow_mut().insert(id, stream.as_raw_fd());
