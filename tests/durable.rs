@@ -446,6 +446,65 @@ fn a_cluster_node_back_alone_serves_every_nodes_messages() {
     }
 }
 
+/// A resume on a cluster node that has just restarted: the messages its
+/// peers took while it was down come through the history exchange, stored
+/// but not delivered, so the resume waits for every peer's exchange and
+/// then replays every one of them. (It used to be answered at once,
+/// `recovered: true`, with none of them.)
+#[test]
+fn a_resume_on_a_restarted_cluster_node_waits_for_its_peers_history() {
+    use common::cluster::{Cluster, Spec};
+    let mut spec = Spec::new(2);
+    spec.history_length = Some(100);
+    spec.tweak = Some(|i, o| {
+        let dir =
+            std::env::temp_dir().join(format!("coremq-durable-resume-{}-{i}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        *o = o.clone().set("data_dir", dir.to_str().unwrap());
+    });
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("dur.resume");
+    // The subscriber is on n3: the highest entry, which never dials, so its
+    // peers' links come back only when they dial it again.
+    let mut s = cl.nodes[2].client();
+    s.subscribe_one(&q);
+    let mut p = cl.nodes[0].client();
+    p.publish(&q, &json!({"n": 0}));
+    let m = s.recv_msg().json;
+    let since = json!({"sent": m["coremq_sent"], "server": m["coremq_server"]});
+    // n3 has it on disk before it is killed: after the restart the position
+    // is one it retains.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_sum(&s.status(), "disk_bytes") == 0 {
+        assert!(Instant::now() < deadline, "n3 wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    cl.kill(2);
+    for n in 1..=5 {
+        p.publish(&q, &json!({ "n": n }));
+    }
+    cl.restart(2);
+    // At once, as the bundled clients do on reconnecting.
+    let mut c = cl.nodes[2].client();
+    c.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): since}}));
+    let reply = c.recv_reply().json;
+    let replayed: Vec<u64> = std::iter::from_fn(|| {
+        c.try_recv_msg(Duration::from_millis(500))
+            .ok()
+            .map(|f| f.json["n"].as_u64().unwrap())
+    })
+    .collect();
+    assert_eq!(reply["recovered"][&q], json!(true), "{reply}");
+    assert_eq!(replayed, [1, 2, 3, 4, 5], "what n1 took while n3 was down");
+    for i in 0..3 {
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("coremq-durable-resume-{}-{i}", std::process::id())),
+        );
+    }
+}
+
 /// With `fsync = always` an OK means the message is on the device (§12). A
 /// disk that fills up answers the publishes it cannot take with an error,
 /// never with OK — and keeps answering, and serving, as before. (The node

@@ -680,6 +680,103 @@ fn a_cluster_replicates_and_converges_after_a_partition() {
     cl.assert_alive();
 }
 
+/// A restarted node's store is empty until its peers' key exchanges have
+/// come: until then it refuses what would read it (a get, an increment, a
+/// conditional set, a delete's count) instead of answering from nothing —
+/// an increment from 0 or an if-absent set would have replicated over
+/// every node's value. A plain set is taken. (The node with the highest
+/// entry never dials, so it waits for its peers to dial it back.)
+#[test]
+fn a_restarted_node_answers_from_its_peers_keys_not_from_an_empty_store() {
+    let mut spec = Spec::new(2);
+    // n3 serves memcached's protocol too (the same rule there).
+    spec.tweak = Some(|i, o| {
+        if i == 2 {
+            *o = o
+                .clone()
+                .set("memcached_port", &common::tls::free_port().to_string());
+        }
+    });
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let (ctr, cfg, plain) = (uniq("kv.rs.ctr"), uniq("kv.rs.cfg"), uniq("kv.rs.plain"));
+    let mut c0 = cl.nodes[0].client();
+    for _ in 0..100 {
+        cmd(&mut c0, json!({"coremq_incr": {"key": ctr}}));
+    }
+    assert_eq!(set(&mut c0, &cfg, json!("original")), stored());
+    let mut c2 = cl.nodes[2].client();
+    wait_value(&mut c2, &ctr, &json!(100));
+    wait_value(&mut c2, &cfg, &json!("original"));
+    drop(c2);
+    cl.kill(2);
+    cl.restart(2);
+    let mut c2 = cl.nodes[2].client();
+    let mc_addr = cl.nodes[2].b().ready.as_ref().unwrap()["memcached"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut mc = std::net::TcpStream::connect(&mc_addr).unwrap();
+    mc.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut mc_get = |key: &str| {
+        use std::io::{Read, Write};
+        mc.write_all(format!("get {key}\r\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !(got.ends_with(b"END\r\n")
+            || got.starts_with(b"SERVER_ERROR") && got.ends_with(b"\r\n"))
+        {
+            mc.read_exact(&mut b).unwrap();
+            got.push(b[0]);
+        }
+        String::from_utf8(got).unwrap()
+    };
+    let not_in_sync = json!({"response": "ERROR: key-value store not yet in sync with the cluster (this node has just started); try again"});
+    // Right after the restart: refused or right, never from an empty store.
+    let mut refused = 0;
+    let incr = loop {
+        let got = get(&mut c2, &[&ctr, &cfg]);
+        if got == not_in_sync {
+            refused += 1;
+            let m = mc_get(&ctr);
+            assert!(
+                m.starts_with("SERVER_ERROR key-value store not yet in sync")
+                    || m == format!("VALUE {ctr} 0 3\r\n100\r\nEND\r\n"),
+                "memcached: {m:?}"
+            );
+            // A plain set needs nothing the store holds.
+            assert_eq!(set(&mut c2, &plain, json!(refused)), stored());
+            let r = cmd(
+                &mut c2,
+                json!({"coremq_set": {"key": cfg, "value": "clobbered", "if": "absent"}}),
+            );
+            assert!(
+                r == not_in_sync || r == json!({"response": "OK: Not stored"}),
+                "{r}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        assert_eq!(
+            got,
+            json!({"values": {ctr.clone(): 100, cfg.clone(): "original"}}),
+            "the restarted node answered from what it did not have"
+        );
+        break cmd(&mut c2, json!({"coremq_incr": {"key": ctr}}));
+    };
+    assert_eq!(incr, json!({"value": 101}));
+    assert_eq!(mc_get(&ctr), format!("VALUE {ctr} 0 3\r\n101\r\nEND\r\n"));
+    println!("refused {refused} gets before the peers' keys came");
+    // Every node agrees, on the peers' values plus the one increment.
+    for n in &cl.nodes {
+        let mut c = n.client();
+        wait_value(&mut c, &ctr, &json!(101));
+        wait_value(&mut c, &cfg, &json!("original"));
+        assert!(get(&mut c, &[&plain])["values"].get(&plain).is_some());
+    }
+    cl.assert_alive();
+}
+
 fn cl_entry(cl: &Cluster, i: usize) -> String {
     cl.nodes[i].entry.clone()
 }

@@ -5,7 +5,7 @@
 //! message). `NodeCtx` is each shard's own read-mostly copy of the node facts.
 
 use crate::stats::{status_json, NodeFacts, PeerSnapshot, ShardStats};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -42,6 +42,20 @@ pub(crate) struct NodeShared {
     /// the name it dials under, and the acceptor's name in the handshake's
     /// proofs, on whichever shard a peer's connection lands.
     pub self_entry: String,
+    /// Whether this node has had every cluster peer's history since it
+    /// started (each peer's history exchange finished once), or stopped
+    /// waiting for it ([`crate::cluster::SYNC_GRACE`]). Until then a resume
+    /// cannot promise that nothing after its position is missing (§10):
+    /// what the peers stored while this node was down comes through the
+    /// exchange, stored but not delivered. Always true without peers; set
+    /// by the control shard.
+    pub history_in_sync: Arc<AtomicBool>,
+    /// Whether the key-value store answers reads: on a node with cluster
+    /// peers, once every peer's key exchange has finished since start (a
+    /// restarted node's store is empty until then, and a get, an increment
+    /// or a conditional set answered from it would be wrong everywhere
+    /// once replicated), or after [`crate::cluster::SYNC_GRACE`].
+    pub kv_ready: AtomicBool,
 }
 
 /// Shard `best` of `counts` serves one more connection: the one serving
@@ -126,7 +140,22 @@ impl NodeShared {
             websocket: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
             flushes: AtomicU64::new(0),
             self_entry,
+            history_in_sync: Arc::new(AtomicBool::new(true)),
+            kv_ready: AtomicBool::new(true),
         })
+    }
+
+    /// A node with cluster peers starts out of sync with them (before any
+    /// shard serves a client).
+    pub(crate) fn with_peers(self: Arc<Self>, peers: bool) -> Arc<Self> {
+        self.history_in_sync.store(!peers, Ordering::Release);
+        self.kv_ready.store(!peers, Ordering::Release);
+        self
+    }
+
+    /// See [`NodeShared::kv_ready`].
+    pub(crate) fn kv_ready(&self) -> bool {
+        self.kv_ready.load(Ordering::Acquire)
     }
 
     /// The shard to serve a memcached connection shard `accepted` took:

@@ -54,6 +54,9 @@ pub(crate) struct Owner {
     /// Durable history (`data_dir`), if on: stored messages of persisted
     /// queues are appended to it.
     store: Option<Rc<crate::store::Store>>,
+    /// The node's [`crate::node::NodeShared::history_in_sync`]: a resume
+    /// is complete only while it is set (`None`: always, without a node).
+    in_sync: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Owner {
@@ -68,7 +71,17 @@ impl Owner {
             replicate,
             queues: RefCell::new(table),
             store: None,
+            in_sync: None,
         }
+    }
+
+    /// Judges resumes complete only while `in_sync` is set.
+    pub(crate) fn with_sync(
+        mut self,
+        in_sync: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Owner {
+        self.in_sync = Some(in_sync);
+        self
     }
 
     /// Writes this owner's stored messages to `store` from now on.
@@ -199,9 +212,19 @@ impl Owner {
         let mut table = self.queues.borrow_mut();
         // Read before registering: a queue this node did not know is an
         // unknown position, even though the subscription creates it now.
+        // Out of sync with a cluster peer (its link down, or its history
+        // exchange not finished since the link came up), this node may miss
+        // messages the peer stored after the position: it cannot promise.
+        let in_sync = self
+            .in_sync
+            .as_ref()
+            .is_none_or(|s| s.load(std::sync::atomic::Ordering::Acquire));
         let resumed = since.map(|since| {
             let (complete, frames) = table.resume(&queue, &since);
-            Box::new(Resumed { complete, frames })
+            Box::new(Resumed {
+                complete: complete && in_sync,
+                frames,
+            })
         });
         let now = MsgKey {
             sent_us: crate::clock::unix_now_us(),

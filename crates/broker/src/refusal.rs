@@ -92,6 +92,10 @@ pub(crate) enum Refusal {
         /// The configured limit.
         max: usize,
     },
+    /// A key-value request that reads what the store holds, on a node that
+    /// has not had every cluster peer's keys since it started
+    /// ([`crate::node::NodeShared::kv_ready`]).
+    KvNotInSync,
     /// A history or key-value read whose reply would be larger than one
     /// reply may be (`max_pending`): nothing of it is sent.
     ReplyTooLarge {
@@ -149,6 +153,7 @@ impl Refusal {
                 | Refusal::KvNotANumber(_)
                 | Refusal::KvOverflow(_)
                 | Refusal::KvValueTooLarge { .. }
+                | Refusal::KvNotInSync
                 | Refusal::ReplyTooLarge { .. },
                 _,
             ) => {
@@ -212,7 +217,8 @@ impl Refusal {
             | Refusal::AuthTimeout => false,
             Refusal::NotReplicant
             | Refusal::SlowConsumer { .. }
-            | Refusal::TooManyConnections { .. } => false,
+            | Refusal::TooManyConnections { .. }
+            | Refusal::KvNotInSync => false,
         }
     }
 
@@ -270,6 +276,7 @@ impl Refusal {
             Refusal::KvValueTooLarge { len, max } => {
                 format!("coremq_set: a value of {len} bytes is larger than kv_max_value ({max})")
             }
+            Refusal::KvNotInSync => KV_NOT_IN_SYNC.into(),
             Refusal::ReplyTooLarge {
                 command,
                 fewer,
@@ -292,6 +299,10 @@ impl From<FramingError> for Refusal {
         Refusal::Framing(e)
     }
 }
+
+/// The reason of [`Refusal::KvNotInSync`] (the memcached port says it too).
+pub(crate) const KV_NOT_IN_SYNC: &str =
+    "key-value store not yet in sync with the cluster (this node has just started); try again";
 
 /// The reason of [`Refusal::TooBig`].
 const TOO_BIG: &str = "message larger than max_message_size";
@@ -359,6 +370,7 @@ mod tests {
             Refusal::KvOverflow(_) => 20,
             Refusal::KvValueTooLarge { .. } => 21,
             Refusal::ReplyTooLarge { .. } => 22,
+            Refusal::KvNotInSync => 23,
         }
     }
 
@@ -523,13 +535,19 @@ mod tests {
                 r#"{"response": "ERROR: coremq_get: the reply would be larger than max_pending (1000 bytes); ask for fewer keys", "queue": "id-1"}"#,
                 true,
             ),
+            (
+                Refusal::KvNotInSync,
+                r#"+116 id-1 {"response": "ERROR: key-value store not yet in sync with the cluster (this node has just started); try again"}"#,
+                r#"{"response": "ERROR: key-value store not yet in sync with the cluster (this node has just started); try again", "queue": "id-1"}"#,
+                false,
+            ),
         ];
         let mut covered: Vec<usize> = table.iter().map(|(r, ..)| example(r)).collect();
         covered.sort_unstable();
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=22).collect::<Vec<_>>(),
+            (0..=23).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

@@ -152,7 +152,9 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         _ => addr.port(),
     };
     let self_entry = crate::cluster::self_entry(&mq, cluster_port);
-    let shared = NodeShared::new(shards, authority, tls, cluster_client, self_entry);
+    let peers = crate::cluster::has_peers(&mq, &self_entry);
+    let shared =
+        NodeShared::new(shards, authority, tls, cluster_client, self_entry).with_peers(peers);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);

@@ -29,6 +29,29 @@ const PRESSURE_QUEUE: &str = "$coremq.pressure";
 /// Queue name of key-value frames on a link (a change as
 /// [`crate::kvop::KvChange::write_link_json`] writes it).
 const KV_QUEUE: &str = "$coremq.kv";
+/// Queue name of the frame that ends an exchange: `{"history": true}` after
+/// the last `$coremq.sync` frame of a link, `{"kv": true}` after its last
+/// key. (A node from before it takes the frame for a message to a reserved
+/// queue and drops it.)
+const SYNCED_QUEUE: &str = "$coremq.synced";
+
+/// The frame that ends an exchange (`what`: `history` or `kv`).
+fn synced_frame(what: &str) -> Vec<u8> {
+    let mut frame = Vec::new();
+    proto::encode_frame(
+        SYNCED_QUEUE,
+        format!("{{\"{what}\": true}}").as_bytes(),
+        &mut frame,
+    );
+    frame
+}
+
+/// Which exchanges of the peer ended in what [`take_frames`] just routed.
+#[derive(Default, Clone, Copy)]
+struct Ended {
+    history: bool,
+    kv: bool,
+}
 
 /// A key-value change as a link frame.
 pub(super) fn kv_frame(change: &crate::kvop::KvChange, server: &str) -> Vec<u8> {
@@ -211,6 +234,7 @@ pub(super) async fn run_link(
                     link.push(&frame);
                 }
             }
+            link.push(&synced_frame("history"));
         })
         .detach();
     }
@@ -241,6 +265,9 @@ pub(super) async fn run_link(
                     }
                 }
             }
+            if !link.closed.get() {
+                link.push(&synced_frame("kv"));
+            }
         })
         .detach();
     }
@@ -255,11 +282,13 @@ pub(super) async fn run_link(
         .max(cfg.kv.max_value + coremq_protocol::MAX_KEY_LEN)
         + (64 << 10);
     let mut rbuf = rest;
+    let ended = Cell::new(Ended::default());
     // Bytes that came right behind the handshake.
-    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters, &held) {
+    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters, &held, &ended) {
         Ok(used) => used,
         Err(_) => rbuf.len(),
     };
+    note_ended(&shard, &cluster, &link, &name, &ended);
     let mut chunk = vec![0u8; 64 << 10];
     let why = loop {
         let ev = poll_fn(|cx| {
@@ -306,10 +335,11 @@ pub(super) async fn run_link(
             Event::Done(why) => break why,
             Event::Read(n) => {
                 rbuf.extend_from_slice(&chunk[..n]);
-                match take_frames(&shard, &rbuf[start..], max_frame, &counters, &held) {
+                match take_frames(&shard, &rbuf[start..], max_frame, &counters, &held, &ended) {
                     Ok(used) => start += used,
                     Err(e) => break e,
                 }
+                note_ended(&shard, &cluster, &link, &name, &ended);
                 if start == rbuf.len() {
                     rbuf.clear();
                     start = 0;
@@ -335,6 +365,41 @@ pub(super) async fn run_link(
     }
 }
 
+/// The peer ended an exchange: once every shard has taken what came before
+/// it (a round trip to each, behind the frames routed to it), this node
+/// holds what the peer holds, as long as this link is the peer's.
+fn note_ended(
+    shard: &Rc<Shard>,
+    cluster: &Rc<Cluster>,
+    link: &Rc<Link>,
+    name: &str,
+    ended: &Cell<Ended>,
+) {
+    let Ended { history, kv } = ended.take();
+    if !history && !kv {
+        return;
+    }
+    let (shard, cluster, link, name) = (
+        shard.clone(),
+        cluster.clone(),
+        link.clone(),
+        name.to_string(),
+    );
+    spawn_local(async move {
+        shard.gather_stats().await;
+        let current = cluster
+            .links
+            .borrow()
+            .get(&name)
+            .is_some_and(|l| Rc::ptr_eq(l, &link));
+        if current && !link.closed.get() {
+            tracing::debug!(peer = %name, history, kv, "exchange from peer applied");
+            cluster.synced(&name, history, kv, &shard.node().shared);
+        }
+    })
+    .detach();
+}
+
 /// Routes every complete frame in `buf` to its owner shard; returns the bytes
 /// used. An invalid frame ends the link.
 fn take_frames(
@@ -343,6 +408,7 @@ fn take_frames(
     max_frame: usize,
     counters: &PeerCounters,
     held: &RefCell<HashSet<Box<str>>>,
+    ended: &Cell<Ended>,
 ) -> Result<usize, &'static str> {
     let mut used = 0;
     loop {
@@ -381,6 +447,23 @@ fn take_frames(
             continue;
         }
         counters.received.fetch_add(1, Ordering::Relaxed);
+        if queue == SYNCED_QUEUE {
+            #[derive(serde::Deserialize)]
+            struct Synced {
+                #[serde(default)]
+                history: bool,
+                #[serde(default)]
+                kv: bool,
+            }
+            let Ok(s) = serde_json::from_slice::<Synced>(json) else {
+                return Err("bad exchange-end frame from peer");
+            };
+            let mut e = ended.get();
+            e.history |= s.history;
+            e.kv |= s.kv;
+            ended.set(e);
+            continue;
+        }
         if queue == KV_QUEUE {
             let Some(change) = crate::kvop::KvChange::from_link_json(json) else {
                 return Err("bad key-value frame from peer");

@@ -50,6 +50,26 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long connecting and the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node with cluster peers waits after start for every peer's
+/// history and key exchange (answering resumes `recovered: false` and
+/// refusing key-value reads meanwhile): then a peer that has not come may
+/// be down, and the node serves from what it holds, saying so in the log.
+pub(crate) const SYNC_GRACE: Duration = Duration::from_secs(5);
+
+/// Whether this node has cluster peers (a link to wait for).
+pub(crate) fn has_peers(cfg: &coremq_config::MqConfig, self_entry: &str) -> bool {
+    cfg.cluster_nodes.iter().any(|e| e == self_entry)
+        && cfg.cluster_nodes.iter().any(|e| e != self_entry)
+}
+
+/// How far a peer's exchanges have come since this node started.
+#[derive(Default, Clone, Copy)]
+struct PeerSync {
+    /// A history exchange from it finished.
+    history: bool,
+    /// A key exchange from it finished.
+    kv: bool,
+}
 
 /// The control shard's cluster state.
 struct Cluster {
@@ -60,6 +80,59 @@ struct Cluster {
     /// Queues with a stalled subscriber on this node (G5): every link hears
     /// of them, a new one as soon as it is up.
     stalled: RefCell<std::collections::HashSet<Box<str>>>,
+    /// The other entries of `cluster_nodes` and how far each is in sync
+    /// (empty when this node has no entry: it links with nobody).
+    sync: RefCell<HashMap<String, PeerSync>>,
+}
+
+impl Cluster {
+    /// Sets the node's [`NodeShared::history_in_sync`] and `kv_ready` once
+    /// every peer's exchanges have come (they stay set: from then on this
+    /// node was up and linked, and later link failures are the exchange's
+    /// to repair, as for live subscribers).
+    ///
+    /// [`NodeShared::history_in_sync`]: crate::node::NodeShared::history_in_sync
+    fn publish_sync(&self, shared: &crate::node::NodeShared) {
+        let sync = self.sync.borrow();
+        if sync.values().all(|p| p.history) && !shared.history_in_sync.load(Ordering::Acquire) {
+            tracing::info!("history in sync with every peer; resumes can promise a full replay");
+            shared.history_in_sync.store(true, Ordering::Release);
+        }
+        if sync.values().all(|p| p.kv) && !shared.kv_ready() {
+            tracing::info!("key-value store in sync with every peer; answering");
+            shared.kv_ready.store(true, Ordering::Release);
+        }
+    }
+
+    /// `peer`'s exchanges (history, keys) on its current link finished.
+    fn synced(&self, peer: &str, history: bool, kv: bool, shared: &crate::node::NodeShared) {
+        if let Some(p) = self.sync.borrow_mut().get_mut(peer) {
+            p.history |= history;
+            p.kv |= kv;
+        }
+        self.publish_sync(shared);
+    }
+
+    /// Past [`SYNC_GRACE`]: peers whose exchanges have not come are not
+    /// waited for any longer (they may be down); the log names them.
+    fn give_up_waiting(&self, shared: &crate::node::NodeShared) {
+        let sync = self.sync.borrow();
+        let missing: Vec<&str> = sync
+            .iter()
+            .filter(|(_, p)| !p.history || !p.kv)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                peers = ?missing,
+                "serving without these peers' history and keys (no exchange from them since \
+                 start): until it comes, resumes may miss what they stored and key-value \
+                 reads what they set"
+            );
+        }
+        shared.history_in_sync.store(true, Ordering::Release);
+        shared.kv_ready.store(true, Ordering::Release);
+    }
 }
 
 /// What the shard calls: the cluster plus the shard it runs on (weak: the
@@ -144,18 +217,33 @@ pub(crate) fn start(shard: &Rc<Shard>) {
             "this node is not in cluster_nodes (as address:port or cluster_self); not dialing any peer"
         );
     }
+    let listed = cfg.cluster_nodes.contains(&self_entry);
+    let sync = cfg
+        .cluster_nodes
+        .iter()
+        .filter(|p| listed && **p != self_entry)
+        .map(|p| (p.clone(), PeerSync::default()))
+        .collect();
     let cluster = Rc::new(Cluster {
         self_entry: self_entry.clone(),
         links: RefCell::new(HashMap::new()),
         stalled: RefCell::default(),
+        sync: RefCell::new(sync),
     });
+    if has_peers(&cfg, &self_entry) {
+        let (shard, cluster) = (shard.clone(), cluster.clone());
+        spawn_local(async move {
+            sleep(SYNC_GRACE).await;
+            cluster.give_up_waiting(&shard.node().shared);
+        })
+        .detach();
+    }
     shard.set_links(Rc::new(Control {
         cluster: cluster.clone(),
         shard: Rc::downgrade(shard),
     }));
     // A node without an entry dials nobody (docs/cluster.md): its peers do
     // not know it under the name it would give.
-    let listed = cfg.cluster_nodes.contains(&self_entry);
     for peer in cfg
         .cluster_nodes
         .iter()

@@ -50,7 +50,14 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, conn: &Rc<Conn>, queue: &str, msg: Cli
         // By reference: moving the publish out of `msg` copied it once more.
         ClientMessage::Publish(ref p) => shard.publish(conn, queue, p),
         ClientMessage::Subscribe(names) => subscribe(shard, conn, names, Vec::new()),
-        ClientMessage::Resume(names, since) => subscribe(shard, conn, names, since),
+        ClientMessage::Resume(names, since) => {
+            if conn.st.borrow().pending_resume.is_some() {
+                // (Cannot happen: parsing waits behind a pending resume.)
+                return;
+            }
+            conn.st.borrow_mut().pending_resume = Some(Box::new((names, since)));
+            take_pending_resume(shard, conn);
+        }
         ClientMessage::Unsubscribe(names) => unsubscribe(shard, conn, names),
         ClientMessage::Options(opts) => options(conn, opts),
         ClientMessage::GetHistory(names) => history(shard, conn, names),
@@ -125,6 +132,20 @@ fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[Stri
     let queue = queue.as_str().into();
     shard.refuse(conn, &Refusal::PermissionDenied { action, queue });
     true
+}
+
+/// Carries out a waiting resume once this node has its cluster peers'
+/// history ([`Conn::awaits_sync`]); the parsers call it before the frames
+/// that came after it.
+pub(crate) fn take_pending_resume(shard: &Shard, conn: &Conn) {
+    if conn.awaits_sync() {
+        return;
+    }
+    let pending = conn.st.borrow_mut().pending_resume.take();
+    if let Some(resume) = pending {
+        let (names, since) = *resume;
+        subscribe(shard, conn, names, since);
+    }
 }
 
 fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String, Vec<Position>)>) {

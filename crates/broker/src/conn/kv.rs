@@ -18,6 +18,19 @@ pub(crate) const OK_STORED: &str = "OK: Stored";
 pub(crate) const OK_NOT_STORED: &str = "OK: Not stored";
 pub(crate) const OK_DELETED: &str = "OK: Deleted";
 
+/// Refuses a request that reads the store (a get, a delete's count, an
+/// increment, a conditional set) on a node whose store is not yet in sync
+/// with its cluster peers since it started: its answer would be wrong, and
+/// an increment or conditional set made from it would replicate
+/// everywhere. (An unconditional set needs nothing the store holds.)
+fn not_in_sync(shard: &Shard, conn: &Conn) -> bool {
+    if shard.node().shared.kv_ready() {
+        return false;
+    }
+    shard.refuse(conn, &Refusal::KvNotInSync);
+    true
+}
+
 /// Refuses a key-value request the connection's user may not make for
 /// every one of `keys` (nothing when access control is off).
 fn not_allowed<'k>(
@@ -39,7 +52,9 @@ fn not_allowed<'k>(
 }
 
 pub(super) fn set(shard: &Rc<Shard>, conn: &Rc<Conn>, set: KvSet) {
-    if not_allowed(shard, conn, Action::KvWrite, [set.key.as_str()]) {
+    if not_allowed(shard, conn, Action::KvWrite, [set.key.as_str()])
+        || (set.cond != KvCond::Always && not_in_sync(shard, conn))
+    {
         return;
     }
     let text = set.value.get().as_bytes();
@@ -79,6 +94,7 @@ pub(super) fn set(shard: &Rc<Shard>, conn: &Rc<Conn>, set: KvSet) {
 pub(super) fn get(shard: &Rc<Shard>, conn: &Rc<Conn>, keys: Vec<String>) {
     if list_too_long(shard, conn, &keys)
         || not_allowed(shard, conn, Action::KvRead, keys.iter().map(String::as_str))
+        || not_in_sync(shard, conn)
     {
         return;
     }
@@ -93,6 +109,7 @@ pub(super) fn delete(shard: &Rc<Shard>, conn: &Rc<Conn>, keys: Vec<String>) {
             Action::KvWrite,
             keys.iter().map(String::as_str),
         )
+        || not_in_sync(shard, conn)
     {
         return;
     }
@@ -104,6 +121,7 @@ pub(super) fn incr(shard: &Rc<Shard>, conn: &Rc<Conn>, incr: KvIncr) {
     // (with kv_write alone, `"by": 0` would read any number).
     if not_allowed(shard, conn, Action::KvWrite, [incr.key.as_str()])
         || not_allowed(shard, conn, Action::KvRead, [incr.key.as_str()])
+        || not_in_sync(shard, conn)
     {
         return;
     }

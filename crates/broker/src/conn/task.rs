@@ -34,6 +34,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const SLOW_LINGER: Duration = Duration::from_secs(10);
 /// Most bytes written per wake-up before letting other tasks run.
 const WRITE_BUDGET: usize = 4 << 20;
+/// How often a connection whose resume waits for the cluster's history
+/// looks whether it has come.
+const SYNC_POLL: Duration = Duration::from_millis(5);
 
 /// What the poll loop woke up for.
 enum Event {
@@ -59,9 +62,12 @@ struct Ending {
     linger: Option<glommio::timer::Timer>,
     /// Deadline of a stall (`max_stall`), while the connection is stalled.
     stall: Option<glommio::timer::Timer>,
-    /// Parsing stopped for a password check or a backlog of replies, with
-    /// frames maybe left unparsed.
+    /// Parsing stopped for a password check, a backlog of replies or a
+    /// resume waiting for the cluster's history, with frames maybe left
+    /// unparsed.
     held: bool,
+    /// While a resume waits for the cluster's history: when to look again.
+    sync_poll: Option<glommio::timer::Timer>,
 }
 
 /// A connection's framing, for the socket loop ([`serve_with`]).
@@ -234,7 +240,7 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
 /// a password check, or for its backlog of replies to come down, so that a
 /// read of many small requests cannot each make a large reply at once.
 pub(crate) fn held(conn: &Conn) -> bool {
-    conn.access.as_ref().is_some_and(|a| a.verifying()) || conn.backlogged()
+    conn.access.as_ref().is_some_and(|a| a.verifying()) || conn.backlogged() || conn.awaits_sync()
 }
 
 /// Handles every complete frame in the buffer; true if it stopped early
@@ -246,6 +252,7 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool 
         if held(conn) {
             return true;
         }
+        super::handler::take_pending_resume(shard, conn);
         // Nothing more is accepted once stopping: the drain promised the
         // owners that no request follows.
         let stop = {
@@ -407,6 +414,7 @@ fn poll_conn<W: Wire>(
         }
     } else if io.held && !held(conn) {
         io.held = false;
+        io.sync_poll = None;
         return Poll::Ready(Event::Resume);
     } else if conn.may_read() && shard.mesh().poll_low(cx.waker()) {
         // Read side: only while this connection's publishes in flight are
@@ -431,6 +439,17 @@ fn poll_conn<W: Wire>(
         wire.reading(false);
     }
 
+    if io.held && conn.awaits_sync() {
+        // Nobody wakes a connection when its node comes in sync (at most
+        // SYNC_GRACE after the start): it looks again every few ms.
+        let t = io
+            .sync_poll
+            .get_or_insert_with(|| glommio::timer::Timer::new(SYNC_POLL));
+        if Pin::new(t).poll(cx).is_ready() {
+            io.sync_poll = None;
+            cx.waker().wake_by_ref();
+        }
+    }
     let mut st = conn.st.borrow_mut();
     match &st.waker {
         Some(w) if w.will_wake(cx.waker()) => {}

@@ -542,6 +542,26 @@ fn start_one<'a>(
         Ok(())
     };
     let kv = |op: KvOp, then: Then| Pending::Kv(shard.kv_start(op), then);
+    // A command that reads the store, on a node whose store is not yet in
+    // sync with its cluster peers since it started (see conn/kv.rs): its
+    // answer, or what it would replicate, would be wrong. A plain `set`
+    // needs nothing the store holds.
+    // `Some(noreply)`: the command reads what the store holds.
+    let reads = match &cmd {
+        Cmd::Get { .. } => Some(false),
+        Cmd::Delete { noreply, .. } | Cmd::Arith { noreply, .. } | Cmd::Touch { noreply, .. } => {
+            Some(*noreply)
+        }
+        Cmd::Store { mode, noreply, .. } if !matches!(mode, Mode::Set) => Some(*noreply),
+        _ => None,
+    };
+    if let Some(noreply) = reads.filter(|_| !shard.node().shared.kv_ready()) {
+        return Ok(if noreply {
+            Pending::Now(None)
+        } else {
+            Pending::Text(format!("SERVER_ERROR {}", crate::refusal::KV_NOT_IN_SYNC))
+        });
+    }
     Ok(match cmd {
         Cmd::Get { keys, cas } => {
             if let Err(p) = allowed(false, &keys, false) {

@@ -206,6 +206,7 @@ impl Wire for WsWire {
             if crate::conn::task::held(conn) {
                 return true;
             }
+            crate::conn::handler::take_pending_resume(shard, conn);
             // Going away: nothing more is taken (what is read is dropped,
             // followed only for the client's close frame).
             if shard.stopping().is_set() || conn.st.borrow().ending.is_some() {

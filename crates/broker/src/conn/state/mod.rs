@@ -176,7 +176,14 @@ pub(crate) struct ConnState {
     pub held_bytes: usize,
     /// Replies in `replies` that can be large ([`MAX_BULKY`]).
     bulky: u32,
+    /// A resume that waits for this node to have its cluster peers'
+    /// history since it started (queue names, positions): what the
+    /// connection sent after it waits unparsed ([`Conn::awaits_sync`]).
+    pub pending_resume: Option<Box<PendingResume>>,
 }
+
+/// A resume's queue names and positions, as parsed.
+pub(crate) type PendingResume = (Vec<String>, Vec<(String, Vec<proto::Position>)>);
 
 /// A connection's identity plus its state.
 pub(crate) struct Conn {
@@ -275,6 +282,7 @@ impl Conn {
                 held: Vec::new(),
                 held_bytes: 0,
                 bulky: 0,
+                pending_resume: None,
             }),
         }
     }
@@ -308,6 +316,19 @@ impl Conn {
     pub(crate) fn backlogged(&self) -> bool {
         let st = self.st.borrow();
         st.out.len() > self.max_pending || st.bulky >= MAX_BULKY
+    }
+
+    /// Whether a resume waits for this node to have its cluster peers'
+    /// history ([`crate::node::NodeShared::history_in_sync`]): answered
+    /// before, it could only say `recovered: false`. The wait ends at most
+    /// [`crate::cluster::SYNC_GRACE`] after the node started.
+    pub(crate) fn awaits_sync(&self) -> bool {
+        self.st.borrow().pending_resume.is_some()
+            && !self
+                .node
+                .shared
+                .history_in_sync
+                .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The most bytes one reply may take (`max_pending`): a larger history
