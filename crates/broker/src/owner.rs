@@ -212,9 +212,10 @@ impl Owner {
         let mut table = self.queues.borrow_mut();
         // Read before registering: a queue this node did not know is an
         // unknown position, even though the subscription creates it now.
-        // Out of sync with a cluster peer (its link down, or its history
-        // exchange not finished since the link came up), this node may miss
-        // messages the peer stored after the position: it cannot promise.
+        // Before this node has had every cluster peer's history since it
+        // started, it may miss messages a peer stored after the position:
+        // it cannot promise. (Home shards hold resumes until then; this
+        // covers one that came before the flag was read.)
         let in_sync = self
             .in_sync
             .as_ref()

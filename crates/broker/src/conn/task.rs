@@ -44,8 +44,9 @@ enum Event {
     Handover,
     /// `n` new bytes are in the read buffer (0 = peer closed).
     Read(usize),
-    /// A password check ended, or the connection's backlog of replies
-    /// came down ([`Conn::backlogged`]): the frames read behind are parsed now.
+    /// A password check ended, the connection's backlog of replies came
+    /// down ([`Conn::backlogged`]) or a waiting resume may go on
+    /// ([`Conn::awaits_sync`]): the frames read behind are parsed now.
     Resume,
     /// The connection is done (closing and flushed, linger over, or I/O error).
     Done(&'static str),
@@ -77,8 +78,7 @@ pub(crate) trait Wire {
 
     /// Handles every complete frame in the buffer (and drops what is read
     /// once the connection or the node stops taking input); true if it
-    /// stopped early for a password check or a backlog of replies
-    /// ([`held`]; the rest waits for a resume).
+    /// stopped early ([`held`]; the rest waits for a resume).
     fn parse(&mut self, shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool;
 
     /// Bytes arrived from the peer.
@@ -237,8 +237,9 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
 }
 
 /// Whether a connection's parsing waits (its frames stay in the buffer): for
-/// a password check, or for its backlog of replies to come down, so that a
-/// read of many small requests cannot each make a large reply at once.
+/// a password check; for its backlog of replies to come down, so that a
+/// read of many small requests cannot each make a large reply at once; or
+/// behind a resume that waits for the cluster peers' history.
 pub(crate) fn held(conn: &Conn) -> bool {
     conn.access.as_ref().is_some_and(|a| a.verifying()) || conn.backlogged() || conn.awaits_sync()
 }

@@ -542,11 +542,10 @@ fn start_one<'a>(
         Ok(())
     };
     let kv = |op: KvOp, then: Then| Pending::Kv(shard.kv_start(op), then);
-    // A command that reads the store, on a node whose store is not yet in
-    // sync with its cluster peers since it started (see conn/kv.rs): its
-    // answer, or what it would replicate, would be wrong. A plain `set`
-    // needs nothing the store holds.
-    // `Some(noreply)`: the command reads what the store holds.
+    // A command that reads the store (`Some(noreply)`), on a node whose
+    // store is not yet in sync with its cluster peers since it started (see
+    // conn/kv.rs): its answer, or what it would replicate, would be wrong.
+    // A plain `set` needs nothing the store holds.
     let reads = match &cmd {
         Cmd::Get { .. } => Some(false),
         Cmd::Delete { noreply, .. } | Cmd::Arith { noreply, .. } | Cmd::Touch { noreply, .. } => {
