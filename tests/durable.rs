@@ -403,6 +403,23 @@ fn durable_sixteen_shards_under_8mib_memlock() {
     }
 }
 
+/// Node `i`'s `data_dir` for a cluster test named `tag` (emptied first).
+fn cluster_data_dir(o: &mut BrokerOpts, tag: &str, i: usize) {
+    let dir = cluster_dir(tag, i);
+    let _ = std::fs::remove_dir_all(&dir);
+    *o = o.clone().set("data_dir", dir.to_str().unwrap());
+}
+
+fn cluster_dir(tag: &str, i: usize) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("coremq-durable-{tag}-{}-{i}", std::process::id()))
+}
+
+fn remove_cluster_data_dirs(tag: &str) {
+    for i in 0..3 {
+        let _ = std::fs::remove_dir_all(cluster_dir(tag, i));
+    }
+}
+
 /// Each node of a cluster writes what it stores, its peers' messages too: a
 /// node that comes back alone, its peers down, serves the whole history.
 #[test]
@@ -410,12 +427,7 @@ fn a_cluster_node_back_alone_serves_every_nodes_messages() {
     use common::cluster::{wait_history_converged, Cluster, Spec};
     let mut spec = Spec::new(2);
     spec.history_length = Some(100);
-    spec.tweak = Some(|i, o| {
-        let dir =
-            std::env::temp_dir().join(format!("coremq-durable-cluster-{}-{i}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        *o = o.clone().set("data_dir", dir.to_str().unwrap());
-    });
+    spec.tweak = Some(|i, o| cluster_data_dir(o, "cluster", i));
     let mut cl = Cluster::start(spec);
     cl.wait_links_up();
     let q = uniq("dur.cl");
@@ -439,11 +451,7 @@ fn a_cluster_node_back_alone_serves_every_nodes_messages() {
         &before,
         "n2 alone, from its own disk"
     );
-    for i in 0..3 {
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("coremq-durable-cluster-{}-{i}", std::process::id())),
-        );
-    }
+    remove_cluster_data_dirs("cluster");
 }
 
 /// A resume on a cluster node that has just restarted: the messages its
@@ -456,12 +464,7 @@ fn a_resume_on_a_restarted_cluster_node_waits_for_its_peers_history() {
     use common::cluster::{Cluster, Spec};
     let mut spec = Spec::new(2);
     spec.history_length = Some(100);
-    spec.tweak = Some(|i, o| {
-        let dir =
-            std::env::temp_dir().join(format!("coremq-durable-resume-{}-{i}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        *o = o.clone().set("data_dir", dir.to_str().unwrap());
-    });
+    spec.tweak = Some(|i, o| cluster_data_dir(o, "resume", i));
     let mut cl = Cluster::start(spec);
     cl.wait_links_up();
     let q = uniq("dur.resume");
@@ -498,11 +501,7 @@ fn a_resume_on_a_restarted_cluster_node_waits_for_its_peers_history() {
     .collect();
     assert_eq!(reply["recovered"][&q], json!(true), "{reply}");
     assert_eq!(replayed, [1, 2, 3, 4, 5], "what n1 took while n3 was down");
-    for i in 0..3 {
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("coremq-durable-resume-{}-{i}", std::process::id())),
-        );
-    }
+    remove_cluster_data_dirs("resume");
 }
 
 /// With `fsync = always` an OK means the message is on the device (§12). A

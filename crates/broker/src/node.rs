@@ -44,12 +44,13 @@ pub(crate) struct NodeShared {
     pub self_entry: String,
     /// Whether this node has had every cluster peer's history since it
     /// started (each peer's history exchange finished once), or stopped
-    /// waiting for it ([`crate::cluster::SYNC_GRACE`]). Until then a resume
-    /// cannot promise that nothing after its position is missing (§10):
-    /// what the peers stored while this node was down comes through the
-    /// exchange, stored but not delivered. Always true without peers; set
-    /// by the control shard.
-    pub history_in_sync: Arc<AtomicBool>,
+    /// waiting for it ([`crate::cluster::SYNC_GRACE`]). Until then resumes
+    /// wait on their home shards (`Conn::awaits_sync`): answered before, one
+    /// could not promise that nothing after its position is missing (§10),
+    /// as what the peers stored while this node was down comes through the
+    /// exchange, stored but not delivered. Never unset once set; always set
+    /// without peers; set by the control shard.
+    pub history_in_sync: AtomicBool,
     /// Whether the key-value store answers reads: on a node with cluster
     /// peers, once every peer's key exchange has finished since start (a
     /// restarted node's store is empty until then, and a get, an increment
@@ -140,7 +141,7 @@ impl NodeShared {
             websocket: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
             flushes: AtomicU64::new(0),
             self_entry,
-            history_in_sync: Arc::new(AtomicBool::new(true)),
+            history_in_sync: AtomicBool::new(true),
             kv_ready: AtomicBool::new(true),
         })
     }

@@ -54,9 +54,6 @@ pub(crate) struct Owner {
     /// Durable history (`data_dir`), if on: stored messages of persisted
     /// queues are appended to it.
     store: Option<Rc<crate::store::Store>>,
-    /// The node's [`crate::node::NodeShared::history_in_sync`]: a resume
-    /// is complete only while it is set (`None`: always, without a node).
-    in_sync: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Owner {
@@ -71,17 +68,7 @@ impl Owner {
             replicate,
             queues: RefCell::new(table),
             store: None,
-            in_sync: None,
         }
-    }
-
-    /// Judges resumes complete only while `in_sync` is set.
-    pub(crate) fn with_sync(
-        mut self,
-        in_sync: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> Owner {
-        self.in_sync = Some(in_sync);
-        self
     }
 
     /// Writes this owner's stored messages to `store` from now on.
@@ -212,20 +199,9 @@ impl Owner {
         let mut table = self.queues.borrow_mut();
         // Read before registering: a queue this node did not know is an
         // unknown position, even though the subscription creates it now.
-        // Before this node has had every cluster peer's history since it
-        // started, it may miss messages a peer stored after the position:
-        // it cannot promise. (Home shards hold resumes until then; this
-        // covers one that came before the flag was read.)
-        let in_sync = self
-            .in_sync
-            .as_ref()
-            .is_none_or(|s| s.load(std::sync::atomic::Ordering::Acquire));
         let resumed = since.map(|since| {
             let (complete, frames) = table.resume(&queue, &since);
-            Box::new(Resumed {
-                complete: complete && in_sync,
-                frames,
-            })
+            Box::new(Resumed { complete, frames })
         });
         let now = MsgKey {
             sent_us: crate::clock::unix_now_us(),

@@ -51,12 +51,11 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, conn: &Rc<Conn>, queue: &str, msg: Cli
         ClientMessage::Publish(ref p) => shard.publish(conn, queue, p),
         ClientMessage::Subscribe(names) => subscribe(shard, conn, names, Vec::new()),
         ClientMessage::Resume(names, since) => {
-            if conn.st.borrow().pending_resume.is_some() {
-                // (Cannot happen: parsing waits behind a pending resume.)
-                return;
-            }
-            conn.st.borrow_mut().pending_resume = Some(Box::new((names, since)));
-            take_pending_resume(shard, conn);
+            // Carried out by the parser before the next frame (Conn::gate):
+            // at once, or once this node has its cluster peers' history.
+            let mut st = conn.st.borrow_mut();
+            debug_assert!(st.pending_resume.is_none(), "parsing waits behind one");
+            st.pending_resume = Some(Box::new((names, since)));
         }
         ClientMessage::Unsubscribe(names) => unsubscribe(shard, conn, names),
         ClientMessage::Options(opts) => options(conn, opts),
@@ -134,13 +133,9 @@ fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[Stri
     true
 }
 
-/// Carries out a waiting resume once this node has its cluster peers'
-/// history ([`Conn::awaits_sync`]); the parsers call it before the frames
-/// that came after it.
-pub(crate) fn take_pending_resume(shard: &Shard, conn: &Conn) {
-    if conn.awaits_sync() {
-        return;
-    }
+/// Carries out the connection's waiting resume, once [`Conn::gate`] says
+/// it may go on (before the frames that came after it).
+pub(crate) fn run_pending_resume(shard: &Shard, conn: &Conn) {
     let pending = conn.st.borrow_mut().pending_resume.take();
     if let Some(resume) = pending {
         let (names, since) = *resume;

@@ -14,7 +14,7 @@
 use super::handler::{handle_body, subscribe_one};
 use super::io::Io;
 use super::readbuf::ReadBuf;
-use super::state::{Close, Conn, ReplyKind};
+use super::state::{Close, Conn, Gate, ReplyKind};
 use crate::consts::CONTROL_SHARD;
 use crate::refusal::Refusal;
 use crate::shard::Shard;
@@ -45,8 +45,8 @@ enum Event {
     /// `n` new bytes are in the read buffer (0 = peer closed).
     Read(usize),
     /// A password check ended, the connection's backlog of replies came
-    /// down ([`Conn::backlogged`]) or a waiting resume may go on
-    /// ([`Conn::awaits_sync`]): the frames read behind are parsed now.
+    /// down or a waiting resume may go on ([`Conn::gate`]): the frames
+    /// read behind are parsed now.
     Resume,
     /// The connection is done (closing and flushed, linger over, or I/O error).
     Done(&'static str),
@@ -241,7 +241,12 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
 /// read of many small requests cannot each make a large reply at once; or
 /// behind a resume that waits for the cluster peers' history.
 pub(crate) fn held(conn: &Conn) -> bool {
-    conn.access.as_ref().is_some_and(|a| a.verifying()) || conn.backlogged() || conn.awaits_sync()
+    verifying(conn) || conn.gate() == Gate::Hold
+}
+
+/// A password check is under way.
+pub(crate) fn verifying(conn: &Conn) -> bool {
+    conn.access.as_ref().is_some_and(|a| a.verifying())
 }
 
 /// Handles every complete frame in the buffer; true if it stopped early
@@ -250,10 +255,13 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool 
     let max = shard.cfg().max_message_size;
     shard.refresh_clock();
     loop {
-        if held(conn) {
+        if verifying(conn) {
             return true;
         }
-        super::handler::take_pending_resume(shard, conn);
+        let gate = conn.gate();
+        if gate == Gate::Hold {
+            return true;
+        }
         // Nothing more is accepted once stopping: the drain promised the
         // owners that no request follows.
         let stop = {
@@ -267,6 +275,9 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool 
             }
             rbuf.start = rbuf.end;
             return false;
+        }
+        if gate == Gate::Resume {
+            super::handler::run_pending_resume(shard, conn);
         }
         match proto::decode_frame(&rbuf.data[rbuf.start..rbuf.end], max) {
             Ok(Some((frame, used))) => {

@@ -150,9 +150,7 @@ impl Shard {
             shards,
             router: Router::new(shards),
             mesh: Mesh::new(shards),
-            owner: Owner::new(id, shards, cfg.clone())
-                .with_store(store.clone())
-                .with_sync(node.shared.history_in_sync.clone()),
+            owner: Owner::new(id, shards, cfg.clone()).with_store(store.clone()),
             home: Home::new(id, shards, cfg.clone(), node.clone(), counters.clone()),
             drain: Drain::new(shards),
             clock: Clock::new(id, shards),

@@ -17,7 +17,7 @@
 use crate::conn::handler::dispatch;
 use crate::conn::io::Io;
 use crate::conn::readbuf::ReadBuf;
-use crate::conn::state::{Close, Conn, ReplyKind};
+use crate::conn::state::{Close, Conn, Gate, ReplyKind};
 use crate::conn::task::Wire;
 use crate::refusal::{Refusal, Transport, Wire as Said};
 use crate::shard::Shard;
@@ -203,10 +203,13 @@ impl Wire for WsWire {
         let max = shard.cfg().max_message_size;
         shard.refresh_clock();
         loop {
-            if crate::conn::task::held(conn) {
+            if crate::conn::task::verifying(conn) {
                 return true;
             }
-            crate::conn::handler::take_pending_resume(shard, conn);
+            let gate = conn.gate();
+            if gate == Gate::Hold {
+                return true;
+            }
             // Going away: nothing more is taken (what is read is dropped,
             // followed only for the client's close frame).
             if shard.stopping().is_set() || conn.st.borrow().ending.is_some() {
@@ -215,6 +218,9 @@ impl Wire for WsWire {
                 }
                 rbuf.start = rbuf.end;
                 return false;
+            }
+            if gate == Gate::Resume {
+                crate::conn::handler::run_pending_resume(shard, conn);
             }
             let buf = &mut rbuf.data[rbuf.start..rbuf.end];
             let h = match frame::parse_header(buf) {

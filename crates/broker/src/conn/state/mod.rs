@@ -185,6 +185,17 @@ pub(crate) struct ConnState {
 /// A resume's queue names and positions, as parsed.
 pub(crate) type PendingResume = (Vec<String>, Vec<(String, Vec<proto::Position>)>);
 
+/// What a parser does before a connection's next frame ([`Conn::gate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Parse it.
+    Go,
+    /// Leave it, and what follows, in the buffer for now.
+    Hold,
+    /// Carry out the waiting resume first.
+    Resume,
+}
+
 /// A connection's identity plus its state.
 pub(crate) struct Conn {
     /// Slab handle on the home shard.
@@ -309,13 +320,25 @@ impl Conn {
         seq
     }
 
-    /// Whether what the connection sent must wait unparsed: its backlog is
-    /// over `max_pending`, or [`MAX_BULKY`] replies that can be large are
-    /// still to be written. (Reads stop at the first already; this stops a
-    /// read's worth of small requests from each making a large reply.)
-    pub(crate) fn backlogged(&self) -> bool {
+    /// What the parser does before the connection's next frame, in one
+    /// look (per frame, on the publish path):
+    /// - [`Gate::Hold`]: what it sent waits unparsed while its backlog is
+    ///   over `max_pending` or [`MAX_BULKY`] replies that can be large are
+    ///   still to be written (reads stop at the first already; this stops
+    ///   a read's worth of small requests from each making a large reply),
+    ///   or while a resume waits for the cluster ([`Conn::awaits_sync`]);
+    /// - [`Gate::Resume`]: a waiting resume may go on, first;
+    /// - [`Gate::Go`]: the next frame.
+    pub(crate) fn gate(&self) -> Gate {
         let st = self.st.borrow();
-        st.out.len() > self.max_pending || st.bulky >= MAX_BULKY
+        if st.out.len() > self.max_pending || st.bulky >= MAX_BULKY {
+            return Gate::Hold;
+        }
+        match st.pending_resume {
+            None => Gate::Go,
+            Some(_) if self.in_sync() => Gate::Resume,
+            Some(_) => Gate::Hold,
+        }
     }
 
     /// Whether a resume waits for this node to have its cluster peers'
@@ -323,12 +346,15 @@ impl Conn {
     /// before, it could only say `recovered: false`. The wait ends at most
     /// [`crate::cluster::SYNC_GRACE`] after the node started.
     pub(crate) fn awaits_sync(&self) -> bool {
-        self.st.borrow().pending_resume.is_some()
-            && !self
-                .node
-                .shared
-                .history_in_sync
-                .load(std::sync::atomic::Ordering::Acquire)
+        self.st.borrow().pending_resume.is_some() && !self.in_sync()
+    }
+
+    /// See [`crate::node::NodeShared::history_in_sync`].
+    fn in_sync(&self) -> bool {
+        self.node
+            .shared
+            .history_in_sync
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The most bytes one reply may take (`max_pending`): a larger history
