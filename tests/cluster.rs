@@ -377,6 +377,63 @@ fn killed_node_rejoins(tls: bool) {
 // 4. Partition between n1 and n2 through the proxy
 // ---------------------------------------------------------------------------
 
+/// A history read on a node that has just restarted waits for its peers'
+/// history (§6: history is on every node; G3 for what they acknowledged while
+/// it was down), and what the connection sends after it waits behind it.
+#[test]
+fn a_history_read_on_a_restarted_node_sees_what_its_peers_took_meanwhile() {
+    let mut spec = Spec::new(2);
+    spec.history_length = Some(100);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("cl.rehist");
+    let mut p = cl.nodes[0].client();
+    p.publish(&q, &json!({"n": 0}));
+    // n3 (the highest entry, which never dials: its peers' links come back
+    // only when they dial it again) holds history in memory only, and loses
+    // it with the process.
+    cl.kill(2);
+    for n in 1..=5 {
+        p.publish(&q, &json!({ "n": n }));
+    }
+    cl.restart(2);
+    // At once: the read, then a publish behind it on the same connection.
+    let mut c = cl.nodes[2].client();
+    c.command(&json!({ "coremq_gethistory": [q.clone()] }));
+    c.send(&q, &json!({"n": 6}));
+    let reply = c.recv_reply();
+    let got: Vec<u64> = reply.json["history"][&q]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply}"))
+        .iter()
+        .map(|m| m["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, [0, 1, 2, 3, 4, 5], "{reply}");
+    assert_eq!(c.recv_reply().response(), Some(OK_SENT));
+    assert_eq!(
+        history_ns(&mut p, &q),
+        [0, 1, 2, 3, 4, 5, 6],
+        "the publish behind the read, on n1"
+    );
+}
+
+fn history_ns(c: &mut Client, q: &str) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = c.history(&[q]);
+        let ns: Vec<u64> = h[q]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["n"].as_u64().unwrap())
+            .collect();
+        if ns.len() >= 7 || Instant::now() > deadline {
+            return ns;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn partition_keeps_both_sides_serving_and_histories_converge_after_heal() {
     partition_heals(false);

@@ -45,10 +45,11 @@ pub(crate) struct NodeShared {
     /// Whether this node has had every cluster peer's history since it
     /// started (each peer's history exchange finished once), or stopped
     /// waiting for it ([`crate::cluster::SYNC_GRACE`]). Until then resumes
-    /// wait on their home shards (`Conn::awaits_sync`): answered before, one
-    /// could not promise that nothing after its position is missing (§10),
-    /// as what the peers stored while this node was down comes through the
-    /// exchange, stored but not delivered. Never unset once set; always set
+    /// and history reads wait on their home shards (`Conn::awaits_sync`):
+    /// answered before, a resume could not promise that nothing after its
+    /// position is missing (§10), nor a history read show what a peer
+    /// acknowledged (G3), as what the peers stored while this node was down
+    /// comes through the exchange, stored but not delivered. Never unset once set; always set
     /// without peers; set by the control shard.
     pub history_in_sync: AtomicBool,
     /// Whether the key-value store answers reads: on a node with cluster

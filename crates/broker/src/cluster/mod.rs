@@ -51,8 +51,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long connecting and the handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node with cluster peers waits after start for every peer's
-/// history and key exchange (answering resumes `recovered: false` and
-/// refusing key-value reads meanwhile): then a peer that has not come may
+/// history and key exchange (holding history reads and resumes, and
+/// refusing key-value reads, meanwhile): then a peer that has not come may
 /// be down, and the node serves from what it holds, saying so in the log.
 pub(crate) const SYNC_GRACE: Duration = Duration::from_secs(5);
 
@@ -95,7 +95,7 @@ impl Cluster {
     fn publish_sync(&self, shared: &crate::node::NodeShared) {
         let sync = self.sync.borrow();
         if sync.values().all(|p| p.history) && !shared.history_in_sync.load(Ordering::Acquire) {
-            tracing::info!("history in sync with every peer; resumes can promise a full replay");
+            tracing::info!("history in sync with every peer; answering history reads and resumes");
             shared.history_in_sync.store(true, Ordering::Release);
         }
         if sync.values().all(|p| p.kv) && !shared.kv_ready() {
@@ -126,7 +126,7 @@ impl Cluster {
             tracing::warn!(
                 peers = ?missing,
                 "serving without these peers' history and keys (no exchange from them since \
-                 start): until it comes, resumes may miss what they stored and key-value \
+                 start): until it comes, history reads and resumes may miss what they stored and key-value \
                  reads what they set"
             );
         }

@@ -4,7 +4,7 @@
 //! Errors inside a well-framed body are [`Refusal`]s: an `ERROR:` reply, and
 //! the connection stays open.
 
-use super::state::{Conn, ReplyKind, SubState};
+use super::state::{Conn, ReplyKind, SubState, Waiting};
 use crate::consts::is_conn_id;
 use crate::link_auth;
 use crate::msg::{MsgKey, Request, Since, Subscription};
@@ -53,12 +53,15 @@ pub(crate) fn dispatch(shard: &Rc<Shard>, conn: &Rc<Conn>, queue: &str, msg: Cli
         ClientMessage::Resume(names, since) => {
             // Carried out by the parser before the next frame (Conn::gate):
             // at once, or once this node has its cluster peers' history.
-            let mut st = conn.st.borrow_mut();
-            debug_assert!(st.pending_resume.is_none(), "parsing waits behind one");
-            st.pending_resume = Some(Box::new((names, since)));
+            wait(conn, Waiting::Resume(names, since));
         }
         ClientMessage::Unsubscribe(names) => unsubscribe(shard, conn, names),
         ClientMessage::Options(opts) => options(conn, opts),
+        // On a node that has just started, once it has its cluster peers'
+        // history (G3 for what they took while it was down).
+        ClientMessage::GetHistory(names) if !conn.in_sync() => {
+            wait(conn, Waiting::History(names));
+        }
         ClientMessage::GetHistory(names) => history(shard, conn, names),
         ClientMessage::Status => status(shard, conn),
         ClientMessage::Replicant(req) => replicant(shard, conn, req),
@@ -133,13 +136,22 @@ fn names_private(shard: &Shard, conn: &Conn, action: &'static str, names: &[Stri
     true
 }
 
-/// Carries out the connection's waiting resume, once [`Conn::gate`] says
+/// Leaves `request` for the parser to carry out before the next frame
+/// ([`Conn::gate`]).
+fn wait(conn: &Conn, request: Waiting) {
+    let mut st = conn.st.borrow_mut();
+    debug_assert!(st.waiting.is_none(), "parsing waits behind one");
+    st.waiting = Some(Box::new(request));
+}
+
+/// Carries out the connection's waiting request, once [`Conn::gate`] says
 /// it may go on (before the frames that came after it).
-pub(crate) fn run_pending_resume(shard: &Shard, conn: &Conn) {
-    let pending = conn.st.borrow_mut().pending_resume.take();
-    if let Some(resume) = pending {
-        let (names, since) = *resume;
-        subscribe(shard, conn, names, since);
+pub(crate) fn run_waiting(shard: &Shard, conn: &Conn) {
+    let waiting = conn.st.borrow_mut().waiting.take();
+    match waiting.map(|w| *w) {
+        Some(Waiting::Resume(names, since)) => subscribe(shard, conn, names, since),
+        Some(Waiting::History(names)) => history(shard, conn, names),
+        None => {}
     }
 }
 

@@ -34,8 +34,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const SLOW_LINGER: Duration = Duration::from_secs(10);
 /// Most bytes written per wake-up before letting other tasks run.
 const WRITE_BUDGET: usize = 4 << 20;
-/// How often a connection whose resume waits for the cluster's history
-/// looks whether it has come.
+/// How often a connection whose resume or history read waits for the
+/// cluster's history looks whether it has come.
 const SYNC_POLL: Duration = Duration::from_millis(5);
 
 /// What the poll loop woke up for.
@@ -45,7 +45,7 @@ enum Event {
     /// `n` new bytes are in the read buffer (0 = peer closed).
     Read(usize),
     /// A password check ended, the connection's backlog of replies came
-    /// down or a waiting resume may go on ([`Conn::gate`]): the frames
+    /// down or a waiting request may go on ([`Conn::gate`]): the frames
     /// read behind are parsed now.
     Resume,
     /// The connection is done (closing and flushed, linger over, or I/O error).
@@ -64,10 +64,10 @@ struct Ending {
     /// Deadline of a stall (`max_stall`), while the connection is stalled.
     stall: Option<glommio::timer::Timer>,
     /// Parsing stopped for a password check, a backlog of replies or a
-    /// resume waiting for the cluster's history, with frames maybe left
+    /// request waiting for the cluster's history, with frames maybe left
     /// unparsed.
     held: bool,
-    /// While a resume waits for the cluster's history: when to look again.
+    /// While a request waits for the cluster's history: when to look again.
     sync_poll: Option<glommio::timer::Timer>,
 }
 
@@ -239,7 +239,8 @@ fn hand_over(shard: &Shard, conn: &Conn, stream: Io, rbuf: &ReadBuf) {
 /// Whether a connection's parsing waits (its frames stay in the buffer): for
 /// a password check; for its backlog of replies to come down, so that a
 /// read of many small requests cannot each make a large reply at once; or
-/// behind a resume that waits for the cluster peers' history.
+/// behind a resume or history read that waits for the cluster peers'
+/// history.
 pub(crate) fn held(conn: &Conn) -> bool {
     verifying(conn) || conn.gate() == Gate::Hold
 }
@@ -276,8 +277,8 @@ fn parse_frames(shard: &Rc<Shard>, conn: &Rc<Conn>, rbuf: &mut ReadBuf) -> bool 
             rbuf.start = rbuf.end;
             return false;
         }
-        if gate == Gate::Resume {
-            super::handler::run_pending_resume(shard, conn);
+        if gate == Gate::Waited {
+            super::handler::run_waiting(shard, conn);
         }
         match proto::decode_frame(&rbuf.data[rbuf.start..rbuf.end], max) {
             Ok(Some((frame, used))) => {

@@ -219,8 +219,8 @@ impl Wire for WsWire {
                 rbuf.start = rbuf.end;
                 return false;
             }
-            if gate == Gate::Resume {
-                crate::conn::handler::run_pending_resume(shard, conn);
+            if gate == Gate::Waited {
+                crate::conn::handler::run_waiting(shard, conn);
             }
             let buf = &mut rbuf.data[rbuf.start..rbuf.end];
             let h = match frame::parse_header(buf) {

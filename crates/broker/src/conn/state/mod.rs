@@ -176,14 +176,20 @@ pub(crate) struct ConnState {
     pub held_bytes: usize,
     /// Replies in `replies` that can be large ([`MAX_BULKY`]).
     bulky: u32,
-    /// A resume that waits for this node to have its cluster peers'
-    /// history since it started (queue names, positions): what the
-    /// connection sent after it waits unparsed ([`Conn::awaits_sync`]).
-    pub pending_resume: Option<Box<PendingResume>>,
+    /// A request that reads history (a resume, a history read) and waits
+    /// for this node to have its cluster peers' history since it started:
+    /// what the connection sent after it waits unparsed
+    /// ([`Conn::awaits_sync`]).
+    pub waiting: Option<Box<Waiting>>,
 }
 
-/// A resume's queue names and positions, as parsed.
-pub(crate) type PendingResume = (Vec<String>, Vec<(String, Vec<proto::Position>)>);
+/// A request that reads history, as parsed, waiting to be carried out.
+pub(crate) enum Waiting {
+    /// A resume's queue names and positions.
+    Resume(Vec<String>, Vec<(String, Vec<proto::Position>)>),
+    /// A history read's queue names.
+    History(Vec<String>),
+}
 
 /// What a parser does before a connection's next frame ([`Conn::gate`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,8 +198,8 @@ pub(crate) enum Gate {
     Go,
     /// Leave it, and what follows, in the buffer for now.
     Hold,
-    /// Carry out the waiting resume first.
-    Resume,
+    /// Carry out the waiting request first.
+    Waited,
 }
 
 /// A connection's identity plus its state.
@@ -293,7 +299,7 @@ impl Conn {
                 held: Vec::new(),
                 held_bytes: 0,
                 bulky: 0,
-                pending_resume: None,
+                waiting: None,
             }),
         }
     }
@@ -326,31 +332,34 @@ impl Conn {
     ///   over `max_pending` or [`MAX_BULKY`] replies that can be large are
     ///   still to be written (reads stop at the first already; this stops
     ///   a read's worth of small requests from each making a large reply),
-    ///   or while a resume waits for the cluster ([`Conn::awaits_sync`]);
-    /// - [`Gate::Resume`]: a waiting resume may go on, first;
+    ///   or while a request that reads history waits for the cluster
+    ///   ([`Conn::awaits_sync`]);
+    /// - [`Gate::Waited`]: a waiting request may go on, first;
     /// - [`Gate::Go`]: the next frame.
     pub(crate) fn gate(&self) -> Gate {
         let st = self.st.borrow();
         if st.out.len() > self.max_pending || st.bulky >= MAX_BULKY {
             return Gate::Hold;
         }
-        match st.pending_resume {
+        match st.waiting {
             None => Gate::Go,
-            Some(_) if self.in_sync() => Gate::Resume,
+            Some(_) if self.in_sync() => Gate::Waited,
             Some(_) => Gate::Hold,
         }
     }
 
-    /// Whether a resume waits for this node to have its cluster peers'
-    /// history ([`crate::node::NodeShared::history_in_sync`]): answered
-    /// before, it could only say `recovered: false`. The wait ends at most
-    /// [`crate::cluster::SYNC_GRACE`] after the node started.
+    /// Whether a request that reads history waits for this node to have its
+    /// cluster peers' history ([`crate::node::NodeShared::history_in_sync`]):
+    /// answered before, a resume could only say `recovered: false`, and a
+    /// history read could miss what the peers took while this node was
+    /// down. The wait ends at most [`crate::cluster::SYNC_GRACE`] after the
+    /// node started.
     pub(crate) fn awaits_sync(&self) -> bool {
-        self.st.borrow().pending_resume.is_some() && !self.in_sync()
+        self.st.borrow().waiting.is_some() && !self.in_sync()
     }
 
     /// See [`crate::node::NodeShared::history_in_sync`].
-    fn in_sync(&self) -> bool {
+    pub(crate) fn in_sync(&self) -> bool {
         self.node
             .shared
             .history_in_sync
