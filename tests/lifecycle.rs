@@ -403,7 +403,52 @@ fn sigterm_with_a_client_that_never_reads() {
     }
     let st = b.wait_exit(Duration::from_secs(30));
     assert_eq!(st.code(), Some(0), "exit status {st}\n{}", b.logs());
+    assert!(
+        b.logs().contains("closing them anyway") || b.logs().contains("undelivered"),
+        "a stop that leaves messages undelivered says so: {}",
+        b.logs()
+    );
     drop(stuck);
+}
+
+/// A subscriber that is behind when the broker stops gets every message that was
+/// acknowledged, then BYE, as long as it takes them within shutdown_timeout —
+/// also when it pauses for longer than the 2 s a closing connection otherwise
+/// lingers (a stop used to cut it off then, with the messages undelivered).
+#[test]
+fn sigterm_waits_shutdown_timeout_for_a_subscriber_that_is_behind() {
+    let mut b = Broker::start(BrokerOpts::new(2).set("shutdown_timeout", "20"));
+    let q = uniq("behind");
+    let mut slow = b.client();
+    slow.subscribe(&[&q]);
+    let mut p = b.client();
+    // ~12 MB: more than the kernel buffers hold, less than max_pending.
+    let pad = "s".repeat(60_000);
+    for n in 0..200 {
+        p.send(&q, &json!({"n": n, "pad": pad}));
+        if n % 20 == 19 {
+            for _ in 0..20 {
+                p.expect_response(OK_SENT);
+            }
+        }
+    }
+    b.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_secs(4));
+    let (frames, _clean) = slow.read_until_eof(Duration::from_secs(30));
+    let ns: Vec<u64> = frames
+        .iter()
+        .filter_map(|f| f.json.get("n").and_then(|n| n.as_u64()))
+        .collect();
+    assert_eq!(
+        ns,
+        (0..200).collect::<Vec<u64>>(),
+        "acknowledged messages lost"
+    );
+    let last = frames.last().expect("no BYE");
+    assert_eq!(last.json, json!({"response": "BYE"}), "{last}");
+    let st = b.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0), "exit status {st}\n{}", b.logs());
+    assert!(!b.logs().contains("undelivered"), "{}", b.logs());
 }
 
 /// A client that is still sending when the broker stops must get its BYE too. A plain

@@ -380,6 +380,13 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         sleep(deadline),
     )
     .await;
+    if shard.conn_count() > 0 {
+        tracing::warn!(
+            shard = id,
+            connections = shard.conn_count(),
+            "clients still taking their last messages at shutdown_timeout; closing them anyway"
+        );
+    }
     if let (Some(store), Some(writer)) = (shard.store(), writer) {
         // What is written is flushed before the process ends.
         store.close();

@@ -61,6 +61,8 @@ struct Ending {
     half_closed: bool,
     /// Deadline for getting the last frames out.
     linger: Option<glommio::timer::Timer>,
+    /// A stopping connection's frames are all out: `linger` is LINGER now.
+    lingers_short: bool,
     /// Deadline of a stall (`max_stall`), while the connection is stalled.
     stall: Option<glommio::timer::Timer>,
     /// Parsing stopped for a password check, a backlog of replies or a
@@ -375,15 +377,31 @@ fn poll_conn<W: Wire>(
                 }
             }
         }
-        let linger = if closing == Some(Close::SlowConsumer) {
-            SLOW_LINGER
-        } else {
-            LINGER
+        let linger = match closing {
+            Some(Close::SlowConsumer) => SLOW_LINGER,
+            // A graceful stop: acknowledged messages are still on their way
+            // to this subscriber, and the stop waits shutdown_timeout for
+            // them (it used to be cut off after LINGER, losing them).
+            Some(Close::Shutdown) => shard.cfg().shutdown_timeout.max(LINGER),
+            _ => LINGER,
         };
+        if closing == Some(Close::Shutdown) && flushed && !io.lingers_short {
+            // Everything is out, BYE included: only the peer's end is
+            // awaited now, which LINGER bounds as for any close.
+            io.lingers_short = true;
+            io.linger = Some(glommio::timer::Timer::new(LINGER));
+        }
         let timer = io
             .linger
             .get_or_insert_with(|| glommio::timer::Timer::new(linger));
         if Pin::new(timer).poll(cx).is_ready() {
+            if closing == Some(Close::Shutdown) && !flushed {
+                tracing::warn!(
+                    conn = %conn.id,
+                    "stopping: the client took not all of its messages within shutdown_timeout; \
+                     closing it with them undelivered"
+                );
+            }
             return Poll::Ready(Event::Done("linger expired"));
         }
     }
