@@ -139,8 +139,10 @@ impl Store {
                 None => false,
             }
         };
-        if full {
-            self.close_active().await;
+        // With `fsync = always` the batch is acknowledged on this sync when
+        // it filled the segment: a failure must fail the batch.
+        if full && !self.close_active().await && self.fsync == Fsync::Always {
+            return Err("fdatasync of the full segment failed".into());
         }
         Ok(())
     }
@@ -173,12 +175,14 @@ impl Store {
     }
 
     /// Flushes and closes the active segment; the next write opens another.
-    async fn close_active(&self) {
-        self.sync_active().await;
+    /// False if the flush failed ([`Self::sync_active`]).
+    async fn close_active(&self) -> bool {
+        let synced = self.sync_active().await;
         let mut st = self.st.borrow_mut();
         if let Some((n, _file, len)) = st.active.take() {
             st.closed.push((n, len));
         }
+        synced
     }
 
     /// `fdatasync` of the active segment if written since the last one.
