@@ -836,6 +836,85 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
     let _l = expect_accepted(&b, json!(other));
 }
 
+/// What a link brings that a node would not store — invalid UTF-8, or a
+/// history-exchange frame that is not one — is left out, one message at a
+/// time: it never reaches a client, and the link stays up for what follows.
+/// (Stored, such a message came back in every later history exchange, whose
+/// receiver dropped the link for it: two nodes cut apart for good.)
+#[test]
+fn a_malformed_message_from_a_link_is_dropped_not_stored_and_the_link_stays() {
+    let mut b = Broker::start(
+        BrokerOpts::new(2)
+            .set("history_length", "100")
+            .set("allowed_replicants", "127.0.0.7:5000"),
+    );
+    let mut link = expect_accepted(&b, json!({"name": "127.0.0.7:5000"}));
+    let q = uniq("cl.poison");
+    let mut s = b.client();
+    s.subscribe_one(&q);
+    let sent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let stamped = |body: &[u8], n: u32| -> Vec<u8> {
+        let mut j = b"{\"a\": \"".to_vec();
+        j.extend_from_slice(body);
+        j.extend_from_slice(
+            format!(
+                "\", \"n\": {n}, \"coremq_sender\": \"gw\", \"coremq_sent\": {:.6}, \
+                 \"coremq_server\": \"127.0.0.7:5000\"}}",
+                sent + f64::from(n) / 1000.0
+            )
+            .as_bytes(),
+        );
+        j
+    };
+    let frame = |queue: &str, json: &[u8]| -> Vec<u8> {
+        let mut f = format!("+{} {queue} ", queue.len() + 1 + json.len()).into_bytes();
+        f.extend_from_slice(json);
+        f
+    };
+    // Live: invalid UTF-8, raw non-ASCII, then a good one.
+    link.send_raw(&frame(&q, &stamped(b"\xff\xfe", 1)));
+    link.send_raw(&frame(&q, &stamped("\u{e9}".as_bytes(), 2)));
+    link.send_raw(&frame(&q, &stamped(b"ok", 3)));
+    // History exchange: a frame that is not one, then a good one.
+    link.send_raw(&frame("$coremq.sync", b"{\"queue\": 7}"));
+    let mut good = format!("{{\"queue\": \"{q}\", \"message\": ").into_bytes();
+    good.extend_from_slice(&stamped(b"synced", 4));
+    good.push(b'}');
+    link.send_raw(&frame("$coremq.sync", &good));
+    let m = s.recv_msg();
+    assert_eq!(m.json["n"], json!(3), "{m}");
+    assert!(
+        s.try_recv_msg(Duration::from_millis(300)).is_err(),
+        "only the good live message is delivered"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ns = loop {
+        let h = s.history(&[&q]);
+        let ns: Vec<u64> = h
+            .get(&q)
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|m| m["n"].as_u64().unwrap())
+            .collect();
+        if ns.len() >= 2 || Instant::now() > deadline {
+            break ns;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(ns, [3, 4], "what history keeps of what the link brought");
+    let st = s.status();
+    let peers = st["replicants"].to_string();
+    assert!(
+        peers.contains("127.0.0.7:5000"),
+        "the link is still up: {st}"
+    );
+    b.assert_alive();
+}
+
 /// n3 is gone and its address now leads to n2 (a re-pointed name, a relay
 /// on the old host). n1 and n2 still dial n3's entry and reach n2, which
 /// answers the challenge with a proof that names n2: neither may take that

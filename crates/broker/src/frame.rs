@@ -185,7 +185,12 @@ impl MsgFrame {
     }
 
     /// A message that another node accepted: its key comes from its own
-    /// `coremq_sent` and `coremq_server` fields. `None` if they are missing.
+    /// `coremq_sent` and `coremq_server` fields. `None` if they are missing,
+    /// or if the text is not what a node stores: JSON in ASCII (a node
+    /// escapes every other character; checked here, because the parse below
+    /// skips the other members without looking at their bytes, and a
+    /// message stored as it came would reach clients as invalid UTF-8 and
+    /// break every later history exchange of this node).
     /// A `coremq_seq` member (links carry it, [`MsgFrame::write_with_seq`])
     /// becomes the frame's seq and is taken out of the stored text, so that
     /// connections that did not ask for it do not get it.
@@ -197,6 +202,9 @@ impl MsgFrame {
             coremq_server: std::borrow::Cow<'a, str>,
             #[serde(default)]
             coremq_seq: u64,
+        }
+        if !json.is_ascii() {
+            return None;
         }
         let stamp: Stamp<'_> = serde_json::from_slice(json).ok()?;
         let key = MsgKey {

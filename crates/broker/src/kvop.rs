@@ -343,6 +343,9 @@ impl KvChange {
             coremq_sent: f64,
             coremq_server: String,
         }
+        // The parse skips the bytes of members it ignores, and a value is
+        // kept as it came: invalid UTF-8 would reach clients.
+        std::str::from_utf8(json).ok()?;
         let raw: Raw<'_> = serde_json::from_slice(json).ok()?;
         if !valid_key(raw.key.as_bytes()) {
             return None;

@@ -466,7 +466,8 @@ fn take_frames(
         }
         if queue == KV_QUEUE {
             let Some(change) = crate::kvop::KvChange::from_link_json(json) else {
-                return Err("bad key-value frame from peer");
+                tracing::warn!("malformed key-value change from a peer; dropped");
+                continue;
             };
             let owner = shard.owner_of(&change.key);
             shard.request(owner, Request::KvReplicated(Box::new(change)));
@@ -479,8 +480,11 @@ fn take_frames(
                 #[serde(borrow)]
                 message: &'a serde_json::value::RawValue,
             }
+            // One bad message is left out, not the link dropped: the next
+            // link's exchange would bring it again, for good.
             let Ok(sync) = serde_json::from_slice::<Sync<'_>>(json) else {
-                return Err("bad history frame from peer");
+                tracing::warn!("malformed history message from a peer; dropped");
+                continue;
             };
             (sync.queue, sync.message.get().as_bytes().to_vec(), false)
         } else {
@@ -490,7 +494,8 @@ fn take_frames(
             continue;
         }
         let Some(frame) = MsgFrame::replicated(&queue, &json) else {
-            tracing::warn!(%queue, "message from a peer without coremq_sent/coremq_server; dropped");
+            tracing::warn!(%queue, "message from a peer without coremq_sent/coremq_server, or \
+                not ASCII JSON; dropped");
             continue;
         };
         let owner = shard.owner_of(&queue);
