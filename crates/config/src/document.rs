@@ -379,15 +379,29 @@ impl Section<'_> {
     /// The value of `key` if the environment or the file sets it (possibly to "").
     pub fn raw(&self, key: &'static str) -> Result<Option<Raw>, ConfigError> {
         let var = format!("{}_{}", self.spec.env_prefix, key.to_ascii_uppercase());
-        if let Some(text) = (self.env)(&var)? {
-            return Ok(Some(Raw {
-                text: text.trim().to_owned(),
-                origin: Origin::Env { var },
-            }));
-        }
         let index = self.spec.keys.iter().position(|k| *k == key);
         debug_assert!(index.is_some(), "key {key} is not in [{}]", self.spec.name);
         let value = index.and_then(|i| self.values.get(i)?.as_ref());
+        if let Some(text) = (self.env)(&var)? {
+            let text = text.trim();
+            // Empty means "the default"; over a value the file sets, that is
+            // what `${VAR}` of an unset VAR gives, and silently turning off
+            // (say) access control is worse than refusing to start.
+            if text.is_empty() && value.is_some_and(|v| !v.is_empty()) {
+                return Err(ConfigError::Invalid {
+                    origin: Origin::Env { var },
+                    value: String::new(),
+                    reason: format!(
+                        "an empty variable would replace {key} from the file with the default: \
+                         unset it to keep the file's value, or give one"
+                    ),
+                });
+            }
+            return Ok(Some(Raw {
+                text: text.to_owned(),
+                origin: Origin::Env { var },
+            }));
+        }
         Ok(value.map(|text| Raw {
             text: text.clone(),
             origin: Origin::File {

@@ -281,25 +281,42 @@ fn env_overrides_win_over_the_file() {
     let env = |name: &str| match name {
         "COREMQ_PORT" => Some("7000".to_owned()),
         "COREMQ_LOG_LEVEL" => Some(" debug ".to_owned()),
-        "COREMQ_CLUSTER_NODES" => Some(String::new()), // set-to-empty: the default
+        "COREMQ_HISTORY_TTL" => Some(String::new()), // set-to-empty: the default
         "COREMQ_SHARDS" => Some("2".to_owned()),
         "COREWS_ENABLED" => Some("no".to_owned()),
         "COREWS_ALLOWED_ORIGINS" => Some("https://x.example".to_owned()),
         _ => None,
     };
     let c = Config::from_ini_str(
-        "[CoreMQ]\nport = 6000\ncluster_nodes = a:1\nhistory_length = 3\n[CoreWS]\nport = 9100\n",
+        "[CoreMQ]\nport = 6000\nhistory_length = 3\n[CoreWS]\nport = 9100\n",
         env,
     )
     .unwrap();
     assert_eq!(c.mq.port, 7000);
     assert_eq!(c.mq.log_level, LogLevel::Debug);
-    assert!(c.mq.cluster_nodes.is_empty());
     assert_eq!(c.mq.shards, 2);
     assert_eq!(c.mq.history_length, 3); // not overridden: the file's value
     assert!(!c.ws.enabled);
     assert_eq!(c.ws.port, 9100);
     assert_eq!(c.ws.allowed_origins, ["https://x.example"]);
+}
+
+/// An empty variable over a value the file sets is refused, naming the
+/// variable: it would have put the default in its place (`COREMQ_USERS_FILE=`
+/// turned access control off, `COREMQ_PORT=` moved the port), which is what
+/// `${VAR}` of an unset VAR gives. Over a key the file leaves unset it means
+/// the default, as before.
+#[test]
+fn an_empty_variable_over_a_value_from_the_file_is_an_error() {
+    let file = "[CoreMQ]\nport = 6000\nusers_file = /etc/coremq/users\n";
+    for var in ["COREMQ_USERS_FILE", "COREMQ_PORT"] {
+        let env = |name: &str| (name == var).then(String::new);
+        let e = Config::from_ini_str(file, env).unwrap_err().to_string();
+        assert!(e.contains(var) && e.contains("empty variable"), "{e}");
+    }
+    let env = |name: &str| (name == "COREMQ_TLS_PORT").then(|| " ".to_owned());
+    let c = Config::from_ini_str(file, env).unwrap();
+    assert_eq!(c.mq.port, 6000);
 }
 
 #[test]
