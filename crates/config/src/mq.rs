@@ -279,7 +279,7 @@ impl MqConfig {
         c.users_file = s.parse("users_file", |t| Ok(PathBuf::from(t)))?;
         c.jwt_secret_file = s.parse("jwt_secret_file", |t| Ok(PathBuf::from(t)))?;
         c.jwt_public_key_file = s.parse("jwt_public_key_file", |t| Ok(PathBuf::from(t)))?;
-        s.set(&mut c.auth_timeout, "auth_timeout", value::seconds)?;
+        s.set(&mut c.auth_timeout, "auth_timeout", value::positive_seconds)?;
         c.tls = TlsConfig::from_section(s)?;
         c.cluster_self = s.parse("cluster_self", |t| {
             value::host_port(t).map(|()| t.to_owned())
@@ -342,7 +342,11 @@ impl MqConfig {
         })?;
         c.store = StoreConfig::from_section(s)?;
         c.kv = KvConfig::from_section(s)?;
-        s.set(&mut c.shutdown_timeout, "shutdown_timeout", value::seconds)?;
+        s.set(
+            &mut c.shutdown_timeout,
+            "shutdown_timeout",
+            value::positive_seconds,
+        )?;
 
         let min = c.max_message_size + FRAME_OVERHEAD;
         if c.max_pending < min {

@@ -61,6 +61,16 @@ pub(crate) fn boolean(text: &str) -> Result<bool, String> {
     }
 }
 
+/// [`seconds`] greater than 0 (a timeout of 0 would close every connection,
+/// cut every client off at a stop, or ping continuously).
+pub(crate) fn positive_seconds(text: &str) -> Result<Duration, String> {
+    let d = seconds(text)?;
+    if d.is_zero() {
+        return Err("expected a number of seconds greater than 0".into());
+    }
+    Ok(d)
+}
+
 /// Seconds as a decimal number, so sub-second timeouts (tests) are possible.
 pub(crate) fn seconds(text: &str) -> Result<Duration, String> {
     const MAX: f64 = 86_400.0;

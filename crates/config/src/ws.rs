@@ -67,8 +67,12 @@ impl WsConfig {
         s.set(&mut c.allowed_origins, "allowed_origins", |t| {
             Ok(value::list(t).map(str::to_owned).collect())
         })?;
-        s.set(&mut c.ping_interval, "ping_interval", positive_seconds)?;
-        s.set(&mut c.idle_timeout, "idle_timeout", positive_seconds)?;
+        s.set(
+            &mut c.ping_interval,
+            "ping_interval",
+            value::positive_seconds,
+        )?;
+        s.set(&mut c.idle_timeout, "idle_timeout", value::positive_seconds)?;
         s.set(&mut c.tls, "tls", value::boolean)?;
         if c.idle_timeout <= c.ping_interval {
             return Err(ConfigError::WsTimeouts {
@@ -95,13 +99,4 @@ impl Default for WsConfig {
             tls: false,
         }
     }
-}
-
-/// Seconds, more than zero (a zero interval would ping continuously).
-fn positive_seconds(text: &str) -> Result<Duration, String> {
-    let d = value::seconds(text)?;
-    if d.is_zero() {
-        return Err("expected a number of seconds greater than 0".into());
-    }
-    Ok(d)
 }

@@ -87,6 +87,12 @@ fn bad_values_name_section_key_value_and_what_is_allowed() {
     bad_mq("io_poll_interval", "0", poll);
     bad_mq("io_poll_interval", "1000001", poll);
     bad_mq("io_poll_interval", "10ms", poll);
+    // A timeout of 0 closed every login at once, or cut every client off at
+    // a stop (acknowledged messages undelivered).
+    let positive = "expected a number of seconds greater than 0";
+    bad_mq("auth_timeout", "0", positive);
+    bad_mq("auth_timeout", "0.0", positive);
+    bad_mq("shutdown_timeout", "0", positive);
     let secs = "expected a number of seconds 0-86400, such as 5 or 0.5";
     bad_mq("shutdown_timeout", "-1", secs);
     bad_mq("shutdown_timeout", "5s", secs);
