@@ -555,6 +555,83 @@ fn a_full_disk_fails_publishes_instead_of_acknowledging_them() {
     assert_eq!(s.recv_msg().json["after"], json!(true));
 }
 
+/// A confirmation held back for a stalled subscriber (G5) and released after
+/// its batch failed to reach the disk is an error, not an OK: it used to be
+/// sent as OK, for messages a restart did not have (§12).
+#[test]
+fn a_held_confirmation_of_a_message_the_disk_did_not_take_is_an_error() {
+    let dir = unique_dir("durable-held");
+    let mut opts = durable(1, &dir, 0)
+        .set("fsync", "always")
+        .set("history_length", "1000")
+        .set("max_message_size", "8K")
+        .set("max_pending", "32K")
+        .set("max_stall", "60");
+    opts.wrapper = vec![
+        need_tool("unshare"),
+        "-Urm".into(),
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "mount -t tmpfs -o size=256k tmpfs '{}' && exec \"$@\"",
+            dir.display()
+        ),
+        "sh".into(),
+    ];
+    let (b, _) = start(opts);
+    let q = uniq("dur.held");
+    let mut p = b.client();
+    let body = "x".repeat(4000);
+    // Fill the disk.
+    let mut n = 0;
+    loop {
+        assert!(n < 400, "a 256 KiB disk took {n} × 4 KB");
+        p.send(&q, &json!({"n": n, "f": body}));
+        n += 1;
+        match p.recv_reply().response() {
+            Some(OK_SENT) => {}
+            Some(coremq_protocol::ERR_NOT_STORED) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // A subscriber that does not read: its backlog passes max_pending, and
+    // the publisher's confirmations are held.
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    // More than the kernel's socket buffers hold (the publisher's sends
+    // block once the broker stops reading it: from a thread).
+    const BURST: usize = 2000;
+    let sender = {
+        let q = q.clone();
+        let body = "x".repeat(7000);
+        std::thread::spawn(move || {
+            for i in 0..BURST {
+                p.send(&q, &json!({"n": n + i, "f": body}));
+            }
+            p
+        })
+    };
+    let mut c = b.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shard_sum(&c.status(), "stalls") == 0 {
+        assert!(Instant::now() < deadline, "the subscriber never stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // It catches up: the held confirmations go out.
+    for _ in 0..BURST {
+        s.recv_msg();
+    }
+    let mut p = sender.join().unwrap();
+    for i in 0..BURST {
+        let reply = p.recv_reply();
+        assert_eq!(
+            reply.response(),
+            Some(coremq_protocol::ERR_NOT_STORED),
+            "publish {i} of the burst, none of which the full disk took: {reply}"
+        );
+    }
+}
+
 /// A compaction writes the retained history as a snapshot, newest first.
 /// After a restart a resume from a retained position is still complete
 /// (`"recovered": true`), as it was before.

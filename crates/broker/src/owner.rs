@@ -20,8 +20,9 @@ pub(crate) trait Outbox {
     /// Sends `resp` to home shard `to`.
     fn respond(&self, to: usize, resp: Response);
     /// Confirms a publish of `bytes` by connection `conn` on home shard `to`
-    /// (with `OK: Message sent` for reply `seq` when it wants one).
-    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32);
+    /// (with `OK: Message sent` for reply `seq` when it wants one), once
+    /// `batch` of the durable history holds it (0: none).
+    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32, batch: u64);
     /// Hands `frame` to this shard's own subscribers (its home side),
     /// leaving out `skip`.
     fn deliver_here(&self, frame: &MsgFrame, skip: Option<ConnKey>);
@@ -111,11 +112,15 @@ impl Owner {
 
     /// Appends a newly stored message to the durable history when its
     /// queue keeps history and is persisted.
-    fn persist(&self, frame: &MsgFrame, keeps: bool) {
-        if let Some(store) = &self.store {
-            if keeps && !is_reserved(frame.queue()) && store.persists(frame.queue()) {
-                store.append(frame);
+    /// Returns the batch that will hold it (0: not written).
+    fn persist(&self, frame: &MsgFrame, keeps: bool) -> u64 {
+        match &self.store {
+            Some(store)
+                if keeps && !is_reserved(frame.queue()) && store.persists(frame.queue()) =>
+            {
+                store.append(frame)
             }
+            _ => 0,
         }
     }
 
@@ -139,10 +144,11 @@ impl Owner {
             // makes of the frame.
             seq: ack,
             bytes: frame.bytes().len() as u32,
+            batch: 0,
         });
         let confirm = self.store_and_deliver(out, frame, Some(from), confirm, replicate);
         if let Some(c) = confirm {
-            out.ack(c.home, c.conn, c.seq, c.bytes);
+            out.ack(c.home, c.conn, c.seq, c.bytes, c.batch);
         }
     }
 
@@ -163,7 +169,7 @@ impl Owner {
             out.respond(CONTROL_SHARD, Response::LinkPressure { queue, on });
         }
         for c in released {
-            out.ack(c.home, c.conn, c.seq, c.bytes);
+            out.ack(c.home, c.conn, c.seq, c.bytes, c.batch);
         }
     }
 
@@ -316,16 +322,17 @@ impl Owner {
                 n += 1;
             }
         }
+        // Before the confirmation, which waits for the batch holding it.
+        let batch = self.persist(&frame, keeps);
         let confirm = match confirm {
-            Some(c) if stalled => {
+            Some(mut c) if stalled => {
+                c.batch = batch;
                 table.hold(frame.hash(), frame.queue(), c);
                 None
             }
             confirm => confirm,
         };
         drop(table);
-        // Before the confirmation, which waits for the batch holding it.
-        self.persist(&frame, keeps);
         let homes = || homes.iter().take(n.min(homes.len())).chain(many.iter());
         let skip = |h: usize| match &publisher {
             Some(p) if h == p.home && !p.echo => Some(p.conn),

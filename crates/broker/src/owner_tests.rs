@@ -85,7 +85,7 @@ impl Outbox for Recorder {
         self.said.borrow_mut().push(said);
     }
 
-    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32) {
+    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32, _batch: u64) {
         assert!(bytes > 0, "a confirmation frees the publish's bytes");
         self.said.borrow_mut().push(Said::Ack { to, conn, seq });
     }

@@ -127,6 +127,7 @@ fn confirmations_wait_while_a_subscriber_is_over() {
         generation: 1,
     };
     let held = |seq| Held {
+        batch: 0,
         home: 1,
         conn,
         seq: Some(seq),

@@ -60,6 +60,8 @@ pub(crate) struct Held {
     pub seq: Option<u32>,
     /// The publish's size in its in-flight window.
     pub bytes: u32,
+    /// The durable history's batch that holds the message (0: none).
+    pub batch: u64,
 }
 
 impl QueueState {

@@ -52,6 +52,7 @@ impl Shard {
                 seq,
                 bytes,
                 stored: true,
+                ..
             } => self.ack_now(to, conn, seq, bytes),
             Deferred::Ack {
                 to,
@@ -59,6 +60,7 @@ impl Shard {
                 seq,
                 bytes,
                 stored: false,
+                ..
             } => {
                 if to == self.id {
                     self.home.not_stored(conn, seq, bytes);
@@ -100,13 +102,14 @@ impl Outbox for Shard {
         }
     }
 
-    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32) {
+    fn ack(&self, to: usize, conn: ConnKey, seq: Option<u32>, bytes: u32, batch: u64) {
         self.send_or_defer(Deferred::Ack {
             to,
             conn,
             seq,
             bytes,
             stored: true,
+            batch,
         });
     }
 

@@ -64,6 +64,11 @@ pub(crate) enum Deferred {
         /// False when the batch could not be written (or, with `fsync =
         /// always`, synced): the publisher is told, not acknowledged.
         stored: bool,
+        /// The batch that holds the message ([`Store::append`]; 0: none).
+        /// A confirmation held back for a stalled subscriber (G5) can be
+        /// released after that batch, behind a later one or none: it is
+        /// `stored` only if its own batch was too.
+        batch: u64,
     },
     /// Shutdown: this owner has processed every request of shard `to`.
     Drained { to: usize },
@@ -92,6 +97,9 @@ pub(crate) struct StoreStats {
     pub errors: Cell<u64>,
 }
 
+/// Most ranges of lost batches a store remembers ([`State::lost`]).
+const LOST_RANGES: usize = 1024;
+
 #[derive(Default)]
 struct State {
     /// Records not yet handed to the writer.
@@ -104,6 +112,11 @@ struct State {
     in_flight: bool,
     /// Answers waiting for their batch (tag: the batch), in order.
     deferred: VecDeque<(u64, Deferred)>,
+    /// Batches that could not be written, as ranges (first, last), oldest
+    /// first; at most [`LOST_RANGES`] (a disk that fails and recovers over
+    /// and over forgets its oldest failures, long after any confirmation
+    /// of them was released).
+    lost: VecDeque<(u64, u64)>,
     /// The segment being appended to: its number, file and length.
     active: Option<(u64, Rc<BufferedFile>, u64)>,
     /// The other segments: (number, bytes).
@@ -210,13 +223,49 @@ impl Store {
     }
 
     /// Appends a message to the next batch.
-    pub(crate) fn append(&self, frame: &MsgFrame) {
+    /// Returns the number of the batch that will hold it.
+    pub(crate) fn append(&self, frame: &MsgFrame) -> u64 {
         let mut st = self.st.borrow_mut();
         record::encode(frame, &mut st.pending);
+        let batch = st.open_batch;
         drop(st);
         if let Some(w) = self.writer.take() {
             w.wake();
         }
+        batch
+    }
+
+    /// Notes that `batch` could not be written.
+    fn lose(&self, batch: u64) {
+        let mut st = self.st.borrow_mut();
+        match st.lost.back_mut() {
+            Some((_, last)) if *last + 1 == batch => *last = batch,
+            _ => st.lost.push_back((batch, batch)),
+        }
+        if st.lost.len() > LOST_RANGES {
+            st.lost.pop_front();
+        }
+    }
+
+    /// Whether `batch` could not be written.
+    fn was_lost(&self, batch: u64) -> bool {
+        batch != 0
+            && self
+                .st
+                .borrow()
+                .lost
+                .iter()
+                .any(|&(first, last)| (first..=last).contains(&batch))
+    }
+
+    /// `d`, told whether its own batch was lost.
+    pub(crate) fn settle(&self, mut d: Deferred) -> Deferred {
+        if let Deferred::Ack { stored, batch, .. } = &mut d {
+            if *stored && self.was_lost(*batch) {
+                *stored = false;
+            }
+        }
+        d
     }
 
     /// `d` if it may go now, else `None`: it waits for the batch of what
@@ -230,7 +279,8 @@ impl Store {
         } else if let Some(&(last, _)) = st.deferred.back() {
             last
         } else {
-            return Some(d);
+            drop(st);
+            return Some(self.settle(d));
         };
         st.deferred.push_back((tag, d));
         None

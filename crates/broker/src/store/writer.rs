@@ -76,6 +76,9 @@ impl Store {
                 false
             }
         };
+        if !stored {
+            self.lose(batch);
+        }
         let ready: Vec<Deferred> = {
             let mut st = self.st.borrow_mut();
             st.in_flight = false;
@@ -92,7 +95,7 @@ impl Store {
             if let Deferred::Ack { stored: s, .. } = &mut d {
                 *s = stored;
             }
-            source.release(d);
+            source.release(self.settle(d));
         }
         self.wake_idle();
     }
