@@ -395,15 +395,33 @@ pub(crate) fn kv_max_value(memory: u64, shards: usize, max_value: usize) -> usiz
 /// glommio binds with SO_REUSEPORT, so a second broker on the same port would
 /// bind successfully and take half the connections. A plain bind (without
 /// SO_REUSEPORT) fails on any address someone listens on, which is the check.
+///
+/// A port in use is tried again for up to [`IN_USE_GRACE`]: the listening
+/// sockets of a broker that was just killed outlive it by some milliseconds
+/// (io_uring closes them late), and a supervisor that restarts it at once
+/// would otherwise see "already in use" from a port nobody holds.
 fn resolve_addr(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
-    match std::net::TcpListener::bind(addr) {
-        Ok(probe) => probe
-            .local_addr()
-            .map_err(|cause| BrokerError::Listen { addr, cause }),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(BrokerError::PortInUse { addr }),
-        Err(cause) => Err(BrokerError::Listen { addr, cause }),
+    let deadline = std::time::Instant::now() + IN_USE_GRACE;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(probe) => {
+                return probe
+                    .local_addr()
+                    .map_err(|cause| BrokerError::Listen { addr, cause })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(BrokerError::PortInUse { addr });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(cause) => return Err(BrokerError::Listen { addr, cause }),
+        }
     }
 }
+
+/// How long a port in use is tried again at start ([`resolve_addr`]).
+const IN_USE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The CPUs this process may run on (honours taskset / systemd CPUAffinity).
 fn allowed_cpus() -> Vec<usize> {
