@@ -184,6 +184,11 @@ pub enum ConfigError {
     #[error("{0}")]
     Kv(String),
 
+    /// Two listeners on one port (the kernel would take both, with
+    /// SO_REUSEPORT, and hand each connection to either).
+    #[error("{0}")]
+    SamePort(String),
+
     /// An override variable that is set but not valid UTF-8, so it cannot be a
     /// setting; ignoring it would hide the operator's intent.
     #[error("environment variable {var} is not valid UTF-8")]

@@ -131,6 +131,13 @@ impl Config {
             taken.push(("[CoreWS] port", config.ws.port));
         }
         taken.retain(|(_, p)| *p != 0);
+        for (i, (name, port)) in taken.iter().enumerate() {
+            if let Some((first, _)) = taken[..i].iter().find(|(_, p)| p == port) {
+                return Err(ConfigError::SamePort(format!(
+                    "{name} = {port} is the same as {first}: give each listener its own port"
+                )));
+            }
+        }
         config.mq.kv.check(&taken)?;
         Ok(config)
     }

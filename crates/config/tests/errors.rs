@@ -373,6 +373,23 @@ fn tls_settings_that_do_not_fit_together_are_refused() {
         err(&format!("[CoreMQ]\nport = 7000\ntls_port = 7000\n{files}")),
         "tls_port = 7000 is the same as port: give TLS its own port (port = 0 turns plain TCP off)"
     );
+    // The web listener on a TCP or TLS port: both listened there, and each
+    // connection went to either (HTTP requests greeted as CoreMQ clients).
+    assert_eq!(
+        err("[CoreMQ]\nport = 7000\n[CoreWS]\nport = 7000\n"),
+        "[CoreWS] port = 7000 is the same as port: give each listener its own port"
+    );
+    assert_eq!(
+        err(&format!(
+            "[CoreMQ]\ntls_port = 7001\n{files}[CoreWS]\nport = 7001\n"
+        )),
+        "[CoreWS] port = 7001 is the same as tls_port: give each listener its own port"
+    );
+    assert!(Config::from_ini_str(
+        "[CoreMQ]\nport = 7000\n[CoreWS]\nenabled = no\nport = 7000\n",
+        |_| None
+    )
+    .is_ok());
     assert_eq!(
         err(&format!("[CoreMQ]\ntls_port = 7001\n{files}tls_client_auth = required\n")),
         "[CoreMQ] tls_client_auth = \"required\" needs tls_client_ca_file: client certificates are verified against it"
