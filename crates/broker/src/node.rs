@@ -49,8 +49,8 @@ pub(crate) struct NodeShared {
     /// answered before, a resume could not promise that nothing after its
     /// position is missing (§10), nor a history read show what a peer
     /// acknowledged (G3), as what the peers stored while this node was down
-    /// comes through the exchange, stored but not delivered. Never unset once set; always set
-    /// without peers; set by the control shard.
+    /// comes through the exchange, stored but not delivered. Never unset
+    /// once set; always set without peers; set by the control shard.
     pub history_in_sync: AtomicBool,
     /// Whether the key-value store answers reads: on a node with cluster
     /// peers, once every peer's key exchange has finished since start (a
