@@ -504,16 +504,9 @@ fn a_resume_on_a_restarted_cluster_node_waits_for_its_peers_history() {
     remove_cluster_data_dirs("resume");
 }
 
-/// With `fsync = always` an OK means the message is on the device (§12). A
-/// disk that fills up answers the publishes it cannot take with an error,
-/// never with OK — and keeps answering, and serving, as before. (The node
-/// runs in a mount namespace of its own over a 256 KiB tmpfs.)
-#[test]
-fn a_full_disk_fails_publishes_instead_of_acknowledging_them() {
-    let dir = unique_dir("durable-full");
-    let mut opts = durable(1, &dir, 0)
-        .set("fsync", "always")
-        .set("history_length", "1000");
+/// `opts` run in a mount namespace of their own, with a 256 KiB tmpfs over
+/// `dir` (a disk that fills up).
+fn on_a_small_disk(mut opts: BrokerOpts, dir: &Path) -> BrokerOpts {
     opts.wrapper = vec![
         need_tool("unshare"),
         "-Urm".into(),
@@ -525,6 +518,22 @@ fn a_full_disk_fails_publishes_instead_of_acknowledging_them() {
         ),
         "sh".into(),
     ];
+    opts
+}
+
+/// With `fsync = always` an OK means the message is on the device (§12). A
+/// disk that fills up answers the publishes it cannot take with an error,
+/// never with OK — and keeps answering, and serving, as before. (The node
+/// runs in a mount namespace of its own over a 256 KiB tmpfs.)
+#[test]
+fn a_full_disk_fails_publishes_instead_of_acknowledging_them() {
+    let dir = unique_dir("durable-full");
+    let opts = on_a_small_disk(
+        durable(1, &dir, 0)
+            .set("fsync", "always")
+            .set("history_length", "1000"),
+        &dir,
+    );
     let (b, _) = start(opts);
     let q = uniq("dur.full");
     let mut p = b.client();
@@ -561,23 +570,15 @@ fn a_full_disk_fails_publishes_instead_of_acknowledging_them() {
 #[test]
 fn a_held_confirmation_of_a_message_the_disk_did_not_take_is_an_error() {
     let dir = unique_dir("durable-held");
-    let mut opts = durable(1, &dir, 0)
-        .set("fsync", "always")
-        .set("history_length", "1000")
-        .set("max_message_size", "8K")
-        .set("max_pending", "32K")
-        .set("max_stall", "60");
-    opts.wrapper = vec![
-        need_tool("unshare"),
-        "-Urm".into(),
-        "sh".into(),
-        "-c".into(),
-        format!(
-            "mount -t tmpfs -o size=256k tmpfs '{}' && exec \"$@\"",
-            dir.display()
-        ),
-        "sh".into(),
-    ];
+    let opts = on_a_small_disk(
+        durable(1, &dir, 0)
+            .set("fsync", "always")
+            .set("history_length", "1000")
+            .set("max_message_size", "8K")
+            .set("max_pending", "32K")
+            .set("max_stall", "60"),
+        &dir,
+    );
     let (b, _) = start(opts);
     let q = uniq("dur.held");
     let mut p = b.client();

@@ -372,6 +372,21 @@ per_shard_count!(stop_during_flood:
     sigterm_during_flood_4_shards = 4,
 );
 
+/// Publishes messages `n` 0..200 of ~60 KB each to `q` (~12 MB: more than the
+/// kernel's buffers hold, less than the default max_pending), every one
+/// acknowledged, in windows of 20.
+fn publish_200_of_60k(p: &mut Client, q: &str) {
+    let pad = "s".repeat(60_000);
+    for n in 0..200 {
+        p.send(q, &json!({"n": n, "pad": pad}));
+        if n % 20 == 19 {
+            for _ in 0..20 {
+                p.expect_response(OK_SENT);
+            }
+        }
+    }
+}
+
 /// A client that never reads cannot hold up a graceful stop beyond shutdown_timeout;
 /// the clients that do read still get BYE; exit 0.
 #[test]
@@ -384,15 +399,7 @@ fn sigterm_with_a_client_that_never_reads() {
     let mut p = b.client();
     // ~12 MB to the stuck client: more than the kernel buffers hold, less than the
     // default max_pending (16M), so the broker is still holding data for it.
-    let pad = "s".repeat(60_000);
-    for n in 0..200 {
-        p.send(&q, &json!({"n": n, "pad": pad}));
-        if n % 20 == 19 {
-            for _ in 0..20 {
-                p.expect_response(OK_SENT);
-            }
-        }
-    }
+    publish_200_of_60k(&mut p, &q);
     let st = p.status();
     assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
     b.signal(libc::SIGTERM);
@@ -422,16 +429,7 @@ fn sigterm_waits_shutdown_timeout_for_a_subscriber_that_is_behind() {
     let mut slow = b.client();
     slow.subscribe(&[&q]);
     let mut p = b.client();
-    // ~12 MB: more than the kernel buffers hold, less than max_pending.
-    let pad = "s".repeat(60_000);
-    for n in 0..200 {
-        p.send(&q, &json!({"n": n, "pad": pad}));
-        if n % 20 == 19 {
-            for _ in 0..20 {
-                p.expect_response(OK_SENT);
-            }
-        }
-    }
+    publish_200_of_60k(&mut p, &q);
     b.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_secs(4));
     let (frames, _clean) = slow.read_until_eof(Duration::from_secs(30));
