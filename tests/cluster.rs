@@ -607,7 +607,10 @@ fn partition_heals(tls: bool) {
 
 /// A fake peer: a plain TCP client that does the replicant handshake.
 fn replicant_handshake(b: &Broker, request: Value) -> (Client, Frame) {
-    let mut c = b.client();
+    handshake_on(b.client(), request)
+}
+
+fn handshake_on(mut c: Client, request: Value) -> (Client, Frame) {
     c.command(&json!({ "coremq_replicant": request }));
     let f = c.recv_reply();
     (c, f)
@@ -623,7 +626,16 @@ fn expect_refused(b: &Broker, request: Value) {
 }
 
 fn expect_accepted(b: &Broker, request: Value) -> Client {
-    let (c, f) = replicant_handshake(b, request.clone());
+    accepted_on(b.client(), request)
+}
+
+/// Accepted on a connection from the local address `src`.
+fn accepted_from(b: &Broker, src: &str, request: Value) -> Client {
+    accepted_on(b.client_from(src), request)
+}
+
+fn accepted_on(c: Client, request: Value) -> Client {
+    let (c, f) = handshake_on(c, request.clone());
     assert_eq!(
         f.json,
         json!({"response": OK_REPLICANT, "seq": true}),
@@ -839,6 +851,103 @@ fn replicants_not_allowed_or_with_a_wrong_secret_are_refused() {
     let _l = expect_accepted(&b, json!(other));
 }
 
+/// Without `cluster_secret` (or `cluster_tls`) a name is only a claim, so
+/// the connection must come from the host it names, as the original checked
+/// (§6 lists hosts). Before, any client that could reach the port and named
+/// a listed host got every message, point-to-point ones included, could
+/// write into other connections' id queues under a forged sender, and
+/// claiming a peer's name cut that peer's link. (With a secret the proof
+/// decides, wherever it comes from: the test above claims 127.0.0.7's name
+/// from 127.0.0.1.)
+#[test]
+fn without_a_secret_a_replicant_must_come_from_the_host_it_names() {
+    let mut b = Broker::start(
+        BrokerOpts::new(2).set("allowed_replicants", "127.0.0.7:5000, localhost:5001"),
+    );
+    let q = uniq("cl.claim");
+    // From another address, in either request form: refused, and the log
+    // says from where.
+    let (mut wrong, f) = replicant_handshake(&b, json!({"name": "127.0.0.7:5000"}));
+    assert_eq!(f.json, json!({"response": ERR_REPLICANT}), "{f}");
+    let (_c, f) = handshake_on(b.client_from("127.0.0.8"), json!("127.0.0.7:5000"));
+    assert_eq!(f.json, json!({"response": ERR_REPLICANT}), "{f}");
+    wait_log(&b, "connects from 127.0.0.1, not from 127.0.0.7");
+    wait_log(&b, "connects from 127.0.0.8, not from 127.0.0.7");
+    // From the host itself: accepted, and the link carries what clients
+    // publish; the refused connection, had it become a link, would too.
+    let mut link = accepted_from(&b, "127.0.0.7", json!({"name": "127.0.0.7:5000"}));
+    b.client().publish(&q, &json!({"n": 1}));
+    let f = next_link_frame(&mut link, REPLY_TIMEOUT).expect("the message on the link");
+    assert_eq!(f.queue, q, "{f}");
+    match wrong.read_frame(Duration::from_millis(300)) {
+        Err(ReadEnd::Timeout) => {}
+        other => panic!("the refused claimant got {other:?}"),
+    }
+    // A host name: the addresses it resolves to. Each shard resolves it off
+    // its thread, so a claim may be refused while that runs, as a dialer's
+    // first attempt would be; the dialer tries again, and so does this.
+    let mut accepted = false;
+    for _ in 0..50 {
+        let (_c, f) = replicant_handshake(&b, json!("localhost:5001"));
+        if f.json == json!({"response": OK_REPLICANT, "seq": true}) {
+            accepted = true;
+            break;
+        }
+        assert_eq!(f.json, json!({"response": ERR_REPLICANT}), "{f}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(accepted, "localhost:5001 from 127.0.0.1:\n{}", b.logs());
+    let resolved = "connects from 127.0.0.9, not from localhost";
+    for _ in 0..50 {
+        let (_c, f) = handshake_on(b.client_from("127.0.0.9"), json!("localhost:5001"));
+        assert_eq!(f.json, json!({"response": ERR_REPLICANT}), "{f}");
+        if b.stdout().contains(resolved) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_log(&b, resolved);
+    b.assert_alive();
+}
+
+/// Two nodes of one host on different loopback addresses, no secret: each
+/// dials from the address its own entry names, so the other's source check
+/// passes. (The kernel would pick 127.0.0.1 for either, and the link would
+/// never come up; the same holds for a host with several addresses.)
+#[test]
+fn a_node_dials_from_the_address_its_entry_names() {
+    let l2 = std::net::TcpListener::bind("127.0.0.2:0").expect("listen on 127.0.0.2");
+    let l3 = std::net::TcpListener::bind("127.0.0.3:0").expect("listen on 127.0.0.3");
+    let (e2, e3) = (
+        l2.local_addr().unwrap().to_string(),
+        l3.local_addr().unwrap().to_string(),
+    );
+    let (p2, p3) = (port_of(&e2), port_of(&e3));
+    drop((l2, l3));
+    let nodes = format!("{e2}, {e3}");
+    let start = |address: &str, port: u16| {
+        Broker::start(
+            BrokerOpts::new(1)
+                .set("address", address)
+                .port(port)
+                .set("cluster_nodes", &nodes),
+        )
+    };
+    let (b2, b3) = (start("127.0.0.2", p2), start("127.0.0.3", p3));
+    // The lower entry dials.
+    let mut c3 = b3.client();
+    wait_status(&mut c3, "127.0.0.2's link up", |s| {
+        find_peer(s, &e2).is_some_and(|p| p["state"] == json!("up"))
+    });
+    let q = uniq("cl.bound");
+    let mut sub = b3.client();
+    sub.subscribe_one(&q);
+    b2.client().publish(&q, &json!({"via": "127.0.0.2"}));
+    let f = sub.recv_msg();
+    assert_eq!(f.json["via"], json!("127.0.0.2"), "{f}");
+    assert!(!b3.stdout().contains("replicant refused"), "{}", b3.logs());
+}
+
 /// What a link brings that a node would not store — invalid UTF-8, or a
 /// history-exchange frame that is not one — is left out, one message at a
 /// time: it never reaches a client, and the link stays up for what follows.
@@ -851,7 +960,7 @@ fn a_malformed_message_from_a_link_is_dropped_not_stored_and_the_link_stays() {
             .set("history_length", "100")
             .set("allowed_replicants", "127.0.0.7:5000"),
     );
-    let mut link = expect_accepted(&b, json!({"name": "127.0.0.7:5000"}));
+    let mut link = accepted_from(&b, "127.0.0.7", json!({"name": "127.0.0.7:5000"}));
     let q = uniq("cl.poison");
     let mut s = b.client();
     s.subscribe_one(&q);

@@ -346,7 +346,7 @@ fn equal_times_order_by_server_name() {
             .set("history_length", "100")
             .set("allowed_replicants", "127.0.0.7:5000"),
     );
-    let mut link = b.client();
+    let mut link = b.client_from("127.0.0.7");
     link.command(&json!({"coremq_replicant": {"name": "127.0.0.7:5000"}}));
     let ok = link.recv_reply();
     assert_eq!(ok.response(), Some("OK: Replication request successful"));

@@ -350,7 +350,8 @@ fn links_carry_numbers_only_to_peers_that_read_them() {
             .set("allowed_replicants", &format!("{standby}, {gateway}")),
     );
     let attach = |name: &str, seq: bool| {
-        let mut c = b.client();
+        // From the host the name claims (no cluster_secret: §6's check).
+        let mut c = b.client_from(name.split(':').next().unwrap());
         let mut req = json!({"name": name});
         if seq {
             req["seq"] = json!(true);

@@ -23,19 +23,6 @@ fn tls_broker(shards: usize, extra: &[(&str, &str)]) -> (Broker, Pki, t::Pair) {
     (Broker::start(opts), pki, pair)
 }
 
-/// Waits (bounded) for `needle` in the broker's log.
-fn wait_log(b: &Broker, needle: &str) {
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !b.stdout().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line {needle:?}\n{}",
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A plain and a TLS client still work: a publish from one reaches the other.
 fn others_unaffected(b: &Broker, plain: &mut Client, tls: &mut Client) {
     let q = uniq("still");

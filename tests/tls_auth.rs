@@ -21,18 +21,6 @@ publish = bob.*
 subscribe = bob.*
 ";
 
-fn wait_log(b: &Broker, needle: &str) {
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !b.stdout().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line {needle:?}\n{}",
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// A broker with users_file and mutual TLS in mode `mode`.
 fn mtls_broker(mode: &str) -> (Broker, Pki, Fixture) {
     let mut pki = Pki::new("CoreMQ test CA");

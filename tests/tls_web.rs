@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tungstenite::Message;
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -40,18 +39,6 @@ fn https_get(
         Err(e) => return Err(e),
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn wait_log(b: &Broker, needle: &str) {
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !b.stdout().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line {needle:?}\n{}",
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn read_json(ws: &mut tungstenite::WebSocket<Tls>) -> Value {

@@ -443,7 +443,8 @@ impl Broker {
         let addr: SocketAddr = tcp
             .parse()
             .unwrap_or_else(|e| panic!("ready file tcp {tcp:?} is not an address: {e}"));
-        assert_eq!(addr.ip().to_string(), "127.0.0.1", "ready file: {v}");
+        // Tests listen on loopback only (127.0.0.1 unless one sets `address`).
+        assert!(addr.ip().is_loopback(), "ready file: {v}");
         assert_ne!(addr.port(), 0, "ready file has port 0: {v}");
         assert_eq!(v["node"], json!(self.node), "ready file node: {v}");
         assert_eq!(
@@ -552,6 +553,11 @@ impl Broker {
     /// Connect a client and read its welcome.
     pub fn client(&self) -> Client {
         Client::connect_to_node(self.addr(), &self.node)
+    }
+
+    /// Connect a client from the local address `src` (e.g. "127.0.0.7").
+    pub fn client_from(&self, src: &str) -> Client {
+        Client::connect_from(src.parse().expect("an IP address"), self.addr(), &self.node)
     }
 
     /// Connect `n` clients.
@@ -754,6 +760,19 @@ pub struct Client {
     pub tls: Option<Box<rustls::ClientConnection>>,
 }
 
+/// Waits (bounded) for `needle` in the broker's log.
+pub fn wait_log(b: &Broker, needle: &str) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !b.stdout().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line {needle:?}\n{}",
+            b.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Client {
     /// Connect and read the welcome frame (checked against §2).
     pub fn connect(addr: SocketAddr) -> Client {
@@ -762,8 +781,24 @@ impl Client {
 
     /// Connect and read the welcome frame of a broker named `node`.
     pub fn connect_to_node(addr: SocketAddr, node: &str) -> Client {
-        let mut c = Client::connect_raw(addr);
-        let f = c
+        Client::connect_raw(addr).welcomed(addr, node)
+    }
+
+    /// Connect from the local address `src` (any of 127.0.0.0/8 is this
+    /// machine's) and read the welcome frame of a broker named `node`.
+    pub fn connect_from(src: std::net::IpAddr, addr: SocketAddr, node: &str) -> Client {
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        s.bind(&SocketAddr::new(src, 0).into())
+            .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+        s.connect(&addr.into())
+            .unwrap_or_else(|e| panic!("connect {addr} from {src}: {e}"));
+        Client::over(s.into()).welcomed(addr, node)
+    }
+
+    /// Reads and checks the welcome frame (§2).
+    fn welcomed(mut self, addr: SocketAddr, node: &str) -> Client {
+        let f = self
             .read_frame(REPLY_TIMEOUT)
             .unwrap_or_else(|e| panic!("no welcome frame from {addr}: {e:?}"));
         assert_uuid(&f.queue);
@@ -772,14 +807,18 @@ impl Client {
             json!({"response": WELCOME, "server": node}),
             "welcome frame: {f}"
         );
-        c.id = f.queue.clone();
-        c.welcome = f.json;
-        c
+        self.id = f.queue.clone();
+        self.welcome = f.json;
+        self
     }
 
     /// Connect without reading anything.
     pub fn connect_raw(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Client::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> Client {
         stream.set_nodelay(true).unwrap();
         Client {
             stream,

@@ -82,6 +82,7 @@ mod reload;
 mod router;
 pub mod server;
 mod shard;
+mod sources;
 mod stats;
 mod store;
 mod subs;

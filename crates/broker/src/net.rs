@@ -17,13 +17,27 @@ use std::rc::Rc;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// The address a connection comes from, as logs show it (empty when the
+/// kernel could not say).
+#[derive(Clone, Copy)]
+pub(crate) struct Peer(pub Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The next connection on `listener` with its peer address, or `None` once
 /// the shard stops. Accept errors (out of descriptors and the like) are logged
 /// and retried after a pause instead of spinning.
 pub(crate) async fn accept_next(
     shard: &Shard,
     listener: &TcpListener,
-) -> Option<(TcpStream, String)> {
+) -> Option<(TcpStream, Peer)> {
     loop {
         let next = future::or(async { Some(listener.accept().await) }, async {
             shard.stopping().wait().await;
@@ -32,10 +46,7 @@ pub(crate) async fn accept_next(
         .await;
         match next? {
             Ok(stream) => {
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
+                let peer = Peer(stream.peer_addr().ok());
                 return Some((stream, peer));
             }
             Err(e) => {
@@ -50,7 +61,7 @@ pub(crate) async fn accept_next(
 /// left — counts and logs the refusal and returns what to tell the client.
 fn over_max_connections(
     shard: &Shard,
-    peer: &str,
+    peer: Peer,
     what: &'static str,
 ) -> Option<crate::refusal::Wire> {
     let max = shard.cfg().max_connections;
@@ -60,7 +71,7 @@ fn over_max_connections(
     Counters::add(&shard.counters().refused_connections, 1);
     tracing::warn!(
         shard = shard.id(),
-        peer,
+        %peer,
         max,
         "{what} refused: max_connections reached"
     );
@@ -70,12 +81,13 @@ fn over_max_connections(
 /// Accepts connections until the shard stops.
 pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
     while let Some((stream, peer)) = accept_next(shard, listener).await {
-        if let Some(wire) = over_max_connections(shard, &peer, "connection") {
+        if let Some(wire) = over_max_connections(shard, peer, "connection") {
             spawn_local(refuse(Io::Plain(stream), wire)).detach();
             continue;
         }
         let _ = stream.set_nodelay(true);
         let conn = shard.open_conn(Transport::Tcp);
+        conn.st.borrow_mut().source = peer.0.map(|a| a.ip());
         let span =
             tracing::info_span!("conn", shard = shard.id(), peer = %peer, conn_id = %conn.id);
         tracing::debug!(parent: &span, "connection accepted");
@@ -92,7 +104,7 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
 /// (`max_connections` bounds handshakes too).
 pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
     while let Some((stream, peer)) = accept_next(shard, listener).await {
-        if let Some(wire) = over_max_connections(shard, &peer, "TLS connection") {
+        if let Some(wire) = over_max_connections(shard, peer, "TLS connection") {
             // The same ERROR frame as on the plain port, inside TLS (the
             // handshake is bounded by tls_handshake_timeout as any other).
             let s = shard.clone();
@@ -105,7 +117,7 @@ pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             continue;
         }
         let span = tracing::info_span!("tls", shard = shard.id(), peer = %peer);
-        spawn_local(tls_conn(shard.clone(), stream).instrument(span)).detach();
+        spawn_local(tls_conn(shard.clone(), stream, peer).instrument(span)).detach();
     }
 }
 
@@ -186,12 +198,13 @@ pub(crate) fn cert_identity(
 }
 
 /// One TLS connection: the handshake, then the same protocol as plain TCP.
-async fn tls_conn(shard: Rc<Shard>, stream: TcpStream) {
+async fn tls_conn(shard: Rc<Shard>, stream: TcpStream, peer: Peer) {
     let Some(tls) = tls_handshake(&shard, stream).await else {
         shard.node().shared.closed();
         return;
     };
     let conn = shard.open_conn(Transport::Tcp);
+    conn.st.borrow_mut().source = peer.0.map(|a| a.ip());
     let leaf = tls.session().peer_certificates().and_then(|c| c.first());
     if let Some(leaf) = leaf.filter(|_| shard.cfg().tls.cluster) {
         // For a would-be cluster peer (handler.rs checks its claimed name).

@@ -39,7 +39,7 @@ use glommio::timer::sleep;
 use link::{run_link, Link};
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering;
@@ -370,6 +370,34 @@ async fn dial_loop(
     counters.set_state("down");
 }
 
+/// Connects to `addr`. Without `cluster_secret` or `cluster_tls` the peer
+/// accepts the link only from the address this node's entry `me` names
+/// (sources.rs), so the connection comes from there when the entry is an
+/// IP address of this host; when it is not (a host name, an address behind
+/// NAT), the kernel picks, as it always does with a secret.
+async fn connect(shard: &Shard, me: &str, addr: SocketAddr) -> Result<TcpStream, String> {
+    let cfg = shard.cfg();
+    let host = me.rsplit_once(':').map_or(me, |(h, _)| h);
+    let local = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .ok()
+        .filter(|ip| !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4())
+        .filter(|_| cfg.cluster_secret.is_none() && !cfg.tls.cluster);
+    if let Some(ip) = local {
+        match TcpStream::connect_from(addr, SocketAddr::new(ip, 0)).await {
+            Err(glommio::GlommioError::IoError(e))
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+            {
+                tracing::debug!(%ip, "this node's entry is not an address of this host; dialing from any");
+            }
+            other => return other.map_err(|e| e.to_string()),
+        }
+    }
+    TcpStream::connect(addr).await.map_err(|e| e.to_string())
+}
+
 /// Connects to a peer's client port and asks to be its replicant. Returns
 /// the stream, any bytes read past the reply, and whether the peer reads
 /// `coremq_seq` on link frames (its OK says `"seq": true`).
@@ -379,7 +407,7 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
         .map_err(|e| format!("cannot resolve {peer}: {e}"))?
         .next()
         .ok_or_else(|| format!("{peer} resolves to no address"))?;
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = connect(shard, me, addr).await?;
     let _ = tcp.set_nodelay(true);
     let mut stream = if shard.cfg().tls.cluster {
         // cluster_tls: the peer's certificate must come from

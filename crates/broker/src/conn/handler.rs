@@ -10,6 +10,7 @@ use crate::link_auth;
 use crate::msg::{MsgKey, Request, Since, Subscription};
 use crate::refusal::Refusal;
 use crate::shard::Shard;
+use crate::sources::Source;
 use coremq_auth::Action;
 use coremq_protocol::{self as proto, ClientMessage, OptionValue, Position};
 use std::rc::Rc;
@@ -347,6 +348,33 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
                 )
             }
             Some(_) => {}
+        }
+    }
+    if cfg.cluster_secret.is_none() && !cfg.tls.cluster {
+        // Nothing proves who dials: the connection must come from the
+        // claimed name's host, as §6's lists are of hosts (sources.rs).
+        let from = conn.st.borrow().source;
+        let Some(from) = from else {
+            return refuse("its source address is unknown");
+        };
+        match shard.sources().check(host, from) {
+            Source::Matches => {}
+            Source::Resolving => {
+                return refuse(&format!(
+                    "connects from {from}; {host} is being resolved, try again"
+                ))
+            }
+            Source::Differs(ips) if ips.is_empty() => {
+                return refuse(&format!(
+                    "connects from {from}; {host} resolves to no address"
+                ))
+            }
+            Source::Differs(ips) => {
+                return refuse(&format!(
+                    "connects from {from}, not from {host} ({ips:?}); \
+                     set cluster_secret for peers behind NAT or with several addresses"
+                ))
+            }
         }
     }
     if let Some(secret) = &cfg.cluster_secret {

@@ -170,7 +170,7 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, host: &Host, listener: &TcpLi
             Counters::add(&shard.counters().refused_connections, 1);
             tracing::warn!(
                 shard = shard.id(),
-                peer,
+                %peer,
                 max,
                 "memcached connection refused: max_connections reached"
             );

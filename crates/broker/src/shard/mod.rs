@@ -126,6 +126,8 @@ pub(crate) struct Shard {
     /// Key-value changes go to the cluster links (a cluster or replicants
     /// are configured).
     kv_replicates: bool,
+    /// Resolved hosts of would-be replicants (sources.rs).
+    sources: Rc<crate::sources::Sources>,
 }
 
 impl Shard {
@@ -146,6 +148,7 @@ impl Shard {
             kv_waits: Gathers::default(),
             kv_pages: Gathers::default(),
             kv_replicates,
+            sources: Rc::default(),
             id,
             shards,
             router: Router::new(shards),
@@ -225,6 +228,11 @@ impl Shard {
     pub(crate) fn open_conn(&self, transport: Transport) -> Rc<Conn> {
         let access = self.rules.clone().map(Access::new);
         self.home.open(transport, access)
+    }
+
+    /// Resolved hosts of would-be replicants.
+    pub(crate) fn sources(&self) -> &Rc<crate::sources::Sources> {
+        &self.sources
     }
 
     /// The access rules, when `users_file` is set.

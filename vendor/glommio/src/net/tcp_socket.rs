@@ -428,6 +428,22 @@ impl TcpStream {
         })
     }
 
+    /// Creates a TCP connection to `addr` from the local address `local`
+    /// (its port 0: any). CoreMQ: a cluster node dials its peers from the
+    /// address its own entry names, which a peer without a shared secret
+    /// checks.
+    pub async fn connect_from(addr: SocketAddr, local: SocketAddr) -> Result<TcpStream> {
+        let socket = make_tcp_socket(&addr)?;
+        socket.bind(&local.into())?;
+        let reactor = crate::executor().reactor();
+        let source = reactor.connect(socket.as_raw_fd(), SockaddrStorage::from(addr));
+        source.collect_rw().await?;
+
+        Ok(TcpStream {
+            stream: GlommioStream::from(socket),
+        })
+    }
+
     /// Creates a TCP connection to the specified address with a timeout.
     ///
     /// It is an error to pass a zero `Duration` to this function.

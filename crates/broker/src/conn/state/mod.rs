@@ -163,6 +163,10 @@ pub(crate) struct ConnState {
     /// Names of the verified TLS client certificate (CN, DNS and IP
     /// names), for `cluster_tls`'s check of a would-be peer.
     pub tls_names: Option<Box<[String]>>,
+    /// The address the connection comes from (TCP and TLS), checked
+    /// against a would-be replicant's claimed host without `cluster_secret`
+    /// or `cluster_tls` (sources.rs).
+    pub source: Option<std::net::IpAddr>,
     /// A cluster-secret challenge sent to a would-be replicant, waiting for
     /// its proof.
     pub challenge: Option<Box<crate::link_auth::Pending>>,
@@ -294,6 +298,7 @@ impl Conn {
                 subs: HashMap::default(),
                 handover: None,
                 tls_names: None,
+                source: None,
                 challenge: None,
                 resuming: false,
                 held: Vec::new(),
