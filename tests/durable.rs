@@ -744,3 +744,84 @@ fn damaged_bookkeeping_refuses_to_start_and_keeps_the_history() {
         .collect();
     assert_eq!(ns, (0..5).map(|n| json!(n)).collect::<Vec<_>>());
 }
+
+/// Messages stored under a larger `max_message_size` are messages, not
+/// damage: a restart with a smaller one serves them as before (with a
+/// warning), and a later restart with the larger one still has them. (They
+/// were taken for damage: the one at the end of the file was cut off for
+/// good, the others dropped at the next compaction.) The history exchange
+/// leaves them out, since a peer with today's setting would take one for a
+/// bad frame and drop the link after every redial; the link stays up and
+/// the peer gets the rest.
+#[test]
+fn a_smaller_max_message_size_keeps_larger_stored_messages() {
+    use common::cluster::{find_peer, wait_status};
+    let dir = unique_dir("durable-maxmsg");
+    let (p1, p2) = (common::tls::free_port(), common::tls::free_port());
+    let (e1, e2) = (format!("127.0.0.1:{p1}"), format!("127.0.0.1:{p2}"));
+    let nodes = format!("{e1}, {e2}");
+    let n1 = |max: &str| {
+        durable(1, &dir, p1)
+            .set("history_length", "10")
+            .set("max_message_size", max)
+            .set("cluster_nodes", &nodes)
+    };
+    let (mut b1, _) = start(n1("2M"));
+    let q = uniq("dur.big");
+    let mut c = b1.client();
+    let sizes = [100, 900_000, 100, 1_500_000];
+    for (n, size) in sizes.iter().enumerate() {
+        c.publish(&q, &json!({"n": n, "pad": "x".repeat(*size)}));
+    }
+    let before = c.history(&[&q]);
+    assert_eq!(before[&q].as_array().unwrap().len(), 4);
+    drop(c);
+    assert!(b1.stop_with(libc::SIGTERM).success());
+
+    let (mut b1, _) = start(n1("64K"));
+    assert_eq!(b1.client().history(&[&q]), before, "with 64K");
+    wait_log(&b1, "written under a larger max_message_size");
+    let (b2, _) = start(
+        BrokerOpts::new(1)
+            .port(p2)
+            .set("history_length", "10")
+            .set("max_message_size", "64K")
+            .set("cluster_nodes", &nodes),
+    );
+    let mut c2 = b2.client();
+    wait_status(&mut c2, "the link up", |s| {
+        find_peer(s, &e1).is_some_and(|p| p["state"] == json!("up"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ns = loop {
+        let h = c2.history(&[&q]);
+        let ns: Vec<Value> = h[&q]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["n"].clone())
+            .collect();
+        if ns.len() >= 3 || Instant::now() > deadline {
+            break ns;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The link's frame limit leaves room for key-value values (kv_max_value,
+    // 1 MiB): the 900 kB message fits it, the 1.5 MB one does not.
+    assert_eq!(
+        ns,
+        [json!(0), json!(1), json!(2)],
+        "n2 gets what fits its frame limit"
+    );
+    wait_log(&b1, "history exchange left out messages");
+    std::thread::sleep(Duration::from_millis(500));
+    for b in [&b1, &b2] {
+        assert!(!b.stdout().contains("cluster link down"), "{}", b.logs());
+    }
+    drop((c2, b2));
+    assert!(b1.stop_with(libc::SIGTERM).success());
+
+    let (b1, _) = start(n1("2M"));
+    assert_eq!(b1.client().history(&[&q]), before, "back with 2M");
+    let _ = std::fs::remove_dir_all(&dir);
+}

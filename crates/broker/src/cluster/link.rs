@@ -216,6 +216,13 @@ pub(super) async fn run_link(
             let dump = shard.dump_history().await;
             let mut frame = Vec::new();
             let mut json = Vec::new();
+            // A message read back from disk that was stored under a larger
+            // max_message_size than today's may be over the peer's frame
+            // limit (the same formula, the same setting on every node): the
+            // peer would drop the link for it after every redial. Clients
+            // still get it from this node's history.
+            let max = frame_limit(shard.cfg());
+            let mut oversize = 0usize;
             for (queue, msgs) in dump {
                 for m in msgs {
                     json.clear();
@@ -229,10 +236,20 @@ pub(super) async fn run_link(
                         json.extend_from_slice(m.json());
                     }
                     json.push(b'}');
+                    if SYNC_QUEUE.len() + 1 + json.len() > max {
+                        oversize += 1;
+                        continue;
+                    }
                     frame.clear();
                     proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
                     link.push(&frame);
                 }
+            }
+            if oversize > 0 {
+                tracing::warn!(
+                    messages = oversize,
+                    "history exchange left out messages larger than max_message_size allows"
+                );
             }
             link.push(&synced_frame("history"));
         })
@@ -272,15 +289,7 @@ pub(super) async fn run_link(
         .detach();
     }
 
-    // A link carries stored messages, whose text escapes each non-ASCII
-    // character (up to 6 bytes for one of the client's), and key-value
-    // changes up to kv_max_value: a frame limit of max_message_size would
-    // take a legal message for a bad frame, drop the link, and meet the
-    // same message again after every redial (the history exchange).
-    let cfg = shard.cfg();
-    let max_frame = crate::store::max_record_body(cfg.max_message_size)
-        .max(cfg.kv.max_value + coremq_protocol::MAX_KEY_LEN)
-        + (64 << 10);
+    let max_frame = frame_limit(shard.cfg());
     let mut rbuf = rest;
     let ended = Cell::new(Ended::default());
     // Bytes that came right behind the handshake.
@@ -402,6 +411,18 @@ fn note_ended(
 
 /// Routes every complete frame in `buf` to its owner shard; returns the bytes
 /// used. An invalid frame ends the link.
+/// The longest frame body a link takes from a peer. A link carries stored
+/// messages, whose text escapes each non-ASCII character (up to 6 bytes for
+/// one of the client's), and key-value changes up to kv_max_value: a frame
+/// limit of max_message_size would take a legal message for a bad frame,
+/// drop the link, and meet the same message again after every redial (the
+/// history exchange).
+fn frame_limit(cfg: &coremq_config::MqConfig) -> usize {
+    crate::store::max_record_body(cfg.max_message_size)
+        .max(cfg.kv.max_value + coremq_protocol::MAX_KEY_LEN)
+        + (64 << 10)
+}
+
 fn take_frames(
     shard: &Shard,
     buf: &[u8],

@@ -296,6 +296,14 @@ pub(crate) fn read_segment(
             "history segment damaged or torn; kept every record that checks out, dropped the rest"
         );
     }
+    if scan.oversize > 0 {
+        tracing::warn!(
+            file = %path.display(),
+            messages = scan.oversize,
+            "history holds messages written under a larger max_message_size; \
+             served to clients as before, not sent to cluster peers"
+        );
+    }
     Ok(scan)
 }
 

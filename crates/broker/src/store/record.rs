@@ -69,13 +69,20 @@ pub(crate) struct Scan {
     pub valid_end: u64,
     /// Checksums computed (a bound on the scan's work: see [`record_at`]).
     pub checksums: u64,
+    /// Messages read that are longer than `max_body`: written under a
+    /// larger `max_message_size` than the one in force now.
+    pub oversize: usize,
 }
 
 /// A record's body at `at` if one checks out there: (body, record length).
 /// After damage (`resync`) only a message record's shape is looked for
 /// before its checksum is computed — its kind byte, a queue length that fits,
-/// the `{` its JSON starts with — since trying every offset of random bytes
-/// with a checksum of up to `max_body` bytes each took seconds per MiB.
+/// the `{` its JSON starts with, a length of at most `max_body` — since
+/// trying every offset of random bytes with a checksum of up to `max_body`
+/// bytes each took seconds per MiB. Where a record is due (the start, or
+/// right after one that checked out) any length is tried, once: a record
+/// written under a larger `max_message_size` than today's is a message, not
+/// damage, and cutting it off would lose it for good.
 fn record_at<'b>(
     buf: &'b [u8],
     at: usize,
@@ -85,7 +92,7 @@ fn record_at<'b>(
 ) -> Option<(&'b [u8], usize)> {
     let head = buf.get(at..at + HEADER)?;
     let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
-    if !(FIXED..=max_body).contains(&len) {
+    if len < FIXED || (resync && len > max_body) {
         return None;
     }
     let body = buf.get(at + HEADER..at + HEADER + len)?;
@@ -134,6 +141,7 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, found: &mut Vec<MsgFrame>) -> Sc
                     Some(frame) => {
                         found.push(frame);
                         s.frames += 1;
+                        s.oversize += usize::from(body.len() > max_body);
                     }
                     None => {
                         s.skipped += len as u64;
@@ -194,6 +202,41 @@ mod tests {
         );
         assert_eq!(keys(&found), keys(&written));
         assert_eq!(found[7].json(), written[7].json());
+    }
+
+    /// A record longer than today's bound, where a record is due, is read
+    /// (and counted) rather than taken for damage; after damage the bound
+    /// holds, so a resync does not checksum megabytes at every offset.
+    #[test]
+    fn records_longer_than_the_bound_are_read_where_they_are_due() {
+        let big = |n: u64| {
+            let json = format!(
+                r#"{{"n": {n}, "pad": "{}", "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#,
+                "x".repeat(5000)
+            );
+            MsgFrame::replicated("q", json.as_bytes()).unwrap()
+        };
+        let written = [msg("q", 0), big(1), msg("q", 2), big(3)];
+        let mut buf = Vec::new();
+        for f in &written {
+            encode(f, &mut buf);
+        }
+        let mut found = Vec::new();
+        let s = scan(&buf, 1000, &mut found);
+        assert_eq!(
+            (s.frames, s.oversize, s.skipped, s.valid_end),
+            (4, 2, 0, buf.len() as u64)
+        );
+        assert_eq!(keys(&found), keys(&written));
+        // Damage before a long record: the resync skips it (bounded work),
+        // and takes the short one after it.
+        let mut damaged = vec![0xAB; 3];
+        encode(&big(1), &mut damaged);
+        encode(&msg("q", 2), &mut damaged);
+        let mut found = Vec::new();
+        let s = scan(&damaged, 1000, &mut found);
+        assert_eq!((s.frames, s.oversize, s.damaged), (1, 0, 1));
+        assert_eq!(found[0].seq(), 3);
     }
 
     #[test]
