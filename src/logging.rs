@@ -14,47 +14,82 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 
 /// Keeps logging alive: flush on drop (keep it until `main` returns), and
-/// reopen the file on request.
+/// reopen the files on request.
 pub struct Logging {
-    /// Flushes the non-blocking writer's queue when dropped.
-    _guard: WorkerGuard,
-    /// Present when logging to a file.
-    pub reopener: Option<Reopener>,
+    /// Flush the non-blocking writers' queues when dropped.
+    _guards: Vec<WorkerGuard>,
+    /// One per log file.
+    pub reopeners: Vec<Reopener>,
 }
 
-/// Sets up `tracing` for the configured target and level (`RUST_LOG`
-/// overrides the level).
+/// The target prefix of the WebSocket and HTTP listener's events, which go
+/// where `[CoreWS] log_file` and `log_level` say (the original's CoreWS was
+/// a process with a log of its own).
+const WEB: &str = "coremq_broker::web";
+
+/// Sets up `tracing` for the configured targets and levels: `[CoreMQ]`'s for
+/// the broker, `[CoreWS]`'s for the WebSocket and HTTP listener. `RUST_LOG`
+/// overrides both levels (not where lines go).
 pub fn init(config: &Config) -> io::Result<Logging> {
-    use tracing_subscriber::EnvFilter;
-    let level = config.mq.log_level.as_str();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let mut reopener = None;
-    let writer: Box<dyn Write + Send> = match &config.mq.log_file {
-        LogTarget::Stdout => Box::new(io::stdout()),
-        LogTarget::Stderr => Box::new(io::stderr()),
-        LogTarget::File(path) => {
-            let file = LogFile::open(path)?;
-            reopener = Some(Reopener(file.0.clone()));
-            Box::new(file)
-        }
+    use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, Registry};
+    let (mq, ws) = (&config.mq, &config.ws);
+    let env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = |directives: String| match &env {
+        Some(v) => EnvFilter::try_new(v).unwrap_or_else(|_| EnvFilter::new(directives)),
+        None => EnvFilter::new(directives),
     };
-    let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .finish(writer);
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(nb)
-        .with_ansi(false)
-        .with_thread_names(true)
-        .init();
-    Ok(Logging {
-        _guard: guard,
-        reopener,
-    })
+    let mq_level = mq.log_level.as_str();
+    let ws_level = ws.log_level.as_str();
+    let mut logging = Logging {
+        _guards: Vec::new(),
+        reopeners: Vec::new(),
+    };
+    let mut writer = |target: &LogTarget| -> io::Result<NonBlocking> {
+        let out: Box<dyn Write + Send> = match target {
+            LogTarget::Stdout => Box::new(io::stdout()),
+            LogTarget::Stderr => Box::new(io::stderr()),
+            LogTarget::File(path) => {
+                let file = LogFile::open(path)?;
+                logging.reopeners.push(Reopener(file.0.clone()));
+                Box::new(file)
+            }
+        };
+        let (nb, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .buffered_lines_limit(64 * 1024)
+            .finish(out);
+        logging._guards.push(guard);
+        Ok(nb)
+    };
+    let fmt = |nb: NonBlocking| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(nb)
+            .with_ansi(false)
+            .with_thread_names(true)
+    };
+    if ws.log_file == mq.log_file {
+        // One stream; the listener's events at their own level.
+        let layer =
+            fmt(writer(&mq.log_file)?).with_filter(filter(format!("{mq_level},{WEB}={ws_level}")));
+        tracing_subscriber::registry().with(layer).init();
+    } else {
+        let not_web = filter_fn(|m| !m.target().starts_with(WEB));
+        let web = filter_fn(|m| m.target().starts_with(WEB));
+        let main =
+            fmt(writer(&mq.log_file)?).with_filter(filter(mq_level.to_string()).and(not_web));
+        let listener =
+            fmt(writer(&ws.log_file)?).with_filter(filter(format!("{WEB}={ws_level}")).and(web));
+        let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+            vec![main.boxed(), listener.boxed()];
+        tracing_subscriber::registry().with(layers).init();
+    }
+    Ok(logging)
 }
 
 /// The path and the open file, shared by the writer and the reopener.

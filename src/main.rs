@@ -104,14 +104,10 @@ fn main() -> ExitCode {
     for var in Config::unknown_env_overrides() {
         tracing::warn!(%var, "environment variable looks like a CoreMQ override but names no known key; ignored");
     }
-    run(config, args.ready_file, logging.reopener.clone())
+    run(config, args.ready_file, logging.reopeners.clone())
 }
 
-fn run(
-    config: Config,
-    ready_file: Option<PathBuf>,
-    reopener: Option<logging::Reopener>,
-) -> ExitCode {
+fn run(config: Config, ready_file: Option<PathBuf>, reopeners: Vec<logging::Reopener>) -> ExitCode {
     let node = config.mq.node_name.clone();
     let signals = signals::install();
     let running = match coremq_broker::start(config) {
@@ -152,7 +148,7 @@ fn run(
         running.local_addr(),
         running.shards()
     ));
-    signals::spawn(signals, running.stopper(), running.reloader(), reopener);
+    signals::spawn(signals, running.stopper(), running.reloader(), reopeners);
     match running.wait() {
         Ok(()) => {
             tracing::info!("CoreMQ stopped");

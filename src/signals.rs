@@ -31,7 +31,7 @@ pub fn spawn(
     signals: Option<Signals>,
     stopper: Stopper,
     reloader: Reloader,
-    reopener: Option<Reopener>,
+    reopeners: Vec<Reopener>,
 ) {
     let Some(mut signals) = signals else {
         return;
@@ -40,7 +40,7 @@ pub fn spawn(
         let mut stops = 0;
         for sig in signals.forever() {
             if sig == SIGHUP {
-                reopen(reopener.as_ref());
+                reopen(&reopeners);
                 reload(&reloader);
                 continue;
             }
@@ -78,17 +78,18 @@ fn reload(reloader: &Reloader) {
     }
 }
 
-fn reopen(reopener: Option<&Reopener>) {
-    let Some(reopener) = reopener else {
+fn reopen(reopeners: &[Reopener]) {
+    if reopeners.is_empty() {
         tracing::info!("SIGHUP: logging to stdout/stderr, no log file to reopen");
-        return;
-    };
-    match reopener.reopen() {
-        // Logged after the swap, so it lands in the new file.
-        Ok(path) => tracing::info!(path = %path.display(), "SIGHUP: log file reopened"),
-        Err(e) => {
-            tracing::error!(cause = %e, "SIGHUP: cannot reopen the log file; still writing to the old one");
-            eprintln!("coremq: cannot reopen the log file: {e}");
+    }
+    for reopener in reopeners {
+        match reopener.reopen() {
+            // Logged after the swap, so it lands in the new file.
+            Ok(path) => tracing::info!(path = %path.display(), "SIGHUP: log file reopened"),
+            Err(e) => {
+                tracing::error!(cause = %e, "SIGHUP: cannot reopen a log file; still writing to the old one");
+                eprintln!("coremq: cannot reopen the log file: {e}");
+            }
         }
     }
 }

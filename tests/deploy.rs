@@ -380,6 +380,66 @@ fn sighup_reopens_the_log_file_without_losing_lines() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// `[CoreWS] log_file` and `log_level`: the WebSocket and HTTP listener's
+/// lines go to their own file at their own level (they were accepted and
+/// ignored), the broker's stay where `[CoreMQ]` says, and SIGHUP reopens
+/// both files.
+#[test]
+fn the_web_listener_logs_where_corews_says() {
+    use std::io::Write;
+    let dir = unique_dir("wslog");
+    let ws_log = dir.join("ws.log");
+    let mut b = Broker::start(
+        BrokerOpts::new(1)
+            .log_level("WARN")
+            .ws()
+            .ws_set("log_file", ws_log.to_str().unwrap())
+            .ws_set("log_level", "DEBUG"),
+    );
+    // A bad HTTP request: a DEBUG line of the listener's.
+    let bad_request = || {
+        let mut s = TcpStream::connect(b.ws_addr()).expect("connect to the web port");
+        s.write_all(b"NONSENSE\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        assert!(reply.starts_with(b"HTTP/1.1 400"), "{reply:?}");
+    };
+    bad_request();
+    wait_for_text(&ws_log, "bad HTTP request", &b);
+    // A WARN of the broker's (a refused replicant) goes to stdout only.
+    let mut c = b.client();
+    c.command(&json!({"coremq_replicant": "10.9.9.9:1"}));
+    c.recv_reply();
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !b.stdout().contains("replicant refused") {
+        assert!(Instant::now() < deadline, "{}", b.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let web = fs::read_to_string(&ws_log).unwrap();
+    assert!(!web.contains("replicant refused"), "{web}");
+    assert!(!b.stdout().contains("bad HTTP request"), "{}", b.logs());
+    // Rotated: the next line lands in a new file.
+    let rotated = dir.join("ws.log.1");
+    fs::rename(&ws_log, &rotated).unwrap();
+    b.signal(libc::SIGHUP);
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        bad_request();
+        if fs::read_to_string(&ws_log).is_ok_and(|t| t.contains("bad HTTP request")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never reopened",
+            ws_log.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.assert_alive();
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn sighup_without_a_log_file_is_harmless() {
     let mut b = Broker::start_shards(1);
