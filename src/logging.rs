@@ -112,7 +112,8 @@ struct LogFile(Arc<Shared>);
 
 impl LogFile {
     fn open(path: &Path) -> io::Result<LogFile> {
-        let file = open_append(path)?;
+        let file = open_append(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         Ok(LogFile(Arc::new(Shared {
             path: path.to_path_buf(),
             file: Mutex::new(file),

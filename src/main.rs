@@ -74,6 +74,11 @@ fn main() -> ExitCode {
             eprintln!("coremq: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
+        // And the paths a start writes, as this user.
+        if let Err(e) = check_paths(&config) {
+            eprintln!("coremq: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         // What a start would lower, shown as it would run (and said, as at start).
         let mut config = config;
         if let Some(limit) = coremq_broker::kv_max_value_limit(&config.mq) {
@@ -107,6 +112,21 @@ fn main() -> ExitCode {
     run(config, args.ready_file, logging.reopeners.clone())
 }
 
+/// The log files and `data_dir` a start would write, checked as this user
+/// (a start fails on them with the same message).
+fn check_paths(config: &Config) -> Result<(), String> {
+    use coremq_broker::paths::{check_writable, Kind};
+    for (section, target) in [
+        ("CoreMQ", &config.mq.log_file),
+        ("CoreWS", &config.ws.log_file),
+    ] {
+        if let coremq_config::LogTarget::File(path) = target {
+            check_writable(path, Kind::File).map_err(|e| format!("[{section}] log_file: {e}"))?;
+        }
+    }
+    coremq_broker::check_data_dir(&config.mq).map_err(|e| e.to_string())
+}
+
 fn run(config: Config, ready_file: Option<PathBuf>, reopeners: Vec<logging::Reopener>) -> ExitCode {
     let node = config.mq.node_name.clone();
     let signals = signals::install();
@@ -117,9 +137,9 @@ fn run(config: Config, ready_file: Option<PathBuf>, reopeners: Vec<logging::Reop
             eprintln!("coremq: {e}");
             // A bad users file or token key is the configuration's fault.
             let code = match e {
-                coremq_broker::BrokerError::Access(_) | coremq_broker::BrokerError::Tls(_) => {
-                    EXIT_CONFIG
-                }
+                coremq_broker::BrokerError::Access(_)
+                | coremq_broker::BrokerError::Tls(_)
+                | coremq_broker::BrokerError::DataDir(_) => EXIT_CONFIG,
                 _ => EXIT_RUNTIME,
             };
             return ExitCode::from(code);

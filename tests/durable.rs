@@ -825,3 +825,63 @@ fn a_smaller_max_message_size_keeps_larger_stored_messages() {
     assert_eq!(b1.client().history(&[&q]), before, "back with 2M");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `data_dir` that cannot be a directory (a file, or under one), or a log
+/// file in a directory that does not exist, is the configuration's fault:
+/// exit 2, which a service manager does not retry, naming the key and the
+/// path — at start and from `--check-config`. (A start exited 1 for the
+/// data_dir, and `--check-config` passed both.) A usable one passes.
+#[test]
+fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
+    let dir = unique_dir("durable-unusable");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plain");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let check = |b: &Broker| {
+        std::process::Command::new(common::BIN)
+            .arg("--config")
+            .arg(&b.config_path)
+            .arg("--check-config")
+            .output()
+            .expect("coremq --check-config")
+    };
+    let bad = [
+        (
+            "data_dir",
+            BrokerOpts::new(1).set("data_dir", file.to_str().unwrap()),
+        ),
+        (
+            "data_dir",
+            BrokerOpts::new(1).set("data_dir", file.join("sub").to_str().unwrap()),
+        ),
+        (
+            "log_file",
+            BrokerOpts::new(1).set("log_file", dir.join("no/such/dir.log").to_str().unwrap()),
+        ),
+        (
+            "[CoreWS] log_file",
+            BrokerOpts::new(1)
+                .ws()
+                .ws_set("log_file", dir.join("no/ws.log").to_str().unwrap()),
+        ),
+    ];
+    for (key, opts) in bad {
+        let mut b = Broker::spawn(&opts);
+        let status = b.wait_exit(Duration::from_secs(20));
+        let err = b.stderr();
+        assert_eq!(status.code(), Some(2), "{key}: {err}{}", b.stdout());
+        assert!(err.contains(dir.to_str().unwrap()), "{key}: {err}");
+        let out = check(&b);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--check-config, {key}: {said}");
+        assert!(
+            said.contains(key) && said.contains(dir.to_str().unwrap()),
+            "{said}"
+        );
+    }
+    let good = BrokerOpts::new(1).set("data_dir", dir.join("a/b").to_str().unwrap());
+    let b = Broker::spawn(&good);
+    assert_eq!(check(&b).status.code(), Some(0));
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -47,6 +47,11 @@ pub enum BrokerError {
     /// not a CoreMQ data directory).
     #[error("durable history: {0}")]
     Storage(String),
+    /// `data_dir` names a path this process cannot create or write (a
+    /// file, a read-only tree, another user's directory): the
+    /// configuration's fault.
+    #[error("data_dir: {0}")]
+    DataDir(String),
     /// The TLS certificate, key or CA file is missing or wrong (the message
     /// names the key and the file, never a key's contents).
     #[error("TLS: {0}")]

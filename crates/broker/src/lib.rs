@@ -76,6 +76,7 @@ mod net;
 mod node;
 mod origin;
 mod owner;
+pub mod paths;
 mod queues;
 mod refusal;
 mod reload;
@@ -93,4 +94,4 @@ mod wsframe;
 
 pub use error::BrokerError;
 pub use reload::{check as check_access, check_tls, Reloader};
-pub use server::{kv_max_value_limit, start, Running, Stopper, IO_MEMORY};
+pub use server::{check_data_dir, kv_max_value_limit, start, Running, Stopper, IO_MEMORY};

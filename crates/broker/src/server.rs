@@ -135,6 +135,7 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     // files laid out for this shard count (moved if it changed).
     let (store_gen, data_lock) = match &mq.store.data_dir {
         Some(dir) => {
+            check_data_dir(&mq)?;
             let max_body = crate::store::max_record_body(mq.max_message_size);
             let (gen, lock) =
                 crate::store::disk::prepare(dir, shards, max_body).map_err(BrokerError::Storage)?;
@@ -388,6 +389,17 @@ pub(crate) fn kv_max_value(memory: u64, shards: usize, max_value: usize) -> usiz
         return room;
     }
     max_value
+}
+
+/// Whether `data_dir` (when set) can be created and written by this
+/// process; for `--check-config` and before a start uses it.
+pub fn check_data_dir(mq: &coremq_config::MqConfig) -> Result<(), BrokerError> {
+    match &mq.store.data_dir {
+        Some(dir) => {
+            crate::paths::check_writable(dir, crate::paths::Kind::Dir).map_err(BrokerError::DataDir)
+        }
+        None => Ok(()),
+    }
 }
 
 /// Checks that nobody listens on `addr` and resolves port 0 to a free port.
