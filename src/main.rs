@@ -106,6 +106,7 @@ fn main() -> ExitCode {
     if let Err(e) = thp {
         tracing::warn!(cause = %e, "could not turn transparent huge pages off for the broker; running with the system's setting");
     }
+    raise_open_files(config.mq.max_connections);
     for var in Config::unknown_env_overrides() {
         tracing::warn!(%var, "environment variable looks like a CoreMQ override but names no known key; ignored");
     }
@@ -125,6 +126,51 @@ fn check_paths(config: &Config) -> Result<(), String> {
         }
     }
     coremq_broker::check_data_dir(&config.mq).map_err(|e| e.to_string())
+}
+
+/// Descriptors a node needs besides one per connection: listeners, each
+/// shard's rings, eventfds and channels, history segments, log files.
+const FD_HEADROOM: u64 = 256;
+
+/// Raises the soft limit on open files towards what `max_connections`
+/// needs (as far as the hard limit allows: any process may), and says so
+/// when even that is short. Past the limit a shard cannot accept, and
+/// clients wait in the listen backlog with no word (the shipped unit sets
+/// LimitNOFILE=262144; a shell's default is often 1024).
+fn raise_open_files(max_connections: usize) {
+    let want = (max_connections as u64).saturating_add(FD_HEADROOM);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write or read only the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let was = lim.rlim_cur;
+    if was < want && lim.rlim_max > was {
+        lim.rlim_cur = want.min(lim.rlim_max);
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            lim.rlim_cur = was;
+        }
+    }
+    if lim.rlim_cur < want {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            hard_limit = lim.rlim_max,
+            max_connections,
+            "the open-file limit is below max_connections: about {} clients can connect \
+             (raise LimitNOFILE / ulimit -n, or lower max_connections)",
+            lim.rlim_cur.saturating_sub(FD_HEADROOM)
+        );
+    } else if lim.rlim_cur > was {
+        tracing::info!(
+            from = was,
+            to = lim.rlim_cur,
+            "raised the open-file limit for max_connections"
+        );
+    }
 }
 
 fn run(config: Config, ready_file: Option<PathBuf>, reopeners: Vec<logging::Reopener>) -> ExitCode {

@@ -569,3 +569,86 @@ fn many_brokers_starting_at_once_all_become_ready() {
         assert_eq!(c.status()["shards"].as_array().map(Vec::len), Some(4));
     }
 }
+
+/// A broker under `prlimit --nofile=SOFT:HARD`.
+fn with_nofile(opts: BrokerOpts, soft: u64, hard: u64) -> BrokerOpts {
+    let mut opts = opts;
+    opts.wrapper = vec![
+        need_tool("prlimit"),
+        format!("--nofile={soft}:{hard}"),
+        "--".into(),
+    ];
+    opts
+}
+
+/// The soft open-file limit is raised towards what `max_connections`
+/// needs, as far as the hard limit allows; when that is short, a WARN says
+/// how many clients can connect. Out of descriptors, the failed accepts are
+/// logged once per 10 s per shard, not 20 times a second.
+#[test]
+fn the_open_file_limit_is_raised_or_reported() {
+    let limit_of = |b: &Broker| {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", b.pid())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_string();
+        let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        soft
+    };
+    // Room under the hard limit: raised to max_connections + headroom.
+    let b = Broker::start(with_nofile(
+        BrokerOpts::new(1).set("max_connections", "1000"),
+        64,
+        4096,
+    ));
+    assert_eq!(limit_of(&b), 1256, "{}", b.logs());
+    assert!(
+        b.stdout().contains("raised the open-file limit"),
+        "{}",
+        b.logs()
+    );
+    assert!(
+        !b.stdout().contains("below max_connections"),
+        "{}",
+        b.logs()
+    );
+    drop(b);
+    // No room: said at start, and a flood of clients past it is logged
+    // sparingly.
+    let b = Broker::start(with_nofile(BrokerOpts::new(2), 96, 96));
+    assert_eq!(limit_of(&b), 96);
+    assert!(
+        b.stdout()
+            .contains("the open-file limit is below max_connections"),
+        "{}",
+        b.logs()
+    );
+    let clients: Vec<std::net::TcpStream> = (0..150)
+        .map(|_| std::net::TcpStream::connect(b.addr()).expect("connect (backlog)"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.stdout().contains("accept failed") {
+        assert!(Instant::now() < deadline, "no accept failure\n{}", b.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = b.stdout().matches("accept failed").count();
+    assert!(
+        lines <= 2,
+        "{lines} accept-failure lines in ~1.5 s\n{}",
+        b.logs()
+    );
+    drop(clients);
+    // It recovers once the clients leave.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = std::panic::catch_unwind(|| b.client()) {
+            c.status();
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", b.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

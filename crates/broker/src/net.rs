@@ -31,13 +31,20 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// How often a run of failed accepts is logged again.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// The next connection on `listener` with its peer address, or `None` once
-/// the shard stops. Accept errors (out of descriptors and the like) are logged
-/// and retried after a pause instead of spinning.
+/// the shard stops. Accept errors (out of descriptors and the like) are
+/// retried after a pause instead of spinning, and logged once per
+/// [`ACCEPT_WARN_EVERY`] with the count in between (they came 20 times a
+/// second per shard).
 pub(crate) async fn accept_next(
     shard: &Shard,
     listener: &TcpListener,
 ) -> Option<(TcpStream, Peer)> {
+    let mut warned: Option<std::time::Instant> = None;
+    let mut failed = 0u64;
     loop {
         let next = future::or(async { Some(listener.accept().await) }, async {
             shard.stopping().wait().await;
@@ -50,7 +57,17 @@ pub(crate) async fn accept_next(
                 return Some((stream, peer));
             }
             Err(e) => {
-                tracing::warn!(shard = shard.id(), cause = %e, "accept failed");
+                failed += 1;
+                if warned.is_none_or(|t| t.elapsed() >= ACCEPT_WARN_EVERY) {
+                    tracing::warn!(
+                        shard = shard.id(),
+                        cause = %e,
+                        failed,
+                        "accept failed; retrying (logged again in 10 s if it goes on)"
+                    );
+                    warned = Some(std::time::Instant::now());
+                    failed = 0;
+                }
                 sleep(Duration::from_millis(50)).await;
             }
         }
