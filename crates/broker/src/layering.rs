@@ -20,6 +20,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("link_auth", 0),
     ("tls", 0),
     ("wsframe", 0),
+    ("sources", 0),
+    ("paths", 0),
     ("frame", 1),
     ("msg", 1),
     ("node", 1),

@@ -21,7 +21,9 @@
 //!    `link_auth` (the cluster secret's challenge-response), `tls` (the
 //!    certificate, key and CA files as a rustls configuration; a client
 //!    certificate's user), `wsframe` (WebSocket frames parsed in place and
-//!    encoded into a connection's buffer).
+//!    encoded into a connection's buffer), `sources` (where a would-be
+//!    replicant may connect from: host names resolved off the shard),
+//!    `paths` (whether `data_dir` and log files can be written).
 //! 1. **What travels** — `frame` (a stored message's key and encoded frame),
 //!    `msg` (connection keys, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels),
