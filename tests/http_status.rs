@@ -380,3 +380,44 @@ fn other_paths_and_methods_are_refused() {
     let mut b = b;
     b.assert_alive();
 }
+
+/// A request the server answers without reading all of it — a head over
+/// the 16 KiB limit (431), a body nobody reads (405) — still gets its
+/// response: the server drains what the client sends before it closes.
+/// (It closed with input unread, and the kernel's reset destroyed the
+/// response: every client saw "connection reset".)
+#[test]
+fn a_response_survives_what_the_server_did_not_read() {
+    use std::io::{Read, Write};
+    let mut b = ws_broker(1);
+    let a = b.ws_addr();
+    let exchange = |request: Vec<u8>| {
+        let mut s = std::net::TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        let wrote = s.write_all(&request);
+        let mut out = Vec::new();
+        let read = s.read_to_end(&mut out);
+        (wrote, read, String::from_utf8_lossy(&out).into_owned())
+    };
+    for size in [17_000, 40_000, 100_000] {
+        let request = format!(
+            "GET /status HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(size)
+        );
+        let (wrote, read, r) = exchange(request.into_bytes());
+        assert!(
+            r.starts_with("HTTP/1.1 431") && read.is_ok(),
+            "{size}-byte header: {r:?} (write {wrote:?}, read {read:?})"
+        );
+    }
+    let mut post = b"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n".to_vec();
+    post.resize(post.len() + 300_000, b'x');
+    let (wrote, read, r) = exchange(post);
+    assert!(
+        r.starts_with("HTTP/1.1 405") && read.is_ok(),
+        "unread body: {r:?} (write {wrote:?}, read {read:?})"
+    );
+    assert_eq!(http_get(a, "/status").status, 200);
+    b.assert_alive();
+}

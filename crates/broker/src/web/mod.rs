@@ -102,7 +102,13 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
                     Io::Plain(stream)
                 };
                 match slot {
-                    Some(slot) => handle(shard, stream, settings, slot).await,
+                    Some(slot) => {
+                        if let Some((mut stream, _slot)) =
+                            handle(shard, stream, settings, slot).await
+                        {
+                            close_after_response(&mut stream).await;
+                        }
+                    }
                     None => {
                         let _ = respond_text(
                             &mut stream,
@@ -110,6 +116,7 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
                             "too many connections (max_connections)",
                         )
                         .await;
+                        close_after_response(&mut stream).await;
                     }
                 }
             }
@@ -121,7 +128,12 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
 
 /// Reads one request and routes it; `slot` is the connection's, given
 /// back when it ends (kept by a WebSocket upgrade).
-async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>, slot: Slot) {
+async fn handle(
+    shard: Rc<Shard>,
+    mut stream: Io,
+    settings: Rc<WebSettings>,
+    slot: Slot,
+) -> Option<(Io, Slot)> {
     let head = future::or(async { Some(read_head(&mut stream).await) }, async {
         sleep(HEAD_TIMEOUT).await;
         None
@@ -131,8 +143,12 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>, slo
         Some(Ok(h)) => h,
         Some(Err(e)) => {
             tracing::debug!(cause = %e, "bad HTTP request");
-            let _ = respond_text(&mut stream, "400 Bad Request", &e.to_string()).await;
-            return;
+            let status = match e {
+                http::HeadError::TooLarge => "431 Request Header Fields Too Large",
+                _ => "400 Bad Request",
+            };
+            let _ = respond_text(&mut stream, status, &e.to_string()).await;
+            return Some((stream, slot));
         }
         None => {
             let _ = respond_text(
@@ -141,7 +157,7 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>, slo
                 "request head not received in time",
             )
             .await;
-            return;
+            return Some((stream, slot));
         }
     };
     let is_upgrade = head.header_has("upgrade", "websocket");
@@ -161,12 +177,13 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>, slo
     if monitored {
         if let Err(denied) = auth::may_monitor(&shard, &head, cert.as_ref()).await {
             let _ = refuse_http(&mut stream, denied).await;
-            return;
+            return Some((stream, slot));
         }
     }
     let result = match (head.method.as_str(), head.path.as_str()) {
         (_, "/ws") if is_upgrade => {
-            return upgrade(shard, stream, head, cert, &settings, slot).await
+            upgrade(shard, stream, head, cert, &settings, slot).await;
+            return None;
         }
         ("GET" | "HEAD", "/ws") => {
             respond_text(
@@ -242,6 +259,29 @@ async fn handle(shard: Rc<Shard>, mut stream: Io, settings: Rc<WebSettings>, slo
     if let Err(e) = result {
         tracing::debug!(cause = %e, "HTTP response not sent");
     }
+    Some((stream, slot))
+}
+
+/// How long a connection whose response is written may take to close.
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends a connection whose response is written: shuts our sending side
+/// down, then reads and drops what the client still sends (the rest of a
+/// head over the limit, a body nobody reads) until it closes, for at most
+/// [`CLOSE_LINGER`] and 1 MiB. Closed with input unread, the kernel sends
+/// a reset, which can destroy the response before the client reads it.
+async fn close_after_response(stream: &mut Io) {
+    use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.close().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left: usize = 1 << 20;
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            let Some(l) = left.checked_sub(n) else { break };
+            left = l;
+        }
+    };
+    future::or(drain, sleep(CLOSE_LINGER)).await;
 }
 
 /// `/coremq.js`: `no-cache` with an `ETag` (revalidated on every use,
