@@ -124,7 +124,15 @@ pub(crate) fn prepare(
             to = shards,
             "history was written with another shard count; moving it to its new owner shards"
         );
-        migrate(data_dir, &gen, written_with, &next, shards, max_body)?;
+        migrate(
+            data_dir,
+            &gen,
+            written_with,
+            &next,
+            shards,
+            max_body,
+            super::SEG_MAX,
+        )?;
         switch_current(data_dir, &next)?;
         next
     };
@@ -242,6 +250,10 @@ fn remove_other_generations(data_dir: &Path, keep: &str) {
 
 /// Writes every message of generation `from` (written with `old` shards)
 /// into a new generation `to` for `shards` shards, each to its new owner.
+/// One old segment is in memory at a time, and the new files are cut at
+/// the usual segment size: the move takes about one segment's memory,
+/// whatever the size of data_dir (it held all of it, 1.8–2.0 GB for
+/// 672 MB, and left one file per shard that every later start read whole).
 fn migrate(
     data_dir: &Path,
     from: &Path,
@@ -249,26 +261,30 @@ fn migrate(
     to: &str,
     shards: usize,
     max_body: usize,
+    seg_max: u64,
 ) -> Result<(), DiskError> {
     let gen = new_generation(data_dir, to, shards)?;
     let router = crate::router::Router::new(shards);
-    let mut outs: Vec<Vec<u8>> = vec![Vec::new(); shards];
+    let mut outs: Vec<SegmentOut> = (0..shards)
+        .map(|id| SegmentOut::new(shard_dir(&gen, id), seg_max))
+        .collect::<Result<_, _>>()?;
     let mut moved = 0u64;
+    let mut record = Vec::new();
     for id in 0..old {
         let dir = shard_dir(from, id);
         for n in segments(&dir)? {
             let mut frames = Vec::new();
             read_segment(&segment_path(&dir, n), max_body, &mut frames)?;
             for f in frames {
-                record::encode(&f, &mut outs[router.owner(f.queue())]);
+                record.clear();
+                record::encode(&f, &mut record);
+                outs[router.owner(f.queue())].write(&record)?;
                 moved += 1;
             }
         }
     }
-    for (id, bytes) in outs.iter().enumerate() {
-        let dir = shard_dir(&gen, id);
-        write_synced(&segment_path(&dir, 1), bytes)?;
-        sync_dir(&dir)?;
+    for out in outs {
+        out.finish()?;
     }
     tracing::info!(
         messages = moved,
@@ -276,6 +292,66 @@ fn migrate(
         "history moved to the new shard count"
     );
     Ok(())
+}
+
+/// One new shard's segments during a move: records appended to the open
+/// segment, the next one begun when it would pass `max` (`SEG_MAX`).
+struct SegmentOut {
+    dir: PathBuf,
+    max: u64,
+    n: u64,
+    file: std::io::BufWriter<fs::File>,
+    len: u64,
+}
+
+impl SegmentOut {
+    fn new(dir: PathBuf, max: u64) -> Result<SegmentOut, DiskError> {
+        let file = Self::create(&dir, 1)?;
+        Ok(SegmentOut {
+            dir,
+            max,
+            n: 1,
+            file,
+            len: 0,
+        })
+    }
+
+    fn create(dir: &Path, n: u64) -> Result<std::io::BufWriter<fs::File>, DiskError> {
+        let path = segment_path(dir, n);
+        fs::File::create(&path)
+            .map(|f| std::io::BufWriter::with_capacity(1 << 20, f))
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))
+    }
+
+    fn write(&mut self, record: &[u8]) -> Result<(), DiskError> {
+        if self.len > 0 && self.len + record.len() as u64 > self.max {
+            self.sync()?;
+            self.n += 1;
+            self.file = Self::create(&self.dir, self.n)?;
+            self.len = 0;
+        }
+        self.file.write_all(record).map_err(|e| {
+            format!(
+                "cannot write {}: {e}",
+                segment_path(&self.dir, self.n).display()
+            )
+        })?;
+        self.len += record.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), DiskError> {
+        let path = segment_path(&self.dir, self.n);
+        self.file
+            .flush()
+            .and_then(|()| self.file.get_ref().sync_all())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
+    fn finish(mut self) -> Result<(), DiskError> {
+        self.sync()?;
+        sync_dir(&self.dir)
+    }
 }
 
 /// Reads one segment's messages into `frames`; damage is skipped and logged.
@@ -369,6 +445,58 @@ mod tests {
             r#"{{"n": {n}, "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
         );
         MsgFrame::replicated("q", json.as_bytes()).unwrap()
+    }
+
+    /// A move to another shard count gives every message to its new owner,
+    /// in files cut at the segment size (it wrote one file per shard, from
+    /// all of data_dir held in memory).
+    #[test]
+    fn a_move_cuts_its_files_at_the_segment_size() {
+        let data = std::env::temp_dir().join(format!("coremq-move-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&data);
+        let from = new_generation(&data, "gen-000001", 2).unwrap();
+        let msg = |q: &str, n: u64| {
+            let json = format!(
+                r#"{{"n": {n}, "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
+            );
+            MsgFrame::replicated(q, json.as_bytes()).unwrap()
+        };
+        let mut written = 0;
+        for id in 0..2 {
+            for seg in 1..=2u64 {
+                let mut buf = Vec::new();
+                for i in 0..100 {
+                    record::encode(&msg(&format!("q{}", (id * 7 + i) % 13), written), &mut buf);
+                    written += 1;
+                }
+                write_synced(&segment_path(&shard_dir(&from, id), seg), &buf).unwrap();
+            }
+        }
+        migrate(&data, &from, 2, "gen-000002", 3, 1 << 20, 4096).unwrap();
+        let to = data.join("gen-000002");
+        let router = crate::router::Router::new(3);
+        let mut seen = 0;
+        for id in 0..3 {
+            let dir = shard_dir(&to, id);
+            let segs = segments(&dir).unwrap();
+            assert!(segs.len() > 1, "shard {id}: {segs:?}");
+            for n in segs {
+                let path = segment_path(&dir, n);
+                assert!(
+                    fs::metadata(&path).unwrap().len() <= 4096,
+                    "{}",
+                    path.display()
+                );
+                let mut frames = Vec::new();
+                read_segment(&path, 1 << 20, &mut frames).unwrap();
+                for f in &frames {
+                    assert_eq!(router.owner(f.queue()), id, "{} on shard {id}", f.queue());
+                }
+                seen += frames.len() as u64;
+            }
+        }
+        assert_eq!(seen, written);
+        let _ = fs::remove_dir_all(&data);
     }
 
     /// A start reads its history back a segment at a time (the shard trims
