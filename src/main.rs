@@ -122,6 +122,20 @@ fn check_paths(config: &Config) -> Result<(), String> {
         ("CoreWS", &config.ws.log_file),
     ] {
         if let coremq_config::LogTarget::File(path) = target {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if matches!(std::fs::metadata(dir), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+            {
+                // The unit's LogsDirectory= makes /var/log/coremq at start.
+                eprintln!(
+                    "coremq: warning: [{section}] log_file: {} does not exist (yet); a start \
+                     fails unless it is made first",
+                    dir.display()
+                );
+                continue;
+            }
             check_writable(path, Kind::File).map_err(|e| format!("[{section}] log_file: {e}"))?;
         }
     }

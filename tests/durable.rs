@@ -827,10 +827,12 @@ fn a_smaller_max_message_size_keeps_larger_stored_messages() {
 }
 
 /// A `data_dir` that cannot be a directory (a file, or under one), or a log
-/// file in a directory that does not exist, is the configuration's fault:
-/// exit 2, which a service manager does not retry, naming the key and the
-/// path — at start and from `--check-config`. (A start exited 1 for the
-/// data_dir, and `--check-config` passed both.) A usable one passes.
+/// file that cannot be one, is the configuration's fault: exit 2, which a
+/// service manager does not retry, naming the key and the path — at start
+/// and from `--check-config`. (A start exited 1 for the data_dir, and
+/// `--check-config` passed both.) A log file's directory that does not
+/// exist yet fails a start, but `--check-config` only warns: the unit's
+/// LogsDirectory= makes it at start.
 #[test]
 fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
     let dir = unique_dir("durable-unusable");
@@ -856,13 +858,13 @@ fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
         ),
         (
             "log_file",
-            BrokerOpts::new(1).set("log_file", dir.join("no/such/dir.log").to_str().unwrap()),
+            BrokerOpts::new(1).set("log_file", dir.to_str().unwrap()),
         ),
         (
             "[CoreWS] log_file",
             BrokerOpts::new(1)
                 .ws()
-                .ws_set("log_file", dir.join("no/ws.log").to_str().unwrap()),
+                .ws_set("log_file", file.join("ws.log").to_str().unwrap()),
         ),
     ];
     for (key, opts) in bad {
@@ -883,5 +885,11 @@ fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
     let b = Broker::spawn(&good);
     assert_eq!(check(&b).status.code(), Some(0));
     drop(b);
+    let later = BrokerOpts::new(1).set("log_file", dir.join("no/such/dir.log").to_str().unwrap());
+    let mut b = Broker::spawn(&later);
+    assert_eq!(b.wait_exit(Duration::from_secs(20)).code(), Some(2));
+    let out = check(&b);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist (yet)"));
     let _ = std::fs::remove_dir_all(&dir);
 }
