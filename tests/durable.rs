@@ -506,14 +506,20 @@ fn a_resume_on_a_restarted_cluster_node_waits_for_its_peers_history() {
 
 /// `opts` run in a mount namespace of their own, with a 256 KiB tmpfs over
 /// `dir` (a disk that fills up).
-fn on_a_small_disk(mut opts: BrokerOpts, dir: &Path) -> BrokerOpts {
+fn on_a_small_disk(opts: BrokerOpts, dir: &Path) -> BrokerOpts {
+    on_a_disk_of("256k", opts, dir)
+}
+
+/// `opts` run in a mount namespace of their own, with a tmpfs of `size`
+/// over `dir`; the broker's files are seen at `/proc/<pid>/root/<dir>`.
+fn on_a_disk_of(size: &str, mut opts: BrokerOpts, dir: &Path) -> BrokerOpts {
     opts.wrapper = vec![
         need_tool("unshare"),
         "-Urm".into(),
         "sh".into(),
         "-c".into(),
         format!(
-            "mount -t tmpfs -o size=256k tmpfs '{}' && exec \"$@\"",
+            "mount -t tmpfs -o size={size} tmpfs '{}' && exec \"$@\"",
             dir.display()
         ),
         "sh".into(),
@@ -892,4 +898,63 @@ fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist (yet)"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A full disk with a compaction due: every batch tried a snapshot that
+/// failed and left its file behind, one more empty segment per batch for as
+/// long as the disk stayed full (151 files after 2,000 publishes). A segment
+/// that holds nothing acknowledged is now removed when it is closed.
+#[test]
+fn a_full_disk_does_not_leave_a_file_per_batch() {
+    let dir = unique_dir("durable-fullsnap");
+    let opts = on_a_disk_of(
+        "1m",
+        durable(1, &dir, 0)
+            .set("fsync", "always")
+            .set("history_length", "100000")
+            .set("history_disk", "1M"),
+        &dir,
+    );
+    let (b, _) = start(opts);
+    let q = uniq("dur.fullsnap");
+    let mut p = b.client();
+    let body = "x".repeat(2000);
+    let mut refused = 0;
+    for n in 0..1000 {
+        p.send(&q, &json!({"n": n, "f": body}));
+        if p.recv_reply().response() != Some(OK_SENT) {
+            refused += 1;
+            if refused == 100 {
+                break;
+            }
+        }
+    }
+    assert_eq!(refused, 100, "a 1 MiB disk took 2 MB");
+    assert!(
+        b.logs().contains("cannot write a history snapshot"),
+        "no compaction was tried\n{}",
+        b.logs()
+    );
+    let seen = PathBuf::from(format!("/proc/{}/root{}", b.pid(), dir.display()));
+    let segments: Vec<PathBuf> = std::fs::read_dir(&seen)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("gen-"))
+        .flat_map(|g| {
+            std::fs::read_dir(g.path().join("shard-0000"))
+                .unwrap()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    let empty: Vec<&PathBuf> = segments
+        .iter()
+        .filter(|p| std::fs::metadata(p).unwrap().len() == 0)
+        .collect();
+    assert!(
+        empty.len() <= 1,
+        "{} empty segment files after 100 refused batches: {empty:?}",
+        empty.len()
+    );
 }

@@ -105,6 +105,23 @@ impl Owner {
             .collect()
     }
 
+    /// The queues of [`Self::retained`], for reading it a page at a time.
+    pub(crate) fn retained_queues(&self, persists: impl Fn(&str) -> bool) -> Vec<Box<str>> {
+        let mut names = self.queues.borrow().dump_names();
+        names.retain(|n| persists(n));
+        names
+    }
+
+    /// A page of one queue's retained history (see `Queues::dump_page`).
+    pub(crate) fn retained_page(
+        &self,
+        queue: &str,
+        after: Option<MsgKey>,
+        max: usize,
+    ) -> Vec<MsgFrame> {
+        self.queues.borrow().dump_page(queue, after, max)
+    }
+
     /// Bytes of history held, about.
     pub(crate) fn retained_bytes(&self) -> u64 {
         self.queues.borrow().history_bytes()

@@ -282,6 +282,38 @@ impl QueueTable {
 
     /// Every queue's history except connection-id queues (they die with their
     /// connection), for a cluster link that just came up.
+    /// Names of the queues [`Self::dump`] covers.
+    pub(crate) fn dump_names(&self) -> Vec<Box<str>> {
+        self.queues
+            .iter()
+            .filter(|(name, q)| {
+                !q.own_id && !q.history.is_empty() && !crate::consts::is_reserved(name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Up to `max` messages of `queue`'s live history, oldest first, after
+    /// key `after` (from the start for `None`): a dump a page at a time,
+    /// which stays right while the history changes between pages (it is
+    /// ordered by key).
+    pub(crate) fn dump_page(
+        &self,
+        queue: &str,
+        after: Option<crate::msg::MsgKey>,
+        max: usize,
+    ) -> Vec<MsgFrame> {
+        let Some(q) = self.queues.get(crate::router::queue_hash(queue), queue) else {
+            return Vec::new();
+        };
+        let alive = q.first_alive(crate::clock::unix_now_us());
+        let from = match after {
+            Some(key) => q.history.partition_point(|f| f.key() <= key).max(alive),
+            None => alive,
+        };
+        q.history.range(from..).take(max).cloned().collect()
+    }
+
     pub(crate) fn dump(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
         self.queues
             .iter()

@@ -18,6 +18,22 @@ impl Source for Shard {
         }
     }
 
+    fn retained_queues(&self) -> Vec<Box<str>> {
+        match &self.store {
+            Some(store) => self.owner.retained_queues(|q| store.persists(q)),
+            None => Vec::new(),
+        }
+    }
+
+    fn retained_page(
+        &self,
+        queue: &str,
+        after: Option<crate::msg::MsgKey>,
+        max: usize,
+    ) -> Vec<MsgFrame> {
+        self.owner.retained_page(queue, after, max)
+    }
+
     fn retained_bytes(&self) -> u64 {
         self.owner.retained_bytes()
     }

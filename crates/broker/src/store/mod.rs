@@ -80,6 +80,15 @@ pub(crate) trait Source {
     fn release(&self, d: Deferred);
     /// The retained history of every persisted queue (for a snapshot).
     fn retained(&self) -> Vec<MsgFrame>;
+    /// The persisted queues that retain history.
+    fn retained_queues(&self) -> Vec<Box<str>>;
+    /// Up to `max` of `queue`'s retained messages after `after`, oldest first.
+    fn retained_page(
+        &self,
+        queue: &str,
+        after: Option<crate::msg::MsgKey>,
+        max: usize,
+    ) -> Vec<MsgFrame>;
     /// Bytes of history retained in memory, about.
     fn retained_bytes(&self) -> u64;
 }

@@ -17,6 +17,11 @@ const MESSAGE: u8 = 1;
 /// Body bytes before the queue name: kind, seq, queue length.
 const FIXED: usize = 1 + 8 + 2;
 
+/// The length of `frame`'s record, as [`encode`] writes it.
+pub(crate) fn encoded_len(frame: &MsgFrame) -> usize {
+    HEADER + FIXED + frame.queue().len() + frame.json().len()
+}
+
 /// Appends `frame`'s record to `out`; returns its length.
 pub(crate) fn encode(frame: &MsgFrame, out: &mut Vec<u8>) -> usize {
     let queue = frame.queue().as_bytes();
@@ -194,6 +199,11 @@ mod tests {
         for f in &written {
             encode(f, &mut buf);
         }
+        assert_eq!(
+            buf.len(),
+            written.iter().map(encoded_len).sum::<usize>(),
+            "encoded_len is what encode writes"
+        );
         let mut found = Vec::new();
         let s = scan(&buf, 1 << 20, &mut found);
         assert_eq!(

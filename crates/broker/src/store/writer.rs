@@ -182,8 +182,15 @@ impl Store {
     async fn close_active(&self) -> bool {
         let synced = self.sync_active().await;
         let mut st = self.st.borrow_mut();
-        if let Some((n, _file, len)) = st.active.take() {
-            st.closed.push((n, len));
+        match st.active.take() {
+            // Nothing acknowledged is in it (a failed write or snapshot, on
+            // a full disk): removed, not kept as one more empty file per
+            // batch while the disk stays full.
+            Some((n, _file, 0)) => {
+                let _ = std::fs::remove_file(disk::segment_path(&self.dir, n));
+            }
+            Some((n, _file, len)) => st.closed.push((n, len)),
+            None => {}
         }
         synced
     }
@@ -236,35 +243,60 @@ impl Store {
 
     /// Writes the retained history (the newest of it, within a quarter of
     /// the budget) to a fresh segment, then removes every older segment.
+    /// The shard goes on meanwhile: when the history fits it is read a page
+    /// at a time and written a piece at a time, yielding to the shard's
+    /// other work in between, and the old files are removed on the blocking
+    /// thread. (At ~800 k retained messages, cloning, encoding and unlinking
+    /// it all in one go held every delivery of the shard up for most of a
+    /// second.) Only a history that does not fit is taken whole and sorted,
+    /// newest first, to keep the newest.
     async fn snapshot(&self, source: &dyn Source) {
         self.close_active().await;
-        let mut frames = source.retained();
-        frames.sort_unstable_by_key(|f| std::cmp::Reverse(f.key()));
-        let mut buf = Vec::new();
-        let mut kept = 0usize;
-        let mut record = Vec::new();
-        for f in &frames {
-            record.clear();
-            record::encode(f, &mut record);
-            if (buf.len() + record.len()) as u64 > self.budget / 4 {
-                break;
-            }
-            buf.extend_from_slice(&record);
-            kept += 1;
-        }
-        let evicted = (frames.len() - kept) as u64;
+        let limit = self.budget / 4;
+        let fits = source.retained_bytes() <= limit / 2;
+        let (mut seen, mut kept) = (0usize, 0usize);
         let old: Vec<(u64, u64)> = std::mem::take(&mut self.st.borrow_mut().closed);
         let result = async {
             let (file, _) = self.active_file().await?;
-            let mut pos = 0u64;
-            for piece in buf.chunks(SNAPSHOT_PIECE) {
-                write_all(&file, piece.to_vec(), pos).await?;
-                pos += piece.len() as u64;
+            let mut out = Pieces::new(file, limit);
+            if fits {
+                'queues: for name in source.retained_queues() {
+                    let mut after = None;
+                    loop {
+                        glommio::yield_if_needed().await;
+                        let page = source.retained_page(&name, after, SNAPSHOT_PAGE);
+                        let Some(last) = page.last() else { break };
+                        after = Some(last.key());
+                        for f in &page {
+                            seen += 1;
+                            if !out.add(f).await? {
+                                break 'queues;
+                            }
+                            kept += 1;
+                        }
+                        if page.len() < SNAPSHOT_PAGE {
+                            break;
+                        }
+                    }
+                }
+            } else {
+                let mut frames = source.retained();
+                seen = frames.len();
+                frames.sort_unstable_by_key(|f| std::cmp::Reverse(f.key()));
+                for (i, f) in frames.iter().enumerate() {
+                    if i % SNAPSHOT_PAGE == 0 {
+                        glommio::yield_if_needed().await;
+                    }
+                    if !out.add(f).await? {
+                        break;
+                    }
+                    kept += 1;
+                }
             }
-            file.fdatasync().await.map_err(|e| e.to_string())?;
-            Ok::<u64, String>(pos)
+            out.finish().await
         }
         .await;
+        let evicted = (seen - kept) as u64;
         match result {
             Ok(written) => {
                 {
@@ -273,17 +305,27 @@ impl Store {
                         a.2 = written;
                     }
                 }
-                // The snapshot is the history now: the older files go.
-                let mut freed = 0;
-                for (n, len) in &old {
-                    match std::fs::remove_file(disk::segment_path(&self.dir, *n)) {
-                        Ok(()) => freed += len,
-                        Err(e) => {
-                            tracing::warn!(segment = n, cause = %e, "cannot remove a history segment")
+                // The snapshot is the history now: the older files go (an
+                // unlink of a large file takes the kernel a while).
+                let files: Vec<(std::path::PathBuf, u64)> = old
+                    .iter()
+                    .map(|(n, len)| (disk::segment_path(&self.dir, *n), *len))
+                    .collect();
+                let dir = self.dir.clone();
+                let freed = glommio::executor()
+                    .spawn_blocking(move || {
+                        let mut freed = 0;
+                        for (path, len) in files {
+                            match std::fs::remove_file(&path) {
+                                Ok(()) => freed += len,
+                                Err(e) => tracing::warn!(file = %path.display(), cause = %e,
+                                    "cannot remove a history segment"),
+                            }
                         }
-                    }
-                }
-                let _ = disk::sync_dir(&self.dir);
+                        let _ = disk::sync_dir(&dir);
+                        freed
+                    })
+                    .await;
                 let s = &self.stats;
                 s.disk_bytes
                     .set((s.disk_bytes.get() + written).saturating_sub(freed));
@@ -301,6 +343,60 @@ impl Store {
                 tracing::error!(dir = %self.dir.display(), cause = %e, "cannot write a history snapshot; keeping the old segments");
             }
         }
+    }
+}
+
+/// Records in a page of a snapshot read from the shard at a time.
+const SNAPSHOT_PAGE: usize = 1024;
+
+/// A snapshot being written: records gathered into pieces of
+/// `SNAPSHOT_PIECE` bytes, each written as it fills, up to `limit` bytes.
+struct Pieces {
+    file: Rc<BufferedFile>,
+    limit: u64,
+    pos: u64,
+    piece: Vec<u8>,
+}
+
+impl Pieces {
+    fn new(file: Rc<BufferedFile>, limit: u64) -> Pieces {
+        Pieces {
+            file,
+            limit,
+            pos: 0,
+            piece: Vec::with_capacity(SNAPSHOT_PIECE),
+        }
+    }
+
+    /// Adds `f`'s record; false (and nothing added) when it would pass the
+    /// limit.
+    async fn add(&mut self, f: &crate::msg::MsgFrame) -> Result<bool, String> {
+        let len = record::encoded_len(f);
+        if self.pos + (self.piece.len() + len) as u64 > self.limit {
+            return Ok(false);
+        }
+        if !self.piece.is_empty() && self.piece.len() + len > SNAPSHOT_PIECE {
+            self.flush().await?;
+        }
+        record::encode(f, &mut self.piece);
+        Ok(true)
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        let full = std::mem::replace(&mut self.piece, Vec::with_capacity(SNAPSHOT_PIECE));
+        let len = full.len() as u64;
+        write_all(&self.file, full, self.pos).await?;
+        self.pos += len;
+        Ok(())
+    }
+
+    /// Writes the last piece and syncs; the bytes written.
+    async fn finish(mut self) -> Result<u64, String> {
+        if !self.piece.is_empty() {
+            self.flush().await?;
+        }
+        self.file.fdatasync().await.map_err(|e| e.to_string())?;
+        Ok(self.pos)
     }
 }
 
