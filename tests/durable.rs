@@ -319,8 +319,12 @@ fn disk_use_stays_within_history_disk() {
     }
     assert!(most <= DISK, "{most} bytes on disk, history_disk {DISK}");
     let st = c.status();
-    assert!(disk_sum(&st, "disk_evictions") > 0, "{st}");
-    assert!(disk_sum(&st, "disk_snapshots") > 0, "{st}");
+    // Each message is counted once when it leaves the disk, however many
+    // snapshots leave it off again (they recounted it: more evictions than
+    // messages).
+    let evictions = disk_sum(&st, "disk_evictions");
+    assert!(evictions > 0 && evictions < 12 * 64 * 8, "{st}");
+    assert!(disk_sum(&st, "disk_snapshots") > 1, "{st}");
     let newest: Vec<Value> = queues
         .iter()
         .map(|q| {

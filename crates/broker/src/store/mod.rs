@@ -130,6 +130,10 @@ struct State {
     active: Option<(u64, Rc<BufferedFile>, u64)>,
     /// The other segments: (number, bytes).
     closed: Vec<(u64, u64)>,
+    /// The newest message a snapshot left off the disk: those up to it
+    /// stay in memory and would be left off (and counted) again by every
+    /// later snapshot.
+    evicted_upto: Option<crate::msg::MsgKey>,
     /// The next segment number.
     next_segment: u64,
     /// Written to the active file since its last fdatasync.

@@ -254,7 +254,7 @@ impl Store {
         self.close_active().await;
         let limit = self.budget / 4;
         let fits = source.retained_bytes() <= limit / 2;
-        let (mut seen, mut kept) = (0usize, 0usize);
+        let (mut seen, mut kept, mut evicted) = (0usize, 0usize, None);
         let old: Vec<(u64, u64)> = std::mem::take(&mut self.st.borrow_mut().closed);
         let result = async {
             let (file, _) = self.active_file().await?;
@@ -292,11 +292,25 @@ impl Store {
                     }
                     kept += 1;
                 }
+                // Newest first: what is left off is frames[kept..]; count
+                // only those no earlier snapshot left off.
+                let mut st = self.st.borrow_mut();
+                let upto = st.evicted_upto;
+                evicted = Some(
+                    frames[kept..]
+                        .iter()
+                        .take_while(|f| upto.is_none_or(|u| f.key() > u))
+                        .count() as u64,
+                );
+                if let Some(newest) = frames.get(kept) {
+                    st.evicted_upto = Some(upto.map_or(newest.key(), |u| u.max(newest.key())));
+                }
             }
             out.finish().await
         }
         .await;
-        let evicted = (seen - kept) as u64;
+        // The page-wise path cuts only when its estimate was short.
+        let evicted = evicted.unwrap_or((seen - kept) as u64);
         match result {
             Ok(written) => {
                 {
