@@ -962,3 +962,49 @@ fn a_full_disk_does_not_leave_a_file_per_batch() {
         empty.len()
     );
 }
+
+/// A queue taken out of `persist` is not brought back from its old records
+/// at a later start: its history since was not written, so they would
+/// revert it, reuse `coremq_seq` numbers and answer a resume "recovered".
+/// A queue still persisted comes back as always.
+#[test]
+fn a_queue_taken_out_of_persist_is_not_brought_back_from_old_records() {
+    let dir = unique_dir("durable-persist");
+    let opts = |port, persist: &str| {
+        durable(1, &dir, port)
+            .set("history_length", "100")
+            .set("persist", persist)
+    };
+    let (a, b) = (uniq("pa.kept"), uniq("pb.dropped"));
+    let (mut n, port) = start(opts(0, "*"));
+    let mut c = n.client();
+    for i in 0..5 {
+        c.publish(&a, &json!({"n": i}));
+        c.publish(&b, &json!({"n": i}));
+    }
+    drop(c);
+    assert!(n.stop_with(libc::SIGTERM).success());
+    for round in 0..2 {
+        let (mut n, _) = start(opts(port, "pa.*"));
+        let mut c = n.client();
+        let h = c.history(&[&a, &b]);
+        let ns = |q: &str| -> Vec<Value> {
+            h.get(q)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|m| m["n"].clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(ns(&a).len(), 5 + 5 * round, "round {round}: {h:?}");
+        assert_eq!(
+            ns(&b),
+            Vec::<Value>::new(),
+            "round {round}: {b} came back: {h:?}"
+        );
+        for i in 0..5 {
+            c.publish(&a, &json!({"n": 5 + i}));
+            c.publish(&b, &json!({"n": 5 + i}));
+        }
+        drop(c);
+        assert!(n.stop_with(libc::SIGTERM).success());
+    }
+}

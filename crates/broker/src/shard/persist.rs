@@ -46,8 +46,14 @@ impl Shard {
     }
 
     /// Stores messages read from disk at start (before serving); how many
-    /// were kept.
-    pub(crate) fn restore(&self, frames: Vec<MsgFrame>) -> usize {
+    /// were kept. Records of queues `persist` no longer names are left out
+    /// (and leave the disk at the next compaction): their history since is
+    /// not on disk, so they would bring back an old one, and with it
+    /// `coremq_seq` numbers already used and resumes answered "recovered".
+    pub(crate) fn restore(&self, mut frames: Vec<MsgFrame>) -> usize {
+        if let Some(store) = &self.store {
+            frames.retain(|f| store.persists(f.queue()));
+        }
         self.owner.restore(frames, self.origin)
     }
 }
