@@ -910,6 +910,86 @@ fn without_a_secret_a_replicant_must_come_from_the_host_it_names() {
     b.assert_alive();
 }
 
+fn allow_standby(_i: usize, o: &mut BrokerOpts) {
+    *o = o.clone().set("allowed_replicants", "127.0.0.7:5000");
+}
+
+/// The messages of `q` a fake replicant reads on its link within `wait`.
+fn link_messages(link: &mut Client, q: &str, wait: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    while let Ok(f) = next_link_frame(link, deadline.saturating_duration_since(Instant::now())) {
+        if f.queue == q {
+            got.push(f.json);
+        }
+    }
+    got
+}
+
+/// A replicant (`allowed_replicants`) is a leaf of the cluster: attached to
+/// one node it gets every node's messages, and what it sends reaches every
+/// node — each once, and not back to itself. (It got only that node's own
+/// clients' messages, and what it sent reached only that node, whose
+/// history then differed from the others' for good.)
+#[test]
+fn a_replicant_attached_to_one_node_is_a_leaf_of_the_whole_cluster() {
+    let mut spec = Spec::new(2);
+    spec.nodes = 3;
+    spec.tweak = Some(allow_standby);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let standby = "127.0.0.7:5000";
+    let mut link = accepted_from(cl.nodes[0].b(), "127.0.0.7", json!({"name": standby}));
+    let mut status = cl.nodes[0].client();
+    wait_status(&mut status, "the standby attached", |s| {
+        replicants(s).contains(standby)
+    });
+    let q = uniq("cl.leaf");
+    let mut subs = cl.subscribe_all(&q);
+    for i in 0..3 {
+        cl.nodes[i]
+            .client()
+            .publish(&q, &body(&format!("n{i}"), i as u64));
+    }
+    let mut from: Vec<Value> = link_messages(&mut link, &q, Duration::from_secs(2))
+        .iter()
+        .map(|m| m["tag"].clone())
+        .collect();
+    from.sort_by_key(|v| v.to_string());
+    assert_eq!(
+        from,
+        [json!("n0"), json!("n1"), json!("n2")],
+        "what the standby got"
+    );
+    let sent = now_secs();
+    link.send(
+        &q,
+        &json!({"tag": "standby", "seq": 9, "coremq_sender": "gw", "coremq_sent": sent,
+                "coremq_server": standby}),
+    );
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let got: Vec<Value> = sub
+            .recv_msgs(4, Duration::from_secs(2))
+            .iter()
+            .map(|f| f.json["tag"].clone())
+            .collect();
+        assert_eq!(
+            got.iter().filter(|f| **f == json!("standby")).count(),
+            1,
+            "node {i} got {got:?}"
+        );
+        assert_eq!(got.len(), 4, "node {i} got {got:?}");
+    }
+    assert!(
+        link_messages(&mut link, &q, Duration::from_millis(500)).is_empty(),
+        "the standby's own message came back"
+    );
+    let mut clients: Vec<Client> = cl.nodes.iter().map(|n| n.client()).collect();
+    let h = wait_history_converged(&mut clients, &q, 100);
+    assert_eq!(h.len(), 4, "{h:?}");
+    cl.assert_alive();
+}
+
 /// Two nodes of one host on different loopback addresses, no secret: each
 /// dials from the address its own entry names, so the other's source check
 /// passes. (The kernel would pick 127.0.0.1 for either, and the link would

@@ -28,6 +28,22 @@ impl ConnKey {
     };
 }
 
+/// Which cluster links a message goes on. Nodes form a full mesh, so a
+/// message from a peer node goes to no other peer (each has it from its
+/// origin); replicants (`allowed_replicants`) are leaves of it, and reach
+/// the whole cluster through the node they attach to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Relay {
+    /// Accepted on this node: every link.
+    All,
+    /// From a peer node: the replicants attached here.
+    Replicants,
+    /// From the replicant on the link of that id: every other link.
+    AllBut(u32),
+    /// Nowhere (no replicant is attached).
+    Nowhere,
+}
+
 /// Home shard → owner shard.
 #[derive(Debug)]
 pub(crate) enum Request {
@@ -54,8 +70,12 @@ pub(crate) enum Request {
     /// This shard's figures, for the gather identified by `token`.
     Stats { token: u64 },
     /// A message another node accepted, from a cluster link: stored (once)
-    /// and, when `live`, delivered here; never replicated further.
-    Replicated { frame: MsgFrame, live: bool },
+    /// and, when `live`, delivered here; passed on only as `relay` says.
+    Replicated {
+        frame: MsgFrame,
+        live: bool,
+        relay: Relay,
+    },
     /// Every queue's history, for a cluster link that just came up.
     Dump { token: u64 },
     /// A client connection became a cluster link: the control shard takes
@@ -260,9 +280,9 @@ pub(crate) enum Response {
         token: u64,
         stats: Box<crate::stats::ShardStats>,
     },
-    /// A message accepted on this node, for the control shard to send to
-    /// every cluster link.
-    Replicate { frame: MsgFrame },
+    /// A message for the control shard to send on cluster links: one
+    /// accepted on this node to every link, one from a link as `relay` says.
+    Replicate { frame: MsgFrame, relay: Relay },
     /// One shard's history for the dump identified by `token`.
     Dump {
         token: u64,

@@ -8,7 +8,7 @@
 //! others) and tests can watch what an owner says.
 
 use crate::consts::{is_reserved, CONTROL_SHARD};
-use crate::msg::{ConnKey, MsgFrame, MsgKey, Response, Resumed, Subscription};
+use crate::msg::{ConnKey, MsgFrame, MsgKey, Relay, Response, Resumed, Subscription};
 use crate::queues::{Held, QueueTable, Stored};
 use crate::stats::ShardStats;
 use coremq_config::MqConfig;
@@ -163,7 +163,12 @@ impl Owner {
             bytes: frame.bytes().len() as u32,
             batch: 0,
         });
-        let confirm = self.store_and_deliver(out, frame, Some(from), confirm, replicate);
+        let relay = if replicate {
+            Relay::All
+        } else {
+            Relay::Nowhere
+        };
+        let confirm = self.store_and_deliver(out, frame, Some(from), confirm, relay);
         if let Some(c) = confirm {
             out.ack(c.home, c.conn, c.seq, c.bytes, c.batch);
         }
@@ -191,10 +196,16 @@ impl Owner {
     }
 
     /// A message another node accepted: stored (once) and, when `live`,
-    /// delivered; never replicated further.
-    pub(crate) fn replicated(&self, out: &impl Outbox, mut frame: MsgFrame, live: bool) {
+    /// delivered and passed on as `relay` says (the first time it comes).
+    pub(crate) fn replicated(
+        &self,
+        out: &impl Outbox,
+        mut frame: MsgFrame,
+        live: bool,
+        relay: Relay,
+    ) {
         if live {
-            self.store_and_deliver(out, frame, None, None, false);
+            self.store_and_deliver(out, frame, None, None, relay);
         } else {
             let cfg = &self.cfg;
             let mut table = self.queues.borrow_mut();
@@ -301,7 +312,7 @@ impl Owner {
         mut frame: MsgFrame,
         publisher: Option<Publisher>,
         confirm: Option<Held>,
-        replicate: bool,
+        relay: Relay,
     ) -> Option<Held> {
         let cfg = &self.cfg;
         let mut homes: [usize; 8] = [usize::MAX; 8];
@@ -315,11 +326,15 @@ impl Owner {
             frame = out.restamp(&frame, newest);
             result = table.publish(&mut frame, in_order, |name| cfg.history_length_for(name));
         }
-        if replicate {
+        // A message that came before (another path, a repeat) is not
+        // passed on again.
+        let again = matches!(result, Some((Stored::Duplicate, _)));
+        if relay != Relay::Nowhere && !again {
             out.respond(
                 CONTROL_SHARD,
                 Response::Replicate {
                     frame: frame.clone(),
+                    relay,
                 },
             );
         }

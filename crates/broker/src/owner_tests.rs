@@ -72,7 +72,7 @@ impl Outbox for Recorder {
                     .map(|(i, msgs)| (i, msgs.iter().map(json).collect()))
                     .collect(),
             },
-            Response::Replicate { frame } => Said::Replicate {
+            Response::Replicate { frame, .. } => Said::Replicate {
                 to,
                 queue: frame.queue().into(),
             },
@@ -281,7 +281,7 @@ fn history_keeps_the_window_in_key_order_and_answers_by_index() {
     // Another node's messages, arriving newest first, keep their positions
     // (this node's own are stamped in order: see the test below).
     for n in (1..=12).rev() {
-        o.replicated(&out, msg("h", n), false);
+        o.replicated(&out, msg("h", n), false, Relay::Nowhere);
     }
     out.take();
     o.history(
@@ -307,15 +307,15 @@ fn a_message_seen_twice_is_stored_and_delivered_once() {
     let out = Recorder::default();
     o.subscribe(&out, 0, sub("q".into(), conn(1), None));
     out.take();
-    o.replicated(&out, msg("q", 1), true);
-    o.replicated(&out, msg("q", 1), true);
-    o.replicated(&out, msg("q", 1), false);
+    o.replicated(&out, msg("q", 1), true, Relay::Nowhere);
+    o.replicated(&out, msg("q", 1), true, Relay::Nowhere);
+    o.replicated(&out, msg("q", 1), false, Relay::Nowhere);
     assert_eq!(out.take().len(), 1, "the duplicate is dropped");
     let mut stats = ShardStats::default();
     o.fill_stats(&mut stats);
     assert_eq!(stats.history_messages, 1);
     // A history-exchange message (not live) is stored, never delivered.
-    o.replicated(&out, msg("q", 2), false);
+    o.replicated(&out, msg("q", 2), false, Relay::Nowhere);
     assert!(out.take().is_empty());
     o.fill_stats(&mut stats);
     assert_eq!(stats.history_messages, 2);
@@ -364,7 +364,7 @@ fn in_a_cluster_local_publishes_go_to_the_links_and_replicas_do_not() {
         1,
         "broker queues stay on their node: a confirmation only"
     );
-    o.replicated(&out, msg("q", 3), true);
+    o.replicated(&out, msg("q", 3), true, Relay::Nowhere);
     assert!(out.take().is_empty(), "one hop: never sent on");
 }
 
@@ -427,7 +427,7 @@ fn a_late_local_message_is_stamped_after_the_newest() {
     );
     // A replicated message older than the newest keeps its position: it is
     // another node's, and every node must agree on it.
-    o.replicated(&out, msg("q", 4), true);
+    o.replicated(&out, msg("q", 4), true, Relay::Nowhere);
     let h: Vec<u64> = o
         .queues
         .borrow()
@@ -438,7 +438,7 @@ fn a_late_local_message_is_stamped_after_the_newest() {
     assert_eq!(h, [1004, 1005, 1006]);
     // Another node's clock running ahead does not make this node rewrite
     // its own messages: they are ordered against it per server (§10).
-    o.replicated(&out, msg("q", 9_000), true);
+    o.replicated(&out, msg("q", 9_000), true, Relay::Nowhere);
     out.take();
     o.publish(&out, msg("q", 7), from(2, 3, false), None);
     assert!(
@@ -447,4 +447,23 @@ fn a_late_local_message_is_stamped_after_the_newest() {
             .any(|s| matches!(s, Said::Deliver { json, .. } if json == r#"{"n": 7}"#)),
         "stamped as it came"
     );
+}
+
+/// A live message from a link goes on as its relay says (a peer's to the
+/// replicants, a replicant's to the other links), the first time only: a
+/// repeat is neither delivered nor passed on again.
+#[test]
+fn a_relayed_message_is_passed_on_once() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.replicated(&out, msg("q", 1), true, Relay::Replicants);
+    o.replicated(&out, msg("q", 1), true, Relay::Replicants);
+    o.replicated(&out, msg("q", 2), true, Relay::AllBut(7));
+    o.replicated(&out, msg("q", 3), true, Relay::Nowhere);
+    let relayed = out
+        .take()
+        .into_iter()
+        .filter(|s| matches!(s, Said::Replicate { .. }))
+        .count();
+    assert_eq!(relayed, 2);
 }

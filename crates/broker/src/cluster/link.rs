@@ -4,7 +4,7 @@
 use super::Cluster;
 use crate::conn::io::Io;
 use crate::consts::is_reserved;
-use crate::msg::{MsgFrame, Request};
+use crate::msg::{MsgFrame, Relay, Request};
 use crate::node::PeerCounters;
 use crate::shard::Shard;
 use coremq_protocol as proto;
@@ -78,6 +78,8 @@ pub(super) fn pressure_frame(queue: &str, on: bool) -> Vec<u8> {
 
 /// One replication link's outbound side.
 pub(super) struct Link {
+    /// This node's number for the link (unique while it runs).
+    pub(super) id: u32,
     /// Frames waiting to be written; `head` is how far writing got.
     out: RefCell<Vec<u8>>,
     head: Cell<usize>,
@@ -176,7 +178,10 @@ pub(super) async fn run_link(
     seq: bool,
     counters: Arc<PeerCounters>,
 ) {
+    let id = cluster.next_link.get();
+    cluster.next_link.set(id.wrapping_add(1));
     let link = Rc::new(Link {
+        id,
         out: RefCell::new(Vec::new()),
         head: Cell::new(0),
         ends: RefCell::new(VecDeque::new()),
@@ -290,10 +295,30 @@ pub(super) async fn run_link(
     }
 
     let max_frame = frame_limit(shard.cfg());
+    // Where this link's live messages go on (msg::Relay), looked up once
+    // per read: a peer's to the replicants attached here, a replicant's to
+    // every other link.
+    let from_peer = cluster.sync.borrow().contains_key(&name);
+    let relay = || {
+        let sync = cluster.sync.borrow();
+        let links = cluster.links.borrow();
+        if from_peer {
+            if links.keys().any(|n| !sync.contains_key(n)) {
+                Relay::Replicants
+            } else {
+                Relay::Nowhere
+            }
+        } else if links.len() > 1 {
+            Relay::AllBut(link.id)
+        } else {
+            Relay::Nowhere
+        }
+    };
     let mut rbuf = rest;
     let ended = Cell::new(Ended::default());
     // Bytes that came right behind the handshake.
-    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters, &held, &ended) {
+    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters, &held, &ended, &relay())
+    {
         Ok(used) => used,
         Err(_) => rbuf.len(),
     };
@@ -344,7 +369,15 @@ pub(super) async fn run_link(
             Event::Done(why) => break why,
             Event::Read(n) => {
                 rbuf.extend_from_slice(&chunk[..n]);
-                match take_frames(&shard, &rbuf[start..], max_frame, &counters, &held, &ended) {
+                match take_frames(
+                    &shard,
+                    &rbuf[start..],
+                    max_frame,
+                    &counters,
+                    &held,
+                    &ended,
+                    &relay(),
+                ) {
                     Ok(used) => start += used,
                     Err(e) => break e,
                 }
@@ -430,6 +463,7 @@ fn take_frames(
     counters: &PeerCounters,
     held: &RefCell<HashSet<Box<str>>>,
     ended: &Cell<Ended>,
+    relay: &Relay,
 ) -> Result<usize, &'static str> {
     let mut used = 0;
     loop {
@@ -520,6 +554,7 @@ fn take_frames(
             continue;
         };
         let owner = shard.owner_of(&queue);
-        shard.request(owner, Request::Replicated { frame, live });
+        let relay = if live { relay.clone() } else { Relay::Nowhere };
+        shard.request(owner, Request::Replicated { frame, live, relay });
     }
 }

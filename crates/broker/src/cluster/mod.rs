@@ -28,7 +28,7 @@ mod link;
 
 use crate::conn::io::{Io, TlsIo};
 use crate::link_auth;
-use crate::msg::MsgFrame;
+use crate::msg::{MsgFrame, Relay};
 use crate::node::PeerCounters;
 use crate::shard::{Links, Shard};
 use coremq_protocol as proto;
@@ -77,6 +77,8 @@ struct Cluster {
     self_entry: String,
     /// Links that are up, by peer name.
     links: RefCell<HashMap<String, Rc<Link>>>,
+    /// The id the next link gets ([`Relay::AllBut`]).
+    next_link: std::cell::Cell<u32>,
     /// Queues with a stalled subscriber on this node (G5): every link hears
     /// of them, a new one as soon as it is up.
     stalled: RefCell<std::collections::HashSet<Box<str>>>,
@@ -143,9 +145,19 @@ struct Control {
 }
 
 impl Links for Control {
-    fn broadcast(&self, frame: &MsgFrame) {
-        for link in self.cluster.links.borrow().values() {
-            link.push_message(frame);
+    fn broadcast(&self, frame: &MsgFrame, relay: &Relay) {
+        let sync = self.cluster.sync.borrow();
+        for (name, link) in self.cluster.links.borrow().iter() {
+            // (`name`: only peers' names are in `sync`.)
+            let on = match relay {
+                Relay::All => true,
+                Relay::Replicants => !sync.contains_key(name),
+                Relay::AllBut(from) => link.id != *from,
+                Relay::Nowhere => false,
+            };
+            if on {
+                link.push_message(frame);
+            }
         }
     }
 
@@ -227,6 +239,7 @@ pub(crate) fn start(shard: &Rc<Shard>) {
     let cluster = Rc::new(Cluster {
         self_entry: self_entry.clone(),
         links: RefCell::new(HashMap::new()),
+        next_link: std::cell::Cell::new(0),
         stalled: RefCell::default(),
         sync: RefCell::new(sync),
     });

@@ -39,8 +39,8 @@ use std::task::Waker;
 /// What the control shard's cluster links do for the shard. The cluster
 /// registers itself here ([`Shard::set_links`]); the shard knows only this.
 pub(crate) trait Links {
-    /// Sends a message accepted on this node to every link.
-    fn broadcast(&self, frame: &MsgFrame);
+    /// Sends a message on the links `relay` names.
+    fn broadcast(&self, frame: &MsgFrame, relay: &crate::msg::Relay);
     /// Runs a client connection that became a link (`Request::AdoptLink`).
     /// `seq`: the peer reads `coremq_seq` on link frames (§10); `tls`: the
     /// link's TLS session, moved with the socket.
@@ -383,7 +383,9 @@ impl Shard {
                 };
                 self.owner.publish(self, frame, publisher, ack)
             }
-            Request::Replicated { frame, live } => self.owner.replicated(self, frame, live),
+            Request::Replicated { frame, live, relay } => {
+                self.owner.replicated(self, frame, live, relay)
+            }
             Request::Subscribe(sub) => self.owner.subscribe(self, from, sub),
             Request::Unsubscribe { queue } => self.owner.unsubscribe(from, &queue),
             Request::Pressure { queue, on, remote } => {
@@ -468,9 +470,9 @@ impl Shard {
             Response::History { conn, seq, part } => self.home.history(conn, seq, part),
             Response::Stats { token, stats } => self.gathers.arrived(token, *stats),
             Response::Dump { token, queues } => self.dumps.arrived(token, queues),
-            Response::Replicate { frame } => {
+            Response::Replicate { frame, relay } => {
                 if let Some(links) = self.links.borrow().as_ref() {
-                    links.broadcast(&frame);
+                    links.broadcast(&frame, &relay);
                 }
             }
             Response::LinkPressure { queue, on } => {
