@@ -990,6 +990,61 @@ fn a_replicant_attached_to_one_node_is_a_leaf_of_the_whole_cluster() {
     cl.assert_alive();
 }
 
+/// The original CoreWS gateway attaches as a replicant and forwards its
+/// WebSocket clients' publishes unstamped, with `coremq_fwdto` naming the
+/// client: the node stamps and publishes them (the sender is that client)
+/// and answers the client on the link, as the original did; the message
+/// comes back on the link too, for the gateway's own subscribers. What is
+/// not a publish gets an ERROR for the client. (All of it was dropped with
+/// a log line: the browser heard nothing.)
+#[test]
+fn the_original_gateways_forwarded_publishes_are_published_and_answered() {
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("history_length", "10")
+            .set("allowed_replicants", "127.0.0.7:5000"),
+    );
+    let mut gw = accepted_from(&b, "127.0.0.7", json!("127.0.0.7:5000"));
+    let q = uniq("cl.gw");
+    let mut s = b.client();
+    s.subscribe_one(&q);
+    let browser = "2b0c1f5e-7d7a-4c55-9d3e-1f6c2a9b8e71";
+    gw.send(&q, &json!({"chat": "hello", "coremq_fwdto": browser}));
+    let f = s.recv_msg();
+    assert_eq!(f.json["chat"], json!("hello"), "{f}");
+    assert_eq!(f.json["coremq_sender"], json!(browser), "{f}");
+    assert_eq!(f.json["coremq_server"], json!(b.server_name()), "{f}");
+    let mut answered = false;
+    let mut echoed = false;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !(answered && echoed) {
+        let f = next_link_frame(&mut gw, deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("answered {answered}, echoed {echoed}: {e:?}"));
+        if f.queue == browser {
+            assert_eq!(f.json, json!({"response": "OK: Message sent"}), "{f}");
+            answered = true;
+        } else if f.queue == q {
+            assert_eq!(f.json["chat"], json!("hello"), "{f}");
+            echoed = true;
+        }
+    }
+    let h = b.client().history(&[&q]);
+    assert_eq!(h[&q].as_array().unwrap().len(), 1, "{h:?}");
+    // Not a publish: an error for the browser, nothing published.
+    gw.send(
+        "x",
+        &json!({"coremq_subscribe": ["y"], "coremq_fwdto": browser}),
+    );
+    let f = next_link_frame(&mut gw, REPLY_TIMEOUT).expect("an answer");
+    assert_eq!(f.queue, browser, "{f}");
+    assert!(
+        f.json["response"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("ERROR")),
+        "{f}"
+    );
+}
+
 /// Two nodes of one host on different loopback addresses, no secret: each
 /// dials from the address its own entry names, so the other's source check
 /// passes. (The kernel would pick 127.0.0.1 for either, and the link would

@@ -317,8 +317,17 @@ pub(super) async fn run_link(
     let mut rbuf = rest;
     let ended = Cell::new(Ended::default());
     // Bytes that came right behind the handshake.
-    let mut start = match take_frames(&shard, &rbuf, max_frame, &counters, &held, &ended, &relay())
-    {
+    let replicant = (!from_peer).then_some(&*link);
+    let from = |relay| From { relay, replicant };
+    let mut start = match take_frames(
+        &shard,
+        &rbuf,
+        max_frame,
+        &counters,
+        &held,
+        &ended,
+        &from(relay()),
+    ) {
         Ok(used) => used,
         Err(_) => rbuf.len(),
     };
@@ -376,7 +385,7 @@ pub(super) async fn run_link(
                     &counters,
                     &held,
                     &ended,
-                    &relay(),
+                    &from(relay()),
                 ) {
                     Ok(used) => start += used,
                     Err(e) => break e,
@@ -444,6 +453,65 @@ fn note_ended(
 
 /// Routes every complete frame in `buf` to its owner shard; returns the bytes
 /// used. An invalid frame ends the link.
+/// Where a link's frames come from.
+pub(super) struct From<'a> {
+    /// Where its live messages go on.
+    relay: Relay,
+    /// The link, when it is a replicant's (not a peer node's).
+    replicant: Option<&'a Link>,
+}
+
+/// A message from a replicant without stamps: the original CoreWS gateway
+/// forwards its WebSocket clients' publishes so, `coremq_fwdto` naming the
+/// client, for the node to stamp and publish and to answer that client on
+/// the link — as the original CoreMQ did. (They were dropped with a log
+/// line, and the browser never heard.) The answer is given when the
+/// message is taken, not once it is stored.
+fn forwarded(shard: &Shard, link: &Link, queue: &str, json: &[u8]) {
+    #[derive(serde::Deserialize)]
+    struct Fwd {
+        coremq_fwdto: Option<String>,
+        coremq_sent: Option<serde::de::IgnoredAny>,
+        coremq_server: Option<serde::de::IgnoredAny>,
+    }
+    let fwd = serde_json::from_slice::<Fwd>(json).ok();
+    if fwd
+        .as_ref()
+        .is_some_and(|f| f.coremq_sent.is_some() || f.coremq_server.is_some())
+    {
+        // Stamped, but not as a node stores messages (ASCII JSON).
+        tracing::warn!(%queue, "message from a replicant that is not ASCII JSON; dropped");
+        return;
+    }
+    let to = fwd
+        .and_then(|f| f.coremq_fwdto)
+        .filter(|t| !t.is_empty() && t.len() <= proto::MAX_QUEUE_NAME_LEN && !t.contains(' '));
+    let answer = |response: &str| {
+        if let Some(to) = &to {
+            let mut body = Vec::new();
+            proto::response_json(response, &mut body);
+            let mut frame = Vec::new();
+            proto::encode_frame(to, &body, &mut frame);
+            link.push(&frame);
+        }
+    };
+    let cfg = shard.cfg();
+    if is_reserved(queue) {
+        return answer(&format!("ERROR: {queue} is reserved"));
+    }
+    match proto::parse_message_limited(json, cfg.max_queue_name_length, cfg.max_json_depth) {
+        Ok(proto::ClientMessage::Publish(ref p)) if queue.len() <= cfg.max_queue_name_length => {
+            let sender = to.as_deref().unwrap_or("replicant");
+            let stamps = proto::Stamps::new(sender, &shard.node().server);
+            shard.publish_forwarded(queue, p, &stamps);
+            answer(proto::OK_SENT);
+        }
+        Ok(proto::ClientMessage::Publish(_)) => answer("ERROR: queue name too long"),
+        Ok(_) => answer("ERROR: only publishes are taken from a replicant link"),
+        Err(e) => answer(&format!("ERROR: {e}")),
+    }
+}
+
 /// The longest frame body a link takes from a peer. A link carries stored
 /// messages, whose text escapes each non-ASCII character (up to 6 bytes for
 /// one of the client's), and key-value changes up to kv_max_value: a frame
@@ -463,7 +531,7 @@ fn take_frames(
     counters: &PeerCounters,
     held: &RefCell<HashSet<Box<str>>>,
     ended: &Cell<Ended>,
-    relay: &Relay,
+    from: &From<'_>,
 ) -> Result<usize, &'static str> {
     let mut used = 0;
     loop {
@@ -549,12 +617,21 @@ fn take_frames(
             continue;
         }
         let Some(frame) = MsgFrame::replicated(&queue, &json) else {
-            tracing::warn!(%queue, "message from a peer without coremq_sent/coremq_server, or \
-                not ASCII JSON; dropped");
+            match from.replicant {
+                Some(link) if live => forwarded(shard, link, &queue, &json),
+                _ => {
+                    tracing::warn!(%queue, "message from a peer without coremq_sent/coremq_server, \
+                    or not ASCII JSON; dropped")
+                }
+            }
             continue;
         };
         let owner = shard.owner_of(&queue);
-        let relay = if live { relay.clone() } else { Relay::Nowhere };
+        let relay = if live {
+            from.relay.clone()
+        } else {
+            Relay::Nowhere
+        };
         shard.request(owner, Request::Replicated { frame, live, relay });
     }
 }

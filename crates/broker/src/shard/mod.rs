@@ -336,6 +336,29 @@ impl Shard {
         self.route_publish(frame, conn.key, echo, ack);
     }
 
+    /// Stamps and routes a publish that a replicant forwarded for one of its
+    /// own clients (the original CoreWS gateway), as this node's publish: it
+    /// goes to every link, that replicant's too. Not confirmed by the owner:
+    /// the link answers it when taken.
+    pub(crate) fn publish_forwarded(
+        &self,
+        queue: &str,
+        msg: &proto::Publish<'_>,
+        stamps: &proto::Stamps,
+    ) {
+        let sent_us = self.clock.next_sent();
+        let key = MsgKey {
+            sent_us,
+            origin: self.origin,
+        };
+        let hint = msg.stamped_len_hint(stamps);
+        let frame = MsgFrame::build(&mut self.scratch.borrow_mut(), queue, key, hint, |out| {
+            msg.write_stamped(stamps, sent_us, out)
+        });
+        Counters::add(&self.counters.messages_in, 1);
+        self.route_publish(frame, ConnKey::SYSTEM, true, None);
+    }
+
     /// Publishes a message the broker itself wrote (e.g. statistics); `json`
     /// carries its `coremq_*` fields, with `coremq_sent` = `sent_us` (from
     /// [`Shard::next_sent`]).
