@@ -5,7 +5,7 @@ mod common;
 
 use common::web;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Connections over max_connections get one ERROR frame and are closed; the limit
@@ -329,8 +329,9 @@ fn max_json_depth_refuses_deeper_messages() {
 
 /// The HTTP/WebSocket port holds a `max_connections` slot from the accept,
 /// not only from the upgrade: a socket that sends nothing (or is still in
-/// its TLS handshake) counts, and one over the limit gets `503`. Freed slots
-/// serve again.
+/// its TLS handshake) counts, and one over the limit gets `503` — except
+/// `/status` and `/metrics`, which a few spare connections still serve, so
+/// that monitoring sees the limit reached. Freed slots serve again.
 #[test]
 fn the_http_port_holds_a_slot_from_the_accept() {
     let b = Broker::start(BrokerOpts::new(2).set("max_connections", "3").ws());
@@ -350,9 +351,10 @@ fn the_http_port_holds_a_slot_from_the_accept() {
         // A slot is given back only when the broker has finished with its
         // connection, which may be after the client saw the response (the
         // `/status` above, a TCP client admitted on an earlier pass): a
-        // silent socket accepted before that is (rightly) refused with a 503
-        // and closed. Such a socket is replaced; a silent socket the broker
-        // holds has nothing to read.
+        // silent socket accepted before that is (rightly) refused — with a
+        // 408 after a second, on a spare connection — and closed. Such a
+        // socket is replaced; a silent socket the broker holds has nothing
+        // to read.
         for s in &mut silent {
             s.set_nonblocking(true).unwrap();
             let mut buf = [0u8; 64];
@@ -371,7 +373,7 @@ fn the_http_port_holds_a_slot_from_the_accept() {
         drop(c);
         let mut http = None;
         if tcp_refused {
-            let r = web::http_get(web, "/status").status;
+            let r = web::http_get(web, "/").status;
             let upgrade = web::ws_handshake_status(web, "/ws", &[]);
             if r == 503 && upgrade == 503 {
                 break;
@@ -384,6 +386,16 @@ fn the_http_port_holds_a_slot_from_the_accept() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Monitoring still sees the node, and what it refused.
+    let st = web::http_get(web, "/status");
+    assert_eq!(st.status, 200, "/status at the limit");
+    let st: Value = serde_json::from_slice(&st.body).unwrap();
+    assert!(st.to_string().contains("refused_connections"), "{st}");
+    assert_eq!(
+        web::http_get(web, "/metrics").status,
+        200,
+        "/metrics at the limit"
+    );
     // The WebSocket admitted before is unaffected.
     ws.send(tungstenite::Message::text(
         json!({"coremq_subscribe": ["lim.http"]}).to_string(),
@@ -397,7 +409,7 @@ fn the_http_port_holds_a_slot_from_the_accept() {
     // Closing the silent sockets gives their slots back.
     drop(silent);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while web::http_get(web, "/status").status != 200 {
+    while web::http_get(web, "/").status != 200 {
         assert!(Instant::now() < deadline, "the slots were never given back");
         std::thread::sleep(Duration::from_millis(50));
     }

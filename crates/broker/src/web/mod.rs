@@ -75,17 +75,32 @@ impl WebSettings {
     }
 }
 
+/// HTTP connections served past `max_connections`, for `/status` and
+/// `/metrics` only: monitoring must not go blind just when the limit is
+/// what it has to show.
+const MONITOR_SPARE: usize = 8;
+
+/// How long a spare connection has to send its request head.
+const SPARE_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Accepts WebSocket and HTTP connections until the shard stops. Each
 /// holds a `max_connections` slot from its accept: through its TLS
 /// handshake and its request (each bounded by its timeout), and on as the
-/// WebSocket connection it may become. One over the limit is answered
-/// `503` (after its handshake, over https) and closed.
+/// WebSocket connection it may become. Over the limit, up to
+/// [`MONITOR_SPARE`] at a time are still read and served if they ask for
+/// `/status` or `/metrics`; anything else is answered `503` (after its
+/// handshake, over https) and closed.
 pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc<WebSettings>) {
+    let spare = Rc::new(std::cell::Cell::new(0usize));
     while let Some((stream, peer)) = crate::net::accept_next(&shard, &listener).await {
         let span = tracing::info_span!("http", shard = shard.id(), peer = %peer);
         let max = shard.cfg().max_connections;
         let slot = shard.node().shared.slot(max);
-        if slot.is_none() {
+        let spared = (slot.is_none() && spare.get() < MONITOR_SPARE).then(|| {
+            spare.set(spare.get() + 1);
+            Spared(spare.clone())
+        });
+        if slot.is_none() && spared.is_none() {
             Counters::add(&shard.counters().refused_connections, 1);
             tracing::warn!(parent: &span, max, "HTTP connection refused: max_connections reached");
         }
@@ -101,15 +116,15 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
                 } else {
                     Io::Plain(stream)
                 };
-                match slot {
-                    Some(slot) => {
+                match (slot, spared) {
+                    (slot @ Some(_), _) | (slot @ None, Some(_)) => {
                         if let Some((mut stream, _slot)) =
                             handle(shard, stream, settings, slot).await
                         {
                             close_after_response(&mut stream).await;
                         }
                     }
-                    None => {
+                    (None, None) => {
                         let _ = respond_text(
                             &mut stream,
                             "503 Service Unavailable",
@@ -126,16 +141,33 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
     }
 }
 
+/// One of the listener's [`MONITOR_SPARE`] connections, given back on drop.
+struct Spared(Rc<std::cell::Cell<usize>>);
+
+impl Drop for Spared {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
 /// Reads one request and routes it; `slot` is the connection's, given
-/// back when it ends (kept by a WebSocket upgrade).
+/// back when it ends (kept by a WebSocket upgrade). Without one (past
+/// `max_connections`) only `/status` and `/metrics` are served.
 async fn handle(
     shard: Rc<Shard>,
     mut stream: Io,
     settings: Rc<WebSettings>,
-    slot: Slot,
-) -> Option<(Io, Slot)> {
+    slot: Option<Slot>,
+) -> Option<(Io, Option<Slot>)> {
     let head = future::or(async { Some(read_head(&mut stream).await) }, async {
-        sleep(HEAD_TIMEOUT).await;
+        // A spare connection (past max_connections) gets a second: it is
+        // for a scraper, not for a socket that holds one open.
+        sleep(if slot.is_some() {
+            HEAD_TIMEOUT
+        } else {
+            SPARE_HEAD_TIMEOUT
+        })
+        .await;
         None
     })
     .await;
@@ -161,6 +193,23 @@ async fn handle(
         }
     };
     let is_upgrade = head.header_has("upgrade", "websocket");
+    if slot.is_none()
+        && !(matches!(head.path.as_str(), "/status" | "/metrics")
+            && matches!(head.method.as_str(), "GET" | "HEAD"))
+    {
+        Counters::add(&shard.counters().refused_connections, 1);
+        tracing::warn!(
+            max = shard.cfg().max_connections,
+            "HTTP request refused: max_connections reached"
+        );
+        let _ = respond_text(
+            &mut stream,
+            "503 Service Unavailable",
+            "too many connections (max_connections)",
+        )
+        .await;
+        return Some((stream, slot));
+    }
     // `/coremq.js` is public: it is code, it holds no data and no secret,
     // and the WebSocket it opens checks every right itself; pages of other
     // origins import it without credentials (module loads carry none).
@@ -182,6 +231,9 @@ async fn handle(
     }
     let result = match (head.method.as_str(), head.path.as_str()) {
         (_, "/ws") if is_upgrade => {
+            let Some(slot) = slot else {
+                return Some((stream, None)); // refused above
+            };
             upgrade(shard, stream, head, cert, &settings, slot).await;
             return None;
         }
