@@ -942,3 +942,40 @@ fn idle_websocket_connections_hold_little_memory() {
     );
     drop((warm, idle));
 }
+
+/// What the handshake and the first messages must read as the RFCs and the
+/// original say: a `Connection` header split over two lines is one list (it
+/// got 400); a `Sec-WebSocket-Key` that is not a base64 16-byte nonce is
+/// refused (it got 101); `{"corews_status": null}` asks for the status, as
+/// the original's `'corews_status' in message` did (it got an error).
+#[test]
+fn the_handshake_and_corews_status_read_as_the_rfcs_and_the_original_say() {
+    let b = ws_broker(1);
+    let a = b.ws_addr();
+    let handshake = |connection: &[&str], key: &str| {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        let mut req = format!("GET /ws HTTP/1.1\r\nHost: {a}\r\nUpgrade: websocket\r\n");
+        for c in connection {
+            req.push_str(&format!("Connection: {c}\r\n"));
+        }
+        req.push_str(&format!(
+            "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ));
+        s.write_all(req.as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head[9..12]).into_owned()
+    };
+    let nonce = "dGhlIHNhbXBsZSBub25jZQ==";
+    assert_eq!(handshake(&["keep-alive", "Upgrade"], nonce), "101");
+    assert_eq!(handshake(&["Upgrade"], nonce), "101");
+    assert_eq!(handshake(&["keep-alive"], nonce), "400");
+    for key in ["abc", "dGhlIHNhbXBsZQ==", "not base64 at all!!!!!!="] {
+        assert_eq!(handshake(&["Upgrade"], key), "400", "key {key:?}");
+    }
+    let mut c = WsClient::connect(a);
+    c.send_json(&json!({"corews_status": null}));
+    let st = c.recv_reply();
+    assert_eq!(st["mq_server"], json!(NODE), "corews_status: {st}");
+}

@@ -39,10 +39,16 @@ impl Head {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Whether a comma-separated header contains `token` (case-insensitive).
+    /// Whether a comma-separated header contains `token` (case-insensitive),
+    /// on any of its lines: several lines of one name are one list (RFC 9110
+    /// §5.3; `Connection: keep-alive` then `Connection: Upgrade` is an
+    /// upgrade).
     pub(crate) fn header_has(&self, name: &str, token: &str) -> bool {
-        self.header(name)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 }
 

@@ -440,6 +440,14 @@ async fn upgrade(
         let key = head
             .header("sec-websocket-key")
             .ok_or(("400 Bad Request", reject("missing Sec-WebSocket-Key")))?;
+        // RFC 6455 §4.2.1: a base64-encoded 16-byte nonce.
+        let nonce = data_encoding::BASE64.decode(key.as_bytes());
+        if nonce.map_or(true, |n| n.len() != 16) {
+            return Err((
+                "400 Bad Request",
+                reject("Sec-WebSocket-Key is not a base64-encoded 16-byte nonce"),
+            ));
+        }
         if !settings.allows_origin(head.header("origin").unwrap_or("")) {
             return Err((
                 "403 Forbidden",

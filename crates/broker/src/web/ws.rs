@@ -394,7 +394,8 @@ fn classify(text: &[u8], max_q: usize, max_depth: usize) -> Text<'_> {
         },
         Some(_) => return Text::Refused(Refusal::QueueNotAString),
     };
-    if ws.status.is_some_and(|v| v != "null") {
+    // Any value, null too: the original asked only whether the key is there.
+    if ws.status.is_some() {
         return Text::Status;
     }
     let Some(queue) = queue else {
@@ -474,7 +475,11 @@ mod tests {
             Ok(e) => e,
             Err(_) => return format!("{:?}", Refusal::QueueNotAString),
         };
-        if env.corews_status.is_some() {
+        // `corews_status` with any value, null too (the original asked
+        // only whether the key is there; serde reads a null as absent).
+        let has_status = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+            .is_ok_and(|m| m.contains_key("corews_status"));
+        if env.corews_status.is_some() || has_status {
             return "status".into();
         }
         let Some(queue) = env.queue else {
