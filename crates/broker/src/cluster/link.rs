@@ -451,8 +451,6 @@ fn note_ended(
     .detach();
 }
 
-/// Routes every complete frame in `buf` to its owner shard; returns the bytes
-/// used. An invalid frame ends the link.
 /// Where a link's frames come from.
 pub(super) struct From<'a> {
     /// Where its live messages go on.
@@ -524,6 +522,8 @@ fn frame_limit(cfg: &coremq_config::MqConfig) -> usize {
         + (64 << 10)
 }
 
+/// Routes every complete frame in `buf` to its owner shard; returns the bytes
+/// used. An invalid frame ends the link.
 fn take_frames(
     shard: &Shard,
     buf: &[u8],

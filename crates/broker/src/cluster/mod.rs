@@ -148,7 +148,8 @@ impl Links for Control {
     fn broadcast(&self, frame: &MsgFrame, relay: &Relay) {
         let sync = self.cluster.sync.borrow();
         for (name, link) in self.cluster.links.borrow().iter() {
-            // (`name`: only peers' names are in `sync`.)
+            // Peers are the links named in `sync` (the other entries of
+            // cluster_nodes); the others are replicants.
             let on = match relay {
                 Relay::All => true,
                 Relay::Replicants => !sync.contains_key(name),
