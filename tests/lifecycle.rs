@@ -652,3 +652,31 @@ fn the_open_file_limit_is_raised_or_reported() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A client connection carries TCP keepalive: a client that vanishes
+/// without closing (power cut, cut cable) is found out after about two
+/// minutes and its connection given back; the protocol has no ping over
+/// TCP, so an idle subscriber's dead connection used to be held for good.
+/// The kernel shows the timer (`ss -o`).
+#[test]
+fn client_connections_carry_tcp_keepalive() {
+    let b = Broker::start(BrokerOpts::new(2));
+    let mut c = b.client();
+    c.status();
+    // While sent data waits for its ACK the retransmission timer is shown
+    // instead: look again, a bounded number of times.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new(need_tool("ss"))
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( sport = :{} )", b.port()))
+            .output()
+            .expect("ss");
+        text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.lines().any(|l| l.contains("timer:(keepalive")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no keepalive timer on the broker's side of the connection:\n{text}");
+}

@@ -74,6 +74,34 @@ pub(crate) async fn accept_next(
     }
 }
 
+/// TCP keepalive on a client connection: a client that vanishes without
+/// closing (a power cut, a cut cable, a NAT that forgot it) is found out
+/// after about two minutes of silence — 60 s idle, then 6 probes 10 s apart
+/// — and its connection, subscriptions and slot are given back. Over TCP
+/// the CoreMQ protocol has no ping of its own, so an idle subscriber's dead
+/// connection was held for good.
+pub(crate) fn keepalive(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes of `value`, a
+        // live local; the descriptor belongs to `stream`.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 6);
+}
+
 /// Takes a `max_connections` slot for a new connection, or — when none is
 /// left — counts and logs the refusal and returns what to tell the client.
 fn over_max_connections(
@@ -103,6 +131,7 @@ pub(crate) async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
             continue;
         }
         let _ = stream.set_nodelay(true);
+        keepalive(&stream);
         let conn = shard.open_conn(Transport::Tcp);
         conn.st.borrow_mut().source = peer.0.map(|a| a.ip());
         let span =
@@ -143,6 +172,7 @@ pub(crate) async fn tls_accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
 /// refused connection) when it fails or takes too long.
 pub(crate) async fn tls_handshake(shard: &Shard, stream: TcpStream) -> Option<TlsIo> {
     let _ = stream.set_nodelay(true);
+    keepalive(&stream);
     let config = shard.node().shared.tls()?;
     let timeout = shard.cfg().tls.handshake_timeout;
     let session = match rustls::ServerConnection::new(config) {

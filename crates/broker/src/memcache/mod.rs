@@ -122,6 +122,7 @@ pub(crate) fn host(shard: &Rc<Shard>) -> Rc<Host> {
 /// a stop ends its reading.
 fn spawn_serve(shard: &Rc<Shard>, live: &Rc<Live>, stream: TcpStream, peer: String) {
     let _ = stream.set_nodelay(true);
+    crate::net::keepalive(&stream);
     // A client that takes none of its replies for max_stall is let go: the
     // values of the batch being answered are held (shared with the store)
     // until they are written, and would outlive their keys' next writes.
