@@ -411,11 +411,7 @@ fn the_web_listener_logs_where_corews_says() {
     let mut c = b.client();
     c.command(&json!({"coremq_replicant": "10.9.9.9:1"}));
     c.recv_reply();
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !b.stdout().contains("replicant refused") {
-        assert!(Instant::now() < deadline, "{}", b.logs());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_log(&b, "replicant refused");
     let web = fs::read_to_string(&ws_log).unwrap();
     assert!(!web.contains("replicant refused"), "{web}");
     assert!(!b.stdout().contains("bad HTTP request"), "{}", b.logs());
@@ -444,15 +440,7 @@ fn the_web_listener_logs_where_corews_says() {
 fn sighup_without_a_log_file_is_harmless() {
     let mut b = Broker::start_shards(1);
     b.signal(libc::SIGHUP);
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !b.stdout().contains("no log file to reopen") {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP not acknowledged\n{}",
-            b.logs()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_log(&b, "no log file to reopen");
     b.assert_alive();
     let mut c = b.client();
     c.status();

@@ -100,10 +100,6 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
             spare.set(spare.get() + 1);
             Spared(spare.clone())
         });
-        if slot.is_none() && spared.is_none() {
-            Counters::add(&shard.counters().refused_connections, 1);
-            tracing::warn!(parent: &span, max, "HTTP connection refused: max_connections reached");
-        }
         let (shard, settings) = (shard.clone(), settings.clone());
         spawn_local(
             async move {
@@ -125,12 +121,7 @@ pub(crate) async fn listen(shard: Rc<Shard>, listener: TcpListener, settings: Rc
                         }
                     }
                     (None, None) => {
-                        let _ = respond_text(
-                            &mut stream,
-                            "503 Service Unavailable",
-                            "too many connections (max_connections)",
-                        )
-                        .await;
+                        refuse_busy(&shard, &mut stream).await;
                         close_after_response(&mut stream).await;
                     }
                 }
@@ -197,17 +188,7 @@ async fn handle(
         && !(matches!(head.path.as_str(), "/status" | "/metrics")
             && matches!(head.method.as_str(), "GET" | "HEAD"))
     {
-        Counters::add(&shard.counters().refused_connections, 1);
-        tracing::warn!(
-            max = shard.cfg().max_connections,
-            "HTTP request refused: max_connections reached"
-        );
-        let _ = respond_text(
-            &mut stream,
-            "503 Service Unavailable",
-            "too many connections (max_connections)",
-        )
-        .await;
+        refuse_busy(&shard, &mut stream).await;
         return Some((stream, slot));
     }
     // `/coremq.js` is public: it is code, it holds no data and no secret,
@@ -312,6 +293,22 @@ async fn handle(
         tracing::debug!(cause = %e, "HTTP response not sent");
     }
     Some((stream, slot))
+}
+
+/// Answers `503` at `max_connections`, counted and logged as a refused
+/// connection.
+async fn refuse_busy(shard: &Shard, stream: &mut Io) {
+    Counters::add(&shard.counters().refused_connections, 1);
+    tracing::warn!(
+        max = shard.cfg().max_connections,
+        "HTTP connection refused: max_connections reached"
+    );
+    let _ = respond_text(
+        stream,
+        "503 Service Unavailable",
+        "too many connections (max_connections)",
+    )
+    .await;
 }
 
 /// How long a connection whose response is written may take to close.
