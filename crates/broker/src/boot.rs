@@ -208,6 +208,13 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         rules,
         store.clone(),
     ));
+    if cfg.cluster_secret.is_none() && !cfg.tls.cluster {
+        // Would-be replicants are checked by their source address: have the
+        // listed host names resolved before the first one dials.
+        shard
+            .sources()
+            .prefetch(cfg.cluster_nodes.iter().chain(&cfg.allowed_replicants));
+    }
     let writer = match store {
         Some(store) => {
             let max_body = crate::store::max_record_body(cfg.max_message_size);

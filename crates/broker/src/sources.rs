@@ -7,10 +7,14 @@
 //! the address the connection comes from — is all there is: it must be the
 //! claimed name's host (an IP address, compared as is) or one of the
 //! addresses that host name resolves to. Host names are resolved on the
-//! executor's blocking thread, never on the shard thread, at most once a
-//! [`RETRY`] per name, and the answer counts for [`FRESH`]; a name still
-//! being resolved is refused, and the dialer's next attempt (its backoff
-//! starts at 100 ms) finds it resolved.
+//! executor's blocking thread, never on the shard thread: every listed one
+//! when the shard starts ([`Sources::prefetch`]), then again when an answer
+//! is older than [`FRESH`] or a claim does not match it, at most once a
+//! [`RETRY`] per name. An older answer still admits a matching address
+//! (while a new one is sought) for up to [`STALE`]; a name never resolved,
+//! or a mismatch against an answer that is not fresh, is refused for now,
+//! and the dialer's next attempt (its backoff starts at 100 ms) finds the
+//! new answer.
 
 use std::cell::RefCell;
 use std::net::{IpAddr, ToSocketAddrs};
@@ -19,6 +23,10 @@ use std::time::{Duration, Instant};
 
 /// How long a resolution counts (a restarted peer may come back elsewhere).
 const FRESH: Duration = Duration::from_secs(30);
+/// How long an older resolution still admits the addresses it gave while a
+/// new one is sought (a peer redialling after a while is not turned away
+/// once by every shard).
+const STALE: Duration = Duration::from_secs(600);
 /// The shortest time between two resolutions of one name, whatever the
 /// would-be replicants send.
 const RETRY: Duration = Duration::from_secs(1);
@@ -68,21 +76,46 @@ impl Sources {
         let now = Instant::now();
         let mut hosts = self.hosts.borrow_mut();
         let e = hosts.entry(bare.into()).or_default();
-        let fresh = e.done.is_some_and(|t| now.duration_since(t) < FRESH);
-        if fresh && e.ips.contains(&from) {
-            return Source::Matches;
+        let age = e.done.map(|t| now.duration_since(t));
+        let fresh = age.is_some_and(|a| a < FRESH);
+        let usable = age.is_some_and(|a| a < STALE);
+        let matches = usable && e.ips.contains(&from);
+        // Not fresh, or another address (the host may have moved): resolve
+        // again, at most once a RETRY.
+        if !(fresh && matches) {
+            self.start(e, bare, now);
         }
-        // Stale, never resolved, or another address (the host may have
-        // moved): resolve again, at most once a RETRY.
-        if !e.busy && e.started.is_none_or(|t| now.duration_since(t) >= RETRY) {
-            e.busy = true;
-            e.started = Some(now);
-            self.resolve(bare.to_string());
-        }
-        if fresh {
+        if matches {
+            Source::Matches
+        } else if fresh {
             Source::Differs(e.ips.clone())
         } else {
             Source::Resolving
+        }
+    }
+
+    /// Resolves every host name among `names` (`host:port` entries) now, so
+    /// that the first claims find an answer.
+    pub(crate) fn prefetch<'a>(self: &Rc<Self>, names: impl IntoIterator<Item = &'a String>) {
+        let now = Instant::now();
+        let mut hosts = self.hosts.borrow_mut();
+        for name in names {
+            let host = name.rsplit_once(':').map_or(name.as_str(), |(h, _)| h);
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if bare.parse::<IpAddr>().is_err() {
+                let e = hosts.entry(bare.into()).or_default();
+                self.start(e, bare, now);
+            }
+        }
+    }
+
+    /// Starts a resolution of `host` unless one runs or one started less
+    /// than a RETRY ago.
+    fn start(self: &Rc<Self>, e: &mut Entry, host: &str, now: Instant) {
+        if !e.busy && e.started.is_none_or(|t| now.duration_since(t) >= RETRY) {
+            e.busy = true;
+            e.started = Some(now);
+            self.resolve(host.to_string());
         }
     }
 
@@ -160,6 +193,51 @@ mod tests {
                     }
                 }
                 assert_eq!(verdict, Source::Matches);
+                // Resolved ahead of the first claim.
+                let ahead = Rc::new(Sources::default());
+                ahead.prefetch(&["localhost:5001".to_string(), "127.0.0.9:1".to_string()]);
+                for _ in 0..500 {
+                    if ahead
+                        .hosts
+                        .borrow()
+                        .get("localhost")
+                        .is_some_and(|e| e.done.is_some())
+                    {
+                        break;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+                assert_eq!(ahead.check("localhost", ip("127.0.0.1")), Source::Matches);
+                assert!(
+                    !ahead.hosts.borrow().contains_key("127.0.0.9"),
+                    "addresses need no lookup"
+                );
+                // An answer past FRESH still admits what it gave (a new one
+                // is sought meanwhile), but not another address; past STALE
+                // it admits nothing until the new one comes.
+                let old = Rc::new(Sources::default());
+                let aged = |age: Duration| Entry {
+                    ips: vec![ip("10.1.2.3")],
+                    done: Some(Instant::now() - age),
+                    started: Some(Instant::now() - age),
+                    busy: false,
+                };
+                old.hosts
+                    .borrow_mut()
+                    .insert("localhost".into(), aged(FRESH * 2));
+                assert_eq!(old.check("localhost", ip("10.1.2.3")), Source::Matches);
+                assert!(
+                    old.hosts.borrow()["localhost"].busy,
+                    "a new answer is sought"
+                );
+                old.hosts
+                    .borrow_mut()
+                    .insert("localhost".into(), aged(FRESH * 2));
+                assert_eq!(old.check("localhost", ip("10.9.9.9")), Source::Resolving);
+                old.hosts
+                    .borrow_mut()
+                    .insert("localhost".into(), aged(STALE * 2));
+                assert_eq!(old.check("localhost", ip("10.1.2.3")), Source::Resolving);
                 match s.check("localhost", ip("127.0.0.9")) {
                     Source::Differs(ips) => assert!(ips.contains(&ip("127.0.0.1")), "{ips:?}"),
                     other => panic!("127.0.0.9 is not localhost: {other:?}"),
