@@ -133,14 +133,21 @@ impl Sources {
                     })
                 })
                 .await;
-            let ips = ips.unwrap_or_else(|e| {
-                tracing::warn!(%host, cause = %e, "cannot resolve a listed replicant host");
-                Vec::new()
-            });
-            if let Some(e) = me.hosts.borrow_mut().get_mut(host.as_str()) {
-                e.ips = ips;
-                e.done = Some(Instant::now());
-                e.busy = false;
+            let mut hosts = me.hosts.borrow_mut();
+            let Some(e) = hosts.get_mut(host.as_str()) else {
+                return;
+            };
+            e.busy = false;
+            match ips {
+                Ok(ips) => {
+                    e.ips = ips;
+                    e.done = Some(Instant::now());
+                }
+                // A failed lookup (the resolver down for a moment) keeps the
+                // last answer, which ages as before.
+                Err(cause) => {
+                    tracing::warn!(%host, %cause, "cannot resolve a listed replicant host")
+                }
             }
         })
         .detach();
