@@ -421,3 +421,31 @@ fn a_response_survives_what_the_server_did_not_read() {
     assert_eq!(http_get(a, "/status").status, 200);
     b.assert_alive();
 }
+
+/// What the server drains after a response is bounded (1 MiB, 1 s): a
+/// client that goes on sending is cut off, not read for ever.
+#[test]
+fn the_drain_after_a_response_is_bounded() {
+    use std::io::Write;
+    let mut b = ws_broker(1);
+    let a = b.ws_addr();
+    let mut s = std::net::TcpStream::connect(a).unwrap();
+    s.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    s.write_all(b"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n")
+        .unwrap();
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0usize;
+    // Bounded: at most 256 MiB, far past what the server takes.
+    while sent < 256 << 20 {
+        match s.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        sent < 64 << 20,
+        "the server took {sent} bytes after its response"
+    );
+    b.assert_alive();
+    assert_eq!(http_get(a, "/status").status, 200);
+}
