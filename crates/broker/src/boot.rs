@@ -219,10 +219,13 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         Some(store) => {
             let max_body = crate::store::max_record_body(cfg.max_message_size);
             let (mut read, mut kept) = (0, 0);
-            store.read_back(max_body, &mut |frames| {
+            let lost = store.read_back(max_body, &mut |frames| {
                 read += frames.len();
                 kept += shard.restore(frames);
             })?;
+            if let Some(upto) = lost {
+                shard.history_lost_upto(upto);
+            }
             tracing::info!(shard = id, read, kept, "history read back from disk");
             let source: Rc<dyn crate::store::Source> = shard.clone();
             Some(spawn_local(store.run(source)))

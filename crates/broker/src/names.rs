@@ -90,6 +90,11 @@ impl<V> NameMap<V> {
         self.table.iter().map(|(_, n, v)| (n, v))
     }
 
+    /// Every value, mutably.
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.table.iter_mut().map(|(_, _, v)| v)
+    }
+
     /// Number of names.
     pub(crate) fn len(&self) -> usize {
         self.table.len()

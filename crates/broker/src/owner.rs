@@ -94,6 +94,11 @@ impl Owner {
         kept
     }
 
+    /// See [`crate::shard::Shard::history_lost_upto`].
+    pub(crate) fn history_lost_upto(&self, upto: MsgKey) {
+        self.queues.borrow_mut().lost_upto(upto);
+    }
+
     /// The retained history of the queues `persists` names (a snapshot).
     pub(crate) fn retained(&self, persists: impl Fn(&str) -> bool) -> Vec<MsgFrame> {
         self.queues

@@ -143,6 +143,8 @@ pub(crate) struct DiskStats {
     pub snapshots: u64,
     /// Failed writes or flushes.
     pub errors: u64,
+    /// Segments found missing at start.
+    pub missing_segments: u64,
 }
 
 impl ShardStats {
@@ -162,6 +164,7 @@ impl ShardStats {
              \"channel_backlog\": {}, \"disk_bytes\": {}, \"disk_batches\": {}, \
              \"disk_fsyncs\": {}, \"disk_fsync_seconds\": {:.6}, \"disk_fsync_max_seconds\": {:.6}, \
              \"disk_evictions\": {}, \"disk_snapshots\": {}, \"disk_errors\": {}, \
+             \"disk_missing_segments\": {}, \
              \"kv_keys\": {}, \"kv_bytes\": {}, \"kv_hits\": {}, \"kv_misses\": {}, \
              \"kv_evictions\": {}, \"kv_expirations\": {}}}",
             self.shard,
@@ -196,6 +199,7 @@ impl ShardStats {
             self.disk.evictions,
             self.disk.snapshots,
             self.disk.errors,
+            self.disk.missing_segments,
             self.kv.keys,
             self.kv.bytes,
             self.kv.hits,

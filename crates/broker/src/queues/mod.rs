@@ -165,6 +165,15 @@ impl QueueTable {
         stored == Stored::New
     }
 
+    /// What this table holds of messages up to `upto` may be incomplete:
+    /// every queue's knowledge starts after it ([`Self::resume`] from an
+    /// older position answers "not recovered").
+    pub(crate) fn lost_upto(&mut self, upto: MsgKey) {
+        for q in self.queues.values_mut() {
+            q.born = q.born.max(upto);
+        }
+    }
+
     /// Drops whole histories, least recently published-to queues first,
     /// until a tenth of the budget is free again (so that a full table does
     /// not scan itself on every publish: each pass frees room for many).

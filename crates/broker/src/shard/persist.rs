@@ -56,4 +56,11 @@ impl Shard {
         }
         self.owner.restore(frames, self.origin)
     }
+
+    /// After [`Self::restore`]: messages up to `upto` may be missing from
+    /// what was read back (a segment was lost), so no queue of this shard
+    /// answers a resume from before it as recovered.
+    pub(crate) fn history_lost_upto(&self, upto: crate::msg::MsgKey) {
+        self.owner.history_lost_upto(upto);
+    }
 }

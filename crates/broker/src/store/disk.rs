@@ -295,7 +295,8 @@ fn migrate(
 }
 
 /// One new shard's segments during a move: records appended to the open
-/// segment, the next one begun when it would pass `max` (`SEG_MAX`).
+/// segment, the next one begun when it would pass `max` (`SEG_MAX`); each
+/// linked to the one before (the first to none).
 struct SegmentOut {
     dir: PathBuf,
     max: u64,
@@ -312,23 +313,28 @@ impl SegmentOut {
             max,
             n: 1,
             file,
-            len: 0,
+            len: record::LINK_LEN as u64,
         })
     }
 
+    /// Segment `n`, begun with its link to `n - 1`.
     fn create(dir: &Path, n: u64) -> Result<std::io::BufWriter<fs::File>, DiskError> {
         let path = segment_path(dir, n);
+        let mut link = Vec::with_capacity(record::LINK_LEN);
+        record::encode_link(n - 1, &mut link);
         fs::File::create(&path)
             .map(|f| std::io::BufWriter::with_capacity(1 << 20, f))
+            .and_then(|mut f| f.write_all(&link).map(|()| f))
             .map_err(|e| format!("cannot create {}: {e}", path.display()))
     }
 
     fn write(&mut self, record: &[u8]) -> Result<(), DiskError> {
-        if self.len > 0 && self.len + record.len() as u64 > self.max {
+        let begun = record::LINK_LEN as u64;
+        if self.len > begun && self.len + record.len() as u64 > self.max {
             self.sync()?;
             self.n += 1;
             self.file = Self::create(&self.dir, self.n)?;
-            self.len = 0;
+            self.len = begun;
         }
         self.file.write_all(record).map_err(|e| {
             format!(
@@ -401,14 +407,15 @@ pub(crate) fn list(gen: &Path, id: usize) -> Result<Vec<(u64, u64)>, DiskError> 
 
 /// Reads segment `n` of `dir` and hands its messages to `each`; the last
 /// segment's torn tail (a crash mid-write) is cut off so that the file ends
-/// with a whole record. Returns the bytes the segment keeps.
+/// with a whole record. Returns the bytes the segment keeps and its link
+/// (the segment it follows: `record::Scan::follows`).
 pub(crate) fn read_back(
     dir: &Path,
     n: u64,
     last: bool,
     max_body: usize,
     each: &mut dyn FnMut(Vec<MsgFrame>),
-) -> Result<u64, DiskError> {
+) -> Result<(u64, Option<u64>), DiskError> {
     let path = segment_path(dir, n);
     let mut frames = Vec::new();
     let scan = read_segment(&path, max_body, &mut frames)?;
@@ -433,7 +440,7 @@ pub(crate) fn read_back(
             }
         }
     }
-    Ok(size)
+    Ok((size, scan.follows))
 }
 
 #[cfg(test)]
@@ -488,7 +495,8 @@ mod tests {
                     path.display()
                 );
                 let mut frames = Vec::new();
-                read_segment(&path, 1 << 20, &mut frames).unwrap();
+                let scan = read_segment(&path, 1 << 20, &mut frames).unwrap();
+                assert_eq!(scan.follows, Some(n - 1), "{}: its link", path.display());
                 for f in &frames {
                     assert_eq!(router.owner(f.queue()), id, "{} on shard {id}", f.queue());
                 }
@@ -524,7 +532,8 @@ mod tests {
         let mut each = |frames: Vec<MsgFrame>| batches.push(frames.len());
         let mut sizes = Vec::new();
         for (i, &(n, size)) in segments.iter().enumerate() {
-            let kept = read_back(&dir, n, i == 2, 1 << 20, &mut each).unwrap();
+            let (kept, follows) = read_back(&dir, n, i == 2, 1 << 20, &mut each).unwrap();
+            assert_eq!(follows, None, "written without links");
             sizes.push((size, kept));
         }
         assert_eq!(batches, [4, 4, 4]);

@@ -25,7 +25,7 @@ pub(crate) mod disk;
 pub(crate) mod record;
 mod writer;
 
-use crate::msg::{ConnKey, MsgFrame};
+use crate::msg::{ConnKey, MsgFrame, MsgKey};
 use coremq_config::{Fsync, StoreConfig};
 use glommio::io::BufferedFile;
 use std::cell::{Cell, RefCell};
@@ -104,6 +104,8 @@ pub(crate) struct StoreStats {
     pub evictions: Cell<u64>,
     pub snapshots: Cell<u64>,
     pub errors: Cell<u64>,
+    /// Segments found missing at start (a link names one that is gone).
+    pub missing: Cell<u64>,
 }
 
 /// Most ranges of lost batches a store remembers ([`State::lost`]).
@@ -136,6 +138,9 @@ struct State {
     evicted_upto: Option<crate::msg::MsgKey>,
     /// The next segment number.
     next_segment: u64,
+    /// The newest segment that holds records: the next one's link names it
+    /// (0: none, after a snapshot left nothing).
+    last_kept: u64,
     /// Written to the active file since its last fdatasync.
     dirty: bool,
     /// Stop: write what is pending, flush, end.
@@ -178,6 +183,7 @@ impl Store {
             persist: cfg.persist.clone(),
             st: RefCell::new(State {
                 open_batch: 1,
+                last_kept: next_segment - 1,
                 closed: segments,
                 next_segment,
                 ..State::default()
@@ -195,20 +201,54 @@ impl Store {
     /// its windows as it goes: a start never holds all of data_dir in memory
     /// (it did, up to `history_disk` of records, dead ones included). The
     /// last segment's torn tail is cut off.
+    ///
+    /// A segment whose link names one that is not there (deleted, moved
+    /// away, lost with a file system) is a hole in the history: logged,
+    /// counted, and the newest position read up to the segment after the
+    /// hole is returned — every message the missing one held is older than
+    /// that, so no resume from before it may be answered as recovered.
     pub(crate) fn read_back(
         &self,
         max_body: usize,
         each: &mut dyn FnMut(Vec<MsgFrame>),
-    ) -> Result<(), disk::DiskError> {
+    ) -> Result<Option<MsgKey>, disk::DiskError> {
         let segments = self.st.borrow().closed.clone();
+        // Per segment: its link, and the newest position read up to it.
+        let mut read: Vec<(Option<u64>, Option<MsgKey>)> = Vec::with_capacity(segments.len());
+        let mut newest: Option<MsgKey> = None;
         for (i, &(n, _)) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
-            let kept = disk::read_back(&self.dir, n, last, max_body, each)?;
+            let (kept, follows) = disk::read_back(&self.dir, n, last, max_body, &mut |frames| {
+                newest = frames.iter().map(MsgFrame::key).chain(newest).max();
+                each(frames);
+            })?;
+            read.push((follows, newest));
             self.st.borrow_mut().closed[i].1 = kept;
         }
         let on_disk = self.st.borrow().closed.iter().map(|s| s.1).sum();
         self.stats.disk_bytes.set(on_disk);
-        Ok(())
+        // Segments older than the newest snapshot may be left from a removal
+        // a crash cut short; only the chain from it on must be whole.
+        let from = read.iter().rposition(|r| r.0 == Some(0)).unwrap_or(0);
+        let mut lost = None;
+        for (i, &(follows, upto)) in read.iter().enumerate().skip(from) {
+            let Some(prev) = follows.filter(|&p| p != 0) else {
+                continue;
+            };
+            if segments.binary_search_by_key(&prev, |s| s.0).is_ok() {
+                continue;
+            }
+            self.stats.missing.set(self.stats.missing.get() + 1);
+            lost = lost.max(upto);
+            tracing::error!(
+                dir = %self.dir.display(),
+                missing = %disk::segment_path(&self.dir, prev).display(),
+                next = %disk::segment_path(&self.dir, segments[i].0).display(),
+                "a history segment is missing: the messages it held are lost on this node; \
+                 resumes from before them are answered \"recovered\": false"
+            );
+        }
+        Ok(lost)
     }
 
     /// Figures for status.
@@ -223,6 +263,7 @@ impl Store {
             evictions: s.evictions.get(),
             snapshots: s.snapshots.get(),
             errors: s.errors.get(),
+            missing_segments: s.missing.get(),
         }
     }
 

@@ -7,6 +7,13 @@
 //! read back from it as it is from a peer's message. A record whose length
 //! runs past the end or whose checksum fails is torn (a crash mid-write) or
 //! damaged: [`scan`] skips to the next record that checks out.
+//!
+//! A segment begins with a link record (kind 2): the number of the segment
+//! its shard wrote before it (u64), 0 for a segment that needs none before
+//! it (the first, a snapshot, the first of a move). Segment numbers have
+//! gaps (a segment left empty is removed), so only the links tell a removed
+//! or lost segment from one that never held anything. Segments written
+//! before links existed have none and are not checked.
 
 use crate::msg::MsgFrame;
 
@@ -14,8 +21,25 @@ use crate::msg::MsgFrame;
 pub(crate) const HEADER: usize = 8;
 /// Kind byte of a message record.
 const MESSAGE: u8 = 1;
+/// Kind byte of a segment's link record.
+const LINK: u8 = 2;
 /// Body bytes before the queue name: kind, seq, queue length.
 const FIXED: usize = 1 + 8 + 2;
+/// Bytes of a link record (its body is as long as a message's fixed part:
+/// kind, the previous segment's number, two bytes reserved).
+pub(crate) const LINK_LEN: usize = HEADER + FIXED;
+
+/// A segment's first record: it follows segment `prev` (0: none).
+pub(crate) fn encode_link(prev: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&(FIXED as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.push(LINK);
+    out.extend_from_slice(&prev.to_le_bytes());
+    out.extend_from_slice(&[0; 2]);
+    let crc = crc32c::crc32c(&out[start + HEADER..]);
+    out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+}
 
 /// The length of `frame`'s record, as [`encode`] writes it.
 pub(crate) fn encoded_len(frame: &MsgFrame) -> usize {
@@ -77,6 +101,9 @@ pub(crate) struct Scan {
     /// Messages read that are longer than `max_body`: written under a
     /// larger `max_message_size` than the one in force now.
     pub oversize: usize,
+    /// The segment's link ([`encode_link`]): the segment written before it
+    /// (0: none); `None` when it has none (written before links, or torn).
+    pub follows: Option<u64>,
 }
 
 /// A record's body at `at` if one checks out there: (body, record length).
@@ -141,6 +168,12 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, found: &mut Vec<MsgFrame>) -> Sc
                 if let Some(start) = bad_from.take() {
                     s.skipped += (at - start) as u64;
                     s.damaged += 1;
+                }
+                if at == 0 && body[0] == LINK {
+                    s.follows = Some(u64::from_le_bytes(body[1..9].try_into().unwrap_or([0; 8])));
+                    at += len;
+                    s.valid_end = at as u64;
+                    continue;
                 }
                 match decode(body) {
                     Some(frame) => {
@@ -273,6 +306,32 @@ mod tests {
         assert_eq!(s.damaged, 2);
         assert_eq!(s.skipped, (ends[5] - ends[4] + 10) as u64);
         assert_eq!(s.valid_end, ends[18] as u64);
+    }
+
+    /// A segment's link is read as such at its start, not as a message or
+    /// damage; anywhere else it is not a record this version writes.
+    #[test]
+    fn a_link_opens_a_segment() {
+        let mut buf = Vec::new();
+        encode_link(41, &mut buf);
+        assert_eq!(buf.len(), LINK_LEN);
+        for n in 0..3 {
+            encode(&msg("q", n), &mut buf);
+        }
+        let mut found = Vec::new();
+        let s = scan(&buf, 1 << 20, &mut found);
+        assert_eq!((s.follows, s.frames, s.skipped), (Some(41), 3, 0));
+        assert_eq!(s.valid_end, buf.len() as u64);
+        let mut base = Vec::new();
+        encode_link(0, &mut base);
+        assert_eq!(scan(&base, 1 << 20, &mut Vec::new()).follows, Some(0));
+        // Without a link (written before links): nothing to check.
+        let mut old = Vec::new();
+        encode(&msg("q", 0), &mut old);
+        encode_link(7, &mut old);
+        let mut found = Vec::new();
+        let s = scan(&old, 1 << 20, &mut found);
+        assert_eq!((s.follows, s.frames, s.damaged), (None, 1, 1));
     }
 
     #[test]

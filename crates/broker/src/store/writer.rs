@@ -127,7 +127,7 @@ impl Store {
     /// Appends `buf` to the active segment (opening one if needed), and
     /// closes that segment once it is full.
     async fn write_active(&self, buf: Vec<u8>) -> Result<(), String> {
-        let (file, pos) = self.active_file().await?;
+        let (file, pos) = self.active_file(false).await?;
         let len = buf.len() as u64;
         write_all(&file, buf, pos).await?;
         self.stats.disk_bytes.set(self.stats.disk_bytes.get() + len);
@@ -150,16 +150,18 @@ impl Store {
         Ok(())
     }
 
-    /// The active segment's file and length, creating a new segment if none.
-    async fn active_file(&self) -> Result<(Rc<BufferedFile>, u64), String> {
+    /// The active segment's file and length, creating a new segment if none:
+    /// its link names the segment it follows, none for a `base` (a snapshot,
+    /// which the older segments are removed behind).
+    async fn active_file(&self, base: bool) -> Result<(Rc<BufferedFile>, u64), String> {
         if let Some((_, f, len)) = self.st.borrow().active.as_ref() {
             return Ok((f.clone(), *len));
         }
-        let n = {
+        let (n, follows) = {
             let mut st = self.st.borrow_mut();
             let n = st.next_segment;
             st.next_segment += 1;
-            n
+            (n, if base { 0 } else { st.last_kept })
         };
         let path = disk::segment_path(&self.dir, n);
         let file = OpenOptions::new()
@@ -168,13 +170,28 @@ impl Store {
             .buffered_open(&path)
             .await
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        let dir = glommio::io::Directory::open(&self.dir)
-            .await
-            .map_err(|e| e.to_string())?;
-        dir.sync().await.map_err(|e| e.to_string())?;
+        let begun = async {
+            let mut link = Vec::with_capacity(record::LINK_LEN);
+            record::encode_link(follows, &mut link);
+            write_all(&file, link, 0).await?;
+            let dir = glommio::io::Directory::open(&self.dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            dir.sync().await.map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(e) = begun {
+            // A full disk: no segment file per failed batch is left behind.
+            let _ = file.close().await;
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let len = record::LINK_LEN as u64;
+        let s = &self.stats;
+        s.disk_bytes.set(s.disk_bytes.get() + len);
         let file = Rc::new(file);
-        self.st.borrow_mut().active = Some((n, file.clone(), 0));
-        Ok((file, 0))
+        self.st.borrow_mut().active = Some((n, file.clone(), len));
+        Ok((file, len))
     }
 
     /// Flushes and closes the active segment; the next write opens another.
@@ -185,11 +202,21 @@ impl Store {
         match st.active.take() {
             // Nothing acknowledged is in it (a failed write or snapshot, on
             // a full disk): removed, not kept as one more empty file per
-            // batch while the disk stays full.
-            Some((n, _file, 0)) => {
-                let _ = std::fs::remove_file(disk::segment_path(&self.dir, n));
+            // batch while the disk stays full. The next segment follows
+            // the one before it.
+            Some((n, _file, len))
+                if len <= record::LINK_LEN as u64
+                    && std::fs::remove_file(disk::segment_path(&self.dir, n)).is_ok() =>
+            {
+                let s = &self.stats;
+                s.disk_bytes.set(s.disk_bytes.get().saturating_sub(len));
             }
-            Some((n, _file, len)) => st.closed.push((n, len)),
+            // Not removed: the next snapshot takes it with the others.
+            Some((n, _file, len)) if len <= record::LINK_LEN as u64 => st.closed.push((n, len)),
+            Some((n, _file, len)) => {
+                st.closed.push((n, len));
+                st.last_kept = n;
+            }
             None => {}
         }
         synced
@@ -233,7 +260,12 @@ impl Store {
     fn wants_snapshot(&self, source: &dyn Source, incoming: u64) -> bool {
         let on_disk = self.stats.disk_bytes.get();
         let st = self.st.borrow();
-        if st.closed.is_empty() && st.active.as_ref().is_none_or(|a| a.2 == 0) {
+        if st.closed.is_empty()
+            && st
+                .active
+                .as_ref()
+                .is_none_or(|a| a.2 <= record::LINK_LEN as u64)
+        {
             return false;
         }
         drop(st);
@@ -257,8 +289,8 @@ impl Store {
         let (mut seen, mut kept, mut evicted) = (0usize, 0usize, None);
         let old: Vec<(u64, u64)> = std::mem::take(&mut self.st.borrow_mut().closed);
         let result = async {
-            let (file, _) = self.active_file().await?;
-            let mut out = Pieces::new(file, limit);
+            let (file, at) = self.active_file(true).await?;
+            let mut out = Pieces::new(file, at, limit);
             if fits {
                 'queues: for name in source.retained_queues() {
                     let mut after = None;
@@ -341,14 +373,19 @@ impl Store {
                     })
                     .await;
                 let s = &self.stats;
+                // The link is counted already (`active_file`).
+                let added = written.saturating_sub(record::LINK_LEN as u64);
                 s.disk_bytes
-                    .set((s.disk_bytes.get() + written).saturating_sub(freed));
+                    .set((s.disk_bytes.get() + added).saturating_sub(freed));
                 s.snapshots.set(s.snapshots.get() + 1);
                 s.evictions.set(s.evictions.get() + evicted);
                 if evicted > 0 {
                     tracing::warn!(dir = %self.dir.display(), messages = evicted,
                         "history_disk reached: the oldest messages are no longer on disk (still in memory until a restart)");
                 }
+                // The older segments are gone: what comes next follows the
+                // snapshot, or nothing if it was left empty (and removed).
+                self.st.borrow_mut().last_kept = 0;
                 self.close_active().await;
             }
             Err(e) => {
@@ -373,11 +410,11 @@ struct Pieces {
 }
 
 impl Pieces {
-    fn new(file: Rc<BufferedFile>, limit: u64) -> Pieces {
+    fn new(file: Rc<BufferedFile>, pos: u64, limit: u64) -> Pieces {
         Pieces {
             file,
             limit,
-            pos: 0,
+            pos,
             piece: Vec::with_capacity(SNAPSHOT_PIECE),
         }
     }

@@ -188,6 +188,12 @@ const METRICS: &[Metric] = &[
         |s| s.disk.errors,
     ),
     (
+        "coremq_disk_missing_segments",
+        "gauge",
+        "History segments found missing at start: their messages are lost on this node.",
+        |s| s.disk.missing_segments,
+    ),
+    (
         "coremq_kv_keys",
         "gauge",
         "Keys holding a value in the key-value store, on the shard that owns them.",
