@@ -17,9 +17,11 @@
 //! `history_disk`, or when they hold more than twice the history still
 //! retained, the retained history is written to a fresh segment (a
 //! snapshot) and every older segment removed. A snapshot holds at most a
-//! quarter of the share, so old files and snapshot together stay within it;
-//! retained history beyond that quarter is not on disk any more (the newest
-//! is kept; counted as `disk_evictions`).
+//! quarter of the share; retained history beyond that quarter is not on
+//! disk any more (the newest is kept; counted as `disk_evictions`). The
+//! snapshot is written by a task of its own while batches go on into newer
+//! segments, as long as the files and the snapshot's quarter stay within
+//! the share; a batch that would pass it waits for the snapshot to end.
 
 pub(crate) mod disk;
 pub(crate) mod record;
@@ -145,6 +147,8 @@ struct State {
     dirty: bool,
     /// Stop: write what is pending, flush, end.
     closing: bool,
+    /// A snapshot is being written (by its own task, beside the writer).
+    snapshotting: bool,
 }
 
 /// One shard's durable history.
@@ -158,6 +162,8 @@ pub(crate) struct Store {
     st: RefCell<State>,
     writer: Cell<Option<Waker>>,
     idle: RefCell<Vec<Waker>>,
+    /// Waiting for the snapshot under way to end.
+    snap_wait: RefCell<Vec<Waker>>,
     pub stats: StoreStats,
 }
 
@@ -190,6 +196,7 @@ impl Store {
             }),
             writer: Cell::new(None),
             idle: RefCell::new(Vec::new()),
+            snap_wait: RefCell::new(Vec::new()),
             stats: StoreStats::default(),
         };
         store.stats.disk_bytes.set(on_disk);
@@ -227,15 +234,20 @@ impl Store {
         }
         let on_disk = self.st.borrow().closed.iter().map(|s| s.1).sum();
         self.stats.disk_bytes.set(on_disk);
-        // Segments older than the newest snapshot may be left from a removal
-        // a crash cut short; only the chain from it on must be whole.
-        let from = read.iter().rposition(|r| r.0 == Some(0)).unwrap_or(0);
+        // The newest snapshot stands for every segment numbered before it:
+        // those may be gone (removed behind it) or left over from a removal
+        // a crash cut short, and segments written while it was being written
+        // link to them. From it on, the chain must be whole.
+        let (from, base) = match read.iter().rposition(|r| r.0 == Some(0)) {
+            Some(i) => (i, segments[i].0),
+            None => (0, 0),
+        };
         let mut lost = None;
         for (i, &(follows, upto)) in read.iter().enumerate().skip(from) {
             let Some(prev) = follows.filter(|&p| p != 0) else {
                 continue;
             };
-            if segments.binary_search_by_key(&prev, |s| s.0).is_ok() {
+            if prev < base || segments.binary_search_by_key(&prev, |s| s.0).is_ok() {
                 continue;
             }
             self.stats.missing.set(self.stats.missing.get() + 1);
@@ -264,6 +276,7 @@ impl Store {
             snapshots: s.snapshots.get(),
             errors: s.errors.get(),
             missing_segments: s.missing.get(),
+            compacting: u64::from(self.st.borrow().snapshotting),
         }
     }
 

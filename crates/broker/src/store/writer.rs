@@ -42,14 +42,17 @@ impl Store {
             if !work {
                 break;
             }
-            self.write_batch(&*source).await;
+            self.write_batch(&source).await;
         }
+        // A compaction under way stops at its next page (closing) and
+        // removes its partial file: the old segments still hold it all.
+        self.snapshot_done().await;
         self.sync_active().await;
         self.wake_idle();
     }
 
     /// Writes the pending records as one batch, then sends what waited for it.
-    async fn write_batch(&self, source: &dyn Source) {
+    async fn write_batch(self: &Rc<Self>, source: &Rc<dyn Source>) {
         let (buf, batch) = {
             let mut st = self.st.borrow_mut();
             let buf = std::mem::take(&mut st.pending);
@@ -100,24 +103,56 @@ impl Store {
         self.wake_idle();
     }
 
+    /// Before `incoming` more bytes are written: starts a compaction if one
+    /// is due, and waits for the one under way only if the files, its
+    /// quarter of the share included, would pass the share. So a batch's
+    /// acknowledgements wait for a compaction only when the disk share is
+    /// nearly used up — not, as they did, for every compaction (0.5–1.0 s
+    /// with ~250 MB retained per shard: `bench/compaction-stall`). One
+    /// compaction per piece at most: on a full disk each one fails.
+    async fn make_room(self: &Rc<Self>, source: &Rc<dyn Source>, incoming: u64) {
+        if !self.st.borrow().snapshotting && self.wants_snapshot(&**source, incoming) {
+            self.start_snapshot(source.clone()).await;
+        }
+        let reserved = self.budget / 4;
+        if self.st.borrow().snapshotting
+            && self.stats.disk_bytes.get() + reserved + incoming > self.budget
+        {
+            self.snapshot_done().await;
+        }
+    }
+
+    /// Resolves when no compaction is under way.
+    async fn snapshot_done(&self) {
+        std::future::poll_fn(|cx| {
+            if self.st.borrow().snapshotting {
+                self.snap_wait.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
     /// Writes a batch in pieces of whole records, none larger than an
-    /// eighth of the shard's disk share, each after a snapshot if it would
-    /// take the files near the share: a burst (a publisher's whole window
-    /// arriving at once) cannot carry the files past `history_disk`.
-    async fn write_pieces(&self, source: &dyn Source, buf: Vec<u8>) -> Result<(), String> {
+    /// eighth of the shard's disk share, each after making room for it
+    /// ([`Self::make_room`]): a burst (a publisher's whole window arriving
+    /// at once) cannot carry the files past `history_disk`.
+    async fn write_pieces(
+        self: &Rc<Self>,
+        source: &Rc<dyn Source>,
+        buf: Vec<u8>,
+    ) -> Result<(), String> {
         let limit = (self.budget / 8).clamp(super::SEG_MIN, self.seg_max) as usize;
         if buf.len() <= limit {
-            if self.wants_snapshot(source, buf.len() as u64) {
-                self.snapshot(source).await;
-            }
+            self.make_room(source, buf.len() as u64).await;
             return self.write_active(buf).await;
         }
         let mut at = 0;
         while at < buf.len() {
             let end = record::piece_end(&buf, at, limit);
-            if self.wants_snapshot(source, (end - at) as u64) {
-                self.snapshot(source).await;
-            }
+            self.make_room(source, (end - at) as u64).await;
             self.write_active(buf[at..end].to_vec()).await?;
             at = end;
         }
@@ -127,7 +162,7 @@ impl Store {
     /// Appends `buf` to the active segment (opening one if needed), and
     /// closes that segment once it is full.
     async fn write_active(&self, buf: Vec<u8>) -> Result<(), String> {
-        let (file, pos) = self.active_file(false).await?;
+        let (file, pos) = self.active_file().await?;
         let len = buf.len() as u64;
         write_all(&file, buf, pos).await?;
         self.stats.disk_bytes.set(self.stats.disk_bytes.get() + len);
@@ -150,10 +185,9 @@ impl Store {
         Ok(())
     }
 
-    /// The active segment's file and length, creating a new segment if none:
-    /// its link names the segment it follows, none for a `base` (a snapshot,
-    /// which the older segments are removed behind).
-    async fn active_file(&self, base: bool) -> Result<(Rc<BufferedFile>, u64), String> {
+    /// The active segment's file and length, creating a new segment if none,
+    /// linked to the last one written.
+    async fn active_file(&self) -> Result<(Rc<BufferedFile>, u64), String> {
         if let Some((_, f, len)) = self.st.borrow().active.as_ref() {
             return Ok((f.clone(), *len));
         }
@@ -161,8 +195,20 @@ impl Store {
             let mut st = self.st.borrow_mut();
             let n = st.next_segment;
             st.next_segment += 1;
-            (n, if base { 0 } else { st.last_kept })
+            (n, st.last_kept)
         };
+        let file = self.create_segment(n, follows).await?;
+        let len = record::LINK_LEN as u64;
+        let s = &self.stats;
+        s.disk_bytes.set(s.disk_bytes.get() + len);
+        let file = Rc::new(file);
+        self.st.borrow_mut().active = Some((n, file.clone(), len));
+        Ok((file, len))
+    }
+
+    /// Creates segment `n`, begun with its link to segment `follows` (0: a
+    /// snapshot, which needs none before it).
+    async fn create_segment(&self, n: u64, follows: u64) -> Result<BufferedFile, String> {
         let path = disk::segment_path(&self.dir, n);
         let file = OpenOptions::new()
             .write(true)
@@ -186,12 +232,7 @@ impl Store {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        let len = record::LINK_LEN as u64;
-        let s = &self.stats;
-        s.disk_bytes.set(s.disk_bytes.get() + len);
-        let file = Rc::new(file);
-        self.st.borrow_mut().active = Some((n, file.clone(), len));
-        Ok((file, len))
+        Ok(file)
     }
 
     /// Flushes and closes the active segment; the next write opens another.
@@ -273,8 +314,24 @@ impl Store {
             || on_disk > 2 * source.retained_bytes() + 2 * self.seg_max
     }
 
+    /// Starts a compaction: the active segment is closed, and a task writes
+    /// the retained history to a fresh segment — numbered before any the
+    /// writer opens meanwhile, which go on being written — then removes
+    /// every older segment.
+    async fn start_snapshot(self: &Rc<Self>, source: Rc<dyn Source>) {
+        self.close_active().await;
+        let (n, old) = {
+            let mut st = self.st.borrow_mut();
+            let n = st.next_segment;
+            st.next_segment += 1;
+            st.snapshotting = true;
+            (n, std::mem::take(&mut st.closed))
+        };
+        glommio::spawn_local(self.clone().snapshot(source, n, old)).detach();
+    }
+
     /// Writes the retained history (the newest of it, within a quarter of
-    /// the budget) to a fresh segment, then removes every older segment.
+    /// the budget) to segment `n`, then removes the `old` segments.
     /// The shard goes on meanwhile: when the history fits it is read a page
     /// at a time and written a piece at a time, yielding to the shard's
     /// other work in between, and the old files are removed on the blocking
@@ -282,20 +339,29 @@ impl Store {
     /// it all in one go held every delivery of the shard up for most of a
     /// second.) Only a history that does not fit is taken whole and sorted,
     /// newest first, to keep the newest.
-    async fn snapshot(&self, source: &dyn Source) {
-        self.close_active().await;
+    ///
+    /// Messages stored meanwhile are in the writer's newer segments whether
+    /// or not a page took them too (a restart stores each once), and
+    /// segments the writer opens meanwhile link to the segments before the
+    /// snapshot, which a start accepts behind a snapshot (`Store::read_back`).
+    async fn snapshot(self: Rc<Self>, source: Rc<dyn Source>, n: u64, old: Vec<(u64, u64)>) {
         let limit = self.budget / 4;
         let fits = source.retained_bytes() <= limit / 2;
         let (mut seen, mut kept, mut evicted) = (0usize, 0usize, None);
-        let old: Vec<(u64, u64)> = std::mem::take(&mut self.st.borrow_mut().closed);
+        let stopping = || self.st.borrow().closing;
+        let mut created = false;
         let result = async {
-            let (file, at) = self.active_file(true).await?;
-            let mut out = Pieces::new(file, at, limit);
+            let file = Rc::new(self.create_segment(n, 0).await?);
+            created = true;
+            let mut out = Pieces::new(file, record::LINK_LEN as u64, limit);
             if fits {
                 'queues: for name in source.retained_queues() {
                     let mut after = None;
                     loop {
                         glommio::yield_if_needed().await;
+                        if stopping() {
+                            return Err(STOPPING.to_owned());
+                        }
                         let page = source.retained_page(&name, after, SNAPSHOT_PAGE);
                         let Some(last) = page.last() else { break };
                         after = Some(last.key());
@@ -318,6 +384,9 @@ impl Store {
                 for (i, f) in frames.iter().enumerate() {
                     if i % SNAPSHOT_PAGE == 0 {
                         glommio::yield_if_needed().await;
+                        if stopping() {
+                            return Err(STOPPING.to_owned());
+                        }
                     }
                     if !out.add(f).await? {
                         break;
@@ -343,59 +412,77 @@ impl Store {
         .await;
         // The page-wise path cuts only when its estimate was short.
         let evicted = evicted.unwrap_or((seen - kept) as u64);
+        let path = disk::segment_path(&self.dir, n);
         match result {
             Ok(written) => {
-                {
-                    let mut st = self.st.borrow_mut();
-                    if let Some(a) = st.active.as_mut() {
-                        a.2 = written;
-                    }
-                }
                 // The snapshot is the history now: the older files go (an
                 // unlink of a large file takes the kernel a while).
-                let files: Vec<(std::path::PathBuf, u64)> = old
-                    .iter()
-                    .map(|(n, len)| (disk::segment_path(&self.dir, *n), *len))
-                    .collect();
+                let files: Vec<(u64, u64)> = old;
                 let dir = self.dir.clone();
-                let freed = glommio::executor()
+                let (freed, left) = glommio::executor()
                     .spawn_blocking(move || {
-                        let mut freed = 0;
-                        for (path, len) in files {
+                        let (mut freed, mut left) = (0, Vec::new());
+                        for (m, len) in files {
+                            let path = disk::segment_path(&dir, m);
                             match std::fs::remove_file(&path) {
                                 Ok(()) => freed += len,
-                                Err(e) => tracing::warn!(file = %path.display(), cause = %e,
-                                    "cannot remove a history segment"),
+                                Err(e) => {
+                                    tracing::warn!(file = %path.display(), cause = %e,
+                                        "cannot remove a history segment");
+                                    left.push((m, len));
+                                }
                             }
                         }
                         let _ = disk::sync_dir(&dir);
-                        freed
+                        (freed, left)
                     })
                     .await;
                 let s = &self.stats;
-                // The link is counted already (`active_file`).
-                let added = written.saturating_sub(record::LINK_LEN as u64);
                 s.disk_bytes
-                    .set((s.disk_bytes.get() + added).saturating_sub(freed));
+                    .set((s.disk_bytes.get() + written).saturating_sub(freed));
                 s.snapshots.set(s.snapshots.get() + 1);
                 s.evictions.set(s.evictions.get() + evicted);
                 if evicted > 0 {
                     tracing::warn!(dir = %self.dir.display(), messages = evicted,
                         "history_disk reached: the oldest messages are no longer on disk (still in memory until a restart)");
                 }
-                // The older segments are gone: what comes next follows the
-                // snapshot, or nothing if it was left empty (and removed).
-                self.st.borrow_mut().last_kept = 0;
-                self.close_active().await;
+                // Kept even when empty: segments opened meanwhile rely on it
+                // to stand for everything before it. Those closed meanwhile
+                // are numbered after it; one not removed goes next time.
+                let mut st = self.st.borrow_mut();
+                let at = left.len();
+                st.closed
+                    .splice(0..0, left.into_iter().chain([(n, written)]));
+                debug_assert!(st.closed[at..].windows(2).all(|w| w[0].0 < w[1].0));
+                st.last_kept = st.last_kept.max(n);
             }
             Err(e) => {
+                // The old segments stay the history; a partial snapshot
+                // would only stand in their way.
+                if created && std::fs::remove_file(&path).is_err() {
+                    let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                    self.stats.disk_bytes.set(self.stats.disk_bytes.get() + len);
+                    let mut st = self.st.borrow_mut();
+                    let at = st.closed.partition_point(|c| c.0 < n);
+                    st.closed.insert(at, (n, len));
+                }
                 self.st.borrow_mut().closed.splice(0..0, old);
-                self.stats.errors.set(self.stats.errors.get() + 1);
-                tracing::error!(dir = %self.dir.display(), cause = %e, "cannot write a history snapshot; keeping the old segments");
+                if e != STOPPING {
+                    self.stats.errors.set(self.stats.errors.get() + 1);
+                    tracing::error!(dir = %self.dir.display(), cause = %e,
+                        "cannot write a history snapshot; keeping the old segments");
+                }
             }
+        }
+        self.st.borrow_mut().snapshotting = false;
+        for w in self.snap_wait.borrow_mut().drain(..) {
+            w.wake();
         }
     }
 }
+
+/// Why a snapshot ended early when the node stops.
+const STOPPING: &str = "stopping";
 
 /// Records in a page of a snapshot read from the shard at a time.
 const SNAPSHOT_PAGE: usize = 1024;

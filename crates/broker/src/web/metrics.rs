@@ -194,6 +194,12 @@ const METRICS: &[Metric] = &[
         |s| s.disk.missing_segments,
     ),
     (
+        "coremq_disk_compacting",
+        "gauge",
+        "1 while the shard rewrites its retained history into a fresh segment (publishes go on).",
+        |s| s.disk.compacting,
+    ),
+    (
         "coremq_kv_keys",
         "gauge",
         "Keys holding a value in the key-value store, on the shard that owns them.",
