@@ -509,3 +509,87 @@ fn pipelined_history_requests_that_are_not_read_hold_no_more_than_max_pending() 
     let st = c.status();
     assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
 }
+
+/// A client that sends part of a large frame and stops holds its read
+/// buffer. Past 256 KiB a buffer's memory now comes from the node's
+/// `max_frame_memory`, so such clients together hold no more than it (each
+/// held up to one whole frame: `max_connections` × `max_message_size`). A
+/// large frame that finds no room waits and goes through once others are
+/// done; small frames never wait.
+#[test]
+fn partial_large_frames_hold_no_more_than_max_frame_memory() {
+    use std::io::Write;
+    const HOLDERS: usize = 120;
+    let b = Broker::start(BrokerOpts::new(2).set("max_frame_memory", "8M"));
+    let sum = |st: &Value, k: &str| -> u64 {
+        st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[k].as_u64().unwrap())
+            .sum()
+    };
+    let q = uniq("big");
+    let frame = encode(&q, &json!({"pad": "z".repeat(900_000)}));
+    let mut c = b.client();
+    // One large frame alone goes straight through.
+    c.publish(&q, &json!({"pad": "z".repeat(900_000)}));
+    assert_eq!(sum(&c.status(), "frame_memory_waits"), 0);
+    let rss_before = b.rss_kib() / 1024;
+    // Many clients send all of one but its last bytes, and stop.
+    let cut = frame.len() - 10;
+    let mut holders: Vec<(Client, usize)> = (0..HOLDERS).map(|_| (b.client(), 0)).collect();
+    for (h, sent) in &mut holders {
+        h.stream.set_nonblocking(true).unwrap();
+        while *sent < cut {
+            match h.stream.write(&frame[*sent..cut]) {
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    // Until the broker has read all it will read (but the status requests).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = 0;
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let read = sum(&c.status(), "bytes_in");
+        if read < last + 1000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broker kept reading");
+        last = read;
+    }
+    let st = c.status();
+    let rss = b.rss_kib() / 1024;
+    println!(
+        "{HOLDERS} partial 900 kB frames: {} waits, RSS {rss_before} -> {rss} MiB",
+        sum(&st, "frame_memory_waits")
+    );
+    assert!(sum(&st, "frame_memory_waits") > 0, "{st}");
+    // 8 MiB past 256 KiB buffers (30 MiB): without the budget ~105 MiB.
+    assert!(
+        rss < rss_before + 60,
+        "RSS {rss_before} -> {rss} MiB with {HOLDERS} partial large frames"
+    );
+    // Small frames go on meanwhile.
+    c.publish(&q, &json!({"small": true}));
+    assert!(b.logs().contains("large frames wait"), "{}", b.logs());
+    // Each holder finishes its frame: every one is taken, in turn.
+    let threads: Vec<_> = holders
+        .into_iter()
+        .map(|(mut h, sent)| {
+            let rest = frame[sent..].to_vec();
+            std::thread::spawn(move || {
+                h.stream.set_nonblocking(false).unwrap();
+                h.stream.write_all(&rest).unwrap();
+                h.recv_reply().response().map(str::to_owned)
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().as_deref(), Some(OK_SENT));
+    }
+    assert_eq!(c.history(&[&q])[&q].as_array().unwrap().len(), 10);
+}

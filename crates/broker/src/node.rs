@@ -16,6 +16,9 @@ pub(crate) struct NodeShared {
     /// Bytes of the node's in-flight budget that publishers have taken, on
     /// all shards (G5; see `conn/flow.rs`).
     pub credit: Arc<AtomicUsize>,
+    /// What read buffers hold past 256 KiB for large frames still arriving,
+    /// on all shards, within `max_frame_memory` (`conn/readbuf.rs`).
+    pub frame_memory: Arc<crate::conn::readbuf::FrameMemory>,
     /// Names of attached replicants (for status).
     pub replicants: Mutex<Vec<String>>,
     /// Cluster peers and replicants: (name, direction, figures), for status.
@@ -129,10 +132,12 @@ impl NodeShared {
         tls: Option<Arc<rustls::ServerConfig>>,
         cluster_client: Option<Arc<rustls::ClientConfig>>,
         self_entry: String,
+        max_frame_memory: usize,
     ) -> Arc<NodeShared> {
         Arc::new(NodeShared {
             connections: AtomicUsize::new(0),
             credit: Arc::default(),
+            frame_memory: crate::conn::readbuf::FrameMemory::new(max_frame_memory),
             replicants: Mutex::new(Vec::new()),
             peers: Mutex::new(Vec::new()),
             authority: Mutex::new(authority),

@@ -154,8 +154,15 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
     };
     let self_entry = crate::cluster::self_entry(&mq, cluster_port);
     let peers = crate::cluster::has_peers(&mq, &self_entry);
-    let shared =
-        NodeShared::new(shards, authority, tls, cluster_client, self_entry).with_peers(peers);
+    let shared = NodeShared::new(
+        shards,
+        authority,
+        tls,
+        cluster_client,
+        self_entry,
+        mq.max_frame_memory,
+    )
+    .with_peers(peers);
     let started = Instant::now();
     let progress = Arc::new(crate::boot::StartProgress::new(shards));
     let mut ends = Vec::with_capacity(shards);

@@ -32,6 +32,8 @@ pub(crate) struct Counters {
     pub drops: Cell<u64>,
     /// Connections refused because `max_connections` was reached.
     pub refused_connections: Cell<u64>,
+    /// Times a connection's large frame waited for `max_frame_memory`.
+    pub frame_memory_waits: Cell<u64>,
     /// Requests that reached a shard that does not own their queue: a bug.
     pub wrong_shard: Cell<u64>,
     /// Client errors answered with `ERROR:` (framing and body).
@@ -68,6 +70,7 @@ impl Counters {
             stall_us: self.stall_us.get(),
             drops: self.drops.get(),
             refused_connections: self.refused_connections.get(),
+            frame_memory_waits: self.frame_memory_waits.get(),
             wrong_shard: self.wrong_shard.get(),
             client_errors: self.client_errors.get(),
             logins: self.logins.get(),
@@ -100,6 +103,7 @@ pub(crate) struct ShardStats {
     pub stall_us: u64,
     pub drops: u64,
     pub refused_connections: u64,
+    pub frame_memory_waits: u64,
     pub wrong_shard: u64,
     pub client_errors: u64,
     pub logins: u64,
@@ -161,7 +165,7 @@ impl ShardStats {
              \"messages_in\": {}, \"messages_out\": {}, \
              \"bytes_in\": {}, \"bytes_out\": {}, \"slow_consumers\": {}, \
              \"stalls\": {}, \"stall_seconds\": {:.3}, \"drops\": {}, \
-             \"refused_connections\": {}, \"wrong_shard\": {}, \"client_errors\": {}, \
+             \"refused_connections\": {}, \"frame_memory_waits\": {}, \"wrong_shard\": {}, \"client_errors\": {}, \
              \"logins\": {}, \"auth_failures\": {}, \"permission_denied\": {}, \
              \"channel_backlog\": {}, \"disk_bytes\": {}, \"disk_batches\": {}, \
              \"disk_fsyncs\": {}, \"disk_fsync_seconds\": {:.6}, \"disk_fsync_max_seconds\": {:.6}, \
@@ -187,6 +191,7 @@ impl ShardStats {
             self.stall_us as f64 / 1e6,
             self.drops,
             self.refused_connections,
+            self.frame_memory_waits,
             self.wrong_shard,
             self.client_errors,
             self.logins,

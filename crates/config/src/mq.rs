@@ -48,6 +48,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "io_poll_interval",
         "max_message_size",
         "max_pending",
+        "max_frame_memory",
         "slow_consumer_policy",
         "max_stall",
         "max_connections",
@@ -175,6 +176,11 @@ pub struct MqConfig {
     /// Outbound bytes a connection may have queued before it is cut off as a
     /// slow consumer; at least `max_message_size + 1024`.
     pub max_pending: usize,
+    /// Bytes the node's read buffers may hold past 256 KiB each, for
+    /// frames still arriving (large messages), on all shards together; a
+    /// connection whose frame would pass it is not read until others are
+    /// done. Never below `max_message_size` (one maximal frame always fits).
+    pub max_frame_memory: usize,
     /// What happens to a subscriber over `max_pending`, per queue pattern;
     /// the first rule that matches wins, and a queue no rule matches blocks.
     pub slow_consumer_policy: Vec<PolicyRule>,
@@ -308,6 +314,9 @@ impl MqConfig {
         s.set(&mut c.max_pending, "max_pending", |t| {
             size::parse(t, 1, MAX_PENDING)
         })?;
+        s.set(&mut c.max_frame_memory, "max_frame_memory", |t| {
+            size::parse(t, 1, MAX_PENDING)
+        })?;
         s.set(
             &mut c.slow_consumer_policy,
             "slow_consumer_policy",
@@ -385,6 +394,7 @@ impl Default for MqConfig {
             io_poll_interval: Duration::from_millis(10),
             max_message_size: 1 << 20,
             max_pending: 16 << 20,
+            max_frame_memory: 256 << 20,
             slow_consumer_policy: vec![PolicyRule {
                 pattern: "*".into(),
                 policy: SlowConsumerPolicy::Block,
@@ -431,6 +441,7 @@ impl fmt::Debug for MqConfig {
             io_poll_interval,
             max_message_size,
             max_pending,
+            max_frame_memory,
             slow_consumer_policy,
             max_stall,
             max_connections,
@@ -470,6 +481,7 @@ impl fmt::Debug for MqConfig {
             .field("io_poll_interval", io_poll_interval)
             .field("max_message_size", max_message_size)
             .field("max_pending", max_pending)
+            .field("max_frame_memory", max_frame_memory)
             .field("slow_consumer_policy", slow_consumer_policy)
             .field("max_stall", max_stall)
             .field("max_connections", max_connections)

@@ -1,5 +1,16 @@
 //! A connection's read buffer: small while the connection is quiet, grown
 //! while its peer keeps it full, and given back once it is quiet again.
+//!
+//! A frame longer than [`READ_BUSY`] grows the buffer up to one maximal
+//! frame, and a peer can leave it there by not sending the rest: at
+//! `max_connections` such peers that was `max_connections` ×
+//! `max_message_size` of memory (100 GB at the defaults). What buffers hold
+//! past [`READ_BUSY`] is taken from a node-wide budget ([`FrameMemory`],
+//! `max_frame_memory`); a buffer that cannot grow reads nothing (TCP holds
+//! its peer back) until other large frames are done and give theirs back.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// First size of a connection's read buffer: small, because most connections
 /// are idle subscribers and memory per connection matters at 100k of them.
@@ -14,6 +25,71 @@ const READ_BUSY: usize = 256 * 1024;
 /// not keep 256 KiB (or a whole maximal frame's buffer) for the rest of its life.
 const SHRINK_AFTER: u32 = 64;
 
+/// The node's budget for read buffers past [`READ_BUSY`]: bytes of large
+/// frames still arriving, on every shard.
+pub(crate) struct FrameMemory {
+    used: AtomicUsize,
+    budget: usize,
+    /// Unix second of the last warning that frames wait.
+    warned: AtomicU64,
+}
+
+/// Seconds between two warnings that large frames wait.
+const WARN_EVERY_S: u64 = 10;
+
+impl FrameMemory {
+    pub(crate) fn new(budget: usize) -> Arc<FrameMemory> {
+        Arc::new(FrameMemory {
+            used: AtomicUsize::new(0),
+            budget,
+            warned: AtomicU64::new(0),
+        })
+    }
+
+    /// A connection's large frame waits for room: said in the log, at most
+    /// once per [`WARN_EVERY_S`] for the node.
+    pub(crate) fn note_wait(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned.load(Ordering::Relaxed);
+        if now >= last + WARN_EVERY_S
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_frame_memory = self.budget,
+                in_use = self.used(),
+                "large frames wait: max_frame_memory is held by frames still arriving \
+                 (a client that sends part of a large message and stops holds its share); \
+                 frame_memory_waits in status counts the waits"
+            );
+        }
+    }
+
+    /// Takes `n` more bytes for a buffer that holds `mine` already, if
+    /// they fit in the budget — or if nobody else holds any: one frame as
+    /// large as any connection may send always goes through.
+    fn take(&self, n: usize, mine: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.budget || u == mine).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes taken, on all shards.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 /// Bytes read but not yet parsed.
 pub(crate) struct ReadBuf {
     /// The buffer; bytes `start..end` are unparsed.
@@ -26,17 +102,49 @@ pub(crate) struct ReadBuf {
     pub filled: bool,
     /// Small reads in a row since the buffer grew (see [`SHRINK_AFTER`]).
     quiet: u32,
+    /// Where the bytes past [`READ_BUSY`] come from (`None`: unbounded).
+    memory: Option<Arc<FrameMemory>>,
+    /// Bytes of `memory` this buffer holds.
+    held: usize,
+    /// The last [`ReadBuf::spare`] had to grow and `memory` had no room.
+    starved: bool,
+}
+
+impl Drop for ReadBuf {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl ReadBuf {
-    /// An empty buffer of the starting size (at most `max`).
-    pub(crate) fn new(max: usize) -> ReadBuf {
+    /// An empty buffer of the starting size (at most `max`), growing past
+    /// [`READ_BUSY`] only within `memory`.
+    pub(crate) fn new(max: usize, memory: Option<Arc<FrameMemory>>) -> ReadBuf {
         ReadBuf {
             data: vec![0; READ_START.min(max)],
             start: 0,
             end: 0,
             filled: false,
             quiet: 0,
+            memory,
+            held: 0,
+            starved: false,
+        }
+    }
+
+    /// Whether the buffer needs to grow for the frame it holds and the
+    /// node's `max_frame_memory` has no room: nothing is read until it has
+    /// (the caller looks again after a while: nobody wakes it).
+    pub(crate) fn starved(&self) -> bool {
+        self.starved
+    }
+
+    fn release(&mut self) {
+        if self.held > 0 {
+            if let Some(m) = &self.memory {
+                m.give(self.held);
+            }
+            self.held = 0;
         }
     }
 
@@ -46,6 +154,11 @@ impl ReadBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.held > 0 {
+                // The large frame is done: its memory goes back at once.
+                self.data = vec![0; READ_BUSY.min(max)];
+                self.release();
+            }
             let small = READ_START.min(max);
             if self.quiet >= SHRINK_AFTER && self.data.len() > small {
                 self.data = vec![0; small];
@@ -62,10 +175,27 @@ impl ReadBuf {
                 self.end -= self.start;
                 self.start = 0;
             } else if self.data.len() < max {
-                let grown = (self.data.len() * 2).min(max);
+                // Past READ_BUSY straight to a maximal frame's size, taken
+                // from the budget at once: buffers that each held part of
+                // what they need could together hold all of it, and all wait.
+                let mut grown = (self.data.len() * 2).min(max);
+                if grown > READ_BUSY {
+                    grown = max;
+                }
+                let past = grown.saturating_sub(READ_BUSY);
+                if past > self.held {
+                    let more = past - self.held;
+                    let held = self.held;
+                    if self.memory.as_ref().is_some_and(|m| !m.take(more, held)) {
+                        self.starved = true;
+                        return &mut [];
+                    }
+                    self.held = past;
+                }
                 self.data.resize(grown, 0);
             }
         }
+        self.starved = false;
         &mut self.data[self.end..]
     }
 
@@ -87,7 +217,7 @@ mod tests {
     const MAX: usize = (1 << 20) + 32;
 
     fn fresh() -> ReadBuf {
-        ReadBuf::new(MAX)
+        ReadBuf::new(MAX, None)
     }
 
     /// A buffer a peer kept full until it reached [`READ_BUSY`], all parsed.
@@ -174,5 +304,64 @@ mod tests {
             b.start = b.end;
         }
         assert_eq!(b.spare(MAX).len(), READ_START);
+    }
+
+    /// Fills `b` with the first `len` bytes of a frame as far as it can grow;
+    /// how many it took.
+    fn fill(b: &mut ReadBuf, len: usize) -> usize {
+        let mut got = b.end - b.start;
+        while got < len {
+            let room = b.spare(MAX).len();
+            if room == 0 {
+                break;
+            }
+            let n = room.min(len - got);
+            let spare = b.spare(MAX);
+            spare[..n].fill(b'x');
+            b.filled = n == room;
+            b.note_read(n);
+            got += n;
+        }
+        got
+    }
+
+    /// Buffers past READ_BUSY share the node's budget: one that cannot grow
+    /// reads nothing (starved) until another's large frame is done or its
+    /// connection gone, and never holds more than the budget together.
+    #[test]
+    fn large_frames_share_the_node_budget() {
+        let budget = MAX - READ_BUSY + 64 * 1024;
+        let memory = FrameMemory::new(budget);
+        let mut a = ReadBuf::new(MAX, Some(memory.clone()));
+        let mut b = ReadBuf::new(MAX, Some(memory.clone()));
+        assert_eq!(fill(&mut a, MAX), MAX, "one maximal frame always fits");
+        assert_eq!(memory.used(), MAX - READ_BUSY);
+        // b grows to READ_BUSY for free, then finds no room for more.
+        let got = fill(&mut b, MAX);
+        assert_eq!(got, READ_BUSY);
+        assert!(b.starved());
+        assert!(b.spare(MAX).is_empty());
+        assert!(memory.used() <= budget);
+        // a's frame is parsed: its memory goes back, b goes on.
+        a.start = a.end;
+        let _ = a.spare(MAX);
+        assert_eq!(a.data.len(), READ_BUSY);
+        assert_eq!(memory.used(), 0);
+        assert_eq!(fill(&mut b, MAX), MAX);
+        assert!(!b.starved());
+        assert_eq!(memory.used(), MAX - READ_BUSY);
+        // A connection that ends mid-frame gives it back too.
+        drop(b);
+        assert_eq!(memory.used(), 0);
+        // Frames up to READ_BUSY never touch it; past it, a budget below one
+        // maximal frame still lets one through at a time.
+        let small = FrameMemory::new(1);
+        let mut c = ReadBuf::new(MAX, Some(small.clone()));
+        let mut d = ReadBuf::new(MAX, Some(small.clone()));
+        assert_eq!(fill(&mut d, READ_BUSY), READ_BUSY);
+        assert_eq!(small.used(), 0);
+        assert_eq!(fill(&mut c, MAX), MAX);
+        assert_eq!(fill(&mut d, MAX), READ_BUSY);
+        assert!(d.starved());
     }
 }

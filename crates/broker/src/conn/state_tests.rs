@@ -23,7 +23,7 @@ fn conn(max_pending: usize, transport: Transport) -> (Conn, Rc<Counters>) {
             .to_vec()
             .into_boxed_slice(),
         started: std::time::Instant::now(),
-        shared: NodeShared::new(1, None, None, None, "127.0.0.1:1".into()),
+        shared: NodeShared::new(1, None, None, None, "127.0.0.1:1".into(), usize::MAX),
     });
     let counters = Rc::new(Counters::default());
     let key = ConnKey {

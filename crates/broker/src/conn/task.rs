@@ -37,6 +37,8 @@ const WRITE_BUDGET: usize = 4 << 20;
 /// How often a connection whose resume or history read waits for the
 /// cluster's history looks whether it has come.
 const SYNC_POLL: Duration = Duration::from_millis(5);
+/// How often a large frame waiting for `max_frame_memory` looks again.
+const FRAME_WAIT_POLL: Duration = Duration::from_millis(10);
 
 /// What the poll loop woke up for.
 enum Event {
@@ -71,6 +73,9 @@ struct Ending {
     held: bool,
     /// While a request waits for the cluster's history: when to look again.
     sync_poll: Option<glommio::timer::Timer>,
+    /// While a large frame waits for `max_frame_memory`: when to look
+    /// again (memory given back on another shard wakes nobody here).
+    frame_wait: Option<glommio::timer::Timer>,
 }
 
 /// A connection's framing, for the socket loop ([`serve_with`]).
@@ -150,7 +155,8 @@ pub(crate) async fn serve_with<W: Wire>(
     super::auth::on_open(&shard, &conn);
 
     let max_frame = wire.max_frame(shard.cfg().max_message_size);
-    let mut rbuf = ReadBuf::new(max_frame);
+    let memory = shard.node().shared.frame_memory.clone();
+    let mut rbuf = ReadBuf::new(max_frame, Some(memory));
     let mut ending = Ending::default();
     if !rest.is_empty() {
         if rbuf.data.len() < rest.len() {
@@ -465,6 +471,21 @@ fn poll_conn<W: Wire>(
                     Err(_) => Event::Done("read error"),
                 });
             }
+        }
+        if rbuf.starved() {
+            if io.frame_wait.is_none() {
+                Counters::add(&shard.counters().frame_memory_waits, 1);
+                shard.node().shared.frame_memory.note_wait();
+            }
+            let t = io
+                .frame_wait
+                .get_or_insert_with(|| glommio::timer::Timer::new(FRAME_WAIT_POLL));
+            if Pin::new(t).poll(cx).is_ready() {
+                io.frame_wait = Some(glommio::timer::Timer::new(FRAME_WAIT_POLL));
+                cx.waker().wake_by_ref();
+            }
+        } else {
+            io.frame_wait = None;
         }
     } else {
         wire.reading(false);

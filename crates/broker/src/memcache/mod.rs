@@ -50,6 +50,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often a large value waiting for `max_frame_memory` looks again.
+const FRAME_WAIT_POLL: Duration = Duration::from_millis(10);
 /// Most commands started before their replies are written: bounds what
 /// one batch holds (each answer may carry a value).
 const MAX_BATCH: usize = 256;
@@ -340,7 +342,8 @@ impl Out {
 async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>) -> &'static str {
     let max_value = shard.cfg().kv.max_value;
     let max_buf = (parse::MAX_LINE + 2 + max_value + 2).max(parse::get_line_limit(max_value) + 2);
-    let mut rbuf = ReadBuf::new(max_buf);
+    let memory = shard.node().shared.frame_memory.clone();
+    let mut rbuf = ReadBuf::new(max_buf, Some(memory));
     let mut skip = 0usize;
     let mut out = Out::default();
     loop {
@@ -384,12 +387,23 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
             out = Out::default();
         }
         // Read more.
+        if rbuf.spare(max_buf).is_empty() {
+            if !rbuf.starved() {
+                // Cannot happen: a command fits the buffer or is refused first.
+                return "read buffer full";
+            }
+            // A large value waits for max_frame_memory.
+            Counters::add(&shard.counters().frame_memory_waits, 1);
+            shard.node().shared.frame_memory.note_wait();
+            while rbuf.spare(max_buf).is_empty() {
+                if shard.stopping().is_set() {
+                    return "stopping";
+                }
+                sleep(FRAME_WAIT_POLL).await;
+            }
+        }
         let spare = rbuf.spare(max_buf);
         let room = spare.len();
-        if room == 0 {
-            // Cannot happen: a command fits the buffer or is refused first.
-            return "read buffer full";
-        }
         let n = match stream.read(spare).await {
             Ok(0) => return "peer closed",
             Ok(n) => n,

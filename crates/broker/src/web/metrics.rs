@@ -122,6 +122,12 @@ const METRICS: &[Metric] = &[
         |s| s.refused_connections,
     ),
     (
+        "coremq_frame_memory_waits_total",
+        "counter",
+        "Times a connection's large frame waited for room in max_frame_memory.",
+        |s| s.frame_memory_waits,
+    ),
+    (
         "coremq_client_errors_total",
         "counter",
         "ERROR replies for bad client input.",
