@@ -134,6 +134,16 @@ fn bad_input_gets_an_error_and_the_connection_stays_open() {
         let r = c.expect_error();
         assert!(!r.is_empty(), "{text:?}");
     }
+    // A repeated "queue" is named as such (it was called "not a string").
+    c.send_text("{\"queue\": \"a\", \"queue\": \"b\", \"x\": 1}");
+    let r = c.expect_error();
+    assert!(r.contains("\"queue\" is given more than once"), "{r}");
+    c.send_text("{\"corews_status\": 1, \"corews_status\": 2}");
+    let r = c.expect_error();
+    assert!(
+        r.contains("\"corews_status\" is given more than once"),
+        "{r}"
+    );
     // Too long a queue name for max_queue_name_length.
     c.send_json(&json!({"queue": "q".repeat(65), "x": 1}));
     c.expect_error();

@@ -67,6 +67,9 @@ pub(crate) enum Refusal {
     ReplicantOverWebSocket,
     /// A WebSocket publish whose `"queue"` is not a string.
     QueueNotAString,
+    /// A WebSocket message with `"queue"` or `"corews_status"` twice: which
+    /// one was meant is not for the broker to guess.
+    RepeatedMember(&'static str),
     /// A WebSocket message that is no command and names no queue.
     UnknownMessage,
     /// A request `[anonymous]` does not allow, from a connection that has
@@ -131,6 +134,7 @@ impl Refusal {
                 Refusal::Binary
                 | Refusal::ReplicantOverWebSocket
                 | Refusal::QueueNotAString
+                | Refusal::RepeatedMember(_)
                 | Refusal::UnknownMessage,
                 _,
             ) => ws_error(&self.reason()),
@@ -204,6 +208,7 @@ impl Refusal {
             | Refusal::Binary
             | Refusal::ReplicantOverWebSocket
             | Refusal::QueueNotAString
+            | Refusal::RepeatedMember(_)
             | Refusal::UnknownMessage
             | Refusal::AuthNotEnabled
             | Refusal::KvNotANumber(_)
@@ -261,6 +266,9 @@ impl Refusal {
                 "binary frames are not supported: send JSON objects as text frames".into()
             }
             Refusal::ReplicantOverWebSocket => "coremq_replicant is only available over TCP".into(),
+            Refusal::RepeatedMember(name) => {
+                format!("\"{name}\" is given more than once: give it once")
+            }
             Refusal::QueueNotAString => {
                 "\"queue\" must be a string naming the queue to publish to".into()
             }
@@ -371,6 +379,7 @@ mod tests {
             Refusal::KvValueTooLarge { .. } => 21,
             Refusal::ReplyTooLarge { .. } => 22,
             Refusal::KvNotInSync => 23,
+            Refusal::RepeatedMember(_) => 24,
         }
     }
 
@@ -457,6 +466,12 @@ mod tests {
                 Refusal::QueueNotAString,
                 r#"{"error": "\"queue\" must be a string naming the queue to publish to"}"#,
                 r#"{"error": "\"queue\" must be a string naming the queue to publish to"}"#,
+                true,
+            ),
+            (
+                Refusal::RepeatedMember("queue"),
+                r#"{"error": "\"queue\" is given more than once: give it once"}"#,
+                r#"{"error": "\"queue\" is given more than once: give it once"}"#,
                 true,
             ),
             (
@@ -547,7 +562,7 @@ mod tests {
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=23).collect::<Vec<_>>(),
+            (0..=24).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

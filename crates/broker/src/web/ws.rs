@@ -369,8 +369,9 @@ enum Text<'a> {
 /// Reads a WebSocket text message in one pass (PROTOCOL.md §5): a command, a
 /// status request, or a publish to its `"queue"` (cut out of what is stored).
 /// The rules are those of the serde envelope this replaces: a `"queue"` that
-/// is neither a string nor null, or a repeated `"queue"` or
-/// `"corews_status"`, is [`Refusal::QueueNotAString`]; a null one is none.
+/// is neither a string nor null is [`Refusal::QueueNotAString`], a repeated
+/// `"queue"` or `"corews_status"` [`Refusal::RepeatedMember`]; a null
+/// `"queue"` is none.
 fn classify(text: &[u8], max_q: usize, max_depth: usize) -> Text<'_> {
     let (msg, ws) = match proto::parse_ws_message(text, max_q, max_depth) {
         Ok(m) => m,
@@ -380,8 +381,11 @@ fn classify(text: &[u8], max_q: usize, max_depth: usize) -> Text<'_> {
         ClientMessage::Publish(p) => p,
         command => return Text::Command(command),
     };
-    if ws.queues > 1 || ws.statuses > 1 {
-        return Text::Refused(Refusal::QueueNotAString);
+    if ws.queues > 1 {
+        return Text::Refused(Refusal::RepeatedMember("queue"));
+    }
+    if ws.statuses > 1 {
+        return Text::Refused(Refusal::RepeatedMember("corews_status"));
     }
     let queue: Option<std::borrow::Cow<'_, str>> = match ws.queue {
         None | Some("null") => None,
