@@ -1132,3 +1132,54 @@ fn a_binary_protocol_client_is_refused_and_closed_at_once() {
     let mut t = Mc::connect(addr);
     t.call("set k 0 0 1\r\nv\r\n", "STORED\r\n");
 }
+
+/// A large value still arriving takes its buffer from `max_frame_memory`
+/// like a large CoreMQ frame: a second one waits, unread, while the first
+/// holds it, and is stored once the first is done.
+#[test]
+fn a_large_value_waits_for_max_frame_memory() {
+    let (b, addr) = broker(2, &[("kv_max_value", "1M"), ("max_frame_memory", "1")]);
+    let value = vec![b'v'; 900_000];
+    let head = |k: &str| format!("set {k} 0 0 {}\r\n", value.len()).into_bytes();
+    let part = 800_000;
+    let mut a = Mc::connect(addr);
+    a.send(&head("big.a"));
+    a.send(&value[..part]);
+    let waits = |b: &Broker| -> u64 {
+        b.client().status()["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["frame_memory_waits"].as_u64().unwrap())
+            .sum()
+    };
+    // Alone, it never waits (one value always goes through).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(waits(&b), 0);
+    let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    let second = {
+        let (value, head) = (value.clone(), head("big.b"));
+        std::thread::spawn(move || {
+            let mut c = Mc::connect(addr);
+            c.send(&head);
+            c.send(&value[..part]);
+            wait_go.recv().unwrap();
+            c.send(&value[part..]);
+            c.send(b"\r\n");
+            c.expect(b"STORED\r\n");
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while waits(&b) == 0 {
+        assert!(Instant::now() < deadline, "the second value never waited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    a.send(&value[part..]);
+    a.send(b"\r\n");
+    a.expect(b"STORED\r\n");
+    go.send(()).unwrap();
+    second.join().unwrap();
+    let mut c = Mc::connect(addr);
+    assert_eq!(c.get("big.b").map(|v| v.1.len()), Some(value.len()));
+    assert_eq!(c.get("big.a").map(|v| v.1.len()), Some(value.len()));
+}

@@ -387,20 +387,21 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
             out = Out::default();
         }
         // Read more.
-        if rbuf.spare(max_buf).is_empty() {
+        let mut waited = false;
+        while rbuf.spare(max_buf).is_empty() {
             if !rbuf.starved() {
                 // Cannot happen: a command fits the buffer or is refused first.
                 return "read buffer full";
             }
             // A large value waits for max_frame_memory.
-            Counters::add(&shard.counters().frame_memory_waits, 1);
-            shard.node().shared.frame_memory.note_wait();
-            while rbuf.spare(max_buf).is_empty() {
-                if shard.stopping().is_set() {
-                    return "stopping";
-                }
-                sleep(FRAME_WAIT_POLL).await;
+            if !std::mem::replace(&mut waited, true) {
+                Counters::add(&shard.counters().frame_memory_waits, 1);
+                shard.node().shared.frame_memory.note_wait();
             }
+            if shard.stopping().is_set() {
+                return "stopping";
+            }
+            sleep(FRAME_WAIT_POLL).await;
         }
         let spare = rbuf.spare(max_buf);
         let room = spare.len();

@@ -140,8 +140,8 @@ struct State {
     evicted_upto: Option<crate::msg::MsgKey>,
     /// The next segment number.
     next_segment: u64,
-    /// The newest segment that holds records: the next one's link names it
-    /// (0: none, after a snapshot left nothing).
+    /// The newest segment the writer closed with records in it (or the
+    /// last snapshot, if newer): the next one's link names it (0: none).
     last_kept: u64,
     /// Written to the active file since its last fdatasync.
     dirty: bool,
