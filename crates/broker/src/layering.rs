@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("wsframe", 0),
     ("sources", 0),
     ("paths", 0),
+    ("framemem", 0),
     ("frame", 1),
     ("msg", 1),
     ("node", 1),

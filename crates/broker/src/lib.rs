@@ -23,7 +23,8 @@
 //!    certificate's user), `wsframe` (WebSocket frames parsed in place and
 //!    encoded into a connection's buffer), `sources` (where a would-be
 //!    replicant may connect from: host names resolved off the shard),
-//!    `paths` (whether `data_dir` and log files can be written).
+//!    `paths` (whether `data_dir` and log files can be written), `framemem`
+//!    (`max_frame_memory`, the node's budget for large frames arriving).
 //! 1. **What travels** — `frame` (a stored message's key and encoded frame),
 //!    `msg` (connection keys, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels),
@@ -63,6 +64,7 @@ mod event;
 #[cfg(test)]
 mod executor_guards;
 mod frame;
+mod framemem;
 mod gather;
 mod home;
 mod kv;

@@ -18,7 +18,7 @@ pub(crate) struct NodeShared {
     pub credit: Arc<AtomicUsize>,
     /// What read buffers hold past 256 KiB for large frames still arriving,
     /// on all shards, within `max_frame_memory` (`conn/readbuf.rs`).
-    pub frame_memory: Arc<crate::conn::readbuf::FrameMemory>,
+    pub frame_memory: Arc<crate::framemem::FrameMemory>,
     /// Names of attached replicants (for status).
     pub replicants: Mutex<Vec<String>>,
     /// Cluster peers and replicants: (name, direction, figures), for status.
@@ -137,7 +137,7 @@ impl NodeShared {
         Arc::new(NodeShared {
             connections: AtomicUsize::new(0),
             credit: Arc::default(),
-            frame_memory: crate::conn::readbuf::FrameMemory::new(max_frame_memory),
+            frame_memory: crate::framemem::FrameMemory::new(max_frame_memory),
             replicants: Mutex::new(Vec::new()),
             peers: Mutex::new(Vec::new()),
             authority: Mutex::new(authority),

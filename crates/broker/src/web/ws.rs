@@ -462,6 +462,32 @@ mod tests {
         corews_status: Option<serde::de::IgnoredAny>,
     }
 
+    /// The top-level keys of a JSON object, repeats included.
+    fn top_level_keys(text: &str) -> Vec<String> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Vec<String>, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                    keys.push(k);
+                }
+                Ok(keys)
+            }
+        }
+        use serde::Deserializer as _;
+        serde_json::Deserializer::from_str(text)
+            .deserialize_map(Keys)
+            .unwrap_or_default()
+    }
+
     /// What the old reader made of a text message: four passes (parse,
     /// envelope, rewrite without "queue", parse again), as a comparable
     /// string: the refusal, the command, or the queue and stored JSON.
@@ -474,6 +500,14 @@ mod tests {
         match msg {
             ClientMessage::Publish(_) => {}
             command => return format!("{command:?}"),
+        }
+        // A repeated member is refused as such (the envelope only said
+        // "not a string"), "queue" before "corews_status".
+        let counts = top_level_keys(text);
+        for name in ["queue", "corews_status"] {
+            if counts.iter().filter(|k| *k == name).count() > 1 {
+                return format!("{:?}", Refusal::RepeatedMember(name));
+            }
         }
         let env: Envelope<'_> = match serde_json::from_str(text) {
             Ok(e) => e,
