@@ -74,6 +74,24 @@ impl ReadBuf {
         self.starved
     }
 
+    /// After a parse: a buffer grown for a large frame that is done gives
+    /// its `max_frame_memory` back at once, its unparsed rest (the start of
+    /// the next frames of a pipelining peer) moved into a busy-sized buffer —
+    /// else a peer that keeps pipelining, or whose reads flow control holds
+    /// back, kept a maximal buffer and its share for as long.
+    pub(crate) fn shed(&mut self) {
+        let rest = self.end - self.start;
+        if self.held == 0 || rest > READ_BUSY / 2 {
+            return;
+        }
+        let mut data = vec![0; READ_BUSY];
+        data[..rest].copy_from_slice(&self.data[self.start..self.end]);
+        self.data = data;
+        self.start = 0;
+        self.end = rest;
+        self.release();
+    }
+
     fn release(&mut self) {
         if self.held > 0 {
             if let Some(m) = &self.memory {
@@ -287,6 +305,16 @@ mod tests {
         assert_eq!(memory.used(), MAX - READ_BUSY);
         // A connection that ends mid-frame gives it back too.
         drop(b);
+        assert_eq!(memory.used(), 0);
+        // A pipelining peer: the large frame parsed, the next frames' start
+        // behind it; the share goes back with the rest kept.
+        let mut p = ReadBuf::new(MAX, Some(memory.clone()));
+        assert_eq!(fill(&mut p, MAX), MAX);
+        assert_eq!(memory.used(), MAX - READ_BUSY);
+        p.start = p.end - 100;
+        let rest = p.data[p.start..p.end].to_vec();
+        p.shed();
+        assert_eq!((p.data.len(), &p.data[..p.end]), (READ_BUSY, &rest[..]));
         assert_eq!(memory.used(), 0);
         // Frames up to READ_BUSY never touch it; past it, a budget below one
         // maximal frame still lets one through at a time.

@@ -191,12 +191,14 @@ pub(crate) async fn serve_with<W: Wire>(
             Event::Read(0) => ending.peer_eof = true,
             Event::Resume => {
                 ending.held = wire.parse(&shard, &conn, &mut rbuf);
+                rbuf.shed();
             }
             Event::Read(n) => {
                 Counters::add(&shard.counters().bytes_in, n as u64);
                 rbuf.note_read(n);
                 wire.note_input();
                 ending.held = wire.parse(&shard, &conn, &mut rbuf);
+                rbuf.shed();
                 // A client that always has more input would otherwise keep
                 // this task running forever: let the flushers, the other
                 // connections and the stop signal have their turn.

@@ -380,6 +380,7 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
                 break;
             }
         }
+        rbuf.shed();
         if !write_out(shard, &mut stream, &mut out).await {
             return "write error";
         }
