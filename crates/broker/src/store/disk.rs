@@ -321,7 +321,7 @@ impl SegmentOut {
     fn create(dir: &Path, n: u64) -> Result<std::io::BufWriter<fs::File>, DiskError> {
         let path = segment_path(dir, n);
         let mut link = Vec::with_capacity(record::LINK_LEN);
-        record::encode_link(n - 1, &mut link);
+        record::encode_link(n - 1, None, &mut link);
         fs::File::create(&path)
             .map(|f| std::io::BufWriter::with_capacity(1 << 20, f))
             .and_then(|mut f| f.write_all(&link).map(|()| f))
@@ -408,14 +408,14 @@ pub(crate) fn list(gen: &Path, id: usize) -> Result<Vec<(u64, u64)>, DiskError> 
 /// Reads segment `n` of `dir` and hands its messages to `each`; the last
 /// segment's torn tail (a crash mid-write) is cut off so that the file ends
 /// with a whole record. Returns the bytes the segment keeps and its link
-/// (the segment it follows: `record::Scan::follows`).
+/// (`record::Scan::follows`, `record::Scan::lost`).
 pub(crate) fn read_back(
     dir: &Path,
     n: u64,
     last: bool,
     max_body: usize,
     each: &mut dyn FnMut(Vec<MsgFrame>),
-) -> Result<(u64, Option<u64>), DiskError> {
+) -> Result<(u64, Option<u64>, Option<crate::msg::MsgKey>), DiskError> {
     let path = segment_path(dir, n);
     let mut frames = Vec::new();
     let scan = read_segment(&path, max_body, &mut frames)?;
@@ -440,7 +440,7 @@ pub(crate) fn read_back(
             }
         }
     }
-    Ok((size, scan.follows))
+    Ok((size, scan.follows, scan.lost))
 }
 
 #[cfg(test)]
@@ -532,7 +532,7 @@ mod tests {
         let mut each = |frames: Vec<MsgFrame>| batches.push(frames.len());
         let mut sizes = Vec::new();
         for (i, &(n, size)) in segments.iter().enumerate() {
-            let (kept, follows) = read_back(&dir, n, i == 2, 1 << 20, &mut each).unwrap();
+            let (kept, follows, _) = read_back(&dir, n, i == 2, 1 << 20, &mut each).unwrap();
             assert_eq!(follows, None, "written without links");
             sizes.push((size, kept));
         }

@@ -149,6 +149,9 @@ struct State {
     closing: bool,
     /// A snapshot is being written (by its own task, beside the writer).
     snapshotting: bool,
+    /// The history may lack messages up to here (a segment was found
+    /// missing): every snapshot's link carries it on.
+    lost_upto: Option<MsgKey>,
 }
 
 /// One shard's durable history.
@@ -211,25 +214,35 @@ impl Store {
     ///
     /// A segment whose link names one that is not there (deleted, moved
     /// away, lost with a file system) is a hole in the history: logged,
-    /// counted, and the newest position read up to the segment after the
-    /// hole is returned — every message the missing one held is older than
-    /// that, so no resume from before it may be answered as recovered.
+    /// counted, and a position is returned that every message the missing
+    /// segment held is older than — the newest read up to the first later
+    /// segment that holds messages (the node's own positions grow in the
+    /// order they are written; a peer's message can be older, not newer, by
+    /// more than the clocks differ), or the present if none does — so no
+    /// resume from before it may be answered as recovered. A hole found at
+    /// an earlier start comes back from the newest snapshot's link.
     pub(crate) fn read_back(
         &self,
         max_body: usize,
         each: &mut dyn FnMut(Vec<MsgFrame>),
     ) -> Result<Option<MsgKey>, disk::DiskError> {
         let segments = self.st.borrow().closed.clone();
-        // Per segment: its link, and the newest position read up to it.
-        let mut read: Vec<(Option<u64>, Option<MsgKey>)> = Vec::with_capacity(segments.len());
+        // Per segment: its link, whether it held messages, and the newest
+        // position read up to it.
+        let mut read: Vec<(Option<u64>, bool, Option<MsgKey>)> = Vec::with_capacity(segments.len());
         let mut newest: Option<MsgKey> = None;
+        let mut carried: Option<MsgKey> = None;
         for (i, &(n, _)) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
-            let (kept, follows) = disk::read_back(&self.dir, n, last, max_body, &mut |frames| {
-                newest = frames.iter().map(MsgFrame::key).chain(newest).max();
-                each(frames);
-            })?;
-            read.push((follows, newest));
+            let mut held = false;
+            let (kept, follows, lost) =
+                disk::read_back(&self.dir, n, last, max_body, &mut |frames| {
+                    held |= !frames.is_empty();
+                    newest = frames.iter().map(MsgFrame::key).chain(newest).max();
+                    each(frames);
+                })?;
+            carried = carried.max(lost);
+            read.push((follows, held, newest));
             self.st.borrow_mut().closed[i].1 = kept;
         }
         let on_disk = self.st.borrow().closed.iter().map(|s| s.1).sum();
@@ -242,8 +255,8 @@ impl Store {
             Some(i) => (i, segments[i].0),
             None => (0, 0),
         };
-        let mut lost = None;
-        for (i, &(follows, upto)) in read.iter().enumerate().skip(from) {
+        let mut lost = carried;
+        for (i, &(follows, ..)) in read.iter().enumerate().skip(from) {
             let Some(prev) = follows.filter(|&p| p != 0) else {
                 continue;
             };
@@ -251,6 +264,13 @@ impl Store {
                 continue;
             }
             self.stats.missing.set(self.stats.missing.get() + 1);
+            let upto = match read[i..].iter().find(|r| r.1) {
+                Some(&(.., upto)) => upto,
+                None => Some(MsgKey {
+                    sent_us: crate::clock::unix_now_us(),
+                    origin: u64::MAX,
+                }),
+            };
             lost = lost.max(upto);
             tracing::error!(
                 dir = %self.dir.display(),
@@ -260,6 +280,7 @@ impl Store {
                  resumes from before them are answered \"recovered\": false"
             );
         }
+        self.st.borrow_mut().lost_upto = lost;
         Ok(lost)
     }
 
@@ -387,5 +408,93 @@ impl Store {
                 w.wake();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u64) -> MsgFrame {
+        let json = format!(
+            r#"{{"n": {n}, "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
+        );
+        MsgFrame::replicated("q", json.as_bytes()).unwrap()
+    }
+
+    /// Writes segments (number, link, lost, messages) into a fresh
+    /// generation and reads them back: the position returned, and the
+    /// segments found missing.
+    fn read(name: &str, segs: &[(u64, u64, Option<MsgKey>, &[u64])]) -> (Option<MsgKey>, u64) {
+        let gen = std::env::temp_dir().join(format!("coremq-links-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&gen);
+        let dir = disk::shard_dir(&gen, 0);
+        std::fs::create_dir_all(&dir).unwrap();
+        for &(n, follows, lost, ns) in segs {
+            let mut buf = Vec::new();
+            record::encode_link(follows, lost, &mut buf);
+            for &m in ns {
+                record::encode(&msg(m), &mut buf);
+            }
+            std::fs::write(disk::segment_path(&dir, n), &buf).unwrap();
+        }
+        let cfg = StoreConfig {
+            data_dir: Some(gen.clone()),
+            persist: vec!["*".into()],
+            fsync: Fsync::Always,
+            history_disk: 1 << 30,
+        };
+        let store = Store::open(&gen, 0, 1, &cfg).unwrap();
+        let lost = store.read_back(1 << 20, &mut |_| {}).unwrap();
+        let _ = std::fs::remove_dir_all(&gen);
+        (lost, store.stats.missing.get())
+    }
+
+    fn key(n: u64) -> Option<MsgKey> {
+        Some(msg(n).key())
+    }
+
+    /// Where a hole is, and what no resume may be promised across: every
+    /// message the missing segment held is older than the newest of the
+    /// first later segment that holds any (the present if none does).
+    #[test]
+    fn a_hole_is_found_and_bounded() {
+        // Whole: 6 is a snapshot, 7 and 8 follow it; 9 links below 6 (it
+        // was opened while 6 was being written).
+        let whole = [
+            (6, 0, None, &[1, 2][..]),
+            (7, 6, None, &[3][..]),
+            (8, 5, None, &[4][..]),
+        ];
+        assert_eq!(read("whole", &whole), (None, 0));
+        // 8 is gone: 9's link names it.
+        let hole = [
+            (6, 0, None, &[1, 2][..]),
+            (7, 6, None, &[3][..]),
+            (9, 8, None, &[6, 7][..]),
+            (10, 9, None, &[8][..]),
+        ];
+        assert_eq!(read("hole", &hole), (key(7), 1));
+        // The segment after the hole holds nothing (a crash before its
+        // first batch): the next one that holds messages bounds it.
+        let empty_after = [
+            (6, 0, None, &[1, 2][..]),
+            (7, 6, None, &[3][..]),
+            (9, 8, None, &[][..]),
+            (10, 9, None, &[8][..]),
+        ];
+        assert_eq!(read("empty-after", &empty_after), (key(8), 1));
+        // Nothing after it: nothing read bounds it, the present does.
+        let before = crate::clock::unix_now_us();
+        let (lost, missing) = read(
+            "nothing-after",
+            &[(6, 0, None, &[1][..]), (9, 8, None, &[][..])],
+        );
+        assert_eq!(missing, 1);
+        assert!(lost.is_some_and(|k| k.sent_us >= before), "{lost:?}");
+        // A hole found at an earlier start comes back from the snapshot
+        // written since.
+        let carried = [(12, 0, key(7), &[1, 6, 7, 8][..]), (13, 12, None, &[9][..])];
+        assert_eq!(read("carried", &carried), (key(7), 0));
     }
 }

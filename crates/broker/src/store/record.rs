@@ -10,12 +10,15 @@
 //!
 //! A segment begins with a link record (kind 2): the number of the segment
 //! its shard wrote before it (u64), 0 for a segment that needs none before
-//! it (the first, a snapshot, the first of a move). Segment numbers have
+//! it (the first, a snapshot, the first of a move). A snapshot's link may
+//! also carry the position up to which the shard's history is known to have
+//! a hole (a segment found missing at an earlier start), so that the hole is
+//! not forgotten once compaction has rewritten the files. Segment numbers have
 //! gaps (a segment left empty is removed), so only the links tell a removed
 //! or lost segment from one that never held anything. Segments written
 //! before links existed have none and are not checked.
 
-use crate::msg::MsgFrame;
+use crate::msg::{MsgFrame, MsgKey};
 
 /// Bytes before the body.
 pub(crate) const HEADER: usize = 8;
@@ -29,16 +32,23 @@ const FIXED: usize = 1 + 8 + 2;
 /// kind, the previous segment's number, two bytes reserved).
 pub(crate) const LINK_LEN: usize = HEADER + FIXED;
 
-/// A segment's first record: it follows segment `prev` (0: none).
-pub(crate) fn encode_link(prev: u64, out: &mut Vec<u8>) {
+/// A segment's first record: it follows segment `prev` (0: none), and the
+/// history may lack messages up to `lost`. Returns its length.
+pub(crate) fn encode_link(prev: u64, lost: Option<MsgKey>, out: &mut Vec<u8>) -> usize {
     let start = out.len();
-    out.extend_from_slice(&(FIXED as u32).to_le_bytes());
+    let body = FIXED + if lost.is_some() { 16 } else { 0 };
+    out.extend_from_slice(&(body as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.push(LINK);
     out.extend_from_slice(&prev.to_le_bytes());
     out.extend_from_slice(&[0; 2]);
+    if let Some(k) = lost {
+        out.extend_from_slice(&k.sent_us.to_le_bytes());
+        out.extend_from_slice(&k.origin.to_le_bytes());
+    }
     let crc = crc32c::crc32c(&out[start + HEADER..]);
     out[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
+    HEADER + body
 }
 
 /// The length of `frame`'s record, as [`encode`] writes it.
@@ -104,6 +114,8 @@ pub(crate) struct Scan {
     /// The segment's link ([`encode_link`]): the segment written before it
     /// (0: none); `None` when it has none (written before links, or torn).
     pub follows: Option<u64>,
+    /// The position its link says the history may lack messages up to.
+    pub lost: Option<MsgKey>,
 }
 
 /// A record's body at `at` if one checks out there: (body, record length).
@@ -170,7 +182,15 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, found: &mut Vec<MsgFrame>) -> Sc
                     s.damaged += 1;
                 }
                 if at == 0 && body[0] == LINK {
-                    s.follows = Some(u64::from_le_bytes(body[1..9].try_into().unwrap_or([0; 8])));
+                    let u64_at =
+                        |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap_or([0; 8]));
+                    s.follows = Some(u64_at(1));
+                    if body.len() >= FIXED + 16 {
+                        s.lost = Some(MsgKey {
+                            sent_us: u64_at(FIXED),
+                            origin: u64_at(FIXED + 8),
+                        });
+                    }
                     at += len;
                     s.valid_end = at as u64;
                     continue;
@@ -205,7 +225,6 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, found: &mut Vec<MsgFrame>) -> Sc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::MsgKey;
 
     fn msg(queue: &str, n: u64) -> MsgFrame {
         let json = format!(
@@ -313,7 +332,7 @@ mod tests {
     #[test]
     fn a_link_opens_a_segment() {
         let mut buf = Vec::new();
-        encode_link(41, &mut buf);
+        assert_eq!(encode_link(41, None, &mut buf), LINK_LEN);
         assert_eq!(buf.len(), LINK_LEN);
         for n in 0..3 {
             encode(&msg("q", n), &mut buf);
@@ -323,12 +342,18 @@ mod tests {
         assert_eq!((s.follows, s.frames, s.skipped), (Some(41), 3, 0));
         assert_eq!(s.valid_end, buf.len() as u64);
         let mut base = Vec::new();
-        encode_link(0, &mut base);
-        assert_eq!(scan(&base, 1 << 20, &mut Vec::new()).follows, Some(0));
+        let hole = MsgKey {
+            sent_us: 1_700_000_000_123_456,
+            origin: 77,
+        };
+        let len = encode_link(0, Some(hole), &mut base);
+        assert_eq!(len, base.len());
+        let s = scan(&base, 1 << 20, &mut Vec::new());
+        assert_eq!((s.follows, s.lost, s.skipped), (Some(0), Some(hole), 0));
         // Without a link (written before links): nothing to check.
         let mut old = Vec::new();
         encode(&msg("q", 0), &mut old);
-        encode_link(7, &mut old);
+        encode_link(7, None, &mut old);
         let mut found = Vec::new();
         let s = scan(&old, 1 << 20, &mut found);
         assert_eq!((s.follows, s.frames, s.damaged), (None, 1, 1));

@@ -197,8 +197,7 @@ impl Store {
             st.next_segment += 1;
             (n, st.last_kept)
         };
-        let file = self.create_segment(n, follows).await?;
-        let len = record::LINK_LEN as u64;
+        let (file, len) = self.create_segment(n, follows, None).await?;
         let s = &self.stats;
         s.disk_bytes.set(s.disk_bytes.get() + len);
         let file = Rc::new(file);
@@ -207,8 +206,14 @@ impl Store {
     }
 
     /// Creates segment `n`, begun with its link to segment `follows` (0: a
-    /// snapshot, which needs none before it).
-    async fn create_segment(&self, n: u64, follows: u64) -> Result<BufferedFile, String> {
+    /// snapshot, which needs none before it) and the hole it carries on;
+    /// the file and the link's length.
+    async fn create_segment(
+        &self,
+        n: u64,
+        follows: u64,
+        lost: Option<crate::msg::MsgKey>,
+    ) -> Result<(BufferedFile, u64), String> {
         let path = disk::segment_path(&self.dir, n);
         let file = OpenOptions::new()
             .write(true)
@@ -216,9 +221,9 @@ impl Store {
             .buffered_open(&path)
             .await
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut link = Vec::with_capacity(record::LINK_LEN + 16);
+        let len = record::encode_link(follows, lost, &mut link) as u64;
         let begun = async {
-            let mut link = Vec::with_capacity(record::LINK_LEN);
-            record::encode_link(follows, &mut link);
             write_all(&file, link, 0).await?;
             let dir = glommio::io::Directory::open(&self.dir)
                 .await
@@ -232,7 +237,7 @@ impl Store {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        Ok(file)
+        Ok((file, len))
     }
 
     /// Flushes and closes the active segment; the next write opens another.
@@ -347,13 +352,16 @@ impl Store {
     async fn snapshot(self: Rc<Self>, source: Rc<dyn Source>, n: u64, old: Vec<(u64, u64)>) {
         let limit = self.budget / 4;
         let fits = source.retained_bytes() <= limit / 2;
-        let (mut seen, mut kept, mut evicted) = (0usize, 0usize, None);
+        let (mut kept, mut evicted, mut new_upto) = (0usize, 0u64, None);
         let stopping = || self.st.borrow().closing;
         let mut created = false;
         let result = async {
-            let file = Rc::new(self.create_segment(n, 0).await?);
+            let lost = self.st.borrow().lost_upto;
+            let (file, at) = self.create_segment(n, 0, lost).await?;
             created = true;
-            let mut out = Pieces::new(file, record::LINK_LEN as u64, limit);
+            let file = Rc::new(file);
+            let mut out = Pieces::new(file.clone(), at, limit);
+            let mut whole = !fits;
             if fits {
                 'queues: for name in source.retained_queues() {
                     let mut after = None;
@@ -366,20 +374,28 @@ impl Store {
                         let Some(last) = page.last() else { break };
                         after = Some(last.key());
                         for f in &page {
-                            seen += 1;
                             if !out.add(f).await? {
+                                // The history grew past the estimate (it
+                                // goes on growing meanwhile): cutting here
+                                // would leave the queues not reached yet
+                                // off the disk, and uncounted. Again,
+                                // whole and newest first.
+                                whole = true;
                                 break 'queues;
                             }
-                            kept += 1;
                         }
                         if page.len() < SNAPSHOT_PAGE {
                             break;
                         }
                     }
                 }
-            } else {
+                if whole {
+                    file.truncate(at).await.map_err(|e| e.to_string())?;
+                    out = Pieces::new(file, at, limit);
+                }
+            }
+            if whole {
                 let mut frames = source.retained();
-                seen = frames.len();
                 frames.sort_unstable_by_key(|f| std::cmp::Reverse(f.key()));
                 for (i, f) in frames.iter().enumerate() {
                     if i % SNAPSHOT_PAGE == 0 {
@@ -394,24 +410,20 @@ impl Store {
                     kept += 1;
                 }
                 // Newest first: what is left off is frames[kept..]; count
-                // only those no earlier snapshot left off.
-                let mut st = self.st.borrow_mut();
-                let upto = st.evicted_upto;
-                evicted = Some(
-                    frames[kept..]
-                        .iter()
-                        .take_while(|f| upto.is_none_or(|u| f.key() > u))
-                        .count() as u64,
-                );
+                // only those no earlier snapshot left off (taken on once
+                // this one is in place).
+                let upto = self.st.borrow().evicted_upto;
+                evicted = frames[kept..]
+                    .iter()
+                    .take_while(|f| upto.is_none_or(|u| f.key() > u))
+                    .count() as u64;
                 if let Some(newest) = frames.get(kept) {
-                    st.evicted_upto = Some(upto.map_or(newest.key(), |u| u.max(newest.key())));
+                    new_upto = Some(upto.map_or(newest.key(), |u| u.max(newest.key())));
                 }
             }
             out.finish().await
         }
         .await;
-        // The page-wise path cuts only when its estimate was short.
-        let evicted = evicted.unwrap_or((seen - kept) as u64);
         let path = disk::segment_path(&self.dir, n);
         match result {
             Ok(written) => {
@@ -437,6 +449,9 @@ impl Store {
                         (freed, left)
                     })
                     .await;
+                if new_upto.is_some() {
+                    self.st.borrow_mut().evicted_upto = new_upto;
+                }
                 let s = &self.stats;
                 s.disk_bytes
                     .set((s.disk_bytes.get() + written).saturating_sub(freed));
@@ -550,4 +565,123 @@ async fn write_all(file: &BufferedFile, buf: Vec<u8>, pos: u64) -> Result<(), St
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::{MsgFrame, MsgKey};
+    use std::cell::RefCell;
+
+    /// A shard whose retained history is `frames` but which says it holds
+    /// `claimed` bytes: a history that grew after the snapshot sized it.
+    struct Grown {
+        frames: RefCell<Vec<MsgFrame>>,
+        claimed: u64,
+    }
+
+    impl Source for Grown {
+        fn release(&self, _: Deferred) {}
+        fn retained(&self) -> Vec<MsgFrame> {
+            self.frames.borrow().clone()
+        }
+        fn retained_queues(&self) -> Vec<Box<str>> {
+            let mut q: Vec<Box<str>> = self
+                .frames
+                .borrow()
+                .iter()
+                .map(|f| f.queue().into())
+                .collect();
+            q.sort();
+            q.dedup();
+            q
+        }
+        fn retained_page(&self, queue: &str, after: Option<MsgKey>, max: usize) -> Vec<MsgFrame> {
+            let mut page: Vec<MsgFrame> = self
+                .frames
+                .borrow()
+                .iter()
+                .filter(|f| f.queue() == queue && after.is_none_or(|a| f.key() > a))
+                .cloned()
+                .collect();
+            page.sort_by_key(MsgFrame::key);
+            page.truncate(max);
+            page
+        }
+        fn retained_bytes(&self) -> u64 {
+            self.claimed
+        }
+    }
+
+    /// A page-wise snapshot that finds more history than it was sized for
+    /// starts again whole, newest first, and counts what it leaves off: it
+    /// used to stop at the queue where the quarter filled up, leaving every
+    /// later queue's history off the disk, counted as one message.
+    #[test]
+    fn a_snapshot_that_outgrows_its_estimate_keeps_the_newest() {
+        let gen = std::env::temp_dir().join(format!("coremq-grown-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&gen);
+        let pad = "p".repeat(1000);
+        let frames: Vec<MsgFrame> = (0..2000u64)
+            .map(|n| {
+                let json = format!(
+                    r#"{{"pad": "{pad}", "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
+                );
+                MsgFrame::replicated(&format!("q{}", n % 40), json.as_bytes()).unwrap()
+            })
+            .collect();
+        let total = frames.len() as u64;
+        let cfg = coremq_config::StoreConfig {
+            data_dir: Some(gen.clone()),
+            persist: vec!["*".into()],
+            fsync: Fsync::Always,
+            history_disk: 4 << 20,
+        };
+        let g = gen.clone();
+        let (evicted, snapshots) = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(crate::IO_MEMORY)
+            .spawn(move || async move {
+                let store = Rc::new(Store::open(&g, 0, 1, &cfg).unwrap());
+                let src: Rc<dyn Source> = Rc::new(Grown {
+                    frames: RefCell::new(frames),
+                    claimed: 100 << 10,
+                });
+                store.start_snapshot(src).await;
+                store.snapshot_done().await;
+                (store.stats.evictions.get(), store.stats.snapshots.get())
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(snapshots, 1);
+        let dir = disk::shard_dir(&gen, 0);
+        let mut kept = Vec::new();
+        for n in disk::segments(&dir).unwrap() {
+            disk::read_segment(&disk::segment_path(&dir, n), 1 << 20, &mut kept).unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&gen);
+        let n = kept.len() as u64;
+        assert!(
+            n > 500 && n < total,
+            "{n} of {total} kept in a quarter of 4 MiB"
+        );
+        assert_eq!(evicted, total - n, "what is left off is counted");
+        // The newest, from every queue.
+        let mut keys: Vec<MsgKey> = kept.iter().map(MsgFrame::key).collect();
+        keys.sort();
+        let oldest_kept = keys[0];
+        assert_eq!(keys.len() as u64, n);
+        let queues: std::collections::HashSet<&str> = kept.iter().map(|f| f.queue()).collect();
+        assert_eq!(queues.len(), 40, "every queue's newest messages are kept");
+        let newer_left_off = (0..total)
+            .filter(|&i| {
+                let k = MsgKey {
+                    sent_us: 1_700_000_000_000_000 + i,
+                    ..oldest_kept
+                };
+                k > oldest_kept && !keys.contains(&k)
+            })
+            .count();
+        assert_eq!(newer_left_off, 0);
+    }
 }
