@@ -660,3 +660,54 @@ fn a_close_frame_after_a_partial_frame_ends_a_timed_out_connection() {
     };
     assert!(!logs.contains("linger expired"), "{logs}");
 }
+
+/// A fragmented text message gathers up to 256 KiB freely; past that it
+/// takes its share of `max_frame_memory`, like a large frame in the read
+/// buffer (fragments were a way around that budget). While another message
+/// holds the budget the client is told to try again later (close 1013); the
+/// message holding it is taken whole, and gives it back.
+#[test]
+fn fragments_past_256_kib_take_from_max_frame_memory() {
+    let b = Broker::start(BrokerOpts::new(2).ws().set("max_frame_memory", "1"));
+    let q = uniq("ws.bigfrag");
+    let mut tcp = b.client();
+    tcp.subscribe(&[&q]);
+    let body = json!({"queue": q, "pad": "f".repeat(600_000)}).to_string();
+    let bytes = body.as_bytes();
+    let chunk = 100_000;
+    let last = bytes.len() - chunk;
+    let all_but_last = || {
+        let mut wire = frame(false, TEXT, &bytes[..chunk]);
+        for c in bytes[chunk..last].chunks(chunk) {
+            wire.extend(frame(false, CONT, c));
+        }
+        wire
+    };
+    let mut a = Raw::connect(b.ws_addr());
+    a.send(&all_but_last());
+    // A ping after the fragments: its pong says they are read.
+    a.send(&frame(true, PING, b"read"));
+    let pong = a.next().expect("pong");
+    assert_eq!((pong.opcode, pong.payload.as_slice()), (PONG, &b"read"[..]));
+    let mut c = Raw::connect(b.ws_addr());
+    c.send(&all_but_last());
+    assert_eq!(c.expect_close(), Some(1013));
+    a.send(&frame(true, CONT, &bytes[last..]));
+    assert_eq!(a.json()["response"], json!(OK_SENT));
+    let got = tcp.recv_msg();
+    assert_eq!(got.json["pad"].as_str().map(str::len), Some(600_000));
+    // The budget is free again.
+    let mut d = Raw::connect(b.ws_addr());
+    let mut wire = all_but_last();
+    wire.extend(frame(true, CONT, &bytes[last..]));
+    d.send(&wire);
+    assert_eq!(d.json()["response"], json!(OK_SENT));
+    let st = tcp.status();
+    let waits: u64 = st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["frame_memory_waits"].as_u64().unwrap())
+        .sum();
+    assert_eq!(waits, 1, "{st}");
+}

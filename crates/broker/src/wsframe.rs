@@ -26,6 +26,9 @@ pub(crate) const OP_PONG: u8 = 0xA;
 pub(crate) const CLOSE_PROTOCOL: u16 = 1002;
 /// Text that is not UTF-8.
 pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
+/// A condition that will pass: the client may try again (1013, IANA's
+/// registry of close codes).
+pub(crate) const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// Longest header of a server frame (2 bytes, 8 of length, no mask).
 pub(crate) const MAX_HEADER: usize = 10;

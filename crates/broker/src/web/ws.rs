@@ -16,17 +16,19 @@
 
 use crate::conn::handler::dispatch;
 use crate::conn::io::Io;
-use crate::conn::readbuf::ReadBuf;
+use crate::conn::readbuf::{FrameMemory, ReadBuf};
 use crate::conn::state::{Close, Conn, Gate, ReplyKind};
 use crate::conn::task::Wire;
 use crate::refusal::{Refusal, Transport, Wire as Said};
 use crate::shard::Shard;
+use crate::stats::Counters;
 use crate::wsframe::{self as frame, Bad};
 use coremq_protocol::{self as proto, ClientMessage};
 use glommio::timer::Timer;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::Context;
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,8 @@ pub(crate) async fn serve(
     rest: Vec<u8>,
     keepalive: Keepalive,
 ) {
-    let wire = WsWire::new(keepalive);
+    let memory = shard.node().shared.frame_memory.clone();
+    let wire = WsWire::new(keepalive, memory);
     crate::conn::task::serve_with(shard, conn, stream, wire, &rest).await
 }
 
@@ -76,6 +79,12 @@ pub(crate) struct WsWire {
     fragmented: Option<Fragmented>,
     /// Its text so far (empty but for fragmented text messages).
     text: Vec<u8>,
+    /// Where `text` past [`TEXT_FREE`] comes from: the same node-wide
+    /// `max_frame_memory` as a large frame in the read buffer (a client
+    /// could otherwise hold a maximal message per connection in fragments).
+    memory: Arc<FrameMemory>,
+    /// Bytes of `memory` `text` holds.
+    held: usize,
     /// The close frame to end with: a code and reason, or empty.
     close: Option<(u16, &'static str)>,
     /// The close frame is queued.
@@ -92,9 +101,17 @@ pub(crate) struct WsWire {
 
 /// A reassembly buffer larger than this is not kept for the next message.
 const TEXT_KEEP: usize = 64 << 10;
+/// Text a fragmented message may gather without `max_frame_memory`.
+const TEXT_FREE: usize = 256 << 10;
+
+impl Drop for WsWire {
+    fn drop(&mut self) {
+        self.memory.give(std::mem::take(&mut self.held));
+    }
+}
 
 impl WsWire {
-    fn new(keepalive: Keepalive) -> WsWire {
+    fn new(keepalive: Keepalive, memory: Arc<FrameMemory>) -> WsWire {
         WsWire {
             keepalive,
             last_seen: Instant::now(),
@@ -102,6 +119,8 @@ impl WsWire {
             tick: Timer::new(keepalive.ping_interval),
             fragmented: None,
             text: Vec::new(),
+            memory,
+            held: 0,
             close: None,
             close_queued: false,
             peer_closed: false,
@@ -152,6 +171,28 @@ impl WsWire {
         tracing::debug!(code, why, "websocket protocol error; closing");
         self.close = Some((code, why));
         conn.close_quietly(Close::Handshake);
+    }
+
+    /// Adds a fragment's text, past [`TEXT_FREE`] only with a maximal
+    /// message's share of `max_frame_memory` (taken once); false, and the
+    /// connection closing with 1013 (try again later), if it has no room.
+    fn gather(&mut self, shard: &Shard, conn: &Conn, payload: &[u8]) -> bool {
+        if self.held == 0 && self.text.len() + payload.len() > TEXT_FREE {
+            let share = shard.cfg().max_message_size.saturating_sub(TEXT_FREE);
+            if !self.memory.take(share, 0) {
+                Counters::add(&shard.counters().frame_memory_waits, 1);
+                self.memory.note_wait();
+                self.fail(
+                    conn,
+                    frame::CLOSE_TRY_AGAIN,
+                    "max_frame_memory is held by other large messages; try again later",
+                );
+                return false;
+            }
+            self.held = share;
+        }
+        self.text.extend_from_slice(payload);
+        true
     }
 
     /// A complete message.
@@ -261,8 +302,9 @@ impl Wire for WsWire {
                     self.message(shard, conn, h.opcode, payload)
                 }
                 (frame::OP_TEXT | frame::OP_BINARY, None) => {
-                    if h.opcode == frame::OP_TEXT {
-                        self.text.extend_from_slice(payload);
+                    if h.opcode == frame::OP_TEXT && !self.gather(shard, conn, payload) {
+                        rbuf.start += end;
+                        continue;
                     }
                     self.fragmented = Some(Fragmented {
                         opcode: h.opcode,
@@ -277,8 +319,9 @@ impl Wire for WsWire {
                 (frame::OP_CONTINUATION, Some(f)) => {
                     f.len += payload.len();
                     let opcode = f.opcode;
-                    if opcode == frame::OP_TEXT {
-                        self.text.extend_from_slice(payload);
+                    if opcode == frame::OP_TEXT && !self.gather(shard, conn, payload) {
+                        rbuf.start += end;
+                        continue;
                     }
                     if h.fin {
                         self.fragmented = None;
@@ -288,6 +331,7 @@ impl Wire for WsWire {
                             self.text = text;
                             self.text.clear();
                         }
+                        self.memory.give(std::mem::take(&mut self.held));
                     }
                 }
                 (frame::OP_PING, _) => {
