@@ -521,14 +521,7 @@ fn partial_large_frames_hold_no_more_than_max_frame_memory() {
     use std::io::Write;
     const HOLDERS: usize = 120;
     let b = Broker::start(BrokerOpts::new(2).set("max_frame_memory", "8M"));
-    let sum = |st: &Value, k: &str| -> u64 {
-        st["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s[k].as_u64().unwrap())
-            .sum()
-    };
+    let sum = shard_sum;
     let q = uniq("big");
     let frame = encode(&q, &json!({"pad": "z".repeat(900_000)}));
     let mut c = b.client();

@@ -1145,14 +1145,7 @@ fn a_large_value_waits_for_max_frame_memory() {
     let mut a = Mc::connect(addr);
     a.send(&head("big.a"));
     a.send(&value[..part]);
-    let waits = |b: &Broker| -> u64 {
-        b.client().status()["shards"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["frame_memory_waits"].as_u64().unwrap())
-            .sum()
-    };
+    let waits = |b: &Broker| common::shard_sum(&b.client().status(), "frame_memory_waits");
     // Alone, it never waits (one value always goes through).
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(waits(&b), 0);

@@ -703,11 +703,5 @@ fn fragments_past_256_kib_take_from_max_frame_memory() {
     d.send(&wire);
     assert_eq!(d.json()["response"], json!(OK_SENT));
     let st = tcp.status();
-    let waits: u64 = st["shards"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["frame_memory_waits"].as_u64().unwrap())
-        .sum();
-    assert_eq!(waits, 1, "{st}");
+    assert_eq!(shard_sum(&st, "frame_memory_waits"), 1, "{st}");
 }

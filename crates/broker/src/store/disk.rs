@@ -447,12 +447,7 @@ pub(crate) fn read_back(
 mod tests {
     use super::*;
 
-    fn msg(n: u64) -> MsgFrame {
-        let json = format!(
-            r#"{{"n": {n}, "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
-        );
-        MsgFrame::replicated("q", json.as_bytes()).unwrap()
-    }
+    use crate::store::test_msg as msg;
 
     /// A move to another shard count gives every message to its new owner,
     /// in files cut at the segment size (it wrote one file per shard, from

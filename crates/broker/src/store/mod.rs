@@ -411,16 +411,20 @@ impl Store {
     }
 }
 
+/// Message `n` of queue `q` from `mq1:6747`, sent at 1700000000.n (tests:
+/// positions in the order of `n`).
+#[cfg(test)]
+pub(crate) fn test_msg(n: u64) -> MsgFrame {
+    let json = format!(
+        r#"{{"n": {n}, "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
+    );
+    MsgFrame::replicated("q", json.as_bytes()).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(n: u64) -> MsgFrame {
-        let json = format!(
-            r#"{{"n": {n}, "coremq_sender": "x", "coremq_sent": 1700000000.{n:06}, "coremq_server": "mq1:6747"}}"#
-        );
-        MsgFrame::replicated("q", json.as_bytes()).unwrap()
-    }
+    use test_msg as msg;
 
     /// Writes segments (number, link, lost, messages) into a fresh
     /// generation and reads them back: the position returned, and the
