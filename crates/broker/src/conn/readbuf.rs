@@ -107,11 +107,8 @@ impl ReadBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.held > 0 {
-                // The large frame is done: its memory goes back at once.
-                self.data = vec![0; READ_BUSY.min(max)];
-                self.release();
-            }
+            // A large frame that is done gives its memory back at once.
+            self.shed();
             let small = READ_START.min(max);
             if self.quiet >= SHRINK_AFTER && self.data.len() > small {
                 self.data = vec![0; small];

@@ -429,12 +429,11 @@ impl Store {
             Ok(written) => {
                 // The snapshot is the history now: the older files go (an
                 // unlink of a large file takes the kernel a while).
-                let files: Vec<(u64, u64)> = old;
                 let dir = self.dir.clone();
                 let (freed, left) = glommio::executor()
                     .spawn_blocking(move || {
                         let (mut freed, mut left) = (0, Vec::new());
-                        for (m, len) in files {
+                        for (m, len) in old {
                             let path = disk::segment_path(&dir, m);
                             match std::fs::remove_file(&path) {
                                 Ok(()) => freed += len,
