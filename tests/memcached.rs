@@ -1176,3 +1176,64 @@ fn a_large_value_waits_for_max_frame_memory() {
     assert_eq!(c.get("big.b").map(|v| v.1.len()), Some(value.len()));
     assert_eq!(c.get("big.a").map(|v| v.1.len()), Some(value.len()));
 }
+
+/// A value holding its share of `max_frame_memory` must arrive within
+/// `frame_timeout` of the broker waiting for it, as on the client port: a
+/// client that trickles the rest a byte at a time gets a SERVER_ERROR and
+/// is closed, and another client's large value, waiting for that share,
+/// goes through.
+#[test]
+fn a_large_value_trickled_past_frame_timeout_is_refused() {
+    let (b, addr) = broker(
+        1,
+        &[
+            ("kv_max_value", "1M"),
+            ("max_frame_memory", "1"),
+            ("frame_timeout", "1"),
+        ],
+    );
+    let value = vec![b'v'; 900_000];
+    let head = |k: &str| format!("set {k} 0 0 {}\r\n", value.len()).into_bytes();
+    let part = 800_000;
+    let mut a = Mc::connect(addr);
+    a.send(&head("slow.a"));
+    a.send(&value[..part]);
+    let read_in = |b: &Broker| common::shard_sum(&b.client().status(), "bytes_in");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read_in(&b) < part as u64 {
+        assert!(Instant::now() < deadline, "the value was not read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut w = a.s.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(200));
+            if w.write_all(b"v").is_err() {
+                return;
+            }
+        }
+    });
+    let second = {
+        let (value, head) = (value.clone(), head("slow.b"));
+        std::thread::spawn(move || {
+            let mut c = Mc::connect(addr);
+            c.send(&head);
+            c.send(&value);
+            c.send(b"\r\n");
+            c.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            c.expect(b"STORED\r\n");
+        })
+    };
+    a.s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(
+        a.line(),
+        "SERVER_ERROR a large value did not arrive within frame_timeout; closing"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(a.s.read_to_end(&mut rest).ok(), Some(0), "closed after it");
+    trickle.join().unwrap();
+    second.join().unwrap();
+    let mut c = Mc::connect(addr);
+    assert_eq!(c.get("slow.b").map(|v| v.1.len()), Some(value.len()));
+    assert_eq!(c.get("slow.a"), None);
+}

@@ -705,3 +705,45 @@ fn fragments_past_256_kib_take_from_max_frame_memory() {
     let st = tcp.status();
     assert_eq!(shard_sum(&st, "frame_memory_waits"), 1, "{st}");
 }
+
+/// A fragmented message holding its share of `max_frame_memory` must be
+/// complete within `frame_timeout` of the broker waiting for it: a client
+/// that goes on sending tiny fragments of it, never idle, is told so and
+/// closed, and its share is free for the next one.
+#[test]
+fn fragments_trickled_past_frame_timeout_are_refused() {
+    let b = Broker::start(
+        BrokerOpts::new(1)
+            .ws()
+            .set("max_frame_memory", "1")
+            .set("frame_timeout", "1"),
+    );
+    let q = uniq("ws.trickle");
+    let body = json!({"queue": q, "pad": "f".repeat(300_000)}).to_string();
+    let bytes = body.as_bytes();
+    let mut a = Raw::connect(b.ws_addr());
+    a.send(&frame(false, TEXT, &bytes[..290_000]));
+    let mut w = a.s.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            std::thread::sleep(Duration::from_millis(200));
+            if w.write_all(&frame(false, CONT, b"ff")).is_err() {
+                return;
+            }
+        }
+    });
+    let said = a.json();
+    assert_eq!(
+        said["response"],
+        json!("ERROR: a large message did not arrive within frame_timeout (1 s of waiting for it); closing"),
+        "{said}"
+    );
+    a.expect_close();
+    trickle.join().unwrap();
+    // The share is free: a whole fragmented message past 256 KiB goes through.
+    let mut c = Raw::connect(b.ws_addr());
+    let mut wire = frame(false, TEXT, &bytes[..290_000]);
+    wire.extend(frame(true, CONT, &bytes[290_000..]));
+    c.send(&wire);
+    assert_eq!(c.json()["response"], json!(OK_SENT));
+}

@@ -82,6 +82,13 @@ pub(crate) enum Refusal {
     TokenExpired,
     /// No authentication within `auth_timeout`: the connection closes after this.
     AuthTimeout,
+    /// A frame holding a share of `max_frame_memory` that did not arrive
+    /// within `frame_timeout` of waiting for it: the connection closes
+    /// after this, and the share is free for others.
+    FrameTimeout {
+        /// The configured limit, in seconds.
+        secs: f64,
+    },
     /// A `coremq_auth` to a server without `users_file`.
     AuthNotEnabled,
     /// `coremq_incr` on a key whose value is not an integer (§13).
@@ -153,6 +160,7 @@ impl Refusal {
                 | Refusal::AuthFailed
                 | Refusal::TokenExpired
                 | Refusal::AuthTimeout
+                | Refusal::FrameTimeout { .. }
                 | Refusal::AuthNotEnabled
                 | Refusal::KvNotANumber(_)
                 | Refusal::KvOverflow(_)
@@ -177,6 +185,7 @@ impl Refusal {
                 | Refusal::AuthFailed
                 | Refusal::TokenExpired
                 | Refusal::AuthTimeout
+                | Refusal::FrameTimeout { .. }
         )
     }
 
@@ -211,6 +220,7 @@ impl Refusal {
             | Refusal::RepeatedMember(_)
             | Refusal::UnknownMessage
             | Refusal::AuthNotEnabled
+            | Refusal::FrameTimeout { .. }
             | Refusal::KvNotANumber(_)
             | Refusal::KvOverflow(_)
             | Refusal::KvValueTooLarge { .. }
@@ -250,6 +260,9 @@ impl Refusal {
             Refusal::AuthNotEnabled => {
                 "Authentication is not enabled on this server (no users_file)".into()
             }
+            Refusal::FrameTimeout { secs } => format!(
+                "a large message did not arrive within frame_timeout ({secs} s of waiting for it); closing"
+            ),
             Refusal::TooManyQueues { max } => format!("Too many queues in one request (max {max})"),
             Refusal::TooManySubscriptions { max } => {
                 format!("Too many subscriptions (max_subscriptions = {max})")
@@ -380,6 +393,7 @@ mod tests {
             Refusal::ReplyTooLarge { .. } => 22,
             Refusal::KvNotInSync => 23,
             Refusal::RepeatedMember(_) => 24,
+            Refusal::FrameTimeout { .. } => 25,
         }
     }
 
@@ -514,6 +528,12 @@ mod tests {
                 false,
             ),
             (
+                Refusal::FrameTimeout { secs: 30.0 },
+                r#"+113 id-1 {"response": "ERROR: a large message did not arrive within frame_timeout (30 s of waiting for it); closing"}"#,
+                r#"{"response": "ERROR: a large message did not arrive within frame_timeout (30 s of waiting for it); closing", "queue": "id-1"}"#,
+                true,
+            ),
+            (
                 Refusal::AuthNotEnabled,
                 r#"+88 id-1 {"response": "ERROR: Authentication is not enabled on this server (no users_file)"}"#,
                 r#"{"response": "ERROR: Authentication is not enabled on this server (no users_file)", "queue": "id-1"}"#,
@@ -562,7 +582,7 @@ mod tests {
         covered.dedup();
         assert_eq!(
             covered,
-            (0..=24).collect::<Vec<_>>(),
+            (0..=25).collect::<Vec<_>>(),
             "a variant lacks its row"
         );
         for (r, tcp, ws, counted) in &table {

@@ -49,6 +49,7 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
         "max_message_size",
         "max_pending",
         "max_frame_memory",
+        "frame_timeout",
         "slow_consumer_policy",
         "max_stall",
         "max_connections",
@@ -181,6 +182,11 @@ pub struct MqConfig {
     /// connection whose frame would pass it is not read until others are
     /// done. Never below `max_message_size` (one maximal frame always fits).
     pub max_frame_memory: usize,
+    /// How long a frame holding a share of `max_frame_memory` may take to
+    /// arrive, counting only the time the broker waits for its bytes (not
+    /// the time flow control holds the reader back): past it the client is
+    /// told so and closed, and the share is free for others.
+    pub frame_timeout: Duration,
     /// What happens to a subscriber over `max_pending`, per queue pattern;
     /// the first rule that matches wins, and a queue no rule matches blocks.
     pub slow_consumer_policy: Vec<PolicyRule>,
@@ -318,6 +324,11 @@ impl MqConfig {
             size::parse(t, 1, MAX_PENDING)
         })?;
         s.set(
+            &mut c.frame_timeout,
+            "frame_timeout",
+            value::positive_seconds,
+        )?;
+        s.set(
             &mut c.slow_consumer_policy,
             "slow_consumer_policy",
             pattern::parse_policy_rules,
@@ -395,6 +406,7 @@ impl Default for MqConfig {
             max_message_size: 1 << 20,
             max_pending: 16 << 20,
             max_frame_memory: 256 << 20,
+            frame_timeout: Duration::from_secs(30),
             slow_consumer_policy: vec![PolicyRule {
                 pattern: "*".into(),
                 policy: SlowConsumerPolicy::Block,
@@ -442,6 +454,7 @@ impl fmt::Debug for MqConfig {
             max_message_size,
             max_pending,
             max_frame_memory,
+            frame_timeout,
             slow_consumer_policy,
             max_stall,
             max_connections,
@@ -482,6 +495,7 @@ impl fmt::Debug for MqConfig {
             .field("max_message_size", max_message_size)
             .field("max_pending", max_pending)
             .field("max_frame_memory", max_frame_memory)
+            .field("frame_timeout", frame_timeout)
             .field("slow_consumer_policy", slow_consumer_policy)
             .field("max_stall", max_stall)
             .field("max_connections", max_connections)

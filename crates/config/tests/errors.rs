@@ -188,7 +188,7 @@ fn unknown_keys_and_sections_are_errors() {
          log_file, log_level, cluster_nodes, allowed_replicants, cluster_secret, cluster_self, cluster_link_buffer, users_file, \
          jwt_secret_file, jwt_public_key_file, auth_timeout, tls_port, tls_cert_file, tls_key_file, \
          tls_client_ca_file, tls_client_auth, tls_handshake_timeout, cluster_tls, shards, idle_spin, \
-         io_poll_interval, max_message_size, max_pending, max_frame_memory, slow_consumer_policy, max_stall, max_connections, max_queue_name_length, \
+         io_poll_interval, max_message_size, max_pending, max_frame_memory, frame_timeout, slow_consumer_policy, max_stall, max_connections, max_queue_name_length, \
          max_list_length, max_subscriptions, max_json_depth, history_length, queue_history, history_ttl, history_memory, data_dir, persist, fsync, history_disk, kv_memory, kv_watch, \
          memcached_port, kv_allow_flush, kv_max_value, shutdown_timeout)"
     );

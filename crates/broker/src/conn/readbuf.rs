@@ -74,6 +74,17 @@ impl ReadBuf {
         self.starved
     }
 
+    /// Whether the buffer holds a share of `max_frame_memory` (a frame past
+    /// [`READ_BUSY`] is arriving, or its rest follows a pipelined one).
+    pub(crate) fn holds_memory(&self) -> bool {
+        self.held > 0
+    }
+
+    /// Bytes of `max_frame_memory` the buffer holds.
+    pub(crate) fn memory_held(&self) -> usize {
+        self.held
+    }
+
     /// After a parse: a buffer grown for a large frame that is done gives
     /// its `max_frame_memory` back at once, its unparsed rest (the start of
     /// the next frames of a pipelining peer) moved into a busy-sized buffer —

@@ -24,7 +24,7 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a closing connection may take to drain its last frames.
 const LINGER: Duration = Duration::from_secs(2);
@@ -76,6 +76,12 @@ struct Ending {
     /// While a large frame waits for `max_frame_memory`: when to look
     /// again (memory given back on another shard wakes nobody here).
     frame_wait: Option<glommio::timer::Timer>,
+    /// While a frame holding a share of `max_frame_memory` arrives: the
+    /// time spent waiting for its bytes so far (`frame_timeout`), since
+    /// when the loop waits now, and when that wait would reach the limit.
+    frame_waited: Duration,
+    frame_since: Option<Instant>,
+    frame_deadline: Option<glommio::timer::Timer>,
 }
 
 /// A connection's framing, for the socket loop ([`serve_with`]).
@@ -90,6 +96,12 @@ pub(crate) trait Wire {
 
     /// Bytes arrived from the peer.
     fn note_input(&mut self) {}
+
+    /// Whether the framing holds a share of `max_frame_memory` for a
+    /// message still arriving (beside the read buffer's own).
+    fn holds_memory(&self) -> bool {
+        false
+    }
 
     /// Whether the loop reads the socket now (false while backpressure or
     /// a full buffer holds it back): keepalive must not call that idle.
@@ -197,7 +209,12 @@ pub(crate) async fn serve_with<W: Wire>(
                 Counters::add(&shard.counters().bytes_in, n as u64);
                 rbuf.note_read(n);
                 wire.note_input();
+                let start = rbuf.start;
                 ending.held = wire.parse(&shard, &conn, &mut rbuf);
+                if rbuf.start != start && !wire.holds_memory() {
+                    // A frame is done: the next one has frame_timeout anew.
+                    ending.frame_waited = Duration::ZERO;
+                }
                 rbuf.shed();
                 // A client that always has more input would otherwise keep
                 // this task running forever: let the flushers, the other
@@ -342,6 +359,10 @@ fn poll_conn<W: Wire>(
         }
     }
     let flushed = conn.with_unwritten(|q| q.is_empty()) && stream.is_flushed();
+    if let Some(t) = io.frame_since.take() {
+        io.frame_waited += t.elapsed();
+    }
+    io.frame_deadline = None;
     poll_stall(shard, conn, &mut io.stall, cx);
     if let Some(why) = wire.poll_timers(conn, cx) {
         return Poll::Ready(Event::Done(why));
@@ -433,6 +454,8 @@ fn poll_conn<W: Wire>(
         }
         rbuf.start = 0;
         rbuf.end = 0;
+        // What it held for a large frame is free for others now.
+        rbuf.shed();
         while !io.peer_eof {
             match stream.poll_read(cx, &mut rbuf.data) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -473,6 +496,13 @@ fn poll_conn<W: Wire>(
                     Err(_) => Event::Done("read error"),
                 });
             }
+            frame_clock(
+                shard,
+                conn,
+                io,
+                rbuf.holds_memory() || wire.holds_memory(),
+                cx,
+            );
         }
         if rbuf.starved() {
             if io.frame_wait.is_none() {
@@ -513,6 +543,41 @@ fn poll_conn<W: Wire>(
 }
 
 use std::future::Future;
+
+/// The loop waits for the peer's bytes: while a frame still arriving holds
+/// a share of `max_frame_memory`, that wait counts towards `frame_timeout`
+/// (time flow control holds the reader back does not), and past it the
+/// client is told so and closed. Else a client that sent part of a large
+/// message and stopped, or trickled it a byte at a time, held its share for
+/// good, and enough of them made every other large frame wait.
+fn frame_clock(shard: &Shard, conn: &Conn, io: &mut Ending, holds: bool, cx: &mut Context<'_>) {
+    if !holds {
+        io.frame_waited = Duration::ZERO;
+        return;
+    }
+    let limit = shard.cfg().frame_timeout;
+    if io.frame_waited >= limit {
+        tracing::info!(
+            conn = %conn.id,
+            frame_timeout_s = limit.as_secs_f64(),
+            "a large frame did not arrive within frame_timeout; closing"
+        );
+        shard.refuse(
+            conn,
+            &Refusal::FrameTimeout {
+                secs: limit.as_secs_f64(),
+            },
+        );
+        cx.waker().wake_by_ref();
+        return;
+    }
+    io.frame_since = Some(Instant::now());
+    let mut t = glommio::timer::Timer::new(limit - io.frame_waited);
+    if Pin::new(&mut t).poll(cx).is_ready() {
+        cx.waker().wake_by_ref();
+    }
+    io.frame_deadline = Some(t);
+}
 
 /// A stalled subscriber's deadline: past `max_stall` it is cut off (G5).
 /// Tells the owners whenever the connection became stalled or caught up.

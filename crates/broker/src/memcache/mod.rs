@@ -50,6 +50,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a client whose large value did not arrive within `frame_timeout`
+/// reads before the connection closes.
+const FRAME_TIMEOUT: &str =
+    "SERVER_ERROR a large value did not arrive within frame_timeout; closing";
+/// How long a connection closing after an error waits for the client's
+/// end of the stream ([`goodbye`]).
+const GOODBYE: Duration = Duration::from_secs(2);
 /// How often a large value waiting for `max_frame_memory` looks again.
 const FRAME_WAIT_POLL: Duration = Duration::from_millis(10);
 /// Most commands started before their replies are written: bounds what
@@ -346,6 +353,9 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
     let mut rbuf = ReadBuf::new(max_buf, Some(memory));
     let mut skip = 0usize;
     let mut out = Out::default();
+    // Time spent waiting for the bytes of a value that holds a share of
+    // max_frame_memory (frame_timeout, as on the client port).
+    let mut frame_waited = Duration::ZERO;
     loop {
         // Everything complete in the buffer, a batch at a time.
         loop {
@@ -356,6 +366,9 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
             }
             let (batch, end) = start_batch(shard, access, &mut rbuf, &mut skip, max_value);
             let progressed = !batch.is_empty();
+            if progressed {
+                frame_waited = Duration::ZERO;
+            }
             for p in batch {
                 if !finish(shard, p, &mut out, &mut stream).await {
                     return "write error";
@@ -372,7 +385,9 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
                 }
                 End::Fatal(r) => {
                     push_line(&mut out.buf, r);
-                    let _ = write_out(shard, &mut stream, &mut out).await;
+                    if write_out(shard, &mut stream, &mut out).await {
+                        goodbye(&mut stream).await;
+                    }
                     return "unframeable input";
                 }
             }
@@ -404,13 +419,44 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
             }
             sleep(FRAME_WAIT_POLL).await;
         }
+        let holds = rbuf.holds_memory();
+        if !holds {
+            frame_waited = Duration::ZERO;
+        }
+        let limit = shard.cfg().frame_timeout;
         let spare = rbuf.spare(max_buf);
         let room = spare.len();
-        let n = match stream.read(spare).await {
-            Ok(0) => return "peer closed",
-            Ok(n) => n,
-            Err(_) => return "read error",
+        let since = std::time::Instant::now();
+        let read = future::or(async { Some(stream.read(spare).await) }, async {
+            if !holds {
+                return future::pending().await;
+            }
+            sleep(limit.saturating_sub(frame_waited)).await;
+            None
+        })
+        .await;
+        let n = match read {
+            // A value that holds a share of max_frame_memory and does not
+            // come: the share is free for others once this connection ends.
+            None => {
+                tracing::info!(
+                    frame_timeout_s = limit.as_secs_f64(),
+                    "a large value did not arrive within frame_timeout; closing"
+                );
+                Counters::add(&shard.counters().client_errors, 1);
+                push_line(&mut out.buf, FRAME_TIMEOUT);
+                if write_out(shard, &mut stream, &mut out).await {
+                    goodbye(&mut stream).await;
+                }
+                return "frame timeout";
+            }
+            Some(Ok(0)) => return "peer closed",
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return "read error",
         };
+        if holds {
+            frame_waited += since.elapsed();
+        }
         rbuf.filled = n == room;
         rbuf.note_read(n);
         Counters::add(&shard.counters().bytes_in, n as u64);
@@ -418,6 +464,20 @@ async fn serve(shard: &Rc<Shard>, mut stream: TcpStream, access: Option<&Access>
         rbuf.start += take;
         skip -= take;
     }
+}
+
+/// After a last error line: our end of the stream, then what the client
+/// still sends is read and thrown away (for at most [`GOODBYE`]) — closing
+/// with unread input makes the kernel send a reset, which can destroy the
+/// error line before the client reads it.
+async fn goodbye(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write).await;
+    let mut scratch = [0u8; 16 << 10];
+    let _ = future::or(
+        async { while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {} },
+        sleep(GOODBYE),
+    )
+    .await;
 }
 
 /// Parses and starts up to [`MAX_BATCH`] commands from the buffer. Gets

@@ -176,10 +176,12 @@ impl WsWire {
     /// Adds a fragment's text, past [`TEXT_FREE`] only with a maximal
     /// message's share of `max_frame_memory` (taken once); false, and the
     /// connection closing with 1013 (try again later), if it has no room.
-    fn gather(&mut self, shard: &Shard, conn: &Conn, payload: &[u8]) -> bool {
+    fn gather(&mut self, shard: &Shard, conn: &Conn, payload: &[u8], rbuf_held: usize) -> bool {
         if self.held == 0 && self.text.len() + payload.len() > TEXT_FREE {
             let share = shard.cfg().max_message_size.saturating_sub(TEXT_FREE);
-            if !self.memory.take(share, 0) {
+            // What the read buffer holds for this very frame is ours too: a
+            // first fragment past 256 KiB must not wait for itself.
+            if !self.memory.take(share, rbuf_held) {
                 Counters::add(&shard.counters().frame_memory_waits, 1);
                 self.memory.note_wait();
                 self.fail(
@@ -263,6 +265,7 @@ impl Wire for WsWire {
             if gate == Gate::Waited {
                 crate::conn::handler::run_waiting(shard, conn);
             }
+            let held = rbuf.memory_held();
             let buf = &mut rbuf.data[rbuf.start..rbuf.end];
             let h = match frame::parse_header(buf) {
                 Ok(Some(h)) => h,
@@ -302,7 +305,7 @@ impl Wire for WsWire {
                     self.message(shard, conn, h.opcode, payload)
                 }
                 (frame::OP_TEXT | frame::OP_BINARY, None) => {
-                    if h.opcode == frame::OP_TEXT && !self.gather(shard, conn, payload) {
+                    if h.opcode == frame::OP_TEXT && !self.gather(shard, conn, payload, held) {
                         rbuf.start += end;
                         continue;
                     }
@@ -319,7 +322,7 @@ impl Wire for WsWire {
                 (frame::OP_CONTINUATION, Some(f)) => {
                     f.len += payload.len();
                     let opcode = f.opcode;
-                    if opcode == frame::OP_TEXT && !self.gather(shard, conn, payload) {
+                    if opcode == frame::OP_TEXT && !self.gather(shard, conn, payload, held) {
                         rbuf.start += end;
                         continue;
                     }
@@ -349,6 +352,10 @@ impl Wire for WsWire {
 
     fn note_input(&mut self) {
         self.last_seen = Instant::now();
+    }
+
+    fn holds_memory(&self) -> bool {
+        self.held > 0
     }
 
     fn reading(&mut self, on: bool) {
@@ -393,6 +400,12 @@ impl Wire for WsWire {
     }
 
     fn drained(&mut self, bytes: &[u8]) -> bool {
+        // A message gathered in part is never finished now: its memory is
+        // free for others.
+        if self.held > 0 {
+            self.memory.give(std::mem::take(&mut self.held));
+            self.text = Vec::new();
+        }
         self.peer_closed || self.follow(bytes)
     }
 }
