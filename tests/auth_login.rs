@@ -164,6 +164,54 @@ fn an_expiring_token_closes_unless_refreshed() {
     kept.publish(&q, &json!({"n": 1}));
 }
 
+/// A refresh moves the expiry either way: a token that expires sooner than
+/// the one it replaces (with claims of its own: here `monitor`) ends the
+/// connection when it expires, not when the first one would have. It used
+/// to be noticed only at the first token's expiry, an hour on here, its
+/// claims in force all that time.
+#[test]
+fn a_refresh_that_expires_sooner_ends_the_connection_then() {
+    let f = Fixture::new(&users());
+    let b = Broker::start(f.opts(2));
+    let mut c = b.client();
+    auth_reply(&mut c, json!({"token": token("bob", 3600)}));
+    let sooner = token_with(SECRET, "bob", 2, Some(json!({"monitor": true})));
+    let r = auth_reply(&mut c, json!({ "token": sooner }));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "bob"}));
+    // Its claim is in force until it expires.
+    c.status();
+    let (frames, eof) = c.read_until_eof(Duration::from_secs(15));
+    assert!(eof);
+    assert_eq!(
+        frames.last().map(|f| f.json.clone()),
+        Some(json!({"response": "ERROR: Token expired"}))
+    );
+}
+
+/// A password login ends the watch on the token it replaces (the
+/// connection outlives that token), and a token after it is watched
+/// again: it used to be never checked, its claims good for the life of the
+/// connection.
+#[test]
+fn a_token_after_a_password_login_still_expires() {
+    let f = Fixture::new(&users());
+    let b = Broker::start(f.opts(1));
+    let q = uniq("q");
+    let mut c = b.client();
+    auth_reply(&mut c, json!({"token": token("alice", 2)}));
+    login(&mut c, "alice", "alice-pw");
+    std::thread::sleep(Duration::from_secs(3));
+    c.publish(&q, &json!({"after the first token": true}));
+    let r = auth_reply(&mut c, json!({"token": token("alice", 2)}));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "alice"}));
+    let (frames, eof) = c.read_until_eof(Duration::from_secs(15));
+    assert!(eof);
+    assert_eq!(
+        frames.last().map(|f| f.json.clone()),
+        Some(json!({"response": "ERROR: Token expired"}))
+    );
+}
+
 #[test]
 fn a_silent_connection_is_closed_after_auth_timeout() {
     let f = Fixture::new(&users());

@@ -118,3 +118,41 @@ fn a_bad_users_file_at_start_names_file_section_and_key() {
     assert_ne!(status.code(), Some(0));
     assert!(err.contains("users_file"), "{err}");
 }
+
+/// A reload that takes every right from `[anonymous]` gives connections
+/// that never authenticated `auth_timeout` from then (§8: an
+/// unauthenticated connection without anonymous rights is closed after
+/// it); they used to stay open for good, refused everything. The other way
+/// round, a reload that gives `[anonymous]` rights before a connection's
+/// `auth_timeout` runs out keeps it open; a logged-in one is never touched.
+#[test]
+fn a_reload_that_takes_anonymous_rights_starts_auth_timeout() {
+    let pw = hash("alice-pw");
+    let open = format!("[anonymous]\npublish = *\n\n{}", alice("*", &pw));
+    let f = Fixture::new(&open);
+    let mut b = Broker::start(f.opts(2).set("auth_timeout", "3"));
+    let q = uniq("anon");
+    let mut anon = b.client();
+    anon.publish(&q, &json!({"n": 1}));
+    let mut a = b.client();
+    login(&mut a, "alice", "alice-pw");
+    f.rewrite(&alice("*", &pw));
+    b.signal(libc::SIGHUP);
+    let (frames, eof) = anon.read_until_eof(Duration::from_secs(15));
+    assert!(eof);
+    assert_eq!(
+        frames.last().map(|f| f.json.clone()),
+        Some(
+            json!({"response": "ERROR: Authentication required: none within auth_timeout; closing"})
+        )
+    );
+    a.publish(&q, &json!({"n": 2}));
+    // Rights given back within auth_timeout: the connection stays.
+    let mut late = b.client();
+    f.rewrite(&open);
+    b.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_secs(5));
+    late.publish(&q, &json!({"n": 3}));
+    a.publish(&q, &json!({"n": 4}));
+    b.assert_alive();
+}

@@ -15,6 +15,7 @@ use coremq_auth::{Action, Authority, Identity, Perms};
 use std::cell::{Cell, Ref, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Waker;
 use std::time::SystemTime;
 
 /// A shard's current access rules.
@@ -64,8 +65,14 @@ pub(crate) struct Access {
     /// connection is read until the answer, so its next requests are judged
     /// with the rights the answer gives.
     verifying: Cell<bool>,
-    /// A task already watches the token's expiry.
+    /// A task watches the token's expiry ([`crate::conn::auth`]).
     watching_expiry: Cell<bool>,
+    /// A later login moved the expiry (or ended it) since the watch last
+    /// looked, and the watch to wake for it.
+    expiry_moved: Cell<bool>,
+    expiry_waker: RefCell<Option<Waker>>,
+    /// A task counts `auth_timeout` for this connection.
+    auth_clock: Cell<bool>,
 }
 
 impl Access {
@@ -81,6 +88,9 @@ impl Access {
             last_publish: RefCell::new(None),
             verifying: Cell::new(false),
             watching_expiry: Cell::new(false),
+            expiry_moved: Cell::new(false),
+            expiry_waker: RefCell::new(None),
+            auth_clock: Cell::new(false),
         }
     }
 
@@ -239,11 +249,6 @@ impl Access {
         self.who.borrow().as_ref().map(|w| w.user.clone())
     }
 
-    /// Whether a `coremq_auth` succeeded.
-    pub(crate) fn is_authenticated(&self) -> bool {
-        self.who.borrow().is_some()
-    }
-
     /// Whether the connection can do anything at all without authenticating.
     pub(crate) fn anonymous_grants_nothing(&self) -> bool {
         self.who.borrow().is_none() && self.perms().grants_nothing()
@@ -264,9 +269,50 @@ impl Access {
         self.verifying.get()
     }
 
-    /// True the first time: the caller starts the expiry watch.
-    pub(crate) fn start_expiry_watch(&self) -> bool {
-        !self.watching_expiry.replace(true)
+    /// After a login: true if the caller must start the expiry watch (a
+    /// token, and no watch running). A watch already running is told that
+    /// the expiry moved — earlier or later — or that there is none now (a
+    /// password login), and looks again at once.
+    pub(crate) fn expiry_changed(&self) -> bool {
+        if self.watching_expiry.get() {
+            self.expiry_moved.set(true);
+            if let Some(w) = self.expiry_waker.take() {
+                w.wake();
+            }
+            return false;
+        }
+        let start = self.token_expiry().is_some();
+        self.watching_expiry.set(start);
+        start
+    }
+
+    /// For the expiry watch: true (once) if a login moved the expiry since
+    /// it last looked; else `waker` is woken when one does.
+    pub(crate) fn expiry_moved(&self, waker: &Waker) -> bool {
+        if self.expiry_moved.replace(false) {
+            return true;
+        }
+        *self.expiry_waker.borrow_mut() = Some(waker.clone());
+        false
+    }
+
+    /// The expiry watch ends (no token any more): the next token login
+    /// starts a new one.
+    pub(crate) fn end_expiry_watch(&self) {
+        self.watching_expiry.set(false);
+        self.expiry_moved.set(false);
+        self.expiry_waker.take();
+    }
+
+    /// True if no `auth_timeout` clock runs: the caller starts one.
+    pub(crate) fn start_auth_clock(&self) -> bool {
+        !self.auth_clock.replace(true)
+    }
+
+    /// The `auth_timeout` clock ran out without closing the connection (it
+    /// had rights by then): a later reload that takes them may start another.
+    pub(crate) fn end_auth_clock(&self) {
+        self.auth_clock.set(false);
     }
 }
 

@@ -292,6 +292,7 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
             }
             if let Some(authority) = shared.authority() {
                 s.reload_access(authority);
+                crate::conn::auth::on_reload(&s);
             }
         }
         tracing::info!(shard = s.id(), "stopping");

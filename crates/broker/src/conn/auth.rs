@@ -19,8 +19,11 @@ use crate::shard::Shard;
 use crate::stats::Counters;
 use coremq_auth::{AuthError, Identity};
 use coremq_protocol::{self as proto, AuthRequest};
+use futures_lite::future;
 use glommio::timer::sleep;
+use std::future::poll_fn;
 use std::rc::{Rc, Weak};
+use std::task::Poll;
 use std::time::SystemTime;
 
 /// What a client reads when it authenticated.
@@ -32,7 +35,34 @@ pub(crate) fn on_open(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     let Some(access) = &conn.access else {
         return;
     };
-    if !access.anonymous_grants_nothing() {
+    if access.anonymous_grants_nothing() {
+        start_auth_clock(shard, conn);
+    }
+}
+
+/// After a reload of the access rules: a connection left without any right
+/// (`[anonymous]` emptied, and it never authenticated) gets `auth_timeout`
+/// from now to authenticate, as a new one has from its opening.
+pub(crate) fn on_reload(shard: &Rc<Shard>) {
+    for conn in shard.all_conns() {
+        if conn
+            .access
+            .as_ref()
+            .is_some_and(|a| a.anonymous_grants_nothing())
+        {
+            start_auth_clock(shard, &conn);
+        }
+    }
+}
+
+/// Gives a connection that cannot do anything without authenticating
+/// `auth_timeout` to do so (from its opening, or from the reload that took
+/// `[anonymous]`'s rights away), unless a clock runs for it already.
+pub(crate) fn start_auth_clock(shard: &Rc<Shard>, conn: &Rc<Conn>) {
+    let Some(access) = &conn.access else {
+        return;
+    };
+    if !access.start_auth_clock() {
         return;
     }
     let timeout = shard.cfg().auth_timeout;
@@ -43,11 +73,16 @@ pub(crate) fn on_open(shard: &Rc<Shard>, conn: &Rc<Conn>) {
         let Some(conn) = weak.upgrade() else {
             return;
         };
-        let authenticated = conn.access.as_ref().is_some_and(|a| a.is_authenticated());
-        if !authenticated && conn.st.borrow().ending.is_none() {
-            tracing::info!(conn_id = %conn.id, "closed: no authentication within auth_timeout");
-            shard.refuse(&conn, &Refusal::AuthTimeout);
+        let Some(access) = &conn.access else {
+            return;
+        };
+        // A reload meanwhile may have given `[anonymous]` rights again.
+        if !access.anonymous_grants_nothing() || conn.st.borrow().ending.is_some() {
+            access.end_auth_clock();
+            return;
         }
+        tracing::info!(conn_id = %conn.id, "closed: no authentication within auth_timeout");
+        shard.refuse(&conn, &Refusal::AuthTimeout);
     })
     .detach();
 }
@@ -119,7 +154,7 @@ fn conclude(shard: &Rc<Shard>, conn: &Rc<Conn>, result: Result<Identity, AuthErr
     conn.reply(ReplyKind::Json(json));
     // A refreshed token may carry narrower claims than the one it replaces.
     shard.revoke(conn);
-    if token && access.start_expiry_watch() {
+    if access.expiry_changed() {
         watch_expiry(Rc::downgrade(conn));
     }
 }
@@ -131,27 +166,45 @@ pub(crate) fn adopt(shard: &Shard, conn: &Rc<Conn>, who: Identity) {
         return;
     };
     Counters::add(&shard.counters().logins, 1);
-    let token = who.expires.is_some();
-    if access.become_user(who).is_ok() && token && access.start_expiry_watch() {
+    if access.become_user(who).is_ok() && access.expiry_changed() {
         watch_expiry(Rc::downgrade(conn));
     }
 }
 
-/// Closes the connection when its token runs out; a refreshed token moves
-/// the deadline, a password login (same user) ends the watch.
+/// Closes the connection when its token runs out. A later login wakes it
+/// at once: a refreshed token moves the deadline (earlier too — a token
+/// with other claims that expires sooner ends the connection when it does),
+/// a password login (same user) ends the watch, and a token after that
+/// starts a new one.
 fn watch_expiry(weak: Weak<Conn>) {
     glommio::spawn_local(async move {
         loop {
             let Some(conn) = weak.upgrade() else {
                 return;
             };
-            let Some(expires) = conn.access.as_ref().and_then(|a| a.token_expiry()) else {
+            let Some(access) = &conn.access else {
+                return;
+            };
+            let Some(expires) = access.token_expiry() else {
+                access.end_expiry_watch();
                 return;
             };
             match expires.duration_since(SystemTime::now()) {
                 Ok(left) if !left.is_zero() => {
                     drop(conn);
-                    sleep(left).await;
+                    let w = weak.clone();
+                    let moved = poll_fn(move |cx| match w.upgrade() {
+                        Some(c)
+                            if !c
+                                .access
+                                .as_ref()
+                                .is_some_and(|a| a.expiry_moved(cx.waker())) =>
+                        {
+                            Poll::Pending
+                        }
+                        _ => Poll::Ready(()),
+                    });
+                    future::or(sleep(left), moved).await;
                 }
                 _ => {
                     tracing::info!(conn_id = %conn.id, "closed: token expired");
