@@ -598,3 +598,71 @@ fn drop_skips_and_tells_how_many_over_websocket() {
     }
     drops_add_up(&b, got, missed, count + 1);
 }
+
+/// Replies behind one that waits — a confirmation held while its queue is
+/// stalled (G5), for up to `max_stall` — count against `max_pending` too:
+/// a client that pipelines cheap requests behind it (`coremq_options`,
+/// answered at once but written in order) stops being parsed. They used to
+/// pile up for as long as the stall lasted (a review probe: 1.7 GB in 6 s
+/// from one client). Once the subscriber reads, the confirmation and every
+/// reply behind it come, in order.
+#[test]
+fn replies_behind_a_held_confirmation_are_bounded() {
+    const OPTIONS: usize = 3_000_000;
+    let b = Broker::start(
+        BrokerOpts::new(1)
+            .set("max_pending", "1M")
+            .set("max_message_size", "64K")
+            .set("max_stall", "120"),
+    );
+    let q = uniq("g5.slots");
+    let mut s = b.client();
+    s.subscribe(&[&q]);
+    let publisher = firehose(&b, &q, 600, 10_000);
+    let mut watcher = b.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shard_sum(&watcher.status(), "stalls") == 0 {
+        assert!(Instant::now() < deadline, "the publisher was never held");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut a = b.client();
+    a.send(&q, &json!({"held": true}));
+    let rss_before = b.rss_kib() / 1024;
+    let flood = {
+        let mut w = a.writer();
+        let id = a.id.clone();
+        std::thread::spawn(move || {
+            let frame = encode(&id, &json!({"coremq_options": {}}));
+            let batch: Vec<u8> = frame.repeat(10_000);
+            w.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut sent = 0;
+            while sent < OPTIONS && w.write_all(&batch).is_ok() {
+                sent += 10_000;
+            }
+            sent
+        })
+    };
+    // While the stall lasts the broker parses only so much of it.
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = b.rss_kib() / 1024;
+    println!("options behind a held confirmation: RSS {rss_before} -> {rss} MiB");
+    assert!(
+        rss < rss_before + 40,
+        "RSS {rss_before} -> {rss} MiB while replies waited behind a held confirmation"
+    );
+    // The subscriber reads (the held message comes somewhere among the
+    // firehose's): the confirmation, then every reply in order.
+    let got = s.recv_msgs(601, Duration::from_secs(60));
+    let seqs: Vec<u64> = got.iter().filter_map(|f| f.json["seq"].as_u64()).collect();
+    assert_eq!(seqs, (0..600).collect::<Vec<_>>());
+    assert!(got.iter().any(|f| f.json["held"] == json!(true)));
+    let _ = publisher.join().expect("publisher");
+    let sent = flood.join().unwrap();
+    a.expect_response(OK_SENT);
+    for _ in 0..sent {
+        let f = a.recv_reply();
+        assert_eq!(f.response(), Some(OK_OPTIONS), "{f}");
+    }
+    let st = watcher.status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+}

@@ -104,6 +104,21 @@ struct Slot {
     kind: Option<Box<ReplyKind>>,
 }
 
+/// What a reply slot takes, counted against `max_pending` while it waits
+/// (a boxed reply's own bytes are small but for the bulky kinds, which
+/// [`MAX_BULKY`] bounds): replies behind one that waits long — a
+/// confirmation held for a stalled queue (G5), up to `max_stall` — pile up
+/// otherwise, and a client pipelining cheap requests (`coremq_options`)
+/// made the broker hold gigabytes of them.
+fn slot_cost(boxed: bool) -> usize {
+    std::mem::size_of::<Slot>()
+        + if boxed {
+            std::mem::size_of::<ReplyKind>()
+        } else {
+            0
+        }
+}
+
 /// Replies that can be large (histories, key-value reads, resumes, status)
 /// a connection may have waiting to be written before the rest of what it
 /// sent waits unparsed: with the backlog check (`max_pending`), what one
@@ -180,6 +195,9 @@ pub(crate) struct ConnState {
     pub held_bytes: usize,
     /// Replies in `replies` that can be large ([`MAX_BULKY`]).
     bulky: u32,
+    /// Memory the slots in `replies` take ([`slot_cost`]), bounded by
+    /// `max_pending` ([`Conn::gate`]).
+    slot_bytes: usize,
     /// A request that reads history (a resume, a history read) and waits
     /// for this node to have its cluster peers' history since it started:
     /// what the connection sent after it waits unparsed
@@ -304,6 +322,7 @@ impl Conn {
                 held: Vec::new(),
                 held_bytes: 0,
                 bulky: 0,
+                slot_bytes: 0,
                 waiting: None,
             }),
         }
@@ -319,6 +338,7 @@ impl Conn {
             ReplyKind::Sent => None,
             kind => Some(Box::new(kind)),
         };
+        st.slot_bytes += slot_cost(kind.is_some());
         st.replies.push_back(Slot {
             remaining,
             bulky,
@@ -343,7 +363,10 @@ impl Conn {
     /// - [`Gate::Go`]: the next frame.
     pub(crate) fn gate(&self) -> Gate {
         let st = self.st.borrow();
-        if st.out.len() > self.max_pending || st.bulky >= MAX_BULKY {
+        if st.out.len() > self.max_pending
+            || st.bulky >= MAX_BULKY
+            || st.slot_bytes > self.max_pending
+        {
             return Gate::Hold;
         }
         match st.waiting {
@@ -476,6 +499,7 @@ impl Conn {
             };
             st.base = st.base.wrapping_add(1);
             st.bulky -= u32::from(slot.bulky);
+            st.slot_bytes -= slot_cost(slot.kind.is_some());
             if st.closing.is_some() {
                 continue;
             }
@@ -661,6 +685,7 @@ impl Conn {
         }
         st.replies.clear();
         st.bulky = 0;
+        st.slot_bytes = 0;
         drop(st);
         self.wake();
     }
