@@ -464,7 +464,12 @@ impl Conn {
             let mut st = self.st.borrow_mut();
             let idx = seq.wrapping_sub(st.base) as usize;
             if let Some(slot) = st.replies.get_mut(idx) {
+                let was_boxed = slot.kind.is_some();
                 slot.kind = Some(Box::new(kind));
+                // Counted as what it is now ([`slot_cost`]), as its removal is.
+                if !was_boxed {
+                    st.slot_bytes += slot_cost(true) - slot_cost(false);
+                }
             }
         }
         self.complete(seq, |_| {});
