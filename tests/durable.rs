@@ -983,6 +983,73 @@ fn shard0_segments(dir: &Path) -> Vec<PathBuf> {
     segs
 }
 
+/// Records damaged inside the history (not the last segment's torn tail,
+/// which only a write cut short leaves) are a hole too: they are skipped as
+/// before, and the start says so, counts it, and answers a resume from
+/// before them `"recovered": false` — it answered `true`, the damaged
+/// message silently missing from the replay. A resume from after the
+/// damage is still complete.
+#[test]
+fn damaged_records_are_a_hole_no_resume_is_promised_across() {
+    let dir = unique_dir("durable-damage");
+    let opts = |port| durable(1, &dir, port).set("history_length", "1000");
+    let (mut b, port) = start(opts(0));
+    let q = uniq("dur.damage");
+    let mut p = b.client();
+    for n in 0..100 {
+        p.publish(&q, &json!({"n": n, "mark": format!("m{n:03}x")}));
+    }
+    let sent: Vec<Value> = p.history(&[&q])[&q].as_array().unwrap().clone();
+    let since = |m: &Value| json!({&q: {"sent": m["coremq_sent"], "server": m["coremq_server"]}});
+    let (early, late) = (since(&sent[10]), since(&sent[80]));
+    drop(p);
+    let resume = |b: &Broker, since: &Value| -> (Value, Vec<u64>) {
+        let mut s = b.client();
+        s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
+        let reply = s.recv_reply();
+        let mut ns = Vec::new();
+        while let Ok(f) = s.try_recv_msg(Duration::from_millis(500)) {
+            ns.push(f.json["n"].as_u64().unwrap());
+        }
+        (reply.json["recovered"][&q].clone(), ns)
+    };
+    assert!(b.stop_with(libc::SIGTERM).success());
+    // The torn tail of a write cut short (never confirmed) is no hole.
+    let segs = shard0_segments(&dir);
+    let seg = segs.last().unwrap();
+    let mut bytes = std::fs::read(seg).unwrap();
+    bytes.extend_from_slice(&[7, 0, 0]);
+    std::fs::write(seg, &bytes).unwrap();
+    let (mut b, _) = start(opts(port));
+    assert!(b.logs().contains("cut the torn end"), "{}", b.logs());
+    assert_eq!(disk_sum(&b.client().status(), "disk_damaged_segments"), 0);
+    let (ok, ns) = resume(&b, &early);
+    assert_eq!((ok, ns.len()), (json!(true), 89));
+    assert!(b.stop_with(libc::SIGTERM).success());
+    // One bit of message 50 flips on the disk.
+    let mut bytes = std::fs::read(seg).unwrap();
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"m050x")
+        .expect("message 50 in the last segment");
+    bytes[at + 2] ^= 0x01;
+    std::fs::write(seg, &bytes).unwrap();
+    let (b, _) = start(opts(port));
+    let logs = b.logs();
+    assert!(
+        logs.contains("records of a history segment are damaged"),
+        "{logs}"
+    );
+    assert_eq!(disk_sum(&b.client().status(), "disk_damaged_segments"), 1);
+    let (ok, ns) = resume(&b, &early);
+    assert_eq!(ok, json!(false), "a resume across the damage");
+    assert_eq!(ns.len(), 88, "every message after 10 but the damaged one");
+    assert!(!ns.contains(&50), "{ns:?}");
+    let (ok, ns) = resume(&b, &late);
+    assert_eq!(ok, json!(true), "a resume from after the damage");
+    assert_eq!(ns, (81..100).collect::<Vec<u64>>());
+}
+
 /// A segment gone from the middle of the history (deleted, or moved away to
 /// start past an unreadable one, as operations.md says) is a hole: the start
 /// says so, status counts it, and a resume from before it is answered

@@ -149,6 +149,8 @@ pub(crate) struct DiskStats {
     pub errors: u64,
     /// Segments found missing at start.
     pub missing_segments: u64,
+    /// Segments found at start with records lost to damage.
+    pub damaged_segments: u64,
     /// 1 while a snapshot (compaction) is being written, else 0.
     pub compacting: u64,
 }
@@ -170,7 +172,7 @@ impl ShardStats {
              \"channel_backlog\": {}, \"disk_bytes\": {}, \"disk_batches\": {}, \
              \"disk_fsyncs\": {}, \"disk_fsync_seconds\": {:.6}, \"disk_fsync_max_seconds\": {:.6}, \
              \"disk_evictions\": {}, \"disk_snapshots\": {}, \"disk_errors\": {}, \
-             \"disk_missing_segments\": {}, \"disk_compacting\": {}, \
+             \"disk_missing_segments\": {}, \"disk_damaged_segments\": {}, \"disk_compacting\": {}, \
              \"kv_keys\": {}, \"kv_bytes\": {}, \"kv_hits\": {}, \"kv_misses\": {}, \
              \"kv_evictions\": {}, \"kv_expirations\": {}}}",
             self.shard,
@@ -207,6 +209,7 @@ impl ShardStats {
             self.disk.snapshots,
             self.disk.errors,
             self.disk.missing_segments,
+            self.disk.damaged_segments,
             self.disk.compacting,
             self.kv.keys,
             self.kv.bytes,

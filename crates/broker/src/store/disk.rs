@@ -405,22 +405,47 @@ pub(crate) fn list(gen: &Path, id: usize) -> Result<Vec<(u64, u64)>, DiskError> 
         .collect()
 }
 
+/// One segment as read back ([`read_back`]).
+pub(crate) struct ReadBack {
+    /// Bytes the segment keeps.
+    pub size: u64,
+    /// Its link (`record::Scan::follows`, `record::Scan::lost`).
+    pub follows: Option<u64>,
+    pub lost: Option<crate::msg::MsgKey>,
+    /// Records were skipped as damaged other than the last segment's torn
+    /// tail (the write a crash cut short, never confirmed): messages they
+    /// held are lost.
+    pub damaged: bool,
+    /// Of that damage: the newest position read up to the first message
+    /// after it (`record::Scan::damage_upto`) — `None` when damage ends
+    /// the segment, so that only later segments bound it.
+    pub damage_upto: Option<crate::msg::MsgKey>,
+}
+
 /// Reads segment `n` of `dir` and hands its messages to `each`; the last
 /// segment's torn tail (a crash mid-write) is cut off so that the file ends
-/// with a whole record. Returns the bytes the segment keeps and its link
-/// (`record::Scan::follows`, `record::Scan::lost`).
+/// with a whole record.
 pub(crate) fn read_back(
     dir: &Path,
     n: u64,
     last: bool,
     max_body: usize,
     each: &mut dyn FnMut(Vec<MsgFrame>),
-) -> Result<(u64, Option<u64>, Option<crate::msg::MsgKey>), DiskError> {
+) -> Result<ReadBack, DiskError> {
     let path = segment_path(dir, n);
     let mut frames = Vec::new();
     let scan = read_segment(&path, max_body, &mut frames)?;
     each(frames);
     let mut size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let torn = if last {
+        size.saturating_sub(scan.valid_end)
+    } else {
+        0
+    };
+    let damaged = scan.skipped > torn;
+    // Damage at the end of a segment that is not the last one has no
+    // message after it in this file.
+    let damage_upto = scan.damage_upto.filter(|_| last || scan.valid_end >= size);
     if last && scan.valid_end < size {
         let f = fs::OpenOptions::new()
             .write(true)
@@ -440,7 +465,13 @@ pub(crate) fn read_back(
             }
         }
     }
-    Ok((size, scan.follows, scan.lost))
+    Ok(ReadBack {
+        size,
+        follows: scan.follows,
+        lost: scan.lost,
+        damaged,
+        damage_upto,
+    })
 }
 
 #[cfg(test)]
@@ -527,9 +558,10 @@ mod tests {
         let mut each = |frames: Vec<MsgFrame>| batches.push(frames.len());
         let mut sizes = Vec::new();
         for (i, &(n, size)) in segments.iter().enumerate() {
-            let (kept, follows, _) = read_back(&dir, n, i == 2, 1 << 20, &mut each).unwrap();
-            assert_eq!(follows, None, "written without links");
-            sizes.push((size, kept));
+            let got = read_back(&dir, n, i == 2, 1 << 20, &mut each).unwrap();
+            assert_eq!(got.follows, None, "written without links");
+            assert!(!got.damaged, "a torn tail is not damage");
+            sizes.push((size, got.size));
         }
         assert_eq!(batches, [4, 4, 4]);
         assert_eq!(sizes[0].0, sizes[0].1);

@@ -108,6 +108,9 @@ pub(crate) struct StoreStats {
     pub errors: Cell<u64>,
     /// Segments found missing at start (a link names one that is gone).
     pub missing: Cell<u64>,
+    /// Segments found at start with records lost to damage (not a torn
+    /// tail).
+    pub damaged: Cell<u64>,
 }
 
 /// Most ranges of lost batches a store remembers ([`State::lost`]).
@@ -152,6 +155,19 @@ struct State {
     /// The history may lack messages up to here (a segment was found
     /// missing): every snapshot's link carries it on.
     lost_upto: Option<MsgKey>,
+}
+
+/// A segment as [`Store::read_back`] found it.
+struct SegmentRead {
+    /// Its link: the segment written before it (0: none).
+    follows: Option<u64>,
+    /// Whether it held messages.
+    held: bool,
+    /// The newest position read up to it (it included).
+    newest: Option<MsgKey>,
+    /// Records lost to damage: where their messages end, if a message after
+    /// the damage bounds them within the segment.
+    damaged: Option<Option<MsgKey>>,
 }
 
 /// One shard's durable history.
@@ -227,23 +243,29 @@ impl Store {
         each: &mut dyn FnMut(Vec<MsgFrame>),
     ) -> Result<Option<MsgKey>, disk::DiskError> {
         let segments = self.st.borrow().closed.clone();
-        // Per segment: its link, whether it held messages, and the newest
-        // position read up to it.
-        let mut read: Vec<(Option<u64>, bool, Option<MsgKey>)> = Vec::with_capacity(segments.len());
+        let mut read: Vec<SegmentRead> = Vec::with_capacity(segments.len());
         let mut newest: Option<MsgKey> = None;
         let mut carried: Option<MsgKey> = None;
         for (i, &(n, _)) in segments.iter().enumerate() {
             let last = i + 1 == segments.len();
             let mut held = false;
-            let (kept, follows, lost) =
-                disk::read_back(&self.dir, n, last, max_body, &mut |frames| {
-                    held |= !frames.is_empty();
-                    newest = frames.iter().map(MsgFrame::key).chain(newest).max();
-                    each(frames);
-                })?;
-            carried = carried.max(lost);
-            read.push((follows, held, newest));
-            self.st.borrow_mut().closed[i].1 = kept;
+            let got = disk::read_back(&self.dir, n, last, max_body, &mut |frames| {
+                held |= !frames.is_empty();
+                newest = frames.iter().map(MsgFrame::key).chain(newest).max();
+                each(frames);
+            })?;
+            carried = carried.max(got.lost);
+            let before = read.last().and_then(|r| r.newest);
+            let damaged = got
+                .damaged
+                .then(|| got.damage_upto.map(|upto| upto.max(before.unwrap_or(upto))));
+            read.push(SegmentRead {
+                follows: got.follows,
+                held,
+                newest,
+                damaged,
+            });
+            self.st.borrow_mut().closed[i].1 = got.size;
         }
         let on_disk = self.st.borrow().closed.iter().map(|s| s.1).sum();
         self.stats.disk_bytes.set(on_disk);
@@ -251,26 +273,42 @@ impl Store {
         // those may be gone (removed behind it) or left over from a removal
         // a crash cut short, and segments written while it was being written
         // link to them. From it on, the chain must be whole.
-        let (from, base) = match read.iter().rposition(|r| r.0 == Some(0)) {
+        let (from, base) = match read.iter().rposition(|r| r.follows == Some(0)) {
             Some(i) => (i, segments[i].0),
             None => (0, 0),
         };
         let mut lost = carried;
-        for (i, &(follows, ..)) in read.iter().enumerate().skip(from) {
-            let Some(prev) = follows.filter(|&p| p != 0) else {
+        // Where messages lost at segment `i` end: every one of them is older
+        // than the newest read up to the first segment after `i` that holds
+        // messages, or than the present if none does.
+        let lost_before = |i: usize| match read[i + 1..].iter().find(|r| r.held) {
+            Some(r) => r.newest,
+            None => Some(MsgKey {
+                sent_us: crate::clock::unix_now_us(),
+                origin: u64::MAX,
+            }),
+        };
+        for (i, r) in read.iter().enumerate().skip(from) {
+            if let Some(within) = r.damaged {
+                // Records skipped inside the chain (not a torn tail): what
+                // they held is gone, as if a segment were missing.
+                self.stats.damaged.set(self.stats.damaged.get() + 1);
+                lost = lost.max(within.or_else(|| lost_before(i)));
+                tracing::error!(
+                    file = %disk::segment_path(&self.dir, segments[i].0).display(),
+                    "records of a history segment are damaged: the messages they held are lost on \
+                     this node; resumes from before them are answered \"recovered\": false"
+                );
+            }
+            let Some(prev) = r.follows.filter(|&p| p != 0) else {
                 continue;
             };
             if prev < base || segments.binary_search_by_key(&prev, |s| s.0).is_ok() {
                 continue;
             }
             self.stats.missing.set(self.stats.missing.get() + 1);
-            let upto = match read[i..].iter().find(|r| r.1) {
-                Some(&(.., upto)) => upto,
-                None => Some(MsgKey {
-                    sent_us: crate::clock::unix_now_us(),
-                    origin: u64::MAX,
-                }),
-            };
+            // The missing one came right before segment `i`.
+            let upto = if r.held { r.newest } else { lost_before(i) };
             lost = lost.max(upto);
             tracing::error!(
                 dir = %self.dir.display(),
@@ -297,6 +335,7 @@ impl Store {
             snapshots: s.snapshots.get(),
             errors: s.errors.get(),
             missing_segments: s.missing.get(),
+            damaged_segments: s.damaged.get(),
             compacting: u64::from(self.st.borrow().snapshotting),
         }
     }

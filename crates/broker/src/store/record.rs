@@ -116,6 +116,12 @@ pub(crate) struct Scan {
     pub follows: Option<u64>,
     /// The position its link says the history may lack messages up to.
     pub lost: Option<MsgKey>,
+    /// Damage followed by a message that checks out: the newest position
+    /// read up to that message (for the last such stretch). The damaged
+    /// records were written before it, so they held no newer message (a
+    /// peer's message can be older than its place, not newer by more than
+    /// the clocks differ).
+    pub damage_upto: Option<MsgKey>,
 }
 
 /// A record's body at `at` if one checks out there: (body, record length).
@@ -174,12 +180,17 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, found: &mut Vec<MsgFrame>) -> Sc
     let mut s = Scan::default();
     let mut at = 0;
     let mut bad_from = None;
+    // The newest position read so far, and whether damage came since the
+    // last message.
+    let mut newest: Option<MsgKey> = None;
+    let mut after_damage = false;
     while at < buf.len() {
         match record_at(buf, at, max_body, bad_from.is_some(), &mut s.checksums) {
             Some((body, len)) => {
                 if let Some(start) = bad_from.take() {
                     s.skipped += (at - start) as u64;
                     s.damaged += 1;
+                    after_damage = true;
                 }
                 if at == 0 && body[0] == LINK {
                     let u64_at =
@@ -197,6 +208,10 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, found: &mut Vec<MsgFrame>) -> Sc
                 }
                 match decode(body) {
                     Some(frame) => {
+                        newest = newest.max(Some(frame.key()));
+                        if std::mem::take(&mut after_damage) {
+                            s.damage_upto = newest;
+                        }
                         found.push(frame);
                         s.frames += 1;
                         s.oversize += usize::from(body.len() > max_body);
@@ -204,6 +219,7 @@ pub(crate) fn scan(buf: &[u8], max_body: usize, found: &mut Vec<MsgFrame>) -> Sc
                     None => {
                         s.skipped += len as u64;
                         s.damaged += 1;
+                        after_damage = true;
                     }
                 }
                 at += len;
@@ -325,6 +341,9 @@ mod tests {
         assert_eq!(s.damaged, 2);
         assert_eq!(s.skipped, (ends[5] - ends[4] + 10) as u64);
         assert_eq!(s.valid_end, ends[18] as u64);
+        // What record 5 held is older than record 6, the first after it;
+        // the torn tail has nothing after it.
+        assert_eq!(s.damage_upto, Some(written[6].key()));
     }
 
     /// A segment's link is read as such at its start, not as a message or

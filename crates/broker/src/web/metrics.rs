@@ -200,6 +200,12 @@ const METRICS: &[Metric] = &[
         |s| s.disk.missing_segments,
     ),
     (
+        "coremq_disk_damaged_segments",
+        "gauge",
+        "History segments found at start with records lost to damage: their messages are lost on this node.",
+        |s| s.disk.damaged_segments,
+    ),
+    (
         "coremq_disk_compacting",
         "gauge",
         "1 while the shard rewrites its retained history into a fresh segment (publishes go on).",
