@@ -1224,10 +1224,15 @@ fn a_queue_taken_out_of_persist_is_not_brought_back_from_old_records() {
         c.publish(&a, &json!({"n": i}));
         c.publish(&b, &json!({"n": i}));
     }
+    let last = c.history(&[&b])[&b].as_array().unwrap()[4].clone();
+    let since = json!({&b: {"sent": last["coremq_sent"], "server": last["coremq_server"]}});
     drop(c);
     assert!(n.stop_with(libc::SIGTERM).success());
     for round in 0..2 {
         let (mut n, _) = start(opts(port, "pa.*"));
+        if round == 0 {
+            assert!(n.logs().contains("compacting it away"), "{}", n.logs());
+        }
         let mut c = n.client();
         let h = c.history(&[&a, &b]);
         let ns = |q: &str| -> Vec<Value> {
@@ -1249,4 +1254,50 @@ fn a_queue_taken_out_of_persist_is_not_brought_back_from_old_records() {
         drop(c);
         assert!(n.stop_with(libc::SIGTERM).success());
     }
+    // Persisted again: its old records are gone from the disk (the start
+    // that left them out compacted them away), so it does not come back
+    // with the history of before, nor answer a resume across the gap as
+    // recovered. It came back with its first five messages, recovered:
+    // true, and the next publish reused a coremq_seq.
+    let (n, _) = start(opts(port, "*"));
+    let mut c = n.client();
+    let h = c.history(&[&b]);
+    assert_eq!(
+        h.get(&b).and_then(Value::as_array).map_or(0, Vec::len),
+        0,
+        "{h:?}"
+    );
+    c.command(&json!({"coremq_subscribe": [&b], "coremq_since": since}));
+    let reply = c.recv_reply().json;
+    assert_eq!(reply["recovered"][&b], json!(false), "{reply}");
+}
+
+/// The same for a queue whose `queue_history` goes to 0 and back: its old
+/// records are compacted away by the start that left them out, where they
+/// came back at the next start that kept history for it again.
+#[test]
+fn a_queue_whose_history_went_to_zero_does_not_get_its_old_one_back() {
+    let dir = unique_dir("durable-qh0");
+    let opts = |port, rule: &str| durable(1, &dir, port).set("queue_history", rule);
+    let q = uniq("qh.zero");
+    let (mut n, port) = start(opts(0, "qh.*:100"));
+    let mut c = n.client();
+    for i in 0..5 {
+        c.publish(&q, &json!({"n": i}));
+    }
+    drop(c);
+    assert!(n.stop_with(libc::SIGTERM).success());
+    let (mut n, _) = start(opts(port, "qh.*:0"));
+    assert!(n.logs().contains("compacting it away"), "{}", n.logs());
+    let mut c = n.client();
+    c.publish(&q, &json!({"n": 5}));
+    drop(c);
+    assert!(n.stop_with(libc::SIGTERM).success());
+    let (n, _) = start(opts(port, "qh.*:100"));
+    let h = n.client().history(&[&q]);
+    assert_eq!(
+        h.get(&q).and_then(Value::as_array).map_or(0, Vec::len),
+        0,
+        "{h:?}"
+    );
 }

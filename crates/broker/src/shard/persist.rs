@@ -50,9 +50,21 @@ impl Shard {
     /// (and leave the disk at the next compaction): their history since is
     /// not on disk, so they would bring back an old one, and with it
     /// `coremq_seq` numbers already used and resumes answered "recovered".
+    ///
+    /// Left out is not gone, though: until a compaction rewrites the files,
+    /// a later start whose `persist` (or `queue_history`) names the queue
+    /// again read them back — an old history in place of the one since,
+    /// `coremq_seq` numbers used again, and a resume across the gap
+    /// answered "recovered". So when any is left out, the writer compacts
+    /// first thing ([`Store::compact_at_start`]).
     pub(crate) fn restore(&self, mut frames: Vec<MsgFrame>) -> usize {
         if let Some(store) = &self.store {
-            frames.retain(|f| store.persists(f.queue()));
+            let cfg = self.cfg();
+            let before = frames.len();
+            frames.retain(|f| store.persists(f.queue()) && cfg.history_length_for(f.queue()) > 0);
+            if frames.len() < before {
+                store.compact_at_start();
+            }
         }
         self.owner.restore(frames, self.origin)
     }

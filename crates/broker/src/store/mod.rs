@@ -155,6 +155,13 @@ struct State {
     /// The history may lack messages up to here (a segment was found
     /// missing): every snapshot's link carries it on.
     lost_upto: Option<MsgKey>,
+    /// Records read back at start were left out (their queue keeps no
+    /// history any more): the writer compacts before anything else, so that
+    /// a later start cannot read them back.
+    compact_first: bool,
+    /// The snapshot starting now is that compaction: a stop waits for it
+    /// to end instead of abandoning it (the old records would stay).
+    snapshot_must_end: bool,
 }
 
 /// A segment as [`Store::read_back`] found it.
@@ -320,6 +327,11 @@ impl Store {
         }
         self.st.borrow_mut().lost_upto = lost;
         Ok(lost)
+    }
+
+    /// See [`State::compact_first`].
+    pub(crate) fn compact_at_start(&self) {
+        self.st.borrow_mut().compact_first = true;
     }
 
     /// Figures for status.

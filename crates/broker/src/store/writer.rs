@@ -25,6 +25,16 @@ impl Store {
             })
             .detach();
         }
+        let first = std::mem::take(&mut self.st.borrow_mut().compact_first);
+        if first {
+            self.st.borrow_mut().snapshot_must_end = true;
+            tracing::info!(
+                dir = %self.dir.display(),
+                "history of queues that keep none any more (persist, queue_history) was left \
+                 out at start: compacting it away"
+            );
+            self.start_snapshot(source.clone()).await;
+        }
         loop {
             let work = std::future::poll_fn(|cx| {
                 let st = self.st.borrow();
@@ -353,7 +363,8 @@ impl Store {
         let limit = self.budget / 4;
         let fits = source.retained_bytes() <= limit / 2;
         let (mut kept, mut evicted, mut new_upto) = (0usize, 0u64, None);
-        let stopping = || self.st.borrow().closing;
+        let must_end = std::mem::take(&mut self.st.borrow_mut().snapshot_must_end);
+        let stopping = || !must_end && self.st.borrow().closing;
         let mut created = false;
         let result = async {
             let lost = self.st.borrow().lost_upto;
