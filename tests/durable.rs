@@ -1301,3 +1301,64 @@ fn a_queue_whose_history_went_to_zero_does_not_get_its_old_one_back() {
         "{h:?}"
     );
 }
+
+/// Under `history_memory`, a restart keeps the histories it kept before:
+/// the least recently published-to queues lose theirs, by when their
+/// messages were published, not by the order the files hold them in. A
+/// compaction writes the history newest first, and the restart's own count
+/// of what it stored made the queues published to last look the least
+/// recent: they came back empty — confirmed, in-window messages gone — and
+/// those evicted before the stop came back instead (a review probe).
+#[test]
+fn a_restart_under_history_memory_keeps_the_same_histories() {
+    let dir = unique_dir("durable-memorder");
+    let opts = |port| {
+        durable(1, &dir, port)
+            .set("history_length", "1000")
+            .set("history_memory", "1M")
+            .set("history_disk", "4M")
+            .set("queue_history", "junk.*:1")
+    };
+    let (mut b, port) = start(opts(0));
+    let mut c = b.client();
+    let qs: Vec<String> = (0..10).map(|i| uniq(&format!("mem.q{i}."))).collect();
+    for q in &qs {
+        publish_all(&mut c, std::slice::from_ref(q), 70, 1000);
+    }
+    let junk = uniq("junk.mem");
+    for round in 0..60 {
+        publish_all(&mut c, std::slice::from_ref(&junk), 500, 1000);
+        if disk_sum(&c.status(), "disk_snapshots") > 0 {
+            break;
+        }
+        assert!(round < 59, "no compaction");
+    }
+    let z = uniq("mem.z");
+    publish_all(&mut c, std::slice::from_ref(&qs[0]), 5, 1000);
+    publish_all(&mut c, std::slice::from_ref(&z), 300, 1000);
+    let mut all = qs.clone();
+    all.push(z.clone());
+    let lens = |c: &mut Client| -> Vec<usize> {
+        let h = c.history(&all.iter().map(String::as_str).collect::<Vec<_>>());
+        all.iter()
+            .map(|q| h.get(q).and_then(Value::as_array).map_or(0, Vec::len))
+            .collect()
+    };
+    let before = lens(&mut c);
+    assert!(
+        before.contains(&0) && before.iter().filter(|&&n| n >= 70).count() >= 2,
+        "history_memory evicted some queues and kept others: {before:?}"
+    );
+    drop(c);
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let (b, _) = start(opts(port));
+    let after = lens(&mut b.client());
+    // Which queues have a history is the same; the memory bound may leave
+    // a queue that had one with a little less, never none.
+    let has = |v: &[usize]| v.iter().map(|&n| n > 0).collect::<Vec<_>>();
+    assert_eq!(
+        has(&after),
+        has(&before),
+        "before {before:?}, after {after:?}"
+    );
+}

@@ -26,8 +26,6 @@ pub(crate) struct QueueTable {
     history_bytes: usize,
     /// This shard's part of `history_memory`.
     budget: usize,
-    /// Messages stored so far: the clock of `last_stored`.
-    stored: u64,
     /// Messages dropped from history to stay within the budget.
     evictions: u64,
     /// `history_ttl`: how long each queue keeps its messages.
@@ -49,7 +47,6 @@ impl QueueTable {
             history_messages: 0,
             history_bytes: 0,
             budget,
-            stored: 0,
             evictions: 0,
             ttl: Vec::new(),
         }
@@ -122,8 +119,11 @@ impl QueueTable {
         let (before, cost_before) = (q.history.len(), q.cost(name_len));
         let stored = q.insert_ordered(frame);
         if stored == Stored::New {
-            self.stored += 1;
-            q.last_stored = self.stored;
+            // By the message's position, not by when it was stored here: a
+            // restart stores a snapshot's messages newest first, and the
+            // table's own count then made the queues most recently
+            // published to look the least, and lose their history first.
+            q.last_stored = q.last_stored.max(frame.key().sent_us);
             if in_order {
                 // This node's own messages only: another node's clock may run
                 // ahead, and ordering against it is the per-server

@@ -17,7 +17,7 @@ pub(crate) struct QueueState {
     pub(super) own_id: bool,
     /// [`held_bytes`] of the frames in `history`.
     pub(super) frame_bytes: usize,
-    /// When a message was last stored here, in the table's publish count:
+    /// The newest position (its microseconds) of a message stored here:
     /// the least recently published-to queues lose their history first.
     pub(super) last_stored: u64,
     /// Subscribers of this queue now over `max_pending` under `block`, as
