@@ -1237,3 +1237,32 @@ fn a_large_value_trickled_past_frame_timeout_is_refused() {
     assert_eq!(c.get("slow.b").map(|v| v.1.len()), Some(value.len()));
     assert_eq!(c.get("slow.a"), None);
 }
+
+/// `flush_all` tells the watchers of every key it removes (`kv_watch`), as a
+/// delete does: they were told nothing, so a watcher mirroring the keys
+/// kept them for good. Keys on every shard; each key's events in order.
+#[test]
+fn flush_all_tells_the_watchers_of_what_it_removed() {
+    let (b, addr) = broker(3, &[("kv_watch", "true"), ("kv_allow_flush", "true")]);
+    let keys: Vec<String> = (0..6).map(|i| common::uniq(&format!("fl{i}."))).collect();
+    let mut sub = b.client();
+    let watches: Vec<String> = keys.iter().map(|k| format!("$kv.{k}")).collect();
+    sub.subscribe(&watches.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut c = Mc::connect(addr);
+    for k in &keys {
+        c.call(&format!("set {k} 0 0 1\r\nx\r\n"), "STORED\r\n");
+    }
+    c.call("flush_all\r\n", "OK\r\n");
+    let got = sub.recv_msgs(12, Duration::from_secs(20));
+    for k in &keys {
+        let events: Vec<&Value> = got
+            .iter()
+            .filter(|m| m.json["key"] == json!(k))
+            .map(|m| &m.json)
+            .collect();
+        assert_eq!(events.len(), 2, "{k}: {events:?}");
+        assert_eq!(events[0]["value"], json!("x"), "{k}: {events:?}");
+        assert_eq!(events[1]["deleted"], json!(true), "{k}: {events:?}");
+    }
+    sub.assert_no_msg(Duration::from_millis(300));
+}

@@ -214,6 +214,9 @@ impl Shard {
     fn kv_apply(&self, op: KvOp) -> KvAnswer {
         self.clock.refresh();
         let now = self.clock.now_ms();
+        if matches!(op, KvOp::Flush) && self.cfg.kv.watch {
+            return self.kv_flush_watched(now);
+        }
         let mut changes = Vec::new();
         // Changes are copied out only for the links and watchers.
         let record = (self.kv_replicates || self.cfg.kv.watch).then_some(&mut changes);
@@ -235,6 +238,43 @@ impl Shard {
             if self.kv_replicates {
                 self.respond(CONTROL_SHARD, Response::KvReplicate(Box::new(change)));
             }
+        }
+        answer
+    }
+
+    /// `flush_all` with `kv_watch` on: every key it removes is a change
+    /// its watchers are told of (`deleted`), as for a delete — they were
+    /// told nothing, and a watcher mirroring the keys kept them for good. A
+    /// flush is this node's alone (not replicated), and so are these.
+    fn kv_flush_watched(&self, now: u64) -> KvAnswer {
+        let mut gone = Vec::new();
+        {
+            let kv = self.kv.borrow();
+            let mut cursor = 0;
+            loop {
+                let (page, next) = kv.page(cursor, PAGE, now);
+                gone.extend(
+                    page.into_iter()
+                        .filter(|c| c.value.is_some())
+                        .map(|c| c.key),
+                );
+                match next {
+                    Some(n) => cursor = n,
+                    None => break,
+                }
+            }
+        }
+        let answer = self
+            .kv
+            .borrow_mut()
+            .apply(KvOp::Flush, now, |after| after, None);
+        for key in gone {
+            self.kv_changed(&KvChange {
+                key,
+                value: None,
+                expires_ms: 0,
+                pos: MsgKey::default(),
+            });
         }
         answer
     }
