@@ -510,6 +510,45 @@ fn pipelined_history_requests_that_are_not_read_hold_no_more_than_max_pending() 
     assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
 }
 
+/// A client that pipelines a few large reads, each within `max_pending`,
+/// and reads the replies as fast as it can gets them all: those that would
+/// take the backlog past `max_pending` wait and go as it reads. Written all
+/// at once they passed the hard cap (4 × `max_pending` + 4 MiB) before the
+/// socket could take any, and the client was cut off as a slow consumer (a
+/// review probe: five `coremq_get`s of ~15 MB at the defaults).
+#[test]
+fn pipelined_large_reads_read_promptly_are_all_answered() {
+    const READS: usize = 8;
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "2M")
+            .set("kv_max_value", "1M"),
+    );
+    let mut c = b.client();
+    let keys: Vec<String> = (0..4).map(|i| uniq(&format!("big{i}."))).collect();
+    let value = "v".repeat(400_000);
+    for k in &keys {
+        c.command(&json!({"coremq_set": {"key": k, "value": value}}));
+        c.expect_response("OK: Stored");
+    }
+    // 8 replies of ~1.6 MB: 12.8 MB, past the hard cap of 12 MiB.
+    let mut burst = Vec::new();
+    for _ in 0..READS {
+        burst.extend_from_slice(&encode(&c.id, &json!({ "coremq_get": keys })));
+    }
+    c.send_raw(&burst);
+    for i in 0..READS {
+        let f = c.recv_reply();
+        let values = f.json["values"]
+            .as_object()
+            .unwrap_or_else(|| panic!("reply {i}: {f}"));
+        assert_eq!(values.len(), 4, "reply {i}");
+        assert!(values.values().all(|v| v == &json!(value)), "reply {i}");
+    }
+    let st = c.status();
+    assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
+}
+
 /// A client that sends part of a large frame and stops holds its read
 /// buffer. Past 256 KiB a buffer's memory now comes from the node's
 /// `max_frame_memory`, so such clients together hold no more than it (each

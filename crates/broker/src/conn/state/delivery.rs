@@ -143,9 +143,18 @@ impl Conn {
     pub(crate) fn written(&self, n: usize) {
         let mut st = self.st.borrow_mut();
         st.out.advance(n);
+        // A reply that can be large waited for the buffer to come down
+        // ([`Conn::flush_replies`]).
+        let waiting = st.out.len() <= self.max_pending
+            && st.replies.front().is_some_and(|s| s.remaining == 0);
         if self.flow.stalled_since().is_some() && st.out.len() <= self.max_pending / 2 {
             drop(st);
             self.end_stall();
+        } else {
+            drop(st);
+        }
+        if waiting {
+            self.flush_replies();
         }
     }
 

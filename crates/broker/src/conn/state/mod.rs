@@ -494,11 +494,21 @@ impl Conn {
         }
     }
 
-    /// Writes every completed reply at the front into the buffer.
-    fn flush_replies(&self) {
+    /// Writes every completed reply at the front into the buffer — but a
+    /// reply that can be large waits while the buffer is over
+    /// `max_pending`, and goes as the client reads ([`Conn::written`]).
+    /// Written all at once, the replies of a few pipelined large reads
+    /// (each within `max_pending`) passed the hard cap before the socket
+    /// could take any, and a client that read them as fast as it could was
+    /// cut off as a slow consumer.
+    pub(super) fn flush_replies(&self) {
         let mut st = self.st.borrow_mut();
         let mut became_slow = false;
-        while st.replies.front().is_some_and(|s| s.remaining == 0) {
+        while st
+            .replies
+            .front()
+            .is_some_and(|s| s.remaining == 0 && !(s.bulky && st.out.len() > self.max_pending))
+        {
             let Some(slot) = st.replies.pop_front() else {
                 break;
             };
