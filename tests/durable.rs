@@ -1362,3 +1362,65 @@ fn a_restart_under_history_memory_keeps_the_same_histories() {
         "before {before:?}, after {after:?}"
     );
 }
+
+/// A move to another shard count keeps a hole in the history: the move
+/// reads the old files as a start does, says so, and every new shard's
+/// files carry the hole on, so a resume from before it stays
+/// `"recovered": false` at this start and the next. The move used to
+/// forget it: recovered true, the missing segment's messages silently
+/// absent (a review probe).
+#[test]
+fn a_move_to_another_shard_count_keeps_a_hole() {
+    let dir = unique_dir("durable-hole-move");
+    let opts = |shards, port| {
+        durable(shards, &dir, port)
+            .set("history_length", "100000")
+            .set("history_disk", "4M")
+    };
+    let (mut b, port) = start(opts(1, 0));
+    let q = uniq("dur.holemove");
+    let mut p = b.client();
+    let pad = "h".repeat(1000);
+    for n in 0..1200 {
+        p.publish(&q, &json!({"n": n, "pad": pad}));
+    }
+    let sent = p.history(&[&q])[&q].as_array().unwrap().clone();
+    let since = |m: &Value| json!({&q: {"sent": m["coremq_sent"], "server": m["coremq_server"]}});
+    let (early, late) = (since(&sent[10]), since(&sent[1150]));
+    drop(p);
+    assert!(b.stop_with(libc::SIGTERM).success());
+    let segs = shard0_segments(&dir);
+    assert!(segs.len() >= 4, "{segs:?}");
+    std::fs::remove_file(&segs[1]).unwrap();
+    let resume = |b: &Broker, since: &Value| -> (Value, usize) {
+        let mut s = b.client();
+        s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
+        let reply = s.recv_reply();
+        let mut n = 0;
+        while s.try_recv_msg(Duration::from_millis(500)).is_ok() {
+            n += 1;
+        }
+        (reply.json["recovered"][&q].clone(), n)
+    };
+    for round in 0..2 {
+        let (mut b, _) = start(opts(2, port));
+        if round == 0 {
+            let logs = b.logs();
+            assert!(logs.contains("a history segment is missing"), "{logs}");
+            assert!(
+                logs.contains("history moved to the new shard count"),
+                "{logs}"
+            );
+        }
+        let (ok, n) = resume(&b, &early);
+        assert_eq!(ok, json!(false), "round {round}: a resume across the hole");
+        assert!(n > 0 && n < 1189, "round {round}: {n} replayed");
+        let (ok, n) = resume(&b, &late);
+        assert_eq!(
+            (ok, n),
+            (json!(true), 49),
+            "round {round}: from after the hole"
+        );
+        assert!(b.stop_with(libc::SIGTERM).success());
+    }
+}

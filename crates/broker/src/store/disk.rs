@@ -270,21 +270,46 @@ fn migrate(
         .collect::<Result<_, _>>()?;
     let mut moved = 0u64;
     let mut record = Vec::new();
+    // Holes in the old shards' histories (missing segments, damage, or one
+    // an older snapshot carried): every new shard's history carries the
+    // latest on, as a snapshot would, since any new shard may own a queue
+    // that had messages in one. (A move used to forget them, and resumes
+    // across a hole were answered recovered again.)
+    let mut lost: Option<crate::msg::MsgKey> = None;
+    let stats = super::StoreStats::default();
     for id in 0..old {
         let dir = shard_dir(from, id);
-        for n in segments(&dir)? {
-            let mut frames = Vec::new();
-            read_segment(&segment_path(&dir, n), max_body, &mut frames)?;
-            for f in frames {
-                record.clear();
-                record::encode(&f, &mut record);
-                outs[router.owner(f.queue())].write(&record)?;
-                moved += 1;
-            }
+        let numbers = segments(&dir)?;
+        let mut read: Vec<super::SegmentRead> = Vec::with_capacity(numbers.len());
+        let (mut newest, mut carried) = (None, None);
+        for (i, &n) in numbers.iter().enumerate() {
+            let last = i + 1 == numbers.len();
+            let mut held = false;
+            let mut each = |frames: Vec<MsgFrame>| -> Result<(), DiskError> {
+                held |= !frames.is_empty();
+                newest = frames.iter().map(MsgFrame::key).chain(newest).max();
+                for f in frames {
+                    record.clear();
+                    record::encode(&f, &mut record);
+                    outs[router.owner(f.queue())].write(&record)?;
+                    moved += 1;
+                }
+                Ok(())
+            };
+            let mut failed: Result<(), DiskError> = Ok(());
+            let got = read_back(&dir, n, last, max_body, &mut |frames| {
+                if failed.is_ok() {
+                    failed = each(frames);
+                }
+            })?;
+            failed?;
+            carried = carried.max(got.lost);
+            read.push(super::SegmentRead::next(&read, &got, held, newest));
         }
+        lost = lost.max(super::find_holes(&dir, &numbers, &read, carried, &stats));
     }
     for out in outs {
-        out.finish()?;
+        out.finish(lost)?;
     }
     tracing::info!(
         messages = moved,
@@ -354,8 +379,25 @@ impl SegmentOut {
             .map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 
-    fn finish(mut self) -> Result<(), DiskError> {
+    /// Ends the move; `lost`: the hole the history carries on, written
+    /// into the first segment's link (as a snapshot's carries it).
+    fn finish(mut self, lost: Option<crate::msg::MsgKey>) -> Result<(), DiskError> {
         self.sync()?;
+        if lost.is_some() {
+            let path = segment_path(&self.dir, 1);
+            let mut link = Vec::with_capacity(record::LINK_LEN + 16);
+            record::encode_link(0, lost, &mut link);
+            // The first segment begins with a link without a hole: the one
+            // with it takes the first segment's place, whole.
+            let rest =
+                fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            link.extend_from_slice(&rest[record::LINK_LEN..]);
+            let tmp = path.with_extension("tmp");
+            fs::write(&tmp, &link)
+                .and_then(|()| fs::File::open(&tmp).and_then(|f| f.sync_all()))
+                .and_then(|()| fs::rename(&tmp, &path))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
         sync_dir(&self.dir)
     }
 }

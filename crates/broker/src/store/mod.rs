@@ -164,8 +164,8 @@ struct State {
     snapshot_must_end: bool,
 }
 
-/// A segment as [`Store::read_back`] found it.
-struct SegmentRead {
+/// A segment as read back ([`find_holes`]).
+pub(crate) struct SegmentRead {
     /// Its link: the segment written before it (0: none).
     follows: Option<u64>,
     /// Whether it held messages.
@@ -175,6 +175,92 @@ struct SegmentRead {
     /// Records lost to damage: where their messages end, if a message after
     /// the damage bounds them within the segment.
     damaged: Option<Option<MsgKey>>,
+}
+
+impl SegmentRead {
+    /// The next segment of `read` (those before it, oldest first): `got`
+    /// as [`disk::read_back`] found it, whether it held messages, and the
+    /// newest position read up to it.
+    pub(crate) fn next(
+        read: &[SegmentRead],
+        got: &disk::ReadBack,
+        held: bool,
+        newest: Option<MsgKey>,
+    ) -> SegmentRead {
+        let before = read.last().and_then(|r| r.newest);
+        let damaged = got
+            .damaged
+            .then(|| got.damage_upto.map(|upto| upto.max(before.unwrap_or(upto))));
+        SegmentRead {
+            follows: got.follows,
+            held,
+            newest,
+            damaged,
+        }
+    }
+}
+
+/// Where a shard's history may lack messages up to, from its segments as
+/// read ([`SegmentRead`], oldest first, numbered `numbers`) and what their
+/// links carried: missing segments and records lost to damage are logged
+/// and counted in `stats` (see [`Store::read_back`]).
+pub(crate) fn find_holes(
+    dir: &Path,
+    numbers: &[u64],
+    read: &[SegmentRead],
+    carried: Option<MsgKey>,
+    stats: &StoreStats,
+) -> Option<MsgKey> {
+    // The newest snapshot stands for every segment numbered before it:
+    // those may be gone (removed behind it) or left over from a removal
+    // a crash cut short, and segments written while it was being written
+    // link to them. From it on, the chain must be whole.
+    let (from, base) = match read.iter().rposition(|r| r.follows == Some(0)) {
+        Some(i) => (i, numbers[i]),
+        None => (0, 0),
+    };
+    let mut lost = carried;
+    // Where messages lost at segment `i` end: every one of them is older
+    // than the newest read up to the first segment after `i` that holds
+    // messages, or than the present if none does.
+    let lost_before = |i: usize| match read[i + 1..].iter().find(|r| r.held) {
+        Some(r) => r.newest,
+        None => Some(MsgKey {
+            sent_us: crate::clock::unix_now_us(),
+            origin: u64::MAX,
+        }),
+    };
+    for (i, r) in read.iter().enumerate().skip(from) {
+        if let Some(within) = r.damaged {
+            // Records skipped inside the chain (not a torn tail): what
+            // they held is gone, as if a segment were missing.
+            stats.damaged.set(stats.damaged.get() + 1);
+            lost = lost.max(within.or_else(|| lost_before(i)));
+            tracing::error!(
+                file = %disk::segment_path(dir, numbers[i]).display(),
+                "records of a history segment are damaged: the messages they held are lost on \
+                 this node; resumes from before them are answered \"recovered\": false"
+            );
+        }
+        let Some(prev) = r.follows.filter(|&p| p != 0) else {
+            continue;
+        };
+        if prev < base || numbers.binary_search(&prev).is_ok() {
+            continue;
+        }
+        stats.missing.set(stats.missing.get() + 1);
+        // The missing one came right before segment `i`.
+        let upto = if r.held { r.newest } else { lost_before(i) };
+        lost = lost.max(upto);
+        tracing::error!(
+            dir = %dir.display(),
+            missing = %disk::segment_path(dir, prev).display(),
+            next = %disk::segment_path(dir, numbers[i]).display(),
+            "a history segment is missing: the messages it held are lost on this node; \
+             resumes from before them are answered \"recovered\": false"
+        );
+    }
+    lost
 }
 
 /// One shard's durable history.
@@ -262,69 +348,13 @@ impl Store {
                 each(frames);
             })?;
             carried = carried.max(got.lost);
-            let before = read.last().and_then(|r| r.newest);
-            let damaged = got
-                .damaged
-                .then(|| got.damage_upto.map(|upto| upto.max(before.unwrap_or(upto))));
-            read.push(SegmentRead {
-                follows: got.follows,
-                held,
-                newest,
-                damaged,
-            });
+            read.push(SegmentRead::next(&read, &got, held, newest));
             self.st.borrow_mut().closed[i].1 = got.size;
         }
         let on_disk = self.st.borrow().closed.iter().map(|s| s.1).sum();
         self.stats.disk_bytes.set(on_disk);
-        // The newest snapshot stands for every segment numbered before it:
-        // those may be gone (removed behind it) or left over from a removal
-        // a crash cut short, and segments written while it was being written
-        // link to them. From it on, the chain must be whole.
-        let (from, base) = match read.iter().rposition(|r| r.follows == Some(0)) {
-            Some(i) => (i, segments[i].0),
-            None => (0, 0),
-        };
-        let mut lost = carried;
-        // Where messages lost at segment `i` end: every one of them is older
-        // than the newest read up to the first segment after `i` that holds
-        // messages, or than the present if none does.
-        let lost_before = |i: usize| match read[i + 1..].iter().find(|r| r.held) {
-            Some(r) => r.newest,
-            None => Some(MsgKey {
-                sent_us: crate::clock::unix_now_us(),
-                origin: u64::MAX,
-            }),
-        };
-        for (i, r) in read.iter().enumerate().skip(from) {
-            if let Some(within) = r.damaged {
-                // Records skipped inside the chain (not a torn tail): what
-                // they held is gone, as if a segment were missing.
-                self.stats.damaged.set(self.stats.damaged.get() + 1);
-                lost = lost.max(within.or_else(|| lost_before(i)));
-                tracing::error!(
-                    file = %disk::segment_path(&self.dir, segments[i].0).display(),
-                    "records of a history segment are damaged: the messages they held are lost on \
-                     this node; resumes from before them are answered \"recovered\": false"
-                );
-            }
-            let Some(prev) = r.follows.filter(|&p| p != 0) else {
-                continue;
-            };
-            if prev < base || segments.binary_search_by_key(&prev, |s| s.0).is_ok() {
-                continue;
-            }
-            self.stats.missing.set(self.stats.missing.get() + 1);
-            // The missing one came right before segment `i`.
-            let upto = if r.held { r.newest } else { lost_before(i) };
-            lost = lost.max(upto);
-            tracing::error!(
-                dir = %self.dir.display(),
-                missing = %disk::segment_path(&self.dir, prev).display(),
-                next = %disk::segment_path(&self.dir, segments[i].0).display(),
-                "a history segment is missing: the messages it held are lost on this node; \
-                 resumes from before them are answered \"recovered\": false"
-            );
-        }
+        let numbers: Vec<u64> = segments.iter().map(|s| s.0).collect();
+        let lost = find_holes(&self.dir, &numbers, &read, carried, &self.stats);
         self.st.borrow_mut().lost_upto = lost;
         Ok(lost)
     }
