@@ -110,6 +110,15 @@ fn max_list_length(shards: usize) {
             "{cmd}"
         );
     }
+    // Key lists say keys (they said queues).
+    for cmd in ["coremq_get", "coremq_delete"] {
+        c.command(&json!({ cmd: six }));
+        assert_eq!(
+            c.expect_error(),
+            "ERROR: Too many keys in one request (max 5)",
+            "{cmd}"
+        );
+    }
     // Nothing of the refused subscribe took effect.
     p.publish(&names[5], &json!({"n": 0}));
     c.assert_no_msg(Duration::from_millis(200));

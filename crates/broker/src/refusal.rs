@@ -35,10 +35,12 @@ pub(crate) enum Refusal {
         /// The queue it was refused for (empty for `status`).
         queue: Box<str>,
     },
-    /// A list command naming more than `max_list_length` queues.
+    /// A list command naming more than `max_list_length` queues (or keys).
     TooManyQueues {
         /// The configured limit.
         max: usize,
+        /// What the list names: `queues` or `keys`.
+        what: &'static str,
     },
     /// A subscribe that would take the connection past `max_subscriptions`.
     TooManySubscriptions {
@@ -263,7 +265,9 @@ impl Refusal {
             Refusal::FrameTimeout { secs } => format!(
                 "a large message did not arrive within frame_timeout ({secs} s of waiting for it); closing"
             ),
-            Refusal::TooManyQueues { max } => format!("Too many queues in one request (max {max})"),
+            Refusal::TooManyQueues { max, what } => {
+                format!("Too many {what} in one request (max {max})")
+            }
             Refusal::TooManySubscriptions { max } => {
                 format!("Too many subscriptions (max_subscriptions = {max})")
             }
@@ -429,9 +433,21 @@ mod tests {
                 true,
             ),
             (
-                Refusal::TooManyQueues { max: 1000 },
+                Refusal::TooManyQueues {
+                    max: 1000,
+                    what: "queues",
+                },
                 r#"+69 id-1 {"response": "ERROR: Too many queues in one request (max 1000)"}"#,
                 r#"{"response": "ERROR: Too many queues in one request (max 1000)", "queue": "id-1"}"#,
+                true,
+            ),
+            (
+                Refusal::TooManyQueues {
+                    max: 1000,
+                    what: "keys",
+                },
+                r#"+67 id-1 {"response": "ERROR: Too many keys in one request (max 1000)"}"#,
+                r#"{"response": "ERROR: Too many keys in one request (max 1000)", "queue": "id-1"}"#,
                 true,
             ),
             (

@@ -103,11 +103,20 @@ pub(crate) fn subscribe_one(
 /// Refuses a list of more than `max_list_length` names (before any work
 /// that grows with it).
 pub(super) fn list_too_long(shard: &Shard, conn: &Conn, names: &[String]) -> bool {
+    too_many(shard, conn, names, "queues")
+}
+
+/// The same for a list of keys (`coremq_get`, `coremq_delete`).
+pub(super) fn keys_too_many(shard: &Shard, conn: &Conn, keys: &[String]) -> bool {
+    too_many(shard, conn, keys, "keys")
+}
+
+fn too_many(shard: &Shard, conn: &Conn, names: &[String], what: &'static str) -> bool {
     let max = shard.cfg().max_list_length;
     if names.len() <= max {
         return false;
     }
-    shard.refuse(conn, &Refusal::TooManyQueues { max });
+    shard.refuse(conn, &Refusal::TooManyQueues { max, what });
     true
 }
 

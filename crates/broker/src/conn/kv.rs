@@ -2,7 +2,7 @@
 //! `coremq_set`, `coremq_get`, `coremq_delete`, `coremq_incr`, each
 //! answered in the connection's reply order.
 
-use super::handler::{dedup, list_too_long};
+use super::handler::{dedup, keys_too_many};
 use super::reply::ReplyKind;
 use super::state::Conn;
 use crate::kvop::{now_ms, Expiry, KvAnswer, KvOp, KvValue, SetCond};
@@ -92,7 +92,7 @@ pub(super) fn set(shard: &Rc<Shard>, conn: &Rc<Conn>, set: KvSet) {
 }
 
 pub(super) fn get(shard: &Rc<Shard>, conn: &Rc<Conn>, keys: Vec<String>) {
-    if list_too_long(shard, conn, &keys)
+    if keys_too_many(shard, conn, &keys)
         || not_allowed(shard, conn, Action::KvRead, keys.iter().map(String::as_str))
         || not_in_sync(shard, conn)
     {
@@ -102,7 +102,7 @@ pub(super) fn get(shard: &Rc<Shard>, conn: &Rc<Conn>, keys: Vec<String>) {
 }
 
 pub(super) fn delete(shard: &Rc<Shard>, conn: &Rc<Conn>, keys: Vec<String>) {
-    if list_too_long(shard, conn, &keys)
+    if keys_too_many(shard, conn, &keys)
         || not_allowed(
             shard,
             conn,
