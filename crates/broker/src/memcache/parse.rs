@@ -383,8 +383,8 @@ pub(crate) fn parse(buf: &[u8], max_value: usize) -> Parse<'_> {
             step(What::Cmd(Cmd::Verbosity { noreply }))
         }
         b"stats" if args.is_empty() => step(What::Cmd(Cmd::Stats)),
-        // An unknown command ending in `noreply` gets no reply either, as in
-        // memcached 1.6.
+        // An unknown command ending in `noreply` gets no reply either
+        // (memcached 1.6.18 answers ERROR: docs/memcached.md says why not).
         _ => answer(reply::ERROR),
     }
 }
