@@ -666,3 +666,51 @@ fn replies_behind_a_held_confirmation_are_bounded() {
     let st = watcher.status();
     assert_eq!(shard_sum(&st, "slow_consumers"), 0, "{st}");
 }
+
+/// A node whose slow subscriber holds a queue's publishers on another node
+/// (G5 across the cluster), and that then hangs — stopped, so it can neither
+/// cut its subscriber off after `max_stall` nor say the hold is over — does
+/// not hold them for good: past `max_stall` (and a short grace) the other
+/// node lets them go on by itself (§6: a node cut off does not stop the
+/// others). They were held for as long as the node hung.
+#[test]
+fn a_hung_peer_does_not_hold_publishers_past_max_stall() {
+    use common::cluster::{Cluster, Spec};
+    let mut cl = Cluster::start(Spec {
+        nodes: 2,
+        tweak: Some(|_, o| {
+            *o = o
+                .clone()
+                .set("max_pending", "64K")
+                .set("max_message_size", "32K")
+                .set("max_stall", "2");
+        }),
+        ..Spec::new(1)
+    });
+    cl.wait_links_up();
+    let q = uniq("g5.hung");
+    let mut s = cl.nodes[1].client();
+    s.subscribe(&[&q]);
+    std::thread::sleep(Duration::from_millis(100));
+    let publisher = firehose(cl.nodes[0].b(), &q, 2_000, 8_000);
+    let mut watch = cl.nodes[1].client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while shard_sum(&watch.status(), "stalls") == 0 {
+        assert!(Instant::now() < deadline, "n2 never stalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(watch);
+    cl.nodes[1].b().signal(libc::SIGSTOP);
+    let mut p = cl.nodes[0].client();
+    p.send(&q, &json!({"after": "n2 hung"}));
+    let got = p.try_recv_reply(Duration::from_secs(15));
+    cl.nodes[1].b().signal(libc::SIGCONT);
+    let f = got.expect("no confirmation within 15 s while n2 hung");
+    assert_eq!(f.response(), Some(OK_SENT), "{f}");
+    wait_log(
+        cl.nodes[0].b(),
+        "held this queue's publishers past max_stall",
+    );
+    drop(s);
+    let _ = publisher.join();
+}

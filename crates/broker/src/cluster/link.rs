@@ -11,13 +11,14 @@ use coremq_protocol as proto;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::spawn_local;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// Queue name of history-exchange frames on a link.
 const SYNC_QUEUE: &str = "$coremq.sync";
@@ -168,6 +169,52 @@ enum Event {
     Done(&'static str),
 }
 
+/// Queues a peer asked this node to hold the publishers of (G5), and since
+/// when.
+type Held = Rc<RefCell<HashMap<Box<str>, Instant>>>;
+
+/// What a peer's hold may outlast `max_stall` by before this node lets the
+/// queue's publishers go on by itself.
+const HOLD_GRACE: Duration = Duration::from_secs(2);
+
+/// Releases holds a peer asked for and never ended: a peer that is alive
+/// cuts its slow subscriber off after `max_stall` and says so, but one that
+/// hangs (stopped, its link black-holed without a close) says nothing, and
+/// the queue's publishers on this node — and on every node it asked — were
+/// held for as long as it hung, against G5's bound and §6 (a node cut off
+/// does not stop the others). Ends with the link (`held` gone).
+async fn release_stale_holds(
+    shard: Rc<Shard>,
+    held: std::rc::Weak<RefCell<HashMap<Box<str>, Instant>>>,
+    peer: String,
+) {
+    let limit = shard.cfg().max_stall + HOLD_GRACE;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(500)).await;
+        let Some(held) = held.upgrade() else {
+            return;
+        };
+        let stale: Vec<Box<str>> = held
+            .borrow()
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= limit)
+            .map(|(q, _)| q.clone())
+            .collect();
+        for queue in stale {
+            held.borrow_mut().remove(&queue);
+            tracing::warn!(
+                %peer,
+                %queue,
+                "a cluster peer held this queue's publishers past max_stall without releasing \
+                 them (it may hang); letting them go on"
+            );
+            let owner = shard.owner_of(&queue);
+            let (on, remote) = (false, true);
+            shard.request(owner, Request::Pressure { queue, on, remote });
+        }
+    }
+}
+
 /// Runs one link until it fails, is replaced or the node stops.
 pub(super) async fn run_link(
     shard: Rc<Shard>,
@@ -211,8 +258,15 @@ pub(super) async fn run_link(
     for queue in cluster.stalled.borrow().iter() {
         link.push(&pressure_frame(queue, true));
     }
-    // Queues the peer asked us to hold, released when the link ends.
-    let held = RefCell::new(HashSet::new());
+    // Queues the peer asked us to hold (since when), released when the
+    // link ends or, if the peer never says so, past max_stall.
+    let held: Held = Rc::new(RefCell::new(HashMap::new()));
+    spawn_local(release_stale_holds(
+        shard.clone(),
+        Rc::downgrade(&held),
+        name.clone(),
+    ))
+    .detach();
 
     // History exchange: everything we hold, for the peer to fill its gaps.
     {
@@ -403,7 +457,8 @@ pub(super) async fn run_link(
         }
     };
     tracing::info!(peer = %name, why, "cluster link down");
-    for queue in held.into_inner() {
+    let held = std::mem::take(&mut *held.borrow_mut());
+    for queue in held.into_keys() {
         let owner = shard.owner_of(&queue);
         let (on, remote) = (false, true);
         shard.request(owner, Request::Pressure { queue, on, remote });
@@ -529,7 +584,7 @@ fn take_frames(
     buf: &[u8],
     max_frame: usize,
     counters: &PeerCounters,
-    held: &RefCell<HashSet<Box<str>>>,
+    held: &RefCell<HashMap<Box<str>, Instant>>,
     ended: &Cell<Ended>,
     from: &From<'_>,
 ) -> Result<usize, &'static str> {
@@ -558,9 +613,12 @@ fn take_frames(
             let queue: Box<str> = p.queue.into();
             // Once per queue and link, whatever the peer repeats.
             let changed = if p.on {
-                held.borrow_mut().insert(queue.clone())
+                let mut held = held.borrow_mut();
+                let new = !held.contains_key(&queue);
+                held.entry(queue.clone()).or_insert_with(Instant::now);
+                new
             } else {
-                held.borrow_mut().remove(&queue)
+                held.borrow_mut().remove(&queue).is_some()
             };
             if changed {
                 let owner = shard.owner_of(&queue);
