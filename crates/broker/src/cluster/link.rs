@@ -302,6 +302,15 @@ pub(super) async fn run_link(
                     frame.clear();
                     proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
                     link.push(&frame);
+                    // Paced as the key exchange below: a history larger than
+                    // cluster_link_buffer, pushed at once, cut the link at
+                    // every connect, for ever (and live messages with it).
+                    while link.pending() > link.limit / 4 {
+                        if link.closed.get() {
+                            return;
+                        }
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
+                    }
                 }
             }
             if oversize > 0 {
