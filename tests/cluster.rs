@@ -876,6 +876,12 @@ fn without_a_secret_a_replicant_must_come_from_the_host_it_names() {
     // From the host itself: accepted, and the link carries what clients
     // publish; the refused connection, had it become a link, would too.
     let mut link = accepted_from(&b, "127.0.0.7", json!({"name": "127.0.0.7:5000"}));
+    // The OK comes before the control shard runs the link: a message
+    // published in between reaches it only through the history exchange
+    // (a `$coremq.` frame), which made this test wait in vain now and then.
+    wait_status(&mut b.client(), "the replicant's link up", |st| {
+        replicants(st).contains("127.0.0.7:5000")
+    });
     b.client().publish(&q, &json!({"n": 1}));
     let f = next_link_frame(&mut link, REPLY_TIMEOUT).expect("the message on the link");
     assert_eq!(f.queue, q, "{f}");
