@@ -7,7 +7,7 @@ mod common;
 
 use common::auth::{auth_reply, hash, login, token, Fixture, SECRET};
 use common::cluster::{Cluster, Spec};
-use common::web::{http_request, WsClient};
+use common::web::{http_request, raw_head, WsClient};
 use common::*;
 use serde_json::json;
 use std::sync::OnceLock;
@@ -37,8 +37,16 @@ fn status_metrics_and_dashboard_need_a_monitor_user() {
     for path in ["/status", "/metrics", "/"] {
         let none = http_request(addr, "GET", path, &[], None);
         assert_eq!(none.status, 401, "{path} without credentials");
+        assert!(!none.body.is_empty(), "{path}: the 401 says why");
         let challenge = none.header("www-authenticate").unwrap_or_default();
         assert!(challenge.starts_with("Basic realm="), "{path}: {challenge}");
+        // A HEAD gets the same answer without content (RFC 9110 §9.3.2).
+        let raw = String::from_utf8_lossy(&raw_head(addr, path, &[])).into_owned();
+        assert!(raw.starts_with("HTTP/1.1 401 "), "{raw}");
+        assert!(
+            raw.ends_with("\r\n\r\n"),
+            "HEAD {path} sent content: {raw:?}"
+        );
 
         let watcher = basic("watcher", "watch-pw");
         let ok = http_request(addr, "GET", path, &[("Authorization", &watcher)], None);

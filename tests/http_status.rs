@@ -103,10 +103,23 @@ fn status_over_http(shards: usize) {
     assert_eq!(keys(&v["node"]), keys(&t["node"]));
     assert_eq!(keys(&list[0]), keys(&t["shards"][0]));
 
-    // HEAD: the headers without a body.
+    // HEAD: the headers without a body — errors too (RFC 9110 §9.3.2; a
+    // 404 or 426 carried its text).
     let h = http_request(b.ws_addr(), "HEAD", "/status", &[], None);
     assert_eq!(h.status, 200);
     assert!(h.body.is_empty());
+    for (path, status) in [("/nope", 404), ("/ws", 426)] {
+        let get = http_request(b.ws_addr(), "GET", path, &[], None);
+        assert_eq!(get.status, status, "GET {path}");
+        assert!(!get.body.is_empty(), "GET {path} says why");
+        let raw = raw_head(b.ws_addr(), path, &[]);
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "HEAD {path} sent content: {text:?}"
+        );
+    }
     // A query string does not change the route.
     assert_eq!(http_get(b.ws_addr(), "/status?pretty=1").status, 200);
 }

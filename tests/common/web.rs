@@ -51,6 +51,23 @@ impl HttpResponse {
     }
 }
 
+/// Sends `HEAD path` and returns every byte the server sent until it
+/// closed (a client that reads a `HEAD` reply's head only would not see
+/// content sent after it, which RFC 9110 §9.3.2 forbids).
+pub fn raw_head(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut req = format!("HEAD {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    all
+}
+
 /// Sends one request (`Connection: close`) and reads the whole response; every
 /// read is bounded by `timeout` overall.
 pub fn http_request_timeout(

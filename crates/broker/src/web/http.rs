@@ -165,13 +165,24 @@ pub(crate) async fn respond_cached(
 
 /// A plain-text error response.
 pub(crate) async fn respond_text(stream: &mut Io, status: &str, text: &str) -> std::io::Result<()> {
+    respond_text_to(stream, status, text, false).await
+}
+
+/// [`respond_text`], headers alone for a `HEAD` request (`head_only`): a
+/// reply to `HEAD` has no content (RFC 9110 §9.3.2), whatever its status.
+pub(crate) async fn respond_text_to(
+    stream: &mut Io,
+    status: &str,
+    text: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
     respond(
         stream,
         status,
         "text/plain; charset=utf-8",
         &[],
         format!("{text}\n").as_bytes(),
-        false,
+        head_only,
     )
     .await
 }

@@ -25,7 +25,7 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::spawn_local;
 use glommio::timer::sleep;
-use http::{read_head, respond, respond_cached, respond_text, Head, HEAD_TIMEOUT};
+use http::{read_head, respond, respond_cached, respond_text, respond_text_to, Head, HEAD_TIMEOUT};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::{Rc, Weak};
 use tracing::Instrument;
@@ -206,7 +206,7 @@ async fn handle(
     };
     if monitored {
         if let Err(denied) = auth::may_monitor(&shard, &head, cert.as_ref()).await {
-            let _ = refuse_http(&mut stream, denied).await;
+            let _ = refuse_http(&mut stream, denied, head.method == "HEAD").await;
             return Some((stream, slot));
         }
     }
@@ -219,10 +219,11 @@ async fn handle(
             return None;
         }
         ("GET" | "HEAD", "/ws") => {
-            respond_text(
+            respond_text_to(
                 &mut stream,
                 "426 Upgrade Required",
                 "this path speaks WebSocket",
+                head.method == "HEAD",
             )
             .await
         }
@@ -270,10 +271,11 @@ async fn handle(
         }
         ("GET" | "HEAD", "/coremq.js") => serve_module(&mut stream, &head, &settings).await,
         ("GET" | "HEAD", _) => {
-            respond_text(
+            respond_text_to(
                 &mut stream,
                 "404 Not Found",
                 "not found: try /, /status, /metrics, /coremq.js or /ws",
+                head.method == "HEAD",
             )
             .await
         }
@@ -374,26 +376,33 @@ async fn serve_module(stream: &mut Io, head: &Head, settings: &WebSettings) -> s
 
 /// The 401 (the browser asks for a user and password) or 403 of a request
 /// without the `monitor` right.
-async fn refuse_http(stream: &mut Io, denied: auth::Denied) -> std::io::Result<()> {
+/// (`head_only`: the request was `HEAD`, which gets no body.)
+async fn refuse_http(
+    stream: &mut Io,
+    denied: auth::Denied,
+    head_only: bool,
+) -> std::io::Result<()> {
     match denied {
         auth::Denied::Unauthorized => refuse_401(
             stream,
             b"authentication required: a user with monitor = true (HTTP Basic or Bearer token)\n",
+            head_only,
         )
         .await,
         auth::Denied::Forbidden => {
-            respond_text(
+            respond_text_to(
                 stream,
                 "403 Forbidden",
                 "this user may not monitor (monitor = true)",
+                head_only,
             )
             .await
         }
     }
 }
 
-/// A 401 with a Basic challenge and `body`.
-async fn refuse_401(stream: &mut Io, body: &[u8]) -> std::io::Result<()> {
+/// A 401 with a Basic challenge and `body` (none for a `HEAD` request).
+async fn refuse_401(stream: &mut Io, body: &[u8], head_only: bool) -> std::io::Result<()> {
     respond(
         stream,
         "401 Unauthorized",
@@ -403,7 +412,7 @@ async fn refuse_401(stream: &mut Io, body: &[u8]) -> std::io::Result<()> {
             "Basic realm=\"CoreMQ\", charset=\"UTF-8\"",
         )],
         body,
-        false,
+        head_only,
     )
     .await
 }
@@ -490,6 +499,7 @@ async fn upgrade(
                     &mut stream,
                     b"authentication failed: wrong user, password or token (HTTP Basic, \
                       Bearer token or ?token=)\n",
+                    false,
                 )
                 .await;
                 return;
