@@ -164,6 +164,16 @@ fn an_expiring_token_closes_unless_refreshed() {
     kept.publish(&q, &json!({"n": 1}));
 }
 
+/// `c` is closed, its last frame `ERROR: Token expired` (within 15 s).
+fn closes_with_token_expired(c: &mut Client) {
+    let (frames, eof) = c.read_until_eof(Duration::from_secs(15));
+    assert!(eof);
+    assert_eq!(
+        frames.last().map(|f| f.json.clone()),
+        Some(json!({"response": "ERROR: Token expired"}))
+    );
+}
+
 /// A refresh moves the expiry either way: a token that expires sooner than
 /// the one it replaces (with claims of its own: here `monitor`) ends the
 /// connection when it expires, not when the first one would have. It used
@@ -180,12 +190,7 @@ fn a_refresh_that_expires_sooner_ends_the_connection_then() {
     assert_eq!(r, json!({"response": "OK: Authenticated", "user": "bob"}));
     // Its claim is in force until it expires.
     c.status();
-    let (frames, eof) = c.read_until_eof(Duration::from_secs(15));
-    assert!(eof);
-    assert_eq!(
-        frames.last().map(|f| f.json.clone()),
-        Some(json!({"response": "ERROR: Token expired"}))
-    );
+    closes_with_token_expired(&mut c);
 }
 
 /// A password login ends the watch on the token it replaces (the
@@ -204,12 +209,7 @@ fn a_token_after_a_password_login_still_expires() {
     c.publish(&q, &json!({"after the first token": true}));
     let r = auth_reply(&mut c, json!({"token": token("alice", 2)}));
     assert_eq!(r, json!({"response": "OK: Authenticated", "user": "alice"}));
-    let (frames, eof) = c.read_until_eof(Duration::from_secs(15));
-    assert!(eof);
-    assert_eq!(
-        frames.last().map(|f| f.json.clone()),
-        Some(json!({"response": "ERROR: Token expired"}))
-    );
+    closes_with_token_expired(&mut c);
 }
 
 #[test]

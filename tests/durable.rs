@@ -983,6 +983,20 @@ fn shard0_segments(dir: &Path) -> Vec<PathBuf> {
     segs
 }
 
+/// Resumes `q` from `since` on a fresh connection of `b`: the reply's
+/// `recovered` for it and the `n` of every message replayed or delivered
+/// within half a second of quiet.
+fn resume_ns(b: &Broker, q: &str, since: &Value) -> (Value, Vec<u64>) {
+    let mut s = b.client();
+    s.command(&json!({"coremq_subscribe": [q], "coremq_since": since}));
+    let reply = s.recv_reply();
+    let mut ns = Vec::new();
+    while let Ok(f) = s.try_recv_msg(Duration::from_millis(500)) {
+        ns.push(f.json["n"].as_u64().unwrap());
+    }
+    (reply.json["recovered"][q].clone(), ns)
+}
+
 /// Records damaged inside the history (not the last segment's torn tail,
 /// which only a write cut short leaves) are a hole too: they are skipped as
 /// before, and the start says so, counts it, and answers a resume from
@@ -1003,16 +1017,7 @@ fn damaged_records_are_a_hole_no_resume_is_promised_across() {
     let since = |m: &Value| json!({&q: {"sent": m["coremq_sent"], "server": m["coremq_server"]}});
     let (early, late) = (since(&sent[10]), since(&sent[80]));
     drop(p);
-    let resume = |b: &Broker, since: &Value| -> (Value, Vec<u64>) {
-        let mut s = b.client();
-        s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
-        let reply = s.recv_reply();
-        let mut ns = Vec::new();
-        while let Ok(f) = s.try_recv_msg(Duration::from_millis(500)) {
-            ns.push(f.json["n"].as_u64().unwrap());
-        }
-        (reply.json["recovered"][&q].clone(), ns)
-    };
+    let resume = |b: &Broker, since: &Value| resume_ns(b, &q, since);
     assert!(b.stop_with(libc::SIGTERM).success());
     // The torn tail of a write cut short (never confirmed) is no hole.
     let segs = shard0_segments(&dir);
@@ -1079,16 +1084,7 @@ fn a_missing_segment_is_a_hole_no_resume_is_promised_across() {
     let since = |m: &Value| json!({&q: {"sent": m["coremq_sent"], "server": m["coremq_server"]}});
     let (early, late) = (since(&sent[10]), since(&sent[1150]));
     drop(p);
-    let resume = |b: &Broker, since: &Value| -> (Value, Vec<u64>) {
-        let mut s = b.client();
-        s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
-        let reply = s.recv_reply();
-        let mut ns = Vec::new();
-        while let Ok(f) = s.try_recv_msg(Duration::from_millis(500)) {
-            ns.push(f.json["n"].as_u64().unwrap());
-        }
-        (reply.json["recovered"][&q].clone(), ns)
-    };
+    let resume = |b: &Broker, since: &Value| resume_ns(b, &q, since);
     // A whole chain of segments, restarted: complete from anywhere.
     assert!(b.stop_with(libc::SIGTERM).success());
     let segs = shard0_segments(&dir);
@@ -1392,15 +1388,9 @@ fn a_move_to_another_shard_count_keeps_a_hole() {
     let segs = shard0_segments(&dir);
     assert!(segs.len() >= 4, "{segs:?}");
     std::fs::remove_file(&segs[1]).unwrap();
-    let resume = |b: &Broker, since: &Value| -> (Value, usize) {
-        let mut s = b.client();
-        s.command(&json!({"coremq_subscribe": [&q], "coremq_since": since}));
-        let reply = s.recv_reply();
-        let mut n = 0;
-        while s.try_recv_msg(Duration::from_millis(500)).is_ok() {
-            n += 1;
-        }
-        (reply.json["recovered"][&q].clone(), n)
+    let resume = |b: &Broker, since: &Value| {
+        let (ok, ns) = resume_ns(b, &q, since);
+        (ok, ns.len())
     };
     for round in 0..2 {
         let (mut b, _) = start(opts(2, port));
