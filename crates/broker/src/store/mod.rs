@@ -159,9 +159,6 @@ struct State {
     /// history any more): the writer compacts before anything else, so that
     /// a later start cannot read them back.
     compact_first: bool,
-    /// The snapshot starting now is that compaction: a stop waits for it
-    /// to end instead of abandoning it (the old records would stay).
-    snapshot_must_end: bool,
 }
 
 /// A segment as read back ([`find_holes`]).

@@ -27,13 +27,14 @@ impl Store {
         }
         let first = std::mem::take(&mut self.st.borrow_mut().compact_first);
         if first {
-            self.st.borrow_mut().snapshot_must_end = true;
             tracing::info!(
                 dir = %self.dir.display(),
                 "history of queues that keep none any more (persist, queue_history) was left \
                  out at start: compacting it away"
             );
-            self.start_snapshot(source.clone()).await;
+            // A stop waits for this one instead of abandoning it: the old
+            // records would stay.
+            self.start_snapshot(source.clone(), true).await;
         }
         loop {
             let work = std::future::poll_fn(|cx| {
@@ -122,7 +123,7 @@ impl Store {
     /// compaction per piece at most: on a full disk each one fails.
     async fn make_room(self: &Rc<Self>, source: &Rc<dyn Source>, incoming: u64) {
         if !self.st.borrow().snapshotting && self.wants_snapshot(&**source, incoming) {
-            self.start_snapshot(source.clone()).await;
+            self.start_snapshot(source.clone(), false).await;
         }
         let reserved = self.budget / 4;
         if self.st.borrow().snapshotting
@@ -332,8 +333,9 @@ impl Store {
     /// Starts a compaction: the active segment is closed, and a task writes
     /// the retained history to a fresh segment — numbered before any the
     /// writer opens meanwhile, which go on being written — then removes
-    /// every older segment.
-    async fn start_snapshot(self: &Rc<Self>, source: Rc<dyn Source>) {
+    /// every older segment. `must_end`: a stop waits for it to end
+    /// instead of abandoning it.
+    async fn start_snapshot(self: &Rc<Self>, source: Rc<dyn Source>, must_end: bool) {
         self.close_active().await;
         let (n, old) = {
             let mut st = self.st.borrow_mut();
@@ -342,7 +344,7 @@ impl Store {
             st.snapshotting = true;
             (n, std::mem::take(&mut st.closed))
         };
-        glommio::spawn_local(self.clone().snapshot(source, n, old)).detach();
+        glommio::spawn_local(self.clone().snapshot(source, n, old, must_end)).detach();
     }
 
     /// Writes the retained history (the newest of it, within a quarter of
@@ -359,11 +361,16 @@ impl Store {
     /// or not a page took them too (a restart stores each once), and
     /// segments the writer opens meanwhile link to the segments before the
     /// snapshot, which a start accepts behind a snapshot (`Store::read_back`).
-    async fn snapshot(self: Rc<Self>, source: Rc<dyn Source>, n: u64, old: Vec<(u64, u64)>) {
+    async fn snapshot(
+        self: Rc<Self>,
+        source: Rc<dyn Source>,
+        n: u64,
+        old: Vec<(u64, u64)>,
+        must_end: bool,
+    ) {
         let limit = self.budget / 4;
         let fits = source.retained_bytes() <= limit / 2;
         let (mut kept, mut evicted, mut new_upto) = (0usize, 0u64, None);
-        let must_end = std::mem::take(&mut self.st.borrow_mut().snapshot_must_end);
         let stopping = || !must_end && self.st.borrow().closing;
         let mut created = false;
         let result = async {
@@ -656,7 +663,7 @@ mod tests {
                     frames: RefCell::new(frames),
                     claimed: 100 << 10,
                 });
-                store.start_snapshot(src).await;
+                store.start_snapshot(src, false).await;
                 store.snapshot_done().await;
                 (store.stats.evictions.get(), store.stats.snapshots.get())
             })
