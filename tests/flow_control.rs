@@ -620,11 +620,7 @@ fn replies_behind_a_held_confirmation_are_bounded() {
     s.subscribe(&[&q]);
     let publisher = firehose(&b, &q, 600, 10_000);
     let mut watcher = b.client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while shard_sum(&watcher.status(), "stalls") == 0 {
-        assert!(Instant::now() < deadline, "the publisher was never held");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_sum(&mut watcher, "stalls", 1);
     let mut a = b.client();
     a.send(&q, &json!({"held": true}));
     let rss_before = b.rss_kib() / 1024;
@@ -693,13 +689,7 @@ fn a_hung_peer_does_not_hold_publishers_past_max_stall() {
     s.subscribe(&[&q]);
     std::thread::sleep(Duration::from_millis(100));
     let publisher = firehose(cl.nodes[0].b(), &q, 2_000, 8_000);
-    let mut watch = cl.nodes[1].client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while shard_sum(&watch.status(), "stalls") == 0 {
-        assert!(Instant::now() < deadline, "n2 never stalled");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(watch);
+    wait_for_sum(&mut cl.nodes[1].client(), "stalls", 1);
     cl.nodes[1].b().signal(libc::SIGSTOP);
     let mut p = cl.nodes[0].client();
     p.send(&q, &json!({"after": "n2 hung"}));
