@@ -580,23 +580,29 @@ fn partition_heals(tls: bool) {
             "history message differs from the delivered one"
         );
     }
-    // Phase 3: live again everywhere; the history exchange delivered nothing live
-    // (the subscribers get exactly the new messages).
+    // The history exchange delivered what the cut withheld (n2's phase-2
+    // messages to n1's subscriber and n1's to n2's; all within the window),
+    // once and in order; then phase 3: live again everywhere, exactly the new
+    // messages.
+    let withheld: [&dyn Fn(&Published) -> bool; 3] = [&f2, &f1, &|_: &Published| false];
     let mut phase3 = Vec::new();
     for (i, p) in pubs.iter_mut().enumerate() {
         phase3.extend(publish_pipelined(
             p,
             &servers[i],
             &format!("p3-n{}", i + 1),
-            0..5,
+            100..105,
             5,
             &qf,
         ));
     }
     for (i, s) in subs.iter_mut().enumerate() {
         let who = format!("subscriber on n{}, after the heal", i + 1);
-        let f = collect(&who, s, &phase3, &all, Duration::from_millis(300));
-        check_stream(&who, &f, &phase3, &[], &all);
+        let mut expect: Vec<Published> =
+            phase2.iter().filter(|p| withheld[i](p)).cloned().collect();
+        expect.extend(phase3.iter().cloned());
+        let f = collect(&who, s, &expect, &all, Duration::from_millis(300));
+        check_stream(&who, &f, &expect, &[], &all);
     }
     cl.assert_alive();
 }
@@ -1137,11 +1143,15 @@ fn a_malformed_message_from_a_link_is_dropped_not_stored_and_the_link_stays() {
     good.extend_from_slice(&stamped(b"synced", 4));
     good.push(b'}');
     link.send_raw(&frame("$coremq.sync", &good));
+    // The good live one, then the good exchanged one: newer than anything
+    // its server sent here, so a message this node's subscribers missed.
     let m = s.recv_msg();
     assert_eq!(m.json["n"], json!(3), "{m}");
+    let m = s.recv_msg();
+    assert_eq!(m.json["n"], json!(4), "{m}");
     assert!(
         s.try_recv_msg(Duration::from_millis(300)).is_err(),
-        "only the good live message is delivered"
+        "only the good messages are delivered"
     );
     assert_eq!(
         history_ns(&mut s, &q, 2),
@@ -1913,6 +1923,119 @@ fn a_peer_past_cluster_link_buffer_loses_its_link_and_history_repairs_the_gap() 
         seqs, want,
         "the repaired history is not the last 10 published"
     );
+    cl.assert_alive();
+}
+
+fn small_link_buffer_long_history(_i: usize, o: &mut BrokerOpts) {
+    *o = o
+        .clone()
+        .set("cluster_link_buffer", "256K")
+        .set("history_length", "6000");
+}
+
+/// A link that drops withholds what its node published meanwhile from the
+/// peer's subscribers. When it is back, the history exchange brings those
+/// messages and the peer delivers them (PROTOCOL.md §6: every message reaches
+/// the subscribers on every node, once): to a subscriber that was there all
+/// along, and to one that resumed while the link was down (answered
+/// `recovered: true` from what its node held, so it was owed them). Live
+/// messages published while the exchange runs come after them, in publish
+/// order (the link holds them back behind its exchange). Before, the
+/// exchange stored them without delivering them: both subscribers lost
+/// 4,000 messages that their node then had in its history.
+#[test]
+fn what_a_dropped_link_withheld_reaches_the_peers_subscribers_when_it_is_back() {
+    const PAD: usize = 2000;
+    const COUNT: u64 = 4000; // ~8 MB: past the proxy's and the kernel's buffers.
+    let mut spec = Spec::new(2);
+    spec.proxy = true;
+    spec.tweak = Some(small_link_buffer_long_history);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let e2 = cl.nodes[1].entry.clone();
+    let q = uniq("cl.withheld");
+    let qf = |_: u64| q.clone();
+    let any = |_: &Published| true;
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    let mut p = cl.nodes[0].client();
+    let server = cl.nodes[0].server();
+    let first = publish_pipelined(&mut p, &server, "before", 0..5, 5, &qf);
+    let who = "subscriber on n2 before the drop";
+    let got = collect(who, &mut s2, &first, &any, Duration::from_millis(100));
+    check_stream(who, &got, &first, &[], &any);
+    let last = &got.last().expect("a delivery").json;
+    let last = json!({"sent": last["coremq_sent"], "server": last["coremq_server"]});
+
+    // n1 publishes 8 MB while its link to n2 takes nothing: it drops the link.
+    let mut st1 = cl.nodes[0].client();
+    cl.proxy.as_ref().unwrap().stall();
+    let cut = publish_pipelined_padded(&mut p, &server, "cut", 0..COUNT, 200, &qf, PAD);
+    wait_status(&mut st1, "n1 dropping the link to the stalled n2", |s| {
+        peer(s, &e2)["state"] != json!("up")
+    });
+    // A subscriber resumes on n2 from the last message it got: n2 holds
+    // nothing after it, and cannot know what n1 published.
+    let mut r2 = cl.nodes[1].client();
+    r2.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): last}}));
+    let reply = r2
+        .read_frame_until(Instant::now() + Duration::from_secs(10))
+        .expect("the resume's reply");
+    assert_eq!(reply.queue, r2.id, "the reply comes first: {reply}");
+    assert_eq!(reply.json["recovered"], json!({q.clone(): true}), "{reply}");
+
+    let target = Arc::new(AtomicUsize::new(usize::MAX));
+    let quiet = Duration::from_millis(500);
+    let readers = [
+        spawn_reader(s2, target.clone(), quiet),
+        spawn_reader(r2, target.clone(), quiet),
+    ];
+    // The link comes back while n1 keeps publishing: those live messages
+    // race the exchange.
+    cl.proxy.as_ref().unwrap().resume();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let publisher = {
+        let (stop, q) = (stop.clone(), q.clone());
+        std::thread::spawn(move || {
+            let qf = |_: u64| q.clone();
+            let mut after = Vec::new();
+            for k in 0..1000u64 {
+                if stop.load(Ordering::SeqCst) != 0 {
+                    break;
+                }
+                after.extend(publish_pipelined(
+                    &mut p,
+                    &server,
+                    "after",
+                    COUNT + k * 5..COUNT + k * 5 + 5,
+                    5,
+                    &qf,
+                ));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            after
+        })
+    };
+    cl.wait_links_up();
+    let mut st2 = cl.nodes[1].client();
+    wait_status(&mut st2, "n2 holding every message n1 published", |s| {
+        let shards = s["shards"].as_array().expect("shards");
+        let held: u64 = shards.iter().map(|s| num(s, "history_messages")).sum();
+        held >= COUNT + 5
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(1, Ordering::SeqCst);
+    let after = publisher.join().expect("publisher thread");
+    let must: Vec<Published> = cut.iter().chain(&after).cloned().collect();
+    target.store(must.len(), Ordering::SeqCst);
+    for (i, r) in readers.into_iter().enumerate() {
+        let who = [
+            "subscriber on n2 all along",
+            "subscriber that resumed on n2",
+        ][i];
+        let (_c, f) = r.join().expect("reader thread");
+        check_stream(who, &f, &must, &[], &any);
+    }
     cl.assert_alive();
 }
 

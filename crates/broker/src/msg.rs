@@ -70,7 +70,9 @@ pub(crate) enum Request {
     /// This shard's figures, for the gather identified by `token`.
     Stats { token: u64 },
     /// A message another node accepted, from a cluster link: stored (once)
-    /// and, when `live`, delivered here; passed on only as `relay` says.
+    /// and delivered here when `live`, or when the history exchange (not
+    /// `live`) brings one this node's subscribers missed; passed on only as
+    /// `relay` says.
     Replicated {
         frame: MsgFrame,
         live: bool,

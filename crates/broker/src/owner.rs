@@ -55,6 +55,9 @@ pub(crate) struct Owner {
     /// Durable history (`data_dir`), if on: stored messages of persisted
     /// queues are appended to it.
     store: Option<Rc<crate::store::Store>>,
+    /// When this owner started (µs since the epoch): a peer's exchange
+    /// brings messages from before it as history, never as news.
+    started_us: u64,
 }
 
 impl Owner {
@@ -69,6 +72,7 @@ impl Owner {
             replicate,
             queues: RefCell::new(table),
             store: None,
+            started_us: crate::clock::unix_now_us(),
         }
     }
 
@@ -202,6 +206,8 @@ impl Owner {
 
     /// A message another node accepted: stored (once) and, when `live`,
     /// delivered and passed on as `relay` says (the first time it comes).
+    /// One a history exchange brings is delivered too when this node's
+    /// subscribers missed it (see `QueueTable::is_missed_news`).
     pub(crate) fn replicated(
         &self,
         out: &impl Outbox,
@@ -209,7 +215,10 @@ impl Owner {
         live: bool,
         relay: Relay,
     ) {
-        if live {
+        // A message a link that dropped (or was not up yet) withheld from
+        // this node's subscribers is theirs when the exchange brings it.
+        let missed = !live && self.queues.borrow().is_missed_news(&frame, self.started_us);
+        if live || missed {
             self.store_and_deliver(out, frame, None, None, relay);
         } else {
             let cfg = &self.cfg;

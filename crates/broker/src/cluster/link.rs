@@ -98,16 +98,91 @@ pub(super) struct Link {
     /// handshake) and takes it out of what it stores (§10). A peer that did
     /// not (an older node, another replicant) gets the frames as stored.
     seq: bool,
+    /// Live messages queued while the history exchange is being pushed
+    /// (`Some` until then), written after it: the exchange brings what the
+    /// peer missed while the link was down, and the peer delivers those to
+    /// its subscribers — which it can only do in publish order if nothing
+    /// later of the same origin came first ([`HeldBack::SHARE`] bounds it).
+    held_back: RefCell<Option<HeldBack>>,
+}
+
+/// Live frames a link holds back behind its history exchange.
+#[derive(Default)]
+struct HeldBack {
+    bytes: Vec<u8>,
+    /// End offsets of the frames in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl HeldBack {
+    /// The part of `cluster_link_buffer` live messages may wait in behind an
+    /// exchange (1/2; the exchange itself keeps under 1/4): past it they go
+    /// out at once, interleaved with the rest of the exchange, rather than
+    /// the link being cut (a peer then stores, without delivering, what of
+    /// the exchange comes behind a later message of its origin).
+    const SHARE: usize = 2;
 }
 
 impl Link {
     /// Queues a message accepted on this node, with its `coremq_seq` when
     /// the peer reads it.
     pub(super) fn push_message(&self, frame: &MsgFrame) {
-        if self.seq {
-            self.push_with(|out| frame.write_with_seq(out));
-        } else {
-            self.push(frame.bytes());
+        let write = |out: &mut Vec<u8>| {
+            if self.seq {
+                frame.write_with_seq(out);
+            } else {
+                out.extend_from_slice(frame.bytes());
+            }
+        };
+        if self.closed.get() {
+            return;
+        }
+        let mut held = self.held_back.borrow_mut();
+        let Some(h) = held.as_mut() else {
+            drop(held);
+            return self.push_with(write);
+        };
+        write(&mut h.bytes);
+        h.ends.push(h.bytes.len());
+        self.counters.lag.fetch_add(1, Ordering::Relaxed);
+        let over = h.bytes.len() > self.limit / HeldBack::SHARE;
+        drop(held);
+        if over {
+            self.release_held_back();
+        }
+    }
+
+    /// Writes the live messages held back behind the history exchange, and
+    /// every later one at once.
+    fn release_held_back(&self) {
+        let Some(h) = self.held_back.borrow_mut().take() else {
+            return;
+        };
+        if self.closed.get() || h.ends.is_empty() {
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        let base = out.len();
+        out.extend_from_slice(&h.bytes);
+        self.ends
+            .borrow_mut()
+            .extend(h.ends.iter().map(|&e| base + e));
+        drop(out);
+        self.check_limit();
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Drops the link when more than `cluster_link_buffer` is queued.
+    fn check_limit(&self) {
+        let pending = self.pending();
+        if pending > self.limit {
+            tracing::warn!(
+                pending,
+                "cluster link cannot keep up; dropping it (history exchange repairs the gap)"
+            );
+            self.closed.set(true);
         }
     }
 
@@ -123,16 +198,9 @@ impl Link {
         let mut out = self.out.borrow_mut();
         write(&mut out);
         self.ends.borrow_mut().push_back(out.len());
-        let pending = out.len() - self.head.get();
         drop(out);
         self.counters.lag.fetch_add(1, Ordering::Relaxed);
-        if pending > self.limit {
-            tracing::warn!(
-                pending,
-                "cluster link cannot keep up; dropping it (history exchange repairs the gap)"
-            );
-            self.closed.set(true);
-        }
+        self.check_limit();
         if let Some(w) = self.waker.take() {
             w.wake();
         }
@@ -237,6 +305,7 @@ pub(super) async fn run_link(
         counters: counters.clone(),
         limit: shard.cfg().cluster_link_buffer,
         seq,
+        held_back: RefCell::new(Some(HeldBack::default())),
     });
     counters.lag.store(0, Ordering::Relaxed);
     if let Some(old) = cluster
@@ -319,6 +388,7 @@ pub(super) async fn run_link(
                     "history exchange left out messages larger than max_message_size allows"
                 );
             }
+            link.release_held_back();
             link.push(&synced_frame("history"));
         })
         .detach();

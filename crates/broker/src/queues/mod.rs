@@ -253,6 +253,29 @@ impl QueueTable {
         }
     }
 
+    /// Whether `frame`, which a peer's history exchange brought, is a
+    /// message this node missed while it ran with subscribers of the queue
+    /// (the link from its origin was down, or not yet up): published after
+    /// `started_us` (this node's start: what came before is history, not
+    /// news), after the queue's knowledge here began (not to a subscriber
+    /// that came after it), and after every message of its origin this
+    /// node has had for the queue (not one it delivered or dropped before,
+    /// and never behind a later one of that origin: publish order holds).
+    /// Such a message is delivered when it is stored (§6: every message
+    /// reaches the subscribers on every node), where otherwise a link that
+    /// dropped lost it for them, and for a subscriber that resumed meanwhile
+    /// (answered from what this node held).
+    pub(crate) fn is_missed_news(&self, frame: &MsgFrame, started_us: u64) -> bool {
+        let Some(q) = self.queues.get(frame.hash(), frame.queue()) else {
+            return false;
+        };
+        let key = frame.key();
+        !q.homes.is_empty()
+            && key.sent_us >= started_us
+            && key > q.born
+            && q.newest_from(key.origin).is_none_or(|newest| key > newest)
+    }
+
     /// For a subscriber resuming after `since` (§10): whether nothing after
     /// it has been lost here, and the retained messages after it, oldest
     /// first. A queue this node does not know cannot promise anything.

@@ -88,6 +88,19 @@ impl QueueState {
     pub(crate) fn homes(&self) -> impl Iterator<Item = usize> + '_ {
         self.homes.iter().map(|&(s, _)| s as usize)
     }
+
+    /// The newest position of a message from `origin` this node has had for
+    /// the queue (retained, or gone from the history since), if any.
+    pub(super) fn newest_from(&self, origin: u64) -> Option<MsgKey> {
+        let kept = self
+            .history
+            .iter()
+            .rev()
+            .map(MsgFrame::key)
+            .find(|k| k.origin == origin);
+        let gone = self.dropped.iter().copied().find(|k| k.origin == origin);
+        kept.max(gone)
+    }
 }
 
 /// What one stored message's frame costs (its slot in the ring is counted
