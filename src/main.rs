@@ -21,6 +21,7 @@ mod signals;
 
 use clap::Parser;
 use coremq_config::Config;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,7 +54,11 @@ fn main() -> ExitCode {
     let thp = disable_transparent_huge_pages();
     let args = Args::parse();
     if args.print_config {
-        print!("{}", coremq_config::DEFAULT_CONFIG);
+        let _ = write!(
+            std::io::stdout().lock(),
+            "{}",
+            coremq_config::DEFAULT_CONFIG
+        );
         return ExitCode::SUCCESS;
     }
     let config = match Config::load(args.config.as_deref()) {
@@ -92,7 +97,8 @@ fn main() -> ExitCode {
             );
             config.mq.kv.max_value = limit;
         }
-        println!("{config:#?}");
+        // Not println!: a reader that stops early (`| head`) is no panic.
+        let _ = writeln!(std::io::stdout().lock(), "{config:#?}");
         return ExitCode::SUCCESS;
     }
     // The guard flushes the log writer when main returns: keep it to the end.

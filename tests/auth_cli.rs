@@ -160,6 +160,37 @@ fn a_token_from_token_logs_in_and_its_claim_limits_it() {
     assert!(allowed.status.success(), "{}", text(&allowed.stderr));
 }
 
+/// A token can carry the key-value rights (`kv_read`, `kv_write`) as the
+/// server reads them; `token --claims` refused both.
+#[test]
+fn a_token_with_key_value_rights_from_token_limits_the_store() {
+    let (b, _, secret) = start();
+    let t = token(
+        "alice",
+        &secret,
+        Some(r#"{"kv_read": ["cfg.*"], "kv_write": ["cfg.mine"]}"#),
+    );
+    let kv = |args: &[&str]| {
+        let mut all = vec!["--token", t.as_str(), "kv"];
+        all.extend_from_slice(args);
+        cli(Some(&b), &all, "", &[])
+    };
+    let set = kv(&["set", "cfg.mine", "1"]);
+    assert!(set.status.success(), "{}", text(&set.stderr));
+    let get = kv(&["get", "cfg.mine"]);
+    assert!(get.status.success(), "{}", text(&get.stderr));
+    assert!(text(&get.stdout).contains('1'), "{}", text(&get.stdout));
+    for (args, what) in [
+        (&["set", "cfg.other", "1"][..], "kv_write cfg.other"),
+        (&["get", "other"][..], "kv_read other"),
+    ] {
+        let refused = kv(args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        let err = text(&refused.stderr);
+        assert!(err.contains(&format!("Permission denied: {what}")), "{err}");
+    }
+}
+
 #[test]
 fn sighup_revoking_a_subscription_unsubscribes_the_client() {
     let (b, users_file, _) = start();

@@ -330,6 +330,39 @@ fn bad_arguments_are_exit_2() {
     }
 }
 
+/// A --server that is not an address (no port, a port out of range) is the
+/// command line's mistake: exit 2 (it was exit 3, as if the network failed).
+#[test]
+fn a_server_address_that_is_not_one_is_exit_2() {
+    for (server, says) in [
+        ("127.0.0.1", "invalid socket address"),
+        ("127.0.0.1:99999", "invalid port value"),
+    ] {
+        let (code, out, err) = run(Some(server), &["status"], None);
+        assert_eq!(code, 2, "--server {server}: exit {code}, stderr {err:?}");
+        assert!(err.contains(says), "--server {server}: {err}");
+        assert_eq!(out, "");
+    }
+}
+
+/// A server that takes the connection but never says its welcome is a
+/// timeout (exit 4, as the help says), told as one — not exit 3 with the
+/// read's "Resource temporarily unavailable".
+#[test]
+fn a_server_that_never_welcomes_is_exit_4() {
+    // Connections complete in the kernel's backlog; nobody answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = silent.local_addr().unwrap().to_string();
+    let (code, out, err) = run(Some(&server), &["--timeout", "1", "status"], None);
+    assert_eq!(code, 4, "exit {code}, stderr {err:?}");
+    assert!(
+        err.contains("no welcome from the server within 1s"),
+        "{err}"
+    );
+    assert!(!err.contains("temporarily unavailable"), "{err}");
+    assert_eq!(out, "");
+}
+
 #[test]
 fn unreachable_server_is_exit_3() {
     // A port nobody listens on: bind an ephemeral one and let it go.

@@ -680,3 +680,35 @@ fn client_connections_carry_tcp_keepalive() {
     }
     panic!("no keepalive timer on the broker's side of the connection:\n{text}");
 }
+
+/// `--print-config` and `--check-config` into a pipe nobody reads any more
+/// (`coremq --check-config | head -1`) end quietly, not with a panic and a
+/// backtrace.
+#[test]
+fn printing_into_a_closed_pipe_is_no_panic() {
+    use std::os::fd::FromRawFd;
+    let b = Broker::spawn(&BrokerOpts::new(1));
+    for args in [
+        vec!["--print-config".to_string()],
+        vec![
+            "--config".to_string(),
+            b.config_path.display().to_string(),
+            "--check-config".to_string(),
+        ],
+    ] {
+        let mut fds = [0; 2];
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // The reading end is gone before the broker writes a byte.
+        unsafe { libc::close(fds[0]) };
+        let write_end = unsafe { std::process::Stdio::from_raw_fd(fds[1]) };
+        let out = std::process::Command::new(BIN)
+            .args(&args)
+            .stdout(write_end)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run coremq");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}

@@ -68,6 +68,19 @@ const USER_KEYS: &str =
     "password, publish, subscribe, history, kv_read, kv_write, deny, direct or monitor";
 const ANONYMOUS_KEYS: &str =
     "publish, subscribe, history, kv_read, kv_write, deny, direct or monitor";
+/// Every key a section may have.
+const KEYS: [&str; 9] = [
+    "password",
+    "publish",
+    "subscribe",
+    "history",
+    "kv_read",
+    "kv_write",
+    "deny",
+    "direct",
+    "monitor",
+];
+
 const NOT_ARGON2ID: &str = "not an Argon2id hash ($argon2id$...); make one with coremq-cli passwd";
 
 /// Parses the text of a users file; `path` only labels errors.
@@ -127,10 +140,14 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<UsersFile, LoadError> {
             ));
         };
         let key = key.trim().to_ascii_lowercase();
+        // Errors name the key only when it is one or a near miss of one (a
+        // typo): anything else may be a secret pasted on a line of its own
+        // (a base64 secret's `=` padding makes it look like `key =`).
+        let shown = coremq_config::near_a_key(&key, KEYS).then(|| key.clone());
         let Some(open) = open.as_mut() else {
             return Err(err(
                 None,
-                Some(&key),
+                shown.as_deref(),
                 "key outside any section (put it under [user:NAME] or [anonymous])".to_owned(),
             ));
         };
@@ -138,18 +155,19 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<UsersFile, LoadError> {
         if let Some(first) = open.seen.insert(key.clone(), line_no) {
             return Err(err(
                 Some(name),
-                Some(&key),
+                shown.as_deref(),
                 format!("set twice in this section (first at line {first})"),
             ));
         }
         let value = unquote(value.trim()).ok_or_else(|| {
             err(
                 Some(name),
-                Some(&key),
+                shown.as_deref(),
                 "unbalanced \" quote (quote the whole value or nothing)".to_owned(),
             )
         })?;
-        set(&mut open.section, name, &key, value).map_err(|p| err(Some(name), Some(&key), p))?;
+        set(&mut open.section, name, &key, value)
+            .map_err(|p| err(Some(name), shown.as_deref(), p))?;
     }
     file.close(open);
     Ok(file)

@@ -6,8 +6,8 @@
 
 use serde_json::{Map, Value};
 
-/// The keys whose values are lists of queue patterns.
-const LISTS: [&str; 3] = ["publish", "subscribe", "history"];
+/// The keys whose values are lists of queue (or, for `kv_*`, key) patterns.
+const LISTS: [&str; 5] = ["publish", "subscribe", "history", "kv_read", "kv_write"];
 /// The key whose value is true or false.
 const FLAG: &str = "monitor";
 
@@ -28,14 +28,15 @@ pub fn parse_claims(text: &str) -> Result<Map<String, Value>, String> {
             value.is_boolean()
         } else {
             return Err(format!(
-                "--claims: unknown key {key:?}; the keys are publish, subscribe, history and monitor"
+                "--claims: unknown key {key:?}; the keys are publish, subscribe, history, \
+                 kv_read, kv_write and monitor"
             ));
         };
         if !fits {
             let want = if key == FLAG {
                 "true or false"
             } else {
-                "a list of non-empty queue patterns (strings)"
+                "a list of non-empty patterns (strings)"
             };
             return Err(format!("--claims: {key:?} must be {want}, not {value}"));
         }
@@ -48,12 +49,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_the_four_keys_with_their_types() {
+    fn accepts_the_six_keys_with_their_types() {
         let c = parse_claims(
-            r#"{"publish": ["a.*"], "subscribe": [], "history": ["%u.*"], "monitor": true}"#,
+            r#"{"publish": ["a.*"], "subscribe": [], "history": ["%u.*"], "monitor": true,
+                "kv_read": ["cfg.*"], "kv_write": ["%u.*"]}"#,
         )
         .expect("valid");
-        assert_eq!(c.len(), 4);
+        assert_eq!(c.len(), 6);
         assert!(parse_claims("{}").expect("empty is valid").is_empty());
     }
 
@@ -66,6 +68,8 @@ mod tests {
             r#"{"publish": [1]}"#,
             r#"{"publish": [""]}"#,
             r#"{"monitor": "yes"}"#,
+            r#"{"kv_read": "k*"}"#,
+            r#"{"kv_write": [""]}"#,
             r#"{"deny": ["a"]}"#,
             r#"{"sub": "bob"}"#,
         ] {

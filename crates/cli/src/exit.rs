@@ -47,6 +47,17 @@ impl From<ClientError> for Failure {
             | ClientError::AuthenticationFailed(_)
             | ClientError::TokenExpired => SERVER_ERROR,
             ClientError::Timeout(_) => TIMEOUT,
+            // No connection, or no welcome on it, within the timeout.
+            ClientError::Connect { cause, .. } if cause.kind() == std::io::ErrorKind::TimedOut => {
+                TIMEOUT
+            }
+            // An address that is not one (no port, a port out of range): the
+            // command line's fault, not the network's.
+            ClientError::Resolve { cause, .. }
+                if cause.kind() == std::io::ErrorKind::InvalidInput =>
+            {
+                USAGE
+            }
             ClientError::BadQueueName { .. }
             | ClientError::BadPosition { .. }
             | ClientError::NotAnObject(_)

@@ -17,6 +17,8 @@ pub fn configure(args: &Args, config: ClientConfig) -> Result<ClientConfig, Fail
     );
     match given {
         (None, None, None) => Ok(config),
+        // Empty: an unset variable in a script, not a token to send.
+        (None, None, Some("")) => Err(Failure::new(USAGE, "--token (or $COREMQ_TOKEN) is empty")),
         (None, None, Some(token)) => Ok(config.token(token)),
         (_, _, Some(_)) => Err(Failure::new(
             USAGE,

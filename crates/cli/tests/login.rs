@@ -129,6 +129,8 @@ fn credential_mistakes_are_usage_errors_before_connecting() {
             vec!["-s", &addr, "--token", "t", "status"],
             vec![("COREMQ_PASSWORD", "pw-GRUE")],
         ),
+        // An empty token (an unset variable in a script) is not sent.
+        (vec!["-s", &addr, "--token", "", "status"], vec![]),
     ] {
         let out = cli(&args, b"", &env);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -169,17 +169,24 @@ fn handshake(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| shared.servers[server].text.clone());
     let broken = |end: ReadEnd| -> ClientError {
-        let kind = if end.is_timeout() {
-            io::ErrorKind::TimedOut
+        let cause = if end.is_timeout() {
+            // Not the read's EAGAIN text: what the user waited for, and how long.
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no welcome from the server within {:?}",
+                    config.connect_timeout
+                ),
+            )
         } else {
-            io::ErrorKind::ConnectionAborted
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("no welcome from the server: {}", end.describe()),
+            )
         };
         ClientError::Connect {
             addr: peer.clone(),
-            cause: io::Error::new(
-                kind,
-                format!("no welcome from the server: {}", end.describe()),
-            ),
+            cause,
         }
     };
     let mut reader = FrameReader::new(config.max_frame);

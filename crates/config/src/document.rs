@@ -19,6 +19,7 @@
 //! parser gives it back unchanged; a trailing `\` is therefore a backslash, not
 //! a line continuation.
 
+use crate::nearmiss::near_a_key;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,15 @@ const REDACTED: &str = "<redacted>";
 /// secret key's name (even with its `=` missing or its quote unclosed) shows
 /// that name only.
 fn shown_line<'l>(line: &'l str, specs: &[SectionSpec]) -> std::borrow::Cow<'l, str> {
+    // A line that is no header and does not start with a near miss of a key
+    // may be a secret on a line of its own (a value broken over two lines).
+    let word = line
+        .split(|c: char| c == '=' || c == ':' || c.is_whitespace())
+        .next()
+        .unwrap_or_default();
+    if !line.starts_with('[') && !near_a_key(word, all_keys(specs)) {
+        return NOT_SHOWN.into();
+    }
     for name in specs.iter().flat_map(|s| s.secret) {
         // (`get`, not indexing: the line may hold a multi-byte character
         // where the name would end.)
@@ -67,6 +77,23 @@ fn shown_line<'l>(line: &'l str, specs: &[SectionSpec]) -> std::borrow::Cow<'l, 
         }
     }
     line.into()
+}
+
+/// What an error shows instead of a line or key that may be a secret.
+const NOT_SHOWN: &str = "(not shown: not like any key, and it may be a secret)";
+
+/// Every key of every section.
+fn all_keys(specs: &[SectionSpec]) -> impl Iterator<Item = &'static str> + '_ {
+    specs.iter().flat_map(|s| s.keys.iter().copied())
+}
+
+/// `key` as an error may show it (see [`NOT_SHOWN`]).
+fn shown_key(key: &str, specs: &[SectionSpec]) -> String {
+    if near_a_key(key, all_keys(specs)) {
+        key.to_owned()
+    } else {
+        NOT_SHOWN.to_owned()
+    }
 }
 
 /// Looks an override variable up; `Err` when it is set but unusable.
@@ -253,7 +280,7 @@ fn prepare(
         let Some(s) = current else {
             return Err(ConfigError::KeyOutsideSection {
                 file: file_buf(),
-                key: key.to_owned(),
+                key: shown_key(key, specs),
             });
         };
         let spec = &specs[s];
@@ -261,7 +288,7 @@ fn prepare(
             return Err(ConfigError::UnknownKey {
                 file: file_buf(),
                 section: spec.name,
-                key: key.to_owned(),
+                key: shown_key(key, specs),
                 known: spec.keys.join(", "),
             });
         };
@@ -535,7 +562,25 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("secretive 3"), "{err}");
+        assert!(!err.contains(REDACTED) && err.contains("line 2"), "{err}");
+        // A line like no key at all is not shown either: it may be a secret
+        // on a line of its own.
+        for line in [
+            "Sup3rS3cretValue",
+            "Sup3rS3cretValue==",
+            "= Sup3rS3cretValue",
+        ] {
+            let err = Document::parse(&format!("[CoreMQ]\n{line}\n"), None, &SPECS)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(!err.contains("Sup3r"), "{line}: {err}");
+            let err = Document::parse(&format!("{line}\n[CoreMQ]\n"), None, &SPECS)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(!err.contains("Sup3r"), "{line}: {err}");
+        }
     }
 
     #[test]

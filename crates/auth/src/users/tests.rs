@@ -112,9 +112,24 @@ fn line_and_key_errors() {
              history, kv_read, kv_write, deny, direct or monitor)",
         ),
         (
-            "[anonymous]\nadmin = true",
-            "2, [anonymous] admin: unknown key (expected publish, subscribe, history, \
+            "[anonymous]\nmonitr = true",
+            "2, [anonymous] monitr: unknown key (expected publish, subscribe, history, \
              kv_read, kv_write, deny, direct or monitor)",
+        ),
+        // Not a near miss of any key: not named (it may be a secret).
+        (
+            "[anonymous]\nadmin = true",
+            "2, [anonymous]: unknown key (expected publish, subscribe, history, \
+             kv_read, kv_write, deny, direct or monitor)",
+        ),
+        (
+            "[user:a]\nHunter2Secret=",
+            "2, [user:a]: unknown key (expected password, publish, subscribe, \
+             history, kv_read, kv_write, deny, direct or monitor)",
+        ),
+        (
+            "1/oiArm6AOe95d/srFEfsdanV/3+Zq0kP4x8wq7Yt==",
+            "1: key outside any section (put it under [user:NAME] or [anonymous])",
         ),
         (
             "[anonymous]\npassword = x",
