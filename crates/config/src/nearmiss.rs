@@ -4,12 +4,23 @@
 //! look like `key =`), and errors must not show it.
 
 /// Whether `word` (compared without case) is one of `keys`, a part of one
-/// (`origins` for `allowed_origins`), or at most two edits from one.
+/// (`origins` for `allowed_origins`), at most two edits from one, or named
+/// as keys are (`frobnication_level`: lower-case letters, digits and
+/// underscores, starting with a letter, with an underscore between words —
+/// which no base64 or hex secret has).
 pub fn near_a_key<'k>(word: &str, keys: impl IntoIterator<Item = &'k str>) -> bool {
-    let word = word.to_ascii_lowercase();
     if word.is_empty() || word.len() > 40 {
         return false;
     }
+    let named_like_a_key = word.starts_with(|c: char| c.is_ascii_lowercase())
+        && word.contains('_')
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if named_like_a_key {
+        return true;
+    }
+    let word = word.to_ascii_lowercase();
     keys.into_iter().any(|k| {
         let k = k.to_ascii_lowercase();
         let (w, k2): (Vec<char>, Vec<char>) = (word.chars().collect(), k.chars().collect());
@@ -45,6 +56,7 @@ mod tests {
         for near in [
             "prot",
             "PORT",
+            "frobnication_level",
             "origins",
             "histroy_length",
             "pasword",
@@ -56,6 +68,7 @@ mod tests {
             "Hunter2Secret",
             "1/oiArm6AOe95d/srFEfsdanV/3+Zq0kP4x8wq7Yt",
             "correcthorsebatterystaple",
+            "Correct_Horse",
             "admin",
             "",
         ] {
