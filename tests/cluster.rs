@@ -1143,15 +1143,13 @@ fn a_malformed_message_from_a_link_is_dropped_not_stored_and_the_link_stays() {
     good.extend_from_slice(&stamped(b"synced", 4));
     good.push(b'}');
     link.send_raw(&frame("$coremq.sync", &good));
-    // The good live one, then the good exchanged one: newer than anything
-    // its server sent here, so a message this node's subscribers missed.
+    // The good live one; the good exchanged one is not marked as the
+    // peer's own, so it is stored only (its server's link delivers it).
     let m = s.recv_msg();
     assert_eq!(m.json["n"], json!(3), "{m}");
-    let m = s.recv_msg();
-    assert_eq!(m.json["n"], json!(4), "{m}");
     assert!(
         s.try_recv_msg(Duration::from_millis(300)).is_err(),
-        "only the good messages are delivered"
+        "only the good live message is delivered"
     );
     assert_eq!(
         history_ns(&mut s, &q, 2),
@@ -1961,11 +1959,17 @@ fn what_a_dropped_link_withheld_reaches_the_peers_subscribers_when_it_is_back() 
     let mut p = cl.nodes[0].client();
     let server = cl.nodes[0].server();
     let first = publish_pipelined(&mut p, &server, "before", 0..5, 5, &qf);
+    let quiet = Duration::from_millis(500);
     let who = "subscriber on n2 before the drop";
     let got = collect(who, &mut s2, &first, &any, Duration::from_millis(100));
     check_stream(who, &got, &first, &[], &any);
     let last = &got.last().expect("a delivery").json;
     let last = json!({"sent": last["coremq_sent"], "server": last["coremq_server"]});
+
+    // A subscriber on n1 gets what n2 will miss.
+    let mut s1 = cl.nodes[0].client();
+    s1.subscribe_one(&q);
+    let on_n1 = spawn_reader(s1, Arc::new(AtomicUsize::new(COUNT as usize)), quiet);
 
     // n1 publishes 8 MB while its link to n2 takes nothing: it drops the link.
     let mut st1 = cl.nodes[0].client();
@@ -1974,6 +1978,10 @@ fn what_a_dropped_link_withheld_reaches_the_peers_subscribers_when_it_is_back() 
     wait_status(&mut st1, "n1 dropping the link to the stalled n2", |s| {
         peer(s, &e2)["state"] != json!("up")
     });
+    let (_s1, got1) = on_n1.join().expect("reader on n1");
+    check_stream("subscriber on n1", &got1, &cut, &[], &any);
+    let had = &got1.last().expect("a delivery").json;
+    let had = json!({"sent": had["coremq_sent"], "server": had["coremq_server"]});
     // A subscriber resumes on n2 from the last message it got: n2 holds
     // nothing after it, and cannot know what n1 published.
     let mut r2 = cl.nodes[1].client();
@@ -1983,13 +1991,23 @@ fn what_a_dropped_link_withheld_reaches_the_peers_subscribers_when_it_is_back() 
         .expect("the resume's reply");
     assert_eq!(reply.queue, r2.id, "the reply comes first: {reply}");
     assert_eq!(reply.json["recovered"], json!({q.clone(): true}), "{reply}");
+    // The subscriber of n1 moves to n2, resuming from the last it got
+    // there: it had every message the link withheld, and must not get them
+    // again when the exchange brings them.
+    let mut m2 = cl.nodes[1].client();
+    m2.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): had}}));
+    let reply = m2
+        .read_frame_until(Instant::now() + Duration::from_secs(10))
+        .expect("the resume's reply");
+    assert_eq!(reply.queue, m2.id, "the reply comes first: {reply}");
 
     let target = Arc::new(AtomicUsize::new(usize::MAX));
-    let quiet = Duration::from_millis(500);
+    let after_only = Arc::new(AtomicUsize::new(usize::MAX));
     let readers = [
         spawn_reader(s2, target.clone(), quiet),
         spawn_reader(r2, target.clone(), quiet),
     ];
+    let moved = spawn_reader(m2, after_only.clone(), quiet);
     // The link comes back while n1 keeps publishing: those live messages
     // race the exchange.
     cl.proxy.as_ref().unwrap().resume();
@@ -2028,6 +2046,7 @@ fn what_a_dropped_link_withheld_reaches_the_peers_subscribers_when_it_is_back() 
     let after = publisher.join().expect("publisher thread");
     let must: Vec<Published> = cut.iter().chain(&after).cloned().collect();
     target.store(must.len(), Ordering::SeqCst);
+    after_only.store(after.len(), Ordering::SeqCst);
     for (i, r) in readers.into_iter().enumerate() {
         let who = [
             "subscriber on n2 all along",
@@ -2036,6 +2055,10 @@ fn what_a_dropped_link_withheld_reaches_the_peers_subscribers_when_it_is_back() 
         let (_c, f) = r.join().expect("reader thread");
         check_stream(who, &f, &must, &[], &any);
     }
+    // None of the withheld messages twice (check_stream refuses any message
+    // not listed).
+    let (_c, f) = moved.join().expect("reader thread");
+    check_stream("subscriber that moved from n1 to n2", &f, &after, &[], &any);
     cl.assert_alive();
 }
 

@@ -190,13 +190,14 @@ impl Home {
     pub(crate) fn deliver(&self, frame: &MsgFrame, skip: Option<ConnKey>) {
         let subs = self.subs.borrow();
         let queue = frame.queue();
-        let (policy, list) = subs.get_hashed(frame.hash(), queue);
+        let list = subs.get_hashed(frame.hash(), queue);
+        let policy = list.policy;
         let mut delivered = 0;
         // With its coremq_seq, for WebSocket: each once, if a subscriber
         // here needs it.
         let mut forms = crate::frame::Forms::default();
-        for &key in list {
-            if Some(key) == skip {
+        for &key in list.conns {
+            if Some(key) == skip || list.had(key, frame.key()) {
                 continue;
             }
             let Some(conn) = self.conn(key) else {
@@ -275,9 +276,10 @@ impl Home {
         };
         if activate {
             let cfg = &self.cfg;
+            let from = resumed.as_ref().map(|r| r.positions.clone());
             self.subs
                 .borrow_mut()
-                .add(queue, conn, || cfg.policy_for(queue));
+                .add(queue, conn, || cfg.policy_for(queue), from);
         }
         if let Some(seq) = seq {
             c.complete(seq, |kind| {

@@ -70,12 +70,10 @@ pub(crate) enum Request {
     /// This shard's figures, for the gather identified by `token`.
     Stats { token: u64 },
     /// A message another node accepted, from a cluster link: stored (once)
-    /// and delivered here when `live`, or when the history exchange (not
-    /// `live`) brings one this node's subscribers missed; passed on only as
-    /// `relay` says.
+    /// and delivered here as `via` allows; passed on only as `relay` says.
     Replicated {
         frame: MsgFrame,
-        live: bool,
+        via: Via,
         relay: Relay,
     },
     /// Every queue's history, for a cluster link that just came up.
@@ -198,6 +196,19 @@ pub(crate) struct Subscription {
     pub since: Option<Box<Since>>,
 }
 
+/// How a message of another node came over a cluster link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// Live, from its server's link: delivered.
+    Live,
+    /// In a peer's history exchange, and the peer's own: delivered when this
+    /// node's subscribers missed it (the link was down).
+    OwnExchange,
+    /// In a peer's history exchange, another server's: stored only (that
+    /// server's own link delivers it).
+    Exchange,
+}
+
 /// Where a resuming subscriber got to: per origin server, the last position
 /// it has; messages of other servers count from the earliest of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +242,8 @@ pub(crate) struct Resumed {
     pub complete: bool,
     /// The retained messages after the position, oldest first.
     pub frames: Vec<MsgFrame>,
+    /// The positions it resumed from (per server): what the subscriber had.
+    pub positions: Box<[MsgKey]>,
 }
 
 /// Owner shard → home shard.

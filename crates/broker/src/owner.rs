@@ -8,7 +8,7 @@
 //! others) and tests can watch what an owner says.
 
 use crate::consts::{is_reserved, CONTROL_SHARD};
-use crate::msg::{ConnKey, MsgFrame, MsgKey, Relay, Response, Resumed, Subscription};
+use crate::msg::{ConnKey, MsgFrame, MsgKey, Relay, Response, Resumed, Subscription, Via};
 use crate::queues::{Held, QueueTable, Stored};
 use crate::stats::ShardStats;
 use coremq_config::MqConfig;
@@ -204,21 +204,24 @@ impl Owner {
         }
     }
 
-    /// A message another node accepted: stored (once) and, when `live`,
-    /// delivered and passed on as `relay` says (the first time it comes).
-    /// One a history exchange brings is delivered too when this node's
-    /// subscribers missed it (see `QueueTable::is_missed_news`).
+    /// A message another node accepted: stored (once); delivered and passed
+    /// on as `relay` says when it comes live from its server's link (the
+    /// first time, or the first time since a history exchange of another
+    /// peer stored it), or when its own server's history exchange brings one
+    /// this node's subscribers missed ([`QueueTable::is_missed_news`]).
     pub(crate) fn replicated(
         &self,
         out: &impl Outbox,
         mut frame: MsgFrame,
-        live: bool,
+        via: Via,
         relay: Relay,
     ) {
-        // A message a link that dropped (or was not up yet) withheld from
-        // this node's subscribers is theirs when the exchange brings it.
-        let missed = !live && self.queues.borrow().is_missed_news(&frame, self.started_us);
-        if live || missed {
+        let deliver = match via {
+            Via::Live => true,
+            Via::OwnExchange => self.queues.borrow().is_missed_news(&frame, self.started_us),
+            Via::Exchange => false,
+        };
+        if deliver {
             self.store_and_deliver(out, frame, None, None, relay);
         } else {
             let cfg = &self.cfg;
@@ -249,7 +252,12 @@ impl Owner {
         // unknown position, even though the subscription creates it now.
         let resumed = since.map(|since| {
             let (complete, frames) = table.resume(&queue, &since);
-            Box::new(Resumed { complete, frames })
+            let positions = since.servers.into_boxed_slice();
+            Box::new(Resumed {
+                complete,
+                frames,
+                positions,
+            })
         });
         let now = MsgKey {
             sent_us: crate::clock::unix_now_us(),
@@ -341,8 +349,14 @@ impl Owner {
             result = table.publish(&mut frame, in_order, |name| cfg.history_length_for(name));
         }
         // A message that came before (another path, a repeat) is not
-        // passed on again.
-        let again = matches!(result, Some((Stored::Duplicate, _)));
+        // passed on again — unless it only came in another peer's history
+        // exchange, which stores without delivering: then its own server's
+        // link is bringing it now, in that server's order.
+        let stored_new = matches!(result, Some((Stored::New, _)));
+        let again = match &result {
+            Some((Stored::Duplicate, q)) => in_order || q.was_passed(frame.key()),
+            _ => false,
+        };
         if relay != Relay::Nowhere && !again {
             out.respond(
                 CONTROL_SHARD,
@@ -353,9 +367,9 @@ impl Owner {
             );
         }
         let mut keeps = false;
-        if let Some((stored, q)) = result {
+        if let Some((_, q)) = result {
             stalled = q.is_stalled();
-            if stored == Stored::Duplicate {
+            if again {
                 return confirm;
             }
             keeps = q.keeps_history();
@@ -368,8 +382,15 @@ impl Owner {
                 n += 1;
             }
         }
+        if !in_order {
+            table.note_passed(&frame);
+        }
         // Before the confirmation, which waits for the batch holding it.
-        let batch = self.persist(&frame, keeps);
+        let batch = if stored_new {
+            self.persist(&frame, keeps)
+        } else {
+            0
+        };
         let confirm = match confirm {
             Some(mut c) if stalled => {
                 c.batch = batch;

@@ -281,7 +281,7 @@ fn history_keeps_the_window_in_key_order_and_answers_by_index() {
     // Another node's messages, arriving newest first, keep their positions
     // (this node's own are stamped in order: see the test below).
     for n in (1..=12).rev() {
-        o.replicated(&out, msg("h", n), false, Relay::Nowhere);
+        o.replicated(&out, msg("h", n), Via::Exchange, Relay::Nowhere);
     }
     out.take();
     o.history(
@@ -307,15 +307,15 @@ fn a_message_seen_twice_is_stored_and_delivered_once() {
     let out = Recorder::default();
     o.subscribe(&out, 0, sub("q".into(), conn(1), None));
     out.take();
-    o.replicated(&out, msg("q", 1), true, Relay::Nowhere);
-    o.replicated(&out, msg("q", 1), true, Relay::Nowhere);
-    o.replicated(&out, msg("q", 1), false, Relay::Nowhere);
+    o.replicated(&out, msg("q", 1), Via::Live, Relay::Nowhere);
+    o.replicated(&out, msg("q", 1), Via::Live, Relay::Nowhere);
+    o.replicated(&out, msg("q", 1), Via::Exchange, Relay::Nowhere);
     assert_eq!(out.take().len(), 1, "the duplicate is dropped");
     let mut stats = ShardStats::default();
     o.fill_stats(&mut stats);
     assert_eq!(stats.history_messages, 1);
     // A history-exchange message (not live) is stored, never delivered.
-    o.replicated(&out, msg("q", 2), false, Relay::Nowhere);
+    o.replicated(&out, msg("q", 2), Via::Exchange, Relay::Nowhere);
     assert!(out.take().is_empty());
     o.fill_stats(&mut stats);
     assert_eq!(stats.history_messages, 2);
@@ -364,7 +364,7 @@ fn in_a_cluster_local_publishes_go_to_the_links_and_replicas_do_not() {
         1,
         "broker queues stay on their node: a confirmation only"
     );
-    o.replicated(&out, msg("q", 3), true, Relay::Nowhere);
+    o.replicated(&out, msg("q", 3), Via::Live, Relay::Nowhere);
     assert!(out.take().is_empty(), "one hop: never sent on");
 }
 
@@ -427,7 +427,7 @@ fn a_late_local_message_is_stamped_after_the_newest() {
     );
     // A replicated message older than the newest keeps its position: it is
     // another node's, and every node must agree on it.
-    o.replicated(&out, msg("q", 4), true, Relay::Nowhere);
+    o.replicated(&out, msg("q", 4), Via::Live, Relay::Nowhere);
     let h: Vec<u64> = o
         .queues
         .borrow()
@@ -438,7 +438,7 @@ fn a_late_local_message_is_stamped_after_the_newest() {
     assert_eq!(h, [1004, 1005, 1006]);
     // Another node's clock running ahead does not make this node rewrite
     // its own messages: they are ordered against it per server (§10).
-    o.replicated(&out, msg("q", 9_000), true, Relay::Nowhere);
+    o.replicated(&out, msg("q", 9_000), Via::Live, Relay::Nowhere);
     out.take();
     o.publish(&out, msg("q", 7), from(2, 3, false), None);
     assert!(
@@ -456,14 +456,106 @@ fn a_late_local_message_is_stamped_after_the_newest() {
 fn a_relayed_message_is_passed_on_once() {
     let o = owner(MqConfig::default());
     let out = Recorder::default();
-    o.replicated(&out, msg("q", 1), true, Relay::Replicants);
-    o.replicated(&out, msg("q", 1), true, Relay::Replicants);
-    o.replicated(&out, msg("q", 2), true, Relay::AllBut(7));
-    o.replicated(&out, msg("q", 3), true, Relay::Nowhere);
+    o.replicated(&out, msg("q", 1), Via::Live, Relay::Replicants);
+    o.replicated(&out, msg("q", 1), Via::Live, Relay::Replicants);
+    o.replicated(&out, msg("q", 2), Via::Live, Relay::AllBut(7));
+    o.replicated(&out, msg("q", 3), Via::Live, Relay::Nowhere);
     let relayed = out
         .take()
         .into_iter()
         .filter(|s| matches!(s, Said::Replicate { .. }))
         .count();
     assert_eq!(relayed, 2);
+}
+
+/// A message of `origin` stamped `ms` milliseconds after now (after the
+/// owner's start).
+fn news(queue: &str, origin: u64, ms: u64) -> MsgFrame {
+    let key = MsgKey {
+        sent_us: crate::clock::unix_now_us() + ms * 1000,
+        origin,
+    };
+    MsgFrame::new(
+        queue,
+        format!(r#"{{"o": {origin}, "ms": {ms}}}"#).as_bytes(),
+        key,
+    )
+}
+
+/// What was delivered, in order.
+fn delivered(out: &Recorder) -> Vec<String> {
+    out.take()
+        .into_iter()
+        .filter_map(|s| match s {
+            Said::Deliver { json, .. } => Some(json),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Three nodes: another peer's history exchange brings server 9's messages
+/// before 9's own (slow) link does. They are stored, not delivered; 9's
+/// link then delivers every one of them, once and in 9's order. (Delivered
+/// from the exchange, they came before 9's older ones still on their way,
+/// and twice once they had left the window.)
+#[test]
+fn another_peers_exchange_does_not_deliver_a_servers_messages_ahead_of_its_link() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.subscribe(&out, 0, sub("q".into(), conn(1), None));
+    out.take();
+    let m: Vec<MsgFrame> = (1..=5).map(|ms| news("q", 9, 10 + ms)).collect();
+    for f in &m[2..] {
+        o.replicated(&out, f.clone(), Via::Exchange, Relay::Nowhere);
+    }
+    assert!(delivered(&out).is_empty());
+    for f in &m {
+        o.replicated(&out, f.clone(), Via::Live, Relay::Nowhere);
+    }
+    let want: Vec<String> = m.iter().map(json).collect();
+    assert_eq!(delivered(&out), want);
+    // Again, by any path: never twice.
+    for f in &m {
+        o.replicated(&out, f.clone(), Via::Live, Relay::Nowhere);
+        o.replicated(&out, f.clone(), Via::OwnExchange, Relay::Nowhere);
+    }
+    assert!(delivered(&out).is_empty());
+}
+
+/// A peer's own messages in its exchange are delivered when this node's
+/// subscribers missed them: newer than what its link brought, never one
+/// it brought, never behind a later one; another server's never, nor
+/// anything from before this node started.
+#[test]
+fn a_peers_own_exchange_delivers_what_its_dropped_link_withheld() {
+    let o = owner(MqConfig::default());
+    let out = Recorder::default();
+    o.subscribe(&out, 0, sub("q".into(), conn(1), None));
+    out.take();
+    let live = news("q", 9, 10);
+    o.replicated(&out, live.clone(), Via::Live, Relay::Nowhere);
+    assert_eq!(delivered(&out), [json(&live)]);
+    // The link dropped; its exchange brings 9's messages again and after.
+    let missed: Vec<MsgFrame> = (11..=13).map(|ms| news("q", 9, ms)).collect();
+    o.replicated(&out, live.clone(), Via::OwnExchange, Relay::Nowhere);
+    for f in &missed {
+        o.replicated(&out, f.clone(), Via::OwnExchange, Relay::Nowhere);
+    }
+    let want: Vec<String> = missed.iter().map(json).collect();
+    assert_eq!(delivered(&out), want);
+    // Behind the newest delivered of 9: stored, not delivered.
+    o.replicated(&out, news("q", 9, 5), Via::OwnExchange, Relay::Nowhere);
+    // Another server's, in this exchange: stored only.
+    o.replicated(&out, news("q", 8, 20), Via::Exchange, Relay::Nowhere);
+    // From before this owner started: history.
+    let old = MsgFrame::new(
+        "q",
+        b"{}",
+        MsgKey {
+            sent_us: 1000,
+            origin: 9,
+        },
+    );
+    o.replicated(&out, old, Via::OwnExchange, Relay::Nowhere);
+    assert!(delivered(&out).is_empty());
 }

@@ -6,7 +6,7 @@
 //! owner's deliveries: the connection sees exactly the messages the owner
 //! processed after registering it (G2).
 
-use crate::msg::ConnKey;
+use crate::msg::{ConnKey, MsgKey};
 use crate::names::NameMap;
 use crate::router::queue_hash;
 use coremq_config::SlowConsumerPolicy;
@@ -17,53 +17,103 @@ pub(crate) struct LocalSubs {
     /// The queue's slow-consumer policy (looked up once, when its first
     /// subscriber here arrives) and its subscribers; a connection appears at
     /// most once per queue.
-    map: NameMap<(SlowConsumerPolicy, Vec<ConnKey>)>,
+    map: NameMap<QueueSubs>,
 }
 
-/// No subscribers.
-const NONE: (SlowConsumerPolicy, &[ConnKey]) = (SlowConsumerPolicy::Block, &[]);
+/// One queue's subscribers on this shard.
+struct QueueSubs {
+    policy: SlowConsumerPolicy,
+    conns: Vec<ConnKey>,
+    /// Subscribers that resumed (§10), with the positions they resumed
+    /// from: a message of a listed server at or before its position is one
+    /// the subscriber had (on another node) and is not sent again — one
+    /// still on its way here when it resumed, or one a dropped link's
+    /// exchange brings later.
+    resumed: Vec<(ConnKey, Box<[MsgKey]>)>,
+}
+
+/// A queue's subscribers as a delivery sees them.
+pub(crate) struct Subscribers<'a> {
+    pub policy: SlowConsumerPolicy,
+    pub conns: &'a [ConnKey],
+    resumed: &'a [(ConnKey, Box<[MsgKey]>)],
+}
+
+impl Subscribers<'_> {
+    /// Whether `conn` resumed from a position at or after `key` (it had
+    /// that message).
+    pub(crate) fn had(&self, conn: ConnKey, key: MsgKey) -> bool {
+        !self.resumed.is_empty()
+            && self.resumed.iter().any(|(c, positions)| {
+                *c == conn
+                    && positions
+                        .iter()
+                        .any(|p| p.origin == key.origin && key <= *p)
+            })
+    }
+}
 
 impl LocalSubs {
-    /// Adds `conn` to `queue`, whose policy `policy` gives.
+    /// Adds `conn` to `queue`, whose policy `policy` gives; `resumed_from`
+    /// are the positions it resumed from, if it did.
     pub(crate) fn add(
         &mut self,
         queue: &str,
         conn: ConnKey,
         policy: impl FnOnce() -> SlowConsumerPolicy,
+        resumed_from: Option<Box<[MsgKey]>>,
     ) {
-        let (_, v) = self
+        let q = self
             .map
-            .get_or_insert_with(queue_hash(queue), queue, || (policy(), Vec::new()));
-        if !v.contains(&conn) {
-            v.push(conn);
+            .get_or_insert_with(queue_hash(queue), queue, || QueueSubs {
+                policy: policy(),
+                conns: Vec::new(),
+                resumed: Vec::new(),
+            });
+        if !q.conns.contains(&conn) {
+            q.conns.push(conn);
+        }
+        q.resumed.retain(|(c, _)| *c != conn);
+        if let Some(positions) = resumed_from.filter(|p| !p.is_empty()) {
+            q.resumed.push((conn, positions));
         }
     }
 
     /// Removes `conn` from `queue`.
     pub(crate) fn remove(&mut self, queue: &str, conn: ConnKey) {
         let hash = queue_hash(queue);
-        if let Some((_, v)) = self.map.get_mut(hash, queue) {
-            if let Some(i) = v.iter().position(|c| *c == conn) {
-                v.swap_remove(i);
+        if let Some(q) = self.map.get_mut(hash, queue) {
+            if let Some(i) = q.conns.iter().position(|c| *c == conn) {
+                q.conns.swap_remove(i);
             }
-            if v.is_empty() {
+            q.resumed.retain(|(c, _)| *c != conn);
+            if q.conns.is_empty() {
                 self.map.remove(hash, queue);
             }
         }
     }
 
-    /// The policy and the subscribers on this shard of `queue`, whose
-    /// [`queue_hash`] is `hash`.
-    pub(crate) fn get_hashed(&self, hash: u64, queue: &str) -> (SlowConsumerPolicy, &[ConnKey]) {
-        self.map
-            .get(hash, queue)
-            .map_or(NONE, |(p, v)| (*p, v.as_slice()))
+    /// The subscribers on this shard of `queue`, whose [`queue_hash`] is
+    /// `hash`.
+    pub(crate) fn get_hashed(&self, hash: u64, queue: &str) -> Subscribers<'_> {
+        match self.map.get(hash, queue) {
+            Some(q) => Subscribers {
+                policy: q.policy,
+                conns: &q.conns,
+                resumed: &q.resumed,
+            },
+            None => Subscribers {
+                policy: SlowConsumerPolicy::Block,
+                conns: &[],
+                resumed: &[],
+            },
+        }
     }
 
     /// Subscribers of `queue` on this shard.
     #[cfg(test)]
     pub(crate) fn get(&self, queue: &str) -> &[ConnKey] {
-        self.get_hashed(queue_hash(queue), queue).1
+        self.get_hashed(queue_hash(queue), queue).conns
     }
 }
 
@@ -82,11 +132,11 @@ mod tests {
             generation: 0,
         };
         let mut s = LocalSubs::default();
-        s.add("q", a, || SlowConsumerPolicy::Drop);
-        s.add("q", a, || unreachable!("looked up once"));
-        s.add("q", b, || unreachable!("looked up once"));
+        s.add("q", a, || SlowConsumerPolicy::Drop, None);
+        s.add("q", a, || unreachable!("looked up once"), None);
+        s.add("q", b, || unreachable!("looked up once"), None);
         assert_eq!(
-            s.get_hashed(queue_hash("q"), "q").0,
+            s.get_hashed(queue_hash("q"), "q").policy,
             SlowConsumerPolicy::Drop
         );
         assert_eq!(s.get("q").len(), 2);
@@ -95,5 +145,36 @@ mod tests {
         s.remove("q", b);
         assert!(s.get("q").is_empty());
         assert!(s.map.is_empty());
+    }
+
+    #[test]
+    fn a_resumed_subscriber_had_what_its_positions_cover() {
+        let (a, b) = (
+            ConnKey {
+                slot: 1,
+                generation: 0,
+            },
+            ConnKey {
+                slot: 2,
+                generation: 0,
+            },
+        );
+        let key = |sent_us, origin| MsgKey { sent_us, origin };
+        let mut s = LocalSubs::default();
+        s.add(
+            "q",
+            a,
+            || SlowConsumerPolicy::Block,
+            Some(vec![key(50, 7)].into()),
+        );
+        s.add("q", b, || SlowConsumerPolicy::Block, None);
+        let subs = s.get_hashed(queue_hash("q"), "q");
+        assert!(subs.had(a, key(50, 7)) && subs.had(a, key(10, 7)));
+        assert!(!subs.had(a, key(51, 7)), "after its position");
+        assert!(!subs.had(a, key(10, 8)), "a server it did not list");
+        assert!(!subs.had(b, key(10, 7)), "b did not resume");
+        s.remove("q", a);
+        s.add("q", a, || SlowConsumerPolicy::Block, None);
+        assert!(!s.get_hashed(queue_hash("q"), "q").had(a, key(10, 7)));
     }
 }

@@ -15,10 +15,11 @@
 //! - A link that comes up first sends this node's whole history as `$coremq.sync`
 //!   frames; the receiver stores what it misses, and since every node orders
 //!   history by (coremq_sent, coremq_server) and drops what it already has,
-//!   histories converge. What it misses that its subscribers were owed (a
-//!   link that dropped withheld it) it also delivers
-//!   (`QueueTable::is_missed_news`); live messages wait behind the exchange
-//!   so that those late ones keep their server's order.
+//!   histories converge. Of the sender's own messages (marked `"own"`) it
+//!   also delivers what its subscribers were owed — what a link that
+//!   dropped withheld (`QueueTable::is_missed_news`); a queue's live
+//!   messages wait behind its part of the exchange so that those late ones
+//!   keep their server's order.
 //! - Key-value changes (§13) travel as `$coremq.kv` frames, sent once and
 //!   applied by the receiver when newer than what it holds (last writer wins
 //!   by position); a link that comes up first sends every key this node

@@ -12,7 +12,7 @@ use crate::msg::{MsgFrame, MsgKey, Since};
 use crate::names::NameMap;
 use crate::router::queue_hash;
 pub(crate) use state::{held_bytes, Held, QueueState, Stored};
-use state::{note_dropped, ttl_us_for, QUEUE_ENTRY, RING_GROWTH};
+use state::{note_newest, ttl_us_for, QUEUE_ENTRY, RING_GROWTH};
 
 /// All queues owned by one shard.
 pub(crate) struct QueueTable {
@@ -66,7 +66,7 @@ impl QueueTable {
         while q.front_expired(now_us) {
             if let Some(old) = q.history.pop_front() {
                 q.frame_bytes -= held_bytes(&old);
-                note_dropped(&mut q.dropped, old.key());
+                note_newest(&mut q.dropped, old.key());
             }
         }
         let gone = (before - q.history.len()) as u64;
@@ -199,7 +199,7 @@ impl QueueTable {
             self.history_bytes -= q.cost(name.len());
             self.evictions += n;
             for f in std::mem::take(&mut q.history) {
-                note_dropped(&mut q.dropped, f.key());
+                note_newest(&mut q.dropped, f.key());
             }
             q.frame_bytes = 0;
             if q.is_idle() {
@@ -253,27 +253,31 @@ impl QueueTable {
         }
     }
 
-    /// Whether `frame`, which a peer's history exchange brought, is a
-    /// message this node missed while it ran with subscribers of the queue
-    /// (the link from its origin was down, or not yet up): published after
-    /// `started_us` (this node's start: what came before is history, not
-    /// news), after the queue's knowledge here began (not to a subscriber
-    /// that came after it), and after every message of its origin this
-    /// node has had for the queue (not one it delivered or dropped before,
-    /// and never behind a later one of that origin: publish order holds).
-    /// Such a message is delivered when it is stored (§6: every message
-    /// reaches the subscribers on every node), where otherwise a link that
-    /// dropped lost it for them, and for a subscriber that resumed meanwhile
-    /// (answered from what this node held).
+    /// Whether `frame`, which a peer's history exchange brought and which
+    /// that peer itself accepted, is a message this node's subscribers
+    /// missed while it ran (the link from the peer was down, or not up
+    /// yet): published after `started_us` (this node's start: what came
+    /// before is history, not news), after the queue's knowledge here began
+    /// (not to subscribers that came after it), and after every message of
+    /// its server this node has passed to its subscribers (never one twice,
+    /// never behind a later one: publish order holds). Such a message is
+    /// delivered when it comes (§6: every message reaches the subscribers on
+    /// every node), where otherwise a link that dropped lost it for them,
+    /// and for a subscriber that resumed meanwhile.
     pub(crate) fn is_missed_news(&self, frame: &MsgFrame, started_us: u64) -> bool {
         let Some(q) = self.queues.get(frame.hash(), frame.queue()) else {
             return false;
         };
         let key = frame.key();
-        !q.homes.is_empty()
-            && key.sent_us >= started_us
-            && key > q.born
-            && q.newest_from(key.origin).is_none_or(|newest| key > newest)
+        !q.homes.is_empty() && key.sent_us >= started_us && key > q.born && !q.was_passed(key)
+    }
+
+    /// Remembers that a message of another node went to this queue's
+    /// subscribers (or would have: it had none then).
+    pub(crate) fn note_passed(&mut self, frame: &MsgFrame) {
+        if let Some(q) = self.queues.get_mut(frame.hash(), frame.queue()) {
+            note_newest(&mut q.passed, frame.key());
+        }
     }
 
     /// For a subscriber resuming after `since` (§10): whether nothing after

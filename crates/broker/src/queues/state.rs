@@ -43,6 +43,12 @@ pub(crate) struct QueueState {
     /// of this node, or a client resuming from the last position it got
     /// would miss it (§10).
     pub(super) newest: MsgKey,
+    /// Per origin server, the newest message of another node that went to
+    /// the queue's subscribers here (or would have, had it any): one a
+    /// history exchange stored without delivering is still to be delivered
+    /// when its own server's link brings it, and none twice
+    /// ([`Self::was_passed`]).
+    pub(super) passed: Vec<MsgKey>,
     /// The last `coremq_seq` given to a message of this node here (§10).
     /// Kept as long as the queue is: a queue forgotten (no subscribers, no
     /// history) starts again at 1, as after a restart.
@@ -89,17 +95,12 @@ impl QueueState {
         self.homes.iter().map(|&(s, _)| s as usize)
     }
 
-    /// The newest position of a message from `origin` this node has had for
-    /// the queue (retained, or gone from the history since), if any.
-    pub(super) fn newest_from(&self, origin: u64) -> Option<MsgKey> {
-        let kept = self
-            .history
+    /// Whether a message of another node at `key`, or a later one of its
+    /// server, already went to the subscribers here.
+    pub(crate) fn was_passed(&self, key: MsgKey) -> bool {
+        self.passed
             .iter()
-            .rev()
-            .map(MsgFrame::key)
-            .find(|k| k.origin == origin);
-        let gone = self.dropped.iter().copied().find(|k| k.origin == origin);
-        kept.max(gone)
+            .any(|p| p.origin == key.origin && *p >= key)
     }
 }
 
@@ -109,8 +110,9 @@ pub(crate) fn held_bytes(frame: &MsgFrame) -> usize {
     frame.bytes().allocated()
 }
 
-/// Remembers that `key` left a queue's history: per origin, the newest.
-pub(super) fn note_dropped(dropped: &mut Vec<MsgKey>, key: MsgKey) {
+/// Remembers `key` in a per-origin list of newest positions (what left a
+/// queue's history, what it heard from other nodes).
+pub(super) fn note_newest(dropped: &mut Vec<MsgKey>, key: MsgKey) {
     match dropped.iter_mut().find(|d| d.origin == key.origin) {
         Some(d) => *d = (*d).max(key),
         None => dropped.push(key),
@@ -165,6 +167,7 @@ impl QueueState {
             born,
             dropped: Vec::new(),
             newest: MsgKey::default(),
+            passed: Vec::new(),
             seq: 0,
             ttl_us,
         }
@@ -216,13 +219,13 @@ impl QueueState {
         if cap == 0 || (h.len() == cap && i == 0) {
             // Kept nowhere (no history, or older than everything kept): new,
             // but a subscriber resuming from before it has missed it.
-            note_dropped(&mut self.dropped, frame.key());
+            note_newest(&mut self.dropped, frame.key());
             return Stored::New;
         }
         if h.len() == cap {
             if let Some(old) = h.pop_front() {
                 self.frame_bytes -= held_bytes(&old);
-                note_dropped(&mut self.dropped, old.key());
+                note_newest(&mut self.dropped, old.key());
             }
             i -= 1;
         }

@@ -406,8 +406,8 @@ impl Shard {
                 };
                 self.owner.publish(self, frame, publisher, ack)
             }
-            Request::Replicated { frame, live, relay } => {
-                self.owner.replicated(self, frame, live, relay)
+            Request::Replicated { frame, via, relay } => {
+                self.owner.replicated(self, frame, via, relay)
             }
             Request::Subscribe(sub) => self.owner.subscribe(self, from, sub),
             Request::Unsubscribe { queue } => self.owner.unsubscribe(from, &queue),
