@@ -176,3 +176,61 @@ fn g3(shards: usize) {
 }
 
 per_shard_count!(g3: g3_read_your_writes_1_shard = 1, g3_read_your_writes_4_shards = 4);
+
+/// The reply to a subscribe comes before any message of its queues, even
+/// when they are owned by several shards and busy: one owner registers its
+/// part and delivers while another is still at it. A client written for
+/// the original CoreMQ reads the frame after its subscribe as the answer,
+/// and lost that message (a review probe: 16 subscribes in 200).
+fn reply_before_messages(shards: usize) {
+    const QUEUES: usize = 8;
+    const TRIES: usize = 100;
+    let b = Broker::start_shards(shards);
+    let names: Vec<String> = (0..QUEUES).map(|i| uniq(&format!("first{i}"))).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishers: Vec<_> = (0..3)
+        .map(|p| {
+            let (addr, names, stop) = (b.addr(), names.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.options(json!({"ack": false}));
+                let mut n = 0u64;
+                // Bounded: at most ~2 M messages, or until told to stop.
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 2_000_000 {
+                    let mut batch = Vec::new();
+                    for q in &names {
+                        batch.extend(encode(q, &json!({"p": p, "n": n})));
+                        n += 1;
+                    }
+                    c.send_raw(&batch);
+                    // A round trip now and then: the broker keeps up.
+                    if n.is_multiple_of(800) {
+                        c.options(json!({"ack": false}));
+                    }
+                }
+            })
+        })
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for i in 0..TRIES {
+        let mut s = b.client();
+        s.command(&json!({"coremq_subscribe": refs}));
+        let first = s
+            .read_frame_until(std::time::Instant::now() + Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("try {i}: no reply ({e:?})"));
+        assert_eq!(
+            (first.queue.as_str(), &first.json["response"]),
+            (s.id.as_str(), &json!("OK: Subscribe successful")),
+            "try {i}: the first frame after the subscribe is not its reply: {first}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for p in publishers {
+        p.join().expect("publisher");
+    }
+}
+
+per_shard_count!(
+    reply_before_messages: the_subscribe_reply_comes_before_its_queues_messages_4_shards = 4,
+    the_subscribe_reply_comes_before_its_queues_messages_8_shards = 8
+);

@@ -258,11 +258,12 @@ impl Home {
         };
         let activate = {
             let mut st = c.st.borrow_mut();
+            // The live messages wait behind the subscribe's reply (and a
+            // resume's replayed ones; conn::state::delivery).
+            let behind = seq.is_some_and(|s| st.reply_leads_deliveries(s));
             let activate = match st.subs.get_mut(queue) {
                 Some(s) if *s == SubState::Pending => {
-                    // A resuming subscriber's live messages wait behind the
-                    // reply and the replayed ones (conn::state::delivery).
-                    *s = if resumed.is_some() {
+                    *s = if behind {
                         SubState::Resuming
                     } else {
                         SubState::Active
@@ -271,7 +272,7 @@ impl Home {
                 }
                 _ => false,
             };
-            st.resuming |= activate && resumed.is_some();
+            st.resuming |= activate && behind;
             activate
         };
         if activate {

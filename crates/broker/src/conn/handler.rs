@@ -194,7 +194,7 @@ fn subscribe(shard: &Shard, conn: &Conn, names: Vec<String>, since: Vec<(String,
     // The reply waits for every owner to register its part (G2); a resume's
     // also carries what each owner retained after the position (§10).
     let kind = if since.is_empty() {
-        ReplyKind::Text(proto::OK_SUBSCRIBE)
+        ReplyKind::Subscribed(names.clone())
     } else {
         ReplyKind::Resumed {
             recovered: Vec::new(),

@@ -22,6 +22,11 @@ pub(crate) enum ReplyKind {
         /// Messages per name, filled as owners answer.
         parts: Vec<Vec<MsgFrame>>,
     },
+    /// `OK: Subscribe successful` for these queues: their deliveries that
+    /// arrive before it is written wait for it (an owner registers its part
+    /// and delivers before another owner, or an earlier reply, is done; a
+    /// client written for the original reads the next frame as the answer).
+    Subscribed(Vec<Box<str>>),
     /// A subscribe with `coremq_since` (§10), assembled as owners answer.
     Resumed {
         /// Whether each resumed queue lost nothing after its position.

@@ -32,6 +32,35 @@ fn history_bytes(parts: &[Vec<crate::msg::MsgFrame>], seq: bool) -> usize {
     parts.iter().flatten().map(|m| m.json().len() + per).sum()
 }
 
+/// Writes the live messages held for the subscriptions `queues` names (they
+/// waited behind their subscribe's reply), which are ordinary ones from
+/// here on. Linear in the names and the held messages (a subscribe may
+/// name 60,000 queues).
+fn release_held<'q>(st: &mut ConnState, queues: impl Iterator<Item = &'q str> + Clone) {
+    if !st.held.is_empty() {
+        let mine: std::collections::HashSet<&str> = queues.clone().collect();
+        let held = std::mem::take(&mut st.held);
+        st.held_bytes = 0;
+        for (q, frame) in held {
+            if !mine.contains(&*q) {
+                st.held_bytes += frame.len();
+                st.held.push((q, frame));
+            } else if st.subs.contains_key(&q) {
+                // (Held for a queue unsubscribed meanwhile: dropped.)
+                st.out.push_shared(&frame);
+            }
+        }
+    }
+    for q in queues {
+        if let Some(s) = st.subs.get_mut(q) {
+            if *s == SubState::Resuming {
+                *s = SubState::Active;
+            }
+        }
+    }
+    st.resuming = st.subs.values().any(|s| *s == SubState::Resuming);
+}
+
 /// `{"response": "OK: Subscribe successful", "recovered": {"q": true, …}}`.
 fn write_resumed_reply(recovered: &[(Box<str>, bool)], out: &mut Vec<u8>) {
     proto::response_json(proto::OK_SUBSCRIBE, out);
@@ -71,9 +100,10 @@ pub(crate) enum SubState {
     Pending,
     /// Confirmed; the connection is in the shard's local table.
     Active,
-    /// Confirmed with a resume (§10): in the local table, but its live
-    /// messages wait in [`ConnState::held`] until the reply and the replayed
-    /// messages are out.
+    /// Confirmed before its subscribe's reply is out (a resume, §10, or a
+    /// subscribe whose reply waits for other owners or earlier replies): in
+    /// the local table, but its live messages wait in [`ConnState::held`]
+    /// until the reply (and the replayed messages) are out.
     Resuming,
 }
 
@@ -102,6 +132,20 @@ struct Slot {
     bulky: bool,
     /// `None` for [`ReplyKind::Sent`].
     kind: Option<Box<ReplyKind>>,
+}
+
+impl ConnState {
+    /// Whether reply `seq` is a subscribe's that the subscription's live
+    /// messages must follow ([`SubState::Resuming`]).
+    pub(crate) fn reply_leads_deliveries(&self, seq: u32) -> bool {
+        let idx = seq.wrapping_sub(self.base) as usize;
+        self.replies.get(idx).is_some_and(|s| {
+            matches!(
+                s.kind.as_deref(),
+                Some(ReplyKind::Subscribed(_) | ReplyKind::Resumed { .. })
+            )
+        })
+    }
 }
 
 /// What a reply slot takes, counted against `max_pending` while it waits
@@ -135,9 +179,12 @@ impl ReplyKind {
             | ReplyKind::Status(_)
             | ReplyKind::Json(_)
             | ReplyKind::Raw(_) => true,
-            ReplyKind::Welcome | ReplyKind::Text(_) | ReplyKind::Sent | ReplyKind::Final(..) => {
-                false
-            }
+            // A subscribe's names are bounded by max_subscriptions in all.
+            ReplyKind::Welcome
+            | ReplyKind::Text(_)
+            | ReplyKind::Subscribed(_)
+            | ReplyKind::Sent
+            | ReplyKind::Final(..) => false,
         }
     }
 }
@@ -529,6 +576,12 @@ impl Conn {
                     let keep = self.replay_within(&mut recovered, &replay);
                     self.write_resumed(&mut st, &recovered, &replay, &keep)
                 }
+                Some(ReplyKind::Subscribed(queues)) => {
+                    let mut json = Vec::new();
+                    proto::response_json(proto::OK_SUBSCRIBE, &mut json);
+                    st.out.push_with(|out| self.encode(&self.id, &json, out));
+                    release_held(&mut st, queues.iter().map(|q| &**q));
+                }
                 Some(ReplyKind::History { names, parts })
                     if history_bytes(&parts, st.opts.seq) > self.max_reply() =>
                 {
@@ -568,6 +621,7 @@ impl Conn {
         match kind {
             ReplyKind::Welcome => json.extend_from_slice(&self.node.welcome),
             ReplyKind::Text(t) => proto::response_json(t, &mut json),
+            ReplyKind::Subscribed(_) => proto::response_json(proto::OK_SUBSCRIBE, &mut json),
             ReplyKind::Sent => proto::response_json(proto::OK_SENT, &mut json),
             ReplyKind::Json(j) => json = j,
             ReplyKind::History { names, parts } => write_history(&names, &parts, seq, &mut json),
@@ -649,27 +703,7 @@ impl Conn {
                 st.out.push_with(|out| self.encode(f.queue(), &marked, out));
             }
         }
-        let mine = |q: &str| recovered.iter().any(|(r, _)| **r == *q);
-        // Held for a queue unsubscribed meanwhile: dropped.
-        let subscribed = |st: &ConnState, q: &str| st.subs.contains_key(q);
-        let held = std::mem::take(&mut st.held);
-        st.held_bytes = 0;
-        for (q, frame) in held {
-            if !mine(&q) {
-                st.held_bytes += frame.len();
-                st.held.push((q, frame));
-            } else if subscribed(st, &q) {
-                st.out.push_shared(&frame);
-            }
-        }
-        for (q, _) in recovered {
-            if let Some(s) = st.subs.get_mut(q) {
-                if *s == SubState::Resuming {
-                    *s = SubState::Active;
-                }
-            }
-        }
-        st.resuming = st.subs.values().any(|s| *s == SubState::Resuming);
+        release_held(st, recovered.iter().map(|(q, _)| &**q));
     }
 
     /// Queues a last frame on the connection's own queue and closes after it,
