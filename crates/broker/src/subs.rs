@@ -40,6 +40,12 @@ pub(crate) struct Subscribers<'a> {
 }
 
 impl Subscribers<'_> {
+    /// Whether any of them resumed (checked once per delivery, not per
+    /// subscriber: the fan-out loop is the hot path).
+    pub(crate) fn any_resumed(&self) -> bool {
+        !self.resumed.is_empty()
+    }
+
     /// Whether `conn` resumed from a position at or after `key` (it had
     /// that message).
     pub(crate) fn had(&self, conn: ConnKey, key: MsgKey) -> bool {
