@@ -48,7 +48,7 @@ impl KvConfig {
             size::parse(t, MIN_KV_MEMORY, MAX_KV_MEMORY).map(|n| n as u64)
         })?;
         s.set(&mut c.watch, "kv_watch", value::boolean)?;
-        s.set(&mut c.memcached_port, "memcached_port", value::port)?;
+        s.set(&mut c.memcached_port, "memcached_port", value::port_or_off)?;
         s.set(&mut c.allow_flush, "kv_allow_flush", value::boolean)?;
         s.set(&mut c.max_value, "kv_max_value", |t| {
             size::parse(t, 1, MAX_KV_VALUE)

@@ -91,18 +91,16 @@ impl TlsConfig {
     /// Reads the TLS keys of `[CoreMQ]`.
     pub(crate) fn from_section(s: &Section<'_>) -> Result<TlsConfig, ConfigError> {
         let mut c = TlsConfig::defaults();
-        s.set(&mut c.port, "tls_port", value::port)?;
+        s.set(&mut c.port, "tls_port", value::port_or_off)?;
         c.cert_file = s.parse("tls_cert_file", |t| Ok(PathBuf::from(t)))?;
         c.key_file = s.parse("tls_key_file", |t| Ok(PathBuf::from(t)))?;
         c.client_ca_file = s.parse("tls_client_ca_file", |t| Ok(PathBuf::from(t)))?;
         s.set(&mut c.client_auth, "tls_client_auth", ClientAuth::parse)?;
-        s.set(&mut c.handshake_timeout, "tls_handshake_timeout", |t| {
-            let d = value::seconds(t)?;
-            if d.is_zero() {
-                return Err("expected a number of seconds greater than 0".into());
-            }
-            Ok(d)
-        })?;
+        s.set(
+            &mut c.handshake_timeout,
+            "tls_handshake_timeout",
+            value::positive_seconds,
+        )?;
         s.set(&mut c.cluster, "cluster_tls", value::boolean)?;
         if c.client_auth != ClientAuth::None && c.client_ca_file.is_none() {
             return Err(ConfigError::Tls(format!(

@@ -36,6 +36,14 @@ pub(crate) fn port(text: &str) -> Result<u16, String> {
         .map_err(|e| e + " (0 picks a free port)")
 }
 
+/// The port of a listener that is off by default (`tls_port`,
+/// `memcached_port`): 0 turns it off.
+pub(crate) fn port_or_off(text: &str) -> Result<u16, String> {
+    integer(text, 0, u16::MAX.into(), "a port number")
+        .map(|p| p as u16)
+        .map_err(|e| e + " (0 turns it off)")
+}
+
 /// An interface address; `[::1]` is accepted too since that is how IPv6
 /// addresses are usually written next to ports.
 pub(crate) fn address(text: &str) -> Result<IpAddr, String> {
@@ -64,11 +72,11 @@ pub(crate) fn boolean(text: &str) -> Result<bool, String> {
 /// [`seconds`] greater than 0 (a timeout of 0 would close every connection,
 /// cut every client off at a stop, or ping continuously).
 pub(crate) fn positive_seconds(text: &str) -> Result<Duration, String> {
-    let d = seconds(text)?;
-    if d.is_zero() {
-        return Err("expected a number of seconds greater than 0".into());
+    let reason = || "expected a number of seconds greater than 0, at most 86400, such as 5 or 0.5";
+    match seconds(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(reason().into()),
     }
-    Ok(d)
 }
 
 /// Seconds as a decimal number, so sub-second timeouts (tests) are possible.

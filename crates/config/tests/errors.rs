@@ -89,14 +89,18 @@ fn bad_values_name_section_key_value_and_what_is_allowed() {
     bad_mq("io_poll_interval", "10ms", poll);
     // A timeout of 0 closed every login at once, or cut every client off at
     // a stop (acknowledged messages undelivered).
-    let positive = "expected a number of seconds greater than 0";
+    // The same words whatever is wrong: 0 is not in the range they name.
+    let positive = "expected a number of seconds greater than 0, at most 86400, such as 5 or 0.5";
     bad_mq("auth_timeout", "0", positive);
     bad_mq("auth_timeout", "0.0", positive);
+    bad_mq("auth_timeout", "-1", positive);
     bad_mq("shutdown_timeout", "0", positive);
+    bad_mq("shutdown_timeout", "-1", positive);
+    bad_mq("shutdown_timeout", "5s", positive);
+    bad_mq("shutdown_timeout", "inf", positive);
+    bad_mq("shutdown_timeout", "99999999999", positive);
     let secs = "expected a number of seconds 0-86400, such as 5 or 0.5";
-    bad_mq("shutdown_timeout", "-1", secs);
-    bad_mq("shutdown_timeout", "5s", secs);
-    bad_mq("shutdown_timeout", "inf", secs);
+    bad_mq("max_stall", "-1", secs);
 }
 
 #[test]
@@ -416,12 +420,12 @@ fn tls_settings_that_do_not_fit_together_are_refused() {
     bad_mq(
         "tls_handshake_timeout",
         "0",
-        "expected a number of seconds greater than 0",
+        "expected a number of seconds greater than 0, at most 86400, such as 5 or 0.5",
     );
     bad_mq(
         "tls_port",
         "70000",
-        "expected a port number 0-65535 (0 picks a free port)",
+        "expected a port number 0-65535 (0 turns it off)",
     );
     // And the same settings, complete, are accepted.
     let ok = format!(
