@@ -196,9 +196,9 @@ impl Home {
         // With its coremq_seq, for WebSocket: each once, if a subscriber
         // here needs it.
         let mut forms = crate::frame::Forms::default();
-        let resumed = list.any_resumed();
+        let filter = list.some_had(frame.key());
         for &key in list.conns {
-            if Some(key) == skip || (resumed && list.had(key, frame.key())) {
+            if Some(key) == skip || (filter && list.had(key, frame.key())) {
                 continue;
             }
             let Some(conn) = self.conn(key) else {

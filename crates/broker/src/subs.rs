@@ -10,6 +10,7 @@ use crate::msg::{ConnKey, MsgKey};
 use crate::names::NameMap;
 use crate::router::queue_hash;
 use coremq_config::SlowConsumerPolicy;
+use std::collections::HashMap;
 
 /// Queue name → subscribed connections of this shard.
 #[derive(Default)]
@@ -29,33 +30,48 @@ struct QueueSubs {
     /// the subscriber had (on another node) and is not sent again — one
     /// still on its way here when it resumed, or one a dropped link's
     /// exchange brings later.
-    resumed: Vec<(ConnKey, Box<[MsgKey]>)>,
+    resumed: HashMap<ConnKey, Box<[MsgKey]>>,
+    /// Per server, the latest of those positions: a message after it (every
+    /// live one, nearly) needs no look at any subscriber's.
+    reach: Vec<MsgKey>,
+}
+
+impl QueueSubs {
+    fn set_reach(&mut self) {
+        self.reach.clear();
+        for p in self.resumed.values().flat_map(|ps| ps.iter()) {
+            match self.reach.iter_mut().find(|r| r.origin == p.origin) {
+                Some(r) => *r = (*r).max(*p),
+                None => self.reach.push(*p),
+            }
+        }
+    }
 }
 
 /// A queue's subscribers as a delivery sees them.
 pub(crate) struct Subscribers<'a> {
     pub policy: SlowConsumerPolicy,
     pub conns: &'a [ConnKey],
-    resumed: &'a [(ConnKey, Box<[MsgKey]>)],
+    resumed: Option<&'a HashMap<ConnKey, Box<[MsgKey]>>>,
+    reach: &'a [MsgKey],
 }
 
 impl Subscribers<'_> {
-    /// Whether any of them resumed (checked once per delivery, not per
-    /// subscriber: the fan-out loop is the hot path).
-    pub(crate) fn any_resumed(&self) -> bool {
-        !self.resumed.is_empty()
+    /// Whether some subscriber resumed from a position at or after `key`
+    /// (asked once per delivery, not per subscriber: the fan-out loop is
+    /// the hot path, and a live message is after every position).
+    pub(crate) fn some_had(&self, key: MsgKey) -> bool {
+        self.reach
+            .iter()
+            .any(|p| p.origin == key.origin && key <= *p)
     }
 
     /// Whether `conn` resumed from a position at or after `key` (it had
     /// that message).
     pub(crate) fn had(&self, conn: ConnKey, key: MsgKey) -> bool {
-        !self.resumed.is_empty()
-            && self.resumed.iter().any(|(c, positions)| {
-                *c == conn
-                    && positions
-                        .iter()
-                        .any(|p| p.origin == key.origin && key <= *p)
-            })
+        self.resumed
+            .and_then(|r| r.get(&conn))
+            .is_some_and(|ps| ps.iter().any(|p| p.origin == key.origin && key <= *p))
     }
 }
 
@@ -74,14 +90,19 @@ impl LocalSubs {
             .get_or_insert_with(queue_hash(queue), queue, || QueueSubs {
                 policy: policy(),
                 conns: Vec::new(),
-                resumed: Vec::new(),
+                resumed: HashMap::new(),
+                reach: Vec::new(),
             });
         if !q.conns.contains(&conn) {
             q.conns.push(conn);
         }
-        q.resumed.retain(|(c, _)| *c != conn);
-        if let Some(positions) = resumed_from.filter(|p| !p.is_empty()) {
-            q.resumed.push((conn, positions));
+        let had = q.resumed.remove(&conn).is_some();
+        let has = match resumed_from.filter(|p| !p.is_empty()) {
+            Some(positions) => q.resumed.insert(conn, positions).is_none(),
+            None => false,
+        };
+        if had || has {
+            q.set_reach();
         }
     }
 
@@ -92,7 +113,9 @@ impl LocalSubs {
             if let Some(i) = q.conns.iter().position(|c| *c == conn) {
                 q.conns.swap_remove(i);
             }
-            q.resumed.retain(|(c, _)| *c != conn);
+            if q.resumed.remove(&conn).is_some() {
+                q.set_reach();
+            }
             if q.conns.is_empty() {
                 self.map.remove(hash, queue);
             }
@@ -106,12 +129,14 @@ impl LocalSubs {
             Some(q) => Subscribers {
                 policy: q.policy,
                 conns: &q.conns,
-                resumed: &q.resumed,
+                resumed: Some(&q.resumed),
+                reach: &q.reach,
             },
             None => Subscribers {
                 policy: SlowConsumerPolicy::Block,
                 conns: &[],
-                resumed: &[],
+                resumed: None,
+                reach: &[],
             },
         }
     }
@@ -175,12 +200,15 @@ mod tests {
         );
         s.add("q", b, || SlowConsumerPolicy::Block, None);
         let subs = s.get_hashed(queue_hash("q"), "q");
+        assert!(subs.some_had(key(50, 7)) && !subs.some_had(key(51, 7)));
+        assert!(!subs.some_had(key(10, 8)));
         assert!(subs.had(a, key(50, 7)) && subs.had(a, key(10, 7)));
         assert!(!subs.had(a, key(51, 7)), "after its position");
         assert!(!subs.had(a, key(10, 8)), "a server it did not list");
         assert!(!subs.had(b, key(10, 7)), "b did not resume");
         s.remove("q", a);
         s.add("q", a, || SlowConsumerPolicy::Block, None);
-        assert!(!s.get_hashed(queue_hash("q"), "q").had(a, key(10, 7)));
+        let subs = s.get_hashed(queue_hash("q"), "q");
+        assert!(!subs.had(a, key(10, 7)) && !subs.some_had(key(10, 7)));
     }
 }
