@@ -84,6 +84,10 @@ fn main() -> ExitCode {
             eprintln!("coremq: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
+        // What a start would only log.
+        for said in coremq_broker::cluster_nodes_warnings(&config.mq) {
+            eprintln!("coremq: warning: {said}");
+        }
         // What a start would lower, shown as it would run (and said, as at start).
         let mut config = config;
         if let Some(limit) = coremq_broker::kv_max_value_limit(&config.mq) {

@@ -712,3 +712,32 @@ fn printing_into_a_closed_pipe_is_no_panic() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+/// `--check-config` says what a start would only log about `cluster_nodes`:
+/// this node missing from it (a start serves alone), an entry twice. A node
+/// that is listed once gets no warning.
+#[test]
+fn check_config_warns_of_a_node_missing_from_cluster_nodes() {
+    let dir = unique_dir("check-cluster");
+    let check = |nodes: &str| {
+        let path = dir.join("coremq.conf");
+        std::fs::write(
+            &path,
+            format!("[CoreMQ]\naddress = 127.0.0.1\nport = 21951\ncluster_nodes = {nodes}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--check-config")
+            .output()
+            .expect("coremq --check-config");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = check("127.0.0.1:30001, 127.0.0.1:30002, 127.0.0.1:30002");
+    assert!(said.contains("is not in cluster_nodes"), "{said}");
+    assert!(said.contains("lists 127.0.0.1:30002 twice"), "{said}");
+    let said = check("127.0.0.1:21951, 127.0.0.1:30002");
+    assert!(!said.contains("warning"), "{said}");
+}

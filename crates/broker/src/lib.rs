@@ -96,6 +96,7 @@ mod tls;
 mod web;
 mod wsframe;
 
+pub use cluster::cluster_nodes_warnings;
 pub use error::BrokerError;
 pub use reload::{check as check_access, check_tls, Reloader};
 pub use server::{check_data_dir, kv_max_value_limit, start, Running, Stopper, IO_MEMORY};

@@ -291,6 +291,33 @@ pub(crate) fn self_entry(cfg: &coremq_config::MqConfig, port: u16) -> String {
     find_self(cfg, port).unwrap_or_else(|| format!("{}:{port}", cfg.address))
 }
 
+/// What `--check-config` says of `cluster_nodes` that a start only logs:
+/// this node is not among them (it would serve alone, dialing no peer), or
+/// an entry is there twice. Nothing when the port is 0 (picked at start).
+pub fn cluster_nodes_warnings(cfg: &coremq_config::MqConfig) -> Vec<String> {
+    let mut said = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in &cfg.cluster_nodes {
+        if !seen.insert(e) {
+            said.push(format!("cluster_nodes lists {e} twice"));
+        }
+    }
+    let port = if cfg.tls.cluster && cfg.tls.port != 0 {
+        cfg.tls.port
+    } else {
+        cfg.port
+    };
+    let listed = find_self(cfg, port).is_some_and(|s| cfg.cluster_nodes.contains(&s));
+    if !cfg.cluster_nodes.is_empty() && port != 0 && !listed {
+        said.push(format!(
+            "this node ({}:{port}, or cluster_self) is not in cluster_nodes; a start serves \
+             alone and dials no peer",
+            cfg.address
+        ));
+    }
+    said
+}
+
 /// This node's entry: `cluster_self`, else the entry equal to
 /// `address:port`, else (listening on all interfaces) a loopback or
 /// `node_name` entry with our port.
