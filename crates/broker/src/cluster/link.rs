@@ -135,7 +135,13 @@ impl HeldBack {
 
     /// Holds a frame of `queue` that `write` appends; the bytes held now.
     fn hold(&mut self, queue: &str, write: impl FnOnce(&mut Vec<u8>)) -> usize {
-        let (bytes, ends) = self.frames.entry(queue.into()).or_default();
+        // The name is allocated once per queue, not once per held frame.
+        if !self.frames.contains_key(queue) {
+            self.frames.insert(queue.into(), Default::default());
+        }
+        let Some((bytes, ends)) = self.frames.get_mut(queue) else {
+            return self.bytes;
+        };
         let before = bytes.len();
         write(bytes);
         ends.push(bytes.len());
