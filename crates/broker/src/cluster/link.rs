@@ -174,6 +174,85 @@ impl HeldBack {
         self.bytes -= f.0.len();
         Some(f)
     }
+
+    /// The queue with the most bytes waiting.
+    fn most_held(&self) -> Option<&str> {
+        let most = self.frames.iter().max_by_key(|(_, (b, _))| b.len());
+        most.map(|(q, _)| &**q)
+    }
+}
+
+/// The order the history exchange writes its queues' parts in. A queue whose
+/// live messages wait behind its part goes next (the one with the most bytes
+/// waiting), and its part is finished before another is begun; the others go
+/// in the dump's order. So live messages wait for about one queue's part, not
+/// for the parts ahead of theirs, and what waits stays far below the hold's
+/// share of `cluster_link_buffer`: past that share they would all go at once
+/// and the peer would only store the older messages of their queue still to
+/// come (a hot queue late in an exchange of many queues lost its
+/// subscribers' late deliveries that way).
+struct ExchangeOrder {
+    names: Vec<Box<str>>,
+    index: HashMap<Box<str>, usize>,
+    done: Vec<bool>,
+    /// The first part in dump order that may be unfinished.
+    next: usize,
+    /// The part being written.
+    cur: Option<usize>,
+}
+
+impl ExchangeOrder {
+    fn new(names: Vec<Box<str>>) -> Self {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.clone(), i))
+            .collect();
+        ExchangeOrder {
+            done: vec![false; names.len()],
+            names,
+            index,
+            next: 0,
+            cur: None,
+        }
+    }
+
+    fn name(&self, part: usize) -> &str {
+        &self.names[part]
+    }
+
+    /// The part to write the next message of. `waits`: whether a queue's live
+    /// messages wait; `hot`: the queue with the most waiting.
+    fn pick<'a>(
+        &mut self,
+        waits: impl Fn(&str) -> bool,
+        hot: impl FnOnce() -> Option<&'a str>,
+    ) -> Option<usize> {
+        if let Some(c) = self.cur.filter(|&c| waits(&self.names[c])) {
+            return Some(c);
+        }
+        let hot = hot().and_then(|q| self.index.get(q).copied());
+        if let Some(h) = hot.filter(|&h| !self.done[h]) {
+            self.cur = Some(h);
+            return Some(h);
+        }
+        if self.cur.is_some() {
+            return self.cur;
+        }
+        while self.done.get(self.next) == Some(&true) {
+            self.next += 1;
+        }
+        self.cur = (self.next < self.done.len()).then_some(self.next);
+        self.cur
+    }
+
+    /// `part` is written whole.
+    fn finished(&mut self, part: usize) {
+        self.done[part] = true;
+        if self.cur == Some(part) {
+            self.cur = None;
+        }
+    }
 }
 
 impl Link {
@@ -199,8 +278,25 @@ impl Link {
         self.counters.lag.fetch_add(1, Ordering::Relaxed);
         drop(held);
         if bytes > self.limit / HeldBack::SHARE {
+            tracing::warn!(
+                held = bytes,
+                "live messages waited past half of cluster_link_buffer behind the history \
+                 exchange; they go now, and the peer only stores the older messages of \
+                 their queues still to come (raise cluster_link_buffer)"
+            );
             self.release_held_back();
         }
+    }
+
+    /// The exchange's part to write the next message of (see
+    /// [`ExchangeOrder`]).
+    fn next_part(&self, order: &mut ExchangeOrder) -> Option<usize> {
+        let held = self.held_back.borrow();
+        let h = held.as_ref();
+        order.pick(
+            |q| h.is_some_and(|h| h.frames.contains_key(q)),
+            || h.and_then(HeldBack::most_held),
+        )
     }
 
     /// The history exchange will carry `queues`: live frames of the others
@@ -438,11 +534,17 @@ pub(super) async fn run_link(
             // while the link was down, it delivers (the others' come from
             // their own links).
             let own = crate::msg::origin_of(&shard.node().server);
-            for (queue, msgs) in dump {
-                for m in msgs {
+            let (names, parts): (Vec<_>, Vec<_>) = dump.into_iter().unzip();
+            let mut order = ExchangeOrder::new(names);
+            let mut written = vec![0usize; parts.len()];
+            while let Some(i) = link.next_part(&mut order) {
+                let msgs: &Vec<MsgFrame> = &parts[i];
+                if let Some(m) = msgs.get(written[i]) {
+                    written[i] += 1;
+                    let queue = order.name(i);
                     json.clear();
                     json.extend_from_slice(b"{\"queue\": ");
-                    proto::write_json_string(&queue, &mut json);
+                    proto::write_json_string(queue, &mut json);
                     if m.key().origin == own {
                         json.extend_from_slice(b", \"own\": true");
                     }
@@ -456,11 +558,11 @@ pub(super) async fn run_link(
                     json.push(b'}');
                     if SYNC_QUEUE.len() + 1 + json.len() > max {
                         oversize += 1;
-                        continue;
+                    } else {
+                        frame.clear();
+                        proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
+                        link.push(&frame);
                     }
-                    frame.clear();
-                    proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
-                    link.push(&frame);
                     // Paced as the key exchange below: a history larger than
                     // cluster_link_buffer, pushed at once, cut the link at
                     // every connect, for ever (and live messages with it).
@@ -471,7 +573,10 @@ pub(super) async fn run_link(
                         glommio::timer::sleep(Duration::from_millis(1)).await;
                     }
                 }
-                link.exchanged(&queue);
+                if written[i] == msgs.len() {
+                    order.finished(i);
+                    link.exchanged(order.name(i));
+                }
             }
             if oversize > 0 {
                 tracing::warn!(
@@ -879,6 +984,41 @@ mod tests {
 
     fn frame(bytes: &[u8]) -> impl FnOnce(&mut Vec<u8>) + '_ {
         move |out: &mut Vec<u8>| out.extend_from_slice(bytes)
+    }
+
+    /// The exchange writes a queue whose live messages wait next, finishes
+    /// it before it begins another, then goes on in the dump's order.
+    #[test]
+    fn the_exchange_writes_a_queue_with_waiting_messages_next() {
+        let names = ["a", "b", "c", "d"].map(Box::<str>::from).to_vec();
+        let mut o = ExchangeOrder::new(names);
+        let none = |_: &str| false;
+        assert_eq!(o.pick(none, || None), Some(0), "the dump's order");
+        assert_eq!(o.pick(none, || None), Some(0), "a part is kept on");
+        // c's live messages wait while a is written: c goes next...
+        assert_eq!(o.pick(|q| q == "c", || Some("c")), Some(2));
+        // ...and is finished first, even with more of d's waiting.
+        assert_eq!(o.pick(|q| q == "c" || q == "d", || Some("d")), Some(2));
+        o.finished(2);
+        assert_eq!(o.pick(|q| q == "d", || Some("d")), Some(3));
+        o.finished(3);
+        assert_eq!(o.name(3), "d");
+        // Then a, begun before, and b.
+        assert_eq!(o.pick(none, || None), Some(0));
+        o.finished(0);
+        assert_eq!(o.pick(none, || Some("zz")), Some(1), "not in the exchange");
+        o.finished(1);
+        assert_eq!(o.pick(none, || None), None);
+    }
+
+    #[test]
+    fn the_most_held_queue_is_the_one_with_most_bytes() {
+        let mut h = HeldBack::default();
+        assert_eq!(h.most_held(), None);
+        h.hold("a", frame(b"a1"));
+        h.hold("b", frame(b"b1b1b1"));
+        h.hold("a", frame(b"a2"));
+        assert_eq!(h.most_held(), Some("b"));
     }
 
     /// A queue's live frames wait only for that queue's part of the
