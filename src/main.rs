@@ -75,17 +75,24 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
         // And the TLS files, loaded as a start loads them.
-        if let Err(e) = coremq_broker::check_tls(&config.mq, config.ws.enabled && config.ws.tls) {
-            eprintln!("coremq: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        let tls_warnings =
+            match coremq_broker::check_tls(&config.mq, config.ws.enabled && config.ws.tls) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("coremq: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
         // And the paths a start writes, as this user.
         if let Err(e) = check_paths(&config) {
             eprintln!("coremq: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
         // What a start would only log.
-        for said in coremq_broker::cluster_nodes_warnings(&config.mq) {
+        for said in tls_warnings
+            .into_iter()
+            .chain(coremq_broker::cluster_nodes_warnings(&config.mq))
+        {
             eprintln!("coremq: warning: {said}");
         }
         // What a start would lower, shown as it would run (and said, as at start).

@@ -201,6 +201,21 @@ fn an_expired_server_certificate_is_refused_by_clients_and_warned_about() {
     });
     let b = Broker::start(BrokerOpts::new(1).tls(&expired));
     wait_log(&b, "the TLS certificate is not valid now");
+    // --check-config, which has no log, says it too (and still passes: a
+    // start loads the certificate).
+    let check = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&b.config_path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("coremq: warning: tls_cert_file")
+            && text.contains("the TLS certificate is not valid now"),
+        "{text}"
+    );
     let err = t::connect(b.tls_addr(), &t::client_config(&pki.ca, None), "localhost")
         .err()
         .expect("an expired certificate must be refused");
@@ -369,6 +384,8 @@ fn bad_tls_files_stop_the_start_and_check_config_with_a_clear_error() {
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let text = String::from_utf8_lossy(&check.stderr);
+    assert!(!text.contains("not valid now"), "{text}");
 }
 
 #[test]
@@ -553,4 +570,38 @@ fn a_corrupt_record_after_good_ones_in_one_read_handles_the_good_frames_then_dro
     assert_eq!(f.json["next"], json!(true), "{f}");
     let mut other = b.tls_client(&pki.ca);
     others_unaffected(&b, &mut plain, &mut other);
+}
+
+/// A client CA file whose certificate is not one (valid PEM, broken DER) is
+/// refused at start with what is wrong with that file, not with rustls's
+/// "invalid peer certificate" (no peer is involved).
+#[test]
+fn a_broken_client_ca_file_is_named_as_such() {
+    let mut pki = Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let broken = pki.dir.join("broken-ca.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQoLDA0ODw==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let opts = BrokerOpts::new(1)
+        .tls(&pair)
+        .set("tls_client_ca_file", broken.to_str().unwrap())
+        .set("tls_client_auth", "optional");
+    let (st, out, err) = run_expect_exit(&opts);
+    assert_eq!(st.code(), Some(2), "{out}\n{err}");
+    assert!(
+        err.contains("tls_client_ca_file")
+            && err.contains("broken-ca.pem")
+            && err.contains("is not a usable CA certificate"),
+        "{err}"
+    );
+    assert!(!err.contains("peer"), "{err}");
+    // The good CA starts.
+    let good = BrokerOpts::new(1)
+        .tls(&pair)
+        .set("tls_client_ca_file", pki.ca.to_str().unwrap())
+        .set("tls_client_auth", "optional");
+    Broker::start(good).client();
 }

@@ -120,10 +120,14 @@ fn configs(tls: &TlsConfig, resumption: &Resumption) -> Result<TlsConfigs, Strin
     Ok((server, client))
 }
 
-/// Checks the TLS files as a start would (`coremq --check-config`).
-pub fn check_tls(mq: &MqConfig, ws_tls: bool) -> Result<(), BrokerError> {
+/// Checks the TLS files as a start would (`coremq --check-config`): why a
+/// start would refuse them, or what it would warn of.
+pub fn check_tls(mq: &MqConfig, ws_tls: bool) -> Result<Vec<String>, BrokerError> {
     let resumption = Resumption::new().map_err(BrokerError::Tls)?;
-    load_tls(mq, ws_tls, &resumption).map(|_| ())
+    Ok(match load_tls(mq, ws_tls, &resumption)? {
+        Some(_) => crate::tls::warnings(&mq.tls),
+        None => Vec::new(),
+    })
 }
 
 /// Reloads the access rules from any thread (the SIGHUP handler).

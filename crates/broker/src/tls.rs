@@ -78,9 +78,18 @@ fn key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 pub(crate) fn roots(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in certs(path, "tls_client_ca_file")? {
-        roots
-            .add(cert)
-            .map_err(|e| format!("tls_client_ca_file {}: {e}", path.display()))?;
+        roots.add(cert).map_err(|e| {
+            // rustls says "invalid peer certificate", which this is not.
+            let cause = match e {
+                rustls::Error::InvalidCertificate(c) => format!("{c:?}"),
+                e => e.to_string(),
+            };
+            format!(
+                "tls_client_ca_file {}: a certificate in it is not a usable CA certificate \
+                 ({cause})",
+                path.display()
+            )
+        })?;
     }
     Ok(roots)
 }
@@ -147,15 +156,43 @@ pub(crate) fn server_config(
 /// A certificate past its end still loads (clients decide), but the
 /// operator should hear of it.
 fn warn_if_expired(path: &Path, leaf: &CertificateDer<'_>) {
-    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) {
-        if !cert.validity().is_valid() {
-            tracing::warn!(
-                tls_cert_file = %path.display(),
-                not_after = %cert.validity().not_after,
-                "the TLS certificate is not valid now (expired or not yet valid)"
-            );
-        }
+    if let Some(not_after) = not_valid_now(leaf) {
+        tracing::warn!(
+            tls_cert_file = %path.display(),
+            not_after = %not_after,
+            "{NOT_VALID_NOW}"
+        );
     }
+}
+
+const NOT_VALID_NOW: &str = "the TLS certificate is not valid now (expired or not yet valid)";
+
+/// The end of `leaf`'s validity, when now is outside it.
+fn not_valid_now(leaf: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let validity = cert.validity();
+    (!validity.is_valid()).then(|| validity.not_after.to_string())
+}
+
+/// What a start would warn of in the TLS files of `tls` (`--check-config`
+/// has no log to say it in): a certificate that is not valid now.
+pub(crate) fn warnings(tls: &TlsConfig) -> Vec<String> {
+    let Some(path) = &tls.cert_file else {
+        return Vec::new();
+    };
+    let leaf = certs(path, "tls_cert_file")
+        .ok()
+        .and_then(|c| c.into_iter().next());
+    let not_after = leaf.as_ref().and_then(not_valid_now);
+    not_after
+        .map(|t| {
+            format!(
+                "tls_cert_file {}: {NOT_VALID_NOW}; not after {t}",
+                path.display()
+            )
+        })
+        .into_iter()
+        .collect()
 }
 
 /// Why a session resumed from a ticket may not go on: the client
