@@ -572,6 +572,49 @@ fn a_corrupt_record_after_good_ones_in_one_read_handles_the_good_frames_then_dro
     others_unaffected(&b, &mut plain, &mut other);
 }
 
+/// A client that ends its side with a close_notify gets the replies it had
+/// coming, then the broker's close_notify (RFC 8446 §6.1), so that it can
+/// tell a clean end from a cut connection (it used to get a bare FIN).
+#[test]
+fn a_clients_close_notify_is_answered_with_the_brokers() {
+    let mut pki = Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let b = Broker::start(BrokerOpts::new(1).tls(&pair));
+    let mut c = b.tls_client(&pki.ca);
+    let mut tls = c.tls.take().expect("a TLS client");
+    let mut sock = c.stream.try_clone().unwrap();
+    // A publish whose OK is still to come, then our end.
+    let frame = encode(&uniq("tls.end"), &json!({"n": 1}));
+    rustls::Stream::new(&mut *tls, &mut sock)
+        .write_all(&frame)
+        .unwrap();
+    tls.send_close_notify();
+    while tls.wants_write() {
+        tls.write_tls(&mut sock).unwrap();
+    }
+    sock.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    let end = loop {
+        match rustls::Stream::new(&mut *tls, &mut sock).read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.contains(OK_SENT), "the reply owed: {text:?}");
+    assert!(
+        end.is_ok(),
+        "the broker ended without its close_notify: {end:?}"
+    );
+    // Plain TCP ends as before: the reply, then the end.
+    let mut p = b.client();
+    p.send_raw(&frame);
+    p.shutdown_write();
+    p.expect_response(OK_SENT);
+    assert!(t::is_dropped(&mut p, REPLY_TIMEOUT));
+}
+
 /// A client CA file whose certificate is not one (valid PEM, broken DER) is
 /// refused at start with what is wrong with that file, not with rustls's
 /// "invalid peer certificate" (no peer is involved).

@@ -391,6 +391,21 @@ fn poll_conn<W: Wire>(
                 // The framing's goodbye was queued after the final frame:
                 // written on the next turn.
                 cx.waker().wake_by_ref();
+            } else if io.peer_eof && !conn.awaits_replies() && closing.is_none() && !io.half_closed
+            {
+                // The peer ended and has every reply: our end answers its
+                // (over TLS the close_notify, RFC 8446 §6.1, so that the
+                // client can tell an end from a cut), then we go once it is
+                // out; the linger bounds the wait.
+                stream.half_close();
+                io.half_closed = true;
+                match stream.poll_flush(cx) {
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::Done("write error")),
+                    Poll::Ready(Ok(())) if stream.is_flushed() => {
+                        return Poll::Ready(Event::Done(reason))
+                    }
+                    _ => {}
+                }
             } else if (io.peer_eof && !conn.awaits_replies())
                 || (closing.is_some() && wire.peer_done())
             {
