@@ -1266,3 +1266,48 @@ fn flush_all_tells_the_watchers_of_what_it_removed() {
     }
     sub.assert_no_msg(Duration::from_millis(300));
 }
+
+/// A `set` (or `touch`) with an exptime already past leaves the key without a
+/// value: its watchers are told it was deleted, not given a value no `get`
+/// can return, and a key that had no value tells them nothing.
+#[test]
+fn a_set_already_expired_is_a_delete_to_watchers() {
+    let (b, addr) = broker(2, &[("kv_watch", "true")]);
+    let (k, absent, touched) = (
+        common::uniq("exp."),
+        common::uniq("expa."),
+        common::uniq("expt."),
+    );
+    let mut sub = b.client();
+    let watches: Vec<String> = [&k, &absent, &touched]
+        .iter()
+        .map(|k| format!("$kv.{k}"))
+        .collect();
+    sub.subscribe(&watches.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut c = Mc::connect(addr);
+    c.call(&format!("set {k} 0 0 1\r\nx\r\n"), "STORED\r\n");
+    c.call(&format!("set {k} 0 -1 1\r\ny\r\n"), "STORED\r\n");
+    c.call(&format!("get {k}\r\n"), "END\r\n");
+    // Never held a value: stored and gone, nobody told.
+    c.call(&format!("add {absent} 0 -1 1\r\nz\r\n"), "STORED\r\n");
+    c.call(&format!("get {absent}\r\n"), "END\r\n");
+    c.call(&format!("set {touched} 0 0 1\r\nt\r\n"), "STORED\r\n");
+    c.call(&format!("touch {touched} -1\r\n"), "TOUCHED\r\n");
+    c.call(&format!("get {touched}\r\n"), "END\r\n");
+    let got = sub.recv_msgs(4, Duration::from_secs(20));
+    let events = |key: &str| -> Vec<Value> {
+        got.iter()
+            .filter(|m| m.json["key"] == json!(key))
+            .map(|m| m.json.clone())
+            .collect()
+    };
+    for (key, first) in [(&k, "x"), (&touched, "t")] {
+        let e = events(key);
+        assert_eq!(e.len(), 2, "{key}: {e:?}");
+        assert_eq!(e[0]["value"], json!(first), "{key}: {e:?}");
+        assert_eq!(e[1]["deleted"], json!(true), "{key}: {e:?}");
+        assert!(e[1].get("value").is_none(), "{key}: {e:?}");
+    }
+    assert!(events(&absent).is_empty(), "{:?}", events(&absent));
+    sub.assert_no_msg(Duration::from_millis(300));
+}

@@ -179,6 +179,11 @@ impl Expiry {
         }
     }
 
+    /// Whether it is already past at `now_ms`.
+    pub(crate) fn is_past(self, now_ms: u64) -> bool {
+        matches!(self, Expiry::AtMs(ms) if ms <= now_ms)
+    }
+
     /// The stored form: 0 is never.
     pub(crate) fn as_ms(self) -> u64 {
         match self {

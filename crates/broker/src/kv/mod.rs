@@ -512,6 +512,13 @@ impl KvTable {
                 if !ok {
                     return KvAnswer::Stored(false);
                 }
+                if expiry.is_past(now_ms) {
+                    // Stored already expired (memcached's negative exptime):
+                    // the key holds no value from now on, which is a delete
+                    // to the store, its peers and its watchers.
+                    self.expire_now(slot.filter(|_| live), key, now_ms, &mut pos, changes);
+                    return KvAnswer::Stored(true);
+                }
                 let after = slot.map_or_else(MsgKey::default, |s| self.entry(s).pos);
                 let change = KvChange {
                     key,
@@ -585,6 +592,11 @@ impl KvTable {
                 let Some(slot) = slot.filter(|&s| self.entry(s).live(now_ms).is_some()) else {
                     return KvAnswer::NotFound;
                 };
+                if expiry.is_past(now_ms) {
+                    // Touched to a time already past: gone now, as a delete.
+                    self.expire_now(Some(slot), key, now_ms, &mut pos, changes);
+                    return KvAnswer::Touched;
+                }
                 let e = self.entry(slot);
                 let cas = e.cas;
                 let change = KvChange {
@@ -639,6 +651,27 @@ impl KvTable {
     }
 
     /// Stores `change` and hands a copy to `changes` when someone needs it.
+    /// A set or touch whose expiry is already past: the live value at
+    /// `slot`, if any, is deleted (and the deletion replicated and told to
+    /// watchers); without one nothing changes.
+    fn expire_now(
+        &mut self,
+        slot: Option<u32>,
+        key: Box<str>,
+        now_ms: u64,
+        pos: &mut impl FnMut(MsgKey) -> MsgKey,
+        changes: Option<&mut Vec<KvChange>>,
+    ) {
+        let Some(slot) = slot else { return };
+        let change = KvChange {
+            key,
+            value: None,
+            expires_ms: 0,
+            pos: pos(self.entry(slot).pos),
+        };
+        self.commit(Some(slot), change, now_ms, changes);
+    }
+
     fn commit(
         &mut self,
         slot: Option<u32>,
