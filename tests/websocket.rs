@@ -989,3 +989,70 @@ fn the_handshake_and_corews_status_read_as_the_rfcs_and_the_original_say() {
     let st = c.recv_reply();
     assert_eq!(st["mq_server"], json!(NODE), "corews_status: {st}");
 }
+
+/// The head of the answer to a WebSocket handshake sent with `extra` header
+/// lines.
+fn upgrade_head(addr: std::net::SocketAddr, extra: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             {extra}\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let (mut head, mut tmp) = (Vec::new(), [0u8; 1024]);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut tmp) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&tmp[..n]),
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A client that asks for the subprotocol `coremq` gets it named in the
+/// answer (RFC 6455 §4.2.2: browsers fail a connection whose answer names
+/// none of those asked for), and then works as any WebSocket client; one
+/// asked for among others is picked; one CoreMQ does not speak is not
+/// answered, and a client that asks for none gets no such header.
+#[test]
+fn the_coremq_subprotocol_is_answered_when_asked_for() {
+    let b = Broker::start(BrokerOpts::new(2).ws());
+    let addr = b.ws_addr();
+    for (asked, answered) in [
+        ("Sec-WebSocket-Protocol: coremq\r\n", true),
+        ("Sec-WebSocket-Protocol: mqtt, coremq\r\n", true),
+        (
+            "Sec-WebSocket-Protocol: mqtt\r\nSec-WebSocket-Protocol: coremq\r\n",
+            true,
+        ),
+        ("Sec-WebSocket-Protocol: mqtt\r\n", false),
+        ("Sec-WebSocket-Protocol: CoreMQ\r\n", false),
+        ("", false),
+    ] {
+        let head = upgrade_head(addr, asked);
+        assert!(head.starts_with("HTTP/1.1 101"), "{asked:?}: {head}");
+        let named = head
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("Sec-WebSocket-Protocol: coremq"));
+        assert_eq!(named, answered, "{asked:?}: {head}");
+        assert_eq!(
+            head.to_ascii_lowercase().contains("sec-websocket-protocol"),
+            answered,
+            "{asked:?}: {head}"
+        );
+    }
+    // A client that insists on the subprotocol (tungstenite checks the
+    // answer as browsers do) connects and publishes to a TCP subscriber.
+    let q = uniq("ws.proto");
+    let mut sub = b.client();
+    sub.subscribe_one(&q);
+    let mut ws = WsClient::connect_path(addr, "/ws", &[("Sec-WebSocket-Protocol", "coremq")]);
+    ws.send_json(&json!({"queue": q, "n": 1}));
+    assert_eq!(ws.recv_reply()["response"], json!(OK_SENT));
+    assert_eq!(sub.recv_msg().json["n"], json!(1));
+}

@@ -507,9 +507,17 @@ async fn upgrade(
         },
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    // RFC 6455 §4.2.2: a client that asks for subprotocols fails the
+    // connection unless the answer names one of them (browsers do), so
+    // CoreMQ's own is named when asked for; any other is not answered.
+    let protocol = if offers_subprotocol(&head, SUBPROTOCOL) {
+        format!("Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n")
+    } else {
+        String::new()
+    };
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
     );
     let sent = async {
         use futures_lite::io::AsyncWriteExt;
@@ -638,4 +646,18 @@ pub(crate) fn host(shard: &Rc<Shard>) {
     shard.set_ws_host(Rc::new(Host {
         shard: Rc::downgrade(shard),
     }));
+}
+
+/// The WebSocket subprotocol a client may ask for (`new WebSocket(url,
+/// "coremq")`): CoreMQ's JSON messages of PROTOCOL.md §5.
+const SUBPROTOCOL: &str = "coremq";
+
+/// Whether the handshake's `Sec-WebSocket-Protocol` lists `name` (on any of
+/// its lines; subprotocol names are compared exactly, RFC 6455 §4.1).
+fn offers_subprotocol(head: &http::Head, name: &str) -> bool {
+    head.headers
+        .iter()
+        .filter(|(n, _)| n == "sec-websocket-protocol")
+        .flat_map(|(_, v)| v.split(','))
+        .any(|t| t.trim() == name)
 }
