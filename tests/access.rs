@@ -339,3 +339,30 @@ fn resuming_needs_the_history_right() {
     assert_eq!(r.json["recovered"], json!({"chat.bob": false}), "{r}");
     assert_eq!(other.recv_msg().json["secret"], json!(1));
 }
+
+/// A WebSocket refused for good (a failed `coremq_auth`) gets its `ERROR:`,
+/// then a close frame whose code says so (1008, a policy of the server's),
+/// so that a browser's `onclose` can tell it from a stop; the right password
+/// on another connection is taken.
+#[test]
+fn a_refused_websocket_is_closed_with_code_1008() {
+    use common::web::WsEnd;
+    use tungstenite::protocol::frame::coding::CloseCode;
+    let f = Fixture::new(&users());
+    let b = Broker::start(f.opts(2));
+    let mut w = WsClient::connect(b.ws_addr());
+    w.send_json(&json!({"coremq_auth": {"user": "alice", "password": "wrong-pw"}}));
+    let (msgs, end) = w.read_until_end(Duration::from_secs(15));
+    assert_eq!(
+        msgs.last().map(|m| m["response"].clone()),
+        Some(json!("ERROR: Authentication failed")),
+        "{msgs:?}"
+    );
+    assert!(
+        matches!(&end, WsEnd::Closed(Some(f)) if f.code == CloseCode::Policy),
+        "{end:?}"
+    );
+    let mut ok = WsClient::connect(b.ws_addr());
+    ok.send_json(&json!({"coremq_auth": {"user": "alice", "password": "alice-pw"}}));
+    assert_eq!(ok.recv_reply()["response"], json!("OK: Authenticated"));
+}

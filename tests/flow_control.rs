@@ -12,6 +12,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::{Duration, Instant};
+use tungstenite::protocol::frame::coding::CloseCode;
 
 /// Publishes `count` messages of about `pad` bytes to `queue` as fast as the
 /// socket takes them (acks off), from a thread; returns when all are written.
@@ -539,7 +540,11 @@ fn a_websocket_subscriber_that_never_reads_is_cut_off_after_max_stall() {
     for (i, m) in delivered.iter().enumerate() {
         assert_eq!(m["seq"], json!(i), "what it got is a prefix");
     }
-    assert!(matches!(end, WsEnd::Closed(_)), "{end:?}");
+    // The close says why (RFC 6455 §7.4.1: a policy of the server's).
+    assert!(
+        matches!(&end, WsEnd::Closed(Some(f)) if f.code == CloseCode::Policy),
+        "{end:?}"
+    );
 }
 
 /// `drop` over WebSocket: a subscriber over max_pending stays connected,

@@ -23,7 +23,12 @@ pub(crate) const OP_PING: u8 = 0x9;
 pub(crate) const OP_PONG: u8 = 0xA;
 
 /// Close codes (§7.4.1).
+/// The server is stopping.
+pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
+/// A frame or message broke the protocol.
 pub(crate) const CLOSE_PROTOCOL: u16 = 1002;
+/// Refused for good, or a slow consumer: a policy of the server's.
+pub(crate) const CLOSE_POLICY: u16 = 1008;
 /// Text that is not UTF-8.
 pub(crate) const CLOSE_INVALID_DATA: u16 = 1007;
 /// A condition that will pass: the client may try again (1013, IANA's

@@ -387,7 +387,17 @@ impl Wire for WsWire {
             return false;
         }
         let mut bytes = Vec::with_capacity(2 + 125);
-        match self.close {
+        // A close the connection's state decided (after its ERROR or BYE)
+        // says why in its code too (RFC 6455 §7.4.1), so that a browser's
+        // `onclose` can tell a refusal from a stop.
+        let why = || match conn.st.borrow().closing {
+            Some(Close::Shutdown) => Some((frame::CLOSE_GOING_AWAY, "server stopping")),
+            Some(Close::SlowConsumer) => Some((frame::CLOSE_POLICY, "slow consumer")),
+            Some(Close::Refused) => Some((frame::CLOSE_POLICY, "refused")),
+            Some(Close::Framing) => Some((frame::CLOSE_PROTOCOL, "protocol error")),
+            Some(Close::Handshake) | None => None,
+        };
+        match self.close.or_else(why) {
             Some((code, reason)) => frame::write_close(Some(code), reason, &mut bytes),
             None => frame::write_close(None, "", &mut bytes),
         }
