@@ -475,4 +475,16 @@ fn sub_seq_reports_gaps() {
         "printed {} + missed {missed}; stderr:\n{err}",
         printed.len()
     );
+    // The broker's own count of what it dropped (its WARN notices) is
+    // told too, and says the same.
+    let told: u64 = err
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("coremq-cli: {q}: the server dropped ")))
+        .map(|rest| {
+            let n = rest.split(' ').next();
+            n.and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("unreadable drop line: {rest}"))
+        })
+        .sum();
+    assert_eq!(told, missed, "stderr:\n{err}");
 }

@@ -478,3 +478,99 @@ fn requests_fail_cleanly_without_reconnect() {
     assert!(matches!(c.status(), Err(ClientError::NotConnected(_))));
     assert!(!c.is_connected());
 }
+
+/// Under the `drop` policy the server tells a subscriber how many messages
+/// of a queue it dropped (`WARN: Dropped N messages`, unasked, on the
+/// connection's id, before the queue's next message). The client counts
+/// them in `dropped()` and never takes a notice for the reply to a request
+/// (it used to: requests made meanwhile failed with "unexpected reply" or got
+/// the next request's answer): every request gets its own reply, and what
+/// arrived plus what was dropped is what was published.
+#[test]
+fn drop_notices_are_counted_not_taken_for_replies() {
+    use common::cluster::publish_pipelined_padded;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const FLOOD: u64 = 6000;
+    const TAIL: u64 = 5;
+    let b = Broker::start(
+        BrokerOpts::new(2)
+            .set("slow_consumer_policy", "dq.*:drop,*:block")
+            .set("max_pending", "64K")
+            .set("max_message_size", "16K"),
+    );
+    let q = uniq("dq.");
+    let other = uniq("other.");
+    // Its inbox holds 8 messages: past them the client stops reading, and
+    // the server drops for it.
+    let config = ClientConfig::default()
+        .request_timeout(REPLY_TIMEOUT)
+        .max_buffered(8);
+    let c = Arc::new(Client::connect_with(b.addr(), config).expect("connect"));
+    c.subscribe([q.as_str()]).expect("subscribe");
+    let publisher = {
+        let (q, mut p) = (q.clone(), b.client());
+        std::thread::spawn(move || {
+            let qf = |_: u64| q.clone();
+            publish_pipelined_padded(&mut p, "-", "flood", 0..FLOOD, 50, &qf, 8000);
+            // Then a few, slowly, once the reader has room: the last drop
+            // is told before them.
+            for s in FLOOD..FLOOD + TAIL {
+                std::thread::sleep(Duration::from_millis(300));
+                publish_pipelined_padded(&mut p, "-", "tail", s..s + 1, 1, &qf, 10);
+            }
+        })
+    };
+    // Nothing is taken until the server has dropped for the client; then a
+    // slow reader (~1,000 messages a second) takes them until the tail is
+    // in, while the flood goes on.
+    let mut watcher = b.client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shard_sum(&watcher.status(), "drops") == 0 {
+        assert!(Instant::now() < deadline, "the server never dropped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (c, done) = (c.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut got, mut last) = (0u64, None);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while last != Some(FLOOD + TAIL - 1) && Instant::now() < deadline {
+                if let Some(m) = c.recv_timeout(Duration::from_millis(50)).expect("recv") {
+                    got += 1;
+                    last = m.body["seq"].as_u64();
+                    if got % 10 == 0 {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+            got
+        })
+    };
+    // Requests meanwhile: each gets its own answer.
+    let mut n = 0u64;
+    while !done.load(Ordering::SeqCst) && n < 2000 {
+        n += 1;
+        c.publish(&other, &json!({ "n": n }))
+            .unwrap_or_else(|e| panic!("publish {n}: {e}"));
+        let h = c.history([other.as_str()]).expect("history");
+        // Its own answer: the history of `other`, the publish above last.
+        assert!(
+            h.iter().all(|m| m.queue == other) && h.last().map(|m| &m.body["n"]) == Some(&json!(n)),
+            "history {n} answered {h:?}"
+        );
+    }
+    publisher.join().expect("publisher");
+    let got = reader.join().expect("reader");
+    let dropped = c.dropped().get(&q).copied().unwrap_or(0);
+    assert!(dropped > 0, "no drop was told: {:?}", c.last_error());
+    assert_eq!(
+        got + dropped,
+        FLOOD + TAIL,
+        "received {got} + dropped {dropped}; last_error {:?}",
+        c.last_error()
+    );
+    assert!(n > 1, "no request was made while messages arrived");
+}

@@ -96,6 +96,8 @@ struct Watch {
     reconnects: u64,
     revoked: usize,
     gaps: usize,
+    /// Messages dropped per queue, as told so far.
+    dropped: std::collections::BTreeMap<String, u64>,
 }
 
 impl Watch {
@@ -106,6 +108,7 @@ impl Watch {
             reconnects: client.reconnects(),
             revoked: client.revoked().len(),
             gaps: client.gaps().len(),
+            dropped: client.dropped(),
         }
     }
 
@@ -135,6 +138,17 @@ impl Watch {
             tell_gap(gap);
         }
         self.gaps = gaps.len();
+        let dropped = client.dropped();
+        for (queue, n) in &dropped {
+            let new = n - self.dropped.get(queue).copied().unwrap_or(0);
+            if new > 0 {
+                eprintln!(
+                    "coremq-cli: {queue}: the server dropped {new} messages for this subscriber \
+                     (slow_consumer_policy drop)"
+                );
+            }
+        }
+        self.dropped = dropped;
         let lost = client.revoked();
         if lost.len() != self.revoked {
             self.revoked = lost.len();

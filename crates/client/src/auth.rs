@@ -22,6 +22,10 @@ pub(crate) const TOKEN_EXPIRED: &str = "ERROR: Token expired";
 /// Sent, unasked, when a reload of the users file took subscriptions away;
 /// `"queues"` lists them.
 pub(crate) const REVOKED: &str = "Unsubscribed: permission revoked";
+/// Sent, unasked, before the next message of a queue whose `drop` policy
+/// dropped messages for this connection: `WARN: Dropped N messages`, with
+/// the queue as `"queue"` (§9).
+pub(crate) const DROPPED: &str = "WARN: Dropped ";
 
 /// What a client authenticates with after every welcome.
 #[derive(Clone, PartialEq, Eq)]
@@ -71,6 +75,9 @@ pub(crate) enum Notice {
     Revoked(Vec<String>),
     /// The token ran out; the server closes the connection next.
     TokenExpired,
+    /// This many messages of the queue were dropped for this connection
+    /// (the `drop` policy); the connection goes on.
+    Dropped { queue: String, messages: u64 },
 }
 
 /// Recognises the notices of §8 among reply-shaped frames. They must never be
@@ -91,7 +98,13 @@ pub(crate) fn notice(json: &Map<String, Value>) -> Option<Notice> {
             Some(Notice::Revoked(queues))
         }
         TOKEN_EXPIRED => Some(Notice::TokenExpired),
-        _ => None,
+        r => {
+            let n = r.strip_prefix(DROPPED)?.strip_suffix(" messages")?;
+            Some(Notice::Dropped {
+                queue: json.get("queue")?.as_str()?.to_string(),
+                messages: n.parse().ok()?,
+            })
+        }
     }
 }
 
@@ -155,6 +168,20 @@ mod tests {
         assert_eq!(
             notice(&obj(json!({"response": TOKEN_EXPIRED}))),
             Some(Notice::TokenExpired)
+        );
+        assert_eq!(
+            notice(&obj(
+                json!({"response": "WARN: Dropped 12 messages", "queue": "q"})
+            )),
+            Some(Notice::Dropped {
+                queue: "q".into(),
+                messages: 12
+            })
+        );
+        // Without its queue it is not one (nor any other WARN).
+        assert_eq!(
+            notice(&obj(json!({"response": "WARN: Dropped 12 messages"}))),
+            None
         );
         assert_eq!(notice(&obj(json!({"response": "OK: Message sent"}))), None);
         assert_eq!(notice(&obj(json!({"history": {}}))), None);

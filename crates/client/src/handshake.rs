@@ -40,6 +40,8 @@ pub(crate) struct Connection {
     pub revoked: Vec<String>,
     /// Re-subscribed queues whose messages published meanwhile may be lost.
     pub gaps: Vec<Gap>,
+    /// Messages the server dropped (`drop` policy) during the handshake.
+    pub dropped: Vec<(String, u64)>,
     /// A re-subscribe or re-apply the server refused; the connection is
     /// still usable, so this is reported rather than fatal.
     pub warning: Option<String>,
@@ -226,6 +228,7 @@ fn handshake(
         early: Vec::new(),
         revoked: Vec::new(),
         gaps: Vec::new(),
+        dropped: Vec::new(),
         warning: None,
     };
     let _ = conn.stream.set_read_timeout(Some(config.request_timeout));
@@ -355,10 +358,10 @@ fn exchange(conn: &mut Connection, request: &[u8]) -> Result<ServerFrame, ReadEn
         }
         // An expired token is left to be read as the reply: the server closes
         // the connection right after, so the handshake fails either way.
-        if let Some(Notice::Revoked(queues)) = notice(&frame.json) {
-            conn.revoked.extend(queues);
-            continue;
+        match notice(&frame.json) {
+            Some(Notice::Revoked(queues)) => conn.revoked.extend(queues),
+            Some(Notice::Dropped { queue, messages }) => conn.dropped.push((queue, messages)),
+            _ => return Ok(frame),
         }
-        return Ok(frame);
     }
 }

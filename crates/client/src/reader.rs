@@ -54,6 +54,9 @@ pub(crate) fn install(shared: &Shared, conn: &mut Connection) -> bool {
     // Before the messages: an application that looks at the gaps after each
     // message it receives learns of a gap before any message that follows it.
     st.gaps.append(&mut conn.gaps);
+    for (queue, n) in conn.dropped.drain(..) {
+        *st.dropped.entry(queue).or_default() += n;
+    }
     for msg in conn.early.drain(..) {
         st.enqueue(msg);
     }
@@ -155,6 +158,13 @@ fn serve(shared: &Shared, conn: &mut Connection) -> String {
                 // The server closes the connection next; the end of `serve`
                 // then finds `fatal` and does not reconnect.
                 Some(Notice::TokenExpired) => shared.lock().fatal = Some(Fatal::TokenExpired),
+                // Before the queue's next message: an application that looks
+                // after each message it receives learns of the drop no later
+                // than the first message after it.
+                Some(Notice::Dropped { queue, messages }) => {
+                    *shared.lock().dropped.entry(queue).or_default() += messages;
+                    shared.changed.notify_all();
+                }
                 None if frame.response() == Some(BYE) => bye = true,
                 None => reply(shared, frame),
             }

@@ -80,6 +80,9 @@ pub(crate) struct State {
     /// Subscriptions (re-)established without the server vouching that
     /// nothing was missed, oldest first.
     pub gaps: Vec<Gap>,
+    /// Messages the server dropped for this client under the `drop` policy,
+    /// per queue, since the client was made.
+    pub dropped: std::collections::BTreeMap<String, u64>,
     /// Why reconnecting stopped for good although it is on: the credentials
     /// no longer work, and retrying them would only hammer the server.
     pub fatal: Option<Fatal>,

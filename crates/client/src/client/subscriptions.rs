@@ -215,6 +215,17 @@ impl Client {
         self.state().gaps.clone()
     }
 
+    /// How many messages of each queue the server dropped for this client
+    /// under the `drop` policy (docs/flow-control.md), in all since the
+    /// client was made (the server's `WARN: Dropped N messages` notices,
+    /// which are not replies to any request). A drop is counted before the
+    /// queue's next message is queued for [`recv`](Self::recv), so an
+    /// application that looks here after each message it receives sees it
+    /// no later than the first message after it.
+    pub fn dropped(&self) -> std::collections::BTreeMap<String, u64> {
+        self.state().dropped.clone()
+    }
+
     /// The position of the last message of `queue` the application received
     /// (through [`recv`](Self::recv) and its siblings), or the position
     /// given to [`subscribe_since`](Self::subscribe_since) until one arrives;
