@@ -508,6 +508,137 @@ fn a_resume_on_a_restarted_cluster_node_waits_for_its_peers_history() {
     remove_cluster_data_dirs("resume");
 }
 
+/// A node down longer than its peers' history window cannot promise a
+/// resume from before what left their history meanwhile: it never saw those
+/// messages. The peers' exchange says what left their history, so the
+/// restarted node answers `recovered: false` (as they do) and replays what
+/// is retained. (It answered `true`: its own disk held the position, and it
+/// knew nothing of what it had missed.)
+#[test]
+fn a_node_down_past_the_history_window_does_not_promise_a_resume() {
+    use common::cluster::{Cluster, Spec};
+    let mut spec = Spec::new(2);
+    spec.history_length = Some(5);
+    spec.tweak = Some(|i, o| cluster_data_dir(o, "window", i));
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("dur.window");
+    let mut s = cl.nodes[2].client();
+    s.subscribe_one(&q);
+    let mut p = cl.nodes[0].client();
+    p.publish(&q, &json!({"n": 0}));
+    let m = s.recv_msg().json;
+    let since = json!({"sent": m["coremq_sent"], "server": m["coremq_server"]});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_sum(&s.status(), "disk_bytes") == 0 {
+        assert!(Instant::now() < deadline, "n3 wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    cl.kill(2);
+    // Ten more: 1-5 leave the history of n1 and n2 (a window of 5).
+    for n in 1..=10 {
+        p.publish(&q, &json!({ "n": n }));
+    }
+    cl.restart(2);
+    for i in 0..3 {
+        let mut c = cl.nodes[i].client();
+        c.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): since}}));
+        let reply = c.recv_reply().json;
+        let replayed: Vec<u64> = std::iter::from_fn(|| {
+            c.try_recv_msg(Duration::from_millis(500))
+                .ok()
+                .map(|f| f.json["n"].as_u64().unwrap())
+        })
+        .collect();
+        assert_eq!(reply["recovered"][&q], json!(false), "n{}: {reply}", i + 1);
+        assert_eq!(replayed, [6, 7, 8, 9, 10], "n{}: what is retained", i + 1);
+    }
+    // A position inside the window is still promised on the restarted node.
+    let mut c = cl.nodes[2].client();
+    let h = c.history(&[&q]);
+    let sixth = &h[&q].as_array().unwrap()[0];
+    assert_eq!(sixth["n"], json!(6), "{h:?}");
+    let at = json!({"sent": sixth["coremq_sent"], "server": sixth["coremq_server"]});
+    c.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): at}}));
+    assert_eq!(c.recv_reply().json["recovered"][&q], json!(true));
+    remove_cluster_data_dirs("window");
+}
+
+/// A node that restarted while its peers were down serves, after its wait
+/// for them, without what they alone stored meanwhile: a resume there is
+/// answered `recovered: false` until every peer's history has come (it was
+/// `true`, and those messages were lost to the client without a word), and
+/// promised again, with the replay, once they have.
+#[test]
+fn a_resume_without_a_missing_peers_history_is_not_promised() {
+    use common::cluster::{Cluster, Spec};
+    let mut spec = Spec::new(1);
+    spec.history_length = Some(100);
+    spec.tweak = Some(|i, o| cluster_data_dir(o, "absent", i));
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let q = uniq("dur.absent");
+    let mut s = cl.nodes[0].client();
+    s.subscribe_one(&q);
+    let mut p = cl.nodes[2].client();
+    p.publish(&q, &json!({"n": 0}));
+    let m = s.recv_msg().json;
+    let since = json!({"sent": m["coremq_sent"], "server": m["coremq_server"]});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_sum(&s.status(), "disk_bytes") == 0 {
+        assert!(Instant::now() < deadline, "n1 wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s);
+    cl.kill(0);
+    for n in 1..=3 {
+        p.publish(&q, &json!({ "n": n }));
+    }
+    drop(p);
+    cl.kill(1);
+    cl.kill(2);
+    // n1 alone: after its wait for the peers (5 s), it answers from its own
+    // disk, which lacks 1-3.
+    cl.restart(0);
+    let resume = |c: &mut Client| -> (Value, Vec<u64>) {
+        c.command(
+            &json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): since.clone()}}),
+        );
+        let reply = c
+            .read_frame_until(Instant::now() + Duration::from_secs(20))
+            .expect("the resume's reply")
+            .json;
+        let replayed = std::iter::from_fn(|| {
+            c.try_recv_msg(Duration::from_millis(500))
+                .ok()
+                .map(|f| f.json["n"].as_u64().unwrap())
+        })
+        .collect();
+        (reply, replayed)
+    };
+    let (reply, replayed) = resume(&mut cl.nodes[0].client());
+    assert_eq!(reply["recovered"][&q], json!(false), "{reply}");
+    assert!(replayed.is_empty(), "{replayed:?}");
+    // The peers come back: their exchanges bring 1-3, and the promise.
+    cl.restart(1);
+    cl.restart(2);
+    cl.wait_links_up();
+    let mut c = cl.nodes[0].client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (reply, replayed) = resume(&mut c);
+        if reply["recovered"][&q] == json!(true) {
+            assert_eq!(replayed, [1, 2, 3], "{reply}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never promised again: {reply}");
+        c = cl.nodes[0].client();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    remove_cluster_data_dirs("absent");
+}
+
 /// `opts` run in a mount namespace of their own, with a 256 KiB tmpfs over
 /// `dir` (a disk that fills up).
 fn on_a_small_disk(opts: BrokerOpts, dir: &Path) -> BrokerOpts {

@@ -17,6 +17,7 @@ use crate::subs::LocalSubs;
 use coremq_config::MqConfig;
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 /// The shard's connections, addressed by [`ConnKey`].
 #[derive(Default)]
@@ -286,7 +287,10 @@ impl Home {
         if let Some(seq) = seq {
             c.complete(seq, |kind| {
                 if let (ReplyKind::Resumed { recovered, replay }, Some(r)) = (kind, resumed) {
-                    recovered.push((queue.into(), r.complete));
+                    // Not while a peer's history is missing since the start:
+                    // what it alone stored is not here (NodeShared::history_whole).
+                    let whole = self.node.shared.history_whole.load(Ordering::Acquire);
+                    recovered.push((queue.into(), r.complete && whole));
                     // Unsubscribed meanwhile: nothing to replay.
                     if activate {
                         replay.extend(r.frames);

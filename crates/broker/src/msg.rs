@@ -78,6 +78,11 @@ pub(crate) enum Request {
     },
     /// Every queue's history, for a cluster link that just came up.
     Dump { token: u64 },
+    /// A peer's history exchange says which of `queue`'s messages left the
+    /// peer's history (per origin server, the newest): a resume here from
+    /// before them cannot be promised complete (§10), though this node never
+    /// saw them (it was down while they came and went).
+    Lost { queue: Box<str>, keys: Vec<MsgKey> },
     /// A client connection became a cluster link: the control shard takes
     /// over the socket (a duplicated descriptor) and the bytes read past the
     /// handshake.
@@ -246,6 +251,16 @@ pub(crate) struct Resumed {
     pub positions: Box<[MsgKey]>,
 }
 
+/// One queue's part of a history exchange: its live history, oldest first,
+/// and per origin server the newest of its messages that left the history
+/// here (what a peer that was down never saw and cannot get).
+#[derive(Debug)]
+pub(crate) struct QueueDump {
+    pub queue: Box<str>,
+    pub frames: Vec<MsgFrame>,
+    pub lost: Vec<MsgKey>,
+}
+
 /// Owner shard → home shard.
 #[derive(Debug)]
 pub(crate) enum Response {
@@ -299,10 +314,7 @@ pub(crate) enum Response {
     /// accepted on this node to every link, one from a link as `relay` says.
     Replicate { frame: MsgFrame, relay: Relay },
     /// One shard's history for the dump identified by `token`.
-    Dump {
-        token: u64,
-        queues: Vec<(Box<str>, Vec<MsgFrame>)>,
-    },
+    Dump { token: u64, queues: Vec<QueueDump> },
     /// This node's subscribers of `queue` began (`on`) or ended being
     /// stalled, for the control shard to tell every cluster link.
     LinkPressure { queue: Box<str>, on: bool },

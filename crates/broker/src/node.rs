@@ -55,6 +55,14 @@ pub(crate) struct NodeShared {
     /// comes through the exchange, stored but not delivered. Never unset
     /// once set; always set without peers; set by the control shard.
     pub history_in_sync: AtomicBool,
+    /// Whether every cluster peer's history has come since this node
+    /// started — unlike `history_in_sync`, not set by giving up the wait.
+    /// Until then a resume answers `recovered: false` (§10): what a peer
+    /// that has not come stored while this node was down, this node has not
+    /// got, and that peer's link will not deliver it late either (it was
+    /// published before this node started). Never unset once set; always
+    /// set without peers.
+    pub history_whole: AtomicBool,
     /// Whether the key-value store answers reads: on a node with cluster
     /// peers, once every peer's key exchange has finished since start (a
     /// restarted node's store is empty until then, and a get, an increment
@@ -148,6 +156,7 @@ impl NodeShared {
             flushes: AtomicU64::new(0),
             self_entry,
             history_in_sync: AtomicBool::new(true),
+            history_whole: AtomicBool::new(true),
             kv_ready: AtomicBool::new(true),
         })
     }
@@ -156,6 +165,7 @@ impl NodeShared {
     /// shard serves a client).
     pub(crate) fn with_peers(self: Arc<Self>, peers: bool) -> Arc<Self> {
         self.history_in_sync.store(!peers, Ordering::Release);
+        self.history_whole.store(!peers, Ordering::Release);
         self.kv_ready.store(!peers, Ordering::Release);
         self
     }

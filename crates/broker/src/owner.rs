@@ -109,8 +109,8 @@ impl Owner {
             .borrow()
             .dump()
             .into_iter()
-            .filter(|(name, _)| persists(name))
-            .flat_map(|(_, frames)| frames)
+            .filter(|d| persists(&d.queue))
+            .flat_map(|d| d.frames)
             .collect()
     }
 
@@ -302,8 +302,13 @@ impl Owner {
     }
 
     /// Every queue's history but connection ids (for a new cluster link).
-    pub(crate) fn dump(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
+    pub(crate) fn dump(&self) -> Vec<crate::msg::QueueDump> {
         self.queues.borrow().dump()
+    }
+
+    /// What left a peer's history of `queue` (see [`crate::msg::Request::Lost`]).
+    pub(crate) fn lost(&self, queue: &str, keys: &[MsgKey]) {
+        self.queues.borrow_mut().note_lost(queue, keys);
     }
 
     /// Puts the owner side's figures into `stats`.

@@ -219,6 +219,28 @@ fn key(n: u32) -> MsgKey {
     }
 }
 
+/// What left a peer's history counts as left here (a node that was down
+/// never saw it), unless this node still holds that very message.
+#[test]
+fn a_peers_lost_messages_count_unless_held_here() {
+    let mut t = QueueTable::default();
+    for n in 1..=5 {
+        t.publish(&mut frame("q", n), false, |_| 10);
+    }
+    assert!(t.resume("q", &one(key(2))).0, "nothing lost yet");
+    // A peer dropped message 3, which this node holds: nothing changes.
+    t.note_lost("q", &[key(3)]);
+    assert!(t.resume("q", &one(key(2))).0);
+    // It dropped 9, which this node never had (it was down).
+    t.note_lost("q", &[key(9)]);
+    assert!(!t.resume("q", &one(key(5))).0);
+    assert!(!t.resume("q", &one(key(8))).0);
+    assert!(t.resume("q", &one(key(9))).0, "from 9 on nothing is lost");
+    // A queue this node does not know is left alone.
+    t.note_lost("other", &[key(1)]);
+    assert_eq!(t.len(), 1);
+}
+
 #[test]
 fn resume_sends_what_follows_and_says_whether_anything_was_lost() {
     let mut t = QueueTable::default();

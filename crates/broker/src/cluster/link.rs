@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 
 /// Queue name of history-exchange frames on a link.
 const SYNC_QUEUE: &str = "$coremq.sync";
+/// Queue name of the history exchange's frames that say which messages of
+/// a queue left the sender's history: `{"queue": q, "lost": [[sent_us,
+/// origin], …]}` (per origin server, the newest; origins as
+/// [`crate::msg::origin_of`] hashes them, alike on every node). A node from
+/// before it takes the frame for a message to a reserved queue and drops it.
+const LOST_QUEUE: &str = "$coremq.lost";
 /// Queue name of flow-control frames on a link: `{"queue": q, "on": bool}`,
 /// the sending node's subscribers of `q` are (or are no longer) stalled, so
 /// the receiving node holds (or releases) its publishers of `q` (G5).
@@ -60,6 +66,23 @@ pub(super) fn kv_frame(change: &crate::kvop::KvChange, server: &str) -> Vec<u8> 
     change.write_link_json(server, &mut json);
     let mut frame = Vec::with_capacity(json.len() + 24);
     proto::encode_frame(KV_QUEUE, &json, &mut frame);
+    frame
+}
+
+/// The frame that says which of `queue`'s messages left this node's history.
+fn lost_frame(queue: &str, keys: &[crate::msg::MsgKey]) -> Vec<u8> {
+    let mut json = b"{\"queue\": ".to_vec();
+    proto::write_json_string(queue, &mut json);
+    json.extend_from_slice(b", \"lost\": [");
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            json.extend_from_slice(b", ");
+        }
+        json.extend_from_slice(format!("[{}, {}]", k.sent_us, k.origin).as_bytes());
+    }
+    json.extend_from_slice(b"]}");
+    let mut frame = Vec::new();
+    proto::encode_frame(LOST_QUEUE, &json, &mut frame);
     frame
 }
 
@@ -529,16 +552,30 @@ pub(super) async fn run_link(
             // still get it from this node's history.
             let max = frame_limit(shard.cfg());
             let mut oversize = 0usize;
-            link.exchange_holds(dump.iter().map(|(q, _)| q.clone()).collect());
+            link.exchange_holds(dump.iter().map(|d| d.queue.clone()).collect());
             // This node's own messages are marked: those the peer missed
             // while the link was down, it delivers (the others' come from
             // their own links).
             let own = crate::msg::origin_of(&shard.node().server);
-            let (names, parts): (Vec<_>, Vec<_>) = dump.into_iter().unzip();
+            let mut names = Vec::with_capacity(dump.len());
+            let mut parts = Vec::with_capacity(dump.len());
+            let mut lost = Vec::with_capacity(dump.len());
+            for d in dump {
+                names.push(d.queue);
+                parts.push(d.frames);
+                lost.push(d.lost);
+            }
             let mut order = ExchangeOrder::new(names);
             let mut written = vec![0usize; parts.len()];
             while let Some(i) = link.next_part(&mut order) {
                 let msgs: &Vec<MsgFrame> = &parts[i];
+                // First what left this node's history of the queue: a peer
+                // that was down while it came and went must not promise a
+                // resume from before it (§10).
+                let gone = std::mem::take(&mut lost[i]);
+                if !gone.is_empty() {
+                    link.push(&lost_frame(order.name(i), &gone));
+                }
                 if let Some(m) = msgs.get(written[i]) {
                     written[i] += 1;
                     let queue = order.name(i);
@@ -918,6 +955,33 @@ fn take_frames(
             e.history |= s.history;
             e.kv |= s.kv;
             ended.set(e);
+            continue;
+        }
+        if queue == LOST_QUEUE {
+            #[derive(serde::Deserialize)]
+            struct Lost {
+                queue: String,
+                lost: Vec<(u64, u64)>,
+            }
+            let Ok(l) = serde_json::from_slice::<Lost>(json) else {
+                tracing::warn!("malformed history-loss frame from a peer; dropped");
+                continue;
+            };
+            if is_reserved(&l.queue) || l.lost.is_empty() {
+                continue;
+            }
+            let keys = l
+                .lost
+                .into_iter()
+                .map(|(sent_us, origin)| crate::msg::MsgKey { sent_us, origin });
+            let owner = shard.owner_of(&l.queue);
+            shard.request(
+                owner,
+                Request::Lost {
+                    queue: l.queue.into(),
+                    keys: keys.collect(),
+                },
+            );
             continue;
         }
         if queue == KV_QUEUE {

@@ -100,9 +100,16 @@ impl Cluster {
     /// [`NodeShared::history_in_sync`]: crate::node::NodeShared::history_in_sync
     fn publish_sync(&self, shared: &crate::node::NodeShared) {
         let sync = self.sync.borrow();
-        if sync.values().all(|p| p.history) && !shared.history_in_sync.load(Ordering::Acquire) {
-            tracing::info!("history in sync with every peer; answering history reads and resumes");
+        if sync.values().all(|p| p.history) && !shared.history_whole.load(Ordering::Acquire) {
+            if !shared.history_in_sync.load(Ordering::Acquire) {
+                tracing::info!(
+                    "history in sync with every peer; answering history reads and resumes"
+                );
+            } else {
+                tracing::info!("history in sync with every peer; resumes are promised again");
+            }
             shared.history_in_sync.store(true, Ordering::Release);
+            shared.history_whole.store(true, Ordering::Release);
         }
         if sync.values().all(|p| p.kv) && !shared.kv_ready() {
             tracing::info!("key-value store in sync with every peer; answering");
@@ -132,8 +139,8 @@ impl Cluster {
             tracing::warn!(
                 peers = ?missing,
                 "serving without these peers' history and keys (no exchange from them since \
-                 start): until it comes, history reads and resumes may miss what they stored and key-value \
-                 reads what they set"
+                 start): until it comes, history reads and resumes may miss what they stored (resumes \
+                 answer recovered: false) and key-value reads what they set"
             );
         }
         shared.history_in_sync.store(true, Ordering::Release);

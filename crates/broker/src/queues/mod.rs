@@ -350,7 +350,7 @@ impl QueueTable {
         q.history.range(from..).take(max).cloned().collect()
     }
 
-    pub(crate) fn dump(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
+    pub(crate) fn dump(&self) -> Vec<crate::msg::QueueDump> {
         self.queues
             .iter()
             .filter(|(name, q)| {
@@ -358,9 +358,31 @@ impl QueueTable {
             })
             .map(|(name, q)| {
                 let alive = q.first_alive(crate::clock::unix_now_us());
-                (name.clone(), q.history.range(alive..).cloned().collect())
+                crate::msg::QueueDump {
+                    queue: name.clone(),
+                    frames: q.history.range(alive..).cloned().collect(),
+                    lost: q.dropped.clone(),
+                }
             })
             .collect()
+    }
+
+    /// A peer's exchange says these of `queue`'s messages (per origin, the
+    /// newest) left its history: they count as left here too, for
+    /// [`Self::resume`]. (A node that was down longer than the others'
+    /// history window answered `recovered: true` for a position before
+    /// messages it never saw.) A queue this node does not know promises
+    /// nothing anyway. A message this node still holds is not lost here
+    /// (a peer short of history_memory may drop what this node keeps).
+    pub(crate) fn note_lost(&mut self, queue: &str, keys: &[MsgKey]) {
+        if let Some(q) = self.queues.get_mut(queue_hash(queue), queue) {
+            for &key in keys {
+                let at = q.history.partition_point(|f| f.key() < key);
+                if q.history.get(at).is_none_or(|f| f.key() != key) {
+                    note_newest(&mut q.dropped, key);
+                }
+            }
+        }
     }
 
     /// Holds back a confirmation of a publish to `queue` (which is stalled).

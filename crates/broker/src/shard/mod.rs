@@ -106,7 +106,7 @@ pub(crate) struct Shard {
     /// Status snapshots being collected from every shard.
     gathers: Gathers<ShardStats>,
     /// Histories being collected for a new cluster link.
-    dumps: Gathers<Vec<(Box<str>, Vec<MsgFrame>)>>,
+    dumps: Gathers<Vec<crate::msg::QueueDump>>,
     /// Cluster links (control shard only, once started).
     links: RefCell<Option<Rc<dyn Links>>>,
     /// Access rules (`None` without `users_file`).
@@ -421,6 +421,7 @@ impl Shard {
                 let queues = self.owner.dump();
                 self.respond(from, Response::Dump { token, queues });
             }
+            Request::Lost { queue, keys } => self.owner.lost(&queue, &keys),
             Request::Stats { token } => {
                 let stats = Box::new(self.snapshot());
                 self.respond(from, Response::Stats { token, stats });
@@ -562,7 +563,7 @@ impl Shard {
 
     /// Every shard's history (all queues but connection ids), for a new
     /// cluster link.
-    pub(crate) async fn dump_history(&self) -> Vec<(Box<str>, Vec<MsgFrame>)> {
+    pub(crate) async fn dump_history(&self) -> Vec<crate::msg::QueueDump> {
         let token = self.dumps.start(self.shards);
         for s in 0..self.shards {
             self.request(s, Request::Dump { token });

@@ -148,6 +148,7 @@ fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
         }
         Request::Subscribe(Subscription { queue, .. })
         | Request::Unsubscribe { queue }
+        | Request::Lost { queue, .. }
         | Request::Pressure { queue, .. } => Some((queue, None)),
         Request::History { queues, .. } => queues.first().map(|(_, q)| (&**q, None)),
         // Keys hash like queue names; a request's keys share one owner.
