@@ -913,6 +913,9 @@ fn take_frames(
         let Ok((queue, json)) = proto::split_body(frame.body, proto::MAX_QUEUE_NAME_LEN) else {
             return Err("bad frame from peer");
         };
+        // Every frame counts, as on the sending side (a flow-control frame
+        // too: the two ends' figures agree, also after a stall).
+        counters.received.fetch_add(1, Ordering::Relaxed);
         if queue == PRESSURE_QUEUE {
             #[derive(serde::Deserialize)]
             struct Pressure {
@@ -939,7 +942,6 @@ fn take_frames(
             }
             continue;
         }
-        counters.received.fetch_add(1, Ordering::Relaxed);
         if queue == SYNCED_QUEUE {
             #[derive(serde::Deserialize)]
             struct Synced {
