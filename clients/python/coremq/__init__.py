@@ -6,6 +6,7 @@ from ._protocol import (
     AuthenticationRequired,
     ConnectionLost,
     CoreMQError,
+    FramingError,
     Gap,
     PermissionDenied,
     Position,
@@ -20,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "MessageQueue", "Client", "Message", "Subscription", "connect",
     "CoreMQError", "PermissionDenied", "AuthenticationFailed", "AuthenticationRequired",
-    "TokenExpired", "ProtocolError", "ConnectionLost", "Gap", "Position",
+    "TokenExpired", "ProtocolError", "FramingError", "ConnectionLost", "Gap", "Position",
 ]

@@ -29,6 +29,25 @@ MAX_SINCE_SERVERS = 16
 #: The longest length prefix the broker accepts (§1).
 _MAX_DIGITS = 20
 
+#: The largest incoming frame a client accepts by default (as the Rust
+#: client): a longer length prefix is a framing error, so a broken or hostile
+#: peer cannot make the client buffer without bound.
+MAX_FRAME = 64 * 1024 * 1024
+
+#: The notice the ``drop`` slow-consumer policy sends before a queue's next
+#: message (docs/protocol.md §9): ``WARN: Dropped N messages`` with ``"queue"``.
+DROPPED_PREFIX = "WARN: Dropped "
+DROPPED_SUFFIX = " messages"
+
+#: The notice a reload that took subscriptions away sends (§8), with ``"queues"``.
+REVOKED = "Unsubscribed: permission revoked"
+
+#: A request that changes nothing and is always answered ``OK: Options set``:
+#: sent before a request that follows publishes made with ``ack`` off, so the
+#: replies before its OK are known to be those publishes' errors.
+FENCE: Dict[str, Any] = {"coremq_options": {}}
+FENCE_OK = "OK: Options set"
+
 
 # --------------------------------------------------------------------------
 # Errors
@@ -67,6 +86,13 @@ class ProtocolError(CoreMQError):
     """The bytes from the server are not CoreMQ frames."""
 
 
+class FramingError(ProtocolError):
+    """The byte stream itself is broken (no ``+``, a bad or too large length):
+    nothing after it can be trusted, so the connection is closed. A frame
+    whose JSON cannot be decoded is a plain :class:`ProtocolError` instead:
+    the framing is intact and the connection stays."""
+
+
 class ConnectionLost(CoreMQError, ConnectionError):
     """The connection dropped (or could not be made) before the answer came.
 
@@ -86,6 +112,15 @@ def error_for(response: str) -> CoreMQError:
     if body.startswith("Token expired"):
         return TokenExpired(response)
     return CoreMQError(response)
+
+
+def closing_error(err: CoreMQError) -> bool:
+    """An error the broker sends before it closes the connection (a token
+    that expired, a slow-consumer cut, ``...; closing``): it answers no
+    publish, so it is never filed as one."""
+    r = err.response
+    return (isinstance(err, TokenExpired) or r.startswith("ERROR: slow consumer")
+            or r.endswith("closing") or r.endswith("disconnecting"))
 
 
 def reply_error(reply: Any) -> Optional[CoreMQError]:
@@ -119,10 +154,14 @@ def command_json(obj: Dict[str, Any]) -> str:
 
 
 class FrameReader:
-    """Incremental frame parser: ``feed`` bytes, take ``(queue, json_bytes)``."""
+    """Incremental frame parser: ``feed`` bytes, take ``(queue, json_bytes)``.
 
-    def __init__(self) -> None:
+    ``max_frame`` bounds the length a frame may claim: a larger one raises
+    :class:`FramingError` at once instead of buffering (or waiting for) it."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self.max_frame = max_frame
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -133,16 +172,18 @@ class FrameReader:
         if not buf:
             return None
         if buf[0:1] != b"+":
-            raise ProtocolError("frame does not start with '+'")
+            raise FramingError("frame does not start with '+'")
         sp = buf.find(b" ", 1, 2 + _MAX_DIGITS)
         if sp < 0:
             if len(buf) > 1 + _MAX_DIGITS:
-                raise ProtocolError("no space after the frame length")
+                raise FramingError("no space after the frame length")
             return None
         digits = bytes(buf[1:sp])
         if not digits.isdigit():
-            raise ProtocolError("frame length is not a number")
+            raise FramingError("frame length is not a number")
         n = int(digits)
+        if n > self.max_frame:
+            raise FramingError("frame of %d bytes is over the limit of %d" % (n, self.max_frame))
         end = sp + 1 + n
         if len(buf) < end:
             return None
@@ -313,9 +354,36 @@ def is_reply(own_id: Optional[str], queue: str, message: Any) -> bool:
 
 def is_notice(message: Any) -> bool:
     """Frames on the connection's id that answer no request: ``BYE`` on
-    shutdown, and ``Unsubscribed: permission revoked`` after a reload."""
+    shutdown, ``Unsubscribed: permission revoked`` after a reload, and
+    ``WARN: Dropped N messages`` of the ``drop`` policy. Taking one for a
+    reply would pair every later reply with the wrong request."""
     r = message.get("response") if isinstance(message, dict) else None
-    return r == "BYE" or (isinstance(r, str) and r.startswith("Unsubscribed"))
+    return (r == "BYE" or (isinstance(r, str) and r.startswith("Unsubscribed"))
+            or dropped_notice(message) is not None)
+
+
+def dropped_notice(message: Any) -> Optional[Tuple[str, int]]:
+    """``(queue, N)`` for ``{"response": "WARN: Dropped N messages", "queue":
+    q}``, else None (as the Rust client: without its string ``queue`` it is
+    not one)."""
+    if not isinstance(message, dict):
+        return None
+    r, q = message.get("response"), message.get("queue")
+    if not (isinstance(r, str) and isinstance(q, str)
+            and r.startswith(DROPPED_PREFIX) and r.endswith(DROPPED_SUFFIX)):
+        return None
+    n = r[len(DROPPED_PREFIX):len(r) - len(DROPPED_SUFFIX)]
+    if not n.isdigit():
+        return None
+    return q, int(n)
+
+
+def revoked_queues(message: Any) -> Optional[List[str]]:
+    """The queues of an ``Unsubscribed: permission revoked`` notice, else None."""
+    if not isinstance(message, dict) or message.get("response") != REVOKED:
+        return None
+    qs = message.get("queues")
+    return [q for q in qs if isinstance(q, str)] if isinstance(qs, list) else []
 
 
 def report_gap(gaps: List[Gap], on_gap: Optional[Callable[[Gap], None]], gap: Gap) -> None:

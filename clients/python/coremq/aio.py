@@ -8,7 +8,13 @@
 
 Requests are pipelined: each one's future is queued in the order its frame
 was written, and the broker answers a connection's requests in order, so
-replies are paired with futures by position.
+replies are paired with futures by position. Publishes with the ``ack``
+option off have no place in that queue, yet a refused one still gets an
+``ERROR:``: the next request is preceded by a fence (``{"coremq_options":
+{}}``, answered ``OK: Options set``) whose entry in the queue takes every
+error before its OK as a publish's (:attr:`Client.publish_errors`).
+Notices (``BYE``, ``Unsubscribed: permission revoked``, ``WARN: Dropped N
+messages``) answer no request and are never paired.
 """
 
 from __future__ import annotations
@@ -30,19 +36,25 @@ from ._protocol import (
     CoreMQError,
     Decoder,
     Encoder,
+    FENCE,
+    FENCE_OK,
     FrameReader,
+    MAX_FRAME,
     Gap,
     Position,
     Positions,
     TokenSource,
     ProtocolError,
     auth_command,
+    closing_error,
     command_json,
+    dropped_notice,
     encode_frame,
     gaps_of,
     is_reply,
     reply_error,
     report_gap,
+    revoked_queues,
     subscribe_command,
     wrap_message,
 )
@@ -50,6 +62,14 @@ from ._protocol import (
 log = logging.getLogger("coremq")
 
 _END = object()
+
+#: How many errors of publishes made with ``ack`` off are kept.
+PUBLISH_ERRORS_KEPT = 100
+
+
+class _Fence:
+    """The place of a fence's reply in the pending queue: the replies that
+    come before its OK are errors of publishes sent with ack off."""
 
 
 @dataclass
@@ -156,7 +176,16 @@ class Client:
     ``ssl.SSLContext``), ``encoder``/``decoder``, ``reconnect``,
     ``reconnect_timeout``, ``backoff``, ``timeout`` (per request) and
     ``on_gap`` (called with each :class:`Gap` of a resume, also kept in
-    :attr:`gaps`).
+    :attr:`gaps`), ``max_frame`` (the largest incoming frame, 64 MiB by
+    default: a longer one is a framing error and the connection is made
+    again).
+
+    :attr:`dropped` counts per queue the messages the broker's ``drop``
+    slow-consumer policy skipped (``WARN: Dropped N messages``), counted
+    before the queue's next message is handed to its subscriptions.
+    Errors of publishes sent with ``ack`` off go to :attr:`publish_errors`
+    and :attr:`last_error`. A queue a reload of the users file revoked
+    leaves the subscriptions (it is not subscribed again on reconnect).
     """
 
     def __init__(
@@ -176,8 +205,10 @@ class Client:
         backoff: Tuple[float, float] = (0.1, 2.0),
         timeout: float = 30.0,
         on_gap: Optional[Callable[[Gap], None]] = None,
+        max_frame: int = MAX_FRAME,
     ) -> None:
         self.host, self.port = host, port
+        self.max_frame = max_frame
         self.encoder, self.decoder = encoder, decoder
         self.reconnect = reconnect
         self.reconnect_timeout = reconnect_timeout
@@ -191,6 +222,14 @@ class Client:
         self.gaps: List[Gap] = []
         #: Unsolicited error replies (e.g. a slow-consumer cut), newest last.
         self.errors: List[CoreMQError] = []
+        #: Messages the ``drop`` policy skipped for this client, per queue.
+        self.dropped: Dict[str, int] = {}
+        #: Errors of publishes sent with ``ack`` off, newest last (at most
+        #: PUBLISH_ERRORS_KEPT); the newest is also :attr:`last_error`.
+        self.publish_errors: Deque[CoreMQError] = deque(maxlen=PUBLISH_ERRORS_KEPT)
+        self.last_error: Optional[CoreMQError] = None
+        # Publishes were written with ack off since the last fence.
+        self._unfenced = False
         self.options: Dict[str, Any] = {}
         self._user, self._password, self._token = user, password, token
         self._ssl = ssl
@@ -198,8 +237,8 @@ class Client:
         self._backoff = Backoff(*backoff)
         self._reader: Optional[asyncio.StreamReader] = None
         self._writer: Optional[asyncio.StreamWriter] = None
-        self._frames = FrameReader()
-        self._pending: Deque["asyncio.Future[Any]"] = deque()
+        self._frames = FrameReader(max_frame)
+        self._pending: Deque[Any] = deque()  # futures and _Fence entries
         self._subs: Dict[str, List[Subscription]] = {}
         self._direct: List[Subscription] = []
         self._positions = Positions()
@@ -248,7 +287,8 @@ class Client:
             asyncio.open_connection(self.host, self.port, ssl=self._ssl,
                                     server_hostname=self._hostname),
             self.timeout)
-        self._reader, self._writer, self._frames = reader, writer, FrameReader()
+        self._reader, self._writer, self._frames = reader, writer, FrameReader(self.max_frame)
+        self._unfenced = False  # a new connection owes no replies
         try:
             q, welcome = await asyncio.wait_for(self._read_frame(), self.timeout)
             self.connection_id, self.welcome_message = q, welcome
@@ -310,11 +350,24 @@ class Client:
             q, m = await self._read_frame()
             if is_reply(self.connection_id, q, m):
                 err = reply_error(m)
+                head = self._pending[0] if self._pending else None
+                if isinstance(head, _Fence):
+                    if m.get("response") == FENCE_OK:
+                        self._pending.popleft()
+                    elif err is not None and not closing_error(err):
+                        self._publish_error(err)
+                    elif err is not None:  # the connection ends next
+                        log.warning("coremq: %s", err.response)
+                        self.errors.append(err)
+                    continue
                 fut = self._pending.popleft() if self._pending else None
                 if fut is None:
                     if err is not None:
-                        log.warning("coremq: %s", err.response)
-                        self.errors.append(err)
+                        if self._unfenced and not closing_error(err):  # a publish's
+                            self._publish_error(err)
+                        else:
+                            log.warning("coremq: %s", err.response)
+                            self.errors.append(err)
                     continue
                 if not fut.done():
                     if err is not None:
@@ -324,11 +377,33 @@ class Client:
             elif not self._dispatch(q, m):
                 return
 
+    def _publish_error(self, err: CoreMQError) -> None:
+        """An error of a publish sent with ack off: kept, never paired."""
+        log.warning("coremq: publish with ack off: %s", err.response)
+        self.publish_errors.append(err)
+        self.last_error = err
+
     def _dispatch(self, q: str, m: Any) -> bool:
         """Hand a delivery to its subscriptions; False for ``BYE``."""
         if q == self.connection_id:
             if isinstance(m, dict) and m.get("response") == "BYE":
                 return False
+            d = dropped_notice(m)
+            if d is not None:
+                # Read before the queue's next message: counted before it
+                # reaches a subscription.
+                self.dropped[d[0]] = self.dropped.get(d[0], 0) + d[1]
+                log.warning("coremq: %s of %s", m.get("response"), d[0])
+                return True
+            revoked = revoked_queues(m)
+            if revoked:
+                # Out of the resubscribe list: the broker refuses a list
+                # as a whole, so one revoked queue would fail every reconnect.
+                for rq in revoked:
+                    self._subs.pop(rq, None)
+                self._positions.forget(revoked)
+                log.warning("coremq: %s: %s", m.get("response"), revoked)
+                return True
             if isinstance(m, dict) and "coremq_sender" not in m:
                 log.info("coremq: %s", m.get("response"))
                 return True
@@ -348,6 +423,8 @@ class Client:
             self._writer = None
         while self._pending:
             fut = self._pending.popleft()
+            if isinstance(fut, _Fence):
+                continue
             if not fut.done():
                 fut.set_exception(exc)
 
@@ -404,10 +481,20 @@ class Client:
     async def _send(self, queue: str, body: Any, want_reply: bool = True) -> Any:
         writer = await self._wait_ready()
         fut: Optional["asyncio.Future[Any]"] = None
+        data = encode_frame(queue, body)
         if want_reply:
+            if self._unfenced:
+                # The same write, no await between: nothing else can come
+                # between the fence and this request on the wire or in
+                # the queue.
+                self._unfenced = False
+                self._pending.append(_Fence())
+                data = encode_frame(self.connection_id or "-", command_json(FENCE)) + data
             fut = asyncio.get_running_loop().create_future()
             self._pending.append(fut)
-        writer.write(encode_frame(queue, body))
+        else:
+            self._unfenced = True
+        writer.write(data)
         try:
             await writer.drain()
         except OSError:
@@ -532,7 +619,9 @@ class Client:
             return
         gone = []
         for q in sub.queues:
-            subs = self._subs.get(q, [])
+            if q not in self._subs:
+                continue  # revoked by the broker, or never added
+            subs = self._subs[q]
             if sub in subs:
                 subs.remove(sub)
             if not subs:

@@ -18,25 +18,35 @@ from ._protocol import (
     CoreMQError,
     Decoder,
     Encoder,
+    FENCE,
+    FENCE_OK,
     FrameReader,
+    FramingError,
     Gap,
     AuthenticationFailed,
+    MAX_FRAME,
     Position,
     Positions,
     TokenSource,
     ProtocolError,
     auth_command,
+    closing_error,
     command_json,
+    dropped_notice,
     encode_frame,
     gaps_of,
     is_reply,
     reply_error,
     report_gap,
+    revoked_queues,
     subscribe_command,
     wrap_message,
 )
 
 Frame = Tuple[Optional[str], Optional[Any]]
+
+#: How many errors of publishes made with ``ack`` off are kept.
+PUBLISH_ERRORS_KEPT = 100
 
 
 def _names(queues: Iterable[Any]) -> List[str]:
@@ -83,6 +93,23 @@ class MessageQueue:
     * ``encoder``/``decoder`` for messages (default: the ``json`` module).
     * ``ERROR:`` replies raise typed exceptions (:class:`CoreMQError` and its
       subclasses) instead of being returned.
+    * With the ``ack`` option off a publish has no reply, but a refused one
+      still gets an ``ERROR:``. It cannot be raised (the call returned long
+      ago) nor taken for the reply of a later request: before the next
+      request the client sends a fence (``{"coremq_options": {}}``, always
+      ``OK: Options set``) in the same write, and every error that comes
+      before the fence's OK goes to :attr:`publish_errors` and
+      :attr:`last_error`.
+    * :attr:`dropped` counts, per queue, the messages the broker's ``drop``
+      slow-consumer policy skipped for this connection (``WARN: Dropped N
+      messages``), counted before the queue's next message is returned.
+    * A queue whose subscription a reload of the users file revoked
+      (``Unsubscribed: permission revoked``), or whose subscribe was refused,
+      leaves :attr:`subscriptions`: it is not subscribed again on reconnect
+      (the broker would refuse the whole list).
+    * ``max_frame`` (default 64 MiB) bounds an incoming frame; a longer one,
+      or any other break in the framing, raises :class:`FramingError` and
+      closes the connection (the next call connects again).
     """
 
     def __init__(
@@ -102,6 +129,7 @@ class MessageQueue:
         backoff: Tuple[float, float] = (0.1, 2.0),
         timeout: float = 30.0,
         on_gap: Optional[Callable[[Gap], None]] = None,
+        max_frame: int = MAX_FRAME,
     ) -> None:
         self.server = server
         self.port = port
@@ -114,6 +142,14 @@ class MessageQueue:
         self.user: Optional[str] = None
         #: Every resume the broker did not vouch for, oldest first.
         self.gaps: List[Gap] = []
+        #: Messages the ``drop`` policy skipped for this client, per queue
+        #: (summed over connections).
+        self.dropped: Dict[str, int] = {}
+        #: Errors of publishes sent with ``ack`` off, newest last (at most
+        #: PUBLISH_ERRORS_KEPT); the newest is also :attr:`last_error`.
+        self.publish_errors: Deque[CoreMQError] = deque(maxlen=PUBLISH_ERRORS_KEPT)
+        self.last_error: Optional[CoreMQError] = None
+        self.max_frame = max_frame
         self.encoder = encoder
         self.decoder = decoder
         self.reconnect = reconnect
@@ -126,10 +162,13 @@ class MessageQueue:
         self._ssl = ssl_context
         self._hostname = server_hostname or server
         self._backoff = Backoff(*backoff)
-        self._reader = FrameReader()
+        self._reader = FrameReader(max_frame)
         self._inbox: Deque[Tuple[str, Any]] = deque()
         self._positions = Positions()
         self._connected_before = False
+        # Publishes were sent with ack off since the last reply was read:
+        # their errors may still come, so the next request is fenced.
+        self._unfenced = False
 
     def __repr__(self) -> str:  # never the credentials
         return "MessageQueue(%r, %r, connection_id=%r)" % (self.server, self.port, self.connection_id)
@@ -158,7 +197,8 @@ class MessageQueue:
             sock.close()
             raise
         self.socket = sock
-        self._reader = FrameReader()
+        self._reader = FrameReader(self.max_frame)
+        self._unfenced = False  # a new connection owes no replies
         try:
             q, welcome = self._read_frame(time.monotonic() + self.timeout)
             self.connection_id, self.welcome_message = q, welcome
@@ -218,24 +258,74 @@ class MessageQueue:
     # -- frames -------------------------------------------------------------
 
     def _send(self, queue: str, body: Any) -> None:
+        self._send_bytes(encode_frame(queue, body))
+
+    def _send_bytes(self, data: bytes) -> None:
         assert self.socket is not None
         # Reads leave the socket with what was left of their deadline.
         self.socket.settimeout(self.timeout)
-        self.socket.sendall(encode_frame(queue, body))
+        self.socket.sendall(data)
+
+    def _fenced(self, frame: bytes) -> Tuple[bytes, bool]:
+        """``frame``, preceded by a fence when publishes with ack off may
+        still have errors to come (one write: nothing can come between);
+        and whether it was."""
+        if not self._unfenced:
+            return frame, False
+        self._unfenced = False
+        return encode_frame(self.connection_id or "-", command_json(FENCE)) + frame, True
+
+    def _publish_error(self, err: CoreMQError) -> None:
+        """An error of a publish sent with ack off: kept, never raised."""
+        self.publish_errors.append(err)
+        self.last_error = err
+
+    def _observe(self, queue: str, message: Any) -> None:
+        """Act on a notice as soon as it is read, wherever it is read: a drop
+        count before the queue's next message can be returned, a revoked
+        queue out of the subscriptions before anything can reconnect."""
+        if queue != self.connection_id:
+            return
+        d = dropped_notice(message)
+        if d is not None:
+            self.dropped[d[0]] = self.dropped.get(d[0], 0) + d[1]
+            return
+        revoked = revoked_queues(message)
+        if revoked:
+            self.subscriptions[:] = [q for q in self.subscriptions if q not in revoked]
+            self._positions.forget(revoked)
+
+    def _stray_reply(self, queue: str, message: Any) -> bool:
+        """True (and recorded) for an error read while no request waits but
+        publishes with ack off were sent: it is theirs."""
+        if self._unfenced and is_reply(self.connection_id, queue, message):
+            err = reply_error(message)
+            if err is not None and not closing_error(err):
+                self._publish_error(err)
+                return True
+        return False
 
     def _read_frame(self, deadline: float) -> Tuple[str, Any]:
         """The next frame; ``socket.timeout`` at the deadline; ConnectionLost
         when the broker closed the connection."""
         while True:
-            f = self._reader.next()
+            try:
+                f = self._reader.next()
+            except FramingError:
+                # The bytes are kept and every later read would fail the
+                # same way: only a new connection gets past them.
+                self.close()
+                raise
             if f is not None:
                 q, js = f
                 try:
-                    return q, self.decoder(js.decode("utf-8"))
+                    m = self.decoder(js.decode("utf-8"))
                 except Exception as e:  # a decoder's own error type, or bad UTF-8
                     # The frame is consumed and the framing intact: the
                     # connection stays, the next call reads on.
                     raise ProtocolError("cannot decode a frame of %r: %s" % (q, e)) from e
+                self._observe(q, m)
+                return q, m
             left = deadline - time.monotonic()
             if left <= 0:
                 raise socket.timeout("timed out")
@@ -283,6 +373,9 @@ class MessageQueue:
                 m = self.decoder(js.decode("utf-8"))
             except Exception:
                 continue  # reported by get_message's path only; skipped here
+            self._observe(q, m)
+            if self._stray_reply(q, m):
+                continue
             if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
                 self.close()
                 return
@@ -292,19 +385,21 @@ class MessageQueue:
         if self._positions.admit(queue, message, self.subscriptions):
             self._inbox.append((queue, message))
 
-    def _request(self, command: Dict[str, Any]) -> Dict[str, Any]:
-        """Send a command to the connection's id and return its reply;
-        deliveries read meanwhile wait in the inbox. ERROR replies raise."""
-        self._send(self.connection_id or "-", command_json(command))
-        deadline = time.monotonic() + self.timeout
+    def _await_reply(self, fenced: bool, deadline: float) -> Dict[str, Any]:
+        """The reply to the request just sent; with ``fenced``, the replies
+        up to the fence's OK are errors of publishes sent with ack off and
+        are recorded, not raised. Deliveries wait in the inbox. ERROR
+        replies raise; ``socket.timeout`` at the deadline."""
         while True:
-            try:
-                q, m = self._read_frame(deadline)
-            except socket.timeout:
-                self.close()
-                raise ConnectionLost("no reply within %s s" % self.timeout) from None
+            q, m = self._read_frame(deadline)
             if is_reply(self.connection_id, q, m):
                 err = reply_error(m)
+                if fenced and (err is None or not closing_error(err)):
+                    if m.get("response") == FENCE_OK:
+                        fenced = False
+                    elif err is not None:
+                        self._publish_error(err)
+                    continue
                 if err is not None:
                     raise err
                 return m
@@ -312,6 +407,17 @@ class MessageQueue:
                 self.close()
                 raise ConnectionLost("the broker is shutting down (BYE)")
             self._deliver(q, m)
+
+    def _request(self, command: Dict[str, Any]) -> Dict[str, Any]:
+        """Send a command to the connection's id and return its reply;
+        deliveries read meanwhile wait in the inbox. ERROR replies raise."""
+        data, fenced = self._fenced(encode_frame(self.connection_id or "-", command_json(command)))
+        self._send_bytes(data)
+        try:
+            return self._await_reply(fenced, time.monotonic() + self.timeout)
+        except socket.timeout:
+            self.close()
+            raise ConnectionLost("no reply within %s s" % self.timeout) from None
 
     def _call(self, command: Dict[str, Any]) -> Frame:
         """A command, made again once after a reconnect if the connection
@@ -338,30 +444,30 @@ class MessageQueue:
         dropped before the acknowledgement (the message may or may not have
         been delivered; the client has reconnected if it could)."""
         body = self.encoder(wrap_message(message))
+        frame = encode_frame(queue, body)
+        ack = self.options.get("ack") is not False
         self._take_waiting()
         self._ensure()
+
+        def write() -> bool:
+            data, fenced = self._fenced(frame) if ack else (frame, False)
+            self._send_bytes(data)
+            return fenced
+
         try:
-            self._send(queue, body)
+            fenced = write()
         except OSError:
             if not self.reconnect:
                 raise
             self._reconnect()
-            self._send(queue, body)
-        if self.options.get("ack") is False:
+            fenced = write()
+        if not ack:
+            # No reply unless refused: an error may come at any later point.
+            self._unfenced = True
             return None, None
         deadline = time.monotonic() + self.timeout
         try:
-            while True:
-                q, m = self._read_frame(deadline)
-                if is_reply(self.connection_id, q, m):
-                    err = reply_error(m)
-                    if err is not None:
-                        raise err
-                    return q, m
-                if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
-                    self.close()
-                    raise ConnectionLost("the broker is shutting down (BYE)")
-                self._deliver(q, m)
+            return self.connection_id, self._await_reply(fenced, deadline)
         except (OSError, socket.timeout) as e:
             self.close()
             if self.reconnect:
@@ -379,7 +485,9 @@ class MessageQueue:
         none arrives within ``timeout`` seconds. Broker notices on the
         connection id (``BYE``, errors such as a slow-consumer cut) are
         returned too; after ``BYE`` the connection is closed and the next call
-        reconnects."""
+        reconnects. A ``WARN: Dropped N messages`` notice is returned too,
+        after it was counted in :attr:`dropped`; errors of publishes sent
+        with ack off are not (see :attr:`publish_errors`)."""
         if self._inbox:
             return self._inbox.popleft()
         self._ensure()
@@ -399,6 +507,8 @@ class MessageQueue:
             if q == self.connection_id and isinstance(m, dict) and m.get("response") == "BYE":
                 self.close()
                 return q, m
+            if self._stray_reply(q, m):
+                continue
             if self._positions.admit(q, m, self.subscriptions):
                 return q, m
 
@@ -406,10 +516,20 @@ class MessageQueue:
         """Subscribe to ``queues``; returns ``(connection_id, reply)``."""
         names = _names(queues)
         self._ensure()  # first: a first connect would subscribe them itself
-        for q in names:
-            if q not in self.subscriptions:
-                self.subscriptions.append(q)
-        return self._call({"coremq_subscribe": names})
+        new = [q for q in names if q not in self.subscriptions]
+        self.subscriptions.extend(new)
+        return self._subscribing(new, {"coremq_subscribe": names})
+
+    def _subscribing(self, new: List[str], command: Dict[str, Any]) -> Frame:
+        """Make a subscribe; if the broker refuses it, the queues it added
+        (``new``) leave :attr:`subscriptions` again: kept, they would make
+        every reconnect's resubscribe fail (a list is refused whole)."""
+        try:
+            return self._call(command)
+        except CoreMQError as e:
+            if not isinstance(e, ConnectionLost):
+                self.subscriptions[:] = [q for q in self.subscriptions if q not in new]
+            raise
 
     def subscribe_since(self, queue: str, sent: float, server: str) -> Frame:
         """Subscribe to ``queue`` resuming after a stored position (the
@@ -417,11 +537,11 @@ class MessageQueue:
         The reply's ``recovered`` says whether nothing was lost; when not,
         a :class:`Gap` goes to :attr:`gaps` and ``on_gap``."""
         self._ensure()  # first: a first connect would subscribe it without the position
-        if queue not in self.subscriptions:
-            self.subscriptions.append(queue)
+        new = [queue] if queue not in self.subscriptions else []
+        self.subscriptions.extend(new)
         pos = Position(float(sent), server)
-        q, reply = self._call({"coremq_subscribe": [queue],
-                               "coremq_since": {queue: pos.to_json()}})
+        q, reply = self._subscribing(new, {"coremq_subscribe": [queue],
+                                           "coremq_since": {queue: pos.to_json()}})
         for gap in gaps_of(reply, {queue: [pos]}):
             report_gap(self.gaps, self.on_gap, gap)
         return q, reply
