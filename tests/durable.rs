@@ -458,6 +458,40 @@ fn a_cluster_node_back_alone_serves_every_nodes_messages() {
     remove_cluster_data_dirs("cluster");
 }
 
+/// Message `{"n": 0}` of `q`, published by `p` and received by a subscriber
+/// on node `at`, once `at` has written it to disk: a position that node
+/// retains after a restart, to resume from.
+fn position_on_disk(cl: &common::cluster::Cluster, at: usize, p: &mut Client, q: &str) -> Value {
+    let mut s = cl.nodes[at].client();
+    s.subscribe_one(q);
+    p.publish(q, &json!({"n": 0}));
+    let m = s.recv_msg().json;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disk_sum(&s.status(), "disk_bytes") == 0 {
+        assert!(Instant::now() < deadline, "n{} wrote nothing", at + 1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    json!({"sent": m["coremq_sent"], "server": m["coremq_server"]})
+}
+
+/// Resumes `q` after the position `since` on `c`: the reply (waited for up
+/// to 20 s: a restarted node may wait for its peers) and the `n` of every
+/// message replayed or delivered within half a second of quiet.
+fn resume_from(c: &mut Client, q: &str, since: &Value) -> (Value, Vec<u64>) {
+    c.command(&json!({"coremq_subscribe": [q], "coremq_since": {q: since}}));
+    let reply = c
+        .read_frame_until(Instant::now() + Duration::from_secs(20))
+        .expect("the resume's reply")
+        .json;
+    let replayed = std::iter::from_fn(|| {
+        c.try_recv_msg(Duration::from_millis(500))
+            .ok()
+            .map(|f| f.json["n"].as_u64().unwrap())
+    })
+    .collect();
+    (reply, replayed)
+}
+
 /// A resume on a cluster node that has just restarted: the messages its
 /// peers took while it was down come through the history exchange, stored
 /// but not delivered, so the resume waits for every peer's exchange and
@@ -474,35 +508,15 @@ fn a_resume_on_a_restarted_cluster_node_waits_for_its_peers_history() {
     let q = uniq("dur.resume");
     // The subscriber is on n3: the highest entry, which never dials, so its
     // peers' links come back only when they dial it again.
-    let mut s = cl.nodes[2].client();
-    s.subscribe_one(&q);
     let mut p = cl.nodes[0].client();
-    p.publish(&q, &json!({"n": 0}));
-    let m = s.recv_msg().json;
-    let since = json!({"sent": m["coremq_sent"], "server": m["coremq_server"]});
-    // n3 has it on disk before it is killed: after the restart the position
-    // is one it retains.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while disk_sum(&s.status(), "disk_bytes") == 0 {
-        assert!(Instant::now() < deadline, "n3 wrote nothing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(s);
+    let since = position_on_disk(&cl, 2, &mut p, &q);
     cl.kill(2);
     for n in 1..=5 {
         p.publish(&q, &json!({ "n": n }));
     }
     cl.restart(2);
     // At once, as the bundled clients do on reconnecting.
-    let mut c = cl.nodes[2].client();
-    c.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): since}}));
-    let reply = c.recv_reply().json;
-    let replayed: Vec<u64> = std::iter::from_fn(|| {
-        c.try_recv_msg(Duration::from_millis(500))
-            .ok()
-            .map(|f| f.json["n"].as_u64().unwrap())
-    })
-    .collect();
+    let (reply, replayed) = resume_from(&mut cl.nodes[2].client(), &q, &since);
     assert_eq!(reply["recovered"][&q], json!(true), "{reply}");
     assert_eq!(replayed, [1, 2, 3, 4, 5], "what n1 took while n3 was down");
     remove_cluster_data_dirs("resume");
@@ -523,18 +537,8 @@ fn a_node_down_past_the_history_window_does_not_promise_a_resume() {
     let mut cl = Cluster::start(spec);
     cl.wait_links_up();
     let q = uniq("dur.window");
-    let mut s = cl.nodes[2].client();
-    s.subscribe_one(&q);
     let mut p = cl.nodes[0].client();
-    p.publish(&q, &json!({"n": 0}));
-    let m = s.recv_msg().json;
-    let since = json!({"sent": m["coremq_sent"], "server": m["coremq_server"]});
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while disk_sum(&s.status(), "disk_bytes") == 0 {
-        assert!(Instant::now() < deadline, "n3 wrote nothing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(s);
+    let since = position_on_disk(&cl, 2, &mut p, &q);
     cl.kill(2);
     // Ten more: 1-5 leave the history of n1 and n2 (a window of 5).
     for n in 1..=10 {
@@ -542,15 +546,7 @@ fn a_node_down_past_the_history_window_does_not_promise_a_resume() {
     }
     cl.restart(2);
     for i in 0..3 {
-        let mut c = cl.nodes[i].client();
-        c.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): since}}));
-        let reply = c.recv_reply().json;
-        let replayed: Vec<u64> = std::iter::from_fn(|| {
-            c.try_recv_msg(Duration::from_millis(500))
-                .ok()
-                .map(|f| f.json["n"].as_u64().unwrap())
-        })
-        .collect();
+        let (reply, replayed) = resume_from(&mut cl.nodes[i].client(), &q, &since);
         assert_eq!(reply["recovered"][&q], json!(false), "n{}: {reply}", i + 1);
         assert_eq!(replayed, [6, 7, 8, 9, 10], "n{}: what is retained", i + 1);
     }
@@ -579,18 +575,8 @@ fn a_resume_without_a_missing_peers_history_is_not_promised() {
     let mut cl = Cluster::start(spec);
     cl.wait_links_up();
     let q = uniq("dur.absent");
-    let mut s = cl.nodes[0].client();
-    s.subscribe_one(&q);
     let mut p = cl.nodes[2].client();
-    p.publish(&q, &json!({"n": 0}));
-    let m = s.recv_msg().json;
-    let since = json!({"sent": m["coremq_sent"], "server": m["coremq_server"]});
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while disk_sum(&s.status(), "disk_bytes") == 0 {
-        assert!(Instant::now() < deadline, "n1 wrote nothing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    drop(s);
+    let since = position_on_disk(&cl, 0, &mut p, &q);
     cl.kill(0);
     for n in 1..=3 {
         p.publish(&q, &json!({ "n": n }));
@@ -601,23 +587,7 @@ fn a_resume_without_a_missing_peers_history_is_not_promised() {
     // n1 alone: after its wait for the peers (5 s), it answers from its own
     // disk, which lacks 1-3.
     cl.restart(0);
-    let resume = |c: &mut Client| -> (Value, Vec<u64>) {
-        c.command(
-            &json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): since.clone()}}),
-        );
-        let reply = c
-            .read_frame_until(Instant::now() + Duration::from_secs(20))
-            .expect("the resume's reply")
-            .json;
-        let replayed = std::iter::from_fn(|| {
-            c.try_recv_msg(Duration::from_millis(500))
-                .ok()
-                .map(|f| f.json["n"].as_u64().unwrap())
-        })
-        .collect();
-        (reply, replayed)
-    };
-    let (reply, replayed) = resume(&mut cl.nodes[0].client());
+    let (reply, replayed) = resume_from(&mut cl.nodes[0].client(), &q, &since);
     assert_eq!(reply["recovered"][&q], json!(false), "{reply}");
     assert!(replayed.is_empty(), "{replayed:?}");
     // The peers come back: their exchanges bring 1-3, and the promise.
@@ -627,7 +597,7 @@ fn a_resume_without_a_missing_peers_history_is_not_promised() {
     let mut c = cl.nodes[0].client();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (reply, replayed) = resume(&mut c);
+        let (reply, replayed) = resume_from(&mut c, &q, &since);
         if reply["recovered"][&q] == json!(true) {
             assert_eq!(replayed, [1, 2, 3], "{reply}");
             break;
@@ -1118,14 +1088,8 @@ fn shard0_segments(dir: &Path) -> Vec<PathBuf> {
 /// `recovered` for it and the `n` of every message replayed or delivered
 /// within half a second of quiet.
 fn resume_ns(b: &Broker, q: &str, since: &Value) -> (Value, Vec<u64>) {
-    let mut s = b.client();
-    s.command(&json!({"coremq_subscribe": [q], "coremq_since": since}));
-    let reply = s.recv_reply();
-    let mut ns = Vec::new();
-    while let Ok(f) = s.try_recv_msg(Duration::from_millis(500)) {
-        ns.push(f.json["n"].as_u64().unwrap());
-    }
-    (reply.json["recovered"][q].clone(), ns)
+    let (reply, ns) = resume_from(&mut b.client(), q, &since[q]);
+    (reply["recovered"][q].clone(), ns)
 }
 
 /// Records damaged inside the history (not the last segment's torn tail,
