@@ -650,7 +650,6 @@ impl KvTable {
         self.commit(slot, change, now_ms, changes);
     }
 
-    /// Stores `change` and hands a copy to `changes` when someone needs it.
     /// A set or touch whose expiry is already past: the live value at
     /// `slot`, if any, is deleted (and the deletion replicated and told to
     /// watchers); without one nothing changes.
@@ -672,6 +671,7 @@ impl KvTable {
         self.commit(Some(slot), change, now_ms, changes);
     }
 
+    /// Stores `change` and hands a copy to `changes` when someone needs it.
     fn commit(
         &mut self,
         slot: Option<u32>,
