@@ -435,14 +435,20 @@ class MessageQueue:
 
     def send_message(self, queue: str, message: Any) -> Frame:
         """Publish ``message`` (a dict, or a string sent as
-        ``{"coremq_string": ...}``) to ``queue`` and return the broker's
-        acknowledgement as ``(connection_id, {"response": "OK: Message sent"})``,
-        or ``(None, None)`` when the ``ack`` option is off.
+        ``{"coremq_string": ...}``; anything else is a ``ValueError``, as in
+        the original, unless a custom ``encoder`` makes it an object) to
+        ``queue`` and return the broker's acknowledgement as
+        ``(connection_id, {"response": "OK: Message sent"})``, or
+        ``(None, None)`` when the ``ack`` option is off.
 
         Raises :class:`PermissionDenied` (and other :class:`CoreMQError`) for
         an ``ERROR:`` reply, and :class:`ConnectionLost` when the connection
         dropped before the acknowledgement (the message may or may not have
         been delivered; the client has reconnected if it could)."""
+        if self.encoder is json.dumps and not isinstance(message, (dict, str)):
+            # As the original: nothing else makes a message (the broker would
+            # refuse it anyway). A custom encoder decides for itself.
+            raise ValueError("Messages should be either a dictionary or a string")
         body = self.encoder(wrap_message(message))
         frame = encode_frame(queue, body)
         ack = self.options.get("ack") is not False
@@ -599,6 +605,26 @@ class MessageQueue:
         command = _kv.incr_command(key, by)
         self._ensure()
         return _kv.number(self._request(command))
+
+    def stress(self, queue: str, count: int = 10000, wait: float = 0,
+               silent: bool = False) -> float:
+        """Publish ``count`` messages ``{"iteration": i}`` to ``queue`` (each
+        acknowledged unless ``ack`` is off), ``wait`` seconds apart, and print
+        the rate unless ``silent`` (as the original); returns messages per
+        second."""
+        start = time.time()
+        for i in range(count):
+            self.send_message(queue, dict(iteration=i))
+            if wait:
+                time.sleep(wait)
+        taken = max(time.time() - start, 1e-9)
+        if not silent:
+            print("Stress results:")
+            print("Iterations: %s" % count)
+            print("Forced wait time: %s" % wait)
+            print("Time taken: %s seconds" % taken)
+            print("Messages per second: %s" % (float(count) / taken))
+        return count / taken
 
     def listen(self, seconds: int = 30) -> None:
         """Print what arrives for about ``seconds`` seconds (as the original)."""

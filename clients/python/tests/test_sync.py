@@ -80,6 +80,32 @@ def test_original_client_calls_work_the_same(broker):
     p.close()
 
 
+def test_the_original_module_stress_and_message_types(broker, capsys):
+    """What else of the original's surface programs use: ``coremq.client``
+    as the module, ``stress()`` (publishes ``{"iteration": i}`` and prints
+    the rate) and ValueError for a message that is neither a dict nor a
+    string (nothing is sent)."""
+    from coremq.client import MessageQueue as Original
+    assert Original is MessageQueue
+    sub = MessageQueue("127.0.0.1", broker.port)
+    sub.subscribe("stress.q")
+    p = Original("127.0.0.1", broker.port)
+    rate = p.stress("stress.q", count=50)
+    assert rate > 0
+    out = capsys.readouterr().out
+    assert "Stress results:" in out and "Iterations: 50" in out
+    got = [wait_message(sub)[1]["iteration"] for _ in range(50)]
+    assert got == list(range(50))
+    for bad in ([1, 2], 7, None):
+        with pytest.raises(ValueError):
+            p.send_message("stress.q", bad)
+    # None of them reached the broker: the next message is the string's.
+    p.send_message("stress.q", "a string still goes")
+    assert wait_message(sub)[1]["coremq_string"] == "a string still goes"
+    sub.close()
+    p.close()
+
+
 def test_pubsub_several_queues_in_order(broker):
     sub = MessageQueue("127.0.0.1", broker.port)
     pub = MessageQueue("127.0.0.1", broker.port)
