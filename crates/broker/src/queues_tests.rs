@@ -239,6 +239,21 @@ fn a_peers_lost_messages_count_unless_held_here() {
     // A queue this node does not know is left alone.
     t.note_lost("other", &[key(1)]);
     assert_eq!(t.len(), 1);
+    // Made-up origins from a peer stop at MAX_LOST_ORIGINS; a known one
+    // still moves on.
+    let many: Vec<MsgKey> = (0..10_000u64)
+        .map(|o| MsgKey {
+            sent_us: 5000,
+            origin: 100 + o,
+        })
+        .collect();
+    t.note_lost("q", &many);
+    let q = t.queues.get(queue_hash("q"), "q").expect("q");
+    assert_eq!(q.dropped.len(), MAX_LOST_ORIGINS);
+    t.note_lost("q", &[key(12)]);
+    let q = t.queues.get(queue_hash("q"), "q").expect("q");
+    assert_eq!(q.dropped.len(), MAX_LOST_ORIGINS);
+    assert!(q.dropped.contains(&key(12)), "origin 7 moves on");
 }
 
 #[test]

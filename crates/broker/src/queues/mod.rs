@@ -14,6 +14,10 @@ use crate::router::queue_hash;
 pub(crate) use state::{held_bytes, Held, QueueState, Stored};
 use state::{note_newest, ttl_us_for, QUEUE_ENTRY, RING_GROWTH};
 
+/// Origin servers a peer's exchange may add to a queue's lost messages
+/// ([`QueueTable::note_lost`]).
+const MAX_LOST_ORIGINS: usize = 64;
+
 /// All queues owned by one shard.
 pub(crate) struct QueueTable {
     /// Queue name → state.
@@ -374,11 +378,16 @@ impl QueueTable {
     /// messages it never saw.) A queue this node does not know promises
     /// nothing anyway. A message this node still holds is not lost here
     /// (a peer short of history_memory may drop what this node keeps).
+    /// Origins are the cluster's servers, few: past [`MAX_LOST_ORIGINS`] a
+    /// peer's frame adds no new one, so that made-up origins can grow
+    /// neither the list nor the cost of each later note.
     pub(crate) fn note_lost(&mut self, queue: &str, keys: &[MsgKey]) {
         if let Some(q) = self.queues.get_mut(queue_hash(queue), queue) {
             for &key in keys {
                 let at = q.history.partition_point(|f| f.key() < key);
-                if q.history.get(at).is_none_or(|f| f.key() != key) {
+                let held = q.history.get(at).is_some_and(|f| f.key() == key);
+                let known = q.dropped.iter().any(|d| d.origin == key.origin);
+                if !held && (known || q.dropped.len() < MAX_LOST_ORIGINS) {
                     note_newest(&mut q.dropped, key);
                 }
             }
