@@ -950,14 +950,7 @@ fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("plain");
     std::fs::write(&file, b"not a directory").unwrap();
-    let check = |b: &Broker| {
-        std::process::Command::new(common::BIN)
-            .arg("--config")
-            .arg(&b.config_path)
-            .arg("--check-config")
-            .output()
-            .expect("coremq --check-config")
-    };
+    let check = |b: &Broker| check_config(&b.config_path);
     let bad = [
         (
             "data_dir",

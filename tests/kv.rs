@@ -886,12 +886,7 @@ fn a_read_larger_than_max_pending_is_refused_and_one_that_fits_answered() {
 fn check_config_shows_kv_max_value_as_a_start_would_limit_it() {
     let check = |opts: &BrokerOpts| {
         let b = Broker::spawn(opts);
-        let out = std::process::Command::new(common::BIN)
-            .arg("--config")
-            .arg(&b.config_path)
-            .arg("--check-config")
-            .output()
-            .expect("coremq --check-config");
+        let out = check_config(&b.config_path);
         drop(b);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         (

@@ -726,12 +726,7 @@ fn check_config_warns_of_a_node_missing_from_cluster_nodes() {
             format!("[CoreMQ]\naddress = 127.0.0.1\nport = 21951\ncluster_nodes = {nodes}\n"),
         )
         .unwrap();
-        let out = std::process::Command::new(BIN)
-            .arg("--config")
-            .arg(&path)
-            .arg("--check-config")
-            .output()
-            .expect("coremq --check-config");
+        let out = check_config(&path);
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

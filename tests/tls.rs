@@ -203,12 +203,7 @@ fn an_expired_server_certificate_is_refused_by_clients_and_warned_about() {
     wait_log(&b, "the TLS certificate is not valid now");
     // --check-config, which has no log, says it too (and still passes: a
     // start loads the certificate).
-    let check = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&b.config_path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let check = check_config(&b.config_path);
     let text = String::from_utf8_lossy(&check.stderr);
     assert_eq!(check.status.code(), Some(0), "{text}");
     assert!(
@@ -364,12 +359,7 @@ fn bad_tls_files_stop_the_start_and_check_config_with_a_clear_error() {
         }
         // --check-config says the same.
         let b = Broker::spawn(&opts);
-        let check = std::process::Command::new(BIN)
-            .arg("--config")
-            .arg(&b.config_path)
-            .arg("--check-config")
-            .output()
-            .unwrap();
+        let check = check_config(&b.config_path);
         drop(b);
         assert_eq!(check.status.code(), Some(2));
         let text = String::from_utf8_lossy(&check.stderr);
@@ -377,12 +367,7 @@ fn bad_tls_files_stop_the_start_and_check_config_with_a_clear_error() {
     }
     // The good pair passes --check-config.
     let b = Broker::spawn(&BrokerOpts::new(1).tls(&pair));
-    let check = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&b.config_path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
+    let check = check_config(&b.config_path);
     assert_eq!(check.status.code(), Some(0), "{check:?}");
     let text = String::from_utf8_lossy(&check.stderr);
     assert!(!text.contains("not valid now"), "{text}");

@@ -595,6 +595,16 @@ pub fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// `coremq --config <config> --check-config`, run to its end.
+pub fn check_config(config: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("--check-config")
+        .output()
+        .expect("coremq --check-config")
+}
+
 /// Run the binary with a config that must make it exit at start-up; returns
 /// (exit status, stderr, stdout). Never waits more than 20 s.
 pub fn run_expect_exit(opts: &BrokerOpts) -> (ExitStatus, String, String) {
