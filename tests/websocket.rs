@@ -956,16 +956,17 @@ fn idle_websocket_connections_hold_little_memory() {
 /// What the handshake and the first messages must read as the RFCs and the
 /// original say: a `Connection` header split over two lines is one list (it
 /// got 400); a `Sec-WebSocket-Key` that is not a base64 16-byte nonce is
-/// refused (it got 101); `{"corews_status": null}` asks for the status, as
-/// the original's `'corews_status' in message` did (it got an error).
+/// refused (it got 101), and so is an HTTP/1.0 handshake (RFC 6455 §4.1; it
+/// got 101); `{"corews_status": null}` asks for the status, as the original's
+/// `'corews_status' in message` did (it got an error).
 #[test]
 fn the_handshake_and_corews_status_read_as_the_rfcs_and_the_original_say() {
     let b = ws_broker(1);
     let a = b.ws_addr();
-    let handshake = |connection: &[&str], key: &str| {
+    let handshake_as = |http: &str, connection: &[&str], key: &str| {
         let mut s = TcpStream::connect(a).unwrap();
         s.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-        let mut req = format!("GET /ws HTTP/1.1\r\nHost: {a}\r\nUpgrade: websocket\r\n");
+        let mut req = format!("GET /ws {http}\r\nHost: {a}\r\nUpgrade: websocket\r\n");
         for c in connection {
             req.push_str(&format!("Connection: {c}\r\n"));
         }
@@ -977,7 +978,9 @@ fn the_handshake_and_corews_status_read_as_the_rfcs_and_the_original_say() {
         s.read_exact(&mut head).unwrap();
         String::from_utf8_lossy(&head[9..12]).into_owned()
     };
+    let handshake = |connection: &[&str], key: &str| handshake_as("HTTP/1.1", connection, key);
     let nonce = "dGhlIHNhbXBsZSBub25jZQ==";
+    assert_eq!(handshake_as("HTTP/1.0", &["Upgrade"], nonce), "400");
     assert_eq!(handshake(&["keep-alive", "Upgrade"], nonce), "101");
     assert_eq!(handshake(&["Upgrade"], nonce), "101");
     assert_eq!(handshake(&["keep-alive"], nonce), "400");

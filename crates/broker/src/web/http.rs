@@ -20,6 +20,8 @@ pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Head {
     /// `GET`, `HEAD`, ...
     pub method: String,
+    /// The minor version of `HTTP/1.x`: 0 or 1.
+    pub minor_version: u8,
     /// Path without the query string.
     pub path: String,
     /// The query string (after `?`), which may carry a token: never logged.
@@ -87,6 +89,7 @@ pub(crate) async fn read_head(stream: &mut Io) -> Result<Head, HeadError> {
                 let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 let head = Head {
                     method: req.method.unwrap_or("").to_string(),
+                    minor_version: req.version.unwrap_or(1),
                     path: path.to_string(),
                     query: query.to_string(),
                     headers: req

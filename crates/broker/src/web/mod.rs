@@ -434,6 +434,14 @@ async fn upgrade(
                 reject("a WebSocket handshake must be a GET"),
             ));
         }
+        // RFC 6455 §4.1: the handshake is HTTP/1.1 or later; an HTTP/1.0
+        // client or proxy does not know `Upgrade` and may mangle what follows.
+        if head.minor_version == 0 {
+            return Err((
+                "400 Bad Request",
+                reject("a WebSocket handshake must be HTTP/1.1"),
+            ));
+        }
         if !head.header_has("connection", "upgrade") {
             return Err(("400 Bad Request", reject("missing \"Connection: Upgrade\"")));
         }
