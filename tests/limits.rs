@@ -635,6 +635,58 @@ fn partial_large_frames_hold_no_more_than_max_frame_memory() {
     assert_eq!(c.history(&[&q])[&q].as_array().unwrap().len(), 10);
 }
 
+/// Large frames that wait for `max_frame_memory` go through in the order
+/// they began waiting. Waiters look again every 10 ms and nothing wakes
+/// them, so whichever looked first after a share came back took it, and a
+/// frame could wait behind later ones for as long as they kept coming.
+#[test]
+fn large_frames_waiting_for_max_frame_memory_go_in_turn() {
+    const WAITERS: u64 = 6;
+    let b = Broker::start(BrokerOpts::new(2).set("max_frame_memory", "1"));
+    let q = uniq("turn");
+    let frame_of = |i: u64| encode(&q, &json!({"n": i, "pad": "t".repeat(600_000)}));
+    let mut c = b.client();
+    // The first holds the one share: all of its frame but the last bytes.
+    let first = frame_of(0);
+    let cut = first.len() - 10;
+    let mut a = b.client();
+    a.send_raw(&first[..cut]);
+    let wait_for = |c: &mut Client, key: &str, at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while shard_sum(&c.status(), key) < at_least {
+            assert!(Instant::now() < deadline, "{key} stays under {at_least}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&mut c, "bytes_in", cut as u64);
+    // The others begin one after another, each once the one before waits.
+    let mut waiters = Vec::new();
+    for i in 1..=WAITERS {
+        let w = b.client();
+        let (mut s, whole) = (w.writer(), frame_of(i));
+        let t = std::thread::spawn(move || {
+            use std::io::Write;
+            s.write_all(&whole).unwrap();
+        });
+        wait_for(&mut c, "frame_memory_waits", i);
+        waiters.push((w, t));
+    }
+    a.send_raw(&first[cut..]);
+    a.expect_response(OK_SENT);
+    for (mut w, t) in waiters {
+        t.join().unwrap();
+        w.expect_response(OK_SENT);
+    }
+    let order: Vec<u64> = c.history(&[&q])[&q]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, (0..=WAITERS).collect::<Vec<_>>());
+    assert_eq!(shard_sum(&c.status(), "frame_memory_waits"), WAITERS);
+}
+
 /// Writes one byte of `rest` every 200 ms on a clone of `stream` until the
 /// broker closes it or `rest` runs out: a client that trickles its large
 /// frame, so that no idle timeout would ever see it idle.

@@ -2,15 +2,37 @@
 //! 256 KiB each for frames still arriving (large messages, memcached values),
 //! node-wide. The buffers take from it and give back (`conn/readbuf.rs`);
 //! the node holds the one budget (`node.rs`).
+//!
+//! Frames that find no room wait their turn, first come first served: each
+//! takes a ticket, and only the oldest ticket may take what is given back.
+//! Waiters look again on a timer (memory given back on another shard wakes
+//! nobody), so before the line existed whichever looked first won, and a
+//! frame could wait for good behind later ones while large frames kept
+//! coming. A waiter that stops looking (its connection held back by flow
+//! control, or gone) loses its place after [`STALE`], so that it holds up
+//! nobody behind it; it queues again at the back when it looks again.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A waiter that has not looked for this long loses its place in line
+/// (waiters look every 10 ms: `conn/task.rs`).
+const STALE: Duration = Duration::from_millis(500);
 
 /// The node's budget for read buffers past 256 KiB (`conn/readbuf.rs`):
 /// bytes of large frames still arriving, on every shard.
 pub(crate) struct FrameMemory {
     used: AtomicUsize,
     budget: usize,
+    /// Tickets of the frames waiting for room, oldest first, with when
+    /// each looked last.
+    line: Mutex<VecDeque<(u64, Instant)>>,
+    /// `line.len()`, read without the lock on the way of every frame.
+    waiting: AtomicUsize,
+    /// The next ticket.
+    next_ticket: AtomicU64,
     /// Unix second of the last warning that frames wait.
     warned: AtomicU64,
 }
@@ -23,6 +45,9 @@ impl FrameMemory {
         Arc::new(FrameMemory {
             used: AtomicUsize::new(0),
             budget,
+            line: Mutex::new(VecDeque::new()),
+            waiting: AtomicUsize::new(0),
+            next_ticket: AtomicU64::new(0),
             warned: AtomicU64::new(0),
         })
     }
@@ -52,11 +77,74 @@ impl FrameMemory {
 
     /// Takes `n` more bytes for a buffer that holds `mine` already, if
     /// they fit in the budget — or if nobody else holds any: one frame as
-    /// large as any connection may send always goes through.
+    /// large as any connection may send always goes through. Only when no
+    /// frame waits in line ([`FrameMemory::wait_turn`]): one that arrives
+    /// later does not go first. A buffer that holds some already may take
+    /// more while nobody else holds any (it is not in anyone's way).
     pub(crate) fn take(&self, n: usize, mine: usize) -> bool {
+        let first = self.waiting.load(Ordering::Acquire) == 0;
+        self.try_take(n, mine, first)
+    }
+
+    /// [`FrameMemory::take`] for a frame that waits for room if there is
+    /// none: it keeps `ticket` (its place in line) until it is served, and
+    /// takes only when its ticket is the oldest. A waiter that stops
+    /// looking loses its place after [`STALE`]; one that is done waiting
+    /// without being served gives it up ([`FrameMemory::leave`]).
+    pub(crate) fn wait_turn(&self, n: usize, mine: usize, ticket: &mut Option<u64>) -> bool {
+        if ticket.is_none() && self.take(n, mine) {
+            return true;
+        }
+        let now = Instant::now();
+        let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
+        // Those at the front that stopped looking are out of everyone's
+        // way (further back they keep their place until they get there).
+        while line
+            .front()
+            .is_some_and(|&(t, seen)| Some(t) != *ticket && now.duration_since(seen) >= STALE)
+        {
+            line.pop_front();
+        }
+        // Tickets grow, so the line is in ticket order.
+        let place = ticket.and_then(|t| line.binary_search_by_key(&t, |&(x, _)| x).ok());
+        let served = match place {
+            Some(i) => {
+                line[i].1 = now;
+                i == 0 && self.try_take(n, mine, true)
+            }
+            None => {
+                // First time, or its place was lost: the back of the line.
+                let t = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+                line.push_back((t, now));
+                *ticket = Some(t);
+                line.len() == 1 && self.try_take(n, mine, true)
+            }
+        };
+        if served {
+            line.pop_front();
+            *ticket = None;
+        }
+        self.waiting.store(line.len(), Ordering::Release);
+        served
+    }
+
+    /// A waiter gives its place in line up (its connection ends or stops
+    /// reading for good).
+    pub(crate) fn leave(&self, ticket: &mut Option<u64>) {
+        if let Some(t) = ticket.take() {
+            let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
+            if let Ok(i) = line.binary_search_by_key(&t, |&(x, _)| x) {
+                line.remove(i);
+            }
+            self.waiting.store(line.len(), Ordering::Release);
+        }
+    }
+
+    fn try_take(&self, n: usize, mine: usize, turn: bool) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u + n <= self.budget || u == mine).then_some(u + n)
+                let fits = u + n <= self.budget || u == mine;
+                (turn && fits || mine > 0 && u == mine).then_some(u + n)
             })
             .is_ok()
     }
@@ -68,5 +156,83 @@ impl FrameMemory {
     /// Bytes taken, on all shards.
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is given back goes to the oldest waiter, whoever looks first; a
+    /// newcomer waits behind them; one that stopped looking loses its place.
+    #[test]
+    fn waiters_are_served_in_turn() {
+        let m = FrameMemory::new(100);
+        assert!(m.take(100, 0), "room: straight through");
+        let (mut a, mut b, mut c) = (None, None, None);
+        assert!(!m.wait_turn(100, 0, &mut a));
+        assert!(!m.wait_turn(100, 0, &mut b));
+        assert!(!m.wait_turn(100, 0, &mut c));
+        m.give(100);
+        // c and b look before a: not their turn.
+        assert!(!m.wait_turn(100, 0, &mut c));
+        assert!(!m.wait_turn(100, 0, &mut b));
+        // Nor a newcomer's, nor a plain take's.
+        let mut d = None;
+        assert!(!m.wait_turn(100, 0, &mut d));
+        assert!(!m.take(100, 0));
+        assert!(m.wait_turn(100, 0, &mut a));
+        assert_eq!((a, m.used()), (None, 100));
+        m.give(100);
+        assert!(!m.wait_turn(100, 0, &mut c));
+        assert!(m.wait_turn(100, 0, &mut b));
+        // c leaves (its connection ends): d is next.
+        m.leave(&mut c);
+        m.give(100);
+        assert!(m.wait_turn(100, 0, &mut d));
+        m.give(100);
+        // The line is empty: a plain take goes through again.
+        assert!(m.take(100, 0));
+        assert_eq!(m.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_waiter_that_stops_looking_holds_up_nobody() {
+        let m = FrameMemory::new(100);
+        assert!(m.take(100, 0));
+        let (mut gone, mut next) = (None, None);
+        assert!(!m.wait_turn(100, 0, &mut gone));
+        assert!(!m.wait_turn(100, 0, &mut next));
+        m.give(100);
+        assert!(!m.wait_turn(100, 0, &mut next));
+        std::thread::sleep(STALE + Duration::from_millis(20));
+        assert!(
+            m.wait_turn(100, 0, &mut next),
+            "the stale first waiter is skipped"
+        );
+        // It looks again: its place is gone, the back of the line.
+        m.give(100);
+        let mut later = None;
+        assert!(m.take(100, 0), "nobody waits now");
+        assert!(!m.wait_turn(100, 0, &mut later));
+        assert!(!m.wait_turn(100, 0, &mut gone));
+        m.give(100);
+        assert!(!m.wait_turn(100, 0, &mut gone));
+        assert!(m.wait_turn(100, 0, &mut later));
+    }
+
+    /// One maximal frame always goes through when nobody holds any, and a
+    /// holder may add to its own share while it is alone.
+    #[test]
+    fn alone_a_frame_always_fits() {
+        let m = FrameMemory::new(1);
+        assert!(m.take(500, 0));
+        assert!(m.take(300, 500), "its own share only");
+        assert!(!m.take(10, 0));
+        let mut w = None;
+        assert!(!m.wait_turn(10, 0, &mut w));
+        assert!(m.take(10, 800), "alone: not in anyone's way");
+        m.give(810);
+        assert!(m.wait_turn(700, 0, &mut w));
     }
 }

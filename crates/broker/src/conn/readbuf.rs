@@ -43,6 +43,8 @@ pub(crate) struct ReadBuf {
     held: usize,
     /// The last [`ReadBuf::spare`] had to grow and `memory` had no room.
     starved: bool,
+    /// Its place in `memory`'s line while starved.
+    ticket: Option<u64>,
 }
 
 impl Drop for ReadBuf {
@@ -64,6 +66,7 @@ impl ReadBuf {
             memory,
             held: 0,
             starved: false,
+            ticket: None,
         }
     }
 
@@ -103,7 +106,17 @@ impl ReadBuf {
         self.release();
     }
 
+    /// A starved buffer whose connection stops reading for a while (flow
+    /// control, a closing connection) gives its place in `memory`'s line up,
+    /// so that it holds up no frame behind it; it queues again when it reads.
+    pub(crate) fn unqueue(&mut self) {
+        if let Some(m) = &self.memory {
+            m.leave(&mut self.ticket);
+        }
+    }
+
     fn release(&mut self) {
+        self.unqueue();
         if self.held > 0 {
             if let Some(m) = &self.memory {
                 m.give(self.held);
@@ -147,7 +160,8 @@ impl ReadBuf {
                 if past > self.held {
                     let more = past - self.held;
                     let held = self.held;
-                    if self.memory.as_ref().is_some_and(|m| !m.take(more, held)) {
+                    let ticket = &mut self.ticket;
+                    if (self.memory.as_ref()).is_some_and(|m| !m.wait_turn(more, held, ticket)) {
                         self.starved = true;
                         return &mut [];
                     }

@@ -456,6 +456,7 @@ fn poll_conn<W: Wire>(
     }
     if io.peer_eof || handover {
         // Nothing more to read (a link's bytes are for the control shard).
+        rbuf.unqueue();
     } else if ending.is_some() || shard.stopping().is_set() {
         // Input is read and thrown away: closing a socket with unread input
         // makes the kernel send a reset, which destroys the frames still in
@@ -469,8 +470,10 @@ fn poll_conn<W: Wire>(
         }
         rbuf.start = 0;
         rbuf.end = 0;
-        // What it held for a large frame is free for others now.
+        // What it held for a large frame is free for others now, and it
+        // waits for none.
         rbuf.shed();
+        rbuf.unqueue();
         while !io.peer_eof {
             match stream.poll_read(cx, &mut rbuf.data) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
