@@ -375,6 +375,18 @@ fn other_paths_and_methods_are_refused() {
         let allow = r.header("allow").unwrap_or_default();
         assert!(allow.contains("GET"), "{method} {path}: Allow: {allow:?}");
     }
+    // A WebSocket handshake by another method names the methods served too.
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for method in ["POST", "PUT"] {
+        let r = http_request(a, method, "/ws", &upgrade, None);
+        assert_eq!(r.status, 405, "{method} /ws upgrade");
+        assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method} /ws upgrade");
+    }
     // /ws without an upgrade.
     assert_eq!(http_get(a, "/ws").status, 426);
     // Not HTTP at all.

@@ -474,12 +474,19 @@ async fn upgrade(
         Ok(k) => k,
         Err((status, why)) => {
             tracing::debug!(why, "websocket handshake refused");
-            if status.starts_with("426") {
+            // What a refusal of its kind must name (RFC 6455 §4.4, RFC
+            // 9110 §15.5.6: a 405 lists the methods served).
+            let header = match status.get(..3) {
+                Some("426") => Some(("Sec-WebSocket-Version", "13")),
+                Some("405") => Some(("Allow", "GET, HEAD")),
+                _ => None,
+            };
+            if let Some(header) = header {
                 let _ = respond(
                     &mut stream,
                     status,
                     "text/plain; charset=utf-8",
-                    &[("Sec-WebSocket-Version", "13")],
+                    &[header],
                     format!("{why}\n").as_bytes(),
                     false,
                 )
