@@ -47,7 +47,7 @@ per_shard_count!(max_connections: max_connections_1_shard = 1, max_connections_4
 fn max_queue_name_length() {
     // Shorter than a connection id (36 bytes): commands, which travel on the id
     // queue, must still work; the limit is for queues that carry messages.
-    let b = Broker::start(BrokerOpts::new(2).set("max_queue_name_length", "10"));
+    let b = Broker::start(BrokerOpts::new(2).set("max_queue_name_length", "10").ws());
     let mut c = b.client();
     let ok = "q".repeat(10);
     let long = "q".repeat(11);
@@ -58,6 +58,20 @@ fn max_queue_name_length() {
     c.expect_error();
     // Still usable.
     c.subscribe(&[&ok]);
+    // A connection's id is the broker's name for it, not a queue name the
+    // client chose: another client reaches it whatever the limit, over TCP
+    // and WebSocket (both were refused as too long).
+    let mut other = b.client();
+    other.publish(&c.id, &json!({"to": "tcp"}));
+    let m = c.recv_msg();
+    assert_eq!((&m.queue, &m.json["to"]), (&c.id, &json!("tcp")));
+    let mut ws = common::web::WsClient::connect(b.ws_addr());
+    ws.send_json(&json!({"queue": c.id, "to": "ws"}));
+    assert_eq!(ws.recv_reply()["response"], json!(OK_SENT));
+    assert_eq!(c.recv_msg().json["to"], json!("ws"));
+    // A name of an id's length that is no id stays refused.
+    c.send(&"q".repeat(36), &json!({"ok": false}));
+    c.expect_error();
 }
 
 #[test]

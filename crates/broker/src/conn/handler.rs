@@ -20,7 +20,7 @@ pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
     let max_q = shard.cfg().max_queue_name_length;
     // The frame's QUEUE of a command is ignored (clients send commands on
     // their 36-byte connection id), so the configured limit applies to it only
-    // when the frame is a publish. The parsed publish is used where it lies
+    // when the frame is a publish, and not to a publish to a connection id. The parsed publish is used where it lies
     // (moving it out of the `Result` cost a measurable copy per message).
     let fail = |e: proto::BodyError| {
         tracing::debug!(cause = %e, "bad frame body");
@@ -32,7 +32,9 @@ pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
     };
     match proto::parse_message_limited(json, max_q, shard.cfg().max_json_depth) {
         Ok(ClientMessage::Publish(ref p)) => {
-            if queue.len() > max_q {
+            // A connection id is the broker's name, not the client's: it
+            // stays reachable whatever the limit (PROTOCOL.md §2).
+            if queue.len() > max_q && !is_conn_id(queue) {
                 return fail(proto::BodyError::QueueNameTooLong {
                     len: queue.len(),
                     max: max_q,
