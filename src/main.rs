@@ -92,6 +92,7 @@ fn main() -> ExitCode {
         for said in tls_warnings
             .into_iter()
             .chain(coremq_broker::cluster_nodes_warnings(&config.mq))
+            .chain(secret_file_warnings(&config, args.config.as_deref()))
         {
             eprintln!("coremq: warning: {said}");
         }
@@ -124,10 +125,21 @@ fn main() -> ExitCode {
         tracing::warn!(cause = %e, "could not turn transparent huge pages off for the broker; running with the system's setting");
     }
     raise_open_files(config.mq.max_connections);
+    for said in secret_file_warnings(&config, args.config.as_deref()) {
+        tracing::warn!("{said}");
+    }
     for var in Config::unknown_env_overrides() {
         tracing::warn!(%var, "environment variable looks like a CoreMQ override but names no known key; ignored");
     }
     run(config, args.ready_file, logging.reopeners.clone())
+}
+
+/// Files holding secrets that other users of the machine can read or
+/// change; `config` came from `path`, else from ./coremq.conf if it exists.
+fn secret_file_warnings(config: &Config, path: Option<&std::path::Path>) -> Vec<String> {
+    let default = std::path::Path::new(coremq_config::DEFAULT_PATH);
+    let file = path.or_else(|| default.exists().then_some(default));
+    coremq_broker::paths::secret_file_warnings(&config.mq, file)
 }
 
 /// The log files and `data_dir` a start would write, checked as this user

@@ -373,6 +373,52 @@ fn bad_tls_files_stop_the_start_and_check_config_with_a_clear_error() {
     assert!(!text.contains("not valid now"), "{text}");
 }
 
+/// A key file other users of the machine can read is said at start and by
+/// `--check-config` (its name and mode, never what it holds); one only the
+/// broker's user can read is not. Either way the broker serves.
+#[test]
+fn a_key_file_others_can_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut pki = Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let chmod = |m: u32| {
+        std::fs::set_permissions(&pair.key, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    const SAID: &str = "holds the TLS private key, and other users of this machine can read it";
+    let key = std::fs::read_to_string(&pair.key).unwrap();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        chmod(mode);
+        let b = Broker::start(BrokerOpts::new(1).tls(&pair));
+        let logs = b.logs();
+        assert_eq!(logs.contains(SAID), warned, "mode {mode:o}: {logs}");
+        assert_eq!(
+            logs.contains(&format!("(mode {mode:04o})")),
+            warned,
+            "{logs}"
+        );
+        let check = check_config(&b.config_path);
+        let text = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(0), "{text}");
+        assert_eq!(
+            text.contains(&format!(
+                "coremq: warning: tls_key_file {}",
+                pair.key.display()
+            )),
+            warned,
+            "mode {mode:o}: {text}"
+        );
+        for line in key.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(
+                !logs.contains(line) && !text.contains(line),
+                "key material said"
+            );
+        }
+        let cfg = t::client_config(&pki.ca, None);
+        let mut c = t::connect(b.tls_addr(), &cfg, "localhost").expect("served");
+        c.publish("k", &json!({"n": 1}));
+    }
+}
+
 #[test]
 fn port_zero_beside_tls_port_turns_plain_tcp_off() {
     let mut pki = Pki::new("CoreMQ test CA");

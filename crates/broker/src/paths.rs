@@ -95,6 +95,56 @@ fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The files of `mq` that hold secrets and that other users of this machine
+/// may read or change, each with what to do about it: said at start (WARN)
+/// and by `--check-config`, not refused (in a container nobody else may be
+/// there to read them). `config_file` is the file the configuration came
+/// from, which holds `cluster_secret` when it sets it. Reading by the group
+/// is not flagged: a group of key readers (Debian's `ssl-cert`) is the
+/// operator's choice. Names and modes only, never contents.
+pub fn secret_file_warnings(
+    mq: &coremq_config::MqConfig,
+    config_file: Option<&Path>,
+) -> Vec<String> {
+    let mut files: Vec<(&str, &Path, &str)> = Vec::new();
+    if let Some(p) = &mq.tls.key_file {
+        files.push(("tls_key_file", p, "the TLS private key"));
+    }
+    if let Some(p) = &mq.jwt_secret_file {
+        files.push(("jwt_secret_file", p, "the token signing secret"));
+    }
+    if let Some(p) = &mq.users_file {
+        files.push(("users_file", p, "password hashes"));
+    }
+    let sets_secret = |text: String| {
+        text.lines()
+            .any(|l| l.trim_start().starts_with("cluster_secret"))
+    };
+    if let Some(p) = config_file
+        .filter(|p| mq.cluster_secret.is_some() && fs::read_to_string(p).is_ok_and(sets_secret))
+    {
+        files.push(("the configuration file", p, "cluster_secret"));
+    }
+    files
+        .into_iter()
+        .filter_map(|(name, path, what)| {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+            let can = match (mode & 0o004 != 0, mode & 0o022 != 0) {
+                (false, false) => return None,
+                (true, false) => "read",
+                (false, true) => "change",
+                (true, true) => "read and change",
+            };
+            Some(format!(
+                "{name} {} holds {what}, and other users of this machine can {can} it \
+                 (mode {mode:04o}): chmod 600 it, or 640 with a group the broker runs in",
+                path.display()
+            ))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +173,58 @@ mod tests {
         let e = check_writable(&base, Kind::File).unwrap_err();
         assert!(e.ends_with("is a directory"), "{e}");
         assert_eq!(check_writable(Path::new("relative/x"), Kind::Dir), Ok(()));
+        let _ = fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn secret_files_others_can_reach_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("coremq-secrets-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let (key, conf) = (base.join("key.pem"), base.join("coremq.conf"));
+        fs::write(&key, b"not shown").unwrap();
+        fs::write(
+            &conf,
+            "[CoreMQ]\n; the peers' secret\ncluster_secret = s3cret\n",
+        )
+        .unwrap();
+        let mut mq = coremq_config::MqConfig::default();
+        mq.tls.key_file = Some(key.clone());
+        mq.cluster_secret = Some("s3cret".into());
+        let mode =
+            |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        let said = |mq: &coremq_config::MqConfig| secret_file_warnings(mq, Some(&conf));
+        for (m, can) in [
+            (0o644, "read"),
+            (0o620, "change"),
+            (0o666, "read and change"),
+        ] {
+            mode(&key, m);
+            mode(&conf, 0o600);
+            let w = said(&mq);
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(w[0].starts_with("tls_key_file "), "{w:?}");
+            assert!(
+                w[0].contains(&format!("can {can} it (mode {m:04o})")),
+                "{w:?}"
+            );
+            assert!(!w[0].contains("not shown"), "{w:?}");
+        }
+        // Owner only, or a group that reads: nothing to say.
+        for m in [0o600, 0o400, 0o640] {
+            mode(&key, m);
+            assert_eq!(said(&mq), Vec::<String>::new(), "mode {m:o}");
+        }
+        mode(&conf, 0o644);
+        let w = said(&mq);
+        assert!(
+            w.len() == 1 && w[0].starts_with("the configuration file ") && !w[0].contains("s3cret"),
+            "{w:?}"
+        );
+        // A secret from the environment is not in the file.
+        fs::write(&conf, "[CoreMQ]\nport = 1\n").unwrap();
+        assert_eq!(said(&mq), Vec::<String>::new());
         let _ = fs::remove_dir_all(&base);
     }
 }
