@@ -24,9 +24,20 @@ use std::task::{Poll, Waker};
 pub(crate) const HIGH_WATER: usize = 64 * 1024;
 /// Backlog (items) below which paused producers resume.
 pub(crate) const LOW_WATER: usize = 16 * 1024;
-/// Capacity of each channel, in batches. Small capacities are ruinous
-/// (PLATFORM-NOTES: every refill wakes the other thread); batches are cheap.
-pub(crate) const CHANNEL_BATCHES: usize = 256;
+/// Capacity of each channel, in batches, with up to 32 shards. Small
+/// capacities are ruinous (PLATFORM-NOTES: every refill wakes the other
+/// thread); batches are cheap.
+const CHANNEL_BATCHES: usize = 256;
+
+/// Capacity of each channel with `shards` shards: [`CHANNEL_BATCHES`] up to
+/// 32, then less, down to 32 at 256 shards and more. The mesh has
+/// 2·N·(N−1) channels and a slot costs 32 bytes, so at 256 slots each the
+/// rings alone took 1 GiB with 256 shards before any client came; and with
+/// N shards one pair of them carries about 1/N of a shard's traffic, so it
+/// needs fewer batches in flight.
+pub(crate) fn channel_batches(shards: usize) -> usize {
+    (CHANNEL_BATCHES * 32 / shards.max(1)).clamp(32, CHANNEL_BATCHES)
+}
 
 /// Most items a fresh outbox batch reserves room for.
 const MAX_BATCH_ROOM: usize = 4096;

@@ -484,15 +484,16 @@ fn wire(shards: usize) -> Vec<Wiring> {
             resp_rx: Vec::new(),
         })
         .collect();
+    let batches = crate::mesh::channel_batches(shards);
     for from in 0..shards {
         for to in 0..shards {
             if from == to {
                 continue;
             }
-            let (tx, rx) = shared_channel::new_bounded(crate::mesh::CHANNEL_BATCHES);
+            let (tx, rx) = shared_channel::new_bounded(batches);
             w[from].req_tx.push((to, tx));
             w[to].req_rx.push((from, rx));
-            let (tx, rx) = shared_channel::new_bounded(crate::mesh::CHANNEL_BATCHES);
+            let (tx, rx) = shared_channel::new_bounded(batches);
             w[from].resp_tx.push((to, tx));
             w[to].resp_rx.push((from, rx));
         }

@@ -76,6 +76,8 @@ pub(crate) const SPEC: SectionSpec = SectionSpec {
 };
 
 /// Beyond this, per-shard fixed costs (channels, locked io memory) dominate.
+/// The mesh grows with the square: about 470 MiB at ready with 256 shards,
+/// 1 GiB+ past 512 (docs/operations.md).
 const MAX_SHARDS: usize = 1024;
 /// Longest idle spin accepted, in microseconds (one second is already absurd).
 const MAX_IDLE_SPIN_US: usize = 1_000_000;
