@@ -207,6 +207,13 @@ def ok_runs(runs):
     return [r for r in runs if "error" not in r]
 
 
+def failures(r):
+    """Operations of a run that failed: the preload's sets not stored, error
+    replies, misses (after the preload every get should hit) and wrong values.
+    Every one should have succeeded, so a run with any is no figure to judge."""
+    return r["preload_errors"] + r["errors"] + r["misses"] + r["wrong_values"]
+
+
 def paired(results, a, b, key="ops_per_s"):
     """Per repetition, a's figure over b's (both ran back to back)."""
     by_rep = {r["rep"]: r for r in ok_runs(results.get(b, []))}
@@ -259,7 +266,13 @@ def render(command, results, names, reps, ops, shards, ncpu, notes, elapsed):
             pr = paired(results, me, peer)
             cpu_c = med([r.get("server_cpu_us_per_op") for r in ok_runs(results[me])])
             cpu_p = med([r.get("server_cpu_us_per_op") for r in ok_runs(results[peer])])
-            verdict = "met" if cm / pm >= target else "**not met**"
+            bad = {n: sum(failures(r) for r in ok_runs(results[n])) for n in (me, peer)}
+            bad = {n: f for n, f in bad.items() if f}
+            if bad:
+                verdict = "**not judged**: failed operations (" + ", ".join(
+                    f"{n} {f:,}" for n, f in bad.items()) + ")"
+            else:
+                verdict = "met" if cm / pm >= target else "**not met**"
             lines.append(
                 f"- {me}/{peer}: ops/s ratio of medians {cm / pm:.2f} (paired per repetition: "
                 + ", ".join(f"{x:.2f}" for x in pr)

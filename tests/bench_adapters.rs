@@ -1386,5 +1386,11 @@ mod kv_workload {
             "{}",
             r.to_text()
         );
+        // And not taken for throughput: nothing succeeded, so no ops/s, and
+        // the report says the run failed (it said 1 M ops/s, no word).
+        assert_eq!(r.failed(), 2_000 + t.gets + t.sets, "{}", r.to_text());
+        assert_eq!(r.ops_per_s, 0.0, "{}", r.to_text());
+        assert!(r.to_text().contains("FAILED "), "{}", r.to_text());
+        assert_eq!(r.to_json()["failed"], r.failed(), "{}", r.to_text());
     }
 }

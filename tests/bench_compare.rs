@@ -1544,6 +1544,55 @@ fn quick_websocket_run() {
     );
 }
 
+/// `bench/compare --kv`'s verdict judges only runs whose operations all
+/// succeeded: a server that refused every set (and so missed every get)
+/// read as fast, and its ratio was called "met".
+#[test]
+fn kv_verdicts_are_not_judged_on_failed_operations() {
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import compare_kv
+def run(rep, ops_per_s, failed):
+    return {"rep": rep, "ops_per_s": ops_per_s, "ops": 1000, "server_cpu_us_per_op": 1.0,
+            "generator_cpu_s": 0.001, "batch_us": {"p50": 10, "p99": 20}, "others_cores": 0.0,
+            "misses": failed, "errors": failed, "preload_errors": 0, "wrong_values": 0}
+for bad in (0, 7):
+    results = {"coremq": [run(0, 900_000, bad)], "memcached": [run(0, 100_000, 0)],
+               "redis": [run(0, 500_000, 0)]}
+    md = compare_kv.render("cmd", results, list(results), 1, 1000, 2, 2, [], 0)
+    print(json.dumps([l for l in md.splitlines() if l.startswith("- coremq/")]))
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(Path::new(REPO).join("bench"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let runs: Vec<Vec<String>> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("lines"))
+        .collect();
+    assert_eq!(runs.len(), 2, "{text}");
+    let (clean, failed) = (&runs[0], &runs[1]);
+    assert!(
+        clean[0].contains("target ≥ 1: met") && clean[1].contains("target ≥ 1.5: met"),
+        "{clean:?}"
+    );
+    for l in failed {
+        assert!(
+            l.contains("**not judged**: failed operations (coremq 14)") && !l.contains(": met"),
+            "{l}"
+        );
+    }
+}
+
 /// A real quick `--kv` run (issue 27): CoreMQ's memcached port and, where
 /// installed (.ci/run installs them), memcached and redis-server, each with
 /// every get a hit, and the ratios against the issue's targets.

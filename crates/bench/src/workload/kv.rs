@@ -98,6 +98,12 @@ impl Tally {
     fn ops(&self) -> u64 {
         self.gets + self.sets
     }
+
+    /// Operations that did not do what they were sent for: error replies,
+    /// misses (after the preload every get should hit) and wrong values.
+    pub fn failed(&self) -> u64 {
+        self.errors + self.misses + self.wrong_values
+    }
 }
 
 /// The result of a run.
@@ -125,7 +131,9 @@ pub struct KvReport {
     pub mix: Tally,
     /// Seconds the mix took.
     pub elapsed_s: f64,
-    /// Operations per second of the mix.
+    /// Operations per second of the mix that succeeded (a failed one, see
+    /// [`KvReport::failed`], is not counted: a server that refused every set
+    /// would otherwise look fast).
     pub ops_per_s: f64,
     /// Round trip of one batch (write to last reply), µs.
     pub batch_us: Summary,
@@ -138,6 +146,12 @@ pub struct KvReport {
 }
 
 impl KvReport {
+    /// Operations that failed, the preload's included: every one should
+    /// have succeeded, so a run with any is no figure to compare.
+    pub fn failed(&self) -> u64 {
+        self.mix.failed() + self.preload_errors
+    }
+
     /// The server's CPU µs per operation of the mix.
     pub fn server_us_per_op(&self) -> Option<f64> {
         let ops = self.mix.ops();
@@ -160,6 +174,7 @@ impl KvReport {
             "preload_s": self.preload_s,
             "preload_errors": self.preload_errors,
             "ops": self.mix.ops(),
+            "failed": self.failed(),
             "ops_per_s": self.ops_per_s,
             "elapsed_s": self.elapsed_s,
             "gets": self.mix.gets,
@@ -202,6 +217,15 @@ impl KvReport {
         );
         if let Some(e) = &self.mix.first_error {
             s += &format!("  first error: {e}\n");
+        }
+        if self.failed() > 0 {
+            s += &format!(
+                "  FAILED {} of {} operations (preload not stored, errors, misses, wrong \
+                 values): ops/s counts only those that succeeded, and the run is no figure \
+                 to compare\n",
+                self.failed(),
+                self.mix.ops() + self.keys
+            );
         }
         s += &format!(
             "  batch round trip µs: p50 {:.0} p99 {:.0}\n",
@@ -478,7 +502,7 @@ pub fn run(spec: &KvSpec, server_pid: Option<u32>) -> Result<KvReport, BenchErro
         preload_s,
         preload_errors: preload.errors,
         ops_per_s: if elapsed_s > 0.0 {
-            mix.ops() as f64 / elapsed_s
+            mix.ops().saturating_sub(mix.failed()) as f64 / elapsed_s
         } else {
             0.0
         },
@@ -594,5 +618,6 @@ mod tests {
                 first_error: Some("SERVER_ERROR x".into()),
             }
         );
+        assert_eq!(t.failed(), 3, "a miss, an error and a wrong value");
     }
 }
