@@ -520,6 +520,118 @@ fn start_peer(bin: &str, args: impl Fn(u16) -> Vec<String>) -> Option<Peer> {
     panic!("{bin} did not start listening");
 }
 
+/// A stand-in for nats-server that delivers every `every`-th publish
+/// `copies` times (0: drops it): enough of NATS's text protocol for the
+/// generator (INFO, CONNECT, PING, SUB, PUB, MSG), on a thread per
+/// connection. Returns its address.
+fn faulty_nats(every: u64, copies: usize) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    type Subs = Arc<Mutex<Vec<(String, String, std::net::TcpStream)>>>;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let subs: Subs = Arc::default();
+    let published = Arc::new(AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut w) = conn else { return };
+            w.set_nodelay(true).unwrap();
+            let (subs, published) = (subs.clone(), published.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(w.try_clone().unwrap());
+                w.write_all(
+                    b"INFO {\"server_id\":\"fake\",\"max_payload\":1048576,\"proto\":1}\r\n",
+                )
+                .unwrap();
+                let mut line = String::new();
+                while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+                    let parts: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+                    line.clear();
+                    match parts.first().map(String::as_str) {
+                        Some("PING") => {
+                            let _ = w.write_all(b"PONG\r\n");
+                        }
+                        Some("SUB") => {
+                            let sid = parts[parts.len() - 1].clone();
+                            let me = w.try_clone().unwrap();
+                            subs.lock().unwrap().push((parts[1].clone(), sid, me));
+                        }
+                        Some("PUB") => {
+                            let n: usize = parts[parts.len() - 1].parse().unwrap();
+                            let mut data = vec![0; n + 2];
+                            if r.read_exact(&mut data).is_err() {
+                                return;
+                            }
+                            let k = published.fetch_add(1, Ordering::Relaxed) + 1;
+                            let times = if k % every == 0 { copies } else { 1 };
+                            for (subject, sid, s) in subs.lock().unwrap().iter_mut() {
+                                if *subject == parts[1] {
+                                    let mut msg =
+                                        format!("MSG {subject} {sid} {n}\r\n").into_bytes();
+                                    msg.extend_from_slice(&data);
+                                    let _ = s.write_all(&msg.repeat(times));
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Deliveries that come twice are no deliveries: a subscriber reads on to
+/// its stream's end (it stopped after as many frames as the stream had, and
+/// reported messages it had left unread as lost), throughput counts each
+/// message once, and a ping-pong takes only the reply to its own ping (it
+/// took any delivery, and reported 12,000 of 11,986 published delivered).
+#[test]
+fn repeated_deliveries_are_counted_once_and_never_taken_for_a_reply() {
+    let t = Target::new(Proto::Nats, faulty_nats(100, 2).to_string());
+    let p = Progress::hidden();
+    let r = pubsub::run(&t, &spec("1to1", 1, 1, 3_000, 128), None, &p).expect("1to1");
+    let ctx = r.to_text();
+    assert_eq!(
+        (r.expected, r.delivered, r.lost),
+        (3_000, 3_000, 0),
+        "{ctx}"
+    );
+    assert_eq!(r.out_of_order, 30, "{ctx}");
+    assert!(ctx.contains("30 deliveries came twice"), "{ctx}");
+    let pp = PingPongSpec {
+        round_trips: 400,
+        warmup: 10,
+        ..PingPongSpec::default()
+    };
+    let r = pingpong::run(&t, &pp, None, &p).expect("pingpong");
+    let ctx = r.to_text();
+    assert_eq!((r.expected, r.delivered, r.lost), (820, 820, 0), "{ctx}");
+    assert!(r.out_of_order > 0, "the repeated replies: {ctx}");
+    assert_eq!(r.latency_us.expect("rtt").count, 400, "{ctx}");
+}
+
+/// A ping-pong whose reply never comes counts the round trip's two
+/// messages as lost, so that delivered and lost add up to what was
+/// expected (it said "delivered 10176 of 10178, LOST 1").
+#[test]
+fn a_lost_ping_pong_reply_is_two_messages_lost() {
+    let t = Target::new(Proto::Nats, faulty_nats(50, 0).to_string());
+    let pp = PingPongSpec {
+        round_trips: 400,
+        warmup: 10,
+        reply_timeout: Duration::from_millis(300),
+        ..PingPongSpec::default()
+    };
+    let r = pingpong::run(&t, &pp, None, &Progress::hidden()).expect("pingpong");
+    let ctx = r.to_text();
+    // The 50th publish (the 25th round trip's echo) is dropped: 24 done.
+    assert_eq!((r.expected, r.delivered, r.lost), (50, 48, 2), "{ctx}");
+    assert!(ctx.contains("no reply within"), "{ctx}");
+}
+
 #[test]
 fn nats_server() {
     let Some(peer) = start_peer("nats-server", |port| {

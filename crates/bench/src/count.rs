@@ -37,11 +37,24 @@ impl SeqTracker {
         }
     }
 
+    /// Messages received in order, each once: what throughput counts (a
+    /// repeat is no delivery, and counting it would also have the
+    /// subscriber stop reading before the stream's end).
+    pub fn in_order(&self) -> u64 {
+        self.received - self.out_of_order - self.unreadable
+    }
+
+    /// How far into the stream the subscriber has seen: one past the highest
+    /// number received. The stream is done when this reaches its length,
+    /// whatever came twice or went missing on the way.
+    pub fn seen_through(&self) -> u64 {
+        self.next
+    }
+
     /// Messages of `published` this subscriber never got: what it did not receive in
     /// order, counting gaps even if later repeats made the total look right.
     pub fn lost(&self, published: u64) -> u64 {
-        let in_order = self.received - self.out_of_order - self.unreadable;
-        published.saturating_sub(in_order).max(self.skipped)
+        published.saturating_sub(self.in_order()).max(self.skipped)
     }
 
     /// Did this subscriber see exactly `published` messages, in order?
@@ -91,6 +104,25 @@ mod tests {
         assert_eq!(t.received, 1000);
         assert_eq!(t.out_of_order, 1);
         assert_eq!(t.lost(1000), 1);
+        assert_eq!((t.in_order(), t.seen_through()), (999, 1000));
+    }
+
+    #[test]
+    fn repeats_are_no_deliveries_and_do_not_end_the_stream_early() {
+        // Every 100th message twice: nothing lost, 10 repeats.
+        let mut t = SeqTracker::new();
+        for s in 0..990 {
+            t.record(Some(s));
+            if s % 100 == 0 {
+                t.record(Some(s));
+            }
+        }
+        assert_eq!(t.received, 1000, "as many frames as the stream has");
+        assert_eq!(t.seen_through(), 990, "but not at its end");
+        for s in 990..1000 {
+            t.record(Some(s));
+        }
+        assert_eq!((t.in_order(), t.out_of_order, t.lost(1000)), (1000, 10, 0));
     }
 
     #[test]

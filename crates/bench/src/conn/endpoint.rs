@@ -18,9 +18,10 @@ pub trait Endpoint: Send {
     fn address(&self) -> &str;
     /// Publish one message to `to` and write it out now.
     fn send(&mut self, to: &str, payload: &[u8]) -> Result<(), BenchError>;
-    /// Wait up to a read tick for one delivered message; `Ok(true)` when it came.
-    /// Acknowledgements of our own sends are consumed on the way.
-    fn recv(&mut self) -> Result<bool, BenchError>;
+    /// Wait up to a read tick for one delivered message; `Ok(Some(seq))` when
+    /// it came, with the sequence number of its marker (`u64::MAX`: none
+    /// readable). Acknowledgements of our own sends are consumed on the way.
+    fn recv(&mut self) -> Result<Option<u64>, BenchError>;
     /// Error frames seen so far.
     fn errors(&self) -> &ErrorLog;
 }
@@ -139,31 +140,31 @@ impl Endpoint for StreamEndpoint {
         Ok(())
     }
 
-    fn recv(&mut self) -> Result<bool, BenchError> {
-        let mut got = false;
+    fn recv(&mut self) -> Result<Option<u64>, BenchError> {
+        let mut got = None;
         loop {
             let mut ping = false;
             while let Some(f) = self.rx.next_frame()? {
                 match f {
-                    Frame::Msg(_) => got = true,
+                    Frame::Msg(data) => got = Some(marker_seq(data)),
                     Frame::Error(e) => self.errors.push(e),
                     Frame::Ping => ping = true,
                     _ => {}
                 }
-                if got {
+                if got.is_some() {
                     break;
                 }
             }
             if ping {
                 self.rx.send(b"PONG\r\n", "PONG")?;
             }
-            if got {
+            if got.is_some() {
                 self.drain_acks()?;
-                return Ok(true);
+                return Ok(got);
             }
             match self.rx.fill()? {
                 Fill::Data(_) => {}
-                Fill::Idle => return Ok(false),
+                Fill::Idle => return Ok(None),
                 Fill::Closed => {
                     return Err(BenchError::Malformed(
                         "the broker closed the ping-pong connection".into(),
@@ -193,11 +194,16 @@ impl Endpoint for WsEndpoint {
         self.ws.send(to, payload)
     }
 
-    fn recv(&mut self) -> Result<bool, BenchError> {
+    fn recv(&mut self) -> Result<Option<u64>, BenchError> {
         self.ws.recv()
     }
 
     fn errors(&self) -> &ErrorLog {
         self.ws.errors()
     }
+}
+
+/// The sequence number of a delivered message's marker (`u64::MAX`: none).
+pub(crate) fn marker_seq(data: &[u8]) -> u64 {
+    crate::payload::read_marker(data).map_or(u64::MAX, |(seq, _)| seq)
 }

@@ -431,16 +431,19 @@ impl WsPingPong {
     }
 
     /// Wait up to a read tick for one delivered message (acknowledgements
-    /// of our own sends are consumed on the way); `Ok(true)` when it came.
+    /// of our own sends are consumed on the way); `Ok(Some(seq))` when it
+    /// came, with its marker's sequence number (`u64::MAX`: none readable).
     /// Messages after it stay buffered for the next call.
-    pub fn recv(&mut self) -> Result<bool, BenchError> {
+    pub fn recv(&mut self) -> Result<Option<u64>, BenchError> {
         loop {
-            let mut got = false;
+            let mut got = None;
             let open = self.c.drain(&mut self.errors, Until::Msg, &mut |f| {
-                got |= matches!(f, Frame::Msg(_))
+                if let Frame::Msg(data) = f {
+                    got = Some(super::endpoint::marker_seq(data));
+                }
             })?;
-            if got {
-                return Ok(true);
+            if got.is_some() {
+                return Ok(got);
             }
             let closed = || BenchError::Malformed("the broker closed the WebSocket".into());
             if !open {
@@ -448,7 +451,7 @@ impl WsPingPong {
             }
             match self.c.fill()? {
                 Filled::Data => {}
-                Filled::Idle => return Ok(false),
+                Filled::Idle => return Ok(None),
                 Filled::Closed => return Err(closed()),
             }
         }

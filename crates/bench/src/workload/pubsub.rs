@@ -93,7 +93,8 @@ impl PubSubSpec {
 /// What the threads share: counters that drive the window and the progress bar.
 struct Shared {
     epoch: Instant,
-    /// Per subscriber: messages received.
+    /// Per subscriber: how far into its stream it has seen (one past the
+    /// highest number received).
     received: Vec<AtomicU64>,
     /// Per publisher: messages written.
     published: Vec<AtomicU64>,
@@ -212,7 +213,9 @@ pub fn run(
             let mut hist = latency::histogram();
             let mut last = None;
             let mut closed = false;
-            while tracker.received < sh.total[p].load(Ordering::Acquire) && !sh.expired() {
+            // Until the stream's last message: a count of frames would end
+            // early when some came twice, and leave messages unread.
+            while tracker.seen_through() < sh.total[p].load(Ordering::Acquire) && !sh.expired() {
                 let mut now_us = None;
                 let before = tracker.received;
                 let open = sub.pump(&mut |data| {
@@ -226,7 +229,7 @@ pub fn run(
                 })?;
                 if tracker.received != before {
                     last = Some(Instant::now());
-                    sh.received[j].store(tracker.received, Ordering::Release);
+                    sh.received[j].store(tracker.seen_through(), Ordering::Release);
                 }
                 if !open {
                     closed = true;
@@ -367,7 +370,7 @@ pub fn run(
         let r = join(h)?;
         let p = j / spec.subscribers_per_queue.max(1);
         report.expected += published[p];
-        report.delivered += r.tracker.received;
+        report.delivered += r.tracker.in_order();
         report.numbered += r.numbered;
         let lost = r.tracker.lost(published[p]);
         report.lost += lost;
@@ -386,6 +389,12 @@ pub fn run(
     if closed > 0 {
         report.notes.push(format!(
             "{closed} subscriber connection(s) were closed by the broker"
+        ));
+    }
+    if report.out_of_order > 0 {
+        report.notes.push(format!(
+            "{} deliveries came twice or out of order: not counted as delivered",
+            report.out_of_order
         ));
     }
     if spec.unwindowed() && short_open > 0 && !quiet_cut {
