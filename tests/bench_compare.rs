@@ -863,6 +863,74 @@ fn unwindowed_losses_are_shown_per_repetition_and_called_out() {
     );
 }
 
+/// The windowed summary says whether CoreMQ lost anything, the 4x4 runs
+/// with shards=1 and shards=<cores> included (it said nothing, and those
+/// runs' losses appeared nowhere); and a CoreMQ run that failed is never
+/// summed up as "lost nothing".
+#[test]
+fn windowed_losses_and_failed_runs_are_called_out() {
+    let lossy = |mut r: Value, lost: u64| {
+        r["lost"] = json!(lost);
+        r["expected"] = json!(1_000_000);
+        r
+    };
+    let saved = |fanout_lost: u64, shard_lost: u64| {
+        json!({
+            "command": "bench/compare --reps 1",
+            "machine": {"nproc": "2"},
+            "names": ["coremq", "nats"],
+            "ncpu": 2,
+            "reps": 1,
+            "notes": [],
+            "elapsed": 60,
+            "runs": [
+                run("1to1", "coremq", 3.0e6, 0.3, 0.2),
+                run("1to1", "nats", 1.8e6, 0.7, 0.1),
+                run("4x4", "coremq", 3.0e6, 0.4, 0.2),
+                run("4x4", "nats", 2.8e6, 0.5, 0.1),
+                lossy(run("fanout1x10", "coremq", 8.0e6, 0.2, 0.1), fanout_lost),
+                run("fanout1x10", "nats", 4.0e6, 0.4, 0.1),
+            ],
+            "shards": {
+                "1": [run("4x4", "coremq", 2.0e6, 0.4, 0.2)],
+                "2": [lossy(run("4x4", "coremq", 3.0e6, 0.4, 0.2), shard_lost)],
+            },
+        })
+    };
+    let verdict = |md: &str, head: &str| {
+        md.lines()
+            .find(|l| l.starts_with(head))
+            .unwrap_or_else(|| panic!("no {head:?} line:\n{md}"))
+            .to_owned()
+    };
+    let v = verdict(&render(&saved(0, 0)), "**Windowed:");
+    assert!(
+        v.starts_with("**Windowed: CoreMQ lost nothing** — 0 messages lost and 0 subscribers disconnected in all 5 runs"),
+        "{v}"
+    );
+    let v = verdict(&render(&saved(57_099, 12_851)), "**Windowed:");
+    for want in [
+        "**Windowed: CoreMQ LOST MESSAGES** — coremq lost 57,099 of",
+        "in fanout1x10 1 of 1 repetitions",
+        "coremq (shard runs) lost 12,851 of",
+        "in 4x4 shards=2 1 of 1 repetitions",
+    ] {
+        assert!(v.contains(want), "{want:?} not in {v:?}");
+    }
+    // An unwindowed CoreMQ run that failed counted nothing.
+    let mut failed = unwindowed_saved([0, 0, 0]);
+    failed["runs"][1] = json!({
+        "workload_name": "1to1-unwin", "target": "coremq", "rep": 1,
+        "error": "write: Broken pipe (os error 32)",
+    });
+    let v = verdict(&render(&failed), "**Unwindowed:");
+    assert!(
+        v.starts_with("**Unwindowed: 1 CoreMQ run(s) FAILED** (see Details); the 17 that completed lost nothing"),
+        "{v}"
+    );
+    assert!(!v.contains("CoreMQ lost nothing"), "{v}");
+}
+
 /// A real quick `--unwindowed-only` run (CoreMQ only): the unwindowed table and
 /// its verdict (what the broker lost is bench/compare's and flow_control's
 /// business; this checks the harness).
