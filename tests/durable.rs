@@ -382,6 +382,32 @@ fn a_data_dir_in_use_is_refused() {
     );
 }
 
+/// A `data_dir` a start as root left behind (its files root's, 0644) is no
+/// use to the service's user: a start as that user names the file it cannot
+/// write and exits 2 (a configuration error, which the unit does not retry),
+/// as `--check-config` would. It exited 1 at the LOCK file, which
+/// `--check-config` had passed. Root only: nobody else can leave such files.
+#[test]
+fn a_data_dir_another_user_left_is_a_configuration_error() {
+    if !is_root() {
+        eprintln!("skipped: only root can leave files another user cannot write");
+        return;
+    }
+    let dir = unique_dir("durable-owner");
+    {
+        let (b, _) = start(durable(1, &dir, 0));
+        b.client().publish(&uniq("dur.owner"), &json!({"x": 1}));
+    }
+    set_mode(&dir, 0o777);
+    let (status, stderr, _) = run_expect_exit(&durable(1, &dir, 0).memlocked_unprivileged());
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}/", dir.display())) && stderr.contains("is not writable"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// 16 shards with data_dir still start under an 8 MiB locked-memory limit
 /// as a non-root user: history files are buffered files, they take no
 /// io_memory.

@@ -82,6 +82,44 @@ pub fn check_writable(path: &Path, kind: Kind) -> Result<(), String> {
     }
 }
 
+/// What is already in `dir` (a `data_dir` a node used): every directory and
+/// file writable by this process, which a start appends to and rewrites —
+/// else a start as another user than the one that made them (files of a
+/// root start, then the service's user) fails on the first of them. A
+/// missing `dir` is fine (it is made). At most [`TREE_LIMIT`] entries are
+/// looked at, a few levels deep (the layout is `data_dir/<generation>/<shard>/`).
+pub fn check_tree_writable(dir: &Path) -> Result<(), String> {
+    let mut todo = vec![(dir.to_path_buf(), 0)];
+    let mut seen = 0;
+    while let Some((d, depth)) = todo.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            seen += 1;
+            if seen > TREE_LIMIT {
+                return Ok(());
+            }
+            let path = e.path();
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() {
+                access(&path, libc::W_OK | libc::X_OK)
+                    .map_err(|err| format!("{} is not writable: {err}", path.display()))?;
+                if depth < 3 {
+                    todo.push((path, depth + 1));
+                }
+            } else if kind.is_file() {
+                access(&path, libc::W_OK)
+                    .map_err(|err| format!("{} is not writable: {err}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Most entries of a `data_dir` [`check_tree_writable`] looks at.
+const TREE_LIMIT: usize = 100_000;
+
 /// access(2): the kernel's answer for this process's credentials, read-only
 /// mounts included (EROFS).
 fn access(path: &Path, mode: libc::c_int) -> io::Result<()> {

@@ -137,7 +137,8 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         Some(dir) => {
             check_data_dir(&mq)?;
             let max_body = crate::store::max_record_body(mq.max_message_size);
-            let (gen, lock) =
+            let lock = crate::store::disk::lock(dir).map_err(BrokerError::DataDir)?;
+            let gen =
                 crate::store::disk::prepare(dir, shards, max_body).map_err(BrokerError::Storage)?;
             (Some(gen), Some(lock))
         }
@@ -402,9 +403,9 @@ pub(crate) fn kv_max_value(memory: u64, shards: usize, max_value: usize) -> usiz
 /// process; for `--check-config` and before a start uses it.
 pub fn check_data_dir(mq: &coremq_config::MqConfig) -> Result<(), BrokerError> {
     match &mq.store.data_dir {
-        Some(dir) => {
-            crate::paths::check_writable(dir, crate::paths::Kind::Dir).map_err(BrokerError::DataDir)
-        }
+        Some(dir) => crate::paths::check_writable(dir, crate::paths::Kind::Dir)
+            .and_then(|()| crate::paths::check_tree_writable(dir))
+            .map_err(BrokerError::DataDir),
         None => Ok(()),
     }
 }

@@ -63,13 +63,11 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), DiskError> {
         .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
 }
 
-/// The data directory, locked for this process, with the generation for
-/// `shards` shards in place. The lock is held as long as the returned file.
-pub(crate) fn prepare(
-    data_dir: &Path,
-    shards: usize,
-    max_body: usize,
-) -> Result<(PathBuf, fs::File), DiskError> {
+/// The data directory, made if need be and locked for this process: held as
+/// long as the returned file. Its errors are the configuration's (a
+/// directory this user cannot make or write, or one another node uses), so
+/// the caller reports them as such; what [`prepare`] finds inside is not.
+pub(crate) fn lock(data_dir: &Path) -> Result<fs::File, DiskError> {
     fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
     let lock = fs::OpenOptions::new()
@@ -85,6 +83,16 @@ pub(crate) fn prepare(
             data_dir.display()
         ));
     }
+    Ok(lock)
+}
+
+/// The locked data directory ([`lock`]) with the generation for `shards`
+/// shards in place.
+pub(crate) fn prepare(
+    data_dir: &Path,
+    shards: usize,
+    max_body: usize,
+) -> Result<PathBuf, DiskError> {
     let current = data_dir.join("CURRENT");
     let gen_name = match fs::read_to_string(&current) {
         Ok(text) => text.trim().to_owned(),
@@ -137,7 +145,7 @@ pub(crate) fn prepare(
         next
     };
     remove_other_generations(data_dir, &gen_name);
-    Ok((data_dir.join(gen_name), lock))
+    Ok(data_dir.join(gen_name))
 }
 
 /// The shard count generation `gen` was written with, checked against its
