@@ -73,18 +73,23 @@ pub fn init(config: &Config) -> io::Result<Logging> {
             .with_ansi(false)
             .with_thread_names(true)
     };
-    if ws.log_file == mq.log_file {
-        // One stream; the listener's events at their own level.
-        let layer =
-            fmt(writer(&mq.log_file)?).with_filter(filter(format!("{mq_level},{WEB}={ws_level}")));
+    // Which log a file that cannot be opened is.
+    fn named(key: &'static str) -> impl Fn(io::Error) -> io::Error {
+        move |e| io::Error::new(e.kind(), format!("{key}: {e}"))
+    }
+    if ws.log_file == mq.log_file || !ws.enabled {
+        // One stream; the listener's events (none when it is off: its log
+        // file is not opened then) at their own level.
+        let nb = writer(&mq.log_file).map_err(named("[CoreMQ] log_file"))?;
+        let layer = fmt(nb).with_filter(filter(format!("{mq_level},{WEB}={ws_level}")));
         tracing_subscriber::registry().with(layer).init();
     } else {
         let not_web = filter_fn(|m| !m.target().starts_with(WEB));
         let web = filter_fn(|m| m.target().starts_with(WEB));
-        let main =
-            fmt(writer(&mq.log_file)?).with_filter(filter(mq_level.to_string()).and(not_web));
-        let listener =
-            fmt(writer(&ws.log_file)?).with_filter(filter(format!("{WEB}={ws_level}")).and(web));
+        let nb = writer(&mq.log_file).map_err(named("[CoreMQ] log_file"))?;
+        let main = fmt(nb).with_filter(filter(mq_level.to_string()).and(not_web));
+        let nb = writer(&ws.log_file).map_err(named("[CoreWS] log_file"))?;
+        let listener = fmt(nb).with_filter(filter(format!("{WEB}={ws_level}")).and(web));
         let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
             vec![main.boxed(), listener.boxed()];
         tracing_subscriber::registry().with(layers).init();
@@ -144,7 +149,9 @@ impl Reopener {
     /// Opens the path anew (creating it) and sends further lines there. On
     /// failure the old file stays in use.
     pub fn reopen(&self) -> io::Result<&Path> {
-        let new = open_append(&self.0.path)?;
+        let path = &self.0.path;
+        let new = open_append(path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         *self.0.file() = new;
         Ok(&self.0.path)
     }

@@ -89,10 +89,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
         // What a start would only log.
+        let misspelt = Config::unknown_env_overrides().into_iter().map(|var| {
+            format!("environment variable {var} looks like a CoreMQ override but names no known key; ignored")
+        });
         for said in tls_warnings
             .into_iter()
             .chain(coremq_broker::cluster_nodes_warnings(&config.mq))
             .chain(secret_file_warnings(&config, args.config.as_deref()))
+            .chain(misspelt)
         {
             eprintln!("coremq: warning: {said}");
         }
@@ -146,10 +150,10 @@ fn secret_file_warnings(config: &Config, path: Option<&std::path::Path>) -> Vec<
 /// (a start fails on them with the same message).
 fn check_paths(config: &Config) -> Result<(), String> {
     use coremq_broker::paths::{check_writable, Kind};
-    for (section, target) in [
-        ("CoreMQ", &config.mq.log_file),
-        ("CoreWS", &config.ws.log_file),
-    ] {
+    // The [CoreWS] log file only when the listener runs (a start opens it
+    // only then).
+    let ws_log = config.ws.enabled.then_some(("CoreWS", &config.ws.log_file));
+    for (section, target) in std::iter::once(("CoreMQ", &config.mq.log_file)).chain(ws_log) {
         if let coremq_config::LogTarget::File(path) = target {
             let dir = path
                 .parent()

@@ -1002,7 +1002,11 @@ fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
         let status = b.wait_exit(Duration::from_secs(20));
         let err = b.stderr();
         assert_eq!(status.code(), Some(2), "{key}: {err}{}", b.stdout());
-        assert!(err.contains(dir.to_str().unwrap()), "{key}: {err}");
+        // Which setting, as --check-config says (a start named only the path).
+        assert!(
+            err.contains(dir.to_str().unwrap()) && err.contains(key),
+            "{key}: {err}"
+        );
         let out = check(&b);
         let said = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "--check-config, {key}: {said}");
@@ -1021,6 +1025,20 @@ fn an_unusable_data_dir_or_log_file_is_a_configuration_error() {
     let out = check(&b);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist (yet)"));
+    // The [CoreWS] log file of a listener that is off is not opened, so it
+    // stops no start (it did, exit 2) and --check-config says nothing of it.
+    let off = BrokerOpts::new(1)
+        .ws()
+        .ws_set("enabled", "false")
+        .ws_set("log_file", dir.join("no/such/ws.log").to_str().unwrap());
+    let b = Broker::start(off);
+    let out = check(&b);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("ws.log"),
+        "{out:?}"
+    );
+    drop(b);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -74,6 +74,37 @@ fn max_queue_name_length() {
     c.expect_error();
 }
 
+/// A variable that looks like an override but names no key (a typo) is
+/// said at start and by `--check-config` (which said nothing of it).
+#[test]
+fn a_misspelt_environment_override_is_said_at_start_and_by_check_config() {
+    let mut opts = BrokerOpts::new(1);
+    opts.env.push(("COREMQ_PROT".into(), "7000".into()));
+    let b = Broker::start(opts);
+    assert!(
+        b.logs().contains("names no known key") && b.logs().contains("COREMQ_PROT"),
+        "{}",
+        b.logs()
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&b.config_path)
+        .arg("--check-config")
+        .env("COREMQ_PROT", "7000")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(
+            "coremq: warning: environment variable COREMQ_PROT looks like a CoreMQ override"
+        ),
+        "{said}"
+    );
+    let clean = check_config(&b.config_path);
+    assert!(!String::from_utf8_lossy(&clean.stderr).contains("COREMQ_PROT"));
+}
+
 #[test]
 fn environment_overrides_the_file() {
     let mut opts = BrokerOpts::new(3);
