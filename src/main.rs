@@ -222,7 +222,7 @@ fn raise_open_files(max_connections: usize) {
 
 fn run(config: Config, ready_file: Option<PathBuf>, reopeners: Vec<logging::Reopener>) -> ExitCode {
     let node = config.mq.node_name.clone();
-    let signals = signals::install();
+    let signals = signals::spawn(signals::install(), reopeners);
     let running = match coremq_broker::start(config) {
         Ok(r) => r,
         Err(e) => {
@@ -238,6 +238,20 @@ fn run(config: Config, ready_file: Option<PathBuf>, reopeners: Vec<logging::Reop
             return ExitCode::from(code);
         }
     };
+    if signals.attach(running.stopper(), running.reloader()) {
+        // Stopped during start-up: never ready.
+        running.stopper().stop();
+        return match running.wait() {
+            Ok(()) => {
+                tracing::info!("CoreMQ stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("coremq: {e}");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        };
+    }
     if let Some(path) = ready_file {
         let body = serde_json::json!({
             "pid": std::process::id(),
@@ -261,7 +275,6 @@ fn run(config: Config, ready_file: Option<PathBuf>, reopeners: Vec<logging::Reop
         running.local_addr(),
         running.shards()
     ));
-    signals::spawn(signals, running.stopper(), running.reloader(), reopeners);
     match running.wait() {
         Ok(()) => {
             tracing::info!("CoreMQ stopped");

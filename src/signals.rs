@@ -1,15 +1,16 @@
 //! Signals: SIGTERM/SIGINT stop the broker gracefully (a second one exits at
 //! once), SIGHUP reopens the log file and reloads the access rules.
 //!
-//! The handlers are installed before the shards start, so a signal that
-//! arrives during start-up waits in signal-hook's queue instead of killing
-//! the process with the default action.
+//! The handlers and their thread are in place before the shards start, so a
+//! signal that arrives during start-up is served instead of killing the
+//! process with the default action, or waiting until every shard is up.
 
 use crate::logging::Reopener;
 use crate::notify;
 use coremq_broker::{Reloader, Stopper};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use std::sync::{Arc, Mutex};
 
 /// Exit status after a second stop signal (128 + SIGINT, the shell's habit).
 const EXIT_FORCED: i32 = 130;
@@ -26,29 +27,79 @@ pub fn install() -> Option<Signals> {
     }
 }
 
-/// Serves the signals on a thread of their own.
-pub fn spawn(
-    signals: Option<Signals>,
+/// What the signal thread acts on once the node is up.
+struct Node {
     stopper: Stopper,
     reloader: Reloader,
-    reopeners: Vec<Reopener>,
-) {
+}
+
+/// The signal thread's view of the node: empty during start-up.
+#[derive(Clone, Default)]
+pub struct Handle {
+    inner: Arc<Mutex<Started>>,
+}
+
+#[derive(Default)]
+struct Started {
+    node: Option<Node>,
+    /// A stop signal came during start-up.
+    stop_asked: bool,
+}
+
+impl Handle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Started> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The node is up: the signals act on it from now on. True if a stop
+    /// signal came during start-up (the caller stops it at once, and never
+    /// calls it ready).
+    pub fn attach(&self, stopper: Stopper, reloader: Reloader) -> bool {
+        let mut st = self.lock();
+        st.node = Some(Node { stopper, reloader });
+        st.stop_asked
+    }
+}
+
+/// Serves the signals on a thread of their own, from before the shards
+/// start: a first SIGTERM or SIGINT during start-up stops the node as soon as
+/// it is up (never called ready), and a second one exits at once, as it does
+/// later; SIGHUP during start-up reopens the log files (the access rules are
+/// being loaded then).
+pub fn spawn(signals: Option<Signals>, reopeners: Vec<Reopener>) -> Handle {
+    let handle = Handle::default();
     let Some(mut signals) = signals else {
-        return;
+        return handle;
     };
+    let h = handle.clone();
     std::thread::spawn(move || {
         let mut stops = 0;
         for sig in signals.forever() {
             if sig == SIGHUP {
                 reopen(&reopeners);
-                reload(&reloader);
+                if let Some(node) = &h.lock().node {
+                    reload(&node.reloader);
+                }
                 continue;
             }
             stops += 1;
             if stops == 1 {
-                tracing::info!(signal = sig, "graceful stop requested");
+                let mut st = h.lock();
                 notify::stopping();
-                stopper.stop();
+                match &st.node {
+                    Some(node) => {
+                        tracing::info!(signal = sig, "graceful stop requested");
+                        node.stopper.stop();
+                    }
+                    None => {
+                        tracing::info!(
+                            signal = sig,
+                            "graceful stop requested during start-up: stopping once the shards \
+                             are up (a second signal exits at once)"
+                        );
+                        st.stop_asked = true;
+                    }
+                }
             } else {
                 // A second signal: the operator does not want to wait.
                 eprintln!("coremq: second signal, exiting now");
@@ -56,6 +107,7 @@ pub fn spawn(
             }
         }
     });
+    handle
 }
 
 /// Reloads the users file and token keys, and the TLS certificate and key;

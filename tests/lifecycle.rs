@@ -228,6 +228,39 @@ fn second_broker_on_the_same_port_refuses() {
     assert_eq!(st["connections"], json!(8), "{st}");
 }
 
+/// Stop signals during start-up are served then: a first one stops the
+/// node as soon as its shards are up, never calling it ready; a second one
+/// exits at once. Both waited until every shard was up, and the node wrote
+/// its ready file (and told systemd READY) first. Root only: a start slow
+/// enough to signal into needs more shards than 8 MiB of locked memory has.
+#[test]
+fn stop_signals_during_start_up_are_served_then() {
+    if !is_root() {
+        eprintln!("skipped: 96 shards need more locked memory than a non-root user has here");
+        return;
+    }
+    for (signals, code) in [(2, 130), (1, 0)] {
+        let mut b = Broker::spawn(&BrokerOpts::new(96));
+        // Logged after the signal thread is up, before the shards start.
+        wait_log(&b, "starting CoreMQ");
+        for _ in 0..signals {
+            b.signal(libc::SIGTERM);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = b.wait_exit(Duration::from_secs(60));
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{signals} signal(s): {}",
+            b.logs()
+        );
+        assert!(
+            !b.ready_path.exists(),
+            "{signals} signal(s): called ready after a stop during start-up"
+        );
+    }
+}
+
 /// SIGTERM while a publisher is flooding: every message the publisher saw an OK for
 /// reaches the (reading) subscribers before their BYE, in order; exit 0.
 fn stop_during_flood(shards: usize) {
