@@ -143,7 +143,13 @@ impl<'s> Document<'s> {
         let mut values: Vec<Vec<Option<String>>> =
             specs.iter().map(|s| vec![None; s.keys.len()]).collect();
         // In file order, so the first offending line is the one reported.
-        for &KeyLine { line, section, key } in &prepared.keys {
+        for &KeyLine {
+            line,
+            section,
+            key,
+            comment,
+        } in &prepared.keys
+        {
             let spec = &specs[section];
             let name = spec.keys[key];
             let Some(value) = tables.get(spec.name).and_then(|t| t.get(name)) else {
@@ -152,7 +158,7 @@ impl<'s> Document<'s> {
                     spec.name
                 )));
             };
-            if has_inline_comment(value) {
+            if comment {
                 return Err(ConfigError::InlineComment {
                     origin: Origin::File {
                         path: file_buf,
@@ -197,6 +203,8 @@ struct KeyLine {
     section: usize,
     /// Index into that spec's keys.
     key: usize,
+    /// A comment follows the value on its line (outside its quotes).
+    comment: bool,
 }
 
 /// The text for `config` and the keys it must give back.
@@ -313,6 +321,7 @@ fn prepare(
             line: number,
             section: s,
             key: k,
+            comment: comment_after(value),
         });
     }
     let mut out = String::with_capacity(text.len());
@@ -332,6 +341,12 @@ fn prepare(
 /// which would swallow the following settings; `\` skips the next character.
 /// Returns the quote character that is left open on this line, if any.
 fn unclosed_quote(value: &str) -> Option<char> {
+    past_quotes(value).err()
+}
+
+/// What follows the quoted parts a value starts with (all of it when it
+/// starts with none), or the quote left open.
+fn past_quotes(value: &str) -> Result<&str, char> {
     let mut rest = value.trim_start();
     while let Some(quote) = rest.chars().next().filter(|c| matches!(c, '"' | '\'')) {
         let mut chars = rest.char_indices().skip(1);
@@ -345,11 +360,22 @@ fn unclosed_quote(value: &str) -> Option<char> {
             }
         }
         let Some(close) = close else {
-            return Some(quote);
+            return Err(quote);
         };
         rest = &rest[close + 1..];
     }
-    None
+    Ok(rest)
+}
+
+/// Whether a value as written in the file has a comment after it: `; x` or
+/// `# x` after whitespace, or nothing but a comment — outside its quotes,
+/// so that a quoted `"/var/log/a ;b.log"` is a value like any other.
+fn comment_after(value: &str) -> bool {
+    let t = value.trim_start();
+    match past_quotes(t) {
+        Ok(rest) if rest.len() < t.len() => has_inline_comment(&format!(" {rest}")),
+        _ => has_inline_comment(t),
+    }
 }
 
 /// Appends `value` so that the INI parser's escape processing gives back every

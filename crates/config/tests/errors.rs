@@ -237,6 +237,20 @@ fn inline_comments_are_explained() {
     })
     .unwrap();
     assert_eq!(c.ws.allowed_origins, ["https://a.example/#x"]);
+    // Nor is one inside quotes: a path or a secret may hold " ;" (both were
+    // refused as inline comments); after the closing quote it is one.
+    let c = Config::from_ini_str(
+        "[CoreMQ]\nlog_file = \"/tmp/a ;b #c.log\"\ncluster_secret = 'abc ;def'\n",
+        |_| None,
+    )
+    .unwrap();
+    assert_eq!(
+        c.mq.log_file,
+        coremq_config::LogTarget::File("/tmp/a ;b #c.log".into())
+    );
+    assert_eq!(c.mq.cluster_secret.as_deref(), Some("abc ;def"));
+    assert!(err("[CoreMQ]\nlog_file = \"/tmp/a.log\" ; the log\n")
+        .contains("comments must be on their own line"));
 }
 
 #[test]
