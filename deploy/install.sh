@@ -59,9 +59,12 @@ install -m 0644 "$repo/docs/operations.md" "$repo/docs/protocol.md" \
 conf=$(mktemp)
 trap 'rm -f "$conf"' EXIT
 "$bin" --print-config >"$conf"
-# Only the first log_file (the [CoreMQ] section's).
-sed -i "0,/^log_file = stdout\$/s||log_file = $log_dir/coremq.log|" "$conf"
-grep -q "^log_file = $log_dir/coremq.log\$" "$conf" || die "could not set log_file in the default configuration"
+# Both sections' log_file: the same file is one stream, so the WebSocket and
+# HTTP listener's lines (HTTP authentication failures among them) land in
+# the log too, not in the journal.
+sed -i "s|^log_file = stdout\$|log_file = $log_dir/coremq.log|" "$conf"
+[ "$(grep -c "^log_file = $log_dir/coremq.log\$" "$conf")" = 2 ] ||
+  die "could not set both log_file lines in the default configuration"
 target=$confdir/coremq.conf
 if [ -e "$target" ]; then
   target=$confdir/coremq.conf.new

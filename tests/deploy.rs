@@ -112,7 +112,8 @@ fn installed_layout_notifies_systemd_and_says_bye() {
         (&unit, "LogsDirectory", "coremq"),
         (&unit, "StateDirectory", "coremq"),
         (&template, "StateDirectory", "coremq/%i"),
-        (&unit, "LimitMEMLOCK", "64M"),
+        (&unit, "LimitMEMLOCK", "128M"),
+        (&template, "LimitMEMLOCK", "512M"),
         (&template, "Type", "notify"),
     ] {
         assert_eq!(unit_value(u, key), want, "{key}=");
@@ -157,8 +158,11 @@ fn installed_layout_notifies_systemd_and_says_bye() {
         "install.sh made a users file"
     );
     assert!(at("/usr/local/share/doc/coremq/security.md").exists());
-    assert!(
-        conf.contains("\nlog_file = /var/log/coremq/coremq.log\n"),
+    // Both sections' (the listener's lines went to the journal).
+    assert_eq!(
+        conf.matches("\nlog_file = /var/log/coremq/coremq.log\n")
+            .count(),
+        2,
         "{conf}"
     );
 
