@@ -706,6 +706,85 @@ fn fragments_past_256_kib_take_from_max_frame_memory() {
     assert_eq!(shard_sum(&st, "frame_memory_waits"), 1, "{st}");
 }
 
+/// A message gathered past 256 KiB whose next fragments are each past
+/// 256 KiB too: the read buffer's share for such a fragment is the same
+/// connection's as the gathered message's, so it is taken beside it even
+/// with the budget at its least. The fragment waited for the share its own
+/// message held, for good.
+#[test]
+fn large_fragments_of_a_large_message_do_not_wait_for_its_own_share() {
+    let b = Broker::start(BrokerOpts::new(1).ws().set("max_frame_memory", "1"));
+    let q = uniq("ws.bigfrags");
+    let mut tcp = b.client();
+    tcp.subscribe(&[&q]);
+    let body = json!({"queue": q, "pad": "g".repeat(1_000_000)}).to_string();
+    let bytes = body.as_bytes();
+    let rest: Vec<&[u8]> = bytes[100_000..].chunks(300_000).collect();
+    let mut a = Raw::connect(b.ws_addr());
+    a.send(&frame(false, TEXT, &bytes[..100_000]));
+    for (i, c) in rest.iter().enumerate() {
+        a.send(&frame(i + 1 == rest.len(), CONT, c));
+        if i + 1 < rest.len() {
+            // A ping after each: its pong says the fragment is read (and
+            // the read buffer's share for it given back).
+            a.send(&frame(true, PING, b"read"));
+            let pong = a.next().expect("pong");
+            assert_eq!((pong.opcode, pong.payload.as_slice()), (PONG, &b"read"[..]));
+        }
+    }
+    assert_eq!(a.json()["response"], json!(OK_SENT));
+    let got = tcp.recv_msg();
+    assert_eq!(got.json["pad"].as_str().map(str::len), Some(1_000_000));
+}
+
+/// Two messages, each holding its share of `max_frame_memory` for what it
+/// gathered, each with a next fragment that needs a share of the read
+/// buffer that only the other's would make room for: the time each waits
+/// for room counts towards `frame_timeout`, so one is told so and closed
+/// and the other goes through. Both waited for good.
+#[test]
+fn two_messages_waiting_for_each_others_share_do_not_wait_for_good() {
+    let b = Broker::start(
+        BrokerOpts::new(1)
+            .ws()
+            .set("max_message_size", "1M")
+            .set("max_frame_memory", "1600K")
+            .set("frame_timeout", "1"),
+    );
+    let q = uniq("ws.deadlock");
+    let mut tcp = b.client();
+    tcp.subscribe(&[&q]);
+    let body = json!({"queue": q, "pad": "h".repeat(700_000)}).to_string();
+    let bytes = body.as_bytes();
+    let mut ab = [Raw::connect(b.ws_addr()), Raw::connect(b.ws_addr())];
+    // Each gathers 400 kB (a share of 768 KiB; two fit in 1600K), in
+    // fragments the read buffer holds without a share of its own.
+    for c in ab.iter_mut() {
+        c.send(&frame(false, TEXT, &bytes[..200_000]));
+        c.send(&frame(false, CONT, &bytes[200_000..400_000]));
+        c.send(&frame(true, PING, b"read"));
+        let pong = c.next().expect("pong");
+        assert_eq!(pong.opcode, PONG);
+    }
+    // Then the rest in one fragment past 256 KiB: the read buffer's share
+    // for it fits beside neither.
+    for c in ab.iter_mut() {
+        c.send(&frame(true, CONT, &bytes[400_000..]));
+    }
+    let said: Vec<String> = ab
+        .iter_mut()
+        .map(|c| c.json()["response"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let ok = said.iter().filter(|s| *s == OK_SENT).count();
+    let timed_out = said
+        .iter()
+        .filter(|s| s.contains("did not arrive within frame_timeout"))
+        .count();
+    assert_eq!((ok, timed_out), (1, 1), "{said:?}");
+    let got = tcp.recv_msg();
+    assert_eq!(got.json["pad"].as_str().map(str::len), Some(700_000));
+}
+
 /// A fragmented message holding its share of `max_frame_memory` must be
 /// complete within `frame_timeout` of the broker waiting for it: a client
 /// that goes on sending tiny fragments of it, never idle, is told so and

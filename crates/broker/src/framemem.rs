@@ -27,8 +27,8 @@ pub(crate) struct FrameMemory {
     used: AtomicUsize,
     budget: usize,
     /// Tickets of the frames waiting for room, oldest first, with when
-    /// each looked last.
-    line: Mutex<VecDeque<(u64, Instant)>>,
+    /// each looked last and the bytes it needs.
+    line: Mutex<VecDeque<(u64, Instant, usize)>>,
     /// `line.len()`, read without the lock on the way of every frame.
     waiting: AtomicUsize,
     /// The next ticket.
@@ -77,13 +77,39 @@ impl FrameMemory {
 
     /// Takes `n` more bytes for a buffer that holds `mine` already, if
     /// they fit in the budget — or if nobody else holds any: one frame as
-    /// large as any connection may send always goes through. Only when no
-    /// frame waits in line ([`FrameMemory::wait_turn`]): one that arrives
-    /// later does not go first. A buffer that holds some already may take
-    /// more while nobody else holds any (it is not in anyone's way).
+    /// large as any connection may send always goes through. While frames
+    /// wait in line ([`FrameMemory::wait_turn`]), only if the oldest of them
+    /// still fits beside it: one that arrives later does not go first. A
+    /// buffer that holds some already may take more while nobody else holds
+    /// any (it is not in anyone's way).
     pub(crate) fn take(&self, n: usize, mine: usize) -> bool {
-        let first = self.waiting.load(Ordering::Acquire) == 0;
-        self.try_take(n, mine, first)
+        if self.waiting.load(Ordering::Acquire) == 0 {
+            return self.try_take(n, mine, true);
+        }
+        let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
+        Self::drop_stale(&mut line, None, Instant::now());
+        self.waiting.store(line.len(), Ordering::Release);
+        match line.front() {
+            None => self.try_take(n, mine, true),
+            Some(&(_, _, need)) => self
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    let both = u + n + need <= self.budget;
+                    (both || mine > 0 && u == mine).then_some(u + n)
+                })
+                .is_ok(),
+        }
+    }
+
+    /// Drops the waiters at the front of `line` that stopped looking (but
+    /// `keep`'s); further back they keep their place until they get there.
+    fn drop_stale(line: &mut VecDeque<(u64, Instant, usize)>, keep: Option<u64>, now: Instant) {
+        while line
+            .front()
+            .is_some_and(|&(t, seen, _)| Some(t) != keep && now.duration_since(seen) >= STALE)
+        {
+            line.pop_front();
+        }
     }
 
     /// [`FrameMemory::take`] for a frame that waits for room if there is
@@ -97,25 +123,20 @@ impl FrameMemory {
         }
         let now = Instant::now();
         let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
-        // Those at the front that stopped looking are out of everyone's
-        // way (further back they keep their place until they get there).
-        while line
-            .front()
-            .is_some_and(|&(t, seen)| Some(t) != *ticket && now.duration_since(seen) >= STALE)
-        {
-            line.pop_front();
-        }
+        // Those at the front that stopped looking are out of everyone's way.
+        Self::drop_stale(&mut line, *ticket, now);
         // Tickets grow, so the line is in ticket order.
-        let place = ticket.and_then(|t| line.binary_search_by_key(&t, |&(x, _)| x).ok());
+        let place = ticket.and_then(|t| line.binary_search_by_key(&t, |&(x, _, _)| x).ok());
         let served = match place {
             Some(i) => {
                 line[i].1 = now;
+                line[i].2 = n;
                 i == 0 && self.try_take(n, mine, true)
             }
             None => {
                 // First time, or its place was lost: the back of the line.
                 let t = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-                line.push_back((t, now));
+                line.push_back((t, now, n));
                 *ticket = Some(t);
                 line.len() == 1 && self.try_take(n, mine, true)
             }
@@ -133,7 +154,7 @@ impl FrameMemory {
     pub(crate) fn leave(&self, ticket: &mut Option<u64>) {
         if let Some(t) = ticket.take() {
             let mut line = self.line.lock().unwrap_or_else(|e| e.into_inner());
-            if let Ok(i) = line.binary_search_by_key(&t, |&(x, _)| x) {
+            if let Ok(i) = line.binary_search_by_key(&t, |&(x, _, _)| x) {
                 line.remove(i);
             }
             self.waiting.store(line.len(), Ordering::Release);
@@ -151,6 +172,12 @@ impl FrameMemory {
 
     pub(crate) fn give(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Frames waiting in line.
+    #[cfg(test)]
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Bytes taken, on all shards.
@@ -219,6 +246,28 @@ mod tests {
         m.give(100);
         assert!(!m.wait_turn(100, 0, &mut gone));
         assert!(m.wait_turn(100, 0, &mut later));
+    }
+
+    /// A plain take (a WebSocket message gathered past 256 KiB, which cannot
+    /// wait) passes the line only where the oldest waiter still fits beside
+    /// it, and a waiter that stopped looking holds it up no longer than
+    /// [`STALE`] (it was refused for as long as that entry stayed).
+    #[test]
+    fn a_plain_take_goes_where_the_first_waiter_still_fits() {
+        let m = FrameMemory::new(300);
+        assert!(m.take(200, 0));
+        let mut w = None;
+        assert!(!m.wait_turn(200, 0, &mut w));
+        // 50 would fit, but then the waiter's 200 would not.
+        assert!(!m.take(50, 0));
+        m.give(200);
+        // All free. The waiter needs 200: 100 may go beside it, 150 not.
+        assert!(!m.take(150, 0));
+        assert!(m.take(100, 0));
+        m.give(100);
+        std::thread::sleep(STALE + Duration::from_millis(20));
+        assert!(m.take(150, 0), "the stale waiter is out of the way");
+        assert_eq!(m.waiting.load(Ordering::Relaxed), 0);
     }
 
     /// One maximal frame always goes through when nobody holds any, and a

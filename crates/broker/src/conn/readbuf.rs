@@ -128,6 +128,13 @@ impl ReadBuf {
     /// Space to read into, growing the buffer (up to `max`) when a frame is
     /// longer than what fits or the peer keeps it full.
     pub(crate) fn spare(&mut self, max: usize) -> &mut [u8] {
+        self.spare_beside(max, 0)
+    }
+
+    /// [`ReadBuf::spare`] for a connection that holds `beside` bytes of the
+    /// budget elsewhere (its framing's share for a message still arriving):
+    /// as its own when it asks for more.
+    pub(crate) fn spare_beside(&mut self, max: usize, beside: usize) -> &mut [u8] {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -159,7 +166,7 @@ impl ReadBuf {
                 let past = grown.saturating_sub(READ_BUSY);
                 if past > self.held {
                     let more = past - self.held;
-                    let held = self.held;
+                    let held = self.held + beside;
                     let ticket = &mut self.ticket;
                     if (self.memory.as_ref()).is_some_and(|m| !m.wait_turn(more, held, ticket)) {
                         self.starved = true;
@@ -171,6 +178,11 @@ impl ReadBuf {
             }
         }
         self.starved = false;
+        // Room came another way (the parsed frames' space reused): no more
+        // waiting, so its place in line must not hold up those behind it.
+        if self.ticket.is_some() {
+            self.unqueue();
+        }
         &mut self.data[self.end..]
     }
 
@@ -348,5 +360,24 @@ mod tests {
         assert_eq!(fill(&mut c, MAX), MAX);
         assert_eq!(fill(&mut d, MAX), READ_BUSY);
         assert!(d.starved());
+    }
+
+    /// A starved buffer whose frames get parsed finds room by moving the
+    /// rest down: it waits no longer, so it leaves the line (its place held
+    /// up every frame behind it for 0.5 s, and plain takes for good).
+    #[test]
+    fn room_found_without_a_turn_gives_the_place_up() {
+        let memory = FrameMemory::new(1);
+        let mut holder = ReadBuf::new(MAX, Some(memory.clone()));
+        assert_eq!(fill(&mut holder, MAX), MAX);
+        let mut b = ReadBuf::new(MAX, Some(memory.clone()));
+        assert_eq!(fill(&mut b, MAX), READ_BUSY);
+        assert!(b.starved() && b.ticket.is_some());
+        // Its frames are parsed (a held-back parse resumed): the rest moves
+        // down and it reads on.
+        b.start = b.end - 10;
+        assert!(!b.spare(MAX).is_empty());
+        assert_eq!(b.ticket, None);
+        assert_eq!(memory.waiting(), 0);
     }
 }

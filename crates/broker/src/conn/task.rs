@@ -97,10 +97,15 @@ pub(crate) trait Wire {
     /// Bytes arrived from the peer.
     fn note_input(&mut self) {}
 
-    /// Whether the framing holds a share of `max_frame_memory` for a
-    /// message still arriving (beside the read buffer's own).
+    /// Bytes of `max_frame_memory` the framing holds for a message still
+    /// arriving (beside the read buffer's own).
+    fn memory_held(&self) -> usize {
+        0
+    }
+
+    /// Whether the framing holds a share of `max_frame_memory`.
     fn holds_memory(&self) -> bool {
-        false
+        self.memory_held() > 0
     }
 
     /// Whether the loop reads the socket now (false while backpressure or
@@ -500,7 +505,10 @@ fn poll_conn<W: Wire>(
         // Read side: only while this connection's publishes in flight are
         // under their window, its own backlog under max_pending, and the
         // shard's outboxes have room (backpressure; see conn/flow.rs).
-        let spare = rbuf.spare(max_frame);
+        // What the framing holds is this connection's too: alone in the
+        // budget, it may grow past it (else a WebSocket message gathered
+        // past 256 KiB whose next fragment is past it too waited for itself).
+        let spare = rbuf.spare_beside(max_frame, wire.memory_held());
         let limit = spare.len().min(conn.flow.read_limit());
         let spare = &mut spare[..limit];
         wire.reading(!spare.is_empty());
@@ -526,6 +534,12 @@ fn poll_conn<W: Wire>(
             if io.frame_wait.is_none() {
                 Counters::add(&shard.counters().frame_memory_waits, 1);
                 shard.node().shared.frame_memory.note_wait();
+            }
+            // Waiting for room while holding a share counts towards
+            // frame_timeout: two such connections each waiting for what
+            // the other holds waited for good.
+            if rbuf.holds_memory() || wire.holds_memory() {
+                frame_clock(shard, conn, io, true, cx);
             }
             let t = io
                 .frame_wait

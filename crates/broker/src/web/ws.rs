@@ -354,8 +354,8 @@ impl Wire for WsWire {
         self.last_seen = Instant::now();
     }
 
-    fn holds_memory(&self) -> bool {
-        self.held > 0
+    fn memory_held(&self) -> usize {
+        self.held
     }
 
     fn reading(&mut self, on: bool) {
