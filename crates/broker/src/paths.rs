@@ -82,12 +82,15 @@ pub fn check_writable(path: &Path, kind: Kind) -> Result<(), String> {
     }
 }
 
-/// What is already in `dir` (a `data_dir` a node used): every directory and
-/// file writable by this process, which a start appends to and rewrites —
-/// else a start as another user than the one that made them (files of a
-/// root start, then the service's user) fails on the first of them. A
-/// missing `dir` is fine (it is made). At most [`TREE_LIMIT`] entries are
-/// looked at, a few levels deep (the layout is `data_dir/<generation>/<shard>/`).
+/// What durable history already has in `dir` (a `data_dir` a node used):
+/// its `LOCK`, `CURRENT` and `gen-*` trees, every directory and file of them
+/// writable by this process, which a start appends to and rewrites — else a
+/// start as another user than the one that made them (files of a root
+/// start, then the service's user) fails on the first of them. Nothing else
+/// in `dir` is the store's (a mount point's `lost+found`, an operator's
+/// backup): not looked at. A missing `dir` is fine (it is made). At most
+/// [`TREE_LIMIT`] entries are looked at, a few levels deep (the layout is
+/// `data_dir/gen-N/shard-N/`).
 pub fn check_tree_writable(dir: &Path) -> Result<(), String> {
     let mut todo = vec![(dir.to_path_buf(), 0)];
     let mut seen = 0;
@@ -96,6 +99,11 @@ pub fn check_tree_writable(dir: &Path) -> Result<(), String> {
             continue;
         };
         for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if depth == 0 && !(name == "LOCK" || name == "CURRENT" || name.starts_with("gen-")) {
+                continue;
+            }
             seen += 1;
             if seen > TREE_LIMIT {
                 return Ok(());

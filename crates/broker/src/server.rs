@@ -137,7 +137,10 @@ pub fn start(config: Config) -> Result<Running, BrokerError> {
         Some(dir) => {
             check_data_dir(&mq)?;
             let max_body = crate::store::max_record_body(mq.max_message_size);
-            let lock = crate::store::disk::lock(dir).map_err(BrokerError::DataDir)?;
+            let lock = crate::store::disk::lock(dir).map_err(|e| match e {
+                crate::store::disk::LockError::Config(m) => BrokerError::DataDir(m),
+                crate::store::disk::LockError::Other(m) => BrokerError::Storage(m),
+            })?;
             let gen =
                 crate::store::disk::prepare(dir, shards, max_body).map_err(BrokerError::Storage)?;
             (Some(gen), Some(lock))

@@ -63,25 +63,47 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), DiskError> {
         .map_err(|e| format!("cannot sync {}: {e}", dir.display()))
 }
 
+/// Why the data directory could not be locked.
+pub(crate) enum LockError {
+    /// The configuration's fault, to be fixed, not retried: a directory this
+    /// user cannot make or write, a file in the way, a read-only mount.
+    Config(String),
+    /// Something that may pass: another node holds the lock (one stopping
+    /// as this one starts), an I/O error, a full disk.
+    Other(String),
+}
+
 /// The data directory, made if need be and locked for this process: held as
-/// long as the returned file. Its errors are the configuration's (a
-/// directory this user cannot make or write, or one another node uses), so
-/// the caller reports them as such; what [`prepare`] finds inside is not.
-pub(crate) fn lock(data_dir: &Path) -> Result<fs::File, DiskError> {
+/// long as the returned file. What [`prepare`] finds inside is no
+/// configuration error.
+pub(crate) fn lock(data_dir: &Path) -> Result<fs::File, LockError> {
+    let why = |what: String, e: std::io::Error| {
+        let config = e.kind() == std::io::ErrorKind::PermissionDenied
+            || matches!(
+                e.raw_os_error(),
+                Some(libc::EROFS | libc::ENOTDIR | libc::EISDIR | libc::EEXIST)
+            );
+        let msg = format!("{what}: {e}");
+        if config {
+            LockError::Config(msg)
+        } else {
+            LockError::Other(msg)
+        }
+    };
     fs::create_dir_all(data_dir)
-        .map_err(|e| format!("cannot create data_dir {}: {e}", data_dir.display()))?;
+        .map_err(|e| why(format!("cannot create data_dir {}", data_dir.display()), e))?;
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(data_dir.join("LOCK"))
-        .map_err(|e| format!("cannot open {}/LOCK: {e}", data_dir.display()))?;
+        .map_err(|e| why(format!("cannot open {}/LOCK", data_dir.display()), e))?;
     // SAFETY: flock on a descriptor we own; no memory is involved.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
+        return Err(LockError::Other(format!(
             "data_dir {} is in use by another coremq process (its LOCK is held)",
             data_dir.display()
-        ));
+        )));
     }
     Ok(lock)
 }
