@@ -163,8 +163,10 @@ pub fn secret_file_warnings(
         files.push(("users_file", p, "password hashes"));
     }
     let sets_secret = |text: String| {
-        text.lines()
-            .any(|l| l.trim_start().starts_with("cluster_secret"))
+        text.lines().any(|l| {
+            let l = l.trim_start().as_bytes();
+            l.len() >= 14 && l[..14].eq_ignore_ascii_case(b"cluster_secret")
+        })
     };
     if let Some(p) = config_file
         .filter(|p| mq.cluster_secret.is_some() && fs::read_to_string(p).is_ok_and(sets_secret))
@@ -268,6 +270,9 @@ mod tests {
             w.len() == 1 && w[0].starts_with("the configuration file ") && !w[0].contains("s3cret"),
             "{w:?}"
         );
+        // The key in any case (keys are case-insensitive).
+        fs::write(&conf, "[coremq]\n  Cluster_Secret = s3cret\n").unwrap();
+        assert_eq!(said(&mq).len(), 1, "{:?}", said(&mq));
         // A secret from the environment is not in the file.
         fs::write(&conf, "[CoreMQ]\nport = 1\n").unwrap();
         assert_eq!(said(&mq), Vec::<String>::new());
