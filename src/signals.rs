@@ -44,6 +44,9 @@ struct Started {
     node: Option<Node>,
     /// A stop signal came during start-up.
     stop_asked: bool,
+    /// A SIGHUP came during start-up: the access rules and TLS files are
+    /// reloaded once the node is up (they were being loaded then).
+    reload_asked: bool,
 }
 
 impl Handle {
@@ -56,6 +59,9 @@ impl Handle {
     /// calls it ready).
     pub fn attach(&self, stopper: Stopper, reloader: Reloader) -> bool {
         let mut st = self.lock();
+        if std::mem::take(&mut st.reload_asked) && !st.stop_asked {
+            reload(&reloader);
+        }
         st.node = Some(Node { stopper, reloader });
         st.stop_asked
     }
@@ -64,8 +70,8 @@ impl Handle {
 /// Serves the signals on a thread of their own, from before the shards
 /// start: a first SIGTERM or SIGINT during start-up stops the node as soon as
 /// it is up (never called ready), and a second one exits at once, as it does
-/// later; SIGHUP during start-up reopens the log files (the access rules are
-/// being loaded then).
+/// later; SIGHUP during start-up reopens the log files at once and reloads
+/// the access rules and TLS files once the node is up.
 pub fn spawn(signals: Option<Signals>, reopeners: Vec<Reopener>) -> Handle {
     let handle = Handle::default();
     let Some(mut signals) = signals else {
@@ -77,8 +83,16 @@ pub fn spawn(signals: Option<Signals>, reopeners: Vec<Reopener>) -> Handle {
         for sig in signals.forever() {
             if sig == SIGHUP {
                 reopen(&reopeners);
-                if let Some(node) = &h.lock().node {
-                    reload(&node.reloader);
+                let mut st = h.lock();
+                match &st.node {
+                    Some(node) => reload(&node.reloader),
+                    None => {
+                        tracing::info!(
+                            "SIGHUP during start-up: the access rules and TLS files are \
+                             reloaded once the shards are up"
+                        );
+                        st.reload_asked = true;
+                    }
                 }
                 continue;
             }

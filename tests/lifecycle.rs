@@ -259,6 +259,17 @@ fn stop_signals_during_start_up_are_served_then() {
             "{signals} signal(s): called ready after a stop during start-up"
         );
     }
+    // A SIGHUP then reloads what the start was loading once the node is up
+    // (it was dropped: an edit and a `systemctl reload` during a long start
+    // were lost).
+    let mut pki = common::tls::Pki::new("CoreMQ test CA");
+    let pair = pki.server();
+    let mut b = Broker::spawn(&BrokerOpts::new(96).tls(&pair));
+    wait_log(&b, "starting CoreMQ");
+    b.signal(libc::SIGHUP);
+    wait_log(&b, "SIGHUP during start-up");
+    b.wait_ready();
+    wait_log(&b, "SIGHUP: TLS certificate reloaded");
 }
 
 /// SIGTERM while a publisher is flooding: every message the publisher saw an OK for
