@@ -629,6 +629,8 @@ fn a_lost_ping_pong_reply_is_two_messages_lost() {
     let ctx = r.to_text();
     // The 50th publish (the 25th round trip's echo) is dropped: 24 done.
     assert_eq!((r.expected, r.delivered, r.lost), (50, 48, 2), "{ctx}");
+    // 25 pings and 25 echoes were published (the lost ping was left out).
+    assert_eq!(r.published, 50, "{ctx}");
     assert!(ctx.contains("no reply within"), "{ctx}");
 }
 

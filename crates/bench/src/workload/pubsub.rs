@@ -220,9 +220,13 @@ pub fn run(
                 let before = tracker.received;
                 let open = sub.pump(&mut |data| {
                     let now = *now_us.get_or_insert_with(|| sh.now_us());
-                    numbered += has_seq(data) as u64;
                     let m = read_marker(data);
+                    let in_order = tracker.in_order();
                     tracker.record(m.map(|(seq, _)| seq));
+                    // Of the deliveries counted (a repeat is none).
+                    if tracker.in_order() > in_order {
+                        numbered += has_seq(data) as u64;
+                    }
                     if let Some((_, sent)) = m {
                         latency::record(&mut hist, now.saturating_sub(sent));
                     }
