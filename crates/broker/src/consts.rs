@@ -35,6 +35,19 @@ pub(crate) fn is_conn_id(queue: &str) -> bool {
         })
 }
 
+/// The longest name `queue` may have under `max_queue_name_length` = `max`:
+/// `max`, but a connection id's own length for a connection id, which is the
+/// broker's name for a connection, not one the client chose: it stays
+/// reachable whatever the limit (PROTOCOL.md §2). The id's shape is looked
+/// at only for a name over `max`.
+pub(crate) fn name_limit(queue: &str, max: usize) -> usize {
+    if queue.len() > max && is_conn_id(queue) {
+        queue.len()
+    } else {
+        max
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +65,15 @@ mod tests {
         assert!(!is_conn_id(&format!("{id}x")));
         assert!(!is_conn_id("00000000x0000-4000-8000-000000000001"));
         assert!(!is_conn_id("news"));
+    }
+
+    #[test]
+    fn a_connection_id_is_under_any_name_limit() {
+        let id = "00000000-0000-4000-8000-000000000001";
+        assert_eq!(name_limit(id, 10), 36);
+        assert_eq!(name_limit(&"q".repeat(36), 10), 10);
+        assert_eq!(name_limit("short", 10), 10);
+        assert_eq!(name_limit(id, 255), 255);
     }
 
     #[test]

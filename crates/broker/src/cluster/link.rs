@@ -3,7 +3,7 @@
 
 use super::Cluster;
 use crate::conn::io::Io;
-use crate::consts::{is_conn_id, is_reserved};
+use crate::consts::{is_reserved, name_limit};
 use crate::msg::{MsgFrame, Relay, Request, Via};
 use crate::node::PeerCounters;
 use crate::shard::Shard;
@@ -866,7 +866,7 @@ fn forwarded(shard: &Shard, link: &Link, queue: &str, json: &[u8]) {
     }
     match proto::parse_message_limited(json, cfg.max_queue_name_length, cfg.max_json_depth) {
         Ok(proto::ClientMessage::Publish(ref p))
-            if queue.len() <= cfg.max_queue_name_length || is_conn_id(queue) =>
+            if queue.len() <= name_limit(queue, cfg.max_queue_name_length) =>
         {
             let sender = to.as_deref().unwrap_or("replicant");
             let stamps = proto::Stamps::new(sender, &shard.node().server);

@@ -5,7 +5,7 @@
 //! the connection stays open.
 
 use super::state::{Conn, ReplyKind, SubState, Waiting};
-use crate::consts::is_conn_id;
+use crate::consts::{is_conn_id, name_limit};
 use crate::link_auth;
 use crate::msg::{MsgKey, Request, Since, Subscription};
 use crate::refusal::Refusal;
@@ -32,9 +32,7 @@ pub(crate) fn handle_body(shard: &Rc<Shard>, conn: &Rc<Conn>, body: &[u8]) {
     };
     match proto::parse_message_limited(json, max_q, shard.cfg().max_json_depth) {
         Ok(ClientMessage::Publish(ref p)) => {
-            // A connection id is the broker's name, not the client's: it
-            // stays reachable whatever the limit (PROTOCOL.md §2).
-            if queue.len() > max_q && !is_conn_id(queue) {
+            if queue.len() > name_limit(queue, max_q) {
                 return fail(proto::BodyError::QueueNameTooLong {
                     len: queue.len(),
                     max: max_q,

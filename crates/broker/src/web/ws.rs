@@ -472,12 +472,7 @@ fn classify(text: &[u8], max_q: usize, max_depth: usize) -> Text<'_> {
     let Some(queue) = queue else {
         return Text::Refused(Refusal::UnknownMessage);
     };
-    // A connection id stays reachable whatever the limit (as over TCP).
-    let max_q = if crate::consts::is_conn_id(&queue) {
-        max_q.max(queue.len())
-    } else {
-        max_q
-    };
+    let max_q = crate::consts::name_limit(&queue, max_q);
     if let Err(e) = proto::validate_queue_name(queue.as_bytes(), max_q) {
         return Text::Refused(Refusal::Body(e));
     }
