@@ -7,7 +7,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What kind of thing a path must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,24 +173,63 @@ pub fn secret_file_warnings(
     {
         files.push(("the configuration file", p, "cluster_secret"));
     }
-    files
-        .into_iter()
-        .filter_map(|(name, path, what)| {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
-            let can = match (mode & 0o004 != 0, mode & 0o022 != 0) {
-                (false, false) => return None,
-                (true, false) => "read",
-                (false, true) => "change",
-                (true, true) => "read and change",
-            };
-            Some(format!(
+    let mut said = Vec::new();
+    for (name, path, what) in files {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = fs::metadata(path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        let can = match (mode & 0o004 != 0, mode & 0o022 != 0) {
+            (false, false) => None,
+            (true, false) => Some("read"),
+            (false, true) => Some("change"),
+            (true, true) => Some("read and change"),
+        };
+        if let Some(can) = can {
+            said.push(format!(
                 "{name} {} holds {what}, and other users of this machine can {can} it \
                  (mode {mode:04o}): chmod 600 it, or 640 with a group the broker runs in",
                 path.display()
-            ))
-        })
-        .collect()
+            ));
+        }
+        if let Some((dir, mode)) = open_directory_above(path) {
+            said.push(format!(
+                "{name} {} holds {what}, and other users of this machine can replace it: \
+                 the directory {} (mode {mode:04o}) lets others than its owner create \
+                 and remove files in it; chmod go-w it, or move the file",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    said
+}
+
+/// The first directory above `path` (as written, and as its links
+/// resolve) that others than its owner may write to without the sticky
+/// bit: whoever can, can put another file in the secret's place. A sticky
+/// directory (`/tmp`) lets only a file's owner remove or rename it.
+fn open_directory_above(path: &Path) -> Option<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let written = std::path::absolute(path).ok();
+    let resolved = fs::canonicalize(path).ok();
+    let mut seen = std::collections::HashSet::new();
+    for p in written.iter().chain(resolved.iter()) {
+        for dir in p.ancestors().skip(1) {
+            if !seen.insert(dir.to_path_buf()) {
+                continue;
+            }
+            let Ok(meta) = fs::metadata(dir) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Some((dir.to_path_buf(), mode & 0o1777));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -275,6 +314,42 @@ mod tests {
         assert_eq!(said(&mq).len(), 1, "{:?}", said(&mq));
         // A secret from the environment is not in the file.
         fs::write(&conf, "[CoreMQ]\nport = 1\n").unwrap();
+        assert_eq!(said(&mq), Vec::<String>::new());
+        // A directory above the file where others may put another file in
+        // its place: named, as written and through a link; sticky is fine.
+        let open = base.join("open");
+        let inner = open.join("keys");
+        fs::create_dir_all(&inner).unwrap();
+        let key2 = inner.join("key.pem");
+        fs::write(&key2, b"not shown").unwrap();
+        mode(&key2, 0o600);
+        mq.tls.key_file = Some(key2.clone());
+        let replace = |mq: &coremq_config::MqConfig, dir: &Path, m: u32| {
+            let w = said(mq);
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].starts_with("tls_key_file ")
+                    && w[0].contains("can replace it")
+                    && w[0].contains(&format!("directory {} (mode {m:04o})", dir.display()))
+                    && !w[0].contains("not shown"),
+                "{w:?}"
+            );
+        };
+        for m in [0o777, 0o775] {
+            mode(&open, m);
+            replace(&mq, &open, m);
+        }
+        for m in [0o1777, 0o755, 0o750] {
+            mode(&open, m);
+            assert_eq!(said(&mq), Vec::<String>::new(), "mode {m:o}");
+        }
+        // Through a link from a closed directory into the open one.
+        mode(&open, 0o777);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&inner, &link).unwrap();
+        mq.tls.key_file = Some(link.join("key.pem"));
+        replace(&mq, &open, 0o777);
+        mode(&open, 0o755);
         assert_eq!(said(&mq), Vec::<String>::new());
         let _ = fs::remove_dir_all(&base);
     }
