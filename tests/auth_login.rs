@@ -311,3 +311,68 @@ fn argon2_logins_do_not_stall_other_clients() {
         );
     }
 }
+
+/// A burst of wrong passwords from one address — each an Argon2 run of the
+/// default cost, the lot far longer than `auth_timeout` — waits in that
+/// address's line: a login from another address is checked next, while
+/// nearly all of the burst still waits, and a login queued behind the
+/// burst on its own address is checked in the end, not closed for having
+/// sent nothing within `auth_timeout`. (Handed to the shard's one blocking
+/// thread as they came, the burst shut every login out for its length.)
+#[test]
+fn a_burst_of_wrong_logins_holds_up_its_own_address_only() {
+    const BURST: usize = 150;
+    // What `coremq-cli passwd` makes (m=19456, t=2): tens of milliseconds.
+    let salt = argon2::password_hash::SaltString::encode_b64(b"coremq-burst-test").unwrap();
+    let hashed = argon2::password_hash::PasswordHasher::hash_password(
+        &argon2::Argon2::default(),
+        b"alice-pw",
+        &salt,
+    )
+    .unwrap()
+    .to_string();
+    let f = Fixture::new(&format!("[user:alice]\npassword = {hashed}\npublish = *\n"));
+    let b = Broker::start(f.opts(1).set("auth_timeout", "1"));
+    let (here, elsewhere) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+    let mut burst: Vec<Client> = (0..BURST)
+        .map(|_| Client::connect_from(here, b.addr(), NODE))
+        .collect();
+    for c in &mut burst {
+        c.command(&json!({"coremq_auth": {"user": "alice", "password": "wrong"}}));
+    }
+    let mut same = Client::connect_from(here, b.addr(), NODE);
+    same.command(&json!({"coremq_auth": {"user": "alice", "password": "alice-pw"}}));
+    let mut other = Client::connect_from(elsewhere, b.addr(), NODE);
+    let r = auth_reply(&mut other, json!({"user": "alice", "password": "alice-pw"}));
+    assert_eq!(r, json!({"response": "OK: Authenticated", "user": "alice"}));
+    // How much of the burst had been checked by then.
+    let mut failed = [false; BURST];
+    let mut answered = 0;
+    for (i, c) in burst.iter_mut().enumerate() {
+        if let Ok(f) = c.try_recv_reply(Duration::from_millis(1)) {
+            assert_eq!(f.json, json!({"response": "ERROR: Authentication failed"}));
+            failed[i] = true;
+            answered += 1;
+        }
+    }
+    println!("the other address's login was answered after {answered} of {BURST} wrong ones");
+    assert!(
+        answered < BURST / 2,
+        "the other address's login waited for {answered} of {BURST} wrong ones"
+    );
+    // The one behind the burst on the same address: checked, not timed out.
+    let r = same
+        .try_recv_reply(Duration::from_secs(120))
+        .expect("the login behind the burst answered");
+    assert_eq!(
+        r.json,
+        json!({"response": "OK: Authenticated", "user": "alice"})
+    );
+    // And every wrong one failed.
+    for (i, c) in burst.iter_mut().enumerate().filter(|(i, _)| !failed[*i]) {
+        let f = c
+            .try_recv_reply(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("wrong login {i} unanswered: {e:?}"));
+        assert_eq!(f.json, json!({"response": "ERROR: Authentication failed"}));
+    }
+}

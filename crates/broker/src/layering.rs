@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("stats", 0),
     ("drain", 0),
     ("link_auth", 0),
+    ("logins", 0),
     ("tls", 0),
     ("wsframe", 0),
     ("sources", 0),

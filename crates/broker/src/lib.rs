@@ -24,7 +24,8 @@
 //!    encoded into a connection's buffer), `sources` (where a would-be
 //!    replicant may connect from: host names resolved off the shard),
 //!    `paths` (whether `data_dir` and log files can be written), `framemem`
-//!    (`max_frame_memory`, the node's budget for large frames arriving).
+//!    (`max_frame_memory`, the node's budget for large frames arriving),
+//!    `logins` (password checks in turn by source address).
 //! 1. **What travels** — `frame` (a stored message's key and encoded frame),
 //!    `msg` (connection keys, requests, responses), `node`
 //!    (node-wide facts), `mesh` (batched, bounded cross-shard channels),
@@ -72,6 +73,7 @@ mod kvop;
 #[cfg(test)]
 mod layering;
 mod link_auth;
+mod logins;
 mod memcache;
 mod mesh;
 mod msg;

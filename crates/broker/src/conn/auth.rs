@@ -2,14 +2,17 @@
 //!
 //! A password is checked with Argon2id, which takes tens of milliseconds by
 //! design: that runs on the shard's blocking pool, never on the shard, so the
-//! shard's other connections do not wait for it; a pair checked before is
+//! shard's other connections do not wait for it, and in turn by source
+//! address (logins.rs), so one client's burst of wrong passwords does not
+//! hold everyone else's logins up; a pair checked before is
 //! answered from the authority's cache at once. Meanwhile nothing more of
 //! this connection is read, so the requests it pipelined behind its
 //! `coremq_auth` are judged with the rights the answer gives. Tokens are
 //! checked in place (a signature check costs microseconds).
 //!
 //! The clocks: a connection that can do nothing without authenticating is
-//! closed after `auth_timeout` unless it authenticates, and one that
+//! closed after `auth_timeout` unless it authenticates (credentials it sent
+//! in time are checked first, however long that waits), and one that
 //! authenticated with a token is closed when the token expires, unless a new
 //! `coremq_auth` for the same user moved the expiry.
 
@@ -28,6 +31,10 @@ use std::time::SystemTime;
 
 /// What a client reads when it authenticated.
 const OK_AUTHENTICATED: &str = "OK: Authenticated";
+
+/// How often the `auth_timeout` clock looks again at a connection whose
+/// password is being checked when it runs out.
+const VERIFYING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Starts the clocks for a new connection: without anonymous rights it has
 /// `auth_timeout` to authenticate.
@@ -70,6 +77,11 @@ pub(crate) fn start_auth_clock(shard: &Rc<Shard>, conn: &Rc<Conn>) {
     let shard = shard.clone();
     glommio::spawn_local(async move {
         sleep(timeout).await;
+        // Credentials sent in time are checked, however long other logins
+        // keep the check waiting (logins.rs: in turn by source address).
+        while weak.upgrade().is_some_and(|c| super::task::verifying(&c)) {
+            sleep(VERIFYING_POLL).await;
+        }
         let Some(conn) = weak.upgrade() else {
             return;
         };
@@ -107,12 +119,18 @@ pub(crate) fn authenticate(shard: &Rc<Shard>, conn: &Rc<Conn>, req: AuthRequest)
             }
             access.set_verifying(true);
             let (shard, conn) = (shard.clone(), conn.clone());
+            let source = conn.st.borrow().source;
             glommio::spawn_local(async move {
                 let check = move || authority.verify_password(&user, password.expose());
-                let result = glommio::executor().spawn_blocking(check).await;
+                // Not checked for a connection gone by its turn.
+                let open = || shard.is_open(&conn);
+                let result = crate::logins::check(source, open, check).await;
                 if let Some(access) = &conn.access {
                     access.set_verifying(false);
                 }
+                let Some(result) = result else {
+                    return;
+                };
                 conclude(&shard, &conn, result);
                 // Reading and parsing resume.
                 conn.wake();

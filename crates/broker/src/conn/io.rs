@@ -52,6 +52,15 @@ impl Io {
         }
     }
 
+    /// The address of the other end, `None` if the socket cannot say.
+    pub(crate) fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        use std::os::fd::BorrowedFd;
+        // SAFETY: the stream owns the descriptor and keeps it open for this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.raw_fd()) };
+        let addr = socket2::SockRef::from(&fd).peer_addr().ok()?;
+        addr.as_socket().map(|a| a.ip())
+    }
+
     /// Reads plaintext: 0 is the end of the stream.
     pub(crate) fn poll_read(
         &mut self,

@@ -245,6 +245,11 @@ impl Shard {
         self.home.all()
     }
 
+    /// Whether `conn` is still open on this shard.
+    pub(crate) fn is_open(&self, conn: &Conn) -> bool {
+        self.home.conn(conn.key).is_some()
+    }
+
     /// Open connections.
     pub(crate) fn conn_count(&self) -> usize {
         self.home.count()

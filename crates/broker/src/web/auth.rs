@@ -4,8 +4,8 @@
 //! URL. Without `users_file` none of this runs.
 //!
 //! Passwords are checked like `coremq_auth`'s: from the authority's cache,
-//! else with Argon2id on the blocking pool, so a page reload does not hold
-//! the shard.
+//! else with Argon2id on the blocking pool, in turn with other addresses'
+//! logins (logins.rs), so a page reload does not hold the shard.
 
 use super::http::Head;
 use crate::shard::Shard;
@@ -50,6 +50,7 @@ enum Credentials {
 pub(crate) async fn identify(
     authority: &Arc<Authority>,
     head: &Head,
+    source: crate::logins::Source,
 ) -> Result<Option<Identity>, Failure> {
     let Some(credentials) = credentials(head, head.path == "/ws")? else {
         return Ok(None);
@@ -64,9 +65,11 @@ pub(crate) async fn identify(
                 return Ok(Some(who));
             }
             let authority = authority.clone();
-            glommio::executor()
-                .spawn_blocking(move || authority.verify_password(&user, &password))
+            // A request's connection stays while it waits (nothing to skip).
+            let check = move || authority.verify_password(&user, &password);
+            crate::logins::check(source, || true, check)
                 .await
+                .expect("wanted")
                 .map(Some)
                 .map_err(Failure::Auth)
         }
@@ -80,12 +83,13 @@ pub(crate) async fn may_monitor(
     shard: &Shard,
     head: &Head,
     cert: Option<&Identity>,
+    source: crate::logins::Source,
 ) -> Result<(), Denied> {
     let Some(rules) = shard.rules() else {
         return Ok(());
     };
     let authority = rules.authority();
-    let perms = match identify(&authority, head).await {
+    let perms = match identify(&authority, head, source).await {
         Ok(Some(who)) => authority.perms(&who),
         Ok(None) => match cert {
             Some(who) => authority.perms(who),

@@ -205,7 +205,8 @@ async fn handle(
         _ => None,
     };
     if monitored {
-        if let Err(denied) = auth::may_monitor(&shard, &head, cert.as_ref()).await {
+        let source = stream.peer_ip();
+        if let Err(denied) = auth::may_monitor(&shard, &head, cert.as_ref(), source).await {
             let _ = refuse_http(&mut stream, denied, head.method == "HEAD").await;
             return Some((stream, slot));
         }
@@ -503,7 +504,7 @@ async fn upgrade(
     // (or, under mutual TLS, acting as its certificate's CN).
     let who = match shard.rules().map(|r| r.authority()) {
         None => None,
-        Some(authority) => match auth::identify(&authority, &head).await {
+        Some(authority) => match auth::identify(&authority, &head, stream.peer_ip()).await {
             Ok(who) => who.or(cert),
             Err(cause) => {
                 tracing::warn!(%cause, "websocket handshake: authentication failed");
@@ -568,6 +569,8 @@ async fn serve_upgraded(
     // idle connection holds 4 KiB, not tungstenite's eager 128 KiB
     // (bench/results/2026-12-02-websocket.md).
     let conn = shard.open_conn(Transport::WebSocket);
+    // Its logins wait in its address's line (logins.rs).
+    conn.st.borrow_mut().source = stream.peer_ip();
     if let Some(who) = who {
         crate::conn::auth::adopt(&shard, &conn, who);
     }

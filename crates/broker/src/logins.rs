@@ -1,0 +1,244 @@
+//! Password checks in turn by source address (PROTOCOL.md §8).
+//!
+//! Argon2id takes tens of milliseconds by design, on the shard's one
+//! blocking thread. Handed to that thread as they came, a burst of wrong
+//! passwords from one client (300 connections, one `coremq_auth` each)
+//! queued 15 s of checks ahead of every other login of the shard, and kept
+//! checking for connections that had long gone. Checks now wait here, one
+//! line per source address, and the thread takes the lines in turn: a
+//! login from elsewhere waits for at most one check of each address that
+//! has some waiting. A check whose requester is gone by its turn is
+//! skipped, not run.
+//!
+//! One line per shard thread (each shard is one executor with its own
+//! blocking thread), so nothing here is shared between threads.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::net::IpAddr;
+use std::task::{Poll, Waker};
+
+/// Where a check comes from: the peer's address, `None` where the
+/// transport does not say (they share one line).
+pub(crate) type Source = Option<IpAddr>;
+
+#[derive(Default)]
+struct Lines {
+    /// A check is on the blocking thread (or has been given its turn).
+    busy: bool,
+    next_ticket: u64,
+    /// Sources with checks waiting, in the order their next is served.
+    order: VecDeque<Source>,
+    /// Each source's waiting tickets, oldest first.
+    waiting: HashMap<Source, VecDeque<u64>>,
+    /// Wakers of waiting tickets.
+    wakers: HashMap<u64, Waker>,
+    /// The ticket given the thread and not yet taken up by its waiter.
+    granted: Option<u64>,
+}
+
+thread_local! {
+    static LINES: RefCell<Lines> = RefCell::new(Lines::default());
+}
+
+impl Lines {
+    /// The thread is free: the next source's oldest check gets it.
+    fn pass_on(&mut self) {
+        self.busy = false;
+        self.granted = None;
+        while let Some(source) = self.order.pop_front() {
+            let Some(line) = self.waiting.get_mut(&source) else {
+                continue;
+            };
+            let Some(ticket) = line.pop_front() else {
+                self.waiting.remove(&source);
+                continue;
+            };
+            if line.is_empty() {
+                self.waiting.remove(&source);
+            } else {
+                self.order.push_back(source);
+            }
+            self.busy = true;
+            self.granted = Some(ticket);
+            if let Some(w) = self.wakers.remove(&ticket) {
+                w.wake();
+            }
+            return;
+        }
+    }
+
+    /// A waiter went away before its turn came (or with its turn).
+    fn leave(&mut self, source: Source, ticket: u64) {
+        self.wakers.remove(&ticket);
+        if self.granted == Some(ticket) {
+            return self.pass_on();
+        }
+        if let Some(line) = self.waiting.get_mut(&source) {
+            line.retain(|&t| t != ticket);
+            if line.is_empty() {
+                self.waiting.remove(&source);
+                self.order.retain(|s| *s != source);
+            }
+        }
+    }
+}
+
+/// Holds the thread: given back (and passed on) when dropped.
+struct Turn;
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        LINES.with(|l| l.borrow_mut().pass_on());
+    }
+}
+
+/// Waits in `source`'s line until the blocking thread is this check's.
+/// Dropped while waiting, it leaves the line.
+async fn turn(source: Source) -> Turn {
+    let ticket = LINES.with(|l| {
+        let mut l = l.borrow_mut();
+        if !l.busy {
+            l.busy = true;
+            return None;
+        }
+        let t = l.next_ticket;
+        l.next_ticket += 1;
+        let line = l.waiting.entry(source).or_default();
+        if line.is_empty() {
+            l.order.push_back(source);
+        }
+        l.waiting.get_mut(&source).unwrap().push_back(t);
+        Some(t)
+    });
+    let Some(ticket) = ticket else {
+        return Turn;
+    };
+    struct Waiting(Source, u64, bool);
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            if !self.2 {
+                LINES.with(|l| l.borrow_mut().leave(self.0, self.1));
+            }
+        }
+    }
+    let mut waiting = Waiting(source, ticket, false);
+    poll_fn(|cx| {
+        LINES.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.granted == Some(ticket) {
+                l.granted = None;
+                waiting.2 = true;
+                Poll::Ready(Turn)
+            } else {
+                l.wakers.insert(ticket, cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    })
+    .await
+}
+
+/// Runs `check` on the shard's blocking thread when `source`'s turn comes,
+/// unless `wanted` says by then that nobody waits for the answer (`None`).
+pub(crate) async fn check<T: Send + 'static>(
+    source: Source,
+    wanted: impl Fn() -> bool,
+    check: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let turn = turn(source).await;
+    if !wanted() {
+        return None;
+    }
+    let result = glommio::executor().spawn_blocking(check).await;
+    drop(turn);
+    Some(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    fn ip(last: u8) -> Source {
+        Some(IpAddr::from([10, 0, 0, last]))
+    }
+
+    #[test]
+    fn sources_take_turns_and_the_gone_are_skipped() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let ran = Rc::new(RefCell::new(Vec::new()));
+                let mut tasks = Vec::new();
+                // One source sends five, then two others one each; the
+                // fourth of the first has gone by its turn.
+                let plan = [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 5), (3, 6)];
+                for (src, n) in plan {
+                    let ran = ran.clone();
+                    tasks.push(glommio::spawn_local(async move {
+                        let out = check(
+                            ip(src),
+                            || n != 3,
+                            move || {
+                                std::thread::sleep(Duration::from_millis(5));
+                                n
+                            },
+                        )
+                        .await;
+                        if let Some(n) = out {
+                            ran.borrow_mut().push(n);
+                        }
+                    }));
+                    futures_lite::future::yield_now().await;
+                }
+                for t in tasks {
+                    t.await;
+                }
+                // 0 took the free thread at once; then 1 (source 1), 5, 6,
+                // then the rest of source 1 without 3.
+                assert_eq!(*ran.borrow(), vec![0, 1, 5, 6, 2, 4]);
+                LINES.with(|l| {
+                    let l = l.borrow();
+                    assert!(!l.busy && l.order.is_empty() && l.waiting.is_empty());
+                    assert!(l.wakers.is_empty() && l.granted.is_none());
+                });
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_waiter_dropped_before_or_at_its_turn_passes_it_on() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let first = glommio::spawn_local(check(
+                    ip(1),
+                    || true,
+                    || {
+                        std::thread::sleep(Duration::from_millis(20));
+                        1
+                    },
+                ));
+                futures_lite::future::yield_now().await;
+                // Waits behind the first, then is dropped unserved.
+                let dropped = glommio::spawn_local(check(ip(2), || true, || 2));
+                futures_lite::future::yield_now().await;
+                let third = glommio::spawn_local(check(ip(3), || true, || 3));
+                futures_lite::future::yield_now().await;
+                drop(dropped);
+                assert_eq!(first.await, Some(1));
+                assert_eq!(third.await, Some(3));
+                LINES.with(|l| {
+                    let l = l.borrow();
+                    assert!(!l.busy && l.order.is_empty() && l.waiting.is_empty());
+                });
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
