@@ -828,7 +828,8 @@ impl Client {
         Client::over(stream)
     }
 
-    fn over(stream: TcpStream) -> Client {
+    /// A client over a socket already connected (or accepted), reading nothing.
+    pub fn over(stream: TcpStream) -> Client {
         stream.set_nodelay(true).unwrap();
         Client {
             stream,

@@ -4,11 +4,18 @@
 //! proof covers the other side's fresh nonce), and both sides prove it.
 //!
 //! 1. dialer → acceptor: `{"coremq_replicant": {"name": D, "nonce": Nd}}`
-//! 2. acceptor → dialer: `{"response": "CHALLENGE", "name": A, "nonce": Na,
-//!    "proof": HMAC(secret, "coremq accept" D A Nd Na)}`
-//! 3. dialer checks that proof, then → acceptor:
+//! 2. acceptor → dialer: `{"response": "CHALLENGE", "name": A, "nonce": Na}`
+//! 3. dialer → acceptor:
 //!    `{"coremq_replicant": {"name": D, "proof": HMAC(secret, "coremq dial" D A Na Nd)}}`
-//! 4. acceptor → dialer: `OK: Replication request successful` or the refusal.
+//! 4. acceptor checks that proof → dialer: `{"response": "OK: Replication
+//!    request successful", "proof": HMAC(secret, "coremq accept" D A Nd Na)}`
+//!    or the refusal; the dialer checks the proof before it uses the link.
+//!
+//! The dialer proves first: an HMAC over values the other side knows lets
+//! whoever receives it test guesses of the secret offline, and the acceptor
+//! is whoever reaches the client port, the dialer only a listed address.
+//! (Nodes that proved the acceptor first, in step 2, are still dialled:
+//! their proof is checked there.)
 //!
 //! D is the dialer's own `cluster_nodes` entry, A the acceptor's: the dialer
 //! takes it from the entry it dialed, the acceptor from its own. Both proofs

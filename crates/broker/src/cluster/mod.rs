@@ -506,7 +506,10 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
                 #[serde(default)]
                 name: Option<String>,
                 nonce: String,
-                proof: String,
+                /// The acceptor's proof, from nodes that gave it before the
+                /// dialer's (it now comes with the OK).
+                #[serde(default)]
+                proof: Option<String>,
             }
             let challenge = serde_json::from_slice::<Challenge>(&reply)
                 .ok()
@@ -526,32 +529,50 @@ async fn handshake(shard: &Shard, me: &str, peer: &str) -> Result<(Io, Vec<u8>, 
                      every node the same way on every node)"
                 ));
             }
-            if !link_auth::accept_proof_ok(
-                secret,
-                ends,
-                &dial_nonce,
-                &challenge.nonce,
-                &challenge.proof,
-            ) {
-                return Err(format!(
-                    "{peer} could not prove cluster_secret as {peer}; not linking"
-                ));
+            let proven = |proof: Option<&str>| {
+                proof.is_some_and(|p| {
+                    link_auth::accept_proof_ok(secret, ends, &dial_nonce, &challenge.nonce, p)
+                })
+            };
+            let unproven =
+                || format!("{peer} could not prove cluster_secret as {peer}; not linking");
+            // An older acceptor proves itself first: checked before ours goes.
+            if challenge.proof.is_some() && !proven(challenge.proof.as_deref()) {
+                return Err(unproven());
             }
             let proof = link_auth::dial_proof(secret, ends, &challenge.nonce, &dial_nonce);
-            replicant_request(&mut stream, &mut buf, &id, me, "proof", Some(&proof)).await?
+            let reply =
+                replicant_request(&mut stream, &mut buf, &id, me, "proof", Some(&proof)).await?;
+            let accepted = accepted(&reply, peer)?;
+            // Else with its OK; the link is not used before it is checked.
+            if challenge.proof.is_none() && !proven(accepted.proof.as_deref()) {
+                return Err(unproven());
+            }
+            return Ok((stream, buf, accepted.seq));
         }
         _ => reply,
     };
-    if !String::from_utf8_lossy(&reply).contains(proto::OK_REPLICANT) {
-        return Err(format!("{peer} refused the link: {}", shown(&reply)));
-    }
-    #[derive(serde::Deserialize)]
-    struct Accepted {
-        #[serde(default)]
-        seq: bool,
-    }
-    let seq = serde_json::from_slice::<Accepted>(&reply).is_ok_and(|a| a.seq);
+    let seq = accepted(&reply, peer)?.seq;
     Ok((stream, buf, seq))
+}
+
+/// What an acceptor's OK says.
+#[derive(serde::Deserialize, Default)]
+struct Accepted {
+    /// It reads `coremq_seq` on the link's frames.
+    #[serde(default)]
+    seq: bool,
+    /// Its proof of `cluster_secret` (link_auth.rs).
+    #[serde(default)]
+    proof: Option<String>,
+}
+
+/// The acceptor's OK to a `coremq_replicant`, or why the link was refused.
+fn accepted(reply: &[u8], peer: &str) -> Result<Accepted, String> {
+    if !String::from_utf8_lossy(reply).contains(proto::OK_REPLICANT) {
+        return Err(format!("{peer} refused the link: {}", shown(reply)));
+    }
+    Ok(serde_json::from_slice::<Accepted>(reply).unwrap_or_default())
 }
 
 /// Longest part of a peer's reply that a log line shows.

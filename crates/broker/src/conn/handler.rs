@@ -388,7 +388,7 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
     }
     if let Some(secret) = &cfg.cluster_secret {
         if let Some(proof) = &req.proof {
-            let ok = pending.is_some_and(|p| {
+            let proven = pending.filter(|p| {
                 p.name == req.name
                     && link_auth::dial_proof_ok(
                         secret,
@@ -401,9 +401,17 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
                         proof,
                     )
             });
-            if !ok {
+            let Some(p) = proven else {
                 return refuse("wrong proof of cluster_secret");
-            }
+            };
+            let ends = link_auth::Ends {
+                dialer: &p.name,
+                acceptor: me,
+            };
+            // Only now, to a dialer that proved the secret, our proof (for
+            // the dialer to check before it uses the link).
+            let ours = link_auth::accept_proof(secret, ends, &p.dial_nonce, &p.accept_nonce);
+            return accept_replicant(conn, req.name, req.seq, Some(&ours));
         } else {
             let Some(dial_nonce) = req
                 .nonce
@@ -412,11 +420,9 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
                 return refuse("no challenge-response (cluster_secret is set)");
             };
             let accept_nonce = link_auth::nonce();
-            let ends = link_auth::Ends {
-                dialer: &req.name,
-                acceptor: me,
-            };
-            let proof = link_auth::accept_proof(secret, ends, &dial_nonce, &accept_nonce);
+            // No proof of ours yet: given before the dialer proved the
+            // secret, it let anyone who reaches this port test guesses of
+            // the secret offline.
             let mut json = Vec::new();
             proto::response_json(link_auth::CHALLENGE, &mut json);
             json.pop();
@@ -424,8 +430,6 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
             proto::write_json_string(me, &mut json);
             json.extend_from_slice(b", \"nonce\": ");
             proto::write_json_string(&accept_nonce, &mut json);
-            json.extend_from_slice(b", \"proof\": ");
-            proto::write_json_string(&proof, &mut json);
             json.push(b'}');
             conn.st.borrow_mut().challenge = Some(Box::new(link_auth::Pending {
                 name: req.name,
@@ -435,14 +439,25 @@ fn replicant(shard: &Shard, conn: &Conn, req: proto::ReplicantRequest) {
             return conn.reply(ReplyKind::Json(json));
         }
     }
-    tracing::info!(name = ?req.name, "replicant accepted; handing the connection to the control shard");
-    conn.st.borrow_mut().handover = Some((req.name, req.seq));
+    accept_replicant(conn, req.name, req.seq, None);
+}
+
+/// Accepts replicant `name`: the OK (with this node's `proof` of
+/// `cluster_secret`, when set), then the socket goes to the control shard.
+fn accept_replicant(conn: &Conn, name: String, seq: bool, proof: Option<&str>) {
+    tracing::info!(name = ?name, "replicant accepted; handing the connection to the control shard");
+    conn.st.borrow_mut().handover = Some((name, seq));
     // `"seq": true`: this node reads coremq_seq on the link's frames (§10),
     // so the dialer may send it; a dialer that asked for it gets it too.
     let mut json = Vec::new();
     proto::response_json(proto::OK_REPLICANT, &mut json);
     json.pop();
-    json.extend_from_slice(b", \"seq\": true}");
+    json.extend_from_slice(b", \"seq\": true");
+    if let Some(proof) = proof {
+        json.extend_from_slice(b", \"proof\": ");
+        proto::write_json_string(proof, &mut json);
+    }
+    json.push(b'}');
     conn.reply(ReplyKind::Json(json));
 }
 
