@@ -709,3 +709,100 @@ fn a_hung_peer_does_not_hold_publishers_past_max_stall() {
     drop(s);
     let _ = publisher.join();
 }
+
+/// Connects clients until one lands on shard `shard` (by the per-shard
+/// connection counts of the status); the others are closed.
+fn client_on(b: &Broker, status: &mut Client, shard: usize) -> Client {
+    for _ in 0..200 {
+        let before = status.status();
+        let c = b.client();
+        let after = status.status();
+        let on = |st: &Value| st["shards"][shard]["connections"].as_u64().unwrap();
+        if on(&after) > on(&before) {
+            return c;
+        }
+    }
+    panic!("no connection landed on shard {shard} in 200 tries");
+}
+
+/// Under `drop` a publisher on the queue's owner shard is never held back
+/// by its subscribers (its OKs do not wait), so only the mesh stood between
+/// it and a subscribers' shard that cannot keep up: the owner handed its
+/// deliveries to the channel as fast as it accepted them, and the channel
+/// held 256 batches of the whole outbox each — 1.2 GB with 50 subscribers
+/// whose max_pending adds up to 6.4 MB. The lanes now count the bytes of
+/// the messages until the receiving shard has taken them (mesh.rs,
+/// `HIGH_BYTES`), and the publisher waits there.
+#[test]
+fn under_drop_a_publisher_on_the_owner_does_not_bury_the_subscribers_shard_in_memory() {
+    const SUBSCRIBERS: usize = 50;
+    const COUNT: u64 = 1_000_000;
+    let mut b = Broker::start(
+        BrokerOpts::new(2)
+            .set("max_pending", "128K")
+            .set("max_message_size", "64K")
+            .set("slow_consumer_policy", "*:drop"),
+    );
+    let q = uniq("mesh.bytes");
+    let mut status = b.client();
+    // Which shard owns q: the one whose queue count a subscription raises.
+    let queues = |st: &Value| -> Vec<u64> {
+        st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["queues"].as_u64().unwrap())
+            .collect()
+    };
+    let before = queues(&status.status());
+    status.subscribe(&[&q]);
+    let after = queues(&status.status());
+    let owner = (0..2).find(|&i| after[i] > before[i]).expect("an owner");
+    status.unsubscribe(&[&q]);
+    // Subscribers that never read, on the other shard.
+    let subs: Vec<Client> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let mut c = client_on(&b, &mut status, 1 - owner);
+            c.subscribe(&[&q]);
+            c
+        })
+        .collect();
+    let mut p = client_on(&b, &mut status, owner);
+    p.options(json!({"ack": false}));
+    let base = b.rss_kib();
+    let queue = q.clone();
+    let publisher = std::thread::spawn(move || {
+        // As fast as TCP takes it: one frame encoded once, 256 at a write.
+        let mut w = p.writer();
+        let frame = encode(&queue, &json!({"pad": "p".repeat(1000)}));
+        let buf = frame.repeat(256);
+        for _ in 0..COUNT / 256 {
+            w.write_all(&buf)
+                .expect("the broker stopped taking publishes");
+        }
+        p
+    });
+    let mut peak = base;
+    while !publisher.is_finished() {
+        peak = peak.max(b.rss_kib());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut p = publisher.join().expect("publisher");
+    // Everything was taken: a last acknowledged publish goes through.
+    p.options(json!({"ack": true}));
+    p.publish(&q, &json!({"last": true}));
+    peak = peak.max(b.rss_kib());
+    let grew = (peak - base) / 1024;
+    println!(
+        "RSS {} MiB at the start, peak {} MiB",
+        base / 1024,
+        peak / 1024
+    );
+    // The lane's 32 MiB, the subscribers' 6.4 MB and the allocator's slack;
+    // without the bound it was 1 GB and more.
+    assert!(grew < 160, "the broker grew by {grew} MiB");
+    let st = status.status();
+    assert!(shard_sum(&st, "drops") > 0, "nothing was dropped: {st}");
+    drop(subs);
+    b.assert_alive();
+}

@@ -3,6 +3,7 @@
 
 use crate::conn::state::Close;
 use crate::consts::CONTROL_SHARD;
+use crate::mesh::Weigh;
 use crate::msg::{Request, Response};
 use crate::net::{accept_loop, listen, tls_accept_loop};
 use crate::node::{NodeCtx, NodeShared};
@@ -245,15 +246,26 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         let s = shard.clone();
         spawn_local(async move { s.mesh().responses.flush_loop(to, tx).await }).detach();
     }
+    // The lanes' bytes bound (mesh.rs): producers over it wait for the
+    // other shards to take what this one sent.
+    let s = shard.clone();
+    spawn_local(async move { s.mesh().requests.watch_bytes().await }).detach();
+    let s = shard.clone();
+    spawn_local(async move { s.mesh().responses.watch_bytes().await }).detach();
+    let taken = &node.shared.mesh_taken;
     for (from, t) in req_rx {
         let rx = t.await;
         progress.end_connected(id);
         let s = shard.clone();
+        let took = taken.requests_of(from);
         spawn_local(async move {
             while let Some(batch) = rx.recv().await {
+                let mut bytes = 0;
                 for req in batch {
+                    bytes += req.weight();
                     s.handle_request(from, req);
                 }
+                took.took(bytes);
                 // Stop pulling requests while our responses cannot leave.
                 s.mesh().responses_low().await;
                 glommio::yield_if_needed().await;
@@ -261,15 +273,19 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         })
         .detach();
     }
-    for (_from, t) in resp_rx {
+    for (from, t) in resp_rx {
         let rx = t.await;
         progress.end_connected(id);
         let s = shard.clone();
+        let took = taken.responses_of(from);
         spawn_local(async move {
             while let Some(batch) = rx.recv().await {
+                let mut bytes = 0;
                 for resp in batch {
+                    bytes += resp.weight();
                     s.handle_response(resp);
                 }
+                took.took(bytes);
                 glommio::yield_if_needed().await;
             }
         })

@@ -8,17 +8,110 @@
 //! traffic is batched for free (one channel send per batch, not per message).
 //!
 //! Backpressure: `backlog` counts items pushed but not yet handed to the
-//! channel. Connection readers stop reading while the request or response
-//! backlog is high; request receivers stop pulling while the *response* backlog
-//! is high. Response receivers never wait, so responses always drain and the two
+//! channel, and the lane's held bytes the messages pushed but not yet taken
+//! by the receiving shard (in the outbox or in the channel). Connection
+//! readers stop reading while the request or response lane is high in
+//! either; request receivers stop pulling while the *response* lane is high.
+//! Response receivers never wait, so responses always drain and the two
 //! meshes cannot deadlock each other.
+//!
+//! The bytes bound is what keeps a fast shard from burying a slow one:
+//! a channel holds up to [`channel_batches`] batches, and a batch is the
+//! whole outbox when the flusher gets its turn, so counted only until the
+//! channel accepted them, items piled up in the channels without limit — a
+//! publisher on a queue's owner under `drop` (its OKs never wait) fanning
+//! out to a shard busy with 50 subscribers held 1.2 GB there.
 
 use crate::event::WakerList;
 use crate::msg::{Request, Response};
 use glommio::channels::shared_channel::ConnectedSender;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::Duration;
+
+/// Message bytes a lane may hold (pushed, not yet taken by the receiving
+/// shard) before producers pause.
+pub(crate) const HIGH_BYTES: u64 = 32 << 20;
+/// Held bytes below which paused producers resume.
+pub(crate) const LOW_BYTES: u64 = 8 << 20;
+/// How often a lane over [`HIGH_BYTES`] looks again at what the other
+/// shards have taken (they do not wake this one: the count is all they
+/// touch, once per batch).
+const BYTES_POLL: Duration = Duration::from_millis(1);
+
+/// A count written by other shards, on a cache line of its own.
+#[repr(align(128))]
+#[derive(Default)]
+pub(crate) struct Padded(AtomicU64);
+
+/// Per shard and lane, the message bytes the receiving shards have taken
+/// from it (monotonic; shared by the node's shards).
+pub(crate) struct Taken {
+    requests: Box<[Arc<Padded>]>,
+    responses: Box<[Arc<Padded>]>,
+}
+
+impl Taken {
+    /// Counters for `shards` shards.
+    pub(crate) fn new(shards: usize) -> Taken {
+        let make = || (0..shards).map(|_| Arc::default()).collect();
+        Taken {
+            requests: make(),
+            responses: make(),
+        }
+    }
+
+    /// What a receiver of shard `from`'s requests adds its takings to.
+    pub(crate) fn requests_of(&self, from: usize) -> Arc<Padded> {
+        self.requests[from].clone()
+    }
+
+    /// What a receiver of shard `from`'s responses adds its takings to.
+    pub(crate) fn responses_of(&self, from: usize) -> Arc<Padded> {
+        self.responses[from].clone()
+    }
+}
+
+impl Padded {
+    /// A receiver took `bytes` of the lane's messages.
+    pub(crate) fn took(&self, bytes: u64) {
+        if bytes > 0 {
+            self.0.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The message bytes an item carries, for the lanes' bytes bound (only the
+/// messages themselves: everything else is small, or bounded elsewhere).
+pub(crate) trait Weigh {
+    /// Bytes of message content the item holds.
+    fn weight(&self) -> u64;
+}
+
+impl Weigh for Request {
+    fn weight(&self) -> u64 {
+        match self {
+            Request::Publish { frame, .. } | Request::Replicated { frame, .. } => {
+                frame.bytes().len() as u64
+            }
+            _ => 0,
+        }
+    }
+}
+
+impl Weigh for Response {
+    fn weight(&self) -> u64 {
+        match self {
+            Response::Deliver { frame, .. } | Response::Replicate { frame, .. } => {
+                frame.bytes().len() as u64
+            }
+            _ => 0,
+        }
+    }
+}
 
 /// Backlog (items) above which producers pause.
 pub(crate) const HIGH_WATER: usize = 64 * 1024;
@@ -77,15 +170,28 @@ pub(crate) struct Lane<T> {
     outboxes: Vec<Outbox<T>>,
     /// Items pushed and not yet accepted by a channel.
     backlog: Cell<usize>,
-    /// Tasks waiting for the backlog to fall below [`LOW_WATER`].
+    /// Message bytes pushed (monotonic).
+    pushed: Cell<u64>,
+    /// Of those, what the receiving shards have taken.
+    taken: Arc<Padded>,
+    /// A producer waits for the held bytes to fall: the watcher polls.
+    over_bytes: Cell<bool>,
+    /// The watcher ([`Lane::watch_bytes`]), parked while nobody waits.
+    watcher: Cell<Option<Waker>>,
+    /// Tasks waiting for the backlog to fall below [`LOW_WATER`] (and the
+    /// held bytes below [`LOW_BYTES`]).
     waiters: WakerList,
 }
 
-impl<T> Lane<T> {
-    fn new(shards: usize) -> Self {
+impl<T: Weigh> Lane<T> {
+    fn new(shards: usize, taken: Arc<Padded>) -> Self {
         Lane {
             outboxes: (0..shards).map(|_| Outbox::default()).collect(),
             backlog: Cell::new(0),
+            pushed: Cell::new(0),
+            taken,
+            over_bytes: Cell::new(false),
+            watcher: Cell::new(None),
             waiters: WakerList::default(),
         }
     }
@@ -93,7 +199,35 @@ impl<T> Lane<T> {
     /// Queues `item` for shard `to`.
     pub(crate) fn push(&self, to: usize, item: T) {
         self.backlog.set(self.backlog.get() + 1);
+        self.pushed.set(self.pushed.get() + item.weight());
         self.outboxes[to].push(item);
+    }
+
+    /// Message bytes pushed and not yet taken by the receiving shards.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        let taken = self.taken.0.load(Ordering::Relaxed);
+        self.pushed.get().saturating_sub(taken)
+    }
+
+    /// Wakes the producers waiting for the held bytes to fall, once they
+    /// have (under [`LOW_BYTES`]); runs for the shard's life.
+    pub(crate) async fn watch_bytes(&self) {
+        loop {
+            poll_fn(|cx| {
+                if self.over_bytes.get() {
+                    Poll::Ready(())
+                } else {
+                    self.watcher.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+            .await;
+            while self.held_bytes() >= LOW_BYTES {
+                glommio::timer::sleep(BYTES_POLL).await;
+            }
+            self.over_bytes.set(false);
+            self.waiters.wake_all();
+        }
     }
 
     /// Queues `item` for shard `to` unless `merge` folds it into the last
@@ -125,12 +259,19 @@ impl<T> Lane<T> {
         }
     }
 
-    /// Registers a waiter for a low backlog; true if the backlog is already low.
+    /// Registers a waiter for a low backlog; true if the backlog and the
+    /// held bytes are already low.
     pub(crate) fn poll_low(&self, waker: &Waker) -> bool {
-        if self.backlog.get() < HIGH_WATER {
+        let over_bytes = self.held_bytes() >= HIGH_BYTES;
+        if self.backlog.get() < HIGH_WATER && !over_bytes {
             return true;
         }
         self.waiters.register(waker);
+        if over_bytes && !self.over_bytes.replace(true) {
+            if let Some(w) = self.watcher.take() {
+                w.wake();
+            }
+        }
         false
     }
 
@@ -181,11 +322,12 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    /// Outboxes for a node of `shards` shards.
-    pub(crate) fn new(shards: usize) -> Mesh {
+    /// Outboxes of shard `id` of a node of `shards` shards, whose receivers
+    /// count what they take in `taken`.
+    pub(crate) fn new(shards: usize, taken: &Taken, id: usize) -> Mesh {
         Mesh {
-            requests: Lane::new(shards),
-            responses: Lane::new(shards),
+            requests: Lane::new(shards, taken.requests_of(id)),
+            responses: Lane::new(shards, taken.responses_of(id)),
         }
     }
 
@@ -215,9 +357,67 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::rc::Rc;
+    use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
+
+    impl Weigh for u32 {
+        fn weight(&self) -> u64 {
+            u64::from(*self)
+        }
+    }
+
+    impl Weigh for (u32, u32) {
+        fn weight(&self) -> u64 {
+            0
+        }
+    }
+
+    impl Weigh for () {
+        fn weight(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn producers_pause_while_the_receivers_have_not_taken_the_bytes() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let taken = Arc::new(Padded::default());
+                let lane = Rc::new(Lane::<u32>::new(2, taken.clone()));
+                let l = lane.clone();
+                glommio::spawn_local(async move { l.watch_bytes().await }).detach();
+                let producer = Arc::new(Count(AtomicUsize::new(0)));
+                let waker = Waker::from(producer.clone());
+                // Handed to the channel at once (the backlog is low), but
+                // not taken by the other shard: the bytes still count.
+                lane.push(1, (HIGH_BYTES - 1) as u32);
+                let _ = lane.take_batch(1);
+                lane.sent(1);
+                assert!(lane.poll_low(&waker), "under the bytes bound");
+                lane.push(1, 1);
+                assert_eq!(lane.backlog(), 1);
+                assert!(!lane.poll_low(&waker), "at the bytes bound");
+                // Taken down to just above the low mark: still waiting.
+                taken.took(HIGH_BYTES - LOW_BYTES);
+                glommio::timer::sleep(BYTES_POLL * 5).await;
+                assert_eq!(producer.0.load(Ordering::Relaxed), 0);
+                // Below it: the watcher wakes the producer by itself.
+                taken.took(1);
+                for _ in 0..500 {
+                    if producer.0.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                    glommio::timer::sleep(BYTES_POLL).await;
+                }
+                assert_eq!(producer.0.load(Ordering::Relaxed), 1, "woken once");
+                assert!(lane.poll_low(&waker));
+                assert_eq!(lane.held_bytes(), LOW_BYTES - 1);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     /// A waker that counts its wake-ups.
     struct Count(AtomicUsize);
@@ -229,7 +429,7 @@ mod tests {
 
     #[test]
     fn what_is_pushed_before_the_flusher_runs_leaves_as_one_batch() {
-        let lane: Lane<u32> = Lane::new(3);
+        let lane: Lane<u32> = Lane::new(3, Arc::default());
         let flusher = Arc::new(Count(AtomicUsize::new(0)));
         lane.outboxes[2]
             .flusher
@@ -258,7 +458,7 @@ mod tests {
 
     #[test]
     fn push_or_merge_folds_into_the_last_waiting_item_only() {
-        let lane: Lane<(u32, u32)> = Lane::new(2);
+        let lane: Lane<(u32, u32)> = Lane::new(2, Arc::default());
         let merge = |last: &mut (u32, u32), new: &(u32, u32)| {
             if last.0 + last.1 == new.0 {
                 last.1 += new.1;
@@ -280,7 +480,7 @@ mod tests {
 
     #[test]
     fn producers_pause_at_high_water_and_resume_below_low_water() {
-        let lane: Lane<()> = Lane::new(2);
+        let lane: Lane<()> = Lane::new(2, Arc::default());
         let reader = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(reader.clone());
         for _ in 0..HIGH_WATER - 1 {

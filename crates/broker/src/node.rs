@@ -38,6 +38,9 @@ pub(crate) struct NodeShared {
     /// Per shard, the WebSocket connections it serves (and those on their
     /// way to it): the listener's shard gives each upgrade to the least busy.
     websocket: Box<[AtomicUsize]>,
+    /// Per shard, the message bytes its mesh lanes sent that the receiving
+    /// shards have taken (mesh.rs: the lanes' bytes bound).
+    pub mesh_taken: crate::mesh::Taken,
     /// memcached `flush_all`s taken, on any shard: a delayed one flushes
     /// only if no other came after it (a later one replaces it).
     pub flushes: AtomicU64,
@@ -153,6 +156,7 @@ impl NodeShared {
             cluster_client: Mutex::new(cluster_client),
             memcached: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
             websocket: (0..shards.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            mesh_taken: crate::mesh::Taken::new(shards.max(1)),
             flushes: AtomicU64::new(0),
             self_entry,
             history_in_sync: AtomicBool::new(true),

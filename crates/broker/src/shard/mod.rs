@@ -152,7 +152,7 @@ impl Shard {
             id,
             shards,
             router: Router::new(shards),
-            mesh: Mesh::new(shards),
+            mesh: Mesh::new(shards, &node.shared.mesh_taken, id),
             owner: Owner::new(id, shards, cfg.clone()).with_store(store.clone()),
             home: Home::new(id, shards, cfg.clone(), node.clone(), counters.clone()),
             drain: Drain::new(shards),
