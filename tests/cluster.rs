@@ -2362,3 +2362,131 @@ fn a_history_larger_than_the_link_buffer_is_exchanged_whole() {
     let st = cl.nodes[0].client().status();
     assert!(!cl.nodes[0].b().logs().contains("cannot keep up"), "{st}");
 }
+
+fn durable_n3(i: usize, o: &mut BrokerOpts) {
+    if i == 2 {
+        let dir = std::env::temp_dir().join(format!("coremq-e2e-replayed-{}", std::process::id()));
+        *o = o.clone().set("data_dir", dir.to_str().expect("utf-8 path"));
+    }
+}
+
+/// A message that reached a node first in another peer's history exchange
+/// (stored there, not delivered: its own server's link brings it) and that
+/// a subscriber resuming on that node got in its replay is not delivered to
+/// that subscriber again when its own server's link brings it (§10: none
+/// twice) — while a subscriber that was there all along gets it then, once.
+/// Here n1's link to n2 stalls while n1 publishes; n3 gets the messages,
+/// stops and starts again from its data_dir, and its exchange gives them
+/// to n2; a subscriber resumes on n2 and has them replayed; then n1's link
+/// is back and brings them live. (A chaos soak saw the same after a node's
+/// restart: the resumer got them twice, replayed and live.)
+#[test]
+fn a_message_a_resume_replayed_is_not_delivered_again_when_its_server_brings_it() {
+    let mut spec = Spec::new(2);
+    spec.proxy = true;
+    spec.tweak = Some(durable_n3);
+    let mut cl = Cluster::start(spec);
+    cl.wait_links_up();
+    let e3 = cl.nodes[2].entry.clone();
+    let q = uniq("cl.replayed");
+    let qf = |_: u64| q.clone();
+    let any = |_: &Published| true;
+    let mut s2 = cl.nodes[1].client();
+    s2.subscribe_one(&q);
+    let mut p = cl.nodes[0].client();
+    let server = cl.nodes[0].server();
+    let first = publish_pipelined(&mut p, &server, "first", 0..1, 1, &qf);
+    let got = collect(
+        "subscriber on n2",
+        &mut s2,
+        &first,
+        &any,
+        Duration::from_millis(100),
+    );
+    check_stream("subscriber on n2", &got, &first, &[], &any);
+    let pos = &got[0].json;
+    let pos = json!({"sent": pos["coremq_sent"], "server": pos["coremq_server"]});
+
+    // n1's link to n2 stalls: what n1 publishes now reaches n3, not n2.
+    cl.proxy.as_ref().unwrap().stall();
+    let withheld = publish_pipelined(&mut p, &server, "withheld", 1..4, 3, &qf);
+    let mut h3 = cl.nodes[2].client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while history_of(&mut h3, &q).len() < 4 {
+        assert!(Instant::now() < deadline, "n3 never stored n1's messages");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(h3);
+    // n3 stops (its data_dir keeps them) and starts again: its exchange
+    // gives them to n2, which stores them (their own server's link is to
+    // bring them).
+    let mut b3 = cl.nodes[2].broker.take().expect("n3 running");
+    b3.stop_with(libc::SIGTERM);
+    drop(b3);
+    cl.restart(2);
+    let mut st2 = cl.nodes[1].client();
+    wait_status(&mut st2, "n2 linked to n3 again", |s| {
+        find_peer(s, &e3).is_some_and(|p| p["state"] == json!("up"))
+    });
+    let mut h2 = cl.nodes[1].client();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while history_of(&mut h2, &q).len() < 4 {
+        assert!(Instant::now() < deadline, "n3's exchange never reached n2");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A subscriber resumes on n2 from the first message: the others are
+    // replayed.
+    let mut r2 = cl.nodes[1].client();
+    r2.command(&json!({"coremq_subscribe": [q.clone()], "coremq_since": {q.clone(): pos}}));
+    let reply = r2
+        .read_frame_until(Instant::now() + Duration::from_secs(10))
+        .expect("the resume's reply");
+    assert_eq!(reply.queue, r2.id, "the reply comes first: {reply}");
+    let mut replayed = Vec::new();
+    while replayed.len() < withheld.len() {
+        match r2.try_recv_msg(Duration::from_secs(10)) {
+            Ok(f) => replayed.push(f),
+            Err(e) => panic!("replay ended after {}: {e:?}", replayed.len()),
+        }
+    }
+    assert!(
+        replayed
+            .iter()
+            .all(|f| f.json["coremq_replay"] == json!(true)),
+        "{replayed:?}"
+    );
+    let keys_of = |fs: &[Frame]| fs.iter().map(|f| key_of(&f.json)).collect::<Vec<_>>();
+    let want: Vec<Key> = withheld
+        .iter()
+        .map(|p| (p.server.clone(), p.sender.clone(), p.seq))
+        .collect();
+    assert_eq!(keys_of(&replayed), want, "the replay");
+
+    // n1's link to n2 is back: it brings the withheld messages. The
+    // subscriber that was there all along gets them, once; the one that
+    // had them replayed does not get them again.
+    cl.proxy.as_ref().unwrap().resume();
+    let got = collect(
+        "subscriber on n2 all along",
+        &mut s2,
+        &withheld,
+        &any,
+        Duration::from_secs(1),
+    );
+    check_stream("subscriber on n2 all along", &got, &withheld, &[], &any);
+    let mut again = Vec::new();
+    while let Ok(f) = r2.try_recv_msg(Duration::from_secs(1)) {
+        again.push(f);
+        assert!(again.len() < 100, "a flood of deliveries");
+    }
+    assert!(
+        again.is_empty(),
+        "resumed subscriber got replayed messages again: {:?}",
+        again.iter().map(|f| f.json.to_string()).collect::<Vec<_>>()
+    );
+    cl.assert_alive();
+    drop(cl);
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("coremq-e2e-replayed-{}", std::process::id())),
+    );
+}

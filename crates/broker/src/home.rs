@@ -280,9 +280,12 @@ impl Home {
         if activate {
             let cfg = &self.cfg;
             let from = resumed.as_ref().map(|r| r.positions.clone());
-            self.subs
-                .borrow_mut()
-                .add(queue, conn, || cfg.policy_for(queue), from);
+            let mut subs = self.subs.borrow_mut();
+            subs.add(queue, conn, || cfg.policy_for(queue), from);
+            // Replayed, and still to be delivered here: not to it again.
+            if let Some(r) = resumed.as_ref().filter(|r| !r.undelivered.is_empty()) {
+                subs.replayed(queue, conn, r.undelivered.clone());
+            }
         }
         if let Some(seq) = seq {
             c.complete(seq, |kind| {

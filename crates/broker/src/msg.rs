@@ -249,6 +249,11 @@ pub(crate) struct Resumed {
     pub frames: Vec<MsgFrame>,
     /// The positions it resumed from (per server): what the subscriber had.
     pub positions: Box<[MsgKey]>,
+    /// Of `frames`, in key order, those this node may still deliver: another
+    /// node's messages that came only in a third node's history exchange
+    /// (stored, not passed to subscribers), which their own server's link
+    /// delivers when it brings them. The subscriber had them in the replay.
+    pub undelivered: Box<[MsgKey]>,
 }
 
 /// One queue's part of a history exchange: its live history, oldest first,

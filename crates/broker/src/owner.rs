@@ -58,6 +58,9 @@ pub(crate) struct Owner {
     /// When this owner started (µs since the epoch): a peer's exchange
     /// brings messages from before it as history, never as news.
     started_us: u64,
+    /// This node's origin ([`crate::origin::origin_of`] its server): its
+    /// messages are delivered when stored, never again from a link.
+    own: u64,
 }
 
 impl Owner {
@@ -73,7 +76,14 @@ impl Owner {
             queues: RefCell::new(table),
             store: None,
             started_us: crate::clock::unix_now_us(),
+            own: 0,
         }
+    }
+
+    /// This node's origin is `own` (see [`Owner::own`]).
+    pub(crate) fn with_origin(mut self, own: u64) -> Owner {
+        self.own = own;
+        self
     }
 
     /// Writes this owner's stored messages to `store` from now on.
@@ -253,10 +263,13 @@ impl Owner {
         let resumed = since.map(|since| {
             let (complete, frames) = table.resume(&queue, &since);
             let positions = since.servers.into_boxed_slice();
+            // The home keeps them from this subscriber when they come.
+            let undelivered = table.undelivered(&queue, &frames, self.own);
             Box::new(Resumed {
                 complete,
                 frames,
                 positions,
+                undelivered,
             })
         });
         let now = MsgKey {

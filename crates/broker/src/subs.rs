@@ -31,15 +31,27 @@ struct QueueSubs {
     /// still on its way here when it resumed, or one a dropped link's
     /// exchange brings later.
     resumed: HashMap<ConnKey, Box<[MsgKey]>>,
-    /// Per server, the latest of those positions: a message after it (every
-    /// live one, nearly) needs no look at any subscriber's.
+    /// Subscribers whose resume replayed messages that this node had not
+    /// delivered yet (they came in a third node's history exchange), with
+    /// their keys in order: when their own server's link brings them, they
+    /// go to the other subscribers, not again to these (§10: none twice).
+    replayed: HashMap<ConnKey, Box<[MsgKey]>>,
+    /// Per server, the latest of those positions and replayed keys: a
+    /// message after it (every live one, nearly) needs no look at any
+    /// subscriber's.
     reach: Vec<MsgKey>,
 }
 
 impl QueueSubs {
     fn set_reach(&mut self) {
         self.reach.clear();
-        for p in self.resumed.values().flat_map(|ps| ps.iter()) {
+        let replayed = self.replayed.values().flat_map(|ks| ks.iter());
+        for p in self
+            .resumed
+            .values()
+            .flat_map(|ps| ps.iter())
+            .chain(replayed)
+        {
             match self.reach.iter_mut().find(|r| r.origin == p.origin) {
                 Some(r) => *r = (*r).max(*p),
                 None => self.reach.push(*p),
@@ -53,6 +65,7 @@ pub(crate) struct Subscribers<'a> {
     pub policy: SlowConsumerPolicy,
     pub conns: &'a [ConnKey],
     resumed: Option<&'a HashMap<ConnKey, Box<[MsgKey]>>>,
+    replayed: Option<&'a HashMap<ConnKey, Box<[MsgKey]>>>,
     reach: &'a [MsgKey],
 }
 
@@ -66,12 +79,16 @@ impl Subscribers<'_> {
             .any(|p| p.origin == key.origin && key <= *p)
     }
 
-    /// Whether `conn` resumed from a position at or after `key` (it had
-    /// that message).
+    /// Whether `conn` resumed from a position at or after `key`, or had
+    /// the message in its resume's replay (it had that message).
     pub(crate) fn had(&self, conn: ConnKey, key: MsgKey) -> bool {
         self.resumed
             .and_then(|r| r.get(&conn))
             .is_some_and(|ps| ps.iter().any(|p| p.origin == key.origin && key <= *p))
+            || self
+                .replayed
+                .and_then(|r| r.get(&conn))
+                .is_some_and(|ks| ks.binary_search(&key).is_ok())
     }
 }
 
@@ -91,18 +108,31 @@ impl LocalSubs {
                 policy: policy(),
                 conns: Vec::new(),
                 resumed: HashMap::new(),
+                replayed: HashMap::new(),
                 reach: Vec::new(),
             });
         if !q.conns.contains(&conn) {
             q.conns.push(conn);
         }
-        let had = q.resumed.remove(&conn).is_some();
+        let had = q.resumed.remove(&conn).is_some() | q.replayed.remove(&conn).is_some();
         let has = match resumed_from.filter(|p| !p.is_empty()) {
             Some(positions) => q.resumed.insert(conn, positions).is_none(),
             None => false,
         };
         if had || has {
             q.set_reach();
+        }
+    }
+
+    /// `conn`'s resume of `queue` replayed the messages `keys` (in key
+    /// order) that this node is still to deliver: they are not sent to it
+    /// again (see [`QueueSubs::replayed`]).
+    pub(crate) fn replayed(&mut self, queue: &str, conn: ConnKey, keys: Box<[MsgKey]>) {
+        if let Some(q) = self.map.get_mut(queue_hash(queue), queue) {
+            if q.conns.contains(&conn) {
+                q.replayed.insert(conn, keys);
+                q.set_reach();
+            }
         }
     }
 
@@ -113,7 +143,7 @@ impl LocalSubs {
             if let Some(i) = q.conns.iter().position(|c| *c == conn) {
                 q.conns.swap_remove(i);
             }
-            if q.resumed.remove(&conn).is_some() {
+            if q.resumed.remove(&conn).is_some() | q.replayed.remove(&conn).is_some() {
                 q.set_reach();
             }
             if q.conns.is_empty() {
@@ -130,12 +160,14 @@ impl LocalSubs {
                 policy: q.policy,
                 conns: &q.conns,
                 resumed: Some(&q.resumed),
+                replayed: Some(&q.replayed),
                 reach: &q.reach,
             },
             None => Subscribers {
                 policy: SlowConsumerPolicy::Block,
                 conns: &[],
                 resumed: None,
+                replayed: None,
                 reach: &[],
             },
         }

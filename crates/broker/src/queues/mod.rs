@@ -311,6 +311,22 @@ impl QueueTable {
         (complete, after)
     }
 
+    /// Of `frames` (stored messages of `queue`, in key order), the keys of
+    /// those [`Self::is_missed_news`] or a live frame may still deliver here:
+    /// of another node than `own`, and not passed to the subscribers yet
+    /// (they came in a third node's history exchange). A resume that
+    /// replays them must keep its subscriber from getting them again then.
+    pub(crate) fn undelivered(&self, queue: &str, frames: &[MsgFrame], own: u64) -> Box<[MsgKey]> {
+        let Some(q) = self.queues.get(queue_hash(queue), queue) else {
+            return Box::default();
+        };
+        frames
+            .iter()
+            .map(MsgFrame::key)
+            .filter(|k| k.origin != own && !q.was_passed(*k))
+            .collect()
+    }
+
     /// The history of `queue`, oldest first (empty when it has none).
     pub(crate) fn history(&self, queue: &str) -> Vec<MsgFrame> {
         let now = crate::clock::unix_now_us();

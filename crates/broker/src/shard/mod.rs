@@ -153,7 +153,9 @@ impl Shard {
             shards,
             router: Router::new(shards),
             mesh: Mesh::new(shards, &node.shared.mesh_taken, id),
-            owner: Owner::new(id, shards, cfg.clone()).with_store(store.clone()),
+            owner: Owner::new(id, shards, cfg.clone())
+                .with_store(store.clone())
+                .with_origin(crate::origin::origin_of(&node.server)),
             home: Home::new(id, shards, cfg.clone(), node.clone(), counters.clone()),
             drain: Drain::new(shards),
             clock: Clock::new(id, shards),
