@@ -2490,3 +2490,50 @@ fn a_message_a_resume_replayed_is_not_delivered_again_when_its_server_brings_it(
         std::env::temp_dir().join(format!("coremq-e2e-replayed-{}", std::process::id())),
     );
 }
+
+/// Live messages that outgrow their hold behind a history exchange (half
+/// of `cluster_link_buffer`) do not go ahead of the rest of their queue's
+/// part of it: the peer then took every older message still to come for
+/// one its subscribers had passed, and stored it without delivering it
+/// (a subscriber there all along lost thousands). Here the link stalls
+/// again while its exchange runs and n1 publishes more than the hold takes.
+#[test]
+fn live_messages_past_their_hold_do_not_overtake_the_exchange() {
+    const PAD: usize = 2000;
+    const COUNT: u64 = 4000;
+    let LinkScene {
+        mut cl,
+        e2,
+        q,
+        s2,
+        mut p,
+        server,
+        got: _,
+    } = link_scene("cl.overtake");
+    let qf = |_: u64| q.clone();
+    let any = |_: &Published| true;
+    let quiet = Duration::from_millis(500);
+    let mut st1 = cl.nodes[0].client();
+    cl.proxy.as_ref().unwrap().stall();
+    let cut = publish_pipelined_padded(&mut p, &server, "cut", 0..COUNT, 200, &qf, PAD);
+    wait_status(&mut st1, "n1 dropping the link to the stalled n2", |s| {
+        peer(s, &e2)["state"] != json!("up")
+    });
+    let target = Arc::new(AtomicUsize::new(usize::MAX));
+    let reader = spawn_reader(s2, target.clone(), quiet);
+    cl.proxy.as_ref().unwrap().resume();
+    // As soon as the link is back (its exchange of ~8 MB under way), it
+    // stalls again, and n1 publishes ~190 KB: past the hold's 128 KB.
+    wait_status(&mut st1, "n1's link to n2 back", |s| {
+        peer(s, &e2)["state"] == json!("up")
+    });
+    cl.proxy.as_ref().unwrap().stall();
+    let live = publish_pipelined_padded(&mut p, &server, "live", COUNT..COUNT + 90, 10, &qf, PAD);
+    std::thread::sleep(Duration::from_millis(300));
+    cl.proxy.as_ref().unwrap().resume();
+    let must: Vec<Published> = cut.iter().chain(&live).cloned().collect();
+    target.store(must.len(), Ordering::SeqCst);
+    let (_c, f) = reader.join().expect("reader thread");
+    check_stream("subscriber on n2 all along", &f, &must, &[], &any);
+    cl.assert_alive();
+}
