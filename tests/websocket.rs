@@ -1059,3 +1059,43 @@ fn the_coremq_subprotocol_is_answered_when_asked_for() {
     assert_eq!(ws.recv_reply()["response"], json!(OK_SENT));
     assert_eq!(sub.recv_msg().json["n"], json!(1));
 }
+
+/// WebSocket connections that arrive while the node is still starting are
+/// served once it is: every shard can take one from the listener's shard
+/// before it reads its first request. (The listener's shard hands upgrades
+/// out as soon as it is up itself; a shard that had not set up to serve
+/// them yet closed each right after its 101 — a chaos soak saw about one
+/// per restart, of clients reconnecting to a node that had come back.)
+#[test]
+fn websocket_connections_during_start_up_are_served() {
+    const MAX: usize = 150;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut b = Broker::spawn(&BrokerOpts::new(16).ws_set("port", &port.to_string()));
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut clients = Vec::new();
+    while !b.ready_path.exists() && clients.len() < MAX {
+        assert!(Instant::now() < deadline, "not ready: {}", b.logs());
+        assert!(b.is_alive(), "{}", b.logs());
+        match TcpStream::connect(addr) {
+            Ok(s) => clients.push(std::thread::spawn(move || {
+                let mut c = WsClient::connect_on(s, addr, None);
+                let q = uniq("ws.early");
+                c.subscribe(&[&q]);
+                c.id.clone()
+            })),
+            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    let early = clients.len();
+    for c in clients {
+        c.join()
+            .expect("a connection made during start-up was not served");
+    }
+    println!("{early} WebSocket connections made during start-up, all served");
+    assert!(!b.logs().contains("without a host"), "{}", b.logs());
+    b.assert_alive();
+}

@@ -252,6 +252,11 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
     spawn_local(async move { s.mesh().requests.watch_bytes().await }).detach();
     let s = shard.clone();
     spawn_local(async move { s.mesh().responses.watch_bytes().await }).detach();
+    // Every shard serves WebSocket connections the listener hands it: ready
+    // before its first request is read, since the listener's shard may be
+    // up and handing them out before this one has joined (a connection
+    // handed to a shard without a host was closed at once).
+    crate::web::host(&shard);
     let taken = &node.shared.mesh_taken;
     for (from, t) in req_rx {
         let rx = t.await;
@@ -320,9 +325,8 @@ pub(crate) async fn run_shard(boot: Boot) -> Result<(), String> {
         spawn_local(crate::sysstats::run(shard.clone())).detach();
         crate::cluster::start(&shard);
     }
-    // Every shard serves WebSocket connections the listener hands it, and
-    // memcached connections any shard accepts.
-    crate::web::host(&shard);
+    // Every shard serves memcached connections any shard accepts (and
+    // WebSocket connections the listener hands it: above).
     let mc_host = mc_listener.as_ref().map(|_| crate::memcache::host(&shard));
     // The key-value store's expiry sweep (PROTOCOL.md §13): keys nobody
     // reads again are freed too, a bounded number of slots per tick.
