@@ -78,17 +78,6 @@ pub(crate) enum Request {
     },
     /// Every queue's history, for a cluster link that just came up.
     Dump { token: u64 },
-    /// Up to `max` of `queue`'s retained messages of server `origin` after
-    /// `after` (from the start for `None`), for a history exchange whose
-    /// live messages of the queue overflowed: answered as a
-    /// [`Response::Dump`] of that queue.
-    DumpPage {
-        token: u64,
-        queue: Box<str>,
-        after: Option<MsgKey>,
-        origin: u64,
-        max: usize,
-    },
     /// A peer's history exchange says which of `queue`'s messages left the
     /// peer's history (per origin server, the newest): a resume here from
     /// before them cannot be promised complete (§10), though this node never

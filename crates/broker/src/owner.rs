@@ -141,18 +141,6 @@ impl Owner {
         self.queues.borrow().dump_page(queue, after, max)
     }
 
-    /// Up to `max` of `queue`'s retained messages of server `origin` after
-    /// `after` (see `Queues::origin_page`).
-    pub(crate) fn origin_page(
-        &self,
-        queue: &str,
-        after: Option<MsgKey>,
-        origin: u64,
-        max: usize,
-    ) -> Vec<MsgFrame> {
-        self.queues.borrow().origin_page(queue, after, origin, max)
-    }
-
     /// Bytes of history held, about.
     pub(crate) fn retained_bytes(&self) -> u64 {
         self.queues.borrow().history_bytes()

@@ -141,35 +141,14 @@ struct HeldBack {
     frames: HashMap<Box<str>, (Vec<u8>, Vec<usize>)>,
     /// Bytes held, all queues.
     bytes: usize,
-    /// Queues whose held frames went past the hold's share: dropped, and
-    /// later ones too, until the exchange has written the queue's part and
-    /// then what its owner stored since ([`Link::catch_up`]). Their
-    /// messages are in this node's history, and the exchange brings them in
-    /// their server's order; sent ahead of the rest of the exchange, they
-    /// made the peer take every older message still to come for one its
-    /// subscribers had passed, and store it without delivering it. With
-    /// the servers of the frames dropped (this node's, and those of
-    /// replicants it relays), whose messages the catch-up reads.
-    spilled: HashMap<Box<str>, Vec<u64>>,
-    /// Per queue held, the servers of its held frames.
-    origins: HashMap<Box<str>, Vec<u64>>,
-}
-
-/// Adds `origin` to `list` unless it is there (a list of one, nearly).
-fn note_origin(list: &mut Vec<u64>, origin: u64) {
-    if !list.contains(&origin) {
-        list.push(origin);
-    }
 }
 
 impl HeldBack {
     /// The part of `cluster_link_buffer` live messages may wait in behind an
-    /// exchange (1/2; the exchange itself keeps under 1/4): past it they are
-    /// dropped, and the exchange brings them from the history after the
-    /// rest of their queue's part ([`HeldBack::spilled`]). (They used to go
-    /// out at once, ahead of the rest of the exchange, and the peer then
-    /// stored without delivering every older message of their queue still
-    /// to come: its subscribers lost them.)
+    /// exchange (1/2; the exchange itself keeps under 1/4): past it they all
+    /// go out at once, interleaved with the rest of the exchange, rather
+    /// than the link being cut (the peer then stores without delivering what
+    /// of the exchange comes behind a later message of its queue).
     const SHARE: usize = 2;
 
     /// Whether a live frame of `queue` must wait.
@@ -177,43 +156,11 @@ impl HeldBack {
         self.waiting.as_ref().is_none_or(|w| w.contains(queue))
     }
 
-    /// Drops the held frames of every queue the exchange is known to carry
-    /// (all that are held, once its contents are known), and marks them
-    /// spilled. Returns the frames dropped, or `None` while the exchange's
-    /// contents are not known yet (a queue it does not carry must not lose
-    /// its frames).
-    fn spill(&mut self) -> Option<u64> {
-        let waiting = self.waiting.as_ref()?;
-        let queues: Vec<Box<str>> = self
-            .frames
-            .keys()
-            .filter(|q| waiting.contains(*q))
-            .cloned()
-            .collect();
-        let mut dropped = 0;
-        for q in queues {
-            let origins = self.origins.get(&q).cloned().unwrap_or_default();
-            if let Some((_, ends)) = self.take(&q) {
-                dropped += ends.len() as u64;
-            }
-            let spilled = self.spilled.entry(q).or_default();
-            for o in origins {
-                note_origin(spilled, o);
-            }
-        }
-        Some(dropped)
-    }
-
-    /// Holds a frame of `queue` from server `origin` that `write` appends;
-    /// the bytes held now.
-    fn hold(&mut self, queue: &str, origin: u64, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+    /// Holds a frame of `queue` that `write` appends; the bytes held now.
+    fn hold(&mut self, queue: &str, write: impl FnOnce(&mut Vec<u8>)) -> usize {
         // The name is allocated once per queue, not once per held frame.
         if !self.frames.contains_key(queue) {
             self.frames.insert(queue.into(), Default::default());
-            self.origins.insert(queue.into(), Vec::new());
-        }
-        if let Some(list) = self.origins.get_mut(queue) {
-            note_origin(list, origin);
         }
         let Some((bytes, ends)) = self.frames.get_mut(queue) else {
             return self.bytes;
@@ -242,12 +189,10 @@ impl HeldBack {
         if let Some(w) = self.waiting.as_mut() {
             w.remove(queue);
         }
-        self.spilled.remove(queue);
         self.take(queue)
     }
 
     fn take(&mut self, queue: &str) -> Option<(Vec<u8>, Vec<usize>)> {
-        self.origins.remove(queue);
         let f = self.frames.remove(queue)?;
         self.bytes -= f.0.len();
         Some(f)
@@ -259,14 +204,6 @@ impl HeldBack {
         most.map(|(q, _)| &**q)
     }
 }
-
-/// Rounds of [`Link::catch_up`] before a queue whose publishers outrun the
-/// link drops it.
-const CATCH_UP_ROUNDS: usize = 64;
-/// Pages per round of [`Link::catch_up`].
-const CATCH_UP_PAGES: usize = 64;
-/// Messages per page of [`Link::catch_up`].
-const CATCH_UP_PAGE: usize = 256;
 
 /// The order the history exchange writes its queues' parts in. A queue whose
 /// live messages wait behind its part goes next (the one with the most bytes
@@ -360,184 +297,17 @@ impl Link {
             drop(held);
             return self.push_with(write);
         };
-        let origin = frame.key().origin;
-        if let Some(spilled) = h.spilled.get_mut(frame.queue()) {
-            // The exchange brings it from this node's history.
-            note_origin(spilled, origin);
-            return;
-        }
-        let bytes = h.hold(frame.queue(), origin, write);
+        let bytes = h.hold(frame.queue(), write);
         self.counters.lag.fetch_add(1, Ordering::Relaxed);
-        if bytes <= self.limit / HeldBack::SHARE {
-            return;
-        }
-        match h.spill() {
-            Some(dropped) => {
-                drop(held);
-                self.counters.lag.fetch_sub(dropped, Ordering::Relaxed);
-                tracing::info!(
-                    dropped,
-                    "live messages waited past half of cluster_link_buffer behind the \
-                     history exchange; the exchange brings them from the history instead"
-                );
-            }
-            None if bytes > self.limit => {
-                drop(held);
-                tracing::warn!(
-                    held = bytes,
-                    "live messages waited past cluster_link_buffer for the history \
-                     exchange to begin; dropping the link (history exchange repairs the gap)"
-                );
-                self.closed.set(true);
-                if let Some(w) = self.waker.take() {
-                    w.wake();
-                }
-            }
-            None => {}
-        }
-    }
-
-    /// The servers of the frames dropped if `queue` was spilled
-    /// ([`HeldBack::spilled`]); its live frames are held again from now on.
-    fn unspill(&self, queue: &str) -> Option<Vec<u64>> {
-        self.held_back
-            .borrow_mut()
-            .as_mut()
-            .and_then(|h| h.spilled.remove(queue))
-    }
-
-    /// Writes message `m` of `queue` as a history-exchange frame (marked
-    /// `own` when this node, `own`, accepted it), then waits while the link
-    /// holds more than a quarter of `cluster_link_buffer`. A frame over the
-    /// peer's limit `max` is counted in `oversize` instead. False once the
-    /// link is closed.
-    async fn write_exchanged(
-        &self,
-        queue: &str,
-        m: &MsgFrame,
-        own: u64,
-        max: usize,
-        oversize: &mut usize,
-    ) -> bool {
-        let mut json = Vec::with_capacity(m.json().len() + queue.len() + 64);
-        json.extend_from_slice(b"{\"queue\": ");
-        proto::write_json_string(queue, &mut json);
-        if m.key().origin == own {
-            json.extend_from_slice(b", \"own\": true");
-        }
-        json.extend_from_slice(b", \"message\": ");
-        // With its coremq_seq: it survives the exchange (§10).
-        if self.seq {
-            m.write_json_with_seq(&mut json);
-        } else {
-            json.extend_from_slice(m.json());
-        }
-        json.push(b'}');
-        if SYNC_QUEUE.len() + 1 + json.len() > max {
-            *oversize += 1;
-        } else {
-            let mut frame = Vec::with_capacity(json.len() + 32);
-            proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
-            self.push(&frame);
-        }
-        // Paced as the key exchange: a history larger than
-        // cluster_link_buffer, pushed at once, cut the link at every
-        // connect, for ever (and live messages with it).
-        while self.pending() > self.limit / 4 {
-            if self.closed.get() {
-                return false;
-            }
-            glommio::timer::sleep(Duration::from_millis(1)).await;
-        }
-        !self.closed.get()
-    }
-
-    /// Once the exchange's part of `queue` (`part`) is written: if the
-    /// queue's live frames were spilled meanwhile ([`HeldBack::spilled`]),
-    /// writes, per server of the frames dropped, what its owner stored of
-    /// that server after the newest of it in the part, a page at a time,
-    /// until pages read while the queue's live frames were held again (not
-    /// dropped) bring nothing new: every dropped frame was stored before
-    /// those reads. (A server's messages are stored in the order of their
-    /// positions: this node restamps one of its own that would go behind,
-    /// and a replicant's come from its one link.) What the pages repeat of
-    /// the held frames the peer stores and delivers once. False once the
-    /// link is closed; a queue whose publishers outrun the link for
-    /// [`CATCH_UP_ROUNDS`] rounds closes it (the next link's exchange
-    /// repairs the gap, as for a link that cannot keep up).
-    async fn catch_up(
-        &self,
-        shard: &Shard,
-        queue: &str,
-        part: &[MsgFrame],
-        own: u64,
-        max: usize,
-        oversize: &mut usize,
-    ) -> bool {
-        // Not spilled: its frames were held all along.
-        let Some(mut origins) = self.unspill(queue) else {
-            return true;
-        };
-        let newest_in_part = |origin: u64| {
-            part.iter()
-                .rev()
-                .map(MsgFrame::key)
-                .find(|k| k.origin == origin)
-        };
-        let mut newest: HashMap<u64, Option<crate::msg::MsgKey>> = HashMap::new();
-        let mut rounds = 0;
-        loop {
-            rounds += 1;
-            if rounds > CATCH_UP_ROUNDS {
-                tracing::warn!(
-                    %queue,
-                    "live messages of a queue outran the history exchange of its older \
-                     ones; dropping the link (history exchange repairs the gap)"
-                );
-                self.closed.set(true);
-                if let Some(w) = self.waker.take() {
-                    w.wake();
-                }
-                return false;
-            }
-            let mut all_read = true;
-            for &origin in &origins {
-                let after = newest
-                    .entry(origin)
-                    .or_insert_with(|| newest_in_part(origin));
-                let mut read_to_end = false;
-                for _ in 0..CATCH_UP_PAGES {
-                    let page = shard
-                        .dump_page_of(queue, *after, origin, CATCH_UP_PAGE)
-                        .await;
-                    if self.closed.get() {
-                        return false;
-                    }
-                    let Some(last) = page.last() else {
-                        read_to_end = true;
-                        break;
-                    };
-                    *after = Some(last.key());
-                    for m in &page {
-                        if !self.write_exchanged(queue, m, own, max, oversize).await {
-                            return false;
-                        }
-                    }
-                }
-                all_read &= read_to_end;
-            }
-            // Spilled again while the pages went: another round, for those
-            // servers too. Else done once pages read while its frames were
-            // held brought nothing.
-            match self.unspill(queue) {
-                Some(more) => {
-                    for o in more {
-                        note_origin(&mut origins, o);
-                    }
-                }
-                None if all_read => return true,
-                None => {}
-            }
+        drop(held);
+        if bytes > self.limit / HeldBack::SHARE {
+            tracing::warn!(
+                held = bytes,
+                "live messages waited past half of cluster_link_buffer behind the history \
+                 exchange; they go now, and the peer only stores the older messages of \
+                 their queues still to come (raise cluster_link_buffer)"
+            );
+            self.release_held_back();
         }
     }
 
@@ -547,7 +317,7 @@ impl Link {
         let held = self.held_back.borrow();
         let h = held.as_ref();
         order.pick(
-            |q| h.is_some_and(|h| h.frames.contains_key(q) || h.spilled.contains_key(q)),
+            |q| h.is_some_and(|h| h.frames.contains_key(q)),
             || h.and_then(HeldBack::most_held),
         )
     }
@@ -773,6 +543,8 @@ pub(super) async fn run_link(
         let (shard, link) = (shard.clone(), link.clone());
         spawn_local(async move {
             let dump = shard.dump_history().await;
+            let mut frame = Vec::new();
+            let mut json = Vec::new();
             // A message read back from disk that was stored under a larger
             // max_message_size than today's may be over the peer's frame
             // limit (the same formula, the same setting on every node): the
@@ -807,23 +579,40 @@ pub(super) async fn run_link(
                 if let Some(m) = msgs.get(written[i]) {
                     written[i] += 1;
                     let queue = order.name(i);
-                    if !link
-                        .write_exchanged(queue, m, own, max, &mut oversize)
-                        .await
-                    {
-                        return;
+                    json.clear();
+                    json.extend_from_slice(b"{\"queue\": ");
+                    proto::write_json_string(queue, &mut json);
+                    if m.key().origin == own {
+                        json.extend_from_slice(b", \"own\": true");
+                    }
+                    json.extend_from_slice(b", \"message\": ");
+                    // With its coremq_seq: it survives the exchange (§10).
+                    if link.seq {
+                        m.write_json_with_seq(&mut json);
+                    } else {
+                        json.extend_from_slice(m.json());
+                    }
+                    json.push(b'}');
+                    if SYNC_QUEUE.len() + 1 + json.len() > max {
+                        oversize += 1;
+                    } else {
+                        frame.clear();
+                        proto::encode_frame(SYNC_QUEUE, &json, &mut frame);
+                        link.push(&frame);
+                    }
+                    // Paced as the key exchange below: a history larger than
+                    // cluster_link_buffer, pushed at once, cut the link at
+                    // every connect, for ever (and live messages with it).
+                    while link.pending() > link.limit / 4 {
+                        if link.closed.get() {
+                            return;
+                        }
+                        glommio::timer::sleep(Duration::from_millis(1)).await;
                     }
                 }
                 if written[i] == msgs.len() {
-                    let queue = order.name(i).to_owned();
-                    if !link
-                        .catch_up(&shard, &queue, msgs, own, max, &mut oversize)
-                        .await
-                    {
-                        return;
-                    }
                     order.finished(i);
-                    link.exchanged(&queue);
+                    link.exchanged(order.name(i));
                 }
             }
             if oversize > 0 {
@@ -1294,9 +1083,9 @@ mod tests {
     fn the_most_held_queue_is_the_one_with_most_bytes() {
         let mut h = HeldBack::default();
         assert_eq!(h.most_held(), None);
-        h.hold("a", 0, frame(b"a1"));
-        h.hold("b", 0, frame(b"b1b1b1"));
-        h.hold("a", 0, frame(b"a2"));
+        h.hold("a", frame(b"a1"));
+        h.hold("b", frame(b"b1b1b1"));
+        h.hold("a", frame(b"a2"));
         assert_eq!(h.most_held(), Some("b"));
     }
 
@@ -1309,9 +1098,9 @@ mod tests {
         let mut h = HeldBack::default();
         // Before the exchange's contents are known, everything waits.
         assert!(h.holds("a") && h.holds("b"));
-        h.hold("a", 0, frame(b"a1"));
-        h.hold("b", 0, frame(b"b1"));
-        assert_eq!(h.hold("a", 0, frame(b"a2")), 6);
+        h.hold("a", frame(b"a1"));
+        h.hold("b", frame(b"b1"));
+        assert_eq!(h.hold("a", frame(b"a2")), 6);
         let a: HashSet<Box<str>> = ["a".into()].into_iter().collect();
         let gone = h.exchange_holds(a);
         assert_eq!(

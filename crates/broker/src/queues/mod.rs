@@ -370,34 +370,6 @@ impl QueueTable {
         q.history.range(from..).take(max).cloned().collect()
     }
 
-    /// Up to `max` of `queue`'s live messages of server `origin`, oldest
-    /// first, after key `after`. A server's messages are stored here in the
-    /// order of their keys when it is this node (which restamps one that
-    /// would go behind), so that a page read later misses none stored after
-    /// the last one read.
-    pub(crate) fn origin_page(
-        &self,
-        queue: &str,
-        after: Option<MsgKey>,
-        origin: u64,
-        max: usize,
-    ) -> Vec<MsgFrame> {
-        let Some(q) = self.queues.get(queue_hash(queue), queue) else {
-            return Vec::new();
-        };
-        let alive = q.first_alive(crate::clock::unix_now_us());
-        let from = match after {
-            Some(key) => q.history.partition_point(|f| f.key() <= key).max(alive),
-            None => alive,
-        };
-        q.history
-            .range(from..)
-            .filter(|f| f.key().origin == origin)
-            .take(max)
-            .cloned()
-            .collect()
-    }
-
     pub(crate) fn dump(&self) -> Vec<crate::msg::QueueDump> {
         self.queues
             .iter()

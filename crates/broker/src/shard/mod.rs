@@ -428,27 +428,6 @@ impl Shard {
                 let queues = self.owner.dump();
                 self.respond(from, Response::Dump { token, queues });
             }
-            Request::DumpPage {
-                token,
-                queue,
-                after,
-                origin,
-                max,
-            } => {
-                let frames = self.owner.origin_page(&queue, after, origin, max);
-                let part = crate::msg::QueueDump {
-                    queue,
-                    frames,
-                    lost: Vec::new(),
-                };
-                self.respond(
-                    from,
-                    Response::Dump {
-                        token,
-                        queues: vec![part],
-                    },
-                );
-            }
             Request::Lost { queue, keys } => self.owner.lost(&queue, &keys),
             Request::Stats { token } => {
                 let stats = Box::new(self.snapshot());
@@ -597,32 +576,6 @@ impl Shard {
             self.request(s, Request::Dump { token });
         }
         self.dumps.wait(token).await.into_iter().flatten().collect()
-    }
-
-    /// Up to `max` of `queue`'s retained messages of server `origin` after
-    /// `after`, from its owner (see [`Request::DumpPage`]).
-    pub(crate) async fn dump_page_of(
-        &self,
-        queue: &str,
-        after: Option<crate::msg::MsgKey>,
-        origin: u64,
-        max: usize,
-    ) -> Vec<MsgFrame> {
-        let owner = self.owner_of(queue);
-        let token = self.dumps.start(1);
-        let queue = queue.into();
-        self.request(
-            owner,
-            Request::DumpPage {
-                token,
-                queue,
-                after,
-                origin,
-                max,
-            },
-        );
-        let parts = self.dumps.wait(token).await;
-        parts.into_iter().flatten().flat_map(|d| d.frames).collect()
     }
 
     // ----- shutdown ------------------------------------------------------

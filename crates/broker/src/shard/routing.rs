@@ -157,7 +157,6 @@ fn req_queue(req: &Request) -> Option<(&str, Option<u64>)> {
         Request::KvPage { .. }
         | Request::Stats { .. }
         | Request::Dump { .. }
-        | Request::DumpPage { .. }
         | Request::AdoptLink { .. }
         | Request::AdoptWs(_)
         | Request::AdoptMemcached(_)
