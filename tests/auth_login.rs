@@ -312,16 +312,20 @@ fn argon2_logins_do_not_stall_other_clients() {
     }
 }
 
-/// A burst of wrong passwords from one address — each an Argon2 run of the
-/// default cost, the lot far longer than `auth_timeout` — waits in that
-/// address's line: a login from another address is checked next, while
-/// nearly all of the burst still waits, and a login queued behind the
-/// burst on its own address is checked in the end, not closed for having
-/// sent nothing within `auth_timeout`. (Handed to the shard's one blocking
-/// thread as they came, the burst shut every login out for its length.)
+/// Bursts of wrong passwords — each an Argon2 run of the default cost, the
+/// lot far longer than `auth_timeout` — wait in their addresses' lines: a
+/// login from another address is checked while nearly all of them still
+/// wait; one queued behind a burst on its own address is checked in the
+/// end, not closed for having sent nothing within `auth_timeout`; and an
+/// address with 16 checks waiting gets no more in line (its further logins
+/// fail at once, with the cause in the log), so it cannot hold thousands of
+/// connections open waiting.
+/// (Handed to the shard's one blocking thread as they came, a burst shut
+/// every login out for its length.)
 #[test]
-fn a_burst_of_wrong_logins_holds_up_its_own_address_only() {
-    const BURST: usize = 150;
+fn bursts_of_wrong_logins_hold_up_their_own_addresses_only() {
+    const ADDRESSES: u8 = 8;
+    const EACH: usize = 16;
     // What `coremq-cli passwd` makes (m=19456, t=2): tens of milliseconds.
     let salt = argon2::password_hash::SaltString::encode_b64(b"coremq-burst-test").unwrap();
     let hashed = argon2::password_hash::PasswordHasher::hash_password(
@@ -333,20 +337,40 @@ fn a_burst_of_wrong_logins_holds_up_its_own_address_only() {
     .to_string();
     let f = Fixture::new(&format!("[user:alice]\npassword = {hashed}\npublish = *\n"));
     let b = Broker::start(f.opts(1).set("auth_timeout", "1"));
-    let (here, elsewhere) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
-    let mut burst: Vec<Client> = (0..BURST)
-        .map(|_| Client::connect_from(here, b.addr(), NODE))
+    let ip = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let wrong = json!({"coremq_auth": {"user": "alice", "password": "wrong"}});
+    // One address sends 40 at once: past 16 waiting, the rest fail at once.
+    let mut flood: Vec<Client> = (0..40)
+        .map(|_| {
+            let mut c = Client::connect_from(ip(4), b.addr(), NODE);
+            c.command(&wrong);
+            c
+        })
         .collect();
-    for c in &mut burst {
-        c.command(&json!({"coremq_auth": {"user": "alice", "password": "wrong"}}));
+    wait_log(&b, "too many password checks waiting from this address");
+    let mut burst: Vec<Client> = Vec::new();
+    for a in 0..ADDRESSES {
+        for _ in 0..EACH {
+            let mut c = Client::connect_from(ip(10 + a), b.addr(), NODE);
+            c.command(&wrong);
+            burst.push(c);
+        }
     }
-    let mut same = Client::connect_from(here, b.addr(), NODE);
-    same.command(&json!({"coremq_auth": {"user": "alice", "password": "alice-pw"}}));
-    let mut other = Client::connect_from(elsewhere, b.addr(), NODE);
+    // Behind 15 wrong ones of its own address.
+    let mut same = Vec::new();
+    for _ in 0..EACH - 1 {
+        let mut c = Client::connect_from(ip(3), b.addr(), NODE);
+        c.command(&wrong);
+        same.push(c);
+    }
+    let mut behind = Client::connect_from(ip(3), b.addr(), NODE);
+    behind.command(&json!({"coremq_auth": {"user": "alice", "password": "alice-pw"}}));
+    let mut other = Client::connect_from(ip(2), b.addr(), NODE);
     let r = auth_reply(&mut other, json!({"user": "alice", "password": "alice-pw"}));
     assert_eq!(r, json!({"response": "OK: Authenticated", "user": "alice"}));
-    // How much of the burst had been checked by then.
-    let mut failed = [false; BURST];
+    // How much of the bursts had been checked by then.
+    let total = burst.len();
+    let mut failed = vec![false; total];
     let mut answered = 0;
     for (i, c) in burst.iter_mut().enumerate() {
         if let Ok(f) = c.try_recv_reply(Duration::from_millis(1)) {
@@ -355,13 +379,14 @@ fn a_burst_of_wrong_logins_holds_up_its_own_address_only() {
             answered += 1;
         }
     }
-    println!("the other address's login was answered after {answered} of {BURST} wrong ones");
+    println!("the other address's login was answered after {answered} of {total} wrong ones");
+    // (The flood's line had drained by then: its 16 went in turn too.)
     assert!(
-        answered < BURST / 2,
-        "the other address's login waited for {answered} of {BURST} wrong ones"
+        answered < total / 2,
+        "the other address's login waited for {answered} of {total} wrong ones"
     );
-    // The one behind the burst on the same address: checked, not timed out.
-    let r = same
+    // The one behind its own address's burst: checked, not timed out.
+    let r = behind
         .try_recv_reply(Duration::from_secs(120))
         .expect("the login behind the burst answered");
     assert_eq!(
@@ -369,10 +394,17 @@ fn a_burst_of_wrong_logins_holds_up_its_own_address_only() {
         json!({"response": "OK: Authenticated", "user": "alice"})
     );
     // And every wrong one failed.
-    for (i, c) in burst.iter_mut().enumerate().filter(|(i, _)| !failed[*i]) {
+    let rest = burst
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| !failed[*i])
+        .map(|(_, c)| c)
+        .chain(same.iter_mut())
+        .chain(flood.iter_mut());
+    for c in rest {
         let f = c
             .try_recv_reply(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("wrong login {i} unanswered: {e:?}"));
+            .unwrap_or_else(|e| panic!("a wrong login unanswered: {e:?}"));
         assert_eq!(f.json, json!({"response": "ERROR: Authentication failed"}));
     }
 }

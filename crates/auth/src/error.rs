@@ -141,4 +141,8 @@ pub enum AuthError {
     /// "history": [...], "monitor": bool}` of valid patterns.
     #[error("bad coremq claim")]
     BadClaim,
+    /// The broker has as many password checks from the client's address
+    /// waiting as it takes (it did not check this one).
+    #[error("too many password checks waiting from this address")]
+    TooManyWaiting,
 }

@@ -10,6 +10,14 @@
 //! has some waiting. A check whose requester is gone by its turn is
 //! skipped, not run.
 //!
+//! A line holds at most [`MAX_WAITING`] checks: past that a login fails at
+//! once (`too many password checks waiting`), so that one address cannot
+//! keep thousands of connections open waiting for their turn (a check's
+//! connection is not closed by `auth_timeout` while it waits, and one that
+//! only sent its end is owed the answer). An IPv6 address's line is its
+//! /64, which one client usually holds whole; an IPv4-mapped address is its
+//! IPv4 address.
+//!
 //! One line per shard thread (each shard is one executor with its own
 //! blocking thread), so nothing here is shared between threads.
 
@@ -22,6 +30,30 @@ use std::task::{Poll, Waker};
 /// Where a check comes from: the peer's address, `None` where the
 /// transport does not say (they share one line).
 pub(crate) type Source = Option<IpAddr>;
+
+/// Checks one line may hold waiting (besides the one being run).
+pub(crate) const MAX_WAITING: usize = 16;
+
+/// How a check ended.
+pub(crate) enum Checked<T> {
+    /// Run: its result.
+    Done(T),
+    /// Its requester was gone by its turn: not run.
+    Gone,
+    /// Its address's line was full: not run.
+    Busy,
+}
+
+/// The line of `source`: an IPv6 address's /64, an IPv4-mapped one's IPv4.
+fn line_of(source: Source) -> Source {
+    match source? {
+        IpAddr::V6(v6) => Some(match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        }),
+        v4 => Some(v4),
+    }
+}
 
 #[derive(Default)]
 struct Lines {
@@ -94,26 +126,32 @@ impl Drop for Turn {
     }
 }
 
-/// Waits in `source`'s line until the blocking thread is this check's.
-/// Dropped while waiting, it leaves the line.
-async fn turn(source: Source) -> Turn {
+/// Waits in `source`'s line until the blocking thread is this check's
+/// (`None`: the line is full). Dropped while waiting, it leaves the line.
+async fn turn(source: Source) -> Option<Turn> {
     let ticket = LINES.with(|l| {
         let mut l = l.borrow_mut();
         if !l.busy {
             l.busy = true;
-            return None;
+            return Ok(None);
         }
+        let line = l.waiting.entry(source).or_default();
+        if line.len() >= MAX_WAITING {
+            return Err(());
+        }
+        let first = line.is_empty();
         let t = l.next_ticket;
         l.next_ticket += 1;
-        let line = l.waiting.entry(source).or_default();
-        if line.is_empty() {
+        if first {
             l.order.push_back(source);
         }
         l.waiting.get_mut(&source).unwrap().push_back(t);
-        Some(t)
+        Ok(Some(t))
     });
-    let Some(ticket) = ticket else {
-        return Turn;
+    let ticket = match ticket {
+        Err(()) => return None,
+        Ok(None) => return Some(Turn),
+        Ok(Some(t)) => t,
     };
     struct Waiting(Source, u64, bool);
     impl Drop for Waiting {
@@ -130,7 +168,7 @@ async fn turn(source: Source) -> Turn {
             if l.granted == Some(ticket) {
                 l.granted = None;
                 waiting.2 = true;
-                Poll::Ready(Turn)
+                Poll::Ready(Some(Turn))
             } else {
                 l.wakers.insert(ticket, cx.waker().clone());
                 Poll::Pending
@@ -141,19 +179,22 @@ async fn turn(source: Source) -> Turn {
 }
 
 /// Runs `check` on the shard's blocking thread when `source`'s turn comes,
-/// unless `wanted` says by then that nobody waits for the answer (`None`).
+/// unless `wanted` says by then that nobody waits for the answer, or the
+/// line is full.
 pub(crate) async fn check<T: Send + 'static>(
     source: Source,
     wanted: impl Fn() -> bool,
     check: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let turn = turn(source).await;
+) -> Checked<T> {
+    let Some(turn) = turn(line_of(source)).await else {
+        return Checked::Busy;
+    };
     if !wanted() {
-        return None;
+        return Checked::Gone;
     }
     let result = glommio::executor().spawn_blocking(check).await;
     drop(turn);
-    Some(result)
+    Checked::Done(result)
 }
 
 #[cfg(test)]
@@ -188,7 +229,7 @@ mod tests {
                             },
                         )
                         .await;
-                        if let Some(n) = out {
+                        if let Checked::Done(n) = out {
                             ran.borrow_mut().push(n);
                         }
                     }));
@@ -205,6 +246,37 @@ mod tests {
                     assert!(!l.busy && l.order.is_empty() && l.waiting.is_empty());
                     assert!(l.wakers.is_empty() && l.granted.is_none());
                 });
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_full_line_refuses_and_v6_lines_are_a_64() {
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(line_of(v6("2001:db8::1")), line_of(v6("2001:db8::ffff:2")));
+        assert_ne!(line_of(v6("2001:db8::1")), line_of(v6("2001:db8:0:1::1")));
+        assert_eq!(line_of(v6("::ffff:10.0.0.1")), ip(1));
+        assert_eq!(line_of(ip(1)), ip(1));
+        assert_eq!(line_of(None), None);
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let slow = || std::thread::sleep(Duration::from_millis(30));
+                let running = glommio::spawn_local(check(ip(1), || true, slow));
+                futures_lite::future::yield_now().await;
+                let waiting: Vec<_> = (0..MAX_WAITING)
+                    .map(|_| glommio::spawn_local(check(ip(1), || true, || ())))
+                    .collect();
+                futures_lite::future::yield_now().await;
+                assert!(matches!(check(ip(1), || true, || ()).await, Checked::Busy));
+                // Another address still gets in line.
+                let other = glommio::spawn_local(check(ip(2), || true, || ()));
+                assert!(matches!(running.await, Checked::Done(())));
+                for w in waiting {
+                    assert!(matches!(w.await, Checked::Done(())));
+                }
+                assert!(matches!(other.await, Checked::Done(())));
             })
             .unwrap()
             .join()
@@ -230,8 +302,8 @@ mod tests {
                 let third = glommio::spawn_local(check(ip(3), || true, || 3));
                 futures_lite::future::yield_now().await;
                 drop(dropped);
-                assert_eq!(first.await, Some(1));
-                assert_eq!(third.await, Some(3));
+                assert!(matches!(first.await, Checked::Done(1)));
+                assert!(matches!(third.await, Checked::Done(3)));
                 LINES.with(|l| {
                     let l = l.borrow();
                     assert!(!l.busy && l.order.is_empty() && l.waiting.is_empty());

@@ -17,6 +17,7 @@
 //! `coremq_auth` for the same user moved the expiry.
 
 use super::state::{Conn, ReplyKind};
+use crate::logins::Checked;
 use crate::refusal::Refusal;
 use crate::shard::Shard;
 use crate::stats::Counters;
@@ -124,12 +125,14 @@ pub(crate) fn authenticate(shard: &Rc<Shard>, conn: &Rc<Conn>, req: AuthRequest)
                 let check = move || authority.verify_password(&user, password.expose());
                 // Not checked for a connection gone by its turn.
                 let open = || shard.is_open(&conn);
-                let result = crate::logins::check(source, open, check).await;
+                let checked = crate::logins::check(source, open, check).await;
                 if let Some(access) = &conn.access {
                     access.set_verifying(false);
                 }
-                let Some(result) = result else {
-                    return;
+                let result = match checked {
+                    Checked::Done(result) => result,
+                    Checked::Busy => Err(AuthError::TooManyWaiting),
+                    Checked::Gone => return,
                 };
                 conclude(&shard, &conn, result);
                 // Reading and parsing resume.

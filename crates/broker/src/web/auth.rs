@@ -67,11 +67,10 @@ pub(crate) async fn identify(
             let authority = authority.clone();
             // A request's connection stays while it waits (nothing to skip).
             let check = move || authority.verify_password(&user, &password);
-            crate::logins::check(source, || true, check)
-                .await
-                .expect("wanted")
-                .map(Some)
-                .map_err(Failure::Auth)
+            match crate::logins::check(source, || true, check).await {
+                crate::logins::Checked::Done(result) => result.map(Some).map_err(Failure::Auth),
+                _ => Err(Failure::Auth(AuthError::TooManyWaiting)),
+            }
         }
     }
 }
