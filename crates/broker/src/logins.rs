@@ -7,8 +7,10 @@
 //! checking for connections that had long gone. Checks now wait here, one
 //! line per source address, and the thread takes the lines in turn: a
 //! login from elsewhere waits for at most one check of each address that
-//! has some waiting. A check whose requester is gone by its turn is
-//! skipped, not run.
+//! has some waiting. A check whose requester is gone by its turn (its
+//! connection closed by the broker, e.g. at a stop) is skipped, not run; a
+//! client that only went away is not seen as gone (a connection waiting for
+//! its check is not read), which the line's limit below bounds.
 //!
 //! A line holds at most [`MAX_WAITING`] checks: past that a login fails at
 //! once (`too many password checks waiting`), so that one address cannot
